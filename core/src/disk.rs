@@ -1,0 +1,795 @@
+//! The disk abstraction: [`DiskIo`] (what a disk implements) and [`Disk`]
+//! (the cheap, cloneable, type-erased handle everything else holds).
+
+use crate::error::{DiskError, IoError, IoErrorKind, MemoryError, MemoryErrorKind};
+use crate::pr::PersistentReservations;
+use crate::sg::SgList;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::future::Future;
+use core::pin::{Pin, pin};
+use core::task::{Context, Poll, Waker};
+use stackfuture::StackFuture;
+
+/// Bytes of inline storage for the future of one [`Disk`] operation.
+///
+/// Futures that fit are stored in place (no heap allocation per I/O);
+/// larger ones fall back to the heap. Composite disks keep their own futures
+/// small by driving inline members without storing their futures (see
+/// [`drive`]), so RAM and layered stacks stay allocation-free.
+pub const IO_FUTURE_BYTES: usize = 1024;
+
+/// The future of one [`Disk`] operation.
+pub type IoFuture<'a, T> = StackFuture<'a, T, IO_FUTURE_BYTES>;
+
+/// A boxed future, for rare operations where an allocation does not matter.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What reading an unmapped sector returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnmapBehavior {
+    /// Unmapped sectors read as zero.
+    Zeroes,
+    /// Unmapped sectors may read as anything (but read consistently).
+    Unspecified,
+    /// Unmap does nothing; the disk reports no unmap support.
+    Ignored,
+}
+
+impl UnmapBehavior {
+    /// A lowercase name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            UnmapBehavior::Zeroes => "zeroes",
+            UnmapBehavior::Unspecified => "unspecified",
+            UnmapBehavior::Ignored => "ignored",
+        }
+    }
+}
+
+/// Who issued a request: the identity persistent reservations are keyed
+/// by. Frontends derive it from the I_T nexus (SCSI) or the host identifier
+/// (NVMe); `InitiatorId::LOCAL` is parastor itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct InitiatorId(pub u128);
+
+impl InitiatorId {
+    /// parastor's own requests (tools, tests, read-cache population).
+    pub const LOCAL: InitiatorId = InitiatorId(0);
+}
+
+/// Per-request options.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoOptions {
+    /// The initiator of the request.
+    pub initiator: InitiatorId,
+    /// Writes: the data must be durable when the write completes.
+    pub fua: bool,
+    /// Unmap: only unmap at the block level; do not pass the hint on to a
+    /// file system or thin pool underneath.
+    pub block_level_only: bool,
+    /// Unmap of a layer: the layers below hold zeros for this range, so the
+    /// layer may simply drop the sectors.
+    pub next_is_zero: bool,
+}
+
+impl IoOptions {
+    /// Options with `fua` set.
+    pub const fn fua() -> Self {
+        IoOptions { initiator: InitiatorId::LOCAL, fua: true, block_level_only: false, next_is_zero: false }
+    }
+}
+
+/// Which sectors of a read a layer supplied.
+///
+/// A layered disk asks each layer in turn for the sectors that no layer
+/// above supplied; a layer marks the ones it has, and the rest fall through.
+pub struct SectorMarker<'a> {
+    start: u64,
+    count: u64,
+    bits: &'a mut [u64],
+}
+
+impl<'a> SectorMarker<'a> {
+    /// A marker for sectors `[start, start + count)` with no sector marked,
+    /// using `bits` (at least `count` bits) as storage.
+    pub fn new(start: u64, count: u64, bits: &'a mut [u64]) -> Self {
+        let words = count.div_ceil(64) as usize;
+        let bits = &mut bits[..words];
+        bits.fill(0);
+        Self { start, count, bits }
+    }
+
+    /// First sector covered.
+    pub fn start(&self) -> u64 {
+        self.start
+    }
+
+    /// Number of sectors covered.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Marks `sector` present (sectors outside the marker are ignored).
+    pub fn set(&mut self, sector: u64) {
+        self.set_range(sector, 1);
+    }
+
+    /// Marks `[sector, sector + count)` present, clipped to the marker.
+    pub fn set_range(&mut self, sector: u64, count: u64) {
+        let lo = sector.max(self.start);
+        let hi = sector.saturating_add(count).min(self.start + self.count);
+        let (mut i, end) = (lo - self.start.min(lo), hi.saturating_sub(self.start));
+        while i < end {
+            let (w, b) = ((i / 64) as usize, i % 64);
+            let n = (64 - b).min(end - i);
+            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << b };
+            self.bits[w] |= mask;
+            i += n;
+        }
+    }
+
+    /// Marks every sector present.
+    pub fn set_all(&mut self) {
+        self.set_range(self.start, self.count);
+    }
+
+    /// Whether `sector` is marked.
+    pub fn is_set(&self, sector: u64) -> bool {
+        if sector < self.start || sector - self.start >= self.count {
+            return false;
+        }
+        let i = sector - self.start;
+        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
+    }
+
+    /// Whether every sector is marked.
+    pub fn all_set(&self) -> bool {
+        self.next_unset(self.start).is_none()
+    }
+
+    /// The first run of unmarked sectors at or after `from`, as
+    /// `(sector, count)`.
+    pub fn next_unset(&self, from: u64) -> Option<(u64, u64)> {
+        let first = self.scan(from.max(self.start), false)?;
+        let end = self.scan(first, true).unwrap_or(self.start + self.count);
+        Some((first, end - first))
+    }
+
+    /// First sector at or after `from` whose bit equals `set`.
+    fn scan(&self, from: u64, set: bool) -> Option<u64> {
+        let mut i = from.checked_sub(self.start)?;
+        while i < self.count {
+            let (w, b) = ((i / 64) as usize, i % 64);
+            let word = if set { self.bits[w] } else { !self.bits[w] } >> b;
+            if word != 0 {
+                let found = i + u64::from(word.trailing_zeros());
+                return (found < self.count).then_some(self.start + found);
+            }
+            i += 64 - b;
+        }
+        None
+    }
+}
+
+/// One disk: metadata and operations.
+///
+/// # Range contract
+/// Every implementation checks every request against its *current* sector
+/// count and answers an out-of-range request with
+/// [`DiskError::IllegalBlock`] — never a panic. Callers do not pre-validate
+/// (the count can change at any time). The [`Disk`] handle guarantees that
+/// `(sector + count) * sector_size` is representable and at most `i64::MAX`
+/// and that buffers hold whole sectors.
+///
+/// # Inline completion
+/// A disk whose operations always finish on their first poll (RAM, and
+/// synchronous host files) says so with [`DiskIo::completes_inline`];
+/// composite disks then run its operations without storing their futures,
+/// which keeps whole stacks free of per-I/O heap allocation.
+pub trait DiskIo: Send + Sync + 'static {
+    /// Short name of the implementation ("ram", "layered", "striped", …).
+    fn kind(&self) -> &'static str;
+    /// Current number of logical sectors. May change at runtime; a disk
+    /// whose size changes implements [`DiskIo::wait_resize`].
+    fn sector_count(&self) -> u64;
+    /// Logical sector size in bytes (a power of two, at least 512). Fixed.
+    fn sector_size(&self) -> u32;
+    /// Physical sector size in bytes. Fixed.
+    fn physical_sector_size(&self) -> u32 {
+        self.sector_size()
+    }
+    /// A natural 16-byte identity, if the disk has one. Fixed.
+    fn disk_id(&self) -> Option<[u8; 16]> {
+        None
+    }
+    /// Whether writes, unmaps and flushes are refused. Fixed.
+    fn is_read_only(&self) -> bool;
+    /// Whether a write with `fua` set is durable when it completes. Fixed.
+    fn is_fua_respected(&self) -> bool;
+    /// What unmapped sectors read as. Fixed.
+    fn unmap_behavior(&self) -> UnmapBehavior;
+    /// Preferred unmap granularity in sectors. Fixed.
+    fn optimal_unmap_sectors(&self) -> u32 {
+        1
+    }
+    /// Whether every operation's future completes on its first poll.
+    fn completes_inline(&self) -> bool {
+        false
+    }
+    /// Implementation-specific facts for `parastor disk info`.
+    fn details(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+    /// Child disks (layers, stripe members, the decorated disk), labelled.
+    fn children(&self) -> Vec<(String, Disk)> {
+        Vec::new()
+    }
+    /// The persistent-reservation interface, if the disk has one.
+    fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
+        None
+    }
+
+    /// Reads `buf.len()` bytes starting at `sector` into `buf`.
+    fn read(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> impl Future<Output = Result<(), DiskError>> + Send;
+
+    /// Writes `buf` starting at `sector`; honours `opts.fua`.
+    fn write(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> impl Future<Output = Result<(), DiskError>> + Send;
+
+    /// Makes all completed writes durable.
+    fn flush(&self, opts: IoOptions) -> impl Future<Output = Result<(), DiskError>> + Send;
+
+    /// Tells the disk that `[sector, sector + count)` is no longer needed.
+    fn unmap(
+        &self,
+        sector: u64,
+        count: u64,
+        opts: IoOptions,
+    ) -> impl Future<Output = Result<(), DiskError>> + Send;
+
+    /// Ejects removable media.
+    fn eject(&self) -> impl Future<Output = Result<(), DiskError>> + Send {
+        core::future::ready(Err(DiskError::UnsupportedEject))
+    }
+
+    /// Completes with the new sector count once it differs from `known`.
+    /// The default never completes: right for disks whose size is fixed.
+    fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
+        let _ = known;
+        core::future::pending()
+    }
+
+    /// Layer read: reads the sectors this disk *has* into `buf` and marks
+    /// them in `marker` (which covers exactly this request); sectors left
+    /// unmarked fall through to the next layer. A plain disk has every
+    /// sector, which is the default.
+    fn read_present(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        marker: &mut SectorMarker<'_>,
+        opts: IoOptions,
+    ) -> impl Future<Output = Result<(), DiskError>> + Send {
+        async move {
+            self.read(buf, sector, opts).await?;
+            marker.set_all();
+            Ok(())
+        }
+    }
+
+    /// Whether [`DiskIo::write_no_overwrite`] is supported, so the disk can
+    /// serve as a read-cache layer.
+    fn supports_write_no_overwrite(&self) -> bool {
+        false
+    }
+
+    /// Writes only the sectors of `[sector, …)` that the disk does not have
+    /// yet (read-cache population, which must not clobber newer data).
+    fn write_no_overwrite(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+    ) -> impl Future<Output = Result<(), DiskError>> + Send {
+        let _ = (buf, sector);
+        core::future::ready(Err(DiskError::Unsupported("write-no-overwrite")))
+    }
+}
+
+/// The object-safe twin of [`DiskIo`], with futures stored inline.
+trait DynDisk: Send + Sync {
+    fn sector_count(&self) -> u64;
+    fn details(&self) -> Vec<(&'static str, String)>;
+    fn children(&self) -> Vec<(String, Disk)>;
+    fn persistent_reservations(&self) -> Option<&dyn PersistentReservations>;
+    fn read<'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> IoFuture<'a, Result<(), DiskError>>;
+    fn write<'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> IoFuture<'a, Result<(), DiskError>>;
+    fn flush(&self, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>>;
+    fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>>;
+    fn eject(&self) -> IoFuture<'_, Result<(), DiskError>>;
+    fn wait_resize(&self, known: u64) -> IoFuture<'_, u64>;
+    fn read_present<'a, 'm: 'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+        marker: &'a mut SectorMarker<'m>,
+        opts: IoOptions,
+    ) -> IoFuture<'a, Result<(), DiskError>>;
+    fn write_no_overwrite<'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+    ) -> IoFuture<'a, Result<(), DiskError>>;
+}
+
+impl<T: DiskIo> DynDisk for T {
+    fn sector_count(&self) -> u64 {
+        DiskIo::sector_count(self)
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        DiskIo::details(self)
+    }
+    fn children(&self) -> Vec<(String, Disk)> {
+        DiskIo::children(self)
+    }
+    fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
+        DiskIo::persistent_reservations(self)
+    }
+    fn read<'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> IoFuture<'a, Result<(), DiskError>> {
+        StackFuture::from_or_box(DiskIo::read(self, buf, sector, opts))
+    }
+    fn write<'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> IoFuture<'a, Result<(), DiskError>> {
+        StackFuture::from_or_box(DiskIo::write(self, buf, sector, opts))
+    }
+    fn flush(&self, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>> {
+        StackFuture::from_or_box(DiskIo::flush(self, opts))
+    }
+    fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>> {
+        StackFuture::from_or_box(DiskIo::unmap(self, sector, count, opts))
+    }
+    fn eject(&self) -> IoFuture<'_, Result<(), DiskError>> {
+        StackFuture::from_or_box(DiskIo::eject(self))
+    }
+    fn wait_resize(&self, known: u64) -> IoFuture<'_, u64> {
+        StackFuture::from_or_box(DiskIo::wait_resize(self, known))
+    }
+    fn read_present<'a, 'm: 'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+        marker: &'a mut SectorMarker<'m>,
+        opts: IoOptions,
+    ) -> IoFuture<'a, Result<(), DiskError>> {
+        StackFuture::from_or_box(DiskIo::read_present(self, buf, sector, marker, opts))
+    }
+    fn write_no_overwrite<'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+    ) -> IoFuture<'a, Result<(), DiskError>> {
+        StackFuture::from_or_box(DiskIo::write_no_overwrite(self, buf, sector))
+    }
+}
+
+/// Why a [`DiskIo`] cannot become a [`Disk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidDisk {
+    /// The logical sector size is not a power of two in 512..=65536.
+    SectorSize(u32),
+    /// The physical sector size is not a power of two at least as large as
+    /// the logical one.
+    PhysicalSectorSize {
+        /// The physical size reported.
+        physical: u32,
+        /// The logical size reported.
+        logical: u32,
+    },
+}
+
+impl fmt::Display for InvalidDisk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            InvalidDisk::SectorSize(s) => write!(
+                f,
+                "sector size {s} is invalid: expected a power of two from 512 to 65536"
+            ),
+            InvalidDisk::PhysicalSectorSize { physical, logical } => write!(
+                f,
+                "physical sector size {physical} is invalid: expected a power of two of at least the logical size {logical}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for InvalidDisk {}
+
+/// Metadata fixed at construction, cached so the hot path reads no vtable.
+#[derive(Clone, Copy, Debug)]
+struct Fixed {
+    kind: &'static str,
+    sector_size: u32,
+    sector_shift: u32,
+    physical_sector_size: u32,
+    disk_id: Option<[u8; 16]>,
+    read_only: bool,
+    fua: bool,
+    unmap_behavior: UnmapBehavior,
+    optimal_unmap_sectors: u32,
+    inline: bool,
+    write_no_overwrite: bool,
+}
+
+struct DiskInner<T: ?Sized> {
+    fixed: Fixed,
+    io: T,
+}
+
+/// A disk: a cheap, cloneable handle over any [`DiskIo`].
+///
+/// The handle checks what every request must satisfy before the disk sees
+/// it — whole sectors, a representable byte range, no modification of a
+/// read-only disk — and forwards everything else, including
+/// [`Disk::wait_resize`], to the implementation.
+#[derive(Clone)]
+pub struct Disk {
+    inner: Arc<DiskInner<dyn DynDisk>>,
+}
+
+impl fmt::Debug for Disk {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Disk")
+            .field("kind", &self.inner.fixed.kind)
+            .field("sector_count", &self.sector_count())
+            .field("sector_size", &self.inner.fixed.sector_size)
+            .finish()
+    }
+}
+
+fn ready<'a, T: Send + 'a>(v: T) -> IoFuture<'a, T> {
+    StackFuture::from(core::future::ready(v))
+}
+
+impl Disk {
+    /// Wraps `io`, checking and caching its fixed metadata.
+    pub fn new<T: DiskIo>(io: T) -> Result<Disk, InvalidDisk> {
+        let sector_size = io.sector_size();
+        if !parastor_hw::is_valid_sector_size(sector_size) {
+            return Err(InvalidDisk::SectorSize(sector_size));
+        }
+        let physical = io.physical_sector_size();
+        if !parastor_hw::is_valid_physical_sector_size(physical, sector_size) {
+            return Err(InvalidDisk::PhysicalSectorSize { physical, logical: sector_size });
+        }
+        let fixed = Fixed {
+            kind: io.kind(),
+            sector_size,
+            sector_shift: sector_size.trailing_zeros(),
+            physical_sector_size: physical,
+            disk_id: io.disk_id(),
+            read_only: io.is_read_only(),
+            fua: io.is_fua_respected(),
+            unmap_behavior: io.unmap_behavior(),
+            optimal_unmap_sectors: io.optimal_unmap_sectors().max(1),
+            inline: io.completes_inline(),
+            write_no_overwrite: io.supports_write_no_overwrite(),
+        };
+        let inner: Arc<DiskInner<dyn DynDisk>> = Arc::new(DiskInner { fixed, io });
+        Ok(Disk { inner })
+    }
+
+    /// Short name of the implementation.
+    pub fn kind(&self) -> &'static str {
+        self.inner.fixed.kind
+    }
+    /// Current number of logical sectors.
+    pub fn sector_count(&self) -> u64 {
+        self.inner.io.sector_count()
+    }
+    /// Logical sector size in bytes.
+    pub fn sector_size(&self) -> u32 {
+        self.inner.fixed.sector_size
+    }
+    /// log2 of the logical sector size.
+    pub fn sector_shift(&self) -> u32 {
+        self.inner.fixed.sector_shift
+    }
+    /// Physical sector size in bytes.
+    pub fn physical_sector_size(&self) -> u32 {
+        self.inner.fixed.physical_sector_size
+    }
+    /// The disk's natural 16-byte identity, if any.
+    pub fn disk_id(&self) -> Option<[u8; 16]> {
+        self.inner.fixed.disk_id
+    }
+    /// Whether the disk refuses modification.
+    pub fn is_read_only(&self) -> bool {
+        self.inner.fixed.read_only
+    }
+    /// Whether FUA writes are durable on completion.
+    pub fn is_fua_respected(&self) -> bool {
+        self.inner.fixed.fua
+    }
+    /// What unmapped sectors read as.
+    pub fn unmap_behavior(&self) -> UnmapBehavior {
+        self.inner.fixed.unmap_behavior
+    }
+    /// Preferred unmap granularity in sectors (at least 1).
+    pub fn optimal_unmap_sectors(&self) -> u32 {
+        self.inner.fixed.optimal_unmap_sectors
+    }
+    /// Whether every operation completes on its first poll.
+    pub fn completes_inline(&self) -> bool {
+        self.inner.fixed.inline
+    }
+    /// Whether the disk can be a read-cache layer.
+    pub fn supports_write_no_overwrite(&self) -> bool {
+        self.inner.fixed.write_no_overwrite
+    }
+    /// The persistent-reservation interface, if any.
+    pub fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
+        self.inner.io.persistent_reservations()
+    }
+    /// Whether two handles refer to the same disk.
+    pub fn ptr_eq(&self, other: &Disk) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
+    /// Checks representability of `count` sectors at `sector`.
+    pub fn check_representable(&self, sector: u64, count: u64) -> Result<(), DiskError> {
+        let end = sector.checked_add(count).ok_or(DiskError::IllegalBlock)?;
+        match end.checked_mul(u64::from(self.sector_size())) {
+            Some(bytes) if bytes <= i64::MAX as u64 => Ok(()),
+            _ => Err(DiskError::IllegalBlock),
+        }
+    }
+
+    /// Checks a data request: whole sectors, representable.
+    fn check_buffer(&self, buf: &SgList<'_>, sector: u64) -> Result<(), DiskError> {
+        if buf.len() & (self.sector_size() as usize - 1) != 0 {
+            return Err(DiskError::InvalidInput("buffer length is not a whole number of sectors"));
+        }
+        self.check_representable(sector, (buf.len() >> self.sector_shift()) as u64)
+    }
+
+    /// Reads `buf.len()` bytes at `sector` into `buf`.
+    pub fn read<'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> IoFuture<'a, Result<(), DiskError>> {
+        if let Err(e) = self.check_buffer(&buf, sector) {
+            return ready(Err(e));
+        }
+        if !buf.is_writable() {
+            let gpa = buf.segments().next().map_or(0, |r| r.gpa);
+            let kind = MemoryErrorKind::WriteProtected;
+            return ready(Err(MemoryError { gpa, len: buf.len() as u64, kind }.into()));
+        }
+        self.inner.io.read(buf, sector, opts)
+    }
+
+    /// Writes `buf` at `sector`. The buffer is only read.
+    pub fn write<'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> IoFuture<'a, Result<(), DiskError>> {
+        if let Err(e) = self.check_buffer(&buf, sector) {
+            return ready(Err(e));
+        }
+        if self.is_read_only() {
+            return ready(Err(DiskError::ReadOnly));
+        }
+        self.inner.io.write(buf.read_only(), sector, opts)
+    }
+
+    /// Makes completed writes durable.
+    pub fn flush(&self, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>> {
+        self.inner.io.flush(opts)
+    }
+
+    /// Unmaps `[sector, sector + count)`. On a disk whose unmap behaviour is
+    /// [`UnmapBehavior::Ignored`] this only range-checks.
+    pub fn unmap(
+        &self,
+        sector: u64,
+        count: u64,
+        opts: IoOptions,
+    ) -> IoFuture<'_, Result<(), DiskError>> {
+        if let Err(e) = self.check_representable(sector, count) {
+            return ready(Err(e));
+        }
+        if self.is_read_only() {
+            return ready(Err(DiskError::ReadOnly));
+        }
+        if self.unmap_behavior() == UnmapBehavior::Ignored {
+            let in_range = sector + count <= self.sector_count();
+            return ready(if in_range { Ok(()) } else { Err(DiskError::IllegalBlock) });
+        }
+        self.inner.io.unmap(sector, count, opts)
+    }
+
+    /// Ejects removable media.
+    pub fn eject(&self) -> IoFuture<'_, Result<(), DiskError>> {
+        self.inner.io.eject()
+    }
+
+    /// Completes with the new sector count once it differs from `known`.
+    pub fn wait_resize(&self, known: u64) -> IoFuture<'_, u64> {
+        self.inner.io.wait_resize(known)
+    }
+
+    /// Layer read (see [`DiskIo::read_present`]). `marker` must cover
+    /// exactly the request.
+    pub fn read_present<'a, 'm: 'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+        marker: &'a mut SectorMarker<'m>,
+        opts: IoOptions,
+    ) -> IoFuture<'a, Result<(), DiskError>> {
+        if let Err(e) = self.check_buffer(&buf, sector) {
+            return ready(Err(e));
+        }
+        if marker.start() != sector || marker.count() != (buf.len() >> self.sector_shift()) as u64
+        {
+            return ready(Err(DiskError::InvalidInput("sector marker does not match the request")));
+        }
+        self.inner.io.read_present(buf, sector, marker, opts)
+    }
+
+    /// Writes the sectors the disk does not have yet (read-cache fill).
+    pub fn write_no_overwrite<'a>(
+        &'a self,
+        buf: SgList<'a>,
+        sector: u64,
+    ) -> IoFuture<'a, Result<(), DiskError>> {
+        if let Err(e) = self.check_buffer(&buf, sector) {
+            return ready(Err(e));
+        }
+        self.inner.io.write_no_overwrite(buf.read_only(), sector)
+    }
+
+    /// The stack below this disk as a tree, for display.
+    pub fn describe(&self) -> Description {
+        let f = &self.inner.fixed;
+        Description {
+            kind: f.kind,
+            sector_count: self.sector_count(),
+            sector_size: f.sector_size,
+            physical_sector_size: f.physical_sector_size,
+            read_only: f.read_only,
+            fua: f.fua,
+            unmap_behavior: f.unmap_behavior,
+            optimal_unmap_sectors: f.optimal_unmap_sectors,
+            disk_id: f.disk_id,
+            details: self.inner.io.details(),
+            children: self
+                .inner
+                .io
+                .children()
+                .into_iter()
+                .map(|(label, d)| (label, d.describe()))
+                .collect(),
+        }
+    }
+}
+
+/// A disk stack described as a tree: each node's geometry and behaviours.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Description {
+    /// Implementation name.
+    pub kind: &'static str,
+    /// Current sector count.
+    pub sector_count: u64,
+    /// Logical sector size.
+    pub sector_size: u32,
+    /// Physical sector size.
+    pub physical_sector_size: u32,
+    /// Read-only.
+    pub read_only: bool,
+    /// FUA respected.
+    pub fua: bool,
+    /// Unmap behaviour.
+    pub unmap_behavior: UnmapBehavior,
+    /// Optimal unmap granularity.
+    pub optimal_unmap_sectors: u32,
+    /// Disk id.
+    pub disk_id: Option<[u8; 16]>,
+    /// Implementation-specific facts.
+    pub details: Vec<(&'static str, String)>,
+    /// Labelled children.
+    pub children: Vec<(String, Description)>,
+}
+
+/// Runs a disk operation from inside a composite disk's future.
+///
+/// If `inline` (the target disk completes on its first poll), the operation
+/// runs to completion right here and its future is never stored in the
+/// caller's state; otherwise it is boxed and awaited. Either way the
+/// caller's own future stays small enough to live inline in an
+/// [`IoFuture`].
+pub async fn drive<'a, T>(
+    inline: bool,
+    op: impl FnOnce() -> IoFuture<'a, Result<T, DiskError>>,
+) -> Result<T, DiskError> {
+    if inline {
+        run_inline(op())
+    } else {
+        Box::pin(op()).await
+    }
+}
+
+/// Polls `fut` once and returns its result; a future that is not ready
+/// breaks the inline contract and yields an error instead of a hang.
+pub fn run_inline<T>(fut: impl Future<Output = Result<T, DiskError>>) -> Result<T, DiskError> {
+    let fut = pin!(fut);
+    match fut.poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => r,
+        Poll::Pending => Err(DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marker_runs() {
+        let mut bits = [0u64; 4];
+        let mut m = SectorMarker::new(100, 200, &mut bits);
+        assert_eq!(m.next_unset(0), Some((100, 200)));
+        m.set_range(110, 10);
+        m.set(150);
+        m.set_range(250, 1000);
+        m.set_range(0, 5); // outside: ignored
+        assert_eq!(m.next_unset(100), Some((100, 10)));
+        assert_eq!(m.next_unset(110), Some((120, 30)));
+        assert_eq!(m.next_unset(151), Some((151, 99)));
+        assert_eq!(m.next_unset(250), None);
+        assert!(m.is_set(299) && !m.is_set(300) && !m.is_set(99));
+        assert!(!m.all_set());
+        m.set_all();
+        assert!(m.all_set());
+        let mut bits = [0u64; 2];
+        let mut m = SectorMarker::new(0, 128, &mut bits);
+        m.set_range(0, 64);
+        assert_eq!(m.next_unset(0), Some((64, 64)));
+        m.set_range(64, 64);
+        assert!(m.all_set());
+    }
+}

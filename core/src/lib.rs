@@ -1,0 +1,33 @@
+//! parastor's storage pipeline.
+//!
+//! Everything a guest reads or writes passes through here: a [`Disk`] is a
+//! cheap handle over anything that implements [`DiskIo`]; composites
+//! ([`layered`], [`striped`]) and decorators wrap disks in disks; requests
+//! carry their data as scatter-gather lists ([`sg`]) over bounds-checked
+//! guest memory ([`memory`]); [`bounce`] provides staging memory under a
+//! byte budget. The crate is `no_std` + `alloc` so it can run in any
+//! paravisor environment.
+#![no_std]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod bounce;
+pub mod disk;
+pub mod error;
+pub mod layered;
+pub mod memory;
+pub mod pr;
+pub mod ram;
+pub mod resize;
+pub mod sg;
+pub mod striped;
+
+pub use disk::{
+    BoxFuture, Description, Disk, DiskIo, InitiatorId, InvalidDisk, IoFuture, IoOptions,
+    SectorMarker, UnmapBehavior, drive, run_inline,
+};
+pub use error::{DiskError, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind};
+pub use memory::{GuestMemory, LocalMemory, RamGuestMemory};
+pub use sg::{GpaRange, OwnedSgList, SgList};

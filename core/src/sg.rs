@@ -1,0 +1,418 @@
+//! Scatter-gather lists: a request's data as several guest memory ranges.
+//!
+//! A guest request describes its data as a list of guest physical ranges
+//! (StorVSP multi-range packets, NVMe PRP lists and SGLs). [`SgList`] is a
+//! cheap, copyable *view* of such a list — a window `[offset, offset + len)`
+//! over the concatenation of its ranges — so composite disks can hand each
+//! member its part of a request with [`SgList::subrange`] without copying
+//! or allocating. [`SgReader`] and [`SgWriter`] are cursors that move bytes
+//! between the view and host buffers.
+
+use crate::error::{MemoryError, MemoryErrorKind};
+use crate::memory::GuestMemory;
+use alloc::vec::Vec;
+use core::fmt;
+
+/// One contiguous range of guest physical memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GpaRange {
+    /// First guest physical address.
+    pub gpa: u64,
+    /// Length in bytes.
+    pub len: u64,
+}
+
+impl GpaRange {
+    /// The range `[gpa, gpa + len)`.
+    pub const fn new(gpa: u64, len: u64) -> Self {
+        Self { gpa, len }
+    }
+}
+
+/// Why a scatter-gather list could not be built or cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SgError {
+    /// The ranges' total length does not fit in the address space, or a
+    /// range wraps past the end of the GPA space.
+    TooLong,
+    /// A sub-range reaches past the end of the view.
+    OutOfBounds {
+        /// Requested offset.
+        offset: usize,
+        /// Requested length.
+        len: usize,
+        /// Length of the view it was cut from.
+        available: usize,
+    },
+}
+
+impl fmt::Display for SgError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SgError::TooLong => f.write_str("scatter-gather list is longer than the address space"),
+            SgError::OutOfBounds { offset, len, available } => write!(
+                f,
+                "sub-range {offset}+{len} reaches past the end of a {available}-byte buffer"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for SgError {}
+
+/// A view of a request's data buffer in guest memory.
+///
+/// `writable` says whether the device may write into the buffer: true for
+/// buffers that receive data (reads), false for buffers that carry data to
+/// the disk (writes) — so a decorator can never scribble on the data a
+/// guest asked it to write.
+#[derive(Clone, Copy)]
+pub struct SgList<'a> {
+    mem: &'a dyn GuestMemory,
+    /// Ranges starting with the one that holds the first byte of the view.
+    ranges: &'a [GpaRange],
+    /// Bytes of `ranges[0]` before the view starts.
+    skip: u64,
+    len: usize,
+    writable: bool,
+}
+
+impl fmt::Debug for SgList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SgList")
+            .field("len", &self.len)
+            .field("writable", &self.writable)
+            .field("segments", &self.segments().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl<'a> SgList<'a> {
+    /// A view of all of `ranges` in `mem`. Ranges are not checked against
+    /// `mem` here; every access is.
+    pub fn new(
+        mem: &'a dyn GuestMemory,
+        ranges: &'a [GpaRange],
+        writable: bool,
+    ) -> Result<Self, SgError> {
+        let mut total: u64 = 0;
+        for r in ranges {
+            r.gpa.checked_add(r.len).ok_or(SgError::TooLong)?;
+            total = total.checked_add(r.len).ok_or(SgError::TooLong)?;
+        }
+        let len = usize::try_from(total).map_err(|_| SgError::TooLong)?;
+        Ok(Self { mem, ranges, skip: 0, len, writable })
+    }
+
+    /// Length of the view in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the view is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the device may write into this buffer.
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+
+    /// The guest memory the view refers to.
+    pub fn memory(&self) -> &'a dyn GuestMemory {
+        self.mem
+    }
+
+    /// The same view, marked read-only for the device.
+    pub fn read_only(self) -> Self {
+        Self { writable: false, ..self }
+    }
+
+    /// The bytes `[offset, offset + len)` of this view.
+    pub fn subrange(&self, offset: usize, len: usize) -> Result<Self, SgError> {
+        let oob = SgError::OutOfBounds { offset, len, available: self.len };
+        match offset.checked_add(len) {
+            Some(end) if end <= self.len => {}
+            _ => return Err(oob),
+        }
+        // Find the range holding byte `offset` of the view.
+        let mut skip = self.skip + offset as u64;
+        let mut first = 0;
+        while first < self.ranges.len() && skip >= self.ranges[first].len && len > 0 {
+            skip -= self.ranges[first].len;
+            first += 1;
+        }
+        if len == 0 {
+            return Ok(Self { ranges: &[], skip: 0, len: 0, ..*self });
+        }
+        Ok(Self { ranges: &self.ranges[first..], skip, len, ..*self })
+    }
+
+    /// The guest ranges this view covers, trimmed to the view.
+    pub fn segments(&self) -> Segments<'a> {
+        Segments { ranges: self.ranges, skip: self.skip, left: self.len as u64 }
+    }
+
+    /// Whether every segment's address and length are multiples of
+    /// `alignment` (a power of two), so the buffer can be handed to hardware
+    /// that needs aligned DMA.
+    pub fn is_aligned(&self, alignment: u64) -> bool {
+        let mask = alignment.wrapping_sub(1);
+        self.segments().all(|r| (r.gpa | r.len) & mask == 0)
+    }
+
+    /// A cursor reading the view from its start.
+    pub fn reader(&self) -> SgReader<'a> {
+        SgReader { segs: self.segments(), mem: self.mem, pos: 0, len: self.len }
+    }
+
+    /// A cursor writing the view from its start; fails if the buffer is not
+    /// writable by the device.
+    pub fn writer(&self) -> Result<SgWriter<'a>, MemoryError> {
+        if !self.writable {
+            let gpa = self.segments().next().map_or(0, |r| r.gpa);
+            return Err(MemoryError {
+                gpa,
+                len: self.len as u64,
+                kind: MemoryErrorKind::WriteProtected,
+            });
+        }
+        Ok(SgWriter { segs: self.segments(), mem: self.mem, pos: 0, len: self.len })
+    }
+
+    /// Copies the whole view into `dst` (which must be exactly as long).
+    pub fn read_all(&self, dst: &mut [u8]) -> Result<(), MemoryError> {
+        self.reader().read(dst)
+    }
+
+    /// Copies `src` (exactly as long as the view) into the view.
+    pub fn write_all(&self, src: &[u8]) -> Result<(), MemoryError> {
+        self.writer()?.write(src)
+    }
+
+    /// Fills the whole view with zeros.
+    pub fn zero(&self) -> Result<(), MemoryError> {
+        self.writer()?.fill(0, self.len)
+    }
+}
+
+/// Iterator over the trimmed guest ranges of an [`SgList`].
+#[derive(Clone)]
+pub struct Segments<'a> {
+    ranges: &'a [GpaRange],
+    skip: u64,
+    left: u64,
+}
+
+impl Iterator for Segments<'_> {
+    type Item = GpaRange;
+
+    fn next(&mut self) -> Option<GpaRange> {
+        while self.left > 0 {
+            let (r, rest) = self.ranges.split_first()?;
+            self.ranges = rest;
+            let skip = core::mem::take(&mut self.skip);
+            let avail = r.len - skip.min(r.len);
+            if avail == 0 {
+                continue;
+            }
+            let n = avail.min(self.left);
+            self.left -= n;
+            return Some(GpaRange { gpa: r.gpa + skip, len: n });
+        }
+        None
+    }
+}
+
+fn beyond(pos: usize, want: usize) -> MemoryError {
+    MemoryError { gpa: pos as u64, len: want as u64, kind: MemoryErrorKind::BeyondBuffer }
+}
+
+impl Segments<'_> {
+    /// Advances `n` bytes (at most what is left), calling `f(gpa, len)` for
+    /// each contiguous piece passed over.
+    fn advance(
+        &mut self,
+        mut n: u64,
+        mut f: impl FnMut(u64, usize) -> Result<(), MemoryError>,
+    ) -> Result<(), MemoryError> {
+        n = n.min(self.left);
+        while n > 0 {
+            let Some(r) = self.ranges.first() else { break };
+            let avail = r.len.saturating_sub(self.skip);
+            if avail == 0 {
+                self.ranges = &self.ranges[1..];
+                self.skip = 0;
+                continue;
+            }
+            let k = avail.min(n);
+            f(r.gpa + self.skip, k as usize)?;
+            self.skip += k;
+            self.left -= k;
+            n -= k;
+        }
+        Ok(())
+    }
+}
+
+/// A read cursor over an [`SgList`].
+pub struct SgReader<'a> {
+    segs: Segments<'a>,
+    mem: &'a dyn GuestMemory,
+    pos: usize,
+    len: usize,
+}
+
+impl SgReader<'_> {
+    /// Bytes not yet read.
+    pub fn remaining(&self) -> usize {
+        self.len - self.pos
+    }
+
+    /// Copies the next `dst.len()` bytes into `dst`.
+    pub fn read(&mut self, dst: &mut [u8]) -> Result<(), MemoryError> {
+        let mut done = 0;
+        self.visit(dst.len(), &mut |piece: &[u8]| {
+            dst[done..done + piece.len()].copy_from_slice(piece);
+            done += piece.len();
+        })
+    }
+
+    /// Calls `f` with the next `n` bytes, piece by piece, in place.
+    pub fn visit(&mut self, n: usize, f: &mut dyn FnMut(&[u8])) -> Result<(), MemoryError> {
+        if n > self.remaining() {
+            return Err(beyond(self.pos, n));
+        }
+        let mem = self.mem;
+        self.segs.advance(n as u64, |gpa, k| mem.visit(gpa, k, f))?;
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Skips `n` bytes.
+    pub fn skip(&mut self, n: usize) -> Result<(), MemoryError> {
+        if n > self.remaining() {
+            return Err(beyond(self.pos, n));
+        }
+        self.segs.advance(n as u64, |_, _| Ok(()))?;
+        self.pos += n;
+        Ok(())
+    }
+}
+
+/// A write cursor over an [`SgList`].
+pub struct SgWriter<'a> {
+    segs: Segments<'a>,
+    mem: &'a dyn GuestMemory,
+    pos: usize,
+    len: usize,
+}
+
+impl SgWriter<'_> {
+    /// Bytes not yet written.
+    pub fn remaining(&self) -> usize {
+        self.len - self.pos
+    }
+
+    /// Copies `src` into the next `src.len()` bytes.
+    pub fn write(&mut self, src: &[u8]) -> Result<(), MemoryError> {
+        let mut done = 0;
+        self.visit_mut(src.len(), &mut |piece: &mut [u8]| {
+            piece.copy_from_slice(&src[done..done + piece.len()]);
+            done += piece.len();
+        })
+    }
+
+    /// Sets the next `n` bytes to `byte`.
+    pub fn fill(&mut self, byte: u8, n: usize) -> Result<(), MemoryError> {
+        if n > self.remaining() {
+            return Err(beyond(self.pos, n));
+        }
+        let mem = self.mem;
+        self.segs.advance(n as u64, |gpa, k| mem.fill(gpa, k, byte))?;
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Calls `f` with the next `n` bytes, piece by piece, in place.
+    pub fn visit_mut(
+        &mut self,
+        n: usize,
+        f: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), MemoryError> {
+        if n > self.remaining() {
+            return Err(beyond(self.pos, n));
+        }
+        let mem = self.mem;
+        self.segs.advance(n as u64, |gpa, k| mem.visit_mut(gpa, k, f))?;
+        self.pos += n;
+        Ok(())
+    }
+
+    /// Skips `n` bytes, leaving them unchanged.
+    pub fn skip(&mut self, n: usize) -> Result<(), MemoryError> {
+        if n > self.remaining() {
+            return Err(beyond(self.pos, n));
+        }
+        self.segs.advance(n as u64, |_, _| Ok(()))?;
+        self.pos += n;
+        Ok(())
+    }
+}
+
+/// Copies `src` into `dst` (views of equal length).
+///
+/// Goes through a small stack buffer, so `src` and `dst` may live in the same
+/// guest memory (a visitor must not re-enter the memory it is visiting).
+pub fn copy(src: &SgList<'_>, dst: &SgList<'_>) -> Result<(), MemoryError> {
+    if src.len() != dst.len() {
+        return Err(beyond(src.len().min(dst.len()), src.len().max(dst.len())));
+    }
+    let mut w = dst.writer()?;
+    let mut r = src.reader();
+    let mut tmp = [0u8; 512];
+    while r.remaining() > 0 {
+        let n = r.remaining().min(tmp.len());
+        r.read(&mut tmp[..n])?;
+        w.write(&tmp[..n])?;
+    }
+    Ok(())
+}
+
+/// An owned scatter-gather list, for building requests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnedSgList {
+    ranges: Vec<GpaRange>,
+}
+
+impl OwnedSgList {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A list holding `ranges`.
+    pub fn from_ranges(ranges: Vec<GpaRange>) -> Self {
+        Self { ranges }
+    }
+
+    /// Appends a range.
+    pub fn push(&mut self, range: GpaRange) {
+        self.ranges.push(range);
+    }
+
+    /// The ranges.
+    pub fn ranges(&self) -> &[GpaRange] {
+        &self.ranges
+    }
+
+    /// A view of the list in `mem`.
+    pub fn view<'a>(
+        &'a self,
+        mem: &'a dyn GuestMemory,
+        writable: bool,
+    ) -> Result<SgList<'a>, SgError> {
+        SgList::new(mem, &self.ranges, writable)
+    }
+}

@@ -1,0 +1,2 @@
+//! parastor's host-facing side: backends and the process.
+#![forbid(unsafe_code)]
