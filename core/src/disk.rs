@@ -79,7 +79,12 @@ pub struct IoOptions {
 impl IoOptions {
     /// Options with `fua` set.
     pub const fn fua() -> Self {
-        IoOptions { initiator: InitiatorId::LOCAL, fua: true, block_level_only: false, next_is_zero: false }
+        IoOptions {
+            initiator: InitiatorId::LOCAL,
+            fua: true,
+            block_level_only: false,
+            next_is_zero: false,
+        }
     }
 }
 
@@ -126,7 +131,11 @@ impl<'a> SectorMarker<'a> {
         while i < end {
             let (w, b) = ((i / 64) as usize, i % 64);
             let n = (64 - b).min(end - i);
-            let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << b };
+            let mask = if n == 64 {
+                u64::MAX
+            } else {
+                ((1u64 << n) - 1) << b
+            };
             self.bits[w] |= mask;
             i += n;
         }
@@ -156,6 +165,14 @@ impl<'a> SectorMarker<'a> {
     pub fn next_unset(&self, from: u64) -> Option<(u64, u64)> {
         let first = self.scan(from.max(self.start), false)?;
         let end = self.scan(first, true).unwrap_or(self.start + self.count);
+        Some((first, end - first))
+    }
+
+    /// The first run of marked sectors at or after `from`, as
+    /// `(sector, count)`.
+    pub fn next_set(&self, from: u64) -> Option<(u64, u64)> {
+        let first = self.scan(from.max(self.start), true)?;
+        let end = self.scan(first, false).unwrap_or(self.start + self.count);
         Some((first, end - first))
     }
 
@@ -327,7 +344,12 @@ trait DynDisk: Send + Sync {
         opts: IoOptions,
     ) -> IoFuture<'a, Result<(), DiskError>>;
     fn flush(&self, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>>;
-    fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>>;
+    fn unmap(
+        &self,
+        sector: u64,
+        count: u64,
+        opts: IoOptions,
+    ) -> IoFuture<'_, Result<(), DiskError>>;
     fn eject(&self) -> IoFuture<'_, Result<(), DiskError>>;
     fn wait_resize(&self, known: u64) -> IoFuture<'_, u64>;
     fn read_present<'a, 'm: 'a>(
@@ -376,7 +398,12 @@ impl<T: DiskIo> DynDisk for T {
     fn flush(&self, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>> {
         StackFuture::from_or_box(DiskIo::flush(self, opts))
     }
-    fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>> {
+    fn unmap(
+        &self,
+        sector: u64,
+        count: u64,
+        opts: IoOptions,
+    ) -> IoFuture<'_, Result<(), DiskError>> {
         StackFuture::from_or_box(DiskIo::unmap(self, sector, count, opts))
     }
     fn eject(&self) -> IoFuture<'_, Result<(), DiskError>> {
@@ -490,7 +517,10 @@ impl Disk {
         }
         let physical = io.physical_sector_size();
         if !parastor_hw::is_valid_physical_sector_size(physical, sector_size) {
-            return Err(InvalidDisk::PhysicalSectorSize { physical, logical: sector_size });
+            return Err(InvalidDisk::PhysicalSectorSize {
+                physical,
+                logical: sector_size,
+            });
         }
         let fixed = Fixed {
             kind: io.kind(),
@@ -578,7 +608,9 @@ impl Disk {
     /// Checks a data request: whole sectors, representable.
     fn check_buffer(&self, buf: &SgList<'_>, sector: u64) -> Result<(), DiskError> {
         if buf.len() & (self.sector_size() as usize - 1) != 0 {
-            return Err(DiskError::InvalidInput("buffer length is not a whole number of sectors"));
+            return Err(DiskError::InvalidInput(
+                "buffer length is not a whole number of sectors",
+            ));
         }
         self.check_representable(sector, (buf.len() >> self.sector_shift()) as u64)
     }
@@ -596,7 +628,12 @@ impl Disk {
         if !buf.is_writable() {
             let gpa = buf.segments().next().map_or(0, |r| r.gpa);
             let kind = MemoryErrorKind::WriteProtected;
-            return ready(Err(MemoryError { gpa, len: buf.len() as u64, kind }.into()));
+            return ready(Err(MemoryError {
+                gpa,
+                len: buf.len() as u64,
+                kind,
+            }
+            .into()));
         }
         self.inner.io.read(buf, sector, opts)
     }
@@ -638,7 +675,11 @@ impl Disk {
         }
         if self.unmap_behavior() == UnmapBehavior::Ignored {
             let in_range = sector + count <= self.sector_count();
-            return ready(if in_range { Ok(()) } else { Err(DiskError::IllegalBlock) });
+            return ready(if in_range {
+                Ok(())
+            } else {
+                Err(DiskError::IllegalBlock)
+            });
         }
         self.inner.io.unmap(sector, count, opts)
     }
@@ -665,9 +706,10 @@ impl Disk {
         if let Err(e) = self.check_buffer(&buf, sector) {
             return ready(Err(e));
         }
-        if marker.start() != sector || marker.count() != (buf.len() >> self.sector_shift()) as u64
-        {
-            return ready(Err(DiskError::InvalidInput("sector marker does not match the request")));
+        if marker.start() != sector || marker.count() != (buf.len() >> self.sector_shift()) as u64 {
+            return ready(Err(DiskError::InvalidInput(
+                "sector marker does not match the request",
+            )));
         }
         self.inner.io.read_present(buf, sector, marker, opts)
     }

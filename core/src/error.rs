@@ -62,7 +62,10 @@ impl DiskError {
 
     /// Wraps `self` with the index of the composite member that produced it.
     pub fn in_member(self, index: u32) -> DiskError {
-        DiskError::Member { index, error: Box::new(self) }
+        DiskError::Member {
+            index,
+            error: Box::new(self),
+        }
     }
 }
 

@@ -62,7 +62,11 @@ pub trait GuestMemory: Send + Sync {
 pub fn check_range(gpa: u64, len: usize, size: u64) -> Result<(), MemoryError> {
     match gpa.checked_add(len as u64) {
         Some(end) if end <= size => Ok(()),
-        _ => Err(MemoryError { gpa, len: len as u64, kind: MemoryErrorKind::OutOfRange }),
+        _ => Err(MemoryError {
+            gpa,
+            len: len as u64,
+            kind: MemoryErrorKind::OutOfRange,
+        }),
     }
 }
 
@@ -71,6 +75,9 @@ pub fn check_range(gpa: u64, len: usize, size: u64) -> Result<(), MemoryError> {
 const CHUNK_SHIFT: u32 = 16;
 const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
 
+/// The bytes of one allocated chunk.
+type ChunkData = Box<[u8]>;
+
 /// Guest memory held in host RAM: the emulated host's and the tests' guest.
 ///
 /// Memory is split into 64 KiB chunks, each allocated on first write (so a
@@ -78,7 +85,7 @@ const CHUNK_SIZE: usize = 1 << CHUNK_SHIFT;
 /// concurrent I/O to different buffers does not contend).
 pub struct RamGuestMemory {
     size: u64,
-    chunks: Box<[RwLock<Option<Box<[u8]>>>]>,
+    chunks: Box<[RwLock<Option<ChunkData>>]>,
 }
 
 impl RamGuestMemory {
@@ -87,7 +94,10 @@ impl RamGuestMemory {
         let n = size.div_ceil(CHUNK_SIZE as u64) as usize;
         let mut chunks = Vec::with_capacity(n);
         chunks.resize_with(n, || RwLock::new(None));
-        Self { size, chunks: chunks.into_boxed_slice() }
+        Self {
+            size,
+            chunks: chunks.into_boxed_slice(),
+        }
     }
 
     /// Size of this memory in bytes.
@@ -159,12 +169,16 @@ pub struct LocalMemory {
 impl LocalMemory {
     /// `len` zeroed bytes.
     pub fn new(len: usize) -> Self {
-        Self { data: RwLock::new(alloc::vec![0; len]) }
+        Self {
+            data: RwLock::new(alloc::vec![0; len]),
+        }
     }
 
     /// Wraps an existing buffer.
     pub fn from_vec(data: Vec<u8>) -> Self {
-        Self { data: RwLock::new(data) }
+        Self {
+            data: RwLock::new(data),
+        }
     }
 
     /// Length in bytes.
@@ -235,7 +249,10 @@ mod tests {
     fn out_of_range_is_an_error() {
         let mem = RamGuestMemory::new(8192);
         let mut b = [0u8; 16];
-        assert_eq!(mem.read(8190, &mut b).unwrap_err().kind, MemoryErrorKind::OutOfRange);
+        assert_eq!(
+            mem.read(8190, &mut b).unwrap_err().kind,
+            MemoryErrorKind::OutOfRange
+        );
         assert!(mem.write(u64::MAX - 4, &b).is_err());
         assert!(mem.fill(8192, 1, 0).is_err());
         assert!(mem.fill(8192, 0, 0).is_ok());

@@ -19,7 +19,10 @@ pub struct ResizeSignal {
 impl ResizeSignal {
     /// A signal holding `count`.
     pub fn new(count: u64) -> Self {
-        Self { count: AtomicU64::new(count), waiters: Mutex::new(Vec::new()) }
+        Self {
+            count: AtomicU64::new(count),
+            waiters: Mutex::new(Vec::new()),
+        }
     }
 
     /// The current count.
@@ -30,7 +33,12 @@ impl ResizeSignal {
     /// Sets the count and wakes every waiter.
     pub fn set(&self, count: u64) {
         self.count.store(count, Ordering::Release);
-        let wakers: Vec<Waker> = self.waiters.lock().iter_mut().filter_map(Option::take).collect();
+        let wakers: Vec<Waker> = self
+            .waiters
+            .lock()
+            .iter_mut()
+            .filter_map(Option::take)
+            .collect();
         for w in wakers {
             w.wake();
         }
@@ -38,7 +46,11 @@ impl ResizeSignal {
 
     /// Completes with the count once it differs from `known`.
     pub fn wait(&self, known: u64) -> ResizeWait<'_> {
-        ResizeWait { signal: self, known, slot: None }
+        ResizeWait {
+            signal: self,
+            known,
+            slot: None,
+        }
     }
 }
 
@@ -75,16 +87,20 @@ impl Future for ResizeWait<'_> {
         // A resize between the first check and registration would be missed
         // otherwise.
         let now = self.signal.get();
-        if now != self.known { Poll::Ready(now) } else { Poll::Pending }
+        if now != self.known {
+            Poll::Ready(now)
+        } else {
+            Poll::Pending
+        }
     }
 }
 
 impl Drop for ResizeWait<'_> {
     fn drop(&mut self) {
-        if let Some(i) = self.slot {
-            if let Some(w) = self.signal.waiters.lock().get_mut(i) {
-                *w = None;
-            }
+        if let Some(i) = self.slot
+            && let Some(w) = self.signal.waiters.lock().get_mut(i)
+        {
+            *w = None;
         }
     }
 }

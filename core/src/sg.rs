@@ -50,7 +50,11 @@ impl fmt::Display for SgError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SgError::TooLong => f.write_str("scatter-gather list is longer than the address space"),
-            SgError::OutOfBounds { offset, len, available } => write!(
+            SgError::OutOfBounds {
+                offset,
+                len,
+                available,
+            } => write!(
                 f,
                 "sub-range {offset}+{len} reaches past the end of a {available}-byte buffer"
             ),
@@ -101,7 +105,26 @@ impl<'a> SgList<'a> {
             total = total.checked_add(r.len).ok_or(SgError::TooLong)?;
         }
         let len = usize::try_from(total).map_err(|_| SgError::TooLong)?;
-        Ok(Self { mem, ranges, skip: 0, len, writable })
+        Ok(Self {
+            mem,
+            ranges,
+            skip: 0,
+            len,
+            writable,
+        })
+    }
+
+    /// A view of one range `[0, len)` of host-local memory, whose length
+    /// is already known to fit.
+    pub fn local(mem: &'a dyn GuestMemory, range: &'a [GpaRange; 1], writable: bool) -> Self {
+        let len = usize::try_from(range[0].len).unwrap_or(0);
+        Self {
+            mem,
+            ranges: range,
+            skip: 0,
+            len,
+            writable,
+        }
     }
 
     /// Length of the view in bytes.
@@ -126,12 +149,19 @@ impl<'a> SgList<'a> {
 
     /// The same view, marked read-only for the device.
     pub fn read_only(self) -> Self {
-        Self { writable: false, ..self }
+        Self {
+            writable: false,
+            ..self
+        }
     }
 
     /// The bytes `[offset, offset + len)` of this view.
     pub fn subrange(&self, offset: usize, len: usize) -> Result<Self, SgError> {
-        let oob = SgError::OutOfBounds { offset, len, available: self.len };
+        let oob = SgError::OutOfBounds {
+            offset,
+            len,
+            available: self.len,
+        };
         match offset.checked_add(len) {
             Some(end) if end <= self.len => {}
             _ => return Err(oob),
@@ -144,14 +174,28 @@ impl<'a> SgList<'a> {
             first += 1;
         }
         if len == 0 {
-            return Ok(Self { ranges: &[], skip: 0, len: 0, ..*self });
+            return Ok(Self {
+                ranges: &[],
+                skip: 0,
+                len: 0,
+                ..*self
+            });
         }
-        Ok(Self { ranges: &self.ranges[first..], skip, len, ..*self })
+        Ok(Self {
+            ranges: &self.ranges[first..],
+            skip,
+            len,
+            ..*self
+        })
     }
 
     /// The guest ranges this view covers, trimmed to the view.
     pub fn segments(&self) -> Segments<'a> {
-        Segments { ranges: self.ranges, skip: self.skip, left: self.len as u64 }
+        Segments {
+            ranges: self.ranges,
+            skip: self.skip,
+            left: self.len as u64,
+        }
     }
 
     /// Whether every segment's address and length are multiples of
@@ -164,7 +208,12 @@ impl<'a> SgList<'a> {
 
     /// A cursor reading the view from its start.
     pub fn reader(&self) -> SgReader<'a> {
-        SgReader { segs: self.segments(), mem: self.mem, pos: 0, len: self.len }
+        SgReader {
+            segs: self.segments(),
+            mem: self.mem,
+            pos: 0,
+            len: self.len,
+        }
     }
 
     /// A cursor writing the view from its start; fails if the buffer is not
@@ -178,7 +227,12 @@ impl<'a> SgList<'a> {
                 kind: MemoryErrorKind::WriteProtected,
             });
         }
-        Ok(SgWriter { segs: self.segments(), mem: self.mem, pos: 0, len: self.len })
+        Ok(SgWriter {
+            segs: self.segments(),
+            mem: self.mem,
+            pos: 0,
+            len: self.len,
+        })
     }
 
     /// Copies the whole view into `dst` (which must be exactly as long).
@@ -219,14 +273,21 @@ impl Iterator for Segments<'_> {
             }
             let n = avail.min(self.left);
             self.left -= n;
-            return Some(GpaRange { gpa: r.gpa + skip, len: n });
+            return Some(GpaRange {
+                gpa: r.gpa + skip,
+                len: n,
+            });
         }
         None
     }
 }
 
 fn beyond(pos: usize, want: usize) -> MemoryError {
-    MemoryError { gpa: pos as u64, len: want as u64, kind: MemoryErrorKind::BeyondBuffer }
+    MemoryError {
+        gpa: pos as u64,
+        len: want as u64,
+        kind: MemoryErrorKind::BeyondBuffer,
+    }
 }
 
 impl Segments<'_> {
@@ -330,22 +391,20 @@ impl SgWriter<'_> {
             return Err(beyond(self.pos, n));
         }
         let mem = self.mem;
-        self.segs.advance(n as u64, |gpa, k| mem.fill(gpa, k, byte))?;
+        self.segs
+            .advance(n as u64, |gpa, k| mem.fill(gpa, k, byte))?;
         self.pos += n;
         Ok(())
     }
 
     /// Calls `f` with the next `n` bytes, piece by piece, in place.
-    pub fn visit_mut(
-        &mut self,
-        n: usize,
-        f: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), MemoryError> {
+    pub fn visit_mut(&mut self, n: usize, f: &mut dyn FnMut(&mut [u8])) -> Result<(), MemoryError> {
         if n > self.remaining() {
             return Err(beyond(self.pos, n));
         }
         let mem = self.mem;
-        self.segs.advance(n as u64, |gpa, k| mem.visit_mut(gpa, k, f))?;
+        self.segs
+            .advance(n as u64, |gpa, k| mem.visit_mut(gpa, k, f))?;
         self.pos += n;
         Ok(())
     }
@@ -414,5 +473,111 @@ impl OwnedSgList {
         writable: bool,
     ) -> Result<SgList<'a>, SgError> {
         SgList::new(mem, &self.ranges, writable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::memory::RamGuestMemory;
+    use alloc::vec;
+
+    #[test]
+    fn multi_range_views_and_cursors() {
+        let mem = RamGuestMemory::new(1 << 20);
+        let ranges = [
+            GpaRange::new(100, 10),
+            GpaRange::new(5000, 0),
+            GpaRange::new(9000, 30),
+            GpaRange::new(70000, 24),
+        ];
+        let sg = SgList::new(&mem, &ranges, true).unwrap();
+        assert_eq!(sg.len(), 64);
+        let data: Vec<u8> = (0..64).collect();
+        sg.write_all(&data).unwrap();
+        let mut back = [0u8; 64];
+        sg.read_all(&mut back).unwrap();
+        assert_eq!(&back[..], &data[..]);
+        let mut raw = [0u8; 4];
+        mem.read(9000, &mut raw).unwrap();
+        assert_eq!(raw, [10, 11, 12, 13]);
+
+        let mid = sg.subrange(8, 40).unwrap();
+        assert_eq!(
+            mid.segments().collect::<Vec<_>>(),
+            [
+                GpaRange::new(108, 2),
+                GpaRange::new(9000, 30),
+                GpaRange::new(70000, 8)
+            ]
+        );
+        let mut m = vec![0u8; 40];
+        mid.read_all(&mut m).unwrap();
+        assert_eq!(m, data[8..48]);
+        let inner = mid.subrange(2, 30).unwrap();
+        assert_eq!(
+            inner.segments().collect::<Vec<_>>(),
+            [GpaRange::new(9000, 30)]
+        );
+        assert!(sg.subrange(60, 5).is_err());
+        assert!(sg.subrange(usize::MAX, 2).is_err());
+        assert_eq!(sg.subrange(64, 0).unwrap().len(), 0);
+
+        let mut r = sg.reader();
+        r.skip(9).unwrap();
+        let mut two = [0u8; 2];
+        r.read(&mut two).unwrap();
+        assert_eq!(two, [9, 10]);
+        assert_eq!(r.remaining(), 53);
+        assert!(r.skip(54).is_err());
+
+        let mut w = sg.writer().unwrap();
+        w.skip(10).unwrap();
+        w.fill(0xee, 30).unwrap();
+        mem.read(9000, &mut raw).unwrap();
+        assert_eq!(raw, [0xee; 4]);
+        assert!(w.fill(0, 25).is_err());
+
+        assert!(sg.read_only().writer().is_err());
+        assert!(!sg.is_aligned(4));
+        let aligned = [GpaRange::new(4096, 4096), GpaRange::new(16384, 512)];
+        assert!(SgList::new(&mem, &aligned, false).unwrap().is_aligned(512));
+        assert!(!SgList::new(&mem, &aligned, false).unwrap().is_aligned(4096));
+    }
+
+    #[test]
+    fn hostile_ranges_are_rejected() {
+        let mem = RamGuestMemory::new(4096);
+        let wrap = [GpaRange::new(u64::MAX - 1, 4)];
+        assert_eq!(
+            SgList::new(&mem, &wrap, true).unwrap_err(),
+            SgError::TooLong
+        );
+        let huge = [
+            GpaRange::new(0, u64::MAX / 2),
+            GpaRange::new(0, u64::MAX / 2 + 2),
+        ];
+        assert_eq!(
+            SgList::new(&mem, &huge, true).unwrap_err(),
+            SgError::TooLong
+        );
+        let outside = [GpaRange::new(4000, 200)];
+        let sg = SgList::new(&mem, &outside, true).unwrap();
+        assert_eq!(sg.zero().unwrap_err().kind, MemoryErrorKind::OutOfRange);
+    }
+
+    #[test]
+    fn copy_within_one_memory() {
+        let mem = RamGuestMemory::new(1 << 17);
+        let a = [GpaRange::new(0, 3000)];
+        let b = [GpaRange::new(65530, 1000), GpaRange::new(10, 2000)];
+        let src = SgList::new(&mem, &a, false).unwrap();
+        let dst = SgList::new(&mem, &b, true).unwrap();
+        let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
+        mem.write(0, &data).unwrap();
+        copy(&src, &dst).unwrap();
+        let mut back = vec![0u8; 3000];
+        dst.read_all(&mut back).unwrap();
+        assert_eq!(back, data);
     }
 }
