@@ -290,8 +290,9 @@ pub trait DiskIo: Send + Sync + 'static {
     }
 
     /// Layer read: reads the sectors this disk *has* into `buf` and marks
-    /// them in `marker` (which covers exactly this request); sectors left
-    /// unmarked fall through to the next layer. A plain disk has every
+    /// them in `marker` (which covers at least this request; only the
+    /// request's sectors may be marked); sectors left unmarked fall through
+    /// to the next layer. A plain disk has every
     /// sector, which is the default.
     fn read_present(
         &self,
@@ -302,7 +303,7 @@ pub trait DiskIo: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), DiskError>> + Send {
         async move {
             self.read(buf, sector, opts).await?;
-            marker.set_all();
+            marker.set_range(sector, (buf.len() / self.sector_size() as usize) as u64);
             Ok(())
         }
     }
@@ -694,8 +695,8 @@ impl Disk {
         self.inner.io.wait_resize(known)
     }
 
-    /// Layer read (see [`DiskIo::read_present`]). `marker` must cover
-    /// exactly the request.
+    /// Layer read (see [`DiskIo::read_present`]). `marker` must cover the
+    /// request.
     pub fn read_present<'a, 'm: 'a>(
         &'a self,
         buf: SgList<'a>,
@@ -706,9 +707,10 @@ impl Disk {
         if let Err(e) = self.check_buffer(&buf, sector) {
             return ready(Err(e));
         }
-        if marker.start() != sector || marker.count() != (buf.len() >> self.sector_shift()) as u64 {
+        let count = (buf.len() >> self.sector_shift()) as u64;
+        if sector < marker.start() || sector + count > marker.start() + marker.count() {
             return ready(Err(DiskError::InvalidInput(
-                "sector marker does not match the request",
+                "sector marker does not cover the request",
             )));
         }
         self.inner.io.read_present(buf, sector, marker, opts)
@@ -778,22 +780,23 @@ pub struct Description {
     pub children: Vec<(String, Description)>,
 }
 
-/// Runs a disk operation from inside a composite disk's future.
+/// Awaits a disk operation from inside a composite disk's future.
 ///
-/// If `inline` (the target disk completes on its first poll), the operation
-/// runs to completion right here and its future is never stored in the
-/// caller's state; otherwise it is boxed and awaited. Either way the
-/// caller's own future stays small enough to live inline in an
-/// [`IoFuture`].
-pub async fn drive<'a, T>(
-    inline: bool,
-    op: impl FnOnce() -> IoFuture<'a, Result<T, DiskError>>,
-) -> Result<T, DiskError> {
-    if inline {
-        run_inline(op())
-    } else {
-        Box::pin(op()).await
-    }
+/// `drive!(inline, op)`: if `inline` (the target disk completes on its
+/// first poll), `op` runs to completion right here and its future is never
+/// stored in the caller's state; otherwise it is boxed and awaited. Either
+/// way the caller's own future stays small enough to live inline in an
+/// [`IoFuture`], which keeps RAM and layered stacks free of per-I/O heap
+/// allocation. Use inside `async` code only.
+#[macro_export]
+macro_rules! drive {
+    ($inline:expr, $op:expr) => {
+        if $inline {
+            $crate::disk::run_inline($op)
+        } else {
+            ::alloc::boxed::Box::pin($op).await
+        }
+    };
 }
 
 /// Polls `fut` once and returns its result; a future that is not ready

@@ -12,7 +12,8 @@
 //! Construction enforces every rule of the model (OpenVMM's
 //! `disk_layered`), each with its own error.
 
-use crate::disk::{Disk, DiskIo, IoOptions, SectorMarker, UnmapBehavior, drive};
+use crate::disk::{Disk, DiskIo, IoOptions, SectorMarker, UnmapBehavior};
+use crate::drive;
 use crate::error::DiskError;
 use crate::memory::LocalMemory;
 use crate::ram::{RamDisk, RamDiskError};
@@ -22,6 +23,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use core::future::Future;
 
 /// Sectors handled per pass of the read algorithm; bounds the presence
 /// bitmaps kept in the read future.
@@ -295,7 +297,8 @@ impl LayeredDisk {
     }
 
     /// Reads `buf` (at `sector`) from layers `from..`, filling every
-    /// sector: what no layer has reads as zero.
+    /// sector: what no layer has reads as zero. Works in windows of
+    /// [`WINDOW`] sectors to bound the presence bitmap.
     async fn read_from(
         &self,
         from: usize,
@@ -303,29 +306,38 @@ impl LayeredDisk {
         sector: u64,
         opts: IoOptions,
     ) -> Result<(), DiskError> {
-        let count = (buf.len() >> self.shift) as u64;
+        let total = (buf.len() >> self.shift) as u64;
+        if from == 0 {
+            match sector.checked_add(total) {
+                Some(end) if end <= self.sector_count() => {}
+                _ => return Err(DiskError::IllegalBlock),
+            }
+        }
+        let mut bits = [0u64; WINDOW_WORDS];
         let mut done = 0;
-        while done < count {
-            let wsector = sector + done;
-            let wcount = (count - done).min(WINDOW);
-            let wbuf = sub(&buf, self.shift, done, wcount)?;
-            self.read_window(from, wbuf, wsector, wcount, opts).await?;
-            done += wcount;
+        while done < total {
+            let count = (total - done).min(WINDOW);
+            self.read_window(from, &buf, sector + done, done, count, &mut bits, opts)
+                .await?;
+            done += count;
         }
         Ok(())
     }
 
+    /// One window of [`LayeredDisk::read_from`]: sectors
+    /// `[sector, sector + count)`, which start `offset` sectors into `buf`.
+    #[allow(clippy::too_many_arguments)]
     async fn read_window(
         &self,
         from: usize,
-        buf: SgList<'_>,
+        buf: &SgList<'_>,
         sector: u64,
+        offset: u64,
         count: u64,
+        bits: &mut [u64; WINDOW_WORDS],
         opts: IoOptions,
     ) -> Result<(), DiskError> {
-        let mut bits = [0u64; WINDOW_WORDS];
-        let mut have = SectorMarker::new(sector, count, &mut bits);
-        let mut layer_bits = [0u64; WINDOW_WORDS];
+        let mut have = SectorMarker::new(sector, count, bits);
         for (index, layer) in self.layers.iter().enumerate().skip(from) {
             let mut at = sector;
             while let Some((s, n)) = have.next_unset(at) {
@@ -339,25 +351,19 @@ impl LayeredDisk {
                 if end <= s {
                     continue;
                 }
-                let run = end - s;
-                let rbuf = sub(&buf, self.shift, s - sector, run)?;
-                let mut got = SectorMarker::new(s, run, &mut layer_bits);
+                let rbuf = sub(buf, self.shift, offset + s - sector, end - s)?;
                 let disk = &layer.disk;
-                drive(layer.inline, || disk.read_present(rbuf, s, &mut got, opts))
-                    .await
+                let marker = &mut have;
+                drive!(layer.inline, disk.read_present(rbuf, s, marker, opts))
                     .map_err(|e| e.in_member(index as u32))?;
-                let mut g = s;
-                while let Some((gs, gn)) = got.next_set(g) {
-                    have.set_range(gs, gn);
-                    g = gs + gn;
-                }
                 if layer.read_cache && index + 1 < self.layers.len() {
                     // Fill the cache with what the layers below hold for the
                     // sectors it lacks.
                     let mut m = s;
-                    while let Some((ms, mn)) = got.next_unset(m) {
+                    while let Some((ms, mn)) = have.next_unset(m).filter(|&(ms, _)| ms < end) {
+                        let mn = mn.min(end - ms);
                         m = ms + mn;
-                        let gbuf = sub(&buf, self.shift, ms - sector, mn)?;
+                        let gbuf = sub(buf, self.shift, offset + ms - sector, mn)?;
                         Box::pin(self.fill_cache(index, gbuf, ms, opts)).await?;
                         have.set_range(ms, mn);
                     }
@@ -371,7 +377,7 @@ impl LayeredDisk {
         let mut at = sector;
         while let Some((s, n)) = have.next_unset(at) {
             at = s + n;
-            sub(&buf, self.shift, s - sector, n)?.zero()?;
+            sub(buf, self.shift, offset + s - sector, n)?.zero()?;
         }
         Ok(())
     }
@@ -395,7 +401,7 @@ impl LayeredDisk {
         let cache = &self.layers[index];
         let disk = &cache.disk;
         // A failed fill only costs a future cache miss.
-        if let Err(e) = drive(cache.inline, || disk.write_no_overwrite(private, sector)).await {
+        if let Err(e) = drive!(cache.inline, disk.write_no_overwrite(private, sector)) {
             log::warn!("read cache layer {index}: fill at sector {sector} failed: {e}");
         }
         sg::copy(&private, &guest)?;
@@ -466,13 +472,13 @@ impl DiskIo for LayeredDisk {
             .collect()
     }
 
-    async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
-        let count = (buf.len() >> self.shift) as u64;
-        match sector.checked_add(count) {
-            Some(end) if end <= self.sector_count() => {}
-            _ => return Err(DiskError::IllegalBlock),
-        }
-        self.read_from(0, buf, sector, opts).await
+    fn read(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> impl Future<Output = Result<(), DiskError>> + Send {
+        self.read_from(0, buf, sector, opts)
     }
 
     async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
@@ -483,8 +489,7 @@ impl DiskIo for LayeredDisk {
         }
         for (index, layer) in self.layers[..self.write_path].iter().enumerate() {
             let disk = &layer.disk;
-            drive(layer.inline, || disk.write(buf, sector, opts))
-                .await
+            drive!(layer.inline, disk.write(buf, sector, opts))
                 .map_err(|e| e.in_member(index as u32))?;
         }
         Ok(())
@@ -493,9 +498,7 @@ impl DiskIo for LayeredDisk {
     async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
         for (index, layer) in self.layers[..self.write_path].iter().enumerate() {
             let disk = &layer.disk;
-            drive(layer.inline, || disk.flush(opts))
-                .await
-                .map_err(|e| e.in_member(index as u32))?;
+            drive!(layer.inline, disk.flush(opts)).map_err(|e| e.in_member(index as u32))?;
         }
         Ok(())
     }
@@ -518,8 +521,7 @@ impl DiskIo for LayeredDisk {
                 ..opts
             };
             let disk = &layer.disk;
-            drive(layer.inline, || disk.unmap(sector, count, opts))
-                .await
+            drive!(layer.inline, disk.unmap(sector, count, opts))
                 .map_err(|e| e.in_member(index as u32))?;
         }
         Ok(())
@@ -596,6 +598,41 @@ mod tests {
         block_on(bottom.read(sg, 100, IoOptions::default())).unwrap();
         mem.read(0, &mut back[..4096]).unwrap();
         assert!(back[..4096].iter().all(|&b| b == 0));
+    }
+
+    /// The zero-allocation design depends on composite futures fitting the
+    /// inline budget of [`crate::IoFuture`].
+    #[test]
+    fn futures_fit_the_inline_budget() {
+        use crate::disk::IO_FUTURE_BYTES;
+        use crate::striped::StripedDisk;
+        let mem = RamGuestMemory::new(1 << 16);
+        let r = [GpaRange::new(0, 4096)];
+        let sg = SgList::new(&mem, &r, true).unwrap();
+        let top = LayerConfig::new(LayerSource::Ram {
+            len_bytes: None,
+            sector_size: None,
+        });
+        let l = LayeredDisk::new(
+            false,
+            alloc::vec![top, LayerConfig::new(LayerSource::Disk(ram(1 << 20)))],
+        )
+        .unwrap();
+        let s = StripedDisk::new(alloc::vec![ram(1 << 20), ram(1 << 20)], None, None).unwrap();
+        let o = IoOptions::default();
+        let sizes = [
+            core::mem::size_of_val(&DiskIo::read(&l, sg, 0, o)),
+            core::mem::size_of_val(&DiskIo::write(&l, sg, 0, o)),
+            core::mem::size_of_val(&DiskIo::unmap(&l, 0, 8, o)),
+            core::mem::size_of_val(&DiskIo::read(&s, sg, 0, o)),
+            core::mem::size_of_val(&DiskIo::write(&s, sg, 0, o)),
+        ];
+        for size in sizes {
+            assert!(
+                size <= IO_FUTURE_BYTES,
+                "future of {size} bytes exceeds {IO_FUTURE_BYTES}: {sizes:?}"
+            );
+        }
     }
 
     #[test]

@@ -26,7 +26,7 @@ pub mod striped;
 
 pub use disk::{
     BoxFuture, Description, Disk, DiskIo, InitiatorId, InvalidDisk, IoFuture, IoOptions,
-    SectorMarker, UnmapBehavior, drive, run_inline,
+    SectorMarker, UnmapBehavior, run_inline,
 };
 pub use error::{DiskError, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind};
 pub use memory::{GuestMemory, LocalMemory, RamGuestMemory};
