@@ -1,0 +1,557 @@
+//! A host file as a disk: the development backend, and the emulated host's.
+//!
+//! [`FileDisk`] moves data with positional I/O straight between the file and
+//! the request's guest memory: each piece that guest memory hands out through
+//! [`SgList`]'s visitors is `pread` into or `pwrite` from in place, with no
+//! intermediate buffer. I/O is synchronous, so every operation completes on
+//! its first poll ([`DiskIo::completes_inline`]).
+//!
+//! - FUA writes use `pwritev2(RWF_DSYNC)`; where the kernel or file system
+//!   refuses the flag, the write is followed by `fdatasync`.
+//! - Flush is `fdatasync`.
+//! - Unmap punches a hole (`fallocate(PUNCH_HOLE | KEEP_SIZE)`), so unmapped
+//!   sectors read back as zeros. A file system that cannot punch holes fails
+//!   the unmap with [`DiskError::Io`] carrying `EOPNOTSUPP`.
+
+use parastor_core::{DiskError, DiskIo, IoError, IoErrorKind, IoOptions, SgList, UnmapBehavior};
+use rustix::fs::FallocateFlags;
+use rustix::io::{Errno, ReadWriteFlags};
+use std::fs::{File, OpenOptions};
+use std::io::{self, IoSlice, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// A disk backed by a host file (or anything `open(2)` can open and
+/// `pread(2)`/`pwrite(2)` can address, such as a block device node).
+///
+/// The sector count is fixed when the file is opened: the file's length
+/// divided by the sector size.
+#[derive(Debug)]
+pub struct FileDisk {
+    file: File,
+    path: PathBuf,
+    sector_size: u32,
+    sector_count: u64,
+    read_only: bool,
+    /// Cleared the first time the kernel refuses `RWF_DSYNC`; FUA writes then
+    /// fall back to `pwrite` + `fdatasync`.
+    dsync_supported: AtomicBool,
+}
+
+impl FileDisk {
+    /// Opens `path` as a disk of `sector_size`-byte sectors.
+    ///
+    /// The file is opened `O_RDONLY` when `read_only` is set (and the disk
+    /// then reports [`DiskIo::is_read_only`]), `O_RDWR` otherwise. Fails if
+    /// `sector_size` is not a power of two from 512 to 65536, or if the
+    /// file's length is not a whole number of sectors; the error names the
+    /// path and the sizes.
+    pub fn open(path: impl AsRef<Path>, sector_size: u32, read_only: bool) -> io::Result<FileDisk> {
+        let path = path.as_ref();
+        if !parastor_hw::is_valid_sector_size(sector_size) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cannot use {} as a disk: sector size {sector_size} is invalid, expected a \
+                     power of two from 512 to 65536",
+                    path.display()
+                ),
+            ));
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|e| {
+                let mode = if read_only { "read-only" } else { "read-write" };
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot open {} {mode}: {e}", path.display()),
+                )
+            })?;
+        // Seeking to the end (rather than reading the metadata) also sizes
+        // block device nodes, whose metadata length is 0.
+        let len = file.seek(SeekFrom::End(0)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot find the length of {}: {e}", path.display()),
+            )
+        })?;
+        if !len.is_multiple_of(u64::from(sector_size)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "cannot use {} as a disk: its length {len} bytes is not a whole number of \
+                     {sector_size}-byte sectors ({} sectors and {} bytes)",
+                    path.display(),
+                    len / u64::from(sector_size),
+                    len % u64::from(sector_size),
+                ),
+            ));
+        }
+        Ok(FileDisk {
+            file,
+            path: path.to_path_buf(),
+            sector_size,
+            sector_count: len / u64::from(sector_size),
+            read_only,
+            dsync_supported: AtomicBool::new(true),
+        })
+    }
+
+    /// The path the disk was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Checks `[sector, sector + count)` against the disk and returns its
+    /// byte offset and length in the file.
+    fn byte_range(&self, sector: u64, count: u64) -> Result<(u64, u64), DiskError> {
+        let end = sector.checked_add(count).ok_or(DiskError::IllegalBlock)?;
+        if end > self.sector_count {
+            return Err(DiskError::IllegalBlock);
+        }
+        // Cannot overflow: `end * sector_size` is at most the file length.
+        let size = u64::from(self.sector_size);
+        Ok((sector * size, count * size))
+    }
+
+    /// The request's sector count, if its buffer holds whole sectors.
+    fn buffer_sectors(&self, buf: &SgList<'_>) -> Result<u64, DiskError> {
+        let len = buf.len() as u64;
+        if !len.is_multiple_of(u64::from(self.sector_size)) {
+            return Err(DiskError::InvalidInput(
+                "buffer length is not a whole number of sectors",
+            ));
+        }
+        Ok(len / u64::from(self.sector_size))
+    }
+
+    fn read_sync(&self, buf: SgList<'_>, sector: u64) -> Result<(), DiskError> {
+        let (offset, _) = self.byte_range(sector, self.buffer_sectors(&buf)?)?;
+        let mut writer = buf.writer()?;
+        let mut pos = offset;
+        let mut failed = None;
+        writer.visit_mut(buf.len(), &mut |piece| {
+            if failed.is_some() {
+                return;
+            }
+            // `read_exact_at` loops on short reads and EINTR; a file that
+            // shrank under us ends early and fails with UnexpectedEof.
+            match self.file.read_exact_at(piece, pos) {
+                Ok(()) => pos += piece.len() as u64,
+                Err(e) => failed = Some(e),
+            }
+        })?;
+        failed.map_or(Ok(()), |e| Err(io_error_to_disk(&e)))
+    }
+
+    fn write_sync(&self, buf: SgList<'_>, sector: u64, fua: bool) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        let (offset, _) = self.byte_range(sector, self.buffer_sectors(&buf)?)?;
+        let mut pos = offset;
+        let mut failed = None;
+        // Set when a FUA write had to fall back to plain writes.
+        let mut needs_sync = false;
+        buf.reader().visit(buf.len(), &mut |piece| {
+            if failed.is_some() {
+                return;
+            }
+            let result = if fua && self.dsync_supported.load(Ordering::Relaxed) {
+                match write_all_dsync(&self.file, piece, pos) {
+                    Err(DsyncError::Unsupported) => {
+                        self.dsync_supported.store(false, Ordering::Relaxed);
+                        needs_sync = true;
+                        self.file.write_all_at(piece, pos)
+                    }
+                    Err(DsyncError::Io(e)) => Err(e),
+                    Ok(()) => Ok(()),
+                }
+            } else {
+                needs_sync |= fua;
+                // `write_all_at` loops on short writes and EINTR.
+                self.file.write_all_at(piece, pos)
+            };
+            match result {
+                Ok(()) => pos += piece.len() as u64,
+                Err(e) => failed = Some(e),
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(io_error_to_disk(&e));
+        }
+        if needs_sync {
+            self.file.sync_data().map_err(|e| io_error_to_disk(&e))?;
+        }
+        Ok(())
+    }
+
+    fn unmap_sync(&self, sector: u64, count: u64) -> Result<(), DiskError> {
+        if self.read_only {
+            return Err(DiskError::ReadOnly);
+        }
+        let (offset, len) = self.byte_range(sector, count)?;
+        if len == 0 {
+            return Ok(());
+        }
+        let mode = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+        loop {
+            match rustix::fs::fallocate(&self.file, mode, offset, len) {
+                Ok(()) => return Ok(()),
+                Err(Errno::INTR) => continue,
+                Err(e) => return Err(io_error_to_disk(&e.into())),
+            }
+        }
+    }
+}
+
+/// Why a `pwritev2(RWF_DSYNC)` write failed.
+enum DsyncError {
+    /// The kernel or file system does not support `RWF_DSYNC`; nothing was
+    /// written.
+    Unsupported,
+    /// The write failed.
+    Io(io::Error),
+}
+
+/// Writes all of `data` at `pos` with `RWF_DSYNC`, looping on short writes.
+fn write_all_dsync(file: &File, mut data: &[u8], mut pos: u64) -> Result<(), DsyncError> {
+    let mut first = true;
+    while !data.is_empty() {
+        match rustix::io::pwritev2(file, &[IoSlice::new(data)], pos, ReadWriteFlags::DSYNC) {
+            Ok(0) => return Err(DsyncError::Io(io::ErrorKind::WriteZero.into())),
+            Ok(n) => {
+                data = &data[n..];
+                pos += n as u64;
+                first = false;
+            }
+            Err(Errno::INTR) => {}
+            // pwritev2 predates no supported kernel, but RWF_DSYNC may be
+            // refused (EOPNOTSUPP) or, on old kernels, the flag rejected
+            // (EINVAL) or the call missing (ENOSYS). Only the first call of
+            // a piece can tell; later failures are real.
+            Err(Errno::OPNOTSUPP | Errno::INVAL | Errno::NOSYS) if first => {
+                return Err(DsyncError::Unsupported);
+            }
+            Err(e) => return Err(DsyncError::Io(e.into())),
+        }
+    }
+    Ok(())
+}
+
+/// Maps a host I/O error to the pipeline's error: the class from the errno
+/// (or the error kind when there is none) and the errno as the code.
+pub fn io_error_to_disk(e: &io::Error) -> DiskError {
+    let code = e.raw_os_error().unwrap_or(0);
+    let kind = match e.raw_os_error().map(Errno::from_raw_os_error) {
+        Some(Errno::NOSPC | Errno::DQUOT) => IoErrorKind::NoSpace,
+        Some(Errno::TIMEDOUT) => IoErrorKind::TimedOut,
+        Some(Errno::IO | Errno::NXIO | Errno::NODEV) => IoErrorKind::DeviceFailed,
+        Some(Errno::NOMEDIUM | Errno::BUSY | Errno::AGAIN) => IoErrorKind::NotReady,
+        Some(Errno::CANCELED) => IoErrorKind::Cancelled,
+        Some(_) => IoErrorKind::Other,
+        None => match e.kind() {
+            // The file ended before the range it had when opened: it was
+            // truncated underneath the disk.
+            io::ErrorKind::UnexpectedEof | io::ErrorKind::WriteZero => IoErrorKind::DeviceFailed,
+            io::ErrorKind::StorageFull => IoErrorKind::NoSpace,
+            io::ErrorKind::TimedOut => IoErrorKind::TimedOut,
+            _ => IoErrorKind::Other,
+        },
+    };
+    DiskError::Io(IoError::new(kind, code))
+}
+
+impl DiskIo for FileDisk {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn sector_count(&self) -> u64 {
+        self.sector_count
+    }
+
+    fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+
+    fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    fn is_fua_respected(&self) -> bool {
+        true
+    }
+
+    fn unmap_behavior(&self) -> UnmapBehavior {
+        UnmapBehavior::Zeroes
+    }
+
+    fn completes_inline(&self) -> bool {
+        true
+    }
+
+    fn details(&self) -> Vec<(&'static str, String)> {
+        vec![("path", self.path.display().to_string())]
+    }
+
+    async fn read(&self, buf: SgList<'_>, sector: u64, _opts: IoOptions) -> Result<(), DiskError> {
+        self.read_sync(buf, sector)
+    }
+
+    async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        self.write_sync(buf, sector, opts.fua)
+    }
+
+    async fn flush(&self, _opts: IoOptions) -> Result<(), DiskError> {
+        self.file.sync_data().map_err(|e| io_error_to_disk(&e))
+    }
+
+    async fn unmap(&self, sector: u64, count: u64, _opts: IoOptions) -> Result<(), DiskError> {
+        self.unmap_sync(sector, count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use parastor_core::{Disk, GpaRange, LocalMemory};
+    use std::io::Write;
+
+    fn temp_file(len: usize, fill: impl Fn(usize) -> u8) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        let data: Vec<u8> = (0..len).map(fill).collect();
+        f.write_all(&data).unwrap();
+        f.flush().unwrap();
+        f
+    }
+
+    fn read(disk: &Disk, sector: u64, bytes: usize) -> Result<Vec<u8>, DiskError> {
+        let mem = LocalMemory::new(bytes);
+        let ranges = [GpaRange::new(0, bytes as u64)];
+        let sg = SgList::new(&mem, &ranges, true).unwrap();
+        block_on(disk.read(sg, sector, IoOptions::default()))?;
+        Ok(mem.into_vec())
+    }
+
+    fn write(disk: &Disk, sector: u64, data: &[u8], fua: bool) -> Result<(), DiskError> {
+        let mem = LocalMemory::from_vec(data.to_vec());
+        let ranges = [GpaRange::new(0, data.len() as u64)];
+        let sg = SgList::new(&mem, &ranges, false).unwrap();
+        let opts = if fua {
+            IoOptions::fua()
+        } else {
+            IoOptions::default()
+        };
+        block_on(disk.write(sg, sector, opts))
+    }
+
+    #[test]
+    fn round_trip_through_scattered_buffers() {
+        let f = temp_file(64 * 512, |_| 0);
+        let disk = Disk::new(FileDisk::open(f.path(), 512, false).unwrap()).unwrap();
+        assert_eq!(disk.sector_count(), 64);
+        assert!(disk.completes_inline());
+        let data: Vec<u8> = (0..8 * 512).map(|i| (i * 7 % 251) as u8).collect();
+        // Three ranges, out of order in guest memory, split mid-sector.
+        let mem = LocalMemory::new(16384);
+        let ranges = [
+            GpaRange::new(9000, 700),
+            GpaRange::new(100, 3000),
+            GpaRange::new(5000, 396),
+        ];
+        mem.with_mut(|m| {
+            m[9000..9700].copy_from_slice(&data[..700]);
+            m[100..3100].copy_from_slice(&data[700..3700]);
+            m[5000..5396].copy_from_slice(&data[3700..]);
+        });
+        let sg = SgList::new(&mem, &ranges, false).unwrap();
+        block_on(disk.write(sg, 10, IoOptions::default())).unwrap();
+        assert_eq!(read(&disk, 10, data.len()).unwrap(), data);
+        // The bytes really are in the file, at the right place.
+        let on_disk = std::fs::read(f.path()).unwrap();
+        assert_eq!(&on_disk[10 * 512..18 * 512], &data[..]);
+        assert!(on_disk[..10 * 512].iter().all(|&b| b == 0));
+
+        // Scattered read back.
+        let out = LocalMemory::new(16384);
+        let sg = SgList::new(&out, &ranges, true).unwrap();
+        block_on(disk.read(sg, 10, IoOptions::default())).unwrap();
+        out.with(|m| {
+            assert_eq!(&m[9000..9700], &data[..700]);
+            assert_eq!(&m[100..3100], &data[700..3700]);
+            assert_eq!(&m[5000..5396], &data[3700..]);
+        });
+    }
+
+    #[test]
+    fn fua_write_and_flush() {
+        let f = temp_file(16 * 4096, |_| 0);
+        let disk = Disk::new(FileDisk::open(f.path(), 4096, false).unwrap()).unwrap();
+        assert!(disk.is_fua_respected());
+        let data = vec![0x5a; 2 * 4096];
+        write(&disk, 14, &data, true).unwrap();
+        block_on(disk.flush(IoOptions::default())).unwrap();
+        assert_eq!(read(&disk, 14, data.len()).unwrap(), data);
+        assert_eq!(&std::fs::read(f.path()).unwrap()[14 * 4096..], &data[..]);
+    }
+
+    #[test]
+    fn unmap_reads_zero() {
+        let f = temp_file(32 * 512, |i| (i % 255) as u8 + 1);
+        let disk = Disk::new(FileDisk::open(f.path(), 512, false).unwrap()).unwrap();
+        assert_eq!(disk.unmap_behavior(), UnmapBehavior::Zeroes);
+        match block_on(disk.unmap(4, 12, IoOptions::default())) {
+            Ok(()) => {}
+            // tmpfs and most local file systems punch holes; one that cannot
+            // must say so with an errno, not pretend.
+            Err(DiskError::Io(e)) if e.code == Errno::OPNOTSUPP.raw_os_error() => return,
+            Err(e) => panic!("unmap failed: {e}"),
+        }
+        let back = read(&disk, 0, 32 * 512).unwrap();
+        assert!(back[..4 * 512].iter().all(|&b| b != 0));
+        assert!(back[4 * 512..16 * 512].iter().all(|&b| b == 0));
+        assert!(back[16 * 512..].iter().all(|&b| b != 0));
+        // The file keeps its size.
+        assert_eq!(std::fs::metadata(f.path()).unwrap().len(), 32 * 512);
+        // Zero-length unmap is a no-op.
+        block_on(disk.unmap(32, 0, IoOptions::default())).unwrap();
+    }
+
+    #[test]
+    fn read_only_rejects_modification() {
+        let f = temp_file(8 * 512, |_| 3);
+        let disk = Disk::new(FileDisk::open(f.path(), 512, true).unwrap()).unwrap();
+        assert!(disk.is_read_only());
+        assert_eq!(write(&disk, 0, &[1; 512], false), Err(DiskError::ReadOnly));
+        assert_eq!(
+            block_on(disk.unmap(0, 1, IoOptions::default())),
+            Err(DiskError::ReadOnly)
+        );
+        assert_eq!(read(&disk, 7, 512).unwrap(), vec![3; 512]);
+        // The implementation refuses too, not only the Disk handle.
+        let raw = FileDisk::open(f.path(), 512, true).unwrap();
+        assert_eq!(
+            raw.write_sync(
+                SgList::new(&LocalMemory::new(0), &[], false).unwrap(),
+                0,
+                false
+            ),
+            Err(DiskError::ReadOnly)
+        );
+        assert_eq!(raw.unmap_sync(0, 1), Err(DiskError::ReadOnly));
+    }
+
+    #[test]
+    fn out_of_range_is_illegal_block() {
+        let f = temp_file(8 * 512, |_| 0);
+        let raw = FileDisk::open(f.path(), 512, false).unwrap();
+        let disk = Disk::new(FileDisk::open(f.path(), 512, false).unwrap()).unwrap();
+        assert_eq!(read(&disk, 8, 512), Err(DiskError::IllegalBlock));
+        assert_eq!(read(&disk, 7, 1024), Err(DiskError::IllegalBlock));
+        assert_eq!(read(&disk, u64::MAX, 512), Err(DiskError::IllegalBlock));
+        assert_eq!(
+            write(&disk, 7, &[0; 1024], false),
+            Err(DiskError::IllegalBlock)
+        );
+        let opts = IoOptions::default();
+        assert_eq!(
+            block_on(disk.unmap(0, 9, opts)),
+            Err(DiskError::IllegalBlock)
+        );
+        assert_eq!(
+            block_on(disk.unmap(u64::MAX, u64::MAX, opts)),
+            Err(DiskError::IllegalBlock)
+        );
+        // Straight at the implementation, with values the handle would
+        // reject for being unrepresentable.
+        assert_eq!(raw.unmap_sync(u64::MAX, 2), Err(DiskError::IllegalBlock));
+        assert_eq!(
+            raw.unmap_sync(u64::MAX / 512, 1),
+            Err(DiskError::IllegalBlock)
+        );
+        let mem = LocalMemory::new(512);
+        let ranges = [GpaRange::new(0, 512)];
+        let sg = SgList::new(&mem, &ranges, true).unwrap();
+        assert_eq!(raw.read_sync(sg, u64::MAX), Err(DiskError::IllegalBlock));
+        assert_eq!(
+            raw.write_sync(sg, 1 << 60, false),
+            Err(DiskError::IllegalBlock)
+        );
+        let odd = [GpaRange::new(0, 100)];
+        let sg = SgList::new(&mem, &odd, true).unwrap();
+        assert!(matches!(
+            raw.read_sync(sg, 0),
+            Err(DiskError::InvalidInput(_))
+        ));
+        // Nothing was written by the failed requests.
+        assert!(std::fs::read(f.path()).unwrap().iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn length_must_be_whole_sectors() {
+        let f = temp_file(4096 + 100, |_| 0);
+        let err = FileDisk::open(f.path(), 512, false).unwrap_err();
+        let msg = err.to_string();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(msg.contains(&f.path().display().to_string()), "{msg}");
+        assert!(msg.contains("4196") && msg.contains("512"), "{msg}");
+        let f = temp_file(8192, |_| 0);
+        assert_eq!(
+            FileDisk::open(f.path(), 4096, false).unwrap().sector_count,
+            2
+        );
+        let err = FileDisk::open(f.path(), 1000, false).unwrap_err();
+        assert!(err.to_string().contains("sector size 1000"), "{err}");
+    }
+
+    #[test]
+    fn missing_file_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("absent.img");
+        let err = FileDisk::open(&path, 512, true).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(err.to_string().contains("absent.img"), "{err}");
+    }
+
+    #[test]
+    fn truncated_file_is_an_io_error_not_a_panic() {
+        let f = temp_file(8 * 512, |_| 1);
+        let disk = Disk::new(FileDisk::open(f.path(), 512, false).unwrap()).unwrap();
+        f.as_file().set_len(512).unwrap();
+        match read(&disk, 4, 512) {
+            Err(DiskError::Io(e)) => assert_eq!(e.kind, IoErrorKind::DeviceFailed),
+            other => panic!("expected an I/O error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errno_mapping() {
+        let e =
+            |errno: Errno| io_error_to_disk(&io::Error::from_raw_os_error(errno.raw_os_error()));
+        let nospc = Errno::NOSPC.raw_os_error();
+        assert_eq!(
+            e(Errno::NOSPC),
+            DiskError::Io(IoError::new(IoErrorKind::NoSpace, nospc))
+        );
+        assert!(matches!(
+            e(Errno::IO),
+            DiskError::Io(IoError {
+                kind: IoErrorKind::DeviceFailed,
+                ..
+            })
+        ));
+        assert!(
+            matches!(e(Errno::OPNOTSUPP), DiskError::Io(IoError { kind: IoErrorKind::Other, code }) if code == Errno::OPNOTSUPP.raw_os_error())
+        );
+        let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
+        assert_eq!(
+            io_error_to_disk(&eof),
+            DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0))
+        );
+    }
+}
