@@ -142,6 +142,9 @@ pub enum IoErrorKind {
     NoSpace,
     /// The request was cancelled before it completed.
     Cancelled,
+    /// The backing store does not support the operation (for example
+    /// punching holes on a file system without it).
+    Unsupported,
     /// Anything else; `code` says what.
     Other,
 }
@@ -155,6 +158,7 @@ impl IoErrorKind {
             IoErrorKind::NotReady => "device not ready",
             IoErrorKind::NoSpace => "no space left on backing store",
             IoErrorKind::Cancelled => "cancelled",
+            IoErrorKind::Unsupported => "operation not supported by the backing store",
             IoErrorKind::Other => "I/O failed",
         }
     }

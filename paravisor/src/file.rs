@@ -252,6 +252,7 @@ pub fn io_error_to_disk(e: &io::Error) -> DiskError {
         Some(Errno::IO | Errno::NXIO | Errno::NODEV) => IoErrorKind::DeviceFailed,
         Some(Errno::NOMEDIUM | Errno::BUSY | Errno::AGAIN) => IoErrorKind::NotReady,
         Some(Errno::CANCELED) => IoErrorKind::Cancelled,
+        Some(Errno::OPNOTSUPP | Errno::NOSYS) => IoErrorKind::Unsupported,
         Some(_) => IoErrorKind::Other,
         None => match e.kind() {
             // The file ended before the range it had when opened: it was
