@@ -547,7 +547,7 @@ mod tests {
             })
         ));
         assert!(
-            matches!(e(Errno::OPNOTSUPP), DiskError::Io(IoError { kind: IoErrorKind::Other, code }) if code == Errno::OPNOTSUPP.raw_os_error())
+            matches!(e(Errno::OPNOTSUPP), DiskError::Io(IoError { kind: IoErrorKind::Unsupported, code }) if code == Errno::OPNOTSUPP.raw_os_error())
         );
         let eof = io::Error::from(io::ErrorKind::UnexpectedEof);
         assert_eq!(
