@@ -1,0 +1,130 @@
+//! The `no_std` gate: a `#![no_std]` binary that links every `no_std` crate
+//! of parastor.
+//!
+//! `hw`, `core`, `vtl2-settings` and `translation` promise to build without
+//! the standard library. A library crate's `#![no_std]` alone does not keep
+//! that promise: any of its dependencies (or a feature of one) can still pull
+//! `std` into the graph. This binary supplies what `std` would otherwise
+//! supply — a `#[panic_handler]`, a `#[global_allocator]` and an entry point —
+//! so the moment `std` sneaks into the dependency graph the build fails,
+//! typically with `error[E0152]: found duplicate lang item `panic_impl``.
+//!
+//! `cargo xtask nostd` builds it (in its own workspace, so no feature the std
+//! crates of the main workspace enable can hide a problem) and then runs it:
+//! `main` exercises each crate a little and returns 0 only if every check
+//! passes. A failing check returns its own non-zero code, listed at
+//! [`Failure`].
+//!
+//! # Why this crate allows `unsafe_code`
+//!
+//! The entry point must be the C symbol `main` so the C runtime's start files
+//! call it on `x86_64-unknown-linux-gnu`; exporting an unmangled symbol needs
+//! `#[unsafe(no_mangle)]`, which the `unsafe_code` lint counts as unsafe.
+//! That one attribute is the only exception: the crate denies `unsafe_code`
+//! everywhere else, and it is a build check that is never shipped.
+//!
+//! A panic cannot print or abort without `unsafe` (there is no libc binding
+//! here), so the panic handler spins; `cargo xtask nostd` runs the binary
+//! under a timeout and reports a hang as a panic.
+#![no_std]
+#![no_main]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+use alloc::vec;
+use alloc::vec::Vec;
+// The memory type comes through translation's re-export and the trait from
+// core itself: both paths must name the one same `parastor-core`.
+use parastor_core::GuestMemory;
+use parastor_translation::parastor_core::RamGuestMemory;
+
+/// The heap: a fixed arena, enough for the two 64 KiB chunks of guest memory
+/// the checks touch plus their bookkeeping.
+#[global_allocator]
+static ALLOCATOR: emballoc::Allocator<{ 256 * 1024 }> = emballoc::Allocator::new();
+
+/// Spins forever: without `std` or `unsafe` there is no way to abort. The
+/// runner's timeout turns the hang into a reported failure.
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}
+
+/// A failed check; its discriminant is the process exit code.
+#[derive(Clone, Copy)]
+#[repr(i32)]
+enum Failure {
+    /// `parastor_hw`'s sector-size rules gave a wrong answer.
+    SectorSize = 1,
+    /// Bytes written to guest memory (across a chunk boundary) did not read
+    /// back unchanged.
+    RoundTrip = 2,
+    /// An access past the end of guest memory did not fail.
+    OutOfRange = 3,
+    /// Never-written guest memory did not read as zero.
+    NotZero = 4,
+    /// `GuestMemory::fill` did not fill.
+    Fill = 5,
+}
+
+/// Size of the guest memory the checks use: two 64 KiB chunks.
+const GUEST_SIZE: u64 = 128 * 1024;
+
+/// Runs every check, stopping at the first failure.
+fn check() -> Result<(), Failure> {
+    if !parastor_hw::is_valid_sector_size(512)
+        || !parastor_hw::is_valid_sector_size(4096)
+        || parastor_hw::is_valid_sector_size(520)
+    {
+        return Err(Failure::SectorSize);
+    }
+
+    let memory = RamGuestMemory::new(GUEST_SIZE);
+
+    // A pattern seeded by the settings model version, written across the
+    // boundary between the two chunks.
+    let seed = parastor_vtl2_settings::MODEL_VERSION as u8;
+    let pattern: Vec<u8> = (0..2000u32)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    let gpa = 64 * 1024 - 1000;
+    let mut back = vec![0u8; pattern.len()];
+    if memory.write(gpa, &pattern).is_err()
+        || memory.read(gpa, &mut back).is_err()
+        || back != pattern
+    {
+        return Err(Failure::RoundTrip);
+    }
+
+    let mut one = [0u8; 1];
+    if memory.read(GUEST_SIZE, &mut one).is_ok() || memory.write(GUEST_SIZE - 1, &[0, 0]).is_ok() {
+        return Err(Failure::OutOfRange);
+    }
+
+    let mut head = [0xffu8; 64];
+    if memory.read(0, &mut head).is_err() || head.iter().any(|&b| b != 0) {
+        return Err(Failure::NotZero);
+    }
+
+    if memory.fill(100, 64, 0xa5).is_err()
+        || memory.read(100, &mut head).is_err()
+        || head.iter().any(|&b| b != 0xa5)
+    {
+        return Err(Failure::Fill);
+    }
+    Ok(())
+}
+
+/// The C entry point: 0 if every check passed, else the [`Failure`] code.
+#[allow(unsafe_code)] // `no_mangle` only; see the crate docs.
+#[unsafe(no_mangle)]
+pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
+    match check() {
+        Ok(()) => 0,
+        Err(failure) => failure as i32,
+    }
+}
