@@ -1,1 +1,20 @@
-//! Test harness.
+//! parastor's test harness: the disk conformance suite and its reference
+//! model, test doubles, stack builders, and the fuzz harnesses (which the
+//! cargo-fuzz project in `fuzz/` and the corpus replay test both call).
+//!
+//! - [`conformance`]: the suite every disk and composition must pass.
+//! - [`model`]: the reference model of a disk's contents.
+//! - [`checker`]: runs operations against a disk and the model in step.
+//! - [`buf`]: guest buffers (multi-range, unaligned) and blocking helpers.
+//! - [`doubles`]: a disk wrapper that fails, records, hooks and yields.
+//! - [`stacks`]: builders for RAM, file, layered and striped stacks.
+//! - [`fuzz_disk`]: the `disk_ops` fuzz harness.
+#![forbid(unsafe_code)]
+
+pub mod buf;
+pub mod checker;
+pub mod conformance;
+pub mod doubles;
+pub mod fuzz_disk;
+pub mod model;
+pub mod stacks;

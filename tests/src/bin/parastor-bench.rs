@@ -1,1 +1,307 @@
-fn main() {}
+//! parastor's benchmarks.
+//!
+//! `parastor-bench NAME...` runs the named benchmarks (`all` = every one;
+//! no argument or `--list` lists them). Each prints one line per
+//! measurement, ending in `ratio=R` against a reference measured in the
+//! same run, so results compare across machines; nothing here asserts on
+//! time. Heap allocations are counted with `stats_alloc` as the global
+//! allocator and reported per I/O.
+//!
+//! Timing: each measurement is warmed up, then timed as several batches
+//! sized to a few milliseconds each; the median batch's ns/io is reported.
+
+use parastor_core::{Disk, GpaRange, GuestMemory, IoOptions, RamGuestMemory, SgList};
+use parastor_tests::buf::{block_on, pattern, write_vec};
+use parastor_tests::stacks::{layer, layered, ram_disk, ram_layer, striped};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+use std::alloc::System;
+use std::hint::black_box;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// One benchmark: a subcommand.
+struct Bench {
+    name: &'static str,
+    about: &'static str,
+    run: fn(),
+}
+
+/// Every benchmark, in `all` order. New ones (crypt, storvsp, ...) are
+/// added here.
+const BENCHES: &[Bench] = &[Bench {
+    name: "pipeline",
+    about: "QD1 per-I/O cost of RAM, layered and striped stacks, vs the raw RAM disk and memcpy",
+    run: pipeline::run,
+}];
+
+fn usage() {
+    eprintln!("usage: parastor-bench NAME... | all | --list\n\nbenchmarks:");
+    for b in BENCHES {
+        eprintln!("  {:<10} {}", b.name, b.about);
+    }
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty()
+        || args
+            .iter()
+            .any(|a| a == "--list" || a == "-h" || a == "--help")
+    {
+        usage();
+        return if args.is_empty() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
+    }
+    let mut selected = Vec::new();
+    for arg in &args {
+        if arg == "all" {
+            selected.extend(BENCHES.iter());
+        } else if let Some(b) = BENCHES.iter().find(|b| b.name == arg) {
+            selected.push(b);
+        } else {
+            eprintln!("parastor-bench: unknown benchmark `{arg}`");
+            usage();
+            return ExitCode::FAILURE;
+        }
+    }
+    for b in selected {
+        (b.run)();
+    }
+    ExitCode::SUCCESS
+}
+
+/// Measurement machinery shared by every benchmark.
+mod harness {
+    use super::*;
+
+    /// What one measurement found.
+    #[derive(Clone, Copy, Debug)]
+    pub(crate) struct Measurement {
+        /// Median nanoseconds per operation.
+        pub(crate) ns_per_op: f64,
+        /// Heap allocations per operation over all timed batches.
+        pub(crate) allocs_per_op: f64,
+    }
+
+    /// One thing to measure: `op(i)` runs operation number `i`.
+    pub(crate) struct Case<'a> {
+        /// Name for the report.
+        pub(crate) name: &'static str,
+        /// The operation; panics if it fails.
+        pub(crate) op: Box<dyn FnMut(u64) + 'a>,
+    }
+
+    /// Rounds; each round times every case once, so load that comes and
+    /// goes during a run affects all cases (and their reference) alike.
+    const ROUNDS: usize = 5;
+    /// Timed batches per case per round.
+    const BATCHES: usize = 5;
+    /// Target duration of one batch.
+    const BATCH_NS: f64 = 3e6;
+
+    /// Runs `op` until a batch takes a quarter of `BATCH_NS`; returns the
+    /// batch size for `BATCH_NS` and the next operation index.
+    fn calibrate(op: &mut dyn FnMut(u64)) -> (u64, u64) {
+        let mut i = 0u64;
+        let mut batch = 16u64;
+        loop {
+            let t = Instant::now();
+            for _ in 0..batch {
+                op(i);
+                i += 1;
+            }
+            let ns = t.elapsed().as_nanos() as f64;
+            if ns > BATCH_NS / 4.0 {
+                return (((batch as f64) * BATCH_NS / ns).ceil().max(1.0) as u64, i);
+            }
+            batch *= 4;
+        }
+    }
+
+    /// Measures every case: warm-up and calibration, then interleaved
+    /// rounds of timed batches; reports the median batch of each case.
+    pub(crate) fn measure(cases: &mut [Case<'_>]) -> Vec<Measurement> {
+        let mut state: Vec<(u64, u64, Vec<f64>, u64)> = cases
+            .iter_mut()
+            .map(|c| {
+                let (batch, next) = calibrate(&mut *c.op);
+                (batch, next, Vec::new(), 0)
+            })
+            .collect();
+        for _ in 0..ROUNDS {
+            for (case, (batch, next, samples, allocs)) in cases.iter_mut().zip(&mut state) {
+                let region = Region::new(GLOBAL);
+                for _ in 0..BATCHES {
+                    let t = Instant::now();
+                    for _ in 0..*batch {
+                        (case.op)(*next);
+                        *next += 1;
+                    }
+                    samples.push(t.elapsed().as_nanos() as f64 / *batch as f64);
+                }
+                *allocs += region.change().allocations as u64;
+            }
+        }
+        state
+            .into_iter()
+            .map(|(batch, _, mut samples, allocs)| {
+                samples.sort_by(f64::total_cmp);
+                Measurement {
+                    ns_per_op: samples[samples.len() / 2],
+                    allocs_per_op: allocs as f64 / (samples.len() as u64 * batch) as f64,
+                }
+            })
+            .collect()
+    }
+
+    /// `4KiB`, `128KiB`, ...
+    pub(crate) fn size_name(bytes: usize) -> String {
+        if bytes.is_multiple_of(1 << 20) {
+            format!("{}MiB", bytes >> 20)
+        } else if bytes.is_multiple_of(1024) {
+            format!("{}KiB", bytes >> 10)
+        } else {
+            format!("{bytes}B")
+        }
+    }
+
+    /// Prints one result line.
+    pub(crate) fn report(
+        bench: &str,
+        op: &str,
+        bytes: usize,
+        path: &str,
+        m: Measurement,
+        reference: f64,
+    ) {
+        let gbps = bytes as f64 / m.ns_per_op;
+        println!(
+            "{bench} {op} {} {path:<30} {:>9.0} ns/io {:>7.2} GB/s  allocs/io={:.2}  ratio={:.2}",
+            size_name(bytes),
+            m.ns_per_op,
+            gbps,
+            m.allocs_per_op,
+            m.ns_per_op / reference,
+        );
+    }
+}
+
+/// `pipeline`: the cost the disk pipeline adds to an I/O.
+mod pipeline {
+    use super::harness::{Case, measure, report};
+    use super::*;
+
+    const SS: u32 = 512;
+    /// Bytes the I/Os cycle over (each path is prefilled over it).
+    const WORKING_SET: u64 = 8 << 20;
+    /// Disk size.
+    const DISK_BYTES: u64 = 16 << 20;
+    const SIZES: [usize; 2] = [4096, 128 * 1024];
+
+    fn sectors(bytes: u64) -> u64 {
+        bytes / u64::from(SS)
+    }
+
+    fn prefill(d: &Disk) {
+        let chunk = 1 << 20;
+        for off in (0..WORKING_SET).step_by(chunk) {
+            let s = sectors(off);
+            write_vec(d, s, &pattern(1, s, sectors(chunk as u64), SS)).expect("prefill");
+        }
+    }
+
+    /// The stacks under test, each prefilled over the working set:
+    /// (name, disk, whether writes make sense on it).
+    fn paths() -> Vec<(&'static str, Disk, bool)> {
+        let raw = ram_disk(sectors(DISK_BYTES), SS);
+        prefill(&raw);
+        let present = layered(
+            false,
+            vec![
+                ram_layer(false, false),
+                layer(ram_disk(sectors(DISK_BYTES), SS), false, false),
+            ],
+        );
+        prefill(&present);
+        let bottom = ram_disk(sectors(DISK_BYTES), SS);
+        prefill(&bottom);
+        let fall_through = layered(
+            false,
+            vec![ram_layer(false, false), layer(bottom, false, false)],
+        );
+        let members = (0..4)
+            .map(|_| ram_disk(sectors(DISK_BYTES / 4), SS))
+            .collect();
+        let striped = striped(members, Some(128 * 1024), None);
+        prefill(&striped);
+        vec![
+            ("raw-ram", raw, true),
+            ("layered-present", present, true),
+            // A write would land in the top layer and end the fall-through.
+            ("layered-fallthrough", fall_through, false),
+            ("striped-4x128K", striped, true),
+        ]
+    }
+
+    pub(crate) fn run() {
+        let paths = paths();
+        let mem = RamGuestMemory::new(256 * 1024);
+        mem.fill(0, 256 * 1024, 0x5a).expect("guest memory");
+        for write in [false, true] {
+            let op = if write { "write" } else { "read" };
+            for &bytes in &SIZES {
+                let ranges = [GpaRange::new(0, bytes as u64)];
+                let io_sectors = sectors(bytes as u64);
+                let slots = sectors(WORKING_SET) / io_sectors;
+                let mut cases = Vec::new();
+                for (name, disk, writable) in &paths {
+                    if write && !*writable {
+                        continue;
+                    }
+                    let (mem, ranges) = (&mem, &ranges);
+                    cases.push(Case {
+                        name,
+                        op: Box::new(move |i| {
+                            let sector = (i % slots) * io_sectors;
+                            let sg = SgList::new(mem, ranges, !write).expect("ranges");
+                            let r = if write {
+                                block_on(disk.write(sg, sector, IoOptions::default()))
+                            } else {
+                                block_on(disk.read(sg, sector, IoOptions::default()))
+                            };
+                            r.expect("benchmark I/O failed");
+                        }),
+                    });
+                }
+                // The floor: the same copy with memcpy over the same working
+                // set, between plain host buffers.
+                let mut store = vec![0x33u8; WORKING_SET as usize];
+                let mut buf = vec![0x5au8; bytes];
+                cases.push(Case {
+                    name: "memcpy(ratio-vs-raw-ram)",
+                    op: Box::new(move |i| {
+                        let off = ((i % slots) * io_sectors * u64::from(SS)) as usize;
+                        if write {
+                            store[off..off + bytes].copy_from_slice(black_box(&buf));
+                        } else {
+                            buf.copy_from_slice(black_box(&store[off..off + bytes]));
+                        }
+                        black_box((&store, &buf));
+                    }),
+                });
+                let results = measure(&mut cases);
+                // `paths()` puts the raw RAM disk first.
+                let reference = results[0].ns_per_op;
+                for (case, m) in cases.iter().zip(results) {
+                    report("pipeline", op, bytes, case.name, m, reference);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Replays every fuzz corpus and regression input through its harness on
+//! stable, so CI checks them without a fuzzer.
+//!
+//! Layout: `fuzz/corpus/TARGET/*` (the kept corpus) and
+//! `fuzz/regressions/TARGET/*` (inputs that once crashed). A directory for a
+//! target this file does not know fails the test, so a new fuzz target
+//! cannot be added without its replay.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+
+/// The harness for a fuzz target.
+fn harness(target: &str) -> Option<fn(&[u8])> {
+    match target {
+        "disk_ops" => Some(parastor_tests::fuzz_disk::disk_ops),
+        _ => None,
+    }
+}
+
+fn fuzz_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+}
+
+/// Every `(target, file)` under `fuzz/<kind>/`.
+fn inputs(kind: &str) -> Vec<(String, PathBuf)> {
+    let dir = fuzz_dir().join(kind);
+    let Ok(targets) = std::fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for target in targets {
+        let target = target.unwrap();
+        if !target.file_type().unwrap().is_dir() {
+            continue;
+        }
+        let name = target.file_name().into_string().unwrap();
+        for file in std::fs::read_dir(target.path()).unwrap() {
+            let file = file.unwrap();
+            if file.file_type().unwrap().is_file() {
+                out.push((name.clone(), file.path()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn replay(kind: &str) -> usize {
+    let all = inputs(kind);
+    let mut failures = Vec::new();
+    for (target, path) in &all {
+        let Some(run) = harness(target) else {
+            failures.push(format!(
+                "{}: no harness for target `{target}`",
+                path.display()
+            ));
+            continue;
+        };
+        let data = std::fs::read(path).unwrap();
+        if let Err(e) = catch_unwind(AssertUnwindSafe(|| run(&data))) {
+            let msg = e
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!("{}: {msg}", path.display()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} inputs failed:\n{}",
+        failures.len(),
+        all.len(),
+        failures.join("\n")
+    );
+    all.len()
+}
+
+#[test]
+fn corpus_replays() {
+    let n = replay("corpus");
+    assert!(n > 0, "the disk_ops corpus is empty");
+}
+
+#[test]
+fn regressions_replay() {
+    replay("regressions");
+}
