@@ -51,7 +51,7 @@ const STEPS: &[Step] = &[
         run: || {
             let mut cmd = util::cargo_cmd(&["doc", "--workspace", "--no-deps"]);
             cmd.env("RUSTDOCFLAGS", "-D warnings");
-            util::run(&mut cmd).map_err(|err| err.context("with RUSTDOCFLAGS='-D warnings'"))
+            util::run(&mut cmd)
         },
     },
 ];

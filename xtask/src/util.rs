@@ -53,26 +53,38 @@ pub(crate) fn cargo_cmd(args: &[&str]) -> Command {
     cmd
 }
 
-/// `cmd` as a shell-like line, for messages: `cargo clippy --workspace`.
+/// `cmd` as a shell-like line, for messages: `cargo clippy --workspace`,
+/// with the environment variables it sets in front
+/// (`RUSTDOCFLAGS='-D warnings' cargo doc`).
 ///
 /// The program is shown by its file name (`cargo`, not the toolchain path).
 pub(crate) fn display(cmd: &Command) -> String {
-    let program = Path::new(cmd.get_program());
-    let mut line = program
-        .file_name()
-        .unwrap_or(program.as_os_str())
-        .to_string_lossy()
-        .into_owned();
-    for arg in cmd.get_args() {
-        let arg = arg.to_string_lossy();
-        line.push(' ');
-        if arg.is_empty() || arg.contains([' ', '"', '\'']) {
-            line.push_str(&format!("'{arg}'"));
-        } else {
-            line.push_str(&arg);
+    let mut words = Vec::new();
+    for (key, value) in cmd.get_envs() {
+        if let Some(value) = value {
+            let value = quote(&value.to_string_lossy());
+            words.push(format!("{}={value}", key.to_string_lossy()));
         }
     }
-    line
+    let program = Path::new(cmd.get_program());
+    words.push(
+        program
+            .file_name()
+            .unwrap_or(program.as_os_str())
+            .to_string_lossy()
+            .into_owned(),
+    );
+    words.extend(cmd.get_args().map(|arg| quote(&arg.to_string_lossy())));
+    words.join(" ")
+}
+
+/// `word`, in single quotes if a shell would otherwise split or expand it.
+fn quote(word: &str) -> String {
+    if word.is_empty() || word.contains([' ', '"', '\'', '$', '*', '?', '\\']) {
+        format!("'{word}'")
+    } else {
+        word.to_string()
+    }
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits successfully.
@@ -120,6 +132,11 @@ mod tests {
         let mut cmd = Command::new("/some/toolchain/bin/cargo");
         cmd.args(["clippy", "--", "-D", "warnings", "a b"]);
         assert_eq!(display(&cmd), "cargo clippy -- -D warnings 'a b'");
+        cmd.env("RUSTDOCFLAGS", "-D warnings").env_remove("CARGO");
+        assert_eq!(
+            display(&cmd),
+            "RUSTDOCFLAGS='-D warnings' cargo clippy -- -D warnings 'a b'"
+        );
     }
 
     #[test]
