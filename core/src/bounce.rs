@@ -236,7 +236,7 @@ impl Drop for BounceBuffer {
             if kept + data.capacity() <= self.pool.budget {
                 st.free.push(data);
             }
-            st.waiters.iter_mut().filter_map(Option::take).collect()
+            st.waiters.iter().flatten().cloned().collect()
         };
         for w in wakers {
             w.wake();

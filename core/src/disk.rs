@@ -19,7 +19,7 @@ use stackfuture::StackFuture;
 /// Futures that fit are stored in place (no heap allocation per I/O);
 /// larger ones fall back to the heap. Composite disks keep their own futures
 /// small by driving inline members without storing their futures (see
-/// [`drive`]), so RAM and layered stacks stay allocation-free.
+/// [`drive!`](crate::drive)), so RAM and layered stacks stay allocation-free.
 pub const IO_FUTURE_BYTES: usize = 1024;
 
 /// The future of one [`Disk`] operation.
@@ -53,13 +53,42 @@ impl UnmapBehavior {
 /// Who issued a request: the identity persistent reservations are keyed
 /// by. Frontends derive it from the I_T nexus (SCSI) or the host identifier
 /// (NVMe); `InitiatorId::LOCAL` is parastor itself.
+///
+/// Stored as two `u64` halves rather than a `u128`: a 16-byte-aligned field
+/// in [`IoOptions`] would make every I/O future too aligned for the inline
+/// [`IoFuture`] storage, and every I/O would then allocate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct InitiatorId(pub u128);
+pub struct InitiatorId {
+    hi: u64,
+    lo: u64,
+}
 
 impl InitiatorId {
     /// parastor's own requests (tools, tests, read-cache population).
-    pub const LOCAL: InitiatorId = InitiatorId(0);
+    pub const LOCAL: InitiatorId = InitiatorId::new(0);
+
+    /// The initiator with identity `id`.
+    pub const fn new(id: u128) -> Self {
+        InitiatorId {
+            hi: (id >> 64) as u64,
+            lo: id as u64,
+        }
+    }
+
+    /// The identity as a number.
+    pub const fn get(self) -> u128 {
+        ((self.hi as u128) << 64) | self.lo as u128
+    }
+
+    /// The identity as 16 big-endian bytes (a host identifier).
+    pub const fn to_bytes(self) -> [u8; 16] {
+        self.get().to_be_bytes()
+    }
 }
+
+// Inline futures (IoFuture) are pointer-aligned: request arguments must not
+// need more.
+const _: () = assert!(core::mem::align_of::<IoOptions>() <= core::mem::align_of::<usize>());
 
 /// Per-request options.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -283,10 +312,16 @@ pub trait DiskIo: Send + Sync + 'static {
     }
 
     /// Completes with the new sector count once it differs from `known`.
-    /// The default never completes: right for disks whose size is fixed.
+    /// The default suits disks whose size is fixed: it completes at once if
+    /// `known` is stale and otherwise never.
     fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
-        let _ = known;
-        core::future::pending()
+        let now = self.sector_count();
+        async move {
+            if now != known {
+                return now;
+            }
+            core::future::pending().await
+        }
     }
 
     /// Layer read: reads the sectors this disk *has* into `buf` and marks

@@ -291,6 +291,22 @@ impl LayeredDisk {
         })
     }
 
+    /// How many of the `count` sectors at `sector` layer `index` holds: all
+    /// of them for the top layer (the disk's size is the top's), at most its
+    /// current size for a layer below.
+    fn lower_extent(&self, index: usize, sector: u64, count: u64) -> u64 {
+        if index == 0 {
+            count
+        } else {
+            count.min(
+                self.layers[index]
+                    .disk
+                    .sector_count()
+                    .saturating_sub(sector),
+            )
+        }
+    }
+
     /// The layers' disks, top first.
     pub fn layers(&self) -> impl Iterator<Item = &Disk> {
         self.layers.iter().map(|l| &l.disk)
@@ -342,11 +358,12 @@ impl LayeredDisk {
             let mut at = sector;
             while let Some((s, n)) = have.next_unset(at) {
                 at = s + n;
-                // Sectors of a lower layer past its visible count are zero.
+                // Sectors of a lower layer past its visible count (or its
+                // current size, if it shrank) are zero.
                 let end = if index == 0 {
                     s + n
                 } else {
-                    (s + n).min(layer.visible)
+                    (s + n).min(layer.visible).min(layer.disk.sector_count())
                 };
                 if end <= s {
                     continue;
@@ -488,8 +505,15 @@ impl DiskIo for LayeredDisk {
             _ => return Err(DiskError::IllegalBlock),
         }
         for (index, layer) in self.layers[..self.write_path].iter().enumerate() {
+            // A write-through layer smaller than the top (built so, or the
+            // top grew) takes the part of the write that fits.
+            let n = self.lower_extent(index, sector, count);
+            if n == 0 {
+                continue;
+            }
+            let part = sub(&buf, self.shift, 0, n)?;
             let disk = &layer.disk;
-            drive!(layer.inline, disk.write(buf, sector, opts))
+            drive!(layer.inline, disk.write(part, sector, opts))
                 .map_err(|e| e.in_member(index as u32))?;
         }
         Ok(())
@@ -512,16 +536,20 @@ impl DiskIo for LayeredDisk {
             return Ok(());
         }
         for (index, layer) in self.layers[..self.write_path].iter().enumerate() {
+            let n = self.lower_extent(index, sector, count);
+            if n == 0 {
+                continue;
+            }
             let next_is_zero = self
                 .layers
                 .get(index + 1)
-                .is_none_or(|next| sector >= next.visible);
+                .is_none_or(|next| sector >= next.visible.min(next.disk.sector_count()));
             let opts = IoOptions {
                 next_is_zero,
                 ..opts
             };
             let disk = &layer.disk;
-            drive!(layer.inline, disk.unmap(sector, count, opts))
+            drive!(layer.inline, disk.unmap(sector, n, opts))
                 .map_err(|e| e.in_member(index as u32))?;
         }
         Ok(())

@@ -14,20 +14,28 @@ extern crate alloc;
 extern crate std;
 
 pub mod bounce;
+pub mod delay;
 pub mod disk;
 pub mod error;
 pub mod layered;
 pub mod memory;
 pub mod pr;
+pub mod prwrap;
 pub mod ram;
 pub mod resize;
 pub mod sg;
 pub mod striped;
 
+pub use delay::{DelayDisk, DelayHandle, Timer};
 pub use disk::{
     BoxFuture, Description, Disk, DiskIo, InitiatorId, InvalidDisk, IoFuture, IoOptions,
     SectorMarker, UnmapBehavior, run_inline,
 };
 pub use error::{DiskError, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind};
 pub use memory::{GuestMemory, LocalMemory, RamGuestMemory};
+pub use pr::{
+    AccessClass, PersistentReservations, Registrant, ReservationCapabilities, ReservationReport,
+    ReservationType,
+};
+pub use prwrap::ReservationsDisk;
 pub use sg::{GpaRange, OwnedSgList, SgList};

@@ -6,7 +6,14 @@
 //! reservations returns this interface from
 //! [`crate::DiskIo::persistent_reservations`] and enforces the current
 //! reservation on every I/O it is given (failing excluded requests with
-//! [`DiskError::ReservationConflict`]).
+//! [`DiskError::ReservationConflict`]); [`ReservationType::permits`] is the
+//! SPC-4 table that decides which requests are excluded.
+//!
+//! Errors follow SPC-4: a request the reservation state forbids (wrong key,
+//! unregistered initiator, another holder) fails with
+//! [`DiskError::ReservationConflict`]; a malformed request (RELEASE of the
+//! wrong type, PREEMPT with a zero key where that is not allowed) fails
+//! with [`DiskError::InvalidInput`] (SCSI: ILLEGAL REQUEST).
 
 use crate::disk::{BoxFuture, InitiatorId};
 use crate::error::DiskError;
@@ -27,6 +34,97 @@ pub enum ReservationType {
     WriteExclusiveAllRegistrants,
     /// Only registrants may read or write; every registrant holds it.
     ExclusiveAccessAllRegistrants,
+}
+
+/// Which class of the SPC-4 / SBC conflict tables a request belongs to.
+///
+/// Disk operations map onto it as follows: `read` (and a layer's
+/// `read_present`) is [`AccessClass::Read`]; `write`, `unmap` and `flush`
+/// are [`AccessClass::Write`] — SBC lists UNMAP and SYNCHRONIZE CACHE with
+/// the commands that conflict exactly like WRITE, and NVMe puts Dataset
+/// Management and Flush in its write command group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AccessClass {
+    /// Transfers data from the medium (READ).
+    Read,
+    /// Modifies, or commits modifications to, the medium (WRITE, UNMAP,
+    /// SYNCHRONIZE CACHE).
+    Write,
+}
+
+impl ReservationType {
+    /// All six types, in SPC-4 type-code order.
+    pub const ALL: [ReservationType; 6] = [
+        ReservationType::WriteExclusive,
+        ReservationType::ExclusiveAccess,
+        ReservationType::WriteExclusiveRegistrantsOnly,
+        ReservationType::ExclusiveAccessRegistrantsOnly,
+        ReservationType::WriteExclusiveAllRegistrants,
+        ReservationType::ExclusiveAccessAllRegistrants,
+    ];
+
+    /// Whether every registrant holds the reservation (the two
+    /// "All Registrants" types). Such a reservation has no single holder.
+    pub const fn is_all_registrants(self) -> bool {
+        matches!(
+            self,
+            ReservationType::WriteExclusiveAllRegistrants
+                | ReservationType::ExclusiveAccessAllRegistrants
+        )
+    }
+
+    /// Whether registrants that do not hold the reservation get the
+    /// holder's access ("Registrants Only" and "All Registrants").
+    pub const fn admits_registrants(self) -> bool {
+        !matches!(
+            self,
+            ReservationType::WriteExclusive | ReservationType::ExclusiveAccess
+        )
+    }
+
+    /// Whether initiators without access may still read (the three
+    /// "Write Exclusive" types).
+    pub const fn shares_reads(self) -> bool {
+        matches!(
+            self,
+            ReservationType::WriteExclusive
+                | ReservationType::WriteExclusiveRegistrantsOnly
+                | ReservationType::WriteExclusiveAllRegistrants
+        )
+    }
+
+    /// The SPC-4 rule: whether a request of class `access` from an
+    /// initiator is allowed while this reservation is in effect.
+    ///
+    /// `holder` says whether the initiator holds the reservation (for the
+    /// all-registrants types, every registrant does); `registered` whether
+    /// it has a registered key. The holder may do anything; under the
+    /// registrants-only and all-registrants types so may every registrant;
+    /// everyone else may only read, and only under a write-exclusive type.
+    pub const fn permits(self, access: AccessClass, holder: bool, registered: bool) -> bool {
+        if holder || (registered && self.admits_registrants()) {
+            return true;
+        }
+        matches!(access, AccessClass::Read) && self.shares_reads()
+    }
+
+    /// A lowercase name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ReservationType::WriteExclusive => "write-exclusive",
+            ReservationType::ExclusiveAccess => "exclusive-access",
+            ReservationType::WriteExclusiveRegistrantsOnly => "write-exclusive-registrants-only",
+            ReservationType::ExclusiveAccessRegistrantsOnly => "exclusive-access-registrants-only",
+            ReservationType::WriteExclusiveAllRegistrants => "write-exclusive-all-registrants",
+            ReservationType::ExclusiveAccessAllRegistrants => "exclusive-access-all-registrants",
+        }
+    }
+}
+
+impl core::fmt::Display for ReservationType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Which reservation features a disk supports.
@@ -50,38 +148,110 @@ pub struct ReservationCapabilities {
     pub register_and_move: bool,
 }
 
-/// One registered initiator.
+impl ReservationCapabilities {
+    /// Every feature.
+    pub const ALL: ReservationCapabilities = ReservationCapabilities {
+        write_exclusive: true,
+        exclusive_access: true,
+        write_exclusive_registrants_only: true,
+        exclusive_access_registrants_only: true,
+        write_exclusive_all_registrants: true,
+        exclusive_access_all_registrants: true,
+        persist_through_power_loss: true,
+        register_and_move: true,
+    };
+
+    /// Whether reservations of `kind` are supported.
+    pub const fn supports(&self, kind: ReservationType) -> bool {
+        match kind {
+            ReservationType::WriteExclusive => self.write_exclusive,
+            ReservationType::ExclusiveAccess => self.exclusive_access,
+            ReservationType::WriteExclusiveRegistrantsOnly => self.write_exclusive_registrants_only,
+            ReservationType::ExclusiveAccessRegistrantsOnly => {
+                self.exclusive_access_registrants_only
+            }
+            ReservationType::WriteExclusiveAllRegistrants => self.write_exclusive_all_registrants,
+            ReservationType::ExclusiveAccessAllRegistrants => self.exclusive_access_all_registrants,
+        }
+    }
+}
+
+/// One registered initiator (a READ FULL STATUS descriptor / an NVMe
+/// registered-controller entry).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Registrant {
     /// Who registered.
     pub initiator: InitiatorId,
-    /// Its reservation key.
+    /// Its reservation key (never 0: key 0 means "not registered").
     pub key: u64,
-    /// Whether it holds the reservation.
+    /// Whether it holds the reservation (every registrant does under an
+    /// all-registrants type).
     pub holds_reservation: bool,
 }
 
 /// The reservation state of a disk.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReservationReport {
-    /// Generation counter: bumped by every registration change.
+    /// PRgeneration: a wrapping counter bumped by every successful
+    /// REGISTER, REGISTER AND IGNORE EXISTING KEY, CLEAR, PREEMPT, PREEMPT
+    /// AND ABORT and REGISTER AND MOVE (not by RESERVE or RELEASE).
     pub generation: u32,
     /// The current reservation type, if any.
     pub reservation: Option<ReservationType>,
+    /// The single holder of the reservation: `None` when there is no
+    /// reservation and for the all-registrants types, whose holders are
+    /// all registrants.
+    pub holder: Option<InitiatorId>,
     /// Whether APTPL is in effect.
     pub persist_through_power_loss: bool,
-    /// Every registrant.
+    /// Every registrant, in registration order.
     pub registrants: Vec<Registrant>,
 }
 
+impl ReservationReport {
+    /// The reservation key READ RESERVATION reports: the holder's key, or 0
+    /// for an all-registrants reservation (SPC-4); `None` without a
+    /// reservation.
+    pub fn reservation_key(&self) -> Option<u64> {
+        let kind = self.reservation?;
+        if kind.is_all_registrants() {
+            return Some(0);
+        }
+        let holder = self.holder?;
+        self.registrants
+            .iter()
+            .find(|r| r.initiator == holder)
+            .map(|r| r.key)
+    }
+
+    /// The key `initiator` is registered with, if it is registered.
+    pub fn key_of(&self, initiator: InitiatorId) -> Option<u64> {
+        self.registrants
+            .iter()
+            .find(|r| r.initiator == initiator)
+            .map(|r| r.key)
+    }
+}
+
 /// Persistent-reservation operations. Each names the initiator issuing it.
+///
+/// Every PERSISTENT RESERVE OUT service action except REGISTER and REGISTER
+/// AND IGNORE EXISTING KEY requires `initiator` to be registered with
+/// `key`; otherwise it fails with [`DiskError::ReservationConflict`].
 pub trait PersistentReservations: Send + Sync {
     /// Supported features.
     fn capabilities(&self) -> ReservationCapabilities;
-    /// The full reservation state.
+    /// The full reservation state (READ KEYS, READ RESERVATION and READ
+    /// FULL STATUS are all views of it).
     fn report(&self) -> BoxFuture<'_, Result<ReservationReport, DiskError>>;
     /// REGISTER (`current_key` given) or REGISTER AND IGNORE EXISTING KEY
     /// (`None`); `new_key == 0` unregisters. `aptpl` sets APTPL if given.
+    ///
+    /// With REGISTER, `current_key` must equal the initiator's registered
+    /// key, or be 0 if it is not registered; otherwise the request
+    /// conflicts. Unregistering the holder of a single-holder reservation
+    /// releases it; an all-registrants reservation is released when its
+    /// last registrant goes.
     fn register(
         &self,
         initiator: InitiatorId,
@@ -89,14 +259,19 @@ pub trait PersistentReservations: Send + Sync {
         new_key: u64,
         aptpl: Option<bool>,
     ) -> BoxFuture<'_, Result<(), DiskError>>;
-    /// RESERVE with `key` and `kind`.
+    /// RESERVE with `key` and `kind`. Succeeds without change if the
+    /// initiator already holds a reservation of `kind`; conflicts if any
+    /// other reservation exists.
     fn reserve(
         &self,
         initiator: InitiatorId,
         key: u64,
         kind: ReservationType,
     ) -> BoxFuture<'_, Result<(), DiskError>>;
-    /// RELEASE the reservation of `kind` held with `key`.
+    /// RELEASE the reservation of `kind` held with `key`. Succeeds without
+    /// change if there is no reservation or the initiator does not hold it;
+    /// a holder naming the wrong type gets [`DiskError::InvalidInput`]
+    /// (INVALID RELEASE OF PERSISTENT RESERVATION).
     fn release(
         &self,
         initiator: InitiatorId,
@@ -106,7 +281,9 @@ pub trait PersistentReservations: Send + Sync {
     /// CLEAR every registration and the reservation.
     fn clear(&self, initiator: InitiatorId, key: u64) -> BoxFuture<'_, Result<(), DiskError>>;
     /// PREEMPT (or PREEMPT AND ABORT if `abort`) the registrants holding
-    /// `preempt_key`, taking a reservation of `kind`.
+    /// `preempt_key`, taking a reservation of `kind` if `preempt_key`
+    /// identifies the reservation holder (or is 0 under an
+    /// all-registrants reservation).
     fn preempt(
         &self,
         initiator: InitiatorId,
@@ -116,7 +293,8 @@ pub trait PersistentReservations: Send + Sync {
         abort: bool,
     ) -> BoxFuture<'_, Result<(), DiskError>>;
     /// REGISTER AND MOVE: register `target` with `new_key` and move the
-    /// reservation held with `key` to it.
+    /// reservation held with `key` to it; `unregister` then unregisters
+    /// `initiator`; `aptpl` sets APTPL.
     fn register_and_move(
         &self,
         initiator: InitiatorId,
@@ -126,4 +304,17 @@ pub trait PersistentReservations: Send + Sync {
         unregister: bool,
         aptpl: bool,
     ) -> BoxFuture<'_, Result<(), DiskError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_cover_every_type() {
+        for kind in ReservationType::ALL {
+            assert!(ReservationCapabilities::ALL.supports(kind));
+            assert!(!ReservationCapabilities::default().supports(kind));
+        }
+    }
 }

@@ -170,7 +170,11 @@ impl RamDisk {
                     let mask = (1u64 << keep_bits) - 1;
                     chunk.present &= mask;
                     chunk.zeroed &= mask;
-                    return true;
+                    // Drop data no remaining sector needs.
+                    if chunk.present & !chunk.zeroed == 0 && chunk.data.take().is_some() {
+                        freed += chunk_bytes;
+                    }
+                    return chunk.present != 0;
                 }
                 if chunk.data.is_some() {
                     freed += chunk_bytes;
@@ -182,8 +186,11 @@ impl RamDisk {
                 .zero_after
                 .fetch_min(new_sector_count, Ordering::AcqRel);
         }
+        // The new size is published under the lock, so no request that
+        // checked the old size can still be touching the store.
+        inner.size.store(new_sector_count);
         drop(store);
-        inner.size.set(new_sector_count);
+        inner.size.wake_all();
     }
 
     /// Bytes of sector data currently held.
@@ -226,10 +233,11 @@ impl RamDisk {
     ) -> Result<(), DiskError> {
         let inner = &*self.inner;
         let count = (buf.len() >> inner.shift) as u64;
-        self.check_range(sector, count)?;
-        let zero_after = inner.zero_after.load(Ordering::Acquire);
         let mut w = buf.writer()?;
         let store = inner.store.read();
+        // Checked under the lock: a concurrent shrink cannot slip between.
+        self.check_range(sector, count)?;
+        let zero_after = inner.zero_after.load(Ordering::Acquire);
         for (index, first, n) in self.pieces(sector, count) {
             let chunk_start = index << inner.chunk_shift;
             let chunk = store.chunks.get(&index);
@@ -287,10 +295,10 @@ impl RamDisk {
     fn write_impl(&self, buf: &SgList<'_>, sector: u64, overwrite: bool) -> Result<(), DiskError> {
         let inner = &*self.inner;
         let count = (buf.len() >> inner.shift) as u64;
-        self.check_range(sector, count)?;
         let mut r: SgReader<'_> = buf.reader();
         let chunk_bytes = (1usize << inner.chunk_shift) << inner.shift;
         let mut store = inner.store.write();
+        self.check_range(sector, count)?;
         let store = &mut *store;
         for (index, first, n) in self.pieces(sector, count) {
             let chunk = store.chunks.entry(index).or_insert(Chunk {
@@ -338,9 +346,9 @@ impl RamDisk {
 
     fn unmap_impl(&self, sector: u64, count: u64, next_is_zero: bool) -> Result<(), DiskError> {
         let inner = &*self.inner;
-        self.check_range(sector, count)?;
         let chunk_bytes = (1u64 << inner.chunk_shift) << inner.shift;
         let mut store = inner.store.write();
+        self.check_range(sector, count)?;
         let store = &mut *store;
         for (index, first, n) in self.pieces(sector, count) {
             let mask = run_mask(first, n);

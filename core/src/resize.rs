@@ -32,13 +32,22 @@ impl ResizeSignal {
 
     /// Sets the count and wakes every waiter.
     pub fn set(&self, count: u64) {
+        self.store(count);
+        self.wake_all();
+    }
+
+    /// Sets the count without waking anyone: for callers that must update
+    /// it under their own lock and wake after releasing it
+    /// ([`ResizeSignal::wake_all`]).
+    pub fn store(&self, count: u64) {
         self.count.store(count, Ordering::Release);
-        let wakers: Vec<Waker> = self
-            .waiters
-            .lock()
-            .iter_mut()
-            .filter_map(Option::take)
-            .collect();
+    }
+
+    /// Wakes every waiter. Slots stay owned by their futures (a future frees
+    /// its slot when dropped), so a slot is never handed to a new waiter
+    /// while an old one may still clear it.
+    pub fn wake_all(&self) {
+        let wakers: Vec<Waker> = self.waiters.lock().iter().flatten().cloned().collect();
         for w in wakers {
             w.wake();
         }

@@ -10,3 +10,4 @@
 pub mod cli;
 pub mod file;
 pub mod spec;
+pub mod timer;

@@ -1,0 +1,784 @@
+//! In-memory SPC-4 persistent reservations for any disk, arbitrating
+//! between several initiators and **enforced on every I/O**.
+//!
+//! [`ReservationsDisk`] wraps a [`Disk`] and implements
+//! [`PersistentReservations`] for it: registrations are keyed by the
+//! [`InitiatorId`] of the request, all six reservation types are supported,
+//! and so are APTPL and REGISTER AND MOVE. OpenVMM's equivalent
+//! (`disk_prwrap`) serves a single initiator, lacks the all-registrants
+//! types and never enforces the reservation; this one does.
+//!
+//! # Enforcement
+//! Every request carries its initiator in [`IoOptions::initiator`]. While a
+//! reservation exists, each request is checked before it reaches the inner
+//! disk with [`ReservationType::permits`] (the SPC-4 table) and fails with
+//! [`DiskError::ReservationConflict`] if it is excluded:
+//!
+//! | type | holder | registered non-holder | unregistered |
+//! |---|---|---|---|
+//! | Write Exclusive | read, write | read | read |
+//! | Exclusive Access | read, write | — | — |
+//! | WE – Registrants Only | read, write | read, write | read |
+//! | EA – Registrants Only | read, write | read, write | — |
+//! | WE – All Registrants | read, write | (every registrant holds it) | read |
+//! | EA – All Registrants | read, write | (every registrant holds it) | — |
+//!
+//! `read` and a layer's `read_present` are reads. `write`, `unmap` and
+//! `flush` are writes: SBC lists UNMAP and SYNCHRONIZE CACHE with the
+//! commands that conflict like WRITE (they modify, or commit modifications
+//! to, the medium), and NVMe's write command group holds Dataset Management
+//! and Flush. Without a reservation, every request passes, registered or
+//! not. [`InitiatorId::LOCAL`] gets no exemption: a frontend that forgets
+//! to name its initiator is fenced like any other.
+//!
+//! Metadata, `eject`, `wait_resize` and read-cache fills
+//! (`write_no_overwrite`, which carry no initiator and no guest-chosen
+//! data) pass through unchecked. Range checks are the inner disk's. Some
+//! checks happen in the [`Disk`] handle before this disk sees a request, so
+//! they win over a reservation conflict: malformed requests (partial
+//! sectors, unrepresentable ranges) are refused there, writes and unmaps to
+//! a read-only disk fail with [`DiskError::ReadOnly`], and an unmap on a
+//! disk whose unmap behaviour is `Ignored` is answered there (range check
+//! only, no data changes).
+//!
+//! # PREEMPT AND ABORT
+//! SPC-4 aborts the preempted initiators' outstanding commands. This disk
+//! tracks every request it has admitted to the inner disk. PREEMPT AND
+//! ABORT (1) changes the reservation state at once, so a preempted
+//! initiator's *new* requests are judged as unregistered; (2) marks every
+//! request the preempted initiators had in flight: when such a request
+//! comes back from the inner disk it completes with
+//! [`DiskError::AbortedByPreempt`] whatever the inner disk said (its data
+//! may or may not have reached the medium, as for any aborted command);
+//! and (3) completes only once every request admitted before it has left
+//! the inner disk (a request whose future is dropped leaves at once). So
+//! when PREEMPT AND ABORT returns, no write of a preempted initiator can
+//! still land. The inner disk's own operations cannot be cancelled, so (3)
+//! waits for them rather than cutting them short; it waits for requests of
+//! other initiators admitted before it too (it does not know which inner
+//! operation would finish first), which delays only the PREEMPT AND ABORT.
+//! Plain PREEMPT leaves outstanding requests alone, as SPC-4 says.
+//!
+//! # SPC-4 choices
+//! - PRgeneration is bumped by every successful REGISTER and REGISTER AND
+//!   IGNORE EXISTING KEY (even one that changes nothing), CLEAR, PREEMPT,
+//!   PREEMPT AND ABORT and REGISTER AND MOVE; never by RESERVE, RELEASE or
+//!   a failed request; it restarts at 0 on [`ReservationsDisk::power_loss`].
+//! - APTPL is taken from every successful registration that supplies it.
+//!   The state lives in memory: it survives exactly as long as this object,
+//!   which outlives guest resets. [`ReservationsDisk::power_loss`] models a
+//!   power cycle of the logical unit (registrations and the reservation
+//!   survive it only with APTPL set).
+//! - PREEMPT: a key identifying the single holder preempts the reservation
+//!   (the holder and every other registrant with that key lose their
+//!   registration, the issuer keeps its own and gets a reservation of the
+//!   requested type); under an all-registrants reservation key 0 preempts
+//!   it, removing every registration but the issuer's; any other key only
+//!   removes the registrations holding it (the issuer's included, as SPC-4
+//!   5.12.11.4.4 says) and leaves the reservation alone (unless that leaves
+//!   an all-registrants reservation without registrants). Key 0 otherwise
+//!   is [`DiskError::InvalidInput`]; a key nobody holds conflicts.
+//! - REGISTER AND MOVE requires the issuer to hold a single-holder
+//!   reservation (no reservation, another holder or an all-registrants type
+//!   conflict); a zero key or the issuer as target is invalid input. The
+//!   target may already be registered; its key is replaced.
+//! - At most [`MAX_REGISTRANTS`] initiators may be registered; one more is
+//!   refused with [`DiskError::InvalidInput`] (SPC-4: INSUFFICIENT
+//!   REGISTRATION RESOURCES).
+//! - Unit attentions (RESERVATIONS PREEMPTED / RELEASED, REGISTRATIONS
+//!   PREEMPTED) are not generated here; a frontend that wants them can
+//!   compare reports.
+
+use crate::disk::{BoxFuture, Disk, DiskIo, InitiatorId, IoOptions, SectorMarker, UnmapBehavior};
+use crate::drive;
+use crate::error::DiskError;
+use crate::pr::{
+    AccessClass, PersistentReservations, Registrant, ReservationCapabilities, ReservationReport,
+    ReservationType,
+};
+use crate::sg::SgList;
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll, Waker};
+use spin::Mutex;
+
+/// Most initiators that can be registered at once.
+pub const MAX_REGISTRANTS: usize = 256;
+
+#[derive(Clone, Copy, Debug)]
+struct Registration {
+    initiator: InitiatorId,
+    /// Never 0.
+    key: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Reservation {
+    kind: ReservationType,
+    /// The holder; ignored for the all-registrants types. Always
+    /// registered: removing its registration releases the reservation.
+    holder: InitiatorId,
+}
+
+/// Reservation state plus the in-flight bookkeeping PREEMPT AND ABORT
+/// needs; one lock, so admitting a request and changing the reservation
+/// are atomic with respect to each other.
+#[derive(Default)]
+struct State {
+    generation: u32,
+    aptpl: bool,
+    /// In registration order.
+    registrations: Vec<Registration>,
+    reservation: Option<Reservation>,
+    /// Admission epoch; bumped by each PREEMPT AND ABORT.
+    epoch: u64,
+    /// Requests in the inner disk per admission epoch, oldest first.
+    in_flight: VecDeque<(u64, usize)>,
+    /// `(initiator, epoch)`: that initiator's requests admitted before
+    /// `epoch` were aborted. Pruned once no such request is in flight.
+    aborted: Vec<(InitiatorId, u64)>,
+    /// PREEMPT AND ABORT futures waiting for older requests to leave.
+    drain_waiters: Vec<Waker>,
+}
+
+const CONFLICT: DiskError = DiskError::ReservationConflict;
+
+impl State {
+    fn position(&self, initiator: InitiatorId) -> Option<usize> {
+        self.registrations
+            .iter()
+            .position(|r| r.initiator == initiator)
+    }
+
+    fn key_of(&self, initiator: InitiatorId) -> Option<u64> {
+        self.position(initiator).map(|i| self.registrations[i].key)
+    }
+
+    /// The registration of `initiator`, which must carry `key`.
+    fn check_key(&self, initiator: InitiatorId, key: u64) -> Result<usize, DiskError> {
+        match self.position(initiator) {
+            Some(i) if self.registrations[i].key == key => Ok(i),
+            _ => Err(CONFLICT),
+        }
+    }
+
+    fn is_holder(&self, initiator: InitiatorId) -> bool {
+        match self.reservation {
+            None => false,
+            Some(r) if r.kind.is_all_registrants() => self.position(initiator).is_some(),
+            Some(r) => r.holder == initiator,
+        }
+    }
+
+    fn permits(&self, initiator: InitiatorId, access: AccessClass) -> bool {
+        let Some(r) = self.reservation else {
+            return true;
+        };
+        let registered = self.position(initiator).is_some();
+        let holder = if r.kind.is_all_registrants() {
+            registered
+        } else {
+            r.holder == initiator
+        };
+        r.kind.permits(access, holder, registered)
+    }
+
+    fn bump(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    fn add(&mut self, initiator: InitiatorId, key: u64) -> Result<(), DiskError> {
+        if self.registrations.len() >= MAX_REGISTRANTS {
+            return Err(DiskError::InvalidInput(
+                "insufficient registration resources: too many registered initiators",
+            ));
+        }
+        self.registrations.push(Registration { initiator, key });
+        Ok(())
+    }
+
+    /// Removes registration `i`, releasing the reservation if that leaves
+    /// it without a holder.
+    fn unregister(&mut self, i: usize) {
+        let gone = self.registrations.remove(i);
+        if let Some(r) = self.reservation {
+            let orphaned = if r.kind.is_all_registrants() {
+                self.registrations.is_empty()
+            } else {
+                r.holder == gone.initiator
+            };
+            if orphaned {
+                self.reservation = None;
+            }
+        }
+    }
+
+    /// Removes every registration with `key` except `keep`'s; returns the
+    /// initiators removed.
+    fn remove_key(&mut self, key: u64, keep: Option<InitiatorId>) -> Vec<InitiatorId> {
+        let mut removed = Vec::new();
+        let mut i = 0;
+        while i < self.registrations.len() {
+            let r = self.registrations[i];
+            if r.key == key && Some(r.initiator) != keep {
+                removed.push(r.initiator);
+                self.unregister(i);
+            } else {
+                i += 1;
+            }
+        }
+        removed
+    }
+
+    fn register(
+        &mut self,
+        initiator: InitiatorId,
+        current_key: Option<u64>,
+        new_key: u64,
+        aptpl: Option<bool>,
+    ) -> Result<(), DiskError> {
+        let pos = self.position(initiator);
+        // REGISTER checks the current key; REGISTER AND IGNORE EXISTING KEY
+        // (`None`) does not.
+        if let Some(current) = current_key {
+            let registered = pos.map_or(0, |i| self.registrations[i].key);
+            if current != registered {
+                return Err(CONFLICT);
+            }
+        }
+        match (pos, new_key) {
+            // Unregistered and registering nothing: nothing to do.
+            (None, 0) => {}
+            (None, key) => self.add(initiator, key)?,
+            (Some(i), 0) => self.unregister(i),
+            (Some(i), key) => self.registrations[i].key = key,
+        }
+        if let Some(aptpl) = aptpl {
+            self.aptpl = aptpl;
+        }
+        self.bump();
+        Ok(())
+    }
+
+    fn reserve(
+        &mut self,
+        initiator: InitiatorId,
+        key: u64,
+        kind: ReservationType,
+    ) -> Result<(), DiskError> {
+        self.check_key(initiator, key)?;
+        match self.reservation {
+            None => {
+                self.reservation = Some(Reservation {
+                    kind,
+                    holder: initiator,
+                });
+                Ok(())
+            }
+            Some(r) if r.kind == kind && self.is_holder(initiator) => Ok(()),
+            Some(_) => Err(CONFLICT),
+        }
+    }
+
+    fn release(
+        &mut self,
+        initiator: InitiatorId,
+        key: u64,
+        kind: ReservationType,
+    ) -> Result<(), DiskError> {
+        self.check_key(initiator, key)?;
+        match self.reservation {
+            Some(r) if self.is_holder(initiator) => {
+                if r.kind != kind {
+                    return Err(DiskError::InvalidInput(
+                        "invalid release of persistent reservation: type differs from the reservation held",
+                    ));
+                }
+                self.reservation = None;
+                Ok(())
+            }
+            // No reservation, or held by someone else: nothing to release.
+            _ => Ok(()),
+        }
+    }
+
+    fn clear(&mut self, initiator: InitiatorId, key: u64) -> Result<(), DiskError> {
+        self.check_key(initiator, key)?;
+        self.reservation = None;
+        self.registrations.clear();
+        self.bump();
+        Ok(())
+    }
+
+    /// PREEMPT / PREEMPT AND ABORT. Returns the epoch to drain to when
+    /// requests were aborted.
+    fn preempt(
+        &mut self,
+        initiator: InitiatorId,
+        key: u64,
+        preempt_key: u64,
+        kind: ReservationType,
+        abort: bool,
+    ) -> Result<Option<u64>, DiskError> {
+        self.check_key(initiator, key)?;
+        let take_over = Reservation {
+            kind,
+            holder: initiator,
+        };
+        let preempted = match self.reservation {
+            Some(r) if r.kind.is_all_registrants() && preempt_key == 0 => {
+                let others = self
+                    .registrations
+                    .iter()
+                    .filter(|r| r.initiator != initiator)
+                    .map(|r| r.initiator)
+                    .collect();
+                self.registrations.retain(|r| r.initiator == initiator);
+                self.reservation = Some(take_over);
+                others
+            }
+            Some(r)
+                if !r.kind.is_all_registrants() && self.key_of(r.holder) == Some(preempt_key) =>
+            {
+                self.reservation = None;
+                let removed = self.remove_key(preempt_key, Some(initiator));
+                self.reservation = Some(take_over);
+                removed
+            }
+            _ => {
+                if preempt_key == 0 {
+                    return Err(DiskError::InvalidInput(
+                        "PREEMPT with reservation key 0 needs an all-registrants reservation",
+                    ));
+                }
+                if !self.registrations.iter().any(|r| r.key == preempt_key) {
+                    return Err(CONFLICT);
+                }
+                let mut removed = self.remove_key(preempt_key, None);
+                removed.retain(|&i| i != initiator);
+                removed
+            }
+        };
+        self.bump();
+        if !abort || preempted.is_empty() {
+            return Ok(None);
+        }
+        self.epoch += 1;
+        let epoch = self.epoch;
+        if !self.in_flight.is_empty() {
+            self.aborted
+                .extend(preempted.into_iter().map(|i| (i, epoch)));
+        }
+        Ok(Some(epoch))
+    }
+
+    fn register_and_move(
+        &mut self,
+        initiator: InitiatorId,
+        key: u64,
+        new_key: u64,
+        target: InitiatorId,
+        unregister: bool,
+        aptpl: bool,
+    ) -> Result<(), DiskError> {
+        self.check_key(initiator, key)?;
+        if new_key == 0 {
+            return Err(DiskError::InvalidInput(
+                "REGISTER AND MOVE needs a nonzero service action reservation key",
+            ));
+        }
+        if target == initiator {
+            return Err(DiskError::InvalidInput(
+                "REGISTER AND MOVE names the issuing initiator as the target",
+            ));
+        }
+        let Some(mut r) = self.reservation else {
+            return Err(CONFLICT);
+        };
+        if r.kind.is_all_registrants() || r.holder != initiator {
+            return Err(CONFLICT);
+        }
+        match self.position(target) {
+            Some(i) => self.registrations[i].key = new_key,
+            None => self.add(target, new_key)?,
+        }
+        r.holder = target;
+        self.reservation = Some(r);
+        if unregister && let Some(i) = self.position(initiator) {
+            self.unregister(i);
+        }
+        self.aptpl = aptpl;
+        self.bump();
+        Ok(())
+    }
+
+    fn report(&self) -> ReservationReport {
+        ReservationReport {
+            generation: self.generation,
+            reservation: self.reservation.map(|r| r.kind),
+            holder: self
+                .reservation
+                .filter(|r| !r.kind.is_all_registrants())
+                .map(|r| r.holder),
+            persist_through_power_loss: self.aptpl,
+            registrants: self
+                .registrations
+                .iter()
+                .map(|r| Registrant {
+                    initiator: r.initiator,
+                    key: r.key,
+                    holds_reservation: self.is_holder(r.initiator),
+                })
+                .collect(),
+        }
+    }
+
+    /// Records one request entering the inner disk; returns its epoch.
+    fn enter(&mut self) -> u64 {
+        let epoch = self.epoch;
+        match self.in_flight.back_mut() {
+            Some((e, n)) if *e == epoch => *n += 1,
+            _ => self.in_flight.push_back((epoch, 1)),
+        }
+        epoch
+    }
+
+    /// Records one request leaving the inner disk; returns whether it was
+    /// aborted, and the wakers to wake once the lock is dropped.
+    fn leave(&mut self, initiator: InitiatorId, epoch: u64) -> (bool, Vec<Waker>) {
+        let aborted = self
+            .aborted
+            .iter()
+            .any(|&(i, e)| i == initiator && e > epoch);
+        if let Some(slot) = self.in_flight.iter_mut().find(|(e, _)| *e == epoch) {
+            slot.1 -= 1;
+        }
+        let mut drained = false;
+        while self.in_flight.front().is_some_and(|&(_, n)| n == 0) {
+            self.in_flight.pop_front();
+            drained = true;
+        }
+        let mut wakers = Vec::new();
+        if drained {
+            match self.in_flight.front() {
+                Some(&(oldest, _)) => self.aborted.retain(|&(_, e)| e > oldest),
+                None => self.aborted.clear(),
+            }
+            wakers = core::mem::take(&mut self.drain_waiters);
+        }
+        (aborted, wakers)
+    }
+}
+
+/// A disk with in-memory persistent reservations, enforced on I/O. See the
+/// module docs.
+pub struct ReservationsDisk {
+    inner: Disk,
+    inline: bool,
+    state: Mutex<State>,
+}
+
+impl ReservationsDisk {
+    /// Wraps `inner`, with no registrations, no reservation, APTPL off and
+    /// generation 0.
+    pub fn new(inner: Disk) -> ReservationsDisk {
+        ReservationsDisk {
+            inline: inner.completes_inline(),
+            inner,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// The wrapped disk.
+    pub fn inner(&self) -> &Disk {
+        &self.inner
+    }
+
+    /// Models a power cycle of the logical unit: the generation restarts at
+    /// 0, and unless APTPL is in effect every registration and the
+    /// reservation are dropped. Requests in flight are not affected.
+    pub fn power_loss(&self) {
+        let mut st = self.state.lock();
+        st.generation = 0;
+        if !st.aptpl {
+            st.registrations.clear();
+            st.reservation = None;
+        }
+    }
+
+    /// Admits a request of `access` from `initiator`, or refuses it.
+    fn admit(
+        &self,
+        initiator: InitiatorId,
+        access: AccessClass,
+    ) -> Result<InFlight<'_>, DiskError> {
+        let mut st = self.state.lock();
+        if !st.permits(initiator, access) {
+            return Err(CONFLICT);
+        }
+        let epoch = st.enter();
+        Ok(InFlight {
+            disk: self,
+            initiator,
+            epoch,
+            open: true,
+        })
+    }
+
+    /// Marks a request done; returns whether it was aborted.
+    fn leave(&self, initiator: InitiatorId, epoch: u64) -> bool {
+        let (aborted, wakers) = self.state.lock().leave(initiator, epoch);
+        for w in wakers {
+            w.wake();
+        }
+        aborted
+    }
+
+    fn op<'a>(
+        &'a self,
+        f: impl FnOnce(&mut State) -> Result<(), DiskError> + Send + 'a,
+    ) -> BoxFuture<'a, Result<(), DiskError>> {
+        Box::pin(async move { f(&mut self.state.lock()) })
+    }
+}
+
+/// A request admitted to the inner disk. Leaving (or dropping) it updates
+/// the in-flight bookkeeping.
+struct InFlight<'a> {
+    disk: &'a ReservationsDisk,
+    initiator: InitiatorId,
+    epoch: u64,
+    open: bool,
+}
+
+impl InFlight<'_> {
+    /// Completes the request with the inner disk's `result`, unless it was
+    /// aborted by PREEMPT AND ABORT meanwhile.
+    fn finish(mut self, result: Result<(), DiskError>) -> Result<(), DiskError> {
+        self.open = false;
+        if self.disk.leave(self.initiator, self.epoch) {
+            Err(DiskError::AbortedByPreempt)
+        } else {
+            result
+        }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            self.disk.leave(self.initiator, self.epoch);
+        }
+    }
+}
+
+/// Completes once every request admitted before `epoch` has left the
+/// inner disk.
+struct Drain<'a> {
+    disk: &'a ReservationsDisk,
+    epoch: u64,
+}
+
+impl Future for Drain<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = self.disk.state.lock();
+        if st.in_flight.front().is_none_or(|&(e, _)| e >= self.epoch) {
+            return Poll::Ready(());
+        }
+        if !st.drain_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            st.drain_waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+impl PersistentReservations for ReservationsDisk {
+    fn capabilities(&self) -> ReservationCapabilities {
+        ReservationCapabilities::ALL
+    }
+
+    fn report(&self) -> BoxFuture<'_, Result<ReservationReport, DiskError>> {
+        Box::pin(async move { Ok(self.state.lock().report()) })
+    }
+
+    fn register(
+        &self,
+        initiator: InitiatorId,
+        current_key: Option<u64>,
+        new_key: u64,
+        aptpl: Option<bool>,
+    ) -> BoxFuture<'_, Result<(), DiskError>> {
+        self.op(move |st| st.register(initiator, current_key, new_key, aptpl))
+    }
+
+    fn reserve(
+        &self,
+        initiator: InitiatorId,
+        key: u64,
+        kind: ReservationType,
+    ) -> BoxFuture<'_, Result<(), DiskError>> {
+        self.op(move |st| st.reserve(initiator, key, kind))
+    }
+
+    fn release(
+        &self,
+        initiator: InitiatorId,
+        key: u64,
+        kind: ReservationType,
+    ) -> BoxFuture<'_, Result<(), DiskError>> {
+        self.op(move |st| st.release(initiator, key, kind))
+    }
+
+    fn clear(&self, initiator: InitiatorId, key: u64) -> BoxFuture<'_, Result<(), DiskError>> {
+        self.op(move |st| st.clear(initiator, key))
+    }
+
+    fn preempt(
+        &self,
+        initiator: InitiatorId,
+        key: u64,
+        preempt_key: u64,
+        kind: ReservationType,
+        abort: bool,
+    ) -> BoxFuture<'_, Result<(), DiskError>> {
+        Box::pin(async move {
+            let drain = self
+                .state
+                .lock()
+                .preempt(initiator, key, preempt_key, kind, abort)?;
+            if let Some(epoch) = drain {
+                Drain { disk: self, epoch }.await;
+            }
+            Ok(())
+        })
+    }
+
+    fn register_and_move(
+        &self,
+        initiator: InitiatorId,
+        key: u64,
+        new_key: u64,
+        target: InitiatorId,
+        unregister: bool,
+        aptpl: bool,
+    ) -> BoxFuture<'_, Result<(), DiskError>> {
+        self.op(move |st| st.register_and_move(initiator, key, new_key, target, unregister, aptpl))
+    }
+}
+
+impl DiskIo for ReservationsDisk {
+    fn kind(&self) -> &'static str {
+        "prwrap"
+    }
+    fn sector_count(&self) -> u64 {
+        self.inner.sector_count()
+    }
+    fn sector_size(&self) -> u32 {
+        self.inner.sector_size()
+    }
+    fn physical_sector_size(&self) -> u32 {
+        self.inner.physical_sector_size()
+    }
+    fn disk_id(&self) -> Option<[u8; 16]> {
+        self.inner.disk_id()
+    }
+    fn is_read_only(&self) -> bool {
+        self.inner.is_read_only()
+    }
+    fn is_fua_respected(&self) -> bool {
+        self.inner.is_fua_respected()
+    }
+    fn unmap_behavior(&self) -> UnmapBehavior {
+        self.inner.unmap_behavior()
+    }
+    fn optimal_unmap_sectors(&self) -> u32 {
+        self.inner.optimal_unmap_sectors()
+    }
+    fn completes_inline(&self) -> bool {
+        self.inline
+    }
+    fn details(&self) -> Vec<(&'static str, String)> {
+        let st = self.state.lock();
+        let reservation = match st.reservation {
+            None => String::from("none"),
+            Some(r) if r.kind.is_all_registrants() => format!("{} (all registrants)", r.kind),
+            Some(r) => format!("{} held by initiator {:#x}", r.kind, r.holder.get()),
+        };
+        alloc::vec![
+            ("reservation", reservation),
+            ("registrants", format!("{}", st.registrations.len())),
+            ("generation", format!("{}", st.generation)),
+            ("aptpl", format!("{}", st.aptpl)),
+        ]
+    }
+    fn children(&self) -> Vec<(String, Disk)> {
+        alloc::vec![(String::from("inner"), self.inner.clone())]
+    }
+    fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
+        Some(self)
+    }
+
+    async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        let io = self.admit(opts.initiator, AccessClass::Read)?;
+        let inner = &self.inner;
+        io.finish(drive!(self.inline, inner.read(buf, sector, opts)))
+    }
+
+    async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        let io = self.admit(opts.initiator, AccessClass::Write)?;
+        let inner = &self.inner;
+        io.finish(drive!(self.inline, inner.write(buf, sector, opts)))
+    }
+
+    async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
+        let io = self.admit(opts.initiator, AccessClass::Write)?;
+        let inner = &self.inner;
+        io.finish(drive!(self.inline, inner.flush(opts)))
+    }
+
+    async fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> Result<(), DiskError> {
+        let io = self.admit(opts.initiator, AccessClass::Write)?;
+        let inner = &self.inner;
+        io.finish(drive!(self.inline, inner.unmap(sector, count, opts)))
+    }
+
+    async fn eject(&self) -> Result<(), DiskError> {
+        let inner = &self.inner;
+        drive!(self.inline, inner.eject())
+    }
+
+    fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
+        self.inner.wait_resize(known)
+    }
+
+    async fn read_present(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        marker: &mut SectorMarker<'_>,
+        opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        let io = self.admit(opts.initiator, AccessClass::Read)?;
+        let inner = &self.inner;
+        io.finish(drive!(
+            self.inline,
+            inner.read_present(buf, sector, marker, opts)
+        ))
+    }
+
+    fn supports_write_no_overwrite(&self) -> bool {
+        self.inner.supports_write_no_overwrite()
+    }
+
+    async fn write_no_overwrite(&self, buf: SgList<'_>, sector: u64) -> Result<(), DiskError> {
+        let inner = &self.inner;
+        drive!(self.inline, inner.write_no_overwrite(buf, sector))
+    }
+}
