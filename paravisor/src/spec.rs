@@ -11,14 +11,18 @@
 //! was expected there ([`SpecError`]).
 
 use crate::file::FileDisk;
-use parastor_core::Disk;
+use crate::timer::StdTimer;
+use parastor_core::crypt::CryptDisk;
 use parastor_core::layered::{LayerConfig, LayerSource, LayeredDisk};
 use parastor_core::ram::RamDisk;
 use parastor_core::striped::StripedDisk;
+use parastor_core::{DelayDisk, DelayHandle, Disk, ReservationsDisk, Timer};
 use std::fmt;
 use std::io;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 /// The spec language, for `--help`.
 pub const GRAMMAR: &str = "\
@@ -39,6 +43,15 @@ DISK SPECS
   striped:[CHUNK:]{SPEC|SPEC|...}
                              The member disks striped in CHUNK-byte chunks
                              (default: the striped disk's own default).
+  crypt:KEYFILE:SPEC         SPEC encrypted with XTS-AES-256: KEYFILE holds
+                             the 64 raw key bytes (data key, then tweak key);
+                             each sector is a data unit and its LBA the tweak
+                             (dm-crypt aes-xts-plain64). KEYFILE runs to the
+                             next ':' and cannot contain one.
+  delay:MILLIS:SPEC          SPEC with MILLIS milliseconds added before every
+                             read and write.
+  prwrap:SPEC                SPEC with SCSI/NVMe persistent reservations,
+                             enforced on every I/O.
 
   SIZE, CHUNK and SECTOR are decimal numbers with an optional binary suffix
   K, M, G or T (case-insensitive; a trailing B or iB is allowed): 64M, 64MiB,
@@ -50,7 +63,9 @@ DISK SPECS
     file@4096:/var/tmp/disk.img
     memdiff:file:base.img
     striped:128K:{mem:32M|mem:32M}
-    memdiff:striped:128K:{file:a.img|file:b.img}";
+    memdiff:striped:128K:{file:a.img|file:b.img}
+    crypt:key.bin:file:disk.img
+    prwrap:delay:5:mem:1G";
 
 /// A parsed spec: one disk of the stack, with where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +95,22 @@ pub enum NodeKind {
     },
     /// `memdiff:SPEC`: a writable RAM layer over the disk.
     MemDiff(Box<SpecNode>),
+    /// `crypt:KEYFILE:SPEC`: XTS-AES-256 over the disk.
+    Crypt {
+        /// The file holding the 64-byte key.
+        key_file: PathBuf,
+        /// The disk holding the ciphertext.
+        inner: Box<SpecNode>,
+    },
+    /// `delay:MILLIS:SPEC`: added latency on reads and writes.
+    Delay {
+        /// The delay in milliseconds.
+        millis: u64,
+        /// The delayed disk.
+        inner: Box<SpecNode>,
+    },
+    /// `prwrap:SPEC`: persistent reservations, enforced.
+    PrWrap(Box<SpecNode>),
     /// `striped:[CHUNK:]{SPEC|…}`: members striped together.
     Striped {
         /// Stripe chunk size in bytes; `None` for the striped disk's default.
@@ -188,6 +219,18 @@ const KINDS: &[Kind] = &[
     Kind {
         name: "striped",
         parse: parse_striped,
+    },
+    Kind {
+        name: "crypt",
+        parse: parse_crypt,
+    },
+    Kind {
+        name: "delay",
+        parse: parse_delay,
+    },
+    Kind {
+        name: "prwrap",
+        parse: parse_prwrap,
     },
 ];
 
@@ -482,6 +525,61 @@ fn parse_striped(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, Sp
     })
 }
 
+/// `crypt:KEYFILE:SPEC`
+fn parse_crypt(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
+    p.expect(':', "after 'crypt'")?;
+    let path = p.take_while(|c| c != ':');
+    if path.is_empty() {
+        return Err(p.error_here(format!("expected a key file path, found {}", p.found())));
+    }
+    let key_file = PathBuf::from(&p.spec[path]);
+    p.expect(':', "after the key file path")?;
+    Ok(NodeKind::Crypt {
+        key_file,
+        inner: Box::new(p.spec_node()?),
+    })
+}
+
+/// `delay:MILLIS:SPEC`
+fn parse_delay(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
+    p.expect(':', "after 'delay'")?;
+    let span = p.take_while(|c| c.is_ascii_digit());
+    if span.is_empty() {
+        return Err(p.error_here(format!(
+            "expected the delay in milliseconds (a whole number), found {}",
+            p.found()
+        )));
+    }
+    let millis = p.spec[span.clone()].parse::<u64>().map_err(|_| {
+        SpecError::new(
+            p.spec,
+            span,
+            "delay is too large: expected at most 2^64-1 milliseconds",
+        )
+    })?;
+    p.expect(':', "after the delay")?;
+    Ok(NodeKind::Delay {
+        millis,
+        inner: Box::new(p.spec_node()?),
+    })
+}
+
+/// `prwrap:SPEC`
+fn parse_prwrap(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
+    p.expect(':', "after 'prwrap'")?;
+    Ok(NodeKind::PrWrap(Box::new(p.spec_node()?)))
+}
+
+/// The timer every `delay:` disk of this process shares.
+fn shared_timer() -> io::Result<Arc<dyn Timer>> {
+    static TIMER: OnceLock<Arc<StdTimer>> = OnceLock::new();
+    if let Some(t) = TIMER.get() {
+        return Ok(t.clone());
+    }
+    let timer = Arc::new(StdTimer::new()?);
+    Ok(TIMER.get_or_init(|| timer).clone())
+}
+
 /// Builds the disk stack `node` describes; `spec` is the text it was parsed
 /// from, for error messages.
 pub fn build_node(spec: &str, node: &SpecNode) -> Result<Disk, SpecError> {
@@ -544,6 +642,29 @@ pub fn build_node(spec: &str, node: &SpecNode) -> Result<Disk, SpecError> {
             let striped = StripedDisk::new(members, *chunk_bytes, None)
                 .map_err(|e| fail(format!("cannot build the striped disk{this}: {e}")))?;
             wrap(Disk::new(striped))
+        }
+        NodeKind::Crypt { key_file, inner } => {
+            let key = std::fs::read(key_file).map_err(|e| {
+                fail(format!(
+                    "cannot read the key file '{}': {e}",
+                    key_file.display()
+                ))
+            })?;
+            let inner = build_node(spec, inner)?;
+            let crypt = CryptDisk::new(&key, inner)
+                .map_err(|e| fail(format!("key file '{}': {e}", key_file.display())))?;
+            wrap(Disk::new(crypt))
+        }
+        NodeKind::Delay { millis, inner } => {
+            let inner = build_node(spec, inner)?;
+            let timer =
+                shared_timer().map_err(|e| fail(format!("cannot start the timer thread: {e}")))?;
+            let delay = DelayHandle::new(Duration::from_millis(*millis));
+            wrap(Disk::new(DelayDisk::new(inner, delay, timer)))
+        }
+        NodeKind::PrWrap(inner) => {
+            let inner = build_node(spec, inner)?;
+            wrap(Disk::new(ReservationsDisk::new(inner)))
         }
     }
 }
@@ -729,7 +850,7 @@ mod tests {
         assert_eq!((e.column(), e.span()), (1, 0..3));
         assert_eq!(
             e.message(),
-            "unknown disk kind 'ram': expected one of mem, file, memdiff, striped"
+            "unknown disk kind 'ram': expected one of mem, file, memdiff, striped, crypt, delay, prwrap"
         );
         let e = err("memdiff:nvme:1");
         assert_eq!(e.column(), 9);
@@ -939,6 +1060,55 @@ mod tests {
                 .contains("not a whole number of 512-byte sectors"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn decorator_forms() {
+        let n = parse("crypt:/tmp/k.bin:memdiff:mem:1M").unwrap();
+        let NodeKind::Crypt { key_file, inner } = n.kind else {
+            panic!("not crypt: {n:?}")
+        };
+        assert_eq!(key_file, PathBuf::from("/tmp/k.bin"));
+        assert!(matches!(inner.kind, NodeKind::MemDiff(_)));
+        let n = parse("delay:25:prwrap:mem:1M").unwrap();
+        let NodeKind::Delay { millis, inner } = n.kind else {
+            panic!("not delay: {n:?}")
+        };
+        assert_eq!(millis, 25);
+        assert!(matches!(inner.kind, NodeKind::PrWrap(_)));
+        let e = parse("delay:x:mem:1M").unwrap_err();
+        assert_eq!(e.column(), 7);
+        assert!(e.message().contains("milliseconds"), "{e}");
+        let e = parse("delay:99999999999999999999999:mem:1M").unwrap_err();
+        assert!(e.message().contains("too large"), "{e}");
+        let e = parse("crypt::mem:1M").unwrap_err();
+        assert!(e.message().contains("key file path"), "{e}");
+        let e = parse("crypt:key.bin").unwrap_err();
+        assert!(e.message().contains("after the key file path"), "{e}");
+        let e = parse("prwrap").unwrap_err();
+        assert!(e.message().contains("after 'prwrap'"), "{e}");
+    }
+
+    #[test]
+    fn builds_decorators() {
+        let d = build("prwrap:delay:0:mem:1M").unwrap();
+        assert_eq!(d.kind(), "prwrap");
+        assert!(d.persistent_reservations().is_some());
+        assert_eq!(d.describe().children[0].1.kind, "delay");
+
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.bin");
+        let key_bytes: Vec<u8> = (0..64u8).collect();
+        std::fs::write(&key, &key_bytes).unwrap();
+        let d = build(&format!("crypt:{}:mem:1M@4096", key.display())).unwrap();
+        assert_eq!((d.kind(), d.sector_size()), ("crypt", 4096));
+
+        std::fs::write(&key, &key_bytes[..32]).unwrap();
+        let e = build(&format!("crypt:{}:mem:1M", key.display())).unwrap_err();
+        assert!(e.message().contains("64"), "{e}");
+        let missing = dir.path().join("missing.bin");
+        let e = build(&format!("crypt:{}:mem:1M", missing.display())).unwrap_err();
+        assert!(e.message().contains("cannot read the key file"), "{e}");
     }
 
     #[test]

@@ -82,9 +82,14 @@ pub struct StdTimer {
 impl StdTimer {
     /// Starts the timer thread.
     pub fn new() -> std::io::Result<StdTimer> {
-        let shared = Arc::new(Shared { queue: Mutex::new(Queue::default()), cond: Condvar::new() });
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            cond: Condvar::new(),
+        });
         let worker = shared.clone();
-        std::thread::Builder::new().name("parastor-timer".into()).spawn(move || run(&worker))?;
+        std::thread::Builder::new()
+            .name("parastor-timer".into())
+            .spawn(move || run(&worker))?;
         Ok(StdTimer { shared })
     }
 }
@@ -120,7 +125,11 @@ fn run(shared: &Shared) {
                 }
             }
             Some(deadline) => {
-                q = shared.cond.wait_timeout(q, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+                q = shared
+                    .cond
+                    .wait_timeout(q, deadline - now)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
             }
             None => q = shared.cond.wait(q).unwrap_or_else(|e| e.into_inner()),
         }
@@ -132,13 +141,18 @@ impl Timer for StdTimer {
         let slot = Arc::new(Mutex::new(Slot::default()));
         // A duration too long to represent sleeps "forever" (~136 years).
         let now = Instant::now();
-        let deadline =
-            now.checked_add(duration).unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()));
+        let deadline = now
+            .checked_add(duration)
+            .unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()));
         {
             let mut q = lock(&self.shared.queue);
             q.seq += 1;
             let seq = q.seq;
-            q.heap.push(Reverse(Entry { deadline, seq, slot: slot.clone() }));
+            q.heap.push(Reverse(Entry {
+                deadline,
+                seq,
+                slot: slot.clone(),
+            }));
         }
         self.shared.cond.notify_one();
         Box::pin(poll_fn(move |cx| {
