@@ -14,6 +14,7 @@ extern crate alloc;
 extern crate std;
 
 pub mod bounce;
+pub mod crypt;
 pub mod delay;
 pub mod disk;
 pub mod error;
