@@ -57,7 +57,7 @@ type Hook = Box<dyn FnOnce() + Send>;
 
 /// Wraps a [`Disk`] and forwards everything to it, except that it can
 /// - fail reads, writes, unmaps or flushes with [`INJECTED`];
-/// - record every request ([`TestDisk::calls`]);
+/// - record every request ([`TestDisk::take_calls`]);
 /// - run a one-shot hook at the start of the next read (to interleave
 ///   another request with this one deterministically);
 /// - claim not to complete inline, and return `Pending` once from every
