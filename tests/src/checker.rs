@@ -122,6 +122,8 @@ pub struct Checker<'a> {
     disk: Disk,
     model: Model,
     resize: Option<&'a dyn Fn(u64)>,
+    /// What sectors regained by growing the disk read as.
+    regrown: SectorState,
     ops: usize,
 }
 
@@ -133,8 +135,17 @@ impl<'a> Checker<'a> {
             disk,
             model,
             resize: None,
+            regrown: SectorState::Zero,
             ops: 0,
         }
+    }
+
+    /// Sets what sectors regained by growing the disk read as (zero by
+    /// default; unknown under a crypt decorator, where the zeros the RAM
+    /// disk returns decrypt to noise).
+    pub fn with_regrown(mut self, state: SectorState) -> Self {
+        self.regrown = state;
+        self
     }
 
     /// Lets [`Op::Resize`] resize the disk through `resize`.
@@ -299,7 +310,7 @@ impl<'a> Checker<'a> {
                     return Ok(());
                 };
                 resize(*sectors);
-                self.model.resize(*sectors, SectorState::Zero);
+                self.model.resize(*sectors, self.regrown.clone());
                 let now = self.disk.sector_count();
                 if now != *sectors {
                     return Err(format!("sector count is {now} after a resize to {sectors}"));

@@ -8,7 +8,10 @@
 //! is 512 or 4096 and sizes stay small. Requests use arbitrary `u64`
 //! sectors and counts, buffers of 1–4 ranges (unaligned, sometimes not
 //! whole sectors, sometimes outside guest memory or not writable), and
-//! resizes of the top RAM disk where there is one.
+//! resizes of the top RAM disk where there is one. Up to two decorators —
+//! XTS-AES-256 encryption and persistent reservations — may wrap the stack;
+//! under encryption, sectors never written read as unknown (pinned by their
+//! first read) instead of zero.
 //!
 //! Properties: nothing panics; unrepresentable and out-of-range requests
 //! fail with exactly `IllegalBlock`; valid in-range requests succeed and
@@ -21,12 +24,13 @@ use crate::checker::{Checker, Op};
 use crate::model::SectorState;
 use crate::stacks::{disk, layer, ram};
 use arbitrary::{Arbitrary, Unstructured};
-use parastor_core::Disk;
+use parastor_core::crypt::CryptDisk;
 use parastor_core::layered::{
     InvalidLayer, LayerConfig, LayerSource, LayeredDisk, LayeredDiskError,
 };
 use parastor_core::ram::RamDisk;
 use parastor_core::striped::StripedDisk;
+use parastor_core::{Disk, ReservationsDisk};
 
 /// Most operations one input runs.
 const MAX_OPS: usize = 64;
@@ -116,12 +120,61 @@ enum FuzzOp {
     },
 }
 
+/// A decorator wrapped around the stack.
+#[derive(Arbitrary, Debug)]
+enum Decorator {
+    /// XTS-AES-256 with a key derived from the seed.
+    Crypt {
+        /// Key material, stretched to 64 bytes.
+        seed: u64,
+    },
+    /// Persistent reservations (no reservation is taken, so every request
+    /// must pass).
+    PrWrap,
+}
+
 /// The whole input.
 #[derive(Arbitrary, Debug)]
 struct Input {
     big_sectors: bool,
     stack: StackSpec,
     ops: Vec<FuzzOp>,
+    decorators: Vec<Decorator>,
+}
+
+/// A 64-byte XTS key from `seed`, with halves that differ.
+fn key(seed: u64) -> [u8; 64] {
+    let mut x = seed | 1;
+    let mut k = [0u8; 64];
+    for b in k.iter_mut() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *b = x as u8;
+    }
+    if k[..32] == k[32..] {
+        k[32] ^= 1;
+    }
+    k
+}
+
+/// Wraps `disk` in `decorators`, innermost first; returns the stack and
+/// whether it encrypts.
+fn decorate(mut disk: Disk, decorators: &[Decorator]) -> (Disk, bool) {
+    let mut crypt = false;
+    for d in decorators.iter().take(2) {
+        disk = match d {
+            Decorator::Crypt { seed } => {
+                crypt = true;
+                let c = CryptDisk::new(&key(*seed), disk).expect("a valid key");
+                Disk::new(c).expect("crypt keeps valid metadata")
+            }
+            Decorator::PrWrap => {
+                Disk::new(ReservationsDisk::new(disk)).expect("prwrap keeps valid metadata")
+            }
+        };
+    }
+    (disk, crypt)
 }
 
 /// A built stack: the disk and, if it has one, the RAM disk whose size is
@@ -285,7 +338,13 @@ pub fn disk_ops(data: &[u8]) {
             t.resize(n);
         }
     };
-    let mut checker = Checker::new(stack.disk.clone(), SectorState::Zero);
+    let (disk, crypt) = decorate(stack.disk.clone(), &input.decorators);
+    let fresh = if crypt {
+        SectorState::Unknown
+    } else {
+        SectorState::Zero
+    };
+    let mut checker = Checker::new(disk, fresh.clone()).with_regrown(fresh);
     if stack.top.is_some() {
         checker = checker.with_resize(&resize);
     }

@@ -31,11 +31,18 @@ struct Bench {
 
 /// Every benchmark, in `all` order. New ones (crypt, storvsp, ...) are
 /// added here.
-const BENCHES: &[Bench] = &[Bench {
-    name: "pipeline",
-    about: "QD1 per-I/O cost of RAM, layered and striped stacks, vs the raw RAM disk and memcpy",
-    run: pipeline::run,
-}];
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "pipeline",
+        about: "QD1 per-I/O cost of RAM, layered and striped stacks, vs the raw RAM disk and memcpy",
+        run: pipeline::run,
+    },
+    Bench {
+        name: "crypt",
+        about: "XTS-AES-256 GB/s: raw cipher loop and the crypt decorator, vs `openssl speed` and memcpy",
+        run: crypt::run,
+    },
+];
 
 fn usage() {
     eprintln!("usage: parastor-bench NAME... | all | --list\n\nbenchmarks:");
@@ -300,6 +307,150 @@ mod pipeline {
                 let reference = results[0].ns_per_op;
                 for (case, m) in cases.iter().zip(results) {
                     report("pipeline", op, bytes, case.name, m, reference);
+                }
+            }
+        }
+    }
+}
+
+/// `crypt`: XTS-AES-256 throughput against OpenSSL's, measured in the same
+/// run.
+mod crypt {
+    use super::harness::{Case, Measurement, measure, size_name};
+    use super::*;
+    use parastor_core::crypt::{CryptDisk, Xts256};
+    use std::process::Command;
+
+    /// Bytes per timed operation of the raw loop and the decorator.
+    const IO_BYTES: usize = 64 * 1024;
+    /// Bytes the operations cycle over.
+    const WORKING_SET: usize = 8 << 20;
+
+    fn key() -> Vec<u8> {
+        (0..64u8)
+            .map(|i| i.wrapping_mul(37).wrapping_add(11))
+            .collect()
+    }
+
+    /// `openssl speed -evp aes-256-xts` bytes/s for `bytes`-byte calls, or
+    /// why it could not be measured.
+    fn openssl(bytes: usize, decrypt: bool) -> Result<f64, String> {
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "speed",
+            "-mr",
+            "-seconds",
+            "2",
+            "-bytes",
+            &bytes.to_string(),
+        ]);
+        if decrypt {
+            cmd.arg("-decrypt");
+        }
+        cmd.args(["-evp", "aes-256-xts"]);
+        let out = cmd
+            .output()
+            .map_err(|e| format!("cannot run openssl: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // Machine-readable result: `+F:<n>:AES-256-XTS:<bytes per second>`.
+        text.lines()
+            .filter_map(|l| l.strip_prefix("+F:"))
+            .filter_map(|l| l.rsplit(':').next()?.parse::<f64>().ok())
+            .next()
+            .ok_or_else(|| format!("no +F line in openssl speed output: {text}"))
+    }
+
+    fn line(op: &str, ss: usize, path: &str, gbps: f64, allocs: Option<f64>, reference: f64) {
+        let allocs = allocs.map_or(String::new(), |a| format!("  allocs/io={a:.2}"));
+        println!(
+            "crypt {op} {}-sectors {path:<28} {gbps:>7.2} GB/s{allocs}  ratio={:.2}",
+            size_name(ss),
+            gbps / reference
+        );
+    }
+
+    fn gbps(bytes: usize, m: Measurement) -> f64 {
+        bytes as f64 / m.ns_per_op
+    }
+
+    pub(crate) fn run() {
+        println!(
+            "crypt: ratio = GB/s of the path / GB/s of `openssl speed -evp aes-256-xts` (higher is better)"
+        );
+        let key = key();
+        let xts = Xts256::new(&key).expect("valid key");
+        let slots = (WORKING_SET / IO_BYTES) as u64;
+        for ss in [512usize, 4096] {
+            let sectors_per_io = (IO_BYTES / ss) as u64;
+            for decrypt in [false, true] {
+                let op = if decrypt { "decrypt" } else { "encrypt" };
+                let reference = match openssl(ss, decrypt) {
+                    Ok(bps) => bps / 1e9,
+                    Err(e) => {
+                        eprintln!("crypt: skipping {op} at {ss}-byte sectors: {e}");
+                        continue;
+                    }
+                };
+                line(op, ss, "openssl-speed", reference, None, reference);
+
+                // The decorator over a RAM disk: a write encrypts, a read
+                // decrypts; both include the RAM disk's copy.
+                let ram = parastor_tests::stacks::ram_disk((WORKING_SET / ss) as u64, ss as u32);
+                let disk = Disk::new(CryptDisk::new(&key, ram).expect("key")).expect("disk");
+                let fill = vec![0x11u8; WORKING_SET];
+                write_vec(&disk, 0, &fill).expect("prefill");
+                let mem = RamGuestMemory::new(IO_BYTES as u64);
+                mem.fill(0, IO_BYTES, 0x77).expect("guest memory");
+                let ranges = [GpaRange::new(0, IO_BYTES as u64)];
+                let (disk_ref, mem_ref, ranges_ref) = (&disk, &mem, &ranges);
+                // The raw cipher loop over host memory, in place.
+                let mut data = vec![0x5au8; WORKING_SET];
+                let xts = &xts;
+                let mut raw_case = vec![Case {
+                    name: "raw-xts-loop",
+                    op: Box::new(move |i| {
+                        let slot = (i % slots) as usize;
+                        let buf = &mut data[slot * IO_BYTES..(slot + 1) * IO_BYTES];
+                        let lba = i * sectors_per_io;
+                        let r = if decrypt {
+                            xts.decrypt_sectors(buf, lba, ss)
+                        } else {
+                            xts.encrypt_sectors(buf, lba, ss)
+                        };
+                        r.expect("cipher");
+                        black_box(&buf);
+                    }),
+                }];
+                raw_case.push(Case {
+                    name: "crypt-over-ram",
+                    op: Box::new(move |i| {
+                        let sector = (i % slots) * sectors_per_io;
+                        let sg = SgList::new(mem_ref, ranges_ref, decrypt).expect("ranges");
+                        let r = if decrypt {
+                            block_on(disk_ref.read(sg, sector, IoOptions::default()))
+                        } else {
+                            block_on(disk_ref.write(sg, sector, IoOptions::default()))
+                        };
+                        r.expect("crypt I/O");
+                    }),
+                });
+                // The floor: memcpy of the same sizes.
+                let src = vec![0x22u8; WORKING_SET];
+                let mut dst = vec![0u8; IO_BYTES];
+                raw_case.push(Case {
+                    name: "memcpy",
+                    op: Box::new(move |i| {
+                        let slot = (i % slots) as usize;
+                        dst.copy_from_slice(black_box(
+                            &src[slot * IO_BYTES..(slot + 1) * IO_BYTES],
+                        ));
+                        black_box(&dst);
+                    }),
+                });
+                let results = measure(&mut raw_case);
+                for (case, m) in raw_case.iter().zip(results) {
+                    let allocs = (case.name == "crypt-over-ram").then_some(m.allocs_per_op);
+                    line(op, ss, case.name, gbps(IO_BYTES, m), allocs, reference);
                 }
             }
         }
