@@ -43,6 +43,14 @@
 //! backend closure (AES-NI, VAES-256 or VAES-512, chosen at run time) and
 //! enciphers many blocks per call, across sector boundaries, with all of a
 //! batch's initial tweaks computed in one call. See that module.
+//!
+//! Each backend call has a fixed cost (the backend broadcasts its round
+//! keys), so a call per request, not per sector, is what keeps small
+//! sectors fast. Whether rustc inlines the `aes` crate's generic helpers
+//! (`[T; N]::map` for that broadcast, `hybrid_array`'s `try_from_fn` for
+//! loading a batch) depends on how the crate is split into codegen units;
+//! with `codegen-units = 1` for this crate they always are, which mostly
+//! shows on single-sector calls.
 
 mod xts;
 
@@ -51,7 +59,7 @@ pub use xts::Xts256;
 use crate::bounce::{BounceBuffer, BouncePool};
 use crate::disk::{Disk, DiskIo, IoOptions, UnmapBehavior};
 use crate::drive;
-use crate::error::{DiskError, MemoryError};
+use crate::error::{DiskError, MemoryError, MemoryErrorKind};
 use crate::pr::PersistentReservations;
 use crate::sg::SgList;
 use alloc::format;
@@ -235,7 +243,13 @@ impl CryptDisk {
         let mut stream = Stream::new(&self.xts, lba, 1 << self.shift);
         // dst[..done] is enciphered, dst[done..pos] holds a partial block.
         let (mut pos, mut done) = (0usize, 0usize);
+        let mut overrun = false;
         src.reader().visit(dst.len(), &mut |piece: &[u8]| {
+            if overrun || piece.len() > dst.len() - pos {
+                // More bytes than asked for: a memory bug; never index out.
+                overrun = true;
+                return;
+            }
             let mut p = piece;
             if pos > done {
                 let need = (done + 16 - pos).min(p.len());
@@ -258,7 +272,15 @@ impl CryptDisk {
                 dst[pos..pos + p.len()].copy_from_slice(p);
                 pos += p.len();
             }
-        })
+        })?;
+        if overrun || done != dst.len() {
+            return Err(MemoryError {
+                gpa: 0,
+                len: dst.len() as u64,
+                kind: MemoryErrorKind::BeyondBuffer,
+            });
+        }
+        Ok(())
     }
 
     /// Deciphers `buf` (sectors from `lba` on) in place.
@@ -310,6 +332,15 @@ impl CryptDisk {
                     at += n;
                     split = n != piece.len();
                 })?;
+                if !split && at != whole {
+                    // The memory handed out less than asked: refuse rather
+                    // than spin.
+                    return Err(MemoryError {
+                        gpa,
+                        len: whole as u64,
+                        kind: MemoryErrorKind::OutOfRange,
+                    });
+                }
                 gpa += at as u64;
                 left -= at;
                 if split {

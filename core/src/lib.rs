@@ -27,6 +27,7 @@ pub mod resize;
 pub mod sg;
 pub mod striped;
 
+pub use crypt::{CryptDisk, CryptError, Xts256};
 pub use delay::{DelayDisk, DelayHandle, Timer};
 pub use disk::{
     BoxFuture, Description, Disk, DiskIo, InitiatorId, InvalidDisk, IoFuture, IoOptions,
