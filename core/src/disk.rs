@@ -186,7 +186,10 @@ impl<'a> SectorMarker<'a> {
 
     /// Whether every sector is marked.
     pub fn all_set(&self) -> bool {
-        self.next_unset(self.start).is_none()
+        let full = (self.count / 64) as usize;
+        let rest = self.count % 64;
+        self.bits[..full].iter().all(|&w| w == u64::MAX)
+            && (rest == 0 || self.bits[full] & ((1 << rest) - 1) == (1 << rest) - 1)
     }
 
     /// The first run of unmarked sectors at or after `from`, as
@@ -343,6 +346,33 @@ pub trait DiskIo: Send + Sync + 'static {
         }
     }
 
+    /// [`DiskIo::read`], run to completion at once. Composite disks call
+    /// this instead of building a future when the disk
+    /// [completes inline](DiskIo::completes_inline). The default polls the
+    /// future once; a disk whose work is synchronous anyway (RAM) overrides
+    /// it to skip the future altogether.
+    fn read_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        run_inline(self.read(buf, sector, opts))
+    }
+
+    /// [`DiskIo::write`], run to completion at once (see
+    /// [`DiskIo::read_inline`]).
+    fn write_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        run_inline(self.write(buf, sector, opts))
+    }
+
+    /// [`DiskIo::read_present`], run to completion at once (see
+    /// [`DiskIo::read_inline`]).
+    fn read_present_inline(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        marker: &mut SectorMarker<'_>,
+        opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        run_inline(self.read_present(buf, sector, marker, opts))
+    }
+
     /// Whether [`DiskIo::write_no_overwrite`] is supported, so the disk can
     /// serve as a read-cache layer.
     fn supports_write_no_overwrite(&self) -> bool {
@@ -400,6 +430,15 @@ trait DynDisk: Send + Sync {
         buf: SgList<'a>,
         sector: u64,
     ) -> IoFuture<'a, Result<(), DiskError>>;
+    fn read_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError>;
+    fn write_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError>;
+    fn read_present_inline(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        marker: &mut SectorMarker<'_>,
+        opts: IoOptions,
+    ) -> Result<(), DiskError>;
 }
 
 impl<T: DiskIo> DynDisk for T {
@@ -463,6 +502,21 @@ impl<T: DiskIo> DynDisk for T {
         sector: u64,
     ) -> IoFuture<'a, Result<(), DiskError>> {
         StackFuture::from_or_box(DiskIo::write_no_overwrite(self, buf, sector))
+    }
+    fn read_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        DiskIo::read_inline(self, buf, sector, opts)
+    }
+    fn write_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        DiskIo::write_inline(self, buf, sector, opts)
+    }
+    fn read_present_inline(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        marker: &mut SectorMarker<'_>,
+        opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        DiskIo::read_present_inline(self, buf, sector, marker, opts)
     }
 }
 
@@ -651,6 +705,48 @@ impl Disk {
         self.check_representable(sector, (buf.len() >> self.sector_shift()) as u64)
     }
 
+    /// What a read must satisfy before the disk sees it.
+    fn check_read(&self, buf: &SgList<'_>, sector: u64) -> Result<(), DiskError> {
+        self.check_buffer(buf, sector)?;
+        if !buf.is_writable() {
+            let gpa = buf.segments().next().map_or(0, |r| r.gpa);
+            let kind = MemoryErrorKind::WriteProtected;
+            return Err(MemoryError {
+                gpa,
+                len: buf.len() as u64,
+                kind,
+            }
+            .into());
+        }
+        Ok(())
+    }
+
+    /// What a write must satisfy before the disk sees it.
+    fn check_write(&self, buf: &SgList<'_>, sector: u64) -> Result<(), DiskError> {
+        self.check_buffer(buf, sector)?;
+        if self.is_read_only() {
+            return Err(DiskError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// What a layer read must satisfy before the disk sees it.
+    fn check_read_present(
+        &self,
+        buf: &SgList<'_>,
+        sector: u64,
+        marker: &SectorMarker<'_>,
+    ) -> Result<(), DiskError> {
+        self.check_buffer(buf, sector)?;
+        let count = (buf.len() >> self.sector_shift()) as u64;
+        if sector < marker.start() || sector + count > marker.start() + marker.count() {
+            return Err(DiskError::InvalidInput(
+                "sector marker does not cover the request",
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads `buf.len()` bytes at `sector` into `buf`.
     pub fn read<'a>(
         &'a self,
@@ -658,20 +754,10 @@ impl Disk {
         sector: u64,
         opts: IoOptions,
     ) -> IoFuture<'a, Result<(), DiskError>> {
-        if let Err(e) = self.check_buffer(&buf, sector) {
-            return ready(Err(e));
+        match self.check_read(&buf, sector) {
+            Ok(()) => self.inner.io.read(buf, sector, opts),
+            Err(e) => ready(Err(e)),
         }
-        if !buf.is_writable() {
-            let gpa = buf.segments().next().map_or(0, |r| r.gpa);
-            let kind = MemoryErrorKind::WriteProtected;
-            return ready(Err(MemoryError {
-                gpa,
-                len: buf.len() as u64,
-                kind,
-            }
-            .into()));
-        }
-        self.inner.io.read(buf, sector, opts)
     }
 
     /// Writes `buf` at `sector`. The buffer is only read.
@@ -681,13 +767,48 @@ impl Disk {
         sector: u64,
         opts: IoOptions,
     ) -> IoFuture<'a, Result<(), DiskError>> {
-        if let Err(e) = self.check_buffer(&buf, sector) {
-            return ready(Err(e));
+        match self.check_write(&buf, sector) {
+            Ok(()) => self.inner.io.write(buf.read_only(), sector, opts),
+            Err(e) => ready(Err(e)),
         }
-        if self.is_read_only() {
-            return ready(Err(DiskError::ReadOnly));
-        }
-        self.inner.io.write(buf.read_only(), sector, opts)
+    }
+
+    /// [`Disk::read`] for a disk that [completes inline](Disk::completes_inline),
+    /// run to completion without building a future. On any other disk it
+    /// fails rather than block.
+    pub fn read_inline(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        self.check_read(&buf, sector)?;
+        self.inner.io.read_inline(buf, sector, opts)
+    }
+
+    /// [`Disk::write`] run to completion without building a future (see
+    /// [`Disk::read_inline`]).
+    pub fn write_inline(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        self.check_write(&buf, sector)?;
+        self.inner.io.write_inline(buf.read_only(), sector, opts)
+    }
+
+    /// [`Disk::read_present`] run to completion without building a future
+    /// (see [`Disk::read_inline`]).
+    pub fn read_present_inline(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        marker: &mut SectorMarker<'_>,
+        opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        self.check_read_present(&buf, sector, marker)?;
+        self.inner.io.read_present_inline(buf, sector, marker, opts)
     }
 
     /// Makes completed writes durable.
@@ -739,14 +860,8 @@ impl Disk {
         marker: &'a mut SectorMarker<'m>,
         opts: IoOptions,
     ) -> IoFuture<'a, Result<(), DiskError>> {
-        if let Err(e) = self.check_buffer(&buf, sector) {
+        if let Err(e) = self.check_read_present(&buf, sector, marker) {
             return ready(Err(e));
-        }
-        let count = (buf.len() >> self.sector_shift()) as u64;
-        if sector < marker.start() || sector + count > marker.start() + marker.count() {
-            return ready(Err(DiskError::InvalidInput(
-                "sector marker does not cover the request",
-            )));
         }
         self.inner.io.read_present(buf, sector, marker, opts)
     }
@@ -823,8 +938,33 @@ pub struct Description {
 /// way the caller's own future stays small enough to live inline in an
 /// [`IoFuture`], which keeps RAM and layered stacks free of per-I/O heap
 /// allocation. Use inside `async` code only.
+///
+/// Reads, writes and layer reads of inline disks go through the disk's
+/// synchronous twins ([`Disk::read_inline`], …), so no future is built for
+/// them at all.
 #[macro_export]
 macro_rules! drive {
+    ($inline:expr, $disk:ident . read ( $($arg:expr),* $(,)? )) => {
+        if $inline {
+            $disk.read_inline($($arg),*)
+        } else {
+            ::alloc::boxed::Box::pin($disk.read($($arg),*)).await
+        }
+    };
+    ($inline:expr, $disk:ident . write ( $($arg:expr),* $(,)? )) => {
+        if $inline {
+            $disk.write_inline($($arg),*)
+        } else {
+            ::alloc::boxed::Box::pin($disk.write($($arg),*)).await
+        }
+    };
+    ($inline:expr, $disk:ident . read_present ( $($arg:expr),* $(,)? )) => {
+        if $inline {
+            $disk.read_present_inline($($arg),*)
+        } else {
+            ::alloc::boxed::Box::pin($disk.read_present($($arg),*)).await
+        }
+    };
     ($inline:expr, $op:expr) => {
         if $inline {
             $crate::disk::run_inline($op)
@@ -847,6 +987,84 @@ pub fn run_inline<T>(fut: impl Future<Output = Result<T, DiskError>>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A disk whose reads and writes never complete.
+    struct Stuck;
+
+    impl DiskIo for Stuck {
+        fn kind(&self) -> &'static str {
+            "stuck"
+        }
+        fn sector_count(&self) -> u64 {
+            8
+        }
+        fn sector_size(&self) -> u32 {
+            512
+        }
+        fn is_read_only(&self) -> bool {
+            false
+        }
+        fn is_fua_respected(&self) -> bool {
+            false
+        }
+        fn unmap_behavior(&self) -> UnmapBehavior {
+            UnmapBehavior::Ignored
+        }
+        async fn read(&self, _: SgList<'_>, _: u64, _: IoOptions) -> Result<(), DiskError> {
+            core::future::pending().await
+        }
+        async fn write(&self, _: SgList<'_>, _: u64, _: IoOptions) -> Result<(), DiskError> {
+            core::future::pending().await
+        }
+        async fn flush(&self, _: IoOptions) -> Result<(), DiskError> {
+            Ok(())
+        }
+        async fn unmap(&self, _: u64, _: u64, _: IoOptions) -> Result<(), DiskError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn inline_twins_answer_or_refuse() {
+        use crate::memory::{GuestMemory, RamGuestMemory};
+        use crate::ram::RamDisk;
+        use crate::sg::GpaRange;
+        let mem = RamGuestMemory::new(4096);
+        let r = [GpaRange::new(0, 1024)];
+        let sg = SgList::new(&mem, &r, true).unwrap();
+        let o = IoOptions::default();
+
+        let ram = Disk::new(RamDisk::new(8192, 512).unwrap()).unwrap();
+        mem.fill(0, 1024, 0xab).unwrap();
+        ram.write_inline(sg, 3, o).unwrap();
+        mem.fill(0, 1024, 0).unwrap();
+        ram.read_inline(sg, 3, o).unwrap();
+        let mut b = [0u8; 1024];
+        mem.read(0, &mut b).unwrap();
+        assert_eq!(b, [0xab; 1024]);
+        let mut bits = [0u64; 1];
+        let mut m = SectorMarker::new(0, 16, &mut bits);
+        ram.read_present_inline(sg, 2, &mut m, o).unwrap();
+        assert_eq!(m.next_set(0), Some((3, 1)));
+        // The handle's checks apply to the twins too.
+        assert_eq!(ram.read_inline(sg, 15, o), Err(DiskError::IllegalBlock));
+        assert_eq!(
+            ram.write_inline(sg, u64::MAX, o),
+            Err(DiskError::IllegalBlock)
+        );
+        let mut m = SectorMarker::new(10, 2, &mut bits);
+        assert!(matches!(
+            ram.read_present_inline(sg, 2, &mut m, o),
+            Err(DiskError::InvalidInput(_))
+        ));
+
+        // A disk that would wait is refused, not blocked on.
+        let stuck = Disk::new(Stuck).unwrap();
+        assert!(!stuck.completes_inline());
+        let refused = DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0));
+        assert_eq!(stuck.read_inline(sg, 0, o), Err(refused.clone()));
+        assert_eq!(stuck.write_inline(sg, 0, o), Err(refused));
+    }
 
     #[test]
     fn marker_runs() {

@@ -27,7 +27,7 @@ use core::future::Future;
 
 /// Sectors handled per pass of the read algorithm; bounds the presence
 /// bitmaps kept in the read future.
-const WINDOW: u64 = 1024;
+const WINDOW: u64 = 256;
 const WINDOW_WORDS: usize = (WINDOW / 64) as usize;
 
 /// Where a layer comes from.
@@ -330,71 +330,56 @@ impl LayeredDisk {
             }
         }
         let mut bits = [0u64; WINDOW_WORDS];
-        let mut done = 0;
-        while done < total {
-            let count = (total - done).min(WINDOW);
-            self.read_window(from, &buf, sector + done, done, count, &mut bits, opts)
-                .await?;
-            done += count;
-        }
-        Ok(())
-    }
-
-    /// One window of [`LayeredDisk::read_from`]: sectors
-    /// `[sector, sector + count)`, which start `offset` sectors into `buf`.
-    #[allow(clippy::too_many_arguments)]
-    async fn read_window(
-        &self,
-        from: usize,
-        buf: &SgList<'_>,
-        sector: u64,
-        offset: u64,
-        count: u64,
-        bits: &mut [u64; WINDOW_WORDS],
-        opts: IoOptions,
-    ) -> Result<(), DiskError> {
-        let mut have = SectorMarker::new(sector, count, bits);
-        for (index, layer) in self.layers.iter().enumerate().skip(from) {
-            let mut at = sector;
-            while let Some((s, n)) = have.next_unset(at) {
-                at = s + n;
-                // Sectors of a lower layer past its visible count (or its
-                // current size, if it shrank) are zero.
-                let end = if index == 0 {
-                    s + n
-                } else {
-                    (s + n).min(layer.visible).min(layer.disk.sector_count())
-                };
-                if end <= s {
-                    continue;
-                }
-                let rbuf = sub(buf, self.shift, offset + s - sector, end - s)?;
-                let disk = &layer.disk;
-                let marker = &mut have;
-                drive!(layer.inline, disk.read_present(rbuf, s, marker, opts))
-                    .map_err(|e| e.in_member(index as u32))?;
-                if layer.read_cache && index + 1 < self.layers.len() {
-                    // Fill the cache with what the layers below hold for the
-                    // sectors it lacks.
-                    let mut m = s;
-                    while let Some((ms, mn)) = have.next_unset(m).filter(|&(ms, _)| ms < end) {
-                        let mn = mn.min(end - ms);
-                        m = ms + mn;
-                        let gbuf = sub(buf, self.shift, offset + ms - sector, mn)?;
-                        Box::pin(self.fill_cache(index, gbuf, ms, opts)).await?;
-                        have.set_range(ms, mn);
+        let mut offset = 0;
+        // One pass per window of sectors; each pass walks the layers.
+        'windows: while offset < total {
+            let window = sector + offset;
+            let count = (total - offset).min(WINDOW);
+            let mut have = SectorMarker::new(window, count, &mut bits);
+            for (index, layer) in self.layers.iter().enumerate().skip(from) {
+                let mut at = window;
+                while let Some((s, n)) = have.next_unset(at) {
+                    at = s + n;
+                    // Sectors of a lower layer past its visible count (or
+                    // its current size, if it shrank) are zero.
+                    let end = if index == 0 {
+                        s + n
+                    } else {
+                        (s + n).min(layer.visible).min(layer.disk.sector_count())
+                    };
+                    if end <= s {
+                        continue;
+                    }
+                    let rbuf = sub(&buf, self.shift, s - sector, end - s)?;
+                    let disk = &layer.disk;
+                    let marker = &mut have;
+                    drive!(layer.inline, disk.read_present(rbuf, s, marker, opts))
+                        .map_err(|e| e.in_member(index as u32))?;
+                    if layer.read_cache && index + 1 < self.layers.len() {
+                        // Fill the cache with what the layers below hold for
+                        // the sectors it lacks.
+                        let mut m = s;
+                        while let Some((ms, mn)) = have.next_unset(m).filter(|&(ms, _)| ms < end) {
+                            let mn = mn.min(end - ms);
+                            m = ms + mn;
+                            let gbuf = sub(&buf, self.shift, ms - sector, mn)?;
+                            Box::pin(self.fill_cache(index, gbuf, ms, opts)).await?;
+                            have.set_range(ms, mn);
+                        }
                     }
                 }
+                if have.all_set() {
+                    offset += count;
+                    continue 'windows;
+                }
             }
-            if have.all_set() {
-                return Ok(());
+            // Whatever no layer has reads as zero.
+            let mut at = window;
+            while let Some((s, n)) = have.next_unset(at) {
+                at = s + n;
+                sub(&buf, self.shift, s - sector, n)?.zero()?;
             }
-        }
-        // Whatever no layer has reads as zero.
-        let mut at = sector;
-        while let Some((s, n)) = have.next_unset(at) {
-            at = s + n;
-            sub(buf, self.shift, offset + s - sector, n)?.zero()?;
+            offset += count;
         }
         Ok(())
     }

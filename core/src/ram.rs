@@ -443,6 +443,29 @@ impl DiskIo for RamDisk {
         self.read_impl(&buf, sector, Some(marker))
     }
 
+    fn read_inline(&self, buf: SgList<'_>, sector: u64, _opts: IoOptions) -> Result<(), DiskError> {
+        self.read_impl(&buf, sector, None)
+    }
+
+    fn write_inline(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        _opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        self.write_impl(&buf, sector, true)
+    }
+
+    fn read_present_inline(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        marker: &mut SectorMarker<'_>,
+        _opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        self.read_impl(&buf, sector, Some(marker))
+    }
+
     fn supports_write_no_overwrite(&self) -> bool {
         true
     }

@@ -293,25 +293,26 @@ impl StripedDisk {
         }))
     }
 
-    /// Runs `op` for each piece: in place for inline members, otherwise
-    /// concurrently (waiting for all, reporting the first error).
+    /// Runs each piece: through `now` (the members' synchronous twins) for
+    /// inline members, otherwise through `later` concurrently (waiting for
+    /// all, reporting the first error).
     async fn each_piece<'a>(
         &'a self,
         sector: u64,
         count: u64,
-        op: impl Fn(&'a Disk, Piece) -> crate::disk::IoFuture<'a, Result<(), DiskError>>,
+        now: impl Fn(&'a Disk, Piece) -> Result<(), DiskError>,
+        later: impl Fn(&'a Disk, Piece) -> crate::disk::IoFuture<'a, Result<(), DiskError>>,
     ) -> Result<(), DiskError> {
         let pieces = self.pieces(sector, count)?;
         if self.inline {
             for p in pieces {
-                run_inline(op(&self.members[p.member], p))
-                    .map_err(|e| e.in_member(p.member as u32))?;
+                now(&self.members[p.member], p).map_err(|e| e.in_member(p.member as u32))?;
             }
             return Ok(());
         }
         let futures: Vec<BoxFuture<'a, Result<(), DiskError>>> = pieces
             .map(|p| {
-                let fut = op(&self.members[p.member], p);
+                let fut = later(&self.members[p.member], p);
                 Box::pin(async move { fut.await.map_err(|e| e.in_member(p.member as u32)) })
                     as BoxFuture<'a, Result<(), DiskError>>
             })
@@ -379,20 +380,30 @@ impl DiskIo for StripedDisk {
     async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         let count = (buf.len() >> self.shift) as u64;
         let bufs = &buf;
-        self.each_piece(sector, count, |disk, p| match self.piece_buf(bufs, p) {
-            Ok(b) => disk.read(b, p.member_sector, opts),
-            Err(e) => stackfuture::StackFuture::from(core::future::ready(Err(e))),
-        })
+        self.each_piece(
+            sector,
+            count,
+            |disk, p| disk.read_inline(self.piece_buf(bufs, p)?, p.member_sector, opts),
+            |disk, p| match self.piece_buf(bufs, p) {
+                Ok(b) => disk.read(b, p.member_sector, opts),
+                Err(e) => stackfuture::StackFuture::from(core::future::ready(Err(e))),
+            },
+        )
         .await
     }
 
     async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         let count = (buf.len() >> self.shift) as u64;
         let bufs = &buf;
-        self.each_piece(sector, count, |disk, p| match self.piece_buf(bufs, p) {
-            Ok(b) => disk.write(b, p.member_sector, opts),
-            Err(e) => stackfuture::StackFuture::from(core::future::ready(Err(e))),
-        })
+        self.each_piece(
+            sector,
+            count,
+            |disk, p| disk.write_inline(self.piece_buf(bufs, p)?, p.member_sector, opts),
+            |disk, p| match self.piece_buf(bufs, p) {
+                Ok(b) => disk.write(b, p.member_sector, opts),
+                Err(e) => stackfuture::StackFuture::from(core::future::ready(Err(e))),
+            },
+        )
         .await
     }
 
