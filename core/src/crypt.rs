@@ -366,33 +366,13 @@ impl DiskIo for CryptDisk {
     fn kind(&self) -> &'static str {
         "crypt"
     }
-    fn sector_count(&self) -> u64 {
-        self.inner.sector_count()
-    }
-    fn sector_size(&self) -> u32 {
-        self.inner.sector_size()
-    }
-    fn physical_sector_size(&self) -> u32 {
-        self.inner.physical_sector_size()
-    }
-    fn disk_id(&self) -> Option<[u8; 16]> {
-        self.inner.disk_id()
-    }
-    fn is_read_only(&self) -> bool {
-        self.inner.is_read_only()
-    }
-    fn is_fua_respected(&self) -> bool {
-        self.inner.is_fua_respected()
-    }
+    crate::forward_geometry!(inner);
     fn unmap_behavior(&self) -> UnmapBehavior {
         match self.inner.unmap_behavior() {
             // Zeros (or anything) below decrypt to garbage.
             UnmapBehavior::Zeroes | UnmapBehavior::Unspecified => UnmapBehavior::Unspecified,
             UnmapBehavior::Ignored => UnmapBehavior::Ignored,
         }
-    }
-    fn optimal_unmap_sectors(&self) -> u32 {
-        self.inner.optimal_unmap_sectors()
     }
     fn completes_inline(&self) -> bool {
         self.inline

@@ -930,6 +930,37 @@ pub struct Description {
     pub children: Vec<(String, Description)>,
 }
 
+/// Implements the geometry half of [`DiskIo`] — sector count and sizes,
+/// disk id, read-only, FUA, unmap granularity — by forwarding to the disk in
+/// field `$inner` (a [`Disk`]). For decorators, which change how data moves
+/// but not what the disk is. Use inside `impl DiskIo for …`.
+#[macro_export]
+macro_rules! forward_geometry {
+    ($inner:ident) => {
+        fn sector_count(&self) -> u64 {
+            self.$inner.sector_count()
+        }
+        fn sector_size(&self) -> u32 {
+            self.$inner.sector_size()
+        }
+        fn physical_sector_size(&self) -> u32 {
+            self.$inner.physical_sector_size()
+        }
+        fn disk_id(&self) -> Option<[u8; 16]> {
+            self.$inner.disk_id()
+        }
+        fn is_read_only(&self) -> bool {
+            self.$inner.is_read_only()
+        }
+        fn is_fua_respected(&self) -> bool {
+            self.$inner.is_fua_respected()
+        }
+        fn optimal_unmap_sectors(&self) -> u32 {
+            self.$inner.optimal_unmap_sectors()
+        }
+    };
+}
+
 /// Awaits a disk operation from inside a composite disk's future.
 ///
 /// `drive!(inline, op)`: if `inline` (the target disk completes on its

@@ -416,6 +416,49 @@ fn pad_tail(tail: usize, par: usize) -> bool {
     tail * 4 >= par
 }
 
+/// The XTS loop shared by encryption and decryption, run inside a
+/// backend's closure: per window, generate tweaks, XOR (from `src` if
+/// given), encipher with `par_blocks` / `tail_blocks`, XOR again.
+#[inline(always)]
+fn xts_windows<P: aes::cipher::array::ArraySize>(
+    dst: &mut [Block],
+    src: Option<&[Block]>,
+    cur: &mut Cursor<'_>,
+    mut par_blocks: impl FnMut(&mut Array<Block, P>),
+    mut tail_blocks: impl FnMut(&mut [Block]),
+) {
+    let par = P::USIZE;
+    let w = window_for(par);
+    let mut tw = [[0u8; 16]; WINDOW];
+    let mut off = 0;
+    while off < dst.len() {
+        let n = (dst.len() - off).min(w);
+        let tw = &mut tw[..n];
+        cur.fill(tw);
+        let win = &mut dst[off..off + n];
+        match src {
+            Some(src) => xor_from(win, &src[off..off + n], tw),
+            None => xor_in_place(win, tw),
+        }
+        let (groups, tail) = Array::<Block, P>::slice_as_chunks_mut(win);
+        for g in groups {
+            par_blocks(g);
+        }
+        if !tail.is_empty() {
+            if pad_tail(tail.len(), par) {
+                let mut g = Array::<Block, P>::default();
+                g[..tail.len()].copy_from_slice(tail);
+                par_blocks(&mut g);
+                tail.copy_from_slice(&g[..tail.len()]);
+            } else {
+                tail_blocks(tail);
+            }
+        }
+        xor_in_place(win, tw);
+        off += n;
+    }
+}
+
 /// The XTS encryption loop, run with the data key's backend.
 struct Enc<'a, 'c> {
     src: Option<&'a [Block]>,
@@ -430,36 +473,13 @@ impl BlockSizeUser for Enc<'_, '_> {
 impl BlockCipherEncClosure for Enc<'_, '_> {
     #[inline(always)]
     fn call<B: BlockCipherEncBackend<BlockSize = U16>>(self, backend: &B) {
-        let par = <B as ParBlocksSizeUser>::ParBlocksSize::USIZE;
-        let w = window_for(par);
-        let mut tw = [[0u8; 16]; WINDOW];
-        let mut off = 0;
-        while off < self.dst.len() {
-            let n = (self.dst.len() - off).min(w);
-            let tw = &mut tw[..n];
-            self.cur.fill(tw);
-            let win = &mut self.dst[off..off + n];
-            match self.src {
-                Some(src) => xor_from(win, &src[off..off + n], tw),
-                None => xor_in_place(win, tw),
-            }
-            let (groups, tail) = ParBlocks::<B>::slice_as_chunks_mut(win);
-            for g in groups {
-                backend.encrypt_par_blocks(g.into());
-            }
-            if !tail.is_empty() {
-                if pad_tail(tail.len(), par) {
-                    let mut g = ParBlocks::<B>::default();
-                    g[..tail.len()].copy_from_slice(tail);
-                    backend.encrypt_par_blocks((&mut g).into());
-                    tail.copy_from_slice(&g[..tail.len()]);
-                } else {
-                    backend.encrypt_tail_blocks(tail.into());
-                }
-            }
-            xor_in_place(win, tw);
-            off += n;
-        }
+        xts_windows::<<B as ParBlocksSizeUser>::ParBlocksSize>(
+            self.dst,
+            self.src,
+            self.cur,
+            |g| backend.encrypt_par_blocks(g.into()),
+            |t| backend.encrypt_tail_blocks(t.into()),
+        );
     }
 }
 
@@ -476,33 +496,13 @@ impl BlockSizeUser for Dec<'_, '_> {
 impl BlockCipherDecClosure for Dec<'_, '_> {
     #[inline(always)]
     fn call<B: BlockCipherDecBackend<BlockSize = U16>>(self, backend: &B) {
-        let par = <B as ParBlocksSizeUser>::ParBlocksSize::USIZE;
-        let w = window_for(par);
-        let mut tw = [[0u8; 16]; WINDOW];
-        let mut off = 0;
-        while off < self.dst.len() {
-            let n = (self.dst.len() - off).min(w);
-            let tw = &mut tw[..n];
-            self.cur.fill(tw);
-            let win = &mut self.dst[off..off + n];
-            xor_in_place(win, tw);
-            let (groups, tail) = ParBlocks::<B>::slice_as_chunks_mut(win);
-            for g in groups {
-                backend.decrypt_par_blocks(g.into());
-            }
-            if !tail.is_empty() {
-                if pad_tail(tail.len(), par) {
-                    let mut g = ParBlocks::<B>::default();
-                    g[..tail.len()].copy_from_slice(tail);
-                    backend.decrypt_par_blocks((&mut g).into());
-                    tail.copy_from_slice(&g[..tail.len()]);
-                } else {
-                    backend.decrypt_tail_blocks(tail.into());
-                }
-            }
-            xor_in_place(win, tw);
-            off += n;
-        }
+        xts_windows::<<B as ParBlocksSizeUser>::ParBlocksSize>(
+            self.dst,
+            None,
+            self.cur,
+            |g| backend.decrypt_par_blocks(g.into()),
+            |t| backend.decrypt_tail_blocks(t.into()),
+        );
     }
 }
 
