@@ -364,3 +364,98 @@ fn file_data_persists_across_reopen() {
         assert_eq!(raw[10 * ss as usize..14 * ss as usize], data[..]);
     }
 }
+
+// --- Decorators -----------------------------------------------------------
+
+/// A fixed XTS key with distinct halves.
+fn xts_key() -> Vec<u8> {
+    (0..64u8)
+        .map(|i| i.wrapping_mul(29).wrapping_add(3))
+        .collect()
+}
+
+fn crypt(inner: Disk) -> Disk {
+    disk(parastor_core::CryptDisk::new(&xts_key(), inner).expect("valid key"))
+}
+
+fn prwrap(inner: Disk) -> Disk {
+    disk(parastor_core::ReservationsDisk::new(inner))
+}
+
+/// A delay decorator with a real timer; `millis` 0 takes the no-sleep path.
+fn delay(inner: Disk, millis: u64) -> Disk {
+    let timer: std::sync::Arc<dyn parastor_core::Timer> =
+        std::sync::Arc::new(parastor::timer::StdTimer::new().expect("timer thread"));
+    let handle = parastor_core::DelayHandle::new(std::time::Duration::from_millis(millis));
+    disk(parastor_core::DelayDisk::new(inner, handle, timer))
+}
+
+#[test]
+fn crypt_over_ram() {
+    for ss in [512, 4096] {
+        run_all(&|| crypt(ram_disk(mib(ss), ss)));
+    }
+}
+
+#[test]
+fn crypt_reports_unspecified_unmap() {
+    assert_eq!(
+        crypt(ram_disk(16, 512)).unmap_behavior(),
+        UnmapBehavior::Unspecified
+    );
+}
+
+#[test]
+fn crypt_over_memdiff_over_striped() {
+    run_all(&|| {
+        let s = striped_ram(2, mib(4096) / 2, 4096, 64 * 1024);
+        crypt(layered(
+            false,
+            vec![ram_layer(false, false), layer(s, false, false)],
+        ))
+    });
+}
+
+#[test]
+fn crypt_over_file() {
+    for ss in [512, 4096] {
+        run_all(&|| crypt(file_disk(mib(ss), ss, false)));
+    }
+}
+
+#[test]
+fn prwrap_over_ram_and_layered() {
+    for ss in [512, 4096] {
+        run_all(&|| prwrap(ram_disk(mib(ss), ss)));
+        run_all(&|| {
+            prwrap(layered(
+                false,
+                vec![
+                    ram_layer(false, false),
+                    layer(ram_disk(mib(ss), ss), false, false),
+                ],
+            ))
+        });
+    }
+}
+
+#[test]
+fn delay_without_delay() {
+    run_all(&|| delay(ram_disk(mib(512), 512), 0));
+}
+
+#[test]
+fn delay_with_a_real_timer() {
+    // A real 1 ms sleep per read and write: the range and model checks, not
+    // the property test (which would take minutes).
+    let d = delay(ram_disk(64, 512), 1);
+    conformance::representability(&d);
+    conformance::range_checks(&d);
+    conformance::unmap_semantics(&d);
+    conformance::fua_and_flush(&d);
+}
+
+#[test]
+fn every_decorator_stacked() {
+    run_all(&|| prwrap(crypt(delay(striped_ram(2, mib(512) / 2, 512, 4096), 0))));
+}
