@@ -601,6 +601,9 @@ pub enum RawOp {
 pub enum Place {
     /// Fully inside.
     Inside,
+    /// Fully inside, ending exactly at the last sector (where off-by-one
+    /// bugs live).
+    AtEnd,
     /// Starts inside (or at the end) and crosses the end.
     AcrossEnd,
     /// Starts past the end.
@@ -608,7 +611,12 @@ pub enum Place {
 }
 
 fn place() -> impl Strategy<Value = Place> {
-    prop_oneof![8 => Just(Place::Inside), 1 => Just(Place::AcrossEnd), 1 => Just(Place::Beyond)]
+    prop_oneof![
+        6 => Just(Place::Inside),
+        2 => Just(Place::AtEnd),
+        1 => Just(Place::AcrossEnd),
+        1 => Just(Place::Beyond),
+    ]
 }
 
 fn layout() -> impl Strategy<Value = Layout> {
@@ -646,6 +654,8 @@ fn locate(place: Place, at: u64, len: u64, n: u64, min: u64, max: u64) -> (u64, 
     let len = min + len % (max - min + 1);
     match place {
         Place::Inside if len <= n => (at % (n - len + 1), len),
+        Place::AtEnd if len <= n => (n - len, len),
+        Place::AtEnd => (0, n),
         Place::Inside | Place::AcrossEnd => {
             let len = len.max(1);
             (n.saturating_sub(len) + 1 + at % len, len)
@@ -712,7 +722,10 @@ pub fn read_after_write(make: &dyn Fn() -> Disk, cases: u32) {
         failure_persistence: None,
         ..Config::default()
     };
-    let mut runner = TestRunner::new(config);
+    // A fixed seed: CI must see the same cases every run (a random seed let
+    // a planted off-by-one slip through now and then).
+    let rng = proptest::test_runner::TestRng::deterministic_rng(config.rng_algorithm);
+    let mut runner = TestRunner::new_with_rng(config, rng);
     let result = runner.run(&proptest::collection::vec(raw_op(), 1..24), |raw| {
         let disk = make();
         let (n, ss) = (disk.sector_count(), disk.sector_size());
