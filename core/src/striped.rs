@@ -293,26 +293,33 @@ impl StripedDisk {
         }))
     }
 
-    /// Runs each piece: through `now` (the members' synchronous twins) for
-    /// inline members, otherwise through `later` concurrently (waiting for
-    /// all, reporting the first error).
-    async fn each_piece<'a>(
+    /// Runs each piece through the members' synchronous twins (all
+    /// members complete inline). A plain function: the hot path builds no
+    /// nested future.
+    fn each_piece_now(
+        &self,
+        sector: u64,
+        count: u64,
+        op: impl Fn(&Disk, Piece) -> Result<(), DiskError>,
+    ) -> Result<(), DiskError> {
+        for p in self.pieces(sector, count)? {
+            op(&self.members[p.member], p).map_err(|e| e.in_member(p.member as u32))?;
+        }
+        Ok(())
+    }
+
+    /// Runs every piece concurrently (members that really wait), waiting
+    /// for all and reporting the first error.
+    async fn each_piece_later<'a>(
         &'a self,
         sector: u64,
         count: u64,
-        now: impl Fn(&'a Disk, Piece) -> Result<(), DiskError>,
-        later: impl Fn(&'a Disk, Piece) -> crate::disk::IoFuture<'a, Result<(), DiskError>>,
+        op: impl Fn(&'a Disk, Piece) -> crate::disk::IoFuture<'a, Result<(), DiskError>>,
     ) -> Result<(), DiskError> {
-        let pieces = self.pieces(sector, count)?;
-        if self.inline {
-            for p in pieces {
-                now(&self.members[p.member], p).map_err(|e| e.in_member(p.member as u32))?;
-            }
-            return Ok(());
-        }
-        let futures: Vec<BoxFuture<'a, Result<(), DiskError>>> = pieces
+        let futures: Vec<BoxFuture<'a, Result<(), DiskError>>> = self
+            .pieces(sector, count)?
             .map(|p| {
-                let fut = later(&self.members[p.member], p);
+                let fut = op(&self.members[p.member], p);
                 Box::pin(async move { fut.await.map_err(|e| e.in_member(p.member as u32)) })
                     as BoxFuture<'a, Result<(), DiskError>>
             })
@@ -380,31 +387,45 @@ impl DiskIo for StripedDisk {
     async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         let count = (buf.len() >> self.shift) as u64;
         let bufs = &buf;
-        self.each_piece(
-            sector,
-            count,
-            |disk, p| disk.read_inline(self.piece_buf(bufs, p)?, p.member_sector, opts),
-            |disk, p| match self.piece_buf(bufs, p) {
-                Ok(b) => disk.read(b, p.member_sector, opts),
-                Err(e) => stackfuture::StackFuture::from(core::future::ready(Err(e))),
-            },
-        )
+        if self.inline {
+            return self.each_piece_now(sector, count, |disk, p| {
+                disk.read_inline(self.piece_buf(bufs, p)?, p.member_sector, opts)
+            });
+        }
+        self.each_piece_later(sector, count, |disk, p| match self.piece_buf(bufs, p) {
+            Ok(b) => disk.read(b, p.member_sector, opts),
+            Err(e) => stackfuture::StackFuture::from(core::future::ready(Err(e))),
+        })
         .await
     }
 
     async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         let count = (buf.len() >> self.shift) as u64;
         let bufs = &buf;
-        self.each_piece(
-            sector,
-            count,
-            |disk, p| disk.write_inline(self.piece_buf(bufs, p)?, p.member_sector, opts),
-            |disk, p| match self.piece_buf(bufs, p) {
-                Ok(b) => disk.write(b, p.member_sector, opts),
-                Err(e) => stackfuture::StackFuture::from(core::future::ready(Err(e))),
-            },
-        )
+        if self.inline {
+            return self.each_piece_now(sector, count, |disk, p| {
+                disk.write_inline(self.piece_buf(bufs, p)?, p.member_sector, opts)
+            });
+        }
+        self.each_piece_later(sector, count, |disk, p| match self.piece_buf(bufs, p) {
+            Ok(b) => disk.write(b, p.member_sector, opts),
+            Err(e) => stackfuture::StackFuture::from(core::future::ready(Err(e))),
+        })
         .await
+    }
+
+    fn read_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        let count = (buf.len() >> self.shift) as u64;
+        self.each_piece_now(sector, count, |disk, p| {
+            disk.read_inline(self.piece_buf(&buf, p)?, p.member_sector, opts)
+        })
+    }
+
+    fn write_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        let count = (buf.len() >> self.shift) as u64;
+        self.each_piece_now(sector, count, |disk, p| {
+            disk.write_inline(self.piece_buf(&buf, p)?, p.member_sector, opts)
+        })
     }
 
     async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
