@@ -3,13 +3,15 @@
 //! [`Cli`] is the clap definition; [`run`] carries out a parsed command.
 //! Each command's work is a library function ([`info::render`],
 //! [`dd::read_sectors`], [`dd::write_sectors`], [`verify::run`],
-//! [`bench::run`]) so tests can call it without spawning the binary.
+//! [`bench::run`], [`settings::check`]) so tests can call it without
+//! spawning the binary.
 
 pub mod bench;
 pub mod dd;
 pub mod format;
 pub mod info;
 pub mod rng;
+pub mod settings;
 pub mod verify;
 
 use crate::spec::{self, SpecError};
@@ -35,6 +37,8 @@ pub enum Command {
     /// Build a disk stack from a spec and inspect, read, write, verify or
     /// benchmark it.
     Disk(DiskArgs),
+    /// Check, convert or diff the host's VTL2 settings blobs.
+    Settings(settings::SettingsArgs),
 }
 
 /// `parastor disk`.
@@ -160,9 +164,13 @@ fn geometry(disk: &Disk) -> String {
     )
 }
 
-/// Carries out `cli`; the exit code is 1 when `verify` finds a problem.
+/// Carries out `cli`; the exit code is 1 when `verify` finds a problem or
+/// `settings` finds invalid settings.
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    let Command::Disk(args) = cli.command;
+    let args = match cli.command {
+        Command::Disk(args) => args,
+        Command::Settings(args) => return settings::run(args),
+    };
     match args.command {
         DiskCommand::Info { spec } => {
             let disk = spec::build(&spec)?;
