@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 fn harness(target: &str) -> Option<fn(&[u8])> {
     match target {
         "disk_ops" => Some(parastor_tests::fuzz_disk::disk_ops),
+        "settings" => Some(parastor_vtl2_settings::fuzz::check_blob),
         _ => None,
     }
 }
@@ -78,8 +79,14 @@ fn replay(kind: &str) -> usize {
 
 #[test]
 fn corpus_replays() {
-    let n = replay("corpus");
-    assert!(n > 0, "the disk_ops corpus is empty");
+    replay("corpus");
+    let corpus = inputs("corpus");
+    for target in ["disk_ops", "settings"] {
+        assert!(
+            corpus.iter().any(|(t, _)| t == target),
+            "the {target} corpus is empty"
+        );
+    }
 }
 
 #[test]

@@ -42,6 +42,11 @@ const BENCHES: &[Bench] = &[
         about: "XTS-AES-256 GB/s: raw cipher loop and the crypt decorator, vs `openssl speed` and memcpy",
         run: crypt::run,
     },
+    Bench {
+        name: "settings",
+        about: "decode + validate a maximal VTL2 settings blob: JSON and protobuf vs postcard",
+        run: settings::run,
+    },
 ];
 
 fn usage() {
@@ -479,6 +484,216 @@ mod crypt {
                     line(op, ss, case.name, gbps(bytes, m), allocs, reference);
                 }
             }
+        }
+    }
+}
+
+/// `settings`: decoding and validating the largest settings document the
+/// rules allow, in each encoding the host or parastor may use.
+mod settings {
+    use super::harness::{Case, measure};
+    use super::*;
+    use parastor_vtl2_settings::model::{
+        Backing, Child, ChildAddress, Controller, DiskParams, FixedSettings, Identity, Nic,
+        PhysicalDevice, PhysicalDeviceKind, Protocol, Settings, defaults,
+    };
+    use parastor_vtl2_settings::{Guid, json_out, postcard, protobuf_out, wire};
+
+    /// Stripe members per striped backing.
+    const STRIPE_MEMBERS: u32 = 4;
+    /// NVMe controllers; the rules set no limit on them or on namespaces,
+    /// so the document carries 4 × 64 = 256 namespaces.
+    const NVME_CONTROLLERS: u32 = 4;
+    /// Namespaces per NVMe controller.
+    const NVME_NAMESPACES: u32 = 64;
+
+    /// A distinct GUID per `(kind, a, b)`.
+    fn guid(kind: u16, a: u32, b: u32) -> Guid {
+        Guid {
+            data1: 0x5053_0000 | a,
+            data2: kind,
+            data3: b as u16,
+            data4: [0x80, kind as u8, a as u8, b as u8, 0x12, 0x34, 0x56, 0x78],
+        }
+    }
+
+    /// Every identity string at its longest allowed length.
+    fn identity(c: u32, n: u32) -> Identity {
+        Identity {
+            device_id: Some(guid(2, c, n)),
+            vendor_id: "V".repeat(defaults::VENDOR_ID_MAX_LEN),
+            product_id: "P".repeat(defaults::PRODUCT_ID_MAX_LEN),
+            product_revision_level: "R".repeat(defaults::PRODUCT_REVISION_MAX_LEN),
+            serial_number: format!("SERIAL-{c:04}-{n:04}-0123456789"),
+            model_number: format!("MODEL-{c:04}-{n:04}-parastor-bench"),
+        }
+    }
+
+    /// Every disk parameter set.
+    fn params() -> DiskParams {
+        DiskParams {
+            fua: Some(true),
+            write_cache: Some(false),
+            odx: Some(true),
+            unmap: false,
+            medium_rotation_rate: 7200,
+            physical_sector_size: Some(4096),
+            max_transfer_length: Some(1 << 20),
+            size_override: Some(1 << 40),
+        }
+    }
+
+    /// A striped backing of `STRIPE_MEMBERS` devices, distinct per child.
+    fn striped(c: u32, n: u32) -> Backing {
+        Backing::Striped {
+            devices: (0..STRIPE_MEMBERS)
+                .map(|m| PhysicalDevice {
+                    kind: if m % 2 == 0 {
+                        PhysicalDeviceKind::Nvme
+                    } else {
+                        PhysicalDeviceKind::Vscsi
+                    },
+                    instance_id: guid(3, c, m),
+                    sub_device: n + 1,
+                })
+                .collect(),
+            chunk_size_kb: 128,
+        }
+    }
+
+    fn child(c: u32, n: u32, address: ChildAddress) -> Child {
+        Child {
+            address,
+            identity: identity(c, n),
+            params: params(),
+            is_dvd: false,
+            backing: striped(c, n),
+            ntfs_guid: Some(guid(4, c, n)),
+        }
+    }
+
+    /// 4 SCSI controllers × 64 LUNs, one IDE controller with all 4 slots,
+    /// NVMe controllers with 256 namespaces; every child striped over
+    /// `STRIPE_MEMBERS` devices with every optional field set.
+    fn maximal() -> Settings {
+        let mut controllers = Vec::new();
+        let mut next = 0u32;
+        for _ in 0..defaults::MAX_SCSI_CONTROLLERS {
+            let c = next;
+            next += 1;
+            controllers.push(Controller {
+                instance_id: guid(1, c, 0),
+                protocol: Protocol::Scsi,
+                io_queue_depth: Some(256),
+                children: (0..defaults::SCSI_LUN_COUNT)
+                    .map(|lun| child(c, lun, ChildAddress::ScsiLun(lun as u8)))
+                    .collect(),
+            });
+        }
+        for _ in 0..defaults::MAX_IDE_CONTROLLERS {
+            let c = next;
+            next += 1;
+            let mut children = Vec::new();
+            for channel in 0..defaults::IDE_CHANNELS {
+                for drive in 0..defaults::IDE_DRIVES_PER_CHANNEL {
+                    let n = channel * defaults::IDE_DRIVES_PER_CHANNEL + drive;
+                    let address = ChildAddress::Ide {
+                        channel: channel as u8,
+                        drive: drive as u8,
+                    };
+                    children.push(child(c, n, address));
+                }
+            }
+            controllers.push(Controller {
+                instance_id: guid(1, c, 0),
+                protocol: Protocol::Ide,
+                io_queue_depth: Some(64),
+                children,
+            });
+        }
+        for _ in 0..NVME_CONTROLLERS {
+            let c = next;
+            next += 1;
+            controllers.push(Controller {
+                instance_id: guid(1, c, 0),
+                protocol: Protocol::Nvme,
+                io_queue_depth: Some(1024),
+                children: (1..=NVME_NAMESPACES)
+                    .map(|nsid| child(c, nsid, ChildAddress::NvmeNsid(nsid)))
+                    .collect(),
+            });
+        }
+        Settings {
+            fixed: FixedSettings {
+                scsi_sub_channels: 16,
+                io_ring_size: 1024,
+                max_bounce_buffer_pages: 4096,
+            },
+            controllers,
+            nics: (0..4)
+                .map(|i| Nic {
+                    instance_id: guid(5, i, 0),
+                    subordinate_instance_id: Some(guid(6, i, 0)),
+                    max_sub_channels: Some(8),
+                })
+                .collect(),
+        }
+    }
+
+    pub(crate) fn run() {
+        let settings = maximal();
+        let base = wire::base_from_model(&settings);
+        let blobs: Vec<(&'static str, Vec<u8>)> = vec![
+            ("postcard", postcard::encode(&settings)),
+            ("json", json_out::to_json(&base).into_bytes()),
+            ("protobuf", protobuf_out::to_protobuf(&base)),
+        ];
+        let children: usize = settings.controllers.iter().map(|c| c.children.len()).sum();
+        println!(
+            "settings: maximal document, {} controllers, {children} children striped over {STRIPE_MEMBERS} devices each; \
+             ratio = decode+validate time / postcard's (lower is better); \
+             stats_alloc has no peak: alloc'd = total bytes allocated per decode (≥ peak), \
+             kept = bytes still held by the result (≤ peak)",
+            settings.controllers.len()
+        );
+        // Each blob must read back to the document it was written from.
+        let mut memory = Vec::new();
+        for (name, blob) in &blobs {
+            let region = Region::new(GLOBAL);
+            let read = parastor_vtl2_settings::read(blob);
+            let stats = region.change();
+            match &read {
+                Ok(s) => assert!(*s == settings, "{name}: blob reads back differently"),
+                Err(e) => panic!("{name}: the maximal blob is rejected: {e}"),
+            }
+            drop(read);
+            let kept = stats
+                .bytes_allocated
+                .saturating_sub(stats.bytes_deallocated);
+            memory.push((stats.allocations, stats.bytes_allocated, kept));
+        }
+        let mut cases: Vec<Case<'_>> = blobs
+            .iter()
+            .map(|(name, blob)| Case {
+                name,
+                op: Box::new(move |_| {
+                    let s = parastor_vtl2_settings::read(black_box(blob)).expect("valid blob");
+                    black_box(s);
+                }),
+            })
+            .collect();
+        let results = measure(&mut cases);
+        // `blobs` puts postcard first.
+        let reference = results[0].ns_per_op;
+        for (((name, blob), m), (allocs, total, kept)) in blobs.iter().zip(&results).zip(memory) {
+            println!(
+                "settings read {name:<9} {:>8} B {:>10.1} us/decode  allocs={allocs:<6} alloc'd={:.1}KiB kept={:.1}KiB  ratio={:.2}",
+                blob.len(),
+                m.ns_per_op / 1e3,
+                total as f64 / 1024.0,
+                kept as f64 / 1024.0,
+                m.ns_per_op / reference,
+            );
         }
     }
 }
