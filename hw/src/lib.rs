@@ -13,6 +13,9 @@
 //! agree on.
 #![no_std]
 
+pub mod storvsp;
+pub mod vmbus;
+
 /// The smallest logical sector size parastor accepts, in bytes.
 pub const MIN_SECTOR_SIZE: u32 = 512;
 

@@ -15,4 +15,6 @@
 
 extern crate alloc;
 
+pub mod vmbus;
+
 pub use parastor_core;

@@ -1,0 +1,445 @@
+//! A VMBus channel endpoint: one ring to read, one ring to write, and the
+//! peer to signal.
+
+use super::ring::{
+    OutgoingPacket, PacketHeader, Reservation, RingError, RingReader, RingRegion, RingWriter,
+    WriteOutcome,
+};
+use super::signal::Notify;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use parastor_core::sg::SgError;
+use parastor_core::{GpaRange, GuestMemory, SgList};
+use parastor_hw::vmbus::{
+    self as hw, GpaDirectHeader, GpaRangeError, GpaRangeHeader, PACKET_DESCRIPTOR_SIZE,
+    PACKET_FLAG_COMPLETION_REQUESTED, PACKET_TYPE_COMPLETION, PACKET_TYPE_DATA_INBAND,
+    PACKET_TYPE_DATA_USING_GPA_DIRECT,
+};
+use zerocopy::IntoBytes;
+
+/// The packet types a channel understands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PacketKind {
+    /// Data carried in the ring ([`hw::PACKET_TYPE_DATA_INBAND`]).
+    InBand,
+    /// A request whose data lives in guest pages
+    /// ([`hw::PACKET_TYPE_DATA_USING_GPA_DIRECT`]).
+    GpaDirect,
+    /// The completion of an earlier packet ([`hw::PACKET_TYPE_COMPLETION`]).
+    Completion,
+}
+
+impl PacketKind {
+    /// The wire packet type.
+    pub const fn packet_type(self) -> u16 {
+        match self {
+            Self::InBand => PACKET_TYPE_DATA_INBAND,
+            Self::GpaDirect => PACKET_TYPE_DATA_USING_GPA_DIRECT,
+            Self::Completion => PACKET_TYPE_COMPLETION,
+        }
+    }
+
+    /// The kind of a wire packet type, if a channel understands it.
+    pub const fn from_packet_type(packet_type: u16) -> Option<Self> {
+        match packet_type {
+            PACKET_TYPE_DATA_INBAND => Some(Self::InBand),
+            PACKET_TYPE_DATA_USING_GPA_DIRECT => Some(Self::GpaDirect),
+            PACKET_TYPE_COMPLETION => Some(Self::Completion),
+            _ => None,
+        }
+    }
+}
+
+/// A packet read from a ring, copied out of guest memory (so the peer can
+/// no longer change it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    /// What the packet is.
+    pub kind: PacketKind,
+    /// The sender's transaction id.
+    pub transaction_id: u64,
+    /// Whether the sender wants a completion packet.
+    pub completion_requested: bool,
+    /// The payload: from the data offset to the end of the packet (so it
+    /// includes the sender's padding to 8 bytes).
+    pub payload: Vec<u8>,
+    /// For [`PacketKind::GpaDirect`], the data buffer as guest ranges in
+    /// order (all of the packet's GPA ranges, one after another, with
+    /// physically adjacent pages merged); empty otherwise.
+    pub ranges: Vec<GpaRange>,
+}
+
+impl Packet {
+    /// The data buffer of a GPA-direct packet as a scatter-gather list
+    /// over `mem`. `writable` says whether the device may write it (a read
+    /// request's buffer).
+    pub fn sg_list<'a>(
+        &'a self,
+        mem: &'a dyn GuestMemory,
+        writable: bool,
+    ) -> Result<SgList<'a>, SgError> {
+        SgList::new(mem, &self.ranges, writable)
+    }
+}
+
+/// Why reading a packet failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelError {
+    /// The ring is broken (bad index, malformed descriptor, memory gone):
+    /// nothing was consumed, and every later read fails the same way. The
+    /// channel should be closed.
+    Ring(RingError),
+    /// A GPA-direct packet's ranges are malformed. The packet was consumed;
+    /// the caller may complete `transaction_id` with an error.
+    GpaRanges {
+        /// The packet's transaction id.
+        transaction_id: u64,
+        /// What is wrong with the ranges.
+        error: GpaRangeError,
+    },
+    /// A packet of a type the channel does not handle. The packet was
+    /// consumed.
+    UnsupportedPacketType {
+        /// The wire packet type.
+        packet_type: u16,
+        /// The packet's transaction id.
+        transaction_id: u64,
+    },
+}
+
+impl ChannelError {
+    /// Whether the channel is unusable (versus one bad packet skipped).
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, Self::Ring(_))
+    }
+}
+
+impl fmt::Display for ChannelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Ring(e) => write!(f, "{e}"),
+            Self::GpaRanges {
+                transaction_id,
+                error,
+            } => write!(f, "packet {transaction_id:#x}: {error}"),
+            Self::UnsupportedPacketType {
+                packet_type,
+                transaction_id,
+            } => write!(
+                f,
+                "packet {transaction_id:#x} has unsupported type {packet_type}"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ChannelError {}
+
+impl From<RingError> for ChannelError {
+    fn from(e: RingError) -> Self {
+        Self::Ring(e)
+    }
+}
+
+/// The kind of packet [`Channel::write_packet`] sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutgoingKind {
+    /// An in-band data packet.
+    InBand {
+        /// Ask the peer for a completion packet.
+        completion_requested: bool,
+    },
+    /// A completion of the peer's packet with the same transaction id.
+    Completion,
+}
+
+impl OutgoingKind {
+    fn type_and_flags(self) -> (u16, u16) {
+        match self {
+            Self::InBand {
+                completion_requested,
+            } => (
+                PACKET_TYPE_DATA_INBAND,
+                if completion_requested {
+                    PACKET_FLAG_COMPLETION_REQUESTED
+                } else {
+                    0
+                },
+            ),
+            Self::Completion => (PACKET_TYPE_COMPLETION, 0),
+        }
+    }
+}
+
+/// One range of a GPA-direct packet to write: `byte_count` bytes starting
+/// `byte_offset` bytes into the first of `pfns`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpaDirectRange<'p> {
+    /// Offset into the first page.
+    pub byte_offset: u32,
+    /// Length in bytes.
+    pub byte_count: u32,
+    /// The pages, in order.
+    pub pfns: &'p [u64],
+}
+
+/// A VMBus channel endpoint over a pair of rings in guest memory.
+///
+/// The host side ([`Channel::host`]) reads the incoming (guest → host) ring
+/// and writes the outgoing (host → guest) ring; the guest side
+/// ([`Channel::guest`]) is its mirror, so an emulated guest driver and a
+/// device can talk over real ring layouts in one process. Whenever the
+/// signalling rules call for it, the endpoint notifies its peer through the
+/// [`Notify`] it was given.
+pub struct Channel<'a> {
+    mem: &'a dyn GuestMemory,
+    reader: RingReader<'a>,
+    writer: RingWriter<'a>,
+    peer: &'a dyn Notify,
+}
+
+impl fmt::Debug for Channel<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("reader", &self.reader)
+            .field("writer", &self.writer)
+            .finish()
+    }
+}
+
+impl<'a> Channel<'a> {
+    /// The host's endpoint: reads `incoming` (guest → host), writes
+    /// `outgoing` (host → guest), signals the guest through `peer`.
+    pub fn host(
+        mem: &'a dyn GuestMemory,
+        incoming: RingRegion,
+        outgoing: RingRegion,
+        peer: &'a dyn Notify,
+    ) -> Result<Self, RingError> {
+        Ok(Self {
+            mem,
+            reader: RingReader::new(mem, incoming)?,
+            writer: RingWriter::new(mem, outgoing)?,
+            peer,
+        })
+    }
+
+    /// The guest's endpoint (the mirror of [`Channel::host`]): writes
+    /// `incoming`, reads `outgoing`, signals the host through `peer`.
+    pub fn guest(
+        mem: &'a dyn GuestMemory,
+        incoming: RingRegion,
+        outgoing: RingRegion,
+        peer: &'a dyn Notify,
+    ) -> Result<Self, RingError> {
+        Ok(Self {
+            mem,
+            reader: RingReader::new(mem, outgoing)?,
+            writer: RingWriter::new(mem, incoming)?,
+            peer,
+        })
+    }
+
+    /// The ring this endpoint reads.
+    pub fn reader(&self) -> &RingReader<'a> {
+        &self.reader
+    }
+
+    /// The ring this endpoint writes.
+    pub fn writer(&self) -> &RingWriter<'a> {
+        &self.writer
+    }
+
+    /// Sets or clears the interrupt mask of the ring this endpoint reads:
+    /// set it while draining, so the peer does not signal for each packet.
+    pub fn set_interrupt_mask(&self, masked: bool) -> Result<(), RingError> {
+        self.reader.set_interrupt_mask(masked)
+    }
+
+    /// Clears the interrupt mask and reports whether packets arrived while
+    /// it was set; if so, keep reading instead of waiting for a signal.
+    pub fn unmask_and_check(&self) -> Result<bool, RingError> {
+        self.reader.unmask_and_check()
+    }
+
+    /// Reads the next packet, if any, and consumes it. In-band and
+    /// completion payloads are copied out; a GPA-direct packet's ranges are
+    /// validated and converted to [`GpaRange`]s. The peer is signalled if
+    /// the freed space crosses its `pending_send_sz`.
+    ///
+    /// Errors: [`ChannelError::Ring`] consumes nothing (the ring is broken);
+    /// the other errors consume the bad packet.
+    pub fn read_packet(&mut self) -> Result<Option<Packet>, ChannelError> {
+        let Some(header) = self.reader.peek()? else {
+            return Ok(None);
+        };
+        let parsed = self.parse(&header);
+        if let Err(ChannelError::Ring(e)) = parsed {
+            return Err(e.into());
+        }
+        if self.reader.consume(&header)? {
+            self.peer.notify();
+        }
+        parsed.map(Some)
+    }
+
+    fn parse(&self, header: &PacketHeader) -> Result<Packet, ChannelError> {
+        let d = header.descriptor;
+        let transaction_id = d.transaction_id;
+        let kind = PacketKind::from_packet_type(d.packet_type).ok_or(
+            ChannelError::UnsupportedPacketType {
+                packet_type: d.packet_type,
+                transaction_id,
+            },
+        )?;
+        let mut payload = vec![0; (d.len() - d.data_offset()) as usize];
+        self.reader
+            .read_packet_bytes(header, d.data_offset(), &mut payload)?;
+        let mut ranges = Vec::new();
+        if kind == PacketKind::GpaDirect {
+            let mut area = vec![0; (d.data_offset() - PACKET_DESCRIPTOR_SIZE) as usize];
+            self.reader
+                .read_packet_bytes(header, PACKET_DESCRIPTOR_SIZE, &mut area)?;
+            let err = |error| ChannelError::GpaRanges {
+                transaction_id,
+                error,
+            };
+            for range in hw::parse_gpa_direct(&area).map_err(err)? {
+                for (gpa, len) in range.map_err(err)?.segments() {
+                    // Merge with the previous range's tail if contiguous.
+                    match ranges.last_mut() {
+                        Some(GpaRange { gpa: g, len: l }) if g.checked_add(*l) == Some(gpa) => {
+                            *l += len
+                        }
+                        _ => ranges.push(GpaRange::new(gpa, len)),
+                    }
+                }
+            }
+        }
+        Ok(Packet {
+            kind,
+            transaction_id,
+            completion_requested: d.completion_requested(),
+            payload,
+            ranges,
+        })
+    }
+
+    fn finish(&self, outcome: WriteOutcome) {
+        if outcome.signal {
+            self.peer.notify();
+        }
+    }
+
+    /// Writes an in-band or completion packet carrying `payload`. Fails
+    /// with [`RingError::Full`] rather than overwrite unread data (the peer
+    /// is then asked, through `pending_send_sz`, to signal when it fits);
+    /// space held by reservations is never used.
+    pub fn write_packet(
+        &mut self,
+        kind: OutgoingKind,
+        transaction_id: u64,
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        let (packet_type, flags) = kind.type_and_flags();
+        let outcome = self.writer.write(&OutgoingPacket {
+            packet_type,
+            flags,
+            transaction_id,
+            header: &[],
+            payload,
+        })?;
+        self.finish(outcome);
+        Ok(())
+    }
+
+    /// Sets aside room for a later in-band or completion packet with a
+    /// payload of up to `payload_len` bytes — typically a request's
+    /// completion, reserved before the request is started so it can always
+    /// be delivered.
+    pub fn reserve(&mut self, payload_len: usize) -> Result<Reservation, RingError> {
+        self.writer.reserve(0, payload_len)
+    }
+
+    /// Gives back an unused reservation.
+    pub fn release(&mut self, reservation: Reservation) {
+        self.writer.release(reservation)
+    }
+
+    /// Writes a packet into a reservation from [`Channel::reserve`].
+    pub fn write_reserved(
+        &mut self,
+        reservation: Reservation,
+        kind: OutgoingKind,
+        transaction_id: u64,
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        let (packet_type, flags) = kind.type_and_flags();
+        let outcome = self.writer.write_reserved(
+            reservation,
+            &OutgoingPacket {
+                packet_type,
+                flags,
+                transaction_id,
+                header: &[],
+                payload,
+            },
+        )?;
+        self.finish(outcome);
+        Ok(())
+    }
+
+    /// Writes a GPA-direct packet: `ranges` describe the data buffer in
+    /// guest pages, `payload` is the request. (A guest driver's operation;
+    /// the host never sends these.)
+    pub fn write_gpa_direct(
+        &mut self,
+        transaction_id: u64,
+        completion_requested: bool,
+        ranges: &[GpaDirectRange<'_>],
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        let mut header = Vec::new();
+        let count = u32::try_from(ranges.len()).map_err(|_| RingError::TooLarge {
+            needed: ranges.len() as u64,
+        })?;
+        header.extend_from_slice(
+            GpaDirectHeader {
+                reserved: 0,
+                range_count: count,
+            }
+            .as_bytes(),
+        );
+        for r in ranges {
+            header.extend_from_slice(
+                GpaRangeHeader {
+                    byte_count: r.byte_count,
+                    byte_offset: r.byte_offset,
+                }
+                .as_bytes(),
+            );
+            for pfn in r.pfns {
+                header.extend_from_slice(&pfn.to_le_bytes());
+            }
+        }
+        let outcome = self.writer.write(&OutgoingPacket {
+            packet_type: PACKET_TYPE_DATA_USING_GPA_DIRECT,
+            flags: if completion_requested {
+                PACKET_FLAG_COMPLETION_REQUESTED
+            } else {
+                0
+            },
+            transaction_id,
+            header: &[&header],
+            payload,
+        })?;
+        self.finish(outcome);
+        Ok(())
+    }
+
+    /// The guest memory the rings live in.
+    pub fn memory(&self) -> &'a dyn GuestMemory {
+        self.mem
+    }
+}

@@ -1,0 +1,59 @@
+//! VMBus channels: packet rings in guest memory.
+//!
+//! A channel is two rings that the guest allocates and offers: *incoming*
+//! (guest → host) and *outgoing* (host → guest), each a control page and a
+//! data area (wire layout in [`parastor_hw::vmbus`]). For now a ring is a
+//! contiguous GPA region ([`RingRegion`]); GPADL-described rings come with
+//! the VMBus control path.
+//!
+//! - [`RingReader`] / [`RingWriter`]: one side of one ring — validated
+//!   indices, wrap-around copies, space accounting with reservations, and
+//!   the signalling decisions (`interrupt_mask`, `pending_send_sz`).
+//! - [`Channel`]: an endpoint over both rings that parses packets (in-band
+//!   payloads, GPA-direct ranges as [`parastor_core::GpaRange`]s) and
+//!   notifies its peer. [`Channel::host`] is StorVSP's side;
+//!   [`Channel::guest`] is the mirror an emulated StorVSC uses.
+//! - [`Signal`]: an in-process [`Notify`] (counter + waker).
+//!
+//! The guest is untrusted: every index, length and range from the rings is
+//! validated before use, each endpoint keeps its own index privately and
+//! only publishes it, and malformed input is a typed error — never a panic,
+//! an out-of-bounds access or an endless loop.
+//!
+//! Memory ordering: [`parastor_core::GuestMemory`] has no fence operation;
+//! each side writes a packet's bytes before publishing its index, which is
+//! enough for the lock-based in-process memories. Mapping real shared pages
+//! will need release/acquire ordering on the index stores and loads.
+
+mod channel;
+mod ring;
+mod signal;
+#[cfg(test)]
+mod tests;
+
+pub use channel::{Channel, ChannelError, GpaDirectRange, OutgoingKind, Packet, PacketKind};
+pub use ring::{
+    OutgoingPacket, PacketHeader, Reservation, RingError, RingReader, RingRegion, RingWriter,
+    WriteOutcome, init_ring, packet_ring_size,
+};
+pub use signal::{Notify, Signal, SignalWait};
+
+use parastor_core::GuestMemory;
+
+/// Lays out and initialises a channel's two rings of `ring_size` bytes
+/// each, back to back at `gpa` (incoming first), as a guest does before
+/// offering them. Returns `(incoming, outgoing)`.
+pub fn init_ring_pair(
+    mem: &dyn GuestMemory,
+    gpa: u64,
+    ring_size: u64,
+) -> Result<(RingRegion, RingRegion), RingError> {
+    let incoming = RingRegion::new(gpa, ring_size);
+    let out_gpa = gpa.checked_add(ring_size).ok_or(RingError::Layout(
+        parastor_hw::vmbus::RingLayoutError::BadSize { size: ring_size },
+    ))?;
+    let outgoing = RingRegion::new(out_gpa, ring_size);
+    init_ring(mem, incoming, 0)?;
+    init_ring(mem, outgoing, 0)?;
+    Ok((incoming, outgoing))
+}

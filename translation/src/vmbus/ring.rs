@@ -1,0 +1,603 @@
+//! One VMBus ring in guest memory, seen from its reader or its writer.
+//!
+//! The ring's control page and data area are shared with an untrusted peer,
+//! so each side keeps its *own* index privately and only publishes it: the
+//! reader's `read_index` and the writer's `write_index` are never read back
+//! from guest memory after the ring is opened. The peer's index is read on
+//! every operation and validated before use (inside the data area, 8-byte
+//! aligned); a bad one is a [`RingError`], never an out-of-bounds access.
+
+use core::fmt;
+use parastor_core::{GuestMemory, MemoryError};
+use parastor_hw::vmbus::{
+    self as hw, DescriptorError, PacketDescriptor, PacketTrailer, RING_FEATURE_BITS_OFFSET,
+    RING_HEADER_SIZE, RING_INTERRUPT_MASK_OFFSET, RING_PENDING_SEND_SIZE_OFFSET,
+    RING_READ_INDEX_OFFSET, RING_WRITE_INDEX_OFFSET, RingLayoutError,
+};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// Where a ring lives: a contiguous region of guest memory, control page
+/// first, then the data area.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingRegion {
+    /// GPA of the control page.
+    pub gpa: u64,
+    /// Size of the whole ring (control page included) in bytes.
+    pub size: u64,
+}
+
+impl RingRegion {
+    /// The ring of `size` bytes at `gpa`.
+    pub const fn new(gpa: u64, size: u64) -> Self {
+        Self { gpa, size }
+    }
+
+    /// Checks the geometry and returns the data area's size.
+    pub fn data_size(&self) -> Result<u32, RingError> {
+        self.gpa
+            .checked_add(self.size)
+            .ok_or(RingError::Layout(RingLayoutError::BadSize {
+                size: self.size,
+            }))?;
+        Ok(hw::ring_data_size(self.size)?)
+    }
+}
+
+/// Why a ring operation failed. All of these except [`RingError::Full`]
+/// mean the peer broke the ring protocol (or the ring's memory is gone):
+/// the channel should be closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingError {
+    /// The ring's geometry or an index from the control page is invalid.
+    Layout(RingLayoutError),
+    /// The peer's index disagrees with ours in a way no valid ring can: it
+    /// claims more data than the ring holds, or a packet ends past it.
+    Truncated {
+        /// Bytes the packet (or its descriptor) needs.
+        needed: u32,
+        /// Bytes the ring holds.
+        available: u32,
+    },
+    /// A packet descriptor is malformed.
+    Descriptor(DescriptorError),
+    /// The ring's guest memory could not be accessed.
+    Memory(MemoryError),
+    /// Not enough free space for the packet (writer side; not a protocol
+    /// error). `needed` is the packet's size with its trailer, which is what
+    /// the writer publishes as `pending_send_sz`.
+    Full {
+        /// Bytes the packet needs, trailer included.
+        needed: u32,
+        /// Bytes free for this write (after reservations).
+        free: u32,
+    },
+    /// The packet can never fit, even in an empty ring.
+    TooLarge {
+        /// Bytes the packet needs, trailer included.
+        needed: u64,
+    },
+}
+
+impl fmt::Display for RingError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Layout(e) => write!(f, "bad ring: {e}"),
+            Self::Truncated { needed, available } => write!(
+                f,
+                "ring holds {available} bytes but the packet needs {needed}"
+            ),
+            Self::Descriptor(e) => write!(f, "bad packet descriptor: {e}"),
+            Self::Memory(e) => write!(f, "ring memory: {e}"),
+            Self::Full { needed, free } => {
+                write!(f, "ring full: {needed} bytes needed, {free} free")
+            }
+            Self::TooLarge { needed } => {
+                write!(f, "a {needed}-byte packet can never fit in the ring")
+            }
+        }
+    }
+}
+
+impl core::error::Error for RingError {}
+
+impl From<RingLayoutError> for RingError {
+    fn from(e: RingLayoutError) -> Self {
+        Self::Layout(e)
+    }
+}
+
+impl From<MemoryError> for RingError {
+    fn from(e: MemoryError) -> Self {
+        Self::Memory(e)
+    }
+}
+
+impl From<DescriptorError> for RingError {
+    fn from(e: DescriptorError) -> Self {
+        Self::Descriptor(e)
+    }
+}
+
+/// Raw access to one ring: control fields and wrap-around copies.
+#[derive(Clone, Copy)]
+struct RingMem<'a> {
+    mem: &'a dyn GuestMemory,
+    gpa: u64,
+    data_size: u32,
+}
+
+impl fmt::Debug for RingMem<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RingMem")
+            .field("gpa", &self.gpa)
+            .field("data_size", &self.data_size)
+            .finish()
+    }
+}
+
+impl<'a> RingMem<'a> {
+    fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
+        let data_size = region.data_size()?;
+        let ring = Self {
+            mem,
+            gpa: region.gpa,
+            data_size,
+        };
+        // Touch both ends so a ring outside guest memory fails here.
+        ring.load(0)?;
+        let mut last = [0u8; 1];
+        mem.read(region.gpa + region.size - 1, &mut last)?;
+        Ok(ring)
+    }
+
+    fn load(&self, offset: u32) -> Result<u32, RingError> {
+        let mut b = [0u8; 4];
+        self.mem.read(self.gpa + u64::from(offset), &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn store(&self, offset: u32, value: u32) -> Result<(), RingError> {
+        self.mem
+            .write(self.gpa + u64::from(offset), &value.to_le_bytes())?;
+        Ok(())
+    }
+
+    fn load_index(&self, offset: u32) -> Result<u32, RingError> {
+        let index = self.load(offset)?;
+        hw::validate_ring_index(index, self.data_size)?;
+        Ok(index)
+    }
+
+    /// `pos + n` modulo the data size (`pos < data_size`, `n <= data_size`).
+    fn advance(&self, pos: u32, n: u32) -> u32 {
+        let to_end = self.data_size - pos;
+        if n >= to_end { n - to_end } else { pos + n }
+    }
+
+    fn data_gpa(&self, pos: u32) -> u64 {
+        self.gpa + u64::from(RING_HEADER_SIZE) + u64::from(pos)
+    }
+
+    /// Copies `dst.len()` (at most `data_size`) bytes starting at `pos`.
+    fn read_at(&self, pos: u32, dst: &mut [u8]) -> Result<(), RingError> {
+        let first = dst.len().min((self.data_size - pos) as usize);
+        let (a, b) = dst.split_at_mut(first);
+        self.mem.read(self.data_gpa(pos), a)?;
+        self.mem.read(self.data_gpa(0), b)?;
+        Ok(())
+    }
+
+    /// Copies `src` (at most `data_size` bytes) starting at `pos`.
+    fn write_at(&self, pos: u32, src: &[u8]) -> Result<(), RingError> {
+        let first = src.len().min((self.data_size - pos) as usize);
+        let (a, b) = src.split_at(first);
+        self.mem.write(self.data_gpa(pos), a)?;
+        self.mem.write(self.data_gpa(0), b)?;
+        Ok(())
+    }
+}
+
+/// Resets a ring's control page: both indices 0, no interrupt mask, no
+/// pending send size, and the given feature bits. This is what the side
+/// that allocates the rings (the guest) does before offering them.
+pub fn init_ring(
+    mem: &dyn GuestMemory,
+    region: RingRegion,
+    feature_bits: u32,
+) -> Result<(), RingError> {
+    region.data_size()?;
+    let control = hw::RingControl {
+        feature_bits,
+        ..Default::default()
+    };
+    mem.write(region.gpa, control.as_bytes())?;
+    Ok(())
+}
+
+/// A packet's framing, read from the ring but not yet consumed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketHeader {
+    /// The packet's descriptor (already validated).
+    pub descriptor: PacketDescriptor,
+    /// Where the packet starts in the data area.
+    pub start: u32,
+}
+
+/// The reading side of a ring.
+#[derive(Debug)]
+pub struct RingReader<'a> {
+    ring: RingMem<'a>,
+    /// Our read index; published to the control page, never read back.
+    read_index: u32,
+}
+
+impl<'a> RingReader<'a> {
+    /// Opens the ring at `region` for reading, starting at the read index
+    /// currently in its control page (validated).
+    pub fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
+        let ring = RingMem::new(mem, region)?;
+        let read_index = ring.load_index(RING_READ_INDEX_OFFSET)?;
+        Ok(Self { ring, read_index })
+    }
+
+    /// Size of the data area in bytes.
+    pub fn data_size(&self) -> u32 {
+        self.ring.data_size
+    }
+
+    /// Our read index.
+    pub fn read_index(&self) -> u32 {
+        self.read_index
+    }
+
+    /// Bytes waiting to be read, per the writer's (validated) index.
+    pub fn bytes_available(&self) -> Result<u32, RingError> {
+        let write = self.ring.load_index(RING_WRITE_INDEX_OFFSET)?;
+        Ok(hw::ring_bytes_used(
+            self.read_index,
+            write,
+            self.ring.data_size,
+        ))
+    }
+
+    /// Sets or clears `interrupt_mask`: set while actively draining the ring
+    /// (the writer then does not signal), cleared before going idle.
+    pub fn set_interrupt_mask(&self, masked: bool) -> Result<(), RingError> {
+        self.ring
+            .store(RING_INTERRUPT_MASK_OFFSET, u32::from(masked))
+    }
+
+    /// Clears `interrupt_mask` and re-checks for data that arrived while it
+    /// was set (the writer did not signal for it). Returns whether the ring
+    /// is non-empty; if so the caller must keep reading rather than sleep.
+    pub fn unmask_and_check(&self) -> Result<bool, RingError> {
+        self.set_interrupt_mask(false)?;
+        Ok(self.bytes_available()? != 0)
+    }
+
+    /// Reads and validates the next packet's descriptor without consuming
+    /// anything. `Ok(None)` when the ring is empty.
+    pub fn peek(&self) -> Result<Option<PacketHeader>, RingError> {
+        let available = self.bytes_available()?;
+        if available == 0 {
+            return Ok(None);
+        }
+        let needed = hw::PACKET_DESCRIPTOR_SIZE + hw::PACKET_TRAILER_SIZE;
+        if available < needed {
+            return Err(RingError::Truncated { needed, available });
+        }
+        let mut bytes = [0u8; hw::PACKET_DESCRIPTOR_SIZE as usize];
+        self.ring.read_at(self.read_index, &mut bytes)?;
+        let descriptor = PacketDescriptor::read_from_bytes(&bytes)
+            .map_err(|_| RingError::Truncated { needed, available })?;
+        descriptor.validate(available)?;
+        Ok(Some(PacketHeader {
+            descriptor,
+            start: self.read_index,
+        }))
+    }
+
+    /// Copies `dst.len()` bytes of the packet `header`, from byte `offset`
+    /// of the packet. The range must lie inside the packet.
+    pub fn read_packet_bytes(
+        &self,
+        header: &PacketHeader,
+        offset: u32,
+        dst: &mut [u8],
+    ) -> Result<(), RingError> {
+        let len = header.descriptor.len();
+        let end = u64::from(offset) + dst.len() as u64;
+        if end > u64::from(len) {
+            return Err(RingError::Truncated {
+                needed: end.min(u64::from(u32::MAX)) as u32,
+                available: len,
+            });
+        }
+        let pos = self.ring.advance(header.start, offset);
+        self.ring.read_at(pos, dst)
+    }
+
+    /// Consumes the packet `header` (which must be the one [`Self::peek`]
+    /// returned last): advances and publishes the read index. Returns
+    /// whether the writer must be signalled because the free space crossed
+    /// its `pending_send_sz`.
+    pub fn consume(&mut self, header: &PacketHeader) -> Result<bool, RingError> {
+        let total = header.descriptor.len() + hw::PACKET_TRAILER_SIZE;
+        // Free space as the writer sees it, before and after.
+        let write = self.ring.load_index(RING_WRITE_INDEX_OFFSET)?;
+        let free_before = hw::ring_bytes_free(self.read_index, write, self.ring.data_size);
+        self.read_index = self.ring.advance(header.start, total);
+        self.ring.store(RING_READ_INDEX_OFFSET, self.read_index)?;
+        let free_after = hw::ring_bytes_free(self.read_index, write, self.ring.data_size);
+        let features = self.ring.load(RING_FEATURE_BITS_OFFSET)?;
+        let pending = self.ring.load(RING_PENDING_SEND_SIZE_OFFSET)?;
+        Ok(hw::should_signal_after_read(
+            features,
+            pending,
+            free_before,
+            free_after,
+        ))
+    }
+}
+
+/// A packet to write: type, flags, transaction id, type-specific header
+/// bytes (after the descriptor) and payload.
+#[derive(Clone, Copy, Debug)]
+pub struct OutgoingPacket<'p> {
+    /// One of the `PACKET_TYPE_*` constants.
+    pub packet_type: u16,
+    /// `PACKET_FLAG_*` bits.
+    pub flags: u16,
+    /// The transaction id.
+    pub transaction_id: u64,
+    /// Bytes between the descriptor and the payload, as pieces.
+    pub header: &'p [&'p [u8]],
+    /// The payload.
+    pub payload: &'p [u8],
+}
+
+impl OutgoingPacket<'_> {
+    fn header_len(&self) -> usize {
+        self.header.iter().map(|h| h.len()).sum()
+    }
+
+    /// Bytes the packet occupies in the ring, trailer included.
+    pub fn ring_size(&self) -> Result<u32, RingError> {
+        let d = PacketDescriptor::for_packet(0, 0, 0, self.header_len(), self.payload.len())
+            .map_err(|_| RingError::TooLarge {
+                needed: self.header_len() as u64 + self.payload.len() as u64,
+            })?;
+        Ok(d.len() + hw::PACKET_TRAILER_SIZE)
+    }
+}
+
+/// Bytes a packet with `header_len` header bytes and `payload_len` payload
+/// bytes occupies in a ring, trailer included; `None` if no descriptor can
+/// describe it.
+pub fn packet_ring_size(header_len: usize, payload_len: usize) -> Option<u32> {
+    PacketDescriptor::for_packet(0, 0, 0, header_len, payload_len)
+        .ok()
+        .map(|d| d.len() + hw::PACKET_TRAILER_SIZE)
+}
+
+/// Space set aside in a ring for one future packet (typically the
+/// completion of a request taken now). Spend it with
+/// [`RingWriter::write_reserved`] or give it back with
+/// [`RingWriter::release`].
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a reservation holds ring space until written or released"]
+pub struct Reservation {
+    bytes: u32,
+}
+
+impl Reservation {
+    /// Bytes reserved, trailer included.
+    pub fn bytes(&self) -> u32 {
+        self.bytes
+    }
+}
+
+/// What a successful write asks of the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// The reader must be signalled (the ring went from empty to non-empty
+    /// and the reader has not masked interrupts).
+    pub signal: bool,
+}
+
+/// The writing side of a ring.
+#[derive(Debug)]
+pub struct RingWriter<'a> {
+    ring: RingMem<'a>,
+    /// Our write index; published to the control page, never read back.
+    write_index: u32,
+    /// Bytes promised to outstanding reservations.
+    reserved: u32,
+    /// Whether we published a non-zero `pending_send_sz`.
+    pending: bool,
+}
+
+impl<'a> RingWriter<'a> {
+    /// Opens the ring at `region` for writing, starting at the write index
+    /// currently in its control page (validated), and advertises
+    /// [`hw::RING_FEATURE_PENDING_SEND_SIZE`]: this writer publishes
+    /// `pending_send_sz` when blocked.
+    pub fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
+        let ring = RingMem::new(mem, region)?;
+        let write_index = ring.load_index(RING_WRITE_INDEX_OFFSET)?;
+        let features = ring.load(RING_FEATURE_BITS_OFFSET)?;
+        ring.store(
+            RING_FEATURE_BITS_OFFSET,
+            features | hw::RING_FEATURE_PENDING_SEND_SIZE,
+        )?;
+        Ok(Self {
+            ring,
+            write_index,
+            reserved: 0,
+            pending: false,
+        })
+    }
+
+    /// Size of the data area in bytes.
+    pub fn data_size(&self) -> u32 {
+        self.ring.data_size
+    }
+
+    /// Our write index.
+    pub fn write_index(&self) -> u32 {
+        self.write_index
+    }
+
+    /// Bytes currently reserved.
+    pub fn reserved(&self) -> u32 {
+        self.reserved
+    }
+
+    /// Free bytes per the reader's (validated) index, reservations not
+    /// deducted.
+    pub fn bytes_free(&self) -> Result<u32, RingError> {
+        let read = self.ring.load_index(RING_READ_INDEX_OFFSET)?;
+        Ok(hw::ring_bytes_free(
+            read,
+            self.write_index,
+            self.ring.data_size,
+        ))
+    }
+
+    /// Checks that `needed` more bytes fit beyond the reservations; on
+    /// failure publishes `pending_send_sz` so the reader signals when they do.
+    fn check_space(&mut self, needed: u32, reserved: u32) -> Result<(), RingError> {
+        if needed >= self.ring.data_size {
+            // Even an empty ring could not take it.
+            return Err(RingError::TooLarge {
+                needed: u64::from(needed),
+            });
+        }
+        let free = self.bytes_free()?;
+        let usable = free.saturating_sub(reserved);
+        if usable > needed {
+            return Ok(());
+        }
+        // The reader signals once free > pending_send_sz.
+        self.ring.store(
+            RING_PENDING_SEND_SIZE_OFFSET,
+            needed.saturating_add(reserved),
+        )?;
+        self.pending = true;
+        Err(RingError::Full {
+            needed,
+            free: usable,
+        })
+    }
+
+    /// Sets aside room for a future packet of `header_len` + `payload_len`
+    /// bytes, so that writing it later cannot fail for lack of space. Fails
+    /// with [`RingError::Full`] (publishing `pending_send_sz`) if the ring
+    /// cannot promise it now.
+    pub fn reserve(
+        &mut self,
+        header_len: usize,
+        payload_len: usize,
+    ) -> Result<Reservation, RingError> {
+        let bytes = packet_ring_size(header_len, payload_len).ok_or(RingError::TooLarge {
+            needed: header_len as u64 + payload_len as u64,
+        })?;
+        self.check_space(bytes, self.reserved)?;
+        self.clear_pending()?;
+        self.reserved += bytes;
+        Ok(Reservation { bytes })
+    }
+
+    /// Gives back an unused reservation.
+    pub fn release(&mut self, reservation: Reservation) {
+        self.reserved = self.reserved.saturating_sub(reservation.bytes);
+    }
+
+    /// Writes a packet into space reserved earlier. The reservation is
+    /// spent whatever the outcome; a packet larger than the reservation is
+    /// refused with [`RingError::TooLarge`].
+    pub fn write_reserved(
+        &mut self,
+        reservation: Reservation,
+        packet: &OutgoingPacket<'_>,
+    ) -> Result<WriteOutcome, RingError> {
+        let promised = reservation.bytes;
+        self.release(reservation);
+        let bytes = packet.ring_size()?;
+        if bytes > promised {
+            return Err(RingError::TooLarge {
+                needed: u64::from(bytes),
+            });
+        }
+        // Our share is back in the pool; the other reservations stay
+        // protected.
+        self.write_with_reserve(packet, self.reserved)
+    }
+
+    /// Writes a packet, leaving reserved space untouched. Fails with
+    /// [`RingError::Full`] instead of overwriting unread data; the reader
+    /// is then asked (through `pending_send_sz`) to signal once it fits.
+    pub fn write(&mut self, packet: &OutgoingPacket<'_>) -> Result<WriteOutcome, RingError> {
+        self.write_with_reserve(packet, self.reserved)
+    }
+
+    fn clear_pending(&mut self) -> Result<(), RingError> {
+        if self.pending {
+            self.ring.store(RING_PENDING_SEND_SIZE_OFFSET, 0)?;
+            self.pending = false;
+        }
+        Ok(())
+    }
+
+    fn write_with_reserve(
+        &mut self,
+        packet: &OutgoingPacket<'_>,
+        reserved: u32,
+    ) -> Result<WriteOutcome, RingError> {
+        let header_len = packet.header_len();
+        let descriptor = PacketDescriptor::for_packet(
+            packet.packet_type,
+            packet.flags,
+            packet.transaction_id,
+            header_len,
+            packet.payload.len(),
+        )
+        .map_err(|_| RingError::TooLarge {
+            needed: header_len as u64 + packet.payload.len() as u64,
+        })?;
+        let total = descriptor.len() + hw::PACKET_TRAILER_SIZE;
+        self.check_space(total, reserved)?;
+        self.clear_pending()?;
+
+        const ZEROS: [u8; 8] = [0; 8];
+        let old = self.write_index;
+        let mut pos = old;
+        let mut put = |ring: &RingMem<'_>, bytes: &[u8]| -> Result<(), RingError> {
+            ring.write_at(pos, bytes)?;
+            pos = ring.advance(pos, bytes.len() as u32);
+            Ok(())
+        };
+        put(&self.ring, descriptor.as_bytes())?;
+        for piece in packet.header {
+            put(&self.ring, piece)?;
+        }
+        let header_pad = descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - header_len as u32;
+        put(&self.ring, &ZEROS[..header_pad as usize])?;
+        put(&self.ring, packet.payload)?;
+        let payload_pad = descriptor.len() - descriptor.data_offset() - packet.payload.len() as u32;
+        put(&self.ring, &ZEROS[..payload_pad as usize])?;
+        let trailer = PacketTrailer {
+            reserved: 0,
+            previous_write_index: old,
+        };
+        put(&self.ring, trailer.as_bytes())?;
+
+        self.write_index = pos;
+        self.ring.store(RING_WRITE_INDEX_OFFSET, pos)?;
+        let mask = self.ring.load(RING_INTERRUPT_MASK_OFFSET)?;
+        let read_now = self.ring.load(RING_READ_INDEX_OFFSET)?;
+        Ok(WriteOutcome {
+            signal: hw::should_signal_after_write(mask, old, read_now),
+        })
+    }
+}

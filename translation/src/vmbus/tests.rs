@@ -1,0 +1,766 @@
+//! Tests for the VMBus ring and channel: round trips, wrap-around, flow
+//! control, signalling, malformed rings and a hostile-ring loop.
+
+extern crate std;
+
+use super::*;
+use alloc::vec;
+use alloc::vec::Vec;
+use parastor_core::{GpaRange, MemoryErrorKind, RamGuestMemory};
+use parastor_hw::vmbus::{
+    DescriptorError, GpaRangeError, RING_FEATURE_PENDING_SEND_SIZE, RingLayoutError,
+};
+
+const RING: u64 = 8192; // one control page + 4 KiB of data
+const DATA: u32 = 4096;
+const BASE: u64 = 0x10000;
+
+struct Rig {
+    mem: RamGuestMemory,
+    /// Fired by the guest for the host.
+    host_sig: Signal,
+    /// Fired by the host for the guest.
+    guest_sig: Signal,
+    incoming: RingRegion,
+    outgoing: RingRegion,
+}
+
+impl Rig {
+    fn new() -> Self {
+        let mem = RamGuestMemory::new(1 << 20);
+        let (incoming, outgoing) = init_ring_pair(&mem, BASE, RING).unwrap();
+        Self {
+            mem,
+            host_sig: Signal::new(),
+            guest_sig: Signal::new(),
+            incoming,
+            outgoing,
+        }
+    }
+
+    fn host(&self) -> Channel<'_> {
+        Channel::host(&self.mem, self.incoming, self.outgoing, &self.guest_sig).unwrap()
+    }
+
+    fn guest(&self) -> Channel<'_> {
+        Channel::guest(&self.mem, self.incoming, self.outgoing, &self.host_sig).unwrap()
+    }
+
+    fn ctl(&self, ring: RingRegion, offset: u64) -> u32 {
+        let mut b = [0; 4];
+        self.mem.read(ring.gpa + offset, &mut b).unwrap();
+        u32::from_le_bytes(b)
+    }
+
+    fn set_ctl(&self, ring: RingRegion, offset: u64, value: u32) {
+        self.mem
+            .write(ring.gpa + offset, &value.to_le_bytes())
+            .unwrap();
+    }
+
+    /// Puts raw packet bytes at `at` in the incoming ring and publishes
+    /// `write_index`.
+    fn raw(&self, at: u32, bytes: &[u8], write_index: u32) {
+        for (i, b) in bytes.iter().enumerate() {
+            let pos = (at as usize + i) % DATA as usize;
+            self.mem
+                .write(self.incoming.gpa + 4096 + pos as u64, &[*b])
+                .unwrap();
+        }
+        self.set_ctl(self.incoming, 0, write_index);
+    }
+}
+
+fn descriptor(ty: u16, off8: u16, len8: u16, flags: u16, tid: u64) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&ty.to_le_bytes());
+    v.extend_from_slice(&off8.to_le_bytes());
+    v.extend_from_slice(&len8.to_le_bytes());
+    v.extend_from_slice(&flags.to_le_bytes());
+    v.extend_from_slice(&tid.to_le_bytes());
+    v
+}
+
+fn padded(data: &[u8]) -> Vec<u8> {
+    let mut v = data.to_vec();
+    v.resize(data.len().div_ceil(8) * 8, 0);
+    v
+}
+
+#[test]
+fn in_band_round_trip_both_directions() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    assert_eq!(host.read_packet().unwrap(), None);
+
+    guest
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            7,
+            b"hello",
+        )
+        .unwrap();
+    let p = host.read_packet().unwrap().unwrap();
+    assert_eq!(p.kind, PacketKind::InBand);
+    assert_eq!(p.transaction_id, 7);
+    assert!(p.completion_requested);
+    assert_eq!(p.payload, padded(b"hello"));
+    assert!(p.ranges.is_empty());
+    assert_eq!(host.read_packet().unwrap(), None);
+
+    host.write_packet(OutgoingKind::Completion, 7, &[1, 2, 3, 4, 5, 6, 7, 8])
+        .unwrap();
+    let c = guest.read_packet().unwrap().unwrap();
+    assert_eq!(c.kind, PacketKind::Completion);
+    assert_eq!(c.transaction_id, 7);
+    assert!(!c.completion_requested);
+    assert_eq!(c.payload, vec![1, 2, 3, 4, 5, 6, 7, 8]);
+
+    // Empty payloads work too.
+    host.write_packet(
+        OutgoingKind::InBand {
+            completion_requested: false,
+        },
+        9,
+        &[],
+    )
+    .unwrap();
+    let e = guest.read_packet().unwrap().unwrap();
+    assert_eq!((e.transaction_id, e.payload.len()), (9, 0));
+}
+
+#[test]
+fn gpa_direct_round_trip_both_directions() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    // Data buffer: 100 bytes into page 0x40, through 0x41, ending on 0x50.
+    let data: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8).collect();
+    let pfns = [0x40, 0x41, 0x50];
+    rig.mem.write(0x40 * 4096 + 100, &data[..8092]).unwrap();
+    rig.mem.write(0x50 * 4096, &data[8092..]).unwrap();
+    let second = [0x50u64];
+    let ranges = [
+        GpaDirectRange {
+            byte_offset: 100,
+            byte_count: 8192,
+            pfns: &pfns,
+        },
+        // Continues right where the first ended: merged.
+        GpaDirectRange {
+            byte_offset: 100,
+            byte_count: 10,
+            pfns: &second,
+        },
+    ];
+    guest.write_gpa_direct(42, true, &ranges, b"cdb").unwrap();
+    let p = host.read_packet().unwrap().unwrap();
+    assert_eq!(p.kind, PacketKind::GpaDirect);
+    assert_eq!(p.transaction_id, 42);
+    assert!(p.completion_requested);
+    assert_eq!(p.payload, padded(b"cdb"));
+    assert_eq!(
+        p.ranges,
+        vec![
+            GpaRange::new(0x40 * 4096 + 100, 8092),
+            GpaRange::new(0x50 * 4096, 100 + 10),
+        ]
+    );
+    let sg = p.sg_list(&rig.mem, false).unwrap();
+    assert_eq!(sg.len(), 8202);
+    let mut back = vec![0; 8202];
+    sg.read_all(&mut back).unwrap();
+    assert_eq!(&back[..8192], &data[..]);
+
+    // The other direction uses the same format.
+    host.write_gpa_direct(43, false, &ranges[1..], &[]).unwrap();
+    let q = guest.read_packet().unwrap().unwrap();
+    assert_eq!(q.kind, PacketKind::GpaDirect);
+    assert!(!q.completion_requested);
+    assert_eq!(q.ranges, vec![GpaRange::new(0x50 * 4096 + 100, 10)]);
+}
+
+#[test]
+fn wrap_around_at_every_alignment() {
+    for start in (0..DATA).step_by(8) {
+        let rig = Rig::new();
+        for ring in [rig.incoming, rig.outgoing] {
+            rig.set_ctl(ring, 0, start);
+            rig.set_ctl(ring, 4, start);
+        }
+        let mut host = rig.host();
+        let mut guest = rig.guest();
+        for round in 0..3u64 {
+            let len = 40 + ((start as usize / 8 + round as usize * 5) % 300);
+            let payload: Vec<u8> = (0..len).map(|i| (i as u8) ^ (start as u8)).collect();
+            let before = guest.writer().write_index();
+            guest
+                .write_packet(
+                    OutgoingKind::InBand {
+                        completion_requested: false,
+                    },
+                    round,
+                    &payload,
+                )
+                .unwrap();
+            // The trailer records the write index before the packet.
+            let end = guest.writer().write_index();
+            let trailer_pos = (end + DATA - 4) % DATA;
+            let mut t = [0; 4];
+            rig.mem
+                .read(rig.incoming.gpa + 4096 + u64::from(trailer_pos), &mut t)
+                .unwrap();
+            assert_eq!(u32::from_le_bytes(t), before);
+            let p = host.read_packet().unwrap().unwrap();
+            assert_eq!(p.transaction_id, round);
+            assert_eq!(p.payload, padded(&payload), "start {start} round {round}");
+            assert_eq!(host.reader().read_index(), end);
+
+            host.write_packet(OutgoingKind::Completion, round, &payload)
+                .unwrap();
+            let c = guest.read_packet().unwrap().unwrap();
+            assert_eq!(c.payload, padded(&payload));
+        }
+    }
+}
+
+#[test]
+fn ring_full_then_recovery() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    let payload = [0xab; 1000]; // 16 + 1000 + 8 = 1024 bytes in the ring
+    assert_eq!(packet_ring_size(0, 1000), Some(1024));
+    for tid in 0..3 {
+        guest
+            .write_packet(
+                OutgoingKind::InBand {
+                    completion_requested: true,
+                },
+                tid,
+                &payload,
+            )
+            .unwrap();
+    }
+    // 1024 bytes free, but a writer needs strictly more than it writes.
+    let full = guest.write_packet(
+        OutgoingKind::InBand {
+            completion_requested: true,
+        },
+        3,
+        &payload,
+    );
+    assert_eq!(
+        full,
+        Err(RingError::Full {
+            needed: 1024,
+            free: 1024
+        })
+    );
+    assert_eq!(rig.ctl(rig.incoming, 12), 1024, "pending_send_sz published");
+    assert_ne!(
+        rig.ctl(rig.incoming, 64) & RING_FEATURE_PENDING_SEND_SIZE,
+        0
+    );
+
+    // Consuming one packet crosses the threshold: the host signals.
+    let signals = rig.guest_sig.count();
+    assert_eq!(host.read_packet().unwrap().unwrap().transaction_id, 0);
+    assert_eq!(rig.guest_sig.count(), signals + 1);
+    // Consuming another does not signal again.
+    assert_eq!(host.read_packet().unwrap().unwrap().transaction_id, 1);
+    assert_eq!(rig.guest_sig.count(), signals + 1);
+
+    guest
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            3,
+            &payload,
+        )
+        .unwrap();
+    assert_eq!(rig.ctl(rig.incoming, 12), 0, "pending_send_sz cleared");
+    // Nothing was overwritten: the remaining packets arrive in order.
+    for tid in [2, 3] {
+        let p = host.read_packet().unwrap().unwrap();
+        assert_eq!(p.transaction_id, tid);
+        assert_eq!(&p.payload[..1000], &payload[..]);
+    }
+    assert_eq!(host.read_packet().unwrap(), None);
+
+    // A packet that can never fit is refused outright.
+    assert!(matches!(
+        guest.write_packet(OutgoingKind::Completion, 9, &[0; 5000]),
+        Err(RingError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn signal_on_empty_to_non_empty_only() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    let inband = OutgoingKind::InBand {
+        completion_requested: false,
+    };
+    guest.write_packet(inband, 1, b"a").unwrap();
+    assert_eq!(rig.host_sig.count(), 1);
+    assert!(rig.host_sig.take());
+    guest.write_packet(inband, 2, b"b").unwrap();
+    assert_eq!(rig.host_sig.count(), 1, "ring was not empty");
+
+    // The host drains with the interrupt mask set: no signals.
+    host.set_interrupt_mask(true).unwrap();
+    assert_eq!(rig.ctl(rig.incoming, 8), 1);
+    while host.read_packet().unwrap().is_some() {}
+    guest.write_packet(inband, 3, b"c").unwrap();
+    assert_eq!(rig.host_sig.count(), 1, "interrupt mask set");
+    // Unmasking finds the packet that arrived silently.
+    assert!(host.unmask_and_check().unwrap());
+    assert_eq!(rig.ctl(rig.incoming, 8), 0);
+    assert_eq!(host.read_packet().unwrap().unwrap().transaction_id, 3);
+    assert!(!host.unmask_and_check().unwrap());
+    guest.write_packet(inband, 4, b"d").unwrap();
+    assert_eq!(rig.host_sig.count(), 2);
+
+    // No pending_send_sz: consuming never signals.
+    let before = rig.guest_sig.count();
+    host.read_packet().unwrap().unwrap();
+    assert_eq!(rig.guest_sig.count(), before);
+
+    // The host's writes signal the guest the same way.
+    host.write_packet(OutgoingKind::Completion, 4, &[]).unwrap();
+    assert_eq!(rig.guest_sig.count(), before + 1);
+    guest.set_interrupt_mask(true).unwrap();
+    guest.read_packet().unwrap().unwrap();
+    host.write_packet(OutgoingKind::Completion, 5, &[]).unwrap();
+    assert_eq!(rig.guest_sig.count(), before + 1);
+}
+
+#[test]
+fn pending_send_size_needs_the_feature_bit() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    let payload = [0; 1000];
+    for tid in 0..3 {
+        guest
+            .write_packet(OutgoingKind::Completion, tid, &payload)
+            .unwrap();
+    }
+    assert!(
+        guest
+            .write_packet(OutgoingKind::Completion, 3, &payload)
+            .is_err()
+    );
+    // A writer that did not advertise the feature is never signalled.
+    rig.set_ctl(rig.incoming, 64, 0);
+    let before = rig.guest_sig.count();
+    host.read_packet().unwrap().unwrap();
+    assert_eq!(rig.guest_sig.count(), before);
+}
+
+#[test]
+fn reservations_hold_space() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    // Reserve room for a 1000-byte completion (1024 in the ring).
+    let r = host.reserve(1000).unwrap();
+    assert_eq!(r.bytes(), 1024);
+    let big = [7u8; 2000]; // 2024 in the ring
+    host.write_packet(OutgoingKind::Completion, 1, &big)
+        .unwrap();
+    // Free 2072, of which 1024 reserved: a 1024-byte packet still fits...
+    host.write_packet(OutgoingKind::Completion, 2, &[0; 1000])
+        .unwrap();
+    // ...but now only 24 unreserved bytes are left.
+    assert_eq!(
+        host.write_packet(OutgoingKind::Completion, 9, &[0; 8]),
+        Err(RingError::Full {
+            needed: 32,
+            free: 24
+        })
+    );
+    assert_eq!(rig.ctl(rig.outgoing, 12), 32 + 1024);
+    assert_eq!(host.writer().reserved(), 1024);
+    // The reservation can always be written.
+    host.write_reserved(r, OutgoingKind::Completion, 3, &[1; 1000])
+        .unwrap();
+    assert_eq!(host.writer().reserved(), 0);
+    for tid in [1, 2, 3] {
+        assert_eq!(guest.read_packet().unwrap().unwrap().transaction_id, tid);
+    }
+
+    // A reservation is refused when the ring cannot promise it.
+    let a = host.reserve(2040).unwrap(); // 2064 in the ring
+    assert!(matches!(host.reserve(2040), Err(RingError::Full { .. })));
+    host.release(a);
+    let b = host.reserve(2040).unwrap();
+    // Writing more than was reserved is refused (and the space returned).
+    assert!(matches!(
+        host.write_reserved(b, OutgoingKind::Completion, 4, &[0; 2041]),
+        Err(RingError::TooLarge { .. })
+    ));
+    assert_eq!(host.writer().reserved(), 0);
+}
+
+fn fatal(rig: &Rig) -> RingError {
+    let mut host = rig.host();
+    let e = host.read_packet().unwrap_err();
+    assert!(e.is_fatal(), "{e:?}");
+    // A broken ring stays broken: same error, nothing consumed.
+    assert_eq!(host.read_packet().unwrap_err(), e);
+    assert_eq!(host.reader().read_index(), 0);
+    match e {
+        ChannelError::Ring(r) => r,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn malformed_indices() {
+    let rig = Rig::new();
+    rig.set_ctl(rig.incoming, 0, DATA);
+    assert_eq!(
+        fatal(&rig),
+        RingError::Layout(RingLayoutError::IndexOutOfRange {
+            index: DATA,
+            data_size: DATA
+        })
+    );
+    rig.set_ctl(rig.incoming, 0, 12);
+    assert_eq!(
+        fatal(&rig),
+        RingError::Layout(RingLayoutError::IndexMisaligned { index: 12 })
+    );
+    rig.set_ctl(rig.incoming, 0, 8);
+    assert_eq!(
+        fatal(&rig),
+        RingError::Truncated {
+            needed: 24,
+            available: 8
+        }
+    );
+    // A bad read index is refused when the ring is opened.
+    rig.set_ctl(rig.incoming, 0, 0);
+    rig.set_ctl(rig.incoming, 4, 0xffff_fff8);
+    assert!(matches!(
+        Channel::host(&rig.mem, rig.incoming, rig.outgoing, &rig.guest_sig),
+        Err(RingError::Layout(RingLayoutError::IndexOutOfRange { .. }))
+    ));
+    rig.set_ctl(rig.incoming, 4, 0);
+    // The writer refuses to trust a corrupted read index from the reader.
+    let mut guest = rig.guest();
+    rig.set_ctl(rig.incoming, 4, 3);
+    assert_eq!(
+        guest.write_packet(OutgoingKind::Completion, 0, &[]),
+        Err(RingError::Layout(RingLayoutError::IndexMisaligned {
+            index: 3
+        }))
+    );
+}
+
+#[test]
+fn malformed_geometry() {
+    let mem = RamGuestMemory::new(64 * 1024);
+    let sig = Signal::new();
+    let bad = |a: RingRegion, b: RingRegion| Channel::host(&mem, a, b, &sig).unwrap_err();
+    let ok = RingRegion::new(0, RING);
+    assert!(matches!(
+        bad(RingRegion::new(RING, 5000), ok),
+        RingError::Layout(RingLayoutError::NotPageMultiple { .. })
+    ));
+    assert!(matches!(
+        bad(RingRegion::new(RING, 4096), ok),
+        RingError::Layout(RingLayoutError::BadSize { .. })
+    ));
+    assert!(matches!(
+        bad(RingRegion::new(u64::MAX - 4095, RING), ok),
+        RingError::Layout(RingLayoutError::BadSize { .. })
+    ));
+    match bad(ok, RingRegion::new(60 * 1024, RING)) {
+        RingError::Memory(e) => assert_eq!(e.kind, MemoryErrorKind::OutOfRange),
+        e => panic!("{e:?}"),
+    }
+}
+
+#[test]
+fn malformed_descriptors() {
+    let cases: [(Vec<u8>, u32, DescriptorError); 4] = [
+        (
+            descriptor(6, 1, 3, 0, 1),
+            24 + 8,
+            DescriptorError::DataOffsetTooSmall { offset: 8 },
+        ),
+        (
+            descriptor(6, 4, 3, 0, 1),
+            24 + 8,
+            DescriptorError::DataOffsetPastLength {
+                offset: 32,
+                len: 24,
+            },
+        ),
+        (
+            descriptor(6, 2, 0, 0, 1),
+            24 + 8,
+            DescriptorError::DataOffsetPastLength { offset: 16, len: 0 },
+        ),
+        (
+            descriptor(6, 2, 100, 0, 1),
+            32,
+            DescriptorError::TooLong {
+                len: 808,
+                available: 32,
+            },
+        ),
+    ];
+    for (bytes, write_index, error) in cases {
+        let rig = Rig::new();
+        rig.raw(0, &bytes, write_index);
+        assert_eq!(fatal(&rig), RingError::Descriptor(error));
+    }
+    // A length of u16::MAX units in a wrapped ring is still bounded.
+    let rig = Rig::new();
+    rig.set_ctl(rig.incoming, 4, DATA - 8);
+    rig.raw(DATA - 8, &descriptor(6, 2, u16::MAX, 0, 1), 16);
+    let mut host = rig.host();
+    assert!(matches!(
+        host.read_packet(),
+        Err(ChannelError::Ring(RingError::Descriptor(
+            DescriptorError::TooLong { .. }
+        )))
+    ));
+}
+
+/// A GPA-direct packet with `area` as its range header area, in a fresh rig;
+/// returns the read result and whether the packet was consumed.
+fn gpa_case(area: &[u8]) -> (Result<Option<Packet>, ChannelError>, bool) {
+    let rig = Rig::new();
+    let area = padded(area);
+    let off8 = (2 + area.len() / 8) as u16;
+    let mut bytes = descriptor(9, off8, off8 + 1, 1, 77);
+    bytes.extend_from_slice(&area);
+    bytes.extend_from_slice(&[0xcc; 8]); // payload
+    bytes.extend_from_slice(&[0; 8]); // trailer
+    rig.raw(0, &bytes, bytes.len() as u32);
+    let mut host = rig.host();
+    let r = host.read_packet();
+    let consumed = host.read_packet().unwrap_or(Some(dummy())).is_none();
+    (r, consumed)
+}
+
+fn dummy_mem() -> RamGuestMemory {
+    RamGuestMemory::new(4096)
+}
+
+fn dummy() -> Packet {
+    Packet {
+        kind: PacketKind::InBand,
+        transaction_id: 0,
+        completion_requested: false,
+        payload: Vec::new(),
+        ranges: Vec::new(),
+    }
+}
+
+fn gpa_area(count: u32, ranges: &[(u32, u32, &[u64])]) -> Vec<u8> {
+    let mut v = vec![0, 0, 0, 0];
+    v.extend_from_slice(&count.to_le_bytes());
+    for (byte_count, byte_offset, pfns) in ranges {
+        v.extend_from_slice(&byte_count.to_le_bytes());
+        v.extend_from_slice(&byte_offset.to_le_bytes());
+        for p in *pfns {
+            v.extend_from_slice(&p.to_le_bytes());
+        }
+    }
+    v
+}
+
+#[test]
+fn malformed_gpa_ranges() {
+    let cases: Vec<(Vec<u8>, GpaRangeError)> = vec![
+        (Vec::new(), GpaRangeError::MissingHeader),
+        (gpa_area(0, &[]), GpaRangeError::NoRanges),
+        (
+            gpa_area(2, &[(10, 0, &[5])]),
+            GpaRangeError::RangeHeaderTruncated { index: 1 },
+        ),
+        (
+            gpa_area(1, &[(0, 0, &[5])]),
+            GpaRangeError::EmptyRange { index: 0 },
+        ),
+        (
+            gpa_area(1, &[(10, 4096, &[5])]),
+            GpaRangeError::ByteOffsetTooLarge {
+                index: 0,
+                byte_offset: 4096,
+            },
+        ),
+        (
+            // byte_offset + byte_count overflows 32 bits: needs 1048577 PFNs.
+            gpa_area(1, &[(u32::MAX, 4095, &[5])]),
+            GpaRangeError::PfnArrayTruncated {
+                index: 0,
+                needed: 1_048_577,
+                available: 1,
+            },
+        ),
+        (
+            gpa_area(1, &[(4097, 0, &[5])]),
+            GpaRangeError::PfnArrayTruncated {
+                index: 0,
+                needed: 2,
+                available: 1,
+            },
+        ),
+        (
+            gpa_area(1, &[(1, 0, &[u64::MAX])]),
+            GpaRangeError::PfnTooLarge {
+                index: 0,
+                pfn: u64::MAX,
+            },
+        ),
+    ];
+    for (area, error) in cases {
+        let (r, consumed) = gpa_case(&area);
+        assert_eq!(
+            r,
+            Err(ChannelError::GpaRanges {
+                transaction_id: 77,
+                error
+            })
+        );
+        assert!(!r.unwrap_err().is_fatal());
+        assert!(consumed, "{error:?}: bad packet must be skipped");
+    }
+    // The top page of the address space is usable and does not overflow.
+    let top = parastor_hw::vmbus::MAX_PFN;
+    let (r, _) = gpa_case(&gpa_area(2, &[(4096, 0, &[top]), (4096, 0, &[top])]));
+    let p = r.unwrap().unwrap();
+    assert_eq!(p.ranges, vec![GpaRange::new(top << 12, 4096); 2]);
+    assert!(p.sg_list(&dummy_mem(), false).is_ok());
+    // And a well-formed one through the same path.
+    let (r, _) = gpa_case(&gpa_area(1, &[(10, 8, &[5])]));
+    assert_eq!(
+        r.unwrap().unwrap().ranges,
+        vec![GpaRange::new(5 * 4096 + 8, 10)]
+    );
+}
+
+#[test]
+fn unsupported_packet_type_is_skipped() {
+    let rig = Rig::new();
+    let mut bytes = descriptor(7, 2, 3, 0, 5);
+    bytes.extend_from_slice(&[0; 16]);
+    rig.raw(0, &bytes, 32);
+    let mut host = rig.host();
+    assert_eq!(
+        host.read_packet(),
+        Err(ChannelError::UnsupportedPacketType {
+            packet_type: 7,
+            transaction_id: 5
+        })
+    );
+    assert_eq!(host.read_packet(), Ok(None));
+}
+
+/// xorshift64*: deterministic pseudo-random numbers without a dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn hostile_ring_contents_never_panic_or_hang() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut outcomes = [0usize; 4];
+    for _ in 0..1500 {
+        let rig = Rig::new();
+        // Random data area, with plausible descriptors sprinkled in.
+        for _ in 0..64 {
+            let pos = rng.below(u64::from(DATA)) & !7;
+            let bytes = if rng.below(2) == 0 {
+                descriptor(
+                    [6, 9, 11, 7, rng.below(16) as u16][rng.below(5) as usize],
+                    rng.below(8) as u16,
+                    rng.below(64) as u16,
+                    rng.below(4) as u16,
+                    rng.next(),
+                )
+            } else {
+                rng.next().to_le_bytes().to_vec()
+            };
+            rig.raw(pos as u32, &bytes, 0);
+        }
+        // Random control pages, often with in-range aligned indices.
+        for ring in [rig.incoming, rig.outgoing] {
+            for field in [0u64, 4, 8, 12, 64] {
+                let v = match rng.below(8) {
+                    0 => rng.next() as u32,
+                    _ => (rng.below(u64::from(DATA)) as u32) & !7,
+                };
+                rig.set_ctl(ring, field, v);
+            }
+        }
+        let Ok(mut host) = Channel::host(&rig.mem, rig.incoming, rig.outgoing, &rig.guest_sig)
+        else {
+            outcomes[0] += 1;
+            continue;
+        };
+        for _ in 0..64 {
+            match host.read_packet() {
+                Ok(None) => {
+                    outcomes[1] += 1;
+                    break;
+                }
+                Ok(Some(p)) => {
+                    outcomes[2] += 1;
+                    if p.kind == PacketKind::GpaDirect {
+                        assert!(p.sg_list(&rig.mem, false).is_ok());
+                    }
+                }
+                Err(e) if e.is_fatal() => {
+                    outcomes[3] += 1;
+                    break;
+                }
+                Err(_) => {}
+            }
+            // The peer may move its index under us at any time.
+            if rng.below(8) == 0 {
+                rig.set_ctl(rig.incoming, 0, rng.next() as u32 & 0xff8);
+            }
+        }
+        // Writing against a hostile read index fails cleanly or succeeds.
+        let _ = host.write_packet(OutgoingKind::Completion, 1, &[0; 100]);
+        let _ = host.reserve(rng.below(8000) as usize);
+    }
+    // The loop exercised refused rings, parsed packets and broken rings.
+    assert!(
+        outcomes[0] > 0 && outcomes[2] > 0 && outcomes[3] > 0,
+        "{outcomes:?}"
+    );
+}
+
+#[test]
+fn signal_wakes_a_waiter() {
+    let sig = Signal::new();
+    sig.notify();
+    futures::executor::block_on(sig.wait());
+    assert!(!sig.take());
+    assert_eq!(sig.count(), 1);
+}
