@@ -8,11 +8,13 @@
 //! so that every other crate (including `no_std` ones) can share one
 //! definition of each format.
 //!
-//! The first formats arrive with the frontends that need them; today the
-//! crate carries the sector-geometry rules that both sides of the pipeline
-//! agree on.
+//! Today: SCSI (CDBs, sense data, VPD and mode pages — [`scsi`]), StorVSP
+//! packets and SRBs ([`storvsp`]), VMBus ring buffers and packet descriptors
+//! ([`vmbus`]), and the sector-geometry rules both sides of the pipeline
+//! agree on. NVMe and PCI arrive with the NVMe issues.
 #![no_std]
 
+pub mod scsi;
 pub mod storvsp;
 pub mod vmbus;
 

@@ -9,12 +9,15 @@
 //! table. The resolver turns a validated settings model into running
 //! controllers, at boot and at every runtime change.
 //!
-//! The frontends arrive with their issues; this crate exists now so the
-//! workspace layout and the `no_std` gate are fixed from the start.
+//! Today: the transport-independent SCSI disk adapter ([`scsi`]) and VMBus
+//! channels over real ring-buffer layouts in guest memory ([`vmbus`]).
+//! StorVSP, the DVD adapter, the NVMe emulator and the resolver arrive with
+//! their issues.
 #![no_std]
 
 extern crate alloc;
 
+pub mod scsi;
 pub mod vmbus;
 
 pub use parastor_core;

@@ -1,0 +1,246 @@
+//! PERSISTENT RESERVE IN / OUT over [`parastor_core::PersistentReservations`].
+//!
+//! Initiators appear in READ FULL STATUS as 24-byte TransportIDs with
+//! protocol identifier 0x0F ("no specific protocol") and the 16-byte
+//! [`InitiatorId`] at offset 8; REGISTER AND MOVE accepts the same form.
+
+use super::{
+    Res, ScsiDisk, data_in, data_out, illegal, invalid_cdb, invalid_param, param_len_error,
+};
+use alloc::vec::Vec;
+use parastor_core::{DiskError, InitiatorId, ReservationReport, ReservationType};
+use parastor_hw::scsi::{PrOutParams, PrRegisterMoveParams, asc, pr};
+use zerocopy::FromBytes;
+
+/// The SPC type code of `kind`.
+pub(super) fn type_code(kind: ReservationType) -> u8 {
+    match kind {
+        ReservationType::WriteExclusive => pr::TYPE_WRITE_EXCLUSIVE,
+        ReservationType::ExclusiveAccess => pr::TYPE_EXCLUSIVE_ACCESS,
+        ReservationType::WriteExclusiveRegistrantsOnly => pr::TYPE_WRITE_EXCLUSIVE_RO,
+        ReservationType::ExclusiveAccessRegistrantsOnly => pr::TYPE_EXCLUSIVE_ACCESS_RO,
+        ReservationType::WriteExclusiveAllRegistrants => pr::TYPE_WRITE_EXCLUSIVE_AR,
+        ReservationType::ExclusiveAccessAllRegistrants => pr::TYPE_EXCLUSIVE_ACCESS_AR,
+    }
+}
+
+/// The reservation type of SPC type code `code`.
+pub(super) fn from_type_code(code: u8) -> Option<ReservationType> {
+    ReservationType::ALL
+        .into_iter()
+        .find(|&k| type_code(k) == code)
+}
+
+/// The TransportID that names `initiator`.
+fn transport_id(initiator: InitiatorId) -> [u8; 24] {
+    let mut t = [0u8; 24];
+    t[0] = pr::PROTOCOL_NONE;
+    t[8..24].copy_from_slice(&initiator.to_bytes());
+    t
+}
+
+fn push_u32(v: &mut Vec<u8>, x: u32) {
+    v.extend_from_slice(&x.to_be_bytes());
+}
+
+fn read_keys(r: &ReservationReport) -> Vec<u8> {
+    let mut v = Vec::new();
+    push_u32(&mut v, r.generation);
+    push_u32(&mut v, (r.registrants.len() * 8) as u32);
+    for reg in &r.registrants {
+        v.extend_from_slice(&reg.key.to_be_bytes());
+    }
+    v
+}
+
+fn read_reservation(r: &ReservationReport) -> Vec<u8> {
+    let mut v = Vec::new();
+    push_u32(&mut v, r.generation);
+    match (r.reservation, r.reservation_key()) {
+        (Some(kind), Some(key)) => {
+            push_u32(&mut v, 16);
+            v.extend_from_slice(&key.to_be_bytes());
+            v.extend_from_slice(&[0, 0, 0, 0, 0, type_code(kind), 0, 0]);
+        }
+        _ => push_u32(&mut v, 0),
+    }
+    v
+}
+
+fn read_full_status(r: &ReservationReport) -> Vec<u8> {
+    let mut body = Vec::new();
+    for reg in &r.registrants {
+        body.extend_from_slice(&reg.key.to_be_bytes());
+        body.extend_from_slice(&[0; 4]);
+        body.push(u8::from(reg.holds_reservation));
+        let kind = match r.reservation {
+            Some(k) if reg.holds_reservation => type_code(k),
+            _ => 0,
+        };
+        body.push(kind);
+        body.extend_from_slice(&[0; 4]);
+        body.extend_from_slice(&[0, 1]);
+        push_u32(&mut body, 24);
+        body.extend_from_slice(&transport_id(reg.initiator));
+    }
+    let mut v = Vec::new();
+    push_u32(&mut v, r.generation);
+    push_u32(&mut v, body.len() as u32);
+    v.extend_from_slice(&body);
+    v
+}
+
+impl ScsiDisk {
+    pub(super) async fn pr_in(
+        &self,
+        data: &parastor_core::SgList<'_>,
+        service_action: u8,
+        alloc_len: usize,
+        _initiator: InitiatorId,
+    ) -> Res {
+        let prs = self
+            .disk
+            .persistent_reservations()
+            .ok_or(DiskError::Unsupported("persistent reservations"))?;
+        let out = match service_action {
+            pr::IN_READ_KEYS => read_keys(&prs.report().await?),
+            pr::IN_READ_RESERVATION => read_reservation(&prs.report().await?),
+            pr::IN_REPORT_CAPABILITIES => {
+                let caps = prs.capabilities();
+                let ptpl_a = prs.report().await?.persist_through_power_loss;
+                let mut mask = 0u16;
+                for kind in ReservationType::ALL {
+                    if caps.supports(kind) {
+                        mask |= match kind {
+                            ReservationType::WriteExclusiveAllRegistrants => 0x8000,
+                            ReservationType::ExclusiveAccessRegistrantsOnly => 0x4000,
+                            ReservationType::WriteExclusiveRegistrantsOnly => 0x2000,
+                            ReservationType::ExclusiveAccess => 0x0800,
+                            ReservationType::WriteExclusive => 0x0200,
+                            ReservationType::ExclusiveAccessAllRegistrants => 0x0001,
+                        };
+                    }
+                }
+                let mut v = alloc::vec![
+                    0,
+                    8,
+                    u8::from(caps.persist_through_power_loss),
+                    0x80 | u8::from(ptpl_a),
+                ];
+                v.extend_from_slice(&mask.to_be_bytes());
+                v.extend_from_slice(&[0, 0]);
+                v
+            }
+            pr::IN_READ_FULL_STATUS => read_full_status(&prs.report().await?),
+            _ => return Err(invalid_cdb()),
+        };
+        data_in(data, &out, alloc_len)
+    }
+
+    pub(super) async fn pr_out(
+        &self,
+        data: &parastor_core::SgList<'_>,
+        service_action: u8,
+        scope: u8,
+        kind: u8,
+        param_len: u32,
+        initiator: InitiatorId,
+    ) -> Res {
+        let prs = self
+            .disk
+            .persistent_reservations()
+            .ok_or(DiskError::Unsupported("persistent reservations"))?;
+        let caps = prs.capabilities();
+        let param_len = param_len as usize;
+        if service_action == pr::OUT_REGISTER_AND_MOVE {
+            if param_len < 24 || param_len > data.len() {
+                return Err(param_len_error());
+            }
+            let list = data_out(data, param_len)?;
+            let (p, rest) =
+                PrRegisterMoveParams::read_from_prefix(&list).map_err(|_| param_len_error())?;
+            if !caps.register_and_move || scope != 0 || from_type_code(kind).is_none() {
+                return Err(invalid_cdb());
+            }
+            let tid = rest
+                .get(..p.transport_id_len.get() as usize)
+                .ok_or_else(param_len_error)?;
+            if tid.len() < 24 || tid[0] & 0x0F != pr::PROTOCOL_NONE {
+                return Err(invalid_param());
+            }
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&tid[8..24]);
+            let target = InitiatorId::new(u128::from_be_bytes(id));
+            let aptpl = p.flags & 1 != 0;
+            if aptpl && !caps.persist_through_power_loss {
+                return Err(invalid_param());
+            }
+            prs.register_and_move(
+                initiator,
+                p.key.get(),
+                p.sa_key.get(),
+                target,
+                p.flags & 2 != 0,
+                aptpl,
+            )
+            .await?;
+            return Ok(param_len);
+        }
+        if service_action > pr::OUT_REGISTER_AND_IGNORE {
+            return Err(invalid_cdb());
+        }
+        if param_len != 24 {
+            return Err(param_len_error());
+        }
+        let list = data_out(data, 24)?;
+        let (p, _) = PrOutParams::read_from_prefix(&list).map_err(|_| param_len_error())?;
+        let (key, sa_key) = (p.key.get(), p.sa_key.get());
+        let aptpl = p.flags & 1 != 0;
+        // SPEC_I_PT and ALL_TG_PT are not supported (SIP_C = ATP_C = 0);
+        // APTPL only where the disk can persist.
+        if p.flags & 0x0C != 0 || (aptpl && !caps.persist_through_power_loss) {
+            return Err(invalid_param());
+        }
+        let kind = if matches!(
+            service_action,
+            pr::OUT_RESERVE | pr::OUT_RELEASE | pr::OUT_PREEMPT | pr::OUT_PREEMPT_AND_ABORT
+        ) {
+            if scope != 0 {
+                return Err(invalid_cdb());
+            }
+            Some(
+                from_type_code(kind)
+                    .filter(|&k| caps.supports(k))
+                    .ok_or_else(invalid_cdb)?,
+            )
+        } else {
+            None
+        };
+        match (service_action, kind) {
+            (pr::OUT_REGISTER, _) => {
+                prs.register(initiator, Some(key), sa_key, Some(aptpl))
+                    .await?
+            }
+            (pr::OUT_REGISTER_AND_IGNORE, _) => {
+                prs.register(initiator, None, sa_key, Some(aptpl)).await?
+            }
+            (pr::OUT_RESERVE, Some(k)) => prs.reserve(initiator, key, k).await?,
+            (pr::OUT_RELEASE, Some(k)) => match prs.release(initiator, key, k).await {
+                Err(DiskError::InvalidInput(_)) => {
+                    return Err(illegal(
+                        asc::INVALID_FIELD_IN_PARAMETER_LIST,
+                        asc::ASCQ_INVALID_RELEASE,
+                    ));
+                }
+                r => r?,
+            },
+            (pr::OUT_CLEAR, _) => prs.clear(initiator, key).await?,
+            (pr::OUT_PREEMPT, Some(k)) => prs.preempt(initiator, key, sa_key, k, false).await?,
+            (pr::OUT_PREEMPT_AND_ABORT, Some(k)) => {
+                prs.preempt(initiator, key, sa_key, k, true).await?
+            }
+            _ => return Err(invalid_cdb()),
+        }
+        Ok(24)
+    }
+}

@@ -1,0 +1,1098 @@
+//! Unit tests of the SCSI disk adapter over RAM disks.
+
+use super::*;
+use futures::executor::block_on;
+use parastor_core::ram::RamDisk;
+use parastor_core::{
+    GuestMemory, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind, RamGuestMemory,
+    ReservationsDisk,
+};
+
+const SS: u32 = 512;
+const SECTORS: u64 = 2048;
+const GPA: u64 = 0x1000;
+
+struct Env {
+    mem: RamGuestMemory,
+    ram: RamDisk,
+    scsi: ScsiDisk,
+}
+
+fn env_with(params: DiskParams, pr: bool) -> Env {
+    let ram = RamDisk::new(SECTORS * u64::from(SS), SS).unwrap();
+    let mut disk = Disk::new(ram.clone()).unwrap();
+    if pr {
+        disk = Disk::new(ReservationsDisk::new(disk)).unwrap();
+    }
+    Env {
+        mem: RamGuestMemory::new(64 << 20),
+        ram,
+        scsi: ScsiDisk::new(disk, params),
+    }
+}
+
+fn env() -> Env {
+    env_with(DiskParams::default(), false)
+}
+
+const A: InitiatorId = InitiatorId::new(0xA);
+const B: InitiatorId = InitiatorId::new(0xB);
+
+impl Env {
+    /// Runs `cdb` with a data buffer of `len` bytes preloaded with `out`.
+    fn run_as(
+        &self,
+        who: InitiatorId,
+        cdb: &[u8],
+        out: &[u8],
+        len: usize,
+    ) -> (ScsiResult, Vec<u8>) {
+        let mut buf = vec![0xEEu8; len];
+        let n = out.len().min(len);
+        buf[..n].copy_from_slice(&out[..n]);
+        self.mem.write(GPA, &buf).unwrap();
+        let ranges = [GpaRange::new(GPA, len as u64)];
+        let sg = SgList::new(&self.mem, &ranges, true).unwrap();
+        let r = block_on(self.scsi.execute(cdb, sg, who));
+        self.mem.read(GPA, &mut buf).unwrap();
+        (r, buf)
+    }
+
+    fn run(&self, cdb: &[u8], out: &[u8], len: usize) -> (ScsiResult, Vec<u8>) {
+        self.run_as(A, cdb, out, len)
+    }
+
+    fn ok(&self, cdb: &[u8], out: &[u8], len: usize) -> Vec<u8> {
+        let (r, data) = self.run(cdb, out, len);
+        assert_eq!(r.status, status::GOOD, "{cdb:02x?}: {r:?}");
+        data[..r.tx.min(len)].to_vec()
+    }
+
+    fn write(&self, lba: u64, data: &[u8]) {
+        self.ok(
+            &rw16(op::WRITE16, 0, lba, (data.len() / SS as usize) as u32),
+            data,
+            data.len(),
+        );
+    }
+
+    fn read(&self, lba: u64, blocks: u32) -> Vec<u8> {
+        self.ok(
+            &rw16(op::READ16, 0, lba, blocks),
+            &[],
+            blocks as usize * SS as usize,
+        )
+    }
+}
+
+fn rw10(op: u8, flags: u8, lba: u32, len: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op;
+    c[1] = flags;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn rw12(op: u8, flags: u8, lba: u32, len: u32) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = op;
+    c[1] = flags;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[6..10].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn rw16(op: u8, flags: u8, lba: u64, len: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[1] = flags;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect()
+}
+
+fn sense_of(r: &ScsiResult) -> (u8, u8, u8) {
+    assert_eq!(r.status, status::CHECK_CONDITION, "{r:?}");
+    let s = r.sense.unwrap();
+    (s.key, s.asc, s.ascq)
+}
+
+fn expect_sense(e: &Env, cdb: &[u8], out: &[u8], len: usize, want: (u8, u8, u8)) -> ScsiResult {
+    let (r, _) = e.run(cdb, out, len);
+    assert_eq!(sense_of(&r), want, "{cdb:02x?}");
+    r
+}
+
+const INVALID_CDB: (u8, u8, u8) = (5, 0x24, 0);
+const LBA_RANGE: (u8, u8, u8) = (5, 0x21, 0);
+const INVALID_OPCODE: (u8, u8, u8) = (5, 0x20, 0);
+const INVALID_PARAM: (u8, u8, u8) = (5, 0x26, 0);
+const PARAM_LEN: (u8, u8, u8) = (5, 0x1A, 0);
+
+#[test]
+fn test_unit_ready_and_no_ops() {
+    let e = env();
+    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+    for op in [
+        op::FORMAT_UNIT,
+        op::RESERVE6,
+        op::RELEASE6,
+        op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+    ] {
+        e.ok(&[op, 0, 0, 0, 0, 0], &[], 0);
+    }
+    e.ok(&[op::SEND_DIAGNOSTIC, 0x04, 0, 0, 0, 0], &[], 0);
+    expect_sense(
+        &e,
+        &[op::SEND_DIAGNOSTIC, 0x10, 0, 0, 0, 0],
+        &[],
+        0,
+        INVALID_CDB,
+    );
+}
+
+#[test]
+fn unknown_and_short_cdbs() {
+    let e = env();
+    expect_sense(&e, &[0x02, 0, 0, 0, 0, 0], &[], 0, INVALID_OPCODE);
+    expect_sense(&e, &[op::READ10, 0, 0], &[], 0, INVALID_CDB);
+    expect_sense(&e, &[], &[], 0, INVALID_CDB);
+}
+
+#[test]
+fn inquiry_standard() {
+    let params = DiskParams {
+        vendor: *b"Vendor  ",
+        product: *b"Product 16 bytes",
+        revision: *b"0.42",
+        ..Default::default()
+    };
+    let e = env_with(params, false);
+    let d = e.ok(&[op::INQUIRY, 0, 0, 0, 96, 0], &[], 96);
+    assert_eq!(d.len(), 36);
+    assert_eq!(d[0], 0);
+    assert_eq!(d[2], 6);
+    assert_eq!(d[4], 31);
+    assert_eq!(&d[8..16], b"Vendor  ");
+    assert_eq!(&d[16..32], b"Product 16 bytes");
+    assert_eq!(&d[32..36], b"0.42");
+    // Truncated to the allocation length.
+    assert_eq!(e.ok(&[op::INQUIRY, 0, 0, 0, 5, 0], &[], 96).len(), 5);
+    // Page code without EVPD, CMDDT, unknown page.
+    expect_sense(&e, &[op::INQUIRY, 0, 0x80, 0, 96, 0], &[], 96, INVALID_CDB);
+    expect_sense(&e, &[op::INQUIRY, 2, 0, 0, 96, 0], &[], 96, INVALID_CDB);
+    expect_sense(&e, &[op::INQUIRY, 1, 0x99, 0, 96, 0], &[], 96, INVALID_CDB);
+}
+
+#[test]
+fn inquiry_vpd_pages() {
+    let id: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+    let params = DiskParams {
+        serial: b"SER123".to_vec(),
+        device_id: Some(id),
+        rotation_rate: 7200,
+        ..Default::default()
+    };
+    let e = env_with(params, false);
+    let vpd = |page: u8| e.ok(&[op::INQUIRY, 1, page, 1, 0, 0], &[], 256);
+    let p0 = vpd(0);
+    assert_eq!(&p0[..4], &[0, 0, 0, 6]);
+    assert_eq!(&p0[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+    let p80 = vpd(0x80);
+    assert_eq!(&p80[4..], b"SER123");
+    let p83 = vpd(0x83);
+    assert_eq!(p83[1], 0x83);
+    assert_eq!(&p83[4..8], &[2, 1, 0, 24]);
+    assert_eq!(&p83[8..16], b"Msft    ");
+    assert_eq!(&p83[16..32], &id);
+    assert_eq!(&p83[32..36], &[1, 3, 0, 16]);
+    assert_eq!(&p83[36..40], &[0x60, 0x02, 0x24, 0x80]);
+    assert_eq!(&p83[40..46], &id[0..6]);
+    assert_eq!(&p83[46..52], &id[10..16]);
+    let b0 = vpd(0xB0);
+    assert_eq!(b0.len(), 64);
+    assert_eq!(b0[4], 1, "WSNZ");
+    assert_eq!(b0[5], MAX_COMPARE_AND_WRITE_BLOCKS);
+    assert_eq!(
+        u32::from_be_bytes(b0[8..12].try_into().unwrap()),
+        (8 << 20) / SS
+    );
+    assert_eq!(u32::from_be_bytes(b0[20..24].try_into().unwrap()), u32::MAX);
+    assert_eq!(u32::from_be_bytes(b0[24..28].try_into().unwrap()), 4096);
+    assert_eq!(b0[32] & 0x80, 0x80);
+    let b1 = vpd(0xB1);
+    assert_eq!(u16::from_be_bytes([b1[4], b1[5]]), 7200);
+    let b2 = vpd(0xB2);
+    assert_eq!(
+        b2[5],
+        0x80 | 0x40 | 0x20 | 0x04,
+        "LBPU, LBPWS, LBPWS10, LBPRZ"
+    );
+    assert_eq!(b2[6] & 7, 2);
+}
+
+#[test]
+fn read_capacity() {
+    let e = env();
+    let d = e.ok(&[op::READ_CAPACITY10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    assert_eq!(d, [0, 0, 0x07, 0xFF, 0, 0, 2, 0]);
+    let mut c = [0u8; 16];
+    c[0] = op::SERVICE_ACTION_IN16;
+    c[1] = op::SA_READ_CAPACITY16;
+    c[13] = 32;
+    let d = e.ok(&c, &[], 64);
+    assert_eq!(d.len(), 32);
+    assert_eq!(u64::from_be_bytes(d[0..8].try_into().unwrap()), SECTORS - 1);
+    assert_eq!(u32::from_be_bytes(d[8..12].try_into().unwrap()), SS);
+    assert_eq!(d[14] & 0xC0, 0xC0, "LBPME and LBPRZ");
+    c[1] = 0x1F;
+    expect_sense(&e, &c, &[], 64, INVALID_CDB);
+}
+
+#[test]
+fn size_cap_limits_capacity() {
+    let e = env_with(
+        DiskParams {
+            size_cap_bytes: Some(100 * u64::from(SS)),
+            ..Default::default()
+        },
+        false,
+    );
+    let d = e.ok(&[op::READ_CAPACITY10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    assert_eq!(&d[..4], &[0, 0, 0, 99]);
+    expect_sense(&e, &rw10(op::READ10, 0, 100, 1), &[], 512, LBA_RANGE);
+}
+
+#[test]
+fn read_write_every_size() {
+    let e = env();
+    let data = pattern(4 * SS as usize, 1);
+    e.ok(&rw10(op::WRITE10, 0, 10, 4), &data, data.len());
+    assert_eq!(e.read(10, 4), data);
+    let data = pattern(2 * SS as usize, 2);
+    e.ok(&rw12(op::WRITE12, 0x08, 20, 2), &data, data.len());
+    assert_eq!(e.ok(&rw12(op::READ12, 0, 20, 2), &[], data.len()), data);
+    let data = pattern(SS as usize, 3);
+    e.ok(&[op::WRITE6, 0, 0, 30, 1, 0], &data, data.len());
+    assert_eq!(e.ok(&[op::READ6, 0, 0, 30, 1, 0], &[], data.len()), data);
+    let data = pattern(3 * SS as usize, 4);
+    e.ok(&rw16(op::WRITE16, 0x08, 40, 3), &data, data.len());
+    assert_eq!(e.ok(&rw10(op::READ10, 0x08, 40, 3), &[], data.len()), data);
+    // Zero-length transfers are no-ops.
+    e.ok(&rw10(op::READ10, 0, 0, 0), &[], 0);
+}
+
+#[test]
+fn read6_length_zero_is_256_blocks() {
+    let e = env();
+    let data = pattern(256 * SS as usize, 5);
+    let (r, _) = e.run(&[op::WRITE6, 0, 0, 0, 0, 0], &data, data.len());
+    assert_eq!(r, ScsiResult::good(256 * SS as usize));
+    let (r, got) = e.run(&[op::READ6, 0, 0, 0, 0, 0], &[], data.len());
+    assert_eq!(r.tx, 256 * SS as usize);
+    assert_eq!(got, data);
+}
+
+#[test]
+fn read_write_errors() {
+    let e = env();
+    expect_sense(
+        &e,
+        &rw10(op::READ10, 0, SECTORS as u32, 1),
+        &[],
+        512,
+        LBA_RANGE,
+    );
+    expect_sense(&e, &rw16(op::WRITE16, 0, u64::MAX, 2), &[], 1024, LBA_RANGE);
+    // Buffer smaller than the transfer.
+    expect_sense(&e, &rw10(op::READ10, 0, 0, 4), &[], 512, INVALID_CDB);
+    // RelAdr.
+    expect_sense(&e, &rw10(op::READ10, 1, 0, 1), &[], 512, INVALID_CDB);
+    // Larger than the maximum transfer length.
+    let small = env_with(
+        DiskParams {
+            max_transfer_bytes: 4096,
+            ..Default::default()
+        },
+        false,
+    );
+    expect_sense(
+        &small,
+        &rw10(op::READ10, 0, 0, 9),
+        &[],
+        9 * 512,
+        INVALID_CDB,
+    );
+}
+
+#[test]
+fn synchronize_cache() {
+    let e = env();
+    e.ok(&rw10(op::SYNCHRONIZE_CACHE10, 0, 0, 0), &[], 0);
+    e.ok(&rw16(op::SYNCHRONIZE_CACHE16, 2, 5, 10), &[], 0);
+    expect_sense(
+        &e,
+        &rw16(op::SYNCHRONIZE_CACHE16, 0, SECTORS, 1),
+        &[],
+        0,
+        LBA_RANGE,
+    );
+}
+
+fn unmap_list(descs: &[(u64, u32)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    v.extend_from_slice(&((6 + 16 * descs.len()) as u16).to_be_bytes());
+    v.extend_from_slice(&((16 * descs.len()) as u16).to_be_bytes());
+    v.extend_from_slice(&[0; 4]);
+    for &(lba, n) in descs {
+        v.extend_from_slice(&lba.to_be_bytes());
+        v.extend_from_slice(&n.to_be_bytes());
+        v.extend_from_slice(&[0; 4]);
+    }
+    v
+}
+
+fn unmap_cdb(len: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op::UNMAP;
+    c[7..9].copy_from_slice(&len.to_be_bytes());
+    c
+}
+
+#[test]
+fn unmap() {
+    let e = env();
+    e.write(0, &pattern(8 * 512, 9));
+    let list = unmap_list(&[(1, 2), (5, 0), (6, 1)]);
+    e.ok(&unmap_cdb(list.len() as u16), &list, list.len());
+    let got = e.read(0, 8);
+    let want = pattern(8 * 512, 9);
+    assert_eq!(&got[..512], &want[..512]);
+    assert!(got[512..1536].iter().all(|&b| b == 0));
+    assert_eq!(&got[1536..3072], &want[1536..3072]);
+    assert!(got[3072..3584].iter().all(|&b| b == 0));
+    // Out of range descriptor: nothing is unmapped.
+    let list = unmap_list(&[(0, 1), (SECTORS, 1)]);
+    expect_sense(
+        &e,
+        &unmap_cdb(list.len() as u16),
+        &list,
+        list.len(),
+        LBA_RANGE,
+    );
+    assert_eq!(&e.read(0, 1)[..], &want[..512]);
+    // Parameter list length errors.
+    expect_sense(&e, &unmap_cdb(4), &list, list.len(), PARAM_LEN);
+    expect_sense(&e, &unmap_cdb(200), &list, list.len(), PARAM_LEN);
+    e.ok(&unmap_cdb(0), &[], 0);
+    // Disabled.
+    let off = env_with(
+        DiskParams {
+            unmap: Some(false),
+            ..Default::default()
+        },
+        false,
+    );
+    let list = unmap_list(&[(0, 1)]);
+    expect_sense(
+        &off,
+        &unmap_cdb(list.len() as u16),
+        &list,
+        list.len(),
+        INVALID_OPCODE,
+    );
+}
+
+#[test]
+fn write_same() {
+    let e = env();
+    let block = pattern(512, 7);
+    e.ok(&rw10(op::WRITE_SAME10, 0, 100, 300), &block, 512);
+    let got = e.read(100, 300);
+    for c in got.chunks(512) {
+        assert_eq!(c, &block[..]);
+    }
+    // UNMAP bit with a zero block deallocates (reads as zero).
+    e.ok(&rw16(op::WRITE_SAME16, 0x08, 100, 10), &[0; 512], 512);
+    assert!(e.read(100, 10).iter().all(|&b| b == 0));
+    assert_eq!(&e.read(110, 1)[..], &block[..]);
+    // NDOB: no data-out buffer, zeros.
+    let (r, _) = e.run(&rw16(op::WRITE_SAME16, 0x01, 110, 5), &[], 0);
+    assert_eq!(r, ScsiResult::good(0));
+    assert!(e.read(110, 5).iter().all(|&b| b == 0));
+    // Errors.
+    expect_sense(
+        &e,
+        &rw10(op::WRITE_SAME10, 0, 0, 0),
+        &block,
+        512,
+        INVALID_CDB,
+    );
+    expect_sense(
+        &e,
+        &rw10(op::WRITE_SAME10, 0, 2040, 9),
+        &block,
+        512,
+        LBA_RANGE,
+    );
+    expect_sense(
+        &e,
+        &rw10(op::WRITE_SAME10, 0, 0, 1),
+        &block,
+        100,
+        INVALID_CDB,
+    );
+    expect_sense(
+        &e,
+        &rw10(op::WRITE_SAME10, 0x02, 0, 1),
+        &block,
+        512,
+        INVALID_CDB,
+    );
+}
+
+#[test]
+fn verify_compares() {
+    let e = env();
+    let data = pattern(4 * 512, 11);
+    e.write(50, &data);
+    // BYTCHK 0: medium check only.
+    e.ok(&rw10(op::VERIFY10, 0, 50, 4), &[], 0);
+    expect_sense(
+        &e,
+        &rw10(op::VERIFY10, 0, SECTORS as u32, 1),
+        &[],
+        0,
+        LBA_RANGE,
+    );
+    // BYTCHK 1: match and mismatch.
+    e.ok(&rw16(op::VERIFY16, 0x02, 50, 4), &data, data.len());
+    e.ok(&rw12(op::VERIFY12, 0x02, 50, 4), &data, data.len());
+    let mut bad = data.clone();
+    bad[1000] ^= 1;
+    let r = expect_sense(
+        &e,
+        &rw10(op::VERIFY10, 0x02, 50, 4),
+        &bad,
+        bad.len(),
+        (0xE, 0x1D, 0),
+    );
+    assert_eq!(r.sense.unwrap().information, Some(1000));
+    // BYTCHK 3: one block compared with each.
+    let block = pattern(512, 12);
+    e.ok(&rw10(op::WRITE_SAME10, 0, 60, 3), &block, 512);
+    e.ok(&rw10(op::VERIFY10, 0x06, 60, 3), &block, 512);
+    let r = expect_sense(
+        &e,
+        &rw10(op::VERIFY10, 0x06, 59, 3),
+        &block,
+        512,
+        (0xE, 0x1D, 0),
+    );
+    assert_eq!(r.sense.unwrap().information, Some(0));
+    // BYTCHK 2 is reserved.
+    expect_sense(
+        &e,
+        &rw10(op::VERIFY10, 0x04, 60, 1),
+        &block,
+        512,
+        INVALID_CDB,
+    );
+}
+
+#[test]
+fn write_and_verify() {
+    let e = env();
+    let data = pattern(3 * 512, 13);
+    e.ok(&rw10(op::WRITE_VERIFY10, 0x02, 70, 3), &data, data.len());
+    assert_eq!(e.read(70, 3), data);
+    let data = pattern(2 * 512, 14);
+    e.ok(&rw16(op::WRITE_VERIFY16, 0, 80, 2), &data, data.len());
+    e.ok(&rw12(op::WRITE_VERIFY12, 0, 82, 2), &data, data.len());
+    assert_eq!(e.read(82, 2), data);
+    expect_sense(
+        &e,
+        &rw10(op::WRITE_VERIFY10, 0x06, 70, 1),
+        &data,
+        512,
+        INVALID_CDB,
+    );
+}
+
+fn caw(lba: u64, blocks: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op::COMPARE_AND_WRITE;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[13] = blocks;
+    c
+}
+
+#[test]
+fn compare_and_write() {
+    let e = env();
+    let old = pattern(2 * 512, 20);
+    let new = pattern(2 * 512, 21);
+    e.write(90, &old);
+    let mut buf = old.clone();
+    buf.extend_from_slice(&new);
+    let (r, _) = e.run(&caw(90, 2), &buf, buf.len());
+    assert_eq!(r, ScsiResult::good(buf.len()));
+    assert_eq!(e.read(90, 2), new);
+    // Miscompare: nothing written, offset reported.
+    let mut buf = new.clone();
+    buf[700] ^= 0xFF;
+    buf.extend_from_slice(&old);
+    let r = expect_sense(&e, &caw(90, 2), &buf, buf.len(), (0xE, 0x1D, 0));
+    assert_eq!(r.sense.unwrap().information, Some(700));
+    assert_eq!(e.read(90, 2), new);
+    // Errors.
+    expect_sense(&e, &caw(SECTORS - 1, 2), &buf, buf.len(), LBA_RANGE);
+    expect_sense(
+        &e,
+        &caw(0, MAX_COMPARE_AND_WRITE_BLOCKS + 1),
+        &buf,
+        buf.len(),
+        INVALID_CDB,
+    );
+    expect_sense(&e, &caw(0, 2), &buf, 1024, INVALID_CDB);
+}
+
+#[test]
+fn mode_sense_pages() {
+    let e = env();
+    let d = e.ok(&[op::MODE_SENSE6, 0, 0x08, 0, 255, 0], &[], 255);
+    assert_eq!(d.len(), 4 + 20);
+    assert_eq!(d[0] as usize, d.len() - 1);
+    assert_eq!(d[2], 0x10, "DPOFUA, not WP");
+    assert_eq!(&d[4..6], &[0x08, 0x12]);
+    assert_eq!(d[6] & 0x04, 0x04, "WCE");
+    let d = e.ok(
+        &[op::MODE_SENSE10, 0, 0x0A, 0, 0, 0, 0, 0, 255, 0],
+        &[],
+        255,
+    );
+    assert_eq!(d.len(), 8 + 12);
+    assert_eq!(u16::from_be_bytes([d[0], d[1]]) as usize, d.len() - 2);
+    assert_eq!(&d[8..10], &[0x0A, 0x0A]);
+    let d = e.ok(&[op::MODE_SENSE6, 0, 0x3F, 0, 255, 0], &[], 255);
+    assert_eq!(d.len(), 4 + 20 + 12);
+    // Changeable values: nothing changes.
+    let d = e.ok(&[op::MODE_SENSE6, 0, 0x48, 0, 255, 0], &[], 255);
+    assert_eq!(d[6], 0);
+    // Saved values, unknown page, subpage.
+    expect_sense(
+        &e,
+        &[op::MODE_SENSE6, 0, 0xC8, 0, 255, 0],
+        &[],
+        255,
+        (5, 0x39, 0),
+    );
+    expect_sense(
+        &e,
+        &[op::MODE_SENSE6, 0, 0x01, 0, 255, 0],
+        &[],
+        255,
+        INVALID_CDB,
+    );
+    expect_sense(
+        &e,
+        &[op::MODE_SENSE6, 0, 0x08, 1, 255, 0],
+        &[],
+        255,
+        INVALID_CDB,
+    );
+}
+
+#[test]
+fn mode_select_caching() {
+    let e = env();
+    let current = e.ok(&[op::MODE_SENSE6, 0, 0x08, 0, 255, 0], &[], 255);
+    let mut list = current.clone();
+    list[0] = 0;
+    e.ok(
+        &[op::MODE_SELECT6, 0x10, 0, 0, list.len() as u8, 0],
+        &list,
+        list.len(),
+    );
+    let mut list10 = vec![0u8; 8];
+    list10.extend_from_slice(&current[4..]);
+    let mut c = [0u8; 10];
+    c[0] = op::MODE_SELECT10;
+    c[1] = 0x10;
+    c[8] = list10.len() as u8;
+    e.ok(&c, &list10, list10.len());
+    // Turning the write cache off is refused.
+    list[6] &= !0x04;
+    let cdb = [op::MODE_SELECT6, 0x10, 0, 0, list.len() as u8, 0];
+    expect_sense(&e, &cdb, &list, list.len(), INVALID_PARAM);
+    // SP, other pages, short lists.
+    expect_sense(
+        &e,
+        &[op::MODE_SELECT6, 0x11, 0, 0, 24, 0],
+        &list,
+        24,
+        INVALID_CDB,
+    );
+    let mut ctl = vec![0u8; 4];
+    ctl.extend_from_slice(&[0x0A, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    expect_sense(
+        &e,
+        &[op::MODE_SELECT6, 0x10, 0, 0, 16, 0],
+        &ctl,
+        16,
+        INVALID_PARAM,
+    );
+    expect_sense(
+        &e,
+        &[op::MODE_SELECT6, 0x10, 0, 0, 10, 0],
+        &list,
+        10,
+        PARAM_LEN,
+    );
+    expect_sense(
+        &e,
+        &[op::MODE_SELECT6, 0x10, 0, 0, 24, 0],
+        &list,
+        12,
+        PARAM_LEN,
+    );
+}
+
+#[test]
+fn request_sense_reports_and_clears() {
+    let e = env();
+    expect_sense(
+        &e,
+        &rw10(op::READ10, 0, SECTORS as u32, 1),
+        &[],
+        512,
+        LBA_RANGE,
+    );
+    let (r, d) = e.run(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], &[], 252);
+    assert_eq!(r, ScsiResult::good(18));
+    assert_eq!(SenseData::parse(&d), Some(SenseData::illegal(0x21, 0)));
+    let (r, d) = e.run(&[op::REQUEST_SENSE, 1, 0, 0, 252, 0], &[], 252);
+    assert_eq!(r, ScsiResult::good(8));
+    assert_eq!(&d[..4], &[0x72, 0, 0, 0]);
+}
+
+#[test]
+fn start_stop_unit() {
+    let e = env();
+    e.ok(&[op::START_STOP_UNIT, 0, 0, 0, 1, 0], &[], 0);
+    e.ok(&[op::START_STOP_UNIT, 1, 0, 0, 0, 0], &[], 0);
+    expect_sense(
+        &e,
+        &[op::START_STOP_UNIT, 0, 0, 0, 0x10, 0],
+        &[],
+        0,
+        INVALID_CDB,
+    );
+    // A fixed disk cannot eject.
+    expect_sense(
+        &e,
+        &[op::START_STOP_UNIT, 0, 0, 0, 0x02, 0],
+        &[],
+        0,
+        INVALID_OPCODE,
+    );
+}
+
+#[test]
+fn report_supported_opcodes() {
+    let e = env();
+    let mut c = [0u8; 12];
+    c[0] = op::MAINTENANCE_IN;
+    c[1] = op::SA_REPORT_SUPPORTED_OPCODES;
+    c[9] = 0xFF;
+    c[8] = 0xFF;
+    let d = e.ok(&c, &[], 0xFFFF);
+    let len = u32::from_be_bytes(d[..4].try_into().unwrap()) as usize;
+    assert_eq!(len, d.len() - 4);
+    assert_eq!(len % 8, 0);
+    let descs: Vec<&[u8]> = d[4..].chunks(8).collect();
+    assert!(
+        descs
+            .iter()
+            .any(|x| x[0] == op::COMPARE_AND_WRITE && x[7] == 16)
+    );
+    assert!(
+        descs
+            .iter()
+            .any(|x| x[0] == op::SERVICE_ACTION_IN16 && x[3] == 0x10 && x[5] == 1)
+    );
+    // One command.
+    c[2] = 1;
+    c[3] = op::READ10;
+    let d = e.ok(&c, &[], 0xFFFF);
+    assert_eq!(&d[..4], &[0, 3, 0, 10]);
+    assert_eq!(d[4], op::READ10);
+    c[3] = 0xC0;
+    let d = e.ok(&c, &[], 0xFFFF);
+    assert_eq!(d[1] & 7, 1);
+    c[3] = op::SERVICE_ACTION_IN16;
+    expect_sense(&e, &c, &[], 0xFFFF, INVALID_CDB);
+    c[2] = 2;
+    c[5] = op::SA_GET_LBA_STATUS;
+    let d = e.ok(&c, &[], 0xFFFF);
+    assert_eq!(&d[..4], &[0, 3, 0, 16]);
+    // With timeouts descriptors.
+    c[2] = 0x80;
+    let d = e.ok(&c, &[], 0xFFFF);
+    assert_eq!((d.len() - 4) % 20, 0);
+}
+
+#[test]
+fn get_lba_status() {
+    let e = env();
+    let mut c = [0u8; 16];
+    c[0] = op::SERVICE_ACTION_IN16;
+    c[1] = op::SA_GET_LBA_STATUS;
+    c[2..10].copy_from_slice(&100u64.to_be_bytes());
+    c[13] = 64;
+    let d = e.ok(&c, &[], 64);
+    assert_eq!(d.len(), 24);
+    assert_eq!(u32::from_be_bytes(d[0..4].try_into().unwrap()), 20);
+    assert_eq!(u64::from_be_bytes(d[8..16].try_into().unwrap()), 100);
+    assert_eq!(
+        u32::from_be_bytes(d[16..20].try_into().unwrap()) as u64,
+        SECTORS - 100
+    );
+    c[2..10].copy_from_slice(&SECTORS.to_be_bytes());
+    expect_sense(&e, &c, &[], 64, LBA_RANGE);
+}
+
+fn pr_out(sa: u8, kind: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
+    let mut c = [0u8; 10];
+    c[0] = op::PERSISTENT_RESERVE_OUT;
+    c[1] = sa;
+    c[2] = kind;
+    c[8] = 24;
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    (c, p)
+}
+
+fn pr_in(sa: u8) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op::PERSISTENT_RESERVE_IN;
+    c[1] = sa;
+    c[7] = 1;
+    c
+}
+
+#[test]
+fn persistent_reservations_two_initiators() {
+    let e = env_with(DiskParams::default(), true);
+    let out = |who, sa, kind, key, sa_key| {
+        let (c, p) = pr_out(sa, kind, key, sa_key);
+        e.run_as(who, &c, &p, 24).0
+    };
+    assert_eq!(out(A, 0, 0, 0, 0x1111).status, status::GOOD);
+    assert_eq!(out(B, 0, 0, 0, 0x2222).status, status::GOOD);
+    assert_eq!(out(A, 1, 1, 0x1111, 0).status, status::GOOD);
+    // B may read but not write under Write Exclusive.
+    let w = rw10(op::WRITE10, 0, 0, 1);
+    assert_eq!(
+        e.run_as(B, &w, &[1; 512], 512).0.status,
+        status::RESERVATION_CONFLICT
+    );
+    assert_eq!(e.run_as(A, &w, &[1; 512], 512).0.status, status::GOOD);
+    assert_eq!(
+        e.run_as(B, &rw10(op::READ10, 0, 0, 1), &[], 512).0.status,
+        status::GOOD
+    );
+    // READ KEYS, READ RESERVATION, READ FULL STATUS, REPORT CAPABILITIES.
+    let d = e.ok(&pr_in(0), &[], 256);
+    assert_eq!(u32::from_be_bytes(d[4..8].try_into().unwrap()), 16);
+    assert_eq!(u64::from_be_bytes(d[8..16].try_into().unwrap()), 0x1111);
+    assert_eq!(u64::from_be_bytes(d[16..24].try_into().unwrap()), 0x2222);
+    let d = e.ok(&pr_in(1), &[], 256);
+    assert_eq!(u32::from_be_bytes(d[4..8].try_into().unwrap()), 16);
+    assert_eq!(u64::from_be_bytes(d[8..16].try_into().unwrap()), 0x1111);
+    assert_eq!(d[21], 1);
+    let d = e.ok(&pr_in(3), &[], 256);
+    assert_eq!(u32::from_be_bytes(d[4..8].try_into().unwrap()), 2 * 48);
+    assert_eq!(d[8 + 12], 1, "A holds the reservation");
+    assert_eq!(&d[8 + 24 + 8..8 + 48], &A.to_bytes());
+    let d = e.ok(&pr_in(2), &[], 256);
+    assert_eq!(&d[..2], &[0, 8]);
+    assert_eq!(d[3] & 0x80, 0x80);
+    assert_eq!(&d[4..6], &[0xEA, 0x01]);
+    // Releasing with the wrong type; then B preempts A.
+    assert_eq!(sense_of(&out(A, 2, 3, 0x1111, 0)), (5, 0x26, 4));
+    assert_eq!(out(B, 1, 1, 0x2222, 0).status, status::RESERVATION_CONFLICT);
+    assert_eq!(out(B, 4, 3, 0x2222, 0x1111).status, status::GOOD);
+    assert_eq!(
+        e.run_as(A, &rw10(op::READ10, 0, 0, 1), &[], 512).0.status,
+        status::RESERVATION_CONFLICT
+    );
+    // Malformed requests.
+    assert_eq!(sense_of(&out(B, 1, 2, 0x2222, 0)), INVALID_CDB);
+    let (mut c, p) = pr_out(0, 0, 0, 1);
+    c[8] = 20;
+    assert_eq!(sense_of(&e.run_as(B, &c, &p, 24).0), PARAM_LEN);
+    let (c, mut p) = pr_out(0, 0, 0, 1);
+    p[20] = 0x08;
+    assert_eq!(sense_of(&e.run_as(B, &c, &p, 24).0), INVALID_PARAM);
+    assert_eq!(sense_of(&e.run_as(B, &pr_in(9), &[], 24).0), INVALID_CDB);
+    // A disk without reservations.
+    let plain = env();
+    expect_sense(&plain, &pr_in(0), &[], 256, INVALID_OPCODE);
+}
+
+#[test]
+fn unit_attention_once_after_resize() {
+    let e = env();
+    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+    e.ram.resize(SECTORS * 2);
+    // INQUIRY is served and does not consume the unit attention.
+    e.ok(&[op::INQUIRY, 0, 0, 0, 36, 0], &[], 36);
+    expect_sense(
+        &e,
+        &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0],
+        &[],
+        0,
+        (6, 0x2A, 9),
+    );
+    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+    let d = e.ok(&[op::READ_CAPACITY10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    assert_eq!(
+        u32::from_be_bytes(d[..4].try_into().unwrap()) as u64,
+        2 * SECTORS - 1
+    );
+    // REQUEST SENSE reports it with GOOD, once.
+    e.ram.resize(SECTORS);
+    let (r, d) = e.run(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], &[], 18);
+    assert_eq!(r, ScsiResult::good(18));
+    let s = SenseData::parse(&d).unwrap();
+    assert_eq!((s.key, s.asc, s.ascq), (6, 0x2A, 9));
+    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+}
+
+#[test]
+fn error_table() {
+    let io = |kind| DiskError::Io(IoError::new(kind, 5));
+    let mem = DiskError::MemoryAccess(MemoryError {
+        gpa: 0,
+        len: 1,
+        kind: MemoryErrorKind::OutOfRange,
+    });
+    type Case = (DiskError, u8, Option<(u8, u8, u8)>);
+    let cases: Vec<Case> = vec![
+        (DiskError::IllegalBlock, 2, Some(LBA_RANGE)),
+        (DiskError::InvalidInput("x"), 2, Some(INVALID_CDB)),
+        (mem, 2, Some(INVALID_CDB)),
+        (io(IoErrorKind::DeviceFailed), 2, Some((4, 0x44, 0))),
+        (io(IoErrorKind::TimedOut), 2, Some((0xB, 0x3E, 2))),
+        (io(IoErrorKind::NotReady), 2, Some((2, 0x04, 0))),
+        (io(IoErrorKind::NoSpace), 2, Some((7, 0x27, 7))),
+        (io(IoErrorKind::Cancelled), 2, Some((0xB, 0, 0))),
+        (io(IoErrorKind::Unsupported), 2, Some(INVALID_OPCODE)),
+        (io(IoErrorKind::Other), 2, Some((3, 0, 0))),
+        (
+            DiskError::Medium(MediumError::UnrecoveredRead),
+            2,
+            Some((3, 0x11, 0)),
+        ),
+        (
+            DiskError::Medium(MediumError::WriteFault),
+            2,
+            Some((3, 0x03, 0)),
+        ),
+        (
+            DiskError::Medium(MediumError::GuardCheck),
+            2,
+            Some((3, 0x10, 1)),
+        ),
+        (
+            DiskError::Medium(MediumError::ApplicationTagCheck),
+            2,
+            Some((3, 0x10, 2)),
+        ),
+        (
+            DiskError::Medium(MediumError::ReferenceTagCheck),
+            2,
+            Some((3, 0x10, 3)),
+        ),
+        (DiskError::ReadOnly, 2, Some((7, 0x27, 0))),
+        (DiskError::ReservationConflict, 0x18, None),
+        (DiskError::AbortedByPreempt, 0x40, Some((0xB, 0, 0))),
+        (DiskError::UnsupportedEject, 2, Some(INVALID_OPCODE)),
+        (DiskError::Unsupported("x"), 2, Some(INVALID_OPCODE)),
+    ];
+    for (err, st, sense) in cases {
+        for e in [err.clone(), err.clone().in_member(3).in_member(1)] {
+            let r = disk_error_result(&e);
+            assert_eq!(r.status, st, "{e}");
+            assert_eq!(r.sense.map(|s| (s.key, s.asc, s.ascq)), sense, "{e}");
+            assert_eq!(r.tx, 0);
+        }
+    }
+}
+
+#[test]
+fn execute_future_is_send() {
+    fn assert_send<T: Send>(_: &T) {}
+    let e = env();
+    let ranges = [GpaRange::new(GPA, 512)];
+    let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+    let fut = e.scsi.execute(&[0; 6], sg, A);
+    assert_send(&fut);
+    drop(fut);
+}
+
+#[test]
+fn hostile_cdbs_never_panic() {
+    let e = env_with(DiskParams::default(), true);
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let ops = [
+        op::READ6,
+        op::WRITE6,
+        op::READ10,
+        op::WRITE10,
+        op::READ16,
+        op::WRITE16,
+        op::VERIFY10,
+        op::VERIFY16,
+        op::WRITE_VERIFY10,
+        op::WRITE_SAME10,
+        op::WRITE_SAME16,
+        op::UNMAP,
+        op::COMPARE_AND_WRITE,
+        op::MODE_SENSE6,
+        op::MODE_SELECT6,
+        op::MODE_SELECT10,
+        op::INQUIRY,
+        op::PERSISTENT_RESERVE_IN,
+        op::PERSISTENT_RESERVE_OUT,
+        op::SERVICE_ACTION_IN16,
+        op::MAINTENANCE_IN,
+        op::START_STOP_UNIT,
+        op::REQUEST_SENSE,
+    ];
+    for i in 0..20_000 {
+        let len = (next() % 18) as usize;
+        let mut cdb = [0u8; 18];
+        for b in cdb.iter_mut() {
+            *b = next() as u8;
+        }
+        if i % 2 == 0 {
+            cdb[0] = ops[(next() % ops.len() as u64) as usize];
+            // Keep LBAs mostly in range so data paths run.
+            if next() % 2 == 0 {
+                for b in &mut cdb[2..6] {
+                    *b = 0;
+                }
+                cdb[7] = 0;
+            }
+        }
+        let data_len = match next() % 4 {
+            0 => 0,
+            1 => (next() % 64) as usize,
+            2 => 512,
+            _ => (next() % 8192) as usize,
+        };
+        let out: Vec<u8> = (0..data_len).map(|_| next() as u8).collect();
+        let (r, _) = e.run(&cdb[..len], &out, data_len);
+        assert!(r.tx <= data_len, "{r:?}");
+    }
+}
+
+#[test]
+fn read_only_disk_is_write_protected() {
+    use parastor_core::layered::{LayerConfig, LayerSource, LayeredDisk};
+    let ram = RamDisk::new(SECTORS * u64::from(SS), SS).unwrap();
+    let layer = LayerConfig::new(LayerSource::Disk(Disk::new(ram.clone()).unwrap()));
+    let disk = Disk::new(LayeredDisk::new(true, vec![layer]).unwrap()).unwrap();
+    let e = Env {
+        mem: RamGuestMemory::new(1 << 20),
+        ram,
+        scsi: ScsiDisk::new(disk, DiskParams::default()),
+    };
+    const WP: (u8, u8, u8) = (7, 0x27, 0);
+    let block = [0u8; 1024];
+    expect_sense(&e, &rw10(op::WRITE10, 0, 0, 1), &block, 512, WP);
+    expect_sense(&e, &rw10(op::WRITE_SAME10, 0, 0, 4), &block, 512, WP);
+    expect_sense(&e, &caw(0, 1), &block, 1024, WP);
+    expect_sense(&e, &rw10(op::WRITE_VERIFY10, 0, 0, 1), &block, 512, WP);
+    e.ok(&rw10(op::READ10, 0, 0, 1), &[], 512);
+    let d = e.ok(&[op::MODE_SENSE6, 0, 0x08, 0, 255, 0], &[], 255);
+    assert_eq!(d[2] & 0x80, 0x80, "WP");
+}
+
+#[test]
+fn compare_and_write_excludes_concurrent_writes() {
+    use core::pin::pin;
+    use core::task::{Context, Poll};
+    let e = env();
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let data = pattern(512, 30);
+    e.mem.write(GPA, &data).unwrap();
+    let ranges = [GpaRange::new(GPA, 512)];
+    let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+    let cdb = rw10(op::WRITE10, 0, 0, 1);
+    // While a COMPARE AND WRITE holds the range, writes wait.
+    let guard = block_on(e.scsi.exclusive());
+    let mut write = pin!(e.scsi.execute(&cdb, sg, B));
+    assert!(write.as_mut().poll(&mut cx).is_pending());
+    assert!(write.as_mut().poll(&mut cx).is_pending());
+    drop(guard);
+    assert_eq!(
+        write.as_mut().poll(&mut cx),
+        Poll::Ready(ScsiResult::good(512))
+    );
+    assert_eq!(e.read(0, 1), data);
+}
+
+#[test]
+fn multi_chunk_verify_write_same_and_write_and_verify() {
+    let ram = RamDisk::new(8 << 20, SS).unwrap();
+    let e = Env {
+        mem: RamGuestMemory::new(64 << 20),
+        scsi: ScsiDisk::new(Disk::new(ram.clone()).unwrap(), DiskParams::default()),
+        ram,
+    };
+    let blocks = 6144u32; // 3 MiB: three staging chunks
+    let len = blocks as usize * 512;
+    let data = pattern(len, 40);
+    e.ok(&rw16(op::WRITE_VERIFY16, 0x02, 100, blocks), &data, len);
+    e.ok(&rw16(op::VERIFY16, 0x02, 100, blocks), &data, len);
+    let mut bad = data.clone();
+    let at = (5 << 19) + 77;
+    bad[at] ^= 0x40;
+    let r = expect_sense(
+        &e,
+        &rw16(op::VERIFY16, 0x02, 100, blocks),
+        &bad,
+        len,
+        (0xE, 0x1D, 0),
+    );
+    assert_eq!(r.sense.unwrap().information, Some(at as u64));
+    let block = pattern(512, 41);
+    e.ok(&rw16(op::WRITE_SAME16, 0, 10, blocks), &block, 512);
+    e.ok(&rw16(op::VERIFY16, 0x06, 10, blocks), &block, 512);
+    e.ok(&rw16(op::WRITE16, 0, 5000, 1), &[0; 512], 512);
+    let r = expect_sense(
+        &e,
+        &rw16(op::VERIFY16, 0x06, 10, blocks),
+        &block,
+        512,
+        (0xE, 0x1D, 0),
+    );
+    assert_eq!(r.sense.unwrap().information, Some((5000 - 10) * 512));
+}
