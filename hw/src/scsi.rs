@@ -1626,3 +1626,312 @@ mod tests {
         }
     }
 }
+
+/// MMC-6 (multimedia commands: CD/DVD drives) operation codes, sense
+/// codes, event and feature numbers, and response layouts.
+pub mod mmc {
+    use super::{FromBytes, Immutable, IntoBytes, KnownLayout, U16, U32, Unaligned, size_of};
+
+    /// Peripheral device type of a CD/DVD device (SPC-5 table 141).
+    pub const DEVICE_TYPE_CDROM: u8 = 0x05;
+    /// The logical block size of CD/DVD data (MMC-6 4.1.3): 2048 bytes.
+    pub const BLOCK_SIZE: u32 = 2048;
+
+    /// MMC operation codes (the SPC/SBC ones shared with disks are in
+    /// [`super::op`]).
+    pub mod op {
+        /// READ DISC INFORMATION.
+        pub const READ_DISC_INFORMATION: u8 = 0x51;
+        /// READ TRACK INFORMATION.
+        pub const READ_TRACK_INFORMATION: u8 = 0x52;
+        /// READ TOC/PMA/ATIP.
+        pub const READ_TOC: u8 = 0x43;
+        /// GET CONFIGURATION.
+        pub const GET_CONFIGURATION: u8 = 0x46;
+        /// GET EVENT STATUS NOTIFICATION.
+        pub const GET_EVENT_STATUS_NOTIFICATION: u8 = 0x4A;
+        /// READ BUFFER CAPACITY.
+        pub const READ_BUFFER_CAPACITY: u8 = 0x5C;
+        /// GET PERFORMANCE.
+        pub const GET_PERFORMANCE: u8 = 0xAC;
+        /// READ DISC STRUCTURE (READ DVD STRUCTURE).
+        pub const READ_DVD_STRUCTURE: u8 = 0xAD;
+        /// SET STREAMING.
+        pub const SET_STREAMING: u8 = 0xB6;
+        /// MECHANISM STATUS.
+        pub const MECHANISM_STATUS: u8 = 0xBD;
+    }
+
+    /// MMC additional sense codes and qualifiers.
+    pub mod asc {
+        /// Not ready to ready change, medium may have changed (ASCQ 0).
+        pub const NOT_READY_TO_READY_CHANGE: u8 = 0x28;
+        /// Medium not present (ASCQ 1 tray closed, 2 tray open).
+        pub const MEDIUM_NOT_PRESENT: u8 = 0x3A;
+        /// ASCQ of [`MEDIUM_NOT_PRESENT`]: tray closed.
+        pub const ASCQ_TRAY_CLOSED: u8 = 0x01;
+        /// ASCQ of [`MEDIUM_NOT_PRESENT`]: tray open.
+        pub const ASCQ_TRAY_OPEN: u8 = 0x02;
+        /// Medium removal prevented (with ASCQ 2).
+        pub const MEDIUM_REMOVAL: u8 = 0x53;
+        /// ASCQ of [`MEDIUM_REMOVAL`]: medium removal prevented.
+        pub const ASCQ_MEDIUM_REMOVAL_PREVENTED: u8 = 0x02;
+    }
+
+    /// GET EVENT STATUS NOTIFICATION classes and media event codes.
+    pub mod event {
+        /// Notification class field of the media class.
+        pub const CLASS_MEDIA: u8 = 4;
+        /// Notification class request / supported classes bit of the
+        /// media class.
+        pub const CLASS_MEDIA_BIT: u8 = 1 << CLASS_MEDIA;
+        /// Header byte 2: no event available.
+        pub const NEA: u8 = 0x80;
+        /// Media event: no change.
+        pub const MEDIA_NO_CHANGE: u8 = 0;
+        /// Media event: eject request.
+        pub const MEDIA_EJECT_REQUEST: u8 = 1;
+        /// Media event: new media.
+        pub const MEDIA_NEW_MEDIA: u8 = 2;
+        /// Media event: media removal.
+        pub const MEDIA_REMOVAL: u8 = 3;
+        /// Media status: door or tray open.
+        pub const STATUS_TRAY_OPEN: u8 = 0x01;
+        /// Media status: media present.
+        pub const STATUS_MEDIA_PRESENT: u8 = 0x02;
+    }
+
+    /// Feature numbers (GET CONFIGURATION).
+    pub mod feature {
+        /// Profile List.
+        pub const PROFILE_LIST: u16 = 0x0000;
+        /// Core.
+        pub const CORE: u16 = 0x0001;
+        /// Morphing.
+        pub const MORPHING: u16 = 0x0002;
+        /// Removable Medium.
+        pub const REMOVABLE_MEDIUM: u16 = 0x0003;
+        /// Random Readable.
+        pub const RANDOM_READABLE: u16 = 0x0010;
+        /// DVD Read.
+        pub const DVD_READ: u16 = 0x001F;
+        /// Feature descriptor byte 2: current.
+        pub const CURRENT: u8 = 0x01;
+        /// Feature descriptor byte 2: persistent.
+        pub const PERSISTENT: u8 = 0x02;
+    }
+
+    /// Profile numbers (GET CONFIGURATION).
+    pub mod profile {
+        /// No current profile (no medium).
+        pub const NONE: u16 = 0x0000;
+        /// CD-ROM.
+        pub const CD_ROM: u16 = 0x0008;
+        /// DVD-ROM.
+        pub const DVD_ROM: u16 = 0x0010;
+    }
+
+    /// MMC mode page codes.
+    pub mod mode {
+        /// Read/write error recovery parameters.
+        pub const ERROR_RECOVERY_PAGE: u8 = 0x01;
+        /// Power condition.
+        pub const POWER_CONDITION_PAGE: u8 = 0x1A;
+        /// Time-out and protect (CD/DVD inactivity).
+        pub const TIMEOUT_PROTECT_PAGE: u8 = 0x1D;
+    }
+
+    wire!(
+        /// GET EVENT STATUS NOTIFICATION response header.
+        GesnHeader, 4, {
+        /// Bytes that follow this field.
+        event_data_len: U16,
+        /// NEA (bit 7), notification class (bits 2:0).
+        class: u8,
+        /// Supported event classes.
+        supported: u8,
+    });
+    wire!(
+        /// Media class event descriptor.
+        MediaEvent, 4, {
+        /// Media event code (bits 3:0).
+        code: u8,
+        /// Media present (bit 1), door/tray open (bit 0).
+        status: u8,
+        /// Start slot.
+        start_slot: u8,
+        /// End slot.
+        end_slot: u8,
+    });
+    wire!(
+        /// GET CONFIGURATION response header.
+        FeatureHeader, 8, {
+        /// Bytes that follow this field.
+        data_len: U32,
+        /// Reserved.
+        reserved: U16,
+        /// Current profile.
+        current_profile: U16,
+    });
+    wire!(
+        /// Feature descriptor header.
+        FeatureDescriptor, 4, {
+        /// Feature code.
+        code: U16,
+        /// Version (bits 5:2), persistent (bit 1), current (bit 0).
+        flags: u8,
+        /// Bytes that follow this header.
+        additional_len: u8,
+    });
+    wire!(
+        /// READ TOC response header.
+        TocHeader, 4, {
+        /// Bytes that follow this field.
+        data_len: U16,
+        /// First track (format 0) or session (format 1).
+        first: u8,
+        /// Last track (format 0) or session (format 1).
+        last: u8,
+    });
+    wire!(
+        /// READ TOC track descriptor.
+        TocDescriptor, 8, {
+        /// Reserved.
+        reserved: u8,
+        /// ADR (bits 7:4), CONTROL (bits 3:0).
+        adr_control: u8,
+        /// Track number (0xAA: lead-out).
+        track: u8,
+        /// Reserved.
+        reserved2: u8,
+        /// Start address, LBA or MSF (0, M, S, F).
+        address: [u8; 4],
+    });
+    wire!(
+        /// Standard disc information (READ DISC INFORMATION, type 0).
+        DiscInformation, 34, {
+        /// Bytes that follow this field.
+        data_len: U16,
+        /// Erasable (bit 4), last session state (3:2), disc status (1:0).
+        status: u8,
+        /// First track on disc.
+        first_track: u8,
+        /// Number of sessions, LSB.
+        sessions_lsb: u8,
+        /// First track in last session, LSB.
+        first_track_last_session_lsb: u8,
+        /// Last track in last session, LSB.
+        last_track_last_session_lsb: u8,
+        /// DID_V, DBC_V, URU, DAC_V, BG format status.
+        flags: u8,
+        /// Disc type.
+        disc_type: u8,
+        /// Number of sessions, MSB.
+        sessions_msb: u8,
+        /// First track in last session, MSB.
+        first_track_last_session_msb: u8,
+        /// Last track in last session, MSB.
+        last_track_last_session_msb: u8,
+        /// Disc identification.
+        disc_id: U32,
+        /// Last session lead-in start address.
+        last_lead_in: U32,
+        /// Last possible lead-out start address.
+        last_lead_out: U32,
+        /// Disc bar code.
+        bar_code: [u8; 8],
+        /// Disc application code.
+        application_code: u8,
+        /// Number of OPC tables.
+        opc_tables: u8,
+    });
+    wire!(
+        /// Track information (READ TRACK INFORMATION).
+        TrackInformation, 48, {
+        /// Bytes that follow this field.
+        data_len: U16,
+        /// Track number, LSB.
+        track_lsb: u8,
+        /// Session number, LSB.
+        session_lsb: u8,
+        /// Reserved.
+        reserved: u8,
+        /// LJRS, damage, copy, track mode.
+        track_mode: u8,
+        /// RT, blank, packet, FP, data mode.
+        data_mode: u8,
+        /// LRA_V, NWA_V.
+        valid: u8,
+        /// Track start address.
+        start: U32,
+        /// Next writable address.
+        next_writable: U32,
+        /// Free blocks.
+        free_blocks: U32,
+        /// Fixed packet size / blocking factor.
+        packet_size: U32,
+        /// Track size.
+        size: U32,
+        /// Last recorded address.
+        last_recorded: U32,
+        /// Track number, MSB.
+        track_msb: u8,
+        /// Session number, MSB.
+        session_msb: u8,
+        /// Reserved.
+        reserved2: U16,
+        /// Read compatibility LBA.
+        read_compat_lba: U32,
+        /// Next layer jump address.
+        next_layer_jump: U32,
+        /// Last layer jump address.
+        last_layer_jump: U32,
+    });
+    wire!(
+        /// MECHANISM STATUS header.
+        MechanismStatusHeader, 8, {
+        /// Fault (7), changer state (6:5), current slot (4:0).
+        changer: u8,
+        /// Mechanism state (7:5), door open (4).
+        mechanism: u8,
+        /// Current LBA (obsolete).
+        current_lba: [u8; 3],
+        /// Number of slots available.
+        slots: u8,
+        /// Length of slot tables.
+        slot_table_len: U16,
+    });
+    wire!(
+        /// GET PERFORMANCE header.
+        PerformanceHeader, 8, {
+        /// Bytes that follow this field.
+        data_len: U32,
+        /// Write (bit 1), Except (bit 0).
+        flags: u8,
+        /// Reserved.
+        reserved: [u8; 3],
+    });
+    wire!(
+        /// GET PERFORMANCE nominal performance descriptor.
+        PerformanceDescriptor, 16, {
+        /// Start LBA.
+        start_lba: U32,
+        /// Start performance, kB/s.
+        start_performance: U32,
+        /// End LBA.
+        end_lba: U32,
+        /// End performance, kB/s.
+        end_performance: U32,
+    });
+    wire!(
+        /// A 12-byte mode page (0x01, 0x1A, 0x1D): code, length 0x0A,
+        /// ten parameter bytes.
+        ModePage12, 12, {
+        /// PS (bit 7), SPF (bit 6), page code.
+        page: u8,
+        /// Page length (0x0A).
+        len: u8,
+        /// Parameters.
+        body: [u8; 10],
+    });
+}

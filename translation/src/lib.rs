@@ -9,15 +9,17 @@
 //! table. The resolver turns a validated settings model into running
 //! controllers, at boot and at every runtime change.
 //!
-//! Today: the transport-independent SCSI disk adapter ([`scsi`]) and VMBus
-//! channels over real ring-buffer layouts in guest memory ([`vmbus`]).
-//! StorVSP, the DVD adapter, the NVMe emulator and the resolver arrive with
-//! their issues.
+//! Today: the transport-independent SCSI disk and DVD adapters ([`scsi`]),
+//! VMBus channels over real ring-buffer layouts in guest memory ([`vmbus`]),
+//! and the StorVSP controller that serves SCSI over those channels
+//! ([`storvsp`]). The NVMe emulator and the resolver arrive with their
+//! issues.
 #![no_std]
 
 extern crate alloc;
 
 pub mod scsi;
+pub mod storvsp;
 pub mod vmbus;
 
 pub use parastor_core;

@@ -15,6 +15,7 @@
 //! reported when unmapped blocks read as zero; persistent reservations
 //! carry the initiator through to the disk.
 
+pub mod dvd;
 mod error;
 mod pr;
 #[cfg(test)]

@@ -1,0 +1,1404 @@
+//! A read-only SCSI CD/DVD drive (MMC-6, DVD-ROM profile) over a [`Disk`].
+//!
+//! [`ScsiDvd`] presents peripheral device type 5, removable, with 2048-byte
+//! logical blocks over any backend whose sector size divides 2048 (512,
+//! 1024 or 2048 bytes); a backend with larger sectors is refused with
+//! [`DvdError::UnsupportedSectorSize`] when the drive is built or the medium
+//! inserted (never an assertion, unlike OpenHCL's `SimpleScsiDvd`).
+//!
+//! Medium and tray:
+//! - The host inserts or removes media with [`ScsiDvd::change_media`]; the
+//!   host is authoritative, so PREVENT ALLOW MEDIUM REMOVAL does not block
+//!   it. [`ScsiDvd::request_eject`] models the eject button (an eject
+//!   request event; the guest decides).
+//! - The guest ejects with START STOP UNIT LoEj=1 Start=0, refused with
+//!   05/53/02 MEDIUM REMOVAL PREVENTED while removal is prevented. The
+//!   medium is dropped (the backend's `eject` is called; a backend without
+//!   removable media is fine) and the tray is open. LoEj=1 Start=1 closes
+//!   the tray.
+//! - No medium: NOT READY 02/3A/01 (tray closed) or 02/3A/02 (tray open),
+//!   as MMC-6 distinguishes them (host removal leaves the tray closed, a
+//!   guest eject leaves it open).
+//! - After an insertion, the next command other than INQUIRY, REQUEST
+//!   SENSE, GET CONFIGURATION and GET EVENT STATUS NOTIFICATION (which
+//!   MMC-6 runs without reporting a unit attention) gets UNIT ATTENTION
+//!   06/28/00 once; REQUEST SENSE reports and clears it.
+//! - GET EVENT STATUS NOTIFICATION (polled mode only; asynchronous → 05/24/00)
+//!   reports the media class: new media, media removal, eject request, each
+//!   once. One event is kept: a later event replaces an unreported one, so
+//!   the guest sees the latest state.
+//!
+//! Writes: the DVD-ROM profile has no write feature, so WRITE and every
+//! other command outside the list are 05/20/00 INVALID COMMAND OPERATION
+//! CODE (not DATA PROTECT, which would suggest a write-protected writable
+//! medium).
+
+use super::{
+    Res, ScsiResult, data_in, data_out, illegal, invalid_cdb, invalid_param, param_len_error,
+};
+use alloc::vec::Vec;
+use core::fmt;
+use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList};
+use parastor_hw::scsi::mmc::{
+    self, DiscInformation, FeatureDescriptor, FeatureHeader, GesnHeader, MechanismStatusHeader,
+    MediaEvent, ModePage12, PerformanceDescriptor, PerformanceHeader, TocDescriptor, TocHeader,
+    TrackInformation, event, feature, profile,
+};
+use parastor_hw::scsi::{
+    Command, DesignatorHeader, InquiryData, ModeHeader10, ReadCapacity10Data, SenseData, Transfer,
+    VpdHeader, asc, cdb_len, mode, op, parse_cdb, sense_key, status, vpd,
+};
+use spin::Mutex;
+use zerocopy::{FromBytes, IntoBytes};
+
+const BLOCK: u64 = mmc::BLOCK_SIZE as u64;
+/// Largest READ, in bytes.
+const MAX_TRANSFER_BYTES: u64 = 8 << 20;
+/// Nominal read speed reported by GET PERFORMANCE (8x DVD), kB/s.
+const READ_SPEED_KBS: u32 = 11_080;
+
+/// Why a medium cannot be used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DvdError {
+    /// The backend's sector size is larger than, or does not divide, the
+    /// 2048-byte block.
+    UnsupportedSectorSize(u32),
+}
+
+impl fmt::Display for DvdError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DvdError::UnsupportedSectorSize(ss) => write!(
+                f,
+                "backend sector size {ss} does not divide the 2048-byte DVD block"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for DvdError {}
+
+/// The identity a [`ScsiDvd`] shows in INQUIRY.
+#[derive(Clone, Debug)]
+pub struct DvdParams {
+    /// T10 vendor identification, space padded.
+    pub vendor: [u8; 8],
+    /// Product identification, space padded.
+    pub product: [u8; 16],
+    /// Product revision level.
+    pub revision: [u8; 4],
+    /// Device identifier for VPD 0x83.
+    pub device_id: [u8; 16],
+}
+
+impl Default for DvdParams {
+    fn default() -> Self {
+        DvdParams {
+            vendor: *b"Msft    ",
+            product: *b"Virtual DVD-ROM ",
+            revision: *b"1.0 ",
+            device_id: [0; 16],
+        }
+    }
+}
+
+/// A loaded medium.
+#[derive(Clone)]
+struct Media {
+    disk: Disk,
+    /// log2(2048 / backend sector size).
+    shift: u32,
+}
+
+impl Media {
+    fn new(disk: Disk) -> Result<Media, DvdError> {
+        let ss = disk.sector_size();
+        if ss == 0 || ss > mmc::BLOCK_SIZE || !mmc::BLOCK_SIZE.is_multiple_of(ss) {
+            return Err(DvdError::UnsupportedSectorSize(ss));
+        }
+        Ok(Media {
+            shift: (mmc::BLOCK_SIZE / ss).trailing_zeros(),
+            disk,
+        })
+    }
+
+    /// Capacity in 2048-byte blocks (a partial tail block is not visible).
+    fn blocks(&self) -> u64 {
+        self.disk.sector_count() >> self.shift
+    }
+}
+
+#[derive(Default)]
+struct State {
+    media: Option<Media>,
+    tray_open: bool,
+    prevent: bool,
+    /// Media event not yet reported by GET EVENT STATUS NOTIFICATION.
+    event: Option<u8>,
+    /// NOT READY TO READY CHANGE not yet reported.
+    unit_attention: bool,
+    /// Sense of the last failed command, for REQUEST SENSE.
+    sense: Option<SenseData>,
+}
+
+impl State {
+    fn not_ready(&self) -> ScsiResult {
+        let ascq = if self.tray_open {
+            mmc::asc::ASCQ_TRAY_OPEN
+        } else {
+            mmc::asc::ASCQ_TRAY_CLOSED
+        };
+        ScsiResult::check(SenseData::new(
+            sense_key::NOT_READY,
+            mmc::asc::MEDIUM_NOT_PRESENT,
+            ascq,
+        ))
+    }
+
+    fn media(&self) -> Res<Media> {
+        self.media.clone().ok_or_else(|| self.not_ready())
+    }
+
+    fn media_status(&self) -> u8 {
+        let mut s = 0;
+        if self.media.is_some() {
+            s |= event::STATUS_MEDIA_PRESENT;
+        }
+        if self.tray_open {
+            s |= event::STATUS_TRAY_OPEN;
+        }
+        s
+    }
+}
+
+fn unit_attention() -> SenseData {
+    SenseData::new(
+        sense_key::UNIT_ATTENTION,
+        mmc::asc::NOT_READY_TO_READY_CHANGE,
+        0,
+    )
+}
+
+fn invalid_opcode() -> ScsiResult {
+    illegal(asc::INVALID_COMMAND, 0)
+}
+
+fn be16(cdb: &[u8], i: usize) -> u16 {
+    u16::from_be_bytes([cdb[i], cdb[i + 1]])
+}
+
+fn be32(cdb: &[u8], i: usize) -> u32 {
+    u32::from_be_bytes([cdb[i], cdb[i + 1], cdb[i + 2], cdb[i + 3]])
+}
+
+/// LBA to MSF (0, M, S, F) with the 2-second (150-frame) lead-in offset.
+fn msf(lba: u64) -> [u8; 4] {
+    let f = lba + 150;
+    let m = (f / (75 * 60)).min(255);
+    [0, m as u8, ((f / 75) % 60) as u8, (f % 75) as u8]
+}
+
+/// The MMC commands this drive runs, by opcode.
+const MMC_OPCODES: &[u8] = &[
+    op::TEST_UNIT_READY,
+    op::REQUEST_SENSE,
+    op::INQUIRY,
+    op::START_STOP_UNIT,
+    op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+    op::READ_CAPACITY10,
+    op::READ10,
+    op::READ12,
+    op::READ16,
+    op::MODE_SELECT10,
+    op::MODE_SENSE10,
+    mmc::op::READ_TOC,
+    mmc::op::GET_CONFIGURATION,
+    mmc::op::GET_EVENT_STATUS_NOTIFICATION,
+    mmc::op::READ_DISC_INFORMATION,
+    mmc::op::READ_TRACK_INFORMATION,
+    mmc::op::READ_BUFFER_CAPACITY,
+    mmc::op::GET_PERFORMANCE,
+    mmc::op::READ_DVD_STRUCTURE,
+    mmc::op::SET_STREAMING,
+    mmc::op::MECHANISM_STATUS,
+];
+
+/// A SCSI CD/DVD-ROM drive whose medium is an optional [`Disk`].
+pub struct ScsiDvd {
+    params: DvdParams,
+    state: Mutex<State>,
+}
+
+impl ScsiDvd {
+    /// A drive with `media` loaded (or empty, tray closed) and the default
+    /// identity.
+    pub fn new(media: Option<Disk>) -> Result<ScsiDvd, DvdError> {
+        Self::with_params(media, DvdParams::default())
+    }
+
+    /// A drive with `media` loaded (or empty) and identity `params`.
+    pub fn with_params(media: Option<Disk>, params: DvdParams) -> Result<ScsiDvd, DvdError> {
+        let media = media.map(Media::new).transpose()?;
+        Ok(ScsiDvd {
+            params,
+            state: Mutex::new(State {
+                media,
+                ..State::default()
+            }),
+        })
+    }
+
+    /// Host insertion (`Some`) or removal (`None`) of the medium. An
+    /// insertion closes the tray and raises a new-media event and a
+    /// unit attention; a removal raises a media-removal event. A medium
+    /// with sectors larger than 2048 bytes is refused and the drive is
+    /// left unchanged.
+    pub fn change_media(&self, media: Option<Disk>) -> Result<(), DvdError> {
+        let media = media.map(Media::new).transpose()?;
+        let mut s = self.state.lock();
+        match media {
+            Some(m) => {
+                s.media = Some(m);
+                s.tray_open = false;
+                s.event = Some(event::MEDIA_NEW_MEDIA);
+                s.unit_attention = true;
+            }
+            None => {
+                if s.media.take().is_some() {
+                    s.event = Some(event::MEDIA_REMOVAL);
+                }
+                s.unit_attention = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// The eject button: an eject request event for the guest to act on.
+    pub fn request_eject(&self) {
+        self.state.lock().event = Some(event::MEDIA_EJECT_REQUEST);
+    }
+
+    /// The loaded medium, if any.
+    pub fn media(&self) -> Option<Disk> {
+        self.state.lock().media.as_ref().map(|m| m.disk.clone())
+    }
+
+    /// Executes one command; the same contract as
+    /// [`ScsiDisk::execute`](super::ScsiDisk::execute).
+    pub async fn execute(
+        &self,
+        cdb: &[u8],
+        data: SgList<'_>,
+        initiator: InitiatorId,
+    ) -> ScsiResult {
+        let result = match self.run(cdb, &data, initiator).await {
+            Ok(tx) => ScsiResult::good(tx),
+            Err(r) => r,
+        };
+        if result.status == status::CHECK_CONDITION {
+            self.state.lock().sense = result.sense;
+        }
+        result
+    }
+
+    async fn run(&self, cdb: &[u8], data: &SgList<'_>, initiator: InitiatorId) -> Res {
+        let op0 = *cdb.first().ok_or_else(invalid_cdb)?;
+        if !MMC_OPCODES.contains(&op0) {
+            return Err(invalid_opcode());
+        }
+        let len = cdb_len(op0).ok_or_else(invalid_opcode)?;
+        let cdb = cdb.get(..len).ok_or_else(invalid_cdb)?;
+        match op0 {
+            op::INQUIRY
+            | op::REQUEST_SENSE
+            | mmc::op::GET_CONFIGURATION
+            | mmc::op::GET_EVENT_STATUS_NOTIFICATION => {}
+            _ => {
+                let mut s = self.state.lock();
+                if core::mem::take(&mut s.unit_attention) {
+                    return Err(ScsiResult::check(unit_attention()));
+                }
+            }
+        }
+        match op0 {
+            mmc::op::READ_TOC => return self.read_toc(data, cdb),
+            mmc::op::GET_CONFIGURATION => return self.get_configuration(data, cdb),
+            mmc::op::GET_EVENT_STATUS_NOTIFICATION => return self.gesn(data, cdb),
+            mmc::op::READ_DISC_INFORMATION => return self.disc_information(data, cdb),
+            mmc::op::READ_TRACK_INFORMATION => return self.track_information(data, cdb),
+            mmc::op::READ_BUFFER_CAPACITY => return read_buffer_capacity(data, cdb),
+            mmc::op::GET_PERFORMANCE => return self.get_performance(data, cdb),
+            mmc::op::READ_DVD_STRUCTURE => return self.read_dvd_structure(data, cdb),
+            mmc::op::SET_STREAMING => return set_streaming(data, cdb),
+            mmc::op::MECHANISM_STATUS => return self.mechanism_status(data, cdb),
+            op::PREVENT_ALLOW_MEDIUM_REMOVAL => {
+                // Prevent (bit 0) or persistent prevent (bit 1).
+                self.state.lock().prevent = cdb[4] & 0x03 != 0;
+                return Ok(0);
+            }
+            _ => {}
+        }
+        let cmd = parse_cdb(cdb).map_err(|e| ScsiResult::check(e.sense()))?;
+        let opts = IoOptions {
+            initiator,
+            ..IoOptions::default()
+        };
+        match cmd {
+            Command::TestUnitReady => {
+                self.state.lock().media()?;
+                Ok(0)
+            }
+            Command::RequestSense { desc, alloc_len } => {
+                let sense = {
+                    let mut s = self.state.lock();
+                    if core::mem::take(&mut s.unit_attention) {
+                        Some(unit_attention())
+                    } else if let Some(sense) = s.sense.take() {
+                        Some(sense)
+                    } else if s.media.is_none() {
+                        s.not_ready().sense
+                    } else {
+                        None
+                    }
+                };
+                let sense = sense.unwrap_or_default();
+                let mut buf = [0u8; parastor_hw::scsi::DESCRIPTOR_SENSE_MAX];
+                if desc {
+                    let n = sense.write_descriptor(&mut buf);
+                    data_in(data, &buf[..n], alloc_len.into())
+                } else {
+                    data_in(data, sense.to_fixed().as_bytes(), alloc_len.into())
+                }
+            }
+            Command::Inquiry {
+                evpd,
+                page,
+                alloc_len,
+            } => self.inquiry(data, evpd, page, alloc_len.into()),
+            Command::ReadCapacity10 => {
+                let m = self.state.lock().media()?;
+                let d = ReadCapacity10Data {
+                    last_lba: u32::try_from(m.blocks().saturating_sub(1))
+                        .unwrap_or(u32::MAX)
+                        .into(),
+                    block_len: mmc::BLOCK_SIZE.into(),
+                };
+                data_in(data, d.as_bytes(), usize::MAX)
+            }
+            Command::Read(t) => self.read(data, t, opts).await,
+            Command::ModeSense {
+                pc,
+                page,
+                subpage,
+                alloc_len,
+                ..
+            } => mode_sense(data, pc, page, subpage, alloc_len.into()),
+            Command::ModeSelect {
+                pf, sp, param_len, ..
+            } => mode_select(data, pf, sp, param_len.into()),
+            Command::StartStopUnit {
+                power_condition,
+                loej,
+                start,
+                ..
+            } => {
+                // A power condition makes LoEj and Start ignored (MMC-6).
+                if power_condition != 0 || !loej {
+                    return Ok(0);
+                }
+                if start {
+                    self.state.lock().tray_open = false;
+                    return Ok(0);
+                }
+                let ejected = {
+                    let mut s = self.state.lock();
+                    if s.prevent {
+                        return Err(ScsiResult::check(SenseData::illegal(
+                            mmc::asc::MEDIUM_REMOVAL,
+                            mmc::asc::ASCQ_MEDIUM_REMOVAL_PREVENTED,
+                        )));
+                    }
+                    s.tray_open = true;
+                    let m = s.media.take();
+                    if m.is_some() {
+                        s.event = Some(event::MEDIA_REMOVAL);
+                    }
+                    m
+                };
+                if let Some(m) = ejected {
+                    match m.disk.eject().await {
+                        Ok(()) | Err(DiskError::UnsupportedEject) => {}
+                        Err(e) => log::warn!("dvd: backend eject failed: {e}"),
+                    }
+                }
+                Ok(0)
+            }
+            _ => Err(invalid_opcode()),
+        }
+    }
+
+    async fn read(&self, data: &SgList<'_>, t: Transfer, opts: IoOptions) -> Res {
+        let m = self.state.lock().media()?;
+        match t.lba.checked_add(t.blocks.into()) {
+            Some(end) if end <= m.blocks() => {}
+            _ => return Err(DiskError::IllegalBlock.into()),
+        }
+        let bytes = u64::from(t.blocks) * BLOCK;
+        if bytes > MAX_TRANSFER_BYTES || bytes > data.len() as u64 {
+            return Err(invalid_cdb());
+        }
+        if bytes == 0 {
+            return Ok(0);
+        }
+        let buf = data
+            .subrange(0, bytes as usize)
+            .map_err(|_| invalid_cdb())?;
+        m.disk.read(buf, t.lba << m.shift, opts).await?;
+        Ok(bytes as usize)
+    }
+
+    fn inquiry(&self, data: &SgList<'_>, evpd: bool, page: u8, alloc_len: usize) -> Res {
+        let mut out = Vec::new();
+        if !evpd {
+            let d = InquiryData {
+                device_type: mmc::DEVICE_TYPE_CDROM,
+                removable: 0x80,
+                version: 6,
+                flags3: 0x02,
+                additional_len: (size_of::<InquiryData>() - 5) as u8,
+                vendor: self.params.vendor,
+                product: self.params.product,
+                revision: self.params.revision,
+                ..Default::default()
+            };
+            return data_in(data, d.as_bytes(), alloc_len);
+        }
+        let body: Vec<u8> = match page {
+            vpd::SUPPORTED_PAGES => [vpd::SUPPORTED_PAGES, vpd::DEVICE_IDENTIFICATION].to_vec(),
+            vpd::DEVICE_IDENTIFICATION => {
+                let mut b = Vec::new();
+                b.extend_from_slice(
+                    DesignatorHeader {
+                        code_set: 2,
+                        kind: 1,
+                        reserved: 0,
+                        len: 24,
+                    }
+                    .as_bytes(),
+                );
+                b.extend_from_slice(&self.params.vendor);
+                b.extend_from_slice(&self.params.device_id);
+                b
+            }
+            _ => return Err(invalid_cdb()),
+        };
+        out.extend_from_slice(
+            VpdHeader {
+                device_type: mmc::DEVICE_TYPE_CDROM,
+                page,
+                len: (body.len() as u16).into(),
+            }
+            .as_bytes(),
+        );
+        out.extend_from_slice(&body);
+        data_in(data, &out, alloc_len)
+    }
+
+    fn gesn(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
+        if cdb[1] & 0x01 == 0 {
+            // Asynchronous notification is not supported.
+            return Err(invalid_cdb());
+        }
+        let request = cdb[4];
+        let alloc_len = be16(cdb, 7).into();
+        let mut out = Vec::with_capacity(8);
+        if request & event::CLASS_MEDIA_BIT == 0 {
+            let h = GesnHeader {
+                event_data_len: 2.into(),
+                class: event::NEA,
+                supported: event::CLASS_MEDIA_BIT,
+            };
+            return data_in(data, h.as_bytes(), alloc_len);
+        }
+        let (code, status) = {
+            let mut s = self.state.lock();
+            let code = s.event.take().unwrap_or(event::MEDIA_NO_CHANGE);
+            (code, s.media_status())
+        };
+        out.extend_from_slice(
+            GesnHeader {
+                event_data_len: 6.into(),
+                class: event::CLASS_MEDIA,
+                supported: event::CLASS_MEDIA_BIT,
+            }
+            .as_bytes(),
+        );
+        out.extend_from_slice(
+            MediaEvent {
+                code,
+                status,
+                start_slot: 0,
+                end_slot: 0,
+            }
+            .as_bytes(),
+        );
+        data_in(data, &out, alloc_len)
+    }
+
+    fn get_configuration(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
+        let rt = cdb[1] & 0x03;
+        let start = be16(cdb, 2);
+        let alloc_len = be16(cdb, 7).into();
+        if rt == 3 {
+            return Err(invalid_cdb());
+        }
+        let loaded = self.state.lock().media.is_some();
+        let cur = if loaded { feature::CURRENT } else { 0 };
+        let always = feature::PERSISTENT | feature::CURRENT;
+        let mut out = Vec::new();
+        out.extend_from_slice(&[0; size_of::<FeatureHeader>()]);
+        let mut add = |code: u16, version: u8, flags: u8, body: &[u8]| {
+            let wanted = match rt {
+                0 => code >= start,
+                1 => code >= start && flags & feature::CURRENT != 0,
+                _ => code == start,
+            };
+            if wanted {
+                out.extend_from_slice(
+                    FeatureDescriptor {
+                        code: code.into(),
+                        flags: version << 2 | flags,
+                        additional_len: body.len() as u8,
+                    }
+                    .as_bytes(),
+                );
+                out.extend_from_slice(body);
+            }
+        };
+        let dvd_cur = u8::from(loaded);
+        add(
+            feature::PROFILE_LIST,
+            0,
+            always,
+            &[0, 0x10, dvd_cur, 0, 0, 0x08, 0, 0],
+        );
+        // Core: SCSI physical interface (1), DBE.
+        add(feature::CORE, 2, always, &[0, 0, 0, 1, 0x01, 0, 0, 0]);
+        // Morphing: polled events only (Async = 0).
+        add(feature::MORPHING, 1, always, &[0, 0, 0, 0]);
+        // Removable medium: tray loading mechanism, Load, Eject, Lock.
+        add(
+            feature::REMOVABLE_MEDIUM,
+            0,
+            always,
+            &[0x20 | 0x10 | 0x08 | 0x01, 0, 0, 0],
+        );
+        // Random readable: 2048-byte blocks, blocking 16.
+        let mut rr = [0u8; 8];
+        rr[..4].copy_from_slice(&mmc::BLOCK_SIZE.to_be_bytes());
+        rr[4..6].copy_from_slice(&16u16.to_be_bytes());
+        add(feature::RANDOM_READABLE, 0, cur, &rr);
+        add(feature::DVD_READ, 0, cur, &[]);
+        let h = FeatureHeader {
+            data_len: ((out.len() - 4) as u32).into(),
+            reserved: 0.into(),
+            current_profile: (if loaded {
+                profile::DVD_ROM
+            } else {
+                profile::NONE
+            })
+            .into(),
+        };
+        out[..size_of::<FeatureHeader>()].copy_from_slice(h.as_bytes());
+        data_in(data, &out, alloc_len)
+    }
+
+    fn read_toc(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
+        let msf_bit = cdb[1] & 0x02 != 0;
+        let format = cdb[2] & 0x0F;
+        let track = cdb[6];
+        let alloc_len = be16(cdb, 7).into();
+        let m = self.state.lock().media()?;
+        let addr = |lba: u64| {
+            if msf_bit {
+                msf(lba)
+            } else {
+                u32::try_from(lba).unwrap_or(u32::MAX).to_be_bytes()
+            }
+        };
+        let desc = |track: u8, lba: u64| TocDescriptor {
+            adr_control: 0x14,
+            track,
+            address: addr(lba),
+            ..Default::default()
+        };
+        let mut descs = Vec::new();
+        match format {
+            0 => match track {
+                0 | 1 => {
+                    descs.push(desc(1, 0));
+                    descs.push(desc(0xAA, m.blocks()));
+                }
+                0xAA => descs.push(desc(0xAA, m.blocks())),
+                _ => return Err(invalid_cdb()),
+            },
+            1 => descs.push(desc(1, 0)),
+            _ => return Err(invalid_cdb()),
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(
+            TocHeader {
+                data_len: ((2 + descs.len() * size_of::<TocDescriptor>()) as u16).into(),
+                first: 1,
+                last: 1,
+            }
+            .as_bytes(),
+        );
+        for d in &descs {
+            out.extend_from_slice(d.as_bytes());
+        }
+        data_in(data, &out, alloc_len)
+    }
+
+    fn disc_information(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
+        if cdb[1] & 0x07 != 0 {
+            return Err(invalid_cdb());
+        }
+        self.state.lock().media()?;
+        let d = DiscInformation {
+            data_len: ((size_of::<DiscInformation>() - 2) as u16).into(),
+            // Last session complete, disc finalized.
+            status: 0x0E,
+            first_track: 1,
+            sessions_lsb: 1,
+            first_track_last_session_lsb: 1,
+            last_track_last_session_lsb: 1,
+            last_lead_in: u32::MAX.into(),
+            last_lead_out: u32::MAX.into(),
+            ..Default::default()
+        };
+        data_in(data, d.as_bytes(), be16(cdb, 7).into())
+    }
+
+    fn track_information(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
+        let kind = cdb[1] & 0x03;
+        let number = be32(cdb, 2);
+        let m = self.state.lock().media()?;
+        let blocks = m.blocks();
+        let ok = match kind {
+            0 => u64::from(number) < blocks,
+            1 | 2 => number == 1,
+            _ => false,
+        };
+        if !ok {
+            return Err(invalid_cdb());
+        }
+        let size = u32::try_from(blocks).unwrap_or(u32::MAX);
+        let t = TrackInformation {
+            data_len: ((size_of::<TrackInformation>() - 2) as u16).into(),
+            track_lsb: 1,
+            session_lsb: 1,
+            // Data track, recorded uninterrupted.
+            track_mode: 0x04,
+            // Data mode 1.
+            data_mode: 0x01,
+            size: size.into(),
+            last_recorded: size.saturating_sub(1).into(),
+            ..Default::default()
+        };
+        data_in(data, t.as_bytes(), be16(cdb, 7).into())
+    }
+
+    fn read_dvd_structure(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
+        let media_type = cdb[1] & 0x0F;
+        let layer = cdb[6];
+        let format = cdb[7];
+        let alloc_len = be16(cdb, 8).into();
+        if media_type != 0 {
+            return Err(invalid_cdb());
+        }
+        let mut out = Vec::new();
+        let mut push = |body: &[u8]| {
+            out.extend_from_slice(&((body.len() + 2) as u16).to_be_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(body);
+        };
+        match format {
+            0x00 => {
+                let m = self.state.lock().media()?;
+                if layer != 0 {
+                    return Err(invalid_cdb());
+                }
+                let mut body = [0u8; 2048];
+                // DVD-ROM book, part version 1; 120 mm, rate not
+                // specified; one layer, PTP, embossed.
+                body[0] = 0x01;
+                body[1] = 0x0F;
+                body[2] = 0x01;
+                let start = 0x0003_0000u32;
+                let end = u64::from(start) + m.blocks().saturating_sub(1);
+                body[4..8].copy_from_slice(&start.to_be_bytes());
+                body[8..12].copy_from_slice(&u32::try_from(end).unwrap_or(u32::MAX).to_be_bytes());
+                push(&body);
+            }
+            0x01 => {
+                self.state.lock().media()?;
+                // No copy protection, all regions.
+                push(&[0, 0, 0, 0]);
+            }
+            0xFF => {
+                // Structure list: format, SDS/RDS (readable), length.
+                let mut body = Vec::new();
+                for (f, len) in [(0x00u8, 2048u16), (0x01, 4), (0xFF, 12)] {
+                    body.push(f);
+                    body.push(0x40);
+                    body.extend_from_slice(&len.to_be_bytes());
+                }
+                push(&body);
+            }
+            _ => return Err(invalid_cdb()),
+        }
+        data_in(data, &out, alloc_len)
+    }
+
+    fn get_performance(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
+        let data_type = cdb[1] & 0x1F;
+        let max_desc = be16(cdb, 8);
+        let kind = cdb[10];
+        let blocks = self.state.lock().media.as_ref().map(Media::blocks);
+        let mut descs = Vec::new();
+        match kind {
+            0 => {
+                let write = data_type & 0x04 != 0;
+                let except = data_type & 0x03;
+                if let Some(blocks) = blocks.filter(|_| except == 0 && !write && max_desc > 0) {
+                    descs.push(PerformanceDescriptor {
+                        start_lba: 0.into(),
+                        start_performance: READ_SPEED_KBS.into(),
+                        end_lba: u32::try_from(blocks.saturating_sub(1))
+                            .unwrap_or(u32::MAX)
+                            .into(),
+                        end_performance: READ_SPEED_KBS.into(),
+                    });
+                }
+            }
+            // Write speed descriptors: none (read-only drive).
+            3 => {}
+            _ => return Err(invalid_cdb()),
+        }
+        let mut out = Vec::new();
+        out.extend_from_slice(
+            PerformanceHeader {
+                data_len: ((4 + descs.len() * size_of::<PerformanceDescriptor>()) as u32).into(),
+                ..Default::default()
+            }
+            .as_bytes(),
+        );
+        for d in &descs {
+            out.extend_from_slice(d.as_bytes());
+        }
+        data_in(data, &out, usize::MAX)
+    }
+
+    fn mechanism_status(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
+        let open = self.state.lock().tray_open;
+        let h = MechanismStatusHeader {
+            mechanism: if open { 0x10 } else { 0 },
+            ..Default::default()
+        };
+        data_in(data, h.as_bytes(), be16(cdb, 8).into())
+    }
+}
+
+fn read_buffer_capacity(data: &SgList<'_>, cdb: &[u8]) -> Res {
+    let block = cdb[1] & 0x01 != 0;
+    let mut out = [0u8; 12];
+    out[1] = 10;
+    if block {
+        out[3] = 0x01;
+    }
+    data_in(data, &out, be16(cdb, 7).into())
+}
+
+fn set_streaming(data: &SgList<'_>, cdb: &[u8]) -> Res {
+    let kind = cdb[8];
+    let param_len = be16(cdb, 9).into();
+    if kind != 0 && kind != 5 {
+        return Err(invalid_cdb());
+    }
+    // Validate that the list is readable, then ignore it.
+    if param_len > 0 {
+        data_out(data, param_len)?;
+    }
+    Ok(0)
+}
+
+/// The mode pages offered, for page control `pc`.
+fn mode_page(code: u8, pc: u8) -> ModePage12 {
+    let mut body = [0u8; 10];
+    if pc != mode::PC_CHANGEABLE {
+        match code {
+            // Read retry count 1.
+            mmc::mode::ERROR_RECOVERY_PAGE => body[1] = 1,
+            // Timers disabled.
+            mmc::mode::POWER_CONDITION_PAGE => {}
+            // Group 1/2 minimum time-outs: 0.
+            _ => {}
+        }
+    }
+    ModePage12 {
+        page: code,
+        len: 0x0A,
+        body,
+    }
+}
+
+const MODE_PAGES: [u8; 3] = [
+    mmc::mode::ERROR_RECOVERY_PAGE,
+    mmc::mode::POWER_CONDITION_PAGE,
+    mmc::mode::TIMEOUT_PROTECT_PAGE,
+];
+
+fn mode_sense(data: &SgList<'_>, pc: u8, page: u8, subpage: u8, alloc_len: usize) -> Res {
+    if pc == mode::PC_SAVED {
+        return Err(illegal(asc::SAVING_PARAMETERS_NOT_SUPPORTED, 0));
+    }
+    if subpage != 0 && !(page == mode::ALL_PAGES && subpage == 0xFF) {
+        return Err(invalid_cdb());
+    }
+    let mut pages = Vec::new();
+    if page == mode::ALL_PAGES {
+        for code in MODE_PAGES {
+            pages.extend_from_slice(mode_page(code, pc).as_bytes());
+        }
+    } else if MODE_PAGES.contains(&page) {
+        pages.extend_from_slice(mode_page(page, pc).as_bytes());
+    } else {
+        return Err(invalid_cdb());
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(
+        ModeHeader10 {
+            data_len: ((size_of::<ModeHeader10>() - 2 + pages.len()) as u16).into(),
+            ..Default::default()
+        }
+        .as_bytes(),
+    );
+    out.extend_from_slice(&pages);
+    data_in(data, &out, alloc_len)
+}
+
+/// Accepts (and ignores) a well-formed parameter list of the pages
+/// [`mode_sense`] reports.
+fn mode_select(data: &SgList<'_>, pf: bool, sp: bool, param_len: usize) -> Res {
+    if sp || (!pf && param_len != 0) {
+        return Err(invalid_cdb());
+    }
+    if param_len == 0 {
+        return Ok(0);
+    }
+    let list = data_out(data, param_len)?;
+    let (h, _) = ModeHeader10::read_from_prefix(&list).map_err(|_| param_len_error())?;
+    let skip = size_of::<ModeHeader10>() + usize::from(h.block_desc_len.get());
+    let mut pages = list.get(skip..).ok_or_else(param_len_error)?;
+    while !pages.is_empty() {
+        let (code, len) = match pages {
+            [code, len, ..] => (*code & 0x3F, usize::from(*len)),
+            _ => return Err(param_len_error()),
+        };
+        if pages[0] & 0x40 != 0 || !MODE_PAGES.contains(&code) || len != 0x0A {
+            return Err(invalid_param());
+        }
+        pages = pages.get(2 + len..).ok_or_else(param_len_error)?;
+    }
+    Ok(param_len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+    use futures::executor::block_on;
+    use parastor_core::ram::RamDisk;
+    use parastor_core::{GpaRange, GuestMemory, RamGuestMemory};
+
+    const GPA: u64 = 0x1000;
+    const A: InitiatorId = InitiatorId::new(0xA);
+
+    struct Env {
+        mem: RamGuestMemory,
+        dvd: ScsiDvd,
+    }
+
+    /// A medium of `blocks` DVD blocks over `ss`-byte sectors, filled
+    /// with a pattern.
+    fn medium(ss: u32, blocks: u64) -> (RamDisk, Disk) {
+        let ram = RamDisk::new(blocks * BLOCK, ss).unwrap();
+        let disk = Disk::new(ram.clone()).unwrap();
+        let ranges = [GpaRange::new(0, blocks * BLOCK)];
+        let mem = parastor_core::LocalMemory::new((blocks * BLOCK) as usize);
+        let bytes = pattern((blocks * BLOCK) as usize, 7);
+        mem.write(0, &bytes).unwrap();
+        let one = [ranges[0]];
+        block_on(disk.write(SgList::local(&mem, &one, false), 0, IoOptions::default())).unwrap();
+        (ram, disk)
+    }
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i / 3) as u8).wrapping_mul(29) ^ seed ^ (i >> 11) as u8)
+            .collect()
+    }
+
+    fn env(media: Option<Disk>) -> Env {
+        Env {
+            mem: RamGuestMemory::new(16 << 20),
+            dvd: ScsiDvd::new(media).unwrap(),
+        }
+    }
+
+    fn loaded() -> Env {
+        env(Some(medium(2048, 64).1))
+    }
+
+    impl Env {
+        fn run(&self, cdb: &[u8], out: &[u8], len: usize) -> (ScsiResult, Vec<u8>) {
+            let mut buf = vec![0xEEu8; len];
+            let n = out.len().min(len);
+            buf[..n].copy_from_slice(&out[..n]);
+            self.mem.write(GPA, &buf).unwrap();
+            let ranges = [GpaRange::new(GPA, len as u64)];
+            let sg = SgList::new(&self.mem, &ranges, true).unwrap();
+            let r = block_on(self.dvd.execute(cdb, sg, A));
+            self.mem.read(GPA, &mut buf).unwrap();
+            (r, buf)
+        }
+
+        fn ok(&self, cdb: &[u8], len: usize) -> Vec<u8> {
+            let (r, data) = self.run(cdb, &[], len);
+            assert_eq!(r.status, status::GOOD, "{cdb:02x?}: {r:?}");
+            data[..r.tx.min(len)].to_vec()
+        }
+
+        fn sense(&self, cdb: &[u8], len: usize) -> (u8, u8, u8) {
+            let (r, _) = self.run(cdb, &[], len);
+            assert_eq!(r.status, status::CHECK_CONDITION, "{cdb:02x?}: {r:?}");
+            let s = r.sense.unwrap();
+            (s.key, s.asc, s.ascq)
+        }
+
+        fn gesn(&self) -> (u8, u8) {
+            let d = self.ok(&gesn_cdb(0x10, 8), 8);
+            assert_eq!(d.len(), 8);
+            assert_eq!(&d[..4], &[0, 6, 4, 0x10]);
+            (d[4] & 0xF, d[5])
+        }
+    }
+
+    fn cdb10(op: u8, b1: u8, alloc: u16) -> [u8; 10] {
+        let mut c = [0u8; 10];
+        c[0] = op;
+        c[1] = b1;
+        c[7..9].copy_from_slice(&alloc.to_be_bytes());
+        c
+    }
+
+    fn gesn_cdb(class: u8, alloc: u16) -> [u8; 10] {
+        let mut c = cdb10(mmc::op::GET_EVENT_STATUS_NOTIFICATION, 1, alloc);
+        c[4] = class;
+        c
+    }
+
+    fn read10(lba: u32, len: u16) -> [u8; 10] {
+        let mut c = cdb10(op::READ10, 0, len);
+        c[2..6].copy_from_slice(&lba.to_be_bytes());
+        c
+    }
+
+    const TUR: [u8; 6] = [0; 6];
+    const EJECT: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x02, 0];
+    const LOAD: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x03, 0];
+    const PREVENT: [u8; 6] = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0];
+    const ALLOW: [u8; 6] = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0, 0];
+    const NO_MEDIUM_CLOSED: (u8, u8, u8) = (2, 0x3A, 1);
+    const NO_MEDIUM_OPEN: (u8, u8, u8) = (2, 0x3A, 2);
+
+    #[test]
+    fn inquiry_standard_and_vpd() {
+        let e = env(None);
+        let d = e.ok(&[op::INQUIRY, 0, 0, 0, 96, 0], 96);
+        assert_eq!(d[0], 5);
+        assert_eq!(d[1], 0x80);
+        assert_eq!(&d[16..32], b"Virtual DVD-ROM ");
+        let d = e.ok(&[op::INQUIRY, 1, 0, 0, 64, 0], 64);
+        assert_eq!(d, [5, 0, 0, 2, 0x00, 0x83]);
+        let d = e.ok(&[op::INQUIRY, 1, 0x83, 0, 64, 0], 64);
+        assert_eq!(&d[..4], &[5, 0x83, 0, 28]);
+        assert_eq!(&d[8..16], b"Msft    ");
+        assert_eq!(e.sense(&[op::INQUIRY, 1, 0xB0, 0, 64, 0], 64), (5, 0x24, 0));
+    }
+
+    #[test]
+    fn test_unit_ready_and_capacity() {
+        let e = loaded();
+        e.ok(&TUR, 0);
+        let d = e.ok(&cdb10(op::READ_CAPACITY10, 0, 0), 8);
+        assert_eq!(d, [0, 0, 0, 63, 0, 0, 8, 0]);
+    }
+
+    #[test]
+    fn no_medium_errors() {
+        let e = env(None);
+        assert_eq!(e.sense(&TUR, 0), NO_MEDIUM_CLOSED);
+        assert_eq!(e.sense(&read10(0, 1), 2048), NO_MEDIUM_CLOSED);
+        assert_eq!(
+            e.sense(&cdb10(op::READ_CAPACITY10, 0, 0), 8),
+            NO_MEDIUM_CLOSED
+        );
+        assert_eq!(
+            e.sense(&cdb10(mmc::op::READ_TOC, 0, 12), 12),
+            NO_MEDIUM_CLOSED
+        );
+        assert_eq!(
+            e.sense(&cdb10(mmc::op::READ_DISC_INFORMATION, 0, 34), 34),
+            NO_MEDIUM_CLOSED
+        );
+        // REQUEST SENSE reports the last failure, then the current state.
+        let d = e.ok(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], 18);
+        assert_eq!((d[2], d[12], d[13]), (2, 0x3A, 1));
+        let d = e.ok(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], 18);
+        assert_eq!((d[2], d[12], d[13]), (2, 0x3A, 1));
+        // GET CONFIGURATION works without a medium: no current profile.
+        let d = e.ok(&cdb10(mmc::op::GET_CONFIGURATION, 0, 512), 512);
+        assert_eq!(&d[6..8], &[0, 0]);
+        // GESN reports no event, no medium.
+        assert_eq!(e.gesn(), (0, 0));
+    }
+
+    #[test]
+    fn reads_10_12_16() {
+        let (_, disk) = medium(2048, 64);
+        let want = pattern((64 * BLOCK) as usize, 7);
+        let e = env(Some(disk));
+        assert_eq!(e.ok(&read10(3, 2), 4096), &want[3 * 2048..5 * 2048]);
+        let mut c12 = [0u8; 12];
+        c12[0] = op::READ12;
+        c12[2..6].copy_from_slice(&5u32.to_be_bytes());
+        c12[6..10].copy_from_slice(&1u32.to_be_bytes());
+        assert_eq!(e.ok(&c12, 2048), &want[5 * 2048..6 * 2048]);
+        let mut c16 = [0u8; 16];
+        c16[0] = op::READ16;
+        c16[2..10].copy_from_slice(&63u64.to_be_bytes());
+        c16[10..14].copy_from_slice(&1u32.to_be_bytes());
+        assert_eq!(e.ok(&c16, 2048), &want[63 * 2048..]);
+        assert_eq!(e.sense(&read10(63, 2), 4096), (5, 0x21, 0));
+        assert_eq!(e.sense(&read10(0, 2), 2048), (5, 0x24, 0));
+        assert_eq!(e.ok(&read10(0, 0), 0), Vec::<u8>::new());
+    }
+
+    #[test]
+    fn lba_scaling_over_512_and_1024_byte_backends() {
+        for ss in [512, 1024] {
+            let (ram, disk) = medium(ss, 16);
+            let e = env(Some(disk));
+            let d = e.ok(&cdb10(op::READ_CAPACITY10, 0, 0), 8);
+            assert_eq!(d, [0, 0, 0, 15, 0, 0, 8, 0]);
+            let got = e.ok(&read10(5, 3), 3 * 2048);
+            // The backend's own bytes at sectors 5 * 2048 / ss ...
+            let backend = Disk::new(ram).unwrap();
+            let mem = parastor_core::LocalMemory::new(3 * 2048);
+            let r = [GpaRange::new(0, 3 * 2048)];
+            block_on(backend.read(
+                SgList::local(&mem, &r, true),
+                5 * u64::from(2048 / ss),
+                IoOptions::default(),
+            ))
+            .unwrap();
+            let mut want = vec![0u8; 3 * 2048];
+            mem.read(0, &mut want).unwrap();
+            assert_eq!(got, want, "ss {ss}");
+            assert_eq!(got, pattern(16 * 2048, 7)[5 * 2048..8 * 2048]);
+        }
+    }
+
+    #[test]
+    fn large_backend_sectors_are_refused() {
+        let big = Disk::new(RamDisk::new(1 << 20, 4096).unwrap()).unwrap();
+        assert_eq!(
+            ScsiDvd::new(Some(big.clone())).err(),
+            Some(DvdError::UnsupportedSectorSize(4096))
+        );
+        let e = loaded();
+        assert_eq!(
+            e.dvd.change_media(Some(big)),
+            Err(DvdError::UnsupportedSectorSize(4096))
+        );
+        // Unchanged.
+        e.ok(&TUR, 0);
+        assert!(e.dvd.media().is_some());
+    }
+
+    #[test]
+    fn media_change_events_sequence() {
+        let e = env(None);
+        assert_eq!(e.gesn(), (0, 0));
+        e.dvd.change_media(Some(medium(2048, 8).1)).unwrap();
+        // New media, reported once.
+        assert_eq!(e.gesn(), (event::MEDIA_NEW_MEDIA, 2));
+        assert_eq!(e.gesn(), (event::MEDIA_NO_CHANGE, 2));
+        // Unit attention once, then ready.
+        assert_eq!(e.sense(&TUR, 0), (6, 0x28, 0));
+        e.ok(&TUR, 0);
+        e.ok(&read10(0, 1), 2048);
+        // Host removal.
+        e.dvd.change_media(None).unwrap();
+        assert_eq!(e.gesn(), (event::MEDIA_REMOVAL, 0));
+        assert_eq!(e.gesn(), (event::MEDIA_NO_CHANGE, 0));
+        assert_eq!(e.sense(&TUR, 0), NO_MEDIUM_CLOSED);
+        // Eject button.
+        e.dvd.change_media(Some(medium(2048, 8).1)).unwrap();
+        // REQUEST SENSE reports and clears the unit attention.
+        let d = e.ok(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], 18);
+        assert_eq!((d[2], d[12], d[13]), (6, 0x28, 0));
+        e.ok(&TUR, 0);
+        e.dvd.request_eject();
+        assert_eq!(e.gesn(), (event::MEDIA_EJECT_REQUEST, 2));
+        // Without the media class requested: no event available.
+        let d = e.ok(&gesn_cdb(0x02, 8), 8);
+        assert_eq!(d, [0, 2, 0x80, 0x10]);
+        // Asynchronous mode is not supported.
+        let mut c = gesn_cdb(0x10, 8);
+        c[1] = 0;
+        assert_eq!(e.sense(&c, 8), (5, 0x24, 0));
+    }
+
+    #[test]
+    fn eject_without_prevent() {
+        let e = loaded();
+        e.ok(&EJECT, 0);
+        assert!(e.dvd.media().is_none());
+        assert_eq!(e.sense(&TUR, 0), NO_MEDIUM_OPEN);
+        assert_eq!(e.gesn(), (event::MEDIA_REMOVAL, 1));
+        let mut ms = [0u8; 12];
+        ms[0] = mmc::op::MECHANISM_STATUS;
+        ms[9] = 8;
+        assert_eq!(e.ok(&ms, 8)[1], 0x10);
+        // Closing the tray: still no medium, tray closed.
+        e.ok(&LOAD, 0);
+        assert_eq!(e.sense(&TUR, 0), NO_MEDIUM_CLOSED);
+        assert_eq!(e.ok(&ms, 8)[1], 0);
+    }
+
+    #[test]
+    fn eject_with_prevent() {
+        let e = loaded();
+        e.ok(&PREVENT, 0);
+        assert_eq!(e.sense(&EJECT, 0), (5, 0x53, 2));
+        e.ok(&TUR, 0);
+        assert!(e.dvd.media().is_some());
+        e.ok(&ALLOW, 0);
+        e.ok(&EJECT, 0);
+        assert_eq!(e.sense(&TUR, 0), NO_MEDIUM_OPEN);
+        // Stop without LoEj, and power conditions, do nothing.
+        let e = loaded();
+        e.ok(&[op::START_STOP_UNIT, 0, 0, 0, 0, 0], 0);
+        e.ok(&[op::START_STOP_UNIT, 0, 0, 0, 0x32, 0], 0);
+        e.ok(&TUR, 0);
+    }
+
+    #[test]
+    fn get_configuration_features() {
+        let e = loaded();
+        let d = e.ok(&cdb10(mmc::op::GET_CONFIGURATION, 0, 1024), 1024);
+        let len = u32::from_be_bytes(d[..4].try_into().unwrap()) as usize;
+        assert_eq!(len + 4, d.len());
+        assert_eq!(&d[6..8], &[0, 0x10]);
+        // Walk the descriptors.
+        let mut codes = Vec::new();
+        let mut p = &d[8..];
+        while !p.is_empty() {
+            let code = u16::from_be_bytes([p[0], p[1]]);
+            let n = usize::from(p[3]);
+            assert_eq!(n % 4, 0);
+            codes.push((code, p[2] & 1));
+            p = &p[4 + n..];
+        }
+        assert_eq!(
+            codes,
+            [(0, 1), (1, 1), (2, 1), (3, 1), (0x10, 1), (0x1F, 1)]
+        );
+        // Profile list: DVD-ROM current, CD-ROM not.
+        assert_eq!(&d[12..20], &[0, 0x10, 1, 0, 0, 0x08, 0, 0]);
+        // RT = 2: only the requested feature.
+        let mut c = cdb10(mmc::op::GET_CONFIGURATION, 2, 64);
+        c[3] = 0x1F;
+        let d = e.ok(&c, 64);
+        assert_eq!(d.len(), 12);
+        assert_eq!(&d[8..10], &[0, 0x1F]);
+        assert_eq!(
+            e.sense(&cdb10(mmc::op::GET_CONFIGURATION, 3, 64), 64),
+            (5, 0x24, 0)
+        );
+        // RT = 1 without medium: no random-readable / DVD-read.
+        let e = env(None);
+        let d = e.ok(&cdb10(mmc::op::GET_CONFIGURATION, 1, 1024), 1024);
+        assert_eq!(d.len(), 8 + 12 + 12 + 8 + 8);
+    }
+
+    #[test]
+    fn read_toc_lba_and_msf() {
+        let e = loaded();
+        let d = e.ok(&cdb10(mmc::op::READ_TOC, 0, 64), 64);
+        assert_eq!(d.len(), 20);
+        assert_eq!(&d[..4], &[0, 18, 1, 1]);
+        assert_eq!(&d[4..12], &[0, 0x14, 1, 0, 0, 0, 0, 0]);
+        assert_eq!(&d[12..20], &[0, 0x14, 0xAA, 0, 0, 0, 0, 64]);
+        let d = e.ok(&cdb10(mmc::op::READ_TOC, 2, 64), 64);
+        assert_eq!(&d[8..12], &[0, 0, 2, 0]);
+        assert_eq!(&d[16..20], &[0, 0, 2, 64]);
+        let mut c = cdb10(mmc::op::READ_TOC, 0, 64);
+        c[6] = 0xAA;
+        assert_eq!(e.ok(&c, 64).len(), 12);
+        c[6] = 2;
+        assert_eq!(e.sense(&c, 64), (5, 0x24, 0));
+        let mut c = cdb10(mmc::op::READ_TOC, 0, 64);
+        c[2] = 1;
+        assert_eq!(e.ok(&c, 64).len(), 12);
+        c[2] = 2;
+        assert_eq!(e.sense(&c, 64), (5, 0x24, 0));
+        assert_eq!(msf(75 * 60 * 2 + 75 * 3 + 4 - 150), [0, 2, 3, 4]);
+    }
+
+    #[test]
+    fn mode_sense_and_select() {
+        let e = loaded();
+        let ms = |pc_page: u8| {
+            let mut c = cdb10(op::MODE_SENSE10, 0, 255);
+            c[2] = pc_page;
+            c
+        };
+        for page in [0x01, 0x1A, 0x1D] {
+            let d = e.ok(&ms(page), 255);
+            assert_eq!(d.len(), 20);
+            assert_eq!(&d[..2], &[0, 18]);
+            assert_eq!(&d[8..10], &[page, 0x0A]);
+        }
+        let all = e.ok(&ms(0x3F), 255);
+        assert_eq!(all.len(), 8 + 36);
+        assert_eq!(e.sense(&ms(0xC0 | 0x01), 255), (5, 0x39, 0));
+        assert_eq!(e.sense(&ms(0x08), 255), (5, 0x24, 0));
+        let changeable = e.ok(&ms(0x40 | 0x01), 255);
+        assert!(changeable[10..].iter().all(|&b| b == 0));
+        // MODE SELECT of what MODE SENSE returned (data length zeroed).
+        let mut list = all.clone();
+        list[0] = 0;
+        list[1] = 0;
+        let mut c = cdb10(op::MODE_SELECT10, 0x10, list.len() as u16);
+        let (r, _) = e.run(&c, &list, list.len());
+        assert_eq!(r.status, status::GOOD, "{r:?}");
+        // Unknown page → invalid field in parameter list.
+        list[8] = 0x08;
+        let (r, _) = e.run(&c, &list, list.len());
+        assert_eq!(r.sense.map(|s| (s.key, s.asc)), Some((5, 0x26)));
+        // SP → invalid field in CDB.
+        c[1] = 0x11;
+        assert_eq!(e.sense(&c, list.len()), (5, 0x24, 0));
+    }
+
+    #[test]
+    fn disc_track_structure_and_misc() {
+        let e = loaded();
+        let d = e.ok(&cdb10(mmc::op::READ_DISC_INFORMATION, 0, 34), 34);
+        assert_eq!(&d[..4], &[0, 32, 0x0E, 1]);
+        let mut c = cdb10(mmc::op::READ_TRACK_INFORMATION, 1, 48);
+        c[5] = 1;
+        let d = e.ok(&c, 48);
+        assert_eq!(&d[..4], &[0, 46, 1, 1]);
+        assert_eq!(&d[24..28], &64u32.to_be_bytes());
+        c[5] = 2;
+        assert_eq!(e.sense(&c, 48), (5, 0x24, 0));
+        // READ DVD STRUCTURE format 0.
+        let mut c = [0u8; 12];
+        c[0] = mmc::op::READ_DVD_STRUCTURE;
+        c[8..10].copy_from_slice(&2052u16.to_be_bytes());
+        let d = e.ok(&c, 2052);
+        assert_eq!(d.len(), 2052);
+        assert_eq!(&d[..2], &2050u16.to_be_bytes());
+        assert_eq!(&d[8..12], &0x30000u32.to_be_bytes());
+        assert_eq!(&d[12..16], &(0x30000u32 + 63).to_be_bytes());
+        c[7] = 0x30;
+        assert_eq!(e.sense(&c, 2052), (5, 0x24, 0));
+        c[7] = 0;
+        c[6] = 1;
+        assert_eq!(e.sense(&c, 2052), (5, 0x24, 0));
+        // GET PERFORMANCE: one nominal read descriptor.
+        let mut c = [0u8; 12];
+        c[0] = mmc::op::GET_PERFORMANCE;
+        c[9] = 4;
+        let d = e.ok(&c, 64);
+        assert_eq!(d.len(), 24);
+        assert_eq!(&d[16..20], &63u32.to_be_bytes());
+        c[10] = 7;
+        assert_eq!(e.sense(&c, 64), (5, 0x24, 0));
+        // READ BUFFER CAPACITY.
+        let d = e.ok(&cdb10(mmc::op::READ_BUFFER_CAPACITY, 0, 12), 12);
+        assert_eq!(&d[..2], &[0, 10]);
+        // SET STREAMING with a performance descriptor.
+        let mut c = [0u8; 12];
+        c[0] = mmc::op::SET_STREAMING;
+        c[10] = 28;
+        let (r, _) = e.run(&c, &[0; 28], 28);
+        assert_eq!(r.status, status::GOOD);
+        c[8] = 1;
+        assert_eq!(e.sense(&c, 28), (5, 0x24, 0));
+    }
+
+    #[test]
+    fn unsupported_and_write_commands() {
+        let e = loaded();
+        let mut w = read10(0, 1);
+        w[0] = op::WRITE10;
+        assert_eq!(e.sense(&w, 2048), (5, 0x20, 0));
+        for cdb in [
+            [op::READ6, 0, 0, 0, 1, 0],
+            [op::MODE_SENSE6, 0, 0x3F, 0, 255, 0],
+            [op::FORMAT_UNIT, 0, 0, 0, 0, 0],
+            [0xFF, 0, 0, 0, 0, 0],
+        ] {
+            assert_eq!(e.sense(&cdb, 512), (5, 0x20, 0));
+        }
+        assert_eq!(e.sense(&[], 0), (5, 0x24, 0));
+        assert_eq!(e.sense(&[op::READ10, 0, 0], 0), (5, 0x24, 0));
+    }
+
+    #[test]
+    fn hostile_cdbs_never_panic() {
+        let e = loaded();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for i in 0..20_000 {
+            let mut cdb = [0u8; 16];
+            for b in cdb.iter_mut() {
+                *b = next() as u8;
+            }
+            cdb[0] = MMC_OPCODES[(next() as usize) % MMC_OPCODES.len()];
+            if i % 3 == 0 {
+                cdb[0] = next() as u8;
+            }
+            let len = (next() % 17) as usize;
+            let buf = (next() % 4096) as usize;
+            let _ = e.run(&cdb[..len], &[0xA5; 64], buf);
+            if i % 1000 == 0 {
+                e.dvd.change_media(Some(medium(512, 4).1)).unwrap();
+            }
+            if i % 1500 == 0 {
+                e.dvd.change_media(None).unwrap();
+            }
+        }
+    }
+}

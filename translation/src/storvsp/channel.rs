@@ -1,0 +1,672 @@
+//! One StorVSP channel worker: packets in, completions out.
+
+use super::{Controller, NegotiationState, ScsiPath, StorvspError};
+use crate::scsi::{ScsiDisk, ScsiResult, disk_error_result};
+use crate::vmbus::{Channel, OutgoingKind, Packet, PacketKind, Reservation, RingError, Signal};
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+use core::fmt;
+use core::future::Future;
+use core::pin::Pin;
+use core::task::{Context, Poll, Waker};
+use parastor_core::{DiskError, GpaRange, IoError, IoErrorKind, SgList};
+use parastor_hw::scsi::{SenseData, asc, op, status};
+use parastor_hw::storvsp::{
+    self as hw, Body, MAX_PACKET_LEN, NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader,
+    ProtocolVersion, RequestSize, ScsiRequest, data_direction, parse_packet, srb_flags, srb_status,
+};
+use zerocopy::IntoBytes;
+
+/// Bytes of standard INQUIRY data returned for a missing LUN.
+const MISSING_LUN_INQUIRY_LEN: usize = 36;
+
+type ScsiFuture<'a> = Pin<Box<dyn Future<Output = Option<ScsiResult>> + 'a>>;
+
+/// A SCSI request running on a LUN.
+struct InFlight<'a> {
+    transaction_id: u64,
+    /// Ring space for the completion, taken before the packet was read.
+    reservation: Reservation,
+    request: ScsiRequest,
+    future: ScsiFuture<'a>,
+}
+
+/// The worker serving one VMBus channel of a [`Controller`]: it reads the
+/// guest's packets, answers them, runs SCSI requests and writes their
+/// completions.
+///
+/// Drive it with [`StorvspChannel::run`] (an async loop that ends only when
+/// the guest breaks the protocol), or step it with
+/// [`StorvspChannel::poll_work`] / [`StorvspChannel::process`].
+pub struct StorvspChannel<'a> {
+    controller: Arc<Controller>,
+    channel: Channel<'a>,
+    primary: bool,
+    in_flight: Vec<InFlight<'a>>,
+    /// The controller's LUN generation the guest last heard about.
+    announced: u64,
+    /// An `ENUMERATE_BUS` is waiting for ring space.
+    enumerate_pending: bool,
+}
+
+impl fmt::Debug for StorvspChannel<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StorvspChannel")
+            .field("primary", &self.primary)
+            .field("in_flight", &self.in_flight.len())
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+/// What an `EXECUTE_SRB` resolved to without running on a disk.
+enum SrbAnswer {
+    /// An SRB status with no SCSI status, sense or data.
+    Srb(u8),
+    /// A SCSI outcome produced by the controller itself.
+    Scsi(ScsiResult),
+}
+
+impl<'a> StorvspChannel<'a> {
+    /// The worker for the controller's primary channel, which carries the
+    /// protocol negotiation and the bus-rescan notifications.
+    pub fn primary(controller: Arc<Controller>, channel: Channel<'a>) -> Self {
+        Self::new(controller, channel, true)
+    }
+
+    /// The worker for a sub-channel (created after the guest's
+    /// `CREATE_SUB_CHANNELS`): it takes no packets until the primary
+    /// channel's negotiation is complete.
+    pub fn sub_channel(controller: Arc<Controller>, channel: Channel<'a>) -> Self {
+        Self::new(controller, channel, false)
+    }
+
+    fn new(controller: Arc<Controller>, channel: Channel<'a>, primary: bool) -> Self {
+        let announced = controller.generation();
+        Self {
+            controller,
+            channel,
+            primary,
+            in_flight: Vec::new(),
+            announced,
+            enumerate_pending: false,
+        }
+    }
+
+    /// The controller this channel serves.
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    /// The VMBus channel endpoint.
+    pub fn channel(&self) -> &Channel<'a> {
+        &self.channel
+    }
+
+    /// SCSI requests taken and not yet completed.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Serves the channel until the guest breaks the protocol, waiting on
+    /// `incoming` (the guest's notifications to the host) when there is
+    /// nothing to do. Returns why the channel stopped.
+    pub async fn run(&mut self, incoming: &Signal) -> StorvspError {
+        core::future::poll_fn(|cx| {
+            loop {
+                // Arm the signal before looking at the rings, so a packet
+                // the guest writes after our look still wakes us.
+                let signalled = Pin::new(&mut incoming.wait()).poll(cx).is_ready();
+                match self.poll_work(cx) {
+                    Err(e) => return Poll::Ready(e),
+                    Ok(true) => {}
+                    Ok(false) if signalled => {}
+                    Ok(false) => return Poll::Pending,
+                }
+            }
+        })
+        .await
+    }
+
+    /// Does all the work possible now without waiting, until nothing
+    /// more can be done: finishes requests whose futures are ready, sends
+    /// a pending bus-rescan notification, and takes new packets while ring
+    /// space and the queue depth allow. Returns whether anything happened.
+    pub fn process(&mut self) -> Result<bool, StorvspError> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut any = false;
+        while self.poll_work(&mut cx)? {
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// One pass of the work [`StorvspChannel::process`] repeats: returns
+    /// whether anything happened. Requests still running, and controller
+    /// events (negotiation finished, LUNs changed), wake `cx`; ring
+    /// activity is signalled separately (see [`StorvspChannel::run`]).
+    pub fn poll_work(&mut self, cx: &mut Context<'_>) -> Result<bool, StorvspError> {
+        let mut progress = false;
+
+        // Finish requests that are done.
+        let mut i = 0;
+        while i < self.in_flight.len() {
+            if let Poll::Ready(result) = self.in_flight[i].future.as_mut().poll(cx) {
+                let io = self.in_flight.swap_remove(i);
+                let answer = match result {
+                    Some(r) => SrbAnswer::Scsi(r),
+                    None => SrbAnswer::Srb(srb_status::INVALID_REQUEST),
+                };
+                self.complete_srb(io.reservation, io.transaction_id, &io.request, answer)?;
+                progress = true;
+            } else {
+                i += 1;
+            }
+        }
+
+        // Wake on controller events before checking them.
+        let ready = self.controller.state() == NegotiationState::Ready;
+        if self.primary || !ready {
+            self.controller.register(cx.waker());
+        }
+
+        if self.primary && ready {
+            progress |= self.announce_rescan()?;
+        }
+
+        // Take packets. Sub-channels wait for the negotiation.
+        if !self.primary && !ready {
+            return Ok(progress);
+        }
+        let depth = self.controller.config.io_queue_depth.max(1);
+        while self.in_flight.len() < depth {
+            let reservation = match self.channel.reserve(MAX_PACKET_LEN) {
+                Ok(r) => r,
+                // The guest is not draining completions; the writer has
+                // asked it (pending_send_sz) to signal when it does.
+                Err(RingError::Full { .. }) => break,
+                Err(e) => return Err(e.into()),
+            };
+            match self.channel.read_packet() {
+                Ok(Some(packet)) => {
+                    progress = true;
+                    self.handle(packet, reservation, cx)?;
+                }
+                Ok(None) => {
+                    self.channel.release(reservation);
+                    break;
+                }
+                Err(e) => {
+                    self.channel.release(reservation);
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Sends `ENUMERATE_BUS` if the LUNs changed since the guest last
+    /// heard (Win7 and later). Returns whether a packet was sent.
+    fn announce_rescan(&mut self) -> Result<bool, StorvspError> {
+        let generation = self.controller.generation();
+        if generation != self.announced {
+            self.announced = generation;
+            self.enumerate_pending = self
+                .controller
+                .version()
+                .is_some_and(|v| v >= hw::VERSION_WIN7);
+        }
+        if !self.enumerate_pending {
+            return Ok(false);
+        }
+        let size = self.controller.request_size();
+        let mut buf = [0u8; MAX_PACKET_LEN];
+        buf[..PACKET_HEADER_LEN].copy_from_slice(
+            PacketHeader::new(Operation::EnumerateBus, 0, NtStatus::SUCCESS).as_bytes(),
+        );
+        match self.channel.write_packet(
+            OutgoingKind::InBand {
+                completion_requested: false,
+            },
+            0,
+            &buf[..size.packet_len()],
+        ) {
+            Ok(()) => {
+                self.enumerate_pending = false;
+                Ok(true)
+            }
+            Err(RingError::Full { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Writes a completion for `transaction_id` into `reservation`: the
+    /// header with `status`, then `payload`, zero padded or truncated to
+    /// the request size `size`.
+    fn complete(
+        &mut self,
+        reservation: Reservation,
+        transaction_id: u64,
+        size: RequestSize,
+        status: NtStatus,
+        payload: &[u8],
+    ) -> Result<(), StorvspError> {
+        let mut buf = [0u8; MAX_PACKET_LEN];
+        buf[..PACKET_HEADER_LEN]
+            .copy_from_slice(PacketHeader::new(Operation::CompleteIo, 0, status).as_bytes());
+        let n = payload.len().min(size.request_len());
+        buf[PACKET_HEADER_LEN..PACKET_HEADER_LEN + n].copy_from_slice(&payload[..n]);
+        self.channel.write_reserved(
+            reservation,
+            OutgoingKind::Completion,
+            transaction_id,
+            &buf[..size.packet_len()],
+        )?;
+        Ok(())
+    }
+
+    fn handle(
+        &mut self,
+        packet: Packet,
+        reservation: Reservation,
+        cx: &mut Context<'_>,
+    ) -> Result<(), StorvspError> {
+        let transaction_id = packet.transaction_id;
+        let fail = |this: &mut Self, r, e| {
+            this.channel.release(r);
+            Err(e)
+        };
+        if packet.kind == PacketKind::Completion {
+            return fail(
+                self,
+                reservation,
+                StorvspError::UnexpectedPacket { transaction_id },
+            );
+        }
+        if !packet.completion_requested {
+            return fail(
+                self,
+                reservation,
+                StorvspError::NotTransactional { transaction_id },
+            );
+        }
+        let size = self.controller.request_size();
+        let (header, body) = match parse_packet(&packet.payload, size) {
+            Ok(p) => p,
+            Err(error) => {
+                return fail(
+                    self,
+                    reservation,
+                    StorvspError::Packet {
+                        transaction_id,
+                        error,
+                    },
+                );
+            }
+        };
+        let Some(operation) = header.operation() else {
+            // parse_packet only returns known operations.
+            return fail(
+                self,
+                reservation,
+                StorvspError::UnexpectedPacket { transaction_id },
+            );
+        };
+        let ready = self.controller.state() == NegotiationState::Ready;
+        match (operation, body) {
+            (Operation::ExecuteSrb, Body::ExecuteSrb(request)) if ready => {
+                self.execute_srb(packet, request, reservation, cx)
+            }
+            (Operation::ResetLun | Operation::ResetAdapter | Operation::ResetBus, _) if ready => {
+                self.complete(reservation, transaction_id, size, NtStatus::SUCCESS, &[])
+            }
+            _ if !self.primary => self.complete(
+                reservation,
+                transaction_id,
+                size,
+                NtStatus::INVALID_DEVICE_STATE,
+                &[],
+            ),
+            (operation, body) => {
+                let (status, reply) = self.negotiate(operation, body);
+                self.complete(reservation, transaction_id, size, status, reply.as_slice())
+            }
+        }
+    }
+
+    /// The primary channel's negotiation state machine (catalog §5.2):
+    /// the completion status and payload for a non-I/O packet.
+    fn negotiate(&mut self, operation: Operation, body: Body) -> (NtStatus, Reply) {
+        use NegotiationState as S;
+        let controller = &self.controller;
+        let mut proto = controller.protocol.lock();
+        let before = (proto.state, proto.sub_channels);
+        let mut reply = Reply::default();
+        let status = match (proto.state, operation, body) {
+            (S::Begin, Operation::BeginInitialization, _) => {
+                proto.state = S::QueryVersion;
+                NtStatus::SUCCESS
+            }
+            (S::QueryVersion, Operation::QueryProtocolVersion, Body::ProtocolVersion(v)) => {
+                reply.set(ProtocolVersion::new(v.major_minor.get()).as_bytes());
+                if hw::is_supported(v.major_minor.get()) {
+                    proto.version = Some(v.major_minor.get());
+                    proto.state = S::QueryProperties;
+                    NtStatus::SUCCESS
+                } else {
+                    NtStatus::REVISION_MISMATCH
+                }
+            }
+            (S::QueryProperties, Operation::QueryProperties, _) => {
+                let version = proto.version.unwrap_or(hw::VERSION_WIN6);
+                reply.set(controller.properties(version).as_bytes());
+                proto.state = S::EndInitialization;
+                NtStatus::SUCCESS
+            }
+            (
+                S::EndInitialization | S::Ready,
+                Operation::CreateSubChannels,
+                Body::CreateSubChannels(count),
+            ) => {
+                if proto.version.is_none_or(|v| v < hw::VERSION_WIN8)
+                    || proto.sub_channels.is_some()
+                {
+                    NtStatus::INVALID_DEVICE_STATE
+                } else if count > controller.config.max_sub_channels {
+                    NtStatus::INVALID_PARAMETER
+                } else {
+                    proto.sub_channels = Some(count);
+                    NtStatus::SUCCESS
+                }
+            }
+            (S::EndInitialization, Operation::EndInitialization, _) => {
+                proto.state = S::Ready;
+                // The guest scans the bus now; nothing to announce yet.
+                self.announced = controller.generation();
+                self.enumerate_pending = false;
+                NtStatus::SUCCESS
+            }
+            _ => NtStatus::INVALID_DEVICE_STATE,
+        };
+        let wake = (proto.state, proto.sub_channels) != before;
+        drop(proto);
+        if wake {
+            // Sub-channels waiting for Ready; callers waiting for
+            // CREATE_SUB_CHANNELS.
+            controller.wake_all();
+        }
+        (status, reply)
+    }
+
+    fn execute_srb(
+        &mut self,
+        packet: Packet,
+        request: ScsiRequest,
+        reservation: Reservation,
+        cx: &mut Context<'_>,
+    ) -> Result<(), StorvspError> {
+        let transaction_id = packet.transaction_id;
+        let answer = |this: &mut Self, r, a| this.complete_srb(r, transaction_id, &request, a);
+        let Some(cdb) = request.cdb().filter(|c| !c.is_empty()) else {
+            return answer(
+                self,
+                reservation,
+                SrbAnswer::Srb(srb_status::INVALID_REQUEST),
+            );
+        };
+        let mut cdb_buf = [0u8; hw::CDB_MAX_LEN];
+        let cdb_len = cdb.len();
+        cdb_buf[..cdb_len].copy_from_slice(cdb);
+        let len = request.data_transfer_length.get() as usize;
+        // The device writes guest memory unless this is a write.
+        let writable = request.data_in != data_direction::WRITE;
+        let mem = self.channel.memory();
+        let ranges = packet.ranges;
+        let buffer_ok = SgList::new(mem, &ranges, writable)
+            .and_then(|sg| sg.subrange(0, len))
+            .is_ok();
+        if !buffer_ok {
+            // The ranges are shorter than the transfer the guest asked for.
+            return answer(
+                self,
+                reservation,
+                SrbAnswer::Srb(srb_status::INVALID_REQUEST),
+            );
+        }
+        let cdb = &cdb_buf[..cdb_len];
+        let path = ScsiPath::new(request.path_id, request.target_id, request.lun);
+        if cdb[0] == op::REPORT_LUNS {
+            let a = self.report_luns(cdb, path, mem, &ranges, len);
+            return answer(self, reservation, a);
+        }
+        let Some(disk) = self.controller.lun(path) else {
+            let a = missing_lun(cdb, mem, &ranges, len);
+            return answer(self, reservation, a);
+        };
+        let initiator = self.controller.config.initiator;
+        if disk.disk().completes_inline() {
+            // The common case (RAM disks and compositions of them): run the
+            // command in place, with no allocation. The disk promised to
+            // finish on the first poll; if it breaks that promise the
+            // command fails as a device error (as a composite's `drive!`
+            // does) instead of hanging the channel.
+            let sg = SgList::new(mem, &ranges, writable).and_then(|sg| sg.subrange(0, len));
+            let a = match sg {
+                Ok(sg) => {
+                    let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator));
+                    match fut.as_mut().poll(cx) {
+                        Poll::Ready(r) => SrbAnswer::Scsi(r),
+                        Poll::Pending => SrbAnswer::Scsi(disk_error_result(&DiskError::Io(
+                            IoError::new(IoErrorKind::DeviceFailed, 0),
+                        ))),
+                    }
+                }
+                Err(_) => SrbAnswer::Srb(srb_status::INVALID_REQUEST),
+            };
+            return answer(self, reservation, a);
+        }
+        // A disk that really waits: the command runs as a boxed future
+        // (one allocation per request, where the I/O takes microseconds
+        // anyway) polled by `poll_work`.
+        let mut future: ScsiFuture<'a> = Box::pin(async move {
+            let sg = SgList::new(mem, &ranges, writable)
+                .and_then(|sg| sg.subrange(0, len))
+                .ok()?;
+            let disk: Arc<ScsiDisk> = disk;
+            Some(disk.execute(&cdb_buf[..cdb_len], sg, initiator).await)
+        });
+        if let Poll::Ready(result) = future.as_mut().poll(cx) {
+            let a = match result {
+                Some(r) => SrbAnswer::Scsi(r),
+                None => SrbAnswer::Srb(srb_status::INVALID_REQUEST),
+            };
+            return answer(self, reservation, a);
+        }
+        self.in_flight.push(InFlight {
+            transaction_id,
+            reservation,
+            request,
+            future,
+        });
+        Ok(())
+    }
+
+    /// REPORT LUNS from the LUN map: the LUNs on the request's path and
+    /// target, sorted, single-level peripheral addressing.
+    fn report_luns(
+        &self,
+        cdb: &[u8],
+        path: ScsiPath,
+        mem: &dyn parastor_core::GuestMemory,
+        ranges: &[GpaRange],
+        len: usize,
+    ) -> SrbAnswer {
+        if cdb.len() < 12 {
+            return SrbAnswer::Scsi(ScsiResult::check(SenseData::illegal(
+                asc::INVALID_FIELD_IN_CDB,
+                0,
+            )));
+        }
+        let alloc_len = u32::from_be_bytes([cdb[6], cdb[7], cdb[8], cdb[9]]) as usize;
+        let luns: Vec<u8> = self
+            .controller
+            .paths()
+            .into_iter()
+            .filter(|p| p.path == path.path && p.target == path.target)
+            .map(|p| p.lun)
+            .collect();
+        let mut data = vec![0u8; 8 + 8 * luns.len()];
+        data[..4].copy_from_slice(&((8 * luns.len()) as u32).to_be_bytes());
+        for (i, lun) in luns.iter().enumerate() {
+            data[8 + 8 * i + 1] = *lun;
+        }
+        SrbAnswer::Scsi(write_data(mem, ranges, len, &data, alloc_len))
+    }
+
+    /// Completes an `EXECUTE_SRB` with `answer`.
+    fn complete_srb(
+        &mut self,
+        reservation: Reservation,
+        transaction_id: u64,
+        request: &ScsiRequest,
+        answer: SrbAnswer,
+    ) -> Result<(), StorvspError> {
+        let size = self.controller.request_size();
+        let (status, reply) = srb_completion(request, &answer, size);
+        self.complete(
+            reservation,
+            transaction_id,
+            size,
+            status,
+            reply.wire_bytes(size),
+        )
+    }
+}
+
+/// A small completion payload.
+struct Reply {
+    buf: [u8; hw::PACKET_PAYLOAD_LEN],
+    len: usize,
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Self {
+            buf: [0; hw::PACKET_PAYLOAD_LEN],
+            len: 0,
+        }
+    }
+}
+
+impl Reply {
+    fn set(&mut self, bytes: &[u8]) {
+        let n = bytes.len().min(self.buf.len());
+        self.buf[..n].copy_from_slice(&bytes[..n]);
+        self.len = n;
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Writes `data`, truncated to `alloc_len` and the buffer, to the request's
+/// data-in buffer.
+fn write_data(
+    mem: &dyn parastor_core::GuestMemory,
+    ranges: &[GpaRange],
+    len: usize,
+    data: &[u8],
+    alloc_len: usize,
+) -> ScsiResult {
+    let n = data.len().min(alloc_len).min(len);
+    if n == 0 {
+        return ScsiResult::good(0);
+    }
+    let written = SgList::new(mem, ranges, true)
+        .and_then(|sg| sg.subrange(0, n))
+        .map_err(|_| ScsiResult::check(SenseData::illegal(asc::INVALID_FIELD_IN_CDB, 0)))
+        .and_then(|sg| {
+            sg.write_all(&data[..n])
+                .map_err(|e| disk_error_result(&DiskError::MemoryAccess(e)))
+        });
+    match written {
+        Ok(()) => ScsiResult::good(n),
+        Err(r) => r,
+    }
+}
+
+/// A request to a LUN that is not attached (catalog §5.3): standard
+/// INQUIRY says "no logical unit" (peripheral qualifier 3, type 0x1F), so
+/// the guest keeps scanning; VPD pages are an invalid CDB; every other
+/// command is `SRB_STATUS_INVALID_LUN`.
+fn missing_lun(
+    cdb: &[u8],
+    mem: &dyn parastor_core::GuestMemory,
+    ranges: &[GpaRange],
+    len: usize,
+) -> SrbAnswer {
+    if cdb[0] != op::INQUIRY {
+        return SrbAnswer::Srb(srb_status::INVALID_LUN);
+    }
+    if cdb.len() < 6 || cdb[1] & 1 != 0 {
+        return SrbAnswer::Scsi(ScsiResult::check(SenseData::illegal(
+            asc::INVALID_FIELD_IN_CDB,
+            0,
+        )));
+    }
+    let alloc_len = usize::from(u16::from_be_bytes([cdb[3], cdb[4]]));
+    let mut data = [0u8; MISSING_LUN_INQUIRY_LEN];
+    data[0] = 0x7F; // qualifier 3: no LU here; type 0x1F
+    data[2] = 0x06; // SPC-4
+    data[3] = 0x02; // response data format 2
+    data[4] = (MISSING_LUN_INQUIRY_LEN - 5) as u8;
+    SrbAnswer::Scsi(write_data(mem, ranges, len, &data, alloc_len))
+}
+
+/// The completion of an `EXECUTE_SRB`: NT status and the request as sent
+/// back, with SRB status, SCSI status, transfer length and sense (capped to
+/// the guest's sense buffer and the protocol's) filled in.
+fn srb_completion(
+    request: &ScsiRequest,
+    answer: &SrbAnswer,
+    size: RequestSize,
+) -> (NtStatus, ScsiRequest) {
+    let mut out = *request;
+    out.payload = [0; hw::SCSI_REQUEST_PAYLOAD_LEN];
+    out.sense_info_ex_length = 0;
+    let srb = match answer {
+        SrbAnswer::Srb(srb) => {
+            out.scsi_status = status::GOOD;
+            out.data_transfer_length = 0.into();
+            *srb
+        }
+        SrbAnswer::Scsi(r) => {
+            out.scsi_status = r.status;
+            out.data_transfer_length = u32::try_from(r.tx).unwrap_or(u32::MAX).into();
+            let mut srb = if r.status == status::GOOD {
+                srb_status::SUCCESS
+            } else {
+                srb_status::ERROR
+            };
+            let autosense = size == RequestSize::PreWin8
+                || request.srb_flags.get() & srb_flags::DISABLE_AUTOSENSE == 0;
+            if let Some(sense) = r.sense.filter(|_| autosense) {
+                let cap = usize::from(request.sense_info_ex_length).min(size.sense_buffer_len());
+                let fixed = sense.to_fixed();
+                let bytes = fixed.as_bytes();
+                let n = cap.min(bytes.len());
+                if n > 0 {
+                    out.payload[..n].copy_from_slice(&bytes[..n]);
+                    out.sense_info_ex_length = n as u8;
+                    srb |= srb_status::AUTOSENSE_VALID;
+                }
+            }
+            srb
+        }
+    };
+    out.srb_status = srb;
+    (hw::nt_status_for_srb_status(srb), out)
+}

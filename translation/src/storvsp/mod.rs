@@ -1,0 +1,392 @@
+//! StorVSP: the SCSI controller a guest's StorVSC reaches over VMBus.
+//!
+//! A [`Controller`] is one guest-visible SCSI adapter: its LUN map
+//! ([`ScsiPath`] → [`ScsiDisk`]), the protocol state negotiated on the
+//! primary channel, and the sub-channel count the guest asked for. Each
+//! VMBus channel of the controller (the primary and every sub-channel) is
+//! served by its own [`StorvspChannel`], which reads packets from the
+//! channel's incoming ring, answers negotiation packets, runs SCSI requests
+//! on the LUNs' [`ScsiDisk`]s and writes completions to the outgoing ring.
+//!
+//! Protocol (OpenVMM catalog §5):
+//!
+//! - Negotiation on the primary channel: `BEGIN_INITIALIZATION` →
+//!   `QUERY_PROTOCOL_VERSION` (exactly Win6, Win7, Win8 and Blue are
+//!   accepted; anything else is answered `REVISION_MISMATCH` and the guest
+//!   may try another) → `QUERY_PROPERTIES` → [`CREATE_SUB_CHANNELS`] →
+//!   `END_INITIALIZATION` → ready. A packet out of order is answered
+//!   `INVALID_DEVICE_STATE`. Sub-channels take no packets until the
+//!   controller is ready.
+//! - Completions are exactly the negotiated request size (header plus
+//!   `0x24` or `0x34` bytes), zero padded; before a version is settled the
+//!   pre-Windows 8 size is used.
+//! - `EXECUTE_SRB`: the request's data buffer is the packet's GPA-direct
+//!   ranges — any number of them (OpenVMM accepts only one) — cut to the
+//!   request's `data_transfer_length`. `REPORT LUNS` is answered from the
+//!   LUN map; a request for a missing LUN gets "LU not present" INQUIRY
+//!   data or `SRB_STATUS_INVALID_LUN`.
+//! - Hot add / remove ([`Controller::attach`], [`Controller::remove`]) send
+//!   `ENUMERATE_BUS` to the guest on the primary channel (Win7 and later).
+//!
+//! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CreateSubChannels
+//!
+//! Queue depth: a channel takes a packet only after reserving ring space for
+//! its completion, and holds at most [`ControllerConfig::io_queue_depth`]
+//! requests in flight. When either runs out it stops reading the incoming
+//! ring until completions (or the guest draining the outgoing ring) free
+//! room, so no completion is ever lost and a guest that stops reading
+//! completions cannot make the service buffer without bound.
+//!
+//! Hostile input: a malformed packet is answered with the protocol's error
+//! status where the protocol has one, and otherwise ends that channel with a
+//! [`StorvspError`] (as OpenVMM does): never a panic, never a hang.
+//!
+//! Initiator identity: every channel of a controller is the same I_T nexus
+//! (the guest's one SCSI host adapter; sub-channels are only extra queues),
+//! so all of them issue requests as [`ControllerConfig::initiator`].
+//! Per-channel identities would make a persistent reservation taken through
+//! one queue conflict with the same guest's I/O on another.
+
+mod channel;
+#[cfg(test)]
+mod tests;
+
+pub use channel::StorvspChannel;
+
+use crate::scsi::ScsiDisk;
+use crate::vmbus::{ChannelError, RingError};
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
+use core::task::Waker;
+use parastor_core::InitiatorId;
+use parastor_hw::storvsp::{self as hw, ParseError, RequestSize};
+use spin::{Mutex, RwLock};
+
+/// Largest transfer a guest may ask for in one request, reported in
+/// `QUERY_PROPERTIES` (OpenVMM: 256 KiB).
+pub const DEFAULT_MAX_TRANSFER_BYTES: u32 = 0x40000;
+
+/// Default per-channel limit of requests in flight (OpenHCL's resolver
+/// default).
+pub const DEFAULT_IO_QUEUE_DEPTH: usize = 256;
+
+/// The address of a LUN on the controller: SCSI path (bus), target and LUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ScsiPath {
+    /// Path (bus) id.
+    pub path: u8,
+    /// Target id.
+    pub target: u8,
+    /// Logical unit number.
+    pub lun: u8,
+}
+
+impl ScsiPath {
+    /// The address `path`/`target`/`lun`.
+    pub const fn new(path: u8, target: u8, lun: u8) -> Self {
+        Self { path, target, lun }
+    }
+}
+
+/// Static configuration of a [`Controller`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControllerConfig {
+    /// The initiator identity all of this controller's requests carry
+    /// (typically derived from the controller's instance GUID).
+    pub initiator: InitiatorId,
+    /// Most sub-channels the guest may create (reported to Win8+ guests in
+    /// `QUERY_PROPERTIES`; 0: no multi-channel support).
+    pub max_sub_channels: u16,
+    /// Most requests in flight per channel (at least 1 is used).
+    pub io_queue_depth: usize,
+    /// Largest transfer per request, reported in `QUERY_PROPERTIES`.
+    pub max_transfer_bytes: u32,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            initiator: InitiatorId::new(1),
+            max_sub_channels: 0,
+            io_queue_depth: DEFAULT_IO_QUEUE_DEPTH,
+            max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
+        }
+    }
+}
+
+/// Where the primary channel's negotiation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NegotiationState {
+    /// Waiting for `BEGIN_INITIALIZATION`.
+    Begin,
+    /// Waiting for an acceptable `QUERY_PROTOCOL_VERSION`.
+    QueryVersion,
+    /// Version settled; waiting for `QUERY_PROPERTIES`.
+    QueryProperties,
+    /// Waiting for `END_INITIALIZATION` (or `CREATE_SUB_CHANNELS`).
+    EndInitialization,
+    /// Negotiated: SCSI requests are served.
+    Ready,
+}
+
+/// Why [`Controller::attach`] refused a LUN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachError {
+    /// A LUN is already attached at this address.
+    Occupied(ScsiPath),
+}
+
+impl fmt::Display for AttachError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Occupied(p) => write!(
+                f,
+                "a LUN is already attached at {}:{}:{}",
+                p.path, p.target, p.lun
+            ),
+        }
+    }
+}
+
+impl core::error::Error for AttachError {}
+
+/// Why a channel stopped: the guest broke the protocol (or the ring), and
+/// the channel cannot continue. Requests in flight at that point are
+/// dropped without completions; the channel should be closed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorvspError {
+    /// The ring or a packet's VMBus framing is malformed.
+    Channel(ChannelError),
+    /// Writing a completion failed for a reason other than lack of space
+    /// (which never happens: space is reserved first).
+    Ring(RingError),
+    /// A packet is not a StorVSP packet (too short, unknown operation).
+    Packet {
+        /// The packet's transaction id.
+        transaction_id: u64,
+        /// What is wrong with it.
+        error: ParseError,
+    },
+    /// A request packet did not ask for a completion.
+    NotTransactional {
+        /// The packet's transaction id.
+        transaction_id: u64,
+    },
+    /// The guest sent a completion packet, or a packet of an operation only
+    /// the host sends (`COMPLETE_IO`, `ENUMERATE_BUS`, ...).
+    UnexpectedPacket {
+        /// The packet's transaction id.
+        transaction_id: u64,
+    },
+}
+
+impl fmt::Display for StorvspError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Channel(e) => write!(f, "storvsp channel: {e}"),
+            Self::Ring(e) => write!(f, "storvsp completion: {e}"),
+            Self::Packet {
+                transaction_id,
+                error,
+            } => write!(f, "storvsp packet {transaction_id:#x}: {error}"),
+            Self::NotTransactional { transaction_id } => write!(
+                f,
+                "storvsp packet {transaction_id:#x} does not request a completion"
+            ),
+            Self::UnexpectedPacket { transaction_id } => write!(
+                f,
+                "storvsp packet {transaction_id:#x} is not a guest request"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for StorvspError {}
+
+impl From<ChannelError> for StorvspError {
+    fn from(e: ChannelError) -> Self {
+        Self::Channel(e)
+    }
+}
+
+impl From<RingError> for StorvspError {
+    fn from(e: RingError) -> Self {
+        Self::Ring(e)
+    }
+}
+
+/// Negotiated protocol state, shared by all channels.
+#[derive(Debug)]
+struct Protocol {
+    state: NegotiationState,
+    version: Option<u16>,
+    /// Sub-channels the guest asked for (`None`: not asked yet).
+    sub_channels: Option<u16>,
+}
+
+/// One StorVSP SCSI controller: LUNs, negotiated protocol state and
+/// sub-channel bookkeeping, shared by the [`StorvspChannel`]s serving its
+/// primary channel and sub-channels.
+pub struct Controller {
+    config: ControllerConfig,
+    luns: RwLock<BTreeMap<ScsiPath, Arc<ScsiDisk>>>,
+    protocol: Mutex<Protocol>,
+    /// Bumped at every LUN change; the primary channel compares it with
+    /// the value it last announced.
+    generation: AtomicU64,
+    /// Channel workers to wake on a state or LUN change.
+    waiters: Mutex<Vec<Waker>>,
+}
+
+impl fmt::Debug for Controller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Controller")
+            .field("config", &self.config)
+            .field("luns", &self.luns.read().keys().collect::<Vec<_>>())
+            .field("protocol", &*self.protocol.lock())
+            .finish()
+    }
+}
+
+impl Controller {
+    /// A controller with no LUNs, not yet negotiated.
+    pub fn new(config: ControllerConfig) -> Self {
+        Self {
+            config,
+            luns: RwLock::new(BTreeMap::new()),
+            protocol: Mutex::new(Protocol {
+                state: NegotiationState::Begin,
+                version: None,
+                sub_channels: None,
+            }),
+            generation: AtomicU64::new(0),
+            waiters: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ControllerConfig {
+        &self.config
+    }
+
+    /// Attaches `disk` at `path` and, once the guest is ready, tells it to
+    /// rescan (`ENUMERATE_BUS`, Win7 and later).
+    pub fn attach(&self, path: ScsiPath, disk: Arc<ScsiDisk>) -> Result<(), AttachError> {
+        {
+            let mut luns = self.luns.write();
+            if luns.contains_key(&path) {
+                return Err(AttachError::Occupied(path));
+            }
+            luns.insert(path, disk);
+        }
+        self.changed();
+        Ok(())
+    }
+
+    /// Detaches the LUN at `path`, if any, and tells the guest to rescan.
+    /// Requests already running on it finish normally.
+    pub fn remove(&self, path: ScsiPath) -> Option<Arc<ScsiDisk>> {
+        let old = self.luns.write().remove(&path);
+        if old.is_some() {
+            self.changed();
+        }
+        old
+    }
+
+    /// Forgets the negotiation (state back to `Begin`, no version, no
+    /// sub-channels): call it when the guest closes the primary channel,
+    /// before serving a reopened one, so a rebooted or reloaded guest
+    /// driver can negotiate again. LUNs stay attached.
+    pub fn reset(&self) {
+        *self.protocol.lock() = Protocol {
+            state: NegotiationState::Begin,
+            version: None,
+            sub_channels: None,
+        };
+        self.wake_all();
+    }
+
+    /// The LUN at `path`, if one is attached.
+    pub fn lun(&self, path: ScsiPath) -> Option<Arc<ScsiDisk>> {
+        self.luns.read().get(&path).cloned()
+    }
+
+    /// The attached LUN addresses, sorted.
+    pub fn paths(&self) -> Vec<ScsiPath> {
+        self.luns.read().keys().copied().collect()
+    }
+
+    /// Where the negotiation stands.
+    pub fn state(&self) -> NegotiationState {
+        self.protocol.lock().state
+    }
+
+    /// The negotiated protocol version, once settled.
+    pub fn version(&self) -> Option<u16> {
+        self.protocol.lock().version
+    }
+
+    /// The number of sub-channels the guest asked for with
+    /// `CREATE_SUB_CHANNELS` (`None`: it has not asked). Offering them —
+    /// and serving each with its own [`StorvspChannel::sub_channel`] — is
+    /// the caller's job.
+    pub fn sub_channels_requested(&self) -> Option<u16> {
+        self.protocol.lock().sub_channels
+    }
+
+    /// Completes (`Ready`) with the number of sub-channels once the guest
+    /// has asked for them with `CREATE_SUB_CHANNELS`; until then registers
+    /// `cx` to be woken when it does.
+    pub fn poll_sub_channels(&self, cx: &mut core::task::Context<'_>) -> core::task::Poll<u16> {
+        self.register(cx.waker());
+        match self.sub_channels_requested() {
+            Some(n) => core::task::Poll::Ready(n),
+            None => core::task::Poll::Pending,
+        }
+    }
+
+    /// The request size completions use: the negotiated one, or the
+    /// pre-Windows 8 size before a version is settled.
+    fn request_size(&self) -> RequestSize {
+        self.version()
+            .map_or(RequestSize::PreWin8, RequestSize::for_version)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Records a LUN change and wakes the channel workers.
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.wake_all();
+    }
+
+    fn wake_all(&self) {
+        let waiters = core::mem::take(&mut *self.waiters.lock());
+        for w in waiters {
+            w.wake();
+        }
+    }
+
+    fn register(&self, waker: &Waker) {
+        let mut waiters = self.waiters.lock();
+        if !waiters.iter().any(|w| w.will_wake(waker)) {
+            waiters.push(waker.clone());
+        }
+    }
+
+    /// The `QUERY_PROPERTIES` answer for a channel negotiated at `version`.
+    fn properties(&self, version: u16) -> hw::ChannelProperties {
+        let mut p = <hw::ChannelProperties as zerocopy::FromZeros>::new_zeroed();
+        p.max_transfer_bytes = self.config.max_transfer_bytes.into();
+        if version >= hw::VERSION_WIN8 && self.config.max_sub_channels > 0 {
+            p.flags = hw::CHANNEL_PROPERTY_MULTI_CHANNEL.into();
+            p.maximum_sub_channel_count = self.config.max_sub_channels.into();
+        }
+        p
+    }
+}

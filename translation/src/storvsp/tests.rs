@@ -1,0 +1,1187 @@
+//! StorVSP unit tests: a guest-side [`Channel`] (an emulated StorVSC)
+//! drives the controller over real rings in [`RamGuestMemory`].
+
+extern crate std;
+
+use super::*;
+use crate::scsi::DiskParams;
+use crate::vmbus::{
+    Channel, GpaDirectRange, OutgoingKind, PacketKind, RingRegion, Signal, init_ring,
+    init_ring_pair,
+};
+use alloc::boxed::Box;
+use alloc::vec;
+use core::sync::atomic::AtomicBool;
+use core::time::Duration;
+use parastor_core::ram::RamDisk;
+use parastor_core::{DelayDisk, DelayHandle, Disk, GuestMemory, RamGuestMemory, Timer};
+use parastor_hw::scsi::{SenseData, op, sense_key, status};
+use parastor_hw::storvsp::{
+    NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader, ProtocolVersion, ScsiRequest,
+    VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10, data_direction,
+    srb_status,
+};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+const RING: u64 = 16384;
+const BASE: u64 = 0x10000;
+/// Where test data buffers live (page aligned).
+const DATA: u64 = 0x100000;
+const SS: u32 = 512;
+
+struct Rig {
+    mem: RamGuestMemory,
+    host_sig: Signal,
+    guest_sig: Signal,
+    incoming: RingRegion,
+    outgoing: RingRegion,
+    controller: Arc<Controller>,
+}
+
+impl Rig {
+    fn new(config: ControllerConfig) -> Self {
+        Self::with_ring(config, RING, RING)
+    }
+
+    /// Rings of `in_size` (guest → host) and `out_size` bytes.
+    fn with_ring(config: ControllerConfig, in_size: u64, out_size: u64) -> Self {
+        let mem = RamGuestMemory::new(4 << 20);
+        let incoming = RingRegion::new(BASE, in_size);
+        let outgoing = RingRegion::new(BASE + in_size, out_size);
+        init_ring(&mem, incoming, 0).unwrap();
+        init_ring(&mem, outgoing, 0).unwrap();
+        Self {
+            mem,
+            host_sig: Signal::new(),
+            guest_sig: Signal::new(),
+            incoming,
+            outgoing,
+            controller: Arc::new(Controller::new(config)),
+        }
+    }
+
+    fn host(&self) -> StorvspChannel<'_> {
+        let ch = Channel::host(&self.mem, self.incoming, self.outgoing, &self.guest_sig).unwrap();
+        StorvspChannel::primary(self.controller.clone(), ch)
+    }
+
+    fn guest(&self) -> Channel<'_> {
+        Channel::guest(&self.mem, self.incoming, self.outgoing, &self.host_sig).unwrap()
+    }
+
+    fn attach(&self, lun: u8, sectors: u64) -> Arc<ScsiDisk> {
+        let ram = RamDisk::new(sectors * u64::from(SS), SS).unwrap();
+        let disk = Arc::new(ScsiDisk::new(
+            Disk::new(ram).unwrap(),
+            DiskParams::default(),
+        ));
+        self.controller
+            .attach(ScsiPath::new(0, 0, lun), disk.clone())
+            .unwrap();
+        disk
+    }
+}
+
+/// A reply as the guest sees it.
+#[derive(Debug)]
+struct Reply {
+    kind: PacketKind,
+    tid: u64,
+    header: PacketHeader,
+    /// Everything after the StorVSP header (including VMBus padding).
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn status(&self) -> NtStatus {
+        self.header.status
+    }
+
+    fn srb(&self) -> ScsiRequest {
+        let mut r = ScsiRequest::new_zeroed();
+        let n = self.body.len().min(r.as_bytes().len());
+        r.as_mut_bytes()[..n].copy_from_slice(&self.body[..n]);
+        r
+    }
+}
+
+fn send(guest: &mut Channel<'_>, tid: u64, op: Operation, payload: &[u8]) {
+    let mut bytes = PacketHeader::new(op, 1, NtStatus::SUCCESS)
+        .as_bytes()
+        .to_vec();
+    bytes.extend_from_slice(payload);
+    guest
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            tid,
+            &bytes,
+        )
+        .unwrap();
+}
+
+fn recv(guest: &mut Channel<'_>) -> Option<Reply> {
+    let p = guest.read_packet().unwrap()?;
+    let header = PacketHeader::read_from_prefix(&p.payload).unwrap().0;
+    Some(Reply {
+        kind: p.kind,
+        tid: p.transaction_id,
+        header,
+        body: p.payload[PACKET_HEADER_LEN..].to_vec(),
+    })
+}
+
+/// Sends one packet, runs the host, returns the one reply.
+fn call(
+    host: &mut StorvspChannel<'_>,
+    guest: &mut Channel<'_>,
+    tid: u64,
+    op: Operation,
+    payload: &[u8],
+) -> Reply {
+    send(guest, tid, op, payload);
+    host.process().unwrap();
+    let r = recv(guest).expect("a reply");
+    assert_eq!(r.kind, PacketKind::Completion);
+    assert_eq!(r.tid, tid);
+    assert_eq!(r.header.operation(), Some(Operation::CompleteIo));
+    assert!(recv(guest).is_none(), "exactly one reply");
+    r
+}
+
+fn negotiate(host: &mut StorvspChannel<'_>, guest: &mut Channel<'_>, version: u16) {
+    let r = call(host, guest, 1, Operation::BeginInitialization, &[0; 0x34]);
+    assert_eq!(r.status(), NtStatus::SUCCESS);
+    let r = call(
+        host,
+        guest,
+        2,
+        Operation::QueryProtocolVersion,
+        ProtocolVersion::new(version).as_bytes(),
+    );
+    assert_eq!(r.status(), NtStatus::SUCCESS);
+    let r = call(host, guest, 3, Operation::QueryProperties, &[0; 24]);
+    assert_eq!(r.status(), NtStatus::SUCCESS);
+    let r = call(host, guest, 4, Operation::EndInitialization, &[]);
+    assert_eq!(r.status(), NtStatus::SUCCESS);
+    assert_eq!(host.controller().state(), NegotiationState::Ready);
+}
+
+fn request(lun: u8, cdb: &[u8], data_in: u8, len: u32) -> ScsiRequest {
+    let mut r = ScsiRequest::new_zeroed();
+    r.length = (0x34u16).into();
+    r.lun = lun;
+    r.cdb_length = cdb.len() as u8;
+    r.payload[..cdb.len()].copy_from_slice(cdb);
+    r.data_in = data_in;
+    r.data_transfer_length = len.into();
+    r.sense_info_ex_length = 0x14;
+    r
+}
+
+/// Sends an SRB whose data buffer is `ranges` (gpa, len), each within one
+/// page run.
+fn send_srb(
+    guest: &mut Channel<'_>,
+    tid: u64,
+    req: &ScsiRequest,
+    size: RequestSize,
+    ranges: &[(u64, u32)],
+) {
+    let pfns: Vec<Vec<u64>> = ranges
+        .iter()
+        .map(|&(gpa, len)| {
+            let first = gpa >> 12;
+            let last = (gpa + u64::from(len) - 1) >> 12;
+            (first..=last).collect()
+        })
+        .collect();
+    let r: Vec<GpaDirectRange<'_>> = ranges
+        .iter()
+        .zip(&pfns)
+        .map(|(&(gpa, len), pfns)| GpaDirectRange {
+            byte_offset: (gpa & 0xFFF) as u32,
+            byte_count: len,
+            pfns,
+        })
+        .collect();
+    let mut bytes = PacketHeader::new(Operation::ExecuteSrb, 1, NtStatus::SUCCESS)
+        .as_bytes()
+        .to_vec();
+    bytes.extend_from_slice(req.wire_bytes(size));
+    if r.is_empty() {
+        guest
+            .write_packet(
+                OutgoingKind::InBand {
+                    completion_requested: true,
+                },
+                tid,
+                &bytes,
+            )
+            .unwrap();
+    } else {
+        guest.write_gpa_direct(tid, true, &r, &bytes).unwrap();
+    }
+}
+
+fn srb(
+    host: &mut StorvspChannel<'_>,
+    guest: &mut Channel<'_>,
+    tid: u64,
+    req: &ScsiRequest,
+    ranges: &[(u64, u32)],
+) -> Reply {
+    send_srb(guest, tid, req, RequestSize::Win8, ranges);
+    host.process().unwrap();
+    let r = recv(guest).expect("a completion");
+    assert_eq!(r.tid, tid);
+    r
+}
+
+fn read10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = op::READ10;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn write10(lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = read10(lba, blocks);
+    c[0] = op::WRITE10;
+    c
+}
+
+#[test]
+fn negotiation_win8_reports_properties_and_full_size_completions() {
+    let rig = Rig::new(ControllerConfig {
+        max_sub_channels: 7,
+        ..ControllerConfig::default()
+    });
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    call(
+        &mut host,
+        &mut guest,
+        1,
+        Operation::BeginInitialization,
+        &[],
+    );
+    let r = call(
+        &mut host,
+        &mut guest,
+        2,
+        Operation::QueryProtocolVersion,
+        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
+    );
+    assert_eq!(r.status(), NtStatus::SUCCESS);
+    // Before the version settled: pre-Win8 size.
+    assert_eq!(r.body.len(), 0x24);
+    let r = call(
+        &mut host,
+        &mut guest,
+        3,
+        Operation::QueryProperties,
+        &[0; 24],
+    );
+    assert_eq!(r.status(), NtStatus::SUCCESS);
+    assert_eq!(r.body.len(), 0x34);
+    let p = parastor_hw::storvsp::ChannelProperties::read_from_prefix(&r.body)
+        .unwrap()
+        .0;
+    assert_eq!(p.maximum_sub_channel_count.get(), 7);
+    assert_eq!(
+        p.flags.get(),
+        parastor_hw::storvsp::CHANNEL_PROPERTY_MULTI_CHANNEL
+    );
+    assert_eq!(p.max_transfer_bytes.get(), DEFAULT_MAX_TRANSFER_BYTES);
+    assert_eq!(rig.controller.state(), NegotiationState::EndInitialization);
+    let r = call(&mut host, &mut guest, 4, Operation::EndInitialization, &[]);
+    assert_eq!(r.status(), NtStatus::SUCCESS);
+    assert_eq!(rig.controller.state(), NegotiationState::Ready);
+    assert_eq!(rig.controller.version(), Some(VERSION_WIN8));
+}
+
+#[test]
+fn version_sequences_settle_on_an_accepted_version() {
+    // Linux tries newest first; Windows similar. Only exact
+    // Win6/Win7/Win8/Blue are accepted.
+    for (offers, settled) in [
+        (&[VERSION_WIN10, VERSION_BLUE][..], VERSION_BLUE),
+        (&[VERSION_WIN10, 0x0601, VERSION_WIN8][..], VERSION_WIN8),
+        (&[0x0403, VERSION_WIN7][..], VERSION_WIN7),
+        (&[0x0100, VERSION_WIN6][..], VERSION_WIN6),
+    ] {
+        let rig = Rig::new(ControllerConfig::default());
+        let (mut host, mut guest) = (rig.host(), rig.guest());
+        call(
+            &mut host,
+            &mut guest,
+            1,
+            Operation::BeginInitialization,
+            &[],
+        );
+        for (i, &v) in offers.iter().enumerate() {
+            let r = call(
+                &mut host,
+                &mut guest,
+                10 + i as u64,
+                Operation::QueryProtocolVersion,
+                ProtocolVersion::new(v).as_bytes(),
+            );
+            let want = if v == settled {
+                NtStatus::SUCCESS
+            } else {
+                NtStatus::REVISION_MISMATCH
+            };
+            assert_eq!(r.status(), want, "version {v:#x}");
+        }
+        assert_eq!(rig.controller.version(), Some(settled));
+        assert_eq!(rig.controller.state(), NegotiationState::QueryProperties);
+        // Properties for a pre-Win8 version: no multi-channel.
+        let r = call(
+            &mut host,
+            &mut guest,
+            50,
+            Operation::QueryProperties,
+            &[0; 24],
+        );
+        let p = parastor_hw::storvsp::ChannelProperties::read_from_prefix(&r.body)
+            .unwrap()
+            .0;
+        if settled < VERSION_WIN8 {
+            assert_eq!(p.flags.get(), 0);
+            assert_eq!(r.body.len(), 0x24);
+        } else {
+            assert_eq!(r.body.len(), 0x34);
+        }
+    }
+}
+
+#[test]
+fn out_of_order_packets_get_invalid_device_state() {
+    let rig = Rig::new(ControllerConfig::default());
+    rig.attach(0, 64);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    let bad = |host: &mut StorvspChannel<'_>, guest: &mut Channel<'_>, op, payload: &[u8]| {
+        let r = call(host, guest, 99, op, payload);
+        assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE, "{op:?}");
+    };
+    bad(&mut host, &mut guest, Operation::QueryProperties, &[0; 24]);
+    bad(&mut host, &mut guest, Operation::EndInitialization, &[]);
+    bad(&mut host, &mut guest, Operation::ExecuteSrb, &[0; 0x24]);
+    call(
+        &mut host,
+        &mut guest,
+        1,
+        Operation::BeginInitialization,
+        &[],
+    );
+    bad(&mut host, &mut guest, Operation::BeginInitialization, &[]);
+    bad(&mut host, &mut guest, Operation::QueryProperties, &[0; 24]);
+    bad(&mut host, &mut guest, Operation::ResetBus, &[]);
+    assert_eq!(rig.controller.state(), NegotiationState::QueryVersion);
+    call(
+        &mut host,
+        &mut guest,
+        2,
+        Operation::QueryProtocolVersion,
+        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
+    );
+    bad(
+        &mut host,
+        &mut guest,
+        Operation::QueryProtocolVersion,
+        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
+    );
+    call(
+        &mut host,
+        &mut guest,
+        3,
+        Operation::QueryProperties,
+        &[0; 24],
+    );
+    call(&mut host, &mut guest, 4, Operation::EndInitialization, &[]);
+    bad(&mut host, &mut guest, Operation::BeginInitialization, &[]);
+    bad(&mut host, &mut guest, Operation::FcHbaData, &[0; 36]);
+    bad(&mut host, &mut guest, Operation::EnumerateBus, &[]);
+    // Resets are no-ops once ready.
+    for op in [
+        Operation::ResetLun,
+        Operation::ResetAdapter,
+        Operation::ResetBus,
+    ] {
+        let r = call(&mut host, &mut guest, 5, op, &[]);
+        assert_eq!(r.status(), NtStatus::SUCCESS);
+        assert_eq!(r.body.len(), 0x34);
+    }
+}
+
+#[test]
+fn srb_write_then_read_over_several_ranges() {
+    let rig = Rig::new(ControllerConfig::default());
+    let lun = rig.attach(0, 64);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+
+    let data: Vec<u8> = (0..2048u32).map(|i| (i * 7 + 3) as u8).collect();
+    // Write 4 sectors from two non-adjacent ranges (one spans a page).
+    rig.mem.write(DATA + 0x800, &data[..1536]).unwrap();
+    rig.mem.write(DATA + 0x5000, &data[1536..]).unwrap();
+    let req = request(0, &write10(8, 4), data_direction::WRITE, 2048);
+    let r = srb(
+        &mut host,
+        &mut guest,
+        10,
+        &req,
+        &[(DATA + 0x800, 1536), (DATA + 0x5000, 512)],
+    );
+    assert_eq!(r.status(), NtStatus::SUCCESS);
+    let c = r.srb();
+    assert_eq!(c.srb_status, srb_status::SUCCESS);
+    assert_eq!(c.scsi_status, status::GOOD);
+    assert_eq!(c.data_transfer_length.get(), 2048);
+    assert_eq!(r.body.len(), 0x34);
+
+    // The disk has it.
+    let mut on_disk = vec![0u8; 2048];
+    let local = parastor_core::LocalMemory::new(2048);
+    let range = [parastor_core::GpaRange::new(0, 2048)];
+    futures::executor::block_on(lun.disk().read(
+        parastor_core::SgList::local(&local, &range, true),
+        8,
+        parastor_core::IoOptions::default(),
+    ))
+    .unwrap();
+    local.read(0, &mut on_disk).unwrap();
+    assert_eq!(on_disk, data);
+
+    // Read back into three ranges.
+    let req = request(0, &read10(8, 4), data_direction::READ, 2048);
+    let ranges = [
+        (DATA + 0x10000, 512),
+        (DATA + 0x20100, 1024),
+        (DATA + 0x30000, 512),
+    ];
+    let r = srb(&mut host, &mut guest, 11, &req, &ranges);
+    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().data_transfer_length.get(), 2048);
+    let mut back = Vec::new();
+    for (gpa, len) in ranges {
+        let mut b = vec![0u8; len as usize];
+        rig.mem.read(gpa, &mut b).unwrap();
+        back.extend_from_slice(&b);
+    }
+    assert_eq!(back, data);
+}
+
+#[test]
+fn check_condition_carries_capped_autosense() {
+    for (size, version) in [
+        (RequestSize::Win8, VERSION_WIN8),
+        (RequestSize::PreWin8, VERSION_WIN7),
+    ] {
+        let rig = Rig::new(ControllerConfig::default());
+        rig.attach(0, 64);
+        let (mut host, mut guest) = (rig.host(), rig.guest());
+        negotiate(&mut host, &mut guest, version);
+        // Past the end of a 64-sector disk.
+        let req = request(0, &read10(100, 1), data_direction::READ, 512);
+        send_srb(&mut guest, 7, &req, size, &[(DATA, 512)]);
+        host.process().unwrap();
+        let r = recv(&mut guest).unwrap();
+        assert_eq!(r.body.len(), size.request_len());
+        let c = r.srb();
+        assert_eq!(
+            c.srb_status,
+            srb_status::ERROR | srb_status::AUTOSENSE_VALID
+        );
+        assert_eq!(c.scsi_status, status::CHECK_CONDITION);
+        assert_eq!(r.status(), NtStatus::IO_DEVICE_ERROR);
+        let n = usize::from(c.sense_info_ex_length);
+        assert!(n <= size.sense_buffer_len());
+        let sense = SenseData::parse(&c.payload[..n]).unwrap();
+        assert_eq!(sense.key, sense_key::ILLEGAL_REQUEST);
+
+        // A guest sense buffer of 8 bytes gets 8 bytes.
+        let mut req = request(0, &read10(100, 1), data_direction::READ, 512);
+        req.sense_info_ex_length = 8;
+        send_srb(&mut guest, 8, &req, size, &[(DATA, 512)]);
+        host.process().unwrap();
+        let c = recv(&mut guest).unwrap().srb();
+        assert_eq!(c.sense_info_ex_length, 8);
+        assert_eq!(c.payload[8..], [0; 12]);
+
+        // Autosense disabled (a Windows 8 field): no sense.
+        if size == RequestSize::Win8 {
+            req.sense_info_ex_length = 0x14;
+            req.srb_flags = parastor_hw::storvsp::srb_flags::DISABLE_AUTOSENSE.into();
+            send_srb(&mut guest, 10, &req, size, &[(DATA, 512)]);
+            host.process().unwrap();
+            let c = recv(&mut guest).unwrap().srb();
+            assert_eq!(c.srb_status, srb_status::ERROR);
+            assert_eq!(c.sense_info_ex_length, 0);
+            req.srb_flags = 0.into();
+        }
+
+        // No sense buffer: no autosense.
+        req.sense_info_ex_length = 0;
+        send_srb(&mut guest, 9, &req, size, &[(DATA, 512)]);
+        host.process().unwrap();
+        let c = recv(&mut guest).unwrap().srb();
+        assert_eq!(c.srb_status, srb_status::ERROR);
+    }
+}
+
+#[test]
+fn missing_lun_answers() {
+    let rig = Rig::new(ControllerConfig::default());
+    rig.attach(0, 64);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+
+    // TEST UNIT READY to LUN 5: INVALID_LUN, no sense.
+    let req = request(5, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], 2, 0);
+    let r = srb(&mut host, &mut guest, 1, &req, &[]);
+    assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+    assert_eq!(r.srb().sense_info_ex_length, 0);
+    assert_eq!(r.status(), NtStatus::DEVICE_DOES_NOT_EXIST);
+
+    // Standard INQUIRY: "no logical unit".
+    rig.mem.write(DATA, &[0xEE; 96]).unwrap();
+    let req = request(5, &[op::INQUIRY, 0, 0, 0, 96, 0], data_direction::READ, 96);
+    let r = srb(&mut host, &mut guest, 2, &req, &[(DATA, 96)]);
+    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().data_transfer_length.get(), 36);
+    let mut b = [0u8; 36];
+    rig.mem.read(DATA, &mut b).unwrap();
+    assert_eq!(b[0], 0x7F);
+
+    // VPD page: invalid CDB.
+    let req = request(
+        5,
+        &[op::INQUIRY, 1, 0x80, 0, 96, 0],
+        data_direction::READ,
+        96,
+    );
+    let r = srb(&mut host, &mut guest, 3, &req, &[(DATA, 96)]);
+    assert_eq!(r.srb().scsi_status, status::CHECK_CONDITION);
+
+    // Another target: same.
+    let mut req = request(0, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], 2, 0);
+    req.target_id = 1;
+    let r = srb(&mut host, &mut guest, 4, &req, &[]);
+    assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+}
+
+fn report_luns(
+    rig: &Rig,
+    host: &mut StorvspChannel<'_>,
+    guest: &mut Channel<'_>,
+    lun: u8,
+) -> Vec<u8> {
+    let mut cdb = [0u8; 12];
+    cdb[0] = op::REPORT_LUNS;
+    cdb[6..10].copy_from_slice(&256u32.to_be_bytes());
+    let req = request(lun, &cdb, data_direction::READ, 256);
+    let r = srb(host, guest, 20, &req, &[(DATA, 256)]);
+    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    let n = r.srb().data_transfer_length.get() as usize;
+    let mut b = vec![0u8; n];
+    rig.mem.read(DATA, &mut b).unwrap();
+    let list = u32::from_be_bytes(b[..4].try_into().unwrap()) as usize;
+    assert_eq!(list + 8, n);
+    b[8..].chunks(8).map(|e| e[1]).collect()
+}
+
+#[test]
+fn report_luns_comes_from_the_lun_map() {
+    let rig = Rig::new(ControllerConfig::default());
+    rig.attach(3, 8);
+    rig.attach(0, 8);
+    rig.attach(1, 8);
+    // Another target: not listed.
+    let other = Arc::new(ScsiDisk::new(
+        Disk::new(RamDisk::new(4096, SS).unwrap()).unwrap(),
+        DiskParams::default(),
+    ));
+    rig.controller
+        .attach(ScsiPath::new(0, 1, 9), other.clone())
+        .unwrap();
+    assert_eq!(
+        rig.controller.attach(ScsiPath::new(0, 1, 9), other),
+        Err(AttachError::Occupied(ScsiPath::new(0, 1, 9)))
+    );
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    // Through a LUN that does not exist, too.
+    assert_eq!(report_luns(&rig, &mut host, &mut guest, 0), [0, 1, 3]);
+    assert_eq!(report_luns(&rig, &mut host, &mut guest, 7), [0, 1, 3]);
+}
+
+#[test]
+fn short_or_invalid_buffers_are_invalid_requests() {
+    let rig = Rig::new(ControllerConfig::default());
+    rig.attach(0, 64);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    // Ranges shorter than the transfer.
+    let req = request(0, &read10(0, 2), data_direction::READ, 1024);
+    let r = srb(&mut host, &mut guest, 1, &req, &[(DATA, 512)]);
+    assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+    assert_eq!(r.srb().data_transfer_length.get(), 0);
+    // CDB length over 16 and zero.
+    for len in [17u8, 0] {
+        let mut req = request(0, &read10(0, 1), data_direction::READ, 512);
+        req.cdb_length = len;
+        let r = srb(&mut host, &mut guest, 2, &req, &[(DATA, 512)]);
+        assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+    }
+    // Still serving.
+    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let r = srb(&mut host, &mut guest, 3, &req, &[(DATA, 512)]);
+    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+}
+
+#[test]
+fn hot_add_and_remove_send_enumerate_bus() {
+    let rig = Rig::new(ControllerConfig::default());
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    // Before Ready: nothing is announced.
+    rig.attach(0, 8);
+    host.process().unwrap();
+    assert!(recv(&mut guest).is_none());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    host.process().unwrap();
+    assert!(recv(&mut guest).is_none());
+
+    rig.attach(1, 8);
+    assert!(host.process().unwrap());
+    let r = recv(&mut guest).unwrap();
+    assert_eq!(r.kind, PacketKind::InBand);
+    assert_eq!(r.header.operation(), Some(Operation::EnumerateBus));
+    assert_eq!(r.body.len(), 0x34);
+    assert!(recv(&mut guest).is_none());
+    assert_eq!(report_luns(&rig, &mut host, &mut guest, 0), [0, 1]);
+
+    assert!(rig.controller.remove(ScsiPath::new(0, 0, 0)).is_some());
+    assert!(rig.controller.remove(ScsiPath::new(0, 0, 0)).is_none());
+    host.process().unwrap();
+    let r = recv(&mut guest).unwrap();
+    assert_eq!(r.header.operation(), Some(Operation::EnumerateBus));
+    assert_eq!(report_luns(&rig, &mut host, &mut guest, 0), [1]);
+    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let r = srb(&mut host, &mut guest, 3, &req, &[(DATA, 512)]);
+    assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+}
+
+#[test]
+fn win6_guests_get_no_enumerate_bus() {
+    let rig = Rig::new(ControllerConfig::default());
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN6);
+    rig.attach(0, 8);
+    host.process().unwrap();
+    assert!(recv(&mut guest).is_none());
+}
+
+#[test]
+fn create_sub_channels_once_on_win8() {
+    let config = ControllerConfig {
+        max_sub_channels: 4,
+        ..ControllerConfig::default()
+    };
+    let rig = Rig::new(config);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    let r = call(
+        &mut host,
+        &mut guest,
+        5,
+        Operation::CreateSubChannels,
+        &5u16.to_le_bytes(),
+    );
+    assert_eq!(r.status(), NtStatus::INVALID_PARAMETER);
+    assert_eq!(rig.controller.sub_channels_requested(), None);
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    assert!(rig.controller.poll_sub_channels(&mut cx).is_pending());
+    let r = call(
+        &mut host,
+        &mut guest,
+        6,
+        Operation::CreateSubChannels,
+        &3u16.to_le_bytes(),
+    );
+    assert_eq!(r.status(), NtStatus::SUCCESS);
+    assert_eq!(
+        rig.controller.poll_sub_channels(&mut cx),
+        core::task::Poll::Ready(3)
+    );
+    assert_eq!(rig.controller.sub_channels_requested(), Some(3));
+    let r = call(
+        &mut host,
+        &mut guest,
+        7,
+        Operation::CreateSubChannels,
+        &1u16.to_le_bytes(),
+    );
+    assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
+    assert_eq!(rig.controller.sub_channels_requested(), Some(3));
+
+    // Before END_INITIALIZATION works too; pre-Win8 refuses.
+    for (version, want) in [
+        (VERSION_BLUE, NtStatus::SUCCESS),
+        (VERSION_WIN7, NtStatus::INVALID_DEVICE_STATE),
+    ] {
+        let rig = Rig::new(config);
+        let (mut host, mut guest) = (rig.host(), rig.guest());
+        call(
+            &mut host,
+            &mut guest,
+            1,
+            Operation::BeginInitialization,
+            &[],
+        );
+        call(
+            &mut host,
+            &mut guest,
+            2,
+            Operation::QueryProtocolVersion,
+            ProtocolVersion::new(version).as_bytes(),
+        );
+        call(
+            &mut host,
+            &mut guest,
+            3,
+            Operation::QueryProperties,
+            &[0; 24],
+        );
+        let r = call(
+            &mut host,
+            &mut guest,
+            4,
+            Operation::CreateSubChannels,
+            &2u16.to_le_bytes(),
+        );
+        assert_eq!(r.status(), want);
+    }
+}
+
+#[test]
+fn sub_channel_waits_for_ready_then_serves_io() {
+    let rig = Rig::new(ControllerConfig {
+        max_sub_channels: 1,
+        ..ControllerConfig::default()
+    });
+    rig.attach(0, 64);
+    // A second ring pair for the sub-channel.
+    let (sin, sout) = init_ring_pair(&rig.mem, BASE + 8 * RING, RING).unwrap();
+    let sub_host_sig = Signal::new();
+    let sub_guest_sig = Signal::new();
+    let mut sub_host = StorvspChannel::sub_channel(
+        rig.controller.clone(),
+        Channel::host(&rig.mem, sin, sout, &sub_guest_sig).unwrap(),
+    );
+    let mut sub_guest = Channel::guest(&rig.mem, sin, sout, &sub_host_sig).unwrap();
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+
+    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    send_srb(&mut sub_guest, 1, &req, RequestSize::Win8, &[(DATA, 512)]);
+    assert!(!sub_host.process().unwrap(), "not ready: nothing taken");
+    assert!(recv(&mut sub_guest).is_none());
+
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    assert!(sub_host.process().unwrap());
+    let r = recv(&mut sub_guest).unwrap();
+    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+
+    // Negotiation packets on a sub-channel are out of state.
+    send(&mut sub_guest, 2, Operation::BeginInitialization, &[]);
+    sub_host.process().unwrap();
+    let r = recv(&mut sub_guest).unwrap();
+    assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
+}
+
+/// A timer whose sleeps all end when the gate opens.
+struct Gate(Arc<AtomicBool>);
+
+impl Timer for Gate {
+    fn sleep(&self, _: Duration) -> parastor_core::disk::BoxFuture<'static, ()> {
+        let open = self.0.clone();
+        Box::pin(core::future::poll_fn(move |_| {
+            if open.load(Ordering::Acquire) {
+                core::task::Poll::Ready(())
+            } else {
+                core::task::Poll::Pending
+            }
+        }))
+    }
+}
+
+#[test]
+fn queue_depth_limits_requests_in_flight() {
+    let rig = Rig::new(ControllerConfig {
+        io_queue_depth: 3,
+        ..ControllerConfig::default()
+    });
+    let gate = Arc::new(AtomicBool::new(false));
+    let ram = RamDisk::new(64 * u64::from(SS), SS).unwrap();
+    let delayed = DelayDisk::new(
+        Disk::new(ram).unwrap(),
+        DelayHandle::new(Duration::from_millis(1)),
+        Arc::new(Gate(gate.clone())),
+    );
+    rig.controller
+        .attach(
+            ScsiPath::new(0, 0, 0),
+            Arc::new(ScsiDisk::new(
+                Disk::new(delayed).unwrap(),
+                DiskParams::default(),
+            )),
+        )
+        .unwrap();
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    for tid in 0..5 {
+        let req = request(0, &read10(tid as u32, 1), data_direction::READ, 512);
+        send_srb(
+            &mut guest,
+            100 + tid,
+            &req,
+            RequestSize::Win8,
+            &[(DATA + tid * 512, 512)],
+        );
+    }
+    host.process().unwrap();
+    assert_eq!(host.in_flight(), 3);
+    assert!(recv(&mut guest).is_none());
+    gate.store(true, Ordering::Release);
+    host.process().unwrap();
+    assert_eq!(host.in_flight(), 0);
+    let mut tids: Vec<u64> = core::iter::from_fn(|| recv(&mut guest))
+        .map(|r| {
+            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+            r.tid
+        })
+        .collect();
+    tids.sort();
+    assert_eq!(tids, [100, 101, 102, 103, 104]);
+}
+
+#[test]
+fn full_completion_ring_stops_intake_without_losing_completions() {
+    // A small ring: the outgoing side holds only a few completions.
+    let rig = Rig::with_ring(ControllerConfig::default(), 4 * RING, 8192);
+    rig.attach(0, 64);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    let mut sent = 0u64;
+    let mut got = Vec::new();
+    for round in 0..20 {
+        // Fill the incoming ring as far as it goes.
+        loop {
+            let req = request(0, &read10(0, 1), data_direction::READ, 512);
+            let mut bytes = PacketHeader::new(Operation::ExecuteSrb, 1, NtStatus::SUCCESS)
+                .as_bytes()
+                .to_vec();
+            bytes.extend_from_slice(req.as_bytes());
+            let pfn = [DATA >> 12];
+            let r = [GpaDirectRange {
+                byte_offset: 0,
+                byte_count: 512,
+                pfns: &pfn,
+            }];
+            if guest.write_gpa_direct(sent, true, &r, &bytes).is_err() {
+                break;
+            }
+            sent += 1;
+        }
+        host.process().unwrap();
+        // The host stopped with packets left: the completion ring is full.
+        if round == 0 {
+            assert!(host.channel().reader().bytes_available().unwrap() > 0);
+            assert_eq!(host.in_flight(), 0);
+        }
+        // Drain some completions; the guest's reads signal the host.
+        for _ in 0..2 {
+            if let Some(r) = recv(&mut guest) {
+                got.push(r.tid);
+            }
+        }
+    }
+    // Drain everything.
+    loop {
+        host.process().unwrap();
+        match recv(&mut guest) {
+            Some(r) => got.push(r.tid),
+            None => break,
+        }
+    }
+    assert_eq!(got, (0..sent).collect::<Vec<_>>());
+    assert!(rig.host_sig.count() > 0, "the guest signalled freed space");
+}
+
+#[test]
+fn malformed_packets_end_the_channel_with_an_error() {
+    type Case = fn(&mut Channel<'_>);
+    type Check = fn(&StorvspError) -> bool;
+    let cases: [(Case, Check); 5] = [
+        (
+            |g| {
+                g.write_packet(
+                    OutgoingKind::InBand {
+                        completion_requested: true,
+                    },
+                    1,
+                    &[0xFF; 16],
+                )
+                .unwrap()
+            },
+            |e| matches!(e, StorvspError::Packet { .. }),
+        ),
+        (
+            |g| {
+                g.write_packet(
+                    OutgoingKind::InBand {
+                        completion_requested: true,
+                    },
+                    1,
+                    &[0; 4],
+                )
+                .unwrap()
+            },
+            |e| matches!(e, StorvspError::Packet { .. }),
+        ),
+        (
+            |g| {
+                g.write_packet(
+                    OutgoingKind::InBand {
+                        completion_requested: false,
+                    },
+                    1,
+                    PacketHeader::new(Operation::ResetBus, 0, NtStatus::SUCCESS).as_bytes(),
+                )
+                .unwrap()
+            },
+            |e| matches!(e, StorvspError::NotTransactional { transaction_id: 1 }),
+        ),
+        (
+            |g| {
+                g.write_packet(
+                    OutgoingKind::Completion,
+                    1,
+                    PacketHeader::new(Operation::CompleteIo, 0, NtStatus::SUCCESS).as_bytes(),
+                )
+                .unwrap()
+            },
+            |e| matches!(e, StorvspError::UnexpectedPacket { .. }),
+        ),
+        (
+            // A truncated SRB.
+            |g| send(g, 1, Operation::ExecuteSrb, &[0; 8]),
+            |e| matches!(e, StorvspError::Packet { .. }),
+        ),
+    ];
+    for (i, (write, check)) in cases.into_iter().enumerate() {
+        let rig = Rig::new(ControllerConfig::default());
+        let (mut host, mut guest) = (rig.host(), rig.guest());
+        negotiate(&mut host, &mut guest, VERSION_WIN8);
+        write(&mut guest);
+        let e = host.process().unwrap_err();
+        assert!(check(&e), "case {i}: {e}");
+        // The reservation taken for the bad packet was given back.
+        assert_eq!(host.channel().writer().reserved(), 0);
+    }
+}
+
+#[test]
+fn run_serves_until_the_guest_breaks_the_protocol() {
+    let rig = Rig::new(ControllerConfig::default());
+    rig.attach(0, 64);
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    send(&mut guest, 1, Operation::BeginInitialization, &[]);
+    send(
+        &mut guest,
+        2,
+        Operation::QueryProtocolVersion,
+        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
+    );
+    send(&mut guest, 3, Operation::QueryProperties, &[0; 24]);
+    send(&mut guest, 4, Operation::EndInitialization, &[]);
+    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    send_srb(&mut guest, 5, &req, RequestSize::Win8, &[(DATA, 512)]);
+    guest
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            6,
+            &[0xAB; 12],
+        )
+        .unwrap();
+    let e = futures::executor::block_on(host.run(&rig.host_sig));
+    assert!(
+        matches!(
+            e,
+            StorvspError::Packet {
+                transaction_id: 6,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    let tids: Vec<u64> = core::iter::from_fn(|| recv(&mut guest))
+        .map(|r| r.tid)
+        .collect();
+    assert_eq!(tids, [1, 2, 3, 4, 5]);
+}
+
+#[test]
+fn random_packets_never_panic_or_hang() {
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for _ in 0..200 {
+        let rig = Rig::new(ControllerConfig::default());
+        rig.attach(0, 16);
+        let (mut host, mut guest) = (rig.host(), rig.guest());
+        if next() % 2 == 0 {
+            negotiate(&mut host, &mut guest, VERSION_WIN8);
+        }
+        for _ in 0..8 {
+            let len = (next() % 80) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            if len >= 4 {
+                // Mostly valid operations.
+                bytes[..4].copy_from_slice(&((next() % 15) as u32).to_le_bytes());
+            }
+            let r = if next() % 3 == 0 {
+                let pfn = [(DATA >> 12) + next() % 4];
+                let range = [GpaDirectRange {
+                    byte_offset: (next() % 4096) as u32,
+                    byte_count: (next() % 8192) as u32,
+                    pfns: &pfn,
+                }];
+                guest.write_gpa_direct(next(), next() % 8 != 0, &range, &bytes)
+            } else {
+                guest.write_packet(
+                    OutgoingKind::InBand {
+                        completion_requested: next() % 8 != 0,
+                    },
+                    next(),
+                    &bytes,
+                )
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        let _ = host.process();
+        while recv(&mut guest).is_some() {}
+    }
+}
+
+/// Waits (bounded) for the next packet from the host.
+fn recv_wait(guest: &mut Channel<'_>) -> Reply {
+    for _ in 0..5000 {
+        if let Some(r) = recv(guest) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("no packet from the host within 5 s");
+}
+
+#[test]
+fn run_on_a_thread_wakes_for_packets_and_hot_adds() {
+    let rig = Rig::new(ControllerConfig::default());
+    rig.attach(0, 64);
+    std::thread::scope(|s| {
+        let host = s.spawn(|| {
+            let mut host = rig.host();
+            futures::executor::block_on(host.run(&rig.host_sig))
+        });
+        let mut guest = rig.guest();
+        let version = ProtocolVersion::new(VERSION_WIN8);
+        let steps: [(Operation, &[u8]); 4] = [
+            (Operation::BeginInitialization, &[]),
+            (Operation::QueryProtocolVersion, version.as_bytes()),
+            (Operation::QueryProperties, &[0; 24]),
+            (Operation::EndInitialization, &[]),
+        ];
+        for (i, (op, payload)) in steps.into_iter().enumerate() {
+            send(&mut guest, i as u64, op, payload);
+            let r = recv_wait(&mut guest);
+            assert_eq!((r.tid, r.status()), (i as u64, NtStatus::SUCCESS));
+        }
+        for tid in 10..40u64 {
+            let req = request(0, &read10(tid as u32, 1), data_direction::READ, 512);
+            send_srb(&mut guest, tid, &req, RequestSize::Win8, &[(DATA, 512)]);
+            let r = recv_wait(&mut guest);
+            assert_eq!(r.tid, tid);
+            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        }
+        // A hot add wakes the idle worker, which tells the guest.
+        rig.attach(1, 8);
+        let r = recv_wait(&mut guest);
+        assert_eq!(r.header.operation(), Some(Operation::EnumerateBus));
+        // A broken packet ends the worker.
+        guest
+            .write_packet(
+                OutgoingKind::InBand {
+                    completion_requested: true,
+                },
+                99,
+                &[0xEE; 16],
+            )
+            .unwrap();
+        let e = host.join().unwrap();
+        assert!(
+            matches!(
+                e,
+                StorvspError::Packet {
+                    transaction_id: 99,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    });
+}
+
+#[test]
+fn reset_allows_a_new_negotiation() {
+    let rig = Rig::new(ControllerConfig {
+        max_sub_channels: 2,
+        ..ControllerConfig::default()
+    });
+    {
+        let (mut host, mut guest) = (rig.host(), rig.guest());
+        negotiate(&mut host, &mut guest, VERSION_WIN8);
+        call(
+            &mut host,
+            &mut guest,
+            5,
+            Operation::CreateSubChannels,
+            &2u16.to_le_bytes(),
+        );
+    }
+    rig.controller.reset();
+    assert_eq!(rig.controller.state(), NegotiationState::Begin);
+    assert_eq!(rig.controller.version(), None);
+    assert_eq!(rig.controller.sub_channels_requested(), None);
+    // Fresh rings for the reopened channel.
+    let (incoming, outgoing) = init_ring_pair(&rig.mem, BASE + 8 * RING, RING).unwrap();
+    let mut host = StorvspChannel::primary(
+        rig.controller.clone(),
+        Channel::host(&rig.mem, incoming, outgoing, &rig.guest_sig).unwrap(),
+    );
+    let mut guest = Channel::guest(&rig.mem, incoming, outgoing, &rig.host_sig).unwrap();
+    negotiate(&mut host, &mut guest, VERSION_WIN7);
+    assert_eq!(rig.controller.version(), Some(VERSION_WIN7));
+}
