@@ -9,6 +9,7 @@
 //! - [`doubles`]: a disk wrapper that fails, records, hooks and yields.
 //! - [`stacks`]: builders for RAM, file, layered and striped stacks.
 //! - [`fuzz_disk`]: the `disk_ops` fuzz harness.
+//! - [`fuzz_scsi`]: the `scsi_cdb` fuzz harness (SCSI adapter).
 #![forbid(unsafe_code)]
 
 pub mod buf;
@@ -16,5 +17,7 @@ pub mod checker;
 pub mod conformance;
 pub mod doubles;
 pub mod fuzz_disk;
+pub mod fuzz_scsi;
 pub mod model;
 pub mod stacks;
+pub mod storvsc;

@@ -23,3 +23,4 @@ pub mod storvsp;
 pub mod vmbus;
 
 pub use parastor_core;
+pub use parastor_hw;

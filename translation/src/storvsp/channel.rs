@@ -1,7 +1,7 @@
 //! One StorVSP channel worker: packets in, completions out.
 
 use super::{Controller, NegotiationState, ScsiPath, StorvspError};
-use crate::scsi::{ScsiDisk, ScsiResult, disk_error_result};
+use crate::scsi::{Lun, ScsiResult, disk_error_result};
 use crate::vmbus::{Channel, OutgoingKind, Packet, PacketKind, Reservation, RingError, Signal};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -446,7 +446,7 @@ impl<'a> StorvspChannel<'a> {
             return answer(self, reservation, a);
         };
         let initiator = self.controller.config.initiator;
-        if disk.disk().completes_inline() {
+        if disk.completes_inline() {
             // The common case (RAM disks and compositions of them): run the
             // command in place, with no allocation. The disk promised to
             // finish on the first poll; if it breaks that promise the
@@ -474,7 +474,7 @@ impl<'a> StorvspChannel<'a> {
             let sg = SgList::new(mem, &ranges, writable)
                 .and_then(|sg| sg.subrange(0, len))
                 .ok()?;
-            let disk: Arc<ScsiDisk> = disk;
+            let disk: Lun = disk;
             Some(disk.execute(&cdb_buf[..cdb_len], sg, initiator).await)
         });
         if let Poll::Ready(result) = future.as_mut().poll(cx) {

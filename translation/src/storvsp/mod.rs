@@ -1,12 +1,13 @@
 //! StorVSP: the SCSI controller a guest's StorVSC reaches over VMBus.
 //!
 //! A [`Controller`] is one guest-visible SCSI adapter: its LUN map
-//! ([`ScsiPath`] → [`ScsiDisk`]), the protocol state negotiated on the
-//! primary channel, and the sub-channel count the guest asked for. Each
+//! ([`ScsiPath`] → [`Lun`]: a [`ScsiDisk`] or a [`ScsiDvd`]), the protocol
+//! state negotiated on the primary channel, and the sub-channel count the
+//! guest asked for. Each
 //! VMBus channel of the controller (the primary and every sub-channel) is
 //! served by its own [`StorvspChannel`], which reads packets from the
 //! channel's incoming ring, answers negotiation packets, runs SCSI requests
-//! on the LUNs' [`ScsiDisk`]s and writes completions to the outgoing ring.
+//! on the LUNs and writes completions to the outgoing ring.
 //!
 //! Protocol (OpenVMM catalog §5):
 //!
@@ -28,6 +29,8 @@
 //! - Hot add / remove ([`Controller::attach`], [`Controller::remove`]) send
 //!   `ENUMERATE_BUS` to the guest on the primary channel (Win7 and later).
 //!
+//! [`ScsiDisk`]: crate::scsi::ScsiDisk
+//! [`ScsiDvd`]: crate::scsi::dvd::ScsiDvd
 //! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CreateSubChannels
 //!
 //! Queue depth: a channel takes a packet only after reserving ring space for
@@ -53,10 +56,9 @@ mod tests;
 
 pub use channel::StorvspChannel;
 
-use crate::scsi::ScsiDisk;
+use crate::scsi::Lun;
 use crate::vmbus::{ChannelError, RingError};
 use alloc::collections::BTreeMap;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -232,7 +234,7 @@ struct Protocol {
 /// primary channel and sub-channels.
 pub struct Controller {
     config: ControllerConfig,
-    luns: RwLock<BTreeMap<ScsiPath, Arc<ScsiDisk>>>,
+    luns: RwLock<BTreeMap<ScsiPath, Lun>>,
     protocol: Mutex<Protocol>,
     /// Bumped at every LUN change; the primary channel compares it with
     /// the value it last announced.
@@ -272,9 +274,11 @@ impl Controller {
         &self.config
     }
 
-    /// Attaches `disk` at `path` and, once the guest is ready, tells it to
-    /// rescan (`ENUMERATE_BUS`, Win7 and later).
-    pub fn attach(&self, path: ScsiPath, disk: Arc<ScsiDisk>) -> Result<(), AttachError> {
+    /// Attaches `lun` (a disk or a DVD drive: anything `Into<Lun>`, such as
+    /// an `Arc<ScsiDisk>`) at `path` and, once the guest is ready, tells it
+    /// to rescan (`ENUMERATE_BUS`, Win7 and later).
+    pub fn attach(&self, path: ScsiPath, lun: impl Into<Lun>) -> Result<(), AttachError> {
+        let disk = lun.into();
         {
             let mut luns = self.luns.write();
             if luns.contains_key(&path) {
@@ -288,7 +292,7 @@ impl Controller {
 
     /// Detaches the LUN at `path`, if any, and tells the guest to rescan.
     /// Requests already running on it finish normally.
-    pub fn remove(&self, path: ScsiPath) -> Option<Arc<ScsiDisk>> {
+    pub fn remove(&self, path: ScsiPath) -> Option<Lun> {
         let old = self.luns.write().remove(&path);
         if old.is_some() {
             self.changed();
@@ -310,7 +314,7 @@ impl Controller {
     }
 
     /// The LUN at `path`, if one is attached.
-    pub fn lun(&self, path: ScsiPath) -> Option<Arc<ScsiDisk>> {
+    pub fn lun(&self, path: ScsiPath) -> Option<Lun> {
         self.luns.read().get(&path).cloned()
     }
 

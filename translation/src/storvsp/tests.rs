@@ -4,12 +4,13 @@
 extern crate std;
 
 use super::*;
-use crate::scsi::DiskParams;
+use crate::scsi::{DiskParams, ScsiDisk};
 use crate::vmbus::{
     Channel, GpaDirectRange, OutgoingKind, PacketKind, RingRegion, Signal, init_ring,
     init_ring_pair,
 };
 use alloc::boxed::Box;
+use alloc::sync::Arc;
 use alloc::vec;
 use core::sync::atomic::AtomicBool;
 use core::time::Duration;
@@ -572,6 +573,60 @@ fn missing_lun_answers() {
     req.target_id = 1;
     let r = srb(&mut host, &mut guest, 4, &req, &[]);
     assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+}
+
+#[test]
+fn dvd_and_disk_luns_share_a_controller() {
+    let rig = Rig::new(ControllerConfig::default());
+    let disk = rig.attach(0, 64);
+    let media = RamDisk::new(16 * 2048, 2048).unwrap();
+    let dvd = Arc::new(crate::scsi::dvd::ScsiDvd::new(Some(Disk::new(media).unwrap())).unwrap());
+    rig.controller
+        .attach(ScsiPath::new(0, 0, 1), dvd.clone())
+        .unwrap();
+    assert!(
+        rig.controller
+            .lun(ScsiPath::new(0, 0, 0))
+            .unwrap()
+            .as_disk()
+            .is_some()
+    );
+    assert!(
+        rig.controller
+            .lun(ScsiPath::new(0, 0, 1))
+            .unwrap()
+            .as_dvd()
+            .is_some()
+    );
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    // INQUIRY: peripheral device type 0 (disk) and 5 (CD/DVD).
+    for (tid, lun, kind) in [(1, 0u8, 0u8), (2, 1, 5)] {
+        let req = request(
+            lun,
+            &[op::INQUIRY, 0, 0, 0, 36, 0],
+            data_direction::READ,
+            36,
+        );
+        let r = srb(&mut host, &mut guest, tid, &req, &[(DATA, 36)]);
+        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        let mut b = [0u8; 1];
+        rig.mem.read(DATA, &mut b).unwrap();
+        assert_eq!(b[0] & 0x1F, kind);
+    }
+    // A DVD read of one 2048-byte block runs on the drive.
+    let req = request(1, &read10(0, 1), data_direction::READ, 2048);
+    let r = srb(&mut host, &mut guest, 3, &req, &[(DATA, 2048)]);
+    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().data_transfer_length.get(), 2048);
+    // Writes go to the disk only; the DVD refuses them.
+    let req = request(1, &write10(0, 1), data_direction::WRITE, 2048);
+    let r = srb(&mut host, &mut guest, 4, &req, &[(DATA, 2048)]);
+    assert_eq!(r.srb().scsi_status, status::CHECK_CONDITION);
+    // Removing the DVD hands it back.
+    let old = rig.controller.remove(ScsiPath::new(0, 0, 1)).unwrap();
+    assert!(Arc::ptr_eq(old.as_dvd().unwrap(), &dvd));
+    assert_eq!(disk.capacity(), 64);
 }
 
 fn report_luns(

@@ -1,0 +1,654 @@
+//! End to end: an emulated StorVSC guest driver ([`parastor_tests::storvsc`])
+//! negotiates with a StorVSP controller over real VMBus rings and runs SCSI
+//! workloads on RAM-backed disks (512- and 4096-byte sectors) and a DVD.
+
+use parastor_core::ram::RamDisk;
+use parastor_core::{Disk, InitiatorId, ReservationsDisk};
+use parastor_tests::buf::{pattern, read_vec, write_vec};
+use parastor_tests::stacks::ram;
+use parastor_tests::storvsc::{Data, Profile, Srb, SrbReply, Storvsc, StorvscHost};
+use parastor_translation::parastor_hw::scsi::mmc::{self, event};
+use parastor_translation::parastor_hw::scsi::{op, pr, sense_key, status};
+use parastor_translation::parastor_hw::storvsp::{
+    NtStatus, RequestSize, VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, srb_status,
+};
+use parastor_translation::scsi::dvd::ScsiDvd;
+use parastor_translation::scsi::{DiskParams, ScsiDisk};
+use parastor_translation::storvsp::{Controller, ControllerConfig, ScsiPath};
+use std::sync::Arc;
+
+/// LUN 0: 512-byte sectors.
+const L512: u8 = 0;
+/// LUN 1: 4096-byte sectors.
+const L4K: u8 = 1;
+/// LUN 2: the DVD drive.
+const LDVD: u8 = 2;
+const SECTORS: u64 = 1024;
+const DVD_SS: u32 = 2048;
+
+struct Luns {
+    ram512: RamDisk,
+    disk512: Disk,
+    disk4k: Disk,
+    dvd: Arc<ScsiDvd>,
+}
+
+fn scsi_disk(disk: Disk) -> Arc<ScsiDisk> {
+    Arc::new(ScsiDisk::new(disk, DiskParams::default()))
+}
+
+fn dvd_media(seed: u64) -> Disk {
+    let (_, d) = ram(64, DVD_SS);
+    write_vec(&d, 0, &pattern(seed, 0, 4, DVD_SS)).unwrap();
+    d
+}
+
+/// A controller with two disks and a DVD.
+fn controller(max_sub_channels: u16) -> (Arc<Controller>, Luns) {
+    let c = Arc::new(Controller::new(ControllerConfig {
+        max_sub_channels,
+        ..ControllerConfig::default()
+    }));
+    let (ram512, disk512) = ram(SECTORS, 512);
+    let (_, disk4k) = ram(SECTORS, 4096);
+    let dvd = Arc::new(ScsiDvd::new(Some(dvd_media(1))).unwrap());
+    c.attach(ScsiPath::new(0, 0, L512), scsi_disk(disk512.clone()))
+        .unwrap();
+    c.attach(ScsiPath::new(0, 0, L4K), scsi_disk(disk4k.clone()))
+        .unwrap();
+    c.attach(ScsiPath::new(0, 0, LDVD), dvd.clone()).unwrap();
+    (
+        c,
+        Luns {
+            ram512,
+            disk512,
+            disk4k,
+            dvd,
+        },
+    )
+}
+
+fn rw10(opcode: u8, lba: u32, blocks: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = opcode;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn rw16(opcode: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = opcode;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn ss_of(lun: u8) -> usize {
+    if lun == L4K { 4096 } else { 512 }
+}
+
+fn write(vsc: &mut Storvsc<'_>, lun: u8, lba: u64, data: &[u8], sixteen: bool) -> SrbReply {
+    let blocks = data.len() / ss_of(lun);
+    let cdb = if sixteen {
+        rw16(op::WRITE16, lba, blocks as u32).to_vec()
+    } else {
+        rw10(op::WRITE10, lba as u32, blocks as u16).to_vec()
+    };
+    vsc.srb(&Srb::new(lun, &cdb, Data::Out(data))).unwrap()
+}
+
+fn read(vsc: &mut Storvsc<'_>, lun: u8, lba: u64, blocks: usize, sixteen: bool) -> Vec<u8> {
+    let cdb = if sixteen {
+        rw16(op::READ16, lba, blocks as u32).to_vec()
+    } else {
+        rw10(op::READ10, lba as u32, blocks as u16).to_vec()
+    };
+    let r = vsc
+        .srb(&Srb::new(lun, &cdb, Data::In(blocks * ss_of(lun))))
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(r.data_transfer_length as usize, blocks * ss_of(lun));
+    r.data
+}
+
+fn good(r: &SrbReply) {
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(r.nt_status, NtStatus::SUCCESS);
+}
+
+fn check(r: &SrbReply, key: u8) {
+    assert_eq!(r.scsi_status, status::CHECK_CONDITION, "{r:?}");
+    assert_eq!(r.sense_data().map(|s| s.key), Some(key), "{r:?}");
+}
+
+#[test]
+fn linux_negotiates_blue_and_opens_sub_channels_after_end() {
+    let (c, _l) = controller(3);
+    let host = StorvscHost::new(c.clone(), 16 << 20);
+    let vsc = Storvsc::connect(&host, &Profile::linux(2)).unwrap();
+    // Win10 is refused with REVISION_MISMATCH; Blue is the first accepted.
+    assert_eq!(vsc.version(), VERSION_BLUE);
+    assert_eq!(vsc.request_size(), RequestSize::Win8);
+    assert_eq!(vsc.max_sub_channels(), 3);
+    assert_eq!(vsc.channels(), 3);
+    assert_eq!(c.sub_channels_requested(), Some(2));
+    assert_eq!(vsc.luns(), [L512, L4K, LDVD]);
+}
+
+#[test]
+fn windows_creates_sub_channels_before_end_initialization() {
+    let (c, _l) = controller(4);
+    let host = StorvscHost::new(c.clone(), 16 << 20);
+    let vsc = Storvsc::connect(&host, &Profile::windows(4)).unwrap();
+    assert_eq!(vsc.version(), VERSION_BLUE);
+    assert_eq!(vsc.channels(), 5);
+    assert_eq!(c.sub_channels_requested(), Some(4));
+}
+
+#[test]
+fn older_guests_settle_on_older_versions_without_sub_channels() {
+    for (versions, want, size) in [
+        (&[0x0700, VERSION_WIN8][..], VERSION_WIN8, RequestSize::Win8),
+        (&[VERSION_WIN7][..], VERSION_WIN7, RequestSize::PreWin8),
+        (
+            &[0x0403, VERSION_WIN6][..],
+            VERSION_WIN6,
+            RequestSize::PreWin8,
+        ),
+    ] {
+        let (c, l) = controller(4);
+        let host = StorvscHost::new(c, 16 << 20);
+        let mut p = Profile::versions(versions);
+        p.sub_channels = 4;
+        let mut vsc = Storvsc::connect(&host, &p).unwrap();
+        assert_eq!(vsc.version(), want);
+        assert_eq!(vsc.request_size(), size);
+        let subs = if want >= VERSION_WIN8 { 5 } else { 1 };
+        assert_eq!(vsc.channels(), subs);
+        // I/O works at every request size, sense included.
+        let data = pattern(9, 0, 2, 512);
+        good(&write(&mut vsc, L512, 4, &data, false));
+        assert_eq!(read(&mut vsc, L512, 4, 2, false), data);
+        assert_eq!(read_vec(&l.disk512, 4, 2).unwrap(), data);
+        let r = vsc
+            .srb(&Srb::new(L512, &rw10(op::READ10, 5000, 1), Data::In(512)))
+            .unwrap();
+        check(&r, sense_key::ILLEGAL_REQUEST);
+    }
+}
+
+#[test]
+fn no_acceptable_version_fails_cleanly() {
+    let (c, _l) = controller(0);
+    let host = StorvscHost::new(c, 16 << 20);
+    let err = Storvsc::connect(&host, &Profile::versions(&[0x0100, 0x0602])).unwrap_err();
+    assert!(matches!(
+        err,
+        parastor_tests::storvsc::StorvscError::NoVersion
+    ));
+}
+
+#[test]
+fn read_write_10_and_16_on_both_sector_sizes() {
+    let (c, l) = controller(0);
+    let host = StorvscHost::new(c, 16 << 20);
+    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    for (lun, disk) in [(L512, &l.disk512), (L4K, &l.disk4k)] {
+        let ss = ss_of(lun);
+        for (i, sixteen) in [false, true].into_iter().enumerate() {
+            let lba = 10 + 20 * i as u64;
+            let data = pattern(lun.into(), lba, 7, ss as u32);
+            good(&write(&mut vsc, lun, lba, &data, sixteen));
+            assert_eq!(read(&mut vsc, lun, lba, 7, !sixteen), data);
+            assert_eq!(read_vec(disk, lba, 7).unwrap(), data);
+        }
+        // Past the end: LBA out of range.
+        let r = vsc
+            .srb(&Srb::new(lun, &rw16(op::READ16, SECTORS, 1), Data::In(ss)))
+            .unwrap();
+        check(&r, sense_key::ILLEGAL_REQUEST);
+        assert_eq!(r.srb_code(), srb_status::ERROR);
+    }
+}
+
+#[test]
+fn multi_range_buffers() {
+    let (c, l) = controller(0);
+    let host = StorvscHost::new(c, 16 << 20);
+    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    // 9 sectors in ranges of odd sizes (some crossing page boundaries).
+    let data = pattern(5, 0, 9, 512);
+    let cuts = [100, 4000, 512, 3];
+    let r = vsc
+        .srb(&Srb::new(L512, &rw10(op::WRITE10, 50, 9), Data::Out(&data)).segments(&cuts))
+        .unwrap();
+    good(&r);
+    assert_eq!(read_vec(&l.disk512, 50, 9).unwrap(), data);
+    let r = vsc
+        .srb(
+            &Srb::new(L512, &rw16(op::READ16, 50, 9), Data::In(data.len())).segments(&[7, 5000, 1]),
+        )
+        .unwrap();
+    good(&r);
+    assert_eq!(r.data, data);
+    // 4096-byte sectors, one range per 1000 bytes.
+    let data = pattern(6, 0, 3, 4096);
+    let cuts = vec![1000; 12];
+    good(
+        &vsc.srb(&Srb::new(L4K, &rw10(op::WRITE10, 3, 3), Data::Out(&data)).segments(&cuts))
+            .unwrap(),
+    );
+    let r = vsc
+        .srb(&Srb::new(L4K, &rw10(op::READ10, 3, 3), Data::In(data.len())).segments(&cuts))
+        .unwrap();
+    assert_eq!(r.data, data);
+    assert_eq!(read_vec(&l.disk4k, 3, 3).unwrap(), data);
+}
+
+#[test]
+fn write_same_unmap_verify_and_compare_and_write() {
+    let (c, l) = controller(0);
+    let host = StorvscHost::new(c, 16 << 20);
+    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+
+    // WRITE SAME(16): one block replicated over 20.
+    let block = vec![0x5Au8; 512];
+    let mut cdb = rw16(op::WRITE_SAME16, 100, 20);
+    cdb[1] = 0;
+    good(&vsc.srb(&Srb::new(L512, &cdb, Data::Out(&block))).unwrap());
+    assert_eq!(read(&mut vsc, L512, 100, 20, true), vec![0x5A; 20 * 512]);
+
+    // UNMAP two extents: they read back as zeros; the rest is untouched.
+    let mut param = vec![0u8; 8 + 32];
+    param[0..2].copy_from_slice(&(6u16 + 32).to_be_bytes());
+    param[2..4].copy_from_slice(&32u16.to_be_bytes());
+    param[8..16].copy_from_slice(&100u64.to_be_bytes());
+    param[16..20].copy_from_slice(&4u32.to_be_bytes());
+    param[24..32].copy_from_slice(&110u64.to_be_bytes());
+    param[32..36].copy_from_slice(&2u32.to_be_bytes());
+    let mut cdb = [0u8; 10];
+    cdb[0] = op::UNMAP;
+    cdb[7..9].copy_from_slice(&(param.len() as u16).to_be_bytes());
+    good(&vsc.srb(&Srb::new(L512, &cdb, Data::Out(&param))).unwrap());
+    let got = read(&mut vsc, L512, 100, 20, false);
+    for (i, s) in got.chunks(512).enumerate() {
+        let zero = (0..4).contains(&i) || (10..12).contains(&i);
+        assert_eq!(s, if zero { [0u8; 512] } else { [0x5A; 512] }, "sector {i}");
+    }
+
+    // VERIFY(10) with BYTCHK: a match is GOOD, a mismatch MISCOMPARE.
+    let data = pattern(3, 200, 4, 512);
+    good(&write(&mut vsc, L512, 200, &data, false));
+    let mut cdb = rw10(op::VERIFY10, 200, 4);
+    cdb[1] = 0x02;
+    good(&vsc.srb(&Srb::new(L512, &cdb, Data::Out(&data))).unwrap());
+    let mut bad = data.clone();
+    bad[700] ^= 1;
+    let r = vsc.srb(&Srb::new(L512, &cdb, Data::Out(&bad))).unwrap();
+    check(&r, sense_key::MISCOMPARE);
+    // Without BYTCHK: a medium check only.
+    good(
+        &vsc.srb(&Srb::new(L512, &rw10(op::VERIFY10, 200, 4), Data::None))
+            .unwrap(),
+    );
+    let mut cdb = rw16(op::VERIFY16, 200, 4);
+    cdb[1] = 0x02;
+    good(&vsc.srb(&Srb::new(L512, &cdb, Data::Out(&data))).unwrap());
+
+    // COMPARE AND WRITE: writes only if the compare half matches.
+    let new = pattern(4, 200, 2, 512);
+    let mut cdb = [0u8; 16];
+    cdb[0] = op::COMPARE_AND_WRITE;
+    cdb[2..10].copy_from_slice(&200u64.to_be_bytes());
+    cdb[13] = 2;
+    let mut buf = data[..1024].to_vec();
+    buf.extend_from_slice(&new);
+    good(&vsc.srb(&Srb::new(L512, &cdb, Data::Out(&buf))).unwrap());
+    assert_eq!(read_vec(&l.disk512, 200, 2).unwrap(), new);
+    // The same again: the compare half no longer matches.
+    let r = vsc.srb(&Srb::new(L512, &cdb, Data::Out(&buf))).unwrap();
+    check(&r, sense_key::MISCOMPARE);
+    assert_eq!(read_vec(&l.disk512, 200, 2).unwrap(), new);
+
+    // The same on 4096-byte sectors.
+    let block = vec![0xA5u8; 4096];
+    good(
+        &vsc.srb(&Srb::new(
+            L4K,
+            &rw16(op::WRITE_SAME16, 8, 3),
+            Data::Out(&block),
+        ))
+        .unwrap(),
+    );
+    assert_eq!(read_vec(&l.disk4k, 8, 3).unwrap(), vec![0xA5; 3 * 4096]);
+}
+
+#[test]
+fn hot_add_enumerate_bus_rescan_and_hot_remove() {
+    let (c, _l) = controller(0);
+    let host = StorvscHost::new(c.clone(), 16 << 20);
+    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    assert_eq!(vsc.luns(), [L512, L4K, LDVD]);
+    assert!(!vsc.poll().unwrap(), "nothing to rescan");
+
+    let (_, d) = ram(64, 512);
+    c.attach(ScsiPath::new(0, 0, 7), scsi_disk(d.clone()))
+        .unwrap();
+    assert!(vsc.poll().unwrap(), "ENUMERATE_BUS → rescan");
+    assert_eq!(vsc.enumerations(), 1);
+    assert_eq!(vsc.luns(), [L512, L4K, LDVD, 7]);
+    let data = pattern(7, 0, 1, 512);
+    good(&write(&mut vsc, 7, 0, &data, false));
+    assert_eq!(read_vec(&d, 0, 1).unwrap(), data);
+
+    // A hot add noticed in the middle of other I/O: the driver rescans
+    // before returning.
+    let (_, d2) = ram(64, 4096);
+    c.attach(ScsiPath::new(0, 0, 9), scsi_disk(d2)).unwrap();
+    read(&mut vsc, L512, 0, 1, false);
+    assert_eq!(vsc.enumerations(), 2);
+    assert_eq!(vsc.luns(), [L512, L4K, LDVD, 7, 9]);
+
+    // Hot remove: the LUN disappears from the scan and I/O to it fails.
+    assert!(c.remove(ScsiPath::new(0, 0, 7)).is_some());
+    assert!(vsc.poll().unwrap());
+    assert_eq!(vsc.luns(), [L512, L4K, LDVD, 9]);
+    let r = vsc
+        .srb(&Srb::new(7, &rw10(op::READ10, 0, 1), Data::In(512)))
+        .unwrap();
+    assert_eq!(r.srb_code(), srb_status::INVALID_LUN);
+    assert_eq!(r.nt_status, NtStatus::DEVICE_DOES_NOT_EXIST);
+}
+
+#[test]
+fn resize_raises_one_unit_attention() {
+    let (c, l) = controller(0);
+    let host = StorvscHost::new(c, 16 << 20);
+    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    let capacity = |vsc: &mut Storvsc<'_>| {
+        let mut cdb = [0u8; 16];
+        cdb[0] = op::SERVICE_ACTION_IN16;
+        cdb[1] = op::SA_READ_CAPACITY16;
+        cdb[13] = 32;
+        let r = vsc.srb(&Srb::new(L512, &cdb, Data::In(32))).unwrap();
+        good(&r);
+        (
+            u64::from_be_bytes(r.data[..8].try_into().unwrap()) + 1,
+            r.retried,
+        )
+    };
+    assert_eq!(capacity(&mut vsc), (SECTORS, false));
+    l.ram512.resize(SECTORS * 2);
+    // The first command meets the UNIT ATTENTION; the driver retries it.
+    assert_eq!(capacity(&mut vsc), (SECTORS * 2, true));
+    assert_eq!(vsc.unit_attentions(), 1);
+    // Only once.
+    assert_eq!(capacity(&mut vsc), (SECTORS * 2, false));
+    read(&mut vsc, L512, SECTORS * 2 - 1, 1, true);
+    assert_eq!(vsc.unit_attentions(), 1);
+    // The other LUNs never saw it.
+    read(&mut vsc, L4K, 0, 1, true);
+    assert_eq!(vsc.unit_attentions(), 1);
+}
+
+fn gesn(vsc: &mut Storvsc<'_>) -> (u8, u8) {
+    let mut cdb = [0u8; 10];
+    cdb[0] = mmc::op::GET_EVENT_STATUS_NOTIFICATION;
+    cdb[1] = 0x01; // polled
+    cdb[4] = event::CLASS_MEDIA_BIT;
+    cdb[7..9].copy_from_slice(&8u16.to_be_bytes());
+    let r = vsc.srb(&Srb::new(LDVD, &cdb, Data::In(8))).unwrap();
+    good(&r);
+    (r.data[4] & 0x0F, r.data[5])
+}
+
+#[test]
+fn dvd_eject_and_host_media_change() {
+    let (c, l) = controller(0);
+    let host = StorvscHost::new(c, 16 << 20);
+    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    let tur = Srb::new(LDVD, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], Data::None);
+    good(&vsc.srb(&tur).unwrap());
+    let r = vsc
+        .srb(&Srb::new(
+            LDVD,
+            &rw10(op::READ10, 0, 2),
+            Data::In(2 * DVD_SS as usize),
+        ))
+        .unwrap();
+    good(&r);
+    assert_eq!(r.data, pattern(1, 0, 2, DVD_SS));
+
+    // Guest eject: START STOP UNIT with LoEj and not Start.
+    good(
+        &vsc.srb(&Srb::new(
+            LDVD,
+            &[op::START_STOP_UNIT, 0, 0, 0, 0x02, 0],
+            Data::None,
+        ))
+        .unwrap(),
+    );
+    assert!(l.dvd.media().is_none());
+    assert_eq!(gesn(&mut vsc).0, event::MEDIA_REMOVAL);
+    check(&vsc.srb(&tur).unwrap(), sense_key::NOT_READY);
+
+    // Host inserts new media: GESN reports it; the next command meets a
+    // UNIT ATTENTION the driver retries through.
+    l.dvd.change_media(Some(dvd_media(2))).unwrap();
+    let (code, st) = gesn(&mut vsc);
+    assert_eq!(code, event::MEDIA_NEW_MEDIA);
+    assert_ne!(st & event::STATUS_MEDIA_PRESENT, 0);
+    let r = vsc
+        .srb(&Srb::new(
+            LDVD,
+            &rw10(op::READ10, 0, 1),
+            Data::In(DVD_SS as usize),
+        ))
+        .unwrap();
+    good(&r);
+    assert!(r.retried);
+    assert_eq!(r.data, pattern(2, 0, 1, DVD_SS));
+    assert_eq!(gesn(&mut vsc).0, event::MEDIA_NO_CHANGE);
+
+    // The DVD is read-only.
+    let data = vec![0u8; DVD_SS as usize];
+    let r = vsc
+        .srb(&Srb::new(LDVD, &rw10(op::WRITE10, 0, 1), Data::Out(&data)))
+        .unwrap();
+    assert_eq!(r.scsi_status, status::CHECK_CONDITION);
+}
+
+fn pr_out(sa: u8, kind: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
+    let mut cdb = [0u8; 10];
+    cdb[0] = op::PERSISTENT_RESERVE_OUT;
+    cdb[1] = sa;
+    cdb[2] = kind;
+    cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+    (cdb, p)
+}
+
+fn pr_cmd(vsc: &mut Storvsc<'_>, sa: u8, kind: u8, key: u64, sa_key: u64) -> SrbReply {
+    let (cdb, p) = pr_out(sa, kind, key, sa_key);
+    vsc.srb(&Srb::new(0, &cdb, Data::Out(&p))).unwrap()
+}
+
+fn read_keys(vsc: &mut Storvsc<'_>) -> Vec<u64> {
+    let mut cdb = [0u8; 10];
+    cdb[0] = op::PERSISTENT_RESERVE_IN;
+    cdb[1] = pr::IN_READ_KEYS;
+    cdb[7..9].copy_from_slice(&256u16.to_be_bytes());
+    let r = vsc.srb(&Srb::new(0, &cdb, Data::In(256))).unwrap();
+    good(&r);
+    let n = u32::from_be_bytes(r.data[4..8].try_into().unwrap()) as usize;
+    let mut keys: Vec<u64> = r.data[8..8 + n]
+        .chunks_exact(8)
+        .map(|k| u64::from_be_bytes(k.try_into().unwrap()))
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+#[test]
+fn persistent_reservations_between_two_initiators() {
+    let (_, inner) = ram(SECTORS, 512);
+    let shared = Disk::new(ReservationsDisk::new(inner)).unwrap();
+    let ctl = |id: u128| {
+        let c = Arc::new(Controller::new(ControllerConfig {
+            initiator: InitiatorId::new(id),
+            ..ControllerConfig::default()
+        }));
+        c.attach(ScsiPath::new(0, 0, 0), scsi_disk(shared.clone()))
+            .unwrap();
+        c
+    };
+    let (ha, hb) = (
+        StorvscHost::new(ctl(0xA), 8 << 20),
+        StorvscHost::new(ctl(0xB), 8 << 20),
+    );
+    let mut a = Storvsc::connect(&ha, &Profile::linux(0)).unwrap();
+    let mut b = Storvsc::connect(&hb, &Profile::windows(0)).unwrap();
+
+    good(&pr_cmd(&mut a, pr::OUT_REGISTER, 0, 0, 0xAAAA));
+    good(&pr_cmd(
+        &mut a,
+        pr::OUT_RESERVE,
+        pr::TYPE_WRITE_EXCLUSIVE,
+        0xAAAA,
+        0,
+    ));
+    let data = pattern(11, 0, 1, 512);
+    // The holder writes; the other initiator may read but not write.
+    good(&write(&mut a, 0, 0, &data, false));
+    let r = write(&mut b, 0, 0, &[0u8; 512], false);
+    assert_eq!(r.scsi_status, status::RESERVATION_CONFLICT, "{r:?}");
+    assert_eq!(read(&mut b, 0, 0, 1, true), data);
+    // B registers; both keys are visible from either side.
+    good(&pr_cmd(&mut b, pr::OUT_REGISTER, 0, 0, 0xBBBB));
+    assert_eq!(read_keys(&mut a), [0xAAAA, 0xBBBB]);
+    assert_eq!(read_keys(&mut b), [0xAAAA, 0xBBBB]);
+    // B may not release A's reservation (no-op), nor reserve over it.
+    let r = pr_cmd(&mut b, pr::OUT_RESERVE, pr::TYPE_WRITE_EXCLUSIVE, 0xBBBB, 0);
+    assert_eq!(r.scsi_status, status::RESERVATION_CONFLICT, "{r:?}");
+    // A releases: B can write.
+    good(&pr_cmd(
+        &mut a,
+        pr::OUT_RELEASE,
+        pr::TYPE_WRITE_EXCLUSIVE,
+        0xAAAA,
+        0,
+    ));
+    good(&write(&mut b, 0, 1, &data, true));
+    assert_eq!(read(&mut a, 0, 1, 1, false), data);
+}
+
+#[test]
+fn io_on_primary_and_sub_channels() {
+    let (c, l) = controller(2);
+    let host = StorvscHost::new(c, 16 << 20);
+    let mut vsc = Storvsc::connect(&host, &Profile::linux(2)).unwrap();
+    assert_eq!(vsc.channels(), 3);
+    // Sequential I/O on each channel.
+    for ch in 0..3 {
+        let data = pattern(20 + ch as u64, 0, 4, 512);
+        let lba = 40 * ch as u64;
+        let r = vsc
+            .srb(&Srb::new(L512, &rw10(op::WRITE10, lba as u32, 4), Data::Out(&data)).on(ch))
+            .unwrap();
+        good(&r);
+        let r = vsc
+            .srb(&Srb::new(L512, &rw16(op::READ16, lba, 4), Data::In(2048)).on((ch + 1) % 3))
+            .unwrap();
+        assert_eq!(r.data, data);
+    }
+    // Several requests outstanding at once, spread over the channels.
+    let datas: Vec<Vec<u8>> = (0..6).map(|i| pattern(50 + i, 0, 2, 4096)).collect();
+    let tags: Vec<_> = datas
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            vsc.submit(&Srb::new(L4K, &rw10(op::WRITE10, 2 * i as u32, 2), Data::Out(d)).on(i % 3))
+                .unwrap()
+        })
+        .collect();
+    for t in tags.into_iter().rev() {
+        good(&vsc.wait(t).unwrap());
+    }
+    for (i, d) in datas.iter().enumerate() {
+        assert_eq!(&read_vec(&l.disk4k, 2 * i as u64, 2).unwrap(), d);
+    }
+}
+
+/// xorshift64*: a small deterministic generator.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+#[test]
+fn random_workload_matches_the_model() {
+    let (c, l) = controller(3);
+    let host = StorvscHost::new(c, 16 << 20);
+    let mut vsc = Storvsc::connect(&host, &Profile::windows(3)).unwrap();
+    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let mut mismatches = 0usize;
+    for (lun, disk) in [(L512, &l.disk512), (L4K, &l.disk4k)] {
+        let ss = ss_of(lun);
+        let max_blocks = (0x40000 / ss).min(64) as u64;
+        let mut model = vec![0u8; SECTORS as usize * ss];
+        for i in 0..400u64 {
+            let blocks = 1 + rng.below(max_blocks);
+            let lba = rng.below(SECTORS - blocks + 1);
+            let range = lba as usize * ss..(lba + blocks) as usize * ss;
+            let sixteen = rng.below(2) == 0;
+            let ch = rng.below(vsc.channels() as u64) as usize;
+            let len = range.len();
+            let cuts: Vec<usize> = (0..rng.below(4))
+                .map(|_| 1 + rng.below(len as u64) as usize)
+                .collect();
+            if rng.below(2) == 0 {
+                let data = pattern(i ^ u64::from(lun) << 32, lba, blocks, ss as u32);
+                let cdb = if sixteen {
+                    rw16(op::WRITE16, lba, blocks as u32).to_vec()
+                } else {
+                    rw10(op::WRITE10, lba as u32, blocks as u16).to_vec()
+                };
+                let r = vsc
+                    .srb(&Srb::new(lun, &cdb, Data::Out(&data)).segments(&cuts).on(ch))
+                    .unwrap();
+                good(&r);
+                model[range].copy_from_slice(&data);
+            } else {
+                let cdb = if sixteen {
+                    rw16(op::READ16, lba, blocks as u32).to_vec()
+                } else {
+                    rw10(op::READ10, lba as u32, blocks as u16).to_vec()
+                };
+                let r = vsc
+                    .srb(&Srb::new(lun, &cdb, Data::In(len)).segments(&cuts).on(ch))
+                    .unwrap();
+                good(&r);
+                if r.data != model[range] {
+                    mismatches += 1;
+                }
+            }
+        }
+        if read_vec(disk, 0, SECTORS).unwrap() != model {
+            mismatches += 1;
+        }
+    }
+    assert_eq!(mismatches, 0);
+}
