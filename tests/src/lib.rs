@@ -10,6 +10,7 @@
 //! - [`stacks`]: builders for RAM, file, layered and striped stacks.
 //! - [`fuzz_disk`]: the `disk_ops` fuzz harness.
 //! - [`fuzz_scsi`]: the `scsi_cdb` fuzz harness (SCSI adapter).
+//! - [`fuzz_storvsp`]: the `storvsp` fuzz harness (StorVSP over VMBus rings).
 #![forbid(unsafe_code)]
 
 pub mod buf;
@@ -18,6 +19,7 @@ pub mod conformance;
 pub mod doubles;
 pub mod fuzz_disk;
 pub mod fuzz_scsi;
+pub mod fuzz_storvsp;
 pub mod model;
 pub mod stacks;
 pub mod storvsc;

@@ -15,6 +15,7 @@ fn harness(target: &str) -> Option<fn(&[u8])> {
         "disk_ops" => Some(parastor_tests::fuzz_disk::disk_ops),
         "settings" => Some(parastor_vtl2_settings::fuzz::check_blob),
         "scsi_cdb" => Some(parastor_tests::fuzz_scsi::scsi_cdb),
+        "storvsp" => Some(parastor_tests::fuzz_storvsp::storvsp),
         _ => None,
     }
 }
@@ -82,7 +83,7 @@ fn replay(kind: &str) -> usize {
 fn corpus_replays() {
     replay("corpus");
     let corpus = inputs("corpus");
-    for target in ["disk_ops", "settings", "scsi_cdb"] {
+    for target in ["disk_ops", "settings", "scsi_cdb", "storvsp"] {
         assert!(
             corpus.iter().any(|(t, _)| t == target),
             "the {target} corpus is empty"

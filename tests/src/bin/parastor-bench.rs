@@ -43,6 +43,11 @@ const BENCHES: &[Bench] = &[
         run: crypt::run,
     },
     Bench {
+        name: "storvsp",
+        about: "4 KiB random QD1/QD32 and 128 KiB sequential I/O from an emulated StorVSC through StorVSP to a RAM disk, vs the RAM disk alone",
+        run: storvsp::run,
+    },
+    Bench {
         name: "settings",
         about: "decode + validate a maximal VTL2 settings blob: JSON and protobuf vs postcard",
         run: settings::run,
@@ -694,6 +699,536 @@ mod settings {
                 kept as f64 / 1024.0,
                 m.ns_per_op / reference,
             );
+        }
+    }
+}
+
+/// `storvsp`: the whole StorVSP path — a lean emulated StorVSC writing
+/// `EXECUTE_SRB` packets into a real VMBus ring, the StorVSP channel
+/// worker, the SCSI disk adapter and a prefilled RAM disk — against the
+/// RAM disk alone doing the same I/O through `Disk::read` / `Disk::write`.
+///
+/// The guest side is written here on the ring primitives
+/// ([`RingWriter`](parastor_translation::vmbus::RingWriter) /
+/// [`RingReader`](parastor_translation::vmbus::RingReader)) rather than with
+/// `parastor_tests::storvsc::Storvsc`, whose per-request bookkeeping
+/// (`Vec`s, `BTreeMap`s, copying the data out) would dominate the figures:
+/// this guest builds each packet on the stack, allocates nothing and does
+/// not touch the data buffers, as a real driver would not. The test driver
+/// is still timed once (QD1 4 KiB) for comparison.
+mod storvsp {
+    use super::harness::{Case, Measurement, measure, size_name};
+    use super::*;
+    use parastor_tests::storvsc::{Data, Profile, Srb, Storvsc, StorvscHost};
+    use parastor_translation::parastor_hw::scsi::{op as scsi_op, status as scsi_status};
+    use parastor_translation::parastor_hw::storvsp::{
+        FLAG_REQUEST_COMPLETION, NtStatus, Operation, PACKET_HEADER_LEN, RequestSize, VERSION_BLUE,
+        data_direction, srb_flags, srb_status,
+    };
+    use parastor_translation::parastor_hw::vmbus::{
+        PACKET_FLAG_COMPLETION_REQUESTED, PACKET_TYPE_COMPLETION, PACKET_TYPE_DATA_INBAND,
+        PACKET_TYPE_DATA_USING_GPA_DIRECT,
+    };
+    use parastor_translation::scsi::{DiskParams, ScsiDisk};
+    use parastor_translation::storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
+    use parastor_translation::vmbus::{
+        Channel, Notify, OutgoingPacket, RingReader, RingWriter, Signal, init_ring_pair,
+    };
+    use std::sync::Arc;
+
+    const SS: u32 = 512;
+    /// Bytes the I/Os cycle over (prefilled).
+    const WORKING_SET: u64 = 8 << 20;
+    /// Disk size.
+    const DISK_BYTES: u64 = 16 << 20;
+    /// Guest memory: rings, then data buffers.
+    const MEM_BYTES: u64 = 8 << 20;
+    const RINGS_GPA: u64 = 0x10000;
+    const RING_SIZE: u64 = 0x10000;
+    /// Data buffers: one per queue slot, page aligned.
+    const DATA_GPA: u64 = 1 << 20;
+    const PAGE: u64 = 4096;
+    /// Deepest queue measured.
+    const MAX_QD: usize = 32;
+    /// Largest I/O, in pages (one GPA range of up to this many PFNs).
+    const MAX_PAGES: usize = 32;
+    /// The newest version StorVSP accepts, as Linux settles on it.
+    const VERSION: u16 = VERSION_BLUE;
+    const REQUEST: RequestSize = RequestSize::for_version(VERSION);
+    /// OpenVMM's StorVSC → StorVSP → SCSI disk → RAM disk, 4 KiB, batch 1
+    /// and batch 32 (reference/openvmm-perf.md).
+    const OPENVMM_QD1_NS: f64 = 897.0;
+    const OPENVMM_QD32_NS: f64 = 426.0;
+
+    fn le32(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+    }
+
+    /// The address pattern of one measurement.
+    #[derive(Clone, Copy)]
+    enum Pattern {
+        /// Uniformly random I/O-aligned offsets over the working set.
+        Random,
+        /// Consecutive I/Os, wrapping at the end of the working set.
+        Sequential,
+    }
+
+    /// The sectors the I/Os of one measurement go to; the same sequence
+    /// for every path.
+    struct Addresses {
+        pattern: Pattern,
+        io_sectors: u64,
+        slots: u64,
+        state: u64,
+    }
+
+    impl Addresses {
+        fn new(pattern: Pattern, bytes: usize) -> Self {
+            let io_sectors = bytes as u64 / u64::from(SS);
+            Self {
+                pattern,
+                io_sectors,
+                slots: WORKING_SET / bytes as u64,
+                state: 0x9E37_79B9_7F4A_7C15,
+            }
+        }
+
+        fn next(&mut self) -> u64 {
+            let slot = match self.pattern {
+                Pattern::Random => {
+                    // xorshift64*
+                    self.state ^= self.state >> 12;
+                    self.state ^= self.state << 25;
+                    self.state ^= self.state >> 27;
+                    (self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) % self.slots
+                }
+                Pattern::Sequential => {
+                    self.state = self.state.wrapping_add(1);
+                    self.state % self.slots
+                }
+            };
+            slot * self.io_sectors
+        }
+    }
+
+    /// A VM with one SCSI controller and the disk at LUN 0: guest memory,
+    /// the controller and the two directions' signals.
+    struct Rig {
+        mem: RamGuestMemory,
+        controller: Arc<Controller>,
+        to_host: Signal,
+        to_guest: Signal,
+    }
+
+    impl Rig {
+        fn new(disk: &Disk) -> Self {
+            let controller = Arc::new(Controller::new(ControllerConfig::default()));
+            controller
+                .attach(
+                    ScsiPath::new(0, 0, 0),
+                    Arc::new(ScsiDisk::new(disk.clone(), DiskParams::default())),
+                )
+                .expect("attach");
+            let mem = RamGuestMemory::new(MEM_BYTES);
+            mem.fill(DATA_GPA, (MEM_BYTES - DATA_GPA) as usize, 0x5a)
+                .expect("guest memory");
+            Self {
+                mem,
+                controller,
+                to_host: Signal::new(),
+                to_guest: Signal::new(),
+            }
+        }
+
+        /// Lays out the primary channel's rings, opens both ends and
+        /// negotiates as Linux does.
+        fn connect(&self) -> (Guest<'_>, StorvspChannel<'_>) {
+            let (incoming, outgoing) =
+                init_ring_pair(&self.mem, RINGS_GPA, RING_SIZE).expect("ring layout");
+            let host =
+                Channel::host(&self.mem, incoming, outgoing, &self.to_guest).expect("host ring");
+            let mut svc = StorvspChannel::primary(self.controller.clone(), host);
+            let mut guest = Guest {
+                tx: RingWriter::new(&self.mem, incoming).expect("guest ring"),
+                rx: RingReader::new(&self.mem, outgoing).expect("guest ring"),
+                host: &self.to_host,
+            };
+            let pre = RequestSize::PreWin8.request_len();
+            let mut version = [0u8; 4];
+            version[..2].copy_from_slice(&VERSION.to_le_bytes());
+            for (op, body, len) in [
+                (Operation::BeginInitialization, &[][..], pre),
+                (Operation::QueryProtocolVersion, &version[..], pre),
+                (Operation::QueryProperties, &[][..], REQUEST.request_len()),
+                (Operation::EndInitialization, &[][..], REQUEST.request_len()),
+            ] {
+                let status = guest.control(&mut svc, op, body, len);
+                assert_eq!(status, NtStatus::SUCCESS, "negotiation step {op:?}");
+            }
+            (guest, svc)
+        }
+    }
+
+    /// The lean guest driver: builds packets on the stack, writes them with
+    /// [`RingWriter`], reads completions with [`RingReader`]; no allocation.
+    struct Guest<'a> {
+        tx: RingWriter<'a>,
+        rx: RingReader<'a>,
+        host: &'a Signal,
+    }
+
+    impl Guest<'_> {
+        fn send(&mut self, packet_type: u16, tid: u64, header: &[&[u8]], payload: &[u8]) {
+            let out = self
+                .tx
+                .write(&OutgoingPacket {
+                    packet_type,
+                    flags: PACKET_FLAG_COMPLETION_REQUESTED,
+                    transaction_id: tid,
+                    header,
+                    payload,
+                })
+                .expect("request ring");
+            if out.signal {
+                self.host.notify();
+            }
+        }
+
+        /// A negotiation packet (`len` body bytes); returns the status.
+        fn control(
+            &mut self,
+            svc: &mut StorvspChannel<'_>,
+            op: Operation,
+            body: &[u8],
+            len: usize,
+        ) -> NtStatus {
+            let mut p = [0u8; PACKET_HEADER_LEN + 0x34];
+            p[0..4].copy_from_slice(&(op as u32).to_le_bytes());
+            p[4..8].copy_from_slice(&FLAG_REQUEST_COMPLETION.to_le_bytes());
+            p[PACKET_HEADER_LEN..PACKET_HEADER_LEN + body.len()].copy_from_slice(body);
+            self.send(
+                PACKET_TYPE_DATA_INBAND,
+                0,
+                &[],
+                &p[..PACKET_HEADER_LEN + len],
+            );
+            svc.process().expect("service");
+            let mut status = None;
+            let n = self.reap(|_, c| status = Some(NtStatus::new(le32(c, 8))));
+            assert_eq!(n, 1, "one completion for {op:?}");
+            status.expect("status")
+        }
+
+        /// Sends a READ(10) / WRITE(10) of `bytes` at `lba` whose buffer is
+        /// the page-aligned `gpa`, as one GPA-direct range.
+        fn submit(&mut self, tid: u64, write: bool, lba: u64, bytes: usize, gpa: u64) {
+            let pages = bytes.div_ceil(PAGE as usize);
+            let mut area = [0u8; 16 + 8 * MAX_PAGES];
+            area[4..8].copy_from_slice(&1u32.to_le_bytes()); // range count
+            area[8..12].copy_from_slice(&(bytes as u32).to_le_bytes()); // byte count
+            for p in 0..pages {
+                let pfn = gpa / PAGE + p as u64;
+                area[16 + 8 * p..24 + 8 * p].copy_from_slice(&pfn.to_le_bytes());
+            }
+            let mut pkt = [0u8; PACKET_HEADER_LEN + 0x34];
+            pkt[0..4].copy_from_slice(&(Operation::ExecuteSrb as u32).to_le_bytes());
+            pkt[4..8].copy_from_slice(&FLAG_REQUEST_COMPLETION.to_le_bytes());
+            // `struct vmscsi_request`, as Linux lays it out.
+            let r = &mut pkt[PACKET_HEADER_LEN..];
+            r[0..2].copy_from_slice(&(REQUEST.request_len() as u16).to_le_bytes());
+            r[8] = 10; // CDB length
+            r[9] = REQUEST.sense_buffer_len() as u8;
+            r[10] = if write {
+                data_direction::WRITE
+            } else {
+                data_direction::READ
+            };
+            r[12..16].copy_from_slice(&(bytes as u32).to_le_bytes());
+            r[16] = if write {
+                scsi_op::WRITE10
+            } else {
+                scsi_op::READ10
+            };
+            r[18..22].copy_from_slice(&(lba as u32).to_be_bytes());
+            r[23..25].copy_from_slice(&((bytes as u32 / SS) as u16).to_be_bytes());
+            r[0x26] = 0xFF; // untagged
+            let flags = if write {
+                srb_flags::DATA_OUT
+            } else {
+                srb_flags::DATA_IN
+            };
+            r[0x28..0x2C].copy_from_slice(&flags.to_le_bytes());
+            self.send(
+                PACKET_TYPE_DATA_USING_GPA_DIRECT,
+                tid,
+                &[&area[..16 + 8 * pages]],
+                &pkt[..PACKET_HEADER_LEN + REQUEST.request_len()],
+            );
+        }
+
+        /// Reads every completion waiting: `f(transaction id, payload)`.
+        /// Returns how many.
+        fn reap(&mut self, mut f: impl FnMut(u64, &[u8])) -> usize {
+            let mut buf = [0u8; 128];
+            let mut n = 0;
+            while let Some(h) = self.rx.peek().expect("completion ring") {
+                let d = h.descriptor;
+                assert_eq!(d.packet_type, PACKET_TYPE_COMPLETION, "unexpected packet");
+                let len = ((d.len() - d.data_offset()) as usize).min(buf.len());
+                self.rx
+                    .read_packet_bytes(&h, d.data_offset(), &mut buf[..len])
+                    .expect("completion");
+                if self.rx.consume(&h).expect("completion ring") {
+                    self.host.notify();
+                }
+                f(d.transaction_id, &buf[..len]);
+                n += 1;
+            }
+            n
+        }
+    }
+
+    /// Panics unless `c` is a successful `COMPLETE_IO` of `bytes`.
+    fn check(c: &[u8], bytes: usize) {
+        let body = &c[PACKET_HEADER_LEN..];
+        let ok = le32(c, 0) == Operation::CompleteIo as u32
+            && NtStatus::new(le32(c, 8)) == NtStatus::SUCCESS
+            && srb_status::code(body[2]) == srb_status::SUCCESS
+            && body[3] == scsi_status::GOOD
+            && le32(body, 12) as usize == bytes;
+        assert!(ok, "I/O failed: completion {c:02x?}");
+    }
+
+    fn prefill(d: &Disk) {
+        let chunk = 1u64 << 20;
+        let ss = u64::from(SS);
+        for off in (0..WORKING_SET).step_by(chunk as usize) {
+            write_vec(d, off / ss, &pattern(1, off / ss, chunk / ss, SS)).expect("prefill");
+        }
+    }
+
+    /// Reads the prefilled pattern back through the path once, so the
+    /// timed loops are known to move the right bytes.
+    fn verify(disk: &Disk) {
+        let rig = Rig::new(disk);
+        let (mut guest, mut svc) = rig.connect();
+        let (bytes, lba) = (128 * 1024, 3 * 256);
+        guest.submit(7, false, lba, bytes, DATA_GPA);
+        svc.process().expect("service");
+        let n = guest.reap(|tid, c| {
+            assert_eq!(tid, 7);
+            check(c, bytes);
+        });
+        assert_eq!(n, 1);
+        let mut got = vec![0u8; bytes];
+        rig.mem.read(DATA_GPA, &mut got).expect("guest memory");
+        let want = pattern(1, lba, bytes as u64 / u64::from(SS), SS);
+        assert!(got == want, "the read through StorVSP returned other data");
+    }
+
+    /// One row of the report.
+    struct Row {
+        op: &'static str,
+        bytes: usize,
+        pattern: Pattern,
+        qd: usize,
+    }
+
+    const ROWS: [Row; 8] = [
+        Row {
+            op: "read",
+            bytes: 4096,
+            pattern: Pattern::Random,
+            qd: 1,
+        },
+        Row {
+            op: "read",
+            bytes: 4096,
+            pattern: Pattern::Random,
+            qd: MAX_QD,
+        },
+        Row {
+            op: "write",
+            bytes: 4096,
+            pattern: Pattern::Random,
+            qd: 1,
+        },
+        Row {
+            op: "write",
+            bytes: 4096,
+            pattern: Pattern::Random,
+            qd: MAX_QD,
+        },
+        Row {
+            op: "read",
+            bytes: 128 * 1024,
+            pattern: Pattern::Sequential,
+            qd: 1,
+        },
+        Row {
+            op: "write",
+            bytes: 128 * 1024,
+            pattern: Pattern::Sequential,
+            qd: 1,
+        },
+        // The test driver (tests/src/storvsc.rs), for comparison.
+        Row {
+            op: "read",
+            bytes: 4096,
+            pattern: Pattern::Random,
+            qd: 0,
+        },
+        Row {
+            op: "write",
+            bytes: 4096,
+            pattern: Pattern::Random,
+            qd: 0,
+        },
+    ];
+
+    fn line(row: &Row, path: &str, m: Measurement, per_op: usize, reference: f64) {
+        let ns = m.ns_per_op / per_op as f64;
+        let allocs = m.allocs_per_op / per_op as f64;
+        let pattern = match row.pattern {
+            Pattern::Random => "rand",
+            Pattern::Sequential => "seq",
+        };
+        let openvmm = match (row.bytes, row.qd, path) {
+            (4096, 1, "storvsp") => format!("  vs-openvmm={:.2}", ns / OPENVMM_QD1_NS),
+            (4096, MAX_QD, "storvsp") => format!("  vs-openvmm={:.2}", ns / OPENVMM_QD32_NS),
+            _ => String::new(),
+        };
+        println!(
+            "storvsp {:<5} {:<6} {pattern:<4} QD{:<2} {path:<22} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
+            row.op,
+            size_name(row.bytes),
+            row.qd.max(1),
+            1e3 / ns,
+            row.bytes as f64 / ns,
+            ns / reference,
+        );
+    }
+
+    pub(crate) fn run() {
+        println!(
+            "storvsp: lean emulated StorVSC -> VMBus ring -> StorVSP -> SCSI disk -> prefilled RAM disk \
+             ({SS}-byte sectors, {} working set, one thread, service polled inline); \
+             ratio = ns/io of the line / ns/io of the RAM disk alone (Disk::read/write, same buffers and \
+             offsets, measured in the same run; lower is better); QD32 = 32 requests kept outstanding \
+             (reap all completions, resubmit); vs-openvmm = ns/io / OpenVMM's 897 (batch 1) or 426 (batch 32) ns",
+            size_name(WORKING_SET as usize)
+        );
+        let disk = parastor_tests::stacks::ram_disk(DISK_BYTES / u64::from(SS), SS);
+        prefill(&disk);
+        verify(&disk);
+        for row in &ROWS {
+            let write = row.op == "write";
+            let bytes = row.bytes;
+            let qd = row.qd.max(1);
+            let rig = Rig::new(&disk);
+            let test_host = (row.qd == 0).then(|| {
+                let host = StorvscHost::new(
+                    Arc::new(Controller::new(ControllerConfig::default())),
+                    MEM_BYTES,
+                );
+                host.controller()
+                    .attach(
+                        ScsiPath::new(0, 0, 0),
+                        Arc::new(ScsiDisk::new(disk.clone(), DiskParams::default())),
+                    )
+                    .expect("attach");
+                host
+            });
+            let mut cases = Vec::new();
+            let per_op;
+            if row.qd == 0 {
+                // The test driver over its own host; one I/O per op.
+                per_op = 1;
+                let host = test_host.as_ref().expect("test host");
+                let mut vsc = Storvsc::connect(host, &Profile::linux(0)).expect("connect");
+                let mut addr = Addresses::new(row.pattern, bytes);
+                let data = vec![0x5au8; bytes];
+                cases.push(Case {
+                    name: "storvsc.rs-test-driver",
+                    op: Box::new(move |_| {
+                        let lba = addr.next() as u32;
+                        let mut cdb = [0u8; 10];
+                        cdb[0] = if write {
+                            scsi_op::WRITE10
+                        } else {
+                            scsi_op::READ10
+                        };
+                        cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+                        cdb[7..9].copy_from_slice(&((bytes as u32 / SS) as u16).to_be_bytes());
+                        let d = if write {
+                            Data::Out(&data)
+                        } else {
+                            Data::In(bytes)
+                        };
+                        let r = vsc.srb(&Srb::new(0, &cdb, d)).expect("srb");
+                        assert!(r.is_good(), "I/O failed: {r:?}");
+                    }),
+                });
+            } else {
+                per_op = qd;
+                let (mut guest, mut svc) = rig.connect();
+                let mut addr = Addresses::new(row.pattern, bytes);
+                // Prime the queue: `qd` requests outstanding between ops.
+                for slot in 0..qd {
+                    let gpa = DATA_GPA + (slot * bytes) as u64;
+                    guest.submit(slot as u64, write, addr.next(), bytes, gpa);
+                }
+                cases.push(Case {
+                    name: "storvsp",
+                    op: Box::new(move |_| {
+                        svc.process().expect("service");
+                        let mut done = [0u8; MAX_QD];
+                        let mut n = 0;
+                        guest.reap(|tid, c| {
+                            check(c, bytes);
+                            done[n] = tid as u8;
+                            n += 1;
+                        });
+                        assert_eq!(n, qd, "every outstanding request completes");
+                        for &slot in &done[..n] {
+                            let gpa = DATA_GPA + (usize::from(slot) * bytes) as u64;
+                            guest.submit(u64::from(slot), write, addr.next(), bytes, gpa);
+                        }
+                    }),
+                });
+            }
+            // The reference: the RAM disk alone, the same buffers (in the
+            // same guest memory) and offsets, `per_op` I/Os per op.
+            let ranges: Vec<[GpaRange; 1]> = (0..per_op)
+                .map(|slot| {
+                    [GpaRange::new(
+                        DATA_GPA + (slot * bytes) as u64,
+                        bytes as u64,
+                    )]
+                })
+                .collect();
+            let mut addr = Addresses::new(row.pattern, bytes);
+            let (mem, disk) = (&rig.mem, &disk);
+            cases.push(Case {
+                name: "ram-disk-alone",
+                op: Box::new(move |_| {
+                    for r in &ranges {
+                        let sector = addr.next();
+                        let sg = SgList::new(mem, r, !write).expect("ranges");
+                        let r = if write {
+                            block_on(disk.write(sg, sector, IoOptions::default()))
+                        } else {
+                            block_on(disk.read(sg, sector, IoOptions::default()))
+                        };
+                        r.expect("RAM disk I/O");
+                    }
+                }),
+            });
+            let results = measure(&mut cases);
+            let reference = results[1].ns_per_op / per_op as f64;
+            for (case, m) in cases.iter().zip(results) {
+                line(row, case.name, m, per_op, reference);
+            }
         }
     }
 }

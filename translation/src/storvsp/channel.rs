@@ -15,7 +15,8 @@ use parastor_core::{DiskError, GpaRange, IoError, IoErrorKind, SgList};
 use parastor_hw::scsi::{SenseData, asc, op, status};
 use parastor_hw::storvsp::{
     self as hw, Body, MAX_PACKET_LEN, NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader,
-    ProtocolVersion, RequestSize, ScsiRequest, data_direction, parse_packet, srb_flags, srb_status,
+    ParseError, ProtocolVersion, RequestSize, ScsiRequest, data_direction, parse_packet, srb_flags,
+    srb_status,
 };
 use zerocopy::IntoBytes;
 
@@ -49,6 +50,8 @@ pub struct StorvspChannel<'a> {
     announced: u64,
     /// An `ENUMERATE_BUS` is waiting for ring space.
     enumerate_pending: bool,
+    /// Poll mode: the incoming ring's interrupt mask is set.
+    masked: bool,
 }
 
 impl fmt::Debug for StorvspChannel<'_> {
@@ -56,6 +59,7 @@ impl fmt::Debug for StorvspChannel<'_> {
         f.debug_struct("StorvspChannel")
             .field("primary", &self.primary)
             .field("in_flight", &self.in_flight.len())
+            .field("poll_mode", &self.masked)
             .field("channel", &self.channel)
             .finish()
     }
@@ -92,6 +96,7 @@ impl<'a> StorvspChannel<'a> {
             in_flight: Vec::new(),
             announced,
             enumerate_pending: false,
+            masked: false,
         }
     }
 
@@ -110,9 +115,23 @@ impl<'a> StorvspChannel<'a> {
         self.in_flight.len()
     }
 
+    /// Whether the channel is in poll mode: at least
+    /// [`ControllerConfig::poll_mode_queue_depth`] requests are in flight,
+    /// the incoming ring's interrupt mask is set, and the ring is read on
+    /// every completion instead of on the guest's signal.
+    ///
+    /// [`ControllerConfig::poll_mode_queue_depth`]: super::ControllerConfig::poll_mode_queue_depth
+    pub fn poll_mode(&self) -> bool {
+        self.masked
+    }
+
     /// Serves the channel until the guest breaks the protocol, waiting on
     /// `incoming` (the guest's notifications to the host) when there is
     /// nothing to do. Returns why the channel stopped.
+    ///
+    /// In poll mode ([`StorvspChannel::poll_mode`]) the guest does not
+    /// signal new packets; the worker is woken by its requests completing
+    /// and reads the ring then.
     pub async fn run(&mut self, incoming: &Signal) -> StorvspError {
         core::future::poll_fn(|cx| {
             loop {
@@ -147,7 +166,37 @@ impl<'a> StorvspChannel<'a> {
     /// whether anything happened. Requests still running, and controller
     /// events (negotiation finished, LUNs changed), wake `cx`; ring
     /// activity is signalled separately (see [`StorvspChannel::run`]).
+    ///
+    /// The pass ends by entering or leaving poll mode
+    /// ([`StorvspChannel::poll_mode`]) as the number of requests in flight
+    /// crosses the threshold; leaving it counts as progress when packets
+    /// arrived while the guest's signals were masked, so the caller reads
+    /// again instead of waiting for a signal that will not come.
     pub fn poll_work(&mut self, cx: &mut Context<'_>) -> Result<bool, StorvspError> {
+        let progress = self.do_work(cx)?;
+        Ok(self.update_poll_mode()? || progress)
+    }
+
+    /// Sets the incoming ring's interrupt mask when the requests in flight
+    /// reach the poll-mode threshold, and clears it (checking for packets
+    /// that arrived meanwhile) when they drop below. Returns whether
+    /// packets are waiting after unmasking.
+    fn update_poll_mode(&mut self) -> Result<bool, StorvspError> {
+        let threshold = self.controller.config.poll_mode_queue_depth.max(1);
+        let poll = self.in_flight.len() >= threshold;
+        if poll == self.masked {
+            return Ok(false);
+        }
+        self.masked = poll;
+        if poll {
+            self.channel.set_interrupt_mask(true)?;
+            Ok(false)
+        } else {
+            Ok(self.channel.unmask_and_check()?)
+        }
+    }
+
+    fn do_work(&mut self, cx: &mut Context<'_>) -> Result<bool, StorvspError> {
         let mut progress = false;
 
         // Finish requests that are done.
@@ -295,6 +344,19 @@ impl<'a> StorvspChannel<'a> {
         let size = self.controller.request_size();
         let (header, body) = match parse_packet(&packet.payload, size) {
             Ok(p) => p,
+            // Not a Fibre Channel adapter: answered whatever the payload.
+            Err(ParseError::TruncatedBody {
+                operation: Operation::FcHbaData,
+                ..
+            }) => {
+                return self.complete(
+                    reservation,
+                    transaction_id,
+                    size,
+                    NtStatus::INVALID_DEVICE_STATE,
+                    &[],
+                );
+            }
             Err(error) => {
                 return fail(
                     self,
@@ -322,6 +384,17 @@ impl<'a> StorvspChannel<'a> {
             (Operation::ResetLun | Operation::ResetAdapter | Operation::ResetBus, _) if ready => {
                 self.complete(reservation, transaction_id, size, NtStatus::SUCCESS, &[])
             }
+            // Not a Fibre Channel adapter: there is no HBA data to report,
+            // in any state, on any channel (catalog §5.2: operations not
+            // served get `INVALID_DEVICE_STATE`). The negotiation state is
+            // left alone.
+            (Operation::FcHbaData, _) => self.complete(
+                reservation,
+                transaction_id,
+                size,
+                NtStatus::INVALID_DEVICE_STATE,
+                &[],
+            ),
             _ if !self.primary => self.complete(
                 reservation,
                 transaction_id,
@@ -416,6 +489,14 @@ impl<'a> StorvspChannel<'a> {
                 SrbAnswer::Srb(srb_status::INVALID_REQUEST),
             );
         };
+        if request.data_transfer_length.get() > self.controller.config.max_transfer_bytes {
+            // Larger than the limit reported in QUERY_PROPERTIES.
+            return answer(
+                self,
+                reservation,
+                SrbAnswer::Srb(srb_status::INVALID_REQUEST),
+            );
+        }
         let mut cdb_buf = [0u8; hw::CDB_MAX_LEN];
         let cdb_len = cdb.len();
         cdb_buf[..cdb_len].copy_from_slice(cdb);

@@ -40,6 +40,24 @@
 //! room, so no completion is ever lost and a guest that stops reading
 //! completions cannot make the service buffer without bound.
 //!
+//! Poll mode (catalog §5.4): while a channel has at least
+//! [`ControllerConfig::poll_mode_queue_depth`] requests in flight it sets
+//! the incoming ring's interrupt mask, so the guest stops signalling for
+//! each packet it adds, and instead reads the ring whenever it runs anyway
+//! — on every completion and every [`StorvspChannel::poll_work`] pass.
+//! When the count drops below the threshold it clears the mask with
+//! `unmask_and_check` and keeps reading if packets arrived while the mask
+//! was set (the guest did not signal for them), so none is missed.
+//!
+//! Transfer size: `QUERY_PROPERTIES` reports
+//! [`ControllerConfig::max_transfer_bytes`], and an `EXECUTE_SRB` asking
+//! for more is answered `SRB_STATUS_INVALID_REQUEST`.
+//!
+//! `FC_HBA_DATA`: this is not a Fibre Channel adapter, so the request is
+//! answered `INVALID_DEVICE_STATE` (the status OpenVMM gives every
+//! operation it does not serve, catalog §5.2) in any state and on any
+//! channel, whatever its payload length; it never ends the channel.
+//!
 //! Hostile input: a malformed packet is answered with the protocol's error
 //! status where the protocol has one, and otherwise ends that channel with a
 //! [`StorvspError`] (as OpenVMM does): never a panic, never a hang.
@@ -75,6 +93,12 @@ pub const DEFAULT_MAX_TRANSFER_BYTES: u32 = 0x40000;
 /// default).
 pub const DEFAULT_IO_QUEUE_DEPTH: usize = 256;
 
+/// Default number of requests in flight at which a channel enters poll
+/// mode (OpenVMM's `poll_mode_queue_depth` default: 1, so any outstanding
+/// I/O puts the channel in poll mode; OpenHCL uses 4 for Azure remote data
+/// disks).
+pub const DEFAULT_POLL_MODE_QUEUE_DEPTH: usize = 1;
+
 /// The address of a LUN on the controller: SCSI path (bus), target and LUN.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ScsiPath {
@@ -104,8 +128,15 @@ pub struct ControllerConfig {
     pub max_sub_channels: u16,
     /// Most requests in flight per channel (at least 1 is used).
     pub io_queue_depth: usize,
-    /// Largest transfer per request, reported in `QUERY_PROPERTIES`.
+    /// Largest transfer per request, reported in `QUERY_PROPERTIES`. An
+    /// `EXECUTE_SRB` whose `data_transfer_length` exceeds it is refused
+    /// with `SRB_STATUS_INVALID_REQUEST` without touching the LUN.
     pub max_transfer_bytes: u32,
+    /// Requests in flight on a channel at which it enters poll mode
+    /// (default [`DEFAULT_POLL_MODE_QUEUE_DEPTH`]; values below 1 are
+    /// treated as 1; `usize::MAX` disables poll mode). See "Poll mode" in
+    /// the [module documentation](self).
+    pub poll_mode_queue_depth: usize,
 }
 
 impl Default for ControllerConfig {
@@ -115,6 +146,7 @@ impl Default for ControllerConfig {
             max_sub_channels: 0,
             io_queue_depth: DEFAULT_IO_QUEUE_DEPTH,
             max_transfer_bytes: DEFAULT_MAX_TRANSFER_BYTES,
+            poll_mode_queue_depth: DEFAULT_POLL_MODE_QUEUE_DEPTH,
         }
     }
 }

@@ -1240,3 +1240,410 @@ fn reset_allows_a_new_negotiation() {
     negotiate(&mut host, &mut guest, VERSION_WIN7);
     assert_eq!(rig.controller.version(), Some(VERSION_WIN7));
 }
+
+/// A timer whose sleeps all end, waking their tasks, once released: a
+/// slow disk the test finishes by hand, even under [`StorvspChannel::run`].
+#[derive(Clone, Default)]
+struct Latch(Arc<LatchState>);
+
+#[derive(Default)]
+struct LatchState {
+    open: AtomicBool,
+    wakers: std::sync::Mutex<Vec<core::task::Waker>>,
+}
+
+impl Latch {
+    fn release(&self) {
+        self.0.open.store(true, Ordering::Release);
+        for w in core::mem::take(&mut *self.0.wakers.lock().unwrap()) {
+            w.wake();
+        }
+    }
+}
+
+impl Timer for Latch {
+    fn sleep(&self, _: Duration) -> parastor_core::disk::BoxFuture<'static, ()> {
+        let state = self.0.clone();
+        Box::pin(core::future::poll_fn(move |cx| {
+            if state.open.load(Ordering::Acquire) {
+                return core::task::Poll::Ready(());
+            }
+            state.wakers.lock().unwrap().push(cx.waker().clone());
+            // Re-check: the latch may have opened before the waker was
+            // stored.
+            if state.open.load(Ordering::Acquire) {
+                core::task::Poll::Ready(())
+            } else {
+                core::task::Poll::Pending
+            }
+        }))
+    }
+}
+
+impl Rig {
+    /// Attaches a 64-sector disk whose every request waits on `timer`.
+    fn attach_slow(&self, lun: u8, timer: Arc<dyn Timer>) {
+        let ram = RamDisk::new(64 * u64::from(SS), SS).unwrap();
+        let delayed = DelayDisk::new(
+            Disk::new(ram).unwrap(),
+            DelayHandle::new(Duration::from_millis(1)),
+            timer,
+        );
+        self.controller
+            .attach(
+                ScsiPath::new(0, 0, lun),
+                Arc::new(ScsiDisk::new(
+                    Disk::new(delayed).unwrap(),
+                    DiskParams::default(),
+                )),
+            )
+            .unwrap();
+    }
+
+    /// The incoming (guest → host) ring's `interrupt_mask`, as the guest
+    /// sees it.
+    fn interrupt_mask(&self) -> u32 {
+        let mut b = [0u8; 4];
+        self.mem
+            .read(
+                self.incoming.gpa + u64::from(parastor_hw::vmbus::RING_INTERRUPT_MASK_OFFSET),
+                &mut b,
+            )
+            .unwrap();
+        u32::from_le_bytes(b)
+    }
+}
+
+#[test]
+fn poll_mode_masks_guest_signals_while_io_is_outstanding() {
+    let rig = Rig::new(ControllerConfig {
+        poll_mode_queue_depth: 2,
+        ..ControllerConfig::default()
+    });
+    let latch = Latch::default();
+    rig.attach_slow(0, Arc::new(latch.clone()));
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    assert!(!host.poll_mode());
+    assert_eq!(rig.interrupt_mask(), 0);
+    let send_read = |guest: &mut Channel<'_>, tid: u64| {
+        let req = request(0, &read10(tid as u32, 1), data_direction::READ, 512);
+        send_srb(
+            guest,
+            tid,
+            &req,
+            RequestSize::Win8,
+            &[(DATA + tid * 512, 512)],
+        );
+    };
+
+    // Below the threshold: the guest still signals each packet.
+    let signals = rig.host_sig.count();
+    send_read(&mut guest, 1);
+    assert_eq!(rig.host_sig.count(), signals + 1);
+    host.process().unwrap();
+    assert_eq!(host.in_flight(), 1);
+    assert!(!host.poll_mode());
+    assert_eq!(rig.interrupt_mask(), 0);
+
+    // At the threshold: masked.
+    send_read(&mut guest, 2);
+    host.process().unwrap();
+    assert_eq!(host.in_flight(), 2);
+    assert!(host.poll_mode());
+    assert_eq!(rig.interrupt_mask(), 1);
+
+    // A packet written while masked: no signal, yet the next pass reads it.
+    let signals = rig.host_sig.count();
+    send_read(&mut guest, 3);
+    assert_eq!(
+        rig.host_sig.count(),
+        signals,
+        "masked: the guest did not signal"
+    );
+    host.process().unwrap();
+    assert_eq!(host.in_flight(), 3);
+    assert_eq!(rig.interrupt_mask(), 1);
+    assert!(recv(&mut guest).is_none());
+
+    // The disk finishes: below the threshold again, unmasked.
+    latch.release();
+    host.process().unwrap();
+    assert_eq!(host.in_flight(), 0);
+    assert!(!host.poll_mode());
+    assert_eq!(rig.interrupt_mask(), 0);
+    let mut tids: Vec<u64> = core::iter::from_fn(|| recv(&mut guest))
+        .map(|r| {
+            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+            r.tid
+        })
+        .collect();
+    tids.sort();
+    assert_eq!(tids, [1, 2, 3]);
+    // Unmasked: the guest signals again.
+    let signals = rig.host_sig.count();
+    send_read(&mut guest, 4);
+    assert_eq!(rig.host_sig.count(), signals + 1);
+}
+
+#[test]
+fn poll_mode_threshold_defaults_to_one_and_can_be_disabled() {
+    assert_eq!(
+        ControllerConfig::default().poll_mode_queue_depth,
+        DEFAULT_POLL_MODE_QUEUE_DEPTH
+    );
+    for (depth, expect_masked) in [
+        (DEFAULT_POLL_MODE_QUEUE_DEPTH, true),
+        (0, true),
+        (usize::MAX, false),
+    ] {
+        let rig = Rig::new(ControllerConfig {
+            poll_mode_queue_depth: depth,
+            ..ControllerConfig::default()
+        });
+        let latch = Latch::default();
+        rig.attach_slow(0, Arc::new(latch.clone()));
+        let (mut host, mut guest) = (rig.host(), rig.guest());
+        negotiate(&mut host, &mut guest, VERSION_WIN8);
+        // Idle: never masked, whatever the threshold (0 counts as 1).
+        assert_eq!(rig.interrupt_mask(), 0, "depth {depth}");
+        let req = request(0, &read10(0, 1), data_direction::READ, 512);
+        send_srb(&mut guest, 9, &req, RequestSize::Win8, &[(DATA, 512)]);
+        host.process().unwrap();
+        assert_eq!(host.in_flight(), 1);
+        assert_eq!(host.poll_mode(), expect_masked, "depth {depth}");
+        assert_eq!(rig.interrupt_mask(), u32::from(expect_masked));
+        latch.release();
+        host.process().unwrap();
+        assert_eq!(rig.interrupt_mask(), 0);
+        assert_eq!(recv(&mut guest).unwrap().tid, 9);
+    }
+}
+
+/// Waits (bounded) until the incoming ring's interrupt mask is `value`.
+fn wait_mask(rig: &Rig, value: u32) {
+    for _ in 0..5000 {
+        if rig.interrupt_mask() == value {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    panic!("interrupt mask not {value} within 5 s");
+}
+
+#[test]
+fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
+    let rig = Rig::new(ControllerConfig::default());
+    let latch = Latch::default();
+    rig.attach_slow(0, Arc::new(latch.clone()));
+    rig.attach(1, 64);
+    std::thread::scope(|s| {
+        let host = s.spawn(|| {
+            let mut host = rig.host();
+            futures::executor::block_on(host.run(&rig.host_sig))
+        });
+        let mut guest = rig.guest();
+        let version = ProtocolVersion::new(VERSION_WIN8);
+        let steps: [(Operation, &[u8]); 4] = [
+            (Operation::BeginInitialization, &[]),
+            (Operation::QueryProtocolVersion, version.as_bytes()),
+            (Operation::QueryProperties, &[0; 24]),
+            (Operation::EndInitialization, &[]),
+        ];
+        for (i, (op, payload)) in steps.into_iter().enumerate() {
+            send(&mut guest, i as u64, op, payload);
+            assert_eq!(recv_wait(&mut guest).tid, i as u64);
+        }
+        assert_eq!(rig.interrupt_mask(), 0);
+
+        // A request to the slow disk: outstanding, so the worker masks.
+        let slow = request(0, &read10(0, 1), data_direction::READ, 512);
+        send_srb(&mut guest, 10, &slow, RequestSize::Win8, &[(DATA, 512)]);
+        wait_mask(&rig, 1);
+
+        // A request to the fast disk while masked: the guest does not
+        // signal it, and the worker is asleep until the slow one finishes.
+        let signals = rig.host_sig.count();
+        let fast = request(1, &read10(0, 1), data_direction::READ, 512);
+        send_srb(
+            &mut guest,
+            11,
+            &fast,
+            RequestSize::Win8,
+            &[(DATA + 4096, 512)],
+        );
+        assert_eq!(rig.host_sig.count(), signals);
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(recv(&mut guest).is_none());
+
+        // The completion wakes the worker, which polls the ring and finds
+        // the unsignalled packet; then in-flight drops to 0 and it unmasks.
+        latch.release();
+        let mut tids = [recv_wait(&mut guest), recv_wait(&mut guest)].map(|r| {
+            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+            r.tid
+        });
+        tids.sort();
+        assert_eq!(tids, [10, 11]);
+        wait_mask(&rig, 0);
+
+        // Unmasked: signalled packets are served as before.
+        let signals = rig.host_sig.count();
+        send_srb(
+            &mut guest,
+            12,
+            &fast,
+            RequestSize::Win8,
+            &[(DATA + 4096, 512)],
+        );
+        assert_eq!(rig.host_sig.count(), signals + 1);
+        assert_eq!(recv_wait(&mut guest).tid, 12);
+
+        guest
+            .write_packet(
+                OutgoingKind::InBand {
+                    completion_requested: true,
+                },
+                99,
+                &[0xEE; 16],
+            )
+            .unwrap();
+        let e = host.join().unwrap();
+        assert!(
+            matches!(
+                e,
+                StorvspError::Packet {
+                    transaction_id: 99,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+    });
+}
+
+#[test]
+fn transfers_over_max_transfer_bytes_are_invalid_requests() {
+    let rig = Rig::new(ControllerConfig {
+        max_transfer_bytes: 4096,
+        ..ControllerConfig::default()
+    });
+    rig.attach(0, 64);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    call(
+        &mut host,
+        &mut guest,
+        1,
+        Operation::BeginInitialization,
+        &[],
+    );
+    call(
+        &mut host,
+        &mut guest,
+        2,
+        Operation::QueryProtocolVersion,
+        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
+    );
+    let r = call(
+        &mut host,
+        &mut guest,
+        3,
+        Operation::QueryProperties,
+        &[0; 24],
+    );
+    let p = parastor_hw::storvsp::ChannelProperties::read_from_prefix(&r.body)
+        .unwrap()
+        .0;
+    assert_eq!(p.max_transfer_bytes.get(), 4096);
+    call(&mut host, &mut guest, 4, Operation::EndInitialization, &[]);
+
+    // Over the limit: refused without touching the disk.
+    rig.mem.write(DATA, &[0xAA; 8192]).unwrap();
+    let req = request(0, &write10(0, 16), data_direction::WRITE, 8192);
+    let r = srb(&mut host, &mut guest, 10, &req, &[(DATA, 8192)]);
+    assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+    assert_eq!(r.srb().data_transfer_length.get(), 0);
+    assert_ne!(r.status(), NtStatus::SUCCESS);
+    // One byte over, with no buffer checks reached.
+    let req = request(0, &read10(0, 9), data_direction::READ, 4097);
+    let r = srb(&mut host, &mut guest, 11, &req, &[(DATA, 8192)]);
+    assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+
+    // Exactly the limit is served; the refused write left no trace.
+    rig.mem.write(DATA, &[0x55; 4096]).unwrap();
+    let req = request(0, &read10(0, 8), data_direction::READ, 4096);
+    let r = srb(&mut host, &mut guest, 12, &req, &[(DATA, 4096)]);
+    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().data_transfer_length.get(), 4096);
+    let mut back = [0xFFu8; 4096];
+    rig.mem.read(DATA, &mut back).unwrap();
+    assert!(back.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn fc_hba_data_is_refused_without_ending_the_channel() {
+    let full = [0u8; core::mem::size_of::<parastor_hw::storvsp::FcWwnPacket>()];
+    let rig = Rig::new(ControllerConfig {
+        max_sub_channels: 1,
+        ..ControllerConfig::default()
+    });
+    rig.attach(0, 64);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    // Before negotiation, with a full or a short (even empty) payload: the
+    // state does not move.
+    for payload in [&full[..], &full[..4], &[]] {
+        let r = call(&mut host, &mut guest, 7, Operation::FcHbaData, payload);
+        assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
+        assert_eq!(r.body.len(), 0x24);
+        assert_eq!(rig.controller.state(), NegotiationState::Begin);
+    }
+    call(
+        &mut host,
+        &mut guest,
+        1,
+        Operation::BeginInitialization,
+        &[],
+    );
+    let r = call(&mut host, &mut guest, 8, Operation::FcHbaData, &full);
+    assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
+    assert_eq!(rig.controller.state(), NegotiationState::QueryVersion);
+    // Negotiate from QueryVersion on.
+    call(
+        &mut host,
+        &mut guest,
+        2,
+        Operation::QueryProtocolVersion,
+        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
+    );
+    call(
+        &mut host,
+        &mut guest,
+        3,
+        Operation::QueryProperties,
+        &[0; 24],
+    );
+    call(&mut host, &mut guest, 4, Operation::EndInitialization, &[]);
+    assert_eq!(rig.controller.state(), NegotiationState::Ready);
+    // Ready: still refused, with a completion of the negotiated size.
+    for payload in [&full[..], &[]] {
+        let r = call(&mut host, &mut guest, 9, Operation::FcHbaData, payload);
+        assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
+        assert_eq!(r.body.len(), 0x34);
+    }
+    assert_eq!(rig.controller.state(), NegotiationState::Ready);
+    // The channel goes on serving I/O.
+    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let r = srb(&mut host, &mut guest, 10, &req, &[(DATA, 512)]);
+    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    // A sub-channel answers the same.
+    let (incoming, outgoing) = init_ring_pair(&rig.mem, BASE + 8 * RING, RING).unwrap();
+    let mut sub = StorvspChannel::sub_channel(
+        rig.controller.clone(),
+        Channel::host(&rig.mem, incoming, outgoing, &rig.guest_sig).unwrap(),
+    );
+    let mut sub_guest = Channel::guest(&rig.mem, incoming, outgoing, &rig.host_sig).unwrap();
+    let r = call(&mut sub, &mut sub_guest, 11, Operation::FcHbaData, &[]);
+    assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
+    let r = srb(&mut sub, &mut sub_guest, 12, &req, &[(DATA, 512)]);
+    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+}

@@ -1,0 +1,686 @@
+//! The `storvsp` fuzz harness: arbitrary bytes → a StorVSP controller with a
+//! few RAM-backed LUNs, driven by a hostile guest over real VMBus rings.
+//!
+//! Controller A (the one under attack) has 0–3 [`ScsiDisk`] LUNs over small
+//! RAM disks and maybe a [`ScsiDvd`], at arbitrary SCSI paths, a primary
+//! channel and maybe a sub-channel, each over a ring pair in one
+//! [`RamGuestMemory`]. The input then runs a sequence of actions on it:
+//! a well-formed negotiation (so deep states are reachable), raw in-band
+//! and completion packets with arbitrary payloads, packets of any VMBus
+//! type, GPA-direct packets with arbitrary ranges (at most 8 pages, some
+//! outside guest memory or over the rings themselves), `EXECUTE_SRB`s with
+//! arbitrary CDBs, lengths, directions and flags, raw writes of arbitrary
+//! bytes into the rings' control pages and data areas, reads of the
+//! completions on the guest side, hot add / remove of LUNs, and reopening
+//! the primary channel. After each action every live channel is stepped
+//! with [`StorvspChannel::poll_work`] until it reports no progress.
+//!
+//! Properties:
+//! - nothing panics;
+//! - nothing hangs: a channel that keeps reporting progress for
+//!   `MAX_POLLS` consecutive steps with no new guest input fails the run;
+//! - a channel that returned a [`StorvspError`] is ended: it is dropped
+//!   and never stepped again (only a reopen, after [`Controller::reset`],
+//!   serves the rings again, with a new worker);
+//! - controller B, on its own guest memory, is unaffected: whenever a
+//!   channel of A died, B (driven by the emulated [`Storvsc`]) must still
+//!   negotiate and serve a WRITE and a READ of the same block, returning
+//!   the bytes written.
+//!
+//! # Input format
+//!
+//! The input is read front to back, so seeds can be written by hand: a
+//! `Header` (8 bytes), then 3 bytes of SCSI address per LUN (see
+//! `lun_path`), then actions until the input runs out. An action starts
+//! with a kind byte: `kind % 10` selects it and `kind / 10` holds its
+//! flags (bit 0: the sub-channel, when there is one):
+//!
+//! - 0: a well-formed negotiation (version and sub-channel choice byte);
+//! - 1: an in-band or completion packet: StorVSP header with an arbitrary
+//!   operation and status, or raw bytes;
+//! - 2: a packet of any VMBus type, flags and header area;
+//! - 3: a GPA-direct packet with arbitrary ranges and payload;
+//! - 4: an `EXECUTE_SRB` (`SrbSpec`, CDB bytes, then its ranges);
+//! - 5: raw bytes into a ring's control page or data area;
+//! - 6: read completions on the guest side;
+//! - 7 / 8: hot add / remove of a LUN;
+//! - 9: close and reopen a channel (the primary after a controller reset).
+//!
+//! [`ScsiDisk`]: parastor_translation::scsi::ScsiDisk
+//! [`ScsiDvd`]: parastor_translation::scsi::dvd::ScsiDvd
+//! [`StorvspChannel::poll_work`]: parastor_translation::storvsp::StorvspChannel::poll_work
+//! [`StorvspChannel`]: parastor_translation::storvsp::StorvspChannel
+//! [`StorvspError`]: parastor_translation::storvsp::StorvspError
+//! [`Controller::reset`]: parastor_translation::storvsp::Controller::reset
+//! [`RamGuestMemory`]: parastor_core::RamGuestMemory
+//! [`Storvsc`]: crate::storvsc::Storvsc
+
+use crate::stacks::ram_disk;
+use crate::storvsc::{Data, Profile, Srb, Storvsc, StorvscHost};
+use arbitrary::{Arbitrary, Unstructured};
+use core::task::{Context, Waker};
+use parastor_core::{GuestMemory, InitiatorId, RamGuestMemory};
+use parastor_translation::parastor_hw::storvsp::{
+    Operation, RequestSize, VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10,
+};
+use parastor_translation::scsi::dvd::ScsiDvd;
+use parastor_translation::scsi::{DiskParams, ScsiDisk};
+use parastor_translation::storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
+use parastor_translation::vmbus::{
+    Channel, GpaDirectRange, OutgoingKind, OutgoingPacket, RingRegion, RingWriter, Signal,
+    init_ring,
+};
+use std::sync::Arc;
+
+/// Most actions one input runs.
+const MAX_STEPS: usize = 64;
+/// Consecutive `poll_work` steps reporting progress, with no new guest
+/// input, before the channel is deemed to hang.
+const MAX_POLLS: usize = 1000;
+/// Guest memory of controller A (128 pages).
+const MEM_SIZE: u64 = 0x80000;
+/// The guest's page size.
+const PAGE: u64 = 4096;
+/// Where ring pair `i` starts.
+const RINGS: [u64; 2] = [0x10000, 0x20000];
+/// Most ring size, in pages (per ring; a pair takes twice that).
+const MAX_RING_PAGES: u64 = 4;
+/// First page of the data area the well-behaved buffers use.
+const DATA_PFN: u64 = 0x40;
+/// Most pages one GPA-direct packet describes.
+const MAX_PAGES: usize = 8;
+/// Longest raw payload.
+const MAX_PAYLOAD: usize = 0x80;
+
+/// Controller and ring configuration.
+#[derive(Arbitrary, Debug)]
+struct Header {
+    /// Bits 0–1: disks (`% 4`); bit 2: a DVD drive; bit 3: disks of
+    /// 4096-byte sectors; bit 4: a sub-channel; bit 5: negotiate first.
+    flags: u8,
+    /// Sectors of each disk, relative to a small base.
+    sectors: u8,
+    /// Incoming (guest → host) ring size: `2 + % 3` pages.
+    in_pages: u8,
+    /// Outgoing (host → guest) ring size: `2 + % 3` pages.
+    out_pages: u8,
+    /// `ControllerConfig::io_queue_depth`, `% 5` (0 means 1).
+    depth: u8,
+    /// `ControllerConfig::max_sub_channels`, `% 4`.
+    max_sub: u8,
+    /// The negotiation prefix's version and sub-channel choice.
+    negotiation: u8,
+    /// `ControllerConfig::max_transfer_bytes`, in 512-byte units, plus 1.
+    max_transfer: u8,
+}
+
+/// The versions a negotiation offers.
+const VERSIONS: [u16; 6] = [
+    VERSION_WIN6,
+    VERSION_WIN7,
+    VERSION_WIN8,
+    VERSION_BLUE,
+    VERSION_WIN10,
+    0x0101,
+];
+
+/// The SCSI address of a LUN: a small one (so requests hit it) unless the
+/// top bits of the first byte say to take the next bytes as they are.
+fn lun_path(b: [u8; 3]) -> ScsiPath {
+    if b[0] >> 6 == 3 {
+        ScsiPath::new(b[1], b[2], b[0] & 0x3F)
+    } else {
+        ScsiPath::new((b[0] >> 5) & 1, (b[0] >> 3) & 3, b[0] & 7)
+    }
+}
+
+/// Controller A's side of the VM: memory, rings, signals, controller.
+struct Rig {
+    mem: RamGuestMemory,
+    controller: Arc<Controller>,
+    /// (incoming, outgoing) per channel: primary, then the sub-channel.
+    rings: Vec<(RingRegion, RingRegion)>,
+    host_sig: Signal,
+    guest_sig: Signal,
+    disk_sectors: u64,
+    sector_size: u32,
+}
+
+impl Rig {
+    /// The guest's endpoint of channel `i`, reopened from the indices in
+    /// the control pages (so raw ring writes and packets written outside
+    /// the `Channel` are picked up). `None` if the rings are broken.
+    fn guest(&self, i: usize) -> Option<Channel<'_>> {
+        let (incoming, outgoing) = self.rings[i];
+        Channel::guest(&self.mem, incoming, outgoing, &self.host_sig).ok()
+    }
+
+    /// A new worker for channel `i`; `None` if the rings are broken.
+    fn host(&self, i: usize) -> Option<StorvspChannel<'_>> {
+        let (incoming, outgoing) = self.rings[i];
+        let ch = Channel::host(&self.mem, incoming, outgoing, &self.guest_sig).ok()?;
+        Some(if i == 0 {
+            StorvspChannel::primary(self.controller.clone(), ch)
+        } else {
+            StorvspChannel::sub_channel(self.controller.clone(), ch)
+        })
+    }
+
+    /// A new RAM-backed disk LUN.
+    fn new_disk(&self) -> Arc<ScsiDisk> {
+        Arc::new(ScsiDisk::new(
+            ram_disk(self.disk_sectors, self.sector_size),
+            DiskParams::default(),
+        ))
+    }
+}
+
+/// The workers of controller A's channels: `None` once ended.
+struct Workers<'a> {
+    channels: Vec<Option<StorvspChannel<'a>>>,
+    /// Whether any channel of A ever returned an error.
+    died: bool,
+}
+
+impl Workers<'_> {
+    /// Steps every live channel until it makes no more progress; a channel
+    /// that fails is ended.
+    fn pump(&mut self, what: &dyn Fn() -> String) {
+        let mut cx = Context::from_waker(Waker::noop());
+        for (i, slot) in self.channels.iter_mut().enumerate() {
+            let Some(ch) = slot else { continue };
+            let mut polls = 0;
+            loop {
+                match ch.poll_work(&mut cx) {
+                    Ok(true) => {
+                        polls += 1;
+                        assert!(
+                            polls < MAX_POLLS,
+                            "channel {i} still reports progress after {polls} steps: {ch:?}\n{}",
+                            what()
+                        );
+                    }
+                    Ok(false) => break,
+                    Err(_) => {
+                        // Ended: never stepped again.
+                        *slot = None;
+                        self.died = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A StorVSP packet: header for operation `op` (raw) and `payload`.
+fn storvsp_packet(op: u32, status: u32, payload: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(12 + payload.len());
+    bytes.extend_from_slice(&op.to_le_bytes());
+    bytes.extend_from_slice(&1u32.to_le_bytes()); // REQUEST_COMPLETION
+    bytes.extend_from_slice(&status.to_le_bytes());
+    bytes.extend_from_slice(payload);
+    bytes
+}
+
+/// Sends one in-band request with a completion requested (ignoring a full
+/// or broken ring).
+fn send(rig: &Rig, channel: usize, tid: u64, op: Operation, payload: &[u8]) {
+    if let Some(mut g) = rig.guest(channel) {
+        let _ = g.write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            tid,
+            &storvsp_packet(op as u32, 0, payload),
+        );
+    }
+}
+
+/// Drains completions on the guest side of `channel` (at most `max`).
+fn drain(rig: &Rig, channel: usize, max: usize) {
+    if let Some(mut g) = rig.guest(channel) {
+        for _ in 0..max {
+            match g.read_packet() {
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) if e.is_fatal() => break,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+/// A well-formed negotiation on the primary channel: `choice` picks the
+/// version (bits 0–2), whether to ask for sub-channels and when (bits
+/// 3–5), as Linux or Windows drivers do. Completions are drained as it
+/// goes.
+fn negotiate(rig: &Rig, w: &mut Workers<'_>, choice: u8, what: &dyn Fn() -> String) {
+    let version = VERSIONS[usize::from(choice & 7) % VERSIONS.len()];
+    let size = if version >= VERSION_WIN8 {
+        RequestSize::Win8
+    } else {
+        RequestSize::PreWin8
+    };
+    let zeros = [0u8; 0x34];
+    let sub = (choice >> 3) & 3;
+    let sub_before_end = choice & 0x20 != 0;
+    let step = |tid: u64, op: Operation, payload: &[u8], w: &mut Workers<'_>| {
+        send(rig, 0, tid, op, payload);
+        w.pump(what);
+        drain(rig, 0, 4);
+    };
+    step(1, Operation::BeginInitialization, &zeros[..0x24], w);
+    let mut v = version.to_le_bytes().to_vec();
+    v.resize(0x24, 0);
+    step(2, Operation::QueryProtocolVersion, &v, w);
+    step(
+        3,
+        Operation::QueryProperties,
+        &zeros[..size.request_len()],
+        w,
+    );
+    let mut create = vec![0u8; size.request_len()];
+    create[..2].copy_from_slice(&u16::from(sub).to_le_bytes());
+    if sub > 0 && sub_before_end {
+        step(4, Operation::CreateSubChannels, &create, w);
+    }
+    step(
+        5,
+        Operation::EndInitialization,
+        &zeros[..size.request_len()],
+        w,
+    );
+    if sub > 0 && !sub_before_end {
+        step(6, Operation::CreateSubChannels, &create, w);
+    }
+}
+
+/// Reads GPA-direct ranges: `1 + % 3` of them, each a byte offset, byte
+/// count and `1 + % 4` page numbers, at most [`MAX_PAGES`] pages in all.
+/// Page numbers are in the data area unless `hostile`, when they are raw
+/// (the rings, beyond guest memory) or, with bit 7 of the count byte, any
+/// 64-bit value.
+fn ranges(u: &mut Unstructured<'_>, hostile: bool) -> arbitrary::Result<Vec<(u32, u32, Vec<u64>)>> {
+    let n = 1 + u8::arbitrary(u)? % 3;
+    let mut out = Vec::new();
+    let mut pages = 0;
+    for _ in 0..n {
+        let offset = u16::arbitrary(u)?;
+        let count = u16::arbitrary(u)?;
+        let npfn = u8::arbitrary(u)?;
+        let mut pfns = Vec::new();
+        for _ in 0..1 + npfn % 4 {
+            if pages == MAX_PAGES {
+                break;
+            }
+            pages += 1;
+            let p = if hostile && npfn & 0x80 != 0 {
+                u64::arbitrary(u)?
+            } else if hostile {
+                u64::from(u8::arbitrary(u)?)
+            } else {
+                DATA_PFN + u64::from(u8::arbitrary(u)? % 0x40)
+            };
+            pfns.push(p);
+        }
+        let (offset, count) = if hostile {
+            (u32::from(offset), u32::from(count))
+        } else {
+            let offset = u32::from(offset) % PAGE as u32;
+            let room = pfns.len() as u32 * PAGE as u32 - offset;
+            (offset, 1 + u32::from(count) % room)
+        };
+        out.push((offset, count, pfns));
+        if pages == MAX_PAGES {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Writes a GPA-direct packet with `ranges` and `payload` on `channel`.
+fn send_gpa_direct(
+    rig: &Rig,
+    channel: usize,
+    tid: u64,
+    completion_requested: bool,
+    ranges: &[(u32, u32, Vec<u64>)],
+    payload: &[u8],
+) {
+    let r: Vec<GpaDirectRange<'_>> = ranges
+        .iter()
+        .map(|(offset, count, pfns)| GpaDirectRange {
+            byte_offset: *offset,
+            byte_count: *count,
+            pfns,
+        })
+        .collect();
+    if let Some(mut g) = rig.guest(channel) {
+        let _ = g.write_gpa_direct(tid, completion_requested, &r, payload);
+    }
+}
+
+/// One `EXECUTE_SRB`'s fields.
+#[derive(Arbitrary, Debug)]
+struct SrbSpec {
+    /// Bit 0: sub-channel; bit 1: pre-Win8 size; bit 2: in-band (no
+    /// ranges); bit 3: hostile ranges; bit 4: raw path and target; bit 5:
+    /// fill the data area with `fill` first; bit 6: no completion
+    /// requested.
+    flags: u8,
+    tid: u8,
+    lun: u8,
+    path_target: u8,
+    /// `% 17`, unless above 0xF0 (then as is: longer than a CDB).
+    cdb_len: u8,
+    /// `% 3`, unless above 0xF0.
+    data_in: u8,
+    data_transfer_length: u16,
+    /// High bits multiply `data_transfer_length` by 256.
+    length_shift: u8,
+    sense_len: u8,
+    srb_flags: u32,
+    fill: u8,
+}
+
+/// Runs one fuzz input. Panics on any violated property.
+pub fn storvsp(data: &[u8]) {
+    let mut u = Unstructured::new(data);
+    let Ok(h) = Header::arbitrary(&mut u) else {
+        return;
+    };
+    let config = ControllerConfig {
+        initiator: InitiatorId::new(7),
+        max_sub_channels: u16::from(h.max_sub % 4),
+        io_queue_depth: usize::from(h.depth % 5),
+        max_transfer_bytes: (u32::from(h.max_transfer) + 1) << 9,
+        ..ControllerConfig::default()
+    };
+    let sector_size: u32 = if h.flags & 8 != 0 { 4096 } else { 512 };
+    let base = if sector_size == 512 { 32 } else { 4 };
+    let in_size = (2 + u64::from(h.in_pages) % (MAX_RING_PAGES - 1)) * PAGE;
+    let out_size = (2 + u64::from(h.out_pages) % (MAX_RING_PAGES - 1)) * PAGE;
+    let mem = RamGuestMemory::new(MEM_SIZE);
+    let mut rings = Vec::new();
+    let channels = if h.flags & 0x10 != 0 { 2 } else { 1 };
+    for &gpa in &RINGS[..channels] {
+        let incoming = RingRegion::new(gpa, in_size);
+        let outgoing = RingRegion::new(gpa + in_size, out_size);
+        init_ring(&mem, incoming, 0).expect("ring layout");
+        init_ring(&mem, outgoing, 0).expect("ring layout");
+        rings.push((incoming, outgoing));
+    }
+    let rig = Rig {
+        mem,
+        controller: Arc::new(Controller::new(config)),
+        rings,
+        host_sig: Signal::new(),
+        guest_sig: Signal::new(),
+        disk_sectors: base + u64::from(h.sectors) % (4 * base),
+        sector_size,
+    };
+    for _ in 0..h.flags % 4 {
+        let Ok(b) = <[u8; 3]>::arbitrary(&mut u) else {
+            return;
+        };
+        let _ = rig.controller.attach(lun_path(b), rig.new_disk());
+    }
+    if h.flags & 4 != 0 {
+        let Ok(b) = <[u8; 3]>::arbitrary(&mut u) else {
+            return;
+        };
+        let dvd = ScsiDvd::new(Some(ram_disk(64, 2048)))
+            .or_else(|_| ScsiDvd::new(None))
+            .expect("an empty DVD drive");
+        let _ = rig.controller.attach(lun_path(b), Arc::new(dvd));
+    }
+    let mut w = Workers {
+        channels: (0..channels).map(|i| rig.host(i)).collect(),
+        died: false,
+    };
+    let step = core::cell::Cell::new(0usize);
+    let what = || {
+        format!(
+            "step {}, header {h:?}, controller {:?}",
+            step.get(),
+            rig.controller
+        )
+    };
+    if h.flags & 0x20 != 0 {
+        negotiate(&rig, &mut w, h.negotiation, &what);
+    }
+    for i in 0..MAX_STEPS {
+        step.set(i);
+        if u.is_empty() || run_action(&rig, &mut w, &mut u, &what).is_err() {
+            break;
+        }
+        w.pump(&what);
+    }
+    let died = w.died;
+    drop(w);
+    if died {
+        // The other controller is unaffected by this one's death.
+        check_other_controller(&what);
+    }
+}
+
+/// Reads and runs one action.
+fn run_action<'a>(
+    rig: &'a Rig,
+    w: &mut Workers<'a>,
+    u: &mut Unstructured<'_>,
+    what: &dyn Fn() -> String,
+) -> arbitrary::Result<()> {
+    let kind = u8::arbitrary(u)?;
+    let flags = kind / 10;
+    let channel = usize::from(flags & 1) % rig.rings.len();
+    match kind % 10 {
+        // A well-formed negotiation.
+        0 => negotiate(rig, w, u8::arbitrary(u)?, what),
+        // A raw in-band or completion packet: StorVSP header with an
+        // arbitrary operation and payload, or raw bytes.
+        1 => {
+            let tid = u64::from(u8::arbitrary(u)?);
+            let op = u8::arbitrary(u)?;
+            let len = usize::from(u8::arbitrary(u)?) % MAX_PAYLOAD;
+            let body = u.bytes(len.min(u.len()))?;
+            let bytes = if flags & 8 != 0 {
+                body.to_vec()
+            } else {
+                storvsp_packet(u32::from(op % 16), u32::from(op >> 4), body)
+            };
+            let kind = match (flags >> 1) % 3 {
+                0 => OutgoingKind::InBand {
+                    completion_requested: true,
+                },
+                1 => OutgoingKind::InBand {
+                    completion_requested: false,
+                },
+                _ => OutgoingKind::Completion,
+            };
+            if let Some(mut g) = rig.guest(channel) {
+                let _ = g.write_packet(kind, tid, &bytes);
+            }
+        }
+        // A packet of any VMBus type, flags and header area.
+        2 => {
+            let packet_type = u16::arbitrary(u)?;
+            let packet_type = if flags & 2 != 0 {
+                packet_type
+            } else {
+                packet_type % 16
+            };
+            let pflags = u16::arbitrary(u)?;
+            let tid = u64::arbitrary(u)?;
+            let hlen = usize::from(u8::arbitrary(u)?) % 48;
+            let header = u.bytes(hlen.min(u.len()))?.to_vec();
+            let plen = usize::from(u8::arbitrary(u)?) % MAX_PAYLOAD;
+            let payload = u.bytes(plen.min(u.len()))?;
+            let (incoming, _) = rig.rings[channel];
+            if let Ok(mut writer) = RingWriter::new(&rig.mem, incoming) {
+                let _ = writer.write(&OutgoingPacket {
+                    packet_type,
+                    flags: pflags,
+                    transaction_id: tid,
+                    header: &[&header],
+                    payload,
+                });
+            }
+        }
+        // A GPA-direct packet with arbitrary ranges and payload.
+        3 => {
+            let tid = u64::from(u8::arbitrary(u)?);
+            let r = ranges(u, flags & 2 != 0)?;
+            let len = usize::from(u8::arbitrary(u)?) % MAX_PAYLOAD;
+            let body = u.bytes(len.min(u.len()))?;
+            let bytes = if flags & 4 != 0 {
+                body.to_vec()
+            } else {
+                storvsp_packet(Operation::ExecuteSrb as u32, 0, body)
+            };
+            send_gpa_direct(rig, channel, tid, flags & 8 == 0, &r, &bytes);
+        }
+        // An EXECUTE_SRB.
+        4 => srb(rig, u)?,
+        // Raw bytes into a ring: control page or data area.
+        5 => {
+            let (incoming, outgoing) = rig.rings[channel];
+            let ring = if flags & 2 != 0 { outgoing } else { incoming };
+            let off = u16::arbitrary(u)?;
+            let off = match (flags >> 2) % 3 {
+                // The indices, mask, pending send size and feature bits.
+                0 => u64::from(off) % 72,
+                1 => PAGE + u64::from(off) % (ring.size - PAGE),
+                _ => u64::from(off) % ring.size,
+            };
+            let len = 1 + usize::from(u8::arbitrary(u)?) % 16;
+            let bytes = u.bytes(len.min(u.len()))?;
+            let n = bytes.len().min((ring.size - off) as usize);
+            let _ = rig.mem.write(ring.gpa + off, &bytes[..n]);
+        }
+        // Read completions on the guest side.
+        6 => drain(rig, channel, 1 + usize::from(u8::arbitrary(u)?) % 64),
+        // Hot add.
+        7 => {
+            let b = <[u8; 3]>::arbitrary(u)?;
+            let _ = rig.controller.attach(lun_path(b), rig.new_disk());
+        }
+        // Hot remove.
+        8 => {
+            let b = <[u8; 3]>::arbitrary(u)?;
+            let paths = rig.controller.paths();
+            let path = if flags & 2 != 0 && !paths.is_empty() {
+                paths[usize::from(b[0]) % paths.len()]
+            } else {
+                lun_path(b)
+            };
+            rig.controller.remove(path);
+        }
+        // Reopen a channel: the guest closes it, re-initialises the rings
+        // and opens it again (the primary after a controller reset).
+        _ => {
+            w.channels[channel] = None;
+            if channel == 0 {
+                rig.controller.reset();
+            }
+            let (inc, out) = rig.rings[channel];
+            init_ring(&rig.mem, inc, 0).expect("ring layout");
+            init_ring(&rig.mem, out, 0).expect("ring layout");
+            w.channels[channel] = rig.host(channel);
+        }
+    }
+    Ok(())
+}
+
+/// Reads and sends one `EXECUTE_SRB`.
+fn srb(rig: &Rig, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
+    let s = SrbSpec::arbitrary(u)?;
+    let channel = usize::from(s.flags & 1) % rig.rings.len();
+    let cdb_len = if s.cdb_len > 0xF0 {
+        s.cdb_len
+    } else {
+        s.cdb_len % 17
+    };
+    let n = usize::from(cdb_len).min(16).min(u.len());
+    let cdb = u.bytes(n)?;
+    // Linux `struct vmscsi_request` (Win8 size).
+    let mut r = [0u8; 0x34];
+    r[0..2].copy_from_slice(&0x34u16.to_le_bytes());
+    let (path, target, lun) = if s.flags & 0x10 != 0 {
+        (s.path_target, s.lun, s.path_target.rotate_left(3))
+    } else {
+        ((s.path_target >> 4) & 1, s.path_target & 3, s.lun % 8)
+    };
+    r[5] = path;
+    r[6] = target;
+    r[7] = lun;
+    r[8] = cdb_len;
+    r[9] = s.sense_len;
+    r[10] = if s.data_in > 0xF0 {
+        s.data_in
+    } else {
+        s.data_in % 3
+    };
+    let len = u32::from(s.data_transfer_length) << (8 * u32::from(s.length_shift >> 6 == 3));
+    r[12..16].copy_from_slice(&len.to_le_bytes());
+    r[16..16 + cdb.len()].copy_from_slice(cdb);
+    r[0x28..0x2C].copy_from_slice(&s.srb_flags.to_le_bytes());
+    let size = if s.flags & 2 != 0 {
+        RequestSize::PreWin8
+    } else {
+        RequestSize::Win8
+    };
+    let bytes = storvsp_packet(Operation::ExecuteSrb as u32, 0, &r[..size.request_len()]);
+    let tid = u64::from(s.tid);
+    let completion_requested = s.flags & 0x40 == 0;
+    if s.flags & 0x20 != 0 {
+        let fill = vec![s.fill; (MEM_SIZE - DATA_PFN * PAGE) as usize];
+        rig.mem
+            .write(DATA_PFN * PAGE, &fill)
+            .expect("the data area is in memory");
+    }
+    if s.flags & 4 != 0 {
+        if let Some(mut g) = rig.guest(channel) {
+            let _ = g.write_packet(
+                OutgoingKind::InBand {
+                    completion_requested,
+                },
+                tid,
+                &bytes,
+            );
+        }
+    } else {
+        let r = ranges(u, s.flags & 8 != 0)?;
+        send_gpa_direct(rig, channel, tid, completion_requested, &r, &bytes);
+    }
+    Ok(())
+}
+
+/// Controller B, on its own guest memory, negotiates and serves a WRITE and
+/// a READ of the same block through the emulated StorVSC.
+fn check_other_controller(what: &dyn Fn() -> String) {
+    let controller = Arc::new(Controller::new(ControllerConfig::default()));
+    let disk = Arc::new(ScsiDisk::new(ram_disk(16, 512), DiskParams::default()));
+    controller
+        .attach(ScsiPath::new(0, 0, 0), disk)
+        .expect("an empty controller");
+    let host = StorvscHost::new(controller, 0);
+    let mut guest = Storvsc::connect(&host, &Profile::linux(0))
+        .unwrap_or_else(|e| panic!("controller B did not negotiate: {e}\n{}", what()));
+    let block: Vec<u8> = (0..512u32).map(|i| (i * 7 + 3) as u8).collect();
+    let write10 = [0x2A, 0, 0, 0, 0, 3, 0, 0, 1, 0];
+    let r = guest
+        .srb(&Srb::new(0, &write10, Data::Out(&block)))
+        .unwrap_or_else(|e| panic!("controller B WRITE failed: {e}\n{}", what()));
+    assert!(r.is_good(), "controller B WRITE: {r:?}\n{}", what());
+    let read10 = [0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0];
+    let r = guest
+        .srb(&Srb::new(0, &read10, Data::In(512)))
+        .unwrap_or_else(|e| panic!("controller B READ failed: {e}\n{}", what()));
+    assert!(
+        r.is_good() && r.transferred() == block,
+        "controller B READ: {r:?}\n{}",
+        what()
+    );
+}
