@@ -2,7 +2,7 @@
 
 use super::{Controller, NegotiationState, ScsiPath, StorvspError};
 use crate::scsi::{Lun, ScsiResult, disk_error_result};
-use crate::vmbus::{Channel, OutgoingKind, Packet, PacketKind, Reservation, RingError, Signal};
+use crate::vmbus::{Channel, OutgoingKind, PacketKind, PacketRef, Reservation, RingError, Signal};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -229,6 +229,19 @@ impl<'a> StorvspChannel<'a> {
         if !self.primary && !ready {
             return Ok(progress);
         }
+        // The ring space of the packets taken is handed back to the guest
+        // once, after the batch (also when the batch ends in an error).
+        let taken = self.take_packets(cx);
+        let published = self.channel.publish_reads();
+        let taken = taken?;
+        published?;
+        Ok(progress || taken)
+    }
+
+    /// Takes packets while ring space and the queue depth allow, without
+    /// publishing the read index. Returns whether any was taken.
+    fn take_packets(&mut self, cx: &mut Context<'_>) -> Result<bool, StorvspError> {
+        let mut progress = false;
         let depth = self.controller.config.io_queue_depth.max(1);
         while self.in_flight.len() < depth {
             let reservation = match self.channel.reserve(MAX_PACKET_LEN) {
@@ -238,7 +251,7 @@ impl<'a> StorvspChannel<'a> {
                 Err(RingError::Full { .. }) => break,
                 Err(e) => return Err(e.into()),
             };
-            match self.channel.read_packet() {
+            match self.channel.take_packet_ref() {
                 Ok(Some(packet)) => {
                     progress = true;
                     self.handle(packet, reservation, cx)?;
@@ -318,7 +331,7 @@ impl<'a> StorvspChannel<'a> {
 
     fn handle(
         &mut self,
-        packet: Packet,
+        packet: PacketRef,
         reservation: Reservation,
         cx: &mut Context<'_>,
     ) -> Result<(), StorvspError> {
@@ -342,7 +355,7 @@ impl<'a> StorvspChannel<'a> {
             );
         }
         let size = self.controller.request_size();
-        let (header, body) = match parse_packet(&packet.payload, size) {
+        let (header, body) = match parse_packet(packet.payload(), size) {
             Ok(p) => p,
             // Not a Fibre Channel adapter: answered whatever the payload.
             Err(ParseError::TruncatedBody {
@@ -475,7 +488,7 @@ impl<'a> StorvspChannel<'a> {
 
     fn execute_srb(
         &mut self,
-        packet: Packet,
+        packet: PacketRef,
         request: ScsiRequest,
         reservation: Reservation,
         cx: &mut Context<'_>,
@@ -504,8 +517,8 @@ impl<'a> StorvspChannel<'a> {
         // The device writes guest memory unless this is a write.
         let writable = request.data_in != data_direction::WRITE;
         let mem = self.channel.memory();
-        let ranges = packet.ranges;
-        let buffer_ok = SgList::new(mem, &ranges, writable)
+        let ranges = packet.ranges();
+        let buffer_ok = SgList::new(mem, ranges, writable)
             .and_then(|sg| sg.subrange(0, len))
             .is_ok();
         if !buffer_ok {
@@ -519,11 +532,11 @@ impl<'a> StorvspChannel<'a> {
         let cdb = &cdb_buf[..cdb_len];
         let path = ScsiPath::new(request.path_id, request.target_id, request.lun);
         if cdb[0] == op::REPORT_LUNS {
-            let a = self.report_luns(cdb, path, mem, &ranges, len);
+            let a = self.report_luns(cdb, path, mem, ranges, len);
             return answer(self, reservation, a);
         }
         let Some(disk) = self.controller.lun(path) else {
-            let a = missing_lun(cdb, mem, &ranges, len);
+            let a = missing_lun(cdb, mem, ranges, len);
             return answer(self, reservation, a);
         };
         let initiator = self.controller.config.initiator;
@@ -533,7 +546,7 @@ impl<'a> StorvspChannel<'a> {
             // finish on the first poll; if it breaks that promise the
             // command fails as a device error (as a composite's `drive!`
             // does) instead of hanging the channel.
-            let sg = SgList::new(mem, &ranges, writable).and_then(|sg| sg.subrange(0, len));
+            let sg = SgList::new(mem, ranges, writable).and_then(|sg| sg.subrange(0, len));
             let a = match sg {
                 Ok(sg) => {
                     let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator));
@@ -551,6 +564,7 @@ impl<'a> StorvspChannel<'a> {
         // A disk that really waits: the command runs as a boxed future
         // (one allocation per request, where the I/O takes microseconds
         // anyway) polled by `poll_work`.
+        let ranges = ranges.to_vec();
         let mut future: ScsiFuture<'a> = Box::pin(async move {
             let sg = SgList::new(mem, &ranges, writable)
                 .and_then(|sg| sg.subrange(0, len))

@@ -83,6 +83,149 @@ impl Packet {
     }
 }
 
+/// Payload bytes a [`PacketRef`] holds without allocating.
+pub const INLINE_PAYLOAD_LEN: usize = 128;
+
+/// Guest ranges a [`PacketRef`] holds without allocating.
+pub const INLINE_RANGES: usize = 16;
+
+/// GPA-direct header bytes parsed from a stack buffer (larger ones are
+/// copied to the heap first).
+const INLINE_GPA_AREA_LEN: usize = 512;
+
+/// A growable buffer of `Copy` items: inline up to `N`, on the heap beyond.
+#[derive(Clone)]
+enum SmallBuf<T: Copy, const N: usize> {
+    Inline { items: [T; N], len: usize },
+    Heap(Vec<T>),
+}
+
+impl<T: Copy, const N: usize> SmallBuf<T, N> {
+    fn new(fill: T) -> Self {
+        Self::Inline {
+            items: [fill; N],
+            len: 0,
+        }
+    }
+
+    fn as_slice(&self) -> &[T] {
+        match self {
+            Self::Inline { items, len } => items.get(..*len).unwrap_or(&[]),
+            Self::Heap(v) => v,
+        }
+    }
+
+    fn last_mut(&mut self) -> Option<&mut T> {
+        match self {
+            Self::Inline { items, len } => len.checked_sub(1).and_then(|i| items.get_mut(i)),
+            Self::Heap(v) => v.last_mut(),
+        }
+    }
+
+    fn push(&mut self, item: T) {
+        match self {
+            Self::Inline { items, len } => {
+                if let Some(slot) = items.get_mut(*len) {
+                    *slot = item;
+                    *len += 1;
+                } else {
+                    let mut v = Vec::with_capacity(N * 2);
+                    v.extend_from_slice(items);
+                    v.push(item);
+                    *self = Self::Heap(v);
+                }
+            }
+            Self::Heap(v) => v.push(item),
+        }
+    }
+
+    /// A zeroed (`fill`ed) buffer of `len` items.
+    fn with_len(fill: T, len: usize) -> Self {
+        if len <= N {
+            Self::Inline {
+                items: [fill; N],
+                len,
+            }
+        } else {
+            Self::Heap(vec![fill; len])
+        }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [T] {
+        match self {
+            Self::Inline { items, len } => items.get_mut(..*len).unwrap_or(&mut []),
+            Self::Heap(v) => v,
+        }
+    }
+}
+
+/// A packet read from a ring like [`Packet`], but held inline: payloads up
+/// to [`INLINE_PAYLOAD_LEN`] bytes and up to [`INLINE_RANGES`] guest ranges
+/// are read without any heap allocation (larger ones spill to the heap).
+/// Read with [`Channel::read_packet_ref`].
+#[derive(Clone)]
+pub struct PacketRef {
+    /// What the packet is.
+    pub kind: PacketKind,
+    /// The sender's transaction id.
+    pub transaction_id: u64,
+    /// Whether the sender wants a completion packet.
+    pub completion_requested: bool,
+    payload: SmallBuf<u8, INLINE_PAYLOAD_LEN>,
+    ranges: SmallBuf<GpaRange, INLINE_RANGES>,
+}
+
+impl fmt::Debug for PacketRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PacketRef")
+            .field("kind", &self.kind)
+            .field("transaction_id", &self.transaction_id)
+            .field("completion_requested", &self.completion_requested)
+            .field("payload", &self.payload())
+            .field("ranges", &self.ranges())
+            .finish()
+    }
+}
+
+impl PacketRef {
+    /// The payload, as in [`Packet::payload`].
+    pub fn payload(&self) -> &[u8] {
+        self.payload.as_slice()
+    }
+
+    /// The data buffer's guest ranges, as in [`Packet::ranges`].
+    pub fn ranges(&self) -> &[GpaRange] {
+        self.ranges.as_slice()
+    }
+
+    /// The data buffer of a GPA-direct packet as a scatter-gather list
+    /// over `mem` (see [`Packet::sg_list`]).
+    pub fn sg_list<'a>(
+        &'a self,
+        mem: &'a dyn GuestMemory,
+        writable: bool,
+    ) -> Result<SgList<'a>, SgError> {
+        SgList::new(mem, self.ranges(), writable)
+    }
+
+    /// The packet with its payload and ranges on the heap.
+    pub fn to_packet(&self) -> Packet {
+        Packet {
+            kind: self.kind,
+            transaction_id: self.transaction_id,
+            completion_requested: self.completion_requested,
+            payload: self.payload().to_vec(),
+            ranges: self.ranges().to_vec(),
+        }
+    }
+}
+
+impl From<PacketRef> for Packet {
+    fn from(p: PacketRef) -> Self {
+        p.to_packet()
+    }
+}
+
 /// Why reading a packet failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelError {
@@ -271,6 +414,23 @@ impl<'a> Channel<'a> {
     /// Errors: [`ChannelError::Ring`] consumes nothing (the ring is broken);
     /// the other errors consume the bad packet.
     pub fn read_packet(&mut self) -> Result<Option<Packet>, ChannelError> {
+        Ok(self.read_packet_ref()?.map(Packet::from))
+    }
+
+    /// Like [`Channel::read_packet`], but without heap allocation for
+    /// small packets: the payload and ranges are held inline in the
+    /// returned [`PacketRef`].
+    pub fn read_packet_ref(&mut self) -> Result<Option<PacketRef>, ChannelError> {
+        let packet = self.take_packet_ref();
+        self.publish_reads()?;
+        packet
+    }
+
+    /// Like [`Channel::read_packet_ref`], but the packet's ring space is
+    /// not handed back to the peer yet: take several packets, then call
+    /// [`Channel::publish_reads`] once (it must be called before waiting
+    /// for the peer, or the peer may wait for space forever).
+    pub fn take_packet_ref(&mut self) -> Result<Option<PacketRef>, ChannelError> {
         let Some(header) = self.reader.peek()? else {
             return Ok(None);
         };
@@ -278,13 +438,21 @@ impl<'a> Channel<'a> {
         if let Err(ChannelError::Ring(e)) = parsed {
             return Err(e.into());
         }
-        if self.reader.consume(&header)? {
-            self.peer.notify();
-        }
+        self.reader.consume_deferred(&header);
         parsed.map(Some)
     }
 
-    fn parse(&self, header: &PacketHeader) -> Result<Packet, ChannelError> {
+    /// Publishes the read index after [`Channel::take_packet_ref`],
+    /// signalling the peer if the freed space crosses its
+    /// `pending_send_sz`. Does nothing if nothing was taken.
+    pub fn publish_reads(&mut self) -> Result<(), RingError> {
+        if self.reader.publish()? {
+            self.peer.notify();
+        }
+        Ok(())
+    }
+
+    fn parse(&self, header: &PacketHeader) -> Result<PacketRef, ChannelError> {
         let d = header.descriptor;
         let transaction_id = d.transaction_id;
         let kind = PacketKind::from_packet_type(d.packet_type).ok_or(
@@ -293,19 +461,20 @@ impl<'a> Channel<'a> {
                 transaction_id,
             },
         )?;
-        let mut payload = vec![0; (d.len() - d.data_offset()) as usize];
+        let mut payload = SmallBuf::with_len(0, (d.len() - d.data_offset()) as usize);
         self.reader
-            .read_packet_bytes(header, d.data_offset(), &mut payload)?;
-        let mut ranges = Vec::new();
+            .read_packet_bytes(header, d.data_offset(), payload.as_mut_slice())?;
+        let mut ranges = SmallBuf::new(GpaRange::new(0, 0));
         if kind == PacketKind::GpaDirect {
-            let mut area = vec![0; (d.data_offset() - PACKET_DESCRIPTOR_SIZE) as usize];
+            let area_len = (d.data_offset() - PACKET_DESCRIPTOR_SIZE) as usize;
+            let mut area = SmallBuf::<u8, INLINE_GPA_AREA_LEN>::with_len(0, area_len);
             self.reader
-                .read_packet_bytes(header, PACKET_DESCRIPTOR_SIZE, &mut area)?;
+                .read_packet_bytes(header, PACKET_DESCRIPTOR_SIZE, area.as_mut_slice())?;
             let err = |error| ChannelError::GpaRanges {
                 transaction_id,
                 error,
             };
-            for range in hw::parse_gpa_direct(&area).map_err(err)? {
+            for range in hw::parse_gpa_direct(area.as_slice()).map_err(err)? {
                 for (gpa, len) in range.map_err(err)?.segments() {
                     // Merge with the previous range's tail if contiguous.
                     match ranges.last_mut() {
@@ -317,7 +486,7 @@ impl<'a> Channel<'a> {
                 }
             }
         }
-        Ok(Packet {
+        Ok(PacketRef {
             kind,
             transaction_id,
             completion_requested: d.completion_requested(),

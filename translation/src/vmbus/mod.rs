@@ -31,7 +31,10 @@ mod signal;
 #[cfg(test)]
 mod tests;
 
-pub use channel::{Channel, ChannelError, GpaDirectRange, OutgoingKind, Packet, PacketKind};
+pub use channel::{
+    Channel, ChannelError, GpaDirectRange, INLINE_PAYLOAD_LEN, INLINE_RANGES, OutgoingKind, Packet,
+    PacketKind, PacketRef,
+};
 pub use ring::{
     OutgoingPacket, PacketHeader, Reservation, RingError, RingReader, RingRegion, RingWriter,
     WriteOutcome, init_ring, packet_ring_size,

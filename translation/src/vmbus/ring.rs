@@ -183,7 +183,9 @@ impl<'a> RingMem<'a> {
         let first = dst.len().min((self.data_size - pos) as usize);
         let (a, b) = dst.split_at_mut(first);
         self.mem.read(self.data_gpa(pos), a)?;
-        self.mem.read(self.data_gpa(0), b)?;
+        if !b.is_empty() {
+            self.mem.read(self.data_gpa(0), b)?;
+        }
         Ok(())
     }
 
@@ -192,7 +194,9 @@ impl<'a> RingMem<'a> {
         let first = src.len().min((self.data_size - pos) as usize);
         let (a, b) = src.split_at(first);
         self.mem.write(self.data_gpa(pos), a)?;
-        self.mem.write(self.data_gpa(0), b)?;
+        if !b.is_empty() {
+            self.mem.write(self.data_gpa(0), b)?;
+        }
         Ok(())
     }
 }
@@ -229,6 +233,9 @@ pub struct RingReader<'a> {
     ring: RingMem<'a>,
     /// Our read index; published to the control page, never read back.
     read_index: u32,
+    /// The read index last published (behind `read_index` while packets
+    /// taken with [`RingReader::consume_deferred`] are unpublished).
+    published: u32,
 }
 
 impl<'a> RingReader<'a> {
@@ -237,7 +244,11 @@ impl<'a> RingReader<'a> {
     pub fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
         let ring = RingMem::new(mem, region)?;
         let read_index = ring.load_index(RING_READ_INDEX_OFFSET)?;
-        Ok(Self { ring, read_index })
+        Ok(Self {
+            ring,
+            read_index,
+            published: read_index,
+        })
     }
 
     /// Size of the data area in bytes.
@@ -322,12 +333,37 @@ impl<'a> RingReader<'a> {
     /// whether the writer must be signalled because the free space crossed
     /// its `pending_send_sz`.
     pub fn consume(&mut self, header: &PacketHeader) -> Result<bool, RingError> {
+        self.consume_deferred(header);
+        self.publish()
+    }
+
+    /// Consumes the packet `header` (which must be the one [`Self::peek`]
+    /// returned last) without publishing the read index: the space is
+    /// handed back to the writer by the next [`Self::publish`] (or
+    /// [`Self::consume`]), which the caller must call before going idle.
+    pub fn consume_deferred(&mut self, header: &PacketHeader) {
         let total = header.descriptor.len() + hw::PACKET_TRAILER_SIZE;
+        self.read_index = self.ring.advance(header.start, total);
+    }
+
+    /// Whether packets were consumed with [`Self::consume_deferred`] and
+    /// not yet published.
+    pub fn has_unpublished(&self) -> bool {
+        self.read_index != self.published
+    }
+
+    /// Publishes the read index after [`Self::consume_deferred`]. Returns
+    /// whether the writer must be signalled because the free space crossed
+    /// its `pending_send_sz`. Does nothing when nothing is unpublished.
+    pub fn publish(&mut self) -> Result<bool, RingError> {
+        if !self.has_unpublished() {
+            return Ok(false);
+        }
         // Free space as the writer sees it, before and after.
         let write = self.ring.load_index(RING_WRITE_INDEX_OFFSET)?;
-        let free_before = hw::ring_bytes_free(self.read_index, write, self.ring.data_size);
-        self.read_index = self.ring.advance(header.start, total);
+        let free_before = hw::ring_bytes_free(self.published, write, self.ring.data_size);
         self.ring.store(RING_READ_INDEX_OFFSET, self.read_index)?;
+        self.published = self.read_index;
         let free_after = hw::ring_bytes_free(self.read_index, write, self.ring.data_size);
         let features = self.ring.load(RING_FEATURE_BITS_OFFSET)?;
         let pending = self.ring.load(RING_PENDING_SEND_SIZE_OFFSET)?;
@@ -404,6 +440,10 @@ pub struct WriteOutcome {
     /// and the reader has not masked interrupts).
     pub signal: bool,
 }
+
+/// Largest packet (trailer included) [`RingWriter`] assembles on the stack
+/// and copies into the ring in one piece.
+const SMALL_PACKET_MAX: usize = 256;
 
 /// The writing side of a ring.
 #[derive(Debug)]
@@ -569,9 +609,72 @@ impl<'a> RingWriter<'a> {
         self.check_space(total, reserved)?;
         self.clear_pending()?;
 
-        const ZEROS: [u8; 8] = [0; 8];
         let old = self.write_index;
-        let mut pos = old;
+        let trailer = PacketTrailer {
+            reserved: 0,
+            previous_write_index: old,
+        };
+        let header_pad = descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - header_len as u32;
+        let payload_pad = descriptor.len() - descriptor.data_offset() - packet.payload.len() as u32;
+        let pos = if total as usize <= SMALL_PACKET_MAX {
+            // Small packet (every StorVSP packet): assemble it on the stack
+            // and copy it into the ring in one write (two at the wrap).
+            let mut buf = [0u8; SMALL_PACKET_MAX];
+            // The pieces add up to `total`, which fits: every copy is in
+            // bounds (checked anyway).
+            fn put(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
+                if let Some(dst) = buf.get_mut(*at..*at + bytes.len()) {
+                    dst.copy_from_slice(bytes);
+                }
+                *at += bytes.len();
+            }
+            let mut at = 0usize;
+            put(&mut buf, &mut at, descriptor.as_bytes());
+            for piece in packet.header {
+                put(&mut buf, &mut at, piece);
+            }
+            at += header_pad as usize;
+            put(&mut buf, &mut at, packet.payload);
+            at += payload_pad as usize;
+            put(&mut buf, &mut at, trailer.as_bytes());
+            debug_assert_eq!(at, total as usize);
+            let bytes = buf.get(..total as usize).unwrap_or(&[]);
+            self.ring.write_at(old, bytes)?;
+            self.ring.advance(old, total)
+        } else {
+            self.write_pieces(packet, &descriptor, header_pad, payload_pad, &trailer)?
+        };
+
+        self.write_index = pos;
+        self.ring.store(RING_WRITE_INDEX_OFFSET, pos)?;
+        // The read index must be loaded again *after* publishing the write
+        // index (a reader that caught up meanwhile may be going idle); read
+        // it together with the interrupt mask that follows it.
+        let mut control = [0u8; 8];
+        self.ring.mem.read(
+            self.ring.gpa + u64::from(RING_READ_INDEX_OFFSET),
+            &mut control,
+        )?;
+        let [r0, r1, r2, r3, m0, m1, m2, m3] = control;
+        let read_now = u32::from_le_bytes([r0, r1, r2, r3]);
+        let mask = u32::from_le_bytes([m0, m1, m2, m3]);
+        Ok(WriteOutcome {
+            signal: hw::should_signal_after_write(mask, old, read_now),
+        })
+    }
+
+    /// The general path of a write: each piece copied into the ring
+    /// separately. Returns the new write position.
+    fn write_pieces(
+        &self,
+        packet: &OutgoingPacket<'_>,
+        descriptor: &PacketDescriptor,
+        header_pad: u32,
+        payload_pad: u32,
+        trailer: &PacketTrailer,
+    ) -> Result<u32, RingError> {
+        const ZEROS: [u8; 8] = [0; 8];
+        let mut pos = self.write_index;
         let mut put = |ring: &RingMem<'_>, bytes: &[u8]| -> Result<(), RingError> {
             ring.write_at(pos, bytes)?;
             pos = ring.advance(pos, bytes.len() as u32);
@@ -581,23 +684,10 @@ impl<'a> RingWriter<'a> {
         for piece in packet.header {
             put(&self.ring, piece)?;
         }
-        let header_pad = descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - header_len as u32;
-        put(&self.ring, &ZEROS[..header_pad as usize])?;
+        put(&self.ring, ZEROS.get(..header_pad as usize).unwrap_or(&[]))?;
         put(&self.ring, packet.payload)?;
-        let payload_pad = descriptor.len() - descriptor.data_offset() - packet.payload.len() as u32;
-        put(&self.ring, &ZEROS[..payload_pad as usize])?;
-        let trailer = PacketTrailer {
-            reserved: 0,
-            previous_write_index: old,
-        };
+        put(&self.ring, ZEROS.get(..payload_pad as usize).unwrap_or(&[]))?;
         put(&self.ring, trailer.as_bytes())?;
-
-        self.write_index = pos;
-        self.ring.store(RING_WRITE_INDEX_OFFSET, pos)?;
-        let mask = self.ring.load(RING_INTERRUPT_MASK_OFFSET)?;
-        let read_now = self.ring.load(RING_READ_INDEX_OFFSET)?;
-        Ok(WriteOutcome {
-            signal: hw::should_signal_after_write(mask, old, read_now),
-        })
+        Ok(pos)
     }
 }

@@ -764,3 +764,78 @@ fn signal_wakes_a_waiter() {
     assert!(!sig.take());
     assert_eq!(sig.count(), 1);
 }
+
+#[test]
+fn packet_ref_inline_and_spilled() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    // Small: payload and ranges inline.
+    let pfns = [0x40u64, 0x41];
+    let small = [GpaDirectRange {
+        byte_offset: 8,
+        byte_count: 4096,
+        pfns: &pfns,
+    }];
+    guest.write_gpa_direct(1, true, &small, b"req").unwrap();
+    let p = host.read_packet_ref().unwrap().unwrap();
+    assert_eq!(p.kind, PacketKind::GpaDirect);
+    assert_eq!(p.payload(), &padded(b"req")[..]);
+    assert_eq!(p.ranges(), &[GpaRange::new(0x40 * 4096 + 8, 4096)]);
+    // Large: 40 discontiguous pages and a 300-byte payload spill to the
+    // heap, with the same contents as `read_packet`.
+    let many: Vec<u64> = (0..40u64).map(|i| 0x40 + 2 * i).collect();
+    let large = [GpaDirectRange {
+        byte_offset: 0,
+        byte_count: 40 * 4096,
+        pfns: &many,
+    }];
+    let body = [0x5a; 300];
+    guest.write_gpa_direct(2, true, &large, &body).unwrap();
+    let p = host.read_packet_ref().unwrap().unwrap();
+    assert_eq!(p.ranges().len(), 40);
+    assert_eq!(p.ranges()[39], GpaRange::new((0x40 + 78) * 4096, 4096));
+    assert_eq!(&p.payload()[..300], &body[..]);
+    let owned = p.to_packet();
+    assert_eq!(owned.ranges, p.ranges());
+    assert_eq!(owned.payload, p.payload());
+}
+
+#[test]
+fn deferred_reads_publish_once() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    let payload = [0xab; 1000]; // 1024 bytes in the ring
+    let kind = OutgoingKind::InBand {
+        completion_requested: true,
+    };
+    for tid in 0..3 {
+        guest.write_packet(kind, tid, &payload).unwrap();
+    }
+    assert!(matches!(
+        guest.write_packet(kind, 3, &payload),
+        Err(RingError::Full { .. })
+    ));
+    let signals = rig.guest_sig.count();
+    // Taken but unpublished: the guest still sees a full ring.
+    for tid in 0..2 {
+        assert_eq!(host.take_packet_ref().unwrap().unwrap().transaction_id, tid);
+    }
+    assert_eq!(rig.ctl(rig.incoming, 4), 0, "read index not yet published");
+    assert_eq!(rig.guest_sig.count(), signals);
+    // One publish hands back both packets and signals once.
+    host.publish_reads().unwrap();
+    assert_eq!(rig.ctl(rig.incoming, 4), 2048);
+    assert_eq!(rig.guest_sig.count(), signals + 1);
+    host.publish_reads().unwrap();
+    assert_eq!(rig.guest_sig.count(), signals + 1);
+    guest.write_packet(kind, 3, &payload).unwrap();
+    for tid in [2, 3] {
+        assert_eq!(host.read_packet().unwrap().unwrap().transaction_id, tid);
+    }
+    assert_eq!(
+        host.take_packet_ref().unwrap().map(|p| p.transaction_id),
+        None
+    );
+}
