@@ -6,10 +6,9 @@
 //! meaning depends on the operation: a SCSI request block
 //! ([`ScsiRequest`]), a protocol version ([`ProtocolVersion`]), the channel
 //! properties ([`ChannelProperties`]), a sub-channel count, or Fibre Channel
-//! port names ([`FcWwnPacket`]). The SCSI request exists in two sizes: the
-//! pre-Windows 8 form ([`ScsiRequestPreWin8`], `0x24` bytes) and the
-//! Windows 8 and later form ([`ScsiRequest`], `0x34` bytes), which appends
-//! queueing fields. Which one a channel uses follows from the protocol
+//! port names ([`FcWwnPacket`]). The SCSI request ([`ScsiRequest`]) exists in
+//! two sizes: the pre-Windows 8 form is its first `0x24` bytes, the Windows 8
+//! and later form all `0x34`, with queueing fields appended. Which one a channel uses follows from the protocol
 //! version negotiated with `QUERY_PROTOCOL_VERSION` ([`RequestSize`]).
 //!
 //! All integers on the wire are little-endian; every type here is built from
@@ -631,51 +630,13 @@ pub const SENSE_BUFFER_SIZE_PRE_WIN8: usize = 0x12;
 /// (`STORVSC_MAX_BUF_LEN_WITH_PADDING`).
 pub const SCSI_REQUEST_PAYLOAD_LEN: usize = 0x14;
 
-/// The pre-Windows 8 SCSI request block (`0x24` bytes): the first part of
-/// Linux `struct vmscsi_request` (before "added in win8"), as used with
-/// protocol Win6 and Win7. [`ScsiRequest`] extends it; its first `0x24`
-/// bytes have exactly this layout.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
-)]
-#[repr(C)]
-pub struct ScsiRequestPreWin8 {
-    /// Offset 0x00: request length.
-    pub length: U16,
-    /// Offset 0x02: SRB status ([`srb_status`]).
-    pub srb_status: u8,
-    /// Offset 0x03: SCSI status byte.
-    pub scsi_status: u8,
-    /// Offset 0x04: port number.
-    pub port_number: u8,
-    /// Offset 0x05: path (bus) id.
-    pub path_id: u8,
-    /// Offset 0x06: target id.
-    pub target_id: u8,
-    /// Offset 0x07: LUN.
-    pub lun: u8,
-    /// Offset 0x08: CDB length.
-    pub cdb_length: u8,
-    /// Offset 0x09: sense buffer length (`sense_info_ex_length`).
-    pub sense_info_ex_length: u8,
-    /// Offset 0x0A: data direction ([`data_direction`]).
-    pub data_in: u8,
-    /// Offset 0x0B: reserved (OpenVMM: `properties`).
-    pub reserved: u8,
-    /// Offset 0x0C: data transfer length in bytes.
-    pub data_transfer_length: U32,
-    /// Offset 0x10: CDB (requests) or sense data (completions).
-    pub payload: [u8; SCSI_REQUEST_PAYLOAD_LEN],
-}
-
-const _: () = assert!(core::mem::size_of::<ScsiRequestPreWin8>() == SCSI_REQUEST_LEN_PRE_WIN8);
-
 /// The SCSI request block (`0x34` bytes), Linux `struct vmscsi_request`
 /// including the fields "added in win8"; OpenVMM `ScsiRequest`.
 ///
 /// On a pre-Windows 8 channel only the first `0x24` bytes
-/// ([`ScsiRequestPreWin8`]) travel; [`parse_packet`] then leaves the
-/// Windows 8 fields zero.
+/// ([`SCSI_REQUEST_LEN_PRE_WIN8`]) travel: [`ScsiRequest::wire_bytes`]
+/// cuts a request to that size, and [`parse_packet`] leaves the Windows 8
+/// fields zero when they are absent.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
 )]
@@ -732,27 +693,10 @@ impl ScsiRequest {
         self.payload[..CDB_MAX_LEN].get(..usize::from(self.cdb_length))
     }
 
-    /// The pre-Windows 8 part of this request.
-    pub fn pre_win8(&self) -> ScsiRequestPreWin8 {
-        let mut out = ScsiRequestPreWin8::new_zeroed();
-        out.as_mut_bytes()
-            .copy_from_slice(&self.as_bytes()[..SCSI_REQUEST_LEN_PRE_WIN8]);
-        out
-    }
-
     /// The bytes of this request as sent on a channel using `size`: the
     /// first `size.request_len()` bytes.
     pub fn wire_bytes(&self, size: RequestSize) -> &[u8] {
         &self.as_bytes()[..size.request_len()]
-    }
-}
-
-impl From<ScsiRequestPreWin8> for ScsiRequest {
-    /// Widens a pre-Windows 8 request; the Windows 8 fields are zero.
-    fn from(value: ScsiRequestPreWin8) -> Self {
-        let mut out = Self::new_zeroed();
-        out.as_mut_bytes()[..SCSI_REQUEST_LEN_PRE_WIN8].copy_from_slice(value.as_bytes());
-        out
     }
 }
 
@@ -1045,7 +989,6 @@ mod tests {
     #[test]
     fn sizes_and_offsets() {
         assert_eq!(size_of::<PacketHeader>(), 12);
-        assert_eq!(size_of::<ScsiRequestPreWin8>(), 0x24);
         assert_eq!(size_of::<ScsiRequest>(), 0x34);
         assert_eq!(size_of::<ChannelProperties>(), 24);
         assert_eq!(size_of::<ProtocolVersion>(), 4);
@@ -1069,11 +1012,10 @@ mod tests {
     #[test]
     fn pre_win8_is_prefix_of_win8() {
         let r = sample_request();
-        let v1 = r.pre_win8();
-        assert_eq!(v1.as_bytes(), &r.as_bytes()[..SCSI_REQUEST_LEN_PRE_WIN8]);
-        let widened = ScsiRequest::from(v1);
-        assert_eq!(widened.cdb(), r.cdb());
-        assert_eq!(widened.srb_flags.get(), 0);
+        assert_eq!(SCSI_REQUEST_LEN_PRE_WIN8, 0x24);
+        // The Windows 8 fields start exactly where the short form ends.
+        let reserve = core::mem::offset_of!(ScsiRequest, reserve);
+        assert_eq!(reserve, SCSI_REQUEST_LEN_PRE_WIN8);
         assert_eq!(r.wire_bytes(RequestSize::PreWin8).len(), 0x24);
         assert_eq!(r.wire_bytes(RequestSize::Win8).len(), 0x34);
     }
@@ -1208,7 +1150,11 @@ mod tests {
         let r = sample_request();
         let bytes = packet(3, r.wire_bytes(RequestSize::PreWin8));
         let (_, body) = parse_packet(&bytes, RequestSize::PreWin8).unwrap();
-        assert_eq!(body, Body::ExecuteSrb(ScsiRequest::from(r.pre_win8())));
+        // The short form keeps the first 0x24 bytes and zeroes the rest.
+        let mut short = ScsiRequest::new_zeroed();
+        short.as_mut_bytes()[..SCSI_REQUEST_LEN_PRE_WIN8]
+            .copy_from_slice(&r.as_bytes()[..SCSI_REQUEST_LEN_PRE_WIN8]);
+        assert_eq!(body, Body::ExecuteSrb(short));
         // A full-size request on a pre-Win8 channel keeps its Win8 fields.
         let bytes = packet(3, r.as_bytes());
         let (_, body) = parse_packet(&bytes, RequestSize::PreWin8).unwrap();

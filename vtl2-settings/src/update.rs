@@ -107,16 +107,7 @@ impl Differ {
     }
 
     fn scsi(&mut self, old: &Controller, new: &Controller, index: usize) {
-        let before: BTreeMap<_, _> = old.children.iter().map(|c| (c.address, c)).collect();
-        let after: BTreeMap<_, _> = new.children.iter().map(|c| (c.address, c)).collect();
-        let mut slots: Vec<_> = before.keys().chain(after.keys()).copied().collect();
-        slots.sort_unstable();
-        slots.dedup();
-        for address in slots {
-            let (o, n) = (before.get(&address), after.get(&address));
-            if o == n {
-                continue;
-            }
+        for (address, o, n) in changed_slots(old, new) {
             if let (Some(o), Some(n)) = (o, n)
                 && is_media_change(o, n)
             {
@@ -150,7 +141,7 @@ impl Differ {
             if let Some(n) = n {
                 self.changes.push(Change::AddDisk {
                     controller: new.instance_id,
-                    child: Box::new((*n).clone()),
+                    child: Box::new(n.clone()),
                 });
             }
         }
@@ -165,16 +156,7 @@ impl Differ {
                 "the IDE controller cannot change at runtime",
             );
         }
-        let before: BTreeMap<_, _> = old.children.iter().map(|c| (c.address, c)).collect();
-        let after: BTreeMap<_, _> = new.children.iter().map(|c| (c.address, c)).collect();
-        let mut slots: Vec<_> = before.keys().chain(after.keys()).copied().collect();
-        slots.sort_unstable();
-        slots.dedup();
-        for address in slots {
-            let (o, n) = (before.get(&address), after.get(&address));
-            if o == n {
-                continue;
-            }
+        for (address, o, n) in changed_slots(old, new) {
             if let (Some(o), Some(n)) = (o, n)
                 && is_media_change(o, n)
                 && o.identity == n.identity
@@ -196,6 +178,24 @@ impl Differ {
             );
         }
     }
+}
+
+/// Every child address of `old` or `new` whose child differs between them,
+/// in address order, with the child before and after.
+fn changed_slots<'a>(
+    old: &'a Controller,
+    new: &'a Controller,
+) -> Vec<(ChildAddress, Option<&'a Child>, Option<&'a Child>)> {
+    let before: BTreeMap<_, _> = old.children.iter().map(|c| (c.address, c)).collect();
+    let after: BTreeMap<_, _> = new.children.iter().map(|c| (c.address, c)).collect();
+    let mut slots: Vec<_> = before.keys().chain(after.keys()).copied().collect();
+    slots.sort_unstable();
+    slots.dedup();
+    slots
+        .into_iter()
+        .map(|a| (a, before.get(&a).copied(), after.get(&a).copied()))
+        .filter(|(_, o, n)| o != n)
+        .collect()
 }
 
 /// The controller of `s` with `c`'s instance id and protocol.
