@@ -902,6 +902,49 @@ wire!(
     /// Threshold percentage.
     threshold_percentage: u8,
 });
+wire!(
+    /// Microsoft paging extent properties VPD page (0xCE), including its
+    /// header. A Windows-defined page (Hyper-V virtual disks report it);
+    /// the layout is Windows' `VPD_MSFT_PAGING_EXTENT_PROPERTIES`.
+    MsftPagingExtentPage, 8, {
+    /// Page header (page length 4).
+    header: VpdHeader,
+    /// Page version ([`MSFT_PAGE_VERSION`]).
+    version: u8,
+    /// MODE SELECT extension supported (bit 0, [`MSFT_MODE_SELECT_EXTENSION`]).
+    flags: u8,
+    /// Reserved.
+    reserved: [u8; 2],
+});
+wire!(
+    /// Microsoft virtual device properties VPD page (0xCF), including its
+    /// header: tells a Windows guest the disk is virtual (the signature
+    /// identifies the page's format).
+    MsftVirtualDevicePage, 24, {
+    /// Page header (page length 20).
+    header: VpdHeader,
+    /// Page version ([`MSFT_PAGE_VERSION`]).
+    version: u8,
+    /// LBPRZ (bit 0), DisableIoRetries (bit 1, version 2), Spaces (bit 2,
+    /// version 2); the rest reserved.
+    flags: u8,
+    /// Reserved.
+    reserved: [u8; 2],
+    /// [`MSFT_VIRTUAL_DEVICE_SIGNATURE`].
+    signature: [u8; 16],
+});
+
+/// Version of the Microsoft VPD pages 0xCE and 0xCF that parastor reports:
+/// 1, the version Hyper-V keeps so that older Windows guests accept them.
+pub const MSFT_PAGE_VERSION: u8 = 1;
+/// [`MsftPagingExtentPage::flags`]: MODE SELECT extension supported.
+pub const MSFT_MODE_SELECT_EXTENSION: u8 = 0x01;
+/// The signature GUID of [`MsftVirtualDevicePage`],
+/// 89a98f15-c928-4d8b-94cd-ef51faa99d33, in Windows `GUID` byte order: the
+/// first three fields little-endian, the last eight bytes as written.
+pub const MSFT_VIRTUAL_DEVICE_SIGNATURE: [u8; 16] = [
+    0x15, 0x8f, 0xa9, 0x89, 0x28, 0xc9, 0x8b, 0x4d, 0x94, 0xcd, 0xef, 0x51, 0xfa, 0xa9, 0x9d, 0x33,
+];
 
 /// Sense data in protocol-neutral form: key, ASC, ASCQ and an optional
 /// INFORMATION field. Encode with [`SenseData::to_fixed`] or
@@ -1283,7 +1326,7 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
     }
     let cdb = &cdb[..len];
     let b = |i: usize| cdb[i];
-    Ok(match op0 {
+    let cmd = match op0 {
         op::TEST_UNIT_READY => Command::TestUnitReady,
         op::REQUEST_SENSE => Command::RequestSense {
             desc: b(1) & 1 != 0,
@@ -1352,20 +1395,31 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
                 _ => return Err(CdbError::InvalidField),
             }
         }
-        op::READ6 | op::READ10 | op::READ12 | op::READ16 => {
-            if op0 != op::READ6 && b(1) & 0x01 != 0 {
+        op::READ6 | op::WRITE6 => {
+            let t = rw(cdb)?;
+            if op0 == op::READ6 {
+                Command::Read(t)
+            } else {
+                Command::Write(t)
+            }
+        }
+        op::READ10 | op::READ12 | op::READ16 => {
+            no_protect(cdb)?;
+            if b(1) & 0x01 != 0 {
                 // Obsolete RelAdr.
                 return Err(CdbError::InvalidField);
             }
             Command::Read(rw(cdb)?)
         }
-        op::WRITE6 | op::WRITE10 | op::WRITE12 | op::WRITE16 => {
-            if op0 != op::WRITE6 && b(1) & 0x01 != 0 {
+        op::WRITE10 | op::WRITE12 | op::WRITE16 => {
+            no_protect(cdb)?;
+            if b(1) & 0x01 != 0 {
                 return Err(CdbError::InvalidField);
             }
             Command::Write(rw(cdb)?)
         }
         op::VERIFY10 | op::VERIFY12 | op::VERIFY16 => {
+            no_protect(cdb)?;
             let bytchk = (b(1) >> 1) & 3;
             if bytchk == 2 || b(1) & 1 != 0 {
                 return Err(CdbError::InvalidField);
@@ -1375,6 +1429,7 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
             Command::Verify { range, bytchk }
         }
         op::WRITE_VERIFY10 | op::WRITE_VERIFY12 | op::WRITE_VERIFY16 => {
+            no_protect(cdb)?;
             let bytchk = (b(1) >> 1) & 3;
             if bytchk > 1 || b(1) & 1 != 0 {
                 return Err(CdbError::InvalidField);
@@ -1384,6 +1439,7 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
             Command::WriteAndVerify { range, bytchk }
         }
         op::WRITE_SAME10 | op::WRITE_SAME16 => {
+            no_protect(cdb)?;
             let flags = b(1);
             // PBDATA / LBDATA (bits 2:1) are not supported.
             if flags & 0x06 != 0 {
@@ -1412,6 +1468,7 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
             Command::SynchronizeCache { range, immed }
         }
         op::COMPARE_AND_WRITE => {
+            no_protect(cdb)?;
             let c: CompareAndWriteCdb = read(cdb)?;
             Command::CompareAndWrite(Transfer {
                 lba: c.lba.get(),
@@ -1467,7 +1524,26 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
             Command::NoOp(op0)
         }
         _ => return Err(CdbError::InvalidOpcode),
-    })
+    };
+    // NACA (control byte bit 2) asks for auto contingent allegiance, which
+    // is not supported (SAM-5 5.9.1.1: the command is refused).
+    if cdb[len - 1] & CONTROL_NACA != 0 {
+        return Err(CdbError::InvalidField);
+    }
+    Ok(cmd)
+}
+
+/// Control byte: NACA.
+pub const CONTROL_NACA: u8 = 0x04;
+
+/// Refuses a nonzero RDPROTECT / WRPROTECT / VRPROTECT field (byte 1 bits
+/// 7:5): the device has no protection information (INQUIRY PROTECT = 0),
+/// so SBC-4 asks for INVALID FIELD IN CDB.
+fn no_protect(cdb: &[u8]) -> Result<(), CdbError> {
+    match cdb.get(1) {
+        Some(b) if b & 0xE0 != 0 => Err(CdbError::InvalidField),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -1606,6 +1682,23 @@ mod tests {
         let n = s.write_descriptor(&mut buf);
         assert_eq!(n, 20);
         assert_eq!(SenseData::parse(&buf[..n]), Some(s));
+    }
+
+    #[test]
+    fn msft_signature_is_the_guid_in_windows_order() {
+        // 89a98f15-c928-4d8b-94cd-ef51faa99d33: data1, data2, data3 stored
+        // little-endian, data4 as written.
+        let mut want = [0u8; 16];
+        want[..4].copy_from_slice(&0x89a9_8f15u32.to_le_bytes());
+        want[4..6].copy_from_slice(&0xc928u16.to_le_bytes());
+        want[6..8].copy_from_slice(&0x4d8bu16.to_le_bytes());
+        want[8..].copy_from_slice(&[0x94, 0xcd, 0xef, 0x51, 0xfa, 0xa9, 0x9d, 0x33]);
+        assert_eq!(MSFT_VIRTUAL_DEVICE_SIGNATURE, want);
+        let page = MsftVirtualDevicePage {
+            signature: want,
+            ..Default::default()
+        };
+        assert_eq!(&page.as_bytes()[8..], &want);
     }
 
     #[test]

@@ -33,6 +33,7 @@
 //! CODE (not DATA PROTECT, which would suggest a write-protected writable
 //! medium).
 
+use super::sense::SenseTable;
 use super::{
     Res, ScsiResult, data_in, data_out, illegal, invalid_cdb, invalid_param, param_len_error,
 };
@@ -137,8 +138,6 @@ struct State {
     event: Option<u8>,
     /// NOT READY TO READY CHANGE not yet reported.
     unit_attention: bool,
-    /// Sense of the last failed command, for REQUEST SENSE.
-    sense: Option<SenseData>,
 }
 
 impl State {
@@ -227,6 +226,8 @@ const MMC_OPCODES: &[u8] = &[
 pub struct ScsiDvd {
     params: DvdParams,
     state: Mutex<State>,
+    /// Sense of each initiator's last failed command, for REQUEST SENSE.
+    sense: SenseTable,
 }
 
 impl ScsiDvd {
@@ -245,6 +246,7 @@ impl ScsiDvd {
                 media,
                 ..State::default()
             }),
+            sense: SenseTable::default(),
         })
     }
 
@@ -295,8 +297,11 @@ impl ScsiDvd {
             Ok(tx) => ScsiResult::good(tx),
             Err(r) => r,
         };
-        if result.status == status::CHECK_CONDITION {
-            self.state.lock().sense = result.sense;
+        if let Some(sense) = result
+            .sense
+            .filter(|_| result.status == status::CHECK_CONDITION)
+        {
+            self.sense.store(initiator, sense);
         }
         result
     }
@@ -353,7 +358,7 @@ impl ScsiDvd {
                     let mut s = self.state.lock();
                     if core::mem::take(&mut s.unit_attention) {
                         Some(unit_attention())
-                    } else if let Some(sense) = s.sense.take() {
+                    } else if let Some(sense) = self.sense.take(initiator) {
                         Some(sense)
                     } else if s.media.is_none() {
                         s.not_ready().sense
@@ -963,13 +968,23 @@ mod tests {
 
     impl Env {
         fn run(&self, cdb: &[u8], out: &[u8], len: usize) -> (ScsiResult, Vec<u8>) {
+            self.run_as(A, cdb, out, len)
+        }
+
+        fn run_as(
+            &self,
+            who: InitiatorId,
+            cdb: &[u8],
+            out: &[u8],
+            len: usize,
+        ) -> (ScsiResult, Vec<u8>) {
             let mut buf = vec![0xEEu8; len];
             let n = out.len().min(len);
             buf[..n].copy_from_slice(&out[..n]);
             self.mem.write(GPA, &buf).unwrap();
             let ranges = [GpaRange::new(GPA, len as u64)];
             let sg = SgList::new(&self.mem, &ranges, true).unwrap();
-            let r = block_on(self.dvd.execute(cdb, sg, A));
+            let r = block_on(self.dvd.execute(cdb, sg, who));
             self.mem.read(GPA, &mut buf).unwrap();
             (r, buf)
         }
@@ -1016,6 +1031,31 @@ mod tests {
     }
 
     const TUR: [u8; 6] = [0; 6];
+
+    #[test]
+    fn request_sense_is_per_initiator() {
+        const B: InitiatorId = InitiatorId::new(0xB);
+        let e = loaded();
+        let rs = [op::REQUEST_SENSE, 0, 0, 0, 18, 0];
+        let sense_as = |who| {
+            let (r, d) = e.run_as(who, &rs, &[], 18);
+            assert_eq!(r.status, status::GOOD);
+            let s = SenseData::parse(&d).unwrap();
+            (s.key, s.asc, s.ascq)
+        };
+        assert_eq!(
+            e.run_as(A, &read10(63, 2), &[], 4096).0.sense.unwrap().asc,
+            0x21
+        );
+        let (r, _) = e.run_as(B, &[0x02, 0, 0, 0, 0, 0], &[], 0);
+        assert_eq!(r.sense.unwrap().asc, 0x20);
+        assert_eq!(sense_as(InitiatorId::new(0xC)), (0, 0, 0));
+        assert_eq!(sense_as(B), (5, 0x20, 0));
+        assert_eq!(sense_as(A), (5, 0x21, 0));
+        assert_eq!(sense_as(A), (0, 0, 0));
+        assert_eq!(sense_as(B), (0, 0, 0));
+    }
+
     const EJECT: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x02, 0];
     const LOAD: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x03, 0];
     const PREVENT: [u8; 6] = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0];

@@ -13,33 +13,40 @@
 //! UNMAP and NDOB and writes in chunks instead of one sector per call;
 //! COMPARE AND WRITE is implemented; UNMAP errors are reported; LBPRZ is
 //! reported when unmapped blocks read as zero; persistent reservations
-//! carry the initiator through to the disk.
+//! carry the initiator through to the disk; REQUEST SENSE returns the
+//! calling initiator's own sense (SPC keeps sense per I_T nexus).
+//! COMPARE AND WRITE excludes overlapping writes through an async LBA range
+//! lock, and REPORT SUPPORTED OPERATION CODES comes from the one command
+//! table the tests check against the parser.
 
 pub mod dvd;
 mod error;
+mod inquiry;
+mod lock;
+mod mode_pages;
+mod opcodes;
 mod pr;
+mod sense;
 #[cfg(test)]
 mod tests;
 
 pub use error::disk_error_result;
+pub use sense::SENSE_SLOTS;
 
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
-use core::future::poll_fn;
 use core::sync::atomic::{AtomicU64, Ordering};
-use core::task::Poll;
+use lock::RangeLock;
 use parastor_core::{
     Disk, DiskError, GpaRange, InitiatorId, IoOptions, LocalMemory, SgList, UnmapBehavior,
 };
 use parastor_hw::scsi::{
-    BlockCharacteristicsPage, BlockLimitsPage, CachingPage, Command, ControlPage, DesignatorHeader,
-    InquiryData, LbaStatusDescriptor, LbaStatusHeader, ModeHeader6, ModeHeader10, ProvisioningPage,
-    ReadCapacity10Data, ReadCapacity16Data, SenseData, Transfer, UnmapDescriptor, UnmapHeader,
-    VpdHeader, asc, mode, op, parse_cdb, sense_key, status, vpd,
+    Command, LbaStatusDescriptor, LbaStatusHeader, ReadCapacity10Data, ReadCapacity16Data,
+    SenseData, Transfer, UnmapDescriptor, UnmapHeader, asc, parse_cdb, sense_key, status,
 };
-use spin::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use sense::SenseTable;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Most block descriptors one UNMAP may carry (VPD 0xB0).
@@ -294,10 +301,10 @@ pub struct ScsiDisk {
     fua: bool,
     /// The sector count the initiators were last told about.
     last_sector_count: AtomicU64,
-    /// Sense of the last failed command, for REQUEST SENSE.
-    sense: Mutex<Option<SenseData>>,
-    /// Writes hold it shared, COMPARE AND WRITE exclusively.
-    atomic: RwLock<()>,
+    /// Sense of each initiator's last failed command, for REQUEST SENSE.
+    sense: SenseTable,
+    /// Writes hold their LBA range shared, COMPARE AND WRITE exclusively.
+    ranges: RangeLock,
 }
 
 impl ScsiDisk {
@@ -318,8 +325,8 @@ impl ScsiDisk {
             device_id,
             unmap,
             fua,
-            sense: Mutex::new(None),
-            atomic: RwLock::new(()),
+            sense: SenseTable::default(),
+            ranges: RangeLock::default(),
         }
     }
 
@@ -350,8 +357,11 @@ impl ScsiDisk {
             Ok(tx) => ScsiResult::good(tx),
             Err(r) => r,
         };
-        if result.status == status::CHECK_CONDITION {
-            *self.sense.lock() = result.sense;
+        if let Some(sense) = result
+            .sense
+            .filter(|_| result.status == status::CHECK_CONDITION)
+        {
+            self.sense.store(initiator, sense);
         }
         result
     }
@@ -379,7 +389,7 @@ impl ScsiDisk {
                 let sense = if self.claim_unit_attention() {
                     Some(unit_attention())
                 } else {
-                    self.sense.lock().take()
+                    self.sense.take(initiator)
                 };
                 return self.request_sense(data, sense, desc, alloc_len.into());
             }
@@ -416,9 +426,20 @@ impl ScsiDisk {
                 self.write_and_verify(data, range, bytchk, opts).await
             }
             Command::WriteSame {
-                range, unmap, ndob, ..
-            } => self.write_same(data, range, unmap, ndob, opts).await,
-            Command::Unmap { param_len, .. } => self.unmap(data, param_len.into(), opts).await,
+                range,
+                unmap,
+                ndob,
+                anchor,
+            } => {
+                // ANCHOR needs ANC_SUP, which VPD 0xB2 does not report.
+                if anchor {
+                    return Err(invalid_cdb());
+                }
+                self.write_same(data, range, unmap, ndob, opts).await
+            }
+            Command::Unmap { param_len, anchor } => {
+                self.unmap(data, param_len.into(), anchor, opts).await
+            }
             Command::SynchronizeCache { range, .. } => {
                 let cap = self.capacity();
                 let end = range.lba.checked_add(range.blocks.into());
@@ -481,7 +502,7 @@ impl ScsiDisk {
                 opcode,
                 service_action,
                 alloc_len,
-            } => report_opcodes(
+            } => self.report_opcodes(
                 data,
                 rctd,
                 options,
@@ -544,28 +565,6 @@ impl ScsiDisk {
         Ok(bytes as usize)
     }
 
-    async fn shared(&self) -> RwLockReadGuard<'_, ()> {
-        poll_fn(|cx| match self.atomic.try_read() {
-            Some(g) => Poll::Ready(g),
-            None => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await
-    }
-
-    async fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
-        poll_fn(|cx| match self.atomic.try_write() {
-            Some(g) => Poll::Ready(g),
-            None => {
-                cx.waker().wake_by_ref();
-                Poll::Pending
-            }
-        })
-        .await
-    }
-
     fn write_opts(&self, fua: bool, opts: IoOptions) -> IoOptions {
         IoOptions {
             fua: fua || !self.params.write_cache,
@@ -589,7 +588,7 @@ impl ScsiDisk {
             return Ok(0);
         }
         let buf = data.subrange(0, bytes).map_err(|_| invalid_cdb())?;
-        let _g = self.shared().await;
+        let _g = self.ranges.shared(t.lba, t.blocks.into()).await;
         self.disk
             .write(buf, t.lba, self.write_opts(t.fua, opts))
             .await?;
@@ -684,7 +683,7 @@ impl ScsiDisk {
         let staged = Scratch::new((per << shift) as usize);
         let back = Scratch::new((per << shift) as usize);
         let wopts = IoOptions { fua: true, ..opts };
-        let _g = self.shared().await;
+        let _g = self.ranges.shared(t.lba, t.blocks.into()).await;
         let mut done = 0u64;
         while done < u64::from(t.blocks) {
             let n = per.min(u64::from(t.blocks) - done);
@@ -742,7 +741,7 @@ impl ScsiDisk {
         };
         let tx = if ndob { 0 } else { ss };
         let zero = block.iter().all(|&b| b == 0);
-        let _g = self.shared().await;
+        let _g = self.ranges.shared(t.lba, t.blocks.into()).await;
         if unmap && zero && self.disk.unmap_behavior() == UnmapBehavior::Zeroes {
             self.disk.unmap(t.lba, t.blocks.into(), opts).await?;
             return Ok(tx);
@@ -770,9 +769,19 @@ impl ScsiDisk {
         Ok(tx)
     }
 
-    async fn unmap(&self, data: &SgList<'_>, param_len: usize, opts: IoOptions) -> Res {
+    async fn unmap(
+        &self,
+        data: &SgList<'_>,
+        param_len: usize,
+        anchor: bool,
+        opts: IoOptions,
+    ) -> Res {
         if !self.unmap {
             return Err(illegal(asc::INVALID_COMMAND, 0));
+        }
+        if anchor {
+            // ANC_SUP is not reported.
+            return Err(invalid_cdb());
         }
         if param_len == 0 {
             return Ok(0);
@@ -793,11 +802,12 @@ impl ScsiDisk {
         for d in descs {
             self.check_range(d.lba.get(), d.blocks.get().into())?;
         }
-        let _g = self.shared().await;
         for d in descs.iter().filter(|d| d.blocks.get() != 0) {
-            self.disk
-                .unmap(d.lba.get(), d.blocks.get().into(), opts)
-                .await?;
+            // One range at a time, never holding one while waiting for
+            // the next.
+            let (lba, blocks) = (d.lba.get(), d.blocks.get().into());
+            let _g = self.ranges.shared(lba, blocks).await;
+            self.disk.unmap(lba, blocks, opts).await?;
         }
         Ok(param_len)
     }
@@ -814,7 +824,7 @@ impl ScsiDisk {
         let out = data_out(data, 2 * bytes).map_err(|_| invalid_cdb())?;
         let (verify, new) = out.split_at(bytes);
         let current = Scratch::new(bytes);
-        let _g = self.exclusive().await;
+        let _g = self.ranges.exclusive(t.lba, t.blocks.into()).await;
         self.disk.read(current.sg(bytes, true), t.lba, opts).await?;
         if let Some(i) = current.mem.with(|b| first_mismatch(verify, b)) {
             return Err(miscompare(i));
@@ -877,277 +887,6 @@ impl ScsiDisk {
         );
         data_in(data, &out, alloc_len)
     }
-
-    fn inquiry(&self, data: &SgList<'_>, evpd: bool, page: u8, alloc_len: usize) -> Res {
-        if !evpd {
-            let d = InquiryData {
-                device_type: 0,
-                removable: 0,
-                version: 6,
-                flags3: 0x12,
-                additional_len: (size_of::<InquiryData>() - 5) as u8,
-                flags7: 0x02,
-                vendor: self.params.vendor,
-                product: self.params.product,
-                revision: self.params.revision,
-                ..Default::default()
-            };
-            return data_in(data, d.as_bytes(), alloc_len);
-        }
-        let page = self.vpd_page(page).ok_or_else(invalid_cdb)?;
-        data_in(data, &page, alloc_len)
-    }
-
-    /// The VPD pages offered, in ascending order.
-    fn vpd_pages(&self) -> Vec<u8> {
-        let mut pages = vec![vpd::SUPPORTED_PAGES];
-        if !self.params.serial.is_empty() {
-            pages.push(vpd::UNIT_SERIAL_NUMBER);
-        }
-        pages.extend_from_slice(&[
-            vpd::DEVICE_IDENTIFICATION,
-            vpd::BLOCK_LIMITS,
-            vpd::BLOCK_DEVICE_CHARACTERISTICS,
-        ]);
-        if self.unmap {
-            pages.push(vpd::LOGICAL_BLOCK_PROVISIONING);
-        }
-        pages
-    }
-
-    fn vpd_page(&self, page: u8) -> Option<Vec<u8>> {
-        let with_header = |page: u8, body: &[u8]| {
-            let mut v = Vec::with_capacity(4 + body.len());
-            v.extend_from_slice(
-                VpdHeader {
-                    device_type: 0,
-                    page,
-                    len: (body.len() as u16).into(),
-                }
-                .as_bytes(),
-            );
-            v.extend_from_slice(body);
-            v
-        };
-        let ss = self.disk.sector_size();
-        let header = |page: u8, size: usize| VpdHeader {
-            device_type: 0,
-            page,
-            len: ((size - 4) as u16).into(),
-        };
-        Some(match page {
-            vpd::SUPPORTED_PAGES => with_header(page, &self.vpd_pages()),
-            vpd::UNIT_SERIAL_NUMBER if !self.params.serial.is_empty() => {
-                let serial = &self.params.serial[..self.params.serial.len().min(252)];
-                with_header(page, serial)
-            }
-            vpd::DEVICE_IDENTIFICATION => {
-                let id = self.device_id;
-                let mut body = Vec::new();
-                // T10 vendor ID designator: vendor + device id.
-                body.extend_from_slice(
-                    DesignatorHeader {
-                        code_set: 2,
-                        kind: 1,
-                        reserved: 0,
-                        len: 24,
-                    }
-                    .as_bytes(),
-                );
-                body.extend_from_slice(&self.params.vendor);
-                body.extend_from_slice(&id);
-                // NAA IEEE Registered Extended designator.
-                body.extend_from_slice(
-                    DesignatorHeader {
-                        code_set: 1,
-                        kind: 3,
-                        reserved: 0,
-                        len: 16,
-                    }
-                    .as_bytes(),
-                );
-                body.extend_from_slice(&[0x60, 0x02, 0x24, 0x80]);
-                body.extend_from_slice(&id[0..6]);
-                body.extend_from_slice(&id[10..16]);
-                with_header(page, &body)
-            }
-            vpd::BLOCK_LIMITS => {
-                let (lba_count, descs, gran) = if self.unmap {
-                    (
-                        u32::MAX,
-                        MAX_UNMAP_DESCRIPTORS,
-                        self.disk.optimal_unmap_sectors().max(1),
-                    )
-                } else {
-                    (0, 0, 0)
-                };
-                let phys = self.disk.physical_sector_size().max(ss);
-                let p = BlockLimitsPage {
-                    header: header(page, size_of::<BlockLimitsPage>()),
-                    wsnz: 1,
-                    max_compare_write: MAX_COMPARE_AND_WRITE_BLOCKS,
-                    opt_granularity: u16::try_from(phys / ss).unwrap_or(1).into(),
-                    max_transfer: (self.params.max_transfer_bytes / ss).into(),
-                    max_unmap_lba_count: lba_count.into(),
-                    max_unmap_descriptors: descs.into(),
-                    opt_unmap_granularity: gran.into(),
-                    unmap_alignment: (if self.unmap { 0x8000_0000u32 } else { 0 }).into(),
-                    max_write_same: (self.params.max_write_same_bytes / u64::from(ss)).into(),
-                    ..Default::default()
-                };
-                p.as_bytes().to_vec()
-            }
-            vpd::BLOCK_DEVICE_CHARACTERISTICS => {
-                let p = BlockCharacteristicsPage {
-                    header: header(page, size_of::<BlockCharacteristicsPage>()),
-                    rotation_rate: self.params.rotation_rate.into(),
-                    ..Default::default()
-                };
-                p.as_bytes().to_vec()
-            }
-            vpd::LOGICAL_BLOCK_PROVISIONING if self.unmap => {
-                let lbprz = if self.disk.unmap_behavior() == UnmapBehavior::Zeroes {
-                    1 << 2
-                } else {
-                    0
-                };
-                let p = ProvisioningPage {
-                    header: header(page, size_of::<ProvisioningPage>()),
-                    flags: 0x80 | 0x40 | 0x20 | lbprz,
-                    provisioning_type: 2,
-                    ..Default::default()
-                };
-                p.as_bytes().to_vec()
-            }
-            _ => return None,
-        })
-    }
-
-    fn caching_page(&self, pc: u8) -> CachingPage {
-        let wce = pc != mode::PC_CHANGEABLE && self.params.write_cache;
-        CachingPage {
-            page: mode::CACHING_PAGE,
-            len: (size_of::<CachingPage>() - 2) as u8,
-            flags: if wce {
-                parastor_hw::scsi::CACHING_WCE
-            } else {
-                0
-            },
-            ..Default::default()
-        }
-    }
-
-    fn control_page(&self, pc: u8) -> ControlPage {
-        ControlPage {
-            page: mode::CONTROL_PAGE,
-            len: (size_of::<ControlPage>() - 2) as u8,
-            // Unrestricted reordering of commands.
-            queue: if pc == mode::PC_CHANGEABLE { 0 } else { 0x10 },
-            ..Default::default()
-        }
-    }
-
-    fn mode_sense(
-        &self,
-        data: &SgList<'_>,
-        pc: u8,
-        page: u8,
-        subpage: u8,
-        alloc_len: usize,
-        long: bool,
-    ) -> Res {
-        if pc == mode::PC_SAVED {
-            return Err(illegal(asc::SAVING_PARAMETERS_NOT_SUPPORTED, 0));
-        }
-        let all_subpages = page == mode::ALL_PAGES && subpage == 0xFF;
-        if subpage != 0 && !all_subpages {
-            return Err(invalid_cdb());
-        }
-        let mut pages = Vec::new();
-        match page {
-            mode::CACHING_PAGE => pages.extend_from_slice(self.caching_page(pc).as_bytes()),
-            mode::CONTROL_PAGE => pages.extend_from_slice(self.control_page(pc).as_bytes()),
-            mode::ALL_PAGES => {
-                pages.extend_from_slice(self.caching_page(pc).as_bytes());
-                pages.extend_from_slice(self.control_page(pc).as_bytes());
-            }
-            _ => return Err(invalid_cdb()),
-        }
-        let mut dsp = 0;
-        if self.disk.is_read_only() {
-            dsp |= mode::DSP_WP;
-        }
-        if self.fua {
-            dsp |= mode::DSP_DPOFUA;
-        }
-        let mut out = Vec::with_capacity(8 + pages.len());
-        if long {
-            let h = ModeHeader10 {
-                data_len: ((size_of::<ModeHeader10>() - 2 + pages.len()) as u16).into(),
-                device_specific: dsp,
-                ..Default::default()
-            };
-            out.extend_from_slice(h.as_bytes());
-        } else {
-            let h = ModeHeader6 {
-                data_len: (size_of::<ModeHeader6>() - 1 + pages.len()) as u8,
-                device_specific: dsp,
-                ..Default::default()
-            };
-            out.extend_from_slice(h.as_bytes());
-        }
-        out.extend_from_slice(&pages);
-        data_in(data, &out, alloc_len)
-    }
-
-    fn mode_select(
-        &self,
-        data: &SgList<'_>,
-        pf: bool,
-        sp: bool,
-        param_len: usize,
-        long: bool,
-    ) -> Res {
-        if sp || (!pf && param_len != 0) {
-            return Err(invalid_cdb());
-        }
-        if param_len == 0 {
-            return Ok(0);
-        }
-        let list = data_out(data, param_len)?;
-        let (bdl, hdr_len) = if long {
-            let (h, _) = ModeHeader10::read_from_prefix(&list).map_err(|_| param_len_error())?;
-            (
-                usize::from(h.block_desc_len.get()),
-                size_of::<ModeHeader10>(),
-            )
-        } else {
-            let (h, _) = ModeHeader6::read_from_prefix(&list).map_err(|_| param_len_error())?;
-            (usize::from(h.block_desc_len), size_of::<ModeHeader6>())
-        };
-        let mut pages = list.get(hdr_len + bdl..).ok_or_else(param_len_error)?;
-        while !pages.is_empty() {
-            let (code, len) = match pages {
-                [code, len, ..] => (*code, usize::from(*len)),
-                _ => return Err(param_len_error()),
-            };
-            let body = pages.get(2..2 + len).ok_or_else(param_len_error)?;
-            // Only the caching page, unchanged WCE (OpenHCL's rule: the
-            // write cache setting belongs to the host).
-            if code & 0x40 != 0
-                || code & 0x3F != mode::CACHING_PAGE
-                || len != size_of::<CachingPage>() - 2
-            {
-                return Err(invalid_param());
-            }
-            let wce = body[0] & parastor_hw::scsi::CACHING_WCE != 0;
-            if wce != self.params.write_cache {
-                return Err(invalid_param());
-            }
-            pages = &pages[2 + len..];
-        }
-        Ok(param_len)
-    }
 }
 
 /// Offset of the first byte where `a` and `b` differ.
@@ -1163,132 +902,4 @@ fn miscompare(offset: usize) -> ScsiResult {
         ascq: 0,
         information: Some(offset as u64),
     })
-}
-
-/// Supported commands for REPORT SUPPORTED OPERATION CODES: opcode,
-/// service action (if the opcode has service actions), CDB length.
-const SUPPORTED: &[(u8, Option<u16>)] = &[
-    (op::TEST_UNIT_READY, None),
-    (op::REQUEST_SENSE, None),
-    (op::FORMAT_UNIT, None),
-    (op::READ6, None),
-    (op::WRITE6, None),
-    (op::INQUIRY, None),
-    (op::MODE_SELECT6, None),
-    (op::RESERVE6, None),
-    (op::RELEASE6, None),
-    (op::MODE_SENSE6, None),
-    (op::START_STOP_UNIT, None),
-    (op::SEND_DIAGNOSTIC, None),
-    (op::PREVENT_ALLOW_MEDIUM_REMOVAL, None),
-    (op::READ_CAPACITY10, None),
-    (op::READ10, None),
-    (op::WRITE10, None),
-    (op::WRITE_VERIFY10, None),
-    (op::VERIFY10, None),
-    (op::SYNCHRONIZE_CACHE10, None),
-    (op::WRITE_SAME10, None),
-    (op::UNMAP, None),
-    (op::MODE_SELECT10, None),
-    (op::MODE_SENSE10, None),
-    (op::PERSISTENT_RESERVE_IN, Some(0)),
-    (op::PERSISTENT_RESERVE_IN, Some(1)),
-    (op::PERSISTENT_RESERVE_IN, Some(2)),
-    (op::PERSISTENT_RESERVE_IN, Some(3)),
-    (op::PERSISTENT_RESERVE_OUT, Some(0)),
-    (op::PERSISTENT_RESERVE_OUT, Some(1)),
-    (op::PERSISTENT_RESERVE_OUT, Some(2)),
-    (op::PERSISTENT_RESERVE_OUT, Some(3)),
-    (op::PERSISTENT_RESERVE_OUT, Some(4)),
-    (op::PERSISTENT_RESERVE_OUT, Some(5)),
-    (op::PERSISTENT_RESERVE_OUT, Some(6)),
-    (op::PERSISTENT_RESERVE_OUT, Some(7)),
-    (op::READ16, None),
-    (op::COMPARE_AND_WRITE, None),
-    (op::WRITE16, None),
-    (op::WRITE_VERIFY16, None),
-    (op::VERIFY16, None),
-    (op::SYNCHRONIZE_CACHE16, None),
-    (op::WRITE_SAME16, None),
-    (op::SERVICE_ACTION_IN16, Some(op::SA_READ_CAPACITY16 as u16)),
-    (op::SERVICE_ACTION_IN16, Some(op::SA_GET_LBA_STATUS as u16)),
-    (
-        op::MAINTENANCE_IN,
-        Some(op::SA_REPORT_SUPPORTED_OPCODES as u16),
-    ),
-    (op::READ12, None),
-    (op::WRITE12, None),
-    (op::WRITE_VERIFY12, None),
-    (op::VERIFY12, None),
-];
-
-/// A command timeouts descriptor with no timeouts specified.
-const NO_TIMEOUTS: [u8; 12] = [0, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-
-fn report_opcodes(
-    data: &SgList<'_>,
-    rctd: bool,
-    options: u8,
-    opcode: u8,
-    service_action: u16,
-    alloc_len: usize,
-) -> Res {
-    let cdb_len = |op: u8| parastor_hw::scsi::cdb_len(op).unwrap_or(0) as u16;
-    let mut out = Vec::new();
-    if options == 0 {
-        out.extend_from_slice(&[0; 4]);
-        for &(op, sa) in SUPPORTED {
-            out.push(op);
-            out.push(0);
-            out.extend_from_slice(&sa.unwrap_or(0).to_be_bytes());
-            out.push(0);
-            out.push(u8::from(rctd) << 1 | u8::from(sa.is_some()));
-            out.extend_from_slice(&cdb_len(op).to_be_bytes());
-            if rctd {
-                out.extend_from_slice(&NO_TIMEOUTS);
-            }
-        }
-        let len = (out.len() - 4) as u32;
-        out[..4].copy_from_slice(&len.to_be_bytes());
-        return data_in(data, &out, alloc_len);
-    }
-    let has_sa = SUPPORTED
-        .iter()
-        .any(|&(op, sa)| op == opcode && sa.is_some());
-    let want_sa = match options {
-        1 if has_sa => return Err(invalid_cdb()),
-        1 => None,
-        2 if !has_sa => return Err(invalid_cdb()),
-        2 => Some(service_action),
-        3 => has_sa.then_some(service_action),
-        _ => return Err(invalid_cdb()),
-    };
-    let supported = SUPPORTED
-        .iter()
-        .any(|&(op, sa)| op == opcode && sa == want_sa);
-    if !supported {
-        out.extend_from_slice(&[0, 1, 0, 0]);
-        return data_in(data, &out, alloc_len);
-    }
-    let len = cdb_len(opcode);
-    out.extend_from_slice(&[0, u8::from(rctd) << 7 | 3]);
-    out.extend_from_slice(&len.to_be_bytes());
-    // CDB usage map: the opcode, then every bit of every field a command
-    // of this length may use (a conservative map: no bit is claimed
-    // reserved), the control byte's NACA bit.
-    out.push(opcode);
-    for i in 1..usize::from(len) {
-        out.push(if i + 1 == usize::from(len) {
-            0x04
-        } else {
-            0xFF
-        });
-    }
-    if let Some(sa) = want_sa {
-        out[5] = 0xE0 | (sa as u8 & 0x1F);
-    }
-    if rctd {
-        out.extend_from_slice(&NO_TIMEOUTS);
-    }
-    data_in(data, &out, alloc_len)
 }

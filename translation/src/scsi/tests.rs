@@ -7,6 +7,7 @@ use parastor_core::{
     GuestMemory, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind, RamGuestMemory,
     ReservationsDisk,
 };
+use parastor_hw::scsi::op;
 
 const SS: u32 = 512;
 const SECTORS: u64 = 2048;
@@ -203,8 +204,8 @@ fn inquiry_vpd_pages() {
     let e = env_with(params, false);
     let vpd = |page: u8| e.ok(&[op::INQUIRY, 1, page, 1, 0, 0], &[], 256);
     let p0 = vpd(0);
-    assert_eq!(&p0[..4], &[0, 0, 0, 6]);
-    assert_eq!(&p0[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
+    assert_eq!(&p0[..4], &[0, 0, 0, 8]);
+    assert_eq!(&p0[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2, 0xCE, 0xCF]);
     let p80 = vpd(0x80);
     assert_eq!(&p80[4..], b"SER123");
     let p83 = vpd(0x83);
@@ -236,6 +237,51 @@ fn inquiry_vpd_pages() {
         "LBPU, LBPWS, LBPWS10, LBPRZ"
     );
     assert_eq!(b2[6] & 7, 2);
+}
+
+#[test]
+fn inquiry_microsoft_vpd_pages() {
+    let e = env();
+    let vpd = |page: u8, alloc: u16| {
+        let [hi, lo] = alloc.to_be_bytes();
+        e.ok(&[op::INQUIRY, 1, page, hi, lo, 0], &[], 256)
+    };
+    // Paging extent properties: version 1, MODE SELECT extension.
+    assert_eq!(vpd(0xCE, 255), [0, 0xCE, 0, 4, 1, 1, 0, 0]);
+    // Virtual device properties: version 1, no flags, the signature GUID
+    // 89a98f15-c928-4d8b-94cd-ef51faa99d33 in Windows byte order.
+    let cf = vpd(0xCF, 255);
+    assert_eq!(
+        cf,
+        [
+            0, 0xCF, 0, 20, 1, 0, 0, 0, 0x15, 0x8f, 0xa9, 0x89, 0x28, 0xc9, 0x8b, 0x4d, 0x94, 0xcd,
+            0xef, 0x51, 0xfa, 0xa9, 0x9d, 0x33
+        ]
+    );
+    // Truncated to the allocation length.
+    assert_eq!(vpd(0xCF, 10), cf[..10]);
+    assert_eq!(vpd(0xCE, 3), [0, 0xCE, 0]);
+    assert_eq!(vpd(0xCF, 0), []);
+    // Offered, in order, by every disk: also without unmap or serial.
+    let plain = env_with(
+        DiskParams {
+            unmap: Some(false),
+            ..Default::default()
+        },
+        false,
+    );
+    let p0 = plain.ok(&[op::INQUIRY, 1, 0, 1, 0, 0], &[], 256);
+    assert_eq!(&p0[..4], &[0, 0, 0, 6]);
+    assert_eq!(&p0[4..], &[0x00, 0x83, 0xB0, 0xB1, 0xCE, 0xCF]);
+    assert!(p0[4..].is_sorted());
+    assert_eq!(
+        plain.ok(&[op::INQUIRY, 1, 0xCE, 0, 8, 0], &[], 256).len(),
+        8
+    );
+    assert_eq!(
+        plain.ok(&[op::INQUIRY, 1, 0xCF, 0, 24, 0], &[], 256).len(),
+        24
+    );
 }
 
 #[test]
@@ -684,6 +730,51 @@ fn request_sense_reports_and_clears() {
 }
 
 #[test]
+fn request_sense_is_per_initiator() {
+    const C: InitiatorId = InitiatorId::new(0xC);
+    let e = env();
+    let rs = [op::REQUEST_SENSE, 0, 0, 0, 18, 0];
+    let sense_as = |who| {
+        let (r, d) = e.run_as(who, &rs, &[], 18);
+        assert_eq!(r, ScsiResult::good(18));
+        let s = SenseData::parse(&d).unwrap();
+        (s.key, s.asc, s.ascq)
+    };
+    let (r, _) = e.run_as(A, &rw10(op::READ10, 0, SECTORS as u32, 1), &[], 512);
+    assert_eq!(sense_of(&r), LBA_RANGE);
+    let (r, _) = e.run_as(B, &[0x02, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(sense_of(&r), INVALID_OPCODE);
+    // A third initiator has nothing pending; B's and A's are their own.
+    assert_eq!(sense_as(C), (0, 0, 0));
+    assert_eq!(sense_as(B), INVALID_OPCODE);
+    assert_eq!(sense_as(B), (0, 0, 0));
+    // A later failure of A replaces its earlier one.
+    let (r, _) = e.run_as(A, &[0x02, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(sense_of(&r), INVALID_OPCODE);
+    assert_eq!(sense_as(A), INVALID_OPCODE);
+    assert_eq!(sense_as(A), (0, 0, 0));
+
+    // The capacity change is still reported once, to whoever asks first,
+    // and does not consume another initiator's pending sense.
+    let (r, _) = e.run_as(A, &rw10(op::READ10, 0, SECTORS as u32, 1), &[], 512);
+    assert_eq!(sense_of(&r), LBA_RANGE);
+    e.ram.resize(SECTORS * 2);
+    assert_eq!(sense_as(B), (6, 0x2A, 9));
+    assert_eq!(sense_as(A), LBA_RANGE);
+    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+
+    // Bounded: a flood of initiators keeps only the latest SENSE_SLOTS.
+    let who = |i: usize| InitiatorId::new(0x1000 + i as u128);
+    for i in 0..=SENSE_SLOTS {
+        let (r, _) = e.run_as(who(i), &[0x02, 0, 0, 0, 0, 0], &[], 0);
+        assert_eq!(sense_of(&r), INVALID_OPCODE);
+    }
+    assert_eq!(sense_as(who(0)), (0, 0, 0));
+    assert_eq!(sense_as(who(1)), INVALID_OPCODE);
+    assert_eq!(sense_as(who(SENSE_SLOTS)), INVALID_OPCODE);
+}
+
+#[test]
 fn start_stop_unit() {
     let e = env();
     e.ok(&[op::START_STOP_UNIT, 0, 0, 0, 1, 0], &[], 0);
@@ -747,6 +838,281 @@ fn report_supported_opcodes() {
     c[2] = 0x80;
     let d = e.ok(&c, &[], 0xFFFF);
     assert_eq!((d.len() - 4) % 20, 0);
+}
+
+fn rsoc(options: u8, opcode: u8, sa: u16, alloc: u32) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = op::MAINTENANCE_IN;
+    c[1] = op::SA_REPORT_SUPPORTED_OPCODES;
+    c[2] = options;
+    c[3] = opcode;
+    c[4..6].copy_from_slice(&sa.to_be_bytes());
+    c[6..10].copy_from_slice(&alloc.to_be_bytes());
+    c
+}
+
+#[test]
+fn report_opcodes_one_command_usage_data() {
+    let e = env();
+    const F: u8 = 0xFF;
+    let read10 = [0, 3, 0, 10, 0x28, 0xE9, F, F, F, F, 0, F, F, 0x04];
+    // 001b: operation code only; 011b ignores the service action of an
+    // operation code without service actions.
+    assert_eq!(e.ok(&rsoc(1, op::READ10, 0, 512), &[], 512), read10);
+    assert_eq!(e.ok(&rsoc(3, op::READ10, 7, 512), &[], 512), read10);
+    // 010b / 011b: the service action sits in its field of the usage data.
+    let rc16 = [
+        0, 3, 0, 16, 0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, 0x04,
+    ];
+    assert_eq!(e.ok(&rsoc(2, 0x9E, 0x10, 512), &[], 512), rc16);
+    assert_eq!(e.ok(&rsoc(3, 0x9E, 0x10, 512), &[], 512), rc16);
+    let caw = e.ok(&rsoc(1, op::COMPARE_AND_WRITE, 0, 512), &[], 512);
+    assert_eq!(
+        caw,
+        [
+            0, 3, 0, 16, 0x89, 0xE8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0, 0x04
+        ]
+    );
+    let rsoc_self = e.ok(&rsoc(2, 0xA3, 0x0C, 512), &[], 512);
+    assert_eq!(
+        rsoc_self,
+        [0, 3, 0, 12, 0xA3, 0x0C, 0x87, F, F, F, F, F, F, F, 0, 0x04]
+    );
+    // Not supported: SUPPORT 001b, no usage data.
+    for options in 1..=3 {
+        assert_eq!(e.ok(&rsoc(options, 0xC0, 0, 512), &[], 512), [0, 1, 0, 0]);
+        assert_eq!(e.ok(&rsoc(options, 0x02, 0, 512), &[], 512), [0, 1, 0, 0]);
+    }
+    assert_eq!(e.ok(&rsoc(2, 0x9E, 0x11, 512), &[], 512), [0, 1, 0, 0]);
+    assert_eq!(e.ok(&rsoc(3, 0x9E, 0x0110, 512), &[], 512), [0, 1, 0, 0]);
+    // The disk has no reservations: PR IN is not supported.
+    assert_eq!(e.ok(&rsoc(2, 0x5E, 0, 512), &[], 512), [0, 1, 0, 0]);
+    // 001b with service actions, 010b without, reserved options.
+    expect_sense(&e, &rsoc(1, 0x9E, 0x10, 512), &[], 512, INVALID_CDB);
+    expect_sense(&e, &rsoc(2, op::READ10, 0, 512), &[], 512, INVALID_CDB);
+    for options in 4..=7 {
+        expect_sense(
+            &e,
+            &rsoc(options, op::READ10, 0, 512),
+            &[],
+            512,
+            INVALID_CDB,
+        );
+    }
+    // RCTD: CTDP and a command timeouts descriptor after the usage data.
+    let d = e.ok(&rsoc(0x81, op::READ10, 0, 512), &[], 512);
+    assert_eq!(d.len(), read10.len() + 12);
+    assert_eq!(d[1], 0x80 | 3);
+    assert_eq!(&d[2..read10.len()], &read10[2..]);
+    assert_eq!(&d[read10.len()..], &[0, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    // Allocation length truncates.
+    assert_eq!(e.ok(&rsoc(1, op::READ10, 0, 6), &[], 512), read10[..6]);
+    assert_eq!(e.ok(&rsoc(1, op::READ10, 0, 0), &[], 512), []);
+}
+
+#[test]
+fn report_opcodes_all_commands() {
+    let list = |e: &Env, rctd: bool| {
+        let options = if rctd { 0x80 } else { 0 };
+        let d = e.ok(&rsoc(options, 0, 0, 0x1_0000), &[], 0x1_0000);
+        let len = u32::from_be_bytes(d[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, d.len() - 4);
+        let size = if rctd { 20 } else { 8 };
+        assert_eq!(len % size, 0);
+        d[4..].chunks(size).map(<[u8]>::to_vec).collect::<Vec<_>>()
+    };
+    let pr = env_with(DiskParams::default(), true);
+    let no_unmap = env_with(
+        DiskParams {
+            unmap: Some(false),
+            ..Default::default()
+        },
+        false,
+    );
+    for (e, has_pr, has_unmap) in [
+        (&env(), false, true),
+        (&pr, true, true),
+        (&no_unmap, false, false),
+    ] {
+        let want: Vec<_> = e.scsi.offered().collect();
+        for rctd in [false, true] {
+            let descs = list(e, rctd);
+            assert_eq!(descs.len(), want.len());
+            for (d, w) in descs.iter().zip(&want) {
+                assert_eq!(d[0], w.op);
+                assert_eq!(
+                    u16::from_be_bytes([d[2], d[3]]),
+                    u16::from(w.sa.unwrap_or(0))
+                );
+                assert_eq!(
+                    d[5],
+                    u8::from(rctd) << 1 | u8::from(w.sa.is_some()),
+                    "{d:02x?}"
+                );
+                assert_eq!(usize::from(u16::from_be_bytes([d[6], d[7]])), w.usage.len());
+                if rctd {
+                    assert_eq!(&d[8..], &[0, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+                }
+            }
+            assert_eq!(
+                descs.iter().any(|d| d[0] == op::PERSISTENT_RESERVE_IN),
+                has_pr
+            );
+            assert_eq!(descs.iter().any(|d| d[0] == op::UNMAP), has_unmap);
+            assert!(
+                descs
+                    .iter()
+                    .any(|d| d[0] == op::COMPARE_AND_WRITE && d[7] == 16)
+            );
+        }
+    }
+    // Allocation length truncates; the length field stays whole.
+    let e = env();
+    let d = e.ok(&rsoc(0, 0, 0, 10), &[], 512);
+    assert_eq!(d.len(), 10);
+    assert_eq!(
+        u32::from_be_bytes(d[..4].try_into().unwrap()) as usize,
+        8 * e.scsi.offered().count()
+    );
+}
+
+/// Every command in the table is run (never INVALID COMMAND OPERATION
+/// CODE), every other operation code is refused with it, and an
+/// unsupported service action of a listed operation code is INVALID FIELD
+/// IN CDB.
+#[test]
+fn opcode_table_matches_the_adapter() {
+    let pr = env_with(DiskParams::default(), true);
+    let no_unmap = env_with(
+        DiskParams {
+            unmap: Some(false),
+            ..Default::default()
+        },
+        false,
+    );
+    for e in [&env(), &pr, &no_unmap] {
+        let offered: Vec<_> = e.scsi.offered().collect();
+        for opcode in 0..=255u8 {
+            let entries: Vec<_> = offered.iter().filter(|x| x.op == opcode).collect();
+            let has_sa = entries.iter().any(|x| x.sa.is_some());
+            let sas: &[u8] = if has_sa { &[0; 0] } else { &[0] };
+            let all_sas: Vec<u8> = (0..32).collect();
+            for &sa in if has_sa { &all_sas[..] } else { sas } {
+                let mut cdb = [0u8; 16];
+                cdb[0] = opcode;
+                cdb[1] = sa;
+                let (r, _) = e.run(&cdb, &[], 4096);
+                let sense = r.sense.map(|s| (s.key, s.asc, s.ascq));
+                let listed = entries.iter().any(|x| x.sa.is_none_or(|s| s == sa));
+                if listed {
+                    assert_ne!(sense, Some(INVALID_OPCODE), "{opcode:#04x}/{sa:#04x}");
+                } else if has_sa {
+                    assert_eq!(sense, Some(INVALID_CDB), "{opcode:#04x}/{sa:#04x}");
+                } else {
+                    assert_eq!(sense, Some(INVALID_OPCODE), "{opcode:#04x}");
+                }
+            }
+        }
+    }
+}
+
+/// The usage data claims exactly the bits the parser decodes: flipping a
+/// claimed bit of an all-zero CDB changes the decoded command (or makes it
+/// invalid), flipping any other bit changes nothing.
+#[test]
+fn usage_data_matches_parse_cdb() {
+    use super::opcodes::SUPPORTED;
+    use parastor_hw::scsi::{cdb_len, pr};
+    for e in SUPPORTED {
+        let u = e.usage;
+        assert_eq!(u[0], e.op);
+        assert_eq!(Some(u.len()), cdb_len(e.op), "{:#04x}", e.op);
+        let mut base = vec![0u8; u.len()];
+        base[0] = e.op;
+        if let Some(sa) = e.sa {
+            assert_eq!(u[1] & 0x1F, sa);
+            base[1] = sa;
+        }
+        let parsed = parse_cdb(&base);
+        assert!(parsed.is_ok(), "{:#04x}: {parsed:?}", e.op);
+        for byte in 1..u.len() {
+            for bit in 0..8 {
+                let mask = 1u8 << bit;
+                if byte == 1 && e.sa.is_some() && mask & 0x1F != 0 {
+                    continue; // the service action itself
+                }
+                let mut cdb = base.clone();
+                cdb[byte] ^= mask;
+                let flipped = parse_cdb(&cdb);
+                // PERSISTENT RESERVE OUT decodes SCOPE and TYPE for every
+                // service action; REGISTER, CLEAR and REGISTER AND IGNORE
+                // EXISTING KEY do not look at them.
+                let ignored_by_adapter = e.op == op::PERSISTENT_RESERVE_OUT
+                    && byte == 2
+                    && matches!(
+                        e.sa,
+                        Some(pr::OUT_REGISTER | pr::OUT_CLEAR | pr::OUT_REGISTER_AND_IGNORE)
+                    );
+                if u[byte] & mask != 0 {
+                    assert_ne!(flipped, parsed, "{:#04x} byte {byte} bit {bit}", e.op);
+                } else if !ignored_by_adapter {
+                    assert_eq!(flipped, parsed, "{:#04x} byte {byte} bit {bit}", e.op);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn naca_protect_and_anchor_are_refused() {
+    let e = env();
+    let block = [0u8; 512];
+    // NACA in the control byte.
+    expect_sense(
+        &e,
+        &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0x04],
+        &[],
+        0,
+        INVALID_CDB,
+    );
+    let mut r = rw10(op::READ10, 0, 0, 1);
+    r[9] = 0x04;
+    expect_sense(&e, &r, &[], 512, INVALID_CDB);
+    // No protection information.
+    expect_sense(&e, &rw10(op::READ10, 0x20, 0, 1), &[], 512, INVALID_CDB);
+    expect_sense(&e, &rw16(op::WRITE16, 0x60, 0, 1), &block, 512, INVALID_CDB);
+    expect_sense(&e, &rw10(op::VERIFY10, 0x80, 0, 1), &[], 0, INVALID_CDB);
+    expect_sense(
+        &e,
+        &rw12(op::WRITE_VERIFY12, 0x20, 0, 1),
+        &block,
+        512,
+        INVALID_CDB,
+    );
+    expect_sense(
+        &e,
+        &rw10(op::WRITE_SAME10, 0x20, 0, 1),
+        &block,
+        512,
+        INVALID_CDB,
+    );
+    let mut c = caw(0, 1);
+    c[1] = 0x20;
+    expect_sense(&e, &c, &[0; 1024], 1024, INVALID_CDB);
+    // READ(6) has no protect field: bits 7:5 of byte 1 are ignored.
+    e.ok(&[op::READ6, 0xE0, 0, 0, 1, 0], &[], 512);
+    // ANCHOR without ANC_SUP.
+    expect_sense(
+        &e,
+        &rw10(op::WRITE_SAME10, 0x18, 0, 1),
+        &block,
+        512,
+        INVALID_CDB,
+    );
+    let mut u = unmap_cdb(24);
+    u[1] = 1;
+    expect_sense(&e, &u, &unmap_list(&[(0, 1)]), 24, INVALID_CDB);
+    e.ok(&rw10(op::WRITE_SAME10, 0x08, 0, 1), &block, 512);
 }
 
 #[test]
@@ -1036,27 +1402,72 @@ fn read_only_disk_is_write_protected() {
 }
 
 #[test]
-fn compare_and_write_excludes_concurrent_writes() {
+fn compare_and_write_excludes_overlapping_writes_only() {
     use core::pin::pin;
     use core::task::{Context, Poll};
     let e = env();
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     let data = pattern(512, 30);
-    e.mem.write(GPA, &data).unwrap();
-    let ranges = [GpaRange::new(GPA, 512)];
-    let sg = SgList::new(&e.mem, &ranges, true).unwrap();
-    let cdb = rw10(op::WRITE10, 0, 0, 1);
-    // While a COMPARE AND WRITE holds the range, writes wait.
-    let guard = block_on(e.scsi.exclusive());
-    let mut write = pin!(e.scsi.execute(&cdb, sg, B));
+    // Buffers of the commands kept pending sit away from the one `e.ok`
+    // reuses.
+    const PENDING: u64 = GPA + (1 << 20);
+    e.mem.write(PENDING, &data).unwrap();
+    let ranges = [GpaRange::new(PENDING, 512)];
+    let sg = || SgList::new(&e.mem, &ranges, true).unwrap();
+    // While a COMPARE AND WRITE holds LBA 0, a write there waits...
+    let guard = block_on(e.scsi.ranges.exclusive(0, 1));
+    let w0 = rw10(op::WRITE10, 0, 0, 1);
+    let mut write = pin!(e.scsi.execute(&w0, sg(), B));
     assert!(write.as_mut().poll(&mut cx).is_pending());
     assert!(write.as_mut().poll(&mut cx).is_pending());
+    // ...while writes elsewhere, UNMAP and WRITE SAME included, do not.
+    e.ok(&rw10(op::WRITE10, 0, 1, 1), &data, 512);
+    e.ok(&rw10(op::WRITE_SAME10, 0, 1, 8), &data, 512);
+    e.ok(&unmap_cdb(24), &unmap_list(&[(4, 2)]), 24);
     drop(guard);
     assert_eq!(
         write.as_mut().poll(&mut cx),
         Poll::Ready(ScsiResult::good(512))
     );
     assert_eq!(e.read(0, 1), data);
+    // A COMPARE AND WRITE waits for an overlapping write in flight, then
+    // compares against what that write left.
+    let held = block_on(e.scsi.ranges.shared(0, 4));
+    let mut cw = data.clone();
+    cw.extend_from_slice(&pattern(512, 31));
+    e.mem.write(PENDING, &cw).unwrap();
+    let caw_ranges = [GpaRange::new(PENDING, 1024)];
+    let caw_sg = SgList::new(&e.mem, &caw_ranges, true).unwrap();
+    let cdb = caw(0, 1);
+    let mut c = pin!(e.scsi.execute(&cdb, caw_sg, A));
+    assert!(c.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(e.scsi.ranges.waiting(), 1);
+    drop(held);
+    assert_eq!(
+        c.as_mut().poll(&mut cx),
+        Poll::Ready(ScsiResult::good(1024))
+    );
+    assert_eq!(e.read(0, 1), pattern(512, 31));
+}
+
+#[test]
+fn cancelled_compare_and_write_releases_nothing_it_did_not_hold() {
+    use core::task::Context;
+    let e = env();
+    let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+    let held = block_on(e.scsi.ranges.shared(0, 1));
+    e.mem.write(GPA, &[0; 1024]).unwrap();
+    let ranges = [GpaRange::new(GPA, 1024)];
+    let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+    let cdb = caw(0, 1);
+    let mut c = alloc::boxed::Box::pin(e.scsi.execute(&cdb, sg, A));
+    assert!(c.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(e.scsi.ranges.waiting(), 1);
+    drop(c);
+    assert_eq!(e.scsi.ranges.waiting(), 0);
+    drop(held);
+    // The range is free again.
+    let _g = block_on(e.scsi.ranges.exclusive(0, 1));
 }
 
 #[test]

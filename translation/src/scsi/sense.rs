@@ -1,0 +1,128 @@
+//! The sense data REQUEST SENSE returns, kept per initiator.
+//!
+//! SPC-5 keeps sense data per I_T nexus: REQUEST SENSE returns the sense
+//! of the last command *that initiator* saw fail, not another initiator's.
+//! The table is bounded so initiators cannot make it grow without limit:
+//! it keeps [`SENSE_SLOTS`] initiators and, when full, forgets the one
+//! whose sense was stored longest ago.
+
+use alloc::vec::Vec;
+use parastor_core::InitiatorId;
+use parastor_hw::scsi::SenseData;
+use spin::Mutex;
+
+/// Most initiators whose sense is kept at once.
+pub const SENSE_SLOTS: usize = 32;
+
+struct Entry {
+    initiator: InitiatorId,
+    sense: SenseData,
+    /// When the sense was stored (a counter).
+    stamp: u64,
+}
+
+#[derive(Default)]
+struct Table {
+    entries: Vec<Entry>,
+    clock: u64,
+}
+
+/// Pending sense data per initiator, at most [`SENSE_SLOTS`] of them.
+#[derive(Default)]
+pub(crate) struct SenseTable {
+    inner: Mutex<Table>,
+}
+
+impl SenseTable {
+    /// Stores `sense` as `initiator`'s latest, replacing what it had; when
+    /// the table is full, the initiator stored longest ago is forgotten.
+    pub(crate) fn store(&self, initiator: InitiatorId, sense: SenseData) {
+        let mut t = self.inner.lock();
+        t.clock += 1;
+        let stamp = t.clock;
+        let entry = Entry {
+            initiator,
+            sense,
+            stamp,
+        };
+        if let Some(e) = t.entries.iter_mut().find(|e| e.initiator == initiator) {
+            *e = entry;
+        } else if t.entries.len() < SENSE_SLOTS {
+            t.entries.push(entry);
+        } else if let Some(oldest) = t.entries.iter_mut().min_by_key(|e| e.stamp) {
+            *oldest = entry;
+        }
+    }
+
+    /// Takes `initiator`'s pending sense, if any.
+    pub(crate) fn take(&self, initiator: InitiatorId) -> Option<SenseData> {
+        let mut t = self.inner.lock();
+        let i = t.entries.iter().position(|e| e.initiator == initiator)?;
+        Some(t.entries.swap_remove(i).sense)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parastor_hw::scsi::sense_key;
+
+    fn sense(n: u8) -> SenseData {
+        SenseData::new(sense_key::ILLEGAL_REQUEST, n, 0)
+    }
+
+    fn id(n: usize) -> InitiatorId {
+        InitiatorId::new(n as u128 + 1)
+    }
+
+    #[test]
+    fn per_initiator_take_clears() {
+        let t = SenseTable::default();
+        t.store(id(0), sense(1));
+        t.store(id(1), sense(2));
+        t.store(id(0), sense(3));
+        assert_eq!(t.take(id(1)), Some(sense(2)));
+        assert_eq!(t.take(id(1)), None);
+        assert_eq!(t.take(id(0)), Some(sense(3)));
+        assert_eq!(t.take(id(0)), None);
+        assert_eq!(t.take(id(7)), None);
+    }
+
+    #[test]
+    fn bounded_forgets_the_oldest() {
+        let t = SenseTable::default();
+        for i in 0..SENSE_SLOTS {
+            t.store(id(i), sense(i as u8));
+        }
+        // Refreshing initiator 0 makes initiator 1 the oldest.
+        t.store(id(0), sense(100));
+        for i in SENSE_SLOTS..SENSE_SLOTS * 10 {
+            t.store(id(i), sense(i as u8));
+            assert!(t.inner.lock().entries.len() <= SENSE_SLOTS);
+        }
+        // Only the last SENSE_SLOTS initiators are still there.
+        assert_eq!(t.take(id(0)), None);
+        assert_eq!(t.take(id(1)), None);
+        let last = SENSE_SLOTS * 10 - 1;
+        assert_eq!(t.take(id(last)), Some(sense(last as u8)));
+        assert_eq!(
+            t.take(id(last + 1 - SENSE_SLOTS)),
+            Some(sense((last + 1 - SENSE_SLOTS) as u8))
+        );
+        assert_eq!(t.take(id(last - SENSE_SLOTS)), None);
+    }
+
+    #[test]
+    fn eviction_follows_store_order() {
+        let t = SenseTable::default();
+        for i in 0..SENSE_SLOTS {
+            t.store(id(i), sense(i as u8));
+        }
+        t.store(id(0), sense(100));
+        t.store(id(SENSE_SLOTS), sense(0xAA));
+        // Initiator 1 was the least recently stored; 0 survived.
+        assert_eq!(t.take(id(1)), None);
+        assert_eq!(t.take(id(0)), Some(sense(100)));
+        assert_eq!(t.take(id(SENSE_SLOTS)), Some(sense(0xAA)));
+    }
+}
