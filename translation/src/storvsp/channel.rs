@@ -243,6 +243,7 @@ impl<'a> StorvspChannel<'a> {
     fn take_packets(&mut self, cx: &mut Context<'_>) -> Result<bool, StorvspError> {
         let mut progress = false;
         let depth = self.controller.config.io_queue_depth.max(1);
+        let mut packet = PacketRef::empty();
         while self.in_flight.len() < depth {
             let reservation = match self.channel.reserve(MAX_PACKET_LEN) {
                 Ok(r) => r,
@@ -251,12 +252,12 @@ impl<'a> StorvspChannel<'a> {
                 Err(RingError::Full { .. }) => break,
                 Err(e) => return Err(e.into()),
             };
-            match self.channel.take_packet_ref() {
-                Ok(Some(packet)) => {
+            match self.channel.take_packet_into(&mut packet) {
+                Ok(true) => {
                     progress = true;
-                    self.handle(packet, reservation, cx)?;
+                    self.handle(&packet, reservation, cx)?;
                 }
-                Ok(None) => {
+                Ok(false) => {
                     self.channel.release(reservation);
                     break;
                 }
@@ -331,7 +332,7 @@ impl<'a> StorvspChannel<'a> {
 
     fn handle(
         &mut self,
-        packet: PacketRef,
+        packet: &PacketRef,
         reservation: Reservation,
         cx: &mut Context<'_>,
     ) -> Result<(), StorvspError> {
@@ -488,7 +489,7 @@ impl<'a> StorvspChannel<'a> {
 
     fn execute_srb(
         &mut self,
-        packet: PacketRef,
+        packet: &PacketRef,
         request: ScsiRequest,
         reservation: Reservation,
         cx: &mut Context<'_>,

@@ -168,6 +168,79 @@ impl<'a> RingMem<'a> {
         Ok(index)
     }
 
+    /// Runs `f` over the control fields in one guest-memory access (the
+    /// hot path: one lock and one call instead of one per field). Memory
+    /// that hands the control fields out in several pieces gets the same
+    /// `f` field by field.
+    fn with_control<R>(
+        &self,
+        f: impl FnOnce(&mut Control<'_, 'a>) -> Result<R, RingError>,
+    ) -> Result<R, RingError> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.mem.visit_mut(self.gpa, CONTROL_LEN, &mut |piece| {
+            if piece.len() == CONTROL_LEN
+                && let Some(f) = f.take()
+            {
+                out = Some(f(&mut Control::Bytes(piece)));
+            }
+        })?;
+        match (out, f) {
+            (Some(r), _) => r,
+            (None, Some(f)) => f(&mut Control::Fields(*self)),
+            (None, None) => unreachable_control(),
+        }
+    }
+}
+
+/// Bytes of the control page [`RingMem::with_control`] covers: the indices,
+/// mask, pending send size and feature bits.
+const CONTROL_LEN: usize = RING_FEATURE_BITS_OFFSET as usize + 4;
+
+/// `with_control` runs its closure exactly once; this branch cannot be
+/// reached, and reports a memory error rather than panicking if it were.
+#[cold]
+fn unreachable_control<R>() -> Result<R, RingError> {
+    Err(RingError::Layout(RingLayoutError::BadSize { size: 0 }))
+}
+
+/// The control fields during [`RingMem::with_control`]: the bytes
+/// themselves, or the ring to access field by field.
+enum Control<'c, 'a> {
+    Bytes(&'c mut [u8]),
+    Fields(RingMem<'a>),
+}
+
+impl Control<'_, '_> {
+    fn load(&mut self, offset: u32) -> Result<u32, RingError> {
+        match self {
+            Self::Bytes(b) => {
+                let at = offset as usize;
+                let mut v = [0u8; 4];
+                if let Some(src) = b.get(at..at + 4) {
+                    v.copy_from_slice(src);
+                }
+                Ok(u32::from_le_bytes(v))
+            }
+            Self::Fields(ring) => ring.load(offset),
+        }
+    }
+
+    fn store(&mut self, offset: u32, value: u32) -> Result<(), RingError> {
+        match self {
+            Self::Bytes(b) => {
+                let at = offset as usize;
+                if let Some(dst) = b.get_mut(at..at + 4) {
+                    dst.copy_from_slice(&value.to_le_bytes());
+                }
+                Ok(())
+            }
+            Self::Fields(ring) => ring.store(offset, value),
+        }
+    }
+}
+
+impl<'a> RingMem<'a> {
     /// `pos + n` modulo the data size (`pos < data_size`, `n <= data_size`).
     fn advance(&self, pos: u32, n: u32) -> u32 {
         let to_end = self.data_size - pos;
@@ -236,6 +309,9 @@ pub struct RingReader<'a> {
     /// The read index last published (behind `read_index` while packets
     /// taken with [`RingReader::consume_deferred`] are unpublished).
     published: u32,
+    /// The writer's index as last loaded (validated): the packets up to it
+    /// are read without loading it again.
+    write_seen: u32,
 }
 
 impl<'a> RingReader<'a> {
@@ -248,6 +324,7 @@ impl<'a> RingReader<'a> {
             ring,
             read_index,
             published: read_index,
+            write_seen: read_index,
         })
     }
 
@@ -271,6 +348,21 @@ impl<'a> RingReader<'a> {
         ))
     }
 
+    /// Bytes waiting to be read: those up to the writer's index as last
+    /// seen, or, when those are all read, per its index loaded now.
+    fn available(&mut self) -> Result<u32, RingError> {
+        let seen = hw::ring_bytes_used(self.read_index, self.write_seen, self.ring.data_size);
+        if seen != 0 {
+            return Ok(seen);
+        }
+        self.write_seen = self.ring.load_index(RING_WRITE_INDEX_OFFSET)?;
+        Ok(hw::ring_bytes_used(
+            self.read_index,
+            self.write_seen,
+            self.ring.data_size,
+        ))
+    }
+
     /// Sets or clears `interrupt_mask`: set while actively draining the ring
     /// (the writer then does not signal), cleared before going idle.
     pub fn set_interrupt_mask(&self, masked: bool) -> Result<(), RingError> {
@@ -288,24 +380,46 @@ impl<'a> RingReader<'a> {
 
     /// Reads and validates the next packet's descriptor without consuming
     /// anything. `Ok(None)` when the ring is empty.
-    pub fn peek(&self) -> Result<Option<PacketHeader>, RingError> {
-        let available = self.bytes_available()?;
+    pub fn peek(&mut self) -> Result<Option<PacketHeader>, RingError> {
+        let mut bytes = [0u8; hw::PACKET_DESCRIPTOR_SIZE as usize];
+        Ok(self.peek_into(&mut bytes)?.map(|(header, _)| header))
+    }
+
+    /// Like [`Self::peek`], and copies the start of the packet (descriptor
+    /// first) into `buf` with the same guest-memory access: returns the
+    /// header and how many of the packet's bytes `buf` holds (all of them
+    /// when the packet fits). `buf` must hold at least a descriptor.
+    pub fn peek_into(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<Option<(PacketHeader, usize)>, RingError> {
+        let available = self.available()?;
         if available == 0 {
             return Ok(None);
         }
         let needed = hw::PACKET_DESCRIPTOR_SIZE + hw::PACKET_TRAILER_SIZE;
-        if available < needed {
+        if available < needed || buf.len() < hw::PACKET_DESCRIPTOR_SIZE as usize {
             return Err(RingError::Truncated { needed, available });
         }
-        let mut bytes = [0u8; hw::PACKET_DESCRIPTOR_SIZE as usize];
-        self.ring.read_at(self.read_index, &mut bytes)?;
-        let descriptor = PacketDescriptor::read_from_bytes(&bytes)
-            .map_err(|_| RingError::Truncated { needed, available })?;
+        // Everything the writer published may be read; the trailer is not
+        // part of the packet.
+        let copied = buf
+            .len()
+            .min((available - hw::PACKET_TRAILER_SIZE) as usize);
+        let bytes = &mut buf[..copied];
+        self.ring.read_at(self.read_index, bytes)?;
+        let descriptor = PacketDescriptor::read_from_prefix(bytes)
+            .map_err(|_| RingError::Truncated { needed, available })?
+            .0;
         descriptor.validate(available)?;
-        Ok(Some(PacketHeader {
-            descriptor,
-            start: self.read_index,
-        }))
+        let held = copied.min(descriptor.len() as usize);
+        Ok(Some((
+            PacketHeader {
+                descriptor,
+                start: self.read_index,
+            },
+            held,
+        )))
     }
 
     /// Copies `dst.len()` bytes of the packet `header`, from byte `offset`
@@ -359,20 +473,27 @@ impl<'a> RingReader<'a> {
         if !self.has_unpublished() {
             return Ok(false);
         }
-        // Free space as the writer sees it, before and after.
-        let write = self.ring.load_index(RING_WRITE_INDEX_OFFSET)?;
-        let free_before = hw::ring_bytes_free(self.published, write, self.ring.data_size);
-        self.ring.store(RING_READ_INDEX_OFFSET, self.read_index)?;
-        self.published = self.read_index;
-        let free_after = hw::ring_bytes_free(self.read_index, write, self.ring.data_size);
-        let features = self.ring.load(RING_FEATURE_BITS_OFFSET)?;
-        let pending = self.ring.load(RING_PENDING_SEND_SIZE_OFFSET)?;
-        Ok(hw::should_signal_after_read(
-            features,
-            pending,
-            free_before,
-            free_after,
-        ))
+        let (data_size, published, read_index) =
+            (self.ring.data_size, self.published, self.read_index);
+        // One access: the writer's index, ours published, then (after it)
+        // whether the writer waits for space.
+        let (write, signal) = self.ring.with_control(|c| {
+            let write = c.load(RING_WRITE_INDEX_OFFSET)?;
+            hw::validate_ring_index(write, data_size)?;
+            c.store(RING_READ_INDEX_OFFSET, read_index)?;
+            let pending = c.load(RING_PENDING_SEND_SIZE_OFFSET)?;
+            let features = c.load(RING_FEATURE_BITS_OFFSET)?;
+            // Free space as the writer sees it, before and after.
+            let free_before = hw::ring_bytes_free(published, write, data_size);
+            let free_after = hw::ring_bytes_free(read_index, write, data_size);
+            Ok((
+                write,
+                hw::should_signal_after_read(features, pending, free_before, free_after),
+            ))
+        })?;
+        self.published = read_index;
+        self.write_seen = write;
+        Ok(signal)
     }
 }
 
@@ -455,6 +576,9 @@ pub struct RingWriter<'a> {
     reserved: u32,
     /// Whether we published a non-zero `pending_send_sz`.
     pending: bool,
+    /// The reader's index as last loaded (validated): the space behind it
+    /// is known free without loading it again.
+    read_seen: u32,
 }
 
 impl<'a> RingWriter<'a> {
@@ -475,6 +599,7 @@ impl<'a> RingWriter<'a> {
             write_index,
             reserved: 0,
             pending: false,
+            read_seen: write_index,
         })
     }
 
@@ -513,7 +638,14 @@ impl<'a> RingWriter<'a> {
                 needed: u64::from(needed),
             });
         }
-        let free = self.bytes_free()?;
+        // The reader only frees space: what was free at its index as last
+        // seen still is. Load the index again only when that is not enough.
+        let seen = hw::ring_bytes_free(self.read_seen, self.write_index, self.ring.data_size);
+        if seen.saturating_sub(reserved) > needed {
+            return Ok(());
+        }
+        self.read_seen = self.ring.load_index(RING_READ_INDEX_OFFSET)?;
+        let free = hw::ring_bytes_free(self.read_seen, self.write_index, self.ring.data_size);
         let usable = free.saturating_sub(reserved);
         if usable > needed {
             return Ok(());
@@ -646,18 +778,19 @@ impl<'a> RingWriter<'a> {
         };
 
         self.write_index = pos;
-        self.ring.store(RING_WRITE_INDEX_OFFSET, pos)?;
-        // The read index must be loaded again *after* publishing the write
-        // index (a reader that caught up meanwhile may be going idle); read
-        // it together with the interrupt mask that follows it.
-        let mut control = [0u8; 8];
-        self.ring.mem.read(
-            self.ring.gpa + u64::from(RING_READ_INDEX_OFFSET),
-            &mut control,
-        )?;
-        let [r0, r1, r2, r3, m0, m1, m2, m3] = control;
-        let read_now = u32::from_le_bytes([r0, r1, r2, r3]);
-        let mask = u32::from_le_bytes([m0, m1, m2, m3]);
+        // One access: publish the write index, then load the read index
+        // *after* it (a reader that caught up meanwhile may be going idle)
+        // and the interrupt mask.
+        let (read_now, mask) = self.ring.with_control(|c| {
+            c.store(RING_WRITE_INDEX_OFFSET, pos)?;
+            Ok((
+                c.load(RING_READ_INDEX_OFFSET)?,
+                c.load(RING_INTERRUPT_MASK_OFFSET)?,
+            ))
+        })?;
+        if hw::validate_ring_index(read_now, self.ring.data_size).is_ok() {
+            self.read_seen = read_now;
+        }
         Ok(WriteOutcome {
             signal: hw::should_signal_after_write(mask, old, read_now),
         })

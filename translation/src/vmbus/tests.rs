@@ -15,8 +15,51 @@ const RING: u64 = 8192; // one control page + 4 KiB of data
 const DATA: u32 = 4096;
 const BASE: u64 = 0x10000;
 
+/// Guest memory that can hand out its bytes in small pieces, as a
+/// [`GuestMemory`] may: every access of the rings must work either way
+/// (the control-page fast path falls back to field-by-field access).
+struct TestMemory {
+    ram: RamGuestMemory,
+    /// Largest piece a visit hands out (`None`: as the RAM gives them).
+    max_piece: Option<usize>,
+}
+
+impl GuestMemory for TestMemory {
+    fn visit(
+        &self,
+        gpa: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), parastor_core::MemoryError> {
+        match self.max_piece {
+            None => self.ram.visit(gpa, len, f),
+            Some(max) => self.ram.visit(gpa, len, &mut |piece| {
+                for p in piece.chunks(max) {
+                    f(p)
+                }
+            }),
+        }
+    }
+
+    fn visit_mut(
+        &self,
+        gpa: u64,
+        len: usize,
+        f: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), parastor_core::MemoryError> {
+        match self.max_piece {
+            None => self.ram.visit_mut(gpa, len, f),
+            Some(max) => self.ram.visit_mut(gpa, len, &mut |piece| {
+                for p in piece.chunks_mut(max) {
+                    f(p)
+                }
+            }),
+        }
+    }
+}
+
 struct Rig {
-    mem: RamGuestMemory,
+    mem: TestMemory,
     /// Fired by the guest for the host.
     host_sig: Signal,
     /// Fired by the host for the guest.
@@ -27,7 +70,19 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
-        let mem = RamGuestMemory::new(1 << 20);
+        Self::with_pieces(None)
+    }
+
+    /// A rig whose memory hands out pieces of at most 7 bytes.
+    fn fragmented() -> Self {
+        Self::with_pieces(Some(7))
+    }
+
+    fn with_pieces(max_piece: Option<usize>) -> Self {
+        let mem = TestMemory {
+            ram: RamGuestMemory::new(1 << 20),
+            max_piece,
+        };
         let (incoming, outgoing) = init_ring_pair(&mem, BASE, RING).unwrap();
         Self {
             mem,
@@ -185,8 +240,13 @@ fn gpa_direct_round_trip_both_directions() {
 
 #[test]
 fn wrap_around_at_every_alignment() {
+    wrap_around_at_every_alignment_on(Rig::new);
+    wrap_around_at_every_alignment_on(Rig::fragmented);
+}
+
+fn wrap_around_at_every_alignment_on(new_rig: fn() -> Rig) {
     for start in (0..DATA).step_by(8) {
-        let rig = Rig::new();
+        let rig = new_rig();
         for ring in [rig.incoming, rig.outgoing] {
             rig.set_ctl(ring, 0, start);
             rig.set_ctl(ring, 4, start);
@@ -229,7 +289,12 @@ fn wrap_around_at_every_alignment() {
 
 #[test]
 fn ring_full_then_recovery() {
-    let rig = Rig::new();
+    ring_full_then_recovery_on(Rig::new);
+    ring_full_then_recovery_on(Rig::fragmented);
+}
+
+fn ring_full_then_recovery_on(new_rig: fn() -> Rig) {
+    let rig = new_rig();
     let mut host = rig.host();
     let mut guest = rig.guest();
     let payload = [0xab; 1000]; // 16 + 1000 + 8 = 1024 bytes in the ring
@@ -301,7 +366,12 @@ fn ring_full_then_recovery() {
 
 #[test]
 fn signal_on_empty_to_non_empty_only() {
-    let rig = Rig::new();
+    signal_on_empty_to_non_empty_only_on(Rig::new);
+    signal_on_empty_to_non_empty_only_on(Rig::fragmented);
+}
+
+fn signal_on_empty_to_non_empty_only_on(new_rig: fn() -> Rig) {
+    let rig = new_rig();
     let mut host = rig.host();
     let mut guest = rig.guest();
     let inband = OutgoingKind::InBand {
@@ -343,7 +413,12 @@ fn signal_on_empty_to_non_empty_only() {
 
 #[test]
 fn pending_send_size_needs_the_feature_bit() {
-    let rig = Rig::new();
+    pending_send_size_needs_the_feature_bit_on(Rig::new);
+    pending_send_size_needs_the_feature_bit_on(Rig::fragmented);
+}
+
+fn pending_send_size_needs_the_feature_bit_on(new_rig: fn() -> Rig) {
+    let rig = new_rig();
     let mut host = rig.host();
     let mut guest = rig.guest();
     let payload = [0; 1000];
@@ -366,7 +441,12 @@ fn pending_send_size_needs_the_feature_bit() {
 
 #[test]
 fn reservations_hold_space() {
-    let rig = Rig::new();
+    reservations_hold_space_on(Rig::new);
+    reservations_hold_space_on(Rig::fragmented);
+}
+
+fn reservations_hold_space_on(new_rig: fn() -> Rig) {
+    let rig = new_rig();
     let mut host = rig.host();
     let mut guest = rig.guest();
     // Reserve room for a 1000-byte completion (1024 in the ring).
@@ -454,12 +534,20 @@ fn malformed_indices() {
         Err(RingError::Layout(RingLayoutError::IndexOutOfRange { .. }))
     ));
     rig.set_ctl(rig.incoming, 4, 0);
-    // The writer refuses to trust a corrupted read index from the reader.
+    // The writer refuses to trust a corrupted read index from the reader:
+    // it loads it again (and refuses it) once the space it last knew to be
+    // free is used up, before the ring could overflow.
     let mut guest = rig.guest();
     rig.set_ctl(rig.incoming, 4, 3);
+    let packet = [0u8; 64];
+    let first_error = (0..DATA).find_map(|_| {
+        guest
+            .write_packet(OutgoingKind::Completion, 0, &packet)
+            .err()
+    });
     assert_eq!(
-        guest.write_packet(OutgoingKind::Completion, 0, &[]),
-        Err(RingError::Layout(RingLayoutError::IndexMisaligned {
+        first_error,
+        Some(RingError::Layout(RingLayoutError::IndexMisaligned {
             index: 3
         }))
     );
