@@ -976,7 +976,17 @@ mod storvsp {
         fn reap(&mut self, mut f: impl FnMut(u64, &[u8])) -> usize {
             let mut buf = [0u8; 128];
             let mut n = 0;
-            while let Some((h, held)) = self.rx.peek_into(&mut buf).expect("completion ring") {
+            // The first peek loads the host's write index; the rest take
+            // what it showed, and the publish looks again.
+            loop {
+                let next = if n == 0 {
+                    self.rx.peek_into(&mut buf)
+                } else {
+                    self.rx.peek_seen_into(&mut buf)
+                };
+                let Some((h, held)) = next.expect("completion ring") else {
+                    break;
+                };
                 let d = h.descriptor;
                 assert_eq!(d.packet_type, PACKET_TYPE_COMPLETION, "unexpected packet");
                 assert_eq!(held, d.len() as usize, "completion fits the buffer");

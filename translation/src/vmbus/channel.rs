@@ -457,10 +457,34 @@ impl<'a> Channel<'a> {
     /// (reusing its storage) and returns whether a packet was taken. On
     /// an error `packet` holds nothing meaningful.
     pub fn take_packet_into(&mut self, packet: &mut PacketRef) -> Result<bool, ChannelError> {
+        self.take_into(packet, true)
+    }
+
+    /// Like [`Channel::take_packet_into`], but only among the packets
+    /// already seen ([`Channel::has_seen_packets`]): the peer's write index
+    /// is not loaded. For the packets after the first of a batch that ends
+    /// with [`Channel::publish_reads`], which loads it.
+    pub fn take_seen_packet_into(&mut self, packet: &mut PacketRef) -> Result<bool, ChannelError> {
+        self.take_into(packet, false)
+    }
+
+    /// Whether packets are known to be waiting without loading the peer's
+    /// write index — after [`Channel::publish_reads`], whether the peer
+    /// wrote more than was taken (else it signals for its next packet).
+    pub fn has_seen_packets(&self) -> bool {
+        self.reader.has_seen_unread()
+    }
+
+    fn take_into(&mut self, packet: &mut PacketRef, load: bool) -> Result<bool, ChannelError> {
         // Small packets (every StorVSP request) arrive whole with the
         // descriptor, in one access to the ring.
         let mut buf = [0u8; PEEK_LEN];
-        let Some((header, held)) = self.reader.peek_into(&mut buf)? else {
+        let peeked = if load {
+            self.reader.peek_into(&mut buf)?
+        } else {
+            self.reader.peek_seen_into(&mut buf)?
+        };
+        let Some((header, held)) = peeked else {
             return Ok(false);
         };
         let parsed = self.parse(&header, buf.get(..held).unwrap_or(&[]), packet);

@@ -193,6 +193,37 @@ impl<'a> RingMem<'a> {
     }
 }
 
+/// The bytes of several slices, one after another, copied out piece by
+/// piece (see [`RingMem::write_gather`]).
+struct Gather<'s, I> {
+    srcs: I,
+    /// What is left of the slice being copied.
+    current: &'s [u8],
+}
+
+impl<'s, I: Iterator<Item = &'s [u8]>> Gather<'s, I> {
+    /// Fills `dst` with the next bytes (zeros once the slices run out).
+    fn fill(&mut self, mut dst: &mut [u8]) {
+        while !dst.is_empty() {
+            if self.current.is_empty() {
+                match self.srcs.next() {
+                    Some(next) => self.current = next,
+                    None => {
+                        dst.fill(0);
+                        return;
+                    }
+                }
+            }
+            let n = dst.len().min(self.current.len());
+            let (head, rest) = dst.split_at_mut(n);
+            let (src, left) = self.current.split_at(n);
+            head.copy_from_slice(src);
+            self.current = left;
+            dst = rest;
+        }
+    }
+}
+
 /// Bytes of the control page [`RingMem::with_control`] covers: the indices,
 /// mask, pending send size and feature bits.
 const CONTROL_LEN: usize = RING_FEATURE_BITS_OFFSET as usize + 4;
@@ -262,13 +293,24 @@ impl<'a> RingMem<'a> {
         Ok(())
     }
 
-    /// Copies `src` (at most `data_size` bytes) starting at `pos`.
-    fn write_at(&self, pos: u32, src: &[u8]) -> Result<(), RingError> {
-        let first = src.len().min((self.data_size - pos) as usize);
-        let (a, b) = src.split_at(first);
-        self.mem.write(self.data_gpa(pos), a)?;
-        if !b.is_empty() {
-            self.mem.write(self.data_gpa(0), b)?;
+    /// Copies the concatenation of `srcs` (`len` bytes, at most
+    /// `data_size`) into the data area starting at `pos`: one guest-memory
+    /// access, two at the wrap.
+    fn write_gather<'s>(
+        &self,
+        pos: u32,
+        len: usize,
+        srcs: impl Iterator<Item = &'s [u8]>,
+    ) -> Result<(), RingError> {
+        let mut gather = Gather { srcs, current: &[] };
+        let first = len.min((self.data_size - pos) as usize);
+        self.mem
+            .visit_mut(self.data_gpa(pos), first, &mut |piece| gather.fill(piece))?;
+        if len > first {
+            self.mem
+                .visit_mut(self.data_gpa(0), len - first, &mut |piece| {
+                    gather.fill(piece)
+                })?;
         }
         Ok(())
     }
@@ -348,11 +390,19 @@ impl<'a> RingReader<'a> {
         ))
     }
 
+    /// Whether packets are known to be waiting without loading the
+    /// writer's index: its index as last seen (by a peek or
+    /// [`Self::publish`]) is ahead of ours.
+    pub fn has_seen_unread(&self) -> bool {
+        self.write_seen != self.read_index
+    }
+
     /// Bytes waiting to be read: those up to the writer's index as last
-    /// seen, or, when those are all read, per its index loaded now.
-    fn available(&mut self) -> Result<u32, RingError> {
+    /// seen, or, when those are all read and `load` is set, per its index
+    /// loaded now.
+    fn available(&mut self, load: bool) -> Result<u32, RingError> {
         let seen = hw::ring_bytes_used(self.read_index, self.write_seen, self.ring.data_size);
-        if seen != 0 {
+        if seen != 0 || !load {
             return Ok(seen);
         }
         self.write_seen = self.ring.load_index(RING_WRITE_INDEX_OFFSET)?;
@@ -393,7 +443,27 @@ impl<'a> RingReader<'a> {
         &mut self,
         buf: &mut [u8],
     ) -> Result<Option<(PacketHeader, usize)>, RingError> {
-        let available = self.available()?;
+        self.peek_impl(buf, true)
+    }
+
+    /// Like [`Self::peek_into`], but only among the packets already seen
+    /// ([`Self::has_seen_unread`]): the writer's index is not loaded, so
+    /// `Ok(None)` means "none known", not "ring empty". For the packets
+    /// after the first of a batch, when the batch ends with
+    /// [`Self::publish`] (which loads the index anyway).
+    pub fn peek_seen_into(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<Option<(PacketHeader, usize)>, RingError> {
+        self.peek_impl(buf, false)
+    }
+
+    fn peek_impl(
+        &mut self,
+        buf: &mut [u8],
+        load: bool,
+    ) -> Result<Option<(PacketHeader, usize)>, RingError> {
+        let available = self.available(load)?;
         if available == 0 {
             return Ok(None);
         }
@@ -561,10 +631,6 @@ pub struct WriteOutcome {
     /// and the reader has not masked interrupts).
     pub signal: bool,
 }
-
-/// Largest packet (trailer included) [`RingWriter`] assembles on the stack
-/// and copies into the ring in one piece.
-const SMALL_PACKET_MAX: usize = 256;
 
 /// The writing side of a ring.
 #[derive(Debug)]
@@ -748,34 +814,20 @@ impl<'a> RingWriter<'a> {
         };
         let header_pad = descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - header_len as u32;
         let payload_pad = descriptor.len() - descriptor.data_offset() - packet.payload.len() as u32;
-        let pos = if total as usize <= SMALL_PACKET_MAX {
-            // Small packet (every StorVSP packet): assemble it on the stack
-            // and copy it into the ring in one write (two at the wrap).
-            let mut buf = [0u8; SMALL_PACKET_MAX];
-            // The pieces add up to `total`, which fits: every copy is in
-            // bounds (checked anyway).
-            fn put(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
-                if let Some(dst) = buf.get_mut(*at..*at + bytes.len()) {
-                    dst.copy_from_slice(bytes);
-                }
-                *at += bytes.len();
-            }
-            let mut at = 0usize;
-            put(&mut buf, &mut at, descriptor.as_bytes());
-            for piece in packet.header {
-                put(&mut buf, &mut at, piece);
-            }
-            at += header_pad as usize;
-            put(&mut buf, &mut at, packet.payload);
-            at += payload_pad as usize;
-            put(&mut buf, &mut at, trailer.as_bytes());
-            debug_assert_eq!(at, total as usize);
-            let bytes = buf.get(..total as usize).unwrap_or(&[]);
-            self.ring.write_at(old, bytes)?;
-            self.ring.advance(old, total)
-        } else {
-            self.write_pieces(packet, &descriptor, header_pad, payload_pad, &trailer)?
-        };
+        // The packet goes into the ring straight from its pieces, in one
+        // guest-memory access (two at the wrap).
+        const ZEROS: [u8; 8] = [0; 8];
+        let pieces = [descriptor.as_bytes()]
+            .into_iter()
+            .chain(packet.header.iter().copied())
+            .chain([
+                ZEROS.get(..header_pad as usize).unwrap_or(&[]),
+                packet.payload,
+                ZEROS.get(..payload_pad as usize).unwrap_or(&[]),
+                trailer.as_bytes(),
+            ]);
+        self.ring.write_gather(old, total as usize, pieces)?;
+        let pos = self.ring.advance(old, total);
 
         self.write_index = pos;
         // One access: publish the write index, then load the read index
@@ -794,33 +846,5 @@ impl<'a> RingWriter<'a> {
         Ok(WriteOutcome {
             signal: hw::should_signal_after_write(mask, old, read_now),
         })
-    }
-
-    /// The general path of a write: each piece copied into the ring
-    /// separately. Returns the new write position.
-    fn write_pieces(
-        &self,
-        packet: &OutgoingPacket<'_>,
-        descriptor: &PacketDescriptor,
-        header_pad: u32,
-        payload_pad: u32,
-        trailer: &PacketTrailer,
-    ) -> Result<u32, RingError> {
-        const ZEROS: [u8; 8] = [0; 8];
-        let mut pos = self.write_index;
-        let mut put = |ring: &RingMem<'_>, bytes: &[u8]| -> Result<(), RingError> {
-            ring.write_at(pos, bytes)?;
-            pos = ring.advance(pos, bytes.len() as u32);
-            Ok(())
-        };
-        put(&self.ring, descriptor.as_bytes())?;
-        for piece in packet.header {
-            put(&self.ring, piece)?;
-        }
-        put(&self.ring, ZEROS.get(..header_pad as usize).unwrap_or(&[]))?;
-        put(&self.ring, packet.payload)?;
-        put(&self.ring, ZEROS.get(..payload_pad as usize).unwrap_or(&[]))?;
-        put(&self.ring, trailer.as_bytes())?;
-        Ok(pos)
     }
 }

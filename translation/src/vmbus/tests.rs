@@ -927,3 +927,44 @@ fn deferred_reads_publish_once() {
         None
     );
 }
+
+/// A batch takes its first packet with a load of the writer's index and
+/// the rest from what that load showed; the publish at its end tells
+/// whether the writer added packets meanwhile (which it did not signal)
+/// or the ring was empty then (so the writer signals its next packet).
+#[test]
+fn batch_sees_packets_written_before_the_publish() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    let kind = OutgoingKind::InBand {
+        completion_requested: true,
+    };
+    let mut packet = PacketRef::empty();
+    guest.write_packet(kind, 1, b"one").unwrap();
+    guest.write_packet(kind, 2, b"two").unwrap();
+    assert!(host.take_packet_into(&mut packet).unwrap());
+    assert_eq!(packet.transaction_id, 1);
+    // Written after the load: not seen yet, and not signalled (the guest
+    // still sees its earlier packets unread).
+    let signals = rig.host_sig.count();
+    guest.write_packet(kind, 3, b"three").unwrap();
+    assert_eq!(rig.host_sig.count(), signals);
+    assert!(host.take_seen_packet_into(&mut packet).unwrap());
+    assert_eq!(packet.transaction_id, 2);
+    assert!(!host.take_seen_packet_into(&mut packet).unwrap());
+    // The publish loads the writer's index: packet 3 is known now.
+    host.publish_reads().unwrap();
+    assert!(host.has_seen_packets());
+    assert!(host.take_seen_packet_into(&mut packet).unwrap());
+    assert_eq!(packet.transaction_id, 3);
+    host.publish_reads().unwrap();
+    // Empty at the publish: nothing known, and the guest's next packet is
+    // signalled.
+    assert!(!host.has_seen_packets());
+    guest.write_packet(kind, 4, b"four").unwrap();
+    assert_eq!(rig.host_sig.count(), signals + 1);
+    assert!(!host.take_seen_packet_into(&mut packet).unwrap());
+    assert!(host.take_packet_into(&mut packet).unwrap());
+    assert_eq!(packet.transaction_id, 4);
+}
