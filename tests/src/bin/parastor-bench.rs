@@ -883,10 +883,10 @@ mod storvsp {
     }
 
     impl Guest<'_> {
+        /// Writes a request; the host sees it at the next [`Self::flush`].
         fn send(&mut self, packet_type: u16, tid: u64, header: &[&[u8]], payload: &[u8]) {
-            let out = self
-                .tx
-                .write(&OutgoingPacket {
+            self.tx
+                .write_deferred(&OutgoingPacket {
                     packet_type,
                     flags: PACKET_FLAG_COMPLETION_REQUESTED,
                     transaction_id: tid,
@@ -894,7 +894,11 @@ mod storvsp {
                     payload,
                 })
                 .expect("request ring");
-            if out.signal {
+        }
+
+        /// Publishes the requests sent, signalling the host if needed.
+        fn flush(&mut self) {
+            if self.tx.publish().expect("request ring").signal {
                 self.host.notify();
             }
         }
@@ -917,6 +921,7 @@ mod storvsp {
                 &[],
                 &p[..PACKET_HEADER_LEN + len],
             );
+            self.flush();
             svc.process().expect("service");
             let mut status = None;
             let n = self.reap(|_, c| status = Some(NtStatus::new(le32(c, 8))));
@@ -1027,6 +1032,7 @@ mod storvsp {
         let (mut guest, mut svc) = rig.connect();
         let (bytes, lba) = (128 * 1024, 3 * 256);
         guest.submit(7, false, lba, bytes, DATA_GPA);
+        guest.flush();
         svc.process().expect("service");
         let n = guest.reap(|tid, c| {
             assert_eq!(tid, 7);
@@ -1199,6 +1205,7 @@ mod storvsp {
                     let gpa = DATA_GPA + (slot * bytes) as u64;
                     guest.submit(slot as u64, write, addr.next(), bytes, gpa);
                 }
+                guest.flush();
                 cases.push(Case {
                     name: "storvsp",
                     op: Box::new(move |_| {
@@ -1215,6 +1222,8 @@ mod storvsp {
                             let gpa = DATA_GPA + (usize::from(slot) * bytes) as u64;
                             guest.submit(u64::from(slot), write, addr.next(), bytes, gpa);
                         }
+                        // One publish (and at most one signal) per batch.
+                        guest.flush();
                     }),
                 });
             }

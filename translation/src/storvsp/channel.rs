@@ -200,7 +200,12 @@ impl<'a> StorvspChannel<'a> {
     }
 
     fn pass(&mut self, cx: &mut Context<'_>) -> Result<Pass, StorvspError> {
-        let mut pass = self.do_work(cx)?;
+        let work = self.do_work(cx);
+        // The completions written in the pass go out together (also when
+        // it ends in an error: the guest gets what was answered).
+        let published = self.channel.publish_writes();
+        let mut pass = work?;
+        published?;
         pass.again |= self.update_poll_mode()?;
         Ok(pass)
     }
@@ -368,7 +373,8 @@ impl<'a> StorvspChannel<'a> {
             .copy_from_slice(PacketHeader::new(Operation::CompleteIo, 0, status).as_bytes());
         let n = payload.len().min(size.request_len());
         buf[PACKET_HEADER_LEN..PACKET_HEADER_LEN + n].copy_from_slice(&payload[..n]);
-        self.channel.write_reserved(
+        // Published once at the end of the pass, with the others.
+        self.channel.write_reserved_deferred(
             reservation,
             OutgoingKind::Completion,
             transaction_id,

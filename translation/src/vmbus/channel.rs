@@ -635,6 +635,39 @@ impl<'a> Channel<'a> {
         Ok(())
     }
 
+    /// Like [`Channel::write_reserved`], but the packet is not published:
+    /// the peer sees it at the next [`Channel::publish_writes`], which
+    /// must be called before waiting for the peer. For batches of
+    /// completions: one index update and at most one signal for all.
+    pub fn write_reserved_deferred(
+        &mut self,
+        reservation: Reservation,
+        kind: OutgoingKind,
+        transaction_id: u64,
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        let (packet_type, flags) = kind.type_and_flags();
+        self.writer.write_reserved_deferred(
+            reservation,
+            &OutgoingPacket {
+                packet_type,
+                flags,
+                transaction_id,
+                header: &[],
+                payload,
+            },
+        )
+    }
+
+    /// Publishes the packets written with
+    /// [`Channel::write_reserved_deferred`], signalling the peer if the
+    /// ring was empty before them. Does nothing if there are none.
+    pub fn publish_writes(&mut self) -> Result<(), RingError> {
+        let outcome = self.writer.publish()?;
+        self.finish(outcome);
+        Ok(())
+    }
+
     /// Writes a GPA-direct packet: `ranges` describe the data buffer in
     /// guest pages, `payload` is the request. (A guest driver's operation;
     /// the host never sends these.)

@@ -645,6 +645,9 @@ pub struct RingWriter<'a> {
     /// The reader's index as last loaded (validated): the space behind it
     /// is known free without loading it again.
     read_seen: u32,
+    /// The write index last published (behind `write_index` while packets
+    /// written with the `_deferred` methods are unpublished).
+    published: u32,
 }
 
 impl<'a> RingWriter<'a> {
@@ -666,6 +669,7 @@ impl<'a> RingWriter<'a> {
             reserved: 0,
             pending: false,
             read_seen: write_index,
+            published: write_index,
         })
     }
 
@@ -759,6 +763,18 @@ impl<'a> RingWriter<'a> {
         reservation: Reservation,
         packet: &OutgoingPacket<'_>,
     ) -> Result<WriteOutcome, RingError> {
+        self.write_reserved_deferred(reservation, packet)?;
+        self.publish()
+    }
+
+    /// Like [`Self::write_reserved`], but the packet is not published:
+    /// the reader sees it at the next [`Self::publish`] (which the caller
+    /// must call before waiting for the reader).
+    pub fn write_reserved_deferred(
+        &mut self,
+        reservation: Reservation,
+        packet: &OutgoingPacket<'_>,
+    ) -> Result<(), RingError> {
         let promised = reservation.bytes;
         self.release(reservation);
         let bytes = packet.ring_size()?;
@@ -769,14 +785,55 @@ impl<'a> RingWriter<'a> {
         }
         // Our share is back in the pool; the other reservations stay
         // protected.
-        self.write_with_reserve(packet, self.reserved)
+        self.put(packet, self.reserved)
     }
 
     /// Writes a packet, leaving reserved space untouched. Fails with
     /// [`RingError::Full`] instead of overwriting unread data; the reader
     /// is then asked (through `pending_send_sz`) to signal once it fits.
     pub fn write(&mut self, packet: &OutgoingPacket<'_>) -> Result<WriteOutcome, RingError> {
-        self.write_with_reserve(packet, self.reserved)
+        self.write_deferred(packet)?;
+        self.publish()
+    }
+
+    /// Like [`Self::write`], but the packet is not published: the reader
+    /// sees it at the next [`Self::publish`] (which the caller must call
+    /// before waiting for the reader).
+    pub fn write_deferred(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), RingError> {
+        self.put(packet, self.reserved)
+    }
+
+    /// Whether packets were written with the `_deferred` methods and not
+    /// yet published.
+    pub fn has_unpublished(&self) -> bool {
+        self.write_index != self.published
+    }
+
+    /// Publishes the write index after `_deferred` writes, and says
+    /// whether to signal the reader: the ring was empty before them, as the
+    /// reader's index loaded *after* publishing shows (a reader that caught
+    /// up meanwhile may be going idle), and the reader has not masked
+    /// interrupts. Does nothing when nothing is unpublished.
+    pub fn publish(&mut self) -> Result<WriteOutcome, RingError> {
+        if !self.has_unpublished() {
+            return Ok(WriteOutcome { signal: false });
+        }
+        let (old, pos) = (self.published, self.write_index);
+        // One access: the write index, then the read index and mask.
+        let (read_now, mask) = self.ring.with_control(|c| {
+            c.store(RING_WRITE_INDEX_OFFSET, pos)?;
+            Ok((
+                c.load(RING_READ_INDEX_OFFSET)?,
+                c.load(RING_INTERRUPT_MASK_OFFSET)?,
+            ))
+        })?;
+        self.published = pos;
+        if hw::validate_ring_index(read_now, self.ring.data_size).is_ok() {
+            self.read_seen = read_now;
+        }
+        Ok(WriteOutcome {
+            signal: hw::should_signal_after_write(mask, old, read_now),
+        })
     }
 
     fn clear_pending(&mut self) -> Result<(), RingError> {
@@ -787,11 +844,9 @@ impl<'a> RingWriter<'a> {
         Ok(())
     }
 
-    fn write_with_reserve(
-        &mut self,
-        packet: &OutgoingPacket<'_>,
-        reserved: u32,
-    ) -> Result<WriteOutcome, RingError> {
+    /// Copies a packet into the ring after the unpublished ones, leaving
+    /// `reserved` bytes free.
+    fn put(&mut self, packet: &OutgoingPacket<'_>, reserved: u32) -> Result<(), RingError> {
         let header_len = packet.header_len();
         let descriptor = PacketDescriptor::for_packet(
             packet.packet_type,
@@ -827,24 +882,7 @@ impl<'a> RingWriter<'a> {
                 trailer.as_bytes(),
             ]);
         self.ring.write_gather(old, total as usize, pieces)?;
-        let pos = self.ring.advance(old, total);
-
-        self.write_index = pos;
-        // One access: publish the write index, then load the read index
-        // *after* it (a reader that caught up meanwhile may be going idle)
-        // and the interrupt mask.
-        let (read_now, mask) = self.ring.with_control(|c| {
-            c.store(RING_WRITE_INDEX_OFFSET, pos)?;
-            Ok((
-                c.load(RING_READ_INDEX_OFFSET)?,
-                c.load(RING_INTERRUPT_MASK_OFFSET)?,
-            ))
-        })?;
-        if hw::validate_ring_index(read_now, self.ring.data_size).is_ok() {
-            self.read_seen = read_now;
-        }
-        Ok(WriteOutcome {
-            signal: hw::should_signal_after_write(mask, old, read_now),
-        })
+        self.write_index = self.ring.advance(old, total);
+        Ok(())
     }
 }

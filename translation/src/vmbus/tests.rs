@@ -968,3 +968,41 @@ fn batch_sees_packets_written_before_the_publish() {
     assert!(host.take_packet_into(&mut packet).unwrap());
     assert_eq!(packet.transaction_id, 4);
 }
+
+/// Deferred writes reach the reader only when published, with one index
+/// update and at most one signal for the batch.
+#[test]
+fn deferred_writes_publish_once() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    let mut reservations: Vec<_> = (0..3).map(|_| host.reserve(40).unwrap()).collect();
+    for tid in 0..3 {
+        let r = reservations.remove(0);
+        host.write_reserved_deferred(r, OutgoingKind::Completion, tid, &[tid as u8; 40])
+            .unwrap();
+    }
+    assert_eq!(rig.ctl(rig.outgoing, 0), 0, "write index not yet published");
+    assert_eq!(guest.read_packet().unwrap(), None);
+    assert_eq!(rig.guest_sig.count(), 0);
+    host.publish_writes().unwrap();
+    assert_eq!(rig.guest_sig.count(), 1, "one signal for the batch");
+    host.publish_writes().unwrap();
+    assert_eq!(rig.guest_sig.count(), 1, "nothing new to publish");
+    for tid in 0..3 {
+        let p = guest.read_packet().unwrap().unwrap();
+        assert_eq!((p.kind, p.transaction_id), (PacketKind::Completion, tid));
+        assert_eq!(&p.payload[..40], &[tid as u8; 40]);
+    }
+    // A batch published while the reader is behind does not signal.
+    let r = host.reserve(8).unwrap();
+    host.write_reserved_deferred(r, OutgoingKind::Completion, 7, &[0; 8])
+        .unwrap();
+    host.publish_writes().unwrap();
+    assert_eq!(rig.guest_sig.count(), 2);
+    let r = host.reserve(8).unwrap();
+    host.write_reserved_deferred(r, OutgoingKind::Completion, 8, &[0; 8])
+        .unwrap();
+    host.publish_writes().unwrap();
+    assert_eq!(rig.guest_sig.count(), 2, "the guest has not read packet 7");
+}
