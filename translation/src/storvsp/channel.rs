@@ -52,6 +52,13 @@ pub struct StorvspChannel<'a> {
     enumerate_pending: bool,
     /// Poll mode: the incoming ring's interrupt mask is set.
     masked: bool,
+    /// Our last registration for controller events (see
+    /// `Controller::register_again`).
+    registered: Option<(u64, Waker)>,
+    /// The LUN last addressed, valid while the controller's generation is
+    /// the one recorded: most requests go to the same LUN, and this skips
+    /// the LUN map's lock.
+    last_lun: Option<(u64, ScsiPath, Lun)>,
 }
 
 impl fmt::Debug for StorvspChannel<'_> {
@@ -63,6 +70,16 @@ impl fmt::Debug for StorvspChannel<'_> {
             .field("channel", &self.channel)
             .finish()
     }
+}
+
+/// What one pass of a channel's work did.
+#[derive(Clone, Copy)]
+struct Pass {
+    /// Something happened (a packet taken, a completion or notification
+    /// sent).
+    worked: bool,
+    /// Another pass may find more to do without waiting.
+    again: bool,
 }
 
 /// What an `EXECUTE_SRB` resolved to without running on a disk.
@@ -97,6 +114,8 @@ impl<'a> StorvspChannel<'a> {
             announced,
             enumerate_pending: false,
             masked: false,
+            registered: None,
+            last_lun: None,
         }
     }
 
@@ -156,25 +175,39 @@ impl<'a> StorvspChannel<'a> {
     pub fn process(&mut self) -> Result<bool, StorvspError> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut any = false;
-        while self.poll_work(&mut cx)? {
-            any = true;
+        loop {
+            let pass = self.pass(&mut cx)?;
+            any |= pass.worked;
+            if !pass.again {
+                return Ok(any);
+            }
         }
-        Ok(any)
     }
 
     /// One pass of the work [`StorvspChannel::process`] repeats: returns
-    /// whether anything happened. Requests still running, and controller
+    /// whether another pass may find more to do at once (else wait for `cx`
+    /// or the guest's signal). Requests still running, and controller
     /// events (negotiation finished, LUNs changed), wake `cx`; ring
     /// activity is signalled separately (see [`StorvspChannel::run`]).
     ///
     /// The pass ends by entering or leaving poll mode
     /// ([`StorvspChannel::poll_mode`]) as the number of requests in flight
-    /// crosses the threshold; leaving it counts as progress when packets
-    /// arrived while the guest's signals were masked, so the caller reads
-    /// again instead of waiting for a signal that will not come.
+    /// crosses the threshold; leaving it asks for another pass when
+    /// packets arrived while the guest's signals were masked, so the caller
+    /// reads again instead of waiting for a signal that will not come.
     pub fn poll_work(&mut self, cx: &mut Context<'_>) -> Result<bool, StorvspError> {
-        let progress = self.do_work(cx)?;
-        Ok(self.update_poll_mode()? || progress)
+        Ok(self.pass(cx)?.again)
+    }
+
+    fn pass(&mut self, cx: &mut Context<'_>) -> Result<Pass, StorvspError> {
+        let work = self.do_work(cx);
+        // The completions written in the pass go out together (also when
+        // it ends in an error: the guest gets what was answered).
+        let published = self.channel.publish_writes();
+        let mut pass = work?;
+        published?;
+        pass.again |= self.update_poll_mode()?;
+        Ok(pass)
     }
 
     /// Sets the incoming ring's interrupt mask when the requests in flight
@@ -196,7 +229,7 @@ impl<'a> StorvspChannel<'a> {
         }
     }
 
-    fn do_work(&mut self, cx: &mut Context<'_>) -> Result<bool, StorvspError> {
+    fn do_work(&mut self, cx: &mut Context<'_>) -> Result<Pass, StorvspError> {
         let mut progress = false;
 
         // Finish requests that are done.
@@ -216,9 +249,10 @@ impl<'a> StorvspChannel<'a> {
         }
 
         // Wake on controller events before checking them.
-        let ready = self.controller.state() == NegotiationState::Ready;
+        let ready = self.controller.is_ready();
         if self.primary || !ready {
-            self.controller.register(cx.waker());
+            self.controller
+                .register_again(cx.waker(), &mut self.registered);
         }
 
         if self.primary && ready {
@@ -227,38 +261,57 @@ impl<'a> StorvspChannel<'a> {
 
         // Take packets. Sub-channels wait for the negotiation.
         if !self.primary && !ready {
-            return Ok(progress);
+            return Ok(Pass {
+                worked: progress,
+                again: progress,
+            });
         }
         // The ring space of the packets taken is handed back to the guest
         // once, after the batch (also when the batch ends in an error).
         let taken = self.take_packets(cx);
         let published = self.channel.publish_reads();
-        let taken = taken?;
+        let (taken, drained) = taken?;
         published?;
-        Ok(progress || taken)
+        // After a batch that emptied the ring, another pass is due only if
+        // the guest wrote more before the read index was published (the
+        // publish saw it); after that, the guest signals its next packet.
+        let more = taken && (!drained || self.channel.has_seen_packets());
+        Ok(Pass {
+            worked: progress || taken,
+            again: progress || more,
+        })
     }
 
     /// Takes packets while ring space and the queue depth allow, without
-    /// publishing the read index. Returns whether any was taken.
-    fn take_packets(&mut self, cx: &mut Context<'_>) -> Result<bool, StorvspError> {
-        let mut progress = false;
+    /// publishing the read index: the first peek loads the guest's write
+    /// index, the rest take the packets it showed. Returns whether any was
+    /// taken, and whether the batch ended for want of packets (rather than
+    /// ring space or queue depth).
+    fn take_packets(&mut self, cx: &mut Context<'_>) -> Result<(bool, bool), StorvspError> {
+        let mut taken = false;
         let depth = self.controller.config.io_queue_depth.max(1);
+        let mut packet = PacketRef::empty();
         while self.in_flight.len() < depth {
             let reservation = match self.channel.reserve(MAX_PACKET_LEN) {
                 Ok(r) => r,
                 // The guest is not draining completions; the writer has
                 // asked it (pending_send_sz) to signal when it does.
-                Err(RingError::Full { .. }) => break,
+                Err(RingError::Full { .. }) => return Ok((taken, false)),
                 Err(e) => return Err(e.into()),
             };
-            match self.channel.take_packet_ref() {
-                Ok(Some(packet)) => {
-                    progress = true;
-                    self.handle(packet, reservation, cx)?;
+            let next = if taken {
+                self.channel.take_seen_packet_into(&mut packet)
+            } else {
+                self.channel.take_packet_into(&mut packet)
+            };
+            match next {
+                Ok(true) => {
+                    taken = true;
+                    self.handle(&packet, reservation, cx)?;
                 }
-                Ok(None) => {
+                Ok(false) => {
                     self.channel.release(reservation);
-                    break;
+                    return Ok((taken, true));
                 }
                 Err(e) => {
                     self.channel.release(reservation);
@@ -266,7 +319,7 @@ impl<'a> StorvspChannel<'a> {
                 }
             }
         }
-        Ok(progress)
+        Ok((taken, false))
     }
 
     /// Sends `ENUMERATE_BUS` if the LUNs changed since the guest last
@@ -320,7 +373,8 @@ impl<'a> StorvspChannel<'a> {
             .copy_from_slice(PacketHeader::new(Operation::CompleteIo, 0, status).as_bytes());
         let n = payload.len().min(size.request_len());
         buf[PACKET_HEADER_LEN..PACKET_HEADER_LEN + n].copy_from_slice(&payload[..n]);
-        self.channel.write_reserved(
+        // Published once at the end of the pass, with the others.
+        self.channel.write_reserved_deferred(
             reservation,
             OutgoingKind::Completion,
             transaction_id,
@@ -331,7 +385,7 @@ impl<'a> StorvspChannel<'a> {
 
     fn handle(
         &mut self,
-        packet: PacketRef,
+        packet: &PacketRef,
         reservation: Reservation,
         cx: &mut Context<'_>,
     ) -> Result<(), StorvspError> {
@@ -389,7 +443,7 @@ impl<'a> StorvspChannel<'a> {
                 StorvspError::UnexpectedPacket { transaction_id },
             );
         };
-        let ready = self.controller.state() == NegotiationState::Ready;
+        let ready = self.controller.is_ready();
         match (operation, body) {
             (Operation::ExecuteSrb, Body::ExecuteSrb(request)) if ready => {
                 self.execute_srb(packet, request, reservation, cx)
@@ -477,6 +531,7 @@ impl<'a> StorvspChannel<'a> {
             _ => NtStatus::INVALID_DEVICE_STATE,
         };
         let wake = (proto.state, proto.sub_channels) != before;
+        controller.publish(&proto);
         drop(proto);
         if wake {
             // Sub-channels waiting for Ready; callers waiting for
@@ -488,7 +543,7 @@ impl<'a> StorvspChannel<'a> {
 
     fn execute_srb(
         &mut self,
-        packet: PacketRef,
+        packet: &PacketRef,
         request: ScsiRequest,
         reservation: Reservation,
         cx: &mut Context<'_>,
@@ -518,49 +573,43 @@ impl<'a> StorvspChannel<'a> {
         let writable = request.data_in != data_direction::WRITE;
         let mem = self.channel.memory();
         let ranges = packet.ranges();
-        let buffer_ok = SgList::new(mem, ranges, writable)
-            .and_then(|sg| sg.subrange(0, len))
-            .is_ok();
-        if !buffer_ok {
+        let Ok(sg) = SgList::new(mem, ranges, writable).and_then(|sg| sg.subrange(0, len)) else {
             // The ranges are shorter than the transfer the guest asked for.
             return answer(
                 self,
                 reservation,
                 SrbAnswer::Srb(srb_status::INVALID_REQUEST),
             );
-        }
+        };
         let cdb = &cdb_buf[..cdb_len];
         let path = ScsiPath::new(request.path_id, request.target_id, request.lun);
         if cdb[0] == op::REPORT_LUNS {
             let a = self.report_luns(cdb, path, mem, ranges, len);
             return answer(self, reservation, a);
         }
-        let Some(disk) = self.controller.lun(path) else {
+        let initiator = self.controller.config.initiator;
+        let Some(disk) = cached_lun(&self.controller, &mut self.last_lun, path) else {
             let a = missing_lun(cdb, mem, ranges, len);
             return answer(self, reservation, a);
         };
-        let initiator = self.controller.config.initiator;
         if disk.completes_inline() {
             // The common case (RAM disks and compositions of them): run the
             // command in place, with no allocation. The disk promised to
             // finish on the first poll; if it breaks that promise the
             // command fails as a device error (as a composite's `drive!`
             // does) instead of hanging the channel.
-            let sg = SgList::new(mem, ranges, writable).and_then(|sg| sg.subrange(0, len));
-            let a = match sg {
-                Ok(sg) => {
-                    let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator));
-                    match fut.as_mut().poll(cx) {
-                        Poll::Ready(r) => SrbAnswer::Scsi(r),
-                        Poll::Pending => SrbAnswer::Scsi(disk_error_result(&DiskError::Io(
-                            IoError::new(IoErrorKind::DeviceFailed, 0),
-                        ))),
-                    }
+            let a = {
+                let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator));
+                match fut.as_mut().poll(cx) {
+                    Poll::Ready(r) => SrbAnswer::Scsi(r),
+                    Poll::Pending => SrbAnswer::Scsi(disk_error_result(&DiskError::Io(
+                        IoError::new(IoErrorKind::DeviceFailed, 0),
+                    ))),
                 }
-                Err(_) => SrbAnswer::Srb(srb_status::INVALID_REQUEST),
             };
             return answer(self, reservation, a);
         }
+        let disk = disk.clone();
         // A disk that really waits: the command runs as a boxed future
         // (one allocation per request, where the I/O takes microseconds
         // anyway) polled by `poll_work`.
@@ -638,6 +687,22 @@ impl<'a> StorvspChannel<'a> {
             reply.wire_bytes(size),
         )
     }
+}
+
+/// The LUN at `path`: `last` (the LUN a channel last addressed) if the
+/// controller's LUN map has not changed since, else from the map, and
+/// remembered in `last`.
+fn cached_lun<'l>(
+    controller: &Controller,
+    last: &'l mut Option<(u64, ScsiPath, Lun)>,
+    path: ScsiPath,
+) -> Option<&'l Lun> {
+    let generation = controller.generation();
+    let hit = matches!(last, Some((g, p, _)) if *g == generation && *p == path);
+    if !hit {
+        *last = controller.lun(path).map(|lun| (generation, path, lun));
+    }
+    last.as_ref().map(|(_, _, lun)| lun)
 }
 
 /// A small completion payload.

@@ -79,7 +79,7 @@ use crate::vmbus::{ChannelError, RingError};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use core::task::Waker;
 use parastor_core::InitiatorId;
 use parastor_hw::storvsp::{self as hw, ParseError, RequestSize};
@@ -273,6 +273,33 @@ pub struct Controller {
     generation: AtomicU64,
     /// Channel workers to wake on a state or LUN change.
     waiters: Mutex<Vec<Waker>>,
+    /// Bumped (under the `waiters` lock) each time the waiters are woken
+    /// and forgotten: a worker registered since the last bump need not
+    /// register again.
+    wake_epoch: AtomicU64,
+    /// The negotiation as the I/O path reads it, without the lock:
+    /// [`Snapshot`] bits, rewritten under the `protocol` lock at every
+    /// change.
+    snapshot: AtomicU32,
+}
+
+/// [`Controller::snapshot`] encoding: the version in the low 16 bits,
+/// [`Snapshot::VERSION_SET`] and [`Snapshot::READY`] above.
+struct Snapshot;
+
+impl Snapshot {
+    const VERSION_SET: u32 = 1 << 16;
+    const READY: u32 = 1 << 17;
+
+    fn of(p: &Protocol) -> u32 {
+        let version = p.version.map_or(0, |v| u32::from(v) | Self::VERSION_SET);
+        let ready = if p.state == NegotiationState::Ready {
+            Self::READY
+        } else {
+            0
+        };
+        version | ready
+    }
 }
 
 impl fmt::Debug for Controller {
@@ -298,6 +325,8 @@ impl Controller {
             }),
             generation: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
+            wake_epoch: AtomicU64::new(0),
+            snapshot: AtomicU32::new(0),
         }
     }
 
@@ -337,12 +366,25 @@ impl Controller {
     /// before serving a reopened one, so a rebooted or reloaded guest
     /// driver can negotiate again. LUNs stay attached.
     pub fn reset(&self) {
-        *self.protocol.lock() = Protocol {
+        let mut proto = self.protocol.lock();
+        *proto = Protocol {
             state: NegotiationState::Begin,
             version: None,
             sub_channels: None,
         };
+        self.publish(&proto);
+        drop(proto);
         self.wake_all();
+    }
+
+    /// Makes `proto` (just changed, lock held) visible to the I/O path.
+    fn publish(&self, proto: &Protocol) {
+        self.snapshot.store(Snapshot::of(proto), Ordering::Release);
+    }
+
+    /// Whether the negotiation is complete (`Ready`), without the lock.
+    fn is_ready(&self) -> bool {
+        self.snapshot.load(Ordering::Acquire) & Snapshot::READY != 0
     }
 
     /// The LUN at `path`, if one is attached.
@@ -362,7 +404,8 @@ impl Controller {
 
     /// The negotiated protocol version, once settled.
     pub fn version(&self) -> Option<u16> {
-        self.protocol.lock().version
+        let s = self.snapshot.load(Ordering::Acquire);
+        (s & Snapshot::VERSION_SET != 0).then_some(s as u16)
     }
 
     /// The number of sub-channels the guest asked for with
@@ -377,7 +420,7 @@ impl Controller {
     /// has asked for them with `CREATE_SUB_CHANNELS`; until then registers
     /// `cx` to be woken when it does.
     pub fn poll_sub_channels(&self, cx: &mut core::task::Context<'_>) -> core::task::Poll<u16> {
-        self.register(cx.waker());
+        let _ = self.register(cx.waker());
         match self.sub_channels_requested() {
             Some(n) => core::task::Poll::Ready(n),
             None => core::task::Poll::Pending,
@@ -402,17 +445,37 @@ impl Controller {
     }
 
     fn wake_all(&self) {
-        let waiters = core::mem::take(&mut *self.waiters.lock());
+        let waiters = {
+            let mut waiters = self.waiters.lock();
+            self.wake_epoch.fetch_add(1, Ordering::AcqRel);
+            core::mem::take(&mut *waiters)
+        };
         for w in waiters {
             w.wake();
         }
     }
 
-    fn register(&self, waker: &Waker) {
+    /// Registers `waker` to be woken at the next state or LUN change.
+    /// Returns the wake epoch it was registered in.
+    fn register(&self, waker: &Waker) -> u64 {
         let mut waiters = self.waiters.lock();
         if !waiters.iter().any(|w| w.will_wake(waker)) {
             waiters.push(waker.clone());
         }
+        self.wake_epoch.load(Ordering::Acquire)
+    }
+
+    /// Like [`Controller::register`], but skips the lock when `last` (the
+    /// caller's previous registration) shows `waker` is still registered.
+    fn register_again(&self, waker: &Waker, last: &mut Option<(u64, Waker)>) {
+        if let Some((epoch, registered)) = last
+            && *epoch == self.wake_epoch.load(Ordering::Acquire)
+            && registered.will_wake(waker)
+        {
+            return;
+        }
+        let epoch = self.register(waker);
+        *last = Some((epoch, waker.clone()));
     }
 
     /// The `QUERY_PROPERTIES` answer for a channel negotiated at `version`.

@@ -1420,106 +1420,116 @@ fn poll_mode_threshold_defaults_to_one_and_can_be_disabled() {
     }
 }
 
-/// Waits (bounded) until the incoming ring's interrupt mask is `value`.
-fn wait_mask(rig: &Rig, value: u32) {
-    for _ in 0..5000 {
-        if rig.interrupt_mask() == value {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(1));
+/// A waker that counts its wakes.
+#[derive(Default)]
+struct WakeCount(core::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for WakeCount {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::AcqRel);
     }
-    panic!("interrupt mask not {value} within 5 s");
+}
+
+impl WakeCount {
+    fn take(&self) -> usize {
+        self.0.swap(0, Ordering::AcqRel)
+    }
 }
 
 #[test]
 fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
+    // The worker's `run` future is polled here, by hand, so "asleep" is
+    // exact: `Pending` returned and no wake since.
     let rig = Rig::new(ControllerConfig::default());
     let latch = Latch::default();
     rig.attach_slow(0, Arc::new(latch.clone()));
     rig.attach(1, 64);
-    std::thread::scope(|s| {
-        let host = s.spawn(|| {
-            let mut host = rig.host();
-            futures::executor::block_on(host.run(&rig.host_sig))
-        });
-        let mut guest = rig.guest();
-        let version = ProtocolVersion::new(VERSION_WIN8);
-        let steps: [(Operation, &[u8]); 4] = [
-            (Operation::BeginInitialization, &[]),
-            (Operation::QueryProtocolVersion, version.as_bytes()),
-            (Operation::QueryProperties, &[0; 24]),
-            (Operation::EndInitialization, &[]),
-        ];
-        for (i, (op, payload)) in steps.into_iter().enumerate() {
-            send(&mut guest, i as u64, op, payload);
-            assert_eq!(recv_wait(&mut guest).tid, i as u64);
-        }
-        assert_eq!(rig.interrupt_mask(), 0);
+    let mut host = rig.host();
+    let wakes = Arc::new(WakeCount::default());
+    let waker = core::task::Waker::from(wakes.clone());
+    let mut cx = core::task::Context::from_waker(&waker);
+    let mut run = Box::pin(host.run(&rig.host_sig));
+    let mut guest = rig.guest();
+    let version = ProtocolVersion::new(VERSION_WIN8);
+    let steps: [(Operation, &[u8]); 4] = [
+        (Operation::BeginInitialization, &[]),
+        (Operation::QueryProtocolVersion, version.as_bytes()),
+        (Operation::QueryProperties, &[0; 24]),
+        (Operation::EndInitialization, &[]),
+    ];
+    for (i, (op, payload)) in steps.into_iter().enumerate() {
+        send(&mut guest, i as u64, op, payload);
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(recv(&mut guest).unwrap().tid, i as u64);
+    }
+    assert_eq!(rig.interrupt_mask(), 0);
 
-        // A request to the slow disk: outstanding, so the worker masks.
-        let slow = request(0, &read10(0, 1), data_direction::READ, 512);
-        send_srb(&mut guest, 10, &slow, RequestSize::Win8, &[(DATA, 512)]);
-        wait_mask(&rig, 1);
+    // A request to the slow disk: outstanding, so the worker masks and
+    // goes to sleep.
+    let slow = request(0, &read10(0, 1), data_direction::READ, 512);
+    send_srb(&mut guest, 10, &slow, RequestSize::Win8, &[(DATA, 512)]);
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(rig.interrupt_mask(), 1);
+    wakes.take();
 
-        // A request to the fast disk while masked: the guest does not
-        // signal it, and the worker is asleep until the slow one finishes.
-        let signals = rig.host_sig.count();
-        let fast = request(1, &read10(0, 1), data_direction::READ, 512);
-        send_srb(
-            &mut guest,
-            11,
-            &fast,
-            RequestSize::Win8,
-            &[(DATA + 4096, 512)],
-        );
-        assert_eq!(rig.host_sig.count(), signals);
-        std::thread::sleep(Duration::from_millis(20));
-        assert!(recv(&mut guest).is_none());
+    // A request to the fast disk while masked: the guest does not signal
+    // it, and nothing wakes the sleeping worker.
+    let signals = rig.host_sig.count();
+    let fast = request(1, &read10(0, 1), data_direction::READ, 512);
+    send_srb(
+        &mut guest,
+        11,
+        &fast,
+        RequestSize::Win8,
+        &[(DATA + 4096, 512)],
+    );
+    assert_eq!(rig.host_sig.count(), signals);
+    assert_eq!(wakes.take(), 0);
+    assert!(recv(&mut guest).is_none());
 
-        // The completion wakes the worker, which polls the ring and finds
-        // the unsignalled packet; then in-flight drops to 0 and it unmasks.
-        latch.release();
-        let mut tids = [recv_wait(&mut guest), recv_wait(&mut guest)].map(|r| {
-            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
-            r.tid
-        });
-        tids.sort();
-        assert_eq!(tids, [10, 11]);
-        wait_mask(&rig, 0);
-
-        // Unmasked: signalled packets are served as before.
-        let signals = rig.host_sig.count();
-        send_srb(
-            &mut guest,
-            12,
-            &fast,
-            RequestSize::Win8,
-            &[(DATA + 4096, 512)],
-        );
-        assert_eq!(rig.host_sig.count(), signals + 1);
-        assert_eq!(recv_wait(&mut guest).tid, 12);
-
-        guest
-            .write_packet(
-                OutgoingKind::InBand {
-                    completion_requested: true,
-                },
-                99,
-                &[0xEE; 16],
-            )
-            .unwrap();
-        let e = host.join().unwrap();
-        assert!(
-            matches!(
-                e,
-                StorvspError::Packet {
-                    transaction_id: 99,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+    // The completion wakes the worker, which polls the ring and finds the
+    // unsignalled packet; then in-flight drops to 0 and it unmasks.
+    latch.release();
+    assert!(wakes.take() > 0);
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    let mut tids = [recv(&mut guest).unwrap(), recv(&mut guest).unwrap()].map(|r| {
+        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        r.tid
     });
+    tids.sort();
+    assert_eq!(tids, [10, 11]);
+    assert_eq!(rig.interrupt_mask(), 0);
+
+    // Unmasked: signalled packets are served as before.
+    wakes.take();
+    let signals = rig.host_sig.count();
+    send_srb(
+        &mut guest,
+        12,
+        &fast,
+        RequestSize::Win8,
+        &[(DATA + 4096, 512)],
+    );
+    assert_eq!(rig.host_sig.count(), signals + 1);
+    assert!(wakes.take() > 0);
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(recv(&mut guest).unwrap().tid, 12);
+
+    guest
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            99,
+            &[0xEE; 16],
+        )
+        .unwrap();
+    match run.as_mut().poll(&mut cx) {
+        core::task::Poll::Ready(StorvspError::Packet {
+            transaction_id: 99, ..
+        }) => {}
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

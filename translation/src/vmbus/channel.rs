@@ -139,15 +139,17 @@ impl<T: Copy, const N: usize> SmallBuf<T, N> {
         }
     }
 
-    /// A zeroed (`fill`ed) buffer of `len` items.
-    fn with_len(fill: T, len: usize) -> Self {
-        if len <= N {
-            Self::Inline {
-                items: [fill; N],
-                len,
+    /// Makes the buffer `len` items long, every one `fill`ed when it
+    /// spills to the heap (inline items keep stale values: callers
+    /// overwrite all of them). Keeps a heap buffer's allocation.
+    fn set_len(&mut self, fill: T, len: usize) {
+        match self {
+            Self::Inline { len: l, .. } if len <= N => *l = len,
+            Self::Heap(v) => {
+                v.clear();
+                v.resize(len, fill);
             }
-        } else {
-            Self::Heap(vec![fill; len])
+            Self::Inline { .. } => *self = Self::Heap(vec![fill; len]),
         }
     }
 
@@ -158,6 +160,10 @@ impl<T: Copy, const N: usize> SmallBuf<T, N> {
         }
     }
 }
+
+/// Packet bytes [`Channel::take_packet_into`] reads together with the
+/// descriptor: a StorVSP request with a few pages fits.
+const PEEK_LEN: usize = 256;
 
 /// A packet read from a ring like [`Packet`], but held inline: payloads up
 /// to [`INLINE_PAYLOAD_LEN`] bytes and up to [`INLINE_RANGES`] guest ranges
@@ -188,6 +194,18 @@ impl fmt::Debug for PacketRef {
 }
 
 impl PacketRef {
+    /// A packet with nothing in it, to be filled by
+    /// [`Channel::take_packet_into`].
+    pub fn empty() -> Self {
+        Self {
+            kind: PacketKind::InBand,
+            transaction_id: 0,
+            completion_requested: false,
+            payload: SmallBuf::new(0),
+            ranges: SmallBuf::new(GpaRange::new(0, 0)),
+        }
+    }
+
     /// The payload, as in [`Packet::payload`].
     pub fn payload(&self) -> &[u8] {
         self.payload.as_slice()
@@ -431,15 +449,50 @@ impl<'a> Channel<'a> {
     /// [`Channel::publish_reads`] once (it must be called before waiting
     /// for the peer, or the peer may wait for space forever).
     pub fn take_packet_ref(&mut self) -> Result<Option<PacketRef>, ChannelError> {
-        let Some(header) = self.reader.peek()? else {
-            return Ok(None);
+        let mut packet = PacketRef::empty();
+        Ok(self.take_packet_into(&mut packet)?.then_some(packet))
+    }
+
+    /// Like [`Channel::take_packet_ref`], but fills `packet` in place
+    /// (reusing its storage) and returns whether a packet was taken. On
+    /// an error `packet` holds nothing meaningful.
+    pub fn take_packet_into(&mut self, packet: &mut PacketRef) -> Result<bool, ChannelError> {
+        self.take_into(packet, true)
+    }
+
+    /// Like [`Channel::take_packet_into`], but only among the packets
+    /// already seen ([`Channel::has_seen_packets`]): the peer's write index
+    /// is not loaded. For the packets after the first of a batch that ends
+    /// with [`Channel::publish_reads`], which loads it.
+    pub fn take_seen_packet_into(&mut self, packet: &mut PacketRef) -> Result<bool, ChannelError> {
+        self.take_into(packet, false)
+    }
+
+    /// Whether packets are known to be waiting without loading the peer's
+    /// write index — after [`Channel::publish_reads`], whether the peer
+    /// wrote more than was taken (else it signals for its next packet).
+    pub fn has_seen_packets(&self) -> bool {
+        self.reader.has_seen_unread()
+    }
+
+    fn take_into(&mut self, packet: &mut PacketRef, load: bool) -> Result<bool, ChannelError> {
+        // Small packets (every StorVSP request) arrive whole with the
+        // descriptor, in one access to the ring.
+        let mut buf = [0u8; PEEK_LEN];
+        let peeked = if load {
+            self.reader.peek_into(&mut buf)?
+        } else {
+            self.reader.peek_seen_into(&mut buf)?
         };
-        let parsed = self.parse(&header);
+        let Some((header, held)) = peeked else {
+            return Ok(false);
+        };
+        let parsed = self.parse(&header, buf.get(..held).unwrap_or(&[]), packet);
         if let Err(ChannelError::Ring(e)) = parsed {
             return Err(e.into());
         }
         self.reader.consume_deferred(&header);
-        parsed.map(Some)
+        parsed.map(|()| true)
     }
 
     /// Publishes the read index after [`Channel::take_packet_ref`],
@@ -452,7 +505,15 @@ impl<'a> Channel<'a> {
         Ok(())
     }
 
-    fn parse(&self, header: &PacketHeader) -> Result<PacketRef, ChannelError> {
+    /// Parses the packet `header` into `out`. `held` is the start of the
+    /// packet as already copied out of the ring (all of it, for small
+    /// packets); the rest is read from the ring.
+    fn parse(
+        &self,
+        header: &PacketHeader,
+        held: &[u8],
+        out: &mut PacketRef,
+    ) -> Result<(), ChannelError> {
         let d = header.descriptor;
         let transaction_id = d.transaction_id;
         let kind = PacketKind::from_packet_type(d.packet_type).ok_or(
@@ -461,38 +522,53 @@ impl<'a> Channel<'a> {
                 transaction_id,
             },
         )?;
-        let mut payload = SmallBuf::with_len(0, (d.len() - d.data_offset()) as usize);
-        self.reader
-            .read_packet_bytes(header, d.data_offset(), payload.as_mut_slice())?;
-        let mut ranges = SmallBuf::new(GpaRange::new(0, 0));
+        out.kind = kind;
+        out.transaction_id = transaction_id;
+        out.completion_requested = d.completion_requested();
+        let whole = held.len() == d.len() as usize;
+        let payload_at = d.data_offset() as usize;
+        out.payload.set_len(0, d.len() as usize - payload_at);
+        match held.get(payload_at..).filter(|_| whole) {
+            Some(bytes) => out.payload.as_mut_slice().copy_from_slice(bytes),
+            None => self.reader.read_packet_bytes(
+                header,
+                d.data_offset(),
+                out.payload.as_mut_slice(),
+            )?,
+        }
+        out.ranges.set_len(GpaRange::new(0, 0), 0);
         if kind == PacketKind::GpaDirect {
-            let area_len = (d.data_offset() - PACKET_DESCRIPTOR_SIZE) as usize;
-            let mut area = SmallBuf::<u8, INLINE_GPA_AREA_LEN>::with_len(0, area_len);
-            self.reader
-                .read_packet_bytes(header, PACKET_DESCRIPTOR_SIZE, area.as_mut_slice())?;
+            let area_at = PACKET_DESCRIPTOR_SIZE as usize;
+            let mut copied = SmallBuf::<u8, INLINE_GPA_AREA_LEN>::new(0);
+            let area = match held.get(area_at..payload_at).filter(|_| whole) {
+                Some(bytes) => bytes,
+                None => {
+                    copied.set_len(0, payload_at - area_at);
+                    self.reader.read_packet_bytes(
+                        header,
+                        PACKET_DESCRIPTOR_SIZE,
+                        copied.as_mut_slice(),
+                    )?;
+                    copied.as_slice()
+                }
+            };
             let err = |error| ChannelError::GpaRanges {
                 transaction_id,
                 error,
             };
-            for range in hw::parse_gpa_direct(area.as_slice()).map_err(err)? {
+            for range in hw::parse_gpa_direct(area).map_err(err)? {
                 for (gpa, len) in range.map_err(err)?.segments() {
                     // Merge with the previous range's tail if contiguous.
-                    match ranges.last_mut() {
+                    match out.ranges.last_mut() {
                         Some(GpaRange { gpa: g, len: l }) if g.checked_add(*l) == Some(gpa) => {
                             *l += len
                         }
-                        _ => ranges.push(GpaRange::new(gpa, len)),
+                        _ => out.ranges.push(GpaRange::new(gpa, len)),
                     }
                 }
             }
         }
-        Ok(PacketRef {
-            kind,
-            transaction_id,
-            completion_requested: d.completion_requested(),
-            payload,
-            ranges,
-        })
+        Ok(())
     }
 
     fn finish(&self, outcome: WriteOutcome) {
@@ -555,6 +631,39 @@ impl<'a> Channel<'a> {
                 payload,
             },
         )?;
+        self.finish(outcome);
+        Ok(())
+    }
+
+    /// Like [`Channel::write_reserved`], but the packet is not published:
+    /// the peer sees it at the next [`Channel::publish_writes`], which
+    /// must be called before waiting for the peer. For batches of
+    /// completions: one index update and at most one signal for all.
+    pub fn write_reserved_deferred(
+        &mut self,
+        reservation: Reservation,
+        kind: OutgoingKind,
+        transaction_id: u64,
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        let (packet_type, flags) = kind.type_and_flags();
+        self.writer.write_reserved_deferred(
+            reservation,
+            &OutgoingPacket {
+                packet_type,
+                flags,
+                transaction_id,
+                header: &[],
+                payload,
+            },
+        )
+    }
+
+    /// Publishes the packets written with
+    /// [`Channel::write_reserved_deferred`], signalling the peer if the
+    /// ring was empty before them. Does nothing if there are none.
+    pub fn publish_writes(&mut self) -> Result<(), RingError> {
+        let outcome = self.writer.publish()?;
         self.finish(outcome);
         Ok(())
     }

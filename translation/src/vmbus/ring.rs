@@ -168,6 +168,110 @@ impl<'a> RingMem<'a> {
         Ok(index)
     }
 
+    /// Runs `f` over the control fields in one guest-memory access (the
+    /// hot path: one lock and one call instead of one per field). Memory
+    /// that hands the control fields out in several pieces gets the same
+    /// `f` field by field.
+    fn with_control<R>(
+        &self,
+        f: impl FnOnce(&mut Control<'_, 'a>) -> Result<R, RingError>,
+    ) -> Result<R, RingError> {
+        let mut f = Some(f);
+        let mut out = None;
+        self.mem.visit_mut(self.gpa, CONTROL_LEN, &mut |piece| {
+            if piece.len() == CONTROL_LEN
+                && let Some(f) = f.take()
+            {
+                out = Some(f(&mut Control::Bytes(piece)));
+            }
+        })?;
+        match (out, f) {
+            (Some(r), _) => r,
+            (None, Some(f)) => f(&mut Control::Fields(*self)),
+            (None, None) => unreachable_control(),
+        }
+    }
+}
+
+/// The bytes of several slices, one after another, copied out piece by
+/// piece (see [`RingMem::write_gather`]).
+struct Gather<'s, I> {
+    srcs: I,
+    /// What is left of the slice being copied.
+    current: &'s [u8],
+}
+
+impl<'s, I: Iterator<Item = &'s [u8]>> Gather<'s, I> {
+    /// Fills `dst` with the next bytes (zeros once the slices run out).
+    fn fill(&mut self, mut dst: &mut [u8]) {
+        while !dst.is_empty() {
+            if self.current.is_empty() {
+                match self.srcs.next() {
+                    Some(next) => self.current = next,
+                    None => {
+                        dst.fill(0);
+                        return;
+                    }
+                }
+            }
+            let n = dst.len().min(self.current.len());
+            let (head, rest) = dst.split_at_mut(n);
+            let (src, left) = self.current.split_at(n);
+            head.copy_from_slice(src);
+            self.current = left;
+            dst = rest;
+        }
+    }
+}
+
+/// Bytes of the control page [`RingMem::with_control`] covers: the indices,
+/// mask, pending send size and feature bits.
+const CONTROL_LEN: usize = RING_FEATURE_BITS_OFFSET as usize + 4;
+
+/// `with_control` runs its closure exactly once; this branch cannot be
+/// reached, and reports a memory error rather than panicking if it were.
+#[cold]
+fn unreachable_control<R>() -> Result<R, RingError> {
+    Err(RingError::Layout(RingLayoutError::BadSize { size: 0 }))
+}
+
+/// The control fields during [`RingMem::with_control`]: the bytes
+/// themselves, or the ring to access field by field.
+enum Control<'c, 'a> {
+    Bytes(&'c mut [u8]),
+    Fields(RingMem<'a>),
+}
+
+impl Control<'_, '_> {
+    fn load(&mut self, offset: u32) -> Result<u32, RingError> {
+        match self {
+            Self::Bytes(b) => {
+                let at = offset as usize;
+                let mut v = [0u8; 4];
+                if let Some(src) = b.get(at..at + 4) {
+                    v.copy_from_slice(src);
+                }
+                Ok(u32::from_le_bytes(v))
+            }
+            Self::Fields(ring) => ring.load(offset),
+        }
+    }
+
+    fn store(&mut self, offset: u32, value: u32) -> Result<(), RingError> {
+        match self {
+            Self::Bytes(b) => {
+                let at = offset as usize;
+                if let Some(dst) = b.get_mut(at..at + 4) {
+                    dst.copy_from_slice(&value.to_le_bytes());
+                }
+                Ok(())
+            }
+            Self::Fields(ring) => ring.store(offset, value),
+        }
+    }
+}
+
+impl<'a> RingMem<'a> {
     /// `pos + n` modulo the data size (`pos < data_size`, `n <= data_size`).
     fn advance(&self, pos: u32, n: u32) -> u32 {
         let to_end = self.data_size - pos;
@@ -189,13 +293,24 @@ impl<'a> RingMem<'a> {
         Ok(())
     }
 
-    /// Copies `src` (at most `data_size` bytes) starting at `pos`.
-    fn write_at(&self, pos: u32, src: &[u8]) -> Result<(), RingError> {
-        let first = src.len().min((self.data_size - pos) as usize);
-        let (a, b) = src.split_at(first);
-        self.mem.write(self.data_gpa(pos), a)?;
-        if !b.is_empty() {
-            self.mem.write(self.data_gpa(0), b)?;
+    /// Copies the concatenation of `srcs` (`len` bytes, at most
+    /// `data_size`) into the data area starting at `pos`: one guest-memory
+    /// access, two at the wrap.
+    fn write_gather<'s>(
+        &self,
+        pos: u32,
+        len: usize,
+        srcs: impl Iterator<Item = &'s [u8]>,
+    ) -> Result<(), RingError> {
+        let mut gather = Gather { srcs, current: &[] };
+        let first = len.min((self.data_size - pos) as usize);
+        self.mem
+            .visit_mut(self.data_gpa(pos), first, &mut |piece| gather.fill(piece))?;
+        if len > first {
+            self.mem
+                .visit_mut(self.data_gpa(0), len - first, &mut |piece| {
+                    gather.fill(piece)
+                })?;
         }
         Ok(())
     }
@@ -236,6 +351,9 @@ pub struct RingReader<'a> {
     /// The read index last published (behind `read_index` while packets
     /// taken with [`RingReader::consume_deferred`] are unpublished).
     published: u32,
+    /// The writer's index as last loaded (validated): the packets up to it
+    /// are read without loading it again.
+    write_seen: u32,
 }
 
 impl<'a> RingReader<'a> {
@@ -248,6 +366,7 @@ impl<'a> RingReader<'a> {
             ring,
             read_index,
             published: read_index,
+            write_seen: read_index,
         })
     }
 
@@ -271,6 +390,29 @@ impl<'a> RingReader<'a> {
         ))
     }
 
+    /// Whether packets are known to be waiting without loading the
+    /// writer's index: its index as last seen (by a peek or
+    /// [`Self::publish`]) is ahead of ours.
+    pub fn has_seen_unread(&self) -> bool {
+        self.write_seen != self.read_index
+    }
+
+    /// Bytes waiting to be read: those up to the writer's index as last
+    /// seen, or, when those are all read and `load` is set, per its index
+    /// loaded now.
+    fn available(&mut self, load: bool) -> Result<u32, RingError> {
+        let seen = hw::ring_bytes_used(self.read_index, self.write_seen, self.ring.data_size);
+        if seen != 0 || !load {
+            return Ok(seen);
+        }
+        self.write_seen = self.ring.load_index(RING_WRITE_INDEX_OFFSET)?;
+        Ok(hw::ring_bytes_used(
+            self.read_index,
+            self.write_seen,
+            self.ring.data_size,
+        ))
+    }
+
     /// Sets or clears `interrupt_mask`: set while actively draining the ring
     /// (the writer then does not signal), cleared before going idle.
     pub fn set_interrupt_mask(&self, masked: bool) -> Result<(), RingError> {
@@ -288,24 +430,66 @@ impl<'a> RingReader<'a> {
 
     /// Reads and validates the next packet's descriptor without consuming
     /// anything. `Ok(None)` when the ring is empty.
-    pub fn peek(&self) -> Result<Option<PacketHeader>, RingError> {
-        let available = self.bytes_available()?;
+    pub fn peek(&mut self) -> Result<Option<PacketHeader>, RingError> {
+        let mut bytes = [0u8; hw::PACKET_DESCRIPTOR_SIZE as usize];
+        Ok(self.peek_into(&mut bytes)?.map(|(header, _)| header))
+    }
+
+    /// Like [`Self::peek`], and copies the start of the packet (descriptor
+    /// first) into `buf` with the same guest-memory access: returns the
+    /// header and how many of the packet's bytes `buf` holds (all of them
+    /// when the packet fits). `buf` must hold at least a descriptor.
+    pub fn peek_into(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<Option<(PacketHeader, usize)>, RingError> {
+        self.peek_impl(buf, true)
+    }
+
+    /// Like [`Self::peek_into`], but only among the packets already seen
+    /// ([`Self::has_seen_unread`]): the writer's index is not loaded, so
+    /// `Ok(None)` means "none known", not "ring empty". For the packets
+    /// after the first of a batch, when the batch ends with
+    /// [`Self::publish`] (which loads the index anyway).
+    pub fn peek_seen_into(
+        &mut self,
+        buf: &mut [u8],
+    ) -> Result<Option<(PacketHeader, usize)>, RingError> {
+        self.peek_impl(buf, false)
+    }
+
+    fn peek_impl(
+        &mut self,
+        buf: &mut [u8],
+        load: bool,
+    ) -> Result<Option<(PacketHeader, usize)>, RingError> {
+        let available = self.available(load)?;
         if available == 0 {
             return Ok(None);
         }
         let needed = hw::PACKET_DESCRIPTOR_SIZE + hw::PACKET_TRAILER_SIZE;
-        if available < needed {
+        if available < needed || buf.len() < hw::PACKET_DESCRIPTOR_SIZE as usize {
             return Err(RingError::Truncated { needed, available });
         }
-        let mut bytes = [0u8; hw::PACKET_DESCRIPTOR_SIZE as usize];
-        self.ring.read_at(self.read_index, &mut bytes)?;
-        let descriptor = PacketDescriptor::read_from_bytes(&bytes)
-            .map_err(|_| RingError::Truncated { needed, available })?;
+        // Everything the writer published may be read; the trailer is not
+        // part of the packet.
+        let copied = buf
+            .len()
+            .min((available - hw::PACKET_TRAILER_SIZE) as usize);
+        let bytes = &mut buf[..copied];
+        self.ring.read_at(self.read_index, bytes)?;
+        let descriptor = PacketDescriptor::read_from_prefix(bytes)
+            .map_err(|_| RingError::Truncated { needed, available })?
+            .0;
         descriptor.validate(available)?;
-        Ok(Some(PacketHeader {
-            descriptor,
-            start: self.read_index,
-        }))
+        let held = copied.min(descriptor.len() as usize);
+        Ok(Some((
+            PacketHeader {
+                descriptor,
+                start: self.read_index,
+            },
+            held,
+        )))
     }
 
     /// Copies `dst.len()` bytes of the packet `header`, from byte `offset`
@@ -359,20 +543,27 @@ impl<'a> RingReader<'a> {
         if !self.has_unpublished() {
             return Ok(false);
         }
-        // Free space as the writer sees it, before and after.
-        let write = self.ring.load_index(RING_WRITE_INDEX_OFFSET)?;
-        let free_before = hw::ring_bytes_free(self.published, write, self.ring.data_size);
-        self.ring.store(RING_READ_INDEX_OFFSET, self.read_index)?;
-        self.published = self.read_index;
-        let free_after = hw::ring_bytes_free(self.read_index, write, self.ring.data_size);
-        let features = self.ring.load(RING_FEATURE_BITS_OFFSET)?;
-        let pending = self.ring.load(RING_PENDING_SEND_SIZE_OFFSET)?;
-        Ok(hw::should_signal_after_read(
-            features,
-            pending,
-            free_before,
-            free_after,
-        ))
+        let (data_size, published, read_index) =
+            (self.ring.data_size, self.published, self.read_index);
+        // One access: the writer's index, ours published, then (after it)
+        // whether the writer waits for space.
+        let (write, signal) = self.ring.with_control(|c| {
+            let write = c.load(RING_WRITE_INDEX_OFFSET)?;
+            hw::validate_ring_index(write, data_size)?;
+            c.store(RING_READ_INDEX_OFFSET, read_index)?;
+            let pending = c.load(RING_PENDING_SEND_SIZE_OFFSET)?;
+            let features = c.load(RING_FEATURE_BITS_OFFSET)?;
+            // Free space as the writer sees it, before and after.
+            let free_before = hw::ring_bytes_free(published, write, data_size);
+            let free_after = hw::ring_bytes_free(read_index, write, data_size);
+            Ok((
+                write,
+                hw::should_signal_after_read(features, pending, free_before, free_after),
+            ))
+        })?;
+        self.published = read_index;
+        self.write_seen = write;
+        Ok(signal)
     }
 }
 
@@ -441,10 +632,6 @@ pub struct WriteOutcome {
     pub signal: bool,
 }
 
-/// Largest packet (trailer included) [`RingWriter`] assembles on the stack
-/// and copies into the ring in one piece.
-const SMALL_PACKET_MAX: usize = 256;
-
 /// The writing side of a ring.
 #[derive(Debug)]
 pub struct RingWriter<'a> {
@@ -455,6 +642,12 @@ pub struct RingWriter<'a> {
     reserved: u32,
     /// Whether we published a non-zero `pending_send_sz`.
     pending: bool,
+    /// The reader's index as last loaded (validated): the space behind it
+    /// is known free without loading it again.
+    read_seen: u32,
+    /// The write index last published (behind `write_index` while packets
+    /// written with the `_deferred` methods are unpublished).
+    published: u32,
 }
 
 impl<'a> RingWriter<'a> {
@@ -475,6 +668,8 @@ impl<'a> RingWriter<'a> {
             write_index,
             reserved: 0,
             pending: false,
+            read_seen: write_index,
+            published: write_index,
         })
     }
 
@@ -513,7 +708,14 @@ impl<'a> RingWriter<'a> {
                 needed: u64::from(needed),
             });
         }
-        let free = self.bytes_free()?;
+        // The reader only frees space: what was free at its index as last
+        // seen still is. Load the index again only when that is not enough.
+        let seen = hw::ring_bytes_free(self.read_seen, self.write_index, self.ring.data_size);
+        if seen.saturating_sub(reserved) > needed {
+            return Ok(());
+        }
+        self.read_seen = self.ring.load_index(RING_READ_INDEX_OFFSET)?;
+        let free = hw::ring_bytes_free(self.read_seen, self.write_index, self.ring.data_size);
         let usable = free.saturating_sub(reserved);
         if usable > needed {
             return Ok(());
@@ -561,6 +763,18 @@ impl<'a> RingWriter<'a> {
         reservation: Reservation,
         packet: &OutgoingPacket<'_>,
     ) -> Result<WriteOutcome, RingError> {
+        self.write_reserved_deferred(reservation, packet)?;
+        self.publish()
+    }
+
+    /// Like [`Self::write_reserved`], but the packet is not published:
+    /// the reader sees it at the next [`Self::publish`] (which the caller
+    /// must call before waiting for the reader).
+    pub fn write_reserved_deferred(
+        &mut self,
+        reservation: Reservation,
+        packet: &OutgoingPacket<'_>,
+    ) -> Result<(), RingError> {
         let promised = reservation.bytes;
         self.release(reservation);
         let bytes = packet.ring_size()?;
@@ -571,14 +785,55 @@ impl<'a> RingWriter<'a> {
         }
         // Our share is back in the pool; the other reservations stay
         // protected.
-        self.write_with_reserve(packet, self.reserved)
+        self.put(packet, self.reserved)
     }
 
     /// Writes a packet, leaving reserved space untouched. Fails with
     /// [`RingError::Full`] instead of overwriting unread data; the reader
     /// is then asked (through `pending_send_sz`) to signal once it fits.
     pub fn write(&mut self, packet: &OutgoingPacket<'_>) -> Result<WriteOutcome, RingError> {
-        self.write_with_reserve(packet, self.reserved)
+        self.write_deferred(packet)?;
+        self.publish()
+    }
+
+    /// Like [`Self::write`], but the packet is not published: the reader
+    /// sees it at the next [`Self::publish`] (which the caller must call
+    /// before waiting for the reader).
+    pub fn write_deferred(&mut self, packet: &OutgoingPacket<'_>) -> Result<(), RingError> {
+        self.put(packet, self.reserved)
+    }
+
+    /// Whether packets were written with the `_deferred` methods and not
+    /// yet published.
+    pub fn has_unpublished(&self) -> bool {
+        self.write_index != self.published
+    }
+
+    /// Publishes the write index after `_deferred` writes, and says
+    /// whether to signal the reader: the ring was empty before them, as the
+    /// reader's index loaded *after* publishing shows (a reader that caught
+    /// up meanwhile may be going idle), and the reader has not masked
+    /// interrupts. Does nothing when nothing is unpublished.
+    pub fn publish(&mut self) -> Result<WriteOutcome, RingError> {
+        if !self.has_unpublished() {
+            return Ok(WriteOutcome { signal: false });
+        }
+        let (old, pos) = (self.published, self.write_index);
+        // One access: the write index, then the read index and mask.
+        let (read_now, mask) = self.ring.with_control(|c| {
+            c.store(RING_WRITE_INDEX_OFFSET, pos)?;
+            Ok((
+                c.load(RING_READ_INDEX_OFFSET)?,
+                c.load(RING_INTERRUPT_MASK_OFFSET)?,
+            ))
+        })?;
+        self.published = pos;
+        if hw::validate_ring_index(read_now, self.ring.data_size).is_ok() {
+            self.read_seen = read_now;
+        }
+        Ok(WriteOutcome {
+            signal: hw::should_signal_after_write(mask, old, read_now),
+        })
     }
 
     fn clear_pending(&mut self) -> Result<(), RingError> {
@@ -589,11 +844,9 @@ impl<'a> RingWriter<'a> {
         Ok(())
     }
 
-    fn write_with_reserve(
-        &mut self,
-        packet: &OutgoingPacket<'_>,
-        reserved: u32,
-    ) -> Result<WriteOutcome, RingError> {
+    /// Copies a packet into the ring after the unpublished ones, leaving
+    /// `reserved` bytes free.
+    fn put(&mut self, packet: &OutgoingPacket<'_>, reserved: u32) -> Result<(), RingError> {
         let header_len = packet.header_len();
         let descriptor = PacketDescriptor::for_packet(
             packet.packet_type,
@@ -616,78 +869,20 @@ impl<'a> RingWriter<'a> {
         };
         let header_pad = descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - header_len as u32;
         let payload_pad = descriptor.len() - descriptor.data_offset() - packet.payload.len() as u32;
-        let pos = if total as usize <= SMALL_PACKET_MAX {
-            // Small packet (every StorVSP packet): assemble it on the stack
-            // and copy it into the ring in one write (two at the wrap).
-            let mut buf = [0u8; SMALL_PACKET_MAX];
-            // The pieces add up to `total`, which fits: every copy is in
-            // bounds (checked anyway).
-            fn put(buf: &mut [u8], at: &mut usize, bytes: &[u8]) {
-                if let Some(dst) = buf.get_mut(*at..*at + bytes.len()) {
-                    dst.copy_from_slice(bytes);
-                }
-                *at += bytes.len();
-            }
-            let mut at = 0usize;
-            put(&mut buf, &mut at, descriptor.as_bytes());
-            for piece in packet.header {
-                put(&mut buf, &mut at, piece);
-            }
-            at += header_pad as usize;
-            put(&mut buf, &mut at, packet.payload);
-            at += payload_pad as usize;
-            put(&mut buf, &mut at, trailer.as_bytes());
-            debug_assert_eq!(at, total as usize);
-            let bytes = buf.get(..total as usize).unwrap_or(&[]);
-            self.ring.write_at(old, bytes)?;
-            self.ring.advance(old, total)
-        } else {
-            self.write_pieces(packet, &descriptor, header_pad, payload_pad, &trailer)?
-        };
-
-        self.write_index = pos;
-        self.ring.store(RING_WRITE_INDEX_OFFSET, pos)?;
-        // The read index must be loaded again *after* publishing the write
-        // index (a reader that caught up meanwhile may be going idle); read
-        // it together with the interrupt mask that follows it.
-        let mut control = [0u8; 8];
-        self.ring.mem.read(
-            self.ring.gpa + u64::from(RING_READ_INDEX_OFFSET),
-            &mut control,
-        )?;
-        let [r0, r1, r2, r3, m0, m1, m2, m3] = control;
-        let read_now = u32::from_le_bytes([r0, r1, r2, r3]);
-        let mask = u32::from_le_bytes([m0, m1, m2, m3]);
-        Ok(WriteOutcome {
-            signal: hw::should_signal_after_write(mask, old, read_now),
-        })
-    }
-
-    /// The general path of a write: each piece copied into the ring
-    /// separately. Returns the new write position.
-    fn write_pieces(
-        &self,
-        packet: &OutgoingPacket<'_>,
-        descriptor: &PacketDescriptor,
-        header_pad: u32,
-        payload_pad: u32,
-        trailer: &PacketTrailer,
-    ) -> Result<u32, RingError> {
+        // The packet goes into the ring straight from its pieces, in one
+        // guest-memory access (two at the wrap).
         const ZEROS: [u8; 8] = [0; 8];
-        let mut pos = self.write_index;
-        let mut put = |ring: &RingMem<'_>, bytes: &[u8]| -> Result<(), RingError> {
-            ring.write_at(pos, bytes)?;
-            pos = ring.advance(pos, bytes.len() as u32);
-            Ok(())
-        };
-        put(&self.ring, descriptor.as_bytes())?;
-        for piece in packet.header {
-            put(&self.ring, piece)?;
-        }
-        put(&self.ring, ZEROS.get(..header_pad as usize).unwrap_or(&[]))?;
-        put(&self.ring, packet.payload)?;
-        put(&self.ring, ZEROS.get(..payload_pad as usize).unwrap_or(&[]))?;
-        put(&self.ring, trailer.as_bytes())?;
-        Ok(pos)
+        let pieces = [descriptor.as_bytes()]
+            .into_iter()
+            .chain(packet.header.iter().copied())
+            .chain([
+                ZEROS.get(..header_pad as usize).unwrap_or(&[]),
+                packet.payload,
+                ZEROS.get(..payload_pad as usize).unwrap_or(&[]),
+                trailer.as_bytes(),
+            ]);
+        self.ring.write_gather(old, total as usize, pieces)?;
+        self.write_index = self.ring.advance(old, total);
+        Ok(())
     }
 }

@@ -15,8 +15,51 @@ const RING: u64 = 8192; // one control page + 4 KiB of data
 const DATA: u32 = 4096;
 const BASE: u64 = 0x10000;
 
+/// Guest memory that can hand out its bytes in small pieces, as a
+/// [`GuestMemory`] may: every access of the rings must work either way
+/// (the control-page fast path falls back to field-by-field access).
+struct TestMemory {
+    ram: RamGuestMemory,
+    /// Largest piece a visit hands out (`None`: as the RAM gives them).
+    max_piece: Option<usize>,
+}
+
+impl GuestMemory for TestMemory {
+    fn visit(
+        &self,
+        gpa: u64,
+        len: usize,
+        f: &mut dyn FnMut(&[u8]),
+    ) -> Result<(), parastor_core::MemoryError> {
+        match self.max_piece {
+            None => self.ram.visit(gpa, len, f),
+            Some(max) => self.ram.visit(gpa, len, &mut |piece| {
+                for p in piece.chunks(max) {
+                    f(p)
+                }
+            }),
+        }
+    }
+
+    fn visit_mut(
+        &self,
+        gpa: u64,
+        len: usize,
+        f: &mut dyn FnMut(&mut [u8]),
+    ) -> Result<(), parastor_core::MemoryError> {
+        match self.max_piece {
+            None => self.ram.visit_mut(gpa, len, f),
+            Some(max) => self.ram.visit_mut(gpa, len, &mut |piece| {
+                for p in piece.chunks_mut(max) {
+                    f(p)
+                }
+            }),
+        }
+    }
+}
+
 struct Rig {
-    mem: RamGuestMemory,
+    mem: TestMemory,
     /// Fired by the guest for the host.
     host_sig: Signal,
     /// Fired by the host for the guest.
@@ -27,7 +70,19 @@ struct Rig {
 
 impl Rig {
     fn new() -> Self {
-        let mem = RamGuestMemory::new(1 << 20);
+        Self::with_pieces(None)
+    }
+
+    /// A rig whose memory hands out pieces of at most 7 bytes.
+    fn fragmented() -> Self {
+        Self::with_pieces(Some(7))
+    }
+
+    fn with_pieces(max_piece: Option<usize>) -> Self {
+        let mem = TestMemory {
+            ram: RamGuestMemory::new(1 << 20),
+            max_piece,
+        };
         let (incoming, outgoing) = init_ring_pair(&mem, BASE, RING).unwrap();
         Self {
             mem,
@@ -185,8 +240,13 @@ fn gpa_direct_round_trip_both_directions() {
 
 #[test]
 fn wrap_around_at_every_alignment() {
+    wrap_around_at_every_alignment_on(Rig::new);
+    wrap_around_at_every_alignment_on(Rig::fragmented);
+}
+
+fn wrap_around_at_every_alignment_on(new_rig: fn() -> Rig) {
     for start in (0..DATA).step_by(8) {
-        let rig = Rig::new();
+        let rig = new_rig();
         for ring in [rig.incoming, rig.outgoing] {
             rig.set_ctl(ring, 0, start);
             rig.set_ctl(ring, 4, start);
@@ -229,7 +289,12 @@ fn wrap_around_at_every_alignment() {
 
 #[test]
 fn ring_full_then_recovery() {
-    let rig = Rig::new();
+    ring_full_then_recovery_on(Rig::new);
+    ring_full_then_recovery_on(Rig::fragmented);
+}
+
+fn ring_full_then_recovery_on(new_rig: fn() -> Rig) {
+    let rig = new_rig();
     let mut host = rig.host();
     let mut guest = rig.guest();
     let payload = [0xab; 1000]; // 16 + 1000 + 8 = 1024 bytes in the ring
@@ -301,7 +366,12 @@ fn ring_full_then_recovery() {
 
 #[test]
 fn signal_on_empty_to_non_empty_only() {
-    let rig = Rig::new();
+    signal_on_empty_to_non_empty_only_on(Rig::new);
+    signal_on_empty_to_non_empty_only_on(Rig::fragmented);
+}
+
+fn signal_on_empty_to_non_empty_only_on(new_rig: fn() -> Rig) {
+    let rig = new_rig();
     let mut host = rig.host();
     let mut guest = rig.guest();
     let inband = OutgoingKind::InBand {
@@ -343,7 +413,12 @@ fn signal_on_empty_to_non_empty_only() {
 
 #[test]
 fn pending_send_size_needs_the_feature_bit() {
-    let rig = Rig::new();
+    pending_send_size_needs_the_feature_bit_on(Rig::new);
+    pending_send_size_needs_the_feature_bit_on(Rig::fragmented);
+}
+
+fn pending_send_size_needs_the_feature_bit_on(new_rig: fn() -> Rig) {
+    let rig = new_rig();
     let mut host = rig.host();
     let mut guest = rig.guest();
     let payload = [0; 1000];
@@ -366,7 +441,12 @@ fn pending_send_size_needs_the_feature_bit() {
 
 #[test]
 fn reservations_hold_space() {
-    let rig = Rig::new();
+    reservations_hold_space_on(Rig::new);
+    reservations_hold_space_on(Rig::fragmented);
+}
+
+fn reservations_hold_space_on(new_rig: fn() -> Rig) {
+    let rig = new_rig();
     let mut host = rig.host();
     let mut guest = rig.guest();
     // Reserve room for a 1000-byte completion (1024 in the ring).
@@ -454,12 +534,20 @@ fn malformed_indices() {
         Err(RingError::Layout(RingLayoutError::IndexOutOfRange { .. }))
     ));
     rig.set_ctl(rig.incoming, 4, 0);
-    // The writer refuses to trust a corrupted read index from the reader.
+    // The writer refuses to trust a corrupted read index from the reader:
+    // it loads it again (and refuses it) once the space it last knew to be
+    // free is used up, before the ring could overflow.
     let mut guest = rig.guest();
     rig.set_ctl(rig.incoming, 4, 3);
+    let packet = [0u8; 64];
+    let first_error = (0..DATA).find_map(|_| {
+        guest
+            .write_packet(OutgoingKind::Completion, 0, &packet)
+            .err()
+    });
     assert_eq!(
-        guest.write_packet(OutgoingKind::Completion, 0, &[]),
-        Err(RingError::Layout(RingLayoutError::IndexMisaligned {
+        first_error,
+        Some(RingError::Layout(RingLayoutError::IndexMisaligned {
             index: 3
         }))
     );
@@ -838,4 +926,83 @@ fn deferred_reads_publish_once() {
         host.take_packet_ref().unwrap().map(|p| p.transaction_id),
         None
     );
+}
+
+/// A batch takes its first packet with a load of the writer's index and
+/// the rest from what that load showed; the publish at its end tells
+/// whether the writer added packets meanwhile (which it did not signal)
+/// or the ring was empty then (so the writer signals its next packet).
+#[test]
+fn batch_sees_packets_written_before_the_publish() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    let kind = OutgoingKind::InBand {
+        completion_requested: true,
+    };
+    let mut packet = PacketRef::empty();
+    guest.write_packet(kind, 1, b"one").unwrap();
+    guest.write_packet(kind, 2, b"two").unwrap();
+    assert!(host.take_packet_into(&mut packet).unwrap());
+    assert_eq!(packet.transaction_id, 1);
+    // Written after the load: not seen yet, and not signalled (the guest
+    // still sees its earlier packets unread).
+    let signals = rig.host_sig.count();
+    guest.write_packet(kind, 3, b"three").unwrap();
+    assert_eq!(rig.host_sig.count(), signals);
+    assert!(host.take_seen_packet_into(&mut packet).unwrap());
+    assert_eq!(packet.transaction_id, 2);
+    assert!(!host.take_seen_packet_into(&mut packet).unwrap());
+    // The publish loads the writer's index: packet 3 is known now.
+    host.publish_reads().unwrap();
+    assert!(host.has_seen_packets());
+    assert!(host.take_seen_packet_into(&mut packet).unwrap());
+    assert_eq!(packet.transaction_id, 3);
+    host.publish_reads().unwrap();
+    // Empty at the publish: nothing known, and the guest's next packet is
+    // signalled.
+    assert!(!host.has_seen_packets());
+    guest.write_packet(kind, 4, b"four").unwrap();
+    assert_eq!(rig.host_sig.count(), signals + 1);
+    assert!(!host.take_seen_packet_into(&mut packet).unwrap());
+    assert!(host.take_packet_into(&mut packet).unwrap());
+    assert_eq!(packet.transaction_id, 4);
+}
+
+/// Deferred writes reach the reader only when published, with one index
+/// update and at most one signal for the batch.
+#[test]
+fn deferred_writes_publish_once() {
+    let rig = Rig::new();
+    let mut host = rig.host();
+    let mut guest = rig.guest();
+    let mut reservations: Vec<_> = (0..3).map(|_| host.reserve(40).unwrap()).collect();
+    for tid in 0..3 {
+        let r = reservations.remove(0);
+        host.write_reserved_deferred(r, OutgoingKind::Completion, tid, &[tid as u8; 40])
+            .unwrap();
+    }
+    assert_eq!(rig.ctl(rig.outgoing, 0), 0, "write index not yet published");
+    assert_eq!(guest.read_packet().unwrap(), None);
+    assert_eq!(rig.guest_sig.count(), 0);
+    host.publish_writes().unwrap();
+    assert_eq!(rig.guest_sig.count(), 1, "one signal for the batch");
+    host.publish_writes().unwrap();
+    assert_eq!(rig.guest_sig.count(), 1, "nothing new to publish");
+    for tid in 0..3 {
+        let p = guest.read_packet().unwrap().unwrap();
+        assert_eq!((p.kind, p.transaction_id), (PacketKind::Completion, tid));
+        assert_eq!(&p.payload[..40], &[tid as u8; 40]);
+    }
+    // A batch published while the reader is behind does not signal.
+    let r = host.reserve(8).unwrap();
+    host.write_reserved_deferred(r, OutgoingKind::Completion, 7, &[0; 8])
+        .unwrap();
+    host.publish_writes().unwrap();
+    assert_eq!(rig.guest_sig.count(), 2);
+    let r = host.reserve(8).unwrap();
+    host.write_reserved_deferred(r, OutgoingKind::Completion, 8, &[0; 8])
+        .unwrap();
+    host.publish_writes().unwrap();
+    assert_eq!(rig.guest_sig.count(), 2, "the guest has not read packet 7");
 }
