@@ -149,6 +149,25 @@ impl RangeLock {
         self.acquire(lba, blocks, true)
     }
 
+    /// Locks `blocks` blocks from `lba` shared if that needs no wait
+    /// (nothing conflicting held or queued); `None` otherwise, with
+    /// nothing queued.
+    pub(crate) fn try_shared(&self, lba: u64, blocks: u64) -> Option<RangeGuard<'_>> {
+        let held = Held {
+            range: Range {
+                start: lba,
+                end: lba.saturating_add(blocks),
+            },
+            exclusive: false,
+        };
+        let mut inner = self.inner.lock();
+        if !inner.can_grant(held.range, false, None) {
+            return None;
+        }
+        let slot = inner.insert(held);
+        Some(RangeGuard { lock: self, slot })
+    }
+
     fn acquire(&self, lba: u64, blocks: u64, exclusive: bool) -> Acquire<'_> {
         Acquire {
             lock: self,

@@ -254,6 +254,20 @@ impl Lun {
         }
     }
 
+    /// Runs the command to completion without a future when it can (see
+    /// [`ScsiDisk::execute_now`]); `None`: run [`Lun::execute`] instead.
+    pub fn execute_now(
+        &self,
+        cdb: &[u8],
+        data: &SgList<'_>,
+        initiator: InitiatorId,
+    ) -> Option<ScsiResult> {
+        match self {
+            Lun::Disk(d) => d.execute_now(cdb, data, initiator),
+            Lun::Dvd(_) => None,
+        }
+    }
+
     /// The disk, if this LUN is one.
     pub fn as_disk(&self) -> Option<&Arc<ScsiDisk>> {
         match self {
@@ -353,7 +367,65 @@ impl ScsiDisk {
         data: SgList<'_>,
         initiator: InitiatorId,
     ) -> ScsiResult {
-        let result = match self.run(cdb, &data, initiator).await {
+        let result = self.run(cdb, &data, initiator).await;
+        self.finish(result, initiator)
+    }
+
+    /// Runs a READ or WRITE to completion without building a future, when
+    /// the disk [completes inline] and nothing makes the command wait (a
+    /// WRITE overlapping a COMPARE AND WRITE does): the I/O path's common
+    /// case, with the same outcome as [`ScsiDisk::execute`]. `None` for
+    /// anything else, with nothing done: run [`ScsiDisk::execute`].
+    ///
+    /// [completes inline]: parastor_core::DiskIo::completes_inline
+    pub fn execute_now(
+        &self,
+        cdb: &[u8],
+        data: &SgList<'_>,
+        initiator: InitiatorId,
+    ) -> Option<ScsiResult> {
+        if !self.disk.completes_inline() {
+            return None;
+        }
+        let (t, write) = match parse_cdb(cdb) {
+            Ok(Command::Read(t)) => (t, false),
+            Ok(Command::Write(t)) => (t, true),
+            _ => return None,
+        };
+        // Taken before anything is reported, so a fallback to `execute`
+        // has not claimed the UNIT ATTENTION.
+        let guard = if write {
+            Some(self.ranges.try_shared(t.lba, t.blocks.into())?)
+        } else {
+            None
+        };
+        let opts = IoOptions {
+            initiator,
+            ..IoOptions::default()
+        };
+        let result = if self.claim_unit_attention() {
+            Err(ScsiResult::check(unit_attention()))
+        } else {
+            self.transfer_buffer(data, t).and_then(|buf| {
+                let Some(buf) = buf else { return Ok(0) };
+                let bytes = buf.len();
+                if write {
+                    self.disk
+                        .write_inline(buf, t.lba, self.write_opts(t.fua, opts))?;
+                } else {
+                    self.disk.read_inline(buf, t.lba, opts)?;
+                }
+                Ok(bytes)
+            })
+        };
+        drop(guard);
+        Some(self.finish(result, initiator))
+    }
+
+    /// The command's result, its sense kept for the initiator's REQUEST
+    /// SENSE if it is a CHECK CONDITION.
+    fn finish(&self, result: Res, initiator: InitiatorId) -> ScsiResult {
+        let result = match result {
             Ok(tx) => ScsiResult::good(tx),
             Err(r) => r,
         };
@@ -572,26 +644,42 @@ impl ScsiDisk {
         }
     }
 
-    async fn read(&self, data: &SgList<'_>, t: Transfer, opts: IoOptions) -> Res {
+    /// The part of `data` a READ or WRITE `t` transfers, after the range,
+    /// transfer-limit and buffer checks; `None` for a zero-length one.
+    fn transfer_buffer<'d>(&self, data: &SgList<'d>, t: Transfer) -> Res<Option<SgList<'d>>> {
         let bytes = self.transfer_bytes(data, t, t.blocks.into())?;
         if bytes == 0 {
-            return Ok(0);
+            return Ok(None);
         }
-        let buf = data.subrange(0, bytes).map_err(|_| invalid_cdb())?;
-        self.disk.read(buf, t.lba, opts).await?;
+        data.subrange(0, bytes).map(Some).map_err(|_| invalid_cdb())
+    }
+
+    async fn read(&self, data: &SgList<'_>, t: Transfer, opts: IoOptions) -> Res {
+        let Some(buf) = self.transfer_buffer(data, t)? else {
+            return Ok(0);
+        };
+        let bytes = buf.len();
+        if self.disk.completes_inline() {
+            // No future to build and move.
+            self.disk.read_inline(buf, t.lba, opts)?;
+        } else {
+            self.disk.read(buf, t.lba, opts).await?;
+        }
         Ok(bytes)
     }
 
     async fn write(&self, data: &SgList<'_>, t: Transfer, opts: IoOptions) -> Res {
-        let bytes = self.transfer_bytes(data, t, t.blocks.into())?;
-        if bytes == 0 {
+        let Some(buf) = self.transfer_buffer(data, t)? else {
             return Ok(0);
-        }
-        let buf = data.subrange(0, bytes).map_err(|_| invalid_cdb())?;
+        };
+        let bytes = buf.len();
         let _g = self.ranges.shared(t.lba, t.blocks.into()).await;
-        self.disk
-            .write(buf, t.lba, self.write_opts(t.fua, opts))
-            .await?;
+        let opts = self.write_opts(t.fua, opts);
+        if self.disk.completes_inline() {
+            self.disk.write_inline(buf, t.lba, opts)?;
+        } else {
+            self.disk.write(buf, t.lba, opts).await?;
+        }
         Ok(bytes)
     }
 

@@ -1507,3 +1507,91 @@ fn multi_chunk_verify_write_same_and_write_and_verify() {
     );
     assert_eq!(r.sense.unwrap().information, Some((5000 - 10) * 512));
 }
+
+/// `execute_now` gives exactly what `execute` gives for every READ and
+/// WRITE form and outcome (data, status, sense, REQUEST SENSE afterwards,
+/// UNIT ATTENTION), declines everything else and a WRITE that would wait
+/// (leaving the UNIT ATTENTION unclaimed), and does the I/O.
+#[test]
+fn execute_now_matches_execute() {
+    let now = env();
+    let later = env();
+    let data = pattern(8 * 512, 40);
+    let run_now = |e: &Env, cdb: &[u8], len: usize| {
+        e.mem.write(GPA, &data[..len.min(data.len())]).unwrap();
+        let ranges = [GpaRange::new(GPA, len as u64)];
+        let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+        let r = e
+            .scsi
+            .execute_now(cdb, &sg, A)
+            .expect("a READ or WRITE runs now");
+        let mut buf = vec![0u8; len];
+        e.mem.read(GPA, &mut buf).unwrap();
+        (r, buf)
+    };
+    let cases: Vec<(Vec<u8>, usize)> = vec![
+        (rw10(op::WRITE10, 0, 3, 8).to_vec(), 4096),
+        (rw10(op::READ10, 0, 3, 8).to_vec(), 4096),
+        (rw16(op::WRITE16, 0x08, 100, 2).to_vec(), 1024), // FUA
+        (rw12(op::READ12, 0, 100, 2).to_vec(), 1024),
+        (vec![op::READ6, 0, 0, 3, 1, 0], 512),
+        (rw10(op::READ10, 0, 3, 0).to_vec(), 0), // zero length
+        (rw10(op::READ10, 0, SECTORS as u32 - 1, 2).to_vec(), 1024), // past the end
+        (rw10(op::WRITE10, 0, 3, 8).to_vec(), 512), // buffer too short
+        (rw16(op::READ16, 0, u64::MAX, 1).to_vec(), 512), // LBA overflow
+    ];
+    for (cdb, len) in &cases {
+        later
+            .mem
+            .write(GPA, &data[..(*len).min(data.len())])
+            .unwrap();
+        let want = later.run_as(A, cdb, &data[..(*len).min(data.len())], *len);
+        let got = run_now(&now, cdb, *len);
+        assert_eq!(got, want, "{cdb:02x?}");
+        // The sense REQUEST SENSE reports afterwards is the same too.
+        let rs = [op::REQUEST_SENSE, 0, 0, 0, 252, 0];
+        assert_eq!(
+            now.run(&rs, &[], 252),
+            later.run(&rs, &[], 252),
+            "{cdb:02x?}"
+        );
+    }
+    assert_eq!(now.read(3, 8), data);
+    // Other commands are declined, and nothing happens.
+    let ranges = [GpaRange::new(GPA, 512)];
+    let sg = SgList::new(&now.mem, &ranges, true).unwrap();
+    for cdb in [
+        vec![op::TEST_UNIT_READY, 0, 0, 0, 0, 0],
+        vec![op::INQUIRY, 0, 0, 0, 36, 0],
+        caw(0, 1).to_vec(),
+        vec![0xFF; 10],
+    ] {
+        assert_eq!(now.scsi.execute_now(&cdb, &sg, A), None, "{cdb:02x?}");
+    }
+    // A capacity change: the READ run now reports the UNIT ATTENTION once.
+    now.ram.resize(SECTORS * 2);
+    let (r, _) = run_now(&now, &rw10(op::READ10, 0, 3, 1), 512);
+    assert_eq!(sense_of(&r), (sense_key::UNIT_ATTENTION, 0x2A, 0x09));
+    assert_eq!(
+        run_now(&now, &rw10(op::READ10, 0, 3, 1), 512).0,
+        ScsiResult::good(512)
+    );
+    // A WRITE overlapping a held COMPARE AND WRITE range is declined
+    // without claiming a pending UNIT ATTENTION; execute then reports it.
+    now.ram.resize(SECTORS);
+    let guard = block_on(now.scsi.ranges.exclusive(0, 1));
+    let w = rw10(op::WRITE10, 0, 0, 1);
+    assert_eq!(now.scsi.execute_now(&w, &sg, A), None);
+    let r = now
+        .scsi
+        .execute_now(&rw10(op::WRITE10, 0, 1, 1), &sg, A)
+        .unwrap();
+    assert_eq!(sense_of(&r), (sense_key::UNIT_ATTENTION, 0x2A, 0x09));
+    drop(guard);
+    let (r, _) = now.run(&w, &data, 512);
+    assert_eq!(
+        r,
+        ScsiResult::good(512),
+        "the UNIT ATTENTION went to the WRITE at LBA 1"
+    );
+}

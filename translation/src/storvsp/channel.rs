@@ -598,6 +598,10 @@ impl<'a> StorvspChannel<'a> {
             // finish on the first poll; if it breaks that promise the
             // command fails as a device error (as a composite's `drive!`
             // does) instead of hanging the channel.
+            if let Some(r) = disk.execute_now(cdb, &sg, initiator) {
+                // READ / WRITE: no future at all.
+                return answer(self, reservation, SrbAnswer::Scsi(r));
+            }
             let a = {
                 let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator));
                 match fut.as_mut().poll(cx) {
