@@ -46,8 +46,8 @@ use parastor_hw::scsi::mmc::{
     TrackInformation, event, feature, profile,
 };
 use parastor_hw::scsi::{
-    Command, DesignatorHeader, InquiryData, ModeHeader10, ReadCapacity10Data, SenseData, Transfer,
-    VpdHeader, asc, cdb_len, mode, op, parse_cdb, sense_key, status, vpd,
+    Command, InquiryData, ModeHeader10, ReadCapacity10Data, SenseData, Transfer, VpdHeader, asc,
+    cdb_len, mode, op, parse_cdb, sense_key, status, vpd,
 };
 use spin::Mutex;
 use zerocopy::{FromBytes, IntoBytes};
@@ -482,17 +482,11 @@ impl ScsiDvd {
             vpd::SUPPORTED_PAGES => [vpd::SUPPORTED_PAGES, vpd::DEVICE_IDENTIFICATION].to_vec(),
             vpd::DEVICE_IDENTIFICATION => {
                 let mut b = Vec::new();
-                b.extend_from_slice(
-                    DesignatorHeader {
-                        code_set: 2,
-                        kind: 1,
-                        reserved: 0,
-                        len: 24,
-                    }
-                    .as_bytes(),
+                super::inquiry::push_t10_designator(
+                    &mut b,
+                    &self.params.vendor,
+                    &self.params.device_id,
                 );
-                b.extend_from_slice(&self.params.vendor);
-                b.extend_from_slice(&self.params.device_id);
                 b
             }
             _ => return Err(invalid_cdb()),

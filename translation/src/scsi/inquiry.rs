@@ -90,18 +90,7 @@ impl ScsiDisk {
             vpd::DEVICE_IDENTIFICATION => {
                 let id = self.device_id;
                 let mut body = Vec::new();
-                // T10 vendor ID designator: vendor + device id.
-                body.extend_from_slice(
-                    DesignatorHeader {
-                        code_set: 2,
-                        kind: 1,
-                        reserved: 0,
-                        len: 24,
-                    }
-                    .as_bytes(),
-                );
-                body.extend_from_slice(&self.params.vendor);
-                body.extend_from_slice(&id);
+                push_t10_designator(&mut body, &self.params.vendor, &id);
                 // NAA IEEE Registered Extended designator.
                 body.extend_from_slice(
                     DesignatorHeader {
@@ -188,4 +177,20 @@ impl ScsiDisk {
             _ => return None,
         })
     }
+}
+
+/// Appends a VPD 0x83 T10 vendor ID designator (ASCII): the 8-byte
+/// vendor identification, then the 16-byte device id.
+pub(super) fn push_t10_designator(body: &mut Vec<u8>, vendor: &[u8; 8], id: &[u8; 16]) {
+    body.extend_from_slice(
+        DesignatorHeader {
+            code_set: 2,
+            kind: 1,
+            reserved: 0,
+            len: 24,
+        }
+        .as_bytes(),
+    );
+    body.extend_from_slice(vendor);
+    body.extend_from_slice(id);
 }

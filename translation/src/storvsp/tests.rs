@@ -1152,6 +1152,16 @@ fn recv_wait(guest: &mut Channel<'_>) -> Reply {
     panic!("no packet from the host within 5 s");
 }
 
+/// The negotiation packets a guest sends, in order, settling on `version`.
+fn win8_steps(version: &ProtocolVersion) -> [(Operation, &[u8]); 4] {
+    [
+        (Operation::BeginInitialization, &[]),
+        (Operation::QueryProtocolVersion, version.as_bytes()),
+        (Operation::QueryProperties, &[0; 24]),
+        (Operation::EndInitialization, &[]),
+    ]
+}
+
 #[test]
 fn run_on_a_thread_wakes_for_packets_and_hot_adds() {
     let rig = Rig::new(ControllerConfig::default());
@@ -1163,13 +1173,7 @@ fn run_on_a_thread_wakes_for_packets_and_hot_adds() {
         });
         let mut guest = rig.guest();
         let version = ProtocolVersion::new(VERSION_WIN8);
-        let steps: [(Operation, &[u8]); 4] = [
-            (Operation::BeginInitialization, &[]),
-            (Operation::QueryProtocolVersion, version.as_bytes()),
-            (Operation::QueryProperties, &[0; 24]),
-            (Operation::EndInitialization, &[]),
-        ];
-        for (i, (op, payload)) in steps.into_iter().enumerate() {
+        for (i, (op, payload)) in win8_steps(&version).into_iter().enumerate() {
             send(&mut guest, i as u64, op, payload);
             let r = recv_wait(&mut guest);
             assert_eq!((r.tid, r.status()), (i as u64, NtStatus::SUCCESS));
@@ -1451,13 +1455,7 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
     let mut run = Box::pin(host.run(&rig.host_sig));
     let mut guest = rig.guest();
     let version = ProtocolVersion::new(VERSION_WIN8);
-    let steps: [(Operation, &[u8]); 4] = [
-        (Operation::BeginInitialization, &[]),
-        (Operation::QueryProtocolVersion, version.as_bytes()),
-        (Operation::QueryProperties, &[0; 24]),
-        (Operation::EndInitialization, &[]),
-    ];
-    for (i, (op, payload)) in steps.into_iter().enumerate() {
+    for (i, (op, payload)) in win8_steps(&version).into_iter().enumerate() {
         send(&mut guest, i as u64, op, payload);
         assert!(run.as_mut().poll(&mut cx).is_pending());
         assert_eq!(recv(&mut guest).unwrap().tid, i as u64);

@@ -620,19 +620,8 @@ impl<'a> Channel<'a> {
         transaction_id: u64,
         payload: &[u8],
     ) -> Result<(), RingError> {
-        let (packet_type, flags) = kind.type_and_flags();
-        let outcome = self.writer.write_reserved(
-            reservation,
-            &OutgoingPacket {
-                packet_type,
-                flags,
-                transaction_id,
-                header: &[],
-                payload,
-            },
-        )?;
-        self.finish(outcome);
-        Ok(())
+        self.write_reserved_deferred(reservation, kind, transaction_id, payload)?;
+        self.publish_writes()
     }
 
     /// Like [`Channel::write_reserved`], but the packet is not published:
