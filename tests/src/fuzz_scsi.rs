@@ -100,9 +100,12 @@ struct RangeSpec {
     gap: u8,
 }
 
-/// The last sense data the adapter holds for REQUEST SENSE: `None` when
-/// the harness cannot tell.
+/// The last sense data the adapter holds for an initiator's REQUEST
+/// SENSE: `None` when the harness cannot tell.
 type Stored = Option<Option<(u8, u8, u8)>>;
+
+/// Initiators the commands come from.
+const INITIATORS: usize = 4;
 
 /// Builds the data buffer of one command: its memory, ranges and contents.
 struct Buffer {
@@ -298,7 +301,8 @@ pub fn scsi_cdb(data: &[u8]) {
         d = disk(ReservationsDisk::new(d));
     }
     let scsi = ScsiDisk::new(d, params(&h));
-    let mut stored: Stored = Some(None);
+    // Sense is kept per initiator.
+    let mut stored: [Stored; INITIATORS] = [Some(None); INITIATORS];
     for step in 0..MAX_STEPS {
         if u.is_empty() {
             break;
@@ -330,25 +334,32 @@ pub fn scsi_cdb(data: &[u8]) {
         let writable = c.flags & 1 == 0;
         let short = (c.flags & 2 != 0).then(|| 1 + u64::from(c.flags >> 2));
         let buffer = Buffer::new(&specs, short, payload, c.fill);
-        let initiator = InitiatorId::new(u128::from(c.initiator % 4));
+        let who = usize::from(c.initiator) % INITIATORS;
+        let initiator = InitiatorId::new(who as u128);
         let len = buffer.buf.len();
-        let r = block_on(scsi.execute(&cdb, buffer.buf.sg(writable), initiator));
+        let sg = buffer.buf.sg(writable);
+        // Half the commands try the future-less path first; it must keep
+        // every property `execute` does.
+        let now = (kind & 0x10 != 0)
+            .then(|| scsi.execute_now(&cdb, &sg, initiator))
+            .flatten();
+        let r = now.unwrap_or_else(|| block_on(scsi.execute(&cdb, sg, initiator)));
         let what = || {
             format!(
                 "step {step}: cdb {cdb:02x?}, buffer {len} bytes in {:?} (memory {} bytes, writable {writable}), initiator {}, capacity {} x {ss}\nheader {h:?}",
                 buffer.buf.ranges(),
                 buffer.buf.memory().size(),
-                c.initiator % 4,
+                who,
                 scsi.capacity(),
             )
         };
         check_result(&r, len, &what);
         match r.status {
-            CHECK_CONDITION => stored = Some(r.sense.map(|s| (s.key, s.asc, s.ascq))),
+            CHECK_CONDITION => stored[who] = Some(r.sense.map(|s| (s.key, s.asc, s.ascq))),
             GOOD if cdb.first() == Some(&0x03) => {
                 let desc = cdb[1] & 1 != 0;
                 let got = buffer.load();
-                stored = request_sense(stored, reported_sense(desc, &got[..r.tx]), &what);
+                stored[who] = request_sense(stored[who], reported_sense(desc, &got[..r.tx]), &what);
             }
             GOOD => {
                 if let Some((lba, blocks)) = write_range(&cdb) {
