@@ -937,11 +937,13 @@ mod tests {
         assert!(block_on(disk.read(sg, 62, o)).is_ok());
     }
 
-    /// A RAM disk that reports a chosen unmap behaviour.
-    struct Unmapping(Disk, UnmapBehavior);
-    impl DiskIo for Unmapping {
+    /// A RAM store behind a plain forwarding disk that reports a chosen
+    /// unmap behaviour. The store is shared, so a test can resize it under
+    /// the crypt disk.
+    struct Forward(Arc<RamDisk>, UnmapBehavior);
+    impl DiskIo for Forward {
         fn kind(&self) -> &'static str {
-            "unmapping"
+            "forward"
         }
         fn sector_count(&self) -> u64 {
             self.0.sector_count()
@@ -967,7 +969,7 @@ mod tests {
             sector: u64,
             opts: IoOptions,
         ) -> Result<(), DiskError> {
-            self.0.read(buf, sector, opts).await
+            DiskIo::read(&*self.0, buf, sector, opts).await
         }
         async fn write(
             &self,
@@ -975,13 +977,13 @@ mod tests {
             sector: u64,
             opts: IoOptions,
         ) -> Result<(), DiskError> {
-            self.0.write(buf, sector, opts).await
+            DiskIo::write(&*self.0, buf, sector, opts).await
         }
         async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
-            self.0.flush(opts).await
+            DiskIo::flush(&*self.0, opts).await
         }
         async fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> Result<(), DiskError> {
-            self.0.unmap(sector, count, opts).await
+            DiskIo::unmap(&*self.0, sector, count, opts).await
         }
     }
 
@@ -993,7 +995,8 @@ mod tests {
             (UnmapBehavior::Unspecified, UnmapBehavior::Unspecified),
             (UnmapBehavior::Ignored, UnmapBehavior::Ignored),
         ] {
-            let inner = Disk::new(Unmapping(ram(64, 512), below)).unwrap();
+            let store = Arc::new(RamDisk::new(64 * 512, 512).unwrap());
+            let inner = Disk::new(Forward(store, below)).unwrap();
             let disk = crypt(&key, &inner);
             assert_eq!(disk.unmap_behavior(), expect);
         }
@@ -1139,58 +1142,8 @@ mod tests {
     fn sector_count_follows_the_inner_disk() {
         let key: Vec<u8> = (1..65).collect();
         let store = Arc::new(RamDisk::new(64 * 512, 512).unwrap());
-        struct Shared(Arc<RamDisk>);
-        impl DiskIo for Shared {
-            fn kind(&self) -> &'static str {
-                "shared"
-            }
-            fn sector_count(&self) -> u64 {
-                self.0.sector_count()
-            }
-            fn sector_size(&self) -> u32 {
-                512
-            }
-            fn is_read_only(&self) -> bool {
-                false
-            }
-            fn is_fua_respected(&self) -> bool {
-                true
-            }
-            fn unmap_behavior(&self) -> UnmapBehavior {
-                UnmapBehavior::Zeroes
-            }
-            fn completes_inline(&self) -> bool {
-                true
-            }
-            async fn read(
-                &self,
-                buf: SgList<'_>,
-                sector: u64,
-                opts: IoOptions,
-            ) -> Result<(), DiskError> {
-                DiskIo::read(&*self.0, buf, sector, opts).await
-            }
-            async fn write(
-                &self,
-                buf: SgList<'_>,
-                sector: u64,
-                opts: IoOptions,
-            ) -> Result<(), DiskError> {
-                DiskIo::write(&*self.0, buf, sector, opts).await
-            }
-            async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
-                DiskIo::flush(&*self.0, opts).await
-            }
-            async fn unmap(
-                &self,
-                sector: u64,
-                count: u64,
-                opts: IoOptions,
-            ) -> Result<(), DiskError> {
-                DiskIo::unmap(&*self.0, sector, count, opts).await
-            }
-        }
-        let disk = crypt(&key, &Disk::new(Shared(store.clone())).unwrap());
+        let shared = Forward(store.clone(), UnmapBehavior::Zeroes);
+        let disk = crypt(&key, &Disk::new(shared).unwrap());
         let mem = RamGuestMemory::new(4096);
         let r = [GpaRange::new(0, 512)];
         let sg = SgList::new(&mem, &r, true).unwrap();

@@ -160,10 +160,7 @@ pub struct LayeredDisk {
     /// Number of layers a write reaches (1 + the write-through chain).
     write_path: usize,
     read_only: bool,
-    fua: bool,
     unmap_behavior: UnmapBehavior,
-    optimal_unmap_sectors: u32,
-    disk_id: Option<[u8; 16]>,
     shift: u32,
     inline: bool,
 }
@@ -277,14 +274,7 @@ impl LayeredDisk {
         Ok(LayeredDisk {
             write_path,
             read_only,
-            fua: path.iter().all(|l| l.disk.is_fua_respected()),
             unmap_behavior,
-            optimal_unmap_sectors: path
-                .iter()
-                .map(|l| l.disk.optimal_unmap_sectors())
-                .max()
-                .unwrap_or(1),
-            disk_id: layers.iter().find_map(|l| l.disk.disk_id()),
             shift: bottom_ss.trailing_zeros(),
             inline: layers.iter().all(|l| l.inline),
             layers,
@@ -305,6 +295,11 @@ impl LayeredDisk {
                     .saturating_sub(sector),
             )
         }
+    }
+
+    /// The layers a write reaches: the top and its write-through chain.
+    fn write_layers(&self) -> &[Layer] {
+        &self.layers[..self.write_path]
     }
 
     /// The layers' disks, top first.
@@ -350,7 +345,7 @@ impl LayeredDisk {
                     if end <= s {
                         continue;
                     }
-                    let rbuf = sub(&buf, self.shift, s - sector, end - s)?;
+                    let rbuf = buf.sectors(self.shift, s - sector, end - s)?;
                     let disk = &layer.disk;
                     let marker = &mut have;
                     drive!(layer.inline, disk.read_present(rbuf, s, marker, opts))
@@ -362,7 +357,7 @@ impl LayeredDisk {
                         while let Some((ms, mn)) = have.next_unset(m).filter(|&(ms, _)| ms < end) {
                             let mn = mn.min(end - ms);
                             m = ms + mn;
-                            let gbuf = sub(&buf, self.shift, ms - sector, mn)?;
+                            let gbuf = buf.sectors(self.shift, ms - sector, mn)?;
                             Box::pin(self.fill_cache(index, gbuf, ms, opts)).await?;
                             have.set_range(ms, mn);
                         }
@@ -377,7 +372,7 @@ impl LayeredDisk {
             let mut at = window;
             while let Some((s, n)) = have.next_unset(at) {
                 at = s + n;
-                sub(&buf, self.shift, s - sector, n)?.zero()?;
+                buf.sectors(self.shift, s - sector, n)?.zero()?;
             }
             offset += count;
         }
@@ -411,12 +406,6 @@ impl LayeredDisk {
     }
 }
 
-/// The sub-view of `buf` holding sectors `[first, first + count)` of it.
-fn sub<'a>(buf: &SgList<'a>, shift: u32, first: u64, count: u64) -> Result<SgList<'a>, DiskError> {
-    buf.subrange((first as usize) << shift, (count as usize) << shift)
-        .map_err(|_| DiskError::InvalidInput("sub-request outside the request buffer"))
-}
-
 impl DiskIo for LayeredDisk {
     fn kind(&self) -> &'static str {
         "layered"
@@ -431,19 +420,24 @@ impl DiskIo for LayeredDisk {
         self.layers[0].disk.physical_sector_size()
     }
     fn disk_id(&self) -> Option<[u8; 16]> {
-        self.disk_id
+        self.layers.iter().find_map(|l| l.disk.disk_id())
     }
     fn is_read_only(&self) -> bool {
         self.read_only
     }
     fn is_fua_respected(&self) -> bool {
-        self.fua
+        self.write_layers()
+            .iter()
+            .all(|l| l.disk.is_fua_respected())
     }
     fn unmap_behavior(&self) -> UnmapBehavior {
         self.unmap_behavior
     }
     fn optimal_unmap_sectors(&self) -> u32 {
-        self.optimal_unmap_sectors
+        let path = self.write_layers().iter();
+        path.map(|l| l.disk.optimal_unmap_sectors())
+            .max()
+            .unwrap_or(1)
     }
     fn completes_inline(&self) -> bool {
         self.inline
@@ -489,14 +483,14 @@ impl DiskIo for LayeredDisk {
             Some(end) if end <= self.sector_count() => {}
             _ => return Err(DiskError::IllegalBlock),
         }
-        for (index, layer) in self.layers[..self.write_path].iter().enumerate() {
+        for (index, layer) in self.write_layers().iter().enumerate() {
             // A write-through layer smaller than the top (built so, or the
             // top grew) takes the part of the write that fits.
             let n = self.lower_extent(index, sector, count);
             if n == 0 {
                 continue;
             }
-            let part = sub(&buf, self.shift, 0, n)?;
+            let part = buf.sectors(self.shift, 0, n)?;
             let disk = &layer.disk;
             drive!(layer.inline, disk.write(part, sector, opts))
                 .map_err(|e| e.in_member(index as u32))?;
@@ -505,7 +499,7 @@ impl DiskIo for LayeredDisk {
     }
 
     async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
-        for (index, layer) in self.layers[..self.write_path].iter().enumerate() {
+        for (index, layer) in self.write_layers().iter().enumerate() {
             let disk = &layer.disk;
             drive!(layer.inline, disk.flush(opts)).map_err(|e| e.in_member(index as u32))?;
         }
@@ -520,7 +514,7 @@ impl DiskIo for LayeredDisk {
         if self.unmap_behavior == UnmapBehavior::Ignored {
             return Ok(());
         }
-        for (index, layer) in self.layers[..self.write_path].iter().enumerate() {
+        for (index, layer) in self.write_layers().iter().enumerate() {
             let n = self.lower_extent(index, sector, count);
             if n == 0 {
                 continue;

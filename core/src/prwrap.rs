@@ -125,6 +125,18 @@ struct Reservation {
     holder: InitiatorId,
 }
 
+impl Reservation {
+    /// Whether `initiator` (`registered` or not) holds this reservation:
+    /// the single holder, or under an all-registrants type any registrant.
+    fn held_by(self, initiator: InitiatorId, registered: bool) -> bool {
+        if self.kind.is_all_registrants() {
+            registered
+        } else {
+            self.holder == initiator
+        }
+    }
+}
+
 /// Reservation state plus the in-flight bookkeeping PREEMPT AND ABORT
 /// needs; one lock, so admitting a request and changing the reservation
 /// are atomic with respect to each other.
@@ -140,7 +152,8 @@ struct State {
     /// Requests in the inner disk per admission epoch, oldest first.
     in_flight: VecDeque<(u64, usize)>,
     /// `(initiator, epoch)`: that initiator's requests admitted before
-    /// `epoch` were aborted. Pruned once no such request is in flight.
+    /// `epoch` were aborted. One entry per initiator (the latest abort
+    /// covers every earlier one); pruned once no such request is in flight.
     aborted: Vec<(InitiatorId, u64)>,
     /// PREEMPT AND ABORT futures waiting for older requests to leave.
     drain_waiters: Vec<Waker>,
@@ -168,11 +181,8 @@ impl State {
     }
 
     fn is_holder(&self, initiator: InitiatorId) -> bool {
-        match self.reservation {
-            None => false,
-            Some(r) if r.kind.is_all_registrants() => self.position(initiator).is_some(),
-            Some(r) => r.holder == initiator,
-        }
+        self.reservation
+            .is_some_and(|r| r.held_by(initiator, self.position(initiator).is_some()))
     }
 
     fn permits(&self, initiator: InitiatorId, access: AccessClass) -> bool {
@@ -180,12 +190,8 @@ impl State {
             return true;
         };
         let registered = self.position(initiator).is_some();
-        let holder = if r.kind.is_all_registrants() {
-            registered
-        } else {
-            r.holder == initiator
-        };
-        r.kind.permits(access, holder, registered)
+        r.kind
+            .permits(access, r.held_by(initiator, registered), registered)
     }
 
     fn bump(&mut self) {
@@ -371,8 +377,12 @@ impl State {
         self.epoch += 1;
         let epoch = self.epoch;
         if !self.in_flight.is_empty() {
-            self.aborted
-                .extend(preempted.into_iter().map(|i| (i, epoch)));
+            for initiator in preempted {
+                match self.aborted.iter_mut().find(|(i, _)| *i == initiator) {
+                    Some((_, e)) => *e = epoch,
+                    None => self.aborted.push((initiator, epoch)),
+                }
+            }
         }
         Ok(Some(epoch))
     }
@@ -760,5 +770,32 @@ impl DiskIo for ReservationsDisk {
     async fn write_no_overwrite(&self, buf: SgList<'_>, sector: u64) -> Result<(), DiskError> {
         let inner = &self.inner;
         drive!(self.inline, inner.write_no_overwrite(buf, sector))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A guest that re-registers and is fenced off again and again while
+    /// one request hangs in the inner disk leaves one abort record, and
+    /// every abort still reaches the request it fenced.
+    #[test]
+    fn repeated_aborts_keep_one_record_per_initiator() {
+        const A: InitiatorId = InitiatorId::new(0xA);
+        const B: InitiatorId = InitiatorId::new(0xB);
+        let mut st = State::default();
+        st.register(B, Some(0), 0xB, None).unwrap();
+        let stuck = st.enter();
+        for _ in 0..100 {
+            st.register(A, None, 0xA, None).unwrap();
+            let request = st.enter();
+            let kind = ReservationType::WriteExclusive;
+            assert!(st.preempt(B, 0xB, 0xA, kind, true).unwrap().is_some());
+            assert!(st.leave(A, request).0, "the request was aborted");
+        }
+        assert_eq!(st.aborted.len(), 1);
+        assert!(!st.leave(B, stuck).0);
+        assert!(st.aborted.is_empty() && st.in_flight.is_empty());
     }
 }

@@ -142,11 +142,6 @@ pub struct StripedDisk {
     sector_count: u64,
     shift: u32,
     inline: bool,
-    physical_sector_size: u32,
-    fua: bool,
-    read_only: bool,
-    unmap_behavior: UnmapBehavior,
-    optimal_unmap_sectors: u32,
 }
 
 /// One piece of a request: `count` sectors at `member_sector` of `member`,
@@ -223,32 +218,11 @@ impl StripedDisk {
                 stripe_sectors,
             });
         }
-        let behaviors = || members.iter().map(Disk::unmap_behavior);
-        let unmap_behavior = if behaviors().all(|b| b == UnmapBehavior::Zeroes) {
-            UnmapBehavior::Zeroes
-        } else if behaviors().all(|b| b == UnmapBehavior::Ignored) {
-            UnmapBehavior::Ignored
-        } else {
-            UnmapBehavior::Unspecified
-        };
         Ok(StripedDisk {
             chunk_sectors,
             sector_count,
             shift: ss.trailing_zeros(),
             inline: members.iter().all(Disk::completes_inline),
-            physical_sector_size: members
-                .iter()
-                .map(Disk::physical_sector_size)
-                .max()
-                .unwrap_or(ss),
-            fua: members.iter().all(Disk::is_fua_respected),
-            read_only: ro,
-            unmap_behavior,
-            optimal_unmap_sectors: members
-                .iter()
-                .map(Disk::optimal_unmap_sectors)
-                .max()
-                .unwrap_or(1),
             members,
         })
     }
@@ -331,11 +305,7 @@ impl StripedDisk {
     }
 
     fn piece_buf<'a>(&self, buf: &SgList<'a>, p: Piece) -> Result<SgList<'a>, DiskError> {
-        buf.subrange(
-            (p.offset as usize) << self.shift,
-            (p.count as usize) << self.shift,
-        )
-        .map_err(|_| DiskError::InvalidInput("sub-request outside the request buffer"))
+        buf.sectors(self.shift, p.offset, p.count)
     }
 }
 
@@ -349,20 +319,31 @@ impl DiskIo for StripedDisk {
     fn sector_size(&self) -> u32 {
         1 << self.shift
     }
+    // The merged metadata is derived from the members (which all agree on
+    // read-only); the `Disk` handle caches it.
     fn physical_sector_size(&self) -> u32 {
-        self.physical_sector_size
+        let members = self.members.iter().map(Disk::physical_sector_size);
+        members.max().unwrap_or(1 << self.shift)
     }
     fn is_read_only(&self) -> bool {
-        self.read_only
+        self.members[0].is_read_only()
     }
     fn is_fua_respected(&self) -> bool {
-        self.fua
+        self.members.iter().all(Disk::is_fua_respected)
     }
     fn unmap_behavior(&self) -> UnmapBehavior {
-        self.unmap_behavior
+        let behaviors = || self.members.iter().map(Disk::unmap_behavior);
+        if behaviors().all(|b| b == UnmapBehavior::Zeroes) {
+            UnmapBehavior::Zeroes
+        } else if behaviors().all(|b| b == UnmapBehavior::Ignored) {
+            UnmapBehavior::Ignored
+        } else {
+            UnmapBehavior::Unspecified
+        }
     }
     fn optimal_unmap_sectors(&self) -> u32 {
-        self.optimal_unmap_sectors
+        let members = self.members.iter().map(Disk::optimal_unmap_sectors);
+        members.max().unwrap_or(1)
     }
     fn completes_inline(&self) -> bool {
         self.inline

@@ -34,6 +34,9 @@ const KC: u64 = 0xCCCC;
 
 const SECTORS: u64 = 64;
 
+/// What a request the reservation state forbids returns.
+const CONFLICT: Result<(), DiskError> = Err(DiskError::ReservationConflict);
+
 struct Rig {
     disk: Disk,
     /// The disk below the reservations, to observe the medium directly.
@@ -196,11 +199,7 @@ fn conflict_table_every_cell() {
             .iter()
             .zip(got.iter().zip(expect))
         {
-            let want = if ok {
-                Ok(())
-            } else {
-                Err(DiskError::ReservationConflict)
-            };
+            let want = if ok { Ok(()) } else { CONFLICT };
             assert_eq!(got, &want, "row {row}: {kind:?} {role:?} {op}");
         }
         // A refused write never reaches the medium.
@@ -216,18 +215,15 @@ fn two_initiator_fencing() {
     rig.register(B, KB);
     block_on(rig.pr().reserve(A, KA, WE)).unwrap();
     assert_eq!(rig.write(A, 1), Ok(()));
-    assert_eq!(rig.write(B, 2), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.write(B, 2), CONFLICT);
     assert_eq!(rig.medium(), 1);
     assert_eq!(rig.read(B), Ok(()));
     // The LOCAL initiator is not exempt.
-    assert_eq!(
-        rig.write(InitiatorId::LOCAL, 3),
-        Err(DiskError::ReservationConflict)
-    );
+    assert_eq!(rig.write(InitiatorId::LOCAL, 3), CONFLICT);
 
     // B fences A off.
     block_on(rig.pr().preempt(B, KB, KA, WE, false)).unwrap();
-    assert_eq!(rig.write(A, 4), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.write(A, 4), CONFLICT);
     assert_eq!(rig.read(A), Ok(()), "WE: anyone may still read");
     assert_eq!(rig.write(B, 5), Ok(()));
     assert_eq!(rig.medium(), 5);
@@ -235,14 +231,8 @@ fn two_initiator_fencing() {
     assert_eq!(report.holder, Some(B));
     assert_eq!(report.key_of(A), None, "A's registration is gone");
     // A's old key no longer works.
-    assert_eq!(
-        block_on(rig.pr().register(A, Some(KA), KA, None)),
-        Err(DiskError::ReservationConflict)
-    );
-    assert_eq!(
-        block_on(rig.pr().reserve(A, KA, WE)),
-        Err(DiskError::ReservationConflict)
-    );
+    assert_eq!(block_on(rig.pr().register(A, Some(KA), KA, None)), CONFLICT);
+    assert_eq!(block_on(rig.pr().reserve(A, KA, WE)), CONFLICT);
 }
 
 #[test]
@@ -294,20 +284,11 @@ fn register_rules() {
     let pr = rig.pr();
     rig.register(A, KA);
     // Wrong current key.
-    assert_eq!(
-        block_on(pr.register(A, Some(KB), KC, None)),
-        Err(DiskError::ReservationConflict)
-    );
+    assert_eq!(block_on(pr.register(A, Some(KB), KC, None)), CONFLICT);
     // Registered, but claims to be unregistered.
-    assert_eq!(
-        block_on(pr.register(A, Some(0), KC, None)),
-        Err(DiskError::ReservationConflict)
-    );
+    assert_eq!(block_on(pr.register(A, Some(0), KC, None)), CONFLICT);
     // Unregistered initiator naming a nonzero current key.
-    assert_eq!(
-        block_on(pr.register(C, Some(KC), KC, None)),
-        Err(DiskError::ReservationConflict)
-    );
+    assert_eq!(block_on(pr.register(C, Some(KC), KC, None)), CONFLICT);
     assert_eq!(block_on(pr.report()).unwrap().key_of(C), None);
     // REGISTER AND IGNORE EXISTING KEY ignores the key.
     block_on(pr.register(A, None, KC, None)).unwrap();
@@ -316,7 +297,7 @@ fn register_rules() {
 
     // Unregistering the holder releases a single-holder reservation.
     block_on(pr.reserve(A, KA, EA)).unwrap();
-    assert_eq!(rig.read(B), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.read(B), CONFLICT);
     block_on(pr.register(A, Some(KA), 0, None)).unwrap();
     let report = block_on(pr.report()).unwrap();
     assert_eq!(report.reservation, None);
@@ -331,7 +312,7 @@ fn register_rules() {
     let report = block_on(pr.report()).unwrap();
     assert_eq!(report.reservation, Some(EA_RO));
     assert_eq!(report.holder, Some(A));
-    assert_eq!(rig.read(B), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.read(B), CONFLICT);
 }
 
 #[test]
@@ -340,26 +321,18 @@ fn reserve_rules() {
     let pr = rig.pr();
     rig.register(A, KA);
     rig.register(B, KB);
-    assert_eq!(
-        block_on(pr.reserve(C, KC, WE)),
-        Err(DiskError::ReservationConflict),
-        "unregistered"
-    );
-    assert_eq!(
-        block_on(pr.reserve(A, KB, WE)),
-        Err(DiskError::ReservationConflict),
-        "wrong key"
-    );
+    assert_eq!(block_on(pr.reserve(C, KC, WE)), CONFLICT, "unregistered");
+    assert_eq!(block_on(pr.reserve(A, KB, WE)), CONFLICT, "wrong key");
     block_on(pr.reserve(A, KA, WE)).unwrap();
     block_on(pr.reserve(A, KA, WE)).unwrap();
     assert_eq!(
         block_on(pr.reserve(A, KA, EA)),
-        Err(DiskError::ReservationConflict),
+        CONFLICT,
         "holder asking for another type"
     );
     assert_eq!(
         block_on(pr.reserve(B, KB, WE)),
-        Err(DiskError::ReservationConflict),
+        CONFLICT,
         "another initiator"
     );
     let report = block_on(pr.report()).unwrap();
@@ -376,16 +349,8 @@ fn release_rules() {
     block_on(pr.release(A, KA, WE)).unwrap();
     block_on(pr.reserve(A, KA, WE)).unwrap();
     let g = rig.generation();
-    assert_eq!(
-        block_on(pr.release(C, KC, WE)),
-        Err(DiskError::ReservationConflict),
-        "unregistered"
-    );
-    assert_eq!(
-        block_on(pr.release(A, KB, WE)),
-        Err(DiskError::ReservationConflict),
-        "wrong key"
-    );
+    assert_eq!(block_on(pr.release(C, KC, WE)), CONFLICT, "unregistered");
+    assert_eq!(block_on(pr.release(A, KB, WE)), CONFLICT, "wrong key");
     // A registered non-holder: success, reservation unchanged.
     block_on(pr.release(B, KB, WE)).unwrap();
     assert_eq!(block_on(pr.report()).unwrap().holder, Some(A));
@@ -410,14 +375,8 @@ fn clear_removes_everything() {
     rig.register(A, KA);
     rig.register(B, KB);
     block_on(pr.reserve(A, KA, EA)).unwrap();
-    assert_eq!(
-        block_on(pr.clear(C, KC)),
-        Err(DiskError::ReservationConflict)
-    );
-    assert_eq!(
-        block_on(pr.clear(B, KA)),
-        Err(DiskError::ReservationConflict)
-    );
+    assert_eq!(block_on(pr.clear(C, KC)), CONFLICT);
+    assert_eq!(block_on(pr.clear(B, KA)), CONFLICT);
     let g = rig.generation();
     // Any registrant may clear, holder or not.
     block_on(pr.clear(B, KB)).unwrap();
@@ -445,15 +404,12 @@ fn all_registrants_semantics() {
     // Every registrant is a holder: B's RESERVE of the same type is a no-op
     // success, another type conflicts.
     block_on(pr.reserve(B, KB, WE_AR)).unwrap();
-    assert_eq!(
-        block_on(pr.reserve(B, KB, EA_AR)),
-        Err(DiskError::ReservationConflict)
-    );
+    assert_eq!(block_on(pr.reserve(B, KB, EA_AR)), CONFLICT);
     // A new registrant joins the holders.
     rig.register(C, KC);
     assert_eq!(rig.write(C, 1), Ok(()));
     block_on(pr.register(C, Some(KC), 0, None)).unwrap();
-    assert_eq!(rig.write(C, 1), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.write(C, 1), CONFLICT);
     assert_eq!(rig.read(C), Ok(()));
     // Any holder releases it for all.
     block_on(pr.release(B, KB, WE_AR)).unwrap();
@@ -463,7 +419,7 @@ fn all_registrants_semantics() {
     block_on(pr.reserve(A, KA, EA_AR)).unwrap();
     block_on(pr.register(A, Some(KA), 0, None)).unwrap();
     assert_eq!(block_on(pr.report()).unwrap().reservation, Some(EA_AR));
-    assert_eq!(rig.read(A), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.read(A), CONFLICT);
     block_on(pr.register(B, Some(KB), 0, None)).unwrap();
     assert_eq!(block_on(pr.report()).unwrap().reservation, None);
     assert_eq!(rig.read(A), Ok(()));
@@ -474,7 +430,7 @@ fn all_registrants_semantics() {
     block_on(pr.reserve(A, KA, EA_AR)).unwrap();
     assert_eq!(
         block_on(pr.register_and_move(A, KA, KC, C, false, false)),
-        Err(DiskError::ReservationConflict)
+        CONFLICT
     );
 }
 
@@ -495,19 +451,10 @@ fn preempt_rules() {
         Err(DiskError::InvalidInput(_))
     ));
     // The issuer must be registered with its key.
-    assert_eq!(
-        block_on(pr.preempt(C, KC, KA, WE, false)),
-        Err(DiskError::ReservationConflict)
-    );
-    assert_eq!(
-        block_on(pr.preempt(B, KA, KA, WE, false)),
-        Err(DiskError::ReservationConflict)
-    );
+    assert_eq!(block_on(pr.preempt(C, KC, KA, WE, false)), CONFLICT);
+    assert_eq!(block_on(pr.preempt(B, KA, KA, WE, false)), CONFLICT);
     // A key nobody holds conflicts.
-    assert_eq!(
-        block_on(pr.preempt(B, KB, 0x1234, WE, false)),
-        Err(DiskError::ReservationConflict)
-    );
+    assert_eq!(block_on(pr.preempt(B, KB, 0x1234, WE, false)), CONFLICT);
 
     // Preempting a non-holder's key only removes its registrations; the
     // type is ignored and the reservation stays.
@@ -559,7 +506,7 @@ fn preempt_under_all_registrants() {
     let report = block_on(pr.report()).unwrap();
     assert_eq!(report.reservation, Some(EA_AR));
     assert_eq!(report.key_of(C), None);
-    assert_eq!(rig.read(C), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.read(C), CONFLICT);
     // Key 0 preempts the reservation: everyone else is unregistered and the
     // issuer holds a new reservation of the requested type.
     rig.register(C, KC);
@@ -567,7 +514,7 @@ fn preempt_under_all_registrants() {
     let report = block_on(pr.report()).unwrap();
     assert_eq!((report.reservation, report.holder), (Some(WE), Some(B)));
     assert_eq!(report.registrants.len(), 1);
-    assert_eq!(rig.write(A, 1), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.write(A, 1), CONFLICT);
     assert_eq!(rig.write(B, 2), Ok(()));
 }
 
@@ -690,7 +637,7 @@ fn preempt_and_abort_fails_requests_in_flight() {
     assert!(poll(preempt.as_mut()).is_pending());
     let report = block_on(pr.report()).unwrap();
     assert_eq!(report.holder, Some(B));
-    assert_eq!(rig.write(A, 1), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.write(A, 1), CONFLICT);
     // A request A starts after the abort is judged normally.
     assert_eq!(rig.read(A), Ok(()));
     assert!(poll(preempt.as_mut()).is_pending());
@@ -733,7 +680,7 @@ fn preempt_and_abort_with_nothing_in_flight_completes_at_once() {
     block_on(pr.reserve(A, KA, EA)).unwrap();
     let mut preempt = pin!(pr.preempt(B, KB, KA, EA, true));
     assert_eq!(poll(preempt.as_mut()), Poll::Ready(Ok(())));
-    assert_eq!(rig.read(A), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.read(A), CONFLICT);
 }
 
 #[test]
@@ -788,22 +735,22 @@ fn register_and_move() {
     // No reservation to move.
     assert_eq!(
         block_on(pr.register_and_move(A, KA, KC, C, false, false)),
-        Err(DiskError::ReservationConflict)
+        CONFLICT
     );
     block_on(pr.reserve(A, KA, WE)).unwrap();
     assert_eq!(
         block_on(pr.register_and_move(B, KB, KC, C, false, false)),
-        Err(DiskError::ReservationConflict),
+        CONFLICT,
         "not the holder"
     );
     assert_eq!(
         block_on(pr.register_and_move(C, KC, KC, B, false, false)),
-        Err(DiskError::ReservationConflict),
+        CONFLICT,
         "unregistered"
     );
     assert_eq!(
         block_on(pr.register_and_move(A, KB, KC, C, false, false)),
-        Err(DiskError::ReservationConflict),
+        CONFLICT,
         "wrong key"
     );
     assert!(matches!(
@@ -825,7 +772,7 @@ fn register_and_move() {
     assert_eq!(report.key_of(A), Some(KA));
     assert_eq!(report.reservation_key(), Some(KC));
     assert!(report.persist_through_power_loss);
-    assert_eq!(rig.write(A, 1), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.write(A, 1), CONFLICT);
     assert_eq!(rig.write(C, 2), Ok(()));
 
     // Move on to the registered B (its key is replaced), unregistering C.
@@ -835,7 +782,7 @@ fn register_and_move() {
     assert_eq!(report.key_of(B), Some(0xB2));
     assert_eq!(report.key_of(C), None);
     assert!(!report.persist_through_power_loss);
-    assert_eq!(rig.write(C, 3), Err(DiskError::ReservationConflict));
+    assert_eq!(rig.write(C, 3), CONFLICT);
     assert_eq!(rig.write(B, 4), Ok(()));
 }
 

@@ -8,8 +8,9 @@
 //! properties ([`ChannelProperties`]), a sub-channel count, or Fibre Channel
 //! port names ([`FcWwnPacket`]). The SCSI request ([`ScsiRequest`]) exists in
 //! two sizes: the pre-Windows 8 form is its first `0x24` bytes, the Windows 8
-//! and later form all `0x34`, with queueing fields appended. Which one a channel uses follows from the protocol
-//! version negotiated with `QUERY_PROTOCOL_VERSION` ([`RequestSize`]).
+//! and later form all `0x34`, with queueing fields appended. Which one a
+//! channel uses follows from the protocol version negotiated with
+//! `QUERY_PROTOCOL_VERSION` ([`RequestSize`]).
 //!
 //! All integers on the wire are little-endian; every type here is built from
 //! zerocopy's little-endian integer types, so it has alignment 1, no padding,
@@ -202,11 +203,6 @@ impl RequestSize {
     pub const fn packet_len(self) -> usize {
         PACKET_HEADER_LEN + self.request_len()
     }
-}
-
-/// The SCSI request size in bytes for a negotiated protocol `version`.
-pub const fn request_size(version: u16) -> usize {
-    RequestSize::for_version(version).request_len()
 }
 
 // ---------------------------------------------------------------------------
@@ -1033,11 +1029,11 @@ mod tests {
         assert!(!is_supported(VERSION_WIN10));
         assert!(!is_supported(0));
         assert!(!is_supported(0x0401));
-        assert_eq!(request_size(VERSION_WIN6), 0x24);
-        assert_eq!(request_size(VERSION_WIN7), 0x24);
-        assert_eq!(request_size(VERSION_WIN8), 0x34);
-        assert_eq!(request_size(VERSION_BLUE), 0x34);
-        assert_eq!(request_size(VERSION_WIN10), 0x34);
+        assert_eq!(RequestSize::for_version(VERSION_WIN6).request_len(), 0x24);
+        assert_eq!(RequestSize::for_version(VERSION_WIN7).request_len(), 0x24);
+        assert_eq!(RequestSize::for_version(VERSION_WIN8).request_len(), 0x34);
+        assert_eq!(RequestSize::for_version(VERSION_BLUE).request_len(), 0x34);
+        assert_eq!(RequestSize::for_version(VERSION_WIN10).request_len(), 0x34);
         assert_eq!(RequestSize::PreWin8.sense_buffer_len(), 0x12);
         assert_eq!(RequestSize::Win8.sense_buffer_len(), 0x14);
         assert_eq!(RequestSize::Win8.packet_len(), 0x40);

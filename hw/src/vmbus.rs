@@ -384,8 +384,9 @@ impl PacketDescriptor {
         header_len: usize,
         payload_len: usize,
     ) -> Result<Self, DescriptorError> {
-        let offset = PACKET_DESCRIPTOR_SIZE as u64 + align8(header_len as u64);
-        let len = offset + align8(payload_len as u64);
+        // Saturating: lengths near the top of `u64` are refused, not wrapped.
+        let offset = align8(header_len as u64).saturating_add(PACKET_DESCRIPTOR_SIZE as u64);
+        let len = offset.saturating_add(align8(payload_len as u64));
         if len > MAX_PACKET_SIZE as u64 {
             return Err(DescriptorError::TooLarge { len });
         }
@@ -760,6 +761,13 @@ mod tests {
             PacketDescriptor::for_packet(6, 0, 0, 0, MAX_PACKET_SIZE as usize),
             Err(DescriptorError::TooLarge { .. })
         ));
+        // Lengths whose sum overflows are refused, not wrapped (or a panic).
+        for (header, payload) in [(usize::MAX, 0), (0, usize::MAX), (usize::MAX, usize::MAX)] {
+            assert!(matches!(
+                PacketDescriptor::for_packet(6, 0, 0, header, payload),
+                Err(DescriptorError::TooLarge { .. })
+            ));
+        }
     }
 
     #[test]

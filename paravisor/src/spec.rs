@@ -644,12 +644,19 @@ pub fn build_node(spec: &str, node: &SpecNode) -> Result<Disk, SpecError> {
             wrap(Disk::new(striped))
         }
         NodeKind::Crypt { key_file, inner } => {
-            let key = std::fs::read(key_file).map_err(|e| {
+            let key = read_key_file(key_file).map_err(|e| {
                 fail(format!(
                     "cannot read the key file '{}': {e}",
                     key_file.display()
                 ))
             })?;
+            if key.len() > KEY_LEN {
+                return Err(fail(format!(
+                    "key file '{}' holds more than {KEY_LEN} bytes: expected the {KEY_LEN} raw \
+                     bytes of an XTS-AES-256 key",
+                    key_file.display()
+                )));
+            }
             let inner = build_node(spec, inner)?;
             let crypt = CryptDisk::new(&key, inner)
                 .map_err(|e| fail(format!("key file '{}': {e}", key_file.display())))?;
@@ -667,6 +674,21 @@ pub fn build_node(spec: &str, node: &SpecNode) -> Result<Disk, SpecError> {
             wrap(Disk::new(ReservationsDisk::new(inner)))
         }
     }
+}
+
+/// Bytes of an XTS-AES-256 key (data key, then tweak key).
+const KEY_LEN: usize = 64;
+
+/// Reads at most one byte more than a key from `path`: enough to tell a
+/// key file that is too long, without reading a huge file or an endless one
+/// (`/dev/zero`) to its end.
+fn read_key_file(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut key = Vec::new();
+    std::fs::File::open(path)?
+        .take(KEY_LEN as u64 + 1)
+        .read_to_end(&mut key)?;
+    Ok(key)
 }
 
 /// Whether opening read-write failed only because writing is not allowed,
@@ -1106,6 +1128,13 @@ mod tests {
         std::fs::write(&key, &key_bytes[..32]).unwrap();
         let e = build(&format!("crypt:{}:mem:1M", key.display())).unwrap_err();
         assert!(e.message().contains("64"), "{e}");
+        std::fs::write(&key, vec![7u8; 1 << 20]).unwrap();
+        let e = build(&format!("crypt:{}:mem:1M", key.display())).unwrap_err();
+        assert!(e.message().contains("more than 64 bytes"), "{e}");
+        // An endless key file is refused, not read until memory runs out.
+        let e = build("crypt:/dev/zero:mem:1M").unwrap_err();
+        assert!(e.message().contains("more than 64 bytes"), "{e}");
+        assert!(!e.to_string().contains('\n'));
         let missing = dir.path().join("missing.bin");
         let e = build(&format!("crypt:{}:mem:1M", missing.display())).unwrap_err();
         assert!(e.message().contains("cannot read the key file"), "{e}");

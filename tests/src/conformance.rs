@@ -112,6 +112,17 @@ fn try_read_present(disk: &Disk, sector: u64, count: u64) -> Result<(), DiskErro
     block_on(disk.read_present(buf.sg(true), sector, &mut marker, IoOptions::default()))
 }
 
+/// Checks a read and a layer read of `count` sectors at `sector` against
+/// `want`; `what` names the request in a failure.
+#[track_caller]
+fn check_reads(disk: &Disk, sector: u64, count: u64, want: Want, what: std::fmt::Arguments<'_>) {
+    want.check(try_read(disk, sector, count), format_args!("read {what}"));
+    want.check(
+        try_read_present(disk, sector, count),
+        format_args!("read_present {what}"),
+    );
+}
+
 /// Requests whose byte range is not representable — `sector + count`
 /// overflows `u64`, or `(sector + count) * sector_size` overflows or exceeds
 /// `i64::MAX` — fail with `IllegalBlock` for read, write and unmap, without
@@ -147,17 +158,16 @@ pub fn representability(disk: &Disk) {
         ((1u64 << (64 - ss.trailing_zeros())) - 1, 2),
     ];
     for &(sector, count) in &data_cases {
-        Want::IllegalBlock.check(
-            try_read(disk, sector, count),
-            format_args!("read {count}@{sector}"),
+        check_reads(
+            disk,
+            sector,
+            count,
+            Want::IllegalBlock,
+            format_args!("{count}@{sector}"),
         );
         Want::IllegalBlock.check(
             try_write(disk, sector, count),
             format_args!("write {count}@{sector}"),
-        );
-        Want::IllegalBlock.check(
-            try_read_present(disk, sector, count),
-            format_args!("read_present {count}@{sector}"),
         );
     }
     // Representable, but far out of range: the handle lets these through
@@ -165,11 +175,7 @@ pub fn representability(disk: &Disk) {
     // modification as such).
     for (sector, count) in [(max_end - 1, 1), (max_end, 0), (max_end - 8, 8)] {
         let what = format_args!("{count}@{sector}");
-        Want::IllegalBlock.check(try_read(disk, sector, count), format_args!("read {what}"));
-        Want::IllegalBlock.check(
-            try_read_present(disk, sector, count),
-            format_args!("read_present {what}"),
-        );
+        check_reads(disk, sector, count, Want::IllegalBlock, what);
         let modify = if writable {
             Want::IllegalBlock
         } else {
@@ -228,22 +234,10 @@ pub fn range_checks(disk: &Disk) {
         (n - n.min(16), n.min(16)),
     ];
     for &(sector, count) in &ok {
-        Want::Ok.check(
-            try_read(disk, sector, count),
-            format_args!("read {count}@{sector} of {n}"),
-        );
-        Want::Ok.check(
-            try_read_present(disk, sector, count),
-            format_args!("read_present {count}@{sector} of {n}"),
-        );
-        want_write.check(
-            try_write(disk, sector, count),
-            format_args!("write {count}@{sector} of {n}"),
-        );
-        want_write.check(
-            unmap(disk, sector, count),
-            format_args!("unmap {count}@{sector} of {n}"),
-        );
+        let what = format_args!("{count}@{sector} of {n}");
+        check_reads(disk, sector, count, Want::Ok, what);
+        want_write.check(try_write(disk, sector, count), format_args!("write {what}"));
+        want_write.check(unmap(disk, sector, count), format_args!("unmap {what}"));
     }
     let tail = pattern(3, n - 1, 1, ss);
     if writable {
@@ -263,13 +257,12 @@ pub fn range_checks(disk: &Disk) {
         Want::IllegalBlock.matches(r) || (!writable && Want::ReadOnly.matches(r))
     };
     for &(sector, count) in &bad {
-        Want::IllegalBlock.check(
-            try_read(disk, sector, count),
-            format_args!("read {count}@{sector} of {n}"),
-        );
-        Want::IllegalBlock.check(
-            try_read_present(disk, sector, count),
-            format_args!("read_present {count}@{sector} of {n}"),
+        check_reads(
+            disk,
+            sector,
+            count,
+            Want::IllegalBlock,
+            format_args!("{count}@{sector} of {n}"),
         );
         let r = try_write(disk, sector, count);
         assert!(

@@ -20,6 +20,23 @@ fn rams(n: usize, sectors: u64, ss: u32) -> Vec<Disk> {
     (0..n).map(|_| ram_disk(sectors, ss)).collect()
 }
 
+/// `n` observed 64-sector RAM members (completing inline, or not), striped
+/// in 8-sector chunks.
+fn observed(n: usize, asynchronous: bool) -> (Vec<TestDisk>, Disk) {
+    let t: Vec<TestDisk> = (0..n)
+        .map(|_| {
+            let x = TestDisk::new(ram_disk(64, 512));
+            if asynchronous { x.asynchronous() } else { x }
+        })
+        .collect();
+    let d = striped(
+        t.iter().map(|x| disk(x.clone())).collect(),
+        Some(8 * 512),
+        None,
+    );
+    (t, d)
+}
+
 #[test]
 fn error_empty_member_list() {
     assert_eq!(err(vec![], None, None), StripedDiskError::EmptyMemberList);
@@ -234,12 +251,7 @@ fn mapping_matches_the_members() {
 #[test]
 fn requests_split_at_chunk_boundaries() {
     let ss = 512;
-    let t: Vec<TestDisk> = (0..3).map(|_| TestDisk::new(ram_disk(64, ss))).collect();
-    let d = striped(
-        t.iter().map(|x| disk(x.clone())).collect(),
-        Some(8 * 512),
-        None,
-    );
+    let (t, d) = observed(3, false);
     // Sectors 6..26: member 0 @6 (2), member 1 @0 (8), member 2 @0 (8),
     // member 0 @8 (2).
     read_vec(&d, 6, 20).unwrap();
@@ -289,12 +301,7 @@ fn requests_split_at_chunk_boundaries() {
 #[test]
 fn unmap_is_one_range_per_member() {
     let ss = 512;
-    let t: Vec<TestDisk> = (0..4).map(|_| TestDisk::new(ram_disk(64, ss))).collect();
-    let d = striped(
-        t.iter().map(|x| disk(x.clone())).collect(),
-        Some(8 * 512),
-        None,
-    );
+    let (t, d) = observed(4, false);
     assert_eq!(d.unmap_behavior(), UnmapBehavior::Zeroes);
     let data = pattern(4, 0, 256, ss);
     write_vec(&d, 0, &data).unwrap();
@@ -332,17 +339,7 @@ fn unmap_is_one_range_per_member() {
 #[test]
 fn flush_reaches_every_member() {
     for asynchronous in [false, true] {
-        let t: Vec<TestDisk> = (0..3)
-            .map(|_| {
-                let x = TestDisk::new(ram_disk(64, 512));
-                if asynchronous { x.asynchronous() } else { x }
-            })
-            .collect();
-        let d = striped(
-            t.iter().map(|x| disk(x.clone())).collect(),
-            Some(4096),
-            None,
-        );
+        let (t, d) = observed(3, asynchronous);
         flush(&d).unwrap();
         assert!(t.iter().all(|x| x.take_calls() == vec![Call::Flush]));
     }
@@ -380,17 +377,7 @@ fn default_chunk_is_128k() {
 #[test]
 fn member_errors_name_the_member() {
     for asynchronous in [false, true] {
-        let t: Vec<TestDisk> = (0..4)
-            .map(|_| {
-                let x = TestDisk::new(ram_disk(64, 512));
-                if asynchronous { x.asynchronous() } else { x }
-            })
-            .collect();
-        let d = striped(
-            t.iter().map(|x| disk(x.clone())).collect(),
-            Some(4096),
-            None,
-        );
+        let (t, d) = observed(4, asynchronous);
         let member = |index| DiskError::Member {
             index,
             error: Box::new(INJECTED),

@@ -2,9 +2,11 @@
 //! (`Vtl2SettingsErrorCode`, written `"<Category>.<Code>"`), each with the
 //! path of the field at fault and the object it belongs to.
 //!
-//! Decoders and validation report *every* error of a document, so the
-//! public results carry an [`Errors`] list, never a single error.
+//! Decoders and validation report every error of a document (up to
+//! [`MAX_ERRORS`], then how many more), so the public results carry an
+//! [`Errors`] list, never a single error.
 
+use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
@@ -155,25 +157,26 @@ impl fmt::Display for ErrorCode {
 /// The object an error belongs to, as OpenHCL's messages name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Object {
-    /// A controller or NIC, by its instance id as written in the document.
+    /// A controller or NIC, by its instance id as written in the document
+    /// (cut to [`MAX_QUOTED`] bytes, see [`shown`]).
     Instance(String),
     /// A SCSI LUN of a controller.
     ScsiLun {
-        /// Controller instance id as written.
+        /// Controller instance id as written (cut like [`Object::Instance`]).
         instance_id: String,
         /// The LUN.
         lun: u32,
     },
     /// An NVMe namespace of a controller.
     NvmeNamespace {
-        /// Controller instance id as written.
+        /// Controller instance id as written (cut like [`Object::Instance`]).
         instance_id: String,
         /// The namespace id.
         nsid: u32,
     },
     /// An IDE device of a controller.
     IdeDevice {
-        /// Controller instance id as written.
+        /// Controller instance id as written (cut like [`Object::Instance`]).
         instance_id: String,
         /// The channel, if given.
         channel: Option<u32>,
@@ -253,7 +256,94 @@ impl fmt::Display for Error {
 
 impl core::error::Error for Error {}
 
-/// Every error of a document (never empty when returned as an error).
+/// Most errors one document reports in detail. A hostile document can
+/// hold an error every two bytes (an empty protobuf message, a JSON `{}`),
+/// and each error costs a few hundred bytes, so an unbounded list would
+/// turn a 1 MiB blob into hundreds of MiB of errors. Four full SCSI
+/// controllers with every LUN wrong in a few ways come to about a thousand;
+/// past that a longer list helps no one. One last error then says how many
+/// more were found.
+pub const MAX_ERRORS: usize = 1024;
+
+/// Longest value (an id, a string the host sent) an error quotes; longer
+/// ones are cut and marked `…` ([`shown`]).
+pub const MAX_QUOTED: usize = 64;
+
+/// `s` as an error quotes it: at most [`MAX_QUOTED`] bytes (cut on a
+/// character boundary, then `…`), so a hostile megabyte-long id repeated in
+/// every error of its LUNs costs a few dozen bytes each.
+pub fn shown(s: &str) -> String {
+    if s.len() <= MAX_QUOTED {
+        return String::from(s);
+    }
+    let mut end = MAX_QUOTED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let mut out = String::from(s.get(..end).unwrap_or_default());
+    out.push('…');
+    out
+}
+
+/// Collects a document's errors: the first [`MAX_ERRORS`] in full, the
+/// rest only counted.
+#[derive(Debug, Default)]
+pub(crate) struct Collector {
+    errors: Vec<Error>,
+    /// The code of the first error not kept, and how many were not kept.
+    dropped: Option<(ErrorCode, usize)>,
+}
+
+impl Collector {
+    pub(crate) fn push(&mut self, e: Error) {
+        if self.errors.len() < MAX_ERRORS {
+            self.errors.push(e);
+        } else {
+            self.dropped.get_or_insert((e.code, 0)).1 += 1;
+        }
+    }
+
+    pub(crate) fn extend(&mut self, errors: Errors) {
+        for e in errors.0 {
+            self.push(e);
+        }
+    }
+
+    /// Errors found so far, kept or not.
+    pub(crate) fn count(&self) -> usize {
+        self.errors.len() + self.dropped.map_or(0, |(_, n)| n)
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.count() == 0
+    }
+
+    /// The errors kept, then (if any were not) one naming how many more
+    /// there were, under the code of the first of them.
+    pub(crate) fn into_errors(mut self) -> Errors {
+        if let Some((code, n)) = self.dropped {
+            self.errors.push(Error::new(
+                code,
+                "",
+                format!("{n} more errors not reported (at most {MAX_ERRORS} are)"),
+            ));
+        }
+        Errors(self.errors)
+    }
+
+    /// `Ok(value)` when no error was found, else every error.
+    pub(crate) fn result<T>(self, value: T) -> Result<T, Errors> {
+        if self.is_empty() {
+            Ok(value)
+        } else {
+            Err(self.into_errors())
+        }
+    }
+}
+
+/// Every error of a document (never empty when returned as an error), or
+/// the first [`MAX_ERRORS`] of them and one saying how many more there
+/// were.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Errors(pub Vec<Error>);
 
@@ -296,6 +386,42 @@ mod tests {
         );
         assert_eq!(ErrorCode::ALL.len(), 37);
         assert_eq!(ErrorCode::ALL[0], ErrorCode::InternalFailure);
+    }
+
+    #[test]
+    fn shown_cuts_long_values_on_a_char_boundary() {
+        assert_eq!(shown("abc"), "abc");
+        let exact = "a".repeat(MAX_QUOTED);
+        assert_eq!(shown(&exact), exact);
+        let long = alloc::format!("a{}", "é".repeat(100));
+        let cut = shown(&long);
+        assert_eq!(cut.len(), MAX_QUOTED - 1 + 3);
+        assert!(cut.ends_with("é…"));
+    }
+
+    #[test]
+    fn collector_keeps_the_first_errors_and_counts_the_rest() {
+        let c = Collector::default();
+        assert!(c.is_empty());
+        assert_eq!(c.result(5), Ok(5));
+        let mut c = Collector::default();
+        for _ in 0..MAX_ERRORS {
+            c.push(Error::new(ErrorCode::InvalidInstanceId, "a", "x"));
+        }
+        c.extend(Errors(alloc::vec![
+            Error::new(ErrorCode::StorageInvalidVendorId, "b", "y"),
+            Error::new(ErrorCode::InvalidInstanceId, "c", "z"),
+        ]));
+        assert_eq!(c.count(), MAX_ERRORS + 2);
+        let e = c.result(()).unwrap_err();
+        assert_eq!(e.0.len(), MAX_ERRORS + 1);
+        let last = &e.0[MAX_ERRORS];
+        assert_eq!(last.code, ErrorCode::StorageInvalidVendorId);
+        assert_eq!(last.path, "");
+        assert_eq!(
+            last.message,
+            alloc::format!("2 more errors not reported (at most {MAX_ERRORS} are)")
+        );
     }
 
     #[test]

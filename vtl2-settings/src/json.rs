@@ -44,7 +44,7 @@
 //! The tree keeps numbers as their text so integers up to `u64::MAX` decode
 //! exactly.
 
-use crate::error::{Error, ErrorCode, Errors};
+use crate::error::{Collector, Error, ErrorCode, Errors};
 use crate::wire;
 use alloc::format;
 use alloc::string::String;
@@ -432,7 +432,7 @@ fn name_matches(key: &str, snake: &str) -> bool {
 
 /// Walks a [`Value`] tree, decoding messages and collecting every error.
 struct Decoder {
-    errors: Vec<Error>,
+    errors: Collector,
 }
 
 type Fields<'v, const N: usize> = [Option<(&'v Value, String)>; N];
@@ -941,15 +941,17 @@ fn run<T>(
         e
     };
     let value = parse(data).map_err(|e| Errors(alloc::vec![with_prefix(e)]))?;
-    let mut d = Decoder { errors: Vec::new() };
+    let mut d = Decoder {
+        errors: Collector::default(),
+    };
     let out = decode(&mut d, &value, path);
     match out {
-        Some(t) if d.errors.is_empty() => Ok(t),
-        _ => {
+        Some(t) => d.errors.result(t),
+        None => {
             if d.errors.is_empty() {
                 d.fail(path, String::from("expected an object"));
             }
-            Err(Errors(d.errors))
+            Err(d.errors.into_errors())
         }
     }
 }

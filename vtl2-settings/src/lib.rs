@@ -38,8 +38,10 @@
 //! None: the JSON, protobuf and postcard codecs are hand-written for exact
 //! field paths and error collection (each module says why), which also
 //! keeps the `no_std` gate trivially satisfied. Hostile-input limits are in
-//! [`json`] (size, depth, value count), [`protobuf`] (message count, group
-//! depth) and [`postcard`] (size, sequence lengths bounded by the input).
+//! [`json`] (size, depth, value count), [`protobuf`] (size, message count,
+//! group depth), [`postcard`] (size, sequence lengths bounded by the input)
+//! and [`error`] (how many errors are kept, how much of a value they quote);
+//! every format accepts at most [`read::MAX_BLOB_LEN`] bytes.
 //!
 //! Example: `examples/check_settings.rs` prints a blob's model or errors,
 //! and the change set of an update.
@@ -61,12 +63,20 @@ pub mod protobuf_out;
 pub mod read;
 pub mod update;
 pub mod validate;
+mod varint;
 pub mod wire;
 
 pub use error::{Error, ErrorCode, Errors, Object};
 pub use guid::Guid;
 pub use model::Settings;
 pub use read::read;
+
+/// Sample documents (OpenHCL's) the unit tests share.
+#[cfg(test)]
+const TEST_SAMPLES: [&[u8]; 2] = [
+    include_bytes!("../tests/data/vtl2s_test_json.json"),
+    include_bytes!("../tests/data/vtl2s_test_compat.json"),
+];
 
 /// Version of the settings model this crate produces (1: the first model,
 /// with [`postcard::FORMAT_VERSION`] 1 as its binary form).

@@ -49,16 +49,8 @@ pub fn is_postcard(data: &[u8]) -> bool {
 struct Writer(Vec<u8>);
 
 impl Writer {
-    fn varint(&mut self, mut v: u64) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                self.0.push(b);
-                return;
-            }
-            self.0.push(b | 0x80);
-        }
+    fn varint(&mut self, v: u64) {
+        crate::varint::write(&mut self.0, v);
     }
 
     fn u32(&mut self, v: u32) {
@@ -211,15 +203,7 @@ impl Reader<'_> {
     }
 
     fn varint(&mut self, max_bytes: u32) -> R<u64> {
-        let mut v: u64 = 0;
-        for i in 0..max_bytes {
-            let b = self.byte()?;
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("varint too long")
+        crate::varint::read(self.data, &mut self.pos, max_bytes)
     }
 
     fn u32(&mut self) -> R<u32> {
@@ -238,8 +222,8 @@ impl Reader<'_> {
         }
     }
 
-    /// A sequence length, bounded by the bytes left (every item takes at
-    /// least one byte), so a hostile length cannot force a huge allocation.
+    /// A sequence or string length, bounded by the bytes left (every item
+    /// takes at least one byte), so a hostile length fails at once.
     fn len(&mut self) -> R<usize> {
         let n = usize::try_from(self.varint(10)?).map_err(|_| "length out of range")?;
         if n > self.data.len().saturating_sub(self.pos) {
@@ -276,9 +260,13 @@ impl Reader<'_> {
         }
     }
 
+    /// A sequence. Its length is bounded by the bytes left, but an item
+    /// takes tens to hundreds of times more memory than the byte it needs
+    /// at least on the wire, so the vector grows as items decode instead of
+    /// being sized up front from a hostile length.
     fn seq<T>(&mut self, mut f: impl FnMut(&mut Self) -> R<T>) -> R<Vec<T>> {
         let n = self.len()?;
-        let mut out = Vec::with_capacity(n);
+        let mut out = Vec::new();
         for _ in 0..n {
             out.push(f(self)?);
         }
@@ -422,8 +410,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Settings {
-        let json = include_bytes!("../tests/data/vtl2s_test_json.json");
-        crate::read::read(json).unwrap()
+        crate::read::read(crate::TEST_SAMPLES[0]).unwrap()
     }
 
     #[test]

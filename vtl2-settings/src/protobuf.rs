@@ -20,16 +20,22 @@
 //! above `u64::MAX`, a wrong wire type for a known field, an unmatched
 //! group, field number 0, or invalid UTF-8. Nesting is bounded by the
 //! schema (messages are decoded by type, not recursively by tag), and
-//! skipped groups nest at most [`MAX_GROUP_DEPTH`] deep. A document holds
-//! at most [`MAX_MESSAGES`] messages, which bounds the decoded size (an
-//! empty `Lun` costs 2 bytes on the wire but a few hundred in memory).
+//! skipped groups nest at most [`MAX_GROUP_DEPTH`] deep. A document is at
+//! most [`MAX_INPUT_LEN`] bytes and holds at most [`MAX_MESSAGES`]
+//! messages, which bounds the decoded size (an empty `Lun` costs 2 bytes
+//! on the wire but a few hundred in memory).
 
-use crate::error::{Error, ErrorCode, Errors};
+use crate::error::{Collector, Error, ErrorCode, Errors};
 use crate::wire;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+/// Largest accepted message, in bytes: the same limit as a JSON document
+/// ([`crate::json::MAX_INPUT_LEN`]), whose content protobuf writes in about
+/// a third of the bytes. Without it, namespace chunks (each decoded with its
+/// own [`MAX_MESSAGES`]) would let decoded size grow with the blob.
+pub const MAX_INPUT_LEN: usize = 1 << 20;
 /// Deepest nesting of skipped (unknown) groups.
 pub const MAX_GROUP_DEPTH: usize = 64;
 /// Most messages (top level and nested) in one document.
@@ -57,19 +63,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn varint(&mut self) -> Result<u64, &'static str> {
-        let mut v: u64 = 0;
-        for i in 0..10 {
-            let b = *self.data.get(self.pos).ok_or("truncated varint")?;
-            self.pos += 1;
-            if i == 9 && b > 1 {
-                return Err("varint overflows 64 bits");
-            }
-            v |= u64::from(b & 0x7f) << (7 * i);
-            if b & 0x80 == 0 {
-                return Ok(v);
-            }
-        }
-        Err("varint longer than 10 bytes")
+        crate::varint::read(self.data, &mut self.pos, 10)
     }
 
     fn take(&mut self, n: u64) -> Result<&'a [u8], &'static str> {
@@ -150,7 +144,7 @@ impl<'a> Reader<'a> {
 
 /// Walks messages, collecting every error.
 struct Decoder {
-    errors: Vec<Error>,
+    errors: Collector,
     messages: usize,
 }
 
@@ -554,17 +548,23 @@ fn run<T: Default>(
     path: &str,
     decode: impl FnOnce(&mut Decoder, &[u8], &str, &mut T),
 ) -> Result<T, Errors> {
+    if data.len() > MAX_INPUT_LEN {
+        return Err(Errors(alloc::vec![Error::new(
+            ErrorCode::ProtobufFormatError,
+            path,
+            format!(
+                "message is {} bytes, larger than the {MAX_INPUT_LEN}-byte limit",
+                data.len()
+            ),
+        )]));
+    }
     let mut d = Decoder {
-        errors: Vec::new(),
+        errors: Collector::default(),
         messages: 0,
     };
     let mut out = T::default();
     decode(&mut d, data, path, &mut out);
-    if d.errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(Errors(d.errors))
-    }
+    d.errors.result(out)
 }
 
 /// Decodes a top-level `Vtl2Settings` protobuf message. Chunk settings stay
@@ -597,29 +597,19 @@ mod tests {
     use crate::json;
     use alloc::vec;
 
-    fn varint(mut v: u64, out: &mut Vec<u8>) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                out.push(b);
-                return;
-            }
-            out.push(b | 0x80);
-        }
-    }
+    use crate::varint::write as varint;
 
     fn int(n: u64, v: u64) -> Vec<u8> {
         let mut out = Vec::new();
-        varint(n << 3, &mut out);
-        varint(v, &mut out);
+        varint(&mut out, n << 3);
+        varint(&mut out, v);
         out
     }
 
     fn len(n: u64, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
-        varint((n << 3) | 2, &mut out);
-        varint(body.len() as u64, &mut out);
+        varint(&mut out, (n << 3) | 2);
+        varint(&mut out, body.len() as u64);
         out.extend_from_slice(body);
         out
     }

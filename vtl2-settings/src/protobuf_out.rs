@@ -9,16 +9,8 @@ use alloc::vec::Vec;
 struct Msg(Vec<u8>);
 
 impl Msg {
-    fn varint(&mut self, mut v: u64) {
-        loop {
-            let b = (v & 0x7f) as u8;
-            v >>= 7;
-            if v == 0 {
-                self.0.push(b);
-                return;
-            }
-            self.0.push(b | 0x80);
-        }
+    fn varint(&mut self, v: u64) {
+        crate::varint::write(&mut self.0, v);
     }
 
     fn key(&mut self, number: u64, wire_type: u64) {
@@ -157,16 +149,8 @@ mod tests {
 
     #[test]
     fn protobuf_out_round_trips_samples() {
-        for data in [
-            &include_bytes!("../tests/data/vtl2s_test_json.json")[..],
-            include_bytes!("../tests/data/vtl2s_test_compat.json"),
-        ] {
-            let top = json::decode_settings(data).unwrap();
-            let base = wire::Base {
-                version: top.version,
-                fixed: top.fixed,
-                dynamic: top.dynamic,
-            };
+        for data in crate::TEST_SAMPLES {
+            let base = json::decode_settings(data).unwrap().take_base();
             let blob = to_protobuf(&base);
             let again = protobuf::decode_settings(&blob).unwrap();
             assert_eq!(again.version, base.version);

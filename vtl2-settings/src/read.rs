@@ -15,7 +15,7 @@
 //! `NetworkDevice` chunk replaces the NIC list; `NetworkAcceleration`
 //! chunks update the subordinate ids of the NICs listed.
 
-use crate::error::{Error, ErrorCode, Errors};
+use crate::error::{Collector, Error, ErrorCode, Errors, shown};
 use crate::json;
 use crate::model::Settings;
 use crate::postcard;
@@ -24,7 +24,17 @@ use crate::validate::{self, Input};
 use crate::wire;
 use alloc::format;
 use alloc::string::String;
-use alloc::vec::Vec;
+
+/// Largest blob any format accepts, in bytes ([`crate::json::MAX_INPUT_LEN`],
+/// [`crate::protobuf::MAX_INPUT_LEN`] and [`crate::postcard::MAX_INPUT_LEN`]
+/// are all this): a tool reading a blob from a file need not read more.
+pub const MAX_BLOB_LEN: usize = 1 << 20;
+
+const _: () = assert!(
+    json::MAX_INPUT_LEN == MAX_BLOB_LEN
+        && protobuf::MAX_INPUT_LEN == MAX_BLOB_LEN
+        && postcard::MAX_INPUT_LEN == MAX_BLOB_LEN
+);
 
 /// The encoding of a blob or chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +85,7 @@ pub fn decode(data: &[u8]) -> Result<Input, Errors> {
             ..Input::default()
         });
     }
-    let top = detect_decode(
+    let mut top = detect_decode(
         data,
         "",
         |d, _| json::decode_settings(d),
@@ -83,16 +93,9 @@ pub fn decode(data: &[u8]) -> Result<Input, Errors> {
     )?;
     let mut input = Input::default();
     if top.fixed.is_some() || top.dynamic.is_some() {
-        input.base = Some((
-            String::new(),
-            wire::Base {
-                version: top.version,
-                fixed: top.fixed,
-                dynamic: top.dynamic,
-            },
-        ));
+        input.base = Some((String::new(), top.take_base()));
     }
-    let mut errors = Vec::new();
+    let mut errors = Collector::default();
     for (i, chunk) in top.namespace_settings.iter().enumerate() {
         let path = format!("namespace_settings[{i}].settings");
         let ns = chunk.namespace.as_str();
@@ -107,7 +110,8 @@ pub fn decode(data: &[u8]) -> Result<Input, Errors> {
                 ErrorCode::UnsupportedSchemaNamespace,
                 format!("namespace_settings[{i}].namespace"),
                 format!(
-                    "unknown namespace `{ns}`; expected Base, NetworkDevice or NetworkAcceleration"
+                    "unknown namespace `{}`; expected Base, NetworkDevice or NetworkAcceleration",
+                    shown(ns)
                 ),
             ));
             continue;
@@ -142,14 +146,10 @@ pub fn decode(data: &[u8]) -> Result<Input, Errors> {
             .map(|n| input.network_acceleration.push((path, n))),
         };
         if let Err(e) = result {
-            errors.extend(e.0);
+            errors.extend(e);
         }
     }
-    if errors.is_empty() {
-        Ok(input)
-    } else {
-        Err(Errors(errors))
-    }
+    errors.result(input)
 }
 
 /// Reads a settings blob: decodes it (any supported format), validates it,

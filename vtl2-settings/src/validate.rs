@@ -56,14 +56,14 @@
 //! Not a schema rule in OpenHCL, so not enforced here: a striped disk's
 //! `chunk_size_in_kb` of 0 (OpenHCL fails when opening the striped disk).
 
-use crate::error::{Error, ErrorCode, Errors, Object};
+use crate::error::{Collector, Error, ErrorCode, Errors, Object, shown};
 use crate::guid::Guid;
 use crate::model::{
     Backing, Child, ChildAddress, Controller, DiskParams, FixedSettings, Identity, Nic,
     PhysicalDevice, PhysicalDeviceKind, Protocol, Settings, defaults,
 };
 use crate::wire;
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -94,7 +94,7 @@ fn join(prefix: &str, rest: &str) -> String {
 }
 
 struct Validator {
-    errors: Vec<Error>,
+    errors: Collector,
 }
 
 impl Validator {
@@ -113,7 +113,7 @@ impl Validator {
         match Guid::parse(text) {
             Ok(g) => Some(g),
             Err(e) => {
-                self.push(code, path, object, format!("{e}, found `{text}`"));
+                self.push(code, path, object, format!("{e}, found `{}`", shown(text)));
                 None
             }
         }
@@ -138,7 +138,10 @@ impl Validator {
         let mut out = Vec::new();
         for (i, c) in dynamic.storage_controllers.iter().enumerate() {
             let path = join(prefix, &format!("dynamic.storage_controllers[{i}]"));
-            let object = Some(Object::Instance(c.instance_id.clone()));
+            // Every error of the controller and its children names it: quote
+            // a bounded form of the id, not the host's string as sent.
+            let shown_id = shown(&c.instance_id);
+            let object = Some(Object::Instance(shown_id.clone()));
             let id = self.guid(
                 &c.instance_id,
                 join(&path, "instance_id"),
@@ -197,7 +200,7 @@ impl Validator {
                     continue;
                 }
             };
-            let children = self.children(&path, c, protocol);
+            let children = self.children(&path, c, &shown_id, protocol);
             if let Some(instance_id) = id {
                 out.push(Controller {
                     instance_id,
@@ -210,12 +213,18 @@ impl Validator {
         out
     }
 
-    fn children(&mut self, path: &str, c: &wire::StorageController, p: Protocol) -> Vec<Child> {
+    fn children(
+        &mut self,
+        path: &str,
+        c: &wire::StorageController,
+        shown_id: &str,
+        p: Protocol,
+    ) -> Vec<Child> {
         let mut slots = BTreeSet::new();
         let mut out = Vec::new();
         for (j, lun) in c.luns.iter().enumerate() {
             let path = join(path, &format!("luns[{j}]"));
-            let id = c.instance_id.clone();
+            let id = String::from(shown_id);
             let object = Some(match p {
                 Protocol::Scsi => Object::ScsiLun {
                     instance_id: id,
@@ -231,7 +240,7 @@ impl Validator {
                     drive: lun.location,
                 },
             });
-            let before = self.errors.len();
+            let before = self.errors.count();
             let address = self.address(&path, lun, p, &object, &mut slots);
             if p == Protocol::Nvme && lun.is_dvd {
                 self.push(
@@ -251,7 +260,7 @@ impl Validator {
                 )
             });
             let identity = self.identity(&path, lun, p, &object);
-            if self.errors.len() != before {
+            if self.errors.count() != before {
                 continue;
             }
             if let (Some(address), Some(backing)) = (address, backing) {
@@ -555,14 +564,14 @@ impl Validator {
                         code,
                         join(path, name),
                         object,
-                        format!("`{value}` is not printable ASCII"),
+                        format!("`{}` is not printable ASCII", shown(value)),
                     );
                 } else if value.len() > max {
                     self.push(
                         code,
                         join(path, name),
                         object,
-                        format!("`{value}` is longer than {max} characters"),
+                        format!("`{}` is longer than {max} characters", shown(value)),
                     );
                 }
             }
@@ -584,7 +593,7 @@ impl Validator {
                         ErrorCode::StorageInvalidDeviceId,
                         join(path, "device_id"),
                         object,
-                        format!("{e}, found `{}`", lun.device_id),
+                        format!("{e}, found `{}`", shown(&lun.device_id)),
                     );
                     None
                 }
@@ -613,7 +622,7 @@ impl Validator {
             nics.clear();
             for (i, n) in dynamic.nic_devices.iter().enumerate() {
                 let path = join(prefix, &format!("dynamic.nic_devices[{i}]"));
-                let object = Some(Object::Instance(n.instance_id.clone()));
+                let object = Some(Object::Instance(shown(&n.instance_id)));
                 let id = self.guid(
                     &n.instance_id,
                     join(&path, "instance_id"),
@@ -641,7 +650,7 @@ impl Validator {
             nics.clear();
             for (i, n) in nd.nic_devices.iter().enumerate() {
                 let path = join(prefix, &format!("nic_devices[{i}].instance_id"));
-                let object = Some(Object::Instance(n.instance_id.clone()));
+                let object = Some(Object::Instance(shown(&n.instance_id)));
                 if let Some(instance_id) =
                     self.guid(&n.instance_id, path, &object, ErrorCode::InvalidInstanceId)
                 {
@@ -653,10 +662,13 @@ impl Validator {
                 }
             }
         }
+        // The last entry for a NIC wins. Collected first and applied in one
+        // pass: a NIC-by-entry scan would be quadratic in hostile input.
+        let mut subordinates = BTreeMap::new();
         for (prefix, na) in &input.network_acceleration {
             for (i, a) in na.nic_acceleration.iter().enumerate() {
                 let path = join(prefix, &format!("nic_acceleration[{i}]"));
-                let object = Some(Object::Instance(a.instance_id.clone()));
+                let object = Some(Object::Instance(shown(&a.instance_id)));
                 let id = self.guid(
                     &a.instance_id,
                     join(&path, "instance_id"),
@@ -670,9 +682,14 @@ impl Validator {
                     ErrorCode::InvalidInstanceId,
                 );
                 if let (Some(id), Some(sub)) = (id, sub) {
-                    for nic in nics.iter_mut().filter(|n| n.instance_id == id) {
-                        nic.subordinate_instance_id = (!sub.is_zero()).then_some(sub);
-                    }
+                    subordinates.insert(id, (!sub.is_zero()).then_some(sub));
+                }
+            }
+        }
+        if !subordinates.is_empty() {
+            for nic in &mut nics {
+                if let Some(&sub) = subordinates.get(&nic.instance_id) {
+                    nic.subordinate_instance_id = sub;
                 }
             }
         }
@@ -705,7 +722,9 @@ fn params(lun: &wire::Lun) -> DiskParams {
 /// of listed NICs. Runtime-change rules are not checked here (see
 /// [`crate::update`]).
 pub fn validate(input: &Input, current: Option<&Settings>) -> Result<Settings, Errors> {
-    let mut v = Validator { errors: Vec::new() };
+    let mut v = Validator {
+        errors: Collector::default(),
+    };
     let mut settings = current.cloned().unwrap_or_default();
     if let Some((prefix, base)) = &input.base {
         if base.version != wire::VERSION_V1 {
@@ -723,9 +742,5 @@ pub fn validate(input: &Input, current: Option<&Settings>) -> Result<Settings, E
         };
     }
     settings.nics = v.nics(input, &settings.nics);
-    if v.errors.is_empty() {
-        Ok(settings)
-    } else {
-        Err(Errors(v.errors))
-    }
+    v.errors.result(settings)
 }

@@ -60,6 +60,18 @@ pub struct Vtl2Settings {
     pub dynamic: Option<Dynamic>,
 }
 
+impl Vtl2Settings {
+    /// Takes the top-level (legacy form) base content — `version`, `fixed`
+    /// and `dynamic` — out of the document, leaving its chunks.
+    pub fn take_base(&mut self) -> Base {
+        Base {
+            version: self.version,
+            fixed: self.fixed.take(),
+            dynamic: self.dynamic.take(),
+        }
+    }
+}
+
 /// `Vtl2SettingsChunk`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Chunk {

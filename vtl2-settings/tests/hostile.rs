@@ -1,6 +1,8 @@
 //! Hostile input: any bytes, mutated documents and token soup never panic,
 //! and the invariants of `fuzz::check_blob` hold.
 
+mod common;
+
 use parastor_vtl2_settings::postcard;
 use parastor_vtl2_settings::read;
 use proptest::prelude::*;
@@ -123,25 +125,90 @@ proptest! {
 fn hostile_deep_nesting_in_chunk() {
     // Deep nesting inside a base64 chunk is bounded too.
     let inner = "[".repeat(10_000);
-    let b64 = {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-        let mut out = String::new();
-        for c in inner.as_bytes().chunks(3) {
-            let n = (u32::from(c[0]) << 16)
-                | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-                | u32::from(*c.get(2).unwrap_or(&0));
-            for i in 0..4 {
-                out.push(if i <= c.len() {
-                    A[(n >> (18 - 6 * i) & 63) as usize] as char
-                } else {
-                    '='
-                });
-            }
-        }
-        out
-    };
+    let b64 = common::base64(inner.as_bytes());
     let doc = format!(r#"{{"namespace_settings":[{{"namespace":"Base","settings":"{b64}"}}]}}"#);
     assert!(read(doc.as_bytes()).is_err());
     let doc = format!("{}{}", "{\"a\":[".repeat(50_000), "]}".repeat(50_000));
     assert!(read(doc.as_bytes()).is_err());
+}
+
+#[test]
+fn hostile_error_count_is_bounded() {
+    use parastor_vtl2_settings::ErrorCode;
+    use parastor_vtl2_settings::error::MAX_ERRORS;
+    // `version` with the wrong wire type: one error every two bytes.
+    let e = read(&[0x12, 0x00].repeat(MAX_ERRORS + 10)).unwrap_err();
+    assert_eq!(e.0.len(), MAX_ERRORS + 1);
+    let last = e.0.last().unwrap();
+    assert_eq!(last.code, ErrorCode::ProtobufFormatError);
+    assert_eq!(
+        last.message,
+        format!("10 more errors not reported (at most {MAX_ERRORS} are)")
+    );
+    // Exactly at the limit, nothing is summarized.
+    let e = read(&[0x12, 0x00].repeat(MAX_ERRORS)).unwrap_err();
+    assert_eq!(e.0.len(), MAX_ERRORS);
+    // Validation: two errors per empty NVMe namespace (NSID 0, no backing).
+    let luns = vec!["{}"; MAX_ERRORS].join(",");
+    let doc = format!(
+        r#"{{"version":"V1","dynamic":{{"storage_controllers":[{{"instance_id":
+        "0bf355d5-9a55-4b8c-a5f2-7dd1a7c0e3f4","protocol":"NVME","luns":[{luns}]}}]}}}}"#
+    );
+    let e = read(doc.as_bytes()).unwrap_err();
+    assert_eq!(e.0.len(), MAX_ERRORS + 1);
+    assert_eq!(e.0[MAX_ERRORS - 1].path, {
+        let j = MAX_ERRORS / 2 - 1;
+        format!("dynamic.storage_controllers[0].luns[{j}].physical_devices")
+    });
+    assert!(
+        e.0[MAX_ERRORS]
+            .message
+            .starts_with(&format!("{MAX_ERRORS} more errors"))
+    );
+    // Chunks: each chunk's errors are merged under the same bound.
+    let chunk = common::base64(&[0x0a, 0x00].repeat(MAX_ERRORS));
+    let chunks =
+        vec![format!(r#"{{"namespace":"NetworkAcceleration","settings":"{chunk}"}}"#); 3].join(",");
+    let e = read(format!(r#"{{"namespace_settings":[{chunks}]}}"#).as_bytes()).unwrap_err();
+    assert_eq!(e.0.len(), MAX_ERRORS + 1);
+}
+
+#[test]
+fn hostile_protobuf_size_limit() {
+    use parastor_vtl2_settings::ErrorCode;
+    // `version` = 1, repeated (the last wins) up to exactly the limit: fine.
+    let max = [0x10, 0x01].repeat(read::MAX_BLOB_LEN / 2);
+    assert!(read(&max).is_ok());
+    let mut over = max;
+    over.push(0x10);
+    let e = read(&over).unwrap_err();
+    assert_eq!(e.codes(), [ErrorCode::ProtobufFormatError]);
+    assert!(e.0[0].message.contains("byte limit"), "{e}");
+}
+
+#[test]
+fn hostile_long_values_are_quoted_short() {
+    use parastor_vtl2_settings::Object;
+    use parastor_vtl2_settings::error::MAX_QUOTED;
+    // Two-byte characters after one ASCII byte: byte MAX_QUOTED falls
+    // inside a character, so the cut must back off to a boundary.
+    let id = format!("x{}", "é".repeat(50_000));
+    let doc = format!(
+        r#"{{"version":"V1","dynamic":{{"storage_controllers":[{{"instance_id":"{id}",
+        "protocol":"SCSI","luns":[{{"location":1,"vendor_id":"{id}"}},{{"location":1}}]}}]}}}}"#
+    );
+    let e = read(doc.as_bytes()).unwrap_err();
+    assert!(e.0.len() >= 4, "{e}");
+    for err in &e.0 {
+        let quoted = match err.object.as_ref().unwrap() {
+            Object::Instance(id)
+            | Object::ScsiLun {
+                instance_id: id, ..
+            } => id,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(quoted.len(), MAX_QUOTED - 1 + '…'.len_utf8(), "{err}");
+        assert!(quoted.starts_with("xé") && quoted.ends_with("é…"));
+        assert!(err.message.len() < 2 * MAX_QUOTED + 100, "{}", err.message);
+    }
 }

@@ -1,5 +1,8 @@
 //! Whole-blob reading: format detection and namespace chunks.
 
+mod common;
+
+use common::pb_len;
 use parastor_vtl2_settings::read::{Format, detect};
 use parastor_vtl2_settings::{ErrorCode, Errors, read};
 
@@ -10,21 +13,7 @@ fn err(s: &str) -> Errors {
 }
 
 fn b64(s: &str) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in s.as_bytes().chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    common::base64(s.as_bytes())
 }
 
 #[test]
@@ -148,23 +137,6 @@ fn read_network_device_replaces_legacy_nics() {
     assert_eq!(s.nics[0].instance_id.data1, 0x1111_1111);
 }
 
-/// Protobuf encoding helpers for the tests below.
-fn pb_len(n: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = vec![(n << 3 | 2) as u8];
-    let mut l = body.len() as u64;
-    loop {
-        let b = (l & 0x7f) as u8;
-        l >>= 7;
-        if l == 0 {
-            out.push(b);
-            break;
-        }
-        out.push(b | 0x80);
-    }
-    out.extend_from_slice(body);
-    out
-}
-
 #[test]
 fn read_protobuf_outer_json_chunk() {
     // OpenHCL's smoke_test_namespace_mix_protobuf_json: the outer document
@@ -187,4 +159,43 @@ fn read_json_failure_reports_json_errors() {
     let e = read(b"{\"version\":\"V2\"}").unwrap_err();
     assert_eq!(e.codes(), [ErrorCode::JsonFormatError]);
     assert_eq!(e.0[0].path, "version");
+}
+
+#[test]
+fn read_network_acceleration_last_entry_wins() {
+    let (a, b) = (
+        "11111111-1111-1111-1111-111111111111",
+        "22222222-2222-2222-2222-222222222222",
+    );
+    let (x, y, zero) = (
+        "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa",
+        "bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb",
+        "00000000-0000-0000-0000-000000000000",
+    );
+    let accel = |entries: &[(&str, &str)]| {
+        let list: Vec<_> = entries
+            .iter()
+            .map(|(id, sub)| {
+                format!(r#"{{"instance_id":"{id}","subordinate_instance_id":"{sub}"}}"#)
+            })
+            .collect();
+        let chunk = b64(&format!(r#"{{"nic_acceleration":[{}]}}"#, list.join(",")));
+        format!(r#"{{"namespace":"NetworkAcceleration","settings":"{chunk}"}}"#)
+    };
+    let doc = format!(
+        r#"{{"version":"V1","dynamic":{{"nic_devices":[{{"instance_id":"{a}"}},
+        {{"instance_id":"{b}","subordinate_instance_id":"{x}"}},{{"instance_id":"{a}"}}]}},
+        "namespace_settings":[{},{}]}}"#,
+        accel(&[(a, x), ("33333333-3333-3333-3333-333333333333", x)]),
+        accel(&[(a, y), (b, zero)]),
+    );
+    let s = read(doc.as_bytes()).unwrap();
+    let subs: Vec<_> = s
+        .nics
+        .iter()
+        .map(|n| n.subordinate_instance_id.map(|g| g.data1))
+        .collect();
+    // Both NICs with id a take the last entry for a; b's zero GUID clears
+    // its subordinate; the entry for an unknown NIC changes nothing.
+    assert_eq!(subs, [Some(0xbbbb_bbbb), None, Some(0xbbbb_bbbb)]);
 }

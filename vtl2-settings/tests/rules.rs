@@ -43,6 +43,16 @@ fn doc(controllers: &[String]) -> String {
     )
 }
 
+/// A document with one SCSI controller (`C0`) holding one disk at LUN 0
+/// with device id `DISK_ID` and the given extra fields.
+fn scsi_disk_doc(fields: &str) -> String {
+    doc(&[controller(
+        C0,
+        "SCSI",
+        &[bare_lun(0, &format!(r#","device_id":"{DISK_ID}"{fields}"#))],
+    )])
+}
+
 fn ok(s: &str) -> Settings {
     read(s.as_bytes()).unwrap_or_else(|e| panic!("{e}\n{s}"))
 }
@@ -136,16 +146,9 @@ fn rule_invalid_instance_ids() {
     );
     assert_eq!(e.object, Some(Object::Instance("not-a-guid".into())));
     one(
-        &doc(&[controller(
-            C0,
-            "SCSI",
-            &[bare_lun(
-                0,
-                &format!(
-                    r#","device_id":"{DISK_ID}","physical_devices":{{"type":"single","device":{{"device_type":"vscsi","device_path":"zz"}}}}"#
-                ),
-            )],
-        )]),
+        &scsi_disk_doc(
+            r#","physical_devices":{"type":"single","device":{"device_type":"vscsi","device_path":"zz"}}"#,
+        ),
         ErrorCode::InvalidInstanceId,
         "dynamic.storage_controllers[0].luns[0].physical_devices.device.device_path",
     );
@@ -315,28 +318,14 @@ fn rule_nvme_dvd() {
 #[test]
 fn rule_unknown_backing_and_device_type() {
     one(
-        &doc(&[controller(
-            C0,
-            "SCSI",
-            &[bare_lun(
-                0,
-                &format!(r#","device_id":"{DISK_ID}","physical_devices":{{"type":"UNKNOWN"}}"#),
-            )],
-        )]),
+        &scsi_disk_doc(r#","physical_devices":{"type":"UNKNOWN"}"#),
         ErrorCode::StorageUnsupportedDeviceType,
         "dynamic.storage_controllers[0].luns[0].physical_devices.type",
     );
     one(
-        &doc(&[controller(
-            C0,
-            "SCSI",
-            &[bare_lun(
-                0,
-                &format!(
-                    r#","device_id":"{DISK_ID}","physical_devices":{{"type":"single","device":{{"device_path":"{DEV}"}}}}"#
-                ),
-            )],
-        )]),
+        &scsi_disk_doc(&format!(
+            r#","physical_devices":{{"type":"single","device":{{"device_path":"{DEV}"}}}}"#
+        )),
         ErrorCode::StorageUnsupportedDeviceType,
         "dynamic.storage_controllers[0].luns[0].physical_devices.device.device_type",
     );
@@ -432,16 +421,9 @@ fn rule_legacy_mixed_with_new() {
         "dynamic.storage_controllers[0].luns[0]",
     );
     // The legacy form alone is a single device.
-    let s = ok(&doc(&[controller(
-        C0,
-        "SCSI",
-        &[bare_lun(
-            0,
-            &format!(
-                r#","device_id":"{DISK_ID}","device_type":"VScsi","device_path":"{DEV}","sub_device_path":"2""#
-            ),
-        )],
-    )]));
+    let s = ok(&scsi_disk_doc(&format!(
+        r#","device_type":"VScsi","device_path":"{DEV}","sub_device_path":"2""#
+    )));
     assert_eq!(
         s.controllers[0].children[0].backing,
         Backing::Single(PhysicalDevice {
@@ -455,11 +437,7 @@ fn rule_legacy_mixed_with_new() {
 #[test]
 fn rule_no_backing() {
     one(
-        &doc(&[controller(
-            C0,
-            "SCSI",
-            &[bare_lun(0, &format!(r#","device_id":"{DISK_ID}""#))],
-        )]),
+        &scsi_disk_doc(""),
         ErrorCode::JsonFormatError,
         "dynamic.storage_controllers[0].luns[0].physical_devices",
     );
@@ -479,16 +457,9 @@ fn rule_no_backing() {
 fn rule_physical_disk_count() {
     let dev = format!(r#"{{"device_type":"nvme","device_path":"{DEV}","sub_device_path":1}}"#);
     let pd = |body: &str| {
-        doc(&[controller(
-            C0,
-            "SCSI",
-            &[bare_lun(
-                0,
-                &format!(
-                    r#","device_id":"{DISK_ID}","chunk_size_in_kb":128,"physical_devices":{{{body}}}"#
-                ),
-            )],
-        )])
+        scsi_disk_doc(&format!(
+            r#","chunk_size_in_kb":128,"physical_devices":{{{body}}}"#
+        ))
     };
     let path = "dynamic.storage_controllers[0].luns[0].physical_devices";
     for body in [

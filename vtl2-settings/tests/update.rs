@@ -1,5 +1,7 @@
 //! Runtime updates: merging, change sets and the runtime rules.
 
+mod common;
+
 use parastor_vtl2_settings::model::{Backing, ChildAddress};
 use parastor_vtl2_settings::update::{Change, diff, read_update};
 use parastor_vtl2_settings::{ErrorCode, Errors, Guid, Settings, read};
@@ -236,7 +238,7 @@ fn update_merge_nics_kept_when_base_has_none() {
     assert_eq!(new.fixed.io_ring_size, 32);
     // And NetworkAcceleration updates them.
     let accel = r#"{"nic_acceleration":[{"instance_id":"44444444-4444-4444-4444-444444444444","subordinate_instance_id":"55555555-5555-5555-5555-555555555555"}]}"#;
-    let b64 = base64(accel.as_bytes());
+    let b64 = common::base64(accel.as_bytes());
     let (new, _) = read_update(
         format!(
             r#"{{"namespace_settings":[{{"namespace":"NetworkAcceleration","settings":"{b64}"}}]}}"#
@@ -255,22 +257,4 @@ fn update_merge_nics_kept_when_base_has_none() {
 fn diff_direct() {
     let a = settings(&doc(&[disk(0, 1, "")], &[], &[]));
     assert!(diff(&a, &a).unwrap().changes.is_empty());
-}
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }

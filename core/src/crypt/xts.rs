@@ -117,9 +117,7 @@ impl Xts256 {
         first_lba: u64,
         sector_size: usize,
     ) -> Result<(), CryptError> {
-        check(data.len(), first_lba, sector_size)?;
-        Stream::new(self, first_lba, sector_size).run(Dir::Encrypt, None, data);
-        Ok(())
+        self.sectors_in_place(Dir::Encrypt, data, first_lba, sector_size)
     }
 
     /// Decrypts whole sectors in place; `data` starts at sector
@@ -133,8 +131,19 @@ impl Xts256 {
         first_lba: u64,
         sector_size: usize,
     ) -> Result<(), CryptError> {
+        self.sectors_in_place(Dir::Decrypt, data, first_lba, sector_size)
+    }
+
+    /// [`Xts256::encrypt_sectors`] or [`Xts256::decrypt_sectors`].
+    fn sectors_in_place(
+        &self,
+        dir: Dir,
+        data: &mut [u8],
+        first_lba: u64,
+        sector_size: usize,
+    ) -> Result<(), CryptError> {
         check(data.len(), first_lba, sector_size)?;
-        Stream::new(self, first_lba, sector_size).run(Dir::Decrypt, None, data);
+        Stream::new(self, first_lba, sector_size).run(dir, None, data);
         Ok(())
     }
 

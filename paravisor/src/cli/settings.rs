@@ -17,7 +17,7 @@ use parastor_vtl2_settings::read::{self, Format};
 use parastor_vtl2_settings::update::{self, Change, ChangeSet};
 use parastor_vtl2_settings::{Errors, json_out, postcard, protobuf_out, wire};
 use std::fmt::Write as _;
-use std::io::{self, Write};
+use std::io::{self, Read as _, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -126,8 +126,23 @@ pub fn run(args: SettingsArgs) -> Result<ExitCode, CliError> {
     }
 }
 
+/// Reads a settings blob, at most [`read::MAX_BLOB_LEN`] bytes: a larger
+/// file (or a device such as `/dev/zero`) is refused without reading it all.
 fn load(path: &Path) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path).map_err(|e| CliError::new(format!("cannot read {}: {e}", path.display())))
+    let cannot = |e: io::Error| CliError::new(format!("cannot read {}: {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let limit = read::MAX_BLOB_LEN as u64;
+    let mut data = Vec::new();
+    file.take(limit + 1)
+        .read_to_end(&mut data)
+        .map_err(cannot)?;
+    if data.len() as u64 > limit {
+        return Err(CliError::new(format!(
+            "cannot read {}: larger than the {limit}-byte limit of a settings blob",
+            path.display()
+        )));
+    }
+    Ok(data)
 }
 
 fn format_name(f: Format) -> &'static str {
@@ -506,7 +521,7 @@ impl Json {
             Json::Num(n) => {
                 let _ = write!(out, "{n}");
             }
-            Json::Str(s) => string(out, s),
+            Json::Str(s) => json_out::push_string(out, s),
             Json::Arr(items) => {
                 out.push('[');
                 for (i, v) in items.iter().enumerate() {
@@ -523,7 +538,7 @@ impl Json {
                     if i > 0 {
                         out.push(',');
                     }
-                    string(out, k);
+                    json_out::push_string(out, k);
                     out.push(':');
                     v.write(out);
                 }
@@ -539,24 +554,6 @@ impl Json {
         out.push('\n');
         out
     }
-}
-
-fn string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if u32::from(c) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", u32::from(c));
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
 }
 
 fn errors_json(errors: &Errors) -> Json {
@@ -786,6 +783,24 @@ mod tests {
             text.contains("Configuration.StorageLunLocationExceedsMaxLimits"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn oversized_or_endless_input_is_one_clean_error() {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), vec![b' '; read::MAX_BLOB_LEN + 1]).unwrap();
+        for path in [f.path(), Path::new("/dev/zero")] {
+            let e = load(path).unwrap_err();
+            assert!(
+                e.to_string().contains("byte limit of a settings blob"),
+                "{e}"
+            );
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+        std::fs::write(f.path(), vec![b' '; read::MAX_BLOB_LEN]).unwrap();
+        assert_eq!(load(f.path()).unwrap().len(), read::MAX_BLOB_LEN);
+        let e = load(Path::new("/nonexistent/settings.json")).unwrap_err();
+        assert!(e.to_string().starts_with("cannot read /nonexistent"), "{e}");
     }
 
     #[test]

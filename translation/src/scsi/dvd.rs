@@ -33,9 +33,11 @@
 //! CODE (not DATA PROTECT, which would suggest a write-protected writable
 //! medium).
 
+use super::inquiry::{push_t10_designator, standard_inquiry, vpd_page};
+use super::mode_pages::{check_mode_sense, mode_select_pages, mode_sense_data};
 use super::sense::SenseTable;
 use super::{
-    Res, ScsiResult, data_in, data_out, illegal, invalid_cdb, invalid_param, param_len_error,
+    Res, ScsiResult, data_in, data_out, illegal, invalid_cdb, invalid_param, read_capacity10,
 };
 use alloc::vec::Vec;
 use core::fmt;
@@ -46,11 +48,10 @@ use parastor_hw::scsi::mmc::{
     TrackInformation, event, feature, profile,
 };
 use parastor_hw::scsi::{
-    Command, InquiryData, ModeHeader10, ReadCapacity10Data, SenseData, Transfer, VpdHeader, asc,
-    cdb_len, mode, op, parse_cdb, sense_key, status, vpd,
+    Command, InquiryData, SenseData, Transfer, asc, cdb_len, mode, op, parse_cdb, sense_key, vpd,
 };
 use spin::Mutex;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
 const BLOCK: u64 = mmc::BLOCK_SIZE as u64;
 /// Largest READ, in bytes.
@@ -192,7 +193,7 @@ fn be32(cdb: &[u8], i: usize) -> u32 {
 
 /// LBA to MSF (0, M, S, F) with the 2-second (150-frame) lead-in offset.
 fn msf(lba: u64) -> [u8; 4] {
-    let f = lba + 150;
+    let f = lba.saturating_add(150);
     let m = (f / (75 * 60)).min(255);
     [0, m as u8, ((f / 75) % 60) as u8, (f % 75) as u8]
 }
@@ -293,17 +294,8 @@ impl ScsiDvd {
         data: SgList<'_>,
         initiator: InitiatorId,
     ) -> ScsiResult {
-        let result = match self.run(cdb, &data, initiator).await {
-            Ok(tx) => ScsiResult::good(tx),
-            Err(r) => r,
-        };
-        if let Some(sense) = result
-            .sense
-            .filter(|_| result.status == status::CHECK_CONDITION)
-        {
-            self.sense.store(initiator, sense);
-        }
-        result
+        let result = self.run(cdb, &data, initiator).await;
+        self.sense.finish(result, initiator)
     }
 
     async fn run(&self, cdb: &[u8], data: &SgList<'_>, initiator: InitiatorId) -> Res {
@@ -366,14 +358,7 @@ impl ScsiDvd {
                         None
                     }
                 };
-                let sense = sense.unwrap_or_default();
-                let mut buf = [0u8; parastor_hw::scsi::DESCRIPTOR_SENSE_MAX];
-                if desc {
-                    let n = sense.write_descriptor(&mut buf);
-                    data_in(data, &buf[..n], alloc_len.into())
-                } else {
-                    data_in(data, sense.to_fixed().as_bytes(), alloc_len.into())
-                }
+                super::sense::request_sense(data, sense, desc, alloc_len.into())
             }
             Command::Inquiry {
                 evpd,
@@ -382,13 +367,7 @@ impl ScsiDvd {
             } => self.inquiry(data, evpd, page, alloc_len.into()),
             Command::ReadCapacity10 => {
                 let m = self.state.lock().media()?;
-                let d = ReadCapacity10Data {
-                    last_lba: u32::try_from(m.blocks().saturating_sub(1))
-                        .unwrap_or(u32::MAX)
-                        .into(),
-                    block_len: mmc::BLOCK_SIZE.into(),
-                };
-                data_in(data, d.as_bytes(), usize::MAX)
+                read_capacity10(data, m.blocks(), mmc::BLOCK_SIZE)
             }
             Command::Read(t) => self.read(data, t, opts).await,
             Command::ModeSense {
@@ -463,18 +442,18 @@ impl ScsiDvd {
     }
 
     fn inquiry(&self, data: &SgList<'_>, evpd: bool, page: u8, alloc_len: usize) -> Res {
-        let mut out = Vec::new();
         if !evpd {
             let d = InquiryData {
                 device_type: mmc::DEVICE_TYPE_CDROM,
+                // RMB.
                 removable: 0x80,
-                version: 6,
+                // Response data format 2.
                 flags3: 0x02,
-                additional_len: (size_of::<InquiryData>() - 5) as u8,
-                vendor: self.params.vendor,
-                product: self.params.product,
-                revision: self.params.revision,
-                ..Default::default()
+                ..standard_inquiry(
+                    self.params.vendor,
+                    self.params.product,
+                    self.params.revision,
+                )
             };
             return data_in(data, d.as_bytes(), alloc_len);
         }
@@ -482,24 +461,12 @@ impl ScsiDvd {
             vpd::SUPPORTED_PAGES => [vpd::SUPPORTED_PAGES, vpd::DEVICE_IDENTIFICATION].to_vec(),
             vpd::DEVICE_IDENTIFICATION => {
                 let mut b = Vec::new();
-                super::inquiry::push_t10_designator(
-                    &mut b,
-                    &self.params.vendor,
-                    &self.params.device_id,
-                );
+                push_t10_designator(&mut b, &self.params.vendor, &self.params.device_id);
                 b
             }
             _ => return Err(invalid_cdb()),
         };
-        out.extend_from_slice(
-            VpdHeader {
-                device_type: mmc::DEVICE_TYPE_CDROM,
-                page,
-                len: (body.len() as u16).into(),
-            }
-            .as_bytes(),
-        );
-        out.extend_from_slice(&body);
+        let out = vpd_page(mmc::DEVICE_TYPE_CDROM, page, &body);
         data_in(data, &out, alloc_len)
     }
 
@@ -574,13 +541,12 @@ impl ScsiDvd {
                 out.extend_from_slice(body);
             }
         };
-        let dvd_cur = u8::from(loaded);
-        add(
-            feature::PROFILE_LIST,
-            0,
-            always,
-            &[0, 0x10, dvd_cur, 0, 0, 0x08, 0, 0],
-        );
+        // DVD-ROM (current with a medium), then CD-ROM (never current).
+        let mut profiles = [0u8; 8];
+        profiles[..2].copy_from_slice(&profile::DVD_ROM.to_be_bytes());
+        profiles[2] = u8::from(loaded);
+        profiles[4..6].copy_from_slice(&profile::CD_ROM.to_be_bytes());
+        add(feature::PROFILE_LIST, 0, always, &profiles);
         // Core: SCSI physical interface (1), DBE.
         add(feature::CORE, 2, always, &[0, 0, 0, 1, 0x01, 0, 0, 0]);
         // Morphing: polled events only (Async = 0).
@@ -859,12 +825,7 @@ const MODE_PAGES: [u8; 3] = [
 ];
 
 fn mode_sense(data: &SgList<'_>, pc: u8, page: u8, subpage: u8, alloc_len: usize) -> Res {
-    if pc == mode::PC_SAVED {
-        return Err(illegal(asc::SAVING_PARAMETERS_NOT_SUPPORTED, 0));
-    }
-    if subpage != 0 && !(page == mode::ALL_PAGES && subpage == 0xFF) {
-        return Err(invalid_cdb());
-    }
+    check_mode_sense(pc, page, subpage)?;
     let mut pages = Vec::new();
     if page == mode::ALL_PAGES {
         for code in MODE_PAGES {
@@ -875,53 +836,29 @@ fn mode_sense(data: &SgList<'_>, pc: u8, page: u8, subpage: u8, alloc_len: usize
     } else {
         return Err(invalid_cdb());
     }
-    let mut out = Vec::new();
-    out.extend_from_slice(
-        ModeHeader10 {
-            data_len: ((size_of::<ModeHeader10>() - 2 + pages.len()) as u16).into(),
-            ..Default::default()
-        }
-        .as_bytes(),
-    );
-    out.extend_from_slice(&pages);
-    data_in(data, &out, alloc_len)
+    mode_sense_data(data, true, 0, &pages, alloc_len)
 }
 
 /// Accepts (and ignores) a well-formed parameter list of the pages
 /// [`mode_sense`] reports.
 fn mode_select(data: &SgList<'_>, pf: bool, sp: bool, param_len: usize) -> Res {
-    if sp || (!pf && param_len != 0) {
-        return Err(invalid_cdb());
-    }
-    if param_len == 0 {
-        return Ok(0);
-    }
-    let list = data_out(data, param_len)?;
-    let (h, _) = ModeHeader10::read_from_prefix(&list).map_err(|_| param_len_error())?;
-    let skip = size_of::<ModeHeader10>() + usize::from(h.block_desc_len.get());
-    let mut pages = list.get(skip..).ok_or_else(param_len_error)?;
-    while !pages.is_empty() {
-        let (code, len) = match pages {
-            [code, len, ..] => (*code & 0x3F, usize::from(*len)),
-            _ => return Err(param_len_error()),
-        };
-        if pages[0] & 0x40 != 0 || !MODE_PAGES.contains(&code) || len != 0x0A {
+    mode_select_pages(data, pf, sp, param_len, true, |code, body| {
+        if !MODE_PAGES.contains(&code) || body.len() != 0x0A {
             return Err(invalid_param());
         }
-        pages = pages.get(2 + len..).ok_or_else(param_len_error)?;
-    }
-    Ok(param_len)
+        Ok(())
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{rw10, with_buffer};
     use super::*;
     use alloc::vec;
     use futures::executor::block_on;
     use parastor_core::ram::RamDisk;
     use parastor_core::{GpaRange, GuestMemory, RamGuestMemory};
-
-    const GPA: u64 = 0x1000;
+    use parastor_hw::scsi::status;
     const A: InitiatorId = InitiatorId::new(0xA);
 
     struct Env {
@@ -972,15 +909,9 @@ mod tests {
             out: &[u8],
             len: usize,
         ) -> (ScsiResult, Vec<u8>) {
-            let mut buf = vec![0xEEu8; len];
-            let n = out.len().min(len);
-            buf[..n].copy_from_slice(&out[..n]);
-            self.mem.write(GPA, &buf).unwrap();
-            let ranges = [GpaRange::new(GPA, len as u64)];
-            let sg = SgList::new(&self.mem, &ranges, true).unwrap();
-            let r = block_on(self.dvd.execute(cdb, sg, who));
-            self.mem.read(GPA, &mut buf).unwrap();
-            (r, buf)
+            with_buffer(&self.mem, out, len, |sg| {
+                block_on(self.dvd.execute(cdb, sg, who))
+            })
         }
 
         fn ok(&self, cdb: &[u8], len: usize) -> Vec<u8> {
@@ -1019,9 +950,7 @@ mod tests {
     }
 
     fn read10(lba: u32, len: u16) -> [u8; 10] {
-        let mut c = cdb10(op::READ10, 0, len);
-        c[2..6].copy_from_slice(&lba.to_be_bytes());
-        c
+        rw10(op::READ10, 0, lba, len)
     }
 
     const TUR: [u8; 6] = [0; 6];

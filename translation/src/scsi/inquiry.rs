@@ -22,7 +22,8 @@ use parastor_hw::scsi::{
 };
 use zerocopy::IntoBytes;
 
-/// A VPD page header for a page of `size` bytes in all.
+/// A direct-access device's VPD page header for a page of `size` bytes
+/// in all.
 fn header(page: u8, size: usize) -> VpdHeader {
     VpdHeader {
         device_type: 0,
@@ -31,20 +32,52 @@ fn header(page: u8, size: usize) -> VpdHeader {
     }
 }
 
+/// VPD page `page` of a device of type `device_type`: its header, then
+/// `body`.
+pub(super) fn vpd_page(device_type: u8, page: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(size_of::<VpdHeader>() + body.len());
+    v.extend_from_slice(
+        VpdHeader {
+            device_type,
+            page,
+            len: (body.len() as u16).into(),
+        }
+        .as_bytes(),
+    );
+    v.extend_from_slice(body);
+    v
+}
+
+/// Standard INQUIRY data (SPC-4, 36 bytes) of a direct-access device with
+/// this identity; other device types override the fields that differ.
+pub(super) fn standard_inquiry(
+    vendor: [u8; 8],
+    product: [u8; 16],
+    revision: [u8; 4],
+) -> InquiryData {
+    InquiryData {
+        version: 6,
+        additional_len: (size_of::<InquiryData>() - 5) as u8,
+        vendor,
+        product,
+        revision,
+        ..Default::default()
+    }
+}
+
 impl ScsiDisk {
     pub(super) fn inquiry(&self, data: &SgList<'_>, evpd: bool, page: u8, alloc_len: usize) -> Res {
         if !evpd {
             let d = InquiryData {
-                device_type: 0,
-                removable: 0,
-                version: 6,
+                // HISUP, response data format 2.
                 flags3: 0x12,
-                additional_len: (size_of::<InquiryData>() - 5) as u8,
+                // CMDQUE.
                 flags7: 0x02,
-                vendor: self.params.vendor,
-                product: self.params.product,
-                revision: self.params.revision,
-                ..Default::default()
+                ..standard_inquiry(
+                    self.params.vendor,
+                    self.params.product,
+                    self.params.revision,
+                )
             };
             return data_in(data, d.as_bytes(), alloc_len);
         }
@@ -74,12 +107,7 @@ impl ScsiDisk {
     }
 
     fn vpd_page(&self, page: u8) -> Option<Vec<u8>> {
-        let with_header = |page: u8, body: &[u8]| {
-            let mut v = Vec::with_capacity(4 + body.len());
-            v.extend_from_slice(header(page, 4 + body.len()).as_bytes());
-            v.extend_from_slice(body);
-            v
-        };
+        let with_header = |page: u8, body: &[u8]| vpd_page(0, page, body);
         let ss = self.disk.sector_size();
         Some(match page {
             vpd::SUPPORTED_PAGES => with_header(page, &self.vpd_pages()),

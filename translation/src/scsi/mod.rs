@@ -186,6 +186,18 @@ fn data_in(data: &SgList<'_>, bytes: &[u8], alloc_len: usize) -> Res {
     Ok(n)
 }
 
+/// READ CAPACITY(10) data for `blocks` blocks of `block_len` bytes (the
+/// last LBA clamped to 32 bits, as SBC-4 asks).
+fn read_capacity10(data: &SgList<'_>, blocks: u64, block_len: u32) -> Res {
+    let d = ReadCapacity10Data {
+        last_lba: u32::try_from(blocks.saturating_sub(1))
+            .unwrap_or(u32::MAX)
+            .into(),
+        block_len: block_len.into(),
+    };
+    data_in(data, d.as_bytes(), usize::MAX)
+}
+
 /// Reads the first `len` bytes of the data-out buffer (a parameter list).
 fn data_out(data: &SgList<'_>, len: usize) -> Res<Vec<u8>> {
     let view = data.subrange(0, len).map_err(|_| param_len_error())?;
@@ -368,7 +380,7 @@ impl ScsiDisk {
         initiator: InitiatorId,
     ) -> ScsiResult {
         let result = self.run(cdb, &data, initiator).await;
-        self.finish(result, initiator)
+        self.sense.finish(result, initiator)
     }
 
     /// Runs a READ or WRITE to completion without building a future, when
@@ -406,36 +418,13 @@ impl ScsiDisk {
         let result = if self.claim_unit_attention() {
             Err(ScsiResult::check(unit_attention()))
         } else {
-            self.transfer_buffer(data, t).and_then(|buf| {
-                let Some(buf) = buf else { return Ok(0) };
-                let bytes = buf.len();
-                if write {
-                    self.disk
-                        .write_inline(buf, t.lba, self.write_opts(t.fua, opts))?;
-                } else {
-                    self.disk.read_inline(buf, t.lba, opts)?;
-                }
-                Ok(bytes)
+            self.transfer_buffer(data, t).and_then(|buf| match buf {
+                Some(buf) => self.transfer_inline(buf, t, write, opts),
+                None => Ok(0),
             })
         };
         drop(guard);
-        Some(self.finish(result, initiator))
-    }
-
-    /// The command's result, its sense kept for the initiator's REQUEST
-    /// SENSE if it is a CHECK CONDITION.
-    fn finish(&self, result: Res, initiator: InitiatorId) -> ScsiResult {
-        let result = match result {
-            Ok(tx) => ScsiResult::good(tx),
-            Err(r) => r,
-        };
-        if let Some(sense) = result
-            .sense
-            .filter(|_| result.status == status::CHECK_CONDITION)
-        {
-            self.sense.store(initiator, sense);
-        }
-        result
+        Some(self.sense.finish(result, initiator))
     }
 
     /// Reports a capacity change once: true if this caller claimed it.
@@ -463,7 +452,7 @@ impl ScsiDisk {
                 } else {
                     self.sense.take(initiator)
                 };
-                return self.request_sense(data, sense, desc, alloc_len.into());
+                return sense::request_sense(data, sense, desc, alloc_len.into());
             }
             _ => {
                 if self.claim_unit_attention() {
@@ -480,19 +469,14 @@ impl ScsiDisk {
                 alloc_len,
             } => self.inquiry(data, evpd, page, alloc_len.into()),
             Command::ReadCapacity10 => {
-                let last = self.capacity().saturating_sub(1);
-                let d = ReadCapacity10Data {
-                    last_lba: u32::try_from(last).unwrap_or(u32::MAX).into(),
-                    block_len: self.disk.sector_size().into(),
-                };
-                data_in(data, d.as_bytes(), usize::MAX)
+                read_capacity10(data, self.capacity(), self.disk.sector_size())
             }
             Command::ReadCapacity16 { alloc_len } => self.read_capacity16(data, alloc_len as usize),
             Command::GetLbaStatus { lba, alloc_len } => {
                 self.get_lba_status(data, lba, alloc_len as usize)
             }
-            Command::Read(t) => self.read(data, t, opts).await,
-            Command::Write(t) => self.write(data, t, opts).await,
+            Command::Read(t) => self.read_write(data, t, false, opts).await,
+            Command::Write(t) => self.read_write(data, t, true, opts).await,
             Command::Verify { range, bytchk } => self.verify(data, range, bytchk, opts).await,
             Command::WriteAndVerify { range, bytchk } => {
                 self.write_and_verify(data, range, bytchk, opts).await
@@ -597,23 +581,6 @@ impl ScsiDisk {
         }
     }
 
-    fn request_sense(
-        &self,
-        data: &SgList<'_>,
-        sense: Option<SenseData>,
-        desc: bool,
-        alloc_len: usize,
-    ) -> Res {
-        let sense = sense.unwrap_or_default();
-        let mut buf = [0u8; parastor_hw::scsi::DESCRIPTOR_SENSE_MAX];
-        if desc {
-            let n = sense.write_descriptor(&mut buf);
-            data_in(data, &buf[..n], alloc_len)
-        } else {
-            data_in(data, sense.to_fixed().as_bytes(), alloc_len)
-        }
-    }
-
     /// Checks `[lba, lba + blocks)` against the capacity.
     fn check_range(&self, lba: u64, blocks: u64) -> Res<()> {
         match lba.checked_add(blocks) {
@@ -654,38 +621,60 @@ impl ScsiDisk {
         data.subrange(0, bytes).map(Some).map_err(|_| invalid_cdb())
     }
 
-    async fn read(&self, data: &SgList<'_>, t: Transfer, opts: IoOptions) -> Res {
+    /// READ (`write` false) or WRITE `t`; a WRITE holds its range shared.
+    async fn read_write(
+        &self,
+        data: &SgList<'_>,
+        t: Transfer,
+        write: bool,
+        opts: IoOptions,
+    ) -> Res {
         let Some(buf) = self.transfer_buffer(data, t)? else {
             return Ok(0);
         };
-        let bytes = buf.len();
+        let _g = if write {
+            Some(self.ranges.shared(t.lba, t.blocks.into()).await)
+        } else {
+            None
+        };
         if self.disk.completes_inline() {
             // No future to build and move.
-            self.disk.read_inline(buf, t.lba, opts)?;
+            return self.transfer_inline(buf, t, write, opts);
+        }
+        let bytes = buf.len();
+        if write {
+            let opts = self.write_opts(t.fua, opts);
+            self.disk.write(buf, t.lba, opts).await?;
         } else {
             self.disk.read(buf, t.lba, opts).await?;
         }
         Ok(bytes)
     }
 
-    async fn write(&self, data: &SgList<'_>, t: Transfer, opts: IoOptions) -> Res {
-        let Some(buf) = self.transfer_buffer(data, t)? else {
-            return Ok(0);
-        };
+    /// The disk I/O of READ or WRITE `t` on `buf` (its checked buffer), on
+    /// a disk that [completes inline].
+    ///
+    /// [completes inline]: parastor_core::DiskIo::completes_inline
+    fn transfer_inline(&self, buf: SgList<'_>, t: Transfer, write: bool, opts: IoOptions) -> Res {
         let bytes = buf.len();
-        let _g = self.ranges.shared(t.lba, t.blocks.into()).await;
-        let opts = self.write_opts(t.fua, opts);
-        if self.disk.completes_inline() {
-            self.disk.write_inline(buf, t.lba, opts)?;
+        if write {
+            self.disk
+                .write_inline(buf, t.lba, self.write_opts(t.fua, opts))?;
         } else {
-            self.disk.write(buf, t.lba, opts).await?;
+            self.disk.read_inline(buf, t.lba, opts)?;
         }
         Ok(bytes)
     }
 
-    /// Blocks per staging chunk.
-    fn chunk_blocks(&self) -> u64 {
-        (CHUNK_BYTES as u64 >> self.disk.sector_shift()).max(1)
+    /// Blocks per staging chunk for a command of `blocks` blocks: at most
+    /// [`CHUNK_BYTES`] worth, at least one block.
+    fn chunk_blocks(&self, blocks: u64) -> u64 {
+        (CHUNK_BYTES as u64 >> self.disk.sector_shift()).clamp(1, blocks.max(1))
+    }
+
+    /// A staging buffer of `per` blocks.
+    fn scratch(&self, per: u64) -> Scratch {
+        Scratch::new((per << self.disk.sector_shift()) as usize)
     }
 
     /// Reads `blocks` at `lba` in chunks, calling `f(offset, bytes)` with
@@ -698,11 +687,9 @@ impl ScsiDisk {
         f: &mut (dyn FnMut(usize, &[u8]) -> Res<()> + Send),
     ) -> Res<()> {
         let shift = self.disk.sector_shift();
-        let per = self.chunk_blocks().min(blocks.max(1));
-        let scratch = Scratch::new((per << shift) as usize);
-        let mut done = 0u64;
-        while done < blocks {
-            let n = per.min(blocks - done);
+        let per = self.chunk_blocks(blocks);
+        let scratch = self.scratch(per);
+        for (done, n) in chunks(blocks, per) {
             let len = (n << shift) as usize;
             self.disk
                 .read(scratch.sg(len, true), lba + done, opts)
@@ -710,7 +697,6 @@ impl ScsiDisk {
             scratch
                 .mem
                 .with(|b| f((done << shift) as usize, &b[..len]))?;
-            done += n;
         }
         Ok(())
     }
@@ -726,15 +712,25 @@ impl ScsiDisk {
             return Ok(0);
         }
         let ss = self.disk.sector_size() as usize;
-        let expected = match bytchk {
+        // BYTCHK 1 compares with the data-out buffer one chunk at a time
+        // (staged no larger than a chunk), BYTCHK 3 every block with its
+        // one block.
+        let mut expected = match bytchk {
             0 => Vec::new(),
-            1 => data_out(data, bytes)?,
+            1 => vec![0; (self.chunk_blocks(t.blocks.into()) as usize) * ss],
             _ => data_out(data, ss)?,
         };
         self.read_chunks(t.lba, t.blocks.into(), opts, &mut |off, got| {
             let mismatch = match bytchk {
                 0 => None,
-                1 => first_mismatch(&expected[off..off + got.len()], got).map(|i| off + i),
+                1 => {
+                    let want = &mut expected[..got.len()];
+                    data.subrange(off, got.len())
+                        .map_err(|_| invalid_cdb())?
+                        .read_all(want)
+                        .map_err(mem_err)?;
+                    first_mismatch(want, got).map(|i| off + i)
+                }
                 _ => got
                     .chunks(ss)
                     .enumerate()
@@ -767,14 +763,12 @@ impl ScsiDisk {
         // Stage a private copy: the guest may change its buffer meanwhile,
         // and the comparison must be against what was written.
         let shift = self.disk.sector_shift();
-        let per = self.chunk_blocks().min(t.blocks.into());
-        let staged = Scratch::new((per << shift) as usize);
-        let back = Scratch::new((per << shift) as usize);
+        let per = self.chunk_blocks(t.blocks.into());
+        let staged = self.scratch(per);
+        let back = self.scratch(per);
         let wopts = IoOptions { fua: true, ..opts };
         let _g = self.ranges.shared(t.lba, t.blocks.into()).await;
-        let mut done = 0u64;
-        while done < u64::from(t.blocks) {
-            let n = per.min(u64::from(t.blocks) - done);
+        for (done, n) in chunks(t.blocks.into(), per) {
             let len = (n << shift) as usize;
             let off = (done << shift) as usize;
             let src = data.subrange(off, len).map_err(|_| invalid_cdb())?;
@@ -796,7 +790,6 @@ impl ScsiDisk {
                     return Err(miscompare(off + i));
                 }
             }
-            done += n;
         }
         Ok(bytes)
     }
@@ -834,17 +827,15 @@ impl ScsiDisk {
             self.disk.unmap(t.lba, t.blocks.into(), opts).await?;
             return Ok(tx);
         }
-        let per = self.chunk_blocks().min(t.blocks.into());
-        let scratch = Scratch::new((per << shift) as usize);
+        let per = self.chunk_blocks(t.blocks.into());
+        let scratch = self.scratch(per);
         scratch.mem.with_mut(|b| {
             for c in b.chunks_mut(ss) {
                 c.copy_from_slice(&block);
             }
         });
         let wopts = self.write_opts(false, opts);
-        let mut done = 0u64;
-        while done < u64::from(t.blocks) {
-            let n = per.min(u64::from(t.blocks) - done);
+        for (done, n) in chunks(t.blocks.into(), per) {
             self.disk
                 .write(
                     scratch.sg((n << shift) as usize, false),
@@ -852,7 +843,6 @@ impl ScsiDisk {
                     wopts,
                 )
                 .await?;
-            done += n;
         }
         Ok(tx)
     }
@@ -975,6 +965,19 @@ impl ScsiDisk {
         );
         data_in(data, &out, alloc_len)
     }
+}
+
+/// `blocks` split into chunks of `per` (nonzero) blocks: `(first, count)`
+/// of each, `first` counted from the start.
+fn chunks(blocks: u64, per: u64) -> impl Iterator<Item = (u64, u64)> {
+    let mut done = 0;
+    core::iter::from_fn(move || {
+        let n = per.min(blocks - done);
+        (n > 0).then(|| {
+            done += n;
+            (done - n, n)
+        })
+    })
 }
 
 /// Offset of the first byte where `a` and `b` differ.

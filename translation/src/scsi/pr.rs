@@ -8,7 +8,9 @@ use super::{
     Res, ScsiDisk, data_in, data_out, illegal, invalid_cdb, invalid_param, param_len_error,
 };
 use alloc::vec::Vec;
-use parastor_core::{DiskError, InitiatorId, ReservationReport, ReservationType};
+use parastor_core::{
+    DiskError, InitiatorId, PersistentReservations, ReservationReport, ReservationType,
+};
 use parastor_hw::scsi::{PrOutParams, PrRegisterMoveParams, asc, pr};
 use zerocopy::FromBytes;
 
@@ -31,9 +33,12 @@ pub(super) fn from_type_code(code: u8) -> Option<ReservationType> {
         .find(|&k| type_code(k) == code)
 }
 
+/// Length of the TransportIDs used here.
+const TRANSPORT_ID_LEN: usize = 24;
+
 /// The TransportID that names `initiator`.
-fn transport_id(initiator: InitiatorId) -> [u8; 24] {
-    let mut t = [0u8; 24];
+fn transport_id(initiator: InitiatorId) -> [u8; TRANSPORT_ID_LEN] {
+    let mut t = [0u8; TRANSPORT_ID_LEN];
     t[0] = pr::PROTOCOL_NONE;
     t[8..24].copy_from_slice(&initiator.to_bytes());
     t
@@ -80,7 +85,7 @@ fn read_full_status(r: &ReservationReport) -> Vec<u8> {
         body.push(kind);
         body.extend_from_slice(&[0; 4]);
         body.extend_from_slice(&[0, 1]);
-        push_u32(&mut body, 24);
+        push_u32(&mut body, TRANSPORT_ID_LEN as u32);
         body.extend_from_slice(&transport_id(reg.initiator));
     }
     let mut v = Vec::new();
@@ -91,6 +96,15 @@ fn read_full_status(r: &ReservationReport) -> Vec<u8> {
 }
 
 impl ScsiDisk {
+    /// The disk's persistent reservations; INVALID COMMAND OPERATION CODE
+    /// for a disk without them.
+    fn reservations(&self) -> Res<&dyn PersistentReservations> {
+        Ok(self
+            .disk
+            .persistent_reservations()
+            .ok_or(DiskError::Unsupported("persistent reservations"))?)
+    }
+
     pub(super) async fn pr_in(
         &self,
         data: &parastor_core::SgList<'_>,
@@ -98,10 +112,7 @@ impl ScsiDisk {
         alloc_len: usize,
         _initiator: InitiatorId,
     ) -> Res {
-        let prs = self
-            .disk
-            .persistent_reservations()
-            .ok_or(DiskError::Unsupported("persistent reservations"))?;
+        let prs = self.reservations()?;
         let out = match service_action {
             pr::IN_READ_KEYS => read_keys(&prs.report().await?),
             pr::IN_READ_RESERVATION => read_reservation(&prs.report().await?),
@@ -146,26 +157,31 @@ impl ScsiDisk {
         param_len: u32,
         initiator: InitiatorId,
     ) -> Res {
-        let prs = self
-            .disk
-            .persistent_reservations()
-            .ok_or(DiskError::Unsupported("persistent reservations"))?;
+        let prs = self.reservations()?;
         let caps = prs.capabilities();
         let param_len = param_len as usize;
         if service_action == pr::OUT_REGISTER_AND_MOVE {
-            if param_len < 24 || param_len > data.len() {
+            const HEADER: usize = size_of::<PrRegisterMoveParams>();
+            if param_len < HEADER || param_len > data.len() {
                 return Err(param_len_error());
             }
-            let list = data_out(data, param_len)?;
+            // Only the header and the one TransportID form accepted are
+            // read: the list length is the guest's to choose.
+            let list = data_out(data, param_len.min(HEADER + TRANSPORT_ID_LEN))?;
             let (p, rest) =
                 PrRegisterMoveParams::read_from_prefix(&list).map_err(|_| param_len_error())?;
             if !caps.register_and_move || scope != 0 || from_type_code(kind).is_none() {
                 return Err(invalid_cdb());
             }
+            let tid_len = usize::try_from(p.transport_id_len.get()).unwrap_or(usize::MAX);
+            if tid_len > param_len - HEADER {
+                return Err(param_len_error());
+            }
             let tid = rest
-                .get(..p.transport_id_len.get() as usize)
-                .ok_or_else(param_len_error)?;
-            if tid.len() < 24 || tid[0] & 0x0F != pr::PROTOCOL_NONE {
+                .get(..TRANSPORT_ID_LEN)
+                .filter(|_| tid_len >= TRANSPORT_ID_LEN)
+                .ok_or_else(invalid_param)?;
+            if tid[0] & 0x0F != pr::PROTOCOL_NONE {
                 return Err(invalid_param());
             }
             let mut id = [0u8; 16];

@@ -6,10 +6,12 @@
 //! it keeps [`SENSE_SLOTS`] initiators and, when full, forgets the one
 //! whose sense was stored longest ago.
 
+use super::{Res, ScsiResult, data_in};
 use alloc::vec::Vec;
-use parastor_core::InitiatorId;
-use parastor_hw::scsi::SenseData;
+use parastor_core::{InitiatorId, SgList};
+use parastor_hw::scsi::{DESCRIPTOR_SENSE_MAX, SenseData, status};
 use spin::Mutex;
+use zerocopy::IntoBytes;
 
 /// Most initiators whose sense is kept at once.
 pub const SENSE_SLOTS: usize = 32;
@@ -59,6 +61,40 @@ impl SenseTable {
         let mut t = self.inner.lock();
         let i = t.entries.iter().position(|e| e.initiator == initiator)?;
         Some(t.entries.swap_remove(i).sense)
+    }
+
+    /// A command's result, its sense kept for `initiator`'s REQUEST SENSE
+    /// if it is a CHECK CONDITION.
+    pub(crate) fn finish(&self, result: Res, initiator: InitiatorId) -> ScsiResult {
+        let result = match result {
+            Ok(tx) => ScsiResult::good(tx),
+            Err(r) => r,
+        };
+        if let Some(sense) = result
+            .sense
+            .filter(|_| result.status == status::CHECK_CONDITION)
+        {
+            self.store(initiator, sense);
+        }
+        result
+    }
+}
+
+/// REQUEST SENSE's parameter data: `sense` (NO SENSE if `None`) in
+/// descriptor (`desc`) or fixed format, truncated to `alloc_len`.
+pub(crate) fn request_sense(
+    data: &SgList<'_>,
+    sense: Option<SenseData>,
+    desc: bool,
+    alloc_len: usize,
+) -> Res {
+    let sense = sense.unwrap_or_default();
+    if desc {
+        let mut buf = [0u8; DESCRIPTOR_SENSE_MAX];
+        let n = sense.write_descriptor(&mut buf);
+        data_in(data, &buf[..n], alloc_len)
+    } else {
+        data_in(data, sense.to_fixed().as_bytes(), alloc_len)
     }
 }
 

@@ -7,7 +7,7 @@ use parastor_core::{
     GuestMemory, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind, RamGuestMemory,
     ReservationsDisk,
 };
-use parastor_hw::scsi::op;
+use parastor_hw::scsi::{op, pr};
 
 const SS: u32 = 512;
 const SECTORS: u64 = 2048;
@@ -39,6 +39,25 @@ fn env() -> Env {
 const A: InitiatorId = InitiatorId::new(0xA);
 const B: InitiatorId = InitiatorId::new(0xB);
 
+/// Runs `exec` on a data buffer of `len` bytes at [`GPA`] in `mem`,
+/// preloaded with `out` (the rest 0xEE); returns its result and the
+/// buffer's bytes afterwards. Shared with the DVD tests.
+pub(super) fn with_buffer(
+    mem: &RamGuestMemory,
+    out: &[u8],
+    len: usize,
+    exec: impl FnOnce(SgList<'_>) -> ScsiResult,
+) -> (ScsiResult, Vec<u8>) {
+    let mut buf = vec![0xEEu8; len];
+    let n = out.len().min(len);
+    buf[..n].copy_from_slice(&out[..n]);
+    mem.write(GPA, &buf).unwrap();
+    let ranges = [GpaRange::new(GPA, len as u64)];
+    let r = exec(SgList::new(mem, &ranges, true).unwrap());
+    mem.read(GPA, &mut buf).unwrap();
+    (r, buf)
+}
+
 impl Env {
     /// Runs `cdb` with a data buffer of `len` bytes preloaded with `out`.
     fn run_as(
@@ -48,15 +67,9 @@ impl Env {
         out: &[u8],
         len: usize,
     ) -> (ScsiResult, Vec<u8>) {
-        let mut buf = vec![0xEEu8; len];
-        let n = out.len().min(len);
-        buf[..n].copy_from_slice(&out[..n]);
-        self.mem.write(GPA, &buf).unwrap();
-        let ranges = [GpaRange::new(GPA, len as u64)];
-        let sg = SgList::new(&self.mem, &ranges, true).unwrap();
-        let r = block_on(self.scsi.execute(cdb, sg, who));
-        self.mem.read(GPA, &mut buf).unwrap();
-        (r, buf)
+        with_buffer(&self.mem, out, len, |sg| {
+            block_on(self.scsi.execute(cdb, sg, who))
+        })
     }
 
     fn run(&self, cdb: &[u8], out: &[u8], len: usize) -> (ScsiResult, Vec<u8>) {
@@ -86,31 +99,34 @@ impl Env {
     }
 }
 
-fn rw10(op: u8, flags: u8, lba: u32, len: u16) -> [u8; 10] {
-    let mut c = [0u8; 10];
+/// An `N`-byte (10, 12 or 16) CDB laid out as READ / WRITE(`N`):
+/// operation code, byte 1, then the LBA and the transfer length (as wide
+/// as that form has them; the callers' types make them fit).
+fn rw<const N: usize>(op: u8, flags: u8, lba: u64, len: u32) -> [u8; N] {
+    let (lba_at, len_at) = match N {
+        10 => (2..6, 7..9),
+        12 => (2..6, 6..10),
+        _ => (2..10, 10..14),
+    };
+    let mut c = [0u8; N];
     c[0] = op;
     c[1] = flags;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[7..9].copy_from_slice(&len.to_be_bytes());
+    c[lba_at.clone()].copy_from_slice(&lba.to_be_bytes()[8 - lba_at.len()..]);
+    c[len_at.clone()].copy_from_slice(&len.to_be_bytes()[4 - len_at.len()..]);
     c
+}
+
+/// READ / WRITE(10)-shaped CDB. Shared with the DVD tests.
+pub(super) fn rw10(op: u8, flags: u8, lba: u32, len: u16) -> [u8; 10] {
+    rw(op, flags, lba.into(), len.into())
 }
 
 fn rw12(op: u8, flags: u8, lba: u32, len: u32) -> [u8; 12] {
-    let mut c = [0u8; 12];
-    c[0] = op;
-    c[1] = flags;
-    c[2..6].copy_from_slice(&lba.to_be_bytes());
-    c[6..10].copy_from_slice(&len.to_be_bytes());
-    c
+    rw(op, flags, lba.into(), len)
 }
 
 fn rw16(op: u8, flags: u8, lba: u64, len: u32) -> [u8; 16] {
-    let mut c = [0u8; 16];
-    c[0] = op;
-    c[1] = flags;
-    c[2..10].copy_from_slice(&lba.to_be_bytes());
-    c[10..14].copy_from_slice(&len.to_be_bytes());
-    c
+    rw(op, flags, lba, len)
 }
 
 fn pattern(len: usize, seed: u8) -> Vec<u8> {
@@ -1594,4 +1610,82 @@ fn execute_now_matches_execute() {
         ScsiResult::good(512),
         "the UNIT ATTENTION went to the WRITE at LBA 1"
     );
+}
+
+/// A data buffer of `len` bytes at [`GPA`], most of it past the end of
+/// guest memory: only a command that reads no more than it needs (the
+/// part inside memory) can succeed, and one that stages all of it would
+/// allocate `len` bytes.
+fn mostly_outside_memory(
+    e: &Env,
+    len: u64,
+    exec: impl FnOnce(SgList<'_>) -> ScsiResult,
+) -> ScsiResult {
+    assert!(len > e.mem.size());
+    let ranges = [GpaRange::new(GPA, len)];
+    exec(SgList::new(&e.mem, &ranges, true).unwrap())
+}
+
+/// REGISTER AND MOVE reads its header and the one TransportID it uses,
+/// whatever parameter list length the CDB claims.
+#[test]
+fn register_and_move_reads_only_what_it_uses() {
+    let e = env_with(DiskParams::default(), true);
+    let (c, p) = pr_out(pr::OUT_REGISTER, 0, 0, 0x1111);
+    e.ok(&c, &p, 24);
+    let (c, p) = pr_out(pr::OUT_RESERVE, 1, 0x1111, 0);
+    e.ok(&c, &p, 24);
+    let mv = |param_len: u32, tid_len: u32| {
+        let (mut c, mut p) = pr_out(pr::OUT_REGISTER_AND_MOVE, 1, 0x1111, 0x2222);
+        c[5..9].copy_from_slice(&param_len.to_be_bytes());
+        p[20..24].copy_from_slice(&tid_len.to_be_bytes());
+        p.extend_from_slice(&[0; 24]);
+        p[24] = pr::PROTOCOL_NONE;
+        p[32..48].copy_from_slice(&B.to_bytes());
+        (c, p)
+    };
+    // A TransportID longer than the list, or shorter than the form.
+    let (c, p) = mv(48, 25);
+    expect_sense(&e, &c, &p, 48, PARAM_LEN);
+    let (c, p) = mv(48, 23);
+    expect_sense(&e, &c, &p, 48, INVALID_PARAM);
+    // A 4 GiB list, nearly all of it outside guest memory.
+    let (c, p) = mv(u32::MAX, 24);
+    e.mem.write(GPA, &p).unwrap();
+    let r = mostly_outside_memory(&e, u32::MAX.into(), |sg| {
+        block_on(e.scsi.execute(&c, sg, A))
+    });
+    assert_eq!(r, ScsiResult::good(u32::MAX as usize));
+    let d = e.ok(&pr_in(pr::IN_READ_FULL_STATUS), &[], 256);
+    assert_eq!(u32::from_be_bytes(d[4..8].try_into().unwrap()), 2 * 48);
+    // B holds the reservation now, with its new key.
+    let b = &d[8 + 48..];
+    assert_eq!((&b[..8], b[12]), (&0x2222u64.to_be_bytes()[..], 1));
+    assert_eq!(&b[32..48], &B.to_bytes());
+}
+
+/// VERIFY with BYTCHK 1 stages the data-out buffer a chunk at a time, not
+/// the whole transfer: a mismatch in the first chunk of a 4 GiB VERIFY
+/// whose buffer lies mostly outside guest memory is a MISCOMPARE.
+#[test]
+fn verify_stages_its_buffer_by_chunk() {
+    let ram = RamDisk::new(4 << 30, SS).unwrap();
+    let e = Env {
+        mem: RamGuestMemory::new(4 << 20),
+        scsi: ScsiDisk::new(
+            Disk::new(ram.clone()).unwrap(),
+            DiskParams {
+                max_transfer_bytes: u32::MAX,
+                ..Default::default()
+            },
+        ),
+        ram,
+    };
+    let blocks = u32::MAX / SS;
+    e.mem.write(GPA + 100, &[1]).unwrap();
+    let r = mostly_outside_memory(&e, u64::from(blocks) * u64::from(SS), |sg| {
+        block_on(e.scsi.execute(&rw16(op::VERIFY16, 0x02, 0, blocks), sg, A))
+    });
+    assert_eq!(sense_of(&r), (0xE, 0x1D, 0));
+    assert_eq!(r.sense.unwrap().information, Some(100));
 }

@@ -20,6 +20,10 @@ use parastor_hw::storvsp::{
 };
 use zerocopy::IntoBytes;
 
+/// Passes [`StorvspChannel::run`] makes in one poll before it yields (its
+/// documentation gives the number).
+pub(super) const RUN_BUDGET: usize = 64;
+
 /// Bytes of standard INQUIRY data returned for a missing LUN.
 const MISSING_LUN_INQUIRY_LEN: usize = 36;
 
@@ -40,7 +44,10 @@ struct InFlight<'a> {
 ///
 /// Drive it with [`StorvspChannel::run`] (an async loop that ends only when
 /// the guest breaks the protocol), or step it with
-/// [`StorvspChannel::poll_work`] / [`StorvspChannel::process`].
+/// [`StorvspChannel::poll_work`] / [`StorvspChannel::process`]. Once a step
+/// has failed, the channel is ended: its requests in flight are dropped
+/// (without completions) and every later step returns the same error
+/// without touching the rings.
 pub struct StorvspChannel<'a> {
     controller: Arc<Controller>,
     channel: Channel<'a>,
@@ -59,6 +66,8 @@ pub struct StorvspChannel<'a> {
     /// the one recorded: most requests go to the same LUN, and this skips
     /// the LUN map's lock.
     last_lun: Option<(u64, ScsiPath, Lun)>,
+    /// Why the channel ended, once it has.
+    failed: Option<StorvspError>,
 }
 
 impl fmt::Debug for StorvspChannel<'_> {
@@ -86,8 +95,16 @@ struct Pass {
 enum SrbAnswer {
     /// An SRB status with no SCSI status, sense or data.
     Srb(u8),
-    /// A SCSI outcome produced by the controller itself.
+    /// A SCSI outcome.
     Scsi(ScsiResult),
+}
+
+impl SrbAnswer {
+    /// The answer for a disk future's output (`None`: the data buffer
+    /// could not be built).
+    fn of(result: Option<ScsiResult>) -> Self {
+        result.map_or(Self::Srb(srb_status::INVALID_REQUEST), Self::Scsi)
+    }
 }
 
 impl<'a> StorvspChannel<'a> {
@@ -116,6 +133,7 @@ impl<'a> StorvspChannel<'a> {
             masked: false,
             registered: None,
             last_lun: None,
+            failed: None,
         }
     }
 
@@ -151,9 +169,13 @@ impl<'a> StorvspChannel<'a> {
     /// In poll mode ([`StorvspChannel::poll_mode`]) the guest does not
     /// signal new packets; the worker is woken by its requests completing
     /// and reads the ring then.
+    ///
+    /// A guest that keeps the worker busy (packets or signals as fast as
+    /// they are served) cannot hold the executor: after 64 passes in a
+    /// row the future wakes itself and yields.
     pub async fn run(&mut self, incoming: &Signal) -> StorvspError {
         core::future::poll_fn(|cx| {
-            loop {
+            for _ in 0..RUN_BUDGET {
                 // Arm the signal before looking at the rings, so a packet
                 // the guest writes after our look still wakes us.
                 let signalled = Pin::new(&mut incoming.wait()).poll(cx).is_ready();
@@ -164,6 +186,8 @@ impl<'a> StorvspChannel<'a> {
                     Ok(false) => return Poll::Pending,
                 }
             }
+            cx.waker().wake_by_ref();
+            Poll::Pending
         })
         .await
     }
@@ -171,7 +195,14 @@ impl<'a> StorvspChannel<'a> {
     /// Does all the work possible now without waiting, until nothing
     /// more can be done: finishes requests whose futures are ready, sends
     /// a pending bus-rescan notification, and takes new packets while ring
-    /// space and the queue depth allow. Returns whether anything happened.
+    /// space and the queue depth allow. Returns whether anything happened
+    /// (a packet taken, a completion or notification sent).
+    ///
+    /// A pass asks for another only after it took guest packets, finished
+    /// requests or sent a notification (or left poll mode, which only
+    /// finished requests do), so this returns once the guest stops adding
+    /// packets; a guest adding them as fast as they are served (from
+    /// another thread) keeps it going.
     pub fn process(&mut self) -> Result<bool, StorvspError> {
         let mut cx = Context::from_waker(Waker::noop());
         let mut any = false;
@@ -184,11 +215,12 @@ impl<'a> StorvspChannel<'a> {
         }
     }
 
-    /// One pass of the work [`StorvspChannel::process`] repeats: returns
-    /// whether another pass may find more to do at once (else wait for `cx`
-    /// or the guest's signal). Requests still running, and controller
-    /// events (negotiation finished, LUNs changed), wake `cx`; ring
-    /// activity is signalled separately (see [`StorvspChannel::run`]).
+    /// One pass of the work [`StorvspChannel::process`] repeats. Returns
+    /// whether another pass may find more to do at once; if not, wait for
+    /// `cx` or the guest's signal before the next. Requests still running,
+    /// and controller events (negotiation finished, LUNs changed), wake
+    /// `cx`; ring activity is signalled separately (see
+    /// [`StorvspChannel::run`]).
     ///
     /// The pass ends by entering or leaving poll mode
     /// ([`StorvspChannel::poll_mode`]) as the number of requests in flight
@@ -199,7 +231,24 @@ impl<'a> StorvspChannel<'a> {
         Ok(self.pass(cx)?.again)
     }
 
+    /// A pass; on its first error, ends the channel.
     fn pass(&mut self, cx: &mut Context<'_>) -> Result<Pass, StorvspError> {
+        if let Some(e) = self.failed {
+            return Err(e);
+        }
+        self.try_pass(cx).inspect_err(|&e| {
+            self.failed = Some(e);
+            // Requests in flight are dropped without completions: nothing
+            // the guest sends is served any more, and their futures (and
+            // whatever disk state they hold) go now, not when the worker
+            // is dropped.
+            for io in core::mem::take(&mut self.in_flight) {
+                self.channel.release(io.reservation);
+            }
+        })
+    }
+
+    fn try_pass(&mut self, cx: &mut Context<'_>) -> Result<Pass, StorvspError> {
         let work = self.do_work(cx);
         // The completions written in the pass go out together (also when
         // it ends in an error: the guest gets what was answered).
@@ -237,10 +286,7 @@ impl<'a> StorvspChannel<'a> {
         while i < self.in_flight.len() {
             if let Poll::Ready(result) = self.in_flight[i].future.as_mut().poll(cx) {
                 let io = self.in_flight.swap_remove(i);
-                let answer = match result {
-                    Some(r) => SrbAnswer::Scsi(r),
-                    None => SrbAnswer::Srb(srb_status::INVALID_REQUEST),
-                };
+                let answer = SrbAnswer::of(result);
                 self.complete_srb(io.reservation, io.transaction_id, &io.request, answer)?;
                 progress = true;
             } else {
@@ -248,11 +294,19 @@ impl<'a> StorvspChannel<'a> {
             }
         }
 
-        // Wake on controller events before checking them.
+        // Wake on controller events (negotiation, LUN changes) before
+        // checking them. Every channel registers: a LUN change also lets a
+        // sub-channel drop the LUN it cached, so a detached disk is not
+        // kept open by an idle channel.
         let ready = self.controller.is_ready();
-        if self.primary || !ready {
-            self.controller
-                .register_again(cx.waker(), &mut self.registered);
+        self.controller
+            .register_again(cx.waker(), &mut self.registered);
+        if self
+            .last_lun
+            .as_ref()
+            .is_some_and(|(generation, ..)| *generation != self.controller.generation())
+        {
+            self.last_lun = None;
         }
 
         if self.primary && ready {
@@ -390,109 +444,55 @@ impl<'a> StorvspChannel<'a> {
         cx: &mut Context<'_>,
     ) -> Result<(), StorvspError> {
         let transaction_id = packet.transaction_id;
-        let fail = |this: &mut Self, r, e| {
-            this.channel.release(r);
-            Err(e)
-        };
-        if packet.kind == PacketKind::Completion {
-            return fail(
-                self,
-                reservation,
-                StorvspError::UnexpectedPacket { transaction_id },
-            );
-        }
-        if !packet.completion_requested {
-            return fail(
-                self,
-                reservation,
-                StorvspError::NotTransactional { transaction_id },
-            );
-        }
         let size = self.controller.request_size();
-        let (header, body) = match parse_packet(packet.payload(), size) {
+        let (operation, body) = match check_packet(packet, size) {
             Ok(p) => p,
-            // Not a Fibre Channel adapter: answered whatever the payload.
-            Err(ParseError::TruncatedBody {
-                operation: Operation::FcHbaData,
-                ..
-            }) => {
-                return self.complete(
-                    reservation,
-                    transaction_id,
-                    size,
-                    NtStatus::INVALID_DEVICE_STATE,
-                    &[],
-                );
+            Err(e) => {
+                self.channel.release(reservation);
+                return Err(e);
             }
-            Err(error) => {
-                return fail(
-                    self,
-                    reservation,
-                    StorvspError::Packet {
-                        transaction_id,
-                        error,
-                    },
-                );
-            }
-        };
-        let Some(operation) = header.operation() else {
-            // parse_packet only returns known operations.
-            return fail(
-                self,
-                reservation,
-                StorvspError::UnexpectedPacket { transaction_id },
-            );
         };
         let ready = self.controller.is_ready();
-        match (operation, body) {
+        let (status, reply) = match (operation, body) {
             (Operation::ExecuteSrb, Body::ExecuteSrb(request)) if ready => {
-                self.execute_srb(packet, request, reservation, cx)
+                return self.execute_srb(packet, request, reservation, cx);
             }
             (Operation::ResetLun | Operation::ResetAdapter | Operation::ResetBus, _) if ready => {
-                self.complete(reservation, transaction_id, size, NtStatus::SUCCESS, &[])
+                (NtStatus::SUCCESS, [0; hw::PACKET_PAYLOAD_LEN])
             }
             // Not a Fibre Channel adapter: there is no HBA data to report,
             // in any state, on any channel (catalog §5.2: operations not
-            // served get `INVALID_DEVICE_STATE`). The negotiation state is
-            // left alone.
-            (Operation::FcHbaData, _) => self.complete(
-                reservation,
-                transaction_id,
-                size,
-                NtStatus::INVALID_DEVICE_STATE,
-                &[],
-            ),
-            _ if !self.primary => self.complete(
-                reservation,
-                transaction_id,
-                size,
-                NtStatus::INVALID_DEVICE_STATE,
-                &[],
-            ),
-            (operation, body) => {
-                let (status, reply) = self.negotiate(operation, body);
-                self.complete(reservation, transaction_id, size, status, reply.as_slice())
+            // served get `INVALID_DEVICE_STATE`); the negotiation state is
+            // left alone. Sub-channels take no negotiation packets.
+            (operation, _) if operation == Operation::FcHbaData || !self.primary => {
+                (NtStatus::INVALID_DEVICE_STATE, [0; hw::PACKET_PAYLOAD_LEN])
             }
-        }
+            (operation, body) => self.negotiate(operation, body),
+        };
+        self.complete(reservation, transaction_id, size, status, &reply)
     }
 
     /// The primary channel's negotiation state machine (catalog §5.2):
-    /// the completion status and payload for a non-I/O packet.
-    fn negotiate(&mut self, operation: Operation, body: Body) -> (NtStatus, Reply) {
+    /// the completion status and payload (zero padded) for a non-I/O
+    /// packet.
+    fn negotiate(
+        &mut self,
+        operation: Operation,
+        body: Body,
+    ) -> (NtStatus, [u8; hw::PACKET_PAYLOAD_LEN]) {
         use NegotiationState as S;
-        let controller = &self.controller;
-        let mut proto = controller.protocol.lock();
-        let before = (proto.state, proto.sub_channels);
-        let mut reply = Reply::default();
-        let status = match (proto.state, operation, body) {
+        let controller = self.controller.clone();
+        let mut reply = [0; hw::PACKET_PAYLOAD_LEN];
+        let status = controller.update_protocol(|proto| match (proto.state, operation, body) {
             (S::Begin, Operation::BeginInitialization, _) => {
                 proto.state = S::QueryVersion;
                 NtStatus::SUCCESS
             }
             (S::QueryVersion, Operation::QueryProtocolVersion, Body::ProtocolVersion(v)) => {
-                reply.set(ProtocolVersion::new(v.major_minor.get()).as_bytes());
-                if hw::is_supported(v.major_minor.get()) {
-                    proto.version = Some(v.major_minor.get());
+                let v = v.major_minor.get();
+                set_reply(&mut reply, ProtocolVersion::new(v).as_bytes());
+                if hw::is_supported(v) {
+                    proto.version = Some(v);
                     proto.state = S::QueryProperties;
                     NtStatus::SUCCESS
                 } else {
@@ -501,7 +501,7 @@ impl<'a> StorvspChannel<'a> {
             }
             (S::QueryProperties, Operation::QueryProperties, _) => {
                 let version = proto.version.unwrap_or(hw::VERSION_WIN6);
-                reply.set(controller.properties(version).as_bytes());
+                set_reply(&mut reply, controller.properties(version).as_bytes());
                 proto.state = S::EndInitialization;
                 NtStatus::SUCCESS
             }
@@ -529,15 +529,7 @@ impl<'a> StorvspChannel<'a> {
                 NtStatus::SUCCESS
             }
             _ => NtStatus::INVALID_DEVICE_STATE,
-        };
-        let wake = (proto.state, proto.sub_channels) != before;
-        controller.publish(&proto);
-        drop(proto);
-        if wake {
-            // Sub-channels waiting for Ready; callers waiting for
-            // CREATE_SUB_CHANNELS.
-            controller.wake_all();
-        }
+        });
         (status, reply)
     }
 
@@ -549,25 +541,40 @@ impl<'a> StorvspChannel<'a> {
         cx: &mut Context<'_>,
     ) -> Result<(), StorvspError> {
         let transaction_id = packet.transaction_id;
-        let answer = |this: &mut Self, r, a| this.complete_srb(r, transaction_id, &request, a);
+        match self.start_srb(packet, &request, cx) {
+            Ok(answer) => self.complete_srb(reservation, transaction_id, &request, answer),
+            Err(future) => {
+                self.in_flight.push(InFlight {
+                    transaction_id,
+                    reservation,
+                    request,
+                    future,
+                });
+                Ok(())
+            }
+        }
+    }
+
+    /// Runs an `EXECUTE_SRB` as far as it goes now: its answer, or (`Err`)
+    /// the future still running it on a disk that waits.
+    fn start_srb(
+        &mut self,
+        packet: &PacketRef,
+        request: &ScsiRequest,
+        cx: &mut Context<'_>,
+    ) -> Result<SrbAnswer, ScsiFuture<'a>> {
+        let invalid = SrbAnswer::Srb(srb_status::INVALID_REQUEST);
         let Some(cdb) = request.cdb().filter(|c| !c.is_empty()) else {
-            return answer(
-                self,
-                reservation,
-                SrbAnswer::Srb(srb_status::INVALID_REQUEST),
-            );
+            return Ok(invalid);
         };
         if request.data_transfer_length.get() > self.controller.config.max_transfer_bytes {
             // Larger than the limit reported in QUERY_PROPERTIES.
-            return answer(
-                self,
-                reservation,
-                SrbAnswer::Srb(srb_status::INVALID_REQUEST),
-            );
+            return Ok(invalid);
         }
         let mut cdb_buf = [0u8; hw::CDB_MAX_LEN];
         let cdb_len = cdb.len();
         cdb_buf[..cdb_len].copy_from_slice(cdb);
+        let cdb = &cdb_buf[..cdb_len];
         let len = request.data_transfer_length.get() as usize;
         // The device writes guest memory unless this is a write.
         let writable = request.data_in != data_direction::WRITE;
@@ -575,22 +582,15 @@ impl<'a> StorvspChannel<'a> {
         let ranges = packet.ranges();
         let Ok(sg) = SgList::new(mem, ranges, writable).and_then(|sg| sg.subrange(0, len)) else {
             // The ranges are shorter than the transfer the guest asked for.
-            return answer(
-                self,
-                reservation,
-                SrbAnswer::Srb(srb_status::INVALID_REQUEST),
-            );
+            return Ok(invalid);
         };
-        let cdb = &cdb_buf[..cdb_len];
         let path = ScsiPath::new(request.path_id, request.target_id, request.lun);
         if cdb[0] == op::REPORT_LUNS {
-            let a = self.report_luns(cdb, path, mem, ranges, len);
-            return answer(self, reservation, a);
+            return Ok(self.report_luns(cdb, path, mem, ranges, len));
         }
         let initiator = self.controller.config.initiator;
         let Some(disk) = cached_lun(&self.controller, &mut self.last_lun, path) else {
-            let a = missing_lun(cdb, mem, ranges, len);
-            return answer(self, reservation, a);
+            return Ok(missing_lun(cdb, mem, ranges, len));
         };
         if disk.completes_inline() {
             // The common case (RAM disks and compositions of them): run the
@@ -600,23 +600,20 @@ impl<'a> StorvspChannel<'a> {
             // does) instead of hanging the channel.
             if let Some(r) = disk.execute_now(cdb, &sg, initiator) {
                 // READ / WRITE: no future at all.
-                return answer(self, reservation, SrbAnswer::Scsi(r));
+                return Ok(SrbAnswer::Scsi(r));
             }
-            let a = {
-                let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator));
-                match fut.as_mut().poll(cx) {
-                    Poll::Ready(r) => SrbAnswer::Scsi(r),
-                    Poll::Pending => SrbAnswer::Scsi(disk_error_result(&DiskError::Io(
-                        IoError::new(IoErrorKind::DeviceFailed, 0),
-                    ))),
+            let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator));
+            return Ok(SrbAnswer::Scsi(match fut.as_mut().poll(cx) {
+                Poll::Ready(r) => r,
+                Poll::Pending => {
+                    disk_error_result(&DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0)))
                 }
-            };
-            return answer(self, reservation, a);
+            }));
         }
         let disk = disk.clone();
         // A disk that really waits: the command runs as a boxed future
         // (one allocation per request, where the I/O takes microseconds
-        // anyway) polled by `poll_work`.
+        // anyway) polled by each pass until it is done.
         let ranges = ranges.to_vec();
         let mut future: ScsiFuture<'a> = Box::pin(async move {
             let sg = SgList::new(mem, &ranges, writable)
@@ -625,20 +622,10 @@ impl<'a> StorvspChannel<'a> {
             let disk: Lun = disk;
             Some(disk.execute(&cdb_buf[..cdb_len], sg, initiator).await)
         });
-        if let Poll::Ready(result) = future.as_mut().poll(cx) {
-            let a = match result {
-                Some(r) => SrbAnswer::Scsi(r),
-                None => SrbAnswer::Srb(srb_status::INVALID_REQUEST),
-            };
-            return answer(self, reservation, a);
+        match future.as_mut().poll(cx) {
+            Poll::Ready(result) => Ok(SrbAnswer::of(result)),
+            Poll::Pending => Err(future),
         }
-        self.in_flight.push(InFlight {
-            transaction_id,
-            reservation,
-            request,
-            future,
-        });
-        Ok(())
     }
 
     /// REPORT LUNS from the LUN map: the LUNs on the request's path and
@@ -709,30 +696,37 @@ fn cached_lun<'l>(
     last.as_ref().map(|(_, _, lun)| lun)
 }
 
-/// A small completion payload.
-struct Reply {
-    buf: [u8; hw::PACKET_PAYLOAD_LEN],
-    len: usize,
+/// Copies `bytes` to the start of the (zeroed) completion payload `reply`.
+fn set_reply(reply: &mut [u8; hw::PACKET_PAYLOAD_LEN], bytes: &[u8]) {
+    let n = bytes.len().min(reply.len());
+    reply[..n].copy_from_slice(&bytes[..n]);
 }
 
-impl Default for Reply {
-    fn default() -> Self {
-        Self {
-            buf: [0; hw::PACKET_PAYLOAD_LEN],
-            len: 0,
-        }
+/// The packet's operation and body, if it is a request StorVSP answers;
+/// else why the channel must end. A short `FC_HBA_DATA` is answered like
+/// any other (with no body).
+fn check_packet(packet: &PacketRef, size: RequestSize) -> Result<(Operation, Body), StorvspError> {
+    let transaction_id = packet.transaction_id;
+    if packet.kind == PacketKind::Completion {
+        return Err(StorvspError::UnexpectedPacket { transaction_id });
     }
-}
-
-impl Reply {
-    fn set(&mut self, bytes: &[u8]) {
-        let n = bytes.len().min(self.buf.len());
-        self.buf[..n].copy_from_slice(&bytes[..n]);
-        self.len = n;
+    if !packet.completion_requested {
+        return Err(StorvspError::NotTransactional { transaction_id });
     }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.buf[..self.len]
+    match parse_packet(packet.payload(), size) {
+        Ok((header, body)) => header
+            .operation()
+            .map(|operation| (operation, body))
+            // parse_packet only returns known operations.
+            .ok_or(StorvspError::UnexpectedPacket { transaction_id }),
+        Err(ParseError::TruncatedBody {
+            operation: Operation::FcHbaData,
+            ..
+        }) => Ok((Operation::FcHbaData, Body::None)),
+        Err(error) => Err(StorvspError::Packet {
+            transaction_id,
+            error,
+        }),
     }
 }
 

@@ -79,7 +79,7 @@ use crate::vmbus::{ChannelError, RingError};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::Waker;
 use parastor_core::InitiatorId;
 use parastor_hw::storvsp::{self as hw, ParseError, RequestSize};
@@ -209,8 +209,9 @@ pub enum StorvspError {
         /// The packet's transaction id.
         transaction_id: u64,
     },
-    /// The guest sent a completion packet, or a packet of an operation only
-    /// the host sends (`COMPLETE_IO`, `ENUMERATE_BUS`, ...).
+    /// The guest sent a completion packet (requests of an operation only
+    /// the host sends, such as `ENUMERATE_BUS`, are answered
+    /// `INVALID_DEVICE_STATE` instead).
     UnexpectedPacket {
         /// The packet's transaction id.
         transaction_id: u64,
@@ -253,12 +254,52 @@ impl From<RingError> for StorvspError {
 }
 
 /// Negotiated protocol state, shared by all channels.
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Protocol {
     state: NegotiationState,
     version: Option<u16>,
     /// Sub-channels the guest asked for (`None`: not asked yet).
     sub_channels: Option<u16>,
+}
+
+impl Protocol {
+    const INITIAL: Self = Self {
+        state: NegotiationState::Begin,
+        version: None,
+        sub_channels: None,
+    };
+    const VERSION_SET: u64 = 1 << 8;
+    const SUB_CHANNELS_SET: u64 = 1 << 9;
+
+    /// The state packed into one word (state in bits 0-7, the presence
+    /// flags in bits 8 and 9, the version in bits 16-31, the sub-channel
+    /// count in bits 32-47), so the I/O path reads it without a lock.
+    fn pack(self) -> u64 {
+        let mut w = self.state as u64;
+        if let Some(v) = self.version {
+            w |= Self::VERSION_SET | u64::from(v) << 16;
+        }
+        if let Some(n) = self.sub_channels {
+            w |= Self::SUB_CHANNELS_SET | u64::from(n) << 32;
+        }
+        w
+    }
+
+    fn unpack(w: u64) -> Self {
+        use NegotiationState as S;
+        let state = match w & 0xFF {
+            0 => S::Begin,
+            1 => S::QueryVersion,
+            2 => S::QueryProperties,
+            3 => S::EndInitialization,
+            _ => S::Ready,
+        };
+        Self {
+            state,
+            version: (w & Self::VERSION_SET != 0).then_some((w >> 16) as u16),
+            sub_channels: (w & Self::SUB_CHANNELS_SET != 0).then_some((w >> 32) as u16),
+        }
+    }
 }
 
 /// One StorVSP SCSI controller: LUNs, negotiated protocol state and
@@ -267,7 +308,11 @@ struct Protocol {
 pub struct Controller {
     config: ControllerConfig,
     luns: RwLock<BTreeMap<ScsiPath, Lun>>,
-    protocol: Mutex<Protocol>,
+    /// The negotiation ([`Protocol::pack`]ed): read without a lock, written
+    /// only under `negotiation`.
+    protocol: AtomicU64,
+    /// Serializes changes to `protocol`.
+    negotiation: Mutex<()>,
     /// Bumped at every LUN change; the primary channel compares it with
     /// the value it last announced.
     generation: AtomicU64,
@@ -277,29 +322,6 @@ pub struct Controller {
     /// and forgotten: a worker registered since the last bump need not
     /// register again.
     wake_epoch: AtomicU64,
-    /// The negotiation as the I/O path reads it, without the lock:
-    /// [`Snapshot`] bits, rewritten under the `protocol` lock at every
-    /// change.
-    snapshot: AtomicU32,
-}
-
-/// [`Controller::snapshot`] encoding: the version in the low 16 bits,
-/// [`Snapshot::VERSION_SET`] and [`Snapshot::READY`] above.
-struct Snapshot;
-
-impl Snapshot {
-    const VERSION_SET: u32 = 1 << 16;
-    const READY: u32 = 1 << 17;
-
-    fn of(p: &Protocol) -> u32 {
-        let version = p.version.map_or(0, |v| u32::from(v) | Self::VERSION_SET);
-        let ready = if p.state == NegotiationState::Ready {
-            Self::READY
-        } else {
-            0
-        };
-        version | ready
-    }
 }
 
 impl fmt::Debug for Controller {
@@ -307,7 +329,7 @@ impl fmt::Debug for Controller {
         f.debug_struct("Controller")
             .field("config", &self.config)
             .field("luns", &self.luns.read().keys().collect::<Vec<_>>())
-            .field("protocol", &*self.protocol.lock())
+            .field("protocol", &self.protocol())
             .finish()
     }
 }
@@ -318,15 +340,11 @@ impl Controller {
         Self {
             config,
             luns: RwLock::new(BTreeMap::new()),
-            protocol: Mutex::new(Protocol {
-                state: NegotiationState::Begin,
-                version: None,
-                sub_channels: None,
-            }),
+            protocol: AtomicU64::new(Protocol::INITIAL.pack()),
+            negotiation: Mutex::new(()),
             generation: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
             wake_epoch: AtomicU64::new(0),
-            snapshot: AtomicU32::new(0),
         }
     }
 
@@ -366,25 +384,33 @@ impl Controller {
     /// before serving a reopened one, so a rebooted or reloaded guest
     /// driver can negotiate again. LUNs stay attached.
     pub fn reset(&self) {
-        let mut proto = self.protocol.lock();
-        *proto = Protocol {
-            state: NegotiationState::Begin,
-            version: None,
-            sub_channels: None,
-        };
-        self.publish(&proto);
-        drop(proto);
-        self.wake_all();
+        self.update_protocol(|p| *p = Protocol::INITIAL);
     }
 
-    /// Makes `proto` (just changed, lock held) visible to the I/O path.
-    fn publish(&self, proto: &Protocol) {
-        self.snapshot.store(Snapshot::of(proto), Ordering::Release);
+    /// The negotiation as it stands, without a lock.
+    fn protocol(&self) -> Protocol {
+        Protocol::unpack(self.protocol.load(Ordering::Acquire))
     }
 
-    /// Whether the negotiation is complete (`Ready`), without the lock.
+    /// Changes the negotiation with `f` (serialized with other changes)
+    /// and, if it changed, wakes the channel workers (sub-channels waiting
+    /// for `Ready`) and the callers waiting for `CREATE_SUB_CHANNELS`.
+    fn update_protocol<R>(&self, f: impl FnOnce(&mut Protocol) -> R) -> R {
+        let guard = self.negotiation.lock();
+        let before = self.protocol();
+        let mut p = before;
+        let r = f(&mut p);
+        self.protocol.store(p.pack(), Ordering::Release);
+        drop(guard);
+        if p != before {
+            self.wake_all();
+        }
+        r
+    }
+
+    /// Whether the negotiation is complete (`Ready`).
     fn is_ready(&self) -> bool {
-        self.snapshot.load(Ordering::Acquire) & Snapshot::READY != 0
+        self.state() == NegotiationState::Ready
     }
 
     /// The LUN at `path`, if one is attached.
@@ -399,13 +425,12 @@ impl Controller {
 
     /// Where the negotiation stands.
     pub fn state(&self) -> NegotiationState {
-        self.protocol.lock().state
+        self.protocol().state
     }
 
     /// The negotiated protocol version, once settled.
     pub fn version(&self) -> Option<u16> {
-        let s = self.snapshot.load(Ordering::Acquire);
-        (s & Snapshot::VERSION_SET != 0).then_some(s as u16)
+        self.protocol().version
     }
 
     /// The number of sub-channels the guest asked for with
@@ -413,7 +438,7 @@ impl Controller {
     /// and serving each with its own [`StorvspChannel::sub_channel`] — is
     /// the caller's job.
     pub fn sub_channels_requested(&self) -> Option<u16> {
-        self.protocol.lock().sub_channels
+        self.protocol().sub_channels
     }
 
     /// Completes (`Ready`) with the number of sub-channels once the guest

@@ -6,7 +6,7 @@ extern crate std;
 use super::*;
 use crate::scsi::{DiskParams, ScsiDisk};
 use crate::vmbus::{
-    Channel, GpaDirectRange, OutgoingKind, PacketKind, RingRegion, Signal, init_ring,
+    Channel, GpaDirectRange, Notify, OutgoingKind, PacketKind, RingRegion, Signal, init_ring,
     init_ring_pair,
 };
 use alloc::boxed::Box;
@@ -23,6 +23,8 @@ use parastor_hw::storvsp::{
     srb_status,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+use NegotiationState as S;
 
 const RING: u64 = 16384;
 const BASE: u64 = 0x10000;
@@ -151,22 +153,53 @@ fn call(
     r
 }
 
+/// The negotiation packets a guest sends, in order, settling on `version`.
+fn win8_steps(version: &ProtocolVersion) -> [(Operation, &[u8]); 4] {
+    [
+        (Operation::BeginInitialization, &[]),
+        (Operation::QueryProtocolVersion, version.as_bytes()),
+        (Operation::QueryProperties, &[0; 24]),
+        (Operation::EndInitialization, &[]),
+    ]
+}
+
+/// Runs the negotiation steps (transaction ids 1-4), each answered
+/// `SUCCESS`, from where the controller stands until it reaches `until`,
+/// settling on `version`. Returns the last step's reply.
+fn negotiate_to(
+    host: &mut StorvspChannel<'_>,
+    guest: &mut Channel<'_>,
+    version: u16,
+    until: NegotiationState,
+) -> Option<Reply> {
+    let version = ProtocolVersion::new(version);
+    let steps = win8_steps(&version);
+    let mut last = None;
+    loop {
+        let i = match host.controller().state() {
+            s if s == until => return last,
+            S::Begin => 0,
+            S::QueryVersion => 1,
+            S::QueryProperties => 2,
+            S::EndInitialization => 3,
+            S::Ready => panic!("negotiated past {until:?}"),
+        };
+        let (op, payload) = steps[i];
+        let r = call(host, guest, i as u64 + 1, op, payload);
+        assert_eq!(r.status(), NtStatus::SUCCESS, "{op:?}");
+        last = Some(r);
+    }
+}
+
 fn negotiate(host: &mut StorvspChannel<'_>, guest: &mut Channel<'_>, version: u16) {
-    let r = call(host, guest, 1, Operation::BeginInitialization, &[0; 0x34]);
-    assert_eq!(r.status(), NtStatus::SUCCESS);
-    let r = call(
-        host,
-        guest,
-        2,
-        Operation::QueryProtocolVersion,
-        ProtocolVersion::new(version).as_bytes(),
-    );
-    assert_eq!(r.status(), NtStatus::SUCCESS);
-    let r = call(host, guest, 3, Operation::QueryProperties, &[0; 24]);
-    assert_eq!(r.status(), NtStatus::SUCCESS);
-    let r = call(host, guest, 4, Operation::EndInitialization, &[]);
-    assert_eq!(r.status(), NtStatus::SUCCESS);
-    assert_eq!(host.controller().state(), NegotiationState::Ready);
+    negotiate_to(host, guest, version, S::Ready);
+}
+
+/// The `QUERY_PROPERTIES` answer in a reply.
+fn properties(r: &Reply) -> parastor_hw::storvsp::ChannelProperties {
+    parastor_hw::storvsp::ChannelProperties::read_from_prefix(&r.body)
+        .unwrap()
+        .0
 }
 
 fn request(lun: u8, cdb: &[u8], data_in: u8, len: u32) -> ScsiRequest {
@@ -261,45 +294,20 @@ fn negotiation_win8_reports_properties_and_full_size_completions() {
         ..ControllerConfig::default()
     });
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    call(
-        &mut host,
-        &mut guest,
-        1,
-        Operation::BeginInitialization,
-        &[],
-    );
-    let r = call(
-        &mut host,
-        &mut guest,
-        2,
-        Operation::QueryProtocolVersion,
-        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
-    );
-    assert_eq!(r.status(), NtStatus::SUCCESS);
+    let r = negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::QueryProperties).unwrap();
     // Before the version settled: pre-Win8 size.
     assert_eq!(r.body.len(), 0x24);
-    let r = call(
-        &mut host,
-        &mut guest,
-        3,
-        Operation::QueryProperties,
-        &[0; 24],
-    );
-    assert_eq!(r.status(), NtStatus::SUCCESS);
+    let r = negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::EndInitialization).unwrap();
     assert_eq!(r.body.len(), 0x34);
-    let p = parastor_hw::storvsp::ChannelProperties::read_from_prefix(&r.body)
-        .unwrap()
-        .0;
+    let p = properties(&r);
     assert_eq!(p.maximum_sub_channel_count.get(), 7);
     assert_eq!(
         p.flags.get(),
         parastor_hw::storvsp::CHANNEL_PROPERTY_MULTI_CHANNEL
     );
     assert_eq!(p.max_transfer_bytes.get(), DEFAULT_MAX_TRANSFER_BYTES);
-    assert_eq!(rig.controller.state(), NegotiationState::EndInitialization);
-    let r = call(&mut host, &mut guest, 4, Operation::EndInitialization, &[]);
-    assert_eq!(r.status(), NtStatus::SUCCESS);
-    assert_eq!(rig.controller.state(), NegotiationState::Ready);
+    assert_eq!(rig.controller.state(), S::EndInitialization);
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
     assert_eq!(rig.controller.version(), Some(VERSION_WIN8));
 }
 
@@ -315,13 +323,7 @@ fn version_sequences_settle_on_an_accepted_version() {
     ] {
         let rig = Rig::new(ControllerConfig::default());
         let (mut host, mut guest) = (rig.host(), rig.guest());
-        call(
-            &mut host,
-            &mut guest,
-            1,
-            Operation::BeginInitialization,
-            &[],
-        );
+        negotiate_to(&mut host, &mut guest, settled, S::QueryVersion);
         for (i, &v) in offers.iter().enumerate() {
             let r = call(
                 &mut host,
@@ -347,9 +349,7 @@ fn version_sequences_settle_on_an_accepted_version() {
             Operation::QueryProperties,
             &[0; 24],
         );
-        let p = parastor_hw::storvsp::ChannelProperties::read_from_prefix(&r.body)
-            .unwrap()
-            .0;
+        let p = properties(&r);
         if settled < VERSION_WIN8 {
             assert_eq!(p.flags.get(), 0);
             assert_eq!(r.body.len(), 0x24);
@@ -371,38 +371,19 @@ fn out_of_order_packets_get_invalid_device_state() {
     bad(&mut host, &mut guest, Operation::QueryProperties, &[0; 24]);
     bad(&mut host, &mut guest, Operation::EndInitialization, &[]);
     bad(&mut host, &mut guest, Operation::ExecuteSrb, &[0; 0x24]);
-    call(
-        &mut host,
-        &mut guest,
-        1,
-        Operation::BeginInitialization,
-        &[],
-    );
+    negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::QueryVersion);
     bad(&mut host, &mut guest, Operation::BeginInitialization, &[]);
     bad(&mut host, &mut guest, Operation::QueryProperties, &[0; 24]);
     bad(&mut host, &mut guest, Operation::ResetBus, &[]);
-    assert_eq!(rig.controller.state(), NegotiationState::QueryVersion);
-    call(
-        &mut host,
-        &mut guest,
-        2,
-        Operation::QueryProtocolVersion,
-        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
-    );
+    assert_eq!(rig.controller.state(), S::QueryVersion);
+    negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::QueryProperties);
     bad(
         &mut host,
         &mut guest,
         Operation::QueryProtocolVersion,
         ProtocolVersion::new(VERSION_WIN8).as_bytes(),
     );
-    call(
-        &mut host,
-        &mut guest,
-        3,
-        Operation::QueryProperties,
-        &[0; 24],
-    );
-    call(&mut host, &mut guest, 4, Operation::EndInitialization, &[]);
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
     bad(&mut host, &mut guest, Operation::BeginInitialization, &[]);
     bad(&mut host, &mut guest, Operation::FcHbaData, &[0; 36]);
     bad(&mut host, &mut guest, Operation::EnumerateBus, &[]);
@@ -790,27 +771,7 @@ fn create_sub_channels_once_on_win8() {
     ] {
         let rig = Rig::new(config);
         let (mut host, mut guest) = (rig.host(), rig.guest());
-        call(
-            &mut host,
-            &mut guest,
-            1,
-            Operation::BeginInitialization,
-            &[],
-        );
-        call(
-            &mut host,
-            &mut guest,
-            2,
-            Operation::QueryProtocolVersion,
-            ProtocolVersion::new(version).as_bytes(),
-        );
-        call(
-            &mut host,
-            &mut guest,
-            3,
-            Operation::QueryProperties,
-            &[0; 24],
-        );
+        negotiate_to(&mut host, &mut guest, version, S::EndInitialization);
         let r = call(
             &mut host,
             &mut guest,
@@ -1152,65 +1113,196 @@ fn recv_wait(guest: &mut Channel<'_>) -> Reply {
     panic!("no packet from the host within 5 s");
 }
 
-/// The negotiation packets a guest sends, in order, settling on `version`.
-fn win8_steps(version: &ProtocolVersion) -> [(Operation, &[u8]); 4] {
-    [
-        (Operation::BeginInitialization, &[]),
-        (Operation::QueryProtocolVersion, version.as_bytes()),
-        (Operation::QueryProperties, &[0; 24]),
-        (Operation::EndInitialization, &[]),
-    ]
+/// Serves `rig`'s primary channel with [`StorvspChannel::run`] on a thread
+/// of its own. A test that panics does not join it (as a scoped thread
+/// would, waiting forever on a worker whose guest is gone): it fails
+/// instead of hanging, and the worker thread ends with the test process.
+fn spawn_run(rig: &Arc<Rig>) -> std::thread::JoinHandle<StorvspError> {
+    let rig = rig.clone();
+    std::thread::spawn(move || {
+        let mut host = rig.host();
+        futures::executor::block_on(host.run(&rig.host_sig))
+    })
 }
 
 #[test]
 fn run_on_a_thread_wakes_for_packets_and_hot_adds() {
-    let rig = Rig::new(ControllerConfig::default());
+    let rig = Arc::new(Rig::new(ControllerConfig::default()));
     rig.attach(0, 64);
-    std::thread::scope(|s| {
-        let host = s.spawn(|| {
-            let mut host = rig.host();
-            futures::executor::block_on(host.run(&rig.host_sig))
-        });
-        let mut guest = rig.guest();
-        let version = ProtocolVersion::new(VERSION_WIN8);
-        for (i, (op, payload)) in win8_steps(&version).into_iter().enumerate() {
-            send(&mut guest, i as u64, op, payload);
-            let r = recv_wait(&mut guest);
-            assert_eq!((r.tid, r.status()), (i as u64, NtStatus::SUCCESS));
-        }
-        for tid in 10..40u64 {
-            let req = request(0, &read10(tid as u32, 1), data_direction::READ, 512);
-            send_srb(&mut guest, tid, &req, RequestSize::Win8, &[(DATA, 512)]);
-            let r = recv_wait(&mut guest);
-            assert_eq!(r.tid, tid);
-            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
-        }
-        // A hot add wakes the idle worker, which tells the guest.
-        rig.attach(1, 8);
+    let host = spawn_run(&rig);
+    let mut guest = rig.guest();
+    let version = ProtocolVersion::new(VERSION_WIN8);
+    for (i, (op, payload)) in win8_steps(&version).into_iter().enumerate() {
+        send(&mut guest, i as u64, op, payload);
         let r = recv_wait(&mut guest);
-        assert_eq!(r.header.operation(), Some(Operation::EnumerateBus));
-        // A broken packet ends the worker.
-        guest
-            .write_packet(
-                OutgoingKind::InBand {
-                    completion_requested: true,
-                },
-                99,
-                &[0xEE; 16],
-            )
-            .unwrap();
-        let e = host.join().unwrap();
-        assert!(
-            matches!(
-                e,
-                StorvspError::Packet {
-                    transaction_id: 99,
-                    ..
-                }
-            ),
-            "{e:?}"
-        );
+        assert_eq!((r.tid, r.status()), (i as u64, NtStatus::SUCCESS));
+    }
+    for tid in 10..40u64 {
+        let req = request(0, &read10(tid as u32, 1), data_direction::READ, 512);
+        send_srb(&mut guest, tid, &req, RequestSize::Win8, &[(DATA, 512)]);
+        let r = recv_wait(&mut guest);
+        assert_eq!(r.tid, tid);
+        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    }
+    // A hot add wakes the idle worker, which tells the guest.
+    rig.attach(1, 8);
+    let r = recv_wait(&mut guest);
+    assert_eq!(r.header.operation(), Some(Operation::EnumerateBus));
+    // A broken packet ends the worker.
+    guest
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            99,
+            &[0xEE; 16],
+        )
+        .unwrap();
+    let e = join_within(host, Duration::from_secs(5));
+    assert!(
+        matches!(
+            e,
+            StorvspError::Packet {
+                transaction_id: 99,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+}
+
+/// The worker thread's result, if it ends within `limit` (else a panic,
+/// not a hang).
+fn join_within<T>(worker: std::thread::JoinHandle<T>, limit: Duration) -> T {
+    let start = std::time::Instant::now();
+    while !worker.is_finished() {
+        assert!(start.elapsed() < limit, "the worker did not end");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    worker.join().unwrap()
+}
+
+#[test]
+fn a_failed_channel_drops_its_requests_and_stays_ended() {
+    let rig = Rig::new(ControllerConfig::default());
+    let latch = Latch::default();
+    rig.attach_slow(0, Arc::new(latch.clone()));
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    let held = Arc::strong_count(&latch.0);
+    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    send_srb(&mut guest, 10, &req, RequestSize::Win8, &[(DATA, 512)]);
+    host.process().unwrap();
+    assert_eq!(host.in_flight(), 1);
+    // The request's sleep holds the timer.
+    assert_eq!(Arc::strong_count(&latch.0), held + 1);
+
+    send(&mut guest, 11, Operation::ExecuteSrb, &[0; 8]);
+    let e = host.process().unwrap_err();
+    assert!(
+        matches!(
+            e,
+            StorvspError::Packet {
+                transaction_id: 11,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    // The request in flight is gone, with its future and ring space.
+    assert_eq!(host.in_flight(), 0);
+    assert_eq!(Arc::strong_count(&latch.0), held);
+    assert_eq!(host.channel().writer().reserved(), 0);
+    latch.release();
+    assert!(recv(&mut guest).is_none(), "no completion for it");
+
+    // Ended: the same error, and the ring is not read any more.
+    send_srb(&mut guest, 12, &req, RequestSize::Win8, &[(DATA, 512)]);
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    assert_eq!(host.poll_work(&mut cx), Err(e));
+    assert_eq!(host.process(), Err(e));
+    assert!(host.channel().reader().bytes_available().unwrap() > 0);
+    assert!(recv(&mut guest).is_none());
+}
+
+/// A timer that never fires and wakes its task every time it is polled: a
+/// disk whose requests keep asking to be polled again.
+struct Restless;
+
+impl Timer for Restless {
+    fn sleep(&self, _: Duration) -> parastor_core::disk::BoxFuture<'static, ()> {
+        Box::pin(core::future::poll_fn(|cx| {
+            cx.waker().wake_by_ref();
+            core::task::Poll::Pending
+        }))
+    }
+}
+
+/// A waker that, when woken, signals `signal` (at most `limit` times):
+/// with a [`Restless`] request in flight, every pass of a worker whose
+/// incoming signal this is finds itself signalled.
+struct Relay {
+    signal: Arc<Signal>,
+    wakes: core::sync::atomic::AtomicUsize,
+    limit: usize,
+    /// Set while signalling: the signal wakes the task (this waker)
+    /// from inside `notify`, which must not notify again.
+    relaying: AtomicBool,
+}
+
+impl std::task::Wake for Relay {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let n = self.wakes.fetch_add(1, Ordering::AcqRel);
+        if n < self.limit && !self.relaying.swap(true, Ordering::AcqRel) {
+            self.signal.notify();
+            self.relaying.store(false, Ordering::Release);
+        }
+    }
+}
+
+#[test]
+fn run_yields_to_the_executor_when_it_never_runs_out_of_work() {
+    let rig = Rig::new(ControllerConfig::default());
+    rig.attach_slow(0, Arc::new(Restless));
+    let mut host = rig.host();
+    let incoming = Arc::new(Signal::new());
+    let limit = 100 * super::channel::RUN_BUDGET;
+    let relay = Arc::new(Relay {
+        signal: incoming.clone(),
+        wakes: Default::default(),
+        limit,
+        relaying: AtomicBool::new(false),
     });
+    let waker = core::task::Waker::from(relay.clone());
+    let mut cx = core::task::Context::from_waker(&waker);
+    let mut run = Box::pin(host.run(&incoming));
+    let mut guest = rig.guest();
+    let version = ProtocolVersion::new(VERSION_WIN8);
+    for (i, (op, payload)) in win8_steps(&version).into_iter().enumerate() {
+        send(&mut guest, i as u64, op, payload);
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(recv(&mut guest).unwrap().tid, i as u64);
+    }
+    // A request that never finishes and wakes the worker at every poll,
+    // which (through the relay) signals it: a worker that is never out of
+    // work, as under a guest flooding it with packets or signals.
+    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    send_srb(&mut guest, 10, &req, RequestSize::Win8, &[(DATA, 512)]);
+    for _ in 0..3 {
+        relay.wakes.store(0, Ordering::Release);
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        // The poll gave up after its budget (and woke itself to go on),
+        // rather than running until the relay's limit.
+        let wakes = relay.wakes.load(Ordering::Acquire);
+        assert!(
+            (1..=2 * super::channel::RUN_BUDGET).contains(&wakes),
+            "{wakes} wakes in one poll"
+        );
+    }
 }
 
 #[test]
@@ -1538,32 +1630,9 @@ fn transfers_over_max_transfer_bytes_are_invalid_requests() {
     });
     rig.attach(0, 64);
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    call(
-        &mut host,
-        &mut guest,
-        1,
-        Operation::BeginInitialization,
-        &[],
-    );
-    call(
-        &mut host,
-        &mut guest,
-        2,
-        Operation::QueryProtocolVersion,
-        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
-    );
-    let r = call(
-        &mut host,
-        &mut guest,
-        3,
-        Operation::QueryProperties,
-        &[0; 24],
-    );
-    let p = parastor_hw::storvsp::ChannelProperties::read_from_prefix(&r.body)
-        .unwrap()
-        .0;
-    assert_eq!(p.max_transfer_bytes.get(), 4096);
-    call(&mut host, &mut guest, 4, Operation::EndInitialization, &[]);
+    let r = negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::EndInitialization).unwrap();
+    assert_eq!(properties(&r).max_transfer_bytes.get(), 4096);
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
 
     // Over the limit: refused without touching the disk.
     rig.mem.write(DATA, &[0xAA; 8192]).unwrap();
@@ -1603,35 +1672,14 @@ fn fc_hba_data_is_refused_without_ending_the_channel() {
         let r = call(&mut host, &mut guest, 7, Operation::FcHbaData, payload);
         assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
         assert_eq!(r.body.len(), 0x24);
-        assert_eq!(rig.controller.state(), NegotiationState::Begin);
+        assert_eq!(rig.controller.state(), S::Begin);
     }
-    call(
-        &mut host,
-        &mut guest,
-        1,
-        Operation::BeginInitialization,
-        &[],
-    );
+    negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::QueryVersion);
     let r = call(&mut host, &mut guest, 8, Operation::FcHbaData, &full);
     assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
-    assert_eq!(rig.controller.state(), NegotiationState::QueryVersion);
+    assert_eq!(rig.controller.state(), S::QueryVersion);
     // Negotiate from QueryVersion on.
-    call(
-        &mut host,
-        &mut guest,
-        2,
-        Operation::QueryProtocolVersion,
-        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
-    );
-    call(
-        &mut host,
-        &mut guest,
-        3,
-        Operation::QueryProperties,
-        &[0; 24],
-    );
-    call(&mut host, &mut guest, 4, Operation::EndInitialization, &[]);
-    assert_eq!(rig.controller.state(), NegotiationState::Ready);
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
     // Ready: still refused, with a completion of the negotiated size.
     for payload in [&full[..], &[]] {
         let r = call(&mut host, &mut guest, 9, Operation::FcHbaData, payload);
@@ -1654,4 +1702,28 @@ fn fc_hba_data_is_refused_without_ending_the_channel() {
     assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
     let r = srb(&mut sub, &mut sub_guest, 12, &req, &[(DATA, 512)]);
     assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+}
+
+/// A detached LUN is not kept open by a channel that addressed it last:
+/// the LUN change drops the channel's cached reference even when the guest
+/// sends nothing more.
+#[test]
+fn detached_lun_is_released_by_idle_channels() {
+    let rig = Rig::new(ControllerConfig::default());
+    let disk = rig.attach(0, 64);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    send_srb(&mut guest, 1, &req, RequestSize::Win8, &[(DATA, 512)]);
+    host.process().unwrap();
+    assert_eq!(
+        recv(&mut guest).unwrap().srb().srb_status,
+        srb_status::SUCCESS
+    );
+    let held = Arc::strong_count(&disk);
+    assert!(rig.controller.remove(ScsiPath::new(0, 0, 0)).is_some());
+    host.process().unwrap();
+    // Only the test's handle is left.
+    assert!(held > 1);
+    assert_eq!(Arc::strong_count(&disk), 1);
 }

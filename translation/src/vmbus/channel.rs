@@ -167,8 +167,9 @@ const PEEK_LEN: usize = 256;
 
 /// A packet read from a ring like [`Packet`], but held inline: payloads up
 /// to [`INLINE_PAYLOAD_LEN`] bytes and up to [`INLINE_RANGES`] guest ranges
-/// are read without any heap allocation (larger ones spill to the heap).
-/// Read with [`Channel::read_packet_ref`].
+/// are read without any heap allocation (larger ones spill to the heap,
+/// bounded by the packet's length, which the ring bounds). Read with
+/// [`Channel::take_packet_into`].
 #[derive(Clone)]
 pub struct PacketRef {
     /// What the packet is.
@@ -235,12 +236,6 @@ impl PacketRef {
             payload: self.payload().to_vec(),
             ranges: self.ranges().to_vec(),
         }
-    }
-}
-
-impl From<PacketRef> for Packet {
-    fn from(p: PacketRef) -> Self {
-        p.to_packet()
     }
 }
 
@@ -378,12 +373,7 @@ impl<'a> Channel<'a> {
         outgoing: RingRegion,
         peer: &'a dyn Notify,
     ) -> Result<Self, RingError> {
-        Ok(Self {
-            mem,
-            reader: RingReader::new(mem, incoming)?,
-            writer: RingWriter::new(mem, outgoing)?,
-            peer,
-        })
+        Self::new(mem, incoming, outgoing, peer)
     }
 
     /// The guest's endpoint (the mirror of [`Channel::host`]): writes
@@ -394,10 +384,19 @@ impl<'a> Channel<'a> {
         outgoing: RingRegion,
         peer: &'a dyn Notify,
     ) -> Result<Self, RingError> {
+        Self::new(mem, outgoing, incoming, peer)
+    }
+
+    fn new(
+        mem: &'a dyn GuestMemory,
+        read: RingRegion,
+        write: RingRegion,
+        peer: &'a dyn Notify,
+    ) -> Result<Self, RingError> {
         Ok(Self {
             mem,
-            reader: RingReader::new(mem, outgoing)?,
-            writer: RingWriter::new(mem, incoming)?,
+            reader: RingReader::new(mem, read)?,
+            writer: RingWriter::new(mem, write)?,
             peer,
         })
     }
@@ -432,30 +431,19 @@ impl<'a> Channel<'a> {
     /// Errors: [`ChannelError::Ring`] consumes nothing (the ring is broken);
     /// the other errors consume the bad packet.
     pub fn read_packet(&mut self) -> Result<Option<Packet>, ChannelError> {
-        Ok(self.read_packet_ref()?.map(Packet::from))
+        let mut packet = PacketRef::empty();
+        let taken = self.take_packet_into(&mut packet);
+        self.publish_reads()?;
+        Ok(taken?.then(|| packet.to_packet()))
     }
 
     /// Like [`Channel::read_packet`], but without heap allocation for
-    /// small packets: the payload and ranges are held inline in the
-    /// returned [`PacketRef`].
-    pub fn read_packet_ref(&mut self) -> Result<Option<PacketRef>, ChannelError> {
-        let packet = self.take_packet_ref();
-        self.publish_reads()?;
-        packet
-    }
-
-    /// Like [`Channel::read_packet_ref`], but the packet's ring space is
-    /// not handed back to the peer yet: take several packets, then call
+    /// small packets, and without handing the packet's ring space back to
+    /// the peer yet: fills `packet` in place (reusing its storage) and
+    /// returns whether a packet was taken. Take several packets, then call
     /// [`Channel::publish_reads`] once (it must be called before waiting
-    /// for the peer, or the peer may wait for space forever).
-    pub fn take_packet_ref(&mut self) -> Result<Option<PacketRef>, ChannelError> {
-        let mut packet = PacketRef::empty();
-        Ok(self.take_packet_into(&mut packet)?.then_some(packet))
-    }
-
-    /// Like [`Channel::take_packet_ref`], but fills `packet` in place
-    /// (reusing its storage) and returns whether a packet was taken. On
-    /// an error `packet` holds nothing meaningful.
+    /// for the peer, or the peer may wait for space forever). On an error
+    /// `packet` holds nothing meaningful.
     pub fn take_packet_into(&mut self, packet: &mut PacketRef) -> Result<bool, ChannelError> {
         self.take_into(packet, true)
     }
@@ -495,7 +483,7 @@ impl<'a> Channel<'a> {
         parsed.map(|()| true)
     }
 
-    /// Publishes the read index after [`Channel::take_packet_ref`],
+    /// Publishes the read index after [`Channel::take_packet_into`],
     /// signalling the peer if the freed space crosses its
     /// `pending_send_sz`. Does nothing if nothing was taken.
     pub fn publish_reads(&mut self) -> Result<(), RingError> {
@@ -612,22 +600,12 @@ impl<'a> Channel<'a> {
         self.writer.release(reservation)
     }
 
-    /// Writes a packet into a reservation from [`Channel::reserve`].
-    pub fn write_reserved(
-        &mut self,
-        reservation: Reservation,
-        kind: OutgoingKind,
-        transaction_id: u64,
-        payload: &[u8],
-    ) -> Result<(), RingError> {
-        self.write_reserved_deferred(reservation, kind, transaction_id, payload)?;
-        self.publish_writes()
-    }
-
-    /// Like [`Channel::write_reserved`], but the packet is not published:
-    /// the peer sees it at the next [`Channel::publish_writes`], which
-    /// must be called before waiting for the peer. For batches of
-    /// completions: one index update and at most one signal for all.
+    /// Writes a packet into a reservation from [`Channel::reserve`], without
+    /// publishing it: the peer sees it at the next
+    /// [`Channel::publish_writes`], which must be called before waiting for
+    /// the peer. For batches of completions: one index update and at most
+    /// one signal for all. The reservation is spent whatever the outcome; a
+    /// packet larger than it is refused with [`RingError::TooLarge`].
     pub fn write_reserved_deferred(
         &mut self,
         reservation: Reservation,

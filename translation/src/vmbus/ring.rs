@@ -3,9 +3,12 @@
 //! The ring's control page and data area are shared with an untrusted peer,
 //! so each side keeps its *own* index privately and only publishes it: the
 //! reader's `read_index` and the writer's `write_index` are never read back
-//! from guest memory after the ring is opened. The peer's index is read on
-//! every operation and validated before use (inside the data area, 8-byte
-//! aligned); a bad one is a [`RingError`], never an out-of-bounds access.
+//! from guest memory after the ring is opened. The peer's index is loaded
+//! only when needed — the reader reads the packets up to the write index it
+//! last saw, the writer trusts the free space behind the read index it last
+//! saw (the reader only frees space) — and validated every time it is
+//! loaded (inside the data area, 8-byte aligned): a bad one is a
+//! [`RingError`] at its next load, never an out-of-bounds access.
 
 use core::fmt;
 use parastor_core::{GuestMemory, MemoryError};
@@ -171,25 +174,19 @@ impl<'a> RingMem<'a> {
     /// Runs `f` over the control fields in one guest-memory access (the
     /// hot path: one lock and one call instead of one per field). Memory
     /// that hands the control fields out in several pieces gets the same
-    /// `f` field by field.
+    /// `f` field by field instead. `f` runs exactly once either way.
     fn with_control<R>(
         &self,
-        f: impl FnOnce(&mut Control<'_, 'a>) -> Result<R, RingError>,
+        mut f: impl FnMut(&mut Control<'_, 'a>) -> Result<R, RingError>,
     ) -> Result<R, RingError> {
-        let mut f = Some(f);
         let mut out = None;
         self.mem.visit_mut(self.gpa, CONTROL_LEN, &mut |piece| {
-            if piece.len() == CONTROL_LEN
-                && let Some(f) = f.take()
-            {
+            // A piece this long is the whole range: the only call.
+            if piece.len() == CONTROL_LEN {
                 out = Some(f(&mut Control::Bytes(piece)));
             }
         })?;
-        match (out, f) {
-            (Some(r), _) => r,
-            (None, Some(f)) => f(&mut Control::Fields(*self)),
-            (None, None) => unreachable_control(),
-        }
+        out.unwrap_or_else(|| f(&mut Control::Fields(*self)))
     }
 }
 
@@ -227,13 +224,6 @@ impl<'s, I: Iterator<Item = &'s [u8]>> Gather<'s, I> {
 /// Bytes of the control page [`RingMem::with_control`] covers: the indices,
 /// mask, pending send size and feature bits.
 const CONTROL_LEN: usize = RING_FEATURE_BITS_OFFSET as usize + 4;
-
-/// `with_control` runs its closure exactly once; this branch cannot be
-/// reached, and reports a memory error rather than panicking if it were.
-#[cold]
-fn unreachable_control<R>() -> Result<R, RingError> {
-    Err(RingError::Layout(RingLayoutError::BadSize { size: 0 }))
-}
 
 /// The control fields during [`RingMem::with_control`]: the bytes
 /// themselves, or the ring to access field by field.
@@ -349,7 +339,7 @@ pub struct RingReader<'a> {
     /// Our read index; published to the control page, never read back.
     read_index: u32,
     /// The read index last published (behind `read_index` while packets
-    /// taken with [`RingReader::consume_deferred`] are unpublished).
+    /// consumed with [`RingReader::consume_deferred`] are unpublished).
     published: u32,
     /// The writer's index as last loaded (validated): the packets up to it
     /// are read without loading it again.
@@ -429,16 +419,11 @@ impl<'a> RingReader<'a> {
     }
 
     /// Reads and validates the next packet's descriptor without consuming
-    /// anything. `Ok(None)` when the ring is empty.
-    pub fn peek(&mut self) -> Result<Option<PacketHeader>, RingError> {
-        let mut bytes = [0u8; hw::PACKET_DESCRIPTOR_SIZE as usize];
-        Ok(self.peek_into(&mut bytes)?.map(|(header, _)| header))
-    }
-
-    /// Like [`Self::peek`], and copies the start of the packet (descriptor
-    /// first) into `buf` with the same guest-memory access: returns the
-    /// header and how many of the packet's bytes `buf` holds (all of them
-    /// when the packet fits). `buf` must hold at least a descriptor.
+    /// anything, copying the start of the packet (descriptor first) into
+    /// `buf` with the same guest-memory access: returns the header and how
+    /// many of the packet's bytes `buf` holds (all of them when the packet
+    /// fits; [`Self::read_packet_bytes`] reads the rest). `Ok(None)` when
+    /// the ring is empty. `buf` must hold at least a descriptor.
     pub fn peek_into(
         &mut self,
         buf: &mut [u8],
@@ -512,19 +497,10 @@ impl<'a> RingReader<'a> {
         self.ring.read_at(pos, dst)
     }
 
-    /// Consumes the packet `header` (which must be the one [`Self::peek`]
-    /// returned last): advances and publishes the read index. Returns
-    /// whether the writer must be signalled because the free space crossed
-    /// its `pending_send_sz`.
-    pub fn consume(&mut self, header: &PacketHeader) -> Result<bool, RingError> {
-        self.consume_deferred(header);
-        self.publish()
-    }
-
-    /// Consumes the packet `header` (which must be the one [`Self::peek`]
-    /// returned last) without publishing the read index: the space is
-    /// handed back to the writer by the next [`Self::publish`] (or
-    /// [`Self::consume`]), which the caller must call before going idle.
+    /// Consumes the packet `header` (which must be the one
+    /// [`Self::peek_into`] returned last) without publishing the read
+    /// index: the space is handed back to the writer by the next
+    /// [`Self::publish`], which the caller must call before going idle.
     pub fn consume_deferred(&mut self, header: &PacketHeader) {
         let total = header.descriptor.len() + hw::PACKET_TRAILER_SIZE;
         self.read_index = self.ring.advance(header.start, total);
@@ -585,16 +561,26 @@ pub struct OutgoingPacket<'p> {
 
 impl OutgoingPacket<'_> {
     fn header_len(&self) -> usize {
-        self.header.iter().map(|h| h.len()).sum()
+        self.header.iter().fold(0, |n, h| n.saturating_add(h.len()))
+    }
+
+    /// The packet's descriptor, or [`RingError::TooLarge`] if none can
+    /// describe it.
+    fn descriptor(&self) -> Result<PacketDescriptor, RingError> {
+        let (header_len, payload_len) = (self.header_len(), self.payload.len());
+        PacketDescriptor::for_packet(
+            self.packet_type,
+            self.flags,
+            self.transaction_id,
+            header_len,
+            payload_len,
+        )
+        .map_err(|_| too_large(header_len, payload_len))
     }
 
     /// Bytes the packet occupies in the ring, trailer included.
     pub fn ring_size(&self) -> Result<u32, RingError> {
-        let d = PacketDescriptor::for_packet(0, 0, 0, self.header_len(), self.payload.len())
-            .map_err(|_| RingError::TooLarge {
-                needed: self.header_len() as u64 + self.payload.len() as u64,
-            })?;
-        Ok(d.len() + hw::PACKET_TRAILER_SIZE)
+        Ok(self.descriptor()?.len() + hw::PACKET_TRAILER_SIZE)
     }
 }
 
@@ -607,9 +593,16 @@ pub fn packet_ring_size(header_len: usize, payload_len: usize) -> Option<u32> {
         .map(|d| d.len() + hw::PACKET_TRAILER_SIZE)
 }
 
+/// The error for a packet no descriptor can describe.
+fn too_large(header_len: usize, payload_len: usize) -> RingError {
+    RingError::TooLarge {
+        needed: (header_len as u64).saturating_add(payload_len as u64),
+    }
+}
+
 /// Space set aside in a ring for one future packet (typically the
 /// completion of a request taken now). Spend it with
-/// [`RingWriter::write_reserved`] or give it back with
+/// [`RingWriter::write_reserved_deferred`] or give it back with
 /// [`RingWriter::release`].
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a reservation holds ring space until written or released"]
@@ -652,12 +645,14 @@ pub struct RingWriter<'a> {
 
 impl<'a> RingWriter<'a> {
     /// Opens the ring at `region` for writing, starting at the write index
-    /// currently in its control page (validated), and advertises
-    /// [`hw::RING_FEATURE_PENDING_SEND_SIZE`]: this writer publishes
-    /// `pending_send_sz` when blocked.
+    /// currently in its control page (validated) with the free space behind
+    /// the reader's index (validated: packets not yet read are kept), and
+    /// advertises [`hw::RING_FEATURE_PENDING_SEND_SIZE`]: this writer
+    /// publishes `pending_send_sz` when blocked.
     pub fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
         let ring = RingMem::new(mem, region)?;
         let write_index = ring.load_index(RING_WRITE_INDEX_OFFSET)?;
+        let read_seen = ring.load_index(RING_READ_INDEX_OFFSET)?;
         let features = ring.load(RING_FEATURE_BITS_OFFSET)?;
         ring.store(
             RING_FEATURE_BITS_OFFSET,
@@ -668,7 +663,7 @@ impl<'a> RingWriter<'a> {
             write_index,
             reserved: 0,
             pending: false,
-            read_seen: write_index,
+            read_seen,
             published: write_index,
         })
     }
@@ -686,17 +681,6 @@ impl<'a> RingWriter<'a> {
     /// Bytes currently reserved.
     pub fn reserved(&self) -> u32 {
         self.reserved
-    }
-
-    /// Free bytes per the reader's (validated) index, reservations not
-    /// deducted.
-    pub fn bytes_free(&self) -> Result<u32, RingError> {
-        let read = self.ring.load_index(RING_READ_INDEX_OFFSET)?;
-        Ok(hw::ring_bytes_free(
-            read,
-            self.write_index,
-            self.ring.data_size,
-        ))
     }
 
     /// Checks that `needed` more bytes fit beyond the reservations; on
@@ -741,9 +725,8 @@ impl<'a> RingWriter<'a> {
         header_len: usize,
         payload_len: usize,
     ) -> Result<Reservation, RingError> {
-        let bytes = packet_ring_size(header_len, payload_len).ok_or(RingError::TooLarge {
-            needed: header_len as u64 + payload_len as u64,
-        })?;
+        let bytes = packet_ring_size(header_len, payload_len)
+            .ok_or_else(|| too_large(header_len, payload_len))?;
         self.check_space(bytes, self.reserved)?;
         self.clear_pending()?;
         self.reserved += bytes;
@@ -755,21 +738,11 @@ impl<'a> RingWriter<'a> {
         self.reserved = self.reserved.saturating_sub(reservation.bytes);
     }
 
-    /// Writes a packet into space reserved earlier. The reservation is
-    /// spent whatever the outcome; a packet larger than the reservation is
-    /// refused with [`RingError::TooLarge`].
-    pub fn write_reserved(
-        &mut self,
-        reservation: Reservation,
-        packet: &OutgoingPacket<'_>,
-    ) -> Result<WriteOutcome, RingError> {
-        self.write_reserved_deferred(reservation, packet)?;
-        self.publish()
-    }
-
-    /// Like [`Self::write_reserved`], but the packet is not published:
+    /// Writes a packet into space reserved earlier, without publishing it:
     /// the reader sees it at the next [`Self::publish`] (which the caller
-    /// must call before waiting for the reader).
+    /// must call before waiting for the reader). The reservation is spent
+    /// whatever the outcome; a packet larger than the reservation is
+    /// refused with [`RingError::TooLarge`].
     pub fn write_reserved_deferred(
         &mut self,
         reservation: Reservation,
@@ -847,17 +820,7 @@ impl<'a> RingWriter<'a> {
     /// Copies a packet into the ring after the unpublished ones, leaving
     /// `reserved` bytes free.
     fn put(&mut self, packet: &OutgoingPacket<'_>, reserved: u32) -> Result<(), RingError> {
-        let header_len = packet.header_len();
-        let descriptor = PacketDescriptor::for_packet(
-            packet.packet_type,
-            packet.flags,
-            packet.transaction_id,
-            header_len,
-            packet.payload.len(),
-        )
-        .map_err(|_| RingError::TooLarge {
-            needed: header_len as u64 + packet.payload.len() as u64,
-        })?;
+        let descriptor = packet.descriptor()?;
         let total = descriptor.len() + hw::PACKET_TRAILER_SIZE;
         self.check_space(total, reserved)?;
         self.clear_pending()?;
@@ -867,7 +830,8 @@ impl<'a> RingWriter<'a> {
             reserved: 0,
             previous_write_index: old,
         };
-        let header_pad = descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - header_len as u32;
+        let header_pad =
+            descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - packet.header_len() as u32;
         let payload_pad = descriptor.len() - descriptor.data_offset() - packet.payload.len() as u32;
         // The packet goes into the ring straight from its pieces, in one
         // guest-memory access (two at the wrap).

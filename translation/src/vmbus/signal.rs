@@ -56,7 +56,10 @@ impl Notify for Signal {
     fn notify(&self) {
         self.count.fetch_add(1, Ordering::AcqRel);
         self.pending.store(true, Ordering::Release);
-        if let Some(w) = self.waker.lock().take() {
+        // Taken out before waking: a waker that notifies this signal again
+        // must not find the lock held.
+        let waker = self.waker.lock().take();
+        if let Some(w) = waker {
             w.wake();
         }
     }

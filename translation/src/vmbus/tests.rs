@@ -469,8 +469,9 @@ fn reservations_hold_space_on(new_rig: fn() -> Rig) {
     assert_eq!(rig.ctl(rig.outgoing, 12), 32 + 1024);
     assert_eq!(host.writer().reserved(), 1024);
     // The reservation can always be written.
-    host.write_reserved(r, OutgoingKind::Completion, 3, &[1; 1000])
+    host.write_reserved_deferred(r, OutgoingKind::Completion, 3, &[1; 1000])
         .unwrap();
+    host.publish_writes().unwrap();
     assert_eq!(host.writer().reserved(), 0);
     for tid in [1, 2, 3] {
         assert_eq!(guest.read_packet().unwrap().unwrap().transaction_id, tid);
@@ -483,10 +484,61 @@ fn reservations_hold_space_on(new_rig: fn() -> Rig) {
     let b = host.reserve(2040).unwrap();
     // Writing more than was reserved is refused (and the space returned).
     assert!(matches!(
-        host.write_reserved(b, OutgoingKind::Completion, 4, &[0; 2041]),
+        host.write_reserved_deferred(b, OutgoingKind::Completion, 4, &[0; 2041]),
         Err(RingError::TooLarge { .. })
     ));
     assert_eq!(host.writer().reserved(), 0);
+}
+
+/// Lengths no descriptor can describe are refused, even when adding them
+/// up would overflow.
+#[test]
+fn oversized_lengths_are_refused() {
+    assert_eq!(packet_ring_size(usize::MAX, usize::MAX), None);
+    assert_eq!(packet_ring_size(0, usize::MAX), None);
+    let rig = Rig::new();
+    let mut host = rig.host();
+    assert!(matches!(
+        host.reserve(usize::MAX),
+        Err(RingError::TooLarge { .. })
+    ));
+    assert_eq!(host.writer().reserved(), 0);
+}
+
+/// A writer opened over a ring with unread packets (a channel opened
+/// again) keeps them: its free space is behind the reader's index, which
+/// it loads (and validates) when it opens the ring.
+#[test]
+fn reopened_writer_keeps_unread_packets() {
+    let rig = Rig::new();
+    let payload = [0xab; 1000]; // 1024 bytes in the ring
+    let kind = OutgoingKind::InBand {
+        completion_requested: false,
+    };
+    let mut guest = rig.guest();
+    for tid in 0..3 {
+        guest.write_packet(kind, tid, &payload).unwrap();
+    }
+    let mut guest = rig.guest();
+    assert_eq!(
+        guest.write_packet(kind, 3, &payload),
+        Err(RingError::Full {
+            needed: 1024,
+            free: 1024
+        })
+    );
+    let mut host = rig.host();
+    for tid in 0..3 {
+        assert_eq!(host.read_packet().unwrap().unwrap().transaction_id, tid);
+    }
+    // A bad read index is refused when the writer opens the ring.
+    rig.set_ctl(rig.outgoing, 4, 12);
+    assert!(matches!(
+        Channel::host(&rig.mem, rig.incoming, rig.outgoing, &rig.guest_sig),
+        Err(RingError::Layout(RingLayoutError::IndexMisaligned {
+            index: 12
+        }))
+    ));
 }
 
 fn fatal(rig: &Rig) -> RingError {
@@ -638,22 +690,8 @@ fn gpa_case(area: &[u8]) -> (Result<Option<Packet>, ChannelError>, bool) {
     rig.raw(0, &bytes, bytes.len() as u32);
     let mut host = rig.host();
     let r = host.read_packet();
-    let consumed = host.read_packet().unwrap_or(Some(dummy())).is_none();
+    let consumed = host.read_packet() == Ok(None);
     (r, consumed)
-}
-
-fn dummy_mem() -> RamGuestMemory {
-    RamGuestMemory::new(4096)
-}
-
-fn dummy() -> Packet {
-    Packet {
-        kind: PacketKind::InBand,
-        transaction_id: 0,
-        completion_requested: false,
-        payload: Vec::new(),
-        ranges: Vec::new(),
-    }
 }
 
 fn gpa_area(count: u32, ranges: &[(u32, u32, &[u64])]) -> Vec<u8> {
@@ -731,7 +769,7 @@ fn malformed_gpa_ranges() {
     let (r, _) = gpa_case(&gpa_area(2, &[(4096, 0, &[top]), (4096, 0, &[top])]));
     let p = r.unwrap().unwrap();
     assert_eq!(p.ranges, vec![GpaRange::new(top << 12, 4096); 2]);
-    assert!(p.sg_list(&dummy_mem(), false).is_ok());
+    assert!(p.sg_list(&RamGuestMemory::new(4096), false).is_ok());
     // And a well-formed one through the same path.
     let (r, _) = gpa_case(&gpa_area(1, &[(10, 8, &[5])]));
     assert_eq!(
@@ -866,7 +904,8 @@ fn packet_ref_inline_and_spilled() {
         pfns: &pfns,
     }];
     guest.write_gpa_direct(1, true, &small, b"req").unwrap();
-    let p = host.read_packet_ref().unwrap().unwrap();
+    let mut p = PacketRef::empty();
+    assert!(host.take_packet_into(&mut p).unwrap());
     assert_eq!(p.kind, PacketKind::GpaDirect);
     assert_eq!(p.payload(), &padded(b"req")[..]);
     assert_eq!(p.ranges(), &[GpaRange::new(0x40 * 4096 + 8, 4096)]);
@@ -880,13 +919,19 @@ fn packet_ref_inline_and_spilled() {
     }];
     let body = [0x5a; 300];
     guest.write_gpa_direct(2, true, &large, &body).unwrap();
-    let p = host.read_packet_ref().unwrap().unwrap();
+    assert!(host.take_packet_into(&mut p).unwrap());
     assert_eq!(p.ranges().len(), 40);
     assert_eq!(p.ranges()[39], GpaRange::new((0x40 + 78) * 4096, 4096));
     assert_eq!(&p.payload()[..300], &body[..]);
     let owned = p.to_packet();
     assert_eq!(owned.ranges, p.ranges());
     assert_eq!(owned.payload, p.payload());
+    // Reused after spilling: the heap buffers take the next packet's size.
+    guest.write_gpa_direct(3, true, &small, b"req").unwrap();
+    assert!(host.take_packet_into(&mut p).unwrap());
+    assert_eq!(p.payload(), &padded(b"req")[..]);
+    assert_eq!(p.ranges(), &[GpaRange::new(0x40 * 4096 + 8, 4096)]);
+    host.publish_reads().unwrap();
 }
 
 #[test]
@@ -907,8 +952,10 @@ fn deferred_reads_publish_once() {
     ));
     let signals = rig.guest_sig.count();
     // Taken but unpublished: the guest still sees a full ring.
+    let mut packet = PacketRef::empty();
     for tid in 0..2 {
-        assert_eq!(host.take_packet_ref().unwrap().unwrap().transaction_id, tid);
+        assert!(host.take_packet_into(&mut packet).unwrap());
+        assert_eq!(packet.transaction_id, tid);
     }
     assert_eq!(rig.ctl(rig.incoming, 4), 0, "read index not yet published");
     assert_eq!(rig.guest_sig.count(), signals);
@@ -922,10 +969,7 @@ fn deferred_reads_publish_once() {
     for tid in [2, 3] {
         assert_eq!(host.read_packet().unwrap().unwrap().transaction_id, tid);
     }
-    assert_eq!(
-        host.take_packet_ref().unwrap().map(|p| p.transaction_id),
-        None
-    );
+    assert!(!host.take_packet_into(&mut packet).unwrap());
 }
 
 /// A batch takes its first packet with a load of the writer's index and
