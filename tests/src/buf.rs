@@ -1,9 +1,11 @@
 //! Guest buffers for tests: a request's data as one or several guest
-//! physical ranges in a [`RamGuestMemory`], plus blocking helpers that run
-//! one disk operation on such a buffer.
+//! physical ranges in guest memory of its own (a [`ScratchMemory`], so
+//! building one costs no allocation once the thread has made a few), plus
+//! blocking helpers that run one disk operation on such a buffer.
 
+use crate::scratch::ScratchMemory;
 use parastor_core::memory::GuestMemory;
-use parastor_core::{Disk, DiskError, GpaRange, IoOptions, RamGuestMemory, SgList};
+use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SgList};
 
 /// Slack after the last range so that guest memory is not exactly as large
 /// as the request (an access past a range would then still be in memory and
@@ -76,7 +78,7 @@ impl Layout {
 
 /// One request's buffer: guest memory and the ranges that hold the data.
 pub struct TestBuf {
-    mem: RamGuestMemory,
+    mem: ScratchMemory,
     ranges: Vec<GpaRange>,
     len: usize,
 }
@@ -86,7 +88,7 @@ impl TestBuf {
     pub fn new(len: usize, layout: &Layout) -> Self {
         let (ranges, size) = layout.ranges(len);
         Self {
-            mem: RamGuestMemory::new(size),
+            mem: ScratchMemory::take(size),
             ranges,
             len,
         }
@@ -102,7 +104,7 @@ impl TestBuf {
     pub fn with_ranges(ranges: Vec<GpaRange>, mem_size: u64) -> Self {
         let len = ranges.iter().map(|r| r.len as usize).sum();
         Self {
-            mem: RamGuestMemory::new(mem_size),
+            mem: ScratchMemory::take(mem_size),
             ranges,
             len,
         }
@@ -131,7 +133,7 @@ impl TestBuf {
     }
 
     /// The guest memory.
-    pub fn memory(&self) -> &RamGuestMemory {
+    pub fn memory(&self) -> &ScratchMemory {
         &self.mem
     }
 
@@ -262,7 +264,9 @@ pub fn flush(disk: &Disk) -> Result<(), DiskError> {
 ///
 /// Each sector starts with its own sector number and the seed, so a sector
 /// that lands in the wrong place is recognisable in a failure message, and
-/// the rest of the sector is a seed- and sector-dependent byte stream.
+/// the rest of the sector is a seed- and sector-dependent byte stream
+/// (eight bytes per generator step: the fuzz harnesses write megabytes of
+/// it, and a byte per step dominated their run time).
 pub fn pattern(seed: u64, sector: u64, count: u64, sector_size: u32) -> Vec<u8> {
     let ss = sector_size as usize;
     let mut out = vec![0u8; count as usize * ss];
@@ -271,11 +275,11 @@ pub fn pattern(seed: u64, sector: u64, count: u64, sector_size: u32) -> Vec<u8> 
         chunk[..8].copy_from_slice(&s.to_le_bytes());
         chunk[8..16].copy_from_slice(&seed.to_le_bytes());
         let mut x = seed ^ s.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
-        for b in &mut chunk[16..] {
+        for word in chunk[16..].chunks_mut(8) {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            *b = x as u8;
+            word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
         }
     }
     out

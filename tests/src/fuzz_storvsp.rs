@@ -3,29 +3,46 @@
 //!
 //! Controller A (the one under attack) has 0–3 [`ScsiDisk`] LUNs over small
 //! RAM disks and maybe a [`ScsiDvd`], at arbitrary SCSI paths, a primary
-//! channel and maybe a sub-channel, each over a ring pair in one
-//! [`RamGuestMemory`]. The input then runs a sequence of actions on it:
-//! a well-formed negotiation (so deep states are reachable), raw in-band
-//! and completion packets with arbitrary payloads, packets of any VMBus
-//! type, GPA-direct packets with arbitrary ranges (at most 8 pages, some
-//! outside guest memory or over the rings themselves), `EXECUTE_SRB`s with
-//! arbitrary CDBs, lengths, directions and flags, raw writes of arbitrary
-//! bytes into the rings' control pages and data areas, reads of the
-//! completions on the guest side, hot add / remove of LUNs, and reopening
-//! the primary channel. After each action every live channel is stepped
-//! with [`StorvspChannel::poll_work`] until it reports no progress.
+//! channel and maybe a sub-channel, each over a ring pair in one guest
+//! memory. The input then runs a sequence of actions on it: a well-formed
+//! negotiation (so deep states are reachable), raw in-band and completion
+//! packets with arbitrary payloads, packets of any VMBus type, GPA-direct
+//! packets with arbitrary ranges (at most 8 pages, some outside guest
+//! memory or over the rings themselves), `EXECUTE_SRB`s with arbitrary
+//! CDBs, lengths, directions and flags, raw writes of arbitrary bytes into
+//! the rings' control pages and data areas, reads of the completions on the
+//! guest side, hot add / remove of LUNs, and reopening the primary channel.
+//! After each action every live channel is stepped with
+//! [`StorvspChannel::poll_work`] until it reports no progress.
+//!
+//! Packets are built from the wire types of [`parastor_hw::storvsp`]
+//! ([`PacketHeader`], [`ScsiRequest`], [`ProtocolVersion`]), not from
+//! hand-placed bytes.
 //!
 //! Properties:
 //! - nothing panics;
+//! - every step that asks for another takes a guest packet, writes a
+//!   packet to the guest or changes the requests in flight;
 //! - nothing hangs: a channel that keeps reporting progress for
 //!   `MAX_POLLS` consecutive steps with no new guest input fails the run;
 //! - a channel that returned a [`StorvspError`] is ended: it is dropped
 //!   and never stepped again (only a reopen, after [`Controller::reset`],
 //!   serves the rings again, with a new worker);
 //! - controller B, on its own guest memory, is unaffected: whenever a
-//!   channel of A died, B (driven by the emulated [`Storvsc`]) must still
-//!   negotiate and serve a WRITE and a READ of the same block, returning
-//!   the bytes written.
+//!   channel of A died, B must still negotiate (to `Ready`) and serve a
+//!   WRITE and a READ of the same block, returning the bytes written.
+//!
+//! # Reuse between inputs
+//!
+//! The expensive part of a fresh run is guest memory (A's 512 KiB and B's),
+//! whose 64 KiB chunks are allocated and zeroed on first write. Both come
+//! from [`ScratchMemory::take`], which reuses memory earlier inputs on the
+//! same thread dropped, zeroing the pages they wrote. Everything else —
+//! controllers (their configuration is part of the input), disks, workers,
+//! signals — is new for each input and costs a few small allocations. So an
+//! input sees exactly what it would see in a fresh process, and a crash
+//! found mid-campaign reproduces when the input is run alone (see
+//! [`crate::scratch`] for the memory's contract).
 //!
 //! # Input format
 //!
@@ -52,32 +69,33 @@
 //! [`StorvspChannel`]: parastor_storvsp::StorvspChannel
 //! [`StorvspError`]: parastor_storvsp::StorvspError
 //! [`Controller::reset`]: parastor_storvsp::Controller::reset
-//! [`RamGuestMemory`]: parastor_core::RamGuestMemory
-//! [`Storvsc`]: crate::storvsc::Storvsc
 
+use crate::scratch::ScratchMemory;
 use crate::stacks::ram_disk;
-use crate::storvsc::{Data, Profile, Srb, Storvsc, StorvscHost};
 use arbitrary::{Arbitrary, Unstructured};
 use core::task::{Context, Waker};
-use parastor_core::{GuestMemory, InitiatorId, RamGuestMemory};
+use parastor_core::{GuestMemory, InitiatorId};
 use parastor_hw::storvsp::{
-    Operation, RequestSize, VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10,
+    FLAG_REQUEST_COMPLETION, NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader, ProtocolVersion,
+    RequestSize, SCSI_REQUEST_LEN_PRE_WIN8, SCSI_REQUEST_LEN_WIN8, ScsiRequest, VERSION_BLUE,
+    VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10, data_direction, srb_status,
 };
-use parastor_scsi::ScsiDvd;
-use parastor_scsi::{DiskParams, ScsiDisk};
-use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
+use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
+use parastor_storvsp::{Controller, ControllerConfig, NegotiationState, ScsiPath, StorvspChannel};
 use parastor_vmbus::{
-    Channel, GpaDirectRange, OutgoingKind, OutgoingPacket, RingRegion, RingWriter, Signal,
-    init_ring,
+    Channel, GpaDirectRange, OutgoingKind, OutgoingPacket, PacketKind, PacketRef, RingRegion,
+    RingWriter, Signal, init_ring,
 };
 use std::sync::Arc;
+use zerocopy::little_endian::{U16, U32};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 /// Most actions one input runs.
 const MAX_STEPS: usize = 64;
 /// Consecutive `poll_work` steps reporting progress, with no new guest
 /// input, before the channel is deemed to hang.
 const MAX_POLLS: usize = 1000;
-/// Guest memory of controller A (128 pages).
+/// Guest memory of controller A and of controller B (128 pages).
 const MEM_SIZE: u64 = 0x80000;
 /// The guest's page size.
 const PAGE: u64 = 4096;
@@ -89,6 +107,8 @@ const MAX_RING_PAGES: u64 = 4;
 const DATA_PFN: u64 = 0x40;
 /// Most pages one GPA-direct packet describes.
 const MAX_PAGES: usize = 8;
+/// Most ranges one GPA-direct packet describes.
+const MAX_RANGES: usize = 3;
 /// Longest raw payload.
 const MAX_PAYLOAD: usize = 0x80;
 
@@ -134,9 +154,9 @@ fn lun_path(b: [u8; 3]) -> ScsiPath {
     }
 }
 
-/// Controller A's side of the VM: memory, rings, signals, controller.
+/// One controller's side of a VM: memory, rings, signals, controller.
 struct Rig {
-    mem: RamGuestMemory,
+    mem: ScratchMemory,
     controller: Arc<Controller>,
     /// (incoming, outgoing) per channel: primary, then the sub-channel.
     rings: Vec<(RingRegion, RingRegion)>,
@@ -147,6 +167,31 @@ struct Rig {
 }
 
 impl Rig {
+    /// `controller` with `channels` ring pairs (incoming `in_size`,
+    /// outgoing `out_size` bytes) in zeroed memory.
+    fn new(controller: Controller, channels: usize, in_size: u64, out_size: u64) -> Self {
+        let mem = ScratchMemory::take(MEM_SIZE);
+        let rings = RINGS[..channels]
+            .iter()
+            .map(|&gpa| {
+                let incoming = RingRegion::new(gpa, in_size);
+                let outgoing = RingRegion::new(gpa + in_size, out_size);
+                init_ring(&mem, incoming, 0).expect("ring layout");
+                init_ring(&mem, outgoing, 0).expect("ring layout");
+                (incoming, outgoing)
+            })
+            .collect();
+        Self {
+            mem,
+            controller: Arc::new(controller),
+            rings,
+            host_sig: Signal::new(),
+            guest_sig: Signal::new(),
+            disk_sectors: 0,
+            sector_size: 512,
+        }
+    }
+
     /// The guest's endpoint of channel `i`, reopened from the indices in
     /// the control pages (so raw ring writes and packets written outside
     /// the `Channel` are picked up). `None` if the rings are broken.
@@ -175,10 +220,22 @@ impl Rig {
     }
 }
 
-/// The workers of controller A's channels: `None` once ended.
+/// Where a worker stands: its read index in the incoming ring, its write
+/// index in the outgoing ring and its requests in flight. A step that
+/// asks for another must change it.
+fn position(ch: &StorvspChannel<'_>) -> (u32, u32, usize) {
+    let c = ch.channel();
+    (
+        c.reader().read_index(),
+        c.writer().write_index(),
+        ch.in_flight(),
+    )
+}
+
+/// The workers of a controller's channels: `None` once ended.
 struct Workers<'a> {
     channels: Vec<Option<StorvspChannel<'a>>>,
-    /// Whether any channel of A ever returned an error.
+    /// Whether any channel ever returned an error.
     died: bool,
 }
 
@@ -191,8 +248,16 @@ impl Workers<'_> {
             let Some(ch) = slot else { continue };
             let mut polls = 0;
             loop {
+                let before = position(ch);
                 match ch.poll_work(&mut cx) {
                     Ok(true) => {
+                        assert_ne!(
+                            position(ch),
+                            before,
+                            "channel {i} asked for another step after one that took no packet, \
+                             wrote none and finished no request: {ch:?}\n{}",
+                            what()
+                        );
                         polls += 1;
                         assert!(
                             polls < MAX_POLLS,
@@ -213,130 +278,179 @@ impl Workers<'_> {
     }
 }
 
-/// A StorVSP packet: header for operation `op` (raw) and `payload`.
-fn storvsp_packet(op: u32, status: u32, payload: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(12 + payload.len());
-    bytes.extend_from_slice(&op.to_le_bytes());
-    bytes.extend_from_slice(&1u32.to_le_bytes()); // REQUEST_COMPLETION
-    bytes.extend_from_slice(&status.to_le_bytes());
-    bytes.extend_from_slice(payload);
-    bytes
+/// One StorVSP packet as the guest sends it: a [`PacketHeader`] and up to
+/// [`MAX_PAYLOAD`] bytes of payload, on the stack.
+struct StorvspPacket {
+    bytes: [u8; PACKET_HEADER_LEN + MAX_PAYLOAD],
+    len: usize,
+}
+
+impl StorvspPacket {
+    /// `header`, then `payload` (cut to [`MAX_PAYLOAD`] bytes).
+    fn new(header: PacketHeader, payload: &[u8]) -> Self {
+        let mut bytes = [0; PACKET_HEADER_LEN + MAX_PAYLOAD];
+        bytes[..PACKET_HEADER_LEN].copy_from_slice(header.as_bytes());
+        let n = payload.len().min(MAX_PAYLOAD);
+        bytes[PACKET_HEADER_LEN..PACKET_HEADER_LEN + n].copy_from_slice(&payload[..n]);
+        Self {
+            bytes,
+            len: PACKET_HEADER_LEN + n,
+        }
+    }
+
+    /// A request for `op` asking for a completion, with `payload`.
+    fn request(op: Operation, payload: &[u8]) -> Self {
+        Self::new(
+            PacketHeader::new(op, FLAG_REQUEST_COMPLETION, NtStatus::SUCCESS),
+            payload,
+        )
+    }
+
+    /// A packet with operation code `op` and status `status` as they are
+    /// (known or not), asking for a completion.
+    fn raw(op: u32, status: u32, payload: &[u8]) -> Self {
+        let header = PacketHeader {
+            operation: U32::new(op),
+            flags: U32::new(FLAG_REQUEST_COMPLETION),
+            status: NtStatus::new(status),
+        };
+        Self::new(header, payload)
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// Sends one in-band request with a completion requested (ignoring a full
 /// or broken ring).
-fn send(rig: &Rig, channel: usize, tid: u64, op: Operation, payload: &[u8]) {
-    if let Some(mut g) = rig.guest(channel) {
-        let _ = g.write_packet(
-            OutgoingKind::InBand {
-                completion_requested: true,
-            },
-            tid,
-            &storvsp_packet(op as u32, 0, payload),
-        );
-    }
+fn send(g: &mut Channel<'_>, tid: u64, packet: &StorvspPacket) {
+    let _ = g.write_packet(
+        OutgoingKind::InBand {
+            completion_requested: true,
+        },
+        tid,
+        packet.as_bytes(),
+    );
 }
 
-/// Drains completions on the guest side of `channel` (at most `max`).
-fn drain(rig: &Rig, channel: usize, max: usize) {
-    if let Some(mut g) = rig.guest(channel) {
-        for _ in 0..max {
-            match g.read_packet() {
-                Ok(Some(_)) => {}
-                Ok(None) => break,
-                Err(e) if e.is_fatal() => break,
-                Err(_) => {}
-            }
+/// Drains completions on the guest side `g` (at most `max`), handing each
+/// one's ring space back at once, as a driver reading packet by packet
+/// does.
+fn drain(g: &mut Channel<'_>, max: usize) {
+    let mut packet = PacketRef::empty();
+    for _ in 0..max {
+        let taken = g.take_packet_into(&mut packet);
+        if g.publish_reads().is_err() {
+            break;
+        }
+        match taken {
+            Ok(true) => {}
+            Ok(false) => break,
+            Err(e) if e.is_fatal() => break,
+            Err(_) => {}
         }
     }
 }
 
 /// A well-formed negotiation on the primary channel: `choice` picks the
 /// version (bits 0–2), whether to ask for sub-channels and when (bits
-/// 3–5), as Linux or Windows drivers do. Completions are drained as it
-/// goes.
+/// 3–5), as Linux or Windows drivers do: one request at a time, each with
+/// a payload of the request size (zero padded), its completion drained
+/// before the next.
 fn negotiate(rig: &Rig, w: &mut Workers<'_>, choice: u8, what: &dyn Fn() -> String) {
-    let version = VERSIONS[usize::from(choice & 7) % VERSIONS.len()];
-    let size = if version >= VERSION_WIN8 {
-        RequestSize::Win8
-    } else {
-        RequestSize::PreWin8
+    let Some(mut g) = rig.guest(0) else {
+        // Nothing can be sent; the workers still get their step.
+        w.pump(what);
+        return;
     };
-    let zeros = [0u8; 0x34];
+    let version = VERSIONS[usize::from(choice & 7) % VERSIONS.len()];
+    let size = RequestSize::for_version(version);
     let sub = (choice >> 3) & 3;
     let sub_before_end = choice & 0x20 != 0;
-    let step = |tid: u64, op: Operation, payload: &[u8], w: &mut Workers<'_>| {
-        send(rig, 0, tid, op, payload);
+    let mut step = |tid: u64, op: Operation, payload: &[u8]| {
+        send(&mut g, tid, &StorvspPacket::request(op, payload));
         w.pump(what);
-        drain(rig, 0, 4);
+        drain(&mut g, 4);
     };
-    step(1, Operation::BeginInitialization, &zeros[..0x24], w);
-    let mut v = version.to_le_bytes().to_vec();
-    v.resize(0x24, 0);
-    step(2, Operation::QueryProtocolVersion, &v, w);
-    step(
-        3,
-        Operation::QueryProperties,
-        &zeros[..size.request_len()],
-        w,
-    );
-    let mut create = vec![0u8; size.request_len()];
-    create[..2].copy_from_slice(&u16::from(sub).to_le_bytes());
+    let mut payload = [0u8; SCSI_REQUEST_LEN_WIN8];
+    // Until the version is settled, the pre-Windows 8 size.
+    let early = &mut payload[..SCSI_REQUEST_LEN_PRE_WIN8];
+    step(1, Operation::BeginInitialization, early);
+    let v = ProtocolVersion::new(version);
+    early[..size_of::<ProtocolVersion>()].copy_from_slice(v.as_bytes());
+    step(2, Operation::QueryProtocolVersion, early);
+    early.fill(0);
+    let request = &mut payload[..size.request_len()];
+    step(3, Operation::QueryProperties, request);
+    let create = |request: &mut [u8]| {
+        request[..2].copy_from_slice(U16::new(u16::from(sub)).as_bytes());
+    };
     if sub > 0 && sub_before_end {
-        step(4, Operation::CreateSubChannels, &create, w);
+        create(request);
+        step(4, Operation::CreateSubChannels, request);
+        request.fill(0);
     }
-    step(
-        5,
-        Operation::EndInitialization,
-        &zeros[..size.request_len()],
-        w,
-    );
+    step(5, Operation::EndInitialization, request);
     if sub > 0 && !sub_before_end {
-        step(6, Operation::CreateSubChannels, &create, w);
+        create(request);
+        step(6, Operation::CreateSubChannels, request);
     }
 }
 
-/// Reads GPA-direct ranges: `1 + % 3` of them, each a byte offset, byte
-/// count and `1 + % 4` page numbers, at most [`MAX_PAGES`] pages in all.
-/// Page numbers are in the data area unless `hostile`, when they are raw
-/// (the rings, beyond guest memory) or, with bit 7 of the count byte, any
-/// 64-bit value.
-fn ranges(u: &mut Unstructured<'_>, hostile: bool) -> arbitrary::Result<Vec<(u32, u32, Vec<u64>)>> {
-    let n = 1 + u8::arbitrary(u)? % 3;
-    let mut out = Vec::new();
-    let mut pages = 0;
-    for _ in 0..n {
-        let offset = u16::arbitrary(u)?;
-        let count = u16::arbitrary(u)?;
-        let npfn = u8::arbitrary(u)?;
-        let mut pfns = Vec::new();
-        for _ in 0..1 + npfn % 4 {
+/// The ranges of one GPA-direct packet: at most [`MAX_RANGES`] ranges
+/// over at most [`MAX_PAGES`] pages in all.
+#[derive(Default)]
+struct Ranges {
+    pfns: [u64; MAX_PAGES],
+    /// Byte offset, byte count, first page in `pfns`, page count.
+    ranges: [(u32, u32, usize, usize); MAX_RANGES],
+    count: usize,
+}
+
+impl Ranges {
+    /// Reads the ranges: `1 + % 3` of them, each a byte offset, byte count
+    /// and `1 + % 4` page numbers. Page numbers are in the data area
+    /// unless `hostile`, when they are raw (the rings, beyond guest
+    /// memory) or, with bit 7 of the count byte, any 64-bit value.
+    fn read(u: &mut Unstructured<'_>, hostile: bool) -> arbitrary::Result<Self> {
+        let n = 1 + u8::arbitrary(u)? % 3;
+        let mut out = Ranges::default();
+        let mut pages = 0;
+        for _ in 0..n {
+            let offset = u16::arbitrary(u)?;
+            let count = u16::arbitrary(u)?;
+            let npfn = u8::arbitrary(u)?;
+            let first = pages;
+            for _ in 0..1 + npfn % 4 {
+                if pages == MAX_PAGES {
+                    break;
+                }
+                out.pfns[pages] = if hostile && npfn & 0x80 != 0 {
+                    u64::arbitrary(u)?
+                } else if hostile {
+                    u64::from(u8::arbitrary(u)?)
+                } else {
+                    DATA_PFN + u64::from(u8::arbitrary(u)? % 0x40)
+                };
+                pages += 1;
+            }
+            let npages = pages - first;
+            let (offset, count) = if hostile {
+                (u32::from(offset), u32::from(count))
+            } else {
+                let offset = u32::from(offset) % PAGE as u32;
+                let room = npages as u32 * PAGE as u32 - offset;
+                (offset, 1 + u32::from(count) % room)
+            };
+            out.ranges[out.count] = (offset, count, first, npages);
+            out.count += 1;
             if pages == MAX_PAGES {
                 break;
             }
-            pages += 1;
-            let p = if hostile && npfn & 0x80 != 0 {
-                u64::arbitrary(u)?
-            } else if hostile {
-                u64::from(u8::arbitrary(u)?)
-            } else {
-                DATA_PFN + u64::from(u8::arbitrary(u)? % 0x40)
-            };
-            pfns.push(p);
         }
-        let (offset, count) = if hostile {
-            (u32::from(offset), u32::from(count))
-        } else {
-            let offset = u32::from(offset) % PAGE as u32;
-            let room = pfns.len() as u32 * PAGE as u32 - offset;
-            (offset, 1 + u32::from(count) % room)
-        };
-        out.push((offset, count, pfns));
-        if pages == MAX_PAGES {
-            break;
-        }
+        Ok(out)
     }
-    Ok(out)
 }
 
 /// Writes a GPA-direct packet with `ranges` and `payload` on `channel`.
@@ -345,19 +459,23 @@ fn send_gpa_direct(
     channel: usize,
     tid: u64,
     completion_requested: bool,
-    ranges: &[(u32, u32, Vec<u64>)],
+    ranges: &Ranges,
     payload: &[u8],
 ) {
-    let r: Vec<GpaDirectRange<'_>> = ranges
-        .iter()
-        .map(|(offset, count, pfns)| GpaDirectRange {
-            byte_offset: *offset,
-            byte_count: *count,
-            pfns,
-        })
-        .collect();
+    let described = ranges
+        .ranges
+        .map(|(offset, count, first, n)| GpaDirectRange {
+            byte_offset: offset,
+            byte_count: count,
+            pfns: &ranges.pfns[first..first + n],
+        });
     if let Some(mut g) = rig.guest(channel) {
-        let _ = g.write_gpa_direct(tid, completion_requested, &r, payload);
+        let _ = g.write_gpa_direct(
+            tid,
+            completion_requested,
+            &described[..ranges.count],
+            payload,
+        );
     }
 }
 
@@ -401,25 +519,11 @@ pub fn storvsp(data: &[u8]) {
     let base = if sector_size == 512 { 32 } else { 4 };
     let in_size = (2 + u64::from(h.in_pages) % (MAX_RING_PAGES - 1)) * PAGE;
     let out_size = (2 + u64::from(h.out_pages) % (MAX_RING_PAGES - 1)) * PAGE;
-    let mem = RamGuestMemory::new(MEM_SIZE);
-    let mut rings = Vec::new();
     let channels = if h.flags & 0x10 != 0 { 2 } else { 1 };
-    for &gpa in &RINGS[..channels] {
-        let incoming = RingRegion::new(gpa, in_size);
-        let outgoing = RingRegion::new(gpa + in_size, out_size);
-        init_ring(&mem, incoming, 0).expect("ring layout");
-        init_ring(&mem, outgoing, 0).expect("ring layout");
-        rings.push((incoming, outgoing));
-    }
-    let rig = Rig {
-        mem,
-        controller: Arc::new(Controller::new(config)),
-        rings,
-        host_sig: Signal::new(),
-        guest_sig: Signal::new(),
-        disk_sectors: base + u64::from(h.sectors) % (4 * base),
-        sector_size,
-    };
+    let mut rig = Rig::new(Controller::new(config), channels, in_size, out_size);
+    rig.disk_sectors = base + u64::from(h.sectors) % (4 * base);
+    rig.sector_size = sector_size;
+    let rig = rig;
     for _ in 0..h.flags % 4 {
         let Ok(b) = <[u8; 3]>::arbitrary(&mut u) else {
             return;
@@ -485,10 +589,12 @@ fn run_action<'a>(
             let op = u8::arbitrary(u)?;
             let len = usize::from(u8::arbitrary(u)?) % MAX_PAYLOAD;
             let body = u.bytes(len.min(u.len()))?;
+            let packet;
             let bytes = if flags & 8 != 0 {
-                body.to_vec()
+                body
             } else {
-                storvsp_packet(u32::from(op % 16), u32::from(op >> 4), body)
+                packet = StorvspPacket::raw(u32::from(op % 16), u32::from(op >> 4), body);
+                packet.as_bytes()
             };
             let kind = match (flags >> 1) % 3 {
                 0 => OutgoingKind::InBand {
@@ -500,7 +606,7 @@ fn run_action<'a>(
                 _ => OutgoingKind::Completion,
             };
             if let Some(mut g) = rig.guest(channel) {
-                let _ = g.write_packet(kind, tid, &bytes);
+                let _ = g.write_packet(kind, tid, bytes);
             }
         }
         // A packet of any VMBus type, flags and header area.
@@ -514,7 +620,7 @@ fn run_action<'a>(
             let pflags = u16::arbitrary(u)?;
             let tid = u64::arbitrary(u)?;
             let hlen = usize::from(u8::arbitrary(u)?) % 48;
-            let header = u.bytes(hlen.min(u.len()))?.to_vec();
+            let header = u.bytes(hlen.min(u.len()))?;
             let plen = usize::from(u8::arbitrary(u)?) % MAX_PAYLOAD;
             let payload = u.bytes(plen.min(u.len()))?;
             let (incoming, _) = rig.rings[channel];
@@ -523,7 +629,7 @@ fn run_action<'a>(
                     packet_type,
                     flags: pflags,
                     transaction_id: tid,
-                    header: &[&header],
+                    header: &[header],
                     payload,
                 });
             }
@@ -531,15 +637,17 @@ fn run_action<'a>(
         // A GPA-direct packet with arbitrary ranges and payload.
         3 => {
             let tid = u64::from(u8::arbitrary(u)?);
-            let r = ranges(u, flags & 2 != 0)?;
+            let r = Ranges::read(u, flags & 2 != 0)?;
             let len = usize::from(u8::arbitrary(u)?) % MAX_PAYLOAD;
             let body = u.bytes(len.min(u.len()))?;
+            let packet;
             let bytes = if flags & 4 != 0 {
-                body.to_vec()
+                body
             } else {
-                storvsp_packet(Operation::ExecuteSrb as u32, 0, body)
+                packet = StorvspPacket::request(Operation::ExecuteSrb, body);
+                packet.as_bytes()
             };
-            send_gpa_direct(rig, channel, tid, flags & 8 == 0, &r, &bytes);
+            send_gpa_direct(rig, channel, tid, flags & 8 == 0, &r, bytes);
         }
         // An EXECUTE_SRB.
         4 => srb(rig, u)?,
@@ -560,7 +668,12 @@ fn run_action<'a>(
             let _ = rig.mem.write(ring.gpa + off, &bytes[..n]);
         }
         // Read completions on the guest side.
-        6 => drain(rig, channel, 1 + usize::from(u8::arbitrary(u)?) % 64),
+        6 => {
+            let max = 1 + usize::from(u8::arbitrary(u)?) % 64;
+            if let Some(mut g) = rig.guest(channel) {
+                drain(&mut g, max);
+            }
+        }
         // Hot add.
         7 => {
             let b = <[u8; 3]>::arbitrary(u)?;
@@ -604,40 +717,41 @@ fn srb(rig: &Rig, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     };
     let n = usize::from(cdb_len).min(16).min(u.len());
     let cdb = u.bytes(n)?;
-    // Linux `struct vmscsi_request` (Win8 size).
-    let mut r = [0u8; 0x34];
-    r[0..2].copy_from_slice(&0x34u16.to_le_bytes());
+    // As Linux fills `struct vmscsi_request` (the Windows 8 size, cut to
+    // the pre-Windows 8 one below when asked).
     let (path, target, lun) = if s.flags & 0x10 != 0 {
         (s.path_target, s.lun, s.path_target.rotate_left(3))
     } else {
         ((s.path_target >> 4) & 1, s.path_target & 3, s.lun % 8)
     };
-    r[5] = path;
-    r[6] = target;
-    r[7] = lun;
-    r[8] = cdb_len;
-    r[9] = s.sense_len;
-    r[10] = if s.data_in > 0xF0 {
+    let mut r = ScsiRequest::new_zeroed();
+    r.length = U16::new(SCSI_REQUEST_LEN_WIN8 as u16);
+    r.path_id = path;
+    r.target_id = target;
+    r.lun = lun;
+    r.cdb_length = cdb_len;
+    r.sense_info_ex_length = s.sense_len;
+    r.data_in = if s.data_in > 0xF0 {
         s.data_in
     } else {
         s.data_in % 3
     };
-    let len = u32::from(s.data_transfer_length) << (8 * u32::from(s.length_shift >> 6 == 3));
-    r[12..16].copy_from_slice(&len.to_le_bytes());
-    r[16..16 + cdb.len()].copy_from_slice(cdb);
-    r[0x28..0x2C].copy_from_slice(&s.srb_flags.to_le_bytes());
+    r.data_transfer_length =
+        U32::new(u32::from(s.data_transfer_length) << (8 * u32::from(s.length_shift >> 6 == 3)));
+    r.payload[..cdb.len()].copy_from_slice(cdb);
+    r.srb_flags = U32::new(s.srb_flags);
     let size = if s.flags & 2 != 0 {
         RequestSize::PreWin8
     } else {
         RequestSize::Win8
     };
-    let bytes = storvsp_packet(Operation::ExecuteSrb as u32, 0, &r[..size.request_len()]);
+    let packet = StorvspPacket::request(Operation::ExecuteSrb, r.wire_bytes(size));
     let tid = u64::from(s.tid);
     let completion_requested = s.flags & 0x40 == 0;
     if s.flags & 0x20 != 0 {
-        let fill = vec![s.fill; (MEM_SIZE - DATA_PFN * PAGE) as usize];
+        let start = DATA_PFN * PAGE;
         rig.mem
-            .write(DATA_PFN * PAGE, &fill)
+            .fill(start, (MEM_SIZE - start) as usize, s.fill)
             .expect("the data area is in memory");
     }
     if s.flags & 4 != 0 {
@@ -647,40 +761,170 @@ fn srb(rig: &Rig, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
                     completion_requested,
                 },
                 tid,
-                &bytes,
+                packet.as_bytes(),
             );
         }
     } else {
-        let r = ranges(u, s.flags & 8 != 0)?;
-        send_gpa_direct(rig, channel, tid, completion_requested, &r, &bytes);
+        let r = Ranges::read(u, s.flags & 8 != 0)?;
+        send_gpa_direct(
+            rig,
+            channel,
+            tid,
+            completion_requested,
+            &r,
+            packet.as_bytes(),
+        );
     }
     Ok(())
 }
 
-/// Controller B, on its own guest memory, negotiates and serves a WRITE and
-/// a READ of the same block through the emulated StorVSC.
+/// Controller B, on its own guest memory, negotiates (Windows 8, one
+/// channel) to `Ready` and serves a WRITE and then a READ of the same
+/// block, which returns the bytes written. The guest sends the whole
+/// negotiation and the WRITE at once (the host serves them in ring order)
+/// and checks every completion.
 fn check_other_controller(what: &dyn Fn() -> String) {
-    let controller = Arc::new(Controller::new(ControllerConfig::default()));
+    let rig = Rig::new(
+        Controller::new(ControllerConfig::default()),
+        1,
+        2 * PAGE,
+        2 * PAGE,
+    );
     let disk = Arc::new(ScsiDisk::new(ram_disk(16, 512), DiskParams::default()));
-    controller
+    rig.controller
         .attach(ScsiPath::new(0, 0, 0), disk)
         .expect("an empty controller");
-    let host = StorvscHost::new(controller, 0);
-    let mut guest = Storvsc::connect(&host, &Profile::linux(0))
-        .unwrap_or_else(|e| panic!("controller B did not negotiate: {e}\n{}", what()));
-    let block: Vec<u8> = (0..512u32).map(|i| (i * 7 + 3) as u8).collect();
+    let mut w = Workers {
+        channels: vec![rig.host(0)],
+        died: false,
+    };
+    let mut g = rig.guest(0).expect("new rings");
+    let size = RequestSize::Win8;
+    let mut payload = [0u8; SCSI_REQUEST_LEN_WIN8];
+    let version = ProtocolVersion::new(VERSION_WIN8);
+    payload[..size_of::<ProtocolVersion>()].copy_from_slice(version.as_bytes());
+    let steps = [
+        Operation::BeginInitialization,
+        Operation::QueryProtocolVersion,
+        Operation::QueryProperties,
+        Operation::EndInitialization,
+    ];
+    for (tid, op) in (1..).zip(steps) {
+        let len = if op == Operation::QueryProtocolVersion {
+            SCSI_REQUEST_LEN_PRE_WIN8
+        } else {
+            size.request_len()
+        };
+        let p = if op == Operation::QueryProtocolVersion {
+            &payload[..len]
+        } else {
+            &[0; SCSI_REQUEST_LEN_WIN8][..len]
+        };
+        send(&mut g, tid, &StorvspPacket::request(op, p));
+    }
+    let block: [u8; 512] = core::array::from_fn(|i| (i * 7 + 3) as u8);
+    let (out_pfn, in_pfn) = (DATA_PFN, DATA_PFN + 1);
+    rig.mem
+        .write(out_pfn * PAGE, &block)
+        .expect("the data area is in memory");
     let write10 = [0x2A, 0, 0, 0, 0, 3, 0, 0, 1, 0];
-    let r = guest
-        .srb(&Srb::new(0, &write10, Data::Out(&block)))
-        .unwrap_or_else(|e| panic!("controller B WRITE failed: {e}\n{}", what()));
-    assert!(r.is_good(), "controller B WRITE: {r:?}\n{}", what());
+    send_other_srb(&mut g, 10, &write10, data_direction::WRITE, out_pfn);
+    w.pump(what);
+    for (tid, op) in (1..).zip(steps) {
+        let (header, _) = other_completion(&mut g, tid, what);
+        assert_eq!(
+            header.status,
+            NtStatus::SUCCESS,
+            "controller B refused {op:?}\n{}",
+            what()
+        );
+    }
+    assert_eq!(
+        rig.controller.state(),
+        NegotiationState::Ready,
+        "controller B did not negotiate: {:?}\n{}",
+        rig.controller,
+        what()
+    );
+    check_other_srb(&mut g, 10, &write10, what);
     let read10 = [0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0];
-    let r = guest
-        .srb(&Srb::new(0, &read10, Data::In(512)))
-        .unwrap_or_else(|e| panic!("controller B READ failed: {e}\n{}", what()));
+    send_other_srb(&mut g, 11, &read10, data_direction::READ, in_pfn);
+    w.pump(what);
+    check_other_srb(&mut g, 11, &read10, what);
+    let mut back = [0u8; 512];
+    rig.mem
+        .read(in_pfn * PAGE, &mut back)
+        .expect("the data area is in memory");
     assert!(
-        r.is_good() && r.transferred() == block,
-        "controller B READ: {r:?}\n{}",
+        back == block,
+        "controller B READ returned other bytes than written\n{}",
+        what()
+    );
+}
+
+/// Sends controller B a 512-byte `EXECUTE_SRB` for `cdb` with its data in
+/// page `pfn`.
+fn send_other_srb(g: &mut Channel<'_>, tid: u64, cdb: &[u8], data_in: u8, pfn: u64) {
+    let mut r = ScsiRequest::new_zeroed();
+    r.length = U16::new(SCSI_REQUEST_LEN_WIN8 as u16);
+    r.cdb_length = cdb.len() as u8;
+    r.sense_info_ex_length = 0x14;
+    r.data_in = data_in;
+    r.data_transfer_length = U32::new(512);
+    r.payload[..cdb.len()].copy_from_slice(cdb);
+    let packet = StorvspPacket::request(Operation::ExecuteSrb, r.as_bytes());
+    let range = [GpaDirectRange {
+        byte_offset: 0,
+        byte_count: 512,
+        pfns: &[pfn],
+    }];
+    g.write_gpa_direct(tid, true, &range, packet.as_bytes())
+        .expect("controller B's ring has room");
+}
+
+/// Reads controller B's next packet, which must be the completion of
+/// `tid`: its header and the request after it.
+fn other_completion(
+    g: &mut Channel<'_>,
+    tid: u64,
+    what: &dyn Fn() -> String,
+) -> (PacketHeader, ScsiRequest) {
+    let mut reply = PacketRef::empty();
+    let got = g.take_packet_into(&mut reply);
+    g.publish_reads().expect("controller B's rings");
+    assert!(
+        matches!(got, Ok(true)),
+        "controller B did not complete request {tid} ({got:?})\n{}",
+        what()
+    );
+    let header = PacketHeader::read_from_prefix(reply.payload())
+        .map(|(h, _)| h)
+        .unwrap_or_else(|_| panic!("controller B's completion is short\n{}", what()));
+    assert!(
+        reply.kind == PacketKind::Completion
+            && reply.transaction_id == tid
+            && header.operation() == Some(Operation::CompleteIo),
+        "controller B answered request {tid} with a {:?} packet for {}: {header:?}\n{}",
+        reply.kind,
+        reply.transaction_id,
+        what()
+    );
+    let mut request = ScsiRequest::new_zeroed();
+    let body = reply.payload().get(PACKET_HEADER_LEN..).unwrap_or(&[]);
+    let n = body.len().min(SCSI_REQUEST_LEN_WIN8);
+    request.as_mut_bytes()[..n].copy_from_slice(&body[..n]);
+    (header, request)
+}
+
+/// Reads controller B's completion of SRB `tid`, which must have
+/// succeeded and moved all 512 bytes.
+fn check_other_srb(g: &mut Channel<'_>, tid: u64, cdb: &[u8], what: &dyn Fn() -> String) {
+    let (header, done) = other_completion(g, tid, what);
+    assert!(
+        header.status == NtStatus::SUCCESS
+            && srb_status::code(done.srb_status) == srb_status::SUCCESS
+            && done.data_transfer_length.get() == 512,
+        "controller B's SRB {tid} (cdb {cdb:02x?}) failed: {header:?} {done:?}\n{}",
         what()
     );
 }

@@ -6,6 +6,8 @@
 //! - [`model`]: the reference model of a disk's contents.
 //! - [`checker`]: runs operations against a disk and the model in step.
 //! - [`buf`]: guest buffers (multi-range, unaligned) and blocking helpers.
+//! - [`scratch`]: guest memory reused (zeroed) from buffer to buffer and
+//!   from fuzz input to fuzz input.
 //! - [`doubles`]: a disk wrapper that fails, records, hooks and yields.
 //! - [`stacks`]: builders for RAM, file, layered and striped stacks.
 //! - [`fuzz_disk`]: the `disk_ops` fuzz harness.
@@ -21,5 +23,6 @@ pub mod fuzz_disk;
 pub mod fuzz_scsi;
 pub mod fuzz_storvsp;
 pub mod model;
+pub mod scratch;
 pub mod stacks;
 pub mod storvsc;

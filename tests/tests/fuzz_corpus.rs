@@ -5,6 +5,12 @@
 //! `fuzz/regressions/TARGET/*` (inputs that once crashed). A directory for a
 //! target this file does not know fails the test, so a new fuzz target
 //! cannot be added without its replay.
+//!
+//! Each input runs alone, on fresh state: the harnesses reuse guest memory
+//! from input to input (see `parastor_tests::scratch`) and promise that an
+//! input behaves the same on reused memory as on new; the replay drops the
+//! reused memory before every input anyway, so a failure here is the
+//! input's own, exactly as a first run in a new process would see it.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
@@ -60,6 +66,7 @@ fn replay(kind: &str) -> usize {
             continue;
         };
         let data = std::fs::read(path).unwrap();
+        parastor_tests::scratch::clear_pool();
         if let Err(e) = catch_unwind(AssertUnwindSafe(|| run(&data))) {
             let msg = e
                 .downcast_ref::<String>()

@@ -26,9 +26,11 @@ commands:
                             depends on a std crate and succeed only if that build fails
   bench [NAME...]           run the benchmarks (parastor-bench, release build);
                             no NAME runs `all`
-  fuzz [TARGET] [--seconds N] [-- LIBFUZZER_ARGS...]
+  fuzz [TARGET] [--seconds N] [--sanitizer S] [-- LIBFUZZER_ARGS...]
                             run cargo-fuzz targets of tests/fuzz for N seconds each
-                            (default 60); no TARGET runs every target in turn
+                            (default 60); no TARGET runs every target in turn; S is the
+                            cargo-fuzz sanitizer (default none; `address` for ASan);
+                            ends with each target's inputs per second
   help                      print this text
 ";
 
