@@ -18,6 +18,11 @@
 //! reads agree with the model; every other outcome is the one
 //! [`Checker`] predicts. Layer configurations that break a construction
 //! rule must fail with the rule's error.
+//!
+//! Reuse between inputs: each request's buffer takes its guest memory from
+//! the thread's [`scratch`](crate::scratch) pool (zeroed, as good as new);
+//! the stack, decorators and model are built anew for every input, so an
+//! input behaves the same alone as after others.
 
 use crate::buf::Layout;
 use crate::checker::{Checker, Op};

@@ -21,6 +21,11 @@
 //!   NO SENSE if it was already reported), unless it reports the capacity
 //!   change unit attention instead.
 //!
+//! Reuse between inputs: each command's buffer takes its guest memory from
+//! the thread's [`scratch`](crate::scratch) pool (zeroed, as good as new);
+//! the disk and adapter are built anew for every input, so an input
+//! behaves the same alone as after others.
+//!
 //! # Input format
 //!
 //! The input is read front to back (no length prefixes at the end), so

@@ -30,6 +30,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 const PAGE_SHIFT: u32 = 12;
 /// Memories a thread keeps for reuse; more are freed when dropped.
 const POOL_LEN: usize = 8;
+/// Largest memory kept for reuse: bigger ones (a few conformance tests
+/// use them) are freed when dropped rather than held by the thread.
+const MAX_POOLED: u64 = 16 << 20;
 
 thread_local! {
     /// Memories dropped on this thread, waiting to be taken again.
@@ -153,6 +156,7 @@ impl Drop for ScratchMemory {
         let _ = POOL.try_with(|pool| {
             if let Ok(mut pool) = pool.try_borrow_mut()
                 && pool.len() < POOL_LEN
+                && p.ram.size() <= MAX_POOLED
             {
                 pool.push(p);
             }
