@@ -93,6 +93,16 @@ pub const INLINE_RANGES: usize = 16;
 /// copied to the heap first).
 const INLINE_GPA_AREA_LEN: usize = 512;
 
+/// GPA-direct range-area bytes [`Channel::write_gpa_direct_deferred`]
+/// builds on the stack (one range of up to 78 pages: a 256 KiB transfer at
+/// any offset); larger areas are built on the heap.
+pub const GPA_DIRECT_INLINE_LEN: usize = 640;
+
+/// Appends `bytes` to `buf`.
+fn push_bytes<const N: usize>(buf: &mut SmallBuf<u8, N>, bytes: &[u8]) {
+    buf.extend(bytes);
+}
+
 /// A growable buffer of `Copy` items: inline up to `N`, on the heap beyond.
 #[derive(Clone)]
 enum SmallBuf<T: Copy, const N: usize> {
@@ -136,6 +146,25 @@ impl<T: Copy, const N: usize> SmallBuf<T, N> {
                 }
             }
             Self::Heap(v) => v.push(item),
+        }
+    }
+
+    /// Appends `more`, spilling to the heap when it no longer fits inline.
+    fn extend(&mut self, more: &[T]) {
+        match self {
+            Self::Inline { items, len } => {
+                let end = *len + more.len();
+                if let Some(slots) = items.get_mut(*len..end) {
+                    slots.copy_from_slice(more);
+                    *len = end;
+                } else {
+                    let mut v = Vec::with_capacity((N * 2).max(end));
+                    v.extend_from_slice(items.get(..*len).unwrap_or(&[]));
+                    v.extend_from_slice(more);
+                    *self = Self::Heap(v);
+                }
+            }
+            Self::Heap(v) => v.extend_from_slice(more),
         }
     }
 
@@ -633,6 +662,78 @@ impl<'a> Channel<'a> {
         let outcome = self.writer.publish()?;
         self.finish(outcome);
         Ok(())
+    }
+
+    /// Like [`Channel::write_packet`], but the packet is not published:
+    /// the peer sees it at the next [`Channel::publish_writes`] (which
+    /// must be called before waiting for the peer). For batches of
+    /// requests: one index update and at most one signal for all.
+    pub fn write_packet_deferred(
+        &mut self,
+        kind: OutgoingKind,
+        transaction_id: u64,
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        let (packet_type, flags) = kind.type_and_flags();
+        self.writer.write_deferred(&OutgoingPacket {
+            packet_type,
+            flags,
+            transaction_id,
+            header: &[],
+            payload,
+        })
+    }
+
+    /// Writes a GPA-direct packet whose data buffer is `buffer` (byte
+    /// ranges of guest memory, in order; each becomes one GPA range of the
+    /// pages it touches), without publishing it (see
+    /// [`Channel::write_packet_deferred`]). The range area is built on the
+    /// stack while it fits [`GPA_DIRECT_INLINE_LEN`] bytes, so a guest
+    /// driver's request of up to a few hundred KiB allocates nothing.
+    /// Fails with [`RingError::TooLarge`] for an empty range, a range that
+    /// wraps the address space, or more ranges or pages than a packet can
+    /// describe. (A guest driver's operation; the host never sends these.)
+    pub fn write_gpa_direct_deferred(
+        &mut self,
+        transaction_id: u64,
+        completion_requested: bool,
+        buffer: &[GpaRange],
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        let mut area = SmallBuf::<u8, GPA_DIRECT_INLINE_LEN>::new(0);
+        let bad = |needed: u64| RingError::TooLarge { needed };
+        let count = u32::try_from(buffer.len()).map_err(|_| bad(buffer.len() as u64))?;
+        push_bytes(
+            &mut area,
+            GpaDirectHeader {
+                reserved: 0,
+                range_count: count,
+            }
+            .as_bytes(),
+        );
+        for r in buffer {
+            let end = r.gpa.checked_add(r.len).filter(|_| r.len > 0).ok_or(bad(r.len))?;
+            let byte_count = u32::try_from(r.len).map_err(|_| bad(r.len))?;
+            let header = GpaRangeHeader {
+                byte_count,
+                byte_offset: (r.gpa % u64::from(hw::PAGE_SIZE)) as u32,
+            };
+            push_bytes(&mut area, header.as_bytes());
+            for pfn in r.gpa >> hw::PAGE_SHIFT..=(end - 1) >> hw::PAGE_SHIFT {
+                push_bytes(&mut area, &pfn.to_le_bytes());
+            }
+        }
+        self.writer.write_deferred(&OutgoingPacket {
+            packet_type: PACKET_TYPE_DATA_USING_GPA_DIRECT,
+            flags: if completion_requested {
+                PACKET_FLAG_COMPLETION_REQUESTED
+            } else {
+                0
+            },
+            transaction_id,
+            header: &[area.as_slice()],
+            payload,
+        })
     }
 
     /// Writes a GPA-direct packet: `ranges` describe the data buffer in

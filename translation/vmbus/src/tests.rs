@@ -1050,3 +1050,60 @@ fn deferred_writes_publish_once() {
     host.publish_writes().unwrap();
     assert_eq!(rig.guest_sig.count(), 2, "the guest has not read packet 7");
 }
+
+#[test]
+fn guest_deferred_requests_publish_once_and_describe_their_pages() {
+    // A ring large enough for a request spanning many pages.
+    let mem = RamGuestMemory::new(1 << 22);
+    let (incoming, outgoing) = init_ring_pair(&mem, BASE, 4 * RING).unwrap();
+    let (host_sig, guest_sig) = (Signal::new(), Signal::new());
+    let mut host = Channel::host(&mem, incoming, outgoing, &guest_sig).unwrap();
+    let mut guest = Channel::guest(&mem, incoming, outgoing, &host_sig).unwrap();
+    // Two ranges: one starting mid-page and crossing two page boundaries,
+    // one inside a single page; then one of 100 pages (the range area
+    // spills from the stack to the heap).
+    let buffer = [
+        GpaRange::new(0x40 * 4096 + 100, 8192),
+        GpaRange::new(0x90 * 4096 + 8, 16),
+    ];
+    guest
+        .write_gpa_direct_deferred(7, true, &buffer, b"request")
+        .unwrap();
+    let big = [GpaRange::new(0x100 * 4096, 100 * 4096)];
+    guest.write_gpa_direct_deferred(8, false, &big, &[1; 64]).unwrap();
+    guest
+        .write_packet_deferred(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            9,
+            b"control",
+        )
+        .unwrap();
+    assert_eq!(host.read_packet().unwrap(), None, "not yet published");
+    assert_eq!(host_sig.count(), 0);
+    guest.publish_writes().unwrap();
+    assert_eq!(host_sig.count(), 1, "one signal for the batch");
+    let p = host.read_packet().unwrap().unwrap();
+    assert_eq!((p.kind, p.transaction_id), (PacketKind::GpaDirect, 7));
+    assert!(p.completion_requested);
+    assert_eq!(p.ranges, buffer);
+    assert_eq!(p.payload, padded(b"request"));
+    let p = host.read_packet().unwrap().unwrap();
+    assert_eq!((p.kind, p.transaction_id), (PacketKind::GpaDirect, 8));
+    assert!(!p.completion_requested);
+    assert_eq!(p.ranges, big);
+    let p = host.read_packet().unwrap().unwrap();
+    assert_eq!((p.kind, p.transaction_id), (PacketKind::InBand, 9));
+    assert_eq!(p.payload, padded(b"control"));
+    // Ranges no packet can describe are refused before anything is
+    // written.
+    for bad in [GpaRange::new(0x1000, 0), GpaRange::new(u64::MAX - 10, 100)] {
+        assert!(matches!(
+            guest.write_gpa_direct_deferred(10, true, &[bad], &[]),
+            Err(RingError::TooLarge { .. })
+        ));
+    }
+    guest.publish_writes().unwrap();
+    assert_eq!(host.read_packet().unwrap(), None);
+}
