@@ -712,7 +712,11 @@ impl<'a> Channel<'a> {
             .as_bytes(),
         );
         for r in buffer {
-            let end = r.gpa.checked_add(r.len).filter(|_| r.len > 0).ok_or(bad(r.len))?;
+            let end = r
+                .gpa
+                .checked_add(r.len)
+                .filter(|_| r.len > 0)
+                .ok_or(bad(r.len))?;
             let byte_count = u32::try_from(r.len).map_err(|_| bad(r.len))?;
             let header = GpaRangeHeader {
                 byte_count,

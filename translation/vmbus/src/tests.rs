@@ -1070,7 +1070,9 @@ fn guest_deferred_requests_publish_once_and_describe_their_pages() {
         .write_gpa_direct_deferred(7, true, &buffer, b"request")
         .unwrap();
     let big = [GpaRange::new(0x100 * 4096, 100 * 4096)];
-    guest.write_gpa_direct_deferred(8, false, &big, &[1; 64]).unwrap();
+    guest
+        .write_gpa_direct_deferred(8, false, &big, &[1; 64])
+        .unwrap();
     guest
         .write_packet_deferred(
             OutgoingKind::InBand {
