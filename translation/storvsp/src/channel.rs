@@ -110,7 +110,7 @@ struct Pass {
 }
 
 /// What an `EXECUTE_SRB` resolved to without running on a disk.
-enum SrbAnswer {
+pub(crate) enum SrbAnswer {
     /// An SRB status with no SCSI status, sense or data.
     Srb(u8),
     /// A SCSI outcome.
@@ -822,7 +822,7 @@ fn missing_lun(
 /// The completion of an `EXECUTE_SRB`: NT status and the request as sent
 /// back, with SRB status, SCSI status, transfer length and sense (capped to
 /// the guest's sense buffer and the protocol's) filled in.
-fn srb_completion(
+pub(crate) fn srb_completion(
     request: &ScsiRequest,
     answer: &SrbAnswer,
     size: RequestSize,
