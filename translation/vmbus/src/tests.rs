@@ -795,50 +795,34 @@ fn unsupported_packet_type_is_skipped() {
     assert_eq!(host.read_packet(), Ok(None));
 }
 
-/// xorshift64*: deterministic pseudo-random numbers without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn hostile_ring_contents_never_panic_or_hang() {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = fastrand::Rng::with_seed(0x1234_5678_9abc_def1);
     let mut outcomes = [0usize; 4];
     for _ in 0..1500 {
         let rig = Rig::new();
         // Random data area, with plausible descriptors sprinkled in.
         for _ in 0..64 {
-            let pos = rng.below(u64::from(DATA)) & !7;
-            let bytes = if rng.below(2) == 0 {
+            let pos = rng.u64(..u64::from(DATA)) & !7;
+            let bytes = if rng.u64(..2) == 0 {
                 descriptor(
-                    [6, 9, 11, 7, rng.below(16) as u16][rng.below(5) as usize],
-                    rng.below(8) as u16,
-                    rng.below(64) as u16,
-                    rng.below(4) as u16,
-                    rng.next(),
+                    [6, 9, 11, 7, rng.u64(..16) as u16][rng.u64(..5) as usize],
+                    rng.u64(..8) as u16,
+                    rng.u64(..64) as u16,
+                    rng.u64(..4) as u16,
+                    rng.u64(..),
                 )
             } else {
-                rng.next().to_le_bytes().to_vec()
+                rng.u64(..).to_le_bytes().to_vec()
             };
             rig.raw(pos as u32, &bytes, 0);
         }
         // Random control pages, often with in-range aligned indices.
         for ring in [rig.incoming, rig.outgoing] {
             for field in [0u64, 4, 8, 12, 64] {
-                let v = match rng.below(8) {
-                    0 => rng.next() as u32,
-                    _ => (rng.below(u64::from(DATA)) as u32) & !7,
+                let v = match rng.u64(..8) {
+                    0 => rng.u64(..) as u32,
+                    _ => (rng.u64(..u64::from(DATA)) as u32) & !7,
                 };
                 rig.set_ctl(ring, field, v);
             }
@@ -867,13 +851,13 @@ fn hostile_ring_contents_never_panic_or_hang() {
                 Err(_) => {}
             }
             // The peer may move its index under us at any time.
-            if rng.below(8) == 0 {
-                rig.set_ctl(rig.incoming, 0, rng.next() as u32 & 0xff8);
+            if rng.u64(..8) == 0 {
+                rig.set_ctl(rig.incoming, 0, rng.u64(..) as u32 & 0xff8);
             }
         }
         // Writing against a hostile read index fails cleanly or succeeds.
         let _ = host.write_packet(OutgoingKind::Completion, 1, &[0; 100]);
-        let _ = host.reserve(rng.below(8000) as usize);
+        let _ = host.reserve(rng.u64(..8000) as usize);
     }
     // The loop exercised refused rings, parsed packets and broken rings.
     assert!(
