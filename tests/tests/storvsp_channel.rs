@@ -701,7 +701,7 @@ fn sub_channels_open_through_the_inline_host() {
         g.run_host().unwrap();
         let mut n = 0;
         g.reap(|tag, r| {
-            assert_eq!(r.channel, usize::from(tag));
+            assert_eq!(r.channel(), usize::from(tag));
             assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
             n += 1;
         })

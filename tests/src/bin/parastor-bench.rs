@@ -726,16 +726,16 @@ mod settings {
 /// set up as OpenVMM measured) — against the RAM disk alone doing the same
 /// I/O through `Disk::read` / `Disk::write`.
 ///
-/// The timed rows use the guest's lean path ([`Storvsc::submit`] /
-/// [`Storvsc::flush`] / [`Storvsc::reap`]): packets built on the stack,
+/// The timed rows use the guest's lean path ([`Storvsc::submit`](parastor_emulated::Storvsc::submit) /
+/// [`flush`](parastor_emulated::Storvsc::flush) / [`reap`](parastor_emulated::Storvsc::reap)): packets built on the stack,
 /// one publish per batch, no allocation, data buffers not touched (as a
-/// real driver would not). The driver's test API ([`Storvsc::srb`]: data
+/// real driver would not). The driver's test API ([`Storvsc::srb`](parastor_emulated::Storvsc::srb): data
 /// copied in and out, per-request bookkeeping) is timed too (QD1 4 KiB),
 /// for comparison.
 mod storvsp {
     use super::harness::{Case, Measurement, disk_io, measure, size_name};
     use super::*;
-    use parastor_emulated::storvsc::{Data, Direction, Srb, Storvsc};
+    use parastor_emulated::storvsc::{Data, Direction, ReplyRef, Srb, Storvsc};
     use parastor_emulated::{GuestConfig, InlineHost, Profile, StorvspVm, VmConfig};
     use parastor_hw::scsi::{op as scsi_op, status as scsi_status};
     use parastor_hw::storvsp::{NtStatus, ScsiRequest, VERSION_BLUE, srb_status};
@@ -859,13 +859,12 @@ mod storvsp {
     }
 
     /// Panics unless `r` is a successful completion of `bytes`.
-    fn check(r: &parastor_emulated::storvsc::Reply, bytes: usize) {
-        let c = r.srb();
+    fn check(r: ReplyRef<'_>, bytes: usize) {
         let ok = r.status() == NtStatus::SUCCESS
-            && srb_status::code(c.srb_status) == srb_status::SUCCESS
-            && c.scsi_status == scsi_status::GOOD
-            && c.data_transfer_length.get() as usize == bytes;
-        assert!(ok, "I/O failed: completion {r:?}");
+            && srb_status::code(r.srb_status()) == srb_status::SUCCESS
+            && r.scsi_status() == scsi_status::GOOD
+            && r.data_transfer_length() as usize == bytes;
+        assert!(ok, "I/O failed: completion {:?}", r.to_reply());
     }
 
     fn prefill(d: &Disk) {

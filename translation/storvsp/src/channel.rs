@@ -86,6 +86,8 @@ pub struct StorvspChannel<'a> {
     last_lun: Option<(u64, ScsiPath, Lun)>,
     /// Why the channel ended, once it has.
     failed: Option<StorvspError>,
+    /// The buffer packets are read into, kept between passes.
+    packet: Option<Box<PacketRef>>,
 }
 
 impl fmt::Debug for StorvspChannel<'_> {
@@ -152,6 +154,7 @@ impl<'a> StorvspChannel<'a> {
             registered: None,
             last_lun: None,
             failed: None,
+            packet: None,
         }
     }
 
@@ -366,9 +369,25 @@ impl<'a> StorvspChannel<'a> {
     /// taken, and whether the batch ended for want of packets (rather than
     /// ring space or queue depth).
     fn take_packets(&mut self, cx: &mut Context<'_>) -> Result<(bool, bool), StorvspError> {
+        // The worker's packet buffer, reused from pass to pass (it is
+        // large: clearing a fresh one costs more than taking a small
+        // packet).
+        let mut packet = self
+            .packet
+            .take()
+            .unwrap_or_else(|| Box::new(PacketRef::empty()));
+        let r = self.take_packets_into(&mut packet, cx);
+        self.packet = Some(packet);
+        r
+    }
+
+    fn take_packets_into(
+        &mut self,
+        packet: &mut PacketRef,
+        cx: &mut Context<'_>,
+    ) -> Result<(bool, bool), StorvspError> {
         let mut taken = false;
         let depth = self.controller.config.io_queue_depth.max(1);
-        let mut packet = PacketRef::empty();
         while self.in_flight.len() < depth {
             let reservation = match self.channel.reserve(MAX_PACKET_LEN) {
                 Ok(r) => r,
@@ -378,14 +397,14 @@ impl<'a> StorvspChannel<'a> {
                 Err(e) => return Err(e.into()),
             };
             let next = if taken {
-                self.channel.take_seen_packet_into(&mut packet)
+                self.channel.take_seen_packet_into(packet)
             } else {
-                self.channel.take_packet_into(&mut packet)
+                self.channel.take_packet_into(packet)
             };
             match next {
                 Ok(true) => {
                     taken = true;
-                    self.handle(&packet, reservation, cx)?;
+                    self.handle(packet, reservation, cx)?;
                 }
                 Ok(false) => {
                     self.channel.release(reservation);

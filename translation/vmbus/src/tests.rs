@@ -1082,6 +1082,20 @@ fn guest_deferred_requests_publish_once_and_describe_their_pages() {
     let p = host.read_packet().unwrap().unwrap();
     assert_eq!((p.kind, p.transaction_id), (PacketKind::InBand, 9));
     assert_eq!(p.payload, padded(b"control"));
+    // One range (the built-directly fast path up to 6 pages, the general
+    // one beyond): the host sees exactly the range.
+    for (i, pages) in [1u64, 4, 6, 7].into_iter().enumerate() {
+        let r = [GpaRange::new(0x200 * 4096 + 300, pages * 4096 - 600)];
+        guest
+            .write_gpa_direct_deferred(20 + i as u64, true, &r, &[7; 8])
+            .unwrap();
+        guest.publish_writes().unwrap();
+        let p = host.read_packet().unwrap().unwrap();
+        assert_eq!(
+            (p.transaction_id, p.ranges.as_slice()),
+            (20 + i as u64, &r[..])
+        );
+    }
     // Ranges no packet can describe are refused before anything is
     // written.
     for bad in [GpaRange::new(0x1000, 0), GpaRange::new(u64::MAX - 10, 100)] {

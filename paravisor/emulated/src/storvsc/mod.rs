@@ -44,15 +44,19 @@ use core::fmt;
 use parastor_core::{GpaRange, GuestMemory, MemoryError};
 use parastor_hw::storvsp::{
     CDB_MAX_LEN, CHANNEL_PROPERTY_MULTI_CHANNEL, ChannelProperties, CompletionPayload,
-    FLAG_REQUEST_COMPLETION, MAX_PACKET_LEN, NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader,
-    ProtocolVersion, QUEUE_ACTION_SIMPLE_TAG, QUEUE_TAG_UNTAGGED, ScsiRequest, data_direction,
-    srb_flags,
+    FLAG_REQUEST_COMPLETION, MAX_PACKET_LEN, NtStatus, Operation, PACKET_HEADER_LEN,
+    PACKET_PAYLOAD_LEN, PacketHeader, ProtocolVersion, QUEUE_ACTION_SIMPLE_TAG, QUEUE_TAG_UNTAGGED,
+    ScsiRequest, data_direction, srb_flags,
 };
 use parastor_storvsp::StorvspError;
-use parastor_vmbus::{Channel, ChannelError, OutgoingKind, PacketKind, PacketRef, RingError};
+use parastor_vmbus::{Channel, ChannelError, OutgoingKind, PacketHead, PacketKind, RingError};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use zerocopy::{FromZeros, IntoBytes};
+use zerocopy::{FromBytes, FromZeros, IntoBytes};
+
+/// Bytes of each packet from the host the driver reads: the VMBus
+/// descriptor and more than a whole `vstor_packet` (what Linux copies).
+const HEAD_LEN: usize = 128;
 
 /// How long a wait on a host running elsewhere may take.
 const REMOTE_WAIT: Duration = Duration::from_secs(10);
@@ -295,6 +299,119 @@ impl Reply {
     }
 }
 
+/// A packet from the host as [`Storvsc::reap`] hands it over: a view of
+/// the driver's read buffer, decoded on demand (the lean path copies
+/// nothing it does not look at). [`ReplyRef::to_reply`] makes a [`Reply`].
+#[derive(Clone, Copy, Debug)]
+pub struct ReplyRef<'r> {
+    channel: usize,
+    head: PacketHead,
+    /// The StorVSP bytes read (the head of the packet).
+    bytes: &'r [u8],
+}
+
+impl ReplyRef<'_> {
+    /// The channel it arrived on.
+    #[inline]
+    pub fn channel(&self) -> usize {
+        self.channel
+    }
+
+    /// The transaction id.
+    #[inline]
+    pub fn transaction_id(&self) -> u64 {
+        self.head.transaction_id
+    }
+
+    /// StorVSP bytes received (header and payload, with the VMBus padding
+    /// to 8 bytes).
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.head.payload_len
+    }
+
+    /// Whether no StorVSP bytes were received.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.head.payload_len == 0
+    }
+
+    /// The raw StorVSP operation code (0 if absent).
+    #[inline]
+    fn operation_code(&self) -> u32 {
+        self.bytes
+            .get(..4)
+            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The NT status.
+    #[inline]
+    pub fn status(&self) -> NtStatus {
+        NtStatus::new(
+            self.bytes
+                .get(8..12)
+                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        )
+    }
+
+    /// Byte `at` of the payload (0 if absent).
+    #[inline]
+    fn byte(&self, at: usize) -> u8 {
+        self.bytes.get(PACKET_HEADER_LEN + at).copied().unwrap_or(0)
+    }
+
+    /// An `EXECUTE_SRB` completion's SRB status (flags included), read
+    /// without decoding the rest.
+    #[inline]
+    pub fn srb_status(&self) -> u8 {
+        self.byte(2)
+    }
+
+    /// An `EXECUTE_SRB` completion's SCSI status.
+    #[inline]
+    pub fn scsi_status(&self) -> u8 {
+        self.byte(3)
+    }
+
+    /// An `EXECUTE_SRB` completion's data transfer length.
+    #[inline]
+    pub fn data_transfer_length(&self) -> u32 {
+        u32::from_le_bytes([self.byte(12), self.byte(13), self.byte(14), self.byte(15)])
+    }
+
+    /// The payload as an `EXECUTE_SRB` completion (zero padded).
+    #[inline]
+    pub fn srb(&self) -> ScsiRequest {
+        let rest = self.bytes.get(PACKET_HEADER_LEN..).unwrap_or(&[]);
+        rest.get(..PACKET_PAYLOAD_LEN)
+            .and_then(|p| ScsiRequest::read_from_bytes(p).ok())
+            .unwrap_or_else(|| padded(rest))
+    }
+
+    /// The packet as an owned [`Reply`].
+    #[inline]
+    pub fn to_reply(&self) -> Reply {
+        let header = self
+            .bytes
+            .get(..PACKET_HEADER_LEN)
+            .and_then(|h| PacketHeader::read_from_bytes(h).ok())
+            .unwrap_or_else(|| padded(self.bytes));
+        let rest = self.bytes.get(PACKET_HEADER_LEN..).unwrap_or(&[]);
+        let payload = rest
+            .get(..PACKET_PAYLOAD_LEN)
+            .and_then(|p| CompletionPayload::read_from_bytes(p).ok())
+            .unwrap_or_else(|| padded(rest));
+        Reply {
+            channel: self.channel,
+            kind: self.head.kind,
+            transaction_id: self.head.transaction_id,
+            header,
+            len: self.head.payload_len,
+            payload,
+        }
+    }
+}
+
 /// State of one tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
@@ -321,8 +438,8 @@ pub struct Storvsc<'a, H> {
     sub_channel_status: Option<NtStatus>,
     slots: Vec<Slot>,
     outstanding: usize,
-    /// Reused for every packet read.
-    packet: PacketRef,
+    /// Where each packet's head is read (reused, never cleared).
+    head: [u8; HEAD_LEN],
     /// Control completions read while looking for something else
     /// (capacity reserved up front).
     control: VecDeque<Reply>,
@@ -362,7 +479,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
             sub_channel_status: None,
             slots: vec![Slot::Free; depth],
             outstanding: 0,
-            packet: PacketRef::empty(),
+            head: [0; HEAD_LEN],
             control: VecDeque::with_capacity(8),
             done: VecDeque::with_capacity(depth),
             enumerations: 0,
@@ -445,6 +562,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     }
 
     /// The request size this driver sends now (payload after the header).
+    #[inline]
     pub fn request_len(&self) -> usize {
         self.config.profile.request_len(self.version)
     }
@@ -546,7 +664,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         }
         let taken = self.take(channel, true);
         self.channels[channel].publish_reads()?;
-        Ok(taken?.map(|(_, r)| r))
+        Ok(taken?.map(|(_, head)| self.view(channel, head).to_reply()))
     }
 
     /// `BEGIN_INITIALIZATION`.
@@ -705,9 +823,8 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
             )
             .as_bytes(),
         );
-        let len = self.request_len();
-        buf[PACKET_HEADER_LEN..PACKET_HEADER_LEN + len].copy_from_slice(&request.as_bytes()[..len]);
-        let packet = &buf[..PACKET_HEADER_LEN + len];
+        buf[PACKET_HEADER_LEN..].copy_from_slice(request.as_bytes());
+        let packet = &buf[..PACKET_HEADER_LEN + self.request_len()];
         let tid = u64::from(tag) + 1;
         let ch = self
             .channels
@@ -747,27 +864,52 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     /// each (control completions are kept for [`Storvsc::wait_control`],
     /// notifications counted). Returns how many. Allocates nothing. Stops
     /// at the first packet the profile rejects, with its error.
-    pub fn reap(&mut self, mut f: impl FnMut(u16, &Reply)) -> Result<usize, StorvscError> {
+    pub fn reap(&mut self, mut f: impl FnMut(u16, ReplyRef<'_>)) -> Result<usize, StorvscError> {
         let mut n = 0;
         while let Some((tag, r)) = self.done.pop_front() {
-            f(tag, &r);
+            // The reply's bytes again, for the view.
+            let mut raw = [0u8; MAX_PACKET_LEN];
+            raw[..PACKET_HEADER_LEN].copy_from_slice(r.header.as_bytes());
+            raw[PACKET_HEADER_LEN..].copy_from_slice(r.payload.as_bytes());
+            let head = PacketHead {
+                kind: r.kind,
+                transaction_id: r.transaction_id,
+                completion_requested: false,
+                payload_len: r.len,
+                payload_at: 0,
+                held: r.len.min(MAX_PACKET_LEN),
+            };
+            f(
+                tag,
+                ReplyRef {
+                    channel: r.channel,
+                    head,
+                    bytes: &raw[..head.held],
+                },
+            );
             n += 1;
         }
         Ok(n + self.reap_channels(&mut f)?)
     }
 
     /// Reads what every channel holds; SCSI completions go to `f`.
-    fn reap_channels(&mut self, f: &mut dyn FnMut(u16, &Reply)) -> Result<usize, StorvscError> {
+    fn reap_channels<F: FnMut(u16, ReplyRef<'_>)>(
+        &mut self,
+        f: &mut F,
+    ) -> Result<usize, StorvscError> {
         let mut n = 0;
         for ch in 0..self.channels.len() {
             let mut first = true;
             let result = loop {
                 match self.take(ch, first) {
-                    Ok(Some((Route::Srb(tag), r))) => {
-                        f(tag, &r);
+                    Ok(Some((Route::Srb(tag), head))) => {
+                        f(tag, self.view(ch, head));
                         n += 1;
                     }
-                    Ok(Some((Route::Control, r))) => self.control.push_back(r),
+                    Ok(Some((Route::Control, head))) => {
+                        let r = self.view(ch, head).to_reply();
+                        self.control.push_back(r);
+                    }
                     Ok(Some((Route::Notification, _))) => {}
                     Ok(None) => break Ok(()),
                     Err(e) => break Err(e),
@@ -785,7 +927,8 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     /// how many SCSI completions.
     fn stash(&mut self) -> Result<usize, StorvscError> {
         let mut done = core::mem::take(&mut self.done);
-        let r = self.reap_channels(&mut |tag, reply| done.push_back((tag, *reply)));
+        let r = self
+            .reap_channels(&mut |tag, reply: ReplyRef<'_>| done.push_back((tag, reply.to_reply())));
         self.done = done;
         r
     }
@@ -815,58 +958,47 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     /// Takes one packet from `channel` (`first`: load the host's write
     /// index; else only among packets already seen), without publishing
     /// the read; checks and routes it.
+    #[inline]
     fn take(
         &mut self,
         channel: usize,
         first: bool,
-    ) -> Result<Option<(Route, Reply)>, StorvscError> {
+    ) -> Result<Option<(Route, PacketHead)>, StorvscError> {
         let ch = &mut self.channels[channel];
-        let taken = if first {
-            ch.take_packet_into(&mut self.packet)?
-        } else {
-            ch.take_seen_packet_into(&mut self.packet)?
-        };
-        if !taken {
+        let Some(head) = ch.take_head_into(&mut self.head, !first)? else {
             return Ok(None);
-        }
-        let bytes = self.packet.payload();
-        let mut header = PacketHeader::new_zeroed();
-        let h = header.as_mut_bytes();
-        let n = bytes.len().min(h.len());
-        h[..n].copy_from_slice(&bytes[..n]);
-        let mut payload = CompletionPayload::new_zeroed();
-        let rest = bytes.get(PACKET_HEADER_LEN..).unwrap_or(&[]);
-        let m = rest.len().min(payload.0.len());
-        payload.0[..m].copy_from_slice(&rest[..m]);
-        let reply = Reply {
-            channel,
-            kind: self.packet.kind,
-            transaction_id: self.packet.transaction_id,
-            header,
-            len: bytes.len(),
-            payload,
         };
-        let route = self.accept(&reply)?;
-        Ok(Some((route, reply)))
+        let route = self.accept(channel, head)?;
+        Ok(Some((route, head)))
+    }
+
+    /// The packet `head` (just taken on `channel`) in the read buffer.
+    fn view(&self, channel: usize, head: PacketHead) -> ReplyRef<'_> {
+        ReplyRef {
+            channel,
+            head,
+            bytes: head.payload(&self.head),
+        }
     }
 
     /// The profile's checks on a packet from the host, and the driver's
     /// bookkeeping for it.
-    fn accept(&mut self, r: &Reply) -> Result<Route, StorvscError> {
-        let tid = r.transaction_id;
+    #[inline]
+    fn accept(&mut self, channel: usize, head: PacketHead) -> Result<Route, StorvscError> {
+        let (kind, tid) = (head.kind, head.transaction_id);
         let reject = |rejection| StorvscError::Rejected {
-            channel: r.channel,
+            channel,
             transaction_id: tid,
             rejection,
         };
         let profile = self.config.profile;
         profile
-            .check_len(self.version, tid, r.len)
+            .check_len(self.version, tid, head.payload_len)
             .map_err(reject)?;
-        let op = r.header.operation.get();
+        let op = self.view(channel, head).operation_code();
         let notification =
             op == Operation::EnumerateBus as u32 || op == Operation::RemoveDevice as u32;
-        match r.kind {
+        match kind {
             PacketKind::GpaDirect => Err(reject(Rejection::UnexpectedPacketType)),
             // Unsolicited: a bus change makes the driver rescan; anything
             // else is ignored.
@@ -899,16 +1031,25 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
                     .filter(|&t| {
                         matches!(
                             self.slots.get(usize::from(t)),
-                            Some(Slot::InFlight { channel }) if *channel == r.channel
+                            Some(Slot::InFlight { channel: c }) if *c == channel
                         )
                     })
-                    .ok_or(reject(Rejection::UnknownTransaction))?;
+                    .ok_or_else(|| reject(Rejection::UnknownTransaction))?;
                 self.slots[usize::from(tag)] = Slot::Free;
                 self.outstanding -= 1;
                 Ok(Route::Srb(tag))
             }
         }
     }
+}
+
+/// A `T` from the start of `bytes`, zero padded.
+fn padded<T: FromBytes + IntoBytes>(bytes: &[u8]) -> T {
+    let mut out = T::new_zeroed();
+    let dst = out.as_mut_bytes();
+    let n = dst.len().min(bytes.len());
+    dst[..n].copy_from_slice(&bytes[..n]);
+    out
 }
 
 impl StorvscError {

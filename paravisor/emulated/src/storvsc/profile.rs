@@ -156,6 +156,7 @@ impl Profile {
 
     /// Payload bytes (after the 12-byte StorVSP header) of every packet
     /// the driver sends while `version` is negotiated (`None`: none yet).
+    #[inline]
     pub const fn request_len(self, version: Option<u16>) -> usize {
         match (self, version) {
             (Self::LinuxCurrent, _) => PACKET_PAYLOAD_LEN,
@@ -165,6 +166,7 @@ impl Profile {
     }
 
     /// The sense buffer the driver declares in its SRBs.
+    #[inline]
     pub const fn sense_buffer_len(self, version: Option<u16>) -> usize {
         match (self, version) {
             (Self::LinuxCurrent, _) => RequestSize::Win8.sense_buffer_len(),
@@ -175,12 +177,14 @@ impl Profile {
 
     /// Whether the driver asks for sub-channels before
     /// `END_INITIALIZATION` (Windows) rather than after it (Linux).
+    #[inline]
     pub const fn sub_channels_before_end(self) -> bool {
         matches!(self, Self::Windows)
     }
 
     /// Whether the driver uses sub-channels, given the negotiated
     /// `version` and the `QUERY_PROPERTIES` multi-channel flag.
+    #[inline]
     pub const fn uses_sub_channels(self, version: u16, multi_channel: bool) -> bool {
         match self {
             // Since 5.19 only the flag is looked at (Win8 is the oldest
@@ -199,6 +203,7 @@ impl Profile {
     /// Checks the size of a packet from the host, `len` StorVSP bytes
     /// (header and payload, as the ring delivers it) with transaction id
     /// `transaction_id`, received while `version` is negotiated.
+    #[inline]
     pub fn check_len(
         self,
         version: Option<u16>,

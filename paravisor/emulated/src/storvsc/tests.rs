@@ -321,9 +321,9 @@ fn lean_path_round_trip_on_every_channel() {
         g.run_host().unwrap();
         let mut seen = Vec::new();
         g.reap(|tag, r| {
-            assert_eq!(r.channel, usize::from(tag % 3));
+            assert_eq!(r.channel(), usize::from(tag % 3));
             assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
-            assert_eq!(r.len, 0x40);
+            assert_eq!(r.len(), 0x40);
             seen.push(tag);
         })
         .unwrap();
