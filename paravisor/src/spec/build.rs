@@ -267,3 +267,309 @@ impl Builder<'_> {
         disk
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::dd::{read_sectors, write_sectors};
+    use crate::spec::grammar::parse;
+    use parastor_core::disk::BoxFuture;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A host without a filesystem: its "files" are disks made in memory,
+    /// its key files byte strings; it logs every request.
+    #[derive(Default)]
+    struct MemHost {
+        files: HashMap<String, Disk>,
+        keys: HashMap<String, Vec<u8>>,
+        timer: Option<Arc<CountingTimer>>,
+        log: Mutex<Vec<String>>,
+    }
+
+    impl MemHost {
+        fn with_file(mut self, path: &str, len_bytes: u64, sector_size: u32) -> Self {
+            let ram = RamDisk::new(len_bytes, sector_size).unwrap();
+            self.files.insert(path.into(), Disk::new(ram).unwrap());
+            self
+        }
+
+        fn with_key(mut self, path: &str, key: Vec<u8>) -> Self {
+            self.keys.insert(path.into(), key);
+            self
+        }
+
+        fn with_timer(mut self) -> Self {
+            self.timer = Some(Arc::default());
+            self
+        }
+
+        fn log(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
+
+        fn note(&self, what: String) {
+            self.log.lock().unwrap().push(what);
+        }
+    }
+
+    fn not_found(path: &str) -> io::Error {
+        io::Error::new(io::ErrorKind::NotFound, format!("no file {path} here"))
+    }
+
+    impl Host for MemHost {
+        fn open_file(&self, path: &str, sector_size: u32) -> io::Result<Disk> {
+            self.note(format!("open {path}@{sector_size}"));
+            let disk = self.files.get(path).ok_or_else(|| not_found(path))?;
+            if disk.sector_size() != sector_size {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{path} has {}-byte sectors", disk.sector_size()),
+                ));
+            }
+            Ok(disk.clone())
+        }
+
+        fn read_key(&self, path: &str, limit: usize) -> io::Result<Vec<u8>> {
+            self.note(format!("key {path} (at most {limit} bytes)"));
+            let key = self.keys.get(path).ok_or_else(|| not_found(path))?;
+            Ok(key[..key.len().min(limit)].to_vec())
+        }
+
+        fn timer(&self) -> io::Result<Arc<dyn Timer>> {
+            self.note("timer".into());
+            match &self.timer {
+                Some(t) => Ok(t.clone()),
+                None => Err(io::Error::other("no threads here")),
+            }
+        }
+    }
+
+    /// A timer whose sleeps end at once; it records what was asked.
+    #[derive(Default)]
+    struct CountingTimer(Mutex<Vec<Duration>>);
+
+    impl Timer for CountingTimer {
+        fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
+            self.0.lock().unwrap().push(duration);
+            Box::pin(std::future::ready(()))
+        }
+    }
+
+    fn key() -> Vec<u8> {
+        (0..64u8).collect()
+    }
+
+    fn build(spec: &str, host: &MemHost) -> Result<Disk, BuildError> {
+        build_disk(&parse(spec).unwrap(), host)
+    }
+
+    fn read(disk: &Disk, lba: u64, count: u64) -> Vec<u8> {
+        let mut out = Vec::new();
+        read_sectors(disk, lba, count, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn builds_a_whole_stack_from_the_host() {
+        let host = MemHost::default()
+            .with_file("a", 1 << 20, 512)
+            .with_file("b", 1 << 20, 512)
+            .with_key("k", key())
+            .with_timer();
+        let spec = "prwrap:delay:3:crypt:k:memdiff:striped:64K:{file:a|file:b|mem:1M}";
+        let disk = build(spec, &host).unwrap();
+        // The key is read (bounded) before the disks under it are built; the
+        // timer is asked for once the delayed disk exists.
+        assert_eq!(
+            host.log(),
+            [
+                "key k (at most 65 bytes)",
+                "open a@512",
+                "open b@512",
+                "timer"
+            ]
+        );
+        assert_eq!((disk.sector_count(), disk.sector_size()), (6144, 512));
+        assert!(disk.persistent_reservations().is_some());
+        let kinds = |d: &parastor_core::Description| {
+            d.children.iter().map(|(_, c)| c.kind).collect::<Vec<_>>()
+        };
+        let top = disk.describe();
+        assert_eq!((top.kind, kinds(&top)), ("prwrap", vec!["delay"]));
+        let delay = &top.children[0].1;
+        assert_eq!(kinds(delay), ["crypt"]);
+        let crypt = &delay.children[0].1;
+        assert_eq!(kinds(crypt), ["layered"]);
+        let memdiff = &crypt.children[0].1;
+        assert_eq!(kinds(memdiff), ["ram", "striped"]);
+        assert_eq!(kinds(&memdiff.children[1].1), ["ram", "ram", "ram"]);
+
+        // Data goes through every layer: it reads back as written, the delay
+        // sleeps its 3 ms, and the host's files are never written (memdiff).
+        let data: Vec<u8> = (0..8 * 512).map(|i| (i % 251) as u8).collect();
+        write_sectors(&disk, 100, &mut &data[..]).unwrap();
+        let timer = host.timer.as_ref().unwrap();
+        let sleeps_before_read = timer.0.lock().unwrap().len();
+        assert_eq!(read(&disk, 100, 8), data);
+        let sleeps = timer.0.lock().unwrap();
+        assert!(sleeps.len() > sleeps_before_read);
+        assert!(sleeps.iter().all(|&d| d == Duration::from_millis(3)));
+        assert!(read(&host.files["a"], 0, 2048).iter().all(|&b| b == 0));
+        assert!(read(&host.files["b"], 0, 2048).iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn crypt_uses_the_key_from_the_host() {
+        let host = MemHost::default()
+            .with_file("a", 64 << 10, 4096)
+            .with_key("k", key());
+        let disk = build("crypt:k:file@4096:a", &host).unwrap();
+        assert_eq!((disk.kind(), disk.sector_size()), ("crypt", 4096));
+        let data = vec![0x5a; 4096];
+        write_sectors(&disk, 3, &mut &data[..]).unwrap();
+        assert_eq!(read(&disk, 3, 1), data);
+        let stored = read(&host.files["a"], 3, 1);
+        assert_ne!(stored, data, "the file holds ciphertext");
+        // Another key reads other plaintext from the same ciphertext.
+        let mut other = key();
+        other[0] ^= 1;
+        let host2 = MemHost {
+            files: host.files.clone(),
+            ..MemHost::default()
+        }
+        .with_key("k", other);
+        let disk2 = build("crypt:k:file@4096:a", &host2).unwrap();
+        assert_ne!(read(&disk2, 3, 1), data);
+    }
+
+    #[test]
+    fn errors_name_the_failing_part() {
+        let host = MemHost::default()
+            .with_file("a", 1 << 20, 512)
+            .with_key("short", vec![1; 32])
+            .with_key("long", vec![1; 1000])
+            .with_key("halves", [[7; 32], [7; 32]].concat());
+        let fails = |spec: &str| build(spec, &host).unwrap_err();
+
+        let e = fails("memdiff:striped:{file:a|mem:2M}");
+        assert_eq!(e.at().steps(), [0]);
+        assert_eq!(e.part(), "striped:{file:a|mem:2M}");
+        assert!(matches!(
+            e.failure(),
+            BuildFailure::Striped(StripedDiskError::MismatchedSectorCount { member: 1, .. })
+        ));
+        assert_eq!(
+            e.to_string(),
+            "cannot build the striped disk 'striped:{file:a|mem:2M}': member 1 has 4096 sectors, \
+             but member 0 has 2048: all members must be the same size"
+        );
+        assert_eq!(
+            e.describe(None),
+            "cannot build the striped disk: member 1 has 4096 sectors, but member 0 has 2048: \
+             all members must be the same size"
+        );
+
+        // Of two members with the same text, the path says which failed.
+        let e = fails("striped:{memdiff:file:a|memdiff:file:gone}");
+        assert_eq!((e.at().steps(), e.part()), (&[1, 0][..], "file:gone"));
+        assert_eq!(e.to_string(), "no file gone here");
+        let source = std::error::Error::source(&e).unwrap();
+        assert_eq!(source.to_string(), "no file gone here");
+
+        let e = fails("file@4096:a");
+        assert!(e.at().is_root());
+        assert_eq!(e.to_string(), "a has 512-byte sectors");
+
+        let e = fails("prwrap:crypt:missing:mem:1M");
+        assert_eq!(e.at().steps(), [0]);
+        assert_eq!(
+            e.to_string(),
+            "cannot read the key file 'missing': no file missing here"
+        );
+        assert!(matches!(e.failure(), BuildFailure::ReadKey { path, .. } if path == "missing"));
+
+        // The host is asked for one byte more than a key, never more.
+        let e = fails("crypt:long:mem:1M");
+        assert!(matches!(e.failure(), BuildFailure::KeyTooLong { path } if path == "long"));
+        assert_eq!(
+            e.to_string(),
+            "key file 'long' holds more than 64 bytes: expected the 64 raw bytes of an \
+             XTS-AES-256 key"
+        );
+        assert!(
+            host.log()
+                .contains(&"key long (at most 65 bytes)".to_owned())
+        );
+
+        let e = fails("crypt:short:mem:1M");
+        assert!(matches!(
+            e.failure(),
+            BuildFailure::Key {
+                error: CryptError::InvalidKeyLength(32),
+                ..
+            }
+        ));
+        assert!(e.to_string().starts_with("key file 'short': "), "{e}");
+        let e = fails("crypt:halves:mem:1M");
+        assert!(matches!(
+            e.failure(),
+            BuildFailure::Key {
+                error: CryptError::EqualKeyHalves,
+                ..
+            }
+        ));
+
+        // MemHost has no timer unless given one.
+        let e = fails("striped:{mem:1M|delay:1:mem:1M}");
+        assert_eq!((e.at().steps(), e.part()), (&[1][..], "delay:1:mem:1M"));
+        assert_eq!(
+            e.to_string(),
+            "cannot start the timer thread: no threads here"
+        );
+    }
+
+    #[test]
+    fn recipes_written_in_code_are_checked_too() {
+        let host = MemHost::default();
+        let mem = |len_bytes, sector_size| Recipe::Mem {
+            len_bytes,
+            sector_size,
+        };
+        let e = build_disk(&mem(0, 512), &host).unwrap_err();
+        assert!(matches!(e.failure(), BuildFailure::Ram(_)));
+        assert!(
+            e.to_string()
+                .starts_with("cannot create the RAM disk 'mem:0': "),
+            "{e}"
+        );
+        let e = build_disk(&mem(1 << 20, 1000), &host).unwrap_err();
+        assert!(matches!(e.failure(), BuildFailure::Ram(_)), "{e}");
+
+        let empty = Recipe::Striped {
+            chunk_bytes: None,
+            members: Vec::new(),
+        };
+        let e = build_disk(&empty, &host).unwrap_err();
+        assert!(matches!(
+            e.failure(),
+            BuildFailure::Striped(StripedDiskError::EmptyMemberList)
+        ));
+
+        // Nesting is bounded here as in the grammar: no stack overflow.
+        let nest = |levels: usize| {
+            (1..levels).fold(mem(1 << 20, 512), |r, _| Recipe::MemDiff {
+                lower: Box::new(r),
+            })
+        };
+        assert!(build_disk(&nest(MAX_NESTING), &host).is_ok());
+        let e = build_disk(&nest(1000), &host).unwrap_err();
+        assert!(matches!(e.failure(), BuildFailure::TooDeep));
+        assert_eq!(e.at().steps(), [0; MAX_NESTING]);
+        assert_eq!(
+            e.describe(None),
+            "the recipe nests too deeply: expected at most 64 levels of disks"
+        );
+        assert!(host.log().is_empty());
+    }
+}

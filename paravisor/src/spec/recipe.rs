@@ -164,9 +164,22 @@ fn write_sector_size(f: &mut fmt::Formatter<'_>, sector_size: u32) -> fmt::Resul
 /// The recipe in the spec grammar. Parsing the text gives back an equal
 /// recipe whenever the grammar can say it: sizes the grammar accepts,
 /// non-empty paths, no `|` or `}` in a file path inside a member list and
-/// no `:` in a key file path (the grammar has no escapes).
+/// no `:` in a key file path (the grammar has no escapes). Parts nested
+/// deeper than [`MAX_NESTING`] levels print as `…`, so printing a recipe
+/// built in code stays bounded (the grammar refuses such depth anyway).
 impl fmt::Display for Recipe {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.write(f, 1)
+    }
+}
+
+impl Recipe {
+    /// Writes this recipe, which sits at nesting level `level`.
+    fn write(&self, f: &mut fmt::Formatter<'_>, level: usize) -> fmt::Result {
+        if level > MAX_NESTING {
+            return f.write_str("…");
+        }
+        let level = level + 1;
         match self {
             Recipe::Mem {
                 len_bytes,
@@ -181,7 +194,10 @@ impl fmt::Display for Recipe {
                 write_sector_size(f, *sector_size)?;
                 write!(f, ":{path}")
             }
-            Recipe::MemDiff { lower } => write!(f, "memdiff:{lower}"),
+            Recipe::MemDiff { lower } => {
+                f.write_str("memdiff:")?;
+                lower.write(f, level)
+            }
             Recipe::Striped {
                 chunk_bytes,
                 members,
@@ -196,13 +212,22 @@ impl fmt::Display for Recipe {
                     if i > 0 {
                         f.write_str("|")?;
                     }
-                    write!(f, "{member}")?;
+                    member.write(f, level)?;
                 }
                 f.write_str("}")
             }
-            Recipe::Crypt { key_file, inner } => write!(f, "crypt:{key_file}:{inner}"),
-            Recipe::Delay { millis, inner } => write!(f, "delay:{millis}:{inner}"),
-            Recipe::PrWrap { inner } => write!(f, "prwrap:{inner}"),
+            Recipe::Crypt { key_file, inner } => {
+                write!(f, "crypt:{key_file}:")?;
+                inner.write(f, level)
+            }
+            Recipe::Delay { millis, inner } => {
+                write!(f, "delay:{millis}:")?;
+                inner.write(f, level)
+            }
+            Recipe::PrWrap { inner } => {
+                f.write_str("prwrap:")?;
+                inner.write(f, level)
+            }
         }
     }
 }
@@ -254,6 +279,12 @@ mod tests {
             members: vec![mem(1 << 20, 512)],
         };
         assert_eq!(default_chunk.to_string(), "striped:{mem:1M}");
+
+        // Printing stops at the nesting limit.
+        let deep = (1..1000).fold(mem(1 << 20, 512), |r, _| Recipe::PrWrap {
+            inner: Box::new(r),
+        });
+        assert_eq!(deep.to_string(), "prwrap:".repeat(MAX_NESTING) + "…");
     }
 
     #[test]
