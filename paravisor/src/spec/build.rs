@@ -273,88 +273,7 @@ mod tests {
     use super::*;
     use crate::cli::dd::{read_sectors, write_sectors};
     use crate::spec::grammar::parse;
-    use parastor_core::disk::BoxFuture;
-    use std::collections::HashMap;
-    use std::sync::Mutex;
-
-    /// A host without a filesystem: its "files" are disks made in memory,
-    /// its key files byte strings; it logs every request.
-    #[derive(Default)]
-    struct MemHost {
-        files: HashMap<String, Disk>,
-        keys: HashMap<String, Vec<u8>>,
-        timer: Option<Arc<CountingTimer>>,
-        log: Mutex<Vec<String>>,
-    }
-
-    impl MemHost {
-        fn with_file(mut self, path: &str, len_bytes: u64, sector_size: u32) -> Self {
-            let ram = RamDisk::new(len_bytes, sector_size).unwrap();
-            self.files.insert(path.into(), Disk::new(ram).unwrap());
-            self
-        }
-
-        fn with_key(mut self, path: &str, key: Vec<u8>) -> Self {
-            self.keys.insert(path.into(), key);
-            self
-        }
-
-        fn with_timer(mut self) -> Self {
-            self.timer = Some(Arc::default());
-            self
-        }
-
-        fn log(&self) -> Vec<String> {
-            self.log.lock().unwrap().clone()
-        }
-
-        fn note(&self, what: String) {
-            self.log.lock().unwrap().push(what);
-        }
-    }
-
-    fn not_found(path: &str) -> io::Error {
-        io::Error::new(io::ErrorKind::NotFound, format!("no file {path} here"))
-    }
-
-    impl Host for MemHost {
-        fn open_file(&self, path: &str, sector_size: u32) -> io::Result<Disk> {
-            self.note(format!("open {path}@{sector_size}"));
-            let disk = self.files.get(path).ok_or_else(|| not_found(path))?;
-            if disk.sector_size() != sector_size {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{path} has {}-byte sectors", disk.sector_size()),
-                ));
-            }
-            Ok(disk.clone())
-        }
-
-        fn read_key(&self, path: &str, limit: usize) -> io::Result<Vec<u8>> {
-            self.note(format!("key {path} (at most {limit} bytes)"));
-            let key = self.keys.get(path).ok_or_else(|| not_found(path))?;
-            Ok(key[..key.len().min(limit)].to_vec())
-        }
-
-        fn timer(&self) -> io::Result<Arc<dyn Timer>> {
-            self.note("timer".into());
-            match &self.timer {
-                Some(t) => Ok(t.clone()),
-                None => Err(io::Error::other("no threads here")),
-            }
-        }
-    }
-
-    /// A timer whose sleeps end at once; it records what was asked.
-    #[derive(Default)]
-    struct CountingTimer(Mutex<Vec<Duration>>);
-
-    impl Timer for CountingTimer {
-        fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-            self.0.lock().unwrap().push(duration);
-            Box::pin(std::future::ready(()))
-        }
-    }
+    use crate::spec::test_host::MemHost;
 
     fn key() -> Vec<u8> {
         (0..64u8).collect()
@@ -434,11 +353,9 @@ mod tests {
         // Another key reads other plaintext from the same ciphertext.
         let mut other = key();
         other[0] ^= 1;
-        let host2 = MemHost {
-            files: host.files.clone(),
-            ..MemHost::default()
-        }
-        .with_key("k", other);
+        let host2 = MemHost::default()
+            .with_disk("a", host.files["a"].clone())
+            .with_key("k", other);
         let disk2 = build("crypt:k:file@4096:a", &host2).unwrap();
         assert_ne!(read(&disk2, 3, 1), data);
     }

@@ -815,4 +815,183 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn recipes_print_back_to_specs_that_parse_the_same() {
+        for (spec, printed) in [
+            ("mem:64M", "mem:64M"),
+            ("mem:64m@4k", "mem:64M@4096"),
+            ("mem:1048576", "mem:1M"),
+            ("mem:2GiB@512", "mem:2G"),
+            ("mem:1000K", "mem:1000K"),
+            ("mem:1536M", "mem:1536M"),
+            ("mem:1536B", "mem:1536"),
+            ("file:/x/a|b}:c{d", "file:/x/a|b}:c{d"),
+            ("file@4096:rel/b.img", "file@4096:rel/b.img"),
+            ("file@512:a", "file:a"),
+            (
+                "striped:{file:/a b/c.img|memdiff:file@4096:d.img|mem:1M}",
+                "striped:{file:/a b/c.img|memdiff:file@4096:d.img|mem:1M}",
+            ),
+            (
+                "striped:131072:{mem:32M|mem:32M}",
+                "striped:128K:{mem:32M|mem:32M}",
+            ),
+            ("delay:0:striped:1:{mem:512}", "delay:0:striped:1:{mem:512}"),
+            (
+                "crypt:k|}.bin:striped:{mem:1M}",
+                "crypt:k|}.bin:striped:{mem:1M}",
+            ),
+        ] {
+            let recipe = parse(spec).unwrap();
+            assert_eq!(recipe.to_string(), printed, "{spec}");
+            assert_eq!(parse(printed).unwrap(), recipe, "{spec}");
+        }
+        // The examples of the help text are already in printed form.
+        let examples = GRAMMAR.lines().skip_while(|l| !l.contains("Examples:"));
+        let examples: Vec<&str> = examples.skip(1).map(str::trim).collect();
+        assert_eq!(examples.len(), 8);
+        for spec in examples {
+            assert_eq!(kind(spec).to_string(), spec);
+        }
+    }
+
+    /// Checks that the text of every part of `recipe` (at `path`) parses
+    /// alone to that part.
+    fn assert_spans_cover_parts(spec: &str, recipe: &Recipe, spans: &SpanTree, path: Vec<usize>) {
+        let at = RecipePath::new(path.clone());
+        let text = &spec[spans.get(&at).unwrap()];
+        assert_eq!(
+            parse(text).as_ref(),
+            Ok(recipe.part(&at).unwrap()),
+            "{spec}"
+        );
+        for i in 0..recipe.part(&at).unwrap().children().len() {
+            let mut child = path.clone();
+            child.push(i);
+            assert_spans_cover_parts(spec, recipe, spans, child);
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn sector_size() -> impl Strategy<Value = u32> {
+            prop::sample::select(vec![512u32, 1024, 2048, 4096, 8192, 65536])
+        }
+
+        /// Any count, or a round one (which prints with a suffix).
+        fn count(max: u64) -> impl Strategy<Value = u64> {
+            prop_oneof![1..=max, (1u64..=1024, 0u32..=21).prop_map(|(n, k)| n << k)]
+        }
+
+        /// A path the grammar can hold anywhere: no ':', '|' or '}'.
+        fn path() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9é_./ @{-]{1,16}"
+        }
+
+        fn recipe() -> impl Strategy<Value = Recipe> {
+            let leaf = prop_oneof![
+                (count(1 << 32), sector_size()).prop_map(|(sectors, sector_size)| {
+                    Recipe::Mem {
+                        len_bytes: sectors * u64::from(sector_size),
+                        sector_size,
+                    }
+                }),
+                (path(), sector_size())
+                    .prop_map(|(path, sector_size)| Recipe::File { path, sector_size }),
+            ];
+            leaf.prop_recursive(5, 24, 4, |inner| {
+                let chunk = prop::option::of(count(u64::from(u32::MAX)));
+                prop_oneof![
+                    inner
+                        .clone()
+                        .prop_map(|r| Recipe::MemDiff { lower: Box::new(r) }),
+                    (chunk, prop::collection::vec(inner.clone(), 1..4)).prop_map(
+                        |(chunk, members)| Recipe::Striped {
+                            chunk_bytes: chunk.map(|c| u32::try_from(c).unwrap()),
+                            members,
+                        }
+                    ),
+                    (path(), inner.clone()).prop_map(|(key_file, r)| Recipe::Crypt {
+                        key_file,
+                        inner: Box::new(r),
+                    }),
+                    (any::<u64>(), inner.clone()).prop_map(|(millis, r)| Recipe::Delay {
+                        millis,
+                        inner: Box::new(r),
+                    }),
+                    inner.prop_map(|r| Recipe::PrWrap { inner: Box::new(r) }),
+                ]
+            })
+        }
+
+        /// Pieces of the grammar, and a few characters it does not use.
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "mem:", "file:", "memdiff:", "striped:", "crypt:", "delay:", "prwrap:", "{", "}",
+                "|", "@", ":", "1M", "4096", "64K", "5", "k.bin", "a", "0", "é", " ",
+            ])
+        }
+
+        /// Specs made of the grammar's pieces, and printed recipes with one
+        /// piece inserted or one character removed: most fail, close to
+        /// valid text.
+        fn spec_text() -> impl Strategy<Value = String> {
+            let pieces = prop::collection::vec(piece(), 0..14).prop_map(|p| p.concat());
+            let edited = (
+                recipe(),
+                any::<prop::sample::Index>(),
+                piece(),
+                any::<bool>(),
+            )
+                .prop_map(|(recipe, at, piece, remove)| {
+                    let mut spec = recipe.to_string();
+                    let starts: Vec<usize> = spec
+                        .char_indices()
+                        .map(|(i, _)| i)
+                        .chain([spec.len()])
+                        .collect();
+                    let i = starts[at.index(starts.len())];
+                    if remove && i < spec.len() {
+                        spec.remove(i);
+                    } else {
+                        spec.insert_str(i, piece);
+                    }
+                    spec
+                });
+            prop_oneof![pieces, edited]
+        }
+
+        proptest! {
+            #[test]
+            fn printed_recipes_parse_back(recipe in recipe()) {
+                let spec = recipe.to_string();
+                let parsed = parse_with_spans(&spec);
+                let Ok((parsed, spans)) = parsed else {
+                    return Err(TestCaseError::fail(format!("{parsed:?}")));
+                };
+                prop_assert_eq!(&parsed, &recipe);
+                assert_spans_cover_parts(&spec, &recipe, &spans, Vec::new());
+            }
+
+            #[test]
+            fn any_spec_parses_or_says_where_it_fails(spec in spec_text()) {
+                match parse_with_spans(&spec) {
+                    Ok((recipe, spans)) => {
+                        prop_assert_eq!(spans.span.clone(), 0..spec.len());
+                        prop_assert_eq!(parse(&recipe.to_string()), Ok(recipe.clone()));
+                        assert_spans_cover_parts(&spec, &recipe, &spans, Vec::new());
+                    }
+                    Err(e) => {
+                        let span = e.span();
+                        prop_assert!(span.start <= span.end && span.end <= spec.len(), "{}", e);
+                        prop_assert!(!e.to_string().contains('\n'));
+                        prop_assert_eq!(e.caret_diagram().lines().count(), 2);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -18,6 +18,8 @@ mod error;
 pub mod grammar;
 pub mod host;
 pub mod recipe;
+#[cfg(test)]
+mod test_host;
 
 pub use build::{BuildError, Host, build_disk};
 pub use error::SpecError;
@@ -147,5 +149,43 @@ mod tests {
         let missing = dir.path().join("missing.bin");
         let e = build(&format!("crypt:{}:mem:1M", missing.display())).unwrap_err();
         assert!(e.message().contains("cannot read the key file"), "{e}");
+    }
+
+    #[test]
+    fn build_errors_point_into_the_spec() {
+        let host = test_host::MemHost::default()
+            .with_file("a", 1 << 20, 512)
+            .with_key("short", vec![1; 32]);
+        let fails = |spec: &str| build_spec_with(spec, &host).unwrap_err();
+
+        let e = fails("striped:{mem:1M|file:gone}");
+        assert_eq!((e.column(), e.span()), (17, 16..25));
+        assert_eq!(e.message(), "no file gone here");
+        let e = fails("memdiff:crypt:short:mem:1M");
+        assert_eq!((e.column(), e.span()), (9, 8..26));
+        assert!(e.message().starts_with("key file 'short': "), "{e}");
+        // The part is named as the spec wrote it, not as it prints.
+        let e = fails("memdiff:striped:{file:a|mem:2048K}");
+        assert_eq!(e.column(), 9);
+        assert!(
+            e.message()
+                .starts_with("cannot build the striped disk 'striped:{file:a|mem:2048K}': "),
+            "{e}"
+        );
+        // The whole spec is not named twice.
+        let e = fails("delay:1:mem:1M");
+        assert_eq!(e.span(), 0..14);
+        assert_eq!(
+            e.to_string(),
+            "spec error at column 1 of 'delay:1:mem:1M': cannot start the timer thread: no threads here"
+        );
+        // Grammar errors come first: the host is not asked for anything.
+        let asked = host.log().len();
+        let e = fails("striped:{file:a|x}");
+        assert_eq!(e.column(), 17);
+        assert_eq!(host.log().len(), asked);
+
+        let disk = build_spec_with("memdiff:file:a", &host).unwrap();
+        assert_eq!((disk.kind(), disk.sector_count()), ("layered", 2048));
     }
 }
