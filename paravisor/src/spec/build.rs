@@ -26,7 +26,10 @@ use std::time::Duration;
 /// Bytes of an XTS-AES-256 key (data key, then tweak key).
 pub const KEY_LEN: usize = 64;
 
-/// What the builder needs from the host it runs on.
+/// What the builder needs from the host it runs on: the only way it reaches
+/// files, key material and time. The builder asks once per part that needs
+/// it, in build order (a `crypt` part reads its key before the disks under
+/// it are built; a `delay` part asks for the timer after).
 pub trait Host {
     /// Opens the host file `path` as a disk of `sector_size`-byte sectors.
     /// The error should name the path.
@@ -149,122 +152,94 @@ impl std::error::Error for BuildError {
 /// Builds the disk stack `recipe` describes, taking files, keys and the
 /// timer from `host`.
 pub fn build_disk(recipe: &Recipe, host: &dyn Host) -> Result<Disk, BuildError> {
-    Builder {
-        host,
-        path: Vec::new(),
+    build_part(recipe, host, 1)
+}
+
+/// Builds `recipe`, a part at nesting level `level`. An error's path runs
+/// from this part down; each parent puts its own step in front.
+fn build_part(recipe: &Recipe, host: &dyn Host, level: usize) -> Result<Disk, BuildError> {
+    let fail = |failure| BuildError {
+        at: RecipePath::default(),
+        part: recipe.to_string(),
+        failure,
+    };
+    // The grammar stops at this depth already; a recipe written in code
+    // must not overflow the stack either.
+    if level > MAX_NESTING {
+        return Err(fail(BuildFailure::TooDeep));
     }
-    .disk(recipe)
-}
-
-/// The builder's walk: the host and the path of the part being built.
-struct Builder<'h> {
-    host: &'h dyn Host,
-    path: Vec<usize>,
-}
-
-impl Builder<'_> {
-    fn disk(&mut self, recipe: &Recipe) -> Result<Disk, BuildError> {
-        let fail = |path: &[usize], failure| BuildError {
-            at: RecipePath::new(path.to_vec()),
-            part: recipe.to_string(),
-            failure,
-        };
-        // The grammar stops at this depth already; a recipe written in code
-        // must not overflow the stack either.
-        if self.path.len() >= MAX_NESTING {
-            return Err(fail(&self.path, BuildFailure::TooDeep));
+    let child = |index: usize, part: &Recipe| {
+        build_part(part, host, level + 1).map_err(|mut e| {
+            e.at = e.at.below(index);
+            e
+        })
+    };
+    let valid = |disk: Result<Disk, InvalidDisk>| disk.map_err(|e| fail(BuildFailure::Invalid(e)));
+    match recipe {
+        Recipe::Mem {
+            len_bytes,
+            sector_size,
+        } => {
+            let ram =
+                RamDisk::new(*len_bytes, *sector_size).map_err(|e| fail(BuildFailure::Ram(e)))?;
+            valid(Disk::new(ram))
         }
-        let wrap = |path: &[usize], disk: Result<Disk, InvalidDisk>| {
-            disk.map_err(|e| fail(path, BuildFailure::Invalid(e)))
-        };
-        match recipe {
-            Recipe::Mem {
-                len_bytes,
-                sector_size,
-            } => {
-                let ram = RamDisk::new(*len_bytes, *sector_size)
-                    .map_err(|e| fail(&self.path, BuildFailure::Ram(e)))?;
-                wrap(&self.path, Disk::new(ram))
-            }
-            Recipe::File { path, sector_size } => self
-                .host
-                .open_file(path, *sector_size)
-                .map_err(|e| fail(&self.path, BuildFailure::OpenFile(e))),
-            Recipe::MemDiff { lower } => {
-                let lower = self.child(0, lower)?;
-                let layer = |layer| LayerConfig {
-                    layer,
-                    write_through: false,
-                    read_cache: false,
-                };
-                let ram = LayerSource::Ram {
-                    len_bytes: None,
-                    sector_size: None,
-                };
-                let layers = vec![layer(ram), layer(LayerSource::Disk(lower))];
-                let layered = LayeredDisk::new(false, layers)
-                    .map_err(|e| fail(&self.path, BuildFailure::MemDiff(e)))?;
-                wrap(&self.path, Disk::new(layered))
-            }
-            Recipe::Striped {
-                chunk_bytes,
-                members,
-            } => {
-                let members = members
-                    .iter()
-                    .enumerate()
-                    .map(|(i, m)| self.child(i, m))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let striped = StripedDisk::new(members, *chunk_bytes, None)
-                    .map_err(|e| fail(&self.path, BuildFailure::Striped(e)))?;
-                wrap(&self.path, Disk::new(striped))
-            }
-            Recipe::Crypt { key_file, inner } => {
-                let path = || key_file.clone();
-                let key = self.host.read_key(key_file, KEY_LEN + 1).map_err(|error| {
-                    let failure = BuildFailure::ReadKey {
-                        path: path(),
-                        error,
-                    };
-                    fail(&self.path, failure)
-                })?;
-                if key.len() > KEY_LEN {
-                    return Err(fail(&self.path, BuildFailure::KeyTooLong { path: path() }));
+        Recipe::File { path, sector_size } => host
+            .open_file(path, *sector_size)
+            .map_err(|e| fail(BuildFailure::OpenFile(e))),
+        Recipe::MemDiff { lower } => {
+            let lower = child(0, lower)?;
+            let layer = |layer| LayerConfig {
+                layer,
+                write_through: false,
+                read_cache: false,
+            };
+            let ram = LayerSource::Ram {
+                len_bytes: None,
+                sector_size: None,
+            };
+            let layers = vec![layer(ram), layer(LayerSource::Disk(lower))];
+            let layered =
+                LayeredDisk::new(false, layers).map_err(|e| fail(BuildFailure::MemDiff(e)))?;
+            valid(Disk::new(layered))
+        }
+        Recipe::Striped {
+            chunk_bytes,
+            members,
+        } => {
+            let members = members
+                .iter()
+                .enumerate()
+                .map(|(i, m)| child(i, m))
+                .collect::<Result<Vec<_>, _>>()?;
+            let striped = StripedDisk::new(members, *chunk_bytes, None)
+                .map_err(|e| fail(BuildFailure::Striped(e)))?;
+            valid(Disk::new(striped))
+        }
+        Recipe::Crypt { key_file, inner } => {
+            let path = key_file.clone();
+            let key = match host.read_key(key_file, KEY_LEN + 1) {
+                Ok(key) if key.len() > KEY_LEN => {
+                    return Err(fail(BuildFailure::KeyTooLong { path }));
                 }
-                let inner = self.child(0, inner)?;
-                let crypt = CryptDisk::new(&key, inner).map_err(|error| {
-                    fail(
-                        &self.path,
-                        BuildFailure::Key {
-                            path: path(),
-                            error,
-                        },
-                    )
-                })?;
-                wrap(&self.path, Disk::new(crypt))
-            }
-            Recipe::Delay { millis, inner } => {
-                let inner = self.child(0, inner)?;
-                let timer = self
-                    .host
-                    .timer()
-                    .map_err(|e| fail(&self.path, BuildFailure::Timer(e)))?;
-                let delay = DelayHandle::new(Duration::from_millis(*millis));
-                wrap(&self.path, Disk::new(DelayDisk::new(inner, delay, timer)))
-            }
-            Recipe::PrWrap { inner } => {
-                let inner = self.child(0, inner)?;
-                wrap(&self.path, Disk::new(ReservationsDisk::new(inner)))
-            }
+                Ok(key) => key,
+                Err(error) => return Err(fail(BuildFailure::ReadKey { path, error })),
+            };
+            let inner = child(0, inner)?;
+            let crypt = CryptDisk::new(&key, inner)
+                .map_err(|error| fail(BuildFailure::Key { path, error }))?;
+            valid(Disk::new(crypt))
         }
-    }
-
-    /// Builds child `index` of the part being built.
-    fn child(&mut self, index: usize, recipe: &Recipe) -> Result<Disk, BuildError> {
-        self.path.push(index);
-        let disk = self.disk(recipe);
-        self.path.pop();
-        disk
+        Recipe::Delay { millis, inner } => {
+            let inner = child(0, inner)?;
+            let timer = host.timer().map_err(|e| fail(BuildFailure::Timer(e)))?;
+            let delay = DelayHandle::new(Duration::from_millis(*millis));
+            valid(Disk::new(DelayDisk::new(inner, delay, timer)))
+        }
+        Recipe::PrWrap { inner } => {
+            let inner = child(0, inner)?;
+            valid(Disk::new(ReservationsDisk::new(inner)))
+        }
     }
 }
 
@@ -273,6 +248,7 @@ mod tests {
     use super::*;
     use crate::cli::dd::{read_sectors, write_sectors};
     use crate::spec::grammar::parse;
+    use crate::spec::recipe::tests::mem;
     use crate::spec::test_host::MemHost;
 
     fn key() -> Vec<u8> {
@@ -449,10 +425,6 @@ mod tests {
     #[test]
     fn recipes_written_in_code_are_checked_too() {
         let host = MemHost::default();
-        let mem = |len_bytes, sector_size| Recipe::Mem {
-            len_bytes,
-            sector_size,
-        };
         let e = build_disk(&mem(0, 512), &host).unwrap_err();
         assert!(matches!(e.failure(), BuildFailure::Ram(_)));
         assert!(

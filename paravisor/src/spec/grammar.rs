@@ -458,6 +458,7 @@ fn parse_prwrap(p: &mut Parser<'_>) -> KindParse {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::recipe::tests::mem;
 
     /// Parses `spec`, which must parse as a whole.
     fn kind(spec: &str) -> Recipe {
@@ -474,13 +475,6 @@ mod tests {
         match parse(spec) {
             Ok(n) => panic!("{spec} parsed as {n:?}"),
             Err(e) => e,
-        }
-    }
-
-    fn mem(len_bytes: u64, sector_size: u32) -> Recipe {
-        Recipe::Mem {
-            len_bytes,
-            sector_size,
         }
     }
 
@@ -813,6 +807,24 @@ mod tests {
                 GRAMMAR.contains(&format!("\n  {name}")),
                 "{name} is not documented"
             );
+        }
+    }
+
+    #[test]
+    fn recipe_kinds_are_the_grammar_names() {
+        let one_of_each = [
+            "mem:1M",
+            "file:a",
+            "memdiff:mem:1M",
+            "striped:{mem:1M}",
+            "crypt:k:mem:1M",
+            "delay:1:mem:1M",
+            "prwrap:mem:1M",
+        ];
+        let kinds: Vec<&str> = one_of_each.iter().map(|s| kind(s).kind()).collect();
+        assert_eq!(kinds, kind_names().collect::<Vec<_>>());
+        for (spec, kind) in one_of_each.iter().zip(kinds) {
+            assert!(spec.starts_with(&format!("{kind}:")), "{spec}");
         }
     }
 

@@ -136,6 +136,13 @@ impl RecipePath {
         &self.0
     }
 
+    /// This path as seen from the parent part, whose child `index` is the
+    /// part this path starts from.
+    pub fn below(mut self, index: usize) -> Self {
+        self.0.insert(0, index);
+        self
+    }
+
     /// Whether this is the whole recipe.
     pub fn is_root(&self) -> bool {
         self.0.is_empty()
@@ -233,10 +240,11 @@ impl Recipe {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn mem(len_bytes: u64, sector_size: u32) -> Recipe {
+    /// A `mem` recipe.
+    pub(crate) fn mem(len_bytes: u64, sector_size: u32) -> Recipe {
         Recipe::Mem {
             len_bytes,
             sector_size,
@@ -307,6 +315,10 @@ mod tests {
         );
         assert_eq!(stack.part(&RecipePath::new(vec![2])), None);
         assert_eq!(stack.part(&RecipePath::new(vec![0, 0])), None);
+        assert_eq!(
+            RecipePath::new(vec![0]).below(1),
+            RecipePath::new(vec![1, 0])
+        );
         assert_eq!(stack.kind(), "striped");
         assert_eq!(b.children().len(), 1);
         assert!(a.children().is_empty());
