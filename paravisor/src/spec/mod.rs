@@ -52,18 +52,14 @@ pub fn build_spec_with(spec: &str, host: &dyn Host) -> Result<Disk, SpecError> {
 mod tests {
     use super::*;
 
-    fn build(spec: &str) -> Result<Disk, SpecError> {
-        build_spec(spec)
-    }
-
     #[test]
     fn builds_every_form() {
-        let d = build("mem:64M@4096").unwrap();
+        let d = build_spec("mem:64M@4096").unwrap();
         assert_eq!(
             (d.kind(), d.sector_count(), d.sector_size()),
             ("ram", 16384, 4096)
         );
-        let d = build("memdiff:striped:128K:{mem:32M|mem:32M}").unwrap();
+        let d = build_spec("memdiff:striped:128K:{mem:32M|mem:32M}").unwrap();
         assert_eq!(
             (d.sector_count(), d.sector_size(), d.is_read_only()),
             (131072, 512, false)
@@ -79,14 +75,14 @@ mod tests {
         let f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(1 << 20).unwrap();
         let path = f.path().display().to_string();
-        let d = build(&format!("file@4096:{path}")).unwrap();
+        let d = build_spec(&format!("file@4096:{path}")).unwrap();
         assert_eq!(
             (d.kind(), d.sector_count(), d.sector_size()),
             ("file", 256, 4096)
         );
-        let d = build(&format!("striped:64K:{{file:{path}|mem:1M}}")).unwrap();
+        let d = build_spec(&format!("striped:64K:{{file:{path}|mem:1M}}")).unwrap();
         assert_eq!(d.sector_count(), 4096);
-        let d = build(&format!("memdiff:file:{path}")).unwrap();
+        let d = build_spec(&format!("memdiff:file:{path}")).unwrap();
         assert_eq!(
             d.describe().children[1].1.details,
             vec![("path", path.clone())]
@@ -95,7 +91,7 @@ mod tests {
 
     #[test]
     fn build_errors_point_at_the_failing_disk() {
-        let e = build("memdiff:striped:{mem:1M|mem:2M}").unwrap_err();
+        let e = build_spec("memdiff:striped:{mem:1M|mem:2M}").unwrap_err();
         assert_eq!((e.column(), e.span()), (9, 8..31));
         assert!(
             e.message()
@@ -103,18 +99,18 @@ mod tests {
             "{e}"
         );
         assert!(e.message().contains("member 1"), "{e}");
-        let e = build("striped:1000:{mem:1M|mem:1M}").unwrap_err();
+        let e = build_spec("striped:1000:{mem:1M|mem:1M}").unwrap_err();
         assert!(
             e.message().starts_with("cannot build the striped disk: "),
             "{e}"
         );
-        let e = build("striped:{mem:1M|file:/nonexistent/x.img}").unwrap_err();
+        let e = build_spec("striped:{mem:1M|file:/nonexistent/x.img}").unwrap_err();
         assert_eq!(e.column(), 17);
         assert!(e.message().contains("/nonexistent/x.img"), "{e}");
         assert!(!e.to_string().contains('\n'));
         let f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(1000).unwrap();
-        let e = build(&format!("file:{}", f.path().display())).unwrap_err();
+        let e = build_spec(&format!("file:{}", f.path().display())).unwrap_err();
         assert!(
             e.message()
                 .contains("not a whole number of 512-byte sectors"),
@@ -124,7 +120,7 @@ mod tests {
 
     #[test]
     fn builds_decorators() {
-        let d = build("prwrap:delay:0:mem:1M").unwrap();
+        let d = build_spec("prwrap:delay:0:mem:1M").unwrap();
         assert_eq!(d.kind(), "prwrap");
         assert!(d.persistent_reservations().is_some());
         assert_eq!(d.describe().children[0].1.kind, "delay");
@@ -133,21 +129,21 @@ mod tests {
         let key = dir.path().join("key.bin");
         let key_bytes: Vec<u8> = (0..64u8).collect();
         std::fs::write(&key, &key_bytes).unwrap();
-        let d = build(&format!("crypt:{}:mem:1M@4096", key.display())).unwrap();
+        let d = build_spec(&format!("crypt:{}:mem:1M@4096", key.display())).unwrap();
         assert_eq!((d.kind(), d.sector_size()), ("crypt", 4096));
 
         std::fs::write(&key, &key_bytes[..32]).unwrap();
-        let e = build(&format!("crypt:{}:mem:1M", key.display())).unwrap_err();
+        let e = build_spec(&format!("crypt:{}:mem:1M", key.display())).unwrap_err();
         assert!(e.message().contains("64"), "{e}");
         std::fs::write(&key, vec![7u8; 1 << 20]).unwrap();
-        let e = build(&format!("crypt:{}:mem:1M", key.display())).unwrap_err();
+        let e = build_spec(&format!("crypt:{}:mem:1M", key.display())).unwrap_err();
         assert!(e.message().contains("more than 64 bytes"), "{e}");
         // An endless key file is refused, not read until memory runs out.
-        let e = build("crypt:/dev/zero:mem:1M").unwrap_err();
+        let e = build_spec("crypt:/dev/zero:mem:1M").unwrap_err();
         assert!(e.message().contains("more than 64 bytes"), "{e}");
         assert!(!e.to_string().contains('\n'));
         let missing = dir.path().join("missing.bin");
-        let e = build(&format!("crypt:{}:mem:1M", missing.display())).unwrap_err();
+        let e = build_spec(&format!("crypt:{}:mem:1M", missing.display())).unwrap_err();
         assert!(e.message().contains("cannot read the key file"), "{e}");
     }
 
