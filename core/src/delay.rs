@@ -17,7 +17,7 @@
 //! always reports `completes_inline() == false`, since the delay may become
 //! nonzero at any time.
 
-use crate::disk::{BoxFuture, Disk, DiskIo, IoOptions, SectorMarker, UnmapBehavior};
+use crate::disk::{BoxFuture, Disk, DiskIo, IoOptions, LayerIo, SectorMarker, UnmapBehavior};
 use crate::drive;
 use crate::error::DiskError;
 use crate::pr::PersistentReservations;
@@ -157,6 +157,12 @@ impl DiskIo for DelayDisk {
         self.inner.wait_resize(known)
     }
 
+    fn as_layer(&self) -> Option<&impl LayerIo> {
+        Some(self)
+    }
+}
+
+impl LayerIo for DelayDisk {
     async fn read_present(
         &self,
         buf: SgList<'_>,

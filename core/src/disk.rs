@@ -14,6 +14,11 @@ use core::pin::{Pin, pin};
 use core::task::{Context, Poll, Waker};
 use stackfuture::StackFuture;
 
+pub mod layer;
+
+use layer::PlainLayer;
+pub use layer::{LayerIo, SectorMarker};
+
 /// Bytes of inline storage for the future of one [`Disk`] operation.
 ///
 /// Futures that fit are stored in place (no heap allocation per I/O);
@@ -114,113 +119,6 @@ impl IoOptions {
             block_level_only: false,
             next_is_zero: false,
         }
-    }
-}
-
-/// Which sectors of a read a layer supplied.
-///
-/// A layered disk asks each layer in turn for the sectors that no layer
-/// above supplied; a layer marks the ones it has, and the rest fall through.
-pub struct SectorMarker<'a> {
-    start: u64,
-    count: u64,
-    bits: &'a mut [u64],
-}
-
-impl<'a> SectorMarker<'a> {
-    /// A marker for sectors `[start, start + count)` with no sector marked,
-    /// using `bits` (at least `count` bits) as storage.
-    pub fn new(start: u64, count: u64, bits: &'a mut [u64]) -> Self {
-        let words = count.div_ceil(64) as usize;
-        let bits = &mut bits[..words];
-        bits.fill(0);
-        Self { start, count, bits }
-    }
-
-    /// First sector covered.
-    pub fn start(&self) -> u64 {
-        self.start
-    }
-
-    /// Number of sectors covered.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// Marks `sector` present (sectors outside the marker are ignored).
-    pub fn set(&mut self, sector: u64) {
-        self.set_range(sector, 1);
-    }
-
-    /// Marks `[sector, sector + count)` present, clipped to the marker.
-    pub fn set_range(&mut self, sector: u64, count: u64) {
-        let lo = sector.max(self.start);
-        let hi = sector.saturating_add(count).min(self.start + self.count);
-        let (mut i, end) = (lo - self.start.min(lo), hi.saturating_sub(self.start));
-        while i < end {
-            let (w, b) = ((i / 64) as usize, i % 64);
-            let n = (64 - b).min(end - i);
-            let mask = if n == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << n) - 1) << b
-            };
-            self.bits[w] |= mask;
-            i += n;
-        }
-    }
-
-    /// Marks every sector present.
-    pub fn set_all(&mut self) {
-        self.set_range(self.start, self.count);
-    }
-
-    /// Whether `sector` is marked.
-    pub fn is_set(&self, sector: u64) -> bool {
-        if sector < self.start || sector - self.start >= self.count {
-            return false;
-        }
-        let i = sector - self.start;
-        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
-    }
-
-    /// Whether every sector is marked.
-    pub fn all_set(&self) -> bool {
-        let full = (self.count / 64) as usize;
-        let rest = self.count % 64;
-        self.bits[..full].iter().all(|&w| w == u64::MAX)
-            && (rest == 0 || self.bits[full] & ((1 << rest) - 1) == (1 << rest) - 1)
-    }
-
-    /// The first run of unmarked sectors at or after `from`, as
-    /// `(sector, count)`.
-    pub fn next_unset(&self, from: u64) -> Option<(u64, u64)> {
-        let first = self.scan(from.max(self.start), false)?;
-        let end = self.scan(first, true).unwrap_or(self.start + self.count);
-        Some((first, end - first))
-    }
-
-    /// The first run of marked sectors at or after `from`, as
-    /// `(sector, count)`.
-    pub fn next_set(&self, from: u64) -> Option<(u64, u64)> {
-        let first = self.scan(from.max(self.start), true)?;
-        let end = self.scan(first, false).unwrap_or(self.start + self.count);
-        Some((first, end - first))
-    }
-
-    /// First sector at or after `from` whose bit equals `set`.
-    fn scan(&self, from: u64, set: bool) -> Option<u64> {
-        let mut i = from.checked_sub(self.start)?;
-        while i < self.count {
-            let (w, b) = ((i / 64) as usize, i % 64);
-            let word = if set { self.bits[w] } else { !self.bits[w] } >> b;
-            if word != 0 {
-                let found = i + u64::from(word.trailing_zeros());
-                return (found < self.count).then_some(self.start + found);
-            }
-            i += 64 - b;
-        }
-        None
     }
 }
 
@@ -327,25 +225,6 @@ pub trait DiskIo: Send + Sync + 'static {
         }
     }
 
-    /// Layer read: reads the sectors this disk *has* into `buf` and marks
-    /// them in `marker` (which covers at least this request; only the
-    /// request's sectors may be marked); sectors left unmarked fall through
-    /// to the next layer. A plain disk has every
-    /// sector, which is the default.
-    fn read_present(
-        &self,
-        buf: SgList<'_>,
-        sector: u64,
-        marker: &mut SectorMarker<'_>,
-        opts: IoOptions,
-    ) -> impl Future<Output = Result<(), DiskError>> + Send {
-        async move {
-            self.read(buf, sector, opts).await?;
-            marker.set_range(sector, (buf.len() / self.sector_size() as usize) as u64);
-            Ok(())
-        }
-    }
-
     /// [`DiskIo::read`], run to completion at once. Composite disks call
     /// this instead of building a future when the disk
     /// [completes inline](DiskIo::completes_inline). The default polls the
@@ -361,33 +240,13 @@ pub trait DiskIo: Send + Sync + 'static {
         run_inline(self.write(buf, sector, opts))
     }
 
-    /// [`DiskIo::read_present`], run to completion at once (see
-    /// [`DiskIo::read_inline`]).
-    fn read_present_inline(
-        &self,
-        buf: SgList<'_>,
-        sector: u64,
-        marker: &mut SectorMarker<'_>,
-        opts: IoOptions,
-    ) -> Result<(), DiskError> {
-        run_inline(self.read_present(buf, sector, marker, opts))
-    }
-
-    /// Whether [`DiskIo::write_no_overwrite`] is supported, so the disk can
-    /// serve as a read-cache layer.
-    fn supports_write_no_overwrite(&self) -> bool {
-        false
-    }
-
-    /// Writes only the sectors of `[sector, …)` that the disk does not have
-    /// yet (read-cache population, which must not clobber newer data).
-    fn write_no_overwrite(
-        &self,
-        buf: SgList<'_>,
-        sector: u64,
-    ) -> impl Future<Output = Result<(), DiskError>> + Send {
-        let _ = (buf, sector);
-        core::future::ready(Err(DiskError::Unsupported("write-no-overwrite")))
+    /// The layer side of this disk, if it has its own: a disk that holds
+    /// only some sectors, or a decorator that passes its inner disk's
+    /// presence through, returns `Some(self)` and implements [`LayerIo`].
+    /// `None` (the default) makes it a plain layer: every sector present,
+    /// no read-cache fills. See [`layer`].
+    fn as_layer(&self) -> Option<&impl LayerIo> {
+        None::<&PlainLayer>
     }
 }
 
@@ -494,14 +353,22 @@ impl<T: DiskIo> DynDisk for T {
         marker: &'a mut SectorMarker<'m>,
         opts: IoOptions,
     ) -> IoFuture<'a, Result<(), DiskError>> {
-        StackFuture::from_or_box(DiskIo::read_present(self, buf, sector, marker, opts))
+        match self.as_layer() {
+            Some(own) => StackFuture::from_or_box(own.read_present(buf, sector, marker, opts)),
+            None => {
+                StackFuture::from_or_box(layer::read_all_present(self, buf, sector, marker, opts))
+            }
+        }
     }
     fn write_no_overwrite<'a>(
         &'a self,
         buf: SgList<'a>,
         sector: u64,
     ) -> IoFuture<'a, Result<(), DiskError>> {
-        StackFuture::from_or_box(DiskIo::write_no_overwrite(self, buf, sector))
+        match self.as_layer() {
+            Some(own) => StackFuture::from_or_box(own.write_no_overwrite(buf, sector)),
+            None => ready(Err(DiskError::Unsupported("write-no-overwrite"))),
+        }
     }
     fn read_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         DiskIo::read_inline(self, buf, sector, opts)
@@ -516,7 +383,10 @@ impl<T: DiskIo> DynDisk for T {
         marker: &mut SectorMarker<'_>,
         opts: IoOptions,
     ) -> Result<(), DiskError> {
-        DiskIo::read_present_inline(self, buf, sector, marker, opts)
+        match self.as_layer() {
+            Some(own) => own.read_present_inline(buf, sector, marker, opts),
+            None => layer::read_all_present_inline(self, buf, sector, marker, opts),
+        }
     }
 }
 
@@ -623,7 +493,9 @@ impl Disk {
             unmap_behavior: io.unmap_behavior(),
             optimal_unmap_sectors: io.optimal_unmap_sectors().max(1),
             inline: io.completes_inline(),
-            write_no_overwrite: io.supports_write_no_overwrite(),
+            write_no_overwrite: io
+                .as_layer()
+                .is_some_and(|l| l.supports_write_no_overwrite()),
         };
         let inner: Arc<DiskInner<dyn DynDisk>> = Arc::new(DiskInner { fixed, io });
         Ok(Disk { inner })
@@ -672,10 +544,6 @@ impl Disk {
     /// Whether every operation completes on its first poll.
     pub fn completes_inline(&self) -> bool {
         self.inner.fixed.inline
-    }
-    /// Whether the disk can be a read-cache layer.
-    pub fn supports_write_no_overwrite(&self) -> bool {
-        self.inner.fixed.write_no_overwrite
     }
     /// The persistent-reservation interface, if any.
     pub fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
@@ -726,23 +594,6 @@ impl Disk {
         self.check_buffer(buf, sector)?;
         if self.is_read_only() {
             return Err(DiskError::ReadOnly);
-        }
-        Ok(())
-    }
-
-    /// What a layer read must satisfy before the disk sees it.
-    fn check_read_present(
-        &self,
-        buf: &SgList<'_>,
-        sector: u64,
-        marker: &SectorMarker<'_>,
-    ) -> Result<(), DiskError> {
-        self.check_buffer(buf, sector)?;
-        let count = (buf.len() >> self.sector_shift()) as u64;
-        if sector < marker.start() || sector + count > marker.start() + marker.count() {
-            return Err(DiskError::InvalidInput(
-                "sector marker does not cover the request",
-            ));
         }
         Ok(())
     }
@@ -798,19 +649,6 @@ impl Disk {
         self.inner.io.write_inline(buf.read_only(), sector, opts)
     }
 
-    /// [`Disk::read_present`] run to completion without building a future
-    /// (see [`Disk::read_inline`]).
-    pub fn read_present_inline(
-        &self,
-        buf: SgList<'_>,
-        sector: u64,
-        marker: &mut SectorMarker<'_>,
-        opts: IoOptions,
-    ) -> Result<(), DiskError> {
-        self.check_read_present(&buf, sector, marker)?;
-        self.inner.io.read_present_inline(buf, sector, marker, opts)
-    }
-
     /// Makes completed writes durable.
     pub fn flush(&self, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>> {
         self.inner.io.flush(opts)
@@ -849,33 +687,6 @@ impl Disk {
     /// Completes with the new sector count once it differs from `known`.
     pub fn wait_resize(&self, known: u64) -> IoFuture<'_, u64> {
         self.inner.io.wait_resize(known)
-    }
-
-    /// Layer read (see [`DiskIo::read_present`]). `marker` must cover the
-    /// request.
-    pub fn read_present<'a, 'm: 'a>(
-        &'a self,
-        buf: SgList<'a>,
-        sector: u64,
-        marker: &'a mut SectorMarker<'m>,
-        opts: IoOptions,
-    ) -> IoFuture<'a, Result<(), DiskError>> {
-        if let Err(e) = self.check_read_present(&buf, sector, marker) {
-            return ready(Err(e));
-        }
-        self.inner.io.read_present(buf, sector, marker, opts)
-    }
-
-    /// Writes the sectors the disk does not have yet (read-cache fill).
-    pub fn write_no_overwrite<'a>(
-        &'a self,
-        buf: SgList<'a>,
-        sector: u64,
-    ) -> IoFuture<'a, Result<(), DiskError>> {
-        if let Err(e) = self.check_buffer(&buf, sector) {
-            return ready(Err(e));
-        }
-        self.inner.io.write_no_overwrite(buf.read_only(), sector)
     }
 
     /// The stack below this disk as a tree, for display.
@@ -1095,30 +906,5 @@ mod tests {
         let refused = DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0));
         assert_eq!(stuck.read_inline(sg, 0, o), Err(refused.clone()));
         assert_eq!(stuck.write_inline(sg, 0, o), Err(refused));
-    }
-
-    #[test]
-    fn marker_runs() {
-        let mut bits = [0u64; 4];
-        let mut m = SectorMarker::new(100, 200, &mut bits);
-        assert_eq!(m.next_unset(0), Some((100, 200)));
-        m.set_range(110, 10);
-        m.set(150);
-        m.set_range(250, 1000);
-        m.set_range(0, 5); // outside: ignored
-        assert_eq!(m.next_unset(100), Some((100, 10)));
-        assert_eq!(m.next_unset(110), Some((120, 30)));
-        assert_eq!(m.next_unset(151), Some((151, 99)));
-        assert_eq!(m.next_unset(250), None);
-        assert!(m.is_set(299) && !m.is_set(300) && !m.is_set(99));
-        assert!(!m.all_set());
-        m.set_all();
-        assert!(m.all_set());
-        let mut bits = [0u64; 2];
-        let mut m = SectorMarker::new(0, 128, &mut bits);
-        m.set_range(0, 64);
-        assert_eq!(m.next_unset(0), Some((64, 64)));
-        m.set_range(64, 64);
-        assert!(m.all_set());
     }
 }

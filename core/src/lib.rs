@@ -30,7 +30,7 @@ pub mod striped;
 pub use crypt::{CryptDisk, CryptError, Xts256};
 pub use delay::{DelayDisk, DelayHandle, Timer};
 pub use disk::{
-    BoxFuture, Description, Disk, DiskIo, InitiatorId, InvalidDisk, IoFuture, IoOptions,
+    BoxFuture, Description, Disk, DiskIo, InitiatorId, InvalidDisk, IoFuture, IoOptions, LayerIo,
     SectorMarker, UnmapBehavior, run_inline,
 };
 pub use error::{DiskError, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind};

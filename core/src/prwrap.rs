@@ -89,7 +89,9 @@
 //!   PREEMPTED) are not generated here; a frontend that wants them can
 //!   compare reports.
 
-use crate::disk::{BoxFuture, Disk, DiskIo, InitiatorId, IoOptions, SectorMarker, UnmapBehavior};
+use crate::disk::{
+    BoxFuture, Disk, DiskIo, InitiatorId, IoOptions, LayerIo, SectorMarker, UnmapBehavior,
+};
 use crate::drive;
 use crate::error::DiskError;
 use crate::pr::{
@@ -748,6 +750,12 @@ impl DiskIo for ReservationsDisk {
         self.inner.wait_resize(known)
     }
 
+    fn as_layer(&self) -> Option<&impl LayerIo> {
+        Some(self)
+    }
+}
+
+impl LayerIo for ReservationsDisk {
     async fn read_present(
         &self,
         buf: SgList<'_>,

@@ -2,7 +2,8 @@
 //! hook in the middle of a read, and pretend to be asynchronous.
 
 use parastor_core::{
-    Disk, DiskError, DiskIo, IoError, IoErrorKind, IoOptions, SectorMarker, SgList, UnmapBehavior,
+    Disk, DiskError, DiskIo, IoError, IoErrorKind, IoOptions, LayerIo, SectorMarker, SgList,
+    UnmapBehavior,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -277,6 +278,12 @@ impl DiskIo for TestDisk {
         self.inner.wait_resize(known)
     }
 
+    fn as_layer(&self) -> Option<&impl LayerIo> {
+        Some(self)
+    }
+}
+
+impl LayerIo for TestDisk {
     async fn read_present(
         &self,
         buf: SgList<'_>,
