@@ -772,6 +772,89 @@ macro_rules! forward_geometry {
     };
 }
 
+/// Implements operations a decorator passes through unchanged by forwarding
+/// them to the disk in field `$inner` (a [`Disk`]), driving the inner
+/// operation with [`drive!`](crate::drive) according to the `bool` field
+/// `$inline` (whether the inner disk completes inline).
+///
+/// `forward_ops!(inner, inline; flush, eject, …)` writes one method per
+/// name, inside `impl DiskIo for …` or `impl LayerIo for …`. The names:
+/// - [`DiskIo`]: `unmap_behavior`, `flush`, `unmap`, `eject`,
+///   `wait_resize`, `persistent_reservations`, and `children` (the inner
+///   disk, labelled "inner");
+/// - [`LayerIo`]: `supports_write_no_overwrite`, `write_no_overwrite`.
+///
+/// Geometry has its own macro, [`forward_geometry!`](crate::forward_geometry).
+#[macro_export]
+macro_rules! forward_ops {
+    ($inner:ident, $inline:ident; $($op:ident),+ $(,)?) => {
+        $($crate::forward_ops!(@op $op, $inner, $inline);)+
+    };
+    (@op unmap_behavior, $inner:ident, $inline:ident) => {
+        fn unmap_behavior(&self) -> $crate::disk::UnmapBehavior {
+            self.$inner.unmap_behavior()
+        }
+    };
+    (@op flush, $inner:ident, $inline:ident) => {
+        async fn flush(
+            &self,
+            opts: $crate::disk::IoOptions,
+        ) -> ::core::result::Result<(), $crate::error::DiskError> {
+            let inner = &self.$inner;
+            $crate::drive!(self.$inline, inner.flush(opts))
+        }
+    };
+    (@op unmap, $inner:ident, $inline:ident) => {
+        async fn unmap(
+            &self,
+            sector: u64,
+            count: u64,
+            opts: $crate::disk::IoOptions,
+        ) -> ::core::result::Result<(), $crate::error::DiskError> {
+            let inner = &self.$inner;
+            $crate::drive!(self.$inline, inner.unmap(sector, count, opts))
+        }
+    };
+    (@op eject, $inner:ident, $inline:ident) => {
+        async fn eject(&self) -> ::core::result::Result<(), $crate::error::DiskError> {
+            let inner = &self.$inner;
+            $crate::drive!(self.$inline, inner.eject())
+        }
+    };
+    (@op wait_resize, $inner:ident, $inline:ident) => {
+        fn wait_resize(&self, known: u64) -> impl ::core::future::Future<Output = u64> + Send {
+            self.$inner.wait_resize(known)
+        }
+    };
+    (@op persistent_reservations, $inner:ident, $inline:ident) => {
+        fn persistent_reservations(
+            &self,
+        ) -> ::core::option::Option<&dyn $crate::pr::PersistentReservations> {
+            self.$inner.persistent_reservations()
+        }
+    };
+    (@op children, $inner:ident, $inline:ident) => {
+        fn children(&self) -> ::alloc::vec::Vec<(::alloc::string::String, $crate::disk::Disk)> {
+            ::alloc::vec![(::alloc::string::String::from("inner"), self.$inner.clone())]
+        }
+    };
+    (@op supports_write_no_overwrite, $inner:ident, $inline:ident) => {
+        fn supports_write_no_overwrite(&self) -> bool {
+            self.$inner.supports_write_no_overwrite()
+        }
+    };
+    (@op write_no_overwrite, $inner:ident, $inline:ident) => {
+        async fn write_no_overwrite(
+            &self,
+            buf: $crate::sg::SgList<'_>,
+            sector: u64,
+        ) -> ::core::result::Result<(), $crate::error::DiskError> {
+            let inner = &self.$inner;
+            $crate::drive!(self.$inline, inner.write_no_overwrite(buf, sector))
+        }
+    };
+}
+
 /// Awaits a disk operation from inside a composite disk's future.
 ///
 /// `drive!(inline, op)`: if `inline` (the target disk completes on its

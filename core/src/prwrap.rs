@@ -89,9 +89,7 @@
 //!   PREEMPTED) are not generated here; a frontend that wants them can
 //!   compare reports.
 
-use crate::disk::{
-    BoxFuture, Disk, DiskIo, InitiatorId, IoOptions, LayerIo, SectorMarker, UnmapBehavior,
-};
+use crate::disk::{BoxFuture, Disk, DiskIo, InitiatorId, IoOptions, LayerIo, SectorMarker};
 use crate::drive;
 use crate::error::DiskError;
 use crate::pr::{
@@ -690,9 +688,7 @@ impl DiskIo for ReservationsDisk {
         "prwrap"
     }
     crate::forward_geometry!(inner);
-    fn unmap_behavior(&self) -> UnmapBehavior {
-        self.inner.unmap_behavior()
-    }
+    crate::forward_ops!(inner, inline; unmap_behavior, eject, wait_resize, children);
     fn completes_inline(&self) -> bool {
         self.inline
     }
@@ -709,9 +705,6 @@ impl DiskIo for ReservationsDisk {
             ("generation", format!("{}", st.generation)),
             ("aptpl", format!("{}", st.aptpl)),
         ]
-    }
-    fn children(&self) -> Vec<(String, Disk)> {
-        alloc::vec![(String::from("inner"), self.inner.clone())]
     }
     fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
         Some(self)
@@ -741,21 +734,13 @@ impl DiskIo for ReservationsDisk {
         io.finish(drive!(self.inline, inner.unmap(sector, count, opts)))
     }
 
-    async fn eject(&self) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.eject())
-    }
-
-    fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
-        self.inner.wait_resize(known)
-    }
-
     fn as_layer(&self) -> Option<&impl LayerIo> {
         Some(self)
     }
 }
 
 impl LayerIo for ReservationsDisk {
+    crate::forward_ops!(inner, inline; supports_write_no_overwrite, write_no_overwrite);
     async fn read_present(
         &self,
         buf: SgList<'_>,
@@ -769,15 +754,6 @@ impl LayerIo for ReservationsDisk {
             self.inline,
             inner.read_present(buf, sector, marker, opts)
         ))
-    }
-
-    fn supports_write_no_overwrite(&self) -> bool {
-        self.inner.supports_write_no_overwrite()
-    }
-
-    async fn write_no_overwrite(&self, buf: SgList<'_>, sector: u64) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.write_no_overwrite(buf, sector))
     }
 }
 
