@@ -153,7 +153,13 @@ pub trait DiskIo: Send + Sync + 'static {
     fn disk_id(&self) -> Option<[u8; 16]> {
         None
     }
-    /// Whether writes, unmaps and flushes are refused. Fixed.
+    /// Whether writes and unmaps are refused. Fixed.
+    ///
+    /// A flush of a read-only disk succeeds without reaching the disk:
+    /// nothing was written through it, so nothing waits to become durable
+    /// (SBC: a SYNCHRONIZE CACHE range that holds no cached data is not an
+    /// error, and a write-protected logical unit refuses only commands
+    /// that write). A read-only implementation never sees `flush`.
     fn is_read_only(&self) -> bool;
     /// Whether a write with `fua` set is durable when it completes. Fixed.
     fn is_fua_respected(&self) -> bool;
@@ -525,7 +531,7 @@ impl Disk {
     pub fn disk_id(&self) -> Option<[u8; 16]> {
         self.inner.fixed.disk_id
     }
-    /// Whether the disk refuses modification.
+    /// Whether the disk refuses writes and unmaps (a flush succeeds).
     pub fn is_read_only(&self) -> bool {
         self.inner.fixed.read_only
     }
@@ -649,8 +655,12 @@ impl Disk {
         self.inner.io.write_inline(buf.read_only(), sector, opts)
     }
 
-    /// Makes completed writes durable.
+    /// Makes completed writes durable. On a read-only disk this succeeds at
+    /// once without reaching the disk (see [`DiskIo::is_read_only`]).
     pub fn flush(&self, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>> {
+        if self.is_read_only() {
+            return ready(Ok(()));
+        }
         self.inner.io.flush(opts)
     }
 
@@ -912,6 +922,7 @@ pub fn run_inline<T>(fut: impl Future<Output = Result<T, DiskError>>) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::sync::atomic::{AtomicU32, Ordering};
 
     /// A disk whose reads and writes never complete.
     struct Stuck;
@@ -989,5 +1000,68 @@ mod tests {
         let refused = DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0));
         assert_eq!(stuck.read_inline(sg, 0, o), Err(refused.clone()));
         assert_eq!(stuck.write_inline(sg, 0, o), Err(refused));
+    }
+
+    /// A disk whose flush always fails and counts its calls.
+    struct FailingFlush {
+        read_only: bool,
+        flushes: Arc<AtomicU32>,
+    }
+
+    impl DiskIo for FailingFlush {
+        fn kind(&self) -> &'static str {
+            "failing-flush"
+        }
+        fn sector_count(&self) -> u64 {
+            8
+        }
+        fn sector_size(&self) -> u32 {
+            512
+        }
+        fn is_read_only(&self) -> bool {
+            self.read_only
+        }
+        fn is_fua_respected(&self) -> bool {
+            true
+        }
+        fn unmap_behavior(&self) -> UnmapBehavior {
+            UnmapBehavior::Ignored
+        }
+        async fn read(&self, _: SgList<'_>, _: u64, _: IoOptions) -> Result<(), DiskError> {
+            Ok(())
+        }
+        async fn write(&self, _: SgList<'_>, _: u64, _: IoOptions) -> Result<(), DiskError> {
+            Ok(())
+        }
+        async fn flush(&self, _: IoOptions) -> Result<(), DiskError> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            Err(DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 5)))
+        }
+        async fn unmap(&self, _: u64, _: u64, _: IoOptions) -> Result<(), DiskError> {
+            Ok(())
+        }
+    }
+
+    /// A flush of a read-only disk succeeds without reaching the disk; on a
+    /// writable disk it reaches it (and its error comes back).
+    #[test]
+    fn flush_of_a_read_only_disk_succeeds_without_reaching_it() {
+        let o = IoOptions::default();
+        for read_only in [true, false] {
+            let flushes = Arc::new(AtomicU32::new(0));
+            let disk = Disk::new(FailingFlush {
+                read_only,
+                flushes: flushes.clone(),
+            })
+            .unwrap();
+            let r = run_inline(disk.flush(o));
+            let calls = flushes.load(Ordering::Relaxed);
+            if read_only {
+                assert_eq!((r, calls), (Ok(()), 0));
+            } else {
+                let failed = DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 5));
+                assert_eq!((r, calls), (Err(failed), 1));
+            }
+        }
     }
 }

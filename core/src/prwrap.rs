@@ -37,9 +37,10 @@
 //! checks happen in the [`Disk`] handle before this disk sees a request, so
 //! they win over a reservation conflict: malformed requests (partial
 //! sectors, unrepresentable ranges) are refused there, writes and unmaps to
-//! a read-only disk fail with [`DiskError::ReadOnly`], and an unmap on a
-//! disk whose unmap behaviour is `Ignored` is answered there (range check
-//! only, no data changes).
+//! a read-only disk fail with [`DiskError::ReadOnly`], a flush of a
+//! read-only disk succeeds there (it has nothing to make durable), and an
+//! unmap on a disk whose unmap behaviour is `Ignored` is answered there
+//! (range check only, no data changes).
 //!
 //! # PREEMPT AND ABORT
 //! SPC-4 aborts the preempted initiators' outstanding commands. This disk

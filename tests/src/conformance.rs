@@ -520,10 +520,11 @@ pub fn fua_and_flush(disk: &Disk) {
     );
 }
 
-/// A read-only disk refuses writes and unmaps with `ReadOnly` and still
-/// serves reads.
+/// A read-only disk refuses writes and unmaps with `ReadOnly`, still
+/// serves reads, and accepts flushes (nothing waits to become durable).
 pub fn read_only(disk: &Disk) {
     assert!(disk.is_read_only());
+    Want::Ok.check(buf::flush(disk), "flush of a read-only disk");
     let n = disk.sector_count();
     let before = must_read(disk, 0, n.min(4));
     Want::ReadOnly.check(try_write(disk, 0, 1), "write to a read-only disk");
