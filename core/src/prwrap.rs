@@ -4,7 +4,8 @@
 //! [`ReservationsDisk`] wraps a [`Disk`] and implements
 //! [`PersistentReservations`] for it: registrations are keyed by the
 //! [`InitiatorId`] of the request, all six reservation types are supported,
-//! and so are APTPL and REGISTER AND MOVE. OpenVMM's equivalent
+//! and so is REGISTER AND MOVE (persist through power loss is not: the
+//! state is in memory). OpenVMM's equivalent
 //! (`disk_prwrap`) serves a single initiator, lacks the all-registrants
 //! types and never enforces the reservation; this one does.
 //!
@@ -65,11 +66,15 @@
 //!   IGNORE EXISTING KEY (even one that changes nothing), CLEAR, PREEMPT,
 //!   PREEMPT AND ABORT and REGISTER AND MOVE; never by RESERVE, RELEASE or
 //!   a failed request; it restarts at 0 on [`ReservationsDisk::power_loss`].
-//! - APTPL is taken from every successful registration that supplies it.
-//!   The state lives in memory: it survives exactly as long as this object,
-//!   which outlives guest resets. [`ReservationsDisk::power_loss`] models a
-//!   power cycle of the logical unit (registrations and the reservation
-//!   survive it only with APTPL set).
+//! - No persist through power loss: the state lives in memory only, so it
+//!   survives exactly as long as this object (which outlives guest resets)
+//!   and no power cycle. The capabilities say so (`PTPL_C` = 0), and a
+//!   registration or REGISTER AND MOVE that asks to activate APTPL is
+//!   refused with [`DiskError::InvalidInput`] before anything changes
+//!   (SPC-4: ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST); asking for
+//!   it to be off is accepted. [`ReservationsDisk::power_loss`] models a
+//!   power cycle of the logical unit: every registration and the
+//!   reservation are lost.
 //! - PREEMPT: a key identifying the single holder preempts the reservation
 //!   (the holder and every other registrant with that key lose their
 //!   registration, the issuer keeps its own and gets a reservation of the
@@ -111,6 +116,24 @@ use spin::Mutex;
 /// Most initiators that can be registered at once.
 pub const MAX_REGISTRANTS: usize = 256;
 
+/// What [`ReservationsDisk`] supports: every reservation type and REGISTER
+/// AND MOVE, but no persist through power loss (its state is in memory).
+pub const CAPABILITIES: ReservationCapabilities = ReservationCapabilities {
+    persist_through_power_loss: false,
+    ..ReservationCapabilities::ALL
+};
+
+/// Refuses a request to activate APTPL: the state cannot survive a power
+/// loss, so promising it would be a lie.
+fn refuse_aptpl(activate: bool) -> Result<(), DiskError> {
+    if activate {
+        return Err(DiskError::InvalidInput(
+            "APTPL cannot be activated: reservations are kept in memory only and do not persist through power loss",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Registration {
     initiator: InitiatorId,
@@ -144,7 +167,6 @@ impl Reservation {
 #[derive(Default)]
 struct State {
     generation: u32,
-    aptpl: bool,
     /// In registration order.
     registrations: Vec<Registration>,
     reservation: Option<Reservation>,
@@ -249,6 +271,7 @@ impl State {
         new_key: u64,
         aptpl: Option<bool>,
     ) -> Result<(), DiskError> {
+        refuse_aptpl(aptpl == Some(true))?;
         let pos = self.position(initiator);
         // REGISTER checks the current key; REGISTER AND IGNORE EXISTING KEY
         // (`None`) does not.
@@ -264,9 +287,6 @@ impl State {
             (None, key) => self.add(initiator, key)?,
             (Some(i), 0) => self.unregister(i),
             (Some(i), key) => self.registrations[i].key = key,
-        }
-        if let Some(aptpl) = aptpl {
-            self.aptpl = aptpl;
         }
         self.bump();
         Ok(())
@@ -397,6 +417,7 @@ impl State {
         unregister: bool,
         aptpl: bool,
     ) -> Result<(), DiskError> {
+        refuse_aptpl(aptpl)?;
         self.check_key(initiator, key)?;
         if new_key == 0 {
             return Err(DiskError::InvalidInput(
@@ -423,7 +444,6 @@ impl State {
         if unregister && let Some(i) = self.position(initiator) {
             self.unregister(i);
         }
-        self.aptpl = aptpl;
         self.bump();
         Ok(())
     }
@@ -436,7 +456,7 @@ impl State {
                 .reservation
                 .filter(|r| !r.kind.is_all_registrants())
                 .map(|r| r.holder),
-            persist_through_power_loss: self.aptpl,
+            persist_through_power_loss: false,
             registrants: self
                 .registrations
                 .iter()
@@ -495,8 +515,8 @@ pub struct ReservationsDisk {
 }
 
 impl ReservationsDisk {
-    /// Wraps `inner`, with no registrations, no reservation, APTPL off and
-    /// generation 0.
+    /// Wraps `inner`, with no registrations, no reservation and generation
+    /// 0.
     pub fn new(inner: Disk) -> ReservationsDisk {
         ReservationsDisk {
             inline: inner.completes_inline(),
@@ -511,15 +531,13 @@ impl ReservationsDisk {
     }
 
     /// Models a power cycle of the logical unit: the generation restarts at
-    /// 0, and unless APTPL is in effect every registration and the
-    /// reservation are dropped. Requests in flight are not affected.
+    /// 0 and every registration and the reservation are lost (there is no
+    /// persist through power loss). Requests in flight are not affected.
     pub fn power_loss(&self) {
         let mut st = self.state.lock();
         st.generation = 0;
-        if !st.aptpl {
-            st.registrations.clear();
-            st.reservation = None;
-        }
+        st.registrations.clear();
+        st.reservation = None;
     }
 
     /// Admits a request of `access` from `initiator`, or refuses it.
@@ -612,7 +630,7 @@ impl Future for Drain<'_> {
 
 impl PersistentReservations for ReservationsDisk {
     fn capabilities(&self) -> ReservationCapabilities {
-        ReservationCapabilities::ALL
+        CAPABILITIES
     }
 
     fn report(&self) -> BoxFuture<'_, Result<ReservationReport, DiskError>> {
@@ -704,7 +722,6 @@ impl DiskIo for ReservationsDisk {
             ("reservation", reservation),
             ("registrants", format!("{}", st.registrations.len())),
             ("generation", format!("{}", st.generation)),
-            ("aptpl", format!("{}", st.aptpl)),
         ]
     }
     fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
