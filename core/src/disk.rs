@@ -551,6 +551,28 @@ impl Disk {
     pub fn completes_inline(&self) -> bool {
         self.inner.fixed.inline
     }
+    /// Runs `op` on this disk in place if it [completes
+    /// inline](Disk::completes_inline): `Some` of its result, with no future
+    /// built or stored. `None`, with `op` not called, on a disk whose
+    /// operations may wait: the caller awaits (or keeps) the operation's
+    /// future instead. See [`if_inline`].
+    ///
+    /// ```
+    /// use parastor_core::ram::RamDisk;
+    /// use parastor_core::{Disk, GpaRange, IoOptions, RamGuestMemory, SgList};
+    ///
+    /// let disk = Disk::new(RamDisk::new(4096, 512).unwrap()).unwrap();
+    /// let mem = RamGuestMemory::new(512);
+    /// let range = [GpaRange::new(0, 512)];
+    /// let buf = SgList::new(&mem, &range, true).unwrap();
+    /// // A RAM disk completes inline: the read ran, no future was built.
+    /// // (On a disk that waits this is `None`: await `disk.read(..)`.)
+    /// let now = disk.run_now(|d| d.read_inline(buf, 0, IoOptions::default()));
+    /// assert_eq!(now, Some(Ok(())));
+    /// ```
+    pub fn run_now<T>(&self, op: impl FnOnce(&Disk) -> T) -> Option<T> {
+        if_inline(self.completes_inline(), || op(self))
+    }
     /// The persistent-reservation interface, if any.
     pub fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
         self.inner.io.persistent_reservations()
@@ -868,55 +890,78 @@ macro_rules! forward_ops {
 /// Awaits a disk operation from inside a composite disk's future.
 ///
 /// `drive!(inline, op)`: if `inline` (the target disk completes on its
-/// first poll), `op` runs to completion right here and its future is never
-/// stored in the caller's state; otherwise it is boxed and awaited. Either
-/// way the caller's own future stays small enough to live inline in an
-/// [`IoFuture`], which keeps RAM and layered stacks free of per-I/O heap
-/// allocation. Use inside `async` code only.
+/// first poll), `op` runs to completion right here, through [`if_inline`],
+/// and its future is never stored in the caller's state; otherwise it is
+/// boxed and awaited. Either way the caller's own future stays small enough
+/// to live inline in an [`IoFuture`], which keeps RAM and layered stacks
+/// free of per-I/O heap allocation. Use inside `async` code only.
 ///
 /// Reads, writes and layer reads of inline disks go through the disk's
 /// synchronous twins ([`Disk::read_inline`], …), so no future is built for
-/// them at all.
+/// them at all; any other operation is polled once in place
+/// ([`run_inline`]).
 #[macro_export]
 macro_rules! drive {
     ($inline:expr, $disk:ident . read ( $($arg:expr),* $(,)? )) => {
-        if $inline {
-            $disk.read_inline($($arg),*)
-        } else {
-            ::alloc::boxed::Box::pin($disk.read($($arg),*)).await
-        }
+        $crate::drive!(@twin $inline, $disk, read, read_inline, $($arg),*)
     };
     ($inline:expr, $disk:ident . write ( $($arg:expr),* $(,)? )) => {
-        if $inline {
-            $disk.write_inline($($arg),*)
-        } else {
-            ::alloc::boxed::Box::pin($disk.write($($arg),*)).await
-        }
+        $crate::drive!(@twin $inline, $disk, write, write_inline, $($arg),*)
     };
     ($inline:expr, $disk:ident . read_present ( $($arg:expr),* $(,)? )) => {
-        if $inline {
-            $disk.read_present_inline($($arg),*)
-        } else {
-            ::alloc::boxed::Box::pin($disk.read_present($($arg),*)).await
+        $crate::drive!(@twin $inline, $disk, read_present, read_present_inline, $($arg),*)
+    };
+    (@twin $inline:expr, $disk:ident, $op:ident, $twin:ident, $($arg:expr),*) => {
+        match $crate::disk::if_inline($inline, || $disk.$twin($($arg),*)) {
+            ::core::option::Option::Some(result) => result,
+            ::core::option::Option::None => ::alloc::boxed::Box::pin($disk.$op($($arg),*)).await,
         }
     };
     ($inline:expr, $op:expr) => {
-        if $inline {
-            $crate::disk::run_inline($op)
-        } else {
-            ::alloc::boxed::Box::pin($op).await
+        match $crate::disk::if_inline($inline, || $crate::disk::run_inline($op)) {
+            ::core::option::Option::Some(result) => result,
+            ::core::option::Option::None => ::alloc::boxed::Box::pin($op).await,
         }
     };
 }
 
-/// Polls `fut` once and returns its result; a future that is not ready
-/// breaks the inline contract and yields an error instead of a hang.
-pub fn run_inline<T>(fut: impl Future<Output = Result<T, DiskError>>) -> Result<T, DiskError> {
+/// The one place the inline decision is made: runs `op` in place and
+/// returns `Some` of its result if `inline` (the disk completes every
+/// operation on its first poll, [`Disk::completes_inline`]); otherwise
+/// returns `None` without calling `op`, and the caller builds and keeps the
+/// operation's future instead.
+///
+/// `op` is a synchronous twin ([`Disk::read_inline`], [`Disk::write_inline`],
+/// [`Disk::read_present_inline`]) or any future polled in place with
+/// [`run_inline`] / [`poll_inline`]. [`drive!`](crate::drive) (composites)
+/// and [`Disk::run_now`] (frontends) are built on it.
+#[inline]
+pub fn if_inline<T>(inline: bool, op: impl FnOnce() -> T) -> Option<T> {
+    if inline { Some(op()) } else { None }
+}
+
+/// The error of an operation that did not finish on its first poll on a
+/// disk that promised it would ([`Disk::completes_inline`]): a device
+/// failure rather than a hang.
+pub const BROKEN_INLINE: DiskError = DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0));
+
+/// Polls `fut` once, in place, and returns its output; a future that is not
+/// ready breaks the inline contract and yields [`BROKEN_INLINE`] instead of
+/// a hang. For futures whose output is not a disk result (a frontend's
+/// whole command); disk operations use [`run_inline`].
+pub fn poll_inline<F: Future>(fut: F) -> Result<F::Output, DiskError> {
     let fut = pin!(fut);
     match fut.poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(r) => r,
-        Poll::Pending => Err(DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0))),
+        Poll::Ready(out) => Ok(out),
+        Poll::Pending => Err(BROKEN_INLINE),
     }
+}
+
+/// Polls the disk operation `fut` once and returns its result; a future
+/// that is not ready breaks the inline contract and yields
+/// [`BROKEN_INLINE`] instead of a hang.
+pub fn run_inline<T>(fut: impl Future<Output = Result<T, DiskError>>) -> Result<T, DiskError> {
+    poll_inline(fut)?
 }
 
 #[cfg(test)]
@@ -997,9 +1042,43 @@ mod tests {
         // A disk that would wait is refused, not blocked on.
         let stuck = Disk::new(Stuck).unwrap();
         assert!(!stuck.completes_inline());
-        let refused = DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0));
+        let refused = BROKEN_INLINE;
         assert_eq!(stuck.read_inline(sg, 0, o), Err(refused.clone()));
         assert_eq!(stuck.write_inline(sg, 0, o), Err(refused));
+    }
+
+    /// The inline decision: run in place on an inline disk, leave the
+    /// operation alone (not even built) on one that waits, and turn a
+    /// broken promise into an error.
+    #[test]
+    fn run_now_decides_once() {
+        use crate::memory::RamGuestMemory;
+        use crate::ram::RamDisk;
+        use crate::sg::GpaRange;
+        let mem = RamGuestMemory::new(4096);
+        let r = [GpaRange::new(0, 512)];
+        let sg = SgList::new(&mem, &r, true).unwrap();
+        let o = IoOptions::default();
+
+        let ram = Disk::new(RamDisk::new(8192, 512).unwrap()).unwrap();
+        assert_eq!(ram.run_now(|d| d.read_inline(sg, 1, o)), Some(Ok(())));
+        assert_eq!(
+            ram.run_now(|d| run_inline(d.flush(o))),
+            Some(Ok(())),
+            "any operation, polled in place"
+        );
+
+        let stuck = Disk::new(Stuck).unwrap();
+        let mut called = false;
+        assert_eq!(stuck.run_now(|_| called = true), None);
+        assert!(!called, "a disk that waits runs nothing in place");
+        assert_eq!(if_inline(false, || unreachable!("not inline")), None::<()>);
+
+        // Polling in place: a future that waits is a broken promise.
+        let pending = poll_inline(core::future::pending::<u8>());
+        assert_eq!(pending, Err(BROKEN_INLINE));
+        assert_eq!(poll_inline(core::future::ready(7u8)), Ok(7));
+        assert_eq!(run_inline(stuck.read(sg, 0, o)), Err(BROKEN_INLINE));
     }
 
     /// A disk whose flush always fails and counts its calls.
