@@ -7,7 +7,7 @@
 use parastor_core::{InitiatorId, ReservationsDisk};
 use parastor_tests::buf::{Layout, TestBuf, block_on};
 use parastor_tests::stacks::{disk, ram_disk};
-use parastor_translation::scsi::{DiskParams, ScsiDisk, ScsiResult};
+use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult};
 
 const GOOD: u8 = 0x00;
 const CHECK_CONDITION: u8 = 0x02;
