@@ -5,9 +5,9 @@
 //! anything (SPC-4). Service actions that ignore APTPL still ignore it.
 
 use parastor_core::{InitiatorId, ReservationsDisk};
+use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult};
 use parastor_tests::buf::{Layout, TestBuf, block_on};
 use parastor_tests::stacks::{disk, ram_disk};
-use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult};
 
 const GOOD: u8 = 0x00;
 const CHECK_CONDITION: u8 = 0x02;

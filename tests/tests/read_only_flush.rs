@@ -4,10 +4,10 @@
 
 use parastor_core::layered::LayeredDisk;
 use parastor_core::{InitiatorId, IoOptions};
+use parastor_scsi::{DiskParams, ScsiDisk};
 use parastor_tests::buf::{TestBuf, block_on};
 use parastor_tests::doubles::{Call, TestDisk};
 use parastor_tests::stacks::{disk, layer, ram_disk};
-use parastor_scsi::{DiskParams, ScsiDisk};
 
 /// SCSI status GOOD.
 const GOOD: u8 = 0x00;
