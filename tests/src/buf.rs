@@ -264,9 +264,7 @@ pub fn flush(disk: &Disk) -> Result<(), DiskError> {
 ///
 /// Each sector starts with its own sector number and the seed, so a sector
 /// that lands in the wrong place is recognisable in a failure message, and
-/// the rest of the sector is a seed- and sector-dependent byte stream
-/// (eight bytes per generator step: the fuzz harnesses write megabytes of
-/// it, and a byte per step dominated their run time).
+/// the rest of the sector is a seed- and sector-dependent byte stream.
 pub fn pattern(seed: u64, sector: u64, count: u64, sector_size: u32) -> Vec<u8> {
     let ss = sector_size as usize;
     let mut out = vec![0u8; count as usize * ss];
@@ -274,13 +272,8 @@ pub fn pattern(seed: u64, sector: u64, count: u64, sector_size: u32) -> Vec<u8> 
         let s = sector.wrapping_add(i as u64);
         chunk[..8].copy_from_slice(&s.to_le_bytes());
         chunk[8..16].copy_from_slice(&seed.to_le_bytes());
-        let mut x = seed ^ s.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
-        for word in chunk[16..].chunks_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
-        }
+        fastrand::Rng::with_seed(seed ^ s.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .fill(&mut chunk[16..]);
     }
     out
 }

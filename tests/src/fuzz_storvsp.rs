@@ -29,8 +29,9 @@
 //!   and never stepped again (only a reopen, after [`Controller::reset`],
 //!   serves the rings again, with a new worker);
 //! - controller B, on its own guest memory, is unaffected: whenever a
-//!   channel of A died, B must still negotiate (to `Ready`) and serve a
-//!   WRITE and a READ of the same block, returning the bytes written.
+//!   channel of A died, B (driven by the emulated [`Storvsc`], as current
+//!   Linux) must still negotiate and serve a WRITE and a READ of the same
+//!   block, returning the bytes written.
 //!
 //! # Reuse between inputs
 //!
@@ -69,26 +70,29 @@
 //! [`StorvspChannel`]: parastor_storvsp::StorvspChannel
 //! [`StorvspError`]: parastor_storvsp::StorvspError
 //! [`Controller::reset`]: parastor_storvsp::Controller::reset
+//! [`Storvsc`]: parastor_emulated::Storvsc
 
 use crate::scratch::ScratchMemory;
 use crate::stacks::ram_disk;
 use arbitrary::{Arbitrary, Unstructured};
 use core::task::{Context, Waker};
-use parastor_core::{GuestMemory, InitiatorId};
+use parastor_core::{GpaRange, GuestMemory, InitiatorId};
+use parastor_emulated::storvsc::{Data, Srb};
+use parastor_emulated::{GuestConfig, Profile, Storvsc};
 use parastor_hw::storvsp::{
     FLAG_REQUEST_COMPLETION, NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader, ProtocolVersion,
     RequestSize, SCSI_REQUEST_LEN_PRE_WIN8, SCSI_REQUEST_LEN_WIN8, ScsiRequest, VERSION_BLUE,
-    VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10, data_direction, srb_status,
+    VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10,
 };
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
-use parastor_storvsp::{Controller, ControllerConfig, NegotiationState, ScsiPath, StorvspChannel};
+use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
 use parastor_vmbus::{
-    Channel, GpaDirectRange, OutgoingKind, OutgoingPacket, PacketKind, PacketRef, RingRegion,
-    RingWriter, Signal, init_ring,
+    Channel, GpaDirectRange, OutgoingKind, OutgoingPacket, PacketRef, RingRegion, RingWriter,
+    Signal, init_ring,
 };
 use std::sync::Arc;
 use zerocopy::little_endian::{U16, U32};
-use zerocopy::{FromBytes, FromZeros, IntoBytes};
+use zerocopy::{FromZeros, IntoBytes};
 
 /// Most actions one input runs.
 const MAX_STEPS: usize = 64;
@@ -778,11 +782,10 @@ fn srb(rig: &Rig, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     Ok(())
 }
 
-/// Controller B, on its own guest memory, negotiates (Windows 8, one
-/// channel) to `Ready` and serves a WRITE and then a READ of the same
-/// block, which returns the bytes written. The guest sends the whole
-/// negotiation and the WRITE at once (the host serves them in ring order)
-/// and checks every completion.
+/// Controller B, on its own guest memory, is connected to by the emulated
+/// [`Storvsc`] (as current Linux: negotiation and a bus scan, each reply
+/// checked as that driver checks it) and serves a WRITE and a READ of the
+/// same block, which returns the bytes written.
 fn check_other_controller(what: &dyn Fn() -> String) {
     let rig = Rig::new(
         Controller::new(ControllerConfig::default()),
@@ -794,137 +797,27 @@ fn check_other_controller(what: &dyn Fn() -> String) {
     rig.controller
         .attach(ScsiPath::new(0, 0, 0), disk)
         .expect("an empty controller");
-    let mut w = Workers {
-        channels: vec![rig.host(0)],
-        died: false,
+    let (Some(channel), Some(host)) = (rig.guest(0), rig.host(0)) else {
+        panic!("controller B's new rings are broken\n{}", what());
     };
-    let mut g = rig.guest(0).expect("new rings");
-    let size = RequestSize::Win8;
-    let mut payload = [0u8; SCSI_REQUEST_LEN_WIN8];
-    let version = ProtocolVersion::new(VERSION_WIN8);
-    payload[..size_of::<ProtocolVersion>()].copy_from_slice(version.as_bytes());
-    let steps = [
-        Operation::BeginInitialization,
-        Operation::QueryProtocolVersion,
-        Operation::QueryProperties,
-        Operation::EndInitialization,
-    ];
-    for (tid, op) in (1..).zip(steps) {
-        let len = if op == Operation::QueryProtocolVersion {
-            SCSI_REQUEST_LEN_PRE_WIN8
-        } else {
-            size.request_len()
-        };
-        let p = if op == Operation::QueryProtocolVersion {
-            &payload[..len]
-        } else {
-            &[0; SCSI_REQUEST_LEN_WIN8][..len]
-        };
-        send(&mut g, tid, &StorvspPacket::request(op, p));
-    }
+    let data = GpaRange::new(DATA_PFN * PAGE, MEM_SIZE - DATA_PFN * PAGE);
+    let mut guest = Storvsc::new(GuestConfig::new(Profile::LinuxCurrent), channel, host, data);
+    guest
+        .connect()
+        .unwrap_or_else(|e| panic!("controller B did not negotiate: {e}\n{}", what()));
     let block: [u8; 512] = core::array::from_fn(|i| (i * 7 + 3) as u8);
-    let (out_pfn, in_pfn) = (DATA_PFN, DATA_PFN + 1);
-    rig.mem
-        .write(out_pfn * PAGE, &block)
-        .expect("the data area is in memory");
     let write10 = [0x2A, 0, 0, 0, 0, 3, 0, 0, 1, 0];
-    send_other_srb(&mut g, 10, &write10, data_direction::WRITE, out_pfn);
-    w.pump(what);
-    for (tid, op) in (1..).zip(steps) {
-        let (header, _) = other_completion(&mut g, tid, what);
-        assert_eq!(
-            header.status,
-            NtStatus::SUCCESS,
-            "controller B refused {op:?}\n{}",
-            what()
-        );
-    }
-    assert_eq!(
-        rig.controller.state(),
-        NegotiationState::Ready,
-        "controller B did not negotiate: {:?}\n{}",
-        rig.controller,
-        what()
-    );
-    check_other_srb(&mut g, 10, &write10, what);
+    let r = guest
+        .srb(&Srb::new(0, &write10, Data::Out(&block)))
+        .unwrap_or_else(|e| panic!("controller B WRITE failed: {e}\n{}", what()));
+    assert!(r.is_good(), "controller B WRITE: {r:?}\n{}", what());
     let read10 = [0x28, 0, 0, 0, 0, 3, 0, 0, 1, 0];
-    send_other_srb(&mut g, 11, &read10, data_direction::READ, in_pfn);
-    w.pump(what);
-    check_other_srb(&mut g, 11, &read10, what);
-    let mut back = [0u8; 512];
-    rig.mem
-        .read(in_pfn * PAGE, &mut back)
-        .expect("the data area is in memory");
+    let r = guest
+        .srb(&Srb::new(0, &read10, Data::In(512)))
+        .unwrap_or_else(|e| panic!("controller B READ failed: {e}\n{}", what()));
     assert!(
-        back == block,
-        "controller B READ returned other bytes than written\n{}",
-        what()
-    );
-}
-
-/// Sends controller B a 512-byte `EXECUTE_SRB` for `cdb` with its data in
-/// page `pfn`.
-fn send_other_srb(g: &mut Channel<'_>, tid: u64, cdb: &[u8], data_in: u8, pfn: u64) {
-    let mut r = ScsiRequest::new_zeroed();
-    r.length = U16::new(SCSI_REQUEST_LEN_WIN8 as u16);
-    r.cdb_length = cdb.len() as u8;
-    r.sense_info_ex_length = 0x14;
-    r.data_in = data_in;
-    r.data_transfer_length = U32::new(512);
-    r.payload[..cdb.len()].copy_from_slice(cdb);
-    let packet = StorvspPacket::request(Operation::ExecuteSrb, r.as_bytes());
-    let range = [GpaDirectRange {
-        byte_offset: 0,
-        byte_count: 512,
-        pfns: &[pfn],
-    }];
-    g.write_gpa_direct(tid, true, &range, packet.as_bytes())
-        .expect("controller B's ring has room");
-}
-
-/// Reads controller B's next packet, which must be the completion of
-/// `tid`: its header and the request after it.
-fn other_completion(
-    g: &mut Channel<'_>,
-    tid: u64,
-    what: &dyn Fn() -> String,
-) -> (PacketHeader, ScsiRequest) {
-    let mut reply = PacketRef::empty();
-    let got = g.take_packet_into(&mut reply);
-    g.publish_reads().expect("controller B's rings");
-    assert!(
-        matches!(got, Ok(true)),
-        "controller B did not complete request {tid} ({got:?})\n{}",
-        what()
-    );
-    let header = PacketHeader::read_from_prefix(reply.payload())
-        .map(|(h, _)| h)
-        .unwrap_or_else(|_| panic!("controller B's completion is short\n{}", what()));
-    assert!(
-        reply.kind == PacketKind::Completion
-            && reply.transaction_id == tid
-            && header.operation() == Some(Operation::CompleteIo),
-        "controller B answered request {tid} with a {:?} packet for {}: {header:?}\n{}",
-        reply.kind,
-        reply.transaction_id,
-        what()
-    );
-    let mut request = ScsiRequest::new_zeroed();
-    let body = reply.payload().get(PACKET_HEADER_LEN..).unwrap_or(&[]);
-    let n = body.len().min(SCSI_REQUEST_LEN_WIN8);
-    request.as_mut_bytes()[..n].copy_from_slice(&body[..n]);
-    (header, request)
-}
-
-/// Reads controller B's completion of SRB `tid`, which must have
-/// succeeded and moved all 512 bytes.
-fn check_other_srb(g: &mut Channel<'_>, tid: u64, cdb: &[u8], what: &dyn Fn() -> String) {
-    let (header, done) = other_completion(g, tid, what);
-    assert!(
-        header.status == NtStatus::SUCCESS
-            && srb_status::code(done.srb_status) == srb_status::SUCCESS
-            && done.data_transfer_length.get() == 512,
-        "controller B's SRB {tid} (cdb {cdb:02x?}) failed: {header:?} {done:?}\n{}",
+        r.is_good() && r.transferred() == block,
+        "controller B READ: {r:?}\n{}",
         what()
     );
 }

@@ -25,4 +25,3 @@ pub mod fuzz_storvsp;
 pub mod model;
 pub mod scratch;
 pub mod stacks;
-pub mod storvsc;

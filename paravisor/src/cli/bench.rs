@@ -1,7 +1,7 @@
 //! `parastor disk bench`: IOPS and throughput at queue depth 1.
 
 use super::CliError;
-use super::rng::Rng;
+use super::rng::{Rng, RngExt, seeded};
 use futures::executor::block_on;
 use parastor_core::{Disk, GpaRange, IoOptions, LocalMemory, SgList};
 use std::fmt;
@@ -103,7 +103,7 @@ impl fmt::Display for BenchResult {
 
 /// Runs every test of [`TESTS`] on `disk`.
 pub fn run(disk: &Disk, options: &BenchOptions) -> Result<Vec<BenchResult>, CliError> {
-    let mut rng = Rng::new(options.seed);
+    let mut rng = seeded(options.seed);
     TESTS
         .iter()
         .map(|test| run_test(disk, test, options, &mut rng))
@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn runs_every_test() {
-        let disk = spec::build("mem:1M").unwrap();
+        let disk = spec::build_spec("mem:1M").unwrap();
         let options = BenchOptions {
             duration: Duration::from_millis(20),
             writes: true,
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn skips_what_cannot_run() {
-        let disk = spec::build("mem:64K").unwrap();
+        let disk = spec::build_spec("mem:64K").unwrap();
         let options = BenchOptions {
             duration: Duration::from_millis(5),
             writes: false,
