@@ -17,9 +17,10 @@
 //!   SENSE returns its sense data in the buffer, with GOOD);
 //! - after a GOOD WRITE(6/10/12/16) of N blocks at LBA, READ(16) of that
 //!   range by the same initiator is GOOD and returns the bytes written;
-//! - a GOOD REQUEST SENSE returns the sense of the last CHECK CONDITION (or
-//!   NO SENSE if it was already reported), unless it reports the capacity
-//!   change unit attention instead.
+//! - a GOOD REQUEST SENSE returns the sense of the initiator's last CHECK
+//!   CONDITION (or NO SENSE if it was already reported, by REQUEST SENSE
+//!   or by autosense), unless it reports the capacity change unit
+//!   attention instead.
 //!
 //! # Input format
 //!
@@ -27,9 +28,11 @@
 //! seeds can be written by hand: a `Header` (7 bytes when its options are
 //! `None`), then steps until the input runs out. A step starts with a kind
 //! byte: `kind % 16 == 15` is a resize (`u16` LE sector count, modulo twice
-//! the initial size plus one); anything else is a command: a `CmdHeader`
-//! (7 bytes), one `RangeSpec` (3 bytes) per range, the CDB bytes, then the
-//! payload bytes. The buffer holds the payload, then `fill` bytes.
+//! the initial size plus one); anything else is a command (bit 4: try
+//! `execute_now` first; bit 5: its sense is delivered by autosense): a
+//! `CmdHeader` (7 bytes), one `RangeSpec` (3 bytes) per range, the CDB
+//! bytes, then the payload bytes. The buffer holds the payload, then
+//! `fill` bytes.
 
 use crate::buf::TestBuf;
 use crate::stacks::{disk, layer, ram};
@@ -38,7 +41,7 @@ use futures::executor::block_on;
 use parastor_core::layered::LayeredDisk;
 use parastor_core::memory::GuestMemory;
 use parastor_core::{Disk, GpaRange, InitiatorId, ReservationsDisk};
-use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult};
+use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult, SenseDelivery};
 
 /// Most steps one input runs.
 const MAX_STEPS: usize = 48;
@@ -338,12 +341,17 @@ pub fn scsi_cdb(data: &[u8]) {
         let initiator = InitiatorId::new(who as u128);
         let len = buffer.buf.len();
         let sg = buffer.buf.sg(writable);
+        let delivery = if kind & 0x20 != 0 {
+            SenseDelivery::Autosense
+        } else {
+            SenseDelivery::RequestSense
+        };
         // Half the commands try the future-less path first; it must keep
         // every property `execute` does.
         let now = (kind & 0x10 != 0)
-            .then(|| scsi.execute_now(&cdb, &sg, initiator))
+            .then(|| scsi.execute_now(&cdb, &sg, initiator, delivery))
             .flatten();
-        let r = now.unwrap_or_else(|| block_on(scsi.execute(&cdb, sg, initiator)));
+        let r = now.unwrap_or_else(|| block_on(scsi.execute(&cdb, sg, initiator, delivery)));
         let what = || {
             format!(
                 "step {step}: cdb {cdb:02x?}, buffer {len} bytes in {:?} (memory {} bytes, writable {writable}), initiator {}, capacity {} x {ss}\nheader {h:?}",
@@ -355,7 +363,13 @@ pub fn scsi_cdb(data: &[u8]) {
         };
         check_result(&r, len, &what);
         match r.status {
-            CHECK_CONDITION => stored[who] = Some(r.sense.map(|s| (s.key, s.asc, s.ascq))),
+            // Sense delivered by autosense is not kept: NO SENSE is.
+            CHECK_CONDITION => {
+                stored[who] = Some(match delivery {
+                    SenseDelivery::Autosense => None,
+                    SenseDelivery::RequestSense => r.sense.map(|s| (s.key, s.asc, s.ascq)),
+                })
+            }
             GOOD if cdb.first() == Some(&0x03) => {
                 let desc = cdb[1] & 1 != 0;
                 let got = buffer.load();
@@ -397,7 +411,7 @@ fn check_readback(
     cdb[10..14].copy_from_slice(&(blocks as u32).to_be_bytes());
     let buf = TestBuf::contiguous(want.len());
     buf.fill(0xA5);
-    let r = block_on(scsi.execute(&cdb, buf.sg(true), initiator));
+    let r = block_on(scsi.execute(&cdb, buf.sg(true), initiator, SenseDelivery::RequestSense));
     assert!(
         r.status == GOOD && r.tx == want.len(),
         "READ(16) after a GOOD WRITE of {blocks} blocks at {lba}: {r:?}\n{}",

@@ -178,6 +178,43 @@ fn older_guests_settle_on_older_versions_without_sub_channels() {
     }
 }
 
+/// The sense of a failed command comes back in its completion
+/// (autosense), so REQUEST SENSE afterwards has nothing left to report
+/// (SPC clears delivered sense): on both disks and the DVD, at Windows 8+
+/// and pre-Windows 8 request sizes.
+#[test]
+fn autosense_is_not_reported_again_by_request_sense() {
+    for profile in [Profile::linux(0), Profile::versions(&[VERSION_WIN7])] {
+        let (c, _l) = controller(0);
+        let host = StorvscHost::new(c, 16 << 20);
+        let mut vsc = Storvsc::connect(&host, &profile).unwrap();
+        for lun in [L512, L4K, LDVD] {
+            let block = if lun == LDVD {
+                DVD_SS as usize
+            } else {
+                ss_of(lun)
+            };
+            let r = vsc
+                .srb(&Srb::new(lun, &rw10(op::READ10, 5000, 1), Data::In(block)))
+                .unwrap();
+            check(&r, sense_key::ILLEGAL_REQUEST);
+            assert_ne!(r.srb_status & srb_status::AUTOSENSE_VALID, 0, "{r:?}");
+            let s = r.sense_data().unwrap();
+            assert_eq!((s.asc, s.ascq), (0x21, 0), "LBA OUT OF RANGE: {r:?}");
+            let rs = [op::REQUEST_SENSE, 0, 0, 0, 18, 0];
+            let r = vsc.srb(&Srb::new(lun, &rs, Data::In(18))).unwrap();
+            good(&r);
+            assert_eq!(r.data_transfer_length, 18);
+            assert_eq!(
+                (r.data[2] & 0xF, r.data[12], r.data[13]),
+                (sense_key::NO_SENSE, 0, 0),
+                "LUN {lun}, version {:#x}: {r:?}",
+                vsc.version()
+            );
+        }
+    }
+}
+
 #[test]
 fn no_acceptable_version_fails_cleanly() {
     let (c, _l) = controller(0);

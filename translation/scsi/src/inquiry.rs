@@ -38,12 +38,19 @@ pub(crate) fn standard_inquiry(
     }
 }
 
-/// Appends a VPD 0x83 T10 vendor ID designator (ASCII): the 8-byte
-/// vendor identification, then the 16-byte device id.
+/// Appends a VPD 0x83 T10 vendor ID designator: the 8-byte vendor
+/// identification, then the 16-byte device id.
+///
+/// The code set is binary (1), as OpenHCL reports it: the vendor-specific
+/// part is a GUID's raw bytes, not ASCII graphic characters (20h-7Eh), so
+/// code set 2 (ASCII) would misdescribe it, and initiators that trust the
+/// code set (udev's `scsi_id` copies an ASCII designator verbatim but
+/// hex-encodes a binary one) would build identifiers from unprintable
+/// bytes.
 pub(crate) fn push_t10_designator(body: &mut Vec<u8>, vendor: &[u8; 8], id: &[u8; 16]) {
     body.extend_from_slice(
         DesignatorHeader {
-            code_set: 2,
+            code_set: 1,
             kind: 1,
             reserved: 0,
             len: 24,

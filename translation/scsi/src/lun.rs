@@ -1,11 +1,12 @@
 //! [`Lun`]: what a SCSI transport addresses.
 
-use crate::ScsiResult;
 use crate::disk::ScsiDisk;
 use crate::dvd::ScsiDvd;
+use crate::{ScsiResult, SenseDelivery};
 use alloc::sync::Arc;
 use core::fmt;
 use parastor_core::{InitiatorId, SgList};
+use parastor_hw::scsi::mmc;
 
 /// One logical unit a SCSI transport can address: a disk or a DVD drive.
 ///
@@ -27,10 +28,11 @@ impl Lun {
         cdb: &[u8],
         data: SgList<'_>,
         initiator: InitiatorId,
+        delivery: SenseDelivery,
     ) -> ScsiResult {
         match self {
-            Lun::Disk(d) => d.execute(cdb, data, initiator).await,
-            Lun::Dvd(d) => d.execute(cdb, data, initiator).await,
+            Lun::Disk(d) => d.execute(cdb, data, initiator, delivery).await,
+            Lun::Dvd(d) => d.execute(cdb, data, initiator, delivery).await,
         }
     }
 
@@ -53,10 +55,31 @@ impl Lun {
         cdb: &[u8],
         data: &SgList<'_>,
         initiator: InitiatorId,
+        delivery: SenseDelivery,
     ) -> Option<ScsiResult> {
         match self {
-            Lun::Disk(d) => d.execute_now(cdb, data, initiator),
+            Lun::Disk(d) => d.execute_now(cdb, data, initiator, delivery),
             Lun::Dvd(_) => None,
+        }
+    }
+
+    /// The size of the logical blocks commands address, in bytes: the
+    /// disk's sector size, or the DVD's 2048-byte block.
+    pub fn block_size(&self) -> u32 {
+        match self {
+            Lun::Disk(d) => d.disk().sector_size(),
+            Lun::Dvd(_) => mmc::BLOCK_SIZE,
+        }
+    }
+
+    /// Tells the device its transport's limit on one command's data, in
+    /// bytes; see [`ScsiDisk::limit_transfer`]. A DVD drive reports no
+    /// transfer limit (it has no block limits page) and reads what the
+    /// request's buffer holds, so it has nothing to lower.
+    pub fn limit_transfer(&self, bytes: u32) {
+        match self {
+            Lun::Disk(d) => d.limit_transfer(bytes),
+            Lun::Dvd(_) => {}
         }
     }
 

@@ -16,7 +16,7 @@ use parastor_hw::storvsp::{
     ParseError, ProtocolVersion, RequestSize, ScsiRequest, data_direction, parse_packet, srb_flags,
     srb_status,
 };
-use parastor_scsi::{Lun, ScsiResult, disk_error_result};
+use parastor_scsi::{Lun, ScsiResult, SenseDelivery, disk_error_result};
 use parastor_vmbus::{
     Channel, OutgoingKind, PacketKind, PacketRef, Reservation, RingError, Signal,
 };
@@ -591,6 +591,7 @@ impl<'a> StorvspChannel<'a> {
             return Ok(self.report_luns(cdb, path, mem, ranges, len));
         }
         let initiator = self.controller.config.initiator;
+        let delivery = sense_delivery(request, self.controller.request_size());
         let Some(disk) = cached_lun(&self.controller, &mut self.last_lun, path) else {
             return Ok(missing_lun(cdb, mem, ranges, len));
         };
@@ -600,11 +601,11 @@ impl<'a> StorvspChannel<'a> {
             // finish on the first poll; if it breaks that promise the
             // command fails as a device error (as a composite's `drive!`
             // does) instead of hanging the channel.
-            if let Some(r) = disk.execute_now(cdb, &sg, initiator) {
+            if let Some(r) = disk.execute_now(cdb, &sg, initiator, delivery) {
                 // READ / WRITE: no future at all.
                 return Ok(SrbAnswer::Scsi(r));
             }
-            let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator));
+            let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator, delivery));
             return Ok(SrbAnswer::Scsi(match fut.as_mut().poll(cx) {
                 Poll::Ready(r) => r,
                 Poll::Pending => {
@@ -622,7 +623,10 @@ impl<'a> StorvspChannel<'a> {
                 .and_then(|sg| sg.subrange(0, len))
                 .ok()?;
             let disk: Lun = disk;
-            Some(disk.execute(&cdb_buf[..cdb_len], sg, initiator).await)
+            Some(
+                disk.execute(&cdb_buf[..cdb_len], sg, initiator, delivery)
+                    .await,
+            )
         });
         match future.as_mut().poll(cx) {
             Poll::Ready(result) => Ok(SrbAnswer::of(result)),
@@ -696,6 +700,22 @@ fn cached_lun<'l>(
         *last = controller.lun(path).map(|lun| (generation, path, lun));
     }
     last.as_ref().map(|(_, _, lun)| lun)
+}
+
+/// How `request`'s CHECK CONDITION sense reaches the guest: in its
+/// completion (autosense) when autosense is on — always before Windows 8,
+/// else unless the request sets `DISABLE_AUTOSENSE` — and the request has
+/// a sense buffer; otherwise only through REQUEST SENSE. This is the rule
+/// [`srb_completion`] applies when it fills the completion's sense.
+fn sense_delivery(request: &ScsiRequest, size: RequestSize) -> SenseDelivery {
+    let enabled =
+        size == RequestSize::PreWin8 || request.srb_flags.get() & srb_flags::DISABLE_AUTOSENSE == 0;
+    let room = usize::from(request.sense_info_ex_length).min(size.sense_buffer_len());
+    if enabled && room > 0 {
+        SenseDelivery::Autosense
+    } else {
+        SenseDelivery::RequestSense
+    }
 }
 
 /// Copies `bytes` to the start of the (zeroed) completion payload `reply`.

@@ -31,6 +31,7 @@
 //!
 //! [`ScsiDisk`]: parastor_scsi::ScsiDisk
 //! [`ScsiDvd`]: parastor_scsi::ScsiDvd
+//! [`SenseDelivery::Autosense`]: parastor_scsi::SenseDelivery::Autosense
 //! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CreateSubChannels
 //!
 //! Queue depth: a channel takes a packet only after reserving ring space for
@@ -51,7 +52,19 @@
 //!
 //! Transfer size: `QUERY_PROPERTIES` reports
 //! [`ControllerConfig::max_transfer_bytes`], and an `EXECUTE_SRB` asking
-//! for more is answered `SRB_STATUS_INVALID_REQUEST`.
+//! for more is answered `SRB_STATUS_INVALID_REQUEST`. [`Controller::attach`]
+//! gives the LUN the same limit ([`Lun::limit_transfer`]), so the MAXIMUM
+//! TRANSFER LENGTH a disk advertises in its block limits page is never
+//! more than the controller carries, and a LUN whose logical block is
+//! larger than the limit is refused.
+//!
+//! Sense data: a CHECK CONDITION's sense goes back in the completion
+//! (autosense) whenever the request has a sense buffer and does not set
+//! `SRB_FLAGS_DISABLE_AUTOSENSE` (which counts from Windows 8 on). Such a
+//! request runs with [`SenseDelivery::Autosense`], so the LUN does not
+//! keep that sense and a later REQUEST SENSE reports NO SENSE (SPC clears
+//! sense data once it is delivered); a request without autosense leaves
+//! its sense for REQUEST SENSE.
 //!
 //! `FC_HBA_DATA`: this is not a Fibre Channel adapter, so the request is
 //! answered `INVALID_DEVICE_STATE` (the status OpenVMM gives every
@@ -134,7 +147,8 @@ pub struct ControllerConfig {
     pub io_queue_depth: usize,
     /// Largest transfer per request, reported in `QUERY_PROPERTIES`. An
     /// `EXECUTE_SRB` whose `data_transfer_length` exceeds it is refused
-    /// with `SRB_STATUS_INVALID_REQUEST` without touching the LUN.
+    /// with `SRB_STATUS_INVALID_REQUEST` without touching the LUN; every
+    /// LUN attached is told the limit ([`Controller::attach`]).
     pub max_transfer_bytes: u32,
     /// Requests in flight on a channel at which it enters poll mode
     /// (default [`DEFAULT_POLL_MODE_QUEUE_DEPTH`]; values below 1 are
@@ -175,6 +189,17 @@ pub enum NegotiationState {
 pub enum AttachError {
     /// A LUN is already attached at this address.
     Occupied(ScsiPath),
+    /// One logical block of the LUN is larger than the controller's
+    /// [`ControllerConfig::max_transfer_bytes`]: no READ or WRITE could
+    /// reach it.
+    TransferLimit {
+        /// Where the LUN was to be attached.
+        path: ScsiPath,
+        /// The LUN's logical block size, in bytes.
+        block_size: u32,
+        /// The controller's transfer limit, in bytes.
+        max_transfer_bytes: u32,
+    },
 }
 
 impl fmt::Display for AttachError {
@@ -183,6 +208,17 @@ impl fmt::Display for AttachError {
             Self::Occupied(p) => write!(
                 f,
                 "a LUN is already attached at {}:{}:{}",
+                p.path, p.target, p.lun
+            ),
+            Self::TransferLimit {
+                path: p,
+                block_size,
+                max_transfer_bytes,
+            } => write!(
+                f,
+                "cannot attach a LUN at {}:{}:{}: one of its {block_size}-byte \
+                 blocks is more than the controller's max_transfer_bytes \
+                 ({max_transfer_bytes}) carries in a request",
                 p.path, p.target, p.lun
             ),
         }
@@ -360,14 +396,29 @@ impl Controller {
     /// Attaches `lun` (a disk or a DVD drive: anything `Into<Lun>`, such as
     /// an `Arc<ScsiDisk>`) at `path` and, once the guest is ready, tells it
     /// to rescan (`ENUMERATE_BUS`, Win7 and later).
+    ///
+    /// The LUN's transfer limit is lowered to the controller's
+    /// [`ControllerConfig::max_transfer_bytes`] before the guest can see
+    /// it ([`Lun::limit_transfer`]), so the limit a disk advertises is one
+    /// this controller carries.
     pub fn attach(&self, path: ScsiPath, lun: impl Into<Lun>) -> Result<(), AttachError> {
-        let disk = lun.into();
+        let lun = lun.into();
+        let max_transfer_bytes = self.config.max_transfer_bytes;
+        let block_size = lun.block_size();
+        if block_size > max_transfer_bytes {
+            return Err(AttachError::TransferLimit {
+                path,
+                block_size,
+                max_transfer_bytes,
+            });
+        }
         {
             let mut luns = self.luns.write();
             if luns.contains_key(&path) {
                 return Err(AttachError::Occupied(path));
             }
-            luns.insert(path, disk);
+            lun.limit_transfer(max_transfer_bytes);
+            luns.insert(path, lun);
         }
         self.changed();
         Ok(())

@@ -1727,3 +1727,232 @@ fn detached_lun_is_released_by_idle_channels() {
     assert!(held > 1);
     assert_eq!(Arc::strong_count(&disk), 1);
 }
+
+/// Sends `req` with a data buffer of `len` bytes at [`DATA`] at request
+/// size `size`, runs the host, and returns the completion as sent back.
+fn srb_at(
+    host: &mut StorvspChannel<'_>,
+    guest: &mut Channel<'_>,
+    tid: u64,
+    req: &ScsiRequest,
+    size: RequestSize,
+    len: u32,
+) -> ScsiRequest {
+    send_srb(guest, tid, req, size, &[(DATA, len)]);
+    host.process().unwrap();
+    let r = recv(guest).expect("a completion");
+    assert_eq!(r.tid, tid);
+    r.srb()
+}
+
+/// The sense a completion carries (autosense) is not reported again by
+/// REQUEST SENSE, on every path a command takes (a disk run in place, the
+/// DVD drive, a disk that waits); sense a completion cannot carry
+/// (autosense disabled on Windows 8 and later, no sense buffer) is left
+/// for REQUEST SENSE.
+#[test]
+fn autosense_is_not_returned_again_by_request_sense() {
+    const LBA_RANGE: (u8, u8, u8) = (sense_key::ILLEGAL_REQUEST, 0x21, 0);
+    const NO_SENSE: (u8, u8, u8) = (0, 0, 0);
+    for (size, version) in [
+        (RequestSize::Win8, VERSION_WIN8),
+        (RequestSize::PreWin8, VERSION_WIN7),
+    ] {
+        let rig = Rig::new(ControllerConfig::default());
+        rig.attach(0, 64);
+        let media = RamDisk::new(16 * 2048, 2048).unwrap();
+        let dvd = parastor_scsi::dvd::ScsiDvd::new(Some(Disk::new(media).unwrap())).unwrap();
+        rig.controller
+            .attach(ScsiPath::new(0, 0, 1), Arc::new(dvd))
+            .unwrap();
+        // A disk that does not complete inline: its commands run as futures.
+        let delayed = DelayDisk::new(
+            Disk::new(RamDisk::new(64 * u64::from(SS), SS).unwrap()).unwrap(),
+            DelayHandle::new(Duration::from_millis(1)),
+            Arc::new(Gate(Arc::new(AtomicBool::new(true)))),
+        );
+        rig.controller
+            .attach(
+                ScsiPath::new(0, 0, 2),
+                Arc::new(ScsiDisk::new(
+                    Disk::new(delayed).unwrap(),
+                    DiskParams::default(),
+                )),
+            )
+            .unwrap();
+        let (mut host, mut guest) = (rig.host(), rig.guest());
+        negotiate(&mut host, &mut guest, version);
+        let mut tid = 100;
+        for (lun, block) in [(0u8, 512u32), (1, 2048), (2, 512)] {
+            let mut run = |req: &ScsiRequest, len: u32| {
+                tid += 1;
+                srb_at(&mut host, &mut guest, tid, req, size, len)
+            };
+            let what = std::format!("{size:?}, LUN {lun}");
+            let fail = request(lun, &read10(100, 1), data_direction::READ, block);
+            let request_sense = |run: &mut dyn FnMut(&ScsiRequest, u32) -> ScsiRequest| {
+                let rs = request(
+                    lun,
+                    &[op::REQUEST_SENSE, 0, 0, 0, 18, 0],
+                    data_direction::READ,
+                    18,
+                );
+                rig.mem.write(DATA, &[0xEE; 18]).unwrap();
+                let c = run(&rs, 18);
+                assert_eq!(c.srb_status, srb_status::SUCCESS, "{what}");
+                assert_eq!(c.data_transfer_length.get(), 18, "{what}");
+                let mut d = [0u8; 18];
+                rig.mem.read(DATA, &mut d).unwrap();
+                let s = SenseData::parse(&d).unwrap();
+                (s.key, s.asc, s.ascq)
+            };
+
+            // Autosense: the completion carries the sense, REQUEST SENSE
+            // then has nothing.
+            let c = run(&fail, block);
+            assert_eq!(c.scsi_status, status::CHECK_CONDITION, "{what}");
+            assert_eq!(
+                c.srb_status,
+                srb_status::ERROR | srb_status::AUTOSENSE_VALID,
+                "{what}"
+            );
+            let n = usize::from(c.sense_info_ex_length);
+            let s = SenseData::parse(&c.payload[..n]).unwrap();
+            assert_eq!((s.key, s.asc, s.ascq), LBA_RANGE, "{what}");
+            assert_eq!(request_sense(&mut run), NO_SENSE, "{what}");
+
+            // Autosense disabled: honoured from Windows 8 on (the sense
+            // waits for REQUEST SENSE), ignored before (it is delivered).
+            let mut disabled = fail;
+            disabled.srb_flags = parastor_hw::storvsp::srb_flags::DISABLE_AUTOSENSE.into();
+            let c = run(&disabled, block);
+            let delivered = c.srb_status & srb_status::AUTOSENSE_VALID != 0;
+            assert_eq!(delivered, size == RequestSize::PreWin8, "{what}");
+            let pending = if delivered { NO_SENSE } else { LBA_RANGE };
+            assert_eq!(request_sense(&mut run), pending, "{what}");
+            assert_eq!(request_sense(&mut run), NO_SENSE, "{what}");
+
+            // No sense buffer: nothing delivered, REQUEST SENSE reports it
+            // once.
+            let mut no_buffer = fail;
+            no_buffer.sense_info_ex_length = 0;
+            let c = run(&no_buffer, block);
+            assert_eq!(c.srb_status, srb_status::ERROR, "{what}");
+            assert_eq!(request_sense(&mut run), LBA_RANGE, "{what}");
+            assert_eq!(request_sense(&mut run), NO_SENSE, "{what}");
+
+            // A delivered failure replaces, and so clears, a pending one.
+            run(&no_buffer, block);
+            let c = run(&fail, block);
+            assert_ne!(c.srb_status & srb_status::AUTOSENSE_VALID, 0, "{what}");
+            assert_eq!(request_sense(&mut run), NO_SENSE, "{what}");
+        }
+    }
+}
+
+/// A disk attached to a controller that carries at most 64 KiB per request
+/// advertises 64 KiB (in its own blocks) as its MAXIMUM TRANSFER LENGTH,
+/// and refuses a READ above it that the controller let through (its data
+/// buffer within the limit) with INVALID FIELD IN CDB. A LUN whose block
+/// is larger than the limit is not attached.
+#[test]
+fn disks_advertise_the_controller_transfer_limit() {
+    const LIMIT: u32 = 64 << 10;
+    let rig = Rig::new(ControllerConfig {
+        max_transfer_bytes: LIMIT,
+        ..ControllerConfig::default()
+    });
+    rig.attach(0, 1024);
+    let ram4k = RamDisk::new(64 * 4096, 4096).unwrap();
+    let disk4k = Arc::new(ScsiDisk::new(
+        Disk::new(ram4k).unwrap(),
+        DiskParams::default(),
+    ));
+    rig.controller
+        .attach(ScsiPath::new(0, 0, 1), disk4k.clone())
+        .unwrap();
+    assert_eq!(disk4k.max_transfer_bytes(), LIMIT);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    let r = negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::EndInitialization).unwrap();
+    assert_eq!(properties(&r).max_transfer_bytes.get(), LIMIT);
+    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    let mut tid = 10;
+    for (lun, ss) in [(0u8, SS), (1, 4096)] {
+        let inquiry = request(
+            lun,
+            &[op::INQUIRY, 1, 0xB0, 0, 64, 0],
+            data_direction::READ,
+            64,
+        );
+        tid += 1;
+        let r = srb(&mut host, &mut guest, tid, &inquiry, &[(DATA, 64)]);
+        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        let mut b0 = [0u8; 64];
+        rig.mem.read(DATA, &mut b0).unwrap();
+        assert_eq!(b0[1], 0xB0);
+        let max = u32::from_be_bytes(b0[8..12].try_into().unwrap());
+        assert_eq!(max, LIMIT / ss, "LUN {lun}");
+        assert_eq!(&b0[12..16], &[0; 4], "no OPTIMAL TRANSFER LENGTH");
+        // The largest READ is served.
+        let blocks = (LIMIT / ss) as u16;
+        let req = request(lun, &read10(0, blocks), data_direction::READ, LIMIT);
+        tid += 1;
+        let r = srb(&mut host, &mut guest, tid, &req, &[(DATA, LIMIT)]);
+        assert_eq!(r.srb().srb_status, srb_status::SUCCESS, "LUN {lun}");
+        assert_eq!(r.srb().data_transfer_length.get(), LIMIT);
+        // One block more, with a buffer the controller accepts: the disk
+        // refuses it.
+        let req = request(lun, &read10(0, blocks + 1), data_direction::READ, LIMIT);
+        tid += 1;
+        let c = srb(&mut host, &mut guest, tid, &req, &[(DATA, LIMIT)]).srb();
+        assert_eq!(c.scsi_status, status::CHECK_CONDITION, "LUN {lun}");
+        let s = SenseData::parse(&c.payload[..usize::from(c.sense_info_ex_length)]).unwrap();
+        assert_eq!(
+            (s.key, s.asc, s.ascq),
+            (sense_key::ILLEGAL_REQUEST, 0x24, 0)
+        );
+    }
+
+    // A LUN whose block does not fit in one request is refused, and a
+    // refused attach leaves the LUN's own limit alone.
+    let small = Controller::new(ControllerConfig {
+        max_transfer_bytes: 2048,
+        ..ControllerConfig::default()
+    });
+    let big_blocks = Arc::new(ScsiDisk::new(
+        Disk::new(RamDisk::new(64 * 4096, 4096).unwrap()).unwrap(),
+        DiskParams::default(),
+    ));
+    let e = small
+        .attach(ScsiPath::new(0, 0, 3), big_blocks.clone())
+        .unwrap_err();
+    assert_eq!(
+        e,
+        AttachError::TransferLimit {
+            path: ScsiPath::new(0, 0, 3),
+            block_size: 4096,
+            max_transfer_bytes: 2048,
+        }
+    );
+    assert!(
+        std::string::ToString::to_string(&e).contains("4096-byte blocks is more than"),
+        "{e}"
+    );
+    assert!(small.lun(ScsiPath::new(0, 0, 3)).is_none());
+    assert_eq!(big_blocks.max_transfer_bytes(), 8 << 20);
+    // The DVD's 2048-byte blocks just fit.
+    let dvd = parastor_scsi::dvd::ScsiDvd::new(None).unwrap();
+    small.attach(ScsiPath::new(0, 0, 4), Arc::new(dvd)).unwrap();
+    // An occupied address refuses the LUN before limiting it.
+    let other = Arc::new(ScsiDisk::new(
+        Disk::new(RamDisk::new(64 * 512, 512).unwrap()).unwrap(),
+        DiskParams::default(),
+    ));
+    assert_eq!(
+        small.attach(ScsiPath::new(0, 0, 4), other.clone()),
+        Err(AttachError::Occupied(ScsiPath::new(0, 0, 4)))
+    );
+    assert_eq!(other.max_transfer_bytes(), 8 << 20);
+    small.attach(ScsiPath::new(0, 0, 5), other.clone()).unwrap();
+    assert_eq!(other.max_transfer_bytes(), 2048);
+}

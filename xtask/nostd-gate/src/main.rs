@@ -42,7 +42,7 @@ use core::pin::pin;
 use core::task::{Context, Poll, Waker};
 use parastor_core::ram::RamDisk;
 use parastor_core::{Disk, GuestMemory, InitiatorId, RamGuestMemory, SgList};
-use parastor_scsi::{DiskParams, ScsiDisk};
+use parastor_scsi::{DiskParams, ScsiDisk, SenseDelivery};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 
 /// The heap: a fixed arena, enough for the two 64 KiB chunks of guest memory
@@ -139,7 +139,12 @@ fn check() -> Result<(), Failure> {
     let tur = [0u8; 6];
     let no_data = SgList::new(&memory, &[], false).map_err(|_| Failure::Scsi)?;
     let good = {
-        let run = pin!(scsi.execute(&tur, no_data, InitiatorId::new(1)));
+        let run = pin!(scsi.execute(
+            &tur,
+            no_data,
+            InitiatorId::new(1),
+            SenseDelivery::Autosense
+        ));
         matches!(run.poll(&mut Context::from_waker(Waker::noop())), Poll::Ready(r) if r.status == 0)
     };
     if !good {

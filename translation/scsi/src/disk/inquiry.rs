@@ -2,12 +2,13 @@
 //!
 //! Pages offered, as OpenHCL's `scsidisk` offers them except where noted:
 //! 0x00 supported pages, 0x80 unit serial number (only with a serial),
-//! 0x83 device identification, 0xB0 block limits, 0xB1 block device
+//! 0x83 device identification, 0xB0 block limits and 0xB1 block device
 //! characteristics (both always: OpenHCL only with unmap), 0xB2 logical
 //! block provisioning (only with unmap), and the two Microsoft pages 0xCE
 //! paging extent properties and 0xCF virtual device properties, which
 //! OpenHCL reports for every disk whatever its configuration, and so does
-//! parastor.
+//! parastor. Block limits report a maximum transfer length and a finite
+//! maximum unmap LBA count, both enforced (OpenHCL reports neither).
 
 use super::{MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_DESCRIPTORS, ScsiDisk};
 use crate::data::data_in;
@@ -105,7 +106,7 @@ impl ScsiDisk {
             vpd::BLOCK_LIMITS => {
                 let (lba_count, descs, gran) = if self.unmap {
                     (
-                        u32::MAX,
+                        self.max_unmap_blocks(),
                         MAX_UNMAP_DESCRIPTORS,
                         self.disk.optimal_unmap_sectors().max(1),
                     )
@@ -113,12 +114,15 @@ impl ScsiDisk {
                     (0, 0, 0)
                 };
                 let phys = self.disk.physical_sector_size().max(ss);
+                // OPTIMAL TRANSFER LENGTH stays 0 (not reported): a value
+                // would have to stay within the maximum, which a transport
+                // may lower after the disk is built.
                 let p = BlockLimitsPage {
                     header: header(page, size_of::<BlockLimitsPage>()),
                     wsnz: 1,
                     max_compare_write: MAX_COMPARE_AND_WRITE_BLOCKS,
                     opt_granularity: u16::try_from(phys / ss).unwrap_or(1).into(),
-                    max_transfer: (self.params.max_transfer_bytes / ss).into(),
+                    max_transfer: self.max_transfer_blocks().into(),
                     max_unmap_lba_count: lba_count.into(),
                     max_unmap_descriptors: descs.into(),
                     opt_unmap_granularity: gran.into(),

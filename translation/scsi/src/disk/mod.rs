@@ -14,7 +14,11 @@
 //! COMPARE AND WRITE is implemented; UNMAP errors are reported; LBPRZ is
 //! reported when unmapped blocks read as zero; persistent reservations
 //! carry the initiator through to the disk; REQUEST SENSE returns the
-//! calling initiator's own sense (SPC keeps sense per I_T nexus).
+//! calling initiator's own sense (SPC keeps sense per I_T nexus), and not
+//! sense the transport already delivered by autosense; UNMAP has a finite
+//! MAXIMUM UNMAP LBA COUNT ([`MAX_UNMAP_BYTES`]) and enforces it; the
+//! MAXIMUM TRANSFER LENGTH is the smaller of the disk's own and its
+//! transport's ([`ScsiDisk::limit_transfer`]).
 //! COMPARE AND WRITE excludes overlapping writes through an async LBA range
 //! lock, and REPORT SUPPORTED OPERATION CODES comes from the one command
 //! table the tests check against the parser.
@@ -31,10 +35,10 @@ use crate::lock::RangeLock;
 use crate::result::{
     Res, ScsiResult, illegal, invalid_cdb, invalid_param, mem_err, param_len_error,
 };
-use crate::sense::{self, SenseTable};
+use crate::sense::{self, SenseDelivery, SenseTable};
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList, UnmapBehavior};
 use parastor_hw::scsi::{
     Command, LbaStatusDescriptor, LbaStatusHeader, ReadCapacity16Data, SenseData, Transfer,
@@ -45,6 +49,18 @@ use zerocopy::IntoBytes;
 
 /// Most block descriptors one UNMAP may carry (VPD 0xB0).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 4096;
+/// Most bytes one UNMAP may unmap, all its descriptors together: the
+/// MAXIMUM UNMAP LBA COUNT of VPD 0xB0 is this many logical blocks
+/// (2 Mi blocks of 512 bytes, 256 Ki of 4 KiB).
+///
+/// OpenHCL reports no limit (FFFF_FFFFh), so one UNMAP of 4096
+/// descriptors may name the whole disk many times over. The work an unmap
+/// costs grows with the bytes it covers (a RAM layer touches a chunk
+/// entry per 32 KiB, under the lock every other request on the disk
+/// needs), so the limit bounds one command's work to a few milliseconds;
+/// initiators split larger discards (Linux sizes its discard requests by
+/// this field).
+pub const MAX_UNMAP_BYTES: u64 = 1 << 30;
 /// Most blocks one COMPARE AND WRITE may name (VPD 0xB0).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;
 /// Largest private staging buffer one command uses at a time.
@@ -71,7 +87,10 @@ pub struct DiskParams {
     pub rotation_rate: u16,
     /// Caps the capacity the guest sees, in bytes.
     pub size_cap_bytes: Option<u64>,
-    /// Largest transfer of one command, in bytes (VPD 0xB0).
+    /// Largest transfer of one command, in bytes: the MAXIMUM TRANSFER
+    /// LENGTH of VPD 0xB0, in whole logical blocks (at least one). A
+    /// transport with a lower limit lowers it when it attaches the disk
+    /// ([`ScsiDisk::limit_transfer`]).
     pub max_transfer_bytes: u32,
     /// Largest WRITE SAME, in bytes (VPD 0xB0).
     pub max_write_same_bytes: u64,
@@ -121,6 +140,10 @@ pub struct ScsiDisk {
     sense: SenseTable,
     /// Writes hold their LBA range shared, COMPARE AND WRITE exclusively.
     ranges: RangeLock,
+    /// The MAXIMUM TRANSFER LENGTH advertised and enforced, in blocks: the
+    /// smaller of [`DiskParams::max_transfer_bytes`] and every limit given
+    /// to [`ScsiDisk::limit_transfer`]; never below one block.
+    max_transfer_blocks: AtomicU32,
 }
 
 impl ScsiDisk {
@@ -134,7 +157,10 @@ impl ScsiDisk {
             .unmap
             .unwrap_or(disk.unmap_behavior() != UnmapBehavior::Ignored);
         let fua = params.fua.unwrap_or(disk.is_fua_respected());
+        let max_transfer_blocks =
+            AtomicU32::new((params.max_transfer_bytes >> disk.sector_shift()).max(1));
         ScsiDisk {
+            max_transfer_blocks,
             last_sector_count: AtomicU64::new(disk.sector_count()),
             disk,
             params,
@@ -160,17 +186,42 @@ impl ScsiDisk {
         }
     }
 
+    /// Lowers the largest transfer of one command to `bytes` (whole
+    /// blocks, at least one) if that is below the current limit; never
+    /// raises it. A transport calls it with its own limit before the
+    /// initiator can see the disk, so the MAXIMUM TRANSFER LENGTH the disk
+    /// advertises (VPD 0xB0) and enforces is one the transport carries; a
+    /// disk reachable through several transports gets the smallest limit.
+    pub fn limit_transfer(&self, bytes: u32) {
+        let blocks = (bytes >> self.disk.sector_shift()).max(1);
+        self.max_transfer_blocks
+            .fetch_min(blocks, Ordering::Relaxed);
+    }
+
+    /// The largest transfer of one command, in bytes (a whole number of
+    /// blocks): the MAXIMUM TRANSFER LENGTH of VPD 0xB0.
+    pub fn max_transfer_bytes(&self) -> u32 {
+        self.max_transfer_blocks() << self.disk.sector_shift()
+    }
+
+    fn max_transfer_blocks(&self) -> u32 {
+        self.max_transfer_blocks.load(Ordering::Relaxed)
+    }
+
     /// Executes one command. `data` is the request's whole data buffer
-    /// (data-in or data-out); `initiator` identifies the I_T nexus for
-    /// persistent reservations.
+    /// (data-in or data-out); `initiator` identifies the I_T nexus (for
+    /// persistent reservations and sense data); `delivery` says whether
+    /// the transport returns a CHECK CONDITION's sense with it (then it is
+    /// not kept for REQUEST SENSE).
     pub async fn execute(
         &self,
         cdb: &[u8],
         data: SgList<'_>,
         initiator: InitiatorId,
+        delivery: SenseDelivery,
     ) -> ScsiResult {
         let result = self.run(cdb, &data, initiator).await;
-        self.sense.finish(result, initiator)
+        self.sense.finish(result, initiator, delivery)
     }
 
     /// Runs a READ or WRITE to completion without building a future, when
@@ -185,6 +236,7 @@ impl ScsiDisk {
         cdb: &[u8],
         data: &SgList<'_>,
         initiator: InitiatorId,
+        delivery: SenseDelivery,
     ) -> Option<ScsiResult> {
         if !self.disk.completes_inline() {
             return None;
@@ -214,7 +266,7 @@ impl ScsiDisk {
             })
         };
         drop(guard);
-        Some(self.sense.finish(result, initiator))
+        Some(self.sense.finish(result, initiator, delivery))
     }
 
     /// Reports a capacity change once: true if this caller claimed it.
@@ -383,11 +435,12 @@ impl ScsiDisk {
     /// byte count on success.
     fn transfer_bytes(&self, data: &SgList<'_>, t: Transfer, buffer_blocks: u64) -> Res<usize> {
         self.check_range(t.lba, t.blocks.into())?;
-        let ss = u64::from(self.disk.sector_size());
-        let bytes = u64::from(t.blocks) * ss;
-        if bytes > u64::from(self.params.max_transfer_bytes) {
+        // SBC-4: over the MAXIMUM TRANSFER LENGTH is INVALID FIELD IN CDB.
+        if t.blocks > self.max_transfer_blocks() {
             return Err(invalid_cdb());
         }
+        let ss = u64::from(self.disk.sector_size());
+        let bytes = u64::from(t.blocks) * ss;
         if buffer_blocks * ss > data.len() as u64 {
             return Err(invalid_cdb());
         }
@@ -667,8 +720,17 @@ impl ScsiDisk {
         let descs = <[UnmapDescriptor]>::ref_from_prefix_with_elems(rest, count)
             .map_err(|_| param_len_error())?
             .0;
+        // SBC-4: descriptors naming more blocks in all than the MAXIMUM
+        // UNMAP LBA COUNT are INVALID FIELD IN PARAMETER LIST (checked as
+        // the sum grows, so one descriptor over the limit is caught alone).
+        let max_blocks = self.max_unmap_blocks();
+        let mut total = 0u64;
         for d in descs {
             self.check_range(d.lba.get(), d.blocks.get().into())?;
+            total += u64::from(d.blocks.get());
+            if total > u64::from(max_blocks) {
+                return Err(invalid_param());
+            }
         }
         for d in descs.iter().filter(|d| d.blocks.get() != 0) {
             // One range at a time, never holding one while waiting for
@@ -678,6 +740,11 @@ impl ScsiDisk {
             self.disk.unmap(lba, blocks, opts).await?;
         }
         Ok(param_len)
+    }
+
+    /// The MAXIMUM UNMAP LBA COUNT: [`MAX_UNMAP_BYTES`] in blocks.
+    fn max_unmap_blocks(&self) -> u32 {
+        u32::try_from(MAX_UNMAP_BYTES >> self.disk.sector_shift()).unwrap_or(u32::MAX)
     }
 
     async fn compare_and_write(&self, data: &SgList<'_>, t: Transfer, opts: IoOptions) -> Res {

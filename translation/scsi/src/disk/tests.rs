@@ -20,6 +20,8 @@ struct Env {
     mem: RamGuestMemory,
     ram: RamDisk,
     scsi: ScsiDisk,
+    /// How the commands [`Env::run_as`] issues deliver their sense.
+    delivery: SenseDelivery,
 }
 
 fn env_with(params: DiskParams, pr: bool) -> Env {
@@ -32,6 +34,7 @@ fn env_with(params: DiskParams, pr: bool) -> Env {
         mem: RamGuestMemory::new(64 << 20),
         ram,
         scsi: ScsiDisk::new(disk, params),
+        delivery: SenseDelivery::RequestSense,
     }
 }
 
@@ -71,7 +74,7 @@ impl Env {
         len: usize,
     ) -> (ScsiResult, Vec<u8>) {
         with_buffer(&self.mem, out, len, |sg| {
-            block_on(self.scsi.execute(cdb, sg, who))
+            block_on(self.scsi.execute(cdb, sg, who, self.delivery))
         })
     }
 
@@ -227,26 +230,31 @@ fn inquiry_vpd_pages() {
     assert_eq!(&p0[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2, 0xCE, 0xCF]);
     let p80 = vpd(0x80);
     assert_eq!(&p80[4..], b"SER123");
-    let p83 = vpd(0x83);
-    assert_eq!(p83[1], 0x83);
-    assert_eq!(&p83[4..8], &[2, 1, 0, 24]);
-    assert_eq!(&p83[8..16], b"Msft    ");
-    assert_eq!(&p83[16..32], &id);
-    assert_eq!(&p83[32..36], &[1, 3, 0, 16]);
-    assert_eq!(&p83[36..40], &[0x60, 0x02, 0x24, 0x80]);
-    assert_eq!(&p83[40..46], &id[0..6]);
-    assert_eq!(&p83[46..52], &id[10..16]);
-    let b0 = vpd(0xB0);
-    assert_eq!(b0.len(), 64);
-    assert_eq!(b0[4], 1, "WSNZ");
-    assert_eq!(b0[5], MAX_COMPARE_AND_WRITE_BLOCKS);
-    assert_eq!(
-        u32::from_be_bytes(b0[8..12].try_into().unwrap()),
-        (8 << 20) / SS
-    );
-    assert_eq!(u32::from_be_bytes(b0[20..24].try_into().unwrap()), u32::MAX);
-    assert_eq!(u32::from_be_bytes(b0[24..28].try_into().unwrap()), 4096);
-    assert_eq!(b0[32] & 0x80, 0x80);
+    // Device identification: a T10 vendor ID designator, then an NAA IEEE
+    // Registered Extended one; both binary (code set 1), both of the LU.
+    let mut want = vec![0, 0x83, 0, 48];
+    want.extend_from_slice(&[1, 1, 0, 24]);
+    want.extend_from_slice(b"Msft    ");
+    want.extend_from_slice(&id);
+    want.extend_from_slice(&[1, 3, 0, 16, 0x60, 0x02, 0x24, 0x80]);
+    want.extend_from_slice(&id[0..6]);
+    want.extend_from_slice(&id[10..16]);
+    assert_eq!(vpd(0x83), want);
+    // Block limits, every byte.
+    let mut want = vec![0u8; 64];
+    want[..4].copy_from_slice(&[0, 0xB0, 0, 60]);
+    want[4] = 1; // WSNZ
+    want[5] = MAX_COMPARE_AND_WRITE_BLOCKS;
+    want[6..8].copy_from_slice(&1u16.to_be_bytes()); // optimal granularity
+    want[8..12].copy_from_slice(&((8u32 << 20) / SS).to_be_bytes()); // max transfer
+    // 12..16: optimal transfer length, not reported; 16..20: prefetch.
+    want[20..24].copy_from_slice(&((MAX_UNMAP_BYTES / u64::from(SS)) as u32).to_be_bytes());
+    want[24..28].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+    want[28..32].copy_from_slice(&1u32.to_be_bytes()); // optimal unmap granularity
+    want[32] = 0x80; // UGAVALID, alignment 0
+    want[36..44].copy_from_slice(&((64u64 << 20) / u64::from(SS)).to_be_bytes());
+    assert_eq!(vpd(0xB0), want);
+    assert_eq!(&want[20..24], &[0, 0x20, 0, 0], "2 Mi blocks of 512 bytes");
     let b1 = vpd(0xB1);
     assert_eq!(u16::from_be_bytes([b1[4], b1[5]]), 7200);
     let b2 = vpd(0xB2);
@@ -473,6 +481,136 @@ fn unmap() {
         list.len(),
         INVALID_OPCODE,
     );
+}
+
+/// UNMAP refuses a parameter list whose descriptors name more blocks in
+/// all than the MAXIMUM UNMAP LBA COUNT (05/26/00, SBC-4), unmapping
+/// nothing; exactly the limit is served.
+#[test]
+fn unmap_total_is_bounded_by_the_maximum_unmap_lba_count() {
+    let limit = (MAX_UNMAP_BYTES / u64::from(SS)) as u32;
+    // Overlapping descriptors over the whole (small) disk add up.
+    let per = SECTORS as u32;
+    let n = (limit / per) as usize;
+    assert!(n < MAX_UNMAP_DESCRIPTORS as usize);
+    let e = env();
+    let data = pattern(512, 3);
+    e.write(0, &data);
+    let over = unmap_list(&vec![(0, per); n + 1]);
+    expect_sense(
+        &e,
+        &unmap_cdb(over.len() as u16),
+        &over,
+        over.len(),
+        INVALID_PARAM,
+    );
+    assert_eq!(e.read(0, 1), data, "a refused UNMAP unmaps nothing");
+    // One block over, in the last descriptor.
+    let mut descs = vec![(0, per); n];
+    descs.push((0, 1));
+    let over = unmap_list(&descs);
+    expect_sense(
+        &e,
+        &unmap_cdb(over.len() as u16),
+        &over,
+        over.len(),
+        INVALID_PARAM,
+    );
+    assert_eq!(e.read(0, 1), data);
+    // Exactly the limit (zero-length descriptors add nothing).
+    let mut descs = vec![(0, per); n];
+    descs.push((5, 0));
+    let exact = unmap_list(&descs);
+    e.ok(&unmap_cdb(exact.len() as u16), &exact, exact.len());
+    assert_eq!(e.read(0, 1), vec![0; 512]);
+
+    // One descriptor over the limit on its own, on a disk large enough to
+    // hold it (sparse: nothing is allocated).
+    let big = ScsiDisk::new(
+        Disk::new(RamDisk::new((u64::from(limit) + 8) * u64::from(SS), SS).unwrap()).unwrap(),
+        DiskParams::default(),
+    );
+    let e = Env { scsi: big, ..env() };
+    e.write(u64::from(limit), &data);
+    let over = unmap_list(&[(1, limit + 1)]);
+    expect_sense(
+        &e,
+        &unmap_cdb(over.len() as u16),
+        &over,
+        over.len(),
+        INVALID_PARAM,
+    );
+    assert_eq!(e.read(u64::from(limit), 1), data);
+    let exact = unmap_list(&[(1, limit)]);
+    e.ok(&unmap_cdb(exact.len() as u16), &exact, exact.len());
+    assert_eq!(e.read(u64::from(limit), 1), vec![0; 512]);
+    // A 4 KiB-sector disk advertises the same bytes as fewer blocks.
+    let e4k = ScsiDisk::new(
+        Disk::new(RamDisk::new(64 * 4096, 4096).unwrap()).unwrap(),
+        DiskParams::default(),
+    );
+    let e4k = Env { scsi: e4k, ..env() };
+    let b0 = e4k.ok(&[op::INQUIRY, 1, 0xB0, 0, 64, 0], &[], 64);
+    assert_eq!(
+        u32::from_be_bytes(b0[20..24].try_into().unwrap()),
+        (MAX_UNMAP_BYTES / 4096) as u32
+    );
+}
+
+/// The MAXIMUM TRANSFER LENGTH is the smaller of the disk's own limit and
+/// what its transport can carry; it is advertised in VPD 0xB0 and a READ
+/// or WRITE above it is INVALID FIELD IN CDB, by `execute` and
+/// `execute_now` alike.
+#[test]
+fn transfer_limit_is_the_smaller_of_disk_and_transport() {
+    let max_transfer = |e: &Env| {
+        let b0 = e.ok(&[op::INQUIRY, 1, 0xB0, 0, 64, 0], &[], 64);
+        assert_eq!(&b0[12..16], &[0; 4], "OPTIMAL TRANSFER LENGTH not reported");
+        u32::from_be_bytes(b0[8..12].try_into().unwrap())
+    };
+    let e = env();
+    assert_eq!(max_transfer(&e), (8 << 20) / SS);
+    assert_eq!(e.scsi.max_transfer_bytes(), 8 << 20);
+    // The transport carries 64 KiB: 128 blocks.
+    e.scsi.limit_transfer(64 << 10);
+    assert_eq!(max_transfer(&e), 128);
+    assert_eq!(e.scsi.max_transfer_bytes(), 64 << 10);
+    // A higher limit does not raise it again.
+    e.scsi.limit_transfer(1 << 20);
+    assert_eq!(max_transfer(&e), 128);
+    // Enforced, with a buffer large enough for the whole request.
+    let len = 129 * SS as usize;
+    for cdb in [
+        rw16(op::READ16, 0, 0, 129).to_vec(),
+        rw10(op::WRITE10, 0, 0, 129).to_vec(),
+        rw16(op::VERIFY16, 0x02, 0, 129).to_vec(),
+    ] {
+        expect_sense(&e, &cdb, &pattern(len, 1), len, INVALID_CDB);
+        let ranges = [GpaRange::new(GPA, len as u64)];
+        let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+        if let Some(r) = e.scsi.execute_now(&cdb, &sg, A, e.delivery) {
+            assert_eq!(sense_of(&r), INVALID_CDB, "{cdb:02x?}");
+        }
+    }
+    assert_eq!(e.read(0, 128).len(), 128 * SS as usize);
+    // Whole blocks, at least one.
+    e.scsi.limit_transfer(1000);
+    assert_eq!(max_transfer(&e), 1);
+    e.scsi.limit_transfer(0);
+    assert_eq!(max_transfer(&e), 1);
+    assert_eq!(e.scsi.max_transfer_bytes(), SS);
+    e.read(7, 1);
+    expect_sense(&e, &rw10(op::READ10, 0, 7, 2), &[], 1024, INVALID_CDB);
+    // A disk whose own limit is the smaller keeps it.
+    let own = env_with(
+        DiskParams {
+            max_transfer_bytes: 16 << 10,
+            ..Default::default()
+        },
+        false,
+    );
+    own.scsi.limit_transfer(64 << 10);
+    assert_eq!(max_transfer(&own), 32);
 }
 
 #[test]
@@ -791,6 +929,73 @@ fn request_sense_is_per_initiator() {
     assert_eq!(sense_as(who(0)), (0, 0, 0));
     assert_eq!(sense_as(who(1)), INVALID_OPCODE);
     assert_eq!(sense_as(who(SENSE_SLOTS)), INVALID_OPCODE);
+}
+
+/// With autosense the sense comes back with the CHECK CONDITION only: it
+/// is not kept, and it clears what the initiator had pending, so REQUEST
+/// SENSE after it reports NO SENSE. Other initiators' sense and the
+/// capacity-change UNIT ATTENTION keep their rules.
+#[test]
+fn autosense_is_not_reported_again() {
+    let rs = [op::REQUEST_SENSE, 0, 0, 0, 18, 0];
+    let mut e = env();
+    let sense_as = |e: &Env, who| {
+        let (r, d) = e.run_as(who, &rs, &[], 18);
+        assert_eq!(r, ScsiResult::good(18));
+        let s = SenseData::parse(&d).unwrap();
+        (s.key, s.asc, s.ascq)
+    };
+    e.delivery = SenseDelivery::Autosense;
+    expect_sense(
+        &e,
+        &rw10(op::READ10, 0, SECTORS as u32, 1),
+        &[],
+        512,
+        LBA_RANGE,
+    );
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+    // The same through the in-place path.
+    let ranges = [GpaRange::new(GPA, 512)];
+    let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+    let r = e
+        .scsi
+        .execute_now(&rw10(op::READ10, 0, SECTORS as u32, 1), &sg, A, e.delivery)
+        .unwrap();
+    assert_eq!(sense_of(&r), LBA_RANGE);
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+
+    // Pending sense kept for REQUEST SENSE (A and B) ...
+    e.delivery = SenseDelivery::RequestSense;
+    let (r, _) = e.run_as(A, &[0x02, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(sense_of(&r), INVALID_OPCODE);
+    let (r, _) = e.run_as(B, &[0x02, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(sense_of(&r), INVALID_OPCODE);
+    // ... is replaced, and so cleared, by A's next failure delivered by
+    // autosense; B's stays.
+    e.delivery = SenseDelivery::Autosense;
+    let (r, _) = e.run_as(A, &rw10(op::READ10, 0, SECTORS as u32, 1), &[], 512);
+    assert_eq!(sense_of(&r), LBA_RANGE);
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+    assert_eq!(sense_as(&e, B), INVALID_OPCODE);
+    assert_eq!(sense_as(&e, B), (0, 0, 0));
+
+    // The capacity change: delivered once with the first command ...
+    e.ram.resize(SECTORS * 2);
+    expect_sense(
+        &e,
+        &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0],
+        &[],
+        0,
+        (6, 0x2A, 9),
+    );
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+    assert_eq!(sense_as(&e, B), (0, 0, 0));
+    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+    // ... or reported with GOOD by a REQUEST SENSE that comes first.
+    e.ram.resize(SECTORS);
+    assert_eq!(sense_as(&e, B), (6, 0x2A, 9));
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
 }
 
 #[test]
@@ -1330,7 +1535,7 @@ fn execute_future_is_send() {
     let e = env();
     let ranges = [GpaRange::new(GPA, 512)];
     let sg = SgList::new(&e.mem, &ranges, true).unwrap();
-    let fut = e.scsi.execute(&[0; 6], sg, A);
+    let fut = e.scsi.execute(&[0; 6], sg, A, SenseDelivery::Autosense);
     assert_send(&fut);
     drop(fut);
 }
@@ -1408,6 +1613,7 @@ fn read_only_disk_is_write_protected() {
         mem: RamGuestMemory::new(1 << 20),
         ram,
         scsi: ScsiDisk::new(disk, DiskParams::default()),
+        delivery: SenseDelivery::RequestSense,
     };
     const WP: (u8, u8, u8) = (7, 0x27, 0);
     let block = [0u8; 1024];
@@ -1436,7 +1642,7 @@ fn compare_and_write_excludes_overlapping_writes_only() {
     // While a COMPARE AND WRITE holds LBA 0, a write there waits...
     let guard = block_on(e.scsi.ranges.exclusive(0, 1));
     let w0 = rw10(op::WRITE10, 0, 0, 1);
-    let mut write = pin!(e.scsi.execute(&w0, sg(), B));
+    let mut write = pin!(e.scsi.execute(&w0, sg(), B, e.delivery));
     assert!(write.as_mut().poll(&mut cx).is_pending());
     assert!(write.as_mut().poll(&mut cx).is_pending());
     // ...while writes elsewhere, UNMAP and WRITE SAME included, do not.
@@ -1458,7 +1664,7 @@ fn compare_and_write_excludes_overlapping_writes_only() {
     let caw_ranges = [GpaRange::new(PENDING, 1024)];
     let caw_sg = SgList::new(&e.mem, &caw_ranges, true).unwrap();
     let cdb = caw(0, 1);
-    let mut c = pin!(e.scsi.execute(&cdb, caw_sg, A));
+    let mut c = pin!(e.scsi.execute(&cdb, caw_sg, A, e.delivery));
     assert!(c.as_mut().poll(&mut cx).is_pending());
     assert_eq!(e.scsi.ranges.waiting(), 1);
     drop(held);
@@ -1479,7 +1685,7 @@ fn cancelled_compare_and_write_releases_nothing_it_did_not_hold() {
     let ranges = [GpaRange::new(GPA, 1024)];
     let sg = SgList::new(&e.mem, &ranges, true).unwrap();
     let cdb = caw(0, 1);
-    let mut c = alloc::boxed::Box::pin(e.scsi.execute(&cdb, sg, A));
+    let mut c = alloc::boxed::Box::pin(e.scsi.execute(&cdb, sg, A, e.delivery));
     assert!(c.as_mut().poll(&mut cx).is_pending());
     assert_eq!(e.scsi.ranges.waiting(), 1);
     drop(c);
@@ -1496,6 +1702,7 @@ fn multi_chunk_verify_write_same_and_write_and_verify() {
         mem: RamGuestMemory::new(64 << 20),
         scsi: ScsiDisk::new(Disk::new(ram.clone()).unwrap(), DiskParams::default()),
         ram,
+        delivery: SenseDelivery::RequestSense,
     };
     let blocks = 6144u32; // 3 MiB: three staging chunks
     let len = blocks as usize * 512;
@@ -1533,8 +1740,14 @@ fn multi_chunk_verify_write_same_and_write_and_verify() {
 /// (leaving the UNIT ATTENTION unclaimed), and does the I/O.
 #[test]
 fn execute_now_matches_execute() {
-    let now = env();
-    let later = env();
+    for delivery in [SenseDelivery::RequestSense, SenseDelivery::Autosense] {
+        execute_now_matches_execute_with(delivery);
+    }
+}
+
+fn execute_now_matches_execute_with(delivery: SenseDelivery) {
+    let now = Env { delivery, ..env() };
+    let later = Env { delivery, ..env() };
     let data = pattern(8 * 512, 40);
     let run_now = |e: &Env, cdb: &[u8], len: usize| {
         e.mem.write(GPA, &data[..len.min(data.len())]).unwrap();
@@ -1542,7 +1755,7 @@ fn execute_now_matches_execute() {
         let sg = SgList::new(&e.mem, &ranges, true).unwrap();
         let r = e
             .scsi
-            .execute_now(cdb, &sg, A)
+            .execute_now(cdb, &sg, A, e.delivery)
             .expect("a READ or WRITE runs now");
         let mut buf = vec![0u8; len];
         e.mem.read(GPA, &mut buf).unwrap();
@@ -1585,7 +1798,11 @@ fn execute_now_matches_execute() {
         caw(0, 1).to_vec(),
         vec![0xFF; 10],
     ] {
-        assert_eq!(now.scsi.execute_now(&cdb, &sg, A), None, "{cdb:02x?}");
+        assert_eq!(
+            now.scsi.execute_now(&cdb, &sg, A, delivery),
+            None,
+            "{cdb:02x?}"
+        );
     }
     // A capacity change: the READ run now reports the UNIT ATTENTION once.
     now.ram.resize(SECTORS * 2);
@@ -1600,10 +1817,10 @@ fn execute_now_matches_execute() {
     now.ram.resize(SECTORS);
     let guard = block_on(now.scsi.ranges.exclusive(0, 1));
     let w = rw10(op::WRITE10, 0, 0, 1);
-    assert_eq!(now.scsi.execute_now(&w, &sg, A), None);
+    assert_eq!(now.scsi.execute_now(&w, &sg, A, delivery), None);
     let r = now
         .scsi
-        .execute_now(&rw10(op::WRITE10, 0, 1, 1), &sg, A)
+        .execute_now(&rw10(op::WRITE10, 0, 1, 1), &sg, A, delivery)
         .unwrap();
     assert_eq!(sense_of(&r), (sense_key::UNIT_ATTENTION, 0x2A, 0x09));
     drop(guard);
@@ -1656,7 +1873,7 @@ fn register_and_move_reads_only_what_it_uses() {
     let (c, p) = mv(u32::MAX, 24);
     e.mem.write(GPA, &p).unwrap();
     let r = mostly_outside_memory(&e, u32::MAX.into(), |sg| {
-        block_on(e.scsi.execute(&c, sg, A))
+        block_on(e.scsi.execute(&c, sg, A, e.delivery))
     });
     assert_eq!(r, ScsiResult::good(u32::MAX as usize));
     let d = e.ok(&pr_in(pr::IN_READ_FULL_STATUS), &[], 256);
@@ -1683,11 +1900,15 @@ fn verify_stages_its_buffer_by_chunk() {
             },
         ),
         ram,
+        delivery: SenseDelivery::RequestSense,
     };
     let blocks = u32::MAX / SS;
     e.mem.write(GPA + 100, &[1]).unwrap();
     let r = mostly_outside_memory(&e, u64::from(blocks) * u64::from(SS), |sg| {
-        block_on(e.scsi.execute(&rw16(op::VERIFY16, 0x02, 0, blocks), sg, A))
+        block_on(
+            e.scsi
+                .execute(&rw16(op::VERIFY16, 0x02, 0, blocks), sg, A, e.delivery),
+        )
     });
     assert_eq!(sense_of(&r), (0xE, 0x1D, 0));
     assert_eq!(r.sense.unwrap().information, Some(100));

@@ -37,7 +37,7 @@ use crate::data::{data_in, data_out, read_capacity10};
 use crate::inquiry::{push_t10_designator, standard_inquiry, vpd_page};
 use crate::mode_pages::{check_mode_sense, mode_select_pages, mode_sense_data};
 use crate::result::{Res, ScsiResult, illegal, invalid_cdb, invalid_param};
-use crate::sense::SenseTable;
+use crate::sense::{SenseDelivery, SenseTable};
 use alloc::vec::Vec;
 use core::fmt;
 use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList};
@@ -292,9 +292,10 @@ impl ScsiDvd {
         cdb: &[u8],
         data: SgList<'_>,
         initiator: InitiatorId,
+        delivery: SenseDelivery,
     ) -> ScsiResult {
         let result = self.run(cdb, &data, initiator).await;
-        self.sense.finish(result, initiator)
+        self.sense.finish(result, initiator, delivery)
     }
 
     async fn run(&self, cdb: &[u8], data: &SgList<'_>, initiator: InitiatorId) -> Res {

@@ -12,6 +12,8 @@ const A: InitiatorId = InitiatorId::new(0xA);
 struct Env {
     mem: RamGuestMemory,
     dvd: ScsiDvd,
+    /// How the commands [`Env::run_as`] issues deliver their sense.
+    delivery: SenseDelivery,
 }
 
 /// A medium of `blocks` DVD blocks over `ss`-byte sectors, filled
@@ -38,6 +40,7 @@ fn env(media: Option<Disk>) -> Env {
     Env {
         mem: RamGuestMemory::new(16 << 20),
         dvd: ScsiDvd::new(media).unwrap(),
+        delivery: SenseDelivery::RequestSense,
     }
 }
 
@@ -58,7 +61,7 @@ impl Env {
         len: usize,
     ) -> (ScsiResult, Vec<u8>) {
         with_buffer(&self.mem, out, len, |sg| {
-            block_on(self.dvd.execute(cdb, sg, who))
+            block_on(self.dvd.execute(cdb, sg, who, self.delivery))
         })
     }
 
@@ -143,10 +146,75 @@ fn inquiry_standard_and_vpd() {
     assert_eq!(&d[16..32], b"Virtual DVD-ROM ");
     let d = e.ok(&[op::INQUIRY, 1, 0, 0, 64, 0], 64);
     assert_eq!(d, [5, 0, 0, 2, 0x00, 0x83]);
+    // Device identification: one T10 vendor ID designator, binary code
+    // set (1; the device id is 16 raw bytes), associated with the LU.
     let d = e.ok(&[op::INQUIRY, 1, 0x83, 0, 64, 0], 64);
-    assert_eq!(&d[..4], &[5, 0x83, 0, 28]);
-    assert_eq!(&d[8..16], b"Msft    ");
+    let mut want = vec![5, 0x83, 0, 28, 1, 1, 0, 24];
+    want.extend_from_slice(b"Msft    ");
+    want.extend_from_slice(&[0; 16]);
+    assert_eq!(d, want);
+    let id: [u8; 16] = core::array::from_fn(|i| 0xF0 - i as u8);
+    let custom = Env {
+        dvd: ScsiDvd::with_params(
+            None,
+            DvdParams {
+                vendor: *b"Vendor1 ",
+                device_id: id,
+                ..DvdParams::default()
+            },
+        )
+        .unwrap(),
+        ..env(None)
+    };
+    let d = custom.ok(&[op::INQUIRY, 1, 0x83, 0, 64, 0], 64);
+    assert_eq!(&d[..8], &[5, 0x83, 0, 28, 1, 1, 0, 24]);
+    assert_eq!(&d[8..16], b"Vendor1 ");
+    assert_eq!(&d[16..], &id);
     assert_eq!(e.sense(&[op::INQUIRY, 1, 0xB0, 0, 64, 0], 64), (5, 0x24, 0));
+}
+
+/// With autosense, a failure's sense comes back with the status only:
+/// REQUEST SENSE after it reports the drive's state (NO SENSE with a
+/// medium, NOT READY without), not the failure again.
+#[test]
+fn autosense_is_not_reported_again() {
+    let rs = [op::REQUEST_SENSE, 0, 0, 0, 18, 0];
+    let mut e = loaded();
+    e.delivery = SenseDelivery::Autosense;
+    // Past the end of the medium: the sense comes with the status...
+    assert_eq!(e.sense(&read10(63, 2), 4096), (5, 0x21, 0));
+    // ...and is not pending afterwards.
+    let d = e.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), (0, 0, 0));
+    // A failure kept for REQUEST SENSE is cleared by a later failure
+    // delivered by autosense (the newest sense replaces it).
+    e.delivery = SenseDelivery::RequestSense;
+    assert_eq!(e.sense(&[0x02, 0, 0, 0, 0, 0], 0), (5, 0x20, 0));
+    e.delivery = SenseDelivery::Autosense;
+    assert_eq!(e.sense(&read10(63, 2), 4096), (5, 0x21, 0));
+    let d = e.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), (0, 0, 0));
+    // The medium's UNIT ATTENTION: delivered once with the first command,
+    // then neither pending nor reported again.
+    e.dvd.change_media(Some(medium(2048, 8).1)).unwrap();
+    assert_eq!(e.sense(&TUR, 0), (6, 0x28, 0));
+    let d = e.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), (0, 0, 0));
+    e.ok(&TUR, 0);
+    // REQUEST SENSE still reports a pending UNIT ATTENTION with GOOD.
+    e.dvd.change_media(Some(medium(2048, 8).1)).unwrap();
+    let d = e.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), (6, 0x28, 0));
+    e.ok(&TUR, 0);
+    // Without a medium REQUEST SENSE reports the drive's NOT READY state,
+    // whatever was delivered before.
+    let empty = Env {
+        delivery: SenseDelivery::Autosense,
+        ..env(None)
+    };
+    assert_eq!(empty.sense(&read10(0, 1), 2048), NO_MEDIUM_CLOSED);
+    let d = empty.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), NO_MEDIUM_CLOSED);
 }
 
 #[test]
