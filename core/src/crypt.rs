@@ -60,13 +60,11 @@ use crate::bounce::{BounceBuffer, BouncePool};
 use crate::disk::{Disk, DiskIo, IoOptions, UnmapBehavior};
 use crate::drive;
 use crate::error::{DiskError, MemoryError, MemoryErrorKind};
-use crate::pr::PersistentReservations;
 use crate::sg::SgList;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use core::future::Future;
 use xts::{Dir, Stream};
 
 /// Default staging budget of a [`CryptDisk`]: bytes of ciphertext that may
@@ -220,6 +218,18 @@ impl CryptDisk {
         }
     }
 
+    /// The request `buf` at `sector`, range-checked and cut into the pieces
+    /// it is processed in (at most `self.piece` bytes each).
+    fn pieces<'a>(&self, buf: SgList<'a>, sector: u64) -> Result<Pieces<'a>, DiskError> {
+        self.check_range(sector, buf.len())?;
+        Ok(Pieces {
+            rest: buf,
+            lba: sector,
+            piece: self.piece,
+            shift: self.shift,
+        })
+    }
+
     /// A staging buffer of `len` bytes. An inline stack must not wait (its
     /// caller polls once), so under contention it gets a transient buffer
     /// outside the budget instead.
@@ -362,11 +372,39 @@ impl CryptDisk {
     }
 }
 
+/// A request cut into pieces: each piece's buffer and first sector.
+struct Pieces<'a> {
+    rest: SgList<'a>,
+    lba: u64,
+    piece: usize,
+    shift: u32,
+}
+
+impl<'a> Pieces<'a> {
+    /// The next piece, or `None` when the request is done.
+    fn next(&mut self) -> Result<Option<(SgList<'a>, u64)>, DiskError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let bad = |_| DiskError::InvalidInput("request buffer shorter than the request");
+        let len = self.rest.len().min(self.piece);
+        let part = self.rest.subrange(0, len).map_err(bad)?;
+        let lba = self.lba;
+        self.rest = self
+            .rest
+            .subrange(len, self.rest.len() - len)
+            .map_err(bad)?;
+        self.lba += (len >> self.shift) as u64;
+        Ok(Some((part, lba)))
+    }
+}
+
 impl DiskIo for CryptDisk {
     fn kind(&self) -> &'static str {
         "crypt"
     }
     crate::forward_geometry!(inner);
+    crate::forward_ops!(inner, inline; flush, unmap, eject, wait_resize, persistent_reservations);
     fn unmap_behavior(&self) -> UnmapBehavior {
         match self.inner.unmap_behavior() {
             // Zeros (or anything) below decrypt to garbage.
@@ -399,35 +437,20 @@ impl DiskIo for CryptDisk {
     fn children(&self) -> Vec<(String, Disk)> {
         alloc::vec![(String::from("encrypted"), self.inner.clone())]
     }
-    fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
-        self.inner.persistent_reservations()
-    }
-
     async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
-        self.check_range(sector, buf.len())?;
-        let bad = |_| DiskError::InvalidInput("request buffer shorter than the request");
-        let mut rest = buf;
-        let mut lba = sector;
-        while !rest.is_empty() {
-            let len = rest.len().min(self.piece);
-            let part = rest.subrange(0, len).map_err(bad)?;
+        let mut pieces = self.pieces(buf, sector)?;
+        while let Some((part, lba)) = pieces.next()? {
             let inner = &self.inner;
             drive!(self.inline, inner.read(part, lba, opts))?;
             self.decrypt_in_place(&part, lba)?;
-            rest = rest.subrange(len, rest.len() - len).map_err(bad)?;
-            lba += (len >> self.shift) as u64;
         }
         Ok(())
     }
 
     async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
-        self.check_range(sector, buf.len())?;
-        let bad = |_| DiskError::InvalidInput("request buffer shorter than the request");
-        let mut rest = buf;
-        let mut lba = sector;
-        while !rest.is_empty() {
-            let len = rest.len().min(self.piece);
-            let part = rest.subrange(0, len).map_err(bad)?;
+        let mut pieces = self.pieces(buf, sector)?;
+        while let Some((part, lba)) = pieces.next()? {
+            let len = part.len();
             let staging = self.staging(len).await?;
             staging
                 .memory()
@@ -436,33 +459,8 @@ impl DiskIo for CryptDisk {
             let cipher = staging.sg(false);
             drive!(self.inline, inner.write(cipher, lba, opts))?;
             drop(staging);
-            rest = rest.subrange(len, rest.len() - len).map_err(bad)?;
-            lba += (len >> self.shift) as u64;
         }
         Ok(())
-    }
-
-    async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.flush(opts))
-    }
-
-    async fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> Result<(), DiskError> {
-        match sector.checked_add(count) {
-            Some(end) if end <= self.inner.sector_count() => {}
-            _ => return Err(DiskError::IllegalBlock),
-        }
-        let inner = &self.inner;
-        drive!(self.inline, inner.unmap(sector, count, opts))
-    }
-
-    async fn eject(&self) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.eject())
-    }
-
-    fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
-        self.inner.wait_resize(known)
     }
 }
 

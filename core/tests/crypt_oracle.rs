@@ -10,8 +10,8 @@
 //! reads back through parastor as the plaintext.
 //!
 //! Needs `python3` with `cryptography` (`pip install cryptography`). When
-//! it is missing the test fails if the `CI` environment variable is set,
-//! and otherwise prints a notice and passes.
+//! it is missing the test fails, wherever it runs; only an explicit
+//! `PARASTOR_SKIP_PYTHON_ORACLE=1` turns that into a loud skip.
 
 use futures::executor::block_on;
 use parastor_core::crypt::{CryptDisk, Xts256};
@@ -78,8 +78,8 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Whether the oracle can run; if not, fails under CI and returns false
-/// otherwise.
+/// Whether the oracle can run. A missing oracle fails the test unless
+/// `PARASTOR_SKIP_PYTHON_ORACLE=1` opts out, which skips it loudly.
 fn oracle_available() -> bool {
     let probe = Command::new("python3")
         .args(["-c", "import cryptography.hazmat.primitives.ciphers"])
@@ -89,13 +89,19 @@ fn oracle_available() -> bool {
     if matches!(probe, Ok(s) if s.success()) {
         return true;
     }
-    let why = "python3 with the `cryptography` package is needed for the XTS oracle test: \
-               install it with `pip install cryptography`";
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}");
+    let why = "python3 with the `cryptography` package is needed for the XTS oracle test";
+    if std::env::var("PARASTOR_SKIP_PYTHON_ORACLE").as_deref() != Ok("1") {
+        panic!(
+            "{why}: install it with `pip install cryptography`, or set \
+             PARASTOR_SKIP_PYTHON_ORACLE=1 to skip this check knowingly"
+        );
     }
     // Written to stderr directly: the test harness captures `eprintln!`.
-    let _ = writeln!(std::io::stderr(), "notice: skipping crypt_oracle: {why}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** WARNING: crypt_oracle SKIPPED (PARASTOR_SKIP_PYTHON_ORACLE=1): {why}; \
+         the crypt decorator was NOT checked against an independent XTS ***\n"
+    );
     false
 }
 
