@@ -5,9 +5,9 @@
 //! anything (SPC-4). Service actions that ignore APTPL still ignore it.
 
 use parastor_core::{InitiatorId, ReservationsDisk};
+use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult, SenseDelivery};
 use parastor_tests::buf::{Layout, TestBuf, block_on};
 use parastor_tests::stacks::{disk, ram_disk};
-use parastor_translation::scsi::{DiskParams, ScsiDisk, ScsiResult};
 
 const GOOD: u8 = 0x00;
 const CHECK_CONDITION: u8 = 0x02;
@@ -40,14 +40,14 @@ fn pr_out(
     p[8..16].copy_from_slice(&sa_key.to_be_bytes());
     p[20] = u8::from(aptpl);
     let buf = TestBuf::from_data(&p, &Layout::contiguous());
-    block_on(scsi.execute(&cdb, buf.sg(false), who))
+    block_on(scsi.execute(&cdb, buf.sg(false), who, SenseDelivery::RequestSense))
 }
 
 /// PERSISTENT RESERVE IN `service_action`; the data returned.
 fn pr_in(scsi: &ScsiDisk, service_action: u8) -> Vec<u8> {
     let cdb = [PR_IN, service_action, 0, 0, 0, 0, 0, 1, 0, 0];
     let buf = TestBuf::contiguous(256);
-    let r = block_on(scsi.execute(&cdb, buf.sg(true), A));
+    let r = block_on(scsi.execute(&cdb, buf.sg(true), A, SenseDelivery::RequestSense));
     assert_eq!(r.status, GOOD, "PR IN {service_action}: {:?}", r.sense);
     buf.contents()[..r.tx].to_vec()
 }
@@ -128,13 +128,13 @@ fn register_and_move_with_aptpl_is_refused() {
     let len = p.len() as u8;
     let cdb = [PR_OUT, 0x07, 0x01, 0, 0, 0, 0, 0, len, 0];
     let buf = TestBuf::from_data(&p, &Layout::contiguous());
-    let r = block_on(scsi.execute(&cdb, buf.sg(false), A));
+    let r = block_on(scsi.execute(&cdb, buf.sg(false), A, SenseDelivery::RequestSense));
     assert_eq!(sense(&r), INVALID_PARAM);
     assert_eq!(keys(&scsi), (1, vec![KA]), "B was not registered");
     // Without APTPL the move goes through.
     p[17] = 0;
     let buf = TestBuf::from_data(&p, &Layout::contiguous());
-    let r = block_on(scsi.execute(&cdb, buf.sg(false), A));
+    let r = block_on(scsi.execute(&cdb, buf.sg(false), A, SenseDelivery::RequestSense));
     assert_eq!(r.status, GOOD, "{:?}", r.sense);
     assert_eq!(keys(&scsi), (2, vec![KA, 0xBBBB]));
 }

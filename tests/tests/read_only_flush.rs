@@ -4,10 +4,10 @@
 
 use parastor_core::layered::LayeredDisk;
 use parastor_core::{InitiatorId, IoOptions};
+use parastor_scsi::{DiskParams, ScsiDisk, SenseDelivery};
 use parastor_tests::buf::{TestBuf, block_on};
 use parastor_tests::doubles::{Call, TestDisk};
 use parastor_tests::stacks::{disk, layer, ram_disk};
-use parastor_translation::scsi::{DiskParams, ScsiDisk};
 
 /// SCSI status GOOD.
 const GOOD: u8 = 0x00;
@@ -30,7 +30,7 @@ fn synchronize_cache_on_a_write_protected_lun_is_good() {
     let sync10 = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     let sync16 = [0x91, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     for cdb in [&sync10[..], &sync16[..]] {
-        let r = block_on(scsi.execute(cdb, buf.sg(true), who));
+        let r = block_on(scsi.execute(cdb, buf.sg(true), who, SenseDelivery::RequestSense));
         assert_eq!(
             r.status, GOOD,
             "SYNCHRONIZE CACHE {cdb:02x?}: {:?}",
@@ -39,7 +39,7 @@ fn synchronize_cache_on_a_write_protected_lun_is_good() {
     }
     // Writes are still refused: DATA PROTECT / WRITE PROTECTED.
     let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-    let r = block_on(scsi.execute(&write10, buf.sg(false), who));
+    let r = block_on(scsi.execute(&write10, buf.sg(false), who, SenseDelivery::RequestSense));
     assert_eq!(r.status, CHECK_CONDITION);
     let sense = r.sense.expect("sense with CHECK CONDITION");
     assert_eq!((sense.key, sense.asc, sense.ascq), (0x07, 0x27, 0x00));
