@@ -118,15 +118,9 @@ fn oracle(
 
 /// Deterministic pseudo-random bytes.
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut out = vec![0u8; len];
+    fastrand::Rng::with_seed(seed).fill(&mut out);
+    out
 }
 
 fn check(sector_size: u32) {
