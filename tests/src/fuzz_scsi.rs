@@ -38,7 +38,7 @@ use futures::executor::block_on;
 use parastor_core::layered::LayeredDisk;
 use parastor_core::memory::GuestMemory;
 use parastor_core::{Disk, GpaRange, InitiatorId, ReservationsDisk};
-use parastor_translation::scsi::{DiskParams, ScsiDisk, ScsiResult};
+use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult};
 
 /// Most steps one input runs.
 const MAX_STEPS: usize = 48;

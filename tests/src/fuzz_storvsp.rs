@@ -46,12 +46,12 @@
 //! - 7 / 8: hot add / remove of a LUN;
 //! - 9: close and reopen a channel (the primary after a controller reset).
 //!
-//! [`ScsiDisk`]: parastor_translation::scsi::ScsiDisk
-//! [`ScsiDvd`]: parastor_translation::scsi::dvd::ScsiDvd
-//! [`StorvspChannel::poll_work`]: parastor_translation::storvsp::StorvspChannel::poll_work
-//! [`StorvspChannel`]: parastor_translation::storvsp::StorvspChannel
-//! [`StorvspError`]: parastor_translation::storvsp::StorvspError
-//! [`Controller::reset`]: parastor_translation::storvsp::Controller::reset
+//! [`ScsiDisk`]: parastor_scsi::ScsiDisk
+//! [`ScsiDvd`]: parastor_scsi::ScsiDvd
+//! [`StorvspChannel::poll_work`]: parastor_storvsp::StorvspChannel::poll_work
+//! [`StorvspChannel`]: parastor_storvsp::StorvspChannel
+//! [`StorvspError`]: parastor_storvsp::StorvspError
+//! [`Controller::reset`]: parastor_storvsp::Controller::reset
 //! [`RamGuestMemory`]: parastor_core::RamGuestMemory
 //! [`Storvsc`]: crate::storvsc::Storvsc
 
@@ -60,13 +60,13 @@ use crate::storvsc::{Data, Profile, Srb, Storvsc, StorvscHost};
 use arbitrary::{Arbitrary, Unstructured};
 use core::task::{Context, Waker};
 use parastor_core::{GuestMemory, InitiatorId, RamGuestMemory};
-use parastor_translation::parastor_hw::storvsp::{
+use parastor_hw::storvsp::{
     Operation, RequestSize, VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10,
 };
-use parastor_translation::scsi::dvd::ScsiDvd;
-use parastor_translation::scsi::{DiskParams, ScsiDisk};
-use parastor_translation::storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
-use parastor_translation::vmbus::{
+use parastor_scsi::ScsiDvd;
+use parastor_scsi::{DiskParams, ScsiDisk};
+use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
+use parastor_vmbus::{
     Channel, GpaDirectRange, OutgoingKind, OutgoingPacket, RingRegion, RingWriter, Signal,
     init_ring,
 };

@@ -44,14 +44,14 @@
 #![allow(clippy::missing_panics_doc)]
 
 use parastor_core::{GuestMemory, RamGuestMemory};
-use parastor_translation::parastor_hw::scsi::{SenseData, op, sense_key, status};
-use parastor_translation::parastor_hw::storvsp::{
+use parastor_hw::scsi::{SenseData, op, sense_key, status};
+use parastor_hw::storvsp::{
     CHANNEL_PROPERTY_MULTI_CHANNEL, NtStatus, Operation, PACKET_HEADER_LEN, RequestSize,
     VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10, data_direction,
     srb_status,
 };
-use parastor_translation::storvsp::{Controller, StorvspChannel, StorvspError};
-use parastor_translation::vmbus::{
+use parastor_storvsp::{Controller, StorvspChannel, StorvspError};
+use parastor_vmbus::{
     Channel, GpaDirectRange, OutgoingKind, PacketKind, RingRegion, Signal, init_ring_pair,
 };
 use std::collections::BTreeMap;

@@ -4,17 +4,17 @@
 
 use parastor_core::ram::RamDisk;
 use parastor_core::{Disk, InitiatorId, ReservationsDisk};
+use parastor_hw::scsi::mmc::{self, event};
+use parastor_hw::scsi::{op, pr, sense_key, status};
+use parastor_hw::storvsp::{
+    NtStatus, RequestSize, VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, srb_status,
+};
+use parastor_scsi::ScsiDvd;
+use parastor_scsi::{DiskParams, ScsiDisk};
+use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 use parastor_tests::buf::{pattern, read_vec, write_vec};
 use parastor_tests::stacks::ram;
 use parastor_tests::storvsc::{Data, Profile, Srb, SrbReply, Storvsc, StorvscHost};
-use parastor_translation::parastor_hw::scsi::mmc::{self, event};
-use parastor_translation::parastor_hw::scsi::{op, pr, sense_key, status};
-use parastor_translation::parastor_hw::storvsp::{
-    NtStatus, RequestSize, VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, srb_status,
-};
-use parastor_translation::scsi::dvd::ScsiDvd;
-use parastor_translation::scsi::{DiskParams, ScsiDisk};
-use parastor_translation::storvsp::{Controller, ControllerConfig, ScsiPath};
 use std::sync::Arc;
 
 /// LUN 0: 512-byte sectors.

@@ -73,7 +73,7 @@ fn build_gate() -> Result<PathBuf> {
     util::run(&mut cmd).map_err(|err| {
         err.context(
             "the no_std gate did not build. If the compiler reports `duplicate lang item` \
-             or a link error, a crate the gate links (hw, core, vtl2-settings, translation) \
+             or a link error, a crate the gate links (hw, core, vtl2-settings, scsi, vmbus, storvsp) \
              or one of their dependencies pulls in std: make it `#![no_std]` or use the \
              dependency with `default-features = false`",
         )

@@ -171,7 +171,7 @@ mod tests {
 
     #[test]
     fn runs_every_test() {
-        let disk = spec::build("mem:1M").unwrap();
+        let disk = spec::build_spec("mem:1M").unwrap();
         let options = BenchOptions {
             duration: Duration::from_millis(20),
             writes: true,
@@ -189,7 +189,7 @@ mod tests {
 
     #[test]
     fn skips_what_cannot_run() {
-        let disk = spec::build("mem:64K").unwrap();
+        let disk = spec::build_spec("mem:64K").unwrap();
         let options = BenchOptions {
             duration: Duration::from_millis(5),
             writes: false,

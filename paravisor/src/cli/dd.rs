@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn round_trip_across_chunks() {
-        let disk = spec::build("mem:4M").unwrap();
+        let disk = spec::build_spec("mem:4M").unwrap();
         let data: Vec<u8> = (0..CHUNK_BYTES * 2 + 512 * 3)
             .map(|i| (i % 253) as u8)
             .collect();
@@ -168,7 +168,7 @@ mod tests {
 
     #[test]
     fn partial_sector_is_rejected() {
-        let disk = spec::build("mem:1M").unwrap();
+        let disk = spec::build_spec("mem:1M").unwrap();
         let err = write_sectors(&disk, 0, &mut &[1u8; 700][..]).unwrap_err();
         assert!(err.to_string().contains("ended after 700 bytes"), "{err}");
         assert!(err.to_string().contains("512-byte sectors"), "{err}");
@@ -180,7 +180,7 @@ mod tests {
 
     #[test]
     fn out_of_range_is_rejected() {
-        let disk = spec::build("mem:1M").unwrap();
+        let disk = spec::build_spec("mem:1M").unwrap();
         let mut out = Vec::new();
         let err = read_sectors(&disk, 2040, 9, &mut out).unwrap_err();
         assert!(err.to_string().contains("it has 2048 sectors"), "{err}");

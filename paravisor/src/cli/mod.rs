@@ -173,21 +173,21 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     };
     match args.command {
         DiskCommand::Info { spec } => {
-            let disk = spec::build(&spec)?;
+            let disk = spec::build_spec(&spec)?;
             let mut out = io::stdout().lock();
             out.write_all(info::render(&disk.describe()).as_bytes())
                 .map_err(stdout_failed)?;
         }
         DiskCommand::Read { spec, lba, count } => {
-            let disk = spec::build(&spec)?;
+            let disk = spec::build_spec(&spec)?;
             dd::read_sectors(&disk, lba, count, &mut io::stdout().lock())?;
         }
         DiskCommand::Write { spec, lba } => {
-            let disk = spec::build(&spec)?;
+            let disk = spec::build_spec(&spec)?;
             dd::write_sectors(&disk, lba, &mut io::stdin().lock())?;
         }
         DiskCommand::Verify { spec, ops, seed } => {
-            let disk = spec::build(&spec)?;
+            let disk = spec::build_spec(&spec)?;
             let seed = seed.unwrap_or_else(rng::seed_from_time);
             let mut out = io::stdout().lock();
             writeln!(out, "verify '{spec}': {}", geometry(&disk)).map_err(stdout_failed)?;
@@ -220,7 +220,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
                         "--seconds {seconds} is invalid: expected a positive number of seconds"
                     ))
                 })?;
-            let disk = spec::build(&spec)?;
+            let disk = spec::build_spec(&spec)?;
             let mut out = io::stdout().lock();
             writeln!(out, "bench '{spec}': {}", geometry(&disk)).map_err(stdout_failed)?;
             writeln!(out, "queue depth 1, {seconds} s per test").map_err(stdout_failed)?;

@@ -801,7 +801,7 @@ mod tests {
 
     #[test]
     fn ram_disk_passes() {
-        let disk = spec::build("mem:8M").unwrap();
+        let disk = spec::build_spec("mem:8M").unwrap();
         let s = run(&disk, &opts(3000, 42));
         assert!(s.passed(), "{s}");
         let c = &s.counts;
@@ -821,8 +821,8 @@ mod tests {
 
     #[test]
     fn same_seed_same_workload() {
-        let a = run(&spec::build("mem:4M@4096").unwrap(), &opts(500, 9));
-        let b = run(&spec::build("mem:4M@4096").unwrap(), &opts(500, 9));
+        let a = run(&spec::build_spec("mem:4M@4096").unwrap(), &opts(500, 9));
+        let b = run(&spec::build_spec("mem:4M@4096").unwrap(), &opts(500, 9));
         assert!(a.passed() && b.passed());
         assert_eq!(
             (a.counts, a.bytes_written, a.sectors_tracked),
@@ -832,7 +832,7 @@ mod tests {
 
     #[test]
     fn composite_stack_passes() {
-        let disk = spec::build("memdiff:striped:16K:{mem:2M|mem:2M|mem:2M}").unwrap();
+        let disk = spec::build_spec("memdiff:striped:16K:{mem:2M|mem:2M|mem:2M}").unwrap();
         let s = run(&disk, &opts(2000, 7));
         assert!(s.passed(), "{s}");
     }
@@ -841,7 +841,7 @@ mod tests {
     fn tiny_disk_passes() {
         // Fewer sectors than the largest request, and a single sector.
         for spec in ["mem:8K", "mem:512"] {
-            let s = run(&spec::build(spec).unwrap(), &opts(500, 3));
+            let s = run(&spec::build_spec(spec).unwrap(), &opts(500, 3));
             assert!(s.passed(), "{spec}: {s}");
         }
     }
@@ -850,7 +850,7 @@ mod tests {
     fn file_disk_passes() {
         let f = tempfile::NamedTempFile::new().unwrap();
         f.as_file().set_len(4 << 20).unwrap();
-        let disk = spec::build(&format!("file:{}", f.path().display())).unwrap();
+        let disk = spec::build_spec(&format!("file:{}", f.path().display())).unwrap();
         let s = run(&disk, &opts(1000, 5));
         assert!(s.passed(), "{s}");
     }
@@ -874,7 +874,7 @@ mod tests {
 
     fn faulty(corrupt: bool) -> Disk {
         Disk::new(Faulty {
-            inner: spec::build("mem:64K").unwrap(),
+            inner: spec::build_spec("mem:64K").unwrap(),
             corrupt,
         })
         .unwrap()
@@ -957,7 +957,7 @@ mod tests {
 
     #[test]
     fn origin_of_misplaced_data() {
-        let disk = spec::build("mem:64K").unwrap();
+        let disk = spec::build_spec("mem:64K").unwrap();
         let mut v = Verifier::new(&disk, 77);
         let mut sector = vec![0; 512];
         pattern(77, 12, 40, &mut sector);

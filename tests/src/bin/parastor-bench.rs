@@ -726,8 +726,8 @@ mod settings {
 /// alone doing the same I/O through `Disk::read` / `Disk::write`.
 ///
 /// The guest side is written here on the ring primitives
-/// ([`RingWriter`](parastor_translation::vmbus::RingWriter) /
-/// [`RingReader`](parastor_translation::vmbus::RingReader)) rather than with
+/// ([`RingWriter`](parastor_vmbus::RingWriter) /
+/// [`RingReader`](parastor_vmbus::RingReader)) rather than with
 /// `parastor_tests::storvsc::Storvsc`, whose per-request bookkeeping
 /// (`Vec`s, `BTreeMap`s, copying the data out) would dominate the figures:
 /// this guest builds each packet on the stack, allocates nothing, does
@@ -737,19 +737,19 @@ mod settings {
 mod storvsp {
     use super::harness::{Case, Measurement, disk_io, measure, size_name};
     use super::*;
-    use parastor_tests::storvsc::{Data, Profile, Srb, Storvsc, StorvscHost};
-    use parastor_translation::parastor_hw::scsi::{op as scsi_op, status as scsi_status};
-    use parastor_translation::parastor_hw::storvsp::{
+    use parastor_hw::scsi::{op as scsi_op, status as scsi_status};
+    use parastor_hw::storvsp::{
         FLAG_REQUEST_COMPLETION, NtStatus, Operation, PACKET_HEADER_LEN, RequestSize, VERSION_BLUE,
         data_direction, srb_flags, srb_status,
     };
-    use parastor_translation::parastor_hw::vmbus::{
+    use parastor_hw::vmbus::{
         PACKET_FLAG_COMPLETION_REQUESTED, PACKET_TYPE_COMPLETION, PACKET_TYPE_DATA_INBAND,
         PACKET_TYPE_DATA_USING_GPA_DIRECT,
     };
-    use parastor_translation::scsi::{DiskParams, ScsiDisk};
-    use parastor_translation::storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
-    use parastor_translation::vmbus::{
+    use parastor_scsi::{DiskParams, ScsiDisk};
+    use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
+    use parastor_tests::storvsc::{Data, Profile, Srb, Storvsc, StorvscHost};
+    use parastor_vmbus::{
         Channel, Notify, OutgoingPacket, RingReader, RingWriter, Signal, init_ring_pair,
     };
     use std::sync::Arc;

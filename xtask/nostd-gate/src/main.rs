@@ -1,7 +1,8 @@
 //! The `no_std` gate: a `#![no_std]` binary that links every `no_std` crate
 //! of parastor.
 //!
-//! `hw`, `core`, `vtl2-settings` and `translation` promise to build without
+//! `hw`, `core`, `vtl2-settings` and the `translation` crates (`scsi`,
+//! `vmbus`, `storvsp`) promise to build without
 //! the standard library. A library crate's `#![no_std]` alone does not keep
 //! that promise: any of its dependencies (or a feature of one) can still pull
 //! `std` into the graph. This binary supplies what `std` would otherwise
@@ -33,17 +34,21 @@
 
 extern crate alloc;
 
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
-// The memory type comes through translation's re-export and the trait from
-// core itself: both paths must name the one same `parastor-core`.
-use parastor_core::GuestMemory;
-use parastor_translation::parastor_core::RamGuestMemory;
+use core::future::Future;
+use core::pin::pin;
+use core::task::{Context, Poll, Waker};
+use parastor_core::ram::RamDisk;
+use parastor_core::{Disk, GuestMemory, InitiatorId, RamGuestMemory, SgList};
+use parastor_scsi::{DiskParams, ScsiDisk};
+use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 
 /// The heap: a fixed arena, enough for the two 64 KiB chunks of guest memory
 /// the checks touch plus their bookkeeping.
 #[global_allocator]
-static ALLOCATOR: emballoc::Allocator<{ 256 * 1024 }> = emballoc::Allocator::new();
+static ALLOCATOR: emballoc::Allocator<{ 512 * 1024 }> = emballoc::Allocator::new();
 
 /// Spins forever: without `std` or `unsafe` there is no way to abort. The
 /// runner's timeout turns the hang into a reported failure.
@@ -69,6 +74,12 @@ enum Failure {
     NotZero = 4,
     /// `GuestMemory::fill` did not fill.
     Fill = 5,
+    /// A VMBus ring pair could not be laid out in guest memory.
+    Rings = 6,
+    /// A SCSI disk over a RAM disk did not answer TEST UNIT READY with GOOD.
+    Scsi = 7,
+    /// A StorVSP controller did not take a LUN.
+    Storvsp = 8,
 }
 
 /// Size of the guest memory the checks use: two 64 KiB chunks.
@@ -115,6 +126,31 @@ fn check() -> Result<(), Failure> {
         || head.iter().any(|&b| b != 0xa5)
     {
         return Err(Failure::Fill);
+    }
+
+    if parastor_vmbus::init_ring_pair(&memory, 0, 8192).is_err() {
+        return Err(Failure::Rings);
+    }
+
+    let ram = RamDisk::new(64 * 1024, 512).map_err(|_| Failure::Scsi)?;
+    let disk = Disk::new(ram).map_err(|_| Failure::Scsi)?;
+    let scsi = Arc::new(ScsiDisk::new(disk, DiskParams::default()));
+    // TEST UNIT READY on an inline RAM disk finishes on its first poll.
+    let tur = [0u8; 6];
+    let no_data = SgList::new(&memory, &[], false).map_err(|_| Failure::Scsi)?;
+    let good = {
+        let run = pin!(scsi.execute(&tur, no_data, InitiatorId::new(1)));
+        matches!(run.poll(&mut Context::from_waker(Waker::noop())), Poll::Ready(r) if r.status == 0)
+    };
+    if !good {
+        return Err(Failure::Scsi);
+    }
+
+    let controller = Controller::new(ControllerConfig::default());
+    if controller.attach(ScsiPath::new(0, 0, 0), scsi).is_err()
+        || controller.lun(ScsiPath::new(0, 0, 0)).is_none()
+    {
+        return Err(Failure::Storvsp);
     }
     Ok(())
 }

@@ -1,8 +1,6 @@
 //! One StorVSP channel worker: packets in, completions out.
 
 use super::{Controller, NegotiationState, ScsiPath, StorvspError};
-use crate::scsi::{Lun, ScsiResult, disk_error_result};
-use crate::vmbus::{Channel, OutgoingKind, PacketKind, PacketRef, Reservation, RingError, Signal};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -17,6 +15,10 @@ use parastor_hw::storvsp::{
     self as hw, Body, MAX_PACKET_LEN, NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader,
     ParseError, ProtocolVersion, RequestSize, ScsiRequest, data_direction, parse_packet, srb_flags,
     srb_status,
+};
+use parastor_scsi::{Lun, ScsiResult, disk_error_result};
+use parastor_vmbus::{
+    Channel, OutgoingKind, PacketKind, PacketRef, Reservation, RingError, Signal,
 };
 use zerocopy::IntoBytes;
 

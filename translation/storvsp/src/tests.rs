@@ -4,11 +4,6 @@
 extern crate std;
 
 use super::*;
-use crate::scsi::{DiskParams, ScsiDisk};
-use crate::vmbus::{
-    Channel, GpaDirectRange, Notify, OutgoingKind, PacketKind, RingRegion, Signal, init_ring,
-    init_ring_pair,
-};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec;
@@ -21,6 +16,11 @@ use parastor_hw::storvsp::{
     NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader, ProtocolVersion, ScsiRequest,
     VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10, data_direction,
     srb_status,
+};
+use parastor_scsi::{DiskParams, ScsiDisk};
+use parastor_vmbus::{
+    Channel, GpaDirectRange, Notify, OutgoingKind, PacketKind, RingRegion, Signal, init_ring,
+    init_ring_pair,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -561,7 +561,7 @@ fn dvd_and_disk_luns_share_a_controller() {
     let rig = Rig::new(ControllerConfig::default());
     let disk = rig.attach(0, 64);
     let media = RamDisk::new(16 * 2048, 2048).unwrap();
-    let dvd = Arc::new(crate::scsi::dvd::ScsiDvd::new(Some(Disk::new(media).unwrap())).unwrap());
+    let dvd = Arc::new(parastor_scsi::dvd::ScsiDvd::new(Some(Disk::new(media).unwrap())).unwrap());
     rig.controller
         .attach(ScsiPath::new(0, 0, 1), dvd.clone())
         .unwrap();

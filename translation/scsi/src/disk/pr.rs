@@ -4,9 +4,9 @@
 //! protocol identifier 0x0F ("no specific protocol") and the 16-byte
 //! [`InitiatorId`] at offset 8; REGISTER AND MOVE accepts the same form.
 
-use super::{
-    Res, ScsiDisk, data_in, data_out, illegal, invalid_cdb, invalid_param, param_len_error,
-};
+use super::ScsiDisk;
+use crate::data::{data_in, data_out};
+use crate::result::{Res, illegal, invalid_cdb, invalid_param, param_len_error};
 use alloc::vec::Vec;
 use parastor_core::{
     DiskError, InitiatorId, PersistentReservations, ReservationReport, ReservationType,

@@ -1,92 +1,18 @@
-//! MODE SENSE and MODE SELECT: the caching (0x08) and control (0x0A)
-//! pages.
+//! MODE SENSE and MODE SELECT framing every device type shares: the
+//! common CDB checks, the mode parameter headers, and walking a MODE SELECT
+//! parameter list page by page.
 
-use super::{
-    Res, ScsiDisk, data_in, data_out, illegal, invalid_cdb, invalid_param, param_len_error,
-};
+use crate::data::{data_in, data_out};
+use crate::result::{Res, illegal, invalid_cdb, invalid_param, param_len_error};
 use alloc::vec::Vec;
 use parastor_core::SgList;
-use parastor_hw::scsi::{
-    CACHING_WCE, CachingPage, ControlPage, ModeHeader6, ModeHeader10, asc, mode,
-};
-use zerocopy::{FromBytes, IntoBytes};
-
-impl ScsiDisk {
-    fn caching_page(&self, pc: u8) -> CachingPage {
-        let wce = pc != mode::PC_CHANGEABLE && self.params.write_cache;
-        CachingPage {
-            page: mode::CACHING_PAGE,
-            len: (size_of::<CachingPage>() - 2) as u8,
-            flags: if wce { CACHING_WCE } else { 0 },
-            ..Default::default()
-        }
-    }
-
-    fn control_page(&self, pc: u8) -> ControlPage {
-        ControlPage {
-            page: mode::CONTROL_PAGE,
-            len: (size_of::<ControlPage>() - 2) as u8,
-            // Unrestricted reordering of commands.
-            queue: if pc == mode::PC_CHANGEABLE { 0 } else { 0x10 },
-            ..Default::default()
-        }
-    }
-
-    pub(super) fn mode_sense(
-        &self,
-        data: &SgList<'_>,
-        pc: u8,
-        page: u8,
-        subpage: u8,
-        alloc_len: usize,
-        long: bool,
-    ) -> Res {
-        check_mode_sense(pc, page, subpage)?;
-        let mut pages = Vec::new();
-        match page {
-            mode::CACHING_PAGE => pages.extend_from_slice(self.caching_page(pc).as_bytes()),
-            mode::CONTROL_PAGE => pages.extend_from_slice(self.control_page(pc).as_bytes()),
-            mode::ALL_PAGES => {
-                pages.extend_from_slice(self.caching_page(pc).as_bytes());
-                pages.extend_from_slice(self.control_page(pc).as_bytes());
-            }
-            _ => return Err(invalid_cdb()),
-        }
-        let mut dsp = 0;
-        if self.disk.is_read_only() {
-            dsp |= mode::DSP_WP;
-        }
-        if self.fua {
-            dsp |= mode::DSP_DPOFUA;
-        }
-        mode_sense_data(data, long, dsp, &pages, alloc_len)
-    }
-
-    pub(super) fn mode_select(
-        &self,
-        data: &SgList<'_>,
-        pf: bool,
-        sp: bool,
-        param_len: usize,
-        long: bool,
-    ) -> Res {
-        mode_select_pages(data, pf, sp, param_len, long, |code, body| {
-            // Only the caching page, unchanged WCE (OpenHCL's rule: the
-            // write cache setting belongs to the host).
-            if code != mode::CACHING_PAGE || body.len() != size_of::<CachingPage>() - 2 {
-                return Err(invalid_param());
-            }
-            if (body[0] & CACHING_WCE != 0) != self.params.write_cache {
-                return Err(invalid_param());
-            }
-            Ok(())
-        })
-    }
-}
+use parastor_hw::scsi::{ModeHeader6, ModeHeader10, asc, mode};
+use zerocopy::FromBytes;
+use zerocopy::IntoBytes;
 
 /// The MODE SENSE checks common to every device: saved values are not
 /// supported, and subpages only as "all pages, all subpages".
-pub(super) fn check_mode_sense(pc: u8, page: u8, subpage: u8) -> Res<()> {
+pub(crate) fn check_mode_sense(pc: u8, page: u8, subpage: u8) -> Res<()> {
     if pc == mode::PC_SAVED {
         return Err(illegal(asc::SAVING_PARAMETERS_NOT_SUPPORTED, 0));
     }
@@ -99,7 +25,7 @@ pub(super) fn check_mode_sense(pc: u8, page: u8, subpage: u8) -> Res<()> {
 /// MODE SENSE parameter data: the 6-byte or (`long`) 10-byte header with
 /// device-specific parameter `dsp` and no block descriptors, then `pages`,
 /// truncated to `alloc_len`.
-pub(super) fn mode_sense_data(
+pub(crate) fn mode_sense_data(
     data: &SgList<'_>,
     long: bool,
     dsp: u8,
@@ -130,7 +56,7 @@ pub(super) fn mode_sense_data(
 /// list needs PF), reads the parameter list, skips its header and block
 /// descriptors and calls `page(code, body)` for each mode page in it (a
 /// subpage-format page is refused). `param_len` on success.
-pub(super) fn mode_select_pages(
+pub(crate) fn mode_select_pages(
     data: &SgList<'_>,
     pf: bool,
     sp: bool,

@@ -1,6 +1,6 @@
 //! The one table from [`DiskError`] to SCSI status and sense data.
 
-use super::ScsiResult;
+use crate::ScsiResult;
 use parastor_core::{DiskError, IoErrorKind, MediumError};
 use parastor_hw::scsi::{SenseData, asc, sense_key, status};
 

@@ -1,12 +1,15 @@
 //! Unit tests of the SCSI disk adapter over RAM disks.
 
 use super::*;
+use crate::{SENSE_SLOTS, disk_error_result};
 use futures::executor::block_on;
+use parastor_core::GpaRange;
 use parastor_core::ram::RamDisk;
 use parastor_core::{
     GuestMemory, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind, RamGuestMemory,
     ReservationsDisk,
 };
+use parastor_hw::scsi::status;
 use parastor_hw::scsi::{op, pr};
 
 const SS: u32 = 512;
@@ -42,7 +45,7 @@ const B: InitiatorId = InitiatorId::new(0xB);
 /// Runs `exec` on a data buffer of `len` bytes at [`GPA`] in `mem`,
 /// preloaded with `out` (the rest 0xEE); returns its result and the
 /// buffer's bytes afterwards. Shared with the DVD tests.
-pub(super) fn with_buffer(
+pub(crate) fn with_buffer(
     mem: &RamGuestMemory,
     out: &[u8],
     len: usize,
@@ -117,7 +120,7 @@ fn rw<const N: usize>(op: u8, flags: u8, lba: u64, len: u32) -> [u8; N] {
 }
 
 /// READ / WRITE(10)-shaped CDB. Shared with the DVD tests.
-pub(super) fn rw10(op: u8, flags: u8, lba: u32, len: u16) -> [u8; 10] {
+pub(crate) fn rw10(op: u8, flags: u8, lba: u32, len: u16) -> [u8; 10] {
     rw(op, flags, lba.into(), len.into())
 }
 

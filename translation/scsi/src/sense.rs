@@ -6,7 +6,8 @@
 //! it keeps [`SENSE_SLOTS`] initiators and, when full, forgets the one
 //! whose sense was stored longest ago.
 
-use super::{Res, ScsiResult, data_in};
+use crate::data::data_in;
+use crate::result::{Res, ScsiResult};
 use alloc::vec::Vec;
 use parastor_core::{InitiatorId, SgList};
 use parastor_hw::scsi::{DESCRIPTOR_SENSE_MAX, SenseData, status};

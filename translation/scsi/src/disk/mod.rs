@@ -1,11 +1,11 @@
-//! The SCSI disk adapter: CDBs in, [`Disk`] calls out.
+//! The SCSI disk: an SBC direct-access block device over a [`Disk`].
 //!
 //! [`ScsiDisk`] is transport independent: StorVSP (or any other SCSI
 //! transport) hands it a CDB, the request's data buffer as an [`SgList`]
 //! and the initiator's identity, and gets back a [`ScsiResult`] (status,
 //! sense data, bytes transferred). Each CDB is parsed once by
 //! [`parastor_hw::scsi::parse_cdb`]; disk errors become sense data through
-//! the one table in [`disk_error_result`].
+//! the one table in [`disk_error_result`](crate::disk_error_result).
 //!
 //! Where this differs from OpenHCL's `scsidisk` on purpose: READ(6) and
 //! WRITE(6) length 0 means 256 blocks (SBC-4); VERIFY and WRITE AND VERIFY
@@ -19,35 +19,29 @@
 //! lock, and REPORT SUPPORTED OPERATION CODES comes from the one command
 //! table the tests check against the parser.
 
-pub mod dvd;
-mod error;
 mod inquiry;
-mod lock;
 mod mode_pages;
 mod opcodes;
 mod pr;
-mod sense;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
-pub use error::disk_error_result;
-pub use sense::SENSE_SLOTS;
-
-use alloc::sync::Arc;
+use crate::data::{Scratch, data_in, data_out, read_capacity10};
+use crate::lock::RangeLock;
+use crate::result::{
+    Res, ScsiResult, illegal, invalid_cdb, invalid_param, mem_err, param_len_error,
+};
+use crate::sense::{self, SenseTable};
 use alloc::vec;
 use alloc::vec::Vec;
-use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
-use lock::RangeLock;
-use parastor_core::{
-    Disk, DiskError, GpaRange, InitiatorId, IoOptions, LocalMemory, SgList, UnmapBehavior,
-};
+use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList, UnmapBehavior};
 use parastor_hw::scsi::{
-    Command, LbaStatusDescriptor, LbaStatusHeader, ReadCapacity10Data, ReadCapacity16Data,
-    SenseData, Transfer, UnmapDescriptor, UnmapHeader, asc, parse_cdb, sense_key, status,
+    Command, LbaStatusDescriptor, LbaStatusHeader, ReadCapacity16Data, SenseData, Transfer,
+    UnmapDescriptor, UnmapHeader, asc, parse_cdb, sense_key,
 };
-use sense::SenseTable;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::FromBytes;
+use zerocopy::IntoBytes;
 
 /// Most block descriptors one UNMAP may carry (VPD 0xB0).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 4096;
@@ -106,216 +100,12 @@ impl Default for DiskParams {
         }
     }
 }
-
-/// The outcome of one command.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ScsiResult {
-    /// SCSI status ([`parastor_hw::scsi::status`]).
-    pub status: u8,
-    /// Sense data, with CHECK CONDITION (and TASK ABORTED).
-    pub sense: Option<SenseData>,
-    /// Bytes transferred to or from the data buffer.
-    pub tx: usize,
-}
-
-impl ScsiResult {
-    /// GOOD with `tx` bytes transferred.
-    pub const fn good(tx: usize) -> Self {
-        ScsiResult {
-            status: status::GOOD,
-            sense: None,
-            tx,
-        }
-    }
-
-    /// CHECK CONDITION with `sense`.
-    pub const fn check(sense: SenseData) -> Self {
-        ScsiResult {
-            status: status::CHECK_CONDITION,
-            sense: Some(sense),
-            tx: 0,
-        }
-    }
-}
-
-impl From<DiskError> for ScsiResult {
-    fn from(e: DiskError) -> Self {
-        disk_error_result(&e)
-    }
-}
-
-type Res<T = usize> = Result<T, ScsiResult>;
-
-fn illegal(asc: u8, ascq: u8) -> ScsiResult {
-    ScsiResult::check(SenseData::illegal(asc, ascq))
-}
-
-fn invalid_cdb() -> ScsiResult {
-    illegal(asc::INVALID_FIELD_IN_CDB, 0)
-}
-
-fn invalid_param() -> ScsiResult {
-    illegal(asc::INVALID_FIELD_IN_PARAMETER_LIST, 0)
-}
-
-fn param_len_error() -> ScsiResult {
-    illegal(asc::PARAMETER_LIST_LENGTH, 0)
-}
-
-fn mem_err(e: parastor_core::MemoryError) -> ScsiResult {
-    DiskError::MemoryAccess(e).into()
-}
-
 fn unit_attention() -> SenseData {
     SenseData::new(
         sense_key::UNIT_ATTENTION,
         asc::PARAMETERS_CHANGED,
         asc::ASCQ_CAPACITY_DATA_CHANGED,
     )
-}
-
-/// Copies `bytes`, truncated to `alloc_len` and the buffer, into `data`;
-/// returns the bytes transferred.
-fn data_in(data: &SgList<'_>, bytes: &[u8], alloc_len: usize) -> Res {
-    let n = bytes.len().min(alloc_len).min(data.len());
-    if n == 0 {
-        return Ok(0);
-    }
-    let view = data.subrange(0, n).map_err(|_| invalid_cdb())?;
-    view.write_all(&bytes[..n]).map_err(mem_err)?;
-    Ok(n)
-}
-
-/// READ CAPACITY(10) data for `blocks` blocks of `block_len` bytes (the
-/// last LBA clamped to 32 bits, as SBC-4 asks).
-fn read_capacity10(data: &SgList<'_>, blocks: u64, block_len: u32) -> Res {
-    let d = ReadCapacity10Data {
-        last_lba: u32::try_from(blocks.saturating_sub(1))
-            .unwrap_or(u32::MAX)
-            .into(),
-        block_len: block_len.into(),
-    };
-    data_in(data, d.as_bytes(), usize::MAX)
-}
-
-/// Reads the first `len` bytes of the data-out buffer (a parameter list).
-fn data_out(data: &SgList<'_>, len: usize) -> Res<Vec<u8>> {
-    let view = data.subrange(0, len).map_err(|_| param_len_error())?;
-    let mut v = vec![0; len];
-    view.read_all(&mut v).map_err(mem_err)?;
-    Ok(v)
-}
-
-/// A private staging buffer the disk can read into or write from.
-struct Scratch {
-    mem: LocalMemory,
-    range: [GpaRange; 1],
-}
-
-impl Scratch {
-    fn new(len: usize) -> Self {
-        Scratch {
-            mem: LocalMemory::new(len),
-            range: [GpaRange::new(0, len as u64)],
-        }
-    }
-
-    fn sg(&self, len: usize, writable: bool) -> SgList<'_> {
-        SgList::local(&self.mem, &self.range, writable)
-            .subrange(0, len)
-            .unwrap_or_else(|_| SgList::local(&self.mem, &self.range, writable))
-    }
-}
-
-/// One logical unit a SCSI transport can address: a disk or a DVD drive.
-///
-/// An enum rather than a trait object so a transport can run a command
-/// in place with no boxing; [`Lun::execute`] forwards to the device.
-#[derive(Clone)]
-pub enum Lun {
-    /// A direct-access block device.
-    Disk(Arc<ScsiDisk>),
-    /// A CD/DVD-ROM drive.
-    Dvd(Arc<dvd::ScsiDvd>),
-}
-
-impl Lun {
-    /// Executes one command on the device; the contract of
-    /// [`ScsiDisk::execute`].
-    pub async fn execute(
-        &self,
-        cdb: &[u8],
-        data: SgList<'_>,
-        initiator: InitiatorId,
-    ) -> ScsiResult {
-        match self {
-            Lun::Disk(d) => d.execute(cdb, data, initiator).await,
-            Lun::Dvd(d) => d.execute(cdb, data, initiator).await,
-        }
-    }
-
-    /// Whether a command finishes on its first poll (the backing disk, or
-    /// the DVD's current medium, [completes inline]; an empty DVD drive
-    /// always does).
-    ///
-    /// [completes inline]: parastor_core::DiskIo::completes_inline
-    pub fn completes_inline(&self) -> bool {
-        match self {
-            Lun::Disk(d) => d.disk().completes_inline(),
-            Lun::Dvd(d) => d.media().is_none_or(|m| m.completes_inline()),
-        }
-    }
-
-    /// Runs the command to completion without a future when it can (see
-    /// [`ScsiDisk::execute_now`]); `None`: run [`Lun::execute`] instead.
-    pub fn execute_now(
-        &self,
-        cdb: &[u8],
-        data: &SgList<'_>,
-        initiator: InitiatorId,
-    ) -> Option<ScsiResult> {
-        match self {
-            Lun::Disk(d) => d.execute_now(cdb, data, initiator),
-            Lun::Dvd(_) => None,
-        }
-    }
-
-    /// The disk, if this LUN is one.
-    pub fn as_disk(&self) -> Option<&Arc<ScsiDisk>> {
-        match self {
-            Lun::Disk(d) => Some(d),
-            Lun::Dvd(_) => None,
-        }
-    }
-
-    /// The DVD drive, if this LUN is one.
-    pub fn as_dvd(&self) -> Option<&Arc<dvd::ScsiDvd>> {
-        match self {
-            Lun::Disk(_) => None,
-            Lun::Dvd(d) => Some(d),
-        }
-    }
-}
-
-impl fmt::Debug for Lun {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Lun::Disk(_) => f.write_str("Lun::Disk"),
-            Lun::Dvd(_) => f.write_str("Lun::Dvd"),
-        }
-    }
-}
-
-impl From<Arc<ScsiDisk>> for Lun {
-    fn from(d: Arc<ScsiDisk>) -> Self {
-        Lun::Disk(d)
-    }
-}
-
-impl From<Arc<dvd::ScsiDvd>> for Lun {
-    fn from(d: Arc<dvd::ScsiDvd>) -> Self {
-        Lun::Dvd(d)
-    }
 }
 
 /// A SCSI direct-access block device over a [`Disk`].

@@ -25,6 +25,10 @@
 //! enough for the lock-based in-process memories. Mapping real shared pages
 //! will need release/acquire ordering on the index stores and loads.
 
+#![no_std]
+
+extern crate alloc;
+
 mod channel;
 mod ring;
 mod signal;

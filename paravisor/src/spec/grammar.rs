@@ -1,28 +1,17 @@
-//! Disk specs: the little language `parastor disk` uses to name a disk stack.
+//! The spec grammar: spec text to a [`Recipe`], with no I/O.
 //!
-//! A spec is parsed into a [`SpecNode`] tree ([`parse`]) and the tree is then
-//! built into a [`Disk`] ([`build_node`]); [`build`] does both. See
-//! [`GRAMMAR`] for the language. Every kind of disk is one row of a table of
+//! [`GRAMMAR`] is the language. Every kind of disk is one row of a table of
 //! prefixes (`KINDS`): the row names the prefix and the function that parses
-//! what follows it, so a new kind (a decorator such as `crypt:KEYFILE:SPEC`)
-//! is a new row, a new [`NodeKind`] variant and a new arm in the builder.
+//! what follows it, so a new kind is a new row, a new [`Recipe`] variant and
+//! a new arm in the builder.
 //!
 //! Errors name the byte column of the spec where parsing failed and what
-//! was expected there ([`SpecError`]).
+//! was expected there ([`SpecError`]). The parser only reads the text: it
+//! opens nothing, so anything that wants a recipe can use it.
 
-use crate::file::FileDisk;
-use crate::timer::StdTimer;
-use parastor_core::crypt::CryptDisk;
-use parastor_core::layered::{LayerConfig, LayerSource, LayeredDisk};
-use parastor_core::ram::RamDisk;
-use parastor_core::striped::StripedDisk;
-use parastor_core::{DelayDisk, DelayHandle, Disk, ReservationsDisk, Timer};
-use std::fmt;
-use std::io;
-use std::ops::Range;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use super::error::SpecError;
+use super::recipe::{DEFAULT_SECTOR_SIZE, MAX_NESTING, Recipe, RecipePath};
+use core::ops::Range;
 
 /// The spec language, for `--help`.
 pub const GRAMMAR: &str = "\
@@ -67,139 +56,36 @@ DISK SPECS
     crypt:key.bin:file:disk.img
     prwrap:delay:5:mem:1G";
 
-/// A parsed spec: one disk of the stack, with where it was written.
+/// Where each part of a parsed recipe was written: a tree shaped like the
+/// recipe, so an error about a part (a [`RecipePath`]) can point at its text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecNode {
-    /// The bytes of the spec this node was parsed from.
+pub struct SpanTree {
+    /// The bytes of the spec the part was parsed from.
     pub span: Range<usize>,
-    /// What the node is.
-    pub kind: NodeKind,
+    /// Where the part's children were written, in [`Recipe::children`]
+    /// order.
+    pub children: Vec<SpanTree>,
 }
 
-/// One kind of disk, with its arguments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum NodeKind {
-    /// `mem:SIZE[@SECTOR]`: a RAM disk.
-    Mem {
-        /// Size in bytes (a non-zero whole number of sectors).
-        len_bytes: u64,
-        /// Sector size in bytes.
-        sector_size: u32,
-    },
-    /// `file[@SECTOR]:PATH`: a host file.
-    File {
-        /// The file.
-        path: PathBuf,
-        /// Sector size in bytes.
-        sector_size: u32,
-    },
-    /// `memdiff:SPEC`: a writable RAM layer over the disk.
-    MemDiff(Box<SpecNode>),
-    /// `crypt:KEYFILE:SPEC`: XTS-AES-256 over the disk.
-    Crypt {
-        /// The file holding the 64-byte key.
-        key_file: PathBuf,
-        /// The disk holding the ciphertext.
-        inner: Box<SpecNode>,
-    },
-    /// `delay:MILLIS:SPEC`: added latency on reads and writes.
-    Delay {
-        /// The delay in milliseconds.
-        millis: u64,
-        /// The delayed disk.
-        inner: Box<SpecNode>,
-    },
-    /// `prwrap:SPEC`: persistent reservations, enforced.
-    PrWrap(Box<SpecNode>),
-    /// `striped:[CHUNK:]{SPEC|…}`: members striped together.
-    Striped {
-        /// Stripe chunk size in bytes; `None` for the striped disk's default.
-        chunk_bytes: Option<u32>,
-        /// The members, in stripe order.
-        members: Vec<SpecNode>,
-    },
-}
-
-/// A spec that could not be parsed or built.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpecError {
-    spec: String,
-    span: Range<usize>,
-    message: String,
-}
-
-impl SpecError {
-    fn new(spec: &str, span: Range<usize>, message: impl Into<String>) -> Self {
-        Self {
-            spec: spec.to_owned(),
-            span,
-            message: message.into(),
-        }
-    }
-
-    /// The 1-based byte column where the problem starts.
-    pub fn column(&self) -> usize {
-        self.span.start + 1
-    }
-
-    /// The bytes of the spec the problem covers (at least one byte unless
-    /// the problem is at the end of the spec).
-    pub fn span(&self) -> Range<usize> {
-        self.span.clone()
-    }
-
-    /// What was wrong and what was expected, without the position.
-    pub fn message(&self) -> &str {
-        &self.message
-    }
-
-    /// The whole spec.
-    pub fn spec(&self) -> &str {
-        &self.spec
-    }
-
-    /// The spec with a line of carets under the problem, for terminals.
-    pub fn caret_diagram(&self) -> String {
-        let start = floor_char_boundary(&self.spec, self.span.start);
-        let end = floor_char_boundary(&self.spec, self.span.end).max(start);
-        let pad = self.spec[..start].chars().count();
-        let width = self.spec[start..end].chars().count().max(1);
-        format!(
-            "  {}\n  {}{}",
-            self.spec,
-            " ".repeat(pad),
-            "^".repeat(width)
-        )
+impl SpanTree {
+    /// Where the part at `path` was written, if the recipe has that part.
+    pub fn get(&self, path: &RecipePath) -> Option<Range<usize>> {
+        path.steps()
+            .iter()
+            .try_fold(self, |tree, &i| tree.children.get(i))
+            .map(|tree| tree.span.clone())
     }
 }
 
-fn floor_char_boundary(s: &str, mut i: usize) -> usize {
-    i = i.min(s.len());
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    i
-}
-
-impl fmt::Display for SpecError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "spec error at column {} of '{}': {}",
-            self.column(),
-            self.spec,
-            self.message
-        )
-    }
-}
-
-impl std::error::Error for SpecError {}
+/// What a kind's parser returns: the recipe and where its children were
+/// written.
+type KindParse = Result<(Recipe, Vec<SpanTree>), SpecError>;
 
 /// One row of the prefix table: a kind's name and the parser for what
 /// follows the name.
 struct Kind {
     name: &'static str,
-    parse: fn(&mut Parser<'_>, Range<usize>) -> Result<NodeKind, SpecError>,
+    parse: fn(&mut Parser<'_>) -> KindParse,
 }
 
 /// Every kind of disk a spec can name.
@@ -239,29 +125,27 @@ pub fn kind_names() -> impl Iterator<Item = &'static str> {
     KINDS.iter().map(|k| k.name)
 }
 
-const DEFAULT_SECTOR_SIZE: u32 = 512;
+/// Parses `spec` into a recipe.
+pub fn parse(spec: &str) -> Result<Recipe, SpecError> {
+    parse_with_spans(spec).map(|(recipe, _)| recipe)
+}
 
-/// Parses `spec` into a tree, without opening or creating anything.
-pub fn parse(spec: &str) -> Result<SpecNode, SpecError> {
+/// Parses `spec` into a recipe and where each of its parts was written.
+pub fn parse_with_spans(spec: &str) -> Result<(Recipe, SpanTree), SpecError> {
     let mut p = Parser {
         spec,
         pos: 0,
         depth: 0,
         nesting: 0,
     };
-    let node = p.spec_node()?;
+    let parsed = p.spec_node()?;
     if p.pos < spec.len() {
         return Err(p.error_here(format!(
             "unexpected {} after the end of the spec: expected nothing more",
             p.found()
         )));
     }
-    Ok(node)
-}
-
-/// Parses `spec` and builds the disk stack it names.
-pub fn build(spec: &str) -> Result<Disk, SpecError> {
-    build_node(spec, &parse(spec)?)
+    Ok(parsed)
 }
 
 struct Parser<'s> {
@@ -272,11 +156,6 @@ struct Parser<'s> {
     /// How many specs deep the parser is, bounded by [`MAX_NESTING`].
     nesting: usize,
 }
-
-/// How deeply specs may nest: far more than any real stack, few enough that
-/// a hostile spec cannot exhaust the stack of the recursive parser and
-/// builder.
-pub const MAX_NESTING: usize = 64;
 
 impl Parser<'_> {
     fn peek(&self) -> Option<char> {
@@ -322,7 +201,8 @@ impl Parser<'_> {
         start..self.pos
     }
 
-    fn spec_node(&mut self) -> Result<SpecNode, SpecError> {
+    /// One spec: a kind and what follows it.
+    fn spec_node(&mut self) -> Result<(Recipe, SpanTree), SpecError> {
         let start = self.pos;
         if self.nesting == MAX_NESTING {
             return Err(self.error_here(format!(
@@ -330,12 +210,19 @@ impl Parser<'_> {
             )));
         }
         self.nesting += 1;
-        let node = self.spec_node_inner(start);
+        let parsed = self.kind_and_arguments();
         self.nesting -= 1;
-        node
+        let (recipe, children) = parsed?;
+        Ok((
+            recipe,
+            SpanTree {
+                span: start..self.pos,
+                children,
+            },
+        ))
     }
 
-    fn spec_node_inner(&mut self, start: usize) -> Result<SpecNode, SpecError> {
+    fn kind_and_arguments(&mut self) -> KindParse {
         let name = self.take_while(|c| c.is_ascii_alphanumeric());
         let known = || kind_names().collect::<Vec<_>>().join(", ");
         if name.is_empty() {
@@ -353,11 +240,15 @@ impl Parser<'_> {
                 format!("unknown disk kind '{word}': expected one of {}", known()),
             ));
         };
-        let kind = (kind.parse)(self, name)?;
-        Ok(SpecNode {
-            span: start..self.pos,
-            kind,
-        })
+        (kind.parse)(self)
+    }
+
+    /// `:SPEC` after a kind that wraps one disk: the wrapped disk's recipe
+    /// and where it was written.
+    fn wrapped(&mut self, after: &str) -> Result<(Box<Recipe>, Vec<SpanTree>), SpecError> {
+        self.expect(':', after)?;
+        let (recipe, spans) = self.spec_node()?;
+        Ok((Box::new(recipe), vec![spans]))
     }
 
     /// A size such as `64M`: returns the value and where it was written.
@@ -403,8 +294,11 @@ impl Parser<'_> {
         Ok((bytes.ok_or_else(too_large)?, span))
     }
 
-    /// A sector size after `@`.
-    fn sector_size(&mut self) -> Result<u32, SpecError> {
+    /// `@SECTOR`, or the default sector size when there is no `@`.
+    fn optional_sector_size(&mut self) -> Result<u32, SpecError> {
+        if !self.eat('@') {
+            return Ok(DEFAULT_SECTOR_SIZE);
+        }
         let (size, span) = self.size("sector size")?;
         match u32::try_from(size) {
             Ok(s) if parastor_hw::is_valid_sector_size(s) => Ok(s),
@@ -418,14 +312,10 @@ impl Parser<'_> {
 }
 
 /// `mem:SIZE[@SECTOR]`
-fn parse_mem(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
+fn parse_mem(p: &mut Parser<'_>) -> KindParse {
     p.expect(':', "after 'mem'")?;
     let (len_bytes, span) = p.size("disk size")?;
-    let sector_size = if p.eat('@') {
-        p.sector_size()?
-    } else {
-        DEFAULT_SECTOR_SIZE
-    };
+    let sector_size = p.optional_sector_size()?;
     if len_bytes == 0 {
         return Err(SpecError::new(
             p.spec,
@@ -442,39 +332,37 @@ fn parse_mem(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecEr
             ),
         ));
     }
-    Ok(NodeKind::Mem {
+    let mem = Recipe::Mem {
         len_bytes,
         sector_size,
-    })
+    };
+    Ok((mem, Vec::new()))
 }
 
 /// `file[@SECTOR]:PATH`
-fn parse_file(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
-    let sector_size = if p.eat('@') {
-        p.sector_size()?
-    } else {
-        DEFAULT_SECTOR_SIZE
-    };
+fn parse_file(p: &mut Parser<'_>) -> KindParse {
+    let sector_size = p.optional_sector_size()?;
     p.expect(':', "before the file path")?;
     let nested = p.depth > 0;
     let path = p.take_while(|c| !(nested && (c == '|' || c == '}')));
     if path.is_empty() {
         return Err(p.error_here(format!("expected a file path, found {}", p.found())));
     }
-    Ok(NodeKind::File {
-        path: PathBuf::from(&p.spec[path]),
+    let file = Recipe::File {
+        path: p.spec[path].to_owned(),
         sector_size,
-    })
+    };
+    Ok((file, Vec::new()))
 }
 
 /// `memdiff:SPEC`
-fn parse_memdiff(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
-    p.expect(':', "after 'memdiff'")?;
-    Ok(NodeKind::MemDiff(Box::new(p.spec_node()?)))
+fn parse_memdiff(p: &mut Parser<'_>) -> KindParse {
+    let (lower, spans) = p.wrapped("after 'memdiff'")?;
+    Ok((Recipe::MemDiff { lower }, spans))
 }
 
 /// `striped:[CHUNK:]{SPEC|SPEC|…}`
-fn parse_striped(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
+fn parse_striped(p: &mut Parser<'_>) -> KindParse {
     p.expect(':', "after 'striped'")?;
     let chunk_bytes = if p.peek() == Some('{') {
         None
@@ -503,9 +391,11 @@ fn parse_striped(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, Sp
         ));
     }
     p.depth += 1;
-    let mut members = Vec::new();
+    let (mut members, mut spans) = (Vec::new(), Vec::new());
     loop {
-        members.push(p.spec_node()?);
+        let (member, span) = p.spec_node()?;
+        members.push(member);
+        spans.push(span);
         if p.eat('|') {
             continue;
         }
@@ -519,29 +409,27 @@ fn parse_striped(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, Sp
         )));
     }
     p.depth -= 1;
-    Ok(NodeKind::Striped {
+    let striped = Recipe::Striped {
         chunk_bytes,
         members,
-    })
+    };
+    Ok((striped, spans))
 }
 
 /// `crypt:KEYFILE:SPEC`
-fn parse_crypt(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
+fn parse_crypt(p: &mut Parser<'_>) -> KindParse {
     p.expect(':', "after 'crypt'")?;
     let path = p.take_while(|c| c != ':');
     if path.is_empty() {
         return Err(p.error_here(format!("expected a key file path, found {}", p.found())));
     }
-    let key_file = PathBuf::from(&p.spec[path]);
-    p.expect(':', "after the key file path")?;
-    Ok(NodeKind::Crypt {
-        key_file,
-        inner: Box::new(p.spec_node()?),
-    })
+    let key_file = p.spec[path].to_owned();
+    let (inner, spans) = p.wrapped("after the key file path")?;
+    Ok((Recipe::Crypt { key_file, inner }, spans))
 }
 
 /// `delay:MILLIS:SPEC`
-fn parse_delay(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
+fn parse_delay(p: &mut Parser<'_>) -> KindParse {
     p.expect(':', "after 'delay'")?;
     let span = p.take_while(|c| c.is_ascii_digit());
     if span.is_empty() {
@@ -557,157 +445,27 @@ fn parse_delay(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, Spec
             "delay is too large: expected at most 2^64-1 milliseconds",
         )
     })?;
-    p.expect(':', "after the delay")?;
-    Ok(NodeKind::Delay {
-        millis,
-        inner: Box::new(p.spec_node()?),
-    })
+    let (inner, spans) = p.wrapped("after the delay")?;
+    Ok((Recipe::Delay { millis, inner }, spans))
 }
 
 /// `prwrap:SPEC`
-fn parse_prwrap(p: &mut Parser<'_>, _name: Range<usize>) -> Result<NodeKind, SpecError> {
-    p.expect(':', "after 'prwrap'")?;
-    Ok(NodeKind::PrWrap(Box::new(p.spec_node()?)))
-}
-
-/// The timer every `delay:` disk of this process shares.
-fn shared_timer() -> io::Result<Arc<dyn Timer>> {
-    static TIMER: OnceLock<Arc<StdTimer>> = OnceLock::new();
-    if let Some(t) = TIMER.get() {
-        return Ok(t.clone());
-    }
-    let timer = Arc::new(StdTimer::new()?);
-    Ok(TIMER.get_or_init(|| timer).clone())
-}
-
-/// Builds the disk stack `node` describes; `spec` is the text it was parsed
-/// from, for error messages.
-pub fn build_node(spec: &str, node: &SpecNode) -> Result<Disk, SpecError> {
-    // The error already shows the whole spec; name the part that failed
-    // only when it is not the whole spec.
-    let this = match spec.get(node.span.clone()) {
-        Some(text) if text != spec => format!(" '{text}'"),
-        _ => String::new(),
-    };
-    let fail = |message: String| SpecError::new(spec, node.span.clone(), message);
-    let wrap = |disk: Result<Disk, parastor_core::InvalidDisk>| {
-        disk.map_err(|e| fail(format!("the disk{this} is not valid: {e}")))
-    };
-    match &node.kind {
-        NodeKind::Mem {
-            len_bytes,
-            sector_size,
-        } => {
-            let ram = RamDisk::new(*len_bytes, *sector_size)
-                .map_err(|e| fail(format!("cannot create the RAM disk{this}: {e}")))?;
-            wrap(Disk::new(ram))
-        }
-        NodeKind::File { path, sector_size } => {
-            let file = match FileDisk::open(path, *sector_size, false) {
-                Err(e) if write_not_permitted(&e) => FileDisk::open(path, *sector_size, true),
-                r => r,
-            }
-            .map_err(|e| fail(e.to_string()))?;
-            wrap(Disk::new(file))
-        }
-        NodeKind::MemDiff(lower) => {
-            let lower = build_node(spec, lower)?;
-            let layers = vec![
-                LayerConfig {
-                    layer: LayerSource::Ram {
-                        len_bytes: None,
-                        sector_size: None,
-                    },
-                    write_through: false,
-                    read_cache: false,
-                },
-                LayerConfig {
-                    layer: LayerSource::Disk(lower),
-                    write_through: false,
-                    read_cache: false,
-                },
-            ];
-            let layered = LayeredDisk::new(false, layers)
-                .map_err(|e| fail(format!("cannot build the memdiff disk{this}: {e}")))?;
-            wrap(Disk::new(layered))
-        }
-        NodeKind::Striped {
-            chunk_bytes,
-            members,
-        } => {
-            let members = members
-                .iter()
-                .map(|m| build_node(spec, m))
-                .collect::<Result<Vec<_>, _>>()?;
-            let striped = StripedDisk::new(members, *chunk_bytes, None)
-                .map_err(|e| fail(format!("cannot build the striped disk{this}: {e}")))?;
-            wrap(Disk::new(striped))
-        }
-        NodeKind::Crypt { key_file, inner } => {
-            let key = read_key_file(key_file).map_err(|e| {
-                fail(format!(
-                    "cannot read the key file '{}': {e}",
-                    key_file.display()
-                ))
-            })?;
-            if key.len() > KEY_LEN {
-                return Err(fail(format!(
-                    "key file '{}' holds more than {KEY_LEN} bytes: expected the {KEY_LEN} raw \
-                     bytes of an XTS-AES-256 key",
-                    key_file.display()
-                )));
-            }
-            let inner = build_node(spec, inner)?;
-            let crypt = CryptDisk::new(&key, inner)
-                .map_err(|e| fail(format!("key file '{}': {e}", key_file.display())))?;
-            wrap(Disk::new(crypt))
-        }
-        NodeKind::Delay { millis, inner } => {
-            let inner = build_node(spec, inner)?;
-            let timer =
-                shared_timer().map_err(|e| fail(format!("cannot start the timer thread: {e}")))?;
-            let delay = DelayHandle::new(Duration::from_millis(*millis));
-            wrap(Disk::new(DelayDisk::new(inner, delay, timer)))
-        }
-        NodeKind::PrWrap(inner) => {
-            let inner = build_node(spec, inner)?;
-            wrap(Disk::new(ReservationsDisk::new(inner)))
-        }
-    }
-}
-
-/// Bytes of an XTS-AES-256 key (data key, then tweak key).
-const KEY_LEN: usize = 64;
-
-/// Reads at most one byte more than a key from `path`: enough to tell a
-/// key file that is too long, without reading a huge file or an endless one
-/// (`/dev/zero`) to its end.
-fn read_key_file(path: &std::path::Path) -> io::Result<Vec<u8>> {
-    use std::io::Read as _;
-    let mut key = Vec::new();
-    std::fs::File::open(path)?
-        .take(KEY_LEN as u64 + 1)
-        .read_to_end(&mut key)?;
-    Ok(key)
-}
-
-/// Whether opening read-write failed only because writing is not allowed,
-/// so a read-only open may succeed.
-fn write_not_permitted(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::PermissionDenied
-        || e.kind() == io::ErrorKind::ReadOnlyFilesystem
-        || e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
+fn parse_prwrap(p: &mut Parser<'_>) -> KindParse {
+    let (inner, spans) = p.wrapped("after 'prwrap'")?;
+    Ok((Recipe::PrWrap { inner }, spans))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::recipe::tests::mem;
 
-    fn kind(spec: &str) -> NodeKind {
-        match parse(spec) {
-            Ok(n) => {
-                assert_eq!(n.span, 0..spec.len());
-                n.kind
+    /// Parses `spec`, which must parse as a whole.
+    fn kind(spec: &str) -> Recipe {
+        match parse_with_spans(spec) {
+            Ok((recipe, spans)) => {
+                assert_eq!(spans.span, 0..spec.len());
+                recipe
             }
             Err(e) => panic!("{spec}: {e}"),
         }
@@ -717,13 +475,6 @@ mod tests {
         match parse(spec) {
             Ok(n) => panic!("{spec} parsed as {n:?}"),
             Err(e) => e,
-        }
-    }
-
-    fn mem(len_bytes: u64, sector_size: u32) -> NodeKind {
-        NodeKind::Mem {
-            len_bytes,
-            sector_size,
         }
     }
 
@@ -745,14 +496,14 @@ mod tests {
     fn file_forms() {
         assert_eq!(
             kind("file:/tmp/a.img"),
-            NodeKind::File {
+            Recipe::File {
                 path: "/tmp/a.img".into(),
                 sector_size: 512
             }
         );
         assert_eq!(
             kind("file@4096:rel/dir/b.img"),
-            NodeKind::File {
+            Recipe::File {
                 path: "rel/dir/b.img".into(),
                 sector_size: 4096
             }
@@ -760,7 +511,7 @@ mod tests {
         // At the top level the path runs to the end, whatever it holds.
         assert_eq!(
             kind("file:/x/a|b}:c{d"),
-            NodeKind::File {
+            Recipe::File {
                 path: "/x/a|b}:c{d".into(),
                 sector_size: 512
             }
@@ -769,67 +520,71 @@ mod tests {
 
     #[test]
     fn memdiff_and_striped_nest() {
-        let NodeKind::MemDiff(inner) = kind("memdiff:striped:128K:{mem:32M|mem:32M}") else {
-            panic!()
+        let spec = "memdiff:striped:128K:{mem:32M|mem:32M}";
+        let (recipe, spans) = parse_with_spans(spec).unwrap();
+        let Recipe::MemDiff { lower } = recipe else {
+            panic!("not memdiff: {recipe:?}")
         };
-        assert_eq!(inner.span, 8..38);
-        let NodeKind::Striped {
+        assert_eq!(spans.get(&RecipePath::new(vec![0])), Some(8..38));
+        let Recipe::Striped {
             chunk_bytes,
             members,
-        } = inner.kind
+        } = *lower
         else {
             panic!()
         };
         assert_eq!(chunk_bytes, Some(128 << 10));
-        assert_eq!(members.len(), 2);
-        assert_eq!(members[0].kind, mem(32 << 20, 512));
-        assert_eq!(members[1].span, 30..37);
+        assert_eq!(members, vec![mem(32 << 20, 512), mem(32 << 20, 512)]);
+        assert_eq!(spans.get(&RecipePath::new(vec![0, 1])), Some(30..37));
+        assert_eq!(spans.get(&RecipePath::new(vec![0, 2])), None);
 
         // File paths end at '|' and '}' inside braces.
-        let NodeKind::Striped {
+        let spec = "striped:{file:/a b/c.img|memdiff:file@4096:d.img|mem:1M}";
+        let (recipe, spans) = parse_with_spans(spec).unwrap();
+        let Recipe::Striped {
             chunk_bytes,
             members,
-        } = kind("striped:{file:/a b/c.img|memdiff:file@4096:d.img|mem:1M}")
+        } = recipe
         else {
             panic!()
         };
         assert_eq!(chunk_bytes, None);
         assert_eq!(
-            members.iter().map(|m| m.kind.clone()).collect::<Vec<_>>(),
+            members,
             vec![
-                NodeKind::File {
+                Recipe::File {
                     path: "/a b/c.img".into(),
                     sector_size: 512
                 },
-                NodeKind::MemDiff(Box::new(SpecNode {
-                    span: 33..48,
-                    kind: NodeKind::File {
+                Recipe::MemDiff {
+                    lower: Box::new(Recipe::File {
                         path: "d.img".into(),
                         sector_size: 4096
-                    },
-                })),
+                    }),
+                },
                 mem(1 << 20, 512),
             ]
         );
+        assert_eq!(spans.get(&RecipePath::new(vec![1, 0])), Some(33..48));
 
         // Nested stripes.
-        let NodeKind::Striped { members, .. } = kind("striped:4K:{striped:{mem:1M|mem:1M}|mem:2M}")
+        let Recipe::Striped { members, .. } = kind("striped:4K:{striped:{mem:1M|mem:1M}|mem:2M}")
         else {
             panic!()
         };
-        assert!(
-            matches!(&members[0].kind, NodeKind::Striped { members, .. } if members.len() == 2)
+        assert!(matches!(&members[0], Recipe::Striped { members, .. } if members.len() == 2));
+        let (recipe, spans) = parse_with_spans("memdiff:memdiff:mem:1M").unwrap();
+        let inner = Recipe::MemDiff {
+            lower: Box::new(mem(1 << 20, 512)),
+        };
+        assert_eq!(
+            recipe,
+            Recipe::MemDiff {
+                lower: Box::new(inner)
+            }
         );
-        assert_eq!(kind("memdiff:memdiff:mem:1M"), {
-            let inner = SpecNode {
-                span: 16..22,
-                kind: mem(1 << 20, 512),
-            };
-            NodeKind::MemDiff(Box::new(SpecNode {
-                span: 8..22,
-                kind: NodeKind::MemDiff(Box::new(inner)),
-            }))
-        });
+        let at = |steps: &[usize]| spans.get(&RecipePath::new(steps.to_vec()));
+        assert_eq!((at(&[0]), at(&[0, 0])), (Some(8..22), Some(16..22)));
     }
 
     #[test]
@@ -1019,85 +774,19 @@ mod tests {
     }
 
     #[test]
-    fn builds_every_form() {
-        let d = build("mem:64M@4096").unwrap();
-        assert_eq!(
-            (d.kind(), d.sector_count(), d.sector_size()),
-            ("ram", 16384, 4096)
-        );
-        let d = build("memdiff:striped:128K:{mem:32M|mem:32M}").unwrap();
-        assert_eq!(
-            (d.sector_count(), d.sector_size(), d.is_read_only()),
-            (131072, 512, false)
-        );
-        let desc = d.describe();
-        assert_eq!(desc.children.len(), 2);
-        assert_eq!(desc.children[0].1.kind, "ram");
-        let striped = &desc.children[1].1;
-        assert_eq!(striped.kind, "striped");
-        assert_eq!(striped.children.len(), 2);
-        assert_eq!(striped.children[1].1.sector_count, 65536);
-
-        let f = tempfile::NamedTempFile::new().unwrap();
-        f.as_file().set_len(1 << 20).unwrap();
-        let path = f.path().display().to_string();
-        let d = build(&format!("file@4096:{path}")).unwrap();
-        assert_eq!(
-            (d.kind(), d.sector_count(), d.sector_size()),
-            ("file", 256, 4096)
-        );
-        let d = build(&format!("striped:64K:{{file:{path}|mem:1M}}")).unwrap();
-        assert_eq!(d.sector_count(), 4096);
-        let d = build(&format!("memdiff:file:{path}")).unwrap();
-        assert_eq!(
-            d.describe().children[1].1.details,
-            vec![("path", path.clone())]
-        );
-    }
-
-    #[test]
-    fn build_errors_point_at_the_failing_disk() {
-        let e = build("memdiff:striped:{mem:1M|mem:2M}").unwrap_err();
-        assert_eq!((e.column(), e.span()), (9, 8..31));
-        assert!(
-            e.message()
-                .starts_with("cannot build the striped disk 'striped:{mem:1M|mem:2M}': "),
-            "{e}"
-        );
-        assert!(e.message().contains("member 1"), "{e}");
-        let e = build("striped:1000:{mem:1M|mem:1M}").unwrap_err();
-        assert!(
-            e.message().starts_with("cannot build the striped disk: "),
-            "{e}"
-        );
-        let e = build("striped:{mem:1M|file:/nonexistent/x.img}").unwrap_err();
-        assert_eq!(e.column(), 17);
-        assert!(e.message().contains("/nonexistent/x.img"), "{e}");
-        assert!(!e.to_string().contains('\n'));
-        let f = tempfile::NamedTempFile::new().unwrap();
-        f.as_file().set_len(1000).unwrap();
-        let e = build(&format!("file:{}", f.path().display())).unwrap_err();
-        assert!(
-            e.message()
-                .contains("not a whole number of 512-byte sectors"),
-            "{e}"
-        );
-    }
-
-    #[test]
     fn decorator_forms() {
         let n = parse("crypt:/tmp/k.bin:memdiff:mem:1M").unwrap();
-        let NodeKind::Crypt { key_file, inner } = n.kind else {
+        let Recipe::Crypt { key_file, inner } = n else {
             panic!("not crypt: {n:?}")
         };
-        assert_eq!(key_file, PathBuf::from("/tmp/k.bin"));
-        assert!(matches!(inner.kind, NodeKind::MemDiff(_)));
+        assert_eq!(key_file, "/tmp/k.bin");
+        assert!(matches!(*inner, Recipe::MemDiff { .. }));
         let n = parse("delay:25:prwrap:mem:1M").unwrap();
-        let NodeKind::Delay { millis, inner } = n.kind else {
+        let Recipe::Delay { millis, inner } = n else {
             panic!("not delay: {n:?}")
         };
         assert_eq!(millis, 25);
-        assert!(matches!(inner.kind, NodeKind::PrWrap(_)));
+        assert!(matches!(*inner, Recipe::PrWrap { .. }));
         let e = parse("delay:x:mem:1M").unwrap_err();
         assert_eq!(e.column(), 7);
         assert!(e.message().contains("milliseconds"), "{e}");
@@ -1112,41 +801,209 @@ mod tests {
     }
 
     #[test]
-    fn builds_decorators() {
-        let d = build("prwrap:delay:0:mem:1M").unwrap();
-        assert_eq!(d.kind(), "prwrap");
-        assert!(d.persistent_reservations().is_some());
-        assert_eq!(d.describe().children[0].1.kind, "delay");
-
-        let dir = tempfile::tempdir().unwrap();
-        let key = dir.path().join("key.bin");
-        let key_bytes: Vec<u8> = (0..64u8).collect();
-        std::fs::write(&key, &key_bytes).unwrap();
-        let d = build(&format!("crypt:{}:mem:1M@4096", key.display())).unwrap();
-        assert_eq!((d.kind(), d.sector_size()), ("crypt", 4096));
-
-        std::fs::write(&key, &key_bytes[..32]).unwrap();
-        let e = build(&format!("crypt:{}:mem:1M", key.display())).unwrap_err();
-        assert!(e.message().contains("64"), "{e}");
-        std::fs::write(&key, vec![7u8; 1 << 20]).unwrap();
-        let e = build(&format!("crypt:{}:mem:1M", key.display())).unwrap_err();
-        assert!(e.message().contains("more than 64 bytes"), "{e}");
-        // An endless key file is refused, not read until memory runs out.
-        let e = build("crypt:/dev/zero:mem:1M").unwrap_err();
-        assert!(e.message().contains("more than 64 bytes"), "{e}");
-        assert!(!e.to_string().contains('\n'));
-        let missing = dir.path().join("missing.bin");
-        let e = build(&format!("crypt:{}:mem:1M", missing.display())).unwrap_err();
-        assert!(e.message().contains("cannot read the key file"), "{e}");
-    }
-
-    #[test]
     fn grammar_documents_every_kind() {
         for name in kind_names() {
             assert!(
                 GRAMMAR.contains(&format!("\n  {name}")),
                 "{name} is not documented"
             );
+        }
+    }
+
+    #[test]
+    fn recipe_kinds_are_the_grammar_names() {
+        let one_of_each = [
+            "mem:1M",
+            "file:a",
+            "memdiff:mem:1M",
+            "striped:{mem:1M}",
+            "crypt:k:mem:1M",
+            "delay:1:mem:1M",
+            "prwrap:mem:1M",
+        ];
+        let kinds: Vec<&str> = one_of_each.iter().map(|s| kind(s).kind()).collect();
+        assert_eq!(kinds, kind_names().collect::<Vec<_>>());
+        for (spec, kind) in one_of_each.iter().zip(kinds) {
+            assert!(spec.starts_with(&format!("{kind}:")), "{spec}");
+        }
+    }
+
+    #[test]
+    fn recipes_print_back_to_specs_that_parse_the_same() {
+        for (spec, printed) in [
+            ("mem:64M", "mem:64M"),
+            ("mem:64m@4k", "mem:64M@4096"),
+            ("mem:1048576", "mem:1M"),
+            ("mem:2GiB@512", "mem:2G"),
+            ("mem:1000K", "mem:1000K"),
+            ("mem:1536M", "mem:1536M"),
+            ("mem:1536B", "mem:1536"),
+            ("file:/x/a|b}:c{d", "file:/x/a|b}:c{d"),
+            ("file@4096:rel/b.img", "file@4096:rel/b.img"),
+            ("file@512:a", "file:a"),
+            (
+                "striped:{file:/a b/c.img|memdiff:file@4096:d.img|mem:1M}",
+                "striped:{file:/a b/c.img|memdiff:file@4096:d.img|mem:1M}",
+            ),
+            (
+                "striped:131072:{mem:32M|mem:32M}",
+                "striped:128K:{mem:32M|mem:32M}",
+            ),
+            ("delay:0:striped:1:{mem:512}", "delay:0:striped:1:{mem:512}"),
+            (
+                "crypt:k|}.bin:striped:{mem:1M}",
+                "crypt:k|}.bin:striped:{mem:1M}",
+            ),
+        ] {
+            let recipe = parse(spec).unwrap();
+            assert_eq!(recipe.to_string(), printed, "{spec}");
+            assert_eq!(parse(printed).unwrap(), recipe, "{spec}");
+        }
+        // The examples of the help text are already in printed form.
+        let examples = GRAMMAR.lines().skip_while(|l| !l.contains("Examples:"));
+        let examples: Vec<&str> = examples.skip(1).map(str::trim).collect();
+        assert_eq!(examples.len(), 8);
+        for spec in examples {
+            assert_eq!(kind(spec).to_string(), spec);
+        }
+    }
+
+    /// Checks that the text of every part of `recipe` (at `path`) parses
+    /// alone to that part.
+    fn assert_spans_cover_parts(spec: &str, recipe: &Recipe, spans: &SpanTree, path: Vec<usize>) {
+        let at = RecipePath::new(path.clone());
+        let text = &spec[spans.get(&at).unwrap()];
+        assert_eq!(
+            parse(text).as_ref(),
+            Ok(recipe.part(&at).unwrap()),
+            "{spec}"
+        );
+        for i in 0..recipe.part(&at).unwrap().children().len() {
+            let mut child = path.clone();
+            child.push(i);
+            assert_spans_cover_parts(spec, recipe, spans, child);
+        }
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn sector_size() -> impl Strategy<Value = u32> {
+            prop::sample::select(vec![512u32, 1024, 2048, 4096, 8192, 65536])
+        }
+
+        /// Any count, or a round one (which prints with a suffix).
+        fn count(max: u64) -> impl Strategy<Value = u64> {
+            prop_oneof![1..=max, (1u64..=1024, 0u32..=21).prop_map(|(n, k)| n << k)]
+        }
+
+        /// A path the grammar can hold anywhere: no ':', '|' or '}'.
+        fn path() -> impl Strategy<Value = String> {
+            "[A-Za-z0-9é_./ @{-]{1,16}"
+        }
+
+        fn recipe() -> impl Strategy<Value = Recipe> {
+            let leaf = prop_oneof![
+                (count(1 << 32), sector_size()).prop_map(|(sectors, sector_size)| {
+                    Recipe::Mem {
+                        len_bytes: sectors * u64::from(sector_size),
+                        sector_size,
+                    }
+                }),
+                (path(), sector_size())
+                    .prop_map(|(path, sector_size)| Recipe::File { path, sector_size }),
+            ];
+            leaf.prop_recursive(5, 24, 4, |inner| {
+                let chunk = prop::option::of(count(u64::from(u32::MAX)));
+                prop_oneof![
+                    inner
+                        .clone()
+                        .prop_map(|r| Recipe::MemDiff { lower: Box::new(r) }),
+                    (chunk, prop::collection::vec(inner.clone(), 1..4)).prop_map(
+                        |(chunk, members)| Recipe::Striped {
+                            chunk_bytes: chunk.map(|c| u32::try_from(c).unwrap()),
+                            members,
+                        }
+                    ),
+                    (path(), inner.clone()).prop_map(|(key_file, r)| Recipe::Crypt {
+                        key_file,
+                        inner: Box::new(r),
+                    }),
+                    (any::<u64>(), inner.clone()).prop_map(|(millis, r)| Recipe::Delay {
+                        millis,
+                        inner: Box::new(r),
+                    }),
+                    inner.prop_map(|r| Recipe::PrWrap { inner: Box::new(r) }),
+                ]
+            })
+        }
+
+        /// Pieces of the grammar, and a few characters it does not use.
+        fn piece() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "mem:", "file:", "memdiff:", "striped:", "crypt:", "delay:", "prwrap:", "{", "}",
+                "|", "@", ":", "1M", "4096", "64K", "5", "k.bin", "a", "0", "é", " ",
+            ])
+        }
+
+        /// Specs made of the grammar's pieces, and printed recipes with one
+        /// piece inserted or one character removed: most fail, close to
+        /// valid text.
+        fn spec_text() -> impl Strategy<Value = String> {
+            let pieces = prop::collection::vec(piece(), 0..14).prop_map(|p| p.concat());
+            let edited = (
+                recipe(),
+                any::<prop::sample::Index>(),
+                piece(),
+                any::<bool>(),
+            )
+                .prop_map(|(recipe, at, piece, remove)| {
+                    let mut spec = recipe.to_string();
+                    let starts: Vec<usize> = spec
+                        .char_indices()
+                        .map(|(i, _)| i)
+                        .chain([spec.len()])
+                        .collect();
+                    let i = starts[at.index(starts.len())];
+                    if remove && i < spec.len() {
+                        spec.remove(i);
+                    } else {
+                        spec.insert_str(i, piece);
+                    }
+                    spec
+                });
+            prop_oneof![pieces, edited]
+        }
+
+        proptest! {
+            #[test]
+            fn printed_recipes_parse_back(recipe in recipe()) {
+                let spec = recipe.to_string();
+                let parsed = parse_with_spans(&spec);
+                let Ok((parsed, spans)) = parsed else {
+                    return Err(TestCaseError::fail(format!("{parsed:?}")));
+                };
+                prop_assert_eq!(&parsed, &recipe);
+                assert_spans_cover_parts(&spec, &recipe, &spans, Vec::new());
+            }
+
+            #[test]
+            fn any_spec_parses_or_says_where_it_fails(spec in spec_text()) {
+                match parse_with_spans(&spec) {
+                    Ok((recipe, spans)) => {
+                        prop_assert_eq!(spans.span.clone(), 0..spec.len());
+                        prop_assert_eq!(parse(&recipe.to_string()), Ok(recipe.clone()));
+                        assert_spans_cover_parts(&spec, &recipe, &spans, Vec::new());
+                    }
+                    Err(e) => {
+                        let span = e.span();
+                        prop_assert!(span.start <= span.end && span.end <= spec.len(), "{}", e);
+                        prop_assert!(!e.to_string().contains('\n'));
+                        prop_assert_eq!(e.caret_diagram().lines().count(), 2);
+                    }
+                }
+            }
         }
     }
 }

@@ -12,7 +12,9 @@
 //! INVALID COMMAND OPERATION CODE, and a usage bit is one exactly where
 //! changing the bit changes the decoded command.
 
-use super::{Res, ScsiDisk, data_in, invalid_cdb};
+use super::ScsiDisk;
+use crate::data::data_in;
+use crate::result::{Res, invalid_cdb};
 use alloc::vec::Vec;
 use parastor_core::SgList;
 use parastor_hw::scsi::{op, pr};

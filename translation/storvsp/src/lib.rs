@@ -29,8 +29,8 @@
 //! - Hot add / remove ([`Controller::attach`], [`Controller::remove`]) send
 //!   `ENUMERATE_BUS` to the guest on the primary channel (Win7 and later).
 //!
-//! [`ScsiDisk`]: crate::scsi::ScsiDisk
-//! [`ScsiDvd`]: crate::scsi::dvd::ScsiDvd
+//! [`ScsiDisk`]: parastor_scsi::ScsiDisk
+//! [`ScsiDvd`]: parastor_scsi::ScsiDvd
 //! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CreateSubChannels
 //!
 //! Queue depth: a channel takes a packet only after reserving ring space for
@@ -68,14 +68,16 @@
 //! Per-channel identities would make a persistent reservation taken through
 //! one queue conflict with the same guest's I/O on another.
 
+#![no_std]
+
+extern crate alloc;
+
 mod channel;
 #[cfg(test)]
 mod tests;
 
 pub use channel::StorvspChannel;
 
-use crate::scsi::Lun;
-use crate::vmbus::{ChannelError, RingError};
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use core::fmt;
@@ -83,6 +85,8 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::Waker;
 use parastor_core::InitiatorId;
 use parastor_hw::storvsp::{self as hw, ParseError, RequestSize};
+use parastor_scsi::Lun;
+use parastor_vmbus::{ChannelError, RingError};
 use spin::{Mutex, RwLock};
 
 /// Largest transfer a guest may ask for in one request, reported in

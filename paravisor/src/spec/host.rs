@@ -1,0 +1,56 @@
+//! [`StdHost`]: the builder's [`Host`] on a std host — real files, key files
+//! read with a bound, and one timer thread shared by the process.
+
+use super::build::Host;
+use crate::file::FileDisk;
+use crate::timer::StdTimer;
+use parastor_core::{Disk, Timer};
+use std::io::{self, Read as _};
+use std::sync::{Arc, OnceLock};
+
+/// The host the process runs on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdHost;
+
+impl Host for StdHost {
+    /// Opens the file read-write, or read-only if writing is not permitted.
+    fn open_file(&self, path: &str, sector_size: u32) -> io::Result<Disk> {
+        let file = match FileDisk::open(path, sector_size, false) {
+            Err(e) if write_not_permitted(&e) => FileDisk::open(path, sector_size, true),
+            r => r,
+        }?;
+        Disk::new(file).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("cannot use {path} as a disk: {e}"),
+            )
+        })
+    }
+
+    fn read_key(&self, path: &str, limit: usize) -> io::Result<Vec<u8>> {
+        let mut key = Vec::new();
+        std::fs::File::open(path)?
+            .take(u64::try_from(limit).unwrap_or(u64::MAX))
+            .read_to_end(&mut key)?;
+        Ok(key)
+    }
+
+    /// The timer every `delay` disk of this process shares: one thread,
+    /// started by the first `delay` disk.
+    fn timer(&self) -> io::Result<Arc<dyn Timer>> {
+        static TIMER: OnceLock<Arc<StdTimer>> = OnceLock::new();
+        if let Some(t) = TIMER.get() {
+            return Ok(t.clone());
+        }
+        let timer = Arc::new(StdTimer::new()?);
+        Ok(TIMER.get_or_init(|| timer).clone())
+    }
+}
+
+/// Whether opening read-write failed only because writing is not allowed,
+/// so a read-only open may succeed.
+fn write_not_permitted(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::PermissionDenied
+        || e.kind() == io::ErrorKind::ReadOnlyFilesystem
+        || e.raw_os_error() == Some(rustix::io::Errno::ROFS.raw_os_error())
+}

@@ -1,0 +1,55 @@
+//! INQUIRY building blocks every device type shares: standard INQUIRY
+//! data, VPD page framing and the T10 vendor ID designator.
+
+use alloc::vec::Vec;
+use parastor_hw::scsi::{DesignatorHeader, InquiryData, VpdHeader};
+use zerocopy::IntoBytes;
+
+/// VPD page `page` of a device of type `device_type`: its header, then
+/// `body`.
+pub(crate) fn vpd_page(device_type: u8, page: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(size_of::<VpdHeader>() + body.len());
+    v.extend_from_slice(
+        VpdHeader {
+            device_type,
+            page,
+            len: (body.len() as u16).into(),
+        }
+        .as_bytes(),
+    );
+    v.extend_from_slice(body);
+    v
+}
+
+/// Standard INQUIRY data (SPC-4, 36 bytes) of a direct-access device with
+/// this identity; other device types override the fields that differ.
+pub(crate) fn standard_inquiry(
+    vendor: [u8; 8],
+    product: [u8; 16],
+    revision: [u8; 4],
+) -> InquiryData {
+    InquiryData {
+        version: 6,
+        additional_len: (size_of::<InquiryData>() - 5) as u8,
+        vendor,
+        product,
+        revision,
+        ..Default::default()
+    }
+}
+
+/// Appends a VPD 0x83 T10 vendor ID designator (ASCII): the 8-byte
+/// vendor identification, then the 16-byte device id.
+pub(crate) fn push_t10_designator(body: &mut Vec<u8>, vendor: &[u8; 8], id: &[u8; 16]) {
+    body.extend_from_slice(
+        DesignatorHeader {
+            code_set: 2,
+            kind: 1,
+            reserved: 0,
+            len: 24,
+        }
+        .as_bytes(),
+    );
+    body.extend_from_slice(vendor);
+    body.extend_from_slice(id);
+}

@@ -1,0 +1,42 @@
+//! parastor's SCSI target: CDBs in, [`Disk`](parastor_core::Disk) calls
+//! out, transport independent.
+//!
+//! A transport (StorVSP over VMBus, TCMU, …) hands a logical unit a CDB,
+//! the request's data buffer as an [`SgList`](parastor_core::SgList) and
+//! the initiator's identity, and gets back a [`ScsiResult`] (status, sense
+//! data, bytes transferred).
+//!
+//! The crate is layered:
+//!
+//! - the **common layer** every device type uses: [`Lun`] (what a
+//!   transport addresses), [`ScsiResult`] and the one
+//!   [`DiskError`](parastor_core::DiskError) → sense table
+//!   ([`disk_error_result`]), moving data in and out of the request's
+//!   buffer, sense data kept per initiator, INQUIRY and MODE SENSE/SELECT
+//!   framing, and the LBA range lock;
+//! - the devices: [`disk`] (SBC direct-access block device, [`ScsiDisk`])
+//!   and [`dvd`] (MMC CD/DVD-ROM drive, [`ScsiDvd`]), each parsing a CDB
+//!   once with [`parastor_hw::scsi`] and calling the common layer — never
+//!   each other.
+#![no_std]
+
+extern crate alloc;
+
+pub mod disk;
+pub mod dvd;
+
+mod data;
+mod error;
+mod inquiry;
+mod lock;
+mod lun;
+mod mode_pages;
+mod result;
+mod sense;
+
+pub use disk::{DiskParams, ScsiDisk};
+pub use dvd::ScsiDvd;
+pub use error::disk_error_result;
+pub use lun::Lun;
+pub use result::ScsiResult;
+pub use sense::SENSE_SLOTS;
