@@ -31,7 +31,8 @@
 //!   `#[bitfield]`), `name()` (the constant's name, if known) and `KNOWN`
 //!   (every named value, in declaration order);
 //! - prints with `Debug` as its constant's name (`CHECK_CONDITION`), or as
-//!   `ScsiStatus(0x42)` when the value has no name.
+//!   `ScsiStatus(0x42)` when the value has no name; `LowerHex` and
+//!   `UpperHex` print the raw value.
 
 /// Declares an open enum; see the [module documentation](self).
 macro_rules! open_enum {
@@ -153,6 +154,18 @@ macro_rules! open_enum {
             }
         }
 
+        impl ::core::fmt::LowerHex for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::LowerHex::fmt(&self.get(), f)
+            }
+        }
+
+        impl ::core::fmt::UpperHex for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::UpperHex::fmt(&self.get(), f)
+            }
+        }
+
         impl ::core::fmt::Debug for $name {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 match self.name() {
@@ -205,6 +218,10 @@ mod tests {
         assert_eq!(Byte::new(8).name(), None);
         assert_eq!(format!("{:?}", Byte::SEVEN), "SEVEN");
         assert_eq!(format!("{:?}", Byte::new(0x42)), "Byte(0x42)");
+        assert_eq!(
+            format!("{:#04x} {:X}", Byte::SEVEN, Byte::new(0xAB)),
+            "0x07 AB"
+        );
         assert_eq!(Byte::KNOWN, &[Byte::ZERO, Byte::SEVEN]);
         assert_eq!(Byte::default(), Byte::ZERO);
         assert!(Byte::ZERO < Byte::SEVEN);
