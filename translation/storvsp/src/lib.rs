@@ -261,7 +261,7 @@ impl From<RingError> for StorvspError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Protocol {
     state: NegotiationState,
-    version: Option<u16>,
+    version: Option<hw::Version>,
     /// Sub-channels the guest asked for (`None`: not asked yet).
     sub_channels: Option<u16>,
 }
@@ -281,7 +281,7 @@ impl Protocol {
     fn pack(self) -> u64 {
         let mut w = self.state as u64;
         if let Some(v) = self.version {
-            w |= Self::VERSION_SET | u64::from(v) << 16;
+            w |= Self::VERSION_SET | u64::from(v.get()) << 16;
         }
         if let Some(n) = self.sub_channels {
             w |= Self::SUB_CHANNELS_SET | u64::from(n) << 32;
@@ -300,7 +300,7 @@ impl Protocol {
         };
         Self {
             state,
-            version: (w & Self::VERSION_SET != 0).then_some((w >> 16) as u16),
+            version: (w & Self::VERSION_SET != 0).then_some(hw::Version::new((w >> 16) as u16)),
             sub_channels: (w & Self::SUB_CHANNELS_SET != 0).then_some((w >> 32) as u16),
         }
     }
@@ -433,7 +433,7 @@ impl Controller {
     }
 
     /// The negotiated protocol version, once settled.
-    pub fn version(&self) -> Option<u16> {
+    pub fn version(&self) -> Option<hw::Version> {
         self.protocol().version
     }
 
@@ -508,11 +508,11 @@ impl Controller {
     }
 
     /// The `QUERY_PROPERTIES` answer for a channel negotiated at `version`.
-    fn properties(&self, version: u16) -> hw::ChannelProperties {
+    fn properties(&self, version: hw::Version) -> hw::ChannelProperties {
         let mut p = <hw::ChannelProperties as zerocopy::FromZeros>::new_zeroed();
         p.max_transfer_bytes = self.config.max_transfer_bytes.into();
-        if version >= hw::VERSION_WIN8 && self.config.max_sub_channels > 0 {
-            p.flags = hw::CHANNEL_PROPERTY_MULTI_CHANNEL.into();
+        if version >= hw::Version::WIN8 && self.config.max_sub_channels > 0 {
+            p.flags = hw::ChannelFlags::new().with_multi_channel(true);
             p.maximum_sub_channel_count = self.config.max_sub_channels.into();
         }
         p

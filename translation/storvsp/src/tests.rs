@@ -11,12 +11,12 @@ use core::sync::atomic::AtomicBool;
 use core::time::Duration;
 use parastor_core::ram::RamDisk;
 use parastor_core::{DelayDisk, DelayHandle, Disk, GuestMemory, RamGuestMemory, Timer};
-use parastor_hw::scsi::{SenseData, op, sense_key, status};
+use parastor_hw::scsi::{ScsiOp, ScsiStatus, SenseData, SenseKey};
 use parastor_hw::storvsp::{
-    NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader, ProtocolVersion, ScsiRequest,
-    VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10, data_direction,
-    srb_status,
+    DataDirection, NtStatus, Operation, PACKET_HEADER_LEN, PacketFlags, PacketHeader,
+    ProtocolVersion, ScsiRequest, SrbStatus, SrbStatusAndFlags, Version,
 };
+use parastor_hw::vmbus::RingFeatures;
 use parastor_scsi::{DiskParams, ScsiDisk};
 use parastor_vmbus::{
     Channel, GpaDirectRange, Notify, OutgoingKind, PacketKind, RingRegion, Signal, init_ring,
@@ -25,6 +25,14 @@ use parastor_vmbus::{
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
 use NegotiationState as S;
+
+/// Packet flags of a request that wants its completion.
+const REQUEST_COMPLETION: PacketFlags = PacketFlags::new().with_request_completion(true);
+
+/// The SRB status byte with `status` and no flags.
+fn srb_byte(status: SrbStatus) -> SrbStatusAndFlags {
+    SrbStatusAndFlags::new().with_status(status)
+}
 
 const RING: u64 = 16384;
 const BASE: u64 = 0x10000;
@@ -51,8 +59,8 @@ impl Rig {
         let mem = RamGuestMemory::new(4 << 20);
         let incoming = RingRegion::new(BASE, in_size);
         let outgoing = RingRegion::new(BASE + in_size, out_size);
-        init_ring(&mem, incoming, 0).unwrap();
-        init_ring(&mem, outgoing, 0).unwrap();
+        init_ring(&mem, incoming, RingFeatures::new()).unwrap();
+        init_ring(&mem, outgoing, RingFeatures::new()).unwrap();
         Self {
             mem,
             host_sig: Signal::new(),
@@ -109,7 +117,7 @@ impl Reply {
 }
 
 fn send(guest: &mut Channel<'_>, tid: u64, op: Operation, payload: &[u8]) {
-    let mut bytes = PacketHeader::new(op, 1, NtStatus::SUCCESS)
+    let mut bytes = PacketHeader::new(op, REQUEST_COMPLETION, NtStatus::SUCCESS)
         .as_bytes()
         .to_vec();
     bytes.extend_from_slice(payload);
@@ -148,7 +156,7 @@ fn call(
     let r = recv(guest).expect("a reply");
     assert_eq!(r.kind, PacketKind::Completion);
     assert_eq!(r.tid, tid);
-    assert_eq!(r.header.operation(), Some(Operation::CompleteIo));
+    assert_eq!(r.header.operation, Operation::COMPLETE_IO);
     assert!(recv(guest).is_none(), "exactly one reply");
     r
 }
@@ -156,10 +164,10 @@ fn call(
 /// The negotiation packets a guest sends, in order, settling on `version`.
 fn win8_steps(version: &ProtocolVersion) -> [(Operation, &[u8]); 4] {
     [
-        (Operation::BeginInitialization, &[]),
-        (Operation::QueryProtocolVersion, version.as_bytes()),
-        (Operation::QueryProperties, &[0; 24]),
-        (Operation::EndInitialization, &[]),
+        (Operation::BEGIN_INITIALIZATION, &[]),
+        (Operation::QUERY_PROTOCOL_VERSION, version.as_bytes()),
+        (Operation::QUERY_PROPERTIES, &[0; 24]),
+        (Operation::END_INITIALIZATION, &[]),
     ]
 }
 
@@ -169,7 +177,7 @@ fn win8_steps(version: &ProtocolVersion) -> [(Operation, &[u8]); 4] {
 fn negotiate_to(
     host: &mut StorvspChannel<'_>,
     guest: &mut Channel<'_>,
-    version: u16,
+    version: Version,
     until: NegotiationState,
 ) -> Option<Reply> {
     let version = ProtocolVersion::new(version);
@@ -191,7 +199,7 @@ fn negotiate_to(
     }
 }
 
-fn negotiate(host: &mut StorvspChannel<'_>, guest: &mut Channel<'_>, version: u16) {
+fn negotiate(host: &mut StorvspChannel<'_>, guest: &mut Channel<'_>, version: Version) {
     negotiate_to(host, guest, version, S::Ready);
 }
 
@@ -202,7 +210,7 @@ fn properties(r: &Reply) -> parastor_hw::storvsp::ChannelProperties {
         .0
 }
 
-fn request(lun: u8, cdb: &[u8], data_in: u8, len: u32) -> ScsiRequest {
+fn request(lun: u8, cdb: &[u8], data_in: DataDirection, len: u32) -> ScsiRequest {
     let mut r = ScsiRequest::new_zeroed();
     r.length = (0x34u16).into();
     r.lun = lun;
@@ -240,9 +248,13 @@ fn send_srb(
             pfns,
         })
         .collect();
-    let mut bytes = PacketHeader::new(Operation::ExecuteSrb, 1, NtStatus::SUCCESS)
-        .as_bytes()
-        .to_vec();
+    let mut bytes = PacketHeader::new(
+        Operation::EXECUTE_SRB,
+        REQUEST_COMPLETION,
+        NtStatus::SUCCESS,
+    )
+    .as_bytes()
+    .to_vec();
     bytes.extend_from_slice(req.wire_bytes(size));
     if r.is_empty() {
         guest
@@ -275,7 +287,7 @@ fn srb(
 
 fn read10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = [0u8; 10];
-    c[0] = op::READ10;
+    c[0] = ScsiOp::READ10.get();
     c[2..6].copy_from_slice(&lba.to_be_bytes());
     c[7..9].copy_from_slice(&blocks.to_be_bytes());
     c
@@ -283,7 +295,7 @@ fn read10(lba: u32, blocks: u16) -> [u8; 10] {
 
 fn write10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = read10(lba, blocks);
-    c[0] = op::WRITE10;
+    c[0] = ScsiOp::WRITE10.get();
     c
 }
 
@@ -294,21 +306,19 @@ fn negotiation_win8_reports_properties_and_full_size_completions() {
         ..ControllerConfig::default()
     });
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    let r = negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::QueryProperties).unwrap();
+    let r = negotiate_to(&mut host, &mut guest, Version::WIN8, S::QueryProperties).unwrap();
     // Before the version settled: pre-Win8 size.
     assert_eq!(r.body.len(), 0x24);
-    let r = negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::EndInitialization).unwrap();
+    let r = negotiate_to(&mut host, &mut guest, Version::WIN8, S::EndInitialization).unwrap();
     assert_eq!(r.body.len(), 0x34);
     let p = properties(&r);
     assert_eq!(p.maximum_sub_channel_count.get(), 7);
-    assert_eq!(
-        p.flags.get(),
-        parastor_hw::storvsp::CHANNEL_PROPERTY_MULTI_CHANNEL
-    );
+    assert!(p.flags.multi_channel());
+    assert_eq!(p.flags.into_bits().get(), 1);
     assert_eq!(p.max_transfer_bytes.get(), DEFAULT_MAX_TRANSFER_BYTES);
     assert_eq!(rig.controller.state(), S::EndInitialization);
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
-    assert_eq!(rig.controller.version(), Some(VERSION_WIN8));
+    negotiate(&mut host, &mut guest, Version::WIN8);
+    assert_eq!(rig.controller.version(), Some(Version::WIN8));
 }
 
 #[test]
@@ -316,10 +326,13 @@ fn version_sequences_settle_on_an_accepted_version() {
     // Linux tries newest first; Windows similar. Only exact
     // Win6/Win7/Win8/Blue are accepted.
     for (offers, settled) in [
-        (&[VERSION_WIN10, VERSION_BLUE][..], VERSION_BLUE),
-        (&[VERSION_WIN10, 0x0601, VERSION_WIN8][..], VERSION_WIN8),
-        (&[0x0403, VERSION_WIN7][..], VERSION_WIN7),
-        (&[0x0100, VERSION_WIN6][..], VERSION_WIN6),
+        (&[Version::WIN10, Version::BLUE][..], Version::BLUE),
+        (
+            &[Version::WIN10, Version::new(0x0601), Version::WIN8][..],
+            Version::WIN8,
+        ),
+        (&[Version::new(0x0403), Version::WIN7][..], Version::WIN7),
+        (&[Version::new(0x0100), Version::WIN6][..], Version::WIN6),
     ] {
         let rig = Rig::new(ControllerConfig::default());
         let (mut host, mut guest) = (rig.host(), rig.guest());
@@ -329,7 +342,7 @@ fn version_sequences_settle_on_an_accepted_version() {
                 &mut host,
                 &mut guest,
                 10 + i as u64,
-                Operation::QueryProtocolVersion,
+                Operation::QUERY_PROTOCOL_VERSION,
                 ProtocolVersion::new(v).as_bytes(),
             );
             let want = if v == settled {
@@ -346,12 +359,12 @@ fn version_sequences_settle_on_an_accepted_version() {
             &mut host,
             &mut guest,
             50,
-            Operation::QueryProperties,
+            Operation::QUERY_PROPERTIES,
             &[0; 24],
         );
         let p = properties(&r);
-        if settled < VERSION_WIN8 {
-            assert_eq!(p.flags.get(), 0);
+        if settled < Version::WIN8 {
+            assert_eq!(p.flags.into_bits().get(), 0);
             assert_eq!(r.body.len(), 0x24);
         } else {
             assert_eq!(r.body.len(), 0x34);
@@ -368,30 +381,30 @@ fn out_of_order_packets_get_invalid_device_state() {
         let r = call(host, guest, 99, op, payload);
         assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE, "{op:?}");
     };
-    bad(&mut host, &mut guest, Operation::QueryProperties, &[0; 24]);
-    bad(&mut host, &mut guest, Operation::EndInitialization, &[]);
-    bad(&mut host, &mut guest, Operation::ExecuteSrb, &[0; 0x24]);
-    negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::QueryVersion);
-    bad(&mut host, &mut guest, Operation::BeginInitialization, &[]);
-    bad(&mut host, &mut guest, Operation::QueryProperties, &[0; 24]);
-    bad(&mut host, &mut guest, Operation::ResetBus, &[]);
+    bad(&mut host, &mut guest, Operation::QUERY_PROPERTIES, &[0; 24]);
+    bad(&mut host, &mut guest, Operation::END_INITIALIZATION, &[]);
+    bad(&mut host, &mut guest, Operation::EXECUTE_SRB, &[0; 0x24]);
+    negotiate_to(&mut host, &mut guest, Version::WIN8, S::QueryVersion);
+    bad(&mut host, &mut guest, Operation::BEGIN_INITIALIZATION, &[]);
+    bad(&mut host, &mut guest, Operation::QUERY_PROPERTIES, &[0; 24]);
+    bad(&mut host, &mut guest, Operation::RESET_BUS, &[]);
     assert_eq!(rig.controller.state(), S::QueryVersion);
-    negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::QueryProperties);
+    negotiate_to(&mut host, &mut guest, Version::WIN8, S::QueryProperties);
     bad(
         &mut host,
         &mut guest,
-        Operation::QueryProtocolVersion,
-        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
+        Operation::QUERY_PROTOCOL_VERSION,
+        ProtocolVersion::new(Version::WIN8).as_bytes(),
     );
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
-    bad(&mut host, &mut guest, Operation::BeginInitialization, &[]);
-    bad(&mut host, &mut guest, Operation::FcHbaData, &[0; 36]);
-    bad(&mut host, &mut guest, Operation::EnumerateBus, &[]);
+    negotiate(&mut host, &mut guest, Version::WIN8);
+    bad(&mut host, &mut guest, Operation::BEGIN_INITIALIZATION, &[]);
+    bad(&mut host, &mut guest, Operation::FC_HBA_DATA, &[0; 36]);
+    bad(&mut host, &mut guest, Operation::ENUMERATE_BUS, &[]);
     // Resets are no-ops once ready.
     for op in [
-        Operation::ResetLun,
-        Operation::ResetAdapter,
-        Operation::ResetBus,
+        Operation::RESET_LUN,
+        Operation::RESET_ADAPTER,
+        Operation::RESET_BUS,
     ] {
         let r = call(&mut host, &mut guest, 5, op, &[]);
         assert_eq!(r.status(), NtStatus::SUCCESS);
@@ -404,13 +417,13 @@ fn srb_write_then_read_over_several_ranges() {
     let rig = Rig::new(ControllerConfig::default());
     let lun = rig.attach(0, 64);
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
 
     let data: Vec<u8> = (0..2048u32).map(|i| (i * 7 + 3) as u8).collect();
     // Write 4 sectors from two non-adjacent ranges (one spans a page).
     rig.mem.write(DATA + 0x800, &data[..1536]).unwrap();
     rig.mem.write(DATA + 0x5000, &data[1536..]).unwrap();
-    let req = request(0, &write10(8, 4), data_direction::WRITE, 2048);
+    let req = request(0, &write10(8, 4), DataDirection::WRITE, 2048);
     let r = srb(
         &mut host,
         &mut guest,
@@ -420,8 +433,8 @@ fn srb_write_then_read_over_several_ranges() {
     );
     assert_eq!(r.status(), NtStatus::SUCCESS);
     let c = r.srb();
-    assert_eq!(c.srb_status, srb_status::SUCCESS);
-    assert_eq!(c.scsi_status, status::GOOD);
+    assert_eq!(c.srb_status, srb_byte(SrbStatus::SUCCESS));
+    assert_eq!(c.scsi_status, ScsiStatus::GOOD);
     assert_eq!(c.data_transfer_length.get(), 2048);
     assert_eq!(r.body.len(), 0x34);
 
@@ -439,14 +452,14 @@ fn srb_write_then_read_over_several_ranges() {
     assert_eq!(on_disk, data);
 
     // Read back into three ranges.
-    let req = request(0, &read10(8, 4), data_direction::READ, 2048);
+    let req = request(0, &read10(8, 4), DataDirection::READ, 2048);
     let ranges = [
         (DATA + 0x10000, 512),
         (DATA + 0x20100, 1024),
         (DATA + 0x30000, 512),
     ];
     let r = srb(&mut host, &mut guest, 11, &req, &ranges);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
     assert_eq!(r.srb().data_transfer_length.get(), 2048);
     let mut back = Vec::new();
     for (gpa, len) in ranges {
@@ -460,15 +473,15 @@ fn srb_write_then_read_over_several_ranges() {
 #[test]
 fn check_condition_carries_capped_autosense() {
     for (size, version) in [
-        (RequestSize::Win8, VERSION_WIN8),
-        (RequestSize::PreWin8, VERSION_WIN7),
+        (RequestSize::Win8, Version::WIN8),
+        (RequestSize::PreWin8, Version::WIN7),
     ] {
         let rig = Rig::new(ControllerConfig::default());
         rig.attach(0, 64);
         let (mut host, mut guest) = (rig.host(), rig.guest());
         negotiate(&mut host, &mut guest, version);
         // Past the end of a 64-sector disk.
-        let req = request(0, &read10(100, 1), data_direction::READ, 512);
+        let req = request(0, &read10(100, 1), DataDirection::READ, 512);
         send_srb(&mut guest, 7, &req, size, &[(DATA, 512)]);
         host.process().unwrap();
         let r = recv(&mut guest).unwrap();
@@ -476,17 +489,17 @@ fn check_condition_carries_capped_autosense() {
         let c = r.srb();
         assert_eq!(
             c.srb_status,
-            srb_status::ERROR | srb_status::AUTOSENSE_VALID
+            srb_byte(SrbStatus::ERROR).with_autosense_valid(true)
         );
-        assert_eq!(c.scsi_status, status::CHECK_CONDITION);
+        assert_eq!(c.scsi_status, ScsiStatus::CHECK_CONDITION);
         assert_eq!(r.status(), NtStatus::IO_DEVICE_ERROR);
         let n = usize::from(c.sense_info_ex_length);
         assert!(n <= size.sense_buffer_len());
         let sense = SenseData::parse(&c.payload[..n]).unwrap();
-        assert_eq!(sense.key, sense_key::ILLEGAL_REQUEST);
+        assert_eq!(sense.key, SenseKey::ILLEGAL_REQUEST);
 
         // A guest sense buffer of 8 bytes gets 8 bytes.
-        let mut req = request(0, &read10(100, 1), data_direction::READ, 512);
+        let mut req = request(0, &read10(100, 1), DataDirection::READ, 512);
         req.sense_info_ex_length = 8;
         send_srb(&mut guest, 8, &req, size, &[(DATA, 512)]);
         host.process().unwrap();
@@ -497,13 +510,13 @@ fn check_condition_carries_capped_autosense() {
         // Autosense disabled (a Windows 8 field): no sense.
         if size == RequestSize::Win8 {
             req.sense_info_ex_length = 0x14;
-            req.srb_flags = parastor_hw::storvsp::srb_flags::DISABLE_AUTOSENSE.into();
+            req.srb_flags = parastor_hw::storvsp::SrbFlags::new().with_disable_autosense(true);
             send_srb(&mut guest, 10, &req, size, &[(DATA, 512)]);
             host.process().unwrap();
             let c = recv(&mut guest).unwrap().srb();
-            assert_eq!(c.srb_status, srb_status::ERROR);
+            assert_eq!(c.srb_status, srb_byte(SrbStatus::ERROR));
             assert_eq!(c.sense_info_ex_length, 0);
-            req.srb_flags = 0.into();
+            req.srb_flags = Default::default();
         }
 
         // No sense buffer: no autosense.
@@ -511,7 +524,7 @@ fn check_condition_carries_capped_autosense() {
         send_srb(&mut guest, 9, &req, size, &[(DATA, 512)]);
         host.process().unwrap();
         let c = recv(&mut guest).unwrap().srb();
-        assert_eq!(c.srb_status, srb_status::ERROR);
+        assert_eq!(c.srb_status, srb_byte(SrbStatus::ERROR));
     }
 }
 
@@ -520,20 +533,30 @@ fn missing_lun_answers() {
     let rig = Rig::new(ControllerConfig::default());
     rig.attach(0, 64);
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
 
     // TEST UNIT READY to LUN 5: INVALID_LUN, no sense.
-    let req = request(5, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], 2, 0);
+    let req = request(
+        5,
+        &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
+        DataDirection::UNKNOWN,
+        0,
+    );
     let r = srb(&mut host, &mut guest, 1, &req, &[]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::INVALID_LUN));
     assert_eq!(r.srb().sense_info_ex_length, 0);
     assert_eq!(r.status(), NtStatus::DEVICE_DOES_NOT_EXIST);
 
     // Standard INQUIRY: "no logical unit".
     rig.mem.write(DATA, &[0xEE; 96]).unwrap();
-    let req = request(5, &[op::INQUIRY, 0, 0, 0, 96, 0], data_direction::READ, 96);
+    let req = request(
+        5,
+        &[ScsiOp::INQUIRY.get(), 0, 0, 0, 96, 0],
+        DataDirection::READ,
+        96,
+    );
     let r = srb(&mut host, &mut guest, 2, &req, &[(DATA, 96)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
     assert_eq!(r.srb().data_transfer_length.get(), 36);
     let mut b = [0u8; 36];
     rig.mem.read(DATA, &mut b).unwrap();
@@ -542,18 +565,23 @@ fn missing_lun_answers() {
     // VPD page: invalid CDB.
     let req = request(
         5,
-        &[op::INQUIRY, 1, 0x80, 0, 96, 0],
-        data_direction::READ,
+        &[ScsiOp::INQUIRY.get(), 1, 0x80, 0, 96, 0],
+        DataDirection::READ,
         96,
     );
     let r = srb(&mut host, &mut guest, 3, &req, &[(DATA, 96)]);
-    assert_eq!(r.srb().scsi_status, status::CHECK_CONDITION);
+    assert_eq!(r.srb().scsi_status, ScsiStatus::CHECK_CONDITION);
 
     // Another target: same.
-    let mut req = request(0, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], 2, 0);
+    let mut req = request(
+        0,
+        &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
+        DataDirection::UNKNOWN,
+        0,
+    );
     req.target_id = 1;
     let r = srb(&mut host, &mut guest, 4, &req, &[]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::INVALID_LUN));
 }
 
 #[test]
@@ -580,30 +608,30 @@ fn dvd_and_disk_luns_share_a_controller() {
             .is_some()
     );
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     // INQUIRY: peripheral device type 0 (disk) and 5 (CD/DVD).
     for (tid, lun, kind) in [(1, 0u8, 0u8), (2, 1, 5)] {
         let req = request(
             lun,
-            &[op::INQUIRY, 0, 0, 0, 36, 0],
-            data_direction::READ,
+            &[ScsiOp::INQUIRY.get(), 0, 0, 0, 36, 0],
+            DataDirection::READ,
             36,
         );
         let r = srb(&mut host, &mut guest, tid, &req, &[(DATA, 36)]);
-        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
         let mut b = [0u8; 1];
         rig.mem.read(DATA, &mut b).unwrap();
         assert_eq!(b[0] & 0x1F, kind);
     }
     // A DVD read of one 2048-byte block runs on the drive.
-    let req = request(1, &read10(0, 1), data_direction::READ, 2048);
+    let req = request(1, &read10(0, 1), DataDirection::READ, 2048);
     let r = srb(&mut host, &mut guest, 3, &req, &[(DATA, 2048)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
     assert_eq!(r.srb().data_transfer_length.get(), 2048);
     // Writes go to the disk only; the DVD refuses them.
-    let req = request(1, &write10(0, 1), data_direction::WRITE, 2048);
+    let req = request(1, &write10(0, 1), DataDirection::WRITE, 2048);
     let r = srb(&mut host, &mut guest, 4, &req, &[(DATA, 2048)]);
-    assert_eq!(r.srb().scsi_status, status::CHECK_CONDITION);
+    assert_eq!(r.srb().scsi_status, ScsiStatus::CHECK_CONDITION);
     // Removing the DVD hands it back.
     let old = rig.controller.remove(ScsiPath::new(0, 0, 1)).unwrap();
     assert!(Arc::ptr_eq(old.as_dvd().unwrap(), &dvd));
@@ -617,11 +645,11 @@ fn report_luns(
     lun: u8,
 ) -> Vec<u8> {
     let mut cdb = [0u8; 12];
-    cdb[0] = op::REPORT_LUNS;
+    cdb[0] = ScsiOp::REPORT_LUNS.get();
     cdb[6..10].copy_from_slice(&256u32.to_be_bytes());
-    let req = request(lun, &cdb, data_direction::READ, 256);
+    let req = request(lun, &cdb, DataDirection::READ, 256);
     let r = srb(host, guest, 20, &req, &[(DATA, 256)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
     let n = r.srb().data_transfer_length.get() as usize;
     let mut b = vec![0u8; n];
     rig.mem.read(DATA, &mut b).unwrap();
@@ -649,10 +677,47 @@ fn report_luns_comes_from_the_lun_map() {
         Err(AttachError::Occupied(ScsiPath::new(0, 1, 9)))
     );
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     // Through a LUN that does not exist, too.
     assert_eq!(report_luns(&rig, &mut host, &mut guest, 0), [0, 1, 3]);
     assert_eq!(report_luns(&rig, &mut host, &mut guest, 7), [0, 1, 3]);
+}
+
+/// REPORT LUNS is parsed as a CDB: a short one is INVALID FIELD IN CDB,
+/// the allocation length caps the data, and every SELECT REPORT value
+/// gets the same list.
+#[test]
+fn report_luns_cdb_fields() {
+    let rig = Rig::new(ControllerConfig::default());
+    rig.attach(0, 8);
+    rig.attach(2, 8);
+    let (mut host, mut guest) = (rig.host(), rig.guest());
+    negotiate(&mut host, &mut guest, Version::WIN8);
+    let mut cdb = [0u8; 12];
+    cdb[0] = ScsiOp::REPORT_LUNS.get();
+    cdb[6..10].copy_from_slice(&256u32.to_be_bytes());
+    // Ten bytes of a twelve-byte command.
+    let req = request(0, &cdb[..10], DataDirection::READ, 256);
+    let r = srb(&mut host, &mut guest, 30, &req, &[(DATA, 256)]);
+    assert_eq!(r.srb().scsi_status, ScsiStatus::CHECK_CONDITION);
+    let sense = SenseData::parse(&r.srb().payload).unwrap();
+    assert_eq!(
+        (sense.key, sense.additional.asc(), sense.additional.ascq()),
+        (SenseKey::ILLEGAL_REQUEST, 0x24, 0)
+    );
+    // An allocation length of 12: the header and the first LUN.
+    cdb[6..10].copy_from_slice(&12u32.to_be_bytes());
+    for select in [0u8, 1, 2, 0x10, 0xFF] {
+        cdb[2] = select;
+        let req = request(0, &cdb, DataDirection::READ, 256);
+        let r = srb(&mut host, &mut guest, 31, &req, &[(DATA, 256)]);
+        assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
+        assert_eq!(r.srb().data_transfer_length.get(), 12, "{select:#x}");
+        let mut b = [0u8; 12];
+        rig.mem.read(DATA, &mut b).unwrap();
+        assert_eq!(b[..4], 16u32.to_be_bytes(), "two LUNs");
+        assert_eq!(b[9], 0);
+    }
 }
 
 #[test]
@@ -660,23 +725,23 @@ fn short_or_invalid_buffers_are_invalid_requests() {
     let rig = Rig::new(ControllerConfig::default());
     rig.attach(0, 64);
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     // Ranges shorter than the transfer.
-    let req = request(0, &read10(0, 2), data_direction::READ, 1024);
+    let req = request(0, &read10(0, 2), DataDirection::READ, 1024);
     let r = srb(&mut host, &mut guest, 1, &req, &[(DATA, 512)]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::INVALID_REQUEST));
     assert_eq!(r.srb().data_transfer_length.get(), 0);
     // CDB length over 16 and zero.
     for len in [17u8, 0] {
-        let mut req = request(0, &read10(0, 1), data_direction::READ, 512);
+        let mut req = request(0, &read10(0, 1), DataDirection::READ, 512);
         req.cdb_length = len;
         let r = srb(&mut host, &mut guest, 2, &req, &[(DATA, 512)]);
-        assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+        assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::INVALID_REQUEST));
     }
     // Still serving.
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     let r = srb(&mut host, &mut guest, 3, &req, &[(DATA, 512)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
 }
 
 #[test]
@@ -687,7 +752,7 @@ fn hot_add_and_remove_send_enumerate_bus() {
     rig.attach(0, 8);
     host.process().unwrap();
     assert!(recv(&mut guest).is_none());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     host.process().unwrap();
     assert!(recv(&mut guest).is_none());
 
@@ -695,7 +760,7 @@ fn hot_add_and_remove_send_enumerate_bus() {
     assert!(host.process().unwrap());
     let r = recv(&mut guest).unwrap();
     assert_eq!(r.kind, PacketKind::InBand);
-    assert_eq!(r.header.operation(), Some(Operation::EnumerateBus));
+    assert_eq!(r.header.operation, Operation::ENUMERATE_BUS);
     assert_eq!(r.body.len(), 0x34);
     assert!(recv(&mut guest).is_none());
     assert_eq!(report_luns(&rig, &mut host, &mut guest, 0), [0, 1]);
@@ -704,18 +769,18 @@ fn hot_add_and_remove_send_enumerate_bus() {
     assert!(rig.controller.remove(ScsiPath::new(0, 0, 0)).is_none());
     host.process().unwrap();
     let r = recv(&mut guest).unwrap();
-    assert_eq!(r.header.operation(), Some(Operation::EnumerateBus));
+    assert_eq!(r.header.operation, Operation::ENUMERATE_BUS);
     assert_eq!(report_luns(&rig, &mut host, &mut guest, 0), [1]);
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     let r = srb(&mut host, &mut guest, 3, &req, &[(DATA, 512)]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::INVALID_LUN));
 }
 
 #[test]
 fn win6_guests_get_no_enumerate_bus() {
     let rig = Rig::new(ControllerConfig::default());
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN6);
+    negotiate(&mut host, &mut guest, Version::WIN6);
     rig.attach(0, 8);
     host.process().unwrap();
     assert!(recv(&mut guest).is_none());
@@ -729,12 +794,12 @@ fn create_sub_channels_once_on_win8() {
     };
     let rig = Rig::new(config);
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     let r = call(
         &mut host,
         &mut guest,
         5,
-        Operation::CreateSubChannels,
+        Operation::CREATE_SUB_CHANNELS,
         &5u16.to_le_bytes(),
     );
     assert_eq!(r.status(), NtStatus::INVALID_PARAMETER);
@@ -745,7 +810,7 @@ fn create_sub_channels_once_on_win8() {
         &mut host,
         &mut guest,
         6,
-        Operation::CreateSubChannels,
+        Operation::CREATE_SUB_CHANNELS,
         &3u16.to_le_bytes(),
     );
     assert_eq!(r.status(), NtStatus::SUCCESS);
@@ -758,7 +823,7 @@ fn create_sub_channels_once_on_win8() {
         &mut host,
         &mut guest,
         7,
-        Operation::CreateSubChannels,
+        Operation::CREATE_SUB_CHANNELS,
         &1u16.to_le_bytes(),
     );
     assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
@@ -766,8 +831,8 @@ fn create_sub_channels_once_on_win8() {
 
     // Before END_INITIALIZATION works too; pre-Win8 refuses.
     for (version, want) in [
-        (VERSION_BLUE, NtStatus::SUCCESS),
-        (VERSION_WIN7, NtStatus::INVALID_DEVICE_STATE),
+        (Version::BLUE, NtStatus::SUCCESS),
+        (Version::WIN7, NtStatus::INVALID_DEVICE_STATE),
     ] {
         let rig = Rig::new(config);
         let (mut host, mut guest) = (rig.host(), rig.guest());
@@ -776,7 +841,7 @@ fn create_sub_channels_once_on_win8() {
             &mut host,
             &mut guest,
             4,
-            Operation::CreateSubChannels,
+            Operation::CREATE_SUB_CHANNELS,
             &2u16.to_le_bytes(),
         );
         assert_eq!(r.status(), want);
@@ -801,18 +866,18 @@ fn sub_channel_waits_for_ready_then_serves_io() {
     let mut sub_guest = Channel::guest(&rig.mem, sin, sout, &sub_host_sig).unwrap();
     let (mut host, mut guest) = (rig.host(), rig.guest());
 
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     send_srb(&mut sub_guest, 1, &req, RequestSize::Win8, &[(DATA, 512)]);
     assert!(!sub_host.process().unwrap(), "not ready: nothing taken");
     assert!(recv(&mut sub_guest).is_none());
 
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     assert!(sub_host.process().unwrap());
     let r = recv(&mut sub_guest).unwrap();
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
 
     // Negotiation packets on a sub-channel are out of state.
-    send(&mut sub_guest, 2, Operation::BeginInitialization, &[]);
+    send(&mut sub_guest, 2, Operation::BEGIN_INITIALIZATION, &[]);
     sub_host.process().unwrap();
     let r = recv(&mut sub_guest).unwrap();
     assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
@@ -857,9 +922,9 @@ fn queue_depth_limits_requests_in_flight() {
         )
         .unwrap();
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     for tid in 0..5 {
-        let req = request(0, &read10(tid as u32, 1), data_direction::READ, 512);
+        let req = request(0, &read10(tid as u32, 1), DataDirection::READ, 512);
         send_srb(
             &mut guest,
             100 + tid,
@@ -876,7 +941,7 @@ fn queue_depth_limits_requests_in_flight() {
     assert_eq!(host.in_flight(), 0);
     let mut tids: Vec<u64> = core::iter::from_fn(|| recv(&mut guest))
         .map(|r| {
-            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+            assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
             r.tid
         })
         .collect();
@@ -890,16 +955,20 @@ fn full_completion_ring_stops_intake_without_losing_completions() {
     let rig = Rig::with_ring(ControllerConfig::default(), 4 * RING, 8192);
     rig.attach(0, 64);
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     let mut sent = 0u64;
     let mut got = Vec::new();
     for round in 0..20 {
         // Fill the incoming ring as far as it goes.
         loop {
-            let req = request(0, &read10(0, 1), data_direction::READ, 512);
-            let mut bytes = PacketHeader::new(Operation::ExecuteSrb, 1, NtStatus::SUCCESS)
-                .as_bytes()
-                .to_vec();
+            let req = request(0, &read10(0, 1), DataDirection::READ, 512);
+            let mut bytes = PacketHeader::new(
+                Operation::EXECUTE_SRB,
+                REQUEST_COMPLETION,
+                NtStatus::SUCCESS,
+            )
+            .as_bytes()
+            .to_vec();
             bytes.extend_from_slice(req.as_bytes());
             let pfn = [DATA >> 12];
             let r = [GpaDirectRange {
@@ -975,7 +1044,8 @@ fn malformed_packets_end_the_channel_with_an_error() {
                         completion_requested: false,
                     },
                     1,
-                    PacketHeader::new(Operation::ResetBus, 0, NtStatus::SUCCESS).as_bytes(),
+                    PacketHeader::new(Operation::RESET_BUS, PacketFlags::new(), NtStatus::SUCCESS)
+                        .as_bytes(),
                 )
                 .unwrap()
             },
@@ -986,7 +1056,12 @@ fn malformed_packets_end_the_channel_with_an_error() {
                 g.write_packet(
                     OutgoingKind::Completion,
                     1,
-                    PacketHeader::new(Operation::CompleteIo, 0, NtStatus::SUCCESS).as_bytes(),
+                    PacketHeader::new(
+                        Operation::COMPLETE_IO,
+                        PacketFlags::new(),
+                        NtStatus::SUCCESS,
+                    )
+                    .as_bytes(),
                 )
                 .unwrap()
             },
@@ -994,14 +1069,14 @@ fn malformed_packets_end_the_channel_with_an_error() {
         ),
         (
             // A truncated SRB.
-            |g| send(g, 1, Operation::ExecuteSrb, &[0; 8]),
+            |g| send(g, 1, Operation::EXECUTE_SRB, &[0; 8]),
             |e| matches!(e, StorvspError::Packet { .. }),
         ),
     ];
     for (i, (write, check)) in cases.into_iter().enumerate() {
         let rig = Rig::new(ControllerConfig::default());
         let (mut host, mut guest) = (rig.host(), rig.guest());
-        negotiate(&mut host, &mut guest, VERSION_WIN8);
+        negotiate(&mut host, &mut guest, Version::WIN8);
         write(&mut guest);
         let e = host.process().unwrap_err();
         assert!(check(&e), "case {i}: {e}");
@@ -1016,16 +1091,16 @@ fn run_serves_until_the_guest_breaks_the_protocol() {
     rig.attach(0, 64);
     let mut host = rig.host();
     let mut guest = rig.guest();
-    send(&mut guest, 1, Operation::BeginInitialization, &[]);
+    send(&mut guest, 1, Operation::BEGIN_INITIALIZATION, &[]);
     send(
         &mut guest,
         2,
-        Operation::QueryProtocolVersion,
-        ProtocolVersion::new(VERSION_WIN8).as_bytes(),
+        Operation::QUERY_PROTOCOL_VERSION,
+        ProtocolVersion::new(Version::WIN8).as_bytes(),
     );
-    send(&mut guest, 3, Operation::QueryProperties, &[0; 24]);
-    send(&mut guest, 4, Operation::EndInitialization, &[]);
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    send(&mut guest, 3, Operation::QUERY_PROPERTIES, &[0; 24]);
+    send(&mut guest, 4, Operation::END_INITIALIZATION, &[]);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     send_srb(&mut guest, 5, &req, RequestSize::Win8, &[(DATA, 512)]);
     guest
         .write_packet(
@@ -1067,7 +1142,7 @@ fn random_packets_never_panic_or_hang() {
         rig.attach(0, 16);
         let (mut host, mut guest) = (rig.host(), rig.guest());
         if next() % 2 == 0 {
-            negotiate(&mut host, &mut guest, VERSION_WIN8);
+            negotiate(&mut host, &mut guest, Version::WIN8);
         }
         for _ in 0..8 {
             let len = (next() % 80) as usize;
@@ -1131,23 +1206,23 @@ fn run_on_a_thread_wakes_for_packets_and_hot_adds() {
     rig.attach(0, 64);
     let host = spawn_run(&rig);
     let mut guest = rig.guest();
-    let version = ProtocolVersion::new(VERSION_WIN8);
+    let version = ProtocolVersion::new(Version::WIN8);
     for (i, (op, payload)) in win8_steps(&version).into_iter().enumerate() {
         send(&mut guest, i as u64, op, payload);
         let r = recv_wait(&mut guest);
         assert_eq!((r.tid, r.status()), (i as u64, NtStatus::SUCCESS));
     }
     for tid in 10..40u64 {
-        let req = request(0, &read10(tid as u32, 1), data_direction::READ, 512);
+        let req = request(0, &read10(tid as u32, 1), DataDirection::READ, 512);
         send_srb(&mut guest, tid, &req, RequestSize::Win8, &[(DATA, 512)]);
         let r = recv_wait(&mut guest);
         assert_eq!(r.tid, tid);
-        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
     }
     // A hot add wakes the idle worker, which tells the guest.
     rig.attach(1, 8);
     let r = recv_wait(&mut guest);
-    assert_eq!(r.header.operation(), Some(Operation::EnumerateBus));
+    assert_eq!(r.header.operation, Operation::ENUMERATE_BUS);
     // A broken packet ends the worker.
     guest
         .write_packet(
@@ -1188,16 +1263,16 @@ fn a_failed_channel_drops_its_requests_and_stays_ended() {
     let latch = Latch::default();
     rig.attach_slow(0, Arc::new(latch.clone()));
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     let held = Arc::strong_count(&latch.0);
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     send_srb(&mut guest, 10, &req, RequestSize::Win8, &[(DATA, 512)]);
     host.process().unwrap();
     assert_eq!(host.in_flight(), 1);
     // The request's sleep holds the timer.
     assert_eq!(Arc::strong_count(&latch.0), held + 1);
 
-    send(&mut guest, 11, Operation::ExecuteSrb, &[0; 8]);
+    send(&mut guest, 11, Operation::EXECUTE_SRB, &[0; 8]);
     let e = host.process().unwrap_err();
     assert!(
         matches!(
@@ -1281,7 +1356,7 @@ fn run_yields_to_the_executor_when_it_never_runs_out_of_work() {
     let mut cx = core::task::Context::from_waker(&waker);
     let mut run = Box::pin(host.run(&incoming));
     let mut guest = rig.guest();
-    let version = ProtocolVersion::new(VERSION_WIN8);
+    let version = ProtocolVersion::new(Version::WIN8);
     for (i, (op, payload)) in win8_steps(&version).into_iter().enumerate() {
         send(&mut guest, i as u64, op, payload);
         assert!(run.as_mut().poll(&mut cx).is_pending());
@@ -1290,7 +1365,7 @@ fn run_yields_to_the_executor_when_it_never_runs_out_of_work() {
     // A request that never finishes and wakes the worker at every poll,
     // which (through the relay) signals it: a worker that is never out of
     // work, as under a guest flooding it with packets or signals.
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     send_srb(&mut guest, 10, &req, RequestSize::Win8, &[(DATA, 512)]);
     for _ in 0..3 {
         relay.wakes.store(0, Ordering::Release);
@@ -1313,12 +1388,12 @@ fn reset_allows_a_new_negotiation() {
     });
     {
         let (mut host, mut guest) = (rig.host(), rig.guest());
-        negotiate(&mut host, &mut guest, VERSION_WIN8);
+        negotiate(&mut host, &mut guest, Version::WIN8);
         call(
             &mut host,
             &mut guest,
             5,
-            Operation::CreateSubChannels,
+            Operation::CREATE_SUB_CHANNELS,
             &2u16.to_le_bytes(),
         );
     }
@@ -1333,8 +1408,8 @@ fn reset_allows_a_new_negotiation() {
         Channel::host(&rig.mem, incoming, outgoing, &rig.guest_sig).unwrap(),
     );
     let mut guest = Channel::guest(&rig.mem, incoming, outgoing, &rig.host_sig).unwrap();
-    negotiate(&mut host, &mut guest, VERSION_WIN7);
-    assert_eq!(rig.controller.version(), Some(VERSION_WIN7));
+    negotiate(&mut host, &mut guest, Version::WIN7);
+    assert_eq!(rig.controller.version(), Some(Version::WIN7));
 }
 
 /// A timer whose sleeps all end, waking their tasks, once released: a
@@ -1419,11 +1494,11 @@ fn poll_mode_masks_guest_signals_while_io_is_outstanding() {
     let latch = Latch::default();
     rig.attach_slow(0, Arc::new(latch.clone()));
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     assert!(!host.poll_mode());
     assert_eq!(rig.interrupt_mask(), 0);
     let send_read = |guest: &mut Channel<'_>, tid: u64| {
-        let req = request(0, &read10(tid as u32, 1), data_direction::READ, 512);
+        let req = request(0, &read10(tid as u32, 1), DataDirection::READ, 512);
         send_srb(
             guest,
             tid,
@@ -1470,7 +1545,7 @@ fn poll_mode_masks_guest_signals_while_io_is_outstanding() {
     assert_eq!(rig.interrupt_mask(), 0);
     let mut tids: Vec<u64> = core::iter::from_fn(|| recv(&mut guest))
         .map(|r| {
-            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+            assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
             r.tid
         })
         .collect();
@@ -1500,10 +1575,10 @@ fn poll_mode_threshold_defaults_to_one_and_can_be_disabled() {
         let latch = Latch::default();
         rig.attach_slow(0, Arc::new(latch.clone()));
         let (mut host, mut guest) = (rig.host(), rig.guest());
-        negotiate(&mut host, &mut guest, VERSION_WIN8);
+        negotiate(&mut host, &mut guest, Version::WIN8);
         // Idle: never masked, whatever the threshold (0 counts as 1).
         assert_eq!(rig.interrupt_mask(), 0, "depth {depth}");
-        let req = request(0, &read10(0, 1), data_direction::READ, 512);
+        let req = request(0, &read10(0, 1), DataDirection::READ, 512);
         send_srb(&mut guest, 9, &req, RequestSize::Win8, &[(DATA, 512)]);
         host.process().unwrap();
         assert_eq!(host.in_flight(), 1);
@@ -1546,7 +1621,7 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
     let mut cx = core::task::Context::from_waker(&waker);
     let mut run = Box::pin(host.run(&rig.host_sig));
     let mut guest = rig.guest();
-    let version = ProtocolVersion::new(VERSION_WIN8);
+    let version = ProtocolVersion::new(Version::WIN8);
     for (i, (op, payload)) in win8_steps(&version).into_iter().enumerate() {
         send(&mut guest, i as u64, op, payload);
         assert!(run.as_mut().poll(&mut cx).is_pending());
@@ -1556,7 +1631,7 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
 
     // A request to the slow disk: outstanding, so the worker masks and
     // goes to sleep.
-    let slow = request(0, &read10(0, 1), data_direction::READ, 512);
+    let slow = request(0, &read10(0, 1), DataDirection::READ, 512);
     send_srb(&mut guest, 10, &slow, RequestSize::Win8, &[(DATA, 512)]);
     assert!(run.as_mut().poll(&mut cx).is_pending());
     assert_eq!(rig.interrupt_mask(), 1);
@@ -1565,7 +1640,7 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
     // A request to the fast disk while masked: the guest does not signal
     // it, and nothing wakes the sleeping worker.
     let signals = rig.host_sig.count();
-    let fast = request(1, &read10(0, 1), data_direction::READ, 512);
+    let fast = request(1, &read10(0, 1), DataDirection::READ, 512);
     send_srb(
         &mut guest,
         11,
@@ -1583,7 +1658,7 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
     assert!(wakes.take() > 0);
     assert!(run.as_mut().poll(&mut cx).is_pending());
     let mut tids = [recv(&mut guest).unwrap(), recv(&mut guest).unwrap()].map(|r| {
-        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
         r.tid
     });
     tids.sort();
@@ -1630,27 +1705,27 @@ fn transfers_over_max_transfer_bytes_are_invalid_requests() {
     });
     rig.attach(0, 64);
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    let r = negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::EndInitialization).unwrap();
+    let r = negotiate_to(&mut host, &mut guest, Version::WIN8, S::EndInitialization).unwrap();
     assert_eq!(properties(&r).max_transfer_bytes.get(), 4096);
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
 
     // Over the limit: refused without touching the disk.
     rig.mem.write(DATA, &[0xAA; 8192]).unwrap();
-    let req = request(0, &write10(0, 16), data_direction::WRITE, 8192);
+    let req = request(0, &write10(0, 16), DataDirection::WRITE, 8192);
     let r = srb(&mut host, &mut guest, 10, &req, &[(DATA, 8192)]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::INVALID_REQUEST));
     assert_eq!(r.srb().data_transfer_length.get(), 0);
     assert_ne!(r.status(), NtStatus::SUCCESS);
     // One byte over, with no buffer checks reached.
-    let req = request(0, &read10(0, 9), data_direction::READ, 4097);
+    let req = request(0, &read10(0, 9), DataDirection::READ, 4097);
     let r = srb(&mut host, &mut guest, 11, &req, &[(DATA, 8192)]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::INVALID_REQUEST));
 
     // Exactly the limit is served; the refused write left no trace.
     rig.mem.write(DATA, &[0x55; 4096]).unwrap();
-    let req = request(0, &read10(0, 8), data_direction::READ, 4096);
+    let req = request(0, &read10(0, 8), DataDirection::READ, 4096);
     let r = srb(&mut host, &mut guest, 12, &req, &[(DATA, 4096)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
     assert_eq!(r.srb().data_transfer_length.get(), 4096);
     let mut back = [0xFFu8; 4096];
     rig.mem.read(DATA, &mut back).unwrap();
@@ -1669,28 +1744,28 @@ fn fc_hba_data_is_refused_without_ending_the_channel() {
     // Before negotiation, with a full or a short (even empty) payload: the
     // state does not move.
     for payload in [&full[..], &full[..4], &[]] {
-        let r = call(&mut host, &mut guest, 7, Operation::FcHbaData, payload);
+        let r = call(&mut host, &mut guest, 7, Operation::FC_HBA_DATA, payload);
         assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
         assert_eq!(r.body.len(), 0x24);
         assert_eq!(rig.controller.state(), S::Begin);
     }
-    negotiate_to(&mut host, &mut guest, VERSION_WIN8, S::QueryVersion);
-    let r = call(&mut host, &mut guest, 8, Operation::FcHbaData, &full);
+    negotiate_to(&mut host, &mut guest, Version::WIN8, S::QueryVersion);
+    let r = call(&mut host, &mut guest, 8, Operation::FC_HBA_DATA, &full);
     assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
     assert_eq!(rig.controller.state(), S::QueryVersion);
     // Negotiate from QueryVersion on.
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
+    negotiate(&mut host, &mut guest, Version::WIN8);
     // Ready: still refused, with a completion of the negotiated size.
     for payload in [&full[..], &[]] {
-        let r = call(&mut host, &mut guest, 9, Operation::FcHbaData, payload);
+        let r = call(&mut host, &mut guest, 9, Operation::FC_HBA_DATA, payload);
         assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
         assert_eq!(r.body.len(), 0x34);
     }
     assert_eq!(rig.controller.state(), NegotiationState::Ready);
     // The channel goes on serving I/O.
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     let r = srb(&mut host, &mut guest, 10, &req, &[(DATA, 512)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
     // A sub-channel answers the same.
     let (incoming, outgoing) = init_ring_pair(&rig.mem, BASE + 8 * RING, RING).unwrap();
     let mut sub = StorvspChannel::sub_channel(
@@ -1698,10 +1773,10 @@ fn fc_hba_data_is_refused_without_ending_the_channel() {
         Channel::host(&rig.mem, incoming, outgoing, &rig.guest_sig).unwrap(),
     );
     let mut sub_guest = Channel::guest(&rig.mem, incoming, outgoing, &rig.host_sig).unwrap();
-    let r = call(&mut sub, &mut sub_guest, 11, Operation::FcHbaData, &[]);
+    let r = call(&mut sub, &mut sub_guest, 11, Operation::FC_HBA_DATA, &[]);
     assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
     let r = srb(&mut sub, &mut sub_guest, 12, &req, &[(DATA, 512)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(r.srb().srb_status, srb_byte(SrbStatus::SUCCESS));
 }
 
 /// A detached LUN is not kept open by a channel that addressed it last:
@@ -1712,13 +1787,13 @@ fn detached_lun_is_released_by_idle_channels() {
     let rig = Rig::new(ControllerConfig::default());
     let disk = rig.attach(0, 64);
     let (mut host, mut guest) = (rig.host(), rig.guest());
-    negotiate(&mut host, &mut guest, VERSION_WIN8);
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    negotiate(&mut host, &mut guest, Version::WIN8);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     send_srb(&mut guest, 1, &req, RequestSize::Win8, &[(DATA, 512)]);
     host.process().unwrap();
     assert_eq!(
         recv(&mut guest).unwrap().srb().srb_status,
-        srb_status::SUCCESS
+        srb_byte(SrbStatus::SUCCESS)
     );
     let held = Arc::strong_count(&disk);
     assert!(rig.controller.remove(ScsiPath::new(0, 0, 0)).is_some());
