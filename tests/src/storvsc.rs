@@ -44,11 +44,10 @@
 #![allow(clippy::missing_panics_doc)]
 
 use parastor_core::{GuestMemory, RamGuestMemory};
-use parastor_hw::scsi::{SenseData, op, sense_key, status};
+use parastor_hw::scsi::{ScsiOp, ScsiStatus, SenseData, SenseKey};
 use parastor_hw::storvsp::{
-    CHANNEL_PROPERTY_MULTI_CHANNEL, NtStatus, Operation, PACKET_HEADER_LEN, RequestSize,
-    VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10, data_direction,
-    srb_status,
+    ChannelFlags, DataDirection, NtStatus, Operation, PACKET_HEADER_LEN, RequestSize, SrbStatus,
+    SrbStatusAndFlags, Version,
 };
 use parastor_storvsp::{Controller, StorvspChannel, StorvspError};
 use parastor_vmbus::{
@@ -140,7 +139,7 @@ impl StorvscHost {
 pub struct Profile {
     /// Versions offered in `QUERY_PROTOCOL_VERSION`, in order, until one is
     /// accepted.
-    pub versions: Vec<u16>,
+    pub versions: Vec<Version>,
     /// Sub-channels wanted (capped by the host's maximum and by
     /// [`MAX_CHANNELS`]); 0: none.
     pub sub_channels: u16,
@@ -155,11 +154,11 @@ impl Profile {
     pub fn linux(sub_channels: u16) -> Self {
         Self {
             versions: vec![
-                VERSION_WIN10,
-                VERSION_BLUE,
-                VERSION_WIN8,
-                VERSION_WIN7,
-                VERSION_WIN6,
+                Version::WIN10,
+                Version::BLUE,
+                Version::WIN8,
+                Version::WIN7,
+                Version::WIN6,
             ],
             sub_channels,
             sub_channels_before_end: false,
@@ -176,7 +175,7 @@ impl Profile {
     }
 
     /// A guest that offers exactly `versions` and wants no sub-channels.
-    pub fn versions(versions: &[u16]) -> Self {
+    pub fn versions(versions: &[Version]) -> Self {
         Self {
             versions: versions.to_vec(),
             sub_channels: 0,
@@ -287,9 +286,9 @@ pub struct SrbReply {
     /// The completion packet's NT status.
     pub nt_status: NtStatus,
     /// SRB status, flags included.
-    pub srb_status: u8,
+    pub srb_status: SrbStatusAndFlags,
     /// SCSI status.
-    pub scsi_status: u8,
+    pub scsi_status: ScsiStatus,
     /// The sense bytes, when the host flagged them valid.
     pub sense: Vec<u8>,
     /// Bytes transferred, as the host reports them.
@@ -302,13 +301,13 @@ pub struct SrbReply {
 
 impl SrbReply {
     /// SRB status without flags.
-    pub fn srb_code(&self) -> u8 {
-        srb_status::code(self.srb_status)
+    pub fn srb_code(&self) -> SrbStatus {
+        self.srb_status.status()
     }
 
     /// Whether the request succeeded (SRB SUCCESS, SCSI GOOD).
     pub fn is_good(&self) -> bool {
-        self.srb_code() == srb_status::SUCCESS && self.scsi_status == status::GOOD
+        self.srb_code() == SrbStatus::SUCCESS && self.scsi_status == ScsiStatus::GOOD
     }
 
     /// The parsed sense data, if any.
@@ -342,7 +341,7 @@ pub struct Storvsc<'a> {
     host: &'a StorvscHost,
     guests: Vec<Channel<'a>>,
     services: Vec<StorvspChannel<'a>>,
-    version: u16,
+    version: Version,
     size: RequestSize,
     max_sub_channels: u16,
     next_tid: u64,
@@ -369,7 +368,7 @@ impl fmt::Debug for Storvsc<'_> {
 
 fn header(op: Operation) -> Vec<u8> {
     let mut b = Vec::with_capacity(PACKET_HEADER_LEN + 0x34);
-    b.extend_from_slice(&(op as u32).to_le_bytes());
+    b.extend_from_slice(&op.get().to_le_bytes());
     b.extend_from_slice(&1u32.to_le_bytes()); // REQUEST_COMPLETION
     b.extend_from_slice(&0u32.to_le_bytes());
     b
@@ -388,7 +387,7 @@ impl<'a> Storvsc<'a> {
             host,
             guests: vec![host.guest_channel(0)],
             services: vec![host.host_channel(0)],
-            version: 0,
+            version: Version::new(0),
             size: RequestSize::PreWin8,
             max_sub_channels: 0,
             next_tid: 1,
@@ -406,35 +405,34 @@ impl<'a> Storvsc<'a> {
     }
 
     fn negotiate(&mut self, profile: &Profile) -> Result<(), StorvscError> {
-        self.control(Operation::BeginInitialization, &[])?;
+        self.control(Operation::BEGIN_INITIALIZATION, &[])?;
         let mut settled = None;
         for &v in &profile.versions {
-            let mut p = v.to_le_bytes().to_vec();
+            let mut p = v.get().to_le_bytes().to_vec();
             p.extend_from_slice(&0u16.to_le_bytes());
-            let (status, _) = self.control_raw(Operation::QueryProtocolVersion, &p)?;
+            let (status, _) = self.control_raw(Operation::QUERY_PROTOCOL_VERSION, &p)?;
             if status == NtStatus::SUCCESS {
                 settled = Some(v);
                 break;
             }
             if status != NtStatus::REVISION_MISMATCH {
                 return Err(StorvscError::Negotiation {
-                    operation: Operation::QueryProtocolVersion,
+                    operation: Operation::QUERY_PROTOCOL_VERSION,
                     status,
                 });
             }
         }
         self.version = settled.ok_or(StorvscError::NoVersion)?;
         self.size = RequestSize::for_version(self.version);
-        let props = self.control(Operation::QueryProperties, &[])?;
+        let props = self.control(Operation::QUERY_PROPERTIES, &[])?;
         // ChannelProperties: max sub-channels at 4 (u16), flags at 8.
         let max = u16::from_le_bytes([props[4], props[5]]);
-        let flags = le32(&props, 8);
-        self.max_sub_channels =
-            if self.version >= VERSION_WIN8 && flags & CHANNEL_PROPERTY_MULTI_CHANNEL != 0 {
-                max
-            } else {
-                0
-            };
+        let flags = ChannelFlags::from_bits(le32(&props, 8).into());
+        self.max_sub_channels = if self.version >= Version::WIN8 && flags.multi_channel() {
+            max
+        } else {
+            0
+        };
         let want = profile
             .sub_channels
             .min(self.max_sub_channels)
@@ -442,7 +440,7 @@ impl<'a> Storvsc<'a> {
         if want > 0 && profile.sub_channels_before_end {
             self.create_sub_channels(want)?;
         }
-        self.control(Operation::EndInitialization, &[])?;
+        self.control(Operation::END_INITIALIZATION, &[])?;
         if want > 0 && !profile.sub_channels_before_end {
             self.create_sub_channels(want)?;
         }
@@ -450,7 +448,7 @@ impl<'a> Storvsc<'a> {
     }
 
     fn create_sub_channels(&mut self, n: u16) -> Result<(), StorvscError> {
-        self.control(Operation::CreateSubChannels, &n.to_le_bytes())?;
+        self.control(Operation::CREATE_SUB_CHANNELS, &n.to_le_bytes())?;
         // The host would now offer the sub-channels; the guest opens them.
         for i in 1..=usize::from(n) {
             self.guests.push(self.host.guest_channel(i));
@@ -502,7 +500,7 @@ impl<'a> Storvsc<'a> {
     }
 
     /// The negotiated protocol version.
-    pub fn version(&self) -> u16 {
+    pub fn version(&self) -> Version {
         self.version
     }
 
@@ -555,7 +553,7 @@ impl<'a> Storvsc<'a> {
         loop {
             self.rescan_pending = false;
             let mut cdb = [0u8; 12];
-            cdb[0] = op::REPORT_LUNS;
+            cdb[0] = ScsiOp::REPORT_LUNS.get();
             cdb[6..10].copy_from_slice(&4096u32.to_be_bytes());
             let r = self.srb_once(&Srb::new(0, &cdb, Data::In(4096)))?;
             if !r.is_good() {
@@ -579,9 +577,9 @@ impl<'a> Storvsc<'a> {
     /// meanwhile.
     pub fn srb(&mut self, srb: &Srb<'_>) -> Result<SrbReply, StorvscError> {
         let mut r = self.srb_once(srb)?;
-        if r.scsi_status == status::CHECK_CONDITION
+        if r.scsi_status == ScsiStatus::CHECK_CONDITION
             && r.sense_data()
-                .is_some_and(|s| s.key == sense_key::UNIT_ATTENTION)
+                .is_some_and(|s| s.key == SenseKey::UNIT_ATTENTION)
         {
             self.unit_attentions += 1;
             r = self.srb_once(srb)?;
@@ -632,9 +630,9 @@ impl<'a> Storvsc<'a> {
             at += n;
         }
         let data_in = match srb.data {
-            Data::None => data_direction::UNKNOWN,
-            Data::In(_) => data_direction::READ,
-            Data::Out(_) => data_direction::WRITE,
+            Data::None => DataDirection::UNKNOWN,
+            Data::In(_) => DataDirection::READ,
+            Data::Out(_) => DataDirection::WRITE,
         };
         // The SRB, as Linux's `struct vmscsi_request` lays it out.
         let req_len = self.size.request_len();
@@ -644,7 +642,7 @@ impl<'a> Storvsc<'a> {
         req[7] = srb.lun;
         req[8] = srb.cdb.len() as u8;
         req[9] = sense_len as u8;
-        req[10] = data_in;
+        req[10] = data_in.get();
         req[12..16].copy_from_slice(&(len as u32).to_le_bytes());
         req[16..16 + srb.cdb.len()].copy_from_slice(&srb.cdb);
         if req_len >= 0x34 {
@@ -656,7 +654,7 @@ impl<'a> Storvsc<'a> {
             req[0x28..0x2C].copy_from_slice(&flags.to_le_bytes());
             req[0x26] = 0xFF; // untagged
         }
-        let mut bytes = header(Operation::ExecuteSrb);
+        let mut bytes = header(Operation::EXECUTE_SRB);
         bytes.extend_from_slice(&req);
         let tid = self.tid();
         let ch = srb.channel;
@@ -708,8 +706,8 @@ impl<'a> Storvsc<'a> {
         if body.len() < 0x24 {
             return Err(StorvscError::Protocol("short completion".into()));
         }
-        let srb_status_byte = body[2];
-        let sense = if srb_status_byte & srb_status::AUTOSENSE_VALID != 0 {
+        let srb_status = SrbStatusAndFlags::from_bits(body[2]);
+        let sense = if srb_status.autosense_valid() {
             let n = usize::from(p.srb[9]).min(0x14);
             body[16..16 + n].to_vec()
         } else {
@@ -725,8 +723,8 @@ impl<'a> Storvsc<'a> {
         }
         Ok(SrbReply {
             nt_status: NtStatus::new(le32(&reply, 8)),
-            srb_status: srb_status_byte,
-            scsi_status: body[3],
+            srb_status,
+            scsi_status: ScsiStatus::new(body[3]),
             sense,
             data_transfer_length: le32(body, 12),
             data,
@@ -751,18 +749,19 @@ impl<'a> Storvsc<'a> {
                 if p.payload.len() < PACKET_HEADER_LEN {
                     return Err(StorvscError::Protocol("short packet".into()));
                 }
-                let op = le32(&p.payload, 0);
+                let op = Operation::new(le32(&p.payload, 0));
                 match p.kind {
-                    PacketKind::Completion if op == Operation::CompleteIo as u32 => {
+                    PacketKind::Completion if op == Operation::COMPLETE_IO => {
                         self.done.insert(p.transaction_id, p.payload);
                     }
-                    PacketKind::InBand if op == Operation::EnumerateBus as u32 => {
+                    PacketKind::InBand if op == Operation::ENUMERATE_BUS => {
                         self.enumerations += 1;
                         self.rescan_pending = true;
                     }
                     kind => {
                         return Err(StorvscError::Protocol(format!(
-                            "unexpected {kind:?} packet, operation {op}"
+                            "unexpected {kind:?} packet, operation {}",
+                            op.get()
                         )));
                     }
                 }

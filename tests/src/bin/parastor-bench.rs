@@ -530,12 +530,12 @@ mod settings {
 
     /// A distinct GUID per `(kind, a, b)`.
     fn guid(kind: u16, a: u32, b: u32) -> Guid {
-        Guid {
-            data1: 0x5053_0000 | a,
-            data2: kind,
-            data3: b as u16,
-            data4: [0x80, kind as u8, a as u8, b as u8, 0x12, 0x34, 0x56, 0x78],
-        }
+        Guid::new(
+            0x5053_0000 | a,
+            kind,
+            b as u16,
+            [0x80, kind as u8, a as u8, b as u8, 0x12, 0x34, 0x56, 0x78],
+        )
     }
 
     /// Every identity string at its longest allowed length.
@@ -737,15 +737,12 @@ mod settings {
 mod storvsp {
     use super::harness::{Case, Measurement, disk_io, measure, size_name};
     use super::*;
-    use parastor_hw::scsi::{op as scsi_op, status as scsi_status};
+    use parastor_hw::scsi::{ScsiOp, ScsiStatus};
     use parastor_hw::storvsp::{
-        FLAG_REQUEST_COMPLETION, NtStatus, Operation, PACKET_HEADER_LEN, RequestSize, VERSION_BLUE,
-        data_direction, srb_flags, srb_status,
+        DataDirection, NtStatus, Operation, PACKET_HEADER_LEN, PacketFlags, RequestSize, SrbFlags,
+        SrbStatus, SrbStatusAndFlags, Version,
     };
-    use parastor_hw::vmbus::{
-        PACKET_FLAG_COMPLETION_REQUESTED, PACKET_TYPE_COMPLETION, PACKET_TYPE_DATA_INBAND,
-        PACKET_TYPE_DATA_USING_GPA_DIRECT,
-    };
+    use parastor_hw::vmbus::{DescriptorFlags, PacketType};
     use parastor_scsi::{DiskParams, ScsiDisk};
     use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
     use parastor_tests::storvsc::{Data, Profile, Srb, Storvsc, StorvscHost};
@@ -771,7 +768,9 @@ mod storvsp {
     /// Largest I/O, in pages (one GPA range of up to this many PFNs).
     const MAX_PAGES: usize = 32;
     /// The newest version StorVSP accepts, as Linux settles on it.
-    const VERSION: u16 = VERSION_BLUE;
+    const VERSION: Version = Version::BLUE;
+    /// Packet flags of a request that wants its completion.
+    const REQUEST_COMPLETION: PacketFlags = PacketFlags::new().with_request_completion(true);
     const REQUEST: RequestSize = RequestSize::for_version(VERSION);
     /// OpenVMM's StorVSC → StorVSP → SCSI disk → never-written RAM disk,
     /// 4 KiB reads at batch 1, 16 and 32 (reference/openvmm-perf.md).
@@ -872,12 +871,16 @@ mod storvsp {
             };
             let pre = RequestSize::PreWin8.request_len();
             let mut version = [0u8; 4];
-            version[..2].copy_from_slice(&VERSION.to_le_bytes());
+            version[..2].copy_from_slice(&VERSION.get().to_le_bytes());
             for (op, body, len) in [
-                (Operation::BeginInitialization, &[][..], pre),
-                (Operation::QueryProtocolVersion, &version[..], pre),
-                (Operation::QueryProperties, &[][..], REQUEST.request_len()),
-                (Operation::EndInitialization, &[][..], REQUEST.request_len()),
+                (Operation::BEGIN_INITIALIZATION, &[][..], pre),
+                (Operation::QUERY_PROTOCOL_VERSION, &version[..], pre),
+                (Operation::QUERY_PROPERTIES, &[][..], REQUEST.request_len()),
+                (
+                    Operation::END_INITIALIZATION,
+                    &[][..],
+                    REQUEST.request_len(),
+                ),
             ] {
                 let status = guest.control(&mut svc, op, body, len);
                 assert_eq!(status, NtStatus::SUCCESS, "negotiation step {op:?}");
@@ -896,11 +899,11 @@ mod storvsp {
 
     impl Guest<'_> {
         /// Writes a request; the host sees it at the next [`Self::flush`].
-        fn send(&mut self, packet_type: u16, tid: u64, header: &[&[u8]], payload: &[u8]) {
+        fn send(&mut self, packet_type: PacketType, tid: u64, header: &[&[u8]], payload: &[u8]) {
             self.tx
                 .write_deferred(&OutgoingPacket {
                     packet_type,
-                    flags: PACKET_FLAG_COMPLETION_REQUESTED,
+                    flags: DescriptorFlags::new().with_completion_requested(true),
                     transaction_id: tid,
                     header,
                     payload,
@@ -924,11 +927,11 @@ mod storvsp {
             len: usize,
         ) -> NtStatus {
             let mut p = [0u8; PACKET_HEADER_LEN + 0x34];
-            p[0..4].copy_from_slice(&(op as u32).to_le_bytes());
-            p[4..8].copy_from_slice(&FLAG_REQUEST_COMPLETION.to_le_bytes());
+            p[0..4].copy_from_slice(&op.get().to_le_bytes());
+            p[4..8].copy_from_slice(&REQUEST_COMPLETION.into_bits().get().to_le_bytes());
             p[PACKET_HEADER_LEN..PACKET_HEADER_LEN + body.len()].copy_from_slice(body);
             self.send(
-                PACKET_TYPE_DATA_INBAND,
+                PacketType::DATA_INBAND,
                 0,
                 &[],
                 &p[..PACKET_HEADER_LEN + len],
@@ -953,35 +956,33 @@ mod storvsp {
                 area[16 + 8 * p..24 + 8 * p].copy_from_slice(&pfn.to_le_bytes());
             }
             let mut pkt = [0u8; PACKET_HEADER_LEN + 0x34];
-            pkt[0..4].copy_from_slice(&(Operation::ExecuteSrb as u32).to_le_bytes());
-            pkt[4..8].copy_from_slice(&FLAG_REQUEST_COMPLETION.to_le_bytes());
+            pkt[0..4].copy_from_slice(&Operation::EXECUTE_SRB.get().to_le_bytes());
+            pkt[4..8].copy_from_slice(&REQUEST_COMPLETION.into_bits().get().to_le_bytes());
             // `struct vmscsi_request`, as Linux lays it out.
             let r = &mut pkt[PACKET_HEADER_LEN..];
             r[0..2].copy_from_slice(&(REQUEST.request_len() as u16).to_le_bytes());
             r[8] = 10; // CDB length
             r[9] = REQUEST.sense_buffer_len() as u8;
             r[10] = if write {
-                data_direction::WRITE
+                DataDirection::WRITE
             } else {
-                data_direction::READ
-            };
+                DataDirection::READ
+            }
+            .get();
             r[12..16].copy_from_slice(&(bytes as u32).to_le_bytes());
             r[16] = if write {
-                scsi_op::WRITE10
+                ScsiOp::WRITE10
             } else {
-                scsi_op::READ10
-            };
+                ScsiOp::READ10
+            }
+            .get();
             r[18..22].copy_from_slice(&(lba as u32).to_be_bytes());
             r[23..25].copy_from_slice(&((bytes as u32 / SS) as u16).to_be_bytes());
             r[0x26] = 0xFF; // untagged
-            let flags = if write {
-                srb_flags::DATA_OUT
-            } else {
-                srb_flags::DATA_IN
-            };
-            r[0x28..0x2C].copy_from_slice(&flags.to_le_bytes());
+            let flags = SrbFlags::new().with_data_out(write).with_data_in(!write);
+            r[0x28..0x2C].copy_from_slice(&flags.into_bits().get().to_le_bytes());
             self.send(
-                PACKET_TYPE_DATA_USING_GPA_DIRECT,
+                PacketType::DATA_USING_GPA_DIRECT,
                 tid,
                 &[&area[..16 + 8 * pages]],
                 &pkt[..PACKET_HEADER_LEN + REQUEST.request_len()],
@@ -1005,10 +1006,10 @@ mod storvsp {
                     break;
                 };
                 let d = h.descriptor;
-                assert_eq!(d.packet_type, PACKET_TYPE_COMPLETION, "unexpected packet");
+                assert_eq!(d.packet_type, PacketType::COMPLETION, "unexpected packet");
                 assert_eq!(held, d.len() as usize, "completion fits the buffer");
                 self.rx.consume_deferred(&h);
-                f(d.transaction_id, &buf[d.data_offset() as usize..held]);
+                f(d.transaction_id.get(), &buf[d.data_offset() as usize..held]);
                 n += 1;
             }
             if self.rx.publish().expect("completion ring") {
@@ -1021,10 +1022,10 @@ mod storvsp {
     /// Panics unless `c` is a successful `COMPLETE_IO` of `bytes`.
     fn check(c: &[u8], bytes: usize) {
         let body = &c[PACKET_HEADER_LEN..];
-        let ok = le32(c, 0) == Operation::CompleteIo as u32
+        let ok = Operation::new(le32(c, 0)) == Operation::COMPLETE_IO
             && NtStatus::new(le32(c, 8)) == NtStatus::SUCCESS
-            && srb_status::code(body[2]) == srb_status::SUCCESS
-            && body[3] == scsi_status::GOOD
+            && SrbStatusAndFlags::from_bits(body[2]).status() == SrbStatus::SUCCESS
+            && ScsiStatus::new(body[3]) == ScsiStatus::GOOD
             && le32(body, 12) as usize == bytes;
         assert!(ok, "I/O failed: completion {c:02x?}");
     }
@@ -1193,10 +1194,11 @@ mod storvsp {
                         let lba = addr.next() as u32;
                         let mut cdb = [0u8; 10];
                         cdb[0] = if write {
-                            scsi_op::WRITE10
+                            ScsiOp::WRITE10
                         } else {
-                            scsi_op::READ10
-                        };
+                            ScsiOp::READ10
+                        }
+                        .get();
                         cdb[2..6].copy_from_slice(&lba.to_be_bytes());
                         cdb[7..9].copy_from_slice(&((bytes as u32 / SS) as u16).to_be_bytes());
                         let d = if write {
