@@ -31,7 +31,7 @@
 //!
 //! [`ScsiDisk`]: parastor_scsi::ScsiDisk
 //! [`ScsiDvd`]: parastor_scsi::ScsiDvd
-//! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CreateSubChannels
+//! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CREATE_SUB_CHANNELS
 //!
 //! Queue depth: a channel takes a packet only after reserving ring space for
 //! its completion, and holds at most [`ControllerConfig::io_queue_depth`]
