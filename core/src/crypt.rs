@@ -60,13 +60,11 @@ use crate::bounce::{BounceBuffer, BouncePool};
 use crate::disk::{Disk, DiskIo, IoOptions, UnmapBehavior};
 use crate::drive;
 use crate::error::{DiskError, MemoryError, MemoryErrorKind};
-use crate::pr::PersistentReservations;
 use crate::sg::SgList;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
-use core::future::Future;
 use xts::{Dir, Stream};
 
 /// Default staging budget of a [`CryptDisk`]: bytes of ciphertext that may
@@ -220,6 +218,18 @@ impl CryptDisk {
         }
     }
 
+    /// The request `buf` at `sector`, range-checked and cut into the pieces
+    /// it is processed in (at most `self.piece` bytes each).
+    fn pieces<'a>(&self, buf: SgList<'a>, sector: u64) -> Result<Pieces<'a>, DiskError> {
+        self.check_range(sector, buf.len())?;
+        Ok(Pieces {
+            rest: buf,
+            lba: sector,
+            piece: self.piece,
+            shift: self.shift,
+        })
+    }
+
     /// A staging buffer of `len` bytes. An inline stack must not wait (its
     /// caller polls once), so under contention it gets a transient buffer
     /// outside the budget instead.
@@ -362,11 +372,39 @@ impl CryptDisk {
     }
 }
 
+/// A request cut into pieces: each piece's buffer and first sector.
+struct Pieces<'a> {
+    rest: SgList<'a>,
+    lba: u64,
+    piece: usize,
+    shift: u32,
+}
+
+impl<'a> Pieces<'a> {
+    /// The next piece, or `None` when the request is done.
+    fn next(&mut self) -> Result<Option<(SgList<'a>, u64)>, DiskError> {
+        if self.rest.is_empty() {
+            return Ok(None);
+        }
+        let bad = |_| DiskError::InvalidInput("request buffer shorter than the request");
+        let len = self.rest.len().min(self.piece);
+        let part = self.rest.subrange(0, len).map_err(bad)?;
+        let lba = self.lba;
+        self.rest = self
+            .rest
+            .subrange(len, self.rest.len() - len)
+            .map_err(bad)?;
+        self.lba += (len >> self.shift) as u64;
+        Ok(Some((part, lba)))
+    }
+}
+
 impl DiskIo for CryptDisk {
     fn kind(&self) -> &'static str {
         "crypt"
     }
     crate::forward_geometry!(inner);
+    crate::forward_ops!(inner, inline; flush, unmap, eject, wait_resize, persistent_reservations);
     fn unmap_behavior(&self) -> UnmapBehavior {
         match self.inner.unmap_behavior() {
             // Zeros (or anything) below decrypt to garbage.
@@ -399,35 +437,20 @@ impl DiskIo for CryptDisk {
     fn children(&self) -> Vec<(String, Disk)> {
         alloc::vec![(String::from("encrypted"), self.inner.clone())]
     }
-    fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
-        self.inner.persistent_reservations()
-    }
-
     async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
-        self.check_range(sector, buf.len())?;
-        let bad = |_| DiskError::InvalidInput("request buffer shorter than the request");
-        let mut rest = buf;
-        let mut lba = sector;
-        while !rest.is_empty() {
-            let len = rest.len().min(self.piece);
-            let part = rest.subrange(0, len).map_err(bad)?;
+        let mut pieces = self.pieces(buf, sector)?;
+        while let Some((part, lba)) = pieces.next()? {
             let inner = &self.inner;
             drive!(self.inline, inner.read(part, lba, opts))?;
             self.decrypt_in_place(&part, lba)?;
-            rest = rest.subrange(len, rest.len() - len).map_err(bad)?;
-            lba += (len >> self.shift) as u64;
         }
         Ok(())
     }
 
     async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
-        self.check_range(sector, buf.len())?;
-        let bad = |_| DiskError::InvalidInput("request buffer shorter than the request");
-        let mut rest = buf;
-        let mut lba = sector;
-        while !rest.is_empty() {
-            let len = rest.len().min(self.piece);
-            let part = rest.subrange(0, len).map_err(bad)?;
+        let mut pieces = self.pieces(buf, sector)?;
+        while let Some((part, lba)) = pieces.next()? {
+            let len = part.len();
             let staging = self.staging(len).await?;
             staging
                 .memory()
@@ -436,33 +459,8 @@ impl DiskIo for CryptDisk {
             let cipher = staging.sg(false);
             drive!(self.inline, inner.write(cipher, lba, opts))?;
             drop(staging);
-            rest = rest.subrange(len, rest.len() - len).map_err(bad)?;
-            lba += (len >> self.shift) as u64;
         }
         Ok(())
-    }
-
-    async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.flush(opts))
-    }
-
-    async fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> Result<(), DiskError> {
-        match sector.checked_add(count) {
-            Some(end) if end <= self.inner.sector_count() => {}
-            _ => return Err(DiskError::IllegalBlock),
-        }
-        let inner = &self.inner;
-        drive!(self.inline, inner.unmap(sector, count, opts))
-    }
-
-    async fn eject(&self) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.eject())
-    }
-
-    fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
-        self.inner.wait_resize(known)
     }
 }
 
@@ -606,22 +604,20 @@ mod tests {
             .collect()
     }
 
-    /// A small deterministic generator (xorshift64*), so failures repeat.
-    struct Rng(u64);
+    /// The shared seeded test generator (`fastrand`), so failures repeat.
+    struct Rng(fastrand::Rng);
     impl Rng {
+        fn new(seed: u64) -> Self {
+            Self(fastrand::Rng::with_seed(seed))
+        }
         fn next(&mut self) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+            self.0.u64(..)
         }
         fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
+            self.0.u64(..n)
         }
         fn fill(&mut self, buf: &mut [u8]) {
-            for b in buf {
-                *b = self.next() as u8;
-            }
+            self.0.fill(buf);
         }
         fn key(&mut self) -> [u8; 64] {
             let mut k = [0u8; 64];
@@ -706,7 +702,7 @@ mod tests {
 
     #[test]
     fn matches_the_xts_mode_oracle() {
-        let mut rng = Rng(0x5eed_1234_abcd_0001);
+        let mut rng = Rng::new(0x5eed_1234_abcd_0001);
         for sector_size in [512usize, 1024, 2048, 4096, 65536] {
             for _ in 0..6 {
                 let key = rng.key();
@@ -744,7 +740,7 @@ mod tests {
     /// sector, across sectors).
     #[test]
     fn streams_in_odd_pieces() {
-        let mut rng = Rng(77);
+        let mut rng = Rng::new(77);
         let key = rng.key();
         let xts = Xts256::new(&key).unwrap();
         for sector_size in [512usize, 4096] {
@@ -776,7 +772,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_ciphertext_on_the_inner_disk() {
-        let mut rng = Rng(3);
+        let mut rng = Rng::new(3);
         for sector_size in [512u32, 4096] {
             let key = rng.key();
             let inner = ram(4096, sector_size);
@@ -810,7 +806,7 @@ mod tests {
     /// that split AES blocks.
     #[test]
     fn multi_range_buffers_with_odd_splits() {
-        let mut rng = Rng(11);
+        let mut rng = Rng::new(11);
         for sector_size in [512u32, 4096] {
             let key = rng.key();
             let inner = ram(1024, sector_size);
@@ -869,7 +865,7 @@ mod tests {
         let key: Vec<u8> = (0..64).map(|i| i * 3).collect();
         let inner = ram(64, 512);
         let disk = crypt(&key, &inner);
-        let mut rng = Rng(21);
+        let mut rng = Rng::new(21);
         let mut plain = vec![0u8; 16 * 512];
         rng.fill(&mut plain);
         let mem = RamGuestMemory::new(1 << 18);
@@ -1090,7 +1086,7 @@ mod tests {
     /// disk that does not complete inline waits for staging memory.
     #[test]
     fn staging_pieces_inline_and_not() {
-        let mut rng = Rng(5);
+        let mut rng = Rng::new(5);
         let key = rng.key();
         let ram_disk = ram(256, 512);
         let delayed = Disk::new(DelayDisk::new(

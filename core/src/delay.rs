@@ -17,16 +17,14 @@
 //! always reports `completes_inline() == false`, since the delay may become
 //! nonzero at any time.
 
-use crate::disk::{BoxFuture, Disk, DiskIo, IoOptions, SectorMarker, UnmapBehavior};
+use crate::disk::{BoxFuture, Disk, DiskIo, IoOptions, LayerIo, SectorMarker};
 use crate::drive;
 use crate::error::DiskError;
-use crate::pr::PersistentReservations;
 use crate::sg::SgList;
 use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use core::future::Future;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::time::Duration;
 
@@ -110,22 +108,13 @@ impl DiskIo for DelayDisk {
         "delay"
     }
     crate::forward_geometry!(inner);
-    fn unmap_behavior(&self) -> UnmapBehavior {
-        self.inner.unmap_behavior()
-    }
+    crate::forward_ops!(inner, inline; unmap_behavior, flush, unmap, eject, wait_resize, persistent_reservations, children);
     fn completes_inline(&self) -> bool {
         false
     }
     fn details(&self) -> Vec<(&'static str, String)> {
         alloc::vec![("delay", format!("{:?}", self.delay.get()))]
     }
-    fn children(&self) -> Vec<(String, Disk)> {
-        alloc::vec![(String::from("inner"), self.inner.clone())]
-    }
-    fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
-        self.inner.persistent_reservations()
-    }
-
     async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         self.pause().await;
         let inner = &self.inner;
@@ -138,25 +127,12 @@ impl DiskIo for DelayDisk {
         drive!(self.inline, inner.write(buf, sector, opts))
     }
 
-    async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.flush(opts))
+    fn as_layer(&self) -> Option<&impl LayerIo> {
+        Some(self)
     }
+}
 
-    async fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.unmap(sector, count, opts))
-    }
-
-    async fn eject(&self) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.eject())
-    }
-
-    fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
-        self.inner.wait_resize(known)
-    }
-
+impl LayerIo for DelayDisk {
     async fn read_present(
         &self,
         buf: SgList<'_>,

@@ -14,6 +14,11 @@ use core::pin::{Pin, pin};
 use core::task::{Context, Poll, Waker};
 use stackfuture::StackFuture;
 
+pub mod layer;
+
+use layer::PlainLayer;
+pub use layer::{LayerIo, SectorMarker};
+
 /// Bytes of inline storage for the future of one [`Disk`] operation.
 ///
 /// Futures that fit are stored in place (no heap allocation per I/O);
@@ -117,113 +122,6 @@ impl IoOptions {
     }
 }
 
-/// Which sectors of a read a layer supplied.
-///
-/// A layered disk asks each layer in turn for the sectors that no layer
-/// above supplied; a layer marks the ones it has, and the rest fall through.
-pub struct SectorMarker<'a> {
-    start: u64,
-    count: u64,
-    bits: &'a mut [u64],
-}
-
-impl<'a> SectorMarker<'a> {
-    /// A marker for sectors `[start, start + count)` with no sector marked,
-    /// using `bits` (at least `count` bits) as storage.
-    pub fn new(start: u64, count: u64, bits: &'a mut [u64]) -> Self {
-        let words = count.div_ceil(64) as usize;
-        let bits = &mut bits[..words];
-        bits.fill(0);
-        Self { start, count, bits }
-    }
-
-    /// First sector covered.
-    pub fn start(&self) -> u64 {
-        self.start
-    }
-
-    /// Number of sectors covered.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
-
-    /// Marks `sector` present (sectors outside the marker are ignored).
-    pub fn set(&mut self, sector: u64) {
-        self.set_range(sector, 1);
-    }
-
-    /// Marks `[sector, sector + count)` present, clipped to the marker.
-    pub fn set_range(&mut self, sector: u64, count: u64) {
-        let lo = sector.max(self.start);
-        let hi = sector.saturating_add(count).min(self.start + self.count);
-        let (mut i, end) = (lo - self.start.min(lo), hi.saturating_sub(self.start));
-        while i < end {
-            let (w, b) = ((i / 64) as usize, i % 64);
-            let n = (64 - b).min(end - i);
-            let mask = if n == 64 {
-                u64::MAX
-            } else {
-                ((1u64 << n) - 1) << b
-            };
-            self.bits[w] |= mask;
-            i += n;
-        }
-    }
-
-    /// Marks every sector present.
-    pub fn set_all(&mut self) {
-        self.set_range(self.start, self.count);
-    }
-
-    /// Whether `sector` is marked.
-    pub fn is_set(&self, sector: u64) -> bool {
-        if sector < self.start || sector - self.start >= self.count {
-            return false;
-        }
-        let i = sector - self.start;
-        self.bits[(i / 64) as usize] & (1 << (i % 64)) != 0
-    }
-
-    /// Whether every sector is marked.
-    pub fn all_set(&self) -> bool {
-        let full = (self.count / 64) as usize;
-        let rest = self.count % 64;
-        self.bits[..full].iter().all(|&w| w == u64::MAX)
-            && (rest == 0 || self.bits[full] & ((1 << rest) - 1) == (1 << rest) - 1)
-    }
-
-    /// The first run of unmarked sectors at or after `from`, as
-    /// `(sector, count)`.
-    pub fn next_unset(&self, from: u64) -> Option<(u64, u64)> {
-        let first = self.scan(from.max(self.start), false)?;
-        let end = self.scan(first, true).unwrap_or(self.start + self.count);
-        Some((first, end - first))
-    }
-
-    /// The first run of marked sectors at or after `from`, as
-    /// `(sector, count)`.
-    pub fn next_set(&self, from: u64) -> Option<(u64, u64)> {
-        let first = self.scan(from.max(self.start), true)?;
-        let end = self.scan(first, false).unwrap_or(self.start + self.count);
-        Some((first, end - first))
-    }
-
-    /// First sector at or after `from` whose bit equals `set`.
-    fn scan(&self, from: u64, set: bool) -> Option<u64> {
-        let mut i = from.checked_sub(self.start)?;
-        while i < self.count {
-            let (w, b) = ((i / 64) as usize, i % 64);
-            let word = if set { self.bits[w] } else { !self.bits[w] } >> b;
-            if word != 0 {
-                let found = i + u64::from(word.trailing_zeros());
-                return (found < self.count).then_some(self.start + found);
-            }
-            i += 64 - b;
-        }
-        None
-    }
-}
-
 /// One disk: metadata and operations.
 ///
 /// # Range contract
@@ -255,7 +153,13 @@ pub trait DiskIo: Send + Sync + 'static {
     fn disk_id(&self) -> Option<[u8; 16]> {
         None
     }
-    /// Whether writes, unmaps and flushes are refused. Fixed.
+    /// Whether writes and unmaps are refused. Fixed.
+    ///
+    /// A flush of a read-only disk succeeds without reaching the disk:
+    /// nothing was written through it, so nothing waits to become durable
+    /// (SBC: a SYNCHRONIZE CACHE range that holds no cached data is not an
+    /// error, and a write-protected logical unit refuses only commands
+    /// that write). A read-only implementation never sees `flush`.
     fn is_read_only(&self) -> bool;
     /// Whether a write with `fua` set is durable when it completes. Fixed.
     fn is_fua_respected(&self) -> bool;
@@ -327,25 +231,6 @@ pub trait DiskIo: Send + Sync + 'static {
         }
     }
 
-    /// Layer read: reads the sectors this disk *has* into `buf` and marks
-    /// them in `marker` (which covers at least this request; only the
-    /// request's sectors may be marked); sectors left unmarked fall through
-    /// to the next layer. A plain disk has every
-    /// sector, which is the default.
-    fn read_present(
-        &self,
-        buf: SgList<'_>,
-        sector: u64,
-        marker: &mut SectorMarker<'_>,
-        opts: IoOptions,
-    ) -> impl Future<Output = Result<(), DiskError>> + Send {
-        async move {
-            self.read(buf, sector, opts).await?;
-            marker.set_range(sector, (buf.len() / self.sector_size() as usize) as u64);
-            Ok(())
-        }
-    }
-
     /// [`DiskIo::read`], run to completion at once. Composite disks call
     /// this instead of building a future when the disk
     /// [completes inline](DiskIo::completes_inline). The default polls the
@@ -361,33 +246,13 @@ pub trait DiskIo: Send + Sync + 'static {
         run_inline(self.write(buf, sector, opts))
     }
 
-    /// [`DiskIo::read_present`], run to completion at once (see
-    /// [`DiskIo::read_inline`]).
-    fn read_present_inline(
-        &self,
-        buf: SgList<'_>,
-        sector: u64,
-        marker: &mut SectorMarker<'_>,
-        opts: IoOptions,
-    ) -> Result<(), DiskError> {
-        run_inline(self.read_present(buf, sector, marker, opts))
-    }
-
-    /// Whether [`DiskIo::write_no_overwrite`] is supported, so the disk can
-    /// serve as a read-cache layer.
-    fn supports_write_no_overwrite(&self) -> bool {
-        false
-    }
-
-    /// Writes only the sectors of `[sector, …)` that the disk does not have
-    /// yet (read-cache population, which must not clobber newer data).
-    fn write_no_overwrite(
-        &self,
-        buf: SgList<'_>,
-        sector: u64,
-    ) -> impl Future<Output = Result<(), DiskError>> + Send {
-        let _ = (buf, sector);
-        core::future::ready(Err(DiskError::Unsupported("write-no-overwrite")))
+    /// The layer side of this disk, if it has its own: a disk that holds
+    /// only some sectors, or a decorator that passes its inner disk's
+    /// presence through, returns `Some(self)` and implements [`LayerIo`].
+    /// `None` (the default) makes it a plain layer: every sector present,
+    /// no read-cache fills. See [`layer`].
+    fn as_layer(&self) -> Option<&impl LayerIo> {
+        None::<&PlainLayer>
     }
 }
 
@@ -494,14 +359,22 @@ impl<T: DiskIo> DynDisk for T {
         marker: &'a mut SectorMarker<'m>,
         opts: IoOptions,
     ) -> IoFuture<'a, Result<(), DiskError>> {
-        StackFuture::from_or_box(DiskIo::read_present(self, buf, sector, marker, opts))
+        match self.as_layer() {
+            Some(own) => StackFuture::from_or_box(own.read_present(buf, sector, marker, opts)),
+            None => {
+                StackFuture::from_or_box(layer::read_all_present(self, buf, sector, marker, opts))
+            }
+        }
     }
     fn write_no_overwrite<'a>(
         &'a self,
         buf: SgList<'a>,
         sector: u64,
     ) -> IoFuture<'a, Result<(), DiskError>> {
-        StackFuture::from_or_box(DiskIo::write_no_overwrite(self, buf, sector))
+        match self.as_layer() {
+            Some(own) => StackFuture::from_or_box(own.write_no_overwrite(buf, sector)),
+            None => ready(Err(DiskError::Unsupported("write-no-overwrite"))),
+        }
     }
     fn read_inline(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         DiskIo::read_inline(self, buf, sector, opts)
@@ -516,7 +389,10 @@ impl<T: DiskIo> DynDisk for T {
         marker: &mut SectorMarker<'_>,
         opts: IoOptions,
     ) -> Result<(), DiskError> {
-        DiskIo::read_present_inline(self, buf, sector, marker, opts)
+        match self.as_layer() {
+            Some(own) => own.read_present_inline(buf, sector, marker, opts),
+            None => layer::read_all_present_inline(self, buf, sector, marker, opts),
+        }
     }
 }
 
@@ -623,7 +499,9 @@ impl Disk {
             unmap_behavior: io.unmap_behavior(),
             optimal_unmap_sectors: io.optimal_unmap_sectors().max(1),
             inline: io.completes_inline(),
-            write_no_overwrite: io.supports_write_no_overwrite(),
+            write_no_overwrite: io
+                .as_layer()
+                .is_some_and(|l| l.supports_write_no_overwrite()),
         };
         let inner: Arc<DiskInner<dyn DynDisk>> = Arc::new(DiskInner { fixed, io });
         Ok(Disk { inner })
@@ -653,7 +531,7 @@ impl Disk {
     pub fn disk_id(&self) -> Option<[u8; 16]> {
         self.inner.fixed.disk_id
     }
-    /// Whether the disk refuses modification.
+    /// Whether the disk refuses writes and unmaps (a flush succeeds).
     pub fn is_read_only(&self) -> bool {
         self.inner.fixed.read_only
     }
@@ -673,9 +551,27 @@ impl Disk {
     pub fn completes_inline(&self) -> bool {
         self.inner.fixed.inline
     }
-    /// Whether the disk can be a read-cache layer.
-    pub fn supports_write_no_overwrite(&self) -> bool {
-        self.inner.fixed.write_no_overwrite
+    /// Runs `op` on this disk in place if it [completes
+    /// inline](Disk::completes_inline): `Some` of its result, with no future
+    /// built or stored. `None`, with `op` not called, on a disk whose
+    /// operations may wait: the caller awaits (or keeps) the operation's
+    /// future instead. See [`if_inline`].
+    ///
+    /// ```
+    /// use parastor_core::ram::RamDisk;
+    /// use parastor_core::{Disk, GpaRange, IoOptions, RamGuestMemory, SgList};
+    ///
+    /// let disk = Disk::new(RamDisk::new(4096, 512).unwrap()).unwrap();
+    /// let mem = RamGuestMemory::new(512);
+    /// let range = [GpaRange::new(0, 512)];
+    /// let buf = SgList::new(&mem, &range, true).unwrap();
+    /// // A RAM disk completes inline: the read ran, no future was built.
+    /// // (On a disk that waits this is `None`: await `disk.read(..)`.)
+    /// let now = disk.run_now(|d| d.read_inline(buf, 0, IoOptions::default()));
+    /// assert_eq!(now, Some(Ok(())));
+    /// ```
+    pub fn run_now<T>(&self, op: impl FnOnce(&Disk) -> T) -> Option<T> {
+        if_inline(self.completes_inline(), || op(self))
     }
     /// The persistent-reservation interface, if any.
     pub fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
@@ -726,23 +622,6 @@ impl Disk {
         self.check_buffer(buf, sector)?;
         if self.is_read_only() {
             return Err(DiskError::ReadOnly);
-        }
-        Ok(())
-    }
-
-    /// What a layer read must satisfy before the disk sees it.
-    fn check_read_present(
-        &self,
-        buf: &SgList<'_>,
-        sector: u64,
-        marker: &SectorMarker<'_>,
-    ) -> Result<(), DiskError> {
-        self.check_buffer(buf, sector)?;
-        let count = (buf.len() >> self.sector_shift()) as u64;
-        if sector < marker.start() || sector + count > marker.start() + marker.count() {
-            return Err(DiskError::InvalidInput(
-                "sector marker does not cover the request",
-            ));
         }
         Ok(())
     }
@@ -798,21 +677,12 @@ impl Disk {
         self.inner.io.write_inline(buf.read_only(), sector, opts)
     }
 
-    /// [`Disk::read_present`] run to completion without building a future
-    /// (see [`Disk::read_inline`]).
-    pub fn read_present_inline(
-        &self,
-        buf: SgList<'_>,
-        sector: u64,
-        marker: &mut SectorMarker<'_>,
-        opts: IoOptions,
-    ) -> Result<(), DiskError> {
-        self.check_read_present(&buf, sector, marker)?;
-        self.inner.io.read_present_inline(buf, sector, marker, opts)
-    }
-
-    /// Makes completed writes durable.
+    /// Makes completed writes durable. On a read-only disk this succeeds at
+    /// once without reaching the disk (see [`DiskIo::is_read_only`]).
     pub fn flush(&self, opts: IoOptions) -> IoFuture<'_, Result<(), DiskError>> {
+        if self.is_read_only() {
+            return ready(Ok(()));
+        }
         self.inner.io.flush(opts)
     }
 
@@ -849,33 +719,6 @@ impl Disk {
     /// Completes with the new sector count once it differs from `known`.
     pub fn wait_resize(&self, known: u64) -> IoFuture<'_, u64> {
         self.inner.io.wait_resize(known)
-    }
-
-    /// Layer read (see [`DiskIo::read_present`]). `marker` must cover the
-    /// request.
-    pub fn read_present<'a, 'm: 'a>(
-        &'a self,
-        buf: SgList<'a>,
-        sector: u64,
-        marker: &'a mut SectorMarker<'m>,
-        opts: IoOptions,
-    ) -> IoFuture<'a, Result<(), DiskError>> {
-        if let Err(e) = self.check_read_present(&buf, sector, marker) {
-            return ready(Err(e));
-        }
-        self.inner.io.read_present(buf, sector, marker, opts)
-    }
-
-    /// Writes the sectors the disk does not have yet (read-cache fill).
-    pub fn write_no_overwrite<'a>(
-        &'a self,
-        buf: SgList<'a>,
-        sector: u64,
-    ) -> IoFuture<'a, Result<(), DiskError>> {
-        if let Err(e) = self.check_buffer(&buf, sector) {
-            return ready(Err(e));
-        }
-        self.inner.io.write_no_overwrite(buf.read_only(), sector)
     }
 
     /// The stack below this disk as a tree, for display.
@@ -961,63 +804,170 @@ macro_rules! forward_geometry {
     };
 }
 
-/// Awaits a disk operation from inside a composite disk's future.
+/// Implements operations a decorator passes through unchanged by forwarding
+/// them to the disk in field `$inner` (a [`Disk`]), driving the inner
+/// operation with [`drive!`](crate::drive) according to the `bool` field
+/// `$inline` (whether the inner disk completes inline).
 ///
-/// `drive!(inline, op)`: if `inline` (the target disk completes on its
-/// first poll), `op` runs to completion right here and its future is never
-/// stored in the caller's state; otherwise it is boxed and awaited. Either
-/// way the caller's own future stays small enough to live inline in an
-/// [`IoFuture`], which keeps RAM and layered stacks free of per-I/O heap
-/// allocation. Use inside `async` code only.
+/// `forward_ops!(inner, inline; flush, eject, …)` writes one method per
+/// name, inside `impl DiskIo for …` or `impl LayerIo for …`. The names:
+/// - [`DiskIo`]: `unmap_behavior`, `flush`, `unmap`, `eject`,
+///   `wait_resize`, `persistent_reservations`, and `children` (the inner
+///   disk, labelled "inner");
+/// - [`LayerIo`]: `supports_write_no_overwrite`, `write_no_overwrite`.
 ///
-/// Reads, writes and layer reads of inline disks go through the disk's
-/// synchronous twins ([`Disk::read_inline`], …), so no future is built for
-/// them at all.
+/// Geometry has its own macro, [`forward_geometry!`](crate::forward_geometry).
 #[macro_export]
-macro_rules! drive {
-    ($inline:expr, $disk:ident . read ( $($arg:expr),* $(,)? )) => {
-        if $inline {
-            $disk.read_inline($($arg),*)
-        } else {
-            ::alloc::boxed::Box::pin($disk.read($($arg),*)).await
+macro_rules! forward_ops {
+    ($inner:ident, $inline:ident; $($op:ident),+ $(,)?) => {
+        $($crate::forward_ops!(@op $op, $inner, $inline);)+
+    };
+    (@op unmap_behavior, $inner:ident, $inline:ident) => {
+        fn unmap_behavior(&self) -> $crate::disk::UnmapBehavior {
+            self.$inner.unmap_behavior()
         }
     };
-    ($inline:expr, $disk:ident . write ( $($arg:expr),* $(,)? )) => {
-        if $inline {
-            $disk.write_inline($($arg),*)
-        } else {
-            ::alloc::boxed::Box::pin($disk.write($($arg),*)).await
+    (@op flush, $inner:ident, $inline:ident) => {
+        async fn flush(
+            &self,
+            opts: $crate::disk::IoOptions,
+        ) -> ::core::result::Result<(), $crate::error::DiskError> {
+            let inner = &self.$inner;
+            $crate::drive!(self.$inline, inner.flush(opts))
         }
     };
-    ($inline:expr, $disk:ident . read_present ( $($arg:expr),* $(,)? )) => {
-        if $inline {
-            $disk.read_present_inline($($arg),*)
-        } else {
-            ::alloc::boxed::Box::pin($disk.read_present($($arg),*)).await
+    (@op unmap, $inner:ident, $inline:ident) => {
+        async fn unmap(
+            &self,
+            sector: u64,
+            count: u64,
+            opts: $crate::disk::IoOptions,
+        ) -> ::core::result::Result<(), $crate::error::DiskError> {
+            let inner = &self.$inner;
+            $crate::drive!(self.$inline, inner.unmap(sector, count, opts))
         }
     };
-    ($inline:expr, $op:expr) => {
-        if $inline {
-            $crate::disk::run_inline($op)
-        } else {
-            ::alloc::boxed::Box::pin($op).await
+    (@op eject, $inner:ident, $inline:ident) => {
+        async fn eject(&self) -> ::core::result::Result<(), $crate::error::DiskError> {
+            let inner = &self.$inner;
+            $crate::drive!(self.$inline, inner.eject())
+        }
+    };
+    (@op wait_resize, $inner:ident, $inline:ident) => {
+        fn wait_resize(&self, known: u64) -> impl ::core::future::Future<Output = u64> + Send {
+            self.$inner.wait_resize(known)
+        }
+    };
+    (@op persistent_reservations, $inner:ident, $inline:ident) => {
+        fn persistent_reservations(
+            &self,
+        ) -> ::core::option::Option<&dyn $crate::pr::PersistentReservations> {
+            self.$inner.persistent_reservations()
+        }
+    };
+    (@op children, $inner:ident, $inline:ident) => {
+        fn children(&self) -> ::alloc::vec::Vec<(::alloc::string::String, $crate::disk::Disk)> {
+            ::alloc::vec![(::alloc::string::String::from("inner"), self.$inner.clone())]
+        }
+    };
+    (@op supports_write_no_overwrite, $inner:ident, $inline:ident) => {
+        fn supports_write_no_overwrite(&self) -> bool {
+            self.$inner.supports_write_no_overwrite()
+        }
+    };
+    (@op write_no_overwrite, $inner:ident, $inline:ident) => {
+        async fn write_no_overwrite(
+            &self,
+            buf: $crate::sg::SgList<'_>,
+            sector: u64,
+        ) -> ::core::result::Result<(), $crate::error::DiskError> {
+            let inner = &self.$inner;
+            $crate::drive!(self.$inline, inner.write_no_overwrite(buf, sector))
         }
     };
 }
 
-/// Polls `fut` once and returns its result; a future that is not ready
-/// breaks the inline contract and yields an error instead of a hang.
-pub fn run_inline<T>(fut: impl Future<Output = Result<T, DiskError>>) -> Result<T, DiskError> {
+/// Awaits a disk operation from inside a composite disk's future.
+///
+/// `drive!(inline, op)`: if `inline` (the target disk completes on its
+/// first poll), `op` runs to completion right here, through [`if_inline`],
+/// and its future is never stored in the caller's state; otherwise it is
+/// boxed and awaited. Either way the caller's own future stays small enough
+/// to live inline in an [`IoFuture`], which keeps RAM and layered stacks
+/// free of per-I/O heap allocation. Use inside `async` code only.
+///
+/// Reads, writes and layer reads of inline disks go through the disk's
+/// synchronous twins ([`Disk::read_inline`], …), so no future is built for
+/// them at all; any other operation is polled once in place
+/// ([`run_inline`]).
+#[macro_export]
+macro_rules! drive {
+    ($inline:expr, $disk:ident . read ( $($arg:expr),* $(,)? )) => {
+        $crate::drive!(@twin $inline, $disk, read, read_inline, $($arg),*)
+    };
+    ($inline:expr, $disk:ident . write ( $($arg:expr),* $(,)? )) => {
+        $crate::drive!(@twin $inline, $disk, write, write_inline, $($arg),*)
+    };
+    ($inline:expr, $disk:ident . read_present ( $($arg:expr),* $(,)? )) => {
+        $crate::drive!(@twin $inline, $disk, read_present, read_present_inline, $($arg),*)
+    };
+    (@twin $inline:expr, $disk:ident, $op:ident, $twin:ident, $($arg:expr),*) => {
+        match $crate::disk::if_inline($inline, || $disk.$twin($($arg),*)) {
+            ::core::option::Option::Some(result) => result,
+            ::core::option::Option::None => ::alloc::boxed::Box::pin($disk.$op($($arg),*)).await,
+        }
+    };
+    ($inline:expr, $op:expr) => {
+        match $crate::disk::if_inline($inline, || $crate::disk::run_inline($op)) {
+            ::core::option::Option::Some(result) => result,
+            ::core::option::Option::None => ::alloc::boxed::Box::pin($op).await,
+        }
+    };
+}
+
+/// The one place the inline decision is made: runs `op` in place and
+/// returns `Some` of its result if `inline` (the disk completes every
+/// operation on its first poll, [`Disk::completes_inline`]); otherwise
+/// returns `None` without calling `op`, and the caller builds and keeps the
+/// operation's future instead.
+///
+/// `op` is a synchronous twin ([`Disk::read_inline`], [`Disk::write_inline`],
+/// [`Disk::read_present_inline`]) or any future polled in place with
+/// [`run_inline`] / [`poll_inline`]. [`drive!`](crate::drive) (composites)
+/// and [`Disk::run_now`] (frontends) are built on it.
+#[inline]
+pub fn if_inline<T>(inline: bool, op: impl FnOnce() -> T) -> Option<T> {
+    if inline { Some(op()) } else { None }
+}
+
+/// The error of an operation that did not finish on its first poll on a
+/// disk that promised it would ([`Disk::completes_inline`]): a device
+/// failure rather than a hang.
+pub const BROKEN_INLINE: DiskError = DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0));
+
+/// Polls `fut` once, in place, and returns its output; a future that is not
+/// ready breaks the inline contract and yields [`BROKEN_INLINE`] instead of
+/// a hang. For futures whose output is not a disk result (a frontend's
+/// whole command); disk operations use [`run_inline`].
+pub fn poll_inline<F: Future>(fut: F) -> Result<F::Output, DiskError> {
     let fut = pin!(fut);
     match fut.poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(r) => r,
-        Poll::Pending => Err(DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0))),
+        Poll::Ready(out) => Ok(out),
+        Poll::Pending => Err(BROKEN_INLINE),
     }
+}
+
+/// Polls the disk operation `fut` once and returns its result; a future
+/// that is not ready breaks the inline contract and yields
+/// [`BROKEN_INLINE`] instead of a hang.
+pub fn run_inline<T>(fut: impl Future<Output = Result<T, DiskError>>) -> Result<T, DiskError> {
+    poll_inline(fut)?
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use core::sync::atomic::{AtomicU32, Ordering};
 
     /// A disk whose reads and writes never complete.
     struct Stuck;
@@ -1092,33 +1042,105 @@ mod tests {
         // A disk that would wait is refused, not blocked on.
         let stuck = Disk::new(Stuck).unwrap();
         assert!(!stuck.completes_inline());
-        let refused = DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0));
+        let refused = BROKEN_INLINE;
         assert_eq!(stuck.read_inline(sg, 0, o), Err(refused.clone()));
         assert_eq!(stuck.write_inline(sg, 0, o), Err(refused));
     }
 
+    /// The inline decision: run in place on an inline disk, leave the
+    /// operation alone (not even built) on one that waits, and turn a
+    /// broken promise into an error.
     #[test]
-    fn marker_runs() {
-        let mut bits = [0u64; 4];
-        let mut m = SectorMarker::new(100, 200, &mut bits);
-        assert_eq!(m.next_unset(0), Some((100, 200)));
-        m.set_range(110, 10);
-        m.set(150);
-        m.set_range(250, 1000);
-        m.set_range(0, 5); // outside: ignored
-        assert_eq!(m.next_unset(100), Some((100, 10)));
-        assert_eq!(m.next_unset(110), Some((120, 30)));
-        assert_eq!(m.next_unset(151), Some((151, 99)));
-        assert_eq!(m.next_unset(250), None);
-        assert!(m.is_set(299) && !m.is_set(300) && !m.is_set(99));
-        assert!(!m.all_set());
-        m.set_all();
-        assert!(m.all_set());
-        let mut bits = [0u64; 2];
-        let mut m = SectorMarker::new(0, 128, &mut bits);
-        m.set_range(0, 64);
-        assert_eq!(m.next_unset(0), Some((64, 64)));
-        m.set_range(64, 64);
-        assert!(m.all_set());
+    fn run_now_decides_once() {
+        use crate::memory::RamGuestMemory;
+        use crate::ram::RamDisk;
+        use crate::sg::GpaRange;
+        let mem = RamGuestMemory::new(4096);
+        let r = [GpaRange::new(0, 512)];
+        let sg = SgList::new(&mem, &r, true).unwrap();
+        let o = IoOptions::default();
+
+        let ram = Disk::new(RamDisk::new(8192, 512).unwrap()).unwrap();
+        assert_eq!(ram.run_now(|d| d.read_inline(sg, 1, o)), Some(Ok(())));
+        assert_eq!(
+            ram.run_now(|d| run_inline(d.flush(o))),
+            Some(Ok(())),
+            "any operation, polled in place"
+        );
+
+        let stuck = Disk::new(Stuck).unwrap();
+        let mut called = false;
+        assert_eq!(stuck.run_now(|_| called = true), None);
+        assert!(!called, "a disk that waits runs nothing in place");
+        assert_eq!(if_inline(false, || unreachable!("not inline")), None::<()>);
+
+        // Polling in place: a future that waits is a broken promise.
+        let pending = poll_inline(core::future::pending::<u8>());
+        assert_eq!(pending, Err(BROKEN_INLINE));
+        assert_eq!(poll_inline(core::future::ready(7u8)), Ok(7));
+        assert_eq!(run_inline(stuck.read(sg, 0, o)), Err(BROKEN_INLINE));
+    }
+
+    /// A disk whose flush always fails and counts its calls.
+    struct FailingFlush {
+        read_only: bool,
+        flushes: Arc<AtomicU32>,
+    }
+
+    impl DiskIo for FailingFlush {
+        fn kind(&self) -> &'static str {
+            "failing-flush"
+        }
+        fn sector_count(&self) -> u64 {
+            8
+        }
+        fn sector_size(&self) -> u32 {
+            512
+        }
+        fn is_read_only(&self) -> bool {
+            self.read_only
+        }
+        fn is_fua_respected(&self) -> bool {
+            true
+        }
+        fn unmap_behavior(&self) -> UnmapBehavior {
+            UnmapBehavior::Ignored
+        }
+        async fn read(&self, _: SgList<'_>, _: u64, _: IoOptions) -> Result<(), DiskError> {
+            Ok(())
+        }
+        async fn write(&self, _: SgList<'_>, _: u64, _: IoOptions) -> Result<(), DiskError> {
+            Ok(())
+        }
+        async fn flush(&self, _: IoOptions) -> Result<(), DiskError> {
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            Err(DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 5)))
+        }
+        async fn unmap(&self, _: u64, _: u64, _: IoOptions) -> Result<(), DiskError> {
+            Ok(())
+        }
+    }
+
+    /// A flush of a read-only disk succeeds without reaching the disk; on a
+    /// writable disk it reaches it (and its error comes back).
+    #[test]
+    fn flush_of_a_read_only_disk_succeeds_without_reaching_it() {
+        let o = IoOptions::default();
+        for read_only in [true, false] {
+            let flushes = Arc::new(AtomicU32::new(0));
+            let disk = Disk::new(FailingFlush {
+                read_only,
+                flushes: flushes.clone(),
+            })
+            .unwrap();
+            let r = run_inline(disk.flush(o));
+            let calls = flushes.load(Ordering::Relaxed);
+            if read_only {
+                assert_eq!((r, calls), (Ok(()), 0));
+            } else {
+                let failed = DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 5));
+                assert_eq!((r, calls), (Err(failed), 1));
+            }
+        }
     }
 }

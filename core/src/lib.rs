@@ -30,8 +30,8 @@ pub mod striped;
 pub use crypt::{CryptDisk, CryptError, Xts256};
 pub use delay::{DelayDisk, DelayHandle, Timer};
 pub use disk::{
-    BoxFuture, Description, Disk, DiskIo, InitiatorId, InvalidDisk, IoFuture, IoOptions,
-    SectorMarker, UnmapBehavior, run_inline,
+    BROKEN_INLINE, BoxFuture, Description, Disk, DiskIo, InitiatorId, InvalidDisk, IoFuture,
+    IoOptions, LayerIo, SectorMarker, UnmapBehavior, if_inline, poll_inline, run_inline,
 };
 pub use error::{DiskError, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind};
 pub use memory::{GuestMemory, LocalMemory, RamGuestMemory};

@@ -142,7 +142,9 @@ pub struct ReservationCapabilities {
     pub write_exclusive_all_registrants: bool,
     /// Exclusive Access – All Registrants.
     pub exclusive_access_all_registrants: bool,
-    /// Persist Through Power Loss (APTPL) can be set.
+    /// Persist Through Power Loss (APTPL) can be activated: the state
+    /// survives a power cycle (SCSI `PTPL_C`). Only a disk that stores its
+    /// reservation state durably may claim it.
     pub persist_through_power_loss: bool,
     /// REGISTER AND MOVE is supported.
     pub register_and_move: bool,
@@ -202,7 +204,7 @@ pub struct ReservationReport {
     /// reservation and for the all-registrants types, whose holders are
     /// all registrants.
     pub holder: Option<InitiatorId>,
-    /// Whether APTPL is in effect.
+    /// Whether APTPL is in effect (SCSI `PTPL_A`).
     pub persist_through_power_loss: bool,
     /// Every registrant, in registration order.
     pub registrants: Vec<Registrant>,
@@ -245,7 +247,10 @@ pub trait PersistentReservations: Send + Sync {
     /// FULL STATUS are all views of it).
     fn report(&self) -> BoxFuture<'_, Result<ReservationReport, DiskError>>;
     /// REGISTER (`current_key` given) or REGISTER AND IGNORE EXISTING KEY
-    /// (`None`); `new_key == 0` unregisters. `aptpl` sets APTPL if given.
+    /// (`None`); `new_key == 0` unregisters. `aptpl` sets APTPL if given;
+    /// a disk without [`ReservationCapabilities::persist_through_power_loss`]
+    /// refuses `Some(true)` with [`DiskError::InvalidInput`] and changes
+    /// nothing.
     ///
     /// With REGISTER, `current_key` must equal the initiator's registered
     /// key, or be 0 if it is not registered; otherwise the request
@@ -294,7 +299,10 @@ pub trait PersistentReservations: Send + Sync {
     ) -> BoxFuture<'_, Result<(), DiskError>>;
     /// REGISTER AND MOVE: register `target` with `new_key` and move the
     /// reservation held with `key` to it; `unregister` then unregisters
-    /// `initiator`; `aptpl` sets APTPL.
+    /// `initiator`; `aptpl` sets APTPL (refused like [`register`]'s where
+    /// persist through power loss is not supported).
+    ///
+    /// [`register`]: PersistentReservations::register
     fn register_and_move(
         &self,
         initiator: InitiatorId,

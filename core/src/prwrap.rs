@@ -4,7 +4,8 @@
 //! [`ReservationsDisk`] wraps a [`Disk`] and implements
 //! [`PersistentReservations`] for it: registrations are keyed by the
 //! [`InitiatorId`] of the request, all six reservation types are supported,
-//! and so are APTPL and REGISTER AND MOVE. OpenVMM's equivalent
+//! and so is REGISTER AND MOVE (persist through power loss is not: the
+//! state is in memory). OpenVMM's equivalent
 //! (`disk_prwrap`) serves a single initiator, lacks the all-registrants
 //! types and never enforces the reservation; this one does.
 //!
@@ -37,9 +38,10 @@
 //! checks happen in the [`Disk`] handle before this disk sees a request, so
 //! they win over a reservation conflict: malformed requests (partial
 //! sectors, unrepresentable ranges) are refused there, writes and unmaps to
-//! a read-only disk fail with [`DiskError::ReadOnly`], and an unmap on a
-//! disk whose unmap behaviour is `Ignored` is answered there (range check
-//! only, no data changes).
+//! a read-only disk fail with [`DiskError::ReadOnly`], a flush of a
+//! read-only disk succeeds there (it has nothing to make durable), and an
+//! unmap on a disk whose unmap behaviour is `Ignored` is answered there
+//! (range check only, no data changes).
 //!
 //! # PREEMPT AND ABORT
 //! SPC-4 aborts the preempted initiators' outstanding commands. This disk
@@ -64,11 +66,15 @@
 //!   IGNORE EXISTING KEY (even one that changes nothing), CLEAR, PREEMPT,
 //!   PREEMPT AND ABORT and REGISTER AND MOVE; never by RESERVE, RELEASE or
 //!   a failed request; it restarts at 0 on [`ReservationsDisk::power_loss`].
-//! - APTPL is taken from every successful registration that supplies it.
-//!   The state lives in memory: it survives exactly as long as this object,
-//!   which outlives guest resets. [`ReservationsDisk::power_loss`] models a
-//!   power cycle of the logical unit (registrations and the reservation
-//!   survive it only with APTPL set).
+//! - No persist through power loss: the state lives in memory only, so it
+//!   survives exactly as long as this object (which outlives guest resets)
+//!   and no power cycle. The capabilities say so (`PTPL_C` = 0), and a
+//!   registration or REGISTER AND MOVE that asks to activate APTPL is
+//!   refused with [`DiskError::InvalidInput`] before anything changes
+//!   (SPC-4: ILLEGAL REQUEST, INVALID FIELD IN PARAMETER LIST); asking for
+//!   it to be off is accepted. [`ReservationsDisk::power_loss`] models a
+//!   power cycle of the logical unit: every registration and the
+//!   reservation are lost.
 //! - PREEMPT: a key identifying the single holder preempts the reservation
 //!   (the holder and every other registrant with that key lose their
 //!   registration, the issuer keeps its own and gets a reservation of the
@@ -89,7 +95,7 @@
 //!   PREEMPTED) are not generated here; a frontend that wants them can
 //!   compare reports.
 
-use crate::disk::{BoxFuture, Disk, DiskIo, InitiatorId, IoOptions, SectorMarker, UnmapBehavior};
+use crate::disk::{BoxFuture, Disk, DiskIo, InitiatorId, IoOptions, LayerIo, SectorMarker};
 use crate::drive;
 use crate::error::DiskError;
 use crate::pr::{
@@ -109,6 +115,24 @@ use spin::Mutex;
 
 /// Most initiators that can be registered at once.
 pub const MAX_REGISTRANTS: usize = 256;
+
+/// What [`ReservationsDisk`] supports: every reservation type and REGISTER
+/// AND MOVE, but no persist through power loss (its state is in memory).
+pub const CAPABILITIES: ReservationCapabilities = ReservationCapabilities {
+    persist_through_power_loss: false,
+    ..ReservationCapabilities::ALL
+};
+
+/// Refuses a request to activate APTPL: the state cannot survive a power
+/// loss, so promising it would be a lie.
+fn refuse_aptpl(activate: bool) -> Result<(), DiskError> {
+    if activate {
+        return Err(DiskError::InvalidInput(
+            "APTPL cannot be activated: reservations are kept in memory only and do not persist through power loss",
+        ));
+    }
+    Ok(())
+}
 
 #[derive(Clone, Copy, Debug)]
 struct Registration {
@@ -143,7 +167,6 @@ impl Reservation {
 #[derive(Default)]
 struct State {
     generation: u32,
-    aptpl: bool,
     /// In registration order.
     registrations: Vec<Registration>,
     reservation: Option<Reservation>,
@@ -248,6 +271,7 @@ impl State {
         new_key: u64,
         aptpl: Option<bool>,
     ) -> Result<(), DiskError> {
+        refuse_aptpl(aptpl == Some(true))?;
         let pos = self.position(initiator);
         // REGISTER checks the current key; REGISTER AND IGNORE EXISTING KEY
         // (`None`) does not.
@@ -263,9 +287,6 @@ impl State {
             (None, key) => self.add(initiator, key)?,
             (Some(i), 0) => self.unregister(i),
             (Some(i), key) => self.registrations[i].key = key,
-        }
-        if let Some(aptpl) = aptpl {
-            self.aptpl = aptpl;
         }
         self.bump();
         Ok(())
@@ -396,6 +417,7 @@ impl State {
         unregister: bool,
         aptpl: bool,
     ) -> Result<(), DiskError> {
+        refuse_aptpl(aptpl)?;
         self.check_key(initiator, key)?;
         if new_key == 0 {
             return Err(DiskError::InvalidInput(
@@ -422,7 +444,6 @@ impl State {
         if unregister && let Some(i) = self.position(initiator) {
             self.unregister(i);
         }
-        self.aptpl = aptpl;
         self.bump();
         Ok(())
     }
@@ -435,7 +456,7 @@ impl State {
                 .reservation
                 .filter(|r| !r.kind.is_all_registrants())
                 .map(|r| r.holder),
-            persist_through_power_loss: self.aptpl,
+            persist_through_power_loss: false,
             registrants: self
                 .registrations
                 .iter()
@@ -494,8 +515,8 @@ pub struct ReservationsDisk {
 }
 
 impl ReservationsDisk {
-    /// Wraps `inner`, with no registrations, no reservation, APTPL off and
-    /// generation 0.
+    /// Wraps `inner`, with no registrations, no reservation and generation
+    /// 0.
     pub fn new(inner: Disk) -> ReservationsDisk {
         ReservationsDisk {
             inline: inner.completes_inline(),
@@ -510,15 +531,13 @@ impl ReservationsDisk {
     }
 
     /// Models a power cycle of the logical unit: the generation restarts at
-    /// 0, and unless APTPL is in effect every registration and the
-    /// reservation are dropped. Requests in flight are not affected.
+    /// 0 and every registration and the reservation are lost (there is no
+    /// persist through power loss). Requests in flight are not affected.
     pub fn power_loss(&self) {
         let mut st = self.state.lock();
         st.generation = 0;
-        if !st.aptpl {
-            st.registrations.clear();
-            st.reservation = None;
-        }
+        st.registrations.clear();
+        st.reservation = None;
     }
 
     /// Admits a request of `access` from `initiator`, or refuses it.
@@ -611,7 +630,7 @@ impl Future for Drain<'_> {
 
 impl PersistentReservations for ReservationsDisk {
     fn capabilities(&self) -> ReservationCapabilities {
-        ReservationCapabilities::ALL
+        CAPABILITIES
     }
 
     fn report(&self) -> BoxFuture<'_, Result<ReservationReport, DiskError>> {
@@ -688,9 +707,7 @@ impl DiskIo for ReservationsDisk {
         "prwrap"
     }
     crate::forward_geometry!(inner);
-    fn unmap_behavior(&self) -> UnmapBehavior {
-        self.inner.unmap_behavior()
-    }
+    crate::forward_ops!(inner, inline; unmap_behavior, eject, wait_resize, children);
     fn completes_inline(&self) -> bool {
         self.inline
     }
@@ -705,11 +722,7 @@ impl DiskIo for ReservationsDisk {
             ("reservation", reservation),
             ("registrants", format!("{}", st.registrations.len())),
             ("generation", format!("{}", st.generation)),
-            ("aptpl", format!("{}", st.aptpl)),
         ]
-    }
-    fn children(&self) -> Vec<(String, Disk)> {
-        alloc::vec![(String::from("inner"), self.inner.clone())]
     }
     fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
         Some(self)
@@ -739,15 +752,13 @@ impl DiskIo for ReservationsDisk {
         io.finish(drive!(self.inline, inner.unmap(sector, count, opts)))
     }
 
-    async fn eject(&self) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.eject())
+    fn as_layer(&self) -> Option<&impl LayerIo> {
+        Some(self)
     }
+}
 
-    fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
-        self.inner.wait_resize(known)
-    }
-
+impl LayerIo for ReservationsDisk {
+    crate::forward_ops!(inner, inline; supports_write_no_overwrite, write_no_overwrite);
     async fn read_present(
         &self,
         buf: SgList<'_>,
@@ -761,15 +772,6 @@ impl DiskIo for ReservationsDisk {
             self.inline,
             inner.read_present(buf, sector, marker, opts)
         ))
-    }
-
-    fn supports_write_no_overwrite(&self) -> bool {
-        self.inner.supports_write_no_overwrite()
-    }
-
-    async fn write_no_overwrite(&self, buf: SgList<'_>, sector: u64) -> Result<(), DiskError> {
-        let inner = &self.inner;
-        drive!(self.inline, inner.write_no_overwrite(buf, sector))
     }
 }
 

@@ -12,12 +12,12 @@
 //! - serve as a read-cache layer through write-no-overwrite.
 //!
 //! As a whole disk, absent sectors read as zero. As a layer
-//! ([`DiskIo::read_present`]), absent sectors are left unmarked so the
+//! ([`LayerIo::read_present`]), absent sectors are left unmarked so the
 //! layers below supply them. After a shrink, sectors past the new end are
 //! dropped; if the disk grows again they read as zero (and hide lower
 //! layers) rather than resurrecting stale data.
 
-use crate::disk::{DiskIo, IoOptions, SectorMarker, UnmapBehavior};
+use crate::disk::{DiskIo, IoOptions, LayerIo, SectorMarker, UnmapBehavior};
 use crate::error::DiskError;
 use crate::resize::ResizeSignal;
 use crate::sg::{SgList, SgReader};
@@ -433,16 +433,6 @@ impl DiskIo for RamDisk {
         self.inner.size.wait(known)
     }
 
-    async fn read_present(
-        &self,
-        buf: SgList<'_>,
-        sector: u64,
-        marker: &mut SectorMarker<'_>,
-        _opts: IoOptions,
-    ) -> Result<(), DiskError> {
-        self.read_impl(&buf, sector, Some(marker))
-    }
-
     fn read_inline(&self, buf: SgList<'_>, sector: u64, _opts: IoOptions) -> Result<(), DiskError> {
         self.read_impl(&buf, sector, None)
     }
@@ -454,6 +444,22 @@ impl DiskIo for RamDisk {
         _opts: IoOptions,
     ) -> Result<(), DiskError> {
         self.write_impl(&buf, sector, true)
+    }
+
+    fn as_layer(&self) -> Option<&impl LayerIo> {
+        Some(self)
+    }
+}
+
+impl LayerIo for RamDisk {
+    async fn read_present(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        marker: &mut SectorMarker<'_>,
+        _opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        self.read_impl(&buf, sector, Some(marker))
     }
 
     fn read_present_inline(

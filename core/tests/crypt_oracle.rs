@@ -10,8 +10,8 @@
 //! reads back through parastor as the plaintext.
 //!
 //! Needs `python3` with `cryptography` (`pip install cryptography`). When
-//! it is missing the test fails if the `CI` environment variable is set,
-//! and otherwise prints a notice and passes.
+//! it is missing the test fails, wherever it runs; only an explicit
+//! `PARASTOR_SKIP_PYTHON_ORACLE=1` turns that into a loud skip.
 
 use futures::executor::block_on;
 use parastor_core::crypt::{CryptDisk, Xts256};
@@ -44,21 +44,20 @@ struct Job {
     plain: Vec<u8>,
 }
 
-/// xorshift64*: deterministic, so a failure repeats.
-struct Rng(u64);
+/// The shared seeded test generator (`fastrand`), so a failure repeats.
+struct Rng(fastrand::Rng);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    fn new(seed: u64) -> Self {
+        Self(fastrand::Rng::with_seed(seed))
     }
     fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.0.u64(..n)
     }
     fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
+        let mut out = vec![0u8; n];
+        self.0.fill(&mut out);
+        out
     }
     fn key(&mut self) -> [u8; 64] {
         let mut k = [0u8; 64];
@@ -78,8 +77,8 @@ fn unhex(s: &str) -> Vec<u8> {
         .collect()
 }
 
-/// Whether the oracle can run; if not, fails under CI and returns false
-/// otherwise.
+/// Whether the oracle can run. A missing oracle fails the test unless
+/// `PARASTOR_SKIP_PYTHON_ORACLE=1` opts out, which skips it loudly.
 fn oracle_available() -> bool {
     let probe = Command::new("python3")
         .args(["-c", "import cryptography.hazmat.primitives.ciphers"])
@@ -89,13 +88,19 @@ fn oracle_available() -> bool {
     if matches!(probe, Ok(s) if s.success()) {
         return true;
     }
-    let why = "python3 with the `cryptography` package is needed for the XTS oracle test: \
-               install it with `pip install cryptography`";
-    if std::env::var_os("CI").is_some() {
-        panic!("{why}");
+    let why = "python3 with the `cryptography` package is needed for the XTS oracle test";
+    if std::env::var("PARASTOR_SKIP_PYTHON_ORACLE").as_deref() != Ok("1") {
+        panic!(
+            "{why}: install it with `pip install cryptography`, or set \
+             PARASTOR_SKIP_PYTHON_ORACLE=1 to skip this check knowingly"
+        );
     }
     // Written to stderr directly: the test harness captures `eprintln!`.
-    let _ = writeln!(std::io::stderr(), "notice: skipping crypt_oracle: {why}");
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** WARNING: crypt_oracle SKIPPED (PARASTOR_SKIP_PYTHON_ORACLE=1): {why}; \
+         the crypt decorator was NOT checked against an independent XTS ***\n"
+    );
     false
 }
 
@@ -155,7 +160,7 @@ fn crypt_disk_matches_python_cryptography_both_ways() {
     if !oracle_available() {
         return;
     }
-    let mut rng = Rng(0x0c0f_fee0_dead_beef);
+    let mut rng = Rng::new(0x0c0f_fee0_dead_beef);
     // Disk jobs: (key, lba, sector size, plaintext), on sparse RAM disks
     // large enough for the chosen sectors.
     let mut disk_jobs = Vec::new();

@@ -683,41 +683,59 @@ fn preempt_and_abort_with_nothing_in_flight_completes_at_once() {
     assert_eq!(rig.read(A), CONFLICT);
 }
 
+/// State in memory cannot persist through power loss, so it is not
+/// advertised (`PTPL_C` = 0), a request to activate APTPL is refused without
+/// changing anything, asking for it off is accepted, and a power loss
+/// drops every registration and the reservation.
 #[test]
-fn aptpl_report_and_power_loss() {
+fn no_persist_through_power_loss() {
     let rig = Rig::new();
     let pr = rig.pr();
-    assert_eq!(pr.capabilities(), ReservationCapabilities::ALL);
-    assert!(pr.capabilities().persist_through_power_loss);
-    assert!(pr.capabilities().register_and_move);
+    let caps = pr.capabilities();
+    assert!(!caps.persist_through_power_loss);
+    assert_eq!(
+        caps,
+        ReservationCapabilities {
+            persist_through_power_loss: false,
+            ..ReservationCapabilities::ALL
+        }
+    );
+    assert!(caps.register_and_move);
     for kind in ReservationType::ALL {
-        assert!(pr.capabilities().supports(kind));
+        assert!(caps.supports(kind));
     }
 
-    block_on(pr.register(A, Some(0), KA, Some(true))).unwrap();
-    assert!(block_on(pr.report()).unwrap().persist_through_power_loss);
-    // Not given: unchanged.
-    block_on(pr.register(B, Some(0), KB, None)).unwrap();
-    assert!(block_on(pr.report()).unwrap().persist_through_power_loss);
-    block_on(pr.reserve(A, KA, WE)).unwrap();
+    let refused = |r: Result<(), DiskError>| matches!(r, Err(DiskError::InvalidInput(_)));
+    assert!(refused(block_on(pr.register(A, Some(0), KA, Some(true)))));
+    assert!(refused(block_on(pr.register(A, None, KA, Some(true)))));
+    let report = block_on(pr.report()).unwrap();
+    assert_eq!(
+        report.generation, 0,
+        "a refused registration changes nothing"
+    );
+    assert!(report.registrants.is_empty());
+    assert!(!report.persist_through_power_loss);
 
+    block_on(pr.register(A, Some(0), KA, Some(false))).unwrap();
+    block_on(pr.register(B, Some(0), KB, None)).unwrap();
+    block_on(pr.reserve(A, KA, WE)).unwrap();
+    // Refused for a registered initiator too, keeping its key.
+    assert!(refused(block_on(pr.register(A, Some(KA), KC, Some(true)))));
+    assert!(refused(block_on(
+        pr.register_and_move(A, KA, KC, C, false, true)
+    )));
     let report = block_on(pr.report()).unwrap();
     assert_eq!(report.generation, 2);
-    assert!(report.persist_through_power_loss);
+    assert_eq!((report.reservation, report.holder), (Some(WE), Some(A)));
+    assert_eq!(report.key_of(A), Some(KA));
+    assert_eq!(report.key_of(C), None);
+    assert!(!report.persist_through_power_loss);
 
     // Power loss is modelled on the concrete type (it is not part of the
-    // trait). With APTPL, everything but the generation survives.
+    // trait): everything is lost.
     let disk = ReservationsDisk::new(rig.inner.clone());
-    block_on(disk.register(A, Some(0), KA, Some(true))).unwrap();
+    block_on(disk.register(A, Some(0), KA, Some(false))).unwrap();
     block_on(disk.reserve(A, KA, EA)).unwrap();
-    disk.power_loss();
-    let report = block_on(disk.report()).unwrap();
-    assert_eq!(report.generation, 0);
-    assert_eq!((report.reservation, report.holder), (Some(EA), Some(A)));
-    assert!(report.persist_through_power_loss);
-
-    // Without APTPL: everything is dropped.
-    block_on(disk.register(A, Some(KA), KA, Some(false))).unwrap();
     disk.power_loss();
     let report = block_on(disk.report()).unwrap();
     assert_eq!(report.generation, 0);
@@ -764,14 +782,13 @@ fn register_and_move() {
 
     // Move to the unregistered C, keeping A registered.
     let g = rig.generation();
-    block_on(pr.register_and_move(A, KA, KC, C, false, true)).unwrap();
+    block_on(pr.register_and_move(A, KA, KC, C, false, false)).unwrap();
     let report = block_on(pr.report()).unwrap();
     assert_eq!(report.generation, g + 1);
     assert_eq!((report.reservation, report.holder), (Some(WE), Some(C)));
     assert_eq!(report.key_of(C), Some(KC));
     assert_eq!(report.key_of(A), Some(KA));
     assert_eq!(report.reservation_key(), Some(KC));
-    assert!(report.persist_through_power_loss);
     assert_eq!(rig.write(A, 1), CONFLICT);
     assert_eq!(rig.write(C, 2), Ok(()));
 
@@ -781,7 +798,6 @@ fn register_and_move() {
     assert_eq!((report.reservation, report.holder), (Some(WE), Some(B)));
     assert_eq!(report.key_of(B), Some(0xB2));
     assert_eq!(report.key_of(C), None);
-    assert!(!report.persist_through_power_loss);
     assert_eq!(rig.write(C, 3), CONFLICT);
     assert_eq!(rig.write(B, 4), Ok(()));
 }

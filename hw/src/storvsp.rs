@@ -1300,14 +1300,8 @@ mod tests {
 
     #[test]
     fn parse_random_bytes_never_panics() {
-        // xorshift64*: deterministic, no dependency.
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = || {
-            state ^= state >> 12;
-            state ^= state << 25;
-            state ^= state >> 27;
-            state.wrapping_mul(0x2545_F491_4F6C_DD1D)
-        };
+        let mut rng = fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15);
+        let mut next = || rng.u64(..);
         let mut buf = [0u8; 96];
         let mut ok = 0usize;
         for i in 0..20_000 {

@@ -170,19 +170,60 @@ impl Timer for StdTimer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::mpsc;
+    use std::task::{Context, Wake};
 
+    /// A waker that reports the name of the sleep it belongs to.
+    struct Report {
+        name: &'static str,
+        tx: Mutex<mpsc::Sender<&'static str>>,
+    }
+
+    impl Wake for Report {
+        fn wake(self: Arc<Self>) {
+            let _ = lock(&self.tx).send(self.name);
+        }
+    }
+
+    /// Sleeps requested longest first complete shortest first, and none
+    /// completes before its duration. The order is observed from the wakes
+    /// themselves, so a timer that fired in request order (FIFO) fails
+    /// however loaded the machine is.
     #[test]
     fn sleeps_complete_in_deadline_order_and_not_early() {
         let timer = StdTimer::new().unwrap();
+        let (tx, rx) = mpsc::channel();
         let start = Instant::now();
-        let long = timer.sleep(Duration::from_millis(40));
-        let short = timer.sleep(Duration::from_millis(10));
-        futures::executor::block_on(short);
-        let after_short = start.elapsed();
-        futures::executor::block_on(long);
-        let after_long = start.elapsed();
-        assert!(after_short >= Duration::from_millis(10), "{after_short:?}");
-        assert!(after_long >= Duration::from_millis(40), "{after_long:?}");
-        assert!(after_long >= after_short);
+        let mut sleeps = [("long", 90), ("mid", 50), ("short", 10)]
+            .map(|(name, ms)| (name, ms, timer.sleep(Duration::from_millis(ms))));
+        for (name, _, sleep) in &mut sleeps {
+            let report = Mutex::new(tx.clone());
+            let waker = Waker::from(Arc::new(Report { name, tx: report }));
+            if sleep
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_ready()
+            {
+                // Already over (a very slow machine): it completed by now.
+                tx.send(name).unwrap();
+            }
+        }
+        let mut order = Vec::new();
+        for _ in 0..sleeps.len() {
+            let name = rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("every sleep completes");
+            order.push((name, start.elapsed()));
+        }
+        let names: Vec<_> = order.iter().map(|&(n, _)| n).collect();
+        assert_eq!(names, ["short", "mid", "long"], "{order:?}");
+        for (name, at) in &order {
+            let ms = sleeps.iter().find(|s| s.0 == *name).unwrap().1;
+            assert!(*at >= Duration::from_millis(ms), "{name} early: {order:?}");
+        }
+        for (name, _, sleep) in &mut sleeps {
+            let ready = sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+            assert!(ready.is_ready(), "{name} woke but is not ready");
+        }
     }
 }

@@ -3,9 +3,9 @@
 //!
 //! The oracle is Python's `cryptography` package (OpenSSL's XTS), which
 //! produces byte-identical ciphertext to dm-crypt plain64: each sector is a
-//! data unit and its LBA, little-endian in 16 bytes, the tweak. In CI (`CI`
-//! set) a missing oracle fails the test; elsewhere it is reported and the
-//! test returns.
+//! data unit and its LBA, little-endian in 16 bytes, the tweak. A missing
+//! oracle fails the test, wherever it runs; only an explicit
+//! `PARASTOR_SKIP_PYTHON_ORACLE=1` turns that into a loud skip.
 
 use std::io::Write;
 use std::path::Path;
@@ -64,21 +64,30 @@ with open(image, "r+b") as f:
         f.write(out)
 "#;
 
-/// Whether the oracle can run; fails in CI when it cannot.
+/// Whether the oracle can run. A missing oracle fails the test unless
+/// `PARASTOR_SKIP_PYTHON_ORACLE=1` opts out, which skips it loudly.
 fn oracle_available() -> bool {
     let probe = Command::new("python3")
         .args(["-c", "import cryptography.hazmat.primitives.ciphers"])
         .output();
-    let ok = matches!(&probe, Ok(o) if o.status.success());
-    if !ok {
-        let why = "python3 with the `cryptography` package is required (pip install cryptography)";
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "XTS oracle missing in CI: {why}"
-        );
-        eprintln!("skipping the dm-crypt compatibility check: {why}");
+    if matches!(&probe, Ok(o) if o.status.success()) {
+        return true;
     }
-    ok
+    let why =
+        "python3 with the `cryptography` package is needed for the dm-crypt compatibility check";
+    if std::env::var("PARASTOR_SKIP_PYTHON_ORACLE").as_deref() != Ok("1") {
+        panic!(
+            "{why}: install it with `pip install cryptography`, or set \
+             PARASTOR_SKIP_PYTHON_ORACLE=1 to skip this check knowingly"
+        );
+    }
+    // Written to stderr directly: the test harness captures `eprintln!`.
+    let _ = writeln!(
+        std::io::stderr(),
+        "\n*** WARNING: crypt_image SKIPPED (PARASTOR_SKIP_PYTHON_ORACLE=1): {why}; \
+         images were NOT checked against dm-crypt's cipher ***\n"
+    );
+    false
 }
 
 fn oracle(
@@ -109,15 +118,9 @@ fn oracle(
 
 /// Deterministic pseudo-random bytes.
 fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    let mut out = vec![0u8; len];
+    fastrand::Rng::with_seed(seed).fill(&mut out);
+    out
 }
 
 fn check(sector_size: u32) {

@@ -270,13 +270,8 @@ pub fn pattern(seed: u64, sector: u64, count: u64, sector_size: u32) -> Vec<u8> 
         let s = sector.wrapping_add(i as u64);
         chunk[..8].copy_from_slice(&s.to_le_bytes());
         chunk[8..16].copy_from_slice(&seed.to_le_bytes());
-        let mut x = seed ^ s.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x2545_f491_4f6c_dd1d;
-        for b in &mut chunk[16..] {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            *b = x as u8;
-        }
+        fastrand::Rng::with_seed(seed ^ s.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .fill(&mut chunk[16..]);
     }
     out
 }

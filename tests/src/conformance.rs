@@ -41,7 +41,7 @@ pub fn run_all(make: &dyn Fn() -> Disk) {
         read_only(&make());
     } else {
         unmap_semantics(&make());
-        fua_and_flush(&make());
+        fua_and_flush(&make(), None);
         read_after_write(make, DEFAULT_CASES);
     }
 }
@@ -493,12 +493,19 @@ fn check_unmapped(
 }
 
 /// FUA writes and flushes succeed, and the data is there afterwards.
-pub fn fua_and_flush(disk: &Disk) {
+///
+/// With `power_cut` (which must make the disk lose what a power failure
+/// would — see [`VolatileCacheDisk`](crate::doubles::VolatileCacheDisk)),
+/// durability is checked too: FUA writes survive a power cut on a disk that
+/// [respects FUA](Disk::is_fua_respected), and flushed writes survive on
+/// every disk. A disk that drops FUA on its way down, or does not pass a
+/// flush on, fails. Without it, only success and read-back are checked.
+pub fn fua_and_flush(disk: &Disk, power_cut: Option<&dyn Fn()>) {
     let n = disk.sector_count();
     let ss = disk.sector_size();
+    let places = [0, n / 2, n - 1].map(|sector| (sector, (n - sector).min(3)));
     Want::Ok.check(buf::flush(disk), "flush of a fresh disk");
-    for (i, sector) in [0, n / 2, n - 1].into_iter().enumerate() {
-        let count = (n - sector).min(3);
+    for (i, &(sector, count)) in places.iter().enumerate() {
         let data = pattern(9 + i as u64, sector, count, ss);
         let buf = TestBuf::from_data(&data, &Layout::contiguous());
         Want::Ok.check(
@@ -511,19 +518,44 @@ pub fn fua_and_flush(disk: &Disk) {
             "FUA write at {sector} did not read back"
         );
     }
+    if let Some(cut) = power_cut
+        && disk.is_fua_respected()
+    {
+        cut();
+        for (i, &(sector, count)) in places.iter().enumerate() {
+            assert!(
+                must_read(disk, sector, count) == pattern(9 + i as u64, sector, count, ss),
+                "FUA write at {sector} lost at a power cut: FUA did not reach the medium"
+            );
+        }
+    }
+    // Plain writes, made durable by a flush.
+    for (i, &(sector, count)) in places.iter().enumerate() {
+        must_write(disk, sector, &pattern(20 + i as u64, sector, count, ss));
+    }
     Want::Ok.check(buf::flush(disk), "flush");
     Want::Ok.check(buf::flush(disk), "second flush");
-    assert_eq!(
-        must_read(disk, n - 1, 1),
-        pattern(11, n - 1, 1, ss),
-        "data lost by flush"
-    );
+    if let Some(cut) = power_cut {
+        cut();
+    }
+    for (i, &(sector, count)) in places.iter().enumerate() {
+        assert!(
+            must_read(disk, sector, count) == pattern(20 + i as u64, sector, count, ss),
+            "flushed write at {sector} lost{}",
+            if power_cut.is_some() {
+                " at a power cut: the flush did not reach the medium"
+            } else {
+                ""
+            }
+        );
+    }
 }
 
-/// A read-only disk refuses writes and unmaps with `ReadOnly` and still
-/// serves reads.
+/// A read-only disk refuses writes and unmaps with `ReadOnly`, still
+/// serves reads, and accepts flushes (nothing waits to become durable).
 pub fn read_only(disk: &Disk) {
     assert!(disk.is_read_only());
+    Want::Ok.check(buf::flush(disk), "flush of a read-only disk");
     let n = disk.sector_count();
     let before = must_read(disk, 0, n.min(4));
     Want::ReadOnly.check(try_write(disk, 0, 1), "write to a read-only disk");

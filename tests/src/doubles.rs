@@ -1,8 +1,10 @@
 //! Test doubles: a disk wrapper that can fail requests, record them, run a
 //! hook in the middle of a read, and pretend to be asynchronous.
 
+use crate::buf::{Layout, TestBuf};
 use parastor_core::{
-    Disk, DiskError, DiskIo, IoError, IoErrorKind, IoOptions, SectorMarker, SgList, UnmapBehavior,
+    Disk, DiskError, DiskIo, IoError, IoErrorKind, IoOptions, LayerIo, SectorMarker, SgList,
+    UnmapBehavior,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -277,6 +279,12 @@ impl DiskIo for TestDisk {
         self.inner.wait_resize(known)
     }
 
+    fn as_layer(&self) -> Option<&impl LayerIo> {
+        Some(self)
+    }
+}
+
+impl LayerIo for TestDisk {
     async fn read_present(
         &self,
         buf: SgList<'_>,
@@ -309,5 +317,142 @@ impl DiskIo for TestDisk {
             return Err(DiskError::Unsupported("write-no-overwrite"));
         }
         self.inner.write_no_overwrite(buf, sector).await
+    }
+}
+
+/// A disk with a volatile write cache in front of its medium, to check
+/// durability: a write without FUA lands in the cache (reads see it), a
+/// write with FUA goes to the medium, a flush writes the cache back, and
+/// [`VolatileCacheDisk::power_cut`] throws away whatever the cache holds —
+/// the unflushed, non-FUA writes a real disk would lose when power fails.
+///
+/// The medium is any [`Disk`] (normally a RAM disk). Unmaps go straight to
+/// the medium (dropping cached data for the range). Clones share the cache:
+/// keep one to cut the power after wrapping another in a [`Disk`].
+#[derive(Clone)]
+pub struct VolatileCacheDisk {
+    medium: Disk,
+    /// Sector → its newest data not yet on the medium.
+    cache: Arc<Mutex<std::collections::BTreeMap<u64, Vec<u8>>>>,
+}
+
+impl VolatileCacheDisk {
+    /// An empty cache in front of `medium`.
+    pub fn new(medium: Disk) -> Self {
+        Self {
+            medium,
+            cache: Arc::default(),
+        }
+    }
+
+    /// Simulates a power failure: every write still in the cache is lost.
+    pub fn power_cut(&self) {
+        self.cache.lock().unwrap().clear();
+    }
+
+    /// Sectors written but not yet durable.
+    pub fn dirty_sectors(&self) -> usize {
+        self.cache.lock().unwrap().len()
+    }
+
+    fn ss(&self) -> usize {
+        self.medium.sector_size() as usize
+    }
+
+    fn check(&self, sector: u64, count: u64) -> Result<(), DiskError> {
+        match sector.checked_add(count) {
+            Some(end) if end <= self.medium.sector_count() => Ok(()),
+            _ => Err(DiskError::IllegalBlock),
+        }
+    }
+
+    /// Drops cached data for `[sector, sector + count)`.
+    fn forget(&self, sector: u64, count: u64) {
+        let mut cache = self.cache.lock().unwrap();
+        let stale: Vec<u64> = cache
+            .range(sector..sector + count)
+            .map(|(&s, _)| s)
+            .collect();
+        for s in stale {
+            cache.remove(&s);
+        }
+    }
+}
+
+impl DiskIo for VolatileCacheDisk {
+    fn kind(&self) -> &'static str {
+        "volatile-cache"
+    }
+    fn sector_count(&self) -> u64 {
+        self.medium.sector_count()
+    }
+    fn sector_size(&self) -> u32 {
+        self.medium.sector_size()
+    }
+    fn is_read_only(&self) -> bool {
+        self.medium.is_read_only()
+    }
+    fn is_fua_respected(&self) -> bool {
+        true
+    }
+    fn unmap_behavior(&self) -> UnmapBehavior {
+        self.medium.unmap_behavior()
+    }
+    fn completes_inline(&self) -> bool {
+        self.medium.completes_inline()
+    }
+    fn children(&self) -> Vec<(String, Disk)> {
+        vec![("medium".into(), self.medium.clone())]
+    }
+
+    async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        let ss = self.ss();
+        self.check(sector, (buf.len() / ss) as u64)?;
+        self.medium.read(buf, sector, opts).await?;
+        let cache = self.cache.lock().unwrap();
+        for (&s, data) in cache.range(sector..sector + (buf.len() / ss) as u64) {
+            let at = (s - sector) as usize * ss;
+            let part = buf
+                .subrange(at, ss)
+                .map_err(|_| DiskError::InvalidInput("buffer"))?;
+            part.write_all(data)?;
+        }
+        Ok(())
+    }
+
+    async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        let ss = self.ss();
+        let count = (buf.len() / ss) as u64;
+        self.check(sector, count)?;
+        if opts.fua {
+            self.forget(sector, count);
+            return self.medium.write(buf, sector, opts).await;
+        }
+        let mut data = vec![0u8; buf.len()];
+        buf.read_all(&mut data)?;
+        let mut cache = self.cache.lock().unwrap();
+        for (i, chunk) in data.chunks(ss).enumerate() {
+            cache.insert(sector + i as u64, chunk.to_vec());
+        }
+        Ok(())
+    }
+
+    async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
+        let dirty = std::mem::take(&mut *self.cache.lock().unwrap());
+        for (s, data) in dirty {
+            let buf = TestBuf::from_data(&data, &Layout::contiguous());
+            self.medium.write(buf.sg(false), s, opts).await?;
+        }
+        self.medium.flush(opts).await
+    }
+
+    async fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> Result<(), DiskError> {
+        self.check(sector, count)?;
+        self.forget(sector, count);
+        self.medium.unmap(sector, count, opts).await
+    }
+
+    fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
+        self.medium.wait_resize(known)
     }
 }

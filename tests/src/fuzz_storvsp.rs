@@ -23,7 +23,8 @@
 //!   and never stepped again (only a reopen, after [`Controller::reset`],
 //!   serves the rings again, with a new worker);
 //! - controller B, on its own guest memory, is unaffected: whenever a
-//!   channel of A died, B (driven by the emulated [`Storvsc`]) must still
+//!   channel of A died, B (driven by the emulated [`Storvsc`], as current
+//!   Linux) must still
 //!   negotiate and serve a WRITE and a READ of the same block, returning
 //!   the bytes written.
 //!
@@ -53,13 +54,14 @@
 //! [`StorvspError`]: parastor_storvsp::StorvspError
 //! [`Controller::reset`]: parastor_storvsp::Controller::reset
 //! [`RamGuestMemory`]: parastor_core::RamGuestMemory
-//! [`Storvsc`]: crate::storvsc::Storvsc
+//! [`Storvsc`]: parastor_emulated::Storvsc
 
 use crate::stacks::ram_disk;
-use crate::storvsc::{Data, Profile, Srb, Storvsc, StorvscHost};
 use arbitrary::{Arbitrary, Unstructured};
 use core::task::{Context, Waker};
 use parastor_core::{GuestMemory, InitiatorId, RamGuestMemory};
+use parastor_emulated::storvsc::{Data, Srb};
+use parastor_emulated::{GuestConfig, Profile, StorvspVm};
 use parastor_hw::storvsp::{Operation, RequestSize, Version};
 use parastor_hw::vmbus::{DescriptorFlags, PacketType, RingFeatures};
 use parastor_scsi::ScsiDvd;
@@ -664,8 +666,9 @@ fn check_other_controller(what: &dyn Fn() -> String) {
     controller
         .attach(ScsiPath::new(0, 0, 0), disk)
         .expect("an empty controller");
-    let host = StorvscHost::new(controller, 0);
-    let mut guest = Storvsc::connect(&host, &Profile::linux(0))
+    let vm = StorvspVm::with_defaults(controller);
+    let mut guest = vm
+        .connect(GuestConfig::new(Profile::LinuxCurrent))
         .unwrap_or_else(|e| panic!("controller B did not negotiate: {e}\n{}", what()));
     let block: Vec<u8> = (0..512u32).map(|i| (i * 7 + 3) as u8).collect();
     let write10 = [0x2A, 0, 0, 0, 0, 3, 0, 0, 1, 0];

@@ -22,4 +22,3 @@ pub mod fuzz_scsi;
 pub mod fuzz_storvsp;
 pub mod model;
 pub mod stacks;
-pub mod storvsc;

@@ -3,9 +3,9 @@
 //! change size.
 
 use parastor_core::{Disk, UnmapBehavior};
-use parastor_tests::buf::{pattern, write_vec};
+use parastor_tests::buf::{flush, pattern, read_vec, write_vec};
 use parastor_tests::conformance::{self, run_all};
-use parastor_tests::doubles::TestDisk;
+use parastor_tests::doubles::{TestDisk, VolatileCacheDisk};
 use parastor_tests::stacks::{
     disk, file_disk, layer, layered, ram, ram_disk, ram_layer, striped, striped_ram,
 };
@@ -452,10 +452,69 @@ fn delay_with_a_real_timer() {
     conformance::representability(&d);
     conformance::range_checks(&d);
     conformance::unmap_semantics(&d);
-    conformance::fua_and_flush(&d);
+    conformance::fua_and_flush(&d, None);
 }
 
 #[test]
 fn every_decorator_stacked() {
     run_all(&|| prwrap(crypt(delay(striped_ram(2, mib(512) / 2, 512, 4096), 0))));
+}
+
+/// Every stack passes FUA and flushes down to a disk with a volatile write
+/// cache: what it wrote with FUA, and what it flushed, survives a power cut.
+#[test]
+fn fua_and_flush_survive_a_power_cut() {
+    type Stack = fn(Vec<Disk>) -> Disk;
+    let stacks: [(&str, usize, Stack); 7] = [
+        ("plain", 1, |d| d[0].clone()),
+        ("crypt", 1, |d| crypt(d[0].clone())),
+        ("delay", 1, |d| delay(d[0].clone(), 0)),
+        ("prwrap", 1, |d| prwrap(d[0].clone())),
+        ("layered, one layer", 1, |d| {
+            layered(false, vec![layer(d[0].clone(), false, false)])
+        }),
+        ("striped", 2, |d| striped(d, Some(4096), None)),
+        ("everything", 2, |d| {
+            prwrap(crypt(delay(
+                layered(
+                    false,
+                    vec![layer(striped(d, Some(4096), None), false, false)],
+                ),
+                0,
+            )))
+        }),
+    ];
+    for ss in [512, 4096] {
+        for (name, members, stack) in stacks {
+            let caches: Vec<_> = (0..members)
+                .map(|_| VolatileCacheDisk::new(ram_disk(64, ss)))
+                .collect();
+            let d = stack(caches.iter().map(|c| disk(c.clone())).collect());
+            let cut = || caches.iter().for_each(VolatileCacheDisk::power_cut);
+            eprintln!("{name}, {ss}-byte sectors");
+            conformance::fua_and_flush(&d, Some(&cut));
+        }
+    }
+}
+
+/// The double really loses unflushed plain writes at a power cut (so the
+/// check above means something), and keeps FUA and flushed ones.
+#[test]
+fn volatile_cache_loses_unflushed_writes() {
+    let cache = VolatileCacheDisk::new(ram_disk(16, 512));
+    let d = disk(cache.clone());
+    write_vec(&d, 3, &pattern(1, 3, 2, 512)).unwrap();
+    assert_eq!(cache.dirty_sectors(), 2);
+    assert_eq!(read_vec(&d, 3, 2).unwrap(), pattern(1, 3, 2, 512));
+    cache.power_cut();
+    assert_eq!(read_vec(&d, 3, 2).unwrap(), vec![0; 1024], "lost");
+    write_vec(&d, 3, &pattern(2, 3, 2, 512)).unwrap();
+    flush(&d).unwrap();
+    assert_eq!(cache.dirty_sectors(), 0);
+    cache.power_cut();
+    assert_eq!(
+        read_vec(&d, 3, 2).unwrap(),
+        pattern(2, 3, 2, 512),
+        "flushed"
+    );
 }

@@ -1,21 +1,77 @@
-//! End to end: an emulated StorVSC guest driver ([`parastor_tests::storvsc`])
-//! negotiates with a StorVSP controller over real VMBus rings and runs SCSI
-//! workloads on RAM-backed disks (512- and 4096-byte sectors) and a DVD.
+//! End to end: the emulated StorVSC guest driver
+//! ([`parastor_emulated::storvsc`]) negotiates with a StorVSP controller
+//! over real VMBus rings and runs SCSI workloads on RAM-backed disks (512-
+//! and 4096-byte sectors) and a DVD — every test under every guest
+//! [`Profile`] (current Linux, Linux before 5.19, Windows), whose drivers
+//! check every completion's size as the real ones do.
 
 use parastor_core::ram::RamDisk;
 use parastor_core::{Disk, InitiatorId, ReservationsDisk};
+use parastor_emulated::storvsc::{Data, Srb, SrbReply};
+use parastor_emulated::{GuestConfig, InlineHost, Profile, Storvsc, StorvscError, StorvspVm};
 use parastor_hw::scsi::mmc::{EventClasses, MediaEventCode, MediaStatus};
 use parastor_hw::scsi::{
     PrInAction, PrOutAction, PrType, ScsiOp, ScsiStatus, SenseKey, ServiceActionIn,
 };
-use parastor_hw::storvsp::{NtStatus, RequestSize, SrbStatus, Version};
+use parastor_hw::storvsp::{NtStatus, PACKET_HEADER_LEN, SrbStatus, Version};
 use parastor_scsi::ScsiDvd;
 use parastor_scsi::{DiskParams, ScsiDisk};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 use parastor_tests::buf::{pattern, read_vec, write_vec};
 use parastor_tests::stacks::ram;
-use parastor_tests::storvsc::{Data, Profile, Srb, SrbReply, Storvsc, StorvscHost};
 use std::sync::Arc;
+
+/// Protocol version 1.0, which StorVSP does not accept.
+const V1_0: Version = Version::from_parts(1, 0);
+/// Protocol version 4.3, which StorVSP does not accept.
+const V4_3: Version = Version::from_parts(4, 3);
+/// Protocol version 7.0, which StorVSP does not accept.
+const V7_0: Version = Version::from_parts(7, 0);
+
+/// The driver, served in this thread.
+type Guest<'a> = Storvsc<'a, InlineHost<'a>>;
+
+/// Runs each listed test (a `fn(Profile)`) once per guest profile, as
+/// `linux_current::NAME`, `linux_pre_5_19::NAME` and `windows::NAME`.
+macro_rules! per_profile {
+    ($($name:ident),* $(,)?) => {
+        per_profile!(@mod linux_current, LinuxCurrent, $($name),*);
+        per_profile!(@mod linux_pre_5_19, LinuxPre519, $($name),*);
+        per_profile!(@mod windows, Windows, $($name),*);
+    };
+    (@mod $module:ident, $profile:ident, $($name:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::Profile::$profile);
+                }
+            )*
+        }
+    };
+}
+
+per_profile!(
+    negotiates_blue_and_opens_sub_channels,
+    completions_echo_the_size_of_each_packet,
+    older_versions_are_settled_on_without_sub_channels,
+    no_acceptable_version_fails_cleanly,
+    read_write_10_and_16_on_both_sector_sizes,
+    multi_range_buffers,
+    write_same_unmap_verify_and_compare_and_write,
+    hot_add_enumerate_bus_rescan_and_hot_remove,
+    resize_raises_one_unit_attention,
+    dvd_eject_and_host_media_change,
+    persistent_reservations_between_two_initiators,
+    io_on_primary_and_sub_channels,
+    random_workload_matches_the_model,
+);
+
+/// A negotiated, scanned guest of `profile` with `cpus` CPUs.
+fn connect(vm: &StorvspVm, profile: Profile, cpus: u16) -> Guest<'_> {
+    vm.connect(GuestConfig::new(profile).cpus(cpus))
+        .unwrap_or_else(|e| panic!("{profile}: {e}"))
+}
 
 /// LUN 0: 512-byte sectors.
 const L512: u8 = 0;
@@ -88,7 +144,7 @@ fn ss_of(lun: u8) -> usize {
     if lun == L4K { 4096 } else { 512 }
 }
 
-fn write(vsc: &mut Storvsc<'_>, lun: u8, lba: u64, data: &[u8], sixteen: bool) -> SrbReply {
+fn write(vsc: &mut Guest<'_>, lun: u8, lba: u64, data: &[u8], sixteen: bool) -> SrbReply {
     let blocks = data.len() / ss_of(lun);
     let cdb = if sixteen {
         rw16(ScsiOp::WRITE16.get(), lba, blocks as u32).to_vec()
@@ -98,7 +154,7 @@ fn write(vsc: &mut Storvsc<'_>, lun: u8, lba: u64, data: &[u8], sixteen: bool) -
     vsc.srb(&Srb::new(lun, &cdb, Data::Out(data))).unwrap()
 }
 
-fn read(vsc: &mut Storvsc<'_>, lun: u8, lba: u64, blocks: usize, sixteen: bool) -> Vec<u8> {
+fn read(vsc: &mut Guest<'_>, lun: u8, lba: u64, blocks: usize, sixteen: bool) -> Vec<u8> {
     let cdb = if sixteen {
         rw16(ScsiOp::READ16.get(), lba, blocks as u32).to_vec()
     } else {
@@ -122,52 +178,62 @@ fn check(r: &SrbReply, key: SenseKey) {
     assert_eq!(r.sense_data().map(|s| s.key), Some(key), "{r:?}");
 }
 
-#[test]
-fn linux_negotiates_blue_and_opens_sub_channels_after_end() {
+fn negotiates_blue_and_opens_sub_channels(profile: Profile) {
     let (c, _l) = controller(3);
-    let host = StorvscHost::new(c.clone(), 16 << 20);
-    let vsc = Storvsc::connect(&host, &Profile::linux(2)).unwrap();
+    let vm = StorvspVm::with_defaults(c.clone());
+    let vsc = connect(&vm, profile, 3);
     // Win10 is refused with REVISION_MISMATCH; Blue is the first accepted.
-    assert_eq!(vsc.version(), Version::BLUE);
-    assert_eq!(vsc.request_size(), RequestSize::Win8);
-    assert_eq!(vsc.max_sub_channels(), 3);
+    assert_eq!(vsc.version(), Some(Version::BLUE));
+    assert_eq!(vsc.request_len(), 0x34);
+    assert_eq!(vsc.properties().unwrap().maximum_sub_channel_count.get(), 3);
     assert_eq!(vsc.channels(), 3);
     assert_eq!(c.sub_channels_requested(), Some(2));
     assert_eq!(vsc.luns(), [L512, L4K, LDVD]);
 }
 
-#[test]
-fn windows_creates_sub_channels_before_end_initialization() {
-    let (c, _l) = controller(4);
-    let host = StorvscHost::new(c.clone(), 16 << 20);
-    let vsc = Storvsc::connect(&host, &Profile::windows(4)).unwrap();
-    assert_eq!(vsc.version(), Version::BLUE);
-    assert_eq!(vsc.channels(), 5);
-    assert_eq!(c.sub_channels_requested(), Some(4));
+/// Every completion is the header plus the size of the packet it
+/// completes: `0x30` bytes for a packet of the pre-Windows 8 size (Linux
+/// before 5.19 and Windows until a version is settled), `0x40` for a
+/// full-size one (current Linux always) — so each profile's own check
+/// passes, and the sizes are the ones the real guests send.
+fn completions_echo_the_size_of_each_packet(profile: Profile) {
+    let (c, _l) = controller(0);
+    let vm = StorvspVm::with_defaults(c);
+    let mut g = vm.guest(GuestConfig::new(profile)).unwrap();
+    let before = PACKET_HEADER_LEN + profile.request_len(None);
+    assert_eq!(g.begin_initialization().unwrap().len, before);
+    // Win10 refused, then Blue: both answered at the size they were sent.
+    for v in [Version::WIN10, Version::BLUE] {
+        assert_eq!(g.query_protocol_version(v).unwrap().len, before);
+    }
+    assert_eq!(g.version(), Some(Version::BLUE));
+    assert_eq!(g.query_properties().unwrap().len, 0x40);
+    assert_eq!(g.end_initialization().unwrap().len, 0x40);
+    let r = g
+        .srb(&Srb::new(
+            L512,
+            &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
+            Data::None,
+        ))
+        .unwrap();
+    good(&r);
+    assert_eq!(r.len, 0x40);
 }
 
-#[test]
-fn older_guests_settle_on_older_versions_without_sub_channels() {
-    for (versions, want, size) in [
-        (
-            &[Version::new(0x0700), Version::WIN8][..],
-            Version::WIN8,
-            RequestSize::Win8,
-        ),
-        (&[Version::WIN7][..], Version::WIN7, RequestSize::PreWin8),
-        (
-            &[Version::new(0x0403), Version::WIN6][..],
-            Version::WIN6,
-            RequestSize::PreWin8,
-        ),
+fn older_versions_are_settled_on_without_sub_channels(profile: Profile) {
+    for (versions, want) in [
+        (&[V7_0, Version::WIN8][..], Version::WIN8),
+        (&[Version::WIN7][..], Version::WIN7),
+        (&[V4_3, Version::WIN6][..], Version::WIN6),
     ] {
         let (c, l) = controller(4);
-        let host = StorvscHost::new(c, 16 << 20);
-        let mut p = Profile::versions(versions);
-        p.sub_channels = 4;
-        let mut vsc = Storvsc::connect(&host, &p).unwrap();
-        assert_eq!(vsc.version(), want);
-        assert_eq!(vsc.request_size(), size);
+        let vm = StorvspVm::with_defaults(c);
+        let mut vsc = vm
+            .connect(GuestConfig::new(profile).cpus(5).versions(versions))
+            .unwrap_or_else(|e| panic!("{profile} {want:#x}: {e}"));
+        assert_eq!(vsc.version(), Some(want));
+        assert_eq!(vsc.request_len(), profile.request_len(Some(want)));
+        // The host offers sub-channels from Win8 on.
         let subs = if want >= Version::WIN8 { 5 } else { 1 };
         assert_eq!(vsc.channels(), subs);
         // I/O works at every request size, sense included.
@@ -186,26 +252,19 @@ fn older_guests_settle_on_older_versions_without_sub_channels() {
     }
 }
 
-#[test]
-fn no_acceptable_version_fails_cleanly() {
+fn no_acceptable_version_fails_cleanly(profile: Profile) {
     let (c, _l) = controller(0);
-    let host = StorvscHost::new(c, 16 << 20);
-    let err = Storvsc::connect(
-        &host,
-        &Profile::versions(&[Version::new(0x0100), Version::new(0x0602)]),
-    )
-    .unwrap_err();
-    assert!(matches!(
-        err,
-        parastor_tests::storvsc::StorvscError::NoVersion
-    ));
+    let vm = StorvspVm::with_defaults(c);
+    let err = vm
+        .connect(GuestConfig::new(profile).versions(&[V1_0, Version::WIN10]))
+        .unwrap_err();
+    assert_eq!(err, StorvscError::NoVersion);
 }
 
-#[test]
-fn read_write_10_and_16_on_both_sector_sizes() {
+fn read_write_10_and_16_on_both_sector_sizes(profile: Profile) {
     let (c, l) = controller(0);
-    let host = StorvscHost::new(c, 16 << 20);
-    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    let vm = StorvspVm::with_defaults(c);
+    let mut vsc = connect(&vm, profile, 1);
     for (lun, disk) in [(L512, &l.disk512), (L4K, &l.disk4k)] {
         let ss = ss_of(lun);
         for (i, sixteen) in [false, true].into_iter().enumerate() {
@@ -228,11 +287,10 @@ fn read_write_10_and_16_on_both_sector_sizes() {
     }
 }
 
-#[test]
-fn multi_range_buffers() {
+fn multi_range_buffers(profile: Profile) {
     let (c, l) = controller(0);
-    let host = StorvscHost::new(c, 16 << 20);
-    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    let vm = StorvspVm::with_defaults(c);
+    let mut vsc = connect(&vm, profile, 1);
     // 9 sectors in ranges of odd sizes (some crossing page boundaries).
     let data = pattern(5, 0, 9, 512);
     let cuts = [100, 4000, 512, 3];
@@ -271,11 +329,10 @@ fn multi_range_buffers() {
     assert_eq!(read_vec(&l.disk4k, 3, 3).unwrap(), data);
 }
 
-#[test]
-fn write_same_unmap_verify_and_compare_and_write() {
+fn write_same_unmap_verify_and_compare_and_write(profile: Profile) {
     let (c, l) = controller(0);
-    let host = StorvscHost::new(c, 16 << 20);
-    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    let vm = StorvspVm::with_defaults(c);
+    let mut vsc = connect(&vm, profile, 1);
 
     // WRITE SAME(16): one block replicated over 20.
     let block = vec![0x5Au8; 512];
@@ -353,11 +410,10 @@ fn write_same_unmap_verify_and_compare_and_write() {
     assert_eq!(read_vec(&l.disk4k, 8, 3).unwrap(), vec![0xA5; 3 * 4096]);
 }
 
-#[test]
-fn hot_add_enumerate_bus_rescan_and_hot_remove() {
+fn hot_add_enumerate_bus_rescan_and_hot_remove(profile: Profile) {
     let (c, _l) = controller(0);
-    let host = StorvscHost::new(c.clone(), 16 << 20);
-    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    let vm = StorvspVm::with_defaults(c.clone());
+    let mut vsc = connect(&vm, profile, 1);
     assert_eq!(vsc.luns(), [L512, L4K, LDVD]);
     assert!(!vsc.poll().unwrap(), "nothing to rescan");
 
@@ -394,12 +450,11 @@ fn hot_add_enumerate_bus_rescan_and_hot_remove() {
     assert_eq!(r.nt_status, NtStatus::DEVICE_DOES_NOT_EXIST);
 }
 
-#[test]
-fn resize_raises_one_unit_attention() {
+fn resize_raises_one_unit_attention(profile: Profile) {
     let (c, l) = controller(0);
-    let host = StorvscHost::new(c, 16 << 20);
-    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
-    let capacity = |vsc: &mut Storvsc<'_>| {
+    let vm = StorvspVm::with_defaults(c);
+    let mut vsc = connect(&vm, profile, 1);
+    let capacity = |vsc: &mut Guest<'_>| {
         let mut cdb = [0u8; 16];
         cdb[0] = ScsiOp::SERVICE_ACTION_IN16.get();
         cdb[1] = ServiceActionIn::READ_CAPACITY16.get();
@@ -425,7 +480,7 @@ fn resize_raises_one_unit_attention() {
     assert_eq!(vsc.unit_attentions(), 1);
 }
 
-fn gesn(vsc: &mut Storvsc<'_>) -> (u8, u8) {
+fn gesn(vsc: &mut Guest<'_>) -> (u8, u8) {
     let mut cdb = [0u8; 10];
     cdb[0] = ScsiOp::GET_EVENT_STATUS_NOTIFICATION.get();
     cdb[1] = 0x01; // polled
@@ -436,11 +491,10 @@ fn gesn(vsc: &mut Storvsc<'_>) -> (u8, u8) {
     (r.data[4] & 0x0F, r.data[5])
 }
 
-#[test]
-fn dvd_eject_and_host_media_change() {
+fn dvd_eject_and_host_media_change(profile: Profile) {
     let (c, l) = controller(0);
-    let host = StorvscHost::new(c, 16 << 20);
-    let mut vsc = Storvsc::connect(&host, &Profile::linux(0)).unwrap();
+    let vm = StorvspVm::with_defaults(c);
+    let mut vsc = connect(&vm, profile, 1);
     let tur = Srb::new(
         LDVD,
         &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
@@ -515,12 +569,12 @@ fn pr_out(sa: u8, kind: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
     (cdb, p)
 }
 
-fn pr_cmd(vsc: &mut Storvsc<'_>, sa: u8, kind: u8, key: u64, sa_key: u64) -> SrbReply {
+fn pr_cmd(vsc: &mut Guest<'_>, sa: u8, kind: u8, key: u64, sa_key: u64) -> SrbReply {
     let (cdb, p) = pr_out(sa, kind, key, sa_key);
     vsc.srb(&Srb::new(0, &cdb, Data::Out(&p))).unwrap()
 }
 
-fn read_keys(vsc: &mut Storvsc<'_>) -> Vec<u64> {
+fn read_keys(vsc: &mut Guest<'_>) -> Vec<u64> {
     let mut cdb = [0u8; 10];
     cdb[0] = ScsiOp::PERSISTENT_RESERVE_IN.get();
     cdb[1] = PrInAction::READ_KEYS.get();
@@ -536,8 +590,8 @@ fn read_keys(vsc: &mut Storvsc<'_>) -> Vec<u64> {
     keys
 }
 
-#[test]
-fn persistent_reservations_between_two_initiators() {
+/// Two initiators: this profile's guest and the next profile's.
+fn persistent_reservations_between_two_initiators(profile: Profile) {
     let (_, inner) = ram(SECTORS, 512);
     let shared = Disk::new(ReservationsDisk::new(inner)).unwrap();
     let ctl = |id: u128| {
@@ -550,11 +604,17 @@ fn persistent_reservations_between_two_initiators() {
         c
     };
     let (ha, hb) = (
-        StorvscHost::new(ctl(0xA), 8 << 20),
-        StorvscHost::new(ctl(0xB), 8 << 20),
+        StorvspVm::with_defaults(ctl(0xA)),
+        StorvspVm::with_defaults(ctl(0xB)),
     );
-    let mut a = Storvsc::connect(&ha, &Profile::linux(0)).unwrap();
-    let mut b = Storvsc::connect(&hb, &Profile::windows(0)).unwrap();
+    let other = Profile::ALL
+        .into_iter()
+        .cycle()
+        .skip_while(|&p| p != profile)
+        .nth(1)
+        .unwrap();
+    let mut a = connect(&ha, profile, 1);
+    let mut b = connect(&hb, other, 1);
 
     good(&pr_cmd(&mut a, PrOutAction::REGISTER.get(), 0, 0, 0xAAAA));
     good(&pr_cmd(
@@ -595,11 +655,10 @@ fn persistent_reservations_between_two_initiators() {
     assert_eq!(read(&mut a, 0, 1, 1, false), data);
 }
 
-#[test]
-fn io_on_primary_and_sub_channels() {
+fn io_on_primary_and_sub_channels(profile: Profile) {
     let (c, l) = controller(2);
-    let host = StorvscHost::new(c, 16 << 20);
-    let mut vsc = Storvsc::connect(&host, &Profile::linux(2)).unwrap();
+    let vm = StorvspVm::with_defaults(c);
+    let mut vsc = connect(&vm, profile, 3);
     assert_eq!(vsc.channels(), 3);
     // Sequential I/O on each channel.
     for ch in 0..3 {
@@ -630,7 +689,7 @@ fn io_on_primary_and_sub_channels() {
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            vsc.submit(
+            vsc.start(
                 &Srb::new(
                     L4K,
                     &rw10(ScsiOp::WRITE10.get(), 2 * i as u32, 2),
@@ -649,44 +708,27 @@ fn io_on_primary_and_sub_channels() {
     }
 }
 
-/// xorshift64*: a small deterministic generator.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-#[test]
-fn random_workload_matches_the_model() {
+fn random_workload_matches_the_model(profile: Profile) {
     let (c, l) = controller(3);
-    let host = StorvscHost::new(c, 16 << 20);
-    let mut vsc = Storvsc::connect(&host, &Profile::windows(3)).unwrap();
-    let mut rng = Rng(0x5EED_1234_ABCD_0001);
+    let vm = StorvspVm::with_defaults(c);
+    let mut vsc = connect(&vm, profile, 4);
+    let mut rng = fastrand::Rng::with_seed(0x5EED_1234_ABCD_0001);
     let mut mismatches = 0usize;
     for (lun, disk) in [(L512, &l.disk512), (L4K, &l.disk4k)] {
         let ss = ss_of(lun);
         let max_blocks = (0x40000 / ss).min(64) as u64;
         let mut model = vec![0u8; SECTORS as usize * ss];
         for i in 0..400u64 {
-            let blocks = 1 + rng.below(max_blocks);
-            let lba = rng.below(SECTORS - blocks + 1);
+            let blocks = 1 + below(&mut rng, max_blocks);
+            let lba = below(&mut rng, SECTORS - blocks + 1);
             let range = lba as usize * ss..(lba + blocks) as usize * ss;
-            let sixteen = rng.below(2) == 0;
-            let ch = rng.below(vsc.channels() as u64) as usize;
+            let sixteen = below(&mut rng, 2) == 0;
+            let ch = below(&mut rng, vsc.channels() as u64) as usize;
             let len = range.len();
-            let cuts: Vec<usize> = (0..rng.below(4))
-                .map(|_| 1 + rng.below(len as u64) as usize)
+            let cuts: Vec<usize> = (0..below(&mut rng, 4))
+                .map(|_| 1 + below(&mut rng, len as u64) as usize)
                 .collect();
-            if rng.below(2) == 0 {
+            if below(&mut rng, 2) == 0 {
                 let data = pattern(i ^ u64::from(lun) << 32, lba, blocks, ss as u32);
                 let cdb = if sixteen {
                     rw16(ScsiOp::WRITE16.get(), lba, blocks as u32).to_vec()
@@ -718,4 +760,9 @@ fn random_workload_matches_the_model() {
         }
     }
     assert_eq!(mismatches, 0);
+}
+
+/// A uniform value in `0..n`.
+fn below(rng: &mut fastrand::Rng, n: u64) -> u64 {
+    rng.u64(..n)
 }

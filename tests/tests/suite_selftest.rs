@@ -4,7 +4,8 @@
 use parastor_core::ram::RamDisk;
 use parastor_core::{Disk, DiskError, DiskIo, IoOptions, SgList, UnmapBehavior};
 use parastor_tests::conformance;
-use parastor_tests::stacks::disk;
+use parastor_tests::doubles::VolatileCacheDisk;
+use parastor_tests::stacks::{disk, ram_disk};
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
@@ -199,6 +200,77 @@ impl DiskIo for Mutant {
     }
 }
 
+/// What a decorator does wrong with durability.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum DurabilityBug {
+    None,
+    /// Passes writes on without their FUA flag.
+    DropsFua,
+    /// Answers flushes without passing them on.
+    IgnoresFlush,
+}
+
+/// A pass-through decorator with a durability bug, over a disk with a
+/// volatile write cache.
+struct Careless {
+    inner: Disk,
+    bug: DurabilityBug,
+}
+
+impl DiskIo for Careless {
+    fn kind(&self) -> &'static str {
+        "careless"
+    }
+    fn sector_count(&self) -> u64 {
+        self.inner.sector_count()
+    }
+    fn sector_size(&self) -> u32 {
+        self.inner.sector_size()
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn is_fua_respected(&self) -> bool {
+        self.inner.is_fua_respected()
+    }
+    fn unmap_behavior(&self) -> UnmapBehavior {
+        self.inner.unmap_behavior()
+    }
+    async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        self.inner.read(buf, sector, opts).await
+    }
+    async fn write(
+        &self,
+        buf: SgList<'_>,
+        sector: u64,
+        mut opts: IoOptions,
+    ) -> Result<(), DiskError> {
+        if self.bug == DurabilityBug::DropsFua {
+            opts.fua = false;
+        }
+        self.inner.write(buf, sector, opts).await
+    }
+    async fn flush(&self, opts: IoOptions) -> Result<(), DiskError> {
+        if self.bug == DurabilityBug::IgnoresFlush {
+            return Ok(());
+        }
+        self.inner.flush(opts).await
+    }
+    async fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> Result<(), DiskError> {
+        self.inner.unmap(sector, count, opts).await
+    }
+}
+
+/// Whether `fua_and_flush`, with a power cut, fails on a disk with `bug`.
+fn durability_fails(bug: DurabilityBug) -> bool {
+    let cache = VolatileCacheDisk::new(ram_disk(64, 512));
+    let d = disk(Careless {
+        inner: disk(cache.clone()),
+        bug,
+    });
+    fails(|| conformance::fua_and_flush(&d, Some(&|| cache.power_cut())))
+}
+
 /// Whether `f` panics (a check failed).
 fn fails(f: impl FnOnce()) -> bool {
     catch_unwind(AssertUnwindSafe(f)).is_err()
@@ -243,7 +315,7 @@ fn each_bug_is_caught_by_its_check() {
         ),
         (
             "dropped last sector",
-            fails(|| conformance::fua_and_flush(&make(Bug::DropsLastSector)())),
+            fails(|| conformance::fua_and_flush(&make(Bug::DropsLastSector)(), None)),
             true,
         ),
         (
@@ -267,6 +339,21 @@ fn each_bug_is_caught_by_its_check() {
             true,
         ),
         ("no resize wake", fails(resize(Bug::NoResizeWake)), true),
+        (
+            "correct twin, durability",
+            durability_fails(DurabilityBug::None),
+            false,
+        ),
+        (
+            "FUA dropped",
+            durability_fails(DurabilityBug::DropsFua),
+            true,
+        ),
+        (
+            "flush ignored",
+            durability_fails(DurabilityBug::IgnoresFlush),
+            true,
+        ),
         ("resurrected data", fails(resize(Bug::ResurrectsData)), true),
     ];
     std::panic::set_hook(quiet);

@@ -1,7 +1,7 @@
 //! `parastor disk bench`: IOPS and throughput at queue depth 1.
 
 use super::CliError;
-use super::rng::Rng;
+use super::rng::{Rng, RngExt, seeded};
 use futures::executor::block_on;
 use parastor_core::{Disk, GpaRange, IoOptions, LocalMemory, SgList};
 use std::fmt;
@@ -103,7 +103,7 @@ impl fmt::Display for BenchResult {
 
 /// Runs every test of [`TESTS`] on `disk`.
 pub fn run(disk: &Disk, options: &BenchOptions) -> Result<Vec<BenchResult>, CliError> {
-    let mut rng = Rng::new(options.seed);
+    let mut rng = seeded(options.seed);
     TESTS
         .iter()
         .map(|test| run_test(disk, test, options, &mut rng))

@@ -22,7 +22,7 @@
 //! first, so a disk that leaves part of a buffer untouched is caught.
 
 use super::format;
-use super::rng::Rng;
+use super::rng::{Rng, RngExt, seeded};
 use futures::executor::block_on;
 use indicatif::{ProgressBar, ProgressStyle};
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, RamGuestMemory, SgList, UnmapBehavior};
@@ -312,7 +312,7 @@ enum Sector {
 /// Fills `out` (one sector) with the data operation `op` writes to `lba`:
 /// the LBA and the op stamped at the start, seeded noise after.
 fn pattern(seed: u64, op: u64, lba: u64, out: &mut [u8]) {
-    let mut rng = Rng::new(seed ^ op.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lba.rotate_left(29));
+    let mut rng = seeded(seed ^ op.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ lba.rotate_left(29));
     rng.fill(&mut out[16..]);
     out[..8].copy_from_slice(&lba.to_le_bytes());
     out[8..16].copy_from_slice(&op.to_le_bytes());
@@ -369,7 +369,7 @@ struct Verifier<'a> {
 
 impl<'a> Verifier<'a> {
     fn new(disk: &'a Disk, seed: u64) -> Self {
-        let mut rng = Rng::new(seed);
+        let mut rng = seeded(seed);
         let sectors = disk.sector_count();
         let sector_size = disk.sector_size() as usize;
         let hot = [(); 4].map(|()| rng.below(sectors));

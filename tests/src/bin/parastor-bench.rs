@@ -719,36 +719,28 @@ mod settings {
     }
 }
 
-/// `storvsp`: the whole StorVSP path — a lean emulated StorVSC writing
-/// `EXECUTE_SRB` packets into a real VMBus ring, the StorVSP channel
-/// worker, the SCSI disk adapter and a RAM disk (prefilled, or never
-/// written for the rows set up as OpenVMM measured) — against the RAM disk
-/// alone doing the same I/O through `Disk::read` / `Disk::write`.
+/// `storvsp`: the whole StorVSP path — the emulated StorVSC of
+/// `parastor-emulated` (as current Linux drives it) writing `EXECUTE_SRB`
+/// packets into a real VMBus ring, the StorVSP channel worker, the SCSI
+/// disk adapter and a RAM disk (prefilled, or never written for the rows
+/// set up as OpenVMM measured) — against the RAM disk alone doing the same
+/// I/O through `Disk::read` / `Disk::write`.
 ///
-/// The guest side is written here on the ring primitives
-/// ([`RingWriter`](parastor_vmbus::RingWriter) /
-/// [`RingReader`](parastor_vmbus::RingReader)) rather than with
-/// `parastor_tests::storvsc::Storvsc`, whose per-request bookkeeping
-/// (`Vec`s, `BTreeMap`s, copying the data out) would dominate the figures:
-/// this guest builds each packet on the stack, allocates nothing, does
-/// not touch the data buffers (as a real driver would not) and publishes
-/// each batch of requests once. The test driver is still timed (QD1 4 KiB)
+/// The timed rows use the guest's lean path ([`Storvsc::submit`](parastor_emulated::Storvsc::submit) /
+/// [`flush`](parastor_emulated::Storvsc::flush) / [`reap`](parastor_emulated::Storvsc::reap)): packets built on the stack,
+/// one publish per batch, no allocation, data buffers not touched (as a
+/// real driver would not). The driver's test API ([`Storvsc::srb`](parastor_emulated::Storvsc::srb): data
+/// copied in and out, per-request bookkeeping) is timed too (QD1 4 KiB),
 /// for comparison.
 mod storvsp {
     use super::harness::{Case, Measurement, disk_io, measure, size_name};
     use super::*;
+    use parastor_emulated::storvsc::{Data, Direction, ReplyRef, Srb, Storvsc};
+    use parastor_emulated::{GuestConfig, InlineHost, Profile, StorvspVm, VmConfig};
     use parastor_hw::scsi::{ScsiOp, ScsiStatus};
-    use parastor_hw::storvsp::{
-        DataDirection, NtStatus, Operation, PACKET_HEADER_LEN, PacketFlags, RequestSize, SrbFlags,
-        SrbStatus, SrbStatusAndFlags, Version,
-    };
-    use parastor_hw::vmbus::{DescriptorFlags, PacketType};
+    use parastor_hw::storvsp::{NtStatus, ScsiRequest, SrbStatus, Version};
     use parastor_scsi::{DiskParams, ScsiDisk};
-    use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
-    use parastor_tests::storvsc::{Data, Profile, Srb, Storvsc, StorvscHost};
-    use parastor_vmbus::{
-        Channel, Notify, OutgoingPacket, RingReader, RingWriter, Signal, init_ring_pair,
-    };
+    use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
     use std::sync::Arc;
 
     const SS: u32 = 512;
@@ -756,29 +748,22 @@ mod storvsp {
     const WORKING_SET: u64 = 8 << 20;
     /// Disk size.
     const DISK_BYTES: u64 = 16 << 20;
-    /// Guest memory: rings, then data buffers.
-    const MEM_BYTES: u64 = 8 << 20;
-    const RINGS_GPA: u64 = 0x10000;
-    const RING_SIZE: u64 = 0x10000;
-    /// Data buffers: one per queue slot, page aligned.
-    const DATA_GPA: u64 = 1 << 20;
-    const PAGE: u64 = 4096;
+    /// The VM: one channel of 64 KiB rings, then data buffers.
+    const VM: VmConfig = VmConfig {
+        memory_bytes: 8 << 20,
+        request_ring: 0x10000,
+        completion_ring: 0x10000,
+        channels: 1,
+    };
     /// Deepest queue measured.
     const MAX_QD: usize = 32;
-    /// Largest I/O, in pages (one GPA range of up to this many PFNs).
-    const MAX_PAGES: usize = 32;
-    /// The newest version StorVSP accepts, as Linux settles on it.
-    const VERSION: Version = Version::BLUE;
-    /// Packet flags of a request that wants its completion.
-    const REQUEST_COMPLETION: PacketFlags = PacketFlags::new().with_request_completion(true);
-    const REQUEST: RequestSize = RequestSize::for_version(VERSION);
+    /// The guest: current Linux, which settles on Blue with StorVSP.
+    const GUEST: GuestConfig = GuestConfig::new(Profile::LinuxCurrent).queue_depth(MAX_QD as u16);
     /// OpenVMM's StorVSC → StorVSP → SCSI disk → never-written RAM disk,
     /// 4 KiB reads at batch 1, 16 and 32 (reference/openvmm-perf.md).
     const OPENVMM_NS: [(usize, f64); 3] = [(1, 897.0), (16, 479.0), (32, 426.0)];
 
-    fn le32(b: &[u8], at: usize) -> u32 {
-        u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-    }
+    type Guest<'a> = Storvsc<'a, InlineHost<'a>>;
 
     /// The address pattern of one measurement.
     #[derive(Clone, Copy)]
@@ -795,7 +780,8 @@ mod storvsp {
         pattern: Pattern,
         io_sectors: u64,
         slots: u64,
-        state: u64,
+        rng: fastrand::Rng,
+        next: u64,
     }
 
     impl Addresses {
@@ -805,229 +791,80 @@ mod storvsp {
                 pattern,
                 io_sectors,
                 slots: WORKING_SET / bytes as u64,
-                state: 0x9E37_79B9_7F4A_7C15,
+                rng: fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15),
+                next: 0,
             }
         }
 
         fn next(&mut self) -> u64 {
             let slot = match self.pattern {
-                Pattern::Random => {
-                    // xorshift64*
-                    self.state ^= self.state >> 12;
-                    self.state ^= self.state << 25;
-                    self.state ^= self.state >> 27;
-                    (self.state.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) % self.slots
-                }
+                Pattern::Random => self.rng.u64(..self.slots),
                 Pattern::Sequential => {
-                    self.state = self.state.wrapping_add(1);
-                    self.state % self.slots
+                    self.next = self.next.wrapping_add(1);
+                    self.next % self.slots
                 }
             };
             slot * self.io_sectors
         }
     }
 
-    /// A VM with one SCSI controller and the disk at LUN 0: guest memory,
-    /// the controller and the two directions' signals.
-    struct Rig {
-        mem: RamGuestMemory,
-        controller: Arc<Controller>,
-        to_host: Signal,
-        to_guest: Signal,
+    /// A VM with one SCSI controller and `disk` at LUN 0.
+    fn vm(disk: &Disk) -> StorvspVm {
+        let controller = Arc::new(Controller::new(ControllerConfig::default()));
+        controller
+            .attach(
+                ScsiPath::new(0, 0, 0),
+                Arc::new(ScsiDisk::new(disk.clone(), DiskParams::default())),
+            )
+            .expect("attach");
+        let vm = StorvspVm::new(controller, VM);
+        let data = vm.data_area();
+        vm.memory()
+            .fill(data.gpa, data.len as usize, 0x5a)
+            .expect("guest memory");
+        vm
     }
 
-    impl Rig {
-        fn new(disk: &Disk) -> Self {
-            let controller = Arc::new(Controller::new(ControllerConfig::default()));
-            controller
-                .attach(
-                    ScsiPath::new(0, 0, 0),
-                    Arc::new(ScsiDisk::new(disk.clone(), DiskParams::default())),
-                )
-                .expect("attach");
-            let mem = RamGuestMemory::new(MEM_BYTES);
-            mem.fill(DATA_GPA, (MEM_BYTES - DATA_GPA) as usize, 0x5a)
-                .expect("guest memory");
-            Self {
-                mem,
-                controller,
-                to_host: Signal::new(),
-                to_guest: Signal::new(),
-            }
-        }
-
-        /// Lays out the primary channel's rings, opens both ends and
-        /// negotiates as Linux does.
-        fn connect(&self) -> (Guest<'_>, StorvspChannel<'_>) {
-            let (incoming, outgoing) =
-                init_ring_pair(&self.mem, RINGS_GPA, RING_SIZE).expect("ring layout");
-            let host =
-                Channel::host(&self.mem, incoming, outgoing, &self.to_guest).expect("host ring");
-            let mut svc = StorvspChannel::primary(self.controller.clone(), host);
-            let mut guest = Guest {
-                tx: RingWriter::new(&self.mem, incoming).expect("guest ring"),
-                rx: RingReader::new(&self.mem, outgoing).expect("guest ring"),
-                host: &self.to_host,
-            };
-            let pre = RequestSize::PreWin8.request_len();
-            let mut version = [0u8; 4];
-            version[..2].copy_from_slice(&VERSION.get().to_le_bytes());
-            for (op, body, len) in [
-                (Operation::BEGIN_INITIALIZATION, &[][..], pre),
-                (Operation::QUERY_PROTOCOL_VERSION, &version[..], pre),
-                (Operation::QUERY_PROPERTIES, &[][..], REQUEST.request_len()),
-                (
-                    Operation::END_INITIALIZATION,
-                    &[][..],
-                    REQUEST.request_len(),
-                ),
-            ] {
-                let status = guest.control(&mut svc, op, body, len);
-                assert_eq!(status, NtStatus::SUCCESS, "negotiation step {op:?}");
-            }
-            (guest, svc)
-        }
+    /// The negotiated guest.
+    fn connect(vm: &StorvspVm) -> Guest<'_> {
+        let mut g = vm.guest(GUEST).expect("guest");
+        g.negotiate().expect("negotiation");
+        assert_eq!(g.version(), Some(Version::BLUE));
+        g
     }
 
-    /// The lean guest driver: builds packets on the stack, writes them with
-    /// [`RingWriter`], reads completions with [`RingReader`]; no allocation.
-    struct Guest<'a> {
-        tx: RingWriter<'a>,
-        rx: RingReader<'a>,
-        host: &'a Signal,
+    /// Slot `slot`'s data buffer: page aligned, one per queue slot.
+    fn buffer(vm: &StorvspVm, slot: usize, bytes: usize) -> GpaRange {
+        GpaRange::new(vm.data_area().gpa + (slot * bytes) as u64, bytes as u64)
     }
 
-    impl Guest<'_> {
-        /// Writes a request; the host sees it at the next [`Self::flush`].
-        fn send(&mut self, packet_type: PacketType, tid: u64, header: &[&[u8]], payload: &[u8]) {
-            self.tx
-                .write_deferred(&OutgoingPacket {
-                    packet_type,
-                    flags: DescriptorFlags::new().with_completion_requested(true),
-                    transaction_id: tid,
-                    header,
-                    payload,
-                })
-                .expect("request ring");
-        }
-
-        /// Publishes the requests sent, signalling the host if needed.
-        fn flush(&mut self) {
-            if self.tx.publish().expect("request ring").signal {
-                self.host.notify();
-            }
-        }
-
-        /// A negotiation packet (`len` body bytes); returns the status.
-        fn control(
-            &mut self,
-            svc: &mut StorvspChannel<'_>,
-            op: Operation,
-            body: &[u8],
-            len: usize,
-        ) -> NtStatus {
-            let mut p = [0u8; PACKET_HEADER_LEN + 0x34];
-            p[0..4].copy_from_slice(&op.get().to_le_bytes());
-            p[4..8].copy_from_slice(&REQUEST_COMPLETION.into_bits().get().to_le_bytes());
-            p[PACKET_HEADER_LEN..PACKET_HEADER_LEN + body.len()].copy_from_slice(body);
-            self.send(
-                PacketType::DATA_INBAND,
-                0,
-                &[],
-                &p[..PACKET_HEADER_LEN + len],
-            );
-            self.flush();
-            svc.process().expect("service");
-            let mut status = None;
-            let n = self.reap(|_, c| status = Some(NtStatus::new(le32(c, 8))));
-            assert_eq!(n, 1, "one completion for {op:?}");
-            status.expect("status")
-        }
-
-        /// Sends a READ(10) / WRITE(10) of `bytes` at `lba` whose buffer is
-        /// the page-aligned `gpa`, as one GPA-direct range.
-        fn submit(&mut self, tid: u64, write: bool, lba: u64, bytes: usize, gpa: u64) {
-            let pages = bytes.div_ceil(PAGE as usize);
-            let mut area = [0u8; 16 + 8 * MAX_PAGES];
-            area[4..8].copy_from_slice(&1u32.to_le_bytes()); // range count
-            area[8..12].copy_from_slice(&(bytes as u32).to_le_bytes()); // byte count
-            for p in 0..pages {
-                let pfn = gpa / PAGE + p as u64;
-                area[16 + 8 * p..24 + 8 * p].copy_from_slice(&pfn.to_le_bytes());
-            }
-            let mut pkt = [0u8; PACKET_HEADER_LEN + 0x34];
-            pkt[0..4].copy_from_slice(&Operation::EXECUTE_SRB.get().to_le_bytes());
-            pkt[4..8].copy_from_slice(&REQUEST_COMPLETION.into_bits().get().to_le_bytes());
-            // `struct vmscsi_request`, as Linux lays it out.
-            let r = &mut pkt[PACKET_HEADER_LEN..];
-            r[0..2].copy_from_slice(&(REQUEST.request_len() as u16).to_le_bytes());
-            r[8] = 10; // CDB length
-            r[9] = REQUEST.sense_buffer_len() as u8;
-            r[10] = if write {
-                DataDirection::WRITE
-            } else {
-                DataDirection::READ
-            }
-            .get();
-            r[12..16].copy_from_slice(&(bytes as u32).to_le_bytes());
-            r[16] = if write {
-                ScsiOp::WRITE10
-            } else {
-                ScsiOp::READ10
-            }
-            .get();
-            r[18..22].copy_from_slice(&(lba as u32).to_be_bytes());
-            r[23..25].copy_from_slice(&((bytes as u32 / SS) as u16).to_be_bytes());
-            r[0x26] = 0xFF; // untagged
-            let flags = SrbFlags::new().with_data_out(write).with_data_in(!write);
-            r[0x28..0x2C].copy_from_slice(&flags.into_bits().get().to_le_bytes());
-            self.send(
-                PacketType::DATA_USING_GPA_DIRECT,
-                tid,
-                &[&area[..16 + 8 * pages]],
-                &pkt[..PACKET_HEADER_LEN + REQUEST.request_len()],
-            );
-        }
-
-        /// Reads every completion waiting: `f(transaction id, payload)`.
-        /// Returns how many.
-        fn reap(&mut self, mut f: impl FnMut(u64, &[u8])) -> usize {
-            let mut buf = [0u8; 128];
-            let mut n = 0;
-            // The first peek loads the host's write index; the rest take
-            // what it showed, and the publish looks again.
-            loop {
-                let next = if n == 0 {
-                    self.rx.peek_into(&mut buf)
-                } else {
-                    self.rx.peek_seen_into(&mut buf)
-                };
-                let Some((h, held)) = next.expect("completion ring") else {
-                    break;
-                };
-                let d = h.descriptor;
-                assert_eq!(d.packet_type, PacketType::COMPLETION, "unexpected packet");
-                assert_eq!(held, d.len() as usize, "completion fits the buffer");
-                self.rx.consume_deferred(&h);
-                f(d.transaction_id.get(), &buf[d.data_offset() as usize..held]);
-                n += 1;
-            }
-            if self.rx.publish().expect("completion ring") {
-                self.host.notify();
-            }
-            n
-        }
+    /// A READ(10) / WRITE(10) of `bytes`, LBA to be set per request.
+    fn template(g: &Guest<'_>, write: bool, bytes: usize) -> ScsiRequest {
+        let mut cdb = [0u8; 10];
+        cdb[0] = if write {
+            ScsiOp::WRITE10.get()
+        } else {
+            ScsiOp::READ10.get()
+        };
+        cdb[7..9].copy_from_slice(&((bytes as u32 / SS) as u16).to_be_bytes());
+        let dir = if write { Direction::Out } else { Direction::In };
+        g.scsi_request(0, &cdb, dir, bytes as u32)
     }
 
-    /// Panics unless `c` is a successful `COMPLETE_IO` of `bytes`.
-    fn check(c: &[u8], bytes: usize) {
-        let body = &c[PACKET_HEADER_LEN..];
-        let ok = Operation::new(le32(c, 0)) == Operation::COMPLETE_IO
-            && NtStatus::new(le32(c, 8)) == NtStatus::SUCCESS
-            && SrbStatusAndFlags::from_bits(body[2]).status() == SrbStatus::SUCCESS
-            && ScsiStatus::new(body[3]) == ScsiStatus::GOOD
-            && le32(body, 12) as usize == bytes;
-        assert!(ok, "I/O failed: completion {c:02x?}");
+    /// Queues `request` at `lba` as tag `slot`.
+    fn submit(g: &mut Guest<'_>, request: &ScsiRequest, slot: usize, lba: u64, buf: GpaRange) {
+        let mut r = *request;
+        r.payload[2..6].copy_from_slice(&(lba as u32).to_be_bytes());
+        g.submit(slot as u16, 0, &r, &[buf]).expect("submit");
+    }
+
+    /// Panics unless `r` is a successful completion of `bytes`.
+    fn check(r: ReplyRef<'_>, bytes: usize) {
+        let ok = r.status() == NtStatus::SUCCESS
+            && r.srb_status().status() == SrbStatus::SUCCESS
+            && r.scsi_status() == ScsiStatus::GOOD
+            && r.data_transfer_length() as usize == bytes;
+        assert!(ok, "I/O failed: completion {:?}", r.to_reply());
     }
 
     fn prefill(d: &Disk) {
@@ -1041,19 +878,23 @@ mod storvsp {
     /// Reads the prefilled pattern back through the path once, so the
     /// timed loops are known to move the right bytes.
     fn verify(disk: &Disk) {
-        let rig = Rig::new(disk);
-        let (mut guest, mut svc) = rig.connect();
+        let vm = vm(disk);
+        let mut g = connect(&vm);
         let (bytes, lba) = (128 * 1024, 3 * 256);
-        guest.submit(7, false, lba, bytes, DATA_GPA);
-        guest.flush();
-        svc.process().expect("service");
-        let n = guest.reap(|tid, c| {
-            assert_eq!(tid, 7);
-            check(c, bytes);
-        });
+        let buf = buffer(&vm, 0, bytes);
+        let request = template(&g, false, bytes);
+        submit(&mut g, &request, 0, lba, buf);
+        g.flush().expect("flush");
+        g.run_host().expect("service");
+        let n = g
+            .reap(|tag, r| {
+                assert_eq!(tag, 0);
+                check(r, bytes);
+            })
+            .expect("completion");
         assert_eq!(n, 1);
         let mut got = vec![0u8; bytes];
-        rig.mem.read(DATA_GPA, &mut got).expect("guest memory");
+        vm.memory().read(buf.gpa, &mut got).expect("guest memory");
         let want = pattern(1, lba, bytes as u64 / u64::from(SS), SS);
         assert!(got == want, "the read through StorVSP returned other data");
     }
@@ -1098,7 +939,7 @@ mod storvsp {
         row("read", 4096, Pattern::Random, 1, Fill::Unwritten),
         row("read", 4096, Pattern::Random, 16, Fill::Unwritten),
         row("read", 4096, Pattern::Random, MAX_QD, Fill::Unwritten),
-        // The test driver (tests/src/storvsc.rs), for comparison.
+        // The driver's test API (`Storvsc::srb`), for comparison.
         row("read", 4096, Pattern::Random, 0, Fill::Prefilled),
         row("write", 4096, Pattern::Random, 0, Fill::Prefilled),
     ];
@@ -1137,7 +978,7 @@ mod storvsp {
 
     pub(crate) fn run() {
         println!(
-            "storvsp: lean emulated StorVSC -> VMBus ring -> StorVSP -> SCSI disk -> RAM disk \
+            "storvsp: emulated StorVSC (parastor-emulated, current Linux profile, lean path) -> VMBus ring -> StorVSP -> SCSI disk -> RAM disk \
              ({SS}-byte sectors, {} working set, one thread, service polled inline); \
              ratio = ns/io of the line / ns/io of the RAM disk alone (Disk::read/write, same buffers and \
              offsets, measured in the same run; lower is better); QD32 = 32 requests kept outstanding \
@@ -1165,27 +1006,13 @@ mod storvsp {
             let write = row.op == "write";
             let bytes = row.bytes;
             let qd = row.qd.max(1);
-            let rig = Rig::new(disk);
-            let test_host = (row.qd == 0).then(|| {
-                let host = StorvscHost::new(
-                    Arc::new(Controller::new(ControllerConfig::default())),
-                    MEM_BYTES,
-                );
-                host.controller()
-                    .attach(
-                        ScsiPath::new(0, 0, 0),
-                        Arc::new(ScsiDisk::new(disk.clone(), DiskParams::default())),
-                    )
-                    .expect("attach");
-                host
-            });
+            let vm = vm(disk);
             let mut cases = Vec::new();
             let per_op;
             if row.qd == 0 {
-                // The test driver over its own host; one I/O per op.
+                // The driver's test API; one I/O per op.
                 per_op = 1;
-                let host = test_host.as_ref().expect("test host");
-                let mut vsc = Storvsc::connect(host, &Profile::linux(0)).expect("connect");
+                let mut g = connect(&vm);
                 let mut addr = Addresses::new(row.pattern, bytes);
                 let data = vec![0x5au8; bytes];
                 cases.push(Case {
@@ -1194,11 +1021,10 @@ mod storvsp {
                         let lba = addr.next() as u32;
                         let mut cdb = [0u8; 10];
                         cdb[0] = if write {
-                            ScsiOp::WRITE10
+                            ScsiOp::WRITE10.get()
                         } else {
-                            ScsiOp::READ10
-                        }
-                        .get();
+                            ScsiOp::READ10.get()
+                        };
                         cdb[2..6].copy_from_slice(&lba.to_be_bytes());
                         cdb[7..9].copy_from_slice(&((bytes as u32 / SS) as u16).to_be_bytes());
                         let d = if write {
@@ -1206,53 +1032,55 @@ mod storvsp {
                         } else {
                             Data::In(bytes)
                         };
-                        let r = vsc.srb(&Srb::new(0, &cdb, d)).expect("srb");
+                        let r = g.srb(&Srb::new(0, &cdb, d)).expect("srb");
                         assert!(r.is_good(), "I/O failed: {r:?}");
                     }),
                 });
             } else {
                 per_op = qd;
-                let (mut guest, mut svc) = rig.connect();
+                let mut g = connect(&vm);
+                let request = template(&g, write, bytes);
                 let mut addr = Addresses::new(row.pattern, bytes);
                 // Prime the queue: `qd` requests outstanding between ops.
                 for slot in 0..qd {
-                    let gpa = DATA_GPA + (slot * bytes) as u64;
-                    guest.submit(slot as u64, write, addr.next(), bytes, gpa);
+                    submit(
+                        &mut g,
+                        &request,
+                        slot,
+                        addr.next(),
+                        buffer(&vm, slot, bytes),
+                    );
                 }
-                guest.flush();
+                g.flush().expect("flush");
+                let vm = &vm;
                 cases.push(Case {
                     name: "storvsp",
                     op: Box::new(move |_| {
-                        svc.process().expect("service");
-                        let mut done = [0u8; MAX_QD];
+                        g.run_host().expect("service");
+                        let mut done = [0u16; MAX_QD];
                         let mut n = 0;
-                        guest.reap(|tid, c| {
-                            check(c, bytes);
-                            done[n] = tid as u8;
+                        g.reap(|tag, r| {
+                            check(r, bytes);
+                            done[n] = tag;
                             n += 1;
-                        });
+                        })
+                        .expect("completions");
                         assert_eq!(n, qd, "every outstanding request completes");
                         for &slot in &done[..n] {
-                            let gpa = DATA_GPA + (usize::from(slot) * bytes) as u64;
-                            guest.submit(u64::from(slot), write, addr.next(), bytes, gpa);
+                            let slot = usize::from(slot);
+                            submit(&mut g, &request, slot, addr.next(), buffer(vm, slot, bytes));
                         }
                         // One publish (and at most one signal) per batch.
-                        guest.flush();
+                        g.flush().expect("flush");
                     }),
                 });
             }
             // The reference: the RAM disk alone, the same buffers (in the
             // same guest memory) and offsets, `per_op` I/Os per op.
-            let ranges: Vec<[GpaRange; 1]> = (0..per_op)
-                .map(|slot| {
-                    [GpaRange::new(
-                        DATA_GPA + (slot * bytes) as u64,
-                        bytes as u64,
-                    )]
-                })
-                .collect();
+            let ranges: Vec<[GpaRange; 1]> =
+                (0..per_op).map(|slot| [buffer(&vm, slot, bytes)]).collect();
             let mut addr = Addresses::new(row.pattern, bytes);
-            let (mem, disk) = (&rig.mem, disk);
+            let (mem, disk) = (vm.memory(), disk);
             cases.push(Case {
                 name: "ram-disk-alone",
                 op: Box::new(move |_| {

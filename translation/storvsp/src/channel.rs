@@ -25,9 +25,9 @@ use parastor_vmbus::{
 };
 use zerocopy::{FromBytes, IntoBytes};
 
-/// Passes [`StorvspChannel::run`] makes in one poll before it yields (its
-/// documentation gives the number).
-pub(super) const RUN_BUDGET: usize = 64;
+/// Passes [`StorvspChannel::run`] makes in one poll before it wakes
+/// itself and yields to its executor.
+pub const RUN_BUDGET: usize = 64;
 
 /// Bytes of standard INQUIRY data returned for a missing LUN.
 const MISSING_LUN_INQUIRY_LEN: usize = 36;
@@ -37,10 +37,26 @@ type ScsiFuture<'a> = Pin<Box<dyn Future<Output = Option<ScsiResult>> + 'a>>;
 /// A SCSI request running on a LUN.
 struct InFlight<'a> {
     transaction_id: u64,
+    /// Payload bytes of the completion: the request's own size.
+    reply_len: usize,
     /// Ring space for the completion, taken before the packet was read.
     reservation: Reservation,
     request: ScsiRequest,
     future: ScsiFuture<'a>,
+}
+
+/// The payload size of the completion of `packet` (a guest request): the
+/// request's own payload after the StorVSP header, at most the whole
+/// payload union (`0x34`) — whatever the negotiated version, as Hyper-V
+/// answers. Guests check it: Linux 5.19 and later send every packet at
+/// `0x40` bytes and drop a completion shorter than that; Windows expects
+/// exactly the size it sent (the negotiated one).
+fn reply_len(packet: &PacketRef) -> usize {
+    packet
+        .payload()
+        .len()
+        .saturating_sub(PACKET_HEADER_LEN)
+        .min(hw::PACKET_PAYLOAD_LEN)
 }
 
 /// The worker serving one VMBus channel of a [`Controller`]: it reads the
@@ -73,6 +89,8 @@ pub struct StorvspChannel<'a> {
     last_lun: Option<(u64, ScsiPath, Lun)>,
     /// Why the channel ended, once it has.
     failed: Option<StorvspError>,
+    /// The buffer packets are read into, kept between passes.
+    packet: Option<Box<PacketRef>>,
 }
 
 impl fmt::Debug for StorvspChannel<'_> {
@@ -97,7 +115,7 @@ struct Pass {
 }
 
 /// What an `EXECUTE_SRB` resolved to without running on a disk.
-enum SrbAnswer {
+pub(crate) enum SrbAnswer {
     /// An SRB status with no SCSI status, sense or data.
     Srb(SrbStatus),
     /// A SCSI outcome.
@@ -139,6 +157,7 @@ impl<'a> StorvspChannel<'a> {
             registered: None,
             last_lun: None,
             failed: None,
+            packet: None,
         }
     }
 
@@ -176,8 +195,8 @@ impl<'a> StorvspChannel<'a> {
     /// and reads the ring then.
     ///
     /// A guest that keeps the worker busy (packets or signals as fast as
-    /// they are served) cannot hold the executor: after 64 passes in a
-    /// row the future wakes itself and yields.
+    /// they are served) cannot hold the executor: after [`RUN_BUDGET`]
+    /// passes in a row the future wakes itself and yields.
     pub async fn run(&mut self, incoming: &Signal) -> StorvspError {
         core::future::poll_fn(|cx| {
             for _ in 0..RUN_BUDGET {
@@ -292,7 +311,13 @@ impl<'a> StorvspChannel<'a> {
             if let Poll::Ready(result) = self.in_flight[i].future.as_mut().poll(cx) {
                 let io = self.in_flight.swap_remove(i);
                 let answer = SrbAnswer::of(result);
-                self.complete_srb(io.reservation, io.transaction_id, &io.request, answer)?;
+                self.complete_srb(
+                    io.reservation,
+                    io.transaction_id,
+                    io.reply_len,
+                    &io.request,
+                    answer,
+                )?;
                 progress = true;
             } else {
                 i += 1;
@@ -347,9 +372,25 @@ impl<'a> StorvspChannel<'a> {
     /// taken, and whether the batch ended for want of packets (rather than
     /// ring space or queue depth).
     fn take_packets(&mut self, cx: &mut Context<'_>) -> Result<(bool, bool), StorvspError> {
+        // The worker's packet buffer, reused from pass to pass (it is
+        // large: clearing a fresh one costs more than taking a small
+        // packet).
+        let mut packet = self
+            .packet
+            .take()
+            .unwrap_or_else(|| Box::new(PacketRef::empty()));
+        let r = self.take_packets_into(&mut packet, cx);
+        self.packet = Some(packet);
+        r
+    }
+
+    fn take_packets_into(
+        &mut self,
+        packet: &mut PacketRef,
+        cx: &mut Context<'_>,
+    ) -> Result<(bool, bool), StorvspError> {
         let mut taken = false;
         let depth = self.controller.config.io_queue_depth.max(1);
-        let mut packet = PacketRef::empty();
         while self.in_flight.len() < depth {
             let reservation = match self.channel.reserve(MAX_PACKET_LEN) {
                 Ok(r) => r,
@@ -359,14 +400,14 @@ impl<'a> StorvspChannel<'a> {
                 Err(e) => return Err(e.into()),
             };
             let next = if taken {
-                self.channel.take_seen_packet_into(&mut packet)
+                self.channel.take_seen_packet_into(packet)
             } else {
-                self.channel.take_packet_into(&mut packet)
+                self.channel.take_packet_into(packet)
             };
             match next {
                 Ok(true) => {
                     taken = true;
-                    self.handle(&packet, reservation, cx)?;
+                    self.handle(packet, reservation, cx)?;
                 }
                 Ok(false) => {
                     self.channel.release(reservation);
@@ -382,7 +423,9 @@ impl<'a> StorvspChannel<'a> {
     }
 
     /// Sends `ENUMERATE_BUS` if the LUNs changed since the guest last
-    /// heard (Win7 and later). Returns whether a packet was sent.
+    /// heard (Win7 and later), at the negotiated request size (a packet
+    /// the host starts has no request to echo). Returns whether a packet
+    /// was sent.
     fn announce_rescan(&mut self) -> Result<bool, StorvspError> {
         let generation = self.controller.generation();
         if generation != self.announced {
@@ -423,12 +466,12 @@ impl<'a> StorvspChannel<'a> {
 
     /// Writes a completion for `transaction_id` into `reservation`: the
     /// header with `status`, then `payload`, zero padded or truncated to
-    /// the request size `size`.
+    /// `reply_len` bytes (the request's own size, see [`reply_len`]).
     fn complete(
         &mut self,
         reservation: Reservation,
         transaction_id: u64,
-        size: RequestSize,
+        reply_len: usize,
         status: NtStatus,
         payload: &[u8],
     ) -> Result<(), StorvspError> {
@@ -436,14 +479,15 @@ impl<'a> StorvspChannel<'a> {
         buf[..PACKET_HEADER_LEN].copy_from_slice(
             PacketHeader::new(Operation::COMPLETE_IO, PacketFlags::new(), status).as_bytes(),
         );
-        let n = payload.len().min(size.request_len());
+        let reply_len = reply_len.min(hw::PACKET_PAYLOAD_LEN);
+        let n = payload.len().min(reply_len);
         buf[PACKET_HEADER_LEN..PACKET_HEADER_LEN + n].copy_from_slice(&payload[..n]);
         // Published once at the end of the pass, with the others.
         self.channel.write_reserved_deferred(
             reservation,
             OutgoingKind::Completion,
             transaction_id,
-            &buf[..size.packet_len()],
+            &buf[..PACKET_HEADER_LEN + reply_len],
         )?;
         Ok(())
     }
@@ -455,6 +499,7 @@ impl<'a> StorvspChannel<'a> {
         cx: &mut Context<'_>,
     ) -> Result<(), StorvspError> {
         let transaction_id = packet.transaction_id;
+        let reply_len = reply_len(packet);
         let size = self.controller.request_size();
         let (operation, body) = match check_packet(packet, size) {
             Ok(p) => p,
@@ -482,7 +527,7 @@ impl<'a> StorvspChannel<'a> {
             }
             (operation, body) => self.negotiate(operation, body),
         };
-        self.complete(reservation, transaction_id, size, status, &reply)
+        self.complete(reservation, transaction_id, reply_len, status, &reply)
     }
 
     /// The primary channel's negotiation state machine (catalog §5.2):
@@ -552,11 +597,15 @@ impl<'a> StorvspChannel<'a> {
         cx: &mut Context<'_>,
     ) -> Result<(), StorvspError> {
         let transaction_id = packet.transaction_id;
+        let reply_len = reply_len(packet);
         match self.start_srb(packet, &request, cx) {
-            Ok(answer) => self.complete_srb(reservation, transaction_id, &request, answer),
+            Ok(answer) => {
+                self.complete_srb(reservation, transaction_id, reply_len, &request, answer)
+            }
             Err(future) => {
                 self.in_flight.push(InFlight {
                     transaction_id,
+                    reply_len,
                     reservation,
                     request,
                     future,
@@ -670,11 +719,14 @@ impl<'a> StorvspChannel<'a> {
         SrbAnswer::Scsi(write_data(mem, ranges, len, &data, alloc_len))
     }
 
-    /// Completes an `EXECUTE_SRB` with `answer`.
+    /// Completes an `EXECUTE_SRB` with `answer`, in a completion of
+    /// `reply_len` payload bytes (the request's own size). The sense data
+    /// is capped to the negotiated version's sense buffer.
     fn complete_srb(
         &mut self,
         reservation: Reservation,
         transaction_id: u64,
+        reply_len: usize,
         request: &ScsiRequest,
         answer: SrbAnswer,
     ) -> Result<(), StorvspError> {
@@ -683,9 +735,9 @@ impl<'a> StorvspChannel<'a> {
         self.complete(
             reservation,
             transaction_id,
-            size,
+            reply_len,
             status,
-            reply.wire_bytes(size),
+            reply.as_bytes(),
         )
     }
 }
@@ -806,7 +858,7 @@ fn missing_lun(
 /// The completion of an `EXECUTE_SRB`: NT status and the request as sent
 /// back, with SRB status, SCSI status, transfer length and sense (capped to
 /// the guest's sense buffer and the protocol's) filled in.
-fn srb_completion(
+pub(crate) fn srb_completion(
     request: &ScsiRequest,
     answer: &SrbAnswer,
     size: RequestSize,

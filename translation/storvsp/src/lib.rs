@@ -18,9 +18,16 @@
 //!   `END_INITIALIZATION` → ready. A packet out of order is answered
 //!   `INVALID_DEVICE_STATE`. Sub-channels take no packets until the
 //!   controller is ready.
-//! - Completions are exactly the negotiated request size (header plus
-//!   `0x24` or `0x34` bytes), zero padded; before a version is settled the
-//!   pre-Windows 8 size is used.
+//! - A completion is the header plus the request's own size: the payload
+//!   the guest sent after the header, at most the whole payload union
+//!   (`0x34` bytes), zero padded or truncated — whatever the negotiated
+//!   version, as Hyper-V does. Guests check it: Linux 5.19 and later send
+//!   every packet at the full `0x40` bytes and drop a completion shorter
+//!   than that (`storvsc_drv.c`, `storvsc_on_channel_callback`'s
+//!   `minlen`); Windows sends and expects exactly the negotiated size
+//!   (OpenVMM catalog §5.2). Only packets the host starts itself
+//!   (`ENUMERATE_BUS`) use the negotiated size (pre-Windows 8 before a
+//!   version is settled).
 //! - `EXECUTE_SRB`: the request's data buffer is the packet's GPA-direct
 //!   ranges — any number of them (OpenVMM accepts only one) — cut to the
 //!   request's `data_transfer_length`. `REPORT LUNS` is answered from the
@@ -76,7 +83,7 @@ mod channel;
 #[cfg(test)]
 mod tests;
 
-pub use channel::StorvspChannel;
+pub use channel::{RUN_BUDGET, StorvspChannel};
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -456,8 +463,9 @@ impl Controller {
         }
     }
 
-    /// The request size completions use: the negotiated one, or the
-    /// pre-Windows 8 size before a version is settled.
+    /// The negotiated request size (the pre-Windows 8 size before a
+    /// version is settled): the size of packets the host starts, the
+    /// shortest `EXECUTE_SRB` accepted, and the sense buffer's size.
     fn request_size(&self) -> RequestSize {
         self.version()
             .map_or(RequestSize::PreWin8, RequestSize::for_version)

@@ -92,6 +92,75 @@ pub const INLINE_RANGES: usize = 16;
 /// copied to the heap first).
 const INLINE_GPA_AREA_LEN: usize = 512;
 
+/// GPA-direct range-area bytes [`Channel::write_gpa_direct_deferred`]
+/// builds on the stack (one range of up to 78 pages: a 256 KiB transfer at
+/// any offset); larger areas are built on the heap.
+pub const GPA_DIRECT_INLINE_LEN: usize = 640;
+
+/// The pages `r` touches: `(first page number, count)`, or why `r`
+/// cannot be a GPA range.
+fn range_pages(r: &GpaRange) -> Result<(u64, u64), RingError> {
+    let bad = RingError::TooLarge { needed: r.len };
+    let end = r.gpa.checked_add(r.len).filter(|_| r.len > 0).ok_or(bad)?;
+    let first = r.gpa >> hw::PAGE_SHIFT;
+    Ok((first, ((end - 1) >> hw::PAGE_SHIFT) - first + 1))
+}
+
+/// Bytes of the GPA-direct range area describing `buffer`.
+#[inline]
+fn gpa_area_len(buffer: &[GpaRange]) -> Result<usize, RingError> {
+    let word = 8u64;
+    let mut words = 1u64;
+    for r in buffer {
+        let (_, pages) = range_pages(r)?;
+        words = words.saturating_add(1).saturating_add(pages);
+    }
+    usize::try_from(words.saturating_mul(word))
+        .ok()
+        .filter(|&n| n <= hw::MAX_PACKET_SIZE as usize)
+        .ok_or(RingError::TooLarge {
+            needed: words.saturating_mul(word),
+        })
+}
+
+/// Writes the range area describing `buffer` (`len` bytes, from
+/// [`gpa_area_len`]) to the start of `area`; returns it.
+#[inline]
+fn fill_gpa_area<'b>(
+    area: &'b mut [u8],
+    buffer: &[GpaRange],
+    len: usize,
+) -> Result<&'b [u8], RingError> {
+    let too_large = RingError::TooLarge { needed: len as u64 };
+    let area = area.get_mut(..len).ok_or(too_large)?;
+    let count = u32::try_from(buffer.len()).map_err(|_| too_large)?;
+    let header = GpaDirectHeader {
+        reserved: 0.into(),
+        range_count: count.into(),
+    };
+    let mut words = area.chunks_exact_mut(8);
+    let mut put = |bytes: &[u8]| match words.next() {
+        Some(w) => {
+            w.copy_from_slice(bytes);
+            Ok(())
+        }
+        None => Err(too_large),
+    };
+    put(header.as_bytes())?;
+    for r in buffer {
+        let (first, pages) = range_pages(r)?;
+        let range = GpaRangeHeader {
+            byte_count: u32::try_from(r.len).map_err(|_| too_large)?.into(),
+            byte_offset: ((r.gpa % u64::from(hw::PAGE_SIZE)) as u32).into(),
+        };
+        put(range.as_bytes())?;
+        for pfn in first..first + pages {
+            put(&pfn.to_le_bytes())?;
+        }
+    }
+    Ok(area)
+}
+
 /// A growable buffer of `Copy` items: inline up to `N`, on the heap beyond.
 #[derive(Clone)]
 enum SmallBuf<T: Copy, const N: usize> {
@@ -238,6 +307,34 @@ impl PacketRef {
     }
 }
 
+/// A packet taken with [`Channel::take_head_into`]: what it is, and where
+/// its head lies in the caller's buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketHead {
+    /// What the packet is.
+    pub kind: PacketKind,
+    /// The sender's transaction id.
+    pub transaction_id: u64,
+    /// Whether the sender wants a completion packet.
+    pub completion_requested: bool,
+    /// Payload bytes in the whole packet (as [`Packet::payload`]: with the
+    /// sender's padding to 8 bytes).
+    pub payload_len: usize,
+    /// Where the payload starts in the buffer.
+    pub payload_at: usize,
+    /// Bytes of the packet the buffer holds (from its start).
+    pub held: usize,
+}
+
+impl PacketHead {
+    /// The part of the payload `buf` (the buffer the head was read into)
+    /// holds.
+    #[inline]
+    pub fn payload<'b>(&self, buf: &'b [u8]) -> &'b [u8] {
+        buf.get(self.payload_at..self.held).unwrap_or(&[])
+    }
+}
+
 /// Why reading a packet failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChannelError {
@@ -349,6 +446,8 @@ pub struct Channel<'a> {
     reader: RingReader<'a>,
     writer: RingWriter<'a>,
     peer: &'a dyn Notify,
+    /// Where [`Channel::take_packet_into`] reads a packet's start.
+    peek: [u8; PEEK_LEN],
 }
 
 impl fmt::Debug for Channel<'_> {
@@ -394,6 +493,7 @@ impl<'a> Channel<'a> {
             reader: RingReader::new(mem, read)?,
             writer: RingWriter::new(mem, write)?,
             peer,
+            peek: [0; PEEK_LEN],
         })
     }
 
@@ -452,6 +552,49 @@ impl<'a> Channel<'a> {
         self.take_into(packet, false)
     }
 
+    /// Takes the next packet like [`Channel::take_packet_into`], but copies
+    /// only its head — descriptor, then payload — into `buf`, at most
+    /// `buf.len()` bytes (the rest of a longer packet is skipped), and
+    /// parses no GPA ranges. For a guest driver reading completions, which
+    /// looks at a fixed-size head of each (as Linux's StorVSC copies
+    /// `sizeof(struct vstor_packet)`): no intermediate buffer, nothing
+    /// cleared per packet. `buf` must hold at least a descriptor
+    /// (16 bytes). `seen_only`: among packets already seen (see
+    /// [`Channel::take_seen_packet_into`]). Publish with
+    /// [`Channel::publish_reads`].
+    #[inline]
+    pub fn take_head_into(
+        &mut self,
+        buf: &mut [u8],
+        seen_only: bool,
+    ) -> Result<Option<PacketHead>, ChannelError> {
+        let peeked = if seen_only {
+            self.reader.peek_seen_into(buf)?
+        } else {
+            self.reader.peek_into(buf)?
+        };
+        let Some((header, held)) = peeked else {
+            return Ok(None);
+        };
+        self.reader.consume_deferred(&header);
+        let d = header.descriptor;
+        let kind = PacketKind::from_packet_type(d.packet_type).ok_or(
+            ChannelError::UnsupportedPacketType {
+                packet_type: d.packet_type,
+                transaction_id: d.transaction_id.get(),
+            },
+        )?;
+        let payload_at = d.data_offset() as usize;
+        Ok(Some(PacketHead {
+            kind,
+            transaction_id: d.transaction_id.get(),
+            completion_requested: d.completion_requested(),
+            payload_len: d.len() as usize - payload_at,
+            payload_at: payload_at.min(held),
+            held,
+        }))
+    }
+
     /// Whether packets are known to be waiting without loading the peer's
     /// write index — after [`Channel::publish_reads`], whether the peer
     /// wrote more than was taken (else it signals for its next packet).
@@ -461,17 +604,17 @@ impl<'a> Channel<'a> {
 
     fn take_into(&mut self, packet: &mut PacketRef, load: bool) -> Result<bool, ChannelError> {
         // Small packets (every StorVSP request) arrive whole with the
-        // descriptor, in one access to the ring.
-        let mut buf = [0u8; PEEK_LEN];
+        // descriptor, in one access to the ring, into the endpoint's own
+        // buffer (not cleared per packet: only the bytes read are used).
         let peeked = if load {
-            self.reader.peek_into(&mut buf)?
+            self.reader.peek_into(&mut self.peek)?
         } else {
-            self.reader.peek_seen_into(&mut buf)?
+            self.reader.peek_seen_into(&mut self.peek)?
         };
         let Some((header, held)) = peeked else {
             return Ok(false);
         };
-        let parsed = self.parse(&header, buf.get(..held).unwrap_or(&[]), packet);
+        let parsed = self.parse(&header, self.peek.get(..held).unwrap_or(&[]), packet);
         if let Err(ChannelError::Ring(e)) = parsed {
             return Err(e.into());
         }
@@ -629,6 +772,105 @@ impl<'a> Channel<'a> {
         let outcome = self.writer.publish()?;
         self.finish(outcome);
         Ok(())
+    }
+
+    /// Like [`Channel::write_packet`], but the packet is not published:
+    /// the peer sees it at the next [`Channel::publish_writes`] (which
+    /// must be called before waiting for the peer). For batches of
+    /// requests: one index update and at most one signal for all.
+    pub fn write_packet_deferred(
+        &mut self,
+        kind: OutgoingKind,
+        transaction_id: u64,
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        let (packet_type, flags) = kind.type_and_flags();
+        self.writer.write_deferred(&OutgoingPacket {
+            packet_type,
+            flags,
+            transaction_id,
+            header: &[],
+            payload,
+        })
+    }
+
+    /// Writes a GPA-direct packet whose data buffer is `buffer` (byte
+    /// ranges of guest memory, in order; each becomes one GPA range of the
+    /// pages it touches), without publishing it (see
+    /// [`Channel::write_packet_deferred`]). The range area is built on the
+    /// stack while it fits [`GPA_DIRECT_INLINE_LEN`] bytes, so a guest
+    /// driver's request of up to a few hundred KiB allocates nothing.
+    /// Fails with [`RingError::TooLarge`] for an empty range, a range that
+    /// wraps the address space, or more ranges or pages than a packet can
+    /// describe. (A guest driver's operation; the host never sends these.)
+    #[inline]
+    pub fn write_gpa_direct_deferred(
+        &mut self,
+        transaction_id: u64,
+        completion_requested: bool,
+        buffer: &[GpaRange],
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        // One range of a few pages (the common request): built directly.
+        if let [r] = buffer {
+            let (first, pages) = range_pages(r)?;
+            if pages <= 6 {
+                let mut area = [0u8; 64];
+                let len = 16 + 8 * pages as usize;
+                let count = GpaDirectHeader {
+                    reserved: 0.into(),
+                    range_count: 1.into(),
+                };
+                area[..8].copy_from_slice(count.as_bytes());
+                let range = GpaRangeHeader {
+                    byte_count: (r.len as u32).into(),
+                    byte_offset: ((r.gpa % u64::from(hw::PAGE_SIZE)) as u32).into(),
+                };
+                area[8..16].copy_from_slice(range.as_bytes());
+                for (i, w) in area[16..len].chunks_exact_mut(8).enumerate() {
+                    w.copy_from_slice(&(first + i as u64).to_le_bytes());
+                }
+                return self.write_gpa_area(
+                    transaction_id,
+                    completion_requested,
+                    &area[..len],
+                    payload,
+                );
+            }
+        }
+        let len = gpa_area_len(buffer)?;
+        // Small areas (a request of a page or two) need only a small
+        // buffer to clear.
+        if len <= 64 {
+            let mut area = [0u8; 64];
+            let area = fill_gpa_area(&mut area, buffer, len)?;
+            self.write_gpa_area(transaction_id, completion_requested, area, payload)
+        } else if len <= GPA_DIRECT_INLINE_LEN {
+            let mut area = [0u8; GPA_DIRECT_INLINE_LEN];
+            let area = fill_gpa_area(&mut area, buffer, len)?;
+            self.write_gpa_area(transaction_id, completion_requested, area, payload)
+        } else {
+            let mut area = vec![0u8; len];
+            let area = fill_gpa_area(&mut area, buffer, len)?;
+            self.write_gpa_area(transaction_id, completion_requested, area, payload)
+        }
+    }
+
+    /// Writes a GPA-direct packet with the range area `area`, deferred.
+    fn write_gpa_area(
+        &mut self,
+        transaction_id: u64,
+        completion_requested: bool,
+        area: &[u8],
+        payload: &[u8],
+    ) -> Result<(), RingError> {
+        self.writer.write_deferred(&OutgoingPacket {
+            packet_type: PacketType::DATA_USING_GPA_DIRECT,
+            flags: DescriptorFlags::new().with_completion_requested(completion_requested),
+            transaction_id,
+            header: &[area],
+            payload,
+        })
     }
 
     /// Writes a GPA-direct packet: `ranges` describe the data buffer in

@@ -36,8 +36,8 @@ mod signal;
 mod tests;
 
 pub use channel::{
-    Channel, ChannelError, GpaDirectRange, INLINE_PAYLOAD_LEN, INLINE_RANGES, OutgoingKind, Packet,
-    PacketKind, PacketRef,
+    Channel, ChannelError, GPA_DIRECT_INLINE_LEN, GpaDirectRange, INLINE_PAYLOAD_LEN,
+    INLINE_RANGES, OutgoingKind, Packet, PacketHead, PacketKind, PacketRef,
 };
 pub use ring::{
     OutgoingPacket, PacketHeader, Reservation, RingError, RingReader, RingRegion, RingWriter,

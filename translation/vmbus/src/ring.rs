@@ -10,6 +10,7 @@
 //! loaded (inside the data area, 8-byte aligned): a bad one is a
 //! [`RingError`] at its next load, never an out-of-bounds access.
 
+use alloc::vec::Vec;
 use core::fmt;
 use parastor_core::{GuestMemory, MemoryError};
 use parastor_hw::vmbus::{
@@ -194,19 +195,22 @@ impl<'a> RingMem<'a> {
 
 /// The bytes of several slices, one after another, copied out piece by
 /// piece (see [`RingMem::write_gather`]).
-struct Gather<'s, I> {
-    srcs: I,
+struct Gather<'s, 'p> {
+    srcs: &'p [&'s [u8]],
     /// What is left of the slice being copied.
     current: &'s [u8],
 }
 
-impl<'s, I: Iterator<Item = &'s [u8]>> Gather<'s, I> {
+impl Gather<'_, '_> {
     /// Fills `dst` with the next bytes (zeros once the slices run out).
     fn fill(&mut self, mut dst: &mut [u8]) {
         while !dst.is_empty() {
-            if self.current.is_empty() {
-                match self.srcs.next() {
-                    Some(next) => self.current = next,
+            while self.current.is_empty() {
+                match self.srcs.split_first() {
+                    Some((next, rest)) => {
+                        self.current = next;
+                        self.srcs = rest;
+                    }
                     None => {
                         dst.fill(0);
                         return;
@@ -288,12 +292,7 @@ impl<'a> RingMem<'a> {
     /// Copies the concatenation of `srcs` (`len` bytes, at most
     /// `data_size`) into the data area starting at `pos`: one guest-memory
     /// access, two at the wrap.
-    fn write_gather<'s>(
-        &self,
-        pos: u32,
-        len: usize,
-        srcs: impl Iterator<Item = &'s [u8]>,
-    ) -> Result<(), RingError> {
+    fn write_gather(&self, pos: u32, len: usize, srcs: &[&[u8]]) -> Result<(), RingError> {
         let mut gather = Gather { srcs, current: &[] };
         let first = len.min((self.data_size - pos) as usize);
         self.mem
@@ -844,16 +843,36 @@ impl<'a> RingWriter<'a> {
         // The packet goes into the ring straight from its pieces, in one
         // guest-memory access (two at the wrap).
         const ZEROS: [u8; 8] = [0; 8];
-        let pieces = [descriptor.as_bytes()]
-            .into_iter()
-            .chain(packet.header.iter().copied())
-            .chain([
-                ZEROS.get(..header_pad as usize).unwrap_or(&[]),
-                packet.payload,
-                ZEROS.get(..payload_pad as usize).unwrap_or(&[]),
-                trailer.as_bytes(),
-            ]);
-        self.ring.write_gather(old, total as usize, pieces)?;
+        let header_pad = ZEROS.get(..header_pad as usize).unwrap_or(&[]);
+        let payload_pad = ZEROS.get(..payload_pad as usize).unwrap_or(&[]);
+        match *packet.header {
+            // Packets with at most one header piece (all of them, in
+            // practice): the pieces in a small array.
+            [] | [_] => {
+                let header = packet.header.first().copied().unwrap_or(&[]);
+                let pieces = [
+                    descriptor.as_bytes(),
+                    header,
+                    header_pad,
+                    packet.payload,
+                    payload_pad,
+                    trailer.as_bytes(),
+                ];
+                self.ring.write_gather(old, total as usize, &pieces)?;
+            }
+            _ => {
+                let mut pieces = Vec::with_capacity(packet.header.len() + 5);
+                pieces.push(descriptor.as_bytes());
+                pieces.extend_from_slice(packet.header);
+                pieces.extend_from_slice(&[
+                    header_pad,
+                    packet.payload,
+                    payload_pad,
+                    trailer.as_bytes(),
+                ]);
+                self.ring.write_gather(old, total as usize, &pieces)?;
+            }
+        }
         self.write_index = self.ring.advance(old, total);
         Ok(())
     }

@@ -794,50 +794,34 @@ fn unsupported_packet_type_is_skipped() {
     assert_eq!(host.read_packet(), Ok(None));
 }
 
-/// xorshift64*: deterministic pseudo-random numbers without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
 #[test]
 fn hostile_ring_contents_never_panic_or_hang() {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = fastrand::Rng::with_seed(0x1234_5678_9abc_def1);
     let mut outcomes = [0usize; 4];
     for _ in 0..1500 {
         let rig = Rig::new();
         // Random data area, with plausible descriptors sprinkled in.
         for _ in 0..64 {
-            let pos = rng.below(u64::from(DATA)) & !7;
-            let bytes = if rng.below(2) == 0 {
+            let pos = rng.u64(..u64::from(DATA)) & !7;
+            let bytes = if rng.u64(..2) == 0 {
                 descriptor(
-                    [6, 9, 11, 7, rng.below(16) as u16][rng.below(5) as usize],
-                    rng.below(8) as u16,
-                    rng.below(64) as u16,
-                    rng.below(4) as u16,
-                    rng.next(),
+                    [6, 9, 11, 7, rng.u64(..16) as u16][rng.u64(..5) as usize],
+                    rng.u64(..8) as u16,
+                    rng.u64(..64) as u16,
+                    rng.u64(..4) as u16,
+                    rng.u64(..),
                 )
             } else {
-                rng.next().to_le_bytes().to_vec()
+                rng.u64(..).to_le_bytes().to_vec()
             };
             rig.raw(pos as u32, &bytes, 0);
         }
         // Random control pages, often with in-range aligned indices.
         for ring in [rig.incoming, rig.outgoing] {
             for field in [0u64, 4, 8, 12, 64] {
-                let v = match rng.below(8) {
-                    0 => rng.next() as u32,
-                    _ => (rng.below(u64::from(DATA)) as u32) & !7,
+                let v = match rng.u64(..8) {
+                    0 => rng.u64(..) as u32,
+                    _ => (rng.u64(..u64::from(DATA)) as u32) & !7,
                 };
                 rig.set_ctl(ring, field, v);
             }
@@ -866,13 +850,13 @@ fn hostile_ring_contents_never_panic_or_hang() {
                 Err(_) => {}
             }
             // The peer may move its index under us at any time.
-            if rng.below(8) == 0 {
-                rig.set_ctl(rig.incoming, 0, rng.next() as u32 & 0xff8);
+            if rng.u64(..8) == 0 {
+                rig.set_ctl(rig.incoming, 0, rng.u64(..) as u32 & 0xff8);
             }
         }
         // Writing against a hostile read index fails cleanly or succeeds.
         let _ = host.write_packet(OutgoingKind::Completion, 1, &[0; 100]);
-        let _ = host.reserve(rng.below(8000) as usize);
+        let _ = host.reserve(rng.u64(..8000) as usize);
     }
     // The loop exercised refused rings, parsed packets and broken rings.
     assert!(
@@ -1048,4 +1032,77 @@ fn deferred_writes_publish_once() {
         .unwrap();
     host.publish_writes().unwrap();
     assert_eq!(rig.guest_sig.count(), 2, "the guest has not read packet 7");
+}
+
+#[test]
+fn guest_deferred_requests_publish_once_and_describe_their_pages() {
+    // A ring large enough for a request spanning many pages.
+    let mem = RamGuestMemory::new(1 << 22);
+    let (incoming, outgoing) = init_ring_pair(&mem, BASE, 4 * RING).unwrap();
+    let (host_sig, guest_sig) = (Signal::new(), Signal::new());
+    let mut host = Channel::host(&mem, incoming, outgoing, &guest_sig).unwrap();
+    let mut guest = Channel::guest(&mem, incoming, outgoing, &host_sig).unwrap();
+    // Two ranges: one starting mid-page and crossing two page boundaries,
+    // one inside a single page; then one of 100 pages (the range area
+    // spills from the stack to the heap).
+    let buffer = [
+        GpaRange::new(0x40 * 4096 + 100, 8192),
+        GpaRange::new(0x90 * 4096 + 8, 16),
+    ];
+    guest
+        .write_gpa_direct_deferred(7, true, &buffer, b"request")
+        .unwrap();
+    let big = [GpaRange::new(0x100 * 4096, 100 * 4096)];
+    guest
+        .write_gpa_direct_deferred(8, false, &big, &[1; 64])
+        .unwrap();
+    guest
+        .write_packet_deferred(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            9,
+            b"control",
+        )
+        .unwrap();
+    assert_eq!(host.read_packet().unwrap(), None, "not yet published");
+    assert_eq!(host_sig.count(), 0);
+    guest.publish_writes().unwrap();
+    assert_eq!(host_sig.count(), 1, "one signal for the batch");
+    let p = host.read_packet().unwrap().unwrap();
+    assert_eq!((p.kind, p.transaction_id), (PacketKind::GpaDirect, 7));
+    assert!(p.completion_requested);
+    assert_eq!(p.ranges, buffer);
+    assert_eq!(p.payload, padded(b"request"));
+    let p = host.read_packet().unwrap().unwrap();
+    assert_eq!((p.kind, p.transaction_id), (PacketKind::GpaDirect, 8));
+    assert!(!p.completion_requested);
+    assert_eq!(p.ranges, big);
+    let p = host.read_packet().unwrap().unwrap();
+    assert_eq!((p.kind, p.transaction_id), (PacketKind::InBand, 9));
+    assert_eq!(p.payload, padded(b"control"));
+    // One range (the built-directly fast path up to 6 pages, the general
+    // one beyond): the host sees exactly the range.
+    for (i, pages) in [1u64, 4, 6, 7].into_iter().enumerate() {
+        let r = [GpaRange::new(0x200 * 4096 + 300, pages * 4096 - 600)];
+        guest
+            .write_gpa_direct_deferred(20 + i as u64, true, &r, &[7; 8])
+            .unwrap();
+        guest.publish_writes().unwrap();
+        let p = host.read_packet().unwrap().unwrap();
+        assert_eq!(
+            (p.transaction_id, p.ranges.as_slice()),
+            (20 + i as u64, &r[..])
+        );
+    }
+    // Ranges no packet can describe are refused before anything is
+    // written.
+    for bad in [GpaRange::new(0x1000, 0), GpaRange::new(u64::MAX - 10, 100)] {
+        assert!(matches!(
+            guest.write_gpa_direct_deferred(10, true, &[bad], &[]),
+            Err(RingError::TooLarge { .. })
+        ));
+    }
+    guest.publish_writes().unwrap();
+    assert_eq!(host.read_packet().unwrap(), None);
 }

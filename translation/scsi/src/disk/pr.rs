@@ -213,9 +213,14 @@ impl ScsiDisk {
         let list = data_out(data, 24)?;
         let (p, _) = PrOutParams::read_from_prefix(&list).map_err(|_| param_len_error())?;
         let (key, sa_key) = (p.key.get(), p.sa_key.get());
-        let aptpl = p.flags.aptpl();
-        // SPEC_I_PT and ALL_TG_PT are not supported (SIP_C = ATP_C = 0);
-        // APTPL only where the disk can persist.
+        // APTPL counts for the registrations only (SPC-4: the other service
+        // actions ignore it), and only where the disk can persist.
+        let registering = matches!(
+            service_action,
+            PrOutAction::REGISTER | PrOutAction::REGISTER_AND_IGNORE
+        );
+        let aptpl = registering && p.flags.aptpl();
+        // SPEC_I_PT and ALL_TG_PT are not supported (SIP_C = ATP_C = 0).
         if p.flags.spec_i_pt() || p.flags.all_tg_pt() || (aptpl && !caps.persist_through_power_loss)
         {
             return Err(invalid_param());

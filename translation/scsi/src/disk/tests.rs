@@ -1510,13 +1510,8 @@ fn execute_future_is_send() {
 #[test]
 fn hostile_cdbs_never_panic() {
     let e = env_with(DiskParams::default(), true);
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut next = || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    };
+    let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
+    let mut next = || rng.u64(..);
     let ops = [
         ScsiOp::READ6.get(),
         ScsiOp::WRITE6.get(),

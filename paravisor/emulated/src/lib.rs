@@ -1,0 +1,23 @@
+//! Both in-process ends of parastor's guest-facing devices, for tests,
+//! fuzzing, benchmarks and `parastor demo`.
+//!
+//! - [`storvsc`]: the emulated StorVSC — a guest's SCSI driver over a
+//!   StorVSP channel, with the wire behaviour of real guests
+//!   ([`Profile`]: current Linux, Linux before 5.19, Windows), a lean
+//!   batched path that allocates nothing per request, and a test API.
+//! - [`vm`]: the emulated VM around it — guest memory, ring pairs,
+//!   signals, the StorVSP controller — and [`InlineHost`], which runs the
+//!   StorVSP workers in the guest's thread.
+//!
+//! One guest model per protocol lives here, so that every test and the
+//! benchmark exercise the same, sourced, guest behaviour.
+//!
+//! [`Profile`]: storvsc::Profile
+//! [`InlineHost`]: vm::InlineHost
+#![forbid(unsafe_code)]
+
+pub mod storvsc;
+pub mod vm;
+
+pub use storvsc::{GuestConfig, Profile, Storvsc, StorvscError};
+pub use vm::{InlineHost, StorvspVm, VmConfig};
