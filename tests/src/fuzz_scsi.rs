@@ -232,14 +232,14 @@ fn reported_sense(desc: bool, data: &[u8]) -> Option<(u8, u8, u8)> {
 /// Checks the properties every result must have.
 fn check_result(r: &ScsiResult, len: usize, what: &dyn Fn() -> String) {
     assert!(r.tx <= len, "tx {} > buffer {len}: {r:?}\n{}", r.tx, what());
-    match r.status {
+    match r.status.get() {
         GOOD => assert!(r.sense.is_none(), "GOOD with sense: {r:?}\n{}", what()),
         CHECK_CONDITION | TASK_ABORTED => {
             let s = r.sense.unwrap_or_else(|| {
                 panic!("status {:#x} without sense: {r:?}\n{}", r.status, what())
             });
             assert!(
-                (1..=0xE).contains(&s.key),
+                (1..=0xE).contains(&s.key.get()),
                 "invalid sense key {:#x}: {r:?}\n{}",
                 s.key,
                 what()
@@ -250,7 +250,7 @@ fn check_result(r: &ScsiResult, len: usize, what: &dyn Fn() -> String) {
         }
         other => panic!("unexpected status {other:#x}: {r:?}\n{}", what()),
     }
-    if r.status != GOOD {
+    if r.status.get() != GOOD {
         assert_eq!(r.tx, 0, "failed command transferred: {r:?}\n{}", what());
     }
 }
@@ -362,12 +362,14 @@ pub fn scsi_cdb(data: &[u8]) {
             )
         };
         check_result(&r, len, &what);
-        match r.status {
+        match r.status.get() {
             // Sense delivered by autosense is not kept: NO SENSE is.
             CHECK_CONDITION => {
                 stored[who] = Some(match delivery {
                     SenseDelivery::Autosense => None,
-                    SenseDelivery::RequestSense => r.sense.map(|s| (s.key, s.asc, s.ascq)),
+                    SenseDelivery::RequestSense => r
+                        .sense
+                        .map(|s| (s.key.get(), s.additional.asc(), s.additional.ascq())),
                 })
             }
             GOOD if cdb.first() == Some(&0x03) => {
@@ -413,7 +415,7 @@ fn check_readback(
     buf.fill(0xA5);
     let r = block_on(scsi.execute(&cdb, buf.sg(true), initiator, SenseDelivery::RequestSense));
     assert!(
-        r.status == GOOD && r.tx == want.len(),
+        r.status.get() == GOOD && r.tx == want.len(),
         "READ(16) after a GOOD WRITE of {blocks} blocks at {lba}: {r:?}\n{}",
         what()
     );

@@ -62,9 +62,8 @@ use core::task::{Context, Waker};
 use parastor_core::{GuestMemory, InitiatorId, RamGuestMemory};
 use parastor_emulated::storvsc::{Data, Srb};
 use parastor_emulated::{GuestConfig, Profile, StorvspVm};
-use parastor_hw::storvsp::{
-    Operation, RequestSize, VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10,
-};
+use parastor_hw::storvsp::{Operation, RequestSize, Version};
+use parastor_hw::vmbus::{DescriptorFlags, PacketType, RingFeatures};
 use parastor_scsi::ScsiDvd;
 use parastor_scsi::{DiskParams, ScsiDisk};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
@@ -117,13 +116,13 @@ struct Header {
 }
 
 /// The versions a negotiation offers.
-const VERSIONS: [u16; 6] = [
-    VERSION_WIN6,
-    VERSION_WIN7,
-    VERSION_WIN8,
-    VERSION_BLUE,
-    VERSION_WIN10,
-    0x0101,
+const VERSIONS: [Version; 6] = [
+    Version::WIN6,
+    Version::WIN7,
+    Version::WIN8,
+    Version::BLUE,
+    Version::WIN10,
+    Version::new(0x0101),
 ];
 
 /// The SCSI address of a LUN: a small one (so requests hit it) unless the
@@ -234,7 +233,7 @@ fn send(rig: &Rig, channel: usize, tid: u64, op: Operation, payload: &[u8]) {
                 completion_requested: true,
             },
             tid,
-            &storvsp_packet(op as u32, 0, payload),
+            &storvsp_packet(op.get(), 0, payload),
         );
     }
 }
@@ -259,7 +258,7 @@ fn drain(rig: &Rig, channel: usize, max: usize) {
 /// goes.
 fn negotiate(rig: &Rig, w: &mut Workers<'_>, choice: u8, what: &dyn Fn() -> String) {
     let version = VERSIONS[usize::from(choice & 7) % VERSIONS.len()];
-    let size = if version >= VERSION_WIN8 {
+    let size = if version >= Version::WIN8 {
         RequestSize::Win8
     } else {
         RequestSize::PreWin8
@@ -272,29 +271,29 @@ fn negotiate(rig: &Rig, w: &mut Workers<'_>, choice: u8, what: &dyn Fn() -> Stri
         w.pump(what);
         drain(rig, 0, 4);
     };
-    step(1, Operation::BeginInitialization, &zeros[..0x24], w);
-    let mut v = version.to_le_bytes().to_vec();
+    step(1, Operation::BEGIN_INITIALIZATION, &zeros[..0x24], w);
+    let mut v = version.get().to_le_bytes().to_vec();
     v.resize(0x24, 0);
-    step(2, Operation::QueryProtocolVersion, &v, w);
+    step(2, Operation::QUERY_PROTOCOL_VERSION, &v, w);
     step(
         3,
-        Operation::QueryProperties,
+        Operation::QUERY_PROPERTIES,
         &zeros[..size.request_len()],
         w,
     );
     let mut create = vec![0u8; size.request_len()];
     create[..2].copy_from_slice(&u16::from(sub).to_le_bytes());
     if sub > 0 && sub_before_end {
-        step(4, Operation::CreateSubChannels, &create, w);
+        step(4, Operation::CREATE_SUB_CHANNELS, &create, w);
     }
     step(
         5,
-        Operation::EndInitialization,
+        Operation::END_INITIALIZATION,
         &zeros[..size.request_len()],
         w,
     );
     if sub > 0 && !sub_before_end {
-        step(6, Operation::CreateSubChannels, &create, w);
+        step(6, Operation::CREATE_SUB_CHANNELS, &create, w);
     }
 }
 
@@ -409,8 +408,8 @@ pub fn storvsp(data: &[u8]) {
     for &gpa in &RINGS[..channels] {
         let incoming = RingRegion::new(gpa, in_size);
         let outgoing = RingRegion::new(gpa + in_size, out_size);
-        init_ring(&mem, incoming, 0).expect("ring layout");
-        init_ring(&mem, outgoing, 0).expect("ring layout");
+        init_ring(&mem, incoming, RingFeatures::new()).expect("ring layout");
+        init_ring(&mem, outgoing, RingFeatures::new()).expect("ring layout");
         rings.push((incoming, outgoing));
     }
     let rig = Rig {
@@ -522,8 +521,8 @@ fn run_action<'a>(
             let (incoming, _) = rig.rings[channel];
             if let Ok(mut writer) = RingWriter::new(&rig.mem, incoming) {
                 let _ = writer.write(&OutgoingPacket {
-                    packet_type,
-                    flags: pflags,
+                    packet_type: PacketType::new(packet_type),
+                    flags: DescriptorFlags::from_bits(pflags.into()),
                     transaction_id: tid,
                     header: &[&header],
                     payload,
@@ -539,7 +538,7 @@ fn run_action<'a>(
             let bytes = if flags & 4 != 0 {
                 body.to_vec()
             } else {
-                storvsp_packet(Operation::ExecuteSrb as u32, 0, body)
+                storvsp_packet(Operation::EXECUTE_SRB.get(), 0, body)
             };
             send_gpa_direct(rig, channel, tid, flags & 8 == 0, &r, &bytes);
         }
@@ -587,8 +586,8 @@ fn run_action<'a>(
                 rig.controller.reset();
             }
             let (inc, out) = rig.rings[channel];
-            init_ring(&rig.mem, inc, 0).expect("ring layout");
-            init_ring(&rig.mem, out, 0).expect("ring layout");
+            init_ring(&rig.mem, inc, RingFeatures::new()).expect("ring layout");
+            init_ring(&rig.mem, out, RingFeatures::new()).expect("ring layout");
             w.channels[channel] = rig.host(channel);
         }
     }
@@ -633,7 +632,7 @@ fn srb(rig: &Rig, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     } else {
         RequestSize::Win8
     };
-    let bytes = storvsp_packet(Operation::ExecuteSrb as u32, 0, &r[..size.request_len()]);
+    let bytes = storvsp_packet(Operation::EXECUTE_SRB.get(), 0, &r[..size.request_len()]);
     let tid = u64::from(s.tid);
     let completion_requested = s.flags & 0x40 == 0;
     if s.flags & 0x20 != 0 {

@@ -48,14 +48,19 @@ fn pr_in(scsi: &ScsiDisk, service_action: u8) -> Vec<u8> {
     let cdb = [PR_IN, service_action, 0, 0, 0, 0, 0, 1, 0, 0];
     let buf = TestBuf::contiguous(256);
     let r = block_on(scsi.execute(&cdb, buf.sg(true), A, SenseDelivery::RequestSense));
-    assert_eq!(r.status, GOOD, "PR IN {service_action}: {:?}", r.sense);
+    assert_eq!(
+        r.status.get(),
+        GOOD,
+        "PR IN {service_action}: {:?}",
+        r.sense
+    );
     buf.contents()[..r.tx].to_vec()
 }
 
 fn sense(r: &ScsiResult) -> (u8, u8, u8) {
-    assert_eq!(r.status, CHECK_CONDITION);
+    assert_eq!(r.status.get(), CHECK_CONDITION);
     let s = r.sense.as_ref().expect("sense with CHECK CONDITION");
-    (s.key, s.asc, s.ascq)
+    (s.key.get(), s.additional.asc(), s.additional.ascq())
 }
 
 /// PRgeneration and the registered keys (READ KEYS).
@@ -94,7 +99,7 @@ fn register_with_aptpl_is_refused_and_changes_nothing() {
     );
 
     // With APTPL = 0 the same registration works, and PTPL_A stays 0.
-    assert_eq!(pr_out(&scsi, A, 0x00, 0, KA, false).status, GOOD);
+    assert_eq!(pr_out(&scsi, A, 0x00, 0, KA, false).status.get(), GOOD);
     assert_eq!(keys(&scsi), (1, vec![KA]));
     assert_eq!(pr_in(&scsi, 2)[3] & 0x01, 0);
 
@@ -104,7 +109,7 @@ fn register_with_aptpl_is_refused_and_changes_nothing() {
     assert_eq!(keys(&scsi), (1, vec![KA]));
 
     // RESERVE ignores APTPL (SPC-4: valid only for the registrations).
-    assert_eq!(pr_out(&scsi, A, 0x01, KA, 0, true).status, GOOD);
+    assert_eq!(pr_out(&scsi, A, 0x01, KA, 0, true).status.get(), GOOD);
     let d = pr_in(&scsi, 1);
     assert_eq!(
         u32::from_be_bytes(d[4..8].try_into().unwrap()),
@@ -116,8 +121,8 @@ fn register_with_aptpl_is_refused_and_changes_nothing() {
 #[test]
 fn register_and_move_with_aptpl_is_refused() {
     let scsi = scsi();
-    assert_eq!(pr_out(&scsi, A, 0x00, 0, KA, false).status, GOOD);
-    assert_eq!(pr_out(&scsi, A, 0x01, KA, 0, false).status, GOOD);
+    assert_eq!(pr_out(&scsi, A, 0x00, 0, KA, false).status.get(), GOOD);
+    assert_eq!(pr_out(&scsi, A, 0x01, KA, 0, false).status.get(), GOOD);
     let mut p = vec![0u8; 24 + 24];
     p[0..8].copy_from_slice(&KA.to_be_bytes());
     p[8..16].copy_from_slice(&0xBBBBu64.to_be_bytes());
@@ -135,6 +140,6 @@ fn register_and_move_with_aptpl_is_refused() {
     p[17] = 0;
     let buf = TestBuf::from_data(&p, &Layout::contiguous());
     let r = block_on(scsi.execute(&cdb, buf.sg(false), A, SenseDelivery::RequestSense));
-    assert_eq!(r.status, GOOD, "{:?}", r.sense);
+    assert_eq!(r.status.get(), GOOD, "{:?}", r.sense);
     assert_eq!(keys(&scsi), (2, vec![KA, 0xBBBB]));
 }

@@ -2,16 +2,19 @@
 //! data, VPD page framing and the T10 vendor ID designator.
 
 use alloc::vec::Vec;
-use parastor_hw::scsi::{DesignatorHeader, InquiryData, VpdHeader};
+use parastor_hw::scsi::{
+    CodeSet, DesignatorCodeSet, DesignatorHeader, DesignatorKind, DesignatorType, InquiryData,
+    Peripheral, PeripheralDeviceType, VpdHeader, VpdPage,
+};
 use zerocopy::IntoBytes;
 
 /// VPD page `page` of a device of type `device_type`: its header, then
 /// `body`.
-pub(crate) fn vpd_page(device_type: u8, page: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn vpd_page(device_type: PeripheralDeviceType, page: VpdPage, body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(size_of::<VpdHeader>() + body.len());
     v.extend_from_slice(
         VpdHeader {
-            device_type,
+            peripheral: Peripheral::new().with_device_type(device_type),
             page,
             len: (body.len() as u16).into(),
         }
@@ -50,8 +53,8 @@ pub(crate) fn standard_inquiry(
 pub(crate) fn push_t10_designator(body: &mut Vec<u8>, vendor: &[u8; 8], id: &[u8; 16]) {
     body.extend_from_slice(
         DesignatorHeader {
-            code_set: 1,
-            kind: 1,
+            code_set: DesignatorCodeSet::new().with_code_set(CodeSet::BINARY),
+            kind: DesignatorKind::new().with_designator_type(DesignatorType::T10_VENDOR_ID),
             reserved: 0,
             len: 24,
         }

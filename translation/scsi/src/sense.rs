@@ -15,7 +15,7 @@ use crate::data::data_in;
 use crate::result::{Res, ScsiResult};
 use alloc::vec::Vec;
 use parastor_core::{InitiatorId, SgList};
-use parastor_hw::scsi::{DESCRIPTOR_SENSE_MAX, SenseData, status};
+use parastor_hw::scsi::{DESCRIPTOR_SENSE_MAX, ScsiStatus, SenseData};
 use spin::Mutex;
 use zerocopy::IntoBytes;
 
@@ -97,7 +97,7 @@ impl SenseTable {
             Ok(tx) => ScsiResult::good(tx),
             Err(r) => r,
         };
-        if result.status == status::CHECK_CONDITION {
+        if result.status == ScsiStatus::CHECK_CONDITION {
             match (delivery, result.sense) {
                 (SenseDelivery::RequestSense, Some(sense)) => self.store(initiator, sense),
                 (SenseDelivery::RequestSense, None) => {}
@@ -131,10 +131,10 @@ pub(crate) fn request_sense(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parastor_hw::scsi::sense_key;
+    use parastor_hw::scsi::AdditionalSense;
 
     fn sense(n: u8) -> SenseData {
-        SenseData::new(sense_key::ILLEGAL_REQUEST, n, 0)
+        SenseData::illegal(AdditionalSense::from_parts(n, 0))
     }
 
     fn id(n: usize) -> InitiatorId {

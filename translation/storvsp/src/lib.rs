@@ -39,7 +39,7 @@
 //! [`ScsiDisk`]: parastor_scsi::ScsiDisk
 //! [`ScsiDvd`]: parastor_scsi::ScsiDvd
 //! [`SenseDelivery::Autosense`]: parastor_scsi::SenseDelivery::Autosense
-//! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CreateSubChannels
+//! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CREATE_SUB_CHANNELS
 //!
 //! Queue depth: a channel takes a packet only after reserving ring space for
 //! its completion, and holds at most [`ControllerConfig::io_queue_depth`]
@@ -304,7 +304,7 @@ impl From<RingError> for StorvspError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Protocol {
     state: NegotiationState,
-    version: Option<u16>,
+    version: Option<hw::Version>,
     /// Sub-channels the guest asked for (`None`: not asked yet).
     sub_channels: Option<u16>,
 }
@@ -324,7 +324,7 @@ impl Protocol {
     fn pack(self) -> u64 {
         let mut w = self.state as u64;
         if let Some(v) = self.version {
-            w |= Self::VERSION_SET | u64::from(v) << 16;
+            w |= Self::VERSION_SET | u64::from(v.get()) << 16;
         }
         if let Some(n) = self.sub_channels {
             w |= Self::SUB_CHANNELS_SET | u64::from(n) << 32;
@@ -343,7 +343,7 @@ impl Protocol {
         };
         Self {
             state,
-            version: (w & Self::VERSION_SET != 0).then_some((w >> 16) as u16),
+            version: (w & Self::VERSION_SET != 0).then_some(hw::Version::new((w >> 16) as u16)),
             sub_channels: (w & Self::SUB_CHANNELS_SET != 0).then_some((w >> 32) as u16),
         }
     }
@@ -491,7 +491,7 @@ impl Controller {
     }
 
     /// The negotiated protocol version, once settled.
-    pub fn version(&self) -> Option<u16> {
+    pub fn version(&self) -> Option<hw::Version> {
         self.protocol().version
     }
 
@@ -567,11 +567,11 @@ impl Controller {
     }
 
     /// The `QUERY_PROPERTIES` answer for a channel negotiated at `version`.
-    fn properties(&self, version: u16) -> hw::ChannelProperties {
+    fn properties(&self, version: hw::Version) -> hw::ChannelProperties {
         let mut p = <hw::ChannelProperties as zerocopy::FromZeros>::new_zeroed();
         p.max_transfer_bytes = self.config.max_transfer_bytes.into();
-        if version >= hw::VERSION_WIN8 && self.config.max_sub_channels > 0 {
-            p.flags = hw::CHANNEL_PROPERTY_MULTI_CHANNEL.into();
+        if version >= hw::Version::WIN8 && self.config.max_sub_channels > 0 {
+            p.flags = hw::ChannelFlags::new().with_multi_channel(true);
             p.maximum_sub_channel_count = self.config.max_sub_channels.into();
         }
         p

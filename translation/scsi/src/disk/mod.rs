@@ -41,8 +41,9 @@ use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList, UnmapBehavior};
 use parastor_hw::scsi::{
-    Command, LbaStatusDescriptor, LbaStatusHeader, ReadCapacity16Data, SenseData, Transfer,
-    UnmapDescriptor, UnmapHeader, asc, parse_cdb, sense_key,
+    AdditionalSense, CapacityExponents, CapacityProvisioning, Command, LbaStatusDescriptor,
+    LbaStatusHeader, ReadCapacity16Data, SenseData, SenseKey, Transfer, UnmapDescriptor,
+    UnmapHeader, parse_cdb,
 };
 use zerocopy::FromBytes;
 use zerocopy::IntoBytes;
@@ -121,9 +122,8 @@ impl Default for DiskParams {
 }
 fn unit_attention() -> SenseData {
     SenseData::new(
-        sense_key::UNIT_ATTENTION,
-        asc::PARAMETERS_CHANGED,
-        asc::ASCQ_CAPACITY_DATA_CHANGED,
+        SenseKey::UNIT_ATTENTION,
+        AdditionalSense::CAPACITY_DATA_CHANGED,
     )
 }
 
@@ -698,7 +698,7 @@ impl ScsiDisk {
         opts: IoOptions,
     ) -> Res {
         if !self.unmap {
-            return Err(illegal(asc::INVALID_COMMAND, 0));
+            return Err(illegal(AdditionalSense::INVALID_COMMAND));
         }
         if anchor {
             // ANC_SUP is not reported.
@@ -779,18 +779,13 @@ impl ScsiDisk {
         let ss = self.disk.sector_size();
         let phys = self.disk.physical_sector_size().max(ss);
         let exp = (phys / ss).trailing_zeros().min(15) as u8;
-        let mut lbp = 0;
-        if self.unmap {
-            lbp |= 0x80;
-            if self.disk.unmap_behavior() == UnmapBehavior::Zeroes {
-                lbp |= 0x40;
-            }
-        }
         let d = ReadCapacity16Data {
             last_lba: self.capacity().saturating_sub(1).into(),
             block_len: ss.into(),
-            exponents: exp,
-            lbp_aligned_hi: lbp,
+            exponents: CapacityExponents::new().with_lb_per_pb(exp),
+            provisioning: CapacityProvisioning::new()
+                .with_lbpme(self.unmap)
+                .with_lbprz(self.unmap && self.disk.unmap_behavior() == UnmapBehavior::Zeroes),
             ..Default::default()
         };
         data_in(data, d.as_bytes(), alloc_len)
@@ -845,9 +840,10 @@ fn first_mismatch(a: &[u8], b: &[u8]) -> Option<usize> {
 /// MISCOMPARE sense with the offset of the first differing byte.
 fn miscompare(offset: usize) -> ScsiResult {
     ScsiResult::check(SenseData {
-        key: sense_key::MISCOMPARE,
-        asc: asc::MISCOMPARE_DURING_VERIFY,
-        ascq: 0,
         information: Some(offset as u64),
+        ..SenseData::new(
+            SenseKey::MISCOMPARE,
+            AdditionalSense::MISCOMPARE_DURING_VERIFY,
+        )
     })
 }
