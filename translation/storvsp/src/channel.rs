@@ -9,7 +9,7 @@ use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
-use parastor_core::{DiskError, GpaRange, IoError, IoErrorKind, SgList};
+use parastor_core::{DiskError, GpaRange, SgList};
 use parastor_hw::scsi::{
     AdditionalSense, CdbError, InquiryCdb, InquiryData, InquiryFlags3, Peripheral,
     PeripheralDeviceType, PeripheralQualifier, ReportLuns, ScsiOp, ScsiStatus, SenseData,
@@ -656,23 +656,10 @@ impl<'a> StorvspChannel<'a> {
         let Some(disk) = cached_lun(&self.controller, &mut self.last_lun, path) else {
             return Ok(missing_lun(cdb, mem, ranges, len));
         };
-        if disk.completes_inline() {
-            // The common case (RAM disks and compositions of them): run the
-            // command in place, with no allocation. The disk promised to
-            // finish on the first poll; if it breaks that promise the
-            // command fails as a device error (as a composite's `drive!`
-            // does) instead of hanging the channel.
-            if let Some(r) = disk.execute_now(cdb, &sg, initiator, delivery) {
-                // READ / WRITE: no future at all.
-                return Ok(SrbAnswer::Scsi(r));
-            }
-            let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator, delivery));
-            return Ok(SrbAnswer::Scsi(match fut.as_mut().poll(cx) {
-                Poll::Ready(r) => r,
-                Poll::Pending => {
-                    disk_error_result(&DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0)))
-                }
-            }));
+        // The common case (RAM disks and compositions of them): the command
+        // runs in place, with no allocation.
+        if let Some(r) = disk.run_now(cdb, &sg, initiator, delivery) {
+            return Ok(SrbAnswer::Scsi(r));
         }
         let disk = disk.clone();
         // A disk that really waits: the command runs as a boxed future
@@ -768,12 +755,23 @@ fn cached_lun<'l>(
 /// a sense buffer; otherwise only through REQUEST SENSE. This is the rule
 /// [`srb_completion`] applies when it fills the completion's sense.
 pub(crate) fn sense_delivery(request: &ScsiRequest, size: RequestSize) -> SenseDelivery {
-    let enabled = size == RequestSize::PreWin8 || !request.srb_flags.disable_autosense();
-    let room = usize::from(request.sense_info_ex_length).min(size.sense_buffer_len());
-    if enabled && room > 0 {
+    if autosense_room(request, size) > 0 {
         SenseDelivery::Autosense
     } else {
         SenseDelivery::RequestSense
+    }
+}
+
+/// How many sense bytes the completion of `request` carries: none when
+/// the guest disabled autosense (a Win8+ flag) or gave no sense buffer,
+/// else its buffer, capped by the protocol's. The one rule both
+/// [`sense_delivery`] and [`srb_completion`] follow.
+fn autosense_room(request: &ScsiRequest, size: RequestSize) -> usize {
+    let enabled = size == RequestSize::PreWin8 || !request.srb_flags.disable_autosense();
+    if enabled {
+        usize::from(request.sense_info_ex_length).min(size.sense_buffer_len())
+    } else {
+        0
     }
 }
 
@@ -899,9 +897,8 @@ pub(crate) fn srb_completion(
             } else {
                 SrbStatus::ERROR
             });
-            let autosense = size == RequestSize::PreWin8 || !request.srb_flags.disable_autosense();
-            if let Some(sense) = r.sense.filter(|_| autosense) {
-                let cap = usize::from(request.sense_info_ex_length).min(size.sense_buffer_len());
+            let cap = autosense_room(request, size);
+            if let Some(sense) = r.sense.filter(|_| cap > 0) {
                 let fixed = sense.to_fixed();
                 let bytes = fixed.as_bytes();
                 let n = cap.min(bytes.len());

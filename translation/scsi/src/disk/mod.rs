@@ -238,9 +238,19 @@ impl ScsiDisk {
         initiator: InitiatorId,
         delivery: SenseDelivery,
     ) -> Option<ScsiResult> {
-        if !self.disk.completes_inline() {
-            return None;
-        }
+        self.disk
+            .run_now(|_| self.read_write_now(cdb, data, initiator, delivery))
+            .flatten()
+    }
+
+    /// [`ScsiDisk::execute_now`] on a disk known to complete inline.
+    fn read_write_now(
+        &self,
+        cdb: &[u8],
+        data: &SgList<'_>,
+        initiator: InitiatorId,
+        delivery: SenseDelivery,
+    ) -> Option<ScsiResult> {
         let (t, write) = match parse_cdb(cdb) {
             Ok(Command::Read(t)) => (t, false),
             Ok(Command::Write(t)) => (t, true),
@@ -480,9 +490,12 @@ impl ScsiDisk {
         } else {
             None
         };
-        if self.disk.completes_inline() {
-            // No future to build and move.
-            return self.transfer_inline(buf, t, write, opts);
+        // On a disk that completes inline: no future to build and move.
+        if let Some(done) = self
+            .disk
+            .run_now(|_| self.transfer_inline(buf, t, write, opts))
+        {
+            return done;
         }
         let bytes = buf.len();
         if write {
