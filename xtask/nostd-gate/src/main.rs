@@ -149,12 +149,7 @@ fn check() -> Result<(), Failure> {
     let tur = [0u8; 6];
     let no_data = SgList::new(&memory, &[], false).map_err(|_| Failure::Scsi)?;
     let good = {
-        let run = pin!(scsi.execute(
-            &tur,
-            no_data,
-            InitiatorId::new(1),
-            SenseDelivery::Autosense
-        ));
+        let run = pin!(scsi.execute(&tur, no_data, InitiatorId::new(1), SenseDelivery::Autosense));
         matches!(
             run.poll(&mut Context::from_waker(Waker::noop())),
             Poll::Ready(r) if r.status == ScsiStatus::GOOD
