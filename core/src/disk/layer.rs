@@ -298,6 +298,7 @@ mod tests {
     use crate::delay::{DelayDisk, DelayHandle, Timer};
     use crate::disk::BoxFuture;
     use crate::memory::{GuestMemory, RamGuestMemory};
+    use crate::prwrap::ReservationsDisk;
     use crate::ram::RamDisk;
     use crate::sg::GpaRange;
     use crate::striped::StripedDisk;
@@ -334,7 +335,8 @@ mod tests {
 
     /// Every disk is a layer: one with its own layer side (RAM) marks what
     /// it holds; a plain disk (striped) marks everything and is no read
-    /// cache; a decorator (delay) passes its inner disk's layer side on.
+    /// cache; a decorator (delay, reservations) passes its inner disk's
+    /// layer side on.
     #[test]
     fn every_disk_is_a_layer() {
         let mem = RamGuestMemory::new(1 << 16);
@@ -368,6 +370,15 @@ mod tests {
         mem.fill(0, 512, 0x5a).unwrap();
         block_on(delayed.write_no_overwrite(sg, 4)).unwrap();
         want[4] = true;
+        assert_eq!(present(&sparse, &mem, true), want);
+
+        // Reservations pass presence through too, inline and not.
+        let reserved = Disk::new(ReservationsDisk::new(sparse.clone())).unwrap();
+        assert_eq!(present(&reserved, &mem, true), want);
+        assert_eq!(present(&reserved, &mem, false), want);
+        assert!(reserved.supports_write_no_overwrite());
+        block_on(reserved.write_no_overwrite(sg, 5)).unwrap();
+        want[5] = true;
         assert_eq!(present(&sparse, &mem, true), want);
     }
 
