@@ -6,7 +6,8 @@
 //! - [`model`]: the reference model of a disk's contents.
 //! - [`checker`]: runs operations against a disk and the model in step.
 //! - [`buf`]: guest buffers (multi-range, unaligned) and blocking helpers.
-//! - [`doubles`]: a disk wrapper that fails, records, hooks and yields.
+//! - [`doubles`]: a disk wrapper that fails, records, hooks and yields, and
+//!   a disk with a volatile write cache that a power cut empties.
 //! - [`stacks`]: builders for RAM, file, layered and striped stacks.
 //! - [`fuzz_disk`]: the `disk_ops` fuzz harness.
 //! - [`fuzz_scsi`]: the `scsi_cdb` fuzz harness (SCSI adapter).

@@ -856,8 +856,20 @@ fn attach_slow(vm: &StorvspVm, lun: u8, timer: Arc<dyn Timer>) {
 }
 
 /// Every packet waiting on channel 0, in order.
-fn drain(g: &mut Guest<'_>) -> Vec<Reply> {
-    std::iter::from_fn(|| g.recv(0).unwrap()).collect()
+/// Receives every completion waiting on channel 0, checks that each
+/// succeeded, and returns their transaction ids in order.
+fn drain_successes(g: &mut Guest<'_>) -> Vec<u64> {
+    let mut tids: Vec<u64> = std::iter::from_fn(|| g.recv(0).unwrap())
+        .map(|r| {
+            assert_eq!(
+                r.srb().srb_status,
+                SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+            );
+            r.transaction_id
+        })
+        .collect();
+    tids.sort();
+    tids
 }
 
 #[test]
@@ -885,18 +897,7 @@ fn queue_depth_limits_requests_in_flight() {
     gate.store(true, Ordering::Release);
     g.host_mut().process().unwrap();
     assert_eq!(g.host().in_flight(), 0);
-    let mut tids: Vec<u64> = drain(&mut g)
-        .into_iter()
-        .map(|r| {
-            assert_eq!(
-                r.srb().srb_status,
-                SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-            );
-            r.transaction_id
-        })
-        .collect();
-    tids.sort();
-    assert_eq!(tids, [101, 102, 103, 104, 105]);
+    assert_eq!(drain_successes(&mut g), [101, 102, 103, 104, 105]);
     assert_eq!(g.outstanding(), 0);
 }
 
@@ -1434,18 +1435,7 @@ fn poll_mode_masks_guest_signals_while_io_is_outstanding() {
     assert_eq!(g.host().in_flight(), 0);
     assert!(!g.host().poll_mode());
     assert_eq!(interrupt_mask(&vm), 0);
-    let mut tids: Vec<u64> = drain(&mut g)
-        .into_iter()
-        .map(|r| {
-            assert_eq!(
-                r.srb().srb_status,
-                SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-            );
-            r.transaction_id
-        })
-        .collect();
-    tids.sort();
-    assert_eq!(tids, [2, 3, 4]);
+    assert_eq!(drain_successes(&mut g), [2, 3, 4]);
     // Unmasked: the guest signals again.
     let before = signals();
     send_read(&mut g, 4);

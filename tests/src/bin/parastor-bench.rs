@@ -1016,7 +1016,7 @@ mod storvsp {
                 let mut addr = Addresses::new(row.pattern, bytes);
                 let data = vec![0x5au8; bytes];
                 cases.push(Case {
-                    name: "storvsc.rs-test-driver",
+                    name: "emulated-test-api",
                     op: Box::new(move |_| {
                         let lba = addr.next() as u32;
                         let mut cdb = [0u8; 10];

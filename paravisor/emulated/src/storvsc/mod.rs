@@ -1007,25 +1007,14 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         let notification = op == Operation::ENUMERATE_BUS || op == Operation::REMOVE_DEVICE;
         match kind {
             PacketKind::GpaDirect => Err(reject(Rejection::UnexpectedPacketType)),
-            // Unsolicited: a bus change makes the driver rescan; anything
-            // else is ignored.
-            PacketKind::InBand => {
-                if notification {
-                    self.enumerations += 1;
-                    self.rescan_pending = true;
-                }
-                Ok(Route::Notification)
+            // Transaction id 0, in band or as a completion (Linux looks only
+            // at the id): a completion or FC data without a request is
+            // dropped as invalid; otherwise a bus change makes the driver
+            // rescan and anything else is ignored.
+            _ if tid == 0 && (op == Operation::COMPLETE_IO || op == Operation::FC_HBA_DATA) => {
+                Err(reject(Rejection::ZeroTransactionId))
             }
-            PacketKind::Completion if tid == 0 => {
-                if notification {
-                    self.enumerations += 1;
-                    self.rescan_pending = true;
-                    Ok(Route::Notification)
-                } else {
-                    Err(reject(Rejection::ZeroTransactionId))
-                }
-            }
-            PacketKind::Completion => {
+            PacketKind::Completion if tid != 0 => {
                 if op != Operation::COMPLETE_IO {
                     return Err(reject(Rejection::NotCompleteIo { operation: op }));
                 }
@@ -1045,6 +1034,14 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
                 self.slots[usize::from(tag)] = Slot::Free;
                 self.outstanding -= 1;
                 Ok(Route::Srb(tag))
+            }
+            // Unsolicited (in band, or a completion with id 0).
+            PacketKind::InBand | PacketKind::Completion => {
+                if notification {
+                    self.enumerations += 1;
+                    self.rescan_pending = true;
+                }
+                Ok(Route::Notification)
             }
         }
     }

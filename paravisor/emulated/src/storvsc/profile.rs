@@ -90,8 +90,9 @@ pub enum Rejection {
         /// The size expected.
         expected: usize,
     },
-    /// A completion with transaction id 0 (Linux: "Invalid packet with ID
-    /// of 0").
+    /// A `COMPLETE_IO` or `FC_HBA_DATA` packet with transaction id 0, in
+    /// band or as a completion (Linux: "Invalid packet with ID of 0"). Other
+    /// operations with id 0 are unsolicited and accepted.
     ZeroTransactionId,
     /// A completion for no request the driver has outstanding (Linux:
     /// "Incorrect transaction ID").
@@ -117,7 +118,9 @@ impl fmt::Display for Rejection {
                     "{len}-byte packet, the driver expects exactly {expected}"
                 )
             }
-            Self::ZeroTransactionId => write!(f, "completion with transaction id 0"),
+            Self::ZeroTransactionId => {
+                write!(f, "COMPLETE_IO or FC_HBA_DATA with transaction id 0")
+            }
             Self::UnknownTransaction => write!(f, "completion for no outstanding request"),
             Self::NotCompleteIo { operation } => {
                 write!(

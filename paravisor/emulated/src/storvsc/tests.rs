@@ -311,6 +311,42 @@ fn completions_for_unknown_or_zero_transactions_are_rejected() {
     assert_eq!(g.enumerations(), 1);
 }
 
+/// Linux decides by the transaction id, not the packet type: id 0 with
+/// `COMPLETE_IO` is invalid even in band, and id 0 with any other operation
+/// is unsolicited, so a completion carrying one is ignored, not rejected.
+#[test]
+fn transaction_id_zero_is_judged_by_operation() {
+    let vm = vm(0);
+    let mut g = vm.guest(GuestConfig::new(Profile::LinuxCurrent)).unwrap();
+    g.negotiate().unwrap();
+    let mut host = vm.host_channel(0).unwrap();
+    let packet = |op| {
+        let mut p = PacketHeader::new(op, PacketFlags::new(), NtStatus::SUCCESS)
+            .as_bytes()
+            .to_vec();
+        p.resize(0x40, 0);
+        p
+    };
+    let in_band = OutgoingKind::InBand {
+        completion_requested: false,
+    };
+    host.write_packet(in_band, 0, &packet(Operation::COMPLETE_IO))
+        .unwrap();
+    assert_eq!(
+        g.recv(0).unwrap_err().rejection(),
+        Some(Rejection::ZeroTransactionId)
+    );
+    host.write_packet(
+        OutgoingKind::Completion,
+        0,
+        &packet(Operation::QUERY_PROPERTIES),
+    )
+    .unwrap();
+    let r = g.recv(0).unwrap().unwrap();
+    assert_eq!(r.operation(), Operation::QUERY_PROPERTIES);
+    assert_eq!(g.enumerations(), 0);
+}
+
 #[test]
 fn lean_path_round_trip_on_every_channel() {
     for profile in Profile::ALL {
