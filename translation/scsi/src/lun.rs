@@ -42,7 +42,11 @@ impl Lun {
     /// disk through [`ScsiDisk::execute_now`], anything else by polling
     /// [`Lun::execute`] once. A device that breaks its promise fails the
     /// command as a device error instead of hanging the transport. `None`,
-    /// with nothing done, when the device may wait: run [`Lun::execute`].
+    /// with nothing done, when the command may wait: the device does not
+    /// complete inline, or the command may wait for an LBA range lock held
+    /// by another thread (a WRITE that `execute_now` could not lock; WRITE
+    /// SAME, WRITE AND VERIFY, UNMAP and COMPARE AND WRITE always) — run
+    /// [`Lun::execute`].
     ///
     /// The inline decision is core's one [`if_inline`]; transports call
     /// this rather than deciding themselves.
@@ -60,10 +64,18 @@ impl Lun {
                 .unwrap_or_else(|e| disk_error_result(&e))
         };
         match self {
-            Lun::Disk(d) => d.disk().run_now(|_| {
-                d.execute_now(cdb, data, initiator, delivery)
-                    .unwrap_or_else(whole)
-            }),
+            Lun::Disk(d) => d
+                .disk()
+                .run_now(|_| match d.execute_now(cdb, data, initiator, delivery) {
+                    Some(done) => Some(done),
+                    // A command that takes an LBA range lock may have to
+                    // wait for another holder (another channel's thread)
+                    // even on an inline disk: it runs as a future that can
+                    // wait, never as a broken promise.
+                    None if d.locks_ranges(cdb) => None,
+                    None => Some(whole()),
+                })
+                .flatten(),
             Lun::Dvd(d) => if_inline(d.media().is_none_or(|m| m.completes_inline()), whole),
         }
     }

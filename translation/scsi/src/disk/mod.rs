@@ -243,6 +243,20 @@ impl ScsiDisk {
             .flatten()
     }
 
+    /// Whether `cdb` takes an LBA range lock (see the crate's range lock),
+    /// so it may wait for another holder even on a disk that completes
+    /// inline.
+    pub(crate) fn locks_ranges(&self, cdb: &[u8]) -> bool {
+        matches!(
+            parse_cdb(cdb),
+            Ok(Command::Write(_)
+                | Command::WriteSame { .. }
+                | Command::WriteAndVerify { .. }
+                | Command::Unmap { .. }
+                | Command::CompareAndWrite(_))
+        )
+    }
+
     /// [`ScsiDisk::execute_now`] on a disk known to complete inline.
     fn read_write_now(
         &self,

@@ -2121,3 +2121,43 @@ fn verify_stages_its_buffer_by_chunk() {
     assert_eq!(sense_of(&r), (0xE, 0x1D, 0));
     assert_eq!(r.sense.unwrap().information, Some(100));
 }
+
+/// On a disk that completes inline, a command that must wait for an LBA
+/// range lock another holder has (another channel's thread) is not run in
+/// place as a broken promise: `Lun::run_now` leaves it to `execute`, which
+/// waits; commands that lock nothing still run in place.
+#[test]
+fn run_now_leaves_range_lock_waits_to_execute() {
+    let e = env();
+    let scsi = alloc::sync::Arc::new(ScsiDisk::new(
+        Disk::new(e.ram.clone()).unwrap(),
+        DiskParams::default(),
+    ));
+    let lun = crate::Lun::Disk(scsi.clone());
+    let ranges = [GpaRange::new(GPA, 4096)];
+    let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+    let d = SenseDelivery::RequestSense;
+    let write = rw10(ScsiOp::WRITE10.get(), 0, 0, 1);
+    let write_same = rw10(ScsiOp::WRITE_SAME10.get(), 0, 2, 1);
+    let read = rw10(ScsiOp::READ10.get(), 0, 0, 1);
+
+    let held = block_on(scsi.ranges.exclusive(0, 16));
+    assert_eq!(lun.run_now(&write, &sg, A, d), None, "WRITE must wait");
+    assert_eq!(
+        lun.run_now(&write_same, &sg, A, d),
+        None,
+        "WRITE SAME must wait"
+    );
+    let r = lun.run_now(&read, &sg, A, d).expect("READ locks nothing");
+    assert_eq!(r.status, ScsiStatus::GOOD);
+    drop(held);
+
+    let r = lun
+        .run_now(&write, &sg, A, d)
+        .expect("free range: in place");
+    assert_eq!(r.status, ScsiStatus::GOOD);
+    // The other locking commands always run as futures that can wait.
+    assert_eq!(lun.run_now(&write_same, &sg, A, d), None);
+    let r = block_on(lun.execute(&write_same, sg, A, d));
+    assert_eq!(r.status, ScsiStatus::GOOD);
+}
