@@ -133,6 +133,7 @@ impl DiskIo for DelayDisk {
 }
 
 impl LayerIo for DelayDisk {
+    crate::forward_ops!(inner, inline; supports_write_no_overwrite);
     async fn read_present(
         &self,
         buf: SgList<'_>,
@@ -143,10 +144,6 @@ impl LayerIo for DelayDisk {
         self.pause().await;
         let inner = &self.inner;
         drive!(self.inline, inner.read_present(buf, sector, marker, opts))
-    }
-
-    fn supports_write_no_overwrite(&self) -> bool {
-        self.inner.supports_write_no_overwrite()
     }
 
     async fn write_no_overwrite(&self, buf: SgList<'_>, sector: u64) -> Result<(), DiskError> {

@@ -1,22 +1,77 @@
 //! Wire formats shared by every layer of parastor.
 //!
 //! This crate holds the protocol and register definitions that parastor's
-//! frontends and backends exchange with untrusted peers — NVMe commands and
-//! completions, SCSI CDBs and sense data, StorVSP and VMBus packets, PCI
-//! configuration space — as plain-old-data types, together with pure
-//! parsing and validation of them. It allocates nothing and performs no I/O,
-//! so that every other crate (including `no_std` ones) can share one
+//! frontends and backends exchange with untrusted peers — SCSI CDBs and
+//! sense data ([`scsi`]), StorVSP packets and SRBs ([`storvsp`]), VMBus ring
+//! buffers and packet descriptors ([`vmbus`]), GUIDs ([`Guid`]); NVMe and
+//! PCI arrive with the NVMe issues — as plain-old-data types, together with
+//! pure parsing and validation of them, and the sector-geometry rules both
+//! sides of the pipeline agree on. It allocates nothing and performs no
+//! I/O, so that every other crate (including `no_std` ones) can share one
 //! definition of each format.
 //!
-//! Today: SCSI (CDBs, sense data, VPD and mode pages — [`scsi`]), StorVSP
-//! packets and SRBs ([`storvsp`]), VMBus ring buffers and packet descriptors
-//! ([`vmbus`]), and the sector-geometry rules both sides of the pipeline
-//! agree on. NVMe and PCI arrive with the NVMe issues.
+//! # One idiom
+//!
+//! Every format is declared the same way:
+//!
+//! - **Layouts** are `#[repr(C)]` zerocopy structs (`FromBytes`,
+//!   `IntoBytes`, `Immutable`, `KnownLayout`, `Unaligned`) built from
+//!   byte-order integer types (`zerocopy::big_endian` for SCSI,
+//!   `zerocopy::little_endian` for StorVSP and VMBus), so they have
+//!   alignment 1, no padding and one meaning on every host. Each layout's
+//!   size is asserted at compile time next to it.
+//! - **Registers, dwords and flag bytes** are `#[bitfield(uN)]` types
+//!   (the `bitfield-struct` crate), with the byte-order type as their
+//!   representation when they are wider than a byte, so they are layout
+//!   fields themselves. Reserved bits are kept, so a value read and written
+//!   back is unchanged.
+//! - **Codes a peer sends** (operation codes, statuses, sense keys, page
+//!   codes, versions, packet types, …) are *open enums*: an integer newtype
+//!   with associated constants, declared with this crate's `open_enum!`.
+//!   Every value of the integer is a value of the type; the known ones have
+//!   names (and print them with `Debug`), the unknown ones print as
+//!   `Type(0x..)`. An unknown value is never a parse failure by accident:
+//!   where a parser does refuse one, it says so in its documentation and
+//!   returns an error naming the value.
+//!
+//! # The parse contract
+//!
+//! Everything here that reads bytes from a peer follows one contract:
+//!
+//! 1. **Parsing never panics.** Every parser — [`scsi::parse_cdb`],
+//!    [`scsi::mmc::parse_mmc_cdb`], [`scsi::ReportLuns::parse`],
+//!    [`scsi::SenseData::parse`], [`storvsp::parse_packet`],
+//!    [`vmbus::parse_gpa_direct`] and [`Guid::parse`] — accepts any byte
+//!    string (or string) of any length and returns a typed value or an
+//!    error that says what was wrong, never a panic. Layouts are read with
+//!    zerocopy's checked `read_from_prefix` / `read_from_bytes`, so a short
+//!    buffer is an error too.
+//! 2. **A parsed value's accessors never panic.** Layout fields are plain
+//!    data (any bit pattern is valid), bitfield getters mask their bits,
+//!    open enums hold any value, and the borrowed views a parser returns
+//!    (such as [`vmbus::GpaRangeRef`]) were bounds-checked when they were
+//!    made. Bitfield *setters* are for values parastor builds: a narrow
+//!    field debug-asserts that its value fits (use the `with_*_checked`
+//!    forms for anything else).
+//! 3. **Decoding is separate from judging.** A parser decodes what the
+//!    bytes say; refusing a well-formed value is the protocol owner's
+//!    decision, and a parser makes it only where its documentation says so
+//!    (for example, [`scsi::parse_cdb`] refuses NACA and protection
+//!    information for a disk that has neither, and [`storvsp::parse_packet`]
+//!    refuses an operation whose payload it cannot size).
+//!
+//! The fuzz targets of `parastor-tests` and each module's "hostile input"
+//! tests hold the crate to 1 and 2.
 #![no_std]
 
+mod open_enum;
+
+pub mod guid;
 pub mod scsi;
 pub mod storvsp;
 pub mod vmbus;
+
+pub use guid::{Guid, ParseGuidError};
 
 /// The smallest logical sector size parastor accepts, in bytes.
 pub const MIN_SECTOR_SIZE: u32 = 512;

@@ -14,7 +14,9 @@
 //!
 //! All integers on the wire are little-endian; every type here is built from
 //! zerocopy's little-endian integer types, so it has alignment 1, no padding,
-//! and the same meaning on any host. Parsing ([`parse_packet`]) is pure,
+//! and the same meaning on any host. The codes a guest sends (operations,
+//! versions, SRB status, data direction, queue actions) are open enums, flag
+//! words are `#[bitfield]`s. Parsing ([`parse_packet`]) is pure,
 //! allocation-free and total: any byte string yields either a packet or a
 //! [`ParseError`], never a panic.
 //!
@@ -29,71 +31,17 @@
 
 use core::fmt;
 
+use bitfield_struct::bitfield;
 use zerocopy::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
 
+use crate::guid::Guid;
+use crate::open_enum::open_enum;
+use crate::scsi::ScsiStatus;
+
 // ---------------------------------------------------------------------------
-// Interface GUIDs
+// Interface GUIDs and offer flags
 // ---------------------------------------------------------------------------
-
-/// A GUID in its Windows/VMBus wire encoding: the first three groups
-/// little-endian, the last eight bytes in order (16 bytes).
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
-)]
-#[repr(C)]
-pub struct Guid {
-    /// First group (`xxxxxxxx-....`), little-endian.
-    pub data1: U32,
-    /// Second group, little-endian.
-    pub data2: U16,
-    /// Third group, little-endian.
-    pub data3: U16,
-    /// Last two groups, byte by byte.
-    pub data4: [u8; 8],
-}
-
-const _: () = assert!(core::mem::size_of::<Guid>() == 16);
-
-impl Guid {
-    /// The GUID written `data1-data2-data3-data4[0..2]-data4[2..8]`.
-    pub const fn new(data1: u32, data2: u16, data3: u16, data4: [u8; 8]) -> Self {
-        Self {
-            data1: U32::new(data1),
-            data2: U16::new(data2),
-            data3: U16::new(data3),
-            data4,
-        }
-    }
-}
-
-impl fmt::Display for Guid {
-    /// The canonical lowercase form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let d = &self.data4;
-        write!(
-            f,
-            "{:08x}-{:04x}-{:04x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-            self.data1.get(),
-            self.data2.get(),
-            self.data3.get(),
-            d[0],
-            d[1],
-            d[2],
-            d[3],
-            d[4],
-            d[5],
-            d[6],
-            d[7]
-        )
-    }
-}
-
-impl fmt::Debug for Guid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
 
 /// VMBus interface type of a synthetic SCSI controller,
 /// `ba6163d9-04a1-4d29-b605-72e2ffb1dc7f` (OpenVMM catalog §5.1).
@@ -116,49 +64,72 @@ pub const IDE_ACCELERATOR_INTERFACE_ID: Guid = Guid::new(
 
 /// Flags in a StorVSP channel offer's user-defined data (Linux: "Channel
 /// Property Flags").
-pub mod offer_flags {
+#[bitfield(u32, repr = U32, from = U32::new, into = U32::get)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+pub struct OfferFlags {
     /// The device is removable (`STORAGE_CHANNEL_REMOVABLE_FLAG`).
-    pub const REMOVABLE: u32 = 0x1;
+    pub removable: bool,
     /// The channel accelerates an emulated IDE device
     /// (`STORAGE_CHANNEL_EMULATED_IDE_FLAG`; OpenVMM's `IDE_DEVICE`).
-    pub const EMULATED_IDE: u32 = 0x2;
+    pub emulated_ide: bool,
+    /// Reserved.
+    #[bits(30)]
+    pub reserved: u32,
 }
 
 // ---------------------------------------------------------------------------
 // Protocol versions
 // ---------------------------------------------------------------------------
 
-/// Builds a protocol version word: `major` in the high byte, `minor` in the
-/// low byte (Linux `VMSTOR_PROTO_VERSION`).
-pub const fn version(major: u8, minor: u8) -> u16 {
-    ((major as u16) << 8) | minor as u16
+open_enum! {
+    /// A StorVSP protocol version word: major in the high byte, minor in
+    /// the low byte (Linux `VMSTOR_PROTO_VERSION`). Ordered by value, so
+    /// "this version or later" is a comparison.
+    pub struct Version(le u16) {
+        /// Windows Server 2008 (protocol 2.0).
+        WIN6 = 0x0200,
+        /// Windows 7 (protocol 4.2).
+        WIN7 = 0x0402,
+        /// Windows 8 (protocol 5.1): first version with the `0x34`-byte
+        /// request.
+        WIN8 = 0x0501,
+        /// Windows 8.1, "Blue" (protocol 6.0).
+        BLUE = 0x0600,
+        /// Windows 10, "Threshold" (protocol 6.2). Known, but not accepted
+        /// by StorVSP (see [`Version::is_supported`]).
+        WIN10 = 0x0602,
+    }
 }
 
-/// Windows Server 2008 (protocol 2.0).
-pub const VERSION_WIN6: u16 = version(2, 0);
-/// Windows 7 (protocol 4.2).
-pub const VERSION_WIN7: u16 = version(4, 2);
-/// Windows 8 (protocol 5.1): first version with the `0x34`-byte request.
-pub const VERSION_WIN8: u16 = version(5, 1);
-/// Windows 8.1, "Blue" (protocol 6.0).
-pub const VERSION_BLUE: u16 = version(6, 0);
-/// Windows 10, "Threshold" (protocol 6.2). Known, but not accepted by
-/// StorVSP (see [`is_supported`]).
-pub const VERSION_WIN10: u16 = version(6, 2);
-
 /// The versions StorVSP accepts in `QUERY_PROTOCOL_VERSION`, newest first.
-pub const SUPPORTED_VERSIONS: [u16; 4] = [VERSION_BLUE, VERSION_WIN8, VERSION_WIN7, VERSION_WIN6];
+pub const SUPPORTED_VERSIONS: [Version; 4] =
+    [Version::BLUE, Version::WIN8, Version::WIN7, Version::WIN6];
 
-/// Whether StorVSP accepts `version` in `QUERY_PROTOCOL_VERSION`.
-///
-/// Only the exact versions Win6, Win7, Win8 and Blue are accepted; any
-/// other word — including Win10 / Threshold and minor variants — is
-/// answered with [`NtStatus::REVISION_MISMATCH`] (OpenVMM catalog §5.1).
-pub const fn is_supported(version: u16) -> bool {
-    matches!(
-        version,
-        VERSION_WIN6 | VERSION_WIN7 | VERSION_WIN8 | VERSION_BLUE
-    )
+impl Version {
+    /// The version `major.minor`.
+    pub const fn from_parts(major: u8, minor: u8) -> Self {
+        Self::new(u16::from_be_bytes([major, minor]))
+    }
+
+    /// The major version.
+    pub const fn major(self) -> u8 {
+        self.get().to_be_bytes()[0]
+    }
+
+    /// The minor version.
+    pub const fn minor(self) -> u8 {
+        self.get().to_be_bytes()[1]
+    }
+
+    /// Whether StorVSP accepts this version in `QUERY_PROTOCOL_VERSION`.
+    ///
+    /// Only the exact versions Win6, Win7, Win8 and Blue are accepted; any
+    /// other word — including Win10 / Threshold and minor variants — is
+    /// answered with [`NtStatus::REVISION_MISMATCH`] (OpenVMM catalog
+    /// §5.1).
+    pub const fn is_supported(self) -> bool {
+        matches!(self, Self::WIN6 | Self::WIN7 | Self::WIN8 | Self::BLUE)
+    }
 }
 
 /// The SCSI request size a channel uses.
@@ -174,9 +145,9 @@ pub enum RequestSize {
 
 impl RequestSize {
     /// The request size for a negotiated protocol `version`: [`Self::Win8`]
-    /// from [`VERSION_WIN8`] on, [`Self::PreWin8`] below it.
-    pub const fn for_version(version: u16) -> Self {
-        if version >= VERSION_WIN8 {
+    /// from [`Version::WIN8`] on, [`Self::PreWin8`] below it.
+    pub const fn for_version(version: Version) -> Self {
+        if version.get() >= Version::WIN8.get() {
             Self::Win8
         } else {
             Self::PreWin8
@@ -209,85 +180,43 @@ impl RequestSize {
 // NT status
 // ---------------------------------------------------------------------------
 
-/// An NT status code as carried in [`PacketHeader::status`].
-#[derive(
-    Clone, Copy, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
-)]
-#[repr(transparent)]
-pub struct NtStatus(pub U32);
-
-const _: () = assert!(core::mem::size_of::<NtStatus>() == 4);
-
-impl NtStatus {
-    /// `STATUS_SUCCESS`.
-    pub const SUCCESS: Self = Self::new(0x0000_0000);
-    /// `STATUS_BUFFER_OVERFLOW` (a warning): SRB data overrun.
-    pub const BUFFER_OVERFLOW: Self = Self::new(0x8000_0005);
-    /// `STATUS_DEVICE_BUSY` (a warning): SRB busy.
-    pub const DEVICE_BUSY: Self = Self::new(0x8000_0011);
-    /// `STATUS_UNSUCCESSFUL`.
-    pub const UNSUCCESSFUL: Self = Self::new(0xC000_0001);
-    /// `STATUS_INVALID_PARAMETER`: e.g. too many sub-channels requested.
-    pub const INVALID_PARAMETER: Self = Self::new(0xC000_000D);
-    /// `STATUS_INVALID_DEVICE_REQUEST`.
-    pub const INVALID_DEVICE_REQUEST: Self = Self::new(0xC000_0010);
-    /// `STATUS_REVISION_MISMATCH`: unsupported protocol version.
-    pub const REVISION_MISMATCH: Self = Self::new(0xC000_0059);
-    /// `STATUS_DEVICE_NOT_CONNECTED`.
-    pub const DEVICE_NOT_CONNECTED: Self = Self::new(0xC000_009D);
-    /// `STATUS_IO_TIMEOUT`.
-    pub const IO_TIMEOUT: Self = Self::new(0xC000_00B5);
-    /// `STATUS_DEVICE_DOES_NOT_EXIST`.
-    pub const DEVICE_DOES_NOT_EXIST: Self = Self::new(0xC000_00C0);
-    /// `STATUS_CANCELLED`.
-    pub const CANCELLED: Self = Self::new(0xC000_0120);
-    /// `STATUS_INVALID_DEVICE_STATE`: a packet out of negotiation order.
-    pub const INVALID_DEVICE_STATE: Self = Self::new(0xC000_0184);
-    /// `STATUS_IO_DEVICE_ERROR`.
-    pub const IO_DEVICE_ERROR: Self = Self::new(0xC000_0185);
-
-    /// The status with raw value `value`.
-    pub const fn new(value: u32) -> Self {
-        Self(U32::new(value))
-    }
-
-    /// The raw value.
-    pub fn get(self) -> u32 {
-        self.0.get()
-    }
-
-    /// `NT_SUCCESS`: success or informational severity (high bit clear).
-    pub fn is_success(self) -> bool {
-        self.get() & 0x8000_0000 == 0
-    }
-
-    /// The `STATUS_*` name of a status StorVSP uses, if it is one.
-    pub fn name(self) -> Option<&'static str> {
-        Some(match self {
-            Self::SUCCESS => "STATUS_SUCCESS",
-            Self::BUFFER_OVERFLOW => "STATUS_BUFFER_OVERFLOW",
-            Self::DEVICE_BUSY => "STATUS_DEVICE_BUSY",
-            Self::UNSUCCESSFUL => "STATUS_UNSUCCESSFUL",
-            Self::INVALID_PARAMETER => "STATUS_INVALID_PARAMETER",
-            Self::INVALID_DEVICE_REQUEST => "STATUS_INVALID_DEVICE_REQUEST",
-            Self::REVISION_MISMATCH => "STATUS_REVISION_MISMATCH",
-            Self::DEVICE_NOT_CONNECTED => "STATUS_DEVICE_NOT_CONNECTED",
-            Self::IO_TIMEOUT => "STATUS_IO_TIMEOUT",
-            Self::DEVICE_DOES_NOT_EXIST => "STATUS_DEVICE_DOES_NOT_EXIST",
-            Self::CANCELLED => "STATUS_CANCELLED",
-            Self::INVALID_DEVICE_STATE => "STATUS_INVALID_DEVICE_STATE",
-            Self::IO_DEVICE_ERROR => "STATUS_IO_DEVICE_ERROR",
-            _ => return None,
-        })
+open_enum! {
+    /// An NT status code as carried in [`PacketHeader::status`] (the
+    /// `STATUS_*` names of Windows `ntstatus.h`, without the prefix).
+    pub struct NtStatus(le u32) {
+        /// `STATUS_SUCCESS`.
+        SUCCESS = 0x0000_0000,
+        /// `STATUS_BUFFER_OVERFLOW` (a warning): SRB data overrun.
+        BUFFER_OVERFLOW = 0x8000_0005,
+        /// `STATUS_DEVICE_BUSY` (a warning): SRB busy.
+        DEVICE_BUSY = 0x8000_0011,
+        /// `STATUS_UNSUCCESSFUL`.
+        UNSUCCESSFUL = 0xC000_0001,
+        /// `STATUS_INVALID_PARAMETER`: e.g. too many sub-channels requested.
+        INVALID_PARAMETER = 0xC000_000D,
+        /// `STATUS_INVALID_DEVICE_REQUEST`.
+        INVALID_DEVICE_REQUEST = 0xC000_0010,
+        /// `STATUS_REVISION_MISMATCH`: unsupported protocol version.
+        REVISION_MISMATCH = 0xC000_0059,
+        /// `STATUS_DEVICE_NOT_CONNECTED`.
+        DEVICE_NOT_CONNECTED = 0xC000_009D,
+        /// `STATUS_IO_TIMEOUT`.
+        IO_TIMEOUT = 0xC000_00B5,
+        /// `STATUS_DEVICE_DOES_NOT_EXIST`.
+        DEVICE_DOES_NOT_EXIST = 0xC000_00C0,
+        /// `STATUS_CANCELLED`.
+        CANCELLED = 0xC000_0120,
+        /// `STATUS_INVALID_DEVICE_STATE`: a packet out of negotiation order.
+        INVALID_DEVICE_STATE = 0xC000_0184,
+        /// `STATUS_IO_DEVICE_ERROR`.
+        IO_DEVICE_ERROR = 0xC000_0185,
     }
 }
 
-impl fmt::Debug for NtStatus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.name() {
-            Some(name) => f.write_str(name),
-            None => write!(f, "NtStatus({:#010x})", self.get()),
-        }
+impl NtStatus {
+    /// `NT_SUCCESS`: success or informational severity (high bit clear).
+    pub const fn is_success(self) -> bool {
+        self.get() & 0x8000_0000 == 0
     }
 }
 
@@ -295,167 +224,189 @@ impl fmt::Debug for NtStatus {
 // SRB status and flags
 // ---------------------------------------------------------------------------
 
-/// SRB status byte ([`ScsiRequest::srb_status`]): the two high bits are
-/// flags, the low six bits a status code (Windows `srb.h`; the subset Linux
-/// tests for is in `storvsc_drv.c`).
-pub mod srb_status {
-    /// Flag: sense data in the payload is valid.
-    pub const AUTOSENSE_VALID: u8 = 0x80;
-    /// Flag: the LUN's queue is frozen.
-    pub const QUEUE_FROZEN: u8 = 0x40;
-    /// Mask of the status code bits.
-    pub const CODE_MASK: u8 = 0x3F;
-
-    /// Request in progress.
-    pub const PENDING: u8 = 0x00;
-    /// Completed successfully.
-    pub const SUCCESS: u8 = 0x01;
-    /// Aborted.
-    pub const ABORTED: u8 = 0x02;
-    /// Abort failed.
-    pub const ABORT_FAILED: u8 = 0x03;
-    /// Completed with an error (see SCSI status / sense).
-    pub const ERROR: u8 = 0x04;
-    /// Device busy.
-    pub const BUSY: u8 = 0x05;
-    /// Invalid request.
-    pub const INVALID_REQUEST: u8 = 0x06;
-    /// Invalid path id.
-    pub const INVALID_PATH_ID: u8 = 0x07;
-    /// No device.
-    pub const NO_DEVICE: u8 = 0x08;
-    /// Timed out.
-    pub const TIMEOUT: u8 = 0x09;
-    /// Selection timed out.
-    pub const SELECTION_TIMEOUT: u8 = 0x0A;
-    /// Command timed out.
-    pub const COMMAND_TIMEOUT: u8 = 0x0B;
-    /// Message rejected.
-    pub const MESSAGE_REJECTED: u8 = 0x0D;
-    /// Bus reset.
-    pub const BUS_RESET: u8 = 0x0E;
-    /// Parity error.
-    pub const PARITY_ERROR: u8 = 0x0F;
-    /// REQUEST SENSE failed.
-    pub const REQUEST_SENSE_FAILED: u8 = 0x10;
-    /// No host bus adapter.
-    pub const NO_HBA: u8 = 0x11;
-    /// Data overrun or underrun.
-    pub const DATA_OVERRUN: u8 = 0x12;
-    /// Unexpected bus free.
-    pub const UNEXPECTED_BUS_FREE: u8 = 0x13;
-    /// Phase sequence failure.
-    pub const PHASE_SEQUENCE_FAILURE: u8 = 0x14;
-    /// Bad SRB block length.
-    pub const BAD_SRB_BLOCK_LENGTH: u8 = 0x15;
-    /// Request flushed.
-    pub const REQUEST_FLUSHED: u8 = 0x16;
-    /// Invalid LUN.
-    pub const INVALID_LUN: u8 = 0x20;
-    /// Invalid target id.
-    pub const INVALID_TARGET_ID: u8 = 0x21;
-    /// Bad function.
-    pub const BAD_FUNCTION: u8 = 0x22;
-    /// Error recovery.
-    pub const ERROR_RECOVERY: u8 = 0x23;
-    /// Not powered.
-    pub const NOT_POWERED: u8 = 0x24;
-    /// Link down.
-    pub const LINK_DOWN: u8 = 0x25;
-    /// Internal error.
-    pub const INTERNAL_ERROR: u8 = 0x30;
-
-    /// The status code of an SRB status byte, without the flag bits.
-    pub const fn code(status: u8) -> u8 {
-        status & CODE_MASK
+open_enum! {
+    /// SRB status codes (Windows `srb.h`; the subset Linux tests for is in
+    /// `storvsc_drv.c`): the low six bits of [`ScsiRequest::srb_status`].
+    pub struct SrbStatus(u8) {
+        /// Request in progress.
+        PENDING = 0x00,
+        /// Completed successfully.
+        SUCCESS = 0x01,
+        /// Aborted.
+        ABORTED = 0x02,
+        /// Abort failed.
+        ABORT_FAILED = 0x03,
+        /// Completed with an error (see SCSI status / sense).
+        ERROR = 0x04,
+        /// Device busy.
+        BUSY = 0x05,
+        /// Invalid request.
+        INVALID_REQUEST = 0x06,
+        /// Invalid path id.
+        INVALID_PATH_ID = 0x07,
+        /// No device.
+        NO_DEVICE = 0x08,
+        /// Timed out.
+        TIMEOUT = 0x09,
+        /// Selection timed out.
+        SELECTION_TIMEOUT = 0x0A,
+        /// Command timed out.
+        COMMAND_TIMEOUT = 0x0B,
+        /// Message rejected.
+        MESSAGE_REJECTED = 0x0D,
+        /// Bus reset.
+        BUS_RESET = 0x0E,
+        /// Parity error.
+        PARITY_ERROR = 0x0F,
+        /// REQUEST SENSE failed.
+        REQUEST_SENSE_FAILED = 0x10,
+        /// No host bus adapter.
+        NO_HBA = 0x11,
+        /// Data overrun or underrun.
+        DATA_OVERRUN = 0x12,
+        /// Unexpected bus free.
+        UNEXPECTED_BUS_FREE = 0x13,
+        /// Phase sequence failure.
+        PHASE_SEQUENCE_FAILURE = 0x14,
+        /// Bad SRB block length.
+        BAD_SRB_BLOCK_LENGTH = 0x15,
+        /// Request flushed.
+        REQUEST_FLUSHED = 0x16,
+        /// Invalid LUN.
+        INVALID_LUN = 0x20,
+        /// Invalid target id.
+        INVALID_TARGET_ID = 0x21,
+        /// Bad function.
+        BAD_FUNCTION = 0x22,
+        /// Error recovery.
+        ERROR_RECOVERY = 0x23,
+        /// Not powered.
+        NOT_POWERED = 0x24,
+        /// Link down.
+        LINK_DOWN = 0x25,
+        /// Internal error.
+        INTERNAL_ERROR = 0x30,
     }
 }
 
-/// The NT status StorVSP puts in a `COMPLETE_IO` header for an SRB status
-/// (flags ignored), per OpenVMM catalog §5.3.
-pub const fn nt_status_for_srb_status(status: u8) -> NtStatus {
-    use srb_status as s;
-    match s::code(status) {
-        s::SUCCESS => NtStatus::SUCCESS,
-        s::BUSY => NtStatus::DEVICE_BUSY,
-        s::INVALID_LUN | s::INVALID_TARGET_ID | s::NO_DEVICE | s::NO_HBA => {
-            NtStatus::DEVICE_DOES_NOT_EXIST
+impl SrbStatus {
+    /// The NT status StorVSP puts in a `COMPLETE_IO` header for this SRB
+    /// status, per OpenVMM catalog §5.3. Bits above the six-bit code are
+    /// ignored.
+    pub const fn nt_status(self) -> NtStatus {
+        match Self::new(self.get() & 0x3F) {
+            Self::SUCCESS => NtStatus::SUCCESS,
+            Self::BUSY => NtStatus::DEVICE_BUSY,
+            Self::INVALID_LUN | Self::INVALID_TARGET_ID | Self::NO_DEVICE | Self::NO_HBA => {
+                NtStatus::DEVICE_DOES_NOT_EXIST
+            }
+            Self::TIMEOUT | Self::COMMAND_TIMEOUT => NtStatus::IO_TIMEOUT,
+            Self::SELECTION_TIMEOUT => NtStatus::DEVICE_NOT_CONNECTED,
+            Self::BAD_FUNCTION | Self::BAD_SRB_BLOCK_LENGTH => NtStatus::INVALID_DEVICE_REQUEST,
+            Self::DATA_OVERRUN => NtStatus::BUFFER_OVERFLOW,
+            Self::REQUEST_FLUSHED => NtStatus::UNSUCCESSFUL,
+            Self::ABORTED => NtStatus::CANCELLED,
+            _ => NtStatus::IO_DEVICE_ERROR,
         }
-        s::TIMEOUT | s::COMMAND_TIMEOUT => NtStatus::IO_TIMEOUT,
-        s::SELECTION_TIMEOUT => NtStatus::DEVICE_NOT_CONNECTED,
-        s::BAD_FUNCTION | s::BAD_SRB_BLOCK_LENGTH => NtStatus::INVALID_DEVICE_REQUEST,
-        s::DATA_OVERRUN => NtStatus::BUFFER_OVERFLOW,
-        s::REQUEST_FLUSHED => NtStatus::UNSUCCESSFUL,
-        s::ABORTED => NtStatus::CANCELLED,
-        _ => NtStatus::IO_DEVICE_ERROR,
     }
+}
+
+/// The SRB status byte ([`ScsiRequest::srb_status`]): a six-bit
+/// [`SrbStatus`] and two flags.
+#[bitfield(u8)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+pub struct SrbStatusAndFlags {
+    /// The status code.
+    #[bits(6)]
+    pub status: SrbStatus,
+    /// The LUN's queue is frozen.
+    pub queue_frozen: bool,
+    /// Sense data in the payload is valid.
+    pub autosense_valid: bool,
 }
 
 /// SRB flags ([`ScsiRequest::srb_flags`], Windows 8 and later), Linux
-/// `SRB_FLAGS_*`.
-pub mod srb_flags {
+/// `SRB_FLAGS_*`. Neither data bit: no transfer; both: direction
+/// unspecified.
+#[bitfield(u32, repr = U32, from = U32::new, into = U32::get)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+pub struct SrbFlags {
+    /// Reserved.
+    pub reserved: bool,
     /// Queue action field is valid.
-    pub const QUEUE_ACTION_ENABLE: u32 = 0x0000_0002;
+    pub queue_action_enable: bool,
     /// Disable disconnect.
-    pub const DISABLE_DISCONNECT: u32 = 0x0000_0004;
+    pub disable_disconnect: bool,
     /// Disable synchronous transfer.
-    pub const DISABLE_SYNCH_TRANSFER: u32 = 0x0000_0008;
+    pub disable_synch_transfer: bool,
     /// Bypass a frozen queue.
-    pub const BYPASS_FROZEN_QUEUE: u32 = 0x0000_0010;
+    pub bypass_frozen_queue: bool,
     /// Do not return sense data.
-    pub const DISABLE_AUTOSENSE: u32 = 0x0000_0020;
+    pub disable_autosense: bool,
     /// Data moves from the device to the guest.
-    pub const DATA_IN: u32 = 0x0000_0040;
+    pub data_in: bool,
     /// Data moves from the guest to the device.
-    pub const DATA_OUT: u32 = 0x0000_0080;
-    /// No data transfer.
-    pub const NO_DATA_TRANSFER: u32 = 0x0000_0000;
-    /// Direction unspecified (both bits).
-    pub const UNSPECIFIED_DIRECTION: u32 = DATA_IN | DATA_OUT;
+    pub data_out: bool,
     /// Do not freeze the queue on error.
-    pub const NO_QUEUE_FREEZE: u32 = 0x0000_0100;
+    pub no_queue_freeze: bool,
     /// Adapter cache enabled.
-    pub const ADAPTER_CACHE_ENABLE: u32 = 0x0000_0200;
+    pub adapter_cache_enable: bool,
     /// Free the sense buffer.
-    pub const FREE_SENSE_BUFFER: u32 = 0x0000_0400;
+    pub free_sense_buffer: bool,
     /// Part of D3 processing.
-    pub const D3_PROCESSING: u32 = 0x0000_0800;
+    pub d3_processing: bool,
+    /// Reserved.
+    #[bits(4)]
+    pub reserved2: u8,
     /// Request is active.
-    pub const IS_ACTIVE: u32 = 0x0001_0000;
+    pub is_active: bool,
     /// Allocated from zone.
-    pub const ALLOCATED_FROM_ZONE: u32 = 0x0002_0000;
+    pub allocated_from_zone: bool,
     /// SG list from pool.
-    pub const SGLIST_FROM_POOL: u32 = 0x0004_0000;
+    pub sglist_from_pool: bool,
     /// Bypass a locked queue.
-    pub const BYPASS_LOCKED_QUEUE: u32 = 0x0008_0000;
+    pub bypass_locked_queue: bool,
     /// Do not keep the device awake.
-    pub const NO_KEEP_AWAKE: u32 = 0x0010_0000;
+    pub no_keep_awake: bool,
     /// Port driver allocated the sense buffer.
-    pub const PORT_DRIVER_ALLOCSENSE: u32 = 0x0020_0000;
+    pub port_driver_allocsense: bool,
     /// Sense buffer holds a port number.
-    pub const PORT_DRIVER_SENSEHASPORT: u32 = 0x0040_0000;
+    pub port_driver_sensehasport: bool,
     /// Do not start the next packet.
-    pub const DONT_START_NEXT_PACKET: u32 = 0x0080_0000;
+    pub dont_start_next_packet: bool,
     /// Reserved for the port driver.
-    pub const PORT_DRIVER_RESERVED: u32 = 0x0F00_0000;
+    #[bits(4)]
+    pub port_driver_reserved: u8,
     /// Reserved for the class driver.
-    pub const CLASS_DRIVER_RESERVED: u32 = 0xF000_0000;
+    #[bits(4)]
+    pub class_driver_reserved: u8,
 }
 
 /// [`ScsiRequest::queue_tag`] value meaning "untagged" (`SP_UNTAGGED`).
 pub const QUEUE_TAG_UNTAGGED: u8 = 0xFF;
-/// [`ScsiRequest::queue_action`] for a simple tagged request
-/// (`SRB_SIMPLE_TAG_REQUEST`).
-pub const QUEUE_ACTION_SIMPLE_TAG: u8 = 0x20;
 
-/// [`ScsiRequest::data_in`] values (Linux `enum storvsc_request_type`).
-pub mod data_direction {
-    /// Guest to device (a write).
-    pub const WRITE: u8 = 0;
-    /// Device to guest (a read).
-    pub const READ: u8 = 1;
-    /// No or unknown data direction.
-    pub const UNKNOWN: u8 = 2;
+open_enum! {
+    /// [`ScsiRequest::queue_action`] values (`SRB_*_TAG_REQUEST`).
+    pub struct QueueAction(u8) {
+        /// Simple tagged request.
+        SIMPLE_TAG = 0x20,
+        /// Head of queue tagged request.
+        HEAD_OF_QUEUE_TAG = 0x21,
+        /// Ordered tagged request.
+        ORDERED_TAG = 0x22,
+    }
+}
+
+open_enum! {
+    /// [`ScsiRequest::data_in`] values (Linux `enum storvsc_request_type`).
+    pub struct DataDirection(u8) {
+        /// Guest to device (a write).
+        WRITE = 0,
+        /// Device to guest (a read).
+        READ = 1,
+        /// No or unknown data direction.
+        UNKNOWN = 2,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -470,9 +421,16 @@ pub const PACKET_PAYLOAD_LEN: usize = 0x34;
 /// Size of the largest StorVSP packet: header and full payload (`0x40`).
 pub const MAX_PACKET_LEN: usize = PACKET_HEADER_LEN + PACKET_PAYLOAD_LEN;
 
-/// [`PacketHeader::flags`] bit asking the other side for a completion
-/// (`REQUEST_COMPLETION_FLAG`).
-pub const FLAG_REQUEST_COMPLETION: u32 = 0x1;
+/// [`PacketHeader::flags`].
+#[bitfield(u32, repr = U32, from = U32::new, into = U32::get)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+pub struct PacketFlags {
+    /// Asks the other side for a completion (`REQUEST_COMPLETION_FLAG`).
+    pub request_completion: bool,
+    /// Reserved.
+    #[bits(31)]
+    pub reserved: u32,
+}
 
 /// The header of every StorVSP packet (12 bytes): Linux `struct
 /// vstor_packet` up to its payload union; OpenVMM `Packet { operation,
@@ -482,129 +440,87 @@ pub const FLAG_REQUEST_COMPLETION: u32 = 0x1;
 )]
 #[repr(C)]
 pub struct PacketHeader {
-    /// Offset 0: the operation ([`Operation`] as a raw value).
-    pub operation: U32,
-    /// Offset 4: flags ([`FLAG_REQUEST_COMPLETION`]).
-    pub flags: U32,
+    /// Offset 0: the operation.
+    pub operation: Operation,
+    /// Offset 4: flags.
+    pub flags: PacketFlags,
     /// Offset 8: status, meaningful in completions.
     pub status: NtStatus,
 }
 
-const _: () = assert!(core::mem::size_of::<PacketHeader>() == PACKET_HEADER_LEN);
+const _: () = assert!(size_of::<PacketHeader>() == PACKET_HEADER_LEN);
 
 impl PacketHeader {
     /// A header for `operation` with `flags` and `status`.
-    pub const fn new(operation: Operation, flags: u32, status: NtStatus) -> Self {
+    pub const fn new(operation: Operation, flags: PacketFlags, status: NtStatus) -> Self {
         Self {
-            operation: U32::new(operation as u32),
-            flags: U32::new(flags),
+            operation,
+            flags,
             status,
         }
     }
-
-    /// The operation, if it is a known one.
-    pub fn operation(&self) -> Option<Operation> {
-        Operation::from_raw(self.operation.get())
-    }
 }
 
-/// StorVSP operation codes (`VSTOR_OPERATION_*`; OpenVMM catalog §5.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[repr(u32)]
-pub enum Operation {
-    /// Completion of a request; payload as the completed request's.
-    CompleteIo = 1,
-    /// Device removal notification.
-    RemoveDevice = 2,
-    /// Execute a SCSI request block; payload [`ScsiRequest`].
-    ExecuteSrb = 3,
-    /// Reset a LUN.
-    ResetLun = 4,
-    /// Reset the adapter.
-    ResetAdapter = 5,
-    /// Reset the bus.
-    ResetBus = 6,
-    /// Start of the negotiation.
-    BeginInitialization = 7,
-    /// End of the negotiation.
-    EndInitialization = 8,
-    /// Protocol version negotiation; payload [`ProtocolVersion`].
-    QueryProtocolVersion = 9,
-    /// Channel properties query; payload [`ChannelProperties`].
-    QueryProperties = 10,
-    /// Host to guest: rescan the bus (LUNs added or removed).
-    EnumerateBus = 11,
-    /// Fibre Channel HBA data; payload [`FcWwnPacket`].
-    FcHbaData = 12,
-    /// Create sub-channels (Windows 8 and later); payload a `u16` count.
-    CreateSubChannels = 13,
-    /// Event notification (OpenVMM; not used by Linux).
-    EventNotification = 14,
+open_enum! {
+    /// StorVSP operation codes (`VSTOR_OPERATION_*`; OpenVMM catalog §5.1).
+    pub struct Operation(le u32) {
+        /// Completion of a request; payload as the completed request's.
+        COMPLETE_IO = 1,
+        /// Device removal notification.
+        REMOVE_DEVICE = 2,
+        /// Execute a SCSI request block; payload [`ScsiRequest`].
+        EXECUTE_SRB = 3,
+        /// Reset a LUN.
+        RESET_LUN = 4,
+        /// Reset the adapter.
+        RESET_ADAPTER = 5,
+        /// Reset the bus.
+        RESET_BUS = 6,
+        /// Start of the negotiation.
+        BEGIN_INITIALIZATION = 7,
+        /// End of the negotiation.
+        END_INITIALIZATION = 8,
+        /// Protocol version negotiation; payload [`ProtocolVersion`].
+        QUERY_PROTOCOL_VERSION = 9,
+        /// Channel properties query; payload [`ChannelProperties`].
+        QUERY_PROPERTIES = 10,
+        /// Host to guest: rescan the bus (LUNs added or removed).
+        ENUMERATE_BUS = 11,
+        /// Fibre Channel HBA data; payload [`FcWwnPacket`].
+        FC_HBA_DATA = 12,
+        /// Create sub-channels (Windows 8 and later); payload a `u16` count.
+        CREATE_SUB_CHANNELS = 13,
+        /// Event notification (OpenVMM; not used by Linux).
+        EVENT_NOTIFICATION = 14,
+    }
 }
 
 impl Operation {
-    /// Every operation, in code order.
-    pub const ALL: [Self; 14] = [
-        Self::CompleteIo,
-        Self::RemoveDevice,
-        Self::ExecuteSrb,
-        Self::ResetLun,
-        Self::ResetAdapter,
-        Self::ResetBus,
-        Self::BeginInitialization,
-        Self::EndInitialization,
-        Self::QueryProtocolVersion,
-        Self::QueryProperties,
-        Self::EnumerateBus,
-        Self::FcHbaData,
-        Self::CreateSubChannels,
-        Self::EventNotification,
-    ];
-
-    /// The operation with code `raw`, if there is one.
-    pub const fn from_raw(raw: u32) -> Option<Self> {
-        Some(match raw {
-            1 => Self::CompleteIo,
-            2 => Self::RemoveDevice,
-            3 => Self::ExecuteSrb,
-            4 => Self::ResetLun,
-            5 => Self::ResetAdapter,
-            6 => Self::ResetBus,
-            7 => Self::BeginInitialization,
-            8 => Self::EndInitialization,
-            9 => Self::QueryProtocolVersion,
-            10 => Self::QueryProperties,
-            11 => Self::EnumerateBus,
-            12 => Self::FcHbaData,
-            13 => Self::CreateSubChannels,
-            14 => Self::EventNotification,
-            _ => return None,
-        })
-    }
-
     /// The minimum payload length (after the header) that [`parse_packet`]
-    /// requires for this operation on a channel using `size`.
+    /// requires for this operation on a channel using `size`; `None` for
+    /// an operation StorVSP does not know.
     ///
     /// `EXECUTE_SRB` and `COMPLETE_IO` carry a request of the negotiated
     /// size. The negotiation-phase operations need only their own payload:
     /// they are exchanged before (or while) the request size is settled,
     /// and guests differ in how much padding they send with them.
-    pub const fn min_payload_len(self, size: RequestSize) -> usize {
-        match self {
-            Self::ExecuteSrb | Self::CompleteIo => size.request_len(),
-            Self::QueryProtocolVersion => core::mem::size_of::<ProtocolVersion>(),
-            Self::QueryProperties => core::mem::size_of::<ChannelProperties>(),
-            Self::CreateSubChannels => core::mem::size_of::<U16>(),
-            Self::FcHbaData => core::mem::size_of::<FcWwnPacket>(),
-            Self::RemoveDevice
-            | Self::ResetLun
-            | Self::ResetAdapter
-            | Self::ResetBus
-            | Self::BeginInitialization
-            | Self::EndInitialization
-            | Self::EnumerateBus
-            | Self::EventNotification => 0,
-        }
+    pub const fn min_payload_len(self, size: RequestSize) -> Option<usize> {
+        Some(match self {
+            Self::EXECUTE_SRB | Self::COMPLETE_IO => size.request_len(),
+            Self::QUERY_PROTOCOL_VERSION => size_of::<ProtocolVersion>(),
+            Self::QUERY_PROPERTIES => size_of::<ChannelProperties>(),
+            Self::CREATE_SUB_CHANNELS => size_of::<U16>(),
+            Self::FC_HBA_DATA => size_of::<FcWwnPacket>(),
+            Self::REMOVE_DEVICE
+            | Self::RESET_LUN
+            | Self::RESET_ADAPTER
+            | Self::RESET_BUS
+            | Self::BEGIN_INITIALIZATION
+            | Self::END_INITIALIZATION
+            | Self::ENUMERATE_BUS
+            | Self::EVENT_NOTIFICATION => 0,
+            _ => return None,
+        })
     }
 }
 
@@ -640,10 +556,10 @@ pub const SCSI_REQUEST_PAYLOAD_LEN: usize = 0x14;
 pub struct ScsiRequest {
     /// Offset 0x00: request length.
     pub length: U16,
-    /// Offset 0x02: SRB status ([`srb_status`]).
-    pub srb_status: u8,
+    /// Offset 0x02: SRB status and flags.
+    pub srb_status: SrbStatusAndFlags,
     /// Offset 0x03: SCSI status byte.
-    pub scsi_status: u8,
+    pub scsi_status: ScsiStatus,
     /// Offset 0x04: port number.
     pub port_number: u8,
     /// Offset 0x05: path (bus) id.
@@ -656,8 +572,8 @@ pub struct ScsiRequest {
     pub cdb_length: u8,
     /// Offset 0x09: sense buffer length (`sense_info_ex_length`).
     pub sense_info_ex_length: u8,
-    /// Offset 0x0A: data direction ([`data_direction`]).
-    pub data_in: u8,
+    /// Offset 0x0A: data direction.
+    pub data_in: DataDirection,
     /// Offset 0x0B: reserved (OpenVMM: `properties`).
     pub reserved: u8,
     /// Offset 0x0C: data transfer length in bytes.
@@ -669,17 +585,17 @@ pub struct ScsiRequest {
     pub reserve: U16,
     /// Offset 0x26 (Windows 8+): queue tag ([`QUEUE_TAG_UNTAGGED`]).
     pub queue_tag: u8,
-    /// Offset 0x27 (Windows 8+): queue action ([`QUEUE_ACTION_SIMPLE_TAG`]).
-    pub queue_action: u8,
-    /// Offset 0x28 (Windows 8+): SRB flags ([`srb_flags`]).
-    pub srb_flags: U32,
+    /// Offset 0x27 (Windows 8+): queue action.
+    pub queue_action: QueueAction,
+    /// Offset 0x28 (Windows 8+): SRB flags.
+    pub srb_flags: SrbFlags,
     /// Offset 0x2C (Windows 8+): time-out value in seconds.
     pub time_out_value: U32,
     /// Offset 0x30 (Windows 8+): queue sort key.
     pub queue_sort_key: U32,
 }
 
-const _: () = assert!(core::mem::size_of::<ScsiRequest>() == SCSI_REQUEST_LEN_WIN8);
+const _: () = assert!(size_of::<ScsiRequest>() == SCSI_REQUEST_LEN_WIN8);
 const _: () = assert!(core::mem::offset_of!(ScsiRequest, reserve) == SCSI_REQUEST_LEN_PRE_WIN8);
 
 impl ScsiRequest {
@@ -700,9 +616,17 @@ impl ScsiRequest {
 // Negotiation payloads
 // ---------------------------------------------------------------------------
 
-/// [`ChannelProperties::flags`] bit: the channel supports sub-channels
-/// (`STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL`).
-pub const CHANNEL_PROPERTY_MULTI_CHANNEL: u32 = 0x1;
+/// [`ChannelProperties::flags`].
+#[bitfield(u32, repr = U32, from = U32::new, into = U32::get)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+pub struct ChannelFlags {
+    /// The channel supports sub-channels
+    /// (`STORAGE_CHANNEL_SUPPORTS_MULTI_CHANNEL`).
+    pub multi_channel: bool,
+    /// Reserved.
+    #[bits(31)]
+    pub reserved: u32,
+}
 
 /// The `QUERY_PROPERTIES` payload (24 bytes): Linux `struct
 /// vmstorage_channel_properties`; OpenVMM `ChannelProperties`.
@@ -717,15 +641,15 @@ pub struct ChannelProperties {
     pub maximum_sub_channel_count: U16,
     /// Offset 6: reserved.
     pub reserved1: U16,
-    /// Offset 8: flags ([`CHANNEL_PROPERTY_MULTI_CHANNEL`]).
-    pub flags: U32,
+    /// Offset 8: flags.
+    pub flags: ChannelFlags,
     /// Offset 12: the largest transfer per request, in bytes.
     pub max_transfer_bytes: U32,
     /// Offset 16: reserved.
     pub reserved2: U64,
 }
 
-const _: () = assert!(core::mem::size_of::<ChannelProperties>() == 24);
+const _: () = assert!(size_of::<ChannelProperties>() == 24);
 
 /// The `QUERY_PROTOCOL_VERSION` payload (4 bytes): Linux `struct
 /// vmstorage_protocol_version`.
@@ -734,31 +658,21 @@ const _: () = assert!(core::mem::size_of::<ChannelProperties>() == 24);
 )]
 #[repr(C)]
 pub struct ProtocolVersion {
-    /// Offset 0: major (high byte) and minor (low byte) version.
-    pub major_minor: U16,
+    /// Offset 0: the version.
+    pub major_minor: Version,
     /// Offset 2: build revision; informational, guests send 0.
     pub revision: U16,
 }
 
-const _: () = assert!(core::mem::size_of::<ProtocolVersion>() == 4);
+const _: () = assert!(size_of::<ProtocolVersion>() == 4);
 
 impl ProtocolVersion {
-    /// A version message for `major_minor` with revision 0.
-    pub const fn new(major_minor: u16) -> Self {
+    /// A version message for `version` with revision 0.
+    pub const fn new(version: Version) -> Self {
         Self {
-            major_minor: U16::new(major_minor),
+            major_minor: version,
             revision: U16::new(0),
         }
-    }
-
-    /// The major version.
-    pub fn major(&self) -> u8 {
-        self.major_minor.get().to_be_bytes()[0]
-    }
-
-    /// The minor version.
-    pub fn minor(&self) -> u8 {
-        self.major_minor.get().to_be_bytes()[1]
     }
 }
 
@@ -783,8 +697,8 @@ pub struct FcWwnPacket {
     pub secondary_node_wwn: [u8; 8],
 }
 
-const _: () = assert!(core::mem::size_of::<FcWwnPacket>() == 36);
-const _: () = assert!(core::mem::size_of::<FcWwnPacket>() <= PACKET_PAYLOAD_LEN);
+const _: () = assert!(size_of::<FcWwnPacket>() == 36);
+const _: () = assert!(size_of::<FcWwnPacket>() <= PACKET_PAYLOAD_LEN);
 
 // ---------------------------------------------------------------------------
 // Parsing
@@ -798,7 +712,7 @@ const _: () = assert!(core::mem::size_of::<FcWwnPacket>() <= PACKET_PAYLOAD_LEN)
 #[repr(C)]
 pub struct CompletionPayload(pub [u8; PACKET_PAYLOAD_LEN]);
 
-const _: () = assert!(core::mem::size_of::<CompletionPayload>() == PACKET_PAYLOAD_LEN);
+const _: () = assert!(size_of::<CompletionPayload>() == PACKET_PAYLOAD_LEN);
 
 impl CompletionPayload {
     /// The payload read as the completion of an `EXECUTE_SRB`.
@@ -851,8 +765,9 @@ pub enum ParseError {
         /// Bytes available.
         len: usize,
     },
-    /// The operation code is not one of [`Operation`].
-    UnknownOperation(u32),
+    /// The operation is none of the named [`Operation`]s, so its payload
+    /// cannot be checked.
+    UnknownOperation(Operation),
     /// The payload is shorter than the operation requires
     /// ([`Operation::min_payload_len`]).
     TruncatedBody {
@@ -874,7 +789,9 @@ impl fmt::Display for ParseError {
                     "storvsp packet of {len} bytes is shorter than its header"
                 )
             }
-            Self::UnknownOperation(op) => write!(f, "unknown storvsp operation {op:#x}"),
+            Self::UnknownOperation(op) => {
+                write!(f, "unknown storvsp operation {:#x}", op.get())
+            }
             Self::TruncatedBody {
                 operation,
                 needed,
@@ -903,23 +820,24 @@ fn read_padded<T: FromBytes + IntoBytes>(bytes: &[u8]) -> T {
 /// channel using request size `size`.
 ///
 /// Checks, in order: the header is present ([`ParseError::TruncatedHeader`]),
-/// the operation is known ([`ParseError::UnknownOperation`]), and the
-/// payload is at least [`Operation::min_payload_len`]
-/// ([`ParseError::TruncatedBody`]) — for `EXECUTE_SRB` and `COMPLETE_IO`,
-/// the negotiated request size. Longer packets are accepted and the excess
-/// ignored beyond the full payload union (`0x34` bytes): a pre-Windows 8
-/// channel still reads the Windows 8 fields if the guest sent them, as some
-/// Linux versions send full-size requests regardless of the version
-/// (OpenVMM catalog §5.2).
+/// the operation is a named one ([`ParseError::UnknownOperation`]: without
+/// knowing the operation there is no payload to check), and the payload is
+/// at least [`Operation::min_payload_len`] ([`ParseError::TruncatedBody`]) —
+/// for `EXECUTE_SRB` and `COMPLETE_IO`, the negotiated request size. Longer
+/// packets are accepted and the excess ignored beyond the full payload
+/// union (`0x34` bytes): a pre-Windows 8 channel still reads the Windows 8
+/// fields if the guest sent them, as some Linux versions send full-size
+/// requests regardless of the version (OpenVMM catalog §5.2).
 ///
 /// Flags and status are returned as sent; validating them against the
 /// protocol state is the frontend's job.
 pub fn parse_packet(bytes: &[u8], size: RequestSize) -> Result<(PacketHeader, Body), ParseError> {
     let (header, payload) = PacketHeader::read_from_prefix(bytes)
         .map_err(|_| ParseError::TruncatedHeader { len: bytes.len() })?;
-    let raw_op = header.operation.get();
-    let operation = Operation::from_raw(raw_op).ok_or(ParseError::UnknownOperation(raw_op))?;
-    let needed = operation.min_payload_len(size);
+    let operation = header.operation;
+    let needed = operation
+        .min_payload_len(size)
+        .ok_or(ParseError::UnknownOperation(operation))?;
     if payload.len() < needed {
         return Err(ParseError::TruncatedBody {
             operation,
@@ -928,20 +846,15 @@ pub fn parse_packet(bytes: &[u8], size: RequestSize) -> Result<(PacketHeader, Bo
         });
     }
     let body = match operation {
-        Operation::ExecuteSrb => Body::ExecuteSrb(read_padded(payload)),
-        Operation::CompleteIo => Body::Completion(read_padded(payload)),
-        Operation::QueryProtocolVersion => Body::ProtocolVersion(read_padded(payload)),
-        Operation::QueryProperties => Body::ChannelProperties(read_padded(payload)),
-        Operation::CreateSubChannels => Body::CreateSubChannels(read_padded::<U16>(payload).get()),
-        Operation::FcHbaData => Body::FcHbaData(read_padded(payload)),
-        Operation::RemoveDevice
-        | Operation::ResetLun
-        | Operation::ResetAdapter
-        | Operation::ResetBus
-        | Operation::BeginInitialization
-        | Operation::EndInitialization
-        | Operation::EnumerateBus
-        | Operation::EventNotification => Body::None,
+        Operation::EXECUTE_SRB => Body::ExecuteSrb(read_padded(payload)),
+        Operation::COMPLETE_IO => Body::Completion(read_padded(payload)),
+        Operation::QUERY_PROTOCOL_VERSION => Body::ProtocolVersion(read_padded(payload)),
+        Operation::QUERY_PROPERTIES => Body::ChannelProperties(read_padded(payload)),
+        Operation::CREATE_SUB_CHANNELS => {
+            Body::CreateSubChannels(read_padded::<U16>(payload).get())
+        }
+        Operation::FC_HBA_DATA => Body::FcHbaData(read_padded(payload)),
+        _ => Body::None,
     };
     Ok((header, body))
 }
@@ -957,7 +870,7 @@ mod tests {
     fn packet(op: u32, payload: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
         v.extend_from_slice(&op.to_le_bytes());
-        v.extend_from_slice(&FLAG_REQUEST_COMPLETION.to_le_bytes());
+        v.extend_from_slice(&1u32.to_le_bytes());
         v.extend_from_slice(&0u32.to_le_bytes());
         v.extend_from_slice(payload);
         v
@@ -971,12 +884,14 @@ mod tests {
         r.lun = 3;
         r.cdb_length = 10;
         r.sense_info_ex_length = SENSE_BUFFER_SIZE as u8;
-        r.data_in = data_direction::READ;
+        r.data_in = DataDirection::READ;
         r.data_transfer_length = U32::new(4096);
         r.payload[..10].copy_from_slice(&[0x28, 0, 0, 0, 0, 8, 0, 0, 8, 0]);
         r.queue_tag = QUEUE_TAG_UNTAGGED;
-        r.queue_action = QUEUE_ACTION_SIMPLE_TAG;
-        r.srb_flags = U32::new(srb_flags::DATA_IN | srb_flags::DISABLE_SYNCH_TRANSFER);
+        r.queue_action = QueueAction::SIMPLE_TAG;
+        r.srb_flags = SrbFlags::new()
+            .with_data_in(true)
+            .with_disable_synch_transfer(true);
         r.time_out_value = U32::new(60);
         r.queue_sort_key = U32::new(0x1234_5678);
         r
@@ -1018,28 +933,35 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(VERSION_WIN6, 0x0200);
-        assert_eq!(VERSION_WIN7, 0x0402);
-        assert_eq!(VERSION_WIN8, 0x0501);
-        assert_eq!(VERSION_BLUE, 0x0600);
-        assert_eq!(VERSION_WIN10, 0x0602);
+        assert_eq!(Version::WIN6.get(), 0x0200);
+        assert_eq!(Version::WIN7.get(), 0x0402);
+        assert_eq!(Version::WIN8.get(), 0x0501);
+        assert_eq!(Version::BLUE.get(), 0x0600);
+        assert_eq!(Version::WIN10.get(), 0x0602);
+        assert_eq!(Version::from_parts(5, 1), Version::WIN8);
         for v in SUPPORTED_VERSIONS {
-            assert!(is_supported(v));
+            assert!(v.is_supported());
         }
-        assert!(!is_supported(VERSION_WIN10));
-        assert!(!is_supported(0));
-        assert!(!is_supported(0x0401));
-        assert_eq!(RequestSize::for_version(VERSION_WIN6).request_len(), 0x24);
-        assert_eq!(RequestSize::for_version(VERSION_WIN7).request_len(), 0x24);
-        assert_eq!(RequestSize::for_version(VERSION_WIN8).request_len(), 0x34);
-        assert_eq!(RequestSize::for_version(VERSION_BLUE).request_len(), 0x34);
-        assert_eq!(RequestSize::for_version(VERSION_WIN10).request_len(), 0x34);
+        assert!(!Version::WIN10.is_supported());
+        assert!(!Version::new(0).is_supported());
+        assert!(!Version::new(0x0401).is_supported());
+        assert!(Version::WIN7 < Version::WIN8 && Version::BLUE < Version::WIN10);
+        assert_eq!(RequestSize::for_version(Version::WIN6).request_len(), 0x24);
+        assert_eq!(RequestSize::for_version(Version::WIN7).request_len(), 0x24);
+        assert_eq!(RequestSize::for_version(Version::WIN8).request_len(), 0x34);
+        assert_eq!(RequestSize::for_version(Version::BLUE).request_len(), 0x34);
+        assert_eq!(RequestSize::for_version(Version::WIN10).request_len(), 0x34);
         assert_eq!(RequestSize::PreWin8.sense_buffer_len(), 0x12);
         assert_eq!(RequestSize::Win8.sense_buffer_len(), 0x14);
         assert_eq!(RequestSize::Win8.packet_len(), 0x40);
-        let pv = ProtocolVersion::new(VERSION_WIN7);
-        assert_eq!((pv.major(), pv.minor()), (4, 2));
+        let pv = ProtocolVersion::new(Version::WIN7);
+        assert_eq!((pv.major_minor.major(), pv.major_minor.minor()), (4, 2));
         assert_eq!(pv.as_bytes(), &[0x02, 0x04, 0, 0]);
+        // A version nobody named is a version: representable, unsupported.
+        let odd = ProtocolVersion::read_from_bytes(&[0x07, 0x09, 0, 0]).unwrap();
+        assert_eq!(odd.major_minor, Version::from_parts(9, 7));
+        assert!(!odd.major_minor.is_supported());
+        assert_eq!(std::format!("{:?}", odd.major_minor), "Version(0x907)");
     }
 
     #[test]
@@ -1067,12 +989,17 @@ mod tests {
         assert_eq!(NtStatus::INVALID_DEVICE_STATE.get(), 0xC000_0184);
         assert_eq!(NtStatus::UNSUCCESSFUL.get(), 0xC000_0001);
         assert_eq!(NtStatus::IO_DEVICE_ERROR.get(), 0xC000_0185);
+        assert_eq!(
+            NtStatus::IO_DEVICE_ERROR.as_bytes(),
+            &[0x85, 0x01, 0x00, 0xC0]
+        );
         assert!(NtStatus::SUCCESS.is_success());
         assert!(!NtStatus::DEVICE_BUSY.is_success());
         assert!(!NtStatus::IO_DEVICE_ERROR.is_success());
+        assert!(NtStatus::new(0x4000_0000).is_success());
         assert_eq!(
             std::format!("{:?}", NtStatus::REVISION_MISMATCH),
-            "STATUS_REVISION_MISMATCH"
+            "REVISION_MISMATCH"
         );
         assert_eq!(
             std::format!("{:?}", NtStatus::new(0xC000_0022)),
@@ -1082,47 +1009,95 @@ mod tests {
 
     #[test]
     fn srb_status_to_nt_status() {
-        use srb_status as s;
-        assert_eq!(nt_status_for_srb_status(s::SUCCESS), NtStatus::SUCCESS);
+        let s = |status: SrbStatus| status.nt_status();
+        assert_eq!(s(SrbStatus::SUCCESS), NtStatus::SUCCESS);
+        assert_eq!(s(SrbStatus::BUSY), NtStatus::DEVICE_BUSY);
+        assert_eq!(s(SrbStatus::INVALID_LUN), NtStatus::DEVICE_DOES_NOT_EXIST);
+        assert_eq!(s(SrbStatus::NO_HBA), NtStatus::DEVICE_DOES_NOT_EXIST);
+        assert_eq!(s(SrbStatus::COMMAND_TIMEOUT), NtStatus::IO_TIMEOUT);
         assert_eq!(
-            nt_status_for_srb_status(s::SUCCESS | s::AUTOSENSE_VALID),
-            NtStatus::SUCCESS
-        );
-        assert_eq!(nt_status_for_srb_status(s::BUSY), NtStatus::DEVICE_BUSY);
-        assert_eq!(
-            nt_status_for_srb_status(s::INVALID_LUN),
-            NtStatus::DEVICE_DOES_NOT_EXIST
-        );
-        assert_eq!(
-            nt_status_for_srb_status(s::SELECTION_TIMEOUT),
+            s(SrbStatus::SELECTION_TIMEOUT),
             NtStatus::DEVICE_NOT_CONNECTED
         );
         assert_eq!(
-            nt_status_for_srb_status(s::DATA_OVERRUN),
-            NtStatus::BUFFER_OVERFLOW
+            s(SrbStatus::BAD_SRB_BLOCK_LENGTH),
+            NtStatus::INVALID_DEVICE_REQUEST
         );
-        assert_eq!(nt_status_for_srb_status(s::ABORTED), NtStatus::CANCELLED);
+        assert_eq!(s(SrbStatus::DATA_OVERRUN), NtStatus::BUFFER_OVERFLOW);
+        assert_eq!(s(SrbStatus::REQUEST_FLUSHED), NtStatus::UNSUCCESSFUL);
+        assert_eq!(s(SrbStatus::ABORTED), NtStatus::CANCELLED);
+        assert_eq!(s(SrbStatus::ERROR), NtStatus::IO_DEVICE_ERROR);
+        // Unnamed codes, and flag bits in a hand-built value, do not panic.
+        assert_eq!(s(SrbStatus::new(0x3F)), NtStatus::IO_DEVICE_ERROR);
+        assert_eq!(s(SrbStatus::new(0xC1)), NtStatus::SUCCESS);
+        // The status byte keeps the code and the flags apart.
+        let b = SrbStatusAndFlags::from_bits(0xC4);
+        assert_eq!(b.status(), SrbStatus::ERROR);
+        assert!(b.autosense_valid() && b.queue_frozen());
+        let b = SrbStatusAndFlags::new()
+            .with_status(SrbStatus::ERROR)
+            .with_autosense_valid(true);
+        assert_eq!(b.into_bits(), 0x84);
+    }
+
+    #[test]
+    fn flag_words() {
+        let f = SrbFlags::new().with_data_in(true).with_data_out(true);
+        assert_eq!(f.into_bits().get(), 0xC0);
         assert_eq!(
-            nt_status_for_srb_status(s::ERROR | s::AUTOSENSE_VALID),
-            NtStatus::IO_DEVICE_ERROR
+            SrbFlags::new()
+                .with_disable_autosense(true)
+                .into_bits()
+                .get(),
+            0x20
         );
-        assert_eq!(s::code(0xC4), s::ERROR);
+        assert_eq!(
+            SrbFlags::new()
+                .with_class_driver_reserved(0xF)
+                .into_bits()
+                .get(),
+            0xF000_0000
+        );
+        assert_eq!(
+            SrbFlags::new()
+                .with_dont_start_next_packet(true)
+                .into_bits()
+                .get(),
+            0x0080_0000
+        );
+        assert_eq!(
+            OfferFlags::new().with_emulated_ide(true).into_bits().get(),
+            2
+        );
+        assert_eq!(
+            ChannelFlags::new().with_multi_channel(true).as_bytes(),
+            &[1, 0, 0, 0]
+        );
+        assert_eq!(
+            PacketFlags::new().with_request_completion(true).as_bytes(),
+            &[1, 0, 0, 0]
+        );
     }
 
     #[test]
     fn operation_codes_round_trip() {
-        for (i, op) in Operation::ALL.iter().enumerate() {
-            assert_eq!(*op as u32, i as u32 + 1);
-            assert_eq!(Operation::from_raw(*op as u32), Some(*op));
+        for (i, op) in Operation::KNOWN.iter().enumerate() {
+            assert_eq!(op.get(), i as u32 + 1);
+            assert!(op.min_payload_len(RequestSize::Win8).is_some());
         }
-        assert_eq!(Operation::from_raw(0), None);
-        assert_eq!(Operation::from_raw(15), None);
+        assert_eq!(Operation::KNOWN.len(), 14);
+        for raw in [0, 15, 0x100, u32::MAX] {
+            let op = Operation::new(raw);
+            assert_eq!(op.get(), raw);
+            assert_eq!(op.name(), None);
+            assert_eq!(op.min_payload_len(RequestSize::Win8), None);
+        }
         let h = PacketHeader::new(
-            Operation::ExecuteSrb,
-            FLAG_REQUEST_COMPLETION,
+            Operation::EXECUTE_SRB,
+            PacketFlags::new().with_request_completion(true),
             NtStatus::SUCCESS,
         );
-        assert_eq!(h.operation(), Some(Operation::ExecuteSrb));
+        assert_eq!(h.operation, Operation::EXECUTE_SRB);
         assert_eq!(h.as_bytes(), &[3, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
     }
 
@@ -1131,8 +1106,8 @@ mod tests {
         let r = sample_request();
         let bytes = packet(3, r.as_bytes());
         let (h, body) = parse_packet(&bytes, RequestSize::Win8).unwrap();
-        assert_eq!(h.operation(), Some(Operation::ExecuteSrb));
-        assert_eq!(h.flags.get(), FLAG_REQUEST_COMPLETION);
+        assert_eq!(h.operation, Operation::EXECUTE_SRB);
+        assert!(h.flags.request_completion());
         let Body::ExecuteSrb(got) = body else {
             panic!("{body:?}")
         };
@@ -1180,8 +1155,10 @@ mod tests {
     #[test]
     fn parse_complete_io() {
         let mut r = sample_request();
-        r.srb_status = srb_status::ERROR | srb_status::AUTOSENSE_VALID;
-        r.scsi_status = 0x02;
+        r.srb_status = SrbStatusAndFlags::new()
+            .with_status(SrbStatus::ERROR)
+            .with_autosense_valid(true);
+        r.scsi_status = ScsiStatus::CHECK_CONDITION;
         let mut bytes = packet(1, r.wire_bytes(RequestSize::Win8));
         bytes[8..12].copy_from_slice(&NtStatus::IO_DEVICE_ERROR.get().to_le_bytes());
         let (h, body) = parse_packet(&bytes, RequestSize::Win8).unwrap();
@@ -1202,20 +1179,20 @@ mod tests {
             unreachable!()
         };
         assert_eq!(c.channel_properties(), props);
-        assert_eq!(c.protocol_version().major_minor.get(), 0);
+        assert_eq!(c.protocol_version().major_minor, Version::new(0));
     }
 
     #[test]
     fn parse_negotiation_packets() {
         for size in [RequestSize::PreWin8, RequestSize::Win8] {
-            let pv = ProtocolVersion::new(VERSION_BLUE);
+            let pv = ProtocolVersion::new(Version::BLUE);
             let (h, body) = parse_packet(&packet(9, pv.as_bytes()), size).unwrap();
-            assert_eq!(h.operation(), Some(Operation::QueryProtocolVersion));
+            assert_eq!(h.operation, Operation::QUERY_PROTOCOL_VERSION);
             assert_eq!(body, Body::ProtocolVersion(pv));
 
             let props = ChannelProperties {
                 maximum_sub_channel_count: U16::new(7),
-                flags: U32::new(CHANNEL_PROPERTY_MULTI_CHANNEL),
+                flags: ChannelFlags::new().with_multi_channel(true),
                 max_transfer_bytes: U32::new(0x40000),
                 ..ChannelProperties::new_zeroed()
             };
@@ -1236,7 +1213,7 @@ mod tests {
 
             for op in [2, 4, 5, 6, 7, 8, 11, 14] {
                 let (h, body) = parse_packet(&packet(op, &[]), size).unwrap();
-                assert_eq!(h.operation.get(), op);
+                assert_eq!(h.operation, Operation::new(op));
                 assert_eq!(body, Body::None);
                 // Padded to a full packet, as Linux sends them.
                 let padded = packet(op, &[0; PACKET_PAYLOAD_LEN]);
@@ -1261,7 +1238,7 @@ mod tests {
         for op in [0u32, 15, 0x100, u32::MAX] {
             assert_eq!(
                 parse_packet(&packet(op, &[0; 64]), RequestSize::Win8),
-                Err(ParseError::UnknownOperation(op))
+                Err(ParseError::UnknownOperation(Operation::new(op)))
             );
         }
     }
@@ -1270,11 +1247,11 @@ mod tests {
     fn parse_short_bodies() {
         let full = [0u8; PACKET_PAYLOAD_LEN];
         for size in [RequestSize::PreWin8, RequestSize::Win8] {
-            for op in Operation::ALL {
-                let needed = op.min_payload_len(size);
+            for &op in Operation::KNOWN {
+                let needed = op.min_payload_len(size).unwrap();
                 for actual in 0..needed {
                     assert_eq!(
-                        parse_packet(&packet(op as u32, &full[..actual]), size),
+                        parse_packet(&packet(op.get(), &full[..actual]), size),
                         Err(ParseError::TruncatedBody {
                             operation: op,
                             needed,
@@ -1283,7 +1260,7 @@ mod tests {
                         "{op:?} {size:?}"
                     );
                 }
-                assert!(parse_packet(&packet(op as u32, &full[..needed]), size).is_ok());
+                assert!(parse_packet(&packet(op.get(), &full[..needed]), size).is_ok());
             }
         }
         // A pre-Win8-sized SRB on a Win8 channel is too short.
@@ -1294,7 +1271,7 @@ mod tests {
                 RequestSize::Win8
             ),
             Err(ParseError::TruncatedBody {
-                operation: Operation::ExecuteSrb,
+                operation: Operation::EXECUTE_SRB,
                 needed: 0x34,
                 actual: 0x24
             })
@@ -1304,13 +1281,13 @@ mod tests {
     #[test]
     fn parse_errors_display() {
         let e = ParseError::TruncatedBody {
-            operation: Operation::ExecuteSrb,
+            operation: Operation::EXECUTE_SRB,
             needed: 0x34,
             actual: 3,
         };
-        assert!(e.to_string().contains("ExecuteSrb"));
+        assert!(e.to_string().contains("EXECUTE_SRB"));
         assert!(
-            ParseError::UnknownOperation(99)
+            ParseError::UnknownOperation(Operation::new(99))
                 .to_string()
                 .contains("0x63")
         );
@@ -1345,13 +1322,13 @@ mod tests {
             match parse_packet(&buf[..len], size) {
                 Ok((h, body)) => {
                     ok += 1;
-                    assert!(h.operation().is_some());
+                    assert!(h.operation.name().is_some());
                     if let Body::ExecuteSrb(r) = body {
                         let _ = r.cdb();
                     }
                 }
                 Err(ParseError::TruncatedHeader { len: l }) => assert!(l < PACKET_HEADER_LEN),
-                Err(ParseError::UnknownOperation(op)) => assert!(Operation::from_raw(op).is_none()),
+                Err(ParseError::UnknownOperation(op)) => assert!(op.name().is_none()),
                 Err(ParseError::TruncatedBody { needed, actual, .. }) => assert!(actual < needed),
             }
         }

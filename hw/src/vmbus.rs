@@ -14,22 +14,28 @@
 //! and an 8-byte [`PacketTrailer`] that records the writer's index before the
 //! packet. Packets wrap around the end of the data area.
 //!
-//! A GPA-direct packet ([`PACKET_TYPE_DATA_USING_GPA_DIRECT`]) carries a
+//! A GPA-direct packet ([`PacketType::DATA_USING_GPA_DIRECT`]) carries a
 //! [`GpaDirectHeader`] (range count) and then that many ranges, each a
 //! [`GpaRangeHeader`] (byte count, byte offset into the first page) followed
 //! by its page frame numbers. [`parse_gpa_direct`] walks them with every
 //! bound checked.
 //!
-//! All multi-byte fields are little-endian; the types here use native
-//! integers, which is correct on every architecture VMBus exists on
-//! (x86-64 and AArch64).
+//! All multi-byte fields are little-endian; the layouts are built from
+//! zerocopy's little-endian integer types (alignment 1, the same meaning on
+//! any host), packet types are an open enum and flag words `#[bitfield]`s.
 //!
 //! Everything here is pure: layouts, constants and validation. The ring
 //! access itself (guest memory, wrap-around copies, signalling) lives in
 //! `parastor-translation`.
 
 use core::fmt;
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use core::mem::offset_of;
+
+use bitfield_struct::bitfield;
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::open_enum::open_enum;
 
 /// Size of a guest page as VMBus counts it (PFNs are in these units).
 pub const PAGE_SIZE: u32 = 4096;
@@ -49,55 +55,69 @@ pub const RING_HEADER_SIZE: u32 = PAGE_SIZE;
 /// 2 GiB means every index sum (`index + length`) fits in a `u32`.
 pub const MAX_RING_DATA_SIZE: u32 = 1 << 30;
 
-/// Byte offset of `write_index` in the control page.
-pub const RING_WRITE_INDEX_OFFSET: u32 = 0;
-/// Byte offset of `read_index` in the control page.
-pub const RING_READ_INDEX_OFFSET: u32 = 4;
-/// Byte offset of `interrupt_mask` in the control page.
-pub const RING_INTERRUPT_MASK_OFFSET: u32 = 8;
-/// Byte offset of `pending_send_sz` in the control page.
-pub const RING_PENDING_SEND_SIZE_OFFSET: u32 = 12;
-/// Byte offset of `feature_bits` in the control page.
-pub const RING_FEATURE_BITS_OFFSET: u32 = 64;
-
-/// Feature bit: the ring's writer sets `pending_send_sz` when it is blocked
-/// on a full ring, and the reader signals it once enough space is free.
-pub const RING_FEATURE_PENDING_SEND_SIZE: u32 = 1;
+/// A ring's feature bits ([`RingControl::feature_bits`]).
+#[bitfield(u32, repr = U32, from = U32::new, into = U32::get)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+pub struct RingFeatures {
+    /// The ring's writer sets `pending_send_sz` when it is blocked on a
+    /// full ring, and the reader signals it once enough space is free.
+    pub pending_send_size: bool,
+    /// Reserved.
+    #[bits(31)]
+    pub reserved: u32,
+}
 
 /// The used part of a ring's control page (`struct hv_ring_buffer` up to the
 /// padding); the rest of the 4 KiB page is reserved.
 #[repr(C)]
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
 )]
 pub struct RingControl {
     /// Byte offset in the data area where the writer puts the next packet.
-    pub write_index: u32,
+    pub write_index: U32,
     /// Byte offset in the data area of the next packet the reader consumes.
-    pub read_index: u32,
+    pub read_index: U32,
     /// Non-zero while the reader does not want to be signalled for new data.
-    pub interrupt_mask: u32,
+    pub interrupt_mask: U32,
     /// Bytes the writer is waiting for (0 = not waiting); see
-    /// [`RING_FEATURE_PENDING_SEND_SIZE`].
-    pub pending_send_sz: u32,
+    /// [`RingFeatures::pending_send_size`].
+    pub pending_send_sz: U32,
     /// Reserved.
-    pub reserved: [u32; 12],
-    /// Feature bits ([`RING_FEATURE_PENDING_SEND_SIZE`]).
-    pub feature_bits: u32,
+    pub reserved: [U32; 12],
+    /// Feature bits.
+    pub feature_bits: RingFeatures,
 }
 
+const _: () = assert!(size_of::<RingControl>() == 68);
+
+/// Byte offset of `write_index` in the control page.
+pub const RING_WRITE_INDEX_OFFSET: u32 = offset_of!(RingControl, write_index) as u32;
+/// Byte offset of `read_index` in the control page.
+pub const RING_READ_INDEX_OFFSET: u32 = offset_of!(RingControl, read_index) as u32;
+/// Byte offset of `interrupt_mask` in the control page.
+pub const RING_INTERRUPT_MASK_OFFSET: u32 = offset_of!(RingControl, interrupt_mask) as u32;
+/// Byte offset of `pending_send_sz` in the control page.
+pub const RING_PENDING_SEND_SIZE_OFFSET: u32 = offset_of!(RingControl, pending_send_sz) as u32;
+/// Byte offset of `feature_bits` in the control page.
+pub const RING_FEATURE_BITS_OFFSET: u32 = offset_of!(RingControl, feature_bits) as u32;
+
 const _: () = {
-    assert!(size_of::<RingControl>() == 68);
-    assert!(core::mem::offset_of!(RingControl, write_index) == RING_WRITE_INDEX_OFFSET as usize);
-    assert!(core::mem::offset_of!(RingControl, read_index) == RING_READ_INDEX_OFFSET as usize);
-    assert!(
-        core::mem::offset_of!(RingControl, interrupt_mask) == RING_INTERRUPT_MASK_OFFSET as usize
-    );
-    assert!(
-        core::mem::offset_of!(RingControl, pending_send_sz)
-            == RING_PENDING_SEND_SIZE_OFFSET as usize
-    );
-    assert!(core::mem::offset_of!(RingControl, feature_bits) == RING_FEATURE_BITS_OFFSET as usize);
+    assert!(RING_WRITE_INDEX_OFFSET == 0);
+    assert!(RING_READ_INDEX_OFFSET == 4);
+    assert!(RING_INTERRUPT_MASK_OFFSET == 8);
+    assert!(RING_PENDING_SEND_SIZE_OFFSET == 12);
+    assert!(RING_FEATURE_BITS_OFFSET == 64);
 };
 
 /// Why a ring's geometry or one of its indices is unusable.
@@ -202,53 +222,66 @@ pub const fn should_signal_after_write(
 }
 
 /// Whether the reader must signal the writer after consuming packets: only
-/// if the writer advertised [`RING_FEATURE_PENDING_SEND_SIZE`], is waiting
+/// if the writer advertised [`RingFeatures::pending_send_size`], is waiting
 /// (`pending_send_sz != 0`), and the free space crossed the threshold — it
 /// was not enough before (`free_before <= pending_send_sz`) and is now
 /// (`free_after > pending_send_sz`, the writer needs strictly more).
 pub const fn should_signal_after_read(
-    feature_bits: u32,
+    feature_bits: RingFeatures,
     pending_send_sz: u32,
     free_before: u32,
     free_after: u32,
 ) -> bool {
-    feature_bits & RING_FEATURE_PENDING_SEND_SIZE != 0
+    feature_bits.pending_send_size()
         && pending_send_sz != 0
         && free_before <= pending_send_sz
         && free_after > pending_send_sz
 }
 
-/// Packet type: invalid.
-pub const PACKET_TYPE_INVALID: u16 = 0;
-/// Packet type: synchronisation.
-pub const PACKET_TYPE_SYNCH: u16 = 1;
-/// Packet type: add a transfer page set.
-pub const PACKET_TYPE_ADD_TRANSFER_PAGE_SET: u16 = 2;
-/// Packet type: remove a transfer page set.
-pub const PACKET_TYPE_REMOVE_TRANSFER_PAGE_SET: u16 = 3;
-/// Packet type: establish a GPADL.
-pub const PACKET_TYPE_ESTABLISH_GPADL: u16 = 4;
-/// Packet type: tear down a GPADL.
-pub const PACKET_TYPE_TEARDOWN_GPADL: u16 = 5;
-/// Packet type: data carried in the ring itself.
-pub const PACKET_TYPE_DATA_INBAND: u16 = 6;
-/// Packet type: data in transfer pages.
-pub const PACKET_TYPE_DATA_USING_TRANSFER_PAGES: u16 = 7;
-/// Packet type: data in a GPADL.
-pub const PACKET_TYPE_DATA_USING_GPADL: u16 = 8;
-/// Packet type: data described by guest physical page ranges.
-pub const PACKET_TYPE_DATA_USING_GPA_DIRECT: u16 = 9;
-/// Packet type: cancel a request.
-pub const PACKET_TYPE_CANCEL_REQUEST: u16 = 10;
-/// Packet type: completion of an earlier packet (same transaction id).
-pub const PACKET_TYPE_COMPLETION: u16 = 11;
-/// Packet type: data using an additional packet.
-pub const PACKET_TYPE_DATA_USING_ADDITIONAL_PACKET: u16 = 12;
-/// Packet type: additional data.
-pub const PACKET_TYPE_ADDITIONAL_DATA: u16 = 13;
+open_enum! {
+    /// VMBus packet types ([`PacketDescriptor::packet_type`]).
+    pub struct PacketType(le u16) {
+        /// Invalid.
+        INVALID = 0,
+        /// Synchronisation.
+        SYNCH = 1,
+        /// Add a transfer page set.
+        ADD_TRANSFER_PAGE_SET = 2,
+        /// Remove a transfer page set.
+        REMOVE_TRANSFER_PAGE_SET = 3,
+        /// Establish a GPADL.
+        ESTABLISH_GPADL = 4,
+        /// Tear down a GPADL.
+        TEARDOWN_GPADL = 5,
+        /// Data carried in the ring itself.
+        DATA_INBAND = 6,
+        /// Data in transfer pages.
+        DATA_USING_TRANSFER_PAGES = 7,
+        /// Data in a GPADL.
+        DATA_USING_GPADL = 8,
+        /// Data described by guest physical page ranges.
+        DATA_USING_GPA_DIRECT = 9,
+        /// Cancel a request.
+        CANCEL_REQUEST = 10,
+        /// Completion of an earlier packet (same transaction id).
+        COMPLETION = 11,
+        /// Data using an additional packet.
+        DATA_USING_ADDITIONAL_PACKET = 12,
+        /// Additional data.
+        ADDITIONAL_DATA = 13,
+    }
+}
 
-/// Packet flag: the sender wants a [`PACKET_TYPE_COMPLETION`] packet back.
-pub const PACKET_FLAG_COMPLETION_REQUESTED: u16 = 1;
+/// [`PacketDescriptor::flags`].
+#[bitfield(u16, repr = U16, from = U16::new, into = U16::get)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+pub struct DescriptorFlags {
+    /// The sender wants a [`PacketType::COMPLETION`] packet back.
+    pub completion_requested: bool,
+    /// Reserved.
+    #[bits(15)]
+    pub reserved: u16,
+}
 
 /// Size of a [`PacketDescriptor`] in bytes.
 pub const PACKET_DESCRIPTOR_SIZE: u32 = 16;
@@ -263,19 +296,29 @@ pub const MAX_PACKET_SIZE: u32 = u16::MAX as u32 * 8;
 /// The descriptor at the start of every packet (`struct vmpacket_descriptor`).
 #[repr(C)]
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
 )]
 pub struct PacketDescriptor {
-    /// One of the `PACKET_TYPE_*` constants.
-    pub packet_type: u16,
+    /// Packet type.
+    pub packet_type: PacketType,
     /// Offset of the payload from the start of the packet, in 8-byte units.
-    pub data_offset8: u16,
+    pub data_offset8: U16,
     /// Total length of the packet (trailer excluded), in 8-byte units.
-    pub length8: u16,
-    /// `PACKET_FLAG_*` bits.
-    pub flags: u16,
+    pub length8: U16,
+    /// Flags.
+    pub flags: DescriptorFlags,
     /// The sender's id for the request; a completion echoes it.
-    pub transaction_id: u64,
+    pub transaction_id: U64,
 }
 
 const _: () = assert!(size_of::<PacketDescriptor>() == PACKET_DESCRIPTOR_SIZE as usize);
@@ -332,22 +375,22 @@ impl core::error::Error for DescriptorError {}
 impl PacketDescriptor {
     /// Total length of the packet in bytes, trailer excluded.
     pub const fn len(&self) -> u32 {
-        self.length8 as u32 * 8
+        self.length8.get() as u32 * 8
     }
 
     /// Whether the packet has no bytes at all (always malformed).
     pub const fn is_empty(&self) -> bool {
-        self.length8 == 0
+        self.length8.get() == 0
     }
 
     /// Offset of the payload from the start of the packet, in bytes.
     pub const fn data_offset(&self) -> u32 {
-        self.data_offset8 as u32 * 8
+        self.data_offset8.get() as u32 * 8
     }
 
     /// Whether the sender asked for a completion packet.
     pub const fn completion_requested(&self) -> bool {
-        self.flags & PACKET_FLAG_COMPLETION_REQUESTED != 0
+        self.flags.completion_requested()
     }
 
     /// Checks the descriptor's framing against `available` bytes in the ring
@@ -378,8 +421,8 @@ impl PacketDescriptor {
     /// descriptor) is `header_len` bytes and whose payload is `payload_len`
     /// bytes; both are padded to 8 bytes.
     pub const fn for_packet(
-        packet_type: u16,
-        flags: u16,
+        packet_type: PacketType,
+        flags: DescriptorFlags,
         transaction_id: u64,
         header_len: usize,
         payload_len: usize,
@@ -392,10 +435,10 @@ impl PacketDescriptor {
         }
         Ok(Self {
             packet_type,
-            data_offset8: (offset / 8) as u16,
-            length8: (len / 8) as u16,
+            data_offset8: U16::new((offset / 8) as u16),
+            length8: U16::new((len / 8) as u16),
             flags,
-            transaction_id,
+            transaction_id: U64::new(transaction_id),
         })
     }
 }
@@ -412,13 +455,23 @@ pub const fn align8(n: u64) -> u64 {
 /// in the upper half of a little-endian `u64`.
 #[repr(C)]
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
 )]
 pub struct PacketTrailer {
     /// Reserved (zero).
-    pub reserved: u32,
+    pub reserved: U32,
     /// `write_index` before this packet was written.
-    pub previous_write_index: u32,
+    pub previous_write_index: U32,
 }
 
 const _: () = assert!(size_of::<PacketTrailer>() == PACKET_TRAILER_SIZE as usize);
@@ -427,13 +480,23 @@ const _: () = assert!(size_of::<PacketTrailer>() == PACKET_TRAILER_SIZE as usize
 /// (`struct vmbus_channel_packet_multipage_buffer` minus the descriptor).
 #[repr(C)]
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
 )]
 pub struct GpaDirectHeader {
     /// Reserved (zero).
-    pub reserved: u32,
+    pub reserved: U32,
     /// Number of [`GpaRangeHeader`]-led ranges that follow.
-    pub range_count: u32,
+    pub range_count: U32,
 }
 
 const _: () = assert!(size_of::<GpaDirectHeader>() == 8);
@@ -443,13 +506,23 @@ const _: () = assert!(size_of::<GpaDirectHeader>() == 8);
 /// [`GpaRangeHeader::pfn_count`].
 #[repr(C)]
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    FromBytes,
+    IntoBytes,
+    Immutable,
+    KnownLayout,
+    Unaligned,
 )]
 pub struct GpaRangeHeader {
     /// Length of the range in bytes.
-    pub byte_count: u32,
+    pub byte_count: U32,
     /// Offset of the range's first byte in its first page.
-    pub byte_offset: u32,
+    pub byte_offset: U32,
 }
 
 const _: () = assert!(size_of::<GpaRangeHeader>() == 8);
@@ -457,7 +530,7 @@ const _: () = assert!(size_of::<GpaRangeHeader>() == 8);
 impl GpaRangeHeader {
     /// Number of pages the range spans (and so of PFNs that follow it).
     pub const fn pfn_count(&self) -> u64 {
-        (self.byte_offset as u64 + self.byte_count as u64).div_ceil(PAGE_SIZE as u64)
+        (self.byte_offset.get() as u64 + self.byte_count.get() as u64).div_ceil(PAGE_SIZE as u64)
     }
 }
 
@@ -553,9 +626,10 @@ impl<'a> GpaRangeRef<'a> {
 
     /// The page frame numbers, each already checked against [`MAX_PFN`].
     pub fn pfns(&self) -> impl Iterator<Item = u64> + 'a {
-        self.pfns
-            .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        <[U64]>::ref_from_bytes(self.pfns)
+            .unwrap_or(&[])
+            .iter()
+            .map(|p| p.get())
     }
 
     /// The range as contiguous guest-physical pieces `(gpa, len)`, in
@@ -626,14 +700,12 @@ impl<'a> GpaRanges<'a> {
     fn parse_one(&mut self, index: u32) -> Result<GpaRangeRef<'a>, GpaRangeError> {
         let (header, rest) = GpaRangeHeader::read_from_prefix(self.rest)
             .map_err(|_| GpaRangeError::RangeHeaderTruncated { index })?;
-        if header.byte_count == 0 {
+        let (byte_count, byte_offset) = (header.byte_count.get(), header.byte_offset.get());
+        if byte_count == 0 {
             return Err(GpaRangeError::EmptyRange { index });
         }
-        if header.byte_offset >= PAGE_SIZE {
-            return Err(GpaRangeError::ByteOffsetTooLarge {
-                index,
-                byte_offset: header.byte_offset,
-            });
+        if byte_offset >= PAGE_SIZE {
+            return Err(GpaRangeError::ByteOffsetTooLarge { index, byte_offset });
         }
         let needed = header.pfn_count();
         let available = (rest.len() / 8) as u64;
@@ -646,8 +718,8 @@ impl<'a> GpaRanges<'a> {
         }
         let (pfns, rest) = rest.split_at(needed as usize * 8);
         let range = GpaRangeRef {
-            byte_count: header.byte_count,
-            byte_offset: header.byte_offset,
+            byte_count,
+            byte_offset,
             pfns,
         };
         if let Some(pfn) = range.pfns().find(|&p| p > MAX_PFN) {
@@ -665,13 +737,13 @@ impl<'a> GpaRanges<'a> {
 pub fn parse_gpa_direct(header_area: &[u8]) -> Result<GpaRanges<'_>, GpaRangeError> {
     let (header, rest) =
         GpaDirectHeader::read_from_prefix(header_area).map_err(|_| GpaRangeError::MissingHeader)?;
-    if header.range_count == 0 {
+    if header.range_count.get() == 0 {
         return Err(GpaRangeError::NoRanges);
     }
     Ok(GpaRanges {
         rest,
         index: 0,
-        count: header.range_count,
+        count: header.range_count.get(),
         failed: false,
     })
 }
@@ -684,8 +756,8 @@ mod tests {
 
     fn range_bytes(buf: &mut [u8], at: usize, count: u32, offset: u32, pfns: &[u64]) -> usize {
         let h = GpaRangeHeader {
-            byte_count: count,
-            byte_offset: offset,
+            byte_count: count.into(),
+            byte_offset: offset.into(),
         };
         buf[at..at + 8].copy_from_slice(h.as_bytes());
         let mut p = at + 8;
@@ -725,17 +797,18 @@ mod tests {
         assert!(should_signal_after_write(0, 16, 16));
         assert!(!should_signal_after_write(1, 16, 16));
         assert!(!should_signal_after_write(0, 24, 16));
-        let f = RING_FEATURE_PENDING_SEND_SIZE;
+        let f = RingFeatures::new().with_pending_send_size(true);
         assert!(should_signal_after_read(f, 100, 50, 101));
         assert!(!should_signal_after_read(f, 100, 50, 100));
         assert!(!should_signal_after_read(f, 100, 101, 200));
-        assert!(!should_signal_after_read(0, 100, 50, 200));
+        assert!(!should_signal_after_read(RingFeatures::new(), 100, 50, 200));
         assert!(!should_signal_after_read(f, 0, 50, 200));
     }
 
     #[test]
     fn descriptor_validation() {
-        let d = PacketDescriptor::for_packet(PACKET_TYPE_DATA_INBAND, 1, 7, 0, 5).unwrap();
+        let requested = DescriptorFlags::new().with_completion_requested(true);
+        let d = PacketDescriptor::for_packet(PacketType::DATA_INBAND, requested, 7, 0, 5).unwrap();
         assert_eq!((d.data_offset(), d.len()), (16, 24));
         assert!(d.completion_requested());
         assert!(d.validate(32).is_ok());
@@ -744,12 +817,12 @@ mod tests {
             Err(DescriptorError::TooLong { .. })
         ));
         let mut bad = d;
-        bad.data_offset8 = 1;
+        bad.data_offset8 = 1.into();
         assert_eq!(
             bad.validate(100),
             Err(DescriptorError::DataOffsetTooSmall { offset: 8 })
         );
-        bad.data_offset8 = 4;
+        bad.data_offset8 = 4.into();
         assert_eq!(
             bad.validate(100),
             Err(DescriptorError::DataOffsetPastLength {
@@ -758,16 +831,77 @@ mod tests {
             })
         );
         assert!(matches!(
-            PacketDescriptor::for_packet(6, 0, 0, 0, MAX_PACKET_SIZE as usize),
+            PacketDescriptor::for_packet(
+                PacketType::DATA_INBAND,
+                DescriptorFlags::new(),
+                0,
+                0,
+                MAX_PACKET_SIZE as usize
+            ),
             Err(DescriptorError::TooLarge { .. })
         ));
         // Lengths whose sum overflows are refused, not wrapped (or a panic).
         for (header, payload) in [(usize::MAX, 0), (0, usize::MAX), (usize::MAX, usize::MAX)] {
             assert!(matches!(
-                PacketDescriptor::for_packet(6, 0, 0, header, payload),
+                PacketDescriptor::for_packet(
+                    PacketType::DATA_INBAND,
+                    DescriptorFlags::new(),
+                    0,
+                    header,
+                    payload
+                ),
                 Err(DescriptorError::TooLarge { .. })
             ));
         }
+    }
+
+    #[test]
+    fn descriptor_wire_layout_and_unknown_types() {
+        let d = PacketDescriptor::for_packet(
+            PacketType::DATA_USING_GPA_DIRECT,
+            DescriptorFlags::new().with_completion_requested(true),
+            0x0102_0304_0506_0708,
+            8,
+            3,
+        )
+        .unwrap();
+        assert_eq!(
+            d.as_bytes(),
+            &[9, 0, 3, 0, 4, 0, 1, 0, 8, 7, 6, 5, 4, 3, 2, 1]
+        );
+        // A type nobody named is read, kept and printed, not refused here.
+        let raw = [0x34, 0x12, 2, 0, 2, 0, 0x03, 0x80, 0, 0, 0, 0, 0, 0, 0, 0];
+        let (d, _) = PacketDescriptor::read_from_prefix(&raw[..]).unwrap();
+        assert_eq!(d.packet_type, PacketType::new(0x1234));
+        assert_eq!(d.packet_type.name(), None);
+        assert_eq!(std::format!("{:?}", d.packet_type), "PacketType(0x1234)");
+        assert!(d.completion_requested());
+        assert_eq!(d.flags.reserved(), 0x4001);
+        assert_eq!(d.as_bytes(), &raw, "reserved bits survive a round trip");
+        assert_eq!(PacketType::COMPLETION.get(), 11);
+    }
+
+    #[test]
+    fn ring_control_layout() {
+        let c = RingControl {
+            write_index: 0x10.into(),
+            read_index: 0x20.into(),
+            interrupt_mask: 1.into(),
+            pending_send_sz: 0x30.into(),
+            feature_bits: RingFeatures::new().with_pending_send_size(true),
+            ..Default::default()
+        };
+        let b = c.as_bytes();
+        assert_eq!(b[..4], [0x10, 0, 0, 0]);
+        assert_eq!(b[4..8], [0x20, 0, 0, 0]);
+        assert_eq!(b[8..12], [1, 0, 0, 0]);
+        assert_eq!(b[12..16], [0x30, 0, 0, 0]);
+        assert_eq!(b[64..68], [1, 0, 0, 0]);
+        let t = PacketTrailer {
+            reserved: 0.into(),
+            previous_write_index: 0x40.into(),
+        };
+        assert_eq!(t.as_bytes(), &[0, 0, 0, 0, 0x40, 0, 0, 0]);
     }
 
     #[test]

@@ -7,22 +7,12 @@
 //! oracle fails the test, wherever it runs; only an explicit
 //! `PARASTOR_SKIP_PYTHON_ORACLE=1` turns that into a loud skip.
 
+mod common;
+
+use common::run;
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
-
-fn run(cmd: &mut Command, stdin: &[u8]) -> Output {
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let mut input = child.stdin.take().expect("stdin");
-    input.write_all(stdin).expect("write stdin");
-    drop(input);
-    child.wait_with_output().expect("wait")
-}
+use std::process::Command;
 
 fn parastor(args: &[&str], stdin: &[u8]) -> Vec<u8> {
     let out = run(

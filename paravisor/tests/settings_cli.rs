@@ -1,6 +1,9 @@
 //! `parastor settings` on the example documents in
 //! `vtl2-settings/examples/settings/`, through the real binary.
 
+mod common;
+
+use common::text;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -26,10 +29,6 @@ fn parastor(args: &[&Path]) -> Output {
         .args(args)
         .output()
         .expect("run parastor")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
 }
 
 /// Runs `parastor settings check FILE`, asserts success, and returns the

@@ -17,9 +17,10 @@
 //!   SENSE returns its sense data in the buffer, with GOOD);
 //! - after a GOOD WRITE(6/10/12/16) of N blocks at LBA, READ(16) of that
 //!   range by the same initiator is GOOD and returns the bytes written;
-//! - a GOOD REQUEST SENSE returns the sense of the last CHECK CONDITION (or
-//!   NO SENSE if it was already reported), unless it reports the capacity
-//!   change unit attention instead.
+//! - a GOOD REQUEST SENSE returns the sense of the initiator's last CHECK
+//!   CONDITION (or NO SENSE if it was already reported, by REQUEST SENSE
+//!   or by autosense), unless it reports the capacity change unit
+//!   attention instead.
 //!
 //! Reuse between inputs: each command's buffer takes its guest memory from
 //! the thread's [`scratch`](crate::scratch) pool (zeroed, as good as new);
@@ -32,9 +33,11 @@
 //! seeds can be written by hand: a `Header` (7 bytes when its options are
 //! `None`), then steps until the input runs out. A step starts with a kind
 //! byte: `kind % 16 == 15` is a resize (`u16` LE sector count, modulo twice
-//! the initial size plus one); anything else is a command: a `CmdHeader`
-//! (7 bytes), one `RangeSpec` (3 bytes) per range, the CDB bytes, then the
-//! payload bytes. The buffer holds the payload, then `fill` bytes.
+//! the initial size plus one); anything else is a command (bit 4: try
+//! `execute_now` first; bit 5: its sense is delivered by autosense): a
+//! `CmdHeader` (7 bytes), one `RangeSpec` (3 bytes) per range, the CDB
+//! bytes, then the payload bytes. The buffer holds the payload, then
+//! `fill` bytes.
 
 use crate::buf::TestBuf;
 use crate::stacks::{disk, layer, ram};
@@ -43,7 +46,7 @@ use futures::executor::block_on;
 use parastor_core::layered::LayeredDisk;
 use parastor_core::memory::GuestMemory;
 use parastor_core::{Disk, GpaRange, InitiatorId, ReservationsDisk};
-use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult};
+use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult, SenseDelivery};
 
 /// Most steps one input runs.
 const MAX_STEPS: usize = 48;
@@ -234,14 +237,14 @@ fn reported_sense(desc: bool, data: &[u8]) -> Option<(u8, u8, u8)> {
 /// Checks the properties every result must have.
 fn check_result(r: &ScsiResult, len: usize, what: &dyn Fn() -> String) {
     assert!(r.tx <= len, "tx {} > buffer {len}: {r:?}\n{}", r.tx, what());
-    match r.status {
+    match r.status.get() {
         GOOD => assert!(r.sense.is_none(), "GOOD with sense: {r:?}\n{}", what()),
         CHECK_CONDITION | TASK_ABORTED => {
             let s = r.sense.unwrap_or_else(|| {
                 panic!("status {:#x} without sense: {r:?}\n{}", r.status, what())
             });
             assert!(
-                (1..=0xE).contains(&s.key),
+                (1..=0xE).contains(&s.key.get()),
                 "invalid sense key {:#x}: {r:?}\n{}",
                 s.key,
                 what()
@@ -252,7 +255,7 @@ fn check_result(r: &ScsiResult, len: usize, what: &dyn Fn() -> String) {
         }
         other => panic!("unexpected status {other:#x}: {r:?}\n{}", what()),
     }
-    if r.status != GOOD {
+    if r.status.get() != GOOD {
         assert_eq!(r.tx, 0, "failed command transferred: {r:?}\n{}", what());
     }
 }
@@ -343,12 +346,17 @@ pub fn scsi_cdb(data: &[u8]) {
         let initiator = InitiatorId::new(who as u128);
         let len = buffer.buf.len();
         let sg = buffer.buf.sg(writable);
+        let delivery = if kind & 0x20 != 0 {
+            SenseDelivery::Autosense
+        } else {
+            SenseDelivery::RequestSense
+        };
         // Half the commands try the future-less path first; it must keep
         // every property `execute` does.
         let now = (kind & 0x10 != 0)
-            .then(|| scsi.execute_now(&cdb, &sg, initiator))
+            .then(|| scsi.execute_now(&cdb, &sg, initiator, delivery))
             .flatten();
-        let r = now.unwrap_or_else(|| block_on(scsi.execute(&cdb, sg, initiator)));
+        let r = now.unwrap_or_else(|| block_on(scsi.execute(&cdb, sg, initiator, delivery)));
         let what = || {
             format!(
                 "step {step}: cdb {cdb:02x?}, buffer {len} bytes in {:?} (memory {} bytes, writable {writable}), initiator {}, capacity {} x {ss}\nheader {h:?}",
@@ -359,8 +367,16 @@ pub fn scsi_cdb(data: &[u8]) {
             )
         };
         check_result(&r, len, &what);
-        match r.status {
-            CHECK_CONDITION => stored[who] = Some(r.sense.map(|s| (s.key, s.asc, s.ascq))),
+        match r.status.get() {
+            // Sense delivered by autosense is not kept: NO SENSE is.
+            CHECK_CONDITION => {
+                stored[who] = Some(match delivery {
+                    SenseDelivery::Autosense => None,
+                    SenseDelivery::RequestSense => r
+                        .sense
+                        .map(|s| (s.key.get(), s.additional.asc(), s.additional.ascq())),
+                })
+            }
             GOOD if cdb.first() == Some(&0x03) => {
                 let desc = cdb[1] & 1 != 0;
                 let got = buffer.load();
@@ -402,9 +418,9 @@ fn check_readback(
     cdb[10..14].copy_from_slice(&(blocks as u32).to_be_bytes());
     let buf = TestBuf::contiguous(want.len());
     buf.fill(0xA5);
-    let r = block_on(scsi.execute(&cdb, buf.sg(true), initiator));
+    let r = block_on(scsi.execute(&cdb, buf.sg(true), initiator, SenseDelivery::RequestSense));
     assert!(
-        r.status == GOOD && r.tx == want.len(),
+        r.status.get() == GOOD && r.tx == want.len(),
         "READ(16) after a GOOD WRITE of {blocks} blocks at {lba}: {r:?}\n{}",
         what()
     );

@@ -80,10 +80,11 @@ use parastor_core::{GpaRange, GuestMemory, InitiatorId};
 use parastor_emulated::storvsc::{Data, Srb};
 use parastor_emulated::{GuestConfig, Profile, Storvsc};
 use parastor_hw::storvsp::{
-    FLAG_REQUEST_COMPLETION, NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader, ProtocolVersion,
-    RequestSize, SCSI_REQUEST_LEN_PRE_WIN8, SCSI_REQUEST_LEN_WIN8, ScsiRequest, VERSION_BLUE,
-    VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10,
+    DataDirection, NtStatus, Operation, PACKET_HEADER_LEN, PacketFlags, PacketHeader,
+    ProtocolVersion, RequestSize, SCSI_REQUEST_LEN_PRE_WIN8, SCSI_REQUEST_LEN_WIN8, ScsiRequest,
+    SrbFlags, Version,
 };
+use parastor_hw::vmbus::{DescriptorFlags, PacketType, RingFeatures};
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
 use parastor_vmbus::{
@@ -139,13 +140,13 @@ struct Header {
 }
 
 /// The versions a negotiation offers.
-const VERSIONS: [u16; 6] = [
-    VERSION_WIN6,
-    VERSION_WIN7,
-    VERSION_WIN8,
-    VERSION_BLUE,
-    VERSION_WIN10,
-    0x0101,
+const VERSIONS: [Version; 6] = [
+    Version::WIN6,
+    Version::WIN7,
+    Version::WIN8,
+    Version::BLUE,
+    Version::WIN10,
+    Version::new(0x0101),
 ];
 
 /// The SCSI address of a LUN: a small one (so requests hit it) unless the
@@ -180,8 +181,8 @@ impl Rig {
             .map(|&gpa| {
                 let incoming = RingRegion::new(gpa, in_size);
                 let outgoing = RingRegion::new(gpa + in_size, out_size);
-                init_ring(&mem, incoming, 0).expect("ring layout");
-                init_ring(&mem, outgoing, 0).expect("ring layout");
+                init_ring(&mem, incoming, RingFeatures::new()).expect("ring layout");
+                init_ring(&mem, outgoing, RingFeatures::new()).expect("ring layout");
                 (incoming, outgoing)
             })
             .collect();
@@ -304,21 +305,14 @@ impl StorvspPacket {
 
     /// A request for `op` asking for a completion, with `payload`.
     fn request(op: Operation, payload: &[u8]) -> Self {
-        Self::new(
-            PacketHeader::new(op, FLAG_REQUEST_COMPLETION, NtStatus::SUCCESS),
-            payload,
-        )
+        Self::raw(op, NtStatus::SUCCESS, payload)
     }
 
-    /// A packet with operation code `op` and status `status` as they are
-    /// (known or not), asking for a completion.
-    fn raw(op: u32, status: u32, payload: &[u8]) -> Self {
-        let header = PacketHeader {
-            operation: U32::new(op),
-            flags: U32::new(FLAG_REQUEST_COMPLETION),
-            status: NtStatus::new(status),
-        };
-        Self::new(header, payload)
+    /// A packet with operation `op` and status `status` (known values or
+    /// not), asking for a completion.
+    fn raw(op: Operation, status: NtStatus, payload: &[u8]) -> Self {
+        let flags = PacketFlags::new().with_request_completion(true);
+        Self::new(PacketHeader::new(op, flags, status), payload)
     }
 
     fn as_bytes(&self) -> &[u8] {
@@ -380,25 +374,25 @@ fn negotiate(rig: &Rig, w: &mut Workers<'_>, choice: u8, what: &dyn Fn() -> Stri
     let mut payload = [0u8; SCSI_REQUEST_LEN_WIN8];
     // Until the version is settled, the pre-Windows 8 size.
     let early = &mut payload[..SCSI_REQUEST_LEN_PRE_WIN8];
-    step(1, Operation::BeginInitialization, early);
+    step(1, Operation::BEGIN_INITIALIZATION, early);
     let v = ProtocolVersion::new(version);
     early[..size_of::<ProtocolVersion>()].copy_from_slice(v.as_bytes());
-    step(2, Operation::QueryProtocolVersion, early);
+    step(2, Operation::QUERY_PROTOCOL_VERSION, early);
     early.fill(0);
     let request = &mut payload[..size.request_len()];
-    step(3, Operation::QueryProperties, request);
+    step(3, Operation::QUERY_PROPERTIES, request);
     let create = |request: &mut [u8]| {
         request[..2].copy_from_slice(U16::new(u16::from(sub)).as_bytes());
     };
     if sub > 0 && sub_before_end {
         create(request);
-        step(4, Operation::CreateSubChannels, request);
+        step(4, Operation::CREATE_SUB_CHANNELS, request);
         request.fill(0);
     }
-    step(5, Operation::EndInitialization, request);
+    step(5, Operation::END_INITIALIZATION, request);
     if sub > 0 && !sub_before_end {
         create(request);
-        step(6, Operation::CreateSubChannels, request);
+        step(6, Operation::CREATE_SUB_CHANNELS, request);
     }
 }
 
@@ -597,7 +591,11 @@ fn run_action<'a>(
             let bytes = if flags & 8 != 0 {
                 body
             } else {
-                packet = StorvspPacket::raw(u32::from(op % 16), u32::from(op >> 4), body);
+                packet = StorvspPacket::raw(
+                    Operation::new(u32::from(op % 16)),
+                    NtStatus::new(u32::from(op >> 4)),
+                    body,
+                );
                 packet.as_bytes()
             };
             let kind = match (flags >> 1) % 3 {
@@ -630,8 +628,8 @@ fn run_action<'a>(
             let (incoming, _) = rig.rings[channel];
             if let Ok(mut writer) = RingWriter::new(&rig.mem, incoming) {
                 let _ = writer.write(&OutgoingPacket {
-                    packet_type,
-                    flags: pflags,
+                    packet_type: PacketType::new(packet_type),
+                    flags: DescriptorFlags::from_bits(pflags.into()),
                     transaction_id: tid,
                     header: &[header],
                     payload,
@@ -648,7 +646,7 @@ fn run_action<'a>(
             let bytes = if flags & 4 != 0 {
                 body
             } else {
-                packet = StorvspPacket::request(Operation::ExecuteSrb, body);
+                packet = StorvspPacket::request(Operation::EXECUTE_SRB, body);
                 packet.as_bytes()
             };
             send_gpa_direct(rig, channel, tid, flags & 8 == 0, &r, bytes);
@@ -702,8 +700,8 @@ fn run_action<'a>(
                 rig.controller.reset();
             }
             let (inc, out) = rig.rings[channel];
-            init_ring(&rig.mem, inc, 0).expect("ring layout");
-            init_ring(&rig.mem, out, 0).expect("ring layout");
+            init_ring(&rig.mem, inc, RingFeatures::new()).expect("ring layout");
+            init_ring(&rig.mem, out, RingFeatures::new()).expect("ring layout");
             w.channels[channel] = rig.host(channel);
         }
     }
@@ -735,21 +733,21 @@ fn srb(rig: &Rig, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     r.lun = lun;
     r.cdb_length = cdb_len;
     r.sense_info_ex_length = s.sense_len;
-    r.data_in = if s.data_in > 0xF0 {
+    r.data_in = DataDirection::new(if s.data_in > 0xF0 {
         s.data_in
     } else {
         s.data_in % 3
-    };
+    });
     r.data_transfer_length =
         U32::new(u32::from(s.data_transfer_length) << (8 * u32::from(s.length_shift >> 6 == 3)));
     r.payload[..cdb.len()].copy_from_slice(cdb);
-    r.srb_flags = U32::new(s.srb_flags);
+    r.srb_flags = SrbFlags::from_bits(s.srb_flags.into());
     let size = if s.flags & 2 != 0 {
         RequestSize::PreWin8
     } else {
         RequestSize::Win8
     };
-    let packet = StorvspPacket::request(Operation::ExecuteSrb, r.wire_bytes(size));
+    let packet = StorvspPacket::request(Operation::EXECUTE_SRB, r.wire_bytes(size));
     let tid = u64::from(s.tid);
     let completion_requested = s.flags & 0x40 == 0;
     if s.flags & 0x20 != 0 {

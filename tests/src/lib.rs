@@ -8,7 +8,8 @@
 //! - [`buf`]: guest buffers (multi-range, unaligned) and blocking helpers.
 //! - [`scratch`]: guest memory reused (zeroed) from buffer to buffer and
 //!   from fuzz input to fuzz input.
-//! - [`doubles`]: a disk wrapper that fails, records, hooks and yields.
+//! - [`doubles`]: a disk wrapper that fails, records, hooks and yields, and
+//!   a disk with a volatile write cache that a power cut empties.
 //! - [`stacks`]: builders for RAM, file, layered and striped stacks.
 //! - [`fuzz_disk`]: the `disk_ops` fuzz harness.
 //! - [`fuzz_scsi`]: the `scsi_cdb` fuzz harness (SCSI adapter).

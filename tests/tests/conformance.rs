@@ -492,6 +492,9 @@ fn fua_and_flush_survive_a_power_cut() {
             let d = stack(caches.iter().map(|c| disk(c.clone())).collect());
             let cut = || caches.iter().for_each(VolatileCacheDisk::power_cut);
             eprintln!("{name}, {ss}-byte sectors");
+            // Every member honours FUA, so the stack must say it does:
+            // otherwise the suite would skip its FUA power-cut check.
+            assert!(d.is_fua_respected(), "{name}: FUA claim lost");
             conformance::fua_and_flush(&d, Some(&cut));
         }
     }

@@ -5,7 +5,7 @@
 //! anything (SPC-4). Service actions that ignore APTPL still ignore it.
 
 use parastor_core::{InitiatorId, ReservationsDisk};
-use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult};
+use parastor_scsi::{DiskParams, ScsiDisk, ScsiResult, SenseDelivery};
 use parastor_tests::buf::{Layout, TestBuf, block_on};
 use parastor_tests::stacks::{disk, ram_disk};
 
@@ -40,22 +40,27 @@ fn pr_out(
     p[8..16].copy_from_slice(&sa_key.to_be_bytes());
     p[20] = u8::from(aptpl);
     let buf = TestBuf::from_data(&p, &Layout::contiguous());
-    block_on(scsi.execute(&cdb, buf.sg(false), who))
+    block_on(scsi.execute(&cdb, buf.sg(false), who, SenseDelivery::RequestSense))
 }
 
 /// PERSISTENT RESERVE IN `service_action`; the data returned.
 fn pr_in(scsi: &ScsiDisk, service_action: u8) -> Vec<u8> {
     let cdb = [PR_IN, service_action, 0, 0, 0, 0, 0, 1, 0, 0];
     let buf = TestBuf::contiguous(256);
-    let r = block_on(scsi.execute(&cdb, buf.sg(true), A));
-    assert_eq!(r.status, GOOD, "PR IN {service_action}: {:?}", r.sense);
+    let r = block_on(scsi.execute(&cdb, buf.sg(true), A, SenseDelivery::RequestSense));
+    assert_eq!(
+        r.status.get(),
+        GOOD,
+        "PR IN {service_action}: {:?}",
+        r.sense
+    );
     buf.contents()[..r.tx].to_vec()
 }
 
 fn sense(r: &ScsiResult) -> (u8, u8, u8) {
-    assert_eq!(r.status, CHECK_CONDITION);
+    assert_eq!(r.status.get(), CHECK_CONDITION);
     let s = r.sense.as_ref().expect("sense with CHECK CONDITION");
-    (s.key, s.asc, s.ascq)
+    (s.key.get(), s.additional.asc(), s.additional.ascq())
 }
 
 /// PRgeneration and the registered keys (READ KEYS).
@@ -94,7 +99,7 @@ fn register_with_aptpl_is_refused_and_changes_nothing() {
     );
 
     // With APTPL = 0 the same registration works, and PTPL_A stays 0.
-    assert_eq!(pr_out(&scsi, A, 0x00, 0, KA, false).status, GOOD);
+    assert_eq!(pr_out(&scsi, A, 0x00, 0, KA, false).status.get(), GOOD);
     assert_eq!(keys(&scsi), (1, vec![KA]));
     assert_eq!(pr_in(&scsi, 2)[3] & 0x01, 0);
 
@@ -104,7 +109,7 @@ fn register_with_aptpl_is_refused_and_changes_nothing() {
     assert_eq!(keys(&scsi), (1, vec![KA]));
 
     // RESERVE ignores APTPL (SPC-4: valid only for the registrations).
-    assert_eq!(pr_out(&scsi, A, 0x01, KA, 0, true).status, GOOD);
+    assert_eq!(pr_out(&scsi, A, 0x01, KA, 0, true).status.get(), GOOD);
     let d = pr_in(&scsi, 1);
     assert_eq!(
         u32::from_be_bytes(d[4..8].try_into().unwrap()),
@@ -116,8 +121,8 @@ fn register_with_aptpl_is_refused_and_changes_nothing() {
 #[test]
 fn register_and_move_with_aptpl_is_refused() {
     let scsi = scsi();
-    assert_eq!(pr_out(&scsi, A, 0x00, 0, KA, false).status, GOOD);
-    assert_eq!(pr_out(&scsi, A, 0x01, KA, 0, false).status, GOOD);
+    assert_eq!(pr_out(&scsi, A, 0x00, 0, KA, false).status.get(), GOOD);
+    assert_eq!(pr_out(&scsi, A, 0x01, KA, 0, false).status.get(), GOOD);
     let mut p = vec![0u8; 24 + 24];
     p[0..8].copy_from_slice(&KA.to_be_bytes());
     p[8..16].copy_from_slice(&0xBBBBu64.to_be_bytes());
@@ -128,13 +133,13 @@ fn register_and_move_with_aptpl_is_refused() {
     let len = p.len() as u8;
     let cdb = [PR_OUT, 0x07, 0x01, 0, 0, 0, 0, 0, len, 0];
     let buf = TestBuf::from_data(&p, &Layout::contiguous());
-    let r = block_on(scsi.execute(&cdb, buf.sg(false), A));
+    let r = block_on(scsi.execute(&cdb, buf.sg(false), A, SenseDelivery::RequestSense));
     assert_eq!(sense(&r), INVALID_PARAM);
     assert_eq!(keys(&scsi), (1, vec![KA]), "B was not registered");
     // Without APTPL the move goes through.
     p[17] = 0;
     let buf = TestBuf::from_data(&p, &Layout::contiguous());
-    let r = block_on(scsi.execute(&cdb, buf.sg(false), A));
-    assert_eq!(r.status, GOOD, "{:?}", r.sense);
+    let r = block_on(scsi.execute(&cdb, buf.sg(false), A, SenseDelivery::RequestSense));
+    assert_eq!(r.status.get(), GOOD, "{:?}", r.sense);
     assert_eq!(keys(&scsi), (2, vec![KA, 0xBBBB]));
 }

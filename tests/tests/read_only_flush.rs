@@ -4,7 +4,7 @@
 
 use parastor_core::layered::LayeredDisk;
 use parastor_core::{InitiatorId, IoOptions};
-use parastor_scsi::{DiskParams, ScsiDisk};
+use parastor_scsi::{DiskParams, ScsiDisk, SenseDelivery};
 use parastor_tests::buf::{TestBuf, block_on};
 use parastor_tests::doubles::{Call, TestDisk};
 use parastor_tests::stacks::{disk, layer, ram_disk};
@@ -30,19 +30,27 @@ fn synchronize_cache_on_a_write_protected_lun_is_good() {
     let sync10 = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     let sync16 = [0x91, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
     for cdb in [&sync10[..], &sync16[..]] {
-        let r = block_on(scsi.execute(cdb, buf.sg(true), who));
+        let r = block_on(scsi.execute(cdb, buf.sg(true), who, SenseDelivery::RequestSense));
         assert_eq!(
-            r.status, GOOD,
+            r.status.get(),
+            GOOD,
             "SYNCHRONIZE CACHE {cdb:02x?}: {:?}",
             r.sense
         );
     }
     // Writes are still refused: DATA PROTECT / WRITE PROTECTED.
     let write10 = [0x2a, 0, 0, 0, 0, 0, 0, 0, 1, 0];
-    let r = block_on(scsi.execute(&write10, buf.sg(false), who));
-    assert_eq!(r.status, CHECK_CONDITION);
+    let r = block_on(scsi.execute(&write10, buf.sg(false), who, SenseDelivery::RequestSense));
+    assert_eq!(r.status.get(), CHECK_CONDITION);
     let sense = r.sense.expect("sense with CHECK CONDITION");
-    assert_eq!((sense.key, sense.asc, sense.ascq), (0x07, 0x27, 0x00));
+    assert_eq!(
+        (
+            sense.key.get(),
+            sense.additional.asc(),
+            sense.additional.ascq()
+        ),
+        (0x07, 0x27, 0x00)
+    );
     // No flush reached the layer (it would have failed).
     assert!(!base.take_calls().contains(&Call::Flush));
 }

@@ -13,11 +13,10 @@ use parastor_core::{DelayDisk, DelayHandle, Disk, GpaRange, GuestMemory, Timer};
 use parastor_emulated::storvsc::{CONTROL_TRANSACTION_ID, Direction, Reply};
 use parastor_emulated::vm::RemoteHost;
 use parastor_emulated::{GuestConfig, Profile, Storvsc, StorvscError, StorvspVm, VmConfig};
-use parastor_hw::scsi::{SenseData, op, sense_key, status};
+use parastor_hw::scsi::{ScsiOp, ScsiStatus, SenseData, SenseKey};
 use parastor_hw::storvsp::{
-    CHANNEL_PROPERTY_MULTI_CHANNEL, FcWwnPacket, NtStatus, Operation, PacketHeader,
-    ProtocolVersion, ScsiRequest, VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8,
-    VERSION_WIN10, data_direction, srb_flags, srb_status,
+    DataDirection, FcWwnPacket, NtStatus, Operation, PacketFlags, PacketHeader, ProtocolVersion,
+    ScsiRequest, SrbFlags, SrbStatus, SrbStatusAndFlags, Version,
 };
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
 use parastor_storvsp::{
@@ -93,7 +92,7 @@ fn call(g: &mut Guest<'_>, op: Operation, payload: &[u8]) -> Reply {
     let r = g.control(op, payload).unwrap();
     assert_eq!(r.kind, PacketKind::Completion);
     assert_eq!(r.transaction_id, CONTROL_TRANSACTION_ID);
-    assert_eq!(r.operation(), Some(Operation::CompleteIo));
+    assert_eq!(r.operation(), Operation::COMPLETE_IO);
     assert!(g.recv(0).unwrap().is_none(), "exactly one reply");
     r
 }
@@ -101,7 +100,7 @@ fn call(g: &mut Guest<'_>, op: Operation, payload: &[u8]) -> Reply {
 /// Runs the negotiation steps, each answered `SUCCESS`, from where the
 /// controller stands until it reaches `until`, settling on `version`.
 /// Returns the last step's reply.
-fn negotiate_to(g: &mut Guest<'_>, version: u16, until: NegotiationState) -> Option<Reply> {
+fn negotiate_to(g: &mut Guest<'_>, version: Version, until: NegotiationState) -> Option<Reply> {
     let mut last = None;
     loop {
         let r = match g.host().controller().state() {
@@ -123,12 +122,12 @@ fn negotiate_to(g: &mut Guest<'_>, version: u16, until: NegotiationState) -> Opt
     }
 }
 
-fn negotiate(g: &mut Guest<'_>, version: u16) {
+fn negotiate(g: &mut Guest<'_>, version: Version) {
     negotiate_to(g, version, S::Ready);
 }
 
 /// A raw SRB (full size; the driver cuts it to its profile's size).
-fn request(lun: u8, cdb: &[u8], data_in: u8, len: u32) -> ScsiRequest {
+fn request(lun: u8, cdb: &[u8], data_in: DataDirection, len: u32) -> ScsiRequest {
     let mut r = ScsiRequest::new_zeroed();
     r.length = (0x34u16).into();
     r.lun = lun;
@@ -164,7 +163,7 @@ fn srb(g: &mut Guest<'_>, tag: u16, req: &ScsiRequest, r: &[(u64, u32)]) -> Repl
 
 fn read10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = [0u8; 10];
-    c[0] = op::READ10;
+    c[0] = ScsiOp::READ10.get();
     c[2..6].copy_from_slice(&lba.to_be_bytes());
     c[7..9].copy_from_slice(&blocks.to_be_bytes());
     c
@@ -172,7 +171,7 @@ fn read10(lba: u32, blocks: u16) -> [u8; 10] {
 
 fn write10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = read10(lba, blocks);
-    c[0] = op::WRITE10;
+    c[0] = ScsiOp::WRITE10.get();
     c
 }
 
@@ -198,9 +197,13 @@ fn raw(g: &mut Guest<'_>, tid: u64, completion_requested: bool, bytes: &[u8]) {
 
 /// A StorVSP packet of `op` with `payload`.
 fn packet(op: Operation, payload: &[u8]) -> Vec<u8> {
-    let mut b = PacketHeader::new(op, 1, NtStatus::SUCCESS)
-        .as_bytes()
-        .to_vec();
+    let mut b = PacketHeader::new(
+        op,
+        PacketFlags::new().with_request_completion(true),
+        NtStatus::SUCCESS,
+    )
+    .as_bytes()
+    .to_vec();
     b.extend_from_slice(payload);
     b
 }
@@ -213,18 +216,19 @@ fn negotiation_reports_properties_and_sizes_completions_per_request() {
             ..ControllerConfig::default()
         });
         let mut g = guest(&vm, profile);
-        let r = negotiate_to(&mut g, VERSION_WIN8, S::QueryProperties).unwrap();
+        let r = negotiate_to(&mut g, Version::WIN8, S::QueryProperties).unwrap();
         // Before the version settled: what the guest sent.
         assert_eq!(r.payload_len(), profile.request_len(None), "{profile}");
-        let r = negotiate_to(&mut g, VERSION_WIN8, S::EndInitialization).unwrap();
+        let r = negotiate_to(&mut g, Version::WIN8, S::EndInitialization).unwrap();
         assert_eq!(r.payload_len(), 0x34);
         let p = r.properties();
         assert_eq!(p.maximum_sub_channel_count.get(), 7);
-        assert_eq!(p.flags.get(), CHANNEL_PROPERTY_MULTI_CHANNEL);
+        assert!(p.flags.multi_channel());
+        assert_eq!(p.flags.into_bits().get(), 1);
         assert_eq!(p.max_transfer_bytes.get(), DEFAULT_MAX_TRANSFER_BYTES);
         assert_eq!(vm.controller().state(), S::EndInitialization);
-        negotiate(&mut g, VERSION_WIN8);
-        assert_eq!(vm.controller().version(), Some(VERSION_WIN8));
+        negotiate(&mut g, Version::WIN8);
+        assert_eq!(vm.controller().version(), Some(Version::WIN8));
     }
 }
 
@@ -233,10 +237,13 @@ fn version_sequences_settle_on_an_accepted_version() {
     // Only exact Win6/Win7/Win8/Blue are accepted.
     for profile in Profile::ALL {
         for (offers, settled) in [
-            (&[VERSION_WIN10, VERSION_BLUE][..], VERSION_BLUE),
-            (&[VERSION_WIN10, 0x0601, VERSION_WIN8][..], VERSION_WIN8),
-            (&[0x0403, VERSION_WIN7][..], VERSION_WIN7),
-            (&[0x0100, VERSION_WIN6][..], VERSION_WIN6),
+            (&[Version::WIN10, Version::BLUE][..], Version::BLUE),
+            (
+                &[Version::WIN10, Version::new(0x0601), Version::WIN8][..],
+                Version::WIN8,
+            ),
+            (&[Version::new(0x0403), Version::WIN7][..], Version::WIN7),
+            (&[Version::new(0x0100), Version::WIN6][..], Version::WIN6),
         ] {
             let vm = vm(ControllerConfig::default());
             let mut g = guest(&vm, profile);
@@ -250,14 +257,14 @@ fn version_sequences_settle_on_an_accepted_version() {
                 };
                 assert_eq!(r.status(), want, "{profile}: version {v:#x}");
                 // The reply carries the version asked for.
-                assert_eq!(r.payload.protocol_version().major_minor.get(), v);
+                assert_eq!(r.payload.protocol_version().major_minor, v);
             }
             assert_eq!(vm.controller().version(), Some(settled));
             assert_eq!(vm.controller().state(), S::QueryProperties);
-            let r = call(&mut g, Operation::QueryProperties, &[]);
+            let r = call(&mut g, Operation::QUERY_PROPERTIES, &[]);
             // Properties for a pre-Win8 version: no multi-channel.
-            if settled < VERSION_WIN8 {
-                assert_eq!(r.properties().flags.get(), 0);
+            if settled < Version::WIN8 {
+                assert_eq!(r.properties().flags.into_bits().get(), 0);
             }
             assert_eq!(r.payload_len(), profile.request_len(Some(settled)));
         }
@@ -275,29 +282,29 @@ fn out_of_order_packets_get_invalid_device_state() {
             assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE, "{op:?}");
             assert_eq!(r.payload_len(), g.request_len());
         };
-        bad(&mut g, Operation::QueryProperties, &[]);
-        bad(&mut g, Operation::EndInitialization, &[]);
-        bad(&mut g, Operation::ExecuteSrb, &[]);
-        negotiate_to(&mut g, VERSION_WIN8, S::QueryVersion);
-        bad(&mut g, Operation::BeginInitialization, &[]);
-        bad(&mut g, Operation::QueryProperties, &[]);
-        bad(&mut g, Operation::ResetBus, &[]);
+        bad(&mut g, Operation::QUERY_PROPERTIES, &[]);
+        bad(&mut g, Operation::END_INITIALIZATION, &[]);
+        bad(&mut g, Operation::EXECUTE_SRB, &[]);
+        negotiate_to(&mut g, Version::WIN8, S::QueryVersion);
+        bad(&mut g, Operation::BEGIN_INITIALIZATION, &[]);
+        bad(&mut g, Operation::QUERY_PROPERTIES, &[]);
+        bad(&mut g, Operation::RESET_BUS, &[]);
         assert_eq!(vm.controller().state(), S::QueryVersion);
-        negotiate_to(&mut g, VERSION_WIN8, S::QueryProperties);
+        negotiate_to(&mut g, Version::WIN8, S::QueryProperties);
         bad(
             &mut g,
-            Operation::QueryProtocolVersion,
-            ProtocolVersion::new(VERSION_WIN8).as_bytes(),
+            Operation::QUERY_PROTOCOL_VERSION,
+            ProtocolVersion::new(Version::WIN8).as_bytes(),
         );
-        negotiate(&mut g, VERSION_WIN8);
-        bad(&mut g, Operation::BeginInitialization, &[]);
-        bad(&mut g, Operation::FcHbaData, &[]);
-        bad(&mut g, Operation::EnumerateBus, &[]);
+        negotiate(&mut g, Version::WIN8);
+        bad(&mut g, Operation::BEGIN_INITIALIZATION, &[]);
+        bad(&mut g, Operation::FC_HBA_DATA, &[]);
+        bad(&mut g, Operation::ENUMERATE_BUS, &[]);
         // Resets are no-ops once ready.
         for op in [
-            Operation::ResetLun,
-            Operation::ResetAdapter,
-            Operation::ResetBus,
+            Operation::RESET_LUN,
+            Operation::RESET_ADAPTER,
+            Operation::RESET_BUS,
         ] {
             let r = call(&mut g, op, &[]);
             assert_eq!(r.status(), NtStatus::SUCCESS);
@@ -311,13 +318,13 @@ fn srb_write_then_read_over_several_ranges() {
     let vm = vm(ControllerConfig::default());
     let lun = attach(&vm, 0, 64);
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
 
     let data: Vec<u8> = (0..2048u32).map(|i| (i * 7 + 3) as u8).collect();
     // Write 4 sectors from two non-adjacent ranges (one spans a page).
     vm.memory().write(DATA + 0x800, &data[..1536]).unwrap();
     vm.memory().write(DATA + 0x5000, &data[1536..]).unwrap();
-    let req = request(0, &write10(8, 4), data_direction::WRITE, 2048);
+    let req = request(0, &write10(8, 4), DataDirection::WRITE, 2048);
     let r = srb(
         &mut g,
         10,
@@ -326,8 +333,11 @@ fn srb_write_then_read_over_several_ranges() {
     );
     assert_eq!(r.status(), NtStatus::SUCCESS);
     let c = r.srb();
-    assert_eq!(c.srb_status, srb_status::SUCCESS);
-    assert_eq!(c.scsi_status, status::GOOD);
+    assert_eq!(
+        c.srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+    );
+    assert_eq!(c.scsi_status, ScsiStatus::GOOD);
     assert_eq!(c.data_transfer_length.get(), 2048);
     assert_eq!(r.payload_len(), 0x34);
 
@@ -345,14 +355,17 @@ fn srb_write_then_read_over_several_ranges() {
     assert_eq!(on_disk, data);
 
     // Read back into three ranges.
-    let req = request(0, &read10(8, 4), data_direction::READ, 2048);
+    let req = request(0, &read10(8, 4), DataDirection::READ, 2048);
     let back_ranges = [
         (DATA + 0x10000, 512),
         (DATA + 0x20100, 1024),
         (DATA + 0x30000, 512),
     ];
     let r = srb(&mut g, 11, &req, &back_ranges);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+    );
     assert_eq!(r.srb().data_transfer_length.get(), 2048);
     let back: Vec<u8> = back_ranges
         .iter()
@@ -364,30 +377,32 @@ fn srb_write_then_read_over_several_ranges() {
 #[test]
 fn check_condition_carries_capped_autosense() {
     for profile in Profile::ALL {
-        for version in [VERSION_WIN8, VERSION_WIN7] {
+        for version in [Version::WIN8, Version::WIN7] {
             let vm = vm(ControllerConfig::default());
             attach(&vm, 0, 64);
             let mut g = guest(&vm, profile);
             negotiate(&mut g, version);
             let len = g.request_len();
             // Past the end of a 64-sector disk.
-            let req = request(0, &read10(100, 1), data_direction::READ, 512);
+            let req = request(0, &read10(100, 1), DataDirection::READ, 512);
             let r = srb(&mut g, 7, &req, &[(DATA, 512)]);
             assert_eq!(r.payload_len(), len, "{profile} {version:#x}");
             let c = r.srb();
             assert_eq!(
                 c.srb_status,
-                srb_status::ERROR | srb_status::AUTOSENSE_VALID
+                SrbStatusAndFlags::new()
+                    .with_status(SrbStatus::ERROR)
+                    .with_autosense_valid(true)
             );
-            assert_eq!(c.scsi_status, status::CHECK_CONDITION);
+            assert_eq!(c.scsi_status, ScsiStatus::CHECK_CONDITION);
             assert_eq!(r.status(), NtStatus::IO_DEVICE_ERROR);
             let n = usize::from(c.sense_info_ex_length);
             assert!(n <= 0x14 && n <= len.saturating_sub(0x10));
             let sense = SenseData::parse(&c.payload[..n]).unwrap();
-            assert_eq!(sense.key, sense_key::ILLEGAL_REQUEST);
+            assert_eq!(sense.key, SenseKey::ILLEGAL_REQUEST);
 
             // A guest sense buffer of 8 bytes gets 8 bytes.
-            let mut req = request(0, &read10(100, 1), data_direction::READ, 512);
+            let mut req = request(0, &read10(100, 1), DataDirection::READ, 512);
             req.sense_info_ex_length = 8;
             let c = srb(&mut g, 8, &req, &[(DATA, 512)]).srb();
             assert_eq!(c.sense_info_ex_length, 8);
@@ -395,19 +410,25 @@ fn check_condition_carries_capped_autosense() {
 
             // Autosense disabled (a Windows 8 field): no sense, where the
             // field travels and the version knows it.
-            if version >= VERSION_WIN8 {
+            if version >= Version::WIN8 {
                 req.sense_info_ex_length = 0x14;
-                req.srb_flags = srb_flags::DISABLE_AUTOSENSE.into();
+                req.srb_flags = SrbFlags::new().with_disable_autosense(true);
                 let c = srb(&mut g, 10, &req, &[(DATA, 512)]).srb();
-                assert_eq!(c.srb_status, srb_status::ERROR);
+                assert_eq!(
+                    c.srb_status,
+                    SrbStatusAndFlags::new().with_status(SrbStatus::ERROR)
+                );
                 assert_eq!(c.sense_info_ex_length, 0);
-                req.srb_flags = 0.into();
+                req.srb_flags = SrbFlags::new();
             }
 
             // No sense buffer: no autosense.
             req.sense_info_ex_length = 0;
             let c = srb(&mut g, 9, &req, &[(DATA, 512)]).srb();
-            assert_eq!(c.srb_status, srb_status::ERROR);
+            assert_eq!(
+                c.srb_status,
+                SrbStatusAndFlags::new().with_status(SrbStatus::ERROR)
+            );
         }
     }
 }
@@ -417,38 +438,62 @@ fn missing_lun_answers() {
     let vm = vm(ControllerConfig::default());
     attach(&vm, 0, 64);
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
 
     // TEST UNIT READY to LUN 5: INVALID_LUN, no sense.
-    let req = request(5, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], 2, 0);
+    let req = request(
+        5,
+        &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
+        DataDirection::UNKNOWN,
+        0,
+    );
     let r = srb(&mut g, 1, &req, &[]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_LUN)
+    );
     assert_eq!(r.srb().sense_info_ex_length, 0);
     assert_eq!(r.status(), NtStatus::DEVICE_DOES_NOT_EXIST);
 
     // Standard INQUIRY: "no logical unit".
     vm.memory().write(DATA, &[0xEE; 96]).unwrap();
-    let req = request(5, &[op::INQUIRY, 0, 0, 0, 96, 0], data_direction::READ, 96);
+    let req = request(
+        5,
+        &[ScsiOp::INQUIRY.get(), 0, 0, 0, 96, 0],
+        DataDirection::READ,
+        96,
+    );
     let r = srb(&mut g, 2, &req, &[(DATA, 96)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+    );
     assert_eq!(r.srb().data_transfer_length.get(), 36);
     assert_eq!(read_mem(&vm, DATA, 1)[0], 0x7F);
 
     // VPD page: invalid CDB.
     let req = request(
         5,
-        &[op::INQUIRY, 1, 0x80, 0, 96, 0],
-        data_direction::READ,
+        &[ScsiOp::INQUIRY.get(), 1, 0x80, 0, 96, 0],
+        DataDirection::READ,
         96,
     );
     let r = srb(&mut g, 3, &req, &[(DATA, 96)]);
-    assert_eq!(r.srb().scsi_status, status::CHECK_CONDITION);
+    assert_eq!(r.srb().scsi_status, ScsiStatus::CHECK_CONDITION);
 
     // Another target: same.
-    let mut req = request(0, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], 2, 0);
+    let mut req = request(
+        0,
+        &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
+        DataDirection::UNKNOWN,
+        0,
+    );
     req.target_id = 1;
     let r = srb(&mut g, 4, &req, &[]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_LUN)
+    );
 }
 
 #[test]
@@ -464,28 +509,34 @@ fn dvd_and_disk_luns_share_a_controller() {
     assert!(c.lun(ScsiPath::new(0, 0, 0)).unwrap().as_disk().is_some());
     assert!(c.lun(ScsiPath::new(0, 0, 1)).unwrap().as_dvd().is_some());
     let mut g = guest(&vm, Profile::Windows);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     // INQUIRY: peripheral device type 0 (disk) and 5 (CD/DVD).
     for (tag, lun, kind) in [(1, 0u8, 0u8), (2, 1, 5)] {
         let req = request(
             lun,
-            &[op::INQUIRY, 0, 0, 0, 36, 0],
-            data_direction::READ,
+            &[ScsiOp::INQUIRY.get(), 0, 0, 0, 36, 0],
+            DataDirection::READ,
             36,
         );
         let r = srb(&mut g, tag, &req, &[(DATA, 36)]);
-        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        assert_eq!(
+            r.srb().srb_status,
+            SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+        );
         assert_eq!(read_mem(&vm, DATA, 1)[0] & 0x1F, kind);
     }
     // A DVD read of one 2048-byte block runs on the drive.
-    let req = request(1, &read10(0, 1), data_direction::READ, 2048);
+    let req = request(1, &read10(0, 1), DataDirection::READ, 2048);
     let r = srb(&mut g, 3, &req, &[(DATA, 2048)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+    );
     assert_eq!(r.srb().data_transfer_length.get(), 2048);
     // Writes go to the disk only; the DVD refuses them.
-    let req = request(1, &write10(0, 1), data_direction::WRITE, 2048);
+    let req = request(1, &write10(0, 1), DataDirection::WRITE, 2048);
     let r = srb(&mut g, 4, &req, &[(DATA, 2048)]);
-    assert_eq!(r.srb().scsi_status, status::CHECK_CONDITION);
+    assert_eq!(r.srb().scsi_status, ScsiStatus::CHECK_CONDITION);
     // Removing the DVD hands it back.
     let old = vm.controller().remove(ScsiPath::new(0, 0, 1)).unwrap();
     assert!(Arc::ptr_eq(old.as_dvd().unwrap(), &dvd));
@@ -511,10 +562,51 @@ fn report_luns_comes_from_the_lun_map() {
         Err(AttachError::Occupied(ScsiPath::new(0, 1, 9)))
     );
     let mut g = guest(&vm, Profile::LinuxPre519);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     // Through a LUN that does not exist, too.
     assert_eq!(g.report_luns(0).unwrap(), [0, 1, 3]);
     assert_eq!(g.report_luns(7).unwrap(), [0, 1, 3]);
+}
+
+/// REPORT LUNS is parsed as a CDB: a short one is INVALID FIELD IN CDB,
+/// the allocation length caps the data, and every SELECT REPORT value
+/// gets the same list.
+#[test]
+fn report_luns_cdb_fields() {
+    let vm = vm(ControllerConfig::default());
+    attach(&vm, 0, 8);
+    attach(&vm, 2, 8);
+    let mut g = guest(&vm, Profile::LinuxCurrent);
+    negotiate(&mut g, Version::WIN8);
+    let mut cdb = [0u8; 12];
+    cdb[0] = ScsiOp::REPORT_LUNS.get();
+    cdb[6..10].copy_from_slice(&256u32.to_be_bytes());
+    // Ten bytes of a twelve-byte command.
+    let req = request(0, &cdb[..10], DataDirection::READ, 256);
+    let c = srb(&mut g, 1, &req, &[(DATA, 256)]).srb();
+    assert_eq!(c.scsi_status, ScsiStatus::CHECK_CONDITION);
+    let n = usize::from(c.sense_info_ex_length);
+    let sense = SenseData::parse(&c.payload[..n]).unwrap();
+    assert_eq!(
+        (sense.key, sense.additional.asc(), sense.additional.ascq()),
+        (SenseKey::ILLEGAL_REQUEST, 0x24, 0)
+    );
+    // An allocation length of 12: the list header and the first LUN.
+    cdb[6..10].copy_from_slice(&12u32.to_be_bytes());
+    for select in [0u8, 1, 2, 0x10, 0xFF] {
+        cdb[2] = select;
+        let req = request(0, &cdb, DataDirection::READ, 256);
+        let c = srb(&mut g, 2, &req, &[(DATA, 256)]).srb();
+        assert_eq!(
+            c.srb_status,
+            SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS),
+            "{select:#x}"
+        );
+        assert_eq!(c.data_transfer_length.get(), 12, "{select:#x}");
+        let b = read_mem(&vm, DATA, 12);
+        assert_eq!(b[..4], 16u32.to_be_bytes(), "two LUNs");
+        assert_eq!(b[8..], [0, 0, 0, 0]);
+    }
 }
 
 #[test]
@@ -522,23 +614,32 @@ fn short_or_invalid_buffers_are_invalid_requests() {
     let vm = vm(ControllerConfig::default());
     attach(&vm, 0, 64);
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     // Ranges shorter than the transfer.
-    let req = request(0, &read10(0, 2), data_direction::READ, 1024);
+    let req = request(0, &read10(0, 2), DataDirection::READ, 1024);
     let r = srb(&mut g, 1, &req, &[(DATA, 512)]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_REQUEST)
+    );
     assert_eq!(r.srb().data_transfer_length.get(), 0);
     // CDB length over 16 and zero.
     for len in [17u8, 0] {
-        let mut req = request(0, &read10(0, 1), data_direction::READ, 512);
+        let mut req = request(0, &read10(0, 1), DataDirection::READ, 512);
         req.cdb_length = len;
         let r = srb(&mut g, 2, &req, &[(DATA, 512)]);
-        assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+        assert_eq!(
+            r.srb().srb_status,
+            SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_REQUEST)
+        );
     }
     // Still serving.
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     let r = srb(&mut g, 3, &req, &[(DATA, 512)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+    );
 }
 
 #[test]
@@ -550,7 +651,7 @@ fn hot_add_and_remove_send_enumerate_bus() {
         attach(&vm, 0, 8);
         g.host_mut().process().unwrap();
         assert!(g.recv(0).unwrap().is_none());
-        negotiate(&mut g, VERSION_WIN8);
+        negotiate(&mut g, Version::WIN8);
         g.host_mut().process().unwrap();
         assert!(g.recv(0).unwrap().is_none());
 
@@ -559,7 +660,7 @@ fn hot_add_and_remove_send_enumerate_bus() {
         let r = g.recv(0).unwrap().unwrap();
         assert_eq!(r.kind, PacketKind::InBand);
         assert_eq!(r.transaction_id, 0);
-        assert_eq!(r.operation(), Some(Operation::EnumerateBus));
+        assert_eq!(r.operation(), Operation::ENUMERATE_BUS);
         // At the negotiated size: the host started it.
         assert_eq!(r.payload_len(), 0x34);
         assert_eq!(g.enumerations(), 1);
@@ -570,11 +671,14 @@ fn hot_add_and_remove_send_enumerate_bus() {
         assert!(vm.controller().remove(ScsiPath::new(0, 0, 0)).is_none());
         g.host_mut().process().unwrap();
         let r = g.recv(0).unwrap().unwrap();
-        assert_eq!(r.operation(), Some(Operation::EnumerateBus));
+        assert_eq!(r.operation(), Operation::ENUMERATE_BUS);
         assert_eq!(g.report_luns(0).unwrap(), [1]);
-        let req = request(0, &read10(0, 1), data_direction::READ, 512);
+        let req = request(0, &read10(0, 1), DataDirection::READ, 512);
         let r = srb(&mut g, 3, &req, &[(DATA, 512)]);
-        assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+        assert_eq!(
+            r.srb().srb_status,
+            SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_LUN)
+        );
     }
 }
 
@@ -583,11 +687,11 @@ fn win7_enumerate_bus_is_pre_win8_size_and_win6_gets_none() {
     for profile in [Profile::LinuxPre519, Profile::Windows] {
         let vm = vm(ControllerConfig::default());
         let mut g = guest(&vm, profile);
-        negotiate(&mut g, VERSION_WIN7);
+        negotiate(&mut g, Version::WIN7);
         attach(&vm, 0, 8);
         g.host_mut().process().unwrap();
         let r = g.recv(0).unwrap().unwrap();
-        assert_eq!(r.operation(), Some(Operation::EnumerateBus));
+        assert_eq!(r.operation(), Operation::ENUMERATE_BUS);
         assert_eq!(r.payload_len(), 0x24);
 
         let vm = StorvspVm::new(
@@ -595,7 +699,7 @@ fn win7_enumerate_bus_is_pre_win8_size_and_win6_gets_none() {
             VmConfig::default(),
         );
         let mut g = guest(&vm, profile);
-        negotiate(&mut g, VERSION_WIN6);
+        negotiate(&mut g, Version::WIN6);
         attach(&vm, 0, 8);
         g.host_mut().process().unwrap();
         assert!(g.recv(0).unwrap().is_none());
@@ -610,31 +714,31 @@ fn create_sub_channels_once_on_win8() {
     };
     let vm = vm(config);
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     // The bare worker host cannot open sub-channels: count the
     // controller's record, through raw control packets.
-    let r = call(&mut g, Operation::CreateSubChannels, &5u16.to_le_bytes());
+    let r = call(&mut g, Operation::CREATE_SUB_CHANNELS, &5u16.to_le_bytes());
     assert_eq!(r.status(), NtStatus::INVALID_PARAMETER);
     assert_eq!(vm.controller().sub_channels_requested(), None);
     let mut cx = Context::from_waker(Waker::noop());
     assert!(vm.controller().poll_sub_channels(&mut cx).is_pending());
-    let r = call(&mut g, Operation::CreateSubChannels, &3u16.to_le_bytes());
+    let r = call(&mut g, Operation::CREATE_SUB_CHANNELS, &3u16.to_le_bytes());
     assert_eq!(r.status(), NtStatus::SUCCESS);
     assert_eq!(vm.controller().poll_sub_channels(&mut cx), Poll::Ready(3));
     assert_eq!(vm.controller().sub_channels_requested(), Some(3));
-    let r = call(&mut g, Operation::CreateSubChannels, &1u16.to_le_bytes());
+    let r = call(&mut g, Operation::CREATE_SUB_CHANNELS, &1u16.to_le_bytes());
     assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
     assert_eq!(vm.controller().sub_channels_requested(), Some(3));
 
     // Before END_INITIALIZATION works too; pre-Win8 refuses.
     for (version, want) in [
-        (VERSION_BLUE, NtStatus::SUCCESS),
-        (VERSION_WIN7, NtStatus::INVALID_DEVICE_STATE),
+        (Version::BLUE, NtStatus::SUCCESS),
+        (Version::WIN7, NtStatus::INVALID_DEVICE_STATE),
     ] {
         let vm = StorvspVm::new(Arc::new(Controller::new(config)), VmConfig::default());
         let mut g = guest(&vm, Profile::Windows);
         negotiate_to(&mut g, version, S::EndInitialization);
-        let r = call(&mut g, Operation::CreateSubChannels, &2u16.to_le_bytes());
+        let r = call(&mut g, Operation::CREATE_SUB_CHANNELS, &2u16.to_le_bytes());
         assert_eq!(r.status(), want);
     }
 }
@@ -655,7 +759,7 @@ fn sub_channel_waits_for_ready_then_serves_io() {
     );
     let mut g = guest(&vm, Profile::LinuxCurrent);
 
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     send_srb(&mut sub, 1, &req, &[(DATA, 512)]);
     assert!(
         !sub.host_mut().process().unwrap(),
@@ -663,13 +767,16 @@ fn sub_channel_waits_for_ready_then_serves_io() {
     );
     assert!(sub.recv(0).unwrap().is_none());
 
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     assert!(sub.host_mut().process().unwrap());
     let r = sub.recv(0).unwrap().unwrap();
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+    );
 
     // Negotiation packets on a sub-channel are out of state.
-    sub.send_control(0, Operation::BeginInitialization, &[])
+    sub.send_control(0, Operation::BEGIN_INITIALIZATION, &[])
         .unwrap();
     sub.host_mut().process().unwrap();
     let r = sub.recv(0).unwrap().unwrap();
@@ -702,7 +809,10 @@ fn sub_channels_open_through_the_inline_host() {
         let mut n = 0;
         g.reap(|tag, r| {
             assert_eq!(r.channel(), usize::from(tag));
-            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+            assert_eq!(
+                r.srb().srb_status,
+                SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+            );
             n += 1;
         })
         .unwrap();
@@ -746,8 +856,20 @@ fn attach_slow(vm: &StorvspVm, lun: u8, timer: Arc<dyn Timer>) {
 }
 
 /// Every packet waiting on channel 0, in order.
-fn drain(g: &mut Guest<'_>) -> Vec<Reply> {
-    std::iter::from_fn(|| g.recv(0).unwrap()).collect()
+/// Receives every completion waiting on channel 0, checks that each
+/// succeeded, and returns their transaction ids in order.
+fn drain_successes(g: &mut Guest<'_>) -> Vec<u64> {
+    let mut tids: Vec<u64> = std::iter::from_fn(|| g.recv(0).unwrap())
+        .map(|r| {
+            assert_eq!(
+                r.srb().srb_status,
+                SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+            );
+            r.transaction_id
+        })
+        .collect();
+    tids.sort();
+    tids
 }
 
 #[test]
@@ -759,9 +881,9 @@ fn queue_depth_limits_requests_in_flight() {
     let gate = Arc::new(AtomicBool::new(false));
     attach_slow(&vm, 0, Arc::new(Gate(gate.clone())));
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     for tag in 0..5u16 {
-        let req = request(0, &read10(tag.into(), 1), data_direction::READ, 512);
+        let req = request(0, &read10(tag.into(), 1), DataDirection::READ, 512);
         send_srb(
             &mut g,
             100 + tag,
@@ -775,15 +897,7 @@ fn queue_depth_limits_requests_in_flight() {
     gate.store(true, Ordering::Release);
     g.host_mut().process().unwrap();
     assert_eq!(g.host().in_flight(), 0);
-    let mut tids: Vec<u64> = drain(&mut g)
-        .into_iter()
-        .map(|r| {
-            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
-            r.transaction_id
-        })
-        .collect();
-    tids.sort();
-    assert_eq!(tids, [101, 102, 103, 104, 105]);
+    assert_eq!(drain_successes(&mut g), [101, 102, 103, 104, 105]);
     assert_eq!(g.outstanding(), 0);
 }
 
@@ -793,7 +907,7 @@ fn full_completion_ring_stops_intake_without_losing_completions() {
     let vm = vm_with(ControllerConfig::default(), 4 * RING, 8192);
     attach(&vm, 0, 64);
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     let req = g.scsi_request(0, &read10(0, 1), Direction::In, 512);
     let buffer = [GpaRange::new(DATA, 512)];
     let mut sent = 0u16;
@@ -846,7 +960,7 @@ fn malformed_packets_end_the_channel_with_an_error() {
             |e| matches!(e, StorvspError::Packet { .. }),
         ),
         (
-            |g| raw(g, 1, false, &packet(Operation::ResetBus, &[])),
+            |g| raw(g, 1, false, &packet(Operation::RESET_BUS, &[])),
             |e| matches!(e, StorvspError::NotTransactional { transaction_id: 1 }),
         ),
         (
@@ -856,7 +970,12 @@ fn malformed_packets_end_the_channel_with_an_error() {
                     .write_packet(
                         OutgoingKind::Completion,
                         1,
-                        PacketHeader::new(Operation::CompleteIo, 0, NtStatus::SUCCESS).as_bytes(),
+                        PacketHeader::new(
+                            Operation::COMPLETE_IO,
+                            PacketFlags::new(),
+                            NtStatus::SUCCESS,
+                        )
+                        .as_bytes(),
                     )
                     .unwrap()
             },
@@ -864,14 +983,14 @@ fn malformed_packets_end_the_channel_with_an_error() {
         ),
         (
             // A truncated SRB.
-            |g| raw(g, 1, true, &packet(Operation::ExecuteSrb, &[0; 8])),
+            |g| raw(g, 1, true, &packet(Operation::EXECUTE_SRB, &[0; 8])),
             |e| matches!(e, StorvspError::Packet { .. }),
         ),
     ];
     for (i, (write, check)) in cases.into_iter().enumerate() {
         let vm = vm(ControllerConfig::default());
         let mut g = guest(&vm, Profile::LinuxCurrent);
-        negotiate(&mut g, VERSION_WIN8);
+        negotiate(&mut g, Version::WIN8);
         write(&mut g);
         let e = g.host_mut().process().unwrap_err();
         assert!(check(&e), "case {i}: {e}");
@@ -879,7 +998,7 @@ fn malformed_packets_end_the_channel_with_an_error() {
         assert_eq!(g.host().channel().writer().reserved(), 0);
         // The driver sees the same error when it waits.
         assert_eq!(
-            g.control(Operation::ResetBus, &[]),
+            g.control(Operation::RESET_BUS, &[]),
             Err(StorvscError::Host(e))
         );
     }
@@ -888,13 +1007,13 @@ fn malformed_packets_end_the_channel_with_an_error() {
 /// The negotiation packets a guest sends (Win8), in order.
 fn win8_steps() -> [(Operation, Vec<u8>); 4] {
     [
-        (Operation::BeginInitialization, vec![]),
+        (Operation::BEGIN_INITIALIZATION, vec![]),
         (
-            Operation::QueryProtocolVersion,
-            ProtocolVersion::new(VERSION_WIN8).as_bytes().to_vec(),
+            Operation::QUERY_PROTOCOL_VERSION,
+            ProtocolVersion::new(Version::WIN8).as_bytes().to_vec(),
         ),
-        (Operation::QueryProperties, vec![]),
-        (Operation::EndInitialization, vec![]),
+        (Operation::QUERY_PROPERTIES, vec![]),
+        (Operation::END_INITIALIZATION, vec![]),
     ]
 }
 
@@ -909,7 +1028,7 @@ fn run_serves_until_the_guest_breaks_the_protocol() {
     for (op, payload) in win8_steps() {
         g.send_control(0, op, &payload).unwrap();
     }
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     g.submit(4, 0, &req, &[GpaRange::new(DATA, 512)]).unwrap();
     g.flush().unwrap();
     g.channel_mut(0)
@@ -989,16 +1108,22 @@ fn step_to_idle(host: &mut StorvspChannel<'_>, round: usize) -> bool {
 fn send_random_request(ch: &mut parastor_vmbus::Channel<'_>, rng: &mut fastrand::Rng) -> bool {
     let tid = rng.u64(..);
     if rng.bool() {
-        let ops = [op::READ10, op::WRITE10, op::TEST_UNIT_READY, op::INQUIRY];
+        let ops = [
+            ScsiOp::READ10,
+            ScsiOp::WRITE10,
+            ScsiOp::TEST_UNIT_READY,
+            ScsiOp::INQUIRY,
+        ]
+        .map(ScsiOp::get);
         let mut cdb = [0u8; 10];
         rng.fill(&mut cdb);
         cdb[0] = ops.get(rng.usize(..5)).copied().unwrap_or(cdb[0]);
         // Mostly in the 16-sector disk.
         cdb[2..6].copy_from_slice(&rng.u32(..20).to_be_bytes());
         let len = rng.u32(..8192);
-        let mut req = request(rng.u8(..2), &cdb, rng.u8(..3), len);
-        req.srb_flags = rng.u32(..).into();
-        let bytes = packet(Operation::ExecuteSrb, req.as_bytes());
+        let mut req = request(rng.u8(..2), &cdb, DataDirection::new(rng.u8(..3)), len);
+        req.srb_flags = SrbFlags::from_bits(rng.u32(..).into());
+        let bytes = packet(Operation::EXECUTE_SRB, req.as_bytes());
         let pfns = [DATA >> 12, (DATA >> 12) + 1, (DATA >> 12) + 2];
         let range = [GpaDirectRange {
             byte_offset: rng.u32(..4096),
@@ -1007,7 +1132,7 @@ fn send_random_request(ch: &mut parastor_vmbus::Channel<'_>, rng: &mut fastrand:
         }];
         ch.write_gpa_direct(tid, true, &range, &bytes).is_ok()
     } else {
-        let op = Operation::ALL[rng.usize(..Operation::ALL.len())];
+        let op = Operation::KNOWN[rng.usize(..Operation::KNOWN.len())];
         let mut payload = [0u8; 0x34];
         rng.fill(&mut payload);
         let bytes = packet(op, &payload);
@@ -1080,7 +1205,7 @@ fn random_packet_rounds() {
         attach(&vm, 0, 16);
         let mut g = guest(&vm, Profile::LinuxCurrent);
         if rng.u8(..4) != 0 {
-            negotiate(&mut g, VERSION_WIN8);
+            negotiate(&mut g, Version::WIN8);
         }
         let ch = g.channel_mut(0).unwrap();
         let sent = match kind {
@@ -1189,18 +1314,21 @@ fn run_on_a_thread_wakes_for_packets_and_hot_adds() {
         let host = spawn_run(&vm);
         let mut g = vm.remote_guest(GuestConfig::new(profile)).unwrap();
         g.negotiate().unwrap();
-        assert_eq!(g.version(), Some(VERSION_BLUE));
+        assert_eq!(g.version(), Some(Version::BLUE));
         for tag in 10..40u16 {
             let req = g.scsi_request(0, &read10(tag.into(), 1), Direction::In, 512);
             g.submit(tag, 0, &req, &[GpaRange::new(DATA, 512)]).unwrap();
             g.flush().unwrap();
             let r = g.wait_tag(tag).unwrap();
-            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+            assert_eq!(
+                r.srb().srb_status,
+                SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+            );
         }
         // A hot add wakes the idle worker, which tells the guest.
         attach(&vm, 1, 8);
         let r = wait_packet(&mut g);
-        assert_eq!(r.operation(), Some(Operation::EnumerateBus));
+        assert_eq!(r.operation(), Operation::ENUMERATE_BUS);
         // A broken packet ends the worker.
         g.channel_mut(0)
             .unwrap()
@@ -1282,16 +1410,16 @@ fn a_failed_channel_drops_its_requests_and_stays_ended() {
     let latch = Latch::default();
     attach_slow(&vm, 0, Arc::new(latch.clone()));
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     let held = Arc::strong_count(&latch.0);
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     send_srb(&mut g, 10, &req, &[(DATA, 512)]);
     g.host_mut().process().unwrap();
     assert_eq!(g.host().in_flight(), 1);
     // The request's sleep holds the timer.
     assert_eq!(Arc::strong_count(&latch.0), held + 1);
 
-    raw(&mut g, 12, true, &packet(Operation::ExecuteSrb, &[0; 8]));
+    raw(&mut g, 12, true, &packet(Operation::EXECUTE_SRB, &[0; 8]));
     let e = g.host_mut().process().unwrap_err();
     assert!(
         matches!(
@@ -1386,7 +1514,7 @@ fn run_yields_to_the_executor_when_it_never_runs_out_of_work() {
     // A request that never finishes and wakes the worker at every poll,
     // which (through the relay) signals it: a worker that is never out of
     // work, as under a guest flooding it with packets or signals.
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     g.submit(10, 0, &req, &[GpaRange::new(DATA, 512)]).unwrap();
     g.flush().unwrap();
     for _ in 0..3 {
@@ -1410,8 +1538,8 @@ fn reset_allows_a_new_negotiation() {
     });
     {
         let mut g = guest(&vm, Profile::LinuxCurrent);
-        negotiate(&mut g, VERSION_WIN8);
-        call(&mut g, Operation::CreateSubChannels, &2u16.to_le_bytes());
+        negotiate(&mut g, Version::WIN8);
+        call(&mut g, Operation::CREATE_SUB_CHANNELS, &2u16.to_le_bytes());
     }
     vm.controller().reset();
     assert_eq!(vm.controller().state(), S::Begin);
@@ -1425,8 +1553,8 @@ fn reset_allows_a_new_negotiation() {
         vm.primary_worker(1).unwrap(),
         vm.data_area(),
     );
-    negotiate(&mut g, VERSION_WIN7);
-    assert_eq!(vm.controller().version(), Some(VERSION_WIN7));
+    negotiate(&mut g, Version::WIN7);
+    assert_eq!(vm.controller().version(), Some(Version::WIN7));
 }
 
 /// The request (guest → host) ring's `interrupt_mask`, as the guest sees
@@ -1446,12 +1574,12 @@ fn poll_mode_masks_guest_signals_while_io_is_outstanding() {
     let latch = Latch::default();
     attach_slow(&vm, 0, Arc::new(latch.clone()));
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     assert!(!g.host().poll_mode());
     assert_eq!(interrupt_mask(&vm), 0);
     let signals = || vm.to_host(0).unwrap().count();
     let send_read = |g: &mut Guest<'_>, tag: u16| {
-        let req = request(0, &read10(tag.into(), 1), data_direction::READ, 512);
+        let req = request(0, &read10(tag.into(), 1), DataDirection::READ, 512);
         send_srb(g, tag, &req, &[(DATA + u64::from(tag) * 512, 512)]);
     };
 
@@ -1486,15 +1614,7 @@ fn poll_mode_masks_guest_signals_while_io_is_outstanding() {
     assert_eq!(g.host().in_flight(), 0);
     assert!(!g.host().poll_mode());
     assert_eq!(interrupt_mask(&vm), 0);
-    let mut tids: Vec<u64> = drain(&mut g)
-        .into_iter()
-        .map(|r| {
-            assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
-            r.transaction_id
-        })
-        .collect();
-    tids.sort();
-    assert_eq!(tids, [2, 3, 4]);
+    assert_eq!(drain_successes(&mut g), [2, 3, 4]);
     // Unmasked: the guest signals again.
     let before = signals();
     send_read(&mut g, 4);
@@ -1519,10 +1639,10 @@ fn poll_mode_threshold_defaults_to_one_and_can_be_disabled() {
         let latch = Latch::default();
         attach_slow(&vm, 0, Arc::new(latch.clone()));
         let mut g = guest(&vm, Profile::LinuxCurrent);
-        negotiate(&mut g, VERSION_WIN8);
+        negotiate(&mut g, Version::WIN8);
         // Idle: never masked, whatever the threshold (0 counts as 1).
         assert_eq!(interrupt_mask(&vm), 0, "depth {depth}");
-        let req = request(0, &read10(0, 1), data_direction::READ, 512);
+        let req = request(0, &read10(0, 1), DataDirection::READ, 512);
         send_srb(&mut g, 9, &req, &[(DATA, 512)]);
         g.host_mut().process().unwrap();
         assert_eq!(g.host().in_flight(), 1);
@@ -1575,7 +1695,7 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
     }
     assert_eq!(interrupt_mask(&vm), 0);
     let submit = |g: &mut Remote<'_>, tag: u16, lun: u8, gpa: u64| {
-        let req = request(lun, &read10(0, 1), data_direction::READ, 512);
+        let req = request(lun, &read10(0, 1), DataDirection::READ, 512);
         g.submit(tag, 0, &req, &[GpaRange::new(gpa, 512)]).unwrap();
         g.flush().unwrap();
     };
@@ -1601,7 +1721,10 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
     assert!(wakes.take() > 0);
     assert!(run.as_mut().poll(&mut cx).is_pending());
     let mut tids = [g.recv(0).unwrap().unwrap(), g.recv(0).unwrap().unwrap()].map(|r| {
-        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        assert_eq!(
+            r.srb().srb_status,
+            SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+        );
         r.transaction_id
     });
     tids.sort();
@@ -1643,27 +1766,36 @@ fn transfers_over_max_transfer_bytes_are_invalid_requests() {
     });
     attach(&vm, 0, 64);
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    let r = negotiate_to(&mut g, VERSION_WIN8, S::EndInitialization).unwrap();
+    let r = negotiate_to(&mut g, Version::WIN8, S::EndInitialization).unwrap();
     assert_eq!(r.properties().max_transfer_bytes.get(), 4096);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
 
     // Over the limit: refused without touching the disk.
     vm.memory().write(DATA, &[0xAA; 8192]).unwrap();
-    let req = request(0, &write10(0, 16), data_direction::WRITE, 8192);
+    let req = request(0, &write10(0, 16), DataDirection::WRITE, 8192);
     let r = srb(&mut g, 10, &req, &[(DATA, 8192)]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_REQUEST)
+    );
     assert_eq!(r.srb().data_transfer_length.get(), 0);
     assert_ne!(r.status(), NtStatus::SUCCESS);
     // One byte over, with no buffer checks reached.
-    let req = request(0, &read10(0, 9), data_direction::READ, 4097);
+    let req = request(0, &read10(0, 9), DataDirection::READ, 4097);
     let r = srb(&mut g, 11, &req, &[(DATA, 8192)]);
-    assert_eq!(r.srb().srb_status, srb_status::INVALID_REQUEST);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_REQUEST)
+    );
 
     // Exactly the limit is served; the refused write left no trace.
     vm.memory().write(DATA, &[0x55; 4096]).unwrap();
-    let req = request(0, &read10(0, 8), data_direction::READ, 4096);
+    let req = request(0, &read10(0, 8), DataDirection::READ, 4096);
     let r = srb(&mut g, 12, &req, &[(DATA, 4096)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+    );
     assert_eq!(r.srb().data_transfer_length.get(), 4096);
     assert!(read_mem(&vm, DATA, 4096).iter().all(|&b| b == 0));
 }
@@ -1681,33 +1813,36 @@ fn fc_hba_data_is_refused_without_ending_the_channel() {
         // Before negotiation, with a full or a short (even empty) payload:
         // the state does not move.
         for payload in [&full[..], &full[..4], &[]] {
-            let r = call(&mut g, Operation::FcHbaData, payload);
+            let r = call(&mut g, Operation::FC_HBA_DATA, payload);
             assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
             assert_eq!(r.payload_len(), profile.request_len(None));
             assert_eq!(vm.controller().state(), S::Begin);
         }
         // A bare header (Linux sends none such, but a guest may).
-        raw(&mut g, 3, true, &packet(Operation::FcHbaData, &[]));
+        raw(&mut g, 3, true, &packet(Operation::FC_HBA_DATA, &[]));
         g.host_mut().process().unwrap();
         let p = g.channel_mut(0).unwrap().read_packet().unwrap().unwrap();
         assert_eq!(p.transaction_id, 3);
-        negotiate_to(&mut g, VERSION_WIN8, S::QueryVersion);
-        let r = call(&mut g, Operation::FcHbaData, &full);
+        negotiate_to(&mut g, Version::WIN8, S::QueryVersion);
+        let r = call(&mut g, Operation::FC_HBA_DATA, &full);
         assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
         assert_eq!(vm.controller().state(), S::QueryVersion);
         // Negotiate from QueryVersion on.
-        negotiate(&mut g, VERSION_WIN8);
+        negotiate(&mut g, Version::WIN8);
         // Ready: still refused, answered at the request's size.
         for payload in [&full[..], &[]] {
-            let r = call(&mut g, Operation::FcHbaData, payload);
+            let r = call(&mut g, Operation::FC_HBA_DATA, payload);
             assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
             assert_eq!(r.payload_len(), 0x34);
         }
         assert_eq!(vm.controller().state(), S::Ready);
         // The channel goes on serving I/O.
-        let req = request(0, &read10(0, 1), data_direction::READ, 512);
+        let req = request(0, &read10(0, 1), DataDirection::READ, 512);
         let r = srb(&mut g, 10, &req, &[(DATA, 512)]);
-        assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+        assert_eq!(
+            r.srb().srb_status,
+            SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+        );
     }
     // A sub-channel answers the same.
     let vm = vm(ControllerConfig {
@@ -1716,18 +1851,21 @@ fn fc_hba_data_is_refused_without_ending_the_channel() {
     });
     attach(&vm, 0, 64);
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
+    negotiate(&mut g, Version::WIN8);
     let mut sub: Guest<'_> = Storvsc::new(
         GuestConfig::new(Profile::LinuxCurrent),
         vm.guest_channel(1).unwrap(),
         vm.sub_worker(1).unwrap(),
         vm.data_area(),
     );
-    let r = call(&mut sub, Operation::FcHbaData, &[]);
+    let r = call(&mut sub, Operation::FC_HBA_DATA, &[]);
     assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     let r = srb(&mut sub, 12, &req, &[(DATA, 512)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+    );
 }
 
 /// A detached LUN is not kept open by a channel that addressed it last:
@@ -1738,14 +1876,201 @@ fn detached_lun_is_released_by_idle_channels() {
     let vm = vm(ControllerConfig::default());
     let disk = attach(&vm, 0, 64);
     let mut g = guest(&vm, Profile::LinuxCurrent);
-    negotiate(&mut g, VERSION_WIN8);
-    let req = request(0, &read10(0, 1), data_direction::READ, 512);
+    negotiate(&mut g, Version::WIN8);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
     let r = srb(&mut g, 1, &req, &[(DATA, 512)]);
-    assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+    assert_eq!(
+        r.srb().srb_status,
+        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+    );
     let held = Arc::strong_count(&disk);
     assert!(vm.controller().remove(ScsiPath::new(0, 0, 0)).is_some());
     g.host_mut().process().unwrap();
     // Only the test's handle is left.
     assert!(held > 1);
     assert_eq!(Arc::strong_count(&disk), 1);
+}
+
+/// The sense a completion carries (autosense) is not reported again by
+/// REQUEST SENSE, on every path a command takes (a disk run in place, the
+/// DVD drive, a disk that waits); sense a completion cannot carry
+/// (autosense disabled on Windows 8 and later, no sense buffer) is left
+/// for REQUEST SENSE, once.
+#[test]
+fn autosense_is_not_returned_again_by_request_sense() {
+    const LBA_RANGE: (u8, u8, u8) = (SenseKey::ILLEGAL_REQUEST.get(), 0x21, 0);
+    const NO_SENSE: (u8, u8, u8) = (0, 0, 0);
+    let error = SrbStatusAndFlags::new().with_status(SrbStatus::ERROR);
+    for profile in Profile::ALL {
+        for version in [Version::WIN8, Version::WIN7] {
+            let vm = vm(ControllerConfig::default());
+            attach(&vm, 0, 64);
+            let media = RamDisk::new(16 * 2048, 2048).unwrap();
+            let dvd = ScsiDvd::new(Some(Disk::new(media).unwrap())).unwrap();
+            vm.controller()
+                .attach(ScsiPath::new(0, 0, 1), Arc::new(dvd))
+                .unwrap();
+            // Its commands run as futures: it does not complete inline.
+            attach_slow(&vm, 2, Arc::new(Gate(Arc::new(AtomicBool::new(true)))));
+            let mut g = guest(&vm, profile);
+            negotiate(&mut g, version);
+            for (lun, block) in [(0u8, 512u32), (1, 2048), (2, 512)] {
+                let what = format!("{profile} {version:#x}, LUN {lun}");
+                let request_sense = |g: &mut Guest<'_>| {
+                    let rs = request(
+                        lun,
+                        &[ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0],
+                        DataDirection::READ,
+                        18,
+                    );
+                    vm.memory().write(DATA, &[0xEE; 18]).unwrap();
+                    let c = srb(g, 1, &rs, &[(DATA, 18)]).srb();
+                    assert_eq!(c.srb_status.status(), SrbStatus::SUCCESS, "{what}");
+                    assert_eq!(c.data_transfer_length.get(), 18, "{what}");
+                    let s = SenseData::parse(&read_mem(&vm, DATA, 18)).unwrap();
+                    (s.key.get(), s.additional.asc(), s.additional.ascq())
+                };
+                let fail = request(lun, &read10(100, 1), DataDirection::READ, block);
+
+                // Autosense: the completion carries the sense, REQUEST
+                // SENSE then has nothing.
+                let c = srb(&mut g, 1, &fail, &[(DATA, block)]).srb();
+                assert_eq!(c.scsi_status, ScsiStatus::CHECK_CONDITION, "{what}");
+                assert_eq!(c.srb_status, error.with_autosense_valid(true), "{what}");
+                let n = usize::from(c.sense_info_ex_length);
+                let s = SenseData::parse(&c.payload[..n]).unwrap();
+                let got = (s.key.get(), s.additional.asc(), s.additional.ascq());
+                assert_eq!(got, LBA_RANGE, "{what}");
+                assert_eq!(request_sense(&mut g), NO_SENSE, "{what}");
+
+                // Autosense disabled: honoured from Windows 8 on (the
+                // sense waits for REQUEST SENSE), ignored before.
+                let mut disabled = fail;
+                disabled.srb_flags = SrbFlags::new().with_disable_autosense(true);
+                let c = srb(&mut g, 1, &disabled, &[(DATA, block)]).srb();
+                let delivered = c.srb_status.autosense_valid();
+                assert_eq!(delivered, version < Version::WIN8, "{what}");
+                let pending = if delivered { NO_SENSE } else { LBA_RANGE };
+                assert_eq!(request_sense(&mut g), pending, "{what}");
+                assert_eq!(request_sense(&mut g), NO_SENSE, "{what}");
+
+                // No sense buffer: nothing delivered, REQUEST SENSE
+                // reports it once.
+                let mut no_buffer = fail;
+                no_buffer.sense_info_ex_length = 0;
+                let c = srb(&mut g, 1, &no_buffer, &[(DATA, block)]).srb();
+                assert_eq!(c.srb_status, error, "{what}");
+                assert_eq!(request_sense(&mut g), LBA_RANGE, "{what}");
+                assert_eq!(request_sense(&mut g), NO_SENSE, "{what}");
+
+                // A delivered failure replaces, and so clears, a pending
+                // one.
+                srb(&mut g, 1, &no_buffer, &[(DATA, block)]);
+                let c = srb(&mut g, 1, &fail, &[(DATA, block)]).srb();
+                assert!(c.srb_status.autosense_valid(), "{what}");
+                assert_eq!(request_sense(&mut g), NO_SENSE, "{what}");
+            }
+        }
+    }
+}
+
+/// A disk attached to a controller that carries at most 64 KiB per
+/// request advertises 64 KiB (in its own blocks) as its MAXIMUM TRANSFER
+/// LENGTH, and refuses a READ above it that the controller let through
+/// (its data buffer within the limit) with INVALID FIELD IN CDB. A LUN
+/// whose block is larger than the limit is not attached.
+#[test]
+fn disks_advertise_the_controller_transfer_limit() {
+    const LIMIT: u32 = 64 << 10;
+    let vm = vm(ControllerConfig {
+        max_transfer_bytes: LIMIT,
+        ..ControllerConfig::default()
+    });
+    attach(&vm, 0, 1024);
+    let disk4k = Arc::new(ScsiDisk::new(
+        Disk::new(RamDisk::new(64 * 4096, 4096).unwrap()).unwrap(),
+        DiskParams::default(),
+    ));
+    vm.controller()
+        .attach(ScsiPath::new(0, 0, 1), disk4k.clone())
+        .unwrap();
+    assert_eq!(disk4k.max_transfer_bytes(), LIMIT);
+    let mut g = guest(&vm, Profile::LinuxCurrent);
+    let r = negotiate_to(&mut g, Version::WIN8, S::EndInitialization).unwrap();
+    assert_eq!(r.properties().max_transfer_bytes.get(), LIMIT);
+    negotiate(&mut g, Version::WIN8);
+    for (lun, ss) in [(0u8, SS), (1, 4096)] {
+        let inquiry = request(
+            lun,
+            &[ScsiOp::INQUIRY.get(), 1, 0xB0, 0, 64, 0],
+            DataDirection::READ,
+            64,
+        );
+        let r = srb(&mut g, 1, &inquiry, &[(DATA, 64)]);
+        assert_eq!(r.srb().srb_status.status(), SrbStatus::SUCCESS);
+        let b0 = read_mem(&vm, DATA, 64);
+        assert_eq!(b0[1], 0xB0);
+        let max = u32::from_be_bytes(b0[8..12].try_into().unwrap());
+        assert_eq!(max, LIMIT / ss, "LUN {lun}");
+        assert_eq!(&b0[12..16], &[0; 4], "no OPTIMAL TRANSFER LENGTH");
+        // The largest READ is served.
+        let blocks = (LIMIT / ss) as u16;
+        let req = request(lun, &read10(0, blocks), DataDirection::READ, LIMIT);
+        let r = srb(&mut g, 1, &req, &[(DATA, LIMIT)]);
+        assert_eq!(r.srb().srb_status.status(), SrbStatus::SUCCESS, "LUN {lun}");
+        assert_eq!(r.srb().data_transfer_length.get(), LIMIT);
+        // One block more, with a buffer the controller accepts: the disk
+        // refuses it.
+        let req = request(lun, &read10(0, blocks + 1), DataDirection::READ, LIMIT);
+        let c = srb(&mut g, 1, &req, &[(DATA, LIMIT)]).srb();
+        assert_eq!(c.scsi_status, ScsiStatus::CHECK_CONDITION, "LUN {lun}");
+        let s = SenseData::parse(&c.payload[..usize::from(c.sense_info_ex_length)]).unwrap();
+        assert_eq!(
+            (s.key, s.additional.asc(), s.additional.ascq()),
+            (SenseKey::ILLEGAL_REQUEST, 0x24, 0)
+        );
+    }
+
+    // A LUN whose block does not fit in one request is refused, and a
+    // refused attach leaves the LUN's own limit alone.
+    let small = Controller::new(ControllerConfig {
+        max_transfer_bytes: 2048,
+        ..ControllerConfig::default()
+    });
+    let big_blocks = Arc::new(ScsiDisk::new(
+        Disk::new(RamDisk::new(64 * 4096, 4096).unwrap()).unwrap(),
+        DiskParams::default(),
+    ));
+    let e = small
+        .attach(ScsiPath::new(0, 0, 3), big_blocks.clone())
+        .unwrap_err();
+    assert_eq!(
+        e,
+        AttachError::TransferLimit {
+            path: ScsiPath::new(0, 0, 3),
+            block_size: 4096,
+            max_transfer_bytes: 2048,
+        }
+    );
+    assert!(
+        e.to_string().contains("4096-byte blocks is more than"),
+        "{e}"
+    );
+    assert!(small.lun(ScsiPath::new(0, 0, 3)).is_none());
+    assert_eq!(big_blocks.max_transfer_bytes(), 8 << 20);
+    // The DVD's 2048-byte blocks just fit.
+    let dvd = ScsiDvd::new(None).unwrap();
+    small.attach(ScsiPath::new(0, 0, 4), Arc::new(dvd)).unwrap();
+    // An occupied address refuses the LUN before limiting it.
+    let other = Arc::new(ScsiDisk::new(
+        Disk::new(RamDisk::new(64 * 512, 512).unwrap()).unwrap(),
+        DiskParams::default(),
+    ));
+    assert_eq!(
+        small.attach(ScsiPath::new(0, 0, 4), other.clone()),
+        Err(AttachError::Occupied(ScsiPath::new(0, 0, 4)))
+    );
+    assert_eq!(other.max_transfer_bytes(), 8 << 20);
+    small.attach(ScsiPath::new(0, 0, 5), other.clone()).unwrap();
+    assert_eq!(other.max_transfer_bytes(), 2048);
 }

@@ -9,17 +9,24 @@ use parastor_core::ram::RamDisk;
 use parastor_core::{Disk, InitiatorId, ReservationsDisk};
 use parastor_emulated::storvsc::{Data, Srb, SrbReply};
 use parastor_emulated::{GuestConfig, InlineHost, Profile, Storvsc, StorvscError, StorvspVm};
-use parastor_hw::scsi::mmc::{self, event};
-use parastor_hw::scsi::{op, pr, sense_key, status};
-use parastor_hw::storvsp::{
-    NtStatus, PACKET_HEADER_LEN, VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, srb_status,
+use parastor_hw::scsi::mmc::{EventClasses, MediaEventCode, MediaStatus};
+use parastor_hw::scsi::{
+    PrInAction, PrOutAction, PrType, ScsiOp, ScsiStatus, SenseKey, ServiceActionIn,
 };
+use parastor_hw::storvsp::{NtStatus, PACKET_HEADER_LEN, SrbStatus, Version};
 use parastor_scsi::ScsiDvd;
 use parastor_scsi::{DiskParams, ScsiDisk};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 use parastor_tests::buf::{pattern, read_vec, write_vec};
 use parastor_tests::stacks::ram;
 use std::sync::Arc;
+
+/// Protocol version 1.0, which StorVSP does not accept.
+const V1_0: Version = Version::from_parts(1, 0);
+/// Protocol version 4.3, which StorVSP does not accept.
+const V4_3: Version = Version::from_parts(4, 3);
+/// Protocol version 7.0, which StorVSP does not accept.
+const V7_0: Version = Version::from_parts(7, 0);
 
 /// The driver, served in this thread.
 type Guest<'a> = Storvsc<'a, InlineHost<'a>>;
@@ -58,6 +65,7 @@ per_profile!(
     persistent_reservations_between_two_initiators,
     io_on_primary_and_sub_channels,
     random_workload_matches_the_model,
+    autosense_is_not_reported_again_by_request_sense,
 );
 
 /// A negotiated, scanned guest of `profile` with `cpus` CPUs.
@@ -140,18 +148,18 @@ fn ss_of(lun: u8) -> usize {
 fn write(vsc: &mut Guest<'_>, lun: u8, lba: u64, data: &[u8], sixteen: bool) -> SrbReply {
     let blocks = data.len() / ss_of(lun);
     let cdb = if sixteen {
-        rw16(op::WRITE16, lba, blocks as u32).to_vec()
+        rw16(ScsiOp::WRITE16.get(), lba, blocks as u32).to_vec()
     } else {
-        rw10(op::WRITE10, lba as u32, blocks as u16).to_vec()
+        rw10(ScsiOp::WRITE10.get(), lba as u32, blocks as u16).to_vec()
     };
     vsc.srb(&Srb::new(lun, &cdb, Data::Out(data))).unwrap()
 }
 
 fn read(vsc: &mut Guest<'_>, lun: u8, lba: u64, blocks: usize, sixteen: bool) -> Vec<u8> {
     let cdb = if sixteen {
-        rw16(op::READ16, lba, blocks as u32).to_vec()
+        rw16(ScsiOp::READ16.get(), lba, blocks as u32).to_vec()
     } else {
-        rw10(op::READ10, lba as u32, blocks as u16).to_vec()
+        rw10(ScsiOp::READ10.get(), lba as u32, blocks as u16).to_vec()
     };
     let r = vsc
         .srb(&Srb::new(lun, &cdb, Data::In(blocks * ss_of(lun))))
@@ -166,8 +174,8 @@ fn good(r: &SrbReply) {
     assert_eq!(r.nt_status, NtStatus::SUCCESS);
 }
 
-fn check(r: &SrbReply, key: u8) {
-    assert_eq!(r.scsi_status, status::CHECK_CONDITION, "{r:?}");
+fn check(r: &SrbReply, key: SenseKey) {
+    assert_eq!(r.scsi_status, ScsiStatus::CHECK_CONDITION, "{r:?}");
     assert_eq!(r.sense_data().map(|s| s.key), Some(key), "{r:?}");
 }
 
@@ -176,7 +184,7 @@ fn negotiates_blue_and_opens_sub_channels(profile: Profile) {
     let vm = StorvspVm::with_defaults(c.clone());
     let vsc = connect(&vm, profile, 3);
     // Win10 is refused with REVISION_MISMATCH; Blue is the first accepted.
-    assert_eq!(vsc.version(), Some(VERSION_BLUE));
+    assert_eq!(vsc.version(), Some(Version::BLUE));
     assert_eq!(vsc.request_len(), 0x34);
     assert_eq!(vsc.properties().unwrap().maximum_sub_channel_count.get(), 3);
     assert_eq!(vsc.channels(), 3);
@@ -196,16 +204,16 @@ fn completions_echo_the_size_of_each_packet(profile: Profile) {
     let before = PACKET_HEADER_LEN + profile.request_len(None);
     assert_eq!(g.begin_initialization().unwrap().len, before);
     // Win10 refused, then Blue: both answered at the size they were sent.
-    for v in [0x0602, VERSION_BLUE] {
+    for v in [Version::WIN10, Version::BLUE] {
         assert_eq!(g.query_protocol_version(v).unwrap().len, before);
     }
-    assert_eq!(g.version(), Some(VERSION_BLUE));
+    assert_eq!(g.version(), Some(Version::BLUE));
     assert_eq!(g.query_properties().unwrap().len, 0x40);
     assert_eq!(g.end_initialization().unwrap().len, 0x40);
     let r = g
         .srb(&Srb::new(
             L512,
-            &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0],
+            &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
             Data::None,
         ))
         .unwrap();
@@ -215,9 +223,9 @@ fn completions_echo_the_size_of_each_packet(profile: Profile) {
 
 fn older_versions_are_settled_on_without_sub_channels(profile: Profile) {
     for (versions, want) in [
-        (&[0x0700, VERSION_WIN8][..], VERSION_WIN8),
-        (&[VERSION_WIN7][..], VERSION_WIN7),
-        (&[0x0403, VERSION_WIN6][..], VERSION_WIN6),
+        (&[V7_0, Version::WIN8][..], Version::WIN8),
+        (&[Version::WIN7][..], Version::WIN7),
+        (&[V4_3, Version::WIN6][..], Version::WIN6),
     ] {
         let (c, l) = controller(4);
         let vm = StorvspVm::with_defaults(c);
@@ -227,7 +235,7 @@ fn older_versions_are_settled_on_without_sub_channels(profile: Profile) {
         assert_eq!(vsc.version(), Some(want));
         assert_eq!(vsc.request_len(), profile.request_len(Some(want)));
         // The host offers sub-channels from Win8 on.
-        let subs = if want >= VERSION_WIN8 { 5 } else { 1 };
+        let subs = if want >= Version::WIN8 { 5 } else { 1 };
         assert_eq!(vsc.channels(), subs);
         // I/O works at every request size, sense included.
         let data = pattern(9, 0, 2, 512);
@@ -235,9 +243,58 @@ fn older_versions_are_settled_on_without_sub_channels(profile: Profile) {
         assert_eq!(read(&mut vsc, L512, 4, 2, false), data);
         assert_eq!(read_vec(&l.disk512, 4, 2).unwrap(), data);
         let r = vsc
-            .srb(&Srb::new(L512, &rw10(op::READ10, 5000, 1), Data::In(512)))
+            .srb(&Srb::new(
+                L512,
+                &rw10(ScsiOp::READ10.get(), 5000, 1),
+                Data::In(512),
+            ))
             .unwrap();
-        check(&r, sense_key::ILLEGAL_REQUEST);
+        check(&r, SenseKey::ILLEGAL_REQUEST);
+    }
+}
+
+/// The sense of a failed command comes back in its completion
+/// (autosense), so REQUEST SENSE afterwards has nothing left to report
+/// (SPC clears delivered sense): on both disks and the DVD, at Windows 8+
+/// and pre-Windows 8 versions.
+fn autosense_is_not_reported_again_by_request_sense(profile: Profile) {
+    for versions in [None, Some(&[Version::WIN7][..])] {
+        let (c, _l) = controller(0);
+        let vm = StorvspVm::with_defaults(c);
+        let mut config = GuestConfig::new(profile);
+        if let Some(v) = versions {
+            config = config.versions(v);
+        }
+        let mut vsc = vm
+            .connect(config)
+            .unwrap_or_else(|e| panic!("{profile}: {e}"));
+        for lun in [L512, L4K, LDVD] {
+            let block = if lun == LDVD {
+                DVD_SS as usize
+            } else {
+                ss_of(lun)
+            };
+            let read = rw10(ScsiOp::READ10.get(), 5000, 1);
+            let r = vsc.srb(&Srb::new(lun, &read, Data::In(block))).unwrap();
+            check(&r, SenseKey::ILLEGAL_REQUEST);
+            assert!(r.srb_status.autosense_valid(), "{r:?}");
+            let s = r.sense_data().unwrap();
+            assert_eq!(
+                (s.additional.asc(), s.additional.ascq()),
+                (0x21, 0),
+                "LBA OUT OF RANGE: {r:?}"
+            );
+            let rs = [ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0];
+            let r = vsc.srb(&Srb::new(lun, &rs, Data::In(18))).unwrap();
+            good(&r);
+            assert_eq!(r.data_transfer_length, 18);
+            assert_eq!(
+                (r.data[2] & 0xF, r.data[12], r.data[13]),
+                (SenseKey::NO_SENSE.get(), 0, 0),
+                "{profile}, LUN {lun}, version {:x?}: {r:?}",
+                vsc.version()
+            );
+        }
     }
 }
 
@@ -245,7 +302,7 @@ fn no_acceptable_version_fails_cleanly(profile: Profile) {
     let (c, _l) = controller(0);
     let vm = StorvspVm::with_defaults(c);
     let err = vm
-        .connect(GuestConfig::new(profile).versions(&[0x0100, 0x0602]))
+        .connect(GuestConfig::new(profile).versions(&[V1_0, Version::WIN10]))
         .unwrap_err();
     assert_eq!(err, StorvscError::NoVersion);
 }
@@ -265,10 +322,14 @@ fn read_write_10_and_16_on_both_sector_sizes(profile: Profile) {
         }
         // Past the end: LBA out of range.
         let r = vsc
-            .srb(&Srb::new(lun, &rw16(op::READ16, SECTORS, 1), Data::In(ss)))
+            .srb(&Srb::new(
+                lun,
+                &rw16(ScsiOp::READ16.get(), SECTORS, 1),
+                Data::In(ss),
+            ))
             .unwrap();
-        check(&r, sense_key::ILLEGAL_REQUEST);
-        assert_eq!(r.srb_code(), srb_status::ERROR);
+        check(&r, SenseKey::ILLEGAL_REQUEST);
+        assert_eq!(r.srb_code(), SrbStatus::ERROR);
     }
 }
 
@@ -280,13 +341,18 @@ fn multi_range_buffers(profile: Profile) {
     let data = pattern(5, 0, 9, 512);
     let cuts = [100, 4000, 512, 3];
     let r = vsc
-        .srb(&Srb::new(L512, &rw10(op::WRITE10, 50, 9), Data::Out(&data)).segments(&cuts))
+        .srb(&Srb::new(L512, &rw10(ScsiOp::WRITE10.get(), 50, 9), Data::Out(&data)).segments(&cuts))
         .unwrap();
     good(&r);
     assert_eq!(read_vec(&l.disk512, 50, 9).unwrap(), data);
     let r = vsc
         .srb(
-            &Srb::new(L512, &rw16(op::READ16, 50, 9), Data::In(data.len())).segments(&[7, 5000, 1]),
+            &Srb::new(
+                L512,
+                &rw16(ScsiOp::READ16.get(), 50, 9),
+                Data::In(data.len()),
+            )
+            .segments(&[7, 5000, 1]),
         )
         .unwrap();
     good(&r);
@@ -295,11 +361,15 @@ fn multi_range_buffers(profile: Profile) {
     let data = pattern(6, 0, 3, 4096);
     let cuts = vec![1000; 12];
     good(
-        &vsc.srb(&Srb::new(L4K, &rw10(op::WRITE10, 3, 3), Data::Out(&data)).segments(&cuts))
-            .unwrap(),
+        &vsc.srb(
+            &Srb::new(L4K, &rw10(ScsiOp::WRITE10.get(), 3, 3), Data::Out(&data)).segments(&cuts),
+        )
+        .unwrap(),
     );
     let r = vsc
-        .srb(&Srb::new(L4K, &rw10(op::READ10, 3, 3), Data::In(data.len())).segments(&cuts))
+        .srb(
+            &Srb::new(L4K, &rw10(ScsiOp::READ10.get(), 3, 3), Data::In(data.len())).segments(&cuts),
+        )
         .unwrap();
     assert_eq!(r.data, data);
     assert_eq!(read_vec(&l.disk4k, 3, 3).unwrap(), data);
@@ -312,7 +382,7 @@ fn write_same_unmap_verify_and_compare_and_write(profile: Profile) {
 
     // WRITE SAME(16): one block replicated over 20.
     let block = vec![0x5Au8; 512];
-    let mut cdb = rw16(op::WRITE_SAME16, 100, 20);
+    let mut cdb = rw16(ScsiOp::WRITE_SAME16.get(), 100, 20);
     cdb[1] = 0;
     good(&vsc.srb(&Srb::new(L512, &cdb, Data::Out(&block))).unwrap());
     assert_eq!(read(&mut vsc, L512, 100, 20, true), vec![0x5A; 20 * 512]);
@@ -326,7 +396,7 @@ fn write_same_unmap_verify_and_compare_and_write(profile: Profile) {
     param[24..32].copy_from_slice(&110u64.to_be_bytes());
     param[32..36].copy_from_slice(&2u32.to_be_bytes());
     let mut cdb = [0u8; 10];
-    cdb[0] = op::UNMAP;
+    cdb[0] = ScsiOp::UNMAP.get();
     cdb[7..9].copy_from_slice(&(param.len() as u16).to_be_bytes());
     good(&vsc.srb(&Srb::new(L512, &cdb, Data::Out(&param))).unwrap());
     let got = read(&mut vsc, L512, 100, 20, false);
@@ -338,26 +408,30 @@ fn write_same_unmap_verify_and_compare_and_write(profile: Profile) {
     // VERIFY(10) with BYTCHK: a match is GOOD, a mismatch MISCOMPARE.
     let data = pattern(3, 200, 4, 512);
     good(&write(&mut vsc, L512, 200, &data, false));
-    let mut cdb = rw10(op::VERIFY10, 200, 4);
+    let mut cdb = rw10(ScsiOp::VERIFY10.get(), 200, 4);
     cdb[1] = 0x02;
     good(&vsc.srb(&Srb::new(L512, &cdb, Data::Out(&data))).unwrap());
     let mut bad = data.clone();
     bad[700] ^= 1;
     let r = vsc.srb(&Srb::new(L512, &cdb, Data::Out(&bad))).unwrap();
-    check(&r, sense_key::MISCOMPARE);
+    check(&r, SenseKey::MISCOMPARE);
     // Without BYTCHK: a medium check only.
     good(
-        &vsc.srb(&Srb::new(L512, &rw10(op::VERIFY10, 200, 4), Data::None))
-            .unwrap(),
+        &vsc.srb(&Srb::new(
+            L512,
+            &rw10(ScsiOp::VERIFY10.get(), 200, 4),
+            Data::None,
+        ))
+        .unwrap(),
     );
-    let mut cdb = rw16(op::VERIFY16, 200, 4);
+    let mut cdb = rw16(ScsiOp::VERIFY16.get(), 200, 4);
     cdb[1] = 0x02;
     good(&vsc.srb(&Srb::new(L512, &cdb, Data::Out(&data))).unwrap());
 
     // COMPARE AND WRITE: writes only if the compare half matches.
     let new = pattern(4, 200, 2, 512);
     let mut cdb = [0u8; 16];
-    cdb[0] = op::COMPARE_AND_WRITE;
+    cdb[0] = ScsiOp::COMPARE_AND_WRITE.get();
     cdb[2..10].copy_from_slice(&200u64.to_be_bytes());
     cdb[13] = 2;
     let mut buf = data[..1024].to_vec();
@@ -366,7 +440,7 @@ fn write_same_unmap_verify_and_compare_and_write(profile: Profile) {
     assert_eq!(read_vec(&l.disk512, 200, 2).unwrap(), new);
     // The same again: the compare half no longer matches.
     let r = vsc.srb(&Srb::new(L512, &cdb, Data::Out(&buf))).unwrap();
-    check(&r, sense_key::MISCOMPARE);
+    check(&r, SenseKey::MISCOMPARE);
     assert_eq!(read_vec(&l.disk512, 200, 2).unwrap(), new);
 
     // The same on 4096-byte sectors.
@@ -374,7 +448,7 @@ fn write_same_unmap_verify_and_compare_and_write(profile: Profile) {
     good(
         &vsc.srb(&Srb::new(
             L4K,
-            &rw16(op::WRITE_SAME16, 8, 3),
+            &rw16(ScsiOp::WRITE_SAME16.get(), 8, 3),
             Data::Out(&block),
         ))
         .unwrap(),
@@ -412,9 +486,13 @@ fn hot_add_enumerate_bus_rescan_and_hot_remove(profile: Profile) {
     assert!(vsc.poll().unwrap());
     assert_eq!(vsc.luns(), [L512, L4K, LDVD, 9]);
     let r = vsc
-        .srb(&Srb::new(7, &rw10(op::READ10, 0, 1), Data::In(512)))
+        .srb(&Srb::new(
+            7,
+            &rw10(ScsiOp::READ10.get(), 0, 1),
+            Data::In(512),
+        ))
         .unwrap();
-    assert_eq!(r.srb_code(), srb_status::INVALID_LUN);
+    assert_eq!(r.srb_code(), SrbStatus::INVALID_LUN);
     assert_eq!(r.nt_status, NtStatus::DEVICE_DOES_NOT_EXIST);
 }
 
@@ -424,8 +502,8 @@ fn resize_raises_one_unit_attention(profile: Profile) {
     let mut vsc = connect(&vm, profile, 1);
     let capacity = |vsc: &mut Guest<'_>| {
         let mut cdb = [0u8; 16];
-        cdb[0] = op::SERVICE_ACTION_IN16;
-        cdb[1] = op::SA_READ_CAPACITY16;
+        cdb[0] = ScsiOp::SERVICE_ACTION_IN16.get();
+        cdb[1] = ServiceActionIn::READ_CAPACITY16.get();
         cdb[13] = 32;
         let r = vsc.srb(&Srb::new(L512, &cdb, Data::In(32))).unwrap();
         good(&r);
@@ -450,9 +528,9 @@ fn resize_raises_one_unit_attention(profile: Profile) {
 
 fn gesn(vsc: &mut Guest<'_>) -> (u8, u8) {
     let mut cdb = [0u8; 10];
-    cdb[0] = mmc::op::GET_EVENT_STATUS_NOTIFICATION;
+    cdb[0] = ScsiOp::GET_EVENT_STATUS_NOTIFICATION.get();
     cdb[1] = 0x01; // polled
-    cdb[4] = event::CLASS_MEDIA_BIT;
+    cdb[4] = EventClasses::new().with_media(true).into_bits();
     cdb[7..9].copy_from_slice(&8u16.to_be_bytes());
     let r = vsc.srb(&Srb::new(LDVD, &cdb, Data::In(8))).unwrap();
     good(&r);
@@ -463,12 +541,16 @@ fn dvd_eject_and_host_media_change(profile: Profile) {
     let (c, l) = controller(0);
     let vm = StorvspVm::with_defaults(c);
     let mut vsc = connect(&vm, profile, 1);
-    let tur = Srb::new(LDVD, &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], Data::None);
+    let tur = Srb::new(
+        LDVD,
+        &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
+        Data::None,
+    );
     good(&vsc.srb(&tur).unwrap());
     let r = vsc
         .srb(&Srb::new(
             LDVD,
-            &rw10(op::READ10, 0, 2),
+            &rw10(ScsiOp::READ10.get(), 0, 2),
             Data::In(2 * DVD_SS as usize),
         ))
         .unwrap();
@@ -479,44 +561,51 @@ fn dvd_eject_and_host_media_change(profile: Profile) {
     good(
         &vsc.srb(&Srb::new(
             LDVD,
-            &[op::START_STOP_UNIT, 0, 0, 0, 0x02, 0],
+            &[ScsiOp::START_STOP_UNIT.get(), 0, 0, 0, 0x02, 0],
             Data::None,
         ))
         .unwrap(),
     );
     assert!(l.dvd.media().is_none());
-    assert_eq!(gesn(&mut vsc).0, event::MEDIA_REMOVAL);
-    check(&vsc.srb(&tur).unwrap(), sense_key::NOT_READY);
+    assert_eq!(gesn(&mut vsc).0, MediaEventCode::MEDIA_REMOVAL.get());
+    check(&vsc.srb(&tur).unwrap(), SenseKey::NOT_READY);
 
     // Host inserts new media: GESN reports it; the next command meets a
     // UNIT ATTENTION the driver retries through.
     l.dvd.change_media(Some(dvd_media(2))).unwrap();
     let (code, st) = gesn(&mut vsc);
-    assert_eq!(code, event::MEDIA_NEW_MEDIA);
-    assert_ne!(st & event::STATUS_MEDIA_PRESENT, 0);
+    assert_eq!(code, MediaEventCode::NEW_MEDIA.get());
+    assert_ne!(
+        st & MediaStatus::new().with_media_present(true).into_bits(),
+        0
+    );
     let r = vsc
         .srb(&Srb::new(
             LDVD,
-            &rw10(op::READ10, 0, 1),
+            &rw10(ScsiOp::READ10.get(), 0, 1),
             Data::In(DVD_SS as usize),
         ))
         .unwrap();
     good(&r);
     assert!(r.retried);
     assert_eq!(r.data, pattern(2, 0, 1, DVD_SS));
-    assert_eq!(gesn(&mut vsc).0, event::MEDIA_NO_CHANGE);
+    assert_eq!(gesn(&mut vsc).0, MediaEventCode::NO_CHANGE.get());
 
     // The DVD is read-only.
     let data = vec![0u8; DVD_SS as usize];
     let r = vsc
-        .srb(&Srb::new(LDVD, &rw10(op::WRITE10, 0, 1), Data::Out(&data)))
+        .srb(&Srb::new(
+            LDVD,
+            &rw10(ScsiOp::WRITE10.get(), 0, 1),
+            Data::Out(&data),
+        ))
         .unwrap();
-    assert_eq!(r.scsi_status, status::CHECK_CONDITION);
+    assert_eq!(r.scsi_status, ScsiStatus::CHECK_CONDITION);
 }
 
 fn pr_out(sa: u8, kind: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
     let mut cdb = [0u8; 10];
-    cdb[0] = op::PERSISTENT_RESERVE_OUT;
+    cdb[0] = ScsiOp::PERSISTENT_RESERVE_OUT.get();
     cdb[1] = sa;
     cdb[2] = kind;
     cdb[5..9].copy_from_slice(&24u32.to_be_bytes());
@@ -533,8 +622,8 @@ fn pr_cmd(vsc: &mut Guest<'_>, sa: u8, kind: u8, key: u64, sa_key: u64) -> SrbRe
 
 fn read_keys(vsc: &mut Guest<'_>) -> Vec<u64> {
     let mut cdb = [0u8; 10];
-    cdb[0] = op::PERSISTENT_RESERVE_IN;
-    cdb[1] = pr::IN_READ_KEYS;
+    cdb[0] = ScsiOp::PERSISTENT_RESERVE_IN.get();
+    cdb[1] = PrInAction::READ_KEYS.get();
     cdb[7..9].copy_from_slice(&256u16.to_be_bytes());
     let r = vsc.srb(&Srb::new(0, &cdb, Data::In(256))).unwrap();
     good(&r);
@@ -573,11 +662,11 @@ fn persistent_reservations_between_two_initiators(profile: Profile) {
     let mut a = connect(&ha, profile, 1);
     let mut b = connect(&hb, other, 1);
 
-    good(&pr_cmd(&mut a, pr::OUT_REGISTER, 0, 0, 0xAAAA));
+    good(&pr_cmd(&mut a, PrOutAction::REGISTER.get(), 0, 0, 0xAAAA));
     good(&pr_cmd(
         &mut a,
-        pr::OUT_RESERVE,
-        pr::TYPE_WRITE_EXCLUSIVE,
+        PrOutAction::RESERVE.get(),
+        PrType::WRITE_EXCLUSIVE.get(),
         0xAAAA,
         0,
     ));
@@ -585,20 +674,26 @@ fn persistent_reservations_between_two_initiators(profile: Profile) {
     // The holder writes; the other initiator may read but not write.
     good(&write(&mut a, 0, 0, &data, false));
     let r = write(&mut b, 0, 0, &[0u8; 512], false);
-    assert_eq!(r.scsi_status, status::RESERVATION_CONFLICT, "{r:?}");
+    assert_eq!(r.scsi_status, ScsiStatus::RESERVATION_CONFLICT, "{r:?}");
     assert_eq!(read(&mut b, 0, 0, 1, true), data);
     // B registers; both keys are visible from either side.
-    good(&pr_cmd(&mut b, pr::OUT_REGISTER, 0, 0, 0xBBBB));
+    good(&pr_cmd(&mut b, PrOutAction::REGISTER.get(), 0, 0, 0xBBBB));
     assert_eq!(read_keys(&mut a), [0xAAAA, 0xBBBB]);
     assert_eq!(read_keys(&mut b), [0xAAAA, 0xBBBB]);
     // B may not release A's reservation (no-op), nor reserve over it.
-    let r = pr_cmd(&mut b, pr::OUT_RESERVE, pr::TYPE_WRITE_EXCLUSIVE, 0xBBBB, 0);
-    assert_eq!(r.scsi_status, status::RESERVATION_CONFLICT, "{r:?}");
+    let r = pr_cmd(
+        &mut b,
+        PrOutAction::RESERVE.get(),
+        PrType::WRITE_EXCLUSIVE.get(),
+        0xBBBB,
+        0,
+    );
+    assert_eq!(r.scsi_status, ScsiStatus::RESERVATION_CONFLICT, "{r:?}");
     // A releases: B can write.
     good(&pr_cmd(
         &mut a,
-        pr::OUT_RELEASE,
-        pr::TYPE_WRITE_EXCLUSIVE,
+        PrOutAction::RELEASE.get(),
+        PrType::WRITE_EXCLUSIVE.get(),
         0xAAAA,
         0,
     ));
@@ -616,11 +711,21 @@ fn io_on_primary_and_sub_channels(profile: Profile) {
         let data = pattern(20 + ch as u64, 0, 4, 512);
         let lba = 40 * ch as u64;
         let r = vsc
-            .srb(&Srb::new(L512, &rw10(op::WRITE10, lba as u32, 4), Data::Out(&data)).on(ch))
+            .srb(
+                &Srb::new(
+                    L512,
+                    &rw10(ScsiOp::WRITE10.get(), lba as u32, 4),
+                    Data::Out(&data),
+                )
+                .on(ch),
+            )
             .unwrap();
         good(&r);
         let r = vsc
-            .srb(&Srb::new(L512, &rw16(op::READ16, lba, 4), Data::In(2048)).on((ch + 1) % 3))
+            .srb(
+                &Srb::new(L512, &rw16(ScsiOp::READ16.get(), lba, 4), Data::In(2048))
+                    .on((ch + 1) % 3),
+            )
             .unwrap();
         assert_eq!(r.data, data);
     }
@@ -630,8 +735,15 @@ fn io_on_primary_and_sub_channels(profile: Profile) {
         .iter()
         .enumerate()
         .map(|(i, d)| {
-            vsc.start(&Srb::new(L4K, &rw10(op::WRITE10, 2 * i as u32, 2), Data::Out(d)).on(i % 3))
-                .unwrap()
+            vsc.start(
+                &Srb::new(
+                    L4K,
+                    &rw10(ScsiOp::WRITE10.get(), 2 * i as u32, 2),
+                    Data::Out(d),
+                )
+                .on(i % 3),
+            )
+            .unwrap()
         })
         .collect();
     for t in tags.into_iter().rev() {
@@ -665,9 +777,9 @@ fn random_workload_matches_the_model(profile: Profile) {
             if below(&mut rng, 2) == 0 {
                 let data = pattern(i ^ u64::from(lun) << 32, lba, blocks, ss as u32);
                 let cdb = if sixteen {
-                    rw16(op::WRITE16, lba, blocks as u32).to_vec()
+                    rw16(ScsiOp::WRITE16.get(), lba, blocks as u32).to_vec()
                 } else {
-                    rw10(op::WRITE10, lba as u32, blocks as u16).to_vec()
+                    rw10(ScsiOp::WRITE10.get(), lba as u32, blocks as u16).to_vec()
                 };
                 let r = vsc
                     .srb(&Srb::new(lun, &cdb, Data::Out(&data)).segments(&cuts).on(ch))
@@ -676,9 +788,9 @@ fn random_workload_matches_the_model(profile: Profile) {
                 model[range].copy_from_slice(&data);
             } else {
                 let cdb = if sixteen {
-                    rw16(op::READ16, lba, blocks as u32).to_vec()
+                    rw16(ScsiOp::READ16.get(), lba, blocks as u32).to_vec()
                 } else {
-                    rw10(op::READ10, lba as u32, blocks as u16).to_vec()
+                    rw10(ScsiOp::READ10.get(), lba as u32, blocks as u16).to_vec()
                 };
                 let r = vsc
                     .srb(&Srb::new(lun, &cdb, Data::In(len)).segments(&cuts).on(ch))

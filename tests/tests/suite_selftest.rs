@@ -221,18 +221,7 @@ impl DiskIo for Careless {
     fn kind(&self) -> &'static str {
         "careless"
     }
-    fn sector_count(&self) -> u64 {
-        self.inner.sector_count()
-    }
-    fn sector_size(&self) -> u32 {
-        self.inner.sector_size()
-    }
-    fn is_read_only(&self) -> bool {
-        false
-    }
-    fn is_fua_respected(&self) -> bool {
-        self.inner.is_fua_respected()
-    }
+    parastor_core::forward_geometry!(inner);
     fn unmap_behavior(&self) -> UnmapBehavior {
         self.inner.unmap_behavior()
     }

@@ -35,9 +35,10 @@
 //!
 //! # Dependencies and limits
 //!
-//! None: the JSON, protobuf and postcard codecs are hand-written for exact
-//! field paths and error collection (each module says why), which also
-//! keeps the `no_std` gate trivially satisfied. Hostile-input limits are in
+//! One: `parastor-hw`, for the [`Guid`] type the frontends share (its wire
+//! layout and text form). The JSON, protobuf and postcard codecs are
+//! hand-written for exact field paths and error collection (each module
+//! says why). Hostile-input limits are in
 //! [`json`] (size, depth, value count), [`protobuf`] (size, message count,
 //! group depth), [`postcard`] (size, sequence lengths bounded by the input)
 //! and [`error`] (how many errors are kept, how much of a value they quote);
@@ -53,7 +54,6 @@ extern crate std;
 
 pub mod error;
 pub mod fuzz;
-pub mod guid;
 pub mod json;
 pub mod json_out;
 pub mod model;
@@ -67,8 +67,8 @@ mod varint;
 pub mod wire;
 
 pub use error::{Error, ErrorCode, Errors, Object};
-pub use guid::Guid;
 pub use model::Settings;
+pub use parastor_hw::{Guid, ParseGuidError};
 pub use read::read;
 
 /// Sample documents (OpenHCL's) the unit tests share.

@@ -9,9 +9,9 @@
 //! Every default lives in [`defaults`]; nothing else in the crate spells a
 //! default value.
 
-use crate::guid::Guid;
 use alloc::string::String;
 use alloc::vec::Vec;
+use parastor_hw::Guid;
 
 /// Defaults and limits, each exactly as the reference (OpenHCL's
 /// `underhill_config`) gives it. This is the only place they are spelled.

@@ -23,7 +23,6 @@
 //! document that does not fit the schema; it has none for postcard).
 
 use crate::error::{Error, ErrorCode, Errors};
-use crate::guid::Guid;
 use crate::model::{
     Backing, Child, ChildAddress, Controller, DiskParams, FixedSettings, Identity, Nic,
     PhysicalDevice, PhysicalDeviceKind, Protocol, Settings,
@@ -31,6 +30,7 @@ use crate::model::{
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use parastor_hw::Guid;
 
 /// The prefix of every postcard settings blob.
 pub const MAGIC: [u8; 7] = *b"\0PSTSET";
@@ -71,10 +71,7 @@ impl Writer {
     }
 
     fn guid(&mut self, g: &Guid) {
-        self.0.extend_from_slice(&g.data1.to_be_bytes());
-        self.0.extend_from_slice(&g.data2.to_be_bytes());
-        self.0.extend_from_slice(&g.data3.to_be_bytes());
-        self.0.extend_from_slice(&g.data4);
+        self.0.extend_from_slice(&g.to_text_bytes());
     }
 
     fn option<T>(&mut self, v: &Option<T>, f: impl FnOnce(&mut Self, &T)) {

@@ -21,7 +21,6 @@
 //! (`dynamic.storage_controllers[i].luns[j]`).
 
 use crate::error::{Error, ErrorCode, Errors, Object};
-use crate::guid::Guid;
 use crate::model::{Backing, Child, ChildAddress, Controller, Protocol, Settings};
 use crate::read;
 use crate::validate;
@@ -30,6 +29,7 @@ use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use parastor_hw::Guid;
 
 /// One storage change to apply to a running VM, in application order.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -57,7 +57,6 @@
 //! `chunk_size_in_kb` of 0 (OpenHCL fails when opening the striped disk).
 
 use crate::error::{Collector, Error, ErrorCode, Errors, Object, shown};
-use crate::guid::Guid;
 use crate::model::{
     Backing, Child, ChildAddress, Controller, DiskParams, FixedSettings, Identity, Nic,
     PhysicalDevice, PhysicalDeviceKind, Protocol, Settings, defaults,
@@ -67,6 +66,7 @@ use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use parastor_hw::Guid;
 
 /// The decoded parts of one document, each with the path its fields are
 /// reported under (empty for the top level, `namespace_settings[i].settings`

@@ -134,7 +134,7 @@ fn read_network_device_replaces_legacy_nics() {
     )
     .unwrap();
     assert_eq!(s.nics.len(), 1);
-    assert_eq!(s.nics[0].instance_id.data1, 0x1111_1111);
+    assert_eq!(s.nics[0].instance_id.data1.get(), 0x1111_1111);
 }
 
 #[test]
@@ -193,7 +193,7 @@ fn read_network_acceleration_last_entry_wins() {
     let subs: Vec<_> = s
         .nics
         .iter()
-        .map(|n| n.subordinate_instance_id.map(|g| g.data1))
+        .map(|n| n.subordinate_instance_id.map(|g| g.data1.get()))
         .collect();
     // Both NICs with id a take the last entry for a; b's zero GUID clears
     // its subordinate; the entry for an unknown NIC changes nothing.

@@ -172,13 +172,13 @@ impl Disk {
     }
 
     /// Writes the sectors the disk does not have yet (read-cache fill). The
-    /// buffer is only read.
+    /// buffer is only read. Checked like a write: a read-only disk refuses.
     pub fn write_no_overwrite<'a>(
         &'a self,
         buf: SgList<'a>,
         sector: u64,
     ) -> IoFuture<'a, Result<(), DiskError>> {
-        if let Err(e) = self.check_buffer(&buf, sector) {
+        if let Err(e) = self.check_write(&buf, sector) {
             return ready(Err(e));
         }
         self.inner.io.write_no_overwrite(buf.read_only(), sector)
@@ -298,6 +298,7 @@ mod tests {
     use crate::delay::{DelayDisk, DelayHandle, Timer};
     use crate::disk::BoxFuture;
     use crate::memory::{GuestMemory, RamGuestMemory};
+    use crate::prwrap::ReservationsDisk;
     use crate::ram::RamDisk;
     use crate::sg::GpaRange;
     use crate::striped::StripedDisk;
@@ -334,7 +335,8 @@ mod tests {
 
     /// Every disk is a layer: one with its own layer side (RAM) marks what
     /// it holds; a plain disk (striped) marks everything and is no read
-    /// cache; a decorator (delay) passes its inner disk's layer side on.
+    /// cache; a decorator (delay, reservations) passes its inner disk's
+    /// layer side on.
     #[test]
     fn every_disk_is_a_layer() {
         let mem = RamGuestMemory::new(1 << 16);
@@ -369,6 +371,15 @@ mod tests {
         block_on(delayed.write_no_overwrite(sg, 4)).unwrap();
         want[4] = true;
         assert_eq!(present(&sparse, &mem, true), want);
+
+        // Reservations pass presence through too, inline and not.
+        let reserved = Disk::new(ReservationsDisk::new(sparse.clone())).unwrap();
+        assert_eq!(present(&reserved, &mem, true), want);
+        assert_eq!(present(&reserved, &mem, false), want);
+        assert!(reserved.supports_write_no_overwrite());
+        block_on(reserved.write_no_overwrite(sg, 5)).unwrap();
+        want[5] = true;
+        assert_eq!(present(&sparse, &mem, true), want);
     }
 
     /// The handle checks layer reads like reads: the marker must cover the
@@ -397,6 +408,61 @@ mod tests {
             block_on(disk.read_present(sg, 15, &mut m, o)),
             Err(DiskError::IllegalBlock)
         );
+    }
+
+    /// A RAM disk that says it is read-only.
+    struct ReadOnlyRam(RamDisk);
+
+    impl DiskIo for ReadOnlyRam {
+        fn kind(&self) -> &'static str {
+            "read-only ram"
+        }
+        fn sector_count(&self) -> u64 {
+            self.0.sector_count()
+        }
+        fn sector_size(&self) -> u32 {
+            self.0.sector_size()
+        }
+        fn is_read_only(&self) -> bool {
+            true
+        }
+        fn is_fua_respected(&self) -> bool {
+            true
+        }
+        fn unmap_behavior(&self) -> crate::disk::UnmapBehavior {
+            self.0.unmap_behavior()
+        }
+        async fn read(&self, buf: SgList<'_>, sector: u64, o: IoOptions) -> Result<(), DiskError> {
+            self.0.read(buf, sector, o).await
+        }
+        async fn write(&self, buf: SgList<'_>, sector: u64, o: IoOptions) -> Result<(), DiskError> {
+            self.0.write(buf, sector, o).await
+        }
+        async fn flush(&self, o: IoOptions) -> Result<(), DiskError> {
+            self.0.flush(o).await
+        }
+        async fn unmap(&self, sector: u64, count: u64, o: IoOptions) -> Result<(), DiskError> {
+            self.0.unmap(sector, count, o).await
+        }
+        fn as_layer(&self) -> Option<&impl LayerIo> {
+            Some(&self.0)
+        }
+    }
+
+    /// A read-cache fill modifies the disk: the handle refuses it on a
+    /// read-only disk, as it refuses writes, and the disk is untouched.
+    #[test]
+    fn read_only_disks_refuse_cache_fills() {
+        let mem = RamGuestMemory::new(1 << 16);
+        let one = [GpaRange::new(0, 512)];
+        let sg = SgList::new(&mem, &one, true).unwrap();
+        let disk = Disk::new(ReadOnlyRam(RamDisk::new(64 * 512, 512).unwrap())).unwrap();
+        assert!(disk.is_read_only() && disk.supports_write_no_overwrite());
+        assert_eq!(
+            block_on(disk.write_no_overwrite(sg, 2)),
+            Err(DiskError::ReadOnly)
+        );
+        assert_eq!(present(&disk, &mem, true), [false; 8]);
     }
 
     #[test]

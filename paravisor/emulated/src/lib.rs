@@ -1,5 +1,5 @@
 //! Both in-process ends of parastor's guest-facing devices, for tests,
-//! fuzzing, benchmarks and `parastor demo`.
+//! fuzzing and benchmarks.
 //!
 //! - [`storvsc`]: the emulated StorVSC — a guest's SCSI driver over a
 //!   StorVSP channel, with the wire behaviour of real guests

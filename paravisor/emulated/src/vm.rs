@@ -9,6 +9,7 @@
 
 use crate::storvsc::{GuestConfig, Host, Progress, Storvsc, StorvscError};
 use parastor_core::{GpaRange, RamGuestMemory};
+use parastor_hw::vmbus::RingFeatures;
 use parastor_storvsp::{Controller, StorvspChannel};
 use parastor_vmbus::{Channel, RingRegion, Signal};
 use std::fmt;
@@ -81,8 +82,10 @@ impl StorvspVm {
                 let at = RINGS_BASE + pair * i as u64;
                 let incoming = RingRegion::new(at, config.request_ring);
                 let outgoing = RingRegion::new(at + config.request_ring, config.completion_ring);
-                parastor_vmbus::init_ring(&mem, incoming, 0).expect("request ring layout");
-                parastor_vmbus::init_ring(&mem, outgoing, 0).expect("completion ring layout");
+                parastor_vmbus::init_ring(&mem, incoming, RingFeatures::new())
+                    .expect("request ring layout");
+                parastor_vmbus::init_ring(&mem, outgoing, RingFeatures::new())
+                    .expect("completion ring layout");
                 (incoming, outgoing)
             })
             .collect::<Vec<_>>();
@@ -143,8 +146,8 @@ impl StorvspVm {
         let (incoming, outgoing) = self
             .rings(i)
             .ok_or(StorvscError::BadChannel { channel: i })?;
-        parastor_vmbus::init_ring(&self.mem, incoming, 0)?;
-        parastor_vmbus::init_ring(&self.mem, outgoing, 0)?;
+        parastor_vmbus::init_ring(&self.mem, incoming, RingFeatures::new())?;
+        parastor_vmbus::init_ring(&self.mem, outgoing, RingFeatures::new())?;
         Ok(())
     }
 

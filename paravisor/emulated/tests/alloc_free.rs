@@ -8,8 +8,8 @@ use parastor_core::ram::RamDisk;
 use parastor_core::{Disk, GpaRange};
 use parastor_emulated::storvsc::Direction;
 use parastor_emulated::{GuestConfig, Profile, StorvspVm, VmConfig};
-use parastor_hw::scsi::op;
-use parastor_hw::storvsp::srb_status;
+use parastor_hw::scsi::ScsiOp;
+use parastor_hw::storvsp::{SrbStatus, SrbStatusAndFlags};
 use parastor_scsi::{DiskParams, ScsiDisk};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -49,9 +49,9 @@ fn steady_state_requests_do_not_allocate() {
             for tag in 0..QD {
                 let write = (i + u32::from(tag)).is_multiple_of(2);
                 let (opcode, dir) = if write {
-                    (op::WRITE10, Direction::Out)
+                    (ScsiOp::WRITE10.get(), Direction::Out)
                 } else {
-                    (op::READ10, Direction::In)
+                    (ScsiOp::READ10.get(), Direction::In)
                 };
                 let lba = (i * u32::from(QD) + u32::from(tag)) % 2000 * 8;
                 let req = g.scsi_request(0, &rw10(opcode, lba, 8), dir, BYTES as u32);
@@ -67,7 +67,10 @@ fn steady_state_requests_do_not_allocate() {
             g.run_host().unwrap();
             let mut n = 0;
             g.reap(|_, r| {
-                assert_eq!(r.srb().srb_status, srb_status::SUCCESS);
+                assert_eq!(
+                    r.srb().srb_status,
+                    SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
+                );
                 n += 1;
             })
             .unwrap();

@@ -530,12 +530,12 @@ mod settings {
 
     /// A distinct GUID per `(kind, a, b)`.
     fn guid(kind: u16, a: u32, b: u32) -> Guid {
-        Guid {
-            data1: 0x5053_0000 | a,
-            data2: kind,
-            data3: b as u16,
-            data4: [0x80, kind as u8, a as u8, b as u8, 0x12, 0x34, 0x56, 0x78],
-        }
+        Guid::new(
+            0x5053_0000 | a,
+            kind,
+            b as u16,
+            [0x80, kind as u8, a as u8, b as u8, 0x12, 0x34, 0x56, 0x78],
+        )
     }
 
     /// Every identity string at its longest allowed length.
@@ -737,8 +737,8 @@ mod storvsp {
     use super::*;
     use parastor_emulated::storvsc::{Data, Direction, ReplyRef, Srb, Storvsc};
     use parastor_emulated::{GuestConfig, InlineHost, Profile, StorvspVm, VmConfig};
-    use parastor_hw::scsi::{op as scsi_op, status as scsi_status};
-    use parastor_hw::storvsp::{NtStatus, ScsiRequest, VERSION_BLUE, srb_status};
+    use parastor_hw::scsi::{ScsiOp, ScsiStatus};
+    use parastor_hw::storvsp::{NtStatus, ScsiRequest, SrbStatus, Version};
     use parastor_scsi::{DiskParams, ScsiDisk};
     use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
     use std::sync::Arc;
@@ -829,7 +829,7 @@ mod storvsp {
     fn connect(vm: &StorvspVm) -> Guest<'_> {
         let mut g = vm.guest(GUEST).expect("guest");
         g.negotiate().expect("negotiation");
-        assert_eq!(g.version(), Some(VERSION_BLUE));
+        assert_eq!(g.version(), Some(Version::BLUE));
         g
     }
 
@@ -842,9 +842,9 @@ mod storvsp {
     fn template(g: &Guest<'_>, write: bool, bytes: usize) -> ScsiRequest {
         let mut cdb = [0u8; 10];
         cdb[0] = if write {
-            scsi_op::WRITE10
+            ScsiOp::WRITE10.get()
         } else {
-            scsi_op::READ10
+            ScsiOp::READ10.get()
         };
         cdb[7..9].copy_from_slice(&((bytes as u32 / SS) as u16).to_be_bytes());
         let dir = if write { Direction::Out } else { Direction::In };
@@ -861,8 +861,8 @@ mod storvsp {
     /// Panics unless `r` is a successful completion of `bytes`.
     fn check(r: ReplyRef<'_>, bytes: usize) {
         let ok = r.status() == NtStatus::SUCCESS
-            && srb_status::code(r.srb_status()) == srb_status::SUCCESS
-            && r.scsi_status() == scsi_status::GOOD
+            && r.srb_status().status() == SrbStatus::SUCCESS
+            && r.scsi_status() == ScsiStatus::GOOD
             && r.data_transfer_length() as usize == bytes;
         assert!(ok, "I/O failed: completion {:?}", r.to_reply());
     }
@@ -1016,14 +1016,14 @@ mod storvsp {
                 let mut addr = Addresses::new(row.pattern, bytes);
                 let data = vec![0x5au8; bytes];
                 cases.push(Case {
-                    name: "storvsc.rs-test-driver",
+                    name: "emulated-test-api",
                     op: Box::new(move |_| {
                         let lba = addr.next() as u32;
                         let mut cdb = [0u8; 10];
                         cdb[0] = if write {
-                            scsi_op::WRITE10
+                            ScsiOp::WRITE10.get()
                         } else {
-                            scsi_op::READ10
+                            ScsiOp::READ10.get()
                         };
                         cdb[2..6].copy_from_slice(&lba.to_be_bytes());
                         cdb[7..9].copy_from_slice(&((bytes as u32 / SS) as u16).to_be_bytes());

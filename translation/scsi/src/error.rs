@@ -2,7 +2,7 @@
 
 use crate::ScsiResult;
 use parastor_core::{DiskError, IoErrorKind, MediumError};
-use parastor_hw::scsi::{SenseData, asc, sense_key, status};
+use parastor_hw::scsi::{AdditionalSense, ScsiStatus, SenseData, SenseKey};
 
 /// The SCSI status and sense data that report `error` to the initiator.
 ///
@@ -15,56 +15,48 @@ use parastor_hw::scsi::{SenseData, asc, sense_key, status};
 /// FAILED WRITE PROTECT, a failed device is HARDWARE ERROR / INTERNAL
 /// TARGET FAILURE. The application-tag check is 10/02 as SBC-4 defines it.
 pub fn disk_error_result(error: &DiskError) -> ScsiResult {
-    let check = |key, asc, ascq| ScsiResult::check(SenseData::new(key, asc, ascq));
+    use AdditionalSense as A;
+    use SenseKey as K;
+    let check = |key, additional| ScsiResult::check(SenseData::new(key, additional));
     match error.root() {
-        DiskError::IllegalBlock => check(sense_key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE, 0),
+        DiskError::IllegalBlock => check(K::ILLEGAL_REQUEST, A::LBA_OUT_OF_RANGE),
         DiskError::InvalidInput(_) | DiskError::MemoryAccess(_) => {
-            check(sense_key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB, 0)
+            check(K::ILLEGAL_REQUEST, A::INVALID_FIELD_IN_CDB)
         }
         DiskError::Io(io) => match io.kind {
-            IoErrorKind::NotReady => check(sense_key::NOT_READY, asc::LUN_NOT_READY, 0),
-            IoErrorKind::TimedOut => check(
-                sense_key::ABORTED_COMMAND,
-                asc::LOGICAL_UNIT_FAILURE,
-                asc::ASCQ_TIMEOUT_ON_LOGICAL_UNIT,
-            ),
-            IoErrorKind::Cancelled => check(sense_key::ABORTED_COMMAND, 0, 0),
-            IoErrorKind::NoSpace => check(
-                sense_key::DATA_PROTECT,
-                asc::WRITE_PROTECTED,
-                asc::ASCQ_SPACE_ALLOCATION_FAILED,
-            ),
-            IoErrorKind::Unsupported => check(sense_key::ILLEGAL_REQUEST, asc::INVALID_COMMAND, 0),
-            IoErrorKind::DeviceFailed => {
-                check(sense_key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE, 0)
-            }
-            _ => check(sense_key::MEDIUM_ERROR, 0, 0),
+            IoErrorKind::NotReady => check(K::NOT_READY, A::LUN_NOT_READY),
+            IoErrorKind::TimedOut => check(K::ABORTED_COMMAND, A::TIMEOUT_ON_LOGICAL_UNIT),
+            IoErrorKind::Cancelled => check(K::ABORTED_COMMAND, A::NO_ADDITIONAL_SENSE),
+            IoErrorKind::NoSpace => check(K::DATA_PROTECT, A::SPACE_ALLOCATION_FAILED),
+            IoErrorKind::Unsupported => check(K::ILLEGAL_REQUEST, A::INVALID_COMMAND),
+            IoErrorKind::DeviceFailed => check(K::HARDWARE_ERROR, A::INTERNAL_TARGET_FAILURE),
+            _ => check(K::MEDIUM_ERROR, A::NO_ADDITIONAL_SENSE),
         },
-        DiskError::Medium(m) => {
-            let (asc, ascq) = match m {
-                MediumError::UnrecoveredRead => (asc::UNRECOVERED_READ, 0),
-                MediumError::WriteFault => (asc::WRITE_FAULT, 0),
-                MediumError::GuardCheck => (asc::PROTECTION_CHECK, 1),
-                MediumError::ApplicationTagCheck => (asc::PROTECTION_CHECK, 2),
-                MediumError::ReferenceTagCheck => (asc::PROTECTION_CHECK, 3),
-            };
-            check(sense_key::MEDIUM_ERROR, asc, ascq)
-        }
-        DiskError::ReadOnly => check(sense_key::DATA_PROTECT, asc::WRITE_PROTECTED, 0),
+        DiskError::Medium(m) => check(
+            K::MEDIUM_ERROR,
+            match m {
+                MediumError::UnrecoveredRead => A::UNRECOVERED_READ,
+                MediumError::WriteFault => A::WRITE_FAULT,
+                MediumError::GuardCheck => A::GUARD_CHECK_FAILED,
+                MediumError::ApplicationTagCheck => A::APPLICATION_TAG_CHECK_FAILED,
+                MediumError::ReferenceTagCheck => A::REFERENCE_TAG_CHECK_FAILED,
+            },
+        ),
+        DiskError::ReadOnly => check(K::DATA_PROTECT, A::WRITE_PROTECTED),
         DiskError::ReservationConflict => ScsiResult {
-            status: status::RESERVATION_CONFLICT,
+            status: ScsiStatus::RESERVATION_CONFLICT,
             sense: None,
             tx: 0,
         },
         DiskError::AbortedByPreempt => ScsiResult {
-            status: status::TASK_ABORTED,
-            sense: Some(SenseData::new(sense_key::ABORTED_COMMAND, 0, 0)),
+            status: ScsiStatus::TASK_ABORTED,
+            sense: Some(SenseData::new(K::ABORTED_COMMAND, A::NO_ADDITIONAL_SENSE)),
             tx: 0,
         },
         DiskError::UnsupportedEject | DiskError::Unsupported(_) => {
-            check(sense_key::ILLEGAL_REQUEST, asc::INVALID_COMMAND, 0)
+            check(K::ILLEGAL_REQUEST, A::INVALID_COMMAND)
         }
         // `root()` never returns `Member`; anything newer is a device failure.
-        _ => check(sense_key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE, 0),
+        _ => check(K::HARDWARE_ERROR, A::INTERNAL_TARGET_FAILURE),
     }
 }

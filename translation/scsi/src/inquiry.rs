@@ -2,16 +2,19 @@
 //! data, VPD page framing and the T10 vendor ID designator.
 
 use alloc::vec::Vec;
-use parastor_hw::scsi::{DesignatorHeader, InquiryData, VpdHeader};
+use parastor_hw::scsi::{
+    CodeSet, DesignatorCodeSet, DesignatorHeader, DesignatorKind, DesignatorType, InquiryData,
+    Peripheral, PeripheralDeviceType, VpdHeader, VpdPage,
+};
 use zerocopy::IntoBytes;
 
 /// VPD page `page` of a device of type `device_type`: its header, then
 /// `body`.
-pub(crate) fn vpd_page(device_type: u8, page: u8, body: &[u8]) -> Vec<u8> {
+pub(crate) fn vpd_page(device_type: PeripheralDeviceType, page: VpdPage, body: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(size_of::<VpdHeader>() + body.len());
     v.extend_from_slice(
         VpdHeader {
-            device_type,
+            peripheral: Peripheral::new().with_device_type(device_type),
             page,
             len: (body.len() as u16).into(),
         }
@@ -38,13 +41,20 @@ pub(crate) fn standard_inquiry(
     }
 }
 
-/// Appends a VPD 0x83 T10 vendor ID designator (ASCII): the 8-byte
-/// vendor identification, then the 16-byte device id.
+/// Appends a VPD 0x83 T10 vendor ID designator: the 8-byte vendor
+/// identification, then the 16-byte device id.
+///
+/// The code set is binary (1), as OpenHCL reports it: the vendor-specific
+/// part is a GUID's raw bytes, not ASCII graphic characters (20h-7Eh), so
+/// code set 2 (ASCII) would misdescribe it, and initiators that trust the
+/// code set (udev's `scsi_id` copies an ASCII designator verbatim but
+/// hex-encodes a binary one) would build identifiers from unprintable
+/// bytes.
 pub(crate) fn push_t10_designator(body: &mut Vec<u8>, vendor: &[u8; 8], id: &[u8; 16]) {
     body.extend_from_slice(
         DesignatorHeader {
-            code_set: 2,
-            kind: 1,
+            code_set: DesignatorCodeSet::new().with_code_set(CodeSet::BINARY),
+            kind: DesignatorKind::new().with_designator_type(DesignatorType::T10_VENDOR_ID),
             reserved: 0,
             len: 24,
         }

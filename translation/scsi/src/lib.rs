@@ -2,9 +2,13 @@
 //! out, transport independent.
 //!
 //! A transport (StorVSP over VMBus, TCMU, …) hands a logical unit a CDB,
-//! the request's data buffer as an [`SgList`](parastor_core::SgList) and
-//! the initiator's identity, and gets back a [`ScsiResult`] (status, sense
-//! data, bytes transferred).
+//! the request's data buffer as an [`SgList`](parastor_core::SgList), the
+//! initiator's identity and how it delivers sense data
+//! ([`SenseDelivery`]), and gets back a [`ScsiResult`] (status, sense
+//! data, bytes transferred). A transport with its own limit on one
+//! command's data tells the LUN when it attaches it
+//! ([`Lun::limit_transfer`]), so the limit the LUN advertises is one the
+//! transport can carry.
 //!
 //! The crate is layered:
 //!
@@ -12,7 +16,8 @@
 //!   transport addresses), [`ScsiResult`] and the one
 //!   [`DiskError`](parastor_core::DiskError) → sense table
 //!   ([`disk_error_result`]), moving data in and out of the request's
-//!   buffer, sense data kept per initiator, INQUIRY and MODE SENSE/SELECT
+//!   buffer, sense data kept per initiator (unless the transport delivers
+//!   it with the status, [`SenseDelivery`]), INQUIRY and MODE SENSE/SELECT
 //!   framing, and the LBA range lock;
 //! - the devices: [`disk`] (SBC direct-access block device, [`ScsiDisk`])
 //!   and [`dvd`] (MMC CD/DVD-ROM drive, [`ScsiDvd`]), each parsing a CDB
@@ -39,4 +44,4 @@ pub use dvd::ScsiDvd;
 pub use error::disk_error_result;
 pub use lun::Lun;
 pub use result::ScsiResult;
-pub use sense::SENSE_SLOTS;
+pub use sense::{SENSE_SLOTS, SenseDelivery};

@@ -6,17 +6,19 @@ use crate::data::{data_in, data_out};
 use crate::result::{Res, illegal, invalid_cdb, invalid_param, param_len_error};
 use alloc::vec::Vec;
 use parastor_core::SgList;
-use parastor_hw::scsi::{ModeHeader6, ModeHeader10, asc, mode};
+use parastor_hw::scsi::{
+    AdditionalSense, DeviceSpecific, ModeHeader6, ModeHeader10, ModePage, ModePageCode, PageControl,
+};
 use zerocopy::FromBytes;
 use zerocopy::IntoBytes;
 
 /// The MODE SENSE checks common to every device: saved values are not
 /// supported, and subpages only as "all pages, all subpages".
-pub(crate) fn check_mode_sense(pc: u8, page: u8, subpage: u8) -> Res<()> {
-    if pc == mode::PC_SAVED {
-        return Err(illegal(asc::SAVING_PARAMETERS_NOT_SUPPORTED, 0));
+pub(crate) fn check_mode_sense(pc: PageControl, page: ModePage, subpage: u8) -> Res<()> {
+    if pc == PageControl::SAVED {
+        return Err(illegal(AdditionalSense::SAVING_PARAMETERS_NOT_SUPPORTED));
     }
-    if subpage != 0 && !(page == mode::ALL_PAGES && subpage == 0xFF) {
+    if subpage != 0 && !(page == ModePage::ALL && subpage == 0xFF) {
         return Err(invalid_cdb());
     }
     Ok(())
@@ -28,7 +30,7 @@ pub(crate) fn check_mode_sense(pc: u8, page: u8, subpage: u8) -> Res<()> {
 pub(crate) fn mode_sense_data(
     data: &SgList<'_>,
     long: bool,
-    dsp: u8,
+    dsp: DeviceSpecific,
     pages: &[u8],
     alloc_len: usize,
 ) -> Res {
@@ -62,7 +64,7 @@ pub(crate) fn mode_select_pages(
     sp: bool,
     param_len: usize,
     long: bool,
-    mut page: impl FnMut(u8, &[u8]) -> Res<()>,
+    mut page: impl FnMut(ModePage, &[u8]) -> Res<()>,
 ) -> Res {
     if sp || (!pf && param_len != 0) {
         return Err(invalid_cdb());
@@ -84,15 +86,15 @@ pub(crate) fn mode_select_pages(
     let mut pages = list.get(hdr_len + bdl..).ok_or_else(param_len_error)?;
     while !pages.is_empty() {
         let (code, len) = match pages {
-            [code, len, ..] => (*code, usize::from(*len)),
+            [code, len, ..] => (ModePageCode::from_bits(*code), usize::from(*len)),
             _ => return Err(param_len_error()),
         };
         let body = pages.get(2..2 + len).ok_or_else(param_len_error)?;
         // SPF: the subpage format, for pages this adapter does not have.
-        if code & 0x40 != 0 {
+        if code.spf() {
             return Err(invalid_param());
         }
-        page(code & 0x3F, body)?;
+        page(code.page(), body)?;
         pages = &pages[2 + len..];
     }
     Ok(param_len)

@@ -3,13 +3,13 @@
 
 use crate::error::disk_error_result;
 use parastor_core::DiskError;
-use parastor_hw::scsi::{SenseData, asc, status};
+use parastor_hw::scsi::{AdditionalSense, ScsiStatus, SenseData};
 
 /// The outcome of one command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScsiResult {
-    /// SCSI status ([`parastor_hw::scsi::status`]).
-    pub status: u8,
+    /// SCSI status.
+    pub status: ScsiStatus,
     /// Sense data, with CHECK CONDITION (and TASK ABORTED).
     pub sense: Option<SenseData>,
     /// Bytes transferred to or from the data buffer.
@@ -20,7 +20,7 @@ impl ScsiResult {
     /// GOOD with `tx` bytes transferred.
     pub const fn good(tx: usize) -> Self {
         ScsiResult {
-            status: status::GOOD,
+            status: ScsiStatus::GOOD,
             sense: None,
             tx,
         }
@@ -29,7 +29,7 @@ impl ScsiResult {
     /// CHECK CONDITION with `sense`.
     pub const fn check(sense: SenseData) -> Self {
         ScsiResult {
-            status: status::CHECK_CONDITION,
+            status: ScsiStatus::CHECK_CONDITION,
             sense: Some(sense),
             tx: 0,
         }
@@ -44,20 +44,20 @@ impl From<DiskError> for ScsiResult {
 
 pub(crate) type Res<T = usize> = Result<T, ScsiResult>;
 
-pub(crate) fn illegal(asc: u8, ascq: u8) -> ScsiResult {
-    ScsiResult::check(SenseData::illegal(asc, ascq))
+pub(crate) fn illegal(additional: AdditionalSense) -> ScsiResult {
+    ScsiResult::check(SenseData::illegal(additional))
 }
 
 pub(crate) fn invalid_cdb() -> ScsiResult {
-    illegal(asc::INVALID_FIELD_IN_CDB, 0)
+    illegal(AdditionalSense::INVALID_FIELD_IN_CDB)
 }
 
 pub(crate) fn invalid_param() -> ScsiResult {
-    illegal(asc::INVALID_FIELD_IN_PARAMETER_LIST, 0)
+    illegal(AdditionalSense::INVALID_FIELD_IN_PARAMETER_LIST)
 }
 
 pub(crate) fn param_len_error() -> ScsiResult {
-    illegal(asc::PARAMETER_LIST_LENGTH, 0)
+    illegal(AdditionalSense::PARAMETER_LIST_LENGTH)
 }
 
 pub(crate) fn mem_err(e: parastor_core::MemoryError) -> ScsiResult {

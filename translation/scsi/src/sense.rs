@@ -5,17 +5,36 @@
 //! The table is bounded so initiators cannot make it grow without limit:
 //! it keeps [`SENSE_SLOTS`] initiators and, when full, forgets the one
 //! whose sense was stored longest ago.
+//!
+//! Sense data the transport already delivered with the CHECK CONDITION
+//! (autosense, [`SenseDelivery::Autosense`]) is not kept: SPC clears sense
+//! data once it is delivered, so a REQUEST SENSE after it reports NO SENSE
+//! instead of the same error a second time.
 
 use crate::data::data_in;
 use crate::result::{Res, ScsiResult};
 use alloc::vec::Vec;
 use parastor_core::{InitiatorId, SgList};
-use parastor_hw::scsi::{DESCRIPTOR_SENSE_MAX, SenseData, status};
+use parastor_hw::scsi::{DESCRIPTOR_SENSE_MAX, ScsiStatus, SenseData};
 use spin::Mutex;
 use zerocopy::IntoBytes;
 
 /// Most initiators whose sense is kept at once.
 pub const SENSE_SLOTS: usize = 32;
+
+/// How a transport hands the initiator the sense data of a command that
+/// ends in CHECK CONDITION; the transport says so with each command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SenseDelivery {
+    /// The transport returns the sense data with the status (autosense:
+    /// StorVSP when the request has room for it and does not disable it).
+    /// Delivered sense is cleared, and it replaces whatever that initiator
+    /// had pending: a later REQUEST SENSE reports NO SENSE.
+    Autosense,
+    /// The transport returns only the status: the sense data is kept for
+    /// the initiator's REQUEST SENSE.
+    RequestSense,
+}
 
 struct Entry {
     initiator: InitiatorId,
@@ -64,18 +83,28 @@ impl SenseTable {
         Some(t.entries.swap_remove(i).sense)
     }
 
-    /// A command's result, its sense kept for `initiator`'s REQUEST SENSE
-    /// if it is a CHECK CONDITION.
-    pub(crate) fn finish(&self, result: Res, initiator: InitiatorId) -> ScsiResult {
+    /// A command's result. If it is a CHECK CONDITION, its sense is kept
+    /// for `initiator`'s REQUEST SENSE, unless `delivery` says the
+    /// transport delivers it with the status: then it is not kept, and
+    /// clears what the initiator had pending.
+    pub(crate) fn finish(
+        &self,
+        result: Res,
+        initiator: InitiatorId,
+        delivery: SenseDelivery,
+    ) -> ScsiResult {
         let result = match result {
             Ok(tx) => ScsiResult::good(tx),
             Err(r) => r,
         };
-        if let Some(sense) = result
-            .sense
-            .filter(|_| result.status == status::CHECK_CONDITION)
-        {
-            self.store(initiator, sense);
+        if result.status == ScsiStatus::CHECK_CONDITION {
+            match (delivery, result.sense) {
+                (SenseDelivery::RequestSense, Some(sense)) => self.store(initiator, sense),
+                (SenseDelivery::RequestSense, None) => {}
+                (SenseDelivery::Autosense, _) => {
+                    self.take(initiator);
+                }
+            }
         }
         result
     }
@@ -102,10 +131,10 @@ pub(crate) fn request_sense(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parastor_hw::scsi::sense_key;
+    use parastor_hw::scsi::AdditionalSense;
 
     fn sense(n: u8) -> SenseData {
-        SenseData::new(sense_key::ILLEGAL_REQUEST, n, 0)
+        SenseData::illegal(AdditionalSense::from_parts(n, 0))
     }
 
     fn id(n: usize) -> InitiatorId {

@@ -9,18 +9,21 @@ use core::fmt;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
-use parastor_core::{DiskError, GpaRange, IoError, IoErrorKind, SgList};
-use parastor_hw::scsi::{SenseData, asc, op, status};
-use parastor_hw::storvsp::{
-    self as hw, Body, MAX_PACKET_LEN, NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader,
-    ParseError, ProtocolVersion, RequestSize, ScsiRequest, data_direction, parse_packet, srb_flags,
-    srb_status,
+use parastor_core::{DiskError, GpaRange, SgList};
+use parastor_hw::scsi::{
+    AdditionalSense, CdbError, InquiryCdb, InquiryData, InquiryFlags3, Peripheral,
+    PeripheralDeviceType, PeripheralQualifier, ReportLuns, ScsiOp, ScsiStatus, SenseData,
 };
-use parastor_scsi::{Lun, ScsiResult, disk_error_result};
+use parastor_hw::storvsp::{
+    self as hw, Body, DataDirection, MAX_PACKET_LEN, NtStatus, Operation, PACKET_HEADER_LEN,
+    PacketFlags, PacketHeader, ParseError, ProtocolVersion, RequestSize, ScsiRequest, SrbStatus,
+    SrbStatusAndFlags, Version, parse_packet,
+};
+use parastor_scsi::{Lun, ScsiResult, SenseDelivery, disk_error_result};
 use parastor_vmbus::{
     Channel, OutgoingKind, PacketKind, PacketRef, Reservation, RingError, Signal,
 };
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 /// Passes [`StorvspChannel::run`] makes in one poll before it wakes
 /// itself and yields to its executor.
@@ -114,7 +117,7 @@ struct Pass {
 /// What an `EXECUTE_SRB` resolved to without running on a disk.
 pub(crate) enum SrbAnswer {
     /// An SRB status with no SCSI status, sense or data.
-    Srb(u8),
+    Srb(SrbStatus),
     /// A SCSI outcome.
     Scsi(ScsiResult),
 }
@@ -123,7 +126,7 @@ impl SrbAnswer {
     /// The answer for a disk future's output (`None`: the data buffer
     /// could not be built).
     fn of(result: Option<ScsiResult>) -> Self {
-        result.map_or(Self::Srb(srb_status::INVALID_REQUEST), Self::Scsi)
+        result.map_or(Self::Srb(SrbStatus::INVALID_REQUEST), Self::Scsi)
     }
 }
 
@@ -430,7 +433,7 @@ impl<'a> StorvspChannel<'a> {
             self.enumerate_pending = self
                 .controller
                 .version()
-                .is_some_and(|v| v >= hw::VERSION_WIN7);
+                .is_some_and(|v| v >= Version::WIN7);
         }
         if !self.enumerate_pending {
             return Ok(false);
@@ -438,7 +441,12 @@ impl<'a> StorvspChannel<'a> {
         let size = self.controller.request_size();
         let mut buf = [0u8; MAX_PACKET_LEN];
         buf[..PACKET_HEADER_LEN].copy_from_slice(
-            PacketHeader::new(Operation::EnumerateBus, 0, NtStatus::SUCCESS).as_bytes(),
+            PacketHeader::new(
+                Operation::ENUMERATE_BUS,
+                PacketFlags::new(),
+                NtStatus::SUCCESS,
+            )
+            .as_bytes(),
         );
         match self.channel.write_packet(
             OutgoingKind::InBand {
@@ -468,8 +476,9 @@ impl<'a> StorvspChannel<'a> {
         payload: &[u8],
     ) -> Result<(), StorvspError> {
         let mut buf = [0u8; MAX_PACKET_LEN];
-        buf[..PACKET_HEADER_LEN]
-            .copy_from_slice(PacketHeader::new(Operation::CompleteIo, 0, status).as_bytes());
+        buf[..PACKET_HEADER_LEN].copy_from_slice(
+            PacketHeader::new(Operation::COMPLETE_IO, PacketFlags::new(), status).as_bytes(),
+        );
         let reply_len = reply_len.min(hw::PACKET_PAYLOAD_LEN);
         let n = payload.len().min(reply_len);
         buf[PACKET_HEADER_LEN..PACKET_HEADER_LEN + n].copy_from_slice(&payload[..n]);
@@ -501,17 +510,19 @@ impl<'a> StorvspChannel<'a> {
         };
         let ready = self.controller.is_ready();
         let (status, reply) = match (operation, body) {
-            (Operation::ExecuteSrb, Body::ExecuteSrb(request)) if ready => {
+            (Operation::EXECUTE_SRB, Body::ExecuteSrb(request)) if ready => {
                 return self.execute_srb(packet, request, reservation, cx);
             }
-            (Operation::ResetLun | Operation::ResetAdapter | Operation::ResetBus, _) if ready => {
+            (Operation::RESET_LUN | Operation::RESET_ADAPTER | Operation::RESET_BUS, _)
+                if ready =>
+            {
                 (NtStatus::SUCCESS, [0; hw::PACKET_PAYLOAD_LEN])
             }
             // Not a Fibre Channel adapter: there is no HBA data to report,
             // in any state, on any channel (catalog §5.2: operations not
             // served get `INVALID_DEVICE_STATE`); the negotiation state is
             // left alone. Sub-channels take no negotiation packets.
-            (operation, _) if operation == Operation::FcHbaData || !self.primary => {
+            (operation, _) if operation == Operation::FC_HBA_DATA || !self.primary => {
                 (NtStatus::INVALID_DEVICE_STATE, [0; hw::PACKET_PAYLOAD_LEN])
             }
             (operation, body) => self.negotiate(operation, body),
@@ -531,14 +542,14 @@ impl<'a> StorvspChannel<'a> {
         let controller = self.controller.clone();
         let mut reply = [0; hw::PACKET_PAYLOAD_LEN];
         let status = controller.update_protocol(|proto| match (proto.state, operation, body) {
-            (S::Begin, Operation::BeginInitialization, _) => {
+            (S::Begin, Operation::BEGIN_INITIALIZATION, _) => {
                 proto.state = S::QueryVersion;
                 NtStatus::SUCCESS
             }
-            (S::QueryVersion, Operation::QueryProtocolVersion, Body::ProtocolVersion(v)) => {
-                let v = v.major_minor.get();
+            (S::QueryVersion, Operation::QUERY_PROTOCOL_VERSION, Body::ProtocolVersion(v)) => {
+                let v = v.major_minor;
                 set_reply(&mut reply, ProtocolVersion::new(v).as_bytes());
-                if hw::is_supported(v) {
+                if v.is_supported() {
                     proto.version = Some(v);
                     proto.state = S::QueryProperties;
                     NtStatus::SUCCESS
@@ -546,20 +557,18 @@ impl<'a> StorvspChannel<'a> {
                     NtStatus::REVISION_MISMATCH
                 }
             }
-            (S::QueryProperties, Operation::QueryProperties, _) => {
-                let version = proto.version.unwrap_or(hw::VERSION_WIN6);
+            (S::QueryProperties, Operation::QUERY_PROPERTIES, _) => {
+                let version = proto.version.unwrap_or(Version::WIN6);
                 set_reply(&mut reply, controller.properties(version).as_bytes());
                 proto.state = S::EndInitialization;
                 NtStatus::SUCCESS
             }
             (
                 S::EndInitialization | S::Ready,
-                Operation::CreateSubChannels,
+                Operation::CREATE_SUB_CHANNELS,
                 Body::CreateSubChannels(count),
             ) => {
-                if proto.version.is_none_or(|v| v < hw::VERSION_WIN8)
-                    || proto.sub_channels.is_some()
-                {
+                if proto.version.is_none_or(|v| v < Version::WIN8) || proto.sub_channels.is_some() {
                     NtStatus::INVALID_DEVICE_STATE
                 } else if count > controller.config.max_sub_channels {
                     NtStatus::INVALID_PARAMETER
@@ -568,7 +577,7 @@ impl<'a> StorvspChannel<'a> {
                     NtStatus::SUCCESS
                 }
             }
-            (S::EndInitialization, Operation::EndInitialization, _) => {
+            (S::EndInitialization, Operation::END_INITIALIZATION, _) => {
                 proto.state = S::Ready;
                 // The guest scans the bus now; nothing to announce yet.
                 self.announced = controller.generation();
@@ -614,7 +623,7 @@ impl<'a> StorvspChannel<'a> {
         request: &ScsiRequest,
         cx: &mut Context<'_>,
     ) -> Result<SrbAnswer, ScsiFuture<'a>> {
-        let invalid = SrbAnswer::Srb(srb_status::INVALID_REQUEST);
+        let invalid = SrbAnswer::Srb(SrbStatus::INVALID_REQUEST);
         let Some(cdb) = request.cdb().filter(|c| !c.is_empty()) else {
             return Ok(invalid);
         };
@@ -628,7 +637,7 @@ impl<'a> StorvspChannel<'a> {
         let cdb = &cdb_buf[..cdb_len];
         let len = request.data_transfer_length.get() as usize;
         // The device writes guest memory unless this is a write.
-        let writable = request.data_in != data_direction::WRITE;
+        let writable = request.data_in != DataDirection::WRITE;
         let mem = self.channel.memory();
         let ranges = packet.ranges();
         let Ok(sg) = SgList::new(mem, ranges, writable).and_then(|sg| sg.subrange(0, len)) else {
@@ -636,30 +645,21 @@ impl<'a> StorvspChannel<'a> {
             return Ok(invalid);
         };
         let path = ScsiPath::new(request.path_id, request.target_id, request.lun);
-        if cdb[0] == op::REPORT_LUNS {
-            return Ok(self.report_luns(cdb, path, mem, ranges, len));
+        // REPORT LUNS is the target's: answered from the LUN map.
+        match ReportLuns::parse(cdb) {
+            Ok(report) => return Ok(self.report_luns(report, path, mem, ranges, len)),
+            Err(CdbError::InvalidOpcode) => {}
+            Err(e) => return Ok(SrbAnswer::Scsi(ScsiResult::check(e.sense()))),
         }
         let initiator = self.controller.config.initiator;
+        let delivery = sense_delivery(request, self.controller.request_size());
         let Some(disk) = cached_lun(&self.controller, &mut self.last_lun, path) else {
             return Ok(missing_lun(cdb, mem, ranges, len));
         };
-        if disk.completes_inline() {
-            // The common case (RAM disks and compositions of them): run the
-            // command in place, with no allocation. The disk promised to
-            // finish on the first poll; if it breaks that promise the
-            // command fails as a device error (as a composite's `drive!`
-            // does) instead of hanging the channel.
-            if let Some(r) = disk.execute_now(cdb, &sg, initiator) {
-                // READ / WRITE: no future at all.
-                return Ok(SrbAnswer::Scsi(r));
-            }
-            let mut fut = core::pin::pin!(disk.execute(cdb, sg, initiator));
-            return Ok(SrbAnswer::Scsi(match fut.as_mut().poll(cx) {
-                Poll::Ready(r) => r,
-                Poll::Pending => {
-                    disk_error_result(&DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, 0)))
-                }
-            }));
+        // The common case (RAM disks and compositions of them): the command
+        // runs in place, with no allocation.
+        if let Some(r) = disk.run_now(cdb, &sg, initiator, delivery) {
+            return Ok(SrbAnswer::Scsi(r));
         }
         let disk = disk.clone();
         // A disk that really waits: the command runs as a boxed future
@@ -671,7 +671,10 @@ impl<'a> StorvspChannel<'a> {
                 .and_then(|sg| sg.subrange(0, len))
                 .ok()?;
             let disk: Lun = disk;
-            Some(disk.execute(&cdb_buf[..cdb_len], sg, initiator).await)
+            Some(
+                disk.execute(&cdb_buf[..cdb_len], sg, initiator, delivery)
+                    .await,
+            )
         });
         match future.as_mut().poll(cx) {
             Poll::Ready(result) => Ok(SrbAnswer::of(result)),
@@ -683,19 +686,15 @@ impl<'a> StorvspChannel<'a> {
     /// target, sorted, single-level peripheral addressing.
     fn report_luns(
         &self,
-        cdb: &[u8],
+        report: ReportLuns,
         path: ScsiPath,
         mem: &dyn parastor_core::GuestMemory,
         ranges: &[GpaRange],
         len: usize,
     ) -> SrbAnswer {
-        if cdb.len() < 12 {
-            return SrbAnswer::Scsi(ScsiResult::check(SenseData::illegal(
-                asc::INVALID_FIELD_IN_CDB,
-                0,
-            )));
-        }
-        let alloc_len = u32::from_be_bytes([cdb[6], cdb[7], cdb[8], cdb[9]]) as usize;
+        // Every SELECT REPORT gets the same list: there are no well-known
+        // logical units, and all LUNs use LUN addressing.
+        let alloc_len = usize::try_from(report.alloc_len).unwrap_or(usize::MAX);
         let luns: Vec<u8> = self
             .controller
             .paths()
@@ -750,6 +749,32 @@ fn cached_lun<'l>(
     last.as_ref().map(|(_, _, lun)| lun)
 }
 
+/// How `request`'s CHECK CONDITION sense reaches the guest: in its
+/// completion (autosense) when autosense is on — always before Windows 8,
+/// else unless the request sets `DISABLE_AUTOSENSE` — and the request has
+/// a sense buffer; otherwise only through REQUEST SENSE. This is the rule
+/// [`srb_completion`] applies when it fills the completion's sense.
+pub(crate) fn sense_delivery(request: &ScsiRequest, size: RequestSize) -> SenseDelivery {
+    if autosense_room(request, size) > 0 {
+        SenseDelivery::Autosense
+    } else {
+        SenseDelivery::RequestSense
+    }
+}
+
+/// How many sense bytes the completion of `request` carries: none when
+/// the guest disabled autosense (a Win8+ flag) or gave no sense buffer,
+/// else its buffer, capped by the protocol's. The one rule both
+/// [`sense_delivery`] and [`srb_completion`] follow.
+fn autosense_room(request: &ScsiRequest, size: RequestSize) -> usize {
+    let enabled = size == RequestSize::PreWin8 || !request.srb_flags.disable_autosense();
+    if enabled {
+        usize::from(request.sense_info_ex_length).min(size.sense_buffer_len())
+    } else {
+        0
+    }
+}
+
 /// Copies `bytes` to the start of the (zeroed) completion payload `reply`.
 fn set_reply(reply: &mut [u8; hw::PACKET_PAYLOAD_LEN], bytes: &[u8]) {
     let n = bytes.len().min(reply.len());
@@ -768,15 +793,11 @@ fn check_packet(packet: &PacketRef, size: RequestSize) -> Result<(Operation, Bod
         return Err(StorvspError::NotTransactional { transaction_id });
     }
     match parse_packet(packet.payload(), size) {
-        Ok((header, body)) => header
-            .operation()
-            .map(|operation| (operation, body))
-            // parse_packet only returns known operations.
-            .ok_or(StorvspError::UnexpectedPacket { transaction_id }),
+        Ok((header, body)) => Ok((header.operation, body)),
         Err(ParseError::TruncatedBody {
-            operation: Operation::FcHbaData,
+            operation: Operation::FC_HBA_DATA,
             ..
-        }) => Ok((Operation::FcHbaData, Body::None)),
+        }) => Ok((Operation::FC_HBA_DATA, Body::None)),
         Err(error) => Err(StorvspError::Packet {
             transaction_id,
             error,
@@ -799,7 +820,7 @@ fn write_data(
     }
     let written = SgList::new(mem, ranges, true)
         .and_then(|sg| sg.subrange(0, n))
-        .map_err(|_| ScsiResult::check(SenseData::illegal(asc::INVALID_FIELD_IN_CDB, 0)))
+        .map_err(|_| ScsiResult::check(SenseData::illegal(AdditionalSense::INVALID_FIELD_IN_CDB)))
         .and_then(|sg| {
             sg.write_all(&data[..n])
                 .map_err(|e| disk_error_result(&DiskError::MemoryAccess(e)))
@@ -820,22 +841,35 @@ fn missing_lun(
     ranges: &[GpaRange],
     len: usize,
 ) -> SrbAnswer {
-    if cdb[0] != op::INQUIRY {
-        return SrbAnswer::Srb(srb_status::INVALID_LUN);
+    if cdb.first().copied().map(ScsiOp::new) != Some(ScsiOp::INQUIRY) {
+        return SrbAnswer::Srb(SrbStatus::INVALID_LUN);
     }
-    if cdb.len() < 6 || cdb[1] & 1 != 0 {
-        return SrbAnswer::Scsi(ScsiResult::check(SenseData::illegal(
-            asc::INVALID_FIELD_IN_CDB,
-            0,
-        )));
-    }
-    let alloc_len = usize::from(u16::from_be_bytes([cdb[3], cdb[4]]));
-    let mut data = [0u8; MISSING_LUN_INQUIRY_LEN];
-    data[0] = 0x7F; // qualifier 3: no LU here; type 0x1F
-    data[2] = 0x06; // SPC-4
-    data[3] = 0x02; // response data format 2
-    data[4] = (MISSING_LUN_INQUIRY_LEN - 5) as u8;
-    SrbAnswer::Scsi(write_data(mem, ranges, len, &data, alloc_len))
+    let inquiry = match InquiryCdb::read_from_prefix(cdb) {
+        Ok((c, _)) if !c.flags.evpd() => c,
+        _ => {
+            return SrbAnswer::Scsi(ScsiResult::check(SenseData::illegal(
+                AdditionalSense::INVALID_FIELD_IN_CDB,
+            )));
+        }
+    };
+    let data = InquiryData {
+        // No logical unit here, of no known type.
+        peripheral: Peripheral::new()
+            .with_qualifier(PeripheralQualifier::NOT_SUPPORTED)
+            .with_device_type(PeripheralDeviceType::UNKNOWN),
+        // SPC-4.
+        version: 0x06,
+        flags3: InquiryFlags3::new().with_response_data_format(2),
+        additional_len: (MISSING_LUN_INQUIRY_LEN - 5) as u8,
+        ..Default::default()
+    };
+    SrbAnswer::Scsi(write_data(
+        mem,
+        ranges,
+        len,
+        data.as_bytes(),
+        inquiry.alloc_len.get().into(),
+    ))
 }
 
 /// The completion of an `EXECUTE_SRB`: NT status and the request as sent
@@ -851,34 +885,32 @@ pub(crate) fn srb_completion(
     out.sense_info_ex_length = 0;
     let srb = match answer {
         SrbAnswer::Srb(srb) => {
-            out.scsi_status = status::GOOD;
+            out.scsi_status = ScsiStatus::GOOD;
             out.data_transfer_length = 0.into();
-            *srb
+            SrbStatusAndFlags::new().with_status(*srb)
         }
         SrbAnswer::Scsi(r) => {
             out.scsi_status = r.status;
             out.data_transfer_length = u32::try_from(r.tx).unwrap_or(u32::MAX).into();
-            let mut srb = if r.status == status::GOOD {
-                srb_status::SUCCESS
+            let mut srb = SrbStatusAndFlags::new().with_status(if r.status == ScsiStatus::GOOD {
+                SrbStatus::SUCCESS
             } else {
-                srb_status::ERROR
-            };
-            let autosense = size == RequestSize::PreWin8
-                || request.srb_flags.get() & srb_flags::DISABLE_AUTOSENSE == 0;
-            if let Some(sense) = r.sense.filter(|_| autosense) {
-                let cap = usize::from(request.sense_info_ex_length).min(size.sense_buffer_len());
+                SrbStatus::ERROR
+            });
+            let cap = autosense_room(request, size);
+            if let Some(sense) = r.sense.filter(|_| cap > 0) {
                 let fixed = sense.to_fixed();
                 let bytes = fixed.as_bytes();
                 let n = cap.min(bytes.len());
                 if n > 0 {
                     out.payload[..n].copy_from_slice(&bytes[..n]);
                     out.sense_info_ex_length = n as u8;
-                    srb |= srb_status::AUTOSENSE_VALID;
+                    srb.set_autosense_valid(true);
                 }
             }
             srb
         }
     };
     out.srb_status = srb;
-    (hw::nt_status_for_srb_status(srb), out)
+    (srb.status().nt_status(), out)
 }

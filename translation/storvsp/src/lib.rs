@@ -38,7 +38,8 @@
 //!
 //! [`ScsiDisk`]: parastor_scsi::ScsiDisk
 //! [`ScsiDvd`]: parastor_scsi::ScsiDvd
-//! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CreateSubChannels
+//! [`SenseDelivery::Autosense`]: parastor_scsi::SenseDelivery::Autosense
+//! [`CREATE_SUB_CHANNELS`]: parastor_hw::storvsp::Operation::CREATE_SUB_CHANNELS
 //!
 //! Queue depth: a channel takes a packet only after reserving ring space for
 //! its completion, and holds at most [`ControllerConfig::io_queue_depth`]
@@ -58,7 +59,19 @@
 //!
 //! Transfer size: `QUERY_PROPERTIES` reports
 //! [`ControllerConfig::max_transfer_bytes`], and an `EXECUTE_SRB` asking
-//! for more is answered `SRB_STATUS_INVALID_REQUEST`.
+//! for more is answered `SRB_STATUS_INVALID_REQUEST`. [`Controller::attach`]
+//! gives the LUN the same limit ([`Lun::limit_transfer`]), so the MAXIMUM
+//! TRANSFER LENGTH a disk advertises in its block limits page is never
+//! more than the controller carries, and a LUN whose logical block is
+//! larger than the limit is refused.
+//!
+//! Sense data: a CHECK CONDITION's sense goes back in the completion
+//! (autosense) whenever the request has a sense buffer and does not set
+//! `SRB_FLAGS_DISABLE_AUTOSENSE` (which counts from Windows 8 on). Such a
+//! request runs with [`SenseDelivery::Autosense`], so the LUN does not
+//! keep that sense and a later REQUEST SENSE reports NO SENSE (SPC clears
+//! sense data once it is delivered); a request without autosense leaves
+//! its sense for REQUEST SENSE.
 //!
 //! `FC_HBA_DATA`: this is not a Fibre Channel adapter, so the request is
 //! answered `INVALID_DEVICE_STATE` (the status OpenVMM gives every
@@ -141,7 +154,8 @@ pub struct ControllerConfig {
     pub io_queue_depth: usize,
     /// Largest transfer per request, reported in `QUERY_PROPERTIES`. An
     /// `EXECUTE_SRB` whose `data_transfer_length` exceeds it is refused
-    /// with `SRB_STATUS_INVALID_REQUEST` without touching the LUN.
+    /// with `SRB_STATUS_INVALID_REQUEST` without touching the LUN; every
+    /// LUN attached is told the limit ([`Controller::attach`]).
     pub max_transfer_bytes: u32,
     /// Requests in flight on a channel at which it enters poll mode
     /// (default [`DEFAULT_POLL_MODE_QUEUE_DEPTH`]; values below 1 are
@@ -182,6 +196,17 @@ pub enum NegotiationState {
 pub enum AttachError {
     /// A LUN is already attached at this address.
     Occupied(ScsiPath),
+    /// One logical block of the LUN is larger than the controller's
+    /// [`ControllerConfig::max_transfer_bytes`]: no READ or WRITE could
+    /// reach it.
+    TransferLimit {
+        /// Where the LUN was to be attached.
+        path: ScsiPath,
+        /// The LUN's logical block size, in bytes.
+        block_size: u32,
+        /// The controller's transfer limit, in bytes.
+        max_transfer_bytes: u32,
+    },
 }
 
 impl fmt::Display for AttachError {
@@ -190,6 +215,17 @@ impl fmt::Display for AttachError {
             Self::Occupied(p) => write!(
                 f,
                 "a LUN is already attached at {}:{}:{}",
+                p.path, p.target, p.lun
+            ),
+            Self::TransferLimit {
+                path: p,
+                block_size,
+                max_transfer_bytes,
+            } => write!(
+                f,
+                "cannot attach a LUN at {}:{}:{}: one of its {block_size}-byte \
+                 blocks is more than the controller's max_transfer_bytes \
+                 ({max_transfer_bytes}) carries in a request",
                 p.path, p.target, p.lun
             ),
         }
@@ -268,7 +304,7 @@ impl From<RingError> for StorvspError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Protocol {
     state: NegotiationState,
-    version: Option<u16>,
+    version: Option<hw::Version>,
     /// Sub-channels the guest asked for (`None`: not asked yet).
     sub_channels: Option<u16>,
 }
@@ -288,7 +324,7 @@ impl Protocol {
     fn pack(self) -> u64 {
         let mut w = self.state as u64;
         if let Some(v) = self.version {
-            w |= Self::VERSION_SET | u64::from(v) << 16;
+            w |= Self::VERSION_SET | u64::from(v.get()) << 16;
         }
         if let Some(n) = self.sub_channels {
             w |= Self::SUB_CHANNELS_SET | u64::from(n) << 32;
@@ -307,7 +343,7 @@ impl Protocol {
         };
         Self {
             state,
-            version: (w & Self::VERSION_SET != 0).then_some((w >> 16) as u16),
+            version: (w & Self::VERSION_SET != 0).then_some(hw::Version::new((w >> 16) as u16)),
             sub_channels: (w & Self::SUB_CHANNELS_SET != 0).then_some((w >> 32) as u16),
         }
     }
@@ -367,14 +403,29 @@ impl Controller {
     /// Attaches `lun` (a disk or a DVD drive: anything `Into<Lun>`, such as
     /// an `Arc<ScsiDisk>`) at `path` and, once the guest is ready, tells it
     /// to rescan (`ENUMERATE_BUS`, Win7 and later).
+    ///
+    /// The LUN's transfer limit is lowered to the controller's
+    /// [`ControllerConfig::max_transfer_bytes`] before the guest can see
+    /// it ([`Lun::limit_transfer`]), so the limit a disk advertises is one
+    /// this controller carries.
     pub fn attach(&self, path: ScsiPath, lun: impl Into<Lun>) -> Result<(), AttachError> {
-        let disk = lun.into();
+        let lun = lun.into();
+        let max_transfer_bytes = self.config.max_transfer_bytes;
+        let block_size = lun.block_size();
+        if block_size > max_transfer_bytes {
+            return Err(AttachError::TransferLimit {
+                path,
+                block_size,
+                max_transfer_bytes,
+            });
+        }
         {
             let mut luns = self.luns.write();
             if luns.contains_key(&path) {
                 return Err(AttachError::Occupied(path));
             }
-            luns.insert(path, disk);
+            lun.limit_transfer(max_transfer_bytes);
+            luns.insert(path, lun);
         }
         self.changed();
         Ok(())
@@ -440,7 +491,7 @@ impl Controller {
     }
 
     /// The negotiated protocol version, once settled.
-    pub fn version(&self) -> Option<u16> {
+    pub fn version(&self) -> Option<hw::Version> {
         self.protocol().version
     }
 
@@ -516,11 +567,11 @@ impl Controller {
     }
 
     /// The `QUERY_PROPERTIES` answer for a channel negotiated at `version`.
-    fn properties(&self, version: u16) -> hw::ChannelProperties {
+    fn properties(&self, version: hw::Version) -> hw::ChannelProperties {
         let mut p = <hw::ChannelProperties as zerocopy::FromZeros>::new_zeroed();
         p.max_transfer_bytes = self.config.max_transfer_bytes.into();
-        if version >= hw::VERSION_WIN8 && self.config.max_sub_channels > 0 {
-            p.flags = hw::CHANNEL_PROPERTY_MULTI_CHANNEL.into();
+        if version >= hw::Version::WIN8 && self.config.max_sub_channels > 0 {
+            p.flags = hw::ChannelFlags::new().with_multi_channel(true);
             p.maximum_sub_channel_count = self.config.max_sub_channels.into();
         }
         p

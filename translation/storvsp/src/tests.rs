@@ -7,18 +7,23 @@
 
 extern crate std;
 
-use super::channel::{SrbAnswer, srb_completion};
+use super::channel::{SrbAnswer, sense_delivery, srb_completion};
 use super::*;
 use alloc::sync::Arc;
 use parastor_core::RamGuestMemory;
-use parastor_hw::scsi::{SenseData, asc, status};
+use parastor_hw::scsi::{AdditionalSense, ScsiStatus, SenseData, SenseKey};
 use parastor_hw::storvsp::{
-    NtStatus, Operation, PACKET_HEADER_LEN, PacketHeader, ScsiRequest, VERSION_BLUE, VERSION_WIN6,
-    VERSION_WIN7, VERSION_WIN8, srb_flags, srb_status,
+    NtStatus, Operation, PACKET_HEADER_LEN, PacketFlags, PacketHeader, ScsiRequest, SrbFlags,
+    SrbStatus, SrbStatusAndFlags, Version,
 };
-use parastor_scsi::ScsiResult;
+use parastor_scsi::{ScsiResult, SenseDelivery};
 use parastor_vmbus::{Channel, OutgoingKind, PacketKind, Signal, init_ring_pair};
 use zerocopy::{FromZeros, IntoBytes};
+
+/// The SRB status byte with `status` and no flags.
+fn srb_byte(status: SrbStatus) -> SrbStatusAndFlags {
+    SrbStatusAndFlags::new().with_status(status)
+}
 
 #[test]
 fn protocol_word_round_trips() {
@@ -30,7 +35,7 @@ fn protocol_word_round_trips() {
         S::EndInitialization,
         S::Ready,
     ] {
-        for version in [None, Some(VERSION_WIN6), Some(0xFFFF)] {
+        for version in [None, Some(Version::WIN6), Some(Version::new(0xFFFF))] {
             for sub_channels in [None, Some(0), Some(u16::MAX)] {
                 let p = Protocol {
                     state,
@@ -57,9 +62,13 @@ fn completion_len(proto: Protocol, op: Operation, payload_len: usize) -> Option<
         Channel::host(&mem, incoming, outgoing, &to_guest).unwrap(),
     );
     let mut guest = Channel::guest(&mem, incoming, outgoing, &to_host).unwrap();
-    let mut packet = PacketHeader::new(op, 1, NtStatus::SUCCESS)
-        .as_bytes()
-        .to_vec();
+    let mut packet = PacketHeader::new(
+        op,
+        PacketFlags::new().with_request_completion(true),
+        NtStatus::SUCCESS,
+    )
+    .as_bytes()
+    .to_vec();
     packet.resize(PACKET_HEADER_LEN + payload_len, 0);
     guest
         .write_packet(
@@ -91,39 +100,47 @@ fn a_completion_echoes_its_requests_size_whatever_the_version() {
     // too.)
     for (len, want) in [(0x34, 0x34), (0x24, 0x24), (0, 4), (0x44, 0x34)] {
         assert_eq!(
-            completion_len(at(S::Begin, None), Operation::BeginInitialization, len),
+            completion_len(at(S::Begin, None), Operation::BEGIN_INITIALIZATION, len),
             Some(want),
             "{len:#x}-byte BEGIN_INITIALIZATION"
         );
     }
     // Refused out of state: the same rule.
     assert_eq!(
-        completion_len(at(S::Begin, None), Operation::QueryProperties, 0x34),
+        completion_len(at(S::Begin, None), Operation::QUERY_PROPERTIES, 0x34),
         Some(0x34)
     );
     // A full-size request on a pre-Win8 channel is answered full size
     // (Linux 5.19+ on an old host); a pre-Win8-size one stays small.
     for (len, want) in [(0x34, 0x34), (0x24, 0x24)] {
         assert_eq!(
-            completion_len(at(S::Ready, Some(VERSION_WIN7)), Operation::ExecuteSrb, len),
+            completion_len(
+                at(S::Ready, Some(Version::WIN7)),
+                Operation::EXECUTE_SRB,
+                len
+            ),
             Some(want)
         );
         assert_eq!(
-            completion_len(at(S::Ready, Some(VERSION_WIN7)), Operation::ResetBus, len),
+            completion_len(at(S::Ready, Some(Version::WIN7)), Operation::RESET_BUS, len),
             Some(want)
         );
     }
     assert_eq!(
         completion_len(
-            at(S::Ready, Some(VERSION_BLUE)),
-            Operation::ExecuteSrb,
+            at(S::Ready, Some(Version::BLUE)),
+            Operation::EXECUTE_SRB,
             0x34
         ),
         Some(0x34)
     );
     // An SRB shorter than the negotiated size is not a request at all.
     assert_eq!(
-        completion_len(at(S::Ready, Some(VERSION_BLUE)), Operation::ResetLun, 0x24),
+        completion_len(
+            at(S::Ready, Some(Version::BLUE)),
+            Operation::RESET_LUN,
+            0x24
+        ),
         Some(0x24)
     );
 }
@@ -133,7 +150,7 @@ fn a_completion_echoes_its_requests_size_whatever_the_version() {
 #[test]
 fn enumerate_bus_uses_the_negotiated_size() {
     use NegotiationState as S;
-    for (version, want) in [(VERSION_WIN7, 0x24), (VERSION_WIN8, 0x34)] {
+    for (version, want) in [(Version::WIN7, 0x24), (Version::WIN8, 0x34)] {
         let mem = RamGuestMemory::new(1 << 20);
         let (incoming, outgoing) = init_ring_pair(&mem, 0x10000, 0x4000).unwrap();
         let (to_host, to_guest) = (Signal::new(), Signal::new());
@@ -166,7 +183,12 @@ fn enumerate_bus_uses_the_negotiated_size() {
         assert_eq!((p.kind, p.transaction_id), (PacketKind::InBand, 0));
         assert_eq!(p.payload.len() - PACKET_HEADER_LEN, want, "{version:#x}");
         assert_eq!(
-            PacketHeader::new(Operation::EnumerateBus, 0, NtStatus::SUCCESS).as_bytes(),
+            PacketHeader::new(
+                Operation::ENUMERATE_BUS,
+                PacketFlags::new(),
+                NtStatus::SUCCESS
+            )
+            .as_bytes(),
             &p.payload[..PACKET_HEADER_LEN]
         );
     }
@@ -177,16 +199,15 @@ fn sense_is_capped_to_the_sense_buffers() {
     let mut request = ScsiRequest::new_zeroed();
     request.sense_info_ex_length = 0x14;
     let check = SrbAnswer::Scsi(ScsiResult::check(SenseData::illegal(
-        asc::INVALID_FIELD_IN_CDB,
-        0,
+        AdditionalSense::INVALID_FIELD_IN_CDB,
     )));
     for size in [RequestSize::PreWin8, RequestSize::Win8] {
         let (nt, out) = srb_completion(&request, &check, size);
         assert_eq!(nt, NtStatus::IO_DEVICE_ERROR);
-        assert_eq!(out.scsi_status, status::CHECK_CONDITION);
+        assert_eq!(out.scsi_status, ScsiStatus::CHECK_CONDITION);
         assert_eq!(
             out.srb_status,
-            srb_status::ERROR | srb_status::AUTOSENSE_VALID
+            srb_byte(SrbStatus::ERROR).with_autosense_valid(true)
         );
         // 18 bytes of fixed-format sense fit either buffer (0x12, 0x14).
         let n = usize::from(out.sense_info_ex_length);
@@ -194,7 +215,7 @@ fn sense_is_capped_to_the_sense_buffers() {
         assert!(n <= size.sense_buffer_len());
         assert_eq!(
             SenseData::parse(&out.payload[..n]).map(|s| s.key),
-            Some(parastor_hw::scsi::sense_key::ILLEGAL_REQUEST)
+            Some(SenseKey::ILLEGAL_REQUEST)
         );
     }
     // The guest's own, smaller buffer.
@@ -203,19 +224,56 @@ fn sense_is_capped_to_the_sense_buffers() {
     assert_eq!(out.sense_info_ex_length, 8);
     assert_eq!(out.payload[8..], [0; 12]);
     // DISABLE_AUTOSENSE is a Windows 8 field: honoured only there.
-    request.srb_flags = srb_flags::DISABLE_AUTOSENSE.into();
+    request.srb_flags = SrbFlags::new().with_disable_autosense(true);
     let (_, out) = srb_completion(&request, &check, RequestSize::Win8);
-    assert_eq!(out.srb_status, srb_status::ERROR);
+    assert_eq!(out.srb_status, srb_byte(SrbStatus::ERROR));
     assert_eq!(out.sense_info_ex_length, 0);
     let (_, out) = srb_completion(&request, &check, RequestSize::PreWin8);
     assert_ne!(out.sense_info_ex_length, 0);
     // An SRB-level answer carries no SCSI status or data.
     let (nt, out) = srb_completion(
         &request,
-        &SrbAnswer::Srb(srb_status::INVALID_LUN),
+        &SrbAnswer::Srb(SrbStatus::INVALID_LUN),
         RequestSize::Win8,
     );
     assert_eq!(nt, NtStatus::DEVICE_DOES_NOT_EXIST);
-    assert_eq!(out.srb_status, srb_status::INVALID_LUN);
+    assert_eq!(out.srb_status, srb_byte(SrbStatus::INVALID_LUN));
     assert_eq!(out.data_transfer_length.get(), 0);
+}
+
+/// The sense delivery a request runs with is exactly what its completion
+/// does: `Autosense` when, and only when, the completion carries the sense
+/// (so the LUN forgets only sense the guest received).
+#[test]
+fn sense_delivery_matches_what_the_completion_carries() {
+    let check = SrbAnswer::Scsi(ScsiResult::check(SenseData::illegal(
+        AdditionalSense::INVALID_FIELD_IN_CDB,
+    )));
+    let disabled = SrbFlags::new().with_disable_autosense(true);
+    for size in [RequestSize::PreWin8, RequestSize::Win8] {
+        for flags in [
+            SrbFlags::new(),
+            disabled,
+            SrbFlags::from_bits(u32::MAX.into()),
+        ] {
+            for sense_len in [0u8, 1, 8, 0x12, 0x14, 0xFF] {
+                let mut request = ScsiRequest::new_zeroed();
+                request.srb_flags = flags;
+                request.sense_info_ex_length = sense_len;
+                let (_, out) = srb_completion(&request, &check, size);
+                let carried = out.srb_status.autosense_valid();
+                assert_eq!(carried, out.sense_info_ex_length > 0);
+                let want = if carried {
+                    SenseDelivery::Autosense
+                } else {
+                    SenseDelivery::RequestSense
+                };
+                assert_eq!(
+                    sense_delivery(&request, size),
+                    want,
+                    "{size:?}, flags {flags:?}, sense buffer {sense_len}"
+                );
+            }
+        }
+    }
 }

@@ -12,40 +12,39 @@ use core::fmt;
 use parastor_core::sg::SgError;
 use parastor_core::{GpaRange, GuestMemory, SgList};
 use parastor_hw::vmbus::{
-    self as hw, GpaDirectHeader, GpaRangeError, GpaRangeHeader, PACKET_DESCRIPTOR_SIZE,
-    PACKET_FLAG_COMPLETION_REQUESTED, PACKET_TYPE_COMPLETION, PACKET_TYPE_DATA_INBAND,
-    PACKET_TYPE_DATA_USING_GPA_DIRECT,
+    self as hw, DescriptorFlags, GpaDirectHeader, GpaRangeError, GpaRangeHeader,
+    PACKET_DESCRIPTOR_SIZE, PacketType,
 };
 use zerocopy::IntoBytes;
 
 /// The packet types a channel understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PacketKind {
-    /// Data carried in the ring ([`hw::PACKET_TYPE_DATA_INBAND`]).
+    /// Data carried in the ring ([`PacketType::DATA_INBAND`]).
     InBand,
     /// A request whose data lives in guest pages
-    /// ([`hw::PACKET_TYPE_DATA_USING_GPA_DIRECT`]).
+    /// ([`PacketType::DATA_USING_GPA_DIRECT`]).
     GpaDirect,
-    /// The completion of an earlier packet ([`hw::PACKET_TYPE_COMPLETION`]).
+    /// The completion of an earlier packet ([`PacketType::COMPLETION`]).
     Completion,
 }
 
 impl PacketKind {
     /// The wire packet type.
-    pub const fn packet_type(self) -> u16 {
+    pub const fn packet_type(self) -> PacketType {
         match self {
-            Self::InBand => PACKET_TYPE_DATA_INBAND,
-            Self::GpaDirect => PACKET_TYPE_DATA_USING_GPA_DIRECT,
-            Self::Completion => PACKET_TYPE_COMPLETION,
+            Self::InBand => PacketType::DATA_INBAND,
+            Self::GpaDirect => PacketType::DATA_USING_GPA_DIRECT,
+            Self::Completion => PacketType::COMPLETION,
         }
     }
 
     /// The kind of a wire packet type, if a channel understands it.
-    pub const fn from_packet_type(packet_type: u16) -> Option<Self> {
+    pub const fn from_packet_type(packet_type: PacketType) -> Option<Self> {
         match packet_type {
-            PACKET_TYPE_DATA_INBAND => Some(Self::InBand),
-            PACKET_TYPE_DATA_USING_GPA_DIRECT => Some(Self::GpaDirect),
-            PACKET_TYPE_COMPLETION => Some(Self::Completion),
+            PacketType::DATA_INBAND => Some(Self::InBand),
+            PacketType::DATA_USING_GPA_DIRECT => Some(Self::GpaDirect),
+            PacketType::COMPLETION => Some(Self::Completion),
             _ => None,
         }
     }
@@ -136,8 +135,8 @@ fn fill_gpa_area<'b>(
     let area = area.get_mut(..len).ok_or(too_large)?;
     let count = u32::try_from(buffer.len()).map_err(|_| too_large)?;
     let header = GpaDirectHeader {
-        reserved: 0,
-        range_count: count,
+        reserved: 0.into(),
+        range_count: count.into(),
     };
     let mut words = area.chunks_exact_mut(8);
     let mut put = |bytes: &[u8]| match words.next() {
@@ -151,8 +150,8 @@ fn fill_gpa_area<'b>(
     for r in buffer {
         let (first, pages) = range_pages(r)?;
         let range = GpaRangeHeader {
-            byte_count: u32::try_from(r.len).map_err(|_| too_large)?,
-            byte_offset: (r.gpa % u64::from(hw::PAGE_SIZE)) as u32,
+            byte_count: u32::try_from(r.len).map_err(|_| too_large)?.into(),
+            byte_offset: ((r.gpa % u64::from(hw::PAGE_SIZE)) as u32).into(),
         };
         put(range.as_bytes())?;
         for pfn in first..first + pages {
@@ -355,7 +354,7 @@ pub enum ChannelError {
     /// consumed.
     UnsupportedPacketType {
         /// The wire packet type.
-        packet_type: u16,
+        packet_type: PacketType,
         /// The packet's transaction id.
         transaction_id: u64,
     },
@@ -381,7 +380,8 @@ impl fmt::Display for ChannelError {
                 transaction_id,
             } => write!(
                 f,
-                "packet {transaction_id:#x} has unsupported type {packet_type}"
+                "packet {transaction_id:#x} has unsupported type {}",
+                packet_type.get()
             ),
         }
     }
@@ -408,19 +408,15 @@ pub enum OutgoingKind {
 }
 
 impl OutgoingKind {
-    fn type_and_flags(self) -> (u16, u16) {
+    fn type_and_flags(self) -> (PacketType, DescriptorFlags) {
         match self {
             Self::InBand {
                 completion_requested,
             } => (
-                PACKET_TYPE_DATA_INBAND,
-                if completion_requested {
-                    PACKET_FLAG_COMPLETION_REQUESTED
-                } else {
-                    0
-                },
+                PacketType::DATA_INBAND,
+                DescriptorFlags::new().with_completion_requested(completion_requested),
             ),
-            Self::Completion => (PACKET_TYPE_COMPLETION, 0),
+            Self::Completion => (PacketType::COMPLETION, DescriptorFlags::new()),
         }
     }
 }
@@ -585,13 +581,13 @@ impl<'a> Channel<'a> {
         let kind = PacketKind::from_packet_type(d.packet_type).ok_or(
             ChannelError::UnsupportedPacketType {
                 packet_type: d.packet_type,
-                transaction_id: d.transaction_id,
+                transaction_id: d.transaction_id.get(),
             },
         )?;
         let payload_at = d.data_offset() as usize;
         Ok(Some(PacketHead {
             kind,
-            transaction_id: d.transaction_id,
+            transaction_id: d.transaction_id.get(),
             completion_requested: d.completion_requested(),
             payload_len: d.len() as usize - payload_at,
             payload_at: payload_at.min(held),
@@ -646,7 +642,7 @@ impl<'a> Channel<'a> {
         out: &mut PacketRef,
     ) -> Result<(), ChannelError> {
         let d = header.descriptor;
-        let transaction_id = d.transaction_id;
+        let transaction_id = d.transaction_id.get();
         let kind = PacketKind::from_packet_type(d.packet_type).ok_or(
             ChannelError::UnsupportedPacketType {
                 packet_type: d.packet_type,
@@ -822,13 +818,13 @@ impl<'a> Channel<'a> {
                 let mut area = [0u8; 64];
                 let len = 16 + 8 * pages as usize;
                 let count = GpaDirectHeader {
-                    reserved: 0,
-                    range_count: 1,
+                    reserved: 0.into(),
+                    range_count: 1.into(),
                 };
                 area[..8].copy_from_slice(count.as_bytes());
                 let range = GpaRangeHeader {
-                    byte_count: r.len as u32,
-                    byte_offset: (r.gpa % u64::from(hw::PAGE_SIZE)) as u32,
+                    byte_count: (r.len as u32).into(),
+                    byte_offset: ((r.gpa % u64::from(hw::PAGE_SIZE)) as u32).into(),
                 };
                 area[8..16].copy_from_slice(range.as_bytes());
                 for (i, w) in area[16..len].chunks_exact_mut(8).enumerate() {
@@ -869,12 +865,8 @@ impl<'a> Channel<'a> {
         payload: &[u8],
     ) -> Result<(), RingError> {
         self.writer.write_deferred(&OutgoingPacket {
-            packet_type: PACKET_TYPE_DATA_USING_GPA_DIRECT,
-            flags: if completion_requested {
-                PACKET_FLAG_COMPLETION_REQUESTED
-            } else {
-                0
-            },
+            packet_type: PacketType::DATA_USING_GPA_DIRECT,
+            flags: DescriptorFlags::new().with_completion_requested(completion_requested),
             transaction_id,
             header: &[area],
             payload,
@@ -897,16 +889,16 @@ impl<'a> Channel<'a> {
         })?;
         header.extend_from_slice(
             GpaDirectHeader {
-                reserved: 0,
-                range_count: count,
+                reserved: 0.into(),
+                range_count: count.into(),
             }
             .as_bytes(),
         );
         for r in ranges {
             header.extend_from_slice(
                 GpaRangeHeader {
-                    byte_count: r.byte_count,
-                    byte_offset: r.byte_offset,
+                    byte_count: r.byte_count.into(),
+                    byte_offset: r.byte_offset.into(),
                 }
                 .as_bytes(),
             );
@@ -915,12 +907,8 @@ impl<'a> Channel<'a> {
             }
         }
         let outcome = self.writer.write(&OutgoingPacket {
-            packet_type: PACKET_TYPE_DATA_USING_GPA_DIRECT,
-            flags: if completion_requested {
-                PACKET_FLAG_COMPLETION_REQUESTED
-            } else {
-                0
-            },
+            packet_type: PacketType::DATA_USING_GPA_DIRECT,
+            flags: DescriptorFlags::new().with_completion_requested(completion_requested),
             transaction_id,
             header: &[&header],
             payload,

@@ -46,6 +46,7 @@ pub use ring::{
 pub use signal::{Notify, Signal, SignalWait};
 
 use parastor_core::GuestMemory;
+use parastor_hw::vmbus::RingFeatures;
 
 /// Lays out and initialises a channel's two rings of `ring_size` bytes
 /// each, back to back at `gpa` (incoming first), as a guest does before
@@ -60,7 +61,7 @@ pub fn init_ring_pair(
         parastor_hw::vmbus::RingLayoutError::BadSize { size: ring_size },
     ))?;
     let outgoing = RingRegion::new(out_gpa, ring_size);
-    init_ring(mem, incoming, 0)?;
-    init_ring(mem, outgoing, 0)?;
+    init_ring(mem, incoming, RingFeatures::new())?;
+    init_ring(mem, outgoing, RingFeatures::new())?;
     Ok((incoming, outgoing))
 }

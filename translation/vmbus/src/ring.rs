@@ -14,10 +14,12 @@ use alloc::vec::Vec;
 use core::fmt;
 use parastor_core::{GuestMemory, MemoryError};
 use parastor_hw::vmbus::{
-    self as hw, DescriptorError, PacketDescriptor, PacketTrailer, RING_FEATURE_BITS_OFFSET,
-    RING_HEADER_SIZE, RING_INTERRUPT_MASK_OFFSET, RING_PENDING_SEND_SIZE_OFFSET,
-    RING_READ_INDEX_OFFSET, RING_WRITE_INDEX_OFFSET, RingLayoutError,
+    self as hw, DescriptorError, DescriptorFlags, PacketDescriptor, PacketTrailer, PacketType,
+    RING_FEATURE_BITS_OFFSET, RING_HEADER_SIZE, RING_INTERRUPT_MASK_OFFSET,
+    RING_PENDING_SEND_SIZE_OFFSET, RING_READ_INDEX_OFFSET, RING_WRITE_INDEX_OFFSET, RingFeatures,
+    RingLayoutError,
 };
+use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Where a ring lives: a contiguous region of guest memory, control page
@@ -311,7 +313,7 @@ impl<'a> RingMem<'a> {
 pub fn init_ring(
     mem: &dyn GuestMemory,
     region: RingRegion,
-    feature_bits: u32,
+    feature_bits: RingFeatures,
 ) -> Result<(), RingError> {
     region.data_size()?;
     let control = hw::RingControl {
@@ -527,7 +529,7 @@ impl<'a> RingReader<'a> {
             hw::validate_ring_index(write, data_size)?;
             c.store(RING_READ_INDEX_OFFSET, read_index)?;
             let pending = c.load(RING_PENDING_SEND_SIZE_OFFSET)?;
-            let features = c.load(RING_FEATURE_BITS_OFFSET)?;
+            let features = RingFeatures::from_bits(U32::new(c.load(RING_FEATURE_BITS_OFFSET)?));
             // Free space as the writer sees it, before and after.
             let free_before = hw::ring_bytes_free(published, write, data_size);
             let free_after = hw::ring_bytes_free(read_index, write, data_size);
@@ -546,10 +548,10 @@ impl<'a> RingReader<'a> {
 /// bytes (after the descriptor) and payload.
 #[derive(Clone, Copy, Debug)]
 pub struct OutgoingPacket<'p> {
-    /// One of the `PACKET_TYPE_*` constants.
-    pub packet_type: u16,
-    /// `PACKET_FLAG_*` bits.
-    pub flags: u16,
+    /// The packet type.
+    pub packet_type: PacketType,
+    /// The descriptor flags.
+    pub flags: DescriptorFlags,
     /// The transaction id.
     pub transaction_id: u64,
     /// Bytes between the descriptor and the payload, as pieces.
@@ -587,9 +589,15 @@ impl OutgoingPacket<'_> {
 /// bytes occupies in a ring, trailer included; `None` if no descriptor can
 /// describe it.
 pub fn packet_ring_size(header_len: usize, payload_len: usize) -> Option<u32> {
-    PacketDescriptor::for_packet(0, 0, 0, header_len, payload_len)
-        .ok()
-        .map(|d| d.len() + hw::PACKET_TRAILER_SIZE)
+    PacketDescriptor::for_packet(
+        PacketType::INVALID,
+        DescriptorFlags::new(),
+        0,
+        header_len,
+        payload_len,
+    )
+    .ok()
+    .map(|d| d.len() + hw::PACKET_TRAILER_SIZE)
 }
 
 /// The error for a packet no descriptor can describe.
@@ -646,16 +654,16 @@ impl<'a> RingWriter<'a> {
     /// Opens the ring at `region` for writing, starting at the write index
     /// currently in its control page (validated) with the free space behind
     /// the reader's index (validated: packets not yet read are kept), and
-    /// advertises [`hw::RING_FEATURE_PENDING_SEND_SIZE`]: this writer
+    /// advertises [`RingFeatures::pending_send_size`]: this writer
     /// publishes `pending_send_sz` when blocked.
     pub fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
         let ring = RingMem::new(mem, region)?;
         let write_index = ring.load_index(RING_WRITE_INDEX_OFFSET)?;
         let read_seen = ring.load_index(RING_READ_INDEX_OFFSET)?;
-        let features = ring.load(RING_FEATURE_BITS_OFFSET)?;
+        let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));
         ring.store(
             RING_FEATURE_BITS_OFFSET,
-            features | hw::RING_FEATURE_PENDING_SEND_SIZE,
+            features.with_pending_send_size(true).into_bits().get(),
         )?;
         Ok(Self {
             ring,
@@ -826,8 +834,8 @@ impl<'a> RingWriter<'a> {
 
         let old = self.write_index;
         let trailer = PacketTrailer {
-            reserved: 0,
-            previous_write_index: old,
+            reserved: 0.into(),
+            previous_write_index: old.into(),
         };
         let header_pad =
             descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - packet.header_len() as u32;

@@ -7,9 +7,7 @@ use super::*;
 use alloc::vec;
 use alloc::vec::Vec;
 use parastor_core::{GpaRange, MemoryErrorKind, RamGuestMemory};
-use parastor_hw::vmbus::{
-    DescriptorError, GpaRangeError, RING_FEATURE_PENDING_SEND_SIZE, RingLayoutError,
-};
+use parastor_hw::vmbus::{DescriptorError, GpaRangeError, PacketType, RingLayoutError};
 
 const RING: u64 = 8192; // one control page + 4 KiB of data
 const DATA: u32 = 4096;
@@ -326,9 +324,10 @@ fn ring_full_then_recovery_on(new_rig: fn() -> Rig) {
         })
     );
     assert_eq!(rig.ctl(rig.incoming, 12), 1024, "pending_send_sz published");
-    assert_ne!(
-        rig.ctl(rig.incoming, 64) & RING_FEATURE_PENDING_SEND_SIZE,
-        0
+    assert_eq!(
+        rig.ctl(rig.incoming, 64) & 1,
+        1,
+        "the pending-send-size feature bit advertised"
     );
 
     // Consuming one packet crosses the threshold: the host signals.
@@ -788,7 +787,7 @@ fn unsupported_packet_type_is_skipped() {
     assert_eq!(
         host.read_packet(),
         Err(ChannelError::UnsupportedPacketType {
-            packet_type: 7,
+            packet_type: PacketType::DATA_USING_TRANSFER_PAGES,
             transaction_id: 5
         })
     );

@@ -42,7 +42,9 @@ use core::pin::pin;
 use core::task::{Context, Poll, Waker};
 use parastor_core::ram::RamDisk;
 use parastor_core::{Disk, GuestMemory, InitiatorId, RamGuestMemory, SgList};
-use parastor_scsi::{DiskParams, ScsiDisk};
+use parastor_hw::scsi::{Command, ScsiStatus, parse_cdb};
+use parastor_hw::storvsp::SCSI_INTERFACE_ID;
+use parastor_scsi::{DiskParams, ScsiDisk, SenseDelivery};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 
 /// The heap: a fixed arena, enough for the two 64 KiB chunks of guest memory
@@ -80,6 +82,8 @@ enum Failure {
     Scsi = 7,
     /// A StorVSP controller did not take a LUN.
     Storvsp = 8,
+    /// `parastor_hw` misparsed a CDB or a GUID.
+    Formats = 9,
 }
 
 /// Size of the guest memory the checks use: two 64 KiB chunks.
@@ -92,6 +96,12 @@ fn check() -> Result<(), Failure> {
         || parastor_hw::is_valid_sector_size(520)
     {
         return Err(Failure::SectorSize);
+    }
+
+    if parse_cdb(&[0; 6]) != Ok(Command::TestUnitReady)
+        || parastor_hw::Guid::parse("ba6163d9-04a1-4d29-b605-72e2ffb1dc7f") != Ok(SCSI_INTERFACE_ID)
+    {
+        return Err(Failure::Formats);
     }
 
     let memory = RamGuestMemory::new(GUEST_SIZE);
@@ -139,8 +149,11 @@ fn check() -> Result<(), Failure> {
     let tur = [0u8; 6];
     let no_data = SgList::new(&memory, &[], false).map_err(|_| Failure::Scsi)?;
     let good = {
-        let run = pin!(scsi.execute(&tur, no_data, InitiatorId::new(1)));
-        matches!(run.poll(&mut Context::from_waker(Waker::noop())), Poll::Ready(r) if r.status == 0)
+        let run = pin!(scsi.execute(&tur, no_data, InitiatorId::new(1), SenseDelivery::Autosense));
+        matches!(
+            run.poll(&mut Context::from_waker(Waker::noop())),
+            Poll::Ready(r) if r.status == ScsiStatus::GOOD
+        )
     };
     if !good {
         return Err(Failure::Scsi);

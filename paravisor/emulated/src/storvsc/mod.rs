@@ -42,11 +42,11 @@ pub use scsi::{Data, Srb, SrbReply, Tag};
 
 use core::fmt;
 use parastor_core::{GpaRange, GuestMemory, MemoryError};
+use parastor_hw::scsi::ScsiStatus;
 use parastor_hw::storvsp::{
-    CDB_MAX_LEN, CHANNEL_PROPERTY_MULTI_CHANNEL, ChannelProperties, CompletionPayload,
-    FLAG_REQUEST_COMPLETION, MAX_PACKET_LEN, NtStatus, Operation, PACKET_HEADER_LEN,
-    PACKET_PAYLOAD_LEN, PacketHeader, ProtocolVersion, QUEUE_ACTION_SIMPLE_TAG, QUEUE_TAG_UNTAGGED,
-    ScsiRequest, data_direction, srb_flags,
+    CDB_MAX_LEN, ChannelProperties, CompletionPayload, DataDirection, MAX_PACKET_LEN, NtStatus,
+    Operation, PACKET_HEADER_LEN, PACKET_PAYLOAD_LEN, PacketFlags, PacketHeader, ProtocolVersion,
+    QUEUE_TAG_UNTAGGED, QueueAction, ScsiRequest, SrbFlags, SrbStatusAndFlags, Version,
 };
 use parastor_storvsp::StorvspError;
 use parastor_vmbus::{Channel, ChannelError, OutgoingKind, PacketHead, PacketKind, RingError};
@@ -57,6 +57,9 @@ use zerocopy::{FromBytes, FromZeros, IntoBytes};
 /// Bytes of each packet from the host the driver reads: the VMBus
 /// descriptor and more than a whole `vstor_packet` (what Linux copies).
 const HEAD_LEN: usize = 128;
+
+/// Packet flags of a request that wants its completion.
+const REQUEST_COMPLETION: PacketFlags = PacketFlags::new().with_request_completion(true);
 
 /// How long a wait on a host running elsewhere may take.
 const REMOTE_WAIT: Duration = Duration::from_secs(10);
@@ -93,7 +96,7 @@ pub struct GuestConfig {
     /// The guest driver it models.
     pub profile: Profile,
     /// The versions offered, in order (default: the profile's).
-    pub versions: &'static [u16],
+    pub versions: &'static [Version],
     /// The guest's CPUs: sub-channels wanted = `cpus - 1` (capped by the
     /// host), as Linux asks.
     pub cpus: u16,
@@ -119,7 +122,7 @@ impl GuestConfig {
     }
 
     /// The same guest offering exactly `versions`.
-    pub const fn versions(mut self, versions: &'static [u16]) -> Self {
+    pub const fn versions(mut self, versions: &'static [Version]) -> Self {
         self.versions = versions;
         self
     }
@@ -278,9 +281,9 @@ impl Reply {
         self.header.status
     }
 
-    /// The StorVSP operation, if known.
-    pub fn operation(&self) -> Option<Operation> {
-        self.header.operation()
+    /// The StorVSP operation.
+    pub fn operation(&self) -> Operation {
+        self.header.operation
     }
 
     /// Payload bytes after the header.
@@ -336,12 +339,14 @@ impl ReplyRef<'_> {
         self.head.payload_len == 0
     }
 
-    /// The raw StorVSP operation code (0 if absent).
+    /// The StorVSP operation (0 if absent).
     #[inline]
-    fn operation_code(&self) -> u32 {
-        self.bytes
-            .get(..4)
-            .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    fn operation(&self) -> Operation {
+        Operation::new(
+            self.bytes
+                .get(..4)
+                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        )
     }
 
     /// The NT status.
@@ -363,14 +368,14 @@ impl ReplyRef<'_> {
     /// An `EXECUTE_SRB` completion's SRB status (flags included), read
     /// without decoding the rest.
     #[inline]
-    pub fn srb_status(&self) -> u8 {
-        self.byte(2)
+    pub fn srb_status(&self) -> SrbStatusAndFlags {
+        SrbStatusAndFlags::from_bits(self.byte(2))
     }
 
     /// An `EXECUTE_SRB` completion's SCSI status.
     #[inline]
-    pub fn scsi_status(&self) -> u8 {
-        self.byte(3)
+    pub fn scsi_status(&self) -> ScsiStatus {
+        ScsiStatus::new(self.byte(3))
     }
 
     /// An `EXECUTE_SRB` completion's data transfer length.
@@ -432,7 +437,7 @@ pub struct Storvsc<'a, H> {
     mem: &'a dyn GuestMemory,
     channels: Vec<Channel<'a>>,
     host: H,
-    version: Option<u16>,
+    version: Option<Version>,
     properties: Option<ChannelProperties>,
     ready: bool,
     sub_channel_status: Option<NtStatus>,
@@ -501,7 +506,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     }
 
     /// The negotiated version, once accepted.
-    pub fn version(&self) -> Option<u16> {
+    pub fn version(&self) -> Option<Version> {
         self.version
     }
 
@@ -575,7 +580,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     fn control_packet(&self, op: Operation, payload: &[u8]) -> ([u8; MAX_PACKET_LEN], usize) {
         let mut buf = [0u8; MAX_PACKET_LEN];
         buf[..PACKET_HEADER_LEN].copy_from_slice(
-            PacketHeader::new(op, FLAG_REQUEST_COMPLETION, NtStatus::SUCCESS).as_bytes(),
+            PacketHeader::new(op, REQUEST_COMPLETION, NtStatus::SUCCESS).as_bytes(),
         );
         let len = self.request_len();
         let n = payload.len().min(len);
@@ -669,14 +674,14 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
 
     /// `BEGIN_INITIALIZATION`.
     pub fn begin_initialization(&mut self) -> Result<Reply, StorvscError> {
-        self.control(Operation::BeginInitialization, &[])
+        self.control(Operation::BEGIN_INITIALIZATION, &[])
     }
 
     /// `QUERY_PROTOCOL_VERSION` with `version`; on `SUCCESS` the driver
     /// uses it from now on.
-    pub fn query_protocol_version(&mut self, version: u16) -> Result<Reply, StorvscError> {
+    pub fn query_protocol_version(&mut self, version: Version) -> Result<Reply, StorvscError> {
         let r = self.control(
-            Operation::QueryProtocolVersion,
+            Operation::QUERY_PROTOCOL_VERSION,
             ProtocolVersion::new(version).as_bytes(),
         )?;
         if r.status() == NtStatus::SUCCESS {
@@ -687,7 +692,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
 
     /// `QUERY_PROPERTIES`; on `SUCCESS` the properties are kept.
     pub fn query_properties(&mut self) -> Result<Reply, StorvscError> {
-        let r = self.control(Operation::QueryProperties, &[])?;
+        let r = self.control(Operation::QUERY_PROPERTIES, &[])?;
         if r.status() == NtStatus::SUCCESS {
             self.properties = Some(r.properties());
         }
@@ -696,7 +701,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
 
     /// `END_INITIALIZATION`; on `SUCCESS` the driver is ready.
     pub fn end_initialization(&mut self) -> Result<Reply, StorvscError> {
-        let r = self.control(Operation::EndInitialization, &[])?;
+        let r = self.control(Operation::END_INITIALIZATION, &[])?;
         if r.status() == NtStatus::SUCCESS {
             self.ready = true;
         }
@@ -706,7 +711,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     /// `CREATE_SUB_CHANNELS` for `count`; on `SUCCESS` the sub-channels
     /// are opened through the host.
     pub fn create_sub_channels(&mut self, count: u16) -> Result<Reply, StorvscError> {
-        let r = self.control(Operation::CreateSubChannels, &count.to_le_bytes())?;
+        let r = self.control(Operation::CREATE_SUB_CHANNELS, &count.to_le_bytes())?;
         if r.status() == NtStatus::SUCCESS {
             for index in 1..=count {
                 let ch = self.host.open_sub_channel(index)?;
@@ -733,7 +738,10 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
                 })
             }
         };
-        must(self.begin_initialization()?, Operation::BeginInitialization)?;
+        must(
+            self.begin_initialization()?,
+            Operation::BEGIN_INITIALIZATION,
+        )?;
         for &v in self.config.versions {
             self.query_protocol_version(v)?;
             if self.version.is_some() {
@@ -741,9 +749,9 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
             }
         }
         let version = self.version.ok_or(StorvscError::NoVersion)?;
-        let props = must(self.query_properties()?, Operation::QueryProperties)?.properties();
+        let props = must(self.query_properties()?, Operation::QUERY_PROPERTIES)?.properties();
         let profile = self.config.profile;
-        let multi = props.flags.get() & CHANNEL_PROPERTY_MULTI_CHANNEL != 0;
+        let multi = props.flags.multi_channel();
         let want = if profile.uses_sub_channels(version, multi) {
             profile.sub_channel_count(self.config.cpus, props.maximum_sub_channel_count.get())
         } else {
@@ -752,10 +760,10 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         if want > 0 && profile.sub_channels_before_end() {
             must(
                 self.create_sub_channels(want)?,
-                Operation::CreateSubChannels,
+                Operation::CREATE_SUB_CHANNELS,
             )?;
         }
-        must(self.end_initialization()?, Operation::EndInitialization)?;
+        must(self.end_initialization()?, Operation::END_INITIALIZATION)?;
         if want > 0 && !profile.sub_channels_before_end() {
             let r = self.create_sub_channels(want)?;
             if r.status() != NtStatus::SUCCESS {
@@ -782,20 +790,20 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         r.payload[..n].copy_from_slice(&cdb[..n]);
         r.sense_info_ex_length = profile.sense_buffer_len(self.version) as u8;
         r.data_transfer_length = len.into();
-        let (data_in, flag) = match direction {
-            Direction::None => (data_direction::UNKNOWN, srb_flags::NO_DATA_TRANSFER),
-            Direction::In => (data_direction::READ, srb_flags::DATA_IN),
-            Direction::Out => (data_direction::WRITE, srb_flags::DATA_OUT),
+        r.data_in = match direction {
+            Direction::None => DataDirection::UNKNOWN,
+            Direction::In => DataDirection::READ,
+            Direction::Out => DataDirection::WRITE,
         };
-        r.data_in = data_in;
         r.time_out_value = 60.into();
-        r.srb_flags = (srb_flags::DISABLE_SYNCH_TRANSFER
-            | srb_flags::QUEUE_ACTION_ENABLE
-            | srb_flags::NO_QUEUE_FREEZE
-            | flag)
-            .into();
+        r.srb_flags = SrbFlags::new()
+            .with_disable_synch_transfer(true)
+            .with_queue_action_enable(true)
+            .with_no_queue_freeze(true)
+            .with_data_in(direction == Direction::In)
+            .with_data_out(direction == Direction::Out);
         r.queue_tag = QUEUE_TAG_UNTAGGED;
-        r.queue_action = QUEUE_ACTION_SIMPLE_TAG;
+        r.queue_action = QueueAction::SIMPLE_TAG;
         r
     }
 
@@ -817,8 +825,8 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         let mut buf = [0u8; MAX_PACKET_LEN];
         buf[..PACKET_HEADER_LEN].copy_from_slice(
             PacketHeader::new(
-                Operation::ExecuteSrb,
-                FLAG_REQUEST_COMPLETION,
+                Operation::EXECUTE_SRB,
+                REQUEST_COMPLETION,
                 NtStatus::SUCCESS,
             )
             .as_bytes(),
@@ -995,31 +1003,19 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         profile
             .check_len(self.version, tid, head.payload_len)
             .map_err(reject)?;
-        let op = self.view(channel, head).operation_code();
-        let notification =
-            op == Operation::EnumerateBus as u32 || op == Operation::RemoveDevice as u32;
+        let op = self.view(channel, head).operation();
+        let notification = op == Operation::ENUMERATE_BUS || op == Operation::REMOVE_DEVICE;
         match kind {
             PacketKind::GpaDirect => Err(reject(Rejection::UnexpectedPacketType)),
-            // Unsolicited: a bus change makes the driver rescan; anything
-            // else is ignored.
-            PacketKind::InBand => {
-                if notification {
-                    self.enumerations += 1;
-                    self.rescan_pending = true;
-                }
-                Ok(Route::Notification)
+            // Transaction id 0, in band or as a completion (Linux looks only
+            // at the id): a completion or FC data without a request is
+            // dropped as invalid; otherwise a bus change makes the driver
+            // rescan and anything else is ignored.
+            _ if tid == 0 && (op == Operation::COMPLETE_IO || op == Operation::FC_HBA_DATA) => {
+                Err(reject(Rejection::ZeroTransactionId))
             }
-            PacketKind::Completion if tid == 0 => {
-                if notification {
-                    self.enumerations += 1;
-                    self.rescan_pending = true;
-                    Ok(Route::Notification)
-                } else {
-                    Err(reject(Rejection::ZeroTransactionId))
-                }
-            }
-            PacketKind::Completion => {
-                if op != Operation::CompleteIo as u32 {
+            PacketKind::Completion if tid != 0 => {
+                if op != Operation::COMPLETE_IO {
                     return Err(reject(Rejection::NotCompleteIo { operation: op }));
                 }
                 if tid == CONTROL_TRANSACTION_ID {
@@ -1038,6 +1034,14 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
                 self.slots[usize::from(tag)] = Slot::Free;
                 self.outstanding -= 1;
                 Ok(Route::Srb(tag))
+            }
+            // Unsolicited (in band, or a completion with id 0).
+            PacketKind::InBand | PacketKind::Completion => {
+                if notification {
+                    self.enumerations += 1;
+                    self.rescan_pending = true;
+                }
+                Ok(Route::Notification)
             }
         }
     }

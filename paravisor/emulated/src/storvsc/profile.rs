@@ -4,8 +4,8 @@
 
 use core::fmt;
 use parastor_hw::storvsp::{
-    PACKET_HEADER_LEN, PACKET_PAYLOAD_LEN, RequestSize, SCSI_REQUEST_LEN_PRE_WIN8, VERSION_BLUE,
-    VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10,
+    Operation, PACKET_HEADER_LEN, PACKET_PAYLOAD_LEN, RequestSize, SCSI_REQUEST_LEN_PRE_WIN8,
+    Version,
 };
 
 /// A guest's StorVSC driver, as far as the host can tell it apart.
@@ -90,16 +90,17 @@ pub enum Rejection {
         /// The size expected.
         expected: usize,
     },
-    /// A completion with transaction id 0 (Linux: "Invalid packet with ID
-    /// of 0").
+    /// A `COMPLETE_IO` or `FC_HBA_DATA` packet with transaction id 0, in
+    /// band or as a completion (Linux: "Invalid packet with ID of 0"). Other
+    /// operations with id 0 are unsolicited and accepted.
     ZeroTransactionId,
     /// A completion for no request the driver has outstanding (Linux:
     /// "Incorrect transaction ID").
     UnknownTransaction,
     /// A completion whose StorVSP operation is not `COMPLETE_IO`.
     NotCompleteIo {
-        /// The operation code received.
-        operation: u32,
+        /// The operation received.
+        operation: Operation,
     },
     /// A packet type the driver does not expect from the host.
     UnexpectedPacketType,
@@ -117,10 +118,15 @@ impl fmt::Display for Rejection {
                     "{len}-byte packet, the driver expects exactly {expected}"
                 )
             }
-            Self::ZeroTransactionId => write!(f, "completion with transaction id 0"),
+            Self::ZeroTransactionId => {
+                write!(f, "COMPLETE_IO or FC_HBA_DATA with transaction id 0")
+            }
             Self::UnknownTransaction => write!(f, "completion for no outstanding request"),
             Self::NotCompleteIo { operation } => {
-                write!(f, "completion with operation {operation}, not COMPLETE_IO")
+                write!(
+                    f,
+                    "completion with operation {operation:?}, not COMPLETE_IO"
+                )
             }
             Self::UnexpectedPacketType => write!(f, "packet type the driver does not expect"),
         }
@@ -141,15 +147,15 @@ impl Profile {
     }
 
     /// The versions offered in `QUERY_PROTOCOL_VERSION`, in order.
-    pub const fn versions(self) -> &'static [u16] {
+    pub const fn versions(self) -> &'static [Version] {
         match self {
-            Self::LinuxCurrent => &[VERSION_WIN10, VERSION_BLUE, VERSION_WIN8],
+            Self::LinuxCurrent => &[Version::WIN10, Version::BLUE, Version::WIN8],
             Self::LinuxPre519 | Self::Windows => &[
-                VERSION_WIN10,
-                VERSION_BLUE,
-                VERSION_WIN8,
-                VERSION_WIN7,
-                VERSION_WIN6,
+                Version::WIN10,
+                Version::BLUE,
+                Version::WIN8,
+                Version::WIN7,
+                Version::WIN6,
             ],
         }
     }
@@ -157,7 +163,7 @@ impl Profile {
     /// Payload bytes (after the 12-byte StorVSP header) of every packet
     /// the driver sends while `version` is negotiated (`None`: none yet).
     #[inline]
-    pub const fn request_len(self, version: Option<u16>) -> usize {
+    pub const fn request_len(self, version: Option<Version>) -> usize {
         match (self, version) {
             (Self::LinuxCurrent, _) => PACKET_PAYLOAD_LEN,
             (_, Some(v)) => RequestSize::for_version(v).request_len(),
@@ -167,7 +173,7 @@ impl Profile {
 
     /// The sense buffer the driver declares in its SRBs.
     #[inline]
-    pub const fn sense_buffer_len(self, version: Option<u16>) -> usize {
+    pub const fn sense_buffer_len(self, version: Option<Version>) -> usize {
         match (self, version) {
             (Self::LinuxCurrent, _) => RequestSize::Win8.sense_buffer_len(),
             (_, Some(v)) => RequestSize::for_version(v).sense_buffer_len(),
@@ -185,12 +191,14 @@ impl Profile {
     /// Whether the driver uses sub-channels, given the negotiated
     /// `version` and the `QUERY_PROPERTIES` multi-channel flag.
     #[inline]
-    pub const fn uses_sub_channels(self, version: u16, multi_channel: bool) -> bool {
+    pub const fn uses_sub_channels(self, version: Version, multi_channel: bool) -> bool {
         match self {
             // Since 5.19 only the flag is looked at (Win8 is the oldest
             // version offered anyway).
             Self::LinuxCurrent => multi_channel,
-            Self::LinuxPre519 | Self::Windows => multi_channel && version >= VERSION_WIN8,
+            Self::LinuxPre519 | Self::Windows => {
+                multi_channel && version.get() >= Version::WIN8.get()
+            }
         }
     }
 
@@ -206,7 +214,7 @@ impl Profile {
     #[inline]
     pub fn check_len(
         self,
-        version: Option<u16>,
+        version: Option<Version>,
         transaction_id: u64,
         len: usize,
     ) -> Result<(), Rejection> {
@@ -244,7 +252,7 @@ mod tests {
     fn sizes_follow_each_driver() {
         use Profile::*;
         // Linux ≥ 5.19: always 0x40-byte packets, minimum 0x40 back.
-        for v in [None, Some(VERSION_WIN7), Some(VERSION_BLUE)] {
+        for v in [None, Some(Version::WIN7), Some(Version::BLUE)] {
             assert_eq!(LinuxCurrent.request_len(v), 0x34);
             assert_eq!(
                 LinuxCurrent.check_len(v, 1, 0x30),
@@ -260,13 +268,13 @@ mod tests {
         }
         // Linux 5.15–5.18: 0x30 until a Win8+ version, 0x40 after.
         assert_eq!(LinuxPre519.request_len(None), 0x24);
-        assert_eq!(LinuxPre519.request_len(Some(VERSION_WIN7)), 0x24);
-        assert_eq!(LinuxPre519.request_len(Some(VERSION_WIN8)), 0x34);
+        assert_eq!(LinuxPre519.request_len(Some(Version::WIN7)), 0x24);
+        assert_eq!(LinuxPre519.request_len(Some(Version::WIN8)), 0x34);
         assert_eq!(LinuxPre519.check_len(None, 5, 0x30), Ok(()));
         assert!(LinuxPre519.check_len(None, 5, 0x2C).is_err());
-        assert!(LinuxPre519.check_len(Some(VERSION_BLUE), 5, 0x30).is_err());
+        assert!(LinuxPre519.check_len(Some(Version::BLUE), 5, 0x30).is_err());
         assert_eq!(LinuxPre519.sense_buffer_len(None), 0x12);
-        assert_eq!(LinuxPre519.sense_buffer_len(Some(VERSION_BLUE)), 0x14);
+        assert_eq!(LinuxPre519.sense_buffer_len(Some(Version::BLUE)), 0x14);
         // Windows: exactly the negotiated size, either way.
         assert_eq!(Windows.check_len(None, 5, 0x30), Ok(()));
         assert_eq!(
@@ -276,21 +284,21 @@ mod tests {
                 expected: 0x30
             })
         );
-        assert!(Windows.check_len(Some(VERSION_BLUE), 5, 0x30).is_err());
-        assert!(Windows.check_len(Some(VERSION_BLUE), 0, 0x30).is_err());
-        assert_eq!(Windows.check_len(Some(VERSION_BLUE), 0, 0x40), Ok(()));
+        assert!(Windows.check_len(Some(Version::BLUE), 5, 0x30).is_err());
+        assert!(Windows.check_len(Some(Version::BLUE), 0, 0x30).is_err());
+        assert_eq!(Windows.check_len(Some(Version::BLUE), 0, 0x40), Ok(()));
     }
 
     #[test]
     fn versions_and_sub_channels() {
         assert_eq!(
             Profile::LinuxCurrent.versions(),
-            [VERSION_WIN10, VERSION_BLUE, VERSION_WIN8]
+            [Version::WIN10, Version::BLUE, Version::WIN8]
         );
         assert_eq!(Profile::LinuxPre519.versions().len(), 5);
-        assert!(Profile::LinuxCurrent.uses_sub_channels(VERSION_WIN7, true));
-        assert!(!Profile::LinuxPre519.uses_sub_channels(VERSION_WIN7, true));
-        assert!(!Profile::Windows.uses_sub_channels(VERSION_BLUE, false));
+        assert!(Profile::LinuxCurrent.uses_sub_channels(Version::WIN7, true));
+        assert!(!Profile::LinuxPre519.uses_sub_channels(Version::WIN7, true));
+        assert!(!Profile::Windows.uses_sub_channels(Version::BLUE, false));
         assert_eq!(Profile::LinuxCurrent.sub_channel_count(8, 4), 4);
         assert_eq!(Profile::LinuxCurrent.sub_channel_count(3, 4), 2);
         assert_eq!(Profile::Windows.sub_channel_count(0, 4), 0);

@@ -11,8 +11,8 @@
 
 use super::{Direction, Host, Reply, Slot, Storvsc, StorvscError};
 use parastor_core::GpaRange;
-use parastor_hw::scsi::{SenseData, op, sense_key, status};
-use parastor_hw::storvsp::{NtStatus, SENSE_BUFFER_SIZE, srb_status};
+use parastor_hw::scsi::{ScsiOp, ScsiStatus, SenseData, SenseKey};
+use parastor_hw::storvsp::{NtStatus, SENSE_BUFFER_SIZE, SrbStatus, SrbStatusAndFlags};
 use std::collections::BTreeMap;
 
 const PAGE: u64 = 4096;
@@ -95,9 +95,9 @@ pub struct SrbReply {
     /// The completion packet's NT status.
     pub nt_status: NtStatus,
     /// SRB status, flags included.
-    pub srb_status: u8,
+    pub srb_status: SrbStatusAndFlags,
     /// SCSI status.
-    pub scsi_status: u8,
+    pub scsi_status: ScsiStatus,
     /// The sense bytes, when the host flagged them valid.
     pub sense: Vec<u8>,
     /// Bytes transferred, as the host reports them.
@@ -112,13 +112,13 @@ pub struct SrbReply {
 
 impl SrbReply {
     /// SRB status without flags.
-    pub fn srb_code(&self) -> u8 {
-        srb_status::code(self.srb_status)
+    pub fn srb_code(&self) -> SrbStatus {
+        self.srb_status.status()
     }
 
     /// Whether the request succeeded (SRB SUCCESS, SCSI GOOD).
     pub fn is_good(&self) -> bool {
-        self.srb_code() == srb_status::SUCCESS && self.scsi_status == status::GOOD
+        self.srb_code() == SrbStatus::SUCCESS && self.scsi_status == ScsiStatus::GOOD
     }
 
     /// The parsed sense data, if any.
@@ -202,7 +202,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         loop {
             self.rescan_pending = false;
             let mut cdb = [0u8; 12];
-            cdb[0] = op::REPORT_LUNS;
+            cdb[0] = ScsiOp::REPORT_LUNS.get();
             cdb[6..10].copy_from_slice(&4096u32.to_be_bytes());
             let r = self.srb_once(&Srb::new(0, &cdb, Data::In(4096)))?;
             if !r.is_good() {
@@ -220,9 +220,9 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     /// meanwhile.
     pub fn srb(&mut self, srb: &Srb<'_>) -> Result<SrbReply, StorvscError> {
         let mut r = self.srb_once(srb)?;
-        if r.scsi_status == status::CHECK_CONDITION
+        if r.scsi_status == ScsiStatus::CHECK_CONDITION
             && r.sense_data()
-                .is_some_and(|s| s.key == sense_key::UNIT_ATTENTION)
+                .is_some_and(|s| s.key == SenseKey::UNIT_ATTENTION)
         {
             self.test.unit_attentions += 1;
             r = self.srb_once(srb)?;
@@ -309,7 +309,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
 
     fn srb_reply(&self, reply: &Reply, p: &Pending) -> Result<SrbReply, StorvscError> {
         let c = reply.srb();
-        let sense = if c.srb_status & srb_status::AUTOSENSE_VALID != 0 {
+        let sense = if c.srb_status.autosense_valid() {
             let n = usize::from(c.sense_info_ex_length).min(SENSE_BUFFER_SIZE);
             c.payload[..n].to_vec()
         } else {
@@ -338,7 +338,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     /// REPORT LUNS through `lun`: the LUNs on path 0, target 0.
     pub fn report_luns(&mut self, lun: u8) -> Result<Vec<u8>, StorvscError> {
         let mut cdb = [0u8; 12];
-        cdb[0] = op::REPORT_LUNS;
+        cdb[0] = ScsiOp::REPORT_LUNS.get();
         cdb[6..10].copy_from_slice(&4096u32.to_be_bytes());
         let r = self.srb(&Srb::new(lun, &cdb, Data::In(4096)))?;
         if !r.is_good() {
@@ -349,7 +349,11 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
 
     /// Standard INQUIRY data of `lun` (up to 96 bytes).
     pub fn inquiry(&mut self, lun: u8) -> Result<Vec<u8>, StorvscError> {
-        let r = self.srb(&Srb::new(lun, &[op::INQUIRY, 0, 0, 0, 96, 0], Data::In(96)))?;
+        let r = self.srb(&Srb::new(
+            lun,
+            &[ScsiOp::INQUIRY.get(), 0, 0, 0, 96, 0],
+            Data::In(96),
+        ))?;
         if !r.is_good() {
             return Err(StorvscError::Scsi(format!("INQUIRY failed: {r:?}")));
         }

@@ -4,11 +4,13 @@
 
 use super::*;
 use crate::vm::{StorvspVm, VmConfig};
-use parastor_hw::storvsp::{
-    VERSION_BLUE, VERSION_WIN6, VERSION_WIN7, VERSION_WIN8, VERSION_WIN10, is_supported, srb_status,
-};
+use parastor_hw::storvsp::{SrbStatus, SrbStatusAndFlags, Version};
 use parastor_storvsp::{Controller, ControllerConfig};
 use std::sync::Arc;
+
+/// Versions StorVSP does not accept (4.3 and 1.0).
+const UNNAMED_4_3: Version = Version::from_parts(4, 3);
+const UNNAMED_1_0: Version = Version::from_parts(1, 0);
 
 fn vm(max_sub_channels: u16) -> StorvspVm {
     StorvspVm::new(
@@ -27,7 +29,7 @@ fn every_profile_negotiates_with_storvsp() {
         let mut g = vm.guest(GuestConfig::new(profile).cpus(4)).unwrap();
         g.negotiate().unwrap_or_else(|e| panic!("{profile}: {e}"));
         // Win10 is refused; Blue is the first accepted.
-        assert_eq!(g.version(), Some(VERSION_BLUE), "{profile}");
+        assert_eq!(g.version(), Some(Version::BLUE), "{profile}");
         assert!(g.is_ready());
         assert_eq!(g.request_len(), 0x34, "{profile}");
         assert_eq!(g.channels(), 4, "{profile}: primary + 3 sub-channels");
@@ -39,8 +41,8 @@ fn every_profile_negotiates_with_storvsp() {
 fn older_versions_and_their_sizes() {
     for profile in [Profile::LinuxPre519, Profile::Windows] {
         for (offer, want) in [
-            (&[VERSION_WIN7][..], VERSION_WIN7),
-            (&[0x0403, VERSION_WIN6][..], VERSION_WIN6),
+            (&[Version::WIN7][..], Version::WIN7),
+            (&[UNNAMED_4_3, Version::WIN6][..], Version::WIN6),
         ] {
             let vm = vm(2);
             let mut g = vm
@@ -55,7 +57,7 @@ fn older_versions_and_their_sizes() {
     // Current Linux sends full-size packets on any version.
     let vm = vm(0);
     let mut g = vm
-        .guest(GuestConfig::new(Profile::LinuxCurrent).versions(&[VERSION_WIN7]))
+        .guest(GuestConfig::new(Profile::LinuxCurrent).versions(&[Version::WIN7]))
         .unwrap();
     g.negotiate().unwrap();
     assert_eq!(g.request_len(), 0x34);
@@ -65,7 +67,7 @@ fn older_versions_and_their_sizes() {
 fn no_acceptable_version() {
     let vm = vm(0);
     let mut g = vm
-        .guest(GuestConfig::new(Profile::Windows).versions(&[0x0100, VERSION_WIN10]))
+        .guest(GuestConfig::new(Profile::Windows).versions(&[UNNAMED_1_0, Version::WIN10]))
         .unwrap();
     assert_eq!(g.negotiate(), Err(StorvscError::NoVersion));
 }
@@ -75,8 +77,8 @@ fn no_acceptable_version() {
 /// versions StorVSP accepts; SCSI requests succeed with no data.
 struct SizedHost<'a> {
     ch: Channel<'a>,
-    version: Option<u16>,
-    size: fn(Option<u16>) -> usize,
+    version: Option<Version>,
+    size: fn(Option<Version>) -> usize,
 }
 
 impl<'a> Host<'a> for SizedHost<'a> {
@@ -84,25 +86,27 @@ impl<'a> Host<'a> for SizedHost<'a> {
         let mut worked = false;
         while let Some(p) = self.ch.read_packet()? {
             worked = true;
-            let op = u32::from_le_bytes(p.payload[..4].try_into().unwrap());
+            let op = Operation::new(u32::from_le_bytes(p.payload[..4].try_into().unwrap()));
             let mut body = [0u8; 0x34];
             let mut status = NtStatus::SUCCESS;
             // Sized by the version before this packet (OpenVMM switches
             // after answering QUERY_PROTOCOL_VERSION).
             let size = (self.size)(self.version);
-            if op == Operation::QueryProtocolVersion as u32 {
-                let v = u16::from_le_bytes([p.payload[12], p.payload[13]]);
-                body[..2].copy_from_slice(&v.to_le_bytes());
-                if is_supported(v) {
+            if op == Operation::QUERY_PROTOCOL_VERSION {
+                let v = Version::new(u16::from_le_bytes([p.payload[12], p.payload[13]]));
+                body[..2].copy_from_slice(&v.get().to_le_bytes());
+                if v.is_supported() {
                     self.version = Some(v);
                 } else {
                     status = NtStatus::REVISION_MISMATCH;
                 }
-            } else if op == Operation::ExecuteSrb as u32 {
+            } else if op == Operation::EXECUTE_SRB {
                 body.copy_from_slice(&p.payload[12..12 + 0x34]);
-                body[2] = srb_status::SUCCESS;
+                body[2] = SrbStatusAndFlags::new()
+                    .with_status(SrbStatus::SUCCESS)
+                    .into_bits();
             }
-            let mut packet = PacketHeader::new(Operation::CompleteIo, 0, status)
+            let mut packet = PacketHeader::new(Operation::COMPLETE_IO, PacketFlags::new(), status)
                 .as_bytes()
                 .to_vec();
             packet.extend_from_slice(&body[..size]);
@@ -124,7 +128,7 @@ impl<'a> Host<'a> for SizedHost<'a> {
 fn sized_guest(
     vm: &StorvspVm,
     profile: Profile,
-    size: fn(Option<u16>) -> usize,
+    size: fn(Option<Version>) -> usize,
 ) -> Storvsc<'_, SizedHost<'_>> {
     let host = SizedHost {
         ch: vm.host_channel(0).unwrap(),
@@ -141,8 +145,8 @@ fn sized_guest(
 
 /// The rule StorVSP had before: the negotiated size, pre-Win8 before a
 /// version is settled.
-fn negotiated_size(version: Option<u16>) -> usize {
-    version.map_or(0x24, |v| if v >= VERSION_WIN8 { 0x34 } else { 0x24 })
+fn negotiated_size(version: Option<Version>) -> usize {
+    version.map_or(0x24, |v| if v >= Version::WIN8 { 0x34 } else { 0x24 })
 }
 
 #[test]
@@ -219,7 +223,7 @@ fn windows_rejects_a_completion_of_another_size_than_it_sent() {
         let vm = vm(0);
         let mut g = sized_guest(&vm, profile, |_| 0x24);
         let e = g.negotiate().unwrap_err();
-        assert_eq!(g.version(), Some(VERSION_BLUE));
+        assert_eq!(g.version(), Some(Version::BLUE));
         assert!(
             matches!(
                 e.rejection(),
@@ -277,9 +281,13 @@ fn completions_for_unknown_or_zero_transactions_are_rejected() {
     let mut g = vm.guest(GuestConfig::new(Profile::LinuxCurrent)).unwrap();
     g.negotiate().unwrap();
     let mut host = vm.host_channel(0).unwrap();
-    let mut packet = PacketHeader::new(Operation::CompleteIo, 0, NtStatus::SUCCESS)
-        .as_bytes()
-        .to_vec();
+    let mut packet = PacketHeader::new(
+        Operation::COMPLETE_IO,
+        PacketFlags::new(),
+        NtStatus::SUCCESS,
+    )
+    .as_bytes()
+    .to_vec();
     packet.resize(0x40, 0);
     for (tid, want) in [
         (0, Rejection::ZeroTransactionId),
@@ -295,12 +303,48 @@ fn completions_for_unknown_or_zero_transactions_are_rejected() {
             completion_requested: false,
         },
         0,
-        &(Operation::EnumerateBus as u32).to_le_bytes(),
+        &Operation::ENUMERATE_BUS.get().to_le_bytes(),
     )
     .unwrap();
     let r = g.recv(0).unwrap().unwrap();
-    assert_eq!(r.operation(), Some(Operation::EnumerateBus));
+    assert_eq!(r.operation(), Operation::ENUMERATE_BUS);
     assert_eq!(g.enumerations(), 1);
+}
+
+/// Linux decides by the transaction id, not the packet type: id 0 with
+/// `COMPLETE_IO` is invalid even in band, and id 0 with any other operation
+/// is unsolicited, so a completion carrying one is ignored, not rejected.
+#[test]
+fn transaction_id_zero_is_judged_by_operation() {
+    let vm = vm(0);
+    let mut g = vm.guest(GuestConfig::new(Profile::LinuxCurrent)).unwrap();
+    g.negotiate().unwrap();
+    let mut host = vm.host_channel(0).unwrap();
+    let packet = |op| {
+        let mut p = PacketHeader::new(op, PacketFlags::new(), NtStatus::SUCCESS)
+            .as_bytes()
+            .to_vec();
+        p.resize(0x40, 0);
+        p
+    };
+    let in_band = OutgoingKind::InBand {
+        completion_requested: false,
+    };
+    host.write_packet(in_band, 0, &packet(Operation::COMPLETE_IO))
+        .unwrap();
+    assert_eq!(
+        g.recv(0).unwrap_err().rejection(),
+        Some(Rejection::ZeroTransactionId)
+    );
+    host.write_packet(
+        OutgoingKind::Completion,
+        0,
+        &packet(Operation::QUERY_PROPERTIES),
+    )
+    .unwrap();
+    let r = g.recv(0).unwrap().unwrap();
+    assert_eq!(r.operation(), Operation::QUERY_PROPERTIES);
+    assert_eq!(g.enumerations(), 0);
 }
 
 #[test]
@@ -322,7 +366,10 @@ fn lean_path_round_trip_on_every_channel() {
         let mut seen = Vec::new();
         g.reap(|tag, r| {
             assert_eq!(r.channel(), usize::from(tag % 3));
-            assert_eq!(r.srb().srb_status, srb_status::INVALID_LUN);
+            assert_eq!(
+                r.srb().srb_status,
+                SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_LUN)
+            );
             assert_eq!(r.len(), 0x40);
             seen.push(tag);
         })
@@ -361,7 +408,7 @@ fn an_idle_host_that_never_answers_is_an_error_not_a_hang() {
         )
         .unwrap();
     assert!(matches!(
-        g.control(Operation::ResetBus, &[]),
+        g.control(Operation::RESET_BUS, &[]),
         Err(StorvscError::Host(_))
     ));
 }

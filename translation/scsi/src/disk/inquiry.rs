@@ -2,12 +2,13 @@
 //!
 //! Pages offered, as OpenHCL's `scsidisk` offers them except where noted:
 //! 0x00 supported pages, 0x80 unit serial number (only with a serial),
-//! 0x83 device identification, 0xB0 block limits, 0xB1 block device
+//! 0x83 device identification, 0xB0 block limits and 0xB1 block device
 //! characteristics (both always: OpenHCL only with unmap), 0xB2 logical
 //! block provisioning (only with unmap), and the two Microsoft pages 0xCE
 //! paging extent properties and 0xCF virtual device properties, which
 //! OpenHCL reports for every disk whatever its configuration, and so does
-//! parastor.
+//! parastor. Block limits report a maximum transfer length and a finite
+//! maximum unmap LBA count, both enforced (OpenHCL reports neither).
 
 use super::{MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_DESCRIPTORS, ScsiDisk};
 use crate::data::data_in;
@@ -17,30 +18,38 @@ use alloc::vec;
 use alloc::vec::Vec;
 use parastor_core::{SgList, UnmapBehavior};
 use parastor_hw::scsi::{
-    BlockCharacteristicsPage, BlockLimitsPage, DesignatorHeader, InquiryData,
-    MSFT_MODE_SELECT_EXTENSION, MSFT_PAGE_VERSION, MSFT_VIRTUAL_DEVICE_SIGNATURE,
-    MsftPagingExtentPage, MsftVirtualDevicePage, ProvisioningPage, VpdHeader, vpd,
+    BlockCharacteristicsPage, BlockLimitsFlags, BlockLimitsPage, CodeSet, DesignatorCodeSet,
+    DesignatorHeader, DesignatorKind, DesignatorType, InquiryData, InquiryFlags3, InquiryFlags7,
+    MSFT_PAGE_VERSION, MSFT_VIRTUAL_DEVICE_SIGNATURE, MsftPagingExtentFlags, MsftPagingExtentPage,
+    MsftVirtualDevicePage, PeripheralDeviceType, ProvisioningFlags, ProvisioningPage,
+    ProvisioningType, ProvisioningTypeByte, UnmapAlignment, VpdHeader, VpdPage,
 };
 use zerocopy::IntoBytes;
 
 /// A direct-access device's VPD page header for a page of `size` bytes
 /// in all.
-fn header(page: u8, size: usize) -> VpdHeader {
+fn header(page: VpdPage, size: usize) -> VpdHeader {
     VpdHeader {
-        device_type: 0,
+        peripheral: Default::default(),
         page,
         len: ((size - size_of::<VpdHeader>()) as u16).into(),
     }
 }
 
 impl ScsiDisk {
-    pub(super) fn inquiry(&self, data: &SgList<'_>, evpd: bool, page: u8, alloc_len: usize) -> Res {
+    pub(super) fn inquiry(
+        &self,
+        data: &SgList<'_>,
+        evpd: bool,
+        page: VpdPage,
+        alloc_len: usize,
+    ) -> Res {
         if !evpd {
             let d = InquiryData {
-                // HISUP, response data format 2.
-                flags3: 0x12,
-                // CMDQUE.
-                flags7: 0x02,
+                flags3: InquiryFlags3::new()
+                    .with_hisup(true)
+                    .with_response_data_format(2),
+                flags7: InquiryFlags7::new().with_cmdque(true),
                 ..standard_inquiry(
                     self.params.vendor,
                     self.params.product,
@@ -54,44 +63,45 @@ impl ScsiDisk {
     }
 
     /// The VPD pages offered, in ascending order.
-    pub(super) fn vpd_pages(&self) -> Vec<u8> {
-        let mut pages = vec![vpd::SUPPORTED_PAGES];
+    pub(super) fn vpd_pages(&self) -> Vec<VpdPage> {
+        let mut pages = vec![VpdPage::SUPPORTED_PAGES];
         if !self.params.serial.is_empty() {
-            pages.push(vpd::UNIT_SERIAL_NUMBER);
+            pages.push(VpdPage::UNIT_SERIAL_NUMBER);
         }
         pages.extend_from_slice(&[
-            vpd::DEVICE_IDENTIFICATION,
-            vpd::BLOCK_LIMITS,
-            vpd::BLOCK_DEVICE_CHARACTERISTICS,
+            VpdPage::DEVICE_IDENTIFICATION,
+            VpdPage::BLOCK_LIMITS,
+            VpdPage::BLOCK_DEVICE_CHARACTERISTICS,
         ]);
         if self.unmap {
-            pages.push(vpd::LOGICAL_BLOCK_PROVISIONING);
+            pages.push(VpdPage::LOGICAL_BLOCK_PROVISIONING);
         }
         pages.extend_from_slice(&[
-            vpd::MSFT_PAGING_EXTENT_PROPERTIES,
-            vpd::MSFT_VIRTUAL_DEVICE_PROPERTIES,
+            VpdPage::MSFT_PAGING_EXTENT_PROPERTIES,
+            VpdPage::MSFT_VIRTUAL_DEVICE_PROPERTIES,
         ]);
         pages
     }
 
-    fn vpd_page(&self, page: u8) -> Option<Vec<u8>> {
-        let with_header = |page: u8, body: &[u8]| vpd_page(0, page, body);
+    fn vpd_page(&self, page: VpdPage) -> Option<Vec<u8>> {
+        let with_header =
+            |page: VpdPage, body: &[u8]| vpd_page(PeripheralDeviceType::DIRECT_ACCESS, page, body);
         let ss = self.disk.sector_size();
         Some(match page {
-            vpd::SUPPORTED_PAGES => with_header(page, &self.vpd_pages()),
-            vpd::UNIT_SERIAL_NUMBER if !self.params.serial.is_empty() => {
+            VpdPage::SUPPORTED_PAGES => with_header(page, self.vpd_pages().as_bytes()),
+            VpdPage::UNIT_SERIAL_NUMBER if !self.params.serial.is_empty() => {
                 let serial = &self.params.serial[..self.params.serial.len().min(252)];
                 with_header(page, serial)
             }
-            vpd::DEVICE_IDENTIFICATION => {
+            VpdPage::DEVICE_IDENTIFICATION => {
                 let id = self.device_id;
                 let mut body = Vec::new();
                 push_t10_designator(&mut body, &self.params.vendor, &id);
                 // NAA IEEE Registered Extended designator.
                 body.extend_from_slice(
                     DesignatorHeader {
-                        code_set: 1,
-                        kind: 3,
+                        code_set: DesignatorCodeSet::new().with_code_set(CodeSet::BINARY),
+                        kind: DesignatorKind::new().with_designator_type(DesignatorType::NAA),
                         reserved: 0,
                         len: 16,
                     }
@@ -102,10 +112,10 @@ impl ScsiDisk {
                 body.extend_from_slice(&id[10..16]);
                 with_header(page, &body)
             }
-            vpd::BLOCK_LIMITS => {
+            VpdPage::BLOCK_LIMITS => {
                 let (lba_count, descs, gran) = if self.unmap {
                     (
-                        u32::MAX,
+                        self.max_unmap_blocks(),
                         MAX_UNMAP_DESCRIPTORS,
                         self.disk.optimal_unmap_sectors().max(1),
                     )
@@ -113,22 +123,25 @@ impl ScsiDisk {
                     (0, 0, 0)
                 };
                 let phys = self.disk.physical_sector_size().max(ss);
+                // OPTIMAL TRANSFER LENGTH stays 0 (not reported): a value
+                // would have to stay within the maximum, which a transport
+                // may lower after the disk is built.
                 let p = BlockLimitsPage {
                     header: header(page, size_of::<BlockLimitsPage>()),
-                    wsnz: 1,
+                    flags: BlockLimitsFlags::new().with_wsnz(true),
                     max_compare_write: MAX_COMPARE_AND_WRITE_BLOCKS,
                     opt_granularity: u16::try_from(phys / ss).unwrap_or(1).into(),
-                    max_transfer: (self.params.max_transfer_bytes / ss).into(),
+                    max_transfer: self.max_transfer_blocks().into(),
                     max_unmap_lba_count: lba_count.into(),
                     max_unmap_descriptors: descs.into(),
                     opt_unmap_granularity: gran.into(),
-                    unmap_alignment: (if self.unmap { 0x8000_0000u32 } else { 0 }).into(),
+                    unmap_alignment: UnmapAlignment::new().with_ugavalid(self.unmap),
                     max_write_same: (self.params.max_write_same_bytes / u64::from(ss)).into(),
                     ..Default::default()
                 };
                 p.as_bytes().to_vec()
             }
-            vpd::BLOCK_DEVICE_CHARACTERISTICS => {
+            VpdPage::BLOCK_DEVICE_CHARACTERISTICS => {
                 let p = BlockCharacteristicsPage {
                     header: header(page, size_of::<BlockCharacteristicsPage>()),
                     rotation_rate: self.params.rotation_rate.into(),
@@ -136,24 +149,25 @@ impl ScsiDisk {
                 };
                 p.as_bytes().to_vec()
             }
-            vpd::LOGICAL_BLOCK_PROVISIONING if self.unmap => {
-                let lbprz = if self.disk.unmap_behavior() == UnmapBehavior::Zeroes {
-                    1 << 2
-                } else {
-                    0
-                };
+            VpdPage::LOGICAL_BLOCK_PROVISIONING if self.unmap => {
+                let zeroes = self.disk.unmap_behavior() == UnmapBehavior::Zeroes;
                 let p = ProvisioningPage {
                     header: header(page, size_of::<ProvisioningPage>()),
-                    flags: 0x80 | 0x40 | 0x20 | lbprz,
-                    provisioning_type: 2,
+                    flags: ProvisioningFlags::new()
+                        .with_lbpu(true)
+                        .with_lbpws(true)
+                        .with_lbpws10(true)
+                        .with_lbprz(zeroes.into()),
+                    provisioning_type: ProvisioningTypeByte::new()
+                        .with_provisioning_type(ProvisioningType::THIN),
                     ..Default::default()
                 };
                 p.as_bytes().to_vec()
             }
-            vpd::MSFT_PAGING_EXTENT_PROPERTIES => MsftPagingExtentPage {
+            VpdPage::MSFT_PAGING_EXTENT_PROPERTIES => MsftPagingExtentPage {
                 header: header(page, size_of::<MsftPagingExtentPage>()),
                 version: MSFT_PAGE_VERSION,
-                flags: MSFT_MODE_SELECT_EXTENSION,
+                flags: MsftPagingExtentFlags::new().with_mode_select_extension(true),
                 reserved: [0; 2],
             }
             .as_bytes()
@@ -161,10 +175,10 @@ impl ScsiDisk {
             // Version 1 with no flags, as OpenHCL reports it: the
             // DisableIoRetries and Spaces bits exist only from version 2,
             // and LBPRZ is reported in VPD 0xB2 and READ CAPACITY(16).
-            vpd::MSFT_VIRTUAL_DEVICE_PROPERTIES => MsftVirtualDevicePage {
+            VpdPage::MSFT_VIRTUAL_DEVICE_PROPERTIES => MsftVirtualDevicePage {
                 header: header(page, size_of::<MsftVirtualDevicePage>()),
                 version: MSFT_PAGE_VERSION,
-                flags: 0,
+                flags: Default::default(),
                 reserved: [0; 2],
                 signature: MSFT_VIRTUAL_DEVICE_SIGNATURE,
             }

@@ -14,7 +14,11 @@
 //! COMPARE AND WRITE is implemented; UNMAP errors are reported; LBPRZ is
 //! reported when unmapped blocks read as zero; persistent reservations
 //! carry the initiator through to the disk; REQUEST SENSE returns the
-//! calling initiator's own sense (SPC keeps sense per I_T nexus).
+//! calling initiator's own sense (SPC keeps sense per I_T nexus), and not
+//! sense the transport already delivered by autosense; UNMAP has a finite
+//! MAXIMUM UNMAP LBA COUNT ([`MAX_UNMAP_BYTES`]) and enforces it; the
+//! MAXIMUM TRANSFER LENGTH is the smaller of the disk's own and its
+//! transport's ([`ScsiDisk::limit_transfer`]).
 //! COMPARE AND WRITE excludes overlapping writes through an async LBA range
 //! lock, and REPORT SUPPORTED OPERATION CODES comes from the one command
 //! table the tests check against the parser.
@@ -31,20 +35,33 @@ use crate::lock::RangeLock;
 use crate::result::{
     Res, ScsiResult, illegal, invalid_cdb, invalid_param, mem_err, param_len_error,
 };
-use crate::sense::{self, SenseTable};
+use crate::sense::{self, SenseDelivery, SenseTable};
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList, UnmapBehavior};
 use parastor_hw::scsi::{
-    Command, LbaStatusDescriptor, LbaStatusHeader, ReadCapacity16Data, SenseData, Transfer,
-    UnmapDescriptor, UnmapHeader, asc, parse_cdb, sense_key,
+    AdditionalSense, CapacityExponents, CapacityProvisioning, Command, LbaStatusDescriptor,
+    LbaStatusHeader, ReadCapacity16Data, SenseData, SenseKey, Transfer, UnmapDescriptor,
+    UnmapHeader, parse_cdb,
 };
 use zerocopy::FromBytes;
 use zerocopy::IntoBytes;
 
 /// Most block descriptors one UNMAP may carry (VPD 0xB0).
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 4096;
+/// Most bytes one UNMAP may unmap, all its descriptors together: the
+/// MAXIMUM UNMAP LBA COUNT of VPD 0xB0 is this many logical blocks
+/// (2 Mi blocks of 512 bytes, 256 Ki of 4 KiB).
+///
+/// OpenHCL reports no limit (FFFF_FFFFh), so one UNMAP of 4096
+/// descriptors may name the whole disk many times over. The work an unmap
+/// costs grows with the bytes it covers (a RAM layer touches a chunk
+/// entry per 32 KiB, under the lock every other request on the disk
+/// needs), so the limit bounds one command's work to a few milliseconds;
+/// initiators split larger discards (Linux sizes its discard requests by
+/// this field).
+pub const MAX_UNMAP_BYTES: u64 = 1 << 30;
 /// Most blocks one COMPARE AND WRITE may name (VPD 0xB0).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;
 /// Largest private staging buffer one command uses at a time.
@@ -71,7 +88,10 @@ pub struct DiskParams {
     pub rotation_rate: u16,
     /// Caps the capacity the guest sees, in bytes.
     pub size_cap_bytes: Option<u64>,
-    /// Largest transfer of one command, in bytes (VPD 0xB0).
+    /// Largest transfer of one command, in bytes: the MAXIMUM TRANSFER
+    /// LENGTH of VPD 0xB0, in whole logical blocks (at least one). A
+    /// transport with a lower limit lowers it when it attaches the disk
+    /// ([`ScsiDisk::limit_transfer`]).
     pub max_transfer_bytes: u32,
     /// Largest WRITE SAME, in bytes (VPD 0xB0).
     pub max_write_same_bytes: u64,
@@ -102,9 +122,8 @@ impl Default for DiskParams {
 }
 fn unit_attention() -> SenseData {
     SenseData::new(
-        sense_key::UNIT_ATTENTION,
-        asc::PARAMETERS_CHANGED,
-        asc::ASCQ_CAPACITY_DATA_CHANGED,
+        SenseKey::UNIT_ATTENTION,
+        AdditionalSense::CAPACITY_DATA_CHANGED,
     )
 }
 
@@ -121,6 +140,10 @@ pub struct ScsiDisk {
     sense: SenseTable,
     /// Writes hold their LBA range shared, COMPARE AND WRITE exclusively.
     ranges: RangeLock,
+    /// The MAXIMUM TRANSFER LENGTH advertised and enforced, in blocks: the
+    /// smaller of [`DiskParams::max_transfer_bytes`] and every limit given
+    /// to [`ScsiDisk::limit_transfer`]; never below one block.
+    max_transfer_blocks: AtomicU32,
 }
 
 impl ScsiDisk {
@@ -134,7 +157,10 @@ impl ScsiDisk {
             .unmap
             .unwrap_or(disk.unmap_behavior() != UnmapBehavior::Ignored);
         let fua = params.fua.unwrap_or(disk.is_fua_respected());
+        let max_transfer_blocks =
+            AtomicU32::new((params.max_transfer_bytes >> disk.sector_shift()).max(1));
         ScsiDisk {
+            max_transfer_blocks,
             last_sector_count: AtomicU64::new(disk.sector_count()),
             disk,
             params,
@@ -160,17 +186,42 @@ impl ScsiDisk {
         }
     }
 
+    /// Lowers the largest transfer of one command to `bytes` (whole
+    /// blocks, at least one) if that is below the current limit; never
+    /// raises it. A transport calls it with its own limit before the
+    /// initiator can see the disk, so the MAXIMUM TRANSFER LENGTH the disk
+    /// advertises (VPD 0xB0) and enforces is one the transport carries; a
+    /// disk reachable through several transports gets the smallest limit.
+    pub fn limit_transfer(&self, bytes: u32) {
+        let blocks = (bytes >> self.disk.sector_shift()).max(1);
+        self.max_transfer_blocks
+            .fetch_min(blocks, Ordering::Relaxed);
+    }
+
+    /// The largest transfer of one command, in bytes (a whole number of
+    /// blocks): the MAXIMUM TRANSFER LENGTH of VPD 0xB0.
+    pub fn max_transfer_bytes(&self) -> u32 {
+        self.max_transfer_blocks() << self.disk.sector_shift()
+    }
+
+    fn max_transfer_blocks(&self) -> u32 {
+        self.max_transfer_blocks.load(Ordering::Relaxed)
+    }
+
     /// Executes one command. `data` is the request's whole data buffer
-    /// (data-in or data-out); `initiator` identifies the I_T nexus for
-    /// persistent reservations.
+    /// (data-in or data-out); `initiator` identifies the I_T nexus (for
+    /// persistent reservations and sense data); `delivery` says whether
+    /// the transport returns a CHECK CONDITION's sense with it (then it is
+    /// not kept for REQUEST SENSE).
     pub async fn execute(
         &self,
         cdb: &[u8],
         data: SgList<'_>,
         initiator: InitiatorId,
+        delivery: SenseDelivery,
     ) -> ScsiResult {
         let result = self.run(cdb, &data, initiator).await;
-        self.sense.finish(result, initiator)
+        self.sense.finish(result, initiator, delivery)
     }
 
     /// Runs a READ or WRITE to completion without building a future, when
@@ -185,10 +236,35 @@ impl ScsiDisk {
         cdb: &[u8],
         data: &SgList<'_>,
         initiator: InitiatorId,
+        delivery: SenseDelivery,
     ) -> Option<ScsiResult> {
-        if !self.disk.completes_inline() {
-            return None;
-        }
+        self.disk
+            .run_now(|_| self.read_write_now(cdb, data, initiator, delivery))
+            .flatten()
+    }
+
+    /// Whether `cdb` takes an LBA range lock (see the crate's range lock),
+    /// so it may wait for another holder even on a disk that completes
+    /// inline.
+    pub(crate) fn locks_ranges(&self, cdb: &[u8]) -> bool {
+        matches!(
+            parse_cdb(cdb),
+            Ok(Command::Write(_)
+                | Command::WriteSame { .. }
+                | Command::WriteAndVerify { .. }
+                | Command::Unmap { .. }
+                | Command::CompareAndWrite(_))
+        )
+    }
+
+    /// [`ScsiDisk::execute_now`] on a disk known to complete inline.
+    fn read_write_now(
+        &self,
+        cdb: &[u8],
+        data: &SgList<'_>,
+        initiator: InitiatorId,
+        delivery: SenseDelivery,
+    ) -> Option<ScsiResult> {
         let (t, write) = match parse_cdb(cdb) {
             Ok(Command::Read(t)) => (t, false),
             Ok(Command::Write(t)) => (t, true),
@@ -214,7 +290,7 @@ impl ScsiDisk {
             })
         };
         drop(guard);
-        Some(self.sense.finish(result, initiator))
+        Some(self.sense.finish(result, initiator, delivery))
     }
 
     /// Reports a capacity change once: true if this caller claimed it.
@@ -383,11 +459,12 @@ impl ScsiDisk {
     /// byte count on success.
     fn transfer_bytes(&self, data: &SgList<'_>, t: Transfer, buffer_blocks: u64) -> Res<usize> {
         self.check_range(t.lba, t.blocks.into())?;
-        let ss = u64::from(self.disk.sector_size());
-        let bytes = u64::from(t.blocks) * ss;
-        if bytes > u64::from(self.params.max_transfer_bytes) {
+        // SBC-4: over the MAXIMUM TRANSFER LENGTH is INVALID FIELD IN CDB.
+        if t.blocks > self.max_transfer_blocks() {
             return Err(invalid_cdb());
         }
+        let ss = u64::from(self.disk.sector_size());
+        let bytes = u64::from(t.blocks) * ss;
         if buffer_blocks * ss > data.len() as u64 {
             return Err(invalid_cdb());
         }
@@ -427,9 +504,12 @@ impl ScsiDisk {
         } else {
             None
         };
-        if self.disk.completes_inline() {
-            // No future to build and move.
-            return self.transfer_inline(buf, t, write, opts);
+        // On a disk that completes inline: no future to build and move.
+        if let Some(done) = self
+            .disk
+            .run_now(|_| self.transfer_inline(buf, t, write, opts))
+        {
+            return done;
         }
         let bytes = buf.len();
         if write {
@@ -645,7 +725,7 @@ impl ScsiDisk {
         opts: IoOptions,
     ) -> Res {
         if !self.unmap {
-            return Err(illegal(asc::INVALID_COMMAND, 0));
+            return Err(illegal(AdditionalSense::INVALID_COMMAND));
         }
         if anchor {
             // ANC_SUP is not reported.
@@ -667,8 +747,17 @@ impl ScsiDisk {
         let descs = <[UnmapDescriptor]>::ref_from_prefix_with_elems(rest, count)
             .map_err(|_| param_len_error())?
             .0;
+        // SBC-4: descriptors naming more blocks in all than the MAXIMUM
+        // UNMAP LBA COUNT are INVALID FIELD IN PARAMETER LIST (checked as
+        // the sum grows, so one descriptor over the limit is caught alone).
+        let max_blocks = self.max_unmap_blocks();
+        let mut total = 0u64;
         for d in descs {
             self.check_range(d.lba.get(), d.blocks.get().into())?;
+            total += u64::from(d.blocks.get());
+            if total > u64::from(max_blocks) {
+                return Err(invalid_param());
+            }
         }
         for d in descs.iter().filter(|d| d.blocks.get() != 0) {
             // One range at a time, never holding one while waiting for
@@ -678,6 +767,11 @@ impl ScsiDisk {
             self.disk.unmap(lba, blocks, opts).await?;
         }
         Ok(param_len)
+    }
+
+    /// The MAXIMUM UNMAP LBA COUNT: [`MAX_UNMAP_BYTES`] in blocks.
+    fn max_unmap_blocks(&self) -> u32 {
+        u32::try_from(MAX_UNMAP_BYTES >> self.disk.sector_shift()).unwrap_or(u32::MAX)
     }
 
     async fn compare_and_write(&self, data: &SgList<'_>, t: Transfer, opts: IoOptions) -> Res {
@@ -712,18 +806,13 @@ impl ScsiDisk {
         let ss = self.disk.sector_size();
         let phys = self.disk.physical_sector_size().max(ss);
         let exp = (phys / ss).trailing_zeros().min(15) as u8;
-        let mut lbp = 0;
-        if self.unmap {
-            lbp |= 0x80;
-            if self.disk.unmap_behavior() == UnmapBehavior::Zeroes {
-                lbp |= 0x40;
-            }
-        }
         let d = ReadCapacity16Data {
             last_lba: self.capacity().saturating_sub(1).into(),
             block_len: ss.into(),
-            exponents: exp,
-            lbp_aligned_hi: lbp,
+            exponents: CapacityExponents::new().with_lb_per_pb(exp),
+            provisioning: CapacityProvisioning::new()
+                .with_lbpme(self.unmap)
+                .with_lbprz(self.unmap && self.disk.unmap_behavior() == UnmapBehavior::Zeroes),
             ..Default::default()
         };
         data_in(data, d.as_bytes(), alloc_len)
@@ -778,9 +867,10 @@ fn first_mismatch(a: &[u8], b: &[u8]) -> Option<usize> {
 /// MISCOMPARE sense with the offset of the first differing byte.
 fn miscompare(offset: usize) -> ScsiResult {
     ScsiResult::check(SenseData {
-        key: sense_key::MISCOMPARE,
-        asc: asc::MISCOMPARE_DURING_VERIFY,
-        ascq: 0,
         information: Some(offset as u64),
+        ..SenseData::new(
+            SenseKey::MISCOMPARE,
+            AdditionalSense::MISCOMPARE_DURING_VERIFY,
+        )
     })
 }

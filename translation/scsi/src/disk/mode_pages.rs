@@ -6,26 +6,29 @@ use crate::mode_pages::{check_mode_sense, mode_select_pages, mode_sense_data};
 use crate::result::{Res, invalid_cdb, invalid_param};
 use alloc::vec::Vec;
 use parastor_core::SgList;
-use parastor_hw::scsi::{CACHING_WCE, CachingPage, ControlPage, mode};
+use parastor_hw::scsi::{
+    CachingFlags, CachingPage, ControlPage, ControlQueue, DeviceSpecific, ModePage, ModePageCode,
+    PageControl,
+};
 use zerocopy::IntoBytes;
 
 impl ScsiDisk {
-    fn caching_page(&self, pc: u8) -> CachingPage {
-        let wce = pc != mode::PC_CHANGEABLE && self.params.write_cache;
+    fn caching_page(&self, pc: PageControl) -> CachingPage {
+        let wce = pc != PageControl::CHANGEABLE && self.params.write_cache;
         CachingPage {
-            page: mode::CACHING_PAGE,
+            page: ModePageCode::new().with_page(ModePage::CACHING),
             len: (size_of::<CachingPage>() - 2) as u8,
-            flags: if wce { CACHING_WCE } else { 0 },
+            flags: CachingFlags::new().with_wce(wce),
             ..Default::default()
         }
     }
 
-    fn control_page(&self, pc: u8) -> ControlPage {
+    fn control_page(&self, pc: PageControl) -> ControlPage {
         ControlPage {
-            page: mode::CONTROL_PAGE,
+            page: ModePageCode::new().with_page(ModePage::CONTROL),
             len: (size_of::<ControlPage>() - 2) as u8,
-            // Unrestricted reordering of commands.
-            queue: if pc == mode::PC_CHANGEABLE { 0 } else { 0x10 },
+            // Queue algorithm modifier 1: unrestricted reordering of commands.
+            queue: ControlQueue::new().with_algorithm(u8::from(pc != PageControl::CHANGEABLE)),
             ..Default::default()
         }
     }
@@ -33,8 +36,8 @@ impl ScsiDisk {
     pub(super) fn mode_sense(
         &self,
         data: &SgList<'_>,
-        pc: u8,
-        page: u8,
+        pc: PageControl,
+        page: ModePage,
         subpage: u8,
         alloc_len: usize,
         long: bool,
@@ -42,21 +45,17 @@ impl ScsiDisk {
         check_mode_sense(pc, page, subpage)?;
         let mut pages = Vec::new();
         match page {
-            mode::CACHING_PAGE => pages.extend_from_slice(self.caching_page(pc).as_bytes()),
-            mode::CONTROL_PAGE => pages.extend_from_slice(self.control_page(pc).as_bytes()),
-            mode::ALL_PAGES => {
+            ModePage::CACHING => pages.extend_from_slice(self.caching_page(pc).as_bytes()),
+            ModePage::CONTROL => pages.extend_from_slice(self.control_page(pc).as_bytes()),
+            ModePage::ALL => {
                 pages.extend_from_slice(self.caching_page(pc).as_bytes());
                 pages.extend_from_slice(self.control_page(pc).as_bytes());
             }
             _ => return Err(invalid_cdb()),
         }
-        let mut dsp = 0;
-        if self.disk.is_read_only() {
-            dsp |= mode::DSP_WP;
-        }
-        if self.fua {
-            dsp |= mode::DSP_DPOFUA;
-        }
+        let dsp = DeviceSpecific::new()
+            .with_wp(self.disk.is_read_only())
+            .with_dpofua(self.fua);
         mode_sense_data(data, long, dsp, &pages, alloc_len)
     }
 
@@ -71,10 +70,15 @@ impl ScsiDisk {
         mode_select_pages(data, pf, sp, param_len, long, |code, body| {
             // Only the caching page, unchanged WCE (OpenHCL's rule: the
             // write cache setting belongs to the host).
-            if code != mode::CACHING_PAGE || body.len() != size_of::<CachingPage>() - 2 {
-                return Err(invalid_param());
-            }
-            if (body[0] & CACHING_WCE != 0) != self.params.write_cache {
+            let flags = match body {
+                [flags, ..]
+                    if code == ModePage::CACHING && body.len() == size_of::<CachingPage>() - 2 =>
+                {
+                    CachingFlags::from_bits(*flags)
+                }
+                _ => return Err(invalid_param()),
+            };
+            if flags.wce() != self.params.write_cache {
                 return Err(invalid_param());
             }
             Ok(())

@@ -17,7 +17,9 @@ use crate::data::data_in;
 use crate::result::{Res, invalid_cdb};
 use alloc::vec::Vec;
 use parastor_core::SgList;
-use parastor_hw::scsi::{op, pr};
+use parastor_hw::scsi::{
+    MaintenanceIn, PrInAction, PrOutAction, ReportingOptions, ScsiOp, ServiceActionIn,
+};
 
 /// What a command needs from the disk before the adapter offers it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +40,7 @@ pub(super) enum Needs {
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Supported {
     /// Operation code.
-    pub(super) op: u8,
+    pub(super) op: ScsiOp,
     /// Service action, if the operation code has service actions.
     pub(super) sa: Option<u8>,
     /// When the command is offered.
@@ -58,7 +60,7 @@ const VFY: u8 = 0xE7;
 /// Every bit of the byte is evaluated.
 const F: u8 = 0xFF;
 
-const fn always(op: u8, usage: &'static [u8]) -> Supported {
+const fn always(op: ScsiOp, usage: &'static [u8]) -> Supported {
     Supported {
         op,
         sa: None,
@@ -67,7 +69,7 @@ const fn always(op: u8, usage: &'static [u8]) -> Supported {
     }
 }
 
-const fn with_sa(op: u8, sa: u8, needs: Needs, usage: &'static [u8]) -> Supported {
+const fn with_sa(op: ScsiOp, sa: u8, needs: Needs, usage: &'static [u8]) -> Supported {
     Supported {
         op,
         sa: Some(sa),
@@ -81,79 +83,79 @@ use Needs::{RegisterAndMove as Rm, Reservations as Pr};
 /// Every command the adapter runs, in operation code order.
 #[rustfmt::skip]
 pub(super) const SUPPORTED: &[Supported] = &[
-    always(op::TEST_UNIT_READY, &[0x00, 0, 0, 0, 0, C]),
+    always(ScsiOp::TEST_UNIT_READY, &[0x00, 0, 0, 0, 0, C]),
     // DESC; allocation length.
-    always(op::REQUEST_SENSE, &[0x03, 0x01, 0, 0, F, C]),
+    always(ScsiOp::REQUEST_SENSE, &[0x03, 0x01, 0, 0, F, C]),
     // Accepted without effect: no field is looked at.
-    always(op::FORMAT_UNIT, &[0x04, 0, 0, 0, 0, C]),
+    always(ScsiOp::FORMAT_UNIT, &[0x04, 0, 0, 0, 0, C]),
     // LBA (20:0), transfer length.
-    always(op::READ6, &[0x08, 0x1F, F, F, F, C]),
-    always(op::WRITE6, &[0x0A, 0x1F, F, F, F, C]),
+    always(ScsiOp::READ6, &[0x08, 0x1F, F, F, F, C]),
+    always(ScsiOp::WRITE6, &[0x0A, 0x1F, F, F, F, C]),
     // CMDDT (refused), EVPD; page code; allocation length.
-    always(op::INQUIRY, &[0x12, 0x03, F, F, F, C]),
+    always(ScsiOp::INQUIRY, &[0x12, 0x03, F, F, F, C]),
     // PF, SP; parameter list length.
-    always(op::MODE_SELECT6, &[0x15, 0x11, 0, 0, F, C]),
-    always(op::RESERVE6, &[0x16, 0, 0, 0, 0, C]),
-    always(op::RELEASE6, &[0x17, 0, 0, 0, 0, C]),
+    always(ScsiOp::MODE_SELECT6, &[0x15, 0x11, 0, 0, F, C]),
+    always(ScsiOp::RESERVE6, &[0x16, 0, 0, 0, 0, C]),
+    always(ScsiOp::RELEASE6, &[0x17, 0, 0, 0, 0, C]),
     // PC and page code; subpage; allocation length (DBD ignored: no block
     // descriptors are ever returned).
-    always(op::MODE_SENSE6, &[0x1A, 0, F, F, F, C]),
+    always(ScsiOp::MODE_SENSE6, &[0x1A, 0, F, F, F, C]),
     // IMMED; power condition (7:4), LOEJ, START.
-    always(op::START_STOP_UNIT, &[0x1B, 0x01, 0, 0, 0xF3, C]),
+    always(ScsiOp::START_STOP_UNIT, &[0x1B, 0x01, 0, 0, 0xF3, C]),
     // Self-test code (7:5), PF, SELFTEST; parameter list length.
-    always(op::SEND_DIAGNOSTIC, &[0x1D, 0xF4, 0, F, F, C]),
-    always(op::PREVENT_ALLOW_MEDIUM_REMOVAL, &[0x1E, 0, 0, 0, 0, C]),
+    always(ScsiOp::SEND_DIAGNOSTIC, &[0x1D, 0xF4, 0, F, F, C]),
+    always(ScsiOp::PREVENT_ALLOW_MEDIUM_REMOVAL, &[0x1E, 0, 0, 0, 0, C]),
     // The obsolete LBA and PMI fields are ignored.
-    always(op::READ_CAPACITY10, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, C]),
-    always(op::READ10, &[0x28, RW, F, F, F, F, 0, F, F, C]),
-    always(op::WRITE10, &[0x2A, RW, F, F, F, F, 0, F, F, C]),
-    always(op::WRITE_VERIFY10, &[0x2E, VFY, F, F, F, F, 0, F, F, C]),
-    always(op::VERIFY10, &[0x2F, VFY, F, F, F, F, 0, F, F, C]),
+    always(ScsiOp::READ_CAPACITY10, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, C]),
+    always(ScsiOp::READ10, &[0x28, RW, F, F, F, F, 0, F, F, C]),
+    always(ScsiOp::WRITE10, &[0x2A, RW, F, F, F, F, 0, F, F, C]),
+    always(ScsiOp::WRITE_VERIFY10, &[0x2E, VFY, F, F, F, F, 0, F, F, C]),
+    always(ScsiOp::VERIFY10, &[0x2F, VFY, F, F, F, F, 0, F, F, C]),
     // IMMED; LBA; number of blocks.
-    always(op::SYNCHRONIZE_CACHE10, &[0x35, 0x02, F, F, F, F, 0, F, F, C]),
+    always(ScsiOp::SYNCHRONIZE_CACHE10, &[0x35, 0x02, F, F, F, F, 0, F, F, C]),
     // WRPROTECT, ANCHOR, UNMAP, the obsolete PBDATA / LBDATA (refused).
-    always(op::WRITE_SAME10, &[0x41, 0xFE, F, F, F, F, 0, F, F, C]),
+    always(ScsiOp::WRITE_SAME10, &[0x41, 0xFE, F, F, F, F, 0, F, F, C]),
     // ANCHOR; parameter list length.
-    Supported { op: op::UNMAP, sa: None, needs: Needs::Unmap, usage: &[0x42, 0x01, 0, 0, 0, 0, 0, F, F, C] },
-    always(op::MODE_SELECT10, &[0x55, 0x11, 0, 0, 0, 0, 0, F, F, C]),
-    always(op::MODE_SENSE10, &[0x5A, 0, F, F, 0, 0, 0, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_IN, pr::IN_READ_KEYS, Pr, &[0x5E, pr::IN_READ_KEYS, 0, 0, 0, 0, 0, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_IN, pr::IN_READ_RESERVATION, Pr, &[0x5E, pr::IN_READ_RESERVATION, 0, 0, 0, 0, 0, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_IN, pr::IN_REPORT_CAPABILITIES, Pr, &[0x5E, pr::IN_REPORT_CAPABILITIES, 0, 0, 0, 0, 0, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_IN, pr::IN_READ_FULL_STATUS, Pr, &[0x5E, pr::IN_READ_FULL_STATUS, 0, 0, 0, 0, 0, F, F, C]),
+    Supported { op: ScsiOp::UNMAP, sa: None, needs: Needs::Unmap, usage: &[0x42, 0x01, 0, 0, 0, 0, 0, F, F, C] },
+    always(ScsiOp::MODE_SELECT10, &[0x55, 0x11, 0, 0, 0, 0, 0, F, F, C]),
+    always(ScsiOp::MODE_SENSE10, &[0x5A, 0, F, F, 0, 0, 0, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_IN, PrInAction::READ_KEYS.get(), Pr, &[0x5E, PrInAction::READ_KEYS.get(), 0, 0, 0, 0, 0, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_IN, PrInAction::READ_RESERVATION.get(), Pr, &[0x5E, PrInAction::READ_RESERVATION.get(), 0, 0, 0, 0, 0, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_IN, PrInAction::REPORT_CAPABILITIES.get(), Pr, &[0x5E, PrInAction::REPORT_CAPABILITIES.get(), 0, 0, 0, 0, 0, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_IN, PrInAction::READ_FULL_STATUS.get(), Pr, &[0x5E, PrInAction::READ_FULL_STATUS.get(), 0, 0, 0, 0, 0, F, F, C]),
     // SCOPE and TYPE only where the service action uses them (SPC-5:
     // REGISTER, CLEAR and REGISTER AND IGNORE EXISTING KEY ignore them);
     // parameter list length.
-    with_sa(op::PERSISTENT_RESERVE_OUT, pr::OUT_REGISTER, Pr, &[0x5F, pr::OUT_REGISTER, 0, 0, 0, F, F, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_OUT, pr::OUT_RESERVE, Pr, &[0x5F, pr::OUT_RESERVE, F, 0, 0, F, F, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_OUT, pr::OUT_RELEASE, Pr, &[0x5F, pr::OUT_RELEASE, F, 0, 0, F, F, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_OUT, pr::OUT_CLEAR, Pr, &[0x5F, pr::OUT_CLEAR, 0, 0, 0, F, F, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_OUT, pr::OUT_PREEMPT, Pr, &[0x5F, pr::OUT_PREEMPT, F, 0, 0, F, F, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_OUT, pr::OUT_PREEMPT_AND_ABORT, Pr, &[0x5F, pr::OUT_PREEMPT_AND_ABORT, F, 0, 0, F, F, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_OUT, pr::OUT_REGISTER_AND_IGNORE, Pr, &[0x5F, pr::OUT_REGISTER_AND_IGNORE, 0, 0, 0, F, F, F, F, C]),
-    with_sa(op::PERSISTENT_RESERVE_OUT, pr::OUT_REGISTER_AND_MOVE, Rm, &[0x5F, pr::OUT_REGISTER_AND_MOVE, F, 0, 0, F, F, F, F, C]),
-    always(op::READ16, &[0x88, RW, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::REGISTER.get(), Pr, &[0x5F, PrOutAction::REGISTER.get(), 0, 0, 0, F, F, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::RESERVE.get(), Pr, &[0x5F, PrOutAction::RESERVE.get(), F, 0, 0, F, F, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::RELEASE.get(), Pr, &[0x5F, PrOutAction::RELEASE.get(), F, 0, 0, F, F, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::CLEAR.get(), Pr, &[0x5F, PrOutAction::CLEAR.get(), 0, 0, 0, F, F, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::PREEMPT.get(), Pr, &[0x5F, PrOutAction::PREEMPT.get(), F, 0, 0, F, F, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::PREEMPT_AND_ABORT.get(), Pr, &[0x5F, PrOutAction::PREEMPT_AND_ABORT.get(), F, 0, 0, F, F, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::REGISTER_AND_IGNORE.get(), Pr, &[0x5F, PrOutAction::REGISTER_AND_IGNORE.get(), 0, 0, 0, F, F, F, F, C]),
+    with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::REGISTER_AND_MOVE.get(), Rm, &[0x5F, PrOutAction::REGISTER_AND_MOVE.get(), F, 0, 0, F, F, F, F, C]),
+    always(ScsiOp::READ16, &[0x88, RW, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     // WRPROTECT, FUA (DPO and the obsolete FUA_NV ignored); LBA; number of
     // blocks.
-    always(op::COMPARE_AND_WRITE, &[0x89, 0xE8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0, C]),
-    always(op::WRITE16, &[0x8A, RW, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
-    always(op::WRITE_VERIFY16, &[0x8E, VFY, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
-    always(op::VERIFY16, &[0x8F, VFY, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
-    always(op::SYNCHRONIZE_CACHE16, &[0x91, 0x02, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::COMPARE_AND_WRITE, &[0x89, 0xE8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0, C]),
+    always(ScsiOp::WRITE16, &[0x8A, RW, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::WRITE_VERIFY16, &[0x8E, VFY, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::VERIFY16, &[0x8F, VFY, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::SYNCHRONIZE_CACHE16, &[0x91, 0x02, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     // WRPROTECT, ANCHOR, UNMAP, PBDATA / LBDATA (refused), NDOB.
-    always(op::WRITE_SAME16, &[0x93, F, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::WRITE_SAME16, &[0x93, F, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     // The obsolete LBA and PMI fields are ignored; allocation length.
-    with_sa(op::SERVICE_ACTION_IN16, op::SA_READ_CAPACITY16, Needs::Always, &[0x9E, op::SA_READ_CAPACITY16, 0, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, C]),
+    with_sa(ScsiOp::SERVICE_ACTION_IN16, ServiceActionIn::READ_CAPACITY16.get(), Needs::Always, &[0x9E, ServiceActionIn::READ_CAPACITY16.get(), 0, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, C]),
     // Starting LBA; allocation length (REPORT TYPE ignored: every block
     // is reported mapped).
-    with_sa(op::SERVICE_ACTION_IN16, op::SA_GET_LBA_STATUS, Needs::Always, &[0x9E, op::SA_GET_LBA_STATUS, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    with_sa(ScsiOp::SERVICE_ACTION_IN16, ServiceActionIn::GET_LBA_STATUS.get(), Needs::Always, &[0x9E, ServiceActionIn::GET_LBA_STATUS.get(), F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     // RCTD, REPORTING OPTIONS; requested operation code and service
     // action; allocation length.
-    with_sa(op::MAINTENANCE_IN, op::SA_REPORT_SUPPORTED_OPCODES, Needs::Always, &[0xA3, op::SA_REPORT_SUPPORTED_OPCODES, 0x87, F, F, F, F, F, F, F, 0, C]),
-    always(op::READ12, &[0xA8, RW, F, F, F, F, F, F, F, F, 0, C]),
-    always(op::WRITE12, &[0xAA, RW, F, F, F, F, F, F, F, F, 0, C]),
-    always(op::WRITE_VERIFY12, &[0xAE, VFY, F, F, F, F, F, F, F, F, 0, C]),
-    always(op::VERIFY12, &[0xAF, VFY, F, F, F, F, F, F, F, F, 0, C]),
+    with_sa(ScsiOp::MAINTENANCE_IN, MaintenanceIn::REPORT_SUPPORTED_OPCODES.get(), Needs::Always, &[0xA3, MaintenanceIn::REPORT_SUPPORTED_OPCODES.get(), 0x87, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::READ12, &[0xA8, RW, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::WRITE12, &[0xAA, RW, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::WRITE_VERIFY12, &[0xAE, VFY, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::VERIFY12, &[0xAF, VFY, F, F, F, F, F, F, F, F, 0, C]),
 ];
 
 /// A command timeouts descriptor (SPC-5 6.35.4) with no timeouts
@@ -188,19 +190,19 @@ impl ScsiDisk {
         &self,
         data: &SgList<'_>,
         rctd: bool,
-        options: u8,
-        opcode: u8,
+        options: ReportingOptions,
+        opcode: ScsiOp,
         service_action: u16,
         alloc_len: usize,
     ) -> Res {
         let timeouts: &[u8] = if rctd { &NO_TIMEOUTS } else { &[] };
         let mut out = Vec::new();
-        if options == 0 {
+        if options == ReportingOptions::ALL {
             // All commands: a 4-byte length, then one command descriptor
             // (8 bytes, plus a timeouts descriptor with RCTD) each.
             out.extend_from_slice(&[0; 4]);
             for e in self.offered() {
-                out.push(e.op);
+                out.push(e.op.get());
                 out.push(0);
                 out.extend_from_slice(&u16::from(e.sa.unwrap_or(0)).to_be_bytes());
                 out.push(0);
@@ -213,7 +215,7 @@ impl ScsiDisk {
             out[..4].copy_from_slice(&len.to_be_bytes());
             return data_in(data, &out, alloc_len);
         }
-        if options > 3 {
+        if options.get() > ReportingOptions::ONE.get() {
             return Err(invalid_cdb());
         }
         // One command. An operation code this disk does not run at all is
@@ -223,8 +225,12 @@ impl ScsiDisk {
             None => None,
             // 001b names an operation code without service actions, 010b
             // one with them.
-            Some(true) if options == 1 => return Err(invalid_cdb()),
-            Some(false) if options == 2 => return Err(invalid_cdb()),
+            Some(true) if options == ReportingOptions::ONE_NO_SERVICE_ACTION => {
+                return Err(invalid_cdb());
+            }
+            Some(false) if options == ReportingOptions::ONE_SERVICE_ACTION => {
+                return Err(invalid_cdb());
+            }
             // 011b: the service action is ignored for an operation code
             // without service actions.
             Some(false) => for_op.next(),

@@ -11,23 +11,25 @@ use alloc::vec::Vec;
 use parastor_core::{
     DiskError, InitiatorId, PersistentReservations, ReservationReport, ReservationType,
 };
-use parastor_hw::scsi::{PrOutParams, PrRegisterMoveParams, asc, pr};
+use parastor_hw::scsi::{
+    AdditionalSense, PrInAction, PrOutAction, PrOutParams, PrRegisterMoveParams, PrType, ProtocolId,
+};
 use zerocopy::FromBytes;
 
 /// The SPC type code of `kind`.
-pub(super) fn type_code(kind: ReservationType) -> u8 {
+pub(super) fn type_code(kind: ReservationType) -> PrType {
     match kind {
-        ReservationType::WriteExclusive => pr::TYPE_WRITE_EXCLUSIVE,
-        ReservationType::ExclusiveAccess => pr::TYPE_EXCLUSIVE_ACCESS,
-        ReservationType::WriteExclusiveRegistrantsOnly => pr::TYPE_WRITE_EXCLUSIVE_RO,
-        ReservationType::ExclusiveAccessRegistrantsOnly => pr::TYPE_EXCLUSIVE_ACCESS_RO,
-        ReservationType::WriteExclusiveAllRegistrants => pr::TYPE_WRITE_EXCLUSIVE_AR,
-        ReservationType::ExclusiveAccessAllRegistrants => pr::TYPE_EXCLUSIVE_ACCESS_AR,
+        ReservationType::WriteExclusive => PrType::WRITE_EXCLUSIVE,
+        ReservationType::ExclusiveAccess => PrType::EXCLUSIVE_ACCESS,
+        ReservationType::WriteExclusiveRegistrantsOnly => PrType::WRITE_EXCLUSIVE_RO,
+        ReservationType::ExclusiveAccessRegistrantsOnly => PrType::EXCLUSIVE_ACCESS_RO,
+        ReservationType::WriteExclusiveAllRegistrants => PrType::WRITE_EXCLUSIVE_AR,
+        ReservationType::ExclusiveAccessAllRegistrants => PrType::EXCLUSIVE_ACCESS_AR,
     }
 }
 
 /// The reservation type of SPC type code `code`.
-pub(super) fn from_type_code(code: u8) -> Option<ReservationType> {
+pub(super) fn from_type_code(code: PrType) -> Option<ReservationType> {
     ReservationType::ALL
         .into_iter()
         .find(|&k| type_code(k) == code)
@@ -39,7 +41,7 @@ const TRANSPORT_ID_LEN: usize = 24;
 /// The TransportID that names `initiator`.
 fn transport_id(initiator: InitiatorId) -> [u8; TRANSPORT_ID_LEN] {
     let mut t = [0u8; TRANSPORT_ID_LEN];
-    t[0] = pr::PROTOCOL_NONE;
+    t[0] = ProtocolId::NONE.get();
     t[8..24].copy_from_slice(&initiator.to_bytes());
     t
 }
@@ -65,7 +67,7 @@ fn read_reservation(r: &ReservationReport) -> Vec<u8> {
         (Some(kind), Some(key)) => {
             push_u32(&mut v, 16);
             v.extend_from_slice(&key.to_be_bytes());
-            v.extend_from_slice(&[0, 0, 0, 0, 0, type_code(kind), 0, 0]);
+            v.extend_from_slice(&[0, 0, 0, 0, 0, type_code(kind).get(), 0, 0]);
         }
         _ => push_u32(&mut v, 0),
     }
@@ -79,7 +81,7 @@ fn read_full_status(r: &ReservationReport) -> Vec<u8> {
         body.extend_from_slice(&[0; 4]);
         body.push(u8::from(reg.holds_reservation));
         let kind = match r.reservation {
-            Some(k) if reg.holds_reservation => type_code(k),
+            Some(k) if reg.holds_reservation => type_code(k).get(),
             _ => 0,
         };
         body.push(kind);
@@ -108,15 +110,15 @@ impl ScsiDisk {
     pub(super) async fn pr_in(
         &self,
         data: &parastor_core::SgList<'_>,
-        service_action: u8,
+        service_action: PrInAction,
         alloc_len: usize,
         _initiator: InitiatorId,
     ) -> Res {
         let prs = self.reservations()?;
         let out = match service_action {
-            pr::IN_READ_KEYS => read_keys(&prs.report().await?),
-            pr::IN_READ_RESERVATION => read_reservation(&prs.report().await?),
-            pr::IN_REPORT_CAPABILITIES => {
+            PrInAction::READ_KEYS => read_keys(&prs.report().await?),
+            PrInAction::READ_RESERVATION => read_reservation(&prs.report().await?),
+            PrInAction::REPORT_CAPABILITIES => {
                 let caps = prs.capabilities();
                 let ptpl_a = prs.report().await?.persist_through_power_loss;
                 let mut mask = 0u16;
@@ -142,7 +144,7 @@ impl ScsiDisk {
                 v.extend_from_slice(&[0, 0]);
                 v
             }
-            pr::IN_READ_FULL_STATUS => read_full_status(&prs.report().await?),
+            PrInAction::READ_FULL_STATUS => read_full_status(&prs.report().await?),
             _ => return Err(invalid_cdb()),
         };
         data_in(data, &out, alloc_len)
@@ -151,16 +153,16 @@ impl ScsiDisk {
     pub(super) async fn pr_out(
         &self,
         data: &parastor_core::SgList<'_>,
-        service_action: u8,
+        service_action: PrOutAction,
         scope: u8,
-        kind: u8,
+        kind: PrType,
         param_len: u32,
         initiator: InitiatorId,
     ) -> Res {
         let prs = self.reservations()?;
         let caps = prs.capabilities();
         let param_len = param_len as usize;
-        if service_action == pr::OUT_REGISTER_AND_MOVE {
+        if service_action == PrOutAction::REGISTER_AND_MOVE {
             const HEADER: usize = size_of::<PrRegisterMoveParams>();
             if param_len < HEADER || param_len > data.len() {
                 return Err(param_len_error());
@@ -181,13 +183,13 @@ impl ScsiDisk {
                 .get(..TRANSPORT_ID_LEN)
                 .filter(|_| tid_len >= TRANSPORT_ID_LEN)
                 .ok_or_else(invalid_param)?;
-            if tid[0] & 0x0F != pr::PROTOCOL_NONE {
+            if ProtocolId::new(tid[0] & 0x0F) != ProtocolId::NONE {
                 return Err(invalid_param());
             }
             let mut id = [0u8; 16];
             id.copy_from_slice(&tid[8..24]);
             let target = InitiatorId::new(u128::from_be_bytes(id));
-            let aptpl = p.flags & 1 != 0;
+            let aptpl = p.flags.aptpl();
             if aptpl && !caps.persist_through_power_loss {
                 return Err(invalid_param());
             }
@@ -196,13 +198,13 @@ impl ScsiDisk {
                 p.key.get(),
                 p.sa_key.get(),
                 target,
-                p.flags & 2 != 0,
+                p.flags.unreg(),
                 aptpl,
             )
             .await?;
             return Ok(param_len);
         }
-        if service_action > pr::OUT_REGISTER_AND_IGNORE {
+        if service_action > PrOutAction::REGISTER_AND_IGNORE {
             return Err(invalid_cdb());
         }
         if param_len != 24 {
@@ -215,16 +217,20 @@ impl ScsiDisk {
         // actions ignore it), and only where the disk can persist.
         let registering = matches!(
             service_action,
-            pr::OUT_REGISTER | pr::OUT_REGISTER_AND_IGNORE
+            PrOutAction::REGISTER | PrOutAction::REGISTER_AND_IGNORE
         );
-        let aptpl = registering && p.flags & 1 != 0;
+        let aptpl = registering && p.flags.aptpl();
         // SPEC_I_PT and ALL_TG_PT are not supported (SIP_C = ATP_C = 0).
-        if p.flags & 0x0C != 0 || (aptpl && !caps.persist_through_power_loss) {
+        if p.flags.spec_i_pt() || p.flags.all_tg_pt() || (aptpl && !caps.persist_through_power_loss)
+        {
             return Err(invalid_param());
         }
         let kind = if matches!(
             service_action,
-            pr::OUT_RESERVE | pr::OUT_RELEASE | pr::OUT_PREEMPT | pr::OUT_PREEMPT_AND_ABORT
+            PrOutAction::RESERVE
+                | PrOutAction::RELEASE
+                | PrOutAction::PREEMPT
+                | PrOutAction::PREEMPT_AND_ABORT
         ) {
             if scope != 0 {
                 return Err(invalid_cdb());
@@ -238,26 +244,25 @@ impl ScsiDisk {
             None
         };
         match (service_action, kind) {
-            (pr::OUT_REGISTER, _) => {
+            (PrOutAction::REGISTER, _) => {
                 prs.register(initiator, Some(key), sa_key, Some(aptpl))
                     .await?
             }
-            (pr::OUT_REGISTER_AND_IGNORE, _) => {
+            (PrOutAction::REGISTER_AND_IGNORE, _) => {
                 prs.register(initiator, None, sa_key, Some(aptpl)).await?
             }
-            (pr::OUT_RESERVE, Some(k)) => prs.reserve(initiator, key, k).await?,
-            (pr::OUT_RELEASE, Some(k)) => match prs.release(initiator, key, k).await {
+            (PrOutAction::RESERVE, Some(k)) => prs.reserve(initiator, key, k).await?,
+            (PrOutAction::RELEASE, Some(k)) => match prs.release(initiator, key, k).await {
                 Err(DiskError::InvalidInput(_)) => {
-                    return Err(illegal(
-                        asc::INVALID_FIELD_IN_PARAMETER_LIST,
-                        asc::ASCQ_INVALID_RELEASE,
-                    ));
+                    return Err(illegal(AdditionalSense::INVALID_RELEASE));
                 }
                 r => r?,
             },
-            (pr::OUT_CLEAR, _) => prs.clear(initiator, key).await?,
-            (pr::OUT_PREEMPT, Some(k)) => prs.preempt(initiator, key, sa_key, k, false).await?,
-            (pr::OUT_PREEMPT_AND_ABORT, Some(k)) => {
+            (PrOutAction::CLEAR, _) => prs.clear(initiator, key).await?,
+            (PrOutAction::PREEMPT, Some(k)) => {
+                prs.preempt(initiator, key, sa_key, k, false).await?
+            }
+            (PrOutAction::PREEMPT_AND_ABORT, Some(k)) => {
                 prs.preempt(initiator, key, sa_key, k, true).await?
             }
             _ => return Err(invalid_cdb()),

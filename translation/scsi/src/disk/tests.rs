@@ -9,8 +9,9 @@ use parastor_core::{
     GuestMemory, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind, RamGuestMemory,
     ReservationsDisk,
 };
-use parastor_hw::scsi::status;
-use parastor_hw::scsi::{op, pr};
+use parastor_hw::scsi::{
+    MaintenanceIn, PrInAction, PrOutAction, ProtocolId, ScsiOp, ScsiStatus, ServiceActionIn,
+};
 
 const SS: u32 = 512;
 const SECTORS: u64 = 2048;
@@ -20,6 +21,8 @@ struct Env {
     mem: RamGuestMemory,
     ram: RamDisk,
     scsi: ScsiDisk,
+    /// How the commands [`Env::run_as`] issues deliver their sense.
+    delivery: SenseDelivery,
 }
 
 fn env_with(params: DiskParams, pr: bool) -> Env {
@@ -32,6 +35,7 @@ fn env_with(params: DiskParams, pr: bool) -> Env {
         mem: RamGuestMemory::new(64 << 20),
         ram,
         scsi: ScsiDisk::new(disk, params),
+        delivery: SenseDelivery::RequestSense,
     }
 }
 
@@ -71,7 +75,7 @@ impl Env {
         len: usize,
     ) -> (ScsiResult, Vec<u8>) {
         with_buffer(&self.mem, out, len, |sg| {
-            block_on(self.scsi.execute(cdb, sg, who))
+            block_on(self.scsi.execute(cdb, sg, who, self.delivery))
         })
     }
 
@@ -81,13 +85,18 @@ impl Env {
 
     fn ok(&self, cdb: &[u8], out: &[u8], len: usize) -> Vec<u8> {
         let (r, data) = self.run(cdb, out, len);
-        assert_eq!(r.status, status::GOOD, "{cdb:02x?}: {r:?}");
+        assert_eq!(r.status, ScsiStatus::GOOD, "{cdb:02x?}: {r:?}");
         data[..r.tx.min(len)].to_vec()
     }
 
     fn write(&self, lba: u64, data: &[u8]) {
         self.ok(
-            &rw16(op::WRITE16, 0, lba, (data.len() / SS as usize) as u32),
+            &rw16(
+                ScsiOp::WRITE16.get(),
+                0,
+                lba,
+                (data.len() / SS as usize) as u32,
+            ),
             data,
             data.len(),
         );
@@ -95,7 +104,7 @@ impl Env {
 
     fn read(&self, lba: u64, blocks: u32) -> Vec<u8> {
         self.ok(
-            &rw16(op::READ16, 0, lba, blocks),
+            &rw16(ScsiOp::READ16.get(), 0, lba, blocks),
             &[],
             blocks as usize * SS as usize,
         )
@@ -139,9 +148,9 @@ fn pattern(len: usize, seed: u8) -> Vec<u8> {
 }
 
 fn sense_of(r: &ScsiResult) -> (u8, u8, u8) {
-    assert_eq!(r.status, status::CHECK_CONDITION, "{r:?}");
+    assert_eq!(r.status, ScsiStatus::CHECK_CONDITION, "{r:?}");
     let s = r.sense.unwrap();
-    (s.key, s.asc, s.ascq)
+    (s.key.get(), s.additional.asc(), s.additional.ascq())
 }
 
 fn expect_sense(e: &Env, cdb: &[u8], out: &[u8], len: usize, want: (u8, u8, u8)) -> ScsiResult {
@@ -159,19 +168,19 @@ const PARAM_LEN: (u8, u8, u8) = (5, 0x1A, 0);
 #[test]
 fn test_unit_ready_and_no_ops() {
     let e = env();
-    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+    e.ok(&[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0], &[], 0);
     for op in [
-        op::FORMAT_UNIT,
-        op::RESERVE6,
-        op::RELEASE6,
-        op::PREVENT_ALLOW_MEDIUM_REMOVAL,
+        ScsiOp::FORMAT_UNIT.get(),
+        ScsiOp::RESERVE6.get(),
+        ScsiOp::RELEASE6.get(),
+        ScsiOp::PREVENT_ALLOW_MEDIUM_REMOVAL.get(),
     ] {
         e.ok(&[op, 0, 0, 0, 0, 0], &[], 0);
     }
-    e.ok(&[op::SEND_DIAGNOSTIC, 0x04, 0, 0, 0, 0], &[], 0);
+    e.ok(&[ScsiOp::SEND_DIAGNOSTIC.get(), 0x04, 0, 0, 0, 0], &[], 0);
     expect_sense(
         &e,
-        &[op::SEND_DIAGNOSTIC, 0x10, 0, 0, 0, 0],
+        &[ScsiOp::SEND_DIAGNOSTIC.get(), 0x10, 0, 0, 0, 0],
         &[],
         0,
         INVALID_CDB,
@@ -182,7 +191,7 @@ fn test_unit_ready_and_no_ops() {
 fn unknown_and_short_cdbs() {
     let e = env();
     expect_sense(&e, &[0x02, 0, 0, 0, 0, 0], &[], 0, INVALID_OPCODE);
-    expect_sense(&e, &[op::READ10, 0, 0], &[], 0, INVALID_CDB);
+    expect_sense(&e, &[ScsiOp::READ10.get(), 0, 0], &[], 0, INVALID_CDB);
     expect_sense(&e, &[], &[], 0, INVALID_CDB);
 }
 
@@ -195,7 +204,7 @@ fn inquiry_standard() {
         ..Default::default()
     };
     let e = env_with(params, false);
-    let d = e.ok(&[op::INQUIRY, 0, 0, 0, 96, 0], &[], 96);
+    let d = e.ok(&[ScsiOp::INQUIRY.get(), 0, 0, 0, 96, 0], &[], 96);
     assert_eq!(d.len(), 36);
     assert_eq!(d[0], 0);
     assert_eq!(d[2], 6);
@@ -204,11 +213,32 @@ fn inquiry_standard() {
     assert_eq!(&d[16..32], b"Product 16 bytes");
     assert_eq!(&d[32..36], b"0.42");
     // Truncated to the allocation length.
-    assert_eq!(e.ok(&[op::INQUIRY, 0, 0, 0, 5, 0], &[], 96).len(), 5);
+    assert_eq!(
+        e.ok(&[ScsiOp::INQUIRY.get(), 0, 0, 0, 5, 0], &[], 96).len(),
+        5
+    );
     // Page code without EVPD, CMDDT, unknown page.
-    expect_sense(&e, &[op::INQUIRY, 0, 0x80, 0, 96, 0], &[], 96, INVALID_CDB);
-    expect_sense(&e, &[op::INQUIRY, 2, 0, 0, 96, 0], &[], 96, INVALID_CDB);
-    expect_sense(&e, &[op::INQUIRY, 1, 0x99, 0, 96, 0], &[], 96, INVALID_CDB);
+    expect_sense(
+        &e,
+        &[ScsiOp::INQUIRY.get(), 0, 0x80, 0, 96, 0],
+        &[],
+        96,
+        INVALID_CDB,
+    );
+    expect_sense(
+        &e,
+        &[ScsiOp::INQUIRY.get(), 2, 0, 0, 96, 0],
+        &[],
+        96,
+        INVALID_CDB,
+    );
+    expect_sense(
+        &e,
+        &[ScsiOp::INQUIRY.get(), 1, 0x99, 0, 96, 0],
+        &[],
+        96,
+        INVALID_CDB,
+    );
 }
 
 #[test]
@@ -221,32 +251,37 @@ fn inquiry_vpd_pages() {
         ..Default::default()
     };
     let e = env_with(params, false);
-    let vpd = |page: u8| e.ok(&[op::INQUIRY, 1, page, 1, 0, 0], &[], 256);
+    let vpd = |page: u8| e.ok(&[ScsiOp::INQUIRY.get(), 1, page, 1, 0, 0], &[], 256);
     let p0 = vpd(0);
     assert_eq!(&p0[..4], &[0, 0, 0, 8]);
     assert_eq!(&p0[4..], &[0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2, 0xCE, 0xCF]);
     let p80 = vpd(0x80);
     assert_eq!(&p80[4..], b"SER123");
-    let p83 = vpd(0x83);
-    assert_eq!(p83[1], 0x83);
-    assert_eq!(&p83[4..8], &[2, 1, 0, 24]);
-    assert_eq!(&p83[8..16], b"Msft    ");
-    assert_eq!(&p83[16..32], &id);
-    assert_eq!(&p83[32..36], &[1, 3, 0, 16]);
-    assert_eq!(&p83[36..40], &[0x60, 0x02, 0x24, 0x80]);
-    assert_eq!(&p83[40..46], &id[0..6]);
-    assert_eq!(&p83[46..52], &id[10..16]);
-    let b0 = vpd(0xB0);
-    assert_eq!(b0.len(), 64);
-    assert_eq!(b0[4], 1, "WSNZ");
-    assert_eq!(b0[5], MAX_COMPARE_AND_WRITE_BLOCKS);
-    assert_eq!(
-        u32::from_be_bytes(b0[8..12].try_into().unwrap()),
-        (8 << 20) / SS
-    );
-    assert_eq!(u32::from_be_bytes(b0[20..24].try_into().unwrap()), u32::MAX);
-    assert_eq!(u32::from_be_bytes(b0[24..28].try_into().unwrap()), 4096);
-    assert_eq!(b0[32] & 0x80, 0x80);
+    // Device identification: a T10 vendor ID designator, then an NAA IEEE
+    // Registered Extended one; both binary (code set 1), both of the LU.
+    let mut want = vec![0, 0x83, 0, 48];
+    want.extend_from_slice(&[1, 1, 0, 24]);
+    want.extend_from_slice(b"Msft    ");
+    want.extend_from_slice(&id);
+    want.extend_from_slice(&[1, 3, 0, 16, 0x60, 0x02, 0x24, 0x80]);
+    want.extend_from_slice(&id[0..6]);
+    want.extend_from_slice(&id[10..16]);
+    assert_eq!(vpd(0x83), want);
+    // Block limits, every byte.
+    let mut want = vec![0u8; 64];
+    want[..4].copy_from_slice(&[0, 0xB0, 0, 60]);
+    want[4] = 1; // WSNZ
+    want[5] = MAX_COMPARE_AND_WRITE_BLOCKS;
+    want[6..8].copy_from_slice(&1u16.to_be_bytes()); // optimal granularity
+    want[8..12].copy_from_slice(&((8u32 << 20) / SS).to_be_bytes()); // max transfer
+    // 12..16: optimal transfer length, not reported; 16..20: prefetch.
+    want[20..24].copy_from_slice(&((MAX_UNMAP_BYTES / u64::from(SS)) as u32).to_be_bytes());
+    want[24..28].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
+    want[28..32].copy_from_slice(&1u32.to_be_bytes()); // optimal unmap granularity
+    want[32] = 0x80; // UGAVALID, alignment 0
+    want[36..44].copy_from_slice(&((64u64 << 20) / u64::from(SS)).to_be_bytes());
+    assert_eq!(vpd(0xB0), want);
+    assert_eq!(&want[20..24], &[0, 0x20, 0, 0], "2 Mi blocks of 512 bytes");
     let b1 = vpd(0xB1);
     assert_eq!(u16::from_be_bytes([b1[4], b1[5]]), 7200);
     let b2 = vpd(0xB2);
@@ -263,7 +298,7 @@ fn inquiry_microsoft_vpd_pages() {
     let e = env();
     let vpd = |page: u8, alloc: u16| {
         let [hi, lo] = alloc.to_be_bytes();
-        e.ok(&[op::INQUIRY, 1, page, hi, lo, 0], &[], 256)
+        e.ok(&[ScsiOp::INQUIRY.get(), 1, page, hi, lo, 0], &[], 256)
     };
     // Paging extent properties: version 1, MODE SELECT extension.
     assert_eq!(vpd(0xCE, 255), [0, 0xCE, 0, 4, 1, 1, 0, 0]);
@@ -289,16 +324,20 @@ fn inquiry_microsoft_vpd_pages() {
         },
         false,
     );
-    let p0 = plain.ok(&[op::INQUIRY, 1, 0, 1, 0, 0], &[], 256);
+    let p0 = plain.ok(&[ScsiOp::INQUIRY.get(), 1, 0, 1, 0, 0], &[], 256);
     assert_eq!(&p0[..4], &[0, 0, 0, 6]);
     assert_eq!(&p0[4..], &[0x00, 0x83, 0xB0, 0xB1, 0xCE, 0xCF]);
     assert!(p0[4..].is_sorted());
     assert_eq!(
-        plain.ok(&[op::INQUIRY, 1, 0xCE, 0, 8, 0], &[], 256).len(),
+        plain
+            .ok(&[ScsiOp::INQUIRY.get(), 1, 0xCE, 0, 8, 0], &[], 256)
+            .len(),
         8
     );
     assert_eq!(
-        plain.ok(&[op::INQUIRY, 1, 0xCF, 0, 24, 0], &[], 256).len(),
+        plain
+            .ok(&[ScsiOp::INQUIRY.get(), 1, 0xCF, 0, 24, 0], &[], 256)
+            .len(),
         24
     );
 }
@@ -306,11 +345,15 @@ fn inquiry_microsoft_vpd_pages() {
 #[test]
 fn read_capacity() {
     let e = env();
-    let d = e.ok(&[op::READ_CAPACITY10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    let d = e.ok(
+        &[ScsiOp::READ_CAPACITY10.get(), 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[],
+        8,
+    );
     assert_eq!(d, [0, 0, 0x07, 0xFF, 0, 0, 2, 0]);
     let mut c = [0u8; 16];
-    c[0] = op::SERVICE_ACTION_IN16;
-    c[1] = op::SA_READ_CAPACITY16;
+    c[0] = ScsiOp::SERVICE_ACTION_IN16.get();
+    c[1] = ServiceActionIn::READ_CAPACITY16.get();
     c[13] = 32;
     let d = e.ok(&c, &[], 64);
     assert_eq!(d.len(), 32);
@@ -330,37 +373,56 @@ fn size_cap_limits_capacity() {
         },
         false,
     );
-    let d = e.ok(&[op::READ_CAPACITY10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    let d = e.ok(
+        &[ScsiOp::READ_CAPACITY10.get(), 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[],
+        8,
+    );
     assert_eq!(&d[..4], &[0, 0, 0, 99]);
-    expect_sense(&e, &rw10(op::READ10, 0, 100, 1), &[], 512, LBA_RANGE);
+    expect_sense(
+        &e,
+        &rw10(ScsiOp::READ10.get(), 0, 100, 1),
+        &[],
+        512,
+        LBA_RANGE,
+    );
 }
 
 #[test]
 fn read_write_every_size() {
     let e = env();
     let data = pattern(4 * SS as usize, 1);
-    e.ok(&rw10(op::WRITE10, 0, 10, 4), &data, data.len());
+    e.ok(&rw10(ScsiOp::WRITE10.get(), 0, 10, 4), &data, data.len());
     assert_eq!(e.read(10, 4), data);
     let data = pattern(2 * SS as usize, 2);
-    e.ok(&rw12(op::WRITE12, 0x08, 20, 2), &data, data.len());
-    assert_eq!(e.ok(&rw12(op::READ12, 0, 20, 2), &[], data.len()), data);
+    e.ok(&rw12(ScsiOp::WRITE12.get(), 0x08, 20, 2), &data, data.len());
+    assert_eq!(
+        e.ok(&rw12(ScsiOp::READ12.get(), 0, 20, 2), &[], data.len()),
+        data
+    );
     let data = pattern(SS as usize, 3);
-    e.ok(&[op::WRITE6, 0, 0, 30, 1, 0], &data, data.len());
-    assert_eq!(e.ok(&[op::READ6, 0, 0, 30, 1, 0], &[], data.len()), data);
+    e.ok(&[ScsiOp::WRITE6.get(), 0, 0, 30, 1, 0], &data, data.len());
+    assert_eq!(
+        e.ok(&[ScsiOp::READ6.get(), 0, 0, 30, 1, 0], &[], data.len()),
+        data
+    );
     let data = pattern(3 * SS as usize, 4);
-    e.ok(&rw16(op::WRITE16, 0x08, 40, 3), &data, data.len());
-    assert_eq!(e.ok(&rw10(op::READ10, 0x08, 40, 3), &[], data.len()), data);
+    e.ok(&rw16(ScsiOp::WRITE16.get(), 0x08, 40, 3), &data, data.len());
+    assert_eq!(
+        e.ok(&rw10(ScsiOp::READ10.get(), 0x08, 40, 3), &[], data.len()),
+        data
+    );
     // Zero-length transfers are no-ops.
-    e.ok(&rw10(op::READ10, 0, 0, 0), &[], 0);
+    e.ok(&rw10(ScsiOp::READ10.get(), 0, 0, 0), &[], 0);
 }
 
 #[test]
 fn read6_length_zero_is_256_blocks() {
     let e = env();
     let data = pattern(256 * SS as usize, 5);
-    let (r, _) = e.run(&[op::WRITE6, 0, 0, 0, 0, 0], &data, data.len());
+    let (r, _) = e.run(&[ScsiOp::WRITE6.get(), 0, 0, 0, 0, 0], &data, data.len());
     assert_eq!(r, ScsiResult::good(256 * SS as usize));
-    let (r, got) = e.run(&[op::READ6, 0, 0, 0, 0, 0], &[], data.len());
+    let (r, got) = e.run(&[ScsiOp::READ6.get(), 0, 0, 0, 0, 0], &[], data.len());
     assert_eq!(r.tx, 256 * SS as usize);
     assert_eq!(got, data);
 }
@@ -370,16 +432,34 @@ fn read_write_errors() {
     let e = env();
     expect_sense(
         &e,
-        &rw10(op::READ10, 0, SECTORS as u32, 1),
+        &rw10(ScsiOp::READ10.get(), 0, SECTORS as u32, 1),
         &[],
         512,
         LBA_RANGE,
     );
-    expect_sense(&e, &rw16(op::WRITE16, 0, u64::MAX, 2), &[], 1024, LBA_RANGE);
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::WRITE16.get(), 0, u64::MAX, 2),
+        &[],
+        1024,
+        LBA_RANGE,
+    );
     // Buffer smaller than the transfer.
-    expect_sense(&e, &rw10(op::READ10, 0, 0, 4), &[], 512, INVALID_CDB);
+    expect_sense(
+        &e,
+        &rw10(ScsiOp::READ10.get(), 0, 0, 4),
+        &[],
+        512,
+        INVALID_CDB,
+    );
     // RelAdr.
-    expect_sense(&e, &rw10(op::READ10, 1, 0, 1), &[], 512, INVALID_CDB);
+    expect_sense(
+        &e,
+        &rw10(ScsiOp::READ10.get(), 1, 0, 1),
+        &[],
+        512,
+        INVALID_CDB,
+    );
     // Larger than the maximum transfer length.
     let small = env_with(
         DiskParams {
@@ -390,7 +470,7 @@ fn read_write_errors() {
     );
     expect_sense(
         &small,
-        &rw10(op::READ10, 0, 0, 9),
+        &rw10(ScsiOp::READ10.get(), 0, 0, 9),
         &[],
         9 * 512,
         INVALID_CDB,
@@ -400,11 +480,11 @@ fn read_write_errors() {
 #[test]
 fn synchronize_cache() {
     let e = env();
-    e.ok(&rw10(op::SYNCHRONIZE_CACHE10, 0, 0, 0), &[], 0);
-    e.ok(&rw16(op::SYNCHRONIZE_CACHE16, 2, 5, 10), &[], 0);
+    e.ok(&rw10(ScsiOp::SYNCHRONIZE_CACHE10.get(), 0, 0, 0), &[], 0);
+    e.ok(&rw16(ScsiOp::SYNCHRONIZE_CACHE16.get(), 2, 5, 10), &[], 0);
     expect_sense(
         &e,
-        &rw16(op::SYNCHRONIZE_CACHE16, 0, SECTORS, 1),
+        &rw16(ScsiOp::SYNCHRONIZE_CACHE16.get(), 0, SECTORS, 1),
         &[],
         0,
         LBA_RANGE,
@@ -426,7 +506,7 @@ fn unmap_list(descs: &[(u64, u32)]) -> Vec<u8> {
 
 fn unmap_cdb(len: u16) -> [u8; 10] {
     let mut c = [0u8; 10];
-    c[0] = op::UNMAP;
+    c[0] = ScsiOp::UNMAP.get();
     c[7..9].copy_from_slice(&len.to_be_bytes());
     c
 }
@@ -475,48 +555,188 @@ fn unmap() {
     );
 }
 
+/// UNMAP refuses a parameter list whose descriptors name more blocks in
+/// all than the MAXIMUM UNMAP LBA COUNT (05/26/00, SBC-4), unmapping
+/// nothing; exactly the limit is served.
+#[test]
+fn unmap_total_is_bounded_by_the_maximum_unmap_lba_count() {
+    let limit = (MAX_UNMAP_BYTES / u64::from(SS)) as u32;
+    // Overlapping descriptors over the whole (small) disk add up.
+    let per = SECTORS as u32;
+    let n = (limit / per) as usize;
+    assert!(n < MAX_UNMAP_DESCRIPTORS as usize);
+    let e = env();
+    let data = pattern(512, 3);
+    e.write(0, &data);
+    let over = unmap_list(&vec![(0, per); n + 1]);
+    expect_sense(
+        &e,
+        &unmap_cdb(over.len() as u16),
+        &over,
+        over.len(),
+        INVALID_PARAM,
+    );
+    assert_eq!(e.read(0, 1), data, "a refused UNMAP unmaps nothing");
+    // One block over, in the last descriptor.
+    let mut descs = vec![(0, per); n];
+    descs.push((0, 1));
+    let over = unmap_list(&descs);
+    expect_sense(
+        &e,
+        &unmap_cdb(over.len() as u16),
+        &over,
+        over.len(),
+        INVALID_PARAM,
+    );
+    assert_eq!(e.read(0, 1), data);
+    // Exactly the limit (zero-length descriptors add nothing).
+    let mut descs = vec![(0, per); n];
+    descs.push((5, 0));
+    let exact = unmap_list(&descs);
+    e.ok(&unmap_cdb(exact.len() as u16), &exact, exact.len());
+    assert_eq!(e.read(0, 1), vec![0; 512]);
+
+    // One descriptor over the limit on its own, on a disk large enough to
+    // hold it (sparse: nothing is allocated).
+    let big = ScsiDisk::new(
+        Disk::new(RamDisk::new((u64::from(limit) + 8) * u64::from(SS), SS).unwrap()).unwrap(),
+        DiskParams::default(),
+    );
+    let e = Env { scsi: big, ..env() };
+    e.write(u64::from(limit), &data);
+    let over = unmap_list(&[(1, limit + 1)]);
+    expect_sense(
+        &e,
+        &unmap_cdb(over.len() as u16),
+        &over,
+        over.len(),
+        INVALID_PARAM,
+    );
+    assert_eq!(e.read(u64::from(limit), 1), data);
+    let exact = unmap_list(&[(1, limit)]);
+    e.ok(&unmap_cdb(exact.len() as u16), &exact, exact.len());
+    assert_eq!(e.read(u64::from(limit), 1), vec![0; 512]);
+    // A 4 KiB-sector disk advertises the same bytes as fewer blocks.
+    let e4k = ScsiDisk::new(
+        Disk::new(RamDisk::new(64 * 4096, 4096).unwrap()).unwrap(),
+        DiskParams::default(),
+    );
+    let e4k = Env { scsi: e4k, ..env() };
+    let b0 = e4k.ok(&[ScsiOp::INQUIRY.get(), 1, 0xB0, 0, 64, 0], &[], 64);
+    assert_eq!(
+        u32::from_be_bytes(b0[20..24].try_into().unwrap()),
+        (MAX_UNMAP_BYTES / 4096) as u32
+    );
+}
+
+/// The MAXIMUM TRANSFER LENGTH is the smaller of the disk's own limit and
+/// what its transport can carry; it is advertised in VPD 0xB0 and a READ
+/// or WRITE above it is INVALID FIELD IN CDB, by `execute` and
+/// `execute_now` alike.
+#[test]
+fn transfer_limit_is_the_smaller_of_disk_and_transport() {
+    let max_transfer = |e: &Env| {
+        let b0 = e.ok(&[ScsiOp::INQUIRY.get(), 1, 0xB0, 0, 64, 0], &[], 64);
+        assert_eq!(&b0[12..16], &[0; 4], "OPTIMAL TRANSFER LENGTH not reported");
+        u32::from_be_bytes(b0[8..12].try_into().unwrap())
+    };
+    let e = env();
+    assert_eq!(max_transfer(&e), (8 << 20) / SS);
+    assert_eq!(e.scsi.max_transfer_bytes(), 8 << 20);
+    // The transport carries 64 KiB: 128 blocks.
+    e.scsi.limit_transfer(64 << 10);
+    assert_eq!(max_transfer(&e), 128);
+    assert_eq!(e.scsi.max_transfer_bytes(), 64 << 10);
+    // A higher limit does not raise it again.
+    e.scsi.limit_transfer(1 << 20);
+    assert_eq!(max_transfer(&e), 128);
+    // Enforced, with a buffer large enough for the whole request.
+    let len = 129 * SS as usize;
+    for cdb in [
+        rw16(ScsiOp::READ16.get(), 0, 0, 129).to_vec(),
+        rw10(ScsiOp::WRITE10.get(), 0, 0, 129).to_vec(),
+        rw16(ScsiOp::VERIFY16.get(), 0x02, 0, 129).to_vec(),
+    ] {
+        expect_sense(&e, &cdb, &pattern(len, 1), len, INVALID_CDB);
+        let ranges = [GpaRange::new(GPA, len as u64)];
+        let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+        if let Some(r) = e.scsi.execute_now(&cdb, &sg, A, e.delivery) {
+            assert_eq!(sense_of(&r), INVALID_CDB, "{cdb:02x?}");
+        }
+    }
+    assert_eq!(e.read(0, 128).len(), 128 * SS as usize);
+    // Whole blocks, at least one.
+    e.scsi.limit_transfer(1000);
+    assert_eq!(max_transfer(&e), 1);
+    e.scsi.limit_transfer(0);
+    assert_eq!(max_transfer(&e), 1);
+    assert_eq!(e.scsi.max_transfer_bytes(), SS);
+    e.read(7, 1);
+    expect_sense(
+        &e,
+        &rw10(ScsiOp::READ10.get(), 0, 7, 2),
+        &[],
+        1024,
+        INVALID_CDB,
+    );
+    // A disk whose own limit is the smaller keeps it.
+    let own = env_with(
+        DiskParams {
+            max_transfer_bytes: 16 << 10,
+            ..Default::default()
+        },
+        false,
+    );
+    own.scsi.limit_transfer(64 << 10);
+    assert_eq!(max_transfer(&own), 32);
+}
+
 #[test]
 fn write_same() {
     let e = env();
     let block = pattern(512, 7);
-    e.ok(&rw10(op::WRITE_SAME10, 0, 100, 300), &block, 512);
+    e.ok(&rw10(ScsiOp::WRITE_SAME10.get(), 0, 100, 300), &block, 512);
     let got = e.read(100, 300);
     for c in got.chunks(512) {
         assert_eq!(c, &block[..]);
     }
     // UNMAP bit with a zero block deallocates (reads as zero).
-    e.ok(&rw16(op::WRITE_SAME16, 0x08, 100, 10), &[0; 512], 512);
+    e.ok(
+        &rw16(ScsiOp::WRITE_SAME16.get(), 0x08, 100, 10),
+        &[0; 512],
+        512,
+    );
     assert!(e.read(100, 10).iter().all(|&b| b == 0));
     assert_eq!(&e.read(110, 1)[..], &block[..]);
     // NDOB: no data-out buffer, zeros.
-    let (r, _) = e.run(&rw16(op::WRITE_SAME16, 0x01, 110, 5), &[], 0);
+    let (r, _) = e.run(&rw16(ScsiOp::WRITE_SAME16.get(), 0x01, 110, 5), &[], 0);
     assert_eq!(r, ScsiResult::good(0));
     assert!(e.read(110, 5).iter().all(|&b| b == 0));
     // Errors.
     expect_sense(
         &e,
-        &rw10(op::WRITE_SAME10, 0, 0, 0),
+        &rw10(ScsiOp::WRITE_SAME10.get(), 0, 0, 0),
         &block,
         512,
         INVALID_CDB,
     );
     expect_sense(
         &e,
-        &rw10(op::WRITE_SAME10, 0, 2040, 9),
+        &rw10(ScsiOp::WRITE_SAME10.get(), 0, 2040, 9),
         &block,
         512,
         LBA_RANGE,
     );
     expect_sense(
         &e,
-        &rw10(op::WRITE_SAME10, 0, 0, 1),
+        &rw10(ScsiOp::WRITE_SAME10.get(), 0, 0, 1),
         &block,
         100,
         INVALID_CDB,
     );
     expect_sense(
         &e,
-        &rw10(op::WRITE_SAME10, 0x02, 0, 1),
+        &rw10(ScsiOp::WRITE_SAME10.get(), 0x02, 0, 1),
         &block,
         512,
         INVALID_CDB,
@@ -529,22 +749,30 @@ fn verify_compares() {
     let data = pattern(4 * 512, 11);
     e.write(50, &data);
     // BYTCHK 0: medium check only.
-    e.ok(&rw10(op::VERIFY10, 0, 50, 4), &[], 0);
+    e.ok(&rw10(ScsiOp::VERIFY10.get(), 0, 50, 4), &[], 0);
     expect_sense(
         &e,
-        &rw10(op::VERIFY10, 0, SECTORS as u32, 1),
+        &rw10(ScsiOp::VERIFY10.get(), 0, SECTORS as u32, 1),
         &[],
         0,
         LBA_RANGE,
     );
     // BYTCHK 1: match and mismatch.
-    e.ok(&rw16(op::VERIFY16, 0x02, 50, 4), &data, data.len());
-    e.ok(&rw12(op::VERIFY12, 0x02, 50, 4), &data, data.len());
+    e.ok(
+        &rw16(ScsiOp::VERIFY16.get(), 0x02, 50, 4),
+        &data,
+        data.len(),
+    );
+    e.ok(
+        &rw12(ScsiOp::VERIFY12.get(), 0x02, 50, 4),
+        &data,
+        data.len(),
+    );
     let mut bad = data.clone();
     bad[1000] ^= 1;
     let r = expect_sense(
         &e,
-        &rw10(op::VERIFY10, 0x02, 50, 4),
+        &rw10(ScsiOp::VERIFY10.get(), 0x02, 50, 4),
         &bad,
         bad.len(),
         (0xE, 0x1D, 0),
@@ -552,11 +780,11 @@ fn verify_compares() {
     assert_eq!(r.sense.unwrap().information, Some(1000));
     // BYTCHK 3: one block compared with each.
     let block = pattern(512, 12);
-    e.ok(&rw10(op::WRITE_SAME10, 0, 60, 3), &block, 512);
-    e.ok(&rw10(op::VERIFY10, 0x06, 60, 3), &block, 512);
+    e.ok(&rw10(ScsiOp::WRITE_SAME10.get(), 0, 60, 3), &block, 512);
+    e.ok(&rw10(ScsiOp::VERIFY10.get(), 0x06, 60, 3), &block, 512);
     let r = expect_sense(
         &e,
-        &rw10(op::VERIFY10, 0x06, 59, 3),
+        &rw10(ScsiOp::VERIFY10.get(), 0x06, 59, 3),
         &block,
         512,
         (0xE, 0x1D, 0),
@@ -565,7 +793,7 @@ fn verify_compares() {
     // BYTCHK 2 is reserved.
     expect_sense(
         &e,
-        &rw10(op::VERIFY10, 0x04, 60, 1),
+        &rw10(ScsiOp::VERIFY10.get(), 0x04, 60, 1),
         &block,
         512,
         INVALID_CDB,
@@ -576,15 +804,27 @@ fn verify_compares() {
 fn write_and_verify() {
     let e = env();
     let data = pattern(3 * 512, 13);
-    e.ok(&rw10(op::WRITE_VERIFY10, 0x02, 70, 3), &data, data.len());
+    e.ok(
+        &rw10(ScsiOp::WRITE_VERIFY10.get(), 0x02, 70, 3),
+        &data,
+        data.len(),
+    );
     assert_eq!(e.read(70, 3), data);
     let data = pattern(2 * 512, 14);
-    e.ok(&rw16(op::WRITE_VERIFY16, 0, 80, 2), &data, data.len());
-    e.ok(&rw12(op::WRITE_VERIFY12, 0, 82, 2), &data, data.len());
+    e.ok(
+        &rw16(ScsiOp::WRITE_VERIFY16.get(), 0, 80, 2),
+        &data,
+        data.len(),
+    );
+    e.ok(
+        &rw12(ScsiOp::WRITE_VERIFY12.get(), 0, 82, 2),
+        &data,
+        data.len(),
+    );
     assert_eq!(e.read(82, 2), data);
     expect_sense(
         &e,
-        &rw10(op::WRITE_VERIFY10, 0x06, 70, 1),
+        &rw10(ScsiOp::WRITE_VERIFY10.get(), 0x06, 70, 1),
         &data,
         512,
         INVALID_CDB,
@@ -593,7 +833,7 @@ fn write_and_verify() {
 
 fn caw(lba: u64, blocks: u8) -> [u8; 16] {
     let mut c = [0u8; 16];
-    c[0] = op::COMPARE_AND_WRITE;
+    c[0] = ScsiOp::COMPARE_AND_WRITE.get();
     c[2..10].copy_from_slice(&lba.to_be_bytes());
     c[13] = blocks;
     c
@@ -632,43 +872,43 @@ fn compare_and_write() {
 #[test]
 fn mode_sense_pages() {
     let e = env();
-    let d = e.ok(&[op::MODE_SENSE6, 0, 0x08, 0, 255, 0], &[], 255);
+    let d = e.ok(&[ScsiOp::MODE_SENSE6.get(), 0, 0x08, 0, 255, 0], &[], 255);
     assert_eq!(d.len(), 4 + 20);
     assert_eq!(d[0] as usize, d.len() - 1);
     assert_eq!(d[2], 0x10, "DPOFUA, not WP");
     assert_eq!(&d[4..6], &[0x08, 0x12]);
     assert_eq!(d[6] & 0x04, 0x04, "WCE");
     let d = e.ok(
-        &[op::MODE_SENSE10, 0, 0x0A, 0, 0, 0, 0, 0, 255, 0],
+        &[ScsiOp::MODE_SENSE10.get(), 0, 0x0A, 0, 0, 0, 0, 0, 255, 0],
         &[],
         255,
     );
     assert_eq!(d.len(), 8 + 12);
     assert_eq!(u16::from_be_bytes([d[0], d[1]]) as usize, d.len() - 2);
     assert_eq!(&d[8..10], &[0x0A, 0x0A]);
-    let d = e.ok(&[op::MODE_SENSE6, 0, 0x3F, 0, 255, 0], &[], 255);
+    let d = e.ok(&[ScsiOp::MODE_SENSE6.get(), 0, 0x3F, 0, 255, 0], &[], 255);
     assert_eq!(d.len(), 4 + 20 + 12);
     // Changeable values: nothing changes.
-    let d = e.ok(&[op::MODE_SENSE6, 0, 0x48, 0, 255, 0], &[], 255);
+    let d = e.ok(&[ScsiOp::MODE_SENSE6.get(), 0, 0x48, 0, 255, 0], &[], 255);
     assert_eq!(d[6], 0);
     // Saved values, unknown page, subpage.
     expect_sense(
         &e,
-        &[op::MODE_SENSE6, 0, 0xC8, 0, 255, 0],
+        &[ScsiOp::MODE_SENSE6.get(), 0, 0xC8, 0, 255, 0],
         &[],
         255,
         (5, 0x39, 0),
     );
     expect_sense(
         &e,
-        &[op::MODE_SENSE6, 0, 0x01, 0, 255, 0],
+        &[ScsiOp::MODE_SENSE6.get(), 0, 0x01, 0, 255, 0],
         &[],
         255,
         INVALID_CDB,
     );
     expect_sense(
         &e,
-        &[op::MODE_SENSE6, 0, 0x08, 1, 255, 0],
+        &[ScsiOp::MODE_SENSE6.get(), 0, 0x08, 1, 255, 0],
         &[],
         255,
         INVALID_CDB,
@@ -678,29 +918,29 @@ fn mode_sense_pages() {
 #[test]
 fn mode_select_caching() {
     let e = env();
-    let current = e.ok(&[op::MODE_SENSE6, 0, 0x08, 0, 255, 0], &[], 255);
+    let current = e.ok(&[ScsiOp::MODE_SENSE6.get(), 0, 0x08, 0, 255, 0], &[], 255);
     let mut list = current.clone();
     list[0] = 0;
     e.ok(
-        &[op::MODE_SELECT6, 0x10, 0, 0, list.len() as u8, 0],
+        &[ScsiOp::MODE_SELECT6.get(), 0x10, 0, 0, list.len() as u8, 0],
         &list,
         list.len(),
     );
     let mut list10 = vec![0u8; 8];
     list10.extend_from_slice(&current[4..]);
     let mut c = [0u8; 10];
-    c[0] = op::MODE_SELECT10;
+    c[0] = ScsiOp::MODE_SELECT10.get();
     c[1] = 0x10;
     c[8] = list10.len() as u8;
     e.ok(&c, &list10, list10.len());
     // Turning the write cache off is refused.
     list[6] &= !0x04;
-    let cdb = [op::MODE_SELECT6, 0x10, 0, 0, list.len() as u8, 0];
+    let cdb = [ScsiOp::MODE_SELECT6.get(), 0x10, 0, 0, list.len() as u8, 0];
     expect_sense(&e, &cdb, &list, list.len(), INVALID_PARAM);
     // SP, other pages, short lists.
     expect_sense(
         &e,
-        &[op::MODE_SELECT6, 0x11, 0, 0, 24, 0],
+        &[ScsiOp::MODE_SELECT6.get(), 0x11, 0, 0, 24, 0],
         &list,
         24,
         INVALID_CDB,
@@ -709,21 +949,21 @@ fn mode_select_caching() {
     ctl.extend_from_slice(&[0x0A, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     expect_sense(
         &e,
-        &[op::MODE_SELECT6, 0x10, 0, 0, 16, 0],
+        &[ScsiOp::MODE_SELECT6.get(), 0x10, 0, 0, 16, 0],
         &ctl,
         16,
         INVALID_PARAM,
     );
     expect_sense(
         &e,
-        &[op::MODE_SELECT6, 0x10, 0, 0, 10, 0],
+        &[ScsiOp::MODE_SELECT6.get(), 0x10, 0, 0, 10, 0],
         &list,
         10,
         PARAM_LEN,
     );
     expect_sense(
         &e,
-        &[op::MODE_SELECT6, 0x10, 0, 0, 24, 0],
+        &[ScsiOp::MODE_SELECT6.get(), 0x10, 0, 0, 24, 0],
         &list,
         12,
         PARAM_LEN,
@@ -735,15 +975,18 @@ fn request_sense_reports_and_clears() {
     let e = env();
     expect_sense(
         &e,
-        &rw10(op::READ10, 0, SECTORS as u32, 1),
+        &rw10(ScsiOp::READ10.get(), 0, SECTORS as u32, 1),
         &[],
         512,
         LBA_RANGE,
     );
-    let (r, d) = e.run(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], &[], 252);
+    let (r, d) = e.run(&[ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0], &[], 252);
     assert_eq!(r, ScsiResult::good(18));
-    assert_eq!(SenseData::parse(&d), Some(SenseData::illegal(0x21, 0)));
-    let (r, d) = e.run(&[op::REQUEST_SENSE, 1, 0, 0, 252, 0], &[], 252);
+    assert_eq!(
+        SenseData::parse(&d),
+        Some(SenseData::illegal(AdditionalSense::LBA_OUT_OF_RANGE))
+    );
+    let (r, d) = e.run(&[ScsiOp::REQUEST_SENSE.get(), 1, 0, 0, 252, 0], &[], 252);
     assert_eq!(r, ScsiResult::good(8));
     assert_eq!(&d[..4], &[0x72, 0, 0, 0]);
 }
@@ -752,14 +995,19 @@ fn request_sense_reports_and_clears() {
 fn request_sense_is_per_initiator() {
     const C: InitiatorId = InitiatorId::new(0xC);
     let e = env();
-    let rs = [op::REQUEST_SENSE, 0, 0, 0, 18, 0];
+    let rs = [ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0];
     let sense_as = |who| {
         let (r, d) = e.run_as(who, &rs, &[], 18);
         assert_eq!(r, ScsiResult::good(18));
         let s = SenseData::parse(&d).unwrap();
-        (s.key, s.asc, s.ascq)
+        (s.key.get(), s.additional.asc(), s.additional.ascq())
     };
-    let (r, _) = e.run_as(A, &rw10(op::READ10, 0, SECTORS as u32, 1), &[], 512);
+    let (r, _) = e.run_as(
+        A,
+        &rw10(ScsiOp::READ10.get(), 0, SECTORS as u32, 1),
+        &[],
+        512,
+    );
     assert_eq!(sense_of(&r), LBA_RANGE);
     let (r, _) = e.run_as(B, &[0x02, 0, 0, 0, 0, 0], &[], 0);
     assert_eq!(sense_of(&r), INVALID_OPCODE);
@@ -775,12 +1023,17 @@ fn request_sense_is_per_initiator() {
 
     // The capacity change is still reported once, to whoever asks first,
     // and does not consume another initiator's pending sense.
-    let (r, _) = e.run_as(A, &rw10(op::READ10, 0, SECTORS as u32, 1), &[], 512);
+    let (r, _) = e.run_as(
+        A,
+        &rw10(ScsiOp::READ10.get(), 0, SECTORS as u32, 1),
+        &[],
+        512,
+    );
     assert_eq!(sense_of(&r), LBA_RANGE);
     e.ram.resize(SECTORS * 2);
     assert_eq!(sense_as(B), (6, 0x2A, 9));
     assert_eq!(sense_as(A), LBA_RANGE);
-    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+    e.ok(&[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0], &[], 0);
 
     // Bounded: a flood of initiators keeps only the latest SENSE_SLOTS.
     let who = |i: usize| InitiatorId::new(0x1000 + i as u128);
@@ -793,14 +1046,91 @@ fn request_sense_is_per_initiator() {
     assert_eq!(sense_as(who(SENSE_SLOTS)), INVALID_OPCODE);
 }
 
+/// With autosense the sense comes back with the CHECK CONDITION only: it
+/// is not kept, and it clears what the initiator had pending, so REQUEST
+/// SENSE after it reports NO SENSE. Other initiators' sense and the
+/// capacity-change UNIT ATTENTION keep their rules.
+#[test]
+fn autosense_is_not_reported_again() {
+    let rs = [ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0];
+    let mut e = env();
+    let sense_as = |e: &Env, who| {
+        let (r, d) = e.run_as(who, &rs, &[], 18);
+        assert_eq!(r, ScsiResult::good(18));
+        let s = SenseData::parse(&d).unwrap();
+        (s.key.get(), s.additional.asc(), s.additional.ascq())
+    };
+    e.delivery = SenseDelivery::Autosense;
+    expect_sense(
+        &e,
+        &rw10(ScsiOp::READ10.get(), 0, SECTORS as u32, 1),
+        &[],
+        512,
+        LBA_RANGE,
+    );
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+    // The same through the in-place path.
+    let ranges = [GpaRange::new(GPA, 512)];
+    let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+    let r = e
+        .scsi
+        .execute_now(
+            &rw10(ScsiOp::READ10.get(), 0, SECTORS as u32, 1),
+            &sg,
+            A,
+            e.delivery,
+        )
+        .unwrap();
+    assert_eq!(sense_of(&r), LBA_RANGE);
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+
+    // Pending sense kept for REQUEST SENSE (A and B) ...
+    e.delivery = SenseDelivery::RequestSense;
+    let (r, _) = e.run_as(A, &[0x02, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(sense_of(&r), INVALID_OPCODE);
+    let (r, _) = e.run_as(B, &[0x02, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(sense_of(&r), INVALID_OPCODE);
+    // ... is replaced, and so cleared, by A's next failure delivered by
+    // autosense; B's stays.
+    e.delivery = SenseDelivery::Autosense;
+    let (r, _) = e.run_as(
+        A,
+        &rw10(ScsiOp::READ10.get(), 0, SECTORS as u32, 1),
+        &[],
+        512,
+    );
+    assert_eq!(sense_of(&r), LBA_RANGE);
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+    assert_eq!(sense_as(&e, B), INVALID_OPCODE);
+    assert_eq!(sense_as(&e, B), (0, 0, 0));
+
+    // The capacity change: delivered once with the first command ...
+    e.ram.resize(SECTORS * 2);
+    expect_sense(
+        &e,
+        &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
+        &[],
+        0,
+        (6, 0x2A, 9),
+    );
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+    assert_eq!(sense_as(&e, B), (0, 0, 0));
+    e.ok(&[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0], &[], 0);
+    // ... or reported with GOOD by a REQUEST SENSE that comes first.
+    e.ram.resize(SECTORS);
+    assert_eq!(sense_as(&e, B), (6, 0x2A, 9));
+    assert_eq!(sense_as(&e, A), (0, 0, 0));
+    e.ok(&[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0], &[], 0);
+}
+
 #[test]
 fn start_stop_unit() {
     let e = env();
-    e.ok(&[op::START_STOP_UNIT, 0, 0, 0, 1, 0], &[], 0);
-    e.ok(&[op::START_STOP_UNIT, 1, 0, 0, 0, 0], &[], 0);
+    e.ok(&[ScsiOp::START_STOP_UNIT.get(), 0, 0, 0, 1, 0], &[], 0);
+    e.ok(&[ScsiOp::START_STOP_UNIT.get(), 1, 0, 0, 0, 0], &[], 0);
     expect_sense(
         &e,
-        &[op::START_STOP_UNIT, 0, 0, 0, 0x10, 0],
+        &[ScsiOp::START_STOP_UNIT.get(), 0, 0, 0, 0x10, 0],
         &[],
         0,
         INVALID_CDB,
@@ -808,7 +1138,7 @@ fn start_stop_unit() {
     // A fixed disk cannot eject.
     expect_sense(
         &e,
-        &[op::START_STOP_UNIT, 0, 0, 0, 0x02, 0],
+        &[ScsiOp::START_STOP_UNIT.get(), 0, 0, 0, 0x02, 0],
         &[],
         0,
         INVALID_OPCODE,
@@ -819,8 +1149,8 @@ fn start_stop_unit() {
 fn report_supported_opcodes() {
     let e = env();
     let mut c = [0u8; 12];
-    c[0] = op::MAINTENANCE_IN;
-    c[1] = op::SA_REPORT_SUPPORTED_OPCODES;
+    c[0] = ScsiOp::MAINTENANCE_IN.get();
+    c[1] = MaintenanceIn::REPORT_SUPPORTED_OPCODES.get();
     c[9] = 0xFF;
     c[8] = 0xFF;
     let d = e.ok(&c, &[], 0xFFFF);
@@ -831,26 +1161,26 @@ fn report_supported_opcodes() {
     assert!(
         descs
             .iter()
-            .any(|x| x[0] == op::COMPARE_AND_WRITE && x[7] == 16)
+            .any(|x| x[0] == ScsiOp::COMPARE_AND_WRITE.get() && x[7] == 16)
     );
     assert!(
         descs
             .iter()
-            .any(|x| x[0] == op::SERVICE_ACTION_IN16 && x[3] == 0x10 && x[5] == 1)
+            .any(|x| x[0] == ScsiOp::SERVICE_ACTION_IN16.get() && x[3] == 0x10 && x[5] == 1)
     );
     // One command.
     c[2] = 1;
-    c[3] = op::READ10;
+    c[3] = ScsiOp::READ10.get();
     let d = e.ok(&c, &[], 0xFFFF);
     assert_eq!(&d[..4], &[0, 3, 0, 10]);
-    assert_eq!(d[4], op::READ10);
+    assert_eq!(d[4], ScsiOp::READ10.get());
     c[3] = 0xC0;
     let d = e.ok(&c, &[], 0xFFFF);
     assert_eq!(d[1] & 7, 1);
-    c[3] = op::SERVICE_ACTION_IN16;
+    c[3] = ScsiOp::SERVICE_ACTION_IN16.get();
     expect_sense(&e, &c, &[], 0xFFFF, INVALID_CDB);
     c[2] = 2;
-    c[5] = op::SA_GET_LBA_STATUS;
+    c[5] = ServiceActionIn::GET_LBA_STATUS.get();
     let d = e.ok(&c, &[], 0xFFFF);
     assert_eq!(&d[..4], &[0, 3, 0, 16]);
     // With timeouts descriptors.
@@ -861,8 +1191,8 @@ fn report_supported_opcodes() {
 
 fn rsoc(options: u8, opcode: u8, sa: u16, alloc: u32) -> [u8; 12] {
     let mut c = [0u8; 12];
-    c[0] = op::MAINTENANCE_IN;
-    c[1] = op::SA_REPORT_SUPPORTED_OPCODES;
+    c[0] = ScsiOp::MAINTENANCE_IN.get();
+    c[1] = MaintenanceIn::REPORT_SUPPORTED_OPCODES.get();
     c[2] = options;
     c[3] = opcode;
     c[4..6].copy_from_slice(&sa.to_be_bytes());
@@ -877,15 +1207,21 @@ fn report_opcodes_one_command_usage_data() {
     let read10 = [0, 3, 0, 10, 0x28, 0xE9, F, F, F, F, 0, F, F, 0x04];
     // 001b: operation code only; 011b ignores the service action of an
     // operation code without service actions.
-    assert_eq!(e.ok(&rsoc(1, op::READ10, 0, 512), &[], 512), read10);
-    assert_eq!(e.ok(&rsoc(3, op::READ10, 7, 512), &[], 512), read10);
+    assert_eq!(
+        e.ok(&rsoc(1, ScsiOp::READ10.get(), 0, 512), &[], 512),
+        read10
+    );
+    assert_eq!(
+        e.ok(&rsoc(3, ScsiOp::READ10.get(), 7, 512), &[], 512),
+        read10
+    );
     // 010b / 011b: the service action sits in its field of the usage data.
     let rc16 = [
         0, 3, 0, 16, 0x9E, 0x10, 0, 0, 0, 0, 0, 0, 0, 0, F, F, F, F, 0, 0x04,
     ];
     assert_eq!(e.ok(&rsoc(2, 0x9E, 0x10, 512), &[], 512), rc16);
     assert_eq!(e.ok(&rsoc(3, 0x9E, 0x10, 512), &[], 512), rc16);
-    let caw = e.ok(&rsoc(1, op::COMPARE_AND_WRITE, 0, 512), &[], 512);
+    let caw = e.ok(&rsoc(1, ScsiOp::COMPARE_AND_WRITE.get(), 0, 512), &[], 512);
     assert_eq!(
         caw,
         [
@@ -908,25 +1244,34 @@ fn report_opcodes_one_command_usage_data() {
     assert_eq!(e.ok(&rsoc(2, 0x5E, 0, 512), &[], 512), [0, 1, 0, 0]);
     // 001b with service actions, 010b without, reserved options.
     expect_sense(&e, &rsoc(1, 0x9E, 0x10, 512), &[], 512, INVALID_CDB);
-    expect_sense(&e, &rsoc(2, op::READ10, 0, 512), &[], 512, INVALID_CDB);
+    expect_sense(
+        &e,
+        &rsoc(2, ScsiOp::READ10.get(), 0, 512),
+        &[],
+        512,
+        INVALID_CDB,
+    );
     for options in 4..=7 {
         expect_sense(
             &e,
-            &rsoc(options, op::READ10, 0, 512),
+            &rsoc(options, ScsiOp::READ10.get(), 0, 512),
             &[],
             512,
             INVALID_CDB,
         );
     }
     // RCTD: CTDP and a command timeouts descriptor after the usage data.
-    let d = e.ok(&rsoc(0x81, op::READ10, 0, 512), &[], 512);
+    let d = e.ok(&rsoc(0x81, ScsiOp::READ10.get(), 0, 512), &[], 512);
     assert_eq!(d.len(), read10.len() + 12);
     assert_eq!(d[1], 0x80 | 3);
     assert_eq!(&d[2..read10.len()], &read10[2..]);
     assert_eq!(&d[read10.len()..], &[0, 0x0A, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     // Allocation length truncates.
-    assert_eq!(e.ok(&rsoc(1, op::READ10, 0, 6), &[], 512), read10[..6]);
-    assert_eq!(e.ok(&rsoc(1, op::READ10, 0, 0), &[], 512), []);
+    assert_eq!(
+        e.ok(&rsoc(1, ScsiOp::READ10.get(), 0, 6), &[], 512),
+        read10[..6]
+    );
+    assert_eq!(e.ok(&rsoc(1, ScsiOp::READ10.get(), 0, 0), &[], 512), []);
 }
 
 #[test]
@@ -958,7 +1303,7 @@ fn report_opcodes_all_commands() {
             let descs = list(e, rctd);
             assert_eq!(descs.len(), want.len());
             for (d, w) in descs.iter().zip(&want) {
-                assert_eq!(d[0], w.op);
+                assert_eq!(ScsiOp::new(d[0]), w.op);
                 assert_eq!(
                     u16::from_be_bytes([d[2], d[3]]),
                     u16::from(w.sa.unwrap_or(0))
@@ -974,14 +1319,16 @@ fn report_opcodes_all_commands() {
                 }
             }
             assert_eq!(
-                descs.iter().any(|d| d[0] == op::PERSISTENT_RESERVE_IN),
+                descs
+                    .iter()
+                    .any(|d| d[0] == ScsiOp::PERSISTENT_RESERVE_IN.get()),
                 has_pr
             );
-            assert_eq!(descs.iter().any(|d| d[0] == op::UNMAP), has_unmap);
+            assert_eq!(descs.iter().any(|d| d[0] == ScsiOp::UNMAP.get()), has_unmap);
             assert!(
                 descs
                     .iter()
-                    .any(|d| d[0] == op::COMPARE_AND_WRITE && d[7] == 16)
+                    .any(|d| d[0] == ScsiOp::COMPARE_AND_WRITE.get() && d[7] == 16)
             );
         }
     }
@@ -1012,7 +1359,10 @@ fn opcode_table_matches_the_adapter() {
     for e in [&env(), &pr, &no_unmap] {
         let offered: Vec<_> = e.scsi.offered().collect();
         for opcode in 0..=255u8 {
-            let entries: Vec<_> = offered.iter().filter(|x| x.op == opcode).collect();
+            let entries: Vec<_> = offered
+                .iter()
+                .filter(|x| x.op == ScsiOp::new(opcode))
+                .collect();
             let has_sa = entries.iter().any(|x| x.sa.is_some());
             let sas: &[u8] = if has_sa { &[0; 0] } else { &[0] };
             let all_sas: Vec<u8> = (0..32).collect();
@@ -1021,7 +1371,9 @@ fn opcode_table_matches_the_adapter() {
                 cdb[0] = opcode;
                 cdb[1] = sa;
                 let (r, _) = e.run(&cdb, &[], 4096);
-                let sense = r.sense.map(|s| (s.key, s.asc, s.ascq));
+                let sense = r
+                    .sense
+                    .map(|s| (s.key.get(), s.additional.asc(), s.additional.ascq()));
                 let listed = entries.iter().any(|x| x.sa.is_none_or(|s| s == sa));
                 if listed {
                     assert_ne!(sense, Some(INVALID_OPCODE), "{opcode:#04x}/{sa:#04x}");
@@ -1041,13 +1393,13 @@ fn opcode_table_matches_the_adapter() {
 #[test]
 fn usage_data_matches_parse_cdb() {
     use super::opcodes::SUPPORTED;
-    use parastor_hw::scsi::{cdb_len, pr};
+    use parastor_hw::scsi::cdb_len;
     for e in SUPPORTED {
         let u = e.usage;
-        assert_eq!(u[0], e.op);
+        assert_eq!(ScsiOp::new(u[0]), e.op);
         assert_eq!(Some(u.len()), cdb_len(e.op), "{:#04x}", e.op);
         let mut base = vec![0u8; u.len()];
-        base[0] = e.op;
+        base[0] = e.op.get();
         if let Some(sa) = e.sa {
             assert_eq!(u[1] & 0x1F, sa);
             base[1] = sa;
@@ -1066,12 +1418,16 @@ fn usage_data_matches_parse_cdb() {
                 // PERSISTENT RESERVE OUT decodes SCOPE and TYPE for every
                 // service action; REGISTER, CLEAR and REGISTER AND IGNORE
                 // EXISTING KEY do not look at them.
-                let ignored_by_adapter = e.op == op::PERSISTENT_RESERVE_OUT
+                let ignored_by_adapter = e.op == ScsiOp::PERSISTENT_RESERVE_OUT
                     && byte == 2
-                    && matches!(
-                        e.sa,
-                        Some(pr::OUT_REGISTER | pr::OUT_CLEAR | pr::OUT_REGISTER_AND_IGNORE)
-                    );
+                    && e.sa.map(PrOutAction::new).is_some_and(|sa| {
+                        matches!(
+                            sa,
+                            PrOutAction::REGISTER
+                                | PrOutAction::CLEAR
+                                | PrOutAction::REGISTER_AND_IGNORE
+                        )
+                    });
                 if u[byte] & mask != 0 {
                     assert_ne!(flipped, parsed, "{:#04x} byte {byte} bit {bit}", e.op);
                 } else if !ignored_by_adapter {
@@ -1089,28 +1445,46 @@ fn naca_protect_and_anchor_are_refused() {
     // NACA in the control byte.
     expect_sense(
         &e,
-        &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0x04],
+        &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0x04],
         &[],
         0,
         INVALID_CDB,
     );
-    let mut r = rw10(op::READ10, 0, 0, 1);
+    let mut r = rw10(ScsiOp::READ10.get(), 0, 0, 1);
     r[9] = 0x04;
     expect_sense(&e, &r, &[], 512, INVALID_CDB);
     // No protection information.
-    expect_sense(&e, &rw10(op::READ10, 0x20, 0, 1), &[], 512, INVALID_CDB);
-    expect_sense(&e, &rw16(op::WRITE16, 0x60, 0, 1), &block, 512, INVALID_CDB);
-    expect_sense(&e, &rw10(op::VERIFY10, 0x80, 0, 1), &[], 0, INVALID_CDB);
     expect_sense(
         &e,
-        &rw12(op::WRITE_VERIFY12, 0x20, 0, 1),
+        &rw10(ScsiOp::READ10.get(), 0x20, 0, 1),
+        &[],
+        512,
+        INVALID_CDB,
+    );
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::WRITE16.get(), 0x60, 0, 1),
         &block,
         512,
         INVALID_CDB,
     );
     expect_sense(
         &e,
-        &rw10(op::WRITE_SAME10, 0x20, 0, 1),
+        &rw10(ScsiOp::VERIFY10.get(), 0x80, 0, 1),
+        &[],
+        0,
+        INVALID_CDB,
+    );
+    expect_sense(
+        &e,
+        &rw12(ScsiOp::WRITE_VERIFY12.get(), 0x20, 0, 1),
+        &block,
+        512,
+        INVALID_CDB,
+    );
+    expect_sense(
+        &e,
+        &rw10(ScsiOp::WRITE_SAME10.get(), 0x20, 0, 1),
         &block,
         512,
         INVALID_CDB,
@@ -1119,11 +1493,11 @@ fn naca_protect_and_anchor_are_refused() {
     c[1] = 0x20;
     expect_sense(&e, &c, &[0; 1024], 1024, INVALID_CDB);
     // READ(6) has no protect field: bits 7:5 of byte 1 are ignored.
-    e.ok(&[op::READ6, 0xE0, 0, 0, 1, 0], &[], 512);
+    e.ok(&[ScsiOp::READ6.get(), 0xE0, 0, 0, 1, 0], &[], 512);
     // ANCHOR without ANC_SUP.
     expect_sense(
         &e,
-        &rw10(op::WRITE_SAME10, 0x18, 0, 1),
+        &rw10(ScsiOp::WRITE_SAME10.get(), 0x18, 0, 1),
         &block,
         512,
         INVALID_CDB,
@@ -1131,15 +1505,15 @@ fn naca_protect_and_anchor_are_refused() {
     let mut u = unmap_cdb(24);
     u[1] = 1;
     expect_sense(&e, &u, &unmap_list(&[(0, 1)]), 24, INVALID_CDB);
-    e.ok(&rw10(op::WRITE_SAME10, 0x08, 0, 1), &block, 512);
+    e.ok(&rw10(ScsiOp::WRITE_SAME10.get(), 0x08, 0, 1), &block, 512);
 }
 
 #[test]
 fn get_lba_status() {
     let e = env();
     let mut c = [0u8; 16];
-    c[0] = op::SERVICE_ACTION_IN16;
-    c[1] = op::SA_GET_LBA_STATUS;
+    c[0] = ScsiOp::SERVICE_ACTION_IN16.get();
+    c[1] = ServiceActionIn::GET_LBA_STATUS.get();
     c[2..10].copy_from_slice(&100u64.to_be_bytes());
     c[13] = 64;
     let d = e.ok(&c, &[], 64);
@@ -1156,7 +1530,7 @@ fn get_lba_status() {
 
 fn pr_out(sa: u8, kind: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
     let mut c = [0u8; 10];
-    c[0] = op::PERSISTENT_RESERVE_OUT;
+    c[0] = ScsiOp::PERSISTENT_RESERVE_OUT.get();
     c[1] = sa;
     c[2] = kind;
     c[8] = 24;
@@ -1168,7 +1542,7 @@ fn pr_out(sa: u8, kind: u8, key: u64, sa_key: u64) -> ([u8; 10], Vec<u8>) {
 
 fn pr_in(sa: u8) -> [u8; 10] {
     let mut c = [0u8; 10];
-    c[0] = op::PERSISTENT_RESERVE_IN;
+    c[0] = ScsiOp::PERSISTENT_RESERVE_IN.get();
     c[1] = sa;
     c[7] = 1;
     c
@@ -1181,19 +1555,21 @@ fn persistent_reservations_two_initiators() {
         let (c, p) = pr_out(sa, kind, key, sa_key);
         e.run_as(who, &c, &p, 24).0
     };
-    assert_eq!(out(A, 0, 0, 0, 0x1111).status, status::GOOD);
-    assert_eq!(out(B, 0, 0, 0, 0x2222).status, status::GOOD);
-    assert_eq!(out(A, 1, 1, 0x1111, 0).status, status::GOOD);
+    assert_eq!(out(A, 0, 0, 0, 0x1111).status, ScsiStatus::GOOD);
+    assert_eq!(out(B, 0, 0, 0, 0x2222).status, ScsiStatus::GOOD);
+    assert_eq!(out(A, 1, 1, 0x1111, 0).status, ScsiStatus::GOOD);
     // B may read but not write under Write Exclusive.
-    let w = rw10(op::WRITE10, 0, 0, 1);
+    let w = rw10(ScsiOp::WRITE10.get(), 0, 0, 1);
     assert_eq!(
         e.run_as(B, &w, &[1; 512], 512).0.status,
-        status::RESERVATION_CONFLICT
+        ScsiStatus::RESERVATION_CONFLICT
     );
-    assert_eq!(e.run_as(A, &w, &[1; 512], 512).0.status, status::GOOD);
+    assert_eq!(e.run_as(A, &w, &[1; 512], 512).0.status, ScsiStatus::GOOD);
     assert_eq!(
-        e.run_as(B, &rw10(op::READ10, 0, 0, 1), &[], 512).0.status,
-        status::GOOD
+        e.run_as(B, &rw10(ScsiOp::READ10.get(), 0, 0, 1), &[], 512)
+            .0
+            .status,
+        ScsiStatus::GOOD
     );
     // READ KEYS, READ RESERVATION, READ FULL STATUS, REPORT CAPABILITIES.
     let d = e.ok(&pr_in(0), &[], 256);
@@ -1214,11 +1590,16 @@ fn persistent_reservations_two_initiators() {
     assert_eq!(&d[4..6], &[0xEA, 0x01]);
     // Releasing with the wrong type; then B preempts A.
     assert_eq!(sense_of(&out(A, 2, 3, 0x1111, 0)), (5, 0x26, 4));
-    assert_eq!(out(B, 1, 1, 0x2222, 0).status, status::RESERVATION_CONFLICT);
-    assert_eq!(out(B, 4, 3, 0x2222, 0x1111).status, status::GOOD);
     assert_eq!(
-        e.run_as(A, &rw10(op::READ10, 0, 0, 1), &[], 512).0.status,
-        status::RESERVATION_CONFLICT
+        out(B, 1, 1, 0x2222, 0).status,
+        ScsiStatus::RESERVATION_CONFLICT
+    );
+    assert_eq!(out(B, 4, 3, 0x2222, 0x1111).status, ScsiStatus::GOOD);
+    assert_eq!(
+        e.run_as(A, &rw10(ScsiOp::READ10.get(), 0, 0, 1), &[], 512)
+            .0
+            .status,
+        ScsiStatus::RESERVATION_CONFLICT
     );
     // Malformed requests.
     assert_eq!(sense_of(&out(B, 1, 2, 0x2222, 0)), INVALID_CDB);
@@ -1237,30 +1618,37 @@ fn persistent_reservations_two_initiators() {
 #[test]
 fn unit_attention_once_after_resize() {
     let e = env();
-    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+    e.ok(&[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0], &[], 0);
     e.ram.resize(SECTORS * 2);
     // INQUIRY is served and does not consume the unit attention.
-    e.ok(&[op::INQUIRY, 0, 0, 0, 36, 0], &[], 36);
+    e.ok(&[ScsiOp::INQUIRY.get(), 0, 0, 0, 36, 0], &[], 36);
     expect_sense(
         &e,
-        &[op::TEST_UNIT_READY, 0, 0, 0, 0, 0],
+        &[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
         &[],
         0,
         (6, 0x2A, 9),
     );
-    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
-    let d = e.ok(&[op::READ_CAPACITY10, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[], 8);
+    e.ok(&[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0], &[], 0);
+    let d = e.ok(
+        &[ScsiOp::READ_CAPACITY10.get(), 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        &[],
+        8,
+    );
     assert_eq!(
         u32::from_be_bytes(d[..4].try_into().unwrap()) as u64,
         2 * SECTORS - 1
     );
     // REQUEST SENSE reports it with GOOD, once.
     e.ram.resize(SECTORS);
-    let (r, d) = e.run(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], &[], 18);
+    let (r, d) = e.run(&[ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0], &[], 18);
     assert_eq!(r, ScsiResult::good(18));
     let s = SenseData::parse(&d).unwrap();
-    assert_eq!((s.key, s.asc, s.ascq), (6, 0x2A, 9));
-    e.ok(&[op::TEST_UNIT_READY, 0, 0, 0, 0, 0], &[], 0);
+    assert_eq!(
+        (s.key.get(), s.additional.asc(), s.additional.ascq()),
+        (6, 0x2A, 9)
+    );
+    e.ok(&[ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0], &[], 0);
 }
 
 #[test]
@@ -1317,8 +1705,13 @@ fn error_table() {
     for (err, st, sense) in cases {
         for e in [err.clone(), err.clone().in_member(3).in_member(1)] {
             let r = disk_error_result(&e);
-            assert_eq!(r.status, st, "{e}");
-            assert_eq!(r.sense.map(|s| (s.key, s.asc, s.ascq)), sense, "{e}");
+            assert_eq!(r.status.get(), st, "{e}");
+            assert_eq!(
+                r.sense
+                    .map(|s| (s.key.get(), s.additional.asc(), s.additional.ascq())),
+                sense,
+                "{e}"
+            );
             assert_eq!(r.tx, 0);
         }
     }
@@ -1330,7 +1723,7 @@ fn execute_future_is_send() {
     let e = env();
     let ranges = [GpaRange::new(GPA, 512)];
     let sg = SgList::new(&e.mem, &ranges, true).unwrap();
-    let fut = e.scsi.execute(&[0; 6], sg, A);
+    let fut = e.scsi.execute(&[0; 6], sg, A, SenseDelivery::Autosense);
     assert_send(&fut);
     drop(fut);
 }
@@ -1341,29 +1734,29 @@ fn hostile_cdbs_never_panic() {
     let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
     let mut next = || rng.u64(..);
     let ops = [
-        op::READ6,
-        op::WRITE6,
-        op::READ10,
-        op::WRITE10,
-        op::READ16,
-        op::WRITE16,
-        op::VERIFY10,
-        op::VERIFY16,
-        op::WRITE_VERIFY10,
-        op::WRITE_SAME10,
-        op::WRITE_SAME16,
-        op::UNMAP,
-        op::COMPARE_AND_WRITE,
-        op::MODE_SENSE6,
-        op::MODE_SELECT6,
-        op::MODE_SELECT10,
-        op::INQUIRY,
-        op::PERSISTENT_RESERVE_IN,
-        op::PERSISTENT_RESERVE_OUT,
-        op::SERVICE_ACTION_IN16,
-        op::MAINTENANCE_IN,
-        op::START_STOP_UNIT,
-        op::REQUEST_SENSE,
+        ScsiOp::READ6.get(),
+        ScsiOp::WRITE6.get(),
+        ScsiOp::READ10.get(),
+        ScsiOp::WRITE10.get(),
+        ScsiOp::READ16.get(),
+        ScsiOp::WRITE16.get(),
+        ScsiOp::VERIFY10.get(),
+        ScsiOp::VERIFY16.get(),
+        ScsiOp::WRITE_VERIFY10.get(),
+        ScsiOp::WRITE_SAME10.get(),
+        ScsiOp::WRITE_SAME16.get(),
+        ScsiOp::UNMAP.get(),
+        ScsiOp::COMPARE_AND_WRITE.get(),
+        ScsiOp::MODE_SENSE6.get(),
+        ScsiOp::MODE_SELECT6.get(),
+        ScsiOp::MODE_SELECT10.get(),
+        ScsiOp::INQUIRY.get(),
+        ScsiOp::PERSISTENT_RESERVE_IN.get(),
+        ScsiOp::PERSISTENT_RESERVE_OUT.get(),
+        ScsiOp::SERVICE_ACTION_IN16.get(),
+        ScsiOp::MAINTENANCE_IN.get(),
+        ScsiOp::START_STOP_UNIT.get(),
+        ScsiOp::REQUEST_SENSE.get(),
     ];
     for i in 0..20_000 {
         let len = (next() % 18) as usize;
@@ -1403,15 +1796,28 @@ fn read_only_disk_is_write_protected() {
         mem: RamGuestMemory::new(1 << 20),
         ram,
         scsi: ScsiDisk::new(disk, DiskParams::default()),
+        delivery: SenseDelivery::RequestSense,
     };
     const WP: (u8, u8, u8) = (7, 0x27, 0);
     let block = [0u8; 1024];
-    expect_sense(&e, &rw10(op::WRITE10, 0, 0, 1), &block, 512, WP);
-    expect_sense(&e, &rw10(op::WRITE_SAME10, 0, 0, 4), &block, 512, WP);
+    expect_sense(&e, &rw10(ScsiOp::WRITE10.get(), 0, 0, 1), &block, 512, WP);
+    expect_sense(
+        &e,
+        &rw10(ScsiOp::WRITE_SAME10.get(), 0, 0, 4),
+        &block,
+        512,
+        WP,
+    );
     expect_sense(&e, &caw(0, 1), &block, 1024, WP);
-    expect_sense(&e, &rw10(op::WRITE_VERIFY10, 0, 0, 1), &block, 512, WP);
-    e.ok(&rw10(op::READ10, 0, 0, 1), &[], 512);
-    let d = e.ok(&[op::MODE_SENSE6, 0, 0x08, 0, 255, 0], &[], 255);
+    expect_sense(
+        &e,
+        &rw10(ScsiOp::WRITE_VERIFY10.get(), 0, 0, 1),
+        &block,
+        512,
+        WP,
+    );
+    e.ok(&rw10(ScsiOp::READ10.get(), 0, 0, 1), &[], 512);
+    let d = e.ok(&[ScsiOp::MODE_SENSE6.get(), 0, 0x08, 0, 255, 0], &[], 255);
     assert_eq!(d[2] & 0x80, 0x80, "WP");
 }
 
@@ -1430,13 +1836,13 @@ fn compare_and_write_excludes_overlapping_writes_only() {
     let sg = || SgList::new(&e.mem, &ranges, true).unwrap();
     // While a COMPARE AND WRITE holds LBA 0, a write there waits...
     let guard = block_on(e.scsi.ranges.exclusive(0, 1));
-    let w0 = rw10(op::WRITE10, 0, 0, 1);
-    let mut write = pin!(e.scsi.execute(&w0, sg(), B));
+    let w0 = rw10(ScsiOp::WRITE10.get(), 0, 0, 1);
+    let mut write = pin!(e.scsi.execute(&w0, sg(), B, e.delivery));
     assert!(write.as_mut().poll(&mut cx).is_pending());
     assert!(write.as_mut().poll(&mut cx).is_pending());
     // ...while writes elsewhere, UNMAP and WRITE SAME included, do not.
-    e.ok(&rw10(op::WRITE10, 0, 1, 1), &data, 512);
-    e.ok(&rw10(op::WRITE_SAME10, 0, 1, 8), &data, 512);
+    e.ok(&rw10(ScsiOp::WRITE10.get(), 0, 1, 1), &data, 512);
+    e.ok(&rw10(ScsiOp::WRITE_SAME10.get(), 0, 1, 8), &data, 512);
     e.ok(&unmap_cdb(24), &unmap_list(&[(4, 2)]), 24);
     drop(guard);
     assert_eq!(
@@ -1453,7 +1859,7 @@ fn compare_and_write_excludes_overlapping_writes_only() {
     let caw_ranges = [GpaRange::new(PENDING, 1024)];
     let caw_sg = SgList::new(&e.mem, &caw_ranges, true).unwrap();
     let cdb = caw(0, 1);
-    let mut c = pin!(e.scsi.execute(&cdb, caw_sg, A));
+    let mut c = pin!(e.scsi.execute(&cdb, caw_sg, A, e.delivery));
     assert!(c.as_mut().poll(&mut cx).is_pending());
     assert_eq!(e.scsi.ranges.waiting(), 1);
     drop(held);
@@ -1474,7 +1880,7 @@ fn cancelled_compare_and_write_releases_nothing_it_did_not_hold() {
     let ranges = [GpaRange::new(GPA, 1024)];
     let sg = SgList::new(&e.mem, &ranges, true).unwrap();
     let cdb = caw(0, 1);
-    let mut c = alloc::boxed::Box::pin(e.scsi.execute(&cdb, sg, A));
+    let mut c = alloc::boxed::Box::pin(e.scsi.execute(&cdb, sg, A, e.delivery));
     assert!(c.as_mut().poll(&mut cx).is_pending());
     assert_eq!(e.scsi.ranges.waiting(), 1);
     drop(c);
@@ -1491,30 +1897,39 @@ fn multi_chunk_verify_write_same_and_write_and_verify() {
         mem: RamGuestMemory::new(64 << 20),
         scsi: ScsiDisk::new(Disk::new(ram.clone()).unwrap(), DiskParams::default()),
         ram,
+        delivery: SenseDelivery::RequestSense,
     };
     let blocks = 6144u32; // 3 MiB: three staging chunks
     let len = blocks as usize * 512;
     let data = pattern(len, 40);
-    e.ok(&rw16(op::WRITE_VERIFY16, 0x02, 100, blocks), &data, len);
-    e.ok(&rw16(op::VERIFY16, 0x02, 100, blocks), &data, len);
+    e.ok(
+        &rw16(ScsiOp::WRITE_VERIFY16.get(), 0x02, 100, blocks),
+        &data,
+        len,
+    );
+    e.ok(&rw16(ScsiOp::VERIFY16.get(), 0x02, 100, blocks), &data, len);
     let mut bad = data.clone();
     let at = (5 << 19) + 77;
     bad[at] ^= 0x40;
     let r = expect_sense(
         &e,
-        &rw16(op::VERIFY16, 0x02, 100, blocks),
+        &rw16(ScsiOp::VERIFY16.get(), 0x02, 100, blocks),
         &bad,
         len,
         (0xE, 0x1D, 0),
     );
     assert_eq!(r.sense.unwrap().information, Some(at as u64));
     let block = pattern(512, 41);
-    e.ok(&rw16(op::WRITE_SAME16, 0, 10, blocks), &block, 512);
-    e.ok(&rw16(op::VERIFY16, 0x06, 10, blocks), &block, 512);
-    e.ok(&rw16(op::WRITE16, 0, 5000, 1), &[0; 512], 512);
+    e.ok(
+        &rw16(ScsiOp::WRITE_SAME16.get(), 0, 10, blocks),
+        &block,
+        512,
+    );
+    e.ok(&rw16(ScsiOp::VERIFY16.get(), 0x06, 10, blocks), &block, 512);
+    e.ok(&rw16(ScsiOp::WRITE16.get(), 0, 5000, 1), &[0; 512], 512);
     let r = expect_sense(
         &e,
-        &rw16(op::VERIFY16, 0x06, 10, blocks),
+        &rw16(ScsiOp::VERIFY16.get(), 0x06, 10, blocks),
         &block,
         512,
         (0xE, 0x1D, 0),
@@ -1528,8 +1943,14 @@ fn multi_chunk_verify_write_same_and_write_and_verify() {
 /// (leaving the UNIT ATTENTION unclaimed), and does the I/O.
 #[test]
 fn execute_now_matches_execute() {
-    let now = env();
-    let later = env();
+    for delivery in [SenseDelivery::RequestSense, SenseDelivery::Autosense] {
+        execute_now_matches_execute_with(delivery);
+    }
+}
+
+fn execute_now_matches_execute_with(delivery: SenseDelivery) {
+    let now = Env { delivery, ..env() };
+    let later = Env { delivery, ..env() };
     let data = pattern(8 * 512, 40);
     let run_now = |e: &Env, cdb: &[u8], len: usize| {
         e.mem.write(GPA, &data[..len.min(data.len())]).unwrap();
@@ -1537,22 +1958,25 @@ fn execute_now_matches_execute() {
         let sg = SgList::new(&e.mem, &ranges, true).unwrap();
         let r = e
             .scsi
-            .execute_now(cdb, &sg, A)
+            .execute_now(cdb, &sg, A, e.delivery)
             .expect("a READ or WRITE runs now");
         let mut buf = vec![0u8; len];
         e.mem.read(GPA, &mut buf).unwrap();
         (r, buf)
     };
     let cases: Vec<(Vec<u8>, usize)> = vec![
-        (rw10(op::WRITE10, 0, 3, 8).to_vec(), 4096),
-        (rw10(op::READ10, 0, 3, 8).to_vec(), 4096),
-        (rw16(op::WRITE16, 0x08, 100, 2).to_vec(), 1024), // FUA
-        (rw12(op::READ12, 0, 100, 2).to_vec(), 1024),
-        (vec![op::READ6, 0, 0, 3, 1, 0], 512),
-        (rw10(op::READ10, 0, 3, 0).to_vec(), 0), // zero length
-        (rw10(op::READ10, 0, SECTORS as u32 - 1, 2).to_vec(), 1024), // past the end
-        (rw10(op::WRITE10, 0, 3, 8).to_vec(), 512), // buffer too short
-        (rw16(op::READ16, 0, u64::MAX, 1).to_vec(), 512), // LBA overflow
+        (rw10(ScsiOp::WRITE10.get(), 0, 3, 8).to_vec(), 4096),
+        (rw10(ScsiOp::READ10.get(), 0, 3, 8).to_vec(), 4096),
+        (rw16(ScsiOp::WRITE16.get(), 0x08, 100, 2).to_vec(), 1024), // FUA
+        (rw12(ScsiOp::READ12.get(), 0, 100, 2).to_vec(), 1024),
+        (vec![ScsiOp::READ6.get(), 0, 0, 3, 1, 0], 512),
+        (rw10(ScsiOp::READ10.get(), 0, 3, 0).to_vec(), 0), // zero length
+        (
+            rw10(ScsiOp::READ10.get(), 0, SECTORS as u32 - 1, 2).to_vec(),
+            1024,
+        ), // past the end
+        (rw10(ScsiOp::WRITE10.get(), 0, 3, 8).to_vec(), 512), // buffer too short
+        (rw16(ScsiOp::READ16.get(), 0, u64::MAX, 1).to_vec(), 512), // LBA overflow
     ];
     for (cdb, len) in &cases {
         later
@@ -1563,7 +1987,7 @@ fn execute_now_matches_execute() {
         let got = run_now(&now, cdb, *len);
         assert_eq!(got, want, "{cdb:02x?}");
         // The sense REQUEST SENSE reports afterwards is the same too.
-        let rs = [op::REQUEST_SENSE, 0, 0, 0, 252, 0];
+        let rs = [ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 252, 0];
         assert_eq!(
             now.run(&rs, &[], 252),
             later.run(&rs, &[], 252),
@@ -1575,32 +1999,36 @@ fn execute_now_matches_execute() {
     let ranges = [GpaRange::new(GPA, 512)];
     let sg = SgList::new(&now.mem, &ranges, true).unwrap();
     for cdb in [
-        vec![op::TEST_UNIT_READY, 0, 0, 0, 0, 0],
-        vec![op::INQUIRY, 0, 0, 0, 36, 0],
+        vec![ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
+        vec![ScsiOp::INQUIRY.get(), 0, 0, 0, 36, 0],
         caw(0, 1).to_vec(),
         vec![0xFF; 10],
     ] {
-        assert_eq!(now.scsi.execute_now(&cdb, &sg, A), None, "{cdb:02x?}");
+        assert_eq!(
+            now.scsi.execute_now(&cdb, &sg, A, delivery),
+            None,
+            "{cdb:02x?}"
+        );
     }
     // A capacity change: the READ run now reports the UNIT ATTENTION once.
     now.ram.resize(SECTORS * 2);
-    let (r, _) = run_now(&now, &rw10(op::READ10, 0, 3, 1), 512);
-    assert_eq!(sense_of(&r), (sense_key::UNIT_ATTENTION, 0x2A, 0x09));
+    let (r, _) = run_now(&now, &rw10(ScsiOp::READ10.get(), 0, 3, 1), 512);
+    assert_eq!(sense_of(&r), (SenseKey::UNIT_ATTENTION.get(), 0x2A, 0x09));
     assert_eq!(
-        run_now(&now, &rw10(op::READ10, 0, 3, 1), 512).0,
+        run_now(&now, &rw10(ScsiOp::READ10.get(), 0, 3, 1), 512).0,
         ScsiResult::good(512)
     );
     // A WRITE overlapping a held COMPARE AND WRITE range is declined
     // without claiming a pending UNIT ATTENTION; execute then reports it.
     now.ram.resize(SECTORS);
     let guard = block_on(now.scsi.ranges.exclusive(0, 1));
-    let w = rw10(op::WRITE10, 0, 0, 1);
-    assert_eq!(now.scsi.execute_now(&w, &sg, A), None);
+    let w = rw10(ScsiOp::WRITE10.get(), 0, 0, 1);
+    assert_eq!(now.scsi.execute_now(&w, &sg, A, delivery), None);
     let r = now
         .scsi
-        .execute_now(&rw10(op::WRITE10, 0, 1, 1), &sg, A)
+        .execute_now(&rw10(ScsiOp::WRITE10.get(), 0, 1, 1), &sg, A, delivery)
         .unwrap();
-    assert_eq!(sense_of(&r), (sense_key::UNIT_ATTENTION, 0x2A, 0x09));
+    assert_eq!(sense_of(&r), (SenseKey::UNIT_ATTENTION.get(), 0x2A, 0x09));
     drop(guard);
     let (r, _) = now.run(&w, &data, 512);
     assert_eq!(
@@ -1629,16 +2057,16 @@ fn mostly_outside_memory(
 #[test]
 fn register_and_move_reads_only_what_it_uses() {
     let e = env_with(DiskParams::default(), true);
-    let (c, p) = pr_out(pr::OUT_REGISTER, 0, 0, 0x1111);
+    let (c, p) = pr_out(PrOutAction::REGISTER.get(), 0, 0, 0x1111);
     e.ok(&c, &p, 24);
-    let (c, p) = pr_out(pr::OUT_RESERVE, 1, 0x1111, 0);
+    let (c, p) = pr_out(PrOutAction::RESERVE.get(), 1, 0x1111, 0);
     e.ok(&c, &p, 24);
     let mv = |param_len: u32, tid_len: u32| {
-        let (mut c, mut p) = pr_out(pr::OUT_REGISTER_AND_MOVE, 1, 0x1111, 0x2222);
+        let (mut c, mut p) = pr_out(PrOutAction::REGISTER_AND_MOVE.get(), 1, 0x1111, 0x2222);
         c[5..9].copy_from_slice(&param_len.to_be_bytes());
         p[20..24].copy_from_slice(&tid_len.to_be_bytes());
         p.extend_from_slice(&[0; 24]);
-        p[24] = pr::PROTOCOL_NONE;
+        p[24] = ProtocolId::NONE.get();
         p[32..48].copy_from_slice(&B.to_bytes());
         (c, p)
     };
@@ -1651,10 +2079,10 @@ fn register_and_move_reads_only_what_it_uses() {
     let (c, p) = mv(u32::MAX, 24);
     e.mem.write(GPA, &p).unwrap();
     let r = mostly_outside_memory(&e, u32::MAX.into(), |sg| {
-        block_on(e.scsi.execute(&c, sg, A))
+        block_on(e.scsi.execute(&c, sg, A, e.delivery))
     });
     assert_eq!(r, ScsiResult::good(u32::MAX as usize));
-    let d = e.ok(&pr_in(pr::IN_READ_FULL_STATUS), &[], 256);
+    let d = e.ok(&pr_in(PrInAction::READ_FULL_STATUS.get()), &[], 256);
     assert_eq!(u32::from_be_bytes(d[4..8].try_into().unwrap()), 2 * 48);
     // B holds the reservation now, with its new key.
     let b = &d[8 + 48..];
@@ -1678,12 +2106,58 @@ fn verify_stages_its_buffer_by_chunk() {
             },
         ),
         ram,
+        delivery: SenseDelivery::RequestSense,
     };
     let blocks = u32::MAX / SS;
     e.mem.write(GPA + 100, &[1]).unwrap();
     let r = mostly_outside_memory(&e, u64::from(blocks) * u64::from(SS), |sg| {
-        block_on(e.scsi.execute(&rw16(op::VERIFY16, 0x02, 0, blocks), sg, A))
+        block_on(e.scsi.execute(
+            &rw16(ScsiOp::VERIFY16.get(), 0x02, 0, blocks),
+            sg,
+            A,
+            e.delivery,
+        ))
     });
     assert_eq!(sense_of(&r), (0xE, 0x1D, 0));
     assert_eq!(r.sense.unwrap().information, Some(100));
+}
+
+/// On a disk that completes inline, a command that must wait for an LBA
+/// range lock another holder has (another channel's thread) is not run in
+/// place as a broken promise: `Lun::run_now` leaves it to `execute`, which
+/// waits; commands that lock nothing still run in place.
+#[test]
+fn run_now_leaves_range_lock_waits_to_execute() {
+    let e = env();
+    let scsi = alloc::sync::Arc::new(ScsiDisk::new(
+        Disk::new(e.ram.clone()).unwrap(),
+        DiskParams::default(),
+    ));
+    let lun = crate::Lun::Disk(scsi.clone());
+    let ranges = [GpaRange::new(GPA, 4096)];
+    let sg = SgList::new(&e.mem, &ranges, true).unwrap();
+    let d = SenseDelivery::RequestSense;
+    let write = rw10(ScsiOp::WRITE10.get(), 0, 0, 1);
+    let write_same = rw10(ScsiOp::WRITE_SAME10.get(), 0, 2, 1);
+    let read = rw10(ScsiOp::READ10.get(), 0, 0, 1);
+
+    let held = block_on(scsi.ranges.exclusive(0, 16));
+    assert_eq!(lun.run_now(&write, &sg, A, d), None, "WRITE must wait");
+    assert_eq!(
+        lun.run_now(&write_same, &sg, A, d),
+        None,
+        "WRITE SAME must wait"
+    );
+    let r = lun.run_now(&read, &sg, A, d).expect("READ locks nothing");
+    assert_eq!(r.status, ScsiStatus::GOOD);
+    drop(held);
+
+    let r = lun
+        .run_now(&write, &sg, A, d)
+        .expect("free range: in place");
+    assert_eq!(r.status, ScsiStatus::GOOD);
+    // The other locking commands always run as futures that can wait.
+    assert_eq!(lun.run_now(&write_same, &sg, A, d), None);
+    let r = block_on(lun.execute(&write_same, sg, A, d));
+    assert_eq!(r.status, ScsiStatus::GOOD);
 }

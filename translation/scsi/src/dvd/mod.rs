@@ -37,17 +37,23 @@ use crate::data::{data_in, data_out, read_capacity10};
 use crate::inquiry::{push_t10_designator, standard_inquiry, vpd_page};
 use crate::mode_pages::{check_mode_sense, mode_select_pages, mode_sense_data};
 use crate::result::{Res, ScsiResult, illegal, invalid_cdb, invalid_param};
-use crate::sense::SenseTable;
+use crate::sense::{SenseDelivery, SenseTable};
 use alloc::vec::Vec;
 use core::fmt;
 use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList};
 use parastor_hw::scsi::mmc::{
-    self, DiscInformation, FeatureDescriptor, FeatureHeader, GesnHeader, MechanismStatusHeader,
-    MediaEvent, ModePage12, PerformanceDescriptor, PerformanceHeader, TocDescriptor, TocHeader,
-    TrackInformation, event, feature, profile,
+    self, AdrControl, ConfigurationRt, DataMode, DiscInformation, DiscInformationType,
+    DiscMediaType, DiscStatus, DiscStructureFormat, EventClasses, FeatureCode, FeatureDescriptor,
+    FeatureFlags, FeatureHeader, GesnClass, GesnHeader, MechanismState, MechanismStatusHeader,
+    MediaEvent, MediaEventByte, MediaEventCode, MediaStatus, MmcCommand, NotificationClass,
+    PerformanceDataType, PerformanceDescriptor, PerformanceHeader, PerformanceType, Profile,
+    StreamingType, TocDescriptor, TocFormat, TocHeader, TrackAddressType, TrackInformation,
+    TrackMode, parse_mmc_cdb,
 };
 use parastor_hw::scsi::{
-    Command, InquiryData, SenseData, Transfer, asc, cdb_len, mode, op, parse_cdb, sense_key, vpd,
+    AdditionalSense, CdbError, Command, DeviceSpecific, InquiryData, InquiryFlags1, InquiryFlags3,
+    ModePage, ModePage12, ModePageCode, PageControl, Peripheral, PeripheralDeviceType, ScsiOp,
+    SenseData, SenseKey, Transfer, VpdPage, parse_cdb,
 };
 use spin::Mutex;
 use zerocopy::IntoBytes;
@@ -135,22 +141,20 @@ struct State {
     tray_open: bool,
     prevent: bool,
     /// Media event not yet reported by GET EVENT STATUS NOTIFICATION.
-    event: Option<u8>,
+    event: Option<MediaEventCode>,
     /// NOT READY TO READY CHANGE not yet reported.
     unit_attention: bool,
 }
 
 impl State {
     fn not_ready(&self) -> ScsiResult {
-        let ascq = if self.tray_open {
-            mmc::asc::ASCQ_TRAY_OPEN
-        } else {
-            mmc::asc::ASCQ_TRAY_CLOSED
-        };
         ScsiResult::check(SenseData::new(
-            sense_key::NOT_READY,
-            mmc::asc::MEDIUM_NOT_PRESENT,
-            ascq,
+            SenseKey::NOT_READY,
+            if self.tray_open {
+                AdditionalSense::MEDIUM_NOT_PRESENT_TRAY_OPEN
+            } else {
+                AdditionalSense::MEDIUM_NOT_PRESENT_TRAY_CLOSED
+            },
         ))
     }
 
@@ -158,36 +162,22 @@ impl State {
         self.media.clone().ok_or_else(|| self.not_ready())
     }
 
-    fn media_status(&self) -> u8 {
-        let mut s = 0;
-        if self.media.is_some() {
-            s |= event::STATUS_MEDIA_PRESENT;
-        }
-        if self.tray_open {
-            s |= event::STATUS_TRAY_OPEN;
-        }
-        s
+    fn media_status(&self) -> MediaStatus {
+        MediaStatus::new()
+            .with_media_present(self.media.is_some())
+            .with_tray_open(self.tray_open)
     }
 }
 
 fn unit_attention() -> SenseData {
     SenseData::new(
-        sense_key::UNIT_ATTENTION,
-        mmc::asc::NOT_READY_TO_READY_CHANGE,
-        0,
+        SenseKey::UNIT_ATTENTION,
+        AdditionalSense::NOT_READY_TO_READY_CHANGE,
     )
 }
 
 fn invalid_opcode() -> ScsiResult {
-    illegal(asc::INVALID_COMMAND, 0)
-}
-
-fn be16(cdb: &[u8], i: usize) -> u16 {
-    u16::from_be_bytes([cdb[i], cdb[i + 1]])
-}
-
-fn be32(cdb: &[u8], i: usize) -> u32 {
-    u32::from_be_bytes([cdb[i], cdb[i + 1], cdb[i + 2], cdb[i + 3]])
+    illegal(AdditionalSense::INVALID_COMMAND)
 }
 
 /// LBA to MSF (0, M, S, F) with the 2-second (150-frame) lead-in offset.
@@ -197,29 +187,29 @@ fn msf(lba: u64) -> [u8; 4] {
     [0, m as u8, ((f / 75) % 60) as u8, (f % 75) as u8]
 }
 
-/// The MMC commands this drive runs, by opcode.
-const MMC_OPCODES: &[u8] = &[
-    op::TEST_UNIT_READY,
-    op::REQUEST_SENSE,
-    op::INQUIRY,
-    op::START_STOP_UNIT,
-    op::PREVENT_ALLOW_MEDIUM_REMOVAL,
-    op::READ_CAPACITY10,
-    op::READ10,
-    op::READ12,
-    op::READ16,
-    op::MODE_SELECT10,
-    op::MODE_SENSE10,
-    mmc::op::READ_TOC,
-    mmc::op::GET_CONFIGURATION,
-    mmc::op::GET_EVENT_STATUS_NOTIFICATION,
-    mmc::op::READ_DISC_INFORMATION,
-    mmc::op::READ_TRACK_INFORMATION,
-    mmc::op::READ_BUFFER_CAPACITY,
-    mmc::op::GET_PERFORMANCE,
-    mmc::op::READ_DVD_STRUCTURE,
-    mmc::op::SET_STREAMING,
-    mmc::op::MECHANISM_STATUS,
+/// The commands this drive runs, by operation code.
+const MMC_OPCODES: &[ScsiOp] = &[
+    ScsiOp::TEST_UNIT_READY,
+    ScsiOp::REQUEST_SENSE,
+    ScsiOp::INQUIRY,
+    ScsiOp::START_STOP_UNIT,
+    ScsiOp::PREVENT_ALLOW_MEDIUM_REMOVAL,
+    ScsiOp::READ_CAPACITY10,
+    ScsiOp::READ10,
+    ScsiOp::READ12,
+    ScsiOp::READ16,
+    ScsiOp::MODE_SELECT10,
+    ScsiOp::MODE_SENSE10,
+    ScsiOp::READ_TOC,
+    ScsiOp::GET_CONFIGURATION,
+    ScsiOp::GET_EVENT_STATUS_NOTIFICATION,
+    ScsiOp::READ_DISC_INFORMATION,
+    ScsiOp::READ_TRACK_INFORMATION,
+    ScsiOp::READ_BUFFER_CAPACITY,
+    ScsiOp::GET_PERFORMANCE,
+    ScsiOp::READ_DISC_STRUCTURE,
+    ScsiOp::SET_STREAMING,
+    ScsiOp::MECHANISM_STATUS,
 ];
 
 /// A SCSI CD/DVD-ROM drive whose medium is an optional [`Disk`].
@@ -262,12 +252,12 @@ impl ScsiDvd {
             Some(m) => {
                 s.media = Some(m);
                 s.tray_open = false;
-                s.event = Some(event::MEDIA_NEW_MEDIA);
+                s.event = Some(MediaEventCode::NEW_MEDIA);
                 s.unit_attention = true;
             }
             None => {
                 if s.media.take().is_some() {
-                    s.event = Some(event::MEDIA_REMOVAL);
+                    s.event = Some(MediaEventCode::MEDIA_REMOVAL);
                 }
                 s.unit_attention = false;
             }
@@ -277,7 +267,7 @@ impl ScsiDvd {
 
     /// The eject button: an eject request event for the guest to act on.
     pub fn request_eject(&self) {
-        self.state.lock().event = Some(event::MEDIA_EJECT_REQUEST);
+        self.state.lock().event = Some(MediaEventCode::EJECT_REQUEST);
     }
 
     /// The loaded medium, if any.
@@ -286,53 +276,45 @@ impl ScsiDvd {
     }
 
     /// Executes one command; the same contract as
-    /// [`ScsiDisk::execute`](super::ScsiDisk::execute).
+    /// [`ScsiDisk::execute`](crate::ScsiDisk::execute).
     pub async fn execute(
         &self,
         cdb: &[u8],
         data: SgList<'_>,
         initiator: InitiatorId,
+        delivery: SenseDelivery,
     ) -> ScsiResult {
         let result = self.run(cdb, &data, initiator).await;
-        self.sense.finish(result, initiator)
+        self.sense.finish(result, initiator, delivery)
     }
 
     async fn run(&self, cdb: &[u8], data: &SgList<'_>, initiator: InitiatorId) -> Res {
-        let op0 = *cdb.first().ok_or_else(invalid_cdb)?;
-        if !MMC_OPCODES.contains(&op0) {
+        // The checks MMC-6 makes before any field: a command this drive
+        // does not run, a CDB shorter than its operation code, then the
+        // unit attention (which these four do not report).
+        let op = ScsiOp::new(*cdb.first().ok_or_else(invalid_cdb)?);
+        if !MMC_OPCODES.contains(&op) {
             return Err(invalid_opcode());
         }
-        let len = cdb_len(op0).ok_or_else(invalid_opcode)?;
+        let len = op.cdb_len().ok_or_else(invalid_opcode)?;
         let cdb = cdb.get(..len).ok_or_else(invalid_cdb)?;
-        match op0 {
-            op::INQUIRY
-            | op::REQUEST_SENSE
-            | mmc::op::GET_CONFIGURATION
-            | mmc::op::GET_EVENT_STATUS_NOTIFICATION => {}
-            _ => {
-                let mut s = self.state.lock();
-                if core::mem::take(&mut s.unit_attention) {
-                    return Err(ScsiResult::check(unit_attention()));
-                }
+        if !matches!(
+            op,
+            ScsiOp::INQUIRY
+                | ScsiOp::REQUEST_SENSE
+                | ScsiOp::GET_CONFIGURATION
+                | ScsiOp::GET_EVENT_STATUS_NOTIFICATION
+        ) {
+            let mut s = self.state.lock();
+            if core::mem::take(&mut s.unit_attention) {
+                return Err(ScsiResult::check(unit_attention()));
             }
         }
-        match op0 {
-            mmc::op::READ_TOC => return self.read_toc(data, cdb),
-            mmc::op::GET_CONFIGURATION => return self.get_configuration(data, cdb),
-            mmc::op::GET_EVENT_STATUS_NOTIFICATION => return self.gesn(data, cdb),
-            mmc::op::READ_DISC_INFORMATION => return self.disc_information(data, cdb),
-            mmc::op::READ_TRACK_INFORMATION => return self.track_information(data, cdb),
-            mmc::op::READ_BUFFER_CAPACITY => return read_buffer_capacity(data, cdb),
-            mmc::op::GET_PERFORMANCE => return self.get_performance(data, cdb),
-            mmc::op::READ_DVD_STRUCTURE => return self.read_dvd_structure(data, cdb),
-            mmc::op::SET_STREAMING => return set_streaming(data, cdb),
-            mmc::op::MECHANISM_STATUS => return self.mechanism_status(data, cdb),
-            op::PREVENT_ALLOW_MEDIUM_REMOVAL => {
-                // Prevent (bit 0) or persistent prevent (bit 1).
-                self.state.lock().prevent = cdb[4] & 0x03 != 0;
-                return Ok(0);
-            }
-            _ => {}
+        match parse_mmc_cdb(cdb) {
+            Ok(cmd) => return self.run_mmc(data, cmd),
+            // One of the SPC / SBC commands, parsed below.
+            Err(CdbError::InvalidOpcode) => {}
+            Err(e) => return Err(ScsiResult::check(e.sense())),
         }
         let cmd = parse_cdb(cdb).map_err(|e| ScsiResult::check(e.sense()))?;
         let opts = IoOptions {
@@ -357,7 +339,7 @@ impl ScsiDvd {
                         None
                     }
                 };
-                super::sense::request_sense(data, sense, desc, alloc_len.into())
+                crate::sense::request_sense(data, sense, desc, alloc_len.into())
             }
             Command::Inquiry {
                 evpd,
@@ -396,15 +378,12 @@ impl ScsiDvd {
                 let ejected = {
                     let mut s = self.state.lock();
                     if s.prevent {
-                        return Err(ScsiResult::check(SenseData::illegal(
-                            mmc::asc::MEDIUM_REMOVAL,
-                            mmc::asc::ASCQ_MEDIUM_REMOVAL_PREVENTED,
-                        )));
+                        return Err(illegal(AdditionalSense::MEDIUM_REMOVAL_PREVENTED));
                     }
                     s.tray_open = true;
                     let m = s.media.take();
                     if m.is_some() {
-                        s.event = Some(event::MEDIA_REMOVAL);
+                        s.event = Some(MediaEventCode::MEDIA_REMOVAL);
                     }
                     m
                 };
@@ -417,6 +396,67 @@ impl ScsiDvd {
                 Ok(0)
             }
             _ => Err(invalid_opcode()),
+        }
+    }
+
+    /// Runs an MMC command; its fields are judged here, after the medium
+    /// where MMC-6 checks that first.
+    fn run_mmc(&self, data: &SgList<'_>, cmd: MmcCommand) -> Res {
+        match cmd {
+            MmcCommand::PreventAllowMediumRemoval {
+                prevent,
+                persistent,
+            } => {
+                self.state.lock().prevent = prevent || persistent;
+                Ok(0)
+            }
+            MmcCommand::ReadToc {
+                msf,
+                format,
+                track,
+                alloc_len,
+            } => self.read_toc(data, msf, format, track, alloc_len.into()),
+            MmcCommand::GetConfiguration {
+                rt,
+                start,
+                alloc_len,
+            } => self.get_configuration(data, rt, start, alloc_len.into()),
+            MmcCommand::GetEventStatusNotification {
+                polled,
+                classes,
+                alloc_len,
+            } => self.gesn(data, polled, classes, alloc_len.into()),
+            MmcCommand::ReadDiscInformation {
+                data_type,
+                alloc_len,
+            } => self.disc_information(data, data_type, alloc_len.into()),
+            MmcCommand::ReadTrackInformation {
+                address_type,
+                number,
+                alloc_len,
+            } => self.track_information(data, address_type, number, alloc_len.into()),
+            MmcCommand::ReadBufferCapacity { block, alloc_len } => {
+                read_buffer_capacity(data, block, alloc_len.into())
+            }
+            MmcCommand::GetPerformance {
+                data_type,
+                max_descriptors,
+                kind,
+                ..
+            } => self.get_performance(data, data_type, max_descriptors, kind),
+            MmcCommand::ReadDiscStructure {
+                media_type,
+                layer,
+                format,
+                alloc_len,
+                ..
+            } => self.read_dvd_structure(data, media_type, layer, format, alloc_len.into()),
+            MmcCommand::SetStreaming { kind, param_len } => {
+                set_streaming(data, kind, param_len.into())
+            }
+            MmcCommand::MechanismStatus { alloc_len } => {
+                self.mechanism_status(data, alloc_len.into())
+            }
         }
     }
 
@@ -440,14 +480,12 @@ impl ScsiDvd {
         Ok(bytes as usize)
     }
 
-    fn inquiry(&self, data: &SgList<'_>, evpd: bool, page: u8, alloc_len: usize) -> Res {
+    fn inquiry(&self, data: &SgList<'_>, evpd: bool, page: VpdPage, alloc_len: usize) -> Res {
         if !evpd {
             let d = InquiryData {
-                device_type: mmc::DEVICE_TYPE_CDROM,
-                // RMB.
-                removable: 0x80,
-                // Response data format 2.
-                flags3: 0x02,
+                peripheral: Peripheral::new().with_device_type(PeripheralDeviceType::CDROM),
+                flags1: InquiryFlags1::new().with_rmb(true),
+                flags3: InquiryFlags3::new().with_response_data_format(2),
                 ..standard_inquiry(
                     self.params.vendor,
                     self.params.product,
@@ -457,50 +495,57 @@ impl ScsiDvd {
             return data_in(data, d.as_bytes(), alloc_len);
         }
         let body: Vec<u8> = match page {
-            vpd::SUPPORTED_PAGES => [vpd::SUPPORTED_PAGES, vpd::DEVICE_IDENTIFICATION].to_vec(),
-            vpd::DEVICE_IDENTIFICATION => {
+            VpdPage::SUPPORTED_PAGES => [VpdPage::SUPPORTED_PAGES, VpdPage::DEVICE_IDENTIFICATION]
+                .as_bytes()
+                .to_vec(),
+            VpdPage::DEVICE_IDENTIFICATION => {
                 let mut b = Vec::new();
                 push_t10_designator(&mut b, &self.params.vendor, &self.params.device_id);
                 b
             }
             _ => return Err(invalid_cdb()),
         };
-        let out = vpd_page(mmc::DEVICE_TYPE_CDROM, page, &body);
+        let out = vpd_page(PeripheralDeviceType::CDROM, page, &body);
         data_in(data, &out, alloc_len)
     }
 
-    fn gesn(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
-        if cdb[1] & 0x01 == 0 {
+    fn gesn(
+        &self,
+        data: &SgList<'_>,
+        polled: bool,
+        classes: EventClasses,
+        alloc_len: usize,
+    ) -> Res {
+        if !polled {
             // Asynchronous notification is not supported.
             return Err(invalid_cdb());
         }
-        let request = cdb[4];
-        let alloc_len = be16(cdb, 7).into();
+        let supported = EventClasses::new().with_media(true);
         let mut out = Vec::with_capacity(8);
-        if request & event::CLASS_MEDIA_BIT == 0 {
+        if !classes.media() {
             let h = GesnHeader {
                 event_data_len: 2.into(),
-                class: event::NEA,
-                supported: event::CLASS_MEDIA_BIT,
+                class: GesnClass::new().with_nea(true),
+                supported,
             };
             return data_in(data, h.as_bytes(), alloc_len);
         }
         let (code, status) = {
             let mut s = self.state.lock();
-            let code = s.event.take().unwrap_or(event::MEDIA_NO_CHANGE);
+            let code = s.event.take().unwrap_or(MediaEventCode::NO_CHANGE);
             (code, s.media_status())
         };
         out.extend_from_slice(
             GesnHeader {
                 event_data_len: 6.into(),
-                class: event::CLASS_MEDIA,
-                supported: event::CLASS_MEDIA_BIT,
+                class: GesnClass::new().with_class(NotificationClass::MEDIA),
+                supported,
             }
             .as_bytes(),
         );
         out.extend_from_slice(
             MediaEvent {
-                code,
+                code: MediaEventByte::new().with_code(code),
                 status,
                 start_slot: 0,
                 end_slot: 0,
@@ -510,29 +555,35 @@ impl ScsiDvd {
         data_in(data, &out, alloc_len)
     }
 
-    fn get_configuration(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
-        let rt = cdb[1] & 0x03;
-        let start = be16(cdb, 2);
-        let alloc_len = be16(cdb, 7).into();
-        if rt == 3 {
+    fn get_configuration(
+        &self,
+        data: &SgList<'_>,
+        rt: ConfigurationRt,
+        start: FeatureCode,
+        alloc_len: usize,
+    ) -> Res {
+        if !matches!(
+            rt,
+            ConfigurationRt::ALL | ConfigurationRt::CURRENT | ConfigurationRt::ONE
+        ) {
             return Err(invalid_cdb());
         }
         let loaded = self.state.lock().media.is_some();
-        let cur = if loaded { feature::CURRENT } else { 0 };
-        let always = feature::PERSISTENT | feature::CURRENT;
+        let cur = FeatureFlags::new().with_current(loaded);
+        let always = FeatureFlags::new().with_persistent(true).with_current(true);
         let mut out = Vec::new();
         out.extend_from_slice(&[0; size_of::<FeatureHeader>()]);
-        let mut add = |code: u16, version: u8, flags: u8, body: &[u8]| {
+        let mut add = |code: FeatureCode, version: u8, flags: FeatureFlags, body: &[u8]| {
             let wanted = match rt {
-                0 => code >= start,
-                1 => code >= start && flags & feature::CURRENT != 0,
+                ConfigurationRt::ALL => code >= start,
+                ConfigurationRt::CURRENT => code >= start && flags.current(),
                 _ => code == start,
             };
             if wanted {
                 out.extend_from_slice(
                     FeatureDescriptor {
-                        code: code.into(),
-                        flags: version << 2 | flags,
+                        code,
+                        flags: flags.with_version(version),
                         additional_len: body.len() as u8,
                     }
                     .as_bytes(),
@@ -542,17 +593,17 @@ impl ScsiDvd {
         };
         // DVD-ROM (current with a medium), then CD-ROM (never current).
         let mut profiles = [0u8; 8];
-        profiles[..2].copy_from_slice(&profile::DVD_ROM.to_be_bytes());
+        profiles[..2].copy_from_slice(Profile::DVD_ROM.as_bytes());
         profiles[2] = u8::from(loaded);
-        profiles[4..6].copy_from_slice(&profile::CD_ROM.to_be_bytes());
-        add(feature::PROFILE_LIST, 0, always, &profiles);
+        profiles[4..6].copy_from_slice(Profile::CD_ROM.as_bytes());
+        add(FeatureCode::PROFILE_LIST, 0, always, &profiles);
         // Core: SCSI physical interface (1), DBE.
-        add(feature::CORE, 2, always, &[0, 0, 0, 1, 0x01, 0, 0, 0]);
+        add(FeatureCode::CORE, 2, always, &[0, 0, 0, 1, 0x01, 0, 0, 0]);
         // Morphing: polled events only (Async = 0).
-        add(feature::MORPHING, 1, always, &[0, 0, 0, 0]);
+        add(FeatureCode::MORPHING, 1, always, &[0, 0, 0, 0]);
         // Removable medium: tray loading mechanism, Load, Eject, Lock.
         add(
-            feature::REMOVABLE_MEDIUM,
+            FeatureCode::REMOVABLE_MEDIUM,
             0,
             always,
             &[0x20 | 0x10 | 0x08 | 0x01, 0, 0, 0],
@@ -561,27 +612,29 @@ impl ScsiDvd {
         let mut rr = [0u8; 8];
         rr[..4].copy_from_slice(&mmc::BLOCK_SIZE.to_be_bytes());
         rr[4..6].copy_from_slice(&16u16.to_be_bytes());
-        add(feature::RANDOM_READABLE, 0, cur, &rr);
-        add(feature::DVD_READ, 0, cur, &[]);
+        add(FeatureCode::RANDOM_READABLE, 0, cur, &rr);
+        add(FeatureCode::DVD_READ, 0, cur, &[]);
         let h = FeatureHeader {
             data_len: ((out.len() - 4) as u32).into(),
             reserved: 0.into(),
-            current_profile: (if loaded {
-                profile::DVD_ROM
+            current_profile: if loaded {
+                Profile::DVD_ROM
             } else {
-                profile::NONE
-            })
-            .into(),
+                Profile::NONE
+            },
         };
         out[..size_of::<FeatureHeader>()].copy_from_slice(h.as_bytes());
         data_in(data, &out, alloc_len)
     }
 
-    fn read_toc(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
-        let msf_bit = cdb[1] & 0x02 != 0;
-        let format = cdb[2] & 0x0F;
-        let track = cdb[6];
-        let alloc_len = be16(cdb, 7).into();
+    fn read_toc(
+        &self,
+        data: &SgList<'_>,
+        msf_bit: bool,
+        format: TocFormat,
+        track: u8,
+        alloc_len: usize,
+    ) -> Res {
         let m = self.state.lock().media()?;
         let addr = |lba: u64| {
             if msf_bit {
@@ -591,14 +644,16 @@ impl ScsiDvd {
             }
         };
         let desc = |track: u8, lba: u64| TocDescriptor {
-            adr_control: 0x14,
+            // Q sub-channel: current position; a data track, recorded
+            // uninterrupted.
+            adr_control: AdrControl::new().with_adr(1).with_control(4),
             track,
             address: addr(lba),
             ..Default::default()
         };
         let mut descs = Vec::new();
         match format {
-            0 => match track {
+            TocFormat::TOC => match track {
                 0 | 1 => {
                     descs.push(desc(1, 0));
                     descs.push(desc(0xAA, m.blocks()));
@@ -606,7 +661,7 @@ impl ScsiDvd {
                 0xAA => descs.push(desc(0xAA, m.blocks())),
                 _ => return Err(invalid_cdb()),
             },
-            1 => descs.push(desc(1, 0)),
+            TocFormat::SESSION_INFO => descs.push(desc(1, 0)),
             _ => return Err(invalid_cdb()),
         }
         let mut out = Vec::new();
@@ -624,15 +679,20 @@ impl ScsiDvd {
         data_in(data, &out, alloc_len)
     }
 
-    fn disc_information(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
-        if cdb[1] & 0x07 != 0 {
+    fn disc_information(
+        &self,
+        data: &SgList<'_>,
+        data_type: DiscInformationType,
+        alloc_len: usize,
+    ) -> Res {
+        if data_type != DiscInformationType::STANDARD {
             return Err(invalid_cdb());
         }
         self.state.lock().media()?;
         let d = DiscInformation {
             data_len: ((size_of::<DiscInformation>() - 2) as u16).into(),
             // Last session complete, disc finalized.
-            status: 0x0E,
+            status: DiscStatus::new().with_last_session(3).with_disc_status(2),
             first_track: 1,
             sessions_lsb: 1,
             first_track_last_session_lsb: 1,
@@ -641,17 +701,21 @@ impl ScsiDvd {
             last_lead_out: u32::MAX.into(),
             ..Default::default()
         };
-        data_in(data, d.as_bytes(), be16(cdb, 7).into())
+        data_in(data, d.as_bytes(), alloc_len)
     }
 
-    fn track_information(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
-        let kind = cdb[1] & 0x03;
-        let number = be32(cdb, 2);
+    fn track_information(
+        &self,
+        data: &SgList<'_>,
+        address_type: TrackAddressType,
+        number: u32,
+        alloc_len: usize,
+    ) -> Res {
         let m = self.state.lock().media()?;
         let blocks = m.blocks();
-        let ok = match kind {
-            0 => u64::from(number) < blocks,
-            1 | 2 => number == 1,
+        let ok = match address_type {
+            TrackAddressType::LBA => u64::from(number) < blocks,
+            TrackAddressType::TRACK | TrackAddressType::SESSION => number == 1,
             _ => false,
         };
         if !ok {
@@ -663,22 +727,25 @@ impl ScsiDvd {
             track_lsb: 1,
             session_lsb: 1,
             // Data track, recorded uninterrupted.
-            track_mode: 0x04,
+            track_mode: TrackMode::new().with_mode(4),
             // Data mode 1.
-            data_mode: 0x01,
+            data_mode: DataMode::new().with_mode(1),
             size: size.into(),
             last_recorded: size.saturating_sub(1).into(),
             ..Default::default()
         };
-        data_in(data, t.as_bytes(), be16(cdb, 7).into())
+        data_in(data, t.as_bytes(), alloc_len)
     }
 
-    fn read_dvd_structure(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
-        let media_type = cdb[1] & 0x0F;
-        let layer = cdb[6];
-        let format = cdb[7];
-        let alloc_len = be16(cdb, 8).into();
-        if media_type != 0 {
+    fn read_dvd_structure(
+        &self,
+        data: &SgList<'_>,
+        media_type: DiscMediaType,
+        layer: u8,
+        format: DiscStructureFormat,
+        alloc_len: usize,
+    ) -> Res {
+        if media_type != DiscMediaType::DVD {
             return Err(invalid_cdb());
         }
         let mut out = Vec::new();
@@ -688,7 +755,7 @@ impl ScsiDvd {
             out.extend_from_slice(body);
         };
         match format {
-            0x00 => {
+            DiscStructureFormat::PHYSICAL => {
                 let m = self.state.lock().media()?;
                 if layer != 0 {
                     return Err(invalid_cdb());
@@ -705,16 +772,20 @@ impl ScsiDvd {
                 body[8..12].copy_from_slice(&u32::try_from(end).unwrap_or(u32::MAX).to_be_bytes());
                 push(&body);
             }
-            0x01 => {
+            DiscStructureFormat::COPYRIGHT => {
                 self.state.lock().media()?;
                 // No copy protection, all regions.
                 push(&[0, 0, 0, 0]);
             }
-            0xFF => {
+            DiscStructureFormat::LIST => {
                 // Structure list: format, SDS/RDS (readable), length.
                 let mut body = Vec::new();
-                for (f, len) in [(0x00u8, 2048u16), (0x01, 4), (0xFF, 12)] {
-                    body.push(f);
+                for (f, len) in [
+                    (DiscStructureFormat::PHYSICAL, 2048u16),
+                    (DiscStructureFormat::COPYRIGHT, 4),
+                    (DiscStructureFormat::LIST, 12),
+                ] {
+                    body.push(f.get());
                     body.push(0x40);
                     body.extend_from_slice(&len.to_be_bytes());
                 }
@@ -725,17 +796,19 @@ impl ScsiDvd {
         data_in(data, &out, alloc_len)
     }
 
-    fn get_performance(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
-        let data_type = cdb[1] & 0x1F;
-        let max_desc = be16(cdb, 8);
-        let kind = cdb[10];
+    fn get_performance(
+        &self,
+        data: &SgList<'_>,
+        data_type: PerformanceDataType,
+        max_descriptors: u16,
+        kind: PerformanceType,
+    ) -> Res {
         let blocks = self.state.lock().media.as_ref().map(Media::blocks);
         let mut descs = Vec::new();
         match kind {
-            0 => {
-                let write = data_type & 0x04 != 0;
-                let except = data_type & 0x03;
-                if let Some(blocks) = blocks.filter(|_| except == 0 && !write && max_desc > 0) {
+            PerformanceType::PERFORMANCE => {
+                let nominal = data_type.except() == 0 && !data_type.write();
+                if let Some(blocks) = blocks.filter(|_| nominal && max_descriptors > 0) {
                     descs.push(PerformanceDescriptor {
                         start_lba: 0.into(),
                         start_performance: READ_SPEED_KBS.into(),
@@ -747,7 +820,7 @@ impl ScsiDvd {
                 }
             }
             // Write speed descriptors: none (read-only drive).
-            3 => {}
+            PerformanceType::WRITE_SPEED => {}
             _ => return Err(invalid_cdb()),
         }
         let mut out = Vec::new();
@@ -764,30 +837,30 @@ impl ScsiDvd {
         data_in(data, &out, usize::MAX)
     }
 
-    fn mechanism_status(&self, data: &SgList<'_>, cdb: &[u8]) -> Res {
+    fn mechanism_status(&self, data: &SgList<'_>, alloc_len: usize) -> Res {
         let open = self.state.lock().tray_open;
         let h = MechanismStatusHeader {
-            mechanism: if open { 0x10 } else { 0 },
+            mechanism: MechanismState::new().with_door_open(open),
             ..Default::default()
         };
-        data_in(data, h.as_bytes(), be16(cdb, 8).into())
+        data_in(data, h.as_bytes(), alloc_len)
     }
 }
 
-fn read_buffer_capacity(data: &SgList<'_>, cdb: &[u8]) -> Res {
-    let block = cdb[1] & 0x01 != 0;
+fn read_buffer_capacity(data: &SgList<'_>, block: bool, alloc_len: usize) -> Res {
     let mut out = [0u8; 12];
     out[1] = 10;
     if block {
         out[3] = 0x01;
     }
-    data_in(data, &out, be16(cdb, 7).into())
+    data_in(data, &out, alloc_len)
 }
 
-fn set_streaming(data: &SgList<'_>, cdb: &[u8]) -> Res {
-    let kind = cdb[8];
-    let param_len = be16(cdb, 9).into();
-    if kind != 0 && kind != 5 {
+fn set_streaming(data: &SgList<'_>, kind: StreamingType, param_len: usize) -> Res {
+    if !matches!(
+        kind,
+        StreamingType::PERFORMANCE | StreamingType::DBI_CACHE_ZONE
+    ) {
         return Err(invalid_cdb());
     }
     // Validate that the list is readable, then ignore it.
@@ -798,35 +871,36 @@ fn set_streaming(data: &SgList<'_>, cdb: &[u8]) -> Res {
 }
 
 /// The mode pages offered, for page control `pc`.
-fn mode_page(code: u8, pc: u8) -> ModePage12 {
+fn mode_page(code: ModePage, pc: PageControl) -> ModePage12 {
     let mut body = [0u8; 10];
-    if pc != mode::PC_CHANGEABLE {
-        match code {
-            // Read retry count 1.
-            mmc::mode::ERROR_RECOVERY_PAGE => body[1] = 1,
-            // Timers disabled.
-            mmc::mode::POWER_CONDITION_PAGE => {}
-            // Group 1/2 minimum time-outs: 0.
-            _ => {}
-        }
+    // Read retry count 1; the power condition timers and the time-out
+    // and protect minimum time-outs are 0.
+    if pc != PageControl::CHANGEABLE && code == ModePage::ERROR_RECOVERY {
+        body[1] = 1;
     }
     ModePage12 {
-        page: code,
+        page: ModePageCode::new().with_page(code),
         len: 0x0A,
         body,
     }
 }
 
-const MODE_PAGES: [u8; 3] = [
-    mmc::mode::ERROR_RECOVERY_PAGE,
-    mmc::mode::POWER_CONDITION_PAGE,
-    mmc::mode::TIMEOUT_PROTECT_PAGE,
+const MODE_PAGES: [ModePage; 3] = [
+    ModePage::ERROR_RECOVERY,
+    ModePage::POWER_CONDITION,
+    ModePage::TIMEOUT_PROTECT,
 ];
 
-fn mode_sense(data: &SgList<'_>, pc: u8, page: u8, subpage: u8, alloc_len: usize) -> Res {
+fn mode_sense(
+    data: &SgList<'_>,
+    pc: PageControl,
+    page: ModePage,
+    subpage: u8,
+    alloc_len: usize,
+) -> Res {
     check_mode_sense(pc, page, subpage)?;
     let mut pages = Vec::new();
-    if page == mode::ALL_PAGES {
+    if page == ModePage::ALL {
         for code in MODE_PAGES {
             pages.extend_from_slice(mode_page(code, pc).as_bytes());
         }
@@ -835,7 +909,7 @@ fn mode_sense(data: &SgList<'_>, pc: u8, page: u8, subpage: u8, alloc_len: usize
     } else {
         return Err(invalid_cdb());
     }
-    mode_sense_data(data, true, 0, &pages, alloc_len)
+    mode_sense_data(data, true, DeviceSpecific::new(), &pages, alloc_len)
 }
 
 /// Accepts (and ignores) a well-formed parameter list of the pages

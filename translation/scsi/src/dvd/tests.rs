@@ -6,12 +6,15 @@ use alloc::vec;
 use futures::executor::block_on;
 use parastor_core::ram::RamDisk;
 use parastor_core::{GpaRange, GuestMemory, RamGuestMemory};
-use parastor_hw::scsi::status;
+use parastor_hw::scsi::mmc::MediaEventCode;
+use parastor_hw::scsi::{ScsiOp, ScsiStatus};
 const A: InitiatorId = InitiatorId::new(0xA);
 
 struct Env {
     mem: RamGuestMemory,
     dvd: ScsiDvd,
+    /// How the commands [`Env::run_as`] issues deliver their sense.
+    delivery: SenseDelivery,
 }
 
 /// A medium of `blocks` DVD blocks over `ss`-byte sectors, filled
@@ -38,6 +41,7 @@ fn env(media: Option<Disk>) -> Env {
     Env {
         mem: RamGuestMemory::new(16 << 20),
         dvd: ScsiDvd::new(media).unwrap(),
+        delivery: SenseDelivery::RequestSense,
     }
 }
 
@@ -58,21 +62,21 @@ impl Env {
         len: usize,
     ) -> (ScsiResult, Vec<u8>) {
         with_buffer(&self.mem, out, len, |sg| {
-            block_on(self.dvd.execute(cdb, sg, who))
+            block_on(self.dvd.execute(cdb, sg, who, self.delivery))
         })
     }
 
     fn ok(&self, cdb: &[u8], len: usize) -> Vec<u8> {
         let (r, data) = self.run(cdb, &[], len);
-        assert_eq!(r.status, status::GOOD, "{cdb:02x?}: {r:?}");
+        assert_eq!(r.status, ScsiStatus::GOOD, "{cdb:02x?}: {r:?}");
         data[..r.tx.min(len)].to_vec()
     }
 
     fn sense(&self, cdb: &[u8], len: usize) -> (u8, u8, u8) {
         let (r, _) = self.run(cdb, &[], len);
-        assert_eq!(r.status, status::CHECK_CONDITION, "{cdb:02x?}: {r:?}");
+        assert_eq!(r.status, ScsiStatus::CHECK_CONDITION, "{cdb:02x?}: {r:?}");
         let s = r.sense.unwrap();
-        (s.key, s.asc, s.ascq)
+        (s.key.get(), s.additional.asc(), s.additional.ascq())
     }
 
     fn gesn(&self) -> (u8, u8) {
@@ -92,13 +96,13 @@ fn cdb10(op: u8, b1: u8, alloc: u16) -> [u8; 10] {
 }
 
 fn gesn_cdb(class: u8, alloc: u16) -> [u8; 10] {
-    let mut c = cdb10(mmc::op::GET_EVENT_STATUS_NOTIFICATION, 1, alloc);
+    let mut c = cdb10(ScsiOp::GET_EVENT_STATUS_NOTIFICATION.get(), 1, alloc);
     c[4] = class;
     c
 }
 
 fn read10(lba: u32, len: u16) -> [u8; 10] {
-    rw10(op::READ10, 0, lba, len)
+    rw10(ScsiOp::READ10.get(), 0, lba, len)
 }
 
 const TUR: [u8; 6] = [0; 6];
@@ -107,19 +111,24 @@ const TUR: [u8; 6] = [0; 6];
 fn request_sense_is_per_initiator() {
     const B: InitiatorId = InitiatorId::new(0xB);
     let e = loaded();
-    let rs = [op::REQUEST_SENSE, 0, 0, 0, 18, 0];
+    let rs = [ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0];
     let sense_as = |who| {
         let (r, d) = e.run_as(who, &rs, &[], 18);
-        assert_eq!(r.status, status::GOOD);
+        assert_eq!(r.status, ScsiStatus::GOOD);
         let s = SenseData::parse(&d).unwrap();
-        (s.key, s.asc, s.ascq)
+        (s.key.get(), s.additional.asc(), s.additional.ascq())
     };
     assert_eq!(
-        e.run_as(A, &read10(63, 2), &[], 4096).0.sense.unwrap().asc,
+        e.run_as(A, &read10(63, 2), &[], 4096)
+            .0
+            .sense
+            .unwrap()
+            .additional
+            .asc(),
         0x21
     );
     let (r, _) = e.run_as(B, &[0x02, 0, 0, 0, 0, 0], &[], 0);
-    assert_eq!(r.sense.unwrap().asc, 0x20);
+    assert_eq!(r.sense.unwrap().additional.asc(), 0x20);
     assert_eq!(sense_as(InitiatorId::new(0xC)), (0, 0, 0));
     assert_eq!(sense_as(B), (5, 0x20, 0));
     assert_eq!(sense_as(A), (5, 0x21, 0));
@@ -127,33 +136,101 @@ fn request_sense_is_per_initiator() {
     assert_eq!(sense_as(B), (0, 0, 0));
 }
 
-const EJECT: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x02, 0];
-const LOAD: [u8; 6] = [op::START_STOP_UNIT, 0, 0, 0, 0x03, 0];
-const PREVENT: [u8; 6] = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 1, 0];
-const ALLOW: [u8; 6] = [op::PREVENT_ALLOW_MEDIUM_REMOVAL, 0, 0, 0, 0, 0];
+const EJECT: [u8; 6] = [ScsiOp::START_STOP_UNIT.get(), 0, 0, 0, 0x02, 0];
+const LOAD: [u8; 6] = [ScsiOp::START_STOP_UNIT.get(), 0, 0, 0, 0x03, 0];
+const PREVENT: [u8; 6] = [ScsiOp::PREVENT_ALLOW_MEDIUM_REMOVAL.get(), 0, 0, 0, 1, 0];
+const ALLOW: [u8; 6] = [ScsiOp::PREVENT_ALLOW_MEDIUM_REMOVAL.get(), 0, 0, 0, 0, 0];
 const NO_MEDIUM_CLOSED: (u8, u8, u8) = (2, 0x3A, 1);
 const NO_MEDIUM_OPEN: (u8, u8, u8) = (2, 0x3A, 2);
 
 #[test]
 fn inquiry_standard_and_vpd() {
     let e = env(None);
-    let d = e.ok(&[op::INQUIRY, 0, 0, 0, 96, 0], 96);
+    let d = e.ok(&[ScsiOp::INQUIRY.get(), 0, 0, 0, 96, 0], 96);
     assert_eq!(d[0], 5);
     assert_eq!(d[1], 0x80);
     assert_eq!(&d[16..32], b"Virtual DVD-ROM ");
-    let d = e.ok(&[op::INQUIRY, 1, 0, 0, 64, 0], 64);
+    let d = e.ok(&[ScsiOp::INQUIRY.get(), 1, 0, 0, 64, 0], 64);
     assert_eq!(d, [5, 0, 0, 2, 0x00, 0x83]);
-    let d = e.ok(&[op::INQUIRY, 1, 0x83, 0, 64, 0], 64);
-    assert_eq!(&d[..4], &[5, 0x83, 0, 28]);
-    assert_eq!(&d[8..16], b"Msft    ");
-    assert_eq!(e.sense(&[op::INQUIRY, 1, 0xB0, 0, 64, 0], 64), (5, 0x24, 0));
+    // Device identification: one T10 vendor ID designator, binary code
+    // set (1; the device id is 16 raw bytes), associated with the LU.
+    let d = e.ok(&[ScsiOp::INQUIRY.get(), 1, 0x83, 0, 64, 0], 64);
+    let mut want = vec![5, 0x83, 0, 28, 1, 1, 0, 24];
+    want.extend_from_slice(b"Msft    ");
+    want.extend_from_slice(&[0; 16]);
+    assert_eq!(d, want);
+    let id: [u8; 16] = core::array::from_fn(|i| 0xF0 - i as u8);
+    let custom = Env {
+        dvd: ScsiDvd::with_params(
+            None,
+            DvdParams {
+                vendor: *b"Vendor1 ",
+                device_id: id,
+                ..DvdParams::default()
+            },
+        )
+        .unwrap(),
+        ..env(None)
+    };
+    let d = custom.ok(&[ScsiOp::INQUIRY.get(), 1, 0x83, 0, 64, 0], 64);
+    assert_eq!(&d[..8], &[5, 0x83, 0, 28, 1, 1, 0, 24]);
+    assert_eq!(&d[8..16], b"Vendor1 ");
+    assert_eq!(&d[16..], &id);
+    assert_eq!(
+        e.sense(&[ScsiOp::INQUIRY.get(), 1, 0xB0, 0, 64, 0], 64),
+        (5, 0x24, 0)
+    );
+}
+
+/// With autosense, a failure's sense comes back with the status only:
+/// REQUEST SENSE after it reports the drive's state (NO SENSE with a
+/// medium, NOT READY without), not the failure again.
+#[test]
+fn autosense_is_not_reported_again() {
+    let rs = [ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0];
+    let mut e = loaded();
+    e.delivery = SenseDelivery::Autosense;
+    // Past the end of the medium: the sense comes with the status...
+    assert_eq!(e.sense(&read10(63, 2), 4096), (5, 0x21, 0));
+    // ...and is not pending afterwards.
+    let d = e.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), (0, 0, 0));
+    // A failure kept for REQUEST SENSE is cleared by a later failure
+    // delivered by autosense (the newest sense replaces it).
+    e.delivery = SenseDelivery::RequestSense;
+    assert_eq!(e.sense(&[0x02, 0, 0, 0, 0, 0], 0), (5, 0x20, 0));
+    e.delivery = SenseDelivery::Autosense;
+    assert_eq!(e.sense(&read10(63, 2), 4096), (5, 0x21, 0));
+    let d = e.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), (0, 0, 0));
+    // The medium's UNIT ATTENTION: delivered once with the first command,
+    // then neither pending nor reported again.
+    e.dvd.change_media(Some(medium(2048, 8).1)).unwrap();
+    assert_eq!(e.sense(&TUR, 0), (6, 0x28, 0));
+    let d = e.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), (0, 0, 0));
+    e.ok(&TUR, 0);
+    // REQUEST SENSE still reports a pending UNIT ATTENTION with GOOD.
+    e.dvd.change_media(Some(medium(2048, 8).1)).unwrap();
+    let d = e.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), (6, 0x28, 0));
+    e.ok(&TUR, 0);
+    // Without a medium REQUEST SENSE reports the drive's NOT READY state,
+    // whatever was delivered before.
+    let empty = Env {
+        delivery: SenseDelivery::Autosense,
+        ..env(None)
+    };
+    assert_eq!(empty.sense(&read10(0, 1), 2048), NO_MEDIUM_CLOSED);
+    let d = empty.ok(&rs, 18);
+    assert_eq!((d[2], d[12], d[13]), NO_MEDIUM_CLOSED);
 }
 
 #[test]
 fn test_unit_ready_and_capacity() {
     let e = loaded();
     e.ok(&TUR, 0);
-    let d = e.ok(&cdb10(op::READ_CAPACITY10, 0, 0), 8);
+    let d = e.ok(&cdb10(ScsiOp::READ_CAPACITY10.get(), 0, 0), 8);
     assert_eq!(d, [0, 0, 0, 63, 0, 0, 8, 0]);
 }
 
@@ -163,24 +240,24 @@ fn no_medium_errors() {
     assert_eq!(e.sense(&TUR, 0), NO_MEDIUM_CLOSED);
     assert_eq!(e.sense(&read10(0, 1), 2048), NO_MEDIUM_CLOSED);
     assert_eq!(
-        e.sense(&cdb10(op::READ_CAPACITY10, 0, 0), 8),
+        e.sense(&cdb10(ScsiOp::READ_CAPACITY10.get(), 0, 0), 8),
         NO_MEDIUM_CLOSED
     );
     assert_eq!(
-        e.sense(&cdb10(mmc::op::READ_TOC, 0, 12), 12),
+        e.sense(&cdb10(ScsiOp::READ_TOC.get(), 0, 12), 12),
         NO_MEDIUM_CLOSED
     );
     assert_eq!(
-        e.sense(&cdb10(mmc::op::READ_DISC_INFORMATION, 0, 34), 34),
+        e.sense(&cdb10(ScsiOp::READ_DISC_INFORMATION.get(), 0, 34), 34),
         NO_MEDIUM_CLOSED
     );
     // REQUEST SENSE reports the last failure, then the current state.
-    let d = e.ok(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], 18);
+    let d = e.ok(&[ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0], 18);
     assert_eq!((d[2], d[12], d[13]), (2, 0x3A, 1));
-    let d = e.ok(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], 18);
+    let d = e.ok(&[ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0], 18);
     assert_eq!((d[2], d[12], d[13]), (2, 0x3A, 1));
     // GET CONFIGURATION works without a medium: no current profile.
-    let d = e.ok(&cdb10(mmc::op::GET_CONFIGURATION, 0, 512), 512);
+    let d = e.ok(&cdb10(ScsiOp::GET_CONFIGURATION.get(), 0, 512), 512);
     assert_eq!(&d[6..8], &[0, 0]);
     // GESN reports no event, no medium.
     assert_eq!(e.gesn(), (0, 0));
@@ -193,12 +270,12 @@ fn reads_10_12_16() {
     let e = env(Some(disk));
     assert_eq!(e.ok(&read10(3, 2), 4096), &want[3 * 2048..5 * 2048]);
     let mut c12 = [0u8; 12];
-    c12[0] = op::READ12;
+    c12[0] = ScsiOp::READ12.get();
     c12[2..6].copy_from_slice(&5u32.to_be_bytes());
     c12[6..10].copy_from_slice(&1u32.to_be_bytes());
     assert_eq!(e.ok(&c12, 2048), &want[5 * 2048..6 * 2048]);
     let mut c16 = [0u8; 16];
-    c16[0] = op::READ16;
+    c16[0] = ScsiOp::READ16.get();
     c16[2..10].copy_from_slice(&63u64.to_be_bytes());
     c16[10..14].copy_from_slice(&1u32.to_be_bytes());
     assert_eq!(e.ok(&c16, 2048), &want[63 * 2048..]);
@@ -212,7 +289,7 @@ fn lba_scaling_over_512_and_1024_byte_backends() {
     for ss in [512, 1024] {
         let (ram, disk) = medium(ss, 16);
         let e = env(Some(disk));
-        let d = e.ok(&cdb10(op::READ_CAPACITY10, 0, 0), 8);
+        let d = e.ok(&cdb10(ScsiOp::READ_CAPACITY10.get(), 0, 0), 8);
         assert_eq!(d, [0, 0, 0, 15, 0, 0, 8, 0]);
         let got = e.ok(&read10(5, 3), 3 * 2048);
         // The backend's own bytes at sectors 5 * 2048 / ss ...
@@ -255,25 +332,25 @@ fn media_change_events_sequence() {
     assert_eq!(e.gesn(), (0, 0));
     e.dvd.change_media(Some(medium(2048, 8).1)).unwrap();
     // New media, reported once.
-    assert_eq!(e.gesn(), (event::MEDIA_NEW_MEDIA, 2));
-    assert_eq!(e.gesn(), (event::MEDIA_NO_CHANGE, 2));
+    assert_eq!(e.gesn(), (MediaEventCode::NEW_MEDIA.get(), 2));
+    assert_eq!(e.gesn(), (MediaEventCode::NO_CHANGE.get(), 2));
     // Unit attention once, then ready.
     assert_eq!(e.sense(&TUR, 0), (6, 0x28, 0));
     e.ok(&TUR, 0);
     e.ok(&read10(0, 1), 2048);
     // Host removal.
     e.dvd.change_media(None).unwrap();
-    assert_eq!(e.gesn(), (event::MEDIA_REMOVAL, 0));
-    assert_eq!(e.gesn(), (event::MEDIA_NO_CHANGE, 0));
+    assert_eq!(e.gesn(), (MediaEventCode::MEDIA_REMOVAL.get(), 0));
+    assert_eq!(e.gesn(), (MediaEventCode::NO_CHANGE.get(), 0));
     assert_eq!(e.sense(&TUR, 0), NO_MEDIUM_CLOSED);
     // Eject button.
     e.dvd.change_media(Some(medium(2048, 8).1)).unwrap();
     // REQUEST SENSE reports and clears the unit attention.
-    let d = e.ok(&[op::REQUEST_SENSE, 0, 0, 0, 18, 0], 18);
+    let d = e.ok(&[ScsiOp::REQUEST_SENSE.get(), 0, 0, 0, 18, 0], 18);
     assert_eq!((d[2], d[12], d[13]), (6, 0x28, 0));
     e.ok(&TUR, 0);
     e.dvd.request_eject();
-    assert_eq!(e.gesn(), (event::MEDIA_EJECT_REQUEST, 2));
+    assert_eq!(e.gesn(), (MediaEventCode::EJECT_REQUEST.get(), 2));
     // Without the media class requested: no event available.
     let d = e.ok(&gesn_cdb(0x02, 8), 8);
     assert_eq!(d, [0, 2, 0x80, 0x10]);
@@ -289,9 +366,9 @@ fn eject_without_prevent() {
     e.ok(&EJECT, 0);
     assert!(e.dvd.media().is_none());
     assert_eq!(e.sense(&TUR, 0), NO_MEDIUM_OPEN);
-    assert_eq!(e.gesn(), (event::MEDIA_REMOVAL, 1));
+    assert_eq!(e.gesn(), (MediaEventCode::MEDIA_REMOVAL.get(), 1));
     let mut ms = [0u8; 12];
-    ms[0] = mmc::op::MECHANISM_STATUS;
+    ms[0] = ScsiOp::MECHANISM_STATUS.get();
     ms[9] = 8;
     assert_eq!(e.ok(&ms, 8)[1], 0x10);
     // Closing the tray: still no medium, tray closed.
@@ -312,15 +389,15 @@ fn eject_with_prevent() {
     assert_eq!(e.sense(&TUR, 0), NO_MEDIUM_OPEN);
     // Stop without LoEj, and power conditions, do nothing.
     let e = loaded();
-    e.ok(&[op::START_STOP_UNIT, 0, 0, 0, 0, 0], 0);
-    e.ok(&[op::START_STOP_UNIT, 0, 0, 0, 0x32, 0], 0);
+    e.ok(&[ScsiOp::START_STOP_UNIT.get(), 0, 0, 0, 0, 0], 0);
+    e.ok(&[ScsiOp::START_STOP_UNIT.get(), 0, 0, 0, 0x32, 0], 0);
     e.ok(&TUR, 0);
 }
 
 #[test]
 fn get_configuration_features() {
     let e = loaded();
-    let d = e.ok(&cdb10(mmc::op::GET_CONFIGURATION, 0, 1024), 1024);
+    let d = e.ok(&cdb10(ScsiOp::GET_CONFIGURATION.get(), 0, 1024), 1024);
     let len = u32::from_be_bytes(d[..4].try_into().unwrap()) as usize;
     assert_eq!(len + 4, d.len());
     assert_eq!(&d[6..8], &[0, 0x10]);
@@ -341,38 +418,38 @@ fn get_configuration_features() {
     // Profile list: DVD-ROM current, CD-ROM not.
     assert_eq!(&d[12..20], &[0, 0x10, 1, 0, 0, 0x08, 0, 0]);
     // RT = 2: only the requested feature.
-    let mut c = cdb10(mmc::op::GET_CONFIGURATION, 2, 64);
+    let mut c = cdb10(ScsiOp::GET_CONFIGURATION.get(), 2, 64);
     c[3] = 0x1F;
     let d = e.ok(&c, 64);
     assert_eq!(d.len(), 12);
     assert_eq!(&d[8..10], &[0, 0x1F]);
     assert_eq!(
-        e.sense(&cdb10(mmc::op::GET_CONFIGURATION, 3, 64), 64),
+        e.sense(&cdb10(ScsiOp::GET_CONFIGURATION.get(), 3, 64), 64),
         (5, 0x24, 0)
     );
     // RT = 1 without medium: no random-readable / DVD-read.
     let e = env(None);
-    let d = e.ok(&cdb10(mmc::op::GET_CONFIGURATION, 1, 1024), 1024);
+    let d = e.ok(&cdb10(ScsiOp::GET_CONFIGURATION.get(), 1, 1024), 1024);
     assert_eq!(d.len(), 8 + 12 + 12 + 8 + 8);
 }
 
 #[test]
 fn read_toc_lba_and_msf() {
     let e = loaded();
-    let d = e.ok(&cdb10(mmc::op::READ_TOC, 0, 64), 64);
+    let d = e.ok(&cdb10(ScsiOp::READ_TOC.get(), 0, 64), 64);
     assert_eq!(d.len(), 20);
     assert_eq!(&d[..4], &[0, 18, 1, 1]);
     assert_eq!(&d[4..12], &[0, 0x14, 1, 0, 0, 0, 0, 0]);
     assert_eq!(&d[12..20], &[0, 0x14, 0xAA, 0, 0, 0, 0, 64]);
-    let d = e.ok(&cdb10(mmc::op::READ_TOC, 2, 64), 64);
+    let d = e.ok(&cdb10(ScsiOp::READ_TOC.get(), 2, 64), 64);
     assert_eq!(&d[8..12], &[0, 0, 2, 0]);
     assert_eq!(&d[16..20], &[0, 0, 2, 64]);
-    let mut c = cdb10(mmc::op::READ_TOC, 0, 64);
+    let mut c = cdb10(ScsiOp::READ_TOC.get(), 0, 64);
     c[6] = 0xAA;
     assert_eq!(e.ok(&c, 64).len(), 12);
     c[6] = 2;
     assert_eq!(e.sense(&c, 64), (5, 0x24, 0));
-    let mut c = cdb10(mmc::op::READ_TOC, 0, 64);
+    let mut c = cdb10(ScsiOp::READ_TOC.get(), 0, 64);
     c[2] = 1;
     assert_eq!(e.ok(&c, 64).len(), 12);
     c[2] = 2;
@@ -384,7 +461,7 @@ fn read_toc_lba_and_msf() {
 fn mode_sense_and_select() {
     let e = loaded();
     let ms = |pc_page: u8| {
-        let mut c = cdb10(op::MODE_SENSE10, 0, 255);
+        let mut c = cdb10(ScsiOp::MODE_SENSE10.get(), 0, 255);
         c[2] = pc_page;
         c
     };
@@ -404,13 +481,16 @@ fn mode_sense_and_select() {
     let mut list = all.clone();
     list[0] = 0;
     list[1] = 0;
-    let mut c = cdb10(op::MODE_SELECT10, 0x10, list.len() as u16);
+    let mut c = cdb10(ScsiOp::MODE_SELECT10.get(), 0x10, list.len() as u16);
     let (r, _) = e.run(&c, &list, list.len());
-    assert_eq!(r.status, status::GOOD, "{r:?}");
+    assert_eq!(r.status, ScsiStatus::GOOD, "{r:?}");
     // Unknown page → invalid field in parameter list.
     list[8] = 0x08;
     let (r, _) = e.run(&c, &list, list.len());
-    assert_eq!(r.sense.map(|s| (s.key, s.asc)), Some((5, 0x26)));
+    assert_eq!(
+        r.sense.map(|s| (s.key.get(), s.additional.asc())),
+        Some((5, 0x26))
+    );
     // SP → invalid field in CDB.
     c[1] = 0x11;
     assert_eq!(e.sense(&c, list.len()), (5, 0x24, 0));
@@ -419,9 +499,9 @@ fn mode_sense_and_select() {
 #[test]
 fn disc_track_structure_and_misc() {
     let e = loaded();
-    let d = e.ok(&cdb10(mmc::op::READ_DISC_INFORMATION, 0, 34), 34);
+    let d = e.ok(&cdb10(ScsiOp::READ_DISC_INFORMATION.get(), 0, 34), 34);
     assert_eq!(&d[..4], &[0, 32, 0x0E, 1]);
-    let mut c = cdb10(mmc::op::READ_TRACK_INFORMATION, 1, 48);
+    let mut c = cdb10(ScsiOp::READ_TRACK_INFORMATION.get(), 1, 48);
     c[5] = 1;
     let d = e.ok(&c, 48);
     assert_eq!(&d[..4], &[0, 46, 1, 1]);
@@ -430,7 +510,7 @@ fn disc_track_structure_and_misc() {
     assert_eq!(e.sense(&c, 48), (5, 0x24, 0));
     // READ DVD STRUCTURE format 0.
     let mut c = [0u8; 12];
-    c[0] = mmc::op::READ_DVD_STRUCTURE;
+    c[0] = ScsiOp::READ_DISC_STRUCTURE.get();
     c[8..10].copy_from_slice(&2052u16.to_be_bytes());
     let d = e.ok(&c, 2052);
     assert_eq!(d.len(), 2052);
@@ -444,7 +524,7 @@ fn disc_track_structure_and_misc() {
     assert_eq!(e.sense(&c, 2052), (5, 0x24, 0));
     // GET PERFORMANCE: one nominal read descriptor.
     let mut c = [0u8; 12];
-    c[0] = mmc::op::GET_PERFORMANCE;
+    c[0] = ScsiOp::GET_PERFORMANCE.get();
     c[9] = 4;
     let d = e.ok(&c, 64);
     assert_eq!(d.len(), 24);
@@ -452,14 +532,14 @@ fn disc_track_structure_and_misc() {
     c[10] = 7;
     assert_eq!(e.sense(&c, 64), (5, 0x24, 0));
     // READ BUFFER CAPACITY.
-    let d = e.ok(&cdb10(mmc::op::READ_BUFFER_CAPACITY, 0, 12), 12);
+    let d = e.ok(&cdb10(ScsiOp::READ_BUFFER_CAPACITY.get(), 0, 12), 12);
     assert_eq!(&d[..2], &[0, 10]);
     // SET STREAMING with a performance descriptor.
     let mut c = [0u8; 12];
-    c[0] = mmc::op::SET_STREAMING;
+    c[0] = ScsiOp::SET_STREAMING.get();
     c[10] = 28;
     let (r, _) = e.run(&c, &[0; 28], 28);
-    assert_eq!(r.status, status::GOOD);
+    assert_eq!(r.status, ScsiStatus::GOOD);
     c[8] = 1;
     assert_eq!(e.sense(&c, 28), (5, 0x24, 0));
 }
@@ -468,18 +548,18 @@ fn disc_track_structure_and_misc() {
 fn unsupported_and_write_commands() {
     let e = loaded();
     let mut w = read10(0, 1);
-    w[0] = op::WRITE10;
+    w[0] = ScsiOp::WRITE10.get();
     assert_eq!(e.sense(&w, 2048), (5, 0x20, 0));
     for cdb in [
-        [op::READ6, 0, 0, 0, 1, 0],
-        [op::MODE_SENSE6, 0, 0x3F, 0, 255, 0],
-        [op::FORMAT_UNIT, 0, 0, 0, 0, 0],
+        [ScsiOp::READ6.get(), 0, 0, 0, 1, 0],
+        [ScsiOp::MODE_SENSE6.get(), 0, 0x3F, 0, 255, 0],
+        [ScsiOp::FORMAT_UNIT.get(), 0, 0, 0, 0, 0],
         [0xFF, 0, 0, 0, 0, 0],
     ] {
         assert_eq!(e.sense(&cdb, 512), (5, 0x20, 0));
     }
     assert_eq!(e.sense(&[], 0), (5, 0x24, 0));
-    assert_eq!(e.sense(&[op::READ10, 0, 0], 0), (5, 0x24, 0));
+    assert_eq!(e.sense(&[ScsiOp::READ10.get(), 0, 0], 0), (5, 0x24, 0));
 }
 
 #[test]
@@ -492,7 +572,7 @@ fn hostile_cdbs_never_panic() {
         for b in cdb.iter_mut() {
             *b = next() as u8;
         }
-        cdb[0] = MMC_OPCODES[(next() as usize) % MMC_OPCODES.len()];
+        cdb[0] = MMC_OPCODES[(next() as usize) % MMC_OPCODES.len()].get();
         if i % 3 == 0 {
             cdb[0] = next() as u8;
         }
