@@ -2121,3 +2121,47 @@ fn verify_stages_its_buffer_by_chunk() {
     assert_eq!(sense_of(&r), (0xE, 0x1D, 0));
     assert_eq!(r.sense.unwrap().information, Some(100));
 }
+
+/// On a disk that completes inline, a command that must wait for another
+/// command's overlapping range (another channel's COMPARE AND WRITE, or a
+/// WRITE in progress under a COMPARE AND WRITE) is not run in place:
+/// [`Lun::run_now`] declines it (the transport keeps its future, which
+/// the range's release wakes) rather than failing it as a broken inline
+/// promise; once the range is free a WRITE runs in place.
+#[test]
+fn run_now_declines_a_command_waiting_for_a_range() {
+    let ram = RamDisk::new(SECTORS * u64::from(SS), SS).unwrap();
+    let scsi = alloc::sync::Arc::new(ScsiDisk::new(
+        Disk::new(ram).unwrap(),
+        DiskParams::default(),
+    ));
+    let lun = crate::Lun::Disk(scsi.clone());
+    let mem = RamGuestMemory::new(64 << 10);
+    let ranges = [GpaRange::new(GPA, 1024)];
+    let sg = SgList::new(&mem, &ranges, true).unwrap();
+    let d = SenseDelivery::Autosense;
+    let write = rw10(ScsiOp::WRITE10.get(), 0, 0, 1);
+    let cmp = caw(0, 1);
+    {
+        // A COMPARE AND WRITE of LBA 0 in progress elsewhere.
+        let _held = block_on(scsi.ranges.exclusive(0, 1));
+        assert_eq!(lun.run_now(&write, &sg, A, d), None, "WRITE under a CAW");
+    }
+    {
+        // A WRITE of LBA 0 in progress elsewhere.
+        let _held = block_on(scsi.ranges.shared(0, 1));
+        assert_eq!(lun.run_now(&cmp, &sg, A, d), None, "CAW over a WRITE");
+    }
+    assert_eq!(lun.run_now(&write, &sg, A, d), Some(ScsiResult::good(512)));
+    // Commands that hold a range always run as their future, which the
+    // transport keeps while it waits.
+    assert_eq!(lun.run_now(&cmp, &sg, A, d), None);
+    // The buffer holds the block just written twice: the compare matches.
+    let mut block = vec![0u8; 512];
+    mem.read(GPA, &mut block).unwrap();
+    mem.write(GPA + 512, &block).unwrap();
+    assert_eq!(
+        block_on(lun.execute(&cmp, sg, A, d)),
+        ScsiResult::good(1024)
+    );
+}
