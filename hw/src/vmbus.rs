@@ -26,7 +26,7 @@
 //!
 //! Everything here is pure: layouts, constants and validation. The ring
 //! access itself (guest memory, wrap-around copies, signalling) lives in
-//! `parastor-translation`.
+//! `parastor-vmbus`.
 
 use core::fmt;
 use core::mem::offset_of;

@@ -1,6 +1,6 @@
 //! [`Lun`]: what a SCSI transport addresses.
 
-use crate::disk::ScsiDisk;
+use crate::disk::{Now, ScsiDisk};
 use crate::dvd::ScsiDvd;
 use crate::{ScsiResult, SenseDelivery, disk_error_result};
 use alloc::sync::Arc;
@@ -42,11 +42,9 @@ impl Lun {
     /// disk through [`ScsiDisk::execute_now`], anything else by polling
     /// [`Lun::execute`] once. A device that breaks its promise fails the
     /// command as a device error instead of hanging the transport. `None`,
-    /// with nothing done, when the command may wait: the device does not
-    /// complete inline, or the command may wait for an LBA range lock held
-    /// by another thread (a WRITE that `execute_now` could not lock; WRITE
-    /// SAME, WRITE AND VERIFY, UNMAP and COMPARE AND WRITE always) — run
-    /// [`Lun::execute`].
+    /// with nothing done, when the device may wait, or the command may
+    /// wait for another command's overlapping range of blocks (a WRITE
+    /// under a COMPARE AND WRITE on another channel): run [`Lun::execute`].
     ///
     /// The inline decision is core's one [`if_inline`]; transports call
     /// this rather than deciding themselves.
@@ -66,14 +64,10 @@ impl Lun {
         match self {
             Lun::Disk(d) => d
                 .disk()
-                .run_now(|_| match d.execute_now(cdb, data, initiator, delivery) {
-                    Some(done) => Some(done),
-                    // A command that takes an LBA range lock may have to
-                    // wait for another holder (another channel's thread)
-                    // even on an inline disk: it runs as a future that can
-                    // wait, never as a broken promise.
-                    None if d.locks_ranges(cdb) => None,
-                    None => Some(whole()),
+                .run_now(|_| match d.read_write_now(cdb, data, initiator, delivery) {
+                    Now::Done(r) => Some(r),
+                    Now::Waits => None,
+                    Now::Other => Some(whole()),
                 })
                 .flatten(),
             Lun::Dvd(d) => if_inline(d.media().is_none_or(|m| m.completes_inline()), whole),

@@ -127,6 +127,19 @@ fn unit_attention() -> SenseData {
     )
 }
 
+/// What [`ScsiDisk::read_write_now`] did with a command on a disk that
+/// completes inline.
+pub(crate) enum Now {
+    /// A READ or WRITE ran in place: its result.
+    Done(ScsiResult),
+    /// Not run: the command holds a range of blocks and may wait for
+    /// another command's (only its future can wait; polled in place it
+    /// would look like a disk breaking its inline promise).
+    Waits,
+    /// Not run: any other command, which never waits but on the disk.
+    Other,
+}
+
 /// A SCSI direct-access block device over a [`Disk`].
 pub struct ScsiDisk {
     disk: Disk,
@@ -238,42 +251,43 @@ impl ScsiDisk {
         initiator: InitiatorId,
         delivery: SenseDelivery,
     ) -> Option<ScsiResult> {
-        self.disk
-            .run_now(|_| self.read_write_now(cdb, data, initiator, delivery))
-            .flatten()
+        match self
+            .disk
+            .run_now(|_| self.read_write_now(cdb, data, initiator, delivery))?
+        {
+            Now::Done(r) => Some(r),
+            Now::Waits | Now::Other => None,
+        }
     }
 
-    /// Whether `cdb` takes an LBA range lock (see the crate's range lock),
-    /// so it may wait for another holder even on a disk that completes
-    /// inline.
-    pub(crate) fn locks_ranges(&self, cdb: &[u8]) -> bool {
-        matches!(
-            parse_cdb(cdb),
-            Ok(Command::Write(_)
-                | Command::WriteSame { .. }
-                | Command::WriteAndVerify { .. }
-                | Command::Unmap { .. }
-                | Command::CompareAndWrite(_))
-        )
-    }
-
-    /// [`ScsiDisk::execute_now`] on a disk known to complete inline.
-    fn read_write_now(
+    /// [`ScsiDisk::execute_now`] on a disk known to complete inline, with
+    /// why a command was not run.
+    pub(crate) fn read_write_now(
         &self,
         cdb: &[u8],
         data: &SgList<'_>,
         initiator: InitiatorId,
         delivery: SenseDelivery,
-    ) -> Option<ScsiResult> {
+    ) -> Now {
         let (t, write) = match parse_cdb(cdb) {
             Ok(Command::Read(t)) => (t, false),
             Ok(Command::Write(t)) => (t, true),
-            _ => return None,
+            // These hold a range and may wait for another command's.
+            Ok(
+                Command::WriteAndVerify { .. }
+                | Command::WriteSame { .. }
+                | Command::Unmap { .. }
+                | Command::CompareAndWrite(_),
+            ) => return Now::Waits,
+            _ => return Now::Other,
         };
         // Taken before anything is reported, so a fallback to `execute`
         // has not claimed the UNIT ATTENTION.
         let guard = if write {
-            Some(self.ranges.try_shared(t.lba, t.blocks.into())?)
+            match self.ranges.try_shared(t.lba, t.blocks.into()) {
+                Some(g) => Some(g),
+                None => return Now::Waits,
+            }
         } else {
             None
         };
@@ -290,7 +304,7 @@ impl ScsiDisk {
             })
         };
         drop(guard);
-        Some(self.sense.finish(result, initiator, delivery))
+        Now::Done(self.sense.finish(result, initiator, delivery))
     }
 
     /// Reports a capacity change once: true if this caller claimed it.

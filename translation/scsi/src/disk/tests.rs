@@ -2122,42 +2122,46 @@ fn verify_stages_its_buffer_by_chunk() {
     assert_eq!(r.sense.unwrap().information, Some(100));
 }
 
-/// On a disk that completes inline, a command that must wait for an LBA
-/// range lock another holder has (another channel's thread) is not run in
-/// place as a broken promise: `Lun::run_now` leaves it to `execute`, which
-/// waits; commands that lock nothing still run in place.
+/// On a disk that completes inline, a command that must wait for another
+/// command's overlapping range (another channel's COMPARE AND WRITE, or a
+/// WRITE in progress under a COMPARE AND WRITE) is not run in place:
+/// [`Lun::run_now`] declines it (the transport keeps its future, which
+/// the range's release wakes) rather than failing it as a broken inline
+/// promise; once the range is free a WRITE runs in place.
 #[test]
-fn run_now_leaves_range_lock_waits_to_execute() {
-    let e = env();
+fn run_now_declines_a_command_waiting_for_a_range() {
+    let ram = RamDisk::new(SECTORS * u64::from(SS), SS).unwrap();
     let scsi = alloc::sync::Arc::new(ScsiDisk::new(
-        Disk::new(e.ram.clone()).unwrap(),
+        Disk::new(ram).unwrap(),
         DiskParams::default(),
     ));
     let lun = crate::Lun::Disk(scsi.clone());
-    let ranges = [GpaRange::new(GPA, 4096)];
-    let sg = SgList::new(&e.mem, &ranges, true).unwrap();
-    let d = SenseDelivery::RequestSense;
+    let mem = RamGuestMemory::new(64 << 10);
+    let ranges = [GpaRange::new(GPA, 1024)];
+    let sg = SgList::new(&mem, &ranges, true).unwrap();
+    let d = SenseDelivery::Autosense;
     let write = rw10(ScsiOp::WRITE10.get(), 0, 0, 1);
-    let write_same = rw10(ScsiOp::WRITE_SAME10.get(), 0, 2, 1);
-    let read = rw10(ScsiOp::READ10.get(), 0, 0, 1);
-
-    let held = block_on(scsi.ranges.exclusive(0, 16));
-    assert_eq!(lun.run_now(&write, &sg, A, d), None, "WRITE must wait");
+    let cmp = caw(0, 1);
+    {
+        // A COMPARE AND WRITE of LBA 0 in progress elsewhere.
+        let _held = block_on(scsi.ranges.exclusive(0, 1));
+        assert_eq!(lun.run_now(&write, &sg, A, d), None, "WRITE under a CAW");
+    }
+    {
+        // A WRITE of LBA 0 in progress elsewhere.
+        let _held = block_on(scsi.ranges.shared(0, 1));
+        assert_eq!(lun.run_now(&cmp, &sg, A, d), None, "CAW over a WRITE");
+    }
+    assert_eq!(lun.run_now(&write, &sg, A, d), Some(ScsiResult::good(512)));
+    // Commands that hold a range always run as their future, which the
+    // transport keeps while it waits.
+    assert_eq!(lun.run_now(&cmp, &sg, A, d), None);
+    // The buffer holds the block just written twice: the compare matches.
+    let mut block = vec![0u8; 512];
+    mem.read(GPA, &mut block).unwrap();
+    mem.write(GPA + 512, &block).unwrap();
     assert_eq!(
-        lun.run_now(&write_same, &sg, A, d),
-        None,
-        "WRITE SAME must wait"
+        block_on(lun.execute(&cmp, sg, A, d)),
+        ScsiResult::good(1024)
     );
-    let r = lun.run_now(&read, &sg, A, d).expect("READ locks nothing");
-    assert_eq!(r.status, ScsiStatus::GOOD);
-    drop(held);
-
-    let r = lun
-        .run_now(&write, &sg, A, d)
-        .expect("free range: in place");
-    assert_eq!(r.status, ScsiStatus::GOOD);
-    // The other locking commands always run as futures that can wait.
-    assert_eq!(lun.run_now(&write_same, &sg, A, d), None);
-    let r = block_on(lun.execute(&write_same, sg, A, d));
-    assert_eq!(r.status, ScsiStatus::GOOD);
 }
