@@ -18,8 +18,9 @@
 //!   `IntoBytes`, `Immutable`, `KnownLayout`, `Unaligned`) built from
 //!   byte-order integer types (`zerocopy::big_endian` for SCSI,
 //!   `zerocopy::little_endian` for StorVSP and VMBus), so they have
-//!   alignment 1, no padding and one meaning on every host. Each layout's
-//!   size is asserted at compile time next to it.
+//!   alignment 1, no padding and one meaning on every host. They are
+//!   declared with this crate's `wire_layout!`, which adds the derives and
+//!   asserts each layout's size at compile time.
 //! - **Registers, dwords and flag bytes** are `#[bitfield(uN)]` types
 //!   (the `bitfield-struct` crate), with the byte-order type as their
 //!   representation when they are wider than a byte, so they are layout
@@ -65,6 +66,8 @@
 #![no_std]
 
 mod open_enum;
+#[macro_use]
+mod wire_layout;
 
 pub mod guid;
 pub mod scsi;

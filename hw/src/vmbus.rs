@@ -67,39 +67,26 @@ pub struct RingFeatures {
     pub reserved: u32,
 }
 
-/// The used part of a ring's control page (`struct hv_ring_buffer` up to the
-/// padding); the rest of the 4 KiB page is reserved.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct RingControl {
-    /// Byte offset in the data area where the writer puts the next packet.
-    pub write_index: U32,
-    /// Byte offset in the data area of the next packet the reader consumes.
-    pub read_index: U32,
-    /// Non-zero while the reader does not want to be signalled for new data.
-    pub interrupt_mask: U32,
-    /// Bytes the writer is waiting for (0 = not waiting); see
-    /// [`RingFeatures::pending_send_size`].
-    pub pending_send_sz: U32,
-    /// Reserved.
-    pub reserved: [U32; 12],
-    /// Feature bits.
-    pub feature_bits: RingFeatures,
+wire_layout! {
+    /// The used part of a ring's control page (`struct hv_ring_buffer` up to the
+    /// padding); the rest of the 4 KiB page is reserved.
+    pub struct RingControl {
+        /// Byte offset in the data area where the writer puts the next packet.
+        pub write_index: U32,
+        /// Byte offset in the data area of the next packet the reader consumes.
+        pub read_index: U32,
+        /// Non-zero while the reader does not want to be signalled for new data.
+        pub interrupt_mask: U32,
+        /// Bytes the writer is waiting for (0 = not waiting); see
+        /// [`RingFeatures::pending_send_size`].
+        pub pending_send_sz: U32,
+        /// Reserved.
+        pub reserved: [U32; 12],
+        /// Feature bits.
+        pub feature_bits: RingFeatures,
+    }
+    size 68
 }
-
-const _: () = assert!(size_of::<RingControl>() == 68);
 
 /// Byte offset of `write_index` in the control page.
 pub const RING_WRITE_INDEX_OFFSET: u32 = offset_of!(RingControl, write_index) as u32;
@@ -293,35 +280,22 @@ pub const PACKET_TRAILER_SIZE: u32 = 8;
 /// bytes, trailer excluded.
 pub const MAX_PACKET_SIZE: u32 = u16::MAX as u32 * 8;
 
-/// The descriptor at the start of every packet (`struct vmpacket_descriptor`).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct PacketDescriptor {
-    /// Packet type.
-    pub packet_type: PacketType,
-    /// Offset of the payload from the start of the packet, in 8-byte units.
-    pub data_offset8: U16,
-    /// Total length of the packet (trailer excluded), in 8-byte units.
-    pub length8: U16,
-    /// Flags.
-    pub flags: DescriptorFlags,
-    /// The sender's id for the request; a completion echoes it.
-    pub transaction_id: U64,
+wire_layout! {
+    /// The descriptor at the start of every packet (`struct vmpacket_descriptor`).
+    pub struct PacketDescriptor {
+        /// Packet type.
+        pub packet_type: PacketType,
+        /// Offset of the payload from the start of the packet, in 8-byte units.
+        pub data_offset8: U16,
+        /// Total length of the packet (trailer excluded), in 8-byte units.
+        pub length8: U16,
+        /// Flags.
+        pub flags: DescriptorFlags,
+        /// The sender's id for the request; a completion echoes it.
+        pub transaction_id: U64,
+    }
+    size PACKET_DESCRIPTOR_SIZE as usize
 }
-
-const _: () = assert!(size_of::<PacketDescriptor>() == PACKET_DESCRIPTOR_SIZE as usize);
 
 /// Why a packet descriptor is malformed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,81 +425,42 @@ pub const fn align8(n: u64) -> u64 {
     }
 }
 
-/// The 8 bytes after every packet: the writer's index before the packet,
-/// in the upper half of a little-endian `u64`.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct PacketTrailer {
-    /// Reserved (zero).
-    pub reserved: U32,
-    /// `write_index` before this packet was written.
-    pub previous_write_index: U32,
+wire_layout! {
+    /// The 8 bytes after every packet: the writer's index before the packet,
+    /// in the upper half of a little-endian `u64`.
+    pub struct PacketTrailer {
+        /// Reserved (zero).
+        pub reserved: U32,
+        /// `write_index` before this packet was written.
+        pub previous_write_index: U32,
+    }
+    size PACKET_TRAILER_SIZE as usize
 }
 
-const _: () = assert!(size_of::<PacketTrailer>() == PACKET_TRAILER_SIZE as usize);
-
-/// The header after the descriptor of a GPA-direct packet
-/// (`struct vmbus_channel_packet_multipage_buffer` minus the descriptor).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct GpaDirectHeader {
-    /// Reserved (zero).
-    pub reserved: U32,
-    /// Number of [`GpaRangeHeader`]-led ranges that follow.
-    pub range_count: U32,
+wire_layout! {
+    /// The header after the descriptor of a GPA-direct packet
+    /// (`struct vmbus_channel_packet_multipage_buffer` minus the descriptor).
+    pub struct GpaDirectHeader {
+        /// Reserved (zero).
+        pub reserved: U32,
+        /// Number of [`GpaRangeHeader`]-led ranges that follow.
+        pub range_count: U32,
+    }
+    size 8
 }
 
-const _: () = assert!(size_of::<GpaDirectHeader>() == 8);
-
-/// The start of one GPA range (`struct gpa_range`); `pfn_count` page frame
-/// numbers (`u64`) follow it, where `pfn_count` is
-/// [`GpaRangeHeader::pfn_count`].
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct GpaRangeHeader {
-    /// Length of the range in bytes.
-    pub byte_count: U32,
-    /// Offset of the range's first byte in its first page.
-    pub byte_offset: U32,
+wire_layout! {
+    /// The start of one GPA range (`struct gpa_range`); `pfn_count` page frame
+    /// numbers (`u64`) follow it, where `pfn_count` is
+    /// [`GpaRangeHeader::pfn_count`].
+    pub struct GpaRangeHeader {
+        /// Length of the range in bytes.
+        pub byte_count: U32,
+        /// Offset of the range's first byte in its first page.
+        pub byte_offset: U32,
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<GpaRangeHeader>() == 8);
 
 impl GpaRangeHeader {
     /// Number of pages the range spans (and so of PFNs that follow it).

@@ -7,29 +7,16 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 use crate::open_enum::open_enum;
 
-/// READ CAPACITY(10) parameter data.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ReadCapacity10Data {
-    /// Last LBA (0xFFFFFFFF if it does not fit).
-    pub last_lba: U32,
-    /// Logical block length in bytes.
-    pub block_len: U32,
+wire_layout! {
+    /// READ CAPACITY(10) parameter data.
+    pub struct ReadCapacity10Data {
+        /// Last LBA (0xFFFFFFFF if it does not fit).
+        pub last_lba: U32,
+        /// Logical block length in bytes.
+        pub block_len: U32,
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<ReadCapacity10Data>() == 8);
 
 /// READ CAPACITY(16) byte 12: protection.
 #[bitfield(u8)]
@@ -74,61 +61,35 @@ pub struct CapacityProvisioning {
     pub lbpme: bool,
 }
 
-/// READ CAPACITY(16) parameter data.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ReadCapacity16Data {
-    /// Last LBA.
-    pub last_lba: U64,
-    /// Logical block length in bytes.
-    pub block_len: U32,
-    /// P_TYPE, PROT_EN.
-    pub protection: CapacityProtection,
-    /// Exponents.
-    pub exponents: CapacityExponents,
-    /// LBPME, LBPRZ, lowest aligned LBA.
-    pub provisioning: CapacityProvisioning,
-    /// Reserved.
-    pub reserved: [u8; 16],
+wire_layout! {
+    /// READ CAPACITY(16) parameter data.
+    pub struct ReadCapacity16Data {
+        /// Last LBA.
+        pub last_lba: U64,
+        /// Logical block length in bytes.
+        pub block_len: U32,
+        /// P_TYPE, PROT_EN.
+        pub protection: CapacityProtection,
+        /// Exponents.
+        pub exponents: CapacityExponents,
+        /// LBPME, LBPRZ, lowest aligned LBA.
+        pub provisioning: CapacityProvisioning,
+        /// Reserved.
+        pub reserved: [u8; 16],
+    }
+    size 32
 }
 
-const _: () = assert!(size_of::<ReadCapacity16Data>() == 32);
-
-/// GET LBA STATUS parameter data header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct LbaStatusHeader {
-    /// Bytes that follow this field.
-    pub data_len: U32,
-    /// Reserved.
-    pub reserved: [u8; 4],
+wire_layout! {
+    /// GET LBA STATUS parameter data header.
+    pub struct LbaStatusHeader {
+        /// Bytes that follow this field.
+        pub data_len: U32,
+        /// Reserved.
+        pub reserved: [u8; 4],
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<LbaStatusHeader>() == 8);
 
 open_enum! {
     /// GET LBA STATUS provisioning status (descriptor byte 12, bits 3:0).
@@ -142,85 +103,46 @@ open_enum! {
     }
 }
 
-/// GET LBA STATUS descriptor.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct LbaStatusDescriptor {
-    /// First LBA.
-    pub lba: U64,
-    /// Number of blocks.
-    pub blocks: U32,
-    /// Provisioning status.
-    pub status: ProvisioningStatus,
-    /// Reserved.
-    pub reserved: [u8; 3],
+wire_layout! {
+    /// GET LBA STATUS descriptor.
+    pub struct LbaStatusDescriptor {
+        /// First LBA.
+        pub lba: U64,
+        /// Number of blocks.
+        pub blocks: U32,
+        /// Provisioning status.
+        pub status: ProvisioningStatus,
+        /// Reserved.
+        pub reserved: [u8; 3],
+    }
+    size 16
 }
 
-const _: () = assert!(size_of::<LbaStatusDescriptor>() == 16);
-
-/// UNMAP parameter list header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct UnmapHeader {
-    /// Bytes that follow this field.
-    pub data_len: U16,
-    /// Bytes of block descriptors.
-    pub desc_len: U16,
-    /// Reserved.
-    pub reserved: [u8; 4],
+wire_layout! {
+    /// UNMAP parameter list header.
+    pub struct UnmapHeader {
+        /// Bytes that follow this field.
+        pub data_len: U16,
+        /// Bytes of block descriptors.
+        pub desc_len: U16,
+        /// Reserved.
+        pub reserved: [u8; 4],
+    }
+    size 8
 }
 
-const _: () = assert!(size_of::<UnmapHeader>() == 8);
-
-/// UNMAP block descriptor.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct UnmapDescriptor {
-    /// First LBA.
-    pub lba: U64,
-    /// Number of blocks.
-    pub blocks: U32,
-    /// Reserved.
-    pub reserved: [u8; 4],
+wire_layout! {
+    /// UNMAP block descriptor.
+    pub struct UnmapDescriptor {
+        /// First LBA.
+        pub lba: U64,
+        /// Number of blocks.
+        pub blocks: U32,
+        /// Reserved.
+        pub reserved: [u8; 4],
+    }
+    size 16
 }
-
-const _: () = assert!(size_of::<UnmapDescriptor>() == 16);
 
 #[cfg(test)]
 mod tests {

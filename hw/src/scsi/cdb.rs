@@ -27,35 +27,22 @@ pub struct Lba6High {
     pub reserved: u8,
 }
 
-/// READ(6) / WRITE(6).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct Cdb6Rw {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// LBA bits 20:16.
-    pub lba_hi: Lba6High,
-    /// LBA bits 15:0.
-    pub lba: U16,
-    /// Transfer length; 0 means 256 blocks.
-    pub len: u8,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// READ(6) / WRITE(6).
+    pub struct Cdb6Rw {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// LBA bits 20:16.
+        pub lba_hi: Lba6High,
+        /// LBA bits 15:0.
+        pub lba: U16,
+        /// Transfer length; 0 means 256 blocks.
+        pub len: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 6
 }
-
-const _: () = assert!(size_of::<Cdb6Rw>() == 6);
 
 /// The 10-byte LBA CDB: READ / WRITE / VERIFY / WRITE AND VERIFY (with
 /// [`RwFlags`] or [`VerifyFlags`]), WRITE SAME ([`WriteSameFlags`]),
@@ -228,39 +215,26 @@ pub struct SyncCacheFlags {
     pub reserved: u8,
 }
 
-/// COMPARE AND WRITE.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct CompareAndWriteCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// WRPROTECT, DPO, FUA.
-    pub flags: RwFlags,
-    /// Logical block address.
-    pub lba: U64,
-    /// Reserved.
-    pub reserved: [u8; 3],
-    /// Number of logical blocks (the data-out buffer holds twice this).
-    pub blocks: u8,
-    /// Group number (4:0).
-    pub group: u8,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// COMPARE AND WRITE.
+    pub struct CompareAndWriteCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// WRPROTECT, DPO, FUA.
+        pub flags: RwFlags,
+        /// Logical block address.
+        pub lba: U64,
+        /// Reserved.
+        pub reserved: [u8; 3],
+        /// Number of logical blocks (the data-out buffer holds twice this).
+        pub blocks: u8,
+        /// Group number (4:0).
+        pub group: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 16
 }
-
-const _: () = assert!(size_of::<CompareAndWriteCdb>() == 16);
 
 /// UNMAP byte 1.
 #[bitfield(u8)]
@@ -273,37 +247,24 @@ pub struct UnmapFlags {
     pub reserved: u8,
 }
 
-/// UNMAP.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct UnmapCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// ANCHOR.
-    pub flags: UnmapFlags,
-    /// Reserved.
-    pub reserved: [u8; 4],
-    /// Group number (4:0).
-    pub group: u8,
-    /// Parameter list length.
-    pub param_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// UNMAP.
+    pub struct UnmapCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// ANCHOR.
+        pub flags: UnmapFlags,
+        /// Reserved.
+        pub reserved: [u8; 4],
+        /// Group number (4:0).
+        pub group: u8,
+        /// Parameter list length.
+        pub param_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<UnmapCdb>() == 10);
 
 /// REQUEST SENSE byte 1.
 #[bitfield(u8)]
@@ -316,35 +277,22 @@ pub struct RequestSenseFlags {
     pub reserved: u8,
 }
 
-/// REQUEST SENSE.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct RequestSenseCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// DESC.
-    pub flags: RequestSenseFlags,
-    /// Reserved.
-    pub reserved: [u8; 2],
-    /// Allocation length.
-    pub alloc_len: u8,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// REQUEST SENSE.
+    pub struct RequestSenseCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// DESC.
+        pub flags: RequestSenseFlags,
+        /// Reserved.
+        pub reserved: [u8; 2],
+        /// Allocation length.
+        pub alloc_len: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 6
 }
-
-const _: () = assert!(size_of::<RequestSenseCdb>() == 6);
 
 /// START STOP UNIT byte 1.
 #[bitfield(u8)]
@@ -374,37 +322,24 @@ pub struct StartStopFlags {
     pub power_condition: u8,
 }
 
-/// START STOP UNIT.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct StartStopCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// IMMED.
-    pub immed: ImmedFlags,
-    /// Reserved.
-    pub reserved: u8,
-    /// Power condition modifier (3:0).
-    pub modifier: u8,
-    /// Power condition, NO_FLUSH, LOEJ, START.
-    pub flags: StartStopFlags,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// START STOP UNIT.
+    pub struct StartStopCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// IMMED.
+        pub immed: ImmedFlags,
+        /// Reserved.
+        pub reserved: u8,
+        /// Power condition modifier (3:0).
+        pub modifier: u8,
+        /// Power condition, NO_FLUSH, LOEJ, START.
+        pub flags: StartStopFlags,
+        /// Control.
+        pub control: Control,
+    }
+    size 6
 }
-
-const _: () = assert!(size_of::<StartStopCdb>() == 6);
 
 /// SEND DIAGNOSTIC byte 1.
 #[bitfield(u8)]
@@ -425,67 +360,41 @@ pub struct SendDiagnosticFlags {
     pub self_test_code: u8,
 }
 
-/// SEND DIAGNOSTIC.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct SendDiagnosticCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Self-test code, PF, SELFTEST, DEVOFFL, UNITOFFL.
-    pub flags: SendDiagnosticFlags,
-    /// Reserved.
-    pub reserved: u8,
-    /// Parameter list length.
-    pub param_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// SEND DIAGNOSTIC.
+    pub struct SendDiagnosticCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Self-test code, PF, SELFTEST, DEVOFFL, UNITOFFL.
+        pub flags: SendDiagnosticFlags,
+        /// Reserved.
+        pub reserved: u8,
+        /// Parameter list length.
+        pub param_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 6
 }
 
-const _: () = assert!(size_of::<SendDiagnosticCdb>() == 6);
-
-/// SERVICE ACTION IN(16): READ CAPACITY(16), GET LBA STATUS.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ServiceActionIn16Cdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Service action ([`ServiceActionIn`](super::ServiceActionIn)).
-    pub service_action: ServiceActionByte,
-    /// LBA (GET LBA STATUS starting LBA).
-    pub lba: U64,
-    /// Allocation length.
-    pub alloc_len: U32,
-    /// PMI (obsolete) or reserved.
-    pub flags: u8,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// SERVICE ACTION IN(16): READ CAPACITY(16), GET LBA STATUS.
+    pub struct ServiceActionIn16Cdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Service action ([`ServiceActionIn`](super::ServiceActionIn)).
+        pub service_action: ServiceActionByte,
+        /// LBA (GET LBA STATUS starting LBA).
+        pub lba: U64,
+        /// Allocation length.
+        pub alloc_len: U32,
+        /// PMI (obsolete) or reserved.
+        pub flags: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 16
 }
-
-const _: () = assert!(size_of::<ServiceActionIn16Cdb>() == 16);
 
 open_enum! {
     /// REPORT SUPPORTED OPERATION CODES reporting options (byte 2, bits
@@ -516,41 +425,28 @@ pub struct ReportOpcodesOptions {
     pub rctd: bool,
 }
 
-/// REPORT SUPPORTED OPERATION CODES (MAINTENANCE IN).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ReportOpcodesCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Service action ([`MaintenanceIn`](super::MaintenanceIn)).
-    pub service_action: ServiceActionByte,
-    /// RCTD, reporting options.
-    pub options: ReportOpcodesOptions,
-    /// Requested operation code.
-    pub opcode: ScsiOp,
-    /// Requested service action.
-    pub requested_sa: U16,
-    /// Allocation length.
-    pub alloc_len: U32,
-    /// Reserved.
-    pub reserved: u8,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// REPORT SUPPORTED OPERATION CODES (MAINTENANCE IN).
+    pub struct ReportOpcodesCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Service action ([`MaintenanceIn`](super::MaintenanceIn)).
+        pub service_action: ServiceActionByte,
+        /// RCTD, reporting options.
+        pub options: ReportOpcodesOptions,
+        /// Requested operation code.
+        pub opcode: ScsiOp,
+        /// Requested service action.
+        pub requested_sa: U16,
+        /// Allocation length.
+        pub alloc_len: U32,
+        /// Reserved.
+        pub reserved: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 12
 }
-
-const _: () = assert!(size_of::<ReportOpcodesCdb>() == 12);
 
 open_enum! {
     /// REPORT LUNS select report codes (byte 2).
@@ -564,36 +460,23 @@ open_enum! {
     }
 }
 
-/// REPORT LUNS.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ReportLunsCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Reserved.
-    pub reserved: u8,
-    /// Select report.
-    pub select_report: SelectReport,
-    /// Reserved.
-    pub reserved2: [u8; 3],
-    /// Allocation length.
-    pub alloc_len: U32,
-    /// Reserved.
-    pub reserved3: u8,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// REPORT LUNS.
+    pub struct ReportLunsCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Reserved.
+        pub reserved: u8,
+        /// Select report.
+        pub select_report: SelectReport,
+        /// Reserved.
+        pub reserved2: [u8; 3],
+        /// Allocation length.
+        pub alloc_len: U32,
+        /// Reserved.
+        pub reserved3: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 12
 }
-
-const _: () = assert!(size_of::<ReportLunsCdb>() == 12);

@@ -23,35 +23,22 @@ pub struct InquiryCdbFlags {
     pub reserved: u8,
 }
 
-/// INQUIRY.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct InquiryCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// EVPD, CMDDT.
-    pub flags: InquiryCdbFlags,
-    /// VPD page code.
-    pub page: VpdPage,
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// INQUIRY.
+    pub struct InquiryCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// EVPD, CMDDT.
+        pub flags: InquiryCdbFlags,
+        /// VPD page code.
+        pub page: VpdPage,
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 6
 }
-
-const _: () = assert!(size_of::<InquiryCdb>() == 6);
 
 open_enum! {
     /// Peripheral device types (SPC-5 table 141), a 5-bit field.
@@ -168,47 +155,34 @@ pub struct InquiryFlags7 {
     pub obsolete: u8,
 }
 
-/// Standard INQUIRY data (the first 36 bytes).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct InquiryData {
-    /// Peripheral qualifier and device type.
-    pub peripheral: Peripheral,
-    /// RMB.
-    pub flags1: InquiryFlags1,
-    /// Version (5 = SPC-3, 6 = SPC-4, 7 = SPC-5).
-    pub version: u8,
-    /// NORMACA, HISUP, response data format.
-    pub flags3: InquiryFlags3,
-    /// Additional length (n - 4).
-    pub additional_len: u8,
-    /// SCCS, ACC, TPGS, 3PC, PROTECT.
-    pub flags5: InquiryFlags5,
-    /// ENCSERV, MULTIP.
-    pub flags6: InquiryFlags6,
-    /// CMDQUE.
-    pub flags7: InquiryFlags7,
-    /// T10 vendor identification.
-    pub vendor: [u8; 8],
-    /// Product identification.
-    pub product: [u8; 16],
-    /// Product revision level.
-    pub revision: [u8; 4],
+wire_layout! {
+    /// Standard INQUIRY data (the first 36 bytes).
+    pub struct InquiryData {
+        /// Peripheral qualifier and device type.
+        pub peripheral: Peripheral,
+        /// RMB.
+        pub flags1: InquiryFlags1,
+        /// Version (5 = SPC-3, 6 = SPC-4, 7 = SPC-5).
+        pub version: u8,
+        /// NORMACA, HISUP, response data format.
+        pub flags3: InquiryFlags3,
+        /// Additional length (n - 4).
+        pub additional_len: u8,
+        /// SCCS, ACC, TPGS, 3PC, PROTECT.
+        pub flags5: InquiryFlags5,
+        /// ENCSERV, MULTIP.
+        pub flags6: InquiryFlags6,
+        /// CMDQUE.
+        pub flags7: InquiryFlags7,
+        /// T10 vendor identification.
+        pub vendor: [u8; 8],
+        /// Product identification.
+        pub product: [u8; 16],
+        /// Product revision level.
+        pub revision: [u8; 4],
+    }
+    size 36
 }
-
-const _: () = assert!(size_of::<InquiryData>() == 36);
 
 open_enum! {
     /// VPD page codes.
@@ -232,31 +206,18 @@ open_enum! {
     }
 }
 
-/// VPD page header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct VpdHeader {
-    /// Peripheral qualifier and device type.
-    pub peripheral: Peripheral,
-    /// Page code.
-    pub page: VpdPage,
-    /// Page length (bytes after this header).
-    pub len: U16,
+wire_layout! {
+    /// VPD page header.
+    pub struct VpdHeader {
+        /// Peripheral qualifier and device type.
+        pub peripheral: Peripheral,
+        /// Page code.
+        pub page: VpdPage,
+        /// Page length (bytes after this header).
+        pub len: U16,
+    }
+    size 4
 }
-
-const _: () = assert!(size_of::<VpdHeader>() == 4);
 
 open_enum! {
     /// Designator code sets (SPC-5 table 491), a 4-bit field.
@@ -338,33 +299,20 @@ pub struct DesignatorKind {
     pub piv: bool,
 }
 
-/// Designation descriptor header (VPD 0x83).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct DesignatorHeader {
-    /// Protocol identifier and code set.
-    pub code_set: DesignatorCodeSet,
-    /// PIV, association, designator type.
-    pub kind: DesignatorKind,
-    /// Reserved.
-    pub reserved: u8,
-    /// Designator length.
-    pub len: u8,
+wire_layout! {
+    /// Designation descriptor header (VPD 0x83).
+    pub struct DesignatorHeader {
+        /// Protocol identifier and code set.
+        pub code_set: DesignatorCodeSet,
+        /// PIV, association, designator type.
+        pub kind: DesignatorKind,
+        /// Reserved.
+        pub reserved: u8,
+        /// Designator length.
+        pub len: u8,
+    }
+    size 4
 }
-
-const _: () = assert!(size_of::<DesignatorHeader>() == 4);
 
 /// Block limits byte 4.
 #[bitfield(u8)]
@@ -388,59 +336,46 @@ pub struct UnmapAlignment {
     pub ugavalid: bool,
 }
 
-/// Block limits VPD page (0xB0), including its header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct BlockLimitsPage {
-    /// Page header.
-    pub header: VpdHeader,
-    /// WSNZ.
-    pub flags: BlockLimitsFlags,
-    /// Maximum COMPARE AND WRITE length (blocks).
-    pub max_compare_write: u8,
-    /// Optimal transfer length granularity.
-    pub opt_granularity: U16,
-    /// Maximum transfer length (blocks).
-    pub max_transfer: U32,
-    /// Optimal transfer length (blocks).
-    pub opt_transfer: U32,
-    /// Maximum prefetch length.
-    pub max_prefetch: U32,
-    /// Maximum unmap LBA count.
-    pub max_unmap_lba_count: U32,
-    /// Maximum unmap block descriptor count.
-    pub max_unmap_descriptors: U32,
-    /// Optimal unmap granularity.
-    pub opt_unmap_granularity: U32,
-    /// UGAVALID, unmap granularity alignment.
-    pub unmap_alignment: UnmapAlignment,
-    /// Maximum WRITE SAME length (blocks).
-    pub max_write_same: U64,
-    /// Maximum atomic transfer length.
-    pub max_atomic: U32,
-    /// Atomic alignment.
-    pub atomic_alignment: U32,
-    /// Atomic transfer length granularity.
-    pub atomic_granularity: U32,
-    /// Maximum atomic transfer length with atomic boundary.
-    pub max_atomic_boundary: U32,
-    /// Maximum atomic boundary size.
-    pub max_boundary: U32,
+wire_layout! {
+    /// Block limits VPD page (0xB0), including its header.
+    pub struct BlockLimitsPage {
+        /// Page header.
+        pub header: VpdHeader,
+        /// WSNZ.
+        pub flags: BlockLimitsFlags,
+        /// Maximum COMPARE AND WRITE length (blocks).
+        pub max_compare_write: u8,
+        /// Optimal transfer length granularity.
+        pub opt_granularity: U16,
+        /// Maximum transfer length (blocks).
+        pub max_transfer: U32,
+        /// Optimal transfer length (blocks).
+        pub opt_transfer: U32,
+        /// Maximum prefetch length.
+        pub max_prefetch: U32,
+        /// Maximum unmap LBA count.
+        pub max_unmap_lba_count: U32,
+        /// Maximum unmap block descriptor count.
+        pub max_unmap_descriptors: U32,
+        /// Optimal unmap granularity.
+        pub opt_unmap_granularity: U32,
+        /// UGAVALID, unmap granularity alignment.
+        pub unmap_alignment: UnmapAlignment,
+        /// Maximum WRITE SAME length (blocks).
+        pub max_write_same: U64,
+        /// Maximum atomic transfer length.
+        pub max_atomic: U32,
+        /// Atomic alignment.
+        pub atomic_alignment: U32,
+        /// Atomic transfer length granularity.
+        pub atomic_granularity: U32,
+        /// Maximum atomic transfer length with atomic boundary.
+        pub max_atomic_boundary: U32,
+        /// Maximum atomic boundary size.
+        pub max_boundary: U32,
+    }
+    size 64
 }
-
-const _: () = assert!(size_of::<BlockLimitsPage>() == 64);
 
 /// Block device characteristics byte 7.
 #[bitfield(u8)]
@@ -541,35 +476,22 @@ pub struct ProvisioningTypeByte {
     pub minimum_percentage: u8,
 }
 
-/// Logical block provisioning VPD page (0xB2), including its header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ProvisioningPage {
-    /// Page header.
-    pub header: VpdHeader,
-    /// Threshold exponent.
-    pub threshold_exponent: u8,
-    /// LBPU, LBPWS, LBPWS10, LBPRZ, ANC_SUP, DP.
-    pub flags: ProvisioningFlags,
-    /// Minimum percentage, provisioning type.
-    pub provisioning_type: ProvisioningTypeByte,
-    /// Threshold percentage.
-    pub threshold_percentage: u8,
+wire_layout! {
+    /// Logical block provisioning VPD page (0xB2), including its header.
+    pub struct ProvisioningPage {
+        /// Page header.
+        pub header: VpdHeader,
+        /// Threshold exponent.
+        pub threshold_exponent: u8,
+        /// LBPU, LBPWS, LBPWS10, LBPRZ, ANC_SUP, DP.
+        pub flags: ProvisioningFlags,
+        /// Minimum percentage, provisioning type.
+        pub provisioning_type: ProvisioningTypeByte,
+        /// Threshold percentage.
+        pub threshold_percentage: u8,
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<ProvisioningPage>() == 8);
 
 /// Version of the Microsoft VPD pages 0xCE and 0xCF that parastor reports:
 /// 1, the version Hyper-V keeps so that older Windows guests accept them.
@@ -586,35 +508,22 @@ pub struct MsftPagingExtentFlags {
     pub reserved: u8,
 }
 
-/// Microsoft paging extent properties VPD page (0xCE), including its
-/// header. A Windows-defined page (Hyper-V virtual disks report it); the
-/// layout is Windows' `VPD_MSFT_PAGING_EXTENT_PROPERTIES`.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct MsftPagingExtentPage {
-    /// Page header (page length 4).
-    pub header: VpdHeader,
-    /// Page version ([`MSFT_PAGE_VERSION`]).
-    pub version: u8,
-    /// MODE SELECT extension.
-    pub flags: MsftPagingExtentFlags,
-    /// Reserved.
-    pub reserved: [u8; 2],
+wire_layout! {
+    /// Microsoft paging extent properties VPD page (0xCE), including its
+    /// header. A Windows-defined page (Hyper-V virtual disks report it); the
+    /// layout is Windows' `VPD_MSFT_PAGING_EXTENT_PROPERTIES`.
+    pub struct MsftPagingExtentPage {
+        /// Page header (page length 4).
+        pub header: VpdHeader,
+        /// Page version ([`MSFT_PAGE_VERSION`]).
+        pub version: u8,
+        /// MODE SELECT extension.
+        pub flags: MsftPagingExtentFlags,
+        /// Reserved.
+        pub reserved: [u8; 2],
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<MsftPagingExtentPage>() == 8);
 
 /// Microsoft virtual device properties byte 5.
 #[bitfield(u8)]
@@ -631,37 +540,24 @@ pub struct MsftVirtualDeviceFlags {
     pub reserved: u8,
 }
 
-/// Microsoft virtual device properties VPD page (0xCF), including its
-/// header: tells a Windows guest the disk is virtual (the signature
-/// identifies the page's format).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct MsftVirtualDevicePage {
-    /// Page header (page length 20).
-    pub header: VpdHeader,
-    /// Page version ([`MSFT_PAGE_VERSION`]).
-    pub version: u8,
-    /// LBPRZ, DisableIoRetries, Spaces.
-    pub flags: MsftVirtualDeviceFlags,
-    /// Reserved.
-    pub reserved: [u8; 2],
-    /// [`MSFT_VIRTUAL_DEVICE_SIGNATURE`].
-    pub signature: Guid,
+wire_layout! {
+    /// Microsoft virtual device properties VPD page (0xCF), including its
+    /// header: tells a Windows guest the disk is virtual (the signature
+    /// identifies the page's format).
+    pub struct MsftVirtualDevicePage {
+        /// Page header (page length 20).
+        pub header: VpdHeader,
+        /// Page version ([`MSFT_PAGE_VERSION`]).
+        pub version: u8,
+        /// LBPRZ, DisableIoRetries, Spaces.
+        pub flags: MsftVirtualDeviceFlags,
+        /// Reserved.
+        pub reserved: [u8; 2],
+        /// [`MSFT_VIRTUAL_DEVICE_SIGNATURE`].
+        pub signature: Guid,
+    }
+    size 24
 }
-
-const _: () = assert!(size_of::<MsftVirtualDevicePage>() == 24);
 
 /// The signature of [`MsftVirtualDevicePage`],
 /// 89a98f15-c928-4d8b-94cd-ef51faa99d33 (in the page in Windows `GUID`

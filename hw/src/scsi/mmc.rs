@@ -219,33 +219,20 @@ pub struct PreventFlags {
     pub reserved: u8,
 }
 
-/// PREVENT ALLOW MEDIUM REMOVAL.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct PreventAllowCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Reserved.
-    pub reserved: [u8; 3],
-    /// Prevent, persistent.
-    pub flags: PreventFlags,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// PREVENT ALLOW MEDIUM REMOVAL.
+    pub struct PreventAllowCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Reserved.
+        pub reserved: [u8; 3],
+        /// Prevent, persistent.
+        pub flags: PreventFlags,
+        /// Control.
+        pub control: Control,
+    }
+    size 6
 }
-
-const _: () = assert!(size_of::<PreventAllowCdb>() == 6);
 
 /// READ TOC/PMA/ATIP byte 1.
 #[bitfield(u8)]
@@ -272,39 +259,26 @@ pub struct TocFormatByte {
     pub reserved: u8,
 }
 
-/// READ TOC/PMA/ATIP.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ReadTocCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// MSF.
-    pub flags: TocFlags,
-    /// Format.
-    pub format: TocFormatByte,
-    /// Reserved.
-    pub reserved: [u8; 3],
-    /// Track / session number.
-    pub track: u8,
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// READ TOC/PMA/ATIP.
+    pub struct ReadTocCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// MSF.
+        pub flags: TocFlags,
+        /// Format.
+        pub format: TocFormatByte,
+        /// Reserved.
+        pub reserved: [u8; 3],
+        /// Track / session number.
+        pub track: u8,
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<ReadTocCdb>() == 10);
 
 /// GET CONFIGURATION byte 1.
 #[bitfield(u8)]
@@ -318,37 +292,24 @@ pub struct ConfigurationFlags {
     pub reserved: u8,
 }
 
-/// GET CONFIGURATION.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct GetConfigurationCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// RT.
-    pub flags: ConfigurationFlags,
-    /// Starting feature number.
-    pub start: FeatureCode,
-    /// Reserved.
-    pub reserved: [u8; 3],
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// GET CONFIGURATION.
+    pub struct GetConfigurationCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// RT.
+        pub flags: ConfigurationFlags,
+        /// Starting feature number.
+        pub start: FeatureCode,
+        /// Reserved.
+        pub reserved: [u8; 3],
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<GetConfigurationCdb>() == 10);
 
 /// GET EVENT STATUS NOTIFICATION byte 1.
 #[bitfield(u8)]
@@ -384,39 +345,26 @@ pub struct EventClasses {
     pub reserved2: bool,
 }
 
-/// GET EVENT STATUS NOTIFICATION.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct GesnCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// POLLED.
-    pub flags: GesnFlags,
-    /// Reserved.
-    pub reserved: [u8; 2],
-    /// Notification class request.
-    pub classes: EventClasses,
-    /// Reserved.
-    pub reserved2: [u8; 2],
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// GET EVENT STATUS NOTIFICATION.
+    pub struct GesnCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// POLLED.
+        pub flags: GesnFlags,
+        /// Reserved.
+        pub reserved: [u8; 2],
+        /// Notification class request.
+        pub classes: EventClasses,
+        /// Reserved.
+        pub reserved2: [u8; 2],
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<GesnCdb>() == 10);
 
 /// READ DISC INFORMATION byte 1.
 #[bitfield(u8)]
@@ -430,35 +378,22 @@ pub struct DiscInformationFlags {
     pub reserved: u8,
 }
 
-/// READ DISC INFORMATION.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ReadDiscInformationCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Data type.
-    pub flags: DiscInformationFlags,
-    /// Reserved.
-    pub reserved: [u8; 5],
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// READ DISC INFORMATION.
+    pub struct ReadDiscInformationCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Data type.
+        pub flags: DiscInformationFlags,
+        /// Reserved.
+        pub reserved: [u8; 5],
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<ReadDiscInformationCdb>() == 10);
 
 /// READ TRACK INFORMATION byte 1.
 #[bitfield(u8)]
@@ -474,37 +409,24 @@ pub struct TrackInformationFlags {
     pub reserved: u8,
 }
 
-/// READ TRACK INFORMATION.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ReadTrackInformationCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Address / number type.
-    pub flags: TrackInformationFlags,
-    /// Logical block address, track or session number.
-    pub number: U32,
-    /// Reserved.
-    pub reserved: u8,
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// READ TRACK INFORMATION.
+    pub struct ReadTrackInformationCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Address / number type.
+        pub flags: TrackInformationFlags,
+        /// Logical block address, track or session number.
+        pub number: U32,
+        /// Reserved.
+        pub reserved: u8,
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<ReadTrackInformationCdb>() == 10);
 
 /// READ BUFFER CAPACITY byte 1.
 #[bitfield(u8)]
@@ -517,35 +439,22 @@ pub struct BufferCapacityFlags {
     pub reserved: u8,
 }
 
-/// READ BUFFER CAPACITY.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ReadBufferCapacityCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// BLOCK.
-    pub flags: BufferCapacityFlags,
-    /// Reserved.
-    pub reserved: [u8; 5],
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// READ BUFFER CAPACITY.
+    pub struct ReadBufferCapacityCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// BLOCK.
+        pub flags: BufferCapacityFlags,
+        /// Reserved.
+        pub reserved: [u8; 5],
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<ReadBufferCapacityCdb>() == 10);
 
 /// GET PERFORMANCE byte 1: the data type, with its meaning for type
 /// [`PerformanceType::PERFORMANCE`].
@@ -566,39 +475,26 @@ pub struct PerformanceDataType {
     pub reserved: u8,
 }
 
-/// GET PERFORMANCE.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct GetPerformanceCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Data type.
-    pub data_type: PerformanceDataType,
-    /// Starting LBA.
-    pub start_lba: U32,
-    /// Reserved.
-    pub reserved: [u8; 2],
-    /// Maximum number of descriptors.
-    pub max_descriptors: U16,
-    /// Type.
-    pub kind: PerformanceType,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// GET PERFORMANCE.
+    pub struct GetPerformanceCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Data type.
+        pub data_type: PerformanceDataType,
+        /// Starting LBA.
+        pub start_lba: U32,
+        /// Reserved.
+        pub reserved: [u8; 2],
+        /// Maximum number of descriptors.
+        pub max_descriptors: U16,
+        /// Type.
+        pub kind: PerformanceType,
+        /// Control.
+        pub control: Control,
+    }
+    size 12
 }
-
-const _: () = assert!(size_of::<GetPerformanceCdb>() == 12);
 
 /// READ DISC STRUCTURE byte 1.
 #[bitfield(u8)]
@@ -624,101 +520,62 @@ pub struct DiscStructureAgid {
     pub agid: u8,
 }
 
-/// READ DISC STRUCTURE (READ DVD STRUCTURE).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ReadDiscStructureCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Media type.
-    pub media: DiscStructureMedia,
-    /// Address.
-    pub address: U32,
-    /// Layer number.
-    pub layer: u8,
-    /// Format code.
-    pub format: DiscStructureFormat,
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// AGID.
-    pub agid: DiscStructureAgid,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// READ DISC STRUCTURE (READ DVD STRUCTURE).
+    pub struct ReadDiscStructureCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Media type.
+        pub media: DiscStructureMedia,
+        /// Address.
+        pub address: U32,
+        /// Layer number.
+        pub layer: u8,
+        /// Format code.
+        pub format: DiscStructureFormat,
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// AGID.
+        pub agid: DiscStructureAgid,
+        /// Control.
+        pub control: Control,
+    }
+    size 12
 }
 
-const _: () = assert!(size_of::<ReadDiscStructureCdb>() == 12);
-
-/// SET STREAMING.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct SetStreamingCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Reserved.
-    pub reserved: [u8; 7],
-    /// Type of the descriptor that follows.
-    pub kind: StreamingType,
-    /// Parameter list length.
-    pub param_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// SET STREAMING.
+    pub struct SetStreamingCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Reserved.
+        pub reserved: [u8; 7],
+        /// Type of the descriptor that follows.
+        pub kind: StreamingType,
+        /// Parameter list length.
+        pub param_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 12
 }
 
-const _: () = assert!(size_of::<SetStreamingCdb>() == 12);
-
-/// MECHANISM STATUS.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct MechanismStatusCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Reserved.
-    pub reserved: [u8; 7],
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Reserved.
-    pub reserved2: u8,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// MECHANISM STATUS.
+    pub struct MechanismStatusCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Reserved.
+        pub reserved: [u8; 7],
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Reserved.
+        pub reserved2: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 12
 }
-
-const _: () = assert!(size_of::<MechanismStatusCdb>() == 12);
 
 // ---------------------------------------------------------------------------
 // Parsing
@@ -955,31 +812,18 @@ pub struct GesnClass {
     pub nea: bool,
 }
 
-/// GET EVENT STATUS NOTIFICATION response header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct GesnHeader {
-    /// Bytes that follow this field.
-    pub event_data_len: U16,
-    /// NEA, notification class.
-    pub class: GesnClass,
-    /// Supported event classes.
-    pub supported: EventClasses,
+wire_layout! {
+    /// GET EVENT STATUS NOTIFICATION response header.
+    pub struct GesnHeader {
+        /// Bytes that follow this field.
+        pub event_data_len: U16,
+        /// NEA, notification class.
+        pub class: GesnClass,
+        /// Supported event classes.
+        pub supported: EventClasses,
+    }
+    size 4
 }
-
-const _: () = assert!(size_of::<GesnHeader>() == 4);
 
 /// Media event descriptor byte 0.
 #[bitfield(u8)]
@@ -1006,59 +850,33 @@ pub struct MediaStatus {
     pub reserved: u8,
 }
 
-/// Media class event descriptor.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct MediaEvent {
-    /// Media event code.
-    pub code: MediaEventByte,
-    /// Media present, door/tray open.
-    pub status: MediaStatus,
-    /// Start slot.
-    pub start_slot: u8,
-    /// End slot.
-    pub end_slot: u8,
+wire_layout! {
+    /// Media class event descriptor.
+    pub struct MediaEvent {
+        /// Media event code.
+        pub code: MediaEventByte,
+        /// Media present, door/tray open.
+        pub status: MediaStatus,
+        /// Start slot.
+        pub start_slot: u8,
+        /// End slot.
+        pub end_slot: u8,
+    }
+    size 4
 }
 
-const _: () = assert!(size_of::<MediaEvent>() == 4);
-
-/// GET CONFIGURATION response header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct FeatureHeader {
-    /// Bytes that follow this field.
-    pub data_len: U32,
-    /// Reserved.
-    pub reserved: U16,
-    /// Current profile.
-    pub current_profile: Profile,
+wire_layout! {
+    /// GET CONFIGURATION response header.
+    pub struct FeatureHeader {
+        /// Bytes that follow this field.
+        pub data_len: U32,
+        /// Reserved.
+        pub reserved: U16,
+        /// Current profile.
+        pub current_profile: Profile,
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<FeatureHeader>() == 8);
 
 /// Feature descriptor byte 2.
 #[bitfield(u8)]
@@ -1076,57 +894,31 @@ pub struct FeatureFlags {
     pub reserved: u8,
 }
 
-/// Feature descriptor header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct FeatureDescriptor {
-    /// Feature code.
-    pub code: FeatureCode,
-    /// Version, persistent, current.
-    pub flags: FeatureFlags,
-    /// Bytes that follow this header.
-    pub additional_len: u8,
+wire_layout! {
+    /// Feature descriptor header.
+    pub struct FeatureDescriptor {
+        /// Feature code.
+        pub code: FeatureCode,
+        /// Version, persistent, current.
+        pub flags: FeatureFlags,
+        /// Bytes that follow this header.
+        pub additional_len: u8,
+    }
+    size 4
 }
 
-const _: () = assert!(size_of::<FeatureDescriptor>() == 4);
-
-/// READ TOC response header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct TocHeader {
-    /// Bytes that follow this field.
-    pub data_len: U16,
-    /// First track (format 0) or session (format 1).
-    pub first: u8,
-    /// Last track (format 0) or session (format 1).
-    pub last: u8,
+wire_layout! {
+    /// READ TOC response header.
+    pub struct TocHeader {
+        /// Bytes that follow this field.
+        pub data_len: U16,
+        /// First track (format 0) or session (format 1).
+        pub first: u8,
+        /// Last track (format 0) or session (format 1).
+        pub last: u8,
+    }
+    size 4
 }
-
-const _: () = assert!(size_of::<TocHeader>() == 4);
 
 /// TOC track descriptor byte 1.
 #[bitfield(u8)]
@@ -1140,35 +932,22 @@ pub struct AdrControl {
     pub adr: u8,
 }
 
-/// READ TOC track descriptor.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct TocDescriptor {
-    /// Reserved.
-    pub reserved: u8,
-    /// ADR, CONTROL.
-    pub adr_control: AdrControl,
-    /// Track number (0xAA: lead-out).
-    pub track: u8,
-    /// Reserved.
-    pub reserved2: u8,
-    /// Start address, LBA or MSF (0, M, S, F).
-    pub address: [u8; 4],
+wire_layout! {
+    /// READ TOC track descriptor.
+    pub struct TocDescriptor {
+        /// Reserved.
+        pub reserved: u8,
+        /// ADR, CONTROL.
+        pub adr_control: AdrControl,
+        /// Track number (0xAA: lead-out).
+        pub track: u8,
+        /// Reserved.
+        pub reserved2: u8,
+        /// Start address, LBA or MSF (0, M, S, F).
+        pub address: [u8; 4],
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<TocDescriptor>() == 8);
 
 /// Disc information byte 2.
 #[bitfield(u8)]
@@ -1208,59 +987,46 @@ pub struct DiscInformationValid {
     pub did_v: bool,
 }
 
-/// Standard disc information (READ DISC INFORMATION, type 0).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct DiscInformation {
-    /// Bytes that follow this field.
-    pub data_len: U16,
-    /// Data type, erasable, last session state, disc status.
-    pub status: DiscStatus,
-    /// First track on disc.
-    pub first_track: u8,
-    /// Number of sessions, LSB.
-    pub sessions_lsb: u8,
-    /// First track in last session, LSB.
-    pub first_track_last_session_lsb: u8,
-    /// Last track in last session, LSB.
-    pub last_track_last_session_lsb: u8,
-    /// DID_V, DBC_V, URU, DAC_V, legacy, BG format status.
-    pub flags: DiscInformationValid,
-    /// Disc type.
-    pub disc_type: u8,
-    /// Number of sessions, MSB.
-    pub sessions_msb: u8,
-    /// First track in last session, MSB.
-    pub first_track_last_session_msb: u8,
-    /// Last track in last session, MSB.
-    pub last_track_last_session_msb: u8,
-    /// Disc identification.
-    pub disc_id: U32,
-    /// Last session lead-in start address.
-    pub last_lead_in: U32,
-    /// Last possible lead-out start address.
-    pub last_lead_out: U32,
-    /// Disc bar code.
-    pub bar_code: [u8; 8],
-    /// Disc application code.
-    pub application_code: u8,
-    /// Number of OPC tables.
-    pub opc_tables: u8,
+wire_layout! {
+    /// Standard disc information (READ DISC INFORMATION, type 0).
+    pub struct DiscInformation {
+        /// Bytes that follow this field.
+        pub data_len: U16,
+        /// Data type, erasable, last session state, disc status.
+        pub status: DiscStatus,
+        /// First track on disc.
+        pub first_track: u8,
+        /// Number of sessions, LSB.
+        pub sessions_lsb: u8,
+        /// First track in last session, LSB.
+        pub first_track_last_session_lsb: u8,
+        /// Last track in last session, LSB.
+        pub last_track_last_session_lsb: u8,
+        /// DID_V, DBC_V, URU, DAC_V, legacy, BG format status.
+        pub flags: DiscInformationValid,
+        /// Disc type.
+        pub disc_type: u8,
+        /// Number of sessions, MSB.
+        pub sessions_msb: u8,
+        /// First track in last session, MSB.
+        pub first_track_last_session_msb: u8,
+        /// Last track in last session, MSB.
+        pub last_track_last_session_msb: u8,
+        /// Disc identification.
+        pub disc_id: U32,
+        /// Last session lead-in start address.
+        pub last_lead_in: U32,
+        /// Last possible lead-out start address.
+        pub last_lead_out: U32,
+        /// Disc bar code.
+        pub bar_code: [u8; 8],
+        /// Disc application code.
+        pub application_code: u8,
+        /// Number of OPC tables.
+        pub opc_tables: u8,
+    }
+    size 34
 }
-
-const _: () = assert!(size_of::<DiscInformation>() == 34);
 
 /// Track information byte 5.
 #[bitfield(u8)]
@@ -1308,63 +1074,50 @@ pub struct TrackValid {
     pub reserved: u8,
 }
 
-/// Track information (READ TRACK INFORMATION).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct TrackInformation {
-    /// Bytes that follow this field.
-    pub data_len: U16,
-    /// Track number, LSB.
-    pub track_lsb: u8,
-    /// Session number, LSB.
-    pub session_lsb: u8,
-    /// Reserved.
-    pub reserved: u8,
-    /// LJRS, damage, copy, track mode.
-    pub track_mode: TrackMode,
-    /// RT, blank, packet, FP, data mode.
-    pub data_mode: DataMode,
-    /// LRA_V, NWA_V.
-    pub valid: TrackValid,
-    /// Track start address.
-    pub start: U32,
-    /// Next writable address.
-    pub next_writable: U32,
-    /// Free blocks.
-    pub free_blocks: U32,
-    /// Fixed packet size / blocking factor.
-    pub packet_size: U32,
-    /// Track size.
-    pub size: U32,
-    /// Last recorded address.
-    pub last_recorded: U32,
-    /// Track number, MSB.
-    pub track_msb: u8,
-    /// Session number, MSB.
-    pub session_msb: u8,
-    /// Reserved.
-    pub reserved2: U16,
-    /// Read compatibility LBA.
-    pub read_compat_lba: U32,
-    /// Next layer jump address.
-    pub next_layer_jump: U32,
-    /// Last layer jump address.
-    pub last_layer_jump: U32,
+wire_layout! {
+    /// Track information (READ TRACK INFORMATION).
+    pub struct TrackInformation {
+        /// Bytes that follow this field.
+        pub data_len: U16,
+        /// Track number, LSB.
+        pub track_lsb: u8,
+        /// Session number, LSB.
+        pub session_lsb: u8,
+        /// Reserved.
+        pub reserved: u8,
+        /// LJRS, damage, copy, track mode.
+        pub track_mode: TrackMode,
+        /// RT, blank, packet, FP, data mode.
+        pub data_mode: DataMode,
+        /// LRA_V, NWA_V.
+        pub valid: TrackValid,
+        /// Track start address.
+        pub start: U32,
+        /// Next writable address.
+        pub next_writable: U32,
+        /// Free blocks.
+        pub free_blocks: U32,
+        /// Fixed packet size / blocking factor.
+        pub packet_size: U32,
+        /// Track size.
+        pub size: U32,
+        /// Last recorded address.
+        pub last_recorded: U32,
+        /// Track number, MSB.
+        pub track_msb: u8,
+        /// Session number, MSB.
+        pub session_msb: u8,
+        /// Reserved.
+        pub reserved2: U16,
+        /// Read compatibility LBA.
+        pub read_compat_lba: U32,
+        /// Next layer jump address.
+        pub next_layer_jump: U32,
+        /// Last layer jump address.
+        pub last_layer_jump: U32,
+    }
+    size 48
 }
-
-const _: () = assert!(size_of::<TrackInformation>() == 48);
 
 /// MECHANISM STATUS header byte 0.
 #[bitfield(u8)]
@@ -1394,35 +1147,22 @@ pub struct MechanismState {
     pub state: u8,
 }
 
-/// MECHANISM STATUS header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct MechanismStatusHeader {
-    /// Fault, changer state, current slot.
-    pub changer: ChangerStatus,
-    /// Mechanism state, door open.
-    pub mechanism: MechanismState,
-    /// Current LBA (obsolete).
-    pub current_lba: [u8; 3],
-    /// Number of slots available.
-    pub slots: u8,
-    /// Length of slot tables.
-    pub slot_table_len: U16,
+wire_layout! {
+    /// MECHANISM STATUS header.
+    pub struct MechanismStatusHeader {
+        /// Fault, changer state, current slot.
+        pub changer: ChangerStatus,
+        /// Mechanism state, door open.
+        pub mechanism: MechanismState,
+        /// Current LBA (obsolete).
+        pub current_lba: [u8; 3],
+        /// Number of slots available.
+        pub slots: u8,
+        /// Length of slot tables.
+        pub slot_table_len: U16,
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<MechanismStatusHeader>() == 8);
 
 /// GET PERFORMANCE response header byte 4.
 #[bitfield(u8)]
@@ -1437,59 +1177,33 @@ pub struct PerformanceFlags {
     pub reserved: u8,
 }
 
-/// GET PERFORMANCE header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct PerformanceHeader {
-    /// Bytes that follow this field.
-    pub data_len: U32,
-    /// Write, Except.
-    pub flags: PerformanceFlags,
-    /// Reserved.
-    pub reserved: [u8; 3],
+wire_layout! {
+    /// GET PERFORMANCE header.
+    pub struct PerformanceHeader {
+        /// Bytes that follow this field.
+        pub data_len: U32,
+        /// Write, Except.
+        pub flags: PerformanceFlags,
+        /// Reserved.
+        pub reserved: [u8; 3],
+    }
+    size 8
 }
 
-const _: () = assert!(size_of::<PerformanceHeader>() == 8);
-
-/// GET PERFORMANCE nominal performance descriptor.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct PerformanceDescriptor {
-    /// Start LBA.
-    pub start_lba: U32,
-    /// Start performance, kB/s.
-    pub start_performance: U32,
-    /// End LBA.
-    pub end_lba: U32,
-    /// End performance, kB/s.
-    pub end_performance: U32,
+wire_layout! {
+    /// GET PERFORMANCE nominal performance descriptor.
+    pub struct PerformanceDescriptor {
+        /// Start LBA.
+        pub start_lba: U32,
+        /// Start performance, kB/s.
+        pub start_performance: U32,
+        /// End LBA.
+        pub end_lba: U32,
+        /// End performance, kB/s.
+        pub end_performance: U32,
+    }
+    size 16
 }
-
-const _: () = assert!(size_of::<PerformanceDescriptor>() == 16);
 
 #[cfg(test)]
 mod tests {

@@ -68,71 +68,45 @@ pub struct ModeSenseFlags {
     pub reserved2: u8,
 }
 
-/// MODE SENSE(6).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ModeSense6Cdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// DBD.
-    pub flags: ModeSenseFlags,
-    /// Page control and page code.
-    pub page: ModePageSelect,
-    /// Subpage code.
-    pub subpage: u8,
-    /// Allocation length.
-    pub alloc_len: u8,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// MODE SENSE(6).
+    pub struct ModeSense6Cdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// DBD.
+        pub flags: ModeSenseFlags,
+        /// Page control and page code.
+        pub page: ModePageSelect,
+        /// Subpage code.
+        pub subpage: u8,
+        /// Allocation length.
+        pub alloc_len: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 6
 }
 
-const _: () = assert!(size_of::<ModeSense6Cdb>() == 6);
-
-/// MODE SENSE(10).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ModeSense10Cdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// LLBAA, DBD.
-    pub flags: ModeSenseFlags,
-    /// Page control and page code.
-    pub page: ModePageSelect,
-    /// Subpage code.
-    pub subpage: u8,
-    /// Reserved.
-    pub reserved: [u8; 3],
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// MODE SENSE(10).
+    pub struct ModeSense10Cdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// LLBAA, DBD.
+        pub flags: ModeSenseFlags,
+        /// Page control and page code.
+        pub page: ModePageSelect,
+        /// Subpage code.
+        pub subpage: u8,
+        /// Reserved.
+        pub reserved: [u8; 3],
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<ModeSense10Cdb>() == 10);
 
 /// MODE SELECT(6) / (10) byte 1.
 #[bitfield(u8)]
@@ -150,65 +124,39 @@ pub struct ModeSelectFlags {
     pub reserved2: u8,
 }
 
-/// MODE SELECT(6).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ModeSelect6Cdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// PF, SP.
-    pub flags: ModeSelectFlags,
-    /// Reserved.
-    pub reserved: [u8; 2],
-    /// Parameter list length.
-    pub param_len: u8,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// MODE SELECT(6).
+    pub struct ModeSelect6Cdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// PF, SP.
+        pub flags: ModeSelectFlags,
+        /// Reserved.
+        pub reserved: [u8; 2],
+        /// Parameter list length.
+        pub param_len: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 6
 }
 
-const _: () = assert!(size_of::<ModeSelect6Cdb>() == 6);
-
-/// MODE SELECT(10).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ModeSelect10Cdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// PF, SP.
-    pub flags: ModeSelectFlags,
-    /// Reserved.
-    pub reserved: [u8; 5],
-    /// Parameter list length.
-    pub param_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// MODE SELECT(10).
+    pub struct ModeSelect10Cdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// PF, SP.
+        pub flags: ModeSelectFlags,
+        /// Reserved.
+        pub reserved: [u8; 5],
+        /// Parameter list length.
+        pub param_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<ModeSelect10Cdb>() == 10);
 
 /// The device-specific parameter of a direct-access device's mode
 /// parameter header.
@@ -227,33 +175,20 @@ pub struct DeviceSpecific {
     pub wp: bool,
 }
 
-/// Mode parameter header for the 6-byte commands.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ModeHeader6 {
-    /// Bytes that follow this field.
-    pub data_len: u8,
-    /// Medium type.
-    pub medium_type: u8,
-    /// Device-specific parameter.
-    pub device_specific: DeviceSpecific,
-    /// Block descriptor length.
-    pub block_desc_len: u8,
+wire_layout! {
+    /// Mode parameter header for the 6-byte commands.
+    pub struct ModeHeader6 {
+        /// Bytes that follow this field.
+        pub data_len: u8,
+        /// Medium type.
+        pub medium_type: u8,
+        /// Device-specific parameter.
+        pub device_specific: DeviceSpecific,
+        /// Block descriptor length.
+        pub block_desc_len: u8,
+    }
+    size 4
 }
-
-const _: () = assert!(size_of::<ModeHeader6>() == 4);
 
 /// Mode parameter header (10) byte 4.
 #[bitfield(u8)]
@@ -266,37 +201,24 @@ pub struct ModeHeaderFlags {
     pub reserved: u8,
 }
 
-/// Mode parameter header for the 10-byte commands.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ModeHeader10 {
-    /// Bytes that follow this field.
-    pub data_len: U16,
-    /// Medium type.
-    pub medium_type: u8,
-    /// Device-specific parameter.
-    pub device_specific: DeviceSpecific,
-    /// LONGLBA.
-    pub flags: ModeHeaderFlags,
-    /// Reserved.
-    pub reserved: u8,
-    /// Block descriptor length.
-    pub block_desc_len: U16,
+wire_layout! {
+    /// Mode parameter header for the 10-byte commands.
+    pub struct ModeHeader10 {
+        /// Bytes that follow this field.
+        pub data_len: U16,
+        /// Medium type.
+        pub medium_type: u8,
+        /// Device-specific parameter.
+        pub device_specific: DeviceSpecific,
+        /// LONGLBA.
+        pub flags: ModeHeaderFlags,
+        /// Reserved.
+        pub reserved: u8,
+        /// Block descriptor length.
+        pub block_desc_len: U16,
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<ModeHeader10>() == 8);
 
 /// Byte 0 of a mode page: its code and format.
 #[bitfield(u8)]
@@ -350,51 +272,38 @@ pub struct CachingFlags2 {
     pub fsw: bool,
 }
 
-/// Caching mode page (0x08).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct CachingPage {
-    /// PS, SPF, page code.
-    pub page: ModePageCode,
-    /// Page length (0x12).
-    pub len: u8,
-    /// IC, ABPF, CAP, DISC, SIZE, WCE, MF, RCD.
-    pub flags: CachingFlags,
-    /// Demand read (7:4) and write (3:0) retention priorities.
-    pub retention: u8,
-    /// Disable pre-fetch transfer length.
-    pub disable_prefetch_len: U16,
-    /// Minimum pre-fetch.
-    pub min_prefetch: U16,
-    /// Maximum pre-fetch.
-    pub max_prefetch: U16,
-    /// Maximum pre-fetch ceiling.
-    pub max_prefetch_ceiling: U16,
-    /// FSW, LBCSS, DRA, NV_DIS.
-    pub flags2: CachingFlags2,
-    /// Number of cache segments.
-    pub segments: u8,
-    /// Cache segment size.
-    pub segment_size: U16,
-    /// Reserved.
-    pub reserved: u8,
-    /// Obsolete.
-    pub obsolete: [u8; 3],
+wire_layout! {
+    /// Caching mode page (0x08).
+    pub struct CachingPage {
+        /// PS, SPF, page code.
+        pub page: ModePageCode,
+        /// Page length (0x12).
+        pub len: u8,
+        /// IC, ABPF, CAP, DISC, SIZE, WCE, MF, RCD.
+        pub flags: CachingFlags,
+        /// Demand read (7:4) and write (3:0) retention priorities.
+        pub retention: u8,
+        /// Disable pre-fetch transfer length.
+        pub disable_prefetch_len: U16,
+        /// Minimum pre-fetch.
+        pub min_prefetch: U16,
+        /// Maximum pre-fetch.
+        pub max_prefetch: U16,
+        /// Maximum pre-fetch ceiling.
+        pub max_prefetch_ceiling: U16,
+        /// FSW, LBCSS, DRA, NV_DIS.
+        pub flags2: CachingFlags2,
+        /// Number of cache segments.
+        pub segments: u8,
+        /// Cache segment size.
+        pub segment_size: U16,
+        /// Reserved.
+        pub reserved: u8,
+        /// Obsolete.
+        pub obsolete: [u8; 3],
+    }
+    size 20
 }
-
-const _: () = assert!(size_of::<CachingPage>() == 20);
 
 /// Control mode page byte 2.
 #[bitfield(u8)]
@@ -469,70 +378,44 @@ pub struct ControlFlags5 {
     pub ato: bool,
 }
 
-/// Control mode page (0x0A).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ControlPage {
-    /// PS, SPF, page code.
-    pub page: ModePageCode,
-    /// Page length (0x0A).
-    pub len: u8,
-    /// TST, TMF_ONLY, DPICZ, D_SENSE, GLTSD, RLEC.
-    pub flags: ControlFlags,
-    /// Queue algorithm modifier, NUAR, QERR.
-    pub queue: ControlQueue,
-    /// VS, RAC, UA_INTLCK_CTRL, SWP.
-    pub flags4: ControlFlags4,
-    /// ATO, TAS, ATMPE, RWWP, SBLP, autoload mode.
-    pub flags5: ControlFlags5,
-    /// Obsolete.
-    pub obsolete: U16,
-    /// Busy timeout period.
-    pub busy_timeout: U16,
-    /// Extended self-test completion time.
-    pub self_test_time: U16,
+wire_layout! {
+    /// Control mode page (0x0A).
+    pub struct ControlPage {
+        /// PS, SPF, page code.
+        pub page: ModePageCode,
+        /// Page length (0x0A).
+        pub len: u8,
+        /// TST, TMF_ONLY, DPICZ, D_SENSE, GLTSD, RLEC.
+        pub flags: ControlFlags,
+        /// Queue algorithm modifier, NUAR, QERR.
+        pub queue: ControlQueue,
+        /// VS, RAC, UA_INTLCK_CTRL, SWP.
+        pub flags4: ControlFlags4,
+        /// ATO, TAS, ATMPE, RWWP, SBLP, autoload mode.
+        pub flags5: ControlFlags5,
+        /// Obsolete.
+        pub obsolete: U16,
+        /// Busy timeout period.
+        pub busy_timeout: U16,
+        /// Extended self-test completion time.
+        pub self_test_time: U16,
+    }
+    size 12
 }
 
-const _: () = assert!(size_of::<ControlPage>() == 12);
-
-/// A 12-byte mode page (the MMC pages 0x01, 0x1A, 0x1D): code, length
-/// 0x0A, ten parameter bytes.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct ModePage12 {
-    /// PS, SPF, page code.
-    pub page: ModePageCode,
-    /// Page length (0x0A).
-    pub len: u8,
-    /// Parameters.
-    pub body: [u8; 10],
+wire_layout! {
+    /// A 12-byte mode page (the MMC pages 0x01, 0x1A, 0x1D): code, length
+    /// 0x0A, ten parameter bytes.
+    pub struct ModePage12 {
+        /// PS, SPF, page code.
+        pub page: ModePageCode,
+        /// Page length (0x0A).
+        pub len: u8,
+        /// Parameters.
+        pub body: [u8; 10],
+    }
+    size 12
 }
-
-const _: () = assert!(size_of::<ModePage12>() == 12);
 
 #[cfg(test)]
 mod tests {

@@ -72,35 +72,22 @@ open_enum! {
     }
 }
 
-/// PERSISTENT RESERVE IN.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct PrInCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Service action ([`PrInAction`]).
-    pub service_action: ServiceActionByte,
-    /// Reserved.
-    pub reserved: [u8; 5],
-    /// Allocation length.
-    pub alloc_len: U16,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// PERSISTENT RESERVE IN.
+    pub struct PrInCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Service action ([`PrInAction`]).
+        pub service_action: ServiceActionByte,
+        /// Reserved.
+        pub reserved: [u8; 5],
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<PrInCdb>() == 10);
 
 /// PERSISTENT RESERVE OUT byte 2.
 #[bitfield(u8)]
@@ -114,37 +101,24 @@ pub struct ScopeType {
     pub scope: u8,
 }
 
-/// PERSISTENT RESERVE OUT.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct PrOutCdb {
-    /// Operation code.
-    pub op: ScsiOp,
-    /// Service action ([`PrOutAction`]).
-    pub service_action: ServiceActionByte,
-    /// Scope and type.
-    pub scope_type: ScopeType,
-    /// Reserved.
-    pub reserved: [u8; 2],
-    /// Parameter list length.
-    pub param_len: U32,
-    /// Control.
-    pub control: Control,
+wire_layout! {
+    /// PERSISTENT RESERVE OUT.
+    pub struct PrOutCdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Service action ([`PrOutAction`]).
+        pub service_action: ServiceActionByte,
+        /// Scope and type.
+        pub scope_type: ScopeType,
+        /// Reserved.
+        pub reserved: [u8; 2],
+        /// Parameter list length.
+        pub param_len: U32,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
 }
-
-const _: () = assert!(size_of::<PrOutCdb>() == 10);
 
 /// PERSISTENT RESERVE OUT parameter list byte 20.
 #[bitfield(u8)]
@@ -163,37 +137,24 @@ pub struct PrOutFlags {
     pub reserved2: u8,
 }
 
-/// PERSISTENT RESERVE OUT basic parameter list.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct PrOutParams {
-    /// Reservation key.
-    pub key: U64,
-    /// Service action reservation key.
-    pub sa_key: U64,
-    /// Obsolete.
-    pub obsolete: [u8; 4],
-    /// SPEC_I_PT, ALL_TG_PT, APTPL.
-    pub flags: PrOutFlags,
-    /// Reserved.
-    pub reserved: u8,
-    /// Obsolete.
-    pub obsolete2: [u8; 2],
+wire_layout! {
+    /// PERSISTENT RESERVE OUT basic parameter list.
+    pub struct PrOutParams {
+        /// Reservation key.
+        pub key: U64,
+        /// Service action reservation key.
+        pub sa_key: U64,
+        /// Obsolete.
+        pub obsolete: [u8; 4],
+        /// SPEC_I_PT, ALL_TG_PT, APTPL.
+        pub flags: PrOutFlags,
+        /// Reserved.
+        pub reserved: u8,
+        /// Obsolete.
+        pub obsolete2: [u8; 2],
+    }
+    size 24
 }
-
-const _: () = assert!(size_of::<PrOutParams>() == 24);
 
 /// REGISTER AND MOVE parameter list byte 17.
 #[bitfield(u8)]
@@ -208,37 +169,24 @@ pub struct RegisterMoveFlags {
     pub reserved: u8,
 }
 
-/// PERSISTENT RESERVE OUT REGISTER AND MOVE parameter list header.
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct PrRegisterMoveParams {
-    /// Reservation key.
-    pub key: U64,
-    /// Service action reservation key.
-    pub sa_key: U64,
-    /// Reserved.
-    pub reserved: u8,
-    /// UNREG, APTPL.
-    pub flags: RegisterMoveFlags,
-    /// Relative target port identifier.
-    pub target_port: U16,
-    /// Length of the transport ID that follows.
-    pub transport_id_len: U32,
+wire_layout! {
+    /// PERSISTENT RESERVE OUT REGISTER AND MOVE parameter list header.
+    pub struct PrRegisterMoveParams {
+        /// Reservation key.
+        pub key: U64,
+        /// Service action reservation key.
+        pub sa_key: U64,
+        /// Reserved.
+        pub reserved: u8,
+        /// UNREG, APTPL.
+        pub flags: RegisterMoveFlags,
+        /// Relative target port identifier.
+        pub target_port: U16,
+        /// Length of the transport ID that follows.
+        pub transport_id_len: U32,
+    }
+    size 24
 }
-
-const _: () = assert!(size_of::<PrRegisterMoveParams>() == 24);
 
 #[cfg(test)]
 mod tests {

@@ -166,75 +166,49 @@ pub struct SenseKeyByte {
     pub filemark: bool,
 }
 
-/// Fixed-format sense data (18 bytes).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct FixedSense {
-    /// Response code 0x70 / 0x71, VALID.
-    pub response: SenseResponse,
-    /// Obsolete.
-    pub obsolete: u8,
-    /// Sense key and flags.
-    pub key: SenseKeyByte,
-    /// Information.
-    pub information: U32,
-    /// Additional sense length (10).
-    pub additional_len: u8,
-    /// Command-specific information.
-    pub command_specific: U32,
-    /// Additional sense code and qualifier.
-    pub additional: AdditionalSense,
-    /// Field replaceable unit code.
-    pub fru: u8,
-    /// Sense-key specific (SKSV in bit 7 of the first byte).
-    pub key_specific: [u8; 3],
+wire_layout! {
+    /// Fixed-format sense data (18 bytes).
+    pub struct FixedSense {
+        /// Response code 0x70 / 0x71, VALID.
+        pub response: SenseResponse,
+        /// Obsolete.
+        pub obsolete: u8,
+        /// Sense key and flags.
+        pub key: SenseKeyByte,
+        /// Information.
+        pub information: U32,
+        /// Additional sense length (10).
+        pub additional_len: u8,
+        /// Command-specific information.
+        pub command_specific: U32,
+        /// Additional sense code and qualifier.
+        pub additional: AdditionalSense,
+        /// Field replaceable unit code.
+        pub fru: u8,
+        /// Sense-key specific (SKSV in bit 7 of the first byte).
+        pub key_specific: [u8; 3],
+    }
+    size 18
 }
 
-const _: () = assert!(size_of::<FixedSense>() == 18);
-
-/// Descriptor-format sense data header (8 bytes).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct DescriptorSenseHeader {
-    /// Response code 0x72 / 0x73.
-    pub response: SenseResponse,
-    /// Sense key.
-    pub key: SenseKeyByte,
-    /// Additional sense code and qualifier.
-    pub additional: AdditionalSense,
-    /// SDAT_OVFL (bit 7).
-    pub flags: u8,
-    /// Reserved.
-    pub reserved: [u8; 2],
-    /// Bytes of descriptors that follow.
-    pub additional_len: u8,
+wire_layout! {
+    /// Descriptor-format sense data header (8 bytes).
+    pub struct DescriptorSenseHeader {
+        /// Response code 0x72 / 0x73.
+        pub response: SenseResponse,
+        /// Sense key.
+        pub key: SenseKeyByte,
+        /// Additional sense code and qualifier.
+        pub additional: AdditionalSense,
+        /// SDAT_OVFL (bit 7).
+        pub flags: u8,
+        /// Reserved.
+        pub reserved: [u8; 2],
+        /// Bytes of descriptors that follow.
+        pub additional_len: u8,
+    }
+    size 8
 }
-
-const _: () = assert!(size_of::<DescriptorSenseHeader>() == 8);
 
 open_enum! {
     /// Sense data descriptor types (SPC-5 table 29).
@@ -259,35 +233,22 @@ pub struct InformationValid {
     pub valid: bool,
 }
 
-/// Information sense-data descriptor (type 0, 12 bytes).
-#[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-    Unaligned,
-)]
-pub struct InformationDescriptor {
-    /// Descriptor type ([`SenseDescriptorType::INFORMATION`]).
-    pub kind: SenseDescriptorType,
-    /// Additional length (0x0A).
-    pub len: u8,
-    /// VALID.
-    pub valid: InformationValid,
-    /// Reserved.
-    pub reserved: u8,
-    /// Information.
-    pub information: U64,
+wire_layout! {
+    /// Information sense-data descriptor (type 0, 12 bytes).
+    pub struct InformationDescriptor {
+        /// Descriptor type ([`SenseDescriptorType::INFORMATION`]).
+        pub kind: SenseDescriptorType,
+        /// Additional length (0x0A).
+        pub len: u8,
+        /// VALID.
+        pub valid: InformationValid,
+        /// Reserved.
+        pub reserved: u8,
+        /// Information.
+        pub information: U64,
+    }
+    size 12
 }
-
-const _: () = assert!(size_of::<InformationDescriptor>() == 12);
 
 /// Sense data in protocol-neutral form: key, additional sense code and an
 /// optional INFORMATION field. Encode with [`SenseData::to_fixed`] or
