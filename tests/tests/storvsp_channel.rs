@@ -161,6 +161,18 @@ fn srb(g: &mut Guest<'_>, tag: u16, req: &ScsiRequest, r: &[(u64, u32)]) -> Repl
     reply
 }
 
+/// The SRB status word with status `s` and no flags.
+fn srb_status(s: SrbStatus) -> SrbStatusAndFlags {
+    SrbStatusAndFlags::new().with_status(s)
+}
+
+/// READ(10) of LBA 0 (one 512-byte block) on LUN 0 into [`DATA`], as
+/// request `tag`; its completion.
+fn read_first_block(g: &mut Guest<'_>, tag: u16) -> Reply {
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
+    srb(g, tag, &req, &[(DATA, 512)])
+}
+
 fn read10(lba: u32, blocks: u16) -> [u8; 10] {
     let mut c = [0u8; 10];
     c[0] = ScsiOp::READ10.get();
@@ -333,10 +345,7 @@ fn srb_write_then_read_over_several_ranges() {
     );
     assert_eq!(r.status(), NtStatus::SUCCESS);
     let c = r.srb();
-    assert_eq!(
-        c.srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-    );
+    assert_eq!(c.srb_status, srb_status(SrbStatus::SUCCESS));
     assert_eq!(c.scsi_status, ScsiStatus::GOOD);
     assert_eq!(c.data_transfer_length.get(), 2048);
     assert_eq!(r.payload_len(), 0x34);
@@ -362,10 +371,7 @@ fn srb_write_then_read_over_several_ranges() {
         (DATA + 0x30000, 512),
     ];
     let r = srb(&mut g, 11, &req, &back_ranges);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
     assert_eq!(r.srb().data_transfer_length.get(), 2048);
     let back: Vec<u8> = back_ranges
         .iter()
@@ -414,10 +420,7 @@ fn check_condition_carries_capped_autosense() {
                 req.sense_info_ex_length = 0x14;
                 req.srb_flags = SrbFlags::new().with_disable_autosense(true);
                 let c = srb(&mut g, 10, &req, &[(DATA, 512)]).srb();
-                assert_eq!(
-                    c.srb_status,
-                    SrbStatusAndFlags::new().with_status(SrbStatus::ERROR)
-                );
+                assert_eq!(c.srb_status, srb_status(SrbStatus::ERROR));
                 assert_eq!(c.sense_info_ex_length, 0);
                 req.srb_flags = SrbFlags::new();
             }
@@ -425,10 +428,7 @@ fn check_condition_carries_capped_autosense() {
             // No sense buffer: no autosense.
             req.sense_info_ex_length = 0;
             let c = srb(&mut g, 9, &req, &[(DATA, 512)]).srb();
-            assert_eq!(
-                c.srb_status,
-                SrbStatusAndFlags::new().with_status(SrbStatus::ERROR)
-            );
+            assert_eq!(c.srb_status, srb_status(SrbStatus::ERROR));
         }
     }
 }
@@ -448,10 +448,7 @@ fn missing_lun_answers() {
         0,
     );
     let r = srb(&mut g, 1, &req, &[]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_LUN)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::INVALID_LUN));
     assert_eq!(r.srb().sense_info_ex_length, 0);
     assert_eq!(r.status(), NtStatus::DEVICE_DOES_NOT_EXIST);
 
@@ -464,10 +461,7 @@ fn missing_lun_answers() {
         96,
     );
     let r = srb(&mut g, 2, &req, &[(DATA, 96)]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
     assert_eq!(r.srb().data_transfer_length.get(), 36);
     assert_eq!(read_mem(&vm, DATA, 1)[0], 0x7F);
 
@@ -490,10 +484,7 @@ fn missing_lun_answers() {
     );
     req.target_id = 1;
     let r = srb(&mut g, 4, &req, &[]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_LUN)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::INVALID_LUN));
 }
 
 #[test]
@@ -519,19 +510,13 @@ fn dvd_and_disk_luns_share_a_controller() {
             36,
         );
         let r = srb(&mut g, tag, &req, &[(DATA, 36)]);
-        assert_eq!(
-            r.srb().srb_status,
-            SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-        );
+        assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
         assert_eq!(read_mem(&vm, DATA, 1)[0] & 0x1F, kind);
     }
     // A DVD read of one 2048-byte block runs on the drive.
     let req = request(1, &read10(0, 1), DataDirection::READ, 2048);
     let r = srb(&mut g, 3, &req, &[(DATA, 2048)]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
     assert_eq!(r.srb().data_transfer_length.get(), 2048);
     // Writes go to the disk only; the DVD refuses them.
     let req = request(1, &write10(0, 1), DataDirection::WRITE, 2048);
@@ -597,11 +582,7 @@ fn report_luns_cdb_fields() {
         cdb[2] = select;
         let req = request(0, &cdb, DataDirection::READ, 256);
         let c = srb(&mut g, 2, &req, &[(DATA, 256)]).srb();
-        assert_eq!(
-            c.srb_status,
-            SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS),
-            "{select:#x}"
-        );
+        assert_eq!(c.srb_status, srb_status(SrbStatus::SUCCESS), "{select:#x}");
         assert_eq!(c.data_transfer_length.get(), 12, "{select:#x}");
         let b = read_mem(&vm, DATA, 12);
         assert_eq!(b[..4], 16u32.to_be_bytes(), "two LUNs");
@@ -618,28 +599,18 @@ fn short_or_invalid_buffers_are_invalid_requests() {
     // Ranges shorter than the transfer.
     let req = request(0, &read10(0, 2), DataDirection::READ, 1024);
     let r = srb(&mut g, 1, &req, &[(DATA, 512)]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_REQUEST)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::INVALID_REQUEST));
     assert_eq!(r.srb().data_transfer_length.get(), 0);
     // CDB length over 16 and zero.
     for len in [17u8, 0] {
         let mut req = request(0, &read10(0, 1), DataDirection::READ, 512);
         req.cdb_length = len;
         let r = srb(&mut g, 2, &req, &[(DATA, 512)]);
-        assert_eq!(
-            r.srb().srb_status,
-            SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_REQUEST)
-        );
+        assert_eq!(r.srb().srb_status, srb_status(SrbStatus::INVALID_REQUEST));
     }
     // Still serving.
-    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
-    let r = srb(&mut g, 3, &req, &[(DATA, 512)]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-    );
+    let r = read_first_block(&mut g, 3);
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
 }
 
 #[test]
@@ -673,12 +644,8 @@ fn hot_add_and_remove_send_enumerate_bus() {
         let r = g.recv(0).unwrap().unwrap();
         assert_eq!(r.operation(), Operation::ENUMERATE_BUS);
         assert_eq!(g.report_luns(0).unwrap(), [1]);
-        let req = request(0, &read10(0, 1), DataDirection::READ, 512);
-        let r = srb(&mut g, 3, &req, &[(DATA, 512)]);
-        assert_eq!(
-            r.srb().srb_status,
-            SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_LUN)
-        );
+        let r = read_first_block(&mut g, 3);
+        assert_eq!(r.srb().srb_status, srb_status(SrbStatus::INVALID_LUN));
     }
 }
 
@@ -770,10 +737,7 @@ fn sub_channel_waits_for_ready_then_serves_io() {
     negotiate(&mut g, Version::WIN8);
     assert!(sub.host_mut().process().unwrap());
     let r = sub.recv(0).unwrap().unwrap();
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
 
     // Negotiation packets on a sub-channel are out of state.
     sub.send_control(0, Operation::BEGIN_INITIALIZATION, &[])
@@ -809,10 +773,7 @@ fn sub_channels_open_through_the_inline_host() {
         let mut n = 0;
         g.reap(|tag, r| {
             assert_eq!(r.channel(), usize::from(tag));
-            assert_eq!(
-                r.srb().srb_status,
-                SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-            );
+            assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
             n += 1;
         })
         .unwrap();
@@ -861,10 +822,7 @@ fn attach_slow(vm: &StorvspVm, lun: u8, timer: Arc<dyn Timer>) {
 fn drain_successes(g: &mut Guest<'_>) -> Vec<u64> {
     let mut tids: Vec<u64> = std::iter::from_fn(|| g.recv(0).unwrap())
         .map(|r| {
-            assert_eq!(
-                r.srb().srb_status,
-                SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-            );
+            assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
             r.transaction_id
         })
         .collect();
@@ -1320,10 +1278,7 @@ fn run_on_a_thread_wakes_for_packets_and_hot_adds() {
             g.submit(tag, 0, &req, &[GpaRange::new(DATA, 512)]).unwrap();
             g.flush().unwrap();
             let r = g.wait_tag(tag).unwrap();
-            assert_eq!(
-                r.srb().srb_status,
-                SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-            );
+            assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
         }
         // A hot add wakes the idle worker, which tells the guest.
         attach(&vm, 1, 8);
@@ -1721,10 +1676,7 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
     assert!(wakes.take() > 0);
     assert!(run.as_mut().poll(&mut cx).is_pending());
     let mut tids = [g.recv(0).unwrap().unwrap(), g.recv(0).unwrap().unwrap()].map(|r| {
-        assert_eq!(
-            r.srb().srb_status,
-            SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-        );
+        assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
         r.transaction_id
     });
     tids.sort();
@@ -1774,28 +1726,19 @@ fn transfers_over_max_transfer_bytes_are_invalid_requests() {
     vm.memory().write(DATA, &[0xAA; 8192]).unwrap();
     let req = request(0, &write10(0, 16), DataDirection::WRITE, 8192);
     let r = srb(&mut g, 10, &req, &[(DATA, 8192)]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_REQUEST)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::INVALID_REQUEST));
     assert_eq!(r.srb().data_transfer_length.get(), 0);
     assert_ne!(r.status(), NtStatus::SUCCESS);
     // One byte over, with no buffer checks reached.
     let req = request(0, &read10(0, 9), DataDirection::READ, 4097);
     let r = srb(&mut g, 11, &req, &[(DATA, 8192)]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::INVALID_REQUEST)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::INVALID_REQUEST));
 
     // Exactly the limit is served; the refused write left no trace.
     vm.memory().write(DATA, &[0x55; 4096]).unwrap();
     let req = request(0, &read10(0, 8), DataDirection::READ, 4096);
     let r = srb(&mut g, 12, &req, &[(DATA, 4096)]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-    );
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
     assert_eq!(r.srb().data_transfer_length.get(), 4096);
     assert!(read_mem(&vm, DATA, 4096).iter().all(|&b| b == 0));
 }
@@ -1837,12 +1780,8 @@ fn fc_hba_data_is_refused_without_ending_the_channel() {
         }
         assert_eq!(vm.controller().state(), S::Ready);
         // The channel goes on serving I/O.
-        let req = request(0, &read10(0, 1), DataDirection::READ, 512);
-        let r = srb(&mut g, 10, &req, &[(DATA, 512)]);
-        assert_eq!(
-            r.srb().srb_status,
-            SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-        );
+        let r = read_first_block(&mut g, 10);
+        assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
     }
     // A sub-channel answers the same.
     let vm = vm(ControllerConfig {
@@ -1860,12 +1799,8 @@ fn fc_hba_data_is_refused_without_ending_the_channel() {
     );
     let r = call(&mut sub, Operation::FC_HBA_DATA, &[]);
     assert_eq!(r.status(), NtStatus::INVALID_DEVICE_STATE);
-    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
-    let r = srb(&mut sub, 12, &req, &[(DATA, 512)]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-    );
+    let r = read_first_block(&mut sub, 12);
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
 }
 
 /// A detached LUN is not kept open by a channel that addressed it last:
@@ -1877,12 +1812,8 @@ fn detached_lun_is_released_by_idle_channels() {
     let disk = attach(&vm, 0, 64);
     let mut g = guest(&vm, Profile::LinuxCurrent);
     negotiate(&mut g, Version::WIN8);
-    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
-    let r = srb(&mut g, 1, &req, &[(DATA, 512)]);
-    assert_eq!(
-        r.srb().srb_status,
-        SrbStatusAndFlags::new().with_status(SrbStatus::SUCCESS)
-    );
+    let r = read_first_block(&mut g, 1);
+    assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
     let held = Arc::strong_count(&disk);
     assert!(vm.controller().remove(ScsiPath::new(0, 0, 0)).is_some());
     g.host_mut().process().unwrap();
@@ -1900,7 +1831,7 @@ fn detached_lun_is_released_by_idle_channels() {
 fn autosense_is_not_returned_again_by_request_sense() {
     const LBA_RANGE: (u8, u8, u8) = (SenseKey::ILLEGAL_REQUEST.get(), 0x21, 0);
     const NO_SENSE: (u8, u8, u8) = (0, 0, 0);
-    let error = SrbStatusAndFlags::new().with_status(SrbStatus::ERROR);
+    let error = srb_status(SrbStatus::ERROR);
     for profile in Profile::ALL {
         for version in [Version::WIN8, Version::WIN7] {
             let vm = vm(ControllerConfig::default());
