@@ -474,11 +474,15 @@ impl<'a> RingReader<'a> {
         // Store (read index) → load (pending size): see the module docs.
         fence(Ordering::SeqCst);
         let pending = ring.load(RING_PENDING_SEND_SIZE_OFFSET)?;
-        let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));
         // Free space as the writer sees it, before and after.
         let free_before = hw::ring_bytes_free(published, write, data_size);
         let free_after = hw::ring_bytes_free(read_index, write, data_size);
-        let signal = hw::should_signal_after_read(features, pending, free_before, free_after);
+        // The feature bits matter only when the writer waits (the common
+        // case has it not waiting: one load fewer per publish).
+        let signal = pending != 0 && {
+            let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));
+            hw::should_signal_after_read(features, pending, free_before, free_after)
+        };
         self.published = read_index;
         self.write_seen = write;
         Ok(signal)
@@ -790,7 +794,7 @@ impl<'a> RingWriter<'a> {
             descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - packet.header_len() as u32;
         let payload_pad = descriptor.len() - descriptor.data_offset() - packet.payload.len() as u32;
         // The packet goes into the ring straight from its pieces, in one
-        // guest-memory access (two at the wrap).
+        // vectored guest-memory write (one write per piece at the wrap).
         const ZEROS: [u8; 8] = [0; 8];
         let header_pad = ZEROS.get(..header_pad as usize).unwrap_or(&[]);
         let payload_pad = ZEROS.get(..payload_pad as usize).unwrap_or(&[]);
