@@ -25,6 +25,7 @@ pub mod prwrap;
 pub mod ram;
 pub mod resize;
 pub mod sg;
+pub mod state;
 pub mod striped;
 
 pub use crypt::{CryptDisk, CryptError, Xts256};
