@@ -676,7 +676,10 @@ mod tests {
         // A valid envelope around a payload one byte short, and one with a
         // byte left over.
         let good = postcard::to_allocvec(&demo()).unwrap();
-        for payload in [&good[..good.len() - 1], &[good.as_slice(), &[0]].concat()[..]] {
+        for payload in [
+            &good[..good.len() - 1],
+            &[good.as_slice(), &[0]].concat()[..],
+        ] {
             let mut m = Vec::new();
             m.extend_from_slice(b"PSTS");
             m.push(4);
