@@ -38,6 +38,7 @@ mod lun;
 mod mode_pages;
 mod result;
 mod sense;
+pub mod state;
 
 pub use disk::{DiskParams, ScsiDisk};
 pub use dvd::ScsiDvd;

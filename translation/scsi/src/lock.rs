@@ -182,6 +182,14 @@ impl RangeLock {
         }
     }
 
+    /// Ranges held and requests waiting, now: `(0, 0)` when no command
+    /// holds or waits for a range (what a save after a drain requires).
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        let held = inner.slots.iter().filter(|s| s.is_some()).count();
+        (held, inner.waiters.len())
+    }
+
     /// Number of requests waiting (for tests).
     #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {

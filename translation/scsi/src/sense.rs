@@ -83,6 +83,34 @@ impl SenseTable {
         Some(t.entries.swap_remove(i).sense)
     }
 
+    /// Every initiator's pending sense, the one stored longest ago first
+    /// (the order eviction follows), for saved state.
+    pub(crate) fn snapshot(&self) -> Vec<(InitiatorId, SenseData)> {
+        let t = self.inner.lock();
+        let mut entries: Vec<_> = t
+            .entries
+            .iter()
+            .map(|e| (e.stamp, e.initiator, e.sense))
+            .collect();
+        entries.sort_unstable_by_key(|&(stamp, _, _)| stamp);
+        entries.into_iter().map(|(_, i, s)| (i, s)).collect()
+    }
+
+    /// Replaces the whole table with `entries` (oldest first, at most
+    /// [`SENSE_SLOTS`], no initiator twice: the caller checked).
+    pub(crate) fn replace(&self, entries: &[(InitiatorId, SenseData)]) {
+        let mut t = self.inner.lock();
+        t.entries.clear();
+        for (stamp, &(initiator, sense)) in (1..).zip(entries) {
+            t.entries.push(Entry {
+                initiator,
+                sense,
+                stamp,
+            });
+        }
+        t.clock = entries.len() as u64;
+    }
+
     /// A command's result. If it is a CHECK CONDITION, its sense is kept
     /// for `initiator`'s REQUEST SENSE, unless `delivery` says the
     /// transport delivers it with the status: then it is not kept, and

@@ -27,6 +27,7 @@ mod inquiry;
 mod mode_pages;
 mod opcodes;
 mod pr;
+pub(crate) mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 

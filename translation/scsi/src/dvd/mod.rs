@@ -923,5 +923,6 @@ fn mode_select(data: &SgList<'_>, pf: bool, sp: bool, param_len: usize) -> Res {
     })
 }
 
+mod state;
 #[cfg(test)]
 mod tests;
