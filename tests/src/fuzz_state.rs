@@ -94,10 +94,7 @@ pub fn restore_scsi_disk(blob: &[u8]) -> Result<ScsiDiskV1, StateError> {
 /// Restores `blob` as DVD drive state into a fresh drive, loaded when the
 /// state says a medium was.
 pub fn restore_dvd(blob: &[u8]) -> Result<DvdV1, StateError> {
-    let saved: DvdV1 = match state::decode(blob) {
-        Ok(s) => s,
-        Err(e) => return Err(e),
-    };
+    let saved: DvdV1 = state::decode(blob)?;
     let media = saved.media_present.then(|| ram(4, 2048));
     let d = ScsiDvd::new(media).expect("DVD drive");
     let fresh = d.save().expect("a fresh drive saves");
