@@ -114,7 +114,7 @@ pub fn restore_dvd(blob: &[u8]) -> Result<DvdV1, StateError> {
 /// two rings laid out at [`RING_BASE`].
 pub fn restore_rings(blob: &[u8]) -> Result<ChannelRingsV1, StateError> {
     let mem = RamGuestMemory::new(MEM_BYTES);
-    init_ring_pair(&mem, RING_BASE, RING_SIZE).expect("rings");
+    init_ring_pair(&mem, parastor_core::Gpa::new(RING_BASE), RING_SIZE).expect("rings");
     let saved: ChannelRingsV1 = state::decode(blob)?;
     match saved.restore(&mem) {
         Ok((reader, writer)) => {

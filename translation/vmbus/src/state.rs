@@ -20,8 +20,8 @@
 
 use crate::ring::{RingError, RingReader, RingRegion, RingWriter};
 use alloc::format;
-use parastor_core::GuestMemory;
 use parastor_core::state::{InvalidState, SaveError, Versioned};
+use parastor_core::{Gpa, GuestMemory};
 use parastor_hw::vmbus::RingLayoutError;
 use serde::{Deserialize, Serialize};
 
@@ -94,14 +94,14 @@ fn busy(what: &str) -> SaveError {
 impl RingV1 {
     fn of(region: RingRegion, own_index: u32) -> Self {
         RingV1 {
-            gpa: region.gpa,
+            gpa: region.gpa.get(),
             size: region.size,
             own_index,
         }
     }
 
     fn region(&self) -> RingRegion {
-        RingRegion::new(self.gpa, self.size)
+        RingRegion::new(Gpa::new(self.gpa), self.size)
     }
 }
 
@@ -178,12 +178,13 @@ mod tests {
 
     fn ctl(mem: &RamGuestMemory, ring: RingRegion, offset: u64) -> u32 {
         let mut b = [0; 4];
-        mem.read(ring.gpa + offset, &mut b).unwrap();
+        mem.read_at(ring.gpa + offset, &mut b).unwrap();
         u32::from_le_bytes(b)
     }
 
     fn set_ctl(mem: &RamGuestMemory, ring: RingRegion, offset: u64, value: u32) {
-        mem.write(ring.gpa + offset, &value.to_le_bytes()).unwrap();
+        mem.write_at(ring.gpa + offset, &value.to_le_bytes())
+            .unwrap();
     }
 
     /// Takes the next packet from `r` and publishes; its transaction id.
@@ -213,7 +214,7 @@ mod tests {
     fn round_trip_continues_the_stream() {
         let mem = RamGuestMemory::new(1 << 20);
         let sig = Signal::new();
-        let (inc, out) = init_ring_pair(&mem, BASE, RING).unwrap();
+        let (inc, out) = init_ring_pair(&mem, Gpa::new(BASE), RING).unwrap();
         let mut guest = Channel::guest(&mem, inc, out, &sig).unwrap();
         // Three 1 KiB packets; the host takes one and answers it.
         for tid in 0..3 {
@@ -258,7 +259,7 @@ mod tests {
     fn save_refuses_unpublished_progress() {
         let mem = RamGuestMemory::new(1 << 20);
         let sig = Signal::new();
-        let (inc, out) = init_ring_pair(&mem, BASE, RING).unwrap();
+        let (inc, out) = init_ring_pair(&mem, Gpa::new(BASE), RING).unwrap();
         let mut guest = Channel::guest(&mem, inc, out, &sig).unwrap();
         guest.write_packet(KIND, 1, b"x").unwrap();
         let mut reader = RingReader::new(&mem, inc).unwrap();
@@ -287,15 +288,15 @@ mod tests {
     #[test]
     fn restore_refuses_invalid_rings() {
         let mem = RamGuestMemory::new(1 << 20);
-        let (inc, out) = init_ring_pair(&mem, BASE, RING).unwrap();
+        let (inc, out) = init_ring_pair(&mem, Gpa::new(BASE), RING).unwrap();
         let good = ChannelRingsV1 {
             incoming: RingV1 {
-                gpa: inc.gpa,
+                gpa: inc.gpa.get(),
                 size: inc.size,
                 own_index: 0,
             },
             outgoing: RingV1 {
-                gpa: out.gpa,
+                gpa: out.gpa.get(),
                 size: out.size,
                 own_index: 0,
             },
