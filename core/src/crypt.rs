@@ -183,17 +183,20 @@ impl CryptDisk {
         let xts = Xts256::new(key)?;
         let sector = inner.sector_size() as usize;
         let budget = (budget / sector).max(1) * sector;
+        let pool = BouncePool::new(budget);
         let inline = inner.completes_inline();
+        // Staging blocks come in power-of-two sizes within the budget.
+        let largest = (pool.max_len() / sector).max(1) * sector;
         let piece = if inline {
-            budget.min((INLINE_PIECE / sector).max(1) * sector)
+            largest.min((INLINE_PIECE / sector).max(1) * sector)
         } else {
-            budget
+            largest
         };
         Ok(CryptDisk {
             xts,
             shift: inner.sector_shift(),
             inline,
-            pool: BouncePool::new(budget),
+            pool,
             piece,
             inner,
         })
@@ -239,7 +242,7 @@ impl CryptDisk {
             if let Some(buf) = self.pool.try_acquire(len).map_err(too_large)? {
                 return Ok(buf);
             }
-            BouncePool::new(len)
+            BouncePool::new(len.next_power_of_two())
                 .try_acquire(len)
                 .map_err(too_large)?
                 .ok_or(DiskError::InvalidInput("staging buffer unavailable"))
@@ -453,8 +456,8 @@ impl DiskIo for CryptDisk {
             let len = part.len();
             let staging = self.staging(len).await?;
             staging
-                .memory()
-                .with_mut(|v| self.encrypt_from(&part, lba, &mut v[..len]))?;
+                .with_private_mut(|v| self.encrypt_from(&part, lba, v))
+                .ok_or(DiskError::InvalidInput("staging memory is not private"))??;
             let inner = &self.inner;
             let cipher = staging.sg(false);
             drive!(self.inline, inner.write(cipher, lba, opts))?;
