@@ -277,3 +277,23 @@ fn sense_delivery_matches_what_the_completion_carries() {
         }
     }
 }
+
+/// A disk out of a shared resource (`DiskError::Busy`, answered TASK SET
+/// FULL by the SCSI table) completes as `SRB_STATUS_BUSY` with
+/// `STATUS_DEVICE_BUSY`, the SCSI status kept for Linux's midlayer, no
+/// sense and no data.
+#[test]
+fn busy_disk_completes_srb_status_busy() {
+    let mut request = ScsiRequest::new_zeroed();
+    request.sense_info_ex_length = 0x14;
+    request.data_transfer_length = 4096.into();
+    let busy = SrbAnswer::Scsi(parastor_scsi::disk_error_result(
+        &parastor_core::DiskError::Busy("staging budget"),
+    ));
+    let (nt, out) = srb_completion(&request, &busy, RequestSize::Win8);
+    assert_eq!(nt, NtStatus::DEVICE_BUSY);
+    assert_eq!(out.srb_status, srb_byte(SrbStatus::BUSY));
+    assert_eq!(out.scsi_status, ScsiStatus::TASK_SET_FULL);
+    assert_eq!(out.sense_info_ex_length, 0);
+    assert_eq!(out.data_transfer_length.get(), 0);
+}

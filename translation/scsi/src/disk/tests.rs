@@ -1701,6 +1701,8 @@ fn error_table() {
         (DiskError::AbortedByPreempt, 0x40, Some((0xB, 0, 0))),
         (DiskError::UnsupportedEject, 2, Some(INVALID_OPCODE)),
         (DiskError::Unsupported("x"), 2, Some(INVALID_OPCODE)),
+        // TASK SET FULL, no sense.
+        (DiskError::Busy("x"), 0x28, None),
     ];
     for (err, st, sense) in cases {
         for e in [err.clone(), err.clone().in_member(3).in_member(1)] {
