@@ -1,6 +1,7 @@
 //! Unit tests of the SCSI disk adapter over RAM disks.
 
 use super::*;
+use alloc::vec;
 use crate::{SENSE_SLOTS, disk_error_result};
 use futures::executor::block_on;
 use parastor_core::GpaRange;
