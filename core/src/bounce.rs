@@ -184,9 +184,14 @@ impl DmaAllocator for HeapAllocator {
 /// A queued request's state.
 enum Slot {
     Vacant,
-    Waiting { class: usize, waker: Waker },
+    Waiting {
+        class: usize,
+        waker: Waker,
+    },
     /// Served: a kept block, or (None) room reserved for a new one.
-    Granted { block: Option<DmaBlock> },
+    Granted {
+        block: Option<DmaBlock>,
+    },
 }
 
 struct State {
@@ -572,7 +577,9 @@ impl BounceBuffer {
     }
 
     fn block(&self) -> &DmaBlock {
-        self.block.as_ref().expect("a buffer holds its block until dropped")
+        self.block
+            .as_ref()
+            .expect("a buffer holds its block until dropped")
     }
 
     /// The buffer's memory (its first [`BounceBuffer::len`] bytes are the
@@ -618,9 +625,9 @@ mod tests {
     use super::*;
     use crate::error::MemoryError;
     use alloc::boxed::Box;
+    use alloc::task::Wake;
     use alloc::vec;
     use core::sync::atomic::AtomicUsize;
-    use alloc::task::Wake;
     use futures::FutureExt;
     use std::sync::Barrier;
     use std::thread;
@@ -759,7 +766,11 @@ mod tests {
             .collect();
         for (i, w) in waiters.iter_mut().enumerate() {
             let waker = Waker::from(Arc::new(Tag(i, woke.clone())));
-            assert!(w.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+            assert!(
+                w.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
         }
         assert_eq!(pool.waiting(), 3);
         // A newcomer does not overtake the queue.
@@ -799,7 +810,11 @@ mod tests {
         let mut second = Box::pin(pool.acquire(4096));
         for (i, w) in [&mut first, &mut second].into_iter().enumerate() {
             let waker = Waker::from(Arc::new(Tag(i, woke.clone())));
-            assert!(w.as_mut().poll(&mut Context::from_waker(&waker)).is_pending());
+            assert!(
+                w.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
         }
         drop(a);
         assert_eq!(*woke.lock().unwrap(), [0]);
@@ -842,7 +857,10 @@ mod tests {
                         };
                         assert!(pool.held() <= BUDGET);
                         buf.with_private_mut(|b| b.fill(t as u8)).unwrap();
-                        assert!(buf.with_private(|b| b.iter().all(|&x| x == t as u8)).unwrap());
+                        assert!(
+                            buf.with_private(|b| b.iter().all(|&x| x == t as u8))
+                                .unwrap()
+                        );
                     }
                 })
             })

@@ -33,9 +33,7 @@ pub(crate) fn read_capacity10(data: &SgList<'_>, blocks: u64, block_len: u32) ->
 /// list, or one block) into `dst`, a buffer of the caller's (on its stack
 /// or from the scratch pool: never a heap allocation per command).
 pub(crate) fn data_out(data: &SgList<'_>, dst: &mut [u8]) -> Res<()> {
-    let view = data
-        .subrange(0, dst.len())
-        .map_err(|_| param_len_error())?;
+    let view = data.subrange(0, dst.len()).map_err(|_| param_len_error())?;
     view.read_all(dst).map_err(mem_err)
 }
 

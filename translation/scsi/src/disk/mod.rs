@@ -612,10 +612,9 @@ impl ScsiDisk {
         let region_max = SCRATCH_CHUNK.min(pool.max_len() / regions);
         let per = ((region_max >> shift) as u64).min(blocks.max(1));
         if per == 0 {
-            return Err(DiskError::Unsupported(
-                "scratch pool smaller than two logical blocks",
-            )
-            .into());
+            return Err(
+                DiskError::Unsupported("scratch pool smaller than two logical blocks").into(),
+            );
         }
         let region = (per << shift) as usize;
         let buf = pool
@@ -641,7 +640,9 @@ impl ScsiDisk {
         // Region 0 receives the medium's blocks a chunk at a time; region
         // 1 holds what they are compared with: the data-out buffer's
         // matching chunk (BYTCHK 1) or its one block (BYTCHK 3).
-        let s = self.scratch(blocks, if bytchk == 0 { 1 } else { 2 }).await?;
+        let s = self
+            .scratch(blocks, if bytchk == 0 { 1 } else { 2 })
+            .await?;
         if bytchk > 1 {
             s.with(|b| data_out(data, &mut b[s.region..s.region + ss]))??;
         }
@@ -700,8 +701,7 @@ impl ScsiDisk {
         for (done, n) in chunks(t.blocks.into(), s.per) {
             let (off, len) = ((done << shift) as usize, (n << shift) as usize);
             let src = data.subrange(off, len).map_err(|_| invalid_cdb())?;
-            s.with(|b| src.read_all(&mut b[..len]))?
-                .map_err(mem_err)?;
+            s.with(|b| src.read_all(&mut b[..len]))?.map_err(mem_err)?;
             self.disk
                 .write(s.sg(0, len, false)?, t.lba + done, wopts)
                 .await?;
@@ -837,8 +837,8 @@ impl ScsiDisk {
             let at = size_of::<UnmapHeader>() + i * size_of::<UnmapDescriptor>();
             let mut d = (0u64, 0u64);
             with_list(&mut |l| {
-                let (desc, _) = UnmapDescriptor::read_from_prefix(&l[at..])
-                    .map_err(|_| param_len_error())?;
+                let (desc, _) =
+                    UnmapDescriptor::read_from_prefix(&l[at..]).map_err(|_| param_len_error())?;
                 d = (desc.lba.get(), desc.blocks.get().into());
                 Ok(0)
             })?;
