@@ -22,6 +22,24 @@
 //! COMPARE AND WRITE excludes overlapping writes through an async LBA range
 //! lock, and REPORT SUPPORTED OPERATION CODES comes from the one command
 //! table the tests check against the parser.
+//!
+//! # Memory per command
+//! Commands whose work is larger than their data-out buffer (VERIFY,
+//! WRITE AND VERIFY, WRITE SAME, COMPARE AND WRITE) and UNMAP parameter
+//! lists take their private memory from a scratch [`BouncePool`] the LUNs
+//! of one controller share ([`ScsiDisk::use_scratch`]; StorVSP's
+//! controller creates one of [`DEFAULT_SCRATCH_BUDGET`]), never from the
+//! heap per command: one acquisition of at most two [`SCRATCH_CHUNK`]
+//! regions, taken before the command's LBA range lock and held to its end,
+//! through which the command walks its blocks. A burst waits for room in
+//! the pool (first come, first served) instead of growing memory. Other
+//! parameter lists (MODE SELECT, PERSISTENT RESERVE OUT) are read into
+//! stack buffers. How much one command may make the disk do is bounded by
+//! the limits VPD 0xB0 advertises and enforces: MAXIMUM TRANSFER LENGTH for
+//! READ, WRITE, VERIFY and WRITE AND VERIFY (8 MiB by default, lowered to
+//! the transport's limit), MAXIMUM WRITE SAME LENGTH (64 MiB) and MAXIMUM
+//! COMPARE AND WRITE LENGTH (64 blocks); a command over one is ILLEGAL
+//! REQUEST / INVALID FIELD IN CDB, as SBC-4's transfer-limits table asks.
 
 mod inquiry;
 mod mode_pages;
