@@ -29,8 +29,9 @@
 //! and no waiter is woken to find nothing. [`BouncePool::try_acquire`] does
 //! not overtake queued waiters.
 
+use crate::addr::{Gpa, GpaRange};
 use crate::memory::{GuestMemory, LocalMemory};
-use crate::sg::{GpaRange, SgList};
+use crate::sg::SgList;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -442,7 +443,7 @@ impl BouncePool {
         };
         Ok(BounceBuffer {
             block: Some(block),
-            range: [GpaRange::new(0, len as u64)],
+            range: [GpaRange::new(Gpa::new(0), len as u64)],
             class,
             pool: self.pool.clone(),
         })
@@ -648,7 +649,7 @@ mod tests {
         assert!(pool.try_acquire(1).unwrap().is_none());
         a.sg(true).write_all(&[7u8; 4096]).unwrap();
         let mut back = [0u8; 4096];
-        a.memory().read(0, &mut back).unwrap();
+        a.memory().read_at(Gpa::new(0), &mut back).unwrap();
         assert_eq!(back, [7u8; 4096]);
         assert_eq!(b.with_private(|s| s.len()), Some(4000));
         let mut waiting = Box::pin(pool.acquire(2048));

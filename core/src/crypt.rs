@@ -24,16 +24,25 @@
 //!   the other.
 //!
 //! # Data path
+//! - Both directions go through a private staging buffer from the disk's own
+//!   [`BouncePool`]; the cipher never works on guest memory, which the
+//!   guest (or host) may change under it. Requests larger than one staging
+//!   piece are processed piece by piece, in order. Released staging
+//!   buffers are reused, so the steady state allocates nothing.
+//! - The staging budget is never exceeded. A disk that really waits waits
+//!   for room in it (first come, first served); an inline stack, which
+//!   must not wait, tries staging for the whole piece, then for a
+//!   64 KiB piece, and otherwise fails the request with
+//!   [`DiskError::Busy`] (SCSI TASK SET FULL, StorVSP `SRB_STATUS_BUSY`:
+//!   the guest retries). Sized at least one piece per worker, the budget
+//!   makes Busy unreachable in the steady state.
 //! - **Writes** never modify the guest's buffer (the [`Disk`] handle passes
-//!   it read-only): the data is enciphered straight from guest memory into
-//!   a staging buffer from the disk's own [`BouncePool`], which is then
-//!   written to the inner disk. Requests larger than one staging piece are
-//!   written piece by piece, in order. Released staging buffers are reused,
-//!   so the steady state allocates nothing.
-//! - **Reads** go into the guest's buffer through the inner disk and are
-//!   deciphered there in place (the guest may briefly see ciphertext, as
-//!   with OpenVMM). Blocks that straddle two guest ranges are gathered
-//!   through a 16-byte buffer and scattered back.
+//!   it read-only): the data is copied out of guest memory 4 KiB at a time
+//!   into staging and enciphered there, then written to the inner disk.
+//! - **Reads** go from the inner disk into staging, are deciphered there
+//!   4 KiB at a time and copied into the guest's buffer: the guest never
+//!   sees ciphertext (OpenVMM deciphers in the guest's buffer, so the
+//!   guest may briefly see it).
 //! - Metadata, flush, unmap, eject, `wait_resize` and persistent
 //!   reservations pass through. Unmapped sectors decrypt to garbage, so
 //!   [`UnmapBehavior::Zeroes`] becomes [`UnmapBehavior::Unspecified`].
@@ -56,10 +65,10 @@ mod xts;
 
 pub use xts::Xts256;
 
-use crate::bounce::{BounceBuffer, BouncePool};
+use crate::bounce::{AcquireError, BounceBuffer, BouncePool};
 use crate::disk::{Disk, DiskIo, IoOptions, UnmapBehavior};
 use crate::drive;
-use crate::error::{DiskError, MemoryError, MemoryErrorKind};
+use crate::error::{DiskError, MemoryError};
 use crate::sg::SgList;
 use alloc::format;
 use alloc::string::String;
@@ -76,6 +85,10 @@ pub const DEFAULT_STAGING_BUDGET: usize = 4 << 20;
 /// buffer (reads) is still in the L2 cache when the next step touches it.
 /// Disks that really wait get one inner request per staging budget.
 const INLINE_PIECE: usize = 256 << 10;
+
+/// The smaller piece an inline stack tries when staging for a whole piece
+/// is not free, before answering [`DiskError::Busy`].
+const FALLBACK_PIECE: usize = 64 << 10;
 
 /// The cipher the decorator uses, for display.
 const CIPHER_NAME: &str = "xts-aes-256";
@@ -233,147 +246,72 @@ impl CryptDisk {
         })
     }
 
-    /// A staging buffer of `len` bytes. An inline stack must not wait (its
-    /// caller polls once), so under contention it gets a transient buffer
-    /// outside the budget instead.
-    async fn staging(&self, len: usize) -> Result<BounceBuffer, DiskError> {
-        let too_large = |_| DiskError::InvalidInput("staging buffer larger than its budget");
-        if self.inline {
-            if let Some(buf) = self.pool.try_acquire(len).map_err(too_large)? {
-                return Ok(buf);
+    /// A staging buffer for the next piece of a request, `want` bytes
+    /// (a whole number of sectors) or, on an inline stack under contention,
+    /// fewer: the piece is then cut to the buffer's length.
+    ///
+    /// The budget is never exceeded. A stack that really waits waits for
+    /// room (first come, first served). An inline stack must not wait (its
+    /// caller polls once): it tries the whole piece, then a piece of
+    /// [`FALLBACK_PIECE`], and answers [`DiskError::Busy`] if neither is
+    /// free (the frontend's "retry" status).
+    async fn staging(&self, want: usize) -> Result<BounceBuffer, DiskError> {
+        let failed = |e: AcquireError| match e {
+            AcquireError::TooLarge { .. } => {
+                DiskError::InvalidInput("staging piece larger than the staging budget")
             }
-            BouncePool::new(len.next_power_of_two())
-                .try_acquire(len)
-                .map_err(too_large)?
-                .ok_or(DiskError::InvalidInput("staging buffer unavailable"))
-        } else {
-            self.pool.acquire(len).await.map_err(too_large)
+            AcquireError::Alloc(_) => DiskError::Busy("crypt staging memory unavailable"),
+        };
+        if !self.inline {
+            return self.pool.acquire(want).await.map_err(failed);
         }
+        if let Some(buf) = self.pool.try_acquire(want).map_err(failed)? {
+            return Ok(buf);
+        }
+        let sector = 1usize << self.shift;
+        let small = (FALLBACK_PIECE / sector).max(1) * sector;
+        if small < want
+            && let Some(buf) = self.pool.try_acquire(small).map_err(failed)?
+        {
+            return Ok(buf);
+        }
+        Err(DiskError::Busy("crypt staging budget in use"))
     }
 
-    /// Enciphers the guest data `src` (sectors from `lba` on) into `dst`.
+    /// Enciphers the guest data `src` (sectors from `lba` on) into the
+    /// private staging buffer `dst`: each 4 KiB piece is copied out of guest
+    /// memory once and enciphered in place while it is in the L1 cache, so
+    /// the cipher never reads guest memory (which the guest may change
+    /// meanwhile) directly.
     fn encrypt_from(&self, src: &SgList<'_>, lba: u64, dst: &mut [u8]) -> Result<(), MemoryError> {
         let mut stream = Stream::new(&self.xts, lba, 1 << self.shift);
-        // dst[..done] is enciphered, dst[done..pos] holds a partial block.
-        let (mut pos, mut done) = (0usize, 0usize);
-        let mut overrun = false;
-        src.reader().visit(dst.len(), &mut |piece: &[u8]| {
-            if overrun || piece.len() > dst.len() - pos {
-                // More bytes than asked for: a memory bug; never index out.
-                overrun = true;
-                return;
-            }
-            let mut p = piece;
-            if pos > done {
-                let need = (done + 16 - pos).min(p.len());
-                dst[pos..pos + need].copy_from_slice(&p[..need]);
-                pos += need;
-                p = &p[need..];
-                if pos == done + 16 {
-                    stream.run(Dir::Encrypt, None, &mut dst[done..pos]);
-                    done = pos;
-                }
-            }
-            let whole = p.len() & !15;
-            if whole > 0 {
-                stream.run(Dir::Encrypt, Some(&p[..whole]), &mut dst[pos..pos + whole]);
-                pos += whole;
-                done = pos;
-                p = &p[whole..];
-            }
-            if !p.is_empty() {
-                dst[pos..pos + p.len()].copy_from_slice(p);
-                pos += p.len();
-            }
-        })?;
-        if overrun || done != dst.len() {
-            return Err(MemoryError {
-                gpa: 0,
-                len: dst.len() as u64,
-                kind: MemoryErrorKind::BeyondBuffer,
-            });
+        let mut reader = src.reader();
+        for piece in dst.chunks_mut(CIPHER_PIECE) {
+            reader.read(piece)?;
+            stream.run(Dir::Encrypt, None, piece);
         }
         Ok(())
     }
 
-    /// Deciphers `buf` (sectors from `lba` on) in place.
-    ///
-    /// Each guest range is visited once; whole blocks are deciphered where
-    /// they lie. A block split between two ranges, or between two pieces
-    /// of one range as the memory hands them out, is gathered into a
-    /// 16-byte buffer, deciphered and scattered back.
-    fn decrypt_in_place(&self, buf: &SgList<'_>, lba: u64) -> Result<(), MemoryError> {
-        let mem = buf.memory();
+    /// Deciphers the private staging buffer `src` (sectors from `lba` on,
+    /// as read from the inner disk) in place and copies the plaintext into
+    /// the guest's buffer `dst`, 4 KiB at a time while it is in the L1
+    /// cache: the guest never sees ciphertext.
+    fn decrypt_into(&self, src: &mut [u8], lba: u64, dst: &SgList<'_>) -> Result<(), MemoryError> {
         let mut stream = Stream::new(&self.xts, lba, 1 << self.shift);
-        // A block split across ranges: its bytes and where they live.
-        let mut carry = [0u8; 16];
-        let mut parts = [(0u64, 0usize); 16];
-        let (mut filled, mut nparts) = (0usize, 0usize);
-        for seg in buf.segments() {
-            let (mut gpa, mut left) = (seg.gpa, seg.len as usize);
-            if filled > 0 {
-                let take = (16 - filled).min(left);
-                mem.read(gpa, &mut carry[filled..filled + take])?;
-                parts[nparts] = (gpa, take);
-                nparts += 1;
-                filled += take;
-                gpa += take as u64;
-                left -= take;
-                if filled < 16 {
-                    continue;
-                }
-                stream.run(Dir::Decrypt, None, &mut carry);
-                let mut off = 0;
-                for &(g, n) in &parts[..nparts] {
-                    mem.write(g, &carry[off..off + n])?;
-                    off += n;
-                }
-                (filled, nparts) = (0, 0);
-            }
-            while left >= 16 {
-                let whole = left & !15;
-                // Bytes deciphered in place; stops at the first block that
-                // the memory splits between two pieces.
-                let mut at = 0usize;
-                let mut split = false;
-                mem.visit_mut(gpa, whole, &mut |piece: &mut [u8]| {
-                    if split {
-                        return;
-                    }
-                    let n = piece.len() & !15;
-                    stream.run(Dir::Decrypt, None, &mut piece[..n]);
-                    at += n;
-                    split = n != piece.len();
-                })?;
-                if !split && at != whole {
-                    // The memory handed out less than asked: refuse rather
-                    // than spin.
-                    return Err(MemoryError {
-                        gpa,
-                        len: whole as u64,
-                        kind: MemoryErrorKind::OutOfRange,
-                    });
-                }
-                gpa += at as u64;
-                left -= at;
-                if split {
-                    let mut block = [0u8; 16];
-                    mem.read(gpa, &mut block)?;
-                    stream.run(Dir::Decrypt, None, &mut block);
-                    mem.write(gpa, &block)?;
-                    gpa += 16;
-                    left -= 16;
-                }
-            }
-            if left > 0 {
-                mem.read(gpa, &mut carry[..left])?;
-                parts[0] = (gpa, left);
-                (filled, nparts) = (left, 1);
-            }
+        let mut writer = dst.writer()?;
+        for piece in src.chunks_mut(CIPHER_PIECE) {
+            stream.run(Dir::Decrypt, None, piece);
+            writer.write(piece)?;
         }
         Ok(())
     }
 }
+
+/// Bytes enciphered or deciphered per step between guest memory and
+/// staging: a multiple of 16 (every sector size is), small enough to stay
+/// in the L1 cache between the copy and the cipher pass.
+const CIPHER_PIECE: usize = 4096;
 
 /// A request cut into pieces: each piece's buffer and first sector.
 struct Pieces<'a> {
@@ -384,13 +322,19 @@ struct Pieces<'a> {
 }
 
 impl<'a> Pieces<'a> {
-    /// The next piece, or `None` when the request is done.
-    fn next(&mut self) -> Result<Option<(SgList<'a>, u64)>, DiskError> {
+    /// Bytes of the next piece (0 when the request is done).
+    fn next_len(&self) -> usize {
+        self.rest.len().min(self.piece)
+    }
+
+    /// The next piece, at most `max` bytes (a whole number of sectors), or
+    /// `None` when the request is done.
+    fn next(&mut self, max: usize) -> Result<Option<(SgList<'a>, u64)>, DiskError> {
         if self.rest.is_empty() {
             return Ok(None);
         }
         let bad = |_| DiskError::InvalidInput("request buffer shorter than the request");
-        let len = self.rest.len().min(self.piece);
+        let len = self.next_len().min(max);
         let part = self.rest.subrange(0, len).map_err(bad)?;
         let lba = self.lba;
         self.rest = self
@@ -442,19 +386,28 @@ impl DiskIo for CryptDisk {
     }
     async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         let mut pieces = self.pieces(buf, sector)?;
-        while let Some((part, lba)) = pieces.next()? {
+        while pieces.next_len() > 0 {
+            let staging = self.staging(pieces.next_len()).await?;
+            let Some((part, lba)) = pieces.next(staging.len())? else {
+                break;
+            };
             let inner = &self.inner;
-            drive!(self.inline, inner.read(part, lba, opts))?;
-            self.decrypt_in_place(&part, lba)?;
+            drive!(self.inline, inner.read(staging.sg(true), lba, opts))?;
+            staging
+                .with_private_mut(|v| self.decrypt_into(v, lba, &part))
+                .ok_or(DiskError::InvalidInput("staging memory is not private"))??;
+            drop(staging);
         }
         Ok(())
     }
 
     async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         let mut pieces = self.pieces(buf, sector)?;
-        while let Some((part, lba)) = pieces.next()? {
-            let len = part.len();
-            let staging = self.staging(len).await?;
+        while pieces.next_len() > 0 {
+            let staging = self.staging(pieces.next_len()).await?;
+            let Some((part, lba)) = pieces.next(staging.len())? else {
+                break;
+            };
             staging
                 .with_private_mut(|v| self.encrypt_from(&part, lba, v))
                 .ok_or(DiskError::InvalidInput("staging memory is not private"))??;
@@ -470,11 +423,11 @@ impl DiskIo for CryptDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::{Gpa, GpaRange};
     use crate::delay::{DelayDisk, DelayHandle, Timer};
     use crate::disk::{BoxFuture, IO_FUTURE_BYTES};
     use crate::memory::{GuestMemory, RamGuestMemory};
     use crate::ram::RamDisk;
-    use crate::sg::GpaRange;
     use alloc::boxed::Box;
     use alloc::sync::Arc;
     use alloc::vec;
@@ -653,18 +606,18 @@ mod tests {
 
     fn read_vec(disk: &Disk, sector: u64, len: usize) -> Vec<u8> {
         let mem = RamGuestMemory::new(len as u64);
-        let r = [GpaRange::new(0, len as u64)];
+        let r = [GpaRange::new(Gpa::new(0), len as u64)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         block_on(disk.read(sg, sector, IoOptions::default())).unwrap();
         let mut out = vec![0u8; len];
-        mem.read(0, &mut out).unwrap();
+        mem.read_at(Gpa::new(0), &mut out).unwrap();
         out
     }
 
     fn write_vec(disk: &Disk, sector: u64, data: &[u8]) {
         let mem = RamGuestMemory::new(data.len() as u64);
-        mem.write(0, data).unwrap();
-        let r = [GpaRange::new(0, data.len() as u64)];
+        mem.write_at(Gpa::new(0), data).unwrap();
+        let r = [GpaRange::new(Gpa::new(0), data.len() as u64)];
         let sg = SgList::new(&mem, &r, false).unwrap();
         block_on(disk.write(sg, sector, IoOptions::default())).unwrap();
     }
@@ -786,12 +739,12 @@ mod tests {
                 rng.fill(&mut plain);
                 // The guest buffer is left as it was by the write.
                 let mem = RamGuestMemory::new(plain.len() as u64);
-                mem.write(0, &plain).unwrap();
-                let r = [GpaRange::new(0, plain.len() as u64)];
+                mem.write_at(Gpa::new(0), &plain).unwrap();
+                let r = [GpaRange::new(Gpa::new(0), plain.len() as u64)];
                 let sg = SgList::new(&mem, &r, true).unwrap();
                 block_on(disk.write(sg, sector, IoOptions::fua())).unwrap();
                 let mut guest = vec![0u8; plain.len()];
-                mem.read(0, &mut guest).unwrap();
+                mem.read_at(Gpa::new(0), &mut guest).unwrap();
                 assert!(guest == plain, "guest buffer modified by a write");
                 // The inner disk holds the oracle's ciphertext.
                 let stored = read_vec(&inner, sector, plain.len());
@@ -831,7 +784,7 @@ mod tests {
                         _ => 70_000,
                     }
                     .min(len - total);
-                    ranges.push(GpaRange::new(gpa, n as u64));
+                    ranges.push(GpaRange::new(Gpa::new(gpa), n as u64));
                     total += n;
                     gpa += n as u64 + 1 + rng.below(50);
                     if gpa > (1 << 20) - 80_000 {
@@ -873,9 +826,9 @@ mod tests {
         rng.fill(&mut plain);
         let mem = RamGuestMemory::new(1 << 18);
         let ranges = [
-            GpaRange::new(65536 - 5, 4096 + 7),
-            GpaRange::new(200_000, 4096 - 7),
-            GpaRange::new(131_072 - 9, 8192),
+            GpaRange::new(Gpa::new(65536 - 5), 4096 + 7),
+            GpaRange::new(Gpa::new(200_000), 4096 - 7),
+            GpaRange::new(Gpa::new(131_072 - 9), 8192),
         ];
         let sg = SgList::new(&mem, &ranges, true).unwrap();
         sg.write_all(&plain).unwrap();
@@ -890,6 +843,87 @@ mod tests {
         assert!(back == plain);
     }
 
+    /// Guest memory that checks every byte written into it against the
+    /// plaintext expected there.
+    struct PlaintextOnly {
+        ram: RamGuestMemory,
+        plain: Vec<u8>,
+        writes: core::sync::atomic::AtomicUsize,
+        foreign: core::sync::atomic::AtomicUsize,
+    }
+
+    impl PlaintextOnly {
+        fn saw(&self, gpa: Gpa, bytes: &[u8]) {
+            let at = gpa.get() as usize;
+            self.writes
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            if self.plain.get(at..at + bytes.len()) != Some(bytes) {
+                self.foreign
+                    .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    impl crate::memory::GuestMemory for PlaintextOnly {
+        fn extent(&self) -> Gpa {
+            self.ram.extent()
+        }
+        fn read_at(&self, gpa: Gpa, dst: &mut [u8]) -> Result<(), MemoryError> {
+            self.ram.read_at(gpa, dst)
+        }
+        fn write_at(&self, gpa: Gpa, src: &[u8]) -> Result<(), MemoryError> {
+            self.saw(gpa, src);
+            self.ram.write_at(gpa, src)
+        }
+        fn fill_at(&self, gpa: Gpa, len: usize, byte: u8) -> Result<(), MemoryError> {
+            self.saw(gpa, &vec![byte; len]);
+            self.ram.fill_at(gpa, len, byte)
+        }
+        fn atomic(
+            &self,
+            gpa: Gpa,
+            width: crate::memory::Width,
+            op: crate::memory::AtomicOp,
+            order: core::sync::atomic::Ordering,
+        ) -> Result<u64, MemoryError> {
+            self.ram.atomic(gpa, width, op, order)
+        }
+    }
+
+    #[test]
+    fn the_guest_never_sees_ciphertext_on_a_read() {
+        use core::sync::atomic::Ordering;
+        let key: Vec<u8> = (0..64u32).map(|i| (i * 5 + 1) as u8).collect();
+        for (inner, len) in [
+            (ram(256, 512), 300 * 1024 / 512 * 512),
+            (ram(64, 4096), 4096),
+        ] {
+            let disk = crypt(&key, &inner);
+            let mut plain =
+                vec![0u8; len.min(inner.sector_count() as usize * inner.sector_size() as usize)];
+            Rng::new(len as u64).fill(&mut plain);
+            write_vec(&disk, 0, &plain);
+            let mem = PlaintextOnly {
+                ram: RamGuestMemory::new(plain.len() as u64),
+                plain: plain.clone(),
+                writes: Default::default(),
+                foreign: Default::default(),
+            };
+            let r = [GpaRange::new(Gpa::new(0), plain.len() as u64)];
+            let sg = SgList::new(&mem, &r, true).unwrap();
+            block_on(disk.read(sg, 0, IoOptions::default())).unwrap();
+            assert!(mem.writes.load(Ordering::Relaxed) > 0);
+            assert_eq!(
+                mem.foreign.load(Ordering::Relaxed),
+                0,
+                "bytes other than the plaintext were written to the guest"
+            );
+            let mut back = vec![0u8; plain.len()];
+            mem.ram.read_at(Gpa::new(0), &mut back).unwrap();
+            assert!(back == plain);
+        }
+    }
+
     #[test]
     fn out_of_range_is_illegal_block() {
         let inner = ram(64, 512);
@@ -898,7 +932,7 @@ mod tests {
             &inner,
         );
         let mem = RamGuestMemory::new(8192);
-        let r = [GpaRange::new(0, 1024)];
+        let r = [GpaRange::new(Gpa::new(0), 1024)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         let o = IoOptions::default();
         for sector in [63, 64, 1000, u64::MAX - 1, u64::MAX] {
@@ -1085,6 +1119,71 @@ mod tests {
         }
     }
 
+    /// The staging budget is never exceeded. An inline stack whose budget
+    /// is taken answers Busy for reads and writes (nothing written), and
+    /// goes in smaller pieces when only those are free; a stack that
+    /// really waits waits for room, then completes.
+    #[test]
+    fn staging_budget_is_enforced_busy_or_wait() {
+        const BUDGET: usize = 128 << 10;
+        let mut rng = Rng::new(8);
+        let key = rng.key();
+        let inner = ram(1024, 512);
+        let raw = CryptDisk::with_staging_budget(&key, inner.clone(), BUDGET).unwrap();
+        let pool = raw.pool.clone();
+        let disk = Disk::new(raw).unwrap();
+        let mut plain = vec![0u8; BUDGET];
+        rng.fill(&mut plain);
+        let mem = RamGuestMemory::new(BUDGET as u64);
+        mem.write_at(Gpa::new(0), &plain).unwrap();
+        let r = [GpaRange::new(Gpa::new(0), BUDGET as u64)];
+        let write = |disk: &Disk| {
+            let sg = SgList::new(&mem, &r, false).unwrap();
+            block_on(disk.write(sg, 0, IoOptions::default()))
+        };
+        // The whole budget in use: Busy, and the inner disk untouched.
+        let all = pool.try_acquire(BUDGET).unwrap().unwrap();
+        assert!(matches!(write(&disk), Err(DiskError::Busy(_))));
+        assert!(read_vec(&inner, 0, BUDGET).iter().all(|&b| b == 0));
+        let sg = SgList::new(&mem, &r, true).unwrap();
+        assert!(matches!(
+            block_on(disk.read(sg, 0, IoOptions::default())),
+            Err(DiskError::Busy(_))
+        ));
+        drop(all);
+        // Half of it in use: the write goes in 64 KiB pieces.
+        let half = pool.try_acquire(BUDGET / 2).unwrap().unwrap();
+        write(&disk).unwrap();
+        assert!(pool.high_water() <= BUDGET);
+        let mut expect = plain.clone();
+        oracle(&key, &mut expect, 0, 512, true);
+        assert!(read_vec(&inner, 0, BUDGET) == expect);
+        assert!(read_vec(&disk, 0, FALLBACK_PIECE) == plain[..FALLBACK_PIECE]);
+        drop(half);
+        assert!(read_vec(&disk, 0, BUDGET) == plain);
+
+        // A disk that does not complete inline waits for the budget.
+        let delayed = Disk::new(DelayDisk::new(
+            inner.clone(),
+            DelayHandle::new(Duration::ZERO),
+            Arc::new(NoTimer),
+        ))
+        .unwrap();
+        let raw = CryptDisk::with_staging_budget(&key, delayed, BUDGET).unwrap();
+        let pool = raw.pool.clone();
+        let disk = Disk::new(raw).unwrap();
+        let all = pool.try_acquire(BUDGET).unwrap().unwrap();
+        let sg = SgList::new(&mem, &r, false).unwrap();
+        let mut fut = Box::pin(disk.write(sg, 8, IoOptions::default()));
+        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(pool.waiting(), 1);
+        drop(all);
+        assert!(matches!(fut.as_mut().poll(&mut cx), core::task::Poll::Ready(Ok(()))));
+        assert!(read_vec(&disk, 8, BUDGET) == plain);
+        assert!(pool.high_water() <= BUDGET);
+    }
+
     /// Requests larger than the staging budget go in order, in pieces; a
     /// disk that does not complete inline waits for staging memory.
     #[test]
@@ -1144,7 +1243,7 @@ mod tests {
         let shared = Forward(store.clone(), UnmapBehavior::Zeroes);
         let disk = crypt(&key, &Disk::new(shared).unwrap());
         let mem = RamGuestMemory::new(4096);
-        let r = [GpaRange::new(0, 512)];
+        let r = [GpaRange::new(Gpa::new(0), 512)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         assert_eq!(
             block_on(disk.read(sg, 100, IoOptions::default())),
@@ -1167,7 +1266,7 @@ mod tests {
         let key: Vec<u8> = (0..64).rev().collect();
         let c = CryptDisk::new(&key, ram(64, 512)).unwrap();
         let mem = RamGuestMemory::new(1 << 16);
-        let r = [GpaRange::new(0, 4096)];
+        let r = [GpaRange::new(Gpa::new(0), 4096)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         let o = IoOptions::default();
         let sizes = [
