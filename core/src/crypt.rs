@@ -1179,7 +1179,10 @@ mod tests {
         assert!(fut.as_mut().poll(&mut cx).is_pending());
         assert_eq!(pool.waiting(), 1);
         drop(all);
-        assert!(matches!(fut.as_mut().poll(&mut cx), core::task::Poll::Ready(Ok(()))));
+        assert!(matches!(
+            fut.as_mut().poll(&mut cx),
+            core::task::Poll::Ready(Ok(()))
+        ));
         assert!(read_vec(&disk, 8, BUDGET) == plain);
         assert!(pool.high_water() <= BUDGET);
     }

@@ -322,7 +322,10 @@ fn attached_disks_share_the_controller_scratch_pool() {
             .unwrap();
         // WRITE SAME(10) of 64 blocks from one block at GPA 0.
         let cdb = [0x41, 0, 0, 0, 0, 0, 0, 0, 64, 0];
-        let ranges = [parastor_core::GpaRange::new(0, 512)];
+        let ranges = [parastor_core::GpaRange::new(
+            parastor_core::Gpa::new(0),
+            512,
+        )];
         let sg = parastor_core::SgList::new(&mem, &ranges, false).unwrap();
         let mut fut = core::pin::pin!(scsi.execute(
             &cdb,

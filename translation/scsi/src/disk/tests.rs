@@ -2271,8 +2271,8 @@ fn burst_of_big_commands_stays_within_the_scratch_budget() {
         .iter()
         .enumerate()
         .map(|(i, (_, _, out))| {
-            let gpa = GPA + (i as u64) * (2 << 20);
-            mem.write(gpa, out).unwrap();
+            let gpa = Gpa::new(GPA + (i as u64) * (2 << 20));
+            mem.write_at(gpa, out).unwrap();
             [GpaRange::new(gpa, out.len().max(512) as u64)]
         })
         .collect();
@@ -2323,7 +2323,7 @@ fn burst_of_big_commands_stays_within_the_scratch_budget() {
 /// Reads `blocks` at `lba` straight from `disk` through guest memory.
 fn read_disk(disk: &Disk, mem: &RamGuestMemory, lba: u64, blocks: u32) -> Vec<u8> {
     let len = blocks as usize * SS as usize;
-    let gpa = 60 << 20;
+    let gpa = Gpa::new(60 << 20);
     let ranges = [GpaRange::new(gpa, len as u64)];
     block_on(disk.read(
         SgList::new(mem, &ranges, true).unwrap(),
@@ -2332,7 +2332,7 @@ fn read_disk(disk: &Disk, mem: &RamGuestMemory, lba: u64, blocks: u32) -> Vec<u8
     ))
     .unwrap();
     let mut out = vec![0; len];
-    mem.read(gpa, &mut out).unwrap();
+    mem.read_at(gpa, &mut out).unwrap();
     out
 }
 
