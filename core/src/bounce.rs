@@ -2,9 +2,12 @@
 //!
 //! A [`BouncePool`] lends [`BounceBuffer`]s carved from blocks a
 //! [`DmaAllocator`] provides: [`HeapAllocator`] for *private staging*
-//! (ciphertext for the crypt decorator, a SCSI command's scratch), and, in
-//! the host crate, allocators of memory a device can reach (bounce buffers
-//! for backends that cannot use guest memory in place).
+//! (ciphertext for the crypt decorator, a SCSI command's scratch), which may
+//! be borrowed as `&mut [u8]`; and, in the host crate, allocators of memory
+//! a device can reach ([`DmaBlock::device`]: bounce buffers for backends
+//! that cannot use guest memory in place), which carry their device
+//! addresses ([`BounceBuffer::device_range`]) and are reached by copies
+//! only.
 //!
 //! # Budget
 //! Every byte the pool holds counts against its budget: blocks lent out,
@@ -29,7 +32,7 @@
 //! and no waiter is woken to find nothing. [`BouncePool::try_acquire`] does
 //! not overtake queued waiters.
 
-use crate::addr::{Gpa, GpaRange};
+use crate::addr::{DeviceAddress, DeviceRange, DmaDomainId, Gpa, GpaRange};
 use crate::memory::{GuestMemory, LocalMemory};
 use crate::sg::SgList;
 use alloc::boxed::Box;
@@ -108,8 +111,12 @@ impl core::error::Error for AcquireError {}
 enum BlockMemory {
     /// Private host memory: only this process touches it.
     Private(LocalMemory),
-    /// Memory another party (a device) may also reach: copies only.
-    Shared(Box<dyn GuestMemory>),
+    /// Memory a device also reaches, at `addr` in `domain`: copies only.
+    Device {
+        mem: Box<dyn GuestMemory>,
+        domain: DmaDomainId,
+        addr: DeviceAddress,
+    },
 }
 
 /// A block of memory from a [`DmaAllocator`], addressed from 0.
@@ -129,12 +136,18 @@ impl DmaBlock {
         }
     }
 
-    /// A block of `len` bytes of memory that another party (a device)
-    /// may reach, so it is only ever read and written by copies. `mem`
-    /// must answer accesses to `[0, len)`.
-    pub fn shared(mem: Box<dyn GuestMemory>, len: usize) -> Self {
+    /// A block of `len` bytes that a device reaches at `[addr, addr +
+    /// len)` in DMA domain `domain` (contiguous there), so the CPU side
+    /// only ever reads and writes it by copies. `mem` answers accesses to
+    /// `[0, len)`.
+    pub fn device(
+        mem: Box<dyn GuestMemory>,
+        len: usize,
+        domain: DmaDomainId,
+        addr: DeviceAddress,
+    ) -> Self {
         DmaBlock {
-            mem: BlockMemory::Shared(mem),
+            mem: BlockMemory::Device { mem, domain, addr },
             len,
         }
     }
@@ -157,7 +170,7 @@ impl DmaBlock {
     fn memory(&self) -> &dyn GuestMemory {
         match &self.mem {
             BlockMemory::Private(m) => m,
-            BlockMemory::Shared(m) => &**m,
+            BlockMemory::Device { mem, .. } => &**mem,
         }
     }
 }
@@ -600,7 +613,7 @@ impl BounceBuffer {
         let len = self.len();
         match &self.block().mem {
             BlockMemory::Private(m) => Some(m.with(|v| f(&v[..len]))),
-            BlockMemory::Shared(_) => None,
+            BlockMemory::Device { .. } => None,
         }
     }
 
@@ -610,7 +623,19 @@ impl BounceBuffer {
         let len = self.len();
         match &self.block().mem {
             BlockMemory::Private(m) => Some(m.with_mut(|v| f(&mut v[..len]))),
-            BlockMemory::Shared(_) => None,
+            BlockMemory::Device { .. } => None,
+        }
+    }
+
+    /// Where a device reaches the buffer: its DMA domain and the device
+    /// addresses of its [`BounceBuffer::len`] bytes; `None` for private
+    /// memory.
+    pub fn device_range(&self) -> Option<(DmaDomainId, DeviceRange)> {
+        match &self.block().mem {
+            BlockMemory::Private(_) => None,
+            BlockMemory::Device { domain, addr, .. } => {
+                Some((*domain, DeviceRange::new(*addr, self.len() as u64)))
+            }
         }
     }
 }
@@ -874,18 +899,39 @@ mod tests {
         assert_eq!(pool.waiting(), 0);
     }
 
-    /// Device-reachable blocks are reached by copies only.
+    /// Device-reachable blocks carry their device addresses and are
+    /// reached by copies only; private ones have no device address.
     #[test]
-    fn shared_blocks_are_not_lent_as_slices() {
-        struct Shared;
-        impl DmaAllocator for Shared {
+    fn device_blocks_are_not_lent_as_slices() {
+        struct Device;
+        impl DmaAllocator for Device {
             fn allocate(&self, len: usize) -> Result<DmaBlock, AllocError> {
-                Ok(DmaBlock::shared(Box::new(LocalMemory::new(len)), len))
+                Ok(DmaBlock::device(
+                    Box::new(LocalMemory::new(len)),
+                    len,
+                    DmaDomainId::new(7),
+                    DeviceAddress::new(0x10_0000),
+                ))
             }
         }
-        let pool = BouncePool::with_allocator(4096, Arc::new(Shared));
+        let pool = BouncePool::with_allocator(4096, Arc::new(Device));
         let b = pool.try_acquire(100).unwrap().unwrap();
         assert!(b.with_private_mut(|_| ()).is_none());
+        assert_eq!(
+            b.device_range(),
+            Some((
+                DmaDomainId::new(7),
+                DeviceRange::new(DeviceAddress::new(0x10_0000), 100)
+            ))
+        );
+        assert_eq!(
+            BouncePool::new(4096)
+                .try_acquire(1)
+                .unwrap()
+                .unwrap()
+                .device_range(),
+            None
+        );
         b.sg(true).write_all(&[5; 100]).unwrap();
         let mut back = vec![0; 100];
         b.sg(false).read_all(&mut back).unwrap();
