@@ -82,6 +82,13 @@ mod sealed {
         /// As for [`swap`](Self::swap).
         unsafe fn fetch_or(p: *mut u8, value: Self, order: Ordering) -> Self;
 
+        /// Atomic bitwise and; returns the previous value.
+        ///
+        /// # Safety
+        ///
+        /// As for [`swap`](Self::swap).
+        unsafe fn fetch_and(p: *mut u8, value: Self, order: Ordering) -> Self;
+
         /// The value's bytes in native order, into `out` (`SIZE` bytes).
         fn write_ne(self, out: &mut [u8]);
 
@@ -131,6 +138,11 @@ macro_rules! word {
             unsafe fn fetch_or(p: *mut u8, value: Self, order: Ordering) -> Self {
                 // SAFETY: as in `store`.
                 unsafe { <$atomic>::from_ptr(p.cast()) }.fetch_or(value, order)
+            }
+
+            unsafe fn fetch_and(p: *mut u8, value: Self, order: Ordering) -> Self {
+                // SAFETY: as in `store`.
+                unsafe { <$atomic>::from_ptr(p.cast()) }.fetch_and(value, order)
             }
 
             fn write_ne(self, out: &mut [u8]) {
@@ -355,6 +367,19 @@ impl MappedRegion {
         let p = self.word::<T>(offset, true)?;
         // SAFETY: `word` checked bounds, alignment and writability.
         Ok(unsafe { T::fetch_or(p, value, order) })
+    }
+
+    /// Atomically ands `value` into the `T` at `offset`; returns the
+    /// previous value.
+    pub fn atomic_fetch_and<T: AtomicWord>(
+        &self,
+        offset: usize,
+        value: T,
+        order: Ordering,
+    ) -> Result<T, AccessError> {
+        let p = self.word::<T>(offset, true)?;
+        // SAFETY: `word` checked bounds, alignment and writability.
+        Ok(unsafe { T::fetch_and(p, value, order) })
     }
 
     /// The address of the `T` at `offset`, checked for bounds, natural

@@ -167,6 +167,10 @@ fn a_read_only_view_refuses_writes() {
         view.atomic_fetch_or::<u64>(0, 1, Ordering::Relaxed),
         Err(read_only(0, 8))
     );
+    assert_eq!(
+        view.atomic_fetch_and::<u32>(4, 1, Ordering::Relaxed),
+        Err(read_only(4, 4))
+    );
     view.read_at(8, &mut seen).unwrap();
     assert_eq!(&seen, b"visible");
 }
@@ -203,6 +207,11 @@ fn atomics_of_every_width_act_on_the_shared_bytes() {
         device.atomic_store::<u16>(130, 0x0f0f, order).unwrap();
         assert_eq!(guest.atomic_fetch_or::<u16>(130, 0x00f0, order), Ok(0x0f0f));
         assert_eq!(device.atomic_load::<u16>(130, order), Ok(0x0fff));
+        assert_eq!(
+            device.atomic_fetch_and::<u16>(130, 0xf00f, order),
+            Ok(0x0fff)
+        );
+        assert_eq!(guest.atomic_load::<u16>(130, order), Ok(0x000f));
         device.atomic_store::<u8>(132, 9, order).unwrap();
         assert_eq!(
             guest.atomic_compare_exchange::<u8>(132, 8, 1, order),
@@ -258,6 +267,10 @@ fn atomics_refuse_misaligned_and_out_of_bounds_offsets() {
     assert_eq!(
         device.atomic_fetch_or::<u32>(2, 1, Ordering::Relaxed),
         Err(misaligned(2, 4))
+    );
+    assert_eq!(
+        device.atomic_fetch_and::<u16>(3, 1, Ordering::Relaxed),
+        Err(misaligned(3, 2))
     );
     // u8 is always aligned; bounds still apply to every width.
     device
