@@ -7,7 +7,8 @@
 //!
 //! - [`mmap`]: creating and removing mappings (`mmap`, `mprotect`,
 //!   `munmap`), and the `Send`/`Sync` promise of [`MappedRegion`];
-//! - [`access`]: copies and atomic operations on a mapping's bytes.
+//! - [`access`]: copies and atomic operations on a mapping's bytes;
+//! - [`io`]: `preadv`/`pwritev` between a file and runs of a mapping.
 //!
 //! What it exports is small safe types without policy: what to map, where a
 //! guest's memory lives and who may touch it is decided by the callers.
@@ -25,6 +26,7 @@
 
 pub mod access;
 mod error;
+pub mod io;
 pub mod mmap;
 
 pub use access::AtomicWord;
