@@ -1,4 +1,4 @@
-//! File I/O straight into and out of mapped memory: `preadv`/`pwritev`
+//! File I/O straight into and out of mapped memory: `preadv`/`pwritev2`
 //! whose buffers are runs of a [`MappedRegion`], so the kernel copies
 //! between the file and guest memory with no bounce in between.
 //!
@@ -68,8 +68,11 @@ impl<'a> Span<'a> {
 enum Direction {
     /// File to memory (`preadv`).
     Read,
-    /// Memory to file (`pwritev`).
-    Write,
+    /// Memory to file (`pwritev2`), with `RWF_DSYNC` if `dsync`.
+    Write {
+        /// Each call is durable before it returns (`RWF_DSYNC`).
+        dsync: bool,
+    },
 }
 
 /// Reads the file `fd` from `offset` into `spans`, in order, until every
@@ -83,13 +86,21 @@ pub fn read_exact_into<'a>(
     transfer(fd, spans, offset, Direction::Read)
 }
 
-/// Writes `spans`, in order, to the file `fd` from `offset`, all of them.
+/// Writes `spans`, in order, to the file `fd` from `offset`, all of them;
+/// with `dsync`, each system call is `pwritev2(RWF_DSYNC)`, durable when it
+/// returns.
+///
+/// If the kernel or file system refuses `RWF_DSYNC` (which only the first
+/// call can reveal), nothing has been written and the error's kind is
+/// [`io::ErrorKind::Unsupported`]: write without `dsync` and sync the data
+/// afterwards instead.
 pub fn write_all_from<'a>(
     fd: BorrowedFd<'_>,
     spans: impl IntoIterator<Item = Span<'a>>,
     offset: u64,
+    dsync: bool,
 ) -> io::Result<()> {
-    transfer(fd, spans, offset, Direction::Write)
+    transfer(fd, spans, offset, Direction::Write { dsync })
 }
 
 /// Moves every byte of `spans` in `direction`, [`BATCH`] spans per system
@@ -105,6 +116,7 @@ fn transfer<'a>(
         iov_len: 0,
     };
     let mut spans = spans.into_iter().filter(|span| span.len != 0);
+    let mut first_call = true;
     loop {
         let mut iov = [EMPTY; BATCH];
         let mut count = 0;
@@ -125,14 +137,34 @@ fn transfer<'a>(
             // only ever shortened from its front, below), so it describes
             // bytes inside a mapping that the span's borrow keeps alive for
             // this call; a destination span was checked writable.
-            let done = unsafe { vectored(fd, pending, offset, direction) }?;
+            let done = match unsafe { vectored(fd, pending, offset, direction) } {
+                Ok(done) => done,
+                // pwritev2 predates no supported kernel, but RWF_DSYNC may
+                // be refused (EOPNOTSUPP) or, on old kernels, the flag
+                // rejected (EINVAL) or the call missing (ENOSYS).
+                Err(err)
+                    if first_call
+                        && direction == (Direction::Write { dsync: true })
+                        && matches!(
+                            err.raw_os_error(),
+                            Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENOSYS)
+                        ) =>
+                {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        format!("the file refuses RWF_DSYNC writes: {err}"),
+                    ));
+                }
+                Err(err) => return Err(err),
+            };
+            first_call = false;
             if done == 0 {
                 return Err(match direction {
                     Direction::Read => io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         format!("the file ends at offset {offset} before the read is complete"),
                     ),
-                    Direction::Write => io::Error::new(
+                    Direction::Write { .. } => io::Error::new(
                         io::ErrorKind::WriteZero,
                         format!("the file took no bytes at offset {offset}"),
                     ),
@@ -163,7 +195,7 @@ fn transfer<'a>(
     }
 }
 
-/// One `preadv` or `pwritev` of `iov` at `offset`, retried on `EINTR`;
+/// One `preadv` or `pwritev2` of `iov` at `offset`, retried on `EINTR`;
 /// returns the bytes moved.
 ///
 /// # Safety
@@ -187,9 +219,12 @@ unsafe fn vectored(
             // memory for the call; the kernel writes it like any other
             // party sharing it, and no Rust reference points into it.
             Direction::Read => unsafe { libc::preadv(fd.as_raw_fd(), iov.as_ptr(), count, at) },
-            // SAFETY: the caller promises every buffer is readable mapped
-            // memory for the call.
-            Direction::Write => unsafe { libc::pwritev(fd.as_raw_fd(), iov.as_ptr(), count, at) },
+            Direction::Write { dsync } => {
+                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                // SAFETY: the caller promises every buffer is readable
+                // mapped memory for the call.
+                unsafe { libc::pwritev2(fd.as_raw_fd(), iov.as_ptr(), count, at, flags) }
+            }
         };
         match usize::try_from(moved) {
             Ok(moved) => return Ok(moved),
@@ -254,7 +289,7 @@ mod tests {
         region.write_at(0, &content).unwrap();
         let file = file_with(&[]);
         let spans = (0..40).map(|i| Span::source(&region, (39 - i) * 400, 400).unwrap());
-        write_all_from(file.as_fd(), spans, 4096).unwrap();
+        write_all_from(file.as_fd(), spans, 4096, true).unwrap();
         let mut written = vec![0; 4096 + 16_000];
         let n = rustix::io::pread(&file, &mut written, 0).unwrap();
         assert_eq!(n, written.len());
