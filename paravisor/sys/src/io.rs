@@ -11,6 +11,7 @@
 
 use crate::error::AccessError;
 use crate::mmap::MappedRegion;
+use crate::pins::KernelPins;
 use core::ffi::c_void;
 use core::marker::PhantomData;
 use rustix::fd::{AsRawFd, BorrowedFd};
@@ -75,6 +76,34 @@ enum Direction {
     },
 }
 
+/// Reads the file `fd` from `offset` into the pinned guest memory `pins`,
+/// in order, until every range is full: one `preadv` per 32 ranges, the
+/// kernel writing guest memory directly. Fails with `UnexpectedEof` if the
+/// file ends first.
+///
+/// This is a safe function because [`KernelPins`] can only be made from a
+/// pin set whose owner is a [`GuestRam`](crate::GuestRam) of this crate and
+/// whose every range was checked to lie inside that memory's mappings; the
+/// set keeps the memory (and so the mappings) alive while `pins` borrows
+/// it. The pointers handed to the kernel are derived from the mappings' own
+/// base pointers, not from the numbers in the set.
+pub fn preadv_exact(fd: BorrowedFd<'_>, pins: &KernelPins<'_>, offset: u64) -> io::Result<()> {
+    transfer(fd, pins.spans(true), offset, Direction::Read)
+}
+
+/// Writes the pinned guest memory `pins`, in order, to the file `fd` from
+/// `offset`, all of it, the kernel reading guest memory directly; `dsync`
+/// as for [`write_all_from`]. Safe for the reasons given at
+/// [`preadv_exact`].
+pub fn pwritev_all(
+    fd: BorrowedFd<'_>,
+    pins: &KernelPins<'_>,
+    offset: u64,
+    dsync: bool,
+) -> io::Result<()> {
+    transfer(fd, pins.spans(false), offset, Direction::Write { dsync })
+}
+
 /// Reads the file `fd` from `offset` into `spans`, in order, until every
 /// span is full. Fails with `UnexpectedEof` if the file ends first.
 /// `spans` must be [`Span::destination`]s.
@@ -83,7 +112,7 @@ pub fn read_exact_into<'a>(
     spans: impl IntoIterator<Item = Span<'a>>,
     offset: u64,
 ) -> io::Result<()> {
-    transfer(fd, spans, offset, Direction::Read)
+    transfer(fd, spans.into_iter().map(Ok), offset, Direction::Read)
 }
 
 /// Writes `spans`, in order, to the file `fd` from `offset`, all of them;
@@ -100,14 +129,19 @@ pub fn write_all_from<'a>(
     offset: u64,
     dsync: bool,
 ) -> io::Result<()> {
-    transfer(fd, spans, offset, Direction::Write { dsync })
+    transfer(
+        fd,
+        spans.into_iter().map(Ok),
+        offset,
+        Direction::Write { dsync },
+    )
 }
 
 /// Moves every byte of `spans` in `direction`, [`BATCH`] spans per system
 /// call, continuing after short transfers and interruptions.
 fn transfer<'a>(
     fd: BorrowedFd<'_>,
-    spans: impl IntoIterator<Item = Span<'a>>,
+    spans: impl IntoIterator<Item = Result<Span<'a>, AccessError>>,
     mut offset: u64,
     direction: Direction,
 ) -> io::Result<()> {
@@ -115,12 +149,15 @@ fn transfer<'a>(
         iov_base: core::ptr::null_mut(),
         iov_len: 0,
     };
-    let mut spans = spans.into_iter().filter(|span| span.len != 0);
+    let mut spans = spans
+        .into_iter()
+        .filter(|span| span.as_ref().map_or(true, |s| s.len != 0));
     let mut first_call = true;
     loop {
         let mut iov = [EMPTY; BATCH];
         let mut count = 0;
         for (slot, span) in iov.iter_mut().zip(spans.by_ref()) {
+            let span = span.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
             *slot = libc::iovec {
                 iov_base: span.ptr.cast::<c_void>(),
                 iov_len: span.len,

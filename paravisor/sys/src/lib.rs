@@ -8,7 +8,13 @@
 //! - [`mmap`]: creating and removing mappings (`mmap`, `mprotect`,
 //!   `munmap`), and the `Send`/`Sync` promise of [`MappedRegion`];
 //! - [`access`]: copies and atomic operations on a mapping's bytes;
-//! - [`io`]: `preadv`/`pwritev` between a file and runs of a mapping.
+//! - [`io`]: `preadv`/`pwritev2` between a file and runs of a mapping.
+//!
+//! The rest is safe code on top: [`GuestRam`] (guest physical memory made
+//! of mapped regions, implementing `parastor_core::GuestMemory` lock-free)
+//! and [`KernelPins`] (the proof that pinned addresses lie in live
+//! `GuestRam` mappings, which lets [`io::preadv_exact`] and
+//! [`io::pwritev_all`] be safe functions).
 //!
 //! What it exports is small safe types without policy: what to map, where a
 //! guest's memory lives and who may touch it is decided by the callers.
@@ -26,9 +32,15 @@
 
 pub mod access;
 mod error;
+mod guest_ram;
 pub mod io;
 pub mod mmap;
+mod pins;
+#[cfg(test)]
+mod tests;
 
 pub use access::AtomicWord;
 pub use error::{AccessError, AccessErrorKind};
+pub use guest_ram::{GUEST_PAGE_SIZE, GuestRam, LayoutError};
 pub use mmap::{MappedRegion, Protection};
+pub use pins::KernelPins;

@@ -219,6 +219,12 @@ impl MappedRegion {
         Ok(())
     }
 
+    /// The address of the first byte, as a number: what the kernel calls
+    /// this mapping (the device address of a kernel pin).
+    pub(crate) fn base_addr(&self) -> usize {
+        self.base.as_ptr().addr()
+    }
+
     /// The address of the byte at `offset`, for the copies and atomics,
     /// after checking that `[offset, offset + len)` lies in the mapping.
     /// The pointer carries the mapping's provenance and is valid (while
