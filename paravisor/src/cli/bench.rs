@@ -2,8 +2,8 @@
 
 use super::CliError;
 use super::rng::{Rng, RngExt, seeded};
-use futures::executor::block_on;
 use parastor_core::{Disk, GpaRange, IoOptions, LocalMemory, SgList};
+use parastor_runtime::block_on;
 use std::fmt;
 use std::time::{Duration, Instant};
 
