@@ -493,3 +493,36 @@ fn timespec(d: Duration) -> Timespec {
         tv_nsec: i64::from(d.subsec_nanos()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The wake eventfd's counter (and resets it).
+    fn kicks(shared: &ThreadShared) -> u64 {
+        let mut buf = [0u8; 8];
+        match rustix::io::read(&shared.wake_fd, &mut buf) {
+            Ok(_) => u64::from_ne_bytes(buf),
+            Err(_) => 0,
+        }
+    }
+
+    #[test]
+    fn remote_wakes_write_the_eventfd_once_per_park_and_never_when_running() {
+        // No loop on this test thread: every spawn takes the remote path.
+        let shared = ThreadShared::new(None).unwrap();
+        shared.main_woken.store(false, Ordering::SeqCst);
+        shared.spawn(Box::pin(async {}));
+        assert_eq!(kicks(&shared), 0, "the thread was not parked");
+        assert!(!shared.park(), "work is queued: the thread must not block");
+        lock(&shared.remote).queue.clear();
+        assert!(shared.park());
+        for _ in 0..3 {
+            shared.spawn(Box::pin(async {}));
+        }
+        assert_eq!(kicks(&shared), 1, "a burst of wakes costs one write");
+        assert_eq!(lock(&shared.remote).queue.len(), 3);
+        lock(&shared.remote).queue.clear();
+        lock(&shared.tasks).clear();
+    }
+}
