@@ -10,7 +10,7 @@
 #![no_std]
 
 extern crate alloc;
-#[cfg(test)]
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
 pub mod addr;
@@ -30,6 +30,7 @@ pub mod resize;
 pub mod sg;
 pub mod state;
 pub mod striped;
+pub mod sync;
 
 pub use addr::{DeviceAddress, DeviceRange, DmaDomainId, Gpa, GpaRange};
 pub use crypt::{CryptDisk, CryptError, Xts256};

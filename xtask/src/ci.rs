@@ -42,6 +42,13 @@ const STEPS: &[Step] = &[
         name: "test",
         run: || util::run(&mut util::cargo_cmd(&["test", "--workspace"])),
     },
+    // The workspace run above unifies parastor-core's `std` feature on (the
+    // paravisor enables it), so core's tests also run alone, on its `spin`
+    // locks, the build `no_std` users get.
+    Step {
+        name: "test core without std",
+        run: || util::run(&mut util::cargo_cmd(&["test", "-p", "parastor-core"])),
+    },
     Step {
         name: "nostd",
         run: nostd::gate,

@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
-use spin::Mutex;
+use parastor_core::sync::Mutex;
 
 /// Holder slots allocated up front.
 const INITIAL_SLOTS: usize = 16;

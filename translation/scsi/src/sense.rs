@@ -14,9 +14,9 @@
 use crate::data::data_in;
 use crate::result::{Res, ScsiResult};
 use alloc::vec::Vec;
+use parastor_core::sync::Mutex;
 use parastor_core::{InitiatorId, SgList};
 use parastor_hw::scsi::{DESCRIPTOR_SENSE_MAX, ScsiStatus, SenseData};
-use spin::Mutex;
 use zerocopy::IntoBytes;
 
 /// Most initiators whose sense is kept at once.
