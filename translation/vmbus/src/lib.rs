@@ -32,6 +32,7 @@ extern crate alloc;
 mod channel;
 mod ring;
 mod signal;
+pub mod state;
 #[cfg(test)]
 mod tests;
 
