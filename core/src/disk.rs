@@ -149,6 +149,7 @@ impl IoOptions {
 ///
 /// An implementation that hands a buffer's addresses to a device or the
 /// kernel (NVMe DMA, io_uring) therefore keeps, in an in-flight table
+/// ([`InFlight`](crate::inflight::InFlight))
 /// until that completion, everything the
 /// device still uses: the pins or the bounce buffer, and a handle on the
 /// guest memory. Composite disks await every piece they started before

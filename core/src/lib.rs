@@ -18,6 +18,7 @@ pub mod crypt;
 pub mod delay;
 pub mod disk;
 pub mod error;
+pub mod inflight;
 pub mod layered;
 pub mod memory;
 pub mod pr;
