@@ -21,7 +21,7 @@ use parastor_hw::storvsp::{
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
 use parastor_storvsp::{
     AttachError, Controller, ControllerConfig, DEFAULT_MAX_TRANSFER_BYTES,
-    DEFAULT_POLL_MODE_QUEUE_DEPTH, NegotiationState, RUN_BUDGET, ScsiPath, StorvspChannel,
+    DEFAULT_POLL_MODE_QUEUE_DEPTH, NegotiationState, Phase, RUN_BUDGET, ScsiPath, StorvspChannel,
     StorvspError,
 };
 use parastor_vmbus::{GpaDirectRange, Notify, OutgoingKind, PacketKind};
@@ -781,22 +781,6 @@ fn sub_channels_open_through_the_inline_host() {
     }
 }
 
-/// A timer whose sleeps all end when the gate opens.
-struct Gate(Arc<AtomicBool>);
-
-impl Timer for Gate {
-    fn sleep(&self, _: Duration) -> parastor_core::disk::BoxFuture<'static, ()> {
-        let open = self.0.clone();
-        Box::pin(std::future::poll_fn(move |_| {
-            if open.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }))
-    }
-}
-
 /// Attaches a 64-sector disk whose every request waits on `timer`.
 fn attach_slow(vm: &StorvspVm, lun: u8, timer: Arc<dyn Timer>) {
     let ram = RamDisk::new(64 * u64::from(SS), SS).unwrap();
@@ -836,8 +820,8 @@ fn queue_depth_limits_requests_in_flight() {
         io_queue_depth: 3,
         ..ControllerConfig::default()
     });
-    let gate = Arc::new(AtomicBool::new(false));
-    attach_slow(&vm, 0, Arc::new(Gate(gate.clone())));
+    let latch = Latch::default();
+    attach_slow(&vm, 0, Arc::new(latch.clone()));
     let mut g = guest(&vm, Profile::LinuxCurrent);
     negotiate(&mut g, Version::WIN8);
     for tag in 0..5u16 {
@@ -852,7 +836,7 @@ fn queue_depth_limits_requests_in_flight() {
     g.host_mut().process().unwrap();
     assert_eq!(g.host().in_flight(), 3);
     assert!(g.recv(0).unwrap().is_none());
-    gate.store(true, Ordering::Release);
+    latch.release();
     g.host_mut().process().unwrap();
     assert_eq!(g.host().in_flight(), 0);
     assert_eq!(drain_successes(&mut g), [101, 102, 103, 104, 105]);
@@ -1360,7 +1344,7 @@ impl Timer for Latch {
 }
 
 #[test]
-fn a_failed_channel_drops_its_requests_and_stays_ended() {
+fn a_failed_channel_drains_its_requests_and_stays_ended() {
     let vm = vm(ControllerConfig::default());
     let latch = Latch::default();
     attach_slow(&vm, 0, Arc::new(latch.clone()));
@@ -1371,8 +1355,14 @@ fn a_failed_channel_drops_its_requests_and_stays_ended() {
     send_srb(&mut g, 10, &req, &[(DATA, 512)]);
     g.host_mut().process().unwrap();
     assert_eq!(g.host().in_flight(), 1);
+    let record = g.host().requests().next().unwrap();
+    assert_eq!(record.transaction_id(), 11);
+    assert_eq!(record.phase(), Phase::Submitted);
+    assert_eq!(record.ranges(), [GpaRange::new(DATA, 512)]);
     // The request's sleep holds the timer.
     assert_eq!(Arc::strong_count(&latch.0), held + 1);
+    let reserved = g.host().channel().writer().reserved();
+    assert!(reserved > 0);
 
     raw(&mut g, 12, true, &packet(Operation::EXECUTE_SRB, &[0; 8]));
     let e = g.host_mut().process().unwrap_err();
@@ -1386,11 +1376,22 @@ fn a_failed_channel_drops_its_requests_and_stays_ended() {
         ),
         "{e:?}"
     );
-    // The request in flight is gone, with its future and ring space.
+    // The request at the disk is drained, not dropped: its future (the
+    // disk's hold on its buffer) and its ring space stay.
+    assert_eq!(g.host().in_flight(), 1);
+    assert!(!g.host().is_drained());
+    assert_eq!(Arc::strong_count(&latch.0), held + 1);
+    assert_eq!(g.host().channel().writer().reserved(), reserved);
+    assert_eq!(g.host_mut().process(), Err(e));
+    assert_eq!(g.host().in_flight(), 1);
+
+    // It finishes: freed with its ring space, and no completion written.
+    latch.release();
+    assert_eq!(g.host_mut().process(), Err(e));
     assert_eq!(g.host().in_flight(), 0);
+    assert!(g.host().is_drained());
     assert_eq!(Arc::strong_count(&latch.0), held);
     assert_eq!(g.host().channel().writer().reserved(), 0);
-    latch.release();
     assert!(g.recv(0).unwrap().is_none(), "no completion for it");
 
     // Ended: the same error, and the ring is not read any more.
@@ -1456,7 +1457,7 @@ fn run_yields_to_the_executor_when_it_never_runs_out_of_work() {
     });
     let waker = Waker::from(relay.clone());
     let mut cx = Context::from_waker(&waker);
-    let mut run = Box::pin(host.run(&incoming));
+    let mut run = Box::pin(host.run(&*incoming));
     let mut g = vm
         .remote_guest(GuestConfig::new(Profile::LinuxCurrent))
         .unwrap();
@@ -1842,7 +1843,9 @@ fn autosense_is_not_returned_again_by_request_sense() {
                 .attach(ScsiPath::new(0, 0, 1), Arc::new(dvd))
                 .unwrap();
             // Its commands run as futures: it does not complete inline.
-            attach_slow(&vm, 2, Arc::new(Gate(Arc::new(AtomicBool::new(true)))));
+            let open = Latch::default();
+            open.release();
+            attach_slow(&vm, 2, Arc::new(open));
             let mut g = guest(&vm, profile);
             negotiate(&mut g, version);
             for (lun, block) in [(0u8, 512u32), (1, 2048), (2, 512)] {

@@ -93,10 +93,12 @@
 extern crate alloc;
 
 mod channel;
+mod slots;
 #[cfg(test)]
 mod tests;
 
 pub use channel::{RUN_BUDGET, StorvspChannel};
+pub use slots::{Phase, RequestRecord, SrbAnswer};
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;

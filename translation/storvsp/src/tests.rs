@@ -7,7 +7,7 @@
 
 extern crate std;
 
-use super::channel::{SrbAnswer, sense_delivery, srb_completion};
+use super::channel::{sense_delivery, srb_completion};
 use super::*;
 use alloc::sync::Arc;
 use parastor_core::RamGuestMemory;
