@@ -24,6 +24,7 @@ use parastor_storvsp::{
     DEFAULT_POLL_MODE_QUEUE_DEPTH, NegotiationState, Phase, RUN_BUDGET, ScsiPath, StorvspChannel,
     StorvspError,
 };
+use parastor_tests::doubles::{LateDisk, TestDisk};
 use parastor_vmbus::{GpaDirectRange, Notify, OutgoingKind, PacketKind};
 use std::future::Future;
 use std::sync::Arc;
@@ -2007,4 +2008,168 @@ fn disks_advertise_the_controller_transfer_limit() {
     assert_eq!(other.max_transfer_bytes(), 8 << 20);
     small.attach(ScsiPath::new(0, 0, 5), other.clone()).unwrap();
     assert_eq!(other.max_transfer_bytes(), 2048);
+}
+
+/// Attaches `disk` as a SCSI disk at `lun`.
+fn attach_disk(vm: &StorvspVm, lun: u8, disk: Disk) {
+    vm.controller()
+        .attach(
+            ScsiPath::new(0, 0, lun),
+            Arc::new(ScsiDisk::new(disk, DiskParams::default())),
+        )
+        .unwrap();
+}
+
+/// `len` bytes of guest memory at `gpa`.
+fn guest_bytes(vm: &StorvspVm, gpa: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    vm.memory().read(gpa, &mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn a_completion_polls_only_its_own_request() {
+    const DEPTH: usize = 8;
+    let vm = vm(ControllerConfig {
+        io_queue_depth: DEPTH,
+        ..ControllerConfig::default()
+    });
+    let late = LateDisk::new(vm.shared_memory(), SS, 64, DEPTH as u16);
+    let data: Vec<u8> = (0..64 * SS as usize)
+        .map(|i| (i / 512) as u8 ^ 0xA0)
+        .collect();
+    late.fill(0, &data);
+    attach_disk(&vm, 0, Disk::new(late.clone()).unwrap());
+    // A disk that is quick but not inline: its request takes a slot and
+    // wakes it once.
+    let ram = RamDisk::new(64 * u64::from(SS), SS).unwrap();
+    let fast = TestDisk::new(Disk::new(ram).unwrap()).asynchronous();
+    attach_disk(&vm, 1, Disk::new(fast).unwrap());
+    let mut g = guest(&vm, Profile::LinuxCurrent);
+    negotiate(&mut g, Version::WIN8);
+
+    // Every slot but one busy on the late disk.
+    for tag in 0..DEPTH as u16 - 1 {
+        let req = request(0, &read10(tag.into(), 1), DataDirection::READ, 512);
+        send_srb(&mut g, tag, &req, &[(DATA + u64::from(tag) * 512, 512)]);
+    }
+    g.host_mut().process().unwrap();
+    assert_eq!(g.host().in_flight(), DEPTH - 1);
+    assert_eq!(late.queued(), DEPTH - 1);
+    let late_polls = late.polls();
+    let polls = g.host().request_polls();
+
+    // The fast request, in the last slot: it finishes after two polls of
+    // its own future (the first, and the one its wake asked for), and no
+    // busy request is polled meanwhile.
+    let req = request(1, &read10(0, 1), DataDirection::READ, 512);
+    send_srb(&mut g, 100, &req, &[(DATA + 0x10000, 512)]);
+    g.host_mut().process().unwrap();
+    g.host_mut().process().unwrap();
+    let reply = g.recv(0).unwrap().expect("the fast request's completion");
+    assert_eq!(reply.transaction_id, 101);
+    assert_eq!(reply.srb().srb_status, srb_status(SrbStatus::SUCCESS));
+    assert_eq!(g.host().request_polls() - polls, 2);
+    assert_eq!(late.polls(), late_polls, "a busy request was polled");
+    assert_eq!(g.host().in_flight(), DEPTH - 1);
+
+    // The late disk completes: each of its requests is polled once more,
+    // and its data is in the guest's buffer.
+    assert_eq!(late.complete_all(), DEPTH - 1);
+    g.host_mut().process().unwrap();
+    assert_eq!(g.host().request_polls() - polls, 2 + (DEPTH as u64 - 1));
+    assert_eq!(
+        drain_successes(&mut g),
+        (1..DEPTH as u64).collect::<Vec<_>>()
+    );
+    for tag in 0..DEPTH - 1 {
+        let got = guest_bytes(&vm, DATA + tag as u64 * 512, 512);
+        assert_eq!(got, data[tag * 512..][..512], "request {tag}");
+    }
+    assert_eq!(late.in_flight(), 0);
+}
+
+#[test]
+fn a_failed_worker_lives_until_its_late_requests_complete() {
+    let vm = vm(ControllerConfig::default());
+    let late = LateDisk::new(vm.shared_memory(), SS, 64, 8);
+    late.fill(0, &[0x5A; 3 * 512]);
+    attach_disk(&vm, 0, Disk::new(late.clone()).unwrap());
+    let mut host = vm.primary_worker(0).unwrap();
+    let woken = Arc::new(Woken::default());
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut run = Box::pin(host.run(vm.to_host(0).unwrap()));
+    let mut g = vm
+        .remote_guest(GuestConfig::new(Profile::LinuxCurrent))
+        .unwrap();
+    for (op, payload) in win8_steps() {
+        g.send_control(0, op, &payload).unwrap();
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(g.recv(0).unwrap().unwrap().status(), NtStatus::SUCCESS);
+    }
+    for tag in 0..3u16 {
+        let req = request(0, &read10(tag.into(), 1), DataDirection::READ, 512);
+        let buffer = [GpaRange::new(DATA + u64::from(tag) * 512, 512)];
+        g.submit(tag, 0, &req, &buffer).unwrap();
+    }
+    g.flush().unwrap();
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(late.queued(), 3);
+
+    // The guest breaks the protocol: the worker stops serving it but stays
+    // alive, waiting for the requests a disk still holds.
+    g.channel_mut(0)
+        .unwrap()
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            99,
+            &packet(Operation::EXECUTE_SRB, &[0; 8]),
+        )
+        .unwrap();
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(guest_bytes(&vm, DATA, 3 * 512), [0; 3 * 512]);
+
+    // Long after, the disk completes: the data lands in the requests' own
+    // buffers, the worker is woken, and it ends — with no completion.
+    let before = woken.0.load(Ordering::SeqCst);
+    assert_eq!(late.complete_all(), 3);
+    assert!(woken.0.load(Ordering::SeqCst) > before);
+    assert_eq!(guest_bytes(&vm, DATA, 3 * 512), [0x5A; 3 * 512]);
+    let Poll::Ready(e) = run.as_mut().poll(&mut cx) else {
+        panic!("the drained worker should end");
+    };
+    assert!(
+        matches!(
+            e,
+            StorvspError::Packet {
+                transaction_id: 99,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    drop(run);
+    assert!(host.is_drained());
+    assert_eq!(host.channel().writer().reserved(), 0);
+    assert!(
+        g.recv(0).unwrap().is_none(),
+        "no completion after the error"
+    );
+    assert_eq!((late.completed(), late.in_flight()), (3, 0));
+    // Each request completed once: a second trigger finds nothing.
+    assert!(!late.complete_next());
+}
+
+/// A waker that counts its wakes.
+#[derive(Default)]
+struct Woken(AtomicUsize);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
 }

@@ -48,7 +48,9 @@ impl Default for VmConfig {
 /// Guest memory, ring pairs, signals and the controller of one emulated
 /// StorVSP SCSI adapter.
 pub struct StorvspVm {
-    mem: RamGuestMemory,
+    /// Shared: a device double may keep a handle on it (as a device
+    /// backend keeps one until its DMA completes).
+    mem: Arc<RamGuestMemory>,
     controller: Arc<Controller>,
     rings: Vec<(RingRegion, RingRegion)>,
     to_host: Vec<Signal>,
@@ -76,15 +78,15 @@ impl StorvspVm {
         let rings_end = RINGS_BASE + pair * config.channels.max(1) as u64;
         let data_start = rings_end.next_multiple_of(PAGE);
         let size = config.memory_bytes.max(data_start + (1 << 20));
-        let mem = RamGuestMemory::new(size);
+        let mem = Arc::new(RamGuestMemory::new(size));
         let rings = (0..config.channels.max(1))
             .map(|i| {
                 let at = RINGS_BASE + pair * i as u64;
                 let incoming = RingRegion::new(at, config.request_ring);
                 let outgoing = RingRegion::new(at + config.request_ring, config.completion_ring);
-                parastor_vmbus::init_ring(&mem, incoming, RingFeatures::new())
+                parastor_vmbus::init_ring(&*mem, incoming, RingFeatures::new())
                     .expect("request ring layout");
-                parastor_vmbus::init_ring(&mem, outgoing, RingFeatures::new())
+                parastor_vmbus::init_ring(&*mem, outgoing, RingFeatures::new())
                     .expect("completion ring layout");
                 (incoming, outgoing)
             })
@@ -113,6 +115,12 @@ impl StorvspVm {
     /// The guest memory.
     pub fn memory(&self) -> &RamGuestMemory {
         &self.mem
+    }
+
+    /// A handle on the guest memory, for a backend that keeps it until
+    /// its requests complete.
+    pub fn shared_memory(&self) -> Arc<RamGuestMemory> {
+        self.mem.clone()
     }
 
     /// Channel `i`'s rings: (request ring, completion ring).
@@ -146,8 +154,8 @@ impl StorvspVm {
         let (incoming, outgoing) = self
             .rings(i)
             .ok_or(StorvscError::BadChannel { channel: i })?;
-        parastor_vmbus::init_ring(&self.mem, incoming, RingFeatures::new())?;
-        parastor_vmbus::init_ring(&self.mem, outgoing, RingFeatures::new())?;
+        parastor_vmbus::init_ring(&*self.mem, incoming, RingFeatures::new())?;
+        parastor_vmbus::init_ring(&*self.mem, outgoing, RingFeatures::new())?;
         Ok(())
     }
 
@@ -157,7 +165,7 @@ impl StorvspVm {
             .rings(i)
             .ok_or(StorvscError::BadChannel { channel: i })?;
         Ok(Channel::guest(
-            &self.mem,
+            &*self.mem,
             incoming,
             outgoing,
             &self.to_host[i],
@@ -170,7 +178,7 @@ impl StorvspVm {
             .rings(i)
             .ok_or(StorvscError::BadChannel { channel: i })?;
         Ok(Channel::host(
-            &self.mem,
+            &*self.mem,
             incoming,
             outgoing,
             &self.to_guest[i],
