@@ -1,6 +1,6 @@
 //! One StorVSP channel worker: packets in, completions out.
 
-use super::slots::{NewRequest, RequestRecord, SlotFuture, Slots, SrbAnswer};
+use super::slots::{NewRequest, RequestRecord, SlotFuture, SlotOutput, Slots, SrbAnswer};
 use super::{Controller, NegotiationState, ScsiPath, StorvspError};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
@@ -8,7 +8,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::task::{Context, Poll, Waker};
-use parastor_core::{DiskError, GpaRange, SgList};
+use parastor_core::{DiskError, GpaRange, GuestMemory, SgList};
 use parastor_hw::scsi::{
     AdditionalSense, CdbError, InquiryCdb, InquiryData, InquiryFlags3, Peripheral,
     PeripheralDeviceType, PeripheralQualifier, ReportLuns, ScsiOp, ScsiStatus, SenseData,
@@ -617,24 +617,7 @@ impl<'a> StorvspChannel<'a> {
         };
         let ranges = self.slots.lend_ranges(index);
         let mem = self.channel.memory();
-        let Command {
-            disk,
-            cdb,
-            cdb_len,
-            len,
-            writable,
-            initiator,
-            delivery,
-            ..
-        } = command;
-        let future = SlotFuture::from_or_box(async move {
-            let result =
-                match SgList::new(mem, &ranges, writable).and_then(|sg| sg.subrange(0, len)) {
-                    Ok(sg) => Some(disk.execute(&cdb[..cdb_len], sg, initiator, delivery).await),
-                    Err(_) => None,
-                };
-            (result, ranges)
-        });
+        let future = SlotFuture::from_or_box(run_command(mem, command, ranges));
         match self.slots.start(index, future) {
             Some(answer) => self.finish(index, answer),
             None => Ok(()),
@@ -740,17 +723,41 @@ impl<'a> StorvspChannel<'a> {
 }
 
 /// An `EXECUTE_SRB` to run on a LUN whose disk waits.
-struct Command {
-    disk: Lun,
-    cdb: [u8; hw::CDB_MAX_LEN],
-    cdb_len: usize,
+pub(crate) struct Command {
+    pub(crate) disk: Lun,
+    pub(crate) cdb: [u8; hw::CDB_MAX_LEN],
+    pub(crate) cdb_len: usize,
     /// Bytes to transfer.
-    len: usize,
+    pub(crate) len: usize,
     /// The device writes guest memory.
-    writable: bool,
-    initiator: parastor_core::InitiatorId,
-    delivery: SenseDelivery,
-    path: ScsiPath,
+    pub(crate) writable: bool,
+    pub(crate) initiator: parastor_core::InitiatorId,
+    pub(crate) delivery: SenseDelivery,
+    pub(crate) path: ScsiPath,
+}
+
+/// Runs `command` on its LUN over `ranges` of `mem`; hands `ranges` back
+/// with the outcome (`None`: the data buffer could not be built).
+pub(crate) async fn run_command(
+    mem: &dyn GuestMemory,
+    command: Command,
+    ranges: Vec<GpaRange>,
+) -> SlotOutput {
+    let Command {
+        disk,
+        cdb,
+        cdb_len,
+        len,
+        writable,
+        initiator,
+        delivery,
+        ..
+    } = command;
+    let result = match SgList::new(mem, &ranges, writable).and_then(|sg| sg.subrange(0, len)) {
+        Ok(sg) => Some(disk.execute(&cdb[..cdb_len], sg, initiator, delivery).await),
+        Err(_) => None,
+    };
+    (result, ranges)
 }
 
 /// Completes the request in slot `index` with `answer` (its completion

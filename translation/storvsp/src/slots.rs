@@ -18,7 +18,7 @@ use stackfuture::StackFuture;
 
 /// Bytes a request's future may take in its slot before it is boxed
 /// instead (a size test keeps the SCSI disk's futures within it).
-pub(crate) const SLOT_FUTURE_BYTES: usize = 1536;
+pub(crate) const SLOT_FUTURE_BYTES: usize = 2048;
 
 /// What a slot's future returns: the command's outcome (`None`: the data
 /// buffer could not be built), and the ranges vector it borrowed, handed

@@ -277,3 +277,39 @@ fn sense_delivery_matches_what_the_completion_carries() {
         }
     }
 }
+
+#[test]
+fn command_futures_fit_their_slot() {
+    use super::channel::{Command, run_command};
+    use super::slots::SLOT_FUTURE_BYTES;
+    use parastor_core::Disk;
+    use parastor_core::ram::RamDisk;
+    use parastor_scsi::{DiskParams, Lun, ScsiDisk, ScsiDvd};
+
+    let mem = RamGuestMemory::new(1 << 20);
+    let disk = Disk::new(RamDisk::new(1 << 16, 512).unwrap()).unwrap();
+    let luns = [
+        Lun::Disk(Arc::new(ScsiDisk::new(disk, DiskParams::default()))),
+        Lun::Dvd(Arc::new(ScsiDvd::new(None).unwrap())),
+    ];
+    for lun in luns {
+        let command = Command {
+            disk: lun,
+            cdb: [0; 16],
+            cdb_len: 10,
+            len: 512,
+            writable: true,
+            initiator: parastor_core::InitiatorId::new(1),
+            delivery: SenseDelivery::Autosense,
+            path: ScsiPath::new(0, 0, 0),
+        };
+        let future = run_command(&mem, command, alloc::vec::Vec::new());
+        let size = core::mem::size_of_val(&future);
+        // Larger would box every request's future (an allocation each).
+        assert!(
+            size <= SLOT_FUTURE_BYTES,
+            "a command future takes {size} bytes, its slot {SLOT_FUTURE_BYTES}"
+        );
+        assert!(core::mem::align_of_val(&future) <= 8);
+    }
+}
