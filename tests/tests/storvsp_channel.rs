@@ -2173,3 +2173,37 @@ impl std::task::Wake for Woken {
         self.0.fetch_add(1, Ordering::SeqCst);
     }
 }
+
+#[test]
+fn a_closed_channel_drains_before_it_ends() {
+    let vm = vm(ControllerConfig::default());
+    let latch = Latch::default();
+    attach_slow(&vm, 0, Arc::new(latch.clone()));
+    let mut g = guest(&vm, Profile::LinuxCurrent);
+    negotiate(&mut g, Version::WIN8);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
+    send_srb(&mut g, 1, &req, &[(DATA, 512)]);
+    g.host_mut().process().unwrap();
+    assert_eq!(g.host().in_flight(), 1);
+
+    g.host_mut().close();
+    // Still at the disk: kept, with its ring space; nothing new is read.
+    send_srb(&mut g, 2, &req, &[(DATA + 512, 512)]);
+    assert_eq!(g.host_mut().process(), Err(StorvspError::Closed));
+    assert_eq!(g.host().in_flight(), 1);
+    assert!(!g.host().is_drained());
+    assert!(g.host().channel().writer().reserved() > 0);
+
+    latch.release();
+    assert_eq!(g.host_mut().process(), Err(StorvspError::Closed));
+    assert!(g.host().is_drained());
+    assert_eq!(g.host().channel().writer().reserved(), 0);
+    assert!(g.host().channel().reader().bytes_available().unwrap() > 0);
+    assert!(
+        g.recv(0).unwrap().is_none(),
+        "no completion on a closed channel"
+    );
+    // A closed channel stays closed.
+    g.host_mut().close();
+    assert_eq!(g.host_mut().process(), Err(StorvspError::Closed));
+}

@@ -57,7 +57,8 @@ fn reply_len(packet: &PacketRef) -> usize {
 /// pass polls only the requests that were woken — O(1) work per
 /// completion however many requests a guest keeps waiting.
 ///
-/// Once a step has failed, the channel *drains*: it reads nothing more
+/// Once a step has failed, or the channel was closed
+/// ([`StorvspChannel::close`]), the channel *drains*: it reads nothing more
 /// from the guest and writes no completion, frees the requests whose
 /// commands have not started, and keeps polling those that have until they
 /// finish — a disk may still be reading or writing their buffers — giving
@@ -184,7 +185,8 @@ impl<'a> StorvspChannel<'a> {
         self.masked
     }
 
-    /// Serves the channel until the guest breaks the protocol, waiting on
+    /// Serves the channel until the guest breaks the protocol or the
+    /// channel is closed ([`StorvspChannel::close`]), waiting on
     /// `incoming` (the guest's notifications to the host) when there is
     /// nothing to do. Returns why the channel stopped, once its requests
     /// are drained (see [`StorvspChannel`]): the worker lives until no disk
@@ -257,20 +259,41 @@ impl<'a> StorvspChannel<'a> {
         Ok(self.pass(cx)?.again)
     }
 
+    /// Closes the channel (the guest closed it, or the controller is
+    /// stopping or resetting): it reads nothing more and writes no
+    /// completion, and drains like a failed channel — requests whose
+    /// commands have not started are freed now, the others finish first.
+    /// Keep driving it ([`StorvspChannel::run`] returns
+    /// [`StorvspError::Closed`] once drained, or step it until
+    /// [`StorvspChannel::is_drained`]) before the guest may reuse the
+    /// ring and data pages. Closing a channel that already failed changes
+    /// nothing.
+    pub fn close(&mut self) {
+        if self.failed.is_none() {
+            self.fail(
+                StorvspError::Closed,
+                &mut Context::from_waker(Waker::noop()),
+            );
+        }
+    }
+
+    /// Ends the channel with `e` and starts draining.
+    fn fail(&mut self, e: StorvspError, cx: &mut Context<'_>) {
+        self.failed = Some(e);
+        // Nothing the guest sends is served any more. Requests whose
+        // commands never started go now; the others are drained.
+        let channel = &mut self.channel;
+        self.slots.release_queued(|r| channel.release(r));
+        self.drain(cx);
+    }
+
     /// A pass; on its first error, ends the channel and starts draining.
     fn pass(&mut self, cx: &mut Context<'_>) -> Result<Pass, StorvspError> {
         if let Some(e) = self.failed {
             self.drain(cx);
             return Err(e);
         }
-        self.try_pass(cx).inspect_err(|&e| {
-            self.failed = Some(e);
-            // Nothing the guest sends is served any more. Requests whose
-            // commands never started go now; the others are drained.
-            let channel = &mut self.channel;
-            self.slots.release_queued(|r| channel.release(r));
-            self.drain(cx);
-        })
+        self.try_pass(cx).inspect_err(|&e| self.fail(e, cx))
     }
 
     /// One step of a failed channel's drain: polls the requests woken since

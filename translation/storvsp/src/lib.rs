@@ -265,6 +265,9 @@ pub enum StorvspError {
         /// The packet's transaction id.
         transaction_id: u64,
     },
+    /// The channel was closed by its owner ([`StorvspChannel::close`]):
+    /// the guest closed it, or the controller stopped or was reset.
+    Closed,
 }
 
 impl fmt::Display for StorvspError {
@@ -284,6 +287,7 @@ impl fmt::Display for StorvspError {
                 f,
                 "storvsp packet {transaction_id:#x} is not a guest request"
             ),
+            Self::Closed => f.write_str("storvsp channel closed"),
         }
     }
 }
