@@ -48,8 +48,11 @@ fn reply_len(packet: &PacketRef) -> usize {
 /// completions.
 ///
 /// Drive it with [`StorvspChannel::run`] (an async loop that ends only when
-/// the guest breaks the protocol), or step it with
-/// [`StorvspChannel::poll_work`] / [`StorvspChannel::process`].
+/// the guest breaks the protocol or the channel is closed, once drained),
+/// or step it with [`StorvspChannel::poll_work`] /
+/// [`StorvspChannel::process`]. Dropping a worker whose requests are still
+/// running detaches them (see [`parastor_core::DiskIo`] on dropped
+/// futures): close it and drive it until drained first.
 ///
 /// Requests in flight are explicit records ([`RequestRecord`]) in slots
 /// sized to the queue depth, allocated when the channel opens; each slot's
