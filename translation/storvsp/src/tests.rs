@@ -313,3 +313,52 @@ fn command_futures_fit_their_slot() {
         assert!(core::mem::align_of_val(&future) <= 8);
     }
 }
+
+#[test]
+fn a_drain_frees_queued_requests_and_keeps_submitted_ones() {
+    use super::slots::{NewRequest, Phase, SlotFuture, Slots};
+    use parastor_core::GpaRange;
+
+    let mem = RamGuestMemory::new(1 << 20);
+    let (incoming, outgoing) = init_ring_pair(&mem, 0x10000, 0x4000).unwrap();
+    let signal = Signal::new();
+    let mut channel = Channel::host(&mem, incoming, outgoing, &signal).unwrap();
+    let ranges = [GpaRange::new(0x8000, 512)];
+    let mut slots = Slots::new(2);
+    let mut take = |slots: &mut Slots<'_>, tid| {
+        let reservation = channel.reserve(0x40).unwrap();
+        slots
+            .take(NewRequest {
+                transaction_id: tid,
+                reply_len: 0x34,
+                srb: ScsiRequest::new_zeroed(),
+                ranges: &ranges,
+                lun: ScsiPath::new(0, 0, 1),
+                reservation,
+            })
+            .unwrap()
+    };
+    let queued = take(&mut slots, 7);
+    let submitted = take(&mut slots, 8);
+    assert!(slots.is_full());
+    assert_eq!(slots.record(queued).phase(), Phase::Queued);
+    assert_eq!(slots.record(queued).ranges(), ranges);
+    // A command still at its disk.
+    let never = SlotFuture::from_or_box(core::future::pending());
+    assert_eq!(slots.start(submitted, never), None);
+    assert_eq!(slots.record(submitted).phase(), Phase::Submitted);
+    let held = channel.writer().reserved();
+
+    let mut released = alloc::vec::Vec::new();
+    slots.release_queued(|r| {
+        released.push(r.bytes());
+        channel.release(r);
+    });
+    // Only the request that never started went, with its ring space.
+    assert_eq!(released.len(), 1);
+    assert_eq!(channel.writer().reserved(), held - released[0]);
+    assert_eq!(slots.busy(), 1);
+    let left: alloc::vec::Vec<_> = slots.records().map(|r| r.transaction_id()).collect();
+    assert_eq!(left, [8]);
+    assert_eq!(slots.record(submitted).lun(), ScsiPath::new(0, 0, 1));
+}
