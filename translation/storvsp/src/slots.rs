@@ -304,6 +304,11 @@ impl<'a> Slots<'a> {
     ) -> Result<bool, E> {
         let mut any = false;
         for w in 0..self.ready.words.len() {
+            // A plain load first: most words are clear, and a swap is a
+            // locked instruction.
+            if self.ready.words[w].load(Ordering::Relaxed) == 0 {
+                continue;
+            }
             let mut bits = self.ready.words[w].swap(0, Ordering::AcqRel);
             while bits != 0 {
                 let index = w * 64 + bits.trailing_zeros() as usize;
