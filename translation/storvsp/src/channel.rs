@@ -349,7 +349,12 @@ impl<'a> StorvspChannel<'a> {
         let mut progress = false;
 
         // Finish the requests woken since the last pass (and only those).
-        self.slots.register(cx.waker());
+        // Requests wake the worker only while there are some: the in-place
+        // path does no atomic work for it.
+        let waiting = self.slots.busy() > 0;
+        if waiting {
+            self.slots.register(cx.waker());
+        }
         let Self {
             slots,
             channel,
@@ -392,13 +397,21 @@ impl<'a> StorvspChannel<'a> {
         let published = self.channel.publish_reads();
         let (taken, drained) = taken?;
         published?;
+        // Requests that started waiting in this batch wake the worker from
+        // now on; one that was woken before this registration is found by
+        // another pass.
+        let started = !waiting && self.slots.busy() > 0;
+        if started {
+            self.slots.register(cx.waker());
+        }
+        let woken = started && self.slots.any_ready();
         // After a batch that emptied the ring, another pass is due only if
         // the guest wrote more before the read index was published (the
         // publish saw it); after that, the guest signals its next packet.
         let more = taken && (!drained || self.channel.has_seen_packets());
         Ok(Pass {
             worked: progress || taken,
-            again: progress || more,
+            again: progress || more || woken,
         })
     }
 

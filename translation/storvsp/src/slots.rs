@@ -235,6 +235,14 @@ impl<'a> Slots<'a> {
         self.ready.worker.register(waker);
     }
 
+    /// Whether a slot was woken since the last [`Slots::poll_ready`].
+    pub(crate) fn any_ready(&self) -> bool {
+        self.ready
+            .words
+            .iter()
+            .any(|w| w.load(Ordering::Acquire) != 0)
+    }
+
     /// Takes a free slot for `req`, `Queued`. `None` if all are busy.
     pub(crate) fn take(&mut self, req: NewRequest<'_>) -> Option<usize> {
         let index = self.free.pop()?;
