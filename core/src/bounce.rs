@@ -7,8 +7,9 @@
 //! buffers are kept for reuse, so a steady stream of requests allocates
 //! nothing.
 
+use crate::addr::{Gpa, GpaRange};
 use crate::memory::LocalMemory;
-use crate::sg::{GpaRange, SgList};
+use crate::sg::SgList;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -114,7 +115,7 @@ impl BouncePool {
         data.resize(len, 0);
         Ok(Some(BounceBuffer {
             mem: LocalMemory::from_vec(data),
-            range: [GpaRange::new(0, len as u64)],
+            range: [GpaRange::new(Gpa::new(0), len as u64)],
             pool: self.pool.clone(),
         }))
     }
@@ -266,7 +267,7 @@ mod tests {
         assert!(pool.try_acquire(1).unwrap().is_none());
         a.sg(true).write_all(&[7u8; 4096]).unwrap();
         let mut back = [0u8; 4096];
-        a.memory().read(0, &mut back).unwrap();
+        a.memory().read_at(Gpa::new(0), &mut back).unwrap();
         assert_eq!(back, [7u8; 4096]);
         let mut waiting = Box::pin(pool.acquire(2048));
         assert!(waiting.as_mut().now_or_never().is_none());

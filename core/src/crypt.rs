@@ -24,16 +24,18 @@
 //!   the other.
 //!
 //! # Data path
+//! - Both directions go through a private staging buffer from the disk's own
+//!   [`BouncePool`]; the cipher never works on guest memory, which the
+//!   guest (or host) may change under it. Requests larger than one staging
+//!   piece are processed piece by piece, in order. Released staging
+//!   buffers are reused, so the steady state allocates nothing.
 //! - **Writes** never modify the guest's buffer (the [`Disk`] handle passes
-//!   it read-only): the data is enciphered straight from guest memory into
-//!   a staging buffer from the disk's own [`BouncePool`], which is then
-//!   written to the inner disk. Requests larger than one staging piece are
-//!   written piece by piece, in order. Released staging buffers are reused,
-//!   so the steady state allocates nothing.
-//! - **Reads** go into the guest's buffer through the inner disk and are
-//!   deciphered there in place (the guest may briefly see ciphertext, as
-//!   with OpenVMM). Blocks that straddle two guest ranges are gathered
-//!   through a 16-byte buffer and scattered back.
+//!   it read-only): the data is copied out of guest memory 4 KiB at a time
+//!   into staging and enciphered there, then written to the inner disk.
+//! - **Reads** go from the inner disk into staging, are deciphered there
+//!   4 KiB at a time and copied into the guest's buffer: the guest never
+//!   sees ciphertext (OpenVMM deciphers in the guest's buffer, so the
+//!   guest may briefly see it).
 //! - Metadata, flush, unmap, eject, `wait_resize` and persistent
 //!   reservations pass through. Unmapped sectors decrypt to garbage, so
 //!   [`UnmapBehavior::Zeroes`] becomes [`UnmapBehavior::Unspecified`].
@@ -59,7 +61,7 @@ pub use xts::Xts256;
 use crate::bounce::{BounceBuffer, BouncePool};
 use crate::disk::{Disk, DiskIo, IoOptions, UnmapBehavior};
 use crate::drive;
-use crate::error::{DiskError, MemoryError, MemoryErrorKind};
+use crate::error::{DiskError, MemoryError};
 use crate::sg::SgList;
 use alloc::format;
 use alloc::string::String;
@@ -248,129 +250,40 @@ impl CryptDisk {
         }
     }
 
-    /// Enciphers the guest data `src` (sectors from `lba` on) into `dst`.
+    /// Enciphers the guest data `src` (sectors from `lba` on) into the
+    /// private staging buffer `dst`: each 4 KiB piece is copied out of guest
+    /// memory once and enciphered in place while it is in the L1 cache, so
+    /// the cipher never reads guest memory (which the guest may change
+    /// meanwhile) directly.
     fn encrypt_from(&self, src: &SgList<'_>, lba: u64, dst: &mut [u8]) -> Result<(), MemoryError> {
         let mut stream = Stream::new(&self.xts, lba, 1 << self.shift);
-        // dst[..done] is enciphered, dst[done..pos] holds a partial block.
-        let (mut pos, mut done) = (0usize, 0usize);
-        let mut overrun = false;
-        src.reader().visit(dst.len(), &mut |piece: &[u8]| {
-            if overrun || piece.len() > dst.len() - pos {
-                // More bytes than asked for: a memory bug; never index out.
-                overrun = true;
-                return;
-            }
-            let mut p = piece;
-            if pos > done {
-                let need = (done + 16 - pos).min(p.len());
-                dst[pos..pos + need].copy_from_slice(&p[..need]);
-                pos += need;
-                p = &p[need..];
-                if pos == done + 16 {
-                    stream.run(Dir::Encrypt, None, &mut dst[done..pos]);
-                    done = pos;
-                }
-            }
-            let whole = p.len() & !15;
-            if whole > 0 {
-                stream.run(Dir::Encrypt, Some(&p[..whole]), &mut dst[pos..pos + whole]);
-                pos += whole;
-                done = pos;
-                p = &p[whole..];
-            }
-            if !p.is_empty() {
-                dst[pos..pos + p.len()].copy_from_slice(p);
-                pos += p.len();
-            }
-        })?;
-        if overrun || done != dst.len() {
-            return Err(MemoryError {
-                gpa: 0,
-                len: dst.len() as u64,
-                kind: MemoryErrorKind::BeyondBuffer,
-            });
+        let mut reader = src.reader();
+        for piece in dst.chunks_mut(CIPHER_PIECE) {
+            reader.read(piece)?;
+            stream.run(Dir::Encrypt, None, piece);
         }
         Ok(())
     }
 
-    /// Deciphers `buf` (sectors from `lba` on) in place.
-    ///
-    /// Each guest range is visited once; whole blocks are deciphered where
-    /// they lie. A block split between two ranges, or between two pieces
-    /// of one range as the memory hands them out, is gathered into a
-    /// 16-byte buffer, deciphered and scattered back.
-    fn decrypt_in_place(&self, buf: &SgList<'_>, lba: u64) -> Result<(), MemoryError> {
-        let mem = buf.memory();
+    /// Deciphers the private staging buffer `src` (sectors from `lba` on,
+    /// as read from the inner disk) in place and copies the plaintext into
+    /// the guest's buffer `dst`, 4 KiB at a time while it is in the L1
+    /// cache: the guest never sees ciphertext.
+    fn decrypt_into(&self, src: &mut [u8], lba: u64, dst: &SgList<'_>) -> Result<(), MemoryError> {
         let mut stream = Stream::new(&self.xts, lba, 1 << self.shift);
-        // A block split across ranges: its bytes and where they live.
-        let mut carry = [0u8; 16];
-        let mut parts = [(0u64, 0usize); 16];
-        let (mut filled, mut nparts) = (0usize, 0usize);
-        for seg in buf.segments() {
-            let (mut gpa, mut left) = (seg.gpa, seg.len as usize);
-            if filled > 0 {
-                let take = (16 - filled).min(left);
-                mem.read(gpa, &mut carry[filled..filled + take])?;
-                parts[nparts] = (gpa, take);
-                nparts += 1;
-                filled += take;
-                gpa += take as u64;
-                left -= take;
-                if filled < 16 {
-                    continue;
-                }
-                stream.run(Dir::Decrypt, None, &mut carry);
-                let mut off = 0;
-                for &(g, n) in &parts[..nparts] {
-                    mem.write(g, &carry[off..off + n])?;
-                    off += n;
-                }
-                (filled, nparts) = (0, 0);
-            }
-            while left >= 16 {
-                let whole = left & !15;
-                // Bytes deciphered in place; stops at the first block that
-                // the memory splits between two pieces.
-                let mut at = 0usize;
-                let mut split = false;
-                mem.visit_mut(gpa, whole, &mut |piece: &mut [u8]| {
-                    if split {
-                        return;
-                    }
-                    let n = piece.len() & !15;
-                    stream.run(Dir::Decrypt, None, &mut piece[..n]);
-                    at += n;
-                    split = n != piece.len();
-                })?;
-                if !split && at != whole {
-                    // The memory handed out less than asked: refuse rather
-                    // than spin.
-                    return Err(MemoryError {
-                        gpa,
-                        len: whole as u64,
-                        kind: MemoryErrorKind::OutOfRange,
-                    });
-                }
-                gpa += at as u64;
-                left -= at;
-                if split {
-                    let mut block = [0u8; 16];
-                    mem.read(gpa, &mut block)?;
-                    stream.run(Dir::Decrypt, None, &mut block);
-                    mem.write(gpa, &block)?;
-                    gpa += 16;
-                    left -= 16;
-                }
-            }
-            if left > 0 {
-                mem.read(gpa, &mut carry[..left])?;
-                parts[0] = (gpa, left);
-                (filled, nparts) = (left, 1);
-            }
+        let mut writer = dst.writer()?;
+        for piece in src.chunks_mut(CIPHER_PIECE) {
+            stream.run(Dir::Decrypt, None, piece);
+            writer.write(piece)?;
         }
         Ok(())
     }
 }
+
+/// Bytes enciphered or deciphered per step between guest memory and
+/// staging: a multiple of 16 (every sector size is), small enough to stay
+/// in the L1 cache between the copy and the cipher pass.
+const CIPHER_PIECE: usize = 4096;
 
 /// A request cut into pieces: each piece's buffer and first sector.
 struct Pieces<'a> {
@@ -440,9 +353,14 @@ impl DiskIo for CryptDisk {
     async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         let mut pieces = self.pieces(buf, sector)?;
         while let Some((part, lba)) = pieces.next()? {
+            let len = part.len();
+            let staging = self.staging(len).await?;
             let inner = &self.inner;
-            drive!(self.inline, inner.read(part, lba, opts))?;
-            self.decrypt_in_place(&part, lba)?;
+            drive!(self.inline, inner.read(staging.sg(true), lba, opts))?;
+            staging
+                .memory()
+                .with_mut(|v| self.decrypt_into(&mut v[..len], lba, &part))?;
+            drop(staging);
         }
         Ok(())
     }
@@ -467,11 +385,11 @@ impl DiskIo for CryptDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::{Gpa, GpaRange};
     use crate::delay::{DelayDisk, DelayHandle, Timer};
     use crate::disk::{BoxFuture, IO_FUTURE_BYTES};
     use crate::memory::{GuestMemory, RamGuestMemory};
     use crate::ram::RamDisk;
-    use crate::sg::GpaRange;
     use alloc::boxed::Box;
     use alloc::sync::Arc;
     use alloc::vec;
@@ -650,18 +568,18 @@ mod tests {
 
     fn read_vec(disk: &Disk, sector: u64, len: usize) -> Vec<u8> {
         let mem = RamGuestMemory::new(len as u64);
-        let r = [GpaRange::new(0, len as u64)];
+        let r = [GpaRange::new(Gpa::new(0), len as u64)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         block_on(disk.read(sg, sector, IoOptions::default())).unwrap();
         let mut out = vec![0u8; len];
-        mem.read(0, &mut out).unwrap();
+        mem.read_at(Gpa::new(0), &mut out).unwrap();
         out
     }
 
     fn write_vec(disk: &Disk, sector: u64, data: &[u8]) {
         let mem = RamGuestMemory::new(data.len() as u64);
-        mem.write(0, data).unwrap();
-        let r = [GpaRange::new(0, data.len() as u64)];
+        mem.write_at(Gpa::new(0), data).unwrap();
+        let r = [GpaRange::new(Gpa::new(0), data.len() as u64)];
         let sg = SgList::new(&mem, &r, false).unwrap();
         block_on(disk.write(sg, sector, IoOptions::default())).unwrap();
     }
@@ -783,12 +701,12 @@ mod tests {
                 rng.fill(&mut plain);
                 // The guest buffer is left as it was by the write.
                 let mem = RamGuestMemory::new(plain.len() as u64);
-                mem.write(0, &plain).unwrap();
-                let r = [GpaRange::new(0, plain.len() as u64)];
+                mem.write_at(Gpa::new(0), &plain).unwrap();
+                let r = [GpaRange::new(Gpa::new(0), plain.len() as u64)];
                 let sg = SgList::new(&mem, &r, true).unwrap();
                 block_on(disk.write(sg, sector, IoOptions::fua())).unwrap();
                 let mut guest = vec![0u8; plain.len()];
-                mem.read(0, &mut guest).unwrap();
+                mem.read_at(Gpa::new(0), &mut guest).unwrap();
                 assert!(guest == plain, "guest buffer modified by a write");
                 // The inner disk holds the oracle's ciphertext.
                 let stored = read_vec(&inner, sector, plain.len());
@@ -828,7 +746,7 @@ mod tests {
                         _ => 70_000,
                     }
                     .min(len - total);
-                    ranges.push(GpaRange::new(gpa, n as u64));
+                    ranges.push(GpaRange::new(Gpa::new(gpa), n as u64));
                     total += n;
                     gpa += n as u64 + 1 + rng.below(50);
                     if gpa > (1 << 20) - 80_000 {
@@ -870,9 +788,9 @@ mod tests {
         rng.fill(&mut plain);
         let mem = RamGuestMemory::new(1 << 18);
         let ranges = [
-            GpaRange::new(65536 - 5, 4096 + 7),
-            GpaRange::new(200_000, 4096 - 7),
-            GpaRange::new(131_072 - 9, 8192),
+            GpaRange::new(Gpa::new(65536 - 5), 4096 + 7),
+            GpaRange::new(Gpa::new(200_000), 4096 - 7),
+            GpaRange::new(Gpa::new(131_072 - 9), 8192),
         ];
         let sg = SgList::new(&mem, &ranges, true).unwrap();
         sg.write_all(&plain).unwrap();
@@ -887,6 +805,87 @@ mod tests {
         assert!(back == plain);
     }
 
+    /// Guest memory that checks every byte written into it against the
+    /// plaintext expected there.
+    struct PlaintextOnly {
+        ram: RamGuestMemory,
+        plain: Vec<u8>,
+        writes: core::sync::atomic::AtomicUsize,
+        foreign: core::sync::atomic::AtomicUsize,
+    }
+
+    impl PlaintextOnly {
+        fn saw(&self, gpa: Gpa, bytes: &[u8]) {
+            let at = gpa.get() as usize;
+            self.writes
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            if self.plain.get(at..at + bytes.len()) != Some(bytes) {
+                self.foreign
+                    .fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+            }
+        }
+    }
+
+    impl crate::memory::GuestMemory for PlaintextOnly {
+        fn extent(&self) -> Gpa {
+            self.ram.extent()
+        }
+        fn read_at(&self, gpa: Gpa, dst: &mut [u8]) -> Result<(), MemoryError> {
+            self.ram.read_at(gpa, dst)
+        }
+        fn write_at(&self, gpa: Gpa, src: &[u8]) -> Result<(), MemoryError> {
+            self.saw(gpa, src);
+            self.ram.write_at(gpa, src)
+        }
+        fn fill_at(&self, gpa: Gpa, len: usize, byte: u8) -> Result<(), MemoryError> {
+            self.saw(gpa, &vec![byte; len]);
+            self.ram.fill_at(gpa, len, byte)
+        }
+        fn atomic(
+            &self,
+            gpa: Gpa,
+            width: crate::memory::Width,
+            op: crate::memory::AtomicOp,
+            order: core::sync::atomic::Ordering,
+        ) -> Result<u64, MemoryError> {
+            self.ram.atomic(gpa, width, op, order)
+        }
+    }
+
+    #[test]
+    fn the_guest_never_sees_ciphertext_on_a_read() {
+        use core::sync::atomic::Ordering;
+        let key: Vec<u8> = (0..64u32).map(|i| (i * 5 + 1) as u8).collect();
+        for (inner, len) in [
+            (ram(256, 512), 300 * 1024 / 512 * 512),
+            (ram(64, 4096), 4096),
+        ] {
+            let disk = crypt(&key, &inner);
+            let mut plain =
+                vec![0u8; len.min(inner.sector_count() as usize * inner.sector_size() as usize)];
+            Rng::new(len as u64).fill(&mut plain);
+            write_vec(&disk, 0, &plain);
+            let mem = PlaintextOnly {
+                ram: RamGuestMemory::new(plain.len() as u64),
+                plain: plain.clone(),
+                writes: Default::default(),
+                foreign: Default::default(),
+            };
+            let r = [GpaRange::new(Gpa::new(0), plain.len() as u64)];
+            let sg = SgList::new(&mem, &r, true).unwrap();
+            block_on(disk.read(sg, 0, IoOptions::default())).unwrap();
+            assert!(mem.writes.load(Ordering::Relaxed) > 0);
+            assert_eq!(
+                mem.foreign.load(Ordering::Relaxed),
+                0,
+                "bytes other than the plaintext were written to the guest"
+            );
+            let mut back = vec![0u8; plain.len()];
+            mem.ram.read_at(Gpa::new(0), &mut back).unwrap();
+            assert!(back == plain);
+        }
+    }
+
     #[test]
     fn out_of_range_is_illegal_block() {
         let inner = ram(64, 512);
@@ -895,7 +894,7 @@ mod tests {
             &inner,
         );
         let mem = RamGuestMemory::new(8192);
-        let r = [GpaRange::new(0, 1024)];
+        let r = [GpaRange::new(Gpa::new(0), 1024)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         let o = IoOptions::default();
         for sector in [63, 64, 1000, u64::MAX - 1, u64::MAX] {
@@ -1141,7 +1140,7 @@ mod tests {
         let shared = Forward(store.clone(), UnmapBehavior::Zeroes);
         let disk = crypt(&key, &Disk::new(shared).unwrap());
         let mem = RamGuestMemory::new(4096);
-        let r = [GpaRange::new(0, 512)];
+        let r = [GpaRange::new(Gpa::new(0), 512)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         assert_eq!(
             block_on(disk.read(sg, 100, IoOptions::default())),
@@ -1164,7 +1163,7 @@ mod tests {
         let key: Vec<u8> = (0..64).rev().collect();
         let c = CryptDisk::new(&key, ram(64, 512)).unwrap();
         let mem = RamGuestMemory::new(1 << 16);
-        let r = [GpaRange::new(0, 4096)];
+        let r = [GpaRange::new(Gpa::new(0), 4096)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         let o = IoOptions::default();
         let sizes = [

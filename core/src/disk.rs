@@ -585,11 +585,11 @@ impl Disk {
     ///
     /// ```
     /// use parastor_core::ram::RamDisk;
-    /// use parastor_core::{Disk, GpaRange, IoOptions, RamGuestMemory, SgList};
+    /// use parastor_core::{Disk, Gpa, GpaRange, IoOptions, RamGuestMemory, SgList};
     ///
     /// let disk = Disk::new(RamDisk::new(4096, 512).unwrap()).unwrap();
     /// let mem = RamGuestMemory::new(512);
-    /// let range = [GpaRange::new(0, 512)];
+    /// let range = [GpaRange::new(Gpa::new(0), 512)];
     /// let buf = SgList::new(&mem, &range, true).unwrap();
     /// // A RAM disk completes inline: the read ran, no future was built.
     /// // (On a disk that waits this is `None`: await `disk.read(..)`.)
@@ -631,7 +631,10 @@ impl Disk {
     fn check_read(&self, buf: &SgList<'_>, sector: u64) -> Result<(), DiskError> {
         self.check_buffer(buf, sector)?;
         if !buf.is_writable() {
-            let gpa = buf.segments().next().map_or(0, |r| r.gpa);
+            let gpa = buf
+                .segments()
+                .next()
+                .map_or(crate::addr::Gpa::ZERO, |r| r.gpa);
             let kind = MemoryErrorKind::WriteProtected;
             return Err(MemoryError {
                 gpa,
@@ -1033,21 +1036,21 @@ mod tests {
 
     #[test]
     fn inline_twins_answer_or_refuse() {
+        use crate::addr::{Gpa, GpaRange};
         use crate::memory::{GuestMemory, RamGuestMemory};
         use crate::ram::RamDisk;
-        use crate::sg::GpaRange;
         let mem = RamGuestMemory::new(4096);
-        let r = [GpaRange::new(0, 1024)];
+        let r = [GpaRange::new(Gpa::new(0), 1024)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         let o = IoOptions::default();
 
         let ram = Disk::new(RamDisk::new(8192, 512).unwrap()).unwrap();
-        mem.fill(0, 1024, 0xab).unwrap();
+        mem.fill_at(Gpa::new(0), 1024, 0xab).unwrap();
         ram.write_inline(sg, 3, o).unwrap();
-        mem.fill(0, 1024, 0).unwrap();
+        mem.fill_at(Gpa::new(0), 1024, 0).unwrap();
         ram.read_inline(sg, 3, o).unwrap();
         let mut b = [0u8; 1024];
-        mem.read(0, &mut b).unwrap();
+        mem.read_at(Gpa::new(0), &mut b).unwrap();
         assert_eq!(b, [0xab; 1024]);
         let mut bits = [0u64; 1];
         let mut m = SectorMarker::new(0, 16, &mut bits);
@@ -1078,11 +1081,11 @@ mod tests {
     /// broken promise into an error.
     #[test]
     fn run_now_decides_once() {
+        use crate::addr::{Gpa, GpaRange};
         use crate::memory::RamGuestMemory;
         use crate::ram::RamDisk;
-        use crate::sg::GpaRange;
         let mem = RamGuestMemory::new(4096);
-        let r = [GpaRange::new(0, 512)];
+        let r = [GpaRange::new(Gpa::new(0), 512)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         let o = IoOptions::default();
 

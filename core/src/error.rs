@@ -5,6 +5,7 @@
 //! one table each, so the variants name *what went wrong* in protocol-neutral
 //! terms and carry just enough detail for that table.
 
+use crate::addr::Gpa;
 use alloc::boxed::Box;
 use core::fmt;
 
@@ -194,19 +195,36 @@ impl fmt::Display for MediumError {
 /// A guest memory access that could not be performed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryError {
-    /// First guest physical address of the failed access.
-    pub gpa: u64,
+    /// First guest physical address of the failed access (for
+    /// [`MemoryErrorKind::BeyondBuffer`], the byte offset into the request
+    /// buffer instead).
+    pub gpa: Gpa,
     /// Length of the failed access in bytes.
     pub len: u64,
     /// Why it failed.
     pub kind: MemoryErrorKind,
 }
 
+impl MemoryError {
+    /// An error of `kind` for the `len` bytes at `gpa`.
+    pub const fn new(gpa: Gpa, len: u64, kind: MemoryErrorKind) -> Self {
+        Self { gpa, len, kind }
+    }
+}
+
 /// Why a guest memory access failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MemoryErrorKind {
-    /// The range lies (partly) outside guest memory, or wraps.
+    /// The range lies (partly) outside guest memory, or wraps: an address
+    /// no valid request can name.
     OutOfRange,
+    /// The range is inside guest memory but may not be touched now; the
+    /// reason says why.
+    Inaccessible(Denied),
+    /// An atomic access was not naturally aligned (or not 1, 2, 4 or 8
+    /// bytes wide).
+    Misaligned,
     /// The buffer may not be written by the device (it carries data *to*
     /// the disk).
     WriteProtected,
@@ -214,13 +232,60 @@ pub enum MemoryErrorKind {
     BeyondBuffer,
 }
 
+/// Why an address inside guest memory cannot be accessed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// No memory is mapped there (a hole, or memory taken away).
+    Unmapped,
+    /// The page is private to a confidential guest; host or device access
+    /// was asked for.
+    Private,
+    /// The page is shared with the host; private access was asked for.
+    Shared,
+    /// A higher VTL has protected the page against this access.
+    VtlProtected,
+    /// The backing failed under the access (for example a mapping that
+    /// faulted).
+    Fault,
+}
+
+impl Denied {
+    /// A short lowercase description.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Denied::Unmapped => "not mapped",
+            Denied::Private => "private to the guest",
+            Denied::Shared => "shared with the host",
+            Denied::VtlProtected => "protected by a higher VTL",
+            Denied::Fault => "backing memory faulted",
+        }
+    }
+}
+
 impl fmt::Display for MemoryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let why = match self.kind {
             MemoryErrorKind::OutOfRange => "outside guest memory",
+            MemoryErrorKind::Inaccessible(d) => {
+                return write!(
+                    f,
+                    "{} bytes at gpa {}: inaccessible ({})",
+                    self.len,
+                    self.gpa,
+                    d.as_str()
+                );
+            }
+            MemoryErrorKind::Misaligned => "atomic access is not naturally aligned",
             MemoryErrorKind::WriteProtected => "buffer is not writable by the device",
-            MemoryErrorKind::BeyondBuffer => "access past the end of the request buffer",
+            MemoryErrorKind::BeyondBuffer => {
+                return write!(
+                    f,
+                    "{} bytes at offset {} of the request buffer: access past its end",
+                    self.len,
+                    self.gpa.get()
+                );
+            }
         };
-        write!(f, "{} bytes at gpa {:#x}: {why}", self.len, self.gpa)
+        write!(f, "{} bytes at gpa {}: {why}", self.len, self.gpa)
     }
 }

@@ -12,12 +12,13 @@
 //! Construction enforces every rule of the model (OpenVMM's
 //! `disk_layered`), each with its own error.
 
+use crate::addr::{Gpa, GpaRange};
 use crate::disk::{Disk, DiskIo, IoOptions, SectorMarker, UnmapBehavior};
 use crate::drive;
 use crate::error::DiskError;
 use crate::memory::LocalMemory;
 use crate::ram::{RamDisk, RamDiskError};
-use crate::sg::{self, GpaRange, SgList};
+use crate::sg::{self, SgList};
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -391,7 +392,7 @@ impl LayeredDisk {
         opts: IoOptions,
     ) -> Result<(), DiskError> {
         let bounce = LocalMemory::new(guest.len());
-        let range = [GpaRange::new(0, guest.len() as u64)];
+        let range = [GpaRange::new(Gpa::new(0), guest.len() as u64)];
         let private = SgList::new(&bounce, &range, true)
             .map_err(|_| DiskError::InvalidInput("read too large"))?;
         self.read_from(index + 1, private, sector, opts).await?;
@@ -554,9 +555,9 @@ mod tests {
         let bottom = ram(1 << 20);
         let cache = ram(1 << 20);
         let mem = RamGuestMemory::new(1 << 20);
-        let r = [GpaRange::new(0, 4096)];
+        let r = [GpaRange::new(Gpa::new(0), 4096)];
         let sg = SgList::new(&mem, &r, true).unwrap();
-        mem.fill(0, 4096, 0x42).unwrap();
+        mem.fill_at(Gpa::new(0), 4096, 0x42).unwrap();
         block_on(bottom.write(sg, 8, IoOptions::default())).unwrap();
 
         let layered = LayeredDisk::new(
@@ -582,28 +583,28 @@ mod tests {
         let disk = Disk::new(layered).unwrap();
         assert_eq!(disk.sector_count(), 2048);
         // Sectors 4..16: 4..8 absent everywhere (zero), 8..16 from the bottom.
-        let r12 = [GpaRange::new(0, 12 * 512)];
+        let r12 = [GpaRange::new(Gpa::new(0), 12 * 512)];
         let sg12 = SgList::new(&mem, &r12, true).unwrap();
-        mem.fill(0, 12 * 512, 0xff).unwrap();
+        mem.fill_at(Gpa::new(0), 12 * 512, 0xff).unwrap();
         block_on(disk.read(sg12, 4, IoOptions::default())).unwrap();
         let mut back = alloc::vec![0u8; 12 * 512];
-        mem.read(0, &mut back).unwrap();
+        mem.read_at(Gpa::new(0), &mut back).unwrap();
         assert!(back[..2048].iter().all(|&b| b == 0));
         assert!(back[2048..].iter().all(|&b| b == 0x42));
         // The read filled the cache layer.
-        mem.fill(0, 4096, 0).unwrap();
+        mem.fill_at(Gpa::new(0), 4096, 0).unwrap();
         block_on(cache.read(sg, 8, IoOptions::default())).unwrap();
-        mem.read(0, &mut back[..4096]).unwrap();
+        mem.read_at(Gpa::new(0), &mut back[..4096]).unwrap();
         assert!(back[..4096].iter().all(|&b| b == 0x42));
         // A write goes to the top and, write-through, to the cache layer —
         // not to the bottom.
-        mem.fill(0, 4096, 0x17).unwrap();
+        mem.fill_at(Gpa::new(0), 4096, 0x17).unwrap();
         block_on(disk.write(sg, 100, IoOptions::default())).unwrap();
         block_on(cache.read(sg, 100, IoOptions::default())).unwrap();
-        mem.read(0, &mut back[..4096]).unwrap();
+        mem.read_at(Gpa::new(0), &mut back[..4096]).unwrap();
         assert!(back[..4096].iter().all(|&b| b == 0x17));
         block_on(bottom.read(sg, 100, IoOptions::default())).unwrap();
-        mem.read(0, &mut back[..4096]).unwrap();
+        mem.read_at(Gpa::new(0), &mut back[..4096]).unwrap();
         assert!(back[..4096].iter().all(|&b| b == 0));
     }
 
@@ -614,7 +615,7 @@ mod tests {
         use crate::disk::IO_FUTURE_BYTES;
         use crate::striped::StripedDisk;
         let mem = RamGuestMemory::new(1 << 16);
-        let r = [GpaRange::new(0, 4096)];
+        let r = [GpaRange::new(Gpa::new(0), 4096)];
         let sg = SgList::new(&mem, &r, true).unwrap();
         let top = LayerConfig::new(LayerSource::Ram {
             len_bytes: None,

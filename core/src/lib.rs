@@ -13,14 +13,17 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod addr;
 pub mod bounce;
 pub mod crypt;
 pub mod delay;
 pub mod disk;
 pub mod error;
+pub mod faulty;
 pub mod inflight;
 pub mod layered;
 pub mod memory;
+pub mod pin;
 pub mod pr;
 pub mod prwrap;
 pub mod ram;
@@ -28,17 +31,23 @@ pub mod resize;
 pub mod sg;
 pub mod striped;
 
+pub use addr::{DeviceAddress, DeviceRange, DmaDomainId, Gpa, GpaRange};
 pub use crypt::{CryptDisk, CryptError, Xts256};
 pub use delay::{DelayDisk, DelayHandle, Timer};
 pub use disk::{
     BROKEN_INLINE, BoxFuture, Description, Disk, DiskIo, InitiatorId, InvalidDisk, IoFuture,
     IoOptions, LayerIo, SectorMarker, UnmapBehavior, if_inline, poll_inline, run_inline,
 };
-pub use error::{DiskError, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind};
-pub use memory::{GuestMemory, LocalMemory, RamGuestMemory};
+pub use error::{
+    Denied, DiskError, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind,
+};
+pub use memory::{
+    Access, AtomicOp, GuestMem, GuestMemory, GuestMemoryExt, LocalMemory, RamGuestMemory, Width,
+};
+pub use pin::{PinError, PinOwner, PinSet};
 pub use pr::{
     AccessClass, PersistentReservations, Registrant, ReservationCapabilities, ReservationReport,
     ReservationType,
 };
 pub use prwrap::ReservationsDisk;
-pub use sg::{GpaRange, OwnedSgList, SgList};
+pub use sg::{OwnedSgList, SgList};

@@ -484,14 +484,14 @@ impl LayerIo for RamDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::{Gpa, GpaRange};
     use crate::disk::Disk;
     use crate::memory::{GuestMemory, RamGuestMemory};
-    use crate::sg::GpaRange;
     use futures::executor::block_on;
 
     fn io(mem: &RamGuestMemory, len: usize, writable: bool) -> ([GpaRange; 1], &RamGuestMemory) {
         let _ = writable;
-        ([GpaRange::new(0, len as u64)], mem)
+        ([GpaRange::new(Gpa::new(0), len as u64)], mem)
     }
 
     #[test]
@@ -517,15 +517,15 @@ mod tests {
         let mem = RamGuestMemory::new(1 << 20);
         let (r, m) = io(&mem, 8192, true);
         let sg = SgList::new(m, &r, true).unwrap();
-        let wide_r = [GpaRange::new(0, 32 * 512)];
+        let wide_r = [GpaRange::new(Gpa::new(0), 32 * 512)];
         let wide = SgList::new(&mem, &wide_r, true).unwrap();
         let data: Vec<u8> = (0..8192u32).map(|i| (i % 253) as u8 + 1).collect();
-        mem.write(0, &data).unwrap();
+        mem.write_at(Gpa::new(0), &data).unwrap();
         block_on(disk.write(sg, 60, IoOptions::default())).unwrap();
-        mem.fill(0, 8192, 0).unwrap();
+        mem.fill_at(Gpa::new(0), 8192, 0).unwrap();
         block_on(disk.read(sg, 60, IoOptions::default())).unwrap();
         let mut back = alloc::vec![0u8; 8192];
-        mem.read(0, &mut back).unwrap();
+        mem.read_at(Gpa::new(0), &mut back).unwrap();
         assert_eq!(back, data);
 
         // Layer read marks only present sectors.
@@ -541,11 +541,11 @@ mod tests {
         block_on(disk.unmap(62, 2, IoOptions::default())).unwrap();
         let mut marker = SectorMarker::new(60, 4, &mut bits);
         let sub4 = sg.subrange(0, 4 * 512).unwrap();
-        mem.fill(0, 2048, 0xaa).unwrap();
+        mem.fill_at(Gpa::new(0), 2048, 0xaa).unwrap();
         block_on(disk.read_present(sub4, 60, &mut marker, IoOptions::default())).unwrap();
         assert!(marker.all_set());
         let mut four = alloc::vec![0u8; 2048];
-        mem.read(0, &mut four).unwrap();
+        mem.read_at(Gpa::new(0), &mut four).unwrap();
         assert_eq!(&four[..1024], &data[..1024]);
         assert!(four[1024..].iter().all(|&b| b == 0));
         // Unmap with the lower layers known to be zero: absent again.
@@ -560,12 +560,12 @@ mod tests {
         assert_eq!(marker.next_set(60), None);
 
         // write-no-overwrite keeps present sectors.
-        mem.write(0, &data).unwrap();
+        mem.write_at(Gpa::new(0), &data).unwrap();
         block_on(disk.write(sg.subrange(0, 512).unwrap(), 100, IoOptions::default())).unwrap();
-        mem.fill(0, 1024, 0x55).unwrap();
+        mem.fill_at(Gpa::new(0), 1024, 0x55).unwrap();
         block_on(disk.write_no_overwrite(sg.subrange(0, 1024).unwrap(), 100)).unwrap();
         block_on(disk.read(sg.subrange(0, 1024).unwrap(), 100, IoOptions::default())).unwrap();
-        mem.read(0, &mut back[..1024]).unwrap();
+        mem.read_at(Gpa::new(0), &mut back[..1024]).unwrap();
         assert_eq!(&back[..512], &data[..512]);
         assert!(back[512..1024].iter().all(|&b| b == 0x55));
     }
@@ -576,9 +576,9 @@ mod tests {
         let ram = RamDisk::new(64 * 4096, 4096).unwrap();
         let disk = Disk::new(ram.clone()).unwrap();
         let mem = RamGuestMemory::new(1 << 16);
-        let r = [GpaRange::new(0, 4096)];
+        let r = [GpaRange::new(Gpa::new(0), 4096)];
         let sg = SgList::new(&mem, &r, true).unwrap();
-        mem.fill(0, 4096, 9).unwrap();
+        mem.fill_at(Gpa::new(0), 4096, 9).unwrap();
         block_on(disk.write(sg, 63, IoOptions::default())).unwrap();
         let mut wait = core::pin::pin!(disk.wait_resize(64));
         assert!(wait.as_mut().now_or_never().is_none());
@@ -594,7 +594,7 @@ mod tests {
         block_on(disk.read_present(sg, 63, &mut marker, IoOptions::default())).unwrap();
         assert!(marker.all_set(), "regrown sectors hide lower layers");
         let mut b = [1u8; 4096];
-        mem.read(0, &mut b).unwrap();
+        mem.read_at(Gpa::new(0), &mut b).unwrap();
         assert_eq!(b, [0u8; 4096]);
     }
 }

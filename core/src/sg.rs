@@ -8,26 +8,12 @@
 //! or allocating. [`SgReader`] and [`SgWriter`] are cursors that move bytes
 //! between the view and host buffers.
 
+use crate::addr::{DmaDomainId, Gpa, GpaRange};
 use crate::error::{DiskError, MemoryError, MemoryErrorKind};
-use crate::memory::GuestMemory;
+use crate::memory::{Access, GuestMemory};
+use crate::pin::{PinError, PinSet};
 use alloc::vec::Vec;
 use core::fmt;
-
-/// One contiguous range of guest physical memory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct GpaRange {
-    /// First guest physical address.
-    pub gpa: u64,
-    /// Length in bytes.
-    pub len: u64,
-}
-
-impl GpaRange {
-    /// The range `[gpa, gpa + len)`.
-    pub const fn new(gpa: u64, len: u64) -> Self {
-        Self { gpa, len }
-    }
-}
 
 /// Why a scatter-gather list could not be built or cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,7 +206,7 @@ impl<'a> SgList<'a> {
     /// that needs aligned DMA.
     pub fn is_aligned(&self, alignment: u64) -> bool {
         let mask = alignment.wrapping_sub(1);
-        self.segments().all(|r| (r.gpa | r.len) & mask == 0)
+        self.segments().all(|r| (r.gpa.get() | r.len) & mask == 0)
     }
 
     /// A cursor reading the view from its start.
@@ -237,12 +223,12 @@ impl<'a> SgList<'a> {
     /// writable by the device.
     pub fn writer(&self) -> Result<SgWriter<'a>, MemoryError> {
         if !self.writable {
-            let gpa = self.segments().next().map_or(0, |r| r.gpa);
-            return Err(MemoryError {
+            let gpa = self.segments().next().map_or(Gpa::ZERO, |r| r.gpa);
+            return Err(MemoryError::new(
                 gpa,
-                len: self.len as u64,
-                kind: MemoryErrorKind::WriteProtected,
-            });
+                self.len as u64,
+                MemoryErrorKind::WriteProtected,
+            ));
         }
         Ok(SgWriter {
             segs: self.segments(),
@@ -265,6 +251,33 @@ impl<'a> SgList<'a> {
     /// Fills the whole view with zeros.
     pub fn zero(&self) -> Result<(), MemoryError> {
         self.writer()?.fill(0, self.len)
+    }
+
+    /// Pins every segment of the view for `access` by a device in
+    /// `domain`, replacing what `out` held: on success `out` holds one
+    /// device range per guest range of the memory's choosing, in order. On
+    /// failure `out` is left empty; see [`PinError`] for which errors mean
+    /// "bounce" and which "fail the request". A view that asks for device
+    /// writes must be writable.
+    pub fn pin(
+        &self,
+        access: Access,
+        domain: DmaDomainId,
+        out: &mut PinSet,
+    ) -> Result<(), PinError> {
+        out.clear();
+        if access != Access::Read && !self.writable {
+            let gpa = self.segments().next().map_or(Gpa::ZERO, |r| r.gpa);
+            let e = MemoryError::new(gpa, self.len as u64, MemoryErrorKind::WriteProtected);
+            return Err(PinError::Memory(e));
+        }
+        for seg in self.segments() {
+            if let Err(e) = self.mem.pin(&[seg], access, domain, out) {
+                out.clear();
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -299,12 +312,14 @@ impl Iterator for Segments<'_> {
     }
 }
 
+/// An access past the end of the view: `gpa` carries the offset into the
+/// view.
 fn beyond(pos: usize, want: usize) -> MemoryError {
-    MemoryError {
-        gpa: pos as u64,
-        len: want as u64,
-        kind: MemoryErrorKind::BeyondBuffer,
-    }
+    MemoryError::new(
+        Gpa::new(pos as u64),
+        want as u64,
+        MemoryErrorKind::BeyondBuffer,
+    )
 }
 
 impl Segments<'_> {
@@ -313,7 +328,7 @@ impl Segments<'_> {
     fn advance(
         &mut self,
         mut n: u64,
-        mut f: impl FnMut(u64, usize) -> Result<(), MemoryError>,
+        mut f: impl FnMut(Gpa, usize) -> Result<(), MemoryError>,
     ) -> Result<(), MemoryError> {
         n = n.min(self.left);
         while n > 0 {
@@ -350,20 +365,17 @@ impl SgReader<'_> {
 
     /// Copies the next `dst.len()` bytes into `dst`.
     pub fn read(&mut self, dst: &mut [u8]) -> Result<(), MemoryError> {
-        let mut done = 0;
-        self.visit(dst.len(), &mut |piece: &[u8]| {
-            dst[done..done + piece.len()].copy_from_slice(piece);
-            done += piece.len();
-        })
-    }
-
-    /// Calls `f` with the next `n` bytes, piece by piece, in place.
-    pub fn visit(&mut self, n: usize, f: &mut dyn FnMut(&[u8])) -> Result<(), MemoryError> {
+        let n = dst.len();
         if n > self.remaining() {
             return Err(beyond(self.pos, n));
         }
         let mem = self.mem;
-        self.segs.advance(n as u64, |gpa, k| mem.visit(gpa, k, f))?;
+        let mut done = 0;
+        self.segs.advance(n as u64, |gpa, k| {
+            let piece = &mut dst[done..done + k];
+            done += k;
+            mem.read_at(gpa, piece)
+        })?;
         self.pos += n;
         Ok(())
     }
@@ -395,11 +407,19 @@ impl SgWriter<'_> {
 
     /// Copies `src` into the next `src.len()` bytes.
     pub fn write(&mut self, src: &[u8]) -> Result<(), MemoryError> {
+        let n = src.len();
+        if n > self.remaining() {
+            return Err(beyond(self.pos, n));
+        }
+        let mem = self.mem;
         let mut done = 0;
-        self.visit_mut(src.len(), &mut |piece: &mut [u8]| {
-            piece.copy_from_slice(&src[done..done + piece.len()]);
-            done += piece.len();
-        })
+        self.segs.advance(n as u64, |gpa, k| {
+            let piece = &src[done..done + k];
+            done += k;
+            mem.write_at(gpa, piece)
+        })?;
+        self.pos += n;
+        Ok(())
     }
 
     /// Sets the next `n` bytes to `byte`.
@@ -409,19 +429,7 @@ impl SgWriter<'_> {
         }
         let mem = self.mem;
         self.segs
-            .advance(n as u64, |gpa, k| mem.fill(gpa, k, byte))?;
-        self.pos += n;
-        Ok(())
-    }
-
-    /// Calls `f` with the next `n` bytes, piece by piece, in place.
-    pub fn visit_mut(&mut self, n: usize, f: &mut dyn FnMut(&mut [u8])) -> Result<(), MemoryError> {
-        if n > self.remaining() {
-            return Err(beyond(self.pos, n));
-        }
-        let mem = self.mem;
-        self.segs
-            .advance(n as u64, |gpa, k| mem.visit_mut(gpa, k, f))?;
+            .advance(n as u64, |gpa, k| mem.fill_at(gpa, k, byte))?;
         self.pos += n;
         Ok(())
     }
@@ -439,8 +447,9 @@ impl SgWriter<'_> {
 
 /// Copies `src` into `dst` (views of equal length).
 ///
-/// Goes through a small stack buffer, so `src` and `dst` may live in the same
-/// guest memory (a visitor must not re-enter the memory it is visiting).
+/// Goes through a small stack buffer, so `src` and `dst` may overlap in the
+/// same guest memory (the result is then as if read before written, piece
+/// by piece).
 pub fn copy(src: &SgList<'_>, dst: &SgList<'_>) -> Result<(), MemoryError> {
     if src.len() != dst.len() {
         return Err(beyond(src.len().min(dst.len()), src.len().max(dst.len())));
@@ -503,10 +512,10 @@ mod tests {
     fn multi_range_views_and_cursors() {
         let mem = RamGuestMemory::new(1 << 20);
         let ranges = [
-            GpaRange::new(100, 10),
-            GpaRange::new(5000, 0),
-            GpaRange::new(9000, 30),
-            GpaRange::new(70000, 24),
+            GpaRange::new(Gpa::new(100), 10),
+            GpaRange::new(Gpa::new(5000), 0),
+            GpaRange::new(Gpa::new(9000), 30),
+            GpaRange::new(Gpa::new(70000), 24),
         ];
         let sg = SgList::new(&mem, &ranges, true).unwrap();
         assert_eq!(sg.len(), 64);
@@ -516,16 +525,16 @@ mod tests {
         sg.read_all(&mut back).unwrap();
         assert_eq!(&back[..], &data[..]);
         let mut raw = [0u8; 4];
-        mem.read(9000, &mut raw).unwrap();
+        mem.read_at(Gpa::new(9000), &mut raw).unwrap();
         assert_eq!(raw, [10, 11, 12, 13]);
 
         let mid = sg.subrange(8, 40).unwrap();
         assert_eq!(
             mid.segments().collect::<Vec<_>>(),
             [
-                GpaRange::new(108, 2),
-                GpaRange::new(9000, 30),
-                GpaRange::new(70000, 8)
+                GpaRange::new(Gpa::new(108), 2),
+                GpaRange::new(Gpa::new(9000), 30),
+                GpaRange::new(Gpa::new(70000), 8)
             ]
         );
         let mut m = vec![0u8; 40];
@@ -534,7 +543,7 @@ mod tests {
         let inner = mid.subrange(2, 30).unwrap();
         assert_eq!(
             inner.segments().collect::<Vec<_>>(),
-            [GpaRange::new(9000, 30)]
+            [GpaRange::new(Gpa::new(9000), 30)]
         );
         assert!(sg.subrange(60, 5).is_err());
         assert!(sg.subrange(usize::MAX, 2).is_err());
@@ -561,13 +570,16 @@ mod tests {
         let mut w = sg.writer().unwrap();
         w.skip(10).unwrap();
         w.fill(0xee, 30).unwrap();
-        mem.read(9000, &mut raw).unwrap();
+        mem.read_at(Gpa::new(9000), &mut raw).unwrap();
         assert_eq!(raw, [0xee; 4]);
         assert!(w.fill(0, 25).is_err());
 
         assert!(sg.read_only().writer().is_err());
         assert!(!sg.is_aligned(4));
-        let aligned = [GpaRange::new(4096, 4096), GpaRange::new(16384, 512)];
+        let aligned = [
+            GpaRange::new(Gpa::new(4096), 4096),
+            GpaRange::new(Gpa::new(16384), 512),
+        ];
         assert!(SgList::new(&mem, &aligned, false).unwrap().is_aligned(512));
         assert!(!SgList::new(&mem, &aligned, false).unwrap().is_aligned(4096));
     }
@@ -575,20 +587,20 @@ mod tests {
     #[test]
     fn hostile_ranges_are_rejected() {
         let mem = RamGuestMemory::new(4096);
-        let wrap = [GpaRange::new(u64::MAX - 1, 4)];
+        let wrap = [GpaRange::new(Gpa::new(u64::MAX - 1), 4)];
         assert_eq!(
             SgList::new(&mem, &wrap, true).unwrap_err(),
             SgError::TooLong
         );
         let huge = [
-            GpaRange::new(0, u64::MAX / 2),
-            GpaRange::new(0, u64::MAX / 2 + 2),
+            GpaRange::new(Gpa::new(0), u64::MAX / 2),
+            GpaRange::new(Gpa::new(0), u64::MAX / 2 + 2),
         ];
         assert_eq!(
             SgList::new(&mem, &huge, true).unwrap_err(),
             SgError::TooLong
         );
-        let outside = [GpaRange::new(4000, 200)];
+        let outside = [GpaRange::new(Gpa::new(4000), 200)];
         let sg = SgList::new(&mem, &outside, true).unwrap();
         assert_eq!(sg.zero().unwrap_err().kind, MemoryErrorKind::OutOfRange);
     }
@@ -596,15 +608,193 @@ mod tests {
     #[test]
     fn copy_within_one_memory() {
         let mem = RamGuestMemory::new(1 << 17);
-        let a = [GpaRange::new(0, 3000)];
-        let b = [GpaRange::new(65530, 1000), GpaRange::new(10, 2000)];
+        let a = [GpaRange::new(Gpa::new(0), 3000)];
+        let b = [
+            GpaRange::new(Gpa::new(65530), 1000),
+            GpaRange::new(Gpa::new(10), 2000),
+        ];
         let src = SgList::new(&mem, &a, false).unwrap();
         let dst = SgList::new(&mem, &b, true).unwrap();
         let data: Vec<u8> = (0..3000u32).map(|i| (i * 7) as u8).collect();
-        mem.write(0, &data).unwrap();
+        mem.write_at(Gpa::new(0), &data).unwrap();
         copy(&src, &dst).unwrap();
         let mut back = vec![0u8; 3000];
         dst.read_all(&mut back).unwrap();
         assert_eq!(back, data);
+    }
+
+    #[test]
+    fn inaccessible_is_not_out_of_range() {
+        use crate::error::Denied;
+        use crate::faulty::FaultyMemory;
+        let mem = FaultyMemory::new(RamGuestMemory::new(4 * 4096));
+        mem.deny(GpaRange::new(Gpa::new(2 * 4096), 4096), Denied::Private);
+        let ranges = [
+            GpaRange::new(Gpa::new(100), 200),
+            GpaRange::new(Gpa::new(2 * 4096 - 8), 16),
+        ];
+        let sg = SgList::new(&mem, &ranges, true).unwrap();
+        let mut b = [0u8; 216];
+        let e = sg.read_all(&mut b).unwrap_err();
+        assert_eq!(e.kind, MemoryErrorKind::Inaccessible(Denied::Private));
+        assert_eq!(e.gpa, Gpa::new(2 * 4096));
+        let e = sg.zero().unwrap_err();
+        assert_eq!(e.kind, MemoryErrorKind::Inaccessible(Denied::Private));
+        // The first range alone is fine; past the end is out of range.
+        sg.subrange(0, 200).unwrap().zero().unwrap();
+        let far = [GpaRange::new(Gpa::new(4 * 4096 - 8), 16)];
+        let e = SgList::new(&mem, &far, true).unwrap().zero().unwrap_err();
+        assert_eq!(e.kind, MemoryErrorKind::OutOfRange);
+    }
+
+    /// Memory that pins by identity (device address = GPA) in one domain
+    /// and counts what is pinned.
+    struct PinnableMemory {
+        ram: RamGuestMemory,
+        owner: alloc::sync::Arc<dyn crate::pin::PinOwner>,
+    }
+
+    #[derive(Default)]
+    struct Counter(core::sync::atomic::AtomicU64);
+
+    impl crate::pin::PinOwner for Counter {
+        fn unpin(&self, ranges: &[crate::addr::DeviceRange]) {
+            let n = ranges.len() as u64;
+            self.0.fetch_sub(n, core::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    impl GuestMemory for PinnableMemory {
+        fn extent(&self) -> Gpa {
+            self.ram.extent()
+        }
+        fn read_at(&self, gpa: Gpa, dst: &mut [u8]) -> Result<(), MemoryError> {
+            self.ram.read_at(gpa, dst)
+        }
+        fn write_at(&self, gpa: Gpa, src: &[u8]) -> Result<(), MemoryError> {
+            self.ram.write_at(gpa, src)
+        }
+        fn fill_at(&self, gpa: Gpa, len: usize, byte: u8) -> Result<(), MemoryError> {
+            self.ram.fill_at(gpa, len, byte)
+        }
+        fn atomic(
+            &self,
+            gpa: Gpa,
+            width: crate::memory::Width,
+            op: crate::memory::AtomicOp,
+            order: core::sync::atomic::Ordering,
+        ) -> Result<u64, MemoryError> {
+            self.ram.atomic(gpa, width, op, order)
+        }
+        fn pin(
+            &self,
+            ranges: &[GpaRange],
+            access: Access,
+            domain: DmaDomainId,
+            out: &mut PinSet,
+        ) -> Result<(), PinError> {
+            if domain != DmaDomainId::new(7) {
+                return Err(PinError::Unsupported);
+            }
+            let mut dev = [crate::addr::DeviceRange::new(crate::addr::DeviceAddress::new(0), 0); 1];
+            for r in ranges {
+                self.check(*r, access)?;
+                dev[0] = crate::addr::DeviceRange::new(
+                    crate::addr::DeviceAddress::new(r.gpa.get()),
+                    r.len,
+                );
+                out.push(&self.owner, domain, &dev)?;
+                let counter: &dyn core::any::Any = &*self.owner;
+                if let Some(c) = counter.downcast_ref::<Counter>() {
+                    c.0.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn pinning_gives_device_ranges_or_says_bounce() {
+        use crate::addr::{DeviceAddress, DeviceRange};
+        use core::sync::atomic::Ordering;
+        // Memory that cannot pin: bounce.
+        let ram = RamGuestMemory::new(1 << 20);
+        let ranges = [
+            GpaRange::new(Gpa::new(4096), 512),
+            GpaRange::new(Gpa::new(9000), 100),
+        ];
+        let mut pins = PinSet::with_capacity(2);
+        let sg = SgList::new(&ram, &ranges, true).unwrap();
+        assert_eq!(
+            sg.pin(Access::Write, DmaDomainId::KERNEL, &mut pins),
+            Err(PinError::Unsupported)
+        );
+        assert!(pins.is_empty());
+
+        let mem = PinnableMemory {
+            ram,
+            owner: alloc::sync::Arc::new(Counter::default()),
+        };
+        let count = || {
+            let any: &dyn core::any::Any = &*mem.owner;
+            any.downcast_ref::<Counter>()
+                .unwrap()
+                .0
+                .load(Ordering::SeqCst)
+        };
+        let sg = SgList::new(&mem, &ranges, true).unwrap();
+        // The trimmed view's segments, in order, in the memory's domain.
+        sg.subrange(10, 600)
+            .unwrap()
+            .pin(Access::Write, DmaDomainId::new(7), &mut pins)
+            .unwrap();
+        assert_eq!(
+            pins.ranges(),
+            [
+                DeviceRange::new(DeviceAddress::new(4106), 502),
+                DeviceRange::new(DeviceAddress::new(9000), 98)
+            ]
+        );
+        assert_eq!(pins.domain(), Some(DmaDomainId::new(7)));
+        assert!(pins.owner_as::<Counter>().is_some(), "provenance by type");
+        assert_eq!(count(), 2);
+        // Re-pinning replaces (unpins) what the set held.
+        sg.subrange(0, 100)
+            .unwrap()
+            .pin(Access::Read, DmaDomainId::new(7), &mut pins)
+            .unwrap();
+        assert_eq!(count(), 1);
+        // Another domain: bounce, and nothing stays pinned.
+        assert_eq!(
+            sg.pin(Access::Read, DmaDomainId::KERNEL, &mut pins),
+            Err(PinError::Unsupported)
+        );
+        assert_eq!(count(), 0);
+        // More ranges than the set holds: bounce, nothing pinned.
+        let mut small = PinSet::with_capacity(1);
+        assert_eq!(
+            sg.pin(Access::Read, DmaDomainId::new(7), &mut small),
+            Err(PinError::TooManyRanges)
+        );
+        assert_eq!(count(), 0);
+        // A device write into a buffer that carries data to the disk.
+        let e = sg
+            .read_only()
+            .pin(Access::Write, DmaDomainId::new(7), &mut pins)
+            .unwrap_err();
+        assert!(matches!(e, PinError::Memory(m) if m.kind == MemoryErrorKind::WriteProtected));
+        // Outside guest memory: a failed request, not a bounce.
+        let outside = [GpaRange::new(Gpa::new(1 << 20), 16)];
+        let e = SgList::new(&mem, &outside, true)
+            .unwrap()
+            .pin(Access::Read, DmaDomainId::new(7), &mut pins)
+            .unwrap_err();
+        assert!(matches!(e, PinError::Memory(m) if m.kind == MemoryErrorKind::OutOfRange));
+        // Dropping the set unpins.
+        sg.pin(Access::Read, DmaDomainId::new(7), &mut pins)
+            .unwrap();
+        assert_eq!(count(), 2);
+        drop(pins);
+        assert_eq!(count(), 0);
     }
 }

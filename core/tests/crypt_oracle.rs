@@ -16,7 +16,7 @@
 use futures::executor::block_on;
 use parastor_core::crypt::{CryptDisk, Xts256};
 use parastor_core::ram::RamDisk;
-use parastor_core::{Disk, GpaRange, GuestMemory, IoOptions, RamGuestMemory, SgList};
+use parastor_core::{Disk, Gpa, GpaRange, GuestMemory, IoOptions, RamGuestMemory, SgList};
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -139,19 +139,19 @@ fn python_encrypt(jobs: &[Job]) -> Vec<Vec<u8>> {
 
 fn write(disk: &Disk, sector: u64, data: &[u8]) {
     let mem = RamGuestMemory::new(data.len() as u64);
-    mem.write(0, data).unwrap();
-    let r = [GpaRange::new(0, data.len() as u64)];
+    mem.write_at(Gpa::new(0), data).unwrap();
+    let r = [GpaRange::new(Gpa::new(0), data.len() as u64)];
     let sg = SgList::new(&mem, &r, false).unwrap();
     block_on(disk.write(sg, sector, IoOptions::default())).unwrap();
 }
 
 fn read(disk: &Disk, sector: u64, len: usize) -> Vec<u8> {
     let mem = RamGuestMemory::new(len as u64);
-    let r = [GpaRange::new(0, len as u64)];
+    let r = [GpaRange::new(Gpa::new(0), len as u64)];
     let sg = SgList::new(&mem, &r, true).unwrap();
     block_on(disk.read(sg, sector, IoOptions::default())).unwrap();
     let mut out = vec![0u8; len];
-    mem.read(0, &mut out).unwrap();
+    mem.read_at(Gpa::new(0), &mut out).unwrap();
     out
 }
 

@@ -5,6 +5,7 @@ use core::pin::{Pin, pin};
 use core::task::{Context, Poll, Waker};
 use futures::executor::block_on;
 use futures::task::ArcWake;
+use parastor_core::Gpa;
 use parastor_core::disk::{BoxFuture, IO_FUTURE_BYTES};
 use parastor_core::layered::{LayerConfig, LayerSource, LayeredDisk};
 use parastor_core::ram::RamDisk;
@@ -124,7 +125,7 @@ impl Rig {
             mem: RamGuestMemory::new(1 << 16),
             wakes,
             waker,
-            slots: core::array::from_fn(|i| GpaRange::new(i as u64 * 512, 512)),
+            slots: core::array::from_fn(|i| GpaRange::new(Gpa::new(i as u64 * 512), 512)),
         }
     }
 
@@ -145,7 +146,7 @@ impl Rig {
         )
         .unwrap();
         let mut b = [0u8; 1];
-        self.mem.read(7 * 512, &mut b).unwrap();
+        self.mem.read_at(Gpa::new(7 * 512), &mut b).unwrap();
         b[0]
     }
 }
@@ -157,7 +158,7 @@ fn reads_and_writes_wait_for_the_delay() {
 
     // A write is held back and does not reach the medium until the clock
     // has advanced by the full delay.
-    rig.mem.fill(0, 512, 0x5a).unwrap();
+    rig.mem.fill_at(Gpa::new(0), 512, 0x5a).unwrap();
     let mut write = pin!(rig.disk.write(rig.sg(0, false), 3, IoOptions::default()));
     assert!(rig.poll(write.as_mut()).is_pending());
     assert_eq!(rig.timer.requested(), [10 * MS]);
@@ -175,14 +176,14 @@ fn reads_and_writes_wait_for_the_delay() {
     assert_eq!(rig.stored(3), 0x5a);
 
     // A read is held back too, then returns the data.
-    rig.mem.fill(512, 512, 0).unwrap();
+    rig.mem.fill_at(Gpa::new(512), 512, 0).unwrap();
     let mut read = pin!(rig.disk.read(rig.sg(1, true), 3, IoOptions::default()));
     assert!(rig.poll(read.as_mut()).is_pending());
     assert_eq!(rig.timer.requested(), [10 * MS, 10 * MS]);
     rig.timer.advance(10 * MS);
     assert_eq!(rig.poll(read.as_mut()), Poll::Ready(Ok(())));
     let mut b = [0u8; 1];
-    rig.mem.read(512, &mut b).unwrap();
+    rig.mem.read_at(Gpa::new(512), &mut b).unwrap();
     assert_eq!(b[0], 0x5a);
 }
 
@@ -286,7 +287,7 @@ fn futures_fit_the_inline_budget() {
     let timer: Arc<dyn Timer> = Arc::new(ManualTimer::default());
     let disk = DelayDisk::new(ram, DelayHandle::default(), timer);
     let mem = RamGuestMemory::new(4096);
-    let r = [GpaRange::new(0, 4096)];
+    let r = [GpaRange::new(Gpa::new(0), 4096)];
     let sg = SgList::new(&mem, &r, true).unwrap();
     let o = IoOptions::default();
     let sizes = [

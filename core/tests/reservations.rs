@@ -5,6 +5,7 @@ use core::future::Future;
 use core::pin::{Pin, pin};
 use core::task::{Context, Poll, Waker};
 use futures::executor::block_on;
+use parastor_core::Gpa;
 use parastor_core::disk::IO_FUTURE_BYTES;
 use parastor_core::ram::RamDisk;
 use parastor_core::{
@@ -71,15 +72,15 @@ impl Rig {
     }
 
     fn read(&self, who: InitiatorId) -> Result<(), DiskError> {
-        let r = [GpaRange::new(0, 512)];
+        let r = [GpaRange::new(Gpa::new(0), 512)];
         let sg = SgList::new(&self.mem, &r, true).unwrap();
         block_on(self.disk.read(sg, 0, Rig::opts(who)))
     }
 
     /// Writes one sector of `byte` at sector 1.
     fn write(&self, who: InitiatorId, byte: u8) -> Result<(), DiskError> {
-        self.mem.fill(4096, 512, byte).unwrap();
-        let r = [GpaRange::new(4096, 512)];
+        self.mem.fill_at(Gpa::new(4096), 512, byte).unwrap();
+        let r = [GpaRange::new(Gpa::new(4096), 512)];
         let sg = SgList::new(&self.mem, &r, false).unwrap();
         block_on(self.disk.write(sg, 1, Rig::opts(who)))
     }
@@ -94,11 +95,11 @@ impl Rig {
 
     /// Sector 1 as stored in the inner disk (first byte).
     fn medium(&self) -> u8 {
-        let r = [GpaRange::new(8192, 512)];
+        let r = [GpaRange::new(Gpa::new(8192), 512)];
         let sg = SgList::new(&self.mem, &r, true).unwrap();
         block_on(self.inner.read(sg, 1, IoOptions::default())).unwrap();
         let mut b = [0u8; 1];
-        self.mem.read(8192, &mut b).unwrap();
+        self.mem.read_at(Gpa::new(8192), &mut b).unwrap();
         b[0]
     }
 
@@ -618,7 +619,7 @@ fn preempt_and_abort_fails_requests_in_flight() {
     rig.register(B, KB);
     block_on(pr.reserve(A, KA, WE)).unwrap();
 
-    let r = [GpaRange::new(0, 512)];
+    let r = [GpaRange::new(Gpa::new(0), 512)];
     let sg = SgList::new(&rig.mem, &r, false).unwrap();
     let mut a_write = pin!(rig.disk.write(sg, 2, Rig::opts(A)));
     assert!(
@@ -661,7 +662,7 @@ fn plain_preempt_leaves_requests_in_flight_alone() {
     rig.register(A, KA);
     rig.register(B, KB);
     block_on(pr.reserve(A, KA, WE)).unwrap();
-    let r = [GpaRange::new(0, 512)];
+    let r = [GpaRange::new(Gpa::new(0), 512)];
     let sg = SgList::new(&rig.mem, &r, false).unwrap();
     let mut a_write = pin!(rig.disk.write(sg, 2, Rig::opts(A)));
     assert!(poll(a_write.as_mut()).is_pending());
@@ -846,7 +847,7 @@ fn passthrough_and_range_checks() {
     assert_eq!(d.children.len(), 1);
     assert_eq!(d.children[0].1.kind, "ram");
     // Out of range: the inner disk's error, no panic.
-    let r = [GpaRange::new(0, 1024)];
+    let r = [GpaRange::new(Gpa::new(0), 1024)];
     let sg = SgList::new(&rig.mem, &r, true).unwrap();
     assert_eq!(
         block_on(rig.disk.read(sg, SECTORS - 1, IoOptions::default())),
@@ -870,7 +871,7 @@ fn futures_fit_the_inline_budget() {
     let inner = Disk::new(RamDisk::new(SECTORS * 512, 512).unwrap()).unwrap();
     let disk = ReservationsDisk::new(inner);
     let mem = RamGuestMemory::new(4096);
-    let r = [GpaRange::new(0, 4096)];
+    let r = [GpaRange::new(Gpa::new(0), 4096)];
     let sg = SgList::new(&mem, &r, true).unwrap();
     let o = IoOptions::default();
     let sizes = [

@@ -1,10 +1,12 @@
 //! A host file as a disk: the development backend, and the emulated host's.
 //!
-//! [`FileDisk`] moves data with positional I/O straight between the file and
-//! the request's guest memory: each piece that guest memory hands out through
-//! [`SgList`]'s visitors is `pread` into or `pwrite` from in place, with no
-//! intermediate buffer. I/O is synchronous, so every operation completes on
-//! its first poll ([`DiskIo::completes_inline`]).
+//! [`FileDisk`] moves data with positional I/O between the file and the
+//! request's guest memory through a private bounce buffer (one per thread,
+//! reused, at most [`BOUNCE_MAX`] bytes): the kernel never reads or writes
+//! guest memory directly, because the memories that exist today cannot be
+//! pinned for it ([`GuestMemory::pin`](parastor_core::GuestMemory::pin)
+//! answers `Unsupported`). I/O is synchronous, so every operation completes
+//! on its first poll ([`DiskIo::completes_inline`]).
 //!
 //! - FUA writes use `pwritev2(RWF_DSYNC)`; where the kernel or file system
 //!   refuses the flag, the write is followed by `fdatasync`.
@@ -16,11 +18,37 @@
 use parastor_core::{DiskError, DiskIo, IoError, IoErrorKind, IoOptions, SgList, UnmapBehavior};
 use rustix::fs::FallocateFlags;
 use rustix::io::{Errno, ReadWriteFlags};
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Largest piece a request is moved in through the bounce buffer; larger
+/// requests take one `pread`/`pwrite` per piece.
+pub const BOUNCE_MAX: usize = 1 << 20;
+
+thread_local! {
+    /// The calling thread's bounce buffer: grown to the largest piece seen
+    /// (at most [`BOUNCE_MAX`]) and kept, so steady I/O allocates nothing.
+    static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a private buffer of `len` bytes (at most [`BOUNCE_MAX`]).
+fn with_bounce<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    BOUNCE.with(|b| match b.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0);
+            }
+            f(&mut buf[..len])
+        }
+        // Re-entered on this thread (a disk inside a callback of another):
+        // use a buffer of its own.
+        Err(_) => f(&mut vec![0; len]),
+    })
+}
 
 /// A disk backed by a host file (or anything `open(2)` can open and
 /// `pread(2)`/`pwrite(2)` can address, such as a block device node).
@@ -132,19 +160,19 @@ impl FileDisk {
         let (offset, _) = self.byte_range(sector, self.buffer_sectors(&buf)?)?;
         let mut writer = buf.writer()?;
         let mut pos = offset;
-        let mut failed = None;
-        writer.visit_mut(buf.len(), &mut |piece| {
-            if failed.is_some() {
-                return;
+        with_bounce(buf.len().min(BOUNCE_MAX), |bounce| {
+            while writer.remaining() > 0 {
+                let piece = &mut bounce[..writer.remaining().min(BOUNCE_MAX)];
+                // `read_exact_at` loops on short reads and EINTR; a file that
+                // shrank under us ends early and fails with UnexpectedEof.
+                self.file
+                    .read_exact_at(piece, pos)
+                    .map_err(|e| io_error_to_disk(&e))?;
+                writer.write(piece)?;
+                pos += piece.len() as u64;
             }
-            // `read_exact_at` loops on short reads and EINTR; a file that
-            // shrank under us ends early and fails with UnexpectedEof.
-            match self.file.read_exact_at(piece, pos) {
-                Ok(()) => pos += piece.len() as u64,
-                Err(e) => failed = Some(e),
-            }
-        })?;
-        failed.map_or(Ok(()), |e| Err(io_error_to_disk(&e)))
+            Ok(())
+        })
     }
 
     fn write_sync(&self, buf: SgList<'_>, sector: u64, fua: bool) -> Result<(), DiskError> {
@@ -152,37 +180,35 @@ impl FileDisk {
             return Err(DiskError::ReadOnly);
         }
         let (offset, _) = self.byte_range(sector, self.buffer_sectors(&buf)?)?;
+        let mut reader = buf.reader();
         let mut pos = offset;
-        let mut failed = None;
         // Set when a FUA write had to fall back to plain writes.
         let mut needs_sync = false;
-        buf.reader().visit(buf.len(), &mut |piece| {
-            if failed.is_some() {
-                return;
-            }
-            let result = if fua && self.dsync_supported.load(Ordering::Relaxed) {
-                match write_all_dsync(&self.file, piece, pos) {
-                    Err(DsyncError::Unsupported) => {
-                        self.dsync_supported.store(false, Ordering::Relaxed);
-                        needs_sync = true;
-                        self.file.write_all_at(piece, pos)
+        with_bounce(buf.len().min(BOUNCE_MAX), |bounce| {
+            while reader.remaining() > 0 {
+                let piece = &mut bounce[..reader.remaining().min(BOUNCE_MAX)];
+                reader.read(piece)?;
+                let piece = &*piece;
+                let result = if fua && self.dsync_supported.load(Ordering::Relaxed) {
+                    match write_all_dsync(&self.file, piece, pos) {
+                        Err(DsyncError::Unsupported) => {
+                            self.dsync_supported.store(false, Ordering::Relaxed);
+                            needs_sync = true;
+                            self.file.write_all_at(piece, pos)
+                        }
+                        Err(DsyncError::Io(e)) => Err(e),
+                        Ok(()) => Ok(()),
                     }
-                    Err(DsyncError::Io(e)) => Err(e),
-                    Ok(()) => Ok(()),
-                }
-            } else {
-                needs_sync |= fua;
-                // `write_all_at` loops on short writes and EINTR.
-                self.file.write_all_at(piece, pos)
-            };
-            match result {
-                Ok(()) => pos += piece.len() as u64,
-                Err(e) => failed = Some(e),
+                } else {
+                    needs_sync |= fua;
+                    // `write_all_at` loops on short writes and EINTR.
+                    self.file.write_all_at(piece, pos)
+                };
+                result.map_err(|e| io_error_to_disk(&e))?;
+                pos += piece.len() as u64;
             }
+            Ok::<(), DiskError>(())
         })?;
-        if let Some(e) = failed {
-            return Err(io_error_to_disk(&e));
-        }
         if needs_sync {
             self.file.sync_data().map_err(|e| io_error_to_disk(&e))?;
         }
@@ -320,7 +346,7 @@ impl DiskIo for FileDisk {
 mod tests {
     use super::*;
     use futures::executor::block_on;
-    use parastor_core::{Disk, GpaRange, LocalMemory};
+    use parastor_core::{Disk, Gpa, GpaRange, LocalMemory};
     use std::io::Write;
 
     fn temp_file(len: usize, fill: impl Fn(usize) -> u8) -> tempfile::NamedTempFile {
@@ -333,7 +359,7 @@ mod tests {
 
     fn read(disk: &Disk, sector: u64, bytes: usize) -> Result<Vec<u8>, DiskError> {
         let mem = LocalMemory::new(bytes);
-        let ranges = [GpaRange::new(0, bytes as u64)];
+        let ranges = [GpaRange::new(Gpa::new(0), bytes as u64)];
         let sg = SgList::new(&mem, &ranges, true).unwrap();
         block_on(disk.read(sg, sector, IoOptions::default()))?;
         Ok(mem.into_vec())
@@ -341,7 +367,7 @@ mod tests {
 
     fn write(disk: &Disk, sector: u64, data: &[u8], fua: bool) -> Result<(), DiskError> {
         let mem = LocalMemory::from_vec(data.to_vec());
-        let ranges = [GpaRange::new(0, data.len() as u64)];
+        let ranges = [GpaRange::new(Gpa::new(0), data.len() as u64)];
         let sg = SgList::new(&mem, &ranges, false).unwrap();
         let opts = if fua {
             IoOptions::fua()
@@ -361,9 +387,9 @@ mod tests {
         // Three ranges, out of order in guest memory, split mid-sector.
         let mem = LocalMemory::new(16384);
         let ranges = [
-            GpaRange::new(9000, 700),
-            GpaRange::new(100, 3000),
-            GpaRange::new(5000, 396),
+            GpaRange::new(Gpa::new(9000), 700),
+            GpaRange::new(Gpa::new(100), 3000),
+            GpaRange::new(Gpa::new(5000), 396),
         ];
         mem.with_mut(|m| {
             m[9000..9700].copy_from_slice(&data[..700]);
@@ -476,14 +502,14 @@ mod tests {
             Err(DiskError::IllegalBlock)
         );
         let mem = LocalMemory::new(512);
-        let ranges = [GpaRange::new(0, 512)];
+        let ranges = [GpaRange::new(Gpa::new(0), 512)];
         let sg = SgList::new(&mem, &ranges, true).unwrap();
         assert_eq!(raw.read_sync(sg, u64::MAX), Err(DiskError::IllegalBlock));
         assert_eq!(
             raw.write_sync(sg, 1 << 60, false),
             Err(DiskError::IllegalBlock)
         );
-        let odd = [GpaRange::new(0, 100)];
+        let odd = [GpaRange::new(Gpa::new(0), 100)];
         let sg = SgList::new(&mem, &odd, true).unwrap();
         assert!(matches!(
             raw.read_sync(sg, 0),

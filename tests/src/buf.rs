@@ -4,6 +4,7 @@
 //! blocking helpers that run one disk operation on such a buffer.
 
 use crate::scratch::ScratchMemory;
+use parastor_core::Gpa;
 use parastor_core::memory::GuestMemory;
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SgList};
 
@@ -66,7 +67,7 @@ impl Layout {
         let ranges = lens
             .iter()
             .zip(&gpas)
-            .map(|(&l, &g)| GpaRange::new(g, l as u64))
+            .map(|(&l, &g)| GpaRange::new(Gpa::new(g), l as u64))
             .collect();
         let size = match self.short_memory {
             None => cursor + SLACK,
@@ -140,9 +141,12 @@ impl TestBuf {
     /// Whether every non-empty range lies inside guest memory.
     pub fn in_memory(&self) -> bool {
         let size = self.mem.size();
-        self.ranges
-            .iter()
-            .all(|r| r.len == 0 || r.gpa.checked_add(r.len).is_some_and(|e| e <= size))
+        self.ranges.iter().all(|r| {
+            r.len == 0
+                || r.gpa
+                    .checked_add(r.len)
+                    .is_some_and(|e| e <= Gpa::new(size))
+        })
     }
 
     /// A view for a disk call; `writable` for reads (the device writes
@@ -163,7 +167,7 @@ impl TestBuf {
         for r in &self.ranges {
             let n = r.len as usize;
             // Ranges outside memory (see `Layout::short_memory`) are skipped.
-            let _ = self.mem.write(r.gpa, &data[done..done + n]);
+            let _ = self.mem.write_at(r.gpa, &data[done..done + n]);
             done += n;
         }
     }
@@ -171,7 +175,7 @@ impl TestBuf {
     /// Fills every byte of the ranges with `byte`.
     pub fn fill(&self, byte: u8) {
         for r in &self.ranges {
-            let _ = self.mem.fill(r.gpa, r.len as usize, byte);
+            let _ = self.mem.fill_at(r.gpa, r.len as usize, byte);
         }
     }
 
@@ -182,7 +186,7 @@ impl TestBuf {
         let mut done = 0;
         for r in &self.ranges {
             let n = r.len as usize;
-            let _ = self.mem.read(r.gpa, &mut out[done..done + n]);
+            let _ = self.mem.read_at(r.gpa, &mut out[done..done + n]);
             done += n;
         }
         out
@@ -193,7 +197,7 @@ impl TestBuf {
     pub fn whole_memory(&self) -> Vec<u8> {
         let mut out = vec![0; self.mem.size() as usize];
         self.mem
-            .read(0, &mut out)
+            .read_at(Gpa::new(0), &mut out)
             .expect("whole memory is in range");
         out
     }
@@ -201,7 +205,7 @@ impl TestBuf {
     /// Fills all of guest memory (ranges, gaps and slack) with `byte`.
     pub fn fill_memory(&self, byte: u8) {
         self.mem
-            .fill(0, self.mem.size() as usize, byte)
+            .fill_at(Gpa::new(0), self.mem.size() as usize, byte)
             .expect("whole memory is in range");
     }
 
@@ -209,8 +213,8 @@ impl TestBuf {
     pub fn outside_ranges_is(&self, byte: u8) -> bool {
         let mut mem = self.whole_memory();
         for r in &self.ranges {
-            let start = (r.gpa.min(mem.len() as u64)) as usize;
-            let end = (r.gpa.saturating_add(r.len).min(mem.len() as u64)) as usize;
+            let start = (r.gpa.get().min(mem.len() as u64)) as usize;
+            let end = (r.gpa.get().saturating_add(r.len).min(mem.len() as u64)) as usize;
             mem[start..end].fill(byte);
         }
         mem.iter().all(|&b| b == byte)

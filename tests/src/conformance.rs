@@ -13,6 +13,7 @@ use crate::buf::{self, Layout, TestBuf, block_on, pattern, read_vec, unmap, writ
 use crate::checker::{Checker, Op, Want};
 use crate::model::SectorState;
 use futures::task::ArcWake;
+use parastor_core::Gpa;
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SectorMarker, UnmapBehavior};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
@@ -312,13 +313,22 @@ pub fn buffer_access(disk: &Disk) {
     let r = block_on(disk.read(buf.sg(false), 0, IoOptions::default()));
     Want::MemoryAccess.check(r, "read into a read-only buffer");
     let outside = [
-        TestBuf::with_ranges(vec![GpaRange::new(8192 - 100, ss)], 8192),
+        TestBuf::with_ranges(vec![GpaRange::new(Gpa::new(8192 - 100), ss)], 8192),
         TestBuf::with_ranges(
-            vec![GpaRange::new(0, 100), GpaRange::new(1 << 40, ss - 100)],
+            vec![
+                GpaRange::new(Gpa::new(0), 100),
+                GpaRange::new(Gpa::new(1 << 40), ss - 100),
+            ],
             8192,
         ),
-        TestBuf::with_ranges(vec![GpaRange::new(u64::MAX - 2 * ss, ss)], 8192),
-        TestBuf::with_ranges(vec![GpaRange::new(100, ss), GpaRange::new(9000, ss)], 8192),
+        TestBuf::with_ranges(vec![GpaRange::new(Gpa::new(u64::MAX - 2 * ss), ss)], 8192),
+        TestBuf::with_ranges(
+            vec![
+                GpaRange::new(Gpa::new(100), ss),
+                GpaRange::new(Gpa::new(9000), ss),
+            ],
+            8192,
+        ),
     ];
     for (i, buf) in outside.iter().enumerate() {
         let count = buf.len() as u64 / ss;

@@ -6,8 +6,8 @@
 use crate::buf::{Layout, TestBuf};
 use parastor_core::inflight::{InFlight, Tag};
 use parastor_core::{
-    Disk, DiskError, DiskIo, GpaRange, GuestMemory, IoError, IoErrorKind, IoOptions, LayerIo,
-    SectorMarker, SgList, UnmapBehavior,
+    Disk, DiskError, DiskIo, GpaRange, GuestMem, GuestMemory, IoError, IoErrorKind, IoOptions,
+    LayerIo, SectorMarker, SgList, UnmapBehavior,
 };
 use std::collections::VecDeque;
 use std::future::Future;
@@ -475,7 +475,7 @@ enum LateOp {
 /// What a [`LateDisk`] keeps for a request until it completes: what a
 /// device-backed disk keeps for its DMA — the guest memory and the ranges.
 struct LateRecord {
-    memory: Arc<dyn GuestMemory>,
+    memory: GuestMem,
     ranges: Vec<GpaRange>,
     op: LateOp,
 }
@@ -484,7 +484,7 @@ struct LateState {
     sector_size: u32,
     data: Mutex<Vec<u8>>,
     /// The guest memory requests must address (the "device's" view of it).
-    memory: Arc<dyn GuestMemory>,
+    memory: GuestMem,
     table: InFlight<LateRecord, Result<(), DiskError>>,
     /// Tags of requests not yet triggered, oldest first.
     queued: Mutex<VecDeque<Tag>>,
@@ -511,7 +511,7 @@ pub struct LateDisk {
 impl LateDisk {
     /// A disk of `sectors` sectors of `sector_size` bytes, all zero, over
     /// guest memory `memory`, with room for `depth` requests at once.
-    pub fn new(memory: Arc<dyn GuestMemory>, sector_size: u32, sectors: u64, depth: u16) -> Self {
+    pub fn new(memory: GuestMem, sector_size: u32, sectors: u64, depth: u16) -> Self {
         let bytes = usize::try_from(sectors * u64::from(sector_size)).expect("disk fits in memory");
         Self {
             state: Arc::new(LateState {
@@ -660,7 +660,7 @@ fn write_ranges(
 ) -> Result<(), DiskError> {
     for r in ranges {
         let (head, rest) = src.split_at(usize::try_from(r.len).unwrap().min(src.len()));
-        mem.write(r.gpa, head).map_err(DiskError::MemoryAccess)?;
+        mem.write_at(r.gpa, head).map_err(DiskError::MemoryAccess)?;
         src = rest;
     }
     Ok(())
@@ -675,7 +675,7 @@ fn read_ranges(
     for r in ranges {
         let n = usize::try_from(r.len).unwrap().min(dst.len());
         let (head, rest) = dst.split_at_mut(n);
-        mem.read(r.gpa, head).map_err(DiskError::MemoryAccess)?;
+        mem.read_at(r.gpa, head).map_err(DiskError::MemoryAccess)?;
         dst = rest;
     }
     Ok(())
@@ -728,7 +728,7 @@ impl DiskIo for LateDisk {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parastor_core::RamGuestMemory;
+    use parastor_core::{Gpa, RamGuestMemory};
     use std::task::Waker;
 
     fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
@@ -737,11 +737,11 @@ mod tests {
 
     #[test]
     fn late_disk_writes_the_buffer_at_the_trigger_even_when_detached() {
-        let mem: Arc<dyn GuestMemory> = Arc::new(RamGuestMemory::new(0x4000));
+        let mem = GuestMem::new(RamGuestMemory::new(0x4000));
         let late = LateDisk::new(mem.clone(), 512, 8, 2);
         late.fill(512, &[0xAB; 512]);
         let disk = Disk::new(late.clone()).unwrap();
-        let range = [GpaRange::new(0x1000, 512)];
+        let range = [GpaRange::new(Gpa::new(0x1000), 512)];
         let sg = SgList::new(&*mem, &range, true).unwrap();
         let mut read = Box::pin(disk.read(sg, 1, IoOptions::default()));
         assert!(poll_once(read.as_mut()).is_pending());
@@ -750,11 +750,11 @@ mod tests {
         drop(read);
         assert_eq!(late.in_flight(), 1);
         let mut buf = [0u8; 512];
-        mem.read(0x1000, &mut buf).unwrap();
+        mem.read_at(Gpa::new(0x1000), &mut buf).unwrap();
         assert_eq!(buf, [0; 512]);
         // Long after, the device completes and writes the guest buffer.
         assert!(late.complete_next());
-        mem.read(0x1000, &mut buf).unwrap();
+        mem.read_at(Gpa::new(0x1000), &mut buf).unwrap();
         assert_eq!(buf, [0xAB; 512]);
         assert_eq!(
             (late.queued(), late.in_flight(), late.completed()),
@@ -765,10 +765,10 @@ mod tests {
 
     #[test]
     fn late_disk_write_takes_data_at_the_trigger() {
-        let mem: Arc<dyn GuestMemory> = Arc::new(RamGuestMemory::new(0x4000));
+        let mem = GuestMem::new(RamGuestMemory::new(0x4000));
         let late = LateDisk::new(mem.clone(), 512, 8, 1);
         let disk = Disk::new(late.clone()).unwrap();
-        let range = [GpaRange::new(0x2000, 512)];
+        let range = [GpaRange::new(Gpa::new(0x2000), 512)];
         let mut write = Box::pin(disk.write(
             SgList::new(&*mem, &range, false).unwrap(),
             0,
@@ -779,7 +779,7 @@ mod tests {
         let mut flush = Box::pin(disk.flush(IoOptions::default()));
         assert!(poll_once(flush.as_mut()).is_pending());
         assert_eq!(late.queued(), 1);
-        mem.write(0x2000, &[7; 512]).unwrap();
+        mem.write_at(Gpa::new(0x2000), &[7; 512]).unwrap();
         assert!(late.complete_next());
         assert_eq!(&late.contents()[..512], &[7; 512]);
         assert_eq!(poll_once(write.as_mut()), Poll::Ready(Ok(())));

@@ -43,6 +43,7 @@ use crate::buf::TestBuf;
 use crate::stacks::{disk, layer, ram};
 use arbitrary::{Arbitrary, Unstructured};
 use futures::executor::block_on;
+use parastor_core::Gpa;
 use parastor_core::layered::LayeredDisk;
 use parastor_core::memory::GuestMemory;
 use parastor_core::{Disk, GpaRange, InitiatorId, ReservationsDisk};
@@ -127,7 +128,7 @@ impl Buffer {
         let mut cursor = 0u64;
         for r in specs {
             cursor += u64::from(r.gap % 64);
-            ranges.push(GpaRange::new(cursor, u64::from(r.len)));
+            ranges.push(GpaRange::new(Gpa::new(cursor), u64::from(r.len)));
             cursor += u64::from(r.len);
         }
         let mem_size = match short {
@@ -151,9 +152,9 @@ impl Buffer {
         let mut out = Vec::new();
         let mut off = 0;
         for r in self.buf.ranges() {
-            let n = r.len.min(size.saturating_sub(r.gpa)) as usize;
+            let n = r.len.min(size.saturating_sub(r.gpa.get())) as usize;
             if n > 0 {
-                out.push((r.gpa, off, n));
+                out.push((r.gpa.get(), off, n));
             }
             off += r.len as usize;
         }
@@ -164,7 +165,7 @@ impl Buffer {
     fn store(&self) {
         let mem = self.buf.memory();
         for (gpa, off, n) in self.pieces() {
-            mem.write(gpa, &self.contents[off..off + n])
+            mem.write_at(Gpa::new(gpa), &self.contents[off..off + n])
                 .expect("clamped to memory");
         }
     }
@@ -174,7 +175,7 @@ impl Buffer {
         let mut out = self.contents.clone();
         let mem = self.buf.memory();
         for (gpa, off, n) in self.pieces() {
-            mem.read(gpa, &mut out[off..off + n])
+            mem.read_at(Gpa::new(gpa), &mut out[off..off + n])
                 .expect("clamped to memory");
         }
         out

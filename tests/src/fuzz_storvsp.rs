@@ -76,6 +76,7 @@ use crate::scratch::ScratchMemory;
 use crate::stacks::ram_disk;
 use arbitrary::{Arbitrary, Unstructured};
 use core::task::{Context, Waker};
+use parastor_core::Gpa;
 use parastor_core::{GpaRange, GuestMemory, InitiatorId};
 use parastor_emulated::storvsc::{Data, Srb};
 use parastor_emulated::{GuestConfig, Profile, Storvsc};
@@ -179,8 +180,8 @@ impl Rig {
         let rings = RINGS[..channels]
             .iter()
             .map(|&gpa| {
-                let incoming = RingRegion::new(gpa, in_size);
-                let outgoing = RingRegion::new(gpa + in_size, out_size);
+                let incoming = RingRegion::new(Gpa::new(gpa), in_size);
+                let outgoing = RingRegion::new(Gpa::new(gpa + in_size), out_size);
                 init_ring(&mem, incoming, RingFeatures::new()).expect("ring layout");
                 init_ring(&mem, outgoing, RingFeatures::new()).expect("ring layout");
                 (incoming, outgoing)
@@ -667,7 +668,7 @@ fn run_action<'a>(
             let len = 1 + usize::from(u8::arbitrary(u)?) % 16;
             let bytes = u.bytes(len.min(u.len()))?;
             let n = bytes.len().min((ring.size - off) as usize);
-            let _ = rig.mem.write(ring.gpa + off, &bytes[..n]);
+            let _ = rig.mem.write_at(ring.gpa + off, &bytes[..n]);
         }
         // Read completions on the guest side.
         6 => {
@@ -753,7 +754,7 @@ fn srb(rig: &Rig, u: &mut Unstructured<'_>) -> arbitrary::Result<()> {
     if s.flags & 0x20 != 0 {
         let start = DATA_PFN * PAGE;
         rig.mem
-            .fill(start, (MEM_SIZE - start) as usize, s.fill)
+            .fill_at(Gpa::new(start), (MEM_SIZE - start) as usize, s.fill)
             .expect("the data area is in memory");
     }
     if s.flags & 4 != 0 {
@@ -798,7 +799,7 @@ fn check_other_controller(what: &dyn Fn() -> String) {
     let (Some(channel), Some(host)) = (rig.guest(0), rig.host(0)) else {
         panic!("controller B's new rings are broken\n{}", what());
     };
-    let data = GpaRange::new(DATA_PFN * PAGE, MEM_SIZE - DATA_PFN * PAGE);
+    let data = GpaRange::new(Gpa::new(DATA_PFN * PAGE), MEM_SIZE - DATA_PFN * PAGE);
     let mut guest = Storvsc::new(GuestConfig::new(Profile::LinuxCurrent), channel, host, data);
     guest
         .connect()

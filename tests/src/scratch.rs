@@ -20,8 +20,8 @@
 //! the pool, for callers that want brand-new memory anyway (the corpus
 //! replay does, so it checks each input exactly as a first run would).
 
-use parastor_core::memory::{GuestMemory, check_range};
-use parastor_core::{MemoryError, RamGuestMemory};
+use parastor_core::memory::{AtomicOp, GuestMemory, Width, check_range};
+use parastor_core::{Gpa, MemoryError, RamGuestMemory};
 use std::cell::RefCell;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,7 +66,7 @@ impl Pooled {
             let start = from << PAGE_SHIFT;
             let end = (to << PAGE_SHIFT).min(capacity);
             self.ram
-                .fill(start, (end - start) as usize, 0)
+                .fill_at(Gpa::new(start), (end - start) as usize, 0)
                 .expect("written pages lie in the memory");
         };
         for word in self.written.iter() {
@@ -90,10 +90,11 @@ impl Pooled {
     }
 
     /// Records that `[gpa, gpa + len)` (inside the memory) is written.
-    fn mark(&self, gpa: u64, len: usize) {
+    fn mark(&self, gpa: Gpa, len: usize) {
         if len == 0 {
             return;
         }
+        let gpa = gpa.get();
         let first = gpa >> PAGE_SHIFT;
         let last = (gpa + len as u64 - 1) >> PAGE_SHIFT;
         for page in first..=last {
@@ -173,23 +174,44 @@ impl fmt::Debug for ScratchMemory {
 }
 
 impl GuestMemory for ScratchMemory {
-    fn visit(&self, gpa: u64, len: usize, f: &mut dyn FnMut(&[u8])) -> Result<(), MemoryError> {
-        check_range(gpa, len, self.size)?;
-        self.pooled().ram.visit(gpa, len, f)
+    fn extent(&self) -> Gpa {
+        Gpa::new(self.size)
     }
 
-    fn visit_mut(
-        &self,
-        gpa: u64,
-        len: usize,
-        f: &mut dyn FnMut(&mut [u8]),
-    ) -> Result<(), MemoryError> {
-        check_range(gpa, len, self.size)?;
+    fn read_at(&self, gpa: Gpa, dst: &mut [u8]) -> Result<(), MemoryError> {
+        check_range(gpa, dst.len() as u64, self.extent())?;
+        self.pooled().ram.read_at(gpa, dst)
+    }
+
+    fn write_at(&self, gpa: Gpa, src: &[u8]) -> Result<(), MemoryError> {
+        check_range(gpa, src.len() as u64, self.extent())?;
         let p = self.pooled();
-        // Recorded before `f` runs, so a write cut short by a panic is
-        // still cleared before the memory is handed out again.
+        // Recorded before writing, so a write cut short is still cleared
+        // before the memory is handed out again.
+        p.mark(gpa, src.len());
+        p.ram.write_at(gpa, src)
+    }
+
+    fn fill_at(&self, gpa: Gpa, len: usize, byte: u8) -> Result<(), MemoryError> {
+        check_range(gpa, len as u64, self.extent())?;
+        let p = self.pooled();
         p.mark(gpa, len);
-        p.ram.visit_mut(gpa, len, f)
+        p.ram.fill_at(gpa, len, byte)
+    }
+
+    fn atomic(
+        &self,
+        gpa: Gpa,
+        width: Width,
+        op: AtomicOp,
+        order: core::sync::atomic::Ordering,
+    ) -> Result<u64, MemoryError> {
+        check_range(gpa, width.bytes() as u64, self.extent())?;
+        let p = self.pooled();
+        if op != AtomicOp::Load {
+            p.mark(gpa, width.bytes());
+        }
+        p.ram.atomic(gpa, width, op, order)
     }
 }
 
@@ -222,7 +244,7 @@ mod tests {
             let new = RamGuestMemory::new(size);
             // Reads as zero everywhere, like new memory.
             let mut all = vec![0xA5; size as usize];
-            mem.read(0, &mut all).unwrap();
+            mem.read_at(Gpa::new(0), &mut all).unwrap();
             assert!(
                 all.iter().all(|&b| b == 0),
                 "round {round}: reused memory of {size} bytes is not zero"
@@ -231,13 +253,13 @@ mod tests {
             for (gpa, len) in [(size - 1, 1), (size, 1), (size - 1, 2), (u64::MAX, 1)] {
                 let mut b = vec![0; len];
                 assert_eq!(
-                    mem.read(gpa, &mut b).map_err(|e| e.kind),
-                    new.read(gpa, &mut b).map_err(|e| e.kind),
+                    mem.read_at(Gpa::new(gpa), &mut b).map_err(|e| e.kind),
+                    new.read_at(Gpa::new(gpa), &mut b).map_err(|e| e.kind),
                     "round {round}: read of {len} at {gpa:#x} in {size} bytes"
                 );
                 assert_eq!(
-                    mem.write(gpa, &b).is_ok(),
-                    new.write(gpa, &b).is_ok(),
+                    mem.write_at(Gpa::new(gpa), &b).is_ok(),
+                    new.write_at(Gpa::new(gpa), &b).is_ok(),
                     "round {round}: write of {len} at {gpa:#x} in {size} bytes"
                 );
             }
@@ -245,36 +267,47 @@ mod tests {
             for _ in 0..1 + xorshift(&mut seed) % 4 {
                 let gpa = xorshift(&mut seed) % size;
                 let len = (xorshift(&mut seed) % 20_000).min(size - gpa) as usize;
-                mem.fill(gpa, len, 0xEE).unwrap();
+                mem.fill_at(Gpa::new(gpa), len, 0xEE).unwrap();
             }
         }
     }
 
     #[test]
-    fn a_panicking_writer_leaves_no_trace() {
+    fn atomic_stores_are_cleared_too() {
+        use parastor_core::GuestMemoryExt;
         clear_pool();
         let mem = ScratchMemory::take(3 << 16);
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            // Pieces at a chunk boundary: the first piece is written, then
-            // the writer panics.
-            let _ = mem.visit_mut(0xFFF0, 0x40, &mut |piece| {
-                piece.fill(0x77);
-                panic!("writer failed half way");
-            });
-        }));
-        assert!(result.is_err());
+        mem.store_u32(Gpa::new(0x1_0000), 7, Ordering::Release)
+            .unwrap();
+        mem.write_vectored_at(Gpa::new(0xFFF0), &[&[0x77; 0x20], &[0x66; 0x20]])
+            .unwrap();
+        // A load records nothing.
+        assert_eq!(
+            mem.load_u32(Gpa::new(0x2_0000), Ordering::Acquire).unwrap(),
+            0
+        );
+        assert_eq!(
+            mem.pooled().written[0].load(Ordering::Relaxed),
+            1 << 15 | 1 << 16
+        );
         drop(mem);
         let again = ScratchMemory::take(3 << 16);
         let mut b = [0xA5; 0x40];
-        again.read(0xFFF0, &mut b).unwrap();
+        again.read_at(Gpa::new(0xFFF0), &mut b).unwrap();
         assert_eq!(b, [0; 0x40]);
+        assert_eq!(
+            again
+                .load_u32(Gpa::new(0x1_0000), Ordering::Acquire)
+                .unwrap(),
+            0
+        );
     }
 
     #[test]
     fn out_of_range_writes_record_nothing_and_fail() {
         clear_pool();
         let mem = ScratchMemory::take(8192);
-        let e = mem.write(8190, &[1, 2, 3]).unwrap_err();
+        let e = mem.write_at(Gpa::new(8190), &[1, 2, 3]).unwrap_err();
         assert_eq!(e.kind, MemoryErrorKind::OutOfRange);
         assert!(
             mem.pooled()

@@ -3,6 +3,7 @@
 //! remove). Counted with `stats_alloc`; this binary holds a single test so
 //! no other thread allocates while it counts.
 
+use parastor_core::Gpa;
 use parastor_core::{Disk, GpaRange, GuestMemory, IoOptions, RamGuestMemory, SgList};
 use parastor_tests::buf::{block_on, pattern, write_vec};
 use parastor_tests::stacks::{layer, layered, ram_disk, ram_layer, striped, striped_ram};
@@ -15,10 +16,10 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 /// Heap allocations made by 16 reads and 16 writes of `bytes` each.
 fn allocations(disk: &Disk, bytes: usize, write: bool) -> usize {
     let mem = RamGuestMemory::new(256 * 1024);
-    mem.fill(0, 256 * 1024, 7).unwrap();
+    mem.fill_at(Gpa::new(0), 256 * 1024, 7).unwrap();
     let ranges = [
-        GpaRange::new(0, bytes as u64 / 2),
-        GpaRange::new(100_000, bytes as u64 / 2),
+        GpaRange::new(Gpa::new(0), bytes as u64 / 2),
+        GpaRange::new(Gpa::new(100_000), bytes as u64 / 2),
     ];
     let count = bytes as u64 / u64::from(disk.sector_size());
     let io = |i: u64| {

@@ -85,7 +85,7 @@ impl DiskIo for PendOnce {
 }
 
 /// Submits `QD` 4 KiB requests and serves them until all completed.
-fn round<'a>(g: &mut Storvsc<'a, StorvspChannel<'a>>, data: u64, write: bool) {
+fn round<'a>(g: &mut Storvsc<'a, StorvspChannel<'a>>, data: parastor_core::Gpa, write: bool) {
     let op = if write {
         ScsiOp::WRITE10
     } else {

@@ -8,6 +8,7 @@
 //! completion of the wrong size fails these tests too. Tests that look at
 //! sizes run under every profile.
 
+use parastor_core::Gpa;
 use parastor_core::ram::RamDisk;
 use parastor_core::{DelayDisk, DelayHandle, Disk, GpaRange, GuestMemory, Timer};
 use parastor_emulated::storvsc::{CONTROL_TRANSACTION_ID, Direction, Reply};
@@ -57,7 +58,7 @@ fn vm_with(config: ControllerConfig, request_ring: u64, completion_ring: u64) ->
         },
     );
     let area = vm.data_area();
-    assert!(area.gpa <= DATA && DATA + 0x40000 <= area.gpa + area.len);
+    assert!(area.gpa <= Gpa::new(DATA) && Gpa::new(DATA + 0x40000) <= area.gpa + area.len);
     vm
 }
 
@@ -143,7 +144,7 @@ fn request(lun: u8, cdb: &[u8], data_in: DataDirection, len: u32) -> ScsiRequest
 /// Byte ranges of guest memory.
 fn ranges(r: &[(u64, u32)]) -> Vec<GpaRange> {
     r.iter()
-        .map(|&(gpa, len)| GpaRange::new(gpa, u64::from(len)))
+        .map(|&(gpa, len)| GpaRange::new(Gpa::new(gpa), u64::from(len)))
         .collect()
 }
 
@@ -190,7 +191,7 @@ fn write10(lba: u32, blocks: u16) -> [u8; 10] {
 
 fn read_mem(vm: &StorvspVm, gpa: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0u8; len];
-    vm.memory().read(gpa, &mut b).unwrap();
+    vm.memory().read_at(Gpa::new(gpa), &mut b).unwrap();
     b
 }
 
@@ -335,8 +336,12 @@ fn srb_write_then_read_over_several_ranges() {
 
     let data: Vec<u8> = (0..2048u32).map(|i| (i * 7 + 3) as u8).collect();
     // Write 4 sectors from two non-adjacent ranges (one spans a page).
-    vm.memory().write(DATA + 0x800, &data[..1536]).unwrap();
-    vm.memory().write(DATA + 0x5000, &data[1536..]).unwrap();
+    vm.memory()
+        .write_at(Gpa::new(DATA + 0x800), &data[..1536])
+        .unwrap();
+    vm.memory()
+        .write_at(Gpa::new(DATA + 0x5000), &data[1536..])
+        .unwrap();
     let req = request(0, &write10(8, 4), DataDirection::WRITE, 2048);
     let r = srb(
         &mut g,
@@ -353,7 +358,7 @@ fn srb_write_then_read_over_several_ranges() {
 
     // The disk has it.
     let local = parastor_core::LocalMemory::new(2048);
-    let range = [GpaRange::new(0, 2048)];
+    let range = [GpaRange::new(Gpa::new(0), 2048)];
     futures::executor::block_on(lun.disk().read(
         parastor_core::SgList::local(&local, &range, true),
         8,
@@ -361,7 +366,7 @@ fn srb_write_then_read_over_several_ranges() {
     ))
     .unwrap();
     let mut on_disk = vec![0u8; 2048];
-    local.read(0, &mut on_disk).unwrap();
+    local.read_at(Gpa::new(0), &mut on_disk).unwrap();
     assert_eq!(on_disk, data);
 
     // Read back into three ranges.
@@ -454,7 +459,7 @@ fn missing_lun_answers() {
     assert_eq!(r.status(), NtStatus::DEVICE_DOES_NOT_EXIST);
 
     // Standard INQUIRY: "no logical unit".
-    vm.memory().write(DATA, &[0xEE; 96]).unwrap();
+    vm.memory().write_at(Gpa::new(DATA), &[0xEE; 96]).unwrap();
     let req = request(
         5,
         &[ScsiOp::INQUIRY.get(), 0, 0, 0, 96, 0],
@@ -766,7 +771,7 @@ fn sub_channels_open_through_the_inline_host() {
         assert_eq!(vm.controller().sub_channels_requested(), Some(2));
         let req = g.scsi_request(0, &read10(0, 1), Direction::In, 512);
         for ch in 0..3 {
-            g.submit(ch as u16, ch, &req, &[GpaRange::new(DATA, 512)])
+            g.submit(ch as u16, ch, &req, &[GpaRange::new(Gpa::new(DATA), 512)])
                 .unwrap();
         }
         g.flush().unwrap();
@@ -852,7 +857,7 @@ fn full_completion_ring_stops_intake_without_losing_completions() {
     let mut g = guest(&vm, Profile::LinuxCurrent);
     negotiate(&mut g, Version::WIN8);
     let req = g.scsi_request(0, &read10(0, 1), Direction::In, 512);
-    let buffer = [GpaRange::new(DATA, 512)];
+    let buffer = [GpaRange::new(Gpa::new(DATA), 512)];
     let mut sent = 0u16;
     let mut got = Vec::new();
     for round in 0..20 {
@@ -972,7 +977,8 @@ fn run_serves_until_the_guest_breaks_the_protocol() {
         g.send_control(0, op, &payload).unwrap();
     }
     let req = request(0, &read10(0, 1), DataDirection::READ, 512);
-    g.submit(4, 0, &req, &[GpaRange::new(DATA, 512)]).unwrap();
+    g.submit(4, 0, &req, &[GpaRange::new(Gpa::new(DATA), 512)])
+        .unwrap();
     g.flush().unwrap();
     g.channel_mut(0)
         .unwrap()
@@ -1260,7 +1266,8 @@ fn run_on_a_thread_wakes_for_packets_and_hot_adds() {
         assert_eq!(g.version(), Some(Version::BLUE));
         for tag in 10..40u16 {
             let req = g.scsi_request(0, &read10(tag.into(), 1), Direction::In, 512);
-            g.submit(tag, 0, &req, &[GpaRange::new(DATA, 512)]).unwrap();
+            g.submit(tag, 0, &req, &[GpaRange::new(Gpa::new(DATA), 512)])
+                .unwrap();
             g.flush().unwrap();
             let r = g.wait_tag(tag).unwrap();
             assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
@@ -1359,7 +1366,7 @@ fn a_failed_channel_drains_its_requests_and_stays_ended() {
     let record = g.host().requests().next().unwrap();
     assert_eq!(record.transaction_id(), 11);
     assert_eq!(record.phase(), Phase::Submitted);
-    assert_eq!(record.ranges(), [GpaRange::new(DATA, 512)]);
+    assert_eq!(record.ranges(), [GpaRange::new(Gpa::new(DATA), 512)]);
     // The request's sleep holds the timer.
     assert_eq!(Arc::strong_count(&latch.0), held + 1);
     let reserved = g.host().channel().writer().reserved();
@@ -1472,7 +1479,8 @@ fn run_yields_to_the_executor_when_it_never_runs_out_of_work() {
     // which (through the relay) signals it: a worker that is never out of
     // work, as under a guest flooding it with packets or signals.
     let req = request(0, &read10(0, 1), DataDirection::READ, 512);
-    g.submit(10, 0, &req, &[GpaRange::new(DATA, 512)]).unwrap();
+    g.submit(10, 0, &req, &[GpaRange::new(Gpa::new(DATA), 512)])
+        .unwrap();
     g.flush().unwrap();
     for _ in 0..3 {
         relay.wakes.store(0, Ordering::Release);
@@ -1519,7 +1527,7 @@ fn reset_allows_a_new_negotiation() {
 fn interrupt_mask(vm: &StorvspVm) -> u32 {
     let (incoming, _) = vm.rings(0).unwrap();
     let at = incoming.gpa + u64::from(parastor_hw::vmbus::RING_INTERRUPT_MASK_OFFSET);
-    u32::from_le_bytes(read_mem(vm, at, 4).try_into().unwrap())
+    u32::from_le_bytes(read_mem(vm, at.get(), 4).try_into().unwrap())
 }
 
 #[test]
@@ -1653,7 +1661,8 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
     assert_eq!(interrupt_mask(&vm), 0);
     let submit = |g: &mut Remote<'_>, tag: u16, lun: u8, gpa: u64| {
         let req = request(lun, &read10(0, 1), DataDirection::READ, 512);
-        g.submit(tag, 0, &req, &[GpaRange::new(gpa, 512)]).unwrap();
+        g.submit(tag, 0, &req, &[GpaRange::new(Gpa::new(gpa), 512)])
+            .unwrap();
         g.flush().unwrap();
     };
 
@@ -1725,7 +1734,7 @@ fn transfers_over_max_transfer_bytes_are_invalid_requests() {
     negotiate(&mut g, Version::WIN8);
 
     // Over the limit: refused without touching the disk.
-    vm.memory().write(DATA, &[0xAA; 8192]).unwrap();
+    vm.memory().write_at(Gpa::new(DATA), &[0xAA; 8192]).unwrap();
     let req = request(0, &write10(0, 16), DataDirection::WRITE, 8192);
     let r = srb(&mut g, 10, &req, &[(DATA, 8192)]);
     assert_eq!(r.srb().srb_status, srb_status(SrbStatus::INVALID_REQUEST));
@@ -1737,7 +1746,7 @@ fn transfers_over_max_transfer_bytes_are_invalid_requests() {
     assert_eq!(r.srb().srb_status, srb_status(SrbStatus::INVALID_REQUEST));
 
     // Exactly the limit is served; the refused write left no trace.
-    vm.memory().write(DATA, &[0x55; 4096]).unwrap();
+    vm.memory().write_at(Gpa::new(DATA), &[0x55; 4096]).unwrap();
     let req = request(0, &read10(0, 8), DataDirection::READ, 4096);
     let r = srb(&mut g, 12, &req, &[(DATA, 4096)]);
     assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
@@ -1858,7 +1867,7 @@ fn autosense_is_not_returned_again_by_request_sense() {
                         DataDirection::READ,
                         18,
                     );
-                    vm.memory().write(DATA, &[0xEE; 18]).unwrap();
+                    vm.memory().write_at(Gpa::new(DATA), &[0xEE; 18]).unwrap();
                     let c = srb(g, 1, &rs, &[(DATA, 18)]).srb();
                     assert_eq!(c.srb_status.status(), SrbStatus::SUCCESS, "{what}");
                     assert_eq!(c.data_transfer_length.get(), 18, "{what}");
@@ -2023,7 +2032,7 @@ fn attach_disk(vm: &StorvspVm, lun: u8, disk: Disk) {
 /// `len` bytes of guest memory at `gpa`.
 fn guest_bytes(vm: &StorvspVm, gpa: u64, len: usize) -> Vec<u8> {
     let mut buf = vec![0; len];
-    vm.memory().read(gpa, &mut buf).unwrap();
+    vm.memory().read_at(Gpa::new(gpa), &mut buf).unwrap();
     buf
 }
 
@@ -2110,7 +2119,7 @@ fn a_failed_worker_lives_until_its_late_requests_complete() {
     }
     for tag in 0..3u16 {
         let req = request(0, &read10(tag.into(), 1), DataDirection::READ, 512);
-        let buffer = [GpaRange::new(DATA + u64::from(tag) * 512, 512)];
+        let buffer = [GpaRange::new(Gpa::new(DATA + u64::from(tag) * 512), 512)];
         g.submit(tag, 0, &req, &buffer).unwrap();
     }
     g.flush().unwrap();

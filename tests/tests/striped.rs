@@ -3,6 +3,7 @@
 //! directly, per-member unmap coalescing, flush fan-out, metadata merging,
 //! and errors that name the failing member.
 
+use parastor_core::Gpa;
 use parastor_core::striped::{DEFAULT_CHUNK_BYTES, StripedDisk, StripedDiskError};
 use parastor_core::{Disk, DiskError, UnmapBehavior};
 use parastor_tests::buf::{Layout, TestBuf, flush, pattern, read, read_vec, unmap, write_vec};
@@ -402,7 +403,10 @@ fn member_errors_name_the_member() {
         t[0].fail_flushes(false);
         flush(&d).unwrap();
         // A guest memory error keeps its cause under the member context.
-        let buf = TestBuf::with_ranges(vec![parastor_core::GpaRange::new(1 << 30, 4096)], 4096);
+        let buf = TestBuf::with_ranges(
+            vec![parastor_core::GpaRange::new(Gpa::new(1 << 30), 4096)],
+            4096,
+        );
         let e = read(&d, 0, &buf).unwrap_err();
         assert!(matches!(e.root(), DiskError::MemoryAccess(_)), "{e:?}");
     }

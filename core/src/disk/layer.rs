@@ -295,12 +295,12 @@ impl<'a> SectorMarker<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::{Gpa, GpaRange};
     use crate::delay::{DelayDisk, DelayHandle, Timer};
     use crate::disk::BoxFuture;
     use crate::memory::{GuestMemory, RamGuestMemory};
     use crate::prwrap::ReservationsDisk;
     use crate::ram::RamDisk;
-    use crate::sg::GpaRange;
     use crate::striped::StripedDisk;
     use alloc::boxed::Box;
     use alloc::sync::Arc;
@@ -320,7 +320,7 @@ mod tests {
 
     /// Layer-reads sectors 0..8 of `disk` and returns which were marked.
     fn present(disk: &Disk, mem: &RamGuestMemory, inline: bool) -> [bool; 8] {
-        let r = [GpaRange::new(0, 4096)];
+        let r = [GpaRange::new(Gpa::new(0), 4096)];
         let sg = SgList::new(mem, &r, true).unwrap();
         let mut bits = [0u64; 1];
         let mut m = SectorMarker::new(0, 8, &mut bits);
@@ -340,7 +340,7 @@ mod tests {
     #[test]
     fn every_disk_is_a_layer() {
         let mem = RamGuestMemory::new(1 << 16);
-        let one = [GpaRange::new(0, 512)];
+        let one = [GpaRange::new(Gpa::new(0), 512)];
         let sg = SgList::new(&mem, &one, true).unwrap();
         let o = IoOptions::default();
 
@@ -367,7 +367,7 @@ mod tests {
         let delayed = Disk::new(delayed).unwrap();
         assert_eq!(present(&delayed, &mem, false), want);
         assert!(delayed.supports_write_no_overwrite());
-        mem.fill(0, 512, 0x5a).unwrap();
+        mem.fill_at(Gpa::new(0), 512, 0x5a).unwrap();
         block_on(delayed.write_no_overwrite(sg, 4)).unwrap();
         want[4] = true;
         assert_eq!(present(&sparse, &mem, true), want);
@@ -387,7 +387,7 @@ mod tests {
     #[test]
     fn layer_reads_are_checked() {
         let mem = RamGuestMemory::new(1 << 16);
-        let r = [GpaRange::new(0, 1024)];
+        let r = [GpaRange::new(Gpa::new(0), 1024)];
         let o = IoOptions::default();
         let disk = ram(16);
         let mut bits = [0u64; 1];
@@ -454,7 +454,7 @@ mod tests {
     #[test]
     fn read_only_disks_refuse_cache_fills() {
         let mem = RamGuestMemory::new(1 << 16);
-        let one = [GpaRange::new(0, 512)];
+        let one = [GpaRange::new(Gpa::new(0), 512)];
         let sg = SgList::new(&mem, &one, true).unwrap();
         let disk = Disk::new(ReadOnlyRam(RamDisk::new(64 * 512, 512).unwrap())).unwrap();
         assert!(disk.is_read_only() && disk.supports_write_no_overwrite());

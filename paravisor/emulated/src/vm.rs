@@ -8,7 +8,8 @@
 //! [`StorvspVm::connect`] a negotiated one.
 
 use crate::storvsc::{GuestConfig, Host, Progress, Storvsc, StorvscError};
-use parastor_core::{GpaRange, RamGuestMemory};
+use parastor_core::Gpa;
+use parastor_core::{GpaRange, GuestMem, RamGuestMemory};
 use parastor_hw::vmbus::RingFeatures;
 use parastor_storvsp::{Controller, StorvspChannel};
 use parastor_vmbus::{Channel, RingRegion, Signal};
@@ -82,8 +83,9 @@ impl StorvspVm {
         let rings = (0..config.channels.max(1))
             .map(|i| {
                 let at = RINGS_BASE + pair * i as u64;
-                let incoming = RingRegion::new(at, config.request_ring);
-                let outgoing = RingRegion::new(at + config.request_ring, config.completion_ring);
+                let incoming = RingRegion::new(Gpa::new(at), config.request_ring);
+                let outgoing =
+                    RingRegion::new(Gpa::new(at + config.request_ring), config.completion_ring);
                 parastor_vmbus::init_ring(&*mem, incoming, RingFeatures::new())
                     .expect("request ring layout");
                 parastor_vmbus::init_ring(&*mem, outgoing, RingFeatures::new())
@@ -98,7 +100,7 @@ impl StorvspVm {
             rings,
             to_host: (0..n).map(|_| Signal::new()).collect(),
             to_guest: (0..n).map(|_| Signal::new()).collect(),
-            data: GpaRange::new(data_start, size - data_start),
+            data: GpaRange::new(Gpa::new(data_start), size - data_start),
         }
     }
 
@@ -119,8 +121,8 @@ impl StorvspVm {
 
     /// A handle on the guest memory, for a backend that keeps it until
     /// its requests complete.
-    pub fn shared_memory(&self) -> Arc<RamGuestMemory> {
-        self.mem.clone()
+    pub fn shared_memory(&self) -> GuestMem {
+        GuestMem::from_arc(self.mem.clone())
     }
 
     /// Channel `i`'s rings: (request ring, completion ring).

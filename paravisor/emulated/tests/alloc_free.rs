@@ -59,7 +59,7 @@ fn steady_state_requests_do_not_allocate() {
                 let at = base + u64::from(tag) * 4 * BYTES;
                 let buffer = [
                     GpaRange::new(at + 512, 1024),
-                    GpaRange::new(at + 2 * BYTES - 512, BYTES - 1024),
+                    GpaRange::new(at + (2 * BYTES - 512), BYTES - 1024),
                 ];
                 g.submit(tag, 0, &req, &buffer).unwrap();
             }

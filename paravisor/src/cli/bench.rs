@@ -3,6 +3,7 @@
 use super::CliError;
 use super::rng::{Rng, RngExt, seeded};
 use futures::executor::block_on;
+use parastor_core::Gpa;
 use parastor_core::{Disk, GpaRange, IoOptions, LocalMemory, SgList};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -142,7 +143,7 @@ fn run_test(
     let mut data = vec![0; bytes as usize];
     rng.fill(&mut data);
     let mem = LocalMemory::from_vec(data);
-    let ranges = [GpaRange::new(0, bytes)];
+    let ranges = [GpaRange::new(Gpa::new(0), bytes)];
     let sg = SgList::new(&mem, &ranges, !test.write).map_err(|e| CliError::new(e.to_string()))?;
     let opts = IoOptions::default();
     let mut next = 0;

@@ -5,6 +5,7 @@
 
 use super::CliError;
 use futures::executor::block_on;
+use parastor_core::Gpa;
 use parastor_core::{Disk, GpaRange, IoOptions, LocalMemory, SgList};
 use std::io::{self, Read, Write};
 
@@ -44,7 +45,7 @@ pub fn read_sectors(
     while sector < end {
         let n = per_call.min(end - sector);
         let bytes = n * ss;
-        let ranges = [GpaRange::new(0, bytes)];
+        let ranges = [GpaRange::new(Gpa::new(0), bytes)];
         let sg = SgList::new(&mem, &ranges, true).map_err(|e| CliError::new(e.to_string()))?;
         block_on(disk.read(sg, sector, IoOptions::default())).map_err(|e| {
             CliError::new(format!("reading {n} sectors at LBA {sector} failed: {e}"))
@@ -95,7 +96,7 @@ pub fn write_sectors(disk: &Disk, lba: u64, input: &mut dyn Read) -> Result<u64,
                 disk.sector_count()
             )));
         }
-        let ranges = [GpaRange::new(0, filled as u64)];
+        let ranges = [GpaRange::new(Gpa::new(0), filled as u64)];
         let sg = SgList::new(&mem, &ranges, false).map_err(|e| CliError::new(e.to_string()))?;
         block_on(disk.write(sg, sector, IoOptions::default())).map_err(|e| {
             CliError::new(format!("writing {n} sectors at LBA {sector} failed: {e}"))

@@ -25,6 +25,7 @@ use super::format;
 use super::rng::{Rng, RngExt, seeded};
 use futures::executor::block_on;
 use indicatif::{ProgressBar, ProgressStyle};
+use parastor_core::Gpa;
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, RamGuestMemory, SgList, UnmapBehavior};
 use std::collections::HashMap;
 use std::fmt;
@@ -471,7 +472,7 @@ impl<'a> Verifier<'a> {
         self.ranges.clear();
         for w in cuts.windows(2) {
             if w[1] > w[0] {
-                self.ranges.push(GpaRange::new(0, w[1] - w[0]));
+                self.ranges.push(GpaRange::new(Gpa::new(0), w[1] - w[0]));
             }
         }
         // Place the pieces in a random order with random gaps between them.
@@ -482,7 +483,7 @@ impl<'a> Verifier<'a> {
         }
         let mut gpa = self.rng.below(MAX_GAP);
         for &i in order.iter().filter(|&&i| i < n) {
-            self.ranges[i].gpa = gpa;
+            self.ranges[i].gpa = Gpa::new(gpa);
             gpa += self.ranges[i].len + self.rng.below(MAX_GAP);
         }
     }

@@ -10,6 +10,7 @@
 //! Timing: each measurement is warmed up, then timed as several batches
 //! sized to a few milliseconds each; the median batch's ns/io is reported.
 
+use parastor_core::Gpa;
 use parastor_core::{Disk, GpaRange, GuestMemory, IoOptions, RamGuestMemory, SgList};
 use parastor_tests::buf::{block_on, pattern, write_vec};
 use parastor_tests::stacks::{layer, layered, ram_disk, ram_layer, striped};
@@ -290,11 +291,12 @@ mod pipeline {
     pub(crate) fn run() {
         let paths = paths();
         let mem = RamGuestMemory::new(256 * 1024);
-        mem.fill(0, 256 * 1024, 0x5a).expect("guest memory");
+        mem.fill_at(Gpa::new(0), 256 * 1024, 0x5a)
+            .expect("guest memory");
         for write in [false, true] {
             let op = if write { "write" } else { "read" };
             for &bytes in &SIZES {
-                let ranges = [GpaRange::new(0, bytes as u64)];
+                let ranges = [GpaRange::new(Gpa::new(0), bytes as u64)];
                 let io_sectors = sectors(bytes as u64);
                 let slots = sectors(WORKING_SET) / io_sectors;
                 let mut cases = Vec::new();
@@ -427,8 +429,9 @@ mod crypt {
                 let fill = vec![0x11u8; WORKING_SET];
                 write_vec(&disk, 0, &fill).expect("prefill");
                 let mem = RamGuestMemory::new(IO_BYTES as u64);
-                mem.fill(0, IO_BYTES, 0x77).expect("guest memory");
-                let ranges = [GpaRange::new(0, IO_BYTES as u64)];
+                mem.fill_at(Gpa::new(0), IO_BYTES, 0x77)
+                    .expect("guest memory");
+                let ranges = [GpaRange::new(Gpa::new(0), IO_BYTES as u64)];
                 let (disk_ref, mem_ref, ranges_ref) = (&disk, &mem, &ranges);
                 // The raw cipher loop, one sector per call: what `openssl
                 // speed` times (one data unit per EVP call).
@@ -820,7 +823,7 @@ mod storvsp {
         let vm = StorvspVm::new(controller, VM);
         let data = vm.data_area();
         vm.memory()
-            .fill(data.gpa, data.len as usize, 0x5a)
+            .fill_at(data.gpa, data.len as usize, 0x5a)
             .expect("guest memory");
         vm
     }
@@ -894,7 +897,9 @@ mod storvsp {
             .expect("completion");
         assert_eq!(n, 1);
         let mut got = vec![0u8; bytes];
-        vm.memory().read(buf.gpa, &mut got).expect("guest memory");
+        vm.memory()
+            .read_at(buf.gpa, &mut got)
+            .expect("guest memory");
         let want = pattern(1, lba, bytes as u64 / u64::from(SS), SS);
         assert!(got == want, "the read through StorVSP returned other data");
     }

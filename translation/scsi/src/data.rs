@@ -4,6 +4,7 @@
 use crate::result::{Res, invalid_cdb, mem_err, param_len_error};
 use alloc::vec;
 use alloc::vec::Vec;
+use parastor_core::Gpa;
 use parastor_core::{GpaRange, LocalMemory, SgList};
 use parastor_hw::scsi::ReadCapacity10Data;
 use zerocopy::IntoBytes;
@@ -50,7 +51,7 @@ impl Scratch {
     pub(crate) fn new(len: usize) -> Self {
         Scratch {
             mem: LocalMemory::new(len),
-            range: [GpaRange::new(0, len as u64)],
+            range: [GpaRange::new(Gpa::new(0), len as u64)],
         }
     }
 

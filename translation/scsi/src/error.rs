@@ -1,7 +1,7 @@
 //! The one table from [`DiskError`] to SCSI status and sense data.
 
 use crate::ScsiResult;
-use parastor_core::{DiskError, IoErrorKind, MediumError};
+use parastor_core::{Denied, DiskError, IoErrorKind, MediumError, MemoryErrorKind};
 use parastor_hw::scsi::{AdditionalSense, ScsiStatus, SenseData, SenseKey};
 
 /// The SCSI status and sense data that report `error` to the initiator.
@@ -14,15 +14,32 @@ use parastor_hw::scsi::{AdditionalSense, ScsiStatus, SenseData, SenseKey};
 /// READY, a thin pool out of space is DATA PROTECT / SPACE ALLOCATION
 /// FAILED WRITE PROTECT, a failed device is HARDWARE ERROR / INTERNAL
 /// TARGET FAILURE. The application-tag check is 10/02 as SBC-4 defines it.
+///
+/// A guest buffer that cannot be accessed is the initiator's error when the
+/// initiator named it (outside guest memory, inaccessible to us — unmapped,
+/// private or protected — misaligned, or past the buffer it described):
+/// ILLEGAL REQUEST / INVALID FIELD IN CDB, as for any bad request. Backing
+/// memory that faulted under us is not the initiator's doing: HARDWARE
+/// ERROR / INTERNAL TARGET FAILURE.
 pub fn disk_error_result(error: &DiskError) -> ScsiResult {
     use AdditionalSense as A;
     use SenseKey as K;
     let check = |key, additional| ScsiResult::check(SenseData::new(key, additional));
     match error.root() {
         DiskError::IllegalBlock => check(K::ILLEGAL_REQUEST, A::LBA_OUT_OF_RANGE),
-        DiskError::InvalidInput(_) | DiskError::MemoryAccess(_) => {
-            check(K::ILLEGAL_REQUEST, A::INVALID_FIELD_IN_CDB)
-        }
+        DiskError::InvalidInput(_) => check(K::ILLEGAL_REQUEST, A::INVALID_FIELD_IN_CDB),
+        DiskError::MemoryAccess(m) => match m.kind {
+            MemoryErrorKind::Inaccessible(Denied::Fault) => {
+                check(K::HARDWARE_ERROR, A::INTERNAL_TARGET_FAILURE)
+            }
+            MemoryErrorKind::OutOfRange
+            | MemoryErrorKind::Inaccessible(_)
+            | MemoryErrorKind::Misaligned
+            | MemoryErrorKind::WriteProtected
+            | MemoryErrorKind::BeyondBuffer => check(K::ILLEGAL_REQUEST, A::INVALID_FIELD_IN_CDB),
+            // Any kind added later is a buffer the initiator named.
+            _ => check(K::ILLEGAL_REQUEST, A::INVALID_FIELD_IN_CDB),
+        },
         DiskError::Io(io) => match io.kind {
             IoErrorKind::NotReady => check(K::NOT_READY, A::LUN_NOT_READY),
             IoErrorKind::TimedOut => check(K::ABORTED_COMMAND, A::TIMEOUT_ON_LOGICAL_UNIT),

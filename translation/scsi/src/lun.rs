@@ -136,6 +136,7 @@ impl From<Arc<ScsiDvd>> for Lun {
 mod tests {
     use super::*;
     use crate::DiskParams;
+    use parastor_core::Gpa;
     use parastor_core::{
         Disk, DiskError, DiskIo, GpaRange, IoOptions, RamGuestMemory, UnmapBehavior,
     };
@@ -194,7 +195,7 @@ mod tests {
     #[test]
     fn run_now_keeps_the_inline_promise_or_fails_the_command() {
         let mem = RamGuestMemory::new(8192);
-        let ranges = [GpaRange::new(0, 512)];
+        let ranges = [GpaRange::new(Gpa::new(0), 512)];
         let sg = SgList::new(&mem, &ranges, true).unwrap();
         let read10 = [0x28, 0, 0, 0, 0, 1, 0, 0, 1, 0];
         let sync10 = [0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0];

@@ -10,6 +10,7 @@ extern crate std;
 use super::channel::{sense_delivery, srb_completion};
 use super::*;
 use alloc::sync::Arc;
+use parastor_core::Gpa;
 use parastor_core::RamGuestMemory;
 use parastor_hw::scsi::{AdditionalSense, ScsiStatus, SenseData, SenseKey};
 use parastor_hw::storvsp::{
@@ -53,7 +54,7 @@ fn protocol_word_round_trips() {
 /// returns the payload length of the completion (`None`: no completion).
 fn completion_len(proto: Protocol, op: Operation, payload_len: usize) -> Option<usize> {
     let mem = RamGuestMemory::new(1 << 20);
-    let (incoming, outgoing) = init_ring_pair(&mem, 0x10000, 0x4000).unwrap();
+    let (incoming, outgoing) = init_ring_pair(&mem, Gpa::new(0x10000), 0x4000).unwrap();
     let (to_host, to_guest) = (Signal::new(), Signal::new());
     let controller = Arc::new(Controller::new(ControllerConfig::default()));
     controller.update_protocol(|p| *p = proto);
@@ -152,7 +153,7 @@ fn enumerate_bus_uses_the_negotiated_size() {
     use NegotiationState as S;
     for (version, want) in [(Version::WIN7, 0x24), (Version::WIN8, 0x34)] {
         let mem = RamGuestMemory::new(1 << 20);
-        let (incoming, outgoing) = init_ring_pair(&mem, 0x10000, 0x4000).unwrap();
+        let (incoming, outgoing) = init_ring_pair(&mem, Gpa::new(0x10000), 0x4000).unwrap();
         let (to_host, to_guest) = (Signal::new(), Signal::new());
         let controller = Arc::new(Controller::new(ControllerConfig::default()));
         controller.update_protocol(|p| {
@@ -320,10 +321,10 @@ fn a_drain_frees_queued_requests_and_keeps_submitted_ones() {
     use parastor_core::GpaRange;
 
     let mem = RamGuestMemory::new(1 << 20);
-    let (incoming, outgoing) = init_ring_pair(&mem, 0x10000, 0x4000).unwrap();
+    let (incoming, outgoing) = init_ring_pair(&mem, Gpa::new(0x10000), 0x4000).unwrap();
     let signal = Signal::new();
     let mut channel = Channel::host(&mem, incoming, outgoing, &signal).unwrap();
-    let ranges = [GpaRange::new(0x8000, 512)];
+    let ranges = [GpaRange::new(Gpa::new(0x8000), 512)];
     let mut slots = Slots::new(2);
     let mut take = |slots: &mut Slots<'_>, tid| {
         let reservation = channel.reserve(0x40).unwrap();

@@ -9,6 +9,7 @@ use super::signal::Notify;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
+use parastor_core::Gpa;
 use parastor_core::sg::SgError;
 use parastor_core::{GpaRange, GuestMemory, SgList};
 use parastor_hw::vmbus::{
@@ -101,8 +102,8 @@ pub const GPA_DIRECT_INLINE_LEN: usize = 640;
 /// cannot be a GPA range.
 fn range_pages(r: &GpaRange) -> Result<(u64, u64), RingError> {
     let bad = RingError::TooLarge { needed: r.len };
-    let end = r.gpa.checked_add(r.len).filter(|_| r.len > 0).ok_or(bad)?;
-    let first = r.gpa >> hw::PAGE_SHIFT;
+    let end = r.end().filter(|_| r.len > 0).ok_or(bad)?.get();
+    let first = r.gpa.get() >> hw::PAGE_SHIFT;
     Ok((first, ((end - 1) >> hw::PAGE_SHIFT) - first + 1))
 }
 
@@ -151,7 +152,7 @@ fn fill_gpa_area<'b>(
         let (first, pages) = range_pages(r)?;
         let range = GpaRangeHeader {
             byte_count: u32::try_from(r.len).map_err(|_| too_large)?.into(),
-            byte_offset: ((r.gpa % u64::from(hw::PAGE_SIZE)) as u32).into(),
+            byte_offset: ((r.gpa.get() % u64::from(hw::PAGE_SIZE)) as u32).into(),
         };
         put(range.as_bytes())?;
         for pfn in first..first + pages {
@@ -271,7 +272,7 @@ impl PacketRef {
             transaction_id: 0,
             completion_requested: false,
             payload: SmallBuf::new(0),
-            ranges: SmallBuf::new(GpaRange::new(0, 0)),
+            ranges: SmallBuf::new(GpaRange::new(Gpa::new(0), 0)),
         }
     }
 
@@ -663,7 +664,7 @@ impl<'a> Channel<'a> {
                 out.payload.as_mut_slice(),
             )?,
         }
-        out.ranges.set_len(GpaRange::new(0, 0), 0);
+        out.ranges.set_len(GpaRange::new(Gpa::new(0), 0), 0);
         if kind == PacketKind::GpaDirect {
             let area_at = PACKET_DESCRIPTOR_SIZE as usize;
             let mut copied = SmallBuf::<u8, INLINE_GPA_AREA_LEN>::new(0);
@@ -687,10 +688,12 @@ impl<'a> Channel<'a> {
                 for (gpa, len) in range.map_err(err)?.segments() {
                     // Merge with the previous range's tail if contiguous.
                     match out.ranges.last_mut() {
-                        Some(GpaRange { gpa: g, len: l }) if g.checked_add(*l) == Some(gpa) => {
+                        Some(GpaRange { gpa: g, len: l })
+                            if g.checked_add(*l) == Some(Gpa::new(gpa)) =>
+                        {
                             *l += len
                         }
-                        _ => out.ranges.push(GpaRange::new(gpa, len)),
+                        _ => out.ranges.push(GpaRange::new(Gpa::new(gpa), len)),
                     }
                 }
             }
@@ -824,7 +827,7 @@ impl<'a> Channel<'a> {
                 area[..8].copy_from_slice(count.as_bytes());
                 let range = GpaRangeHeader {
                     byte_count: (r.len as u32).into(),
-                    byte_offset: ((r.gpa % u64::from(hw::PAGE_SIZE)) as u32).into(),
+                    byte_offset: ((r.gpa.get() % u64::from(hw::PAGE_SIZE)) as u32).into(),
                 };
                 area[8..16].copy_from_slice(range.as_bytes());
                 for (i, w) in area[16..len].chunks_exact_mut(8).enumerate() {

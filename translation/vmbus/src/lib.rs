@@ -22,10 +22,10 @@
 //! only publishes it, and malformed input is a typed error — never a panic,
 //! an out-of-bounds access or an endless loop.
 //!
-//! Memory ordering: [`parastor_core::GuestMemory`] has no fence operation;
-//! each side writes a packet's bytes before publishing its index, which is
-//! enough for the lock-based in-process memories. Mapping real shared pages
-//! will need release/acquire ordering on the index stores and loads.
+//! Memory ordering: the rings' control fields are reached only through
+//! atomic loads (`Acquire`) and stores (`Release`), with a `SeqCst` fence
+//! between publishing one's own field and loading the peer's, so signals
+//! are not lost on real shared memory (see the `ring` module's docs).
 
 #![no_std]
 
@@ -47,7 +47,7 @@ pub use ring::{
 };
 pub use signal::{ChannelSignals, Notify, Signal, SignalWait, Wait};
 
-use parastor_core::GuestMemory;
+use parastor_core::{Gpa, GuestMemory};
 use parastor_hw::vmbus::RingFeatures;
 
 /// Lays out and initialises a channel's two rings of `ring_size` bytes
@@ -55,7 +55,7 @@ use parastor_hw::vmbus::RingFeatures;
 /// offering them. Returns `(incoming, outgoing)`.
 pub fn init_ring_pair(
     mem: &dyn GuestMemory,
-    gpa: u64,
+    gpa: Gpa,
     ring_size: u64,
 ) -> Result<(RingRegion, RingRegion), RingError> {
     let incoming = RingRegion::new(gpa, ring_size);

@@ -9,10 +9,28 @@
 //! saw (the reader only frees space) — and validated every time it is
 //! loaded (inside the data area, 8-byte aligned): a bad one is a
 //! [`RingError`] at its next load, never an out-of-bounds access.
+//!
+//! # Memory ordering
+//!
+//! The control fields (indices, `interrupt_mask`, `pending_send_sz`, feature
+//! bits) are accessed only with atomic loads (`Acquire`) and stores
+//! (`Release`), so packet bytes written before an index is published are
+//! visible to whoever loads it. Signalling needs one more edge: each side
+//! *stores* its own field and then *loads* the peer's, and the peer does
+//! the mirror image (writer: write index, then mask; reader: mask, then
+//! write index — and read index, then `pending_send_sz`, against
+//! `pending_send_sz`, then read index). A store followed by a load of a
+//! different location may be reordered by the CPU (store buffering), and
+//! then both sides can miss each other and go to sleep: a lost signal. A
+//! `fence(SeqCst)` between the store and the load on each side forbids it.
+//!
+//! A packet is copied out of the ring once, into private memory, and
+//! validated there; it is never read again from guest memory.
 
 use alloc::vec::Vec;
 use core::fmt;
-use parastor_core::{GuestMemory, MemoryError};
+use core::sync::atomic::{Ordering, fence};
+use parastor_core::{Access, Gpa, GpaRange, GuestMemory, GuestMemoryExt, MemoryError};
 use parastor_hw::vmbus::{
     self as hw, DescriptorError, DescriptorFlags, PacketDescriptor, PacketTrailer, PacketType,
     RING_FEATURE_BITS_OFFSET, RING_HEADER_SIZE, RING_INTERRUPT_MASK_OFFSET,
@@ -27,14 +45,14 @@ use zerocopy::{FromBytes, IntoBytes};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingRegion {
     /// GPA of the control page.
-    pub gpa: u64,
+    pub gpa: Gpa,
     /// Size of the whole ring (control page included) in bytes.
     pub size: u64,
 }
 
 impl RingRegion {
     /// The ring of `size` bytes at `gpa`.
-    pub const fn new(gpa: u64, size: u64) -> Self {
+    pub const fn new(gpa: Gpa, size: u64) -> Self {
         Self { gpa, size }
     }
 
@@ -128,7 +146,7 @@ impl From<DescriptorError> for RingError {
 #[derive(Clone, Copy)]
 struct RingMem<'a> {
     mem: &'a dyn GuestMemory,
-    gpa: u64,
+    gpa: Gpa,
     data_size: u32,
 }
 
@@ -149,22 +167,26 @@ impl<'a> RingMem<'a> {
             gpa: region.gpa,
             data_size,
         };
-        // Touch both ends so a ring outside guest memory fails here.
+        // A ring outside (or partly inaccessible in) guest memory fails
+        // here; so does a control page the atomics cannot use (misaligned).
+        mem.check(GpaRange::new(region.gpa, region.size), Access::ReadWrite)?;
         ring.load(0)?;
-        let mut last = [0u8; 1];
-        mem.read(region.gpa + region.size - 1, &mut last)?;
         Ok(ring)
     }
 
+    /// Loads a control field (`Acquire`: what the peer wrote before
+    /// storing it is visible).
     fn load(&self, offset: u32) -> Result<u32, RingError> {
-        let mut b = [0u8; 4];
-        self.mem.read(self.gpa + u64::from(offset), &mut b)?;
-        Ok(u32::from_le_bytes(b))
+        Ok(self
+            .mem
+            .load_u32(self.gpa + u64::from(offset), Ordering::Acquire)?)
     }
 
+    /// Stores a control field (`Release`: what we wrote before is visible
+    /// to a peer that loads it).
     fn store(&self, offset: u32, value: u32) -> Result<(), RingError> {
         self.mem
-            .write(self.gpa + u64::from(offset), &value.to_le_bytes())?;
+            .store_u32(self.gpa + u64::from(offset), value, Ordering::Release)?;
         Ok(())
     }
 
@@ -174,107 +196,13 @@ impl<'a> RingMem<'a> {
         Ok(index)
     }
 
-    /// Runs `f` over the control fields in one guest-memory access (the
-    /// hot path: one lock and one call instead of one per field). Memory
-    /// that hands the control fields out in several pieces gets the same
-    /// `f` field by field instead. `f` runs exactly once either way.
-    fn with_control<R>(
-        &self,
-        mut f: impl FnMut(&mut Control<'_, 'a>) -> Result<R, RingError>,
-    ) -> Result<R, RingError> {
-        let mut out = None;
-        self.mem.visit_mut(self.gpa, CONTROL_LEN, &mut |piece| {
-            // A piece this long is the whole range: the only call.
-            if piece.len() == CONTROL_LEN {
-                out = Some(f(&mut Control::Bytes(piece)));
-            }
-        })?;
-        out.unwrap_or_else(|| f(&mut Control::Fields(*self)))
-    }
-}
-
-/// The bytes of several slices, one after another, copied out piece by
-/// piece (see [`RingMem::write_gather`]).
-struct Gather<'s, 'p> {
-    srcs: &'p [&'s [u8]],
-    /// What is left of the slice being copied.
-    current: &'s [u8],
-}
-
-impl Gather<'_, '_> {
-    /// Fills `dst` with the next bytes (zeros once the slices run out).
-    fn fill(&mut self, mut dst: &mut [u8]) {
-        while !dst.is_empty() {
-            while self.current.is_empty() {
-                match self.srcs.split_first() {
-                    Some((next, rest)) => {
-                        self.current = next;
-                        self.srcs = rest;
-                    }
-                    None => {
-                        dst.fill(0);
-                        return;
-                    }
-                }
-            }
-            let n = dst.len().min(self.current.len());
-            let (head, rest) = dst.split_at_mut(n);
-            let (src, left) = self.current.split_at(n);
-            head.copy_from_slice(src);
-            self.current = left;
-            dst = rest;
-        }
-    }
-}
-
-/// Bytes of the control page [`RingMem::with_control`] covers: the indices,
-/// mask, pending send size and feature bits.
-const CONTROL_LEN: usize = RING_FEATURE_BITS_OFFSET as usize + 4;
-
-/// The control fields during [`RingMem::with_control`]: the bytes
-/// themselves, or the ring to access field by field.
-enum Control<'c, 'a> {
-    Bytes(&'c mut [u8]),
-    Fields(RingMem<'a>),
-}
-
-impl Control<'_, '_> {
-    fn load(&mut self, offset: u32) -> Result<u32, RingError> {
-        match self {
-            Self::Bytes(b) => {
-                let at = offset as usize;
-                let mut v = [0u8; 4];
-                if let Some(src) = b.get(at..at + 4) {
-                    v.copy_from_slice(src);
-                }
-                Ok(u32::from_le_bytes(v))
-            }
-            Self::Fields(ring) => ring.load(offset),
-        }
-    }
-
-    fn store(&mut self, offset: u32, value: u32) -> Result<(), RingError> {
-        match self {
-            Self::Bytes(b) => {
-                let at = offset as usize;
-                if let Some(dst) = b.get_mut(at..at + 4) {
-                    dst.copy_from_slice(&value.to_le_bytes());
-                }
-                Ok(())
-            }
-            Self::Fields(ring) => ring.store(offset, value),
-        }
-    }
-}
-
-impl<'a> RingMem<'a> {
     /// `pos + n` modulo the data size (`pos < data_size`, `n <= data_size`).
     fn advance(&self, pos: u32, n: u32) -> u32 {
         let to_end = self.data_size - pos;
         if n >= to_end { n - to_end } else { pos + n }
     }
 
-    fn data_gpa(&self, pos: u32) -> u64 {
+    fn data_gpa(&self, pos: u32) -> Gpa {
         self.gpa + u64::from(RING_HEADER_SIZE) + u64::from(pos)
     }
 
@@ -282,26 +210,40 @@ impl<'a> RingMem<'a> {
     fn read_at(&self, pos: u32, dst: &mut [u8]) -> Result<(), RingError> {
         let first = dst.len().min((self.data_size - pos) as usize);
         let (a, b) = dst.split_at_mut(first);
-        self.mem.read(self.data_gpa(pos), a)?;
+        self.mem.read_at(self.data_gpa(pos), a)?;
         if !b.is_empty() {
-            self.mem.read(self.data_gpa(0), b)?;
+            self.mem.read_at(self.data_gpa(0), b)?;
         }
         Ok(())
     }
 
-    /// Copies the concatenation of `srcs` (`len` bytes, at most
-    /// `data_size`) into the data area starting at `pos`: one guest-memory
-    /// access, two at the wrap.
+    /// Copies the concatenation of `srcs` (`len` bytes in all, at most
+    /// `data_size`) into the data area starting at `pos`: one vectored
+    /// guest-memory write, or one write per piece at the wrap.
     fn write_gather(&self, pos: u32, len: usize, srcs: &[&[u8]]) -> Result<(), RingError> {
-        let mut gather = Gather { srcs, current: &[] };
-        let first = len.min((self.data_size - pos) as usize);
-        self.mem
-            .visit_mut(self.data_gpa(pos), first, &mut |piece| gather.fill(piece))?;
-        if len > first {
-            self.mem
-                .visit_mut(self.data_gpa(0), len - first, &mut |piece| {
-                    gather.fill(piece)
-                })?;
+        let first = (self.data_size - pos) as usize;
+        if len <= first {
+            self.mem.write_vectored_at(self.data_gpa(pos), srcs)?;
+            return Ok(());
+        }
+        // The packet wraps: each piece goes before the end, after the
+        // start, or is split between them.
+        // `at`: offset of `src` in the packet.
+        let mut at = 0usize;
+        for src in srcs {
+            let (head, tail) = if at < first {
+                src.split_at(src.len().min(first - at))
+            } else {
+                (&[][..], *src)
+            };
+            if !head.is_empty() {
+                self.mem.write_at(self.data_gpa(pos) + at as u64, head)?;
+            }
+            if !tail.is_empty() {
+                let wrapped = at + head.len() - first;
+                self.mem.write_at(self.data_gpa(0) + wrapped as u64, tail)?;
+            }
+            at += src.len();
         }
         Ok(())
     }
@@ -320,7 +262,7 @@ pub fn init_ring(
         feature_bits,
         ..Default::default()
     };
-    mem.write(region.gpa, control.as_bytes())?;
+    mem.write_at(region.gpa, control.as_bytes())?;
     Ok(())
 }
 
@@ -416,6 +358,8 @@ impl<'a> RingReader<'a> {
     /// is non-empty; if so the caller must keep reading rather than sleep.
     pub fn unmask_and_check(&self) -> Result<bool, RingError> {
         self.set_interrupt_mask(false)?;
+        // Store (mask) → load (write index): see the module docs.
+        fence(Ordering::SeqCst);
         Ok(self.bytes_available()? != 0)
     }
 
@@ -522,22 +466,19 @@ impl<'a> RingReader<'a> {
         }
         let (data_size, published, read_index) =
             (self.ring.data_size, self.published, self.read_index);
-        // One access: the writer's index, ours published, then (after it)
-        // whether the writer waits for space.
-        let (write, signal) = self.ring.with_control(|c| {
-            let write = c.load(RING_WRITE_INDEX_OFFSET)?;
-            hw::validate_ring_index(write, data_size)?;
-            c.store(RING_READ_INDEX_OFFSET, read_index)?;
-            let pending = c.load(RING_PENDING_SEND_SIZE_OFFSET)?;
-            let features = RingFeatures::from_bits(U32::new(c.load(RING_FEATURE_BITS_OFFSET)?));
-            // Free space as the writer sees it, before and after.
-            let free_before = hw::ring_bytes_free(published, write, data_size);
-            let free_after = hw::ring_bytes_free(read_index, write, data_size);
-            Ok((
-                write,
-                hw::should_signal_after_read(features, pending, free_before, free_after),
-            ))
-        })?;
+        // The writer's index, ours published, then (after it) whether the
+        // writer waits for space.
+        let ring = &self.ring;
+        let write = ring.load_index(RING_WRITE_INDEX_OFFSET)?;
+        ring.store(RING_READ_INDEX_OFFSET, read_index)?;
+        // Store (read index) → load (pending size): see the module docs.
+        fence(Ordering::SeqCst);
+        let pending = ring.load(RING_PENDING_SEND_SIZE_OFFSET)?;
+        let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));
+        // Free space as the writer sees it, before and after.
+        let free_before = hw::ring_bytes_free(published, write, data_size);
+        let free_after = hw::ring_bytes_free(read_index, write, data_size);
+        let signal = hw::should_signal_after_read(features, pending, free_before, free_after);
         self.published = read_index;
         self.write_seen = write;
         Ok(signal)
@@ -717,6 +658,16 @@ impl<'a> RingWriter<'a> {
             needed.saturating_add(reserved),
         )?;
         self.pending = true;
+        // Store (pending size) → load (read index): see the module docs. A
+        // reader that freed space before seeing our pending size will not
+        // signal, so look once more.
+        fence(Ordering::SeqCst);
+        self.read_seen = self.ring.load_index(RING_READ_INDEX_OFFSET)?;
+        let free = hw::ring_bytes_free(self.read_seen, self.write_index, self.ring.data_size);
+        let usable = free.saturating_sub(reserved);
+        if usable > needed {
+            return Ok(());
+        }
         Err(RingError::Full {
             needed,
             free: usable,
@@ -799,14 +750,12 @@ impl<'a> RingWriter<'a> {
             return Ok(WriteOutcome { signal: false });
         }
         let (old, pos) = (self.published, self.write_index);
-        // One access: the write index, then the read index and mask.
-        let (read_now, mask) = self.ring.with_control(|c| {
-            c.store(RING_WRITE_INDEX_OFFSET, pos)?;
-            Ok((
-                c.load(RING_READ_INDEX_OFFSET)?,
-                c.load(RING_INTERRUPT_MASK_OFFSET)?,
-            ))
-        })?;
+        // The write index, then the read index and mask.
+        self.ring.store(RING_WRITE_INDEX_OFFSET, pos)?;
+        // Store (write index) → load (mask): see the module docs.
+        fence(Ordering::SeqCst);
+        let read_now = self.ring.load(RING_READ_INDEX_OFFSET)?;
+        let mask = self.ring.load(RING_INTERRUPT_MASK_OFFSET)?;
         self.published = pos;
         if hw::validate_ring_index(read_now, self.ring.data_size).is_ok() {
             self.read_seen = read_now;

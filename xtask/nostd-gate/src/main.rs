@@ -41,7 +41,7 @@ use core::future::Future;
 use core::pin::pin;
 use core::task::{Context, Poll, Waker};
 use parastor_core::ram::RamDisk;
-use parastor_core::{Disk, GuestMemory, InitiatorId, RamGuestMemory, SgList};
+use parastor_core::{Disk, Gpa, GuestMemory, InitiatorId, RamGuestMemory, SgList};
 use parastor_hw::scsi::{Command, ScsiStatus, parse_cdb};
 use parastor_hw::storvsp::SCSI_INTERFACE_ID;
 use parastor_scsi::{DiskParams, ScsiDisk, SenseDelivery};
@@ -74,7 +74,7 @@ enum Failure {
     OutOfRange = 3,
     /// Never-written guest memory did not read as zero.
     NotZero = 4,
-    /// `GuestMemory::fill` did not fill.
+    /// `GuestMemory::fill_at` did not fill.
     Fill = 5,
     /// A VMBus ring pair could not be laid out in guest memory.
     Rings = 6,
@@ -112,33 +112,33 @@ fn check() -> Result<(), Failure> {
     let pattern: Vec<u8> = (0..2000u32)
         .map(|i| (i as u8).wrapping_mul(31) ^ seed)
         .collect();
-    let gpa = 64 * 1024 - 1000;
+    let gpa = Gpa::new(64 * 1024 - 1000);
     let mut back = vec![0u8; pattern.len()];
-    if memory.write(gpa, &pattern).is_err()
-        || memory.read(gpa, &mut back).is_err()
+    if memory.write_at(gpa, &pattern).is_err()
+        || memory.read_at(gpa, &mut back).is_err()
         || back != pattern
     {
         return Err(Failure::RoundTrip);
     }
 
     let mut one = [0u8; 1];
-    if memory.read(GUEST_SIZE, &mut one).is_ok() || memory.write(GUEST_SIZE - 1, &[0, 0]).is_ok() {
+    if memory.read_at(Gpa::new(GUEST_SIZE), &mut one).is_ok() || memory.write_at(Gpa::new(GUEST_SIZE - 1), &[0, 0]).is_ok() {
         return Err(Failure::OutOfRange);
     }
 
     let mut head = [0xffu8; 64];
-    if memory.read(0, &mut head).is_err() || head.iter().any(|&b| b != 0) {
+    if memory.read_at(Gpa::ZERO, &mut head).is_err() || head.iter().any(|&b| b != 0) {
         return Err(Failure::NotZero);
     }
 
-    if memory.fill(100, 64, 0xa5).is_err()
-        || memory.read(100, &mut head).is_err()
+    if memory.fill_at(Gpa::new(100), 64, 0xa5).is_err()
+        || memory.read_at(Gpa::new(100), &mut head).is_err()
         || head.iter().any(|&b| b != 0xa5)
     {
         return Err(Failure::Fill);
     }
 
-    if parastor_vmbus::init_ring_pair(&memory, 0, 8192).is_err() {
+    if parastor_vmbus::init_ring_pair(&memory, Gpa::ZERO, 8192).is_err() {
         return Err(Failure::Rings);
     }
 

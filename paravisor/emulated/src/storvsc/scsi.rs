@@ -10,6 +10,7 @@
 //! the lean one ([`Storvsc::submit`]).
 
 use super::{Direction, Host, Reply, Slot, Storvsc, StorvscError};
+use parastor_core::Gpa;
 use parastor_core::GpaRange;
 use parastor_hw::scsi::{ScsiOp, ScsiStatus, SenseData, SenseKey};
 use parastor_hw::storvsp::{NtStatus, SENSE_BUFFER_SIZE, SrbStatus, SrbStatusAndFlags};
@@ -160,7 +161,7 @@ impl TestState {
     pub(super) fn new(area: GpaRange) -> Self {
         Self {
             area,
-            next: area.gpa,
+            next: area.gpa.get(),
             pending: BTreeMap::new(),
             luns: Vec::new(),
             unit_attentions: 0,
@@ -252,7 +253,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
             })?;
         let len = srb.data.len();
         if self.test.pending.is_empty() {
-            self.test.next = self.test.area.gpa;
+            self.test.next = self.test.area.gpa.get();
         }
         // Each segment at a fresh page plus a small offset.
         let mut segments = Vec::new();
@@ -264,13 +265,13 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
             let n = cuts.next().unwrap_or(left).min(left);
             let gpa = self.test.next.next_multiple_of(PAGE) + (k * 8) % 64;
             self.test.next = gpa + n as u64;
-            if self.test.next > end {
+            if self.test.next > end.get() {
                 return Err(StorvscError::Scsi(format!(
                     "the data area ({:#x} bytes) is too small for the requests in flight",
                     self.test.area.len
                 )));
             }
-            segments.push(GpaRange::new(gpa, n as u64));
+            segments.push(GpaRange::new(Gpa::new(gpa), n as u64));
             left -= n;
             k += 1;
         }
@@ -278,8 +279,8 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         for s in &segments {
             let n = s.len as usize;
             match srb.data {
-                Data::Out(d) => self.mem.write(s.gpa, &d[at..at + n])?,
-                _ => self.mem.fill(s.gpa, n, 0xCC)?,
+                Data::Out(d) => self.mem.write_at(s.gpa, &d[at..at + n])?,
+                _ => self.mem.fill_at(s.gpa, n, 0xCC)?,
             }
             at += n;
         }
@@ -319,7 +320,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         if p.data_in {
             for s in &p.segments {
                 let mut b = vec![0u8; s.len as usize];
-                self.mem.read(s.gpa, &mut b)?;
+                self.mem.read_at(s.gpa, &mut b)?;
                 data.extend_from_slice(&b);
             }
         }

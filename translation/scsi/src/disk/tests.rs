@@ -6,8 +6,8 @@ use futures::executor::block_on;
 use parastor_core::GpaRange;
 use parastor_core::ram::RamDisk;
 use parastor_core::{
-    GuestMemory, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind, RamGuestMemory,
-    ReservationsDisk,
+    Denied, Gpa, GuestMemory, IoError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind,
+    RamGuestMemory, ReservationsDisk,
 };
 use parastor_hw::scsi::{
     MaintenanceIn, PrInAction, PrOutAction, ProtocolId, ScsiOp, ScsiStatus, ServiceActionIn,
@@ -58,10 +58,10 @@ pub(crate) fn with_buffer(
     let mut buf = vec![0xEEu8; len];
     let n = out.len().min(len);
     buf[..n].copy_from_slice(&out[..n]);
-    mem.write(GPA, &buf).unwrap();
-    let ranges = [GpaRange::new(GPA, len as u64)];
+    mem.write_at(Gpa::new(GPA), &buf).unwrap();
+    let ranges = [GpaRange::new(Gpa::new(GPA), len as u64)];
     let r = exec(SgList::new(mem, &ranges, true).unwrap());
-    mem.read(GPA, &mut buf).unwrap();
+    mem.read_at(Gpa::new(GPA), &mut buf).unwrap();
     (r, buf)
 }
 
@@ -658,7 +658,7 @@ fn transfer_limit_is_the_smaller_of_disk_and_transport() {
         rw16(ScsiOp::VERIFY16.get(), 0x02, 0, 129).to_vec(),
     ] {
         expect_sense(&e, &cdb, &pattern(len, 1), len, INVALID_CDB);
-        let ranges = [GpaRange::new(GPA, len as u64)];
+        let ranges = [GpaRange::new(Gpa::new(GPA), len as u64)];
         let sg = SgList::new(&e.mem, &ranges, true).unwrap();
         if let Some(r) = e.scsi.execute_now(&cdb, &sg, A, e.delivery) {
             assert_eq!(sense_of(&r), INVALID_CDB, "{cdb:02x?}");
@@ -1070,7 +1070,7 @@ fn autosense_is_not_reported_again() {
     );
     assert_eq!(sense_as(&e, A), (0, 0, 0));
     // The same through the in-place path.
-    let ranges = [GpaRange::new(GPA, 512)];
+    let ranges = [GpaRange::new(Gpa::new(GPA), 512)];
     let sg = SgList::new(&e.mem, &ranges, true).unwrap();
     let r = e
         .scsi
@@ -1654,16 +1654,40 @@ fn unit_attention_once_after_resize() {
 #[test]
 fn error_table() {
     let io = |kind| DiskError::Io(IoError::new(kind, 5));
-    let mem = DiskError::MemoryAccess(MemoryError {
-        gpa: 0,
-        len: 1,
-        kind: MemoryErrorKind::OutOfRange,
-    });
+    let mem = |kind| DiskError::MemoryAccess(MemoryError::new(Gpa::new(0x1000), 1, kind));
     type Case = (DiskError, u8, Option<(u8, u8, u8)>);
     let cases: Vec<Case> = vec![
         (DiskError::IllegalBlock, 2, Some(LBA_RANGE)),
         (DiskError::InvalidInput("x"), 2, Some(INVALID_CDB)),
-        (mem, 2, Some(INVALID_CDB)),
+        (mem(MemoryErrorKind::OutOfRange), 2, Some(INVALID_CDB)),
+        (mem(MemoryErrorKind::Misaligned), 2, Some(INVALID_CDB)),
+        (mem(MemoryErrorKind::WriteProtected), 2, Some(INVALID_CDB)),
+        (mem(MemoryErrorKind::BeyondBuffer), 2, Some(INVALID_CDB)),
+        (
+            mem(MemoryErrorKind::Inaccessible(Denied::Unmapped)),
+            2,
+            Some(INVALID_CDB),
+        ),
+        (
+            mem(MemoryErrorKind::Inaccessible(Denied::Private)),
+            2,
+            Some(INVALID_CDB),
+        ),
+        (
+            mem(MemoryErrorKind::Inaccessible(Denied::Shared)),
+            2,
+            Some(INVALID_CDB),
+        ),
+        (
+            mem(MemoryErrorKind::Inaccessible(Denied::VtlProtected)),
+            2,
+            Some(INVALID_CDB),
+        ),
+        (
+            mem(MemoryErrorKind::Inaccessible(Denied::Fault)),
+            2,
+            Some((4, 0x44, 0)),
+        ),
         (io(IoErrorKind::DeviceFailed), 2, Some((4, 0x44, 0))),
         (io(IoErrorKind::TimedOut), 2, Some((0xB, 0x3E, 2))),
         (io(IoErrorKind::NotReady), 2, Some((2, 0x04, 0))),
@@ -1721,7 +1745,7 @@ fn error_table() {
 fn execute_future_is_send() {
     fn assert_send<T: Send>(_: &T) {}
     let e = env();
-    let ranges = [GpaRange::new(GPA, 512)];
+    let ranges = [GpaRange::new(Gpa::new(GPA), 512)];
     let sg = SgList::new(&e.mem, &ranges, true).unwrap();
     let fut = e.scsi.execute(&[0; 6], sg, A, SenseDelivery::Autosense);
     assert_send(&fut);
@@ -1831,8 +1855,8 @@ fn compare_and_write_excludes_overlapping_writes_only() {
     // Buffers of the commands kept pending sit away from the one `e.ok`
     // reuses.
     const PENDING: u64 = GPA + (1 << 20);
-    e.mem.write(PENDING, &data).unwrap();
-    let ranges = [GpaRange::new(PENDING, 512)];
+    e.mem.write_at(Gpa::new(PENDING), &data).unwrap();
+    let ranges = [GpaRange::new(Gpa::new(PENDING), 512)];
     let sg = || SgList::new(&e.mem, &ranges, true).unwrap();
     // While a COMPARE AND WRITE holds LBA 0, a write there waits...
     let guard = block_on(e.scsi.ranges.exclusive(0, 1));
@@ -1855,8 +1879,8 @@ fn compare_and_write_excludes_overlapping_writes_only() {
     let held = block_on(e.scsi.ranges.shared(0, 4));
     let mut cw = data.clone();
     cw.extend_from_slice(&pattern(512, 31));
-    e.mem.write(PENDING, &cw).unwrap();
-    let caw_ranges = [GpaRange::new(PENDING, 1024)];
+    e.mem.write_at(Gpa::new(PENDING), &cw).unwrap();
+    let caw_ranges = [GpaRange::new(Gpa::new(PENDING), 1024)];
     let caw_sg = SgList::new(&e.mem, &caw_ranges, true).unwrap();
     let cdb = caw(0, 1);
     let mut c = pin!(e.scsi.execute(&cdb, caw_sg, A, e.delivery));
@@ -1876,8 +1900,8 @@ fn cancelled_compare_and_write_releases_nothing_it_did_not_hold() {
     let e = env();
     let mut cx = Context::from_waker(futures::task::noop_waker_ref());
     let held = block_on(e.scsi.ranges.shared(0, 1));
-    e.mem.write(GPA, &[0; 1024]).unwrap();
-    let ranges = [GpaRange::new(GPA, 1024)];
+    e.mem.write_at(Gpa::new(GPA), &[0; 1024]).unwrap();
+    let ranges = [GpaRange::new(Gpa::new(GPA), 1024)];
     let sg = SgList::new(&e.mem, &ranges, true).unwrap();
     let cdb = caw(0, 1);
     let mut c = alloc::boxed::Box::pin(e.scsi.execute(&cdb, sg, A, e.delivery));
@@ -1953,15 +1977,17 @@ fn execute_now_matches_execute_with(delivery: SenseDelivery) {
     let later = Env { delivery, ..env() };
     let data = pattern(8 * 512, 40);
     let run_now = |e: &Env, cdb: &[u8], len: usize| {
-        e.mem.write(GPA, &data[..len.min(data.len())]).unwrap();
-        let ranges = [GpaRange::new(GPA, len as u64)];
+        e.mem
+            .write_at(Gpa::new(GPA), &data[..len.min(data.len())])
+            .unwrap();
+        let ranges = [GpaRange::new(Gpa::new(GPA), len as u64)];
         let sg = SgList::new(&e.mem, &ranges, true).unwrap();
         let r = e
             .scsi
             .execute_now(cdb, &sg, A, e.delivery)
             .expect("a READ or WRITE runs now");
         let mut buf = vec![0u8; len];
-        e.mem.read(GPA, &mut buf).unwrap();
+        e.mem.read_at(Gpa::new(GPA), &mut buf).unwrap();
         (r, buf)
     };
     let cases: Vec<(Vec<u8>, usize)> = vec![
@@ -1981,7 +2007,7 @@ fn execute_now_matches_execute_with(delivery: SenseDelivery) {
     for (cdb, len) in &cases {
         later
             .mem
-            .write(GPA, &data[..(*len).min(data.len())])
+            .write_at(Gpa::new(GPA), &data[..(*len).min(data.len())])
             .unwrap();
         let want = later.run_as(A, cdb, &data[..(*len).min(data.len())], *len);
         let got = run_now(&now, cdb, *len);
@@ -1996,7 +2022,7 @@ fn execute_now_matches_execute_with(delivery: SenseDelivery) {
     }
     assert_eq!(now.read(3, 8), data);
     // Other commands are declined, and nothing happens.
-    let ranges = [GpaRange::new(GPA, 512)];
+    let ranges = [GpaRange::new(Gpa::new(GPA), 512)];
     let sg = SgList::new(&now.mem, &ranges, true).unwrap();
     for cdb in [
         vec![ScsiOp::TEST_UNIT_READY.get(), 0, 0, 0, 0, 0],
@@ -2048,7 +2074,7 @@ fn mostly_outside_memory(
     exec: impl FnOnce(SgList<'_>) -> ScsiResult,
 ) -> ScsiResult {
     assert!(len > e.mem.size());
-    let ranges = [GpaRange::new(GPA, len)];
+    let ranges = [GpaRange::new(Gpa::new(GPA), len)];
     exec(SgList::new(&e.mem, &ranges, true).unwrap())
 }
 
@@ -2077,7 +2103,7 @@ fn register_and_move_reads_only_what_it_uses() {
     expect_sense(&e, &c, &p, 48, INVALID_PARAM);
     // A 4 GiB list, nearly all of it outside guest memory.
     let (c, p) = mv(u32::MAX, 24);
-    e.mem.write(GPA, &p).unwrap();
+    e.mem.write_at(Gpa::new(GPA), &p).unwrap();
     let r = mostly_outside_memory(&e, u32::MAX.into(), |sg| {
         block_on(e.scsi.execute(&c, sg, A, e.delivery))
     });
@@ -2109,7 +2135,7 @@ fn verify_stages_its_buffer_by_chunk() {
         delivery: SenseDelivery::RequestSense,
     };
     let blocks = u32::MAX / SS;
-    e.mem.write(GPA + 100, &[1]).unwrap();
+    e.mem.write_at(Gpa::new(GPA + 100), &[1]).unwrap();
     let r = mostly_outside_memory(&e, u64::from(blocks) * u64::from(SS), |sg| {
         block_on(e.scsi.execute(
             &rw16(ScsiOp::VERIFY16.get(), 0x02, 0, blocks),
@@ -2137,7 +2163,7 @@ fn run_now_declines_a_command_waiting_for_a_range() {
     ));
     let lun = crate::Lun::Disk(scsi.clone());
     let mem = RamGuestMemory::new(64 << 10);
-    let ranges = [GpaRange::new(GPA, 1024)];
+    let ranges = [GpaRange::new(Gpa::new(GPA), 1024)];
     let sg = SgList::new(&mem, &ranges, true).unwrap();
     let d = SenseDelivery::Autosense;
     let write = rw10(ScsiOp::WRITE10.get(), 0, 0, 1);
@@ -2158,8 +2184,8 @@ fn run_now_declines_a_command_waiting_for_a_range() {
     assert_eq!(lun.run_now(&cmp, &sg, A, d), None);
     // The buffer holds the block just written twice: the compare matches.
     let mut block = vec![0u8; 512];
-    mem.read(GPA, &mut block).unwrap();
-    mem.write(GPA + 512, &block).unwrap();
+    mem.read_at(Gpa::new(GPA), &mut block).unwrap();
+    mem.write_at(Gpa::new(GPA + 512), &block).unwrap();
     assert_eq!(
         block_on(lun.execute(&cmp, sg, A, d)),
         ScsiResult::good(1024)

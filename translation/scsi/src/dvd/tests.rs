@@ -4,6 +4,7 @@ use super::*;
 use crate::disk::tests::{rw10, with_buffer};
 use alloc::vec;
 use futures::executor::block_on;
+use parastor_core::Gpa;
 use parastor_core::ram::RamDisk;
 use parastor_core::{GpaRange, GuestMemory, RamGuestMemory};
 use parastor_hw::scsi::mmc::MediaEventCode;
@@ -22,10 +23,10 @@ struct Env {
 fn medium(ss: u32, blocks: u64) -> (RamDisk, Disk) {
     let ram = RamDisk::new(blocks * BLOCK, ss).unwrap();
     let disk = Disk::new(ram.clone()).unwrap();
-    let ranges = [GpaRange::new(0, blocks * BLOCK)];
+    let ranges = [GpaRange::new(Gpa::new(0), blocks * BLOCK)];
     let mem = parastor_core::LocalMemory::new((blocks * BLOCK) as usize);
     let bytes = pattern((blocks * BLOCK) as usize, 7);
-    mem.write(0, &bytes).unwrap();
+    mem.write_at(Gpa::new(0), &bytes).unwrap();
     let one = [ranges[0]];
     block_on(disk.write(SgList::local(&mem, &one, false), 0, IoOptions::default())).unwrap();
     (ram, disk)
@@ -295,7 +296,7 @@ fn lba_scaling_over_512_and_1024_byte_backends() {
         // The backend's own bytes at sectors 5 * 2048 / ss ...
         let backend = Disk::new(ram).unwrap();
         let mem = parastor_core::LocalMemory::new(3 * 2048);
-        let r = [GpaRange::new(0, 3 * 2048)];
+        let r = [GpaRange::new(Gpa::new(0), 3 * 2048)];
         block_on(backend.read(
             SgList::local(&mem, &r, true),
             5 * u64::from(2048 / ss),
@@ -303,7 +304,7 @@ fn lba_scaling_over_512_and_1024_byte_backends() {
         ))
         .unwrap();
         let mut want = vec![0u8; 3 * 2048];
-        mem.read(0, &mut want).unwrap();
+        mem.read_at(Gpa::new(0), &mut want).unwrap();
         assert_eq!(got, want, "ss {ss}");
         assert_eq!(got, pattern(16 * 2048, 7)[5 * 2048..8 * 2048]);
     }
