@@ -2216,3 +2216,53 @@ fn a_closed_channel_drains_before_it_ends() {
     g.host_mut().close();
     assert_eq!(g.host_mut().process(), Err(StorvspError::Closed));
 }
+
+#[test]
+fn an_owned_worker_is_built_here_and_runs_on_another_thread() {
+    fn send_static<T: Send + 'static>(t: T) -> T {
+        t
+    }
+    let vm = vm(ControllerConfig::default());
+    attach(&vm, 0, 64);
+    // Built on this thread, borrowing nothing from the VM.
+    let mut worker = send_static(vm.owned_primary_worker(0).unwrap());
+    let signals = send_static(vm.host_signals(0).unwrap());
+    let host = std::thread::spawn(move || {
+        let e = futures::executor::block_on(worker.run(&*signals.from_peer));
+        (e, worker.is_drained())
+    });
+    let mut g = vm
+        .remote_guest(GuestConfig::new(Profile::LinuxCurrent))
+        .unwrap();
+    g.negotiate().unwrap();
+    for tag in 1..20u16 {
+        let req = g.scsi_request(0, &read10(tag.into(), 1), Direction::In, 512);
+        g.submit(tag, 0, &req, &[GpaRange::new(Gpa::new(DATA), 512)])
+            .unwrap();
+        g.flush().unwrap();
+        let r = g.wait_tag(tag).unwrap();
+        assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
+    }
+    g.channel_mut(0)
+        .unwrap()
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            99,
+            &[0xEE; 16],
+        )
+        .unwrap();
+    let (e, drained) = join_within(host, Duration::from_secs(5));
+    assert!(
+        matches!(
+            e,
+            StorvspError::Packet {
+                transaction_id: 99,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(drained);
+}

@@ -12,7 +12,7 @@ use parastor_core::Gpa;
 use parastor_core::{GpaRange, GuestMem, RamGuestMemory};
 use parastor_hw::vmbus::RingFeatures;
 use parastor_storvsp::{Controller, StorvspChannel};
-use parastor_vmbus::{Channel, RingRegion, Signal};
+use parastor_vmbus::{Channel, ChannelSignals, RingRegion, Signal};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,8 +54,8 @@ pub struct StorvspVm {
     mem: Arc<RamGuestMemory>,
     controller: Arc<Controller>,
     rings: Vec<(RingRegion, RingRegion)>,
-    to_host: Vec<Signal>,
-    to_guest: Vec<Signal>,
+    to_host: Vec<Arc<Signal>>,
+    to_guest: Vec<Arc<Signal>>,
     data: GpaRange,
 }
 
@@ -98,8 +98,8 @@ impl StorvspVm {
             mem,
             controller,
             rings,
-            to_host: (0..n).map(|_| Signal::new()).collect(),
-            to_guest: (0..n).map(|_| Signal::new()).collect(),
+            to_host: (0..n).map(|_| Arc::new(Signal::new())).collect(),
+            to_guest: (0..n).map(|_| Arc::new(Signal::new())).collect(),
             data: GpaRange::new(Gpa::new(data_start), size - data_start),
         }
     }
@@ -137,12 +137,21 @@ impl StorvspVm {
 
     /// The signal channel `i`'s guest raises for the host.
     pub fn to_host(&self, i: usize) -> Option<&Signal> {
-        self.to_host.get(i)
+        self.to_host.get(i).map(|s| &**s)
     }
 
     /// The signal channel `i`'s host raises for the guest.
     pub fn to_guest(&self, i: usize) -> Option<&Signal> {
-        self.to_guest.get(i)
+        self.to_guest.get(i).map(|s| &**s)
+    }
+
+    /// Channel `i`'s signals as its host-side worker owns them: to the
+    /// guest, and from it.
+    pub fn host_signals(&self, i: usize) -> Option<ChannelSignals> {
+        Some(ChannelSignals::new(
+            self.to_guest.get(i)?.clone(),
+            self.to_host.get(i)?.clone(),
+        ))
     }
 
     /// Guest memory free for data buffers (after the rings).
@@ -170,7 +179,7 @@ impl StorvspVm {
             &*self.mem,
             incoming,
             outgoing,
-            &self.to_host[i],
+            &*self.to_host[i],
         )?)
     }
 
@@ -183,8 +192,34 @@ impl StorvspVm {
             &*self.mem,
             incoming,
             outgoing,
-            &self.to_guest[i],
+            &*self.to_guest[i],
         )?)
+    }
+
+    /// The host's endpoint of channel `i`, owning a share of the guest
+    /// memory and its signal to the guest: it borrows nothing from the VM.
+    pub fn owned_host_channel(&self, i: usize) -> Result<Channel<'static>, StorvscError> {
+        let (incoming, outgoing) = self
+            .rings(i)
+            .ok_or(StorvscError::BadChannel { channel: i })?;
+        Ok(Channel::host_owned(
+            self.shared_memory(),
+            incoming,
+            outgoing,
+            self.to_guest[i].clone(),
+        )?)
+    }
+
+    /// A StorVSP worker serving channel `i` as the controller's primary
+    /// channel, owning what it uses (`'static + Send`): it can be built
+    /// here and moved to another thread. Drive it with
+    /// [`StorvspChannel::run`] on [`StorvspVm::host_signals`]'s
+    /// `from_peer`.
+    pub fn owned_primary_worker(&self, i: usize) -> Result<StorvspChannel<'static>, StorvscError> {
+        Ok(StorvspChannel::primary(
+            self.controller.clone(),
+            self.owned_host_channel(i)?,
+        ))
     }
 
     /// A StorVSP worker serving channel `i` as the controller's primary

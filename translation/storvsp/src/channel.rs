@@ -8,7 +8,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use core::task::{Context, Poll, Waker};
-use parastor_core::{DiskError, GpaRange, GuestMemory, SgList};
+use parastor_core::{DiskError, GpaRange, SgList};
 use parastor_hw::scsi::{
     AdditionalSense, CdbError, InquiryCdb, InquiryData, InquiryFlags3, Peripheral,
     PeripheralDeviceType, PeripheralQualifier, ReportLuns, ScsiOp, ScsiStatus, SenseData,
@@ -19,7 +19,9 @@ use parastor_hw::storvsp::{
     SrbStatusAndFlags, Version, parse_packet,
 };
 use parastor_scsi::{Lun, ScsiResult, SenseDelivery, disk_error_result};
-use parastor_vmbus::{Channel, OutgoingKind, PacketKind, PacketRef, Reservation, RingError, Wait};
+use parastor_vmbus::{
+    Channel, ChannelMemory, OutgoingKind, PacketKind, PacketRef, Reservation, RingError, Wait,
+};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// Passes [`StorvspChannel::run`] makes in one poll before it wakes
@@ -53,6 +55,10 @@ fn reply_len(packet: &PacketRef) -> usize {
 /// [`StorvspChannel::process`]. Dropping a worker whose requests are still
 /// running detaches them (see [`parastor_core::DiskIo`] on dropped
 /// futures): close it and drive it until drained first.
+///
+/// A worker over a [`Channel`] that owns its memory and signal
+/// ([`Channel::host_owned`]) is a `StorvspChannel<'static>` and `Send`:
+/// it can be built on the controller's thread and moved to its CPU's.
 ///
 /// Requests in flight are explicit records ([`RequestRecord`]) in slots
 /// sized to the queue depth, allocated when the channel opens; each slot's
@@ -651,11 +657,24 @@ impl<'a> StorvspChannel<'a> {
             lun: command.path,
             reservation,
         });
-        let Some(index) = taken else {
-            unreachable!("a packet is taken only while a request slot is free")
+        let index = match taken {
+            Ok(index) => index,
+            // Packets are taken only while a slot is free; should that ever
+            // not hold, the guest hears "busy" and retries.
+            Err(request) => {
+                return complete_srb(
+                    &mut self.channel,
+                    &self.controller,
+                    request.reservation,
+                    transaction_id,
+                    reply_len,
+                    &request.srb,
+                    SrbAnswer::Srb(SrbStatus::BUSY),
+                );
+            }
         };
         let ranges = self.slots.lend_ranges(index);
-        let mem = self.channel.memory();
+        let mem = self.channel.memory().clone();
         let future = SlotFuture::from_or_box(run_command(mem, command, ranges));
         match self.slots.start(index, future) {
             Some(answer) => self.finish(index, answer),
@@ -697,7 +716,7 @@ impl<'a> StorvspChannel<'a> {
         let len = request.data_transfer_length.get() as usize;
         // The device writes guest memory unless this is a write.
         let writable = request.data_in != DataDirection::WRITE;
-        let mem = self.channel.memory();
+        let mem = &**self.channel.memory();
         let ranges = packet.ranges();
         let Ok(sg) = SgList::new(mem, ranges, writable).and_then(|sg| sg.subrange(0, len)) else {
             // The ranges are shorter than the transfer the guest asked for.
@@ -778,7 +797,7 @@ pub(crate) struct Command {
 /// Runs `command` on its LUN over `ranges` of `mem`; hands `ranges` back
 /// with the outcome (`None`: the data buffer could not be built).
 pub(crate) async fn run_command(
-    mem: &dyn GuestMemory,
+    mem: ChannelMemory<'_>,
     command: Command,
     ranges: Vec<GpaRange>,
 ) -> SlotOutput {
@@ -792,7 +811,7 @@ pub(crate) async fn run_command(
         delivery,
         ..
     } = command;
-    let result = match SgList::new(mem, &ranges, writable).and_then(|sg| sg.subrange(0, len)) {
+    let result = match SgList::new(&*mem, &ranges, writable).and_then(|sg| sg.subrange(0, len)) {
         Ok(sg) => Some(disk.execute(&cdb[..cdb_len], sg, initiator, delivery).await),
         Err(_) => None,
     };

@@ -243,9 +243,12 @@ impl<'a> Slots<'a> {
             .any(|w| w.load(Ordering::Acquire) != 0)
     }
 
-    /// Takes a free slot for `req`, `Queued`. `None` if all are busy.
-    pub(crate) fn take(&mut self, req: NewRequest<'_>) -> Option<usize> {
-        let index = self.free.pop()?;
+    /// Takes a free slot for `req`, `Queued`; gives `req` back if all are
+    /// busy.
+    pub(crate) fn take<'p>(&mut self, req: NewRequest<'p>) -> Result<usize, NewRequest<'p>> {
+        let Some(index) = self.free.pop() else {
+            return Err(req);
+        };
         let slot = &mut self.slots[index];
         slot.busy = true;
         let r = &mut slot.record;
@@ -257,7 +260,7 @@ impl<'a> Slots<'a> {
         r.lun = req.lun;
         r.reservation = Some(req.reservation);
         r.phase = Phase::Queued;
-        Some(index)
+        Ok(index)
     }
 
     /// Lends slot `index`'s ranges vector, filled with its request's

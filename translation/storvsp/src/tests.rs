@@ -304,7 +304,11 @@ fn command_futures_fit_their_slot() {
             delivery: SenseDelivery::Autosense,
             path: ScsiPath::new(0, 0, 0),
         };
-        let future = run_command(&mem, command, alloc::vec::Vec::new());
+        let future = run_command(
+            parastor_vmbus::ChannelMemory::Borrowed(&mem),
+            command,
+            alloc::vec::Vec::new(),
+        );
         let size = core::mem::size_of_val(&future);
         // Larger would box every request's future (an allocation each).
         assert!(
@@ -337,6 +341,7 @@ fn a_drain_frees_queued_requests_and_keeps_submitted_ones() {
                 lun: ScsiPath::new(0, 0, 1),
                 reservation,
             })
+            .ok()
             .unwrap()
     };
     let queued = take(&mut slots, 7);

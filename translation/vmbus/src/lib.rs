@@ -38,8 +38,8 @@ pub mod signal;
 mod tests;
 
 pub use channel::{
-    Channel, ChannelError, GPA_DIRECT_INLINE_LEN, GpaDirectRange, INLINE_PAYLOAD_LEN,
-    INLINE_RANGES, OutgoingKind, Packet, PacketHead, PacketKind, PacketRef,
+    Channel, ChannelError, ChannelMemory, GPA_DIRECT_INLINE_LEN, GpaDirectRange,
+    INLINE_PAYLOAD_LEN, INLINE_RANGES, OutgoingKind, Packet, PacketHead, PacketKind, PacketRef,
 };
 pub use ring::{
     OutgoingPacket, PacketHeader, Reservation, RingError, RingReader, RingRegion, RingWriter,
