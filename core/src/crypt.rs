@@ -29,6 +29,13 @@
 //!   guest (or host) may change under it. Requests larger than one staging
 //!   piece are processed piece by piece, in order. Released staging
 //!   buffers are reused, so the steady state allocates nothing.
+//! - The staging budget is never exceeded. A disk that really waits waits
+//!   for room in it (first come, first served); an inline stack, which
+//!   must not wait, tries staging for the whole piece, then for a
+//!   64 KiB piece, and otherwise fails the request with
+//!   [`DiskError::Busy`] (SCSI TASK SET FULL, StorVSP `SRB_STATUS_BUSY`:
+//!   the guest retries). Sized at least one piece per worker, the budget
+//!   makes Busy unreachable in the steady state.
 //! - **Writes** never modify the guest's buffer (the [`Disk`] handle passes
 //!   it read-only): the data is copied out of guest memory 4 KiB at a time
 //!   into staging and enciphered there, then written to the inner disk.
@@ -58,7 +65,7 @@ mod xts;
 
 pub use xts::Xts256;
 
-use crate::bounce::{BounceBuffer, BouncePool};
+use crate::bounce::{AcquireError, BounceBuffer, BouncePool};
 use crate::disk::{Disk, DiskIo, IoOptions, UnmapBehavior};
 use crate::drive;
 use crate::error::{DiskError, MemoryError};
@@ -78,6 +85,10 @@ pub const DEFAULT_STAGING_BUDGET: usize = 4 << 20;
 /// buffer (reads) is still in the L2 cache when the next step touches it.
 /// Disks that really wait get one inner request per staging budget.
 const INLINE_PIECE: usize = 256 << 10;
+
+/// The smaller piece an inline stack tries when staging for a whole piece
+/// is not free, before answering [`DiskError::Busy`].
+const FALLBACK_PIECE: usize = 64 << 10;
 
 /// The cipher the decorator uses, for display.
 const CIPHER_NAME: &str = "xts-aes-256";
@@ -185,17 +196,20 @@ impl CryptDisk {
         let xts = Xts256::new(key)?;
         let sector = inner.sector_size() as usize;
         let budget = (budget / sector).max(1) * sector;
+        let pool = BouncePool::new(budget);
         let inline = inner.completes_inline();
+        // Staging blocks come in power-of-two sizes within the budget.
+        let largest = (pool.max_len() / sector).max(1) * sector;
         let piece = if inline {
-            budget.min((INLINE_PIECE / sector).max(1) * sector)
+            largest.min((INLINE_PIECE / sector).max(1) * sector)
         } else {
-            budget
+            largest
         };
         Ok(CryptDisk {
             xts,
             shift: inner.sector_shift(),
             inline,
-            pool: BouncePool::new(budget),
+            pool,
             piece,
             inner,
         })
@@ -232,22 +246,36 @@ impl CryptDisk {
         })
     }
 
-    /// A staging buffer of `len` bytes. An inline stack must not wait (its
-    /// caller polls once), so under contention it gets a transient buffer
-    /// outside the budget instead.
-    async fn staging(&self, len: usize) -> Result<BounceBuffer, DiskError> {
-        let too_large = |_| DiskError::InvalidInput("staging buffer larger than its budget");
-        if self.inline {
-            if let Some(buf) = self.pool.try_acquire(len).map_err(too_large)? {
-                return Ok(buf);
+    /// A staging buffer for the next piece of a request, `want` bytes
+    /// (a whole number of sectors) or, on an inline stack under contention,
+    /// fewer: the piece is then cut to the buffer's length.
+    ///
+    /// The budget is never exceeded. A stack that really waits waits for
+    /// room (first come, first served). An inline stack must not wait (its
+    /// caller polls once): it tries the whole piece, then a piece of
+    /// [`FALLBACK_PIECE`], and answers [`DiskError::Busy`] if neither is
+    /// free (the frontend's "retry" status).
+    async fn staging(&self, want: usize) -> Result<BounceBuffer, DiskError> {
+        let failed = |e: AcquireError| match e {
+            AcquireError::TooLarge { .. } => {
+                DiskError::InvalidInput("staging piece larger than the staging budget")
             }
-            BouncePool::new(len)
-                .try_acquire(len)
-                .map_err(too_large)?
-                .ok_or(DiskError::InvalidInput("staging buffer unavailable"))
-        } else {
-            self.pool.acquire(len).await.map_err(too_large)
+            AcquireError::Alloc(_) => DiskError::Busy("crypt staging memory unavailable"),
+        };
+        if !self.inline {
+            return self.pool.acquire(want).await.map_err(failed);
         }
+        if let Some(buf) = self.pool.try_acquire(want).map_err(failed)? {
+            return Ok(buf);
+        }
+        let sector = 1usize << self.shift;
+        let small = (FALLBACK_PIECE / sector).max(1) * sector;
+        if small < want
+            && let Some(buf) = self.pool.try_acquire(small).map_err(failed)?
+        {
+            return Ok(buf);
+        }
+        Err(DiskError::Busy("crypt staging budget in use"))
     }
 
     /// Enciphers the guest data `src` (sectors from `lba` on) into the
@@ -294,13 +322,19 @@ struct Pieces<'a> {
 }
 
 impl<'a> Pieces<'a> {
-    /// The next piece, or `None` when the request is done.
-    fn next(&mut self) -> Result<Option<(SgList<'a>, u64)>, DiskError> {
+    /// Bytes of the next piece (0 when the request is done).
+    fn next_len(&self) -> usize {
+        self.rest.len().min(self.piece)
+    }
+
+    /// The next piece, at most `max` bytes (a whole number of sectors), or
+    /// `None` when the request is done.
+    fn next(&mut self, max: usize) -> Result<Option<(SgList<'a>, u64)>, DiskError> {
         if self.rest.is_empty() {
             return Ok(None);
         }
         let bad = |_| DiskError::InvalidInput("request buffer shorter than the request");
-        let len = self.rest.len().min(self.piece);
+        let len = self.next_len().min(max);
         let part = self.rest.subrange(0, len).map_err(bad)?;
         let lba = self.lba;
         self.rest = self
@@ -352,14 +386,16 @@ impl DiskIo for CryptDisk {
     }
     async fn read(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         let mut pieces = self.pieces(buf, sector)?;
-        while let Some((part, lba)) = pieces.next()? {
-            let len = part.len();
-            let staging = self.staging(len).await?;
+        while pieces.next_len() > 0 {
+            let staging = self.staging(pieces.next_len()).await?;
+            let Some((part, lba)) = pieces.next(staging.len())? else {
+                break;
+            };
             let inner = &self.inner;
             drive!(self.inline, inner.read(staging.sg(true), lba, opts))?;
             staging
-                .memory()
-                .with_mut(|v| self.decrypt_into(&mut v[..len], lba, &part))?;
+                .with_private_mut(|v| self.decrypt_into(v, lba, &part))
+                .ok_or(DiskError::InvalidInput("staging memory is not private"))??;
             drop(staging);
         }
         Ok(())
@@ -367,12 +403,14 @@ impl DiskIo for CryptDisk {
 
     async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
         let mut pieces = self.pieces(buf, sector)?;
-        while let Some((part, lba)) = pieces.next()? {
-            let len = part.len();
-            let staging = self.staging(len).await?;
+        while pieces.next_len() > 0 {
+            let staging = self.staging(pieces.next_len()).await?;
+            let Some((part, lba)) = pieces.next(staging.len())? else {
+                break;
+            };
             staging
-                .memory()
-                .with_mut(|v| self.encrypt_from(&part, lba, &mut v[..len]))?;
+                .with_private_mut(|v| self.encrypt_from(&part, lba, v))
+                .ok_or(DiskError::InvalidInput("staging memory is not private"))??;
             let inner = &self.inner;
             let cipher = staging.sg(false);
             drive!(self.inline, inner.write(cipher, lba, opts))?;
@@ -1079,6 +1117,74 @@ mod tests {
         fn sleep(&self, _: Duration) -> BoxFuture<'static, ()> {
             Box::pin(core::future::pending())
         }
+    }
+
+    /// The staging budget is never exceeded. An inline stack whose budget
+    /// is taken answers Busy for reads and writes (nothing written), and
+    /// goes in smaller pieces when only those are free; a stack that
+    /// really waits waits for room, then completes.
+    #[test]
+    fn staging_budget_is_enforced_busy_or_wait() {
+        const BUDGET: usize = 128 << 10;
+        let mut rng = Rng::new(8);
+        let key = rng.key();
+        let inner = ram(1024, 512);
+        let raw = CryptDisk::with_staging_budget(&key, inner.clone(), BUDGET).unwrap();
+        let pool = raw.pool.clone();
+        let disk = Disk::new(raw).unwrap();
+        let mut plain = vec![0u8; BUDGET];
+        rng.fill(&mut plain);
+        let mem = RamGuestMemory::new(BUDGET as u64);
+        mem.write_at(Gpa::new(0), &plain).unwrap();
+        let r = [GpaRange::new(Gpa::new(0), BUDGET as u64)];
+        let write = |disk: &Disk| {
+            let sg = SgList::new(&mem, &r, false).unwrap();
+            block_on(disk.write(sg, 0, IoOptions::default()))
+        };
+        // The whole budget in use: Busy, and the inner disk untouched.
+        let all = pool.try_acquire(BUDGET).unwrap().unwrap();
+        assert!(matches!(write(&disk), Err(DiskError::Busy(_))));
+        assert!(read_vec(&inner, 0, BUDGET).iter().all(|&b| b == 0));
+        let sg = SgList::new(&mem, &r, true).unwrap();
+        assert!(matches!(
+            block_on(disk.read(sg, 0, IoOptions::default())),
+            Err(DiskError::Busy(_))
+        ));
+        drop(all);
+        // Half of it in use: the write goes in 64 KiB pieces.
+        let half = pool.try_acquire(BUDGET / 2).unwrap().unwrap();
+        write(&disk).unwrap();
+        assert!(pool.high_water() <= BUDGET);
+        let mut expect = plain.clone();
+        oracle(&key, &mut expect, 0, 512, true);
+        assert!(read_vec(&inner, 0, BUDGET) == expect);
+        assert!(read_vec(&disk, 0, FALLBACK_PIECE) == plain[..FALLBACK_PIECE]);
+        drop(half);
+        assert!(read_vec(&disk, 0, BUDGET) == plain);
+
+        // A disk that does not complete inline waits for the budget.
+        let delayed = Disk::new(DelayDisk::new(
+            inner.clone(),
+            DelayHandle::new(Duration::ZERO),
+            Arc::new(NoTimer),
+        ))
+        .unwrap();
+        let raw = CryptDisk::with_staging_budget(&key, delayed, BUDGET).unwrap();
+        let pool = raw.pool.clone();
+        let disk = Disk::new(raw).unwrap();
+        let all = pool.try_acquire(BUDGET).unwrap().unwrap();
+        let sg = SgList::new(&mem, &r, false).unwrap();
+        let mut fut = Box::pin(disk.write(sg, 8, IoOptions::default()));
+        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(pool.waiting(), 1);
+        drop(all);
+        assert!(matches!(
+            fut.as_mut().poll(&mut cx),
+            core::task::Poll::Ready(Ok(()))
+        ));
+        assert!(read_vec(&disk, 8, BUDGET) == plain);
+        assert!(pool.high_water() <= BUDGET);
     }
 
     /// Requests larger than the staging budget go in order, in pieces; a

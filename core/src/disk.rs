@@ -211,6 +211,19 @@ pub trait DiskIo: Send + Sync + 'static {
     fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
         None
     }
+    /// Whether this disk's own contents and state survive a restart of
+    /// the service (servicing): true (the default) for disks whose data
+    /// lives outside the process — host block devices, NVMe namespaces,
+    /// files — and for decorators whose state is configuration or is
+    /// saved and restored with the frontend's state (crypt, delay,
+    /// reservations); false for disks whose data lives only in this
+    /// process's memory (RAM disks and RAM layers). Fixed.
+    ///
+    /// A disk answers for itself only: [`Disk::survives_restart`] combines
+    /// it with every child's, so a composite needs no override.
+    fn survives_restart(&self) -> bool {
+        true
+    }
 
     /// Reads `buf.len()` bytes starting at `sector` into `buf`.
     fn read(
@@ -468,6 +481,7 @@ struct Fixed {
     optimal_unmap_sectors: u32,
     inline: bool,
     write_no_overwrite: bool,
+    survives_restart: bool,
 }
 
 struct DiskInner<T: ?Sized> {
@@ -525,6 +539,7 @@ impl Disk {
             unmap_behavior: io.unmap_behavior(),
             optimal_unmap_sectors: io.optimal_unmap_sectors().max(1),
             inline: io.completes_inline(),
+            survives_restart: io.survives_restart(),
             write_no_overwrite: io
                 .as_layer()
                 .is_some_and(|l| l.supports_write_no_overwrite()),
@@ -576,6 +591,36 @@ impl Disk {
     /// Whether every operation completes on its first poll.
     pub fn completes_inline(&self) -> bool {
         self.inner.fixed.inline
+    }
+    /// Whether this disk and every disk below it survive a restart of the
+    /// service ([`DiskIo::survives_restart`]); see
+    /// [`Disk::volatile_part`] for which one does not.
+    pub fn survives_restart(&self) -> bool {
+        self.volatile_part().is_none()
+    }
+    /// The first disk in this stack (this one, then its children, depth
+    /// first) whose contents would not survive a restart of the service:
+    /// its path of child labels from this disk (`""` for this disk itself,
+    /// `"layer 0"`, `"inner/member 1"`) and its kind. `None` when the
+    /// whole stack survives.
+    pub fn volatile_part(&self) -> Option<(String, &'static str)> {
+        if !self.inner.fixed.survives_restart {
+            return Some((String::new(), self.kind()));
+        }
+        self.inner
+            .io
+            .children()
+            .into_iter()
+            .find_map(|(label, child)| {
+                child.volatile_part().map(|(path, kind)| {
+                    let path = if path.is_empty() {
+                        label
+                    } else {
+                        alloc::format!("{label}/{path}")
+                    };
+                    (path, kind)
+                })
+            })
     }
     /// Runs `op` on this disk in place if it [completes
     /// inline](Disk::completes_inline): `Some` of its result, with no future

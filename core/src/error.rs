@@ -39,6 +39,12 @@ pub enum DiskError {
     /// The operation is not supported by this disk (for example persistent
     /// reservations on a disk that has none).
     Unsupported(&'static str),
+    /// The disk is out of a resource it shares between requests (staging
+    /// memory under its budget, queue slots) right now; the same request
+    /// may succeed later. Frontends answer it with their protocol's
+    /// "busy, retry" status (SCSI TASK SET FULL, StorVSP
+    /// `SRB_STATUS_BUSY`), never as a failure of the medium.
+    Busy(&'static str),
     /// A member of a composite disk (a stripe member, a layer) failed; the
     /// error says which member and why.
     Member {
@@ -83,6 +89,7 @@ impl fmt::Display for DiskError {
             DiskError::AbortedByPreempt => f.write_str("aborted by PREEMPT AND ABORT"),
             DiskError::UnsupportedEject => f.write_str("disk has no removable medium to eject"),
             DiskError::Unsupported(what) => write!(f, "unsupported operation: {what}"),
+            DiskError::Busy(what) => write!(f, "busy, retry later: {what}"),
             DiskError::Member { index, error } => write!(f, "member {index}: {error}"),
         }
     }

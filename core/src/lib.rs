@@ -10,7 +10,7 @@
 #![no_std]
 
 extern crate alloc;
-#[cfg(test)]
+#[cfg(any(test, feature = "std"))]
 extern crate std;
 
 pub mod addr;
@@ -29,7 +29,9 @@ pub mod prwrap;
 pub mod ram;
 pub mod resize;
 pub mod sg;
+pub mod state;
 pub mod striped;
+pub mod sync;
 
 pub use addr::{DeviceAddress, DeviceRange, DmaDomainId, Gpa, GpaRange};
 pub use crypt::{CryptDisk, CryptError, Xts256};

@@ -108,6 +108,32 @@ impl ReservationType {
         matches!(access, AccessClass::Read) && self.shares_reads()
     }
 
+    /// The SPC-4 PERSISTENT RESERVATION TYPE code (1, 3, 5, 6, 7, 8); the
+    /// code saved state uses.
+    pub const fn spc_code(self) -> u8 {
+        match self {
+            ReservationType::WriteExclusive => 1,
+            ReservationType::ExclusiveAccess => 3,
+            ReservationType::WriteExclusiveRegistrantsOnly => 5,
+            ReservationType::ExclusiveAccessRegistrantsOnly => 6,
+            ReservationType::WriteExclusiveAllRegistrants => 7,
+            ReservationType::ExclusiveAccessAllRegistrants => 8,
+        }
+    }
+
+    /// The type with SPC-4 code `code`, if it is one of the six.
+    pub const fn from_spc_code(code: u8) -> Option<ReservationType> {
+        Some(match code {
+            1 => ReservationType::WriteExclusive,
+            3 => ReservationType::ExclusiveAccess,
+            5 => ReservationType::WriteExclusiveRegistrantsOnly,
+            6 => ReservationType::ExclusiveAccessRegistrantsOnly,
+            7 => ReservationType::WriteExclusiveAllRegistrants,
+            8 => ReservationType::ExclusiveAccessAllRegistrants,
+            _ => return None,
+        })
+    }
+
     /// A lowercase name.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -323,6 +349,10 @@ mod tests {
         for kind in ReservationType::ALL {
             assert!(ReservationCapabilities::ALL.supports(kind));
             assert!(!ReservationCapabilities::default().supports(kind));
+            assert_eq!(ReservationType::from_spc_code(kind.spc_code()), Some(kind));
+        }
+        for code in [0, 2, 4, 9, 0xF, 0xFF] {
+            assert_eq!(ReservationType::from_spc_code(code), None, "{code}");
         }
     }
 }

@@ -75,6 +75,30 @@
 //!   it to be off is accepted. [`ReservationsDisk::power_loss`] models a
 //!   power cycle of the logical unit: every registration and the
 //!   reservation are lost.
+//!
+//! # Servicing is not a power loss
+//! A restart of the service for servicing keeps the VM running: the guest
+//! sees no loss of power, so SPC-4 lets nothing change, with APTPL or
+//! without (APTPL=0 only releases the state *on* a power loss). The state
+//! is saved and restored whole ([`ReservationsDisk::save`],
+//! [`ReservationsDisk::restore`], [`ReservationsV1`]) — registrations in
+//! order, keys, the reservation and its holder, PRgeneration — and
+//! servicing therefore needs no APTPL.
+//!
+//! `PTPL_C` stays 0 even so. APTPL=1 promises that registrations and the
+//! reservation survive the logical unit losing power and getting it back
+//! (SPC-4: "retain … even if power is lost and later returned"). For this
+//! logical unit that is the VM powering off, resetting hard or its host
+//! failing: all of them end the paravisor, and the saved state (handed
+//! from one service process to the next, never written anywhere durable)
+//! with it. Advertising `PTPL_C` would make a clustering initiator (Windows
+//! failover clustering, Linux `sg_persist --param-aptpl`) rely on a
+//! promise a VM restart breaks. (OpenVMM's in-memory `disk_prwrap`, a
+//! test-only wrapper that OpenHCL does not register, claims PTPL and has
+//! no saved state; OpenHCL's reservations pass through to NVMe
+//! namespaces, whose `PTPL_C` is the device's own.) A backend that stores
+//! reservations durably (the device's own PR, or a host-side store)
+//! reports its own capability.
 //! - PREEMPT: a key identifying the single holder preempts the reservation
 //!   (the holder and every other registrant with that key lose their
 //!   registration, the issuer keeps its own and gets a reservation of the
@@ -103,6 +127,7 @@ use crate::pr::{
     ReservationType,
 };
 use crate::sg::SgList;
+use crate::state::{InvalidState, SaveError, Versioned, check_count};
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -111,6 +136,7 @@ use alloc::vec::Vec;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
+use serde::{Deserialize, Serialize};
 use spin::Mutex;
 
 /// Most initiators that can be registered at once.
@@ -540,6 +566,56 @@ impl ReservationsDisk {
         st.reservation = None;
     }
 
+    /// The reservation state, for servicing. Refused with
+    /// [`SaveError::Busy`] while a request is inside the inner disk: the
+    /// bookkeeping PREEMPT AND ABORT keeps for it cannot be carried over,
+    /// and a save follows the frontends' drain, after which none is.
+    pub fn save(&self) -> Result<ReservationsV1, SaveError> {
+        let st = self.state.lock();
+        let in_flight: usize = st.in_flight.iter().map(|&(_, n)| n).sum();
+        if in_flight != 0 || !st.drain_waiters.is_empty() {
+            return Err(SaveError::Busy {
+                component: ReservationsV1::COMPONENT,
+                what: format!(
+                    "{in_flight} requests are still in the inner disk and {} PREEMPT AND ABORT waits for them",
+                    st.drain_waiters.len()
+                ),
+            });
+        }
+        Ok(ReservationsV1 {
+            generation: st.generation,
+            registrations: st
+                .registrations
+                .iter()
+                .map(|r| RegistrationV1 {
+                    initiator: r.initiator.to_bytes(),
+                    key: r.key,
+                })
+                .collect(),
+            reservation: st.reservation.map(|r| ReservationV1 {
+                kind: r.kind.spc_code(),
+                holder: (!r.kind.is_all_registrants()).then(|| r.holder.to_bytes()),
+            }),
+            aptpl: false,
+        })
+    }
+
+    /// Replaces the reservation state with `saved`, after checking all of
+    /// it: at most [`MAX_REGISTRANTS`] registrations, no key 0, no
+    /// initiator twice, a reservation type of SPC-4, a single holder that
+    /// is registered (and none for the all-registrants types, which need a
+    /// registrant), APTPL off (this disk cannot persist through power
+    /// loss). Nothing changes if any check fails. Requests in flight are
+    /// not affected; restore into a disk that has none (a fresh one).
+    pub fn restore(&self, saved: &ReservationsV1) -> Result<(), InvalidState> {
+        let state = saved.validate()?;
+        let mut st = self.state.lock();
+        st.generation = state.generation;
+        st.registrations = state.registrations;
+        st.reservation = state.reservation;
+        Ok(())
+    }
+
     /// Admits a request of `access` from `initiator`, or refuses it.
     fn admit(
         &self,
@@ -775,6 +851,139 @@ impl LayerIo for ReservationsDisk {
     }
 }
 
+/// Saved persistent-reservation state, version 1 (component
+/// `reservations`): plain, untrusted data; see [`crate::state`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationsV1 {
+    /// PRgeneration.
+    pub generation: u32,
+    /// Every registration, in registration order (READ KEYS order).
+    pub registrations: Vec<RegistrationV1>,
+    /// The reservation, if any.
+    pub reservation: Option<ReservationV1>,
+    /// Whether APTPL is active. Always false from a [`ReservationsDisk`]
+    /// (kept so a durable reservations store can share the format).
+    pub aptpl: bool,
+}
+
+/// One saved registration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationV1 {
+    /// The initiator, as [`InitiatorId::to_bytes`].
+    pub initiator: [u8; 16],
+    /// Its reservation key (never 0).
+    pub key: u64,
+}
+
+/// A saved reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationV1 {
+    /// The type, as its SPC-4 code ([`ReservationType::spc_code`]).
+    pub kind: u8,
+    /// The single holder; `None` for the all-registrants types.
+    pub holder: Option<[u8; 16]>,
+}
+
+impl Versioned for ReservationsV1 {
+    const COMPONENT: &'static str = "reservations";
+    const VERSION: u16 = 1;
+}
+
+impl ReservationsV1 {
+    /// Checks every field (see [`ReservationsDisk::restore`]) and builds the
+    /// state it describes.
+    fn validate(&self) -> Result<State, InvalidState> {
+        check_count("registrations", self.registrations.len(), MAX_REGISTRANTS)?;
+        let mut registrations: Vec<Registration> = Vec::with_capacity(self.registrations.len());
+        for (i, r) in self.registrations.iter().enumerate() {
+            let field = || format!("registrations[{i}]");
+            let initiator = InitiatorId::new(u128::from_be_bytes(r.initiator));
+            if r.key == 0 {
+                return Err(InvalidState::new(
+                    format!("{}.key", field()),
+                    "key 0 means not registered; a registration needs a nonzero key",
+                ));
+            }
+            if let Some(j) = registrations.iter().position(|x| x.initiator == initiator) {
+                return Err(InvalidState::new(
+                    format!("{}.initiator", field()),
+                    format_args!(
+                        "initiator {:#x} is already registered at registrations[{j}]",
+                        initiator.get()
+                    ),
+                ));
+            }
+            registrations.push(Registration {
+                initiator,
+                key: r.key,
+            });
+        }
+        let reservation = match self.reservation {
+            None => None,
+            Some(r) => {
+                let kind = ReservationType::from_spc_code(r.kind).ok_or_else(|| {
+                    InvalidState::new(
+                        "reservation.kind",
+                        format_args!(
+                            "{:#x} is not an SPC-4 reservation type (1, 3, 5, 6, 7 or 8)",
+                            r.kind
+                        ),
+                    )
+                })?;
+                let holder = match (kind.is_all_registrants(), r.holder) {
+                    (true, None) if registrations.is_empty() => {
+                        return Err(InvalidState::new(
+                            "reservation",
+                            format_args!("a {kind} reservation without any registrant"),
+                        ));
+                    }
+                    (true, None) => InitiatorId::LOCAL,
+                    (true, Some(_)) => {
+                        return Err(InvalidState::new(
+                            "reservation.holder",
+                            format_args!(
+                                "a {kind} reservation has no single holder; expected none"
+                            ),
+                        ));
+                    }
+                    (false, None) => {
+                        return Err(InvalidState::new(
+                            "reservation.holder",
+                            format_args!("a {kind} reservation needs its holder"),
+                        ));
+                    }
+                    (false, Some(h)) => {
+                        let holder = InitiatorId::new(u128::from_be_bytes(h));
+                        if !registrations.iter().any(|x| x.initiator == holder) {
+                            return Err(InvalidState::new(
+                                "reservation.holder",
+                                format_args!(
+                                    "holder {:#x} is not registered; the holder must be",
+                                    holder.get()
+                                ),
+                            ));
+                        }
+                        holder
+                    }
+                };
+                Some(Reservation { kind, holder })
+            }
+        };
+        if self.aptpl {
+            return Err(InvalidState::new(
+                "aptpl",
+                "APTPL is active, but this disk cannot persist through power loss (PTPL_C = 0)",
+            ));
+        }
+        Ok(State {
+            generation: self.generation,
+            registrations,
+            reservation,
+            ..State::default()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -799,5 +1008,178 @@ mod tests {
         assert_eq!(st.aborted.len(), 1);
         assert!(!st.leave(B, stuck).0);
         assert!(st.aborted.is_empty() && st.in_flight.is_empty());
+    }
+
+    fn disk() -> ReservationsDisk {
+        let ram = crate::ram::RamDisk::new(64 * 512, 512).unwrap();
+        ReservationsDisk::new(Disk::new(ram).unwrap())
+    }
+
+    fn report(d: &ReservationsDisk) -> ReservationReport {
+        d.state.lock().report()
+    }
+
+    const A: InitiatorId = InitiatorId::new(0xA);
+    const B: InitiatorId = InitiatorId::new(0xB);
+    const C: InitiatorId = InitiatorId::new(0xC << 100);
+
+    /// Every reservation type, held or not, survives save → encode →
+    /// decode → restore into a fresh disk with the same report (order,
+    /// keys, holder, generation) and the same enforcement.
+    #[test]
+    fn save_restore_round_trip() {
+        for kind in ReservationType::ALL {
+            let d = disk();
+            {
+                let mut st = d.state.lock();
+                st.register(A, Some(0), 0xAA, None).unwrap();
+                st.register(C, None, 0xCC, Some(false)).unwrap();
+                st.register(B, Some(0), 0xBB, None).unwrap();
+                st.reserve(C, 0xCC, kind).unwrap();
+                st.register(A, Some(0xAA), 0xA2, None).unwrap();
+            }
+            let saved = d.save().unwrap();
+            let blob = crate::state::encode(&saved).unwrap();
+            let fresh = disk();
+            crate::state::restore::<ReservationsV1, _>(&blob, |s| fresh.restore(&s)).unwrap();
+            assert_eq!(report(&fresh), report(&d), "{kind}");
+            assert_eq!(report(&fresh).generation, 4);
+            for who in [A, B, C, InitiatorId::new(0xD)] {
+                for access in [AccessClass::Read, AccessClass::Write] {
+                    let st = fresh.state.lock();
+                    assert_eq!(
+                        st.permits(who, access),
+                        d.state.lock().permits(who, access),
+                        "{kind} {who:?} {access:?}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A save while a request is inside the inner disk is refused, naming
+    /// what is in flight.
+    #[test]
+    fn save_refuses_requests_in_flight() {
+        let d = disk();
+        let io = d.admit(A, AccessClass::Write).unwrap();
+        let e = d.save().unwrap_err();
+        let msg = alloc::string::ToString::to_string(&e);
+        assert!(
+            msg.contains("1 requests are still in the inner disk"),
+            "{msg}"
+        );
+        drop(io);
+        assert!(d.save().is_ok());
+    }
+
+    /// Each invalid value is refused with its field named, and nothing is
+    /// applied.
+    #[test]
+    fn restore_refuses_invalid_state() {
+        let reg = |who: InitiatorId, key| RegistrationV1 {
+            initiator: who.to_bytes(),
+            key,
+        };
+        let good = ReservationsV1 {
+            generation: 9,
+            registrations: alloc::vec![reg(A, 1), reg(B, 2)],
+            reservation: Some(ReservationV1 {
+                kind: 1,
+                holder: Some(A.to_bytes()),
+            }),
+            aptpl: false,
+        };
+        let cases: Vec<(&str, ReservationsV1)> = alloc::vec![
+            (
+                "registrations[1].key",
+                ReservationsV1 {
+                    registrations: alloc::vec![reg(A, 1), reg(B, 0)],
+                    ..good.clone()
+                }
+            ),
+            (
+                "registrations[1].initiator",
+                ReservationsV1 {
+                    registrations: alloc::vec![reg(A, 1), reg(A, 2)],
+                    ..good.clone()
+                }
+            ),
+            (
+                "registrations",
+                ReservationsV1 {
+                    registrations: (0..=MAX_REGISTRANTS as u128)
+                        .map(|i| reg(InitiatorId::new(i), 1))
+                        .collect(),
+                    ..good.clone()
+                }
+            ),
+            (
+                "reservation.kind",
+                ReservationsV1 {
+                    reservation: Some(ReservationV1 {
+                        kind: 2,
+                        holder: Some(A.to_bytes()),
+                    }),
+                    ..good.clone()
+                }
+            ),
+            (
+                "reservation.holder",
+                ReservationsV1 {
+                    reservation: Some(ReservationV1 {
+                        kind: 1,
+                        holder: Some(C.to_bytes()),
+                    }),
+                    ..good.clone()
+                }
+            ),
+            (
+                "reservation.holder",
+                ReservationsV1 {
+                    reservation: Some(ReservationV1 {
+                        kind: 3,
+                        holder: None,
+                    }),
+                    ..good.clone()
+                }
+            ),
+            (
+                "reservation.holder",
+                ReservationsV1 {
+                    reservation: Some(ReservationV1 {
+                        kind: 7,
+                        holder: Some(A.to_bytes()),
+                    }),
+                    ..good.clone()
+                }
+            ),
+            (
+                "reservation",
+                ReservationsV1 {
+                    registrations: Vec::new(),
+                    reservation: Some(ReservationV1 {
+                        kind: 8,
+                        holder: None,
+                    }),
+                    ..good.clone()
+                }
+            ),
+            (
+                "aptpl",
+                ReservationsV1 {
+                    aptpl: true,
+                    ..good.clone()
+                }
+            ),
+        ];
+        let d = disk();
+        d.restore(&good).unwrap();
+        let before = report(&d);
+        for (field, bad) in cases {
+            let e = d.restore(&bad).unwrap_err();
+            assert_eq!(e.field, field, "{e}");
+            assert_eq!(report(&d), before, "{field}: nothing applied");
+        }
     }
 }

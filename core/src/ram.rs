@@ -391,6 +391,10 @@ impl DiskIo for RamDisk {
     fn kind(&self) -> &'static str {
         "ram"
     }
+    /// The data lives in this process: a restart loses it.
+    fn survives_restart(&self) -> bool {
+        false
+    }
     fn sector_count(&self) -> u64 {
         self.inner.size.get()
     }

@@ -1,12 +1,15 @@
 //! A host file as a disk: the development backend, and the emulated host's.
 //!
 //! [`FileDisk`] moves data with positional I/O between the file and the
-//! request's guest memory through a private bounce buffer (one per thread,
-//! reused, at most [`BOUNCE_MAX`] bytes): the kernel never reads or writes
-//! guest memory directly, because the memories that exist today cannot be
-//! pinned for it ([`GuestMemory::pin`](parastor_core::GuestMemory::pin)
-//! answers `Unsupported`). I/O is synchronous, so every operation completes
-//! on its first poll ([`DiskIo::completes_inline`]).
+//! request's guest memory. When the memory can pin the request's ranges for
+//! the kernel ([`SgList::pin`] for [`DmaDomainId::KERNEL`], proven by
+//! [`KernelPins::from_pins`] — guest memory that is a
+//! [`parastor_sys::GuestRam`]), one `preadv`/`pwritev2` per 32 ranges moves
+//! the data straight between the file and guest memory (zero-copy).
+//! Otherwise it goes through a private bounce buffer (one per thread,
+//! reused, at most [`BOUNCE_MAX`] bytes), and the kernel never sees guest
+//! memory. I/O is synchronous, so every operation completes on its first
+//! poll ([`DiskIo::completes_inline`]).
 //!
 //! - FUA writes use `pwritev2(RWF_DSYNC)`; where the kernel or file system
 //!   refuses the flag, the write is followed by `fdatasync`.
@@ -15,15 +18,20 @@
 //!   sectors read back as zeros. A file system that cannot punch holes fails
 //!   the unmap with [`DiskError::Io`] carrying `EOPNOTSUPP`.
 
-use parastor_core::{DiskError, DiskIo, IoError, IoErrorKind, IoOptions, SgList, UnmapBehavior};
+use parastor_core::{
+    Access, DiskError, DiskIo, DmaDomainId, IoError, IoErrorKind, IoOptions, PinSet, SgList,
+    UnmapBehavior,
+};
+use parastor_sys::KernelPins;
 use rustix::fs::FallocateFlags;
 use rustix::io::{Errno, ReadWriteFlags};
 use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{self, IoSlice, Seek, SeekFrom};
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Largest piece a request is moved in through the bounce buffer; larger
 /// requests take one `pread`/`pwrite` per piece.
@@ -33,6 +41,37 @@ thread_local! {
     /// The calling thread's bounce buffer: grown to the largest piece seen
     /// (at most [`BOUNCE_MAX`]) and kept, so steady I/O allocates nothing.
     static BOUNCE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most host ranges one request may pin for the zero-copy path; a request
+/// with more bounces.
+pub const MAX_PINNED_RANGES: usize = 256;
+
+thread_local! {
+    /// The calling thread's pin set, allocated once (with room for
+    /// [`MAX_PINNED_RANGES`]) and reused, so pinning allocates nothing.
+    static PINS: RefCell<PinSet> = RefCell::new(PinSet::with_capacity(MAX_PINNED_RANGES));
+}
+
+/// Runs `f` on `buf`'s ranges pinned for the kernel, if its memory can pin
+/// them (`None` otherwise: bounce). The pins are released before return.
+fn with_kernel_pins<R>(
+    buf: &SgList<'_>,
+    access: Access,
+    f: impl FnOnce(&KernelPins<'_>) -> R,
+) -> Option<R> {
+    PINS.with(|cell| {
+        // Re-entered on this thread: bounce rather than allocate.
+        let mut pins = cell.try_borrow_mut().ok()?;
+        // Any pin error bounces: the bounce path reports a bad range as
+        // the memory error it is.
+        let result = buf
+            .pin(access, DmaDomainId::KERNEL, &mut pins)
+            .ok()
+            .and_then(|()| KernelPins::from_pins(&pins).map(|kernel| f(&kernel)));
+        pins.clear();
+        result
+    })
 }
 
 /// Runs `f` on a private buffer of `len` bytes (at most [`BOUNCE_MAX`]).
@@ -65,6 +104,11 @@ pub struct FileDisk {
     /// Cleared the first time the kernel refuses `RWF_DSYNC`; FUA writes then
     /// fall back to `pwrite` + `fdatasync`.
     dsync_supported: AtomicBool,
+    /// Reads and writes that moved data straight between the file and
+    /// guest memory.
+    zero_copy_ios: AtomicU64,
+    /// Reads and writes that went through the bounce buffer.
+    bounced_ios: AtomicU64,
 }
 
 impl FileDisk {
@@ -125,6 +169,8 @@ impl FileDisk {
             sector_count: len / u64::from(sector_size),
             read_only,
             dsync_supported: AtomicBool::new(true),
+            zero_copy_ios: AtomicU64::new(0),
+            bounced_ios: AtomicU64::new(0),
         })
     }
 
@@ -156,8 +202,25 @@ impl FileDisk {
         Ok(len / u64::from(self.sector_size))
     }
 
+    /// Reads and writes so far that moved data straight between the file
+    /// and guest memory, and that went through the bounce buffer.
+    pub fn io_paths(&self) -> (u64, u64) {
+        (
+            self.zero_copy_ios.load(Ordering::Relaxed),
+            self.bounced_ios.load(Ordering::Relaxed),
+        )
+    }
+
     fn read_sync(&self, buf: SgList<'_>, sector: u64) -> Result<(), DiskError> {
         let (offset, _) = self.byte_range(sector, self.buffer_sectors(&buf)?)?;
+        let direct = with_kernel_pins(&buf, Access::Write, |pins| {
+            parastor_sys::io::preadv_exact(self.file.as_fd(), pins, offset)
+        });
+        if let Some(result) = direct {
+            self.zero_copy_ios.fetch_add(1, Ordering::Relaxed);
+            return result.map_err(|e| io_error_to_disk(&e));
+        }
+        self.bounced_ios.fetch_add(1, Ordering::Relaxed);
         let mut writer = buf.writer()?;
         let mut pos = offset;
         with_bounce(buf.len().min(BOUNCE_MAX), |bounce| {
@@ -180,6 +243,13 @@ impl FileDisk {
             return Err(DiskError::ReadOnly);
         }
         let (offset, _) = self.byte_range(sector, self.buffer_sectors(&buf)?)?;
+        if let Some(result) = with_kernel_pins(&buf, Access::Read, |pins| {
+            self.write_pinned(pins, offset, fua)
+        }) {
+            self.zero_copy_ios.fetch_add(1, Ordering::Relaxed);
+            return result;
+        }
+        self.bounced_ios.fetch_add(1, Ordering::Relaxed);
         let mut reader = buf.reader();
         let mut pos = offset;
         // Set when a FUA write had to fall back to plain writes.
@@ -209,6 +279,32 @@ impl FileDisk {
             }
             Ok::<(), DiskError>(())
         })?;
+        if needs_sync {
+            self.file.sync_data().map_err(|e| io_error_to_disk(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes pinned guest memory to the file at `offset`, the kernel
+    /// reading it directly; FUA as in [`write_sync`](Self::write_sync).
+    fn write_pinned(&self, pins: &KernelPins<'_>, offset: u64, fua: bool) -> Result<(), DiskError> {
+        let fd = self.file.as_fd();
+        let mut needs_sync = fua;
+        if fua && self.dsync_supported.load(Ordering::Relaxed) {
+            match parastor_sys::io::pwritev_all(fd, pins, offset, true) {
+                Ok(()) => needs_sync = false,
+                // Refused before anything was written: write plainly, then
+                // sync.
+                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+                    self.dsync_supported.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(io_error_to_disk(&e)),
+            }
+        }
+        if needs_sync || !fua {
+            parastor_sys::io::pwritev_all(fd, pins, offset, false)
+                .map_err(|e| io_error_to_disk(&e))?;
+        }
         if needs_sync {
             self.file.sync_data().map_err(|e| io_error_to_disk(&e))?;
         }
@@ -375,6 +471,67 @@ mod tests {
             IoOptions::default()
         };
         block_on(disk.write(sg, sector, opts))
+    }
+
+    /// The same scattered request through the zero-copy path (guest
+    /// memory that pins for the kernel) and the bounce path (guest memory
+    /// that cannot): equal bytes in guest memory after reads, in the file
+    /// after writes, with and without FUA.
+    #[test]
+    fn zero_copy_and_bounce_paths_move_the_same_bytes() {
+        use parastor_core::{GuestMemory, RamGuestMemory};
+        let f = temp_file(64 * 1024, |i| (i * 31 % 251) as u8);
+        let disk = FileDisk::open(f.path(), 512, false).unwrap();
+        let mapped = parastor_sys::GuestRam::memfd("file-zero-copy", 64 * 1024).unwrap();
+        let locked = RamGuestMemory::new(64 * 1024);
+        let mems: [&dyn GuestMemory; 2] = [&mapped, &locked];
+        // Out of order in guest memory, split mid-sector: 16 sectors.
+        let ranges = [
+            GpaRange::new(Gpa::new(9000), 700),
+            GpaRange::new(Gpa::new(100), 3000),
+            GpaRange::new(Gpa::new(5000), 396),
+            GpaRange::new(Gpa::new(20000), 4096),
+        ];
+        let gather = |mem: &dyn GuestMemory| {
+            let mut out = Vec::new();
+            for r in &ranges {
+                let mut piece = vec![0; r.len as usize];
+                mem.read_at(r.gpa, &mut piece).unwrap();
+                out.extend(piece);
+            }
+            out
+        };
+        let file = std::fs::read(f.path()).unwrap();
+        for mem in mems {
+            let sg = SgList::new(mem, &ranges, true).unwrap();
+            disk.read_sync(sg, 3).unwrap();
+            assert_eq!(gather(mem), file[3 * 512..19 * 512]);
+        }
+        assert_eq!(disk.io_paths(), (1, 1), "one read each way");
+
+        // Writes: each memory's ranges get the same new bytes; each writes
+        // them to its own place in the file, with and without FUA.
+        let new: Vec<u8> = (0..8192).map(|i| (i * 7 + 3) as u8).collect();
+        for mem in mems {
+            let mut at = 0;
+            for r in &ranges {
+                mem.write_at(r.gpa, &new[at..at + r.len as usize]).unwrap();
+                at += r.len as usize;
+            }
+        }
+        for (i, mem) in mems.into_iter().enumerate() {
+            for (j, fua) in [false, true].into_iter().enumerate() {
+                let sg = SgList::new(mem, &ranges, false).unwrap();
+                disk.write_sync(sg, 40 + 16 * (2 * i + j) as u64, fua)
+                    .unwrap();
+            }
+        }
+        assert_eq!(disk.io_paths(), (3, 3), "two writes each way");
+        let file = std::fs::read(f.path()).unwrap();
+        for k in 0..4 {
+            let at = (40 + 16 * k) * 512;
+            assert_eq!(file[at..at + 8192], new[..], "write {k}");
+        }
     }
 
     #[test]

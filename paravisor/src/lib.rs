@@ -11,4 +11,3 @@
 pub mod cli;
 pub mod file;
 pub mod spec;
-pub mod timer;

@@ -14,6 +14,8 @@
 //! - [`fuzz_disk`]: the `disk_ops` fuzz harness.
 //! - [`fuzz_scsi`]: the `scsi_cdb` fuzz harness (SCSI adapter).
 //! - [`fuzz_storvsp`]: the `storvsp` fuzz harness (StorVSP over VMBus rings).
+//! - [`fuzz_state`]: the `state_restore` fuzz harness (saved state of every
+//!   component, restored into fresh objects).
 #![forbid(unsafe_code)]
 
 pub mod buf;
@@ -22,6 +24,7 @@ pub mod conformance;
 pub mod doubles;
 pub mod fuzz_disk;
 pub mod fuzz_scsi;
+pub mod fuzz_state;
 pub mod fuzz_storvsp;
 pub mod model;
 pub mod scratch;

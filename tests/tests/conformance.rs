@@ -383,9 +383,11 @@ fn prwrap(inner: Disk) -> Disk {
 }
 
 /// A delay decorator with a real timer; `millis` 0 takes the no-sleep path.
+/// The suite drives it with `futures`' executor, so its sleeps take the
+/// runtime timer's fallback thread.
 fn delay(inner: Disk, millis: u64) -> Disk {
     let timer: std::sync::Arc<dyn parastor_core::Timer> =
-        std::sync::Arc::new(parastor::timer::StdTimer::new().expect("timer thread"));
+        std::sync::Arc::new(parastor_runtime::RuntimeTimer);
     let handle = parastor_core::DelayHandle::new(std::time::Duration::from_millis(millis));
     disk(parastor_core::DelayDisk::new(inner, handle, timer))
 }

@@ -22,6 +22,7 @@ fn harness(target: &str) -> Option<fn(&[u8])> {
         "settings" => Some(parastor_vtl2_settings::fuzz::check_blob),
         "scsi_cdb" => Some(parastor_tests::fuzz_scsi::scsi_cdb),
         "storvsp" => Some(parastor_tests::fuzz_storvsp::storvsp),
+        "state_restore" => Some(parastor_tests::fuzz_state::state_restore),
         _ => None,
     }
 }
@@ -90,7 +91,13 @@ fn replay(kind: &str) -> usize {
 fn corpus_replays() {
     replay("corpus");
     let corpus = inputs("corpus");
-    for target in ["disk_ops", "settings", "scsi_cdb", "storvsp"] {
+    for target in [
+        "disk_ops",
+        "settings",
+        "scsi_cdb",
+        "storvsp",
+        "state_restore",
+    ] {
         assert!(
             corpus.iter().any(|(t, _)| t == target),
             "the {target} corpus is empty"

@@ -124,6 +124,7 @@ fn steady_state_requests_in_slots_do_not_allocate() {
             request_ring: 0x10000,
             completion_ring: 0x10000,
             channels: 1,
+            ..VmConfig::default()
         },
     );
     let ram = RamDisk::new(1 << 20, SS).unwrap();

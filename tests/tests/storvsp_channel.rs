@@ -55,6 +55,7 @@ fn vm_with(config: ControllerConfig, request_ring: u64, completion_ring: u64) ->
             request_ring,
             completion_ring,
             channels: 2,
+            ..VmConfig::default()
         },
     );
     let area = vm.data_area();

@@ -1,8 +1,8 @@
 //! `cargo xtask ci`: every check CI makes, in order, stopping at the first
 //! failure.
 
-use crate::nostd;
 use crate::util::{self, Error, Result, format_duration};
+use crate::{fence, nostd};
 use std::time::Instant;
 
 /// One CI step: a short name for the headers and the work itself.
@@ -15,6 +15,10 @@ struct Step {
 
 /// The steps, cheapest and most likely to fail first.
 const STEPS: &[Step] = &[
+    Step {
+        name: "fence",
+        run: fence::check,
+    },
     Step {
         name: "fmt",
         run: fmt,
@@ -37,6 +41,13 @@ const STEPS: &[Step] = &[
     Step {
         name: "test",
         run: || util::run(&mut util::cargo_cmd(&["test", "--workspace"])),
+    },
+    // The workspace run above unifies parastor-core's `std` feature on (the
+    // paravisor enables it), so core's tests also run alone, on its `spin`
+    // locks, the build `no_std` users get.
+    Step {
+        name: "test core without std",
+        run: || util::run(&mut util::cargo_cmd(&["test", "-p", "parastor-core"])),
     },
     Step {
         name: "nostd",

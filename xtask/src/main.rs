@@ -6,6 +6,7 @@
 
 mod bench;
 mod ci;
+mod fence;
 mod fuzz;
 mod nostd;
 mod util;
@@ -19,7 +20,9 @@ usage: cargo xtask <command> [args]
 
 commands:
   ci                        everything CI checks, in order, stopping at the first failure:
-                            fmt, clippy, test, the no_std gate (and its proof), doc
+                            the unsafe fence (only paravisor/sys has unsafe, every
+                            other crate inherits the workspace lints), fmt, clippy,
+                            test, the no_std gate (and its proof), doc
   nostd                     build the no_std gate binary (xtask/nostd-gate), which links
                             every no_std crate, and run it
   nostd --prove-gate        show that the gate catches std: build a copy of it that

@@ -20,4 +20,4 @@ pub mod storvsc;
 pub mod vm;
 
 pub use storvsc::{GuestConfig, Profile, Storvsc, StorvscError};
-pub use vm::{InlineHost, StorvspVm, VmConfig};
+pub use vm::{InlineHost, StorvspVm, VmConfig, VmMemory};

@@ -12,6 +12,7 @@ use parastor_core::Gpa;
 use parastor_core::{GpaRange, GuestMem, RamGuestMemory};
 use parastor_hw::vmbus::RingFeatures;
 use parastor_storvsp::{Controller, StorvspChannel};
+use parastor_sys::GuestRam;
 use parastor_vmbus::{Channel, ChannelSignals, RingRegion, Signal};
 use std::fmt;
 use std::sync::Arc;
@@ -32,6 +33,21 @@ pub struct VmConfig {
     pub completion_ring: u64,
     /// Ring pairs laid out: the primary channel plus sub-channels.
     pub channels: usize,
+    /// What guest memory is made of.
+    pub memory: VmMemory,
+}
+
+/// What a [`StorvspVm`]'s guest memory is made of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum VmMemory {
+    /// A shared memory file mapped into the process
+    /// ([`parastor_sys::GuestRam`]): lock-free copies and real atomics, as
+    /// guest RAM is reached in the service. The default.
+    #[default]
+    Mapped,
+    /// [`RamGuestMemory`]: heap chunks behind locks, the `no_std` test
+    /// memory (kept to compare against).
+    Locked,
 }
 
 impl Default for VmConfig {
@@ -42,6 +58,7 @@ impl Default for VmConfig {
             request_ring: 0x8000,
             completion_ring: 0x8000,
             channels: 8,
+            memory: VmMemory::Mapped,
         }
     }
 }
@@ -51,7 +68,7 @@ impl Default for VmConfig {
 pub struct StorvspVm {
     /// Shared: a device double may keep a handle on it (as a device
     /// backend keeps one until its DMA completes).
-    mem: Arc<RamGuestMemory>,
+    mem: GuestMem,
     controller: Arc<Controller>,
     rings: Vec<(RingRegion, RingRegion)>,
     to_host: Vec<Arc<Signal>>,
@@ -73,13 +90,22 @@ impl StorvspVm {
     /// A VM laid out as `config` says (memory grows to fit the rings and
     /// at least 1 MiB of data area), serving `controller`. Panics only if
     /// the layout itself is invalid (a ring size that is not a whole
-    /// number of pages above one).
+    /// number of pages above one) or the host cannot create the guest
+    /// memory file ([`VmMemory::Mapped`]).
     pub fn new(controller: Arc<Controller>, config: VmConfig) -> Self {
         let pair = config.request_ring + config.completion_ring;
         let rings_end = RINGS_BASE + pair * config.channels.max(1) as u64;
         let data_start = rings_end.next_multiple_of(PAGE);
         let size = config.memory_bytes.max(data_start + (1 << 20));
-        let mem = Arc::new(RamGuestMemory::new(size));
+        let mem = match config.memory {
+            VmMemory::Mapped => {
+                let len = usize::try_from(size).expect("guest memory size fits the address space");
+                GuestMem::new(
+                    GuestRam::memfd("parastor-emulated-vm", len).expect("guest memory file"),
+                )
+            }
+            VmMemory::Locked => GuestMem::new(RamGuestMemory::new(size)),
+        };
         let rings = (0..config.channels.max(1))
             .map(|i| {
                 let at = RINGS_BASE + pair * i as u64;
@@ -115,14 +141,14 @@ impl StorvspVm {
     }
 
     /// The guest memory.
-    pub fn memory(&self) -> &RamGuestMemory {
+    pub fn memory(&self) -> &GuestMem {
         &self.mem
     }
 
     /// A handle on the guest memory, for a backend that keeps it until
     /// its requests complete.
     pub fn shared_memory(&self) -> GuestMem {
-        GuestMem::from_arc(self.mem.clone())
+        self.mem.clone()
     }
 
     /// Channel `i`'s rings: (request ring, completion ring).

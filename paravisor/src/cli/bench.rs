@@ -2,9 +2,9 @@
 
 use super::CliError;
 use super::rng::{Rng, RngExt, seeded};
-use futures::executor::block_on;
 use parastor_core::Gpa;
 use parastor_core::{Disk, GpaRange, IoOptions, LocalMemory, SgList};
+use parastor_runtime::block_on;
 use std::fmt;
 use std::time::{Duration, Instant};
 

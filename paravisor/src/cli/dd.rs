@@ -4,9 +4,9 @@
 //! guest memory, one disk call per buffer-full.
 
 use super::CliError;
-use futures::executor::block_on;
 use parastor_core::Gpa;
 use parastor_core::{Disk, GpaRange, IoOptions, LocalMemory, SgList};
+use parastor_runtime::block_on;
 use std::io::{self, Read, Write};
 
 /// Bytes moved per disk call.

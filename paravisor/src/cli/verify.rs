@@ -23,10 +23,10 @@
 
 use super::format;
 use super::rng::{Rng, RngExt, seeded};
-use futures::executor::block_on;
 use indicatif::{ProgressBar, ProgressStyle};
 use parastor_core::Gpa;
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, RamGuestMemory, SgList, UnmapBehavior};
+use parastor_runtime::block_on;
 use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};

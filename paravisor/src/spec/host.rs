@@ -1,12 +1,12 @@
 //! [`StdHost`]: the builder's [`Host`] on a std host — real files, key files
-//! read with a bound, and one timer thread shared by the process.
+//! read with a bound, and the runtime's timer.
 
 use super::build::Host;
 use crate::file::FileDisk;
-use crate::timer::StdTimer;
 use parastor_core::{Disk, Timer};
+use parastor_runtime::RuntimeTimer;
 use std::io::{self, Read as _};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 /// The host the process runs on.
 #[derive(Debug, Clone, Copy, Default)]
@@ -35,15 +35,11 @@ impl Host for StdHost {
         Ok(key)
     }
 
-    /// The timer every `delay` disk of this process shares: one thread,
-    /// started by the first `delay` disk.
+    /// The runtime's timer: a `delay` disk sleeps in the timer heap of the
+    /// runtime thread (or [`parastor_runtime::block_on`] loop) running its
+    /// I/O; no thread of its own.
     fn timer(&self) -> io::Result<Arc<dyn Timer>> {
-        static TIMER: OnceLock<Arc<StdTimer>> = OnceLock::new();
-        if let Some(t) = TIMER.get() {
-            return Ok(t.clone());
-        }
-        let timer = Arc::new(StdTimer::new()?);
-        Ok(TIMER.get_or_init(|| timer).clone())
+        Ok(Arc::new(RuntimeTimer))
     }
 }
 

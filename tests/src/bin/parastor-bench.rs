@@ -12,6 +12,7 @@
 
 use parastor_core::Gpa;
 use parastor_core::{Disk, GpaRange, GuestMemory, IoOptions, RamGuestMemory, SgList};
+use parastor_sys::GuestRam;
 use parastor_tests::buf::{block_on, pattern, write_vec};
 use parastor_tests::stacks::{layer, layered, ram_disk, ram_layer, striped};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
@@ -290,9 +291,14 @@ mod pipeline {
 
     pub(crate) fn run() {
         let paths = paths();
-        let mem = RamGuestMemory::new(256 * 1024);
-        mem.fill_at(Gpa::new(0), 256 * 1024, 0x5a)
-            .expect("guest memory");
+        // Guest memory as the service has it (a mapped memory file), and
+        // the locked heap memory of the unit tests for one comparison row.
+        let mem = GuestRam::memfd("parastor-bench-pipeline", 256 * 1024).expect("guest memory");
+        let locked = RamGuestMemory::new(256 * 1024);
+        for m in [&mem as &dyn GuestMemory, &locked] {
+            m.fill_at(Gpa::new(0), 256 * 1024, 0x5a)
+                .expect("guest memory");
+        }
         for write in [false, true] {
             let op = if write { "write" } else { "read" };
             for &bytes in &SIZES {
@@ -310,6 +316,19 @@ mod pipeline {
                         op: Box::new(move |i| {
                             let sector = (i % slots) * io_sectors;
                             let sg = SgList::new(mem, ranges, !write).expect("ranges");
+                            disk_io(disk, sg, sector, write).expect("benchmark I/O failed");
+                        }),
+                    });
+                }
+                // The first path again with the locked test memory as guest
+                // memory: what the mapped memory saves.
+                if let Some((_, disk, _)) = paths.first() {
+                    let (locked, ranges) = (&locked, &ranges);
+                    cases.push(Case {
+                        name: "raw-ram(locked-guest-mem)",
+                        op: Box::new(move |i| {
+                            let sector = (i % slots) * io_sectors;
+                            let sg = SgList::new(locked, ranges, !write).expect("ranges");
                             disk_io(disk, sg, sector, write).expect("benchmark I/O failed");
                         }),
                     });
@@ -739,7 +758,7 @@ mod storvsp {
     use super::harness::{Case, Measurement, disk_io, measure, size_name};
     use super::*;
     use parastor_emulated::storvsc::{Data, Direction, ReplyRef, Srb, Storvsc};
-    use parastor_emulated::{GuestConfig, InlineHost, Profile, StorvspVm, VmConfig};
+    use parastor_emulated::{GuestConfig, InlineHost, Profile, StorvspVm, VmConfig, VmMemory};
     use parastor_hw::scsi::{ScsiOp, ScsiStatus};
     use parastor_hw::storvsp::{NtStatus, ScsiRequest, SrbStatus, Version};
     use parastor_scsi::{DiskParams, ScsiDisk};
@@ -757,6 +776,7 @@ mod storvsp {
         request_ring: 0x10000,
         completion_ring: 0x10000,
         channels: 1,
+        memory: VmMemory::Mapped,
     };
     /// Deepest queue measured.
     const MAX_QD: usize = 32;
@@ -811,8 +831,9 @@ mod storvsp {
         }
     }
 
-    /// A VM with one SCSI controller and `disk` at LUN 0.
-    fn vm(disk: &Disk) -> StorvspVm {
+    /// A VM with one SCSI controller and `disk` at LUN 0, its guest memory
+    /// made of `memory`.
+    fn vm(disk: &Disk, memory: VmMemory) -> StorvspVm {
         let controller = Arc::new(Controller::new(ControllerConfig::default()));
         controller
             .attach(
@@ -820,12 +841,53 @@ mod storvsp {
                 Arc::new(ScsiDisk::new(disk.clone(), DiskParams::default())),
             )
             .expect("attach");
-        let vm = StorvspVm::new(controller, VM);
+        let vm = StorvspVm::new(controller, VmConfig { memory, ..VM });
         let data = vm.data_area();
         vm.memory()
             .fill_at(data.gpa, data.len as usize, 0x5a)
             .expect("guest memory");
         vm
+    }
+
+    /// For the lean-path rows only (`qd` > 0): the VM again over the
+    /// locked test memory ([`VmMemory::Locked`]).
+    fn vm_locked(disk: &Disk, qd: usize) -> Option<StorvspVm> {
+        (qd > 0).then(|| vm(disk, VmMemory::Locked))
+    }
+
+    /// The timed lean path on `vm`: `qd` requests kept outstanding, each op
+    /// reaps them all and resubmits.
+    fn lean<'a>(name: &'static str, vm: &'a StorvspVm, row: &Row, qd: usize) -> Case<'a> {
+        let (write, bytes) = (row.op == "write", row.bytes);
+        let mut g = connect(vm);
+        let request = template(&g, write, bytes);
+        let mut addr = Addresses::new(row.pattern, bytes);
+        // Prime the queue: `qd` requests outstanding between ops.
+        for slot in 0..qd {
+            submit(&mut g, &request, slot, addr.next(), buffer(vm, slot, bytes));
+        }
+        g.flush().expect("flush");
+        Case {
+            name,
+            op: Box::new(move |_| {
+                g.run_host().expect("service");
+                let mut done = [0u16; MAX_QD];
+                let mut n = 0;
+                g.reap(|tag, r| {
+                    check(r, bytes);
+                    done[n] = tag;
+                    n += 1;
+                })
+                .expect("completions");
+                assert_eq!(n, qd, "every outstanding request completes");
+                for &slot in &done[..n] {
+                    let slot = usize::from(slot);
+                    submit(&mut g, &request, slot, addr.next(), buffer(vm, slot, bytes));
+                }
+                // One publish (and at most one signal) per batch.
+                g.flush().expect("flush");
+            }),
+        }
     }
 
     /// The negotiated guest.
@@ -881,7 +943,7 @@ mod storvsp {
     /// Reads the prefilled pattern back through the path once, so the
     /// timed loops are known to move the right bytes.
     fn verify(disk: &Disk) {
-        let vm = vm(disk);
+        let vm = vm(disk, VmMemory::Mapped);
         let mut g = connect(&vm);
         let (bytes, lba) = (128 * 1024, 3 * 256);
         let buf = buffer(&vm, 0, bytes);
@@ -1011,7 +1073,9 @@ mod storvsp {
             let write = row.op == "write";
             let bytes = row.bytes;
             let qd = row.qd.max(1);
-            let vm = vm(disk);
+            let vm = vm(disk, VmMemory::Mapped);
+            // The same path over the locked test memory, for comparison.
+            let locked_vm = vm_locked(disk, row.qd);
             let mut cases = Vec::new();
             let per_op;
             if row.qd == 0 {
@@ -1043,49 +1107,14 @@ mod storvsp {
                 });
             } else {
                 per_op = qd;
-                let mut g = connect(&vm);
-                let request = template(&g, write, bytes);
-                let mut addr = Addresses::new(row.pattern, bytes);
-                // Prime the queue: `qd` requests outstanding between ops.
-                for slot in 0..qd {
-                    submit(
-                        &mut g,
-                        &request,
-                        slot,
-                        addr.next(),
-                        buffer(&vm, slot, bytes),
-                    );
-                }
-                g.flush().expect("flush");
-                let vm = &vm;
-                cases.push(Case {
-                    name: "storvsp",
-                    op: Box::new(move |_| {
-                        g.run_host().expect("service");
-                        let mut done = [0u16; MAX_QD];
-                        let mut n = 0;
-                        g.reap(|tag, r| {
-                            check(r, bytes);
-                            done[n] = tag;
-                            n += 1;
-                        })
-                        .expect("completions");
-                        assert_eq!(n, qd, "every outstanding request completes");
-                        for &slot in &done[..n] {
-                            let slot = usize::from(slot);
-                            submit(&mut g, &request, slot, addr.next(), buffer(vm, slot, bytes));
-                        }
-                        // One publish (and at most one signal) per batch.
-                        g.flush().expect("flush");
-                    }),
-                });
+                cases.push(lean("storvsp", &vm, row, qd));
             }
             // The reference: the RAM disk alone, the same buffers (in the
             // same guest memory) and offsets, `per_op` I/Os per op.
             let ranges: Vec<[GpaRange; 1]> =
                 (0..per_op).map(|slot| [buffer(&vm, slot, bytes)]).collect();
             let mut addr = Addresses::new(row.pattern, bytes);
-            let (mem, disk) = (vm.memory(), disk);
+            let (mem, disk) = (&**vm.memory(), disk);
             cases.push(Case {
                 name: "ram-disk-alone",
                 op: Box::new(move |_| {
@@ -1096,6 +1125,9 @@ mod storvsp {
                     }
                 }),
             });
+            if let Some(locked_vm) = &locked_vm {
+                cases.push(lean("storvsp(locked-guest-mem)", locked_vm, row, qd));
+            }
             if only.is_some() {
                 cases.truncate(1);
                 let m = measure(&mut cases)[0];

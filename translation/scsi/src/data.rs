@@ -1,11 +1,7 @@
-//! Moving a command's data: data-in and data-out buffers, and private
-//! staging memory the disk reads into or writes from.
+//! Moving a command's data: data-in and data-out buffers.
 
 use crate::result::{Res, invalid_cdb, mem_err, param_len_error};
-use alloc::vec;
-use alloc::vec::Vec;
-use parastor_core::Gpa;
-use parastor_core::{GpaRange, LocalMemory, SgList};
+use parastor_core::SgList;
 use parastor_hw::scsi::ReadCapacity10Data;
 use zerocopy::IntoBytes;
 
@@ -33,31 +29,28 @@ pub(crate) fn read_capacity10(data: &SgList<'_>, blocks: u64, block_len: u32) ->
     data_in(data, d.as_bytes(), usize::MAX)
 }
 
-/// Reads the first `len` bytes of the data-out buffer (a parameter list).
-pub(crate) fn data_out(data: &SgList<'_>, len: usize) -> Res<Vec<u8>> {
+/// Reads the first `dst.len()` bytes of the data-out buffer (a parameter
+/// list, or one block) into `dst`, a buffer of the caller's (on its stack
+/// or from the scratch pool: never a heap allocation per command).
+pub(crate) fn data_out(data: &SgList<'_>, dst: &mut [u8]) -> Res<()> {
+    let view = data.subrange(0, dst.len()).map_err(|_| param_len_error())?;
+    view.read_all(dst).map_err(mem_err)
+}
+
+/// Checks that the first `len` bytes of the data-out buffer can be read,
+/// reading them through a small stack buffer (for parameter lists that
+/// are accepted and ignored).
+pub(crate) fn check_data_out(data: &SgList<'_>, len: usize) -> Res<()> {
     let view = data.subrange(0, len).map_err(|_| param_len_error())?;
-    let mut v = vec![0; len];
-    view.read_all(&mut v).map_err(mem_err)?;
-    Ok(v)
-}
-
-/// A private staging buffer the disk can read into or write from.
-pub(crate) struct Scratch {
-    pub(crate) mem: LocalMemory,
-    range: [GpaRange; 1],
-}
-
-impl Scratch {
-    pub(crate) fn new(len: usize) -> Self {
-        Scratch {
-            mem: LocalMemory::new(len),
-            range: [GpaRange::new(Gpa::new(0), len as u64)],
-        }
+    let mut buf = [0u8; 512];
+    let mut at = 0;
+    while at < len {
+        let n = buf.len().min(len - at);
+        view.subrange(at, n)
+            .map_err(|_| param_len_error())?
+            .read_all(&mut buf[..n])
+            .map_err(mem_err)?;
+        at += n;
     }
-
-    pub(crate) fn sg(&self, len: usize, writable: bool) -> SgList<'_> {
-        SgList::local(&self.mem, &self.range, writable)
-            .subrange(0, len)
-            .unwrap_or_else(|_| SgList::local(&self.mem, &self.range, writable))
-    }
+    Ok(())
 }

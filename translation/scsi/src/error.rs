@@ -14,6 +14,8 @@ use parastor_hw::scsi::{AdditionalSense, ScsiStatus, SenseData, SenseKey};
 /// READY, a thin pool out of space is DATA PROTECT / SPACE ALLOCATION
 /// FAILED WRITE PROTECT, a failed device is HARDWARE ERROR / INTERNAL
 /// TARGET FAILURE. The application-tag check is 10/02 as SBC-4 defines it.
+/// A disk out of a shared resource right now ([`DiskError::Busy`]) is
+/// TASK SET FULL, which initiators retry without counting it as an error.
 ///
 /// A guest buffer that cannot be accessed is the initiator's error when the
 /// initiator named it (outside guest memory, inaccessible to us — unmapped,
@@ -68,6 +70,13 @@ pub fn disk_error_result(error: &DiskError) -> ScsiResult {
         DiskError::AbortedByPreempt => ScsiResult {
             status: ScsiStatus::TASK_ABORTED,
             sense: Some(SenseData::new(K::ABORTED_COMMAND, A::NO_ADDITIONAL_SENSE)),
+            tx: 0,
+        },
+        // SAM-5: TASK SET FULL (28h) — the command was not run for lack
+        // of a resource and may be retried; no sense data.
+        DiskError::Busy(_) => ScsiResult {
+            status: ScsiStatus::TASK_SET_FULL,
+            sense: None,
             tx: 0,
         },
         DiskError::UnsupportedEject | DiskError::Unsupported(_) => {

@@ -38,8 +38,9 @@ mod lun;
 mod mode_pages;
 mod result;
 mod sense;
+pub mod state;
 
-pub use disk::{DiskParams, ScsiDisk};
+pub use disk::{DEFAULT_SCRATCH_BUDGET, DiskParams, SCRATCH_CHUNK, ScsiDisk};
 pub use dvd::ScsiDvd;
 pub use error::disk_error_result;
 pub use lun::Lun;

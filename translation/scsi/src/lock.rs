@@ -18,7 +18,7 @@ use alloc::vec::Vec;
 use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
-use spin::Mutex;
+use parastor_core::sync::Mutex;
 
 /// Holder slots allocated up front.
 const INITIAL_SLOTS: usize = 16;
@@ -180,6 +180,14 @@ impl RangeLock {
             },
             ticket: None,
         }
+    }
+
+    /// Ranges held and requests waiting, now: `(0, 0)` when no command
+    /// holds or waits for a range (what a save after a drain requires).
+    pub(crate) fn usage(&self) -> (usize, usize) {
+        let inner = self.inner.lock();
+        let held = inner.slots.iter().filter(|s| s.is_some()).count();
+        (held, inner.waiters.len())
     }
 
     /// Number of requests waiting (for tests).

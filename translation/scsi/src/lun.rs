@@ -5,6 +5,7 @@ use crate::dvd::ScsiDvd;
 use crate::{ScsiResult, SenseDelivery, disk_error_result};
 use alloc::sync::Arc;
 use core::fmt;
+use parastor_core::bounce::BouncePool;
 use parastor_core::{InitiatorId, SgList, if_inline, poll_inline};
 use parastor_hw::scsi::mmc;
 
@@ -90,6 +91,15 @@ impl Lun {
     pub fn limit_transfer(&self, bytes: u32) {
         match self {
             Lun::Disk(d) => d.limit_transfer(bytes),
+            Lun::Dvd(_) => {}
+        }
+    }
+
+    /// Gives the device its transport's scratch pool; see
+    /// [`ScsiDisk::use_scratch`]. A DVD drive needs no scratch memory.
+    pub fn use_scratch(&self, pool: &BouncePool) {
+        match self {
+            Lun::Disk(d) => d.use_scratch(pool),
             Lun::Dvd(_) => {}
         }
     }

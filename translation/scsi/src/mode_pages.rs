@@ -2,8 +2,8 @@
 //! common CDB checks, the mode parameter headers, and walking a MODE SELECT
 //! parameter list page by page.
 
-use crate::data::{data_in, data_out};
-use crate::result::{Res, illegal, invalid_cdb, invalid_param, param_len_error};
+use crate::data::data_in;
+use crate::result::{Res, illegal, invalid_cdb, invalid_param, mem_err, param_len_error};
 use alloc::vec::Vec;
 use parastor_core::SgList;
 use parastor_hw::scsi::{
@@ -72,30 +72,56 @@ pub(crate) fn mode_select_pages(
     if param_len == 0 {
         return Ok(0);
     }
-    let list = data_out(data, param_len)?;
-    let (bdl, hdr_len) = if long {
-        let (h, _) = ModeHeader10::read_from_prefix(&list).map_err(|_| param_len_error())?;
-        (
-            usize::from(h.block_desc_len.get()),
-            size_of::<ModeHeader10>(),
-        )
-    } else {
-        let (h, _) = ModeHeader6::read_from_prefix(&list).map_err(|_| param_len_error())?;
-        (usize::from(h.block_desc_len), size_of::<ModeHeader6>())
+    // Read piece by piece into stack buffers (a header, then each page:
+    // at most 2 + 255 bytes), every byte once.
+    let list = data.subrange(0, param_len).map_err(|_| param_len_error())?;
+    let read = |at: usize, dst: &mut [u8]| -> Res<()> {
+        list.subrange(at, dst.len())
+            .map_err(|_| param_len_error())?
+            .read_all(dst)
+            .map_err(mem_err)
     };
-    let mut pages = list.get(hdr_len + bdl..).ok_or_else(param_len_error)?;
-    while !pages.is_empty() {
-        let (code, len) = match pages {
-            [code, len, ..] => (ModePageCode::from_bits(*code), usize::from(*len)),
-            _ => return Err(param_len_error()),
-        };
-        let body = pages.get(2..2 + len).ok_or_else(param_len_error)?;
+    let hdr_len = if long {
+        size_of::<ModeHeader10>()
+    } else {
+        size_of::<ModeHeader6>()
+    };
+    let mut hdr = [0u8; size_of::<ModeHeader10>()];
+    let hdr = hdr.get_mut(..hdr_len).filter(|_| param_len >= hdr_len);
+    let hdr = hdr.ok_or_else(param_len_error)?;
+    read(0, hdr)?;
+    let bdl = if long {
+        let (h, _) = ModeHeader10::read_from_prefix(hdr).map_err(|_| param_len_error())?;
+        usize::from(h.block_desc_len.get())
+    } else {
+        let (h, _) = ModeHeader6::read_from_prefix(hdr).map_err(|_| param_len_error())?;
+        usize::from(h.block_desc_len)
+    };
+    let mut at = hdr_len + bdl;
+    if at > param_len {
+        return Err(param_len_error());
+    }
+    let mut page_buf = [0u8; 2 + 255];
+    while at < param_len {
+        if param_len - at < 2 {
+            return Err(param_len_error());
+        }
+        read(at, &mut page_buf[..2])?;
+        let (code, len) = (
+            ModePageCode::from_bits(page_buf[0]),
+            usize::from(page_buf[1]),
+        );
+        if len > param_len - at - 2 {
+            return Err(param_len_error());
+        }
+        let body = &mut page_buf[2..2 + len];
+        read(at + 2, body)?;
         // SPF: the subpage format, for pages this adapter does not have.
         if code.spf() {
             return Err(invalid_param());
         }
         page(code.page(), body)?;
-        pages = &pages[2 + len..];
+        at += 2 + len;
     }
     Ok(param_len)
 }

@@ -14,9 +14,9 @@
 use crate::data::data_in;
 use crate::result::{Res, ScsiResult};
 use alloc::vec::Vec;
+use parastor_core::sync::Mutex;
 use parastor_core::{InitiatorId, SgList};
 use parastor_hw::scsi::{DESCRIPTOR_SENSE_MAX, ScsiStatus, SenseData};
-use spin::Mutex;
 use zerocopy::IntoBytes;
 
 /// Most initiators whose sense is kept at once.
@@ -81,6 +81,34 @@ impl SenseTable {
         let mut t = self.inner.lock();
         let i = t.entries.iter().position(|e| e.initiator == initiator)?;
         Some(t.entries.swap_remove(i).sense)
+    }
+
+    /// Every initiator's pending sense, the one stored longest ago first
+    /// (the order eviction follows), for saved state.
+    pub(crate) fn snapshot(&self) -> Vec<(InitiatorId, SenseData)> {
+        let t = self.inner.lock();
+        let mut entries: Vec<_> = t
+            .entries
+            .iter()
+            .map(|e| (e.stamp, e.initiator, e.sense))
+            .collect();
+        entries.sort_unstable_by_key(|&(stamp, _, _)| stamp);
+        entries.into_iter().map(|(_, i, s)| (i, s)).collect()
+    }
+
+    /// Replaces the whole table with `entries` (oldest first, at most
+    /// [`SENSE_SLOTS`], no initiator twice: the caller checked).
+    pub(crate) fn replace(&self, entries: &[(InitiatorId, SenseData)]) {
+        let mut t = self.inner.lock();
+        t.entries.clear();
+        for (stamp, &(initiator, sense)) in (1..).zip(entries) {
+            t.entries.push(Entry {
+                initiator,
+                sense,
+                stamp,
+            });
+        }
+        t.clock = entries.len() as u64;
     }
 
     /// A command's result. If it is a CHECK CONDITION, its sense is kept

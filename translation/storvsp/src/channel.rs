@@ -1056,10 +1056,13 @@ pub(crate) fn srb_completion(
         SrbAnswer::Scsi(r) => {
             out.scsi_status = r.status;
             out.data_transfer_length = u32::try_from(r.tx).unwrap_or(u32::MAX).into();
-            let mut srb = SrbStatusAndFlags::new().with_status(if r.status == ScsiStatus::GOOD {
-                SrbStatus::SUCCESS
-            } else {
-                SrbStatus::ERROR
+            let mut srb = SrbStatusAndFlags::new().with_status(match r.status {
+                ScsiStatus::GOOD => SrbStatus::SUCCESS,
+                // Out of a resource right now: the guest's port driver
+                // requeues SRB_STATUS_BUSY (and Linux storvsc hands the
+                // SCSI status to the midlayer, which retries TASK SET FULL).
+                ScsiStatus::TASK_SET_FULL | ScsiStatus::BUSY => SrbStatus::BUSY,
+                _ => SrbStatus::ERROR,
             });
             let cap = autosense_room(request, size);
             if let Some(sense) = r.sense.filter(|_| cap > 0) {

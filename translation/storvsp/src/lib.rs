@@ -106,6 +106,7 @@ use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::Waker;
 use parastor_core::InitiatorId;
+use parastor_core::bounce::BouncePool;
 use parastor_hw::storvsp::{self as hw, ParseError, RequestSize};
 use parastor_scsi::Lun;
 use parastor_vmbus::{ChannelError, RingError};
@@ -375,6 +376,9 @@ pub struct Controller {
     /// and forgotten: a worker registered since the last bump need not
     /// register again.
     wake_epoch: AtomicU64,
+    /// Scratch memory the LUNs' commands share
+    /// ([`parastor_scsi::DEFAULT_SCRATCH_BUDGET`]).
+    scratch: BouncePool,
 }
 
 impl fmt::Debug for Controller {
@@ -398,7 +402,15 @@ impl Controller {
             generation: AtomicU64::new(0),
             waiters: Mutex::new(Vec::new()),
             wake_epoch: AtomicU64::new(0),
+            scratch: BouncePool::new(parastor_scsi::DEFAULT_SCRATCH_BUDGET),
         }
+    }
+
+    /// The scratch pool every attached LUN takes its commands' scratch
+    /// memory from (VERIFY, WRITE SAME, …), so the LUNs of one controller
+    /// share one budget and wait for room in it.
+    pub fn scratch(&self) -> &BouncePool {
+        &self.scratch
     }
 
     /// The configuration.
@@ -413,7 +425,8 @@ impl Controller {
     /// The LUN's transfer limit is lowered to the controller's
     /// [`ControllerConfig::max_transfer_bytes`] before the guest can see
     /// it ([`Lun::limit_transfer`]), so the limit a disk advertises is one
-    /// this controller carries.
+    /// this controller carries; the LUN takes its commands' scratch memory
+    /// from the controller's pool ([`Controller::scratch`]).
     pub fn attach(&self, path: ScsiPath, lun: impl Into<Lun>) -> Result<(), AttachError> {
         let lun = lun.into();
         let max_transfer_bytes = self.config.max_transfer_bytes;
@@ -431,6 +444,7 @@ impl Controller {
                 return Err(AttachError::Occupied(path));
             }
             lun.limit_transfer(max_transfer_bytes);
+            lun.use_scratch(&self.scratch);
             luns.insert(path, lun);
         }
         self.changed();

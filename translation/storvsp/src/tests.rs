@@ -368,3 +368,68 @@ fn a_drain_frees_queued_requests_and_keeps_submitted_ones() {
     assert_eq!(left, [8]);
     assert_eq!(slots.record(submitted).lun(), ScsiPath::new(0, 0, 1));
 }
+
+/// A disk out of a shared resource (`DiskError::Busy`, answered TASK SET
+/// FULL by the SCSI table) completes as `SRB_STATUS_BUSY` with
+/// `STATUS_DEVICE_BUSY`, the SCSI status kept for Linux's midlayer, no
+/// sense and no data.
+#[test]
+fn busy_disk_completes_srb_status_busy() {
+    let mut request = ScsiRequest::new_zeroed();
+    request.sense_info_ex_length = 0x14;
+    request.data_transfer_length = 4096.into();
+    let busy = SrbAnswer::Scsi(parastor_scsi::disk_error_result(
+        &parastor_core::DiskError::Busy("staging budget"),
+    ));
+    let (nt, out) = srb_completion(&request, &busy, RequestSize::Win8);
+    assert_eq!(nt, NtStatus::DEVICE_BUSY);
+    assert_eq!(out.srb_status, srb_byte(SrbStatus::BUSY));
+    assert_eq!(out.scsi_status, ScsiStatus::TASK_SET_FULL);
+    assert_eq!(out.sense_info_ex_length, 0);
+    assert_eq!(out.data_transfer_length.get(), 0);
+}
+
+/// A controller gives every LUN it attaches its one scratch pool: a WRITE
+/// SAME on an attached disk draws from the controller's budget.
+#[test]
+fn attached_disks_share_the_controller_scratch_pool() {
+    let controller = Controller::new(ControllerConfig::default());
+    assert_eq!(
+        controller.scratch().budget(),
+        parastor_scsi::DEFAULT_SCRATCH_BUDGET
+    );
+    let mem = RamGuestMemory::new(1 << 20);
+    for lun in 0..2u8 {
+        let disk =
+            parastor_core::Disk::new(parastor_core::ram::RamDisk::new(1 << 20, 512).unwrap())
+                .unwrap();
+        let scsi = Arc::new(parastor_scsi::ScsiDisk::new(
+            disk,
+            parastor_scsi::DiskParams::default(),
+        ));
+        controller
+            .attach(ScsiPath::new(0, 0, lun), scsi.clone())
+            .unwrap();
+        // WRITE SAME(10) of 64 blocks from one block at GPA 0.
+        let cdb = [0x41, 0, 0, 0, 0, 0, 0, 0, 64, 0];
+        let ranges = [parastor_core::GpaRange::new(
+            parastor_core::Gpa::new(0),
+            512,
+        )];
+        let sg = parastor_core::SgList::new(&mem, &ranges, false).unwrap();
+        let mut fut = core::pin::pin!(scsi.execute(
+            &cdb,
+            sg,
+            parastor_core::InitiatorId::new(1),
+            SenseDelivery::Autosense,
+        ));
+        let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+        let core::task::Poll::Ready(r) = fut.as_mut().poll(&mut cx) else {
+            panic!("a RAM disk's WRITE SAME finishes in one poll");
+        };
+        assert_eq!(r.status, ScsiStatus::GOOD);
+    }
+    // Both LUNs' commands took (and reused) the controller's block.
+    assert_eq!(controller.scratch().allocations(), 1);
+    assert_eq!(controller.scratch().high_water(), 64 * 512);
+}

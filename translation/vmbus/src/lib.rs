@@ -34,6 +34,7 @@ extern crate alloc;
 mod channel;
 mod ring;
 pub mod signal;
+pub mod state;
 #[cfg(test)]
 mod tests;
 

@@ -175,6 +175,13 @@ impl<'a> RingMem<'a> {
         Ok(ring)
     }
 
+    fn region(&self) -> RingRegion {
+        RingRegion::new(
+            self.gpa,
+            u64::from(self.data_size) + u64::from(RING_HEADER_SIZE),
+        )
+    }
+
     /// Loads a control field (`Acquire`: what the peer wrote before
     /// storing it is visible).
     fn load(&self, offset: u32) -> Result<u32, RingError> {
@@ -307,6 +314,30 @@ impl<'a> RingReader<'a> {
             published: read_index,
             write_seen: read_index,
         })
+    }
+
+    /// Reopens the ring at `region` for reading at `read_index`, our index
+    /// from saved state (validated here), and publishes it again; the
+    /// control page's copy is not trusted (saved state, `state.rs`).
+    pub(crate) fn reopen(
+        mem: &'a dyn GuestMemory,
+        region: RingRegion,
+        read_index: u32,
+    ) -> Result<Self, RingError> {
+        let ring = RingMem::new(ChannelMemory::Borrowed(mem), region)?;
+        hw::validate_ring_index(read_index, ring.data_size)?;
+        ring.store(RING_READ_INDEX_OFFSET, read_index)?;
+        Ok(Self {
+            ring,
+            read_index,
+            published: read_index,
+            write_seen: read_index,
+        })
+    }
+
+    /// Where the ring is.
+    pub fn region(&self) -> RingRegion {
+        self.ring.region()
     }
 
     /// Size of the data area in bytes.
@@ -625,6 +656,42 @@ impl<'a> RingWriter<'a> {
             read_seen,
             published: write_index,
         })
+    }
+
+    /// Reopens the ring at `region` for writing at `write_index`, our
+    /// index from saved state (validated here), and publishes it again;
+    /// like [`Self::new`] otherwise, with no `pending_send_sz` published
+    /// (the next write that finds the ring full publishes it again). The
+    /// control page's copy of our index is not trusted (saved state,
+    /// `state.rs`).
+    pub(crate) fn reopen(
+        mem: &'a dyn GuestMemory,
+        region: RingRegion,
+        write_index: u32,
+    ) -> Result<Self, RingError> {
+        let ring = RingMem::new(ChannelMemory::Borrowed(mem), region)?;
+        hw::validate_ring_index(write_index, ring.data_size)?;
+        let read_seen = ring.load_index(RING_READ_INDEX_OFFSET)?;
+        let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));
+        ring.store(
+            RING_FEATURE_BITS_OFFSET,
+            features.with_pending_send_size(true).into_bits().get(),
+        )?;
+        ring.store(RING_PENDING_SEND_SIZE_OFFSET, 0)?;
+        ring.store(RING_WRITE_INDEX_OFFSET, write_index)?;
+        Ok(Self {
+            ring,
+            write_index,
+            reserved: 0,
+            pending: false,
+            read_seen,
+            published: write_index,
+        })
+    }
+
+    /// Where the ring is.
+    pub fn region(&self) -> RingRegion {
+        self.ring.region()
     }
 
     /// Size of the data area in bytes.

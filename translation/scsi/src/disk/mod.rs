@@ -22,23 +22,42 @@
 //! COMPARE AND WRITE excludes overlapping writes through an async LBA range
 //! lock, and REPORT SUPPORTED OPERATION CODES comes from the one command
 //! table the tests check against the parser.
+//!
+//! # Memory per command
+//! Commands whose work is larger than their data-out buffer (VERIFY,
+//! WRITE AND VERIFY, WRITE SAME, COMPARE AND WRITE) and UNMAP parameter
+//! lists take their private memory from a scratch [`BouncePool`] the LUNs
+//! of one controller share ([`ScsiDisk::use_scratch`]; StorVSP's
+//! controller creates one of [`DEFAULT_SCRATCH_BUDGET`]), never from the
+//! heap per command: one acquisition of at most two [`SCRATCH_CHUNK`]
+//! regions, taken before the command's LBA range lock and held to its end,
+//! through which the command walks its blocks. A burst waits for room in
+//! the pool (first come, first served) instead of growing memory. Other
+//! parameter lists (MODE SELECT, PERSISTENT RESERVE OUT) are read into
+//! stack buffers. How much one command may make the disk do is bounded by
+//! the limits VPD 0xB0 advertises and enforces: MAXIMUM TRANSFER LENGTH for
+//! READ, WRITE, VERIFY and WRITE AND VERIFY (8 MiB by default, lowered to
+//! the transport's limit), MAXIMUM WRITE SAME LENGTH (64 MiB) and MAXIMUM
+//! COMPARE AND WRITE LENGTH (64 blocks); a command over one is ILLEGAL
+//! REQUEST / INVALID FIELD IN CDB, as SBC-4's transfer-limits table asks.
 
 mod inquiry;
 mod mode_pages;
 mod opcodes;
 mod pr;
+pub(crate) mod state;
 #[cfg(test)]
 pub(crate) mod tests;
 
-use crate::data::{Scratch, data_in, data_out, read_capacity10};
+use crate::data::{data_in, data_out, read_capacity10};
 use crate::lock::RangeLock;
 use crate::result::{
     Res, ScsiResult, illegal, invalid_cdb, invalid_param, mem_err, param_len_error,
 };
 use crate::sense::{self, SenseDelivery, SenseTable};
-use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use parastor_core::bounce::{AcquireError, BounceBuffer, BouncePool};
 use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList, UnmapBehavior};
 use parastor_hw::scsi::{
     AdditionalSense, CapacityExponents, CapacityProvisioning, Command, LbaStatusDescriptor,
@@ -64,8 +83,16 @@ pub const MAX_UNMAP_DESCRIPTORS: u32 = 4096;
 pub const MAX_UNMAP_BYTES: u64 = 1 << 30;
 /// Most blocks one COMPARE AND WRITE may name (VPD 0xB0).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;
-/// Largest private staging buffer one command uses at a time.
-const CHUNK_BYTES: usize = 1 << 20;
+/// Largest region of scratch memory a command works in at a time: a
+/// VERIFY, WRITE AND VERIFY, WRITE SAME or COMPARE AND WRITE goes through
+/// its blocks this many bytes at a time (at most two regions at once, from
+/// one acquisition of the scratch pool).
+pub const SCRATCH_CHUNK: usize = 256 << 10;
+/// Default budget of a scratch pool: of a controller's (StorVSP creates
+/// one per controller and gives it to every LUN it attaches), and of a
+/// disk used on its own. Sixteen 256 KiB regions: eight commands working
+/// on two regions each at once; more wait their turn.
+pub const DEFAULT_SCRATCH_BUDGET: usize = 4 << 20;
 
 /// Configuration of a [`ScsiDisk`]: the identity the guest sees and the
 /// behaviours it may rely on.
@@ -157,6 +184,33 @@ pub struct ScsiDisk {
     /// smaller of [`DiskParams::max_transfer_bytes`] and every limit given
     /// to [`ScsiDisk::limit_transfer`]; never below one block.
     max_transfer_blocks: AtomicU32,
+    /// Where commands take scratch memory from ([`ScsiDisk::use_scratch`]).
+    scratch: parastor_core::sync::RwLock<BouncePool>,
+}
+
+/// A command's scratch memory: one buffer from the pool, cut into regions
+/// of `per` blocks (`region` bytes) each.
+struct Scratch {
+    buf: BounceBuffer,
+    region: usize,
+    per: u64,
+}
+
+impl Scratch {
+    /// `len` bytes of region `i` as a buffer for a disk call.
+    fn sg(&self, i: usize, len: usize, writable: bool) -> Res<SgList<'_>> {
+        self.buf
+            .sg(writable)
+            .subrange(i * self.region, len)
+            .map_err(|_| DiskError::InvalidInput("scratch region out of bounds").into())
+    }
+
+    /// Runs `f` on the buffer's bytes.
+    fn with<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> Res<R> {
+        self.buf
+            .with_private_mut(f)
+            .ok_or_else(|| DiskError::Unsupported("scratch pool of non-private memory").into())
+    }
 }
 
 impl ScsiDisk {
@@ -182,7 +236,23 @@ impl ScsiDisk {
             fua,
             sense: SenseTable::default(),
             ranges: RangeLock::default(),
+            scratch: parastor_core::sync::RwLock::new(BouncePool::new(DEFAULT_SCRATCH_BUDGET)),
         }
+    }
+
+    /// Takes the scratch memory of VERIFY, WRITE AND VERIFY, WRITE SAME,
+    /// COMPARE AND WRITE and UNMAP parameter lists from `pool` from now
+    /// on. A transport calls it when it attaches the disk, so all the LUNs
+    /// of one controller share one budget (a disk on its own has a pool of
+    /// [`DEFAULT_SCRATCH_BUDGET`]). Commands wait for room in the pool, so
+    /// a burst of them never holds more than its budget.
+    pub fn use_scratch(&self, pool: &BouncePool) {
+        *self.scratch.write() = pool.clone();
+    }
+
+    /// The pool commands take scratch memory from.
+    pub fn scratch_pool(&self) -> BouncePool {
+        self.scratch.read().clone()
     }
 
     /// The disk behind the adapter.
@@ -550,39 +620,27 @@ impl ScsiDisk {
         Ok(bytes)
     }
 
-    /// Blocks per staging chunk for a command of `blocks` blocks: at most
-    /// [`CHUNK_BYTES`] worth, at least one block.
-    fn chunk_blocks(&self, blocks: u64) -> u64 {
-        (CHUNK_BYTES as u64 >> self.disk.sector_shift()).clamp(1, blocks.max(1))
-    }
-
-    /// A staging buffer of `per` blocks.
-    fn scratch(&self, per: u64) -> Scratch {
-        Scratch::new((per << self.disk.sector_shift()) as usize)
-    }
-
-    /// Reads `blocks` at `lba` in chunks, calling `f(offset, bytes)` with
-    /// each chunk's contents (offset in bytes from the start).
-    async fn read_chunks(
-        &self,
-        lba: u64,
-        blocks: u64,
-        opts: IoOptions,
-        f: &mut (dyn FnMut(usize, &[u8]) -> Res<()> + Send),
-    ) -> Res<()> {
+    /// Scratch memory for a command over `blocks` blocks working on
+    /// `regions` regions at once: one acquisition from the pool (waiting
+    /// for room), regions of at most [`SCRATCH_CHUNK`] and at least one
+    /// block. Taken before any range lock, so a command never waits for
+    /// the pool while holding blocks another command waits for.
+    async fn scratch(&self, blocks: u64, regions: usize) -> Res<Scratch> {
+        let pool = self.scratch_pool();
         let shift = self.disk.sector_shift();
-        let per = self.chunk_blocks(blocks);
-        let scratch = self.scratch(per);
-        for (done, n) in chunks(blocks, per) {
-            let len = (n << shift) as usize;
-            self.disk
-                .read(scratch.sg(len, true), lba + done, opts)
-                .await?;
-            scratch
-                .mem
-                .with(|b| f((done << shift) as usize, &b[..len]))?;
+        let region_max = SCRATCH_CHUNK.min(pool.max_len() / regions);
+        let per = ((region_max >> shift) as u64).min(blocks.max(1));
+        if per == 0 {
+            return Err(
+                DiskError::Unsupported("scratch pool smaller than two logical blocks").into(),
+            );
         }
-        Ok(())
+        let region = (per << shift) as usize;
+        let buf = pool
+            .acquire(region * regions)
+            .await
+            .map_err(scratch_error)?;
+        Ok(Scratch { buf, region, per })
     }
 
     async fn verify(&self, data: &SgList<'_>, t: Transfer, bytchk: u8, opts: IoOptions) -> Res {
@@ -596,36 +654,44 @@ impl ScsiDisk {
             return Ok(0);
         }
         let ss = self.disk.sector_size() as usize;
-        // BYTCHK 1 compares with the data-out buffer one chunk at a time
-        // (staged no larger than a chunk), BYTCHK 3 every block with its
-        // one block.
-        let mut expected = match bytchk {
-            0 => Vec::new(),
-            1 => vec![0; (self.chunk_blocks(t.blocks.into()) as usize) * ss],
-            _ => data_out(data, ss)?,
-        };
-        self.read_chunks(t.lba, t.blocks.into(), opts, &mut |off, got| {
-            let mismatch = match bytchk {
-                0 => None,
-                1 => {
-                    let want = &mut expected[..got.len()];
-                    data.subrange(off, got.len())
-                        .map_err(|_| invalid_cdb())?
-                        .read_all(want)
-                        .map_err(mem_err)?;
-                    first_mismatch(want, got).map(|i| off + i)
-                }
-                _ => got
-                    .chunks(ss)
-                    .enumerate()
-                    .find_map(|(k, blk)| first_mismatch(&expected, blk).map(|i| off + k * ss + i)),
-            };
-            match mismatch {
-                Some(at) => Err(miscompare(at)),
-                None => Ok(()),
+        let shift = self.disk.sector_shift();
+        let blocks = u64::from(t.blocks);
+        // Region 0 receives the medium's blocks a chunk at a time; region
+        // 1 holds what they are compared with: the data-out buffer's
+        // matching chunk (BYTCHK 1) or its one block (BYTCHK 3).
+        let s = self
+            .scratch(blocks, if bytchk == 0 { 1 } else { 2 })
+            .await?;
+        if bytchk > 1 {
+            s.with(|b| data_out(data, &mut b[s.region..s.region + ss]))??;
+        }
+        for (done, n) in chunks(blocks, s.per) {
+            let (off, len) = ((done << shift) as usize, (n << shift) as usize);
+            self.disk
+                .read(s.sg(0, len, true)?, t.lba + done, opts)
+                .await?;
+            let mismatch = s.with(|b| -> Res<Option<usize>> {
+                let (got, want) = b.split_at_mut(s.region);
+                let got = &got[..len];
+                Ok(match bytchk {
+                    0 => None,
+                    1 => {
+                        let want = &mut want[..len];
+                        data.subrange(off, len)
+                            .map_err(|_| invalid_cdb())?
+                            .read_all(want)
+                            .map_err(mem_err)?;
+                        first_mismatch(want, got).map(|i| off + i)
+                    }
+                    _ => got.chunks(ss).enumerate().find_map(|(k, blk)| {
+                        first_mismatch(&want[..ss], blk).map(|i| off + k * ss + i)
+                    }),
+                })
+            })??;
+            if let Some(at) = mismatch {
+                return Err(miscompare(at));
             }
-        })
-        .await?;
+        }
         Ok(match bytchk {
             0 => 0,
             1 => bytes,
@@ -644,32 +710,25 @@ impl ScsiDisk {
         if bytes == 0 {
             return Ok(0);
         }
-        // Stage a private copy: the guest may change its buffer meanwhile,
-        // and the comparison must be against what was written.
+        // Stage a private copy (region 0): the guest may change its buffer
+        // meanwhile, and the comparison must be against what was written.
+        // Region 1 receives what the medium then holds.
         let shift = self.disk.sector_shift();
-        let per = self.chunk_blocks(t.blocks.into());
-        let staged = self.scratch(per);
-        let back = self.scratch(per);
+        let s = self.scratch(t.blocks.into(), 2).await?;
         let wopts = IoOptions { fua: true, ..opts };
         let _g = self.ranges.shared(t.lba, t.blocks.into()).await;
-        for (done, n) in chunks(t.blocks.into(), per) {
-            let len = (n << shift) as usize;
-            let off = (done << shift) as usize;
+        for (done, n) in chunks(t.blocks.into(), s.per) {
+            let (off, len) = ((done << shift) as usize, (n << shift) as usize);
             let src = data.subrange(off, len).map_err(|_| invalid_cdb())?;
-            staged
-                .mem
-                .with_mut(|b| src.read_all(&mut b[..len]))
-                .map_err(mem_err)?;
+            s.with(|b| src.read_all(&mut b[..len]))?.map_err(mem_err)?;
             self.disk
-                .write(staged.sg(len, false), t.lba + done, wopts)
+                .write(s.sg(0, len, false)?, t.lba + done, wopts)
                 .await?;
             self.disk
-                .read(back.sg(len, true), t.lba + done, opts)
+                .read(s.sg(1, len, true)?, t.lba + done, opts)
                 .await?;
             if bytchk == 1 {
-                let m = staged
-                    .mem
-                    .with(|a| back.mem.with(|b| first_mismatch(&a[..len], &b[..len])));
+                let m = s.with(|b| first_mismatch(&b[..len], &b[s.region..s.region + len]))?;
                 if let Some(i) = m {
                     return Err(miscompare(off + i));
                 }
@@ -696,36 +755,35 @@ impl ScsiDisk {
         if u64::from(t.blocks) << shift > self.params.max_write_same_bytes {
             return Err(invalid_cdb());
         }
-        let block = if ndob {
-            vec![0; ss]
-        } else {
-            if data.len() < ss {
-                return Err(invalid_cdb());
+        if !ndob && data.len() < ss {
+            return Err(invalid_cdb());
+        }
+        let blocks = u64::from(t.blocks);
+        let s = self.scratch(blocks, 1).await?;
+        // The block to write, read once into the scratch, then repeated
+        // through the region.
+        let zero = s.with(|b| -> Res<bool> {
+            let (first, rest) = b[..s.region].split_at_mut(ss);
+            if ndob {
+                first.fill(0);
+            } else {
+                data_out(data, first)?;
             }
-            data_out(data, ss)?
-        };
+            for c in rest.chunks_mut(ss) {
+                c.copy_from_slice(first);
+            }
+            Ok(first.iter().all(|&b| b == 0))
+        })??;
         let tx = if ndob { 0 } else { ss };
-        let zero = block.iter().all(|&b| b == 0);
-        let _g = self.ranges.shared(t.lba, t.blocks.into()).await;
+        let _g = self.ranges.shared(t.lba, blocks).await;
         if unmap && zero && self.disk.unmap_behavior() == UnmapBehavior::Zeroes {
-            self.disk.unmap(t.lba, t.blocks.into(), opts).await?;
+            self.disk.unmap(t.lba, blocks, opts).await?;
             return Ok(tx);
         }
-        let per = self.chunk_blocks(t.blocks.into());
-        let scratch = self.scratch(per);
-        scratch.mem.with_mut(|b| {
-            for c in b.chunks_mut(ss) {
-                c.copy_from_slice(&block);
-            }
-        });
         let wopts = self.write_opts(false, opts);
-        for (done, n) in chunks(t.blocks.into(), per) {
+        for (done, n) in chunks(blocks, s.per) {
             self.disk
-                .write(
-                    scratch.sg((n << shift) as usize, false),
-                    t.lba + done,
-                    wopts,
-                )
+                .write(s.sg(0, (n << shift) as usize, false)?, t.lba + done, wopts)
                 .await?;
         }
         Ok(tx)
@@ -751,32 +809,64 @@ impl ScsiDisk {
         if param_len < size_of::<UnmapHeader>() {
             return Err(param_len_error());
         }
-        let list = data_out(data, param_len)?;
-        let (hdr, rest) = UnmapHeader::read_from_prefix(&list).map_err(|_| param_len_error())?;
-        let desc_len = usize::from(hdr.desc_len.get()).min(rest.len());
-        let count = desc_len / size_of::<UnmapDescriptor>();
-        if count > MAX_UNMAP_DESCRIPTORS as usize {
-            return Err(invalid_param());
+        // The list (up to 64 KiB: too large for a stack buffer in a
+        // command's future) is read once into scratch memory, validated
+        // whole, then carried out from that private copy.
+        if data.len() < param_len {
+            return Err(param_len_error());
         }
-        let descs = <[UnmapDescriptor]>::ref_from_prefix_with_elems(rest, count)
-            .map_err(|_| param_len_error())?
-            .0;
-        // SBC-4: descriptors naming more blocks in all than the MAXIMUM
-        // UNMAP LBA COUNT are INVALID FIELD IN PARAMETER LIST (checked as
-        // the sum grows, so one descriptor over the limit is caught alone).
-        let max_blocks = self.max_unmap_blocks();
-        let mut total = 0u64;
-        for d in descs {
-            self.check_range(d.lba.get(), d.blocks.get().into())?;
-            total += u64::from(d.blocks.get());
-            if total > u64::from(max_blocks) {
+        let list = self
+            .scratch_pool()
+            .acquire(param_len)
+            .await
+            .map_err(scratch_error)?;
+        let with_list = |f: &mut dyn FnMut(&mut [u8]) -> Res<usize>| -> Res<usize> {
+            list.with_private_mut(|l| f(l)).ok_or_else(|| {
+                ScsiResult::from(DiskError::Unsupported("scratch pool of non-private memory"))
+            })?
+        };
+        // The descriptors' count, after the checks.
+        let count = with_list(&mut |l| {
+            data_out(data, l)?;
+            let (hdr, rest) = UnmapHeader::read_from_prefix(&*l).map_err(|_| param_len_error())?;
+            let desc_len = usize::from(hdr.desc_len.get()).min(rest.len());
+            let count = desc_len / size_of::<UnmapDescriptor>();
+            if count > MAX_UNMAP_DESCRIPTORS as usize {
                 return Err(invalid_param());
             }
-        }
-        for d in descs.iter().filter(|d| d.blocks.get() != 0) {
+            let descs = <[UnmapDescriptor]>::ref_from_prefix_with_elems(rest, count)
+                .map_err(|_| param_len_error())?
+                .0;
+            // SBC-4: descriptors naming more blocks in all than the MAXIMUM
+            // UNMAP LBA COUNT are INVALID FIELD IN PARAMETER LIST (checked
+            // as the sum grows, so one descriptor over the limit is caught
+            // alone).
+            let max_blocks = self.max_unmap_blocks();
+            let mut total = 0u64;
+            for d in descs {
+                self.check_range(d.lba.get(), d.blocks.get().into())?;
+                total += u64::from(d.blocks.get());
+                if total > u64::from(max_blocks) {
+                    return Err(invalid_param());
+                }
+            }
+            Ok(count)
+        })?;
+        for i in 0..count {
+            let at = size_of::<UnmapHeader>() + i * size_of::<UnmapDescriptor>();
+            let mut d = (0u64, 0u64);
+            with_list(&mut |l| {
+                let (desc, _) =
+                    UnmapDescriptor::read_from_prefix(&l[at..]).map_err(|_| param_len_error())?;
+                d = (desc.lba.get(), desc.blocks.get().into());
+                Ok(0)
+            })?;
+            let (lba, blocks) = d;
+            if blocks == 0 {
+                continue;
+            }
             // One range at a time, never holding one while waiting for
             // the next.
-            let (lba, blocks) = (d.lba.get(), d.blocks.get().into());
             let _g = self.ranges.shared(lba, blocks).await;
             self.disk.unmap(lba, blocks, opts).await?;
         }
@@ -796,23 +886,47 @@ impl ScsiDisk {
         if t.blocks == 0 {
             return Ok(0);
         }
-        let bytes = (t.blocks as usize) << self.disk.sector_shift();
-        let out = data_out(data, 2 * bytes).map_err(|_| invalid_cdb())?;
-        let (verify, new) = out.split_at(bytes);
-        let current = Scratch::new(bytes);
-        let _g = self.ranges.exclusive(t.lba, t.blocks.into()).await;
-        self.disk.read(current.sg(bytes, true), t.lba, opts).await?;
-        if let Some(i) = current.mem.with(|b| first_mismatch(verify, b)) {
-            return Err(miscompare(i));
+        let shift = self.disk.sector_shift();
+        let blocks = u64::from(t.blocks);
+        let bytes = (t.blocks as usize) << shift;
+        if data.len() < 2 * bytes {
+            return Err(invalid_cdb());
         }
-        current.mem.with_mut(|b| b.copy_from_slice(new));
-        self.disk
-            .write(
-                current.sg(bytes, false),
-                t.lba,
-                self.write_opts(t.fua, opts),
-            )
-            .await?;
+        // Region 0 receives the medium's blocks, region 1 the data-out
+        // buffer's verify data; then region 0 stages the new data.
+        let s = self.scratch(blocks, 2).await?;
+        let _g = self.ranges.exclusive(t.lba, blocks).await;
+        for (done, n) in chunks(blocks, s.per) {
+            let (off, len) = ((done << shift) as usize, (n << shift) as usize);
+            self.disk
+                .read(s.sg(0, len, true)?, t.lba + done, opts)
+                .await?;
+            let mismatch = s.with(|b| -> Res<Option<usize>> {
+                let (got, want) = b.split_at_mut(s.region);
+                let want = &mut want[..len];
+                data.subrange(off, len)
+                    .map_err(|_| invalid_cdb())?
+                    .read_all(want)
+                    .map_err(|_| invalid_cdb())?;
+                Ok(first_mismatch(want, &got[..len]).map(|i| off + i))
+            })??;
+            if let Some(i) = mismatch {
+                return Err(miscompare(i));
+            }
+        }
+        let wopts = self.write_opts(t.fua, opts);
+        for (done, n) in chunks(blocks, s.per) {
+            let (off, len) = ((done << shift) as usize, (n << shift) as usize);
+            s.with(|b| {
+                data.subrange(bytes + off, len)
+                    .map_err(|_| invalid_cdb())?
+                    .read_all(&mut b[..len])
+                    .map_err(|_| invalid_cdb())
+            })??;
+            self.disk
+                .write(s.sg(0, len, false)?, t.lba + done, wopts)
+                .await?;
+        }
         Ok(2 * bytes)
     }
 
@@ -887,4 +1001,16 @@ fn miscompare(offset: usize) -> ScsiResult {
             AdditionalSense::MISCOMPARE_DURING_VERIFY,
         )
     })
+}
+
+/// The answer for a scratch pool that could not lend memory: out of
+/// memory now is BUSY (retried); a request over the whole budget cannot
+/// happen ([`ScsiDisk::scratch`] sizes requests to the pool).
+fn scratch_error(e: AcquireError) -> ScsiResult {
+    match e {
+        AcquireError::Alloc(_) => DiskError::Busy("SCSI scratch memory").into(),
+        AcquireError::TooLarge { .. } => {
+            DiskError::Unsupported("command needs more scratch memory than the pool holds").into()
+        }
+    }
 }

@@ -169,9 +169,11 @@ impl ScsiDisk {
             }
             // Only the header and the one TransportID form accepted are
             // read: the list length is the guest's to choose.
-            let list = data_out(data, param_len.min(HEADER + TRANSPORT_ID_LEN))?;
+            let mut buf = [0u8; HEADER + TRANSPORT_ID_LEN];
+            let list = &mut buf[..param_len.min(HEADER + TRANSPORT_ID_LEN)];
+            data_out(data, list)?;
             let (p, rest) =
-                PrRegisterMoveParams::read_from_prefix(&list).map_err(|_| param_len_error())?;
+                PrRegisterMoveParams::read_from_prefix(list).map_err(|_| param_len_error())?;
             if !caps.register_and_move || scope != 0 || from_type_code(kind).is_none() {
                 return Err(invalid_cdb());
             }
@@ -210,7 +212,8 @@ impl ScsiDisk {
         if param_len != 24 {
             return Err(param_len_error());
         }
-        let list = data_out(data, 24)?;
+        let mut list = [0u8; 24];
+        data_out(data, &mut list)?;
         let (p, _) = PrOutParams::read_from_prefix(&list).map_err(|_| param_len_error())?;
         let (key, sa_key) = (p.key.get(), p.sa_key.get());
         // APTPL counts for the registrations only (SPC-4: the other service

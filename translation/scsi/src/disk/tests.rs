@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::{SENSE_SLOTS, disk_error_result};
+use alloc::vec;
 use futures::executor::block_on;
 use parastor_core::GpaRange;
 use parastor_core::ram::RamDisk;
@@ -1725,6 +1726,8 @@ fn error_table() {
         (DiskError::AbortedByPreempt, 0x40, Some((0xB, 0, 0))),
         (DiskError::UnsupportedEject, 2, Some(INVALID_OPCODE)),
         (DiskError::Unsupported("x"), 2, Some(INVALID_OPCODE)),
+        // TASK SET FULL, no sense.
+        (DiskError::Busy("x"), 0x28, None),
     ];
     for (err, st, sense) in cases {
         for e in [err.clone(), err.clone().in_member(3).in_member(1)] {
@@ -2190,4 +2193,236 @@ fn run_now_declines_a_command_waiting_for_a_range() {
         block_on(lun.execute(&cmp, sg, A, d)),
         ScsiResult::good(1024)
     );
+}
+
+/// A timer whose sleeps end at the next poll: a disk behind it does not
+/// complete inline, so commands stay in flight together.
+struct YieldTimer;
+
+impl parastor_core::Timer for YieldTimer {
+    fn sleep(&self, _: core::time::Duration) -> parastor_core::BoxFuture<'static, ()> {
+        let mut yielded = false;
+        alloc::boxed::Box::pin(core::future::poll_fn(move |cx| {
+            if yielded {
+                core::task::Poll::Ready(())
+            } else {
+                yielded = true;
+                cx.waker().wake_by_ref();
+                core::task::Poll::Pending
+            }
+        }))
+    }
+}
+
+/// A disk of `bytes` that answers every request one poll late.
+fn slow_disk(bytes: u64) -> (RamDisk, Disk) {
+    let ram = RamDisk::new(bytes, SS).unwrap();
+    let slow = parastor_core::DelayDisk::new(
+        Disk::new(ram.clone()).unwrap(),
+        parastor_core::DelayHandle::new(core::time::Duration::from_nanos(1)),
+        alloc::sync::Arc::new(YieldTimer),
+    );
+    (ram, Disk::new(slow).unwrap())
+}
+
+/// A burst of large scratch-using commands on two LUNs sharing one pool
+/// (as a controller's LUNs do) never holds more than the pool's budget:
+/// commands wait for room (the pool's waiter count shows it), and every
+/// one completes with the right result.
+#[test]
+fn burst_of_big_commands_stays_within_the_scratch_budget() {
+    use core::task::{Context, Poll};
+    const BUDGET: usize = 1 << 20;
+    let pool = BouncePool::new(BUDGET);
+    let mem = RamGuestMemory::new(64 << 20);
+    let luns: Vec<_> = (0..2)
+        .map(|_| {
+            let (ram, disk) = slow_disk(32 << 20);
+            let scsi = ScsiDisk::new(disk, DiskParams::default());
+            scsi.use_scratch(&pool);
+            (ram, scsi)
+        })
+        .collect();
+    let mib = (1 << 20) / SS;
+    let block = pattern(512, 3);
+    let data = pattern(1 << 20, 4);
+    // Each LUN: WRITE SAME 8 MiB (one region), WRITE AND VERIFY 1 MiB (two
+    // regions), VERIFY BYTCHK 0 of 8 MiB (one region).
+    let mut cmds: Vec<(usize, Vec<u8>, Vec<u8>)> = Vec::new();
+    for lun in 0..2 {
+        cmds.push((
+            lun,
+            rw16(ScsiOp::WRITE_SAME16.get(), 0, 0, 8 * mib).to_vec(),
+            block.clone(),
+        ));
+        cmds.push((
+            lun,
+            rw16(ScsiOp::WRITE_VERIFY16.get(), 0x02, 20 * mib as u64, mib).to_vec(),
+            data.clone(),
+        ));
+        cmds.push((
+            lun,
+            rw16(ScsiOp::VERIFY16.get(), 0, 0, 8 * mib).to_vec(),
+            Vec::new(),
+        ));
+    }
+    // Each command's buffer in its own guest range.
+    let slots: Vec<_> = cmds
+        .iter()
+        .enumerate()
+        .map(|(i, (_, _, out))| {
+            let gpa = Gpa::new(GPA + (i as u64) * (2 << 20));
+            mem.write_at(gpa, out).unwrap();
+            [GpaRange::new(gpa, out.len().max(512) as u64)]
+        })
+        .collect();
+    let mut futs: Vec<_> = cmds
+        .iter()
+        .zip(&slots)
+        .map(|((lun, cdb, _), ranges)| {
+            let sg = SgList::new(&mem, ranges, true).unwrap();
+            Some(alloc::boxed::Box::pin(luns[*lun].1.execute(
+                cdb,
+                sg,
+                A,
+                SenseDelivery::Autosense,
+            )))
+        })
+        .collect();
+    let mut cx = Context::from_waker(core::task::Waker::noop());
+    let mut results = vec![None; futs.len()];
+    let (mut most_waiting, mut most_held) = (0, 0);
+    while results.iter().any(Option::is_none) {
+        for (f, r) in futs.iter_mut().zip(&mut results) {
+            if let Some(fut) = f
+                && let Poll::Ready(done) = fut.as_mut().poll(&mut cx)
+            {
+                *r = Some(done);
+                *f = None;
+            }
+            most_waiting = most_waiting.max(pool.waiting());
+            most_held = most_held.max(pool.held());
+        }
+    }
+    for (r, (_, cdb, _)) in results.iter().zip(&cmds) {
+        assert_eq!(r.as_ref().unwrap().status, ScsiStatus::GOOD, "{cdb:02x?}");
+    }
+    assert!(most_waiting > 0, "the burst had to wait for scratch");
+    assert!(most_held <= BUDGET);
+    assert!(pool.high_water() <= BUDGET);
+    assert!(pool.high_water() >= BUDGET / 2);
+    assert_eq!(pool.in_use(), 0);
+    for (ram, _) in &luns {
+        let disk = Disk::new(ram.clone()).unwrap();
+        let got = read_disk(&disk, &mem, 8 * mib as u64 - 1, 1);
+        assert_eq!(got, block);
+        assert_eq!(read_disk(&disk, &mem, 20 * mib as u64, mib), data);
+    }
+}
+
+/// Reads `blocks` at `lba` straight from `disk` through guest memory.
+fn read_disk(disk: &Disk, mem: &RamGuestMemory, lba: u64, blocks: u32) -> Vec<u8> {
+    let len = blocks as usize * SS as usize;
+    let gpa = Gpa::new(60 << 20);
+    let ranges = [GpaRange::new(gpa, len as u64)];
+    block_on(disk.read(
+        SgList::new(mem, &ranges, true).unwrap(),
+        lba,
+        IoOptions::default(),
+    ))
+    .unwrap();
+    let mut out = vec![0; len];
+    mem.read_at(gpa, &mut out).unwrap();
+    out
+}
+
+/// One command's amplification is capped by what VPD 0xB0 advertises
+/// (SBC-4 transfer limits): VERIFY and WRITE AND VERIFY by the MAXIMUM
+/// TRANSFER LENGTH, WRITE SAME by the MAXIMUM WRITE SAME LENGTH, COMPARE
+/// AND WRITE by the MAXIMUM COMPARE AND WRITE LENGTH; one block over is
+/// ILLEGAL REQUEST / INVALID FIELD IN CDB, the limit itself succeeds.
+#[test]
+fn amplification_is_capped_by_the_block_limits() {
+    let (_, disk) = slow_disk(128 << 20);
+    let e = Env {
+        scsi: ScsiDisk::new(
+            disk,
+            DiskParams {
+                max_transfer_bytes: 1 << 20,
+                max_write_same_bytes: 4 << 20,
+                ..Default::default()
+            },
+        ),
+        ..env()
+    };
+    let b0 = e.ok(&[ScsiOp::INQUIRY.get(), 1, 0xB0, 0, 64, 0], &[], 64);
+    let max_transfer = u32::from_be_bytes(b0[8..12].try_into().unwrap());
+    let max_write_same = u64::from_be_bytes(b0[36..44].try_into().unwrap());
+    let max_caw = u32::from(b0[5]);
+    assert_eq!(max_transfer, (1 << 20) / SS);
+    assert_eq!(max_write_same, (4 << 20) / u64::from(SS));
+    assert_eq!(max_caw, u32::from(MAX_COMPARE_AND_WRITE_BLOCKS));
+    let block = pattern(512, 9);
+    let over_len = (max_transfer as usize + 1) * SS as usize;
+    for cdb in [
+        rw16(ScsiOp::VERIFY16.get(), 0, 0, max_transfer + 1),
+        rw16(ScsiOp::VERIFY16.get(), 0x02, 0, max_transfer + 1),
+        rw16(ScsiOp::WRITE_VERIFY16.get(), 0, 0, max_transfer + 1),
+        rw16(ScsiOp::WRITE_SAME16.get(), 0, 0, max_write_same as u32 + 1),
+    ] {
+        expect_sense(&e, &cdb, &block, over_len, INVALID_CDB);
+    }
+    expect_sense(
+        &e,
+        &caw(0, MAX_COMPARE_AND_WRITE_BLOCKS + 1),
+        &[],
+        2 * 65 * SS as usize,
+        INVALID_CDB,
+    );
+    // At the limits: accepted.
+    e.ok(
+        &rw16(ScsiOp::WRITE_SAME16.get(), 0, 0, max_write_same as u32),
+        &block,
+        512,
+    );
+    e.ok(&rw16(ScsiOp::VERIFY16.get(), 0, 0, max_transfer), &[], 0);
+    // The whole WRITE SAME went through scratch regions, never more than
+    // one at a time.
+    assert!(e.scsi.scratch_pool().high_water() <= SCRATCH_CHUNK);
+}
+
+/// Staged on the pool, not the heap: the same commands again allocate no
+/// new scratch blocks.
+#[test]
+fn scratch_blocks_are_reused() {
+    let e = env();
+    let block = pattern(512, 5);
+    let data = pattern(64 << 10, 6);
+    let run = || {
+        e.ok(&rw16(ScsiOp::WRITE_SAME16.get(), 0, 0, 1024), &block, 512);
+        e.ok(
+            &rw16(ScsiOp::WRITE_VERIFY16.get(), 0x02, 0, 128),
+            &data,
+            data.len(),
+        );
+        e.ok(
+            &rw16(ScsiOp::VERIFY16.get(), 0x02, 0, 128),
+            &data,
+            data.len(),
+        );
+        e.ok(
+            &caw(0, 1),
+            &[data[..512].to_vec(), block.clone()].concat(),
+            1024,
+        );
+    };
+    run();
+    let pool = e.scsi.scratch_pool();
+    let first = pool.allocations();
+    assert!(first > 0);
+    for _ in 0..5 {
+        run();
+    }
+    assert_eq!(pool.allocations(), first);
+    assert_eq!(pool.in_use(), 0);
 }

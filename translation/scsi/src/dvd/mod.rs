@@ -33,7 +33,7 @@
 //! CODE (not DATA PROTECT, which would suggest a write-protected writable
 //! medium).
 
-use crate::data::{data_in, data_out, read_capacity10};
+use crate::data::{check_data_out, data_in, read_capacity10};
 use crate::inquiry::{push_t10_designator, standard_inquiry, vpd_page};
 use crate::mode_pages::{check_mode_sense, mode_select_pages, mode_sense_data};
 use crate::result::{Res, ScsiResult, illegal, invalid_cdb, invalid_param};
@@ -865,7 +865,7 @@ fn set_streaming(data: &SgList<'_>, kind: StreamingType, param_len: usize) -> Re
     }
     // Validate that the list is readable, then ignore it.
     if param_len > 0 {
-        data_out(data, param_len)?;
+        check_data_out(data, param_len)?;
     }
     Ok(0)
 }
@@ -923,5 +923,6 @@ fn mode_select(data: &SgList<'_>, pf: bool, sp: bool, param_len: usize) -> Res {
     })
 }
 
+mod state;
 #[cfg(test)]
 mod tests;

@@ -1,19 +1,18 @@
-//! The std implementation of [`parastor_core::Timer`]: one background
-//! thread that completes sleeps in deadline order.
+//! The timer for sleeps polled outside any runtime loop (by another
+//! executor, such as `futures::executor::block_on` in tests and tools): one
+//! process-wide thread completes them in deadline order.
 //!
-//! The delay decorator asks for a sleep per delayed request; a thread per
-//! sleep would be wasteful, so all sleeps share one thread and a deadline
-//! heap. Dropping the timer stops the thread; sleeps still pending then never
-//! complete (their disks are gone with it).
+//! This is the former `parastor::timer::StdTimer`, kept only for those
+//! contexts. It allocates per sleep and hops threads; runtime threads never
+//! use it.
 
-use parastor_core::Timer;
-use parastor_core::disk::BoxFuture;
+use crate::lock;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::future::poll_fn;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
-use std::time::{Duration, Instant};
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 /// Whether a sleep has finished, and who to wake when it does.
 #[derive(Default)]
@@ -60,45 +59,25 @@ impl Ord for Entry {
 struct Queue {
     heap: BinaryHeap<Reverse<Entry>>,
     seq: u64,
-    shutdown: bool,
 }
 
+#[derive(Default)]
 struct Shared {
     queue: Mutex<Queue>,
     cond: Condvar,
 }
 
-/// Locks `m`, recovering the data if a panicking thread poisoned it (the
-/// protected state is always consistent between statements).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A [`Timer`] backed by one background thread.
-pub struct StdTimer {
-    shared: Arc<Shared>,
-}
-
-impl StdTimer {
-    /// Starts the timer thread.
-    pub fn new() -> std::io::Result<StdTimer> {
-        let shared = Arc::new(Shared {
-            queue: Mutex::new(Queue::default()),
-            cond: Condvar::new(),
-        });
-        let worker = shared.clone();
+/// The timer thread, started on first use; `None` if it could not be.
+fn shared() -> Option<&'static Shared> {
+    static SHARED: OnceLock<Option<&'static Shared>> = OnceLock::new();
+    *SHARED.get_or_init(|| {
+        let shared: &'static Shared = Box::leak(Box::default());
         std::thread::Builder::new()
             .name("parastor-timer".into())
-            .spawn(move || run(&worker))?;
-        Ok(StdTimer { shared })
-    }
-}
-
-impl Drop for StdTimer {
-    fn drop(&mut self) {
-        lock(&self.shared.queue).shutdown = true;
-        self.shared.cond.notify_one();
-    }
+            .spawn(move || run(shared))
+            .ok()
+            .map(|_| shared)
+    })
 }
 
 /// The timer thread: completes sleeps whose deadline has passed, then waits
@@ -106,9 +85,6 @@ impl Drop for StdTimer {
 fn run(shared: &Shared) {
     let mut q = lock(&shared.queue);
     loop {
-        if q.shutdown {
-            return;
-        }
         let now = Instant::now();
         let next = q.heap.peek().map(|Reverse(e)| e.deadline);
         match next {
@@ -136,34 +112,60 @@ fn run(shared: &Shared) {
     }
 }
 
-impl Timer for StdTimer {
-    fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        let slot = Arc::new(Mutex::new(Slot::default()));
-        // A duration too long to represent sleeps "forever" (~136 years).
-        let now = Instant::now();
-        let deadline = now
-            .checked_add(duration)
-            .unwrap_or_else(|| now + Duration::from_secs(u32::MAX.into()));
-        {
-            let mut q = lock(&self.shared.queue);
-            q.seq += 1;
-            let seq = q.seq;
-            q.heap.push(Reverse(Entry {
-                deadline,
-                seq,
-                slot: slot.clone(),
-            }));
+/// A sleep on the fallback timer thread.
+pub(crate) struct Sleep {
+    deadline: Instant,
+    slot: Option<Arc<Mutex<Slot>>>,
+}
+
+impl fmt::Debug for Sleep {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("fallback::Sleep")
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl Sleep {
+    pub(crate) fn new(deadline: Instant) -> Sleep {
+        Sleep {
+            deadline,
+            slot: None,
         }
-        self.shared.cond.notify_one();
-        Box::pin(poll_fn(move |cx| {
-            let mut s = lock(&slot);
-            if s.done {
-                Poll::Ready(())
-            } else {
-                s.waker = Some(cx.waker().clone());
-                Poll::Pending
+    }
+
+    pub(crate) fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let slot = match &self.slot {
+            Some(slot) => slot,
+            None => {
+                let Some(shared) = shared() else {
+                    // No thread could be started: block this (non-runtime)
+                    // thread instead of never completing.
+                    std::thread::sleep(self.deadline.saturating_duration_since(Instant::now()));
+                    return Poll::Ready(());
+                };
+                let slot = Arc::new(Mutex::new(Slot::default()));
+                {
+                    let mut q = lock(&shared.queue);
+                    q.seq += 1;
+                    let seq = q.seq;
+                    q.heap.push(Reverse(Entry {
+                        deadline: self.deadline,
+                        seq,
+                        slot: slot.clone(),
+                    }));
+                }
+                shared.cond.notify_one();
+                self.slot.insert(slot)
             }
-        }))
+        };
+        let mut s = lock(slot);
+        if s.done {
+            Poll::Ready(())
+        } else {
+            s.waker = Some(cx.waker().clone());
+            Poll::Pending
+        }
     }
 }
 
@@ -171,7 +173,8 @@ impl Timer for StdTimer {
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::task::{Context, Wake};
+    use std::task::Wake;
+    use std::time::Duration;
 
     /// A waker that reports the name of the sleep it belongs to.
     struct Report {
@@ -191,19 +194,14 @@ mod tests {
     /// however loaded the machine is.
     #[test]
     fn sleeps_complete_in_deadline_order_and_not_early() {
-        let timer = StdTimer::new().unwrap();
         let (tx, rx) = mpsc::channel();
         let start = Instant::now();
         let mut sleeps = [("long", 90), ("mid", 50), ("short", 10)]
-            .map(|(name, ms)| (name, ms, timer.sleep(Duration::from_millis(ms))));
+            .map(|(name, ms)| (name, ms, Sleep::new(start + Duration::from_millis(ms))));
         for (name, _, sleep) in &mut sleeps {
             let report = Mutex::new(tx.clone());
             let waker = Waker::from(Arc::new(Report { name, tx: report }));
-            if sleep
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker))
-                .is_ready()
-            {
+            if sleep.poll(&mut Context::from_waker(&waker)).is_ready() {
                 // Already over (a very slow machine): it completed by now.
                 tx.send(name).unwrap();
             }
@@ -222,7 +220,7 @@ mod tests {
             assert!(*at >= Duration::from_millis(ms), "{name} early: {order:?}");
         }
         for (name, _, sleep) in &mut sleeps {
-            let ready = sleep.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+            let ready = sleep.poll(&mut Context::from_waker(Waker::noop()));
             assert!(ready.is_ready(), "{name} woke but is not ready");
         }
     }

@@ -1,0 +1,46 @@
+//! The one parastor crate with `unsafe`: it maps memory that other parties
+//! (guest vCPUs, the host, devices, the kernel) change concurrently, and
+//! Rust can reach such memory only through raw pointers.
+//!
+//! Every other crate in the workspace forbids `unsafe_code`. This one denies
+//! it, and only the modules that need it allow it, each saying why:
+//!
+//! - [`mmap`]: creating and removing mappings (`mmap`, `mprotect`,
+//!   `munmap`), and the `Send`/`Sync` promise of [`MappedRegion`];
+//! - [`access`]: copies and atomic operations on a mapping's bytes;
+//! - [`io`]: `preadv`/`pwritev2` between a file and runs of a mapping.
+//!
+//! The rest is safe code on top: [`GuestRam`] (guest physical memory made
+//! of mapped regions, implementing `parastor_core::GuestMemory` lock-free)
+//! and [`KernelPins`] (the proof that pinned addresses lie in live
+//! `GuestRam` mappings, which lets [`io::preadv_exact`] and
+//! [`io::pwritev_all`] be safe functions).
+//!
+//! What it exports is small safe types without policy: what to map, where a
+//! guest's memory lives and who may touch it is decided by the callers.
+//!
+//! # The memory model on a mapping
+//!
+//! No Rust reference ever points into a mapping: another party may write any
+//! byte at any time, which a `&[u8]` or `&mut [u8]` would forbid. Bytes move
+//! by raw-pointer copies between the mapping and private buffers, and
+//! protocol fields that are polled or published use real atomic
+//! instructions on the mapping. A copy that races with another party's
+//! write may see that write's bytes torn at any byte boundary (the same
+//! choice as rust-vmm's `vm-memory`), except that a naturally aligned copy
+//! of 1, 2, 4 or 8 bytes is one access and never tears.
+
+pub mod access;
+mod error;
+mod guest_ram;
+pub mod io;
+pub mod mmap;
+mod pins;
+#[cfg(test)]
+mod tests;
+
+pub use access::AtomicWord;
+pub use error::{AccessError, AccessErrorKind};
+pub use guest_ram::{GUEST_PAGE_SIZE, GuestRam, LayoutError};
+pub use mmap::{MappedRegion, Protection};
+pub use pins::KernelPins;

@@ -1,0 +1,339 @@
+//! Saved state of every component: golden blobs of each version, the
+//! envelope's refusals on real blobs, validation errors that name their
+//! field, and which disks survive a restart.
+//!
+//! Golden blobs live in `tests/state/<component>-v<version>.bin`. Each is
+//! decoded and compared with the value built here, and the value is
+//! encoded and compared with the blob: a field added, removed, reordered
+//! or retyped in a `…V1` struct fails this test instead of a servicing
+//! restore. Changing a saved struct means a new version (see
+//! `parastor_core::state`), with its own golden blob: run this test once
+//! with `PARASTOR_BLESS_STATE=1` to write blobs that do not exist yet
+//! (existing ones are never overwritten).
+
+use parastor_core::prwrap::{RegistrationV1, ReservationV1, ReservationsV1};
+use parastor_core::state::{self, StateError, Versioned};
+use parastor_core::{Disk, InitiatorId, ReservationsDisk};
+use parastor_scsi::state::{DvdV1, ScsiDiskV1, SenseEntryV1, SenseV1};
+use parastor_tests::fuzz_state::{
+    RING_BASE, RING_SIZE, restore_dvd, restore_reservations, restore_rings, restore_scsi_disk,
+};
+use parastor_tests::stacks::{disk, file_disk, layer, layered, ram_disk, ram_layer, striped};
+use parastor_vmbus::state::{ChannelRingsV1, RingV1};
+use std::fmt::Debug;
+use std::path::PathBuf;
+
+const A: InitiatorId = InitiatorId::new(0xA);
+const B: InitiatorId = InitiatorId::new(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
+
+fn golden_reservations() -> ReservationsV1 {
+    ReservationsV1 {
+        generation: 7,
+        registrations: vec![
+            RegistrationV1 {
+                initiator: A.to_bytes(),
+                key: 0xAAAA,
+            },
+            RegistrationV1 {
+                initiator: B.to_bytes(),
+                key: u64::MAX,
+            },
+        ],
+        reservation: Some(ReservationV1 {
+            kind: 5,
+            holder: Some(B.to_bytes()),
+        }),
+        aptpl: false,
+    }
+}
+
+fn sense(who: InitiatorId, key: u8, asc: u8, information: Option<u64>) -> SenseEntryV1 {
+    SenseEntryV1 {
+        initiator: who.to_bytes(),
+        sense: SenseV1 {
+            key,
+            asc,
+            ascq: 1,
+            information,
+        },
+    }
+}
+
+fn golden_scsi_disk() -> ScsiDiskV1 {
+    ScsiDiskV1 {
+        sense: vec![sense(A, 5, 0x24, None), sense(B, 0xE, 0x1D, Some(513))],
+        known_sectors: 0x1_0000_0001,
+    }
+}
+
+fn golden_dvd() -> DvdV1 {
+    DvdV1 {
+        media_present: true,
+        tray_open: false,
+        prevent_removal: true,
+        pending_event: 1,
+        unit_attention: true,
+        sense: vec![sense(B, 2, 0x3A, Some(u64::MAX))],
+    }
+}
+
+fn golden_rings() -> ChannelRingsV1 {
+    ChannelRingsV1 {
+        incoming: RingV1 {
+            gpa: RING_BASE,
+            size: RING_SIZE,
+            own_index: 1024,
+        },
+        outgoing: RingV1 {
+            gpa: RING_BASE + RING_SIZE,
+            size: RING_SIZE,
+            own_index: 4088,
+        },
+    }
+}
+
+fn golden_path<T: Versioned>() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("state")
+        .join(format!("{}-v{}.bin", T::COMPONENT, T::VERSION))
+}
+
+/// The golden blob of `T`'s version, checked against `value` both ways.
+fn golden<T: Versioned + PartialEq + Debug>(value: &T) -> Vec<u8> {
+    let path = golden_path::<T>();
+    let encoded = state::encode(value).unwrap();
+    if !path.exists() && std::env::var_os("PARASTOR_BLESS_STATE").is_some() {
+        std::fs::write(&path, &encoded).unwrap();
+    }
+    let blob = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; a new version needs its golden blob (PARASTOR_BLESS_STATE=1)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        state::decode::<T>(&blob).as_ref(),
+        Ok(value),
+        "{} no longer decodes to the same value: a saved struct changed without a new version",
+        path.display()
+    );
+    assert_eq!(
+        encoded,
+        blob,
+        "{}: the encoding of the same value changed",
+        path.display()
+    );
+    blob
+}
+
+#[test]
+fn golden_blobs_decode_and_restore() {
+    let blob = golden(&golden_reservations());
+    assert_eq!(restore_reservations(&blob), Ok(golden_reservations()));
+    let blob = golden(&golden_scsi_disk());
+    assert_eq!(restore_scsi_disk(&blob), Ok(golden_scsi_disk()));
+    let blob = golden(&golden_dvd());
+    assert_eq!(restore_dvd(&blob), Ok(golden_dvd()));
+    let blob = golden(&golden_rings());
+    assert_eq!(restore_rings(&blob), Ok(golden_rings()));
+}
+
+type Restore<T> = fn(&[u8]) -> Result<T, StateError>;
+
+/// Every prefix of a valid blob is refused as truncated, every flipped
+/// bit of its payload or checksum as damaged, and a byte more as
+/// trailing.
+fn envelope_refusals<T: Versioned + Debug>(value: &T, restore: Restore<T>) {
+    let blob = state::encode(value).unwrap();
+    assert!(restore(&blob).is_ok());
+    for n in 0..blob.len() {
+        match restore(&blob[..n]) {
+            Err(StateError::Truncated { got, .. }) => assert_eq!(got, n),
+            other => panic!("{}: prefix of {n} bytes: {other:?}", T::COMPONENT),
+        }
+    }
+    let payload_at = state::envelope_len(T::COMPONENT.len()) - 4;
+    for byte in 0..blob.len() {
+        for bit in 0..8 {
+            let mut m = blob.clone();
+            m[byte] ^= 1 << bit;
+            let e = restore(&m).expect_err("a damaged blob is refused");
+            if byte >= payload_at {
+                assert!(
+                    matches!(e, StateError::Checksum { component, .. } if component == T::COMPONENT),
+                    "{}: byte {byte} bit {bit}: {e:?}",
+                    T::COMPONENT
+                );
+            }
+        }
+    }
+    let mut long = blob.clone();
+    long.extend_from_slice(b"more");
+    assert!(matches!(
+        restore(&long),
+        Err(StateError::TrailingBytes { .. })
+    ));
+}
+
+#[test]
+fn envelope_refuses_truncated_damaged_and_long_blobs() {
+    envelope_refusals(&golden_reservations(), restore_reservations);
+    envelope_refusals(&golden_scsi_disk(), restore_scsi_disk);
+    envelope_refusals(&golden_dvd(), restore_dvd);
+    envelope_refusals(&golden_rings(), restore_rings);
+}
+
+/// Blobs with a valid envelope and checksum whose values are wrong: each
+/// refused as invalid, naming the component and the field.
+fn invalid<T: Versioned + Debug>(cases: Vec<(&str, T)>, restore: Restore<T>) {
+    for (field, value) in cases {
+        let blob = state::encode(&value).unwrap();
+        match restore(&blob) {
+            Err(StateError::Invalid { component, error }) => {
+                assert_eq!(component, T::COMPONENT);
+                assert_eq!(error.field, field, "{value:?}: {error}");
+                let text = StateError::Invalid { component, error }.to_string();
+                assert!(
+                    text.contains(T::COMPONENT) && text.contains(field),
+                    "{text}"
+                );
+            }
+            other => panic!("{}: {field}: {other:?}", T::COMPONENT),
+        }
+    }
+}
+
+#[test]
+fn validation_names_the_field() {
+    let g = golden_reservations();
+    let mut dup = g.clone();
+    dup.registrations[1].initiator = A.to_bytes();
+    let mut zero = g.clone();
+    zero.registrations[0].key = 0;
+    invalid(
+        vec![
+            ("registrations[1].initiator", dup),
+            ("registrations[0].key", zero),
+            (
+                "reservation.kind",
+                ReservationsV1 {
+                    reservation: Some(ReservationV1 {
+                        kind: 4,
+                        holder: Some(A.to_bytes()),
+                    }),
+                    ..g.clone()
+                },
+            ),
+            (
+                "reservation.holder",
+                ReservationsV1 {
+                    reservation: Some(ReservationV1 {
+                        kind: 1,
+                        holder: Some(InitiatorId::new(0xC).to_bytes()),
+                    }),
+                    ..g.clone()
+                },
+            ),
+            (
+                "aptpl",
+                ReservationsV1 {
+                    aptpl: true,
+                    ..g.clone()
+                },
+            ),
+        ],
+        restore_reservations,
+    );
+
+    let g = golden_scsi_disk();
+    let mut key = g.clone();
+    key.sense[1].sense.key = 0x10;
+    let mut dup = g.clone();
+    dup.sense[1].initiator = A.to_bytes();
+    invalid(
+        vec![("sense[1].sense.key", key), ("sense[1].initiator", dup)],
+        restore_scsi_disk,
+    );
+
+    let g = golden_dvd();
+    invalid(
+        vec![
+            (
+                "tray_open",
+                DvdV1 {
+                    tray_open: true,
+                    ..g.clone()
+                },
+            ),
+            (
+                "pending_event",
+                DvdV1 {
+                    pending_event: 9,
+                    ..g.clone()
+                },
+            ),
+            (
+                "unit_attention",
+                DvdV1 {
+                    media_present: false,
+                    ..g.clone()
+                },
+            ),
+        ],
+        restore_dvd,
+    );
+
+    let g = golden_rings();
+    let mut misaligned = g;
+    misaligned.incoming.own_index = 1020;
+    let mut outside = g;
+    outside.outgoing.gpa = 1 << 40;
+    let mut size = g;
+    size.outgoing.size = 100;
+    invalid(
+        vec![
+            ("incoming.own_index", misaligned),
+            ("outgoing.gpa", outside),
+            ("outgoing.size", size),
+        ],
+        restore_rings,
+    );
+}
+
+/// Which disks survive a restart of the service, and which part of a
+/// stack does not.
+#[test]
+fn volatile_disks_are_found_in_any_stack() {
+    let ram = ram_disk(64, 512);
+    assert_eq!(ram.volatile_part(), Some((String::new(), "ram")));
+    let file = file_disk(64, 512, false);
+    assert!(file.survives_restart());
+    assert_eq!(file.volatile_part(), None);
+
+    // A RAM layer over a file (memdiff): the layer is named.
+    let memdiff = layered(
+        false,
+        vec![ram_layer(false, false), layer(file.clone(), false, false)],
+    );
+    assert_eq!(memdiff.volatile_part(), Some(("layer 0".into(), "ram")));
+    // Two host layers, and a stripe of files: both survive.
+    let two = layered(
+        false,
+        vec![
+            layer(file_disk(64, 512, false), false, false),
+            layer(file.clone(), false, false),
+        ],
+    );
+    assert!(two.survives_restart());
+    let stripe = striped(
+        vec![file_disk(64, 512, false), file_disk(64, 512, false)],
+        Some(4096),
+        None,
+    );
+    assert!(stripe.survives_restart());
+    // A stripe with a RAM member, under reservations: the path says where.
+    let mixed = striped(vec![file.clone(), ram_disk(64, 512)], Some(4096), None);
+    let pr: Disk = disk(ReservationsDisk::new(mixed));
+    assert_eq!(pr.volatile_part(), Some(("inner/member 1".into(), "ram")));
+    assert!(!pr.survives_restart());
+}
