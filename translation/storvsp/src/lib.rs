@@ -93,10 +93,12 @@
 extern crate alloc;
 
 mod channel;
+mod slots;
 #[cfg(test)]
 mod tests;
 
 pub use channel::{RUN_BUDGET, StorvspChannel};
+pub use slots::{Phase, RequestRecord, SrbAnswer};
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -264,6 +266,9 @@ pub enum StorvspError {
         /// The packet's transaction id.
         transaction_id: u64,
     },
+    /// The channel was closed by its owner ([`StorvspChannel::close`]):
+    /// the guest closed it, or the controller stopped or was reset.
+    Closed,
 }
 
 impl fmt::Display for StorvspError {
@@ -283,6 +288,7 @@ impl fmt::Display for StorvspError {
                 f,
                 "storvsp packet {transaction_id:#x} is not a guest request"
             ),
+            Self::Closed => f.write_str("storvsp channel closed"),
         }
     }
 }

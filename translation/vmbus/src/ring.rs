@@ -27,6 +27,7 @@
 //! A packet is copied out of the ring once, into private memory, and
 //! validated there; it is never read again from guest memory.
 
+use crate::channel::ChannelMemory;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{Ordering, fence};
@@ -143,9 +144,9 @@ impl From<DescriptorError> for RingError {
 }
 
 /// Raw access to one ring: control fields and wrap-around copies.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct RingMem<'a> {
-    mem: &'a dyn GuestMemory,
+    mem: ChannelMemory<'a>,
     gpa: Gpa,
     data_size: u32,
 }
@@ -160,16 +161,16 @@ impl fmt::Debug for RingMem<'_> {
 }
 
 impl<'a> RingMem<'a> {
-    fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
+    fn new(mem: ChannelMemory<'a>, region: RingRegion) -> Result<Self, RingError> {
         let data_size = region.data_size()?;
+        // A ring outside (or partly inaccessible in) guest memory fails
+        // here; so does a control page the atomics cannot use (misaligned).
+        mem.check(GpaRange::new(region.gpa, region.size), Access::ReadWrite)?;
         let ring = Self {
             mem,
             gpa: region.gpa,
             data_size,
         };
-        // A ring outside (or partly inaccessible in) guest memory fails
-        // here; so does a control page the atomics cannot use (misaligned).
-        mem.check(GpaRange::new(region.gpa, region.size), Access::ReadWrite)?;
         ring.load(0)?;
         Ok(ring)
     }
@@ -300,6 +301,11 @@ impl<'a> RingReader<'a> {
     /// Opens the ring at `region` for reading, starting at the read index
     /// currently in its control page (validated).
     pub fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
+        Self::with_memory(ChannelMemory::Borrowed(mem), region)
+    }
+
+    /// [`RingReader::new`] over memory borrowed or owned.
+    pub fn with_memory(mem: ChannelMemory<'a>, region: RingRegion) -> Result<Self, RingError> {
         let ring = RingMem::new(mem, region)?;
         let read_index = ring.load_index(RING_READ_INDEX_OFFSET)?;
         Ok(Self {
@@ -318,7 +324,7 @@ impl<'a> RingReader<'a> {
         region: RingRegion,
         read_index: u32,
     ) -> Result<Self, RingError> {
-        let ring = RingMem::new(mem, region)?;
+        let ring = RingMem::new(ChannelMemory::Borrowed(mem), region)?;
         hw::validate_ring_index(read_index, ring.data_size)?;
         ring.store(RING_READ_INDEX_OFFSET, read_index)?;
         Ok(Self {
@@ -633,6 +639,11 @@ impl<'a> RingWriter<'a> {
     /// advertises [`RingFeatures::pending_send_size`]: this writer
     /// publishes `pending_send_sz` when blocked.
     pub fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
+        Self::with_memory(ChannelMemory::Borrowed(mem), region)
+    }
+
+    /// [`RingWriter::new`] over memory borrowed or owned.
+    pub fn with_memory(mem: ChannelMemory<'a>, region: RingRegion) -> Result<Self, RingError> {
         let ring = RingMem::new(mem, region)?;
         let write_index = ring.load_index(RING_WRITE_INDEX_OFFSET)?;
         let read_seen = ring.load_index(RING_READ_INDEX_OFFSET)?;
@@ -662,7 +673,7 @@ impl<'a> RingWriter<'a> {
         region: RingRegion,
         write_index: u32,
     ) -> Result<Self, RingError> {
-        let ring = RingMem::new(mem, region)?;
+        let ring = RingMem::new(ChannelMemory::Borrowed(mem), region)?;
         hw::validate_ring_index(write_index, ring.data_size)?;
         let read_seen = ring.load_index(RING_READ_INDEX_OFFSET)?;
         let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));
