@@ -122,7 +122,9 @@ fn check() -> Result<(), Failure> {
     }
 
     let mut one = [0u8; 1];
-    if memory.read_at(Gpa::new(GUEST_SIZE), &mut one).is_ok() || memory.write_at(Gpa::new(GUEST_SIZE - 1), &[0, 0]).is_ok() {
+    if memory.read_at(Gpa::new(GUEST_SIZE), &mut one).is_ok()
+        || memory.write_at(Gpa::new(GUEST_SIZE - 1), &[0, 0]).is_ok()
+    {
         return Err(Failure::OutOfRange);
     }
 
