@@ -93,6 +93,7 @@
 extern crate alloc;
 
 mod channel;
+pub mod state;
 #[cfg(test)]
 mod tests;
 
