@@ -131,7 +131,8 @@ pub fn restore_rings(blob: &[u8]) -> Result<ChannelRingsV1, StateError> {
 }
 
 /// Restores `blob` as StorVSP controller state into a fresh controller
-/// (up to 4 sub-channels) with a 64-sector disk at 0:0:0 and a DVD drive
+/// (up to 4 sub-channels) with a 64-sector disk with in-process
+/// reservations at 0:0:0 and a DVD drive
 /// at 0:0:1, loaded when the state says it was.
 pub fn restore_controller(blob: &[u8]) -> Result<ControllerV1, StateError> {
     let saved: ControllerV1 = state::decode(blob)?;
@@ -143,7 +144,8 @@ pub fn restore_controller(blob: &[u8]) -> Result<ControllerV1, StateError> {
         max_sub_channels: 4,
         ..ControllerConfig::default()
     });
-    let disk = ScsiDisk::new(ram(64, 512), DiskParams::default());
+    let pr = Disk::new(ReservationsDisk::new(ram(64, 512))).expect("disk");
+    let disk = ScsiDisk::new(pr, DiskParams::default());
     c.attach(ScsiPath::new(0, 0, 0), Arc::new(disk))
         .expect("attach disk");
     let dvd = ScsiDvd::new(loaded.then(|| ram(4, 2048))).expect("DVD drive");
@@ -155,7 +157,15 @@ pub fn restore_controller(blob: &[u8]) -> Result<ControllerV1, StateError> {
             let again = c.save(Volatile::Allow).expect("save");
             assert_eq!(again.negotiation, saved.negotiation, "restore is exact");
             for l in &saved.luns {
-                assert!(again.luns.contains(l), "restore is exact: {l:?}");
+                let now = again
+                    .luns
+                    .iter()
+                    .find(|n| n.path == l.path)
+                    .expect("LUN saved");
+                assert_eq!(now.device, l.device, "restore is exact");
+                if l.reservations.is_some() {
+                    assert_eq!(now.reservations, l.reservations, "restore is exact");
+                }
             }
             Ok(saved)
         }

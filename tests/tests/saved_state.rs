@@ -108,10 +108,12 @@ fn golden_controller() -> ControllerV1 {
             LunV1 {
                 path: [0, 0, 0],
                 device: DeviceV1::Disk(golden_scsi_disk()),
+                reservations: Some(golden_reservations()),
             },
             LunV1 {
                 path: [0, 0, 1],
                 device: DeviceV1::Dvd(golden_dvd()),
+                reservations: None,
             },
         ],
     }

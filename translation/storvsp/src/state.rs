@@ -31,6 +31,7 @@ use super::{Controller, NegotiationState, Protocol, ScsiPath};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use parastor_core::prwrap::ReservationsV1;
 use parastor_core::state::{InvalidState, SaveError, Versioned, check_count};
 use parastor_hw::storvsp::Version;
 use parastor_scsi::Lun;
@@ -73,6 +74,10 @@ pub struct LunV1 {
     pub path: [u8; 3],
     /// The device's state.
     pub device: DeviceV1,
+    /// The persistent reservations this process keeps for the LUN's disk
+    /// (a reservations decorator in its stack); `None` when the disk has
+    /// none or they live in the device.
+    pub reservations: Option<ReservationsV1>,
 }
 
 /// A device's saved state, by kind.
@@ -205,13 +210,20 @@ impl Controller {
                     kind,
                 });
             }
-            let device = match &lun {
-                Lun::Disk(d) => DeviceV1::Disk(d.save()?),
-                Lun::Dvd(d) => DeviceV1::Dvd(d.save()?),
+            let (device, reservations) = match &lun {
+                Lun::Disk(d) => (
+                    DeviceV1::Disk(d.save()?),
+                    d.disk()
+                        .persistent_reservations()
+                        .and_then(|pr| pr.save_state())
+                        .transpose()?,
+                ),
+                Lun::Dvd(d) => (DeviceV1::Dvd(d.save()?), None),
             };
             saved.push(LunV1 {
                 path: [path.path, path.target, path.lun],
                 device,
+                reservations,
             });
         }
         Ok(ControllerV1 {
@@ -230,7 +242,7 @@ impl Controller {
             .validate(self.config.max_sub_channels)
             .map_err(|e| e.within("negotiation"))?;
         check_count("luns", saved.luns.len(), MAX_LUNS)?;
-        let mut targets: Vec<(Lun, &DeviceV1)> = Vec::with_capacity(saved.luns.len());
+        let mut targets: Vec<(Lun, &LunV1)> = Vec::with_capacity(saved.luns.len());
         let mut seen: Vec<ScsiPath> = Vec::with_capacity(saved.luns.len());
         for (i, l) in saved.luns.iter().enumerate() {
             let field = format!("luns[{i}]");
@@ -268,13 +280,40 @@ impl Controller {
                 )),
             };
             kind_ok.map_err(|e| e.within(&format!("{field}.device")))?;
-            targets.push((lun, &l.device));
+            if let Some(r) = &l.reservations {
+                let field = format!("{field}.reservations");
+                let keeps = match &lun {
+                    Lun::Disk(d) => d
+                        .disk()
+                        .persistent_reservations()
+                        .is_some_and(|pr| pr.save_state().is_some()),
+                    Lun::Dvd(_) => false,
+                };
+                if !keeps {
+                    return Err(InvalidState::new(
+                        field,
+                        format_args!(
+                            "LUN {} had reservations kept by the service, but its disk now keeps none to restore into",
+                            path_str(path)
+                        ),
+                    ));
+                }
+                r.check().map_err(|e| e.within(&field))?;
+            }
+            targets.push((lun, l));
         }
         // Everything checked: apply (these restores repeat the checks
         // above, so they cannot fail now).
-        for (lun, device) in targets {
-            match (&lun, device) {
-                (Lun::Disk(d), DeviceV1::Disk(s)) => d.restore(s)?,
+        for (lun, l) in targets {
+            match (&lun, &l.device) {
+                (Lun::Disk(d), DeviceV1::Disk(s)) => {
+                    d.restore(s)?;
+                    if let (Some(r), Some(pr)) =
+                        (&l.reservations, d.disk().persistent_reservations())
+                    {
+                        pr.restore_state(r)?;
+                    }
+                }
                 (Lun::Dvd(d), DeviceV1::Dvd(s)) => d.restore(s)?,
                 _ => {}
             }
@@ -369,6 +408,7 @@ mod tests {
                         }],
                         known_sectors: 64,
                     }),
+                    reservations: None,
                 },
                 LunV1 {
                     path: [0, 0, 1],
@@ -376,6 +416,7 @@ mod tests {
                         tray_open: true,
                         ..DvdV1::default()
                     }),
+                    reservations: None,
                 },
             ],
         }
@@ -396,6 +437,49 @@ mod tests {
         let fresh = controller(ram(64, 512));
         parastor_core::state::restore::<ControllerV1, _>(&blob, |s| fresh.restore(&s)).unwrap();
         assert_eq!(fresh.save(Volatile::Allow).unwrap(), saved());
+    }
+
+    /// Reservations kept by a reservations decorator under a disk LUN
+    /// round-trip with it; saved reservations need such a decorator now,
+    /// and their own checks apply.
+    #[test]
+    fn reservations_round_trip_with_their_lun() {
+        use parastor_core::ReservationsDisk;
+        use parastor_core::prwrap::{RegistrationV1, ReservationV1};
+        let pr = ReservationsV1 {
+            generation: 3,
+            registrations: alloc::vec![RegistrationV1 {
+                initiator: InitiatorId::new(1).to_bytes(),
+                key: 0x11,
+            }],
+            reservation: Some(ReservationV1 {
+                kind: 3,
+                holder: Some(InitiatorId::new(1).to_bytes()),
+            }),
+            aptpl: false,
+        };
+        let mut with_pr = saved();
+        with_pr.luns[0].reservations = Some(pr.clone());
+        let reserving = || controller(Disk::new(ReservationsDisk::new(ram(64, 512))).unwrap());
+        let c = reserving();
+        c.restore(&with_pr).unwrap();
+        assert_eq!(c.save(Volatile::Allow).unwrap(), with_pr);
+        // Without a reservations decorator now: refused.
+        let plain = controller(ram(64, 512));
+        let e = plain.restore(&with_pr).unwrap_err();
+        assert_eq!(e.field, "luns[0].reservations", "{e}");
+        // An invalid registration, under its LUN.
+        let mut bad = with_pr.clone();
+        if let Some(r) = &mut bad.luns[0].reservations {
+            r.registrations[0].key = 0;
+        }
+        let c = reserving();
+        let e = c.restore(&bad).unwrap_err();
+        assert_eq!(e.field, "luns[0].reservations.registrations[0].key", "{e}");
+        assert_eq!(
+            c.save(Volatile::Allow).unwrap().luns[0].reservations,
+            Some(ReservationsV1::default())
+        );
     }
 
     /// A RAM disk refuses the save, naming the LUN; a durable disk saves.
