@@ -64,6 +64,7 @@ pub(crate) struct Layout {
 }
 
 /// One region and where it sits.
+#[derive(Clone)]
 pub(crate) struct Placed {
     /// The GPA of the region's first byte.
     start: u64,
@@ -154,7 +155,7 @@ impl GuestRam {
         let pages = self.layout.extent.div_ceil(GUEST_PAGE_SIZE);
         let access = (0..pages).map(|_| AtomicU8::new(1)).collect();
         let layout = Arc::new(Layout {
-            regions: self.layout.regions.iter().map(Placed::clone_ref).collect(),
+            regions: self.layout.regions.clone(),
             extent: self.layout.extent,
             access: Some(access),
         });
@@ -195,16 +196,6 @@ impl GuestRam {
     fn from_layout(layout: Arc<Layout>) -> Self {
         let owner: Arc<dyn PinOwner> = layout.clone();
         Self { layout, owner }
-    }
-}
-
-impl Placed {
-    fn clone_ref(&self) -> Self {
-        Self {
-            start: self.start,
-            end: self.end,
-            region: Arc::clone(&self.region),
-        }
     }
 }
 
