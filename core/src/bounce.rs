@@ -35,6 +35,7 @@
 use crate::addr::{DeviceAddress, DeviceRange, DmaDomainId, Gpa, GpaRange};
 use crate::memory::{GuestMemory, LocalMemory};
 use crate::sg::SgList;
+use crate::sync::Mutex;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::sync::Arc;
@@ -44,7 +45,6 @@ use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll, Waker};
-use spin::Mutex;
 
 /// Size of the smallest block class (the smallest logical sector).
 pub const MIN_BLOCK: usize = 1 << MIN_SHIFT;

@@ -185,7 +185,7 @@ pub struct ScsiDisk {
     /// to [`ScsiDisk::limit_transfer`]; never below one block.
     max_transfer_blocks: AtomicU32,
     /// Where commands take scratch memory from ([`ScsiDisk::use_scratch`]).
-    scratch: spin::RwLock<BouncePool>,
+    scratch: parastor_core::sync::RwLock<BouncePool>,
 }
 
 /// A command's scratch memory: one buffer from the pool, cut into regions
@@ -236,7 +236,7 @@ impl ScsiDisk {
             fua,
             sense: SenseTable::default(),
             ranges: RangeLock::default(),
-            scratch: spin::RwLock::new(BouncePool::new(DEFAULT_SCRATCH_BUDGET)),
+            scratch: parastor_core::sync::RwLock::new(BouncePool::new(DEFAULT_SCRATCH_BUDGET)),
         }
     }
 
