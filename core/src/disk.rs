@@ -137,6 +137,32 @@ impl IoOptions {
 /// synchronous host files) says so with [`DiskIo::completes_inline`];
 /// composite disks then run its operations without storing their futures,
 /// which keeps whole stacks free of per-I/O heap allocation.
+///
+/// # Dropping an operation's future
+/// A future returned by [`read`](DiskIo::read), [`write`](DiskIo::write),
+/// [`flush`](DiskIo::flush) or [`unmap`](DiskIo::unmap) may be dropped at
+/// any time. Dropping never blocks, never panics and is never unsound: it
+/// *detaches* the operation. Its effect on the medium is then unspecified
+/// (none, part or all of it — as for an aborted SCSI command), and until
+/// the backend's own completion arrives a read's buffer may still be
+/// written and a write's buffer still read.
+///
+/// An implementation that hands a buffer's addresses to a device or the
+/// kernel (NVMe DMA, io_uring) therefore keeps, in an in-flight table
+/// ([`InFlight`](crate::inflight::InFlight))
+/// until that completion, everything the
+/// device still uses: the pins or the bounce buffer, and a handle on the
+/// guest memory. Composite disks await every piece they started before
+/// completing (striped: all members). Inline disks
+/// ([`DiskIo::completes_inline`]) finish on their first poll, so for them
+/// a dropped future is only ever an operation not started.
+///
+/// **Frontends must not use drop as cancellation.** An operation the guest
+/// waits for is awaited — or aborted through the backend and then awaited
+/// — before the guest-visible resources tied to it (ring space reserved
+/// for its completion, its completion slot, the guest's right to reuse
+/// its data pages) are released: a frontend whose channel fails *drains*
+/// its requests instead of dropping them.
 pub trait DiskIo: Send + Sync + 'static {
     /// Short name of the implementation ("ram", "layered", "striped", …).
     fn kind(&self) -> &'static str;

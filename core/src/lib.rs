@@ -20,6 +20,7 @@ pub mod delay;
 pub mod disk;
 pub mod error;
 pub mod faulty;
+pub mod inflight;
 pub mod layered;
 pub mod memory;
 pub mod pin;

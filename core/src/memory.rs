@@ -44,8 +44,7 @@
 //! Values of atomic operations are the memory's bytes in little-endian
 //! order (the guest's byte order).
 
-use crate::addr::DmaDomainId;
-use crate::addr::{Gpa, GpaRange};
+use crate::addr::{DmaDomainId, Gpa, GpaRange};
 use crate::error::{MemoryError, MemoryErrorKind};
 use crate::pin::{PinError, PinSet};
 use alloc::boxed::Box;
@@ -54,7 +53,7 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::ops::Deref;
 use core::sync::atomic::Ordering;
-use spin::RwLock;
+use spin::{Mutex, RwLock};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// Width of an atomic access.
@@ -150,9 +149,8 @@ pub trait GuestMemory: Send + Sync {
     /// The first GPA past this memory: every access must end at or below it.
     fn extent(&self) -> Gpa;
 
-    /// Copies `dst.len()` bytes at `gpa` into `dst`. Fails without a
-    /// partial result being meaningful if any byte is out of range or
-    /// inaccessible.
+    /// Copies `dst.len()` bytes at `gpa` into `dst`. Fails if any byte is
+    /// out of range or inaccessible; `dst` then holds unspecified bytes.
     fn read_at(&self, gpa: Gpa, dst: &mut [u8]) -> Result<(), MemoryError>;
 
     /// Copies `src` into guest memory at `gpa`. Checks the whole range
@@ -371,12 +369,14 @@ type ChunkData = Box<[u8]>;
 /// large, mostly untouched guest is cheap) and each with its own lock (so
 /// concurrent I/O to different buffers does not contend). Sound without
 /// `unsafe`: the bytes are only touched under their chunk's lock and never
-/// leave it, and atomics are performed under the chunk's write lock — so
-/// they are atomic against every access through this memory (the only way
-/// to reach it).
+/// leave it, and atomics are performed under the chunk's lock — so they are
+/// atomic against every access through this memory (the only way to reach
+/// it). The lock is a plain spin mutex rather than a reader-writer lock:
+/// one atomic read-modify-write per access instead of two, which is what
+/// the many small control-field accesses of a VMBus ring are made of.
 pub struct RamGuestMemory {
     size: u64,
-    chunks: Box<[RwLock<Option<ChunkData>>]>,
+    chunks: Box<[Mutex<Option<ChunkData>>]>,
 }
 
 impl RamGuestMemory {
@@ -384,7 +384,7 @@ impl RamGuestMemory {
     pub fn new(size: u64) -> Self {
         let n = size.div_ceil(CHUNK_SIZE as u64) as usize;
         let mut chunks = Vec::with_capacity(n);
-        chunks.resize_with(n, || RwLock::new(None));
+        chunks.resize_with(n, || Mutex::new(None));
         Self {
             size,
             chunks: chunks.into_boxed_slice(),
@@ -413,7 +413,7 @@ impl RamGuestMemory {
         })
     }
 
-    fn chunk(&self, i: usize) -> &RwLock<Option<ChunkData>> {
+    fn chunk(&self, i: usize) -> &Mutex<Option<ChunkData>> {
         // `pieces` of a checked range stay below `size`, so inside `chunks`.
         &self.chunks[i]
     }
@@ -433,7 +433,7 @@ impl GuestMemory for RamGuestMemory {
         let mut done = 0;
         for (chunk, off, n) in Self::pieces(gpa, dst.len()) {
             let out = &mut dst[done..done + n];
-            match self.chunk(chunk).read().as_deref() {
+            match self.chunk(chunk).lock().as_deref() {
                 Some(data) => out.copy_from_slice(&data[off..off + n]),
                 // Never-written memory reads as zero.
                 None => out.fill(0),
@@ -447,7 +447,7 @@ impl GuestMemory for RamGuestMemory {
         check_range(gpa, src.len() as u64, self.extent())?;
         let mut done = 0;
         for (chunk, off, n) in Self::pieces(gpa, src.len()) {
-            let mut guard = self.chunk(chunk).write();
+            let mut guard = self.chunk(chunk).lock();
             let data = guard.get_or_insert_with(new_chunk);
             data[off..off + n].copy_from_slice(&src[done..done + n]);
             done += n;
@@ -458,7 +458,7 @@ impl GuestMemory for RamGuestMemory {
     fn fill_at(&self, gpa: Gpa, len: usize, byte: u8) -> Result<(), MemoryError> {
         check_range(gpa, len as u64, self.extent())?;
         for (chunk, off, n) in Self::pieces(gpa, len) {
-            let mut guard = self.chunk(chunk).write();
+            let mut guard = self.chunk(chunk).lock();
             match guard.as_deref_mut() {
                 Some(data) => data[off..off + n].fill(byte),
                 // Zeroing a never-written chunk changes nothing.
@@ -480,15 +480,13 @@ impl GuestMemory for RamGuestMemory {
         // Naturally aligned and at most 8 bytes: inside one chunk. The
         // chunk lock orders this against every other access (SeqCst).
         let (chunk, off, _) = Self::pieces(gpa, n).next().unwrap_or((0, 0, 0));
-        if op == AtomicOp::Load {
-            let mut le = [0u8; 8];
-            if let Some(data) = self.chunk(chunk).read().as_deref() {
-                le[..n].copy_from_slice(&data[off..off + n]);
-            }
-            return Ok(u64::from_le_bytes(le));
-        }
-        let mut guard = self.chunk(chunk).write();
-        let data = guard.get_or_insert_with(new_chunk);
+        let mut guard = self.chunk(chunk).lock();
+        let data = match guard.as_deref_mut() {
+            Some(data) => data,
+            // Never written: a load reads zero without allocating.
+            None if op == AtomicOp::Load => return Ok(0),
+            None => guard.get_or_insert_with(new_chunk),
+        };
         Ok(atomic_on_bytes(&mut data[off..off + n], width, op))
     }
 }

@@ -1,14 +1,18 @@
 //! Test doubles: a disk wrapper that can fail requests, record them, run a
-//! hook in the middle of a read, and pretend to be asynchronous.
+//! hook in the middle of a read, and pretend to be asynchronous; a disk
+//! with a volatile cache; and a disk that completes requests only on a
+//! manual trigger, long after they were submitted.
 
 use crate::buf::{Layout, TestBuf};
+use parastor_core::inflight::{InFlight, Tag};
 use parastor_core::{
-    Disk, DiskError, DiskIo, IoError, IoErrorKind, IoOptions, LayerIo, SectorMarker, SgList,
-    UnmapBehavior,
+    Disk, DiskError, DiskIo, GpaRange, GuestMem, GuestMemory, IoError, IoErrorKind, IoOptions,
+    LayerIo, SectorMarker, SgList, UnmapBehavior,
 };
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -454,5 +458,336 @@ impl DiskIo for VolatileCacheDisk {
 
     fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
         self.medium.wait_resize(known)
+    }
+}
+
+/// What a [`LateDisk`] request does when its trigger comes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LateOp {
+    /// Copy `len` bytes from the disk at `offset` into the guest buffer.
+    Read { offset: usize, len: usize },
+    /// Copy `len` bytes from the guest buffer into the disk at `offset`.
+    Write { offset: usize, len: usize },
+    /// Nothing to move (flush, unmap).
+    None,
+}
+
+/// What a [`LateDisk`] keeps for a request until it completes: what a
+/// device-backed disk keeps for its DMA — the guest memory and the ranges.
+struct LateRecord {
+    memory: GuestMem,
+    ranges: Vec<GpaRange>,
+    op: LateOp,
+}
+
+struct LateState {
+    sector_size: u32,
+    data: Mutex<Vec<u8>>,
+    /// The guest memory requests must address (the "device's" view of it).
+    memory: GuestMem,
+    table: InFlight<LateRecord, Result<(), DiskError>>,
+    /// Tags of requests not yet triggered, oldest first.
+    queued: Mutex<VecDeque<Tag>>,
+    polls: AtomicUsize,
+    completed: AtomicUsize,
+}
+
+/// A disk whose requests complete only when the test says so, as a device
+/// does long after it was handed a buffer: each request is accepted into
+/// an [`InFlight`] table (at most `depth` at once: more wait for a slot)
+/// with its guest memory handle and ranges, and nothing moves until
+/// [`LateDisk::complete_next`] / [`LateDisk::complete_all`]. Then a read's
+/// data is written into the guest buffer — at completion time, whether or
+/// not the request's future is still awaited (a dropped future only
+/// detaches) — and a write's data is taken from it.
+///
+/// Requests must address the memory the disk was made with (the double
+/// checks it, failing the request otherwise). Clones share everything.
+#[derive(Clone)]
+pub struct LateDisk {
+    state: Arc<LateState>,
+}
+
+impl LateDisk {
+    /// A disk of `sectors` sectors of `sector_size` bytes, all zero, over
+    /// guest memory `memory`, with room for `depth` requests at once.
+    pub fn new(memory: GuestMem, sector_size: u32, sectors: u64, depth: u16) -> Self {
+        let bytes = usize::try_from(sectors * u64::from(sector_size)).expect("disk fits in memory");
+        Self {
+            state: Arc::new(LateState {
+                sector_size,
+                data: Mutex::new(vec![0; bytes]),
+                memory,
+                table: InFlight::new(depth),
+                queued: Mutex::new(VecDeque::new()),
+                polls: AtomicUsize::new(0),
+                completed: AtomicUsize::new(0),
+            }),
+        }
+    }
+
+    /// Fills the disk's bytes from `offset` with `bytes`.
+    pub fn fill(&self, offset: usize, bytes: &[u8]) {
+        self.state.data.lock().unwrap()[offset..offset + bytes.len()].copy_from_slice(bytes);
+    }
+
+    /// A copy of the disk's bytes.
+    pub fn contents(&self) -> Vec<u8> {
+        self.state.data.lock().unwrap().clone()
+    }
+
+    /// Requests accepted and not yet triggered.
+    pub fn queued(&self) -> usize {
+        self.state.queued.lock().unwrap().len()
+    }
+
+    /// Requests in the in-flight table: not yet completed, or completed and
+    /// not yet collected by their (still alive) future.
+    pub fn in_flight(&self) -> usize {
+        self.state.table.in_flight()
+    }
+
+    /// How many times the disk's request futures have been polled.
+    pub fn polls(&self) -> usize {
+        self.state.polls.load(Ordering::SeqCst)
+    }
+
+    /// Requests completed so far.
+    pub fn completed(&self) -> usize {
+        self.state.completed.load(Ordering::SeqCst)
+    }
+
+    /// Completes the oldest queued request: moves its data between the disk
+    /// and the guest buffer now, then hands the result to the table.
+    /// Returns whether there was one.
+    pub fn complete_next(&self) -> bool {
+        let Some(tag) = self.state.queued.lock().unwrap().pop_front() else {
+            return false;
+        };
+        let s = &self.state;
+        let result = s
+            .table
+            .with_record(tag, |r| {
+                let mut data = s.data.lock().unwrap();
+                match r.op {
+                    LateOp::Read { offset, len } => {
+                        let src = data
+                            .get(offset..offset + len)
+                            .ok_or(DiskError::IllegalBlock)?;
+                        write_ranges(&*r.memory, &r.ranges, src)
+                    }
+                    LateOp::Write { offset, len } => {
+                        let dst = data
+                            .get_mut(offset..offset + len)
+                            .ok_or(DiskError::IllegalBlock)?;
+                        read_ranges(&*r.memory, &r.ranges, dst)
+                    }
+                    LateOp::None => Ok(()),
+                }
+            })
+            .expect("a queued tag is in flight");
+        s.table
+            .complete(tag, result)
+            .expect("a queued tag completes once");
+        s.completed.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Completes every queued request, oldest first. Returns how many.
+    pub fn complete_all(&self) -> usize {
+        let mut n = 0;
+        while self.complete_next() {
+            n += 1;
+        }
+        n
+    }
+
+    /// Accepts a request and waits for its trigger.
+    async fn submit(&self, buf: Option<&SgList<'_>>, op: LateOp) -> Result<(), DiskError> {
+        let s = &self.state;
+        let mut ranges = Vec::new();
+        if let Some(buf) = buf {
+            // The double keeps its own handle on the memory: the request's
+            // must be the same memory.
+            if !std::ptr::addr_eq(buf.memory(), &*s.memory) {
+                return Err(INJECTED);
+            }
+            ranges.extend(buf.segments());
+        }
+        let record = LateRecord {
+            memory: s.memory.clone(),
+            ranges,
+            op,
+        };
+        let completion = Counted {
+            polls: &s.polls,
+            inner: s.table.reserve(record).await,
+        };
+        s.queued.lock().unwrap().push_back(completion.inner.tag());
+        let (_record, result) = completion.await;
+        result
+    }
+
+    fn span(&self, sector: u64, len: usize) -> Result<usize, DiskError> {
+        let offset = usize::try_from(sector * u64::from(self.state.sector_size))
+            .map_err(|_| DiskError::IllegalBlock)?;
+        if offset + len > self.state.data.lock().unwrap().len() {
+            return Err(DiskError::IllegalBlock);
+        }
+        Ok(offset)
+    }
+}
+
+/// A future that counts its polls.
+struct Counted<'c, F> {
+    polls: &'c AtomicUsize,
+    inner: F,
+}
+
+impl<F: Future + Unpin> Future for Counted<'_, F> {
+    type Output = F::Output;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        Pin::new(&mut self.inner).poll(cx)
+    }
+}
+
+/// Writes `src` across `ranges` of `mem`, in order.
+fn write_ranges(
+    mem: &dyn GuestMemory,
+    ranges: &[GpaRange],
+    mut src: &[u8],
+) -> Result<(), DiskError> {
+    for r in ranges {
+        let (head, rest) = src.split_at(usize::try_from(r.len).unwrap().min(src.len()));
+        mem.write_at(r.gpa, head).map_err(DiskError::MemoryAccess)?;
+        src = rest;
+    }
+    Ok(())
+}
+
+/// Fills `dst` from `ranges` of `mem`, in order.
+fn read_ranges(
+    mem: &dyn GuestMemory,
+    ranges: &[GpaRange],
+    mut dst: &mut [u8],
+) -> Result<(), DiskError> {
+    for r in ranges {
+        let n = usize::try_from(r.len).unwrap().min(dst.len());
+        let (head, rest) = dst.split_at_mut(n);
+        mem.read_at(r.gpa, head).map_err(DiskError::MemoryAccess)?;
+        dst = rest;
+    }
+    Ok(())
+}
+
+impl DiskIo for LateDisk {
+    fn kind(&self) -> &'static str {
+        "late"
+    }
+    fn sector_count(&self) -> u64 {
+        (self.state.data.lock().unwrap().len() / self.state.sector_size as usize) as u64
+    }
+    fn sector_size(&self) -> u32 {
+        self.state.sector_size
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn is_fua_respected(&self) -> bool {
+        true
+    }
+    fn unmap_behavior(&self) -> UnmapBehavior {
+        UnmapBehavior::Unspecified
+    }
+
+    async fn read(&self, buf: SgList<'_>, sector: u64, _opts: IoOptions) -> Result<(), DiskError> {
+        let len = buf.len();
+        let offset = self.span(sector, len)?;
+        self.submit(Some(&buf), LateOp::Read { offset, len }).await
+    }
+
+    async fn write(&self, buf: SgList<'_>, sector: u64, _opts: IoOptions) -> Result<(), DiskError> {
+        let len = buf.len();
+        let offset = self.span(sector, len)?;
+        self.submit(Some(&buf), LateOp::Write { offset, len }).await
+    }
+
+    async fn flush(&self, _opts: IoOptions) -> Result<(), DiskError> {
+        self.submit(None, LateOp::None).await
+    }
+
+    async fn unmap(&self, sector: u64, count: u64, _opts: IoOptions) -> Result<(), DiskError> {
+        let len = usize::try_from(count * u64::from(self.state.sector_size))
+            .map_err(|_| DiskError::IllegalBlock)?;
+        self.span(sector, len)?;
+        self.submit(None, LateOp::None).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parastor_core::{Gpa, RamGuestMemory};
+    use std::task::Waker;
+
+    fn poll_once<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn late_disk_writes_the_buffer_at_the_trigger_even_when_detached() {
+        let mem = GuestMem::new(RamGuestMemory::new(0x4000));
+        let late = LateDisk::new(mem.clone(), 512, 8, 2);
+        late.fill(512, &[0xAB; 512]);
+        let disk = Disk::new(late.clone()).unwrap();
+        let range = [GpaRange::new(Gpa::new(0x1000), 512)];
+        let sg = SgList::new(&*mem, &range, true).unwrap();
+        let mut read = Box::pin(disk.read(sg, 1, IoOptions::default()));
+        assert!(poll_once(read.as_mut()).is_pending());
+        assert_eq!((late.queued(), late.in_flight()), (1, 1));
+        // The frontend gives up: the request is detached, not gone.
+        drop(read);
+        assert_eq!(late.in_flight(), 1);
+        let mut buf = [0u8; 512];
+        mem.read_at(Gpa::new(0x1000), &mut buf).unwrap();
+        assert_eq!(buf, [0; 512]);
+        // Long after, the device completes and writes the guest buffer.
+        assert!(late.complete_next());
+        mem.read_at(Gpa::new(0x1000), &mut buf).unwrap();
+        assert_eq!(buf, [0xAB; 512]);
+        assert_eq!(
+            (late.queued(), late.in_flight(), late.completed()),
+            (0, 0, 1)
+        );
+        assert!(!late.complete_next());
+    }
+
+    #[test]
+    fn late_disk_write_takes_data_at_the_trigger() {
+        let mem = GuestMem::new(RamGuestMemory::new(0x4000));
+        let late = LateDisk::new(mem.clone(), 512, 8, 1);
+        let disk = Disk::new(late.clone()).unwrap();
+        let range = [GpaRange::new(Gpa::new(0x2000), 512)];
+        let mut write = Box::pin(disk.write(
+            SgList::new(&*mem, &range, false).unwrap(),
+            0,
+            IoOptions::default(),
+        ));
+        assert!(poll_once(write.as_mut()).is_pending());
+        // A second request waits for the only slot.
+        let mut flush = Box::pin(disk.flush(IoOptions::default()));
+        assert!(poll_once(flush.as_mut()).is_pending());
+        assert_eq!(late.queued(), 1);
+        mem.write_at(Gpa::new(0x2000), &[7; 512]).unwrap();
+        assert!(late.complete_next());
+        assert_eq!(&late.contents()[..512], &[7; 512]);
+        assert_eq!(poll_once(write.as_mut()), Poll::Ready(Ok(())));
+        let polls = late.polls();
+        assert!(poll_once(flush.as_mut()).is_pending());
+        assert_eq!(late.queued(), 1);
+        assert!(late.polls() > polls);
+        late.complete_all();
+        assert_eq!(poll_once(flush.as_mut()), Poll::Ready(Ok(())));
     }
 }

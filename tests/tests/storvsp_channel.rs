@@ -22,9 +22,10 @@ use parastor_hw::storvsp::{
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
 use parastor_storvsp::{
     AttachError, Controller, ControllerConfig, DEFAULT_MAX_TRANSFER_BYTES,
-    DEFAULT_POLL_MODE_QUEUE_DEPTH, NegotiationState, RUN_BUDGET, ScsiPath, StorvspChannel,
+    DEFAULT_POLL_MODE_QUEUE_DEPTH, NegotiationState, Phase, RUN_BUDGET, ScsiPath, StorvspChannel,
     StorvspError,
 };
+use parastor_tests::doubles::{LateDisk, TestDisk};
 use parastor_vmbus::{GpaDirectRange, Notify, OutgoingKind, PacketKind};
 use std::future::Future;
 use std::sync::Arc;
@@ -787,22 +788,6 @@ fn sub_channels_open_through_the_inline_host() {
     }
 }
 
-/// A timer whose sleeps all end when the gate opens.
-struct Gate(Arc<AtomicBool>);
-
-impl Timer for Gate {
-    fn sleep(&self, _: Duration) -> parastor_core::disk::BoxFuture<'static, ()> {
-        let open = self.0.clone();
-        Box::pin(std::future::poll_fn(move |_| {
-            if open.load(Ordering::Acquire) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        }))
-    }
-}
-
 /// Attaches a 64-sector disk whose every request waits on `timer`.
 fn attach_slow(vm: &StorvspVm, lun: u8, timer: Arc<dyn Timer>) {
     let ram = RamDisk::new(64 * u64::from(SS), SS).unwrap();
@@ -842,8 +827,8 @@ fn queue_depth_limits_requests_in_flight() {
         io_queue_depth: 3,
         ..ControllerConfig::default()
     });
-    let gate = Arc::new(AtomicBool::new(false));
-    attach_slow(&vm, 0, Arc::new(Gate(gate.clone())));
+    let latch = Latch::default();
+    attach_slow(&vm, 0, Arc::new(latch.clone()));
     let mut g = guest(&vm, Profile::LinuxCurrent);
     negotiate(&mut g, Version::WIN8);
     for tag in 0..5u16 {
@@ -858,7 +843,7 @@ fn queue_depth_limits_requests_in_flight() {
     g.host_mut().process().unwrap();
     assert_eq!(g.host().in_flight(), 3);
     assert!(g.recv(0).unwrap().is_none());
-    gate.store(true, Ordering::Release);
+    latch.release();
     g.host_mut().process().unwrap();
     assert_eq!(g.host().in_flight(), 0);
     assert_eq!(drain_successes(&mut g), [101, 102, 103, 104, 105]);
@@ -1368,7 +1353,7 @@ impl Timer for Latch {
 }
 
 #[test]
-fn a_failed_channel_drops_its_requests_and_stays_ended() {
+fn a_failed_channel_drains_its_requests_and_stays_ended() {
     let vm = vm(ControllerConfig::default());
     let latch = Latch::default();
     attach_slow(&vm, 0, Arc::new(latch.clone()));
@@ -1379,8 +1364,14 @@ fn a_failed_channel_drops_its_requests_and_stays_ended() {
     send_srb(&mut g, 10, &req, &[(DATA, 512)]);
     g.host_mut().process().unwrap();
     assert_eq!(g.host().in_flight(), 1);
+    let record = g.host().requests().next().unwrap();
+    assert_eq!(record.transaction_id(), 11);
+    assert_eq!(record.phase(), Phase::Submitted);
+    assert_eq!(record.ranges(), [GpaRange::new(Gpa::new(DATA), 512)]);
     // The request's sleep holds the timer.
     assert_eq!(Arc::strong_count(&latch.0), held + 1);
+    let reserved = g.host().channel().writer().reserved();
+    assert!(reserved > 0);
 
     raw(&mut g, 12, true, &packet(Operation::EXECUTE_SRB, &[0; 8]));
     let e = g.host_mut().process().unwrap_err();
@@ -1394,11 +1385,22 @@ fn a_failed_channel_drops_its_requests_and_stays_ended() {
         ),
         "{e:?}"
     );
-    // The request in flight is gone, with its future and ring space.
+    // The request at the disk is drained, not dropped: its future (the
+    // disk's hold on its buffer) and its ring space stay.
+    assert_eq!(g.host().in_flight(), 1);
+    assert!(!g.host().is_drained());
+    assert_eq!(Arc::strong_count(&latch.0), held + 1);
+    assert_eq!(g.host().channel().writer().reserved(), reserved);
+    assert_eq!(g.host_mut().process(), Err(e));
+    assert_eq!(g.host().in_flight(), 1);
+
+    // It finishes: freed with its ring space, and no completion written.
+    latch.release();
+    assert_eq!(g.host_mut().process(), Err(e));
     assert_eq!(g.host().in_flight(), 0);
+    assert!(g.host().is_drained());
     assert_eq!(Arc::strong_count(&latch.0), held);
     assert_eq!(g.host().channel().writer().reserved(), 0);
-    latch.release();
     assert!(g.recv(0).unwrap().is_none(), "no completion for it");
 
     // Ended: the same error, and the ring is not read any more.
@@ -1464,7 +1466,7 @@ fn run_yields_to_the_executor_when_it_never_runs_out_of_work() {
     });
     let waker = Waker::from(relay.clone());
     let mut cx = Context::from_waker(&waker);
-    let mut run = Box::pin(host.run(&incoming));
+    let mut run = Box::pin(host.run(&*incoming));
     let mut g = vm
         .remote_guest(GuestConfig::new(Profile::LinuxCurrent))
         .unwrap();
@@ -1852,7 +1854,9 @@ fn autosense_is_not_returned_again_by_request_sense() {
                 .attach(ScsiPath::new(0, 0, 1), Arc::new(dvd))
                 .unwrap();
             // Its commands run as futures: it does not complete inline.
-            attach_slow(&vm, 2, Arc::new(Gate(Arc::new(AtomicBool::new(true)))));
+            let open = Latch::default();
+            open.release();
+            attach_slow(&vm, 2, Arc::new(open));
             let mut g = guest(&vm, profile);
             negotiate(&mut g, version);
             for (lun, block) in [(0u8, 512u32), (1, 2048), (2, 512)] {
@@ -2014,4 +2018,252 @@ fn disks_advertise_the_controller_transfer_limit() {
     assert_eq!(other.max_transfer_bytes(), 8 << 20);
     small.attach(ScsiPath::new(0, 0, 5), other.clone()).unwrap();
     assert_eq!(other.max_transfer_bytes(), 2048);
+}
+
+/// Attaches `disk` as a SCSI disk at `lun`.
+fn attach_disk(vm: &StorvspVm, lun: u8, disk: Disk) {
+    vm.controller()
+        .attach(
+            ScsiPath::new(0, 0, lun),
+            Arc::new(ScsiDisk::new(disk, DiskParams::default())),
+        )
+        .unwrap();
+}
+
+/// `len` bytes of guest memory at `gpa`.
+fn guest_bytes(vm: &StorvspVm, gpa: u64, len: usize) -> Vec<u8> {
+    let mut buf = vec![0; len];
+    vm.memory().read_at(Gpa::new(gpa), &mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn a_completion_polls_only_its_own_request() {
+    const DEPTH: usize = 8;
+    let vm = vm(ControllerConfig {
+        io_queue_depth: DEPTH,
+        ..ControllerConfig::default()
+    });
+    let late = LateDisk::new(vm.shared_memory(), SS, 64, DEPTH as u16);
+    let data: Vec<u8> = (0..64 * SS as usize)
+        .map(|i| (i / 512) as u8 ^ 0xA0)
+        .collect();
+    late.fill(0, &data);
+    attach_disk(&vm, 0, Disk::new(late.clone()).unwrap());
+    // A disk that is quick but not inline: its request takes a slot and
+    // wakes it once.
+    let ram = RamDisk::new(64 * u64::from(SS), SS).unwrap();
+    let fast = TestDisk::new(Disk::new(ram).unwrap()).asynchronous();
+    attach_disk(&vm, 1, Disk::new(fast).unwrap());
+    let mut g = guest(&vm, Profile::LinuxCurrent);
+    negotiate(&mut g, Version::WIN8);
+
+    // Every slot but one busy on the late disk.
+    for tag in 0..DEPTH as u16 - 1 {
+        let req = request(0, &read10(tag.into(), 1), DataDirection::READ, 512);
+        send_srb(&mut g, tag, &req, &[(DATA + u64::from(tag) * 512, 512)]);
+    }
+    g.host_mut().process().unwrap();
+    assert_eq!(g.host().in_flight(), DEPTH - 1);
+    assert_eq!(late.queued(), DEPTH - 1);
+    let late_polls = late.polls();
+    let polls = g.host().request_polls();
+
+    // The fast request, in the last slot: it finishes after two polls of
+    // its own future (the first, and the one its wake asked for), and no
+    // busy request is polled meanwhile.
+    let req = request(1, &read10(0, 1), DataDirection::READ, 512);
+    send_srb(&mut g, 100, &req, &[(DATA + 0x10000, 512)]);
+    g.host_mut().process().unwrap();
+    g.host_mut().process().unwrap();
+    let reply = g.recv(0).unwrap().expect("the fast request's completion");
+    assert_eq!(reply.transaction_id, 101);
+    assert_eq!(reply.srb().srb_status, srb_status(SrbStatus::SUCCESS));
+    assert_eq!(g.host().request_polls() - polls, 2);
+    assert_eq!(late.polls(), late_polls, "a busy request was polled");
+    assert_eq!(g.host().in_flight(), DEPTH - 1);
+
+    // The late disk completes: each of its requests is polled once more,
+    // and its data is in the guest's buffer.
+    assert_eq!(late.complete_all(), DEPTH - 1);
+    g.host_mut().process().unwrap();
+    assert_eq!(g.host().request_polls() - polls, 2 + (DEPTH as u64 - 1));
+    assert_eq!(
+        drain_successes(&mut g),
+        (1..DEPTH as u64).collect::<Vec<_>>()
+    );
+    for tag in 0..DEPTH - 1 {
+        let got = guest_bytes(&vm, DATA + tag as u64 * 512, 512);
+        assert_eq!(got, data[tag * 512..][..512], "request {tag}");
+    }
+    assert_eq!(late.in_flight(), 0);
+}
+
+#[test]
+fn a_failed_worker_lives_until_its_late_requests_complete() {
+    let vm = vm(ControllerConfig::default());
+    let late = LateDisk::new(vm.shared_memory(), SS, 64, 8);
+    late.fill(0, &[0x5A; 3 * 512]);
+    attach_disk(&vm, 0, Disk::new(late.clone()).unwrap());
+    let mut host = vm.primary_worker(0).unwrap();
+    let woken = Arc::new(Woken::default());
+    let waker = Waker::from(woken.clone());
+    let mut cx = Context::from_waker(&waker);
+    let mut run = Box::pin(host.run(vm.to_host(0).unwrap()));
+    let mut g = vm
+        .remote_guest(GuestConfig::new(Profile::LinuxCurrent))
+        .unwrap();
+    for (op, payload) in win8_steps() {
+        g.send_control(0, op, &payload).unwrap();
+        assert!(run.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(g.recv(0).unwrap().unwrap().status(), NtStatus::SUCCESS);
+    }
+    for tag in 0..3u16 {
+        let req = request(0, &read10(tag.into(), 1), DataDirection::READ, 512);
+        let buffer = [GpaRange::new(Gpa::new(DATA + u64::from(tag) * 512), 512)];
+        g.submit(tag, 0, &req, &buffer).unwrap();
+    }
+    g.flush().unwrap();
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(late.queued(), 3);
+
+    // The guest breaks the protocol: the worker stops serving it but stays
+    // alive, waiting for the requests a disk still holds.
+    g.channel_mut(0)
+        .unwrap()
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            99,
+            &packet(Operation::EXECUTE_SRB, &[0; 8]),
+        )
+        .unwrap();
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    assert!(run.as_mut().poll(&mut cx).is_pending());
+    assert_eq!(guest_bytes(&vm, DATA, 3 * 512), [0; 3 * 512]);
+
+    // Long after, the disk completes: the data lands in the requests' own
+    // buffers, the worker is woken, and it ends — with no completion.
+    let before = woken.0.load(Ordering::SeqCst);
+    assert_eq!(late.complete_all(), 3);
+    assert!(woken.0.load(Ordering::SeqCst) > before);
+    assert_eq!(guest_bytes(&vm, DATA, 3 * 512), [0x5A; 3 * 512]);
+    let Poll::Ready(e) = run.as_mut().poll(&mut cx) else {
+        panic!("the drained worker should end");
+    };
+    assert!(
+        matches!(
+            e,
+            StorvspError::Packet {
+                transaction_id: 99,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    drop(run);
+    assert!(host.is_drained());
+    assert_eq!(host.channel().writer().reserved(), 0);
+    assert!(
+        g.recv(0).unwrap().is_none(),
+        "no completion after the error"
+    );
+    assert_eq!((late.completed(), late.in_flight()), (3, 0));
+    // Each request completed once: a second trigger finds nothing.
+    assert!(!late.complete_next());
+}
+
+/// A waker that counts its wakes.
+#[derive(Default)]
+struct Woken(AtomicUsize);
+
+impl std::task::Wake for Woken {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn a_closed_channel_drains_before_it_ends() {
+    let vm = vm(ControllerConfig::default());
+    let latch = Latch::default();
+    attach_slow(&vm, 0, Arc::new(latch.clone()));
+    let mut g = guest(&vm, Profile::LinuxCurrent);
+    negotiate(&mut g, Version::WIN8);
+    let req = request(0, &read10(0, 1), DataDirection::READ, 512);
+    send_srb(&mut g, 1, &req, &[(DATA, 512)]);
+    g.host_mut().process().unwrap();
+    assert_eq!(g.host().in_flight(), 1);
+
+    g.host_mut().close();
+    // Still at the disk: kept, with its ring space; nothing new is read.
+    send_srb(&mut g, 2, &req, &[(DATA + 512, 512)]);
+    assert_eq!(g.host_mut().process(), Err(StorvspError::Closed));
+    assert_eq!(g.host().in_flight(), 1);
+    assert!(!g.host().is_drained());
+    assert!(g.host().channel().writer().reserved() > 0);
+
+    latch.release();
+    assert_eq!(g.host_mut().process(), Err(StorvspError::Closed));
+    assert!(g.host().is_drained());
+    assert_eq!(g.host().channel().writer().reserved(), 0);
+    assert!(g.host().channel().reader().bytes_available().unwrap() > 0);
+    assert!(
+        g.recv(0).unwrap().is_none(),
+        "no completion on a closed channel"
+    );
+    // A closed channel stays closed.
+    g.host_mut().close();
+    assert_eq!(g.host_mut().process(), Err(StorvspError::Closed));
+}
+
+#[test]
+fn an_owned_worker_is_built_here_and_runs_on_another_thread() {
+    fn send_static<T: Send + 'static>(t: T) -> T {
+        t
+    }
+    let vm = vm(ControllerConfig::default());
+    attach(&vm, 0, 64);
+    // Built on this thread, borrowing nothing from the VM.
+    let mut worker = send_static(vm.owned_primary_worker(0).unwrap());
+    let signals = send_static(vm.host_signals(0).unwrap());
+    let host = std::thread::spawn(move || {
+        let e = futures::executor::block_on(worker.run(&*signals.from_peer));
+        (e, worker.is_drained())
+    });
+    let mut g = vm
+        .remote_guest(GuestConfig::new(Profile::LinuxCurrent))
+        .unwrap();
+    g.negotiate().unwrap();
+    for tag in 1..20u16 {
+        let req = g.scsi_request(0, &read10(tag.into(), 1), Direction::In, 512);
+        g.submit(tag, 0, &req, &[GpaRange::new(Gpa::new(DATA), 512)])
+            .unwrap();
+        g.flush().unwrap();
+        let r = g.wait_tag(tag).unwrap();
+        assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
+    }
+    g.channel_mut(0)
+        .unwrap()
+        .write_packet(
+            OutgoingKind::InBand {
+                completion_requested: true,
+            },
+            99,
+            &[0xEE; 16],
+        )
+        .unwrap();
+    let (e, drained) = join_within(host, Duration::from_secs(5));
+    assert!(
+        matches!(
+            e,
+            StorvspError::Packet {
+                transaction_id: 99,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert!(drained);
 }

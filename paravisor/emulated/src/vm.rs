@@ -13,7 +13,7 @@ use parastor_core::{GpaRange, GuestMem, RamGuestMemory};
 use parastor_hw::vmbus::RingFeatures;
 use parastor_storvsp::{Controller, StorvspChannel};
 use parastor_sys::GuestRam;
-use parastor_vmbus::{Channel, RingRegion, Signal};
+use parastor_vmbus::{Channel, ChannelSignals, RingRegion, Signal};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -66,11 +66,13 @@ impl Default for VmConfig {
 /// Guest memory, ring pairs, signals and the controller of one emulated
 /// StorVSP SCSI adapter.
 pub struct StorvspVm {
+    /// Shared: a device double may keep a handle on it (as a device
+    /// backend keeps one until its DMA completes).
     mem: GuestMem,
     controller: Arc<Controller>,
     rings: Vec<(RingRegion, RingRegion)>,
-    to_host: Vec<Signal>,
-    to_guest: Vec<Signal>,
+    to_host: Vec<Arc<Signal>>,
+    to_guest: Vec<Arc<Signal>>,
     data: GpaRange,
 }
 
@@ -122,8 +124,8 @@ impl StorvspVm {
             mem,
             controller,
             rings,
-            to_host: (0..n).map(|_| Signal::new()).collect(),
-            to_guest: (0..n).map(|_| Signal::new()).collect(),
+            to_host: (0..n).map(|_| Arc::new(Signal::new())).collect(),
+            to_guest: (0..n).map(|_| Arc::new(Signal::new())).collect(),
             data: GpaRange::new(Gpa::new(data_start), size - data_start),
         }
     }
@@ -143,6 +145,12 @@ impl StorvspVm {
         &self.mem
     }
 
+    /// A handle on the guest memory, for a backend that keeps it until
+    /// its requests complete.
+    pub fn shared_memory(&self) -> GuestMem {
+        self.mem.clone()
+    }
+
     /// Channel `i`'s rings: (request ring, completion ring).
     pub fn rings(&self, i: usize) -> Option<(RingRegion, RingRegion)> {
         self.rings.get(i).copied()
@@ -155,12 +163,21 @@ impl StorvspVm {
 
     /// The signal channel `i`'s guest raises for the host.
     pub fn to_host(&self, i: usize) -> Option<&Signal> {
-        self.to_host.get(i)
+        self.to_host.get(i).map(|s| &**s)
     }
 
     /// The signal channel `i`'s host raises for the guest.
     pub fn to_guest(&self, i: usize) -> Option<&Signal> {
-        self.to_guest.get(i)
+        self.to_guest.get(i).map(|s| &**s)
+    }
+
+    /// Channel `i`'s signals as its host-side worker owns them: to the
+    /// guest, and from it.
+    pub fn host_signals(&self, i: usize) -> Option<ChannelSignals> {
+        Some(ChannelSignals::new(
+            self.to_guest.get(i)?.clone(),
+            self.to_host.get(i)?.clone(),
+        ))
     }
 
     /// Guest memory free for data buffers (after the rings).
@@ -188,7 +205,7 @@ impl StorvspVm {
             &*self.mem,
             incoming,
             outgoing,
-            &self.to_host[i],
+            &*self.to_host[i],
         )?)
     }
 
@@ -201,8 +218,34 @@ impl StorvspVm {
             &*self.mem,
             incoming,
             outgoing,
-            &self.to_guest[i],
+            &*self.to_guest[i],
         )?)
+    }
+
+    /// The host's endpoint of channel `i`, owning a share of the guest
+    /// memory and its signal to the guest: it borrows nothing from the VM.
+    pub fn owned_host_channel(&self, i: usize) -> Result<Channel<'static>, StorvscError> {
+        let (incoming, outgoing) = self
+            .rings(i)
+            .ok_or(StorvscError::BadChannel { channel: i })?;
+        Ok(Channel::host_owned(
+            self.shared_memory(),
+            incoming,
+            outgoing,
+            self.to_guest[i].clone(),
+        )?)
+    }
+
+    /// A StorVSP worker serving channel `i` as the controller's primary
+    /// channel, owning what it uses (`'static + Send`): it can be built
+    /// here and moved to another thread. Drive it with
+    /// [`StorvspChannel::run`] on [`StorvspVm::host_signals`]'s
+    /// `from_peer`.
+    pub fn owned_primary_worker(&self, i: usize) -> Result<StorvspChannel<'static>, StorvscError> {
+        Ok(StorvspChannel::primary(
+            self.controller.clone(),
+            self.owned_host_channel(i)?,
+        ))
     }
 
     /// A StorVSP worker serving channel `i` as the controller's primary

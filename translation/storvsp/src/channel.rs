@@ -1,13 +1,12 @@
 //! One StorVSP channel worker: packets in, completions out.
 
+use super::slots::{NewRequest, RequestRecord, SlotFuture, SlotOutput, Slots, SrbAnswer};
 use super::{Controller, NegotiationState, ScsiPath, StorvspError};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
-use core::future::Future;
-use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
 use parastor_core::{DiskError, GpaRange, SgList};
 use parastor_hw::scsi::{
@@ -21,7 +20,7 @@ use parastor_hw::storvsp::{
 };
 use parastor_scsi::{Lun, ScsiResult, SenseDelivery, disk_error_result};
 use parastor_vmbus::{
-    Channel, OutgoingKind, PacketKind, PacketRef, Reservation, RingError, Signal,
+    Channel, ChannelMemory, OutgoingKind, PacketKind, PacketRef, Reservation, RingError, Wait,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -31,19 +30,6 @@ pub const RUN_BUDGET: usize = 64;
 
 /// Bytes of standard INQUIRY data returned for a missing LUN.
 const MISSING_LUN_INQUIRY_LEN: usize = 36;
-
-type ScsiFuture<'a> = Pin<Box<dyn Future<Output = Option<ScsiResult>> + 'a>>;
-
-/// A SCSI request running on a LUN.
-struct InFlight<'a> {
-    transaction_id: u64,
-    /// Payload bytes of the completion: the request's own size.
-    reply_len: usize,
-    /// Ring space for the completion, taken before the packet was read.
-    reservation: Reservation,
-    request: ScsiRequest,
-    future: ScsiFuture<'a>,
-}
 
 /// The payload size of the completion of `packet` (a guest request): the
 /// request's own payload after the StorVSP header, at most the whole
@@ -64,16 +50,35 @@ fn reply_len(packet: &PacketRef) -> usize {
 /// completions.
 ///
 /// Drive it with [`StorvspChannel::run`] (an async loop that ends only when
-/// the guest breaks the protocol), or step it with
-/// [`StorvspChannel::poll_work`] / [`StorvspChannel::process`]. Once a step
-/// has failed, the channel is ended: its requests in flight are dropped
-/// (without completions) and every later step returns the same error
-/// without touching the rings.
+/// the guest breaks the protocol or the channel is closed, once drained),
+/// or step it with [`StorvspChannel::poll_work`] /
+/// [`StorvspChannel::process`]. Dropping a worker whose requests are still
+/// running detaches them (see [`parastor_core::DiskIo`] on dropped
+/// futures): close it and drive it until drained first.
+///
+/// A worker over a [`Channel`] that owns its memory and signal
+/// ([`Channel::host_owned`]) is a `StorvspChannel<'static>` and `Send`:
+/// it can be built on the controller's thread and moved to its CPU's.
+///
+/// Requests in flight are explicit records ([`RequestRecord`]) in slots
+/// sized to the queue depth, allocated when the channel opens; each slot's
+/// command future reuses its slot's storage and has its own waker, so a
+/// pass polls only the requests that were woken — O(1) work per
+/// completion however many requests a guest keeps waiting.
+///
+/// Once a step has failed, or the channel was closed
+/// ([`StorvspChannel::close`]), the channel *drains*: it reads nothing more
+/// from the guest and writes no completion, frees the requests whose
+/// commands have not started, and keeps polling those that have until they
+/// finish — a disk may still be reading or writing their buffers — giving
+/// each one's ring space back as it does. Every step returns the error;
+/// [`StorvspChannel::run`] returns it once the drain is complete
+/// ([`StorvspChannel::is_drained`]).
 pub struct StorvspChannel<'a> {
     controller: Arc<Controller>,
     channel: Channel<'a>,
     primary: bool,
-    in_flight: Vec<InFlight<'a>>,
+    slots: Slots<'a>,
     /// The controller's LUN generation the guest last heard about.
     announced: u64,
     /// An `ENUMERATE_BUS` is waiting for ring space.
@@ -97,7 +102,7 @@ impl fmt::Debug for StorvspChannel<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StorvspChannel")
             .field("primary", &self.primary)
-            .field("in_flight", &self.in_flight.len())
+            .field("in_flight", &self.slots.busy())
             .field("poll_mode", &self.masked)
             .field("channel", &self.channel)
             .finish()
@@ -112,22 +117,6 @@ struct Pass {
     worked: bool,
     /// Another pass may find more to do without waiting.
     again: bool,
-}
-
-/// What an `EXECUTE_SRB` resolved to without running on a disk.
-pub(crate) enum SrbAnswer {
-    /// An SRB status with no SCSI status, sense or data.
-    Srb(SrbStatus),
-    /// A SCSI outcome.
-    Scsi(ScsiResult),
-}
-
-impl SrbAnswer {
-    /// The answer for a disk future's output (`None`: the data buffer
-    /// could not be built).
-    fn of(result: Option<ScsiResult>) -> Self {
-        result.map_or(Self::Srb(SrbStatus::INVALID_REQUEST), Self::Scsi)
-    }
 }
 
 impl<'a> StorvspChannel<'a> {
@@ -146,11 +135,12 @@ impl<'a> StorvspChannel<'a> {
 
     fn new(controller: Arc<Controller>, channel: Channel<'a>, primary: bool) -> Self {
         let announced = controller.generation();
+        let slots = Slots::new(controller.config.io_queue_depth);
         Self {
             controller,
             channel,
             primary,
-            in_flight: Vec::new(),
+            slots,
             announced,
             enumerate_pending: false,
             masked: false,
@@ -171,9 +161,27 @@ impl<'a> StorvspChannel<'a> {
         &self.channel
     }
 
-    /// SCSI requests taken and not yet completed.
+    /// SCSI requests taken and not yet completed (while draining: not yet
+    /// finished).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.len()
+        self.slots.busy()
+    }
+
+    /// The records of the SCSI requests in flight, in slot order.
+    pub fn requests(&self) -> impl Iterator<Item = &RequestRecord> {
+        self.slots.records()
+    }
+
+    /// How many times request futures have been polled, in total: each
+    /// pass polls only the requests woken since the last one.
+    pub fn request_polls(&self) -> u64 {
+        self.slots.polls()
+    }
+
+    /// Whether the channel failed and every request it had started has
+    /// finished: nothing of the channel's is at a disk any more.
+    pub fn is_drained(&self) -> bool {
+        self.failed.is_some() && self.slots.busy() == 0
     }
 
     /// Whether the channel is in poll mode: at least
@@ -186,9 +194,12 @@ impl<'a> StorvspChannel<'a> {
         self.masked
     }
 
-    /// Serves the channel until the guest breaks the protocol, waiting on
+    /// Serves the channel until the guest breaks the protocol or the
+    /// channel is closed ([`StorvspChannel::close`]), waiting on
     /// `incoming` (the guest's notifications to the host) when there is
-    /// nothing to do. Returns why the channel stopped.
+    /// nothing to do. Returns why the channel stopped, once its requests
+    /// are drained (see [`StorvspChannel`]): the worker lives until no disk
+    /// holds a buffer of its requests.
     ///
     /// In poll mode ([`StorvspChannel::poll_mode`]) the guest does not
     /// signal new packets; the worker is woken by its requests completing
@@ -197,14 +208,16 @@ impl<'a> StorvspChannel<'a> {
     /// A guest that keeps the worker busy (packets or signals as fast as
     /// they are served) cannot hold the executor: after [`RUN_BUDGET`]
     /// passes in a row the future wakes itself and yields.
-    pub async fn run(&mut self, incoming: &Signal) -> StorvspError {
+    pub async fn run(&mut self, incoming: &dyn Wait) -> StorvspError {
         core::future::poll_fn(|cx| {
             for _ in 0..RUN_BUDGET {
                 // Arm the signal before looking at the rings, so a packet
                 // the guest writes after our look still wakes us.
-                let signalled = Pin::new(&mut incoming.wait()).poll(cx).is_ready();
+                let signalled = incoming.poll_wait(cx).is_ready();
                 match self.poll_work(cx) {
-                    Err(e) => return Poll::Ready(e),
+                    Err(e) if self.slots.busy() == 0 => return Poll::Ready(e),
+                    // Draining: woken by the requests still running.
+                    Err(_) => return Poll::Pending,
                     Ok(true) => {}
                     Ok(false) if signalled => {}
                     Ok(false) => return Poll::Pending,
@@ -255,21 +268,57 @@ impl<'a> StorvspChannel<'a> {
         Ok(self.pass(cx)?.again)
     }
 
-    /// A pass; on its first error, ends the channel.
+    /// Closes the channel (the guest closed it, or the controller is
+    /// stopping or resetting): it reads nothing more and writes no
+    /// completion, and drains like a failed channel — requests whose
+    /// commands have not started are freed now, the others finish first.
+    /// Keep driving it ([`StorvspChannel::run`] returns
+    /// [`StorvspError::Closed`] once drained, or step it until
+    /// [`StorvspChannel::is_drained`]) before the guest may reuse the
+    /// ring and data pages. Closing a channel that already failed changes
+    /// nothing.
+    pub fn close(&mut self) {
+        if self.failed.is_none() {
+            self.fail(
+                StorvspError::Closed,
+                &mut Context::from_waker(Waker::noop()),
+            );
+        }
+    }
+
+    /// Ends the channel with `e` and starts draining.
+    fn fail(&mut self, e: StorvspError, cx: &mut Context<'_>) {
+        self.failed = Some(e);
+        // Nothing the guest sends is served any more. Requests whose
+        // commands never started go now; the others are drained.
+        let channel = &mut self.channel;
+        self.slots.release_queued(|r| channel.release(r));
+        self.drain(cx);
+    }
+
+    /// A pass; on its first error, ends the channel and starts draining.
     fn pass(&mut self, cx: &mut Context<'_>) -> Result<Pass, StorvspError> {
         if let Some(e) = self.failed {
+            self.drain(cx);
             return Err(e);
         }
-        self.try_pass(cx).inspect_err(|&e| {
-            self.failed = Some(e);
-            // Requests in flight are dropped without completions: nothing
-            // the guest sends is served any more, and their futures (and
-            // whatever disk state they hold) go now, not when the worker
-            // is dropped.
-            for io in core::mem::take(&mut self.in_flight) {
-                self.channel.release(io.reservation);
-            }
-        })
+        self.try_pass(cx).inspect_err(|&e| self.fail(e, cx))
+    }
+
+    /// One step of a failed channel's drain: polls the requests woken since
+    /// the last step, and frees each that finished — its ring space given
+    /// back, no completion written (the channel failed).
+    fn drain(&mut self, cx: &mut Context<'_>) {
+        self.slots.register(cx.waker());
+        let channel = &mut self.channel;
+        let never: Result<bool, core::convert::Infallible> =
+            self.slots.poll_ready(|slots, index, _answer| {
+                if let Some(r) = slots.release(index) {
+                    channel.release(r);
+                }
+                Ok(())
+            });
+        let Ok(_) = never;
     }
 
     fn try_pass(&mut self, cx: &mut Context<'_>) -> Result<Pass, StorvspError> {
@@ -289,7 +338,7 @@ impl<'a> StorvspChannel<'a> {
     /// packets are waiting after unmasking.
     fn update_poll_mode(&mut self) -> Result<bool, StorvspError> {
         let threshold = self.controller.config.poll_mode_queue_depth.max(1);
-        let poll = self.in_flight.len() >= threshold;
+        let poll = self.slots.busy() >= threshold;
         if poll == self.masked {
             return Ok(false);
         }
@@ -305,24 +354,22 @@ impl<'a> StorvspChannel<'a> {
     fn do_work(&mut self, cx: &mut Context<'_>) -> Result<Pass, StorvspError> {
         let mut progress = false;
 
-        // Finish requests that are done.
-        let mut i = 0;
-        while i < self.in_flight.len() {
-            if let Poll::Ready(result) = self.in_flight[i].future.as_mut().poll(cx) {
-                let io = self.in_flight.swap_remove(i);
-                let answer = SrbAnswer::of(result);
-                self.complete_srb(
-                    io.reservation,
-                    io.transaction_id,
-                    io.reply_len,
-                    &io.request,
-                    answer,
-                )?;
-                progress = true;
-            } else {
-                i += 1;
-            }
+        // Finish the requests woken since the last pass (and only those).
+        // Requests wake the worker only while there are some: the in-place
+        // path does no atomic work for it.
+        let waiting = self.slots.busy() > 0;
+        if waiting {
+            self.slots.register(cx.waker());
         }
+        let Self {
+            slots,
+            channel,
+            controller,
+            ..
+        } = self;
+        progress |= slots.poll_ready(|slots, index, answer| {
+            finish_slot(channel, controller, slots, index, answer)
+        })?;
 
         // Wake on controller events (negotiation, LUN changes) before
         // checking them. Every channel registers: a LUN change also lets a
@@ -352,17 +399,25 @@ impl<'a> StorvspChannel<'a> {
         }
         // The ring space of the packets taken is handed back to the guest
         // once, after the batch (also when the batch ends in an error).
-        let taken = self.take_packets(cx);
+        let taken = self.take_packets();
         let published = self.channel.publish_reads();
         let (taken, drained) = taken?;
         published?;
+        // Requests that started waiting in this batch wake the worker from
+        // now on; one that was woken before this registration is found by
+        // another pass.
+        let started = !waiting && self.slots.busy() > 0;
+        if started {
+            self.slots.register(cx.waker());
+        }
+        let woken = started && self.slots.any_ready();
         // After a batch that emptied the ring, another pass is due only if
         // the guest wrote more before the read index was published (the
         // publish saw it); after that, the guest signals its next packet.
         let more = taken && (!drained || self.channel.has_seen_packets());
         Ok(Pass {
             worked: progress || taken,
-            again: progress || more,
+            again: progress || more || woken,
         })
     }
 
@@ -371,7 +426,7 @@ impl<'a> StorvspChannel<'a> {
     /// index, the rest take the packets it showed. Returns whether any was
     /// taken, and whether the batch ended for want of packets (rather than
     /// ring space or queue depth).
-    fn take_packets(&mut self, cx: &mut Context<'_>) -> Result<(bool, bool), StorvspError> {
+    fn take_packets(&mut self) -> Result<(bool, bool), StorvspError> {
         // The worker's packet buffer, reused from pass to pass (it is
         // large: clearing a fresh one costs more than taking a small
         // packet).
@@ -379,19 +434,14 @@ impl<'a> StorvspChannel<'a> {
             .packet
             .take()
             .unwrap_or_else(|| Box::new(PacketRef::empty()));
-        let r = self.take_packets_into(&mut packet, cx);
+        let r = self.take_packets_into(&mut packet);
         self.packet = Some(packet);
         r
     }
 
-    fn take_packets_into(
-        &mut self,
-        packet: &mut PacketRef,
-        cx: &mut Context<'_>,
-    ) -> Result<(bool, bool), StorvspError> {
+    fn take_packets_into(&mut self, packet: &mut PacketRef) -> Result<(bool, bool), StorvspError> {
         let mut taken = false;
-        let depth = self.controller.config.io_queue_depth.max(1);
-        while self.in_flight.len() < depth {
+        while !self.slots.is_full() {
             let reservation = match self.channel.reserve(MAX_PACKET_LEN) {
                 Ok(r) => r,
                 // The guest is not draining completions; the writer has
@@ -407,7 +457,7 @@ impl<'a> StorvspChannel<'a> {
             match next {
                 Ok(true) => {
                     taken = true;
-                    self.handle(packet, reservation, cx)?;
+                    self.handle(packet, reservation)?;
                 }
                 Ok(false) => {
                     self.channel.release(reservation);
@@ -464,9 +514,7 @@ impl<'a> StorvspChannel<'a> {
         }
     }
 
-    /// Writes a completion for `transaction_id` into `reservation`: the
-    /// header with `status`, then `payload`, zero padded or truncated to
-    /// `reply_len` bytes (the request's own size, see [`reply_len`]).
+    /// Writes a completion (see [`write_completion`]).
     fn complete(
         &mut self,
         reservation: Reservation,
@@ -475,29 +523,17 @@ impl<'a> StorvspChannel<'a> {
         status: NtStatus,
         payload: &[u8],
     ) -> Result<(), StorvspError> {
-        let mut buf = [0u8; MAX_PACKET_LEN];
-        buf[..PACKET_HEADER_LEN].copy_from_slice(
-            PacketHeader::new(Operation::COMPLETE_IO, PacketFlags::new(), status).as_bytes(),
-        );
-        let reply_len = reply_len.min(hw::PACKET_PAYLOAD_LEN);
-        let n = payload.len().min(reply_len);
-        buf[PACKET_HEADER_LEN..PACKET_HEADER_LEN + n].copy_from_slice(&payload[..n]);
-        // Published once at the end of the pass, with the others.
-        self.channel.write_reserved_deferred(
+        write_completion(
+            &mut self.channel,
             reservation,
-            OutgoingKind::Completion,
             transaction_id,
-            &buf[..PACKET_HEADER_LEN + reply_len],
-        )?;
-        Ok(())
+            reply_len,
+            status,
+            payload,
+        )
     }
 
-    fn handle(
-        &mut self,
-        packet: &PacketRef,
-        reservation: Reservation,
-        cx: &mut Context<'_>,
-    ) -> Result<(), StorvspError> {
+    fn handle(&mut self, packet: &PacketRef, reservation: Reservation) -> Result<(), StorvspError> {
         let transaction_id = packet.transaction_id;
         let reply_len = reply_len(packet);
         let size = self.controller.request_size();
@@ -511,7 +547,7 @@ impl<'a> StorvspChannel<'a> {
         let ready = self.controller.is_ready();
         let (status, reply) = match (operation, body) {
             (Operation::EXECUTE_SRB, Body::ExecuteSrb(request)) if ready => {
-                return self.execute_srb(packet, request, reservation, cx);
+                return self.execute_srb(packet, request, reservation);
             }
             (Operation::RESET_LUN | Operation::RESET_ADAPTER | Operation::RESET_BUS, _)
                 if ready =>
@@ -594,35 +630,77 @@ impl<'a> StorvspChannel<'a> {
         packet: &PacketRef,
         request: ScsiRequest,
         reservation: Reservation,
-        cx: &mut Context<'_>,
     ) -> Result<(), StorvspError> {
         let transaction_id = packet.transaction_id;
         let reply_len = reply_len(packet);
-        match self.start_srb(packet, &request, cx) {
+        let command = match self.start_srb(packet, &request) {
             Ok(answer) => {
-                self.complete_srb(reservation, transaction_id, reply_len, &request, answer)
-            }
-            Err(future) => {
-                self.in_flight.push(InFlight {
+                return complete_srb(
+                    &mut self.channel,
+                    &self.controller,
+                    reservation,
                     transaction_id,
                     reply_len,
-                    reservation,
-                    request,
-                    future,
-                });
-                Ok(())
+                    &request,
+                    answer,
+                );
             }
+            Err(command) => command,
+        };
+        // A disk that really waits: the command runs in a request slot
+        // (one is free: packets are taken only then).
+        let taken = self.slots.take(NewRequest {
+            transaction_id,
+            reply_len,
+            srb: request,
+            ranges: packet.ranges(),
+            lun: command.path,
+            reservation,
+        });
+        let index = match taken {
+            Ok(index) => index,
+            // Packets are taken only while a slot is free; should that ever
+            // not hold, the guest hears "busy" and retries.
+            Err(request) => {
+                return complete_srb(
+                    &mut self.channel,
+                    &self.controller,
+                    request.reservation,
+                    transaction_id,
+                    reply_len,
+                    &request.srb,
+                    SrbAnswer::Srb(SrbStatus::BUSY),
+                );
+            }
+        };
+        let ranges = self.slots.lend_ranges(index);
+        let mem = self.channel.memory().clone();
+        let future = SlotFuture::from_or_box(run_command(mem, command, ranges));
+        match self.slots.start(index, future) {
+            Some(answer) => self.finish(index, answer),
+            None => Ok(()),
         }
     }
 
-    /// Runs an `EXECUTE_SRB` as far as it goes now: its answer, or (`Err`)
-    /// the future still running it on a disk that waits.
+    /// Completes the request in slot `index` with `answer` and frees the
+    /// slot.
+    fn finish(&mut self, index: usize, answer: SrbAnswer) -> Result<(), StorvspError> {
+        finish_slot(
+            &mut self.channel,
+            &self.controller,
+            &mut self.slots,
+            index,
+            answer,
+        )
+    }
+
+    /// Runs an `EXECUTE_SRB` as far as it goes in place: its answer, or
+    /// (`Err`) the command to run on a disk that waits.
     fn start_srb(
         &mut self,
         packet: &PacketRef,
         request: &ScsiRequest,
-        cx: &mut Context<'_>,
-    ) -> Result<SrbAnswer, ScsiFuture<'a>> {
+    ) -> Result<SrbAnswer, Command> {
         let invalid = SrbAnswer::Srb(SrbStatus::INVALID_REQUEST);
         let Some(cdb) = request.cdb().filter(|c| !c.is_empty()) else {
             return Ok(invalid);
@@ -638,7 +716,7 @@ impl<'a> StorvspChannel<'a> {
         let len = request.data_transfer_length.get() as usize;
         // The device writes guest memory unless this is a write.
         let writable = request.data_in != DataDirection::WRITE;
-        let mem = self.channel.memory();
+        let mem = &**self.channel.memory();
         let ranges = packet.ranges();
         let Ok(sg) = SgList::new(mem, ranges, writable).and_then(|sg| sg.subrange(0, len)) else {
             // The ranges are shorter than the transfer the guest asked for.
@@ -661,25 +739,16 @@ impl<'a> StorvspChannel<'a> {
         if let Some(r) = disk.run_now(cdb, &sg, initiator, delivery) {
             return Ok(SrbAnswer::Scsi(r));
         }
-        let disk = disk.clone();
-        // A disk that really waits: the command runs as a boxed future
-        // (one allocation per request, where the I/O takes microseconds
-        // anyway) polled by each pass until it is done.
-        let ranges = ranges.to_vec();
-        let mut future: ScsiFuture<'a> = Box::pin(async move {
-            let sg = SgList::new(mem, &ranges, writable)
-                .and_then(|sg| sg.subrange(0, len))
-                .ok()?;
-            let disk: Lun = disk;
-            Some(
-                disk.execute(&cdb_buf[..cdb_len], sg, initiator, delivery)
-                    .await,
-            )
-        });
-        match future.as_mut().poll(cx) {
-            Poll::Ready(result) => Ok(SrbAnswer::of(result)),
-            Poll::Pending => Err(future),
-        }
+        Err(Command {
+            disk: disk.clone(),
+            cdb: cdb_buf,
+            cdb_len,
+            len,
+            writable,
+            initiator,
+            delivery,
+            path,
+        })
     }
 
     /// REPORT LUNS from the LUN map: the LUNs on the request's path and
@@ -709,28 +778,123 @@ impl<'a> StorvspChannel<'a> {
         }
         SrbAnswer::Scsi(write_data(mem, ranges, len, &data, alloc_len))
     }
+}
 
-    /// Completes an `EXECUTE_SRB` with `answer`, in a completion of
-    /// `reply_len` payload bytes (the request's own size). The sense data
-    /// is capped to the negotiated version's sense buffer.
-    fn complete_srb(
-        &mut self,
-        reservation: Reservation,
-        transaction_id: u64,
-        reply_len: usize,
-        request: &ScsiRequest,
-        answer: SrbAnswer,
-    ) -> Result<(), StorvspError> {
-        let size = self.controller.request_size();
-        let (status, reply) = srb_completion(request, &answer, size);
-        self.complete(
+/// An `EXECUTE_SRB` to run on a LUN whose disk waits.
+pub(crate) struct Command {
+    pub(crate) disk: Lun,
+    pub(crate) cdb: [u8; hw::CDB_MAX_LEN],
+    pub(crate) cdb_len: usize,
+    /// Bytes to transfer.
+    pub(crate) len: usize,
+    /// The device writes guest memory.
+    pub(crate) writable: bool,
+    pub(crate) initiator: parastor_core::InitiatorId,
+    pub(crate) delivery: SenseDelivery,
+    pub(crate) path: ScsiPath,
+}
+
+/// Runs `command` on its LUN over `ranges` of `mem`; hands `ranges` back
+/// with the outcome (`None`: the data buffer could not be built).
+pub(crate) async fn run_command(
+    mem: ChannelMemory<'_>,
+    command: Command,
+    ranges: Vec<GpaRange>,
+) -> SlotOutput {
+    let Command {
+        disk,
+        cdb,
+        cdb_len,
+        len,
+        writable,
+        initiator,
+        delivery,
+        ..
+    } = command;
+    let result = match SgList::new(&*mem, &ranges, writable).and_then(|sg| sg.subrange(0, len)) {
+        Ok(sg) => Some(disk.execute(&cdb[..cdb_len], sg, initiator, delivery).await),
+        Err(_) => None,
+    };
+    (result, ranges)
+}
+
+/// Completes the request in slot `index` with `answer` (its completion
+/// written into the slot's reservation) and frees the slot.
+fn finish_slot(
+    channel: &mut Channel<'_>,
+    controller: &Controller,
+    slots: &mut Slots<'_>,
+    index: usize,
+    answer: SrbAnswer,
+) -> Result<(), StorvspError> {
+    let record = slots.record(index);
+    let (transaction_id, reply_len, srb) =
+        (record.transaction_id(), record.reply_len(), *record.srb());
+    match slots.release(index) {
+        Some(reservation) => complete_srb(
+            channel,
+            controller,
             reservation,
             transaction_id,
             reply_len,
-            status,
-            reply.as_bytes(),
-        )
+            &srb,
+            answer,
+        ),
+        // A busy slot always holds its reservation.
+        None => Ok(()),
     }
+}
+
+/// Completes an `EXECUTE_SRB` with `answer`, in a completion of
+/// `reply_len` payload bytes (the request's own size). The sense data is
+/// capped to the negotiated version's sense buffer.
+fn complete_srb(
+    channel: &mut Channel<'_>,
+    controller: &Controller,
+    reservation: Reservation,
+    transaction_id: u64,
+    reply_len: usize,
+    request: &ScsiRequest,
+    answer: SrbAnswer,
+) -> Result<(), StorvspError> {
+    let size = controller.request_size();
+    let (status, reply) = srb_completion(request, &answer, size);
+    write_completion(
+        channel,
+        reservation,
+        transaction_id,
+        reply_len,
+        status,
+        reply.as_bytes(),
+    )
+}
+
+/// Writes a completion for `transaction_id` into `reservation`: the header
+/// with `status`, then `payload`, zero padded or truncated to `reply_len`
+/// bytes (the request's own size, see [`reply_len`]). Published with the
+/// pass's other writes.
+fn write_completion(
+    channel: &mut Channel<'_>,
+    reservation: Reservation,
+    transaction_id: u64,
+    reply_len: usize,
+    status: NtStatus,
+    payload: &[u8],
+) -> Result<(), StorvspError> {
+    let mut buf = [0u8; MAX_PACKET_LEN];
+    buf[..PACKET_HEADER_LEN].copy_from_slice(
+        PacketHeader::new(Operation::COMPLETE_IO, PacketFlags::new(), status).as_bytes(),
+    );
+    let reply_len = reply_len.min(hw::PACKET_PAYLOAD_LEN);
+    let n = payload.len().min(reply_len);
+    buf[PACKET_HEADER_LEN..PACKET_HEADER_LEN + n].copy_from_slice(&payload[..n]);
+    channel.write_reserved_deferred(
+        reservation,
+        OutgoingKind::Completion,
+        transaction_id,
+        &buf[..PACKET_HEADER_LEN + reply_len],
+    )?;
+    Ok(())
 }
 
 /// The LUN at `path`: `last` (the LUN a channel last addressed) if the

@@ -93,11 +93,13 @@
 extern crate alloc;
 
 mod channel;
+mod slots;
 pub mod state;
 #[cfg(test)]
 mod tests;
 
 pub use channel::{RUN_BUDGET, StorvspChannel};
+pub use slots::{Phase, RequestRecord, SrbAnswer};
 
 use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
@@ -265,6 +267,9 @@ pub enum StorvspError {
         /// The packet's transaction id.
         transaction_id: u64,
     },
+    /// The channel was closed by its owner ([`StorvspChannel::close`]):
+    /// the guest closed it, or the controller stopped or was reset.
+    Closed,
 }
 
 impl fmt::Display for StorvspError {
@@ -284,6 +289,7 @@ impl fmt::Display for StorvspError {
                 f,
                 "storvsp packet {transaction_id:#x} is not a guest request"
             ),
+            Self::Closed => f.write_str("storvsp channel closed"),
         }
     }
 }

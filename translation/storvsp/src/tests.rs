@@ -7,7 +7,7 @@
 
 extern crate std;
 
-use super::channel::{SrbAnswer, sense_delivery, srb_completion};
+use super::channel::{sense_delivery, srb_completion};
 use super::*;
 use alloc::sync::Arc;
 use parastor_core::Gpa;
@@ -277,6 +277,96 @@ fn sense_delivery_matches_what_the_completion_carries() {
             }
         }
     }
+}
+
+#[test]
+fn command_futures_fit_their_slot() {
+    use super::channel::{Command, run_command};
+    use super::slots::SLOT_FUTURE_BYTES;
+    use parastor_core::Disk;
+    use parastor_core::ram::RamDisk;
+    use parastor_scsi::{DiskParams, Lun, ScsiDisk, ScsiDvd};
+
+    let mem = RamGuestMemory::new(1 << 20);
+    let disk = Disk::new(RamDisk::new(1 << 16, 512).unwrap()).unwrap();
+    let luns = [
+        Lun::Disk(Arc::new(ScsiDisk::new(disk, DiskParams::default()))),
+        Lun::Dvd(Arc::new(ScsiDvd::new(None).unwrap())),
+    ];
+    for lun in luns {
+        let command = Command {
+            disk: lun,
+            cdb: [0; 16],
+            cdb_len: 10,
+            len: 512,
+            writable: true,
+            initiator: parastor_core::InitiatorId::new(1),
+            delivery: SenseDelivery::Autosense,
+            path: ScsiPath::new(0, 0, 0),
+        };
+        let future = run_command(
+            parastor_vmbus::ChannelMemory::Borrowed(&mem),
+            command,
+            alloc::vec::Vec::new(),
+        );
+        let size = core::mem::size_of_val(&future);
+        // Larger would box every request's future (an allocation each).
+        assert!(
+            size <= SLOT_FUTURE_BYTES,
+            "a command future takes {size} bytes, its slot {SLOT_FUTURE_BYTES}"
+        );
+        assert!(core::mem::align_of_val(&future) <= 8);
+    }
+}
+
+#[test]
+fn a_drain_frees_queued_requests_and_keeps_submitted_ones() {
+    use super::slots::{NewRequest, Phase, SlotFuture, Slots};
+    use parastor_core::GpaRange;
+
+    let mem = RamGuestMemory::new(1 << 20);
+    let (incoming, outgoing) = init_ring_pair(&mem, Gpa::new(0x10000), 0x4000).unwrap();
+    let signal = Signal::new();
+    let mut channel = Channel::host(&mem, incoming, outgoing, &signal).unwrap();
+    let ranges = [GpaRange::new(Gpa::new(0x8000), 512)];
+    let mut slots = Slots::new(2);
+    let mut take = |slots: &mut Slots<'_>, tid| {
+        let reservation = channel.reserve(0x40).unwrap();
+        slots
+            .take(NewRequest {
+                transaction_id: tid,
+                reply_len: 0x34,
+                srb: ScsiRequest::new_zeroed(),
+                ranges: &ranges,
+                lun: ScsiPath::new(0, 0, 1),
+                reservation,
+            })
+            .ok()
+            .unwrap()
+    };
+    let queued = take(&mut slots, 7);
+    let submitted = take(&mut slots, 8);
+    assert!(slots.is_full());
+    assert_eq!(slots.record(queued).phase(), Phase::Queued);
+    assert_eq!(slots.record(queued).ranges(), ranges);
+    // A command still at its disk.
+    let never = SlotFuture::from_or_box(core::future::pending());
+    assert_eq!(slots.start(submitted, never), None);
+    assert_eq!(slots.record(submitted).phase(), Phase::Submitted);
+    let held = channel.writer().reserved();
+
+    let mut released = alloc::vec::Vec::new();
+    slots.release_queued(|r| {
+        released.push(r.bytes());
+        channel.release(r);
+    });
+    // Only the request that never started went, with its ring space.
+    assert_eq!(released.len(), 1);
+    assert_eq!(channel.writer().reserved(), held - released[0]);
+    assert_eq!(slots.busy(), 1);
+    let left: alloc::vec::Vec<_> = slots.records().map(|r| r.transaction_id()).collect();
+    assert_eq!(left, [8]);
+    assert_eq!(slots.record(submitted).lun(), ScsiPath::new(0, 0, 1));
 }
 
 /// A disk out of a shared resource (`DiskError::Busy`, answered TASK SET

@@ -6,12 +6,13 @@ use super::ring::{
     WriteOutcome,
 };
 use super::signal::Notify;
+use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 use core::fmt;
 use parastor_core::Gpa;
 use parastor_core::sg::SgError;
-use parastor_core::{GpaRange, GuestMemory, SgList};
+use parastor_core::{GpaRange, GuestMem, GuestMemory, SgList};
 use parastor_hw::vmbus::{
     self as hw, DescriptorFlags, GpaDirectHeader, GpaRangeError, GpaRangeHeader,
     PACKET_DESCRIPTOR_SIZE, PacketType,
@@ -443,10 +444,10 @@ pub struct GpaDirectRange<'p> {
 /// signalling rules call for it, the endpoint notifies its peer through the
 /// [`Notify`] it was given.
 pub struct Channel<'a> {
-    mem: &'a dyn GuestMemory,
+    mem: ChannelMemory<'a>,
     reader: RingReader<'a>,
     writer: RingWriter<'a>,
-    peer: &'a dyn Notify,
+    peer: Peer<'a>,
     /// Where [`Channel::take_packet_into`] reads a packet's start.
     peek: [u8; PEEK_LEN],
 }
@@ -469,7 +470,29 @@ impl<'a> Channel<'a> {
         outgoing: RingRegion,
         peer: &'a dyn Notify,
     ) -> Result<Self, RingError> {
-        Self::new(mem, incoming, outgoing, peer)
+        Self::new(
+            ChannelMemory::Borrowed(mem),
+            incoming,
+            outgoing,
+            Peer::Borrowed(peer),
+        )
+    }
+
+    /// The host's endpoint like [`Channel::host`], owning (a share of) the
+    /// guest memory and the notification to the guest: it borrows
+    /// nothing, so it can be built on one thread and moved to another.
+    pub fn host_owned(
+        mem: GuestMem,
+        incoming: RingRegion,
+        outgoing: RingRegion,
+        peer: Arc<dyn Notify>,
+    ) -> Result<Channel<'static>, RingError> {
+        Channel::new(
+            ChannelMemory::Owned(mem),
+            incoming,
+            outgoing,
+            Peer::Owned(peer),
+        )
     }
 
     /// The guest's endpoint (the mirror of [`Channel::host`]): writes
@@ -480,19 +503,24 @@ impl<'a> Channel<'a> {
         outgoing: RingRegion,
         peer: &'a dyn Notify,
     ) -> Result<Self, RingError> {
-        Self::new(mem, outgoing, incoming, peer)
+        Self::new(
+            ChannelMemory::Borrowed(mem),
+            outgoing,
+            incoming,
+            Peer::Borrowed(peer),
+        )
     }
 
     fn new(
-        mem: &'a dyn GuestMemory,
+        mem: ChannelMemory<'a>,
         read: RingRegion,
         write: RingRegion,
-        peer: &'a dyn Notify,
+        peer: Peer<'a>,
     ) -> Result<Self, RingError> {
         Ok(Self {
+            reader: RingReader::with_memory(mem.clone(), read)?,
+            writer: RingWriter::with_memory(mem.clone(), write)?,
             mem,
-            reader: RingReader::new(mem, read)?,
-            writer: RingWriter::new(mem, write)?,
             peer,
             peek: [0; PEEK_LEN],
         })
@@ -921,7 +949,54 @@ impl<'a> Channel<'a> {
     }
 
     /// The guest memory the rings live in.
-    pub fn memory(&self) -> &'a dyn GuestMemory {
-        self.mem
+    pub fn memory(&self) -> &ChannelMemory<'a> {
+        &self.mem
+    }
+}
+
+/// The guest memory a channel endpoint (and its rings) uses: borrowed for
+/// the endpoint's lifetime, or owned — a share of it, so the endpoint
+/// borrows nothing. Derefs to the memory; cloning copies the reference or
+/// the share (no allocation).
+#[derive(Clone)]
+pub enum ChannelMemory<'a> {
+    /// Borrowed from the caller.
+    Borrowed(&'a dyn GuestMemory),
+    /// A share of the memory, held by the endpoint.
+    Owned(GuestMem),
+}
+
+impl<'a> core::ops::Deref for ChannelMemory<'a> {
+    type Target = dyn GuestMemory + 'a;
+
+    fn deref(&self) -> &Self::Target {
+        match self {
+            Self::Borrowed(mem) => *mem,
+            Self::Owned(mem) => &**mem,
+        }
+    }
+}
+
+impl fmt::Debug for ChannelMemory<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Borrowed(_) => "ChannelMemory::Borrowed",
+            Self::Owned(_) => "ChannelMemory::Owned",
+        })
+    }
+}
+
+/// Whom an endpoint notifies: borrowed or owned, like its memory.
+enum Peer<'a> {
+    Borrowed(&'a dyn Notify),
+    Owned(Arc<dyn Notify>),
+}
+
+impl Peer<'_> {
+    fn notify(&self) {
+        match self {
+            Self::Borrowed(peer) => peer.notify(),
+            Self::Owned(peer) => peer.notify(),
+        }
     }
 }

@@ -13,7 +13,9 @@
 //!   payloads, GPA-direct ranges as [`parastor_core::GpaRange`]s) and
 //!   notifies its peer. [`Channel::host`] is StorVSP's side;
 //!   [`Channel::guest`] is the mirror an emulated StorVSC uses.
-//! - [`Signal`]: an in-process [`Notify`] (counter + waker).
+//! - [`Notify`] / [`Wait`]: signalling to and from the peer, as traits;
+//!   [`ChannelSignals`] holds one of each for a worker; [`Signal`] is the
+//!   in-process implementation of both (counter + waker).
 //!
 //! The guest is untrusted: every index, length and range from the rings is
 //! validated before use, each endpoint keeps its own index privately and
@@ -31,20 +33,20 @@ extern crate alloc;
 
 mod channel;
 mod ring;
-mod signal;
+pub mod signal;
 pub mod state;
 #[cfg(test)]
 mod tests;
 
 pub use channel::{
-    Channel, ChannelError, GPA_DIRECT_INLINE_LEN, GpaDirectRange, INLINE_PAYLOAD_LEN,
-    INLINE_RANGES, OutgoingKind, Packet, PacketHead, PacketKind, PacketRef,
+    Channel, ChannelError, ChannelMemory, GPA_DIRECT_INLINE_LEN, GpaDirectRange,
+    INLINE_PAYLOAD_LEN, INLINE_RANGES, OutgoingKind, Packet, PacketHead, PacketKind, PacketRef,
 };
 pub use ring::{
     OutgoingPacket, PacketHeader, Reservation, RingError, RingReader, RingRegion, RingWriter,
     WriteOutcome, init_ring, packet_ring_size,
 };
-pub use signal::{Notify, Signal, SignalWait};
+pub use signal::{ChannelSignals, Notify, Signal, SignalWait, Wait};
 
 use parastor_core::{Gpa, GuestMemory};
 use parastor_hw::vmbus::RingFeatures;

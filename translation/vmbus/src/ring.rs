@@ -27,6 +27,7 @@
 //! A packet is copied out of the ring once, into private memory, and
 //! validated there; it is never read again from guest memory.
 
+use crate::channel::ChannelMemory;
 use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{Ordering, fence};
@@ -143,9 +144,9 @@ impl From<DescriptorError> for RingError {
 }
 
 /// Raw access to one ring: control fields and wrap-around copies.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct RingMem<'a> {
-    mem: &'a dyn GuestMemory,
+    mem: ChannelMemory<'a>,
     gpa: Gpa,
     data_size: u32,
 }
@@ -160,16 +161,16 @@ impl fmt::Debug for RingMem<'_> {
 }
 
 impl<'a> RingMem<'a> {
-    fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
+    fn new(mem: ChannelMemory<'a>, region: RingRegion) -> Result<Self, RingError> {
         let data_size = region.data_size()?;
+        // A ring outside (or partly inaccessible in) guest memory fails
+        // here; so does a control page the atomics cannot use (misaligned).
+        mem.check(GpaRange::new(region.gpa, region.size), Access::ReadWrite)?;
         let ring = Self {
             mem,
             gpa: region.gpa,
             data_size,
         };
-        // A ring outside (or partly inaccessible in) guest memory fails
-        // here; so does a control page the atomics cannot use (misaligned).
-        mem.check(GpaRange::new(region.gpa, region.size), Access::ReadWrite)?;
         ring.load(0)?;
         Ok(ring)
     }
@@ -300,6 +301,11 @@ impl<'a> RingReader<'a> {
     /// Opens the ring at `region` for reading, starting at the read index
     /// currently in its control page (validated).
     pub fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
+        Self::with_memory(ChannelMemory::Borrowed(mem), region)
+    }
+
+    /// [`RingReader::new`] over memory borrowed or owned.
+    pub fn with_memory(mem: ChannelMemory<'a>, region: RingRegion) -> Result<Self, RingError> {
         let ring = RingMem::new(mem, region)?;
         let read_index = ring.load_index(RING_READ_INDEX_OFFSET)?;
         Ok(Self {
@@ -318,7 +324,7 @@ impl<'a> RingReader<'a> {
         region: RingRegion,
         read_index: u32,
     ) -> Result<Self, RingError> {
-        let ring = RingMem::new(mem, region)?;
+        let ring = RingMem::new(ChannelMemory::Borrowed(mem), region)?;
         hw::validate_ring_index(read_index, ring.data_size)?;
         ring.store(RING_READ_INDEX_OFFSET, read_index)?;
         Ok(Self {
@@ -505,11 +511,15 @@ impl<'a> RingReader<'a> {
         // Store (read index) → load (pending size): see the module docs.
         fence(Ordering::SeqCst);
         let pending = ring.load(RING_PENDING_SEND_SIZE_OFFSET)?;
-        let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));
         // Free space as the writer sees it, before and after.
         let free_before = hw::ring_bytes_free(published, write, data_size);
         let free_after = hw::ring_bytes_free(read_index, write, data_size);
-        let signal = hw::should_signal_after_read(features, pending, free_before, free_after);
+        // The feature bits matter only when the writer waits (the common
+        // case has it not waiting: one load fewer per publish).
+        let signal = pending != 0 && {
+            let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));
+            hw::should_signal_after_read(features, pending, free_before, free_after)
+        };
         self.published = read_index;
         self.write_seen = write;
         Ok(signal)
@@ -629,6 +639,11 @@ impl<'a> RingWriter<'a> {
     /// advertises [`RingFeatures::pending_send_size`]: this writer
     /// publishes `pending_send_sz` when blocked.
     pub fn new(mem: &'a dyn GuestMemory, region: RingRegion) -> Result<Self, RingError> {
+        Self::with_memory(ChannelMemory::Borrowed(mem), region)
+    }
+
+    /// [`RingWriter::new`] over memory borrowed or owned.
+    pub fn with_memory(mem: ChannelMemory<'a>, region: RingRegion) -> Result<Self, RingError> {
         let ring = RingMem::new(mem, region)?;
         let write_index = ring.load_index(RING_WRITE_INDEX_OFFSET)?;
         let read_seen = ring.load_index(RING_READ_INDEX_OFFSET)?;
@@ -658,7 +673,7 @@ impl<'a> RingWriter<'a> {
         region: RingRegion,
         write_index: u32,
     ) -> Result<Self, RingError> {
-        let ring = RingMem::new(mem, region)?;
+        let ring = RingMem::new(ChannelMemory::Borrowed(mem), region)?;
         hw::validate_ring_index(write_index, ring.data_size)?;
         let read_seen = ring.load_index(RING_READ_INDEX_OFFSET)?;
         let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));
@@ -857,7 +872,7 @@ impl<'a> RingWriter<'a> {
             descriptor.data_offset() - hw::PACKET_DESCRIPTOR_SIZE - packet.header_len() as u32;
         let payload_pad = descriptor.len() - descriptor.data_offset() - packet.payload.len() as u32;
         // The packet goes into the ring straight from its pieces, in one
-        // guest-memory access (two at the wrap).
+        // vectored guest-memory write (one write per piece at the wrap).
         const ZEROS: [u8; 8] = [0; 8];
         let header_pad = ZEROS.get(..header_pad as usize).unwrap_or(&[]);
         let payload_pad = ZEROS.get(..payload_pad as usize).unwrap_or(&[]);

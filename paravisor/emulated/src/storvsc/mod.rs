@@ -41,7 +41,7 @@ pub use profile::{CONTROL_TRANSACTION_ID, Profile, Rejection};
 pub use scsi::{Data, Srb, SrbReply, Tag};
 
 use core::fmt;
-use parastor_core::{GpaRange, GuestMemory, MemoryError};
+use parastor_core::{GpaRange, MemoryError};
 use parastor_hw::scsi::ScsiStatus;
 use parastor_hw::storvsp::{
     CDB_MAX_LEN, ChannelProperties, CompletionPayload, DataDirection, MAX_PACKET_LEN, NtStatus,
@@ -49,7 +49,9 @@ use parastor_hw::storvsp::{
     QUEUE_TAG_UNTAGGED, QueueAction, ScsiRequest, SrbFlags, SrbStatusAndFlags, Version,
 };
 use parastor_storvsp::StorvspError;
-use parastor_vmbus::{Channel, ChannelError, OutgoingKind, PacketHead, PacketKind, RingError};
+use parastor_vmbus::{
+    Channel, ChannelError, ChannelMemory, OutgoingKind, PacketHead, PacketKind, RingError,
+};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
@@ -434,7 +436,7 @@ enum Route {
 /// The emulated guest driver. See the [module documentation](self).
 pub struct Storvsc<'a, H> {
     config: GuestConfig,
-    mem: &'a dyn GuestMemory,
+    mem: ChannelMemory<'a>,
     channels: Vec<Channel<'a>>,
     host: H,
     version: Option<Version>,
@@ -475,7 +477,7 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         let depth = usize::from(config.queue_depth);
         Self {
             config,
-            mem: primary.memory(),
+            mem: primary.memory().clone(),
             channels: vec![primary],
             host,
             version: None,
@@ -552,8 +554,8 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
     }
 
     /// The guest memory the rings live in.
-    pub fn memory(&self) -> &'a dyn GuestMemory {
-        self.mem
+    pub fn memory(&self) -> &ChannelMemory<'a> {
+        &self.mem
     }
 
     /// SCSI requests outstanding.
