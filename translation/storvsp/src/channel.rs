@@ -94,6 +94,9 @@ pub struct StorvspChannel<'a> {
     last_lun: Option<(u64, ScsiPath, Lun)>,
     /// Why the channel ended, once it has.
     failed: Option<StorvspError>,
+    /// Quiescing for a save ([`StorvspChannel::quiesce`]): no packet is
+    /// read, requests running finish and are completed.
+    quiescing: bool,
     /// The buffer packets are read into, kept between passes.
     packet: Option<Box<PacketRef>>,
 }
@@ -147,8 +150,97 @@ impl<'a> StorvspChannel<'a> {
             registered: None,
             last_lun: None,
             failed: None,
+            quiescing: false,
             packet: None,
         }
+    }
+
+    /// A worker over a restored `channel` (see [`crate::state::ChannelV1`]):
+    /// no request in flight, not in poll mode, the saved bus rescan owed.
+    pub(crate) fn restored(
+        controller: Arc<Controller>,
+        channel: Channel<'a>,
+        primary: bool,
+        enumerate_pending: bool,
+    ) -> Self {
+        let mut worker = Self::new(controller, channel, primary);
+        worker.enumerate_pending = enumerate_pending;
+        worker
+    }
+
+    /// Whether this worker serves the primary channel.
+    pub fn is_primary(&self) -> bool {
+        self.primary
+    }
+
+    /// Whether a bus-rescan notification is owed to the guest: one is
+    /// waiting for ring space, or the LUNs changed since the guest last
+    /// heard and the negotiation is complete (Windows 7 and later).
+    pub(crate) fn rescan_owed(&self) -> bool {
+        self.enumerate_pending
+            || (self.primary
+                && self.controller.is_ready()
+                && self.announced != self.controller.generation()
+                && self
+                    .controller
+                    .version()
+                    .is_some_and(|v| v >= Version::WIN7))
+    }
+
+    /// Stops taking packets, for a save: the requests running finish and
+    /// their completions are written (each into the ring space reserved
+    /// before its packet was read, so none waits for room), nothing new is
+    /// read. Drive it with [`StorvspChannel::poll_work`] or
+    /// [`StorvspChannel::process`] until [`StorvspChannel::is_quiesced`],
+    /// or await [`StorvspChannel::quiesce_all`]; then save
+    /// ([`StorvspChannel::save`]), or [`StorvspChannel::resume`].
+    pub fn quiesce(&mut self) {
+        self.quiescing = true;
+    }
+
+    /// Takes packets again after [`StorvspChannel::quiesce`] (a save that
+    /// was abandoned).
+    pub fn resume(&mut self) {
+        self.quiescing = false;
+    }
+
+    /// Whether the channel is quiesced: it takes no packets and no request
+    /// is in flight, so nothing of it is at a disk and every answer is in
+    /// the ring.
+    pub fn is_quiesced(&self) -> bool {
+        self.quiescing && self.failed.is_none() && self.slots.busy() == 0
+    }
+
+    /// Whether the channel was asked to quiesce.
+    pub(crate) fn is_quiescing(&self) -> bool {
+        self.quiescing
+    }
+
+    /// Why the channel ended, if it has.
+    pub(crate) fn failure(&self) -> Option<StorvspError> {
+        self.failed
+    }
+
+    /// Quiesces the channel ([`StorvspChannel::quiesce`]) and drives it
+    /// until every request in flight has finished and been completed.
+    /// Returns the channel's error if it fails meanwhile (it then drains
+    /// like any failed channel and cannot be saved).
+    pub async fn quiesce_all(&mut self) -> Result<(), StorvspError> {
+        self.quiesce();
+        core::future::poll_fn(|cx| {
+            for _ in 0..RUN_BUDGET {
+                match self.poll_work(cx) {
+                    Err(e) if self.slots.busy() == 0 => return Poll::Ready(Err(e)),
+                    Err(_) => return Poll::Pending,
+                    Ok(_) if self.slots.busy() == 0 => return Poll::Ready(Ok(())),
+                    Ok(true) => {}
+                    Ok(false) => return Poll::Pending,
+                }
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        })
+        .await
     }
 
     /// The controller this channel serves.
@@ -384,6 +476,14 @@ impl<'a> StorvspChannel<'a> {
             .is_some_and(|(generation, ..)| *generation != self.controller.generation())
         {
             self.last_lun = None;
+        }
+
+        // Quiescing: requests finish, nothing new starts.
+        if self.quiescing {
+            return Ok(Pass {
+                worked: progress,
+                again: progress,
+            });
         }
 
         if self.primary && ready {

@@ -27,10 +27,14 @@
 //!
 //! [`Disk::volatile_part`]: parastor_core::Disk::volatile_part
 
-use super::{Controller, NegotiationState, Protocol, ScsiPath};
+use super::{Controller, NegotiationState, Protocol, ScsiPath, StorvspChannel};
 use alloc::format;
 use alloc::string::String;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
+use parastor_core::{GuestMem, GuestMemory};
+use parastor_vmbus::signal::Notify;
+use parastor_vmbus::state::ChannelRingsV1;
 use parastor_core::prwrap::ReservationsV1;
 use parastor_core::state::{InvalidState, SaveError, Versioned, check_count};
 use parastor_hw::storvsp::Version;
@@ -322,6 +326,153 @@ impl Controller {
         Ok(())
     }
 }
+
+/// Saved state of one StorVSP channel worker, version 1 (component
+/// `storvsp-channel`): its rings and what the guest can still observe of
+/// it. Saved after [`StorvspChannel::quiesce`], once
+/// [`StorvspChannel::is_quiesced`]: every request that reached a disk has
+/// finished and its completion is in the outgoing ring (in the space
+/// reserved before its packet was read, so no answer ever waits for room),
+/// and no request is queued (a request is queued only between taking its
+/// slot and starting its command, within one step). So no request is
+/// saved: the guest reads its answers from the restored ring, and the
+/// packets it wrote meanwhile stay in the incoming ring behind the saved
+/// read index, to be read by the new worker. Poll mode is not saved
+/// either: it follows the requests in flight, none at a save, so the
+/// incoming ring's interrupt mask is clear by then.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelV1 {
+    /// Whether this is the controller's primary channel (negotiation and
+    /// bus-rescan notifications) rather than a sub-channel.
+    pub primary: bool,
+    /// The channel's two rings (incoming read, outgoing written).
+    pub rings: ChannelRingsV1,
+    /// A bus-rescan notification (`ENUMERATE_BUS`) is owed to the guest:
+    /// one was waiting for ring space, or the LUNs changed since it last
+    /// heard. Primary channels only, Windows 7 and later.
+    pub enumerate_pending: bool,
+}
+
+impl Versioned for ChannelV1 {
+    const COMPONENT: &'static str = "storvsp-channel";
+    const VERSION: u16 = 1;
+}
+
+fn busy(what: impl Into<String>) -> SaveError {
+    SaveError::Busy {
+        component: ChannelV1::COMPONENT,
+        what: what.into(),
+    }
+}
+
+impl ChannelV1 {
+    /// Checks the flags against `controller` (restored first): a
+    /// sub-channel exists only once the guest asked for sub-channels, and
+    /// only the primary channel of a controller past a Windows 7 (or later)
+    /// negotiation owes a rescan.
+    fn validate(&self, controller: &Controller) -> Result<(), InvalidState> {
+        if !self.primary && controller.sub_channels_requested().is_none() {
+            return Err(InvalidState::new(
+                "primary",
+                "a sub-channel is saved but the restored controller's guest never asked for sub-channels",
+            ));
+        }
+        if self.enumerate_pending {
+            if !self.primary {
+                return Err(InvalidState::new(
+                    "enumerate_pending",
+                    "a sub-channel never sends ENUMERATE_BUS; only the primary channel does",
+                ));
+            }
+            let ready = controller.state() == NegotiationState::Ready;
+            if !ready || controller.version().is_none_or(|v| v < Version::WIN7) {
+                return Err(InvalidState::new(
+                    "enumerate_pending",
+                    "a bus rescan is owed only after a Windows 7 or later negotiation completed",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl StorvspChannel<'_> {
+    /// The channel's state, for servicing (see [`ChannelV1`]). Refused
+    /// ([`SaveError::Busy`]) unless the channel is quiesced: asked to
+    /// quiesce, not failed, no request in flight, its rings published.
+    pub fn save(&self) -> Result<ChannelV1, SaveError> {
+        if let Some(e) = self.failure() {
+            return Err(busy(format!(
+                "the channel ended ({e}) and cannot be saved; close it and drain it"
+            )));
+        }
+        if !self.is_quiescing() {
+            return Err(busy(
+                "the channel still takes requests; quiesce it and drive it until quiesced first",
+            ));
+        }
+        if self.in_flight() > 0 || self.poll_mode() {
+            return Err(busy(format!(
+                "{} requests are still in flight; drive the channel until quiesced",
+                self.in_flight()
+            )));
+        }
+        Ok(ChannelV1 {
+            primary: self.is_primary(),
+            rings: self.channel().save_rings()?,
+            enumerate_pending: self.rescan_owed(),
+        })
+    }
+
+    /// Restores a channel worker from `saved` for `controller` (restored
+    /// first, from the same save), over guest memory `mem`, signalling the
+    /// guest through `peer`. Everything is checked first — the flags
+    /// against the controller, both rings' geometry, place in `mem` and
+    /// index — and nothing in guest memory is touched unless all of it is
+    /// valid. The worker then reads the guest's packets from the saved read
+    /// index on.
+    pub fn restore<'a>(
+        controller: Arc<Controller>,
+        mem: &'a dyn GuestMemory,
+        peer: &'a dyn Notify,
+        saved: &ChannelV1,
+    ) -> Result<StorvspChannel<'a>, InvalidState> {
+        saved.validate(&controller)?;
+        let channel = saved
+            .rings
+            .restore_host(mem, peer)
+            .map_err(|e| e.within("rings"))?;
+        Ok(StorvspChannel::restored(
+            controller,
+            channel,
+            saved.primary,
+            saved.enumerate_pending,
+        ))
+    }
+
+    /// [`StorvspChannel::restore`] over a share of the guest memory and an
+    /// owned signal: the worker borrows nothing and can be moved to its
+    /// CPU's thread.
+    pub fn restore_owned(
+        controller: Arc<Controller>,
+        mem: GuestMem,
+        peer: Arc<dyn Notify>,
+        saved: &ChannelV1,
+    ) -> Result<StorvspChannel<'static>, InvalidState> {
+        saved.validate(&controller)?;
+        let channel = saved
+            .rings
+            .restore_host_owned(mem, peer)
+            .map_err(|e| e.within("rings"))?;
+        Ok(StorvspChannel::restored(
+            controller,
+            channel,
+            saved.primary,
+            saved.enumerate_pending,
+        ))
+    }
+}
+
 
 #[cfg(test)]
 mod tests {

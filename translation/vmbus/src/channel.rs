@@ -526,6 +526,22 @@ impl<'a> Channel<'a> {
         })
     }
 
+    /// An endpoint over rings already open (a restore).
+    pub(crate) fn from_rings(
+        mem: ChannelMemory<'a>,
+        reader: RingReader<'a>,
+        writer: RingWriter<'a>,
+        peer: Peer<'a>,
+    ) -> Self {
+        Self {
+            reader,
+            writer,
+            mem,
+            peer,
+            peek: [0; PEEK_LEN],
+        }
+    }
+
     /// The ring this endpoint reads.
     pub fn reader(&self) -> &RingReader<'a> {
         &self.reader
@@ -987,7 +1003,7 @@ impl fmt::Debug for ChannelMemory<'_> {
 }
 
 /// Whom an endpoint notifies: borrowed or owned, like its memory.
-enum Peer<'a> {
+pub(crate) enum Peer<'a> {
     Borrowed(&'a dyn Notify),
     Owned(Arc<dyn Notify>),
 }

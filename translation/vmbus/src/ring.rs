@@ -51,6 +51,20 @@ pub struct RingRegion {
     pub size: u64,
 }
 
+/// Checks a saved ring (geometry, place in `mem`, `index` inside its data
+/// area) without touching it: [`RingReader::reopen`] and
+/// [`RingWriter::reopen`] store to the control page, so a restore checks
+/// every ring first and changes nothing unless all are valid.
+pub(crate) fn check_saved(
+    mem: &dyn GuestMemory,
+    region: RingRegion,
+    index: u32,
+) -> Result<(), RingError> {
+    let ring = RingMem::new(ChannelMemory::Borrowed(mem), region)?;
+    hw::validate_ring_index(index, ring.data_size)?;
+    Ok(())
+}
+
 impl RingRegion {
     /// The ring of `size` bytes at `gpa`.
     pub const fn new(gpa: Gpa, size: u64) -> Self {
@@ -320,11 +334,11 @@ impl<'a> RingReader<'a> {
     /// from saved state (validated here), and publishes it again; the
     /// control page's copy is not trusted (saved state, `state.rs`).
     pub(crate) fn reopen(
-        mem: &'a dyn GuestMemory,
+        mem: ChannelMemory<'a>,
         region: RingRegion,
         read_index: u32,
     ) -> Result<Self, RingError> {
-        let ring = RingMem::new(ChannelMemory::Borrowed(mem), region)?;
+        let ring = RingMem::new(mem, region)?;
         hw::validate_ring_index(read_index, ring.data_size)?;
         ring.store(RING_READ_INDEX_OFFSET, read_index)?;
         Ok(Self {
@@ -672,11 +686,11 @@ impl<'a> RingWriter<'a> {
     /// control page's copy of our index is not trusted (saved state,
     /// `state.rs`).
     pub(crate) fn reopen(
-        mem: &'a dyn GuestMemory,
+        mem: ChannelMemory<'a>,
         region: RingRegion,
         write_index: u32,
     ) -> Result<Self, RingError> {
-        let ring = RingMem::new(ChannelMemory::Borrowed(mem), region)?;
+        let ring = RingMem::new(mem, region)?;
         hw::validate_ring_index(write_index, ring.data_size)?;
         let read_seen = ring.load_index(RING_READ_INDEX_OFFSET)?;
         let features = RingFeatures::from_bits(U32::new(ring.load(RING_FEATURE_BITS_OFFSET)?));

@@ -18,10 +18,13 @@
 //! inside the data area and 8-byte aligned. The index in guest memory is
 //! not trusted: the saved one is published again.
 
-use crate::ring::{RingError, RingReader, RingRegion, RingWriter};
+use crate::channel::{Channel, ChannelMemory, Peer};
+use crate::ring::{RingError, RingReader, RingRegion, RingWriter, check_saved};
+use crate::signal::Notify;
 use alloc::format;
+use alloc::sync::Arc;
 use parastor_core::state::{InvalidState, SaveError, Versioned};
-use parastor_core::{Gpa, GuestMemory};
+use parastor_core::{Gpa, GuestMem, GuestMemory};
 use parastor_hw::vmbus::RingLayoutError;
 use serde::{Deserialize, Serialize};
 
@@ -120,7 +123,8 @@ impl<'a> RingReader<'a> {
     /// Reopens a saved ring for reading in `mem`, after validating it (see
     /// the module docs).
     pub fn restore(mem: &'a dyn GuestMemory, saved: &RingV1) -> Result<Self, InvalidState> {
-        RingReader::reopen(mem, saved.region(), saved.own_index).map_err(|e| invalid(saved, e))
+        RingReader::reopen(ChannelMemory::Borrowed(mem), saved.region(), saved.own_index)
+            .map_err(|e| invalid(saved, e))
     }
 }
 
@@ -139,7 +143,8 @@ impl<'a> RingWriter<'a> {
     /// Reopens a saved ring for writing in `mem`, after validating it (see
     /// the module docs), with nothing reserved.
     pub fn restore(mem: &'a dyn GuestMemory, saved: &RingV1) -> Result<Self, InvalidState> {
-        RingWriter::reopen(mem, saved.region(), saved.own_index).map_err(|e| invalid(saved, e))
+        RingWriter::reopen(ChannelMemory::Borrowed(mem), saved.region(), saved.own_index)
+            .map_err(|e| invalid(saved, e))
     }
 }
 
@@ -157,9 +162,61 @@ impl ChannelRingsV1 {
         &self,
         mem: &'a dyn GuestMemory,
     ) -> Result<(RingReader<'a>, RingWriter<'a>), InvalidState> {
+        self.check(mem)?;
         let reader = RingReader::restore(mem, &self.incoming).map_err(|e| e.within("incoming"))?;
         let writer = RingWriter::restore(mem, &self.outgoing).map_err(|e| e.within("outgoing"))?;
         Ok((reader, writer))
+    }
+
+    /// Checks both rings against `mem` without touching either; either
+    /// failing names its ring.
+    pub fn check(&self, mem: &dyn GuestMemory) -> Result<(), InvalidState> {
+        for (name, ring) in [("incoming", &self.incoming), ("outgoing", &self.outgoing)] {
+            check_saved(mem, ring.region(), ring.own_index)
+                .map_err(|e| invalid(ring, e).within(name))?;
+        }
+        Ok(())
+    }
+
+    /// Reopens a host endpoint's rings in `mem` (which it then owns a
+    /// share of), signalling the guest through `peer`, after checking both
+    /// (nothing is touched unless both are valid).
+    pub fn restore_host_owned(
+        &self,
+        mem: GuestMem,
+        peer: Arc<dyn Notify>,
+    ) -> Result<Channel<'static>, InvalidState> {
+        self.check(&*mem)?;
+        let mem = ChannelMemory::Owned(mem);
+        let reader = RingReader::reopen(mem.clone(), self.incoming.region(), self.incoming.own_index)
+            .map_err(|e| invalid(&self.incoming, e).within("incoming"))?;
+        let writer = RingWriter::reopen(mem.clone(), self.outgoing.region(), self.outgoing.own_index)
+            .map_err(|e| invalid(&self.outgoing, e).within("outgoing"))?;
+        Ok(Channel::from_rings(mem, reader, writer, Peer::Owned(peer)))
+    }
+
+    /// Like [`ChannelRingsV1::restore_host_owned`], over memory and a
+    /// signal borrowed for the endpoint's lifetime.
+    pub fn restore_host<'a>(
+        &self,
+        mem: &'a dyn GuestMemory,
+        peer: &'a dyn Notify,
+    ) -> Result<Channel<'a>, InvalidState> {
+        let (reader, writer) = self.restore(mem)?;
+        Ok(Channel::from_rings(
+            ChannelMemory::Borrowed(mem),
+            reader,
+            writer,
+            Peer::Borrowed(peer),
+        ))
+    }
+}
+
+impl Channel<'_> {
+    /// The endpoint's rings, saved (see [`ChannelRingsV1`]). Refused while
+    /// a ring has unpublished progress.
+    pub fn save_rings(&self) -> Result<ChannelRingsV1, SaveError> {
+        ChannelRingsV1::save(self.reader(), self.writer())
     }
 }
 
