@@ -2,7 +2,8 @@
 //! component's saved state, into fresh objects.
 //!
 //! Each input is tried two ways for each component (persistent
-//! reservations, SCSI disk, SCSI DVD, VMBus rings, StorVSP controller): as
+//! reservations, SCSI disk, SCSI DVD, VMBus rings, StorVSP controller,
+//! StorVSP channel): as
 //! a whole blob (so the
 //! envelope checks are fuzzed), and as the payload of a valid envelope of
 //! that component, version 1 (so the fuzzer gets past the checksum to the
@@ -22,9 +23,10 @@ use parastor_core::state::{self, StateError, Versioned};
 use parastor_core::{Disk, RamGuestMemory, ReservationsDisk};
 use parastor_scsi::state::{DvdV1, ScsiDiskV1};
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
-use parastor_storvsp::state::{ControllerV1, DeviceV1, Volatile};
-use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
-use parastor_vmbus::init_ring_pair;
+use parastor_core::{Gpa, GuestMemory};
+use parastor_storvsp::state::{ChannelV1, ControllerV1, DeviceV1, NegotiationV1, Volatile};
+use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
+use parastor_vmbus::{Signal, init_ring_pair};
 use parastor_vmbus::state::ChannelRingsV1;
 use std::sync::Arc;
 
@@ -180,6 +182,53 @@ pub fn restore_controller(blob: &[u8]) -> Result<ControllerV1, StateError> {
     }
 }
 
+/// The negotiation the controller behind [`restore_channel`] is restored
+/// to: complete, Windows 8, two sub-channels asked for.
+pub const CHANNEL_NEGOTIATION: NegotiationV1 = NegotiationV1 {
+    state: 4,
+    version: Some(0x0501),
+    sub_channels: Some(2),
+};
+
+/// Restores `blob` as a StorVSP channel's state for a fresh controller
+/// (restored to [`CHANNEL_NEGOTIATION`]) over fresh guest memory with two
+/// rings laid out at [`RING_BASE`]. A refusal leaves both rings' bytes as
+/// they were; an accepted restore saves back (quiesced at once: nothing
+/// is in flight) exactly what it was given.
+pub fn restore_channel(blob: &[u8]) -> Result<ChannelV1, StateError> {
+    let mem = RamGuestMemory::new(MEM_BYTES);
+    init_ring_pair(&mem, Gpa::new(RING_BASE), RING_SIZE).expect("rings");
+    let c = Arc::new(Controller::new(ControllerConfig {
+        max_sub_channels: 4,
+        ..ControllerConfig::default()
+    }));
+    c.restore(&ControllerV1 {
+        negotiation: CHANNEL_NEGOTIATION,
+        luns: Vec::new(),
+    })
+    .expect("controller restore");
+    let saved: ChannelV1 = state::decode(blob)?;
+    let rings = |mem: &RamGuestMemory| {
+        let mut b = vec![0u8; 2 * RING_SIZE as usize];
+        mem.read_at(Gpa::new(RING_BASE), &mut b).expect("rings");
+        b
+    };
+    let before = rings(&mem);
+    let peer = Signal::default();
+    match StorvspChannel::restore(c, &mem, &peer, &saved) {
+        Ok(mut worker) => {
+            worker.quiesce();
+            assert!(worker.is_quiesced(), "a restored channel has nothing in flight");
+            assert_eq!(worker.save().expect("save"), saved, "restore is exact");
+            Ok(saved)
+        }
+        Err(e) => {
+            assert!(rings(&mem) == before, "a refusal changes nothing");
+            Err(e.of(ChannelV1::COMPONENT))
+        }
+    }
+}
+
 /// The fuzz entry point.
 pub fn state_restore(data: &[u8]) {
     let _ = restore_reservations(data);
@@ -192,4 +241,6 @@ pub fn state_restore(data: &[u8]) {
     let _ = restore_rings(&seal::<ChannelRingsV1>(data));
     let _ = restore_controller(data);
     let _ = restore_controller(&seal::<ControllerV1>(data));
+    let _ = restore_channel(data);
+    let _ = restore_channel(&seal::<ChannelV1>(data));
 }

@@ -16,11 +16,13 @@ use parastor_core::state::{self, StateError, Versioned};
 use parastor_core::{Disk, InitiatorId, ReservationsDisk};
 use parastor_scsi::state::{DvdV1, ScsiDiskV1, SenseEntryV1, SenseV1};
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
-use parastor_storvsp::state::{ControllerV1, DeviceV1, LunV1, NegotiationV1, Volatile};
+use parastor_storvsp::state::{
+    ChannelV1, ControllerV1, DeviceV1, LunV1, NegotiationV1, Volatile,
+};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 use parastor_tests::fuzz_state::{
-    RING_BASE, RING_SIZE, restore_controller, restore_dvd, restore_reservations, restore_rings,
-    restore_scsi_disk,
+    RING_BASE, RING_SIZE, restore_channel, restore_controller, restore_dvd, restore_reservations,
+    restore_rings, restore_scsi_disk,
 };
 use parastor_tests::stacks::{disk, file_disk, layer, layered, ram_disk, ram_layer, striped};
 use parastor_vmbus::state::{ChannelRingsV1, RingV1};
@@ -119,6 +121,14 @@ fn golden_controller() -> ControllerV1 {
     }
 }
 
+fn golden_channel() -> ChannelV1 {
+    ChannelV1 {
+        primary: true,
+        rings: golden_rings(),
+        enumerate_pending: true,
+    }
+}
+
 fn golden_path<T: Versioned>() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("state")
@@ -165,6 +175,8 @@ fn golden_blobs_decode_and_restore() {
     assert_eq!(restore_rings(&blob), Ok(golden_rings()));
     let blob = golden(&golden_controller());
     assert_eq!(restore_controller(&blob), Ok(golden_controller()));
+    let blob = golden(&golden_channel());
+    assert_eq!(restore_channel(&blob), Ok(golden_channel()));
 }
 
 type Restore<T> = fn(&[u8]) -> Result<T, StateError>;
@@ -211,6 +223,7 @@ fn envelope_refuses_truncated_damaged_and_long_blobs() {
     envelope_refusals(&golden_dvd(), restore_dvd);
     envelope_refusals(&golden_rings(), restore_rings);
     envelope_refusals(&golden_controller(), restore_controller);
+    envelope_refusals(&golden_channel(), restore_channel);
 }
 
 /// Blobs with a valid envelope and checksum whose values are wrong: each
@@ -343,6 +356,25 @@ fn validation_names_the_field() {
             ("outgoing.size", size),
         ],
         restore_rings,
+    );
+
+    let c = golden_channel();
+    let mut sub_rescan = c;
+    sub_rescan.primary = false;
+    let mut ring_outside = c;
+    ring_outside.rings.incoming.gpa = 1 << 40;
+    let mut ring_index = c;
+    ring_index.rings.outgoing.own_index = 4;
+    let mut ring_size = c;
+    ring_size.rings.outgoing.size = 12345;
+    invalid(
+        vec![
+            ("enumerate_pending", sub_rescan),
+            ("rings.incoming.gpa", ring_outside),
+            ("rings.outgoing.own_index", ring_index),
+            ("rings.outgoing.size", ring_size),
+        ],
+        restore_channel,
     );
 }
 

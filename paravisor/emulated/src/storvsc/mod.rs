@@ -553,6 +553,13 @@ impl<'a, H: Host<'a>> Storvsc<'a, H> {
         &mut self.host
     }
 
+    /// Puts `host` in place of the current host and returns the old one:
+    /// a host serviced under a running guest (saved, dropped, restored
+    /// over the same rings), which the driver does not notice.
+    pub fn replace_host(&mut self, host: H) -> H {
+        core::mem::replace(&mut self.host, host)
+    }
+
     /// The guest memory the rings live in.
     pub fn memory(&self) -> &ChannelMemory<'a> {
         &self.mem
