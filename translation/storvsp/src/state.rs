@@ -25,6 +25,13 @@
 //! device state's own checks. A LUN attached now but absent from the saved
 //! state is new to the guest, as after a hot add.
 //!
+//! [`ChannelV1`] (component `storvsp-channel`) is one channel worker's
+//! state: its rings and the bus rescan it owes the guest. A channel is
+//! saved after [`StorvspChannel::quiesce`], once no request is in flight:
+//! every completion is then in the outgoing ring and every packet not yet
+//! read is in the incoming one, so no request needs saving (see
+//! [`ChannelV1`]). Restore the controller first, then its channels.
+//!
 //! [`Disk::volatile_part`]: parastor_core::Disk::volatile_part
 
 use super::{Controller, NegotiationState, Protocol, ScsiPath, StorvspChannel};

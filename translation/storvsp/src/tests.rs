@@ -433,3 +433,73 @@ fn attached_disks_share_the_controller_scratch_pool() {
     assert_eq!(controller.scratch().allocations(), 1);
     assert_eq!(controller.scratch().high_water(), 64 * 512);
 }
+
+#[test]
+fn channel_state_carries_an_owed_rescan_and_refuses_what_cannot_be() {
+    use NegotiationState as S;
+    use parastor_core::state::SaveError;
+    let mem = RamGuestMemory::new(1 << 20);
+    let (incoming, outgoing) = init_ring_pair(&mem, Gpa::new(0x10000), 0x4000).unwrap();
+    let (to_host, to_guest) = (Signal::new(), Signal::new());
+    let controller = Arc::new(Controller::new(ControllerConfig::default()));
+    let ready = Protocol {
+        state: S::Ready,
+        version: Some(Version::WIN8),
+        sub_channels: None,
+    };
+    controller.update_protocol(|p| *p = ready);
+    let mut host = StorvspChannel::primary(
+        controller.clone(),
+        Channel::host(&mem, incoming, outgoing, &to_guest).unwrap(),
+    );
+    // Not quiesced: refused.
+    assert!(matches!(host.save(), Err(SaveError::Busy { .. })));
+    host.quiesce();
+    assert!(host.is_quiesced());
+    assert!(!host.save().unwrap().enumerate_pending);
+    // A LUN hot-added while quiesced: the guest is owed a rescan, and the
+    // quiesced worker does not send it.
+    let disk =
+        parastor_core::Disk::new(parastor_core::ram::RamDisk::new(4096, 512).unwrap()).unwrap();
+    controller
+        .attach(
+            ScsiPath::new(0, 0, 0),
+            Arc::new(parastor_scsi::ScsiDisk::new(
+                disk,
+                parastor_scsi::DiskParams::default(),
+            )),
+        )
+        .unwrap();
+    assert!(!host.process().unwrap());
+    let saved = host.save().unwrap();
+    assert!(saved.primary && saved.enumerate_pending);
+    drop(host);
+
+    let fresh = Arc::new(Controller::new(ControllerConfig::default()));
+    fresh.update_protocol(|p| *p = ready);
+    // The guest never asked for sub-channels: no sub-channel can be saved.
+    let sub = state::ChannelV1 {
+        primary: false,
+        enumerate_pending: false,
+        ..saved
+    };
+    let e = StorvspChannel::restore(fresh.clone(), &mem, &to_guest, &sub).unwrap_err();
+    assert_eq!(e.field, "primary", "{e}");
+    // Restored, the worker sends the owed ENUMERATE_BUS.
+    let mut host = StorvspChannel::restore(fresh, &mem, &to_guest, &saved).unwrap();
+    let mut guest = Channel::guest(&mem, incoming, outgoing, &to_host).unwrap();
+    assert!(guest.read_packet().unwrap().is_none());
+    assert!(host.process().unwrap());
+    let p = guest.read_packet().unwrap().unwrap();
+    assert_eq!((p.kind, p.transaction_id), (PacketKind::InBand, 0));
+    assert_eq!(
+        &p.payload[..PACKET_HEADER_LEN],
+        PacketHeader::new(
+            Operation::ENUMERATE_BUS,
+            PacketFlags::new(),
+            NtStatus::SUCCESS
+        )
+        .as_bytes()
+    );
+    assert!(guest.read_packet().unwrap().is_none(), "sent once");
+}
