@@ -97,7 +97,10 @@ impl Width {
 pub enum AtomicOp {
     /// Reads the value.
     Load,
-    /// Stores the value.
+    /// Stores the value. What the operation returns is unspecified (an
+    /// implementation may return 0): a plain store is cheaper than an
+    /// exchange, and ring-index publishes are stores. Use [`AtomicOp::Swap`]
+    /// for the previous value.
     Store(u64),
     /// Stores the value, returning the previous one.
     Swap(u64),
@@ -164,7 +167,7 @@ pub trait GuestMemory: Send + Sync {
     /// A real atomic operation of `width` at `gpa`, which must be naturally
     /// aligned ([`MemoryErrorKind::Misaligned`] otherwise), at least as
     /// strong as `order`. Returns the value before the operation (for
-    /// [`AtomicOp::Load`], the value).
+    /// [`AtomicOp::Load`], the value; for [`AtomicOp::Store`], unspecified).
     fn atomic(
         &self,
         gpa: Gpa,

@@ -503,14 +503,17 @@ impl<'a> RingReader<'a> {
         }
         let (data_size, published, read_index) =
             (self.ring.data_size, self.published, self.read_index);
-        // The writer's index, ours published, then (after it) whether the
-        // writer waits for space.
+        // Ours published, then (after it) whether the writer waits for
+        // space and where its index is. The write index must be loaded after
+        // the fence too: a writer that wrote more and then asked for space
+        // between an earlier load and our store would be judged against a
+        // stale index (too much free space), get no signal, and sleep.
         let ring = &self.ring;
-        let write = ring.load_index(RING_WRITE_INDEX_OFFSET)?;
         ring.store(RING_READ_INDEX_OFFSET, read_index)?;
         // Store (read index) → load (pending size): see the module docs.
         fence(Ordering::SeqCst);
         let pending = ring.load(RING_PENDING_SEND_SIZE_OFFSET)?;
+        let write = ring.load_index(RING_WRITE_INDEX_OFFSET)?;
         // Free space as the writer sees it, before and after.
         let free_before = hw::ring_bytes_free(published, write, data_size);
         let free_after = hw::ring_bytes_free(read_index, write, data_size);
