@@ -21,13 +21,13 @@ use parastor_core::prwrap::ReservationsV1;
 use parastor_core::ram::RamDisk;
 use parastor_core::state::{self, StateError, Versioned};
 use parastor_core::{Disk, RamGuestMemory, ReservationsDisk};
+use parastor_core::{Gpa, GuestMemory};
 use parastor_scsi::state::{DvdV1, ScsiDiskV1};
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
-use parastor_core::{Gpa, GuestMemory};
 use parastor_storvsp::state::{ChannelV1, ControllerV1, DeviceV1, NegotiationV1, Volatile};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath, StorvspChannel};
-use parastor_vmbus::{Signal, init_ring_pair};
 use parastor_vmbus::state::ChannelRingsV1;
+use parastor_vmbus::{Signal, init_ring_pair};
 use std::sync::Arc;
 
 /// Guest memory the ring states are restored into: two 8 KiB rings at
@@ -218,7 +218,10 @@ pub fn restore_channel(blob: &[u8]) -> Result<ChannelV1, StateError> {
     match StorvspChannel::restore(c, &mem, &peer, &saved) {
         Ok(mut worker) => {
             worker.quiesce();
-            assert!(worker.is_quiesced(), "a restored channel has nothing in flight");
+            assert!(
+                worker.is_quiesced(),
+                "a restored channel has nothing in flight"
+            );
             assert_eq!(worker.save().expect("save"), saved, "restore is exact");
             Ok(saved)
         }

@@ -16,9 +16,7 @@ use parastor_core::state::{self, StateError, Versioned};
 use parastor_core::{Disk, InitiatorId, ReservationsDisk};
 use parastor_scsi::state::{DvdV1, ScsiDiskV1, SenseEntryV1, SenseV1};
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
-use parastor_storvsp::state::{
-    ChannelV1, ControllerV1, DeviceV1, LunV1, NegotiationV1, Volatile,
-};
+use parastor_storvsp::state::{ChannelV1, ControllerV1, DeviceV1, LunV1, NegotiationV1, Volatile};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 use parastor_tests::fuzz_state::{
     RING_BASE, RING_SIZE, restore_channel, restore_controller, restore_dvd, restore_reservations,

@@ -182,8 +182,7 @@ impl Workload {
             (ScsiOp::READ10, Direction::In, None)
         };
         let req = g.scsi_request(lun, &cdb(op, lba, blocks), direction, len);
-        if g
-            .submit(tag, 0, &req, &[GpaRange::new(Gpa::new(buf), len.into())])
+        if g.submit(tag, 0, &req, &[GpaRange::new(Gpa::new(buf), len.into())])
             .is_err()
         {
             // The request ring is full: try again later.
@@ -314,7 +313,10 @@ fn channel_serviced_mid_workload_loses_and_repeats_nothing() {
         },
     );
     let area = vm.data_area();
-    assert!(area.gpa <= Gpa::new(DATA) && Gpa::new(DATA + 4096 * u64::from(TAGS)) <= area.gpa + area.len);
+    assert!(
+        area.gpa <= Gpa::new(DATA)
+            && Gpa::new(DATA + 4096 * u64::from(TAGS)) <= area.gpa + area.len
+    );
     let mut g = Storvsc::new(
         GuestConfig::new(Profile::LinuxCurrent),
         vm.guest_channel(0).unwrap(),
@@ -336,7 +338,11 @@ fn channel_serviced_mid_workload_loses_and_repeats_nothing() {
     }
     g.flush().unwrap();
     g.host_mut().process().unwrap();
-    assert_eq!(g.host().in_flight(), QUEUE_DEPTH, "the slow disk's queue is full");
+    assert_eq!(
+        g.host().in_flight(),
+        QUEUE_DEPTH,
+        "the slow disk's queue is full"
+    );
     let unread = g.host().channel().reader().bytes_available().unwrap();
     assert!(unread > 0, "packets wait in the request ring");
     let outstanding = g.outstanding();
@@ -361,7 +367,11 @@ fn channel_serviced_mid_workload_loses_and_repeats_nothing() {
         unread,
         "a quiescing channel reads nothing new"
     );
-    assert_eq!(g.outstanding(), outstanding, "the guest has read nothing yet");
+    assert_eq!(
+        g.outstanding(),
+        outstanding,
+        "the guest has read nothing yet"
+    );
 
     let controller_blob = state::encode(&old.save(Volatile::Allow).unwrap()).unwrap();
     let channel_blob = state::encode(&g.host().save().unwrap()).unwrap();
@@ -386,7 +396,13 @@ fn channel_serviced_mid_workload_loses_and_repeats_nothing() {
     damaged[at] ^= 0x40;
     let bad = restore(&damaged).unwrap_err();
     assert!(
-        matches!(bad, StateError::Checksum { component: "storvsp-channel", .. }),
+        matches!(
+            bad,
+            StateError::Checksum {
+                component: "storvsp-channel",
+                ..
+            }
+        ),
         "{bad:?}"
     );
     assert!(bad.to_string().contains("storvsp-channel"), "{bad}");
@@ -404,7 +420,12 @@ fn channel_serviced_mid_workload_loses_and_repeats_nothing() {
         for lba in (0..SECTORS).step_by(MAX_BLOCKS as usize) {
             let tag = 0;
             let len = (MAX_BLOCKS * u64::from(SS)) as u32;
-            let req = g.scsi_request(lun, &cdb(ScsiOp::READ10, lba, MAX_BLOCKS), Direction::In, len);
+            let req = g.scsi_request(
+                lun,
+                &cdb(ScsiOp::READ10, lba, MAX_BLOCKS),
+                Direction::In,
+                len,
+            );
             w.in_flight.insert(
                 tag,
                 Op {
@@ -422,12 +443,20 @@ fn channel_serviced_mid_workload_loses_and_repeats_nothing() {
         }
     }
 
-    assert!(w.mismatches.is_empty(), "model mismatches: {:#?}", w.mismatches);
+    assert!(
+        w.mismatches.is_empty(),
+        "model mismatches: {:#?}",
+        w.mismatches
+    );
     assert_eq!(g.outstanding(), 0, "the guest waits for nothing");
     assert_eq!(
         w.completed.len() as u64,
         w.next_seq,
         "every submission completed exactly once"
     );
-    assert!(w.next_seq > 200, "a real workload ran ({} requests)", w.next_seq);
+    assert!(
+        w.next_seq > 200,
+        "a real workload ran ({} requests)",
+        w.next_seq
+    );
 }

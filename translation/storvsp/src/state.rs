@@ -39,14 +39,14 @@ use alloc::format;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
-use parastor_core::{GuestMem, GuestMemory};
-use parastor_vmbus::signal::Notify;
-use parastor_vmbus::state::ChannelRingsV1;
 use parastor_core::prwrap::ReservationsV1;
 use parastor_core::state::{InvalidState, SaveError, Versioned, check_count};
+use parastor_core::{GuestMem, GuestMemory};
 use parastor_hw::storvsp::Version;
 use parastor_scsi::Lun;
 use parastor_scsi::state::{DvdV1, ScsiDiskV1};
+use parastor_vmbus::signal::Notify;
+use parastor_vmbus::state::ChannelRingsV1;
 use serde::{Deserialize, Serialize};
 
 /// Most LUNs a saved controller may list (every SCSI address).
@@ -479,7 +479,6 @@ impl StorvspChannel<'_> {
         ))
     }
 }
-
 
 #[cfg(test)]
 mod tests {

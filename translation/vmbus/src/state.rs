@@ -123,8 +123,12 @@ impl<'a> RingReader<'a> {
     /// Reopens a saved ring for reading in `mem`, after validating it (see
     /// the module docs).
     pub fn restore(mem: &'a dyn GuestMemory, saved: &RingV1) -> Result<Self, InvalidState> {
-        RingReader::reopen(ChannelMemory::Borrowed(mem), saved.region(), saved.own_index)
-            .map_err(|e| invalid(saved, e))
+        RingReader::reopen(
+            ChannelMemory::Borrowed(mem),
+            saved.region(),
+            saved.own_index,
+        )
+        .map_err(|e| invalid(saved, e))
     }
 }
 
@@ -143,8 +147,12 @@ impl<'a> RingWriter<'a> {
     /// Reopens a saved ring for writing in `mem`, after validating it (see
     /// the module docs), with nothing reserved.
     pub fn restore(mem: &'a dyn GuestMemory, saved: &RingV1) -> Result<Self, InvalidState> {
-        RingWriter::reopen(ChannelMemory::Borrowed(mem), saved.region(), saved.own_index)
-            .map_err(|e| invalid(saved, e))
+        RingWriter::reopen(
+            ChannelMemory::Borrowed(mem),
+            saved.region(),
+            saved.own_index,
+        )
+        .map_err(|e| invalid(saved, e))
     }
 }
 
@@ -188,10 +196,12 @@ impl ChannelRingsV1 {
     ) -> Result<Channel<'static>, InvalidState> {
         self.check(&*mem)?;
         let mem = ChannelMemory::Owned(mem);
-        let reader = RingReader::reopen(mem.clone(), self.incoming.region(), self.incoming.own_index)
-            .map_err(|e| invalid(&self.incoming, e).within("incoming"))?;
-        let writer = RingWriter::reopen(mem.clone(), self.outgoing.region(), self.outgoing.own_index)
-            .map_err(|e| invalid(&self.outgoing, e).within("outgoing"))?;
+        let reader =
+            RingReader::reopen(mem.clone(), self.incoming.region(), self.incoming.own_index)
+                .map_err(|e| invalid(&self.incoming, e).within("incoming"))?;
+        let writer =
+            RingWriter::reopen(mem.clone(), self.outgoing.region(), self.outgoing.own_index)
+                .map_err(|e| invalid(&self.outgoing, e).within("outgoing"))?;
         Ok(Channel::from_rings(mem, reader, writer, Peer::Owned(peer)))
     }
 
