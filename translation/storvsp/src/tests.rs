@@ -438,9 +438,10 @@ fn attached_disks_share_the_controller_scratch_pool() {
 fn channel_state_carries_an_owed_rescan_and_refuses_what_cannot_be() {
     use NegotiationState as S;
     use parastor_core::state::SaveError;
-    let mem = RamGuestMemory::new(1 << 20);
-    let (incoming, outgoing) = init_ring_pair(&mem, Gpa::new(0x10000), 0x4000).unwrap();
-    let (to_host, to_guest) = (Signal::new(), Signal::new());
+    let shared = parastor_core::GuestMem::new(RamGuestMemory::new(1 << 20));
+    let mem = &*shared;
+    let (incoming, outgoing) = init_ring_pair(mem, Gpa::new(0x10000), 0x4000).unwrap();
+    let (to_host, to_guest) = (Signal::new(), Arc::new(Signal::new()));
     let controller = Arc::new(Controller::new(ControllerConfig::default()));
     let ready = Protocol {
         state: S::Ready,
@@ -450,7 +451,7 @@ fn channel_state_carries_an_owed_rescan_and_refuses_what_cannot_be() {
     controller.update_protocol(|p| *p = ready);
     let mut host = StorvspChannel::primary(
         controller.clone(),
-        Channel::host(&mem, incoming, outgoing, &to_guest).unwrap(),
+        Channel::host(mem, incoming, outgoing, &*to_guest).unwrap(),
     );
     // Not quiesced: refused.
     assert!(matches!(host.save(), Err(SaveError::Busy { .. })));
@@ -483,11 +484,13 @@ fn channel_state_carries_an_owed_rescan_and_refuses_what_cannot_be() {
         enumerate_pending: false,
         ..saved
     };
-    let e = StorvspChannel::restore(fresh.clone(), &mem, &to_guest, &sub).unwrap_err();
+    let e = StorvspChannel::restore(fresh.clone(), mem, &*to_guest, &sub).unwrap_err();
     assert_eq!(e.field, "primary", "{e}");
-    // Restored, the worker sends the owed ENUMERATE_BUS.
-    let mut host = StorvspChannel::restore(fresh, &mem, &to_guest, &saved).unwrap();
-    let mut guest = Channel::guest(&mem, incoming, outgoing, &to_host).unwrap();
+    // Restored (owning its memory and signal), the worker sends the owed
+    // ENUMERATE_BUS.
+    let mut host: StorvspChannel<'static> =
+        StorvspChannel::restore_owned(fresh, shared.clone(), to_guest.clone(), &saved).unwrap();
+    let mut guest = Channel::guest(mem, incoming, outgoing, &to_host).unwrap();
     assert!(guest.read_packet().unwrap().is_none());
     assert!(host.process().unwrap());
     let p = guest.read_packet().unwrap().unwrap();
