@@ -20,6 +20,7 @@
 //! and completing allocate nothing. A full table is back-pressure:
 //! [`InFlight::reserve`] waits for a slot.
 
+use crate::sync::{Mutex, MutexGuard};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
@@ -134,9 +135,11 @@ struct SlotState<R, T> {
 /// `Arc`). One task reserves at a time (a queue's submitting worker): the
 /// wait for a free slot remembers one waker.
 pub struct InFlight<R, T> {
-    slots: Box<[spin::Mutex<SlotState<R, T>>]>,
+    /// The submitter and the reaper (often other threads) lock these:
+    /// [`crate::sync`] locks, so neither spins on a preempted holder.
+    slots: Box<[Mutex<SlotState<R, T>>]>,
     /// Free slot indices; capacity for all of them is allocated up front.
-    free: spin::Mutex<Vec<u16>>,
+    free: Mutex<Vec<u16>>,
     /// The task waiting for a free slot.
     space: AtomicWaker,
 }
@@ -156,7 +159,7 @@ impl<R, T> InFlight<R, T> {
         let capacity = capacity.max(1);
         let slots = (0..capacity)
             .map(|_| {
-                spin::Mutex::new(SlotState {
+                Mutex::new(SlotState {
                     generation: 0,
                     phase: Phase::Free,
                     waker: None,
@@ -167,7 +170,7 @@ impl<R, T> InFlight<R, T> {
         let free = (0..capacity).rev().collect();
         Self {
             slots,
-            free: spin::Mutex::new(free),
+            free: Mutex::new(free),
             space: AtomicWaker::new(),
         }
     }
@@ -265,7 +268,7 @@ impl<R, T> InFlight<R, T> {
     }
 
     /// The slot `tag` names, locked, if its generation matches.
-    fn slot(&self, tag: Tag) -> Result<spin::MutexGuard<'_, SlotState<R, T>>, BadTag> {
+    fn slot(&self, tag: Tag) -> Result<MutexGuard<'_, SlotState<R, T>>, BadTag> {
         let slot = self
             .slots
             .get(usize::from(tag.index))
@@ -285,7 +288,7 @@ impl<R, T> InFlight<R, T> {
 
     /// Frees the slot at `index` (its phase already `Free`): a new
     /// generation, back on the free list, and the waiting reserver woken.
-    fn release(&self, index: u16, mut slot: spin::MutexGuard<'_, SlotState<R, T>>) {
+    fn release(&self, index: u16, mut slot: MutexGuard<'_, SlotState<R, T>>) {
         slot.generation = slot.generation.wrapping_add(1);
         slot.waker = None;
         drop(slot);
