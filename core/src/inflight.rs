@@ -573,4 +573,51 @@ mod tests {
         assert_eq!(t.to_bits(), 0xabcd_1234);
         assert_eq!(Tag::from_bits(t.to_bits()), t);
     }
+
+    /// CPU time this thread has used, in clock ticks (USER_HZ, 10 ms at
+    /// the usual 100): user plus system, from `/proc/thread-self/stat`.
+    #[cfg(all(feature = "std", target_os = "linux"))]
+    fn thread_cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("thread stat");
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
+        let fields: alloc::vec::Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| -> u64 { fields[n - 3].parse().expect("tick count") };
+        field(14) + field(15)
+    }
+
+    /// Lock-holder preemption: a thread that stops running while it holds
+    /// the free list's lock (here: it sleeps) must not make a waiter burn
+    /// its CPU time. With `std` the waiter sleeps until the lock is free;
+    /// a spin lock would spend the whole hold on the CPU.
+    #[cfg(all(feature = "std", target_os = "linux"))]
+    #[test]
+    fn a_waiter_sleeps_while_a_preempted_holder_keeps_the_lock() {
+        use core::sync::atomic::AtomicBool;
+        use std::time::Duration;
+        let table = Arc::new(InFlight::<(), ()>::new(4));
+        let started = Arc::new(AtomicBool::new(false));
+        let held = table.free.lock();
+        let waiter = {
+            let (table, started) = (table.clone(), started.clone());
+            std::thread::spawn(move || {
+                let before = thread_cpu_ticks();
+                started.store(true, Ordering::SeqCst);
+                let in_flight = table.in_flight();
+                (in_flight, thread_cpu_ticks() - before)
+            })
+        };
+        while !started.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        drop(held);
+        let (in_flight, ticks) = waiter.join().expect("waiter");
+        assert_eq!(in_flight, 0, "the waiter got the lock once it was free");
+        assert!(
+            ticks < 10,
+            "the waiter used {ticks} ticks of CPU while the holder kept the lock for 500 ms: it spun instead of sleeping"
+        );
+    }
 }
