@@ -17,6 +17,8 @@
 
 use crate::disk::{BoxFuture, InitiatorId};
 use crate::error::DiskError;
+use crate::prwrap::ReservationsV1;
+use crate::state::{InvalidState, SaveError};
 use alloc::vec::Vec;
 
 /// The six reservation types of SPC-4 / NVMe.
@@ -269,6 +271,22 @@ impl ReservationReport {
 pub trait PersistentReservations: Send + Sync {
     /// Supported features.
     fn capabilities(&self) -> ReservationCapabilities;
+    /// The reservation state this process keeps for the disk, for
+    /// servicing. `None` (the default) when there is none to save: the
+    /// state lives outside the process (a device's own reservations), and
+    /// the restarted service finds it there.
+    fn save_state(&self) -> Option<Result<ReservationsV1, SaveError>> {
+        None
+    }
+    /// Restores state [`PersistentReservations::save_state`] saved. The
+    /// default refuses: such a disk keeps no reservation state of its own.
+    fn restore_state(&self, saved: &ReservationsV1) -> Result<(), InvalidState> {
+        let _ = saved;
+        Err(InvalidState::new(
+            "",
+            "the disk keeps no reservation state in this process to restore into",
+        ))
+    }
     /// The full reservation state (READ KEYS, READ RESERVATION and READ
     /// FULL STATUS are all views of it).
     fn report(&self) -> BoxFuture<'_, Result<ReservationReport, DiskError>>;

@@ -709,6 +709,14 @@ impl PersistentReservations for ReservationsDisk {
         CAPABILITIES
     }
 
+    fn save_state(&self) -> Option<Result<ReservationsV1, SaveError>> {
+        Some(self.save())
+    }
+
+    fn restore_state(&self, saved: &ReservationsV1) -> Result<(), InvalidState> {
+        self.restore(saved)
+    }
+
     fn report(&self) -> BoxFuture<'_, Result<ReservationReport, DiskError>> {
         Box::pin(async move { Ok(self.state.lock().report()) })
     }
@@ -890,6 +898,12 @@ impl Versioned for ReservationsV1 {
 }
 
 impl ReservationsV1 {
+    /// Checks every field without restoring anything: the same checks
+    /// [`ReservationsDisk::restore`] makes.
+    pub fn check(&self) -> Result<(), InvalidState> {
+        self.validate().map(|_| ())
+    }
+
     /// Checks every field (see [`ReservationsDisk::restore`]) and builds the
     /// state it describes.
     fn validate(&self) -> Result<State, InvalidState> {

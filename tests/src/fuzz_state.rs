@@ -2,7 +2,8 @@
 //! component's saved state, into fresh objects.
 //!
 //! Each input is tried two ways for each component (persistent
-//! reservations, SCSI disk, SCSI DVD, VMBus rings): as a whole blob (so the
+//! reservations, SCSI disk, SCSI DVD, VMBus rings, StorVSP controller): as
+//! a whole blob (so the
 //! envelope checks are fuzzed), and as the payload of a valid envelope of
 //! that component, version 1 (so the fuzzer gets past the checksum to the
 //! decoder and the validation).
@@ -21,8 +22,11 @@ use parastor_core::state::{self, StateError, Versioned};
 use parastor_core::{Disk, RamGuestMemory, ReservationsDisk};
 use parastor_scsi::state::{DvdV1, ScsiDiskV1};
 use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
+use parastor_storvsp::state::{ControllerV1, DeviceV1, Volatile};
+use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 use parastor_vmbus::init_ring_pair;
 use parastor_vmbus::state::ChannelRingsV1;
+use std::sync::Arc;
 
 /// Guest memory the ring states are restored into: two 8 KiB rings at
 /// 64 KiB, 256 KiB in all.
@@ -126,6 +130,56 @@ pub fn restore_rings(blob: &[u8]) -> Result<ChannelRingsV1, StateError> {
     }
 }
 
+/// Restores `blob` as StorVSP controller state into a fresh controller
+/// (up to 4 sub-channels) with a 64-sector disk with in-process
+/// reservations at 0:0:0 and a DVD drive
+/// at 0:0:1, loaded when the state says it was.
+pub fn restore_controller(blob: &[u8]) -> Result<ControllerV1, StateError> {
+    let saved: ControllerV1 = state::decode(blob)?;
+    let loaded = saved
+        .luns
+        .iter()
+        .any(|l| l.path == [0, 0, 1] && matches!(&l.device, DeviceV1::Dvd(d) if d.media_present));
+    let c = Controller::new(ControllerConfig {
+        max_sub_channels: 4,
+        ..ControllerConfig::default()
+    });
+    let pr = Disk::new(ReservationsDisk::new(ram(64, 512))).expect("disk");
+    let disk = ScsiDisk::new(pr, DiskParams::default());
+    c.attach(ScsiPath::new(0, 0, 0), Arc::new(disk))
+        .expect("attach disk");
+    let dvd = ScsiDvd::new(loaded.then(|| ram(4, 2048))).expect("DVD drive");
+    c.attach(ScsiPath::new(0, 0, 1), Arc::new(dvd))
+        .expect("attach DVD");
+    let fresh = c.save(Volatile::Allow).expect("a fresh controller saves");
+    match c.restore(&saved) {
+        Ok(()) => {
+            let again = c.save(Volatile::Allow).expect("save");
+            assert_eq!(again.negotiation, saved.negotiation, "restore is exact");
+            for l in &saved.luns {
+                let now = again
+                    .luns
+                    .iter()
+                    .find(|n| n.path == l.path)
+                    .expect("LUN saved");
+                assert_eq!(now.device, l.device, "restore is exact");
+                if l.reservations.is_some() {
+                    assert_eq!(now.reservations, l.reservations, "restore is exact");
+                }
+            }
+            Ok(saved)
+        }
+        Err(e) => {
+            assert_eq!(
+                c.save(Volatile::Allow).expect("save"),
+                fresh,
+                "a refusal changes nothing"
+            );
+            Err(e.of(ControllerV1::COMPONENT))
+        }
+    }
+}
+
 /// The fuzz entry point.
 pub fn state_restore(data: &[u8]) {
     let _ = restore_reservations(data);
@@ -136,4 +190,6 @@ pub fn state_restore(data: &[u8]) {
     let _ = restore_dvd(&seal::<DvdV1>(data));
     let _ = restore_rings(data);
     let _ = restore_rings(&seal::<ChannelRingsV1>(data));
+    let _ = restore_controller(data);
+    let _ = restore_controller(&seal::<ControllerV1>(data));
 }

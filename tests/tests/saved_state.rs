@@ -15,13 +15,18 @@ use parastor_core::prwrap::{RegistrationV1, ReservationV1, ReservationsV1};
 use parastor_core::state::{self, StateError, Versioned};
 use parastor_core::{Disk, InitiatorId, ReservationsDisk};
 use parastor_scsi::state::{DvdV1, ScsiDiskV1, SenseEntryV1, SenseV1};
+use parastor_scsi::{DiskParams, ScsiDisk, ScsiDvd};
+use parastor_storvsp::state::{ControllerV1, DeviceV1, LunV1, NegotiationV1, Volatile};
+use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 use parastor_tests::fuzz_state::{
-    RING_BASE, RING_SIZE, restore_dvd, restore_reservations, restore_rings, restore_scsi_disk,
+    RING_BASE, RING_SIZE, restore_controller, restore_dvd, restore_reservations, restore_rings,
+    restore_scsi_disk,
 };
 use parastor_tests::stacks::{disk, file_disk, layer, layered, ram_disk, ram_layer, striped};
 use parastor_vmbus::state::{ChannelRingsV1, RingV1};
 use std::fmt::Debug;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 const A: InitiatorId = InitiatorId::new(0xA);
 const B: InitiatorId = InitiatorId::new(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
@@ -92,6 +97,28 @@ fn golden_rings() -> ChannelRingsV1 {
     }
 }
 
+fn golden_controller() -> ControllerV1 {
+    ControllerV1 {
+        negotiation: NegotiationV1 {
+            state: 4,
+            version: Some(0x0600),
+            sub_channels: Some(3),
+        },
+        luns: vec![
+            LunV1 {
+                path: [0, 0, 0],
+                device: DeviceV1::Disk(golden_scsi_disk()),
+                reservations: Some(golden_reservations()),
+            },
+            LunV1 {
+                path: [0, 0, 1],
+                device: DeviceV1::Dvd(golden_dvd()),
+                reservations: None,
+            },
+        ],
+    }
+}
+
 fn golden_path<T: Versioned>() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("state")
@@ -136,6 +163,8 @@ fn golden_blobs_decode_and_restore() {
     assert_eq!(restore_dvd(&blob), Ok(golden_dvd()));
     let blob = golden(&golden_rings());
     assert_eq!(restore_rings(&blob), Ok(golden_rings()));
+    let blob = golden(&golden_controller());
+    assert_eq!(restore_controller(&blob), Ok(golden_controller()));
 }
 
 type Restore<T> = fn(&[u8]) -> Result<T, StateError>;
@@ -181,6 +210,7 @@ fn envelope_refuses_truncated_damaged_and_long_blobs() {
     envelope_refusals(&golden_scsi_disk(), restore_scsi_disk);
     envelope_refusals(&golden_dvd(), restore_dvd);
     envelope_refusals(&golden_rings(), restore_rings);
+    envelope_refusals(&golden_controller(), restore_controller);
 }
 
 /// Blobs with a valid envelope and checksum whose values are wrong: each
@@ -290,6 +320,22 @@ fn validation_names_the_field() {
     outside.outgoing.gpa = 1 << 40;
     let mut size = g;
     size.outgoing.size = 100;
+    let g = golden_controller();
+    let mut moved = g.clone();
+    moved.luns[1].path = [0, 0, 7];
+    let mut swapped = g.clone();
+    swapped.luns[0].device = DeviceV1::Dvd(golden_dvd());
+    let mut version = g.clone();
+    version.negotiation.version = Some(0x0A00);
+    invalid(
+        vec![
+            ("luns[1].path", moved),
+            ("luns[0].device", swapped),
+            ("negotiation.version", version),
+        ],
+        restore_controller,
+    );
+
     invalid(
         vec![
             ("incoming.own_index", misaligned),
@@ -298,6 +344,42 @@ fn validation_names_the_field() {
         ],
         restore_rings,
     );
+}
+
+/// A controller whose LUNs are all host-backed saves for servicing; one
+/// with a RAM layer under a LUN refuses, naming the LUN and the layer.
+#[test]
+fn controller_save_refuses_volatile_luns() {
+    let c = Controller::new(ControllerConfig::default());
+    let file = file_disk(64, 512, false);
+    c.attach(
+        ScsiPath::new(0, 0, 0),
+        Arc::new(ScsiDisk::new(file.clone(), DiskParams::default())),
+    )
+    .unwrap();
+    c.attach(
+        ScsiPath::new(0, 0, 2),
+        Arc::new(ScsiDvd::new(Some(file_disk(8, 2048, true))).unwrap()),
+    )
+    .unwrap();
+    let saved = c.save(Volatile::Refuse).unwrap();
+    assert_eq!(saved.luns.len(), 2);
+
+    let memdiff = layered(
+        false,
+        vec![ram_layer(false, false), layer(file, false, false)],
+    );
+    c.attach(
+        ScsiPath::new(0, 1, 0),
+        Arc::new(ScsiDisk::new(memdiff, DiskParams::default())),
+    )
+    .unwrap();
+    let e = c.save(Volatile::Refuse).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "cannot save LUN 0:1:0 (layer 0): its ram disk keeps its contents in this process and would not survive the restart"
+    );
+    assert_eq!(c.save(Volatile::Allow).unwrap().luns.len(), 3);
 }
 
 /// Which disks survive a restart of the service, and which part of a

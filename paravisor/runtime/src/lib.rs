@@ -15,7 +15,8 @@
 //!   [`Timer`](parastor_core::Timer) on top of them.
 //! - [`FdReady`] waits for an edge-triggered file descriptor; [`EventFd`]
 //!   is the counter every other event source enters through (a peer's
-//!   signal now; MSI-X and io_uring completion eventfds later).
+//!   signal now; MSI-X and io_uring completion eventfds later);
+//!   [`EventFdSignal`] is VMBus's `Notify` and `Wait` on one.
 //! - [`block_on`] runs a future on the calling thread with the same loop,
 //!   for the command line and tests.
 //!
@@ -26,12 +27,14 @@
 mod fallback;
 mod fd;
 mod runtime;
+mod signal;
 mod task;
 mod thread;
 mod timer;
 
 pub use fd::{EventFd, FdReady, Interest};
 pub use runtime::{Runtime, ThreadHandle, allowed_cpus, block_on, current};
+pub use signal::EventFdSignal;
 pub use task::{JoinError, Task};
 pub use timer::{RuntimeTimer, Sleep, sleep, sleep_until};
 

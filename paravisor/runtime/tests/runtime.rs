@@ -433,3 +433,39 @@ fn futures_lite_block_on<F: Future>(fut: F) -> F::Output {
         std::thread::park();
     }
 }
+
+/// `EventFdSignal` through VMBus's traits: notifications from a plain
+/// thread wake a waiter on a runtime thread, and its answers come back the
+/// same way, round after round.
+#[test]
+fn eventfd_signals_carry_vmbus_notifications_across_threads() {
+    use parastor_runtime::EventFdSignal;
+    use parastor_vmbus::signal::{Notify, Wait};
+    const ROUNDS: usize = 2_000;
+    let rt = Runtime::per_cpu(&cpus()[..1]).unwrap();
+    let to_host = Arc::new(EventFdSignal::new().unwrap());
+    let to_guest = Arc::new(EventFdSignal::new().unwrap());
+    let host = {
+        let (to_host, to_guest) = (to_host.clone(), to_guest.clone());
+        rt.thread(0).unwrap().spawn(async move {
+            for _ in 0..ROUNDS {
+                poll_fn(|cx| to_host.poll_wait(cx)).await;
+                to_guest.notify();
+            }
+        })
+    };
+    block_on(async {
+        let done = within(Duration::from_secs(60), async {
+            for _ in 0..ROUNDS {
+                to_host.notify();
+                poll_fn(|cx| to_guest.poll_wait(cx)).await;
+            }
+            host.await.unwrap();
+        })
+        .await;
+        assert!(done.is_some(), "a notification was lost");
+    });
+    // Nothing left over: every notification was consumed by its wait.
+    assert_eq!(to_host.eventfd().try_take().unwrap(), None);
+    assert_eq!(to_guest.eventfd().try_take().unwrap(), None);
+}

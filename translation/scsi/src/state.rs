@@ -40,6 +40,14 @@ impl Versioned for ScsiDiskV1 {
     const VERSION: u16 = 1;
 }
 
+impl ScsiDiskV1 {
+    /// Checks every field without restoring anything: the same checks
+    /// [`ScsiDisk::restore`](crate::ScsiDisk::restore) makes.
+    pub fn check(&self) -> Result<(), InvalidState> {
+        restore_sense("sense", &self.sense).map(|_| ())
+    }
+}
+
 /// Saved state of a [`ScsiDvd`](crate::ScsiDvd), version 1.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DvdV1 {
@@ -104,10 +112,13 @@ pub(crate) fn save_sense(entries: Vec<(InitiatorId, SenseData)>) -> Vec<SenseEnt
 
 /// Checks saved sense entries (`field`): at most [`SENSE_SLOTS`], no
 /// initiator twice, sense keys of four bits.
+/// Sense entries checked for restore.
+pub(crate) type SavedSense = Vec<(InitiatorId, SenseData)>;
+
 pub(crate) fn restore_sense(
     field: &str,
     saved: &[SenseEntryV1],
-) -> Result<Vec<(InitiatorId, SenseData)>, InvalidState> {
+) -> Result<SavedSense, InvalidState> {
     check_count(field, saved.len(), SENSE_SLOTS)?;
     let mut out: Vec<(InitiatorId, SenseData)> = Vec::with_capacity(saved.len());
     for (i, e) in saved.iter().enumerate() {

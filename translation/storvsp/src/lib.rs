@@ -94,6 +94,7 @@ extern crate alloc;
 
 mod channel;
 mod slots;
+pub mod state;
 #[cfg(test)]
 mod tests;
 

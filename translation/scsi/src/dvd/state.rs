@@ -1,7 +1,7 @@
 //! [`ScsiDvd`] save and restore; the format is [`DvdV1`].
 
 use super::ScsiDvd;
-use crate::state::{DvdV1, restore_sense, save_sense};
+use crate::state::{DvdV1, SavedSense, restore_sense, save_sense};
 use parastor_core::state::{InvalidState, SaveError};
 use parastor_hw::scsi::mmc::MediaEventCode;
 
@@ -37,35 +37,7 @@ impl ScsiDvd {
     /// medium now present is an insertion (tray closed, new-media event,
     /// NOT READY TO READY CHANGE unit attention).
     pub fn restore(&self, saved: &DvdV1) -> Result<(), InvalidState> {
-        let sense = restore_sense("sense", &saved.sense)?;
-        if saved.media_present && saved.tray_open {
-            return Err(InvalidState::new(
-                "tray_open",
-                "the tray is open with a medium loaded; a loaded medium means a closed tray",
-            ));
-        }
-        if saved.unit_attention && !saved.media_present {
-            return Err(InvalidState::new(
-                "unit_attention",
-                "a medium-change unit attention without a medium; it is raised only by an insertion",
-            ));
-        }
-        let event = match saved.pending_event {
-            0 => None,
-            code => Some(
-                EVENTS
-                    .into_iter()
-                    .find(|e| e.get() == code)
-                    .ok_or_else(|| {
-                        InvalidState::new(
-                            "pending_event",
-                            format_args!(
-                                "{code} is not a media event the drive reports: expected 0 (none), 1 (eject request), 2 (new media) or 3 (media removal)"
-                            ),
-                        )
-                    })?,
-            ),
-        };
+        let (event, sense) = saved.validate()?;
         let mut s = self.state.lock();
         s.prevent = saved.prevent_removal;
         match (saved.media_present, s.media.is_some()) {
@@ -88,6 +60,42 @@ impl ScsiDvd {
         drop(s);
         self.sense.replace(&sense);
         Ok(())
+    }
+}
+
+impl DvdV1 {
+    /// Checks every field without restoring anything: the same checks
+    /// [`ScsiDvd::restore`] makes.
+    pub fn check(&self) -> Result<(), InvalidState> {
+        self.validate().map(|_| ())
+    }
+
+    fn validate(&self) -> Result<(Option<MediaEventCode>, SavedSense), InvalidState> {
+        let sense = restore_sense("sense", &self.sense)?;
+        if self.media_present && self.tray_open {
+            return Err(InvalidState::new(
+                "tray_open",
+                "the tray is open with a medium loaded; a loaded medium means a closed tray",
+            ));
+        }
+        if self.unit_attention && !self.media_present {
+            return Err(InvalidState::new(
+                "unit_attention",
+                "a medium-change unit attention without a medium; it is raised only by an insertion",
+            ));
+        }
+        let event = match self.pending_event {
+            0 => None,
+            code => Some(EVENTS.into_iter().find(|e| e.get() == code).ok_or_else(|| {
+                InvalidState::new(
+                    "pending_event",
+                    format_args!(
+                        "{code} is not a media event the drive reports: expected 0 (none), 1 (eject request), 2 (new media) or 3 (media removal)"
+                    ),
+                )
+            })?),
+        };
+        Ok((event, sense))
     }
 }
 
