@@ -42,6 +42,8 @@ struct Faults {
 /// Guest memory with injected faults; see the [module docs](self).
 pub struct FaultyMemory<M> {
     inner: M,
+    /// `spin`, not [`crate::sync`]: test memory, written only while a test
+    /// sets faults up; accesses only share it for reading.
     faults: RwLock<Faults>,
 }
 

@@ -20,6 +20,7 @@
 //! and completing allocate nothing. A full table is back-pressure:
 //! [`InFlight::reserve`] waits for a slot.
 
+use crate::sync::{Mutex, MutexGuard};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
@@ -134,9 +135,11 @@ struct SlotState<R, T> {
 /// `Arc`). One task reserves at a time (a queue's submitting worker): the
 /// wait for a free slot remembers one waker.
 pub struct InFlight<R, T> {
-    slots: Box<[spin::Mutex<SlotState<R, T>>]>,
+    /// The submitter and the reaper (often other threads) lock these:
+    /// [`crate::sync`] locks, so neither spins on a preempted holder.
+    slots: Box<[Mutex<SlotState<R, T>>]>,
     /// Free slot indices; capacity for all of them is allocated up front.
-    free: spin::Mutex<Vec<u16>>,
+    free: Mutex<Vec<u16>>,
     /// The task waiting for a free slot.
     space: AtomicWaker,
 }
@@ -156,7 +159,7 @@ impl<R, T> InFlight<R, T> {
         let capacity = capacity.max(1);
         let slots = (0..capacity)
             .map(|_| {
-                spin::Mutex::new(SlotState {
+                Mutex::new(SlotState {
                     generation: 0,
                     phase: Phase::Free,
                     waker: None,
@@ -167,7 +170,7 @@ impl<R, T> InFlight<R, T> {
         let free = (0..capacity).rev().collect();
         Self {
             slots,
-            free: spin::Mutex::new(free),
+            free: Mutex::new(free),
             space: AtomicWaker::new(),
         }
     }
@@ -265,7 +268,7 @@ impl<R, T> InFlight<R, T> {
     }
 
     /// The slot `tag` names, locked, if its generation matches.
-    fn slot(&self, tag: Tag) -> Result<spin::MutexGuard<'_, SlotState<R, T>>, BadTag> {
+    fn slot(&self, tag: Tag) -> Result<MutexGuard<'_, SlotState<R, T>>, BadTag> {
         let slot = self
             .slots
             .get(usize::from(tag.index))
@@ -285,7 +288,7 @@ impl<R, T> InFlight<R, T> {
 
     /// Frees the slot at `index` (its phase already `Free`): a new
     /// generation, back on the free list, and the waiting reserver woken.
-    fn release(&self, index: u16, mut slot: spin::MutexGuard<'_, SlotState<R, T>>) {
+    fn release(&self, index: u16, mut slot: MutexGuard<'_, SlotState<R, T>>) {
         slot.generation = slot.generation.wrapping_add(1);
         slot.waker = None;
         drop(slot);
@@ -569,5 +572,52 @@ mod tests {
         };
         assert_eq!(t.to_bits(), 0xabcd_1234);
         assert_eq!(Tag::from_bits(t.to_bits()), t);
+    }
+
+    /// CPU time this thread has used, in clock ticks (USER_HZ, 10 ms at
+    /// the usual 100): user plus system, from `/proc/thread-self/stat`.
+    #[cfg(all(feature = "std", target_os = "linux"))]
+    fn thread_cpu_ticks() -> u64 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("thread stat");
+        // Fields after the command name (which may hold spaces): state is
+        // field 3, utime 14, stime 15.
+        let rest = &stat[stat.rfind(')').expect("stat format") + 1..];
+        let fields: alloc::vec::Vec<&str> = rest.split_whitespace().collect();
+        let field = |n: usize| -> u64 { fields[n - 3].parse().expect("tick count") };
+        field(14) + field(15)
+    }
+
+    /// Lock-holder preemption: a thread that stops running while it holds
+    /// the free list's lock (here: it sleeps) must not make a waiter burn
+    /// its CPU time. With `std` the waiter sleeps until the lock is free;
+    /// a spin lock would spend the whole hold on the CPU.
+    #[cfg(all(feature = "std", target_os = "linux"))]
+    #[test]
+    fn a_waiter_sleeps_while_a_preempted_holder_keeps_the_lock() {
+        use core::sync::atomic::AtomicBool;
+        use std::time::Duration;
+        let table = Arc::new(InFlight::<(), ()>::new(4));
+        let started = Arc::new(AtomicBool::new(false));
+        let held = table.free.lock();
+        let waiter = {
+            let (table, started) = (table.clone(), started.clone());
+            std::thread::spawn(move || {
+                let before = thread_cpu_ticks();
+                started.store(true, Ordering::SeqCst);
+                let in_flight = table.in_flight();
+                (in_flight, thread_cpu_ticks() - before)
+            })
+        };
+        while !started.load(Ordering::SeqCst) {
+            std::thread::yield_now();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        drop(held);
+        let (in_flight, ticks) = waiter.join().expect("waiter");
+        assert_eq!(in_flight, 0, "the waiter got the lock once it was free");
+        assert!(
+            ticks < 10,
+            "the waiter used {ticks} ticks of CPU while the holder kept the lock for 500 ms: it spun instead of sleeping"
+        );
     }
 }

@@ -377,6 +377,9 @@ type ChunkData = Box<[u8]>;
 /// it). The lock is a plain spin mutex rather than a reader-writer lock:
 /// one atomic read-modify-write per access instead of two, which is what
 /// the many small control-field accesses of a VMBus ring are made of.
+/// It stays `spin` (not [`crate::sync`]) even with `std`: this is test
+/// memory (the service reaches guest RAM lock-free, through
+/// `parastor_sys::GuestRam`), and a holder only copies within one chunk.
 pub struct RamGuestMemory {
     size: u64,
     chunks: Box<[Mutex<Option<ChunkData>>]>,
@@ -503,6 +506,8 @@ impl GuestMemory for RamGuestMemory {
 /// by whoever owns it — that is what it is for (deciphering in place,
 /// comparing buffers).
 pub struct LocalMemory {
+    /// `spin`, not [`crate::sync`]: one owner uses it at a time (a bounce
+    /// buffer or staging area of one request), so it is never contended.
     data: RwLock<Vec<u8>>,
 }
 

@@ -128,6 +128,7 @@ use crate::pr::{
 };
 use crate::sg::SgList;
 use crate::state::{InvalidState, SaveError, Versioned, check_count};
+use crate::sync::Mutex;
 use alloc::boxed::Box;
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -137,7 +138,6 @@ use core::future::Future;
 use core::pin::Pin;
 use core::task::{Context, Poll, Waker};
 use serde::{Deserialize, Serialize};
-use spin::Mutex;
 
 /// Most initiators that can be registered at once.
 pub const MAX_REGISTRANTS: usize = 256;

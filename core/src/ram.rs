@@ -21,6 +21,7 @@ use crate::disk::{DiskIo, IoOptions, LayerIo, SectorMarker, UnmapBehavior};
 use crate::error::DiskError;
 use crate::resize::ResizeSignal;
 use crate::sg::{SgList, SgReader};
+use crate::sync::RwLock;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
@@ -29,7 +30,6 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hashbrown::HashMap;
-use spin::RwLock;
 
 /// Target bytes per chunk.
 const CHUNK_BYTES: u64 = 32 * 1024;

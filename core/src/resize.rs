@@ -1,12 +1,12 @@
 //! A resize signal: the sector count of a resizable disk plus the wakers of
 //! everyone waiting for it to change.
 
+use crate::sync::Mutex;
 use alloc::vec::Vec;
 use core::future::Future;
 use core::pin::Pin;
 use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::{Context, Poll, Waker};
-use spin::Mutex;
 
 /// The current sector count of a disk, observable with
 /// [`ResizeSignal::wait`].

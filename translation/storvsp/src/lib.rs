@@ -108,10 +108,10 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::Waker;
 use parastor_core::InitiatorId;
 use parastor_core::bounce::BouncePool;
+use parastor_core::sync::{Mutex, RwLock};
 use parastor_hw::storvsp::{self as hw, ParseError, RequestSize};
 use parastor_scsi::Lun;
 use parastor_vmbus::{ChannelError, RingError};
-use spin::{Mutex, RwLock};
 
 /// Largest transfer a guest may ask for in one request, reported in
 /// `QUERY_PROPERTIES` (OpenVMM: 256 KiB).

@@ -40,6 +40,7 @@ use crate::result::{Res, ScsiResult, illegal, invalid_cdb, invalid_param};
 use crate::sense::{SenseDelivery, SenseTable};
 use alloc::vec::Vec;
 use core::fmt;
+use parastor_core::sync::Mutex;
 use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList};
 use parastor_hw::scsi::mmc::{
     self, AdrControl, ConfigurationRt, DataMode, DiscInformation, DiscInformationType,
@@ -55,7 +56,6 @@ use parastor_hw::scsi::{
     ModePage, ModePage12, ModePageCode, PageControl, Peripheral, PeripheralDeviceType, ScsiOp,
     SenseData, SenseKey, Transfer, VpdPage, parse_cdb,
 };
-use spin::Mutex;
 use zerocopy::IntoBytes;
 
 const BLOCK: u64 = mmc::BLOCK_SIZE as u64;
