@@ -8,16 +8,21 @@
 //! - [`vm`]: the emulated VM around it — guest memory, ring pairs,
 //!   signals, the StorVSP controller — and [`InlineHost`], which runs the
 //!   StorVSP workers in the guest's thread.
+//! - [`runtime_host`]: [`RuntimeHost`], which runs them on a
+//!   `parastor-runtime` thread, signalled through eventfds both ways.
 //!
 //! One guest model per protocol lives here, so that every test and the
 //! benchmark exercise the same, sourced, guest behaviour.
 //!
 //! [`Profile`]: storvsc::Profile
 //! [`InlineHost`]: vm::InlineHost
+//! [`RuntimeHost`]: runtime_host::RuntimeHost
 #![forbid(unsafe_code)]
 
+pub mod runtime_host;
 pub mod storvsc;
 pub mod vm;
 
+pub use runtime_host::{RuntimeGuest, RuntimeHost};
 pub use storvsc::{GuestConfig, Profile, Storvsc, StorvscError};
 pub use vm::{InlineHost, StorvspVm, VmConfig, VmMemory};

@@ -757,8 +757,10 @@ mod settings {
 mod storvsp {
     use super::harness::{Case, Measurement, disk_io, measure, size_name};
     use super::*;
-    use parastor_emulated::storvsc::{Data, Direction, ReplyRef, Srb, Storvsc};
-    use parastor_emulated::{GuestConfig, InlineHost, Profile, StorvspVm, VmConfig, VmMemory};
+    use parastor_emulated::storvsc::{Data, Direction, Host, Progress, ReplyRef, Srb, Storvsc};
+    use parastor_emulated::{
+        GuestConfig, InlineHost, Profile, RuntimeHost, StorvspVm, VmConfig, VmMemory,
+    };
     use parastor_hw::scsi::{ScsiOp, ScsiStatus};
     use parastor_hw::storvsp::{NtStatus, ScsiRequest, SrbStatus, Version};
     use parastor_scsi::{DiskParams, ScsiDisk};
@@ -855,11 +857,43 @@ mod storvsp {
         (qd > 0).then(|| vm(disk, VmMemory::Locked))
     }
 
-    /// The timed lean path on `vm`: `qd` requests kept outstanding, each op
-    /// reaps them all and resubmits.
+    /// For the cross-thread rows only (4 KiB random, QD1 and QD32 over
+    /// the prefilled disk): a VM of its own whose StorVSP worker runs on
+    /// a `parastor-runtime` thread ([`RuntimeHost`], one thread pinned to
+    /// one CPU), the guest staying on the bench thread.
+    fn vm_cross_thread(disk: &Disk, row: &Row) -> Option<(StorvspVm, RuntimeHost)> {
+        let wanted = row.bytes == 4096
+            && matches!(row.pattern, Pattern::Random)
+            && row.fill == Fill::Prefilled
+            && (row.qd == 1 || row.qd == MAX_QD);
+        wanted.then(|| {
+            let vm = vm(disk, VmMemory::Mapped);
+            let host = RuntimeHost::start(&vm).expect("runtime thread for the StorVSP worker");
+            (vm, host)
+        })
+    }
+
+    /// The timed lean path on `vm`, its workers in this thread: `qd`
+    /// requests kept outstanding, each op reaps them all and resubmits.
     fn lean<'a>(name: &'static str, vm: &'a StorvspVm, row: &Row, qd: usize) -> Case<'a> {
+        lean_on(
+            name,
+            vm,
+            negotiated(vm.guest(GUEST).expect("guest")),
+            row,
+            qd,
+        )
+    }
+
+    /// The timed lean path of guest `g` on `vm`, whatever its host.
+    fn lean_on<'a, H: Host<'a> + 'a>(
+        name: &'static str,
+        vm: &'a StorvspVm,
+        mut g: Storvsc<'a, H>,
+        row: &Row,
+        qd: usize,
+    ) -> Case<'a> {
         let (write, bytes) = (row.op == "write", row.bytes);
-        let mut g = connect(vm);
         let request = template(&g, write, bytes);
         let mut addr = Addresses::new(row.pattern, bytes);
         // Prime the queue: `qd` requests outstanding between ops.
@@ -870,16 +904,37 @@ mod storvsp {
         Case {
             name,
             op: Box::new(move |_| {
-                g.run_host().expect("service");
+                let mut progress = g.run_host().expect("service");
                 let mut done = [0u16; MAX_QD];
                 let mut n = 0;
-                g.reap(|tag, r| {
-                    check(r, bytes);
-                    done[n] = tag;
-                    n += 1;
-                })
-                .expect("completions");
-                assert_eq!(n, qd, "every outstanding request completes");
+                let mut waits = 0u32;
+                loop {
+                    let got = g
+                        .reap(|tag, r| {
+                            check(r, bytes);
+                            if let Some(d) = done.get_mut(n) {
+                                *d = tag;
+                            }
+                            n += 1;
+                        })
+                        .expect("completions");
+                    if n >= qd {
+                        break;
+                    }
+                    // An in-thread host has run every request already; a
+                    // host on another thread may still be completing them.
+                    // Wait only after a reap found nothing (its publish
+                    // lets the host's next completion signal us).
+                    assert!(
+                        progress == Progress::Elsewhere && waits < 1000,
+                        "every outstanding request completes ({n} of {qd})"
+                    );
+                    if got == 0 {
+                        progress = g.run_host().expect("service");
+                        waits += 1;
+                    }
+                }
+                assert_eq!(n, qd, "every outstanding request completes once");
                 for &slot in &done[..n] {
                     let slot = usize::from(slot);
                     submit(&mut g, &request, slot, addr.next(), buffer(vm, slot, bytes));
@@ -890,9 +945,13 @@ mod storvsp {
         }
     }
 
-    /// The negotiated guest.
+    /// The negotiated guest, served in this thread.
     fn connect(vm: &StorvspVm) -> Guest<'_> {
-        let mut g = vm.guest(GUEST).expect("guest");
+        negotiated(vm.guest(GUEST).expect("guest"))
+    }
+
+    /// `g`, negotiated.
+    fn negotiated<'a, H: Host<'a>>(mut g: Storvsc<'a, H>) -> Storvsc<'a, H> {
         g.negotiate().expect("negotiation");
         assert_eq!(g.version(), Some(Version::BLUE));
         g
@@ -904,7 +963,7 @@ mod storvsp {
     }
 
     /// A READ(10) / WRITE(10) of `bytes`, LBA to be set per request.
-    fn template(g: &Guest<'_>, write: bool, bytes: usize) -> ScsiRequest {
+    fn template<'a, H: Host<'a>>(g: &Storvsc<'a, H>, write: bool, bytes: usize) -> ScsiRequest {
         let mut cdb = [0u8; 10];
         cdb[0] = if write {
             ScsiOp::WRITE10.get()
@@ -917,7 +976,13 @@ mod storvsp {
     }
 
     /// Queues `request` at `lba` as tag `slot`.
-    fn submit(g: &mut Guest<'_>, request: &ScsiRequest, slot: usize, lba: u64, buf: GpaRange) {
+    fn submit<'a, H: Host<'a>>(
+        g: &mut Storvsc<'a, H>,
+        request: &ScsiRequest,
+        slot: usize,
+        lba: u64,
+        buf: GpaRange,
+    ) {
         let mut r = *request;
         r.payload[2..6].copy_from_slice(&(lba as u32).to_be_bytes());
         g.submit(slot as u16, 0, &r, &[buf]).expect("submit");
@@ -1050,7 +1115,9 @@ mod storvsp {
              ratio = ns/io of the line / ns/io of the RAM disk alone (Disk::read/write, same buffers and \
              offsets, measured in the same run; lower is better); QD32 = 32 requests kept outstanding \
              (reap all completions, resubmit); `unwritten` = reads of a never-written disk (zero fills), \
-             OpenVMM's setup; vs-openvmm = ns/io / OpenVMM's 897 / 479 / 426 ns (batch 1 / 16 / 32) on those rows",
+             OpenVMM's setup; vs-openvmm = ns/io / OpenVMM's 897 / 479 / 426 ns (batch 1 / 16 / 32) on those rows; \
+             storvsp(worker-on-runtime-thread) = the StorVSP worker on a parastor-runtime thread pinned to one CPU, \
+             the guest on the bench thread, eventfd signals both ways (each side sleeps in epoll_wait until signalled)",
             size_name(WORKING_SET as usize)
         );
         let prefilled = parastor_tests::stacks::ram_disk(DISK_BYTES / u64::from(SS), SS);
@@ -1076,6 +1143,8 @@ mod storvsp {
             let vm = vm(disk, VmMemory::Mapped);
             // The same path over the locked test memory, for comparison.
             let locked_vm = vm_locked(disk, row.qd);
+            // The worker on a runtime thread, the guest on this one.
+            let cross = vm_cross_thread(disk, row);
             let mut cases = Vec::new();
             let per_op;
             if row.qd == 0 {
@@ -1127,6 +1196,10 @@ mod storvsp {
             });
             if let Some(locked_vm) = &locked_vm {
                 cases.push(lean("storvsp(locked-guest-mem)", locked_vm, row, qd));
+            }
+            if let Some((vm, host)) = &cross {
+                let g = negotiated(host.guest(GUEST).expect("guest"));
+                cases.push(lean_on("storvsp(worker-on-runtime-thread)", vm, g, row, qd));
             }
             if only.is_some() {
                 cases.truncate(1);
