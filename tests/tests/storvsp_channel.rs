@@ -11,7 +11,7 @@
 use parastor_core::Gpa;
 use parastor_core::ram::RamDisk;
 use parastor_core::{DelayDisk, DelayHandle, Disk, GpaRange, GuestMemory, Timer};
-use parastor_emulated::storvsc::{CONTROL_TRANSACTION_ID, Direction, Reply};
+use parastor_emulated::storvsc::{CONTROL_TRANSACTION_ID, Direction, Host, Reply};
 use parastor_emulated::vm::RemoteHost;
 use parastor_emulated::{GuestConfig, Profile, Storvsc, StorvscError, StorvspVm, VmConfig};
 use parastor_hw::scsi::{ScsiOp, ScsiStatus, SenseData, SenseKey};
@@ -196,8 +196,14 @@ fn read_mem(vm: &StorvspVm, gpa: u64, len: usize) -> Vec<u8> {
     b
 }
 
-/// Writes `bytes` (a raw StorVSP packet) in band on channel 0.
-fn raw(g: &mut Guest<'_>, tid: u64, completion_requested: bool, bytes: &[u8]) {
+/// Writes `bytes` (a raw StorVSP packet) in band on channel 0, whichever
+/// host serves the guest.
+fn raw<'a, H: Host<'a>>(
+    g: &mut Storvsc<'a, H>,
+    tid: u64,
+    completion_requested: bool,
+    bytes: &[u8],
+) {
     g.channel_mut(0)
         .unwrap()
         .write_packet(
@@ -1278,16 +1284,7 @@ fn run_on_a_thread_wakes_for_packets_and_hot_adds() {
         let r = wait_packet(&mut g);
         assert_eq!(r.operation(), Operation::ENUMERATE_BUS);
         // A broken packet ends the worker.
-        g.channel_mut(0)
-            .unwrap()
-            .write_packet(
-                OutgoingKind::InBand {
-                    completion_requested: true,
-                },
-                99,
-                &[0xEE; 16],
-            )
-            .unwrap();
+        raw(&mut g, 99, true, &[0xEE; 16]);
         let e = join_within(host, Duration::from_secs(5));
         assert!(
             matches!(
@@ -1704,16 +1701,7 @@ fn run_in_poll_mode_reads_packets_the_guest_did_not_signal() {
     assert!(run.as_mut().poll(&mut cx).is_pending());
     assert_eq!(g.recv(0).unwrap().unwrap().transaction_id, 13);
 
-    g.channel_mut(0)
-        .unwrap()
-        .write_packet(
-            OutgoingKind::InBand {
-                completion_requested: true,
-            },
-            99,
-            &[0xEE; 16],
-        )
-        .unwrap();
+    raw(&mut g, 99, true, &[0xEE; 16]);
     match run.as_mut().poll(&mut cx) {
         Poll::Ready(StorvspError::Packet {
             transaction_id: 99, ..
@@ -2129,16 +2117,7 @@ fn a_failed_worker_lives_until_its_late_requests_complete() {
 
     // The guest breaks the protocol: the worker stops serving it but stays
     // alive, waiting for the requests a disk still holds.
-    g.channel_mut(0)
-        .unwrap()
-        .write_packet(
-            OutgoingKind::InBand {
-                completion_requested: true,
-            },
-            99,
-            &packet(Operation::EXECUTE_SRB, &[0; 8]),
-        )
-        .unwrap();
+    raw(&mut g, 99, true, &packet(Operation::EXECUTE_SRB, &[0; 8]));
     assert!(run.as_mut().poll(&mut cx).is_pending());
     assert!(run.as_mut().poll(&mut cx).is_pending());
     assert_eq!(guest_bytes(&vm, DATA, 3 * 512), [0; 3 * 512]);
@@ -2244,16 +2223,7 @@ fn an_owned_worker_is_built_here_and_runs_on_another_thread() {
         let r = g.wait_tag(tag).unwrap();
         assert_eq!(r.srb().srb_status, srb_status(SrbStatus::SUCCESS));
     }
-    g.channel_mut(0)
-        .unwrap()
-        .write_packet(
-            OutgoingKind::InBand {
-                completion_requested: true,
-            },
-            99,
-            &[0xEE; 16],
-        )
-        .unwrap();
+    raw(&mut g, 99, true, &[0xEE; 16]);
     let (e, drained) = join_within(host, Duration::from_secs(5));
     assert!(
         matches!(
