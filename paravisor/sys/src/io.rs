@@ -170,11 +170,12 @@ fn transfer<'a>(
         let mut first = 0;
         while first < count {
             let pending = iov.get(first..count).unwrap_or_default();
-            // SAFETY: every entry of `pending` was made from a `Span` (and
-            // only ever shortened from its front, below), so it describes
-            // bytes inside a mapping that the span's borrow keeps alive for
-            // this call; a destination span was checked writable.
-            let done = match unsafe { vectored(fd, pending, offset, direction) } {
+            // Every entry of `pending` was made from a `Span` and is only
+            // ever shortened from its front (below).
+            // SAFETY: each entry lies inside a mapping the span's borrow
+            // keeps alive for this call; destination spans were checked writable.
+            let result = unsafe { vectored(fd, pending, offset, direction) };
+            let done = match result {
                 Ok(done) => done,
                 // pwritev2 predates no supported kernel, but RWF_DSYNC may
                 // be refused (EOPNOTSUPP) or, on old kernels, the flag

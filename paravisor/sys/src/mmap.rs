@@ -123,12 +123,13 @@ impl MappedRegion {
                  {file_len}-byte file"
             )));
         }
-        // SAFETY: a null address lets the kernel choose where to map, and it
-        // never chooses memory that is already mapped, so the new mapping
-        // overlaps no Rust allocation or reference. The range was checked to
-        // lie inside the file, so every page of the mapping is backed.
-        let addr =
-            unsafe { rustix::mm::mmap(ptr::null_mut(), len, prot, MapFlags::SHARED, fd, offset) }?;
+        let (any, shared) = (ptr::null_mut(), MapFlags::SHARED);
+        // A null address lets the kernel choose; it never picks memory that
+        // is already mapped. The range was checked to lie inside the file.
+        // SAFETY: the new mapping overlaps no Rust allocation or reference,
+        // and every page of it is backed by the file.
+        let mapped = unsafe { rustix::mm::mmap(any, len, prot, shared, fd, offset) };
+        let addr = mapped?;
         let base = NonNull::new(addr.cast::<u8>())
             .ok_or_else(|| io::Error::other("mmap returned a null address"))?;
         Ok(Self {
@@ -210,11 +211,11 @@ impl MappedRegion {
             Protection::ReadWrite => MprotectFlags::READ | MprotectFlags::WRITE,
         };
         let start = self.base.as_ptr().wrapping_add(offset).cast::<c_void>();
-        // SAFETY: `[start, start + len)` lies inside this region's own
-        // mapping (checked above) and `start` is page-aligned (the base is,
-        // and `offset` was checked). No Rust reference points into the
-        // mapping, so changing its protection invalidates none; the caller
-        // promises not to access pages while they are inaccessible.
+        // `[start, start + len)` lies inside this region's own mapping and
+        // `start` is page-aligned (both checked above).
+        // SAFETY: no Rust reference points into the mapping, so changing its
+        // protection invalidates none; the caller promises not to touch pages
+        // while they are inaccessible.
         unsafe { rustix::mm::mprotect(start, len, flags) }?;
         Ok(())
     }
