@@ -570,7 +570,7 @@ UNSAFE impl Send for X {}
         let source = "#![forbid(unsafe_code)]\n#![deny(missing_docs, unsafe_code)]\n\
                       #![allow(dead_code, unsafe_code)]\n#[expect(unsafe_code)]\nfn f() {}\n\
                       #[cfg_attr(test, warn(unsafe_code))]\nfn g() {}\n";
-        let problems = check_source("hw/src/lib.rs", &source);
+        let problems = check_source("hw/src/lib.rs", source);
         assert_eq!(problems.len(), 3, "{problems:#?}");
         assert!(
             problems[0].contains(":3: `allow(unsafe_code)`"),
