@@ -29,3 +29,25 @@ pub mod fuzz_storvsp;
 pub mod model;
 pub mod scratch;
 pub mod stacks;
+
+/// Runs each listed test (a `fn(Profile)` in the calling module) once per
+/// guest profile, as `linux_current::NAME`, `linux_pre_5_19::NAME` and
+/// `windows::NAME`.
+#[macro_export]
+macro_rules! per_profile {
+    ($($name:ident),* $(,)?) => {
+        $crate::per_profile!(@mod linux_current, LinuxCurrent, $($name),*);
+        $crate::per_profile!(@mod linux_pre_5_19, LinuxPre519, $($name),*);
+        $crate::per_profile!(@mod windows, Windows, $($name),*);
+    };
+    (@mod $module:ident, $profile:ident, $($name:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(::parastor_emulated::Profile::$profile);
+                }
+            )*
+        }
+    };
+}

@@ -31,25 +31,7 @@ const V7_0: Version = Version::from_parts(7, 0);
 /// The driver, served in this thread.
 type Guest<'a> = Storvsc<'a, InlineHost<'a>>;
 
-/// Runs each listed test (a `fn(Profile)`) once per guest profile, as
-/// `linux_current::NAME`, `linux_pre_5_19::NAME` and `windows::NAME`.
-macro_rules! per_profile {
-    ($($name:ident),* $(,)?) => {
-        per_profile!(@mod linux_current, LinuxCurrent, $($name),*);
-        per_profile!(@mod linux_pre_5_19, LinuxPre519, $($name),*);
-        per_profile!(@mod windows, Windows, $($name),*);
-    };
-    (@mod $module:ident, $profile:ident, $($name:ident),*) => {
-        mod $module {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(super::Profile::$profile);
-                }
-            )*
-        }
-    };
-}
+use parastor_tests::per_profile;
 
 per_profile!(
     negotiates_blue_and_opens_sub_channels,

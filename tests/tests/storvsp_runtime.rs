@@ -18,24 +18,7 @@ use parastor_vmbus::OutgoingKind;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Runs each listed test (a `fn(Profile)`) once per guest profile.
-macro_rules! per_profile {
-    ($($name:ident),* $(,)?) => {
-        per_profile!(@mod linux_current, LinuxCurrent, $($name),*);
-        per_profile!(@mod linux_pre_5_19, LinuxPre519, $($name),*);
-        per_profile!(@mod windows, Windows, $($name),*);
-    };
-    (@mod $module:ident, $profile:ident, $($name:ident),*) => {
-        mod $module {
-            $(
-                #[test]
-                fn $name() {
-                    super::$name(super::Profile::$profile);
-                }
-            )*
-        }
-    };
-}
+use parastor_tests::per_profile;
 
 per_profile!(
     negotiates_and_serves_every_channel_from_the_runtime_thread,
