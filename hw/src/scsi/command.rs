@@ -48,6 +48,10 @@ pub struct Transfer {
     pub blocks: u32,
     /// Force unit access.
     pub fua: bool,
+    /// DPO (disable page out): a cache-retention hint. Decoded so the
+    /// command's usage data can claim the bit; the adapter keeps no cache
+    /// of its own to retain blocks in, so every value is honoured as is.
+    pub dpo: bool,
 }
 
 /// A parsed CDB.
@@ -247,6 +251,7 @@ fn range<F: FromBytes + Unaligned>(cdb: &[u8]) -> Result<(Transfer, F), CdbError
             lba,
             blocks,
             fua: false,
+            dpo: false,
         },
         flags,
     ))
@@ -264,6 +269,7 @@ fn read_write(cdb: &[u8]) -> Result<Transfer, CdbError> {
         lba,
         blocks,
         fua: flags.fua(),
+        dpo: flags.dpo(),
     })
 }
 
@@ -358,6 +364,7 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
                 lba: (u64::from(c.lba_hi.lba()) << 16) | u64::from(c.lba.get()),
                 blocks: if c.len == 0 { 256 } else { c.len.into() },
                 fua: false,
+                dpo: false,
             };
             if op == ScsiOp::READ6 {
                 Command::Read(t)
@@ -368,7 +375,8 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
         ScsiOp::READ10 | ScsiOp::READ12 | ScsiOp::READ16 => Command::Read(read_write(cdb)?),
         ScsiOp::WRITE10 | ScsiOp::WRITE12 | ScsiOp::WRITE16 => Command::Write(read_write(cdb)?),
         ScsiOp::VERIFY10 | ScsiOp::VERIFY12 | ScsiOp::VERIFY16 => {
-            let (range, flags) = range::<VerifyFlags>(cdb)?;
+            let (mut range, flags) = range::<VerifyFlags>(cdb)?;
+            range.dpo = flags.dpo();
             if flags.protect() != 0 || flags.bytchk() == 2 || flags.reladr() {
                 return Err(CdbError::InvalidField);
             }
@@ -378,7 +386,8 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
             }
         }
         ScsiOp::WRITE_VERIFY10 | ScsiOp::WRITE_VERIFY12 | ScsiOp::WRITE_VERIFY16 => {
-            let (range, flags) = range::<VerifyFlags>(cdb)?;
+            let (mut range, flags) = range::<VerifyFlags>(cdb)?;
+            range.dpo = flags.dpo();
             if flags.protect() != 0 || flags.bytchk() > 1 || flags.reladr() {
                 return Err(CdbError::InvalidField);
             }
@@ -423,6 +432,7 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
                 lba: c.lba.get(),
                 blocks: c.blocks.into(),
                 fua: c.flags.fua(),
+                dpo: c.flags.dpo(),
             })
         }
         ScsiOp::START_STOP_UNIT => {
@@ -536,7 +546,8 @@ mod tests {
             Command::Read(Transfer {
                 lba: 0x1F_FFFF,
                 blocks: 256,
-                fua: false
+                fua: false,
+                dpo: false
             })
         );
         // The reserved bits above the LBA are not part of it.
@@ -546,7 +557,8 @@ mod tests {
             Command::Write(Transfer {
                 lba: 0x1_0002,
                 blocks: 9,
-                fua: false
+                fua: false,
+                dpo: false
             })
         );
     }
@@ -563,7 +575,8 @@ mod tests {
             Command::Write(Transfer {
                 lba: 0x0102_0304_0506_0708,
                 blocks: 9,
-                fua: true
+                fua: true,
+                dpo: false
             })
         );
     }
@@ -579,7 +592,8 @@ mod tests {
             Ok(Command::Read(Transfer {
                 lba: 77,
                 blocks: 0x1_0000,
-                fua: false
+                fua: false,
+                dpo: false
             }))
         );
         let c10 = [ScsiOp::READ10.get(), 0x08, 0, 0, 1, 0, 0, 0, 4, 0];
@@ -588,7 +602,8 @@ mod tests {
             Ok(Command::Read(Transfer {
                 lba: 256,
                 blocks: 4,
-                fua: true
+                fua: true,
+                dpo: false
             }))
         );
         // RELADR and RDPROTECT are refused.
@@ -634,7 +649,8 @@ mod tests {
                 range: Transfer {
                     lba: 0,
                     blocks: 4,
-                    fua: false
+                    fua: false,
+                    dpo: false
                 },
                 unmap: true,
                 anchor: true,
@@ -690,7 +706,8 @@ mod tests {
             Ok(Command::CompareAndWrite(Transfer {
                 lba: 7,
                 blocks: 1,
-                fua: true
+                fua: true,
+                dpo: false
             }))
         );
         let mut sai = [0u8; 16];
@@ -863,6 +880,41 @@ mod tests {
             ReportLuns::parse(&[ScsiOp::INQUIRY.get(); 12]),
             Err(CdbError::InvalidOpcode)
         );
+    }
+
+    /// DPO (byte 1 bit 4) is decoded wherever SBC defines it: READ,
+    /// WRITE, VERIFY, WRITE AND VERIFY and COMPARE AND WRITE.
+    #[test]
+    fn dpo_is_decoded() {
+        let dpo = |cdb: &[u8]| match parse_cdb(cdb) {
+            Ok(
+                Command::Read(t)
+                | Command::Write(t)
+                | Command::CompareAndWrite(t)
+                | Command::Verify { range: t, .. }
+                | Command::WriteAndVerify { range: t, .. },
+            ) => t.dpo,
+            other => panic!("{cdb:02x?}: {other:?}"),
+        };
+        for op in [
+            ScsiOp::READ10,
+            ScsiOp::WRITE10,
+            ScsiOp::VERIFY10,
+            ScsiOp::WRITE_VERIFY10,
+            ScsiOp::READ12,
+            ScsiOp::VERIFY12,
+            ScsiOp::READ16,
+            ScsiOp::WRITE16,
+            ScsiOp::VERIFY16,
+            ScsiOp::WRITE_VERIFY16,
+            ScsiOp::COMPARE_AND_WRITE,
+        ] {
+            let mut cdb = [0u8; 16];
+            cdb[0] = op.get();
+            assert!(!dpo(&cdb), "{op:?}");
+            cdb[1] = 0x10;
+            assert!(dpo(&cdb), "{op:?}");
+        }
     }
 
     #[test]

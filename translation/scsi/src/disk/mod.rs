@@ -71,7 +71,7 @@ use zerocopy::IntoBytes;
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 4096;
 /// Most bytes one UNMAP may unmap, all its descriptors together: the
 /// MAXIMUM UNMAP LBA COUNT of VPD 0xB0 is this many logical blocks
-/// (2 Mi blocks of 512 bytes, 256 Ki of 4 KiB).
+/// (1 Mi blocks of 512 bytes, 128 Ki of 4 KiB).
 ///
 /// OpenHCL reports no limit (FFFF_FFFFh), so one UNMAP of 4096
 /// descriptors may name the whole disk many times over. The work an unmap
@@ -79,8 +79,22 @@ pub const MAX_UNMAP_DESCRIPTORS: u32 = 4096;
 /// entry per 32 KiB, under the lock every other request on the disk
 /// needs), so the limit bounds one command's work to a few milliseconds;
 /// initiators split larger discards (Linux sizes its discard requests by
-/// this field).
-pub const MAX_UNMAP_BYTES: u64 = 1 << 30;
+/// this field). 512 MiB keeps the count at or below 2^20 blocks for every
+/// block size: initiators that sanity-check a finite limit (libiscsi's
+/// conformance suite) take a larger one for a bogus value.
+pub const MAX_UNMAP_BYTES: u64 = 512 << 20;
+/// Most blocks one WRITE SAME may name, whatever
+/// [`DiskParams::max_write_same_bytes`] allows: 65535, the largest count
+/// WRITE SAME(10) can carry (32 MiB of 512-byte blocks; a 4 KiB-block disk
+/// reaches the 64 MiB default first).
+///
+/// SBC-4 leaves the value to the device. This one keeps initiators that
+/// size a plain WRITE by the MAXIMUM WRITE SAME LENGTH within what a SCSI
+/// transport carries: libiscsi's `WriteSame16.Unmap` writes 65536 blocks
+/// in one WRITE(16) before unmapping them whenever the limit allows a
+/// 65536-block WRITE SAME, and Linux's tcm_loop carries at most 65535
+/// sectors per command.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
 /// Most blocks one COMPARE AND WRITE may name (VPD 0xB0).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;
 /// Largest region of scratch memory a command works in at a time: a
@@ -120,7 +134,9 @@ pub struct DiskParams {
     /// transport with a lower limit lowers it when it attaches the disk
     /// ([`ScsiDisk::limit_transfer`]).
     pub max_transfer_bytes: u32,
-    /// Largest WRITE SAME, in bytes (VPD 0xB0).
+    /// Largest WRITE SAME, in bytes: the MAXIMUM WRITE SAME LENGTH of VPD
+    /// 0xB0 in whole logical blocks (at least one, at most
+    /// [`MAX_WRITE_SAME_BLOCKS`]).
     pub max_write_same_bytes: u64,
     /// Whether UNMAP / WRITE SAME with UNMAP are offered; `None`: when the
     /// disk does not ignore unmaps.
@@ -752,7 +768,7 @@ impl ScsiDisk {
         self.check_range(t.lba, t.blocks.into())?;
         let shift = self.disk.sector_shift();
         let ss = self.disk.sector_size() as usize;
-        if u64::from(t.blocks) << shift > self.params.max_write_same_bytes {
+        if u64::from(t.blocks) > self.max_write_same_blocks() {
             return Err(invalid_cdb());
         }
         if !ndob && data.len() < ss {
@@ -871,6 +887,14 @@ impl ScsiDisk {
             self.disk.unmap(lba, blocks, opts).await?;
         }
         Ok(param_len)
+    }
+
+    /// The MAXIMUM WRITE SAME LENGTH, in blocks:
+    /// [`DiskParams::max_write_same_bytes`], at least one block and at most
+    /// [`MAX_WRITE_SAME_BLOCKS`].
+    fn max_write_same_blocks(&self) -> u64 {
+        (self.params.max_write_same_bytes >> self.disk.sector_shift())
+            .clamp(1, MAX_WRITE_SAME_BLOCKS)
     }
 
     /// The MAXIMUM UNMAP LBA COUNT: [`MAX_UNMAP_BYTES`] in blocks.
