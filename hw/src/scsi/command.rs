@@ -4,9 +4,10 @@
 use zerocopy::{FromBytes, Unaligned};
 
 use super::cdb::{
-    Cdb6Rw, Cdb10, Cdb12, Cdb16, CompareAndWriteCdb, ReportLunsCdb, ReportOpcodesCdb,
-    ReportingOptions, RequestSenseCdb, RwFlags, SelectReport, SendDiagnosticCdb,
-    ServiceActionIn16Cdb, StartStopCdb, SyncCacheFlags, UnmapCdb, VerifyFlags, WriteSameFlags,
+    Cdb6Rw, Cdb10, Cdb12, Cdb16, CompareAndWriteCdb, ReadDefectData10Cdb, ReadDefectData12Cdb,
+    ReportLunsCdb, ReportOpcodesCdb, ReportingOptions, RequestSenseCdb, RwFlags, SelectReport,
+    SendDiagnosticCdb, ServiceActionIn16Cdb, StartStopCdb, SyncCacheFlags, UnmapCdb, VerifyFlags,
+    WriteSameFlags,
 };
 use super::codes::{Control, MaintenanceIn, ScsiOp, ServiceActionIn};
 use super::inquiry::{InquiryCdb, VpdPage};
@@ -158,6 +159,30 @@ pub enum Command {
     },
     /// COMPARE AND WRITE.
     CompareAndWrite(Transfer),
+    /// ORWRITE(16): the data-out buffer ORed into the blocks.
+    OrWrite(Transfer),
+    /// PRE-FETCH(10/16).
+    PreFetch {
+        /// Range (0 blocks = to the end; FUA and DPO unused).
+        range: Transfer,
+        /// IMMED bit.
+        immed: bool,
+    },
+    /// READ DEFECT DATA(10/12).
+    ReadDefectData {
+        /// REQ_PLIST.
+        plist: bool,
+        /// REQ_GLIST.
+        glist: bool,
+        /// DEFECT LIST FORMAT requested.
+        format: u8,
+        /// ADDRESS DESCRIPTOR INDEX (12-byte form; 0 for the 10-byte one).
+        index: u32,
+        /// Allocation length.
+        alloc_len: u32,
+        /// The 12-byte form.
+        long: bool,
+    },
     /// START STOP UNIT.
     StartStopUnit {
         /// IMMED bit.
@@ -257,9 +282,10 @@ fn range<F: FromBytes + Unaligned>(cdb: &[u8]) -> Result<(Transfer, F), CdbError
     ))
 }
 
-/// A READ / WRITE(10/12/16): refuses RDPROTECT / WRPROTECT (the device has
-/// no protection information, INQUIRY PROTECT = 0, so SBC-4 asks for
-/// INVALID FIELD IN CDB) and the obsolete RELADR.
+/// A READ / WRITE(10/12/16) or ORWRITE(16): refuses RDPROTECT, WRPROTECT
+/// and ORPROTECT (the device has no protection information, INQUIRY
+/// PROTECT = 0, so SBC-4 asks for INVALID FIELD IN CDB) and the obsolete
+/// RELADR.
 fn read_write(cdb: &[u8]) -> Result<Transfer, CdbError> {
     let (lba, blocks, flags) = lba_cdb::<RwFlags>(cdb)?;
     if flags.protect() != 0 || flags.reladr() {
@@ -421,6 +447,36 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
             Command::SynchronizeCache {
                 range,
                 immed: flags.immed(),
+            }
+        }
+        ScsiOp::PRE_FETCH10 | ScsiOp::PRE_FETCH16 => {
+            let (range, flags) = range::<SyncCacheFlags>(cdb)?;
+            Command::PreFetch {
+                range,
+                immed: flags.immed(),
+            }
+        }
+        ScsiOp::ORWRITE16 => Command::OrWrite(read_write(cdb)?),
+        ScsiOp::READ_DEFECT_DATA10 => {
+            let c: ReadDefectData10Cdb = read(cdb)?;
+            Command::ReadDefectData {
+                plist: c.flags.req_plist(),
+                glist: c.flags.req_glist(),
+                format: c.flags.format(),
+                index: 0,
+                alloc_len: c.alloc_len.get().into(),
+                long: false,
+            }
+        }
+        ScsiOp::READ_DEFECT_DATA12 => {
+            let c: ReadDefectData12Cdb = read(cdb)?;
+            Command::ReadDefectData {
+                plist: c.flags.req_plist(),
+                glist: c.flags.req_glist(),
+                format: c.flags.format(),
+                index: c.index.get(),
+                alloc_len: c.alloc_len.get(),
+                long: true,
             }
         }
         ScsiOp::COMPARE_AND_WRITE => {
@@ -915,6 +971,90 @@ mod tests {
             cdb[1] = 0x10;
             assert!(dpo(&cdb), "{op:?}");
         }
+    }
+
+    #[test]
+    fn prefetch_orwrite_and_read_defect_data() {
+        let mut pf = [0u8; 10];
+        pf[0] = ScsiOp::PRE_FETCH10.get();
+        pf[1] = 0x02;
+        pf[2..6].copy_from_slice(&9u32.to_be_bytes());
+        pf[7..9].copy_from_slice(&3u16.to_be_bytes());
+        assert_eq!(
+            parse_cdb(&pf),
+            Ok(Command::PreFetch {
+                range: Transfer {
+                    lba: 9,
+                    blocks: 3,
+                    fua: false,
+                    dpo: false
+                },
+                immed: true
+            })
+        );
+        let mut or = [0u8; 16];
+        or[0] = ScsiOp::ORWRITE16.get();
+        or[1] = 0x18;
+        or[13] = 2;
+        assert_eq!(
+            parse_cdb(&or),
+            Ok(Command::OrWrite(Transfer {
+                lba: 0,
+                blocks: 2,
+                fua: true,
+                dpo: true
+            }))
+        );
+        or[1] = 0x20;
+        assert_eq!(parse_cdb(&or), Err(CdbError::InvalidField));
+        let rdd10 = [
+            ScsiOp::READ_DEFECT_DATA10.get(),
+            0,
+            0x1D,
+            0,
+            0,
+            0,
+            0,
+            1,
+            2,
+            0,
+        ];
+        assert_eq!(
+            parse_cdb(&rdd10),
+            Ok(Command::ReadDefectData {
+                plist: true,
+                glist: true,
+                format: 5,
+                index: 0,
+                alloc_len: 0x102,
+                long: false
+            })
+        );
+        let rdd12 = [
+            ScsiOp::READ_DEFECT_DATA12.get(),
+            0x08,
+            0,
+            0,
+            0,
+            4,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+        ];
+        assert_eq!(
+            parse_cdb(&rdd12),
+            Ok(Command::ReadDefectData {
+                plist: false,
+                glist: true,
+                format: 0,
+                index: 4,
+                alloc_len: 0x100,
+                long: true
+            })
+        );
     }
 
     #[test]

@@ -116,8 +116,12 @@ pub(super) const SUPPORTED: &[Supported] = &[
     always(ScsiOp::WRITE10, &[0x2A, RW, F, F, F, F, 0, F, F, C]),
     always(ScsiOp::WRITE_VERIFY10, &[0x2E, VFY, F, F, F, F, 0, F, F, C]),
     always(ScsiOp::VERIFY10, &[0x2F, VFY, F, F, F, F, 0, F, F, C]),
+    // IMMED; LBA; number of blocks (0: to the last block).
+    always(ScsiOp::PRE_FETCH10, &[0x34, 0x02, F, F, F, F, 0, F, F, C]),
     // IMMED; LBA; number of blocks.
     always(ScsiOp::SYNCHRONIZE_CACHE10, &[0x35, 0x02, F, F, F, F, 0, F, F, C]),
+    // REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT; allocation length.
+    always(ScsiOp::READ_DEFECT_DATA10, &[0x37, 0, 0x1F, 0, 0, 0, 0, F, F, C]),
     // WRPROTECT, ANCHOR, UNMAP, the obsolete PBDATA / LBDATA (refused).
     always(ScsiOp::WRITE_SAME10, &[0x41, 0xFE, F, F, F, F, 0, F, F, C]),
     // ANCHOR; parameter list length.
@@ -144,8 +148,11 @@ pub(super) const SUPPORTED: &[Supported] = &[
     // blocks.
     always(ScsiOp::COMPARE_AND_WRITE, &[0x89, 0xF8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0, C]),
     always(ScsiOp::WRITE16, &[0x8A, RW, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    // ORPROTECT, DPO, FUA, the obsolete bit 0 (refused); LBA; length.
+    always(ScsiOp::ORWRITE16, &[0x8B, RW, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::WRITE_VERIFY16, &[0x8E, VFY, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::VERIFY16, &[0x8F, VFY, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::PRE_FETCH16, &[0x90, 0x02, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::SYNCHRONIZE_CACHE16, &[0x91, 0x02, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     // WRPROTECT, ANCHOR, UNMAP, PBDATA / LBDATA (refused), NDOB.
     always(ScsiOp::WRITE_SAME16, &[0x93, F, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
@@ -161,6 +168,9 @@ pub(super) const SUPPORTED: &[Supported] = &[
     always(ScsiOp::WRITE12, &[0xAA, RW, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::WRITE_VERIFY12, &[0xAE, VFY, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::VERIFY12, &[0xAF, VFY, F, F, F, F, F, F, F, F, 0, C]),
+    // REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT; ADDRESS DESCRIPTOR INDEX
+    // (every index names past the empty list); allocation length.
+    always(ScsiOp::READ_DEFECT_DATA12, &[0xB7, 0x1F, F, F, F, F, F, F, F, F, 0, C]),
 ];
 
 /// A command timeouts descriptor (SPC-5 6.35.4) with no timeouts

@@ -1892,6 +1892,7 @@ fn read_only_disk_is_write_protected() {
         WP,
     );
     expect_sense(&e, &caw(0, 1), &block, 1024, WP);
+    expect_sense(&e, &rw16(ScsiOp::ORWRITE16.get(), 0, 0, 1), &block, 512, WP);
     expect_sense(
         &e,
         &rw10(ScsiOp::WRITE_VERIFY10.get(), 0, 0, 1),
@@ -1902,6 +1903,162 @@ fn read_only_disk_is_write_protected() {
     e.ok(&rw10(ScsiOp::READ10.get(), 0, 0, 1), &[], 512);
     let d = e.ok(&[ScsiOp::MODE_SENSE6.get(), 0, 0x08, 0, 255, 0], &[], 255);
     assert_eq!(d[2] & 0x80, 0x80, "WP");
+}
+
+/// PRE-FETCH(10/16): nothing is cached, so an in-range request is GOOD
+/// (SBC-4: GOOD, not CONDITION MET, when the blocks do not fit in the
+/// cache), whatever IMMED and the group number say; 0 blocks reach to
+/// the last block; a range past the end is LBA OUT OF RANGE. (libiscsi
+/// Prefetch10/16.)
+#[test]
+fn pre_fetch_checks_the_range_and_fetches_nothing() {
+    let e = env();
+    let last = SECTORS - 1;
+    for op in [ScsiOp::PRE_FETCH10, ScsiOp::PRE_FETCH16] {
+        let cdb = |flags: u8, lba: u64, blocks: u32| -> Vec<u8> {
+            if op == ScsiOp::PRE_FETCH10 {
+                rw10(op.get(), flags, lba as u32, blocks as u16).to_vec()
+            } else {
+                rw16(op.get(), flags, lba, blocks).to_vec()
+            }
+        };
+        for (lba, blocks) in [
+            (0, 1),
+            (0, 256),
+            (last, 1),
+            (0, 0),
+            (last, 0),
+            (SECTORS - 256, 256),
+        ] {
+            let (r, _) = e.run(&cdb(0, lba, blocks), &[], 0);
+            assert_eq!(r, ScsiResult::good(0), "{op:?} {lba} {blocks}");
+        }
+        // IMMED, and a group number (ignored).
+        let mut c = cdb(0x02, 0, 1);
+        let group_at = c.len() - 2;
+        c[group_at] = 3;
+        assert_eq!(e.run(&c, &[], 0).0, ScsiResult::good(0));
+        for (lba, blocks) in [(SECTORS + 1, 0), (SECTORS, 1), (last, 2), (0xFFFF_FFFF, 1)] {
+            expect_sense(&e, &cdb(0, lba, blocks), &[], 0, LBA_RANGE);
+        }
+    }
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::PRE_FETCH16.get(), 0, u64::MAX, 1),
+        &[],
+        0,
+        LBA_RANGE,
+    );
+}
+
+/// READ DEFECT DATA(10/12): a virtual disk has no defects; the lists asked
+/// for come back valid and empty in the format asked for, the 12-byte
+/// form with its wider header; the reserved format 111b is refused.
+/// (libiscsi ReadDefectData10/12.)
+#[test]
+fn read_defect_data_reports_empty_lists() {
+    let e = env();
+    let rdd10 = |flags: u8, alloc: u16| {
+        let mut c = [0u8; 10];
+        c[0] = ScsiOp::READ_DEFECT_DATA10.get();
+        c[2] = flags;
+        c[7..9].copy_from_slice(&alloc.to_be_bytes());
+        c
+    };
+    let rdd12 = |flags: u8, index: u32, alloc: u32| {
+        let mut c = [0u8; 12];
+        c[0] = ScsiOp::READ_DEFECT_DATA12.get();
+        c[1] = flags;
+        c[2..6].copy_from_slice(&index.to_be_bytes());
+        c[6..10].copy_from_slice(&alloc.to_be_bytes());
+        c
+    };
+    assert_eq!(e.ok(&rdd10(0, 32), &[], 32), [0, 0, 0, 0]);
+    // PLIST and GLIST in the physical sector format (101b).
+    assert_eq!(e.ok(&rdd10(0x1D, 32), &[], 32), [0, 0x1D, 0, 0]);
+    assert_eq!(e.ok(&rdd10(0x1D, 2), &[], 32), [0, 0x1D]);
+    assert_eq!(e.ok(&rdd12(0, 0, 32), &[], 32), [0; 8]);
+    assert_eq!(
+        e.ok(&rdd12(0x0B, 7, 32), &[], 32),
+        [0, 0x0B, 0, 0, 0, 0, 0, 0]
+    );
+    expect_sense(&e, &rdd10(0x07, 32), &[], 32, INVALID_CDB);
+    expect_sense(&e, &rdd12(0x1F, 0, 32), &[], 32, INVALID_CDB);
+}
+
+/// ORWRITE(16) ORs the data-out buffer into the blocks (SBC-3): zeros |
+/// A5 = A5, A5 | 5A = FF, at the start and at the end of the disk; 0
+/// blocks do nothing; the range, ORPROTECT and the transfer limit are
+/// checked before anything is read. (libiscsi OrWrite.)
+#[test]
+fn orwrite_ors_the_data_into_the_blocks() {
+    let e = env();
+    let or = |lba: u64, blocks: u32, byte: u8| {
+        let data = vec![byte; blocks as usize * SS as usize];
+        e.ok(
+            &rw16(ScsiOp::ORWRITE16.get(), 0, lba, blocks),
+            &data,
+            data.len(),
+        );
+    };
+    for (lba, blocks) in [(0u64, 1u32), (0, 256), (SECTORS - 7, 7)] {
+        let len = blocks as usize * SS as usize;
+        e.write(lba, &vec![0; len]);
+        or(lba, blocks, 0xA5);
+        assert_eq!(e.read(lba, blocks), vec![0xA5; len]);
+        or(lba, blocks, 0x5A);
+        assert_eq!(e.read(lba, blocks), vec![0xFF; len]);
+    }
+    // A pattern ORed into another: bit by bit, nothing else touched.
+    let a = pattern(1024, 1);
+    let b = pattern(1024, 0x80);
+    e.write(10, &a);
+    e.write(12, &pattern(512, 9));
+    e.ok(&rw16(ScsiOp::ORWRITE16.get(), 0x08, 10, 2), &b, 1024);
+    let want: Vec<u8> = a.iter().zip(&b).map(|(x, y)| x | y).collect();
+    assert_eq!(e.read(10, 2), want);
+    assert_eq!(e.read(12, 1), pattern(512, 9));
+    // 0 blocks: GOOD, nothing transferred.
+    assert_eq!(
+        e.run(&rw16(ScsiOp::ORWRITE16.get(), 0, 0, 0), &[], 0).0,
+        ScsiResult::good(0)
+    );
+    let block = [0xFFu8; 512];
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::ORWRITE16.get(), 0, SECTORS, 1),
+        &block,
+        512,
+        LBA_RANGE,
+    );
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::ORWRITE16.get(), 0, SECTORS + 1, 0),
+        &[],
+        0,
+        LBA_RANGE,
+    );
+    for protect in 1..8u8 {
+        expect_sense(
+            &e,
+            &rw16(ScsiOp::ORWRITE16.get(), protect << 5, 0, 1),
+            &block,
+            512,
+            INVALID_CDB,
+        );
+    }
+    assert_eq!(e.read(0, 1), vec![0xFF; 512]);
+    // Over the MAXIMUM TRANSFER LENGTH (lowered to 8 blocks by the
+    // transport).
+    e.scsi.limit_transfer(8 * SS);
+    let nine = [0xFFu8; 9 * 512];
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::ORWRITE16.get(), 0, 0, 9),
+        &nine,
+        nine.len(),
+        INVALID_CDB,
+    );
 }
 
 #[test]
