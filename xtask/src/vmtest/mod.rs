@@ -298,11 +298,13 @@ fn build_parastor() -> Result<PathBuf> {
     let mut cmd = util::cargo_cmd(&["build", "--release", "--target", target, "-p", "parastor"]);
     cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
     util::run(&mut cmd)?;
-    let binary = util::workspace_root()
-        .join("target")
-        .join(target)
-        .join("release")
-        .join("parastor");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(
+            || util::workspace_root().join("target"),
+            |dir| util::workspace_root().join(dir),
+        );
+    let binary = target_dir.join(target).join("release").join("parastor");
     if binary.is_file() {
         Ok(binary)
     } else {
@@ -409,7 +411,7 @@ mod tests {
         assert_eq!(lines.next(), Some("shell"));
         let line = lines.next().unwrap();
         assert!(
-            line.starts_with("scenario kernel-fileio 240 configfs,"),
+            line.starts_with("scenario kernel-fileio 120 configfs,"),
             "{line}"
         );
         assert_eq!(lines.next(), None);

@@ -23,7 +23,8 @@ pub(crate) struct Scenario {
     pub(crate) modules: &'static [&'static str],
     /// Extra QEMU arguments (devices the scenario drives).
     pub(crate) qemu_args: &'static [&'static str],
-    /// How long the script may run in the guest.
+    /// How long the script may run in the guest: a few times what it takes
+    /// under TCG, as a hang costs CI this much.
     pub(crate) timeout: Duration,
 }
 
@@ -85,7 +86,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         script: include_str!("scenarios/kernel-fileio.sh"),
         modules: SCSI_MODULES,
         qemu_args: &[],
-        timeout: Duration::from_secs(240),
+        timeout: Duration::from_secs(120),
     },
     Scenario {
         name: "dm-crypt",
@@ -93,7 +94,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         script: include_str!("scenarios/dm-crypt.sh"),
         modules: CRYPT_MODULES,
         qemu_args: &[],
-        timeout: Duration::from_secs(180),
+        timeout: Duration::from_secs(90),
     },
     Scenario {
         name: "scsi-conformance",
@@ -101,7 +102,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         script: include_str!("scenarios/scsi-conformance.sh"),
         modules: SCSI_MODULES,
         qemu_args: &[],
-        timeout: Duration::from_secs(420),
+        timeout: Duration::from_secs(300),
     },
     Scenario {
         name: "scsi-tools",
@@ -110,7 +111,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         script: include_str!("scenarios/scsi-tools.sh"),
         modules: SCSI_TOOLS_MODULES,
         qemu_args: &[],
-        timeout: Duration::from_secs(240),
+        timeout: Duration::from_secs(150),
     },
     Scenario {
         name: "scsi-fs",
@@ -118,7 +119,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         script: include_str!("scenarios/scsi-fs.sh"),
         modules: SCSI_FS_MODULES,
         qemu_args: &[],
-        timeout: Duration::from_secs(240),
+        timeout: Duration::from_secs(150),
     },
     Scenario {
         name: "scsi-perf",
@@ -126,7 +127,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         script: include_str!("scenarios/scsi-perf.sh"),
         modules: SCSI_MODULES,
         qemu_args: &[],
-        timeout: Duration::from_secs(240),
+        timeout: Duration::from_secs(150),
     },
 ];
 
