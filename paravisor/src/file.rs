@@ -415,7 +415,10 @@ impl FileResizer {
     /// that does not fit a file length; the error names the file.
     pub fn resize(&self, new_sector_count: u64) -> io::Result<()> {
         let fail = |kind, msg: String| {
-            io::Error::new(kind, format!("cannot resize {}: {msg}", self.path.display()))
+            io::Error::new(
+                kind,
+                format!("cannot resize {}: {msg}", self.path.display()),
+            )
         };
         if self.read_only {
             return Err(fail(
@@ -823,10 +826,7 @@ mod tests {
         assert!(msg.contains(&f.path().display().to_string()), "{msg}");
         assert!(msg.contains("4196") && msg.contains("512"), "{msg}");
         let f = temp_file(8192, |_| 0);
-        assert_eq!(
-            FileDisk::open(f.path(), 4096, false).unwrap().size.get(),
-            2
-        );
+        assert_eq!(FileDisk::open(f.path(), 4096, false).unwrap().size.get(), 2);
         let err = FileDisk::open(f.path(), 1000, false).unwrap_err();
         assert!(err.to_string().contains("sector size 1000"), "{err}");
     }
@@ -895,7 +895,10 @@ mod tests {
         let ro = FileDisk::open(f.path(), 4096, true).unwrap();
         let e = ro.resize(8).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
-        assert!(e.to_string().contains(&f.path().display().to_string()), "{e}");
+        assert!(
+            e.to_string().contains(&f.path().display().to_string()),
+            "{e}"
+        );
         let rw = FileDisk::open(f.path(), 4096, false).unwrap();
         for count in [u64::MAX, u64::MAX / 4096, (i64::MAX as u64) / 4096 + 1] {
             let e = rw.resize(count).unwrap_err();

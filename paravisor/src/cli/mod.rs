@@ -12,6 +12,7 @@ pub mod format;
 pub mod info;
 pub mod rng;
 pub mod settings;
+pub mod tcmu;
 pub mod verify;
 
 use crate::spec::{self, SpecError};
