@@ -722,18 +722,23 @@ impl LoopTarget {
     }
 
     /// Waits until sysfs (at `sysfs`) shows the block and generic devices
-    /// of LUN 0, polling every 20 ms for at most `timeout`, or until
-    /// `give_up` says so.
+    /// of LUN 0 and their nodes are in `dev`, polling every 20 ms for at
+    /// most `timeout`, or until `give_up` says so.
     pub fn wait_for_devices(
         &self,
         sysfs: &Path,
+        dev: &Path,
         timeout: Duration,
         give_up: &dyn Fn() -> bool,
     ) -> Result<ScsiNames, ConfigFsError> {
         let address = self.scsi_address()?;
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(names) = scsi_names(sysfs, address) {
+            // sysfs shows a device a moment before devtmpfs has its node.
+            if let Some(names) = scsi_names(sysfs, address)
+                && dev.join(&names.block).exists()
+                && dev.join(&names.generic).exists()
+            {
                 return Ok(names);
             }
             let [h, c, t, l] = address;

@@ -625,6 +625,7 @@ fn names_and_wwns() {
 #[test]
 fn finds_the_luns_devices_in_sysfs() {
     let sysfs = tempfile::tempdir().unwrap();
+    let dev = tempfile::tempdir().unwrap();
     let model = Model::new();
     let fs = model.fs();
     let backstore = Backstore::create(&fs, &config("p")).unwrap();
@@ -632,23 +633,34 @@ fn finds_the_luns_devices_in_sysfs() {
     let device = sysfs.path().join("class/scsi_device/0:0:1:0/device");
     // Nothing yet: gives up when told, or at the timeout.
     let e = target
-        .wait_for_devices(sysfs.path(), Duration::from_secs(60), &|| true)
+        .wait_for_devices(sysfs.path(), dev.path(), Duration::from_secs(60), &|| true)
         .unwrap_err();
     assert_eq!(e.io_error().kind(), io::ErrorKind::Interrupted);
     std::fs::create_dir_all(device.join("block/sdb")).unwrap();
+    std::fs::write(dev.path().join("sdb"), "").unwrap();
     let e = target
-        .wait_for_devices(sysfs.path(), Duration::from_millis(30), &|| false)
+        .wait_for_devices(sysfs.path(), dev.path(), Duration::from_millis(30), &|| {
+            false
+        })
         .unwrap_err();
     assert_eq!(e.io_error().kind(), io::ErrorKind::TimedOut);
     assert!(e.to_string().contains("class/scsi_device/0:0:1:0"), "{e}");
-    // The sg device shows up a little later.
-    let sg = device.join("scsi_generic/sg2");
+    // The sg device shows up a little later, its node later still; until
+    // both nodes are there, the wait goes on.
+    std::fs::create_dir_all(device.join("scsi_generic/sg2")).unwrap();
+    let e = target
+        .wait_for_devices(sysfs.path(), dev.path(), Duration::from_millis(30), &|| {
+            false
+        })
+        .unwrap_err();
+    assert_eq!(e.io_error().kind(), io::ErrorKind::TimedOut);
+    let node = dev.path().join("sg2");
     let maker = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(50));
-        std::fs::create_dir_all(sg).unwrap();
+        std::fs::write(node, "").unwrap();
     });
     let names = target
-        .wait_for_devices(sysfs.path(), Duration::from_secs(10), &|| false)
+        .wait_for_devices(sysfs.path(), dev.path(), Duration::from_secs(10), &|| false)
         .unwrap();
     maker.join().unwrap();
     assert_eq!(names.to_string(), "sdb sg2");
