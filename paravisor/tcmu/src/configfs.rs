@@ -294,10 +294,10 @@ impl ConfigFs {
     /// whose LUN links to a TCMU backstore `ours` accepts, or whose WWN is
     /// [`target_wwn`] of such a name, then those backstores — except
     /// backstores `served(hba, name)` says a live process serves (and the
-    /// targets linked to them). Before unlinking a dead backstore's LUN,
-    /// its ring is blocked and reset, so the commands nobody will answer
-    /// fail instead of holding up the removal. Returns the directories
-    /// removed.
+    /// targets linked to them). Before a dead backstore's LUN is unlinked,
+    /// its tcm_loop transport is taken offline and its ring blocked and
+    /// reset, so the commands nobody will answer fail instead of holding
+    /// up the removal. Returns the directories removed.
     pub fn cleanup_leftovers(
         &self,
         ours: &dyn Fn(&str) -> bool,
@@ -328,13 +328,6 @@ impl ConfigFs {
                 }
             }
         }
-        // Fail what the dead handlers will never answer. Errors are left
-        // alone: a backstore that was never enabled has no ring.
-        for (hba, name) in &dead {
-            let action = self.backstore_dir(*hba, name).join("action");
-            let _ = self.ops.write(&action.join("block_dev"), "1");
-            let _ = self.ops.write(&action.join("reset_ring"), "2");
-        }
         let loopback = self.root.join("loopback");
         let targets = match self.ops.list(&loopback) {
             Ok(entries) => entries,
@@ -342,23 +335,43 @@ impl ConfigFs {
             Err(e) => return Err(ConfigFsError::new("list", &loopback, e)),
         };
         let dead_wwns: Vec<String> = dead.iter().map(|(_, name)| target_wwn(name)).collect();
+        let is_dead = |hba: &u32, name: &String| dead.iter().any(|(h, n)| h == hba && n == name);
+        let mut doomed = Vec::new();
         for (wwn, kind) in targets {
             if kind != EntryKind::Dir {
                 continue;
             }
             let dir = loopback.join(&wwn);
             let links = self.loop_links(&dir)?;
-            let to_dead = links
-                .iter()
-                .any(|(_, hba, name)| dead.iter().any(|(h, n)| h == hba && n == name));
-            let to_live = links
-                .iter()
-                .any(|(_, hba, name)| !dead.iter().any(|(h, n)| h == hba && n == name));
+            let to_dead = links.iter().any(|(_, hba, name)| is_dead(hba, name));
+            let to_live = links.iter().any(|(_, hba, name)| !is_dead(hba, name));
             // A target of ours that never got its LUN is found by its WWN;
             // one that links to anything still alive is not touched.
             if to_live || !(to_dead || dead_wwns.contains(&wwn)) {
                 continue;
             }
+            doomed.push(dir);
+        }
+        // Nobody answers these LUNs any more. Take their transport offline
+        // first, so removing the SCSI device (which may send SYNCHRONIZE
+        // CACHE) fails its commands at once instead of retrying them;
+        // then block the dead rings and fail what is on them. Errors are
+        // left alone: a backstore never enabled has no ring, a TPG may be
+        // half made.
+        for dir in &doomed {
+            for (tpg, kind) in self.ops.list(dir).unwrap_or_default() {
+                if kind == EntryKind::Dir && tpg.starts_with("tpgt_") {
+                    let status = dir.join(tpg).join("transport_status");
+                    let _ = self.ops.write(&status, "offline");
+                }
+            }
+        }
+        for (hba, name) in &dead {
+            let action = self.backstore_dir(*hba, name).join("action");
+            let _ = self.ops.write(&action.join("block_dev"), "1");
+            let _ = self.ops.write(&action.join("reset_ring"), "2");
+        }
+        for dir in doomed {
             self.remove_loop_tree(&dir)?;
             removed.push(dir);
         }

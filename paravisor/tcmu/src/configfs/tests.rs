@@ -123,6 +123,7 @@ impl Model {
                 let tag = tpg.trim_start_matches("tpgt_");
                 vec![
                     attr("nexus", ""),
+                    attr("transport_status", "online"),
                     attr("address", &format!("{host}:0:{tag}\n")),
                     group("lun"),
                     group("acls"),
@@ -524,15 +525,24 @@ fn cleanup_removes_only_dead_leftovers_of_ours() {
     got_targets.sort();
     assert_eq!([got_targets, removed[4..].to_vec()].concat(), expected);
 
-    // The rings were blocked and reset before any LUN was unlinked.
+    // The doomed targets' transports went offline, then the rings were
+    // blocked and reset, all before any LUN was unlinked.
     let log = model.log();
     let first_unlink = log.iter().position(|l| l.starts_with("unlink")).unwrap();
-    let resets: Vec<&String> = log[..first_unlink]
+    let writes: Vec<&String> = log[..first_unlink]
         .iter()
         .filter(|l| l.starts_with("write"))
         .collect();
+    let offline = |n: &str| format!("write {}/tpgt_1/transport_status offline", w(n));
+    let mut offlines = vec![offline("parastor"), offline("parastor-0")];
+    offlines.push("write loopback/naa.5001405000000001/tpgt_2/transport_status offline".into());
+    offlines.push(offline("parastor-1"));
+    let mut got_offlines: Vec<String> = writes[..4].iter().map(|s| s.to_string()).collect();
+    got_offlines.sort();
+    offlines.sort();
+    assert_eq!(got_offlines, offlines);
     assert_eq!(
-        resets,
+        writes[4..],
         [
             "write core/user_0/parastor/action/block_dev 1",
             "write core/user_0/parastor/action/reset_ring 2",
