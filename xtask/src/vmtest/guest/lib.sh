@@ -1,0 +1,315 @@
+# Helpers for the guest's /init and the scenario scripts (busybox sh).
+#
+# A scenario script runs in its own shell with this file sourced and `set -e`
+# on: any failing command fails the scenario. It reports figures with
+# `figure KEY VALUE` and fails with `fail MESSAGE`; /init prints the one
+# result line per scenario:
+#   PARASTOR-RESULT <name> <pass|fail> <seconds> [key=value ...]
+
+CONFIGFS=/sys/kernel/config
+TARGET=$CONFIGFS/target
+
+# Seconds since boot, with hundredths.
+uptime_seconds() {
+    cut -d' ' -f1 /proc/uptime
+}
+
+# Loads the comma-separated kernel modules $1 (`-`: none) and mounts
+# configfs once its module is there.
+load_modules() {
+    [ "$1" = - ] && return 0
+    for module in $(echo "$1" | tr , ' '); do
+        modprobe "$module" || {
+            echo "vmtest: modprobe $module failed" >&2
+            return 1
+        }
+    done
+    if [ -d $CONFIGFS ] && ! grep -q " $CONFIGFS configfs" /proc/mounts; then
+        mount -t configfs configfs $CONFIGFS
+    fi
+}
+
+# Runs scenario $1 with timeout $2 seconds after loading modules $3, and
+# prints its result line.
+run_scenario() {
+    name=$1
+    echo "=== vmtest: scenario $name"
+    export VMTEST_SCENARIO=$name
+    export VMTEST_FIGURES=/tmp/vmtest/$name.figures
+    : >"$VMTEST_FIGURES"
+    start=$(uptime_seconds)
+    status=0
+    if load_modules "$3"; then
+        timeout -s TERM "$2" sh -c "set -e; . /vmtest/lib.sh; . /vmtest/scenarios/$name.sh" ||
+            status=$?
+    else
+        echo "reason=modules" >>"$VMTEST_FIGURES"
+        status=1
+    fi
+    end=$(uptime_seconds)
+    verdict=pass
+    if [ $status -ne 0 ]; then
+        verdict=fail
+        # busybox timeout: the script got SIGTERM (143).
+        [ $status -eq 143 ] && echo "reason=timeout" >>"$VMTEST_FIGURES"
+        echo "exit=$status" >>"$VMTEST_FIGURES"
+    fi
+    seconds=$(awk "BEGIN { printf \"%.1f\", $end - $start }")
+    echo "PARASTOR-RESULT $name $verdict $seconds $(tr '\n' ' ' <"$VMTEST_FIGURES")"
+}
+
+# From the debugging shell: runs scenario $1 as /init would.
+vmtest_run() {
+    line=$(grep "^scenario $1 " /vmtest/plan) || {
+        echo "no scenario $1 in /vmtest/plan" >&2
+        return 1
+    }
+    set -- $line
+    run_scenario "$2" "$3" "$4"
+}
+
+# Reports figure $1=$2 on the scenario's result line.
+figure() {
+    echo "$1=$2" >>"$VMTEST_FIGURES"
+}
+
+# Prints $* tagged with the scenario's name.
+log() {
+    echo "[$VMTEST_SCENARIO] $*"
+}
+
+# Fails the scenario with message $*.
+fail() {
+    echo "[$VMTEST_SCENARIO] FAIL: $*" >&2
+    exit 1
+}
+
+# Fails unless $2 (what was found) equals $3 (what was expected); $1 says
+# what is compared.
+expect_eq() {
+    [ "$2" = "$3" ] || fail "$1: got '$2', expected '$3'"
+    log "ok: $1 = '$3'"
+}
+
+# Fails unless text $2 contains $3; $1 says what is looked at.
+expect_contains() {
+    case $2 in
+    *"$3"*) log "ok: $1 contains '$3'" ;;
+    *) fail "$1: '$3' not found in: $2" ;;
+    esac
+}
+
+# Waits up to $2 seconds for file $1 to exist.
+wait_for_file() {
+    tries=$(($2 * 10))
+    while [ ! -e "$1" ]; do
+        tries=$((tries - 1))
+        [ $tries -gt 0 ] || return 1
+        usleep 100000
+    done
+}
+
+# The sg node (sgN) of block device $1 (sdX/srX).
+sg_of() {
+    ls /sys/block/"$1"/device/scsi_generic
+}
+
+# The SCSI generic nodes now present, one a line.
+sg_nodes() {
+    ls /sys/class/scsi_generic 2>/dev/null || true
+}
+
+# A 16-digit hex serial for a NAA WWN derived from text $1.
+wwn_of() {
+    echo "naa.5001405$(echo "$1" | md5sum | cut -c1-9)"
+}
+
+# Links backstore $1 (a configfs path under core/) as LUN 0 of a new
+# tcm_loop target named after $2, waits for the kernel's scan and prints
+# the new disk: `sdX sgN` (or `srX sgN`).
+loop_link() {
+    backstore=$1
+    wwn=$(wwn_of "$2")
+    before=$(sg_nodes)
+    mkdir -p $TARGET/loopback/$wwn/tpgt_1/lun/lun_0
+    echo "$wwn" >$TARGET/loopback/$wwn/tpgt_1/nexus
+    ln -s "$backstore" $TARGET/loopback/$wwn/tpgt_1/lun/lun_0/backstore
+    tries=100
+    while :; do
+        for sg in $(sg_nodes); do
+            echo "$before" | grep -qx "$sg" && continue
+            block=$(ls /sys/class/scsi_generic/$sg/device/block 2>/dev/null || true)
+            if [ -n "$block" ] && [ -e /dev/$block ]; then
+                echo "$block $sg"
+                return 0
+            fi
+        done
+        tries=$((tries - 1))
+        [ $tries -gt 0 ] || {
+            echo "no new SCSI disk appeared for $backstore" >&2
+            return 1
+        }
+        usleep 100000
+    done
+}
+
+# Undoes loop_link for name $1.
+loop_unlink() {
+    wwn=$(wwn_of "$1")
+    tpg=$TARGET/loopback/$wwn/tpgt_1
+    [ -d $tpg ] || return 0
+    rm -f $tpg/lun/lun_0/backstore
+    rmdir $tpg/lun/lun_0
+    echo NULL >$tpg/nexus 2>/dev/null || true
+    rmdir $tpg
+    rmdir $TARGET/loopback/$wwn
+}
+
+# Creates the kernel's fileio backstore $1 over file $2 (created with size
+# $3 bytes if missing) with block size $4 (default 512), links it into
+# tcm_loop and prints `sdX sgN`.
+kernel_fileio_create() {
+    [ -e "$2" ] || truncate -s "$3" "$2"
+    dir=$TARGET/core/fileio_0/$1
+    mkdir -p $dir
+    echo "fd_dev_name=$2,fd_dev_size=$3" >$dir/control
+    echo 1 >$dir/enable
+    echo "${4:-512}" >$dir/attrib/block_size
+    loop_link $dir "fileio-$1"
+}
+
+# Removes what kernel_fileio_create $1 made (not the file).
+kernel_fileio_remove() {
+    loop_unlink "fileio-$1"
+    [ -d $TARGET/core/fileio_0/$1 ] && rmdir $TARGET/core/fileio_0/$1
+    rmdir $TARGET/core/fileio_0 2>/dev/null || true
+}
+
+# Starts `parastor tcmu ARGS...` in the background and waits until it is
+# ready. Sets PARASTOR_PID and PARASTOR_DEVICES (the ready file's lines:
+# `sdX sgN` per path) and PARASTOR_DISK / PARASTOR_SG (the first path's).
+parastor_tcmu_start() {
+    ready=/tmp/vmtest/parastor.ready
+    rm -f $ready
+    parastor tcmu "$@" --ready $ready >/tmp/vmtest/parastor.out 2>/tmp/vmtest/parastor.err &
+    PARASTOR_PID=$!
+    tries=300
+    while [ ! -s $ready ]; do
+        if ! kill -0 $PARASTOR_PID 2>/dev/null; then
+            cat /tmp/vmtest/parastor.err >&2
+            fail "parastor tcmu $* exited before it was ready"
+        fi
+        tries=$((tries - 1))
+        [ $tries -gt 0 ] || fail "parastor tcmu $* not ready after 30 s"
+        usleep 100000
+    done
+    PARASTOR_DEVICES=$(cat $ready)
+    set -- $PARASTOR_DEVICES
+    PARASTOR_DISK=$1
+    PARASTOR_SG=$2
+    log "parastor tcmu ready: $(echo $PARASTOR_DEVICES)"
+}
+
+# Stops the parastor started by parastor_tcmu_start (SIGTERM: it drains
+# and removes its backstores) and fails unless it exits cleanly.
+parastor_tcmu_stop() {
+    [ -n "${PARASTOR_PID:-}" ] || return 0
+    kill -TERM $PARASTOR_PID
+    status=0
+    wait $PARASTOR_PID || status=$?
+    PARASTOR_PID=
+    if [ $status -ne 0 ]; then
+        cat /tmp/vmtest/parastor.err >&2
+        fail "parastor tcmu exited with status $status after SIGTERM"
+    fi
+}
+
+# Runs libiscsi's SCSI conformance suite over SG_IO on /dev/$2 and keeps
+# its output in /tmp/vmtest/conformance-$1.log and one line per test
+# (`passed|failed|skipped SUITE.TEST`) in /tmp/vmtest/conformance-$1.tests.
+# Prints one line per suite, `SUITE-RESULT $1 SUITE passed=P failed=F
+# skipped=S`, and one `TEST-FAILED $1 SUITE.TEST` per failure; sets
+# CONF_PASSED, CONF_FAILED, CONF_SKIPPED, CONF_TOTAL and CONF_CUNIT_PASSED
+# (CUnit's own count: passed + skipped), and prints the output of each
+# failed test (`FAILED-OUTPUT $1 ...`). Fails when the
+# per-test lines do not add up to CUnit's own count of tests run (the
+# output format changed).
+conformance_run() {
+    backing=$1
+    out=/tmp/vmtest/conformance-$backing.log
+    tests=/tmp/vmtest/conformance-$backing.tests
+    # Verbose mode names every test and its outcome; the exit status is not
+    # the verdict (it says whether tests failed).
+    iscsi-test-cu --dataloss -v -t SCSI /dev/$2 >$out 2>&1 || true
+    conformance_parse <$out >$tests
+    awk -v backing="$backing" '
+        { suite = $2; sub(/\.[^.]*$/, "", suite); seen[suite] = 1; c[suite, $1]++ }
+        END {
+            for (s in seen)
+                printf "SUITE-RESULT %s %s passed=%d failed=%d skipped=%d\n",
+                    backing, s, c[s, "passed"], c[s, "failed"], c[s, "skipped"]
+        }' $tests | sort
+    sed -n "s/^failed /TEST-FAILED $backing /p" $tests
+    conformance_failures <$out | sed "s/^/FAILED-OUTPUT $backing /"
+    CONF_PASSED=$(grep -c '^passed ' $tests || true)
+    CONF_FAILED=$(grep -c '^failed ' $tests || true)
+    CONF_SKIPPED=$(grep -c '^skipped ' $tests || true)
+    CONF_TOTAL=$((CONF_PASSED + CONF_FAILED + CONF_SKIPPED))
+    CONF_CUNIT_PASSED=$((CONF_PASSED + CONF_SKIPPED))
+    # CUnit's summary: `tests  TOTAL  RAN  PASSED  FAILED  INACTIVE`.
+    ran=$(awk '$1 == "tests" && NF == 6 { print $3 }' $out)
+    log "conformance on $backing: $CONF_PASSED passed, $CONF_FAILED failed," \
+        "$CONF_SKIPPED skipped (CUnit ran ${ran:-?})"
+    [ "${ran:-0}" -gt 0 ] || {
+        tail -n 30 $out
+        fail "iscsi-test-cu on /dev/$2 ran no tests"
+    }
+    [ "$ran" -eq "$CONF_TOTAL" ] ||
+        fail "parsed $CONF_TOTAL test outcomes from $out but CUnit ran $ran"
+}
+
+# Reads iscsi-test-cu's verbose output on stdin and prints one line per
+# test: `passed|failed|skipped SUITE.TEST`.
+#
+# CUnit prints `Suite: NAME`, then `  Test: NAME ...` followed by the test's
+# own messages and its outcome, `passed` or `FAILED`, at the end of the
+# test line or at the start of a line of its own. libiscsi marks a test it
+# could not run (a command the target does not implement, say) with
+# `[SKIPPED]` in its messages, and CUnit counts it as passed: here it is
+# `skipped`. A `[FAILED]` message is not an outcome.
+conformance_parse() {
+    awk '
+        function outcome(o) {
+            if (test == "") return
+            if (o == "passed" && skipped) o = "skipped"
+            print o, suite "." test
+            test = ""
+        }
+        /^Suite: / { test = ""; suite = $2; next }
+        /^  Test: / {
+            test = $2; skipped = 0
+            if ($0 ~ /\[SKIPPED\]/) skipped = 1
+            if ($0 ~ /\.\.\.passed$/) outcome("passed")
+            else if ($0 ~ /\.\.\.FAILED$/) outcome("failed")
+            next
+        }
+        test == "" { next }
+        /\[SKIPPED\]/ { skipped = 1 }
+        /^passed$/ { outcome("passed") }
+        /^FAILED$/ { outcome("failed") }'
+}
+
+# Reads iscsi-test-cu's verbose output on stdin and prints the lines of
+# each test that failed: its test line, its messages, CUnit's assertion
+# lines (the first 20).
+conformance_failures() {
+    awk '
+        function flush() { if (failed) printf "%s", buf; buf = ""; n = 0; failed = 0; inside = 0 }
+        /^Suite: / { flush(); suite = $2; next }
+        /^Run Summary/ { flush(); next }
+        /^  Test: / { flush(); inside = 1 }
+        !inside { next }
+        /\.\.\.FAILED$/ || /^FAILED$/ { failed = 1 }
+        n++ < 20 { buf = buf suite ": " $0 "\n" }
+        END { flush() }'
+}

@@ -1,0 +1,112 @@
+//! The scenarios: small self-describing units the guest runs in turn.
+//!
+//! A scenario is a busybox `sh` script (`scenarios/NAME.sh`, run with
+//! `guest/lib.sh` sourced and `set -e`), the kernel modules it needs (the
+//! harness copies them and their dependencies into the guest and loads them
+//! before the script starts), any extra QEMU arguments (devices) and a
+//! timeout. To add one: write `scenarios/NAME.sh`, add an entry to
+//! [`SCENARIOS`]; `cargo xtask vmtest NAME` runs it.
+
+use std::time::Duration;
+
+/// One scenario.
+#[derive(Debug)]
+pub(crate) struct Scenario {
+    /// Its name: the script's file name and the name on the result line.
+    pub(crate) name: &'static str,
+    /// One line for `--list`.
+    pub(crate) about: &'static str,
+    /// The guest script.
+    pub(crate) script: &'static str,
+    /// Kernel modules to load before the script runs (names as `modprobe`
+    /// takes them).
+    pub(crate) modules: &'static [&'static str],
+    /// Extra QEMU arguments (devices the scenario drives).
+    pub(crate) qemu_args: &'static [&'static str],
+    /// How long the script may run in the guest.
+    pub(crate) timeout: Duration,
+}
+
+/// What every SCSI-target scenario loads: configfs, LIO's core, TCMU (and
+/// the uio it needs), the kernel's own fileio backstore (the reference
+/// backstore), the tcm_loop fabric, and the initiator's disk and generic
+/// drivers.
+const SCSI_MODULES: &[&str] = &[
+    "configfs",
+    "target_core_mod",
+    "target_core_user",
+    "target_core_file",
+    "tcm_loop",
+    "sd_mod",
+    "sg",
+];
+
+/// dm-crypt with XTS-AES (the AES-NI driver: TCG's `-cpu max` has the
+/// instructions) and loop devices over files.
+const CRYPT_MODULES: &[&str] = &["dm_mod", "dm_crypt", "xts", "aesni_intel", "loop"];
+
+/// The registry, in the order `cargo xtask vmtest` runs them.
+/// `kernel-fileio` comes first: the scenarios after it reuse its
+/// conformance results as the reference (same boot) instead of running the
+/// kernel backstore again.
+pub(crate) const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "kernel-fileio",
+        about: "libiscsi conformance suite against the kernel's own fileio backstore (reference)",
+        script: include_str!("scenarios/kernel-fileio.sh"),
+        modules: SCSI_MODULES,
+        qemu_args: &[],
+        timeout: Duration::from_secs(240),
+    },
+    Scenario {
+        name: "dm-crypt",
+        about: "parastor's crypt: disks and dm-crypt aes-xts-plain64 read each other's data (512 B and 4 KiB sectors)",
+        script: include_str!("scenarios/dm-crypt.sh"),
+        modules: CRYPT_MODULES,
+        qemu_args: &[],
+        timeout: Duration::from_secs(180),
+    },
+];
+
+/// The scenario called `name`.
+pub(crate) fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_usable() {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            assert!(
+                s.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{}: names are lowercase words joined by `-`",
+                s.name
+            );
+            assert!(
+                SCENARIOS[..i].iter().all(|t| t.name != s.name),
+                "{} twice",
+                s.name
+            );
+            assert!(!s.script.is_empty() && !s.about.is_empty());
+            assert!(s.timeout >= Duration::from_secs(10));
+            assert!(
+                s.modules
+                    .iter()
+                    .all(|m| !m.contains(char::is_whitespace) && !m.contains(',')),
+                "{}: module names go into a comma-separated plan field",
+                s.name
+            );
+        }
+        assert_eq!(
+            SCENARIOS[0].name, "kernel-fileio",
+            "the reference runs first"
+        );
+        assert!(find("dm-crypt").is_some());
+        assert!(find("nope").is_none());
+    }
+}
