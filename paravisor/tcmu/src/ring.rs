@@ -16,7 +16,9 @@
 //! stopped up to `cmd_head`:
 //!
 //! - padding and task-management entries are stepped over (TCMU needs no
-//!   answer to a TMR notification);
+//!   answer to a TMR notification); when they are at the tail, the tail
+//!   moves past them at once, so the kernel gets their space back without
+//!   waiting for the next completion;
 //! - a well-formed command becomes a [`RingCommand`]: its id, its CDB and
 //!   its data iovecs as ranges of the map ([`GpaRange`]s inside the data
 //!   area), ready to be an [`SgList`](parastor_core::SgList) over the same
@@ -474,7 +476,34 @@ impl CommandRing {
                 }
             }
         }
+        // Padding and TMR entries at the tail need no completion: give
+        // their space back now rather than with the next completion.
+        if self.release_skips() {
+            self.publish_tail()?;
+            fetched.notify = true;
+        }
         Ok(fetched)
+    }
+
+    /// Moves the tail past the padding and TMR entries in front of it;
+    /// whether it moved (not yet published).
+    fn release_skips(&mut self) -> bool {
+        let mut moved = false;
+        while let Some(slot) = self.slots.front().copied() {
+            if slot.cmd.is_some() {
+                break;
+            }
+            self.slots.pop_front();
+            self.tail = self.advance(self.tail, slot.len);
+            moved = true;
+        }
+        moved
+    }
+
+    fn publish_tail(&self) -> Result<(), RingError> {
+        self.mem
+            .store_u32(Gpa::new(CMD_TAIL_OFFSET), self.tail, Ordering::Release)?;
+        Ok(())
     }
 
     fn push_cmd(&mut self, offset: u32, len: u32, kflags: u8) {
@@ -610,16 +639,7 @@ impl CommandRing {
         if self.pending == 0 {
             return Ok(false);
         }
-        let mut moved = false;
-        // Step over the padding and TMR entries in front.
-        while let Some(slot) = self.slots.front().copied() {
-            if slot.cmd.is_some() {
-                break;
-            }
-            self.slots.pop_front();
-            self.tail = self.advance(self.tail, slot.len);
-            moved = true;
-        }
+        let mut moved = self.release_skips();
         if let Some(slot) = self.slots.front().copied()
             && let Some(kflags) = slot.cmd
         {
@@ -639,17 +659,10 @@ impl CommandRing {
             self.tail = self.advance(self.tail, slot.len);
             self.stats.completions += 1;
             moved = true;
-            while let Some(next) = self.slots.front().copied() {
-                if next.cmd.is_some() {
-                    break;
-                }
-                self.slots.pop_front();
-                self.tail = self.advance(self.tail, next.len);
-            }
+            self.release_skips();
         }
         if moved {
-            self.mem
-                .store_u32(Gpa::new(CMD_TAIL_OFFSET), self.tail, Ordering::Release)?;
+            self.publish_tail()?;
         }
         Ok(moved)
     }
@@ -1036,6 +1049,13 @@ mod tests {
         assert!(ring.complete(a, &ScsiResult::good(0)));
         assert_eq!(collect(&mut k).len(), 2);
         assert_eq!(k.last_cleaned(), k.head());
+        // A notification alone: its space comes back with the fetch.
+        k.post_tmr(TmrType::LUN_RESET, &[]).unwrap();
+        let f = ring.fetch(&mut Vec::new()).unwrap();
+        assert_eq!((f.commands, f.notify), (0, true));
+        assert_eq!(collect(&mut k).len(), 0);
+        assert_eq!(k.last_cleaned(), k.head());
+        assert_eq!(ring.stats().tmrs, 2);
     }
 
     #[test]

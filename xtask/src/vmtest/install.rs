@@ -139,10 +139,12 @@ impl Apt {
     }
 }
 
-/// `apt-get` without prompts.
+/// `apt-get` without prompts, waiting a while for another apt or dpkg
+/// (an unattended upgrade) to finish rather than failing at once.
 fn apt_get() -> Command {
     let mut cmd = Command::new("apt-get");
-    cmd.env("DEBIAN_FRONTEND", "noninteractive");
+    cmd.env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["-o", "DPkg::Lock::Timeout=300"]);
     cmd
 }
 

@@ -62,6 +62,17 @@ pub(crate) struct LogSummary {
     /// Lines that fail the run on their own: a kernel panic, an oops, an
     /// IOMMU fault.
     pub(crate) faults: Vec<String>,
+    /// Why scenarios failed, in their words: `[NAME] FAIL: MESSAGE` lines
+    /// (from `fail` in `guest/lib.sh`) as (NAME, MESSAGE).
+    pub(crate) failures: Vec<(String, String)>,
+}
+
+/// A scenario's own failure message: `[NAME] FAIL: MESSAGE`.
+pub(crate) fn parse_failure(line: &str) -> Option<(String, String)> {
+    let rest = line.strip_prefix('[')?;
+    let (name, message) = rest.split_once("] FAIL: ")?;
+    (!name.is_empty() && !name.contains(char::is_whitespace))
+        .then(|| (name.to_string(), message.trim().to_string()))
 }
 
 /// Whether a kernel-log line reports something that fails the run: an
@@ -111,6 +122,8 @@ pub(crate) fn summarize(text: &str) -> LogSummary {
             summary.booted_at = Some(t);
         } else if let Some(t) = uptime(line, "PARASTOR-DONE ") {
             summary.done_at = Some(t);
+        } else if let Some(failure) = parse_failure(line) {
+            summary.failures.push(failure);
         } else if is_kernel_line(line) && is_fault(line) {
             summary.faults.push(line.trim().to_string());
         }
@@ -179,6 +192,7 @@ SeaBIOS\r
 PARASTOR-BOOTED 5.71\r
 === vmtest: scenario kernel-fileio\r
 PARASTOR-RESULT kernel-fileio pass 20.3 passed=205\r
+[dm-crypt] FAIL: 512: dm-crypt does not read what parastor wrote\r
 PARASTOR-RESULT dm-crypt fail 2.0 exit=1\r
 PARASTOR-DMESG [    0.0] Linux version 6.1.0\r
 PARASTOR-DMESG [   30.2] DMAR: [DMA Write NO_PASID] Request device [00:04.0] fault addr 0x0\r
@@ -191,6 +205,15 @@ PARASTOR-DONE 31.0\r
         assert!(s.results[0].passed && !s.results[1].passed);
         assert_eq!(s.faults.len(), 1);
         assert!(s.faults[0].contains("fault addr"));
+        assert_eq!(
+            s.failures,
+            [(
+                "dm-crypt".to_string(),
+                "512: dm-crypt does not read what parastor wrote".to_string()
+            )]
+        );
         assert_eq!(summarize("").results, vec![]);
+        assert_eq!(parse_failure("[a b] FAIL: x"), None);
+        assert_eq!(parse_failure("x [a] FAIL: x"), None);
     }
 }

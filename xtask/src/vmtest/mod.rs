@@ -226,7 +226,17 @@ fn judge(
     }
     for r in &summary.results {
         if !r.passed {
-            problems.push(format!("{}: failed", r.name));
+            let why: Vec<&str> = summary
+                .failures
+                .iter()
+                .filter(|(name, _)| *name == r.name)
+                .map(|(_, message)| message.as_str())
+                .collect();
+            problems.push(if why.is_empty() {
+                format!("{}: failed", r.name)
+            } else {
+                format!("{}: failed: {}", r.name, why.join("; "))
+            });
         }
         if !selected.iter().any(|s| s.name == r.name) {
             problems.push(format!("{}: a result for a scenario not run", r.name));
@@ -288,11 +298,13 @@ fn build_parastor() -> Result<PathBuf> {
     let mut cmd = util::cargo_cmd(&["build", "--release", "--target", target, "-p", "parastor"]);
     cmd.env("RUSTFLAGS", "-C target-feature=+crt-static");
     util::run(&mut cmd)?;
-    let binary = util::workspace_root()
-        .join("target")
-        .join(target)
-        .join("release")
-        .join("parastor");
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map_or_else(
+            || util::workspace_root().join("target"),
+            |dir| util::workspace_root().join(dir),
+        );
+    let binary = target_dir.join(target).join("release").join("parastor");
     if binary.is_file() {
         Ok(binary)
     } else {
@@ -328,6 +340,69 @@ mod tests {
         assert!(parse(&args(&["--fast"])).is_err());
     }
 
+    fn outcome(timed_out: bool) -> qemu::Outcome {
+        qemu::Outcome {
+            serial_log: String::new(),
+            log_path: PathBuf::from("serial.log"),
+            wall: Duration::from_secs(30),
+            boot_wall: None,
+            timed_out,
+        }
+    }
+
+    #[test]
+    fn verdicts() {
+        let selected = [
+            scenarios::find("kernel-fileio").unwrap(),
+            scenarios::find("dm-crypt").unwrap(),
+        ];
+        let deadline = Duration::from_secs(60);
+        let good = "PARASTOR-BOOTED 5.0\n\
+                    PARASTOR-RESULT kernel-fileio pass 20.0 passed=93\n\
+                    PARASTOR-RESULT dm-crypt pass 5.0\n\
+                    PARASTOR-DONE 31.0\n";
+        assert_eq!(
+            judge(&selected, &log::summarize(good), &outcome(false), deadline),
+            Ok(())
+        );
+        let problems = |text: &str, timed_out: bool| {
+            judge(
+                &selected,
+                &log::summarize(text),
+                &outcome(timed_out),
+                deadline,
+            )
+            .unwrap_err()
+        };
+        // A missing result, and no closing marker.
+        let p = problems(
+            "PARASTOR-BOOTED 5.0\nPARASTOR-RESULT dm-crypt pass 5.0\n",
+            false,
+        );
+        assert!(
+            p.iter().any(|p| p == "kernel-fileio: no result line"),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|p| p.contains("closing marker")), "{p:?}");
+        // A failure with its reason, a fault, the deadline.
+        let text = format!(
+            "{good}[dm-crypt] FAIL: mismatch\nPARASTOR-RESULT dm-crypt fail 1.0\n\
+             PARASTOR-DMESG DMAR: [DMA Read NO_PASID] Request device [00:03.0] fault addr 0x0\n"
+        );
+        let p = problems(&text, true);
+        assert!(p.iter().any(|p| p == "dm-crypt: failed: mismatch"), "{p:?}");
+        assert!(
+            p.iter()
+                .any(|p| p == "dm-crypt: 2 result lines (expected one)"),
+            "{p:?}"
+        );
+        assert!(p.iter().any(|p| p.starts_with("guest kernel: ")), "{p:?}");
+        assert!(p.iter().any(|p| p.contains("did not power off")), "{p:?}");
+        // No boot at all.
+        let p = problems("", false);
+        assert!(p.iter().any(|p| p.contains("never started")), "{p:?}");
+    }
+
     #[test]
     fn plans() {
         let fileio = scenarios::find("kernel-fileio").unwrap();
@@ -336,7 +411,7 @@ mod tests {
         assert_eq!(lines.next(), Some("shell"));
         let line = lines.next().unwrap();
         assert!(
-            line.starts_with("scenario kernel-fileio 240 configfs,"),
+            line.starts_with("scenario kernel-fileio 120 configfs,"),
             "{line}"
         );
         assert_eq!(lines.next(), None);

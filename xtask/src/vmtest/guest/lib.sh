@@ -181,47 +181,95 @@ kernel_fileio_create() {
 # Removes what kernel_fileio_create $1 made (not the file).
 kernel_fileio_remove() {
     loop_unlink "fileio-$1"
-    [ -d $TARGET/core/fileio_0/$1 ] && rmdir $TARGET/core/fileio_0/$1
+    if [ -d $TARGET/core/fileio_0/$1 ]; then rmdir $TARGET/core/fileio_0/$1; fi
     rmdir $TARGET/core/fileio_0 2>/dev/null || true
 }
 
-# Starts `parastor tcmu ARGS...` in the background and waits until it is
-# ready. Sets PARASTOR_PID and PARASTOR_DEVICES (the ready file's lines:
-# `sdX sgN` per path) and PARASTOR_DISK / PARASTOR_SG (the first path's).
+# Starts `parastor tcmu --name NAME ARGS...` in the background and waits
+# until it is ready (its --ready file is written). Its output goes to
+# /tmp/vmtest/NAME.out and .err. Sets PARASTOR_DEVICES (the ready file: one
+# `sdX sgN` line per path), PARASTOR_DISK and PARASTOR_SG (the first path's).
 parastor_tcmu_start() {
-    ready=/tmp/vmtest/parastor.ready
+    tag=$1
+    shift
+    ready=/tmp/vmtest/$tag.ready
     rm -f $ready
-    parastor tcmu "$@" --ready $ready >/tmp/vmtest/parastor.out 2>/tmp/vmtest/parastor.err &
-    PARASTOR_PID=$!
+    parastor tcmu --name "$tag" --ready $ready "$@" \
+        >/tmp/vmtest/$tag.out 2>/tmp/vmtest/$tag.err &
+    echo $! >/tmp/vmtest/$tag.pid
     tries=300
     while [ ! -s $ready ]; do
-        if ! kill -0 $PARASTOR_PID 2>/dev/null; then
-            cat /tmp/vmtest/parastor.err >&2
-            fail "parastor tcmu $* exited before it was ready"
+        if ! kill -0 "$(cat /tmp/vmtest/$tag.pid)" 2>/dev/null; then
+            cat /tmp/vmtest/$tag.err >&2
+            rm -f /tmp/vmtest/$tag.pid
+            fail "parastor tcmu --name $tag $* exited before it was ready"
         fi
         tries=$((tries - 1))
-        [ $tries -gt 0 ] || fail "parastor tcmu $* not ready after 30 s"
+        [ $tries -gt 0 ] || fail "parastor tcmu --name $tag $* not ready after 30 s"
         usleep 100000
     done
     PARASTOR_DEVICES=$(cat $ready)
     set -- $PARASTOR_DEVICES
     PARASTOR_DISK=$1
     PARASTOR_SG=$2
-    log "parastor tcmu ready: $(echo $PARASTOR_DEVICES)"
+    for dev in $PARASTOR_DEVICES; do
+        wait_for_file /dev/$dev 10 || fail "parastor named /dev/$dev, which does not exist"
+    done
+    log "parastor tcmu $tag ready: $(echo $PARASTOR_DEVICES)"
 }
 
-# Stops the parastor started by parastor_tcmu_start (SIGTERM: it drains
-# and removes its backstores) and fails unless it exits cleanly.
+# Stops the parastor started as NAME (SIGTERM: it drains and removes its
+# backstores); fails unless it exits cleanly.
 parastor_tcmu_stop() {
-    [ -n "${PARASTOR_PID:-}" ] || return 0
-    kill -TERM $PARASTOR_PID
+    pidfile=/tmp/vmtest/$1.pid
+    [ -e $pidfile ] || return 0
+    pid=$(cat $pidfile)
+    rm -f $pidfile
+    kill -TERM "$pid"
     status=0
-    wait $PARASTOR_PID || status=$?
-    PARASTOR_PID=
+    wait "$pid" || status=$?
     if [ $status -ne 0 ]; then
-        cat /tmp/vmtest/parastor.err >&2
-        fail "parastor tcmu exited with status $status after SIGTERM"
+        cat /tmp/vmtest/$1.err >&2
+        fail "parastor tcmu $1 exited with status $status after SIGTERM"
     fi
+    log "parastor tcmu $1 stopped"
+}
+
+# Stops every parastor still running (for EXIT traps), without failing.
+parastor_tcmu_stop_all() {
+    for pidfile in /tmp/vmtest/*.pid; do
+        [ -e "$pidfile" ] || continue
+        pid=$(cat "$pidfile")
+        rm -f "$pidfile"
+        kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+    done
+}
+
+# Runs `cleanup` (a function the scenario defines) when the script ends,
+# also when the guest's timeout sends SIGTERM.
+cleanup_on_exit() {
+    trap 'cleanup' EXIT
+    trap 'exit 143' TERM INT
+}
+
+# Sends control command $2 to the FIFO of the parastor started as $1 (with
+# `--control /tmp/vmtest/$1.ctl`) and waits for its one-line answer on
+# stderr; fails unless the answer says `: ok`. Prints the answer.
+parastor_control() {
+    err=/tmp/vmtest/$1.err
+    before=$(wc -l <$err)
+    echo "$2" >/tmp/vmtest/$1.ctl
+    tries=100
+    while [ "$(wc -l <$err)" -le "$before" ]; do
+        tries=$((tries - 1))
+        [ $tries -gt 0 ] || fail "parastor $1: no answer to '$2' within 10 s"
+        usleep 100000
+    done
+    answer=$(tail -n 1 $err)
+    case $answer in
+    *": ok"*) log "parastor $1: $answer" ;;
+    *) fail "parastor $1: '$2' answered: $answer" ;;
+    esac
 }
 
 # Runs libiscsi's SCSI conformance suite over SG_IO on /dev/$2 and keeps
@@ -312,4 +360,41 @@ conformance_failures() {
         /\.\.\.FAILED$/ || /^FAILED$/ { failed = 1 }
         n++ < 20 { buf = buf suite ": " $0 "\n" }
         END { flush() }'
+}
+
+# Compares the conformance outcomes of backing $2 with those of backing $1
+# (the reference) test by test. Prints `REGRESSION $2 TEST ($1: X)` for each
+# test the reference did not fail but $2 failed, and `GAIN $2 TEST` for each
+# test $2 passed fully that the reference failed or skipped. Sets
+# CONF_REGRESSIONS and CONF_GAINS.
+conformance_compare() {
+    awk -v ref="$1" -v new="$2" '
+        FNR == NR { want[$2] = $1; next }
+        {
+            w = ($2 in want) ? want[$2] : "absent"
+            if ($1 == "failed" && w != "failed") { print "REGRESSION", new, $2, "(" ref ": " w ")"; r++ }
+            if ($1 == "passed" && w != "passed") { print "GAIN", new, $2, "(" ref ": " w ")"; g++ }
+        }
+        END { printf "COUNTS %d %d\n", r, g }' \
+        /tmp/vmtest/conformance-$1.tests /tmp/vmtest/conformance-$2.tests >/tmp/vmtest/compare-$2
+    grep -v '^COUNTS ' /tmp/vmtest/compare-$2 || true
+    set -- $(grep '^COUNTS ' /tmp/vmtest/compare-$2)
+    CONF_REGRESSIONS=$2
+    CONF_GAINS=$3
+}
+
+# Prints the decimal IOPS of a fio 4 KiB random-read job on /dev/$1 at
+# queue depth $2 for $3 seconds (libaio, O_DIRECT).
+fio_randread_iops() {
+    fio --name=randread --filename=/dev/$1 --ioengine=libaio --direct=1 \
+        --rw=randread --bs=4k --iodepth=$2 --runtime=$3 --time_based \
+        --ramp_time=1 --norandommap --randrepeat=0 \
+        --output-format=terse --terse-version=3 >/tmp/vmtest/fio.out
+    # Terse v3: field 8 is the read IOPS.
+    iops=$(awk -F';' 'NF > 8 { print $8; exit }' /tmp/vmtest/fio.out)
+    [ -n "$iops" ] && [ "$iops" -gt 0 ] || {
+        cat /tmp/vmtest/fio.out >&2
+        fail "fio on /dev/$1 (QD$2) gave no IOPS"
+    }
+    echo "$iops"
 }

@@ -5,11 +5,15 @@
 # its score. Per-suite lines (SUITE-RESULT), failed tests (TEST-FAILED) and
 # their output (FAILED-OUTPUT) go to the serial log.
 img=/tmp/vmtest/kernel-fileio.img
-set -- $(kernel_fileio_create kfileio $img $((64 * 1024 * 1024)))
-disk=$1 sg=$2
-log "kernel fileio backstore: /dev/$disk /dev/$sg"
-trap 'kernel_fileio_remove kfileio; rm -f $img' EXIT
-conformance_run kernel $sg
+cleanup() {
+    kernel_fileio_remove kfileio
+    rm -f $img
+}
+cleanup_on_exit
+devices=$(kernel_fileio_create kfileio $img $((64 * 1024 * 1024)))
+set -- $devices
+log "kernel fileio backstore: /dev/$1 /dev/$2"
+conformance_run kernel $2
 figure passed $CONF_PASSED
 figure skipped $CONF_SKIPPED
 figure failed $CONF_FAILED
