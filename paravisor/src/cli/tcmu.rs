@@ -446,5 +446,8 @@ impl Target {
     }
 }
 
+mod run;
+pub use run::run;
+
 #[cfg(test)]
 mod tests;

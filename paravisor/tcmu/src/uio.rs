@@ -14,6 +14,7 @@
 //! commands (reading 4 bytes takes the interrupt count), and writing a
 //! 4-byte 1 makes the kernel look at the completions.
 
+use crate::serve::Doorbell;
 use parastor_core::{Gpa, GuestMem};
 use parastor_sys::{GuestRam, MappedRegion, Protection};
 use std::fmt;
@@ -341,6 +342,20 @@ impl UioDevice {
                 Err(e) => Err(e),
             };
         }
+    }
+}
+
+impl Doorbell for UioDevice {
+    fn fd(&self) -> BorrowedFd<'_> {
+        UioDevice::fd(self)
+    }
+
+    fn ack(&self) -> io::Result<()> {
+        UioDevice::ack(self)
+    }
+
+    fn ring(&self) -> io::Result<()> {
+        UioDevice::ring(self)
     }
 }
 

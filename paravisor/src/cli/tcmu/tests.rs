@@ -305,3 +305,51 @@ fn dvd_media_change_through_control() {
     let e = target(&["mem:1M@4096", "--dvd"]).unwrap_err();
     assert!(e.starts_with("cannot use the medium as a DVD"), "{e}");
 }
+
+#[test]
+fn the_ready_file_appears_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("parastor.ready");
+    run::announce("sda sg0\nsdb sg1\n", Some(&file)).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "sda sg0\nsdb sg1\n"
+    );
+    // Only the file itself: the temporary one was renamed into place.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    let e = run::announce("x\n", Some(&dir.path().join("missing/ready"))).unwrap_err();
+    assert!(
+        e.to_string().starts_with("cannot write the ready file "),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_control_fifo_carries_out_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("ctl");
+    let t = Arc::new(target(&["mem:1M"]).unwrap());
+    run::start_control(&fifo, t.clone()).unwrap();
+    let meta = std::fs::metadata(&fifo).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&meta.file_type()));
+    // Two writers one after the other; bad lines do not stop the loop.
+    std::fs::write(&fifo, "bogus\n\nresize 1000\n").unwrap();
+    std::fs::write(&fifo, "resize 2097152\n").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while t.size_bytes() != 2 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "resize not carried out"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // A FIFO already there is used; anything else is refused.
+    run::start_control(&fifo, t.clone()).unwrap();
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "").unwrap();
+    let e = run::start_control(&plain, t).unwrap_err();
+    assert!(
+        e.to_string().starts_with("cannot make the control FIFO "),
+        "{e}"
+    );
+}
