@@ -13,7 +13,7 @@ use crate::file::FileResizer;
 use crate::spec::{self, Host, Recipe, StdHost};
 use clap::Args;
 use parastor_core::ram::RamDisk;
-use parastor_core::{Disk, Timer};
+use parastor_core::{Disk, ReservationsDisk, Timer};
 use parastor_scsi::dvd::DvdParams;
 use parastor_scsi::{DiskParams, Lun, ScsiDisk, ScsiDvd};
 use parastor_tcmu::configfs;
@@ -328,7 +328,9 @@ impl std::fmt::Debug for Target {
 
 /// Builds the LUN `args` describe (checked by [`TcmuArgs::check`] into
 /// `identity`): a disk over the spec, or a DVD drive with the spec as its
-/// medium.
+/// medium. A disk whose stack keeps no persistent reservations gets them
+/// (`prwrap:`): the kernel passes PERSISTENT RESERVE and RESERVE/RELEASE
+/// through to the LUN instead of answering them itself.
 pub fn build_target(args: &TcmuArgs, identity: Identity) -> Result<Target, CliError> {
     let (disk, resizable) = match &args.spec {
         Some(text) => {
@@ -351,6 +353,14 @@ pub fn build_target(args: &TcmuArgs, identity: Identity) -> Result<Target, CliEr
     } else {
         let Some(disk) = disk else {
             return Err(CliError::new("a disk SPEC is required without --dvd"));
+        };
+        // The kernel's own reservations are off (PR passes through to the
+        // LUN), so a stack without reservations of its own gets them.
+        let disk = if disk.persistent_reservations().is_some() {
+            disk
+        } else {
+            Disk::new(ReservationsDisk::new(disk))
+                .map_err(|e| CliError::new(format!("cannot add reservations to the disk: {e}")))?
         };
         let defaults = DiskParams::default();
         let params = DiskParams {

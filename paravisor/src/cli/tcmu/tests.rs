@@ -223,6 +223,20 @@ fn identity_strings_reach_inquiry_unchanged() {
     assert_eq!(&vpd[4..10], b"SER 42");
     assert_eq!(t.size_bytes(), 1 << 20);
     assert_eq!(t.identity().serial.as_deref(), Some(&b"SER 42"[..]));
+    // Reservations are the LUN's: a stack without them gets them.
+    let disk = t.lun().as_disk().unwrap().disk();
+    assert!(disk.persistent_reservations().is_some());
+    assert_eq!(disk.kind(), "prwrap");
+    let (r, _) = run(t.lun(), &[0x5e, 0, 0, 0, 0, 0, 0, 0, 8, 0], 8);
+    assert_eq!(
+        r.status,
+        ScsiStatus::GOOD,
+        "PERSISTENT RESERVE IN, READ KEYS"
+    );
+    // One already there is not wrapped again.
+    let t = target(&["prwrap:mem:1M"]).unwrap();
+    let desc = t.lun().as_disk().unwrap().disk().describe();
+    assert_eq!((desc.kind, desc.children[0].1.kind), ("prwrap", "ram"));
 
     let dvd = target(&["--dvd", "--vendor", "DVDCO", "--product", "Spinner"]).unwrap();
     let (r, inq) = run(dvd.lun(), &[0x12, 0, 0, 0, 36, 0], 36);
