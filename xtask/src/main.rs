@@ -10,6 +10,7 @@ mod fence;
 mod fuzz;
 mod nostd;
 mod util;
+mod vmtest;
 
 use std::process::ExitCode;
 use util::Error;
@@ -22,7 +23,7 @@ commands:
   ci                        everything CI checks, in order, stopping at the first failure:
                             the unsafe fence (only paravisor/sys has unsafe, every
                             other crate inherits the workspace lints), fmt, clippy,
-                            test, the no_std gate (and its proof), doc
+                            test, the no_std gate (and its proof), doc, vmtest
   nostd                     build the no_std gate binary (xtask/nostd-gate), which links
                             every no_std crate, and run it
   nostd --prove-gate        show that the gate catches std: build a copy of it that
@@ -34,6 +35,14 @@ commands:
                             (default 60); no TARGET runs every target in turn; S is the
                             cargo-fuzz sanitizer (default none; `address` for ASan);
                             ends with each target's inputs per second
+  vmtest [NAME...]          run scenarios in a QEMU guest (TCG): parastor against the
+                            Linux SCSI initiator (TCMU + tcm_loop), sg3_utils, libiscsi's
+                            conformance suite, dm-crypt, fio; no NAME runs them all.
+                            Installs QEMU 10 (bookworm-backports) and fetches the guest
+                            kernel and tools into target/vmtest/ on first use (root)
+  vmtest --list             name the scenarios
+  vmtest --shell [NAME...]  boot the guest to a shell on this terminal (Ctrl-A X quits),
+                            with the scenarios' modules loaded and scripts in /vmtest
   help                      print this text
 ";
 
@@ -48,6 +57,7 @@ fn main() -> ExitCode {
         "nostd" => nostd::run(rest),
         "bench" => bench::run(rest),
         "fuzz" => fuzz::run(rest),
+        "vmtest" => vmtest::run(rest),
         "help" | "-h" | "--help" => {
             print!("{USAGE}");
             Ok(())

@@ -1,0 +1,175 @@
+//! The scenarios: small self-describing units the guest runs in turn.
+//!
+//! A scenario is a busybox `sh` script (`scenarios/NAME.sh`, run with
+//! `guest/lib.sh` sourced and `set -e`), the kernel modules it needs (the
+//! harness copies them and their dependencies into the guest and loads them
+//! before the script starts), any extra QEMU arguments (devices) and a
+//! timeout. To add one: write `scenarios/NAME.sh`, add an entry to
+//! [`SCENARIOS`]; `cargo xtask vmtest NAME` runs it.
+
+use std::time::Duration;
+
+/// One scenario.
+#[derive(Debug)]
+pub(crate) struct Scenario {
+    /// Its name: the script's file name and the name on the result line.
+    pub(crate) name: &'static str,
+    /// One line for `--list`.
+    pub(crate) about: &'static str,
+    /// The guest script.
+    pub(crate) script: &'static str,
+    /// Kernel modules to load before the script runs (names as `modprobe`
+    /// takes them).
+    pub(crate) modules: &'static [&'static str],
+    /// Extra QEMU arguments (devices the scenario drives).
+    pub(crate) qemu_args: &'static [&'static str],
+    /// How long the script may run in the guest: a few times what it takes
+    /// under TCG, as a hang costs CI this much.
+    pub(crate) timeout: Duration,
+}
+
+/// What every SCSI-target scenario loads: configfs, LIO's core, TCMU (and
+/// the uio it needs), the kernel's own fileio backstore (the reference
+/// backstore), the tcm_loop fabric, and the initiator's disk and generic
+/// drivers.
+const SCSI_MODULES: &[&str] = &[
+    "configfs",
+    "target_core_mod",
+    "target_core_user",
+    "target_core_file",
+    "tcm_loop",
+    "sd_mod",
+    "sg",
+];
+
+/// The SCSI modules and the CD/DVD driver (`sr_mod`, and `cdrom` through
+/// modules.dep).
+const SCSI_TOOLS_MODULES: &[&str] = &[
+    "configfs",
+    "target_core_mod",
+    "target_core_user",
+    "target_core_file",
+    "tcm_loop",
+    "sd_mod",
+    "sg",
+    "sr_mod",
+];
+
+/// The SCSI modules, ext4 (with crc32c for its metadata checksums, which
+/// the kernel would otherwise ask `modprobe` for by alias) and loop devices
+/// to mount the image read back.
+const SCSI_FS_MODULES: &[&str] = &[
+    "configfs",
+    "target_core_mod",
+    "target_core_user",
+    "target_core_file",
+    "tcm_loop",
+    "sd_mod",
+    "sg",
+    "crc32c_generic",
+    "ext4",
+    "loop",
+];
+
+/// dm-crypt with XTS-AES (the AES-NI driver: TCG's `-cpu max` has the
+/// instructions) and loop devices over files.
+const CRYPT_MODULES: &[&str] = &["dm_mod", "dm_crypt", "xts", "aesni_intel", "loop"];
+
+/// The registry, in the order `cargo xtask vmtest` runs them.
+/// `kernel-fileio` comes first: the scenarios after it reuse its
+/// conformance results as the reference (same boot) instead of running the
+/// kernel backstore again.
+pub(crate) const SCENARIOS: &[Scenario] = &[
+    Scenario {
+        name: "kernel-fileio",
+        about: "libiscsi conformance suite against the kernel's own fileio backstore (reference)",
+        script: include_str!("scenarios/kernel-fileio.sh"),
+        modules: SCSI_MODULES,
+        qemu_args: &[],
+        timeout: Duration::from_secs(120),
+    },
+    Scenario {
+        name: "dm-crypt",
+        about: "parastor's crypt: disks and dm-crypt aes-xts-plain64 read each other's data (512 B and 4 KiB sectors)",
+        script: include_str!("scenarios/dm-crypt.sh"),
+        modules: CRYPT_MODULES,
+        qemu_args: &[],
+        timeout: Duration::from_secs(90),
+    },
+    Scenario {
+        name: "scsi-conformance",
+        about: "libiscsi conformance suite against parastor tcmu on mem: and file:; fails no test the kernel passes",
+        script: include_str!("scenarios/scsi-conformance.sh"),
+        modules: SCSI_MODULES,
+        qemu_args: &[],
+        timeout: Duration::from_secs(300),
+    },
+    Scenario {
+        name: "scsi-tools",
+        about: "sg3_utils and scsi_id against parastor tcmu: identity, VPD, capacity, unmap, write same, \
+                compare and write, reservations over two paths, resize, DVD media",
+        script: include_str!("scenarios/scsi-tools.sh"),
+        modules: SCSI_TOOLS_MODULES,
+        qemu_args: &[],
+        timeout: Duration::from_secs(150),
+    },
+    Scenario {
+        name: "scsi-fs",
+        about: "ext4 made and filled through parastor tcmu, checked after through parastor disk read",
+        script: include_str!("scenarios/scsi-fs.sh"),
+        modules: SCSI_FS_MODULES,
+        qemu_args: &[],
+        timeout: Duration::from_secs(150),
+    },
+    Scenario {
+        name: "scsi-perf",
+        about: "fio 4 KiB random reads QD1/QD32: parastor tcmu against the kernel's fileio backstore (informative)",
+        script: include_str!("scenarios/scsi-perf.sh"),
+        modules: SCSI_MODULES,
+        qemu_args: &[],
+        timeout: Duration::from_secs(150),
+    },
+];
+
+/// The scenario called `name`.
+pub(crate) fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_usable() {
+        for (i, s) in SCENARIOS.iter().enumerate() {
+            assert!(
+                s.name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                "{}: names are lowercase words joined by `-`",
+                s.name
+            );
+            assert!(
+                SCENARIOS[..i].iter().all(|t| t.name != s.name),
+                "{} twice",
+                s.name
+            );
+            assert!(!s.script.is_empty() && !s.about.is_empty());
+            assert!(s.timeout >= Duration::from_secs(10));
+            assert!(
+                s.modules
+                    .iter()
+                    .all(|m| !m.contains(char::is_whitespace) && !m.contains(',')),
+                "{}: module names go into a comma-separated plan field",
+                s.name
+            );
+        }
+        assert_eq!(
+            SCENARIOS[0].name, "kernel-fileio",
+            "the reference runs first"
+        );
+        assert!(find("dm-crypt").is_some());
+        assert!(find("nope").is_none());
+    }
+}
