@@ -287,8 +287,18 @@ conformance_run() {
     out=/tmp/vmtest/conformance-$backing.log
     tests=/tmp/vmtest/conformance-$backing.tests
     # Verbose mode names every test and its outcome; the exit status is not
-    # the verdict (it says whether tests failed).
-    iscsi-test-cu --dataloss -v -t SCSI /dev/$2 >$out 2>&1 || true
+    # the verdict (it says whether tests failed). A target that never
+    # answers a command would hang the suite: it gets CONF_TIMEOUT seconds
+    # (default 150; the kernel backstore needs about 15 under TCG).
+    status=0
+    timeout -s KILL "${CONF_TIMEOUT:-150}" iscsi-test-cu --dataloss -v -t SCSI /dev/$2 \
+        >$out 2>&1 || status=$?
+    if [ $status = 137 ]; then
+        tail -n 25 $out | sed "s/^/HUNG-OUTPUT $backing /"
+        fail "iscsi-test-cu on $backing did not finish within ${CONF_TIMEOUT:-150} s;" \
+            "last test started: $(grep '^  Test: ' $out | tail -n 1 | cut -c9-60)" \
+            "in suite $(grep '^Suite: ' $out | tail -n 1 | cut -d' ' -f2)"
+    fi
     conformance_parse <$out >$tests
     awk -v backing="$backing" '
         { suite = $2; sub(/\.[^.]*$/, "", suite); seen[suite] = 1; c[suite, $1]++ }
