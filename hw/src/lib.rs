@@ -72,6 +72,7 @@ mod wire_layout;
 pub mod guid;
 pub mod scsi;
 pub mod storvsp;
+pub mod tcmu;
 pub mod vmbus;
 
 pub use guid::{Guid, ParseGuidError};

@@ -16,6 +16,8 @@
 //! - [`fuzz_storvsp`]: the `storvsp` fuzz harness (StorVSP over VMBus rings).
 //! - [`fuzz_state`]: the `state_restore` fuzz harness (saved state of every
 //!   component, restored into fresh objects).
+//! - [`fuzz_tcmu`]: the `tcmu_ring` fuzz harness (a hostile kernel's TCMU
+//!   ring through the handler's command ring).
 #![forbid(unsafe_code)]
 
 pub mod buf;
@@ -26,6 +28,7 @@ pub mod fuzz_disk;
 pub mod fuzz_scsi;
 pub mod fuzz_state;
 pub mod fuzz_storvsp;
+pub mod fuzz_tcmu;
 pub mod model;
 pub mod scratch;
 pub mod stacks;

@@ -23,6 +23,7 @@ fn harness(target: &str) -> Option<fn(&[u8])> {
         "scsi_cdb" => Some(parastor_tests::fuzz_scsi::scsi_cdb),
         "storvsp" => Some(parastor_tests::fuzz_storvsp::storvsp),
         "state_restore" => Some(parastor_tests::fuzz_state::state_restore),
+        "tcmu_ring" => Some(parastor_tests::fuzz_tcmu::tcmu_ring),
         _ => None,
     }
 }
@@ -97,6 +98,7 @@ fn corpus_replays() {
         "scsi_cdb",
         "storvsp",
         "state_restore",
+        "tcmu_ring",
     ] {
         assert!(
             corpus.iter().any(|(t, _)| t == target),

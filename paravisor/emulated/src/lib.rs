@@ -21,6 +21,7 @@
 
 pub mod runtime_host;
 pub mod storvsc;
+pub mod tcmu;
 pub mod vm;
 
 pub use runtime_host::{RuntimeGuest, RuntimeHost};
