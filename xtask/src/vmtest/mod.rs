@@ -103,14 +103,25 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let options = parse(args)?;
     if options.list {
         for s in SCENARIOS {
-            println!("{:<18} {}", s.name, s.about);
+            let only = if s.default_run {
+                ""
+            } else {
+                " (run when named)"
+            };
+            println!("{:<18} {}{only}", s.name, s.about);
         }
         return Ok(());
     }
     // Registry order, whatever order the names came in.
     let selected: Vec<&Scenario> = SCENARIOS
         .iter()
-        .filter(|s| options.names.is_empty() || options.names.iter().any(|n| n == s.name))
+        .filter(|s| {
+            if options.names.is_empty() {
+                s.default_run
+            } else {
+                options.names.iter().any(|n| n == s.name)
+            }
+        })
         .collect();
 
     let start = Instant::now();
@@ -158,12 +169,28 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         return boot.interactive();
     }
     let deadline = BOOT_BUDGET + selected.iter().map(|s| s.timeout).sum::<Duration>();
-    let outcome = boot.run(&dir.join("serial.log"), deadline)?;
+    let log_path = dir.join("serial.log");
+    let mut outcome = boot.run(&log_path, deadline)?;
+    let mut summary = log::summarize(&outcome.serial_log);
+    if summary.booted_at.is_none() && !summary.faults.is_empty() && !outcome.timed_out {
+        // A panic before /init is the emulation's (TCG on a loaded host),
+        // not a scenario's: boot once more, keeping the first log.
+        let first = dir.join("serial-first-boot.log");
+        std::fs::rename(&log_path, &first)
+            .map_err(|e| Error::new(format!("keeping {}: {e}", log_path.display())))?;
+        println!(
+            "vmtest: the guest panicked before /init ({}); booting again (log kept in {})",
+            summary.faults[0],
+            first.display()
+        );
+        timings.record("failed boot", outcome.wall);
+        outcome = boot.run(&log_path, deadline)?;
+        summary = log::summarize(&outcome.serial_log);
+    }
     if let Some(boot_wall) = outcome.boot_wall {
         timings.record("boot to /init", boot_wall);
     }
     timings.record("guest run (boot to power-off)", outcome.wall);
-    let summary = log::summarize(&outcome.serial_log);
     let verdict = judge(&selected, &summary, &outcome, deadline);
     print_summary(&selected, &summary);
     timings.record("whole vmtest", start.elapsed());
@@ -337,6 +364,7 @@ mod tests {
             }
         );
         assert!(parse(&args(&["--list"])).unwrap().list);
+        assert!(parse(&args(&[])).unwrap().names.is_empty());
         let err = parse(&args(&["no-such"])).unwrap_err().to_string();
         assert!(err.contains("kernel-fileio"), "{err}");
         assert!(parse(&args(&["--fast"])).is_err());

@@ -34,9 +34,14 @@ impl Boot<'_> {
             .arg(self.kernel)
             .arg("-initrd")
             .arg(self.initrd)
+            // `no_timer_check`: on a loaded host TCG can be too slow for
+            // the kernel's check that the timer interrupt arrives through
+            // the remapped IO-APIC, which then panics ("timer doesn't
+            // work through Interrupt-remapped IO-APIC"); seen here with a
+            // parallel build running.
             .args([
                 "-append",
-                "console=ttyS0 intel_iommu=on quiet panic=-1",
+                "console=ttyS0 intel_iommu=on quiet panic=-1 no_timer_check",
                 "-serial",
                 serial,
             ])

@@ -273,22 +273,40 @@ parastor_control() {
 }
 
 # Runs libiscsi's SCSI conformance suite over SG_IO on /dev/$2 and keeps
-# its output in /tmp/vmtest/conformance-$1.log and one line per test
-# (`passed|failed|skipped SUITE.TEST`) in /tmp/vmtest/conformance-$1.tests.
-# Prints one line per suite, `SUITE-RESULT $1 SUITE passed=P failed=F
-# skipped=S`, and one `TEST-FAILED $1 SUITE.TEST` per failure; sets
-# CONF_PASSED, CONF_FAILED, CONF_SKIPPED, CONF_TOTAL and CONF_CUNIT_PASSED
-# (CUnit's own count: passed + skipped), and prints the output of each
-# failed test (`FAILED-OUTPUT $1 ...`). Fails when the
-# per-test lines do not add up to CUnit's own count of tests run (the
+# its output in /tmp/vmtest/conformance-$1.log and its exit status in
+# .status. Several may run at once, in the background, each on its own LUN:
+# the suite's time is mostly waiting on the target. A target that never
+# answers a command would hang the suite: it is killed after CONF_TIMEOUT
+# seconds (default 600).
+conformance_exec() {
+    status=0
+    # Verbose mode names every test and its outcome.
+    timeout -s KILL "${CONF_TIMEOUT:-600}" iscsi-test-cu --dataloss -v -t SCSI /dev/$2 \
+        >/tmp/vmtest/conformance-$1.log 2>&1 || status=$?
+    echo $status >/tmp/vmtest/conformance-$1.status
+}
+
+# Reports the run conformance_exec $1 made: one line per test
+# (`passed|failed|skipped SUITE.TEST`) in /tmp/vmtest/conformance-$1.tests;
+# on the console one line per suite, `SUITE-RESULT $1 SUITE passed=P
+# failed=F skipped=S`, one `TEST-FAILED $1 SUITE.TEST` per failure and the
+# output of each failed test (`FAILED-OUTPUT $1 ...`). Sets CONF_PASSED,
+# CONF_FAILED, CONF_SKIPPED, CONF_TOTAL and CONF_CUNIT_PASSED (CUnit's own
+# count: passed + skipped). Fails if the suite was killed, ran no tests, or
+# the per-test lines do not add up to CUnit's count of tests run (the
 # output format changed).
-conformance_run() {
+conformance_report() {
     backing=$1
     out=/tmp/vmtest/conformance-$backing.log
     tests=/tmp/vmtest/conformance-$backing.tests
-    # Verbose mode names every test and its outcome; the exit status is not
-    # the verdict (it says whether tests failed).
-    iscsi-test-cu --dataloss -v -t SCSI /dev/$2 >$out 2>&1 || true
+    # The exit status is not the verdict (it says whether tests failed),
+    # except for the timeout's kill.
+    if [ "$(cat /tmp/vmtest/conformance-$backing.status)" = 137 ]; then
+        tail -n 25 $out | sed "s/^/HUNG-OUTPUT $backing /"
+        fail "iscsi-test-cu on $backing did not finish within ${CONF_TIMEOUT:-600} s;" \
+            "last test started: $(grep '^  Test: ' $out | tail -n 1 | cut -c9-60)" \
+            "in suite $(grep '^Suite: ' $out | tail -n 1 | cut -d' ' -f2)"
+    fi
     conformance_parse <$out >$tests
     awk -v backing="$backing" '
         { suite = $2; sub(/\.[^.]*$/, "", suite); seen[suite] = 1; c[suite, $1]++ }
@@ -306,14 +324,21 @@ conformance_run() {
     CONF_CUNIT_PASSED=$((CONF_PASSED + CONF_SKIPPED))
     # CUnit's summary: `tests  TOTAL  RAN  PASSED  FAILED  INACTIVE`.
     ran=$(awk '$1 == "tests" && NF == 6 { print $3 }' $out)
+    elapsed=$(awk '/^Elapsed time =/ { print $4 }' $out)
     log "conformance on $backing: $CONF_PASSED passed, $CONF_FAILED failed," \
-        "$CONF_SKIPPED skipped (CUnit ran ${ran:-?})"
+        "$CONF_SKIPPED skipped (CUnit ran ${ran:-?} in ${elapsed:-?} s)"
     [ "${ran:-0}" -gt 0 ] || {
         tail -n 30 $out
-        fail "iscsi-test-cu on /dev/$2 ran no tests"
+        fail "iscsi-test-cu on $backing ran no tests"
     }
     [ "$ran" -eq "$CONF_TOTAL" ] ||
         fail "parsed $CONF_TOTAL test outcomes from $out but CUnit ran $ran"
+}
+
+# conformance_exec and conformance_report in one.
+conformance_run() {
+    conformance_exec "$1" "$2"
+    conformance_report "$1"
 }
 
 # Reads iscsi-test-cu's verbose output on stdin and prints one line per

@@ -1,7 +1,7 @@
 # kernel-fileio: libiscsi's SCSI conformance suite against the kernel's own
-# fileio backstore (a file on tmpfs) through tcm_loop: the reference the
-# parastor scenarios are compared with (scsi-conformance reuses these
-# results in the same boot). Passes when the suite ran; the figures are
+# fileio backstore (a file on tmpfs) through tcm_loop, alone: the reference
+# scsi-conformance runs beside parastor. Not in the default run (named
+# only): it needs no TCMU. Passes when the suite ran; the figures are
 # its score. Per-suite lines (SUITE-RESULT), failed tests (TEST-FAILED) and
 # their output (FAILED-OUTPUT) go to the serial log.
 img=/tmp/vmtest/kernel-fileio.img

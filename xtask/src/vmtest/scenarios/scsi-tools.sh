@@ -29,17 +29,6 @@ run() {
     eval "$var=\$(\"\$@\" 2>&1)" || rc=$?
 }
 
-# run_past_ua VAR CMD...: `run`, once more if the first answer was a UNIT
-# ATTENTION (one the standard says is due, e.g. to a registrant after
-# another initiator's PR CLEAR).
-run_past_ua() {
-    run "$@"
-    if [ $rc = 6 ]; then
-        log "unit attention (expected here): $(eval echo \"\$$1\" | grep -i 'additional sense' || true)"
-        run "$@"
-    fi
-}
-
 # expect_rc WHAT WANT: fails unless $rc is WANT.
 expect_rc() {
     [ "$rc" = "$2" ] || fail "$1: exit status $rc, expected $2"
@@ -180,11 +169,21 @@ run out sg_write_same --lba=0 --num=1 --in=$dir/p $sg2
 expect_rc "a write from path 2 after the release" 0
 run out sg_persist --out --clear --param-rk=0x2222 $sg2
 expect_rc "PR clear (path 2)" 0
-# SPC: a CLEAR gives every other registrant a UNIT ATTENTION.
-run_past_ua out sg_persist --in --read-keys $sg
+# SPC-4 (PERSISTENT RESERVE OUT, CLEAR): every other registered I_T nexus
+# gets a UNIT ATTENTION, RESERVATIONS PREEMPTED. Reported as a figure, not
+# a failure: parastor's reservations (core/src/prwrap.rs) document that
+# they do not raise these unit attentions yet.
+run out sg_persist --in --read-keys $sg
+clear_ua=no
+if [ $rc = 6 ]; then
+    expect_contains "the UNIT ATTENTION after another path's CLEAR" "$out" "eservations preempted"
+    clear_ua=yes
+    run out sg_persist --in --read-keys $sg
+fi
 expect_contains "PR read keys after clear" "$out" "NO registered reservation keys"
-log "ok: persistent reservations between two initiators"
+log "ok: persistent reservations between two initiators (UNIT ATTENTION after CLEAR: $clear_ua)"
 figure pr ok
+figure pr_clear_ua $clear_ua
 
 # --- resize: UNIT ATTENTION, then the kernel's rescan ------------------------
 parastor_control vmtest-tools "resize $grown"
