@@ -17,7 +17,11 @@
 //! - Unmap punches a hole (`fallocate(PUNCH_HOLE | KEEP_SIZE)`), so unmapped
 //!   sectors read back as zeros. A file system that cannot punch holes fails
 //!   the unmap with [`DiskError::Io`] carrying `EOPNOTSUPP`.
+//! - Resize ([`FileDisk::resize`], or a [`FileResizer`] kept after the disk
+//!   is wrapped) changes the file's length and the sector count and wakes
+//!   [`DiskIo::wait_resize`] waiters; sectors gained read as zeros.
 
+use parastor_core::resize::ResizeSignal;
 use parastor_core::{
     Access, DiskError, DiskIo, DmaDomainId, IoError, IoErrorKind, IoOptions, PinSet, SgList,
     UnmapBehavior,
@@ -32,6 +36,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// Largest piece a request is moved in through the bounce buffer; larger
 /// requests take one `pread`/`pwrite` per piece.
@@ -92,14 +97,17 @@ fn with_bounce<R>(len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
 /// A disk backed by a host file (or anything `open(2)` can open and
 /// `pread(2)`/`pwrite(2)` can address, such as a block device node).
 ///
-/// The sector count is fixed when the file is opened: the file's length
-/// divided by the sector size.
-#[derive(Debug)]
+/// The sector count is the file's length divided by the sector size when
+/// the file is opened, and changes only through [`FileDisk::resize`] (the
+/// file is not watched for other processes changing its length).
 pub struct FileDisk {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     sector_size: u32,
-    sector_count: u64,
+    /// The sector count and its waiters, shared with every [`FileResizer`].
+    size: Arc<ResizeSignal>,
+    /// Held by a resize, so two resizes never interleave.
+    resizing: Arc<Mutex<()>>,
     read_only: bool,
     /// Cleared the first time the kernel refuses `RWF_DSYNC`; FUA writes then
     /// fall back to `pwrite` + `fdatasync`.
@@ -109,6 +117,17 @@ pub struct FileDisk {
     zero_copy_ios: AtomicU64,
     /// Reads and writes that went through the bounce buffer.
     bounced_ios: AtomicU64,
+}
+
+impl std::fmt::Debug for FileDisk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileDisk")
+            .field("path", &self.path)
+            .field("sector_size", &self.sector_size)
+            .field("sector_count", &self.size.get())
+            .field("read_only", &self.read_only)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FileDisk {
@@ -163,10 +182,11 @@ impl FileDisk {
             ));
         }
         Ok(FileDisk {
-            file,
+            file: Arc::new(file),
             path: path.to_path_buf(),
             sector_size,
-            sector_count: len / u64::from(sector_size),
+            size: Arc::new(ResizeSignal::new(len / u64::from(sector_size))),
+            resizing: Arc::new(Mutex::new(())),
             read_only,
             dsync_supported: AtomicBool::new(true),
             zero_copy_ios: AtomicU64::new(0),
@@ -179,11 +199,30 @@ impl FileDisk {
         &self.path
     }
 
+    /// A handle that resizes this disk, kept when the disk itself is
+    /// moved into a [`Disk`](parastor_core::Disk) stack.
+    pub fn resizer(&self) -> FileResizer {
+        FileResizer {
+            file: self.file.clone(),
+            path: self.path.clone(),
+            sector_size: self.sector_size,
+            size: self.size.clone(),
+            resizing: self.resizing.clone(),
+            read_only: self.read_only,
+        }
+    }
+
+    /// Changes the disk to `new_sector_count` sectors: see
+    /// [`FileResizer::resize`].
+    pub fn resize(&self, new_sector_count: u64) -> io::Result<()> {
+        self.resizer().resize(new_sector_count)
+    }
+
     /// Checks `[sector, sector + count)` against the disk and returns its
     /// byte offset and length in the file.
     fn byte_range(&self, sector: u64, count: u64) -> Result<(u64, u64), DiskError> {
         let end = sector.checked_add(count).ok_or(DiskError::IllegalBlock)?;
-        if end > self.sector_count {
+        if end > self.size.get() {
             return Err(DiskError::IllegalBlock);
         }
         // Cannot overflow: `end * sector_size` is at most the file length.
@@ -330,6 +369,104 @@ impl FileDisk {
     }
 }
 
+/// Resizes a [`FileDisk`]: from [`FileDisk::resizer`], usable after the
+/// disk is wrapped into a stack.
+#[derive(Clone)]
+pub struct FileResizer {
+    file: Arc<File>,
+    path: PathBuf,
+    sector_size: u32,
+    size: Arc<ResizeSignal>,
+    resizing: Arc<Mutex<()>>,
+    read_only: bool,
+}
+
+impl std::fmt::Debug for FileResizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileResizer")
+            .field("path", &self.path)
+            .field("sector_size", &self.sector_size)
+            .field("sector_count", &self.size.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileResizer {
+    /// The disk's sector size: a resize is in whole sectors.
+    pub fn sector_size(&self) -> u32 {
+        self.sector_size
+    }
+
+    /// The disk's current sector count.
+    pub fn sector_count(&self) -> u64 {
+        self.size.get()
+    }
+
+    /// Changes the disk to `new_sector_count` sectors: sets the file's
+    /// length, publishes the new count and wakes
+    /// [`DiskIo::wait_resize`] waiters. Sectors gained read as zeros;
+    /// data past a smaller end is dropped.
+    ///
+    /// Requests already under way are not waited for: one that checked
+    /// the old size may still complete (a read past a smaller end fails
+    /// as a device error; a write there lengthens the file again, which
+    /// a later growth cuts first, so regained sectors still read as
+    /// zeros). Fails, changing nothing, on a read-only disk or a size
+    /// that does not fit a file length; the error names the file.
+    pub fn resize(&self, new_sector_count: u64) -> io::Result<()> {
+        let fail = |kind, msg: String| {
+            io::Error::new(
+                kind,
+                format!("cannot resize {}: {msg}", self.path.display()),
+            )
+        };
+        if self.read_only {
+            return Err(fail(
+                io::ErrorKind::PermissionDenied,
+                "the disk is read-only".into(),
+            ));
+        }
+        let bytes = |count: u64| {
+            count
+                .checked_mul(u64::from(self.sector_size))
+                .filter(|&b| i64::try_from(b).is_ok())
+        };
+        let Some(new_len) = bytes(new_sector_count) else {
+            return Err(fail(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{new_sector_count} sectors of {} bytes do not fit a file length",
+                    self.sector_size
+                ),
+            ));
+        };
+        let _one_at_a_time = self.resizing.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.size.get();
+        let set_len = |len: u64| {
+            self.file
+                .set_len(len)
+                .map_err(|e| fail(e.kind(), format!("setting the length to {len} bytes: {e}")))
+        };
+        if new_sector_count < old {
+            // New requests see the smaller disk before its tail goes.
+            self.size.store(new_sector_count);
+            if let Err(e) = set_len(new_len) {
+                self.size.store(old);
+                return Err(e);
+            }
+        } else {
+            // Cut anything a racing write left past the current end, so
+            // the regained sectors read as zeros; then grow.
+            let old_len = bytes(old).unwrap_or(new_len);
+            set_len(old_len)?;
+            set_len(new_len)?;
+            self.size.store(new_sector_count);
+        }
+        self.size.wake_all();
+        Ok(())
+    }
+}
+
 /// Why a `pwritev2(RWF_DSYNC)` write failed.
 enum DsyncError {
     /// The kernel or file system does not support `RWF_DSYNC`; nothing was
@@ -394,7 +531,7 @@ impl DiskIo for FileDisk {
     }
 
     fn sector_count(&self) -> u64 {
-        self.sector_count
+        self.size.get()
     }
 
     fn sector_size(&self) -> u32 {
@@ -415,6 +552,10 @@ impl DiskIo for FileDisk {
 
     fn completes_inline(&self) -> bool {
         true
+    }
+
+    fn wait_resize(&self, known: u64) -> impl Future<Output = u64> + Send {
+        self.size.wait(known)
     }
 
     fn details(&self) -> Vec<(&'static str, String)> {
@@ -685,10 +826,7 @@ mod tests {
         assert!(msg.contains(&f.path().display().to_string()), "{msg}");
         assert!(msg.contains("4196") && msg.contains("512"), "{msg}");
         let f = temp_file(8192, |_| 0);
-        assert_eq!(
-            FileDisk::open(f.path(), 4096, false).unwrap().sector_count,
-            2
-        );
+        assert_eq!(FileDisk::open(f.path(), 4096, false).unwrap().size.get(), 2);
         let err = FileDisk::open(f.path(), 1000, false).unwrap_err();
         assert!(err.to_string().contains("sector size 1000"), "{err}");
     }
@@ -711,6 +849,63 @@ mod tests {
             Err(DiskError::Io(e)) => assert_eq!(e.kind, IoErrorKind::DeviceFailed),
             other => panic!("expected an I/O error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn resize_grows_with_zeros_shrinks_and_wakes_waiters() {
+        let f = temp_file(8 * 512, |_| 7);
+        let file = FileDisk::open(f.path(), 512, false).unwrap();
+        let resizer = file.resizer();
+        let disk = Disk::new(file).unwrap();
+        assert_eq!((resizer.sector_count(), resizer.sector_size()), (8, 512));
+
+        let mut wait = std::pin::pin!(disk.wait_resize(8));
+        let waker = futures::task::noop_waker();
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(wait.as_mut().poll(&mut cx).is_pending());
+        resizer.resize(12).unwrap();
+        assert_eq!(wait.as_mut().poll(&mut cx), std::task::Poll::Ready(12));
+        assert_eq!(disk.sector_count(), 12);
+        assert_eq!(f.as_file().metadata().unwrap().len(), 12 * 512);
+        // Old data kept; gained sectors read as zero and are writable.
+        assert_eq!(read(&disk, 0, 8 * 512).unwrap(), vec![7; 8 * 512]);
+        assert_eq!(read(&disk, 8, 4 * 512).unwrap(), vec![0; 4 * 512]);
+        write(&disk, 11, &[9; 512], false).unwrap();
+        assert!(read(&disk, 12, 512).is_err());
+
+        resizer.resize(4).unwrap();
+        assert_eq!(disk.sector_count(), 4);
+        assert_eq!(f.as_file().metadata().unwrap().len(), 4 * 512);
+        assert_eq!(read(&disk, 4, 512).unwrap_err(), DiskError::IllegalBlock);
+        // A write past the new end that raced the shrink (here: written
+        // straight into the file) does not come back when the disk grows.
+        f.as_file().write_all_at(&[5; 512], 6 * 512).unwrap();
+        resizer.resize(8).unwrap();
+        assert_eq!(read(&disk, 4, 4 * 512).unwrap(), vec![0; 4 * 512]);
+        assert_eq!(read(&disk, 0, 4 * 512).unwrap(), vec![7; 4 * 512]);
+        // The disk's own method is the same resize.
+        let direct = FileDisk::open(f.path(), 512, false).unwrap();
+        direct.resize(2).unwrap();
+        assert_eq!(direct.sector_count(), 2);
+    }
+
+    #[test]
+    fn resize_refuses_read_only_and_impossible_sizes() {
+        let f = temp_file(4 * 4096, |_| 1);
+        let ro = FileDisk::open(f.path(), 4096, true).unwrap();
+        let e = ro.resize(8).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(
+            e.to_string().contains(&f.path().display().to_string()),
+            "{e}"
+        );
+        let rw = FileDisk::open(f.path(), 4096, false).unwrap();
+        for count in [u64::MAX, u64::MAX / 4096, (i64::MAX as u64) / 4096 + 1] {
+            let e = rw.resize(count).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{count}: {e}");
+        }
+        assert_eq!(rw.sector_count(), 4);
+        assert_eq!(f.as_file().metadata().unwrap().len(), 4 * 4096);
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod format;
 pub mod info;
 pub mod rng;
 pub mod settings;
+pub mod tcmu;
 pub mod verify;
 
 use crate::spec::{self, SpecError};
@@ -39,6 +40,11 @@ pub enum Command {
     Disk(DiskArgs),
     /// Check, convert or diff the host's VTL2 settings blobs.
     Settings(settings::SettingsArgs),
+    /// Serve a disk stack (or a DVD drive) to this machine's Linux SCSI
+    /// stack as a TCMU backstore behind tcm_loop, until SIGINT or SIGTERM
+    /// (needs root, configfs and the target_core_user and tcm_loop
+    /// modules).
+    Tcmu(tcmu::TcmuArgs),
 }
 
 /// `parastor disk`.
@@ -170,6 +176,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
     let args = match cli.command {
         Command::Disk(args) => args,
         Command::Settings(args) => return settings::run(args),
+        Command::Tcmu(args) => return tcmu::run(args),
     };
     match args.command {
         DiskCommand::Info { spec } => {

@@ -41,6 +41,14 @@ pub trait Host {
 
     /// The timer `delay` disks sleep on.
     fn timer(&self) -> io::Result<Arc<dyn Timer>>;
+
+    /// Called with each RAM disk the builder makes for a `mem:` part,
+    /// before anything wraps it: a host that resizes disks at run time
+    /// keeps the handle (a [`RamDisk`] clone is the same disk). Does
+    /// nothing by default.
+    fn made_ram_disk(&self, ram: &RamDisk) {
+        let _ = ram;
+    }
 }
 
 /// Why one part of a recipe could not be built.
@@ -182,6 +190,7 @@ fn build_part(recipe: &Recipe, host: &dyn Host, level: usize) -> Result<Disk, Bu
         } => {
             let ram =
                 RamDisk::new(*len_bytes, *sector_size).map_err(|e| fail(BuildFailure::Ram(e)))?;
+            host.made_ram_disk(&ram);
             valid(Disk::new(ram))
         }
         Recipe::File { path, sector_size } => host

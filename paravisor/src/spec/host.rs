@@ -12,19 +12,32 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdHost;
 
-impl Host for StdHost {
-    /// Opens the file read-write, or read-only if writing is not permitted.
-    fn open_file(&self, path: &str, sector_size: u32) -> io::Result<Disk> {
-        let file = match FileDisk::open(path, sector_size, false) {
+impl StdHost {
+    /// Opens `path` as a file disk read-write, or read-only if writing is
+    /// not permitted: what [`Host::open_file`] wraps into a [`Disk`].
+    pub fn open_file_disk(path: &str, sector_size: u32) -> io::Result<FileDisk> {
+        match FileDisk::open(path, sector_size, false) {
             Err(e) if write_not_permitted(&e) => FileDisk::open(path, sector_size, true),
             r => r,
-        }?;
+        }
+    }
+
+    /// [`FileDisk`] as a [`Disk`]; the error names the path.
+    pub fn file_disk(path: &str, file: FileDisk) -> io::Result<Disk> {
         Disk::new(file).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("cannot use {path} as a disk: {e}"),
             )
         })
+    }
+}
+
+impl Host for StdHost {
+    /// Opens the file read-write, or read-only if writing is not permitted.
+    fn open_file(&self, path: &str, sector_size: u32) -> io::Result<Disk> {
+        let file = Self::open_file_disk(path, sector_size)?;
+        Self::file_disk(path, file)
     }
 
     fn read_key(&self, path: &str, limit: usize) -> io::Result<Vec<u8>> {

@@ -1,5 +1,6 @@
-//! [`MappedRegion`]: a shared mapping of a memory file, standing for guest
-//! RAM (or any memory another party shares with this process).
+//! [`MappedRegion`]: a shared mapping of a memory file or of a device's
+//! memory, standing for guest RAM (or any memory another party shares with
+//! this process).
 //!
 //! This module allows `unsafe` for the three calls that create, re-protect
 //! and remove a mapping, and for the `Send`/`Sync` promise of the type that
@@ -31,7 +32,8 @@ pub enum Protection {
 /// [`memfd`](Self::memfd) creates the file and a read-write mapping of it;
 /// [`map`](Self::map) maps (part of) an existing file again, so two views of
 /// the same bytes can exist — in tests, one plays the guest while the other
-/// is the device side. Bytes are reached only by copies and atomics
+/// is the device side; [`map_device`](Self::map_device) maps the memory a
+/// character device shares with this process (a `uio` device's map). Bytes are reached only by copies and atomics
 /// (`read_at`, `write_at`, `atomic_load`, … in [`access`](crate::access)),
 /// each bounds-checked against [`len`](Self::len); no Rust reference into
 /// the mapping is ever handed out. The mapping is removed on drop.
@@ -99,6 +101,65 @@ impl MappedRegion {
         len: usize,
         protection: Protection,
     ) -> io::Result<Self> {
+        let file_len = rustix::fs::fstat(fd)?.st_size;
+        let end = offset.checked_add(len as u64);
+        if end.is_none_or(|end| i64::try_from(end).map_or(true, |end| end > file_len)) {
+            return Err(invalid(format!(
+                "a view of {len} bytes at offset {offset:#x} does not fit in the \
+                 {file_len}-byte file"
+            )));
+        }
+        Self::map_shared(fd, offset, len, protection)
+    }
+
+    /// Maps `len` bytes of the memory of the character device `fd` from
+    /// `offset` (a multiple of the page size), shared, with `protection`
+    /// ([`Protection::Read`] or [`Protection::ReadWrite`]).
+    ///
+    /// A device's memory has no file length to check against (`fstat`
+    /// reports 0 bytes): the device's driver says what may be mapped, and
+    /// its `mmap` handler refuses any other range (a `uio` device, for
+    /// example, exposes map N at offset N × page size with the size in
+    /// `/sys/class/uio/uioN/maps/mapN/size`, and refuses a longer view).
+    /// So the caller takes the offset and length from the driver's own
+    /// description; a wrong one fails here with the kernel's error.
+    ///
+    /// What the driver does at fault time is its own: it may refuse to
+    /// back a page the protocol says is not in use (TCMU does for data
+    /// pages no command holds), and an access to such a page ends the
+    /// process with `SIGBUS`. That ends the process rather than breaking
+    /// memory safety, like the truncated file of [`map`](Self::map); the
+    /// caller touches only what the device protocol says is backed. Once
+    /// mapped, the pages stay valid memory until this region is dropped,
+    /// even if the device is closed or removed (the mapping keeps the
+    /// driver's memory referenced).
+    pub fn map_device(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        protection: Protection,
+    ) -> io::Result<Self> {
+        let stat = rustix::fs::fstat(fd)?;
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+            != rustix::fs::FileType::CharacterDevice
+        {
+            return Err(invalid(
+                "map_device maps the memory of a character device; map a file with `map`",
+            ));
+        }
+        Self::map_shared(fd, offset, len, protection)
+    }
+
+    /// The `MAP_SHARED` mapping for [`map`](Self::map) and
+    /// [`map_device`](Self::map_device), after each checked that the range
+    /// is backed (by the file's length, or by the device driver's own
+    /// check in its `mmap` handler).
+    fn map_shared(
+        fd: BorrowedFd<'_>,
+        offset: u64,
+        len: usize,
+        protection: Protection,
+    ) -> io::Result<Self> {
         if len == 0 {
             return Err(invalid("a view of 0 bytes cannot be mapped"));
         }
@@ -115,19 +176,12 @@ impl MappedRegion {
             Protection::Read => (ProtFlags::READ, false),
             Protection::ReadWrite => (ProtFlags::READ | ProtFlags::WRITE, true),
         };
-        let file_len = rustix::fs::fstat(fd)?.st_size;
-        let end = offset.checked_add(len as u64);
-        if end.is_none_or(|end| i64::try_from(end).map_or(true, |end| end > file_len)) {
-            return Err(invalid(format!(
-                "a view of {len} bytes at offset {offset:#x} does not fit in the \
-                 {file_len}-byte file"
-            )));
-        }
         let (any, shared) = (ptr::null_mut(), MapFlags::SHARED);
         // A null address lets the kernel choose; it never picks memory that
-        // is already mapped. The range was checked to lie inside the file.
+        // is already mapped. The callers checked that the range is backed:
+        // inside the file, or accepted by the device driver's mmap handler.
         // SAFETY: the new mapping overlaps no Rust allocation or reference,
-        // and every page of it is backed by the file.
+        // and every page of it is backed by the file or the device.
         let mapped = unsafe { rustix::mm::mmap(any, len, prot, shared, fd, offset) };
         let addr = mapped?;
         let base = NonNull::new(addr.cast::<u8>())
@@ -373,6 +427,61 @@ mod tests {
         // SAFETY: restores access.
         unsafe { region.protect(page, 100, Protection::ReadWrite) }.unwrap();
         region.write_at(page + 99, &[7]).unwrap();
+    }
+
+    #[test]
+    fn map_device_maps_a_character_device_without_a_file_length() {
+        let page = page_size();
+        let zero = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/zero")
+            .unwrap();
+        // fstat says 0 bytes: the file-length check of `map` refuses it.
+        let err = MappedRegion::map(zero.as_fd(), 0, 2 * page, Protection::ReadWrite).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        // The device path maps it (shared /dev/zero is shared memory).
+        let region =
+            MappedRegion::map_device(zero.as_fd(), 0, 2 * page, Protection::ReadWrite).unwrap();
+        assert_eq!((region.len(), region.is_writable()), (2 * page, true));
+        let mut seen = [0xff; 8];
+        region.read_at(page - 4, &mut seen).unwrap();
+        assert_eq!(seen, [0; 8]);
+        region.write_at(page - 4, b"uio map0").unwrap();
+        region.read_at(page - 4, &mut seen).unwrap();
+        assert_eq!(&seen, b"uio map0");
+        assert_eq!(permissions_at(region.base.as_ptr().addr()), "rw-s");
+        // Accesses stay bounded by the length asked for.
+        assert!(region.read_at(2 * page - 4, &mut seen).is_err());
+        let view = MappedRegion::map_device(zero.as_fd(), 0, page, Protection::Read).unwrap();
+        assert!(!view.is_writable());
+        assert!(view.write_at(0, b"x").is_err());
+    }
+
+    #[test]
+    fn map_device_refuses_files_bad_offsets_and_empty_views() {
+        let page = page_size();
+        let region = MappedRegion::memfd("not-a-device", page).unwrap();
+        let err =
+            MappedRegion::map_device(region.fd().unwrap(), 0, page, Protection::Read).unwrap_err();
+        assert!(err.to_string().contains("character device"), "{err}");
+        let zero = std::fs::File::open("/dev/zero").unwrap();
+        for (offset, len, protection) in [
+            (1, page, Protection::Read),
+            (0, 0, Protection::Read),
+            (0, page, Protection::None),
+        ] {
+            let err = MappedRegion::map_device(zero.as_fd(), offset, len, protection).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        }
+        // What the driver refuses comes back as the kernel's error: a
+        // writable shared view of a device opened read-only.
+        let err =
+            MappedRegion::map_device(zero.as_fd(), 0, page, Protection::ReadWrite).unwrap_err();
+        assert_eq!(
+            err.raw_os_error(),
+            Some(rustix::io::Errno::ACCESS.raw_os_error())
+        );
     }
 
     #[test]
