@@ -6,7 +6,6 @@ use super::{ControlCommand, Target, TcmuArgs, build_target};
 use crate::cli::CliError;
 use futures::channel::oneshot;
 use parastor_core::InitiatorId;
-use parastor_runtime::{Runtime, Task};
 use parastor_tcmu::configfs::{
     self, Backstore, BackstoreConfig, ConfigFs, ConfigFsError, LoopTarget, ScsiNames,
 };
@@ -211,10 +210,10 @@ fn control_loop(path: &Path, target: &Target) {
 }
 
 /// The running serve loop: the sender that stops it (sending, or dropping
-/// it, resolves the loop's stop future) and its task.
+/// it, resolves the loop's stop future) and its thread.
 struct Serving {
     stop: oneshot::Sender<()>,
-    task: Task<Result<ServeStats, ServeError>>,
+    thread: std::thread::JoinHandle<Result<ServeStats, ServeError>>,
 }
 
 /// Everything a run has made, torn down in the right order by
@@ -223,7 +222,6 @@ struct Serving {
 struct Session {
     backstores: Vec<Backstore>,
     targets: Vec<LoopTarget>,
-    runtime: Option<Runtime>,
     serving: Option<Serving>,
     ready: Option<PathBuf>,
     fifo: Option<PathBuf>,
@@ -269,33 +267,24 @@ impl Session {
                 initiator: InitiatorId::new(i as u128 + 1),
             });
         }
-        let cpu = parastor_runtime::allowed_cpus()
-            .ok()
-            .and_then(|cpus| cpus.first().copied())
-            .unwrap_or(0);
-        let runtime = Runtime::per_cpu(&[cpu])
-            .map_err(|e| CliError::new(format!("cannot start the runtime thread: {e}")))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let lun = lun.clone();
         let done = events.clone();
-        let serving = {
-            let thread = runtime
-                .thread(0)
-                .ok_or_else(|| CliError::new("the runtime has no thread"))?;
-            thread.spawn(async move {
+        // The loop runs on a thread of its own, not pinned: the kernel
+        // wakes it from whichever CPU posted a command, and on the same CPU
+        // that wake-up is cheapest.
+        let thread = std::thread::Builder::new()
+            .name("parastor-serve".into())
+            .spawn(move || {
                 let stop = async move {
                     let _ = stopped.await;
                 };
-                let result = serve::serve(paths, lun, stop).await;
+                let result = parastor_runtime::block_on(serve::serve(paths, lun, stop));
                 let _ = done.send(Event::ServeEnded);
                 result
             })
-        };
-        self.runtime = Some(runtime);
-        self.serving = Some(Serving {
-            stop,
-            task: serving,
-        });
+            .map_err(|e| CliError::new(format!("cannot start the serve thread: {e}")))?;
+        self.serving = Some(Serving { stop, thread });
 
         // Linking each LUN makes the kernel scan it through the ring, now
         // served.
@@ -340,9 +329,9 @@ impl Session {
                 note(configfs_error(e));
             }
         }
-        if let Some(Serving { stop, task }) = self.serving.take() {
+        if let Some(Serving { stop, thread }) = self.serving.take() {
             let _ = stop.send(());
-            match parastor_runtime::block_on(task) {
+            match thread.join().map_err(|_| "it panicked") {
                 Ok(Ok(stats)) => eprintln!(
                     "parastor: served {} commands ({} in place, {} deferred, at most {} in \
                      flight)",
@@ -351,9 +340,6 @@ impl Session {
                 Ok(Err(e)) => note(CliError::new(format!("serving failed: {e}"))),
                 Err(e) => note(CliError::new(format!("the serve loop failed: {e}"))),
             }
-        }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown();
         }
         while let Some(backstore) = self.backstores.pop() {
             if let Err(e) = backstore.remove() {
