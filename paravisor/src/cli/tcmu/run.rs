@@ -28,6 +28,14 @@ const HBA: u32 = 0;
 /// (a slow emulated machine scans slowly).
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// How the main thread learns it must stop: the events (signal, serve loop
+/// ended) and the flag set on a signal, for waits that cannot take events.
+struct Wake {
+    events: mpsc::Sender<Event>,
+    event: mpsc::Receiver<Event>,
+    stopping: Arc<AtomicBool>,
+}
+
 /// The error of a serve loop that ended without being told to.
 const SERVE_ENDED: &str = "the serve loop ended on its own";
 
@@ -91,50 +99,66 @@ pub fn run(args: TcmuArgs) -> Result<ExitCode, CliError> {
     }
 
     let mut session = Session::default();
-    let started = session.start(&args, &fs, &uio_paths, &target, &events, &stopping);
-    let outcome = match started {
-        Ok(names) => {
-            let ready = names.iter().map(|n| format!("{n}\n")).collect::<String>();
-            let announced = announce(&ready, args.ready.as_deref()).map(|()| {
-                session.ready = args.ready.clone();
-            });
-            match announced {
-                Ok(()) => {
-                    if let Some(fifo) = &args.control {
-                        match start_control(fifo, target.clone()) {
-                            Ok(()) => session.fifo = Some(fifo.clone()),
-                            Err(e) => {
-                                let _ = session.teardown();
-                                return Err(e);
-                            }
-                        }
-                    }
-                    // Serve until told to stop, or until serving fails.
-                    match event.recv() {
-                        Ok(Event::Signal(signal)) => {
-                            let name = if signal == SIGINT {
-                                "SIGINT"
-                            } else {
-                                "SIGTERM"
-                            };
-                            eprintln!("parastor: {name}: draining and removing the LUN");
-                            Ok(())
-                        }
-                        Err(_) => Ok(()),
-                        Ok(Event::ServeEnded) => Err(CliError::new(SERVE_ENDED)),
-                    }
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
+    let wake = Wake {
+        events,
+        event,
+        stopping,
     };
+    let outcome = serve_until_stopped(&mut session, &args, &fs, &uio_paths, &target, &wake);
     let torn_down = session.teardown();
     match (outcome, torn_down) {
         // The serve loop's own error says why it ended.
         (Err(e), Err(why)) if e.to_string() == SERVE_ENDED => Err(why),
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
         (Ok(()), Ok(())) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Starts serving into `session`, says so (the control FIFO first, so a
+/// command written as soon as the ready file appears reaches it), and
+/// waits for a signal or for the serve loop to end.
+fn serve_until_stopped(
+    session: &mut Session,
+    args: &TcmuArgs,
+    fs: &ConfigFs,
+    uio_paths: &UioPaths,
+    target: &Arc<Target>,
+    wake: &Wake,
+) -> Result<(), CliError> {
+    let Wake {
+        events,
+        event,
+        stopping,
+    } = wake;
+    let names = session
+        .start(args, fs, uio_paths, target, events, stopping)
+        .map_err(|e| {
+            if stopping.load(Ordering::SeqCst) {
+                CliError::new("stopped by a signal before the LUN was ready")
+            } else {
+                e
+            }
+        })?;
+    if let Some(fifo) = &args.control {
+        start_control(fifo, target.clone())?;
+        session.fifo = Some(fifo.clone());
+    }
+    let ready = names.iter().map(|n| format!("{n}\n")).collect::<String>();
+    announce(&ready, args.ready.as_deref())?;
+    session.ready = args.ready.clone();
+    match event.recv() {
+        Ok(Event::Signal(signal)) => {
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            eprintln!("parastor: {name}: draining and removing the LUN");
+            Ok(())
+        }
+        // Every sender gone: nothing can stop or end serving any more.
+        Err(_) => Ok(()),
+        Ok(Event::ServeEnded) => Err(CliError::new(SERVE_ENDED)),
     }
 }
 
