@@ -236,6 +236,91 @@ wire_layout! {
     size 16
 }
 
+/// The request byte of READ DEFECT DATA (byte 2 of the 10-byte form,
+/// byte 1 of the 12-byte form).
+#[bitfield(u8)]
+#[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+pub struct DefectListFlags {
+    /// DEFECT LIST FORMAT requested (SBC-4 table 6.2.x).
+    #[bits(3)]
+    pub format: u8,
+    /// REQ_GLIST: return the grown defect list.
+    pub req_glist: bool,
+    /// REQ_PLIST: return the primary defect list.
+    pub req_plist: bool,
+    /// Reserved.
+    #[bits(3)]
+    pub reserved: u8,
+}
+
+wire_layout! {
+    /// READ DEFECT DATA(10) parameter data header (SBC-4): byte 1 has the
+    /// layout of [`DefectListFlags`], its two list bits meaning PLISTV /
+    /// GLISTV (the list is returned) and its format the list's format.
+    pub struct DefectData10Header {
+        /// Reserved.
+        pub reserved: u8,
+        /// PLISTV, GLISTV, DEFECT LIST FORMAT.
+        pub flags: DefectListFlags,
+        /// DEFECT LIST LENGTH, in bytes.
+        pub len: U16,
+    }
+    size 4
+}
+
+wire_layout! {
+    /// READ DEFECT DATA(12) parameter data header (SBC-4).
+    pub struct DefectData12Header {
+        /// Reserved.
+        pub reserved: u8,
+        /// PLISTV, GLISTV, DEFECT LIST FORMAT.
+        pub flags: DefectListFlags,
+        /// GENERATION CODE (0: not supported).
+        pub generation: U16,
+        /// DEFECT LIST LENGTH, in bytes.
+        pub len: U32,
+    }
+    size 8
+}
+
+wire_layout! {
+    /// READ DEFECT DATA(10).
+    pub struct ReadDefectData10Cdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// Reserved.
+        pub reserved: u8,
+        /// REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT.
+        pub flags: DefectListFlags,
+        /// Reserved.
+        pub reserved2: [u8; 4],
+        /// Allocation length.
+        pub alloc_len: U16,
+        /// Control.
+        pub control: Control,
+    }
+    size 10
+}
+
+wire_layout! {
+    /// READ DEFECT DATA(12).
+    pub struct ReadDefectData12Cdb {
+        /// Operation code.
+        pub op: ScsiOp,
+        /// REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT.
+        pub flags: DefectListFlags,
+        /// ADDRESS DESCRIPTOR INDEX: the first defect descriptor returned.
+        pub index: U32,
+        /// Allocation length.
+        pub alloc_len: U32,
+        /// Reserved.
+        pub reserved: u8,
+        /// Control.
+        pub control: Control,
+    }
+    size 12
+}
+
 /// UNMAP byte 1.
 #[bitfield(u8)]
 #[derive(PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]

@@ -46,8 +46,12 @@ open_enum! {
         WRITE_VERIFY10 = 0x2E,
         /// VERIFY(10).
         VERIFY10 = 0x2F,
+        /// PRE-FETCH(10).
+        PRE_FETCH10 = 0x34,
         /// SYNCHRONIZE CACHE(10).
         SYNCHRONIZE_CACHE10 = 0x35,
+        /// READ DEFECT DATA(10).
+        READ_DEFECT_DATA10 = 0x37,
         /// WRITE SAME(10).
         WRITE_SAME10 = 0x41,
         /// UNMAP.
@@ -78,10 +82,14 @@ open_enum! {
         COMPARE_AND_WRITE = 0x89,
         /// WRITE(16).
         WRITE16 = 0x8A,
+        /// ORWRITE(16).
+        ORWRITE16 = 0x8B,
         /// WRITE AND VERIFY(16).
         WRITE_VERIFY16 = 0x8E,
         /// VERIFY(16).
         VERIFY16 = 0x8F,
+        /// PRE-FETCH(16).
+        PRE_FETCH16 = 0x90,
         /// SYNCHRONIZE CACHE(16).
         SYNCHRONIZE_CACHE16 = 0x91,
         /// WRITE SAME(16).
@@ -106,6 +114,8 @@ open_enum! {
         VERIFY12 = 0xAF,
         /// SET STREAMING (MMC).
         SET_STREAMING = 0xB6,
+        /// READ DEFECT DATA(12).
+        READ_DEFECT_DATA12 = 0xB7,
         /// MECHANISM STATUS (MMC).
         MECHANISM_STATUS = 0xBD,
     }

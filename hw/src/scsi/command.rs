@@ -4,9 +4,10 @@
 use zerocopy::{FromBytes, Unaligned};
 
 use super::cdb::{
-    Cdb6Rw, Cdb10, Cdb12, Cdb16, CompareAndWriteCdb, ReportLunsCdb, ReportOpcodesCdb,
-    ReportingOptions, RequestSenseCdb, RwFlags, SelectReport, SendDiagnosticCdb,
-    ServiceActionIn16Cdb, StartStopCdb, SyncCacheFlags, UnmapCdb, VerifyFlags, WriteSameFlags,
+    Cdb6Rw, Cdb10, Cdb12, Cdb16, CompareAndWriteCdb, ReadDefectData10Cdb, ReadDefectData12Cdb,
+    ReportLunsCdb, ReportOpcodesCdb, ReportingOptions, RequestSenseCdb, RwFlags, SelectReport,
+    SendDiagnosticCdb, ServiceActionIn16Cdb, StartStopCdb, SyncCacheFlags, UnmapCdb, VerifyFlags,
+    WriteSameFlags,
 };
 use super::codes::{Control, MaintenanceIn, ScsiOp, ServiceActionIn};
 use super::inquiry::{InquiryCdb, VpdPage};
@@ -48,6 +49,10 @@ pub struct Transfer {
     pub blocks: u32,
     /// Force unit access.
     pub fua: bool,
+    /// DPO (disable page out): a cache-retention hint. Decoded so the
+    /// command's usage data can claim the bit; the adapter keeps no cache
+    /// of its own to retain blocks in, so every value is honoured as is.
+    pub dpo: bool,
 }
 
 /// A parsed CDB.
@@ -154,6 +159,30 @@ pub enum Command {
     },
     /// COMPARE AND WRITE.
     CompareAndWrite(Transfer),
+    /// ORWRITE(16): the data-out buffer ORed into the blocks.
+    OrWrite(Transfer),
+    /// PRE-FETCH(10/16).
+    PreFetch {
+        /// Range (0 blocks = to the end; FUA and DPO unused).
+        range: Transfer,
+        /// IMMED bit.
+        immed: bool,
+    },
+    /// READ DEFECT DATA(10/12).
+    ReadDefectData {
+        /// REQ_PLIST.
+        plist: bool,
+        /// REQ_GLIST.
+        glist: bool,
+        /// DEFECT LIST FORMAT requested.
+        format: u8,
+        /// ADDRESS DESCRIPTOR INDEX (12-byte form; 0 for the 10-byte one).
+        index: u32,
+        /// Allocation length.
+        alloc_len: u32,
+        /// The 12-byte form.
+        long: bool,
+    },
     /// START STOP UNIT.
     StartStopUnit {
         /// IMMED bit.
@@ -247,14 +276,16 @@ fn range<F: FromBytes + Unaligned>(cdb: &[u8]) -> Result<(Transfer, F), CdbError
             lba,
             blocks,
             fua: false,
+            dpo: false,
         },
         flags,
     ))
 }
 
-/// A READ / WRITE(10/12/16): refuses RDPROTECT / WRPROTECT (the device has
-/// no protection information, INQUIRY PROTECT = 0, so SBC-4 asks for
-/// INVALID FIELD IN CDB) and the obsolete RELADR.
+/// A READ / WRITE(10/12/16) or ORWRITE(16): refuses RDPROTECT, WRPROTECT
+/// and ORPROTECT (the device has no protection information, INQUIRY
+/// PROTECT = 0, so SBC-4 asks for INVALID FIELD IN CDB) and the obsolete
+/// RELADR.
 fn read_write(cdb: &[u8]) -> Result<Transfer, CdbError> {
     let (lba, blocks, flags) = lba_cdb::<RwFlags>(cdb)?;
     if flags.protect() != 0 || flags.reladr() {
@@ -264,6 +295,7 @@ fn read_write(cdb: &[u8]) -> Result<Transfer, CdbError> {
         lba,
         blocks,
         fua: flags.fua(),
+        dpo: flags.dpo(),
     })
 }
 
@@ -358,6 +390,7 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
                 lba: (u64::from(c.lba_hi.lba()) << 16) | u64::from(c.lba.get()),
                 blocks: if c.len == 0 { 256 } else { c.len.into() },
                 fua: false,
+                dpo: false,
             };
             if op == ScsiOp::READ6 {
                 Command::Read(t)
@@ -368,7 +401,8 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
         ScsiOp::READ10 | ScsiOp::READ12 | ScsiOp::READ16 => Command::Read(read_write(cdb)?),
         ScsiOp::WRITE10 | ScsiOp::WRITE12 | ScsiOp::WRITE16 => Command::Write(read_write(cdb)?),
         ScsiOp::VERIFY10 | ScsiOp::VERIFY12 | ScsiOp::VERIFY16 => {
-            let (range, flags) = range::<VerifyFlags>(cdb)?;
+            let (mut range, flags) = range::<VerifyFlags>(cdb)?;
+            range.dpo = flags.dpo();
             if flags.protect() != 0 || flags.bytchk() == 2 || flags.reladr() {
                 return Err(CdbError::InvalidField);
             }
@@ -378,7 +412,8 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
             }
         }
         ScsiOp::WRITE_VERIFY10 | ScsiOp::WRITE_VERIFY12 | ScsiOp::WRITE_VERIFY16 => {
-            let (range, flags) = range::<VerifyFlags>(cdb)?;
+            let (mut range, flags) = range::<VerifyFlags>(cdb)?;
+            range.dpo = flags.dpo();
             if flags.protect() != 0 || flags.bytchk() > 1 || flags.reladr() {
                 return Err(CdbError::InvalidField);
             }
@@ -414,6 +449,36 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
                 immed: flags.immed(),
             }
         }
+        ScsiOp::PRE_FETCH10 | ScsiOp::PRE_FETCH16 => {
+            let (range, flags) = range::<SyncCacheFlags>(cdb)?;
+            Command::PreFetch {
+                range,
+                immed: flags.immed(),
+            }
+        }
+        ScsiOp::ORWRITE16 => Command::OrWrite(read_write(cdb)?),
+        ScsiOp::READ_DEFECT_DATA10 => {
+            let c: ReadDefectData10Cdb = read(cdb)?;
+            Command::ReadDefectData {
+                plist: c.flags.req_plist(),
+                glist: c.flags.req_glist(),
+                format: c.flags.format(),
+                index: 0,
+                alloc_len: c.alloc_len.get().into(),
+                long: false,
+            }
+        }
+        ScsiOp::READ_DEFECT_DATA12 => {
+            let c: ReadDefectData12Cdb = read(cdb)?;
+            Command::ReadDefectData {
+                plist: c.flags.req_plist(),
+                glist: c.flags.req_glist(),
+                format: c.flags.format(),
+                index: c.index.get(),
+                alloc_len: c.alloc_len.get(),
+                long: true,
+            }
+        }
         ScsiOp::COMPARE_AND_WRITE => {
             let c: CompareAndWriteCdb = read(cdb)?;
             if c.flags.protect() != 0 {
@@ -423,6 +488,7 @@ pub fn parse_cdb(cdb: &[u8]) -> Result<Command, CdbError> {
                 lba: c.lba.get(),
                 blocks: c.blocks.into(),
                 fua: c.flags.fua(),
+                dpo: c.flags.dpo(),
             })
         }
         ScsiOp::START_STOP_UNIT => {
@@ -536,7 +602,8 @@ mod tests {
             Command::Read(Transfer {
                 lba: 0x1F_FFFF,
                 blocks: 256,
-                fua: false
+                fua: false,
+                dpo: false
             })
         );
         // The reserved bits above the LBA are not part of it.
@@ -546,7 +613,8 @@ mod tests {
             Command::Write(Transfer {
                 lba: 0x1_0002,
                 blocks: 9,
-                fua: false
+                fua: false,
+                dpo: false
             })
         );
     }
@@ -563,7 +631,8 @@ mod tests {
             Command::Write(Transfer {
                 lba: 0x0102_0304_0506_0708,
                 blocks: 9,
-                fua: true
+                fua: true,
+                dpo: false
             })
         );
     }
@@ -579,7 +648,8 @@ mod tests {
             Ok(Command::Read(Transfer {
                 lba: 77,
                 blocks: 0x1_0000,
-                fua: false
+                fua: false,
+                dpo: false
             }))
         );
         let c10 = [ScsiOp::READ10.get(), 0x08, 0, 0, 1, 0, 0, 0, 4, 0];
@@ -588,7 +658,8 @@ mod tests {
             Ok(Command::Read(Transfer {
                 lba: 256,
                 blocks: 4,
-                fua: true
+                fua: true,
+                dpo: false
             }))
         );
         // RELADR and RDPROTECT are refused.
@@ -634,7 +705,8 @@ mod tests {
                 range: Transfer {
                     lba: 0,
                     blocks: 4,
-                    fua: false
+                    fua: false,
+                    dpo: false
                 },
                 unmap: true,
                 anchor: true,
@@ -690,7 +762,8 @@ mod tests {
             Ok(Command::CompareAndWrite(Transfer {
                 lba: 7,
                 blocks: 1,
-                fua: true
+                fua: true,
+                dpo: false
             }))
         );
         let mut sai = [0u8; 16];
@@ -862,6 +935,125 @@ mod tests {
         assert_eq!(
             ReportLuns::parse(&[ScsiOp::INQUIRY.get(); 12]),
             Err(CdbError::InvalidOpcode)
+        );
+    }
+
+    /// DPO (byte 1 bit 4) is decoded wherever SBC defines it: READ,
+    /// WRITE, VERIFY, WRITE AND VERIFY and COMPARE AND WRITE.
+    #[test]
+    fn dpo_is_decoded() {
+        let dpo = |cdb: &[u8]| match parse_cdb(cdb) {
+            Ok(
+                Command::Read(t)
+                | Command::Write(t)
+                | Command::CompareAndWrite(t)
+                | Command::Verify { range: t, .. }
+                | Command::WriteAndVerify { range: t, .. },
+            ) => t.dpo,
+            other => panic!("{cdb:02x?}: {other:?}"),
+        };
+        for op in [
+            ScsiOp::READ10,
+            ScsiOp::WRITE10,
+            ScsiOp::VERIFY10,
+            ScsiOp::WRITE_VERIFY10,
+            ScsiOp::READ12,
+            ScsiOp::VERIFY12,
+            ScsiOp::READ16,
+            ScsiOp::WRITE16,
+            ScsiOp::VERIFY16,
+            ScsiOp::WRITE_VERIFY16,
+            ScsiOp::COMPARE_AND_WRITE,
+        ] {
+            let mut cdb = [0u8; 16];
+            cdb[0] = op.get();
+            assert!(!dpo(&cdb), "{op:?}");
+            cdb[1] = 0x10;
+            assert!(dpo(&cdb), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn prefetch_orwrite_and_read_defect_data() {
+        let mut pf = [0u8; 10];
+        pf[0] = ScsiOp::PRE_FETCH10.get();
+        pf[1] = 0x02;
+        pf[2..6].copy_from_slice(&9u32.to_be_bytes());
+        pf[7..9].copy_from_slice(&3u16.to_be_bytes());
+        assert_eq!(
+            parse_cdb(&pf),
+            Ok(Command::PreFetch {
+                range: Transfer {
+                    lba: 9,
+                    blocks: 3,
+                    fua: false,
+                    dpo: false
+                },
+                immed: true
+            })
+        );
+        let mut or = [0u8; 16];
+        or[0] = ScsiOp::ORWRITE16.get();
+        or[1] = 0x18;
+        or[13] = 2;
+        assert_eq!(
+            parse_cdb(&or),
+            Ok(Command::OrWrite(Transfer {
+                lba: 0,
+                blocks: 2,
+                fua: true,
+                dpo: true
+            }))
+        );
+        or[1] = 0x20;
+        assert_eq!(parse_cdb(&or), Err(CdbError::InvalidField));
+        let rdd10 = [
+            ScsiOp::READ_DEFECT_DATA10.get(),
+            0,
+            0x1D,
+            0,
+            0,
+            0,
+            0,
+            1,
+            2,
+            0,
+        ];
+        assert_eq!(
+            parse_cdb(&rdd10),
+            Ok(Command::ReadDefectData {
+                plist: true,
+                glist: true,
+                format: 5,
+                index: 0,
+                alloc_len: 0x102,
+                long: false
+            })
+        );
+        let rdd12 = [
+            ScsiOp::READ_DEFECT_DATA12.get(),
+            0x08,
+            0,
+            0,
+            0,
+            4,
+            0,
+            0,
+            1,
+            0,
+            0,
+            0,
+        ];
+        assert_eq!(
+            parse_cdb(&rdd12),
+            Ok(Command::ReadDefectData {
+                plist: false,
+                glist: true,
+                format: 0,
+                index: 4,
+                alloc_len: 0x100,
+                long: true
+            })
         );
     }
 

@@ -185,6 +185,40 @@ wire_layout! {
 }
 
 open_enum! {
+    /// Version descriptors (SPC-5 table 149): the standards a device
+    /// claims conformance to, in standard INQUIRY data bytes 58..74.
+    pub struct VersionDescriptor(be u16) {
+        /// SAM-5 (no version claimed).
+        SAM_5 = 0x00A0,
+        /// SPC-4 (no version claimed).
+        SPC_4 = 0x0460,
+        /// SBC-3 (no version claimed): the descriptor initiators look for
+        /// before relying on SBC-3 features (libiscsi checks for it before
+        /// it accepts a 60-byte block limits page).
+        SBC_3 = 0x04C0,
+        /// MMC-6 (no version claimed).
+        MMC_6 = 0x04E0,
+    }
+}
+
+wire_layout! {
+    /// Standard INQUIRY data bytes 36..74 (SPC-5 6.7.2): what follows the
+    /// first 36 bytes ([`InquiryData`]) when a device reports version
+    /// descriptors; the additional length then covers them.
+    pub struct InquiryVersionData {
+        /// Vendor specific (bytes 36..56).
+        pub vendor_specific: [u8; 20],
+        /// CLOCKING, QAS, IUS (parallel SCSI only): zero.
+        pub parallel: u8,
+        /// Reserved.
+        pub reserved: u8,
+        /// Version descriptors, unused entries zero.
+        pub version_descriptors: [VersionDescriptor; 8],
+    }
+    size 38
+}
+
+open_enum! {
     /// VPD page codes.
     pub struct VpdPage(u8) {
         /// Supported VPD pages.

@@ -4,7 +4,7 @@
 use alloc::vec::Vec;
 use parastor_hw::scsi::{
     CodeSet, DesignatorCodeSet, DesignatorHeader, DesignatorKind, DesignatorType, InquiryData,
-    Peripheral, PeripheralDeviceType, VpdHeader, VpdPage,
+    InquiryVersionData, Peripheral, PeripheralDeviceType, VersionDescriptor, VpdHeader, VpdPage,
 };
 use zerocopy::IntoBytes;
 
@@ -39,6 +39,32 @@ pub(crate) fn standard_inquiry(
         revision,
         ..Default::default()
     }
+}
+
+/// Length of standard INQUIRY data with version descriptors.
+pub(crate) const INQUIRY_WITH_VERSIONS_LEN: usize =
+    size_of::<InquiryData>() + size_of::<InquiryVersionData>();
+
+/// Standard INQUIRY data claiming `versions` (at most eight; more are
+/// dropped): `data`, its additional length set to cover bytes 36..74, then
+/// the version descriptors.
+pub(crate) fn with_versions(
+    data: InquiryData,
+    versions: &[VersionDescriptor],
+) -> [u8; INQUIRY_WITH_VERSIONS_LEN] {
+    let data = InquiryData {
+        additional_len: (INQUIRY_WITH_VERSIONS_LEN - 5) as u8,
+        ..data
+    };
+    let mut tail = InquiryVersionData::default();
+    for (slot, v) in tail.version_descriptors.iter_mut().zip(versions) {
+        *slot = *v;
+    }
+    let mut out = [0u8; INQUIRY_WITH_VERSIONS_LEN];
+    let (head, rest) = out.split_at_mut(size_of::<InquiryData>());
+    head.copy_from_slice(data.as_bytes());
+    rest.copy_from_slice(tail.as_bytes());
+    out
 }
 
 /// Appends a VPD 0x83 T10 vendor ID designator: the 8-byte vendor

@@ -96,8 +96,8 @@ pub(crate) fn install(dir: &Path, timings: &mut Timings) -> Result<(PathBuf, Gue
     let start = Instant::now();
     let mut apt = Apt::default();
     let qemu = ensure_qemu(&mut apt)?;
-    let packages = ensure_guest_packages(dir, &mut apt)?;
-    timings.record("install (qemu, debs, unpack, depmod)", start.elapsed());
+    timings.record("QEMU (check or install)", start.elapsed());
+    let packages = ensure_guest_packages(dir, &mut apt, timings)?;
     Ok((qemu, packages))
 }
 
@@ -279,7 +279,11 @@ pub(crate) fn fresh_dir(dir: &Path) -> Result<()> {
 /// `tools/` (the tool packages unpacked together; stamp `tools/.unpacked`),
 /// `kernel/` (the kernel package, with busybox depmod's `modules.dep`;
 /// stamp `kernel/.release` holds the release).
-fn ensure_guest_packages(dir: &Path, apt: &mut Apt) -> Result<GuestPackages> {
+fn ensure_guest_packages(
+    dir: &Path,
+    apt: &mut Apt,
+    timings: &mut Timings,
+) -> Result<GuestPackages> {
     let debs = dir.join("debs");
     let tools = dir.join("tools");
     let kernel_root = dir.join("kernel");
@@ -287,10 +291,13 @@ fn ensure_guest_packages(dir: &Path, apt: &mut Apt) -> Result<GuestPackages> {
     let tools_stamp = tools.join(".unpacked");
     let kernel_stamp = kernel_root.join(".release");
 
+    let start = Instant::now();
     let deb_list = match stamp(&debs_stamp) {
         Some(list) => list,
         None => download(&debs, apt)?,
     };
+    timings.record("guest debs (apt update, download)", start.elapsed());
+    let start = Instant::now();
     if stamp(&tools_stamp).as_deref() != Some(deb_list.as_str()) {
         println!("vmtest: unpacking the guest packages");
         fresh_dir(&tools)?;
@@ -321,6 +328,7 @@ fn ensure_guest_packages(dir: &Path, apt: &mut Apt) -> Result<GuestPackages> {
             release
         }
     };
+    timings.record("unpack debs, depmod", start.elapsed());
     let packages = GuestPackages {
         tools,
         kernel_root,

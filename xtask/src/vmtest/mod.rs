@@ -18,6 +18,8 @@
 //! The scenarios are in [`scenarios`].
 
 mod cpio;
+#[cfg(test)]
+mod guest;
 mod initramfs;
 mod install;
 mod log;

@@ -12,7 +12,7 @@
 
 use super::{MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_DESCRIPTORS, ScsiDisk};
 use crate::data::data_in;
-use crate::inquiry::{push_t10_designator, standard_inquiry, vpd_page};
+use crate::inquiry::{push_t10_designator, standard_inquiry, vpd_page, with_versions};
 use crate::result::{Res, invalid_cdb};
 use alloc::vec;
 use alloc::vec::Vec;
@@ -22,7 +22,7 @@ use parastor_hw::scsi::{
     DesignatorHeader, DesignatorKind, DesignatorType, InquiryData, InquiryFlags3, InquiryFlags7,
     MSFT_PAGE_VERSION, MSFT_VIRTUAL_DEVICE_SIGNATURE, MsftPagingExtentFlags, MsftPagingExtentPage,
     MsftVirtualDevicePage, PeripheralDeviceType, ProvisioningFlags, ProvisioningPage,
-    ProvisioningType, ProvisioningTypeByte, UnmapAlignment, VpdHeader, VpdPage,
+    ProvisioningType, ProvisioningTypeByte, UnmapAlignment, VersionDescriptor, VpdHeader, VpdPage,
 };
 use zerocopy::IntoBytes;
 
@@ -45,6 +45,9 @@ impl ScsiDisk {
         alloc_len: usize,
     ) -> Res {
         if !evpd {
+            // SAM-5, SPC-4 (version 6) and SBC-3 claimed: initiators gate
+            // SBC-3 features on the SBC-3 descriptor (libiscsi rejects a
+            // 60-byte block limits page without it).
             let d = InquiryData {
                 flags3: InquiryFlags3::new()
                     .with_hisup(true)
@@ -56,7 +59,15 @@ impl ScsiDisk {
                     self.params.revision,
                 )
             };
-            return data_in(data, d.as_bytes(), alloc_len);
+            let d = with_versions(
+                d,
+                &[
+                    VersionDescriptor::SAM_5,
+                    VersionDescriptor::SPC_4,
+                    VersionDescriptor::SBC_3,
+                ],
+            );
+            return data_in(data, &d, alloc_len);
         }
         let page = self.vpd_page(page).ok_or_else(invalid_cdb)?;
         data_in(data, &page, alloc_len)
@@ -136,7 +147,7 @@ impl ScsiDisk {
                     max_unmap_descriptors: descs.into(),
                     opt_unmap_granularity: gran.into(),
                     unmap_alignment: UnmapAlignment::new().with_ugavalid(self.unmap),
-                    max_write_same: (self.params.max_write_same_bytes / u64::from(ss)).into(),
+                    max_write_same: self.max_write_same_blocks().into(),
                     ..Default::default()
                 };
                 p.as_bytes().to_vec()

@@ -21,11 +21,14 @@
 //! transport's ([`ScsiDisk::limit_transfer`]).
 //! COMPARE AND WRITE excludes overlapping writes through an async LBA range
 //! lock, and REPORT SUPPORTED OPERATION CODES comes from the one command
-//! table the tests check against the parser.
+//! table the tests check against the parser. ORWRITE(16) (the data ORed
+//! into the blocks under the same exclusive range lock), PRE-FETCH(10/16)
+//! (range checked; nothing is cached, so GOOD) and READ DEFECT DATA(10/12)
+//! (empty lists) are offered, which OpenHCL does not.
 //!
 //! # Memory per command
 //! Commands whose work is larger than their data-out buffer (VERIFY,
-//! WRITE AND VERIFY, WRITE SAME, COMPARE AND WRITE) and UNMAP parameter
+//! WRITE AND VERIFY, WRITE SAME, COMPARE AND WRITE, ORWRITE) and UNMAP parameter
 //! lists take their private memory from a scratch [`BouncePool`] the LUNs
 //! of one controller share ([`ScsiDisk::use_scratch`]; StorVSP's
 //! controller creates one of [`DEFAULT_SCRATCH_BUDGET`]), never from the
@@ -60,9 +63,9 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parastor_core::bounce::{AcquireError, BounceBuffer, BouncePool};
 use parastor_core::{Disk, DiskError, InitiatorId, IoOptions, SgList, UnmapBehavior};
 use parastor_hw::scsi::{
-    AdditionalSense, CapacityExponents, CapacityProvisioning, Command, LbaStatusDescriptor,
-    LbaStatusHeader, ReadCapacity16Data, SenseData, SenseKey, Transfer, UnmapDescriptor,
-    UnmapHeader, parse_cdb,
+    AdditionalSense, CapacityExponents, CapacityProvisioning, Command, DefectData10Header,
+    DefectData12Header, DefectListFlags, LbaStatusDescriptor, LbaStatusHeader, ReadCapacity16Data,
+    SenseData, SenseKey, Transfer, UnmapDescriptor, UnmapHeader, parse_cdb,
 };
 use zerocopy::FromBytes;
 use zerocopy::IntoBytes;
@@ -71,7 +74,7 @@ use zerocopy::IntoBytes;
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 4096;
 /// Most bytes one UNMAP may unmap, all its descriptors together: the
 /// MAXIMUM UNMAP LBA COUNT of VPD 0xB0 is this many logical blocks
-/// (2 Mi blocks of 512 bytes, 256 Ki of 4 KiB).
+/// (1 Mi blocks of 512 bytes, 128 Ki of 4 KiB).
 ///
 /// OpenHCL reports no limit (FFFF_FFFFh), so one UNMAP of 4096
 /// descriptors may name the whole disk many times over. The work an unmap
@@ -79,8 +82,22 @@ pub const MAX_UNMAP_DESCRIPTORS: u32 = 4096;
 /// entry per 32 KiB, under the lock every other request on the disk
 /// needs), so the limit bounds one command's work to a few milliseconds;
 /// initiators split larger discards (Linux sizes its discard requests by
-/// this field).
-pub const MAX_UNMAP_BYTES: u64 = 1 << 30;
+/// this field). 512 MiB keeps the count at or below 2^20 blocks for every
+/// block size: initiators that sanity-check a finite limit (libiscsi's
+/// conformance suite) take a larger one for a bogus value.
+pub const MAX_UNMAP_BYTES: u64 = 512 << 20;
+/// Most blocks one WRITE SAME may name, whatever
+/// [`DiskParams::max_write_same_bytes`] allows: 65535, the largest count
+/// WRITE SAME(10) can carry (32 MiB of 512-byte blocks; a 4 KiB-block disk
+/// reaches the 64 MiB default first).
+///
+/// SBC-4 leaves the value to the device. This one keeps initiators that
+/// size a plain WRITE by the MAXIMUM WRITE SAME LENGTH within what a SCSI
+/// transport carries: libiscsi's `WriteSame16.Unmap` writes 65536 blocks
+/// in one WRITE(16) before unmapping them whenever the limit allows a
+/// 65536-block WRITE SAME, and Linux's tcm_loop carries at most 65535
+/// sectors per command.
+pub const MAX_WRITE_SAME_BLOCKS: u64 = 0xFFFF;
 /// Most blocks one COMPARE AND WRITE may name (VPD 0xB0).
 pub const MAX_COMPARE_AND_WRITE_BLOCKS: u8 = 64;
 /// Largest region of scratch memory a command works in at a time: a
@@ -120,7 +137,9 @@ pub struct DiskParams {
     /// transport with a lower limit lowers it when it attaches the disk
     /// ([`ScsiDisk::limit_transfer`]).
     pub max_transfer_bytes: u32,
-    /// Largest WRITE SAME, in bytes (VPD 0xB0).
+    /// Largest WRITE SAME, in bytes: the MAXIMUM WRITE SAME LENGTH of VPD
+    /// 0xB0 in whole logical blocks (at least one, at most
+    /// [`MAX_WRITE_SAME_BLOCKS`]).
     pub max_write_same_bytes: u64,
     /// Whether UNMAP / WRITE SAME with UNMAP are offered; `None`: when the
     /// disk does not ignore unmaps.
@@ -347,7 +366,8 @@ impl ScsiDisk {
                 Command::WriteAndVerify { .. }
                 | Command::WriteSame { .. }
                 | Command::Unmap { .. }
-                | Command::CompareAndWrite(_),
+                | Command::CompareAndWrite(_)
+                | Command::OrWrite(_),
             ) => return Now::Waits,
             _ => return Now::Other,
         };
@@ -447,15 +467,27 @@ impl ScsiDisk {
                 self.unmap(data, param_len.into(), anchor, opts).await
             }
             Command::SynchronizeCache { range, .. } => {
-                let cap = self.capacity();
-                let end = range.lba.checked_add(range.blocks.into());
-                if range.lba > cap || end.is_none_or(|e| e > cap) {
-                    return Err(DiskError::IllegalBlock.into());
-                }
+                self.check_cache_range(range)?;
                 self.disk.flush(opts).await?;
                 Ok(0)
             }
             Command::CompareAndWrite(t) => self.compare_and_write(data, t, opts).await,
+            Command::OrWrite(t) => self.or_write(data, t, opts).await,
+            Command::PreFetch { range, .. } => {
+                // Nothing is cached, so nothing is fetched: SBC-4 answers
+                // GOOD (not CONDITION MET) when the blocks do not fit in
+                // the cache, and IMMED changes nothing.
+                self.check_cache_range(range)?;
+                Ok(0)
+            }
+            Command::ReadDefectData {
+                plist,
+                glist,
+                format,
+                alloc_len,
+                long,
+                ..
+            } => read_defect_data(data, plist, glist, format, alloc_len as usize, long),
             Command::ModeSense {
                 pc,
                 page,
@@ -529,6 +561,17 @@ impl ScsiDisk {
                 Ok(0)
             }
         }
+    }
+
+    /// Checks the range of SYNCHRONIZE CACHE or PRE-FETCH, where 0 blocks
+    /// means "to the last block".
+    fn check_cache_range(&self, range: Transfer) -> Res<()> {
+        let cap = self.capacity();
+        let end = range.lba.checked_add(range.blocks.into());
+        if range.lba > cap || end.is_none_or(|e| e > cap) {
+            return Err(DiskError::IllegalBlock.into());
+        }
+        Ok(())
     }
 
     /// Checks `[lba, lba + blocks)` against the capacity.
@@ -752,7 +795,7 @@ impl ScsiDisk {
         self.check_range(t.lba, t.blocks.into())?;
         let shift = self.disk.sector_shift();
         let ss = self.disk.sector_size() as usize;
-        if u64::from(t.blocks) << shift > self.params.max_write_same_bytes {
+        if u64::from(t.blocks) > self.max_write_same_blocks() {
             return Err(invalid_cdb());
         }
         if !ndob && data.len() < ss {
@@ -873,6 +916,14 @@ impl ScsiDisk {
         Ok(param_len)
     }
 
+    /// The MAXIMUM WRITE SAME LENGTH, in blocks:
+    /// [`DiskParams::max_write_same_bytes`], at least one block and at most
+    /// [`MAX_WRITE_SAME_BLOCKS`].
+    fn max_write_same_blocks(&self) -> u64 {
+        (self.params.max_write_same_bytes >> self.disk.sector_shift())
+            .clamp(1, MAX_WRITE_SAME_BLOCKS)
+    }
+
     /// The MAXIMUM UNMAP LBA COUNT: [`MAX_UNMAP_BYTES`] in blocks.
     fn max_unmap_blocks(&self) -> u32 {
         u32::try_from(MAX_UNMAP_BYTES >> self.disk.sector_shift()).unwrap_or(u32::MAX)
@@ -930,6 +981,48 @@ impl ScsiDisk {
         Ok(2 * bytes)
     }
 
+    /// ORWRITE(16): each block becomes its old contents ORed with the
+    /// data-out buffer's, with no other command's write in between (the
+    /// range is held exclusively, as COMPARE AND WRITE holds it).
+    async fn or_write(&self, data: &SgList<'_>, t: Transfer, opts: IoOptions) -> Res {
+        let bytes = self.transfer_bytes(data, t, t.blocks.into())?;
+        if bytes == 0 {
+            return Ok(0);
+        }
+        if self.disk.is_read_only() {
+            return Err(DiskError::ReadOnly.into());
+        }
+        // Region 0 receives the medium's blocks and becomes the result,
+        // region 1 the data-out buffer's matching chunk.
+        let shift = self.disk.sector_shift();
+        let blocks = u64::from(t.blocks);
+        let s = self.scratch(blocks, 2).await?;
+        let _g = self.ranges.exclusive(t.lba, blocks).await;
+        let wopts = self.write_opts(t.fua, opts);
+        for (done, n) in chunks(blocks, s.per) {
+            let (off, len) = ((done << shift) as usize, (n << shift) as usize);
+            self.disk
+                .read(s.sg(0, len, true)?, t.lba + done, opts)
+                .await?;
+            s.with(|b| -> Res<()> {
+                let (old, new) = b.split_at_mut(s.region);
+                let new = &mut new[..len];
+                data.subrange(off, len)
+                    .map_err(|_| invalid_cdb())?
+                    .read_all(new)
+                    .map_err(mem_err)?;
+                for (o, n) in old[..len].iter_mut().zip(new.iter()) {
+                    *o |= *n;
+                }
+                Ok(())
+            })??;
+            self.disk
+                .write(s.sg(0, len, false)?, t.lba + done, wopts)
+                .await?;
+        }
+        Ok(bytes)
+    }
+
     fn read_capacity16(&self, data: &SgList<'_>, alloc_len: usize) -> Res {
         let ss = self.disk.sector_size();
         let phys = self.disk.physical_sector_size().max(ss);
@@ -971,6 +1064,39 @@ impl ScsiDisk {
             .as_bytes(),
         );
         data_in(data, &out, alloc_len)
+    }
+}
+
+/// READ DEFECT DATA(10) or (`long`) (12): a virtual disk has no defects,
+/// so each list asked for (PLIST, GLIST) is returned, empty, in the format
+/// asked for (an empty list fits every format); format 111b is reserved.
+fn read_defect_data(
+    data: &SgList<'_>,
+    plist: bool,
+    glist: bool,
+    format: u8,
+    alloc_len: usize,
+    long: bool,
+) -> Res {
+    if format == 0b111 {
+        return Err(invalid_cdb());
+    }
+    let flags = DefectListFlags::new()
+        .with_req_plist(plist)
+        .with_req_glist(glist)
+        .with_format(format);
+    if long {
+        let h = DefectData12Header {
+            flags,
+            ..Default::default()
+        };
+        data_in(data, h.as_bytes(), alloc_len)
+    } else {
+        let h = DefectData10Header {
+            flags,
+            ..Default::default()
+        };
+        data_in(data, h.as_bytes(), alloc_len)
     }
 }
 

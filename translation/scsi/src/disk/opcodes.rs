@@ -52,11 +52,16 @@ pub(super) struct Supported {
 /// Usage of the control byte: NACA (bit 2).
 const C: u8 = 0x04;
 /// Usage of byte 1 of READ / WRITE (10/12/16): RDPROTECT / WRPROTECT
-/// (7:5), FUA (3), the obsolete bit 0 (refused); DPO (4) is ignored.
-const RW: u8 = 0xE9;
+/// (7:5), DPO (4), FUA (3), the obsolete bit 0 (refused).
+///
+/// DPO is a cache-retention hint the adapter honours trivially (it keeps
+/// no cache of its own), and it is claimed: SPC-5 marks a bit the device
+/// server supports, and initiators (libiscsi's conformance suite among
+/// them) read a clear DPO bit next to DPOFUA = 1 as "DPO not supported".
+const RW: u8 = 0xF9;
 /// Usage of byte 1 of VERIFY / WRITE AND VERIFY (10/12/16): VRPROTECT /
-/// WRPROTECT (7:5), BYTCHK (2:1), the obsolete bit 0 (refused).
-const VFY: u8 = 0xE7;
+/// WRPROTECT (7:5), DPO (4), BYTCHK (2:1), the obsolete bit 0 (refused).
+const VFY: u8 = 0xF7;
 /// Every bit of the byte is evaluated.
 const F: u8 = 0xFF;
 
@@ -111,8 +116,12 @@ pub(super) const SUPPORTED: &[Supported] = &[
     always(ScsiOp::WRITE10, &[0x2A, RW, F, F, F, F, 0, F, F, C]),
     always(ScsiOp::WRITE_VERIFY10, &[0x2E, VFY, F, F, F, F, 0, F, F, C]),
     always(ScsiOp::VERIFY10, &[0x2F, VFY, F, F, F, F, 0, F, F, C]),
+    // IMMED; LBA; number of blocks (0: to the last block).
+    always(ScsiOp::PRE_FETCH10, &[0x34, 0x02, F, F, F, F, 0, F, F, C]),
     // IMMED; LBA; number of blocks.
     always(ScsiOp::SYNCHRONIZE_CACHE10, &[0x35, 0x02, F, F, F, F, 0, F, F, C]),
+    // REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT; allocation length.
+    always(ScsiOp::READ_DEFECT_DATA10, &[0x37, 0, 0x1F, 0, 0, 0, 0, F, F, C]),
     // WRPROTECT, ANCHOR, UNMAP, the obsolete PBDATA / LBDATA (refused).
     always(ScsiOp::WRITE_SAME10, &[0x41, 0xFE, F, F, F, F, 0, F, F, C]),
     // ANCHOR; parameter list length.
@@ -135,12 +144,15 @@ pub(super) const SUPPORTED: &[Supported] = &[
     with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::REGISTER_AND_IGNORE.get(), Pr, &[0x5F, PrOutAction::REGISTER_AND_IGNORE.get(), 0, 0, 0, F, F, F, F, C]),
     with_sa(ScsiOp::PERSISTENT_RESERVE_OUT, PrOutAction::REGISTER_AND_MOVE.get(), Rm, &[0x5F, PrOutAction::REGISTER_AND_MOVE.get(), F, 0, 0, F, F, F, F, C]),
     always(ScsiOp::READ16, &[0x88, RW, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
-    // WRPROTECT, FUA (DPO and the obsolete FUA_NV ignored); LBA; number of
+    // WRPROTECT, DPO, FUA (the obsolete FUA_NV ignored); LBA; number of
     // blocks.
-    always(ScsiOp::COMPARE_AND_WRITE, &[0x89, 0xE8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0, C]),
+    always(ScsiOp::COMPARE_AND_WRITE, &[0x89, 0xF8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0, C]),
     always(ScsiOp::WRITE16, &[0x8A, RW, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    // ORPROTECT, DPO, FUA, the obsolete bit 0 (refused); LBA; length.
+    always(ScsiOp::ORWRITE16, &[0x8B, RW, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::WRITE_VERIFY16, &[0x8E, VFY, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::VERIFY16, &[0x8F, VFY, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
+    always(ScsiOp::PRE_FETCH16, &[0x90, 0x02, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::SYNCHRONIZE_CACHE16, &[0x91, 0x02, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
     // WRPROTECT, ANCHOR, UNMAP, PBDATA / LBDATA (refused), NDOB.
     always(ScsiOp::WRITE_SAME16, &[0x93, F, F, F, F, F, F, F, F, F, F, F, F, F, 0, C]),
@@ -156,6 +168,9 @@ pub(super) const SUPPORTED: &[Supported] = &[
     always(ScsiOp::WRITE12, &[0xAA, RW, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::WRITE_VERIFY12, &[0xAE, VFY, F, F, F, F, F, F, F, F, 0, C]),
     always(ScsiOp::VERIFY12, &[0xAF, VFY, F, F, F, F, F, F, F, F, 0, C]),
+    // REQ_PLIST, REQ_GLIST, DEFECT LIST FORMAT; ADDRESS DESCRIPTOR INDEX
+    // (every index names past the empty list); allocation length.
+    always(ScsiOp::READ_DEFECT_DATA12, &[0xB7, 0x1F, F, F, F, F, F, F, F, F, 0, C]),
 ];
 
 /// A command timeouts descriptor (SPC-5 6.35.4) with no timeouts

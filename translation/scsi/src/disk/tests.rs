@@ -206,13 +206,29 @@ fn inquiry_standard() {
     };
     let e = env_with(params, false);
     let d = e.ok(&[ScsiOp::INQUIRY.get(), 0, 0, 0, 96, 0], &[], 96);
-    assert_eq!(d.len(), 36);
+    assert_eq!(d.len(), 74);
     assert_eq!(d[0], 0);
     assert_eq!(d[2], 6);
-    assert_eq!(d[4], 31);
+    // The additional length covers exactly the bytes returned.
+    assert_eq!(usize::from(d[4]), d.len() - 5);
     assert_eq!(&d[8..16], b"Vendor  ");
     assert_eq!(&d[16..32], b"Product 16 bytes");
     assert_eq!(&d[32..36], b"0.42");
+    assert!(d[36..58].iter().all(|&b| b == 0));
+    // Version descriptors: SAM-5, SPC-4 and SBC-3 (which initiators look
+    // for before they trust SBC-3 fields such as the 60-byte block
+    // limits page), then unused slots.
+    let versions: Vec<u16> = d[58..74]
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
+    assert_eq!(versions, [0x00A0, 0x0460, 0x04C0, 0, 0, 0, 0, 0]);
+    // SPC-3 and later: a 16-bit allocation length (511 and 512 give the
+    // same data).
+    let mut c = [ScsiOp::INQUIRY.get(), 0, 0, 0x01, 0xFF, 0];
+    assert_eq!(e.ok(&c, &[], 511), d);
+    c[3..5].copy_from_slice(&512u16.to_be_bytes());
+    assert_eq!(e.ok(&c, &[], 512), d);
     // Truncated to the allocation length.
     assert_eq!(
         e.ok(&[ScsiOp::INQUIRY.get(), 0, 0, 0, 5, 0], &[], 96).len(),
@@ -280,9 +296,14 @@ fn inquiry_vpd_pages() {
     want[24..28].copy_from_slice(&MAX_UNMAP_DESCRIPTORS.to_be_bytes());
     want[28..32].copy_from_slice(&1u32.to_be_bytes()); // optimal unmap granularity
     want[32] = 0x80; // UGAVALID, alignment 0
-    want[36..44].copy_from_slice(&((64u64 << 20) / u64::from(SS)).to_be_bytes());
+    // MAXIMUM WRITE SAME LENGTH: the 64 MiB default capped at 65535
+    // blocks.
+    want[36..44].copy_from_slice(&MAX_WRITE_SAME_BLOCKS.to_be_bytes());
     assert_eq!(vpd(0xB0), want);
-    assert_eq!(&want[20..24], &[0, 0x20, 0, 0], "2 Mi blocks of 512 bytes");
+    // 1 Mi blocks of 512 bytes: a finite MAXIMUM UNMAP LBA COUNT no
+    // larger than 2^20 (libiscsi's Inquiry.BlockLimits takes a larger
+    // finite count for a bogus one).
+    assert_eq!(&want[20..24], &[0, 0x10, 0, 0], "1 Mi blocks of 512 bytes");
     let b1 = vpd(0xB1);
     assert_eq!(u16::from_be_bytes([b1[4], b1[5]]), 7200);
     let b2 = vpd(0xB2);
@@ -1201,11 +1222,46 @@ fn rsoc(options: u8, opcode: u8, sa: u16, alloc: u32) -> [u8; 12] {
     c
 }
 
+/// With DPOFUA set in the mode parameter header, every command that has
+/// DPO and FUA bits claims them in its usage data and accepts them set
+/// (SPC-5 6.35.3; libiscsi's `Verify*.Dpo` / `WriteVerify*.Dpo` check DPO
+/// alone, its `*.DpoFua` tests DPO or FUA).
+#[test]
+fn dpo_and_fua_are_claimed_and_accepted_with_dpofua() {
+    let e = env();
+    let ms = e.ok(&[ScsiOp::MODE_SENSE6.get(), 0, 0x3F, 0, 255, 0], &[], 255);
+    assert_eq!(ms[2] & 0x10, 0x10, "DPOFUA");
+    for (op, fua) in [
+        (ScsiOp::READ10, true),
+        (ScsiOp::WRITE10, true),
+        (ScsiOp::READ12, true),
+        (ScsiOp::WRITE16, true),
+        (ScsiOp::VERIFY10, false),
+        (ScsiOp::VERIFY12, false),
+        (ScsiOp::VERIFY16, false),
+        (ScsiOp::WRITE_VERIFY10, false),
+        (ScsiOp::WRITE_VERIFY12, false),
+        (ScsiOp::WRITE_VERIFY16, false),
+        (ScsiOp::COMPARE_AND_WRITE, true),
+    ] {
+        let one = e.ok(&rsoc(1, op.get(), 0, 512), &[], 512);
+        assert_eq!(one[4], op.get());
+        assert_eq!(one[5] & 0x10, 0x10, "{op:?}: DPO claimed");
+        assert_eq!(one[5] & 0x08 != 0, fua, "{op:?}: FUA claimed");
+    }
+    let block = [0u8; 512];
+    e.ok(&rw10(ScsiOp::WRITE10.get(), 0x18, 0, 1), &block, 512);
+    e.ok(&rw10(ScsiOp::READ10.get(), 0x18, 0, 1), &[], 512);
+    // VERIFY with DPO, no byte check; WRITE AND VERIFY with DPO and BYTCHK.
+    e.ok(&rw10(ScsiOp::VERIFY10.get(), 0x10, 0, 1), &[], 0);
+    e.ok(&rw10(ScsiOp::WRITE_VERIFY10.get(), 0x12, 0, 1), &block, 512);
+}
+
 #[test]
 fn report_opcodes_one_command_usage_data() {
     let e = env();
     const F: u8 = 0xFF;
-    let read10 = [0, 3, 0, 10, 0x28, 0xE9, F, F, F, F, 0, F, F, 0x04];
+    let read10 = [0, 3, 0, 10, 0x28, 0xF9, F, F, F, F, 0, F, F, 0x04];
     // 001b: operation code only; 011b ignores the service action of an
     // operation code without service actions.
     assert_eq!(
@@ -1226,7 +1282,7 @@ fn report_opcodes_one_command_usage_data() {
     assert_eq!(
         caw,
         [
-            0, 3, 0, 16, 0x89, 0xE8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0, 0x04
+            0, 3, 0, 16, 0x89, 0xF8, F, F, F, F, F, F, F, F, 0, 0, 0, F, 0, 0x04
         ]
     );
     let rsoc_self = e.ok(&rsoc(2, 0xA3, 0x0C, 512), &[], 512);
@@ -1836,6 +1892,7 @@ fn read_only_disk_is_write_protected() {
         WP,
     );
     expect_sense(&e, &caw(0, 1), &block, 1024, WP);
+    expect_sense(&e, &rw16(ScsiOp::ORWRITE16.get(), 0, 0, 1), &block, 512, WP);
     expect_sense(
         &e,
         &rw10(ScsiOp::WRITE_VERIFY10.get(), 0, 0, 1),
@@ -1846,6 +1903,162 @@ fn read_only_disk_is_write_protected() {
     e.ok(&rw10(ScsiOp::READ10.get(), 0, 0, 1), &[], 512);
     let d = e.ok(&[ScsiOp::MODE_SENSE6.get(), 0, 0x08, 0, 255, 0], &[], 255);
     assert_eq!(d[2] & 0x80, 0x80, "WP");
+}
+
+/// PRE-FETCH(10/16): nothing is cached, so an in-range request is GOOD
+/// (SBC-4: GOOD, not CONDITION MET, when the blocks do not fit in the
+/// cache), whatever IMMED and the group number say; 0 blocks reach to
+/// the last block; a range past the end is LBA OUT OF RANGE. (libiscsi
+/// Prefetch10/16.)
+#[test]
+fn pre_fetch_checks_the_range_and_fetches_nothing() {
+    let e = env();
+    let last = SECTORS - 1;
+    for op in [ScsiOp::PRE_FETCH10, ScsiOp::PRE_FETCH16] {
+        let cdb = |flags: u8, lba: u64, blocks: u32| -> Vec<u8> {
+            if op == ScsiOp::PRE_FETCH10 {
+                rw10(op.get(), flags, lba as u32, blocks as u16).to_vec()
+            } else {
+                rw16(op.get(), flags, lba, blocks).to_vec()
+            }
+        };
+        for (lba, blocks) in [
+            (0, 1),
+            (0, 256),
+            (last, 1),
+            (0, 0),
+            (last, 0),
+            (SECTORS - 256, 256),
+        ] {
+            let (r, _) = e.run(&cdb(0, lba, blocks), &[], 0);
+            assert_eq!(r, ScsiResult::good(0), "{op:?} {lba} {blocks}");
+        }
+        // IMMED, and a group number (ignored).
+        let mut c = cdb(0x02, 0, 1);
+        let group_at = c.len() - 2;
+        c[group_at] = 3;
+        assert_eq!(e.run(&c, &[], 0).0, ScsiResult::good(0));
+        for (lba, blocks) in [(SECTORS + 1, 0), (SECTORS, 1), (last, 2), (0xFFFF_FFFF, 1)] {
+            expect_sense(&e, &cdb(0, lba, blocks), &[], 0, LBA_RANGE);
+        }
+    }
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::PRE_FETCH16.get(), 0, u64::MAX, 1),
+        &[],
+        0,
+        LBA_RANGE,
+    );
+}
+
+/// READ DEFECT DATA(10/12): a virtual disk has no defects; the lists asked
+/// for come back valid and empty in the format asked for, the 12-byte
+/// form with its wider header; the reserved format 111b is refused.
+/// (libiscsi ReadDefectData10/12.)
+#[test]
+fn read_defect_data_reports_empty_lists() {
+    let e = env();
+    let rdd10 = |flags: u8, alloc: u16| {
+        let mut c = [0u8; 10];
+        c[0] = ScsiOp::READ_DEFECT_DATA10.get();
+        c[2] = flags;
+        c[7..9].copy_from_slice(&alloc.to_be_bytes());
+        c
+    };
+    let rdd12 = |flags: u8, index: u32, alloc: u32| {
+        let mut c = [0u8; 12];
+        c[0] = ScsiOp::READ_DEFECT_DATA12.get();
+        c[1] = flags;
+        c[2..6].copy_from_slice(&index.to_be_bytes());
+        c[6..10].copy_from_slice(&alloc.to_be_bytes());
+        c
+    };
+    assert_eq!(e.ok(&rdd10(0, 32), &[], 32), [0, 0, 0, 0]);
+    // PLIST and GLIST in the physical sector format (101b).
+    assert_eq!(e.ok(&rdd10(0x1D, 32), &[], 32), [0, 0x1D, 0, 0]);
+    assert_eq!(e.ok(&rdd10(0x1D, 2), &[], 32), [0, 0x1D]);
+    assert_eq!(e.ok(&rdd12(0, 0, 32), &[], 32), [0; 8]);
+    assert_eq!(
+        e.ok(&rdd12(0x0B, 7, 32), &[], 32),
+        [0, 0x0B, 0, 0, 0, 0, 0, 0]
+    );
+    expect_sense(&e, &rdd10(0x07, 32), &[], 32, INVALID_CDB);
+    expect_sense(&e, &rdd12(0x1F, 0, 32), &[], 32, INVALID_CDB);
+}
+
+/// ORWRITE(16) ORs the data-out buffer into the blocks (SBC-3): zeros |
+/// A5 = A5, A5 | 5A = FF, at the start and at the end of the disk; 0
+/// blocks do nothing; the range, ORPROTECT and the transfer limit are
+/// checked before anything is read. (libiscsi OrWrite.)
+#[test]
+fn orwrite_ors_the_data_into_the_blocks() {
+    let e = env();
+    let or = |lba: u64, blocks: u32, byte: u8| {
+        let data = vec![byte; blocks as usize * SS as usize];
+        e.ok(
+            &rw16(ScsiOp::ORWRITE16.get(), 0, lba, blocks),
+            &data,
+            data.len(),
+        );
+    };
+    for (lba, blocks) in [(0u64, 1u32), (0, 256), (SECTORS - 7, 7)] {
+        let len = blocks as usize * SS as usize;
+        e.write(lba, &vec![0; len]);
+        or(lba, blocks, 0xA5);
+        assert_eq!(e.read(lba, blocks), vec![0xA5; len]);
+        or(lba, blocks, 0x5A);
+        assert_eq!(e.read(lba, blocks), vec![0xFF; len]);
+    }
+    // A pattern ORed into another: bit by bit, nothing else touched.
+    let a = pattern(1024, 1);
+    let b = pattern(1024, 0x80);
+    e.write(10, &a);
+    e.write(12, &pattern(512, 9));
+    e.ok(&rw16(ScsiOp::ORWRITE16.get(), 0x08, 10, 2), &b, 1024);
+    let want: Vec<u8> = a.iter().zip(&b).map(|(x, y)| x | y).collect();
+    assert_eq!(e.read(10, 2), want);
+    assert_eq!(e.read(12, 1), pattern(512, 9));
+    // 0 blocks: GOOD, nothing transferred.
+    assert_eq!(
+        e.run(&rw16(ScsiOp::ORWRITE16.get(), 0, 0, 0), &[], 0).0,
+        ScsiResult::good(0)
+    );
+    let block = [0xFFu8; 512];
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::ORWRITE16.get(), 0, SECTORS, 1),
+        &block,
+        512,
+        LBA_RANGE,
+    );
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::ORWRITE16.get(), 0, SECTORS + 1, 0),
+        &[],
+        0,
+        LBA_RANGE,
+    );
+    for protect in 1..8u8 {
+        expect_sense(
+            &e,
+            &rw16(ScsiOp::ORWRITE16.get(), protect << 5, 0, 1),
+            &block,
+            512,
+            INVALID_CDB,
+        );
+    }
+    assert_eq!(e.read(0, 1), vec![0xFF; 512]);
+    // Over the MAXIMUM TRANSFER LENGTH (lowered to 8 blocks by the
+    // transport).
+    e.scsi.limit_transfer(8 * SS);
+    let nine = [0xFFu8; 9 * 512];
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::ORWRITE16.get(), 0, 0, 9),
+        &nine,
+        nine.len(),
+        INVALID_CDB,
+    );
 }
 
 #[test]
@@ -2389,6 +2602,47 @@ fn amplification_is_capped_by_the_block_limits() {
     // The whole WRITE SAME went through scratch regions, never more than
     // one at a time.
     assert!(e.scsi.scratch_pool().high_water() <= SCRATCH_CHUNK);
+}
+
+/// The MAXIMUM WRITE SAME LENGTH never exceeds 65535 blocks, whatever
+/// the byte limit allows (64 MiB is 131072 blocks of 512 bytes): libiscsi's
+/// `WriteSame16.Unmap` follows a limit of 65536 or more with a
+/// 65536-block WRITE(16), more than a transport carries. The limit is
+/// enforced: one block over is INVALID FIELD IN CDB, the limit works.
+#[test]
+fn write_same_length_is_at_most_65535_blocks() {
+    let blocks = MAX_WRITE_SAME_BLOCKS + 1;
+    let big = ScsiDisk::new(
+        Disk::new(RamDisk::new(blocks * u64::from(SS), SS).unwrap()).unwrap(),
+        DiskParams::default(),
+    );
+    let e = Env { scsi: big, ..env() };
+    let b0 = e.ok(&[ScsiOp::INQUIRY.get(), 1, 0xB0, 0, 64, 0], &[], 64);
+    assert_eq!(u64::from_be_bytes(b0[36..44].try_into().unwrap()), 0xFFFF);
+    let zero = [0u8; 512];
+    expect_sense(
+        &e,
+        &rw16(ScsiOp::WRITE_SAME16.get(), 0x08, 0, 0x1_0000),
+        &zero,
+        512,
+        INVALID_CDB,
+    );
+    e.ok(
+        &rw16(ScsiOp::WRITE_SAME16.get(), 0x08, 1, 0xFFFF),
+        &zero,
+        512,
+    );
+    // 4 KiB blocks reach the 64 MiB default first.
+    let e4k = ScsiDisk::new(
+        Disk::new(RamDisk::new(64 * 4096, 4096).unwrap()).unwrap(),
+        DiskParams::default(),
+    );
+    let e4k = Env { scsi: e4k, ..env() };
+    let b0 = e4k.ok(&[ScsiOp::INQUIRY.get(), 1, 0xB0, 0, 64, 0], &[], 64);
+    assert_eq!(
+        u64::from_be_bytes(b0[36..44].try_into().unwrap()),
+        (64 << 20) / 4096
+    );
 }
 
 /// Staged on the pool, not the heap: the same commands again allocate no

@@ -368,6 +368,8 @@ conformance_failures() {
 # test $2 passed fully that the reference failed or skipped. Sets
 # CONF_REGRESSIONS and CONF_GAINS.
 conformance_compare() {
+    # The directory is a variable for the host's tests of this function.
+    results=${VMTEST_DIR:-/tmp/vmtest}
     awk -v ref="$1" -v new="$2" '
         FNR == NR { want[$2] = $1; next }
         {
@@ -376,9 +378,9 @@ conformance_compare() {
             if ($1 == "passed" && w != "passed") { print "GAIN", new, $2, "(" ref ": " w ")"; g++ }
         }
         END { printf "COUNTS %d %d\n", r, g }' \
-        /tmp/vmtest/conformance-$1.tests /tmp/vmtest/conformance-$2.tests >/tmp/vmtest/compare-$2
-    grep -v '^COUNTS ' /tmp/vmtest/compare-$2 || true
-    set -- $(grep '^COUNTS ' /tmp/vmtest/compare-$2)
+        $results/conformance-$1.tests $results/conformance-$2.tests >$results/compare-$2
+    grep -v '^COUNTS ' $results/compare-$2 || true
+    set -- $(grep '^COUNTS ' $results/compare-$2)
     CONF_REGRESSIONS=$2
     CONF_GAINS=$3
 }
