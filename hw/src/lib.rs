@@ -3,7 +3,8 @@
 //! This crate holds the protocol and register definitions that parastor's
 //! frontends and backends exchange with untrusted peers — SCSI CDBs and
 //! sense data ([`scsi`]), StorVSP packets and SRBs ([`storvsp`]), VMBus ring
-//! buffers and packet descriptors ([`vmbus`]), GUIDs ([`Guid`]); NVMe and
+//! buffers and packet descriptors ([`vmbus`]), the TCMU command ring,
+//! mailbox and entries ([`tcmu`]), GUIDs ([`Guid`]); NVMe and
 //! PCI arrive with the NVMe issues — as plain-old-data types, together with
 //! pure parsing and validation of them, and the sector-geometry rules both
 //! sides of the pipeline agree on. It allocates nothing and performs no

@@ -10,6 +10,10 @@
 //!   StorVSP workers in the guest's thread.
 //! - [`runtime_host`]: [`RuntimeHost`], which runs them on a
 //!   `parastor-runtime` thread, signalled through eventfds both ways.
+//! - [`tcmu`]: the kernel's side of TCMU (LIO's `target_core_user`) as a
+//!   model — mailbox, command ring and data area laid out as the kernel
+//!   does, commands posted with padding and flow control, completions
+//!   collected by command id — for the TCMU handler's tests and fuzzing.
 //!
 //! One guest model per protocol lives here, so that every test and the
 //! benchmark exercise the same, sourced, guest behaviour.
