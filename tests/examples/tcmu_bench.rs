@@ -19,13 +19,12 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parastor_core::Disk;
 use parastor_core::ram::RamDisk;
-use parastor_core::{Disk, InitiatorId, SgList};
 use parastor_emulated::tcmu::{Completion, DataDir, PostError, TcmuConfig, TcmuKernel};
-use parastor_runtime::{EventFd, Runtime, block_on};
-use parastor_scsi::{DiskParams, Lun, ScsiDisk, SenseDelivery};
+use parastor_scsi::{DiskParams, Lun, ScsiDisk};
 use parastor_tcmu::ring::CommandRing;
-use parastor_tcmu::serve::{EventFdDoorbell, Path, serve};
+use parastor_tests::tcmu::{TcmuRig, run_fetched_inline};
 
 const SECTORS: u64 = 64 * 1024; // 32 MiB of 512-byte sectors
 
@@ -51,7 +50,6 @@ fn ring_only(seconds: f64) -> (f64, f64) {
     let lun = lun();
     let mut k = TcmuKernel::new(config()).unwrap();
     let mut ring = CommandRing::open(k.memory().clone(), k.map_len()).unwrap();
-    let mem = k.memory().clone();
     let mut cmds = Vec::new();
     let mut done: Vec<Completion> = Vec::new();
     let mut n = 0u64;
@@ -63,20 +61,7 @@ fn ring_only(seconds: f64) -> (f64, f64) {
             n += 1;
         }
         let t = Instant::now();
-        ring.fetch(&mut cmds).unwrap();
-        for cmd in cmds.drain(..) {
-            let sg = SgList::new(&*mem, &cmd.data, true).unwrap();
-            let r = lun
-                .run_now(
-                    cmd.cdb.as_bytes(),
-                    &sg,
-                    InitiatorId::new(1),
-                    SenseDelivery::Autosense,
-                )
-                .expect("a RAM disk completes inline");
-            ring.complete(cmd.id, &r);
-            ring.recycle(cmd);
-        }
+        run_fetched_inline(&mut ring, &lun, &mut cmds, |_| {});
         handler += t.elapsed();
         k.collect(&mut done);
         assert_eq!(done.len(), 32);
@@ -90,25 +75,8 @@ fn ring_only(seconds: f64) -> (f64, f64) {
 }
 
 fn served(seconds: f64, depth: usize) -> f64 {
-    let mut k = TcmuKernel::new(config()).unwrap();
-    let path = Path {
-        ring: CommandRing::open(k.memory().clone(), k.map_len()).unwrap(),
-        doorbell: Arc::new(EventFdDoorbell {
-            posted: k.to_handler().clone(),
-            completed: k.to_kernel().clone(),
-        }),
-        initiator: InitiatorId::new(1),
-    };
-    let cpus = parastor_runtime::allowed_cpus().unwrap();
-    let runtime = Runtime::per_cpu(&cpus[cpus.len() - 1..]).unwrap();
-    let stop = Arc::new(EventFd::new().unwrap());
-    let signal = stop.clone();
-    let task = runtime
-        .thread(0)
-        .unwrap()
-        .spawn(serve(vec![path], lun(), async move {
-            let _ = signal.wait().await;
-        }));
+    let mut rig = TcmuRig::one(lun(), config());
+    let k = rig.k();
     let mut done = Vec::new();
     let mut n = 0u64;
     let mut in_flight = 0usize;
@@ -130,8 +98,7 @@ fn served(seconds: f64, depth: usize) -> f64 {
         done.clear();
     }
     let ns = start.elapsed().as_nanos() as f64 / n as f64;
-    stop.signal().unwrap();
-    block_on(task).unwrap().unwrap();
+    rig.finish().unwrap();
     ns
 }
 

@@ -18,6 +18,8 @@
 //!   component, restored into fresh objects).
 //! - [`fuzz_tcmu`]: the `tcmu_ring` fuzz harness (a hostile kernel's TCMU
 //!   ring through the handler's command ring).
+//! - [`tcmu`]: the TCMU handler driven by the model of the kernel's side
+//!   (inline steps on the caller's thread, or `serve` on a runtime thread).
 #![forbid(unsafe_code)]
 
 pub mod buf;
@@ -32,6 +34,7 @@ pub mod fuzz_tcmu;
 pub mod model;
 pub mod scratch;
 pub mod stacks;
+pub mod tcmu;
 
 /// Runs each listed test (a `fn(Profile)` in the calling module) once per
 /// guest profile, as `linux_current::NAME`, `linux_pre_5_19::NAME` and

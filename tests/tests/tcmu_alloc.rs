@@ -8,12 +8,13 @@
 
 use std::sync::Arc;
 
+use parastor_core::Disk;
 use parastor_core::ram::RamDisk;
-use parastor_core::{Disk, InitiatorId, SgList};
 use parastor_emulated::tcmu::{DataDir, TcmuConfig, TcmuKernel};
 use parastor_hw::scsi::ScsiStatus;
-use parastor_scsi::{DiskParams, Lun, ScsiDisk, SenseDelivery};
+use parastor_scsi::{DiskParams, Lun, ScsiDisk};
 use parastor_tcmu::ring::CommandRing;
+use parastor_tests::tcmu::run_fetched_inline;
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 use std::alloc::System;
 
@@ -26,7 +27,6 @@ fn inline_commands_allocate_nothing_in_the_handler() {
     let lun = Lun::Disk(Arc::new(ScsiDisk::new(disk, DiskParams::default())));
     let mut k = TcmuKernel::new(TcmuConfig::small(16 << 10, 64)).unwrap();
     let mut ring = CommandRing::open(k.memory().clone(), k.map_len()).unwrap();
-    let mem = k.memory().clone();
     let mut cmds = Vec::with_capacity(64);
     let mut done = Vec::with_capacity(64);
     // The RAM disk allocates its memory at the first write to each chunk:
@@ -35,21 +35,9 @@ fn inline_commands_allocate_nothing_in_the_handler() {
         let lba = (chunk * 128).to_be_bytes();
         let cdb = [0x2A, 0, lba[0], lba[1], lba[2], lba[3], 0, 0, 128, 0];
         k.post(&cdb, DataDir::Out(vec![0xEE; 64 << 10])).unwrap();
-        ring.fetch(&mut cmds).unwrap();
-        for cmd in cmds.drain(..) {
-            let sg = SgList::new(&*mem, &cmd.data, true).unwrap();
-            let r = lun
-                .run_now(
-                    cmd.cdb.as_bytes(),
-                    &sg,
-                    InitiatorId::new(1),
-                    SenseDelivery::Autosense,
-                )
-                .unwrap();
+        run_fetched_inline(&mut ring, &lun, &mut cmds, |r| {
             assert_eq!(r.status, ScsiStatus::GOOD);
-            ring.complete(cmd.id, &r);
-            ring.recycle(cmd);
-        }
+        });
         assert_eq!(k.collect(&mut done), 1);
         done.clear();
     }
@@ -77,22 +65,9 @@ fn inline_commands_allocate_nothing_in_the_handler() {
             k.post(cdb, dir).unwrap();
         }
         let region = Region::new(GLOBAL);
-        ring.fetch(&mut cmds).unwrap();
-        for cmd in cmds.drain(..) {
-            let sg = SgList::new(&*mem, &cmd.data, true).unwrap();
-            let r = lun
-                .run_now(
-                    cmd.cdb.as_bytes(),
-                    &sg,
-                    InitiatorId::new(1),
-                    SenseDelivery::Autosense,
-                )
-                .expect("a RAM disk completes inline");
+        served += run_fetched_inline(&mut ring, &lun, &mut cmds, |r| {
             assert_eq!(r.status, ScsiStatus::GOOD);
-            assert!(ring.complete(cmd.id, &r));
-            ring.recycle(cmd);
-            served += 1;
-        }
+        });
         let stats = region.change();
         // The first rounds size the ring's slot queue and spare vectors.
         if round >= 10 {

@@ -12,13 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parastor_core::ram::RamDisk;
-use parastor_core::{BoxFuture, DelayDisk, DelayHandle, Disk, InitiatorId, Timer};
+use parastor_core::{BoxFuture, DelayDisk, DelayHandle, Disk, Timer};
 use parastor_emulated::tcmu::{Completion, DataDir, EntryBytes, PostError, TcmuConfig, TcmuKernel};
 use parastor_hw::scsi::ScsiStatus;
-use parastor_runtime::{EventFd, Runtime, RuntimeTimer, Task, block_on};
+use parastor_runtime::RuntimeTimer;
 use parastor_scsi::{DiskParams, Lun, ScsiDisk};
-use parastor_tcmu::ring::CommandRing;
-use parastor_tcmu::serve::{EventFdDoorbell, Path, ServeError, ServeStats, serve};
+use parastor_tests::tcmu::TcmuRig;
 
 const SECTOR: usize = 512;
 const WAIT: Duration = Duration::from_secs(10);
@@ -41,65 +40,6 @@ fn ram(sectors: u64) -> Disk {
 
 fn lun_over(disk: Disk) -> Lun {
     Lun::Disk(Arc::new(ScsiDisk::new(disk, DiskParams::default())))
-}
-
-/// The handler on its own runtime thread, serving one path per kernel.
-struct Rig {
-    kernels: Vec<TcmuKernel>,
-    stop: Arc<EventFd>,
-    task: Option<Task<Result<ServeStats, ServeError>>>,
-    _runtime: Runtime,
-}
-
-impl Rig {
-    fn start(lun: Lun, configs: &[TcmuConfig]) -> Rig {
-        let kernels: Vec<TcmuKernel> = configs
-            .iter()
-            .map(|c| TcmuKernel::new(*c).unwrap())
-            .collect();
-        let paths = kernels
-            .iter()
-            .enumerate()
-            .map(|(i, k)| Path {
-                ring: CommandRing::open(k.memory().clone(), k.map_len()).unwrap(),
-                doorbell: Arc::new(EventFdDoorbell {
-                    posted: k.to_handler().clone(),
-                    completed: k.to_kernel().clone(),
-                }),
-                initiator: InitiatorId::new(i as u128 + 1),
-            })
-            .collect();
-        let cpus = parastor_runtime::allowed_cpus().unwrap();
-        let runtime = Runtime::per_cpu(&cpus[cpus.len() - 1..]).unwrap();
-        let stop = Arc::new(EventFd::new().unwrap());
-        let signal = stop.clone();
-        let task = runtime
-            .thread(0)
-            .unwrap()
-            .spawn(serve(paths, lun, async move {
-                let _ = signal.wait().await;
-            }));
-        Rig {
-            kernels,
-            stop,
-            task: Some(task),
-            _runtime: runtime,
-        }
-    }
-
-    fn one(lun: Lun, config: TcmuConfig) -> Rig {
-        Self::start(lun, &[config])
-    }
-
-    fn k(&mut self) -> &mut TcmuKernel {
-        &mut self.kernels[0]
-    }
-
-    /// Stops the handler and returns what it did.
-    fn finish(&mut self) -> Result<ServeStats, ServeError> {
-        self.stop.signal().unwrap();
-        block_on(self.task.take().unwrap()).expect("serve task ended")
-    }
 }
 
 /// Posts on `k`, collecting completions into `done` while the ring or the
@@ -146,7 +86,7 @@ fn sense_key_asc(c: &Completion) -> (u8, u8) {
 
 #[test]
 fn data_out_then_in_round_trips_through_a_ram_disk() {
-    let mut rig = Rig::one(lun_over(ram(2048)), TcmuConfig::small(64 << 10, 64));
+    let mut rig = TcmuRig::one(lun_over(ram(2048)), TcmuConfig::small(64 << 10, 64));
     let k = rig.k();
     let pattern: Vec<u8> = (0..8 * SECTOR).map(|i| (i * 31 + 7) as u8).collect();
     let w = run(k, &write10(100, 8), DataDir::Out(pattern.clone()));
@@ -170,7 +110,7 @@ fn many_commands_in_flight_through_wrap_padding_and_flow_control() {
     // kernel pads at the end) and 16 data blocks: the kernel runs out of
     // both constantly, the ring wraps every 15 commands.
     let sectors = 256u32;
-    let mut rig = Rig::one(
+    let mut rig = TcmuRig::one(
         lun_over(ram(u64::from(sectors))),
         TcmuConfig::small(2128, 16),
     );
@@ -271,7 +211,7 @@ fn wait_until(what: &str, f: impl Fn() -> bool) {
 #[test]
 fn a_slow_command_completes_after_a_fast_one_posted_later() {
     let (lun, handle, timer) = delayed(64, Duration::from_secs(30));
-    let mut rig = Rig::one(lun, TcmuConfig::small(64 << 10, 16));
+    let mut rig = TcmuRig::one(lun, TcmuConfig::small(64 << 10, 16));
     let k = rig.k();
     let mut done = Vec::new();
     let slow = post(k, &read10(0, 1), DataDir::In(512), &mut done);
@@ -294,7 +234,7 @@ fn a_slow_command_completes_after_a_fast_one_posted_later() {
         k.collect_at_least(1, Duration::from_millis(100), &mut done),
         0
     );
-    assert!(!rig.task.as_ref().unwrap().is_finished());
+    assert!(!rig.is_finished());
     // Dropping the rig cancels the slow read with the runtime.
 }
 
@@ -303,7 +243,7 @@ fn out_of_order_completions_each_reach_their_command() {
     // Four reads with falling delays: they finish in the reverse order of
     // posting, and each gets its own data.
     let (lun, handle, timer) = delayed(64, Duration::ZERO);
-    let mut rig = Rig::one(lun, TcmuConfig::small(64 << 10, 16));
+    let mut rig = TcmuRig::one(lun, TcmuConfig::small(64 << 10, 16));
     let k = rig.k();
     let mut done = Vec::new();
     for lba in 0..4u32 {
@@ -339,7 +279,7 @@ fn out_of_order_completions_each_reach_their_command() {
 
 #[test]
 fn a_short_data_in_is_a_residual_through_read_len() {
-    let mut rig = Rig::one(lun_over(ram(64)), TcmuConfig::small(64 << 10, 4));
+    let mut rig = TcmuRig::one(lun_over(ram(64)), TcmuConfig::small(64 << 10, 4));
     let k = rig.k();
     // Standard INQUIRY with a 255-byte allocation length: 36 bytes come back.
     let c = run(k, &[0x12, 0, 0, 0, 255, 0], DataDir::In(255));
@@ -361,7 +301,7 @@ fn a_short_data_in_is_a_residual_through_read_len() {
 
 #[test]
 fn unknown_opcodes_and_entry_kinds_are_refused_and_the_ring_goes_on() {
-    let mut rig = Rig::one(lun_over(ram(64)), TcmuConfig::small(64 << 10, 4));
+    let mut rig = TcmuRig::one(lun_over(ram(64)), TcmuConfig::small(64 << 10, 4));
     let k = rig.k();
     // A SCSI operation code the disk does not know: ILLEGAL REQUEST,
     // INVALID COMMAND OPERATION CODE, from the SCSI adapter.
@@ -393,7 +333,7 @@ type Edit = Box<dyn Fn(EntryBytes<'_>)>;
 
 #[test]
 fn malformed_commands_are_refused_without_a_crash() {
-    let mut rig = Rig::one(lun_over(ram(64)), TcmuConfig::small(64 << 10, 8));
+    let mut rig = TcmuRig::one(lun_over(ram(64)), TcmuConfig::small(64 << 10, 8));
     let k = rig.k();
     let edits: [(&str, Edit); 6] = [
         (
@@ -446,7 +386,7 @@ fn wait_for_pad(k: &TcmuKernel, at: u64) {
 
 #[test]
 fn unwalkable_entries_are_skipped_to_the_head_and_the_ring_goes_on() {
-    let mut rig = Rig::one(lun_over(ram(64)), TcmuConfig::small(4096, 8));
+    let mut rig = TcmuRig::one(lun_over(ram(64)), TcmuConfig::small(4096, 8));
     let k = rig.k();
     let mut done = Vec::new();
     let mut lost = Vec::new();
@@ -486,7 +426,7 @@ fn unwalkable_entries_are_skipped_to_the_head_and_the_ring_goes_on() {
 fn two_paths_are_two_initiators_of_one_lun() {
     let disk = Disk::new(parastor_core::ReservationsDisk::new(ram(64))).unwrap();
     let config = TcmuConfig::small(64 << 10, 8);
-    let mut rig = Rig::start(lun_over(disk), &[config, config]);
+    let mut rig = TcmuRig::start(lun_over(disk), &[config, config]);
     // Path 0 writes, path 1 reads the same block.
     let data = vec![0x5A; SECTOR];
     let c = run(
@@ -534,7 +474,7 @@ fn two_paths_are_two_initiators_of_one_lun() {
 #[test]
 fn stop_drains_the_commands_in_flight() {
     let (lun, _handle, timer) = delayed(64, Duration::from_millis(200));
-    let mut rig = Rig::one(lun, TcmuConfig::small(64 << 10, 16));
+    let mut rig = TcmuRig::one(lun, TcmuConfig::small(64 << 10, 16));
     let k = rig.k();
     let mut done = Vec::new();
     let ids: Vec<u16> = (0..8)
@@ -566,7 +506,7 @@ fn stop_drains_the_commands_in_flight() {
 fn the_transfer_limit_is_the_smallest_data_area() {
     // 16 KiB and 32 KiB data areas: MAXIMUM TRANSFER LENGTH (VPD 0xB0,
     // bytes 8..12) is 16 KiB of 512-byte blocks.
-    let mut rig = Rig::start(
+    let mut rig = TcmuRig::start(
         lun_over(ram(1024)),
         &[
             TcmuConfig::small(64 << 10, 8),
