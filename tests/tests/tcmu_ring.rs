@@ -561,3 +561,26 @@ fn stop_drains_the_commands_in_flight() {
     );
     assert_eq!(k.in_flight(), [late]);
 }
+
+#[test]
+fn the_transfer_limit_is_the_smallest_data_area() {
+    // 16 KiB and 32 KiB data areas: MAXIMUM TRANSFER LENGTH (VPD 0xB0,
+    // bytes 8..12) is 16 KiB of 512-byte blocks.
+    let mut rig = Rig::start(
+        lun_over(ram(1024)),
+        &[
+            TcmuConfig::small(64 << 10, 8),
+            TcmuConfig::small(64 << 10, 4),
+        ],
+    );
+    let c = run(
+        &mut rig.kernels[0],
+        &[0x12, 1, 0xB0, 0, 64, 0],
+        DataDir::In(64),
+    );
+    assert_eq!(c.status, ScsiStatus::GOOD);
+    assert_eq!(c.data_in[1], 0xB0);
+    let max = u32::from_be_bytes(c.data_in[8..12].try_into().unwrap());
+    assert_eq!(max, 32);
+    rig.finish().unwrap();
+}

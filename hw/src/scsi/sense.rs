@@ -250,8 +250,81 @@ wire_layout! {
     size 12
 }
 
-/// Sense data in protocol-neutral form: key, additional sense code and an
-/// optional INFORMATION field. Encode with [`SenseData::to_fixed`] or
+/// A sense-key specific FIELD POINTER (SPC-5 4.4.2.2) of ILLEGAL REQUEST
+/// sense: the byte (and bit) of the CDB or parameter list that holds the
+/// field in error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FieldPointer {
+    /// C/D: the field is in the CDB (else in the parameter list).
+    pub in_cdb: bool,
+    /// The byte the field starts in (its most significant byte).
+    pub byte: u16,
+    /// The bit the field starts at (its most significant bit), if named.
+    pub bit: Option<u8>,
+}
+
+impl FieldPointer {
+    /// The field starting at `bit` of CDB byte `byte`.
+    pub const fn cdb(byte: u16, bit: u8) -> Self {
+        FieldPointer {
+            in_cdb: true,
+            byte,
+            bit: Some(bit),
+        }
+    }
+
+    /// The three sense-key specific bytes: SKSV, C/D, BPV, BIT POINTER,
+    /// FIELD POINTER.
+    pub const fn to_bytes(self) -> [u8; 3] {
+        let mut b0 = 0x80;
+        if self.in_cdb {
+            b0 |= 0x40;
+        }
+        if let Some(bit) = self.bit {
+            b0 |= 0x08 | (bit & 7);
+        }
+        let [hi, lo] = self.byte.to_be_bytes();
+        [b0, hi, lo]
+    }
+
+    /// Decodes the three sense-key specific bytes of ILLEGAL REQUEST sense;
+    /// `None` without SKSV.
+    pub const fn from_bytes(b: [u8; 3]) -> Option<Self> {
+        if b[0] & 0x80 == 0 {
+            return None;
+        }
+        Some(FieldPointer {
+            in_cdb: b[0] & 0x40 != 0,
+            byte: u16::from_be_bytes([b[1], b[2]]),
+            bit: if b[0] & 0x08 != 0 {
+                Some(b[0] & 7)
+            } else {
+                None
+            },
+        })
+    }
+}
+
+wire_layout! {
+    /// Sense-key specific sense-data descriptor (type 2, 8 bytes).
+    pub struct SenseKeySpecificDescriptor {
+        /// Descriptor type ([`SenseDescriptorType::SENSE_KEY_SPECIFIC`]).
+        pub kind: SenseDescriptorType,
+        /// Additional length (0x06).
+        pub len: u8,
+        /// Reserved.
+        pub reserved: [u8; 2],
+        /// Sense-key specific bytes (SKSV in bit 7 of the first).
+        pub key_specific: [u8; 3],
+        /// Reserved.
+        pub reserved2: u8,
+    }
+    size 8
+}
+
+/// Sense data in protocol-neutral form: key, additional sense code, an
+/// optional INFORMATION field and, for ILLEGAL REQUEST, an optional field
+/// pointer. Encode with [`SenseData::to_fixed`] or
 /// [`SenseData::write_descriptor`], decode with [`SenseData::parse`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SenseData {
@@ -263,11 +336,15 @@ pub struct SenseData {
     /// INFORMATION field (for MISCOMPARE: offset of the first differing
     /// byte), if valid.
     pub information: Option<u64>,
+    /// The field in error (ILLEGAL REQUEST only; encoded as the
+    /// sense-key specific bytes with SKSV), if named.
+    pub field: Option<FieldPointer>,
 }
 
 /// Bytes of descriptor-format sense data that [`SenseData::write_descriptor`]
-/// produces at most.
-pub const DESCRIPTOR_SENSE_MAX: usize = 20;
+/// produces at most: the header, an information descriptor and a
+/// sense-key specific descriptor.
+pub const DESCRIPTOR_SENSE_MAX: usize = 28;
 
 impl SenseData {
     /// Sense with `key` and `additional` and no information.
@@ -276,12 +353,23 @@ impl SenseData {
             key,
             additional,
             information: None,
+            field: None,
         }
     }
 
     /// ILLEGAL REQUEST with `additional`.
     pub const fn illegal(additional: AdditionalSense) -> Self {
         Self::new(SenseKey::ILLEGAL_REQUEST, additional)
+    }
+
+    /// The field pointer in sense-key specific bytes `b`: only ILLEGAL
+    /// REQUEST's sense-key specific bytes are a field pointer.
+    fn field_of(key: SenseKey, b: [u8; 3]) -> Option<FieldPointer> {
+        if key.get() & 0xF == SenseKey::ILLEGAL_REQUEST.get() {
+            FieldPointer::from_bytes(b)
+        } else {
+            None
+        }
     }
 
     /// The sense key byte for this key (four bits).
@@ -302,6 +390,9 @@ impl SenseData {
         if let Some(info) = self.information.and_then(|i| u32::try_from(i).ok()) {
             s.response.set_valid(true);
             s.information = info.into();
+        }
+        if let Some(f) = self.field {
+            s.key_specific = f.to_bytes();
         }
         s
     }
@@ -327,10 +418,22 @@ impl SenseData {
                 reserved: 0,
                 information: info.into(),
             };
-            hdr.additional_len = size_of::<InformationDescriptor>() as u8;
-            len = DESCRIPTOR_SENSE_MAX;
-            out[header_len..len].copy_from_slice(d.as_bytes());
+            let end = len + size_of::<InformationDescriptor>();
+            out[len..end].copy_from_slice(d.as_bytes());
+            len = end;
         }
+        if let Some(f) = self.field {
+            let d = SenseKeySpecificDescriptor {
+                kind: SenseDescriptorType::SENSE_KEY_SPECIFIC,
+                len: 0x06,
+                key_specific: f.to_bytes(),
+                ..Default::default()
+            };
+            let end = len + size_of::<SenseKeySpecificDescriptor>();
+            out[len..end].copy_from_slice(d.as_bytes());
+            len = end;
+        }
+        hdr.additional_len = (len - header_len) as u8;
         out[..header_len].copy_from_slice(hdr.as_bytes());
         let n = len.min(buf.len());
         buf[..n].copy_from_slice(&out[..n]);
@@ -344,23 +447,42 @@ impl SenseData {
         match response.format() {
             SenseFormat::FIXED_CURRENT | SenseFormat::FIXED_DEFERRED => {
                 let (s, _) = FixedSense::read_from_prefix(buf).ok()?;
+                let key = s.key.key();
                 Some(SenseData {
-                    key: s.key.key(),
+                    key,
                     additional: s.additional,
                     information: s.response.valid().then(|| u64::from(s.information.get())),
+                    field: Self::field_of(key, s.key_specific),
                 })
             }
             SenseFormat::DESCRIPTOR_CURRENT | SenseFormat::DESCRIPTOR_DEFERRED => {
                 let (h, rest) = DescriptorSenseHeader::read_from_prefix(buf).ok()?;
-                let information = InformationDescriptor::read_from_prefix(rest)
-                    .ok()
-                    .filter(|(d, _)| d.kind == SenseDescriptorType::INFORMATION && d.valid.valid())
-                    .map(|(d, _)| d.information.get());
-                Some(SenseData {
-                    key: h.key.key(),
-                    additional: h.additional,
-                    information,
-                })
+                let key = h.key.key();
+                let mut sense = SenseData::new(key, h.additional);
+                // Walk the descriptors the header counts (and the buffer
+                // holds), each [type, additional length, ...].
+                let mut rest = rest.get(..usize::from(h.additional_len)).unwrap_or(rest);
+                while let [kind, len, ..] = *rest {
+                    let end = 2 + usize::from(len);
+                    let Some(d) = rest.get(..end) else { break };
+                    match SenseDescriptorType::new(kind) {
+                        SenseDescriptorType::INFORMATION => {
+                            if let Ok((i, _)) = InformationDescriptor::read_from_prefix(d)
+                                && i.valid.valid()
+                            {
+                                sense.information = Some(i.information.get());
+                            }
+                        }
+                        SenseDescriptorType::SENSE_KEY_SPECIFIC => {
+                            if let Ok((k, _)) = SenseKeySpecificDescriptor::read_from_prefix(d) {
+                                sense.field = Self::field_of(key, k.key_specific);
+                            }
+                        }
+                        _ => {}
+                    }
+                    rest = &rest[end..];
+                }
+                Some(sense)
             }
             _ => None,
         }
@@ -374,9 +496,11 @@ mod tests {
     #[test]
     fn round_trip_fixed_and_descriptor() {
         let s = SenseData {
-            key: SenseKey::MISCOMPARE,
-            additional: AdditionalSense::MISCOMPARE_DURING_VERIFY,
             information: Some(513),
+            ..SenseData::new(
+                SenseKey::MISCOMPARE,
+                AdditionalSense::MISCOMPARE_DURING_VERIFY,
+            )
         };
         let f = s.to_fixed();
         assert_eq!(f.as_bytes()[0], 0xF0);
@@ -389,6 +513,54 @@ mod tests {
         assert_eq!(buf[..4], [0x72, 0x0E, 0x1D, 0x00]);
         assert_eq!(buf[7], 12);
         assert_eq!(SenseData::parse(&buf[..n]), Some(s));
+    }
+
+    /// A field pointer travels as SKSV sense-key specific bytes in both
+    /// formats (with the information descriptor before it when there is
+    /// one) and decodes back; other keys' sense-key specific bytes are not
+    /// a field pointer.
+    #[test]
+    fn field_pointer_round_trips() {
+        let s = SenseData {
+            field: Some(FieldPointer::cdb(2, 2)),
+            ..SenseData::illegal(AdditionalSense::INVALID_FIELD_IN_CDB)
+        };
+        let f = s.to_fixed();
+        assert_eq!(f.as_bytes()[15..18], [0xCA, 0, 2]);
+        assert_eq!(SenseData::parse(f.as_bytes()), Some(s));
+        let mut buf = [0u8; DESCRIPTOR_SENSE_MAX];
+        let n = s.write_descriptor(&mut buf);
+        assert_eq!(n, 16);
+        assert_eq!(buf[7], 8);
+        assert_eq!(buf[8..16], [2, 6, 0, 0, 0xCA, 0, 2, 0]);
+        assert_eq!(SenseData::parse(&buf[..n]), Some(s));
+        // With information too: both descriptors.
+        let both = SenseData {
+            information: Some(7),
+            field: Some(FieldPointer {
+                in_cdb: false,
+                byte: 300,
+                bit: None,
+            }),
+            ..s
+        };
+        let n = both.write_descriptor(&mut buf);
+        assert_eq!(n, DESCRIPTOR_SENSE_MAX);
+        assert_eq!(buf[7], 20);
+        assert_eq!(SenseData::parse(&buf[..n]), Some(both));
+        assert_eq!(both.to_fixed().as_bytes()[15..18], [0x80, 0x01, 0x2C]);
+        // NOT READY's sense-key specific bytes are progress, not a field.
+        let mut nr = SenseData::new(SenseKey::NOT_READY, AdditionalSense::LUN_NOT_READY).to_fixed();
+        nr.key_specific = [0x80, 0x12, 0x34];
+        assert_eq!(SenseData::parse(nr.as_bytes()).unwrap().field, None);
+        // A descriptor claiming more than the buffer holds stops the walk.
+        let mut bad = [0u8; 12];
+        bad[..8].copy_from_slice(&[0x72, 0x05, 0x24, 0, 0, 0, 0, 4]);
+        bad[8..12].copy_from_slice(&[2, 6, 0, 0]);
+        assert_eq!(
+            SenseData::parse(&bad),
+            Some(SenseData::illegal(AdditionalSense::INVALID_FIELD_IN_CDB))
+        );
     }
 
     #[test]

@@ -247,6 +247,14 @@ const MALFORMED_SENSE: SenseData = SenseData::new(
 /// Iovecs read per copy.
 const IOV_CHUNK: usize = 16;
 
+/// Ranges a new data vector has room for: more than the kernel's 4 KiB
+/// blocks usually split a command into.
+const SPARE_RANGES: usize = 16;
+
+/// The most ranges reserved up front for one command (a hostile count
+/// must not reserve gigabytes before its iovecs are checked).
+const MAX_RESERVE: u32 = 1024;
+
 /// The handler's side of one TCMU command ring; see the
 /// [module docs](self).
 pub struct CommandRing {
@@ -336,7 +344,7 @@ impl CommandRing {
             data_end: len,
             cursor: tail,
             tail,
-            slots: VecDeque::new(),
+            slots: VecDeque::with_capacity(64),
             pending: 0,
             spare: Vec::new(),
             stats: RingStats::default(),
@@ -573,8 +581,14 @@ impl CommandRing {
         // At most MAX_CDB_LEN (263).
         cdb.len = need as u16;
 
-        let mut data = self.spare.pop().unwrap_or_default();
+        let mut data = self
+            .spare
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SPARE_RANGES));
         data.clear();
+        // One allocation at most, and none once the spare vectors have
+        // grown to the commands' sizes.
+        data.reserve(layout.iov_cnt.min(MAX_RESERVE) as usize);
         let mut chunk = [Iovec::new_zeroed(); IOV_CHUNK];
         let mut index = 0u32;
         let mut at = entry + CMD_REQUEST_LEN as u64;

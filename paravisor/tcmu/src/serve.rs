@@ -20,6 +20,10 @@
 //!   iovecs are offsets in the map), writable whatever the command (TCMU
 //!   does not say the direction; the data area is the handler's to
 //!   write); sense is returned with the status ([`SenseDelivery::Autosense`]);
+//! - the LUN's transfer limit is lowered to the smallest data area of the
+//!   paths (the kernel refuses a command whose data does not fit there),
+//!   so the MAXIMUM TRANSFER LENGTH the disk advertises is one TCMU
+//!   carries;
 //! - after a pass, every path whose ring tail moved rings its doorbell,
 //!   once: that is also the kernel's flow control (it queues commands
 //!   while the ring or the data area is full, and retries when told that
@@ -329,6 +333,12 @@ pub async fn serve<S: Future<Output = ()>>(
     lun: Lun,
     stop: S,
 ) -> Result<ServeStats, ServeError> {
+    // A command's data must fit in its backstore's data area (the kernel
+    // refuses a larger one): that is the transport's transfer limit.
+    for p in &paths {
+        let (start, end) = p.ring.data_area();
+        lun.limit_transfer(u32::try_from(end - start).unwrap_or(u32::MAX));
+    }
     let mut bells = Vec::with_capacity(paths.len());
     for (i, p) in paths.iter().enumerate() {
         let fd = p

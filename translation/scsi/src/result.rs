@@ -3,7 +3,7 @@
 
 use crate::error::disk_error_result;
 use parastor_core::DiskError;
-use parastor_hw::scsi::{AdditionalSense, ScsiStatus, SenseData};
+use parastor_hw::scsi::{AdditionalSense, FieldPointer, ScsiStatus, SenseData};
 
 /// The outcome of one command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +50,15 @@ pub(crate) fn illegal(additional: AdditionalSense) -> ScsiResult {
 
 pub(crate) fn invalid_cdb() -> ScsiResult {
     illegal(AdditionalSense::INVALID_FIELD_IN_CDB)
+}
+
+/// INVALID FIELD IN CDB naming the field: it starts at `bit` of CDB byte
+/// `byte` (SPC-5 sense-key specific field pointer).
+pub(crate) fn invalid_cdb_field(byte: u16, bit: u8) -> ScsiResult {
+    ScsiResult::check(SenseData {
+        field: Some(FieldPointer::cdb(byte, bit)),
+        ..SenseData::illegal(AdditionalSense::INVALID_FIELD_IN_CDB)
+    })
 }
 
 pub(crate) fn invalid_param() -> ScsiResult {

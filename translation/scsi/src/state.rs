@@ -82,7 +82,10 @@ pub struct SenseEntryV1 {
     pub sense: SenseV1,
 }
 
-/// Sense data.
+/// Sense data. The field pointer of ILLEGAL REQUEST sense
+/// ([`SenseData::field`]) is not kept: restored sense has the same key,
+/// codes and information without it (SPC makes the pointer optional),
+/// which keeps this format as it was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SenseV1 {
     /// Sense key (0..=15).
@@ -141,9 +144,11 @@ pub(crate) fn restore_sense(
         out.push((
             initiator,
             SenseData {
-                key: SenseKey::new(e.sense.key),
-                additional: AdditionalSense::from_parts(e.sense.asc, e.sense.ascq),
                 information: e.sense.information,
+                ..SenseData::new(
+                    SenseKey::new(e.sense.key),
+                    AdditionalSense::from_parts(e.sense.asc, e.sense.ascq),
+                )
             },
         ));
     }

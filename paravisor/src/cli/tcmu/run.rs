@@ -6,7 +6,6 @@ use super::{ControlCommand, Target, TcmuArgs, build_target};
 use crate::cli::CliError;
 use futures::channel::oneshot;
 use parastor_core::InitiatorId;
-use parastor_runtime::{Runtime, Task};
 use parastor_tcmu::configfs::{
     self, Backstore, BackstoreConfig, ConfigFs, ConfigFsError, LoopTarget, ScsiNames,
 };
@@ -28,6 +27,14 @@ const HBA: u32 = 0;
 /// How long the kernel may take to show a LUN's block and sg devices
 /// (a slow emulated machine scans slowly).
 const DEVICE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How the main thread learns it must stop: the events (signal, serve loop
+/// ended) and the flag set on a signal, for waits that cannot take events.
+struct Wake {
+    events: mpsc::Sender<Event>,
+    event: mpsc::Receiver<Event>,
+    stopping: Arc<AtomicBool>,
+}
 
 /// The error of a serve loop that ended without being told to.
 const SERVE_ENDED: &str = "the serve loop ended on its own";
@@ -92,50 +99,66 @@ pub fn run(args: TcmuArgs) -> Result<ExitCode, CliError> {
     }
 
     let mut session = Session::default();
-    let started = session.start(&args, &fs, &uio_paths, &target, &events, &stopping);
-    let outcome = match started {
-        Ok(names) => {
-            let ready = names.iter().map(|n| format!("{n}\n")).collect::<String>();
-            let announced = announce(&ready, args.ready.as_deref()).map(|()| {
-                session.ready = args.ready.clone();
-            });
-            match announced {
-                Ok(()) => {
-                    if let Some(fifo) = &args.control {
-                        match start_control(fifo, target.clone()) {
-                            Ok(()) => session.fifo = Some(fifo.clone()),
-                            Err(e) => {
-                                let _ = session.teardown();
-                                return Err(e);
-                            }
-                        }
-                    }
-                    // Serve until told to stop, or until serving fails.
-                    match event.recv() {
-                        Ok(Event::Signal(signal)) => {
-                            let name = if signal == SIGINT {
-                                "SIGINT"
-                            } else {
-                                "SIGTERM"
-                            };
-                            eprintln!("parastor: {name}: draining and removing the LUN");
-                            Ok(())
-                        }
-                        Err(_) => Ok(()),
-                        Ok(Event::ServeEnded) => Err(CliError::new(SERVE_ENDED)),
-                    }
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Err(e) => Err(e),
+    let wake = Wake {
+        events,
+        event,
+        stopping,
     };
+    let outcome = serve_until_stopped(&mut session, &args, &fs, &uio_paths, &target, &wake);
     let torn_down = session.teardown();
     match (outcome, torn_down) {
         // The serve loop's own error says why it ended.
         (Err(e), Err(why)) if e.to_string() == SERVE_ENDED => Err(why),
         (Err(e), _) | (Ok(()), Err(e)) => Err(e),
         (Ok(()), Ok(())) => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Starts serving into `session`, says so (the control FIFO first, so a
+/// command written as soon as the ready file appears reaches it), and
+/// waits for a signal or for the serve loop to end.
+fn serve_until_stopped(
+    session: &mut Session,
+    args: &TcmuArgs,
+    fs: &ConfigFs,
+    uio_paths: &UioPaths,
+    target: &Arc<Target>,
+    wake: &Wake,
+) -> Result<(), CliError> {
+    let Wake {
+        events,
+        event,
+        stopping,
+    } = wake;
+    let names = session
+        .start(args, fs, uio_paths, target, events, stopping)
+        .map_err(|e| {
+            if stopping.load(Ordering::SeqCst) {
+                CliError::new("stopped by a signal before the LUN was ready")
+            } else {
+                e
+            }
+        })?;
+    if let Some(fifo) = &args.control {
+        start_control(fifo, target.clone())?;
+        session.fifo = Some(fifo.clone());
+    }
+    let ready = names.iter().map(|n| format!("{n}\n")).collect::<String>();
+    announce(&ready, args.ready.as_deref())?;
+    session.ready = args.ready.clone();
+    match event.recv() {
+        Ok(Event::Signal(signal)) => {
+            let name = if signal == SIGINT {
+                "SIGINT"
+            } else {
+                "SIGTERM"
+            };
+            eprintln!("parastor: {name}: draining and removing the LUN");
+            Ok(())
+        }
+        // Every sender gone: nothing can stop or end serving any more.
+        Err(_) => Ok(()),
+        Ok(Event::ServeEnded) => Err(CliError::new(SERVE_ENDED)),
     }
 }
 
@@ -211,10 +234,10 @@ fn control_loop(path: &Path, target: &Target) {
 }
 
 /// The running serve loop: the sender that stops it (sending, or dropping
-/// it, resolves the loop's stop future) and its task.
+/// it, resolves the loop's stop future) and its thread.
 struct Serving {
     stop: oneshot::Sender<()>,
-    task: Task<Result<ServeStats, ServeError>>,
+    thread: std::thread::JoinHandle<Result<ServeStats, ServeError>>,
 }
 
 /// Everything a run has made, torn down in the right order by
@@ -223,7 +246,6 @@ struct Serving {
 struct Session {
     backstores: Vec<Backstore>,
     targets: Vec<LoopTarget>,
-    runtime: Option<Runtime>,
     serving: Option<Serving>,
     ready: Option<PathBuf>,
     fifo: Option<PathBuf>,
@@ -269,33 +291,24 @@ impl Session {
                 initiator: InitiatorId::new(i as u128 + 1),
             });
         }
-        let cpu = parastor_runtime::allowed_cpus()
-            .ok()
-            .and_then(|cpus| cpus.first().copied())
-            .unwrap_or(0);
-        let runtime = Runtime::per_cpu(&[cpu])
-            .map_err(|e| CliError::new(format!("cannot start the runtime thread: {e}")))?;
         let (stop, stopped) = oneshot::channel::<()>();
         let lun = lun.clone();
         let done = events.clone();
-        let serving = {
-            let thread = runtime
-                .thread(0)
-                .ok_or_else(|| CliError::new("the runtime has no thread"))?;
-            thread.spawn(async move {
+        // The loop runs on a thread of its own, not pinned: the kernel
+        // wakes it from whichever CPU posted a command, and on the same CPU
+        // that wake-up is cheapest.
+        let thread = std::thread::Builder::new()
+            .name("parastor-serve".into())
+            .spawn(move || {
                 let stop = async move {
                     let _ = stopped.await;
                 };
-                let result = serve::serve(paths, lun, stop).await;
+                let result = parastor_runtime::block_on(serve::serve(paths, lun, stop));
                 let _ = done.send(Event::ServeEnded);
                 result
             })
-        };
-        self.runtime = Some(runtime);
-        self.serving = Some(Serving {
-            stop,
-            task: serving,
-        });
+            .map_err(|e| CliError::new(format!("cannot start the serve thread: {e}")))?;
+        self.serving = Some(Serving { stop, thread });
 
         // Linking each LUN makes the kernel scan it through the ring, now
         // served.
@@ -340,9 +353,9 @@ impl Session {
                 note(configfs_error(e));
             }
         }
-        if let Some(Serving { stop, task }) = self.serving.take() {
+        if let Some(Serving { stop, thread }) = self.serving.take() {
             let _ = stop.send(());
-            match parastor_runtime::block_on(task) {
+            match thread.join().map_err(|_| "it panicked") {
                 Ok(Ok(stats)) => eprintln!(
                     "parastor: served {} commands ({} in place, {} deferred, at most {} in \
                      flight)",
@@ -351,9 +364,6 @@ impl Session {
                 Ok(Err(e)) => note(CliError::new(format!("serving failed: {e}"))),
                 Err(e) => note(CliError::new(format!("the serve loop failed: {e}"))),
             }
-        }
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown();
         }
         while let Some(backstore) = self.backstores.pop() {
             if let Err(e) = backstore.remove() {

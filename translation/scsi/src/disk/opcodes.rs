@@ -14,7 +14,7 @@
 
 use super::ScsiDisk;
 use crate::data::data_in;
-use crate::result::{Res, invalid_cdb};
+use crate::result::{Res, invalid_cdb_field};
 use alloc::vec::Vec;
 use parastor_core::SgList;
 use parastor_hw::scsi::{
@@ -230,8 +230,13 @@ impl ScsiDisk {
             out[..4].copy_from_slice(&len.to_be_bytes());
             return data_in(data, &out, alloc_len);
         }
+        // Errors name the REPORTING OPTIONS field (byte 2, bits 2:0): with
+        // the field pointer an initiator can tell a refused option from a
+        // service action the device does not have (libiscsi reads 24/00
+        // without one as "not implemented").
+        let bad_options = || invalid_cdb_field(2, 2);
         if options.get() > ReportingOptions::ONE.get() {
-            return Err(invalid_cdb());
+            return Err(bad_options());
         }
         // One command. An operation code this disk does not run at all is
         // reported as not supported whatever the option.
@@ -241,10 +246,10 @@ impl ScsiDisk {
             // 001b names an operation code without service actions, 010b
             // one with them.
             Some(true) if options == ReportingOptions::ONE_NO_SERVICE_ACTION => {
-                return Err(invalid_cdb());
+                return Err(bad_options());
             }
             Some(false) if options == ReportingOptions::ONE_SERVICE_ACTION => {
-                return Err(invalid_cdb());
+                return Err(bad_options());
             }
             // 011b: the service action is ignored for an operation code
             // without service actions.

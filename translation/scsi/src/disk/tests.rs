@@ -11,7 +11,8 @@ use parastor_core::{
     RamGuestMemory, ReservationsDisk,
 };
 use parastor_hw::scsi::{
-    MaintenanceIn, PrInAction, PrOutAction, ProtocolId, ScsiOp, ScsiStatus, ServiceActionIn,
+    FieldPointer, MaintenanceIn, PrInAction, PrOutAction, ProtocolId, ScsiOp, ScsiStatus,
+    ServiceActionIn,
 };
 
 const SS: u32 = 512;
@@ -1255,6 +1256,43 @@ fn dpo_and_fua_are_claimed_and_accepted_with_dpofua() {
     // VERIFY with DPO, no byte check; WRITE AND VERIFY with DPO and BYTCHK.
     e.ok(&rw10(ScsiOp::VERIFY10.get(), 0x10, 0, 1), &[], 0);
     e.ok(&rw10(ScsiOp::WRITE_VERIFY10.get(), 0x12, 0, 1), &block, 512);
+}
+
+/// A refused REPORTING OPTIONS value is INVALID FIELD IN CDB with a
+/// field pointer to CDB byte 2, bit 2, so an initiator can tell it from a
+/// service action the device lacks (libiscsi takes 24/00 on MAINTENANCE
+/// IN without a field pointer, or pointing at byte 1, for "command not
+/// implemented" and skips the rest of ReportSupportedOpcodes.OneCommand).
+/// Every command of the all-commands list is checked the way that test
+/// checks it.
+#[test]
+fn refused_reporting_options_point_at_the_field() {
+    let e = env_with(DiskParams::default(), true);
+    let all = e.ok(&rsoc(0, 0, 0, 8192), &[], 8192);
+    let pointer = |r: &ScsiResult| r.sense.and_then(|s| s.field);
+    let mut checked = 0;
+    for d in all[4..].chunks(8) {
+        let (op, sa, servactv) = (d[0], u16::from_be_bytes([d[2], d[3]]), d[5] & 1 != 0);
+        let (good, bad) = if servactv { (2, 1) } else { (1, 2) };
+        let one = e.ok(&rsoc(good, op, sa, 512), &[], 512);
+        assert_eq!((one[1] & 7, one[4]), (3, op), "{op:#04x}/{sa:#x}");
+        let r = expect_sense(&e, &rsoc(bad, op, sa, 512), &[], 512, INVALID_CDB);
+        assert_eq!(
+            pointer(&r),
+            Some(FieldPointer::cdb(2, 2)),
+            "{op:#04x}/{sa:#x}"
+        );
+        checked += 1;
+    }
+    assert!(checked > 40);
+    for options in 4..8 {
+        let r = expect_sense(&e, &rsoc(options, 0x28, 0, 512), &[], 512, INVALID_CDB);
+        assert_eq!(pointer(&r), Some(FieldPointer::cdb(2, 2)), "{options}");
+    }
+    // The fixed-format sense a transport returns carries it (SKSV, C/D,
+    // BPV, bit 2; byte 2).
+    let r = expect_sense(&e, &rsoc(2, 0x28, 0, 512), &[], 512, INVALID_CDB);
+    assert_eq!(r.sense.unwrap().to_fixed().as_bytes()[15..18], [0xCA, 0, 2]);
 }
 
 #[test]
