@@ -123,6 +123,8 @@ pub(crate) struct Contents<'a> {
     pub(crate) plan: String,
     /// Scenario scripts: name → text (`/vmtest/scenarios/NAME.sh`).
     pub(crate) scripts: Vec<(&'static str, &'static str)>,
+    /// Scenario data files: name → text (`/vmtest/data/NAME`).
+    pub(crate) data: Vec<(&'static str, &'static str)>,
     /// Kernel modules the scenarios load (names).
     pub(crate) modules: BTreeSet<&'a str>,
     /// The static `parastor` binary.
@@ -151,6 +153,12 @@ pub(crate) fn build(packages: &GuestPackages, contents: &Contents<'_>, out: &Pat
         tree.add(
             &format!("vmtest/scenarios/{name}.sh"),
             Node::Bytes(script.as_bytes().to_vec(), 0o755),
+        );
+    }
+    for (name, text) in &contents.data {
+        tree.add(
+            &format!("vmtest/data/{name}"),
+            Node::Bytes(text.as_bytes().to_vec(), 0o644),
         );
     }
     tree.add(

@@ -140,6 +140,10 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let contents = initramfs::Contents {
         plan: plan(&selected, options.shell),
         scripts: selected.iter().map(|s| (s.name, s.script)).collect(),
+        data: selected
+            .iter()
+            .flat_map(|s| s.data.iter().copied())
+            .collect(),
         modules: selected
             .iter()
             .flat_map(|s| s.modules.iter().copied())
