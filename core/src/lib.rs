@@ -48,8 +48,8 @@ pub use memory::{
 };
 pub use pin::{PinError, PinOwner, PinSet};
 pub use pr::{
-    AccessClass, PersistentReservations, Registrant, ReservationCapabilities, ReservationReport,
-    ReservationType,
+    AccessClass, PersistentReservations, Registrant, ReservationCapabilities, ReservationNotice,
+    ReservationReport, ReservationType,
 };
 pub use prwrap::ReservationsDisk;
 pub use sg::{OwnedSgList, SgList};

@@ -263,6 +263,22 @@ impl ReservationReport {
     }
 }
 
+/// A unit attention condition a PERSISTENT RESERVE OUT raises on an I_T
+/// nexus other than the one that issued it (SPC-4 5.12.11 and the PREEMPT,
+/// CLEAR and RELEASE service actions).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReservationNotice {
+    /// 2A/03 RESERVATIONS PREEMPTED: CLEAR removed this registration.
+    ReservationsPreempted,
+    /// 2A/04 RESERVATIONS RELEASED: a Registrants Only or All Registrants
+    /// reservation this registrant shared was released (RELEASE by its
+    /// holder, or the holder of a Registrants Only one unregistered).
+    ReservationsReleased,
+    /// 2A/05 REGISTRATIONS PREEMPTED: PREEMPT or PREEMPT AND ABORT removed
+    /// this registration.
+    RegistrationsPreempted,
+}
+
 /// Persistent-reservation operations. Each names the initiator issuing it.
 ///
 /// Every PERSISTENT RESERVE OUT service action except REGISTER and REGISTER
@@ -286,6 +302,14 @@ pub trait PersistentReservations: Send + Sync {
             "",
             "the disk keeps no reservation state in this process to restore into",
         ))
+    }
+    /// Takes the unit attentions the operations so far raised on other
+    /// initiators ([`ReservationNotice`]), oldest first, so the front end
+    /// can report each to its initiator's next command. A front end calls
+    /// it after each PERSISTENT RESERVE OUT. The default has none: a
+    /// device keeping its own reservations raises its own unit attentions.
+    fn take_notices(&self) -> Vec<(InitiatorId, ReservationNotice)> {
+        Vec::new()
     }
     /// The full reservation state (READ KEYS, READ RESERVATION and READ
     /// FULL STATUS are all views of it).

@@ -115,16 +115,23 @@
 //! - At most [`MAX_REGISTRANTS`] initiators may be registered; one more is
 //!   refused with [`DiskError::InvalidInput`] (SPC-4: INSUFFICIENT
 //!   REGISTRATION RESOURCES).
-//! - Unit attentions (RESERVATIONS PREEMPTED / RELEASED, REGISTRATIONS
-//!   PREEMPTED) are not generated here; a frontend that wants them can
-//!   compare reports.
+//! - Unit attentions for the other I_T nexuses are recorded for the front
+//!   end to deliver ([`PersistentReservations::take_notices`]): CLEAR
+//!   raises RESERVATIONS PREEMPTED on every other registrant; PREEMPT and
+//!   PREEMPT AND ABORT raise REGISTRATIONS PREEMPTED on each initiator
+//!   whose registration they removed (not the issuer); releasing a
+//!   Registrants Only or All Registrants reservation (RELEASE by a holder,
+//!   or unregistering the holder of a Registrants Only one) raises
+//!   RESERVATIONS RELEASED on the other registrants. REGISTER AND MOVE and
+//!   RESERVE raise none. At most `2 * MAX_REGISTRANTS` wait untaken (the
+//!   oldest are dropped); they are not saved for servicing.
 
 use crate::disk::{BoxFuture, Disk, DiskIo, InitiatorId, IoOptions, LayerIo, SectorMarker};
 use crate::drive;
 use crate::error::DiskError;
 use crate::pr::{
-    AccessClass, PersistentReservations, Registrant, ReservationCapabilities, ReservationReport,
-    ReservationType,
+    AccessClass, PersistentReservations, Registrant, ReservationCapabilities, ReservationNotice,
+    ReservationReport, ReservationType,
 };
 use crate::sg::SgList;
 use crate::state::{InvalidState, SaveError, Versioned, check_count};
@@ -206,7 +213,14 @@ struct State {
     aborted: Vec<(InitiatorId, u64)>,
     /// PREEMPT AND ABORT futures waiting for older requests to leave.
     drain_waiters: Vec<Waker>,
+    /// Unit attentions raised on other initiators, oldest first, until the
+    /// front end takes them; at most [`MAX_NOTICES`] (the oldest go).
+    notices: Vec<(InitiatorId, ReservationNotice)>,
 }
+
+/// Most unit attentions kept for the front end to take: one operation
+/// raises at most one per registrant.
+const MAX_NOTICES: usize = 2 * MAX_REGISTRANTS;
 
 const CONFLICT: DiskError = DiskError::ReservationConflict;
 
@@ -243,6 +257,24 @@ impl State {
             .permits(access, r.held_by(initiator, registered), registered)
     }
 
+    /// Raises `notice` on `initiator`.
+    fn notify(&mut self, initiator: InitiatorId, notice: ReservationNotice) {
+        if self.notices.len() >= MAX_NOTICES {
+            self.notices.remove(0);
+        }
+        self.notices.push((initiator, notice));
+    }
+
+    /// Raises `notice` on every registrant but `except`.
+    fn notify_registrants(&mut self, except: InitiatorId, notice: ReservationNotice) {
+        for i in 0..self.registrations.len() {
+            let who = self.registrations[i].initiator;
+            if who != except {
+                self.notify(who, notice);
+            }
+        }
+    }
+
     fn bump(&mut self) {
         self.generation = self.generation.wrapping_add(1);
     }
@@ -258,7 +290,9 @@ impl State {
     }
 
     /// Removes registration `i`, releasing the reservation if that leaves
-    /// it without a holder.
+    /// it without a holder. Releasing a Registrants Only reservation so
+    /// raises RESERVATIONS RELEASED on the remaining registrants (an All
+    /// Registrants one is released only when none remain).
     fn unregister(&mut self, i: usize) {
         let gone = self.registrations.remove(i);
         if let Some(r) = self.reservation {
@@ -269,6 +303,12 @@ impl State {
             };
             if orphaned {
                 self.reservation = None;
+                if r.kind.admits_registrants() {
+                    self.notify_registrants(
+                        gone.initiator,
+                        ReservationNotice::ReservationsReleased,
+                    );
+                }
             }
         }
     }
@@ -353,6 +393,9 @@ impl State {
                     ));
                 }
                 self.reservation = None;
+                if r.kind.admits_registrants() {
+                    self.notify_registrants(initiator, ReservationNotice::ReservationsReleased);
+                }
                 Ok(())
             }
             // No reservation, or held by someone else: nothing to release.
@@ -362,6 +405,7 @@ impl State {
 
     fn clear(&mut self, initiator: InitiatorId, key: u64) -> Result<(), DiskError> {
         self.check_key(initiator, key)?;
+        self.notify_registrants(initiator, ReservationNotice::ReservationsPreempted);
         self.reservation = None;
         self.registrations.clear();
         self.bump();
@@ -417,6 +461,9 @@ impl State {
                 removed
             }
         };
+        for &who in &preempted {
+            self.notify(who, ReservationNotice::RegistrationsPreempted);
+        }
         self.bump();
         if !abort || preempted.is_empty() {
             return Ok(None);
@@ -721,6 +768,10 @@ impl PersistentReservations for ReservationsDisk {
         Box::pin(async move { Ok(self.state.lock().report()) })
     }
 
+    fn take_notices(&self) -> Vec<(InitiatorId, ReservationNotice)> {
+        core::mem::take(&mut self.state.lock().notices)
+    }
+
     fn register(
         &self,
         initiator: InitiatorId,
@@ -1001,6 +1052,48 @@ impl ReservationsV1 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// CLEAR, PREEMPT and the release of a shared reservation raise unit
+    /// attentions on the other initiators only, and are taken once.
+    #[test]
+    fn notices_name_the_other_initiators() {
+        use ReservationNotice::*;
+        const A: InitiatorId = InitiatorId::new(0xA);
+        const B: InitiatorId = InitiatorId::new(0xB);
+        const C: InitiatorId = InitiatorId::new(0xC);
+        let mut st = State::default();
+        for (who, key) in [(A, 0xA), (B, 0xB), (C, 0xC)] {
+            st.register(who, Some(0), key, None).unwrap();
+        }
+        let ro = ReservationType::WriteExclusiveRegistrantsOnly;
+        st.reserve(A, 0xA, ro).unwrap();
+        st.release(A, 0xA, ro).unwrap();
+        assert_eq!(
+            st.notices,
+            [(B, ReservationsReleased), (C, ReservationsReleased)]
+        );
+        st.notices.clear();
+        // A plain Write Exclusive release raises nothing.
+        let we = ReservationType::WriteExclusive;
+        st.reserve(A, 0xA, we).unwrap();
+        st.release(A, 0xA, we).unwrap();
+        assert!(st.notices.is_empty());
+        // The holder of a Registrants Only reservation unregistering
+        // releases it.
+        st.reserve(A, 0xA, ro).unwrap();
+        st.register(A, Some(0xA), 0, None).unwrap();
+        assert_eq!(
+            st.notices,
+            [(B, ReservationsReleased), (C, ReservationsReleased)]
+        );
+        st.notices.clear();
+        st.preempt(B, 0xB, 0xC, we, false).unwrap();
+        assert_eq!(st.notices, [(C, RegistrationsPreempted)]);
+        st.notices.clear();
+        st.register(A, Some(0), 0xA, None).unwrap();
+        st.clear(B, 0xB).unwrap();
+        assert_eq!(st.notices, [(A, ReservationsPreempted)]);
+    }
 
     /// A guest that re-registers and is fenced off again and again while
     /// one request hangs in the inner disk leaves one abort record, and
