@@ -14,9 +14,10 @@
 use crate::data::data_in;
 use crate::result::{Res, ScsiResult};
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use parastor_core::sync::Mutex;
 use parastor_core::{InitiatorId, SgList};
-use parastor_hw::scsi::{DESCRIPTOR_SENSE_MAX, ScsiStatus, SenseData};
+use parastor_hw::scsi::{AdditionalSense, DESCRIPTOR_SENSE_MAX, ScsiStatus, SenseData, SenseKey};
 use zerocopy::IntoBytes;
 
 /// Most initiators whose sense is kept at once.
@@ -138,6 +139,86 @@ impl SenseTable {
     }
 }
 
+/// Most unit attentions pending for one initiator; a further one makes the
+/// oldest go.
+pub(crate) const UA_DEPTH: usize = 4;
+
+/// Most initiators with unit attentions pending at once; a further one
+/// makes the initiator that got its first pending one longest ago lose
+/// them.
+pub(crate) const UA_SLOTS: usize = SENSE_SLOTS;
+
+/// One initiator's pending unit attentions, oldest first.
+struct Pending {
+    initiator: InitiatorId,
+    queue: [AdditionalSense; UA_DEPTH],
+    len: usize,
+}
+
+/// Unit attentions raised on particular initiators (persistent
+/// reservation changes another initiator made), each reported once, to
+/// that initiator's next command. The I/O path pays one atomic load while
+/// none is pending anywhere.
+#[derive(Default)]
+pub(crate) struct UnitAttentions {
+    /// How many initiators have some pending: 0 lets commands skip the lock.
+    pending: AtomicUsize,
+    inner: Mutex<Vec<Pending>>,
+}
+
+impl UnitAttentions {
+    /// Queues UNIT ATTENTION with `code` for `initiator`, unless it already
+    /// has that one pending.
+    pub(crate) fn raise(&self, initiator: InitiatorId, code: AdditionalSense) {
+        let mut t = self.inner.lock();
+        let i = match t.iter().position(|p| p.initiator == initiator) {
+            Some(i) => i,
+            None => {
+                if t.len() >= UA_SLOTS {
+                    t.remove(0);
+                }
+                t.push(Pending {
+                    initiator,
+                    queue: [AdditionalSense::NO_ADDITIONAL_SENSE; UA_DEPTH],
+                    len: 0,
+                });
+                t.len() - 1
+            }
+        };
+        if let Some(p) = t.get_mut(i) {
+            let len = p.len.min(UA_DEPTH);
+            if !p.queue[..len].contains(&code) {
+                if len == UA_DEPTH {
+                    p.queue.rotate_left(1);
+                    p.queue[UA_DEPTH - 1] = code;
+                } else {
+                    p.queue[len] = code;
+                    p.len = len + 1;
+                }
+            }
+        }
+        self.pending.store(t.len(), Ordering::Release);
+    }
+
+    /// Takes `initiator`'s oldest pending unit attention as sense data.
+    pub(crate) fn take(&self, initiator: InitiatorId) -> Option<SenseData> {
+        if self.pending.load(Ordering::Acquire) == 0 {
+            return None;
+        }
+        let mut t = self.inner.lock();
+        let i = t.iter().position(|p| p.initiator == initiator)?;
+        let p = t.get_mut(i)?;
+        let code = p.queue[0];
+        p.queue.rotate_left(1);
+        p.len = p.len.saturating_sub(1);
+        if p.len == 0 {
+            t.remove(i);
+        }
+        self.pending.store(t.len(), Ordering::Release);
+        Some(SenseData::new(SenseKey::UNIT_ATTENTION, code))
+    }
+}
+
 /// REQUEST SENSE's parameter data: `sense` (NO SENSE if `None`) in
 /// descriptor (`desc`) or fixed format, truncated to `alloc_len`.
 pub(crate) fn request_sense(
@@ -167,6 +248,37 @@ mod tests {
 
     fn id(n: usize) -> InitiatorId {
         InitiatorId::new(n as u128 + 1)
+    }
+
+    #[test]
+    fn unit_attentions_queue_per_initiator() {
+        let u = UnitAttentions::default();
+        assert_eq!(u.take(id(0)), None);
+        let code = |n: u8| AdditionalSense::from_parts(0x2A, n);
+        let ua = |n: u8| Some(SenseData::new(SenseKey::UNIT_ATTENTION, code(n)));
+        u.raise(id(0), code(3));
+        u.raise(id(0), code(3));
+        u.raise(id(1), code(5));
+        u.raise(id(0), code(4));
+        assert_eq!(u.take(id(0)), ua(3));
+        assert_eq!(u.take(id(0)), ua(4));
+        assert_eq!(u.take(id(0)), None);
+        // A full queue drops its oldest.
+        for n in 10..10 + UA_DEPTH as u8 + 1 {
+            u.raise(id(1), code(n));
+        }
+        for n in 10..10 + UA_DEPTH as u8 {
+            assert_eq!(u.take(id(1)), ua(n + 1));
+        }
+        assert_eq!(u.take(id(1)), None);
+        assert_eq!(u.pending.load(Ordering::Relaxed), 0);
+        // Bounded in initiators too.
+        for i in 0..UA_SLOTS * 3 {
+            u.raise(id(i), code(1));
+            assert!(u.inner.lock().len() <= UA_SLOTS);
+        }
+        assert_eq!(u.take(id(UA_SLOTS * 3 - 1)), ua(1));
+        assert_eq!(u.take(id(0)), None);
     }
 
     #[test]

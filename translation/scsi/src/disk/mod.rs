@@ -57,7 +57,7 @@ use crate::lock::RangeLock;
 use crate::result::{
     Res, ScsiResult, illegal, invalid_cdb, invalid_param, mem_err, param_len_error,
 };
-use crate::sense::{self, SenseDelivery, SenseTable};
+use crate::sense::{self, SenseDelivery, SenseTable, UnitAttentions};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use parastor_core::bounce::{AcquireError, BounceBuffer, BouncePool};
@@ -197,6 +197,9 @@ pub struct ScsiDisk {
     last_sector_count: AtomicU64,
     /// Sense of each initiator's last failed command, for REQUEST SENSE.
     sense: SenseTable,
+    /// Unit attentions persistent reservation changes raised on particular
+    /// initiators, for their next commands.
+    attentions: UnitAttentions,
     /// Writes hold their LBA range shared, COMPARE AND WRITE exclusively.
     ranges: RangeLock,
     /// The MAXIMUM TRANSFER LENGTH advertised and enforced, in blocks: the
@@ -254,6 +257,7 @@ impl ScsiDisk {
             unmap,
             fua,
             sense: SenseTable::default(),
+            attentions: UnitAttentions::default(),
             ranges: RangeLock::default(),
             scratch: parastor_core::sync::RwLock::new(BouncePool::new(DEFAULT_SCRATCH_BUDGET)),
         }
@@ -387,6 +391,8 @@ impl ScsiDisk {
         };
         let result = if self.claim_unit_attention() {
             Err(ScsiResult::check(unit_attention()))
+        } else if let Some(ua) = self.attentions.take(initiator) {
+            Err(ScsiResult::check(ua))
         } else {
             self.transfer_buffer(data, t).and_then(|buf| match buf {
                 Some(buf) => self.transfer_inline(buf, t, write, opts),
@@ -420,13 +426,18 @@ impl ScsiDisk {
                 let sense = if self.claim_unit_attention() {
                     Some(unit_attention())
                 } else {
-                    self.sense.take(initiator)
+                    self.attentions
+                        .take(initiator)
+                        .or_else(|| self.sense.take(initiator))
                 };
                 return sense::request_sense(data, sense, desc, alloc_len.into());
             }
             _ => {
                 if self.claim_unit_attention() {
                     return Err(ScsiResult::check(unit_attention()));
+                }
+                if let Some(ua) = self.attentions.take(initiator) {
+                    return Err(ScsiResult::check(ua));
                 }
             }
         }

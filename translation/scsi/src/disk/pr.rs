@@ -9,7 +9,8 @@ use crate::data::{data_in, data_out};
 use crate::result::{Res, illegal, invalid_cdb, invalid_param, param_len_error};
 use alloc::vec::Vec;
 use parastor_core::{
-    DiskError, InitiatorId, PersistentReservations, ReservationReport, ReservationType,
+    DiskError, InitiatorId, PersistentReservations, ReservationNotice, ReservationReport,
+    ReservationType,
 };
 use parastor_hw::scsi::{
     AdditionalSense, PrInAction, PrOutAction, PrOutParams, PrRegisterMoveParams, PrType, ProtocolId,
@@ -150,7 +151,40 @@ impl ScsiDisk {
         data_in(data, &out, alloc_len)
     }
 
+    /// PERSISTENT RESERVE OUT, then queues the unit attentions it raised
+    /// on other initiators (SPC-4 5.12.11) for their next commands.
     pub(super) async fn pr_out(
+        &self,
+        data: &parastor_core::SgList<'_>,
+        service_action: PrOutAction,
+        scope: u8,
+        kind: PrType,
+        param_len: u32,
+        initiator: InitiatorId,
+    ) -> Res {
+        let result = self
+            .pr_out_action(data, service_action, scope, kind, param_len, initiator)
+            .await;
+        if let Ok(prs) = self.reservations() {
+            for (who, notice) in prs.take_notices() {
+                let code = match notice {
+                    ReservationNotice::ReservationsPreempted => {
+                        AdditionalSense::RESERVATIONS_PREEMPTED
+                    }
+                    ReservationNotice::ReservationsReleased => {
+                        AdditionalSense::RESERVATIONS_RELEASED
+                    }
+                    ReservationNotice::RegistrationsPreempted => {
+                        AdditionalSense::REGISTRATIONS_PREEMPTED
+                    }
+                };
+                self.attentions.raise(who, code);
+            }
+        }
+        result
+    }
+
+    async fn pr_out_action(
         &self,
         data: &parastor_core::SgList<'_>,
         service_action: PrOutAction,

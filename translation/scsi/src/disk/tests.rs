@@ -1690,6 +1690,14 @@ fn persistent_reservations_two_initiators() {
         ScsiStatus::RESERVATION_CONFLICT
     );
     assert_eq!(out(B, 4, 3, 0x2222, 0x1111).status, ScsiStatus::GOOD);
+    // A's next command learns it was preempted (REGISTRATIONS PREEMPTED).
+    assert_eq!(
+        sense_of(
+            &e.run_as(A, &rw10(ScsiOp::READ10.get(), 0, 0, 1), &[], 512)
+                .0
+        ),
+        (6, 0x2A, 0x05)
+    );
     assert_eq!(
         e.run_as(A, &rw10(ScsiOp::READ10.get(), 0, 0, 1), &[], 512)
             .0
@@ -2717,4 +2725,61 @@ fn scratch_blocks_are_reused() {
     }
     assert_eq!(pool.allocations(), first);
     assert_eq!(pool.in_use(), 0);
+}
+
+/// Persistent reservation changes raise UNIT ATTENTION on the other
+/// initiators (SPC-4 5.12.11): CLEAR → 2A/03, PREEMPT → 2A/05 on the
+/// preempted, RELEASE of a Registrants Only reservation → 2A/04. Each is
+/// reported once, to the initiator's next command other than INQUIRY;
+/// REQUEST SENSE returns it with GOOD.
+#[test]
+fn reservation_changes_raise_unit_attentions_on_other_initiators() {
+    let e = env_with(DiskParams::default(), true);
+    let out = |who, sa, kind, key, sa_key| {
+        let (c, p) = pr_out(sa, kind, key, sa_key);
+        let r = e.run_as(who, &c, &p, 24).0;
+        assert_eq!(r.status, ScsiStatus::GOOD, "PR OUT {sa}: {r:?}");
+    };
+    let tur = [0u8; 6];
+    let status = |who| e.run_as(who, &tur, &[], 0).0;
+    let register_both = || {
+        out(A, 0, 0, 0, 0x1111);
+        out(B, 0, 0, 0, 0x2222);
+    };
+    // CLEAR from A: B gets RESERVATIONS PREEMPTED once, A nothing.
+    register_both();
+    out(A, 3, 0, 0x1111, 0);
+    assert_eq!(status(A).status, ScsiStatus::GOOD);
+    assert_eq!(sense_of(&status(B)), (6, 0x2A, 0x03));
+    assert_eq!(status(B).status, ScsiStatus::GOOD);
+    // PREEMPT: the preempted B gets REGISTRATIONS PREEMPTED. INQUIRY does
+    // not consume it; REQUEST SENSE returns it with GOOD and clears it.
+    register_both();
+    out(A, 1, 1, 0x1111, 0);
+    out(A, 4, 1, 0x1111, 0x2222);
+    let inquiry = [0x12, 0, 0, 0, 96, 0];
+    assert_eq!(e.run_as(B, &inquiry, &[], 96).0.status, ScsiStatus::GOOD);
+    let request_sense = [0x03, 0, 0, 0, 18, 0];
+    let (r, d) = e.run_as(B, &request_sense, &[], 18);
+    assert_eq!(r.status, ScsiStatus::GOOD);
+    assert_eq!((d[2] & 0xF, d[12], d[13]), (6, 0x2A, 0x05));
+    assert_eq!(status(B).status, ScsiStatus::GOOD);
+    assert_eq!(status(A).status, ScsiStatus::GOOD);
+    out(A, 2, 1, 0x1111, 0);
+    // RELEASE of a Write Exclusive – Registrants Only reservation: B gets
+    // RESERVATIONS RELEASED, also on a READ (the inline path).
+    out(B, 0, 0, 0, 0x2222);
+    out(A, 1, 5, 0x1111, 0);
+    out(A, 2, 5, 0x1111, 0);
+    let read = rw10(ScsiOp::READ10.get(), 0, 0, 1);
+    let (r, _) = e.run_as(B, &read, &[], 512);
+    assert_eq!(sense_of(&r), (6, 0x2A, 0x04));
+    assert_eq!(e.run_as(B, &read, &[], 512).0.status, ScsiStatus::GOOD);
+    // Two pending ones are reported one at a time, oldest first.
+    out(A, 1, 5, 0x1111, 0);
+    out(A, 2, 5, 0x1111, 0);
+    out(A, 3, 0, 0x1111, 0);
+    assert_eq!(sense_of(&status(B)), (6, 0x2A, 0x04));
+    assert_eq!(sense_of(&status(B)), (6, 0x2A, 0x03));
+    assert_eq!(status(B).status, ScsiStatus::GOOD);
 }
