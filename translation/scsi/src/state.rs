@@ -5,7 +5,11 @@
 //!   sense, and the capacity the initiators were last told about — a
 //!   pending capacity UNIT ATTENTION is exactly "the disk's size now
 //!   differs from it", so restoring it re-raises a pending one and raises
-//!   one for a size that changed across the restart.
+//!   one for a size that changed across the restart. Unit attentions a
+//!   persistent reservation change raised on other initiators and not yet
+//!   reported are not saved (the format predates them): they are lost
+//!   across servicing, as if the initiators had already seen them; the
+//!   reservation state itself is saved with the disk.
 //!   [`ScsiDisk::save`](crate::ScsiDisk::save) refuses while a command
 //!   holds or waits for an LBA range (COMPARE AND WRITE, writes): a save
 //!   follows the transport's drain, and a range lock has no meaning
