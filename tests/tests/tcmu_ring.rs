@@ -471,6 +471,57 @@ fn two_paths_are_two_initiators_of_one_lun() {
     rig.finish().unwrap();
 }
 
+/// A reservation change on one path raises UNIT ATTENTION on the other
+/// path's next command, once: CLEAR → RESERVATIONS PREEMPTED (2A/03),
+/// PREEMPT → REGISTRATIONS PREEMPTED (2A/05) on the preempted path,
+/// RELEASE of a Registrants Only reservation → RESERVATIONS RELEASED
+/// (2A/04). The issuing path sees none.
+#[test]
+fn reservation_changes_raise_unit_attentions_on_the_other_path() {
+    let disk = Disk::new(parastor_core::ReservationsDisk::new(ram(64))).unwrap();
+    let config = TcmuConfig::small(64 << 10, 8);
+    let mut rig = TcmuRig::start(lun_over(disk), &[config, config]);
+    let pr_out = |k: &mut TcmuKernel, action: u8, kind: u8, key: u64, sa_key: u64| {
+        let cdb = [0x5F, action, kind, 0, 0, 0, 0, 0, 24, 0];
+        let mut p = vec![0u8; 24];
+        p[..8].copy_from_slice(&key.to_be_bytes());
+        p[8..16].copy_from_slice(&sa_key.to_be_bytes());
+        let c = run(k, &cdb, DataDir::Out(p));
+        assert_eq!(c.status, ScsiStatus::GOOD, "PR OUT {action:#x}");
+    };
+    // The unit attention TEST UNIT READY reports, if any.
+    let ua_of = |k: &mut TcmuKernel| {
+        let c = run(k, &[0u8; 6], DataDir::None);
+        if c.status == ScsiStatus::GOOD {
+            return None;
+        }
+        assert_eq!(c.status, ScsiStatus::CHECK_CONDITION);
+        let s = c.sense.expect("sense with CHECK CONDITION");
+        assert_eq!(s[2] & 0xF, 6, "UNIT ATTENTION");
+        Some((s[12], s[13]))
+    };
+    let [k0, k1] = &mut rig.kernels[..] else {
+        panic!("two paths")
+    };
+    pr_out(k0, 0x00, 0, 0, 0xA);
+    pr_out(k1, 0x00, 0, 0, 0xB);
+    pr_out(k0, 0x03, 0, 0xA, 0); // CLEAR
+    assert_eq!(ua_of(k0), None);
+    assert_eq!(ua_of(k1), Some((0x2A, 0x03)));
+    assert_eq!(ua_of(k1), None);
+    pr_out(k0, 0x00, 0, 0, 0xA);
+    pr_out(k1, 0x00, 0, 0, 0xB);
+    pr_out(k0, 0x01, 0x05, 0xA, 0); // RESERVE, Write Exclusive - Registrants Only
+    pr_out(k0, 0x02, 0x05, 0xA, 0); // RELEASE
+    pr_out(k0, 0x04, 0x01, 0xA, 0xB); // PREEMPT path 1's registration
+    // Two pending: one at a time, oldest first.
+    assert_eq!(ua_of(k1), Some((0x2A, 0x04)));
+    assert_eq!(ua_of(k1), Some((0x2A, 0x05)));
+    assert_eq!(ua_of(k1), None);
+    assert_eq!(ua_of(k0), None);
+    rig.finish().unwrap();
+}
+
 #[test]
 fn stop_drains_the_commands_in_flight() {
     let (lun, _handle, timer) = delayed(64, Duration::from_millis(200));
