@@ -170,16 +170,14 @@ expect_rc "a write from path 2 after the release" 0
 run out sg_persist --out --clear --param-rk=0x2222 $sg2
 expect_rc "PR clear (path 2)" 0
 # SPC-4 (PERSISTENT RESERVE OUT, CLEAR): every other registered I_T nexus
-# gets a UNIT ATTENTION, RESERVATIONS PREEMPTED. Reported as a figure, not
-# a failure: parastor's reservations (core/src/prwrap.rs) document that
-# they do not raise these unit attentions yet.
+# gets a UNIT ATTENTION, RESERVATIONS PREEMPTED, reported to its next
+# command and then cleared.
 run out sg_persist --in --read-keys $sg
-clear_ua=no
-if [ $rc = 6 ]; then
-    expect_contains "the UNIT ATTENTION after another path's CLEAR" "$out" "eservations preempted"
-    clear_ua=yes
-    run out sg_persist --in --read-keys $sg
-fi
+expect_rc "the command after another path's CLEAR (UNIT ATTENTION expected)" 6
+expect_contains "the UNIT ATTENTION after another path's CLEAR" "$out" "eservations preempted"
+clear_ua=yes
+run out sg_persist --in --read-keys $sg
+expect_rc "PR read keys after the UNIT ATTENTION" 0
 expect_contains "PR read keys after clear" "$out" "NO registered reservation keys"
 log "ok: persistent reservations between two initiators (UNIT ATTENTION after CLEAR: $clear_ua)"
 figure pr ok
