@@ -19,8 +19,8 @@
 //!   range by the same initiator is GOOD and returns the bytes written;
 //! - a GOOD REQUEST SENSE returns the sense of the initiator's last CHECK
 //!   CONDITION (or NO SENSE if it was already reported, by REQUEST SENSE
-//!   or by autosense), unless it reports the capacity change unit
-//!   attention instead.
+//!   or by autosense), unless it reports a pending unit attention instead
+//!   (the capacity change, or a reservation change by another initiator).
 //!
 //! Reuse between inputs: each command's buffer takes its guest memory from
 //! the thread's [`scratch`](crate::scratch) pool (zeroed, as good as new);
@@ -263,6 +263,13 @@ fn check_result(r: &ScsiResult, len: usize, what: &dyn Fn() -> String) {
 
 /// Follows REQUEST SENSE: what it must report, and what the adapter holds
 /// afterwards.
+/// Whether `sense` is a unit attention REQUEST SENSE may report before the
+/// initiator's own sense: the capacity change, or one a persistent
+/// reservation change by another initiator raised (2A/03, 2A/04, 2A/05).
+fn is_unit_attention(sense: (u8, u8, u8)) -> bool {
+    sense == UA_CAPACITY || matches!(sense, (6, 0x2A, 3..=5))
+}
+
 fn request_sense(
     stored: Stored,
     reported: Option<(u8, u8, u8)>,
@@ -277,17 +284,21 @@ fn request_sense(
             let want = s.unwrap_or((0, 0, 0));
             if got == want {
                 // Reporting the held unit attention may have been either.
-                if got == UA_CAPACITY { None } else { Some(None) }
-            } else if got == UA_CAPACITY {
+                if is_unit_attention(got) {
+                    None
+                } else {
+                    Some(None)
+                }
+            } else if is_unit_attention(got) {
                 stored
             } else {
                 panic!(
-                    "REQUEST SENSE reported {got:x?}, expected {want:x?} (or the capacity unit attention)\n{}",
+                    "REQUEST SENSE reported {got:x?}, expected {want:x?} (or a pending unit attention)\n{}",
                     what()
                 )
             }
         }
-        None if got == UA_CAPACITY => None,
+        None if is_unit_attention(got) => None,
         None => Some(None),
     }
 }
