@@ -27,6 +27,7 @@ pub mod pin;
 pub mod pr;
 pub mod prwrap;
 pub mod ram;
+pub mod ready;
 pub mod resize;
 pub mod sg;
 pub mod state;

@@ -46,10 +46,9 @@ use std::io;
 use std::os::fd::BorrowedFd;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
-use futures_util::task::AtomicWaker;
+use parastor_core::ready::ReadySet;
 use parastor_core::{GuestMem, InitiatorId, SgList};
 use parastor_hw::scsi::{AdditionalSense, SenseData, SenseKey};
 use parastor_runtime::{EventFd, FdReady, Interest};
@@ -199,63 +198,27 @@ async fn run_command(
     (cmd, result)
 }
 
-/// Which slots were woken, one bit each, and the serve task's waker.
-struct ReadyBits {
-    words: Box<[AtomicU64]>,
-    task: AtomicWaker,
-}
-
-/// A slot's waker: sets its bit, wakes the serve task.
-struct SlotWake {
-    index: usize,
-    ready: Arc<ReadyBits>,
-}
-
-impl Wake for SlotWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(word) = self.ready.words.get(self.index / 64) {
-            word.fetch_or(1 << (self.index % 64), Ordering::AcqRel);
-        }
-        self.ready.task.wake();
-    }
-}
-
 struct Slot<F> {
     path: usize,
     /// Allocated at the slot's first use, reused by `Pin::set` after.
     future: Option<Pin<Box<Option<F>>>>,
-    waker: Waker,
 }
 
 /// The table of deferred commands.
 struct Slots<F> {
     slots: Vec<Slot<F>>,
     free: Vec<usize>,
-    ready: Arc<ReadyBits>,
+    ready: ReadySet,
     busy: usize,
 }
 
 impl<F: Future<Output = (RingCommand, ScsiResult)>> Slots<F> {
     fn new() -> Self {
-        let words = (0..MAX_IN_FLIGHT.div_ceil(64))
-            .map(|_| AtomicU64::new(0))
-            .collect();
-        let ready = Arc::new(ReadyBits {
-            words,
-            task: AtomicWaker::new(),
-        });
+        let ready = ReadySet::new(MAX_IN_FLIGHT);
         let slots = (0..MAX_IN_FLIGHT)
-            .map(|index| Slot {
+            .map(|_| Slot {
                 path: 0,
                 future: None,
-                waker: Waker::from(Arc::new(SlotWake {
-                    index,
-                    ready: ready.clone(),
-                })),
             })
             .collect();
         Slots {
@@ -267,7 +230,7 @@ impl<F: Future<Output = (RingCommand, ScsiResult)>> Slots<F> {
     }
 
     fn register(&self, waker: &Waker) {
-        self.ready.task.register(waker);
+        self.ready.register(waker);
     }
 
     fn has_free(&self) -> bool {
@@ -287,21 +250,15 @@ impl<F: Future<Output = (RingCommand, ScsiResult)>> Slots<F> {
             None => slot.future = Some(Box::pin(Some(future))),
         }
         self.busy += 1;
-        slot.waker.wake_by_ref();
+        self.ready.wake(index);
     }
 
     /// Polls every woken slot; `done(path, command, result)` for each that
     /// finished.
     fn poll_ready(&mut self, mut done: impl FnMut(usize, RingCommand, ScsiResult)) -> bool {
         let mut any = false;
-        for w in 0..self.ready.words.len() {
-            if self.ready.words[w].load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let mut bits = self.ready.words[w].swap(0, Ordering::AcqRel);
-            while bits != 0 {
-                let index = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
+        for w in 0..self.ready.words() {
+            for index in self.ready.take_word(w) {
                 let Some(slot) = self.slots.get_mut(index) else {
                     continue;
                 };
@@ -311,7 +268,10 @@ impl<F: Future<Output = (RingCommand, ScsiResult)>> Slots<F> {
                 let Some(future) = storage.as_mut().as_pin_mut() else {
                     continue;
                 };
-                let mut cx = Context::from_waker(&slot.waker);
+                let Some(waker) = self.ready.waker(index) else {
+                    continue;
+                };
+                let mut cx = Context::from_waker(waker);
                 if let Poll::Ready((cmd, result)) = future.poll(&mut cx) {
                     storage.as_mut().set(None);
                     self.free.push(index);

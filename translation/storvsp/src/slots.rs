@@ -3,14 +3,11 @@
 
 use super::ScsiPath;
 use alloc::boxed::Box;
-use alloc::sync::Arc;
-use alloc::task::Wake;
 use alloc::vec::Vec;
 use core::pin::Pin;
-use core::sync::atomic::{AtomicU64, Ordering};
 use core::task::Waker;
-use futures_util::task::AtomicWaker;
 use parastor_core::GpaRange;
+use parastor_core::ready::ReadySet;
 use parastor_hw::storvsp::{ScsiRequest, SrbStatus};
 use parastor_scsi::ScsiResult;
 use parastor_vmbus::Reservation;
@@ -122,35 +119,8 @@ impl RequestRecord {
     }
 }
 
-/// Which slots were woken since the last pass, one bit each, and the
-/// worker's task to wake when a bit is set.
-#[derive(Debug)]
-struct ReadyBits {
-    words: Box<[AtomicU64]>,
-    worker: AtomicWaker,
-}
-
-/// A slot's waker: sets the slot's bit and wakes the worker.
-struct SlotWake {
-    index: usize,
-    ready: Arc<ReadyBits>,
-}
-
-impl Wake for SlotWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        if let Some(word) = self.ready.words.get(self.index / 64) {
-            word.fetch_or(1 << (self.index % 64), Ordering::AcqRel);
-        }
-        self.ready.worker.wake();
-    }
-}
-
 /// One request slot: its record, its future's storage (allocated on first
-/// use and reused by every later request in the slot), and its waker.
+/// use and reused by every later request in the slot).
 pub(crate) struct Slot<'a> {
     busy: bool,
     pub(crate) record: RequestRecord,
@@ -158,7 +128,6 @@ pub(crate) struct Slot<'a> {
     /// The ranges vector lent to the command future (kept, with its
     /// capacity, between requests).
     spare: Vec<GpaRange>,
-    waker: Waker,
 }
 
 /// The fields of a request taken from the ring.
@@ -177,7 +146,7 @@ pub(crate) struct Slots<'a> {
     /// Free slot indices (a stack: the slot freed last, whose future box is
     /// warm, is used next).
     free: Vec<usize>,
-    ready: Arc<ReadyBits>,
+    ready: ReadySet,
     /// Slot futures polled, ever (for tests of the per-completion cost).
     polls: u64,
 }
@@ -186,20 +155,13 @@ impl<'a> Slots<'a> {
     /// `depth` free slots (at least one).
     pub(crate) fn new(depth: usize) -> Self {
         let depth = depth.max(1);
-        let ready = Arc::new(ReadyBits {
-            words: (0..depth.div_ceil(64)).map(|_| AtomicU64::new(0)).collect(),
-            worker: AtomicWaker::new(),
-        });
+        let ready = ReadySet::new(depth);
         let slots = (0..depth)
-            .map(|index| Slot {
+            .map(|_| Slot {
                 busy: false,
                 record: RequestRecord::empty(),
                 future: None,
                 spare: Vec::new(),
-                waker: Waker::from(Arc::new(SlotWake {
-                    index,
-                    ready: ready.clone(),
-                })),
             })
             .collect();
         Self {
@@ -232,15 +194,12 @@ impl<'a> Slots<'a> {
 
     /// Wakes the worker's task (`waker`) when any slot is woken.
     pub(crate) fn register(&self, waker: &Waker) {
-        self.ready.worker.register(waker);
+        self.ready.register(waker);
     }
 
     /// Whether a slot was woken since the last [`Slots::poll_ready`].
     pub(crate) fn any_ready(&self) -> bool {
-        self.ready
-            .words
-            .iter()
-            .any(|w| w.load(Ordering::Acquire) != 0)
+        self.ready.any()
     }
 
     /// Takes a free slot for `req`, `Queued`; gives `req` back if all are
@@ -287,7 +246,12 @@ impl<'a> Slots<'a> {
     /// Polls slot `index`'s future if it has one; its answer when it is
     /// done (the record is then `Done`, the future gone).
     fn poll(&mut self, index: usize) -> Option<SrbAnswer> {
-        let Self { slots, polls, .. } = self;
+        let Self {
+            slots,
+            polls,
+            ready,
+            ..
+        } = self;
         let slot = slots.get_mut(index)?;
         if !slot.busy {
             return None;
@@ -295,7 +259,7 @@ impl<'a> Slots<'a> {
         let storage = slot.future.as_mut()?;
         let future = storage.as_mut().as_pin_mut()?;
         *polls += 1;
-        let mut cx = core::task::Context::from_waker(&slot.waker);
+        let mut cx = core::task::Context::from_waker(ready.waker(index)?);
         let (result, ranges) = match future.poll(&mut cx) {
             core::task::Poll::Ready(out) => out,
             core::task::Poll::Pending => return None,
@@ -314,16 +278,8 @@ impl<'a> Slots<'a> {
         mut done: impl FnMut(&mut Self, usize, SrbAnswer) -> Result<(), E>,
     ) -> Result<bool, E> {
         let mut any = false;
-        for w in 0..self.ready.words.len() {
-            // A plain load first: most words are clear, and a swap is a
-            // locked instruction.
-            if self.ready.words[w].load(Ordering::Relaxed) == 0 {
-                continue;
-            }
-            let mut bits = self.ready.words[w].swap(0, Ordering::AcqRel);
-            while bits != 0 {
-                let index = w * 64 + bits.trailing_zeros() as usize;
-                bits &= bits - 1;
+        for w in 0..self.ready.words() {
+            for index in self.ready.take_word(w) {
                 if let Some(answer) = self.poll(index) {
                     any = true;
                     done(self, index, answer)?;
