@@ -4,8 +4,9 @@
 //! frontends and backends exchange with untrusted peers — SCSI CDBs and
 //! sense data ([`scsi`]), StorVSP packets and SRBs ([`storvsp`]), VMBus ring
 //! buffers and packet descriptors ([`vmbus`]), the TCMU command ring,
-//! mailbox and entries ([`tcmu`]), GUIDs ([`Guid`]); NVMe and
-//! PCI arrive with the NVMe issues — as plain-old-data types, together with
+//! mailbox and entries ([`tcmu`]), NVMe registers, queue entries,
+//! commands and status codes ([`nvme`]), GUIDs ([`Guid`]); PCI arrives
+//! with the NVMe issues — as plain-old-data types, together with
 //! pure parsing and validation of them, and the sector-geometry rules both
 //! sides of the pipeline agree on. It allocates nothing and performs no
 //! I/O, so that every other crate (including `no_std` ones) can share one
@@ -71,6 +72,7 @@ mod open_enum;
 mod wire_layout;
 
 pub mod guid;
+pub mod nvme;
 pub mod scsi;
 pub mod storvsp;
 pub mod tcmu;
