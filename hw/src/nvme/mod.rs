@@ -4,7 +4,8 @@
 //!
 //! Split by topic: [`regs`] (the controller register map in BAR0 and the
 //! doorbell stride), [`queue`] (submission and completion queue entries),
-//! [`command`] (admin and NVM opcodes and each command's dwords) and
+//! [`command`] (admin and NVM opcodes and each command's dwords),
+//! [`data`] (PRP rules and SGL descriptors) and
 //! [`status`] (status code types and codes).
 //!
 //! Every integer on the wire is little-endian; layouts are zerocopy
@@ -17,6 +18,7 @@
 //! and Linux `include/linux/nvme.h`.
 
 pub mod command;
+pub mod data;
 pub mod queue;
 pub mod regs;
 pub mod status;
