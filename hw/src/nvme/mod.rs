@@ -5,7 +5,9 @@
 //! Split by topic: [`regs`] (the controller register map in BAR0 and the
 //! doorbell stride), [`queue`] (submission and completion queue entries),
 //! [`command`] (admin and NVM opcodes and each command's dwords),
-//! [`data`] (PRP rules and SGL descriptors) and
+//! [`data`] (PRP rules and SGL descriptors), [`features`] (feature
+//! identifiers and values, asynchronous event information), [`log`] (log
+//! pages) and
 //! [`status`] (status code types and codes).
 //!
 //! Every integer on the wire is little-endian; layouts are zerocopy
@@ -19,6 +21,8 @@
 
 pub mod command;
 pub mod data;
+pub mod features;
+pub mod log;
 pub mod queue;
 pub mod regs;
 pub mod status;
