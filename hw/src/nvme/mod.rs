@@ -6,8 +6,8 @@
 //! doorbell stride), [`queue`] (submission and completion queue entries),
 //! [`command`] (admin and NVM opcodes and each command's dwords),
 //! [`data`] (PRP rules and SGL descriptors), [`features`] (feature
-//! identifiers and values, asynchronous event information), [`log`] (log
-//! pages) and
+//! identifiers and values, asynchronous event information), [`identify`]
+//! (Identify data structures), [`log`] (log pages) and
 //! [`status`] (status code types and codes).
 //!
 //! Every integer on the wire is little-endian; layouts are zerocopy
@@ -22,6 +22,7 @@
 pub mod command;
 pub mod data;
 pub mod features;
+pub mod identify;
 pub mod log;
 pub mod queue;
 pub mod regs;
