@@ -18,6 +18,10 @@ use super::status::GenericStatus;
 // PRP
 // ---------------------------------------------------------------------------
 
+// Every PRP function takes `page_size`, the controller's memory page size
+// (CC.MPS, so a power of two of at least 4 KiB, chosen by parastor, not by
+// the peer); any PRP entry and length from the peer is then safe.
+
 /// The size of a PRP entry, in bytes.
 pub const PRP_ENTRY_LEN: u64 = 8;
 
