@@ -4,9 +4,11 @@
 //! frontends and backends exchange with untrusted peers — SCSI CDBs and
 //! sense data ([`scsi`]), StorVSP packets and SRBs ([`storvsp`]), VMBus ring
 //! buffers and packet descriptors ([`vmbus`]), the TCMU command ring,
-//! mailbox and entries ([`tcmu`]), GUIDs ([`Guid`]); NVMe and
-//! PCI arrive with the NVMe issues — as plain-old-data types, together with
-//! pure parsing and validation of them, and the sector-geometry rules both
+//! mailbox and entries ([`tcmu`]), NVMe registers, queue entries,
+//! commands, data pointers, Identify data, log pages and status codes
+//! ([`nvme`]), the PCI configuration header, BARs, MSI-X and the PCI
+//! Express capability ([`pci`]), GUIDs ([`Guid`]) — as plain-old-data
+//! types, together with pure parsing and validation of them, and the sector-geometry rules both
 //! sides of the pipeline agree on. It allocates nothing and performs no
 //! I/O, so that every other crate (including `no_std` ones) can share one
 //! definition of each format.
@@ -42,6 +44,9 @@
 //!
 //! 1. **Parsing never panics.** Every parser — [`scsi::parse_cdb`],
 //!    [`scsi::mmc::parse_mmc_cdb`], [`scsi::ReportLuns::parse`],
+//!    [`nvme::data::SglSegment::parse`],
+//!    [`nvme::identify::ns_id_descriptors`],
+//!    [`pci::config::memory_bar_size`],
 //!    [`scsi::SenseData::parse`], [`storvsp::parse_packet`],
 //!    [`vmbus::parse_gpa_direct`] and [`Guid::parse`] — accepts any byte
 //!    string (or string) of any length and returns a typed value or an
@@ -71,6 +76,8 @@ mod open_enum;
 mod wire_layout;
 
 pub mod guid;
+pub mod nvme;
+pub mod pci;
 pub mod scsi;
 pub mod storvsp;
 pub mod tcmu;
