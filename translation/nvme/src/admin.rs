@@ -8,7 +8,7 @@
 //! completed. Their completions are posted when ready, ahead of newer
 //! commands.
 
-use crate::data;
+use crate::data::{self, Direction};
 use crate::queue::{Cq, Shadow, Sq, check_ring};
 use crate::worker::Completion;
 use crate::{Lifecycle, Shared};
@@ -35,7 +35,7 @@ use parastor_hw::nvme::log::{
     CHANGED_NAMESPACE_LIST_OVERFLOW, CommandEffects, CommandsSupportedAndEffects, ErrorLogEntry,
     FirmwareSlotLog, LogPageId, SmartHealthLog, smart_data_units,
 };
-use parastor_hw::nvme::queue::{CQE_LEN, Cqe, CqeStatus, DataTransferKind, SQE_LEN, Sqe};
+use parastor_hw::nvme::queue::{CQE_LEN, Cqe, CqeStatus, SQE_LEN, Sqe};
 use parastor_hw::nvme::regs::Doorbell;
 use parastor_hw::nvme::status::{CommandSpecificStatus, GenericStatus, StatusWord};
 use zerocopy::little_endian::{U16, U32, U64, U128};
@@ -167,10 +167,23 @@ impl Features {
         }
     }
 
-    /// The host identifier as a reservation initiator.
-    pub(crate) fn initiator(&self) -> InitiatorId {
-        InitiatorId::new(u128::from_le_bytes(self.host_id))
+    /// The host identifier as a reservation initiator; until the host
+    /// sets one, an identifier of this controller (never parastor's own
+    /// [`InitiatorId::LOCAL`]).
+    pub(crate) fn initiator(&self, config: &crate::ControllerConfig) -> InitiatorId {
+        if self.host_id == [0; 16] {
+            return default_host_id(config);
+        }
+        crate::io::initiator_from_host_id(&self.host_id, self.host_id_extended)
     }
+}
+
+/// The reservation initiator of a host that set no Host Identifier: the
+/// controller instance GUID.
+pub(crate) fn default_host_id(config: &crate::ControllerConfig) -> InitiatorId {
+    let mut id = [0u8; 16];
+    id.copy_from_slice(config.instance_id.as_bytes());
+    InitiatorId::new(u128::from_be_bytes(id))
 }
 
 /// The admin worker's state.
@@ -406,10 +419,6 @@ type Answer = Result<u32, StatusWord>;
 /// Runs one admin command: its completion, or `None` if it completes
 /// later (AER, Delete I/O SQ with commands outstanding).
 fn execute(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Option<Completion> {
-    if sqe.cdw0.psdt() != DataTransferKind::PRP {
-        // PCIe admin commands describe their data with PRPs only.
-        return Some(Completion::status(invalid_field()));
-    }
     let op = AdminOpcode::new(sqe.cdw0.opc());
     let answer: Answer = match op {
         AdminOpcode::IDENTIFY => identify(s, a, sqe),
@@ -450,7 +459,7 @@ fn write_data(s: &Shared, a: &mut AdminState, sqe: &Sqe, data: &[u8], len: u64) 
         return Err(invalid_field());
     }
     let mem: &dyn GuestMemory = &*s.mem;
-    data::prp_ranges(mem, sqe.prp1(), sqe.prp2(), len, a.page_size, &mut a.ranges)?;
+    data::admin_ranges(mem, a.page_size, sqe, len, Direction::ToHost, &mut a.ranges)?;
     let mut src = data;
     let transfer = || StatusWord::generic(GenericStatus::DATA_TRANSFER_ERROR);
     for r in a.ranges.iter() {
@@ -469,12 +478,12 @@ fn write_data(s: &Shared, a: &mut AdminState, sqe: &Sqe, data: &[u8], len: u64) 
 /// Reads `out.len()` bytes from the command's PRPs.
 fn read_data(s: &Shared, a: &mut AdminState, sqe: &Sqe, out: &mut [u8]) -> Result<(), StatusWord> {
     let mem: &dyn GuestMemory = &*s.mem;
-    data::prp_ranges(
+    data::admin_ranges(
         mem,
-        sqe.prp1(),
-        sqe.prp2(),
-        out.len() as u64,
         a.page_size,
+        sqe,
+        out.len() as u64,
+        Direction::ToController,
         &mut a.ranges,
     )?;
     let mut at = 0usize;
@@ -718,7 +727,7 @@ fn identify_controller(s: &Shared, a: &AdminState, nn: u32) -> IdentifyControlle
         .with_verify(true);
     // VWC: present (bit 0); Flush with NSID FFFFFFFFh not supported (10b).
     id.vwc = 0b101;
-    id.sgls = Sgls::new().with_support(1).with_bit_bucket(true);
+    id.sgls = Sgls::from_bits(U32::new(data::SGL_SUPPORT));
     let nqn = format!("nqn.2014-08.org.nvmexpress:uuid:{}", c.instance_id);
     let n = nqn.len().min(id.subnqn.len());
     id.subnqn[..n].copy_from_slice(&nqn.as_bytes()[..n]);
@@ -775,7 +784,9 @@ fn create_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         iv: c11.iv(),
         shadow,
     });
-    w.params.host_id = a.features.initiator();
+    w.params.host_id = a.features.initiator(&s.config);
+    w.params.host_id_extended = a.features.host_id_extended;
+    w.params.write_cache = a.features.volatile_write_cache;
     w.params.max_transfer = a.max_transfer;
     s.doorbells
         .open(Doorbell::CqHead(qid), size, usize::from(qid), 0);
@@ -1037,7 +1048,14 @@ fn set_features(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
             }
         }
         FeatureId::ERROR_RECOVERY => f.error_recovery = v & 0x1_FFFF,
-        FeatureId::VOLATILE_WRITE_CACHE => f.volatile_write_cache = v & 1 != 0,
+        FeatureId::VOLATILE_WRITE_CACHE => {
+            f.volatile_write_cache = v & 1 != 0;
+            // With the cache off every write is durable at completion.
+            let on = f.volatile_write_cache;
+            for w in s.workers.iter() {
+                w.lock().params.write_cache = on;
+            }
+        }
         FeatureId::NUMBER_OF_QUEUES => {
             let q = NumberOfQueues::from_bits(v);
             if q.nsq() == 0xFFFF || q.ncq() == 0xFFFF {
@@ -1077,9 +1095,11 @@ fn set_features(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
             read_data(s, a, sqe, &mut id[..len])?;
             a.features.host_id = id;
             a.features.host_id_extended = extended;
-            let initiator = a.features.initiator();
+            let initiator = a.features.initiator(&s.config);
             for w in s.workers.iter() {
-                w.lock().params.host_id = initiator;
+                let mut w = w.lock();
+                w.params.host_id = initiator;
+                w.params.host_id_extended = extended;
             }
         }
         FeatureId::RESERVATION_NOTIFICATION_MASK => f.reservation_mask = v & 0b1110,

@@ -94,7 +94,7 @@ pub struct ControllerConfig {
     /// Highest NSID the controller offers (Identify Controller NN).
     pub max_namespaces: u32,
     /// Largest data transfer of one command in bytes (a power of two of
-    /// at least 4 KiB; Identify Controller MDTS).
+    /// 4 KiB..=16 MiB; Identify Controller MDTS).
     pub max_transfer_bytes: u64,
     /// I/O commands one completion queue's worker runs at once (the rest
     /// wait in their submission queues).
@@ -106,7 +106,7 @@ pub struct ControllerConfig {
 impl ControllerConfig {
     /// A configuration with parastor's defaults for `instance_id`: 64 I/O
     /// queue pairs of up to 1024 entries, 65 vectors (admin + one per
-    /// pair), NSIDs up to 1024, 2 MiB transfers, 256 commands in flight per
+    /// pair), NSIDs up to 1024, 1 MiB transfers, 256 commands in flight per
     /// completion queue.
     pub fn new(instance_id: Guid) -> Self {
         Self {
@@ -126,7 +126,7 @@ impl ControllerConfig {
             max_queue_entries: 1024,
             msix_vectors: 65,
             max_namespaces: 1024,
-            max_transfer_bytes: 2 << 20,
+            max_transfer_bytes: io::MAX_TRANSFER_BYTES,
             commands_per_queue: 256,
             controller_id: 0,
         }
@@ -140,7 +140,7 @@ impl ControllerConfig {
         self.max_namespaces = self.max_namespaces.clamp(1, 0xFFFF_FFFE);
         self.max_transfer_bytes = self
             .max_transfer_bytes
-            .clamp(4096, 1 << 30)
+            .clamp(4096, data::MAX_DATA_BYTES)
             .next_power_of_two();
         self.commands_per_queue = self.commands_per_queue.max(1);
         self
@@ -198,6 +198,9 @@ pub(crate) struct Shared {
     pub(crate) intms: AtomicU32,
     /// Vectors signalled while INTMS masked them.
     pub(crate) intm_pending: AtomicU32,
+    /// Scratch memory for the commands that need it (Compare, Verify,
+    /// Write Zeroes, Dataset Management, bit-bucket reads).
+    pub(crate) scratch: parastor_core::bounce::BouncePool,
 }
 
 impl Shared {
@@ -302,6 +305,7 @@ impl NvmeController {
                 events: spin::Mutex::new(admin::Events::default()),
                 intms: AtomicU32::new(0),
                 intm_pending: AtomicU32::new(0),
+                scratch: parastor_core::bounce::BouncePool::new(io::SCRATCH_BUDGET),
             }),
         }
     }

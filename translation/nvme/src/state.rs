@@ -737,7 +737,7 @@ pub(crate) fn restore(
                 .open(Doorbell::CqHead(0), q.size, Shared::ADMIN, q.head);
         }
     }
-    let initiator = admin.features.initiator();
+    let initiator = admin.features.initiator(&s.config);
     let max_transfer = s.config.max_transfer_bytes;
     for w in &saved.workers {
         let Some(worker) = s.workers.get(usize::from(w.cq.qid) - 1) else {
@@ -762,6 +762,8 @@ pub(crate) fn restore(
         }
         worker.params.page_size = saved.admin.page_size;
         worker.params.host_id = initiator;
+        worker.params.host_id_extended = saved.admin.features.host_id_extended;
+        worker.params.write_cache = saved.admin.features.volatile_write_cache;
         worker.params.max_transfer = max_transfer;
         worker.aborts = w.aborts.clone();
         let [br, bw, rc, wc, me] = w.stats;

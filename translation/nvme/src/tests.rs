@@ -471,7 +471,7 @@ fn identify_controller_carries_the_callers_identity() {
     assert_eq!(&id.fr, b"fw1.2   ");
     assert_eq!(id.ieee, [0x12, 0x34, 0x56]);
     assert_eq!(id.nn.get(), 16);
-    assert_eq!(id.mdts, 9, "2 MiB in 4 KiB pages");
+    assert_eq!(id.mdts, 8, "1 MiB in 4 KiB pages");
     assert_eq!(id.sqes, 0x66);
     assert_eq!(id.cqes, 0x44);
     assert!(id.oacs.doorbell_buffer_config());

@@ -132,7 +132,13 @@ impl IoWorker {
             ready,
             done: VecDeque::with_capacity(n),
             ns: NsCache::default(),
-            params: IoParams::default(),
+            params: IoParams {
+                page_size: 4096,
+                max_transfer: config.max_transfer_bytes,
+                host_id: crate::admin::default_host_id(config),
+                host_id_extended: false,
+                write_cache: true,
+            },
             stats: IoStats::default(),
             aborts: Vec::new(),
             interrupt: false,
@@ -327,24 +333,34 @@ impl IoWorker {
             return;
         }
         let nsid = sqe.nsid.get();
-        let Some(disk) = self
-            .ns
-            .disks
-            .get(nsid as usize)
-            .and_then(|d| d.as_ref())
-            .cloned()
-        else {
+        let Some(disk) = self.ns.disks.get(nsid as usize).and_then(|d| d.as_ref()) else {
             let status =
                 StatusWord::generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true);
             self.finish(s, index, Completion::status(status));
             return;
         };
+        // A disk that completes inline (RAM) runs Read/Write/Flush here,
+        // with no future and no handle cloned.
+        if let Some(outcome) = io::execute_now(&*s.mem, disk, &sqe, &self.params, &mut slot.spare) {
+            self.account(s, index, &outcome);
+            self.finish(
+                s,
+                index,
+                Completion {
+                    status: outcome.status,
+                    dw0: outcome.dw0,
+                },
+            );
+            return;
+        }
+        let disk = disk.clone();
         let mem = s.mem.clone();
+        let scratch = s.scratch.clone();
         let params = self.params;
         let mut ranges = core::mem::take(&mut slot.spare);
         ranges.clear();
         let future = SlotFuture::from_or_box(async move {
-            let outcome = io::execute(&*mem, &disk, &sqe, &params, &mut ranges).await;
+            let outcome = io::execute(&*mem, &disk, &sqe, &params, &scratch, &mut ranges).await;
             (outcome, ranges)
         });
         let storage = slot.future.get_or_insert_with(|| Box::pin(None));
