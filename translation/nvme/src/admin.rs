@@ -757,7 +757,7 @@ fn create_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         return Err(specific(CommandSpecificStatus::INVALID_INTERRUPT_VECTOR));
     }
     let gpa = sqe.prp1();
-    if gpa % a.page_size != 0 {
+    if !gpa.is_multiple_of(a.page_size) {
         return Err(StatusWord::generic(GenericStatus::PRP_OFFSET_INVALID).with_dnr(true));
     }
     if check_ring(&*s.mem, gpa, size, CQE_LEN).is_err() {
@@ -818,7 +818,7 @@ fn create_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         return Err(invalid_field());
     }
     let gpa = sqe.prp1();
-    if gpa % a.page_size != 0 {
+    if !gpa.is_multiple_of(a.page_size) {
         return Err(StatusWord::generic(GenericStatus::PRP_OFFSET_INVALID).with_dnr(true));
     }
     if check_ring(&*s.mem, gpa, size, SQE_LEN).is_err() {
@@ -889,7 +889,7 @@ fn delete_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     if w.cq.is_none() {
         return Err(bad);
     }
-    if !w.sqs.is_empty() || a.sq_owner.iter().any(|&o| o == qid) {
+    if !w.sqs.is_empty() || a.sq_owner.contains(&qid) {
         return Err(specific(CommandSpecificStatus::INVALID_QUEUE_DELETION));
     }
     w.cq = None;

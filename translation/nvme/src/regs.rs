@@ -117,9 +117,8 @@ pub(crate) fn bar_write(s: &Shared, offset: u64, data: &[u8]) {
             return;
         }
         let value = u32::from_le_bytes(bytes);
-        match Doorbell::from_offset(offset, DSTRD) {
-            Some(db) => doorbell_write(s, db, value),
-            None => {}
+        if let Some(db) = Doorbell::from_offset(offset, DSTRD) {
+            doorbell_write(s, db, value);
         }
         return;
     }

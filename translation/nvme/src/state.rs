@@ -408,17 +408,48 @@ fn bad(field: impl Into<alloc::string::String>, problem: impl core::fmt::Display
     InvalidState::new(field, problem)
 }
 
-/// Checks a saved queue against the controller; returns its shadow.
-fn check_queue(
-    s: &Shared,
-    field: &str,
+/// A saved queue's ring, for checking.
+struct Ring {
     qid: u16,
     gpa: u64,
     size: u32,
     indices: [u32; 2],
     shadow: Option<(u64, u64)>,
-    entry_len: usize,
-) -> Result<(), InvalidState> {
+}
+
+impl From<&SqV1> for Ring {
+    fn from(q: &SqV1) -> Self {
+        Self {
+            qid: q.qid,
+            gpa: q.gpa,
+            size: q.size,
+            indices: [q.head, q.tail],
+            shadow: q.shadow,
+        }
+    }
+}
+
+impl From<&CqV1> for Ring {
+    fn from(q: &CqV1) -> Self {
+        Self {
+            qid: q.qid,
+            gpa: q.gpa,
+            size: q.size,
+            indices: [q.tail, q.head],
+            shadow: q.shadow,
+        }
+    }
+}
+
+/// Checks a saved queue against the controller.
+fn check_queue(s: &Shared, field: &str, ring: Ring, entry_len: usize) -> Result<(), InvalidState> {
+    let Ring {
+        qid,
+        gpa,
+        size,
+        indices,
+        shadow,
+    } = ring;
     if usize::from(qid) > s.workers.len() {
         return Err(bad(
             format!("{field}.qid"),
@@ -437,7 +468,7 @@ fn check_queue(
     for i in indices {
         if i >= size {
             return Err(bad(
-                format!("{field}"),
+                field,
                 format_args!("index {i} is outside a queue of {size} entries"),
             ));
         }
@@ -513,28 +544,10 @@ fn validate(s: &Shared, saved: &ControllerV1) -> Result<(), InvalidState> {
         s.workers.len(),
     )?;
     if let Some(q) = &a.sq {
-        check_queue(
-            s,
-            "admin.sq",
-            0,
-            q.gpa,
-            q.size,
-            [q.head, q.tail],
-            None,
-            SQE_LEN,
-        )?;
+        check_queue(s, "admin.sq", q.into(), SQE_LEN)?;
     }
     if let Some(q) = &a.cq {
-        check_queue(
-            s,
-            "admin.cq",
-            0,
-            q.gpa,
-            q.size,
-            [q.tail, q.head],
-            None,
-            CQE_LEN,
-        )?;
+        check_queue(s, "admin.cq", q.into(), CQE_LEN)?;
     }
     let f = &a.features;
     let max = s.config.max_io_queue_pairs;
@@ -559,16 +572,7 @@ fn validate(s: &Shared, saved: &ControllerV1) -> Result<(), InvalidState> {
         if cq.qid == 0 || cqs.contains(&cq.qid) {
             return Err(bad(format!("{field}.cq.qid"), "zero or used twice"));
         }
-        check_queue(
-            s,
-            &format!("{field}.cq"),
-            cq.qid,
-            cq.gpa,
-            cq.size,
-            [cq.tail, cq.head],
-            cq.shadow,
-            CQE_LEN,
-        )?;
+        check_queue(s, &format!("{field}.cq"), cq.into(), CQE_LEN)?;
         if cq.ien && cq.iv >= s.config.msix_vectors {
             return Err(bad(format!("{field}.cq.iv"), "beyond the MSI-X vectors"));
         }
@@ -581,16 +585,7 @@ fn validate(s: &Shared, saved: &ControllerV1) -> Result<(), InvalidState> {
                     "zero, used twice, or not of this CQ",
                 ));
             }
-            check_queue(
-                s,
-                &sf,
-                q.qid,
-                q.gpa,
-                q.size,
-                [q.head, q.tail],
-                q.shadow,
-                SQE_LEN,
-            )?;
+            check_queue(s, &sf, q.into(), SQE_LEN)?;
             sqs.push(q.qid);
         }
         check_count(
