@@ -773,7 +773,7 @@ fn create_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     let shadow = a
         .dbbc
         .map(|(db, ei)| Shadow::of(Doorbell::CqHead(qid), db, ei));
-    w.cq = Some(Cq {
+    w.open(Cq {
         qid,
         gpa,
         size,

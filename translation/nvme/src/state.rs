@@ -740,7 +740,7 @@ pub(crate) fn restore(
         };
         let mut worker = worker.lock();
         worker.clear();
-        worker.cq = Some(cq_from(&w.cq));
+        worker.open(cq_from(&w.cq));
         s.doorbells.open(
             Doorbell::CqHead(w.cq.qid),
             w.cq.size,

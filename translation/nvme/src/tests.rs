@@ -801,3 +801,805 @@ fn doorbell_beyond_the_queue_size_is_an_invalid_value_event() {
     assert_eq!(cqe.cid.get(), 9);
     assert_eq!(cqe.dw0.get(), 0x0001_0100, "error, invalid doorbell value");
 }
+
+// ---------------------------------------------------------------------------
+// A disk whose reads and writes wait for a gate: commands that stay
+// running until the test opens it.
+// ---------------------------------------------------------------------------
+
+/// Sleeps that end only when [`Gate::open`] is called.
+#[derive(Default)]
+pub(crate) struct Gate {
+    generation: core::sync::atomic::AtomicU64,
+    wakers: spin::Mutex<Vec<core::task::Waker>>,
+}
+
+impl Gate {
+    /// Ends every sleep started so far.
+    pub(crate) fn open(&self) {
+        let wakers = {
+            let mut w = self.wakers.lock();
+            self.generation
+                .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+            core::mem::take(&mut *w)
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+}
+
+/// A sleep on `g` that ends at its next [`Gate::open`].
+fn sleep_on(g: &'static Gate) -> parastor_core::BoxFuture<'static, ()> {
+    let ticket = g.generation.load(core::sync::atomic::Ordering::Acquire);
+    Box::pin(core::future::poll_fn(move |cx| {
+        let mut wakers = g.wakers.lock();
+        if g.generation.load(core::sync::atomic::Ordering::Acquire) > ticket {
+            core::task::Poll::Ready(())
+        } else {
+            wakers.push(cx.waker().clone());
+            core::task::Poll::Pending
+        }
+    }))
+}
+
+/// A gate that lives for the rest of the test process.
+pub(crate) fn gate() -> &'static Gate {
+    Box::leak(Box::default())
+}
+
+/// A disk over `inner` whose reads and writes wait for `g`.
+pub(crate) fn gated(inner: Disk, g: &'static Gate) -> Disk {
+    struct Shim(&'static Gate);
+    impl parastor_core::Timer for Shim {
+        fn sleep(&self, _: core::time::Duration) -> parastor_core::BoxFuture<'static, ()> {
+            sleep_on(self.0)
+        }
+    }
+    Disk::new(parastor_core::DelayDisk::new(
+        inner,
+        parastor_core::DelayHandle::new(core::time::Duration::from_millis(1)),
+        Arc::new(Shim(g)),
+    ))
+    .unwrap()
+}
+
+fn feature(rig: &mut Rig, set: bool, fid: u8, cdw11: u32) -> Cqe {
+    let op = if set {
+        AdminOpcode::SET_FEATURES
+    } else {
+        AdminOpcode::GET_FEATURES
+    };
+    let mut s = sqe(op.get());
+    s.cdw10 = U32::new(u32::from(fid));
+    s.cdw11 = U32::new(cdw11);
+    s.set_prps(DATA, 0);
+    rig.admin_cmd(s)
+}
+
+fn get_log(
+    rig: &mut Rig,
+    lid: u8,
+    nsid: u32,
+    len: u32,
+    offset: u64,
+    rae: bool,
+) -> (StatusWord, Vec<u8>) {
+    let mut s = sqe(AdminOpcode::GET_LOG_PAGE.get());
+    s.nsid = U32::new(nsid);
+    s.set_prps(DATA, DATA + 4096);
+    let numd = len / 4 - 1;
+    s.cdw10 = U32::new(u32::from(lid) | u32::from(rae) << 15 | (numd & 0xFFFF) << 16);
+    s.cdw11 = U32::new(numd >> 16);
+    s.cdw12 = U32::new(offset as u32);
+    s.cdw13 = U32::new((offset >> 32) as u32);
+    rig.mem.fill_at(Gpa::new(DATA), len as usize, 0xEE).unwrap();
+    let st = rig.admin_cmd(s).status.status();
+    let mut page = vec![0u8; len as usize];
+    rig.mem.read_at(Gpa::new(DATA), &mut page).unwrap();
+    (st, page)
+}
+
+/// Queues an AER with `cid` without waiting for it.
+fn arm_aer(rig: &mut Rig, cid: u16) {
+    let mut a = sqe(AdminOpcode::ASYNC_EVENT_REQUEST.get());
+    a.cdw0 = a.cdw0.with_cid(cid);
+    let mut q = rig.admin;
+    rig.put(&mut q, &a);
+    rig.ring_sq(&q);
+    rig.ctrl.run_until_idle();
+    rig.admin = q;
+}
+
+fn poll_admin(rig: &mut Rig) -> Option<Cqe> {
+    let mut q = rig.admin;
+    let c = rig.poll_cqe(&mut q);
+    rig.admin = q;
+    c
+}
+
+#[test]
+fn features_are_stored_checked_and_reported() {
+    let mut rig = Rig::new();
+    rig.enable();
+    // Number of Queues: ask for 16/16, get 4/4 (0's based 3).
+    let c = feature(&mut rig, true, 0x07, 0x000F_000F);
+    assert!(c.status.is_success());
+    assert_eq!(c.dw0.get(), 0x0003_0003);
+    let c = feature(&mut rig, true, 0x07, 0x0001_0000);
+    assert_eq!(c.dw0.get(), 0x0001_0000, "1 SQ, 2 CQs");
+    assert_eq!(feature(&mut rig, false, 0x07, 0).dw0.get(), 0x0001_0000);
+    // Only 1 SQ allocated now: SQ 2 is refused.
+    assert_eq!(rig.create_cq(1, 8, 1), StatusWord::SUCCESS);
+    assert_eq!(
+        rig.create_sq(2, 1, 8),
+        StatusWord::command_specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER)
+            .with_dnr(true)
+    );
+    // After a queue exists, Number of Queues is a sequence error.
+    assert_eq!(
+        feature(&mut rig, true, 0x07, 0).status.status(),
+        generic(GenericStatus::COMMAND_SEQUENCE_ERROR).with_dnr(true)
+    );
+    // Stored values come back.
+    assert!(feature(&mut rig, true, 0x08, 0x0A05).status.is_success());
+    assert_eq!(feature(&mut rig, false, 0x08, 0).dw0.get(), 0x0A05);
+    assert!(
+        feature(&mut rig, true, 0x09, 1 << 16 | 2)
+            .status
+            .is_success()
+    );
+    assert_eq!(feature(&mut rig, false, 0x09, 2).dw0.get(), 1 << 16 | 2);
+    assert_eq!(feature(&mut rig, false, 0x09, 3).dw0.get(), 3);
+    assert!(
+        !feature(&mut rig, true, 0x09, 9).status.is_success(),
+        "vector 9 of 5"
+    );
+    assert!(feature(&mut rig, true, 0x0F, 5000).status.is_success());
+    assert_eq!(feature(&mut rig, false, 0x0F, 0).dw0.get(), 5000);
+    // Save is refused; unknown FIDs and a second power state too.
+    assert_eq!(
+        feature(&mut rig, true, 0x80 | 0x08, 1 << 31)
+            .status
+            .status(),
+        generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true)
+    );
+    let mut s = sqe(AdminOpcode::SET_FEATURES.get());
+    s.cdw10 = U32::new(1 << 31 | 0x08);
+    assert_eq!(
+        rig.admin_cmd(s).status.status(),
+        StatusWord::command_specific(CommandSpecificStatus::FEATURE_NOT_SAVEABLE).with_dnr(true)
+    );
+    assert!(!feature(&mut rig, true, 0x02, 1).status.is_success());
+    assert!(!feature(&mut rig, false, 0x7E, 0).status.is_success());
+    // SEL = supported capabilities: changeable.
+    let mut s = sqe(AdminOpcode::GET_FEATURES.get());
+    s.cdw10 = U32::new(3 << 8 | 0x08);
+    assert_eq!(rig.admin_cmd(s).dw0.get(), 0b100);
+    // SEL = default: the default, not the current value.
+    let mut s = sqe(AdminOpcode::GET_FEATURES.get());
+    s.cdw10 = U32::new(1 << 8 | 0x08);
+    assert_eq!(rig.admin_cmd(s).dw0.get(), 0);
+    // Keep Alive is accepted.
+    assert!(
+        rig.admin_cmd(sqe(AdminOpcode::KEEP_ALIVE.get()))
+            .status
+            .is_success()
+    );
+}
+
+#[test]
+fn host_identifier_round_trips_and_becomes_the_initiator() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.mem
+        .write_at(Gpa::new(DATA), &[1, 2, 3, 4, 5, 6, 7, 8])
+        .unwrap();
+    assert!(feature(&mut rig, true, 0x81, 0).status.is_success());
+    rig.mem.fill_at(Gpa::new(DATA), 16, 0).unwrap();
+    assert!(feature(&mut rig, false, 0x81, 0).status.is_success());
+    let mut back = [0u8; 8];
+    rig.mem.read_at(Gpa::new(DATA), &mut back).unwrap();
+    assert_eq!(back, [1, 2, 3, 4, 5, 6, 7, 8]);
+    let expected =
+        io::initiator_from_host_id(&[1, 2, 3, 4, 5, 6, 7, 8, 0, 0, 0, 0, 0, 0, 0, 0], false);
+    assert!(
+        rig.ctrl
+            .shared
+            .workers
+            .iter()
+            .all(|w| w.lock().params.host_id == expected)
+    );
+}
+
+#[test]
+fn smart_and_error_logs_have_real_content() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+    let q = rig.io_pair(1, 16);
+    for i in 0..3 {
+        assert!(
+            rig.io_cmd(q, rw(NvmOpcode::WRITE, 1, i * 8, 8, DATA))
+                .status
+                .is_success()
+        );
+    }
+    assert!(
+        rig.io_cmd(q, rw(NvmOpcode::READ, 1, 0, 8, DATA))
+            .status
+            .is_success()
+    );
+    // A failing command: LBA out of range.
+    let bad = rig.io_cmd(q, rw(NvmOpcode::READ, 1, 5000, 1, DATA));
+    assert!(!bad.status.is_success());
+    let (st, page) = get_log(&mut rig, 0x02, 0xFFFF_FFFF, 512, 0, false);
+    assert_eq!(st, StatusWord::SUCCESS);
+    let smart = parastor_hw::nvme::log::SmartHealthLog::read_from_bytes(&page).unwrap();
+    assert_eq!(smart.host_write_commands.get(), 3);
+    assert_eq!(smart.host_read_commands.get(), 1);
+    assert_eq!(
+        smart.data_units_written.get(),
+        1,
+        "12 KiB rounds up to one unit"
+    );
+    assert_eq!(smart.data_units_read.get(), 1);
+    assert_eq!(smart.error_log_entries.get(), 1);
+    assert_eq!(smart.available_spare, 100);
+    // The error log's newest entry is that command.
+    let (st, page) = get_log(&mut rig, 0x01, 0, 128, 0, false);
+    assert_eq!(st, StatusWord::SUCCESS);
+    let e = parastor_hw::nvme::log::ErrorLogEntry::read_from_bytes(&page[..64]).unwrap();
+    assert_eq!(e.error_count.get(), 1);
+    assert_eq!(e.sqid.get(), 1);
+    assert_eq!(e.cid.get(), bad.cid.get());
+    assert_eq!(e.status.get(), bad.status.status().into_bits());
+    assert_eq!(e.lba.get(), 5000);
+    assert_eq!(e.nsid.get(), 1);
+    assert!(page[64..].iter().all(|&b| b == 0), "one entry only");
+    // An offset into the SMART log; a misaligned one is refused.
+    let (_, tail) = get_log(&mut rig, 0x02, 0xFFFF_FFFF, 32, 64, false);
+    assert_eq!(
+        &tail[..8],
+        &1u64.to_le_bytes(),
+        "host read commands at byte 64"
+    );
+    assert_eq!(
+        &tail[16..24],
+        &3u64.to_le_bytes(),
+        "host write commands at byte 80"
+    );
+    let (st, _) = get_log(&mut rig, 0x02, 0xFFFF_FFFF, 32, 2, false);
+    assert!(!st.is_success());
+    // Unknown log page; commands supported lists Read and Write.
+    let (st, _) = get_log(&mut rig, 0x42, 0, 64, 0, false);
+    assert_eq!(
+        st,
+        StatusWord::command_specific(CommandSpecificStatus::INVALID_LOG_PAGE).with_dnr(true)
+    );
+    let (st, page) = get_log(&mut rig, 0x05, 0, 4096, 0, false);
+    assert_eq!(st, StatusWord::SUCCESS);
+    assert_eq!(page[1024 + 2 * 4] & 1, 1, "Read supported");
+    assert_eq!(
+        page[1024 + 4] & 0b11,
+        0b11,
+        "Write supported, changes LBA content"
+    );
+    assert_eq!(page[6 * 4] & 1, 1, "Identify supported");
+    assert_eq!(page[0x10 * 4] & 1, 0, "Firmware Commit not supported");
+    let (st, page) = get_log(&mut rig, 0x03, 0, 512, 0, false);
+    assert_eq!(st, StatusWord::SUCCESS);
+    assert_eq!(page[0], 1);
+    assert_eq!(&page[8..16], b"fw1.2   ");
+}
+
+#[test]
+fn namespace_changes_raise_notices_and_fill_the_changed_list() {
+    let mut rig = Rig::new();
+    rig.enable();
+    let q = rig.io_pair(1, 8);
+    // Notices are off until the host enables them.
+    rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+    arm_aer(&mut rig, 600);
+    assert!(
+        poll_admin(&mut rig).is_none(),
+        "no notice while AEC bit 8 is clear"
+    );
+    let _ = get_log(&mut rig, 0x04, 0, 4096, 0, false);
+    assert!(feature(&mut rig, true, 0x0B, 1 << 8).status.is_success());
+    rig.ctrl.add_namespace(4, ram_disk(1 << 20, 4096)).unwrap();
+    rig.ctrl.run_until_idle();
+    let c = poll_admin(&mut rig).expect("namespace notice");
+    assert_eq!(c.cid.get(), 600);
+    assert_eq!(c.dw0.get(), 0x0004_0002, "notice, attribute changed, log 4");
+    // Masked until the list is read: a removal now gives no event yet.
+    arm_aer(&mut rig, 601);
+    let disk = rig.ctrl.remove_namespace(1).unwrap();
+    assert_eq!(disk.sector_count(), 2048);
+    rig.ctrl.run_until_idle();
+    assert!(poll_admin(&mut rig).is_none());
+    let (_, page) = get_log(&mut rig, 0x04, 0, 4096, 0, false);
+    assert_eq!(&page[..12], &[1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
+    let (_, page) = get_log(&mut rig, 0x04, 0, 4096, 0, false);
+    assert!(page.iter().all(|&b| b == 0), "read clears the list");
+    // Removed namespace: Invalid Namespace.
+    let c = rig.io_cmd(q, rw(NvmOpcode::READ, 1, 0, 1, DATA));
+    assert_eq!(
+        c.status.status(),
+        generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true)
+    );
+    // Unmasked: the next change notifies AER 601.
+    rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+    rig.ctrl.run_until_idle();
+    assert_eq!(poll_admin(&mut rig).expect("notice").cid.get(), 601);
+    // Errors adding.
+    assert_eq!(
+        rig.ctrl.add_namespace(1, ram_disk(4096, 512)),
+        Err(NamespaceError::Exists { nsid: 1 })
+    );
+    assert_eq!(
+        rig.ctrl.add_namespace(17, ram_disk(4096, 512)),
+        Err(NamespaceError::OutOfRange { nsid: 17, max: 16 })
+    );
+    assert!(rig.ctrl.remove_namespace(9).is_none());
+}
+
+#[test]
+fn resize_is_picked_up_without_polling() {
+    let mut rig = Rig::new();
+    rig.enable();
+    let ram = RamDisk::new(1 << 20, 512).unwrap();
+    rig.ctrl
+        .add_namespace(2, Disk::new(ram.clone()).unwrap())
+        .unwrap();
+    assert!(feature(&mut rig, true, 0x0B, 1 << 8).status.is_success());
+    rig.ctrl.run_until_idle();
+    let _ = get_log(&mut rig, 0x04, 0, 4096, 0, false);
+    arm_aer(&mut rig, 700);
+    assert!(poll_admin(&mut rig).is_none());
+    ram.resize(4096);
+    // The resize wakes the watcher through its waker: one pass suffices.
+    rig.ctrl.run_until_idle();
+    let c = poll_admin(&mut rig).expect("notice after resize");
+    assert_eq!(c.cid.get(), 700);
+    let (_, page) = get_log(&mut rig, 0x04, 0, 4096, 0, false);
+    assert_eq!(&page[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
+    let (_, page) = rig.identify(Cns::NAMESPACE, 2);
+    assert_eq!(
+        IdentifyNamespace::read_from_bytes(&page)
+            .unwrap()
+            .nsze
+            .get(),
+        4096
+    );
+}
+
+#[test]
+fn aer_limit_and_abort_of_an_aer() {
+    let mut rig = Rig::new();
+    rig.enable();
+    for cid in 800..804 {
+        arm_aer(&mut rig, cid);
+    }
+    assert!(poll_admin(&mut rig).is_none());
+    let mut a = sqe(AdminOpcode::ASYNC_EVENT_REQUEST.get());
+    a.cdw0 = a.cdw0.with_cid(804);
+    let mut q = rig.admin;
+    rig.put(&mut q, &a);
+    rig.ring_sq(&q);
+    rig.ctrl.run_until_idle();
+    rig.admin = q;
+    let c = poll_admin(&mut rig).expect("fifth AER refused");
+    assert_eq!(c.cid.get(), 804);
+    assert_eq!(
+        c.status.status(),
+        StatusWord::command_specific(CommandSpecificStatus::ASYNC_EVENT_REQUEST_LIMIT_EXCEEDED)
+            .with_dnr(true)
+    );
+    // Abort AER 801: it completes aborted, the Abort says "aborted".
+    let mut ab = sqe(AdminOpcode::ABORT.get());
+    ab.cdw10 = U32::new(801 << 16);
+    ab.cdw0 = ab.cdw0.with_cid(900);
+    let mut q = rig.admin;
+    rig.put(&mut q, &ab);
+    rig.ring_sq(&q);
+    rig.ctrl.run_until_idle();
+    rig.admin = q;
+    let mut got = Vec::new();
+    while let Some(c) = poll_admin(&mut rig) {
+        got.push((c.cid.get(), c.status.status(), c.dw0.get()));
+    }
+    assert!(got.contains(&(801, generic(GenericStatus::ABORT_REQUESTED), 0)));
+    assert!(got.contains(&(900, StatusWord::SUCCESS, 0)));
+}
+
+#[test]
+fn abort_really_aborts_a_queued_command() {
+    let mut c = config();
+    c.commands_per_queue = 1;
+    let mut rig = Rig::with_config(c);
+    rig.enable();
+    let g = gate();
+    rig.ctrl
+        .add_namespace(1, gated(ram_disk(1 << 20, 512), g))
+        .unwrap();
+    rig.io_pair(1, 8);
+    let mut q = rig.io[0];
+    for cid in 1..=3u16 {
+        let mut s = rw(NvmOpcode::WRITE, 1, u64::from(cid), 1, DATA);
+        s.cdw0 = s.cdw0.with_cid(cid);
+        rig.put(&mut q, &s);
+    }
+    rig.ring_sq(&q);
+    rig.ctrl.run_until_idle();
+    assert!(
+        rig.poll_cqe(&mut q).is_none(),
+        "command 1 waits on the gate"
+    );
+    // Abort 3 (queued): aborted. Abort 1 (running): not aborted.
+    let mut ab = sqe(AdminOpcode::ABORT.get());
+    ab.cdw10 = U32::new(3 << 16 | 1);
+    assert_eq!(rig.admin_cmd(ab).dw0.get(), 0);
+    ab.cdw10 = U32::new(1 << 16 | 1);
+    assert_eq!(rig.admin_cmd(ab).dw0.get(), 1);
+    ab.cdw10 = U32::new(77 << 16 | 1);
+    assert_eq!(rig.admin_cmd(ab).dw0.get(), 1, "no such command");
+    let mut done = Vec::new();
+    for _ in 0..3 {
+        g.open();
+        rig.ctrl.run_until_idle();
+        while let Some(c) = rig.poll_cqe(&mut q) {
+            done.push((c.cid.get(), c.status.status()));
+        }
+    }
+    done.sort_by_key(|d| d.0);
+    assert_eq!(
+        done,
+        [
+            (1, StatusWord::SUCCESS),
+            (2, StatusWord::SUCCESS),
+            (3, generic(GenericStatus::ABORT_REQUESTED)),
+        ]
+    );
+}
+
+#[test]
+fn commands_complete_out_of_order() {
+    let mut rig = Rig::new();
+    rig.enable();
+    let g = gate();
+    rig.ctrl
+        .add_namespace(1, gated(ram_disk(1 << 20, 512), g))
+        .unwrap();
+    rig.ctrl.add_namespace(2, ram_disk(1 << 20, 512)).unwrap();
+    rig.io_pair(1, 8);
+    let mut q = rig.io[0];
+    let mut slow = rw(NvmOpcode::READ, 1, 0, 1, DATA);
+    slow.cdw0 = slow.cdw0.with_cid(1);
+    let mut fast = rw(NvmOpcode::READ, 2, 0, 1, DATA + 0x2000);
+    fast.cdw0 = fast.cdw0.with_cid(2);
+    rig.put(&mut q, &slow);
+    rig.put(&mut q, &fast);
+    rig.ring_sq(&q);
+    rig.ctrl.run_until_idle();
+    assert_eq!(
+        rig.poll_cqe(&mut q).unwrap().cid.get(),
+        2,
+        "the fast one first"
+    );
+    assert!(rig.poll_cqe(&mut q).is_none());
+    g.open();
+    rig.ctrl.run_until_idle();
+    let c = rig.poll_cqe(&mut q).unwrap();
+    assert_eq!(c.cid.get(), 1);
+    assert_eq!(c.sqhd.get(), 2);
+}
+
+#[test]
+fn reset_waits_for_running_commands_and_discards_their_completions() {
+    let mut rig = Rig::new();
+    rig.enable();
+    let g = gate();
+    rig.ctrl
+        .add_namespace(1, gated(ram_disk(1 << 20, 512), g))
+        .unwrap();
+    rig.io_pair(1, 8);
+    let mut q = rig.io[0];
+    rig.put(&mut q, &rw(NvmOpcode::WRITE, 1, 0, 1, DATA));
+    rig.ring_sq(&q);
+    rig.ctrl.run_until_idle();
+    rig.write32(offset::CC, 0x0046_0000);
+    rig.ctrl.run_until_idle();
+    assert!(rig.csts().rdy(), "RDY stays 1 while a command runs");
+    g.open();
+    rig.ctrl.run_until_idle();
+    assert!(!rig.csts().rdy(), "drained: reset complete");
+    assert!(
+        rig.poll_cqe(&mut q).is_none(),
+        "the completion was discarded"
+    );
+}
+
+#[test]
+fn shutdown_completes_after_outstanding_io() {
+    let mut rig = Rig::new();
+    rig.enable();
+    let g = gate();
+    rig.ctrl
+        .add_namespace(1, gated(ram_disk(1 << 20, 512), g))
+        .unwrap();
+    rig.io_pair(1, 8);
+    let mut q = rig.io[0];
+    rig.put(&mut q, &rw(NvmOpcode::WRITE, 1, 0, 1, DATA));
+    rig.ring_sq(&q);
+    rig.ctrl.run_until_idle();
+    rig.write32(offset::CC, 0x0046_4001); // SHN = normal
+    rig.ctrl.run_until_idle();
+    use parastor_hw::nvme::regs::ShutdownStatus;
+    assert_eq!(rig.csts().shst(), ShutdownStatus::OCCURRING);
+    g.open();
+    rig.ctrl.run_until_idle();
+    assert_eq!(rig.csts().shst(), ShutdownStatus::COMPLETE);
+    assert!(
+        rig.poll_cqe(&mut q)
+            .expect("completed before shutdown")
+            .status
+            .is_success()
+    );
+}
+
+#[test]
+fn nssr_resets_and_reports_nssro() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.write32(offset::NSSR, 0x1234);
+    assert!(rig.csts().rdy(), "a wrong value does nothing");
+    rig.write32(offset::NSSR, 0x4E56_4D65);
+    rig.ctrl.run_until_idle();
+    let csts = rig.csts();
+    assert!(csts.nssro());
+    assert!(!csts.rdy());
+    assert_eq!(rig.read32(offset::CC) & 1, 0);
+}
+
+#[test]
+fn intms_masks_and_intmc_delivers() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+    let q = rig.io_pair(1, 8);
+    rig.write32(offset::INTMS, 0b10);
+    assert_eq!(rig.read32(offset::INTMS), 0b10);
+    rig.msi.take();
+    rig.io_cmd(q, rw(NvmOpcode::READ, 1, 0, 1, DATA));
+    assert!(rig.msi.take().is_empty());
+    rig.write32(offset::INTMC, 0b10);
+    assert_eq!(rig.read32(offset::INTMC), 0);
+    assert_eq!(rig.msi.take().iter().map(|m| m.0).collect::<Vec<_>>(), [1]);
+}
+
+#[test]
+fn delete_sq_waits_for_its_commands() {
+    let mut rig = Rig::new();
+    rig.enable();
+    let g = gate();
+    rig.ctrl
+        .add_namespace(1, gated(ram_disk(1 << 20, 512), g))
+        .unwrap();
+    rig.io_pair(1, 8);
+    let mut q = rig.io[0];
+    rig.put(&mut q, &rw(NvmOpcode::WRITE, 1, 0, 1, DATA));
+    rig.ring_sq(&q);
+    rig.ctrl.run_until_idle();
+    let mut d = sqe(AdminOpcode::DELETE_IO_SQ.get());
+    d.cdw10 = U32::new(1);
+    d.cdw0 = d.cdw0.with_cid(321);
+    let mut aq = rig.admin;
+    rig.put(&mut aq, &d);
+    rig.ring_sq(&aq);
+    rig.ctrl.run_until_idle();
+    rig.admin = aq;
+    assert!(
+        poll_admin(&mut rig).is_none(),
+        "waits for the running write"
+    );
+    g.open();
+    rig.ctrl.run_until_idle();
+    assert!(
+        rig.poll_cqe(&mut q)
+            .expect("write completes first")
+            .status
+            .is_success()
+    );
+    let c = poll_admin(&mut rig).expect("then the delete");
+    assert_eq!(c.cid.get(), 321);
+    assert!(c.status.is_success());
+}
+
+#[test]
+fn shadow_doorbells_with_event_index() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+    const DB: u64 = 0x30000;
+    const EI: u64 = 0x31000;
+    let mut s = sqe(AdminOpcode::DOORBELL_BUFFER_CONFIG.get());
+    s.set_prps(DB + 8, EI);
+    assert!(
+        !rig.admin_cmd(s).status.is_success(),
+        "unaligned buffer refused"
+    );
+    s.set_prps(DB, EI);
+    assert!(rig.admin_cmd(s).status.is_success());
+    rig.io_pair(1, 8);
+    let mut q = rig.io[0];
+    for i in 0..3 {
+        let mut c = rw(NvmOpcode::READ, 1, i, 1, DATA);
+        c.cdw0 = c.cdw0.with_cid(i as u16 + 1);
+        rig.put(&mut q, &c);
+    }
+    // The host publishes tail 3 in the shadow and rings the register with
+    // a stale 1: the shadow value counts.
+    rig.mem
+        .store_u32(Gpa::new(DB + 8), 3, core::sync::atomic::Ordering::Release)
+        .unwrap();
+    rig.write32(0x1008, 1);
+    rig.ctrl.run_until_idle();
+    let mut n = 0;
+    let mut cq = q;
+    while let Some(c) = rig.poll_cqe(&mut cq) {
+        assert!(c.status.is_success());
+        n += 1;
+    }
+    assert_eq!(n, 3);
+    let ei = rig
+        .mem
+        .load_u32(Gpa::new(EI + 8), core::sync::atomic::Ordering::Acquire)
+        .unwrap();
+    assert_eq!(ei, 3, "EventIdx tells the host what was seen");
+}
+
+// ---------------------------------------------------------------------------
+// Save and restore
+// ---------------------------------------------------------------------------
+
+#[test]
+fn save_mid_workload_and_restore_into_a_fresh_controller() {
+    let cfg = config();
+    let mut rig = Rig::new();
+    rig.enable();
+    let ram = RamDisk::new(1 << 20, 512).unwrap();
+    let g = gate();
+    rig.ctrl
+        .add_namespace(1, gated(Disk::new(ram.clone()).unwrap(), g))
+        .unwrap();
+    assert!(feature(&mut rig, true, 0x0B, 1 << 8).status.is_success());
+    let _ = get_log(&mut rig, 0x04, 0, 4096, 0, false);
+    arm_aer(&mut rig, 990);
+    rig.io_pair(1, 16);
+    let mut q = rig.io[0];
+    // Twelve writes of distinct data: eight run (and wait on the gate),
+    // four stay in the submission queue.
+    for i in 0..12u64 {
+        let data: Vec<u8> = (0..4096u32)
+            .map(|b| (b as u8) ^ (i as u8 * 17 + 1))
+            .collect();
+        rig.mem.write_at(Gpa::new(DATA + i * 4096), &data).unwrap();
+        let mut s = rw(NvmOpcode::WRITE, 1, i * 8, 8, DATA + i * 4096);
+        s.cdw0 = s.cdw0.with_cid(100 + i as u16);
+        rig.put(&mut q, &s);
+    }
+    rig.ring_sq(&q);
+    rig.ctrl.run_until_idle();
+    assert!(rig.poll_cqe(&mut q.clone()).is_none());
+    let blob = rig.ctrl.save().unwrap().encode().unwrap();
+    // The saved controller is frozen: its commands finishing changes
+    // nothing the guest sees.
+    g.open();
+    rig.ctrl.run_until_idle();
+    assert!(
+        rig.poll_cqe(&mut q.clone()).is_none(),
+        "frozen: nothing posted"
+    );
+    // Restore into a fresh controller over the same memory and disk.
+    let saved = SavedController::decode(&blob).unwrap();
+    let msi = Arc::new(Msi::default());
+    let restored = NvmeController::restore(
+        cfg,
+        rig.mem.clone(),
+        msi.clone(),
+        &saved,
+        vec![(1, Disk::new(ram.clone()).unwrap())],
+    )
+    .unwrap();
+    let mut rig2 = Rig::around(restored, rig.mem.clone(), msi);
+    rig2.admin = rig.admin;
+    rig2.io = rig.io.clone();
+    rig2.cid = rig.cid;
+    drop(rig);
+    assert!(rig2.csts().rdy());
+    rig2.ctrl.run_until_idle();
+    let mut done = Vec::new();
+    while let Some(c) = rig2.poll_cqe(&mut q) {
+        assert!(c.status.is_success());
+        done.push(c.cid.get());
+        rig2.ctrl.run_until_idle();
+    }
+    done.sort();
+    assert_eq!(
+        done,
+        (100..112).collect::<Vec<_>>(),
+        "each command completes once"
+    );
+    rig2.io[0] = q;
+    // Every write reached the disk.
+    for i in 0..12u64 {
+        let c = rig2.io_cmd(0, rw(NvmOpcode::READ, 1, i * 8, 8, DATA + 0x100000));
+        assert!(c.status.is_success());
+        let mut back = vec![0u8; 4096];
+        rig2.mem
+            .read_at(Gpa::new(DATA + 0x100000), &mut back)
+            .unwrap();
+        let want: Vec<u8> = (0..4096u32)
+            .map(|b| (b as u8) ^ (i as u8 * 17 + 1))
+            .collect();
+        assert_eq!(back, want, "write {i}");
+    }
+    // MSI-X programming survived: completions signal vector 1's message.
+    assert!(rig2.msi.take().iter().any(|m| m.1
+        == MsiMessage {
+            address: 0xFEE0_0010,
+            data: 0x41
+        }));
+    // The outstanding AER survived too.
+    rig2.ctrl.add_namespace(2, ram_disk(1 << 20, 512)).unwrap();
+    rig2.ctrl.run_until_idle();
+    assert_eq!(poll_admin(&mut rig2).expect("AER").cid.get(), 990);
+}
+
+#[test]
+fn restore_refuses_bad_state_naming_the_field() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.io_pair(1, 16);
+    let saved = rig.ctrl.save().unwrap();
+    let restore = |s: &SavedController| {
+        NvmeController::restore(
+            config(),
+            GuestMem::new(RamGuestMemory::new(MEM_SIZE)),
+            Arc::new(Msi::default()),
+            s,
+            Vec::new(),
+        )
+        .map(|_| ())
+    };
+    assert!(restore(&saved).is_ok());
+    let mut bad = saved.clone();
+    bad.workers[0].sqs[0].head = 16;
+    assert_eq!(restore(&bad).unwrap_err().field, "workers[0].sqs[0]");
+    let mut bad = saved.clone();
+    bad.workers[0].cq.gpa = MEM_SIZE;
+    assert_eq!(restore(&bad).unwrap_err().field, "workers[0].cq.gpa");
+    let mut bad = saved.clone();
+    bad.workers[0].cq.iv = 99;
+    assert_eq!(restore(&bad).unwrap_err().field, "workers[0].cq.iv");
+    let mut bad = saved.clone();
+    bad.pci.msix_table.pop();
+    assert_eq!(restore(&bad).unwrap_err().field, "pci.msix_table");
+    let mut bad = saved.clone();
+    bad.workers[0].commands.push(state::CommandV1 {
+        sqid: 9,
+        sqe: vec![0; 64],
+        done: None,
+    });
+    assert_eq!(
+        restore(&bad).unwrap_err().field,
+        "workers[0].commands[0].sqid"
+    );
+    // A blob that is not a saved controller.
+    assert!(SavedController::decode(b"not a state").is_err());
+    let mut blob = saved.encode().unwrap();
+    let n = blob.len();
+    blob[n / 2] ^= 0xFF;
+    assert!(SavedController::decode(&blob).is_err());
+}

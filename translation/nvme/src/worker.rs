@@ -94,6 +94,10 @@ pub(crate) struct IoWorker {
     pub(crate) cq: Option<Cq>,
     pub(crate) sqs: Vec<Sq>,
     next_sq: usize,
+    /// Commands run at once, at most.
+    capacity: usize,
+    /// Built when the worker's first CQ is created (most workers of a
+    /// controller never get one) and kept from then on.
     slots: Box<[Slot]>,
     free: Vec<usize>,
     ready: ReadySet,
@@ -111,26 +115,15 @@ pub(crate) struct IoWorker {
 
 impl IoWorker {
     pub(crate) fn new(config: &ControllerConfig, waker: Waker) -> Self {
-        let n = usize::from(config.commands_per_queue);
-        let ready = ReadySet::new(n);
-        ready.register(&waker);
         Self {
             cq: None,
             sqs: Vec::new(),
             next_sq: 0,
-            slots: (0..n)
-                .map(|_| Slot {
-                    busy: false,
-                    sqid: 0,
-                    sqe: Sqe::new_zeroed(),
-                    done: None,
-                    future: None,
-                    spare: Vec::new(),
-                })
-                .collect(),
-            free: (0..n).rev().collect(),
-            ready,
-            done: VecDeque::with_capacity(n),
+            capacity: usize::from(config.commands_per_queue),
+            slots: Box::new([]),
+            free: Vec::new(),
+            ready: ReadySet::new(0),
+            done: VecDeque::new(),
             ns: NsCache::default(),
             params: IoParams {
                 page_size: 4096,
@@ -143,6 +136,29 @@ impl IoWorker {
             aborts: Vec::new(),
             interrupt: false,
             waker,
+        }
+    }
+
+    /// Gives the worker its completion queue (building its command slots
+    /// the first time).
+    pub(crate) fn open(&mut self, cq: Cq) {
+        self.cq = Some(cq);
+        if self.slots.is_empty() {
+            let n = self.capacity;
+            self.ready = ReadySet::new(n);
+            self.ready.register(&self.waker);
+            self.slots = (0..n)
+                .map(|_| Slot {
+                    busy: false,
+                    sqid: 0,
+                    sqe: Sqe::new_zeroed(),
+                    done: None,
+                    future: None,
+                    spare: Vec::new(),
+                })
+                .collect();
+            self.free = (0..n).rev().collect();
+            self.done = VecDeque::with_capacity(n);
         }
     }
 
