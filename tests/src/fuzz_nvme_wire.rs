@@ -79,14 +79,14 @@ fn sgl(payload: &[u8], last: bool) {
             SglDescriptor::Segment { length, .. } | SglDescriptor::LastSegment { length, .. },
         ) = SglDescriptor::parse(bytes)
         {
-            assert!(length != 0 && length % 16 == 0, "segment length {length}");
+            assert!(length != 0 && length.is_multiple_of(16), "segment length {length}");
         }
     }
     let len = payload.len().min(4096);
     let bytes = &payload[..len];
     let Ok(segment) = SglSegment::parse(bytes, last) else {
         assert!(
-            len == 0 || len % SGL_DESCRIPTOR_LEN != 0,
+            len == 0 || !len.is_multiple_of(SGL_DESCRIPTOR_LEN),
             "a {len}-byte segment was refused"
         );
         return;
