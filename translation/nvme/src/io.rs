@@ -94,6 +94,10 @@ pub(crate) struct IoParams {
     pub host_id: InitiatorId,
     /// Whether the host identifier is the extended 128-bit one (EXHID).
     pub host_id_extended: bool,
+    /// The Volatile Write Cache feature's WCE: with the cache disabled
+    /// every write (and Write Zeroes) is durable on completion, as if FUA
+    /// were set.
+    pub write_cache: bool,
 }
 
 /// What executing one command came to.
@@ -246,6 +250,12 @@ fn io_options(params: &IoParams, fua: bool) -> IoOptions {
     }
 }
 
+/// Options of a write with FUA `fua`: durable on completion also when the
+/// host disabled the volatile write cache.
+fn write_options(params: &IoParams, fua: bool) -> IoOptions {
+    io_options(params, fua || !params.write_cache)
+}
+
 /// The outcome of a command that ended with `r`, whose first LBA is `lba`.
 fn outcome(r: Res<IoOutcome>, lba: u64) -> IoOutcome {
     match r {
@@ -392,7 +402,7 @@ fn rw_inline(
     let sg = sg_list(mem, ranges, !write)?;
     if write {
         let fua = RwCdw12::from_bits(sqe.cdw12.get()).fua();
-        disk.write_inline(sg, b.slba, io_options(params, fua))?;
+        disk.write_inline(sg, b.slba, write_options(params, fua))?;
     } else {
         disk.read_inline(sg, b.slba, io_options(params, false))?;
     }
@@ -442,7 +452,7 @@ async fn write(
     let (b, _) = prepare_rw(mem, disk, sqe, params, ranges, true)?;
     let fua = RwCdw12::from_bits(sqe.cdw12.get()).fua();
     let sg = sg_list(mem, ranges, false)?;
-    disk.write(sg, b.slba, io_options(params, fua)).await?;
+    disk.write(sg, b.slba, write_options(params, fua)).await?;
     Ok(rw_outcome(b, true))
 }
 
@@ -564,7 +574,7 @@ async fn write_zeroes(
 ) -> Res<IoOutcome> {
     let b = blocks(disk, sqe, params, false)?;
     let cdw12 = RwCdw12::from_bits(sqe.cdw12.get());
-    let opts = io_options(params, cdw12.fua());
+    let opts = write_options(params, cdw12.fua());
     if cdw12.deac() && disk.unmap_behavior() == UnmapBehavior::Zeroes {
         disk.unmap(b.slba, b.count, opts).await?;
         if cdw12.fua() {

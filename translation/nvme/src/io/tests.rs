@@ -25,6 +25,7 @@ fn params(host: InitiatorId) -> IoParams {
         max_transfer: MAX_TRANSFER_BYTES,
         host_id: host,
         host_id_extended: false,
+        write_cache: true,
     }
 }
 
@@ -38,6 +39,7 @@ struct TestDisk {
     unmap: UnmapBehavior,
     fail_reads: bool,
     unmaps: Arc<AtomicU32>,
+    fua_writes: Arc<AtomicU32>,
 }
 
 impl TestDisk {
@@ -49,6 +51,7 @@ impl TestDisk {
             unmap: UnmapBehavior::Zeroes,
             fail_reads: false,
             unmaps: Arc::new(AtomicU32::new(0)),
+            fua_writes: Arc::new(AtomicU32::new(0)),
         }
     }
 }
@@ -82,6 +85,9 @@ impl DiskIo for TestDisk {
         self.ram.read_inline(buf, sector, opts)
     }
     async fn write(&self, buf: SgList<'_>, sector: u64, opts: IoOptions) -> Result<(), DiskError> {
+        if opts.fua {
+            self.fua_writes.fetch_add(1, Ordering::Relaxed);
+        }
         self.ram.write_inline(buf, sector, opts)
     }
     async fn flush(&self, _: IoOptions) -> Result<(), DiskError> {
@@ -230,6 +236,35 @@ fn write_then_read_through_a_prp_list() {
             vec![GpaRange::new(Gpa::new(0x100000), len as u64)]
         );
     }
+}
+
+#[test]
+fn fua_reaches_the_disk_and_a_disabled_cache_forces_it() {
+    let disk = TestDisk::new(1 << 20, 512);
+    let fua = disk.fua_writes.clone();
+    let mut rig = Rig::with(Disk::new(disk).unwrap());
+    let w = with_prps(cmd(NvmOpcode::WRITE, 0, 1), 0x1000, 0);
+    assert!(rig.run(&w).status.is_success());
+    assert_eq!(fua.load(Ordering::Relaxed), 0);
+    let mut w_fua = w;
+    w_fua.cdw12.set(w.cdw12.get() | 1 << 30);
+    assert!(rig.run(&w_fua).status.is_success());
+    assert_eq!(fua.load(Ordering::Relaxed), 1);
+    let no_cache = IoParams {
+        write_cache: false,
+        ..params(HOST_A)
+    };
+    assert!(rig.run_as(&w, no_cache).status.is_success());
+    assert_eq!(fua.load(Ordering::Relaxed), 2);
+    let now = execute_now(&rig.mem, &rig.disk, &w, &no_cache, &mut rig.ranges).unwrap();
+    assert!(now.status.is_success());
+    assert_eq!(fua.load(Ordering::Relaxed), 3);
+    assert!(
+        rig.run_as(&cmd(NvmOpcode::WRITE_ZEROES, 4, 2), no_cache)
+            .status
+            .is_success()
+    );
+    assert_eq!(fua.load(Ordering::Relaxed), 4);
 }
 
 #[test]
