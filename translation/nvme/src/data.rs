@@ -13,9 +13,9 @@
 //! Everything in a data pointer, a PRP list or an SGL segment is the
 //! guest's and is read once. Every failure ends the walk with the status
 //! the specification names, DNR set, and nothing else happens:
-//! - a PRP entry whose bits 1:0 are set, a PRP2 data pointer, PRP list
-//!   entry or PRP list chain pointer with a nonzero page offset: *PRP
-//!   Offset Invalid*;
+//! - a PRP entry whose bits 1:0 are set, a PRP list pointer whose bits
+//!   2:0 are set, a PRP2 data pointer, PRP list entry or PRP list chain
+//!   pointer with a nonzero page offset: *PRP Offset Invalid*;
 //! - a PRP list page or SGL segment that cannot be read, or a data range
 //!   that is not inside guest memory: *Data Transfer Error*;
 //! - an SGL descriptor of a type or sub type a PCIe controller does not
@@ -293,9 +293,11 @@ fn walk_prps(
             r.push(prp2, len - first)
         }
         Prp2Use::List => {
-            // A list pointer may carry an offset, dword aligned like every
-            // PRP entry; chained list pages start at offset 0.
-            if !prp_is_dword_aligned(prp2) {
+            // A list pointer may carry an offset, but one that starts an
+            // 8-byte entry (chained list pages start at offset 0): a
+            // dword-aligned one at the page's last 4 bytes would hold no
+            // entry at all.
+            if prp2 & (PRP_ENTRY_LEN - 1) != 0 {
                 return Err(offset_invalid);
             }
             walk_prp_list(r, page_size, prp2, len - first, prp1, len)
@@ -320,7 +322,7 @@ fn walk_prp_list(
     while need > 0 {
         let in_page = prp_list_entries_in_page(list, page_size);
         if in_page == 0 {
-            // A list pointer 4 bytes before its page ends: no entry fits.
+            // Unreachable with a qword-aligned list pointer; never loop.
             return Err(offset_invalid);
         }
         // More entries than fit: the page's last entry chains to the next

@@ -151,8 +151,10 @@ fn prp_offsets_are_refused() {
     assert_eq!(prp(&m, 0x1000, 0x5008, 2 * PAGE), Err(poi));
     // A list pointer that is not dword aligned.
     assert_eq!(prp(&m, 0x1000, 0x10002, 3 * PAGE), Err(poi));
-    // A list pointer 4 bytes before the page end: no entry fits.
+    // A list pointer that is dword but not qword aligned, anywhere (at
+    // the page's last 4 bytes no entry would fit).
     assert_eq!(prp(&m, 0x1000, 0x10FFC, 3 * PAGE), Err(poi));
+    assert_eq!(prp(&m, 0x1000, 0x10004, 3 * PAGE), Err(poi));
     // A list data entry with an offset.
     put_entries(&m, 0x10000, &[0x3000, 0x4200]);
     assert_eq!(prp(&m, 0x1000, 0x10000, 3 * PAGE), Err(poi));

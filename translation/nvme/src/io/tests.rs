@@ -877,6 +877,8 @@ fn command_futures_fit_a_storvsp_sized_slot() {
     let s = cmd(NvmOpcode::READ, 0, 1);
     let p = params(HOST_A);
     let fut = execute(&rig.mem, &rig.disk, &s, &p, &rig.scratch, &mut ranges);
+    fn assert_send<T: Send>(_: &T) {}
+    assert_send(&fut);
     let size = core::mem::size_of_val(&fut);
     std::println!("io::execute future: {size} bytes");
     assert!(size <= 2048, "execute's future takes {size} bytes");
