@@ -20,10 +20,12 @@
 //!   that is not inside guest memory: *Data Transfer Error*;
 //! - an SGL descriptor of a type or sub type a PCIe controller does not
 //!   take (keyed, transport, vendor, reserved, offset addressing), or a
-//!   bit bucket in data the host sends: *SGL Descriptor Type Invalid*;
+//!   bit bucket in data the host sends (a bit bucket discards data the
+//!   controller returns; in a write it would leave holes in the written
+//!   blocks): *SGL Descriptor Type Invalid*;
 //! - a Segment or Last Segment descriptor whose length is zero or not a
-//!   multiple of 16, or a segment descriptor inside a last segment:
-//!   *Invalid SGL Segment Descriptor*;
+//!   multiple of 16 or whose segment is not qword aligned, or a segment
+//!   descriptor inside a last segment: *Invalid SGL Segment Descriptor*;
 //! - a segment descriptor that is not the last of its segment, or an SGL
 //!   with more than [`MAX_SGL_DESCRIPTORS`] descriptors in all: *Invalid
 //!   Number of SGL Descriptors*;
@@ -444,7 +446,11 @@ impl SglWalk {
         length: u32,
         last: bool,
     ) -> Result<Option<(u64, u32, bool)>, StatusWord> {
-        // The parser checked the length: a nonzero multiple of 16.
+        // An SGL segment is qword aligned; the parser checked the length
+        // (a nonzero multiple of 16).
+        if address & 7 != 0 {
+            return Err(invalid(GenericStatus::INVALID_SGL_SEGMENT_DESCRIPTOR));
+        }
         let count = length / SGL_DESCRIPTOR_LEN as u32;
         self.descriptors = self
             .descriptors

@@ -410,6 +410,17 @@ fn sgl_descriptor_types_and_segments_are_checked() {
         ),
         Err(seg_invalid)
     );
+    // A segment that is not qword aligned.
+    put_descs(&m, 0x20004, &[desc(T::DATA_BLOCK, 0x1000, 512)]);
+    assert_eq!(
+        sgl(
+            &m,
+            desc(T::LAST_SEGMENT, 0x20004, 16),
+            512,
+            Direction::ToHost
+        ),
+        Err(seg_invalid)
+    );
     // A segment descriptor that is not the last of its segment.
     put_descs(
         &m,
