@@ -822,7 +822,14 @@ async fn reservation_register(
                     GenericStatus::INVALID_FIELD_IN_COMMAND,
                 )));
             }
-            let current = if c.iekey() { None } else { Some(crkey) };
+            // Without IEKEY only a registrant can replace its key.
+            let current = if c.iekey() {
+                None
+            } else if pr.report().await?.key_of(host).is_none() {
+                return Err(DiskError::ReservationConflict.into());
+            } else {
+                Some(crkey)
+            };
             pr.register(host, current, nrkey, aptpl).await?;
         }
         _ => return Err(cdw10_invalid()),

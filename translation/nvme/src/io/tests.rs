@@ -751,6 +751,21 @@ fn reservations_between_two_hosts() {
     let rel = resv(&rig, NvmOpcode::RESERVATION_RELEASE, rtype(2), &[0xB1]);
     assert_eq!(rig.run_as(&rel, b).status, ok);
     assert_eq!(rig.run_as(&r, a).status, ok);
+    // Replace needs a registration (or IEKEY), and the current key.
+    let host_c = params(InitiatorId::new(0xC));
+    let rep = resv(&rig, NvmOpcode::RESERVATION_REGISTER, REPLACE, &[0, 0xC1]);
+    assert_eq!(
+        rig.run_as(&rep, host_c).status,
+        conflict,
+        "C is not registered"
+    );
+    let rep = resv(
+        &rig,
+        NvmOpcode::RESERVATION_REGISTER,
+        REPLACE,
+        &[0xB7, 0xB9],
+    );
+    assert_eq!(rig.run_as(&rep, b).status, conflict, "wrong current key");
     // Replace B's key, then unregister B ignoring the key.
     let rep = resv(
         &rig,
