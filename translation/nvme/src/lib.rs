@@ -8,3 +8,7 @@
 extern crate alloc;
 #[cfg(test)]
 extern crate std;
+
+mod data;
+mod error;
+mod io;
