@@ -9,6 +9,7 @@
 //! commands.
 
 use crate::data::{self, Direction};
+use crate::error::{invalid, invalid_specific};
 use crate::queue::{Cq, Shadow, Sq, check_ring};
 use crate::worker::Completion;
 use crate::{Lifecycle, Shared};
@@ -403,15 +404,11 @@ fn finish_deletes(s: &Shared, a: &mut AdminState) {
 }
 
 fn invalid_field() -> StatusWord {
-    StatusWord::generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true)
-}
-
-fn specific(sc: CommandSpecificStatus) -> StatusWord {
-    StatusWord::command_specific(sc).with_dnr(true)
+    invalid(GenericStatus::INVALID_FIELD_IN_COMMAND)
 }
 
 fn invalid_namespace() -> StatusWord {
-    StatusWord::generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true)
+    invalid(GenericStatus::INVALID_NAMESPACE_OR_FORMAT)
 }
 
 type Answer = Result<u32, StatusWord>;
@@ -431,7 +428,7 @@ fn execute(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Option<Completion> {
         AdminOpcode::GET_FEATURES => get_features(s, a, sqe),
         AdminOpcode::ASYNC_EVENT_REQUEST => {
             if a.aers.len() >= MAX_AERS {
-                Err(specific(
+                Err(invalid_specific(
                     CommandSpecificStatus::ASYNC_EVENT_REQUEST_LIMIT_EXCEEDED,
                 ))
             } else {
@@ -744,17 +741,21 @@ fn create_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     let c11 = CreateCqCdw11::from_bits(sqe.cdw11.get());
     let qid = c10.qid();
     if qid == 0 || qid > a.features.queues_cq {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+        ));
     }
     let size = u32::from(c10.qsize()) + 1;
     if size < 2 || size > s.config.max_queue_entries {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_SIZE));
+        return Err(invalid_specific(CommandSpecificStatus::INVALID_QUEUE_SIZE));
     }
     if !c11.pc() {
         return Err(invalid_field());
     }
     if c11.ien() && c11.iv() >= s.pci.msix.vectors() {
-        return Err(specific(CommandSpecificStatus::INVALID_INTERRUPT_VECTOR));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_INTERRUPT_VECTOR,
+        ));
     }
     let gpa = sqe.prp1();
     if !gpa.is_multiple_of(a.page_size) {
@@ -764,11 +765,15 @@ fn create_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         return Err(invalid_field());
     }
     let Some(worker) = s.workers.get(usize::from(qid) - 1) else {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+        ));
     };
     let mut w = worker.lock();
     if w.cq.is_some() {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+        ));
     }
     let shadow = a
         .dbbc
@@ -801,18 +806,22 @@ fn create_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         || qid > a.features.queues_sq
         || a.sq_owner.get(usize::from(qid)).is_none_or(|&o| o != 0)
     {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+        ));
     }
     let cqid = c11.cqid();
     let Some(worker) = (cqid != 0)
         .then(|| s.workers.get(usize::from(cqid) - 1))
         .flatten()
     else {
-        return Err(specific(CommandSpecificStatus::COMPLETION_QUEUE_INVALID));
+        return Err(invalid_specific(
+            CommandSpecificStatus::COMPLETION_QUEUE_INVALID,
+        ));
     };
     let size = u32::from(c10.qsize()) + 1;
     if size < 2 || size > s.config.max_queue_entries {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_SIZE));
+        return Err(invalid_specific(CommandSpecificStatus::INVALID_QUEUE_SIZE));
     }
     if !c11.pc() {
         return Err(invalid_field());
@@ -826,7 +835,9 @@ fn create_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     }
     let mut w = worker.lock();
     if w.cq.is_none() {
-        return Err(specific(CommandSpecificStatus::COMPLETION_QUEUE_INVALID));
+        return Err(invalid_specific(
+            CommandSpecificStatus::COMPLETION_QUEUE_INVALID,
+        ));
     }
     let shadow = a
         .dbbc
@@ -852,7 +863,9 @@ fn create_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
 fn delete_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Option<Completion> {
     let qid = DeleteQueueCdw10::from_bits(sqe.cdw10.get()).qid();
     let owner = a.sq_owner.get(usize::from(qid)).copied().unwrap_or(0);
-    let bad = Completion::status(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+    let bad = Completion::status(invalid_specific(
+        CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+    ));
     if qid == 0 || owner == 0 || a.pending_deletes.iter().any(|&(q, _)| q == qid) {
         return Some(bad);
     }
@@ -878,7 +891,7 @@ fn delete_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Option<Completion> {
 
 fn delete_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     let qid = DeleteQueueCdw10::from_bits(sqe.cdw10.get()).qid();
-    let bad = specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER);
+    let bad = invalid_specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER);
     if qid == 0 {
         return Err(bad);
     }
@@ -890,7 +903,9 @@ fn delete_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         return Err(bad);
     }
     if !w.sqs.is_empty() || a.sq_owner.contains(&qid) {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_DELETION));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_DELETION,
+        ));
     }
     w.cq = None;
     s.doorbells.close(Doorbell::CqHead(qid));
@@ -967,7 +982,7 @@ fn abort(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         };
         if queued_in(mem, sq, sq.tail(mem, &s.doorbells), cid) {
             if a.aborts.len() >= MAX_ABORTS {
-                return Err(specific(
+                return Err(invalid_specific(
                     CommandSpecificStatus::ABORT_COMMAND_LIMIT_EXCEEDED,
                 ));
             }
@@ -992,7 +1007,7 @@ fn abort(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         return Ok(ABORT_DW0_NOT_ABORTED);
     }
     if w.aborts.len() >= MAX_ABORTS {
-        return Err(specific(
+        return Err(invalid_specific(
             CommandSpecificStatus::ABORT_COMMAND_LIMIT_EXCEEDED,
         ));
     }
@@ -1022,7 +1037,9 @@ fn queued_in(mem: &dyn GuestMemory, sq: &Sq, tail: u32, cid: u16) -> bool {
 fn set_features(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     let c10 = SetFeaturesCdw10::from_bits(sqe.cdw10.get());
     if c10.sv() {
-        return Err(specific(CommandSpecificStatus::FEATURE_NOT_SAVEABLE));
+        return Err(invalid_specific(
+            CommandSpecificStatus::FEATURE_NOT_SAVEABLE,
+        ));
     }
     let v = sqe.cdw11.get();
     let f = &mut a.features;
@@ -1324,7 +1341,7 @@ fn build_log(s: &Shared, lid: LogPageId, nsid: u32, page: &mut Vec<u8>) -> Resul
                 page[at] = 1;
             }
         }
-        _ => return Err(specific(CommandSpecificStatus::INVALID_LOG_PAGE)),
+        _ => return Err(invalid_specific(CommandSpecificStatus::INVALID_LOG_PAGE)),
     }
     Ok(())
 }
