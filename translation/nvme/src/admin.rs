@@ -333,7 +333,11 @@ fn post_held(s: &Shared, a: &mut AdminState) -> bool {
     let sqhd = a.sq.as_ref().map_or(0, |q| q.head);
     while let Some(&(cid, done)) = a.held.front() {
         if cq.is_full() {
-            return false;
+            s.doorbells.arm(Doorbell::CqHead(0));
+            cq.refresh_head(mem, &s.doorbells);
+            if cq.is_full() {
+                return false;
+            }
         }
         let cqe = Cqe {
             dw0: U32::new(done.dw0),

@@ -140,7 +140,8 @@ fn doorbell_write(s: &Shared, db: Doorbell, value: u32) {
         return;
     }
     match s.doorbells.write(db, value) {
-        Ok(worker) => s.wakeups.wake(worker),
+        Ok(Some(worker)) => s.wakeups.wake(worker),
+        Ok(None) => {}
         Err(info) => {
             let qid = match db {
                 Doorbell::SqTail(q) | Doorbell::CqHead(q) => q,

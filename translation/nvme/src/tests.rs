@@ -1603,3 +1603,94 @@ fn restore_refuses_bad_state_naming_the_field() {
     blob[n / 2] ^= 0xFF;
     assert!(SavedController::decode(&blob).is_err());
 }
+
+// ---------------------------------------------------------------------------
+// The I/O path allocates nothing
+// ---------------------------------------------------------------------------
+
+/// Counts interrupts without allocating.
+#[derive(Default)]
+struct CountingSink(core::sync::atomic::AtomicU64);
+
+impl MsiSink for CountingSink {
+    fn signal(&self, _: u16, _: MsiMessage) {
+        self.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The fewest allocations any of up to 300 runs of `f` made (other tests
+/// of this binary may allocate concurrently, which only adds).
+fn fewest_allocations(mut f: impl FnMut()) -> usize {
+    let mut fewest = usize::MAX;
+    for _ in 0..300 {
+        let region = stats_alloc::Region::new(&stats_alloc::INSTRUMENTED_SYSTEM);
+        f();
+        fewest = fewest.min(region.change().allocations);
+        if fewest == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    fewest
+}
+
+#[test]
+fn doorbell_to_completion_allocates_nothing() {
+    let mem = GuestMem::new(RamGuestMemory::new(MEM_SIZE));
+    let sink = Arc::new(CountingSink::default());
+    let ctrl = NvmeController::new(config(), mem.clone(), sink.clone());
+    let mut rig = Rig::around(ctrl, mem, Arc::new(Msi::default()));
+    rig.enable();
+    rig.ctrl.add_namespace(1, ram_disk(4 << 20, 512)).unwrap();
+    let q = rig.io_pair(1, 64);
+    // Warm up: the first commands build the slot's buffers.
+    for i in 0..4 {
+        rig.io_cmd(q, rw(NvmOpcode::WRITE, 1, i * 8, 8, DATA));
+    }
+    let before = sink.0.load(core::sync::atomic::Ordering::Relaxed);
+    // QD1: one command per doorbell.
+    let qd1 = fewest_allocations(|| {
+        for i in 0..16u64 {
+            let op = if i % 2 == 0 {
+                NvmOpcode::READ
+            } else {
+                NvmOpcode::WRITE
+            };
+            let mut s = rw(op, 1, i * 8, 8, DATA);
+            rig.cid = rig.cid.wrapping_add(1);
+            s.cdw0 = s.cdw0.with_cid(rig.cid);
+            let mut g = rig.io[q];
+            rig.put(&mut g, &s);
+            rig.ring_sq(&g);
+            rig.ctrl.run_until_idle();
+            let c = rig.poll_cqe(&mut g).unwrap();
+            assert!(c.status.is_success());
+            rig.io[q] = g;
+        }
+    });
+    assert_eq!(qd1, 0, "QD1 read/write through the controller allocates");
+    // QD32: one doorbell, 32 commands, one interrupt.
+    let mut irqs = 0;
+    let qd32 = fewest_allocations(|| {
+        let mut g = rig.io[q];
+        for i in 0..32u64 {
+            let mut s = rw(NvmOpcode::READ, 1, i * 8, 8, DATA + (i % 8) * 0x2000);
+            s.cdw0 = s.cdw0.with_cid(i as u16);
+            rig.put(&mut g, &s);
+        }
+        let n0 = sink.0.load(core::sync::atomic::Ordering::Relaxed);
+        rig.ring_sq(&g);
+        rig.ctrl.run_until_idle();
+        irqs = sink.0.load(core::sync::atomic::Ordering::Relaxed) - n0;
+        for _ in 0..32 {
+            assert!(rig.poll_cqe(&mut g).unwrap().status.is_success());
+        }
+        rig.io[q] = g;
+    });
+    assert_eq!(qd32, 0, "QD32 batch allocates");
+    assert!(
+        irqs >= 1 && irqs <= 4,
+        "one interrupt per pass, not per command ({irqs})"
+    );
+    assert!(sink.0.load(core::sync::atomic::Ordering::Relaxed) > before);
+}

@@ -146,7 +146,6 @@ impl IoWorker {
         if self.slots.is_empty() {
             let n = self.capacity;
             self.ready = ReadySet::new(n);
-            self.ready.register(&self.waker);
             self.slots = (0..n)
                 .map(|_| Slot {
                     busy: false,
@@ -262,6 +261,14 @@ impl IoWorker {
             }
         }
         self.signal(s);
+        if self.running() != 0 {
+            // A slot's wake consumes the registration: renew it, then look
+            // again for wakes that came before it.
+            self.ready.register(&self.waker);
+            if self.ready.any() {
+                self.waker.wake_by_ref();
+            }
+        }
         if life == Lifecycle::Ready && !self.free.is_empty() && self.has_queued(s) {
             // Budget spent with work left: run again on the next pass.
             self.waker.wake_by_ref();
@@ -482,7 +489,13 @@ impl IoWorker {
                     break;
                 };
                 if cq.is_full() {
-                    break;
+                    // Wake on the host's next head update, then look
+                    // again in case it came before the arming.
+                    s.doorbells.arm(Doorbell::CqHead(cq.qid));
+                    cq.refresh_head(mem, &s.doorbells);
+                    if cq.is_full() {
+                        break;
+                    }
                 }
                 let sqhd = sq_pos.map_or(0, |p| self.sqs[p].head);
                 let cqe = Cqe {
