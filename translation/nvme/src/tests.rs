@@ -1689,7 +1689,7 @@ fn doorbell_to_completion_allocates_nothing() {
     });
     assert_eq!(qd32, 0, "QD32 batch allocates");
     assert!(
-        irqs >= 1 && irqs <= 4,
+        (1..=4).contains(&irqs),
         "one interrupt per pass, not per command ({irqs})"
     );
     assert!(sink.0.load(core::sync::atomic::Ordering::Relaxed) > before);
