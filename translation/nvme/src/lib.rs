@@ -401,12 +401,14 @@ impl NvmeController {
     /// queue with that ID. `Ready` when it ran, `Pending` otherwise (the
     /// waker is woken when that worker has work). For a host that runs one
     /// task per completion queue; do not mix with
-    /// [`NvmeController::poll_work`] for the same controller.
+    /// [`NvmeController::poll_work`] for the same controller. A queue ID
+    /// beyond the controller's stays `Pending`.
     pub fn poll_queue(&self, queue: u16, cx: &mut Context<'_>) -> Poll<()> {
         let s = &self.shared;
         let index = usize::from(queue);
         if index > s.workers.len() {
-            return Poll::Ready(());
+            // No such queue: nothing will ever run there.
+            return Poll::Pending;
         }
         s.wakeups.register(index, cx.waker());
         let mut ran = false;

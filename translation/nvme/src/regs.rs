@@ -353,6 +353,7 @@ fn drain_locked(s: &Shared, regs: &mut Registers) {
     match life {
         Lifecycle::Resetting => {
             s.admin.lock().reset();
+            s.namespaces.lock().reset_flush();
             for w in s.workers.iter() {
                 w.lock().clear();
             }
@@ -364,8 +365,20 @@ fn drain_locked(s: &Shared, regs: &mut Registers) {
             s.set_lifecycle(Lifecycle::Disabled);
         }
         _ => {
-            regs.csts = regs.csts.with_shst(ShutdownStatus::COMPLETE);
+            // Running I/O is done: make every namespace durable, then
+            // report the shutdown complete (see `shutdown_flushed`).
+            if s.namespaces.lock().start_flush() {
+                s.wakeups.wake(s.watcher_index());
+            }
         }
+    }
+}
+
+/// Every namespace flushed for a shutdown: CSTS.SHST reads complete.
+pub(crate) fn shutdown_flushed(s: &Shared) {
+    let mut regs = s.regs.lock();
+    if s.lifecycle() == Lifecycle::ShuttingDown && regs.csts.shst() == ShutdownStatus::OCCURRING {
+        regs.csts = regs.csts.with_shst(ShutdownStatus::COMPLETE);
     }
 }
 

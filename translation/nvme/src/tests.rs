@@ -1320,14 +1320,80 @@ fn reset_waits_for_running_commands_and_discards_their_completions() {
     );
 }
 
+/// A small disk whose flushes wait for a gate and are counted.
+struct FlushGated {
+    gate: &'static Gate,
+    flushes: Arc<core::sync::atomic::AtomicU64>,
+}
+
+impl parastor_core::DiskIo for FlushGated {
+    fn kind(&self) -> &'static str {
+        "flush-gated"
+    }
+    fn sector_count(&self) -> u64 {
+        8
+    }
+    fn sector_size(&self) -> u32 {
+        512
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn is_fua_respected(&self) -> bool {
+        true
+    }
+    fn unmap_behavior(&self) -> parastor_core::UnmapBehavior {
+        parastor_core::UnmapBehavior::Ignored
+    }
+    async fn read(
+        &self,
+        buf: parastor_core::SgList<'_>,
+        _: u64,
+        _: parastor_core::IoOptions,
+    ) -> Result<(), parastor_core::DiskError> {
+        buf.zero().map_err(Into::into)
+    }
+    async fn write(
+        &self,
+        _: parastor_core::SgList<'_>,
+        _: u64,
+        _: parastor_core::IoOptions,
+    ) -> Result<(), parastor_core::DiskError> {
+        Ok(())
+    }
+    async fn flush(&self, _: parastor_core::IoOptions) -> Result<(), parastor_core::DiskError> {
+        sleep_on(self.gate).await;
+        self.flushes
+            .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+    async fn unmap(
+        &self,
+        _: u64,
+        _: u64,
+        _: parastor_core::IoOptions,
+    ) -> Result<(), parastor_core::DiskError> {
+        Ok(())
+    }
+}
+
 #[test]
-fn shutdown_completes_after_outstanding_io() {
+fn shutdown_completes_after_outstanding_io_and_a_flush() {
+    use parastor_hw::nvme::regs::ShutdownStatus;
     let mut rig = Rig::new();
     rig.enable();
     let g = gate();
     rig.ctrl
         .add_namespace(1, gated(ram_disk(1 << 20, 512), g))
         .unwrap();
+    let fg = gate();
+    let flushes = Arc::new(core::sync::atomic::AtomicU64::new(0));
+    let fdisk = Disk::new(FlushGated {
+        gate: fg,
+        flushes: flushes.clone(),
+    })
+    .unwrap();
+    rig.ctrl.add_namespace(2, fdisk).unwrap();
     rig.io_pair(1, 8);
     let mut q = rig.io[0];
     rig.put(&mut q, &rw(NvmOpcode::WRITE, 1, 0, 1, DATA));
@@ -1335,17 +1401,31 @@ fn shutdown_completes_after_outstanding_io() {
     rig.ctrl.run_until_idle();
     rig.write32(offset::CC, 0x0046_4001); // SHN = normal
     rig.ctrl.run_until_idle();
-    use parastor_hw::nvme::regs::ShutdownStatus;
     assert_eq!(rig.csts().shst(), ShutdownStatus::OCCURRING);
     g.open();
     rig.ctrl.run_until_idle();
-    assert_eq!(rig.csts().shst(), ShutdownStatus::COMPLETE);
     assert!(
         rig.poll_cqe(&mut q)
             .expect("completed before shutdown")
             .status
             .is_success()
     );
+    assert_eq!(
+        rig.csts().shst(),
+        ShutdownStatus::OCCURRING,
+        "I/O done, the namespace flush still runs"
+    );
+    assert_eq!(flushes.load(core::sync::atomic::Ordering::Acquire), 0);
+    fg.open();
+    rig.ctrl.run_until_idle();
+    assert_eq!(flushes.load(core::sync::atomic::Ordering::Acquire), 1);
+    assert_eq!(rig.csts().shst(), ShutdownStatus::COMPLETE);
+    // A reset after the shutdown brings the controller back to normal.
+    rig.write32(offset::CC, 0);
+    rig.ctrl.run_until_idle();
+    assert_eq!(rig.csts().shst(), ShutdownStatus::NORMAL);
+    rig.try_enable(0x0046_0001);
+    assert!(rig.csts().rdy());
 }
 
 #[test]
@@ -1693,4 +1773,59 @@ fn doorbell_to_completion_allocates_nothing() {
         "one interrupt per pass, not per command ({irqs})"
     );
     assert!(sink.0.load(core::sync::atomic::Ordering::Relaxed) > before);
+}
+
+/// A waker that counts its wakes.
+struct CountWake(core::sync::atomic::AtomicU64);
+
+impl alloc::task::Wake for CountWake {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+#[test]
+fn one_task_per_completion_queue() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+    rig.io_pair(1, 8);
+    rig.io_pair(2, 8);
+    let counts: Vec<Arc<CountWake>> = (0..3)
+        .map(|_| Arc::new(CountWake(core::sync::atomic::AtomicU64::new(0))))
+        .collect();
+    let wakers: Vec<core::task::Waker> = counts.iter().map(|c| c.clone().into()).collect();
+    let poll = |rig: &Rig, q: u16| {
+        let mut cx = core::task::Context::from_waker(&wakers[usize::from(q)]);
+        rig.ctrl.poll_queue(q, &mut cx)
+    };
+    for q in 0..3 {
+        while poll(&rig, q).is_ready() {}
+    }
+    let wakes = |i: usize| counts[i].0.load(core::sync::atomic::Ordering::Acquire);
+    let before = [wakes(0), wakes(1), wakes(2)];
+    // A doorbell of queue 2 wakes only queue 2's task.
+    let mut q2 = rig.io[1];
+    rig.put(&mut q2, &rw(NvmOpcode::READ, 1, 0, 1, DATA));
+    rig.ring_sq(&q2);
+    assert_eq!([wakes(0), wakes(1)], [before[0], before[1]]);
+    assert_eq!(wakes(2), before[2] + 1);
+    assert!(poll(&rig, 1).is_pending(), "queue 1 has nothing to do");
+    assert!(rig.poll_cqe(&mut q2).is_none(), "nothing ran yet");
+    assert!(poll(&rig, 2).is_ready());
+    assert!(
+        rig.poll_cqe(&mut q2)
+            .expect("queue 2's task ran it")
+            .status
+            .is_success()
+    );
+    assert!(
+        rig.ctrl
+            .poll_queue(
+                9,
+                &mut core::task::Context::from_waker(core::task::Waker::noop())
+            )
+            .is_pending(),
+        "no such queue: never runs"
+    );
 }
