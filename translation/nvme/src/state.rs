@@ -787,5 +787,7 @@ pub(crate) fn restore(
     }
     drop(admin);
     s.set_lifecycle(Lifecycle::from_u8(saved.lifecycle));
+    // A reset or shutdown saved mid-way finishes once nothing runs.
+    crate::regs::drain_progress(s);
     Ok(())
 }
