@@ -31,11 +31,8 @@
 //!   *Namespace Not Ready*, one out of space is *Capacity Exceeded*;
 //! - every status carries a deliberate DNR bit.
 
-// Until the controller (merged separately) calls into this module.
-#![allow(dead_code)]
-
 use parastor_core::{DiskError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind};
-use parastor_hw::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatus, StatusWord};
+use parastor_hw::nvme::status::{GenericStatus, MediaStatus, StatusWord};
 
 /// The completion status for a failed disk operation.
 pub(crate) fn disk_error_status(e: &DiskError) -> StatusWord {
@@ -92,11 +89,6 @@ pub(crate) fn memory_error_status(m: &MemoryError) -> StatusWord {
 /// A generic status with DNR set: the command is wrong and stays wrong.
 pub(crate) const fn invalid(sc: GenericStatus) -> StatusWord {
     StatusWord::generic(sc).with_dnr(true)
-}
-
-/// A command-specific status with DNR set.
-pub(crate) const fn invalid_specific(sc: CommandSpecificStatus) -> StatusWord {
-    StatusWord::command_specific(sc).with_dnr(true)
 }
 
 #[cfg(test)]
@@ -221,10 +213,6 @@ mod tests {
         assert_eq!(
             invalid(GenericStatus::INVALID_FIELD_IN_COMMAND).into_bits(),
             0x4002
-        );
-        assert_eq!(
-            invalid_specific(CommandSpecificStatus::WRITE_TO_READ_ONLY_RANGE).into_bits(),
-            0x4182
         );
     }
 }
