@@ -53,9 +53,6 @@
 //! pinned for device DMA (the bucket window answers `pin` with
 //! `Unsupported`), so a backend that DMAs bounces that one command.
 
-// Until the controller (merged separately) calls into this module.
-#![allow(dead_code)]
-
 use crate::error::{invalid, memory_error_status};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;

@@ -31,9 +31,6 @@
 //!   *Namespace Not Ready*, one out of space is *Capacity Exceeded*;
 //! - every status carries a deliberate DNR bit.
 
-// Until the controller (merged separately) calls into this module.
-#![allow(dead_code)]
-
 use parastor_core::{DiskError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind};
 use parastor_hw::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatus, StatusWord};
 
@@ -221,10 +218,6 @@ mod tests {
         assert_eq!(
             invalid(GenericStatus::INVALID_FIELD_IN_COMMAND).into_bits(),
             0x4002
-        );
-        assert_eq!(
-            invalid_specific(CommandSpecificStatus::WRITE_TO_READ_ONLY_RANGE).into_bits(),
-            0x4182
         );
     }
 }

@@ -43,9 +43,6 @@
 //! reservation commands use the reservation interface's boxed futures
 //! (rare, and not on the data path).
 
-// Until the controller (merged separately) calls into this module.
-#![allow(dead_code)]
-
 use crate::data::{self, BucketMemory, DataLayout, Direction};
 use crate::error::{disk_error_status, invalid, memory_error_status};
 use alloc::vec::Vec;
