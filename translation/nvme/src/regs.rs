@@ -256,10 +256,11 @@ fn enable_problem(s: &Shared, regs: &Registers) -> Option<&'static str> {
     if cc.iocqes() != 0 && usize::from(cc.iocqes()) != CQE_LEN.trailing_zeros() as usize {
         return Some("CC.IOCQES is not 4 (16-byte entries)");
     }
-    let mqes = u32::from(regs.cap.mqes());
+    // Over PCIe, CAP.MQES bounds the I/O queues only; an admin queue has
+    // 2..=4096 entries (AQA's 12-bit 0's based fields, 0 invalid).
     let (asqs, acqs) = (u32::from(regs.aqa.asqs()), u32::from(regs.aqa.acqs()));
-    if asqs == 0 || acqs == 0 || asqs > mqes || acqs > mqes {
-        return Some("AQA sizes an admin queue outside 2..=MQES+1 entries");
+    if asqs == 0 || acqs == 0 {
+        return Some("AQA sizes an admin queue of 1 entry: at least 2 are needed");
     }
     let mem = &*s.mem;
     if crate::queue::check_ring(mem, regs.asq, asqs + 1, SQE_LEN).is_err()

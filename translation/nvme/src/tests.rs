@@ -1829,3 +1829,87 @@ fn one_task_per_completion_queue() {
         "no such queue: never runs"
     );
 }
+
+#[test]
+fn admin_queue_size_is_not_bounded_by_mqes() {
+    // CAP.MQES (here 3: 4 entries) bounds I/O queues only; the admin
+    // queue takes AQA's 2..=4096 entries.
+    let mut c = config();
+    c.max_queue_entries = 4;
+    let mut rig = Rig::with_config(c.clone());
+    rig.pci_on();
+    rig.write32(offset::AQA, 63 << 16 | 63);
+    rig.write64(offset::ASQ, ASQ);
+    rig.write64(offset::ACQ, ACQ);
+    rig.write32(offset::CC, 0x0046_0001);
+    rig.ctrl.run_until_idle();
+    assert!(rig.csts().rdy(), "a 64-entry admin queue enables");
+    assert!(!rig.csts().cfs());
+    rig.admin = GuestQueue::new(0, ASQ, ACQ, 64);
+    // More commands than entries: the 64-entry queues wrap.
+    for _ in 0..100 {
+        assert!(
+            rig.admin_cmd(sqe(AdminOpcode::KEEP_ALIVE.get()))
+                .status
+                .is_success()
+        );
+    }
+    // I/O queues are bounded by MQES.
+    assert_eq!(
+        rig.create_cq(1, 5, 1),
+        StatusWord::command_specific(CommandSpecificStatus::INVALID_QUEUE_SIZE).with_dnr(true)
+    );
+    assert_eq!(rig.create_cq(1, 4, 1), StatusWord::SUCCESS);
+    // A 1-entry admin queue is refused.
+    let mut bad = Rig::with_config(c.clone());
+    bad.pci_on();
+    bad.write32(offset::AQA, 0);
+    bad.write64(offset::ASQ, ASQ);
+    bad.write64(offset::ACQ, ACQ);
+    bad.write32(offset::CC, 0x0046_0001);
+    assert!(bad.csts().cfs());
+    // Saved, such a controller restores, and its admin queue goes on.
+    let saved = rig.ctrl.save().unwrap();
+    assert_eq!(saved.admin.sq.unwrap().size, 64);
+    let restored = NvmeController::restore(
+        c,
+        rig.mem.clone(),
+        rig.msi.clone(),
+        &SavedController::decode(&saved.encode().unwrap()).unwrap(),
+        Vec::new(),
+    )
+    .unwrap();
+    let mut rig2 = Rig::around(restored, rig.mem.clone(), rig.msi.clone());
+    rig2.admin = rig.admin;
+    rig2.cid = rig.cid;
+    for _ in 0..40 {
+        assert!(
+            rig2.admin_cmd(sqe(AdminOpcode::KEEP_ALIVE.get()))
+                .status
+                .is_success()
+        );
+    }
+    // A saved admin queue beyond 4096 entries, or not queue 0, is refused.
+    let mut s = saved.clone();
+    s.admin.sq.as_mut().unwrap().size = 4097;
+    let err = NvmeController::restore(
+        config(),
+        GuestMem::new(RamGuestMemory::new(MEM_SIZE)),
+        Arc::new(Msi::default()),
+        &s,
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "admin.sq.size");
+    let mut s = saved;
+    s.admin.cq.as_mut().unwrap().qid = 1;
+    let err = NvmeController::restore(
+        config(),
+        GuestMem::new(RamGuestMemory::new(MEM_SIZE)),
+        Arc::new(Msi::default()),
+        &s,
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "admin.cq.qid");
+}
