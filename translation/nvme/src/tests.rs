@@ -1861,7 +1861,7 @@ fn admin_queue_size_is_not_bounded_by_mqes() {
     );
     assert_eq!(rig.create_cq(1, 4, 1), StatusWord::SUCCESS);
     // A 1-entry admin queue is refused.
-    let mut bad = Rig::with_config(c.clone());
+    let bad = Rig::with_config(c.clone());
     bad.pci_on();
     bad.write32(offset::AQA, 0);
     bad.write64(offset::ASQ, ASQ);
