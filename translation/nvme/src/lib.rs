@@ -382,7 +382,23 @@ impl NvmeController {
     /// next doorbell write or disk completion. Never blocks.
     pub fn poll_work(&self, cx: &mut Context<'_>) -> Poll<()> {
         let s = &self.shared;
+        if self.run_woken() {
+            // The caller polls again: no need to register yet.
+            return Poll::Ready(());
+        }
+        // Register, then look once more: a wake between the first look and
+        // the registration is not lost.
         s.wakeups.register_all(cx.waker());
+        if self.run_woken() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Runs every woken worker once; whether any was.
+    fn run_woken(&self) -> bool {
+        let s = &self.shared;
         let mut ran = false;
         for word in 0..s.wakeups.words() {
             let mut bits = s.wakeups.take_word(word);
@@ -393,7 +409,7 @@ impl NvmeController {
                 ran = true;
             }
         }
-        if ran { Poll::Ready(()) } else { Poll::Pending }
+        ran
     }
 
     /// Runs one worker if it was woken: `queue` 0 is the admin queue
