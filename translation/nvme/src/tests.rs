@@ -1913,3 +1913,170 @@ fn admin_queue_size_is_not_bounded_by_mqes() {
     .unwrap_err();
     assert_eq!(err.field, "admin.cq.qid");
 }
+
+/// A saved controller with every part filled in, built by hand so a
+/// change of behaviour cannot hide a change of format.
+fn golden_state() -> SavedController {
+    use state::*;
+    let mut config = vec![0u8; 256];
+    config[..4].copy_from_slice(&0xB111_1414u32.to_le_bytes());
+    config[4] = 0x06;
+    config[0x82..0x84].copy_from_slice(&0x8004u16.to_le_bytes());
+    let mut sqe = vec![0u8; 64];
+    sqe[0] = 0x01;
+    sqe[2..4].copy_from_slice(&7u16.to_le_bytes());
+    sqe[4] = 1;
+    ControllerV1 {
+        pci: PciV1 {
+            config,
+            bar0: 0xFE00_0004,
+            bar4: 0xFE10_0004,
+            msix_table: (0..5u32)
+                .map(|v| [0xFEE0_0000 + v * 16, 0, 0x40 + v, u32::from(v == 4)])
+                .collect(),
+            msix_pending: vec![0b1_0000],
+        },
+        regs: RegistersV1 {
+            cc: 0x0046_0001,
+            csts: 1,
+            aqa: 0x000F_000F,
+            asq: ASQ,
+            acq: ACQ,
+        },
+        lifecycle: 1,
+        intms: 0,
+        intm_pending: 0,
+        admin: AdminV1 {
+            sq: Some(SqV1 {
+                qid: 0,
+                gpa: ASQ,
+                size: 16,
+                head: 5,
+                tail: 5,
+                cqid: 0,
+                deleting: false,
+                shadow: None,
+            }),
+            cq: Some(CqV1 {
+                qid: 0,
+                gpa: ACQ,
+                size: 16,
+                tail: 4,
+                phase: true,
+                head: 4,
+                ien: true,
+                iv: 0,
+                shadow: None,
+            }),
+            page_size: 4096,
+            aers: vec![12],
+            pending_deletes: Vec::new(),
+            aborts: Vec::new(),
+            held: vec![(13, 0, 0x0001_0000)],
+            dbbc: Some((0x30000, 0x31000)),
+            features: FeaturesV1 {
+                arbitration: 3,
+                power_management: 0,
+                temperature: (0xFFFF, 0),
+                error_recovery: 0,
+                volatile_write_cache: true,
+                queues: (2, 2),
+                interrupt_coalescing: 0x0A05,
+                vector_cd: vec![false, true, false, false, false],
+                write_atomicity: 0,
+                keep_alive: 0,
+                host_id: [7; 16],
+                host_id_extended: true,
+                reservation_mask: 0,
+                software_progress: 0,
+            },
+        },
+        workers: vec![WorkerV1 {
+            cq: CqV1 {
+                qid: 1,
+                gpa: IO_CQ + 0x10000,
+                size: 16,
+                tail: 3,
+                phase: false,
+                head: 2,
+                ien: true,
+                iv: 1,
+                shadow: Some((0x30000 + 12, 0x31000 + 12)),
+            },
+            sqs: vec![SqV1 {
+                qid: 1,
+                gpa: IO_SQ + 0x10000,
+                size: 16,
+                head: 9,
+                tail: 10,
+                cqid: 1,
+                deleting: false,
+                shadow: Some((0x30000 + 8, 0x31000 + 8)),
+            }],
+            commands: vec![
+                CommandV1 {
+                    sqid: 1,
+                    sqe: sqe.clone(),
+                    done: None,
+                },
+                CommandV1 {
+                    sqid: 1,
+                    sqe,
+                    done: Some((0x0280, 0)),
+                },
+            ],
+            aborts: vec![(1, 44)],
+            stats: [8192, 4096, 2, 1, 0],
+        }],
+        namespaces: NamespacesV1 {
+            changed: vec![1, 3],
+            overflow: false,
+            known: vec![(1, 2048)],
+        },
+        events: EventsV1 {
+            errors: vec![vec![1; 64]],
+            error_count: 1,
+            pending: vec![0x0004_0002],
+            error_masked: true,
+            notice_masked: false,
+            config: 0x100,
+        },
+    }
+}
+
+#[test]
+fn golden_saved_state_blob() {
+    // tests/state/<component>-v<version>.bin, like every component's.
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/state/nvme-controller-v1.bin");
+    let value = golden_state();
+    let encoded = value.encode().unwrap();
+    if !path.exists() && std::env::var_os("PARASTOR_BLESS_STATE").is_some() {
+        std::fs::write(&path, &encoded).unwrap();
+    }
+    let blob = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; a new version needs its golden blob (PARASTOR_BLESS_STATE=1)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        SavedController::decode(&blob).as_ref(),
+        Ok(&value),
+        "the golden blob no longer decodes to the same value: a saved struct changed without a new version"
+    );
+    assert_eq!(encoded, blob, "the encoding of the same value changed");
+    // And it restores: queues, commands and all.
+    let ctrl = NvmeController::restore(
+        config(),
+        GuestMem::new(RamGuestMemory::new(MEM_SIZE)),
+        Arc::new(Msi::default()),
+        &value,
+        vec![(1, ram_disk(1 << 20, 512))],
+    )
+    .unwrap();
+    let saved = ctrl.save().unwrap();
+    assert_eq!(saved.workers[0].commands.len(), 2);
+    assert_eq!(saved.admin.aers, [12]);
+    assert_eq!(saved.namespaces.changed, [1, 3]);
+}
