@@ -2080,3 +2080,150 @@ fn golden_saved_state_blob() {
     assert_eq!(saved.admin.aers, [12]);
     assert_eq!(saved.namespaces.changed, [1, 3]);
 }
+
+/// Random register, configuration and queue traffic from a hostile guest:
+/// nothing panics, and a reset brings the controller back.
+#[test]
+fn hostile_traffic_never_panics() {
+    let mut rng = fastrand::Rng::with_seed(0x4E56_4D65);
+    let (mut completed, mut failed) = (0usize, 0usize);
+    for round in 0..200 {
+        let mut c = config();
+        c.max_queue_entries = 64;
+        let mut rig = Rig::with_config(c);
+        rig.enable();
+        rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+        rig.ctrl.add_namespace(2, ram_disk(1 << 20, 4096)).unwrap();
+        rig.io_pair(1, 16);
+        for _ in 0..300 {
+            match rng.u8(..10) {
+                0 => {
+                    // A register or doorbell write of any width.
+                    let off = if rng.bool() {
+                        rng.u64(..0x60)
+                    } else {
+                        0x1000 + rng.u64(..0x40)
+                    };
+                    let len = [1usize, 2, 4, 8][rng.usize(..4)];
+                    let data: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                    // Keep the controller mostly enabled: CC writes are rarer.
+                    if off != 0x14 || rng.u8(..8) == 0 {
+                        rig.ctrl.bar_write(0, off, &data);
+                    }
+                }
+                1 => {
+                    let off = rng.u16(..0x100);
+                    let len = [1usize, 2, 4][rng.usize(..3)];
+                    let data: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                    if !(4..6).contains(&off) {
+                        rig.ctrl.config_write(off, &data);
+                    }
+                    let mut out = vec![0u8; len];
+                    rig.ctrl.config_read(rng.u16(..), &mut out);
+                }
+                2 => {
+                    let off = rng.u64(..0x2000);
+                    let data = rng.u32(..).to_le_bytes();
+                    rig.ctrl.bar_write(4, off & !3, &data);
+                }
+                3..=5 => {
+                    // A random admin command (random dwords and pointers).
+                    let mut s = sqe(rng.u8(..));
+                    s.cdw0 = s.cdw0.with_opc(
+                        [
+                            0x00,
+                            0x01,
+                            0x02,
+                            0x04,
+                            0x05,
+                            0x06,
+                            0x08,
+                            0x09,
+                            0x0A,
+                            0x0C,
+                            0x18,
+                            0x7C,
+                            rng.u8(..),
+                        ][rng.usize(..13)],
+                    );
+                    s.nsid = U32::new([0, 1, 2, 9, 0xFFFF_FFFF, rng.u32(..)][rng.usize(..6)]);
+                    let mut ptr = || {
+                        [DATA, DATA + 4095, MEM_SIZE - 8, u64::MAX - 4095, 0x30000][rng.usize(..5)]
+                    };
+                    let (p1, p2) = (ptr(), ptr());
+                    s.set_prps(p1, p2);
+                    s.cdw10 = U32::new(rng.u32(..) & [0xFF, 0xFFFF, u32::MAX][rng.usize(..3)]);
+                    s.cdw11 = U32::new(rng.u32(..));
+                    s.cdw12 = U32::new(rng.u32(..) & 0xFFF);
+                    let mut q = rig.admin;
+                    rig.put(&mut q, &s);
+                    rig.ring_sq(&q);
+                    rig.admin = q;
+                }
+                _ => {
+                    // A random I/O command on SQ 1.
+                    let op = [
+                        0x00,
+                        0x01,
+                        0x02,
+                        0x05,
+                        0x08,
+                        0x09,
+                        0x0C,
+                        0x0D,
+                        0x0E,
+                        0x11,
+                        0x15,
+                        rng.u8(..),
+                    ][rng.usize(..12)];
+                    let mut s = rw(
+                        NvmOpcode::new(op),
+                        rng.u32(..3),
+                        rng.u64(..3000),
+                        rng.u32(1..300),
+                        DATA,
+                    );
+                    s.cdw0 = s
+                        .cdw0
+                        .with_psdt(parastor_hw::nvme::queue::DataTransferKind::new(rng.u8(..4)));
+                    if rng.bool() {
+                        let mut d = [0u8; 16];
+                        rng.fill(&mut d);
+                        s.dptr = d;
+                    }
+                    if let Some(mut q) = rig.io.first().copied() {
+                        rig.put(&mut q, &s);
+                        rig.ring_sq(&q);
+                        rig.io[0] = q;
+                    }
+                }
+            }
+            rig.ctrl.run_until_idle();
+            // Consume whatever completed so the queues keep moving.
+            let mut q = rig.admin;
+            while rig.poll_cqe(&mut q).is_some() {
+                completed += 1;
+            }
+            rig.admin = q;
+            if let Some(mut q) = rig.io.first().copied() {
+                while let Some(c) = rig.poll_cqe(&mut q) {
+                    completed += 1;
+                    failed += usize::from(!c.status.is_success());
+                }
+                rig.io[0] = q;
+            }
+        }
+        // Whatever happened, a reset and a fresh enable work.
+        rig.ctrl.config_write(4, &[0x06, 0x00]);
+        rig.write32(offset::CC, 0);
+        rig.ctrl.run_until_idle();
+        assert!(!rig.csts().rdy(), "round {round}: reset completes");
+        rig.io.clear();
+        rig.enable();
+        let (st, _) = rig.identify(Cns::CONTROLLER, 0);
+        assert_eq!(st, StatusWord::SUCCESS, "round {round}");
+    }
+    // The traffic reached the command handlers, and most of it was refused.
+    assert!(completed > 2000, "{completed} completions");
+    assert!(failed > 500, "{failed} I/O failures");
+}
