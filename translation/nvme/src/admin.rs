@@ -1125,7 +1125,7 @@ fn set_features(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         }
         FeatureId::RESERVATION_NOTIFICATION_MASK => f.reservation_mask = v & 0b1110,
         FeatureId::RESERVATION_PERSISTENCE => {
-            return reservation_persistence(s, sqe.nsid.get(), Some(v & 1 != 0));
+            return reservation_persistence(s, sqe.nsid.get(), Some(v & 1 != 0)).map(|_| 0);
         }
         _ => return Err(invalid_field()),
     }
@@ -1139,8 +1139,10 @@ fn queues_dw0(f: &Features) -> u32 {
         .into_bits()
 }
 
-/// Reservation Persistence: PTPL of the namespace's reservations. Only a
-/// disk that keeps reservations through power loss can turn it on.
+/// Reservation Persistence: the namespace's PTPL state, read from its
+/// reservations. The reservation interface changes PTPL only through a
+/// Reservation Register (CPTPL), so Set Features succeeds only when it
+/// asks for the state already in effect (else Feature Not Changeable).
 fn reservation_persistence(s: &Shared, nsid: u32, set: Option<bool>) -> Answer {
     let ns = s.namespaces.lock();
     let Some(n) = ns.get(nsid) else {
@@ -1149,11 +1151,22 @@ fn reservation_persistence(s: &Shared, nsid: u32, set: Option<bool>) -> Answer {
     let Some(pr) = n.disk.persistent_reservations() else {
         return Err(invalid_field());
     };
-    let capable = pr.capabilities().persist_through_power_loss;
+    // In-process reservations answer at once; one that would wait asks
+    // the host to retry rather than block the admin queue.
+    let mut report = pr.report();
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    let ptpl = match report.as_mut().poll(&mut cx) {
+        core::task::Poll::Ready(Ok(r)) => r.persist_through_power_loss,
+        core::task::Poll::Ready(Err(e)) => return Err(crate::error::disk_error_status(&e)),
+        core::task::Poll::Pending => {
+            return Err(StatusWord::generic(GenericStatus::COMMAND_INTERRUPTED));
+        }
+    };
     match set {
-        Some(true) if !capable => Err(invalid_field()),
-        Some(_) => Ok(0),
-        None => Ok(u32::from(capable)),
+        Some(want) if want != ptpl => Err(invalid_specific(
+            CommandSpecificStatus::FEATURE_NOT_CHANGEABLE,
+        )),
+        _ => Ok(u32::from(ptpl)),
     }
 }
 

@@ -2227,3 +2227,53 @@ fn hostile_traffic_never_panics() {
     assert!(completed > 2000, "{completed} completions");
     assert!(failed > 500, "{failed} I/O failures");
 }
+
+#[test]
+fn reservation_persistence_and_rescap_come_from_the_disk() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+    let pr = Disk::new(parastor_core::ReservationsDisk::new(ram_disk(1 << 20, 512))).unwrap();
+    rig.ctrl.add_namespace(2, pr).unwrap();
+    let get = |rig: &mut Rig, nsid: u32| {
+        let mut s = sqe(AdminOpcode::GET_FEATURES.get());
+        s.nsid = U32::new(nsid);
+        s.cdw10 = U32::new(0x83);
+        rig.admin_cmd(s)
+    };
+    let set = |rig: &mut Rig, nsid: u32, ptpl: u32| {
+        let mut s = sqe(AdminOpcode::SET_FEATURES.get());
+        s.nsid = U32::new(nsid);
+        s.cdw10 = U32::new(0x83);
+        s.cdw11 = U32::new(ptpl);
+        rig.admin_cmd(s).status.status()
+    };
+    assert_eq!(
+        get(&mut rig, 1).status.status(),
+        generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true),
+        "no reservations on namespace 1"
+    );
+    assert_eq!(
+        get(&mut rig, 3).status.status(),
+        generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true)
+    );
+    let c = get(&mut rig, 2);
+    assert!(c.status.is_success());
+    assert_eq!(c.dw0.get(), 0, "PTPL off");
+    assert_eq!(set(&mut rig, 2, 0), StatusWord::SUCCESS);
+    assert_eq!(
+        set(&mut rig, 2, 1),
+        StatusWord::command_specific(CommandSpecificStatus::FEATURE_NOT_CHANGEABLE).with_dnr(true)
+    );
+    let (_, page) = rig.identify(Cns::NAMESPACE, 2);
+    let id = IdentifyNamespace::read_from_bytes(&page).unwrap();
+    assert!(id.rescap.write_exclusive() && id.rescap.exclusive_access());
+    let (_, page) = rig.identify(Cns::NAMESPACE, 1);
+    assert_eq!(
+        IdentifyNamespace::read_from_bytes(&page)
+            .unwrap()
+            .rescap
+            .into_bits(),
+        0
+    );
+}
