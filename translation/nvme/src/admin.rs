@@ -558,7 +558,7 @@ fn identify(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
             }
         }
         Cns::CONTROLLER => {
-            page.copy_from_slice(identify_controller(s, a, nn).as_bytes());
+            page.copy_from_slice(identify_controller(s, nn).as_bytes());
         }
         Cns::ACTIVE_NAMESPACES | Cns::CSI_ACTIVE_NAMESPACES => {
             if nsid >= 0xFFFF_FFFE {
@@ -690,7 +690,7 @@ fn identify_namespace(disk: &parastor_core::Disk, s: &Shared, nsid: u32) -> Iden
     id
 }
 
-fn identify_controller(s: &Shared, a: &AdminState, nn: u32) -> IdentifyController {
+fn identify_controller(s: &Shared, nn: u32) -> IdentifyController {
     let c = &s.config;
     let mut id = IdentifyController::new_zeroed();
     id.vid = U16::new(c.pci.vendor_id);
@@ -732,7 +732,6 @@ fn identify_controller(s: &Shared, a: &AdminState, nn: u32) -> IdentifyControlle
     let nqn = format!("nqn.2014-08.org.nvmexpress:uuid:{}", c.instance_id);
     let n = nqn.len().min(id.subnqn.len());
     id.subnqn[..n].copy_from_slice(&nqn.as_bytes()[..n]);
-    let _ = a;
     id
 }
 
@@ -937,32 +936,23 @@ fn doorbell_buffer_config(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     }
     a.dbbc = Some((db, ei));
     // Existing I/O queues switch over; their shadow slots start at the
-    // values the registers hold now.
+    // values the registers hold now (a failed store only costs the host
+    // an MMIO write later).
+    let shadow_of = |d: Doorbell| {
+        let sh = Shadow::of(d, db, ei);
+        let v = s.doorbells.value(d);
+        for at in [sh.db, sh.event_idx] {
+            let _ = mem.store_u32(Gpa::new(at), v, core::sync::atomic::Ordering::Release);
+        }
+        sh
+    };
     for w in s.workers.iter() {
         let mut w = w.lock();
         if let Some(cq) = w.cq.as_mut() {
-            let d = Doorbell::CqHead(cq.qid);
-            let sh = Shadow::of(d, db, ei);
-            let v = s.doorbells.value(d);
-            let _ = mem.store_u32(Gpa::new(sh.db), v, core::sync::atomic::Ordering::Release);
-            let _ = mem.store_u32(
-                Gpa::new(sh.event_idx),
-                v,
-                core::sync::atomic::Ordering::Release,
-            );
-            cq.shadow = Some(sh);
+            cq.shadow = Some(shadow_of(Doorbell::CqHead(cq.qid)));
         }
         for sq in w.sqs.iter_mut() {
-            let d = Doorbell::SqTail(sq.qid);
-            let sh = Shadow::of(d, db, ei);
-            let v = s.doorbells.value(d);
-            let _ = mem.store_u32(Gpa::new(sh.db), v, core::sync::atomic::Ordering::Release);
-            let _ = mem.store_u32(
-                Gpa::new(sh.event_idx),
-                v,
-                core::sync::atomic::Ordering::Release,
-            );
-            sq.shadow = Some(sh);
+            sq.shadow = Some(shadow_of(Doorbell::SqTail(sq.qid)));
         }
     }
     Ok(0)

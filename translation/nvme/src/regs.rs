@@ -21,7 +21,7 @@ use parastor_hw::nvme::regs::{
     Aqa, ArbitrationMechanism, CAP_CSS_NVM, Cap, Cc, CommandSetSelected, Csts, Doorbell,
     NSSR_RESET_VALUE, QUEUE_BASE_MASK, ShutdownNotification, ShutdownStatus, Version, offset,
 };
-use zerocopy::little_endian::{U32, U64};
+use zerocopy::little_endian::U32;
 
 /// Largest memory page size supported: `2 ^ (12 + MPSMAX)` (64 KiB).
 const MPSMAX: u8 = 4;
@@ -420,5 +420,4 @@ pub(crate) fn restore(regs: &mut Registers, saved: &crate::state::RegistersV1) {
     regs.aqa = Aqa::from_bits(U32::new(saved.aqa));
     regs.asq = saved.asq & QUEUE_BASE_MASK;
     regs.acq = saved.acq & QUEUE_BASE_MASK;
-    let _ = U64::new(0);
 }
