@@ -298,8 +298,7 @@ pub(crate) fn run(s: &Shared) {
             execute(s, a, &sqe)
         };
         if let Some(done) = done {
-            if done.status.is_success() {
-            } else {
+            if !done.status.is_success() {
                 log_admin_error(s, &sqe, done.status);
             }
             a.held.push_back((cid, done));

@@ -77,7 +77,8 @@ pub(crate) struct IoStats {
 /// namespace generation moves, so resolving an NSID takes no lock.
 #[derive(Default)]
 struct NsCache {
-    generation: u64,
+    /// The generation the cache holds (`None`: never filled).
+    generation: Option<u64>,
     disks: Vec<Option<Disk>>,
 }
 
@@ -242,7 +243,7 @@ impl IoWorker {
             return false;
         }
         let generation = s.ns_generation.load(Ordering::Acquire);
-        if generation != self.ns.generation || self.ns.disks.is_empty() {
+        if self.ns.generation != Some(generation) {
             self.refresh_namespaces(s, generation);
         }
         for _ in 0..8 {
@@ -281,7 +282,7 @@ impl IoWorker {
         let ns = s.namespaces.lock();
         self.ns.disks.clear();
         self.ns.disks.extend(ns.disks());
-        self.ns.generation = generation;
+        self.ns.generation = Some(generation);
     }
 
     fn has_queued(&self, s: &Shared) -> bool {
