@@ -704,6 +704,8 @@ fn identify_controller(s: &Shared, nn: u32) -> IdentifyController {
     id.ver = U32::new(parastor_hw::nvme::regs::Version::V2_0.into_bits().get());
     // OAES bit 8: namespace attribute notices.
     id.oaes = U32::new(1 << 8);
+    // CTRATT bit 0: 128-bit host identifiers (Set Features 81h, EXHID).
+    id.ctratt = U32::new(1);
     // CNTRLTYPE 1: I/O controller.
     id.cntrltype = 1;
     id.oacs = Oacs::new().with_doorbell_buffer_config(true);

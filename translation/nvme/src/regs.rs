@@ -109,6 +109,9 @@ pub(crate) fn bar_read(s: &Shared, offset: u64, data: &mut [u8]) {
 /// Writes BAR0: registers (4 or 8 bytes, naturally aligned) and doorbells
 /// (4 bytes). Anything else is ignored.
 pub(crate) fn bar_write(s: &Shared, offset: u64, data: &[u8]) {
+    if offset >= s.pci.bar0_size() {
+        return; // Outside the BAR: not this function's.
+    }
     if offset >= offset::DOORBELLS {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             return;

@@ -475,6 +475,11 @@ fn identify_controller_carries_the_callers_identity() {
     assert_eq!(id.sqes, 0x66);
     assert_eq!(id.cqes, 0x44);
     assert!(id.oacs.doorbell_buffer_config());
+    assert_eq!(id.ctratt.get() & 1, 1, "128-bit host identifiers");
+    assert_eq!(id.oaes.get(), 1 << 8, "namespace attribute notices");
+    assert_eq!(id.aerl, 3);
+    assert_eq!(id.elpe, 63);
+    assert_eq!(id.vwc, 0b101);
     assert_eq!(id.sgls.support(), 1);
     let nqn = b"nqn.2014-08.org.nvmexpress:uuid:12345678-9abc-def0-1234-56789abcdef0";
     assert_eq!(&id.subnqn[..nqn.len()], nqn);
