@@ -287,6 +287,12 @@ impl IoWorker {
 
     fn has_queued(&self, s: &Shared) -> bool {
         let mem: &dyn GuestMemory = &*s.mem;
+        if self.sqs.iter().any(|q| q.shadow.is_some()) {
+            // The EventIdx stores of this pass before the shadow tail
+            // loads below: a host that queued an entry without ringing
+            // (it saw an old EventIdx) is seen here.
+            core::sync::atomic::fence(Ordering::SeqCst);
+        }
         self.sqs
             .iter()
             .any(|sq| !sq.deleting && sq.has_entries(sq.tail(mem, &s.doorbells)))
