@@ -29,8 +29,8 @@ use parastor_hw::nvme::features::{
     NoticeEventInfo, NumberOfQueues,
 };
 use parastor_hw::nvme::identify::{
-    IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, LbaFormat, NsIdDescriptorHeader,
-    NsIdType, Oacs, Oncs, Rescap, Sgls,
+    IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, IdentifyNamespaceIndependent,
+    LbaFormat, NsIdDescriptorHeader, NsIdType, Oacs, Oncs, Rescap, Sgls,
 };
 use parastor_hw::nvme::log::{
     CHANGED_NAMESPACE_LIST_OVERFLOW, CommandEffects, CommandsSupportedAndEffects, ErrorLogEntry,
@@ -617,7 +617,7 @@ fn identify(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
                 return Err(invalid_namespace());
             }
             if let Some(n) = ns.get(nsid) {
-                independent_namespace(&mut page, &n.disk);
+                page.copy_from_slice(independent_namespace(&n.disk).as_bytes());
             }
         }
         _ => return Err(invalid_field()),
@@ -626,18 +626,18 @@ fn identify(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     write_data(s, a, sqe, &page, IDENTIFY_DATA_LEN as u64)
 }
 
-/// The I/O command set independent Identify Namespace (CNS 08h, NVMe 2.0
-/// Figure 280): NSFEAT, NMIC, RESCAP, FPI, ANAGRPID, NSATTR, NVMSETID,
-/// ENDGID, NSTAT.
-fn independent_namespace(page: &mut [u8], disk: &parastor_core::Disk) {
-    let id = identify_namespace_fields(disk);
-    page[0] = id.nsfeat;
-    page[1] = id.nmic;
-    page[2] = id.rescap.into_bits();
-    page[3] = id.fpi;
-    page[8] = u8::from(disk.is_read_only());
+/// The I/O command set independent Identify Namespace (CNS 08h).
+fn independent_namespace(disk: &parastor_core::Disk) -> IdentifyNamespaceIndependent {
+    let full = identify_namespace_fields(disk);
+    let mut id = IdentifyNamespaceIndependent::new_zeroed();
+    id.nsfeat = full.nsfeat;
+    id.nmic = full.nmic;
+    id.rescap = full.rescap;
+    id.fpi = full.fpi;
+    id.nsattr = full.nsattr;
     // NSTAT bit 0: the namespace is ready.
-    page[14] = 1;
+    id.nstat = 1;
+    id
 }
 
 fn identify_namespace_fields(disk: &parastor_core::Disk) -> IdentifyNamespace {
@@ -1341,7 +1341,7 @@ fn build_log(s: &Shared, lid: LogPageId, nsid: u32, page: &mut Vec<u8>) -> Resul
             // No notices are kept: an empty log (count 0, type "empty").
             page.resize(64, 0);
         }
-        l if l.get() == 0 => {
+        LogPageId::SUPPORTED_LOG_PAGES => {
             // Supported Log Pages: LSUPP (bit 0) per log identifier.
             page.resize(1024, 0);
             for id in [0u8, 1, 2, 3, 4, 5, 0x80] {

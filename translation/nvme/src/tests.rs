@@ -525,6 +525,15 @@ fn identify_namespaces_and_descriptors() {
     // Another namespace has another NGUID.
     let (_, page3) = rig.identify(Cns::NS_DESCRIPTORS, 3);
     assert_ne!(&page3[4..20], &page[4..20]);
+    // CNS 08h: command set independent, the namespace ready.
+    let (st, page) = rig.identify(Cns::INDEPENDENT_NAMESPACE, 7);
+    assert_eq!(st, StatusWord::SUCCESS);
+    let ind =
+        parastor_hw::nvme::identify::IdentifyNamespaceIndependent::read_from_bytes(&page).unwrap();
+    assert_eq!(ind.nstat, 1);
+    assert_eq!(ind.nsfeat, id.nsfeat);
+    let (_, page) = rig.identify(Cns::INDEPENDENT_NAMESPACE, 5);
+    assert!(page.iter().all(|&b| b == 0), "inactive: zeros");
     // Unknown CNS.
     let (st, _) = rig.identify(Cns::new(0x1F), 0);
     assert_eq!(
@@ -1092,6 +1101,13 @@ fn smart_and_error_logs_have_real_content() {
     );
     assert_eq!(page[6 * 4] & 1, 1, "Identify supported");
     assert_eq!(page[0x10 * 4] & 1, 0, "Firmware Commit not supported");
+    // Supported log pages: LSUPP for what is offered, not for others.
+    let (st, page) = get_log(&mut rig, 0x00, 0, 1024, 0, false);
+    assert_eq!(st, StatusWord::SUCCESS);
+    for lid in [0usize, 1, 2, 3, 4, 5, 0x80] {
+        assert_eq!(page[lid * 4] & 1, 1, "log {lid:#x} supported");
+    }
+    assert_eq!(page[6 * 4], 0, "self-test log not offered");
     let (st, page) = get_log(&mut rig, 0x03, 0, 512, 0, false);
     assert_eq!(st, StatusWord::SUCCESS);
     assert_eq!(page[0], 1);
