@@ -9,6 +9,7 @@
 //! commands.
 
 use crate::data::{self, Direction};
+use crate::error::{invalid, invalid_specific};
 use crate::queue::{Cq, Shadow, Sq, check_ring};
 use crate::worker::Completion;
 use crate::{Lifecycle, Shared};
@@ -297,8 +298,7 @@ pub(crate) fn run(s: &Shared) {
             execute(s, a, &sqe)
         };
         if let Some(done) = done {
-            if done.status.is_success() {
-            } else {
+            if !done.status.is_success() {
                 log_admin_error(s, &sqe, done.status);
             }
             a.held.push_back((cid, done));
@@ -332,7 +332,11 @@ fn post_held(s: &Shared, a: &mut AdminState) -> bool {
     let sqhd = a.sq.as_ref().map_or(0, |q| q.head);
     while let Some(&(cid, done)) = a.held.front() {
         if cq.is_full() {
-            return false;
+            s.doorbells.arm(Doorbell::CqHead(0));
+            cq.refresh_head(mem, &s.doorbells);
+            if cq.is_full() {
+                return false;
+            }
         }
         let cqe = Cqe {
             dw0: U32::new(done.dw0),
@@ -403,15 +407,11 @@ fn finish_deletes(s: &Shared, a: &mut AdminState) {
 }
 
 fn invalid_field() -> StatusWord {
-    StatusWord::generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true)
-}
-
-fn specific(sc: CommandSpecificStatus) -> StatusWord {
-    StatusWord::command_specific(sc).with_dnr(true)
+    invalid(GenericStatus::INVALID_FIELD_IN_COMMAND)
 }
 
 fn invalid_namespace() -> StatusWord {
-    StatusWord::generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true)
+    invalid(GenericStatus::INVALID_NAMESPACE_OR_FORMAT)
 }
 
 type Answer = Result<u32, StatusWord>;
@@ -431,7 +431,7 @@ fn execute(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Option<Completion> {
         AdminOpcode::GET_FEATURES => get_features(s, a, sqe),
         AdminOpcode::ASYNC_EVENT_REQUEST => {
             if a.aers.len() >= MAX_AERS {
-                Err(specific(
+                Err(invalid_specific(
                     CommandSpecificStatus::ASYNC_EVENT_REQUEST_LIMIT_EXCEEDED,
                 ))
             } else {
@@ -557,7 +557,7 @@ fn identify(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
             }
         }
         Cns::CONTROLLER => {
-            page.copy_from_slice(identify_controller(s, a, nn).as_bytes());
+            page.copy_from_slice(identify_controller(s, nn).as_bytes());
         }
         Cns::ACTIVE_NAMESPACES | Cns::CSI_ACTIVE_NAMESPACES => {
             if nsid >= 0xFFFF_FFFE {
@@ -689,7 +689,7 @@ fn identify_namespace(disk: &parastor_core::Disk, s: &Shared, nsid: u32) -> Iden
     id
 }
 
-fn identify_controller(s: &Shared, a: &AdminState, nn: u32) -> IdentifyController {
+fn identify_controller(s: &Shared, nn: u32) -> IdentifyController {
     let c = &s.config;
     let mut id = IdentifyController::new_zeroed();
     id.vid = U16::new(c.pci.vendor_id);
@@ -704,6 +704,8 @@ fn identify_controller(s: &Shared, a: &AdminState, nn: u32) -> IdentifyControlle
     id.ver = U32::new(parastor_hw::nvme::regs::Version::V2_0.into_bits().get());
     // OAES bit 8: namespace attribute notices.
     id.oaes = U32::new(1 << 8);
+    // CTRATT bit 0: 128-bit host identifiers (Set Features 81h, EXHID).
+    id.ctratt = U32::new(1);
     // CNTRLTYPE 1: I/O controller.
     id.cntrltype = 1;
     id.oacs = Oacs::new().with_doorbell_buffer_config(true);
@@ -731,7 +733,6 @@ fn identify_controller(s: &Shared, a: &AdminState, nn: u32) -> IdentifyControlle
     let nqn = format!("nqn.2014-08.org.nvmexpress:uuid:{}", c.instance_id);
     let n = nqn.len().min(id.subnqn.len());
     id.subnqn[..n].copy_from_slice(&nqn.as_bytes()[..n]);
-    let _ = a;
     id
 }
 
@@ -744,17 +745,21 @@ fn create_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     let c11 = CreateCqCdw11::from_bits(sqe.cdw11.get());
     let qid = c10.qid();
     if qid == 0 || qid > a.features.queues_cq {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+        ));
     }
     let size = u32::from(c10.qsize()) + 1;
     if size < 2 || size > s.config.max_queue_entries {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_SIZE));
+        return Err(invalid_specific(CommandSpecificStatus::INVALID_QUEUE_SIZE));
     }
     if !c11.pc() {
         return Err(invalid_field());
     }
     if c11.ien() && c11.iv() >= s.pci.msix.vectors() {
-        return Err(specific(CommandSpecificStatus::INVALID_INTERRUPT_VECTOR));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_INTERRUPT_VECTOR,
+        ));
     }
     let gpa = sqe.prp1();
     if !gpa.is_multiple_of(a.page_size) {
@@ -764,16 +769,20 @@ fn create_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         return Err(invalid_field());
     }
     let Some(worker) = s.workers.get(usize::from(qid) - 1) else {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+        ));
     };
     let mut w = worker.lock();
     if w.cq.is_some() {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+        ));
     }
     let shadow = a
         .dbbc
         .map(|(db, ei)| Shadow::of(Doorbell::CqHead(qid), db, ei));
-    w.cq = Some(Cq {
+    w.open(Cq {
         qid,
         gpa,
         size,
@@ -801,18 +810,22 @@ fn create_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         || qid > a.features.queues_sq
         || a.sq_owner.get(usize::from(qid)).is_none_or(|&o| o != 0)
     {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+        ));
     }
     let cqid = c11.cqid();
     let Some(worker) = (cqid != 0)
         .then(|| s.workers.get(usize::from(cqid) - 1))
         .flatten()
     else {
-        return Err(specific(CommandSpecificStatus::COMPLETION_QUEUE_INVALID));
+        return Err(invalid_specific(
+            CommandSpecificStatus::COMPLETION_QUEUE_INVALID,
+        ));
     };
     let size = u32::from(c10.qsize()) + 1;
     if size < 2 || size > s.config.max_queue_entries {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_SIZE));
+        return Err(invalid_specific(CommandSpecificStatus::INVALID_QUEUE_SIZE));
     }
     if !c11.pc() {
         return Err(invalid_field());
@@ -826,7 +839,9 @@ fn create_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     }
     let mut w = worker.lock();
     if w.cq.is_none() {
-        return Err(specific(CommandSpecificStatus::COMPLETION_QUEUE_INVALID));
+        return Err(invalid_specific(
+            CommandSpecificStatus::COMPLETION_QUEUE_INVALID,
+        ));
     }
     let shadow = a
         .dbbc
@@ -852,7 +867,9 @@ fn create_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
 fn delete_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Option<Completion> {
     let qid = DeleteQueueCdw10::from_bits(sqe.cdw10.get()).qid();
     let owner = a.sq_owner.get(usize::from(qid)).copied().unwrap_or(0);
-    let bad = Completion::status(specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER));
+    let bad = Completion::status(invalid_specific(
+        CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER,
+    ));
     if qid == 0 || owner == 0 || a.pending_deletes.iter().any(|&(q, _)| q == qid) {
         return Some(bad);
     }
@@ -878,7 +895,7 @@ fn delete_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Option<Completion> {
 
 fn delete_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     let qid = DeleteQueueCdw10::from_bits(sqe.cdw10.get()).qid();
-    let bad = specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER);
+    let bad = invalid_specific(CommandSpecificStatus::INVALID_QUEUE_IDENTIFIER);
     if qid == 0 {
         return Err(bad);
     }
@@ -890,7 +907,9 @@ fn delete_cq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         return Err(bad);
     }
     if !w.sqs.is_empty() || a.sq_owner.contains(&qid) {
-        return Err(specific(CommandSpecificStatus::INVALID_QUEUE_DELETION));
+        return Err(invalid_specific(
+            CommandSpecificStatus::INVALID_QUEUE_DELETION,
+        ));
     }
     w.cq = None;
     s.doorbells.close(Doorbell::CqHead(qid));
@@ -918,32 +937,23 @@ fn doorbell_buffer_config(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     }
     a.dbbc = Some((db, ei));
     // Existing I/O queues switch over; their shadow slots start at the
-    // values the registers hold now.
+    // values the registers hold now (a failed store only costs the host
+    // an MMIO write later).
+    let shadow_of = |d: Doorbell| {
+        let sh = Shadow::of(d, db, ei);
+        let v = s.doorbells.value(d);
+        for at in [sh.db, sh.event_idx] {
+            let _ = mem.store_u32(Gpa::new(at), v, core::sync::atomic::Ordering::Release);
+        }
+        sh
+    };
     for w in s.workers.iter() {
         let mut w = w.lock();
         if let Some(cq) = w.cq.as_mut() {
-            let d = Doorbell::CqHead(cq.qid);
-            let sh = Shadow::of(d, db, ei);
-            let v = s.doorbells.value(d);
-            let _ = mem.store_u32(Gpa::new(sh.db), v, core::sync::atomic::Ordering::Release);
-            let _ = mem.store_u32(
-                Gpa::new(sh.event_idx),
-                v,
-                core::sync::atomic::Ordering::Release,
-            );
-            cq.shadow = Some(sh);
+            cq.shadow = Some(shadow_of(Doorbell::CqHead(cq.qid)));
         }
         for sq in w.sqs.iter_mut() {
-            let d = Doorbell::SqTail(sq.qid);
-            let sh = Shadow::of(d, db, ei);
-            let v = s.doorbells.value(d);
-            let _ = mem.store_u32(Gpa::new(sh.db), v, core::sync::atomic::Ordering::Release);
-            let _ = mem.store_u32(
-                Gpa::new(sh.event_idx),
-                v,
-                core::sync::atomic::Ordering::Release,
-            );
-            sq.shadow = Some(sh);
+            sq.shadow = Some(shadow_of(Doorbell::SqTail(sq.qid)));
         }
     }
     Ok(0)
@@ -967,7 +977,7 @@ fn abort(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         };
         if queued_in(mem, sq, sq.tail(mem, &s.doorbells), cid) {
             if a.aborts.len() >= MAX_ABORTS {
-                return Err(specific(
+                return Err(invalid_specific(
                     CommandSpecificStatus::ABORT_COMMAND_LIMIT_EXCEEDED,
                 ));
             }
@@ -992,7 +1002,7 @@ fn abort(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         return Ok(ABORT_DW0_NOT_ABORTED);
     }
     if w.aborts.len() >= MAX_ABORTS {
-        return Err(specific(
+        return Err(invalid_specific(
             CommandSpecificStatus::ABORT_COMMAND_LIMIT_EXCEEDED,
         ));
     }
@@ -1022,7 +1032,9 @@ fn queued_in(mem: &dyn GuestMemory, sq: &Sq, tail: u32, cid: u16) -> bool {
 fn set_features(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     let c10 = SetFeaturesCdw10::from_bits(sqe.cdw10.get());
     if c10.sv() {
-        return Err(specific(CommandSpecificStatus::FEATURE_NOT_SAVEABLE));
+        return Err(invalid_specific(
+            CommandSpecificStatus::FEATURE_NOT_SAVEABLE,
+        ));
     }
     let v = sqe.cdw11.get();
     let f = &mut a.features;
@@ -1104,7 +1116,7 @@ fn set_features(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         }
         FeatureId::RESERVATION_NOTIFICATION_MASK => f.reservation_mask = v & 0b1110,
         FeatureId::RESERVATION_PERSISTENCE => {
-            return reservation_persistence(s, sqe.nsid.get(), Some(v & 1 != 0));
+            return reservation_persistence(s, sqe.nsid.get(), Some(v & 1 != 0)).map(|_| 0);
         }
         _ => return Err(invalid_field()),
     }
@@ -1118,8 +1130,10 @@ fn queues_dw0(f: &Features) -> u32 {
         .into_bits()
 }
 
-/// Reservation Persistence: PTPL of the namespace's reservations. Only a
-/// disk that keeps reservations through power loss can turn it on.
+/// Reservation Persistence: the namespace's PTPL state, read from its
+/// reservations. The reservation interface changes PTPL only through a
+/// Reservation Register (CPTPL), so Set Features succeeds only when it
+/// asks for the state already in effect (else Feature Not Changeable).
 fn reservation_persistence(s: &Shared, nsid: u32, set: Option<bool>) -> Answer {
     let ns = s.namespaces.lock();
     let Some(n) = ns.get(nsid) else {
@@ -1128,11 +1142,22 @@ fn reservation_persistence(s: &Shared, nsid: u32, set: Option<bool>) -> Answer {
     let Some(pr) = n.disk.persistent_reservations() else {
         return Err(invalid_field());
     };
-    let capable = pr.capabilities().persist_through_power_loss;
+    // In-process reservations answer at once; one that would wait asks
+    // the host to retry rather than block the admin queue.
+    let mut report = pr.report();
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    let ptpl = match report.as_mut().poll(&mut cx) {
+        core::task::Poll::Ready(Ok(r)) => r.persist_through_power_loss,
+        core::task::Poll::Ready(Err(e)) => return Err(crate::error::disk_error_status(&e)),
+        core::task::Poll::Pending => {
+            return Err(StatusWord::generic(GenericStatus::COMMAND_INTERRUPTED));
+        }
+    };
     match set {
-        Some(true) if !capable => Err(invalid_field()),
-        Some(_) => Ok(0),
-        None => Ok(u32::from(capable)),
+        Some(want) if want != ptpl => Err(invalid_specific(
+            CommandSpecificStatus::FEATURE_NOT_CHANGEABLE,
+        )),
+        _ => Ok(u32::from(ptpl)),
     }
 }
 
@@ -1324,7 +1349,7 @@ fn build_log(s: &Shared, lid: LogPageId, nsid: u32, page: &mut Vec<u8>) -> Resul
                 page[at] = 1;
             }
         }
-        _ => return Err(specific(CommandSpecificStatus::INVALID_LOG_PAGE)),
+        _ => return Err(invalid_specific(CommandSpecificStatus::INVALID_LOG_PAGE)),
     }
     Ok(())
 }

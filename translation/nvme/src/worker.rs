@@ -77,7 +77,8 @@ pub(crate) struct IoStats {
 /// namespace generation moves, so resolving an NSID takes no lock.
 #[derive(Default)]
 struct NsCache {
-    generation: u64,
+    /// The generation the cache holds (`None`: never filled).
+    generation: Option<u64>,
     disks: Vec<Option<Disk>>,
 }
 
@@ -94,6 +95,10 @@ pub(crate) struct IoWorker {
     pub(crate) cq: Option<Cq>,
     pub(crate) sqs: Vec<Sq>,
     next_sq: usize,
+    /// Commands run at once, at most.
+    capacity: usize,
+    /// Built when the worker's first CQ is created (most workers of a
+    /// controller never get one) and kept from then on.
     slots: Box<[Slot]>,
     free: Vec<usize>,
     ready: ReadySet,
@@ -111,26 +116,15 @@ pub(crate) struct IoWorker {
 
 impl IoWorker {
     pub(crate) fn new(config: &ControllerConfig, waker: Waker) -> Self {
-        let n = usize::from(config.commands_per_queue);
-        let ready = ReadySet::new(n);
-        ready.register(&waker);
         Self {
             cq: None,
             sqs: Vec::new(),
             next_sq: 0,
-            slots: (0..n)
-                .map(|_| Slot {
-                    busy: false,
-                    sqid: 0,
-                    sqe: Sqe::new_zeroed(),
-                    done: None,
-                    future: None,
-                    spare: Vec::new(),
-                })
-                .collect(),
-            free: (0..n).rev().collect(),
-            ready,
-            done: VecDeque::with_capacity(n),
+            capacity: usize::from(config.commands_per_queue),
+            slots: Box::new([]),
+            free: Vec::new(),
+            ready: ReadySet::new(0),
+            done: VecDeque::new(),
             ns: NsCache::default(),
             params: IoParams {
                 page_size: 4096,
@@ -143,6 +137,28 @@ impl IoWorker {
             aborts: Vec::new(),
             interrupt: false,
             waker,
+        }
+    }
+
+    /// Gives the worker its completion queue (building its command slots
+    /// the first time).
+    pub(crate) fn open(&mut self, cq: Cq) {
+        self.cq = Some(cq);
+        if self.slots.is_empty() {
+            let n = self.capacity;
+            self.ready = ReadySet::new(n);
+            self.slots = (0..n)
+                .map(|_| Slot {
+                    busy: false,
+                    sqid: 0,
+                    sqe: Sqe::new_zeroed(),
+                    done: None,
+                    future: None,
+                    spare: Vec::new(),
+                })
+                .collect();
+            self.free = (0..n).rev().collect();
+            self.done = VecDeque::with_capacity(n);
         }
     }
 
@@ -227,7 +243,7 @@ impl IoWorker {
             return false;
         }
         let generation = s.ns_generation.load(Ordering::Acquire);
-        if generation != self.ns.generation || self.ns.disks.is_empty() {
+        if self.ns.generation != Some(generation) {
             self.refresh_namespaces(s, generation);
         }
         for _ in 0..8 {
@@ -246,6 +262,14 @@ impl IoWorker {
             }
         }
         self.signal(s);
+        if self.running() != 0 {
+            // A slot's wake consumes the registration: renew it, then look
+            // again for wakes that came before it.
+            self.ready.register(&self.waker);
+            if self.ready.any() {
+                self.waker.wake_by_ref();
+            }
+        }
         if life == Lifecycle::Ready && !self.free.is_empty() && self.has_queued(s) {
             // Budget spent with work left: run again on the next pass.
             self.waker.wake_by_ref();
@@ -258,7 +282,7 @@ impl IoWorker {
         let ns = s.namespaces.lock();
         self.ns.disks.clear();
         self.ns.disks.extend(ns.disks());
-        self.ns.generation = generation;
+        self.ns.generation = Some(generation);
     }
 
     fn has_queued(&self, s: &Shared) -> bool {
@@ -466,7 +490,13 @@ impl IoWorker {
                     break;
                 };
                 if cq.is_full() {
-                    break;
+                    // Wake on the host's next head update, then look
+                    // again in case it came before the arming.
+                    s.doorbells.arm(Doorbell::CqHead(cq.qid));
+                    cq.refresh_head(mem, &s.doorbells);
+                    if cq.is_full() {
+                        break;
+                    }
                 }
                 let sqhd = sq_pos.map_or(0, |p| self.sqs[p].head);
                 let cqe = Cqe {
