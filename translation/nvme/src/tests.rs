@@ -1071,6 +1071,16 @@ fn smart_and_error_logs_have_real_content() {
     assert_eq!(e.lba.get(), 5000);
     assert_eq!(e.nsid.get(), 1);
     assert!(page[64..].iter().all(|&b| b == 0), "one entry only");
+    // A command for a namespace that does not exist is logged too, with
+    // the NSID as the field in error.
+    let c = rig.io_cmd(q, rw(NvmOpcode::READ, 9, 0, 1, DATA));
+    assert!(!c.status.is_success());
+    let (_, page) = get_log(&mut rig, 0x01, 0, 128, 0, false);
+    let e2 = parastor_hw::nvme::log::ErrorLogEntry::read_from_bytes(&page[..64]).unwrap();
+    assert_eq!(e2.error_count.get(), 2);
+    assert_eq!(e2.nsid.get(), 9);
+    assert_eq!(e2.parameter_error_location.get(), 4);
+    assert_eq!(e2.cid.get(), c.cid.get());
     // An offset into the SMART log; a misaligned one is refused.
     let (_, tail) = get_log(&mut rig, 0x02, 0xFFFF_FFFF, 32, 64, false);
     assert_eq!(
