@@ -1,0 +1,769 @@
+//! One submission/completion queue pair in DMA memory, with its command
+//! slots.
+//!
+//! A command occupies a slot from reservation until its completion is
+//! taken (or, for a detached command, until the device completes it). The
+//! slot holds everything the device may still use: the pins of the
+//! caller's buffer or a bounce buffer, and its own PRP list / SGL segment
+//! page. The command identifier is the slot index plus a sequence number
+//! (bumped on every reuse), so a late, repeated or invented completion is
+//! recognised and refused instead of completing the wrong request.
+//!
+//! There is no completion task: whichever waiter polls drains the
+//! completion queue and wakes the owners of the commands it found done.
+//! The queue's MSI-X event wakes one registered waiter; a waiter that
+//! finishes while others still wait hands the registration on (see
+//! [`QueuePair::hand_off`]).
+
+use crate::device::{DeviceAccess, DeviceInterrupt, DmaBuffer};
+use crate::error::Failure;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::future::Future;
+use core::pin::Pin;
+use core::sync::atomic::{Ordering, fence};
+use core::task::{Context, Poll, Waker};
+use parastor_core::addr::DeviceRange;
+use parastor_core::bounce::BounceBuffer;
+use parastor_core::pin::{PinError, PinSet};
+use parastor_core::sg::SgList;
+use parastor_core::sync::Mutex;
+use parastor_hw::nvme::data::RawSglDescriptor;
+use parastor_hw::nvme::data::SglDescriptorType;
+use parastor_hw::nvme::queue::{CQE_LEN, Cqe, DataTransferKind, SQE_LEN, Sqe};
+use parastor_hw::nvme::regs::Doorbell;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// The memory page size the driver configures (CC.MPS = 0).
+pub(crate) const PAGE_SIZE: usize = 4096;
+/// Bits of a command identifier that name the slot.
+const SLOT_BITS: u32 = 10;
+/// The most slots a queue has (the slot index must fit [`SLOT_BITS`]).
+pub(crate) const MAX_SLOTS: usize = 1 << SLOT_BITS;
+/// The most PRP entries in a slot's list page.
+const PRP_LIST_ENTRIES: usize = PAGE_SIZE / 8;
+/// The most SGL descriptors in a slot's segment page.
+const SGL_SEGMENT_DESCRIPTORS: usize = PAGE_SIZE / 16;
+
+/// How data pointers are built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataPointer {
+    /// PRPs whenever the buffer can be described by them; an SGL (if the
+    /// controller supports SGLs) otherwise; a bounce buffer as the last
+    /// resort.
+    Auto,
+    /// PRPs only: buffers PRPs cannot describe are bounced.
+    Prp,
+    /// SGLs whenever the controller supports them (PRPs if not).
+    Sgl,
+}
+
+/// What the controller accepts for SGLs (from Identify Controller SGLS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SglSupport {
+    /// No SGLs.
+    None,
+    /// SGLs, any byte alignment.
+    Any,
+    /// SGLs whose data blocks are dword aligned in address and length.
+    DwordAligned,
+}
+
+/// A completed command: its status word (without the phase tag) and DW0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Completed {
+    pub(crate) status: u16,
+    pub(crate) dw0: u32,
+}
+
+enum SlotState {
+    Free,
+    /// Held by a caller that is preparing the command.
+    Reserved,
+    /// Given to the device. `detached`: its caller dropped the future.
+    Submitted {
+        detached: bool,
+    },
+    /// The device completed it (or the queue failed it); not yet taken.
+    Done(Result<Completed, Failure>),
+}
+
+struct Slot {
+    seq: u16,
+    state: SlotState,
+    waker: Option<Waker>,
+    pins: PinSet,
+    bounce: Option<BounceBuffer>,
+}
+
+/// Whether new commands may be submitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// Running.
+    Open,
+    /// Being reset: submissions wait.
+    Closed,
+    /// Failed for good: submissions fail.
+    Dead(Failure),
+}
+
+struct State {
+    sq_tail: u16,
+    cq_head: u16,
+    phase: bool,
+    epoch: u32,
+    gate: Gate,
+    slots: Box<[Slot]>,
+    free: Vec<u16>,
+    outstanding: usize,
+    waiters: Vec<Waker>,
+    /// Completions refused (unknown or stale command id).
+    refused: u64,
+}
+
+/// One queue pair.
+pub(crate) struct QueuePair {
+    qid: u16,
+    size: u16,
+    sq: DmaBuffer,
+    cq: DmaBuffer,
+    lists: DmaBuffer,
+    sq_doorbell: u64,
+    cq_doorbell: u64,
+    device: Arc<dyn DeviceAccess>,
+    interrupt: Arc<dyn DeviceInterrupt>,
+    state: Mutex<State>,
+}
+
+/// Where the data pointer came from: the caller's buffer or a bounce
+/// buffer, pinned or device contiguous.
+pub(crate) enum Prepared {
+    /// The data pointer is built.
+    Ready,
+    /// The buffer cannot be handed to the device directly: bounce it.
+    Bounce,
+}
+
+impl QueuePair {
+    /// A queue pair `qid` of `size` entries (2..=4096), with room for
+    /// `max_ranges` pinned ranges per command, interrupts on `interrupt`.
+    pub(crate) fn new(
+        device: Arc<dyn DeviceAccess>,
+        qid: u16,
+        size: u16,
+        dstrd: u8,
+        max_ranges: usize,
+        interrupt: Arc<dyn DeviceInterrupt>,
+    ) -> Result<Self, Failure> {
+        let size = size.clamp(2, 4096);
+        let slots_n = (usize::from(size) - 1).min(MAX_SLOTS);
+        let sq = device
+            .alloc_dma(usize::from(size) * SQE_LEN)
+            .map_err(Failure::Device)?;
+        let cq = device
+            .alloc_dma(usize::from(size) * CQE_LEN)
+            .map_err(Failure::Device)?;
+        let lists = device
+            .alloc_dma(slots_n * PAGE_SIZE)
+            .map_err(Failure::Device)?;
+        let slots = (0..slots_n)
+            .map(|_| Slot {
+                seq: 0,
+                state: SlotState::Free,
+                waker: None,
+                pins: PinSet::with_capacity(max_ranges),
+                bounce: None,
+            })
+            .collect();
+        let free = (0..slots_n as u16).rev().collect();
+        Ok(Self {
+            qid,
+            size,
+            sq,
+            cq,
+            lists,
+            sq_doorbell: Doorbell::SqTail(qid).offset(dstrd),
+            cq_doorbell: Doorbell::CqHead(qid).offset(dstrd),
+            device,
+            interrupt,
+            state: Mutex::new(State {
+                sq_tail: 0,
+                cq_head: 0,
+                phase: true,
+                epoch: 0,
+                gate: Gate::Open,
+                slots,
+                free,
+                outstanding: 0,
+                waiters: Vec::with_capacity(slots_n),
+                refused: 0,
+            }),
+        })
+    }
+
+    /// The queue identifier.
+    pub(crate) fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// Entries in each ring.
+    pub(crate) fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// The submission queue's device address.
+    pub(crate) fn sq_address(&self) -> u64 {
+        self.sq.device_address(0)
+    }
+
+    /// The completion queue's device address.
+    pub(crate) fn cq_address(&self) -> u64 {
+        self.cq.device_address(0)
+    }
+
+    /// Completions refused so far (unknown or stale command identifiers).
+    pub(crate) fn refused_completions(&self) -> u64 {
+        self.state.lock().refused
+    }
+
+    /// Commands given to the device and not yet completed.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.state.lock().outstanding
+    }
+
+    /// Sets the gate (closing it for a reset, opening it after, or
+    /// failing the queue for good). Closing or failing also fails every
+    /// command given to the device with `why`; those futures see `why`.
+    pub(crate) fn set_gate(&self, gate: Gate, why: Failure) {
+        let mut st = self.state.lock();
+        st.gate = gate;
+        if gate != Gate::Open {
+            st.epoch = st.epoch.wrapping_add(1);
+            for index in 0..st.slots.len() {
+                if let SlotState::Submitted { detached } = st.slots[index].state {
+                    st.slots[index].state = SlotState::Done(Err(why));
+                    st.outstanding -= 1;
+                    if detached {
+                        free_slot(&mut st, index);
+                    } else if let Some(w) = st.slots[index].waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+        }
+        for w in st.waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Rewinds both rings to empty (after a controller reset, before the
+    /// queue is created again on the device).
+    pub(crate) fn rewind(&self) {
+        let mut st = self.state.lock();
+        st.sq_tail = 0;
+        st.cq_head = 0;
+        st.phase = true;
+        let _ = self.cq.fill_at(0, self.cq.len(), 0);
+    }
+
+    /// Reserves a slot, waiting while none is free or the queue is being
+    /// reset.
+    pub(crate) fn reserve(&self) -> Reserve<'_> {
+        Reserve { queue: self }
+    }
+
+    /// Drains the completion queue; returns whether anything completed.
+    fn drain(&self, st: &mut State) -> bool {
+        let mut taken = 0u32;
+        loop {
+            let off = usize::from(st.cq_head) * CQE_LEN;
+            let status = match self.cq.load_u16(off + 14, Ordering::Acquire) {
+                Ok(s) => s,
+                Err(_) => break,
+            };
+            if (status & 1 == 1) != st.phase {
+                break;
+            }
+            let mut raw = [0u8; CQE_LEN];
+            if self.cq.read_at(off, &mut raw).is_err() {
+                break;
+            }
+            let Ok(cqe) = Cqe::read_from_bytes(&raw) else {
+                break;
+            };
+            st.cq_head += 1;
+            if st.cq_head == self.size {
+                st.cq_head = 0;
+                st.phase = !st.phase;
+            }
+            taken += 1;
+            // The status word from the load that saw the phase, not from
+            // the second copy.
+            self.complete(st, &cqe, status >> 1);
+            if taken >= u32::from(self.size) {
+                break;
+            }
+        }
+        if taken > 0 {
+            self.device
+                .write_u32(0, self.cq_doorbell, u32::from(st.cq_head));
+        }
+        taken > 0
+    }
+
+    /// Applies one completion entry.
+    fn complete(&self, st: &mut State, cqe: &Cqe, status: u16) {
+        let cid = cqe.cid.get();
+        let index = usize::from(cid) & (MAX_SLOTS - 1);
+        let seq = cid >> SLOT_BITS;
+        let valid = match st.slots.get(index) {
+            Some(slot) => slot.seq == seq && matches!(slot.state, SlotState::Submitted { .. }),
+            None => false,
+        };
+        if !valid {
+            st.refused += 1;
+            log::warn!(
+                "nvme queue {}: refused a completion for unknown command id {cid:#x}",
+                self.qid
+            );
+            return;
+        }
+        let result = if cqe.sqid.get() != self.qid {
+            Err(Failure::BadCompletion(
+                "completion names another submission queue",
+            ))
+        } else {
+            Ok(Completed {
+                status,
+                dw0: cqe.dw0.get(),
+            })
+        };
+        st.outstanding -= 1;
+        let slot = &mut st.slots[index];
+        let detached = matches!(slot.state, SlotState::Submitted { detached: true });
+        slot.state = SlotState::Done(result);
+        if detached {
+            free_slot(st, index);
+        } else if let Some(w) = slot.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// After a waiter finished: if commands are still outstanding, make
+    /// sure one of their waiters is the one the interrupt wakes.
+    fn hand_off(&self) {
+        loop {
+            let waker = {
+                let st = self.state.lock();
+                if st.outstanding == 0 {
+                    return;
+                }
+                st.slots.iter().find_map(|s| match s.state {
+                    SlotState::Submitted { detached: false } => s.waker.clone(),
+                    _ => None,
+                })
+            };
+            let Some(waker) = waker else { return };
+            let mut cx = Context::from_waker(&waker);
+            match self.interrupt.poll_signal(&mut cx) {
+                Poll::Pending => return,
+                Poll::Ready(()) => {
+                    let mut st = self.state.lock();
+                    self.drain(&mut st);
+                }
+            }
+        }
+    }
+}
+
+/// Frees slot `index` (its pins and bounce buffer go) and lets one waiter
+/// for a slot try again.
+fn free_slot(st: &mut State, index: usize) {
+    let slot = &mut st.slots[index];
+    slot.state = SlotState::Free;
+    slot.pins.clear();
+    slot.bounce = None;
+    slot.waker = None;
+    slot.seq = (slot.seq + 1) & ((1 << (16 - SLOT_BITS)) - 1);
+    st.free.push(index as u16);
+    if let Some(w) = st.waiters.pop() {
+        w.wake();
+    }
+}
+
+/// Future of [`QueuePair::reserve`].
+pub(crate) struct Reserve<'a> {
+    queue: &'a QueuePair,
+}
+
+impl<'a> Future for Reserve<'a> {
+    type Output = Result<SlotGuard<'a>, Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let queue = self.queue;
+        let mut st = queue.state.lock();
+        match st.gate {
+            Gate::Dead(why) => return Poll::Ready(Err(why)),
+            Gate::Closed => {}
+            Gate::Open => {
+                if let Some(index) = st.free.pop() {
+                    let slot = &mut st.slots[usize::from(index)];
+                    slot.state = SlotState::Reserved;
+                    return Poll::Ready(Ok(SlotGuard {
+                        queue,
+                        index: usize::from(index),
+                        epoch: st.epoch,
+                        submitted: false,
+                        held: true,
+                    }));
+                }
+            }
+        }
+        if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            st.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// A reserved slot: prepare the data pointer, submit, then await the
+/// completion. Dropping it frees a slot not yet submitted and detaches a
+/// submitted command (the slot, with its pins and bounce buffer, stays
+/// until the device completes it).
+pub(crate) struct SlotGuard<'a> {
+    queue: &'a QueuePair,
+    index: usize,
+    epoch: u32,
+    submitted: bool,
+    /// Whether the slot is still this guard's (false once the completion
+    /// was taken: the slot may belong to someone else then).
+    held: bool,
+}
+
+impl SlotGuard<'_> {
+    /// Builds the data pointer of `sqe` for `buf` (the device reads it if
+    /// `to_device`, else writes it), pinning it for direct DMA.
+    /// `Ok(Prepared::Bounce)` if it cannot be handed to the device as it
+    /// is.
+    pub(crate) fn prepare_direct(
+        &mut self,
+        sqe: &mut Sqe,
+        buf: &SgList<'_>,
+        to_device: bool,
+        policy: DataPointer,
+        sgl: SglSupport,
+    ) -> Result<Prepared, Failure> {
+        let queue = self.queue;
+        let access = if to_device {
+            parastor_core::memory::Access::Read
+        } else {
+            parastor_core::memory::Access::Write
+        };
+        let mut st = queue.state.lock();
+        let slot = &mut st.slots[self.index];
+        match buf.pin(access, queue.device.dma_domain(), &mut slot.pins) {
+            Ok(()) => {}
+            Err(PinError::Memory(e)) => return Err(Failure::Memory(e)),
+            Err(_) => return Ok(Prepared::Bounce),
+        }
+        let (Some(ranges), list) = (Some(slot.pins.ranges()), &queue.lists) else {
+            return Ok(Prepared::Bounce);
+        };
+        if build_dptr(sqe, ranges, list, self.index, policy, sgl)? {
+            Ok(Prepared::Ready)
+        } else {
+            slot.pins.clear();
+            Ok(Prepared::Bounce)
+        }
+    }
+
+    /// Builds the data pointer of `sqe` for one device-contiguous range
+    /// (a bounce buffer, which the slot then keeps, or driver DMA memory).
+    pub(crate) fn prepare_contiguous(
+        &mut self,
+        sqe: &mut Sqe,
+        range: DeviceRange,
+        bounce: Option<BounceBuffer>,
+        policy: DataPointer,
+        sgl: SglSupport,
+    ) -> Result<(), Failure> {
+        let queue = self.queue;
+        let mut st = queue.state.lock();
+        let slot = &mut st.slots[self.index];
+        slot.bounce = bounce;
+        if build_dptr(sqe, &[range], &queue.lists, self.index, policy, sgl)? {
+            Ok(())
+        } else {
+            Err(Failure::BadBuffer(
+                "a device-contiguous buffer cannot be described by PRPs",
+            ))
+        }
+    }
+
+    /// Writes `sqe` (with this slot's command identifier) to the
+    /// submission queue and rings the doorbell.
+    pub(crate) fn submit(&mut self, mut sqe: Sqe) -> Result<(), Failure> {
+        let queue = self.queue;
+        let mut st = queue.state.lock();
+        match st.gate {
+            Gate::Dead(why) => return Err(why),
+            _ if st.epoch != self.epoch => return Err(Failure::Reset),
+            Gate::Closed => return Err(Failure::Reset),
+            Gate::Open => {}
+        }
+        let slot = &mut st.slots[self.index];
+        let cid = (slot.seq << SLOT_BITS) | self.index as u16;
+        sqe.cdw0.set_cid(cid);
+        let tail = st.sq_tail;
+        let off = usize::from(tail) * SQE_LEN;
+        queue
+            .sq
+            .write_at(off, sqe.as_bytes())
+            .map_err(Failure::Memory)?;
+        st.sq_tail = if tail + 1 == queue.size { 0 } else { tail + 1 };
+        st.slots[self.index].state = SlotState::Submitted { detached: false };
+        st.outstanding += 1;
+        self.submitted = true;
+        // The entry must be visible before the doorbell that announces it.
+        fence(Ordering::Release);
+        queue
+            .device
+            .write_u32(0, queue.sq_doorbell, u32::from(st.sq_tail));
+        Ok(())
+    }
+}
+
+/// The result of a command: its completion, and the bounce buffer the
+/// data went through (for reads, copy it out).
+pub(crate) struct Finished {
+    pub(crate) result: Result<Completed, Failure>,
+    pub(crate) bounce: Option<BounceBuffer>,
+}
+
+impl Future for SlotGuard<'_> {
+    type Output = Finished;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finished> {
+        let queue = self.queue;
+        let index = self.index;
+        if !self.submitted || !self.held {
+            return Poll::Ready(Finished {
+                result: Err(Failure::BadBuffer("command polled before submission")),
+                bounce: None,
+            });
+        }
+        let mut st = queue.state.lock();
+        loop {
+            if let SlotState::Done(result) = st.slots[index].state {
+                let bounce = st.slots[index].bounce.take();
+                free_slot(&mut st, index);
+                drop(st);
+                self.submitted = false;
+                self.held = false;
+                queue.hand_off();
+                return Poll::Ready(Finished { result, bounce });
+            }
+            if queue.drain(&mut st) {
+                continue;
+            }
+            let slot = &mut st.slots[index];
+            match &slot.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => slot.waker = Some(cx.waker().clone()),
+            }
+            drop(st);
+            match queue.interrupt.poll_signal(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => st = queue.state.lock(),
+            }
+        }
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let mut st = self.queue.state.lock();
+        match st.slots[self.index].state {
+            SlotState::Reserved | SlotState::Done(_) => free_slot(&mut st, self.index),
+            SlotState::Submitted { .. } => {
+                st.slots[self.index].state = SlotState::Submitted { detached: true };
+                st.slots[self.index].waker = None;
+            }
+            SlotState::Free => {}
+        }
+    }
+}
+
+/// Builds `sqe`'s data pointer for `ranges` (in order). PRPs when the
+/// policy allows and the ranges fit PRP rules, else an SGL when the
+/// controller takes one; `Ok(false)` when neither can describe them.
+fn build_dptr(
+    sqe: &mut Sqe,
+    ranges: &[DeviceRange],
+    lists: &DmaBuffer,
+    slot: usize,
+    policy: DataPointer,
+    sgl: SglSupport,
+) -> Result<bool, Failure> {
+    let list_off = slot * PAGE_SIZE;
+    let use_sgl = match (policy, sgl) {
+        (_, SglSupport::None) => false,
+        (DataPointer::Sgl, _) => true,
+        (DataPointer::Prp, _) => false,
+        (DataPointer::Auto, _) => !prp_compatible(ranges),
+    };
+    if use_sgl {
+        if sgl == SglSupport::DwordAligned
+            && ranges
+                .iter()
+                .any(|r| r.addr.get() % 4 != 0 || r.len % 4 != 0)
+        {
+            return Ok(false);
+        }
+        return build_sgl(sqe, ranges, lists, list_off);
+    }
+    if !prp_compatible(ranges) {
+        return Ok(false);
+    }
+    build_prps(sqe, ranges, lists, list_off)
+}
+
+/// Whether PRPs can describe `ranges`: the first starts dword aligned,
+/// every later one starts on a page, every one but the last ends on one.
+fn prp_compatible(ranges: &[DeviceRange]) -> bool {
+    let page = PAGE_SIZE as u64;
+    let last = ranges.len().saturating_sub(1);
+    ranges.iter().enumerate().all(|(i, r)| {
+        let start_ok = if i == 0 {
+            r.addr.get() % 4 == 0
+        } else {
+            r.addr.get() % page == 0
+        };
+        let end_ok = i == last || r.addr.get().wrapping_add(r.len) % page == 0;
+        start_ok && end_ok && r.len > 0
+    })
+}
+
+fn build_prps(
+    sqe: &mut Sqe,
+    ranges: &[DeviceRange],
+    lists: &DmaBuffer,
+    list_off: usize,
+) -> Result<bool, Failure> {
+    let page = PAGE_SIZE as u64;
+    // Every page start after the first entry, in order.
+    let mut pages = ranges.iter().flat_map(|r| {
+        let start = r.addr.get();
+        let end = start.wrapping_add(r.len);
+        let first_page = start & !(page - 1);
+        (0..)
+            .map(move |i| first_page + i * page)
+            .take_while(move |p| *p < end)
+            .map(move |p| p.max(start))
+    });
+    let Some(prp1) = pages.next() else {
+        sqe.set_prps(0, 0);
+        return Ok(true);
+    };
+    let Some(second) = pages.next() else {
+        sqe.set_prps(prp1, 0);
+        sqe.cdw0.set_psdt(DataTransferKind::PRP);
+        return Ok(true);
+    };
+    let Some(third) = pages.next() else {
+        sqe.set_prps(prp1, second);
+        sqe.cdw0.set_psdt(DataTransferKind::PRP);
+        return Ok(true);
+    };
+    // A list: written in chunks from a stack buffer.
+    let mut chunk = [0u64; 64];
+    let mut n = 0;
+    let mut written = 0usize;
+    for entry in [second, third].into_iter().chain(pages) {
+        if written + n == PRP_LIST_ENTRIES {
+            return Ok(false);
+        }
+        chunk[n] = entry;
+        n += 1;
+        if n == chunk.len() {
+            lists
+                .write_at(list_off + written * 8, chunk[..n].as_bytes())
+                .map_err(Failure::Memory)?;
+            written += n;
+            n = 0;
+        }
+    }
+    if n > 0 {
+        lists
+            .write_at(list_off + written * 8, chunk[..n].as_bytes())
+            .map_err(Failure::Memory)?;
+    }
+    sqe.set_prps(prp1, lists.device_address(list_off));
+    sqe.cdw0.set_psdt(DataTransferKind::PRP);
+    Ok(true)
+}
+
+fn build_sgl(
+    sqe: &mut Sqe,
+    ranges: &[DeviceRange],
+    lists: &DmaBuffer,
+    list_off: usize,
+) -> Result<bool, Failure> {
+    if ranges.iter().any(|r| u32::try_from(r.len).is_err()) {
+        return Ok(false);
+    }
+    sqe.cdw0.set_psdt(DataTransferKind::SGL_METADATA_BUFFER);
+    if let [one] = ranges {
+        let d = RawSglDescriptor::new(
+            SglDescriptorType::DATA_BLOCK,
+            one.addr.get(),
+            one.len as u32,
+        );
+        sqe.dptr = d.as_bytes().try_into().unwrap_or([0; 16]);
+        return Ok(true);
+    }
+    if ranges.len() > SGL_SEGMENT_DESCRIPTORS {
+        return Ok(false);
+    }
+    let mut chunk = [RawSglDescriptor::new(SglDescriptorType::DATA_BLOCK, 0, 0); 32];
+    let mut written = 0usize;
+    for group in ranges.chunks(chunk.len()) {
+        for (d, r) in chunk.iter_mut().zip(group) {
+            *d = RawSglDescriptor::new(SglDescriptorType::DATA_BLOCK, r.addr.get(), r.len as u32);
+        }
+        lists
+            .write_at(list_off + written * 16, chunk[..group.len()].as_bytes())
+            .map_err(Failure::Memory)?;
+        written += group.len();
+    }
+    let seg = RawSglDescriptor::new(
+        SglDescriptorType::LAST_SEGMENT,
+        lists.device_address(list_off),
+        (ranges.len() * 16) as u32,
+    );
+    sqe.dptr = seg.as_bytes().try_into().unwrap_or([0; 16]);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parastor_core::addr::DeviceAddress;
+
+    fn r(addr: u64, len: u64) -> DeviceRange {
+        DeviceRange::new(DeviceAddress::new(addr), len)
+    }
+
+    #[test]
+    fn prp_rules() {
+        assert!(prp_compatible(&[r(0x1000, 0x3000)]));
+        assert!(prp_compatible(&[r(0x1200, 0xE00), r(0x5000, 0x200)]));
+        assert!(!prp_compatible(&[r(0x1000, 0x800), r(0x5000, 0x200)]));
+        assert!(!prp_compatible(&[r(0x1000, 0x1000), r(0x5200, 0x200)]));
+        assert!(!prp_compatible(&[r(0x1001, 0x200)]));
+    }
+}
