@@ -600,3 +600,96 @@ impl std::fmt::Debug for NvmeRig {
             .finish_non_exhaustive()
     }
 }
+
+/// Wakes a parked thread.
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// A future run next to the controller's work on its thread (the driver's
+/// asynchronous-event loop, say).
+pub type Background = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// The controller's work running on a thread of its own, so the driver's
+/// disks can be used from any executor (`block_on`, a runtime). Stops
+/// and joins when dropped; it also stops by itself once the device is
+/// dropped (when it runs no background future, which would keep the
+/// driver, and so the device, alive).
+pub struct ControllerThread {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControllerThread {
+    /// Starts the thread for `backing`'s controller, also polling
+    /// `background` until it completes.
+    ///
+    /// # Errors
+    /// If the thread cannot be started.
+    pub fn spawn(
+        backing: &Arc<NvmeBacking>,
+        background: Option<Background>,
+    ) -> std::io::Result<Self> {
+        let weak = Arc::downgrade(backing);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("parastor-nvme-ctrl".into())
+            .spawn(move || controller_loop(&weak, &stop2, background))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Lets the thread run on its own (it ends when the device is
+    /// dropped, see the type docs).
+    pub fn detach(mut self) {
+        self.thread = None;
+    }
+}
+
+impl Drop for ControllerThread {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.stop.store(true, Ordering::Release);
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+fn controller_loop(
+    backing: &std::sync::Weak<NvmeBacking>,
+    stop: &AtomicBool,
+    mut background: Option<Background>,
+) {
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    while !stop.load(Ordering::Acquire) {
+        let Some(controller) = backing.upgrade().map(|b| b.controller()) else {
+            return;
+        };
+        let mut worked = false;
+        while controller.poll_work(&mut cx).is_ready() {
+            worked = true;
+        }
+        drop(controller);
+        if let Some(fut) = background.as_mut()
+            && fut.as_mut().poll(&mut cx).is_ready()
+        {
+            background = None;
+        }
+        if !worked {
+            std::thread::park_timeout(Duration::from_millis(5));
+        }
+    }
+}
