@@ -54,8 +54,8 @@ impl Testbed {
     /// A testbed whose controller has `namespaces` as (NSID, sectors,
     /// sector size), with `io_queues` I/O queue pairs.
     pub fn new(namespaces: &[(u32, u64, u32)], io_queues: u16) -> Self {
-        let rig = NvmeRig::new(RigConfig::new(controller_config(io_queues)))
-            .expect("map the rig's RAM");
+        let rig =
+            NvmeRig::new(RigConfig::new(controller_config(io_queues))).expect("map the rig's RAM");
         let mut disks = BTreeMap::new();
         for &(nsid, sectors, ss) in namespaces {
             let (r, d) = ram(sectors, ss);
@@ -137,11 +137,7 @@ pub fn threaded_disk(sectors: u64, sector_size: u32, config: DriverConfig) -> Di
     ControllerThread::spawn(rig.backing(), None)
         .expect("start the controller thread")
         .detach();
-    let driver = crate::buf::block_on(NvmeDriver::new(
-        rig.device(),
-        config,
-        Arc::new(YieldTimer),
-    ))
-    .expect("driver bring-up");
+    let driver = crate::buf::block_on(NvmeDriver::new(rig.device(), config, Arc::new(YieldTimer)))
+        .expect("driver bring-up");
     Disk::new(driver.namespace(1).expect("namespace 1")).expect("valid disk")
 }

@@ -3,7 +3,7 @@
 //! (`parastor_emulated::nvme`) → parastor's NVMe controller
 //! (`parastor-nvme`) → RAM disks.
 
-use futures::future::{join_all, select, Either};
+use futures::future::{Either, join_all, select};
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SgList, UnmapBehavior};
 use parastor_core::{Gpa, IoError, IoErrorKind};
 use parastor_nvme_driver::error::CODE_NAMESPACE_REMOVED;
@@ -53,10 +53,17 @@ fn round_trip(t: &Testbed, nsid: u32, disk: &Disk, sector: u64, ranges: &[GpaRan
     t.put(0x80_0000, &vec![0xEE; len as usize]);
     t.run(disk.read(t.sg(&back, true), sector, IoOptions::default()))
         .expect("read");
-    assert_eq!(t.get(0x80_0000, len as usize), data, "read back through the driver");
+    assert_eq!(
+        t.get(0x80_0000, len as usize),
+        data,
+        "read back through the driver"
+    );
     let backing = &t.disks[&nsid].1;
     let held = read_vec(backing, sector, len / u64::from(ss)).expect("read the RAM disk");
-    assert_eq!(held, data, "the RAM disk behind the controller holds the data");
+    assert_eq!(
+        held, data,
+        "the RAM disk behind the controller holds the data"
+    );
 }
 
 #[test]
@@ -65,7 +72,10 @@ fn bring_up_finds_every_namespace_with_its_geometry() {
     let driver = t.start(config(DataPointer::Auto));
     assert_eq!(driver.namespaces(), [1, 2, 7]);
     let facts = driver.facts();
-    assert_eq!(facts.io_queues, 2, "two I/O queue pairs asked for and granted");
+    assert_eq!(
+        facts.io_queues, 2,
+        "two I/O queue pairs asked for and granted"
+    );
     assert!(facts.max_transfer >= 4096);
     for (nsid, sectors, ss) in [(1, 4096, SS512), (2, 1024, SS4K), (7, 2048, SS512)] {
         let (_, disk) = Testbed::disk(&driver, nsid);
@@ -118,7 +128,9 @@ fn multi_range_buffers_as_prp_lists_sgl_segments_and_bounces() {
         round_trip(&t, 1, &disk, 100, &prp_ok, 10);
         round_trip(&t, 1, &disk, 200, &prp_bad, 11);
         // 64 ranges of one sector each, scattered.
-        let many: Vec<GpaRange> = (0..64).map(|i| range(0x10_0000 + i * 0x1000 + 0x200, 512)).collect();
+        let many: Vec<GpaRange> = (0..64)
+            .map(|i| range(0x10_0000 + i * 0x1000 + 0x200, 512))
+            .collect();
         round_trip(&t, 1, &disk, 300, &many, 12);
         assert_eq!(t.rig.memory().pinned_ranges(), 0);
     }
@@ -143,7 +155,8 @@ fn buffers_outside_device_memory_are_bounced() {
     // The conformance buffers live in private scratch memory, which
     // cannot be pinned for the device.
     let data = pattern(30, 5, 3, SS4K);
-    let buf = parastor_tests::buf::TestBuf::from_data(&data, &parastor_tests::buf::Layout::contiguous());
+    let buf =
+        parastor_tests::buf::TestBuf::from_data(&data, &parastor_tests::buf::Layout::contiguous());
     t.run(disk.write(buf.sg(false), 5, IoOptions::default()))
         .expect("bounced write");
     let back = parastor_tests::buf::TestBuf::contiguous(data.len());
@@ -169,20 +182,31 @@ fn flush_write_zeroes_deallocate_and_compare() {
     let mut other = data.clone();
     other[700] ^= 1;
     t.put(0x1_0000, &other);
-    assert!(!t.run(ns.compare(t.sg(&r, false), 0)).expect("compare"), "a miscompare is false");
+    assert!(
+        !t.run(ns.compare(t.sg(&r, false), 0)).expect("compare"),
+        "a miscompare is false"
+    );
 
     // Write Zeroes over sectors 8..16.
     t.run(ns.write_zeroes(8, 8, false)).expect("write zeroes");
     let held = read_vec(&t.disks[&1].1, 0, 64).unwrap();
     assert!(held[8 * 512..16 * 512].iter().all(|&b| b == 0));
     assert_eq!(held[..8 * 512], data[..8 * 512], "sectors before untouched");
-    assert_eq!(held[16 * 512..], data[16 * 512..], "sectors after untouched");
+    assert_eq!(
+        held[16 * 512..],
+        data[16 * 512..],
+        "sectors after untouched"
+    );
 
     // Deallocate (unmap) 32..40: the RAM disk reads unmapped sectors as zero.
     if disk.unmap_behavior() != UnmapBehavior::Ignored {
-        t.run(disk.unmap(32, 8, IoOptions::default())).expect("unmap");
+        t.run(disk.unmap(32, 8, IoOptions::default()))
+            .expect("unmap");
         let held = read_vec(&t.disks[&1].1, 32, 8).unwrap();
-        assert!(held.iter().all(|&b| b == 0), "deallocated sectors read zero");
+        assert!(
+            held.iter().all(|&b| b == 0),
+            "deallocated sectors read zero"
+        );
         t.run(ns.dataset_management(&[(40, 2), (50, 3)], true))
             .expect("two DSM ranges");
         let held = read_vec(&t.disks[&1].1, 40, 13).unwrap();
@@ -202,7 +226,10 @@ fn out_of_range_requests_fail_cleanly() {
         .run(disk.read(t.sg(&r, true), 2047, IoOptions::default()))
         .unwrap_err();
     assert_eq!(err, DiskError::IllegalBlock);
-    assert_eq!(t.run(ns.write_zeroes(2040, 9, false)), Err(DiskError::IllegalBlock));
+    assert_eq!(
+        t.run(ns.write_zeroes(2040, 9, false)),
+        Err(DiskError::IllegalBlock)
+    );
     // A buffer outside guest memory is the caller's error, not the device's.
     let far = [range(u64::MAX - 0x1000, 512)];
     let sg = SgList::new(t.memory(), &far, true).unwrap();
@@ -224,7 +251,9 @@ fn many_commands_in_flight_on_several_queues() {
     for i in 0..64u64 {
         t.put(0x10_0000 + i * 4096, &pattern(50, i * 8, 8, SS512));
     }
-    let ranges: Vec<[GpaRange; 1]> = (0..64u64).map(|i| [range(0x10_0000 + i * 4096, 4096)]).collect();
+    let ranges: Vec<[GpaRange; 1]> = (0..64u64)
+        .map(|i| [range(0x10_0000 + i * 4096, 4096)])
+        .collect();
     let writes = ranges
         .iter()
         .enumerate()
@@ -254,13 +283,25 @@ fn dropped_commands_keep_their_slot_until_the_device_completes() {
         // device's command, its pins held.
         let mut fut = pin!(disk.read(t.sg(&r, true), 0, IoOptions::default()));
         let waker = std::task::Waker::noop();
-        assert!(fut.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending());
+        assert!(
+            fut.as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_pending()
+        );
     }
-    assert_eq!(driver.outstanding(), 1, "the detached command is still the device's");
+    assert_eq!(
+        driver.outstanding(),
+        1,
+        "the detached command is still the device's"
+    );
     // The next command drains the detached one's completion.
     round_trip(&t, 1, &disk, 10, &[range(0x2_0000, 4096)], 60);
     assert_eq!(driver.outstanding(), 0);
-    assert_eq!(t.rig.memory().pinned_ranges(), 0, "the detached command's pins were released");
+    assert_eq!(
+        t.rig.memory().pinned_ranges(),
+        0,
+        "the detached command's pins were released"
+    );
 }
 
 #[test]
@@ -271,7 +312,9 @@ fn controller_reset_mid_workload_loses_no_write() {
     for i in 0..32u64 {
         t.put(0x10_0000 + i * 4096, &pattern(70, i * 8, 8, SS512));
     }
-    let ranges: Vec<[GpaRange; 1]> = (0..32u64).map(|i| [range(0x10_0000 + i * 4096, 4096)]).collect();
+    let ranges: Vec<[GpaRange; 1]> = (0..32u64)
+        .map(|i| [range(0x10_0000 + i * 4096, 4096)])
+        .collect();
     let writes = join_all(
         ranges
             .iter()
@@ -293,7 +336,14 @@ fn controller_reset_mid_workload_loses_no_write() {
         );
     }
     // And the driver keeps working after the reset.
-    round_trip(&t, 2, &Testbed::disk(&driver, 2).1, 1, &[range(0x2_0000, 8192)], 71);
+    round_trip(
+        &t,
+        2,
+        &Testbed::disk(&driver, 2).1,
+        1,
+        &[range(0x2_0000, 8192)],
+        71,
+    );
 }
 
 #[test]
@@ -307,7 +357,13 @@ fn shutdown_fails_later_io_cleanly() {
         .run(disk.read(t.sg(&r, true), 0, IoOptions::default()))
         .unwrap_err();
     assert!(
-        matches!(err, DiskError::Io(IoError { kind: IoErrorKind::DeviceFailed, .. })),
+        matches!(
+            err,
+            DiskError::Io(IoError {
+                kind: IoErrorKind::DeviceFailed,
+                ..
+            })
+        ),
         "{err:?}"
     );
 }
@@ -324,7 +380,10 @@ fn random_workload_matches_the_model() {
         .collect();
     let mut models: Vec<Vec<u8>> = disks
         .iter()
-        .map(|(nsid, _, ss, n)| read_vec(&t.disks[nsid].1, 0, *n).unwrap_or_else(|_| vec![0; (*n * u64::from(*ss)) as usize]))
+        .map(|(nsid, _, ss, n)| {
+            read_vec(&t.disks[nsid].1, 0, *n)
+                .unwrap_or_else(|_| vec![0; (*n * u64::from(*ss)) as usize])
+        })
         .collect();
     let mut rng = fastrand::Rng::with_seed(0x6e766d65);
     let mut mismatches = 0usize;
@@ -339,7 +398,10 @@ fn random_workload_matches_the_model() {
         while places.len() < k {
             let count = rng.u64(1..=(64 * 1024 / ss64));
             let sector = rng.u64(..n - count);
-            if places.iter().all(|&(s, c)| sector + count <= s || s + c <= sector) {
+            if places
+                .iter()
+                .all(|&(s, c)| sector + count <= s || s + c <= sector)
+            {
                 places.push((sector, count));
             }
         }
@@ -349,7 +411,7 @@ fn random_workload_matches_the_model() {
             let base = 0x10_0000 + j as u64 * 0x20_0000;
             // Split the buffer into up to three ranges, sector aligned.
             let len = data.len() as u64;
-            let cut1 = ss64 * rng.u64(0..=count) ;
+            let cut1 = ss64 * rng.u64(0..=count);
             let cut2 = cut1 + ss64 * rng.u64(0..=(count - cut1 / ss64));
             let mut ranges = Vec::new();
             for (a, b, gap) in [(0, cut1, 0u64), (cut1, cut2, 0x3000), (cut2, len, 0x6000)] {
@@ -366,10 +428,9 @@ fn random_workload_matches_the_model() {
             m[(sector * ss64) as usize..((sector + count) * ss64) as usize].copy_from_slice(&data);
             bufs.push((sector, ranges));
         }
-        let writes = join_all(
-            bufs.iter()
-                .map(|(sector, ranges)| disk.write(t.sg(ranges, false), *sector, IoOptions::default())),
-        );
+        let writes = join_all(bufs.iter().map(|(sector, ranges)| {
+            disk.write(t.sg(ranges, false), *sector, IoOptions::default())
+        }));
         for r in t.run(writes) {
             r.expect("write");
             ops += 1;
@@ -387,7 +448,9 @@ fn random_workload_matches_the_model() {
         let want = &models[d][(sector * ss64) as usize..(sector * ss64) as usize + len];
         if got != want {
             mismatches += 1;
-            eprintln!("round {round}: namespace {nsid} sectors {sector}+{count} differ from the model");
+            eprintln!(
+                "round {round}: namespace {nsid} sectors {sector}+{count} differ from the model"
+            );
         }
         // Now and then: zeroes, a flush, a deallocate.
         match rng.u8(..10) {
@@ -475,7 +538,10 @@ fn hot_add_resize_and_remove_reach_the_driver_through_aen() {
     // Hot add namespace 3.
     let generation = driver.namespace_generation();
     let (_, d3) = parastor_tests::nvme::ram(512, SS4K);
-    t.rig.controller().add_namespace(3, d3.clone()).expect("add 3");
+    t.rig
+        .controller()
+        .add_namespace(3, d3.clone())
+        .expect("add 3");
     with_events(&t, &mut events, driver.wait_namespace_change(generation));
     assert_eq!(driver.namespaces(), [1, 2, 3, 7]);
     let (_, disk3) = Testbed::disk(&driver, 3);
@@ -526,7 +592,9 @@ fn save_and_restore_of_the_controller_mid_workload() {
     for i in 0..16u64 {
         t.put(0x10_0000 + i * 4096, &pattern(90, i * 8, 8, SS512));
     }
-    let ranges: Vec<[GpaRange; 1]> = (0..16u64).map(|i| [range(0x10_0000 + i * 4096, 4096)]).collect();
+    let ranges: Vec<[GpaRange; 1]> = (0..16u64)
+        .map(|i| [range(0x10_0000 + i * 4096, 4096)])
+        .collect();
     let mut writes: Vec<_> = ranges
         .iter()
         .enumerate()
@@ -535,14 +603,20 @@ fn save_and_restore_of_the_controller_mid_workload() {
     // Submit every write (no controller work yet): all sit in the queues.
     let waker = std::task::Waker::noop();
     for w in &mut writes {
-        assert!(w.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending());
+        assert!(
+            w.as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_pending()
+        );
     }
     assert_eq!(driver.outstanding(), 16);
     // Let the controller take some of them, then save and restore it.
     let mut cx = std::task::Context::from_waker(waker);
     let _ = t.rig.poll_controller(&mut cx);
     let namespaces = t.disks.iter().map(|(n, (_, d))| (*n, d.clone())).collect();
-    t.rig.save_and_restore(namespaces).expect("save and restore");
+    t.rig
+        .save_and_restore(namespaces)
+        .expect("save and restore");
     for r in t.run(join_all(writes)) {
         r.expect("write across the save/restore");
     }
@@ -554,6 +628,13 @@ fn save_and_restore_of_the_controller_mid_workload() {
             "write {i}"
         );
     }
-    round_trip(&t, 2, &Testbed::disk(&driver, 2).1, 4, &[range(0x2_0000, 8192)], 91);
+    round_trip(
+        &t,
+        2,
+        &Testbed::disk(&driver, 2).1,
+        4,
+        &[range(0x2_0000, 8192)],
+        91,
+    );
     assert_eq!(driver.refused_completions(), 0);
 }

@@ -10,7 +10,7 @@ use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::Cell;
-use core::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
 use parastor_core::bounce::{AllocError, BouncePool, DmaAllocator, DmaBlock};
 use parastor_core::delay::Timer;
@@ -111,7 +111,10 @@ pub(crate) struct Inner {
     admin: QueuePair,
     io: Box<[QueuePair]>,
     pub(crate) facts: Mutex<ControllerFacts>,
-    pub(crate) sgl: Mutex<SglSupport>,
+    /// The SGL support in effect (`SglSupport` as a number), read per I/O.
+    sgl: AtomicU8,
+    /// I/O queues in use, read per I/O.
+    io_count: AtomicUsize,
     pub(crate) bounce: BouncePool,
     namespaces: Mutex<BTreeMap<u32, Arc<NamespaceState>>>,
     life: Mutex<Life>,
@@ -241,6 +244,7 @@ impl NvmeDriver {
             dstrd,
             2,
             device.map_interrupt(0).map_err(DriverError::Device)?,
+            1,
         )
         .map_err(|why| DriverError::Failed {
             what: "admin queue allocation",
@@ -250,12 +254,19 @@ impl NvmeDriver {
         let io = (1..=wanted)
             .map(|qid| {
                 let intr = device.map_interrupt(qid).map_err(DriverError::Device)?;
-                QueuePair::new(device.clone(), qid, io_size, dstrd, max_ranges, intr).map_err(
-                    |why| DriverError::Failed {
-                        what: "I/O queue allocation",
-                        why,
-                    },
+                QueuePair::new(
+                    device.clone(),
+                    qid,
+                    io_size,
+                    dstrd,
+                    max_ranges,
+                    intr,
+                    io_size / 4,
                 )
+                .map_err(|why| DriverError::Failed {
+                    what: "I/O queue allocation",
+                    why,
+                })
             })
             .collect::<Result<Vec<_>, _>>()?
             .into_boxed_slice();
@@ -279,7 +290,8 @@ impl NvmeDriver {
                 volatile_write_cache: false,
                 io_queues: 0,
             }),
-            sgl: Mutex::new(SglSupport::None),
+            sgl: AtomicU8::new(0),
+            io_count: AtomicUsize::new(1),
             bounce,
             namespaces: Mutex::new(BTreeMap::new()),
             life: Mutex::new(Life::Running),
@@ -573,11 +585,7 @@ impl Inner {
             m => PAGE_SIZE.checked_shl(u32::from(m)).unwrap_or(usize::MAX),
         };
         let sgls = id.sgls.into_bits().get();
-        *self.sgl.lock() = match sgls & 3 {
-            1 => SglSupport::Any,
-            2 => SglSupport::DwordAligned,
-            _ => SglSupport::None,
-        };
+        self.sgl.store((sgls & 3) as u8, Ordering::Relaxed);
         let oaes = id.oaes.get();
         {
             let mut f = self.facts.lock();
@@ -617,6 +625,8 @@ impl Inner {
         let granted = NumberOfQueues::from_bits(done.dw0);
         let count = (granted.nsq().min(granted.ncq()).min(want) as usize) + 1;
         self.facts.lock().io_queues = count as u16;
+        self.io_count
+            .store(count.clamp(1, self.io.len()), Ordering::Relaxed);
 
         // Namespace attribute notices, if the controller sends them.
         if oaes & (1 << 8) != 0 {
@@ -699,9 +709,17 @@ impl Inner {
 
     /// The I/O queue for the calling thread.
     pub(crate) fn io_queue(&self) -> &QueuePair {
-        let count = usize::from(self.facts.lock().io_queues).max(1);
-        let count = count.min(self.io.len());
+        let count = self.io_count.load(Ordering::Relaxed).max(1);
         &self.io[queue_hint() % count]
+    }
+
+    /// The SGL support the controller advertised.
+    pub(crate) fn sgl(&self) -> SglSupport {
+        match self.sgl.load(Ordering::Relaxed) {
+            1 => SglSupport::Any,
+            2 => SglSupport::DwordAligned,
+            _ => SglSupport::None,
+        }
     }
 
     /// Runs one admin command; `data` is its data buffer (PRPs).

@@ -3,7 +3,7 @@
 
 use crate::driver::{ControllerFacts, Inner};
 use crate::error::{CODE_NAMESPACE_REMOVED, Failure, status_to_disk_error};
-use crate::queue::{Completed, Prepared};
+use crate::queue::Completed;
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -222,9 +222,8 @@ impl NvmeDisk {
         }
         let inner = &*self.inner;
         let policy = inner.config_data_pointer();
-        let sgl = *inner.sgl.lock();
+        let sgl = inner.sgl();
         let queue = inner.io_queue();
-        let mut slot = queue.reserve().await?;
         let mut sqe = Sqe::new_zeroed();
         sqe.cdw0.set_opc(io.opcode.get());
         sqe.nsid = U32::new(self.ns.nsid);
@@ -232,9 +231,10 @@ impl NvmeDisk {
         sqe.cdw11 = U32::new(io.cdw11.unwrap_or((io.slba >> 32) as u32));
         sqe.cdw12 = U32::new(io.cdw12);
         sqe.cdw13 = U32::new(io.cdw13);
+        let mut slot = queue.start(&mut sqe, io.data, policy, sgl).await?;
         let mut bounced = false;
-        if let Some((buf, to_device)) = io.data
-            && let Prepared::Bounce = slot.prepare_direct(&mut sqe, &buf, to_device, policy, sgl)?
+        if !slot.is_submitted()
+            && let Some((buf, to_device)) = io.data
         {
             let bounce = match inner.bounce.try_acquire(buf.len()) {
                 Ok(Some(b)) => b,
@@ -253,8 +253,8 @@ impl NvmeDisk {
             };
             slot.prepare_contiguous(&mut sqe, range, Some(bounce), policy, sgl)?;
             bounced = true;
+            slot.submit(sqe)?;
         }
-        slot.submit(sqe)?;
         let finished = slot.await;
         let done = finished.result?;
         if bounced

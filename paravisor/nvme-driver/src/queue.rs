@@ -11,9 +11,18 @@
 //!
 //! There is no completion task: whichever waiter polls drains the
 //! completion queue and wakes the owners of the commands it found done.
-//! The queue's MSI-X event wakes one registered waiter; a waiter that
-//! finishes while others still wait hands the registration on (see
-//! [`QueuePair::hand_off`]).
+//! One waiter at a time (the queue's *interrupt owner*) is registered with
+//! the queue's MSI-X event; the others sleep on their slot's waker. An
+//! owner that finishes or is dropped while others still wait hands the
+//! registration on (see [`QueuePair::arm`]), so a completion always has a
+//! waiter to wake and a burst of completions costs one registration.
+//!
+//! The completion queue head doorbell is written once `cq_batch`
+//! completions have been consumed since the last write, not after every
+//! drain (every doorbell write costs the controller a look at the queue).
+//! The slots are sized so that the controller can never find the
+//! completion queue full: at most `cq_batch - 1` consumed entries go
+//! unannounced and at most `size - cq_batch` commands are outstanding.
 
 use crate::device::{DeviceAccess, DeviceInterrupt, DmaBuffer};
 use crate::error::Failure;
@@ -120,6 +129,10 @@ struct State {
     waiters: Vec<Waker>,
     /// Completions refused (unknown or stale command id).
     refused: u64,
+    /// The slot whose waiter is registered with the interrupt.
+    irq_owner: Option<usize>,
+    /// Completion entries consumed since the head doorbell was written.
+    cq_unannounced: u16,
 }
 
 /// One queue pair.
@@ -131,23 +144,17 @@ pub(crate) struct QueuePair {
     lists: DmaBuffer,
     sq_doorbell: u64,
     cq_doorbell: u64,
+    cq_batch: u16,
     device: Arc<dyn DeviceAccess>,
     interrupt: Arc<dyn DeviceInterrupt>,
     state: Mutex<State>,
 }
 
-/// Where the data pointer came from: the caller's buffer or a bounce
-/// buffer, pinned or device contiguous.
-pub(crate) enum Prepared {
-    /// The data pointer is built.
-    Ready,
-    /// The buffer cannot be handed to the device directly: bounce it.
-    Bounce,
-}
-
 impl QueuePair {
     /// A queue pair `qid` of `size` entries (2..=4096), with room for
-    /// `max_ranges` pinned ranges per command, interrupts on `interrupt`.
+    /// `max_ranges` pinned ranges per command, interrupts on `interrupt`;
+    /// the completion head doorbell is written every `cq_batch`
+    /// completions (1: after every drain).
     pub(crate) fn new(
         device: Arc<dyn DeviceAccess>,
         qid: u16,
@@ -155,9 +162,11 @@ impl QueuePair {
         dstrd: u8,
         max_ranges: usize,
         interrupt: Arc<dyn DeviceInterrupt>,
+        cq_batch: u16,
     ) -> Result<Self, Failure> {
         let size = size.clamp(2, 4096);
-        let slots_n = (usize::from(size) - 1).min(MAX_SLOTS);
+        let cq_batch = cq_batch.clamp(1, size / 2);
+        let slots_n = usize::from(size - cq_batch).min(MAX_SLOTS);
         let sq = device
             .alloc_dma(usize::from(size) * SQE_LEN)
             .map_err(Failure::Device)?;
@@ -185,6 +194,7 @@ impl QueuePair {
             lists,
             sq_doorbell: Doorbell::SqTail(qid).offset(dstrd),
             cq_doorbell: Doorbell::CqHead(qid).offset(dstrd),
+            cq_batch,
             device,
             interrupt,
             state: Mutex::new(State {
@@ -198,6 +208,8 @@ impl QueuePair {
                 outstanding: 0,
                 waiters: Vec::with_capacity(slots_n),
                 refused: 0,
+                irq_owner: None,
+                cq_unannounced: 0,
             }),
         })
     }
@@ -240,6 +252,7 @@ impl QueuePair {
         st.gate = gate;
         if gate != Gate::Open {
             st.epoch = st.epoch.wrapping_add(1);
+            st.irq_owner = None;
             for index in 0..st.slots.len() {
                 if let SlotState::Submitted { detached } = st.slots[index].state {
                     st.slots[index].state = SlotState::Done(Err(why));
@@ -264,6 +277,7 @@ impl QueuePair {
         st.sq_tail = 0;
         st.cq_head = 0;
         st.phase = true;
+        st.cq_unannounced = 0;
         let _ = self.cq.fill_at(0, self.cq.len(), 0);
     }
 
@@ -306,8 +320,12 @@ impl QueuePair {
             }
         }
         if taken > 0 {
-            self.device
-                .write_u32(0, self.cq_doorbell, u32::from(st.cq_head));
+            st.cq_unannounced = st.cq_unannounced.saturating_add(taken as u16);
+            if st.cq_unannounced >= self.cq_batch {
+                st.cq_unannounced = 0;
+                self.device
+                    .write_u32(0, self.cq_doorbell, u32::from(st.cq_head));
+            }
         }
         taken > 0
     }
@@ -350,31 +368,74 @@ impl QueuePair {
         }
     }
 
-    /// After a waiter finished: if commands are still outstanding, make
-    /// sure one of their waiters is the one the interrupt wakes.
-    fn hand_off(&self) {
-        loop {
-            let waker = {
-                let st = self.state.lock();
-                if st.outstanding == 0 {
-                    return;
-                }
-                st.slots.iter().find_map(|s| match s.state {
-                    SlotState::Submitted { detached: false } => s.waker.clone(),
-                    _ => None,
-                })
-            };
-            let Some(waker) = waker else { return };
-            let mut cx = Context::from_waker(&waker);
-            match self.interrupt.poll_signal(&mut cx) {
-                Poll::Pending => return,
-                Poll::Ready(()) => {
-                    let mut st = self.state.lock();
-                    self.drain(&mut st);
-                }
+    /// Registers `waker` (the new interrupt owner's) with the interrupt;
+    /// if the interrupt fired meanwhile, drains and tries again, so that
+    /// it ends registered.
+    fn arm(&self, waker: &Waker) {
+        let mut cx = Context::from_waker(waker);
+        while self.interrupt.poll_signal(&mut cx).is_ready() {
+            let mut st = self.state.lock();
+            self.drain(&mut st);
+            if st.irq_owner.is_none() {
+                return;
             }
         }
     }
+
+    /// Writes `sqe` (with slot `index`'s command identifier) at the
+    /// submission queue tail and rings the doorbell.
+    fn submit_locked(&self, st: &mut State, index: usize, mut sqe: Sqe) -> Result<(), Failure> {
+        let cid = (st.slots[index].seq << SLOT_BITS) | index as u16;
+        sqe.cdw0.set_cid(cid);
+        let tail = st.sq_tail;
+        let off = usize::from(tail) * SQE_LEN;
+        self.sq
+            .write_at(off, sqe.as_bytes())
+            .map_err(Failure::Memory)?;
+        st.sq_tail = if tail + 1 == self.size { 0 } else { tail + 1 };
+        st.slots[index].state = SlotState::Submitted { detached: false };
+        st.outstanding += 1;
+        // The entry must be visible before the doorbell that announces it.
+        fence(Ordering::Release);
+        self.device
+            .write_u32(0, self.sq_doorbell, u32::from(st.sq_tail));
+        Ok(())
+    }
+
+    /// Reserves a slot and, when `data` can go to the device directly,
+    /// builds the data pointer and submits `sqe` — all under one lock.
+    /// The guard says whether it was submitted; if not, the caller
+    /// bounces the data and submits.
+    pub(crate) fn start<'a, 'b>(
+        &'a self,
+        sqe: &'b mut Sqe,
+        data: Option<(SgList<'b>, bool)>,
+        policy: DataPointer,
+        sgl: SglSupport,
+    ) -> Start<'a, 'b> {
+        Start {
+            queue: self,
+            sqe,
+            data,
+            policy,
+            sgl,
+        }
+    }
+}
+
+/// The slot a new interrupt owner comes from: one whose command is the
+/// device's and whose caller waits. Sets it as the owner.
+fn next_owner(st: &mut State) -> Option<Waker> {
+    let (index, waker) = st
+        .slots
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| match s.state {
+            SlotState::Submitted { detached: false } => s.waker.clone().map(|w| (i, w)),
+            _ => None,
+        })?;
+    st.irq_owner = Some(index);
+    Some(waker)
 }
 
 /// Frees slot `index` (its pins and bounce buffer go) and lets one waiter
@@ -389,6 +450,82 @@ fn free_slot(st: &mut State, index: usize) {
     st.free.push(index as u16);
     if let Some(w) = st.waiters.pop() {
         w.wake();
+    }
+}
+
+/// Future of [`QueuePair::start`].
+pub(crate) struct Start<'a, 'b> {
+    queue: &'a QueuePair,
+    sqe: &'b mut Sqe,
+    data: Option<(SgList<'b>, bool)>,
+    policy: DataPointer,
+    sgl: SglSupport,
+}
+
+impl<'a> Future for Start<'a, '_> {
+    type Output = Result<SlotGuard<'a>, Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let queue = this.queue;
+        let mut st = queue.state.lock();
+        let index = match st.gate {
+            Gate::Dead(why) => return Poll::Ready(Err(why)),
+            Gate::Open => st.free.pop(),
+            Gate::Closed => None,
+        };
+        let Some(index) = index.map(usize::from) else {
+            if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                st.waiters.push(cx.waker().clone());
+            }
+            return Poll::Pending;
+        };
+        st.slots[index].state = SlotState::Reserved;
+        let mut guard = SlotGuard {
+            queue,
+            index,
+            epoch: st.epoch,
+            submitted: false,
+            held: true,
+        };
+        let direct = match this.data {
+            None => Ok(true),
+            Some((buf, to_device)) => {
+                let access = if to_device {
+                    parastor_core::memory::Access::Read
+                } else {
+                    parastor_core::memory::Access::Write
+                };
+                let slot = &mut st.slots[index];
+                let built = match buf.pin(access, queue.device.dma_domain(), &mut slot.pins) {
+                    Ok(()) => build_dptr(
+                        this.sqe,
+                        slot.pins.ranges(),
+                        &queue.lists,
+                        index,
+                        this.policy,
+                        this.sgl,
+                    ),
+                    Err(PinError::Memory(e)) => Err(Failure::Memory(e)),
+                    Err(_) => Ok(false),
+                };
+                if !matches!(built, Ok(true)) {
+                    slot.pins.clear();
+                }
+                built
+            }
+        };
+        let result = match direct {
+            // The caller bounces, then submits.
+            Ok(false) => Ok(()),
+            Ok(true) => queue.submit_locked(&mut st, index, *this.sqe).map(|()| {
+                guard.submitted = true;
+            }),
+            Err(e) => Err(e),
+        };
+        // The guard's drop takes the lock: release it first.
+        drop(st);
+        Poll::Ready(result.map(|()| guard))
     }
 }
 
@@ -442,40 +579,9 @@ pub(crate) struct SlotGuard<'a> {
 }
 
 impl SlotGuard<'_> {
-    /// Builds the data pointer of `sqe` for `buf` (the device reads it if
-    /// `to_device`, else writes it), pinning it for direct DMA.
-    /// `Ok(Prepared::Bounce)` if it cannot be handed to the device as it
-    /// is.
-    pub(crate) fn prepare_direct(
-        &mut self,
-        sqe: &mut Sqe,
-        buf: &SgList<'_>,
-        to_device: bool,
-        policy: DataPointer,
-        sgl: SglSupport,
-    ) -> Result<Prepared, Failure> {
-        let queue = self.queue;
-        let access = if to_device {
-            parastor_core::memory::Access::Read
-        } else {
-            parastor_core::memory::Access::Write
-        };
-        let mut st = queue.state.lock();
-        let slot = &mut st.slots[self.index];
-        match buf.pin(access, queue.device.dma_domain(), &mut slot.pins) {
-            Ok(()) => {}
-            Err(PinError::Memory(e)) => return Err(Failure::Memory(e)),
-            Err(_) => return Ok(Prepared::Bounce),
-        }
-        let (Some(ranges), list) = (Some(slot.pins.ranges()), &queue.lists) else {
-            return Ok(Prepared::Bounce);
-        };
-        if build_dptr(sqe, ranges, list, self.index, policy, sgl)? {
-            Ok(Prepared::Ready)
-        } else {
-            slot.pins.clear();
-            Ok(Prepared::Bounce)
-        }
+    /// Whether the command is the device's (submitted).
+    pub(crate) fn is_submitted(&self) -> bool {
+        self.submitted
     }
 
     /// Builds the data pointer of `sqe` for one device-contiguous range
@@ -503,7 +609,7 @@ impl SlotGuard<'_> {
 
     /// Writes `sqe` (with this slot's command identifier) to the
     /// submission queue and rings the doorbell.
-    pub(crate) fn submit(&mut self, mut sqe: Sqe) -> Result<(), Failure> {
+    pub(crate) fn submit(&mut self, sqe: Sqe) -> Result<(), Failure> {
         let queue = self.queue;
         let mut st = queue.state.lock();
         match st.gate {
@@ -512,24 +618,8 @@ impl SlotGuard<'_> {
             Gate::Closed => return Err(Failure::Reset),
             Gate::Open => {}
         }
-        let slot = &mut st.slots[self.index];
-        let cid = (slot.seq << SLOT_BITS) | self.index as u16;
-        sqe.cdw0.set_cid(cid);
-        let tail = st.sq_tail;
-        let off = usize::from(tail) * SQE_LEN;
-        queue
-            .sq
-            .write_at(off, sqe.as_bytes())
-            .map_err(Failure::Memory)?;
-        st.sq_tail = if tail + 1 == queue.size { 0 } else { tail + 1 };
-        st.slots[self.index].state = SlotState::Submitted { detached: false };
-        st.outstanding += 1;
+        queue.submit_locked(&mut st, self.index, sqe)?;
         self.submitted = true;
-        // The entry must be visible before the doorbell that announces it.
-        fence(Ordering::Release);
-        queue
-            .device
-            .write_u32(0, queue.sq_doorbell, u32::from(st.sq_tail));
         Ok(())
     }
 }
@@ -557,11 +647,19 @@ impl Future for SlotGuard<'_> {
         loop {
             if let SlotState::Done(result) = st.slots[index].state {
                 let bounce = st.slots[index].bounce.take();
+                let next = if st.irq_owner == Some(index) {
+                    st.irq_owner = None;
+                    next_owner(&mut st)
+                } else {
+                    None
+                };
                 free_slot(&mut st, index);
                 drop(st);
                 self.submitted = false;
                 self.held = false;
-                queue.hand_off();
+                if let Some(w) = next {
+                    queue.arm(&w);
+                }
                 return Poll::Ready(Finished { result, bounce });
             }
             if queue.drain(&mut st) {
@@ -572,7 +670,19 @@ impl Future for SlotGuard<'_> {
                 Some(w) if w.will_wake(cx.waker()) => {}
                 _ => slot.waker = Some(cx.waker().clone()),
             }
+            // Only the interrupt owner registers with the interrupt; the
+            // others are woken through their slot by whoever drains.
+            let arm = match st.irq_owner {
+                None => {
+                    st.irq_owner = Some(index);
+                    true
+                }
+                Some(owner) => owner == index,
+            };
             drop(st);
+            if !arm {
+                return Poll::Pending;
+            }
             match queue.interrupt.poll_signal(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(()) => st = queue.state.lock(),
@@ -594,6 +704,14 @@ impl Drop for SlotGuard<'_> {
                 st.slots[self.index].waker = None;
             }
             SlotState::Free => {}
+        }
+        if st.irq_owner == Some(self.index) {
+            st.irq_owner = None;
+            let next = next_owner(&mut st);
+            drop(st);
+            if let Some(w) = next {
+                self.queue.arm(&w);
+            }
         }
     }
 }

@@ -1399,7 +1399,10 @@ mod nvme {
                     slot.as_mut().set(Some(fut));
                     // The first poll submits the command.
                     if let Some(f) = slot.as_mut().as_pin_mut() {
-                        assert!(f.poll(&mut cx).is_pending(), "a command completes only after the controller runs");
+                        assert!(
+                            f.poll(&mut cx).is_pending(),
+                            "a command completes only after the controller runs"
+                        );
                     }
                 }
                 let mut rounds = 0;
@@ -1447,9 +1450,13 @@ mod nvme {
         let (bytes, sector) = (128 * 1024, 3 * 256);
         let r = buffer(0, bytes);
         let mem: &dyn GuestMemory = &**rig.memory();
-        rig.run(disk.read(SgList::new(mem, &r, true).expect("ranges"), sector, IoOptions::default()))
-            .expect("rig")
-            .expect("read");
+        rig.run(disk.read(
+            SgList::new(mem, &r, true).expect("ranges"),
+            sector,
+            IoOptions::default(),
+        ))
+        .expect("rig")
+        .expect("read");
         let mut got = vec![0u8; bytes];
         mem.read_at(r[0].gpa, &mut got).expect("rig memory");
         let want = pattern(1, sector, bytes as u64 / u64::from(SS), SS);
@@ -1471,7 +1478,9 @@ mod nvme {
             .iter()
             .find(|&&(qd, _)| row.op == "read" && row.bytes == 4096 && row.qd == qd)
             .filter(|_| path.starts_with("nvme"))
-            .map_or(String::new(), |&(_, base)| format!("  vs-openvmm={:.2}", ns / base));
+            .map_or(String::new(), |&(_, base)| {
+                format!("  vs-openvmm={:.2}", ns / base)
+            });
         println!(
             "nvme {:<5} {:<6} {pattern:<4} QD{:<2} {:<26} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
             row.op,
@@ -1498,9 +1507,18 @@ mod nvme {
         let prefilled = parastor_tests::stacks::ram_disk(DISK_BYTES / u64::from(SS), SS);
         prefill(&prefilled);
         let unwritten = parastor_tests::stacks::ram_disk(DISK_BYTES / u64::from(SS), SS);
-        let paths = [("nvme(prp)", DataPointer::Prp), ("nvme(sgl)", DataPointer::Sgl)];
-        let prefilled_paths: Vec<_> = paths.iter().map(|&(n, dp)| (n, setup(&prefilled, dp))).collect();
-        let unwritten_paths: Vec<_> = paths.iter().map(|&(n, dp)| (n, setup(&unwritten, dp))).collect();
+        let paths = [
+            ("nvme(prp)", DataPointer::Prp),
+            ("nvme(sgl)", DataPointer::Sgl),
+        ];
+        let prefilled_paths: Vec<_> = paths
+            .iter()
+            .map(|&(n, dp)| (n, setup(&prefilled, dp)))
+            .collect();
+        let unwritten_paths: Vec<_> = paths
+            .iter()
+            .map(|&(n, dp)| (n, setup(&unwritten, dp)))
+            .collect();
         for (_, (rig, disk)) in &prefilled_paths {
             verify(rig, disk);
         }
@@ -1517,8 +1535,12 @@ mod nvme {
                 Fill::Prefilled => (&prefilled, &prefilled_paths),
                 Fill::Unwritten => (&unwritten, &unwritten_paths),
             };
-            let ranges: &'static [[GpaRange; 1]] =
-                Box::leak((0..row.qd).map(|slot| buffer(slot, row.bytes)).collect::<Vec<_>>().into_boxed_slice());
+            let ranges: &'static [[GpaRange; 1]] = Box::leak(
+                (0..row.qd)
+                    .map(|slot| buffer(slot, row.bytes))
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+            );
             let mut cases: Vec<Case<'_>> = paths
                 .iter()
                 .map(|(name, (rig, ns))| nvme_case(name, rig, ns, ranges, row))
@@ -1539,6 +1561,17 @@ mod nvme {
             });
             if only.is_some() {
                 cases.truncate(1);
+                // `PARASTOR_BENCH_OPS=N`: exactly N ops, untimed (for
+                // `perf stat`).
+                if let Some(n) = std::env::var("PARASTOR_BENCH_OPS")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    for i in 0..n {
+                        (cases[0].op)(i);
+                    }
+                    continue;
+                }
                 let m = measure(&mut cases)[0];
                 println!("{:.0} ns/io", m.ns_per_op / row.qd as f64);
                 continue;
