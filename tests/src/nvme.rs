@@ -67,6 +67,21 @@ impl Testbed {
         Self { rig, disks }
     }
 
+    /// A testbed whose controller has the given disks as namespaces.
+    pub fn with_disks(namespaces: &[(u32, Disk)], io_queues: u16) -> Self {
+        let rig =
+            NvmeRig::new(RigConfig::new(controller_config(io_queues))).expect("map the rig's RAM");
+        for (nsid, d) in namespaces {
+            rig.controller()
+                .add_namespace(*nsid, d.clone())
+                .expect("add namespace");
+        }
+        Self {
+            rig,
+            disks: BTreeMap::new(),
+        }
+    }
+
     /// Runs `fut` (with the controller's work) to completion.
     #[track_caller]
     pub fn run<F: Future>(&self, fut: F) -> F::Output {
@@ -121,6 +136,41 @@ impl Testbed {
     pub fn sg<'a>(&'a self, ranges: &'a [GpaRange], writable: bool) -> SgList<'a> {
         SgList::new(self.memory(), ranges, writable).expect("representable ranges")
     }
+}
+
+/// Like [`threaded_disk`], with the driver's asynchronous-event loop on
+/// the controller's thread too (stopped when the returned thread handle
+/// is dropped), and the namespace's RAM disk, to resize it.
+pub fn threaded_resizable_disk(
+    sectors: u64,
+    sector_size: u32,
+) -> (Disk, RamDisk, ControllerThread) {
+    let mut c = RigConfig::new(controller_config(2));
+    c.data_bytes = 1 << 20;
+    c.dma_bytes = 16 << 20;
+    let rig = NvmeRig::new(c).expect("map the rig's RAM");
+    let (r, d) = ram(sectors, sector_size);
+    rig.controller().add_namespace(1, d).expect("add namespace");
+    // Bring the driver up with the controller on a first thread, then
+    // run the controller and the event loop on the one kept.
+    let driver = {
+        let _bring_up =
+            ControllerThread::spawn(rig.backing(), None).expect("start the controller thread");
+        crate::buf::block_on(NvmeDriver::new(
+            rig.device(),
+            DriverConfig::default(),
+            Arc::new(YieldTimer),
+        ))
+        .expect("driver bring-up")
+    };
+    let events = driver.clone();
+    let thread = ControllerThread::spawn(
+        rig.backing(),
+        Some(Box::pin(async move { events.run_async_events().await })),
+    )
+    .expect("start the controller thread");
+    let disk = Disk::new(driver.namespace(1).expect("namespace 1")).expect("valid disk");
+    (disk, r, thread)
 }
 
 /// A driver over a fresh controller with one namespace of `sectors`

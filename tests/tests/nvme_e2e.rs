@@ -497,6 +497,30 @@ fn conformance_4096() {
     conformance::run_all(&|| threaded_disk(256, SS4K, DriverConfig::default()));
 }
 
+/// Resize notification over NVMe: the RAM disk behind the controller
+/// resizes, the controller sends a namespace-attribute notice, the driver
+/// rereads the namespace and wakes the disk's waiters.
+#[test]
+fn conformance_resize_notification() {
+    for ss in [SS512, SS4K] {
+        let (disk, ram, _thread) = parastor_tests::nvme::threaded_resizable_disk(64, ss);
+        let seen = disk.clone();
+        conformance::resize_notification(&disk, &move |n| {
+            ram.resize(n);
+            // The notice travels asynchronously: wait until the driver's
+            // disk has it (bounded).
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while seen.sector_count() != n {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "resize to {n} never reached the driver"
+                );
+                std::thread::sleep(std::time::Duration::from_micros(200));
+            }
+        });
+    }
+}
+
 #[test]
 fn conformance_with_sgls() {
     conformance::run_all(&|| {
@@ -637,4 +661,114 @@ fn save_and_restore_of_the_controller_mid_workload() {
         91,
     );
     assert_eq!(driver.refused_completions(), 0);
+}
+
+/// Two hosts (two controllers, each its own driver with its own host
+/// identifier) share one namespace disk with persistent reservations.
+#[test]
+fn reservations_between_two_host_identifiers() {
+    use parastor_core::prwrap::ReservationsDisk;
+    use parastor_emulated::nvme::ControllerThread;
+    use parastor_hw::nvme::command::{
+        AcquireAction, RegisterAction, ReleaseAction, ReservationType,
+    };
+    use parastor_tests::buf::block_on;
+
+    let (_, ram) = parastor_tests::nvme::ram(1024, SS512);
+    let shared = Disk::new(ReservationsDisk::new(ram.clone())).expect("disk");
+    let host_a = [0xA1; 16];
+    let host_b = [0xB2; 16];
+    let a = Testbed::with_disks(&[(1, shared.clone())], 1);
+    let b = Testbed::with_disks(&[(1, shared.clone())], 1);
+    let _ta = ControllerThread::spawn(a.rig.backing(), None).unwrap();
+    let _tb = ControllerThread::spawn(b.rig.backing(), None).unwrap();
+    let start = |t: &Testbed, host_id| {
+        block_on(NvmeDriver::new(
+            t.rig.device(),
+            DriverConfig {
+                host_id: Some(host_id),
+                ..DriverConfig::default()
+            },
+            std::sync::Arc::new(parastor_emulated::nvme::YieldTimer),
+        ))
+        .expect("bring-up")
+    };
+    let (da, db) = (start(&a, host_a), start(&b, host_b));
+    let (na, disk_a) = Testbed::disk(&da, 1);
+    let (nb, disk_b) = Testbed::disk(&db, 1);
+    assert_ne!(na.reservation_capabilities(), 0, "RESCAP advertised");
+    let write = |t: &Testbed, disk: &Disk| {
+        t.put(0x1_0000, &[0x42; 512]);
+        let r = [range(0x1_0000, 512)];
+        block_on(disk.write(t.sg(&r, false), 7, IoOptions::default()))
+    };
+    let read = |t: &Testbed, disk: &Disk| {
+        let r = [range(0x2_0000, 512)];
+        block_on(disk.read(t.sg(&r, true), 7, IoOptions::default()))
+    };
+
+    block_on(na.reservation_register(RegisterAction::REGISTER, 0, 0xA, false))
+        .expect("A registers");
+    block_on(nb.reservation_register(RegisterAction::REGISTER, 0, 0xB, false))
+        .expect("B registers");
+    block_on(na.reservation_acquire(
+        AcquireAction::ACQUIRE,
+        ReservationType::WRITE_EXCLUSIVE,
+        0xA,
+        0,
+    ))
+    .expect("A acquires write exclusive");
+    assert_eq!(
+        write(&b, &disk_b),
+        Err(DiskError::ReservationConflict),
+        "B may not write"
+    );
+    read(&b, &disk_b).expect("B may still read");
+    write(&a, &disk_a).expect("the holder writes");
+    // A wrong key is a conflict too.
+    assert_eq!(
+        block_on(nb.reservation_acquire(
+            AcquireAction::ACQUIRE,
+            ReservationType::WRITE_EXCLUSIVE,
+            0xA,
+            0
+        )),
+        Err(DiskError::ReservationConflict)
+    );
+
+    // The extended report: generation, type, both registrants by host id.
+    let report = block_on(na.reservation_report(4096)).expect("report");
+    assert_eq!(report[4], ReservationType::WRITE_EXCLUSIVE.get(), "RTYPE");
+    assert_eq!(u16::from_le_bytes([report[5], report[6]]), 2, "REGCTL");
+    let entries: Vec<&[u8]> = report[64..64 + 128].chunks(64).collect();
+    let find = |host: [u8; 16]| {
+        entries
+            .iter()
+            .find(|e| e[16..32] == host)
+            .unwrap_or_else(|| panic!("host {host:x?} in the report"))
+    };
+    let (ea, eb) = (find(host_a), find(host_b));
+    assert_eq!(u64::from_le_bytes(ea[8..16].try_into().unwrap()), 0xA);
+    assert_eq!(ea[2] & 1, 1, "A holds the reservation");
+    assert_eq!(u64::from_le_bytes(eb[8..16].try_into().unwrap()), 0xB);
+    assert_eq!(eb[2] & 1, 0);
+
+    // B preempts A: B holds it, A is no longer registered.
+    block_on(nb.reservation_acquire(
+        AcquireAction::PREEMPT,
+        ReservationType::WRITE_EXCLUSIVE,
+        0xB,
+        0xA,
+    ))
+    .expect("B preempts A");
+    write(&b, &disk_b).expect("the new holder writes");
+    assert_eq!(write(&a, &disk_a), Err(DiskError::ReservationConflict));
+    // B releases: anyone writes again.
+    block_on(nb.reservation_release(
+        ReleaseAction::RELEASE,
+        ReservationType::WRITE_EXCLUSIVE,
+        0xB,
+    ))
+    .expect("release");
+    write(&a, &disk_a).expect("A writes after the release");
 }
