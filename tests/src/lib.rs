@@ -14,6 +14,8 @@
 //! - [`fuzz_disk`]: the `disk_ops` fuzz harness.
 //! - [`fuzz_scsi`]: the `scsi_cdb` fuzz harness (SCSI adapter).
 //! - [`fuzz_storvsp`]: the `storvsp` fuzz harness (StorVSP over VMBus rings).
+//! - [`fuzz_nvme_wire`]: the `nvme_wire` fuzz harness (NVMe and PCI wire
+//!   parsers in `hw`: SGLs, identification descriptors, BARs, doorbells).
 //! - [`fuzz_state`]: the `state_restore` fuzz harness (saved state of every
 //!   component, restored into fresh objects).
 //! - [`fuzz_tcmu`]: the `tcmu_ring` fuzz harness (a hostile kernel's TCMU
@@ -29,6 +31,7 @@ pub mod checker;
 pub mod conformance;
 pub mod doubles;
 pub mod fuzz_disk;
+pub mod fuzz_nvme_wire;
 pub mod fuzz_scsi;
 pub mod fuzz_state;
 pub mod fuzz_storvsp;

@@ -20,6 +20,7 @@ fn harness(target: &str) -> Option<fn(&[u8])> {
     match target {
         "disk_ops" => Some(parastor_tests::fuzz_disk::disk_ops),
         "settings" => Some(parastor_vtl2_settings::fuzz::check_blob),
+        "nvme_wire" => Some(parastor_tests::fuzz_nvme_wire::nvme_wire),
         "scsi_cdb" => Some(parastor_tests::fuzz_scsi::scsi_cdb),
         "storvsp" => Some(parastor_tests::fuzz_storvsp::storvsp),
         "state_restore" => Some(parastor_tests::fuzz_state::state_restore),

@@ -2,7 +2,7 @@
 //! of parastor.
 //!
 //! `hw`, `core`, `vtl2-settings` and the `translation` crates (`scsi`,
-//! `vmbus`, `storvsp`) promise to build without
+//! `vmbus`, `storvsp`, `nvme`) promise to build without
 //! the standard library. A library crate's `#![no_std]` alone does not keep
 //! that promise: any of its dependencies (or a feature of one) can still pull
 //! `std` into the graph. This binary supplies what `std` would otherwise
@@ -41,10 +41,11 @@ use core::future::Future;
 use core::pin::pin;
 use core::task::{Context, Poll, Waker};
 use parastor_core::ram::RamDisk;
-use parastor_core::{Disk, Gpa, GuestMemory, InitiatorId, RamGuestMemory, SgList};
+use parastor_core::{Disk, Gpa, GuestMem, GuestMemory, InitiatorId, RamGuestMemory, SgList};
 use parastor_hw::scsi::{Command, ScsiStatus, parse_cdb};
 use parastor_hw::storvsp::SCSI_INTERFACE_ID;
 use parastor_scsi::{DiskParams, ScsiDisk, SenseDelivery};
+use parastor_nvme::{ControllerConfig as NvmeConfig, MsiMessage, MsiSink, NvmeController};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 
 /// The heap: a fixed arena, enough for the two 64 KiB chunks of guest memory
@@ -84,6 +85,8 @@ enum Failure {
     Storvsp = 8,
     /// `parastor_hw` misparsed a CDB or a GUID.
     Formats = 9,
+    /// An NVMe controller did not show its identity or become ready.
+    Nvme = 10,
 }
 
 /// Size of the guest memory the checks use: two 64 KiB chunks.
@@ -166,6 +169,47 @@ fn check() -> Result<(), Failure> {
         || controller.lun(ScsiPath::new(0, 0, 0)).is_none()
     {
         return Err(Failure::Storvsp);
+    }
+
+    nvme(memory)
+}
+
+/// Does not signal anything: the check reads registers only.
+struct NoInterrupts;
+
+impl MsiSink for NoInterrupts {
+    fn signal(&self, _: u16, _: MsiMessage) {}
+}
+
+/// An NVMe controller over the same guest memory: its PCI identity, and
+/// CC.EN = 1 with an admin queue in guest memory makes it ready.
+fn nvme(memory: RamGuestMemory) -> Result<(), Failure> {
+    let mut config = NvmeConfig::new(SCSI_INTERFACE_ID);
+    config.max_io_queue_pairs = 1;
+    config.msix_vectors = 2;
+    config.commands_per_queue = 4;
+    let controller = NvmeController::new(config, GuestMem::new(memory), Arc::new(NoInterrupts));
+    let ram = RamDisk::new(64 * 1024, 512).map_err(|_| Failure::Nvme)?;
+    let disk = Disk::new(ram).map_err(|_| Failure::Nvme)?;
+    controller
+        .add_namespace(1, disk)
+        .map_err(|_| Failure::Nvme)?;
+    let mut id = [0u8; 2];
+    controller.config_read(0, &mut id);
+    if u16::from_le_bytes(id) != controller.config().pci.vendor_id {
+        return Err(Failure::Nvme);
+    }
+    // Bus master + memory space; admin queues of 2 entries at 0x8000/0x9000.
+    controller.config_write(4, &[0x06, 0x00]);
+    controller.bar_write(0, 0x24, &0x0001_0001u32.to_le_bytes());
+    controller.bar_write(0, 0x28, &0x8000u64.to_le_bytes());
+    controller.bar_write(0, 0x30, &0x9000u64.to_le_bytes());
+    controller.bar_write(0, 0x14, &0x0046_0001u32.to_le_bytes());
+    controller.run_until_idle();
+    let mut csts = [0u8; 4];
+    controller.bar_read(0, 0x1C, &mut csts);
+    if u32::from_le_bytes(csts) & 0b11 != 1 {
+        return Err(Failure::Nvme);
     }
     Ok(())
 }
