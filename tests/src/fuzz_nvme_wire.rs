@@ -79,7 +79,10 @@ fn sgl(payload: &[u8], last: bool) {
             SglDescriptor::Segment { length, .. } | SglDescriptor::LastSegment { length, .. },
         ) = SglDescriptor::parse(bytes)
         {
-            assert!(length != 0 && length.is_multiple_of(16), "segment length {length}");
+            assert!(
+                length != 0 && length.is_multiple_of(16),
+                "segment length {length}"
+            );
         }
     }
     let len = payload.len().min(4096);

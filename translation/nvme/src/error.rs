@@ -32,7 +32,7 @@
 //! - every status carries a deliberate DNR bit.
 
 use parastor_core::{DiskError, IoErrorKind, MediumError, MemoryError, MemoryErrorKind};
-use parastor_hw::nvme::status::{GenericStatus, MediaStatus, StatusWord};
+use parastor_hw::nvme::status::{CommandSpecificStatus, GenericStatus, MediaStatus, StatusWord};
 
 /// The completion status for a failed disk operation.
 pub(crate) fn disk_error_status(e: &DiskError) -> StatusWord {
@@ -89,6 +89,11 @@ pub(crate) fn memory_error_status(m: &MemoryError) -> StatusWord {
 /// A generic status with DNR set: the command is wrong and stays wrong.
 pub(crate) const fn invalid(sc: GenericStatus) -> StatusWord {
     StatusWord::generic(sc).with_dnr(true)
+}
+
+/// A command-specific status with DNR set.
+pub(crate) const fn invalid_specific(sc: CommandSpecificStatus) -> StatusWord {
+    StatusWord::command_specific(sc).with_dnr(true)
 }
 
 #[cfg(test)]
