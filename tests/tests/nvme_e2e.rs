@@ -272,6 +272,45 @@ fn many_commands_in_flight_on_several_queues() {
     assert_eq!(driver.outstanding(), 0);
 }
 
+/// With shadow doorbells (Doorbell Buffer Config), a burst of commands
+/// costs far fewer MMIO doorbell writes than commands; without, one each.
+#[test]
+fn shadow_doorbells_save_mmio_writes() {
+    for shadow in [true, false] {
+        let t = testbed();
+        let driver = t.start(DriverConfig {
+            shadow_doorbells: shadow,
+            ..config(DataPointer::Auto)
+        });
+        let (_, disk) = Testbed::disk(&driver, 1);
+        let ranges: Vec<[GpaRange; 1]> = (0..32u64)
+            .map(|i| [range(0x10_0000 + i * 4096, 4096)])
+            .collect();
+        let before = t.rig.backing().doorbell_writes();
+        let reads = join_all(
+            ranges
+                .iter()
+                .enumerate()
+                .map(|(i, r)| disk.read(t.sg(r, true), i as u64 * 8, IoOptions::default())),
+        );
+        for r in t.run(reads) {
+            r.expect("read");
+        }
+        let mmio = t.rig.backing().doorbell_writes() - before;
+        if shadow {
+            assert!(
+                mmio < 8,
+                "32 reads took {mmio} MMIO doorbell writes with shadow doorbells"
+            );
+        } else {
+            assert!(
+                mmio >= 32,
+                "32 reads took only {mmio} MMIO doorbell writes without shadow doorbells"
+            );
+        }
+    }
+}
+
 #[test]
 fn dropped_commands_keep_their_slot_until_the_device_completes() {
     let t = testbed();

@@ -217,9 +217,16 @@ pub struct NvmeBacking {
     dma: Arc<DmaPages>,
     vectors: Arc<Vectors>,
     msix_cap: Option<u16>,
+    doorbell_writes: AtomicU64,
 }
 
 impl NvmeBacking {
+    /// MMIO writes to doorbell registers so far (shadow doorbells make
+    /// most of them unnecessary).
+    pub fn doorbell_writes(&self) -> u64 {
+        self.doorbell_writes.load(Ordering::Relaxed)
+    }
+
     /// The controller behind the device now.
     pub fn controller(&self) -> Arc<NvmeController> {
         self.controller.read().clone()
@@ -290,6 +297,9 @@ impl DeviceAccess for NvmeBacking {
     }
 
     fn write_u32(&self, bar: u8, offset: u64, value: u32) {
+        if bar == 0 && offset >= parastor_hw::nvme::regs::offset::DOORBELLS {
+            self.doorbell_writes.fetch_add(1, Ordering::Relaxed);
+        }
         self.controller
             .read()
             .bar_write(bar, offset, &value.to_le_bytes());
@@ -493,6 +503,7 @@ impl NvmeRig {
             }),
             vectors,
             msix_cap,
+            doorbell_writes: AtomicU64::new(0),
         });
         Self {
             backing,

@@ -4,7 +4,7 @@
 use crate::device::{DeviceAccess, DmaBuffer, DmaWindow};
 use crate::error::{DriverError, Failure};
 use crate::namespace::{NamespaceState, NvmeDisk};
-use crate::queue::{Completed, DataPointer, Gate, PAGE_SIZE, QueuePair, SglSupport};
+use crate::queue::{Completed, DataPointer, Gate, PAGE_SIZE, QueuePair, SglSupport, ShadowPages};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -61,6 +61,9 @@ pub struct DriverConfig {
     pub host_id: Option<[u8; 16]>,
     /// The largest transfer per command, in bytes (bounded by MDTS).
     pub max_transfer: usize,
+    /// Use shadow doorbells (Doorbell Buffer Config) when the controller
+    /// offers them.
+    pub shadow_doorbells: bool,
 }
 
 impl Default for DriverConfig {
@@ -73,6 +76,7 @@ impl Default for DriverConfig {
             bounce_budget: 4 << 20,
             host_id: None,
             max_transfer: DEFAULT_MAX_TRANSFER,
+            shadow_doorbells: true,
         }
     }
 }
@@ -587,6 +591,7 @@ impl Inner {
         let sgls = id.sgls.into_bits().get();
         self.sgl.store((sgls & 3) as u8, Ordering::Relaxed);
         let oaes = id.oaes.get();
+        let dbbc = id.oacs.doorbell_buffer_config();
         {
             let mut f = self.facts.lock();
             f.cntlid = id.cntlid.get();
@@ -677,6 +682,34 @@ impl Inner {
             );
             self.admin_command("Create I/O Submission Queue", sqe, None)
                 .await?;
+        }
+        // Shadow doorbells for the I/O queues, if the controller has
+        // them: most submissions then need no MMIO write at all.
+        if dbbc && self.config.shadow_doorbells {
+            let pages = Arc::new(ShadowPages {
+                doorbells: self.dma(PAGE_SIZE)?,
+                event_idx: self.dma(PAGE_SIZE)?,
+            });
+            let mut sqe = Sqe::new_zeroed();
+            sqe.cdw0.set_opc(AdminOpcode::DOORBELL_BUFFER_CONFIG.get());
+            sqe.set_prps(
+                pages.doorbells.device_address(0),
+                pages.event_idx.device_address(0),
+            );
+            match self
+                .admin_command("Doorbell Buffer Config", sqe, None)
+                .await
+            {
+                Ok(_) => {
+                    let stride = self.cap.doorbell_stride() as usize;
+                    for q in &self.io[..count] {
+                        q.use_shadow(&pages, stride);
+                    }
+                }
+                // Optional: MMIO doorbells work without it.
+                Err(DriverError::Command { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
         for q in &self.io[..count] {
             q.set_gate(Gate::Open, Failure::Reset);

@@ -133,6 +133,30 @@ struct State {
     irq_owner: Option<usize>,
     /// Completion entries consumed since the head doorbell was written.
     cq_unannounced: u16,
+    /// Shadow doorbells, once Doorbell Buffer Config set them up.
+    shadow: Option<Shadow>,
+}
+
+/// The shadow doorbell buffer and the EventIdx buffer (one page each,
+/// shared by every I/O queue), as Doorbell Buffer Config set them up.
+#[derive(Debug)]
+pub(crate) struct ShadowPages {
+    pub(crate) doorbells: DmaBuffer,
+    pub(crate) event_idx: DmaBuffer,
+}
+
+/// A queue's slots in the shadow pages.
+struct Shadow {
+    pages: Arc<ShadowPages>,
+    sq: usize,
+    cq: usize,
+}
+
+/// Whether moving a doorbell from `old` to `new` passes `event_idx`, the
+/// index the controller asked to be told about (the virtio-style test
+/// Linux uses for NVMe shadow doorbells).
+fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
 /// One queue pair.
@@ -210,6 +234,7 @@ impl QueuePair {
                 refused: 0,
                 irq_owner: None,
                 cq_unannounced: 0,
+                shadow: None,
             }),
         })
     }
@@ -278,7 +303,50 @@ impl QueuePair {
         st.cq_head = 0;
         st.phase = true;
         st.cq_unannounced = 0;
+        // A reset forgets Doorbell Buffer Config.
+        st.shadow = None;
         let _ = self.cq.fill_at(0, self.cq.len(), 0);
+    }
+
+    /// Uses shadow doorbells in `pages` from now on (after Doorbell Buffer
+    /// Config succeeded; the controller copied the register values into
+    /// the shadow slots). `stride` is the doorbell stride in bytes.
+    pub(crate) fn use_shadow(&self, pages: &Arc<ShadowPages>, stride: usize) {
+        let mut st = self.state.lock();
+        let q = usize::from(self.qid);
+        st.shadow = Some(Shadow {
+            pages: pages.clone(),
+            sq: 2 * q * stride,
+            cq: (2 * q + 1) * stride,
+        });
+    }
+
+    /// Announces a new SQ tail (`sq`) or CQ head: through the shadow
+    /// doorbell, with an MMIO write only when the controller's EventIdx
+    /// asks for one; else (or if the shadow pages fail) by MMIO.
+    fn ring(&self, st: &State, sq: bool, value: u16) {
+        let mmio = if sq {
+            self.sq_doorbell
+        } else {
+            self.cq_doorbell
+        };
+        if let Some(sh) = &st.shadow {
+            let at = if sq { sh.sq } else { sh.cq };
+            let p = &sh.pages;
+            let shadowed = p.doorbells.load_u32(at, Ordering::Relaxed).and_then(|old| {
+                p.doorbells
+                    .store_u32(at, u32::from(value), Ordering::Release)?;
+                // The shadow store before the EventIdx load.
+                fence(Ordering::SeqCst);
+                let ei = p.event_idx.load_u32(at, Ordering::Acquire)?;
+                Ok(need_event(ei as u16, value, old as u16))
+            });
+            match shadowed {
+                Ok(false) => return,
+                Ok(true) | Err(_) => {}
+            }
+        }
+        self.device.write_u32(0, mmio, u32::from(value));
     }
 
     /// Reserves a slot, waiting while none is free or the queue is being
@@ -323,8 +391,7 @@ impl QueuePair {
             st.cq_unannounced = st.cq_unannounced.saturating_add(taken as u16);
             if st.cq_unannounced >= self.cq_batch {
                 st.cq_unannounced = 0;
-                self.device
-                    .write_u32(0, self.cq_doorbell, u32::from(st.cq_head));
+                self.ring(st, false, st.cq_head);
             }
         }
         taken > 0
@@ -397,8 +464,7 @@ impl QueuePair {
         st.outstanding += 1;
         // The entry must be visible before the doorbell that announces it.
         fence(Ordering::Release);
-        self.device
-            .write_u32(0, self.sq_doorbell, u32::from(st.sq_tail));
+        self.ring(st, true, st.sq_tail);
         Ok(())
     }
 
@@ -874,6 +940,17 @@ mod tests {
 
     fn r(addr: u64, len: u64) -> DeviceRange {
         DeviceRange::new(DeviceAddress::new(addr), len)
+    }
+
+    #[test]
+    fn event_index_rule() {
+        // The controller saw tail 10: moving 10 -> 11 passes it, 11 -> 12
+        // does not (it was told already), and a wrap is handled.
+        assert!(need_event(10, 11, 10));
+        assert!(!need_event(10, 12, 11));
+        assert!(need_event(255, 0, 255));
+        assert!(!need_event(250, 0, 255));
+        assert!(need_event(10, 20, 5), "a jump over the index");
     }
 
     #[test]
