@@ -811,3 +811,32 @@ fn reservations_between_two_host_identifiers() {
     .expect("release");
     write(&a, &disk_a).expect("A writes after the release");
 }
+
+/// The event loop may be dropped and started again: the Asynchronous
+/// Event Request it left outstanding is adopted by the next loop, so an
+/// event that arrives in between is not lost.
+#[test]
+fn a_restarted_event_loop_loses_no_event() {
+    let t = testbed();
+    let driver = t.start(config(DataPointer::Auto));
+    let (_, disk1) = Testbed::disk(&driver, 1);
+    for round in 0..3u64 {
+        let old = disk1.sector_count();
+        // A fresh loop each round; the previous one was dropped with its
+        // request outstanding.
+        let events = driver.run_async_events();
+        let mut events = pin!(events);
+        // Let the loop arm (or adopt) its request before the event.
+        let waker = std::task::Waker::noop();
+        assert!(
+            events
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_pending()
+        );
+        t.disks[&1].0.resize(old + 8);
+        let new = with_events(&t, &mut events, disk1.wait_resize(old));
+        assert_eq!(new, old + 8, "round {round}");
+    }
+    assert_eq!(driver.events_seen(), 3);
+}

@@ -389,12 +389,7 @@ impl NvmeDriver {
             if *inner.life.lock() == Life::Stopped {
                 return;
             }
-            let mut sqe = Sqe::new_zeroed();
-            sqe.cdw0.set_opc(AdminOpcode::ASYNC_EVENT_REQUEST.get());
-            match inner
-                .admin_command("Asynchronous Event Request", sqe, None)
-                .await
-            {
+            match inner.async_event().await {
                 Ok(done) => {
                     inner.events_seen.fetch_add(1, Ordering::Relaxed);
                     if let Err(e) = inner.handle_event(done.dw0).await {
@@ -775,6 +770,35 @@ impl Inner {
             .map_err(failed)?;
         }
         slot.submit(sqe).map_err(failed)?;
+        let done = slot.await.result.map_err(failed)?;
+        if StatusWord::from_bits(done.status & 0x7FFF).is_success() {
+            Ok(done)
+        } else {
+            Err(DriverError::Command {
+                what,
+                status: done.status,
+            })
+        }
+    }
+
+    /// Waits for the outstanding Asynchronous Event Request — the one a
+    /// dropped event loop left parked, or a new one. Dropping this future
+    /// parks the request again, so no event is lost between loops.
+    async fn async_event(&self) -> Result<Completed, DriverError> {
+        let what = "Asynchronous Event Request";
+        let failed = |why| DriverError::Failed { what, why };
+        let slot = match self.admin.adopt_parked() {
+            Some(slot) => slot,
+            None => {
+                let mut sqe = Sqe::new_zeroed();
+                sqe.cdw0.set_opc(AdminOpcode::ASYNC_EVENT_REQUEST.get());
+                let mut slot = self.admin.reserve().await.map_err(failed)?;
+                slot.submit(sqe).map_err(failed)?;
+                slot
+            }
+        };
+        let mut slot = slot;
+        slot.park_on_drop();
         let done = slot.await.result.map_err(failed)?;
         if StatusWord::from_bits(done.status & 0x7FFF).is_success() {
             Ok(done)

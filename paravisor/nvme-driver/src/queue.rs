@@ -135,6 +135,9 @@ struct State {
     cq_unannounced: u16,
     /// Shadow doorbells, once Doorbell Buffer Config set them up.
     shadow: Option<Shadow>,
+    /// A command whose waiter was dropped but whose completion is kept
+    /// for the next waiter to adopt (the Asynchronous Event Request).
+    parked: Option<usize>,
 }
 
 /// The shadow doorbell buffer and the EventIdx buffer (one page each,
@@ -235,6 +238,7 @@ impl QueuePair {
                 irq_owner: None,
                 cq_unannounced: 0,
                 shadow: None,
+                parked: None,
             }),
         })
     }
@@ -347,6 +351,25 @@ impl QueuePair {
             }
         }
         self.device.write_u32(0, mmio, u32::from(value));
+    }
+
+    /// The parked command (see [`SlotGuard::park_on_drop`]), to wait for
+    /// again; `None` if there is none.
+    pub(crate) fn adopt_parked(&self) -> Option<SlotGuard<'_>> {
+        let mut st = self.state.lock();
+        let index = st.parked.take()?;
+        let epoch = st.epoch;
+        match st.slots[index].state {
+            SlotState::Submitted { .. } | SlotState::Done(_) => Some(SlotGuard {
+                queue: self,
+                index,
+                epoch,
+                submitted: true,
+                held: true,
+                park: false,
+            }),
+            _ => None,
+        }
     }
 
     /// Reserves a slot, waiting while none is free or the queue is being
@@ -553,6 +576,7 @@ impl<'a> Future for Start<'a, '_> {
             epoch: st.epoch,
             submitted: false,
             held: true,
+            park: false,
         };
         let direct = match this.data {
             None => Ok(true),
@@ -619,6 +643,7 @@ impl<'a> Future for Reserve<'a> {
                         epoch: st.epoch,
                         submitted: false,
                         held: true,
+                        park: false,
                     }));
                 }
             }
@@ -642,9 +667,18 @@ pub(crate) struct SlotGuard<'a> {
     /// Whether the slot is still this guard's (false once the completion
     /// was taken: the slot may belong to someone else then).
     held: bool,
+    /// Dropping a submitted command parks it instead of detaching it.
+    park: bool,
 }
 
 impl SlotGuard<'_> {
+    /// If this guard is dropped while the device has the command, keep
+    /// the completion for [`QueuePair::adopt_parked`] (one parked command
+    /// per queue) instead of discarding it.
+    pub(crate) fn park_on_drop(&mut self) {
+        self.park = true;
+    }
+
     /// Whether the command is the device's (submitted).
     pub(crate) fn is_submitted(&self) -> bool {
         self.submitted
@@ -765,6 +799,11 @@ impl Drop for SlotGuard<'_> {
         let mut st = self.queue.state.lock();
         match st.slots[self.index].state {
             SlotState::Reserved | SlotState::Done(_) => free_slot(&mut st, self.index),
+            SlotState::Submitted { .. } if self.park && st.parked.is_none() => {
+                // Still waited for, by whoever adopts it.
+                st.parked = Some(self.index);
+                st.slots[self.index].waker = None;
+            }
             SlotState::Submitted { .. } => {
                 st.slots[self.index].state = SlotState::Submitted { detached: true };
                 st.slots[self.index].waker = None;
