@@ -580,10 +580,8 @@ impl NvmeRig {
         let mut idle = 0u32;
         loop {
             let woken = flag.0.swap(false, Ordering::AcqRel);
-            if woken {
-                if let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
-                    return Ok(v);
-                }
+            if woken && let Poll::Ready(v) = fut.as_mut().poll(&mut cx) {
+                return Ok(v);
             }
             let mut worked = false;
             while self.poll_controller(&mut cx).is_ready() {

@@ -345,9 +345,9 @@ impl QueuePair {
                 let ei = p.event_idx.load_u32(at, Ordering::Acquire)?;
                 Ok(need_event(ei as u16, value, old as u16))
             });
-            match shadowed {
-                Ok(false) => return,
-                Ok(true) | Err(_) => {}
+            // Told already (or the shadow pages failed: fall back to MMIO).
+            if let Ok(false) = shadowed {
+                return;
             }
         }
         self.device.write_u32(0, mmio, u32::from(value));
@@ -981,6 +981,150 @@ mod tests {
         DeviceRange::new(DeviceAddress::new(addr), len)
     }
 
+    /// A device whose DMA memory is a RAM block and whose registers only
+    /// record writes: the test plays the controller by hand.
+    struct HandDevice {
+        mem: parastor_core::memory::GuestMem,
+        next: core::sync::atomic::AtomicU64,
+        writes: parastor_core::sync::Mutex<alloc::vec::Vec<(u64, u32)>>,
+    }
+
+    impl DeviceAccess for HandDevice {
+        fn id(&self) -> &str {
+            "hand"
+        }
+        fn config_read_u32(&self, _: u16) -> u32 {
+            0
+        }
+        fn config_write_u32(&self, _: u16, _: u32) {}
+        fn read_u32(&self, _: u8, _: u64) -> u32 {
+            0
+        }
+        fn read_u64(&self, _: u8, _: u64) -> u64 {
+            0
+        }
+        fn write_u32(&self, _: u8, offset: u64, value: u32) {
+            self.writes.lock().push((offset, value));
+        }
+        fn write_u64(&self, _: u8, _: u64, _: u64) {}
+        fn dma_domain(&self) -> parastor_core::addr::DmaDomainId {
+            parastor_core::addr::DmaDomainId::new(7)
+        }
+        fn alloc_dma(&self, len: usize) -> Result<DmaBuffer, crate::DeviceError> {
+            let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            let at = self.next.fetch_add(len as u64, Ordering::Relaxed);
+            Ok(DmaBuffer::new(
+                self.mem.clone(),
+                parastor_core::addr::Gpa::new(at),
+                len,
+                DeviceAddress::new(at),
+                None,
+            ))
+        }
+        fn max_interrupts(&self) -> u16 {
+            2
+        }
+        fn map_interrupt(&self, _: u16) -> Result<Arc<dyn DeviceInterrupt>, crate::DeviceError> {
+            Ok(Arc::new(Never))
+        }
+    }
+
+    struct Never;
+
+    impl DeviceInterrupt for Never {
+        fn poll_signal(&self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+    }
+
+    /// Writes a completion entry at `index` of the CQ at `cq`.
+    fn post(
+        mem: &parastor_core::memory::GuestMem,
+        cq: u64,
+        index: u64,
+        sqid: u16,
+        cid: u16,
+        status: u16,
+    ) {
+        let e = Cqe {
+            sqid: zerocopy::little_endian::U16::new(sqid),
+            cid: zerocopy::little_endian::U16::new(cid),
+            status: parastor_hw::nvme::queue::CqeStatus::from_bits(
+                zerocopy::little_endian::U16::new(status),
+            ),
+            ..Cqe::default()
+        };
+        mem.write_at(parastor_core::addr::Gpa::new(cq + index * 16), e.as_bytes())
+            .unwrap();
+    }
+
+    #[test]
+    fn completions_the_driver_cannot_accept_are_refused_not_panicked_on() {
+        let mem = parastor_core::memory::GuestMem::new(parastor_core::memory::RamGuestMemory::new(
+            1 << 20,
+        ));
+        let device = Arc::new(HandDevice {
+            mem: mem.clone(),
+            next: core::sync::atomic::AtomicU64::new(0),
+            writes: parastor_core::sync::Mutex::new(alloc::vec::Vec::new()),
+        });
+        let q = QueuePair::new(device.clone(), 1, 8, 0, 4, Arc::new(Never), 1).unwrap();
+        let cq = q.cq_address();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut submit = || {
+            let mut sqe = Sqe::default();
+            let mut fut =
+                core::pin::pin!(q.start(&mut sqe, None, DataPointer::Auto, SglSupport::None));
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(g)) => g,
+                _ => panic!("a free slot"),
+            }
+        };
+        let mut a = submit();
+        let mut b = submit();
+        assert!(a.is_submitted() && b.is_submitted());
+        let cid_of = |g: &SlotGuard<'_>| {
+            let st = g.queue.state.lock();
+            (st.slots[g.index].seq << SLOT_BITS) | g.index as u16
+        };
+        let (ca, cb) = (cid_of(&a), cid_of(&b));
+        // Entry 0: an unknown command id: refused, nothing completes (and
+        // entry 1, still of the old phase, is not looked at).
+        post(&mem, cq, 0, 1, 0x3FF, 1);
+        assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
+        assert_eq!(q.refused_completions(), 1, "the unknown id was refused");
+        // Entry 1: b's id from another submission queue: b fails cleanly.
+        post(&mem, cq, 1, 9, cb, 1);
+        match Pin::new(&mut b).poll(&mut cx) {
+            Poll::Ready(f) => assert_eq!(
+                f.result,
+                Err(Failure::BadCompletion(
+                    "completion names another submission queue"
+                ))
+            ),
+            Poll::Pending => panic!("b's (bad) completion was seen"),
+        }
+        // Entry 2: a repeat of b's id (stale now): refused.
+        post(&mem, cq, 2, 1, cb, 1);
+        // Entry 3: a, with an error status (LBA out of range).
+        post(&mem, cq, 3, 1, ca, 1 | (0x80 << 1));
+        match Pin::new(&mut a).poll(&mut cx) {
+            Poll::Ready(f) => assert_eq!(f.result.map(|c| c.status), Ok(0x80)),
+            Poll::Pending => panic!("a completed"),
+        }
+        assert_eq!(q.refused_completions(), 2);
+        assert_eq!(q.outstanding(), 0);
+        // The head doorbell was written as entries were consumed.
+        assert!(
+            device
+                .writes
+                .lock()
+                .iter()
+                .any(|&(off, v)| off == Doorbell::CqHead(1).offset(0) && v == 4)
+        );
+    }
+
     #[test]
     fn event_index_rule() {
         // The controller saw tail 10: moving 10 -> 11 passes it, 11 -> 12
@@ -990,6 +1134,155 @@ mod tests {
         assert!(need_event(255, 0, 255));
         assert!(!need_event(250, 0, 255));
         assert!(need_event(10, 20, 5), "a jump over the index");
+    }
+
+    fn lists() -> DmaBuffer {
+        let mem = parastor_core::memory::GuestMem::new(parastor_core::memory::RamGuestMemory::new(
+            1 << 16,
+        ));
+        DmaBuffer::new(
+            mem,
+            parastor_core::addr::Gpa::new(0x4000),
+            2 * PAGE_SIZE,
+            DeviceAddress::new(0x9_0000),
+            None,
+        )
+    }
+
+    fn list_entries(lists: &DmaBuffer, offset: usize, n: usize) -> alloc::vec::Vec<u64> {
+        let mut raw = alloc::vec![0u8; n * 8];
+        lists.read_at(offset, &mut raw).unwrap();
+        raw.chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn prps_inline_and_as_a_list() {
+        let lists = lists();
+        let mut sqe = Sqe::default();
+        // One page: PRP1 only.
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &[r(0x1_0200, 0x800)],
+                &lists,
+                1,
+                DataPointer::Prp,
+                SglSupport::None
+            )
+            .unwrap()
+        );
+        assert_eq!((sqe.prp1(), sqe.prp2()), (0x1_0200, 0));
+        // Two pages: PRP2 is the second page.
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &[r(0x1_0200, 0x1000)],
+                &lists,
+                1,
+                DataPointer::Prp,
+                SglSupport::None
+            )
+            .unwrap()
+        );
+        assert_eq!((sqe.prp1(), sqe.prp2()), (0x1_0200, 0x1_1000));
+        // Three ranges, five pages: a list in slot 1's page.
+        let ranges = [r(0x1_0E00, 0x200), r(0x5_0000, 0x3000), r(0x9_0000, 0x10)];
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &ranges,
+                &lists,
+                1,
+                DataPointer::Auto,
+                SglSupport::Any
+            )
+            .unwrap()
+        );
+        assert_eq!(sqe.cdw0.psdt(), DataTransferKind::PRP);
+        assert_eq!(sqe.prp1(), 0x1_0E00);
+        assert_eq!(
+            sqe.prp2(),
+            0x9_0000 + PAGE_SIZE as u64,
+            "slot 1's list page"
+        );
+        assert_eq!(
+            list_entries(&lists, PAGE_SIZE, 4),
+            [0x5_0000, 0x5_1000, 0x5_2000, 0x9_0000]
+        );
+        // Not PRP-compatible and no SGLs: bounce.
+        let bad = [r(0x1_0000, 0x200), r(0x5_0200, 0x200)];
+        assert!(
+            !build_dptr(
+                &mut sqe,
+                &bad,
+                &lists,
+                0,
+                DataPointer::Auto,
+                SglSupport::None
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn sgls_one_block_or_a_last_segment() {
+        let lists = lists();
+        let mut sqe = Sqe::default();
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &[r(0x1_0201, 0x333)],
+                &lists,
+                0,
+                DataPointer::Sgl,
+                SglSupport::Any
+            )
+            .unwrap()
+        );
+        assert_eq!(sqe.cdw0.psdt(), DataTransferKind::SGL_METADATA_BUFFER);
+        let d = RawSglDescriptor::read_from_bytes(&sqe.dptr).unwrap();
+        assert_eq!(d.descriptor_type(), SglDescriptorType::DATA_BLOCK);
+        assert_eq!((d.address.get(), d.length.get()), (0x1_0201, 0x333));
+        // Byte-aligned ranges are refused where the controller wants dwords.
+        assert!(
+            !build_dptr(
+                &mut sqe,
+                &[r(0x1_0201, 0x333)],
+                &lists,
+                0,
+                DataPointer::Sgl,
+                SglSupport::DwordAligned
+            )
+            .unwrap()
+        );
+        // Several ranges: a Last Segment in slot 0's page.
+        let ranges = [r(0x1_0000, 0x200), r(0x5_0200, 0x400), r(0x7_0000, 0x1000)];
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &ranges,
+                &lists,
+                0,
+                DataPointer::Auto,
+                SglSupport::Any
+            )
+            .unwrap()
+        );
+        let seg = RawSglDescriptor::read_from_bytes(&sqe.dptr).unwrap();
+        assert_eq!(seg.descriptor_type(), SglDescriptorType::LAST_SEGMENT);
+        assert_eq!((seg.address.get(), seg.length.get()), (0x9_0000, 48));
+        let mut raw = [0u8; 48];
+        lists.read_at(0, &mut raw).unwrap();
+        for (i, chunk) in raw.chunks(16).enumerate() {
+            let d = RawSglDescriptor::read_from_bytes(chunk).unwrap();
+            assert_eq!(d.descriptor_type(), SglDescriptorType::DATA_BLOCK);
+            assert_eq!(
+                (d.address.get(), u64::from(d.length.get())),
+                (ranges[i].addr.get(), ranges[i].len)
+            );
+        }
     }
 
     #[test]
