@@ -133,6 +133,8 @@ struct State {
     irq_owner: Option<usize>,
     /// Completion entries consumed since the head doorbell was written.
     cq_unannounced: u16,
+    /// The head last announced.
+    cq_announced: u16,
     /// Shadow doorbells, once Doorbell Buffer Config set them up.
     shadow: Option<Shadow>,
     /// A command whose waiter was dropped but whose completion is kept
@@ -237,6 +239,7 @@ impl QueuePair {
                 refused: 0,
                 irq_owner: None,
                 cq_unannounced: 0,
+                cq_announced: 0,
                 shadow: None,
                 parked: None,
             }),
@@ -307,6 +310,7 @@ impl QueuePair {
         st.cq_head = 0;
         st.phase = true;
         st.cq_unannounced = 0;
+        st.cq_announced = 0;
         // A reset forgets Doorbell Buffer Config.
         st.shadow = None;
         let _ = self.cq.fill_at(0, self.cq.len(), 0);
@@ -328,7 +332,7 @@ impl QueuePair {
     /// Announces a new SQ tail (`sq`) or CQ head: through the shadow
     /// doorbell, with an MMIO write only when the controller's EventIdx
     /// asks for one; else (or if the shadow pages fail) by MMIO.
-    fn ring(&self, st: &State, sq: bool, value: u16) {
+    fn ring(&self, st: &State, sq: bool, old: u16, value: u16) {
         let mmio = if sq {
             self.sq_doorbell
         } else {
@@ -337,14 +341,15 @@ impl QueuePair {
         if let Some(sh) = &st.shadow {
             let at = if sq { sh.sq } else { sh.cq };
             let p = &sh.pages;
-            let shadowed = p.doorbells.load_u32(at, Ordering::Relaxed).and_then(|old| {
-                p.doorbells
-                    .store_u32(at, u32::from(value), Ordering::Release)?;
-                // The shadow store before the EventIdx load.
-                fence(Ordering::SeqCst);
-                let ei = p.event_idx.load_u32(at, Ordering::Acquire)?;
-                Ok(need_event(ei as u16, value, old as u16))
-            });
+            let shadowed = p
+                .doorbells
+                .store_u32(at, u32::from(value), Ordering::Release)
+                .and_then(|()| {
+                    // The shadow store before the EventIdx load.
+                    fence(Ordering::SeqCst);
+                    let ei = p.event_idx.load_u32(at, Ordering::Acquire)?;
+                    Ok(need_event(ei as u16, value, old))
+                });
             // Told already (or the shadow pages failed: fall back to MMIO).
             if let Ok(false) = shadowed {
                 return;
@@ -367,6 +372,7 @@ impl QueuePair {
                 submitted: true,
                 held: true,
                 park: false,
+                fresh: false,
             }),
             _ => None,
         }
@@ -414,7 +420,8 @@ impl QueuePair {
             st.cq_unannounced = st.cq_unannounced.saturating_add(taken as u16);
             if st.cq_unannounced >= self.cq_batch {
                 st.cq_unannounced = 0;
-                self.ring(st, false, st.cq_head);
+                self.ring(st, false, st.cq_announced, st.cq_head);
+                st.cq_announced = st.cq_head;
             }
         }
         taken > 0
@@ -487,7 +494,7 @@ impl QueuePair {
         st.outstanding += 1;
         // The entry must be visible before the doorbell that announces it.
         fence(Ordering::Release);
-        self.ring(st, true, st.sq_tail);
+        self.ring(st, true, tail, st.sq_tail);
         Ok(())
     }
 
@@ -577,6 +584,7 @@ impl<'a> Future for Start<'a, '_> {
             submitted: false,
             held: true,
             park: false,
+            fresh: false,
         };
         let direct = match this.data {
             None => Ok(true),
@@ -610,6 +618,7 @@ impl<'a> Future for Start<'a, '_> {
             Ok(false) => Ok(()),
             Ok(true) => queue.submit_locked(&mut st, index, *this.sqe).map(|()| {
                 guard.submitted = true;
+                guard.fresh = true;
             }),
             Err(e) => Err(e),
         };
@@ -644,6 +653,7 @@ impl<'a> Future for Reserve<'a> {
                         submitted: false,
                         held: true,
                         park: false,
+                        fresh: false,
                     }));
                 }
             }
@@ -669,6 +679,8 @@ pub(crate) struct SlotGuard<'a> {
     held: bool,
     /// Dropping a submitted command parks it instead of detaching it.
     park: bool,
+    /// Submitted and not polled since.
+    fresh: bool,
 }
 
 impl SlotGuard<'_> {
@@ -720,6 +732,7 @@ impl SlotGuard<'_> {
         }
         queue.submit_locked(&mut st, self.index, sqe)?;
         self.submitted = true;
+        self.fresh = true;
         Ok(())
     }
 }
@@ -762,7 +775,10 @@ impl Future for SlotGuard<'_> {
                 }
                 return Poll::Ready(Finished { result, bounce });
             }
-            if queue.drain(&mut st) {
+            // Right after submission nothing of this command can be in the
+            // completion queue yet (and others' completions are the
+            // interrupt owner's to drain): skip the look.
+            if !core::mem::take(&mut self.fresh) && queue.drain(&mut st) {
                 continue;
             }
             let slot = &mut st.slots[index];
@@ -1092,10 +1108,14 @@ mod tests {
         // Entry 0: an unknown command id: refused, nothing completes (and
         // entry 1, still of the old phase, is not looked at).
         post(&mem, cq, 0, 1, 0x3FF, 1);
+        // (The first poll after submission does not look.)
+        assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
+        assert_eq!(q.refused_completions(), 0);
         assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
         assert_eq!(q.refused_completions(), 1, "the unknown id was refused");
         // Entry 1: b's id from another submission queue: b fails cleanly.
         post(&mem, cq, 1, 9, cb, 1);
+        assert!(Pin::new(&mut b).poll(&mut cx).is_pending(), "b's first poll");
         match Pin::new(&mut b).poll(&mut cx) {
             Poll::Ready(f) => assert_eq!(
                 f.result,
