@@ -22,6 +22,8 @@
 //!   component, restored into fresh objects).
 //! - [`fuzz_tcmu`]: the `tcmu_ring` fuzz harness (a hostile kernel's TCMU
 //!   ring through the handler's command ring).
+//! - [`nvme`]: the NVMe testbed: parastor's NVMe driver over parastor's
+//!   NVMe controller and RAM disks, in one process.
 //! - [`tcmu`]: the TCMU handler driven by the model of the kernel's side
 //!   (inline steps on the caller's thread, or `serve` on a runtime thread).
 #![forbid(unsafe_code)]
@@ -38,6 +40,7 @@ pub mod fuzz_state;
 pub mod fuzz_storvsp;
 pub mod fuzz_tcmu;
 pub mod model;
+pub mod nvme;
 pub mod scratch;
 pub mod stacks;
 pub mod tcmu;

@@ -10,6 +10,10 @@
 //!   StorVSP workers in the guest's thread.
 //! - [`runtime_host`]: [`RuntimeHost`], which runs them on a
 //!   `parastor-runtime` thread, signalled through eventfds both ways.
+//! - [`nvme`]: parastor's NVMe driver over parastor's NVMe controller in
+//!   one process: shared RAM that pins for direct DMA, the device-access
+//!   backing with per-vector MSI-X events, and a rig that runs driver and
+//!   controller on one thread.
 //! - [`tcmu`]: the kernel's side of TCMU (LIO's `target_core_user`) as a
 //!   model — mailbox, command ring and data area laid out as the kernel
 //!   does, commands posted with padding and flow control, completions
@@ -23,6 +27,7 @@
 //! [`RuntimeHost`]: runtime_host::RuntimeHost
 #![forbid(unsafe_code)]
 
+pub mod nvme;
 pub mod runtime_host;
 pub mod storvsc;
 pub mod tcmu;

@@ -50,6 +50,11 @@ const BENCHES: &[Bench] = &[
         run: storvsp::run,
     },
     Bench {
+        name: "nvme",
+        about: "4 KiB random QD1/QD32 and 128 KiB sequential I/O from parastor's NVMe driver through the in-process backing and NVMe controller to a RAM disk, PRP and SGL, vs the RAM disk alone",
+        run: nvme::run,
+    },
+    Bench {
         name: "settings",
         about: "decode + validate a maximal VTL2 settings blob: JSON and protobuf vs postcard",
         run: settings::run,
@@ -1216,6 +1221,365 @@ mod storvsp {
             let reference = results[1].ns_per_op / per_op as f64;
             for (case, m) in cases.iter().zip(results) {
                 line(row, case.name, m, per_op, reference);
+            }
+        }
+    }
+}
+
+/// `nvme`: parastor's NVMe driver (`parastor-nvme-driver`) → the
+/// in-process backing (`parastor_emulated::nvme`: direct DMA, MSI-X
+/// events) → parastor's NVMe controller (`parastor-nvme`) → a RAM disk,
+/// everything on this thread: each op submits its commands (SQE and
+/// doorbell per command), polls the controller's work (which runs the
+/// commands and posts completions and the interrupt) and polls the
+/// commands' futures (the first drains the completion queue). The
+/// reference is the RAM disk alone doing the same I/O with the same
+/// buffers (`Disk::read` / `Disk::write`).
+mod nvme {
+    use super::harness::{Case, Measurement, disk_io, measure, size_name};
+    use super::*;
+    use parastor_core::DiskError;
+    use parastor_core::disk::IoFuture;
+    use parastor_emulated::nvme::{NvmeRig, RigConfig, YieldTimer};
+    use parastor_nvme_driver::{DataPointer, DriverConfig, NvmeDriver};
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Waker};
+
+    const SS: u32 = 512;
+    /// Bytes the I/Os cycle over (prefilled).
+    const WORKING_SET: u64 = 8 << 20;
+    /// Disk size.
+    const DISK_BYTES: u64 = 16 << 20;
+    /// Deepest queue measured.
+    const MAX_QD: usize = 32;
+    /// OpenVMM's NVMe driver → emulator → RAM disk, 4 KiB reads, direct
+    /// DMA, QD1 and QD32 (reference/openvmm-perf.md).
+    const OPENVMM_NS: [(usize, f64); 2] = [(1, 1695.0), (MAX_QD, 989.0)];
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Pattern {
+        Random,
+        Sequential,
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Fill {
+        Prefilled,
+        Unwritten,
+    }
+
+    struct Row {
+        op: &'static str,
+        bytes: usize,
+        pattern: Pattern,
+        qd: usize,
+        fill: Fill,
+    }
+
+    const fn row(op: &'static str, bytes: usize, pattern: Pattern, qd: usize, fill: Fill) -> Row {
+        Row {
+            op,
+            bytes,
+            pattern,
+            qd,
+            fill,
+        }
+    }
+
+    const ROWS: [Row; 8] = [
+        row("read", 4096, Pattern::Random, 1, Fill::Prefilled),
+        row("read", 4096, Pattern::Random, MAX_QD, Fill::Prefilled),
+        row("write", 4096, Pattern::Random, 1, Fill::Prefilled),
+        row("write", 4096, Pattern::Random, MAX_QD, Fill::Prefilled),
+        row("read", 128 * 1024, Pattern::Sequential, 1, Fill::Prefilled),
+        row("write", 128 * 1024, Pattern::Sequential, 1, Fill::Prefilled),
+        // Reads of a never-written disk (zero fills).
+        row("read", 4096, Pattern::Random, 1, Fill::Unwritten),
+        row("read", 4096, Pattern::Random, MAX_QD, Fill::Unwritten),
+    ];
+
+    /// The sectors of one measurement's I/Os (the same for every path).
+    struct Addresses {
+        pattern: Pattern,
+        io_sectors: u64,
+        slots: u64,
+        rng: fastrand::Rng,
+        next: u64,
+    }
+
+    impl Addresses {
+        fn new(pattern: Pattern, bytes: usize) -> Self {
+            Self {
+                pattern,
+                io_sectors: bytes as u64 / u64::from(SS),
+                slots: WORKING_SET / bytes as u64,
+                rng: fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15),
+                next: 0,
+            }
+        }
+
+        fn next(&mut self) -> u64 {
+            let slot = match self.pattern {
+                Pattern::Random => self.rng.u64(..self.slots),
+                Pattern::Sequential => {
+                    self.next = self.next.wrapping_add(1);
+                    self.next % self.slots
+                }
+            };
+            slot * self.io_sectors
+        }
+    }
+
+    /// A controller with `disk` as namespace 1, a driver over it with
+    /// `data_pointer`, and namespace 1's `Disk` — leaked: the bench's
+    /// futures borrow them for the rest of the process.
+    fn setup(disk: &Disk, data_pointer: DataPointer) -> (&'static NvmeRig, &'static Disk) {
+        let mut controller = parastor_nvme::ControllerConfig::new(parastor_tests::nvme::INSTANCE);
+        controller.max_io_queue_pairs = 1;
+        controller.msix_vectors = 2;
+        let mut config = RigConfig::new(controller);
+        config.data_bytes = 8 << 20;
+        config.dma_bytes = 16 << 20;
+        let rig: &'static NvmeRig = Box::leak(Box::new(NvmeRig::new(config).expect("rig RAM")));
+        rig.controller()
+            .add_namespace(1, disk.clone())
+            .expect("namespace");
+        let driver = rig
+            .run(NvmeDriver::new(
+                rig.device(),
+                DriverConfig {
+                    io_queues: 1,
+                    data_pointer,
+                    ..DriverConfig::default()
+                },
+                Arc::new(YieldTimer),
+            ))
+            .expect("rig")
+            .expect("driver bring-up");
+        let ns: &'static Disk = Box::leak(Box::new(
+            Disk::new(driver.namespace(1).expect("namespace 1")).expect("disk"),
+        ));
+        Box::leak(Box::new(driver));
+        (rig, ns)
+    }
+
+    /// Slot `slot`'s data buffer in the rig's data area.
+    fn buffer(slot: usize, bytes: usize) -> [GpaRange; 1] {
+        [GpaRange::new(Gpa::new((slot * bytes) as u64), bytes as u64)]
+    }
+
+    type Slot = Pin<Box<Option<IoFuture<'static, Result<(), DiskError>>>>>;
+
+    /// The timed NVMe path: each op starts `qd` commands, runs the
+    /// controller and completes them all.
+    fn nvme_case(
+        name: &'static str,
+        rig: &'static NvmeRig,
+        disk: &'static Disk,
+        ranges: &'static [[GpaRange; 1]],
+        row: &Row,
+    ) -> Case<'static> {
+        let (write, qd) = (row.op == "write", row.qd);
+        let mut addr = Addresses::new(row.pattern, row.bytes);
+        let mem: &'static dyn GuestMemory = &**rig.memory();
+        let mut slots: Vec<Slot> = (0..qd).map(|_| Box::pin(None)).collect();
+        let mut cx = Context::from_waker(Waker::noop());
+        Case {
+            name,
+            op: Box::new(move |_| {
+                for (slot, r) in slots.iter_mut().zip(ranges) {
+                    let sg = SgList::new(mem, r, !write).expect("ranges");
+                    let sector = addr.next();
+                    let fut = if write {
+                        disk.write(sg, sector, IoOptions::default())
+                    } else {
+                        disk.read(sg, sector, IoOptions::default())
+                    };
+                    slot.as_mut().set(Some(fut));
+                    // The first poll submits the command.
+                    if let Some(f) = slot.as_mut().as_pin_mut() {
+                        assert!(
+                            f.poll(&mut cx).is_pending(),
+                            "a command completes only after the controller runs"
+                        );
+                    }
+                }
+                let mut rounds = 0;
+                loop {
+                    while rig.poll_controller(&mut cx).is_ready() {}
+                    let mut all = true;
+                    for slot in slots.iter_mut() {
+                        let done = match slot.as_mut().as_pin_mut() {
+                            Some(f) => match f.poll(&mut cx) {
+                                Poll::Ready(r) => {
+                                    r.expect("NVMe I/O");
+                                    true
+                                }
+                                Poll::Pending => {
+                                    all = false;
+                                    false
+                                }
+                            },
+                            None => false,
+                        };
+                        if done {
+                            slot.as_mut().set(None);
+                        }
+                    }
+                    if all {
+                        break;
+                    }
+                    rounds += 1;
+                    assert!(rounds < 1000, "every command completes");
+                }
+            }),
+        }
+    }
+
+    fn prefill(d: &Disk) {
+        let chunk = 1u64 << 20;
+        let ss = u64::from(SS);
+        for off in (0..WORKING_SET).step_by(chunk as usize) {
+            write_vec(d, off / ss, &pattern(1, off / ss, chunk / ss, SS)).expect("prefill");
+        }
+    }
+
+    /// Reads the prefilled pattern back through the NVMe path once.
+    fn verify(rig: &'static NvmeRig, disk: &'static Disk) {
+        let (bytes, sector) = (128 * 1024, 3 * 256);
+        let r = buffer(0, bytes);
+        let mem: &dyn GuestMemory = &**rig.memory();
+        rig.run(disk.read(
+            SgList::new(mem, &r, true).expect("ranges"),
+            sector,
+            IoOptions::default(),
+        ))
+        .expect("rig")
+        .expect("read");
+        let mut got = vec![0u8; bytes];
+        mem.read_at(r[0].gpa, &mut got).expect("rig memory");
+        let want = pattern(1, sector, bytes as u64 / u64::from(SS), SS);
+        assert!(got == want, "the read through NVMe returned other data");
+    }
+
+    fn line(row: &Row, path: &str, m: Measurement, reference: f64) {
+        let ns = m.ns_per_op / row.qd as f64;
+        let allocs = m.allocs_per_op / row.qd as f64;
+        let pattern = match row.pattern {
+            Pattern::Random => "rand",
+            Pattern::Sequential => "seq",
+        };
+        let fill = match row.fill {
+            Fill::Prefilled => "",
+            Fill::Unwritten => " unwritten",
+        };
+        let openvmm = OPENVMM_NS
+            .iter()
+            .find(|&&(qd, _)| row.op == "read" && row.bytes == 4096 && row.qd == qd)
+            .filter(|_| path.starts_with("nvme"))
+            .map_or(String::new(), |&(_, base)| {
+                format!("  vs-openvmm={:.2}", ns / base)
+            });
+        println!(
+            "nvme {:<5} {:<6} {pattern:<4} QD{:<2} {:<26} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
+            row.op,
+            size_name(row.bytes),
+            row.qd,
+            format!("{path}{fill}"),
+            1e3 / ns,
+            row.bytes as f64 / ns,
+            ns / reference,
+        );
+    }
+
+    pub(crate) fn run() {
+        println!(
+            "nvme: parastor's NVMe driver -> in-process backing (direct DMA: buffers pin to device addresses) -> \
+             parastor's NVMe controller -> RAM disk ({SS}-byte sectors, {} working set, one thread: \
+             submit, run the controller's work, complete); nvme(prp) / nvme(sgl) = the driver's data pointers; \
+             QD32 = 32 commands started per op, all completed before the next; \
+             ratio = ns/io of the line / ns/io of the RAM disk alone (Disk::read/write, same buffers and offsets, \
+             measured in the same run; lower is better); `unwritten` = reads of a never-written disk; \
+             vs-openvmm = ns/io / OpenVMM's direct-DMA NVMe read, 1695 ns (QD1) / 989 ns (QD32)",
+            size_name(WORKING_SET as usize)
+        );
+        let prefilled = parastor_tests::stacks::ram_disk(DISK_BYTES / u64::from(SS), SS);
+        prefill(&prefilled);
+        let unwritten = parastor_tests::stacks::ram_disk(DISK_BYTES / u64::from(SS), SS);
+        let paths = [
+            ("nvme(prp)", DataPointer::Prp),
+            ("nvme(sgl)", DataPointer::Sgl),
+        ];
+        let prefilled_paths: Vec<_> = paths
+            .iter()
+            .map(|&(n, dp)| (n, setup(&prefilled, dp)))
+            .collect();
+        let unwritten_paths: Vec<_> = paths
+            .iter()
+            .map(|&(n, dp)| (n, setup(&unwritten, dp)))
+            .collect();
+        for (_, (rig, disk)) in &prefilled_paths {
+            verify(rig, disk);
+        }
+        // Profiling aid: `PARASTOR_BENCH_ROW=N` times row N's nvme(prp)
+        // path alone.
+        let only: Option<usize> = std::env::var("PARASTOR_BENCH_ROW")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        for (i, row) in ROWS.iter().enumerate() {
+            if only.is_some_and(|o| o != i) {
+                continue;
+            }
+            let (disk, paths) = match row.fill {
+                Fill::Prefilled => (&prefilled, &prefilled_paths),
+                Fill::Unwritten => (&unwritten, &unwritten_paths),
+            };
+            let ranges: &'static [[GpaRange; 1]] = Box::leak(
+                (0..row.qd)
+                    .map(|slot| buffer(slot, row.bytes))
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+            );
+            let mut cases: Vec<Case<'_>> = paths
+                .iter()
+                .map(|(name, (rig, ns))| nvme_case(name, rig, ns, ranges, row))
+                .collect();
+            // The reference: the RAM disk alone, the same buffers (in the
+            // first rig's memory) and offsets, `qd` I/Os per op.
+            let mem: &dyn GuestMemory = &**paths[0].1.0.memory();
+            let write = row.op == "write";
+            let mut addr = Addresses::new(row.pattern, row.bytes);
+            cases.push(Case {
+                name: "ram-disk-alone",
+                op: Box::new(move |_| {
+                    for r in ranges {
+                        let sg = SgList::new(mem, r, !write).expect("ranges");
+                        disk_io(disk, sg, addr.next(), write).expect("RAM disk I/O");
+                    }
+                }),
+            });
+            if only.is_some() {
+                cases.truncate(1);
+                // `PARASTOR_BENCH_OPS=N`: exactly N ops, untimed (for
+                // `perf stat`).
+                if let Some(n) = std::env::var("PARASTOR_BENCH_OPS")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                {
+                    for i in 0..n {
+                        (cases[0].op)(i);
+                    }
+                    continue;
+                }
+                let m = measure(&mut cases)[0];
+                println!("{:.0} ns/io", m.ns_per_op / row.qd as f64);
+                continue;
+            }
+            let results = measure(&mut cases);
+            let reference = results[cases.len() - 1].ns_per_op / row.qd as f64;
+            for (case, m) in cases.iter().zip(results) {
+                line(row, case.name, m, reference);
             }
         }
     }

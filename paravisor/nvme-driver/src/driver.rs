@@ -1,0 +1,993 @@
+//! The controller: bring-up, admin commands, I/O queues, asynchronous
+//! events, reset and shutdown.
+
+use crate::device::{DeviceAccess, DmaBuffer, DmaWindow};
+use crate::error::{DriverError, Failure};
+use crate::namespace::{NamespaceState, NvmeDisk};
+use crate::queue::{Completed, DataPointer, Gate, PAGE_SIZE, QueuePair, SglSupport, ShadowPages};
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::cell::Cell;
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use core::time::Duration;
+use parastor_core::bounce::{AllocError, BouncePool, DmaAllocator, DmaBlock};
+use parastor_core::delay::Timer;
+use parastor_core::resize::ResizeSignal;
+use parastor_core::sync::Mutex;
+use parastor_hw::nvme::command::{
+    AdminOpcode, AsyncEventDw0, AsyncEventType, Cns, CreateCqCdw11, CreateQueueCdw10,
+    CreateSqCdw11, GetLogPageCdw10, IdentifyCdw10, SetFeaturesCdw10,
+};
+use parastor_hw::nvme::features::{
+    AsyncEventConfig, FeatureId, HostIdentifierCdw11, NoticeEventInfo, NumberOfQueues,
+};
+use parastor_hw::nvme::identify::{IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace};
+use parastor_hw::nvme::log::{CHANGED_NAMESPACE_LIST_OVERFLOW, LogPageId};
+use parastor_hw::nvme::queue::Sqe;
+use parastor_hw::nvme::regs::{
+    Aqa, CAP_CSS_IO_SETS, CAP_CSS_NVM, Cap, Cc, CommandSetSelected, Csts, ShutdownNotification,
+    ShutdownStatus, offset,
+};
+use parastor_hw::nvme::status::StatusWord;
+use parastor_hw::pci::config::Command as PciCommand;
+use zerocopy::little_endian::U32;
+use zerocopy::{FromBytes, FromZeros};
+
+/// How often CSTS is polled while waiting for the controller.
+const READY_POLL: Duration = Duration::from_millis(1);
+/// The largest transfer of one command the driver builds (also bounded
+/// by the controller's MDTS).
+pub const DEFAULT_MAX_TRANSFER: usize = 512 * 1024;
+
+/// How the driver sets a controller up.
+#[derive(Clone, Debug)]
+pub struct DriverConfig {
+    /// I/O queue pairs to ask for (the controller and the MSI-X vectors
+    /// may allow fewer).
+    pub io_queues: u16,
+    /// Entries per I/O queue (clamped to CAP.MQES + 1).
+    pub io_queue_size: u16,
+    /// Entries in the admin queues.
+    pub admin_queue_size: u16,
+    /// PRPs or SGLs.
+    pub data_pointer: DataPointer,
+    /// Bytes of bounce buffers (for buffers the device cannot reach, and
+    /// for small command payloads).
+    pub bounce_budget: usize,
+    /// The 128-bit host identifier to set (Set Features Host Identifier),
+    /// which the controller uses as the reservation holder's identity.
+    pub host_id: Option<[u8; 16]>,
+    /// The largest transfer per command, in bytes (bounded by MDTS).
+    pub max_transfer: usize,
+    /// Use shadow doorbells (Doorbell Buffer Config) when the controller
+    /// offers them.
+    pub shadow_doorbells: bool,
+}
+
+impl Default for DriverConfig {
+    fn default() -> Self {
+        Self {
+            io_queues: 1,
+            io_queue_size: 256,
+            admin_queue_size: 32,
+            data_pointer: DataPointer::Auto,
+            bounce_budget: 4 << 20,
+            host_id: None,
+            max_transfer: DEFAULT_MAX_TRANSFER,
+            shadow_doorbells: true,
+        }
+    }
+}
+
+/// What Identify Controller said that the driver uses.
+#[derive(Clone, Copy, Debug)]
+pub struct ControllerFacts {
+    /// Controller ID.
+    pub cntlid: u16,
+    /// Number of namespaces (NN).
+    pub nn: u32,
+    /// Optional NVM command support (ONCS bits).
+    pub oncs: u16,
+    /// SGL support (Identify Controller SGLS).
+    pub sgls: u32,
+    /// The largest transfer per command, in bytes.
+    pub max_transfer: usize,
+    /// Whether the controller has a volatile write cache.
+    pub volatile_write_cache: bool,
+    /// I/O queue pairs in use.
+    pub io_queues: u16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Life {
+    Running,
+    Resetting,
+    Stopped,
+}
+
+pub(crate) struct Inner {
+    pub(crate) device: Arc<dyn DeviceAccess>,
+    config: DriverConfig,
+    timer: Arc<dyn Timer>,
+    cap: Cap,
+    admin: QueuePair,
+    io: Box<[QueuePair]>,
+    pub(crate) facts: Mutex<ControllerFacts>,
+    /// The SGL support in effect (`SglSupport` as a number), read per I/O.
+    sgl: AtomicU8,
+    /// I/O queues in use, read per I/O.
+    io_count: AtomicUsize,
+    pub(crate) bounce: BouncePool,
+    namespaces: Mutex<BTreeMap<u32, Arc<NamespaceState>>>,
+    life: Mutex<Life>,
+    resetting: AtomicBool,
+    /// Bumped whenever the namespace set or a namespace's size changes.
+    ns_generation: ResizeSignal,
+    events_seen: AtomicU64,
+}
+
+/// parastor's NVMe driver for one controller. Cheap to clone.
+#[derive(Clone)]
+pub struct NvmeDriver {
+    inner: Arc<Inner>,
+}
+
+impl core::fmt::Debug for NvmeDriver {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("NvmeDriver")
+            .field("device", &self.inner.device.id())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Bounce blocks from the device's DMA memory.
+struct DeviceDma(Arc<dyn DeviceAccess>);
+
+impl DmaAllocator for DeviceDma {
+    fn allocate(&self, len: usize) -> Result<DmaBlock, AllocError> {
+        let buf = self.0.alloc_dma(len).map_err(|_| AllocError { len })?;
+        let addr = parastor_core::addr::DeviceAddress::new(buf.device_address(0));
+        let domain = self.0.dma_domain();
+        Ok(DmaBlock::device(
+            Box::new(DmaWindow(buf)),
+            len,
+            domain,
+            addr,
+        ))
+    }
+}
+
+std::thread_local! {
+    /// This thread's I/O queue choice, assigned on first use.
+    static QUEUE_HINT: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+static NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
+
+fn queue_hint() -> usize {
+    QUEUE_HINT.with(|h| {
+        let mut v = h.get();
+        if v == usize::MAX {
+            v = NEXT_HINT.fetch_add(1, Ordering::Relaxed);
+            h.set(v);
+        }
+        v
+    })
+}
+
+impl NvmeDriver {
+    /// Brings the controller up as Linux's nvme driver does: disable and
+    /// wait for RDY=0, program the admin queue, enable with 4 KiB pages
+    /// and 64/16-byte entries and wait for RDY=1 (within CAP.TO),
+    /// Identify Controller, set the host identifier and the number of
+    /// queues, enable namespace-attribute notices, create the I/O
+    /// completion queues and then the submission queues, and identify the
+    /// active namespaces. `timer` paces the register polling.
+    ///
+    /// # Errors
+    /// A [`DriverError`] saying which step failed and why.
+    pub async fn new(
+        device: Arc<dyn DeviceAccess>,
+        config: DriverConfig,
+        timer: Arc<dyn Timer>,
+    ) -> Result<Self, DriverError> {
+        // PCI: an NVMe function, memory decoding and bus mastering on.
+        let class_dword = device.config_read_u32(0x08);
+        let class = [
+            (class_dword >> 24) as u8,
+            (class_dword >> 16) as u8,
+            (class_dword >> 8) as u8,
+        ];
+        if class != parastor_hw::pci::config::CLASS_CODE_NVME {
+            return Err(DriverError::NotNvme { class });
+        }
+        let cmd_dword = device.config_read_u32(0x04);
+        let cmd = PciCommand::from_bits(zerocopy::little_endian::U16::new(cmd_dword as u16))
+            .with_memory_space(true)
+            .with_bus_master(true);
+        device.config_write_u32(
+            0x04,
+            (cmd_dword & 0xFFFF_0000) | u32::from(cmd.into_bits().get()),
+        );
+
+        let cap = Cap::from_bits(zerocopy::little_endian::U64::new(
+            device.read_u64(0, offset::CAP),
+        ));
+        if cap.into_bits().get() == u64::MAX {
+            return Err(DriverError::Unsupported(
+                "CAP reads as all ones (device gone)",
+            ));
+        }
+        if cap.min_page_size() > PAGE_SIZE as u64 || cap.max_page_size() < PAGE_SIZE as u64 {
+            return Err(DriverError::Unsupported(
+                "the controller does not support 4 KiB memory pages",
+            ));
+        }
+        if cap.css() & (CAP_CSS_NVM | CAP_CSS_IO_SETS) == 0 {
+            return Err(DriverError::Unsupported(
+                "the controller supports no I/O command set",
+            ));
+        }
+        let interrupts = device.max_interrupts();
+        if interrupts < 2 {
+            return Err(DriverError::Unsupported(
+                "fewer than two MSI-X vectors (one for admin, one for I/O)",
+            ));
+        }
+        let mqes = u32::from(cap.mqes()) + 1;
+        let admin_size = u32::from(config.admin_queue_size).clamp(2, mqes.min(4096)) as u16;
+        let io_size = u32::from(config.io_queue_size).clamp(2, mqes.min(4096)) as u16;
+        let max_transfer = config.max_transfer.clamp(PAGE_SIZE, 2 << 20);
+        let max_ranges = max_transfer / PAGE_SIZE + 1;
+        let dstrd = cap.dstrd();
+        let admin = QueuePair::new(
+            device.clone(),
+            0,
+            admin_size,
+            dstrd,
+            2,
+            device.map_interrupt(0).map_err(DriverError::Device)?,
+            1,
+        )
+        .map_err(|why| DriverError::Failed {
+            what: "admin queue allocation",
+            why,
+        })?;
+        let wanted = config.io_queues.clamp(1, interrupts - 1);
+        let io = (1..=wanted)
+            .map(|qid| {
+                let intr = device.map_interrupt(qid).map_err(DriverError::Device)?;
+                QueuePair::new(
+                    device.clone(),
+                    qid,
+                    io_size,
+                    dstrd,
+                    max_ranges,
+                    intr,
+                    io_size / 4,
+                )
+                .map_err(|why| DriverError::Failed {
+                    what: "I/O queue allocation",
+                    why,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?
+            .into_boxed_slice();
+        let bounce = BouncePool::with_allocator(
+            config.bounce_budget.max(PAGE_SIZE),
+            Arc::new(DeviceDma(device.clone())),
+        );
+        let inner = Arc::new(Inner {
+            device,
+            config,
+            timer,
+            cap,
+            admin,
+            io,
+            facts: Mutex::new(ControllerFacts {
+                cntlid: 0,
+                nn: 0,
+                oncs: 0,
+                sgls: 0,
+                max_transfer,
+                volatile_write_cache: false,
+                io_queues: 0,
+            }),
+            sgl: AtomicU8::new(0),
+            io_count: AtomicUsize::new(1),
+            bounce,
+            namespaces: Mutex::new(BTreeMap::new()),
+            life: Mutex::new(Life::Running),
+            resetting: AtomicBool::new(false),
+            ns_generation: ResizeSignal::new(0),
+            events_seen: AtomicU64::new(0),
+        });
+        let driver = NvmeDriver { inner };
+        driver.inner.bring_up().await?;
+        driver.inner.scan_namespaces().await?;
+        Ok(driver)
+    }
+
+    /// What the controller said about itself.
+    pub fn facts(&self) -> ControllerFacts {
+        *self.inner.facts.lock()
+    }
+
+    /// The active namespaces' NSIDs, ascending.
+    pub fn namespaces(&self) -> Vec<u32> {
+        self.inner
+            .namespaces
+            .lock()
+            .iter()
+            .filter(|(_, ns)| !ns.is_removed())
+            .map(|(nsid, _)| *nsid)
+            .collect()
+    }
+
+    /// A disk for active namespace `nsid`.
+    ///
+    /// # Errors
+    /// [`DriverError::NoNamespace`] if it is not active.
+    pub fn namespace(&self, nsid: u32) -> Result<NvmeDisk, DriverError> {
+        let ns = self
+            .inner
+            .namespaces
+            .lock()
+            .get(&nsid)
+            .filter(|ns| !ns.is_removed())
+            .cloned()
+            .ok_or(DriverError::NoNamespace(nsid))?;
+        Ok(NvmeDisk::new(self.inner.clone(), ns))
+    }
+
+    /// A counter bumped whenever the driver learns that namespaces
+    /// changed (added, removed, resized); see
+    /// [`NvmeDriver::wait_namespace_change`].
+    pub fn namespace_generation(&self) -> u64 {
+        self.inner.ns_generation.get()
+    }
+
+    /// Completes once the namespace generation differs from `known`.
+    pub async fn wait_namespace_change(&self, known: u64) -> u64 {
+        self.inner.ns_generation.wait(known).await
+    }
+
+    /// Asynchronous events completed by the controller so far.
+    pub fn events_seen(&self) -> u64 {
+        self.inner.events_seen.load(Ordering::Relaxed)
+    }
+
+    /// I/O commands given to the device and not yet completed, over all
+    /// I/O queues.
+    pub fn outstanding(&self) -> usize {
+        self.inner.io.iter().map(QueuePair::outstanding).sum()
+    }
+
+    /// Completions the driver refused (unknown or stale command ids),
+    /// over all queues.
+    pub fn refused_completions(&self) -> u64 {
+        self.inner.admin.refused_completions()
+            + self
+                .inner
+                .io
+                .iter()
+                .map(QueuePair::refused_completions)
+                .sum::<u64>()
+    }
+
+    /// Keeps one Asynchronous Event Request outstanding and handles what
+    /// it reports: on a namespace-attribute notice, reads the Changed
+    /// Namespace List and rescans those namespaces (new ones appear,
+    /// resized ones wake their disks' `wait_resize`, removed ones fail
+    /// their I/O). The driver has no task of its own: the host runs this
+    /// future for as long as the driver lives. It ends when the driver is
+    /// shut down or the controller refuses the request.
+    pub async fn run_async_events(&self) {
+        let inner = &self.inner;
+        loop {
+            if *inner.life.lock() == Life::Stopped {
+                return;
+            }
+            match inner.async_event().await {
+                Ok(done) => {
+                    inner.events_seen.fetch_add(1, Ordering::Relaxed);
+                    if let Err(e) = inner.handle_event(done.dw0).await {
+                        log::warn!("{}: asynchronous event: {e}", inner.device.id());
+                    }
+                }
+                Err(DriverError::Failed {
+                    why: Failure::Reset,
+                    ..
+                }) => {}
+                Err(e) => {
+                    log::warn!("{}: asynchronous events stop: {e}", inner.device.id());
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Resets the controller (CC.EN 1 → 0) and brings it up again.
+    /// Commands outstanding at the reset are retried by the disks (up to
+    /// a bound); new commands wait until the queues exist again.
+    ///
+    /// # Errors
+    /// The bring-up step that failed; the driver is then stopped.
+    pub async fn reset(&self) -> Result<(), DriverError> {
+        let inner = &self.inner;
+        if inner.resetting.swap(true, Ordering::AcqRel) {
+            return Err(DriverError::Unsupported("a reset is already running"));
+        }
+        *inner.life.lock() = Life::Resetting;
+        inner.admin.set_gate(Gate::Closed, Failure::Reset);
+        for q in inner.io.iter() {
+            q.set_gate(Gate::Closed, Failure::Reset);
+        }
+        let result = async {
+            inner.disable().await?;
+            inner.bring_up().await?;
+            inner.scan_namespaces().await
+        }
+        .await;
+        inner.resetting.store(false, Ordering::Release);
+        match result {
+            Ok(()) => {
+                *inner.life.lock() = Life::Running;
+                Ok(())
+            }
+            Err(e) => {
+                inner.stop(Failure::Gone("controller reset failed"));
+                Err(e)
+            }
+        }
+    }
+
+    /// Shuts the controller down: outstanding and new commands fail, a
+    /// normal shutdown notification is sent and awaited (within CAP.TO),
+    /// and the controller is disabled.
+    ///
+    /// # Errors
+    /// If the controller did not report shutdown complete in time (it is
+    /// disabled anyway).
+    pub async fn shutdown(&self) -> Result<(), DriverError> {
+        let inner = &self.inner;
+        inner.stop(Failure::Gone("driver shut down"));
+        let cc = inner.cc();
+        inner.write_cc(cc.with_shn(ShutdownNotification::NORMAL));
+        let limit = inner.poll_limit();
+        let mut polls = 0;
+        let result = loop {
+            let csts = inner.csts();
+            if csts.into_bits().get() == u32::MAX {
+                break Err(DriverError::Unsupported(
+                    "CSTS reads as all ones (device gone)",
+                ));
+            }
+            if csts.shst() == ShutdownStatus::COMPLETE {
+                break Ok(());
+            }
+            if polls >= limit {
+                break Err(DriverError::Timeout {
+                    ready: false,
+                    timeout_ms: inner.timeout_ms(),
+                });
+            }
+            polls += 1;
+            inner.timer.sleep(READY_POLL).await;
+        };
+        let cc = inner.cc();
+        inner.write_cc(cc.with_en(false).with_shn(ShutdownNotification::NONE));
+        result
+    }
+}
+
+impl Inner {
+    fn cc(&self) -> Cc {
+        Cc::from_bits(U32::new(self.device.read_u32(0, offset::CC)))
+    }
+
+    fn write_cc(&self, cc: Cc) {
+        self.device.write_u32(0, offset::CC, cc.into_bits().get());
+    }
+
+    fn csts(&self) -> Csts {
+        Csts::from_bits(U32::new(self.device.read_u32(0, offset::CSTS)))
+    }
+
+    fn timeout_ms(&self) -> u64 {
+        u64::from(self.cap.to().max(1)) * 500
+    }
+
+    fn poll_limit(&self) -> u64 {
+        self.timeout_ms() / READY_POLL.as_millis() as u64
+    }
+
+    /// Waits for CSTS.RDY to become `ready`, within CAP.TO.
+    async fn wait_ready(&self, ready: bool) -> Result<(), DriverError> {
+        let limit = self.poll_limit();
+        let mut polls = 0;
+        loop {
+            let csts = self.csts();
+            if csts.into_bits().get() == u32::MAX {
+                return Err(DriverError::Unsupported(
+                    "CSTS reads as all ones (device gone)",
+                ));
+            }
+            if ready && csts.cfs() {
+                return Err(DriverError::Fatal);
+            }
+            if csts.rdy() == ready {
+                return Ok(());
+            }
+            if polls >= limit {
+                return Err(DriverError::Timeout {
+                    ready,
+                    timeout_ms: self.timeout_ms(),
+                });
+            }
+            polls += 1;
+            self.timer.sleep(READY_POLL).await;
+        }
+    }
+
+    /// CC.EN = 0 and wait for RDY = 0, unless the controller is already
+    /// disabled.
+    async fn disable(&self) -> Result<(), DriverError> {
+        let cc = self.cc();
+        if cc.en() || self.csts().rdy() {
+            self.write_cc(cc.with_en(false));
+        }
+        self.wait_ready(false).await
+    }
+
+    /// Everything from a disabled (or unknown) controller to running I/O
+    /// queues.
+    async fn bring_up(&self) -> Result<(), DriverError> {
+        self.disable().await?;
+        self.admin.rewind();
+        for q in self.io.iter() {
+            q.rewind();
+        }
+        let asz = self.admin.size() - 1;
+        let aqa = Aqa::new().with_asqs(asz).with_acqs(asz);
+        self.device.write_u32(0, offset::AQA, aqa.into_bits().get());
+        self.device
+            .write_u64(0, offset::ASQ, self.admin.sq_address());
+        self.device
+            .write_u64(0, offset::ACQ, self.admin.cq_address());
+        let css = if self.cap.css() & CAP_CSS_NVM != 0 {
+            CommandSetSelected::NVM
+        } else {
+            CommandSetSelected::new(0b110)
+        };
+        let cc = Cc::new()
+            .with_css(css)
+            .with_mps(0)
+            .with_iosqes(6)
+            .with_iocqes(4);
+        self.write_cc(cc);
+        self.write_cc(cc.with_en(true));
+        self.wait_ready(true).await?;
+        self.admin.set_gate(Gate::Open, Failure::Reset);
+
+        // Identify Controller.
+        let buf = self.dma(IDENTIFY_DATA_LEN)?;
+        self.identify(Cns::CONTROLLER, 0, &buf).await?;
+        let mut raw = [0u8; IDENTIFY_DATA_LEN];
+        buf.read_at(0, &mut raw)
+            .map_err(|_| DriverError::BadData("Identify Controller unreadable"))?;
+        let id = IdentifyController::read_from_bytes(&raw)
+            .map_err(|_| DriverError::BadData("Identify Controller"))?;
+        let mdts = match id.mdts {
+            0 => usize::MAX,
+            m => PAGE_SIZE.checked_shl(u32::from(m)).unwrap_or(usize::MAX),
+        };
+        let sgls = id.sgls.into_bits().get();
+        self.sgl.store((sgls & 3) as u8, Ordering::Relaxed);
+        let oaes = id.oaes.get();
+        let dbbc = id.oacs.doorbell_buffer_config();
+        {
+            let mut f = self.facts.lock();
+            f.cntlid = id.cntlid.get();
+            f.nn = id.nn.get();
+            f.oncs = id.oncs.into_bits().get();
+            f.sgls = sgls;
+            f.max_transfer = f.max_transfer.min(mdts).max(PAGE_SIZE);
+            f.volatile_write_cache = id.vwc & 1 != 0;
+        }
+
+        if let Some(host_id) = self.config.host_id {
+            let buf = self.dma(PAGE_SIZE)?;
+            buf.write_at(0, &host_id)
+                .map_err(|_| DriverError::BadData("host identifier buffer"))?;
+            self.set_feature(
+                "Set Features (Host Identifier)",
+                FeatureId::HOST_IDENTIFIER,
+                HostIdentifierCdw11::new().with_exhid(true).into_bits(),
+                Some(&buf),
+            )
+            .await?;
+        }
+
+        let want = self.io.len() as u16 - 1;
+        let done = self
+            .set_feature(
+                "Set Features (Number of Queues)",
+                FeatureId::NUMBER_OF_QUEUES,
+                NumberOfQueues::new()
+                    .with_nsq(want)
+                    .with_ncq(want)
+                    .into_bits(),
+                None,
+            )
+            .await?;
+        let granted = NumberOfQueues::from_bits(done.dw0);
+        let count = (granted.nsq().min(granted.ncq()).min(want) as usize) + 1;
+        self.facts.lock().io_queues = count as u16;
+        self.io_count
+            .store(count.clamp(1, self.io.len()), Ordering::Relaxed);
+
+        // Namespace attribute notices, if the controller sends them.
+        if oaes & (1 << 8) != 0 {
+            self.set_feature(
+                "Set Features (Asynchronous Event Configuration)",
+                FeatureId::ASYNC_EVENT_CONFIG,
+                AsyncEventConfig::new().with_nan(true).into_bits(),
+                None,
+            )
+            .await?;
+        }
+
+        for q in &self.io[..count] {
+            let mut sqe = Sqe::new_zeroed();
+            sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_CQ.get());
+            sqe.set_prps(q.cq_address(), 0);
+            sqe.cdw10 = U32::new(
+                CreateQueueCdw10::new()
+                    .with_qid(q.qid())
+                    .with_qsize(q.size() - 1)
+                    .into_bits(),
+            );
+            sqe.cdw11 = U32::new(
+                CreateCqCdw11::new()
+                    .with_pc(true)
+                    .with_ien(true)
+                    .with_iv(q.qid())
+                    .into_bits(),
+            );
+            self.admin_command("Create I/O Completion Queue", sqe, None)
+                .await?;
+        }
+        for q in &self.io[..count] {
+            let mut sqe = Sqe::new_zeroed();
+            sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_SQ.get());
+            sqe.set_prps(q.sq_address(), 0);
+            sqe.cdw10 = U32::new(
+                CreateQueueCdw10::new()
+                    .with_qid(q.qid())
+                    .with_qsize(q.size() - 1)
+                    .into_bits(),
+            );
+            sqe.cdw11 = U32::new(
+                CreateSqCdw11::new()
+                    .with_pc(true)
+                    .with_cqid(q.qid())
+                    .into_bits(),
+            );
+            self.admin_command("Create I/O Submission Queue", sqe, None)
+                .await?;
+        }
+        // Shadow doorbells for the I/O queues, if the controller has
+        // them: most submissions then need no MMIO write at all.
+        if dbbc && self.config.shadow_doorbells {
+            let pages = Arc::new(ShadowPages {
+                doorbells: self.dma(PAGE_SIZE)?,
+                event_idx: self.dma(PAGE_SIZE)?,
+            });
+            let mut sqe = Sqe::new_zeroed();
+            sqe.cdw0.set_opc(AdminOpcode::DOORBELL_BUFFER_CONFIG.get());
+            sqe.set_prps(
+                pages.doorbells.device_address(0),
+                pages.event_idx.device_address(0),
+            );
+            match self
+                .admin_command("Doorbell Buffer Config", sqe, None)
+                .await
+            {
+                Ok(_) => {
+                    let stride = self.cap.doorbell_stride() as usize;
+                    for q in &self.io[..count] {
+                        q.use_shadow(&pages, stride);
+                    }
+                }
+                // Optional: MMIO doorbells work without it.
+                Err(DriverError::Command { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for q in &self.io[..count] {
+            q.set_gate(Gate::Open, Failure::Reset);
+        }
+        for q in &self.io[count..] {
+            q.set_gate(
+                Gate::Dead(Failure::Gone("queue not granted")),
+                Failure::Gone("queue not granted"),
+            );
+        }
+        Ok(())
+    }
+
+    /// Fails every queue for good.
+    fn stop(&self, why: Failure) {
+        *self.life.lock() = Life::Stopped;
+        self.admin.set_gate(Gate::Dead(why), why);
+        for q in self.io.iter() {
+            q.set_gate(Gate::Dead(why), why);
+        }
+    }
+
+    pub(crate) fn config_data_pointer(&self) -> DataPointer {
+        self.config.data_pointer
+    }
+
+    fn dma(&self, len: usize) -> Result<DmaBuffer, DriverError> {
+        self.device.alloc_dma(len).map_err(DriverError::Device)
+    }
+
+    /// The I/O queue for the calling thread.
+    pub(crate) fn io_queue(&self) -> &QueuePair {
+        let count = self.io_count.load(Ordering::Relaxed).max(1);
+        &self.io[queue_hint() % count]
+    }
+
+    /// The SGL support the controller advertised.
+    pub(crate) fn sgl(&self) -> SglSupport {
+        match self.sgl.load(Ordering::Relaxed) {
+            1 => SglSupport::Any,
+            2 => SglSupport::DwordAligned,
+            _ => SglSupport::None,
+        }
+    }
+
+    /// Runs one admin command; `data` is its data buffer (PRPs).
+    pub(crate) async fn admin_command(
+        &self,
+        what: &'static str,
+        mut sqe: Sqe,
+        data: Option<&DmaBuffer>,
+    ) -> Result<Completed, DriverError> {
+        let failed = |why| DriverError::Failed { what, why };
+        let mut slot = self.admin.reserve().await.map_err(failed)?;
+        if let Some(buf) = data {
+            slot.prepare_contiguous(
+                &mut sqe,
+                buf.device_range(),
+                None,
+                DataPointer::Prp,
+                SglSupport::None,
+            )
+            .map_err(failed)?;
+        }
+        slot.submit(sqe).map_err(failed)?;
+        let done = slot.await.result.map_err(failed)?;
+        if StatusWord::from_bits(done.status & 0x7FFF).is_success() {
+            Ok(done)
+        } else {
+            Err(DriverError::Command {
+                what,
+                status: done.status,
+            })
+        }
+    }
+
+    /// Waits for the outstanding Asynchronous Event Request — the one a
+    /// dropped event loop left parked, or a new one. Dropping this future
+    /// parks the request again, so no event is lost between loops.
+    async fn async_event(&self) -> Result<Completed, DriverError> {
+        let what = "Asynchronous Event Request";
+        let failed = |why| DriverError::Failed { what, why };
+        let slot = match self.admin.adopt_parked() {
+            Some(slot) => slot,
+            None => {
+                let mut sqe = Sqe::new_zeroed();
+                sqe.cdw0.set_opc(AdminOpcode::ASYNC_EVENT_REQUEST.get());
+                let mut slot = self.admin.reserve().await.map_err(failed)?;
+                slot.submit(sqe).map_err(failed)?;
+                slot
+            }
+        };
+        let mut slot = slot;
+        slot.park_on_drop();
+        let done = slot.await.result.map_err(failed)?;
+        if StatusWord::from_bits(done.status & 0x7FFF).is_success() {
+            Ok(done)
+        } else {
+            Err(DriverError::Command {
+                what,
+                status: done.status,
+            })
+        }
+    }
+
+    async fn identify(&self, cns: Cns, nsid: u32, buf: &DmaBuffer) -> Result<(), DriverError> {
+        let mut sqe = Sqe::new_zeroed();
+        sqe.cdw0.set_opc(AdminOpcode::IDENTIFY.get());
+        sqe.nsid = U32::new(nsid);
+        sqe.cdw10 = U32::new(IdentifyCdw10::new().with_cns(cns).into_bits());
+        self.admin_command("Identify", sqe, Some(buf)).await?;
+        Ok(())
+    }
+
+    async fn set_feature(
+        &self,
+        what: &'static str,
+        fid: FeatureId,
+        cdw11: u32,
+        data: Option<&DmaBuffer>,
+    ) -> Result<Completed, DriverError> {
+        let mut sqe = Sqe::new_zeroed();
+        sqe.cdw0.set_opc(AdminOpcode::SET_FEATURES.get());
+        sqe.cdw10 = U32::new(SetFeaturesCdw10::new().with_fid(fid.get()).into_bits());
+        sqe.cdw11 = U32::new(cdw11);
+        self.admin_command(what, sqe, data).await
+    }
+
+    /// Identify Namespace `nsid`: `None` if it is not active (all zero).
+    async fn identify_namespace(
+        &self,
+        nsid: u32,
+    ) -> Result<Option<IdentifyNamespace>, DriverError> {
+        let buf = self.dma(IDENTIFY_DATA_LEN)?;
+        match self.identify(Cns::NAMESPACE, nsid, &buf).await {
+            Ok(()) => {}
+            // An NSID that is not (or no longer) valid.
+            Err(DriverError::Command { status, .. })
+                if StatusWord::from_bits(status & 0x7FFF).sc() == 0x0B =>
+            {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        }
+        let mut raw = [0u8; IDENTIFY_DATA_LEN];
+        buf.read_at(0, &mut raw)
+            .map_err(|_| DriverError::BadData("Identify Namespace unreadable"))?;
+        let id = IdentifyNamespace::read_from_bytes(&raw)
+            .map_err(|_| DriverError::BadData("Identify Namespace"))?;
+        Ok((id.nsze.get() != 0).then_some(id))
+    }
+
+    /// Reads the active namespace list and (re)identifies every namespace
+    /// on it; namespaces no longer on it are marked removed.
+    async fn scan_namespaces(&self) -> Result<(), DriverError> {
+        let buf = self.dma(IDENTIFY_DATA_LEN)?;
+        let mut active = Vec::new();
+        let mut start = 0u32;
+        loop {
+            self.identify(Cns::ACTIVE_NAMESPACES, start, &buf).await?;
+            let mut raw = [0u8; IDENTIFY_DATA_LEN];
+            buf.read_at(0, &mut raw)
+                .map_err(|_| DriverError::BadData("active namespace list unreadable"))?;
+            let mut last = 0;
+            let mut full = true;
+            for chunk in raw.chunks_exact(4) {
+                let nsid = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                if nsid == 0 {
+                    full = false;
+                    break;
+                }
+                // The list is increasing; anything else is bad data.
+                if nsid <= last || nsid <= start {
+                    return Err(DriverError::BadData(
+                        "active namespace list is not increasing",
+                    ));
+                }
+                last = nsid;
+                active.push(nsid);
+            }
+            if !full || last >= 0xFFFF_FFFE {
+                break;
+            }
+            start = last;
+        }
+        let known: Vec<u32> = self.namespaces.lock().keys().copied().collect();
+        for nsid in known {
+            if active.binary_search(&nsid).is_err() {
+                self.namespace_gone(nsid);
+            }
+        }
+        for nsid in active {
+            self.rescan(nsid).await?;
+        }
+        Ok(())
+    }
+
+    fn namespace_gone(&self, nsid: u32) {
+        let gone = self.namespaces.lock().remove(&nsid);
+        if let Some(ns) = gone {
+            ns.mark_removed();
+            self.bump_generation();
+        }
+    }
+
+    fn bump_generation(&self) {
+        let g = self.ns_generation.get();
+        self.ns_generation.set(g.wrapping_add(1));
+    }
+
+    /// Identifies `nsid` again: new → added, size changed → resized, gone
+    /// → removed.
+    async fn rescan(&self, nsid: u32) -> Result<(), DriverError> {
+        match self.identify_namespace(nsid).await? {
+            None => self.namespace_gone(nsid),
+            Some(id) => {
+                let existing = self.namespaces.lock().get(&nsid).cloned();
+                match existing {
+                    Some(ns) if ns.same_format(&id) => {
+                        if ns.update_size(id.nsze.get()) {
+                            self.bump_generation();
+                        }
+                    }
+                    other => {
+                        if let Some(old) = other {
+                            // Reformatted: the old disk's geometry is stale.
+                            old.mark_removed();
+                        }
+                        match NamespaceState::new(nsid, &id, &self.facts.lock()) {
+                            Ok(ns) => {
+                                self.namespaces.lock().insert(nsid, Arc::new(ns));
+                            }
+                            Err(e) => {
+                                self.namespaces.lock().remove(&nsid);
+                                log::warn!("{}: namespace {nsid}: {e}", self.device.id());
+                            }
+                        }
+                        self.bump_generation();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_event(&self, dw0: u32) -> Result<(), DriverError> {
+        let ev = AsyncEventDw0::from_bits(dw0);
+        let buf = self.dma(PAGE_SIZE)?;
+        let mut sqe = Sqe::new_zeroed();
+        sqe.cdw0.set_opc(AdminOpcode::GET_LOG_PAGE.get());
+        sqe.nsid = U32::new(0xFFFF_FFFF);
+        let dwords = (PAGE_SIZE / 4 - 1) as u16;
+        sqe.cdw10 = U32::new(
+            GetLogPageCdw10::new()
+                .with_lid(ev.lid())
+                .with_numdl(dwords)
+                .into_bits(),
+        );
+        let notice = ev.aet() == AsyncEventType::NOTICE
+            && ev.aei() == NoticeEventInfo::NAMESPACE_ATTRIBUTE_CHANGED.get()
+            && ev.lid() == LogPageId::CHANGED_NAMESPACES.get();
+        // Reading the log page re-enables the event (RAE = 0).
+        self.admin_command("Get Log Page", sqe, Some(&buf)).await?;
+        if !notice {
+            return Ok(());
+        }
+        let mut raw = [0u8; PAGE_SIZE];
+        buf.read_at(0, &mut raw)
+            .map_err(|_| DriverError::BadData("changed namespace list unreadable"))?;
+        let mut changed = Vec::new();
+        for chunk in raw.chunks_exact(4) {
+            let nsid = u32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            if nsid == 0 {
+                break;
+            }
+            if nsid == CHANGED_NAMESPACE_LIST_OVERFLOW {
+                return self.scan_namespaces().await;
+            }
+            changed.push(nsid);
+        }
+        for nsid in changed {
+            self.rescan(nsid).await?;
+        }
+        Ok(())
+    }
+}

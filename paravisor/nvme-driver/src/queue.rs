@@ -1,0 +1,1316 @@
+//! One submission/completion queue pair in DMA memory, with its command
+//! slots.
+//!
+//! A command occupies a slot from reservation until its completion is
+//! taken (or, for a detached command, until the device completes it). The
+//! slot holds everything the device may still use: the pins of the
+//! caller's buffer or a bounce buffer, and its own PRP list / SGL segment
+//! page. The command identifier is the slot index plus a sequence number
+//! (bumped on every reuse), so a late, repeated or invented completion is
+//! recognised and refused instead of completing the wrong request.
+//!
+//! There is no completion task: whichever waiter polls drains the
+//! completion queue and wakes the owners of the commands it found done.
+//! One waiter at a time (the queue's *interrupt owner*) is registered with
+//! the queue's MSI-X event; the others sleep on their slot's waker. An
+//! owner that finishes or is dropped while others still wait hands the
+//! registration on (see [`QueuePair::arm`]), so a completion always has a
+//! waiter to wake and a burst of completions costs one registration.
+//!
+//! The completion queue head doorbell is written once `cq_batch`
+//! completions have been consumed since the last write, not after every
+//! drain (every doorbell write costs the controller a look at the queue).
+//! The slots are sized so that the controller can never find the
+//! completion queue full: at most `cq_batch - 1` consumed entries go
+//! unannounced and at most `size - cq_batch` commands are outstanding.
+
+use crate::device::{DeviceAccess, DeviceInterrupt, DmaBuffer};
+use crate::error::Failure;
+use alloc::boxed::Box;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+use core::future::Future;
+use core::pin::Pin;
+use core::sync::atomic::{Ordering, fence};
+use core::task::{Context, Poll, Waker};
+use parastor_core::addr::DeviceRange;
+use parastor_core::bounce::BounceBuffer;
+use parastor_core::pin::{PinError, PinSet};
+use parastor_core::sg::SgList;
+use parastor_core::sync::Mutex;
+use parastor_hw::nvme::data::RawSglDescriptor;
+use parastor_hw::nvme::data::SglDescriptorType;
+use parastor_hw::nvme::queue::{CQE_LEN, Cqe, DataTransferKind, SQE_LEN, Sqe};
+use parastor_hw::nvme::regs::Doorbell;
+use zerocopy::{FromBytes, IntoBytes};
+
+/// The memory page size the driver configures (CC.MPS = 0).
+pub(crate) const PAGE_SIZE: usize = 4096;
+/// Bits of a command identifier that name the slot.
+const SLOT_BITS: u32 = 10;
+/// The most slots a queue has (the slot index must fit [`SLOT_BITS`]).
+pub(crate) const MAX_SLOTS: usize = 1 << SLOT_BITS;
+/// The most PRP entries in a slot's list page.
+const PRP_LIST_ENTRIES: usize = PAGE_SIZE / 8;
+/// The most SGL descriptors in a slot's segment page.
+const SGL_SEGMENT_DESCRIPTORS: usize = PAGE_SIZE / 16;
+
+/// How data pointers are built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataPointer {
+    /// PRPs whenever the buffer can be described by them; an SGL (if the
+    /// controller supports SGLs) otherwise; a bounce buffer as the last
+    /// resort.
+    Auto,
+    /// PRPs only: buffers PRPs cannot describe are bounced.
+    Prp,
+    /// SGLs whenever the controller supports them (PRPs if not).
+    Sgl,
+}
+
+/// What the controller accepts for SGLs (from Identify Controller SGLS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SglSupport {
+    /// No SGLs.
+    None,
+    /// SGLs, any byte alignment.
+    Any,
+    /// SGLs whose data blocks are dword aligned in address and length.
+    DwordAligned,
+}
+
+/// A completed command: its status word (without the phase tag) and DW0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Completed {
+    pub(crate) status: u16,
+    pub(crate) dw0: u32,
+}
+
+enum SlotState {
+    Free,
+    /// Held by a caller that is preparing the command.
+    Reserved,
+    /// Given to the device. `detached`: its caller dropped the future.
+    Submitted {
+        detached: bool,
+    },
+    /// The device completed it (or the queue failed it); not yet taken.
+    Done(Result<Completed, Failure>),
+}
+
+struct Slot {
+    seq: u16,
+    state: SlotState,
+    waker: Option<Waker>,
+    pins: PinSet,
+    bounce: Option<BounceBuffer>,
+}
+
+/// Whether new commands may be submitted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Gate {
+    /// Running.
+    Open,
+    /// Being reset: submissions wait.
+    Closed,
+    /// Failed for good: submissions fail.
+    Dead(Failure),
+}
+
+struct State {
+    sq_tail: u16,
+    cq_head: u16,
+    phase: bool,
+    epoch: u32,
+    gate: Gate,
+    slots: Box<[Slot]>,
+    free: Vec<u16>,
+    outstanding: usize,
+    waiters: Vec<Waker>,
+    /// Completions refused (unknown or stale command id).
+    refused: u64,
+    /// The slot whose waiter is registered with the interrupt.
+    irq_owner: Option<usize>,
+    /// Completion entries consumed since the head doorbell was written.
+    cq_unannounced: u16,
+    /// The head last announced.
+    cq_announced: u16,
+    /// Shadow doorbells, once Doorbell Buffer Config set them up.
+    shadow: Option<Shadow>,
+    /// A command whose waiter was dropped but whose completion is kept
+    /// for the next waiter to adopt (the Asynchronous Event Request).
+    parked: Option<usize>,
+}
+
+/// The shadow doorbell buffer and the EventIdx buffer (one page each,
+/// shared by every I/O queue), as Doorbell Buffer Config set them up.
+#[derive(Debug)]
+pub(crate) struct ShadowPages {
+    pub(crate) doorbells: DmaBuffer,
+    pub(crate) event_idx: DmaBuffer,
+}
+
+/// A queue's slots in the shadow pages.
+struct Shadow {
+    pages: Arc<ShadowPages>,
+    sq: usize,
+    cq: usize,
+}
+
+/// Whether moving a doorbell from `old` to `new` passes `event_idx`, the
+/// index the controller asked to be told about (the virtio-style test
+/// Linux uses for NVMe shadow doorbells).
+fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
+/// One queue pair.
+pub(crate) struct QueuePair {
+    qid: u16,
+    size: u16,
+    sq: DmaBuffer,
+    cq: DmaBuffer,
+    lists: DmaBuffer,
+    sq_doorbell: u64,
+    cq_doorbell: u64,
+    cq_batch: u16,
+    device: Arc<dyn DeviceAccess>,
+    interrupt: Arc<dyn DeviceInterrupt>,
+    state: Mutex<State>,
+}
+
+impl QueuePair {
+    /// A queue pair `qid` of `size` entries (2..=4096), with room for
+    /// `max_ranges` pinned ranges per command, interrupts on `interrupt`;
+    /// the completion head doorbell is written every `cq_batch`
+    /// completions (1: after every drain).
+    pub(crate) fn new(
+        device: Arc<dyn DeviceAccess>,
+        qid: u16,
+        size: u16,
+        dstrd: u8,
+        max_ranges: usize,
+        interrupt: Arc<dyn DeviceInterrupt>,
+        cq_batch: u16,
+    ) -> Result<Self, Failure> {
+        let size = size.clamp(2, 4096);
+        let cq_batch = cq_batch.clamp(1, size / 2);
+        let slots_n = usize::from(size - cq_batch).min(MAX_SLOTS);
+        let sq = device
+            .alloc_dma(usize::from(size) * SQE_LEN)
+            .map_err(Failure::Device)?;
+        let cq = device
+            .alloc_dma(usize::from(size) * CQE_LEN)
+            .map_err(Failure::Device)?;
+        let lists = device
+            .alloc_dma(slots_n * PAGE_SIZE)
+            .map_err(Failure::Device)?;
+        let slots = (0..slots_n)
+            .map(|_| Slot {
+                seq: 0,
+                state: SlotState::Free,
+                waker: None,
+                pins: PinSet::with_capacity(max_ranges),
+                bounce: None,
+            })
+            .collect();
+        let free = (0..slots_n as u16).rev().collect();
+        Ok(Self {
+            qid,
+            size,
+            sq,
+            cq,
+            lists,
+            sq_doorbell: Doorbell::SqTail(qid).offset(dstrd),
+            cq_doorbell: Doorbell::CqHead(qid).offset(dstrd),
+            cq_batch,
+            device,
+            interrupt,
+            state: Mutex::new(State {
+                sq_tail: 0,
+                cq_head: 0,
+                phase: true,
+                epoch: 0,
+                gate: Gate::Open,
+                slots,
+                free,
+                outstanding: 0,
+                waiters: Vec::with_capacity(slots_n),
+                refused: 0,
+                irq_owner: None,
+                cq_unannounced: 0,
+                cq_announced: 0,
+                shadow: None,
+                parked: None,
+            }),
+        })
+    }
+
+    /// The queue identifier.
+    pub(crate) fn qid(&self) -> u16 {
+        self.qid
+    }
+
+    /// Entries in each ring.
+    pub(crate) fn size(&self) -> u16 {
+        self.size
+    }
+
+    /// The submission queue's device address.
+    pub(crate) fn sq_address(&self) -> u64 {
+        self.sq.device_address(0)
+    }
+
+    /// The completion queue's device address.
+    pub(crate) fn cq_address(&self) -> u64 {
+        self.cq.device_address(0)
+    }
+
+    /// Completions refused so far (unknown or stale command identifiers).
+    pub(crate) fn refused_completions(&self) -> u64 {
+        self.state.lock().refused
+    }
+
+    /// Commands given to the device and not yet completed.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.state.lock().outstanding
+    }
+
+    /// Sets the gate (closing it for a reset, opening it after, or
+    /// failing the queue for good). Closing or failing also fails every
+    /// command given to the device with `why`; those futures see `why`.
+    pub(crate) fn set_gate(&self, gate: Gate, why: Failure) {
+        let mut st = self.state.lock();
+        st.gate = gate;
+        if gate != Gate::Open {
+            st.epoch = st.epoch.wrapping_add(1);
+            st.irq_owner = None;
+            for index in 0..st.slots.len() {
+                if let SlotState::Submitted { detached } = st.slots[index].state {
+                    st.slots[index].state = SlotState::Done(Err(why));
+                    st.outstanding -= 1;
+                    if detached {
+                        free_slot(&mut st, index);
+                    } else if let Some(w) = st.slots[index].waker.take() {
+                        w.wake();
+                    }
+                }
+            }
+        }
+        for w in st.waiters.drain(..) {
+            w.wake();
+        }
+    }
+
+    /// Rewinds both rings to empty (after a controller reset, before the
+    /// queue is created again on the device).
+    pub(crate) fn rewind(&self) {
+        let mut st = self.state.lock();
+        st.sq_tail = 0;
+        st.cq_head = 0;
+        st.phase = true;
+        st.cq_unannounced = 0;
+        st.cq_announced = 0;
+        // A reset forgets Doorbell Buffer Config.
+        st.shadow = None;
+        let _ = self.cq.fill_at(0, self.cq.len(), 0);
+    }
+
+    /// Uses shadow doorbells in `pages` from now on (after Doorbell Buffer
+    /// Config succeeded; the controller copied the register values into
+    /// the shadow slots). `stride` is the doorbell stride in bytes.
+    pub(crate) fn use_shadow(&self, pages: &Arc<ShadowPages>, stride: usize) {
+        let mut st = self.state.lock();
+        let q = usize::from(self.qid);
+        st.shadow = Some(Shadow {
+            pages: pages.clone(),
+            sq: 2 * q * stride,
+            cq: (2 * q + 1) * stride,
+        });
+    }
+
+    /// Announces a new SQ tail (`sq`) or CQ head: through the shadow
+    /// doorbell, with an MMIO write only when the controller's EventIdx
+    /// asks for one; else (or if the shadow pages fail) by MMIO.
+    fn ring(&self, st: &State, sq: bool, old: u16, value: u16) {
+        let mmio = if sq {
+            self.sq_doorbell
+        } else {
+            self.cq_doorbell
+        };
+        if let Some(sh) = &st.shadow {
+            let at = if sq { sh.sq } else { sh.cq };
+            let p = &sh.pages;
+            let shadowed = p
+                .doorbells
+                .store_u32(at, u32::from(value), Ordering::Release)
+                .and_then(|()| {
+                    // The shadow store before the EventIdx load.
+                    fence(Ordering::SeqCst);
+                    let ei = p.event_idx.load_u32(at, Ordering::Acquire)?;
+                    Ok(need_event(ei as u16, value, old))
+                });
+            // Told already (or the shadow pages failed: fall back to MMIO).
+            if let Ok(false) = shadowed {
+                return;
+            }
+        }
+        self.device.write_u32(0, mmio, u32::from(value));
+    }
+
+    /// The parked command (see [`SlotGuard::park_on_drop`]), to wait for
+    /// again; `None` if there is none.
+    pub(crate) fn adopt_parked(&self) -> Option<SlotGuard<'_>> {
+        let mut st = self.state.lock();
+        let index = st.parked.take()?;
+        let epoch = st.epoch;
+        match st.slots[index].state {
+            SlotState::Submitted { .. } | SlotState::Done(_) => Some(SlotGuard {
+                queue: self,
+                index,
+                epoch,
+                submitted: true,
+                held: true,
+                park: false,
+                fresh: false,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Reserves a slot, waiting while none is free or the queue is being
+    /// reset.
+    pub(crate) fn reserve(&self) -> Reserve<'_> {
+        Reserve { queue: self }
+    }
+
+    /// Drains the completion queue; returns whether anything completed.
+    fn drain(&self, st: &mut State) -> bool {
+        let mut taken = 0u32;
+        loop {
+            let off = usize::from(st.cq_head) * CQE_LEN;
+            let status = match self.cq.load_u16(off + 14, Ordering::Acquire) {
+                Ok(s) => s,
+                Err(_) => break,
+            };
+            if (status & 1 == 1) != st.phase {
+                break;
+            }
+            let mut raw = [0u8; CQE_LEN];
+            if self.cq.read_at(off, &mut raw).is_err() {
+                break;
+            }
+            let Ok(cqe) = Cqe::read_from_bytes(&raw) else {
+                break;
+            };
+            st.cq_head += 1;
+            if st.cq_head == self.size {
+                st.cq_head = 0;
+                st.phase = !st.phase;
+            }
+            taken += 1;
+            // The status word from the load that saw the phase, not from
+            // the second copy.
+            self.complete(st, &cqe, status >> 1);
+            if taken >= u32::from(self.size) {
+                break;
+            }
+        }
+        if taken > 0 {
+            st.cq_unannounced = st.cq_unannounced.saturating_add(taken as u16);
+            if st.cq_unannounced >= self.cq_batch {
+                st.cq_unannounced = 0;
+                self.ring(st, false, st.cq_announced, st.cq_head);
+                st.cq_announced = st.cq_head;
+            }
+        }
+        taken > 0
+    }
+
+    /// Applies one completion entry.
+    fn complete(&self, st: &mut State, cqe: &Cqe, status: u16) {
+        let cid = cqe.cid.get();
+        let index = usize::from(cid) & (MAX_SLOTS - 1);
+        let seq = cid >> SLOT_BITS;
+        let valid = match st.slots.get(index) {
+            Some(slot) => slot.seq == seq && matches!(slot.state, SlotState::Submitted { .. }),
+            None => false,
+        };
+        if !valid {
+            st.refused += 1;
+            log::warn!(
+                "nvme queue {}: refused a completion for unknown command id {cid:#x}",
+                self.qid
+            );
+            return;
+        }
+        let result = if cqe.sqid.get() != self.qid {
+            Err(Failure::BadCompletion(
+                "completion names another submission queue",
+            ))
+        } else {
+            Ok(Completed {
+                status,
+                dw0: cqe.dw0.get(),
+            })
+        };
+        st.outstanding -= 1;
+        let slot = &mut st.slots[index];
+        let detached = matches!(slot.state, SlotState::Submitted { detached: true });
+        slot.state = SlotState::Done(result);
+        if detached {
+            free_slot(st, index);
+        } else if let Some(w) = slot.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Registers `waker` (the new interrupt owner's) with the interrupt;
+    /// if the interrupt fired meanwhile, drains and tries again, so that
+    /// it ends registered.
+    fn arm(&self, waker: &Waker) {
+        let mut cx = Context::from_waker(waker);
+        while self.interrupt.poll_signal(&mut cx).is_ready() {
+            let mut st = self.state.lock();
+            self.drain(&mut st);
+            if st.irq_owner.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Writes `sqe` (with slot `index`'s command identifier) at the
+    /// submission queue tail and rings the doorbell.
+    fn submit_locked(&self, st: &mut State, index: usize, mut sqe: Sqe) -> Result<(), Failure> {
+        let cid = (st.slots[index].seq << SLOT_BITS) | index as u16;
+        sqe.cdw0.set_cid(cid);
+        let tail = st.sq_tail;
+        let off = usize::from(tail) * SQE_LEN;
+        self.sq
+            .write_at(off, sqe.as_bytes())
+            .map_err(Failure::Memory)?;
+        st.sq_tail = if tail + 1 == self.size { 0 } else { tail + 1 };
+        st.slots[index].state = SlotState::Submitted { detached: false };
+        st.outstanding += 1;
+        // The entry must be visible before the doorbell that announces it.
+        fence(Ordering::Release);
+        self.ring(st, true, tail, st.sq_tail);
+        Ok(())
+    }
+
+    /// Reserves a slot and, when `data` can go to the device directly,
+    /// builds the data pointer and submits `sqe` — all under one lock.
+    /// The guard says whether it was submitted; if not, the caller
+    /// bounces the data and submits.
+    pub(crate) fn start<'a, 'b>(
+        &'a self,
+        sqe: &'b mut Sqe,
+        data: Option<(SgList<'b>, bool)>,
+        policy: DataPointer,
+        sgl: SglSupport,
+    ) -> Start<'a, 'b> {
+        Start {
+            queue: self,
+            sqe,
+            data,
+            policy,
+            sgl,
+        }
+    }
+}
+
+/// The slot a new interrupt owner comes from: one whose command is the
+/// device's and whose caller waits. Sets it as the owner.
+fn next_owner(st: &mut State) -> Option<Waker> {
+    let (index, waker) = st
+        .slots
+        .iter()
+        .enumerate()
+        .find_map(|(i, s)| match s.state {
+            SlotState::Submitted { detached: false } => s.waker.clone().map(|w| (i, w)),
+            _ => None,
+        })?;
+    st.irq_owner = Some(index);
+    Some(waker)
+}
+
+/// Frees slot `index` (its pins and bounce buffer go) and lets one waiter
+/// for a slot try again.
+fn free_slot(st: &mut State, index: usize) {
+    let slot = &mut st.slots[index];
+    slot.state = SlotState::Free;
+    slot.pins.clear();
+    slot.bounce = None;
+    slot.waker = None;
+    slot.seq = (slot.seq + 1) & ((1 << (16 - SLOT_BITS)) - 1);
+    st.free.push(index as u16);
+    if let Some(w) = st.waiters.pop() {
+        w.wake();
+    }
+}
+
+/// Future of [`QueuePair::start`].
+pub(crate) struct Start<'a, 'b> {
+    queue: &'a QueuePair,
+    sqe: &'b mut Sqe,
+    data: Option<(SgList<'b>, bool)>,
+    policy: DataPointer,
+    sgl: SglSupport,
+}
+
+impl<'a> Future for Start<'a, '_> {
+    type Output = Result<SlotGuard<'a>, Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let queue = this.queue;
+        let mut st = queue.state.lock();
+        let index = match st.gate {
+            Gate::Dead(why) => return Poll::Ready(Err(why)),
+            Gate::Open => st.free.pop(),
+            Gate::Closed => None,
+        };
+        let Some(index) = index.map(usize::from) else {
+            if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                st.waiters.push(cx.waker().clone());
+            }
+            return Poll::Pending;
+        };
+        st.slots[index].state = SlotState::Reserved;
+        let mut guard = SlotGuard {
+            queue,
+            index,
+            epoch: st.epoch,
+            submitted: false,
+            held: true,
+            park: false,
+            fresh: false,
+        };
+        let direct = match this.data {
+            None => Ok(true),
+            Some((buf, to_device)) => {
+                let access = if to_device {
+                    parastor_core::memory::Access::Read
+                } else {
+                    parastor_core::memory::Access::Write
+                };
+                let slot = &mut st.slots[index];
+                let built = match buf.pin(access, queue.device.dma_domain(), &mut slot.pins) {
+                    Ok(()) => build_dptr(
+                        this.sqe,
+                        slot.pins.ranges(),
+                        &queue.lists,
+                        index,
+                        this.policy,
+                        this.sgl,
+                    ),
+                    Err(PinError::Memory(e)) => Err(Failure::Memory(e)),
+                    Err(_) => Ok(false),
+                };
+                if !matches!(built, Ok(true)) {
+                    slot.pins.clear();
+                }
+                built
+            }
+        };
+        let result = match direct {
+            // The caller bounces, then submits.
+            Ok(false) => Ok(()),
+            Ok(true) => queue.submit_locked(&mut st, index, *this.sqe).map(|()| {
+                guard.submitted = true;
+                guard.fresh = true;
+            }),
+            Err(e) => Err(e),
+        };
+        // The guard's drop takes the lock: release it first.
+        drop(st);
+        Poll::Ready(result.map(|()| guard))
+    }
+}
+
+/// Future of [`QueuePair::reserve`].
+pub(crate) struct Reserve<'a> {
+    queue: &'a QueuePair,
+}
+
+impl<'a> Future for Reserve<'a> {
+    type Output = Result<SlotGuard<'a>, Failure>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let queue = self.queue;
+        let mut st = queue.state.lock();
+        match st.gate {
+            Gate::Dead(why) => return Poll::Ready(Err(why)),
+            Gate::Closed => {}
+            Gate::Open => {
+                if let Some(index) = st.free.pop() {
+                    let slot = &mut st.slots[usize::from(index)];
+                    slot.state = SlotState::Reserved;
+                    return Poll::Ready(Ok(SlotGuard {
+                        queue,
+                        index: usize::from(index),
+                        epoch: st.epoch,
+                        submitted: false,
+                        held: true,
+                        park: false,
+                        fresh: false,
+                    }));
+                }
+            }
+        }
+        if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+            st.waiters.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+/// A reserved slot: prepare the data pointer, submit, then await the
+/// completion. Dropping it frees a slot not yet submitted and detaches a
+/// submitted command (the slot, with its pins and bounce buffer, stays
+/// until the device completes it).
+pub(crate) struct SlotGuard<'a> {
+    queue: &'a QueuePair,
+    index: usize,
+    epoch: u32,
+    submitted: bool,
+    /// Whether the slot is still this guard's (false once the completion
+    /// was taken: the slot may belong to someone else then).
+    held: bool,
+    /// Dropping a submitted command parks it instead of detaching it.
+    park: bool,
+    /// Submitted and not polled since.
+    fresh: bool,
+}
+
+impl SlotGuard<'_> {
+    /// If this guard is dropped while the device has the command, keep
+    /// the completion for [`QueuePair::adopt_parked`] (one parked command
+    /// per queue) instead of discarding it.
+    pub(crate) fn park_on_drop(&mut self) {
+        self.park = true;
+    }
+
+    /// Whether the command is the device's (submitted).
+    pub(crate) fn is_submitted(&self) -> bool {
+        self.submitted
+    }
+
+    /// Builds the data pointer of `sqe` for one device-contiguous range
+    /// (a bounce buffer, which the slot then keeps, or driver DMA memory).
+    pub(crate) fn prepare_contiguous(
+        &mut self,
+        sqe: &mut Sqe,
+        range: DeviceRange,
+        bounce: Option<BounceBuffer>,
+        policy: DataPointer,
+        sgl: SglSupport,
+    ) -> Result<(), Failure> {
+        let queue = self.queue;
+        let mut st = queue.state.lock();
+        let slot = &mut st.slots[self.index];
+        slot.bounce = bounce;
+        if build_dptr(sqe, &[range], &queue.lists, self.index, policy, sgl)? {
+            Ok(())
+        } else {
+            Err(Failure::BadBuffer(
+                "a device-contiguous buffer cannot be described by PRPs",
+            ))
+        }
+    }
+
+    /// Writes `sqe` (with this slot's command identifier) to the
+    /// submission queue and rings the doorbell.
+    pub(crate) fn submit(&mut self, sqe: Sqe) -> Result<(), Failure> {
+        let queue = self.queue;
+        let mut st = queue.state.lock();
+        match st.gate {
+            Gate::Dead(why) => return Err(why),
+            _ if st.epoch != self.epoch => return Err(Failure::Reset),
+            Gate::Closed => return Err(Failure::Reset),
+            Gate::Open => {}
+        }
+        queue.submit_locked(&mut st, self.index, sqe)?;
+        self.submitted = true;
+        self.fresh = true;
+        Ok(())
+    }
+}
+
+/// The result of a command: its completion, and the bounce buffer the
+/// data went through (for reads, copy it out).
+pub(crate) struct Finished {
+    pub(crate) result: Result<Completed, Failure>,
+    pub(crate) bounce: Option<BounceBuffer>,
+}
+
+impl Future for SlotGuard<'_> {
+    type Output = Finished;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Finished> {
+        let queue = self.queue;
+        let index = self.index;
+        if !self.submitted || !self.held {
+            return Poll::Ready(Finished {
+                result: Err(Failure::BadBuffer("command polled before submission")),
+                bounce: None,
+            });
+        }
+        let mut st = queue.state.lock();
+        loop {
+            if let SlotState::Done(result) = st.slots[index].state {
+                let bounce = st.slots[index].bounce.take();
+                let next = if st.irq_owner == Some(index) {
+                    st.irq_owner = None;
+                    next_owner(&mut st)
+                } else {
+                    None
+                };
+                free_slot(&mut st, index);
+                drop(st);
+                self.submitted = false;
+                self.held = false;
+                if let Some(w) = next {
+                    queue.arm(&w);
+                }
+                return Poll::Ready(Finished { result, bounce });
+            }
+            // Right after submission nothing of this command can be in the
+            // completion queue yet (and others' completions are the
+            // interrupt owner's to drain): skip the look.
+            if !core::mem::take(&mut self.fresh) && queue.drain(&mut st) {
+                continue;
+            }
+            let slot = &mut st.slots[index];
+            match &slot.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => slot.waker = Some(cx.waker().clone()),
+            }
+            // Only the interrupt owner registers with the interrupt; the
+            // others are woken through their slot by whoever drains.
+            let arm = match st.irq_owner {
+                None => {
+                    st.irq_owner = Some(index);
+                    true
+                }
+                Some(owner) => owner == index,
+            };
+            drop(st);
+            if !arm {
+                return Poll::Pending;
+            }
+            match queue.interrupt.poll_signal(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) => st = queue.state.lock(),
+            }
+        }
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        if !self.held {
+            return;
+        }
+        let mut st = self.queue.state.lock();
+        match st.slots[self.index].state {
+            SlotState::Reserved | SlotState::Done(_) => free_slot(&mut st, self.index),
+            SlotState::Submitted { .. } if self.park && st.parked.is_none() => {
+                // Still waited for, by whoever adopts it.
+                st.parked = Some(self.index);
+                st.slots[self.index].waker = None;
+            }
+            SlotState::Submitted { .. } => {
+                st.slots[self.index].state = SlotState::Submitted { detached: true };
+                st.slots[self.index].waker = None;
+            }
+            SlotState::Free => {}
+        }
+        if st.irq_owner == Some(self.index) {
+            st.irq_owner = None;
+            let next = next_owner(&mut st);
+            drop(st);
+            if let Some(w) = next {
+                self.queue.arm(&w);
+            }
+        }
+    }
+}
+
+/// Builds `sqe`'s data pointer for `ranges` (in order). PRPs when the
+/// policy allows and the ranges fit PRP rules, else an SGL when the
+/// controller takes one; `Ok(false)` when neither can describe them.
+fn build_dptr(
+    sqe: &mut Sqe,
+    ranges: &[DeviceRange],
+    lists: &DmaBuffer,
+    slot: usize,
+    policy: DataPointer,
+    sgl: SglSupport,
+) -> Result<bool, Failure> {
+    let list_off = slot * PAGE_SIZE;
+    let use_sgl = match (policy, sgl) {
+        (_, SglSupport::None) => false,
+        (DataPointer::Sgl, _) => true,
+        (DataPointer::Prp, _) => false,
+        (DataPointer::Auto, _) => !prp_compatible(ranges),
+    };
+    if use_sgl {
+        if sgl == SglSupport::DwordAligned
+            && ranges
+                .iter()
+                .any(|r| r.addr.get() % 4 != 0 || r.len % 4 != 0)
+        {
+            return Ok(false);
+        }
+        return build_sgl(sqe, ranges, lists, list_off);
+    }
+    if !prp_compatible(ranges) {
+        return Ok(false);
+    }
+    build_prps(sqe, ranges, lists, list_off)
+}
+
+/// Whether PRPs can describe `ranges`: the first starts dword aligned,
+/// every later one starts on a page, every one but the last ends on one.
+fn prp_compatible(ranges: &[DeviceRange]) -> bool {
+    let page = PAGE_SIZE as u64;
+    let last = ranges.len().saturating_sub(1);
+    ranges.iter().enumerate().all(|(i, r)| {
+        let start_ok = if i == 0 {
+            r.addr.get() % 4 == 0
+        } else {
+            r.addr.get() % page == 0
+        };
+        let end_ok = i == last || r.addr.get().wrapping_add(r.len) % page == 0;
+        start_ok && end_ok && r.len > 0
+    })
+}
+
+fn build_prps(
+    sqe: &mut Sqe,
+    ranges: &[DeviceRange],
+    lists: &DmaBuffer,
+    list_off: usize,
+) -> Result<bool, Failure> {
+    let page = PAGE_SIZE as u64;
+    // Every page start after the first entry, in order.
+    let mut pages = ranges.iter().flat_map(|r| {
+        let start = r.addr.get();
+        let end = start.wrapping_add(r.len);
+        let first_page = start & !(page - 1);
+        (0..)
+            .map(move |i| first_page + i * page)
+            .take_while(move |p| *p < end)
+            .map(move |p| p.max(start))
+    });
+    let Some(prp1) = pages.next() else {
+        sqe.set_prps(0, 0);
+        return Ok(true);
+    };
+    let Some(second) = pages.next() else {
+        sqe.set_prps(prp1, 0);
+        sqe.cdw0.set_psdt(DataTransferKind::PRP);
+        return Ok(true);
+    };
+    let Some(third) = pages.next() else {
+        sqe.set_prps(prp1, second);
+        sqe.cdw0.set_psdt(DataTransferKind::PRP);
+        return Ok(true);
+    };
+    // A list: written in chunks from a stack buffer.
+    let mut chunk = [0u64; 64];
+    let mut n = 0;
+    let mut written = 0usize;
+    for entry in [second, third].into_iter().chain(pages) {
+        if written + n == PRP_LIST_ENTRIES {
+            return Ok(false);
+        }
+        chunk[n] = entry;
+        n += 1;
+        if n == chunk.len() {
+            lists
+                .write_at(list_off + written * 8, chunk[..n].as_bytes())
+                .map_err(Failure::Memory)?;
+            written += n;
+            n = 0;
+        }
+    }
+    if n > 0 {
+        lists
+            .write_at(list_off + written * 8, chunk[..n].as_bytes())
+            .map_err(Failure::Memory)?;
+    }
+    sqe.set_prps(prp1, lists.device_address(list_off));
+    sqe.cdw0.set_psdt(DataTransferKind::PRP);
+    Ok(true)
+}
+
+fn build_sgl(
+    sqe: &mut Sqe,
+    ranges: &[DeviceRange],
+    lists: &DmaBuffer,
+    list_off: usize,
+) -> Result<bool, Failure> {
+    if ranges.iter().any(|r| u32::try_from(r.len).is_err()) {
+        return Ok(false);
+    }
+    sqe.cdw0.set_psdt(DataTransferKind::SGL_METADATA_BUFFER);
+    if let [one] = ranges {
+        let d = RawSglDescriptor::new(
+            SglDescriptorType::DATA_BLOCK,
+            one.addr.get(),
+            one.len as u32,
+        );
+        sqe.dptr = d.as_bytes().try_into().unwrap_or([0; 16]);
+        return Ok(true);
+    }
+    if ranges.len() > SGL_SEGMENT_DESCRIPTORS {
+        return Ok(false);
+    }
+    let mut chunk = [RawSglDescriptor::new(SglDescriptorType::DATA_BLOCK, 0, 0); 32];
+    let mut written = 0usize;
+    for group in ranges.chunks(chunk.len()) {
+        for (d, r) in chunk.iter_mut().zip(group) {
+            *d = RawSglDescriptor::new(SglDescriptorType::DATA_BLOCK, r.addr.get(), r.len as u32);
+        }
+        lists
+            .write_at(list_off + written * 16, chunk[..group.len()].as_bytes())
+            .map_err(Failure::Memory)?;
+        written += group.len();
+    }
+    let seg = RawSglDescriptor::new(
+        SglDescriptorType::LAST_SEGMENT,
+        lists.device_address(list_off),
+        (ranges.len() * 16) as u32,
+    );
+    sqe.dptr = seg.as_bytes().try_into().unwrap_or([0; 16]);
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parastor_core::addr::DeviceAddress;
+
+    fn r(addr: u64, len: u64) -> DeviceRange {
+        DeviceRange::new(DeviceAddress::new(addr), len)
+    }
+
+    /// A device whose DMA memory is a RAM block and whose registers only
+    /// record writes: the test plays the controller by hand.
+    struct HandDevice {
+        mem: parastor_core::memory::GuestMem,
+        next: core::sync::atomic::AtomicU64,
+        writes: parastor_core::sync::Mutex<alloc::vec::Vec<(u64, u32)>>,
+    }
+
+    impl DeviceAccess for HandDevice {
+        fn id(&self) -> &str {
+            "hand"
+        }
+        fn config_read_u32(&self, _: u16) -> u32 {
+            0
+        }
+        fn config_write_u32(&self, _: u16, _: u32) {}
+        fn read_u32(&self, _: u8, _: u64) -> u32 {
+            0
+        }
+        fn read_u64(&self, _: u8, _: u64) -> u64 {
+            0
+        }
+        fn write_u32(&self, _: u8, offset: u64, value: u32) {
+            self.writes.lock().push((offset, value));
+        }
+        fn write_u64(&self, _: u8, _: u64, _: u64) {}
+        fn dma_domain(&self) -> parastor_core::addr::DmaDomainId {
+            parastor_core::addr::DmaDomainId::new(7)
+        }
+        fn alloc_dma(&self, len: usize) -> Result<DmaBuffer, crate::DeviceError> {
+            let len = len.div_ceil(PAGE_SIZE) * PAGE_SIZE;
+            let at = self.next.fetch_add(len as u64, Ordering::Relaxed);
+            Ok(DmaBuffer::new(
+                self.mem.clone(),
+                parastor_core::addr::Gpa::new(at),
+                len,
+                DeviceAddress::new(at),
+                None,
+            ))
+        }
+        fn max_interrupts(&self) -> u16 {
+            2
+        }
+        fn map_interrupt(&self, _: u16) -> Result<Arc<dyn DeviceInterrupt>, crate::DeviceError> {
+            Ok(Arc::new(Never))
+        }
+    }
+
+    struct Never;
+
+    impl DeviceInterrupt for Never {
+        fn poll_signal(&self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+    }
+
+    /// Writes a completion entry at `index` of the CQ at `cq`.
+    fn post(
+        mem: &parastor_core::memory::GuestMem,
+        cq: u64,
+        index: u64,
+        sqid: u16,
+        cid: u16,
+        status: u16,
+    ) {
+        let e = Cqe {
+            sqid: zerocopy::little_endian::U16::new(sqid),
+            cid: zerocopy::little_endian::U16::new(cid),
+            status: parastor_hw::nvme::queue::CqeStatus::from_bits(
+                zerocopy::little_endian::U16::new(status),
+            ),
+            ..Cqe::default()
+        };
+        mem.write_at(parastor_core::addr::Gpa::new(cq + index * 16), e.as_bytes())
+            .unwrap();
+    }
+
+    #[test]
+    fn completions_the_driver_cannot_accept_are_refused_not_panicked_on() {
+        let mem = parastor_core::memory::GuestMem::new(parastor_core::memory::RamGuestMemory::new(
+            1 << 20,
+        ));
+        let device = Arc::new(HandDevice {
+            mem: mem.clone(),
+            next: core::sync::atomic::AtomicU64::new(0),
+            writes: parastor_core::sync::Mutex::new(alloc::vec::Vec::new()),
+        });
+        let q = QueuePair::new(device.clone(), 1, 8, 0, 4, Arc::new(Never), 1).unwrap();
+        let cq = q.cq_address();
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut submit = || {
+            let mut sqe = Sqe::default();
+            let mut fut =
+                core::pin::pin!(q.start(&mut sqe, None, DataPointer::Auto, SglSupport::None));
+            match fut.as_mut().poll(&mut cx) {
+                Poll::Ready(Ok(g)) => g,
+                _ => panic!("a free slot"),
+            }
+        };
+        let mut a = submit();
+        let mut b = submit();
+        assert!(a.is_submitted() && b.is_submitted());
+        let cid_of = |g: &SlotGuard<'_>| {
+            let st = g.queue.state.lock();
+            (st.slots[g.index].seq << SLOT_BITS) | g.index as u16
+        };
+        let (ca, cb) = (cid_of(&a), cid_of(&b));
+        // Entry 0: an unknown command id: refused, nothing completes (and
+        // entry 1, still of the old phase, is not looked at).
+        post(&mem, cq, 0, 1, 0x3FF, 1);
+        // (The first poll after submission does not look.)
+        assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
+        assert_eq!(q.refused_completions(), 0);
+        assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
+        assert_eq!(q.refused_completions(), 1, "the unknown id was refused");
+        // Entry 1: b's id from another submission queue: b fails cleanly.
+        post(&mem, cq, 1, 9, cb, 1);
+        assert!(Pin::new(&mut b).poll(&mut cx).is_pending(), "b's first poll");
+        match Pin::new(&mut b).poll(&mut cx) {
+            Poll::Ready(f) => assert_eq!(
+                f.result,
+                Err(Failure::BadCompletion(
+                    "completion names another submission queue"
+                ))
+            ),
+            Poll::Pending => panic!("b's (bad) completion was seen"),
+        }
+        // Entry 2: a repeat of b's id (stale now): refused.
+        post(&mem, cq, 2, 1, cb, 1);
+        // Entry 3: a, with an error status (LBA out of range).
+        post(&mem, cq, 3, 1, ca, 1 | (0x80 << 1));
+        match Pin::new(&mut a).poll(&mut cx) {
+            Poll::Ready(f) => assert_eq!(f.result.map(|c| c.status), Ok(0x80)),
+            Poll::Pending => panic!("a completed"),
+        }
+        assert_eq!(q.refused_completions(), 2);
+        assert_eq!(q.outstanding(), 0);
+        // The head doorbell was written as entries were consumed.
+        assert!(
+            device
+                .writes
+                .lock()
+                .iter()
+                .any(|&(off, v)| off == Doorbell::CqHead(1).offset(0) && v == 4)
+        );
+    }
+
+    #[test]
+    fn event_index_rule() {
+        // The controller saw tail 10: moving 10 -> 11 passes it, 11 -> 12
+        // does not (it was told already), and a wrap is handled.
+        assert!(need_event(10, 11, 10));
+        assert!(!need_event(10, 12, 11));
+        assert!(need_event(255, 0, 255));
+        assert!(!need_event(250, 0, 255));
+        assert!(need_event(10, 20, 5), "a jump over the index");
+    }
+
+    fn lists() -> DmaBuffer {
+        let mem = parastor_core::memory::GuestMem::new(parastor_core::memory::RamGuestMemory::new(
+            1 << 16,
+        ));
+        DmaBuffer::new(
+            mem,
+            parastor_core::addr::Gpa::new(0x4000),
+            2 * PAGE_SIZE,
+            DeviceAddress::new(0x9_0000),
+            None,
+        )
+    }
+
+    fn list_entries(lists: &DmaBuffer, offset: usize, n: usize) -> alloc::vec::Vec<u64> {
+        let mut raw = alloc::vec![0u8; n * 8];
+        lists.read_at(offset, &mut raw).unwrap();
+        raw.chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn prps_inline_and_as_a_list() {
+        let lists = lists();
+        let mut sqe = Sqe::default();
+        // One page: PRP1 only.
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &[r(0x1_0200, 0x800)],
+                &lists,
+                1,
+                DataPointer::Prp,
+                SglSupport::None
+            )
+            .unwrap()
+        );
+        assert_eq!((sqe.prp1(), sqe.prp2()), (0x1_0200, 0));
+        // Two pages: PRP2 is the second page.
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &[r(0x1_0200, 0x1000)],
+                &lists,
+                1,
+                DataPointer::Prp,
+                SglSupport::None
+            )
+            .unwrap()
+        );
+        assert_eq!((sqe.prp1(), sqe.prp2()), (0x1_0200, 0x1_1000));
+        // Three ranges, five pages: a list in slot 1's page.
+        let ranges = [r(0x1_0E00, 0x200), r(0x5_0000, 0x3000), r(0x9_0000, 0x10)];
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &ranges,
+                &lists,
+                1,
+                DataPointer::Auto,
+                SglSupport::Any
+            )
+            .unwrap()
+        );
+        assert_eq!(sqe.cdw0.psdt(), DataTransferKind::PRP);
+        assert_eq!(sqe.prp1(), 0x1_0E00);
+        assert_eq!(
+            sqe.prp2(),
+            0x9_0000 + PAGE_SIZE as u64,
+            "slot 1's list page"
+        );
+        assert_eq!(
+            list_entries(&lists, PAGE_SIZE, 4),
+            [0x5_0000, 0x5_1000, 0x5_2000, 0x9_0000]
+        );
+        // Not PRP-compatible and no SGLs: bounce.
+        let bad = [r(0x1_0000, 0x200), r(0x5_0200, 0x200)];
+        assert!(
+            !build_dptr(
+                &mut sqe,
+                &bad,
+                &lists,
+                0,
+                DataPointer::Auto,
+                SglSupport::None
+            )
+            .unwrap()
+        );
+    }
+
+    #[test]
+    fn sgls_one_block_or_a_last_segment() {
+        let lists = lists();
+        let mut sqe = Sqe::default();
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &[r(0x1_0201, 0x333)],
+                &lists,
+                0,
+                DataPointer::Sgl,
+                SglSupport::Any
+            )
+            .unwrap()
+        );
+        assert_eq!(sqe.cdw0.psdt(), DataTransferKind::SGL_METADATA_BUFFER);
+        let d = RawSglDescriptor::read_from_bytes(&sqe.dptr).unwrap();
+        assert_eq!(d.descriptor_type(), SglDescriptorType::DATA_BLOCK);
+        assert_eq!((d.address.get(), d.length.get()), (0x1_0201, 0x333));
+        // Byte-aligned ranges are refused where the controller wants dwords.
+        assert!(
+            !build_dptr(
+                &mut sqe,
+                &[r(0x1_0201, 0x333)],
+                &lists,
+                0,
+                DataPointer::Sgl,
+                SglSupport::DwordAligned
+            )
+            .unwrap()
+        );
+        // Several ranges: a Last Segment in slot 0's page.
+        let ranges = [r(0x1_0000, 0x200), r(0x5_0200, 0x400), r(0x7_0000, 0x1000)];
+        assert!(
+            build_dptr(
+                &mut sqe,
+                &ranges,
+                &lists,
+                0,
+                DataPointer::Auto,
+                SglSupport::Any
+            )
+            .unwrap()
+        );
+        let seg = RawSglDescriptor::read_from_bytes(&sqe.dptr).unwrap();
+        assert_eq!(seg.descriptor_type(), SglDescriptorType::LAST_SEGMENT);
+        assert_eq!((seg.address.get(), seg.length.get()), (0x9_0000, 48));
+        let mut raw = [0u8; 48];
+        lists.read_at(0, &mut raw).unwrap();
+        for (i, chunk) in raw.chunks(16).enumerate() {
+            let d = RawSglDescriptor::read_from_bytes(chunk).unwrap();
+            assert_eq!(d.descriptor_type(), SglDescriptorType::DATA_BLOCK);
+            assert_eq!(
+                (d.address.get(), u64::from(d.length.get())),
+                (ranges[i].addr.get(), ranges[i].len)
+            );
+        }
+    }
+
+    #[test]
+    fn prp_rules() {
+        assert!(prp_compatible(&[r(0x1000, 0x3000)]));
+        assert!(prp_compatible(&[r(0x1200, 0xE00), r(0x5000, 0x200)]));
+        assert!(!prp_compatible(&[r(0x1000, 0x800), r(0x5000, 0x200)]));
+        assert!(!prp_compatible(&[r(0x1000, 0x1000), r(0x5200, 0x200)]));
+        assert!(!prp_compatible(&[r(0x1001, 0x200)]));
+    }
+}
