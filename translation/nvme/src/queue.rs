@@ -207,7 +207,10 @@ impl Sq {
     pub(crate) fn fetch(&mut self, mem: &dyn GuestMemory) -> Result<Sqe, MemoryError> {
         let gpa = Gpa::new(self.gpa + u64::from(self.head) * SQE_LEN as u64);
         let sqe = mem.read_obj::<Sqe>(gpa)?;
-        self.head = (self.head + 1) % self.size;
+        self.head += 1;
+        if self.head == self.size {
+            self.head = 0;
+        }
         Ok(sqe)
     }
 

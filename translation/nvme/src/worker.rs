@@ -305,8 +305,8 @@ impl IoWorker {
         let n = self.sqs.len();
         let mut idle = 0;
         while !self.free.is_empty() && n > 0 && idle < n {
-            let i = self.next_sq % n;
-            self.next_sq = (i + 1) % n;
+            let i = if self.next_sq < n { self.next_sq } else { 0 };
+            self.next_sq = i + 1;
             let sq = &mut self.sqs[i];
             let tail = sq.tail(mem, &s.doorbells);
             if sq.deleting || !sq.has_entries(tail) {
@@ -561,6 +561,9 @@ impl IoWorker {
     /// Removes SQs being deleted whose commands have all completed, and
     /// tells the admin worker (which completes the Delete command).
     fn finish_deletes(&mut self, s: &Shared) {
+        if !self.sqs.iter().any(|q| q.deleting) {
+            return;
+        }
         let before = self.sqs.len();
         self.sqs.retain(|sq| {
             let gone = sq.deleting && sq.outstanding == 0;
