@@ -14,6 +14,8 @@
 //! - [`fuzz_disk`]: the `disk_ops` fuzz harness.
 //! - [`fuzz_scsi`]: the `scsi_cdb` fuzz harness (SCSI adapter).
 //! - [`fuzz_storvsp`]: the `storvsp` fuzz harness (StorVSP over VMBus rings).
+//! - [`fuzz_nvme`]: the `nvme_controller` fuzz harness (a hostile guest
+//!   driving the NVMe controller: registers, queues, PRPs and SGLs).
 //! - [`fuzz_nvme_wire`]: the `nvme_wire` fuzz harness (NVMe and PCI wire
 //!   parsers in `hw`: SGLs, identification descriptors, BARs, doorbells).
 //! - [`fuzz_state`]: the `state_restore` fuzz harness (saved state of every
@@ -31,6 +33,7 @@ pub mod checker;
 pub mod conformance;
 pub mod doubles;
 pub mod fuzz_disk;
+pub mod fuzz_nvme;
 pub mod fuzz_nvme_wire;
 pub mod fuzz_scsi;
 pub mod fuzz_state;

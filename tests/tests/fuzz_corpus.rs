@@ -21,6 +21,7 @@ fn harness(target: &str) -> Option<fn(&[u8])> {
         "disk_ops" => Some(parastor_tests::fuzz_disk::disk_ops),
         "settings" => Some(parastor_vtl2_settings::fuzz::check_blob),
         "nvme_wire" => Some(parastor_tests::fuzz_nvme_wire::nvme_wire),
+        "nvme_controller" => Some(parastor_tests::fuzz_nvme::nvme_controller),
         "scsi_cdb" => Some(parastor_tests::fuzz_scsi::scsi_cdb),
         "storvsp" => Some(parastor_tests::fuzz_storvsp::storvsp),
         "state_restore" => Some(parastor_tests::fuzz_state::state_restore),
@@ -100,6 +101,7 @@ fn corpus_replays() {
         "storvsp",
         "state_restore",
         "tcmu_ring",
+        "nvme_controller",
     ] {
         assert!(
             corpus.iter().any(|(t, _)| t == target),

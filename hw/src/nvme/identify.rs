@@ -504,6 +504,39 @@ impl IdentifyNamespace {
     }
 }
 
+/// I/O Command Set Independent Identify Namespace (CNS 08h, 4096 bytes):
+/// the fields of a namespace that do not depend on its command set.
+#[repr(C)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned,
+)]
+pub struct IdentifyNamespaceIndependent {
+    /// Namespace Features (as in Identify Namespace).
+    pub nsfeat: u8,
+    /// Namespace Multi-path I/O and Namespace Sharing Capabilities.
+    pub nmic: u8,
+    /// Reservation Capabilities.
+    pub rescap: Rescap,
+    /// Format Progress Indicator.
+    pub fpi: u8,
+    /// ANA Group Identifier.
+    pub anagrpid: U32,
+    /// Namespace Attributes: bit 0 write protected.
+    pub nsattr: u8,
+    /// Reserved.
+    pub reserved0: u8,
+    /// NVM Set Identifier.
+    pub nvmsetid: U16,
+    /// Endurance Group Identifier.
+    pub endgid: U16,
+    /// Namespace Status: bit 0 ready.
+    pub nstat: u8,
+    /// Reserved.
+    pub reserved1: [u8; 4081],
+}
+
+const _: () = assert!(core::mem::size_of::<IdentifyNamespaceIndependent>() == IDENTIFY_DATA_LEN);
+
 open_enum! {
     /// Namespace Identifier Type (NIDT).
     pub struct NsIdType(u8) {
@@ -688,6 +721,12 @@ mod tests {
         assert_eq!(offset_of!(IdentifyNamespace, eui64), 120);
         assert_eq!(offset_of!(IdentifyNamespace, lbaf), 128);
         assert_eq!(offset_of!(IdentifyNamespace, vendor_specific), 3712);
+        assert_eq!(offset_of!(IdentifyNamespaceIndependent, rescap), 2);
+        assert_eq!(offset_of!(IdentifyNamespaceIndependent, anagrpid), 4);
+        assert_eq!(offset_of!(IdentifyNamespaceIndependent, nsattr), 8);
+        assert_eq!(offset_of!(IdentifyNamespaceIndependent, nvmsetid), 10);
+        assert_eq!(offset_of!(IdentifyNamespaceIndependent, endgid), 12);
+        assert_eq!(offset_of!(IdentifyNamespaceIndependent, nstat), 14);
         let mut ns = IdentifyNamespace::new_zeroed();
         ns.lbaf[0] = LbaFormat::new().with_lbads(9);
         ns.lbaf[17] = LbaFormat::new().with_lbads(12).with_ms(8);

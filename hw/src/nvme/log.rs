@@ -15,6 +15,8 @@ use crate::open_enum::open_enum;
 open_enum! {
     /// Log Page Identifier (LID).
     pub struct LogPageId(u8) {
+        /// Supported Log Pages.
+        SUPPORTED_LOG_PAGES = 0x00,
         /// Error Information.
         ERROR_INFORMATION = 0x01,
         /// SMART / Health Information.

@@ -29,8 +29,8 @@ use parastor_hw::nvme::features::{
     NoticeEventInfo, NumberOfQueues,
 };
 use parastor_hw::nvme::identify::{
-    IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, LbaFormat, NsIdDescriptorHeader,
-    NsIdType, Oacs, Oncs, Rescap, Sgls,
+    IDENTIFY_DATA_LEN, IdentifyController, IdentifyNamespace, IdentifyNamespaceIndependent,
+    LbaFormat, NsIdDescriptorHeader, NsIdType, Oacs, Oncs, Rescap, Sgls,
 };
 use parastor_hw::nvme::log::{
     CHANGED_NAMESPACE_LIST_OVERFLOW, CommandEffects, CommandsSupportedAndEffects, ErrorLogEntry,
@@ -298,8 +298,7 @@ pub(crate) fn run(s: &Shared) {
             execute(s, a, &sqe)
         };
         if let Some(done) = done {
-            if done.status.is_success() {
-            } else {
+            if !done.status.is_success() {
                 log_admin_error(s, &sqe, done.status);
             }
             a.held.push_back((cid, done));
@@ -333,7 +332,11 @@ fn post_held(s: &Shared, a: &mut AdminState) -> bool {
     let sqhd = a.sq.as_ref().map_or(0, |q| q.head);
     while let Some(&(cid, done)) = a.held.front() {
         if cq.is_full() {
-            return false;
+            s.doorbells.arm(Doorbell::CqHead(0));
+            cq.refresh_head(mem, &s.doorbells);
+            if cq.is_full() {
+                return false;
+            }
         }
         let cqe = Cqe {
             dw0: U32::new(done.dw0),
@@ -554,7 +557,7 @@ fn identify(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
             }
         }
         Cns::CONTROLLER => {
-            page.copy_from_slice(identify_controller(s, a, nn).as_bytes());
+            page.copy_from_slice(identify_controller(s, nn).as_bytes());
         }
         Cns::ACTIVE_NAMESPACES | Cns::CSI_ACTIVE_NAMESPACES => {
             if nsid >= 0xFFFF_FFFE {
@@ -614,7 +617,7 @@ fn identify(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
                 return Err(invalid_namespace());
             }
             if let Some(n) = ns.get(nsid) {
-                independent_namespace(&mut page, &n.disk);
+                page.copy_from_slice(independent_namespace(&n.disk).as_bytes());
             }
         }
         _ => return Err(invalid_field()),
@@ -623,18 +626,18 @@ fn identify(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     write_data(s, a, sqe, &page, IDENTIFY_DATA_LEN as u64)
 }
 
-/// The I/O command set independent Identify Namespace (CNS 08h, NVMe 2.0
-/// Figure 280): NSFEAT, NMIC, RESCAP, FPI, ANAGRPID, NSATTR, NVMSETID,
-/// ENDGID, NSTAT.
-fn independent_namespace(page: &mut [u8], disk: &parastor_core::Disk) {
-    let id = identify_namespace_fields(disk);
-    page[0] = id.nsfeat;
-    page[1] = id.nmic;
-    page[2] = id.rescap.into_bits();
-    page[3] = id.fpi;
-    page[8] = u8::from(disk.is_read_only());
+/// The I/O command set independent Identify Namespace (CNS 08h).
+fn independent_namespace(disk: &parastor_core::Disk) -> IdentifyNamespaceIndependent {
+    let full = identify_namespace_fields(disk);
+    let mut id = IdentifyNamespaceIndependent::new_zeroed();
+    id.nsfeat = full.nsfeat;
+    id.nmic = full.nmic;
+    id.rescap = full.rescap;
+    id.fpi = full.fpi;
+    id.nsattr = full.nsattr;
     // NSTAT bit 0: the namespace is ready.
-    page[14] = 1;
+    id.nstat = 1;
+    id
 }
 
 fn identify_namespace_fields(disk: &parastor_core::Disk) -> IdentifyNamespace {
@@ -686,7 +689,7 @@ fn identify_namespace(disk: &parastor_core::Disk, s: &Shared, nsid: u32) -> Iden
     id
 }
 
-fn identify_controller(s: &Shared, a: &AdminState, nn: u32) -> IdentifyController {
+fn identify_controller(s: &Shared, nn: u32) -> IdentifyController {
     let c = &s.config;
     let mut id = IdentifyController::new_zeroed();
     id.vid = U16::new(c.pci.vendor_id);
@@ -701,6 +704,8 @@ fn identify_controller(s: &Shared, a: &AdminState, nn: u32) -> IdentifyControlle
     id.ver = U32::new(parastor_hw::nvme::regs::Version::V2_0.into_bits().get());
     // OAES bit 8: namespace attribute notices.
     id.oaes = U32::new(1 << 8);
+    // CTRATT bit 0: 128-bit host identifiers (Set Features 81h, EXHID).
+    id.ctratt = U32::new(1);
     // CNTRLTYPE 1: I/O controller.
     id.cntrltype = 1;
     id.oacs = Oacs::new().with_doorbell_buffer_config(true);
@@ -728,7 +733,6 @@ fn identify_controller(s: &Shared, a: &AdminState, nn: u32) -> IdentifyControlle
     let nqn = format!("nqn.2014-08.org.nvmexpress:uuid:{}", c.instance_id);
     let n = nqn.len().min(id.subnqn.len());
     id.subnqn[..n].copy_from_slice(&nqn.as_bytes()[..n]);
-    let _ = a;
     id
 }
 
@@ -933,32 +937,23 @@ fn doorbell_buffer_config(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
     }
     a.dbbc = Some((db, ei));
     // Existing I/O queues switch over; their shadow slots start at the
-    // values the registers hold now.
+    // values the registers hold now (a failed store only costs the host
+    // an MMIO write later).
+    let shadow_of = |d: Doorbell| {
+        let sh = Shadow::of(d, db, ei);
+        let v = s.doorbells.value(d);
+        for at in [sh.db, sh.event_idx] {
+            let _ = mem.store_u32(Gpa::new(at), v, core::sync::atomic::Ordering::Release);
+        }
+        sh
+    };
     for w in s.workers.iter() {
         let mut w = w.lock();
         if let Some(cq) = w.cq.as_mut() {
-            let d = Doorbell::CqHead(cq.qid);
-            let sh = Shadow::of(d, db, ei);
-            let v = s.doorbells.value(d);
-            let _ = mem.store_u32(Gpa::new(sh.db), v, core::sync::atomic::Ordering::Release);
-            let _ = mem.store_u32(
-                Gpa::new(sh.event_idx),
-                v,
-                core::sync::atomic::Ordering::Release,
-            );
-            cq.shadow = Some(sh);
+            cq.shadow = Some(shadow_of(Doorbell::CqHead(cq.qid)));
         }
         for sq in w.sqs.iter_mut() {
-            let d = Doorbell::SqTail(sq.qid);
-            let sh = Shadow::of(d, db, ei);
-            let v = s.doorbells.value(d);
-            let _ = mem.store_u32(Gpa::new(sh.db), v, core::sync::atomic::Ordering::Release);
-            let _ = mem.store_u32(
-                Gpa::new(sh.event_idx),
-                v,
-                core::sync::atomic::Ordering::Release,
-            );
-            sq.shadow = Some(sh);
+            sq.shadow = Some(shadow_of(Doorbell::SqTail(sq.qid)));
         }
     }
     Ok(0)
@@ -1121,7 +1116,7 @@ fn set_features(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
         }
         FeatureId::RESERVATION_NOTIFICATION_MASK => f.reservation_mask = v & 0b1110,
         FeatureId::RESERVATION_PERSISTENCE => {
-            return reservation_persistence(s, sqe.nsid.get(), Some(v & 1 != 0));
+            return reservation_persistence(s, sqe.nsid.get(), Some(v & 1 != 0)).map(|_| 0);
         }
         _ => return Err(invalid_field()),
     }
@@ -1135,8 +1130,10 @@ fn queues_dw0(f: &Features) -> u32 {
         .into_bits()
 }
 
-/// Reservation Persistence: PTPL of the namespace's reservations. Only a
-/// disk that keeps reservations through power loss can turn it on.
+/// Reservation Persistence: the namespace's PTPL state, read from its
+/// reservations. The reservation interface changes PTPL only through a
+/// Reservation Register (CPTPL), so Set Features succeeds only when it
+/// asks for the state already in effect (else Feature Not Changeable).
 fn reservation_persistence(s: &Shared, nsid: u32, set: Option<bool>) -> Answer {
     let ns = s.namespaces.lock();
     let Some(n) = ns.get(nsid) else {
@@ -1145,11 +1142,22 @@ fn reservation_persistence(s: &Shared, nsid: u32, set: Option<bool>) -> Answer {
     let Some(pr) = n.disk.persistent_reservations() else {
         return Err(invalid_field());
     };
-    let capable = pr.capabilities().persist_through_power_loss;
+    // In-process reservations answer at once; one that would wait asks
+    // the host to retry rather than block the admin queue.
+    let mut report = pr.report();
+    let mut cx = core::task::Context::from_waker(core::task::Waker::noop());
+    let ptpl = match report.as_mut().poll(&mut cx) {
+        core::task::Poll::Ready(Ok(r)) => r.persist_through_power_loss,
+        core::task::Poll::Ready(Err(e)) => return Err(crate::error::disk_error_status(&e)),
+        core::task::Poll::Pending => {
+            return Err(StatusWord::generic(GenericStatus::COMMAND_INTERRUPTED));
+        }
+    };
     match set {
-        Some(true) if !capable => Err(invalid_field()),
-        Some(_) => Ok(0),
-        None => Ok(u32::from(capable)),
+        Some(want) if want != ptpl => Err(invalid_specific(
+            CommandSpecificStatus::FEATURE_NOT_CHANGEABLE,
+        )),
+        _ => Ok(u32::from(ptpl)),
     }
 }
 
@@ -1333,7 +1341,7 @@ fn build_log(s: &Shared, lid: LogPageId, nsid: u32, page: &mut Vec<u8>) -> Resul
             // No notices are kept: an empty log (count 0, type "empty").
             page.resize(64, 0);
         }
-        l if l.get() == 0 => {
+        LogPageId::SUPPORTED_LOG_PAGES => {
             // Supported Log Pages: LSUPP (bit 0) per log identifier.
             page.resize(1024, 0);
             for id in [0u8, 1, 2, 3, 4, 5, 0x80] {

@@ -382,7 +382,23 @@ impl NvmeController {
     /// next doorbell write or disk completion. Never blocks.
     pub fn poll_work(&self, cx: &mut Context<'_>) -> Poll<()> {
         let s = &self.shared;
+        if self.run_woken() {
+            // The caller polls again: no need to register yet.
+            return Poll::Ready(());
+        }
+        // Register, then look once more: a wake between the first look and
+        // the registration is not lost.
         s.wakeups.register_all(cx.waker());
+        if self.run_woken() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Runs every woken worker once; whether any was.
+    fn run_woken(&self) -> bool {
+        let s = &self.shared;
         let mut ran = false;
         for word in 0..s.wakeups.words() {
             let mut bits = s.wakeups.take_word(word);
@@ -393,7 +409,7 @@ impl NvmeController {
                 ran = true;
             }
         }
-        if ran { Poll::Ready(()) } else { Poll::Pending }
+        ran
     }
 
     /// Runs one worker if it was woken: `queue` 0 is the admin queue
@@ -401,12 +417,14 @@ impl NvmeController {
     /// queue with that ID. `Ready` when it ran, `Pending` otherwise (the
     /// waker is woken when that worker has work). For a host that runs one
     /// task per completion queue; do not mix with
-    /// [`NvmeController::poll_work`] for the same controller.
+    /// [`NvmeController::poll_work`] for the same controller. A queue ID
+    /// beyond the controller's stays `Pending`.
     pub fn poll_queue(&self, queue: u16, cx: &mut Context<'_>) -> Poll<()> {
         let s = &self.shared;
         let index = usize::from(queue);
         if index > s.workers.len() {
-            return Poll::Ready(());
+            // No such queue: nothing will ever run there.
+            return Poll::Pending;
         }
         s.wakeups.register(index, cx.waker());
         let mut ran = false;

@@ -64,7 +64,12 @@ pub(crate) struct Namespaces {
     /// More than the log can list changed.
     overflow: bool,
     waker: Option<Waker>,
+    /// The flushes of a shutdown in progress (`None`: no shutdown flush).
+    flushes: Option<Vec<Flush>>,
 }
+
+/// A namespace's flush at shutdown.
+type Flush = Pin<Box<dyn core::future::Future<Output = ()> + Send>>;
 
 impl Namespaces {
     pub(crate) fn new(config: &crate::ControllerConfig) -> Self {
@@ -74,7 +79,35 @@ impl Namespaces {
             changed: Vec::new(),
             overflow: false,
             waker: None,
+            flushes: None,
         }
+    }
+
+    /// Starts flushing every namespace for a shutdown; `false` if one is
+    /// already under way.
+    pub(crate) fn start_flush(&mut self) -> bool {
+        if self.flushes.is_some() {
+            return false;
+        }
+        self.flushes = Some(
+            self.map
+                .values()
+                .map(|n| {
+                    let disk = n.disk.clone();
+                    Box::pin(async move {
+                        // A failed flush cannot fail the shutdown; the
+                        // guest learns nothing more from it here.
+                        let _ = disk.flush(parastor_core::IoOptions::default()).await;
+                    }) as Flush
+                })
+                .collect(),
+        );
+        true
+    }
+
+    /// Forgets a shutdown flush (controller reset).
+    pub(crate) fn reset_flush(&mut self) {
+        self.flushes = None;
     }
 
     /// Each NSID's disk, indexed by NSID (0..=highest in use).
@@ -204,6 +237,7 @@ pub(crate) fn remove(s: &Shared, nsid: u32) -> Option<Disk> {
 /// Polls every namespace's resize watch; a new size is a change.
 pub(crate) fn run_watchers(s: &Shared) {
     let mut any = false;
+    let mut flushed = false;
     {
         let mut guard = s.namespaces.lock();
         let ns = &mut *guard;
@@ -238,6 +272,15 @@ pub(crate) fn run_watchers(s: &Shared) {
             ns.mark_changed(nsid);
             any = true;
         }
+        if let Some(flushes) = ns.flushes.as_mut() {
+            flushes.retain_mut(|f| f.as_mut().poll(&mut cx).is_pending());
+            if flushes.is_empty() {
+                flushed = true;
+            }
+        }
+    }
+    if flushed {
+        crate::regs::shutdown_flushed(s);
     }
     if any {
         s.ns_generation.fetch_add(1, Ordering::AcqRel);

@@ -41,6 +41,9 @@ struct DoorbellSlot {
     size: AtomicU32,
     /// The worker to wake on a write (an SQ's completion queue).
     target: AtomicU32,
+    /// A CQ head doorbell wakes its worker only when the worker waits
+    /// for room (it set this); other head updates are just stored.
+    armed: core::sync::atomic::AtomicBool,
 }
 
 /// Every doorbell register of the controller.
@@ -88,13 +91,13 @@ impl Doorbells {
 
     /// The value last written to `db`.
     pub(crate) fn value(&self, db: Doorbell) -> u32 {
-        self.slot(db).map_or(0, |s| s.value.load(Ordering::Acquire))
+        self.slot(db).map_or(0, |s| s.value.load(Ordering::SeqCst))
     }
 
-    /// Stores a guest write to `db`: the worker to wake, or the
+    /// Stores a guest write to `db`: the worker to wake (if any), or the
     /// asynchronous error the write raises (no such queue, or a value
     /// beyond the queue).
-    pub(crate) fn write(&self, db: Doorbell, value: u32) -> Result<usize, ErrorEventInfo> {
+    pub(crate) fn write(&self, db: Doorbell, value: u32) -> Result<Option<usize>, ErrorEventInfo> {
         let slot = self
             .slot(db)
             .ok_or(ErrorEventInfo::INVALID_DOORBELL_REGISTER)?;
@@ -105,8 +108,22 @@ impl Doorbells {
         if value >= size {
             return Err(ErrorEventInfo::INVALID_DOORBELL_VALUE);
         }
-        slot.value.store(value, Ordering::Release);
-        Ok(slot.target.load(Ordering::Acquire) as usize)
+        slot.value.store(value, Ordering::SeqCst);
+        if let Doorbell::CqHead(_) = db
+            && !slot.armed.swap(false, Ordering::SeqCst)
+        {
+            return Ok(None);
+        }
+        Ok(Some(slot.target.load(Ordering::Acquire) as usize))
+    }
+
+    /// Asks for a wake on the next write to `db` (a CQ head the worker
+    /// waits on). The caller re-reads the value afterwards, so a write
+    /// racing with this is not lost.
+    pub(crate) fn arm(&self, db: Doorbell) {
+        if let Some(s) = self.slot(db) {
+            s.armed.store(true, Ordering::SeqCst);
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use parastor_hw::nvme::regs::{
     Aqa, ArbitrationMechanism, CAP_CSS_NVM, Cap, Cc, CommandSetSelected, Csts, Doorbell,
     NSSR_RESET_VALUE, QUEUE_BASE_MASK, ShutdownNotification, ShutdownStatus, Version, offset,
 };
-use zerocopy::little_endian::{U32, U64};
+use zerocopy::little_endian::U32;
 
 /// Largest memory page size supported: `2 ^ (12 + MPSMAX)` (64 KiB).
 const MPSMAX: u8 = 4;
@@ -109,6 +109,9 @@ pub(crate) fn bar_read(s: &Shared, offset: u64, data: &mut [u8]) {
 /// Writes BAR0: registers (4 or 8 bytes, naturally aligned) and doorbells
 /// (4 bytes). Anything else is ignored.
 pub(crate) fn bar_write(s: &Shared, offset: u64, data: &[u8]) {
+    if offset >= s.pci.bar0_size() {
+        return; // Outside the BAR: not this function's.
+    }
     if offset >= offset::DOORBELLS {
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
             return;
@@ -140,7 +143,8 @@ fn doorbell_write(s: &Shared, db: Doorbell, value: u32) {
         return;
     }
     match s.doorbells.write(db, value) {
-        Ok(worker) => s.wakeups.wake(worker),
+        Ok(Some(worker)) => s.wakeups.wake(worker),
+        Ok(None) => {}
         Err(info) => {
             let qid = match db {
                 Doorbell::SqTail(q) | Doorbell::CqHead(q) => q,
@@ -255,10 +259,11 @@ fn enable_problem(s: &Shared, regs: &Registers) -> Option<&'static str> {
     if cc.iocqes() != 0 && usize::from(cc.iocqes()) != CQE_LEN.trailing_zeros() as usize {
         return Some("CC.IOCQES is not 4 (16-byte entries)");
     }
-    let mqes = u32::from(regs.cap.mqes());
+    // Over PCIe, CAP.MQES bounds the I/O queues only; an admin queue has
+    // 2..=4096 entries (AQA's 12-bit 0's based fields, 0 invalid).
     let (asqs, acqs) = (u32::from(regs.aqa.asqs()), u32::from(regs.aqa.acqs()));
-    if asqs == 0 || acqs == 0 || asqs > mqes || acqs > mqes {
-        return Some("AQA sizes an admin queue outside 2..=MQES+1 entries");
+    if asqs == 0 || acqs == 0 {
+        return Some("AQA sizes an admin queue of 1 entry: at least 2 are needed");
     }
     let mem = &*s.mem;
     if crate::queue::check_ring(mem, regs.asq, asqs + 1, SQE_LEN).is_err()
@@ -352,6 +357,7 @@ fn drain_locked(s: &Shared, regs: &mut Registers) {
     match life {
         Lifecycle::Resetting => {
             s.admin.lock().reset();
+            s.namespaces.lock().reset_flush();
             for w in s.workers.iter() {
                 w.lock().clear();
             }
@@ -363,8 +369,20 @@ fn drain_locked(s: &Shared, regs: &mut Registers) {
             s.set_lifecycle(Lifecycle::Disabled);
         }
         _ => {
-            regs.csts = regs.csts.with_shst(ShutdownStatus::COMPLETE);
+            // Running I/O is done: make every namespace durable, then
+            // report the shutdown complete (see `shutdown_flushed`).
+            if s.namespaces.lock().start_flush() {
+                s.wakeups.wake(s.watcher_index());
+            }
         }
+    }
+}
+
+/// Every namespace flushed for a shutdown: CSTS.SHST reads complete.
+pub(crate) fn shutdown_flushed(s: &Shared) {
+    let mut regs = s.regs.lock();
+    if s.lifecycle() == Lifecycle::ShuttingDown && regs.csts.shst() == ShutdownStatus::OCCURRING {
+        regs.csts = regs.csts.with_shst(ShutdownStatus::COMPLETE);
     }
 }
 
@@ -405,5 +423,4 @@ pub(crate) fn restore(regs: &mut Registers, saved: &crate::state::RegistersV1) {
     regs.aqa = Aqa::from_bits(U32::new(saved.aqa));
     regs.asq = saved.asq & QUEUE_BASE_MASK;
     regs.acq = saved.acq & QUEUE_BASE_MASK;
-    let _ = U64::new(0);
 }

@@ -404,6 +404,9 @@ pub(crate) fn save(s: &Shared) -> Result<ControllerV1, SaveError> {
     })
 }
 
+/// The most entries an admin queue can have (AQA's 12-bit sizes).
+const ADMIN_QUEUE_MAX_ENTRIES: u32 = 4096;
+
 fn bad(field: impl Into<alloc::string::String>, problem: impl core::fmt::Display) -> InvalidState {
     InvalidState::new(field, problem)
 }
@@ -456,13 +459,16 @@ fn check_queue(s: &Shared, field: &str, ring: Ring, entry_len: usize) -> Result<
             format_args!("queue {qid} is beyond the {} offered", s.workers.len()),
         ));
     }
-    if size < 2 || size > s.config.max_queue_entries {
+    // Admin queues (ID 0) have up to 4096 entries whatever CAP.MQES says.
+    let max = if qid == 0 {
+        ADMIN_QUEUE_MAX_ENTRIES
+    } else {
+        s.config.max_queue_entries
+    };
+    if size < 2 || size > max {
         return Err(bad(
             format!("{field}.size"),
-            format_args!(
-                "{size} entries, expected 2..={}",
-                s.config.max_queue_entries
-            ),
+            format_args!("{size} entries, expected 2..={max}"),
         ));
     }
     for i in indices {
@@ -544,9 +550,15 @@ fn validate(s: &Shared, saved: &ControllerV1) -> Result<(), InvalidState> {
         s.workers.len(),
     )?;
     if let Some(q) = &a.sq {
+        if q.qid != 0 || q.cqid != 0 {
+            return Err(bad("admin.sq.qid", "the admin queue is queue 0"));
+        }
         check_queue(s, "admin.sq", q.into(), SQE_LEN)?;
     }
     if let Some(q) = &a.cq {
+        if q.qid != 0 {
+            return Err(bad("admin.cq.qid", "the admin queue is queue 0"));
+        }
         check_queue(s, "admin.cq", q.into(), CQE_LEN)?;
     }
     let f = &a.features;
@@ -787,5 +799,7 @@ pub(crate) fn restore(
     }
     drop(admin);
     s.set_lifecycle(Lifecycle::from_u8(saved.lifecycle));
+    // A reset or shutdown saved mid-way finishes once nothing runs.
+    crate::regs::drain_progress(s);
     Ok(())
 }

@@ -475,6 +475,11 @@ fn identify_controller_carries_the_callers_identity() {
     assert_eq!(id.sqes, 0x66);
     assert_eq!(id.cqes, 0x44);
     assert!(id.oacs.doorbell_buffer_config());
+    assert_eq!(id.ctratt.get() & 1, 1, "128-bit host identifiers");
+    assert_eq!(id.oaes.get(), 1 << 8, "namespace attribute notices");
+    assert_eq!(id.aerl, 3);
+    assert_eq!(id.elpe, 63);
+    assert_eq!(id.vwc, 0b101);
     assert_eq!(id.sgls.support(), 1);
     let nqn = b"nqn.2014-08.org.nvmexpress:uuid:12345678-9abc-def0-1234-56789abcdef0";
     assert_eq!(&id.subnqn[..nqn.len()], nqn);
@@ -520,6 +525,15 @@ fn identify_namespaces_and_descriptors() {
     // Another namespace has another NGUID.
     let (_, page3) = rig.identify(Cns::NS_DESCRIPTORS, 3);
     assert_ne!(&page3[4..20], &page[4..20]);
+    // CNS 08h: command set independent, the namespace ready.
+    let (st, page) = rig.identify(Cns::INDEPENDENT_NAMESPACE, 7);
+    assert_eq!(st, StatusWord::SUCCESS);
+    let ind =
+        parastor_hw::nvme::identify::IdentifyNamespaceIndependent::read_from_bytes(&page).unwrap();
+    assert_eq!(ind.nstat, 1);
+    assert_eq!(ind.nsfeat, id.nsfeat);
+    let (_, page) = rig.identify(Cns::INDEPENDENT_NAMESPACE, 5);
+    assert!(page.iter().all(|&b| b == 0), "inactive: zeros");
     // Unknown CNS.
     let (st, _) = rig.identify(Cns::new(0x1F), 0);
     assert_eq!(
@@ -1087,6 +1101,13 @@ fn smart_and_error_logs_have_real_content() {
     );
     assert_eq!(page[6 * 4] & 1, 1, "Identify supported");
     assert_eq!(page[0x10 * 4] & 1, 0, "Firmware Commit not supported");
+    // Supported log pages: LSUPP for what is offered, not for others.
+    let (st, page) = get_log(&mut rig, 0x00, 0, 1024, 0, false);
+    assert_eq!(st, StatusWord::SUCCESS);
+    for lid in [0usize, 1, 2, 3, 4, 5, 0x80] {
+        assert_eq!(page[lid * 4] & 1, 1, "log {lid:#x} supported");
+    }
+    assert_eq!(page[6 * 4], 0, "self-test log not offered");
     let (st, page) = get_log(&mut rig, 0x03, 0, 512, 0, false);
     assert_eq!(st, StatusWord::SUCCESS);
     assert_eq!(page[0], 1);
@@ -1320,14 +1341,80 @@ fn reset_waits_for_running_commands_and_discards_their_completions() {
     );
 }
 
+/// A small disk whose flushes wait for a gate and are counted.
+struct FlushGated {
+    gate: &'static Gate,
+    flushes: Arc<core::sync::atomic::AtomicU64>,
+}
+
+impl parastor_core::DiskIo for FlushGated {
+    fn kind(&self) -> &'static str {
+        "flush-gated"
+    }
+    fn sector_count(&self) -> u64 {
+        8
+    }
+    fn sector_size(&self) -> u32 {
+        512
+    }
+    fn is_read_only(&self) -> bool {
+        false
+    }
+    fn is_fua_respected(&self) -> bool {
+        true
+    }
+    fn unmap_behavior(&self) -> parastor_core::UnmapBehavior {
+        parastor_core::UnmapBehavior::Ignored
+    }
+    async fn read(
+        &self,
+        buf: parastor_core::SgList<'_>,
+        _: u64,
+        _: parastor_core::IoOptions,
+    ) -> Result<(), parastor_core::DiskError> {
+        buf.zero().map_err(Into::into)
+    }
+    async fn write(
+        &self,
+        _: parastor_core::SgList<'_>,
+        _: u64,
+        _: parastor_core::IoOptions,
+    ) -> Result<(), parastor_core::DiskError> {
+        Ok(())
+    }
+    async fn flush(&self, _: parastor_core::IoOptions) -> Result<(), parastor_core::DiskError> {
+        sleep_on(self.gate).await;
+        self.flushes
+            .fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+        Ok(())
+    }
+    async fn unmap(
+        &self,
+        _: u64,
+        _: u64,
+        _: parastor_core::IoOptions,
+    ) -> Result<(), parastor_core::DiskError> {
+        Ok(())
+    }
+}
+
 #[test]
-fn shutdown_completes_after_outstanding_io() {
+fn shutdown_completes_after_outstanding_io_and_a_flush() {
+    use parastor_hw::nvme::regs::ShutdownStatus;
     let mut rig = Rig::new();
     rig.enable();
     let g = gate();
     rig.ctrl
         .add_namespace(1, gated(ram_disk(1 << 20, 512), g))
         .unwrap();
+    let fg = gate();
+    let flushes = Arc::new(core::sync::atomic::AtomicU64::new(0));
+    let fdisk = Disk::new(FlushGated {
+        gate: fg,
+        flushes: flushes.clone(),
+    })
+    .unwrap();
+    rig.ctrl.add_namespace(2, fdisk).unwrap();
     rig.io_pair(1, 8);
     let mut q = rig.io[0];
     rig.put(&mut q, &rw(NvmOpcode::WRITE, 1, 0, 1, DATA));
@@ -1335,17 +1422,31 @@ fn shutdown_completes_after_outstanding_io() {
     rig.ctrl.run_until_idle();
     rig.write32(offset::CC, 0x0046_4001); // SHN = normal
     rig.ctrl.run_until_idle();
-    use parastor_hw::nvme::regs::ShutdownStatus;
     assert_eq!(rig.csts().shst(), ShutdownStatus::OCCURRING);
     g.open();
     rig.ctrl.run_until_idle();
-    assert_eq!(rig.csts().shst(), ShutdownStatus::COMPLETE);
     assert!(
         rig.poll_cqe(&mut q)
             .expect("completed before shutdown")
             .status
             .is_success()
     );
+    assert_eq!(
+        rig.csts().shst(),
+        ShutdownStatus::OCCURRING,
+        "I/O done, the namespace flush still runs"
+    );
+    assert_eq!(flushes.load(core::sync::atomic::Ordering::Acquire), 0);
+    fg.open();
+    rig.ctrl.run_until_idle();
+    assert_eq!(flushes.load(core::sync::atomic::Ordering::Acquire), 1);
+    assert_eq!(rig.csts().shst(), ShutdownStatus::COMPLETE);
+    // A reset after the shutdown brings the controller back to normal.
+    rig.write32(offset::CC, 0);
+    rig.ctrl.run_until_idle();
+    assert_eq!(rig.csts().shst(), ShutdownStatus::NORMAL);
+    rig.try_enable(0x0046_0001);
+    assert!(rig.csts().rdy());
 }
 
 #[test]
@@ -1602,4 +1703,598 @@ fn restore_refuses_bad_state_naming_the_field() {
     let n = blob.len();
     blob[n / 2] ^= 0xFF;
     assert!(SavedController::decode(&blob).is_err());
+}
+
+// ---------------------------------------------------------------------------
+// The I/O path allocates nothing
+// ---------------------------------------------------------------------------
+
+/// Counts interrupts without allocating.
+#[derive(Default)]
+struct CountingSink(core::sync::atomic::AtomicU64);
+
+impl MsiSink for CountingSink {
+    fn signal(&self, _: u16, _: MsiMessage) {
+        self.0.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The fewest allocations any of up to 300 runs of `f` made (other tests
+/// of this binary may allocate concurrently, which only adds).
+fn fewest_allocations(mut f: impl FnMut()) -> usize {
+    let mut fewest = usize::MAX;
+    for _ in 0..300 {
+        let region = stats_alloc::Region::new(&stats_alloc::INSTRUMENTED_SYSTEM);
+        f();
+        fewest = fewest.min(region.change().allocations);
+        if fewest == 0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    fewest
+}
+
+#[test]
+fn doorbell_to_completion_allocates_nothing() {
+    let mem = GuestMem::new(RamGuestMemory::new(MEM_SIZE));
+    let sink = Arc::new(CountingSink::default());
+    let ctrl = NvmeController::new(config(), mem.clone(), sink.clone());
+    let mut rig = Rig::around(ctrl, mem, Arc::new(Msi::default()));
+    rig.enable();
+    rig.ctrl.add_namespace(1, ram_disk(4 << 20, 512)).unwrap();
+    let q = rig.io_pair(1, 64);
+    // Warm up: the first commands build the slot's buffers.
+    for i in 0..4 {
+        rig.io_cmd(q, rw(NvmOpcode::WRITE, 1, i * 8, 8, DATA));
+    }
+    let before = sink.0.load(core::sync::atomic::Ordering::Relaxed);
+    // QD1: one command per doorbell.
+    let qd1 = fewest_allocations(|| {
+        for i in 0..16u64 {
+            let op = if i % 2 == 0 {
+                NvmOpcode::READ
+            } else {
+                NvmOpcode::WRITE
+            };
+            let mut s = rw(op, 1, i * 8, 8, DATA);
+            rig.cid = rig.cid.wrapping_add(1);
+            s.cdw0 = s.cdw0.with_cid(rig.cid);
+            let mut g = rig.io[q];
+            rig.put(&mut g, &s);
+            rig.ring_sq(&g);
+            rig.ctrl.run_until_idle();
+            let c = rig.poll_cqe(&mut g).unwrap();
+            assert!(c.status.is_success());
+            rig.io[q] = g;
+        }
+    });
+    assert_eq!(qd1, 0, "QD1 read/write through the controller allocates");
+    // QD32: one doorbell, 32 commands, one interrupt.
+    let mut irqs = 0;
+    let qd32 = fewest_allocations(|| {
+        let mut g = rig.io[q];
+        for i in 0..32u64 {
+            let mut s = rw(NvmOpcode::READ, 1, i * 8, 8, DATA + (i % 8) * 0x2000);
+            s.cdw0 = s.cdw0.with_cid(i as u16);
+            rig.put(&mut g, &s);
+        }
+        let n0 = sink.0.load(core::sync::atomic::Ordering::Relaxed);
+        rig.ring_sq(&g);
+        rig.ctrl.run_until_idle();
+        irqs = sink.0.load(core::sync::atomic::Ordering::Relaxed) - n0;
+        for _ in 0..32 {
+            assert!(rig.poll_cqe(&mut g).unwrap().status.is_success());
+        }
+        rig.io[q] = g;
+    });
+    assert_eq!(qd32, 0, "QD32 batch allocates");
+    assert!(
+        (1..=4).contains(&irqs),
+        "one interrupt per pass, not per command ({irqs})"
+    );
+    assert!(sink.0.load(core::sync::atomic::Ordering::Relaxed) > before);
+}
+
+/// A waker that counts its wakes.
+struct CountWake(core::sync::atomic::AtomicU64);
+
+impl alloc::task::Wake for CountWake {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, core::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+#[test]
+fn one_task_per_completion_queue() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+    rig.io_pair(1, 8);
+    rig.io_pair(2, 8);
+    let counts: Vec<Arc<CountWake>> = (0..3)
+        .map(|_| Arc::new(CountWake(core::sync::atomic::AtomicU64::new(0))))
+        .collect();
+    let wakers: Vec<core::task::Waker> = counts.iter().map(|c| c.clone().into()).collect();
+    let poll = |rig: &Rig, q: u16| {
+        let mut cx = core::task::Context::from_waker(&wakers[usize::from(q)]);
+        rig.ctrl.poll_queue(q, &mut cx)
+    };
+    for q in 0..3 {
+        while poll(&rig, q).is_ready() {}
+    }
+    let wakes = |i: usize| counts[i].0.load(core::sync::atomic::Ordering::Acquire);
+    let before = [wakes(0), wakes(1), wakes(2)];
+    // A doorbell of queue 2 wakes only queue 2's task.
+    let mut q2 = rig.io[1];
+    rig.put(&mut q2, &rw(NvmOpcode::READ, 1, 0, 1, DATA));
+    rig.ring_sq(&q2);
+    assert_eq!([wakes(0), wakes(1)], [before[0], before[1]]);
+    assert_eq!(wakes(2), before[2] + 1);
+    assert!(poll(&rig, 1).is_pending(), "queue 1 has nothing to do");
+    assert!(rig.poll_cqe(&mut q2).is_none(), "nothing ran yet");
+    assert!(poll(&rig, 2).is_ready());
+    assert!(
+        rig.poll_cqe(&mut q2)
+            .expect("queue 2's task ran it")
+            .status
+            .is_success()
+    );
+    assert!(
+        rig.ctrl
+            .poll_queue(
+                9,
+                &mut core::task::Context::from_waker(core::task::Waker::noop())
+            )
+            .is_pending(),
+        "no such queue: never runs"
+    );
+}
+
+#[test]
+fn admin_queue_size_is_not_bounded_by_mqes() {
+    // CAP.MQES (here 3: 4 entries) bounds I/O queues only; the admin
+    // queue takes AQA's 2..=4096 entries.
+    let mut c = config();
+    c.max_queue_entries = 4;
+    let mut rig = Rig::with_config(c.clone());
+    rig.pci_on();
+    rig.write32(offset::AQA, 63 << 16 | 63);
+    rig.write64(offset::ASQ, ASQ);
+    rig.write64(offset::ACQ, ACQ);
+    rig.write32(offset::CC, 0x0046_0001);
+    rig.ctrl.run_until_idle();
+    assert!(rig.csts().rdy(), "a 64-entry admin queue enables");
+    assert!(!rig.csts().cfs());
+    rig.admin = GuestQueue::new(0, ASQ, ACQ, 64);
+    // More commands than entries: the 64-entry queues wrap.
+    for _ in 0..100 {
+        assert!(
+            rig.admin_cmd(sqe(AdminOpcode::KEEP_ALIVE.get()))
+                .status
+                .is_success()
+        );
+    }
+    // I/O queues are bounded by MQES.
+    assert_eq!(
+        rig.create_cq(1, 5, 1),
+        StatusWord::command_specific(CommandSpecificStatus::INVALID_QUEUE_SIZE).with_dnr(true)
+    );
+    assert_eq!(rig.create_cq(1, 4, 1), StatusWord::SUCCESS);
+    // A 1-entry admin queue is refused.
+    let bad = Rig::with_config(c.clone());
+    bad.pci_on();
+    bad.write32(offset::AQA, 0);
+    bad.write64(offset::ASQ, ASQ);
+    bad.write64(offset::ACQ, ACQ);
+    bad.write32(offset::CC, 0x0046_0001);
+    assert!(bad.csts().cfs());
+    // Saved, such a controller restores, and its admin queue goes on.
+    let saved = rig.ctrl.save().unwrap();
+    assert_eq!(saved.admin.sq.unwrap().size, 64);
+    let restored = NvmeController::restore(
+        c,
+        rig.mem.clone(),
+        rig.msi.clone(),
+        &SavedController::decode(&saved.encode().unwrap()).unwrap(),
+        Vec::new(),
+    )
+    .unwrap();
+    let mut rig2 = Rig::around(restored, rig.mem.clone(), rig.msi.clone());
+    rig2.admin = rig.admin;
+    rig2.cid = rig.cid;
+    for _ in 0..40 {
+        assert!(
+            rig2.admin_cmd(sqe(AdminOpcode::KEEP_ALIVE.get()))
+                .status
+                .is_success()
+        );
+    }
+    // A saved admin queue beyond 4096 entries, or not queue 0, is refused.
+    let mut s = saved.clone();
+    s.admin.sq.as_mut().unwrap().size = 4097;
+    let err = NvmeController::restore(
+        config(),
+        GuestMem::new(RamGuestMemory::new(MEM_SIZE)),
+        Arc::new(Msi::default()),
+        &s,
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "admin.sq.size");
+    let mut s = saved;
+    s.admin.cq.as_mut().unwrap().qid = 1;
+    let err = NvmeController::restore(
+        config(),
+        GuestMem::new(RamGuestMemory::new(MEM_SIZE)),
+        Arc::new(Msi::default()),
+        &s,
+        Vec::new(),
+    )
+    .unwrap_err();
+    assert_eq!(err.field, "admin.cq.qid");
+}
+
+/// A saved controller with every part filled in, built by hand so a
+/// change of behaviour cannot hide a change of format.
+fn golden_state() -> SavedController {
+    use state::*;
+    let mut config = vec![0u8; 256];
+    config[..4].copy_from_slice(&0xB111_1414u32.to_le_bytes());
+    config[4] = 0x06;
+    config[0x82..0x84].copy_from_slice(&0x8004u16.to_le_bytes());
+    let mut sqe = vec![0u8; 64];
+    sqe[0] = 0x01;
+    sqe[2..4].copy_from_slice(&7u16.to_le_bytes());
+    sqe[4] = 1;
+    ControllerV1 {
+        pci: PciV1 {
+            config,
+            bar0: 0xFE00_0004,
+            bar4: 0xFE10_0004,
+            msix_table: (0..5u32)
+                .map(|v| [0xFEE0_0000 + v * 16, 0, 0x40 + v, u32::from(v == 4)])
+                .collect(),
+            msix_pending: vec![0b1_0000],
+        },
+        regs: RegistersV1 {
+            cc: 0x0046_0001,
+            csts: 1,
+            aqa: 0x000F_000F,
+            asq: ASQ,
+            acq: ACQ,
+        },
+        lifecycle: 1,
+        intms: 0,
+        intm_pending: 0,
+        admin: AdminV1 {
+            sq: Some(SqV1 {
+                qid: 0,
+                gpa: ASQ,
+                size: 16,
+                head: 5,
+                tail: 5,
+                cqid: 0,
+                deleting: false,
+                shadow: None,
+            }),
+            cq: Some(CqV1 {
+                qid: 0,
+                gpa: ACQ,
+                size: 16,
+                tail: 4,
+                phase: true,
+                head: 4,
+                ien: true,
+                iv: 0,
+                shadow: None,
+            }),
+            page_size: 4096,
+            aers: vec![12],
+            pending_deletes: Vec::new(),
+            aborts: Vec::new(),
+            held: vec![(13, 0, 0x0001_0000)],
+            dbbc: Some((0x30000, 0x31000)),
+            features: FeaturesV1 {
+                arbitration: 3,
+                power_management: 0,
+                temperature: (0xFFFF, 0),
+                error_recovery: 0,
+                volatile_write_cache: true,
+                queues: (2, 2),
+                interrupt_coalescing: 0x0A05,
+                vector_cd: vec![false, true, false, false, false],
+                write_atomicity: 0,
+                keep_alive: 0,
+                host_id: [7; 16],
+                host_id_extended: true,
+                reservation_mask: 0,
+                software_progress: 0,
+            },
+        },
+        workers: vec![WorkerV1 {
+            cq: CqV1 {
+                qid: 1,
+                gpa: IO_CQ + 0x10000,
+                size: 16,
+                tail: 3,
+                phase: false,
+                head: 2,
+                ien: true,
+                iv: 1,
+                shadow: Some((0x30000 + 12, 0x31000 + 12)),
+            },
+            sqs: vec![SqV1 {
+                qid: 1,
+                gpa: IO_SQ + 0x10000,
+                size: 16,
+                head: 9,
+                tail: 10,
+                cqid: 1,
+                deleting: false,
+                shadow: Some((0x30000 + 8, 0x31000 + 8)),
+            }],
+            commands: vec![
+                CommandV1 {
+                    sqid: 1,
+                    sqe: sqe.clone(),
+                    done: None,
+                },
+                CommandV1 {
+                    sqid: 1,
+                    sqe,
+                    done: Some((0x0280, 0)),
+                },
+            ],
+            aborts: vec![(1, 44)],
+            stats: [8192, 4096, 2, 1, 0],
+        }],
+        namespaces: NamespacesV1 {
+            changed: vec![1, 3],
+            overflow: false,
+            known: vec![(1, 2048)],
+        },
+        events: EventsV1 {
+            errors: vec![vec![1; 64]],
+            error_count: 1,
+            pending: vec![0x0004_0002],
+            error_masked: true,
+            notice_masked: false,
+            config: 0x100,
+        },
+    }
+}
+
+#[test]
+fn golden_saved_state_blob() {
+    // tests/state/<component>-v<version>.bin, like every component's.
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/state/nvme-controller-v1.bin");
+    let value = golden_state();
+    let encoded = value.encode().unwrap();
+    if !path.exists() && std::env::var_os("PARASTOR_BLESS_STATE").is_some() {
+        std::fs::write(&path, &encoded).unwrap();
+    }
+    let blob = std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; a new version needs its golden blob (PARASTOR_BLESS_STATE=1)",
+            path.display()
+        )
+    });
+    assert_eq!(
+        SavedController::decode(&blob).as_ref(),
+        Ok(&value),
+        "the golden blob no longer decodes to the same value: a saved struct changed without a new version"
+    );
+    assert_eq!(encoded, blob, "the encoding of the same value changed");
+    // And it restores: queues, commands and all.
+    let ctrl = NvmeController::restore(
+        config(),
+        GuestMem::new(RamGuestMemory::new(MEM_SIZE)),
+        Arc::new(Msi::default()),
+        &value,
+        vec![(1, ram_disk(1 << 20, 512))],
+    )
+    .unwrap();
+    let saved = ctrl.save().unwrap();
+    assert_eq!(saved.workers[0].commands.len(), 2);
+    assert_eq!(saved.admin.aers, [12]);
+    assert_eq!(saved.namespaces.changed, [1, 3]);
+}
+
+/// Random register, configuration and queue traffic from a hostile guest:
+/// nothing panics, and a reset brings the controller back.
+#[test]
+fn hostile_traffic_never_panics() {
+    let mut rng = fastrand::Rng::with_seed(0x4E56_4D65);
+    let (mut completed, mut failed) = (0usize, 0usize);
+    for round in 0..200 {
+        let mut c = config();
+        c.max_queue_entries = 64;
+        let mut rig = Rig::with_config(c);
+        rig.enable();
+        rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+        rig.ctrl.add_namespace(2, ram_disk(1 << 20, 4096)).unwrap();
+        rig.io_pair(1, 16);
+        for _ in 0..300 {
+            match rng.u8(..10) {
+                0 => {
+                    // A register or doorbell write of any width.
+                    let off = if rng.bool() {
+                        rng.u64(..0x60)
+                    } else {
+                        0x1000 + rng.u64(..0x40)
+                    };
+                    let len = [1usize, 2, 4, 8][rng.usize(..4)];
+                    let data: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                    // Keep the controller mostly enabled: CC writes are rarer.
+                    if off != 0x14 || rng.u8(..8) == 0 {
+                        rig.ctrl.bar_write(0, off, &data);
+                    }
+                }
+                1 => {
+                    let off = rng.u16(..0x100);
+                    let len = [1usize, 2, 4][rng.usize(..3)];
+                    let data: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+                    if !(4..6).contains(&off) {
+                        rig.ctrl.config_write(off, &data);
+                    }
+                    let mut out = vec![0u8; len];
+                    rig.ctrl.config_read(rng.u16(..), &mut out);
+                }
+                2 => {
+                    let off = rng.u64(..0x2000);
+                    let data = rng.u32(..).to_le_bytes();
+                    rig.ctrl.bar_write(4, off & !3, &data);
+                }
+                3..=5 => {
+                    // A random admin command (random dwords and pointers).
+                    let mut s = sqe(rng.u8(..));
+                    s.cdw0 = s.cdw0.with_opc(
+                        [
+                            0x00,
+                            0x01,
+                            0x02,
+                            0x04,
+                            0x05,
+                            0x06,
+                            0x08,
+                            0x09,
+                            0x0A,
+                            0x0C,
+                            0x18,
+                            0x7C,
+                            rng.u8(..),
+                        ][rng.usize(..13)],
+                    );
+                    s.nsid = U32::new([0, 1, 2, 9, 0xFFFF_FFFF, rng.u32(..)][rng.usize(..6)]);
+                    let mut ptr = || {
+                        [DATA, DATA + 4095, MEM_SIZE - 8, u64::MAX - 4095, 0x30000][rng.usize(..5)]
+                    };
+                    let (p1, p2) = (ptr(), ptr());
+                    s.set_prps(p1, p2);
+                    s.cdw10 = U32::new(rng.u32(..) & [0xFF, 0xFFFF, u32::MAX][rng.usize(..3)]);
+                    s.cdw11 = U32::new(rng.u32(..));
+                    s.cdw12 = U32::new(rng.u32(..) & 0xFFF);
+                    let mut q = rig.admin;
+                    rig.put(&mut q, &s);
+                    rig.ring_sq(&q);
+                    rig.admin = q;
+                }
+                _ => {
+                    // A random I/O command on SQ 1.
+                    let op = [
+                        0x00,
+                        0x01,
+                        0x02,
+                        0x05,
+                        0x08,
+                        0x09,
+                        0x0C,
+                        0x0D,
+                        0x0E,
+                        0x11,
+                        0x15,
+                        rng.u8(..),
+                    ][rng.usize(..12)];
+                    let mut s = rw(
+                        NvmOpcode::new(op),
+                        rng.u32(..3),
+                        rng.u64(..3000),
+                        rng.u32(1..300),
+                        DATA,
+                    );
+                    s.cdw0 = s
+                        .cdw0
+                        .with_psdt(parastor_hw::nvme::queue::DataTransferKind::new(rng.u8(..4)));
+                    if rng.bool() {
+                        let mut d = [0u8; 16];
+                        rng.fill(&mut d);
+                        s.dptr = d;
+                    }
+                    if let Some(mut q) = rig.io.first().copied() {
+                        rig.put(&mut q, &s);
+                        rig.ring_sq(&q);
+                        rig.io[0] = q;
+                    }
+                }
+            }
+            rig.ctrl.run_until_idle();
+            // Consume whatever completed so the queues keep moving.
+            let mut q = rig.admin;
+            while rig.poll_cqe(&mut q).is_some() {
+                completed += 1;
+            }
+            rig.admin = q;
+            if let Some(mut q) = rig.io.first().copied() {
+                while let Some(c) = rig.poll_cqe(&mut q) {
+                    completed += 1;
+                    failed += usize::from(!c.status.is_success());
+                }
+                rig.io[0] = q;
+            }
+        }
+        // Whatever happened, a reset and a fresh enable work.
+        rig.ctrl.config_write(4, &[0x06, 0x00]);
+        rig.write32(offset::CC, 0);
+        rig.ctrl.run_until_idle();
+        assert!(!rig.csts().rdy(), "round {round}: reset completes");
+        rig.io.clear();
+        rig.enable();
+        let (st, _) = rig.identify(Cns::CONTROLLER, 0);
+        assert_eq!(st, StatusWord::SUCCESS, "round {round}");
+    }
+    // The traffic reached the command handlers, and most of it was refused.
+    assert!(completed > 2000, "{completed} completions");
+    assert!(failed > 500, "{failed} I/O failures");
+}
+
+#[test]
+fn reservation_persistence_and_rescap_come_from_the_disk() {
+    let mut rig = Rig::new();
+    rig.enable();
+    rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
+    let pr = Disk::new(parastor_core::ReservationsDisk::new(ram_disk(1 << 20, 512))).unwrap();
+    rig.ctrl.add_namespace(2, pr).unwrap();
+    let get = |rig: &mut Rig, nsid: u32| {
+        let mut s = sqe(AdminOpcode::GET_FEATURES.get());
+        s.nsid = U32::new(nsid);
+        s.cdw10 = U32::new(0x83);
+        rig.admin_cmd(s)
+    };
+    let set = |rig: &mut Rig, nsid: u32, ptpl: u32| {
+        let mut s = sqe(AdminOpcode::SET_FEATURES.get());
+        s.nsid = U32::new(nsid);
+        s.cdw10 = U32::new(0x83);
+        s.cdw11 = U32::new(ptpl);
+        rig.admin_cmd(s).status.status()
+    };
+    assert_eq!(
+        get(&mut rig, 1).status.status(),
+        generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true),
+        "no reservations on namespace 1"
+    );
+    assert_eq!(
+        get(&mut rig, 3).status.status(),
+        generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true)
+    );
+    let c = get(&mut rig, 2);
+    assert!(c.status.is_success());
+    assert_eq!(c.dw0.get(), 0, "PTPL off");
+    assert_eq!(set(&mut rig, 2, 0), StatusWord::SUCCESS);
+    assert_eq!(
+        set(&mut rig, 2, 1),
+        StatusWord::command_specific(CommandSpecificStatus::FEATURE_NOT_CHANGEABLE).with_dnr(true)
+    );
+    let (_, page) = rig.identify(Cns::NAMESPACE, 2);
+    let id = IdentifyNamespace::read_from_bytes(&page).unwrap();
+    assert!(id.rescap.write_exclusive() && id.rescap.exclusive_access());
+    let (_, page) = rig.identify(Cns::NAMESPACE, 1);
+    assert_eq!(
+        IdentifyNamespace::read_from_bytes(&page)
+            .unwrap()
+            .rescap
+            .into_bits(),
+        0
+    );
 }

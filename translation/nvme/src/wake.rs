@@ -21,6 +21,9 @@ pub(crate) struct Wakeups {
     bits: Box<[AtomicU64]>,
     all: AtomicWaker,
     each: Box<[AtomicWaker]>,
+    /// Which of `all` / `each` a host has registered with: a wake skips
+    /// the kind nobody waits on (bit 0: all, bit 1: each).
+    used: core::sync::atomic::AtomicU8,
 }
 
 impl Wakeups {
@@ -32,6 +35,7 @@ impl Wakeups {
                 .collect(),
             all: AtomicWaker::new(),
             each: (0..workers).map(|_| AtomicWaker::new()).collect(),
+            used: core::sync::atomic::AtomicU8::new(0),
         }
     }
 
@@ -41,9 +45,18 @@ impl Wakeups {
         let Some(word) = self.bits.get(index / 64) else {
             return;
         };
-        word.fetch_or(1 << (index % 64), Ordering::AcqRel);
-        self.all.wake();
-        if let Some(w) = self.each.get(index) {
+        let bit = 1 << (index % 64);
+        if word.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            // Already woken and not yet run: whoever runs it was woken.
+            return;
+        }
+        let used = self.used.load(Ordering::Acquire);
+        if used & 1 != 0 {
+            self.all.wake();
+        }
+        if used & 2 != 0
+            && let Some(w) = self.each.get(index)
+        {
             w.wake();
         }
     }
@@ -51,12 +64,18 @@ impl Wakeups {
     /// Registers the task that runs every worker.
     pub(crate) fn register_all(&self, waker: &Waker) {
         self.all.register(waker);
+        if self.used.load(Ordering::Relaxed) & 1 == 0 {
+            self.used.fetch_or(1, Ordering::AcqRel);
+        }
     }
 
     /// Registers the task that runs worker `index`.
     pub(crate) fn register(&self, index: usize, waker: &Waker) {
         if let Some(w) = self.each.get(index) {
             w.register(waker);
+        }
+        if self.used.load(Ordering::Relaxed) & 2 == 0 {
+            self.used.fetch_or(2, Ordering::AcqRel);
         }
     }
 

@@ -77,7 +77,8 @@ pub(crate) struct IoStats {
 /// namespace generation moves, so resolving an NSID takes no lock.
 #[derive(Default)]
 struct NsCache {
-    generation: u64,
+    /// The generation the cache holds (`None`: never filled).
+    generation: Option<u64>,
     disks: Vec<Option<Disk>>,
 }
 
@@ -146,7 +147,6 @@ impl IoWorker {
         if self.slots.is_empty() {
             let n = self.capacity;
             self.ready = ReadySet::new(n);
-            self.ready.register(&self.waker);
             self.slots = (0..n)
                 .map(|_| Slot {
                     busy: false,
@@ -243,7 +243,7 @@ impl IoWorker {
             return false;
         }
         let generation = s.ns_generation.load(Ordering::Acquire);
-        if generation != self.ns.generation || self.ns.disks.is_empty() {
+        if self.ns.generation != Some(generation) {
             self.refresh_namespaces(s, generation);
         }
         for _ in 0..8 {
@@ -262,6 +262,14 @@ impl IoWorker {
             }
         }
         self.signal(s);
+        if self.running() != 0 {
+            // A slot's wake consumes the registration: renew it, then look
+            // again for wakes that came before it.
+            self.ready.register(&self.waker);
+            if self.ready.any() {
+                self.waker.wake_by_ref();
+            }
+        }
         if life == Lifecycle::Ready && !self.free.is_empty() && self.has_queued(s) {
             // Budget spent with work left: run again on the next pass.
             self.waker.wake_by_ref();
@@ -274,11 +282,17 @@ impl IoWorker {
         let ns = s.namespaces.lock();
         self.ns.disks.clear();
         self.ns.disks.extend(ns.disks());
-        self.ns.generation = generation;
+        self.ns.generation = Some(generation);
     }
 
     fn has_queued(&self, s: &Shared) -> bool {
         let mem: &dyn GuestMemory = &*s.mem;
+        if self.sqs.iter().any(|q| q.shadow.is_some()) {
+            // The EventIdx stores of this pass before the shadow tail
+            // loads below: a host that queued an entry without ringing
+            // (it saw an old EventIdx) is seen here.
+            core::sync::atomic::fence(Ordering::SeqCst);
+        }
         self.sqs
             .iter()
             .any(|sq| !sq.deleting && sq.has_entries(sq.tail(mem, &s.doorbells)))
@@ -482,7 +496,13 @@ impl IoWorker {
                     break;
                 };
                 if cq.is_full() {
-                    break;
+                    // Wake on the host's next head update, then look
+                    // again in case it came before the arming.
+                    s.doorbells.arm(Doorbell::CqHead(cq.qid));
+                    cq.refresh_head(mem, &s.doorbells);
+                    if cq.is_full() {
+                        break;
+                    }
                 }
                 let sqhd = sq_pos.map_or(0, |p| self.sqs[p].head);
                 let cqe = Cqe {
