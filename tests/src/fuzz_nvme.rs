@@ -319,7 +319,7 @@ impl Rig {
             }
             // A completion names the queue it completes a command of.
             assert!(
-                usize::from(cqe.sqid.get()) < self.queues.len() + 1,
+                usize::from(cqe.sqid.get()) < self.queues.len(),
                 "completion for SQ {} out of range: {}",
                 cqe.sqid.get(),
                 what()
