@@ -1115,7 +1115,10 @@ mod tests {
         assert_eq!(q.refused_completions(), 1, "the unknown id was refused");
         // Entry 1: b's id from another submission queue: b fails cleanly.
         post(&mem, cq, 1, 9, cb, 1);
-        assert!(Pin::new(&mut b).poll(&mut cx).is_pending(), "b's first poll");
+        assert!(
+            Pin::new(&mut b).poll(&mut cx).is_pending(),
+            "b's first poll"
+        );
         match Pin::new(&mut b).poll(&mut cx) {
             Poll::Ready(f) => assert_eq!(
                 f.result,

@@ -1334,7 +1334,11 @@ mod nvme {
     /// A controller with `disk` as namespace 1, a driver over it with
     /// `data_pointer`, and namespace 1's `Disk` — leaked: the bench's
     /// futures borrow them for the rest of the process.
-    fn setup(disk: &Disk, data_pointer: DataPointer) -> (&'static NvmeRig, &'static Disk) {
+    fn setup(
+        disk: &Disk,
+        data_pointer: DataPointer,
+        shadow_doorbells: bool,
+    ) -> (&'static NvmeRig, &'static Disk) {
         let mut controller = parastor_nvme::ControllerConfig::new(parastor_tests::nvme::INSTANCE);
         controller.max_io_queue_pairs = 1;
         controller.msix_vectors = 2;
@@ -1351,6 +1355,7 @@ mod nvme {
                 DriverConfig {
                     io_queues: 1,
                     data_pointer,
+                    shadow_doorbells,
                     ..DriverConfig::default()
                 },
                 Arc::new(YieldTimer),
@@ -1482,7 +1487,7 @@ mod nvme {
                 format!("  vs-openvmm={:.2}", ns / base)
             });
         println!(
-            "nvme {:<5} {:<6} {pattern:<4} QD{:<2} {:<26} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
+            "nvme {:<5} {:<6} {pattern:<4} QD{:<2} {:<34} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
             row.op,
             size_name(row.bytes),
             row.qd,
@@ -1497,7 +1502,8 @@ mod nvme {
         println!(
             "nvme: parastor's NVMe driver -> in-process backing (direct DMA: buffers pin to device addresses) -> \
              parastor's NVMe controller -> RAM disk ({SS}-byte sectors, {} working set, one thread: \
-             submit, run the controller's work, complete); nvme(prp) / nvme(sgl) = the driver's data pointers; \
+             submit, run the controller's work, complete); nvme(prp) / nvme(sgl) = the driver's data pointers, shadow doorbells (Doorbell Buffer Config) on; \
+             nvme(prp,mmio-doorbells) = PRPs, every doorbell an MMIO write; \
              QD32 = 32 commands started per op, all completed before the next; \
              ratio = ns/io of the line / ns/io of the RAM disk alone (Disk::read/write, same buffers and offsets, \
              measured in the same run; lower is better); `unwritten` = reads of a never-written disk; \
@@ -1508,16 +1514,17 @@ mod nvme {
         prefill(&prefilled);
         let unwritten = parastor_tests::stacks::ram_disk(DISK_BYTES / u64::from(SS), SS);
         let paths = [
-            ("nvme(prp)", DataPointer::Prp),
-            ("nvme(sgl)", DataPointer::Sgl),
+            ("nvme(prp)", DataPointer::Prp, true),
+            ("nvme(sgl)", DataPointer::Sgl, true),
+            ("nvme(prp,mmio-doorbells)", DataPointer::Prp, false),
         ];
         let prefilled_paths: Vec<_> = paths
             .iter()
-            .map(|&(n, dp)| (n, setup(&prefilled, dp)))
+            .map(|&(n, dp, sh)| (n, setup(&prefilled, dp, sh)))
             .collect();
         let unwritten_paths: Vec<_> = paths
             .iter()
-            .map(|&(n, dp)| (n, setup(&unwritten, dp)))
+            .map(|&(n, dp, sh)| (n, setup(&unwritten, dp, sh)))
             .collect();
         for (_, (rig, disk)) in &prefilled_paths {
             verify(rig, disk);

@@ -27,6 +27,10 @@ use zerocopy::{FromZeros, IntoBytes};
 ///
 /// Called only for an enabled, unmasked vector; a masked vector's message
 /// waits in the pending bit array and is delivered here on unmask.
+///
+/// It is called from inside the controller (a queue's worker, or the
+/// register write that unmasks a vector), so it must not call back into
+/// the controller: set an event or wake a task instead.
 pub trait MsiSink: Send + Sync {
     /// Delivers `message`, the MSI-X table entry of `vector`.
     fn signal(&self, vector: u16, message: MsiMessage);

@@ -1071,6 +1071,16 @@ fn smart_and_error_logs_have_real_content() {
     assert_eq!(e.lba.get(), 5000);
     assert_eq!(e.nsid.get(), 1);
     assert!(page[64..].iter().all(|&b| b == 0), "one entry only");
+    // A command for a namespace that does not exist is logged too, with
+    // the NSID as the field in error.
+    let c = rig.io_cmd(q, rw(NvmOpcode::READ, 9, 0, 1, DATA));
+    assert!(!c.status.is_success());
+    let (_, page) = get_log(&mut rig, 0x01, 0, 128, 0, false);
+    let e2 = parastor_hw::nvme::log::ErrorLogEntry::read_from_bytes(&page[..64]).unwrap();
+    assert_eq!(e2.error_count.get(), 2);
+    assert_eq!(e2.nsid.get(), 9);
+    assert_eq!(e2.parameter_error_location.get(), 4);
+    assert_eq!(e2.cid.get(), c.cid.get());
     // An offset into the SMART log; a misaligned one is refused.
     let (_, tail) = get_log(&mut rig, 0x02, 0xFFFF_FFFF, 32, 64, false);
     assert_eq!(
@@ -2297,4 +2307,181 @@ fn reservation_persistence_and_rescap_come_from_the_disk() {
             .into_bits(),
         0
     );
+}
+
+/// A timer whose sleeps end on another thread shortly after they start:
+/// disk completions arrive from outside the polling thread.
+struct ThreadTimer(
+    std::sync::Mutex<std::sync::mpsc::Sender<core::task::Waker>>,
+    Arc<core::sync::atomic::AtomicU64>,
+);
+
+impl parastor_core::Timer for ThreadTimer {
+    fn sleep(&self, _: core::time::Duration) -> parastor_core::BoxFuture<'static, ()> {
+        let tx = self.0.lock().unwrap().clone();
+        let done = Arc::new(core::sync::atomic::AtomicBool::new(false));
+        let fired = self.1.clone();
+        let mut sent = false;
+        Box::pin(core::future::poll_fn(move |cx| {
+            if done.load(core::sync::atomic::Ordering::Acquire) {
+                return core::task::Poll::Ready(());
+            }
+            if !sent {
+                sent = true;
+                let done = done.clone();
+                let fired = fired.clone();
+                let waker = cx.waker().clone();
+                // The timer thread runs this waker after setting `done`.
+                let w = core::task::Waker::from(Arc::new(SetThenWake(done, waker, fired)));
+                let _ = tx.send(w);
+            }
+            core::task::Poll::Pending
+        }))
+    }
+}
+
+struct SetThenWake(
+    Arc<core::sync::atomic::AtomicBool>,
+    core::task::Waker,
+    Arc<core::sync::atomic::AtomicU64>,
+);
+
+impl alloc::task::Wake for SetThenWake {
+    fn wake(self: Arc<Self>) {
+        self.0.store(true, core::sync::atomic::Ordering::Release);
+        self.2.fetch_add(1, core::sync::atomic::Ordering::Relaxed);
+        self.1.wake_by_ref();
+    }
+}
+
+/// Unparks a thread.
+struct Unpark(std::thread::Thread);
+
+impl alloc::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Two submitting threads, a timer thread completing the disk's I/O and a
+/// polling thread that sleeps whenever `poll_work` is `Pending`: every
+/// command completes, and no wake is ever lost (the poller never needs its
+/// timeout to find work).
+#[test]
+fn no_lost_wakeups_across_threads() {
+    use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let mut rig = Rig::new();
+    rig.enable();
+    let (tx, rx) = std::sync::mpsc::channel::<core::task::Waker>();
+    let fired = Arc::new(AtomicU64::new(0));
+    let timer_thread = std::thread::spawn(move || {
+        while let Ok(w) = rx.recv() {
+            std::thread::yield_now();
+            w.wake();
+        }
+    });
+    let slow = Disk::new(parastor_core::DelayDisk::new(
+        ram_disk(1 << 20, 512),
+        parastor_core::DelayHandle::new(core::time::Duration::from_micros(1)),
+        Arc::new(ThreadTimer(std::sync::Mutex::new(tx), fired.clone())),
+    ))
+    .unwrap();
+    rig.ctrl.add_namespace(1, slow).unwrap();
+    rig.ctrl.add_namespace(2, ram_disk(1 << 20, 512)).unwrap();
+    rig.io_pair(1, 32);
+    rig.io_pair(2, 32);
+    let ctrl = Arc::new(rig.ctrl);
+    let mem = rig.mem.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let rescued = Arc::new(AtomicU64::new(0));
+    let poller = {
+        let (ctrl, stop, rescued) = (ctrl.clone(), stop.clone(), rescued.clone());
+        std::thread::spawn(move || {
+            let waker = core::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+            let mut cx = core::task::Context::from_waker(&waker);
+            while !stop.load(Ordering::Acquire) {
+                if ctrl.poll_work(&mut cx).is_ready() {
+                    continue;
+                }
+                let t = std::time::Instant::now();
+                std::thread::park_timeout(std::time::Duration::from_millis(200));
+                // Woken by the timeout, not a wake, and there was work:
+                // a lost wakeup.
+                if t.elapsed() >= std::time::Duration::from_millis(200)
+                    && ctrl.poll_work(&mut cx).is_ready()
+                {
+                    rescued.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let submitters: Vec<_> = rig
+        .io
+        .iter()
+        .copied()
+        .map(|mut q| {
+            let (ctrl, mem) = (ctrl.clone(), mem.clone());
+            std::thread::spawn(move || {
+                let nsid = u32::from(q.qid);
+                let data = DATA + u64::from(q.qid) * 0x10000;
+                let mut done = 0u32;
+                let mut sent = 0u32;
+                let total = 2000u32;
+                let depth = 8;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while done < total {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "queue {} stalled at {done}",
+                        q.qid
+                    );
+                    while sent < total && sent - done < depth {
+                        let op = if sent.is_multiple_of(2) {
+                            NvmOpcode::WRITE
+                        } else {
+                            NvmOpcode::READ
+                        };
+                        let mut s = rw(op, nsid, u64::from(sent % 256), 1, data);
+                        s.cdw0 = s.cdw0.with_cid(sent as u16);
+                        mem.write_obj(Gpa::new(q.sq + u64::from(q.sq_tail) * 64), &s)
+                            .unwrap();
+                        q.sq_tail = (q.sq_tail + 1) % q.size;
+                        ctrl.bar_write(0, 0x1000 + u64::from(q.qid) * 8, &q.sq_tail.to_le_bytes());
+                        sent += 1;
+                    }
+                    let gpa = Gpa::new(q.cq + u64::from(q.cq_head) * 16);
+                    let c: Cqe = mem.read_obj(gpa).unwrap();
+                    if c.status.p() != q.phase {
+                        std::thread::yield_now();
+                        continue;
+                    }
+                    assert!(c.status.is_success(), "{:?}", c.status.status());
+                    q.cq_head += 1;
+                    if q.cq_head == q.size {
+                        q.cq_head = 0;
+                        q.phase = !q.phase;
+                    }
+                    ctrl.bar_write(
+                        0,
+                        0x1000 + u64::from(q.qid) * 8 + 4,
+                        &q.cq_head.to_le_bytes(),
+                    );
+                    done += 1;
+                }
+            })
+        })
+        .collect();
+    for s in submitters {
+        s.join().unwrap();
+    }
+    stop.store(true, Ordering::Release);
+    poller.thread().unpark();
+    poller.join().unwrap();
+    assert_eq!(rescued.load(Ordering::Relaxed), 0, "lost wakeups");
+    assert!(
+        fired.load(Ordering::Relaxed) >= 2000,
+        "the slow disk's I/O completed off-thread"
+    );
+    drop(ctrl);
+    timer_thread.join().unwrap();
 }

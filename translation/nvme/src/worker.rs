@@ -366,6 +366,18 @@ impl IoWorker {
         let Some(disk) = self.ns.disks.get(nsid as usize).and_then(|d| d.as_ref()) else {
             let status =
                 StatusWord::generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true);
+            // Logged like any failed command; the field in error is the
+            // NSID (byte 4 of the entry).
+            let outcome = IoOutcome {
+                status,
+                dw0: 0,
+                bytes_read: 0,
+                bytes_written: 0,
+                lba: 0,
+                param_error_location: 4,
+                reservation_changed: false,
+            };
+            self.account(s, index, &outcome);
             self.finish(s, index, Completion::status(status));
             return;
         };
