@@ -170,6 +170,9 @@ struct Ranges<'a> {
     mem: &'a dyn GuestMemory,
     access: Access,
     out: &'a mut Vec<GpaRange>,
+    /// Whether the last range is a bit bucket (which is scratch, not the
+    /// guest's: never checked against guest memory nor merged with it).
+    last_is_bucket: bool,
 }
 
 impl<'a> Ranges<'a> {
@@ -179,10 +182,14 @@ impl<'a> Ranges<'a> {
             mem,
             access: dir.access(),
             out,
+            last_is_bucket: false,
         }
     }
 
-    /// Adds `len` bytes of guest memory at `gpa`.
+    /// Adds `len` bytes of guest memory at `gpa`. A range is checked
+    /// against guest memory once it is complete (when the next one starts,
+    /// and by [`Ranges::finish`]), so a contiguous buffer described page by
+    /// page costs one check, not one per page.
     fn push(&mut self, gpa: u64, len: u64) -> Result<(), StatusWord> {
         if len == 0 {
             return Ok(());
@@ -193,37 +200,52 @@ impl<'a> Ranges<'a> {
             return Err(memory_error_status(&e));
         }
         if let Some(last) = self.out.last_mut()
+            && !self.last_is_bucket
             && last.gpa.get().checked_add(last.len) == Some(gpa)
-            && last.gpa.get() < BIT_BUCKET_BASE
         {
+            // Bounded by the transfer length (at most MAX_DATA_BYTES).
             last.len += len;
-            return self.check_last();
+            return Ok(());
         }
+        self.check_last()?;
         self.out.push(GpaRange::new(Gpa::new(gpa), len));
-        self.check_last()
+        self.last_is_bucket = false;
+        Ok(())
     }
 
     /// Adds `len` discarded bytes at `offset` of the bit bucket window.
-    fn push_bucket(&mut self, offset: u64, len: u64) {
+    fn push_bucket(&mut self, offset: u64, len: u64) -> Result<(), StatusWord> {
         if len == 0 {
-            return;
+            return Ok(());
         }
         let gpa = BIT_BUCKET_BASE + offset;
         if let Some(last) = self.out.last_mut()
-            && last.gpa.get() >= BIT_BUCKET_BASE
+            && self.last_is_bucket
             && last.gpa.get() + last.len == gpa
         {
             last.len += len;
-            return;
+            return Ok(());
         }
+        self.check_last()?;
         self.out.push(GpaRange::new(Gpa::new(gpa), len));
+        self.last_is_bucket = true;
+        Ok(())
     }
 
-    /// Checks the (possibly just grown) last range against guest memory.
+    /// Checks the last range; call when the walk is complete.
+    fn finish(&self) -> Result<(), StatusWord> {
+        self.check_last()
+    }
+
+    /// Checks the last range against guest memory (bit bucket ranges are
+    /// scratch, sized by the walk, and need none).
     fn check_last(&self) -> Result<(), StatusWord> {
         let Some(&last) = self.out.last() else {
             return Ok(());
         };
+        if self.last_is_bucket {
+            return Ok(());
+        }
         let in_window = last.gpa.get() < BIT_BUCKET_BASE
             && last.gpa.get().saturating_add(last.len) <= BIT_BUCKET_BASE;
         let checked = if in_window {
@@ -258,7 +280,7 @@ pub(crate) fn prp_ranges(
     out: &mut Vec<GpaRange>,
 ) -> Result<(), StatusWord> {
     let mut r = Ranges::new(mem, dir, out);
-    match walk_prps(&mut r, page_size, prp1, prp2, len) {
+    match walk_prps(&mut r, page_size, prp1, prp2, len).and_then(|()| r.finish()) {
         Ok(()) => Ok(()),
         Err(s) => Err(r.fail(s)),
     }
@@ -383,7 +405,7 @@ pub(crate) fn sgl_ranges(
         buckets: 0,
         descriptors: 1,
     };
-    match walk.run(&mut r, sgl1) {
+    match walk.run(&mut r, sgl1).and_then(|()| r.finish()) {
         Ok(()) => Ok(DataLayout {
             bucket_bytes: walk.buckets,
         }),
@@ -519,7 +541,7 @@ impl SglWalk {
                 if total > self.len {
                     return Err(too_long);
                 }
-                r.push_bucket(self.buckets, length);
+                r.push_bucket(self.buckets, length)?;
                 self.buckets += length;
                 self.total = total;
             }

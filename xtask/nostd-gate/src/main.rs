@@ -44,8 +44,8 @@ use parastor_core::ram::RamDisk;
 use parastor_core::{Disk, Gpa, GuestMem, GuestMemory, InitiatorId, RamGuestMemory, SgList};
 use parastor_hw::scsi::{Command, ScsiStatus, parse_cdb};
 use parastor_hw::storvsp::SCSI_INTERFACE_ID;
-use parastor_scsi::{DiskParams, ScsiDisk, SenseDelivery};
 use parastor_nvme::{ControllerConfig as NvmeConfig, MsiMessage, MsiSink, NvmeController};
+use parastor_scsi::{DiskParams, ScsiDisk, SenseDelivery};
 use parastor_storvsp::{Controller, ControllerConfig, ScsiPath};
 
 /// The heap: a fixed arena, enough for the two 64 KiB chunks of guest memory

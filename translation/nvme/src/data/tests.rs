@@ -170,8 +170,12 @@ fn prp_outside_guest_memory_is_a_data_transfer_error() {
     // PRP1 beyond memory.
     assert_eq!(prp(&m, MEM, 0, 512), Err(dte));
     assert_eq!(prp(&m, MEM + 0x200, 0, 512), Err(dte));
-    // PRP2 data page beyond memory.
+    // PRP2 data page beyond memory, also when it continues PRP1's page
+    // (the merged range is checked as a whole).
     assert_eq!(prp(&m, 0x1000, MEM, 2 * PAGE), Err(dte));
+    assert_eq!(prp(&m, MEM - PAGE, MEM, 2 * PAGE), Err(dte));
+    put_entries(&m, 0x10000, &[MEM - PAGE, MEM]);
+    assert_eq!(prp(&m, MEM - 2 * PAGE, 0x10000, 3 * PAGE), Err(dte));
     // The list page itself beyond memory.
     assert_eq!(prp(&m, 0x1000, MEM + PAGE, 3 * PAGE), Err(dte));
     // A list entry beyond memory, and one whose range wraps.
