@@ -131,6 +131,10 @@ struct State {
     refused: u64,
     /// The slot whose waiter is registered with the interrupt.
     irq_owner: Option<usize>,
+    /// One bit per slot whose command is the device's and whose caller
+    /// has not dropped it (`Submitted { detached: false }`): where the
+    /// next interrupt owner is found without scanning every slot.
+    awaited: Box<[u64]>,
     /// Completion entries consumed since the head doorbell was written.
     cq_unannounced: u16,
     /// The head last announced.
@@ -238,6 +242,7 @@ impl QueuePair {
                 waiters: Vec::with_capacity(slots_n),
                 refused: 0,
                 irq_owner: None,
+                awaited: vec![0; slots_n.div_ceil(64)].into_boxed_slice(),
                 cq_unannounced: 0,
                 cq_announced: 0,
                 shadow: None,
@@ -288,6 +293,7 @@ impl QueuePair {
             for index in 0..st.slots.len() {
                 if let SlotState::Submitted { detached } = st.slots[index].state {
                     st.slots[index].state = SlotState::Done(Err(why));
+                    st.set_awaited(index, false);
                     st.outstanding -= 1;
                     if detached {
                         free_slot(&mut st, index);
@@ -455,6 +461,7 @@ impl QueuePair {
             })
         };
         st.outstanding -= 1;
+        st.set_awaited(index, false);
         let slot = &mut st.slots[index];
         let detached = matches!(slot.state, SlotState::Submitted { detached: true });
         slot.state = SlotState::Done(result);
@@ -491,6 +498,7 @@ impl QueuePair {
             .map_err(Failure::Memory)?;
         st.sq_tail = if tail + 1 == self.size { 0 } else { tail + 1 };
         st.slots[index].state = SlotState::Submitted { detached: false };
+        st.set_awaited(index, true);
         st.outstanding += 1;
         // The entry must be visible before the doorbell that announces it.
         fence(Ordering::Release);
@@ -523,20 +531,54 @@ impl QueuePair {
 /// device's and whose caller waits. Sets it as the owner.
 fn next_owner(st: &mut State) -> Option<Waker> {
     let (index, waker) = st
-        .slots
+        .awaited
         .iter()
         .enumerate()
-        .find_map(|(i, s)| match s.state {
-            SlotState::Submitted { detached: false } => s.waker.clone().map(|w| (i, w)),
-            _ => None,
+        .flat_map(|(w, &bits)| BitIndices(bits).map(move |b| w * 64 + b))
+        .find_map(|i| {
+            let s = st.slots.get(i)?;
+            // A parked command, or one not polled since submission, has no
+            // waker yet: it registers itself when polled.
+            s.waker.clone().map(|w| (i, w))
         })?;
     st.irq_owner = Some(index);
     Some(waker)
 }
 
+/// The indices of the set bits of a word, lowest first.
+struct BitIndices(u64);
+
+impl Iterator for BitIndices {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        if self.0 == 0 {
+            return None;
+        }
+        let b = self.0.trailing_zeros() as usize;
+        self.0 &= self.0 - 1;
+        Some(b)
+    }
+}
+
+impl State {
+    /// Marks slot `index` as awaited (submitted, its caller waiting) or not.
+    fn set_awaited(&mut self, index: usize, on: bool) {
+        if let Some(word) = self.awaited.get_mut(index / 64) {
+            let bit = 1u64 << (index % 64);
+            if on {
+                *word |= bit;
+            } else {
+                *word &= !bit;
+            }
+        }
+    }
+}
+
 /// Frees slot `index` (its pins and bounce buffer go) and lets one waiter
 /// for a slot try again.
 fn free_slot(st: &mut State, index: usize) {
+    st.set_awaited(index, false);
     let slot = &mut st.slots[index];
     slot.state = SlotState::Free;
     slot.pins.clear();
@@ -822,6 +864,7 @@ impl Drop for SlotGuard<'_> {
             }
             SlotState::Submitted { .. } => {
                 st.slots[self.index].state = SlotState::Submitted { detached: true };
+                st.set_awaited(self.index, false);
                 st.slots[self.index].waker = None;
             }
             SlotState::Free => {}
