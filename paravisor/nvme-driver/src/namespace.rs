@@ -449,9 +449,7 @@ impl NvmeDisk {
         new_key: u64,
         ignore_existing_key: bool,
     ) -> Result<(), DiskError> {
-        let mut payload = [0u8; 16];
-        payload[..8].copy_from_slice(&current_key.to_le_bytes());
-        payload[8..].copy_from_slice(&new_key.to_le_bytes());
+        let mut payload = two_keys(current_key, new_key);
         let mut io = Io::new(NvmOpcode::RESERVATION_REGISTER);
         io.cdw10 = Some(
             ReservationRegisterCdw10::new()
@@ -475,9 +473,7 @@ impl NvmeDisk {
         current_key: u64,
         preempt_key: u64,
     ) -> Result<(), DiskError> {
-        let mut payload = [0u8; 16];
-        payload[..8].copy_from_slice(&current_key.to_le_bytes());
-        payload[8..].copy_from_slice(&preempt_key.to_le_bytes());
+        let mut payload = two_keys(current_key, preempt_key);
         let mut io = Io::new(NvmOpcode::RESERVATION_ACQUIRE);
         io.cdw10 = Some(
             ReservationAcquireCdw10::new()
@@ -620,4 +616,13 @@ impl DiskIo for NvmeDisk {
 pub(crate) fn is_miscompare(status: u16) -> bool {
     let s = StatusWord::from_bits(status & 0x7FFF);
     s.sct() == StatusCodeType::MEDIA && s.sc() == MediaStatus::COMPARE_FAILURE.get()
+}
+
+/// The 16-byte data of Reservation Register and Acquire: the current key,
+/// then the new (or preempt) key, little-endian.
+fn two_keys(current: u64, other: u64) -> [u8; 16] {
+    let mut payload = [0u8; 16];
+    payload[..8].copy_from_slice(&current.to_le_bytes());
+    payload[8..].copy_from_slice(&other.to_le_bytes());
+    payload
 }
