@@ -240,6 +240,111 @@ mod harness {
             m.ns_per_op / reference,
         );
     }
+    /// The address pattern of one measurement.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Pattern {
+        /// Uniformly random I/O-aligned offsets over the working set.
+        Random,
+        /// Consecutive I/Os, wrapping at the end of the working set.
+        Sequential,
+    }
+
+    impl Pattern {
+        /// The pattern's name in a report line.
+        pub(crate) fn name(self) -> &'static str {
+            match self {
+                Self::Random => "rand",
+                Self::Sequential => "seq",
+            }
+        }
+    }
+
+    /// What the disk holds.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub(crate) enum Fill {
+        /// Every sector written before the run: reads copy real data.
+        Prefilled,
+        /// Never written: reads are zero fills, as in OpenVMM's
+        /// measurements (the rows compared with it).
+        Unwritten,
+    }
+
+    impl Fill {
+        /// What a report line appends for this fill.
+        pub(crate) fn suffix(self) -> &'static str {
+            match self {
+                Self::Prefilled => "",
+                Self::Unwritten => " unwritten",
+            }
+        }
+    }
+
+    /// One row of a transport benchmark (StorVSP, NVMe).
+    pub(crate) struct Row {
+        pub(crate) op: &'static str,
+        pub(crate) bytes: usize,
+        pub(crate) pattern: Pattern,
+        pub(crate) qd: usize,
+        pub(crate) fill: Fill,
+    }
+
+    /// A [`Row`].
+    pub(crate) const fn row(
+        op: &'static str,
+        bytes: usize,
+        pattern: Pattern,
+        qd: usize,
+        fill: Fill,
+    ) -> Row {
+        Row {
+            op,
+            bytes,
+            pattern,
+            qd,
+            fill,
+        }
+    }
+
+    /// The sectors the I/Os of one measurement go to: the same sequence
+    /// for every path measured.
+    pub(crate) struct Addresses {
+        pattern: Pattern,
+        io_sectors: u64,
+        slots: u64,
+        rng: fastrand::Rng,
+        next: u64,
+    }
+
+    impl Addresses {
+        /// I/Os of `bytes` on `sector_size`-byte sectors over the first
+        /// `working_set` bytes.
+        pub(crate) fn new(
+            pattern: Pattern,
+            bytes: usize,
+            sector_size: u32,
+            working_set: u64,
+        ) -> Self {
+            Self {
+                pattern,
+                io_sectors: bytes as u64 / u64::from(sector_size),
+                slots: working_set / bytes as u64,
+                rng: fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15),
+                next: 0,
+            }
+        }
+
+        /// The first sector of the next I/O.
+        pub(crate) fn next(&mut self) -> u64 {
+            let slot = match self.pattern {
+                Pattern::Random => self.rng.u64(..self.slots),
+                Pattern::Sequential => {
+                    self.next = self.next.wrapping_add(1);
+                    self.next % self.slots
+                }
+            };
+            slot * self.io_sectors
+        }
+    }
 }
 
 /// `pipeline`: the cost the disk pipeline adds to an I/O.
@@ -765,7 +870,9 @@ mod settings {
 /// copied in and out, per-request bookkeeping) is timed too (QD1 4 KiB),
 /// for comparison.
 mod storvsp {
-    use super::harness::{Case, Measurement, disk_io, measure, size_name};
+    use super::harness::{
+        Addresses, Case, Fill, Measurement, Pattern, Row, disk_io, measure, row, size_name,
+    };
     use super::*;
     use parastor_emulated::storvsc::{Data, Direction, Host, Progress, ReplyRef, Srb, Storvsc};
     use parastor_emulated::{
@@ -799,49 +906,6 @@ mod storvsp {
     const OPENVMM_NS: [(usize, f64); 3] = [(1, 897.0), (16, 479.0), (32, 426.0)];
 
     type Guest<'a> = Storvsc<'a, InlineHost<'a>>;
-
-    /// The address pattern of one measurement.
-    #[derive(Clone, Copy)]
-    enum Pattern {
-        /// Uniformly random I/O-aligned offsets over the working set.
-        Random,
-        /// Consecutive I/Os, wrapping at the end of the working set.
-        Sequential,
-    }
-
-    /// The sectors the I/Os of one measurement go to; the same sequence
-    /// for every path.
-    struct Addresses {
-        pattern: Pattern,
-        io_sectors: u64,
-        slots: u64,
-        rng: fastrand::Rng,
-        next: u64,
-    }
-
-    impl Addresses {
-        fn new(pattern: Pattern, bytes: usize) -> Self {
-            let io_sectors = bytes as u64 / u64::from(SS);
-            Self {
-                pattern,
-                io_sectors,
-                slots: WORKING_SET / bytes as u64,
-                rng: fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15),
-                next: 0,
-            }
-        }
-
-        fn next(&mut self) -> u64 {
-            let slot = match self.pattern {
-                Pattern::Random => self.rng.u64(..self.slots),
-                Pattern::Sequential => {
-                    self.next = self.next.wrapping_add(1);
-                    self.next % self.slots
-                }
-            };
-            slot * self.io_sectors
-        }
-    }
 
     /// A VM with one SCSI controller and `disk` at LUN 0, its guest memory
     /// made of `memory`.
@@ -905,7 +969,7 @@ mod storvsp {
     ) -> Case<'a> {
         let (write, bytes) = (row.op == "write", row.bytes);
         let request = template(&g, write, bytes);
-        let mut addr = Addresses::new(row.pattern, bytes);
+        let mut addr = Addresses::new(row.pattern, bytes, SS, WORKING_SET);
         // Prime the queue: `qd` requests outstanding between ops.
         for slot in 0..qd {
             submit(&mut g, &request, slot, addr.next(), buffer(vm, slot, bytes));
@@ -1041,35 +1105,6 @@ mod storvsp {
         assert!(got == want, "the read through StorVSP returned other data");
     }
 
-    /// What the disk holds.
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Fill {
-        /// Every sector written before the run: reads copy real data.
-        Prefilled,
-        /// Never written: reads are zero fills, as in OpenVMM's
-        /// measurement (the rows compared with it).
-        Unwritten,
-    }
-
-    /// One row of the report.
-    struct Row {
-        op: &'static str,
-        bytes: usize,
-        pattern: Pattern,
-        qd: usize,
-        fill: Fill,
-    }
-
-    const fn row(op: &'static str, bytes: usize, pattern: Pattern, qd: usize, fill: Fill) -> Row {
-        Row {
-            op,
-            bytes,
-            pattern,
-            qd,
-            fill,
-        }
-    }
-
     const ROWS: [Row; 11] = [
         row("read", 4096, Pattern::Random, 1, Fill::Prefilled),
         row("read", 4096, Pattern::Random, MAX_QD, Fill::Prefilled),
@@ -1089,10 +1124,7 @@ mod storvsp {
     fn line(row: &Row, path: &str, m: Measurement, per_op: usize, reference: f64) {
         let ns = m.ns_per_op / per_op as f64;
         let allocs = m.allocs_per_op / per_op as f64;
-        let pattern = match row.pattern {
-            Pattern::Random => "rand",
-            Pattern::Sequential => "seq",
-        };
+        let pattern = row.pattern.name();
         let openvmm = OPENVMM_NS
             .iter()
             .find(|&&(qd, _)| {
@@ -1102,10 +1134,7 @@ mod storvsp {
             .map_or(String::new(), |&(_, base)| {
                 format!("  vs-openvmm={:.2}", ns / base)
             });
-        let fill = match row.fill {
-            Fill::Prefilled => "",
-            Fill::Unwritten => " unwritten",
-        };
+        let fill = row.fill.suffix();
         println!(
             "storvsp {:<5} {:<6} {pattern:<4} QD{:<2} {:<32} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
             row.op,
@@ -1161,7 +1190,7 @@ mod storvsp {
                 // The driver's test API; one I/O per op.
                 per_op = 1;
                 let mut g = connect(&vm);
-                let mut addr = Addresses::new(row.pattern, bytes);
+                let mut addr = Addresses::new(row.pattern, bytes, SS, WORKING_SET);
                 let data = vec![0x5au8; bytes];
                 cases.push(Case {
                     name: "emulated-test-api",
@@ -1192,7 +1221,7 @@ mod storvsp {
             // same guest memory) and offsets, `per_op` I/Os per op.
             let ranges: Vec<[GpaRange; 1]> =
                 (0..per_op).map(|slot| [buffer(&vm, slot, bytes)]).collect();
-            let mut addr = Addresses::new(row.pattern, bytes);
+            let mut addr = Addresses::new(row.pattern, bytes, SS, WORKING_SET);
             let (mem, disk) = (&**vm.memory(), disk);
             cases.push(Case {
                 name: "ram-disk-alone",
@@ -1236,7 +1265,9 @@ mod storvsp {
 /// reference is the RAM disk alone doing the same I/O with the same
 /// buffers (`Disk::read` / `Disk::write`).
 mod nvme {
-    use super::harness::{Case, Measurement, disk_io, measure, size_name};
+    use super::harness::{
+        Addresses, Case, Fill, Measurement, Pattern, Row, disk_io, measure, row, size_name,
+    };
     use super::*;
     use parastor_core::DiskError;
     use parastor_core::disk::IoFuture;
@@ -1257,36 +1288,6 @@ mod nvme {
     /// DMA, QD1 and QD32 (reference/openvmm-perf.md).
     const OPENVMM_NS: [(usize, f64); 2] = [(1, 1695.0), (MAX_QD, 989.0)];
 
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Pattern {
-        Random,
-        Sequential,
-    }
-
-    #[derive(Clone, Copy, PartialEq, Eq)]
-    enum Fill {
-        Prefilled,
-        Unwritten,
-    }
-
-    struct Row {
-        op: &'static str,
-        bytes: usize,
-        pattern: Pattern,
-        qd: usize,
-        fill: Fill,
-    }
-
-    const fn row(op: &'static str, bytes: usize, pattern: Pattern, qd: usize, fill: Fill) -> Row {
-        Row {
-            op,
-            bytes,
-            pattern,
-            qd,
-            fill,
-        }
-    }
-
     const ROWS: [Row; 8] = [
         row("read", 4096, Pattern::Random, 1, Fill::Prefilled),
         row("read", 4096, Pattern::Random, MAX_QD, Fill::Prefilled),
@@ -1298,38 +1299,6 @@ mod nvme {
         row("read", 4096, Pattern::Random, 1, Fill::Unwritten),
         row("read", 4096, Pattern::Random, MAX_QD, Fill::Unwritten),
     ];
-
-    /// The sectors of one measurement's I/Os (the same for every path).
-    struct Addresses {
-        pattern: Pattern,
-        io_sectors: u64,
-        slots: u64,
-        rng: fastrand::Rng,
-        next: u64,
-    }
-
-    impl Addresses {
-        fn new(pattern: Pattern, bytes: usize) -> Self {
-            Self {
-                pattern,
-                io_sectors: bytes as u64 / u64::from(SS),
-                slots: WORKING_SET / bytes as u64,
-                rng: fastrand::Rng::with_seed(0x9E37_79B9_7F4A_7C15),
-                next: 0,
-            }
-        }
-
-        fn next(&mut self) -> u64 {
-            let slot = match self.pattern {
-                Pattern::Random => self.rng.u64(..self.slots),
-                Pattern::Sequential => {
-                    self.next = self.next.wrapping_add(1);
-                    self.next % self.slots
-                }
-            };
-            slot * self.io_sectors
-        }
-    }
 
     /// A controller with `disk` as namespace 1, a driver over it with
     /// `data_pointer`, and namespace 1's `Disk` — leaked: the bench's
@@ -1386,7 +1355,7 @@ mod nvme {
         row: &Row,
     ) -> Case<'static> {
         let (write, qd) = (row.op == "write", row.qd);
-        let mut addr = Addresses::new(row.pattern, row.bytes);
+        let mut addr = Addresses::new(row.pattern, row.bytes, SS, WORKING_SET);
         let mem: &'static dyn GuestMemory = &**rig.memory();
         let mut slots: Vec<Slot> = (0..qd).map(|_| Box::pin(None)).collect();
         let mut cx = Context::from_waker(Waker::noop());
@@ -1471,14 +1440,8 @@ mod nvme {
     fn line(row: &Row, path: &str, m: Measurement, reference: f64) {
         let ns = m.ns_per_op / row.qd as f64;
         let allocs = m.allocs_per_op / row.qd as f64;
-        let pattern = match row.pattern {
-            Pattern::Random => "rand",
-            Pattern::Sequential => "seq",
-        };
-        let fill = match row.fill {
-            Fill::Prefilled => "",
-            Fill::Unwritten => " unwritten",
-        };
+        let pattern = row.pattern.name();
+        let fill = row.fill.suffix();
         let openvmm = OPENVMM_NS
             .iter()
             .find(|&&(qd, _)| row.op == "read" && row.bytes == 4096 && row.qd == qd)
@@ -1556,7 +1519,7 @@ mod nvme {
             // first rig's memory) and offsets, `qd` I/Os per op.
             let mem: &dyn GuestMemory = &**paths[0].1.0.memory();
             let write = row.op == "write";
-            let mut addr = Addresses::new(row.pattern, row.bytes);
+            let mut addr = Addresses::new(row.pattern, row.bytes, SS, WORKING_SET);
             cases.push(Case {
                 name: "ram-disk-alone",
                 op: Box::new(move |_| {
