@@ -235,6 +235,11 @@ impl NvmeDriver {
                 "fewer than two MSI-X vectors (one for admin, one for I/O)",
             ));
         }
+        if cap.mqes() == 0 {
+            return Err(DriverError::Unsupported(
+                "CAP.MQES is 0 (a queue of one entry; the spec's minimum is two)",
+            ));
+        }
         let mqes = u32::from(cap.mqes()) + 1;
         let admin_size = u32::from(config.admin_queue_size).clamp(2, mqes.min(4096)) as u16;
         let io_size = u32::from(config.io_queue_size).clamp(2, mqes.min(4096)) as u16;
@@ -861,6 +866,7 @@ impl Inner {
     /// on it; namespaces no longer on it are marked removed.
     async fn scan_namespaces(&self) -> Result<(), DriverError> {
         let buf = self.dma(IDENTIFY_DATA_LEN)?;
+        let nn = self.facts.lock().nn;
         let mut active = Vec::new();
         let mut start = 0u32;
         loop {
@@ -882,10 +888,20 @@ impl Inner {
                         "active namespace list is not increasing",
                     ));
                 }
+                if !valid_nsid(nsid, nn) {
+                    return Err(DriverError::BadData(
+                        "active namespace list names an NSID above Identify Controller's NN",
+                    ));
+                }
+                if active.len() >= MAX_NAMESPACES {
+                    return Err(DriverError::BadData(
+                        "active namespace list is longer than the driver serves",
+                    ));
+                }
                 last = nsid;
                 active.push(nsid);
             }
-            if !full || last >= 0xFFFF_FFFE {
+            if !full || last >= nn {
                 break;
             }
             start = last;
@@ -929,11 +945,19 @@ impl Inner {
                         }
                     }
                     other => {
+                        let full =
+                            other.is_none() && self.namespaces.lock().len() >= MAX_NAMESPACES;
                         if let Some(old) = other {
                             // Reformatted: the old disk's geometry is stale.
                             old.mark_removed();
                         }
                         match NamespaceState::new(nsid, &id, &self.facts.lock()) {
+                            Ok(_) if full => {
+                                log::warn!(
+                                    "{}: namespace {nsid} ignored: the driver serves at most {MAX_NAMESPACES}",
+                                    self.device.id()
+                                );
+                            }
                             Ok(ns) => {
                                 self.namespaces.lock().insert(nsid, Arc::new(ns));
                             }
@@ -983,11 +1007,45 @@ impl Inner {
             if nsid == CHANGED_NAMESPACE_LIST_OVERFLOW {
                 return self.scan_namespaces().await;
             }
+            if !valid_nsid(nsid, self.facts.lock().nn) {
+                log::warn!(
+                    "{}: changed namespace list names NSID {nsid}, above NN; ignored",
+                    self.device.id()
+                );
+                continue;
+            }
             changed.push(nsid);
         }
         for nsid in changed {
             self.rescan(nsid).await?;
         }
         Ok(())
+    }
+}
+
+/// The most namespaces one controller's driver serves (a device's NN and
+/// lists are untrusted: this bounds the Identify commands a scan sends and
+/// the memory it holds).
+pub(crate) const MAX_NAMESPACES: usize = 16 * 1024;
+
+/// Whether `nsid` can name one namespace of a controller with `nn`
+/// namespaces (0 and FFFFFFFFh, "every namespace", never do).
+fn valid_nsid(nsid: u32, nn: u32) -> bool {
+    nsid != 0 && nsid != u32::MAX && nsid <= nn
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_nsid;
+
+    #[test]
+    fn an_nsid_names_one_namespace_up_to_nn() {
+        assert!(valid_nsid(1, 1) && valid_nsid(1024, 1024));
+        assert!(!valid_nsid(0, 1024), "0 is no namespace");
+        assert!(!valid_nsid(1025, 1024), "above NN");
+        assert!(
+            !valid_nsid(u32::MAX, u32::MAX),
+            "FFFFFFFFh is every namespace"
+        );
     }
 }

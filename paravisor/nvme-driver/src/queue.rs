@@ -50,6 +50,8 @@ pub(crate) const PAGE_SIZE: usize = 4096;
 const SLOT_BITS: u32 = 10;
 /// The most slots a queue has (the slot index must fit [`SLOT_BITS`]).
 pub(crate) const MAX_SLOTS: usize = 1 << SLOT_BITS;
+/// Completion-queue drain passes one poll makes before it yields.
+const POLL_BUDGET: u32 = 8;
 /// The most PRP entries in a slot's list page.
 const PRP_LIST_ENTRIES: usize = PAGE_SIZE / 8;
 /// The most SGL descriptors in a slot's segment page.
@@ -475,9 +477,17 @@ impl QueuePair {
     /// Registers `waker` (the new interrupt owner's) with the interrupt;
     /// if the interrupt fired meanwhile, drains and tries again, so that
     /// it ends registered.
+    /// A device that keeps signalling gets [`POLL_BUDGET`] passes; then
+    /// the owner is woken to go on from its own poll.
     fn arm(&self, waker: &Waker) {
         let mut cx = Context::from_waker(waker);
+        let mut budget = POLL_BUDGET;
         while self.interrupt.poll_signal(&mut cx).is_ready() {
+            if budget == 0 {
+                waker.wake_by_ref();
+                return;
+            }
+            budget -= 1;
             let mut st = self.state.lock();
             self.drain(&mut st);
             if st.irq_owner.is_none() {
@@ -799,6 +809,9 @@ impl Future for SlotGuard<'_> {
             });
         }
         let mut st = queue.state.lock();
+        // Drain passes this poll may make: a device that keeps posting
+        // completions (or signalling) cannot keep the task here.
+        let mut budget = POLL_BUDGET;
         loop {
             if let SlotState::Done(result) = st.slots[index].state {
                 let bounce = st.slots[index].bounce.take();
@@ -820,8 +833,16 @@ impl Future for SlotGuard<'_> {
             // Right after submission nothing of this command can be in the
             // completion queue yet (and others' completions are the
             // interrupt owner's to drain): skip the look.
-            if !core::mem::take(&mut self.fresh) && queue.drain(&mut st) {
-                continue;
+            if !core::mem::take(&mut self.fresh) {
+                if budget == 0 {
+                    drop(st);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                budget -= 1;
+                if queue.drain(&mut st) {
+                    continue;
+                }
             }
             let slot = &mut st.slots[index];
             match &slot.waker {
@@ -1115,6 +1136,50 @@ mod tests {
         };
         mem.write_at(parastor_core::addr::Gpa::new(cq + index * 16), e.as_bytes())
             .unwrap();
+    }
+
+    /// An interrupt that is always signalled (a storming device).
+    struct Storm;
+
+    impl DeviceInterrupt for Storm {
+        fn poll_signal(&self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Ready(())
+        }
+    }
+
+    #[test]
+    fn an_interrupt_storm_does_not_keep_a_poll_running() {
+        // Run on another thread so that a regression fails the test
+        // instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mem = parastor_core::memory::GuestMem::new(
+                parastor_core::memory::RamGuestMemory::new(1 << 20),
+            );
+            let device = Arc::new(HandDevice {
+                mem,
+                next: core::sync::atomic::AtomicU64::new(0),
+                writes: parastor_core::sync::Mutex::new(alloc::vec::Vec::new()),
+            });
+            let q = QueuePair::new(device, 1, 8, 0, 4, Arc::new(Storm), 1).unwrap();
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut sqe = Sqe::default();
+            let mut start =
+                core::pin::pin!(q.start(&mut sqe, None, DataPointer::Auto, SglSupport::None));
+            let Poll::Ready(Ok(mut guard)) = start.as_mut().poll(&mut cx) else {
+                panic!("a free slot");
+            };
+            // Nothing is ever completed, the interrupt never stops: every
+            // poll must still return.
+            let polls: alloc::vec::Vec<bool> = (0..4)
+                .map(|_| Pin::new(&mut guard).poll(&mut cx).is_pending())
+                .collect();
+            tx.send(polls).unwrap();
+        });
+        let polls = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("a poll kept running under an interrupt storm");
+        assert_eq!(polls, [true; 4]);
     }
 
     #[test]
