@@ -71,7 +71,8 @@ pub(crate) struct Events {
 impl Events {
     /// Logs a failed command (the entry's error count is set here).
     pub(crate) fn log_error(&mut self, mut entry: ErrorLogEntry) {
-        self.error_count += 1;
+        // Restored state is untrusted: wrap, never overflow.
+        self.error_count = self.error_count.wrapping_add(1);
         entry.error_count = U64::new(self.error_count);
         self.errors.push_front(entry);
         self.errors.truncate(ERROR_LOG_ENTRIES);
@@ -271,7 +272,9 @@ pub(crate) fn run(s: &Shared) {
     }
     finish_deletes(s, a);
     deliver_events(s, a);
-    for _ in 0..1024 {
+    let mut passes = 0;
+    while passes < ADMIN_BUDGET {
+        passes += 1;
         if !post_held(s, a) {
             break;
         }
@@ -304,6 +307,10 @@ pub(crate) fn run(s: &Shared) {
             a.held.push_back((cid, done));
         }
         deliver_events(s, a);
+    }
+    if passes == ADMIN_BUDGET {
+        // Out of budget with commands maybe left: run again, after others.
+        s.wakeups.wake(Shared::ADMIN);
     }
     post_held(s, a);
     if core::mem::take(&mut a.interrupt) {
@@ -878,6 +885,9 @@ fn delete_sq(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Option<Completion> {
     let Some(pos) = w.sqs.iter().position(|q| q.qid == qid) else {
         return Some(bad);
     };
+    // Aborts waiting for this queue's commands go with it (a queue created
+    // again with this ID must not lose a command to them).
+    w.aborts.retain(|&(q, _)| q != qid);
     let sq = &mut w.sqs[pos];
     sq.deleting = true;
     if sq.outstanding == 0 {
@@ -1011,10 +1021,18 @@ fn abort(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
 }
 
 /// Whether a command with `cid` waits in `sq` between its head and `tail`.
+/// Admin commands one admin pass runs before it yields.
+const ADMIN_BUDGET: u32 = 1024;
+
+/// Queued entries an Abort looks through for its command.
+const ABORT_SCAN: u32 = 1024;
+
 fn queued_in(mem: &dyn GuestMemory, sq: &Sq, tail: u32, cid: u16) -> bool {
     let mut at = sq.head;
     let mut n = 0;
-    while at != tail && n < sq.size {
+    // A command deeper than this is answered "not aborted", as the spec
+    // allows: an Abort costs at most this many guest reads.
+    while at != tail && n < sq.size.min(ABORT_SCAN) {
         let gpa = Gpa::new(sq.gpa + u64::from(at) * SQE_LEN as u64 + 2);
         if mem.read_obj::<[u8; 2]>(gpa).ok() == Some(cid.to_le_bytes()) {
             return true;
@@ -1358,11 +1376,7 @@ fn smart(s: &Shared) -> SmartHealthLog {
     let mut total = crate::worker::IoStats::default();
     for w in s.workers.iter() {
         let st = w.lock().stats;
-        total.bytes_read += st.bytes_read;
-        total.bytes_written += st.bytes_written;
-        total.read_commands += st.read_commands;
-        total.write_commands += st.write_commands;
-        total.media_errors += st.media_errors;
+        total.add(&st);
     }
     let mut log = SmartHealthLog::new_zeroed();
     let all_read_only = {

@@ -541,6 +541,23 @@ fn validate(s: &Shared, saved: &ControllerV1) -> Result<(), InvalidState> {
             "expected a power of two in 4096..=65536",
         ));
     }
+    if let Some((db, ei)) = a.dbbc {
+        for (name, base) in [("admin.dbbc.doorbells", db), ("admin.dbbc.event_idx", ei)] {
+            let in_memory = s
+                .mem
+                .check(
+                    parastor_core::GpaRange::new(parastor_core::Gpa::new(base), a.page_size),
+                    parastor_core::Access::ReadWrite,
+                )
+                .is_ok();
+            if base == 0 || !base.is_multiple_of(a.page_size) || !in_memory {
+                return Err(bad(
+                    name,
+                    "expected a non-zero, page-aligned page inside guest memory",
+                ));
+            }
+        }
+    }
     check_count("admin.aers", a.aers.len(), crate::admin::MAX_AERS)?;
     check_count("admin.aborts", a.aborts.len(), crate::admin::MAX_ABORTS)?;
     check_count("admin.held", a.held.len(), 65536)?;

@@ -1707,6 +1707,26 @@ fn restore_refuses_bad_state_naming_the_field() {
         restore(&bad).unwrap_err().field,
         "workers[0].commands[0].sqid"
     );
+    // A doorbell buffer at the end of the address space (creating a queue
+    // would overflow its shadow address).
+    let mut bad = saved.clone();
+    bad.admin.dbbc = Some((u64::MAX - 3, 0x1000));
+    assert_eq!(restore(&bad).unwrap_err().field, "admin.dbbc.doorbells");
+    // Counters at their limit restore, and add without overflow.
+    let mut full = saved.clone();
+    full.workers[0].stats = [u64::MAX; 5];
+    full.events.error_count = u64::MAX;
+    assert!(restore(&full).is_ok());
+    let mut total = crate::worker::IoStats {
+        bytes_read: u64::MAX,
+        ..Default::default()
+    };
+    total.add(&crate::worker::IoStats {
+        bytes_read: 1 << 63,
+        read_commands: 1,
+        ..Default::default()
+    });
+    assert_eq!((total.bytes_read, total.read_commands), (u64::MAX, 1));
     // A blob that is not a saved controller.
     assert!(SavedController::decode(b"not a state").is_err());
     let mut blob = saved.encode().unwrap();

@@ -73,6 +73,17 @@ pub(crate) struct IoStats {
     pub(crate) media_errors: u64,
 }
 
+impl IoStats {
+    /// Adds `other`'s counters, saturating.
+    pub(crate) fn add(&mut self, other: &IoStats) {
+        self.bytes_read = self.bytes_read.saturating_add(other.bytes_read);
+        self.bytes_written = self.bytes_written.saturating_add(other.bytes_written);
+        self.read_commands = self.read_commands.saturating_add(other.read_commands);
+        self.write_commands = self.write_commands.saturating_add(other.write_commands);
+        self.media_errors = self.media_errors.saturating_add(other.media_errors);
+    }
+}
+
 /// The worker's view of the namespaces: refreshed when the controller's
 /// namespace generation moves, so resolving an NSID takes no lock.
 #[derive(Default)]
@@ -449,20 +460,24 @@ impl IoWorker {
         let slot = &self.slots[index];
         let op = NvmOpcode::new(slot.sqe.cdw0.opc());
         let st = &mut self.stats;
-        st.bytes_read += outcome.bytes_read;
-        st.bytes_written += outcome.bytes_written;
+        // Counters saturate: restored state is untrusted and a counter
+        // must never overflow.
+        st.bytes_read = st.bytes_read.saturating_add(outcome.bytes_read);
+        st.bytes_written = st.bytes_written.saturating_add(outcome.bytes_written);
         if outcome.status.is_success() {
             match op {
-                NvmOpcode::READ | NvmOpcode::COMPARE | NvmOpcode::VERIFY => st.read_commands += 1,
+                NvmOpcode::READ | NvmOpcode::COMPARE | NvmOpcode::VERIFY => {
+                    st.read_commands = st.read_commands.saturating_add(1)
+                }
                 NvmOpcode::WRITE | NvmOpcode::WRITE_ZEROES | NvmOpcode::WRITE_UNCORRECTABLE => {
-                    st.write_commands += 1
+                    st.write_commands = st.write_commands.saturating_add(1)
                 }
                 _ => {}
             }
             return;
         }
         if outcome.status.sct() == StatusCodeType::MEDIA {
-            st.media_errors += 1;
+            st.media_errors = st.media_errors.saturating_add(1);
         }
         let mut entry = ErrorLogEntry::new_zeroed();
         entry.sqid = U16::new(slot.sqid);
