@@ -326,9 +326,15 @@ impl IoWorker {
                 continue;
             }
             idle = 0;
+            // The loop runs only with a free slot: take it before the
+            // entry, so a fetched command always has one.
+            let Some(index) = self.free.pop() else {
+                break;
+            };
             let sqe = match sq.fetch(mem) {
                 Ok(sqe) => sqe,
                 Err(_) => {
+                    self.free.push(index);
                     // The ring was checked at creation; memory that went
                     // away under it is a fatal controller error.
                     crate::regs::fatal(s);
@@ -340,9 +346,6 @@ impl IoWorker {
             if !sq.has_entries(tail) {
                 sq.publish_event_idx(mem, tail);
             }
-            let Some(index) = self.free.pop() else {
-                break;
-            };
             let slot = &mut self.slots[index];
             slot.busy = true;
             slot.sqid = sqid;
@@ -367,7 +370,6 @@ impl IoWorker {
         {
             self.aborts.swap_remove(pos);
             self.finish(
-                s,
                 index,
                 Completion::status(StatusWord::generic(GenericStatus::ABORT_REQUESTED)),
             );
@@ -389,7 +391,7 @@ impl IoWorker {
                 reservation_changed: false,
             };
             self.account(s, index, &outcome);
-            self.finish(s, index, Completion::status(status));
+            self.finish(index, Completion::status(status));
             return;
         };
         // A disk that completes inline (RAM) runs Read/Write/Flush here,
@@ -397,7 +399,6 @@ impl IoWorker {
         if let Some(outcome) = io::execute_now(&*s.mem, disk, &sqe, &self.params, &mut slot.spare) {
             self.account(s, index, &outcome);
             self.finish(
-                s,
                 index,
                 Completion {
                     status: outcome.status,
@@ -445,7 +446,6 @@ impl IoWorker {
         slot.spare = ranges;
         self.account(s, index, &outcome);
         self.finish(
-            s,
             index,
             Completion {
                 status: outcome.status,
@@ -490,7 +490,7 @@ impl IoWorker {
     }
 
     /// Marks slot `index` finished with `completion`, to be posted.
-    fn finish(&mut self, _s: &Shared, index: usize, completion: Completion) {
+    fn finish(&mut self, index: usize, completion: Completion) {
         if let Some(slot) = self.slots.get_mut(index) {
             slot.done = Some(completion);
             self.done.push_back(index);
