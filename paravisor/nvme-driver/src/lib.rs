@@ -38,6 +38,7 @@ extern crate alloc;
 pub mod device;
 mod driver;
 pub mod error;
+pub mod fault;
 mod namespace;
 mod queue;
 
