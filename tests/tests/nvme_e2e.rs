@@ -6,13 +6,17 @@
 use futures::future::{Either, join_all, select};
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SgList, UnmapBehavior};
 use parastor_core::{Gpa, IoError, IoErrorKind};
-use parastor_nvme_driver::error::CODE_NAMESPACE_REMOVED;
-use parastor_nvme_driver::{DataPointer, DriverConfig, NvmeDriver};
+use parastor_nvme_driver::error::{CODE_DEVICE_FAILED, CODE_NAMESPACE_REMOVED, CODE_TIMEOUT};
+use parastor_nvme_driver::{Clock, DataPointer, DriverConfig, DriverError, NvmeDriver};
 use parastor_tests::buf::{pattern, read_vec};
 use parastor_tests::conformance;
-use parastor_tests::nvme::{Testbed, threaded_disk};
+use parastor_tests::nvme::{
+    HangDisk, PlugState, Testbed, Unpluggable, VirtualClock, threaded_disk,
+};
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::task::Poll;
+use std::time::Duration;
 
 const SS512: u32 = 512;
 const SS4K: u32 = 4096;
@@ -839,4 +843,262 @@ fn a_restarted_event_loop_loses_no_event() {
         assert_eq!(new, old + 8, "round {round}");
     }
     assert_eq!(driver.events_seen(), 3);
+}
+
+// ---- A hostile or broken device fails the device, not the process ----
+
+/// The error every I/O of a failed controller answers.
+const DEVICE_FAILED: DiskError =
+    DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, CODE_DEVICE_FAILED));
+
+/// A controller whose namespace 1 (512 B sectors) is a [`HangDisk`] over
+/// RAM and whose namespace 2 is plain RAM.
+fn hang_testbed() -> (Testbed, HangDisk) {
+    let (_, ram1) = parastor_tests::nvme::ram(1024, SS512);
+    let (_, ram2) = parastor_tests::nvme::ram(1024, SS512);
+    let hang = HangDisk::new(ram1);
+    let t = Testbed::with_disks(&[(1, Disk::new(hang.clone()).unwrap()), (2, ram2)], 1);
+    (t, hang)
+}
+
+/// Short timeouts (on virtual time they pass in a few polls anyway).
+fn timeout_config() -> DriverConfig {
+    DriverConfig {
+        io_queues: 1,
+        command_timeout: Duration::from_secs(2),
+        admin_timeout: Duration::from_secs(5),
+        watchdog_period: Duration::from_millis(100),
+        ready_timeout_cap: Duration::from_secs(1),
+        ..DriverConfig::default()
+    }
+}
+
+/// Pending until `ready()` holds (polling it at every wake-up, waking
+/// itself), then runs `then` and stays pending.
+async fn when(ready: impl Fn() -> bool, then: impl FnOnce()) {
+    std::future::poll_fn(|cx| {
+        if ready() {
+            Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+    then();
+    std::future::pending::<()>().await;
+}
+
+/// Runs `io` next to the watchdog `wd` (which lives on between calls)
+/// and `side` until `io` completes — failing the test if that takes
+/// more than ten minutes of the driver's virtual time (a watchdog keeps
+/// the rig busy, so a broken timeout would otherwise spin for ever).
+fn run_beside<T, W: Future<Output = ()>>(
+    t: &Testbed,
+    clock: &VirtualClock,
+    io: impl Future<Output = T>,
+    wd: &mut Pin<&mut W>,
+    side: impl Future<Output = ()>,
+) -> T {
+    let limit = clock.now() + Duration::from_secs(600);
+    let io = pin!(io);
+    let guard = when(
+        || clock.now() > limit,
+        || panic!("the I/O did not end within ten minutes of virtual time"),
+    );
+    let rest = pin!(futures::future::join3(wd.as_mut(), side, guard));
+    match t.run(select(io, rest)) {
+        Either::Left((out, _)) => out,
+        Either::Right(_) => panic!("the watchdog and the side future never end together"),
+    }
+}
+
+/// Writes a pattern at `sector` through `disk` and reads it back, next
+/// to the watchdog.
+#[track_caller]
+fn write_read<W: Future<Output = ()>>(
+    t: &Testbed,
+    clock: &VirtualClock,
+    disk: &Disk,
+    sector: u64,
+    wd: &mut Pin<&mut W>,
+) {
+    let data = pattern(5, sector, 8, SS512);
+    t.put(0x4000, &data);
+    let w = [range(0x4000, 4096)];
+    let r = [range(0x6000, 4096)];
+    let opts = IoOptions::default();
+    run_beside(
+        t,
+        clock,
+        disk.write(t.sg(&w, false), sector, opts),
+        wd,
+        std::future::pending(),
+    )
+    .expect("write");
+    run_beside(
+        t,
+        clock,
+        disk.read(t.sg(&r, true), sector, opts),
+        wd,
+        std::future::pending(),
+    )
+    .expect("read");
+    assert_eq!(t.get(0x6000, 4096), data);
+}
+
+/// Every kind of operation on `disk` fails at once with the failed
+/// controller's error.
+#[track_caller]
+fn every_op_fails_cleanly(t: &Testbed, disk: &Disk) {
+    let r = [range(0x1000, 512)];
+    let opts = IoOptions::default();
+    assert_eq!(
+        t.run(disk.read(t.sg(&r, true), 0, opts)),
+        Err(DEVICE_FAILED)
+    );
+    assert_eq!(
+        t.run(disk.write(t.sg(&r, false), 0, opts)),
+        Err(DEVICE_FAILED)
+    );
+    assert_eq!(t.run(disk.flush(opts)), Err(DEVICE_FAILED));
+}
+
+#[test]
+fn a_hung_command_is_aborted_then_reset_and_the_controller_fails_when_the_reset_cannot_finish() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    let driver = t.start_virtual(t.rig.device(), timeout_config(), &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    let (_, disk2) = Testbed::disk(&driver, 2);
+    let wd = driver.run_watchdog();
+    let mut wd = pin!(wd);
+    write_read(&t, &clock, &disk2, 0, &mut wd);
+    hang.arm();
+    let r = [range(0x2000, 4096)];
+    let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+    // The controller's reset waits for the hung command (as a real one may
+    // wait for its media): RDY never drops, the reset fails.
+    let out = run_beside(&t, &clock, read, &mut wd, std::future::pending());
+    assert_eq!(out, Err(DEVICE_FAILED));
+    assert_eq!(driver.failure(), Some("controller reset failed"));
+    assert_eq!((driver.aborts_sent(), driver.resets()), (1, 1));
+    assert_eq!(hang.hung(), 1);
+    assert_eq!(
+        driver.held_commands(),
+        1,
+        "the device never stopped: the read's buffers stay held"
+    );
+    every_op_fails_cleanly(&t, &disk);
+    every_op_fails_cleanly(&t, &disk2);
+    // The device lets go at last: shutting down proves it stopped, and the
+    // held buffers are released.
+    hang.release();
+    let _ = t.run(driver.shutdown());
+    assert_eq!(driver.held_commands(), 0);
+}
+
+#[test]
+fn a_hung_command_times_out_and_the_reset_brings_the_controller_back() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    let driver = t.start_virtual(t.rig.device(), timeout_config(), &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    let wd = driver.run_watchdog();
+    let mut wd = pin!(wd);
+    hang.arm();
+    let r = [range(0x2000, 4096)];
+    let write = disk.write(t.sg(&r, false), 8, IoOptions::default());
+    // The device finishes its work once the reset has begun.
+    let release = when(|| driver.resets() > 0, || hang.release());
+    let out = run_beside(&t, &clock, write, &mut wd, release);
+    assert_eq!(
+        out,
+        Err(DiskError::Io(IoError::new(
+            IoErrorKind::TimedOut,
+            CODE_TIMEOUT
+        ))),
+        "the timed-out command is not retried"
+    );
+    assert_eq!(driver.failure(), None);
+    assert_eq!((driver.aborts_sent(), driver.resets()), (1, 1));
+    assert_eq!(driver.held_commands(), 0);
+    // The controller serves again (the first I/O waits for the reset to
+    // finish).
+    write_read(&t, &clock, &disk, 16, &mut wd);
+    assert_eq!(driver.resets(), 1);
+}
+
+#[test]
+fn surprise_removal_fails_the_controller_and_keeps_in_flight_buffers() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    let device = Unpluggable::new(t.rig.device());
+    let driver = t.start_virtual(device.clone(), timeout_config(), &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    hang.arm();
+    let r = [range(0x2000, 4096)];
+    let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+    let unplug = when(|| hang.hung() > 0, || device.set(PlugState::Removed));
+    let wd = driver.run_watchdog();
+    let out = run_beside(&t, &clock, read, &mut pin!(wd), unplug);
+    assert_eq!(out, Err(DEVICE_FAILED));
+    assert_eq!(
+        driver.failure(),
+        Some("registers read as all ones (surprise removal)")
+    );
+    assert_eq!(driver.aborts_sent(), 0, "failed before the timeout");
+    assert_eq!(
+        driver.held_commands(),
+        1,
+        "a vanished device is not proven stopped"
+    );
+    every_op_fails_cleanly(&t, &disk);
+    hang.release();
+}
+
+#[test]
+fn a_fatal_status_fails_the_controller_and_a_stop_releases_the_buffers() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    let device = Unpluggable::new(t.rig.device());
+    let driver = t.start_virtual(device.clone(), timeout_config(), &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    hang.arm();
+    let r = [range(0x2000, 4096)];
+    let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+    let fatal = when(|| hang.hung() > 0, || device.set(PlugState::Fatal));
+    let wd = driver.run_watchdog();
+    let out = run_beside(&t, &clock, read, &mut pin!(wd), fatal);
+    assert_eq!(out, Err(DEVICE_FAILED));
+    assert_eq!(driver.failure(), Some("controller fatal status (CSTS.CFS)"));
+    assert_eq!(driver.held_commands(), 1);
+    every_op_fails_cleanly(&t, &disk);
+    hang.release();
+    let _ = t.run(driver.shutdown());
+    assert_eq!(driver.held_commands(), 0, "disabled: the buffers are free");
+}
+
+#[test]
+fn a_controller_that_never_becomes_ready_fails_bring_up_within_the_cap() {
+    let t = testbed();
+    let clock = VirtualClock::new();
+    let device = Unpluggable::new(t.rig.device());
+    device.set(PlugState::NeverReady);
+    let config = DriverConfig {
+        clock: clock.clone(),
+        ..timeout_config()
+    };
+    let err = t
+        .run(NvmeDriver::new(device, config, clock.clone()))
+        .expect_err("never ready");
+    assert_eq!(
+        err,
+        DriverError::Timeout {
+            ready: true,
+            timeout_ms: 1000
+        },
+        "CAP.TO (30 s) capped at 1 s"
+    );
+    assert!(clock.now() < Duration::from_secs(3), "{:?}", clock.now());
 }
