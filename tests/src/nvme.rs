@@ -199,6 +199,30 @@ pub fn threaded_resizable_disk(
     (disk, r, thread)
 }
 
+/// A driver over a fresh controller with namespace 1 (`sectors` sectors of
+/// 512 bytes), `queues` I/O queue pairs and `vectors` MSI-X vectors, the
+/// controller's work on a thread of its own (kept while the returned
+/// handle lives), for I/O from any thread or runtime.
+pub fn threaded_driver(
+    sectors: u64,
+    queues: u16,
+    vectors: u16,
+    config: DriverConfig,
+) -> (NvmeDriver, NvmeRig, ControllerThread) {
+    let mut c = controller_config(queues);
+    c.msix_vectors = vectors;
+    let mut c = RigConfig::new(c);
+    c.data_bytes = 1 << 20;
+    c.dma_bytes = 16 << 20;
+    let rig = NvmeRig::new(c).expect("map the rig's RAM");
+    let (_, d) = ram(sectors, 512);
+    rig.controller().add_namespace(1, d).expect("add namespace");
+    let thread = ControllerThread::spawn(rig.backing(), None).expect("start the controller thread");
+    let driver = crate::buf::block_on(NvmeDriver::new(rig.device(), config, Arc::new(YieldTimer)))
+        .expect("driver bring-up");
+    (driver, rig, thread)
+}
+
 /// A driver over a fresh controller with one namespace of `sectors`
 /// sectors of `sector_size` bytes (NSID 1), the controller's work on a
 /// thread of its own (which ends when the disk is dropped), and that

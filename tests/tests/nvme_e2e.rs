@@ -5,13 +5,13 @@
 
 use futures::future::{Either, join_all, select};
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SgList, UnmapBehavior};
-use parastor_core::{Gpa, IoError, IoErrorKind};
+use parastor_core::{Gpa, GuestMemory, IoError, IoErrorKind};
 use parastor_nvme_driver::error::{CODE_DEVICE_FAILED, CODE_NAMESPACE_REMOVED, CODE_TIMEOUT};
 use parastor_nvme_driver::{Clock, DataPointer, DriverConfig, DriverError, NvmeDriver};
 use parastor_tests::buf::{pattern, read_vec};
 use parastor_tests::conformance;
 use parastor_tests::nvme::{
-    HangDisk, PlugState, Testbed, Unpluggable, VirtualClock, threaded_disk,
+    HangDisk, PlugState, Testbed, Unpluggable, VirtualClock, threaded_disk, threaded_driver,
 };
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -243,6 +243,46 @@ fn out_of_range_requests_fail_cleanly() {
 }
 
 #[test]
+fn bounced_io_waits_for_bounce_space_and_splits_beyond_the_budget() {
+    let t = testbed();
+    // 8 KiB of bounce space: two 4 KiB commands at once.
+    let driver = t.start(DriverConfig {
+        io_queues: 1,
+        bounce_budget: 8192,
+        ..DriverConfig::default()
+    });
+    assert_eq!(driver.facts().max_transfer, 8192, "commands fit the budget");
+    let (_, disk) = Testbed::disk(&driver, 1);
+    // Eight 4 KiB writes at once from private memory: they take turns
+    // for the budget instead of failing.
+    let bufs: Vec<_> = (0..8u64)
+        .map(|i| {
+            parastor_tests::buf::TestBuf::from_data(
+                &pattern(40, i * 8, 8, SS512),
+                &parastor_tests::buf::Layout::contiguous(),
+            )
+        })
+        .collect();
+    let writes = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| disk.write(b.sg(false), i as u64 * 8, IoOptions::default()));
+    for r in t.run(join_all(writes)) {
+        r.expect("bounced write");
+    }
+    // One 64 KiB read, eight times the budget: split, not refused.
+    let back = parastor_tests::buf::TestBuf::contiguous(64 * 1024);
+    t.run(disk.read(back.sg(true), 0, IoOptions::default()))
+        .expect("split bounced read");
+    let expected: Vec<u8> = (0..8u64)
+        .flat_map(|i| pattern(40, i * 8, 8, SS512))
+        .collect();
+    let got = back.contents();
+    let first_bad = got.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(first_bad, None, "first differing byte (of {})", got.len());
+}
+
+#[test]
 fn many_commands_in_flight_on_several_queues() {
     let t = testbed();
     let driver = t.start(DriverConfig {
@@ -320,6 +360,8 @@ fn dropped_commands_keep_their_slot_until_the_device_completes() {
     let t = testbed();
     let driver = t.start(config(DataPointer::Auto));
     let (_, disk) = Testbed::disk(&driver, 1);
+    // This thread's queue comes with its first I/O.
+    round_trip(&t, 1, &disk, 20, &[range(0x2_0000, 4096)], 61);
     let r = [range(0x1_0000, 4096)];
     {
         // Submit, then drop before completion: the slot stays with the
@@ -656,6 +698,8 @@ fn save_and_restore_of_the_controller_mid_workload() {
     let t = testbed();
     let driver = t.start(config(DataPointer::Auto));
     let (_, disk) = Testbed::disk(&driver, 1);
+    // This thread's queue comes with its first I/O.
+    round_trip(&t, 1, &disk, 200, &[range(0x2_0000, 4096)], 91);
     for i in 0..16u64 {
         t.put(0x10_0000 + i * 4096, &pattern(90, i * 8, 8, SS512));
     }
@@ -1101,4 +1145,117 @@ fn a_controller_that_never_becomes_ready_fails_bring_up_within_the_cap() {
         "CAP.TO (30 s) capped at 1 s"
     );
     assert!(clock.now() < Duration::from_secs(3), "{:?}", clock.now());
+}
+
+// ---- One I/O queue pair per CPU ----
+
+/// On a runtime thread per allowed CPU, writes a pattern through
+/// namespace 1 of `driver` at a sector of that thread's own and reads it
+/// back; returns the CPUs.
+fn io_from_every_cpu(driver: &NvmeDriver, rig: &parastor_emulated::nvme::NvmeRig) -> Vec<usize> {
+    let cpus = parastor_runtime::allowed_cpus().expect("affinity");
+    let runtime = parastor_runtime::Runtime::per_cpu(&cpus).expect("runtime");
+    let disk = Disk::new(driver.namespace(1).expect("namespace 1")).expect("disk");
+    let tasks: Vec<_> = runtime
+        .threads()
+        .iter()
+        .enumerate()
+        .map(|(i, thread)| {
+            let disk = disk.clone();
+            let mem = rig.memory().clone();
+            thread.spawn(async move {
+                let base = (i as u64) * 0x2000;
+                let w = [range(base, 4096)];
+                let r = [range(base + 0x1000, 4096)];
+                let sector = (i as u64) * 8;
+                let data = pattern(77, sector, 8, SS512);
+                mem.write_at(Gpa::new(base), &data).expect("buffer");
+                let opts = IoOptions::default();
+                disk.write(SgList::new(&*mem, &w, false).unwrap(), sector, opts)
+                    .await
+                    .expect("write");
+                disk.read(SgList::new(&*mem, &r, true).unwrap(), sector, opts)
+                    .await
+                    .expect("read");
+                let mut back = vec![0; 4096];
+                mem.read_at(Gpa::new(base + 0x1000), &mut back)
+                    .expect("buffer");
+                assert_eq!(back, data, "read back on CPU task {i}");
+            })
+        })
+        .collect();
+    for task in tasks {
+        parastor_runtime::block_on(task).expect("the I/O task finished");
+    }
+    runtime.shutdown();
+    cpus
+}
+
+#[test]
+fn each_cpu_gets_its_own_io_queue_on_first_use() {
+    let config = DriverConfig {
+        io_queues: 4,
+        ..DriverConfig::default()
+    };
+    let (driver, rig, _thread) = threaded_driver(1024, 4, 5, config);
+    assert_eq!(driver.io_queues_created(), 1, "only the first at bring-up");
+    let cpus = io_from_every_cpu(&driver, &rig);
+    // CPU c uses queue c % 4; queue 1 (index 0) exists anyway.
+    let mut expected: Vec<usize> = cpus.iter().map(|c| c % 4).collect();
+    expected.push(0);
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(driver.io_queues_created(), expected.len(), "CPUs {cpus:?}");
+    assert_eq!(driver.facts().io_queues, 4);
+    // A reset creates every one of them again, and they serve.
+    parastor_tests::buf::block_on(driver.reset()).expect("reset");
+    assert_eq!(driver.io_queues_created(), expected.len());
+    io_from_every_cpu(&driver, &rig);
+}
+
+#[test]
+fn cpus_share_queues_when_the_controller_grants_fewer() {
+    let config = DriverConfig {
+        io_queues: 4,
+        ..DriverConfig::default()
+    };
+    // Vectors for four queues, but the controller grants one.
+    let (driver, rig, _thread) = threaded_driver(1024, 1, 5, config);
+    assert_eq!(driver.facts().io_queues, 1);
+    io_from_every_cpu(&driver, &rig);
+    assert_eq!(driver.io_queues_created(), 1, "every CPU shares queue 1");
+}
+
+#[test]
+fn cpus_share_queues_when_msix_vectors_run_out() {
+    let config = DriverConfig {
+        io_queues: 4,
+        ..DriverConfig::default()
+    };
+    // Four queues granted, but vectors for the admin queue and one more.
+    let (driver, rig, _thread) = threaded_driver(1024, 4, 2, config);
+    io_from_every_cpu(&driver, &rig);
+    assert_eq!(driver.io_queues_created(), 1, "one vector, one I/O queue");
+}
+
+#[test]
+fn a_queue_that_cannot_be_created_falls_back_to_a_lower_one() {
+    let config = DriverConfig {
+        io_queues: 4,
+        ..DriverConfig::default()
+    };
+    let (driver, rig, _thread) = threaded_driver(1024, 4, 5, config);
+    // Take every page of DMA memory left: no new queue can be allocated.
+    let device = rig.device();
+    let mut taken = Vec::new();
+    while let Ok(b) = device.alloc_dma(4096) {
+        taken.push(b);
+    }
+    assert!(!taken.is_empty());
+    io_from_every_cpu(&driver, &rig);
+    assert_eq!(
+        driver.io_queues_created(),
+        1,
+        "the others could not be allocated; their CPUs share queue 1"
+    );
 }

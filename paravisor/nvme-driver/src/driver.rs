@@ -35,6 +35,7 @@ use parastor_hw::nvme::regs::{
 };
 use parastor_hw::nvme::status::StatusWord;
 use parastor_hw::pci::config::Command as PciCommand;
+use std::sync::OnceLock;
 use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, FromZeros};
 
@@ -47,8 +48,11 @@ pub const DEFAULT_MAX_TRANSFER: usize = 512 * 1024;
 /// How the driver sets a controller up.
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
-    /// I/O queue pairs to ask for (the controller and the MSI-X vectors
-    /// may allow fewer).
+    /// The most I/O queue pairs: one per CPU, created on the first I/O
+    /// from that CPU (CPU `c` uses queue `c % n`). The controller (Set
+    /// Features Number of Queues) and the MSI-X vectors (one per queue
+    /// plus the admin one) may allow fewer; a CPU whose queue cannot be
+    /// created shares the nearest lower one.
     pub io_queues: u16,
     /// Entries per I/O queue (clamped to CAP.MQES + 1).
     pub io_queue_size: u16,
@@ -86,7 +90,8 @@ pub struct DriverConfig {
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
-            io_queues: 1,
+            io_queues: std::thread::available_parallelism()
+                .map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX)),
             io_queue_size: 256,
             admin_queue_size: 32,
             data_pointer: DataPointer::Auto,
@@ -138,11 +143,16 @@ pub(crate) struct Inner {
     timer: Arc<dyn Timer>,
     cap: Cap,
     admin: QueuePair,
-    io: Box<[QueuePair]>,
+    /// One position per I/O queue the driver may create (index = QID - 1).
+    io: Box<[IoSlot]>,
+    /// The shape of a new I/O queue (its QID set at creation).
+    io_shape: QueueShape,
+    /// The shadow doorbell pages in effect, for queues created later.
+    shadow: Mutex<Option<Arc<ShadowPages>>>,
     pub(crate) facts: Mutex<ControllerFacts>,
     /// The SGL support in effect (`SglSupport` as a number), read per I/O.
     sgl: AtomicU8,
-    /// I/O queues in use, read per I/O.
+    /// I/O queue positions the controller granted, read per I/O.
     io_count: AtomicUsize,
     pub(crate) bounce: BouncePool,
     namespaces: Mutex<BTreeMap<u32, Arc<NamespaceState>>>,
@@ -153,6 +163,7 @@ pub(crate) struct Inner {
     reset_requested: AtomicBool,
     aborts_sent: AtomicU64,
     resets: AtomicU64,
+
     /// Bumped whenever the namespace set or a namespace's size changes.
     ns_generation: ResizeSignal,
     events_seen: AtomicU64,
@@ -189,17 +200,38 @@ impl DmaAllocator for DeviceDma {
     }
 }
 
+/// One I/O queue position: the queue once created, and whether a
+/// creation is running or failed.
+struct IoSlot {
+    queue: OnceLock<QueuePair>,
+    /// [`IDLE`], [`CREATING`] or [`UNUSABLE`].
+    creating: AtomicU8,
+}
+
+/// No creation running; the queue is created on the next use.
+const IDLE: u8 = 0;
+/// A creation is running: meanwhile I/O uses a fallback queue.
+const CREATING: u8 = 1;
+/// The queue could not be created (no vector, no DMA memory, the
+/// controller refused it): its CPUs share a fallback queue for good.
+const UNUSABLE: u8 = 2;
+
 std::thread_local! {
-    /// This thread's I/O queue choice, assigned on first use.
-    static QUEUE_HINT: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The calling thread's CPU, as far as queue choice goes: the runtime
+    /// thread's CPU (runtime threads are pinned), else a per-thread hint
+    /// handed out round robin. Assigned on first use.
+    static THREAD_CPU: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 static NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
 
-fn queue_hint() -> usize {
-    QUEUE_HINT.with(|h| {
+/// The calling thread's CPU (see [`THREAD_CPU`]).
+fn thread_cpu() -> usize {
+    THREAD_CPU.with(|h| {
         let mut v = h.get();
         if v == usize::MAX {
-            v = NEXT_HINT.fetch_add(1, Ordering::Relaxed);
+            v = parastor_runtime::current()
+                .and_then(|t| t.cpu())
+                .unwrap_or_else(|| NEXT_HINT.fetch_add(1, Ordering::Relaxed));
             h.set(v);
         }
         v
@@ -296,33 +328,43 @@ impl NvmeDriver {
             what: "admin queue allocation",
             why,
         })?;
-        let wanted = config.io_queues.clamp(1, interrupts - 1);
-        let io = (1..=wanted)
-            .map(|qid| {
-                let intr = device.map_interrupt(qid).map_err(DriverError::Device)?;
-                QueuePair::new(
-                    device.clone(),
-                    QueueShape {
-                        qid,
-                        size: io_size,
-                        dstrd,
-                        max_ranges,
-                        cq_batch: io_size / 4,
-                    },
-                    intr,
-                    health.clone(),
-                )
-                .map_err(|why| DriverError::Failed {
-                    what: "I/O queue allocation",
-                    why,
-                })
+        // One vector per I/O queue besides the admin one.
+        let positions = config.io_queues.clamp(1, interrupts - 1);
+        let io_shape = QueueShape {
+            qid: 1,
+            size: io_size,
+            dstrd,
+            max_ranges,
+            cq_batch: io_size / 4,
+        };
+        // The first I/O queue exists from bring-up on (every CPU can fall
+        // back to it); the others come on first use.
+        let first = QueuePair::new(
+            device.clone(),
+            io_shape,
+            device.map_interrupt(1).map_err(DriverError::Device)?,
+            health.clone(),
+        )
+        .map_err(|why| DriverError::Failed {
+            what: "I/O queue allocation",
+            why,
+        })?;
+        let io: Box<[IoSlot]> = (0..positions)
+            .map(|_| IoSlot {
+                queue: OnceLock::new(),
+                creating: AtomicU8::new(IDLE),
             })
-            .collect::<Result<Vec<_>, _>>()?
-            .into_boxed_slice();
+            .collect();
+        if let Some(slot) = io.first() {
+            let _ = slot.queue.set(first);
+        }
         let bounce = BouncePool::with_allocator(
             config.bounce_budget.max(PAGE_SIZE),
             Arc::new(DeviceDma(device.clone())),
         );
+        // Every command's data fits the bounce budget: a larger request
+        // is split, never refused for want of bounce space.
+        let max_transfer = max_transfer.min(bounce.max_len()).max(PAGE_SIZE);
         let inner = Arc::new(Inner {
             device,
             config,
@@ -330,6 +372,8 @@ impl NvmeDriver {
             cap,
             admin,
             io,
+            io_shape,
+            shadow: Mutex::new(None),
             facts: Mutex::new(ControllerFacts {
                 cntlid: 0,
                 nn: 0,
@@ -349,6 +393,7 @@ impl NvmeDriver {
             reset_requested: AtomicBool::new(false),
             aborts_sent: AtomicU64::new(0),
             resets: AtomicU64::new(0),
+
             ns_generation: ResizeSignal::new(0),
             events_seen: AtomicU64::new(0),
         });
@@ -416,7 +461,7 @@ impl NvmeDriver {
     /// I/O commands given to the device and not yet completed, over all
     /// I/O queues.
     pub fn outstanding(&self) -> usize {
-        self.inner.io.iter().map(QueuePair::outstanding).sum()
+        self.inner.io_queues().map(QueuePair::outstanding).sum()
     }
 
     /// Completions the driver refused (unknown or stale command ids),
@@ -425,8 +470,7 @@ impl NvmeDriver {
         self.inner.admin.refused_completions()
             + self
                 .inner
-                .io
-                .iter()
+                .io_queues()
                 .map(QueuePair::refused_completions)
                 .sum::<u64>()
     }
@@ -494,7 +538,7 @@ impl NvmeDriver {
         // Nothing new; what the device has may still complete during the
         // shutdown.
         inner.admin.close();
-        for q in inner.io.iter() {
+        for q in inner.io_queues() {
             q.close();
         }
         let cc = inner.cc();
@@ -526,7 +570,7 @@ impl NvmeDriver {
         let stopped = inner.wait_ready(false).await.is_ok();
         let why = Failure::Gone("driver shut down");
         inner.admin.kill(why);
-        for q in inner.io.iter() {
+        for q in inner.io_queues() {
             q.kill(why);
         }
         if stopped {
@@ -583,7 +627,7 @@ impl NvmeDriver {
             }
             let timeout = millis(inner.config.command_timeout).max(1);
             let mut reset = inner.reset_requested.swap(false, Ordering::AcqRel);
-            for q in inner.io.iter() {
+            for q in inner.io_queues() {
                 let expired = q.scan_expired(now, timeout);
                 reset |= expired.reset;
                 for &cid in expired.abort.as_slice() {
@@ -632,7 +676,13 @@ impl NvmeDriver {
     /// their memory is kept from reuse, deliberately leaked if the device
     /// never stops.
     pub fn held_commands(&self) -> usize {
-        self.inner.admin.held() + self.inner.io.iter().map(QueuePair::held).sum::<usize>()
+        self.inner.admin.held() + self.inner.io_queues().map(QueuePair::held).sum::<usize>()
+    }
+
+    /// I/O queue pairs created so far (the first at bring-up, the others
+    /// on the first I/O from their CPU).
+    pub fn io_queues_created(&self) -> usize {
+        self.inner.io_queues().count()
     }
 
     /// Abort commands the watchdog sent so far.
@@ -810,7 +860,7 @@ impl Inner {
         log::error!("{}: controller failed: {why}", self.device.id());
         let f = Failure::Gone("controller failed");
         self.admin.kill(f);
-        for q in self.io.iter() {
+        for q in self.io_queues() {
             q.kill(f);
         }
         let cc = self.cc();
@@ -834,8 +884,8 @@ impl Inner {
 
     /// Frees every held slot (the device was proven stopped).
     fn release_held(&self) {
-        let n =
-            self.admin.release_held() + self.io.iter().map(QueuePair::release_held).sum::<usize>();
+        let n = self.admin.release_held()
+            + self.io_queues().map(QueuePair::release_held).sum::<usize>();
         if n > 0 {
             log::info!(
                 "{}: device stopped; released the buffers of {n} failed commands",
@@ -848,7 +898,7 @@ impl Inner {
     /// within CAP.TO — so that held buffers can be released. A device
     /// that does not stop keeps them: leaked on purpose, and counted.
     async fn settle(&self) {
-        if self.admin.held() + self.io.iter().map(QueuePair::held).sum::<usize>() == 0 {
+        if self.admin.held() + self.io_queues().map(QueuePair::held).sum::<usize>() == 0 {
             return;
         }
         let cc = self.cc();
@@ -889,7 +939,7 @@ impl Inner {
         };
         self.resets.fetch_add(1, Ordering::Relaxed);
         self.admin.close();
-        for q in self.io.iter() {
+        for q in self.io_queues() {
             q.close();
         }
         let result = async {
@@ -897,7 +947,7 @@ impl Inner {
             // buffers: fail them (for the disks to retry) after that.
             self.disable().await?;
             self.admin.fail_outstanding(Failure::Reset, true);
-            for q in self.io.iter() {
+            for q in self.io_queues() {
                 q.fail_outstanding(Failure::Reset, true);
             }
             self.release_held();
@@ -938,7 +988,7 @@ impl Inner {
     async fn bring_up(&self) -> Result<(), DriverError> {
         self.disable().await?;
         self.admin.rewind();
-        for q in self.io.iter() {
+        for q in self.io_queues() {
             q.rewind();
         }
         let asz = self.admin.size() - 1;
@@ -1002,7 +1052,7 @@ impl Inner {
             .await?;
         }
 
-        let want = self.io.len() as u16 - 1;
+        let want = u16::try_from(self.io.len() - 1).unwrap_or(u16::MAX - 1);
         let done = self
             .set_feature(
                 "Set Features (Number of Queues)",
@@ -1015,10 +1065,8 @@ impl Inner {
             )
             .await?;
         let granted = NumberOfQueues::from_bits(done.dw0);
-        let count = (granted.nsq().min(granted.ncq()).min(want) as usize) + 1;
+        let count = usize::from(granted.nsq().min(granted.ncq()).min(want)) + 1;
         self.facts.lock().io_queues = count as u16;
-        self.io_count
-            .store(count.clamp(1, self.io.len()), Ordering::Relaxed);
 
         // Namespace attribute notices, if the controller sends them.
         if oaes & (1 << 8) != 0 {
@@ -1031,47 +1079,18 @@ impl Inner {
             .await?;
         }
 
-        for q in &self.io[..count] {
-            let mut sqe = Sqe::new_zeroed();
-            sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_CQ.get());
-            sqe.set_prps(q.cq_address(), 0);
-            sqe.cdw10 = U32::new(
-                CreateQueueCdw10::new()
-                    .with_qid(q.qid())
-                    .with_qsize(q.size() - 1)
-                    .into_bits(),
-            );
-            sqe.cdw11 = U32::new(
-                CreateCqCdw11::new()
-                    .with_pc(true)
-                    .with_ien(true)
-                    .with_iv(q.qid())
-                    .into_bits(),
-            );
-            self.admin_command("Create I/O Completion Queue", sqe, None)
-                .await?;
+        // The queues created so far (all of them again after a reset)...
+        for q in self.io.iter().take(count).filter_map(|s| s.queue.get()) {
+            self.create_on_device(q).await?;
         }
-        for q in &self.io[..count] {
-            let mut sqe = Sqe::new_zeroed();
-            sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_SQ.get());
-            sqe.set_prps(q.sq_address(), 0);
-            sqe.cdw10 = U32::new(
-                CreateQueueCdw10::new()
-                    .with_qid(q.qid())
-                    .with_qsize(q.size() - 1)
-                    .into_bits(),
-            );
-            sqe.cdw11 = U32::new(
-                CreateSqCdw11::new()
-                    .with_pc(true)
-                    .with_cqid(q.qid())
-                    .into_bits(),
-            );
-            self.admin_command("Create I/O Submission Queue", sqe, None)
-                .await?;
+        // ...and those a controller that grants fewer no longer has: their
+        // commands fail for the disks to retry on the queues that remain.
+        for q in self.io.iter().skip(count).filter_map(|s| s.queue.get()) {
+            q.kill(Failure::Reset);
         }
         // Shadow doorbells for the I/O queues, if the controller has
         // them: most submissions then need no MMIO write at all.
+        *self.shadow.lock() = None;
         if dbbc && self.config.shadow_doorbells {
             let pages = Arc::new(ShadowPages {
                 doorbells: self
@@ -1095,22 +1114,164 @@ impl Inner {
             {
                 Ok(_) => {
                     let stride = self.cap.doorbell_stride() as usize;
-                    for q in &self.io[..count] {
+                    for q in self.io.iter().take(count).filter_map(|s| s.queue.get()) {
                         q.use_shadow(&pages, stride);
                     }
+                    *self.shadow.lock() = Some(pages);
                 }
                 // Optional: MMIO doorbells work without it.
                 Err(DriverError::Command { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        for q in &self.io[..count] {
+        self.io_count.store(count, Ordering::Release);
+        for q in self.io.iter().take(count).filter_map(|s| s.queue.get()) {
             q.open();
         }
-        for q in &self.io[count..] {
-            q.kill(Failure::Gone("queue not granted"));
-        }
         Ok(())
+    }
+
+    /// Creates `q`'s completion queue (on its own vector) and then its
+    /// submission queue on the controller.
+    async fn create_on_device(&self, q: &QueuePair) -> Result<(), DriverError> {
+        let mut sqe = Sqe::new_zeroed();
+        sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_CQ.get());
+        sqe.set_prps(q.cq_address(), 0);
+        sqe.cdw10 = U32::new(
+            CreateQueueCdw10::new()
+                .with_qid(q.qid())
+                .with_qsize(q.size() - 1)
+                .into_bits(),
+        );
+        sqe.cdw11 = U32::new(
+            CreateCqCdw11::new()
+                .with_pc(true)
+                .with_ien(true)
+                .with_iv(q.qid())
+                .into_bits(),
+        );
+        self.admin_command("Create I/O Completion Queue", sqe, None)
+            .await?;
+        let mut sqe = Sqe::new_zeroed();
+        sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_SQ.get());
+        sqe.set_prps(q.sq_address(), 0);
+        sqe.cdw10 = U32::new(
+            CreateQueueCdw10::new()
+                .with_qid(q.qid())
+                .with_qsize(q.size() - 1)
+                .into_bits(),
+        );
+        sqe.cdw11 = U32::new(
+            CreateSqCdw11::new()
+                .with_pc(true)
+                .with_cqid(q.qid())
+                .into_bits(),
+        );
+        self.admin_command("Create I/O Submission Queue", sqe, None)
+            .await?;
+        Ok(())
+    }
+
+    /// The I/O queues created so far.
+    pub(crate) fn io_queues(&self) -> impl Iterator<Item = &QueuePair> {
+        self.io.iter().filter_map(|s| s.queue.get())
+    }
+
+    /// The I/O queue for the calling thread's CPU, if it exists; else the
+    /// index of the position to create (see [`Inner::io_queue_slow`]).
+    pub(crate) fn io_queue(&self) -> Result<&QueuePair, usize> {
+        let count = self
+            .io_count
+            .load(Ordering::Acquire)
+            .clamp(1, self.io.len());
+        let index = thread_cpu() % count;
+        match self.io.get(index).and_then(|s| s.queue.get()) {
+            Some(q) => Ok(q),
+            None => Err(index),
+        }
+    }
+
+    /// The calling CPU's queue position `index` has no queue yet: create
+    /// it (the first caller does, once), or use the nearest lower queue
+    /// meanwhile or for good (no vector, no memory, refused).
+    pub(crate) async fn io_queue_slow(&self, index: usize) -> Result<&QueuePair, Failure> {
+        let slot = self.io.get(index).ok_or(Failure::Gone("no I/O queue"))?;
+        if slot
+            .creating
+            .compare_exchange(IDLE, CREATING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // Boxed: the creation's future is large and runs once per CPU;
+            // the I/O future stays small.
+            let created = Box::pin(self.create_io_queue(index)).await;
+            let next = match created {
+                Ok(true) => IDLE,
+                // A reset came in between: try again later.
+                Ok(false) => IDLE,
+                Err(e) => {
+                    log::warn!(
+                        "{}: I/O queue {} cannot be created ({e}); its CPUs share another",
+                        self.device.id(),
+                        index + 1
+                    );
+                    UNUSABLE
+                }
+            };
+            slot.creating.store(next, Ordering::Release);
+        }
+        if let Some(q) = slot.queue.get() {
+            return Ok(q);
+        }
+        self.io
+            .get(..index)
+            .into_iter()
+            .flatten()
+            .rev()
+            .chain(self.io.iter())
+            .find_map(|s| s.queue.get())
+            .ok_or(Failure::Gone("no I/O queue"))
+    }
+
+    /// Creates I/O queue position `index` (QID `index + 1`, MSI-X vector
+    /// the same): allocates it, creates it on the controller and
+    /// publishes it. `Ok(false)`: a reset or failure came in between and
+    /// the queue was not published.
+    async fn create_io_queue(&self, index: usize) -> Result<bool, DriverError> {
+        let qid = u16::try_from(index + 1).map_err(|_| DriverError::Unsupported("QID"))?;
+        let resets = self.resets.load(Ordering::Acquire);
+        let interrupt = self
+            .device
+            .map_interrupt(qid)
+            .map_err(DriverError::Device)?;
+        let q = QueuePair::new(
+            self.device.clone(),
+            QueueShape {
+                qid,
+                ..self.io_shape
+            },
+            interrupt,
+            self.health.clone(),
+        )
+        .map_err(|why| DriverError::Failed {
+            what: "I/O queue allocation",
+            why,
+        })?;
+        self.create_on_device(&q).await?;
+        if let Some(pages) = self.shadow.lock().clone() {
+            q.use_shadow(&pages, self.cap.doorbell_stride() as usize);
+        }
+        // Published under the life lock, which a reset takes to start: a
+        // reset either sees this queue (and creates it again) or this
+        // sees the reset (and gives the queue up).
+        let life = self.life.lock();
+        if *life != Life::Running || self.resets.load(Ordering::Acquire) != resets {
+            return Ok(false);
+        }
+        let slot = self
+            .io
+            .get(index)
+            .ok_or(DriverError::Unsupported("queue index"))?;
+        Ok(slot.queue.set(q).is_ok())
     }
 
     pub(crate) fn config_data_pointer(&self) -> DataPointer {
@@ -1124,12 +1285,6 @@ impl Inner {
             .alloc_dma(len)
             .map(Arc::new)
             .map_err(DriverError::Device)
-    }
-
-    /// The I/O queue for the calling thread.
-    pub(crate) fn io_queue(&self) -> &QueuePair {
-        let count = self.io_count.load(Ordering::Relaxed).max(1);
-        &self.io[queue_hint() % count]
     }
 
     /// The SGL support the controller advertised.

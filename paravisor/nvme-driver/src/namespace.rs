@@ -223,7 +223,10 @@ impl NvmeDisk {
         let inner = &*self.inner;
         let policy = inner.config_data_pointer();
         let sgl = inner.sgl();
-        let queue = inner.io_queue();
+        let queue = match inner.io_queue() {
+            Ok(q) => q,
+            Err(index) => inner.io_queue_slow(index).await?,
+        };
         let mut sqe = Sqe::new_zeroed();
         sqe.cdw0.set_opc(io.opcode.get());
         sqe.nsid = U32::new(self.ns.nsid);
