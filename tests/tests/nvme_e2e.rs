@@ -11,7 +11,8 @@ use parastor_nvme_driver::{Clock, DataPointer, DriverConfig, DriverError, NvmeDr
 use parastor_tests::buf::{pattern, read_vec};
 use parastor_tests::conformance;
 use parastor_tests::nvme::{
-    HangDisk, PlugState, Testbed, Unpluggable, VirtualClock, threaded_disk, threaded_driver,
+    HangDisk, PlugState, Testbed, Unpluggable, VirtualClock, free_dma_pages, threaded_disk,
+    threaded_driver,
 };
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -1121,6 +1122,46 @@ fn a_fatal_status_fails_the_controller_and_a_stop_releases_the_buffers() {
     hang.release();
     let _ = t.run(driver.shutdown());
     assert_eq!(driver.held_commands(), 0, "disabled: the buffers are free");
+}
+
+#[test]
+fn dma_memory_the_device_may_still_write_is_never_handed_back() {
+    let (t, hang) = hang_testbed();
+    let free = free_dma_pages(&*t.rig.device());
+    // A driver shut down cleanly gives every page back when dropped.
+    {
+        let clock = VirtualClock::new();
+        let driver = t.start_virtual(t.rig.device(), timeout_config(), &clock);
+        let (_, disk) = Testbed::disk(&driver, 2);
+        let wd = driver.run_watchdog();
+        let mut wd = pin!(wd);
+        write_read(&t, &clock, &disk, 0, &mut wd);
+        t.run(driver.shutdown()).expect("shutdown");
+    }
+    assert_eq!(free_dma_pages(&*t.rig.device()), free, "all back");
+    // A driver whose device vanished with a command in flight keeps its
+    // rings and that command's memory from reuse, even once dropped.
+    {
+        let clock = VirtualClock::new();
+        let device = Unpluggable::new(t.rig.device());
+        let driver = t.start_virtual(device.clone(), timeout_config(), &clock);
+        let (_, disk) = Testbed::disk(&driver, 1);
+        hang.arm();
+        let r = [range(0x2000, 4096)];
+        let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+        let unplug = when(|| hang.hung() > 0, || device.set(PlugState::Removed));
+        let wd = driver.run_watchdog();
+        assert_eq!(
+            run_beside(&t, &clock, read, &mut pin!(wd), unplug),
+            Err(DEVICE_FAILED)
+        );
+    }
+    let left = free_dma_pages(&*t.rig.device());
+    assert!(
+        left < free,
+        "the vanished device's memory is leaked on purpose ({left} of {free} pages free)"
+    );
+    hang.release();
 }
 
 #[test]

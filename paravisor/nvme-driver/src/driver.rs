@@ -159,6 +159,9 @@ pub(crate) struct Inner {
     life: Mutex<Life>,
     resetting: AtomicBool,
     health: Arc<Health>,
+    /// The controller was last seen disabled (CC.EN = 0 and CSTS.RDY = 0):
+    /// it reaches no memory of the driver's.
+    stopped: AtomicBool,
     /// An admin command timed out: the watchdog resets the controller.
     reset_requested: AtomicBool,
     aborts_sent: AtomicU64,
@@ -390,6 +393,7 @@ impl NvmeDriver {
             life: Mutex::new(Life::Running),
             resetting: AtomicBool::new(false),
             health,
+            stopped: AtomicBool::new(false),
             reset_requested: AtomicBool::new(false),
             aborts_sent: AtomicU64::new(0),
             resets: AtomicU64::new(0),
@@ -768,6 +772,41 @@ impl<F: core::future::Future + Unpin> core::future::Future for Bounded<'_, F> {
     }
 }
 
+impl Drop for Inner {
+    /// The last handle is gone. A controller not known to be stopped is
+    /// disabled; if it does not report RDY = 0 at once it may still write
+    /// the driver's memory, so the rings, list pages and the buffers of
+    /// commands it may hold are leaked on purpose rather than handed back
+    /// for reuse (the caller memory's pins are released, which for VFIO
+    /// unmaps it from the device).
+    fn drop(&mut self) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        let cc = self.cc();
+        if cc.into_bits().get() != u32::MAX && cc.en() {
+            self.write_cc(cc.with_en(false));
+        }
+        let csts = self.csts();
+        if csts.into_bits().get() != u32::MAX && !csts.rdy() {
+            return;
+        }
+        log::error!(
+            "{}: dropped while the device may still use its memory: its DMA memory is leaked",
+            self.device.id()
+        );
+        if let Some(pages) = self.shadow.get_mut().take() {
+            core::mem::forget(pages);
+        }
+        self.admin.leak_dma();
+        for slot in self.io.iter_mut() {
+            if let Some(q) = slot.queue.get_mut() {
+                q.leak_dma();
+            }
+        }
+    }
+}
+
 /// `d` in whole milliseconds (saturating).
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -831,6 +870,7 @@ impl Inner {
                 return Err(DriverError::Fatal);
             }
             if csts.rdy() == ready {
+                self.stopped.store(!ready, Ordering::Release);
                 return Ok(());
             }
             if polls >= limit || self.clock_now() >= deadline {
@@ -1009,6 +1049,7 @@ impl Inner {
             .with_iosqes(6)
             .with_iocqes(4);
         self.write_cc(cc);
+        self.stopped.store(false, Ordering::Release);
         self.write_cc(cc.with_en(true));
         self.wait_ready(true).await?;
         self.admin.open();

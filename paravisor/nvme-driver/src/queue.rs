@@ -495,6 +495,43 @@ impl QueuePair {
         n
     }
 
+    /// The device may still use this queue's memory and the driver is
+    /// going away: the rings, the list pages, the shadow doorbell pages
+    /// and the buffers of the commands the device may hold are leaked —
+    /// never handed back to the device's allocator for reuse.
+    pub(crate) fn leak_dma(&mut self) {
+        for buf in [&mut self.sq, &mut self.cq, &mut self.lists] {
+            let (mem, _) = buf.memory();
+            let empty = DmaBuffer::new(
+                mem.clone(),
+                parastor_core::addr::Gpa::new(0),
+                0,
+                parastor_core::addr::DeviceAddress::new(0),
+                None,
+            );
+            core::mem::forget(core::mem::replace(buf, empty));
+        }
+        let st = self.state.get_mut();
+        if let Some(shadow) = st.shadow.take() {
+            core::mem::forget(shadow);
+        }
+        for slot in st.slots.iter_mut() {
+            let device_may_hold = match slot.state {
+                SlotState::Submitted { .. } | SlotState::Held => true,
+                SlotState::Done(_) => slot.hold,
+                SlotState::Free | SlotState::Reserved => false,
+            };
+            if device_may_hold {
+                if let Some(b) = slot.bounce.take() {
+                    core::mem::forget(b);
+                }
+                if let Some(k) = slot.keep.take() {
+                    core::mem::forget(k);
+                }
+            }
+        }
+    }
+
     /// Slots held because the device may still use their buffers.
     pub(crate) fn held(&self) -> usize {
         self.state.lock().held
