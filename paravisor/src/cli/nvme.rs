@@ -17,7 +17,7 @@ use clap::Args;
 use parastor_core::{DiskIo, Gpa, GpaRange, GuestMem, IoOptions, SgList, UnmapBehavior};
 use parastor_nvme_driver::{DeviceAccess, DriverConfig, NvmeDisk, NvmeDriver};
 use parastor_runtime::RuntimeTimer;
-use parastor_sys::GuestRam;
+use parastor_sys::{GuestRam, MappedRegion};
 use parastor_vfio::{VfioDevice, VfioOptions};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +31,10 @@ pub struct NvmeCheckArgs {
     /// The number of namespaces Identify Controller must report (NN).
     #[arg(long)]
     pub nn: Option<u32>,
+    /// The active namespaces, comma-separated (`1,2`): the list must be
+    /// exactly this.
+    #[arg(long, value_delimiter = ',')]
+    pub namespaces: Vec<u32>,
     /// `NSID:BYTES`: namespace NSID must have BYTES-byte logical blocks
     /// (repeatable).
     #[arg(long = "lba-size")]
@@ -66,6 +70,10 @@ struct Data {
 
 /// Bytes of each guest memory buffer (one transfer's worth).
 const CHUNK: usize = 128 << 10;
+
+/// Where the buffers sit in guest physical address space: not at 0, so a
+/// device address of 0 is never a valid buffer (with IOVA = GPA).
+const BUFFER_GPA: Gpa = Gpa::new(1 << 20);
 
 fn parse_u<T: std::str::FromStr>(field: &str, what: &str, arg: &str) -> Result<T, CliError> {
     field
@@ -120,8 +128,11 @@ struct Buffers {
 impl Buffers {
     fn new(device: &VfioDevice) -> Result<Self, CliError> {
         let ram = |name| {
-            GuestRam::memfd(name, CHUNK)
-                .map_err(|e| CliError::new(format!("mapping {CHUNK} bytes of buffer memory: {e}")))
+            let region = MappedRegion::memfd(name, CHUNK).map_err(|e| {
+                CliError::new(format!("mapping {CHUNK} bytes of buffer memory: {e}"))
+            })?;
+            GuestRam::new(vec![(BUFFER_GPA, Arc::new(region))])
+                .map_err(|e| CliError::new(format!("buffer memory layout: {e}")))
         };
         let direct = match device.attach_guest_ram(ram("nvme-check-direct")?) {
             Ok(mem) => Some(mem),
@@ -171,12 +182,12 @@ async fn read_compare(
     let mut done = 0usize;
     while done < len {
         let n = (len - done).min(CHUNK);
-        let range = [GpaRange::new(Gpa::new(0), n as u64)];
+        let range = [GpaRange::new(BUFFER_GPA, n as u64)];
         let sg = SgList::new(&**mem, &range, true).map_err(|e| disk_error(what, e))?;
         disk.read(sg, lba + (done / sector) as u64, IoOptions::default())
             .await
             .map_err(|e| disk_error(&format!("{what}: read at byte {done}"), e))?;
-        mem.read_at(Gpa::new(0), &mut buf[..n])
+        mem.read_at(BUFFER_GPA, &mut buf[..n])
             .map_err(|e| disk_error(what, e))?;
         let expected = want.map(|w| &w[done..done + n]);
         let differs = match expected {
@@ -208,9 +219,9 @@ async fn write_all(
 ) -> Result<u64, CliError> {
     let sector = disk.sector_size() as usize;
     for (i, piece) in data.chunks(CHUNK).enumerate() {
-        mem.write_at(Gpa::new(0), piece)
+        mem.write_at(BUFFER_GPA, piece)
             .map_err(|e| disk_error(what, e))?;
-        let range = [GpaRange::new(Gpa::new(0), piece.len() as u64)];
+        let range = [GpaRange::new(BUFFER_GPA, piece.len() as u64)];
         let sg = SgList::new(&**mem, &range, false).map_err(|e| disk_error(what, e))?;
         let at = i * CHUNK;
         disk.write(sg, lba + (at / sector) as u64, IoOptions::default())
@@ -327,6 +338,13 @@ pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
             && facts.nn != nn
         {
             return Err(CliError::new(format!("NN is {}, expected {nn}", facts.nn)));
+        }
+        if !args.namespaces.is_empty() && driver.namespaces() != args.namespaces {
+            return Err(CliError::new(format!(
+                "active namespaces {:?}, expected {:?}",
+                driver.namespaces(),
+                args.namespaces
+            )));
         }
         for &(nsid, bytes) in &lba_sizes {
             let disk = namespace(&driver, nsid)?;
@@ -488,6 +506,7 @@ mod tests {
         let args = NvmeCheckArgs {
             pci: "0000:7f:1f.7".into(),
             nn: None,
+            namespaces: vec![],
             lba_size: vec![],
             expect: vec![],
             write: vec![],

@@ -195,7 +195,10 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         modules: NVME_VFIO_MODULES,
         data: &[],
         qemu_args: NVME_VFIO_QEMU,
-        disks: &[("nvme-vfio-ns1.img", 64 << 20), ("nvme-vfio-ns2.img", 64 << 20)],
+        disks: &[
+            ("nvme-vfio-ns1.img", 64 << 20),
+            ("nvme-vfio-ns2.img", 64 << 20),
+        ],
         default_run: true,
         timeout: Duration::from_secs(90),
     },
