@@ -389,6 +389,11 @@ pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
             )
             .await?;
         }
+        if buffers.direct.is_some() && !writes.is_empty() && device.direct_pins() == 0 {
+            return Err(CliError::new(
+                "the writes from attached guest memory were bounced, not sent to the device directly",
+            ));
+        }
         verify_writes(&driver, &buffers, &writes, "after writing", &mut tally).await?;
 
         // Deallocate; zeros back where the namespace promises them.
@@ -459,9 +464,10 @@ pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
         }
     })?;
     println!(
-        "nvme-check: ok: read and compared {} bytes, wrote {} bytes, in {:.2}s",
+        "nvme-check: ok: read and compared {} bytes, wrote {} bytes ({} buffers sent directly), in {:.2}s",
         tally.read,
         tally.written,
+        device.direct_pins(),
         start.elapsed().as_secs_f64()
     );
     Ok(())

@@ -8,7 +8,7 @@ use parastor_core::memory::{Access, AtomicOp, GuestMemory, Width};
 use parastor_core::pin::{PinError, PinOwner, PinSet};
 use parastor_sys::GuestRam;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Keeps the memory (and so its mappings) alive while pins exist; the
 /// IOMMU mapping lasts as long as the device, so unpinning is a no-op.
@@ -26,12 +26,20 @@ pub(crate) struct AttachedRam {
     ram: GuestRam,
     domain: DmaDomainId,
     owner: Arc<dyn PinOwner>,
+    /// Ranges pinned for the device so far (shared with the device, which
+    /// reports it): how often a buffer went to the device directly.
+    pins: Arc<AtomicU64>,
 }
 
 impl AttachedRam {
-    pub(crate) fn new(ram: GuestRam, domain: DmaDomainId) -> Self {
+    pub(crate) fn new(ram: GuestRam, domain: DmaDomainId, pins: Arc<AtomicU64>) -> Self {
         let owner: Arc<dyn PinOwner> = Arc::new(Keep(ram.clone()));
-        Self { ram, domain, owner }
+        Self {
+            ram,
+            domain,
+            owner,
+            pins,
+        }
     }
 }
 
@@ -93,6 +101,7 @@ impl GuestMemory for AttachedRam {
             let device = DeviceRange::new(DeviceAddress::new(r.gpa.get()), r.len);
             out.push(&self.owner, domain, &[device])?;
         }
+        self.pins.fetch_add(ranges.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -105,7 +114,8 @@ mod tests {
     fn pins_for_the_device_domain_are_the_gpas() {
         let ram = GuestRam::memfd("attached-test", 64 << 10).unwrap();
         let domain = DmaDomainId::new(0x5646_FFFF);
-        let mem = AttachedRam::new(ram, domain);
+        let count = Arc::new(AtomicU64::new(0));
+        let mem = AttachedRam::new(ram, domain, count.clone());
         let mut pins = PinSet::with_capacity(4);
         let range = GpaRange::new(Gpa::new(0x3000), 0x2000);
         mem.pin(&[range], Access::Read, domain, &mut pins).unwrap();
@@ -113,6 +123,7 @@ mod tests {
             pins.ranges(),
             [DeviceRange::new(DeviceAddress::new(0x3000), 0x2000)]
         );
+        assert_eq!(count.load(Ordering::Relaxed), 1);
         // Outside the memory: refused, nothing pinned.
         let mut none = PinSet::with_capacity(4);
         let outside = GpaRange::new(Gpa::new(60 << 10), 8 << 10);
@@ -127,5 +138,10 @@ mod tests {
             mem.pin(&[range], Access::Read, DmaDomainId::new(7), &mut other),
             Err(PinError::Unsupported)
         ));
+        assert_eq!(
+            count.load(Ordering::Relaxed),
+            1,
+            "only the device's pins count"
+        );
     }
 }

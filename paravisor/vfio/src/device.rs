@@ -15,7 +15,7 @@ use parastor_sys::{GuestRam, MappedRegion, MmioRegion, dma};
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -198,6 +198,8 @@ pub struct VfioDevice {
     /// Guest memory attached with [`attach_guest_ram`](Self::attach_guest_ram)
     /// (type-1 only), mapped at IOVA = GPA.
     attached: Mutex<Vec<GuestMem>>,
+    /// Ranges of attached memory pinned for the device so far.
+    direct_pins: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for VfioDevice {
@@ -329,6 +331,7 @@ impl VfioDevice {
             domain: DmaDomainId::new(NEXT_DOMAIN.fetch_add(1, Ordering::Relaxed)),
             vectors,
             attached: Mutex::new(Vec::new()),
+            direct_pins: Arc::new(AtomicU64::new(0)),
         };
         this.arm_vectors()?;
         Ok(this)
@@ -405,6 +408,12 @@ impl VfioDevice {
         self.container.iommu().unwrap_or(IommuType::Type1)
     }
 
+    /// How many ranges of attached guest memory were pinned for the device
+    /// (each a buffer the device reached directly, without a bounce).
+    pub fn direct_pins(&self) -> u64 {
+        self.direct_pins.load(Ordering::Relaxed)
+    }
+
     /// Free pages of DMA memory (4 KiB each).
     pub fn free_dma_pages(&self) -> usize {
         self.dma.pages.lock().map_or(0, |p| p.free_pages())
@@ -442,7 +451,11 @@ impl VfioDevice {
                     errno: e.raw_errno(),
                 })?;
         }
-        let mem = GuestMem::new(crate::attached::AttachedRam::new(ram, self.domain));
+        let mem = GuestMem::new(crate::attached::AttachedRam::new(
+            ram,
+            self.domain,
+            self.direct_pins.clone(),
+        ));
         if let Ok(mut a) = self.attached.lock() {
             a.push(mem.clone());
         }
