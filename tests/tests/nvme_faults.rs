@@ -474,3 +474,111 @@ mod middleware {
         assert_eq!(bed.fi.stats().dropped, 0);
     }
 }
+
+/// Every fault with the outcome the driver owes a hostile device, where
+/// the driver as it stands already has it.
+mod outcomes {
+    use super::*;
+    use parastor_core::{IoError, IoErrorKind};
+    use parastor_nvme_driver::error::CODE_DEVICE_FAILED;
+
+    const DEVICE_FAILED: DiskError =
+        DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, CODE_DEVICE_FAILED));
+
+    #[test]
+    fn a_completion_naming_another_queue_is_a_device_failure_not_a_panic() {
+        let bed = Bed::new(FaultPlan::new());
+        let driver = bed.start();
+        let d = disk(&driver);
+        for sqid in [0, 2, 9, u16::MAX] {
+            bed.fi.set_plan(FaultPlan::new().on(
+                Select::io().once(),
+                CompletionFault::Corrupt(CqeField::SqId(sqid)),
+            ));
+            let w = bed.write(&d, 0, 8, 1).expect("the write ends");
+            assert_eq!(w, Err(DEVICE_FAILED), "SQID {sqid}");
+        }
+    }
+
+    #[test]
+    fn an_error_status_from_the_device_is_the_disk_error_of_that_status() {
+        let bed = Bed::new(FaultPlan::new());
+        let driver = bed.start();
+        let d = disk(&driver);
+        // Generic status: Data Transfer Error (04h) → an I/O error;
+        // Media: Unrecovered Read Error (SCT 2, 81h) → a medium error.
+        bed.fi.set_plan(FaultPlan::new().on(
+            Select::io().once(),
+            CompletionFault::Corrupt(CqeField::Status(0x04)),
+        ));
+        let w = bed.write(&d, 0, 8, 2).expect("the write ends");
+        assert!(matches!(w, Err(DiskError::Io(_))), "{w:?}");
+        bed.fi.set_plan(FaultPlan::new().on(
+            Select::io().opcode(READ).once(),
+            CompletionFault::Corrupt(CqeField::Status((2 << 8) | 0x81)),
+        ));
+        let r = bed.read(&d, 0, 8).expect("the read ends");
+        assert!(matches!(r, Err(DiskError::Medium(_))), "{r:?}");
+    }
+
+    #[test]
+    fn mdts_zero_means_no_limit_and_the_driver_keeps_its_own() {
+        let bed = Bed::new(FaultPlan::new().identify(IdentifyFault::Mdts(0)));
+        let driver = bed.start();
+        let max = driver.facts().max_transfer;
+        assert!(
+            max <= parastor_nvme_driver::DEFAULT_MAX_TRANSFER,
+            "MDTS 0 is no limit, not an unbounded transfer: {max}"
+        );
+        let d = disk(&driver);
+        // Within the device's real limit (128 KiB), I/O works.
+        bed.round_trip(&d, 0, 256, 3);
+        // Beyond it the device refuses the command: a clean error.
+        let w = bed.write(&d, 0, 2048, 4).expect("the write ends");
+        assert!(w.is_err(), "{w:?}");
+    }
+
+    #[test]
+    fn an_lba_size_outside_512_bytes_to_64_kib_refuses_the_namespace() {
+        for lbads in [0, 8, 17, 63, 255] {
+            let bed = Bed::new(FaultPlan::new().identify(IdentifyFault::Lbads(lbads)));
+            let driver = bed.start();
+            assert!(driver.namespace(1).is_err(), "LBADS {lbads}");
+            assert!(driver.namespaces().is_empty(), "LBADS {lbads}");
+        }
+    }
+
+    #[test]
+    fn nn_of_two_to_the_32_minus_one_scans_only_the_active_list() {
+        let bed = Bed::new(FaultPlan::new().identify(IdentifyFault::Nn(u32::MAX)));
+        let driver = bed.start();
+        assert_eq!(driver.namespaces(), [1]);
+        bed.round_trip(&disk(&driver), 0, 8, 5);
+    }
+
+    #[test]
+    fn a_namespace_larger_than_the_device_fails_io_beyond_its_end_cleanly() {
+        let bed = Bed::new(FaultPlan::new().identify(IdentifyFault::Nsze(SECTORS * 4)));
+        let driver = bed.start();
+        let d = disk(&driver);
+        assert_eq!(d.sector_count(), SECTORS * 4, "the driver believes NSZE");
+        bed.round_trip(&d, 0, 8, 6);
+        let r = bed.read(&d, SECTORS + 8, 8).expect("the read ends");
+        assert_eq!(r.err(), Some(DiskError::IllegalBlock));
+    }
+
+    #[test]
+    fn a_namespace_size_no_byte_count_can_hold_is_refused_or_harmless() {
+        for nsze in [u64::MAX, u64::MAX >> 9, 1 << 63] {
+            let bed = Bed::new(FaultPlan::new().identify(IdentifyFault::Nsze(nsze)));
+            let driver = bed.start();
+            let Some(d) = driver.namespace(1).ok().and_then(|ns| Disk::new(ns).ok()) else {
+                continue;
+            };
+            // If served, I/O at the top of the claimed range fails cleanly.
+            let top = d.sector_count().saturating_sub(8);
+            let r = bed.read(&d, top, 8).expect("the read ends");
+            assert!(r.is_err(), "NSZE {nsze:#x}: {r:?}");
+        }
+    }
+}
