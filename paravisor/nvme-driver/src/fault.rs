@@ -1633,3 +1633,94 @@ impl DeviceAccess for FaultInjector {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use zerocopy::FromZeros;
+
+    #[test]
+    fn identify_faults_rewrite_the_named_fields() {
+        let mut data = [0u8; IDENTIFY_DATA_LEN];
+        IdentifyFault::Mdts(7).apply(&mut data);
+        IdentifyFault::Nn(u32::MAX).apply(&mut data);
+        let id = IdentifyController::read_from_bytes(&data[..]).unwrap();
+        assert_eq!((id.mdts, id.nn.get()), (7, u32::MAX));
+
+        let mut ns = IdentifyNamespace::new_zeroed();
+        ns.flbas = ns.flbas.with_index_low(2);
+        let mut data = [0u8; IDENTIFY_DATA_LEN];
+        data.copy_from_slice(ns.as_bytes());
+        IdentifyFault::Lbads(17).apply(&mut data);
+        IdentifyFault::Nsze(1 << 40).apply(&mut data);
+        let ns = IdentifyNamespace::read_from_bytes(&data[..]).unwrap();
+        assert_eq!(ns.lbaf[2].lbads(), 17, "the formatted LBA format");
+        assert_eq!(ns.lbaf[0].lbads(), 0, "the others untouched");
+        assert_eq!(
+            (ns.nsze.get(), ns.ncap.get(), ns.nuse.get()),
+            (1 << 40, 1 << 40, 1 << 40)
+        );
+    }
+
+    #[test]
+    fn a_patch_stays_inside_the_structure() {
+        let mut data = [0u8; IDENTIFY_DATA_LEN];
+        IdentifyFault::Patch {
+            cns: 1,
+            offset: 4094,
+            bytes: [1, 2, 3, 4, 5, 6, 7, 8],
+            len: 4,
+        }
+        .apply(&mut data);
+        assert_eq!(&data[4094..], &[1, 2]);
+        assert_eq!(&data[..2], &[3, 4], "wrapped to the start");
+        assert!(data[2..4094].iter().all(|&b| b == 0));
+        // `len` above 8 is 8.
+        let mut data = [0u8; IDENTIFY_DATA_LEN];
+        IdentifyFault::Patch {
+            cns: 0,
+            offset: 0,
+            bytes: [9; 8],
+            len: 200,
+        }
+        .apply(&mut data);
+        assert_eq!(data.iter().filter(|&&b| b == 9).count(), 8);
+    }
+
+    #[test]
+    fn the_generator_is_deterministic_and_spread() {
+        let mut a = SplitMix(5);
+        let mut b = SplitMix(5);
+        let xs: Vec<u64> = (0..64).map(|_| a.next()).collect();
+        let ys: Vec<u64> = (0..64).map(|_| b.next()).collect();
+        assert_eq!(xs, ys);
+        let thirds = xs.iter().filter(|x| x.is_multiple_of(3)).count();
+        assert!((10..=35).contains(&thirds), "{thirds} of 64");
+    }
+
+    #[test]
+    fn the_builders_say_what_they_select() {
+        let s = Select::io().opcode(2).skip(3).once().one_in(4);
+        assert_eq!(
+            s,
+            Select {
+                queue: QueueSelect::Io,
+                opcode: Some(2),
+                skip: 3,
+                count: 1,
+                one_in: 4,
+            }
+        );
+        let p = FaultPlan::new()
+            .identify(IdentifyFault::Mdts(0))
+            .cfs_after(4)
+            .removal_after(9)
+            .swallow_interrupts(Some(1), 2, 3)
+            .register(offset::CAP, 0, 1);
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(p.rules[0].when.opcode, Some(AdminOpcode::IDENTIFY.get()));
+        assert_eq!((p.cfs_after, p.removal_after), (Some(4), Some(9)));
+        assert_eq!(p.interrupts[0].count, 3);
+        assert_eq!(p.registers[0].or, 1);
+    }
+}
