@@ -1485,7 +1485,14 @@ mod nvme {
 
     /// Prints one result line; `openvmm` = OpenVMM's 4 KiB figures
     /// (op, QD, ns/io) for this path, if it has a counterpart there.
-    fn line(row: &Row, path: &str, m: Measurement, reference: f64, openvmm: &[(&str, usize, f64)]) {
+    fn line(
+        group: &str,
+        row: &Row,
+        path: &str,
+        m: Measurement,
+        reference: f64,
+        openvmm: &[(&str, usize, f64)],
+    ) {
         let ns = m.ns_per_op / row.qd as f64;
         let allocs = m.allocs_per_op / row.qd as f64;
         let pattern = row.pattern.name();
@@ -1497,7 +1504,7 @@ mod nvme {
                 format!("  vs-openvmm={:.2}", ns / base)
             });
         println!(
-            "nvme {:<5} {:<6} {pattern:<4} QD{:<2} {:<34} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
+            "{group} {:<5} {:<6} {pattern:<4} QD{:<2} {:<34} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
             row.op,
             size_name(row.bytes),
             row.qd,
@@ -1601,7 +1608,7 @@ mod nvme {
                 } else {
                     &[]
                 };
-                line(row, case.name, m, reference, openvmm);
+                line("nvme", row, case.name, m, reference, openvmm);
             }
         }
     }
@@ -1627,8 +1634,8 @@ mod nvme {
             "nvme-driver: NvmeDisk -> parastor's NVMe driver (default configuration, one I/O queue) -> in-process backing \
              -> parastor's NVMe controller -> RAM disk ({SS}-byte sectors, {} working set, one thread: submit, run the \
              controller's work, complete); direct = callers' buffers in the device's DMA domain (DeviceRam: they pin to \
-             device addresses); bounced = callers' buffers in memory the device cannot reach (the driver copies through its \
-             bounce pool); crypt+striped = XTS crypt over a 2-way stripe (64 KiB chunks) of two namespaces of the same \
+             device addresses); bounced = callers' buffers in mapped guest RAM the device cannot reach (it pins only for the \
+             kernel's domain; the driver copies through its bounce pool); crypt+striped = XTS crypt over a 2-way stripe (64 KiB chunks) of two namespaces of the same \
              controller, callers' buffers direct (crypt's staging memory is private, so the driver bounces below it); \
              QD32 = 32 commands started per op, all completed before the next; allocs/io = heap allocations per I/O \
              (goal 0); ratio = ns/io / ns/io of the RAM disk alone (Disk::read/write, same buffers and offsets, same \
@@ -1660,10 +1667,21 @@ mod nvme {
         let stack: &'static Disk = Box::leak(Box::new(
             Disk::new(parastor_core::CryptDisk::new(&key, stack).expect("crypt")).expect("disk"),
         ));
-        // Buffers the device cannot reach: plain process memory.
-        let private: &'static dyn GuestMemory =
-            Box::leak(Box::new(RamGuestMemory::new((MAX_QD * 128 * 1024) as u64)));
-        for row in &DRIVER_ROWS {
+        // Buffers the device cannot reach: mapped guest RAM that pins only
+        // for the kernel's domain, as a confidential VM's private memory.
+        let private: &'static dyn GuestMemory = Box::leak(Box::new(
+            GuestRam::memfd("parastor-bench-private", MAX_QD * 128 * 1024).expect("guest memory"),
+        ));
+        // Profiling aids: `PARASTOR_BENCH_ROW=N` runs row N only,
+        // `PARASTOR_BENCH_CASE=NAME` times that path alone.
+        let only_row: Option<usize> = std::env::var("PARASTOR_BENCH_ROW")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let only_case = std::env::var("PARASTOR_BENCH_CASE").ok();
+        for (i, row) in DRIVER_ROWS.iter().enumerate() {
+            if only_row.is_some_and(|o| o != i) {
+                continue;
+            }
             let ranges: &'static [[GpaRange; 1]] = Box::leak(
                 (0..row.qd)
                     .map(|slot| buffer(slot, row.bytes))
@@ -1702,6 +1720,17 @@ mod nvme {
                     }
                 }),
             });
+            if let Some(only) = &only_case {
+                // Profiling aid: one case alone, no reference.
+                cases.retain(|c| c.name == only);
+                let results = measure(&mut cases);
+                for (case, m) in cases.iter().zip(results) {
+                    let (ns, allocs) =
+                        (m.ns_per_op / row.qd as f64, m.allocs_per_op / row.qd as f64);
+                    println!("{} {ns:.0} ns/io allocs/io={allocs:.2}", case.name);
+                }
+                continue;
+            }
             let results = measure(&mut cases);
             let reference = results[cases.len() - 1].ns_per_op / row.qd as f64;
             for (case, m) in cases.iter().zip(results) {
@@ -1710,7 +1739,7 @@ mod nvme {
                     "nvme-driver(bounced)" => &OPENVMM_BOUNCE_NS,
                     _ => &[],
                 };
-                line(row, case.name, m, reference, openvmm);
+                line("nvme-driver", row, case.name, m, reference, openvmm);
             }
         }
     }
