@@ -1721,8 +1721,19 @@ mod nvme {
                 }),
             });
             if let Some(only) = &only_case {
-                // Profiling aid: one case alone, no reference.
+                // Profiling aid: one case alone, no reference;
+                // `PARASTOR_BENCH_OPS=N`: exactly N ops, untimed (for
+                // `perf stat`).
                 cases.retain(|c| c.name == only);
+                if let (Some(case), Some(n)) = (
+                    cases.first_mut(),
+                    std::env::var("PARASTOR_BENCH_OPS")
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok()),
+                ) {
+                    (0..n).for_each(&mut case.op);
+                    continue;
+                }
                 let results = measure(&mut cases);
                 for (case, m) in cases.iter().zip(results) {
                     let (ns, allocs) =
