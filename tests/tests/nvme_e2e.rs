@@ -7,7 +7,9 @@ use futures::future::{Either, join_all, select};
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SgList, UnmapBehavior};
 use parastor_core::{Gpa, GuestMemory, IoError, IoErrorKind};
 use parastor_nvme_driver::error::{CODE_DEVICE_FAILED, CODE_NAMESPACE_REMOVED, CODE_TIMEOUT};
-use parastor_nvme_driver::{Clock, DataPointer, DriverConfig, DriverError, NvmeDriver};
+use parastor_nvme_driver::{
+    Clock, DataPointer, DriverConfig, DriverError, NvmeDriver, PassthroughData, PassthroughQueue,
+};
 use parastor_tests::buf::{pattern, read_vec};
 use parastor_tests::conformance;
 use parastor_tests::nvme::{
@@ -1299,4 +1301,84 @@ fn a_queue_that_cannot_be_created_falls_back_to_a_lower_one() {
         1,
         "the others could not be allocated; their CPUs share queue 1"
     );
+}
+
+// ---- Identity and raw commands ----
+
+#[test]
+fn controller_identity_and_passthrough_commands() {
+    use parastor_hw::nvme::queue::Sqe;
+    let t = testbed();
+    let driver = t.start(config(DataPointer::Auto));
+    let facts = driver.facts();
+    assert_eq!(facts.serial, "PARASTOR-E2E-0001");
+    assert_eq!(facts.model, "parastor e2e controller");
+    assert!(!facts.firmware.is_empty() && !facts.firmware.ends_with(' '));
+
+    // Identify Controller through the admin queue: the same serial.
+    let mut sqe = Sqe::default();
+    sqe.cdw0.set_opc(0x06);
+    sqe.cdw10 = 1.into();
+    let mut id = vec![0u8; 4096];
+    let done = t
+        .run(driver.passthrough(
+            PassthroughQueue::Admin,
+            sqe,
+            PassthroughData::FromDevice(&mut id),
+        ))
+        .expect("identify");
+    assert_eq!(done.status, 0);
+    assert_eq!(&id[4..21], b"PARASTOR-E2E-0001");
+
+    // Write then read namespace 2 (4 KiB sectors), LBA 3, one block.
+    let data = pattern(70, 3, 1, SS4K);
+    let rw = |opc: u8| {
+        let mut sqe = Sqe::default();
+        sqe.cdw0.set_opc(opc);
+        sqe.nsid = 2.into();
+        sqe.cdw10 = 3.into();
+        sqe
+    };
+    let done = t
+        .run(driver.passthrough(
+            PassthroughQueue::Io,
+            rw(0x01),
+            PassthroughData::ToDevice(&data),
+        ))
+        .expect("write");
+    assert_eq!(done.status, 0);
+    assert_eq!(read_vec(&t.disks[&2].1, 3, 1).unwrap(), data);
+    let mut back = vec![0u8; 4096];
+    let done = t
+        .run(driver.passthrough(
+            PassthroughQueue::Io,
+            rw(0x02),
+            PassthroughData::FromDevice(&mut back),
+        ))
+        .expect("read");
+    assert_eq!((done.status, back == data), (0, true));
+
+    // An unknown opcode completes with Invalid Command Opcode (SCT 0,
+    // SC 1): a status, not an error.
+    let done = t
+        .run(driver.passthrough(PassthroughQueue::Io, rw(0x7F), PassthroughData::None))
+        .expect("a completion");
+    assert_eq!(done.status & 0x7FF, 0x001);
+
+    // The driver's own commands are refused, and so is oversized data.
+    let mut create = Sqe::default();
+    create.cdw0.set_opc(0x01);
+    assert!(matches!(
+        t.run(driver.passthrough(PassthroughQueue::Admin, create, PassthroughData::None)),
+        Err(DriverError::Unsupported(_))
+    ));
+    let big = vec![0u8; facts.max_transfer + 1];
+    assert!(matches!(
+        t.run(driver.passthrough(
+            PassthroughQueue::Io,
+            rw(0x01),
+            PassthroughData::ToDevice(&big)
+        )),
+        Err(DriverError::Unsupported(_))
+    ));
 }

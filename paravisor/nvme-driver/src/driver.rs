@@ -10,6 +10,7 @@ use crate::queue::{
 };
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::Cell;
@@ -108,11 +109,63 @@ impl Default for DriverConfig {
     }
 }
 
+/// The queue a [`NvmeDriver::passthrough`] command goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassthroughQueue {
+    /// The admin queue.
+    Admin,
+    /// The calling thread's I/O queue.
+    Io,
+}
+
+/// The data of a [`NvmeDriver::passthrough`] command.
+#[derive(Debug)]
+pub enum PassthroughData<'a> {
+    /// No data (the data pointer is zeroed).
+    None,
+    /// Data the device reads (a write-like command).
+    ToDevice(&'a [u8]),
+    /// Data the device writes (a read-like command), filled on completion.
+    FromDevice(&'a mut [u8]),
+}
+
+/// The completion of a [`NvmeDriver::passthrough`] command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawCompletion {
+    /// The status field: CQE Dword 3 bits 31:17 (SC, SCT, CRD, M, DNR),
+    /// without the phase tag; 0 is success.
+    pub status: u16,
+    /// Dword 0 (command specific).
+    pub dw0: u32,
+    /// Dword 1 (command specific).
+    pub dw1: u32,
+}
+
+/// Admin opcodes a passthrough command may not use: the driver owns the
+/// queues, the doorbell buffer and the event request.
+const PASSTHROUGH_REFUSED: [u8; 6] = [
+    0x00, // Delete I/O Submission Queue
+    0x01, // Create I/O Submission Queue
+    0x04, // Delete I/O Completion Queue
+    0x05, // Create I/O Completion Queue
+    0x0C, // Asynchronous Event Request
+    0x7C, // Doorbell Buffer Config
+];
+
 /// What Identify Controller said that the driver uses.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ControllerFacts {
     /// Controller ID.
     pub cntlid: u16,
+    /// PCI vendor ID (Identify Controller VID).
+    pub vid: u16,
+    /// Serial number (SN), trailing spaces and NULs trimmed, bytes outside
+    /// printable ASCII shown as `?`.
+    pub serial: String,
+    /// Model number (MN), trimmed the same way.
+    pub model: String,
+    /// Firmware revision (FR), trimmed the same way.
+    pub firmware: String,
     /// Number of namespaces (NN).
     pub nn: u32,
     /// Optional NVM command support (ONCS bits).
@@ -379,6 +432,10 @@ impl NvmeDriver {
             shadow: Mutex::new(None),
             facts: Mutex::new(ControllerFacts {
                 cntlid: 0,
+                vid: 0,
+                serial: String::new(),
+                model: String::new(),
+                firmware: String::new(),
                 nn: 0,
                 oncs: 0,
                 sgls: 0,
@@ -415,7 +472,7 @@ impl NvmeDriver {
 
     /// What the controller said about itself.
     pub fn facts(&self) -> ControllerFacts {
-        *self.inner.facts.lock()
+        self.inner.facts.lock().clone()
     }
 
     /// The active namespaces' NSIDs, ascending.
@@ -662,6 +719,93 @@ impl NvmeDriver {
         inner.settle().await;
     }
 
+    /// Runs one raw command (for differential tests and tools): the driver
+    /// fills in the command identifier and, with data, the data pointer
+    /// (PRPs over a DMA buffer of its own, copied from or to `data`);
+    /// without data the data pointer is zeroed, so no caller address
+    /// reaches the device. Every other field is sent as given. Admin
+    /// commands that manage queues, the doorbell buffer or asynchronous
+    /// events are refused (the driver owns those).
+    ///
+    /// Any completion, whatever its status, is `Ok`.
+    ///
+    /// # Errors
+    /// [`DriverError::Unsupported`] for a refused opcode or data larger
+    /// than [`ControllerFacts::max_transfer`]; [`DriverError::Failed`]
+    /// when no completion comes: not within [`DriverConfig::admin_timeout`]
+    /// (admin) or [`DriverConfig::command_timeout`] (I/O) — the
+    /// controller is then reset — or the controller failed.
+    pub async fn passthrough(
+        &self,
+        queue: PassthroughQueue,
+        mut sqe: Sqe,
+        data: PassthroughData<'_>,
+    ) -> Result<RawCompletion, DriverError> {
+        let inner = &*self.inner;
+        let what = "passthrough command";
+        let failed = |why| DriverError::Failed { what, why };
+        if queue == PassthroughQueue::Admin && PASSTHROUGH_REFUSED.contains(&sqe.cdw0.opc()) {
+            return Err(DriverError::Unsupported(
+                "passthrough of a queue, doorbell buffer or event request command",
+            ));
+        }
+        let len = match &data {
+            PassthroughData::None => 0,
+            PassthroughData::ToDevice(b) => b.len(),
+            PassthroughData::FromDevice(b) => b.len(),
+        };
+        if len > inner.facts.lock().max_transfer {
+            return Err(DriverError::Unsupported(
+                "passthrough data larger than the maximum transfer",
+            ));
+        }
+        sqe.dptr = [0; 16];
+        sqe.cdw0
+            .set_psdt(parastor_hw::nvme::queue::DataTransferKind::PRP);
+        let buf = if len > 0 { Some(inner.dma(len)?) } else { None };
+        if let (Some(b), PassthroughData::ToDevice(src)) = (&buf, &data) {
+            b.write_at(0, src).map_err(|e| failed(Failure::Memory(e)))?;
+        }
+        let q = match queue {
+            PassthroughQueue::Admin => &inner.admin,
+            PassthroughQueue::Io => match inner.io_queue() {
+                Ok(q) => q,
+                Err(index) => inner.io_queue_slow(index).await.map_err(failed)?,
+            },
+        };
+        let mut slot = q.reserve().await.map_err(failed)?;
+        if let Some(b) = &buf {
+            slot.prepare_contiguous(
+                &mut sqe,
+                b.device_range(),
+                None,
+                DataPointer::Prp,
+                SglSupport::None,
+            )
+            .map_err(failed)?;
+            slot.keep(b.clone());
+        }
+        slot.submit(sqe).map_err(failed)?;
+        let timeout = match queue {
+            PassthroughQueue::Admin => inner.config.admin_timeout,
+            PassthroughQueue::Io => inner.config.command_timeout,
+        };
+        let Some(finished) = inner.bounded(slot, timeout).await else {
+            log::warn!("{}: {what} timed out", inner.device.id());
+            inner.reset_requested.store(true, Ordering::Release);
+            return Err(failed(Failure::TimedOut));
+        };
+        let done = finished.result.map_err(|f| failed(inner.note(f)))?;
+        if let (Some(b), PassthroughData::FromDevice(dst)) = (&buf, data) {
+            b.read_at(0, dst).map_err(|e| failed(Failure::Memory(e)))?;
+        }
+        Ok(RawCompletion {
+            status: done.status,
+            dw0: done.dw0,
+            dw1: done.dw1,
+        })
+    }
+
     /// Whether the controller failed for good (every I/O fails).
     pub fn is_failed(&self) -> bool {
         matches!(*self.inner.life.lock(), Life::Failed(_))
@@ -807,6 +951,27 @@ impl Drop for Inner {
     }
 }
 
+/// An Identify Controller text field (ASCII, space padded) as text: the
+/// padding (spaces, and NULs a careless device uses) trimmed, anything
+/// outside printable ASCII shown as `?` (the device is untrusted).
+fn identity_text(raw: &[u8]) -> String {
+    let end = raw
+        .iter()
+        .rposition(|&b| b != b' ' && b != 0)
+        .map_or(0, |i| i + 1);
+    raw.get(..end)
+        .unwrap_or(&[])
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
+}
+
 /// `d` in whole milliseconds (saturating).
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -947,6 +1112,12 @@ impl Inner {
         }
         if self.wait_ready(false).await.is_ok() {
             self.release_held();
+        } else if self.device.reset_function().is_ok() && self.wait_ready(false).await.is_ok() {
+            log::warn!(
+                "{}: the controller did not disable; a function reset stopped it",
+                self.device.id()
+            );
+            self.release_held();
         } else {
             log::error!(
                 "{}: the device did not stop; the buffers of its failed commands stay held",
@@ -1073,6 +1244,10 @@ impl Inner {
         {
             let mut f = self.facts.lock();
             f.cntlid = id.cntlid.get();
+            f.vid = id.vid.get();
+            f.serial = identity_text(&id.sn);
+            f.model = identity_text(&id.mn);
+            f.firmware = identity_text(&id.fr);
             f.nn = id.nn.get();
             f.oncs = id.oncs.into_bits().get();
             f.sgls = sgls;
@@ -1362,17 +1537,7 @@ impl Inner {
             slot.keep(buf.clone());
         }
         slot.submit(sqe).map_err(failed)?;
-        let deadline = self.clock_now().saturating_add(self.config.admin_timeout);
-        let step = (self.config.admin_timeout / 16).clamp(READY_POLL, Duration::from_millis(100));
-        let done = Bounded {
-            fut: slot,
-            sleep: self.timer.sleep(step),
-            timer: &*self.timer,
-            clock: &*self.config.clock,
-            deadline,
-            step,
-        }
-        .await;
+        let done = self.bounded(slot, self.config.admin_timeout).await;
         let Some(finished) = done else {
             log::warn!("{}: {what} timed out", self.device.id());
             self.reset_requested.store(true, Ordering::Release);
@@ -1386,6 +1551,24 @@ impl Inner {
                 what,
                 status: done.status,
             })
+        }
+    }
+
+    /// `fut` bounded by `timeout` on the driver's clock (`None`: it did
+    /// not finish in time).
+    fn bounded<F: core::future::Future + Unpin>(
+        &self,
+        fut: F,
+        timeout: Duration,
+    ) -> Bounded<'_, F> {
+        let step = (timeout / 16).clamp(READY_POLL, Duration::from_millis(100));
+        Bounded {
+            fut,
+            sleep: self.timer.sleep(step),
+            timer: &*self.timer,
+            clock: &*self.config.clock,
+            deadline: self.clock_now().saturating_add(timeout),
+            step,
         }
     }
 

@@ -53,7 +53,10 @@ mod queue;
 
 pub use clock::{Clock, MonotonicClock};
 pub use device::{DeviceAccess, DeviceError, DeviceInterrupt, DmaBuffer, DmaRelease};
-pub use driver::{ControllerFacts, DEFAULT_MAX_TRANSFER, DriverConfig, NvmeDriver};
+pub use driver::{
+    ControllerFacts, DEFAULT_MAX_TRANSFER, DriverConfig, NvmeDriver, PassthroughData,
+    PassthroughQueue, RawCompletion,
+};
 pub use error::{DriverError, Failure};
 pub use namespace::NvmeDisk;
 pub use queue::DataPointer;

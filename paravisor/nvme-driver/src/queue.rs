@@ -87,6 +87,7 @@ pub(crate) enum SglSupport {
 pub(crate) struct Completed {
     pub(crate) status: u16,
     pub(crate) dw0: u32,
+    pub(crate) dw1: u32,
 }
 
 enum SlotState {
@@ -735,6 +736,7 @@ impl QueuePair {
             Ok(Completed {
                 status,
                 dw0: cqe.dw0.get(),
+                dw1: cqe.dw1.get(),
             })
         };
         let detached = matches!(slot.state, SlotState::Submitted { detached: true });
