@@ -50,6 +50,7 @@ pub mod error;
 pub mod fault;
 mod namespace;
 mod queue;
+pub mod state;
 
 pub use clock::{Clock, MonotonicClock};
 pub use device::{DeviceAccess, DeviceError, DeviceInterrupt, DmaBuffer, DmaRelease};
