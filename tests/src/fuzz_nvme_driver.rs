@@ -240,14 +240,34 @@ fn faithful(plan: &FaultPlan) -> bool {
         })
 }
 
+/// How far an input got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// The driver came up.
+    pub up: bool,
+    /// Operations run.
+    pub ops: usize,
+    /// Operations that succeeded.
+    pub succeeded: usize,
+    /// Reads whose data was checked against what was written.
+    pub checked_reads: usize,
+}
+
 /// Runs one input; panics if a property is broken.
 pub fn nvme_driver(data: &[u8]) {
+    run(data);
+}
+
+/// Runs one input and says how far it got; panics if a property is
+/// broken.
+pub fn run(data: &[u8]) -> Summary {
+    let mut summary = Summary::default();
     let mut u = Unstructured::new(data);
     let Ok(header) = Header::arbitrary(&mut u) else {
-        return;
+        return summary;
     };
     let Ok(plan) = plan(&mut u) else {
-        return;
+        return summary;
     };
     let sector_size: u32 = if header.flags & 1 != 0 { 4096 } else { 512 };
     let mut controller = crate::nvme::controller_config(2);
@@ -262,13 +282,13 @@ pub fn nvme_driver(data: &[u8]) {
         GuestMem::new(ScratchMemory::take(DATA_BYTES + DMA_BYTES)),
     );
     let Ok(ram) = RamDisk::new(SECTORS * u64::from(sector_size), sector_size) else {
-        return;
+        return summary;
     };
     let Ok(backing) = Disk::new(ram) else {
-        return;
+        return summary;
     };
     if rig.controller().add_namespace(1, backing).is_err() {
-        return;
+        return summary;
     }
     let check_data = faithful(&plan);
     let fi = FaultInjector::new(rig.device(), plan);
@@ -288,8 +308,9 @@ pub fn nvme_driver(data: &[u8]) {
     };
     let Some(Ok(driver)) = drive(&rig, NvmeDriver::new(device, config, Arc::new(YieldTimer)))
     else {
-        return;
+        return summary;
     };
+    summary.up = true;
     let disk = driver.namespace(1).ok().and_then(|ns| Disk::new(ns).ok());
     let memory: &dyn GuestMemory = &**rig.memory();
     // Bounced buffers: memory the device's domain cannot pin.
@@ -302,9 +323,13 @@ pub fn nvme_driver(data: &[u8]) {
     };
     let mut written: Vec<Option<Vec<u8>>> = vec![None; SECTORS as usize];
     for _ in 0..MAX_OPS {
+        if u.is_empty() {
+            break;
+        }
         let Ok(op) = Op::arbitrary(&mut u) else {
             break;
         };
+        summary.ops += 1;
         match op {
             Op::Write {
                 sector,
@@ -329,6 +354,7 @@ pub fn nvme_driver(data: &[u8]) {
                 };
                 let r = drive(&rig, disk.write(sg, sector, IoOptions::default()));
                 if let Some(Ok(())) = r {
+                    summary.succeeded += 1;
                     for (i, chunk) in bytes.chunks(ss as usize).enumerate() {
                         if let Some(slot) = written.get_mut(sector as usize + i) {
                             *slot = Some(chunk.to_vec());
@@ -358,7 +384,11 @@ pub fn nvme_driver(data: &[u8]) {
                     continue;
                 };
                 let r = drive(&rig, disk.read(sg, sector, IoOptions::default()));
+                if let Some(Ok(())) = r {
+                    summary.succeeded += 1;
+                }
                 if check_data && let Some(Ok(())) = r {
+                    summary.checked_reads += 1;
                     let mut back = vec![0u8; len as usize];
                     if io_memory.read_at(Gpa::new(at), &mut back).is_ok() {
                         for (i, chunk) in back.chunks(ss as usize).enumerate() {
@@ -374,12 +404,16 @@ pub fn nvme_driver(data: &[u8]) {
                 }
             }
             Op::Flush => {
-                if let Some(disk) = &disk {
-                    let _ = drive(&rig, disk.flush(IoOptions::default()));
+                if let Some(disk) = &disk
+                    && let Some(Ok(())) = drive(&rig, disk.flush(IoOptions::default()))
+                {
+                    summary.succeeded += 1;
                 }
             }
             Op::Reset => {
-                let _ = drive(&rig, driver.reset());
+                if let Some(Ok(())) = drive(&rig, driver.reset()) {
+                    summary.succeeded += 1;
+                }
                 // Outstanding writes may or may not have landed.
                 written.iter_mut().for_each(|w| *w = None);
             }
@@ -395,4 +429,56 @@ pub fn nvme_driver(data: &[u8]) {
         "the fault injector holds {} completions",
         fi.held()
     );
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The discriminant bytes `arbitrary` reads for variant `i` of 5.
+    fn variant(i: u32) -> [u8; 4] {
+        (((u64::from(i) << 32) / 5 + 1) as u32).to_le_bytes()
+    }
+
+    #[test]
+    fn a_plain_input_brings_the_driver_up_and_checks_what_it_reads() {
+        // Header: 512-byte sectors, one queue pair, PRPs; then an empty
+        // plan; then write 3 sectors at 1, read them back, flush, reset,
+        // read again.
+        let mut input = vec![0u8, 10, 10, 3];
+        input.extend([0, 0, 0, 0, 0]);
+        input.extend(variant(0));
+        input.extend([1, 2, 7]);
+        input.extend(variant(1));
+        input.extend([1, 2]);
+        input.extend(variant(2));
+        input.extend(variant(3));
+        input.extend(variant(1));
+        input.extend([1, 2]);
+        let s = run(&input);
+        assert_eq!(
+            s,
+            Summary {
+                up: true,
+                ops: 5,
+                succeeded: 5,
+                checked_reads: 2,
+            }
+        );
+    }
+
+    #[test]
+    fn a_plan_decodes_from_bytes() {
+        // One rule: I/O queue, opcode 2 (Read), skip 1, once, always:
+        // drop. CFS after 5.
+        let bytes = [9, 1, 0x82, 2, 1, 1, 0, 0, 0, 0, 1, 5];
+        let p = plan(&mut Unstructured::new(&bytes)).unwrap();
+        assert_eq!(p.seed, 9);
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(p.rules[0].when, Select::io().opcode(2).skip(1).once());
+        assert_eq!(p.rules[0].fault, CompletionFault::Drop);
+        assert_eq!(p.cfs_after, Some(5));
+        assert_eq!(p.removal_after, None);
+    }
 }
