@@ -1616,6 +1616,27 @@ impl DeviceAccess for FaultInjector {
         self.shared.inner.max_interrupts()
     }
 
+    fn reset_function(&self) -> Result<(), DeviceError> {
+        {
+            let mut st = self.shared.state.lock();
+            if st.stats.removed {
+                return Err(DeviceError::Gone("surprise removal (fault injection)"));
+            }
+            // Every queue of the device is gone; CC is back at 0.
+            st.forget_queues();
+            st.cc_en = false;
+        }
+        self.shared.inner.reset_function()
+    }
+
+    fn map_dma(&self, mem: &GuestMem, range: GpaRange) -> Result<DeviceRange, DeviceError> {
+        self.shared.inner.map_dma(mem, range)
+    }
+
+    fn unmap_dma(&self, range: DeviceRange) -> Result<(), DeviceError> {
+        self.shared.inner.unmap_dma(range)
+    }
+
     fn map_interrupt(&self, vector: u16) -> Result<Arc<dyn DeviceInterrupt>, DeviceError> {
         let inner = self.shared.inner.map_interrupt(vector)?;
         let relay = Arc::new(Relay {
