@@ -620,13 +620,13 @@ mod outcomes_with_watchdog {
         }
     }
 
-    struct Watched {
-        bed: Bed,
-        driver: NvmeDriver,
-        disk: Disk,
+    pub(super) struct Watched {
+        pub(super) bed: Bed,
+        pub(super) driver: NvmeDriver,
+        pub(super) disk: Disk,
     }
 
-    fn watched(plan: FaultPlan) -> Watched {
+    pub(super) fn watched(plan: FaultPlan) -> Watched {
         let bed = Bed::new(plan);
         let clock = VirtualClock::new();
         let device: Arc<dyn DeviceAccess> = bed.fi.clone();
@@ -641,7 +641,7 @@ mod outcomes_with_watchdog {
     impl Watched {
         /// Runs `op` beside the watchdog (which ends when the controller
         /// fails); `None` only if the bounded run ran out.
-        fn run<T>(
+        pub(super) fn run<T>(
             &self,
             op: impl Future<Output = T>,
             wd: &mut Pin<&mut (impl FusedFuture<Output = ()> + ?Sized)>,
@@ -658,7 +658,7 @@ mod outcomes_with_watchdog {
             }))
         }
 
-        fn write(
+        pub(super) fn write(
             &self,
             sector: u64,
             seed: u64,
