@@ -17,9 +17,12 @@
 //! that runs several member operations at once (striped) owns one for its
 //! requests and puts all of a request's futures in one arena.
 //!
-//! The pool never waits: it is behind a lock taken with `try_lock` only. A
-//! contended or empty pool means a fresh arena (one allocation); a pool
-//! that is full or contended when an arena comes back drops it.
+//! The pool never waits: its arenas sit in a few shards, each behind a
+//! lock taken with `try_lock` only, and an operation tries the shards in
+//! turn from a rotating start, so threads (CPUs) sharing a disk rarely
+//! meet. Only when every shard is busy or empty is a fresh arena made
+//! (one allocation); an arena that finds every shard busy or full when it
+//! comes back is dropped.
 //!
 //! [`IoFuture`]: super::IoFuture
 
@@ -29,6 +32,7 @@ use alloc::vec::Vec;
 use bumpalo::Bump;
 use core::future::Future;
 use core::pin::Pin;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// A future pinned in a [`FutureArena`].
 pub type ArenaFuture<'a, F> = Pin<bumpalo::boxed::Box<'a, F>>;
@@ -41,18 +45,33 @@ pub const ARENA_BYTES: usize = 2 * IO_FUTURE_BYTES;
 /// allocation per I/O. Arenas beyond it are dropped when they come back.
 pub const POOL_ARENAS: usize = 256;
 
+/// Shards of a pool (see the [module docs](self)).
+const SHARDS: usize = 4;
+
+/// Arenas one shard keeps.
+const SHARD_ARENAS: usize = POOL_ARENAS / SHARDS;
+
 /// Recycled [`FutureArena`]s; see the [module docs](self).
 #[derive(Default)]
 pub struct FuturePool {
-    free: Mutex<Vec<Bump>>,
+    shards: [Mutex<Vec<Bump>>; SHARDS],
+    /// Where the next operation starts trying shards.
+    next: AtomicUsize,
 }
 
 impl FuturePool {
     /// An empty pool (allocates nothing until an arena comes back).
     pub const fn new() -> Self {
         FuturePool {
-            free: Mutex::new(Vec::new()),
+            shards: [const { Mutex::new(Vec::new()) }; SHARDS],
+            next: AtomicUsize::new(0),
         }
+    }
+
+    /// The shards, from a rotating start.
+    fn shards(&self) -> impl Iterator<Item = &Mutex<Vec<Bump>>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..SHARDS).map(move |i| &self.shards[(start + i) % SHARDS])
     }
 
     /// An arena whose first chunk holds at least `bytes` (at least
@@ -60,7 +79,9 @@ impl FuturePool {
     /// otherwise a new one.
     pub fn arena(&self, bytes: usize) -> FutureArena<'_> {
         let bytes = bytes.max(ARENA_BYTES);
-        let recycled = self.free.try_lock().and_then(|mut free| free.pop());
+        let recycled = self
+            .shards()
+            .find_map(|shard| shard.try_lock().and_then(|mut free| free.pop()));
         let bump = match recycled {
             Some(bump) if bump.chunk_capacity() >= bytes => bump,
             // Too small (a larger request than before): replace it.
@@ -69,22 +90,30 @@ impl FuturePool {
         FutureArena { bump, pool: self }
     }
 
-    /// Arenas waiting for reuse.
+    /// Arenas waiting for reuse (those in shards locked right now are not
+    /// counted).
     pub fn idle(&self) -> usize {
-        self.free.try_lock().map_or(0, |free| free.len())
+        let counts = self
+            .shards
+            .iter()
+            .map(|s| s.try_lock().map_or(0, |f| f.len()));
+        counts.sum()
     }
 
     fn put_back(&self, mut bump: Bump) {
         // Keeps the arena's newest (largest) chunk, frees any older ones.
         bump.reset();
-        if let Some(mut free) = self.free.try_lock()
-            && free.len() < POOL_ARENAS
-        {
-            if free.capacity() == 0 {
-                // Once per pool: room for every arena it will keep.
-                free.reserve_exact(POOL_ARENAS);
+        for shard in self.shards() {
+            if let Some(mut free) = shard.try_lock()
+                && free.len() < SHARD_ARENAS
+            {
+                if free.capacity() == 0 {
+                    // Once per shard: room for every arena it will keep.
+                    free.reserve_exact(SHARD_ARENAS);
+                }
+                free.push(bump);
+                return;
             }
-            free.push(bump);
         }
     }
 }
@@ -153,6 +182,23 @@ mod tests {
         let many: Vec<_> = (0..POOL_ARENAS + 3).map(|_| pool.arena(0)).collect();
         drop(many);
         assert_eq!(pool.idle(), POOL_ARENAS);
+    }
+
+    /// A shard held by another thread is skipped, not waited for: the
+    /// arena still comes from (and goes back to) the other shards.
+    #[test]
+    fn busy_shards_are_skipped() {
+        let pool = FuturePool::new();
+        drop((0..SHARDS).map(|_| pool.arena(0)).collect::<Vec<_>>());
+        assert_eq!(pool.idle(), SHARDS);
+        let busy = pool.shards[0].lock();
+        for _ in 0..2 * SHARDS {
+            let a = pool.arena(0);
+            drop(a);
+        }
+        assert_eq!(busy.len(), 1, "the busy shard was not touched");
+        drop(busy);
+        assert_eq!(pool.idle(), SHARDS, "no arena was lost or added");
     }
 
     /// A future dropped before it finished is dropped in place (its
