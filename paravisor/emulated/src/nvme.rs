@@ -385,6 +385,58 @@ impl DeviceAccess for NvmeBacking {
         self.controller.read().config_write(cap + 2, &b);
         Ok(self.vectors.0[usize::from(vector)].clone())
     }
+
+    /// A controller reset of the function: CC.EN = 0 and the admin queue
+    /// registers back at their reset value (0). The controller finishes
+    /// the reset once its running commands drain; the driver waits for
+    /// CSTS.RDY = 0 before enabling again, as after any reset. MSI-X
+    /// vectors stay programmed.
+    fn reset_function(&self) -> Result<(), DeviceError> {
+        use parastor_hw::nvme::regs::offset;
+        let controller = self.controller.read();
+        controller.bar_write(0, offset::CC, &0u32.to_le_bytes());
+        for reg in [offset::AQA, offset::ASQ, offset::ACQ] {
+            let width = if reg == offset::AQA { 4 } else { 8 };
+            controller.bar_write(0, reg, &[0u8; 8][..width]);
+        }
+        Ok(())
+    }
+
+    /// The controller reaches the rig's RAM at device address = GPA, so a
+    /// caller range inside the data area (below the DMA region) maps to
+    /// itself.
+    fn map_dma(&self, mem: &GuestMem, range: GpaRange) -> Result<DeviceRange, DeviceError> {
+        let bad = DeviceError::BadRange {
+            gpa: range.gpa.get(),
+            len: range.len,
+        };
+        let end = range.gpa.get().checked_add(range.len).ok_or(bad)?;
+        if range.len == 0
+            || !range.gpa.get().is_multiple_of(PAGE)
+            || !range.len.is_multiple_of(PAGE)
+            || end > self.dma.base.get()
+            || mem.check(range, Access::ReadWrite).is_err()
+        {
+            return Err(bad);
+        }
+        Ok(DeviceRange::new(
+            DeviceAddress::new(range.gpa.get()),
+            range.len,
+        ))
+    }
+
+    /// Identity mappings need no undoing; the range must be one
+    /// [`map_dma`](DeviceAccess::map_dma) can return.
+    fn unmap_dma(&self, range: DeviceRange) -> Result<(), DeviceError> {
+        let end = range.addr.get().checked_add(range.len);
+        match end {
+            Some(end) if range.len != 0 && end <= self.dma.base.get() => Ok(()),
+            _ => Err(DeviceError::BadRange {
+                gpa: range.addr.get(),
+                len: range.len,
+            }),
+        }
+    }
 }
 
 /// Sizes of an [`NvmeRig`].
@@ -700,5 +752,57 @@ fn controller_loop(
         if !worked {
             std::thread::park_timeout(Duration::from_millis(5));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parastor_hw::guid::Guid;
+    use parastor_hw::nvme::regs::offset;
+
+    fn rig() -> NvmeRig {
+        let mut config = RigConfig::new(ControllerConfig::new(Guid::new(0x13, 0, 0, [0; 8])));
+        config.data_bytes = 1 << 20;
+        config.dma_bytes = 1 << 20;
+        NvmeRig::new(config).expect("map the rig's RAM")
+    }
+
+    #[test]
+    fn map_dma_is_the_identity_inside_the_data_area_only() {
+        let rig = rig();
+        let device = rig.device();
+        let mem = GuestMem::from_arc(rig.memory().clone());
+        let range = GpaRange::new(Gpa::new(PAGE), 2 * PAGE);
+        assert_eq!(
+            device.map_dma(&mem, range),
+            Ok(DeviceRange::new(DeviceAddress::new(PAGE), 2 * PAGE))
+        );
+        device
+            .unmap_dma(DeviceRange::new(DeviceAddress::new(PAGE), 2 * PAGE))
+            .expect("unmap what was mapped");
+        // Misaligned, empty, and inside the driver's own DMA region.
+        for (gpa, len) in [(1, PAGE), (0, 0), (rig.data_bytes(), PAGE)] {
+            assert_eq!(
+                device.map_dma(&mem, GpaRange::new(Gpa::new(gpa), len)),
+                Err(DeviceError::BadRange { gpa, len })
+            );
+        }
+    }
+
+    #[test]
+    fn reset_function_clears_the_controller_registers() {
+        let rig = rig();
+        let device = rig.device();
+        device.write_u32(0, offset::AQA, 0x001F_001F);
+        device.write_u64(0, offset::ASQ, 0x1000);
+        assert_eq!(device.read_u32(0, offset::AQA), 0x001F_001F);
+        device
+            .reset_function()
+            .expect("the emulated function resets");
+        assert_eq!(device.read_u32(0, offset::AQA), 0);
+        assert_eq!(device.read_u64(0, offset::ASQ), 0);
+        assert_eq!(device.read_u32(0, offset::CC), 0);
+        assert_eq!(device.read_u32(0, offset::CSTS) & 1, 0, "CSTS.RDY");
     }
 }

@@ -9,12 +9,26 @@
 //! atomics, and MSI-X vectors delivered as events (eventfds there). The
 //! backing sets up MSI-X itself (VFIO does it through `VFIO_DEVICE_SET_IRQS`,
 //! not through the table), so the driver only asks for a vector's event.
+//!
+//! # Register ordering
+//!
+//! Every register call is exactly one access of its width to the device,
+//! made in program order: a call is not merged with, split from, or
+//! reordered around other register calls of the same thread, and it is
+//! ordered after every DMA-memory store ([`DmaBuffer`]'s copies and
+//! atomics) the thread made before it — so a submission-queue entry is
+//! visible to the device before the doorbell write that announces it.
+//! Writes are posted (they may reach the device after the call returns);
+//! a read of the same function flushes them, as on PCIe. A 64-bit call is
+//! one 64-bit access where the platform has one (NVMe allows a host to
+//! split its 64-bit registers into two 32-bit accesses, low dword first;
+//! backings that must split do so).
 
 use alloc::sync::Arc;
 use core::fmt;
 use core::sync::atomic::Ordering;
 use core::task::{Context, Poll};
-use parastor_core::addr::{DeviceAddress, DeviceRange, DmaDomainId, Gpa};
+use parastor_core::addr::{DeviceAddress, DeviceRange, DmaDomainId, Gpa, GpaRange};
 use parastor_core::error::MemoryError;
 use parastor_core::memory::{GuestMem, GuestMemory, GuestMemoryExt};
 
@@ -35,6 +49,24 @@ pub enum DeviceError {
     },
     /// The device is gone (surprise removal, or a backing failure).
     Gone(&'static str),
+    /// A system call of the backing failed.
+    Io {
+        /// What the backing was doing (e.g. `"VFIO_DEVICE_RESET"`).
+        op: &'static str,
+        /// The `errno` the kernel returned.
+        errno: i32,
+    },
+    /// The backing cannot do this (e.g. a function without reset, or
+    /// caller memory the platform cannot map for DMA).
+    Unsupported(&'static str),
+    /// Caller memory given to [`DeviceAccess::map_dma`] is not memory the
+    /// backing can map (outside it, or not page aligned).
+    BadRange {
+        /// The first guest physical address of the range.
+        gpa: u64,
+        /// Its length in bytes.
+        len: u64,
+    },
 }
 
 impl fmt::Display for DeviceError {
@@ -48,6 +80,14 @@ impl fmt::Display for DeviceError {
                 "MSI-X vector {vector} cannot be mapped (the device has {available})"
             ),
             DeviceError::Gone(why) => write!(f, "device gone: {why}"),
+            DeviceError::Io { op, errno } => {
+                write!(f, "{op} failed with errno {errno}")
+            }
+            DeviceError::Unsupported(what) => write!(f, "not supported by the device: {what}"),
+            DeviceError::BadRange { gpa, len } => write!(
+                f,
+                "memory at {gpa:#x}+{len:#x} cannot be mapped for the device's DMA"
+            ),
         }
     }
 }
@@ -58,7 +98,9 @@ impl core::error::Error for DeviceError {}
 ///
 /// Register accesses never fail: a device that is gone reads as all ones
 /// (as a surprise-removed PCIe function does) and the driver treats an
-/// all-ones status register as "device gone".
+/// all-ones status register as "device gone"; writes to a gone device are
+/// dropped. They are ordered as the [module docs](self#register-ordering)
+/// say.
 pub trait DeviceAccess: Send + Sync + 'static {
     /// A name for messages (the PCI address for VFIO).
     fn id(&self) -> &str;
@@ -101,6 +143,51 @@ pub trait DeviceAccess: Send + Sync + 'static {
     /// # Errors
     /// [`DeviceError::NoSuchInterrupt`] for a vector the device lacks.
     fn map_interrupt(&self, vector: u16) -> Result<Arc<dyn DeviceInterrupt>, DeviceError>;
+
+    /// Resets the PCI function (a function-level reset, or the platform's
+    /// equivalent): every register, queue and interrupt of the device is
+    /// back at its reset value, and DMA memory and mappings stay. The
+    /// driver then re-enables the controller from scratch; MSI-X vectors
+    /// mapped before stay mapped (the backing re-arms them).
+    ///
+    /// # Errors
+    /// [`DeviceError::Unsupported`] when the function cannot be reset
+    /// (the default); [`DeviceError::Io`] when the reset failed.
+    fn reset_function(&self) -> Result<(), DeviceError> {
+        Err(DeviceError::Unsupported("function-level reset"))
+    }
+
+    /// Makes `range` of the caller's memory `mem` reachable by the device
+    /// and returns where the device sees it. Where the platform allows it
+    /// the mapping is the identity (device address = guest physical
+    /// address, VFIO's `iova = gpa`), so that `mem`'s pins for
+    /// [`dma_domain`](Self::dma_domain) give the device those addresses.
+    /// Mapping a range twice is allowed; mappings last as long as the
+    /// backing or until [`unmap_dma`](Self::unmap_dma).
+    ///
+    /// # Errors
+    /// [`DeviceError::Unsupported`] when the platform cannot map caller
+    /// memory (the default; no IOMMU, or memory the backing cannot reach):
+    /// the driver then bounces through [`alloc_dma`](Self::alloc_dma)
+    /// memory. [`DeviceError::BadRange`] for a range outside `mem` or not
+    /// 4 KiB aligned; [`DeviceError::Io`] when the mapping call failed.
+    fn map_dma(&self, mem: &GuestMem, range: GpaRange) -> Result<DeviceRange, DeviceError> {
+        let _ = (mem, range);
+        Err(DeviceError::Unsupported("mapping caller memory for DMA"))
+    }
+
+    /// Removes a mapping [`map_dma`](Self::map_dma) made (exactly the
+    /// device range it returned). The caller guarantees no command that
+    /// uses it is outstanding.
+    ///
+    /// # Errors
+    /// [`DeviceError::Unsupported`] (the default) where nothing can be
+    /// mapped; [`DeviceError::BadRange`] for a range that is not mapped;
+    /// [`DeviceError::Io`] when the unmapping call failed.
+    fn unmap_dma(&self, range: DeviceRange) -> Result<(), DeviceError> {
+        let _ = range;
+        Err(DeviceError::Unsupported("mapping caller memory for DMA"))
+    }
 }
 
 /// An MSI-X vector as a waitable event.

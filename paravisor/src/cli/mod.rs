@@ -10,6 +10,7 @@ pub mod bench;
 pub mod dd;
 pub mod format;
 pub mod info;
+pub mod nvme;
 pub mod rng;
 pub mod settings;
 pub mod tcmu;
@@ -45,6 +46,11 @@ pub enum Command {
     /// (needs root, configfs and the target_core_user and tcm_loop
     /// modules).
     Tcmu(tcmu::TcmuArgs),
+    /// Drive an NVMe controller bound to vfio-pci with parastor's NVMe
+    /// driver and check it step by step: identify, read the data given,
+    /// write, deallocate, flush, controller and function-level reset
+    /// (needs root and the function bound to vfio-pci).
+    NvmeCheck(nvme::NvmeCheckArgs),
 }
 
 /// `parastor disk`.
@@ -177,6 +183,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Disk(args) => args,
         Command::Settings(args) => return settings::run(args),
         Command::Tcmu(args) => return tcmu::run(args),
+        Command::NvmeCheck(args) => return nvme::run(args).map(|()| ExitCode::SUCCESS),
     };
     match args.command {
         DiskCommand::Info { spec } => {

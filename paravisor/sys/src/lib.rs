@@ -8,7 +8,13 @@
 //! - [`mmap`]: creating and removing mappings (`mmap`, `mprotect`,
 //!   `munmap`), and the `Send`/`Sync` promise of [`MappedRegion`];
 //! - [`access`]: copies and atomic operations on a mapping's bytes;
-//! - [`io`]: `preadv`/`pwritev2` between a file and runs of a mapping.
+//! - [`io`]: `preadv`/`pwritev2` between a file and runs of a mapping;
+//! - [`mmio`]: mapping a device's registers and single volatile accesses
+//!   to them;
+//! - [`dma`]: `mlock` of memory a device reaches by DMA;
+//! - [`vfio`]: the VFIO `ioctl`s (container, group, device, DMA mapping,
+//!   interrupts, reset), whose arguments are pointers to the kernel ABI's
+//!   structures (from rust-vmm's `vfio-bindings`).
 //!
 //! The rest is safe code on top: [`GuestRam`] (guest physical memory made
 //! of mapped regions, implementing `parastor_core::GuestMemory` lock-free)
@@ -31,16 +37,20 @@
 //! of 1, 2, 4 or 8 bytes is one access and never tears.
 
 pub mod access;
+pub mod dma;
 mod error;
 mod guest_ram;
 pub mod io;
 pub mod mmap;
+pub mod mmio;
 mod pins;
 #[cfg(test)]
 mod tests;
+pub mod vfio;
 
 pub use access::AtomicWord;
 pub use error::{AccessError, AccessErrorKind};
 pub use guest_ram::{GUEST_PAGE_SIZE, GuestRam, LayoutError};
 pub use mmap::{MappedRegion, Protection};
+pub use mmio::MmioRegion;
 pub use pins::KernelPins;

@@ -160,14 +160,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     );
 
     let vmlinuz = packages.vmlinuz();
+    let disks = make_disks(&dir, &selected)?;
+    let extra = qemu_args(&selected, &disks);
     let boot = qemu::Boot {
         qemu: &qemu,
         kernel: &vmlinuz,
         initrd: &initrd,
-        extra: selected
-            .iter()
-            .flat_map(|s| s.qemu_args.iter().copied())
-            .collect(),
+        extra: extra.iter().map(String::as_str).collect(),
     };
     if options.shell {
         return boot.interactive();
@@ -209,6 +208,32 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             outcome.log_path.display()
         ))
     })
+}
+
+/// Creates the selected scenarios' disk images, zero-filled (any old
+/// contents dropped), in `DIR/disks`; returns that directory.
+fn make_disks(dir: &std::path::Path, selected: &[&Scenario]) -> Result<PathBuf> {
+    let disks = dir.join("disks");
+    std::fs::create_dir_all(&disks)
+        .map_err(|e| Error::new(format!("creating {}: {e}", disks.display())))?;
+    for (name, bytes) in selected.iter().flat_map(|s| s.disks.iter()) {
+        let path = disks.join(name);
+        let file = std::fs::File::create(&path)
+            .and_then(|f| f.set_len(*bytes).map(|()| f))
+            .map_err(|e| Error::new(format!("creating disk image {}: {e}", path.display())))?;
+        drop(file);
+    }
+    Ok(disks)
+}
+
+/// The selected scenarios' QEMU arguments, `{disks}` replaced by `disks`.
+fn qemu_args(selected: &[&Scenario], disks: &std::path::Path) -> Vec<String> {
+    let dir = disks.display().to_string();
+    selected
+        .iter()
+        .flat_map(|s| s.qemu_args.iter())
+        .map(|a| a.replace("{disks}", &dir))
+        .collect()
 }
 
 /// `/vmtest/plan`: a `scenario NAME TIMEOUT MODULES` line per scenario,
@@ -372,6 +397,26 @@ mod tests {
         let err = parse(&args(&["no-such"])).unwrap_err().to_string();
         assert!(err.contains("kernel-fileio"), "{err}");
         assert!(parse(&args(&["--fast"])).is_err());
+    }
+
+    #[test]
+    fn disk_images_are_made_fresh_and_named_in_the_qemu_arguments() {
+        let nvme = scenarios::find("nvme-vfio").expect("nvme-vfio is registered");
+        let dir = std::env::temp_dir().join(format!("vmtest-disks-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("disks")).unwrap();
+        // Old contents must go: each run starts from zeros.
+        std::fs::write(dir.join("disks/nvme-vfio-ns1.img"), b"stale").unwrap();
+        let disks = make_disks(&dir, &[nvme]).unwrap();
+        for (name, bytes) in nvme.disks {
+            let data = std::fs::read(disks.join(name)).unwrap();
+            assert_eq!(data.len() as u64, *bytes, "{name}");
+            assert!(data.iter().all(|b| *b == 0), "{name} is zero-filled");
+        }
+        let args = qemu_args(&[nvme], &disks);
+        let ns1 = format!("file={}/nvme-vfio-ns1.img,", disks.display());
+        assert!(args.iter().any(|a| a.starts_with(&ns1)), "{args:?}");
+        assert!(args.iter().all(|a| !a.contains("{disks}")), "{args:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn outcome(timed_out: bool) -> qemu::Outcome {

@@ -24,8 +24,12 @@ pub(crate) struct Scenario {
     /// Data files the script reads: (name, contents), at
     /// `/vmtest/data/NAME` in the guest.
     pub(crate) data: &'static [(&'static str, &'static str)],
-    /// Extra QEMU arguments (devices the scenario drives).
+    /// Extra QEMU arguments (devices the scenario drives). `{disks}`
+    /// stands for the directory holding the scenario's [`disks`](Self::disks).
     pub(crate) qemu_args: &'static [&'static str],
+    /// Disk images the QEMU arguments name: (file name, bytes), created
+    /// zero-filled in `{disks}` before each boot.
+    pub(crate) disks: &'static [(&'static str, u64)],
     /// Whether `cargo xtask vmtest` without names (and CI) runs it.
     pub(crate) default_run: bool,
     /// How long the script may run in the guest: a few times what it takes
@@ -89,6 +93,27 @@ const KERNEL_REFERENCE: &[(&str, &str)] = &[(
     include_str!("scenarios/kernel-conformance.tests"),
 )];
 
+/// The kernel's NVMe driver (to write and read the data parastor's driver
+/// checks) and VFIO with the type-1 IOMMU (the emulated VT-d).
+const NVME_VFIO_MODULES: &[&str] = &["nvme", "vfio", "vfio_iommu_type1", "vfio_pci"];
+
+/// An NVMe subsystem with one controller (serial `deadbeef`) and two
+/// namespaces: 512-byte LBAs (nsid 1) and 4096-byte LBAs (nsid 2).
+const NVME_VFIO_QEMU: &[&str] = &[
+    "-device",
+    "nvme-subsys,id=vfio-subsys,nqn=nqn.2026-12.parastor:nvme-vfio",
+    "-device",
+    "nvme,id=vfio-nvme,serial=deadbeef,subsys=vfio-subsys",
+    "-drive",
+    "file={disks}/nvme-vfio-ns1.img,if=none,id=vfio-ns1,format=raw,discard=unmap",
+    "-device",
+    "nvme-ns,drive=vfio-ns1,bus=vfio-nvme,nsid=1,logical_block_size=512,physical_block_size=512",
+    "-drive",
+    "file={disks}/nvme-vfio-ns2.img,if=none,id=vfio-ns2,format=raw,discard=unmap",
+    "-device",
+    "nvme-ns,drive=vfio-ns2,bus=vfio-nvme,nsid=2,logical_block_size=4096,physical_block_size=4096",
+];
+
 /// The registry, in the order `cargo xtask vmtest` runs them.
 /// `kernel-fileio` (the kernel backstore's conformance run) is only run
 /// when named: `scsi-conformance` compares with its stored results.
@@ -101,6 +126,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         modules: SCSI_MODULES,
         data: KERNEL_REFERENCE,
         qemu_args: &[],
+        disks: &[],
         default_run: false,
         timeout: Duration::from_secs(120),
     },
@@ -111,6 +137,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         modules: CRYPT_MODULES,
         data: &[],
         qemu_args: &[],
+        disks: &[],
         default_run: true,
         timeout: Duration::from_secs(90),
     },
@@ -122,6 +149,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         modules: SCSI_MODULES,
         data: KERNEL_REFERENCE,
         qemu_args: &[],
+        disks: &[],
         default_run: true,
         timeout: Duration::from_secs(720),
     },
@@ -133,6 +161,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         modules: SCSI_TOOLS_MODULES,
         data: &[],
         qemu_args: &[],
+        disks: &[],
         default_run: true,
         timeout: Duration::from_secs(150),
     },
@@ -143,6 +172,7 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         modules: SCSI_FS_MODULES,
         data: &[],
         qemu_args: &[],
+        disks: &[],
         default_run: true,
         timeout: Duration::from_secs(150),
     },
@@ -153,8 +183,24 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         modules: SCSI_MODULES,
         data: &[],
         qemu_args: &[],
+        disks: &[],
         default_run: true,
         timeout: Duration::from_secs(150),
+    },
+    Scenario {
+        name: "nvme-vfio",
+        about: "parastor's NVMe driver over QEMU's NVMe through VFIO (emulated VT-d): identify, 512 B and \
+                4 KiB namespaces, data the kernel wrote, writes the kernel reads back, DSM, flush, resets",
+        script: include_str!("scenarios/nvme-vfio.sh"),
+        modules: NVME_VFIO_MODULES,
+        data: &[],
+        qemu_args: NVME_VFIO_QEMU,
+        disks: &[
+            ("nvme-vfio-ns1.img", 64 << 20),
+            ("nvme-vfio-ns2.img", 64 << 20),
+        ],
+        default_run: true,
+        timeout: Duration::from_secs(90),
     },
 ];
 
@@ -191,6 +237,17 @@ mod tests {
                 "{}: module names go into a comma-separated plan field",
                 s.name
             );
+        }
+        for s in SCENARIOS {
+            for arg in s.qemu_args.iter().filter(|a| a.contains("{disks}")) {
+                assert!(
+                    s.disks
+                        .iter()
+                        .any(|(name, _)| arg.contains(&format!("{{disks}}/{name},"))),
+                    "{}: `{arg}` names a disk the scenario does not create",
+                    s.name
+                );
+            }
         }
         assert_eq!(
             SCENARIOS[0].name, "kernel-fileio",

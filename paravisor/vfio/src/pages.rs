@@ -1,0 +1,137 @@
+//! [`PageAllocator`]: runs of pages from a fixed pool, first fit, for the
+//! DMA memory the driver asks for (queues, PRP list pages, bounce
+//! buffers — set up once, not per I/O).
+//!
+//! A run never crosses a *break*: with an IOMMU the pool is one contiguous
+//! range of I/O virtual addresses and has none; without one the device
+//! sees physical addresses, and a break sits wherever two neighbouring
+//! pages are not physically adjacent, so every run is contiguous for the
+//! device.
+
+/// First-fit allocator of page runs over a pool of `len` pages.
+#[derive(Debug)]
+pub(crate) struct PageAllocator {
+    /// Whether each page is handed out.
+    used: Vec<bool>,
+    /// `breaks[i]`: page `i` does not continue page `i - 1` for the device.
+    breaks: Vec<bool>,
+}
+
+impl PageAllocator {
+    /// A pool of `len` pages with no breaks (IOVA space).
+    pub(crate) fn contiguous(len: usize) -> Self {
+        Self {
+            used: vec![false; len],
+            breaks: vec![false; len],
+        }
+    }
+
+    /// A pool whose page `i` the device sees at `addresses[i]`: a run may
+    /// only hold pages each `page` bytes after the previous one.
+    pub(crate) fn physical(addresses: &[u64], page: u64) -> Self {
+        let breaks = addresses
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| {
+                i == 0 || addresses.get(i - 1).and_then(|prev| prev.checked_add(page)) != Some(a)
+            })
+            .collect();
+        Self {
+            used: vec![false; addresses.len()],
+            breaks,
+        }
+    }
+
+    /// Pages not handed out.
+    pub(crate) fn free_pages(&self) -> usize {
+        self.used.iter().filter(|u| !**u).count()
+    }
+
+    /// The first page of a free run of `pages` pages (none: 0 pages, or no
+    /// such run), marked used.
+    pub(crate) fn alloc(&mut self, pages: usize) -> Option<usize> {
+        if pages == 0 {
+            return None;
+        }
+        let mut run = 0;
+        let mut found = None;
+        for (i, (used, brk)) in self.used.iter().zip(&self.breaks).enumerate() {
+            if *brk {
+                run = 0;
+            }
+            if *used {
+                run = 0;
+                continue;
+            }
+            run += 1;
+            if run == pages {
+                found = Some(i + 1 - pages);
+                break;
+            }
+        }
+        let first = found?;
+        for u in self.used.iter_mut().skip(first).take(pages) {
+            *u = true;
+        }
+        Some(first)
+    }
+
+    /// Gives back `pages` pages from `first` (pages outside the pool are
+    /// ignored).
+    pub(crate) fn free(&mut self, first: usize, pages: usize) {
+        for u in self.used.iter_mut().skip(first).take(pages) {
+            *u = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_fit_reuses_freed_runs() {
+        let mut a = PageAllocator::contiguous(8);
+        assert_eq!(a.alloc(3), Some(0));
+        assert_eq!(a.alloc(2), Some(3));
+        assert_eq!(a.alloc(4), None, "only 3 left");
+        assert_eq!(a.free_pages(), 3);
+        a.free(0, 3);
+        assert_eq!(a.alloc(4), None, "3 + 3 free but not adjacent");
+        assert_eq!(a.alloc(1), Some(0));
+        assert_eq!(a.alloc(3), Some(5));
+        assert_eq!(a.alloc(2), Some(1));
+        assert_eq!(a.free_pages(), 0);
+        assert_eq!(a.alloc(1), None);
+        assert_eq!(a.alloc(0), None);
+    }
+
+    #[test]
+    fn runs_never_cross_a_physical_break() {
+        // Pages 0-1 adjacent, 2 elsewhere, 3-5 adjacent.
+        let addrs = [
+            0x10_0000, 0x10_1000, 0x50_0000, 0x20_0000, 0x20_1000, 0x20_2000,
+        ];
+        let mut a = PageAllocator::physical(&addrs, 0x1000);
+        assert_eq!(a.used.len(), 6);
+        assert_eq!(a.alloc(3), Some(3));
+        assert_eq!(a.alloc(3), None, "0-2 are not contiguous");
+        assert_eq!(a.alloc(2), Some(0));
+        assert_eq!(a.alloc(2), None);
+        assert_eq!(a.alloc(1), Some(2));
+    }
+
+    #[test]
+    fn a_wrapping_neighbour_is_a_break() {
+        let a = PageAllocator::physical(&[!0xFFF, 0], 0x1000);
+        assert_eq!(a.breaks, [true, true]);
+    }
+
+    #[test]
+    fn freeing_outside_the_pool_is_harmless() {
+        let mut a = PageAllocator::contiguous(2);
+        a.free(1, 10);
+        a.free(100, 1);
+        assert_eq!(a.alloc(2), Some(0));
+    }
+}
