@@ -14,8 +14,10 @@ use core::pin::{Pin, pin};
 use core::task::{Context, Poll, Waker};
 use stackfuture::StackFuture;
 
+pub mod arena;
 pub mod layer;
 
+pub use arena::{ArenaFuture, FutureArena, FuturePool};
 use layer::PlainLayer;
 pub use layer::{LayerIo, SectorMarker};
 
@@ -486,6 +488,9 @@ struct Fixed {
 
 struct DiskInner<T: ?Sized> {
     fixed: Fixed,
+    /// Storage for the futures of this disk's operations that composites
+    /// keep while they wait ([`drive!`](crate::drive)).
+    futures: FuturePool,
     io: T,
 }
 
@@ -544,7 +549,11 @@ impl Disk {
                 .as_layer()
                 .is_some_and(|l| l.supports_write_no_overwrite()),
         };
-        let inner: Arc<DiskInner<dyn DynDisk>> = Arc::new(DiskInner { fixed, io });
+        let inner: Arc<DiskInner<dyn DynDisk>> = Arc::new(DiskInner {
+            fixed,
+            futures: FuturePool::new(),
+            io,
+        });
         Ok(Disk { inner })
     }
 
@@ -647,6 +656,12 @@ impl Disk {
     /// The persistent-reservation interface, if any.
     pub fn persistent_reservations(&self) -> Option<&dyn PersistentReservations> {
         self.inner.io.persistent_reservations()
+    }
+    /// An arena from this disk's [`FuturePool`], for the future of one
+    /// operation on this disk that a composite keeps while it waits
+    /// ([`drive!`](crate::drive) uses it); reset and recycled when dropped.
+    pub fn future_arena(&self) -> FutureArena<'_> {
+        self.inner.futures.arena(arena::ARENA_BYTES)
     }
     /// Whether two handles refer to the same disk.
     pub fn ptr_eq(&self, other: &Disk) -> bool {
@@ -963,12 +978,16 @@ macro_rules! forward_ops {
 
 /// Awaits a disk operation from inside a composite disk's future.
 ///
-/// `drive!(inline, op)`: if `inline` (the target disk completes on its
-/// first poll), `op` runs to completion right here, through [`if_inline`],
-/// and its future is never stored in the caller's state; otherwise it is
-/// boxed and awaited. Either way the caller's own future stays small enough
-/// to live inline in an [`IoFuture`], which keeps RAM and layered stacks
-/// free of per-I/O heap allocation. Use inside `async` code only.
+/// `drive!(inline, disk.op(..))`: if `inline` (the target disk completes
+/// on its first poll), `op` runs to completion right here, through
+/// [`if_inline`], and its future is never stored in the caller's state;
+/// otherwise the future goes into an arena from `disk`'s own
+/// [`FuturePool`] ([`Disk::future_arena`]) and is awaited there. Either way
+/// the caller's own future stays small enough to live inline in an
+/// [`IoFuture`], and in the steady state neither way allocates: RAM and
+/// layered stacks build no inner future at all, and over a disk that
+/// really waits (NVMe) the arenas are recycled. `disk` is an identifier
+/// (a [`Disk`]). Use inside `async` code only.
 ///
 /// Reads, writes and layer reads of inline disks go through the disk's
 /// synchronous twins ([`Disk::read_inline`], …), so no future is built for
@@ -988,13 +1007,21 @@ macro_rules! drive {
     (@twin $inline:expr, $disk:ident, $op:ident, $twin:ident, $($arg:expr),*) => {
         match $crate::disk::if_inline($inline, || $disk.$twin($($arg),*)) {
             ::core::option::Option::Some(result) => result,
-            ::core::option::Option::None => ::alloc::boxed::Box::pin($disk.$op($($arg),*)).await,
+            ::core::option::Option::None => {
+                let arena = $disk.future_arena();
+                let fut = arena.pin($disk.$op($($arg),*));
+                fut.await
+            }
         }
     };
-    ($inline:expr, $op:expr) => {
-        match $crate::disk::if_inline($inline, || $crate::disk::run_inline($op)) {
+    ($inline:expr, $disk:ident . $op:ident ( $($arg:expr),* $(,)? )) => {
+        match $crate::disk::if_inline($inline, || $crate::disk::run_inline($disk.$op($($arg),*))) {
             ::core::option::Option::Some(result) => result,
-            ::core::option::Option::None => ::alloc::boxed::Box::pin($op).await,
+            ::core::option::Option::None => {
+                let arena = $disk.future_arena();
+                let fut = arena.pin($disk.$op($($arg),*));
+                fut.await
+            }
         }
     };
 }

@@ -8,14 +8,17 @@
 //! to each member; flush fans out to all. Errors say which member failed.
 //! The size rules are OpenVMM's `disk_striped`, each with its own error.
 
-use crate::disk::{BoxFuture, Disk, DiskIo, IoOptions, UnmapBehavior, run_inline};
+use crate::disk::{
+    ArenaFuture, Disk, DiskIo, FuturePool, IoFuture, IoOptions, UnmapBehavior, run_inline,
+};
 use crate::error::DiskError;
 use crate::sg::SgList;
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
+use core::future::Future;
+use core::task::Poll;
 
 /// Chunk size used when none is given: 128 KiB.
 pub const DEFAULT_CHUNK_BYTES: u32 = 128 * 1024;
@@ -142,6 +145,8 @@ pub struct StripedDisk {
     sector_count: u64,
     shift: u32,
     inline: bool,
+    /// Arenas for the futures of requests' pieces (members that wait).
+    futures: FuturePool,
 }
 
 /// One piece of a request: `count` sectors at `member_sector` of `member`,
@@ -224,6 +229,7 @@ impl StripedDisk {
             shift: ss.trailing_zeros(),
             inline: members.iter().all(Disk::completes_inline),
             members,
+            futures: FuturePool::new(),
         })
     }
 
@@ -283,30 +289,75 @@ impl StripedDisk {
     }
 
     /// Runs every piece concurrently (members that really wait), waiting
-    /// for all and reporting the first error.
+    /// for all and reporting the first error in request order. The
+    /// pieces' futures and their table live in one arena from the disk's
+    /// [`FuturePool`], recycled across requests: no allocation per I/O.
     async fn each_piece_later<'a>(
         &'a self,
         sector: u64,
         count: u64,
-        op: impl Fn(&'a Disk, Piece) -> crate::disk::IoFuture<'a, Result<(), DiskError>>,
+        op: impl Fn(&'a Disk, Piece) -> IoFuture<'a, Result<(), DiskError>>,
     ) -> Result<(), DiskError> {
-        let futures: Vec<BoxFuture<'a, Result<(), DiskError>>> = self
-            .pieces(sector, count)?
-            .map(|p| {
-                let fut = op(&self.members[p.member], p);
-                Box::pin(async move { fut.await.map_err(|e| e.in_member(p.member as u32)) })
-                    as BoxFuture<'a, Result<(), DiskError>>
-            })
-            .collect();
-        futures_util::future::join_all(futures)
-            .await
-            .into_iter()
-            .collect()
+        let n = self.pieces(sector, count)?.count();
+        let arena = self.futures.arena(n * PIECE_ARENA_BYTES);
+        // A block, so the (not `Send`) vector is gone before the await.
+        let table = {
+            let mut table = bumpalo::collections::Vec::with_capacity_in(n, arena.bump());
+            for p in self.pieces(sector, count)? {
+                let fut = arena.pin(op(&self.members[p.member], p));
+                table.push(Some((p.member, fut)));
+            }
+            table.into_boxed_slice()
+        };
+        join_pieces(table).await
     }
 
     fn piece_buf<'a>(&self, buf: &SgList<'a>, p: Piece) -> Result<SgList<'a>, DiskError> {
         buf.sectors(self.shift, p.offset, p.count)
     }
+}
+
+/// One running piece: its member and its future, pinned in the request's
+/// arena; `None` once finished.
+type RunningPiece<'b, F> = Option<(usize, ArenaFuture<'b, F>)>;
+
+/// Arena bytes per piece: its future (an [`IoFuture`]) and its table
+/// entry, with room for alignment.
+const PIECE_ARENA_BYTES: usize = core::mem::size_of::<IoFuture<'static, Result<(), DiskError>>>()
+    + core::mem::size_of::<RunningPiece<'static, IoFuture<'static, Result<(), DiskError>>>>()
+    + 16;
+
+/// Polls every piece until all have finished (none is left running, even
+/// after an error); the first error in request order, tagged with its
+/// member.
+async fn join_pieces<F: Future<Output = Result<(), DiskError>>>(
+    mut pieces: bumpalo::boxed::Box<'_, [RunningPiece<'_, F>]>,
+) -> Result<(), DiskError> {
+    let mut first: Option<(usize, DiskError)> = None;
+    core::future::poll_fn(|cx| {
+        let mut waiting = false;
+        for (index, slot) in pieces.iter_mut().enumerate() {
+            let Some((member, fut)) = slot else { continue };
+            match fut.as_mut().poll(cx) {
+                Poll::Pending => waiting = true,
+                Poll::Ready(result) => {
+                    if let Err(e) = result
+                        && first.as_ref().is_none_or(|(i, _)| index < *i)
+                    {
+                        first = Some((index, e.in_member(*member as u32)));
+                    }
+                    *slot = None;
+                }
+            }
+        }
+        if waiting {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+    .await;
+    first.map_or(Ok(()), |(_, e)| Err(e))
 }
 
 impl DiskIo for StripedDisk {
@@ -416,14 +467,16 @@ impl DiskIo for StripedDisk {
             }
             return Ok(());
         }
-        let futures =
-            self.members.iter().enumerate().map(|(i, d)| async move {
-                d.flush(opts).await.map_err(|e| e.in_member(i as u32))
-            });
-        futures_util::future::join_all(futures)
-            .await
-            .into_iter()
-            .collect()
+        let n = self.members.len();
+        let arena = self.futures.arena(n * PIECE_ARENA_BYTES);
+        let table = {
+            let mut table = bumpalo::collections::Vec::with_capacity_in(n, arena.bump());
+            for (i, d) in self.members.iter().enumerate() {
+                table.push(Some((i, arena.pin(d.flush(opts)))));
+            }
+            table.into_boxed_slice()
+        };
+        join_pieces(table).await
     }
 
     async fn unmap(&self, sector: u64, count: u64, opts: IoOptions) -> Result<(), DiskError> {

@@ -16,6 +16,9 @@
 //! - [`fuzz_storvsp`]: the `storvsp` fuzz harness (StorVSP over VMBus rings).
 //! - [`fuzz_nvme`]: the `nvme_controller` fuzz harness (a hostile guest
 //!   driving the NVMe controller: registers, queues, PRPs and SGLs).
+//! - [`fuzz_nvme_driver`]: the `nvme_driver` fuzz harness (a hostile
+//!   device — the fault-injection middleware with a plan from the input —
+//!   against parastor's NVMe driver).
 //! - [`fuzz_nvme_wire`]: the `nvme_wire` fuzz harness (NVMe and PCI wire
 //!   parsers in `hw`: SGLs, identification descriptors, BARs, doorbells).
 //! - [`fuzz_state`]: the `state_restore` fuzz harness (saved state of every
@@ -34,6 +37,7 @@ pub mod conformance;
 pub mod doubles;
 pub mod fuzz_disk;
 pub mod fuzz_nvme;
+pub mod fuzz_nvme_driver;
 pub mod fuzz_nvme_wire;
 pub mod fuzz_scsi;
 pub mod fuzz_state;

@@ -22,6 +22,7 @@ fn harness(target: &str) -> Option<fn(&[u8])> {
         "settings" => Some(parastor_vtl2_settings::fuzz::check_blob),
         "nvme_wire" => Some(parastor_tests::fuzz_nvme_wire::nvme_wire),
         "nvme_controller" => Some(parastor_tests::fuzz_nvme::nvme_controller),
+        "nvme_driver" => Some(parastor_tests::fuzz_nvme_driver::nvme_driver),
         "scsi_cdb" => Some(parastor_tests::fuzz_scsi::scsi_cdb),
         "storvsp" => Some(parastor_tests::fuzz_storvsp::storvsp),
         "state_restore" => Some(parastor_tests::fuzz_state::state_restore),
@@ -102,6 +103,7 @@ fn corpus_replays() {
         "state_restore",
         "tcmu_ring",
         "nvme_controller",
+        "nvme_driver",
     ] {
         assert!(
             corpus.iter().any(|(t, _)| t == target),

@@ -5,14 +5,18 @@
 
 use futures::future::{Either, join_all, select};
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SgList, UnmapBehavior};
-use parastor_core::{Gpa, IoError, IoErrorKind};
-use parastor_nvme_driver::error::CODE_NAMESPACE_REMOVED;
-use parastor_nvme_driver::{DataPointer, DriverConfig, NvmeDriver};
+use parastor_core::{Gpa, GuestMemory, IoError, IoErrorKind};
+use parastor_nvme_driver::error::{CODE_DEVICE_FAILED, CODE_NAMESPACE_REMOVED, CODE_TIMEOUT};
+use parastor_nvme_driver::{Clock, DataPointer, DriverConfig, DriverError, NvmeDriver};
 use parastor_tests::buf::{pattern, read_vec};
 use parastor_tests::conformance;
-use parastor_tests::nvme::{Testbed, threaded_disk};
+use parastor_tests::nvme::{
+    HangDisk, PlugState, Testbed, Unpluggable, VirtualClock, threaded_disk, threaded_driver,
+};
 use std::future::Future;
 use std::pin::{Pin, pin};
+use std::task::Poll;
+use std::time::Duration;
 
 const SS512: u32 = 512;
 const SS4K: u32 = 4096;
@@ -239,6 +243,46 @@ fn out_of_range_requests_fail_cleanly() {
 }
 
 #[test]
+fn bounced_io_waits_for_bounce_space_and_splits_beyond_the_budget() {
+    let t = testbed();
+    // 8 KiB of bounce space: two 4 KiB commands at once.
+    let driver = t.start(DriverConfig {
+        io_queues: 1,
+        bounce_budget: 8192,
+        ..DriverConfig::default()
+    });
+    assert_eq!(driver.facts().max_transfer, 8192, "commands fit the budget");
+    let (_, disk) = Testbed::disk(&driver, 1);
+    // Eight 4 KiB writes at once from private memory: they take turns
+    // for the budget instead of failing.
+    let bufs: Vec<_> = (0..8u64)
+        .map(|i| {
+            parastor_tests::buf::TestBuf::from_data(
+                &pattern(40, i * 8, 8, SS512),
+                &parastor_tests::buf::Layout::contiguous(),
+            )
+        })
+        .collect();
+    let writes = bufs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| disk.write(b.sg(false), i as u64 * 8, IoOptions::default()));
+    for r in t.run(join_all(writes)) {
+        r.expect("bounced write");
+    }
+    // One 64 KiB read, eight times the budget: split, not refused.
+    let back = parastor_tests::buf::TestBuf::contiguous(64 * 1024);
+    t.run(disk.read(back.sg(true), 0, IoOptions::default()))
+        .expect("split bounced read");
+    let expected: Vec<u8> = (0..8u64)
+        .flat_map(|i| pattern(40, i * 8, 8, SS512))
+        .collect();
+    let got = back.contents();
+    let first_bad = got.iter().zip(&expected).position(|(a, b)| a != b);
+    assert_eq!(first_bad, None, "first differing byte (of {})", got.len());
+}
+
+#[test]
 fn many_commands_in_flight_on_several_queues() {
     let t = testbed();
     let driver = t.start(DriverConfig {
@@ -316,6 +360,8 @@ fn dropped_commands_keep_their_slot_until_the_device_completes() {
     let t = testbed();
     let driver = t.start(config(DataPointer::Auto));
     let (_, disk) = Testbed::disk(&driver, 1);
+    // This thread's queue comes with its first I/O.
+    round_trip(&t, 1, &disk, 20, &[range(0x2_0000, 4096)], 61);
     let r = [range(0x1_0000, 4096)];
     {
         // Submit, then drop before completion: the slot stays with the
@@ -652,6 +698,8 @@ fn save_and_restore_of_the_controller_mid_workload() {
     let t = testbed();
     let driver = t.start(config(DataPointer::Auto));
     let (_, disk) = Testbed::disk(&driver, 1);
+    // This thread's queue comes with its first I/O.
+    round_trip(&t, 1, &disk, 200, &[range(0x2_0000, 4096)], 91);
     for i in 0..16u64 {
         t.put(0x10_0000 + i * 4096, &pattern(90, i * 8, 8, SS512));
     }
@@ -839,4 +887,375 @@ fn a_restarted_event_loop_loses_no_event() {
         assert_eq!(new, old + 8, "round {round}");
     }
     assert_eq!(driver.events_seen(), 3);
+}
+
+// ---- A hostile or broken device fails the device, not the process ----
+
+/// The error every I/O of a failed controller answers.
+const DEVICE_FAILED: DiskError =
+    DiskError::Io(IoError::new(IoErrorKind::DeviceFailed, CODE_DEVICE_FAILED));
+
+/// A controller whose namespace 1 (512 B sectors) is a [`HangDisk`] over
+/// RAM and whose namespace 2 is plain RAM.
+fn hang_testbed() -> (Testbed, HangDisk) {
+    let (_, ram1) = parastor_tests::nvme::ram(1024, SS512);
+    let (_, ram2) = parastor_tests::nvme::ram(1024, SS512);
+    let hang = HangDisk::new(ram1);
+    let t = Testbed::with_disks(&[(1, Disk::new(hang.clone()).unwrap()), (2, ram2)], 1);
+    (t, hang)
+}
+
+/// Short timeouts (on virtual time they pass in a few polls anyway).
+fn timeout_config() -> DriverConfig {
+    DriverConfig {
+        io_queues: 1,
+        command_timeout: Duration::from_secs(2),
+        admin_timeout: Duration::from_secs(5),
+        watchdog_period: Duration::from_millis(100),
+        ready_timeout_cap: Duration::from_secs(1),
+        ..DriverConfig::default()
+    }
+}
+
+/// Pending until `ready()` holds (polling it at every wake-up, waking
+/// itself), then runs `then` and stays pending.
+async fn when(ready: impl Fn() -> bool, then: impl FnOnce()) {
+    std::future::poll_fn(|cx| {
+        if ready() {
+            Poll::Ready(())
+        } else {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+    })
+    .await;
+    then();
+    std::future::pending::<()>().await;
+}
+
+/// Runs `io` next to the watchdog `wd` (which lives on between calls)
+/// and `side` until `io` completes — failing the test if that takes
+/// more than ten minutes of the driver's virtual time (a watchdog keeps
+/// the rig busy, so a broken timeout would otherwise spin for ever).
+fn run_beside<T, W: Future<Output = ()>>(
+    t: &Testbed,
+    clock: &VirtualClock,
+    io: impl Future<Output = T>,
+    wd: &mut Pin<&mut W>,
+    side: impl Future<Output = ()>,
+) -> T {
+    let limit = clock.now() + Duration::from_secs(600);
+    let io = pin!(io);
+    let guard = when(
+        || clock.now() > limit,
+        || panic!("the I/O did not end within ten minutes of virtual time"),
+    );
+    let rest = pin!(futures::future::join3(wd.as_mut(), side, guard));
+    match t.run(select(io, rest)) {
+        Either::Left((out, _)) => out,
+        Either::Right(_) => panic!("the watchdog and the side future never end together"),
+    }
+}
+
+/// Writes a pattern at `sector` through `disk` and reads it back, next
+/// to the watchdog.
+#[track_caller]
+fn write_read<W: Future<Output = ()>>(
+    t: &Testbed,
+    clock: &VirtualClock,
+    disk: &Disk,
+    sector: u64,
+    wd: &mut Pin<&mut W>,
+) {
+    let data = pattern(5, sector, 8, SS512);
+    t.put(0x4000, &data);
+    let w = [range(0x4000, 4096)];
+    let r = [range(0x6000, 4096)];
+    let opts = IoOptions::default();
+    run_beside(
+        t,
+        clock,
+        disk.write(t.sg(&w, false), sector, opts),
+        wd,
+        std::future::pending(),
+    )
+    .expect("write");
+    run_beside(
+        t,
+        clock,
+        disk.read(t.sg(&r, true), sector, opts),
+        wd,
+        std::future::pending(),
+    )
+    .expect("read");
+    assert_eq!(t.get(0x6000, 4096), data);
+}
+
+/// Every kind of operation on `disk` fails at once with the failed
+/// controller's error.
+#[track_caller]
+fn every_op_fails_cleanly(t: &Testbed, disk: &Disk) {
+    let r = [range(0x1000, 512)];
+    let opts = IoOptions::default();
+    assert_eq!(
+        t.run(disk.read(t.sg(&r, true), 0, opts)),
+        Err(DEVICE_FAILED)
+    );
+    assert_eq!(
+        t.run(disk.write(t.sg(&r, false), 0, opts)),
+        Err(DEVICE_FAILED)
+    );
+    assert_eq!(t.run(disk.flush(opts)), Err(DEVICE_FAILED));
+}
+
+#[test]
+fn a_hung_command_is_aborted_then_reset_and_the_controller_fails_when_the_reset_cannot_finish() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    let driver = t.start_virtual(t.rig.device(), timeout_config(), &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    let (_, disk2) = Testbed::disk(&driver, 2);
+    let wd = driver.run_watchdog();
+    let mut wd = pin!(wd);
+    write_read(&t, &clock, &disk2, 0, &mut wd);
+    hang.arm();
+    let r = [range(0x2000, 4096)];
+    let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+    // The controller's reset waits for the hung command (as a real one may
+    // wait for its media): RDY never drops, the reset fails.
+    let out = run_beside(&t, &clock, read, &mut wd, std::future::pending());
+    assert_eq!(out, Err(DEVICE_FAILED));
+    assert_eq!(driver.failure(), Some("controller reset failed"));
+    assert_eq!((driver.aborts_sent(), driver.resets()), (1, 1));
+    assert_eq!(hang.hung(), 1);
+    assert_eq!(
+        driver.held_commands(),
+        1,
+        "the device never stopped: the read's buffers stay held"
+    );
+    every_op_fails_cleanly(&t, &disk);
+    every_op_fails_cleanly(&t, &disk2);
+    // The device lets go at last: shutting down proves it stopped, and the
+    // held buffers are released.
+    hang.release();
+    let _ = t.run(driver.shutdown());
+    assert_eq!(driver.held_commands(), 0);
+}
+
+#[test]
+fn a_hung_command_times_out_and_the_reset_brings_the_controller_back() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    let driver = t.start_virtual(t.rig.device(), timeout_config(), &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    let wd = driver.run_watchdog();
+    let mut wd = pin!(wd);
+    hang.arm();
+    let r = [range(0x2000, 4096)];
+    let write = disk.write(t.sg(&r, false), 8, IoOptions::default());
+    // The device finishes its work once the reset has begun.
+    let release = when(|| driver.resets() > 0, || hang.release());
+    let out = run_beside(&t, &clock, write, &mut wd, release);
+    assert_eq!(
+        out,
+        Err(DiskError::Io(IoError::new(
+            IoErrorKind::TimedOut,
+            CODE_TIMEOUT
+        ))),
+        "the timed-out command is not retried"
+    );
+    assert_eq!(driver.failure(), None);
+    assert_eq!((driver.aborts_sent(), driver.resets()), (1, 1));
+    assert_eq!(driver.held_commands(), 0);
+    // The controller serves again (the first I/O waits for the reset to
+    // finish).
+    write_read(&t, &clock, &disk, 16, &mut wd);
+    assert_eq!(driver.resets(), 1);
+}
+
+#[test]
+fn surprise_removal_fails_the_controller_and_keeps_in_flight_buffers() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    let device = Unpluggable::new(t.rig.device());
+    let driver = t.start_virtual(device.clone(), timeout_config(), &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    hang.arm();
+    let r = [range(0x2000, 4096)];
+    let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+    let unplug = when(|| hang.hung() > 0, || device.set(PlugState::Removed));
+    let wd = driver.run_watchdog();
+    let out = run_beside(&t, &clock, read, &mut pin!(wd), unplug);
+    assert_eq!(out, Err(DEVICE_FAILED));
+    assert_eq!(
+        driver.failure(),
+        Some("registers read as all ones (surprise removal)")
+    );
+    assert_eq!(driver.aborts_sent(), 0, "failed before the timeout");
+    assert_eq!(
+        driver.held_commands(),
+        1,
+        "a vanished device is not proven stopped"
+    );
+    every_op_fails_cleanly(&t, &disk);
+    hang.release();
+}
+
+#[test]
+fn a_fatal_status_fails_the_controller_and_a_stop_releases_the_buffers() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    let device = Unpluggable::new(t.rig.device());
+    let driver = t.start_virtual(device.clone(), timeout_config(), &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    hang.arm();
+    let r = [range(0x2000, 4096)];
+    let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+    let fatal = when(|| hang.hung() > 0, || device.set(PlugState::Fatal));
+    let wd = driver.run_watchdog();
+    let out = run_beside(&t, &clock, read, &mut pin!(wd), fatal);
+    assert_eq!(out, Err(DEVICE_FAILED));
+    assert_eq!(driver.failure(), Some("controller fatal status (CSTS.CFS)"));
+    assert_eq!(driver.held_commands(), 1);
+    every_op_fails_cleanly(&t, &disk);
+    hang.release();
+    let _ = t.run(driver.shutdown());
+    assert_eq!(driver.held_commands(), 0, "disabled: the buffers are free");
+}
+
+#[test]
+fn a_controller_that_never_becomes_ready_fails_bring_up_within_the_cap() {
+    let t = testbed();
+    let clock = VirtualClock::new();
+    let device = Unpluggable::new(t.rig.device());
+    device.set(PlugState::NeverReady);
+    let config = DriverConfig {
+        clock: clock.clone(),
+        ..timeout_config()
+    };
+    let err = t
+        .run(NvmeDriver::new(device, config, clock.clone()))
+        .expect_err("never ready");
+    assert_eq!(
+        err,
+        DriverError::Timeout {
+            ready: true,
+            timeout_ms: 1000
+        },
+        "CAP.TO (30 s) capped at 1 s"
+    );
+    assert!(clock.now() < Duration::from_secs(3), "{:?}", clock.now());
+}
+
+// ---- One I/O queue pair per CPU ----
+
+/// On a runtime thread per allowed CPU, writes a pattern through
+/// namespace 1 of `driver` at a sector of that thread's own and reads it
+/// back; returns the CPUs.
+fn io_from_every_cpu(driver: &NvmeDriver, rig: &parastor_emulated::nvme::NvmeRig) -> Vec<usize> {
+    let cpus = parastor_runtime::allowed_cpus().expect("affinity");
+    let runtime = parastor_runtime::Runtime::per_cpu(&cpus).expect("runtime");
+    let disk = Disk::new(driver.namespace(1).expect("namespace 1")).expect("disk");
+    let tasks: Vec<_> = runtime
+        .threads()
+        .iter()
+        .enumerate()
+        .map(|(i, thread)| {
+            let disk = disk.clone();
+            let mem = rig.memory().clone();
+            thread.spawn(async move {
+                let base = (i as u64) * 0x2000;
+                let w = [range(base, 4096)];
+                let r = [range(base + 0x1000, 4096)];
+                let sector = (i as u64) * 8;
+                let data = pattern(77, sector, 8, SS512);
+                mem.write_at(Gpa::new(base), &data).expect("buffer");
+                let opts = IoOptions::default();
+                disk.write(SgList::new(&*mem, &w, false).unwrap(), sector, opts)
+                    .await
+                    .expect("write");
+                disk.read(SgList::new(&*mem, &r, true).unwrap(), sector, opts)
+                    .await
+                    .expect("read");
+                let mut back = vec![0; 4096];
+                mem.read_at(Gpa::new(base + 0x1000), &mut back)
+                    .expect("buffer");
+                assert_eq!(back, data, "read back on CPU task {i}");
+            })
+        })
+        .collect();
+    for task in tasks {
+        parastor_runtime::block_on(task).expect("the I/O task finished");
+    }
+    runtime.shutdown();
+    cpus
+}
+
+#[test]
+fn each_cpu_gets_its_own_io_queue_on_first_use() {
+    let config = DriverConfig {
+        io_queues: 4,
+        ..DriverConfig::default()
+    };
+    let (driver, rig, _thread) = threaded_driver(1024, 4, 5, config);
+    assert_eq!(driver.io_queues_created(), 1, "only the first at bring-up");
+    let cpus = io_from_every_cpu(&driver, &rig);
+    // CPU c uses queue c % 4; queue 1 (index 0) exists anyway.
+    let mut expected: Vec<usize> = cpus.iter().map(|c| c % 4).collect();
+    expected.push(0);
+    expected.sort_unstable();
+    expected.dedup();
+    assert_eq!(driver.io_queues_created(), expected.len(), "CPUs {cpus:?}");
+    assert_eq!(driver.facts().io_queues, 4);
+    // A reset creates every one of them again, and they serve.
+    parastor_tests::buf::block_on(driver.reset()).expect("reset");
+    assert_eq!(driver.io_queues_created(), expected.len());
+    io_from_every_cpu(&driver, &rig);
+}
+
+#[test]
+fn cpus_share_queues_when_the_controller_grants_fewer() {
+    let config = DriverConfig {
+        io_queues: 4,
+        ..DriverConfig::default()
+    };
+    // Vectors for four queues, but the controller grants one.
+    let (driver, rig, _thread) = threaded_driver(1024, 1, 5, config);
+    assert_eq!(driver.facts().io_queues, 1);
+    io_from_every_cpu(&driver, &rig);
+    assert_eq!(driver.io_queues_created(), 1, "every CPU shares queue 1");
+}
+
+#[test]
+fn cpus_share_queues_when_msix_vectors_run_out() {
+    let config = DriverConfig {
+        io_queues: 4,
+        ..DriverConfig::default()
+    };
+    // Four queues granted, but vectors for the admin queue and one more.
+    let (driver, rig, _thread) = threaded_driver(1024, 4, 2, config);
+    io_from_every_cpu(&driver, &rig);
+    assert_eq!(driver.io_queues_created(), 1, "one vector, one I/O queue");
+}
+
+#[test]
+fn a_queue_that_cannot_be_created_falls_back_to_a_lower_one() {
+    let config = DriverConfig {
+        io_queues: 4,
+        ..DriverConfig::default()
+    };
+    let (driver, rig, _thread) = threaded_driver(1024, 4, 5, config);
+    // Take every page of DMA memory left: no new queue can be allocated.
+    let device = rig.device();
+    let mut taken = Vec::new();
+    while let Ok(b) = device.alloc_dma(4096) {
+        taken.push(b);
+    }
+    assert!(!taken.is_empty());
+    io_from_every_cpu(&driver, &rig);
+    assert_eq!(
+        driver.io_queues_created(),
+        1,
+        "the others could not be allocated; their CPUs share queue 1"
+    );
 }

@@ -1,10 +1,13 @@
 //! The controller: bring-up, admin commands, I/O queues, asynchronous
 //! events, reset and shutdown.
 
+use crate::clock::{Clock, MonotonicClock};
 use crate::device::{DeviceAccess, DmaBuffer, DmaWindow};
 use crate::error::{DriverError, Failure};
 use crate::namespace::{NamespaceState, NvmeDisk};
-use crate::queue::{Completed, DataPointer, Gate, PAGE_SIZE, QueuePair, SglSupport, ShadowPages};
+use crate::queue::{
+    Completed, DataPointer, Health, PAGE_SIZE, QueuePair, QueueShape, SglSupport, ShadowPages,
+};
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::sync::Arc;
@@ -17,7 +20,7 @@ use parastor_core::delay::Timer;
 use parastor_core::resize::ResizeSignal;
 use parastor_core::sync::Mutex;
 use parastor_hw::nvme::command::{
-    AdminOpcode, AsyncEventDw0, AsyncEventType, Cns, CreateCqCdw11, CreateQueueCdw10,
+    AbortCdw10, AdminOpcode, AsyncEventDw0, AsyncEventType, Cns, CreateCqCdw11, CreateQueueCdw10,
     CreateSqCdw11, GetLogPageCdw10, IdentifyCdw10, SetFeaturesCdw10,
 };
 use parastor_hw::nvme::features::{
@@ -32,6 +35,7 @@ use parastor_hw::nvme::regs::{
 };
 use parastor_hw::nvme::status::StatusWord;
 use parastor_hw::pci::config::Command as PciCommand;
+use std::sync::OnceLock;
 use zerocopy::little_endian::U32;
 use zerocopy::{FromBytes, FromZeros};
 
@@ -44,8 +48,11 @@ pub const DEFAULT_MAX_TRANSFER: usize = 512 * 1024;
 /// How the driver sets a controller up.
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
-    /// I/O queue pairs to ask for (the controller and the MSI-X vectors
-    /// may allow fewer).
+    /// The most I/O queue pairs: one per CPU, created on the first I/O
+    /// from that CPU (CPU `c` uses queue `c % n`). The controller (Set
+    /// Features Number of Queues) and the MSI-X vectors (one per queue
+    /// plus the admin one) may allow fewer; a CPU whose queue cannot be
+    /// created shares the nearest lower one.
     pub io_queues: u16,
     /// Entries per I/O queue (clamped to CAP.MQES + 1).
     pub io_queue_size: u16,
@@ -64,12 +71,27 @@ pub struct DriverConfig {
     /// Use shadow doorbells (Doorbell Buffer Config) when the controller
     /// offers them.
     pub shadow_doorbells: bool,
+    /// How long an I/O command may stay with the device before the
+    /// watchdog ([`NvmeDriver::run_watchdog`]) aborts it; a command still
+    /// outstanding this long after its Abort gets the controller reset.
+    pub command_timeout: Duration,
+    /// How long an admin command may take (the Asynchronous Event Request
+    /// excepted); a late one fails, and the controller is reset.
+    pub admin_timeout: Duration,
+    /// How often the watchdog looks at the controller and the commands.
+    pub watchdog_period: Duration,
+    /// The longest the driver waits for CSTS.RDY or CSTS.SHST, whatever
+    /// CAP.TO says (a hostile CAP.TO says up to 127.5 s).
+    pub ready_timeout_cap: Duration,
+    /// The monotonic clock for timeouts.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for DriverConfig {
     fn default() -> Self {
         Self {
-            io_queues: 1,
+            io_queues: std::thread::available_parallelism()
+                .map_or(1, |n| u16::try_from(n.get()).unwrap_or(u16::MAX)),
             io_queue_size: 256,
             admin_queue_size: 32,
             data_pointer: DataPointer::Auto,
@@ -77,6 +99,11 @@ impl Default for DriverConfig {
             host_id: None,
             max_transfer: DEFAULT_MAX_TRANSFER,
             shadow_doorbells: true,
+            command_timeout: Duration::from_secs(30),
+            admin_timeout: Duration::from_secs(60),
+            watchdog_period: Duration::from_millis(500),
+            ready_timeout_cap: Duration::from_secs(60),
+            clock: Arc::new(MonotonicClock::new()),
         }
     }
 }
@@ -104,7 +131,10 @@ pub struct ControllerFacts {
 enum Life {
     Running,
     Resetting,
+    /// Shut down by the host.
     Stopped,
+    /// Failed for good (a hostile or broken device, a failed reset).
+    Failed(&'static str),
 }
 
 pub(crate) struct Inner {
@@ -113,16 +143,27 @@ pub(crate) struct Inner {
     timer: Arc<dyn Timer>,
     cap: Cap,
     admin: QueuePair,
-    io: Box<[QueuePair]>,
+    /// One position per I/O queue the driver may create (index = QID - 1).
+    io: Box<[IoSlot]>,
+    /// The shape of a new I/O queue (its QID set at creation).
+    io_shape: QueueShape,
+    /// The shadow doorbell pages in effect, for queues created later.
+    shadow: Mutex<Option<Arc<ShadowPages>>>,
     pub(crate) facts: Mutex<ControllerFacts>,
     /// The SGL support in effect (`SglSupport` as a number), read per I/O.
     sgl: AtomicU8,
-    /// I/O queues in use, read per I/O.
+    /// I/O queue positions the controller granted, read per I/O.
     io_count: AtomicUsize,
     pub(crate) bounce: BouncePool,
     namespaces: Mutex<BTreeMap<u32, Arc<NamespaceState>>>,
     life: Mutex<Life>,
     resetting: AtomicBool,
+    health: Arc<Health>,
+    /// An admin command timed out: the watchdog resets the controller.
+    reset_requested: AtomicBool,
+    aborts_sent: AtomicU64,
+    resets: AtomicU64,
+
     /// Bumped whenever the namespace set or a namespace's size changes.
     ns_generation: ResizeSignal,
     events_seen: AtomicU64,
@@ -159,17 +200,38 @@ impl DmaAllocator for DeviceDma {
     }
 }
 
+/// One I/O queue position: the queue once created, and whether a
+/// creation is running or failed.
+struct IoSlot {
+    queue: OnceLock<QueuePair>,
+    /// [`IDLE`], [`CREATING`] or [`UNUSABLE`].
+    creating: AtomicU8,
+}
+
+/// No creation running; the queue is created on the next use.
+const IDLE: u8 = 0;
+/// A creation is running: meanwhile I/O uses a fallback queue.
+const CREATING: u8 = 1;
+/// The queue could not be created (no vector, no DMA memory, the
+/// controller refused it): its CPUs share a fallback queue for good.
+const UNUSABLE: u8 = 2;
+
 std::thread_local! {
-    /// This thread's I/O queue choice, assigned on first use.
-    static QUEUE_HINT: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// The calling thread's CPU, as far as queue choice goes: the runtime
+    /// thread's CPU (runtime threads are pinned), else a per-thread hint
+    /// handed out round robin. Assigned on first use.
+    static THREAD_CPU: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 static NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
 
-fn queue_hint() -> usize {
-    QUEUE_HINT.with(|h| {
+/// The calling thread's CPU (see [`THREAD_CPU`]).
+fn thread_cpu() -> usize {
+    THREAD_CPU.with(|h| {
         let mut v = h.get();
         if v == usize::MAX {
-            v = NEXT_HINT.fetch_add(1, Ordering::Relaxed);
+            v = parastor_runtime::current()
+                .and_then(|t| t.cpu())
+                .unwrap_or_else(|| NEXT_HINT.fetch_add(1, Ordering::Relaxed));
             h.set(v);
         }
         v
@@ -246,43 +308,63 @@ impl NvmeDriver {
         let max_transfer = config.max_transfer.clamp(PAGE_SIZE, 2 << 20);
         let max_ranges = max_transfer / PAGE_SIZE + 1;
         let dstrd = cap.dstrd();
+        let health = Arc::new(Health::new());
+        health
+            .now_ms
+            .store(millis(config.clock.now()), Ordering::Relaxed);
         let admin = QueuePair::new(
             device.clone(),
-            0,
-            admin_size,
-            dstrd,
-            2,
+            QueueShape {
+                qid: 0,
+                size: admin_size,
+                dstrd,
+                max_ranges: 2,
+                cq_batch: 1,
+            },
             device.map_interrupt(0).map_err(DriverError::Device)?,
-            1,
+            health.clone(),
         )
         .map_err(|why| DriverError::Failed {
             what: "admin queue allocation",
             why,
         })?;
-        let wanted = config.io_queues.clamp(1, interrupts - 1);
-        let io = (1..=wanted)
-            .map(|qid| {
-                let intr = device.map_interrupt(qid).map_err(DriverError::Device)?;
-                QueuePair::new(
-                    device.clone(),
-                    qid,
-                    io_size,
-                    dstrd,
-                    max_ranges,
-                    intr,
-                    io_size / 4,
-                )
-                .map_err(|why| DriverError::Failed {
-                    what: "I/O queue allocation",
-                    why,
-                })
+        // One vector per I/O queue besides the admin one.
+        let positions = config.io_queues.clamp(1, interrupts - 1);
+        let io_shape = QueueShape {
+            qid: 1,
+            size: io_size,
+            dstrd,
+            max_ranges,
+            cq_batch: io_size / 4,
+        };
+        // The first I/O queue exists from bring-up on (every CPU can fall
+        // back to it); the others come on first use.
+        let first = QueuePair::new(
+            device.clone(),
+            io_shape,
+            device.map_interrupt(1).map_err(DriverError::Device)?,
+            health.clone(),
+        )
+        .map_err(|why| DriverError::Failed {
+            what: "I/O queue allocation",
+            why,
+        })?;
+        let io: Box<[IoSlot]> = (0..positions)
+            .map(|_| IoSlot {
+                queue: OnceLock::new(),
+                creating: AtomicU8::new(IDLE),
             })
-            .collect::<Result<Vec<_>, _>>()?
-            .into_boxed_slice();
+            .collect();
+        if let Some(slot) = io.first() {
+            let _ = slot.queue.set(first);
+        }
         let bounce = BouncePool::with_allocator(
             config.bounce_budget.max(PAGE_SIZE),
             Arc::new(DeviceDma(device.clone())),
         );
+        // Every command's data fits the bounce budget: a larger request
+        // is split, never refused for want of bounce space.
+        let max_transfer = max_transfer.min(bounce.max_len()).max(PAGE_SIZE);
         let inner = Arc::new(Inner {
             device,
             config,
@@ -290,6 +372,8 @@ impl NvmeDriver {
             cap,
             admin,
             io,
+            io_shape,
+            shadow: Mutex::new(None),
             facts: Mutex::new(ControllerFacts {
                 cntlid: 0,
                 nn: 0,
@@ -305,12 +389,23 @@ impl NvmeDriver {
             namespaces: Mutex::new(BTreeMap::new()),
             life: Mutex::new(Life::Running),
             resetting: AtomicBool::new(false),
+            health,
+            reset_requested: AtomicBool::new(false),
+            aborts_sent: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+
             ns_generation: ResizeSignal::new(0),
             events_seen: AtomicU64::new(0),
         });
         let driver = NvmeDriver { inner };
-        driver.inner.bring_up().await?;
-        driver.inner.scan_namespaces().await?;
+        let up = async {
+            driver.inner.bring_up().await?;
+            driver.inner.scan_namespaces().await
+        };
+        if let Err(e) = up.await {
+            driver.inner.fail("bring-up failed");
+            return Err(e);
+        }
         Ok(driver)
     }
 
@@ -366,7 +461,7 @@ impl NvmeDriver {
     /// I/O commands given to the device and not yet completed, over all
     /// I/O queues.
     pub fn outstanding(&self) -> usize {
-        self.inner.io.iter().map(QueuePair::outstanding).sum()
+        self.inner.io_queues().map(QueuePair::outstanding).sum()
     }
 
     /// Completions the driver refused (unknown or stale command ids),
@@ -375,8 +470,7 @@ impl NvmeDriver {
         self.inner.admin.refused_completions()
             + self
                 .inner
-                .io
-                .iter()
+                .io_queues()
                 .map(QueuePair::refused_completions)
                 .sum::<u64>()
     }
@@ -414,52 +508,42 @@ impl NvmeDriver {
     }
 
     /// Resets the controller (CC.EN 1 → 0) and brings it up again.
-    /// Commands outstanding at the reset are retried by the disks (up to
-    /// a bound); new commands wait until the queues exist again.
+    /// Commands outstanding at the reset are failed once the controller
+    /// is disabled (so their buffers are free of the device) and retried
+    /// by the disks (up to a bound); new commands wait until the queues
+    /// exist again.
     ///
     /// # Errors
-    /// The bring-up step that failed; the driver is then stopped.
+    /// The step that failed; the controller is then failed for good.
     pub async fn reset(&self) -> Result<(), DriverError> {
-        let inner = &self.inner;
-        if inner.resetting.swap(true, Ordering::AcqRel) {
-            return Err(DriverError::Unsupported("a reset is already running"));
-        }
-        *inner.life.lock() = Life::Resetting;
-        inner.admin.set_gate(Gate::Closed, Failure::Reset);
-        for q in inner.io.iter() {
-            q.set_gate(Gate::Closed, Failure::Reset);
-        }
-        let result = async {
-            inner.disable().await?;
-            inner.bring_up().await?;
-            inner.scan_namespaces().await
-        }
-        .await;
-        inner.resetting.store(false, Ordering::Release);
-        match result {
-            Ok(()) => {
-                *inner.life.lock() = Life::Running;
-                Ok(())
-            }
-            Err(e) => {
-                inner.stop(Failure::Gone("controller reset failed"));
-                Err(e)
-            }
-        }
+        self.inner.reset().await
     }
 
-    /// Shuts the controller down: outstanding and new commands fail, a
-    /// normal shutdown notification is sent and awaited (within CAP.TO),
-    /// and the controller is disabled.
+    /// Shuts the controller down: new commands fail, a normal shutdown
+    /// notification is sent and awaited (within CAP.TO, capped by
+    /// [`DriverConfig::ready_timeout_cap`]), and the controller is
+    /// disabled; commands still outstanding then fail.
     ///
     /// # Errors
     /// If the controller did not report shutdown complete in time (it is
     /// disabled anyway).
     pub async fn shutdown(&self) -> Result<(), DriverError> {
         let inner = &self.inner;
-        inner.stop(Failure::Gone("driver shut down"));
+        {
+            let mut life = inner.life.lock();
+            if !matches!(*life, Life::Failed(_)) {
+                *life = Life::Stopped;
+            }
+        }
+        // Nothing new; what the device has may still complete during the
+        // shutdown.
+        inner.admin.close();
+        for q in inner.io_queues() {
+            q.close();
+        }
         let cc = inner.cc();
         inner.write_cc(cc.with_shn(ShutdownNotification::NORMAL));
+        let deadline = inner.deadline();
         let limit = inner.poll_limit();
         let mut polls = 0;
         let result = loop {
@@ -472,7 +556,7 @@ impl NvmeDriver {
             if csts.shst() == ShutdownStatus::COMPLETE {
                 break Ok(());
             }
-            if polls >= limit {
+            if polls >= limit || inner.clock_now() >= deadline {
                 break Err(DriverError::Timeout {
                     ready: false,
                     timeout_ms: inner.timeout_ms(),
@@ -483,8 +567,210 @@ impl NvmeDriver {
         };
         let cc = inner.cc();
         inner.write_cc(cc.with_en(false).with_shn(ShutdownNotification::NONE));
+        let stopped = inner.wait_ready(false).await.is_ok();
+        let why = Failure::Gone("driver shut down");
+        inner.admin.kill(why);
+        for q in inner.io_queues() {
+            q.kill(why);
+        }
+        if stopped {
+            inner.release_held();
+        }
         result
     }
+
+    /// Watches the controller and its commands, every
+    /// [`DriverConfig::watchdog_period`] (and at once when a queue refuses
+    /// a completion): a command older than [`DriverConfig::command_timeout`]
+    /// gets an Abort; one still outstanding a timeout after its Abort, or
+    /// an admin command that timed out, gets the controller reset; a reset
+    /// that fails, CSTS.CFS, registers reading all ones (surprise removal)
+    /// or a refused completion fail the controller. After a failure it
+    /// tries to prove the device stopped (CC.EN = 0 and RDY = 0, else a
+    /// function reset) so that the buffers of the commands the device had
+    /// can be released; if neither works they stay held
+    /// ([`NvmeDriver::held_commands`]).
+    ///
+    /// The driver has no task of its own: the host runs this future for
+    /// as long as the driver lives (without it commands have no timeout
+    /// and a failure is noticed only by the commands that see it). It ends
+    /// when the driver is shut down or failed.
+    pub async fn run_watchdog(&self) {
+        let inner = &self.inner;
+        loop {
+            WatchdogWait {
+                sleep: inner.timer.sleep(inner.config.watchdog_period),
+                health: &inner.health,
+            }
+            .await;
+            match *inner.life.lock() {
+                Life::Stopped => return,
+                Life::Failed(_) => break,
+                Life::Running | Life::Resetting => {}
+            }
+            let now = inner.tick();
+            if let Some(why) = inner.health.violation() {
+                inner.fail(why);
+                break;
+            }
+            let csts = inner.csts();
+            if csts.into_bits().get() == u32::MAX {
+                inner.fail("registers read as all ones (surprise removal)");
+                break;
+            }
+            if csts.cfs() {
+                inner.fail("controller fatal status (CSTS.CFS)");
+                break;
+            }
+            if inner.resetting.load(Ordering::Acquire) {
+                continue;
+            }
+            let timeout = millis(inner.config.command_timeout).max(1);
+            let mut reset = inner.reset_requested.swap(false, Ordering::AcqRel);
+            for q in inner.io_queues() {
+                let expired = q.scan_expired(now, timeout);
+                reset |= expired.reset;
+                for &cid in expired.abort.as_slice() {
+                    log::warn!(
+                        "{}: command {cid:#x} on queue {} timed out; aborting it",
+                        inner.device.id(),
+                        q.qid()
+                    );
+                    inner.aborts_sent.fetch_add(1, Ordering::Relaxed);
+                    match inner.abort(q.qid(), cid).await {
+                        // Aborted or not, the command's own completion
+                        // (or the next scan) tells.
+                        Ok(_) | Err(DriverError::Command { .. }) => {}
+                        Err(_) => reset = true,
+                    }
+                }
+            }
+            if reset {
+                log::warn!(
+                    "{}: commands outlived their Abort (or an admin command timed out); resetting the controller",
+                    inner.device.id()
+                );
+                if inner.reset().await.is_err() {
+                    break;
+                }
+            }
+        }
+        inner.settle().await;
+    }
+
+    /// Whether the controller failed for good (every I/O fails).
+    pub fn is_failed(&self) -> bool {
+        matches!(*self.inner.life.lock(), Life::Failed(_))
+    }
+
+    /// Why the controller failed, if it did.
+    pub fn failure(&self) -> Option<&'static str> {
+        match *self.inner.life.lock() {
+            Life::Failed(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// Commands whose buffers the driver holds because they failed while
+    /// the device had them and the device was not (yet) proven stopped:
+    /// their memory is kept from reuse, deliberately leaked if the device
+    /// never stops.
+    pub fn held_commands(&self) -> usize {
+        self.inner.admin.held() + self.inner.io_queues().map(QueuePair::held).sum::<usize>()
+    }
+
+    /// I/O queue pairs created so far (the first at bring-up, the others
+    /// on the first I/O from their CPU).
+    pub fn io_queues_created(&self) -> usize {
+        self.inner.io_queues().count()
+    }
+
+    /// Abort commands the watchdog sent so far.
+    pub fn aborts_sent(&self) -> u64 {
+        self.inner.aborts_sent.load(Ordering::Relaxed)
+    }
+
+    /// Controller resets so far (by the host or the watchdog).
+    pub fn resets(&self) -> u64 {
+        self.inner.resets.load(Ordering::Relaxed)
+    }
+}
+
+/// Dropped with `armed`: a reset's future was dropped half-way (the
+/// queues are closed, the controller in an unknown state). The reset is
+/// asked for again, for the next watchdog (or [`NvmeDriver::reset`]) to
+/// start over.
+struct ResetAbandoned<'a> {
+    inner: &'a Inner,
+    armed: bool,
+}
+
+impl Drop for ResetAbandoned<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.inner.resetting.store(false, Ordering::Release);
+            self.inner.reset_requested.store(true, Ordering::Release);
+        }
+    }
+}
+
+/// The watchdog's wait: its period, or a queue's violation report.
+struct WatchdogWait<'a> {
+    sleep: parastor_core::disk::BoxFuture<'static, ()>,
+    health: &'a Health,
+}
+
+impl core::future::Future for WatchdogWait<'_> {
+    type Output = ();
+
+    fn poll(
+        mut self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<()> {
+        self.health.register_watchdog(cx.waker());
+        if self.health.violation().is_some() {
+            return core::task::Poll::Ready(());
+        }
+        self.sleep.as_mut().poll(cx)
+    }
+}
+
+/// A future bounded by a deadline on the driver's clock: `None` if the
+/// clock passes `deadline` first. Sleeps `step` at a time.
+struct Bounded<'a, F> {
+    fut: F,
+    sleep: parastor_core::disk::BoxFuture<'static, ()>,
+    timer: &'a dyn Timer,
+    clock: &'a dyn Clock,
+    deadline: Duration,
+    step: Duration,
+}
+
+impl<F: core::future::Future + Unpin> core::future::Future for Bounded<'_, F> {
+    type Output = Option<F::Output>;
+
+    fn poll(
+        mut self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Self::Output> {
+        use core::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(v) = core::pin::Pin::new(&mut this.fut).poll(cx) {
+            return Poll::Ready(Some(v));
+        }
+        while this.sleep.as_mut().poll(cx).is_ready() {
+            if this.clock.now() >= this.deadline {
+                return Poll::Ready(None);
+            }
+            this.sleep = this.timer.sleep(this.step);
+        }
+        Poll::Pending
+    }
+}
+
+/// `d` in whole milliseconds (saturating).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl Inner {
@@ -500,10 +786,31 @@ impl Inner {
         Csts::from_bits(U32::new(self.device.read_u32(0, offset::CSTS)))
     }
 
-    fn timeout_ms(&self) -> u64 {
-        u64::from(self.cap.to().max(1)) * 500
+    fn clock_now(&self) -> Duration {
+        self.config.clock.now()
     }
 
+    /// Copies the clock into the coarse counter commands are stamped
+    /// with; returns it.
+    fn tick(&self) -> u64 {
+        let now = millis(self.clock_now());
+        self.health.now_ms.fetch_max(now, Ordering::Relaxed);
+        now
+    }
+
+    /// CAP.TO in milliseconds, capped by the configuration.
+    fn timeout_ms(&self) -> u64 {
+        (u64::from(self.cap.to().max(1)) * 500).min(millis(self.config.ready_timeout_cap).max(1))
+    }
+
+    /// When a wait for the controller that starts now must end.
+    fn deadline(&self) -> Duration {
+        self.clock_now()
+            .saturating_add(Duration::from_millis(self.timeout_ms()))
+    }
+
+    /// How many [`READY_POLL`] sleeps a wait may take (a bound that holds
+    /// even with a timer whose sleeps end at once).
     fn poll_limit(&self) -> u64 {
         self.timeout_ms() / READY_POLL.as_millis() as u64
     }
@@ -511,6 +818,7 @@ impl Inner {
     /// Waits for CSTS.RDY to become `ready`, within CAP.TO.
     async fn wait_ready(&self, ready: bool) -> Result<(), DriverError> {
         let limit = self.poll_limit();
+        let deadline = self.deadline();
         let mut polls = 0;
         loop {
             let csts = self.csts();
@@ -525,7 +833,7 @@ impl Inner {
             if csts.rdy() == ready {
                 return Ok(());
             }
-            if polls >= limit {
+            if polls >= limit || self.clock_now() >= deadline {
                 return Err(DriverError::Timeout {
                     ready,
                     timeout_ms: self.timeout_ms(),
@@ -533,6 +841,135 @@ impl Inner {
             }
             polls += 1;
             self.timer.sleep(READY_POLL).await;
+        }
+    }
+
+    /// Fails the controller for good: every queue refuses new commands
+    /// and fails the ones the device has (holding their buffers), and the
+    /// controller is disabled (CC.EN = 0). If it reports RDY = 0 at once,
+    /// the held buffers are released; otherwise [`Inner::settle`] (the
+    /// watchdog) keeps trying.
+    pub(crate) fn fail(&self, why: &'static str) {
+        {
+            let mut life = self.life.lock();
+            if matches!(*life, Life::Failed(_)) {
+                return;
+            }
+            *life = Life::Failed(why);
+        }
+        log::error!("{}: controller failed: {why}", self.device.id());
+        let f = Failure::Gone("controller failed");
+        self.admin.kill(f);
+        for q in self.io_queues() {
+            q.kill(f);
+        }
+        let cc = self.cc();
+        if cc.into_bits().get() != u32::MAX && cc.en() {
+            self.write_cc(cc.with_en(false));
+        }
+        let csts = self.csts();
+        if csts.into_bits().get() != u32::MAX && !csts.rdy() {
+            self.release_held();
+        }
+    }
+
+    /// After a queue reported `f`: if it was a completion the queue could
+    /// not accept, the whole controller fails.
+    pub(crate) fn note(&self, f: Failure) -> Failure {
+        if let Failure::BadCompletion(why) = f {
+            self.fail(why);
+        }
+        f
+    }
+
+    /// Frees every held slot (the device was proven stopped).
+    fn release_held(&self) {
+        let n = self.admin.release_held()
+            + self.io_queues().map(QueuePair::release_held).sum::<usize>();
+        if n > 0 {
+            log::info!(
+                "{}: device stopped; released the buffers of {n} failed commands",
+                self.device.id()
+            );
+        }
+    }
+
+    /// After a failure: proves the device stopped — CC.EN = 0 and RDY = 0
+    /// within CAP.TO — so that held buffers can be released. A device
+    /// that does not stop keeps them: leaked on purpose, and counted.
+    async fn settle(&self) {
+        if self.admin.held() + self.io_queues().map(QueuePair::held).sum::<usize>() == 0 {
+            return;
+        }
+        let cc = self.cc();
+        if cc.into_bits().get() != u32::MAX && cc.en() {
+            self.write_cc(cc.with_en(false));
+        }
+        if self.wait_ready(false).await.is_ok() {
+            self.release_held();
+        } else {
+            log::error!(
+                "{}: the device did not stop; the buffers of its failed commands stay held",
+                self.device.id()
+            );
+        }
+    }
+
+    /// See [`NvmeDriver::reset`].
+    async fn reset(&self) -> Result<(), DriverError> {
+        if self.resetting.swap(true, Ordering::AcqRel) {
+            return Err(DriverError::Unsupported("a reset is already running"));
+        }
+        {
+            let mut life = self.life.lock();
+            // Resetting here: a reset whose future was dropped half-way;
+            // this one starts it over.
+            if !matches!(*life, Life::Running | Life::Resetting) {
+                drop(life);
+                self.resetting.store(false, Ordering::Release);
+                return Err(DriverError::Unsupported(
+                    "the controller is shut down or failed",
+                ));
+            }
+            *life = Life::Resetting;
+        }
+        let mut abandoned = ResetAbandoned {
+            inner: self,
+            armed: true,
+        };
+        self.resets.fetch_add(1, Ordering::Relaxed);
+        self.admin.close();
+        for q in self.io_queues() {
+            q.close();
+        }
+        let result = async {
+            // Only a disabled controller has let go of the commands'
+            // buffers: fail them (for the disks to retry) after that.
+            self.disable().await?;
+            self.admin.fail_outstanding(Failure::Reset, true);
+            for q in self.io_queues() {
+                q.fail_outstanding(Failure::Reset, true);
+            }
+            self.release_held();
+            self.bring_up().await?;
+            self.scan_namespaces().await
+        }
+        .await;
+        abandoned.armed = false;
+        self.resetting.store(false, Ordering::Release);
+        match result {
+            Ok(()) => {
+                let mut life = self.life.lock();
+                if *life == Life::Resetting {
+                    *life = Life::Running;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                log::error!("{}: controller reset failed: {e}", self.device.id());
+                self.fail("controller reset failed");
+                Err(e)
+            }
         }
     }
 
@@ -551,7 +988,7 @@ impl Inner {
     async fn bring_up(&self) -> Result<(), DriverError> {
         self.disable().await?;
         self.admin.rewind();
-        for q in self.io.iter() {
+        for q in self.io_queues() {
             q.rewind();
         }
         let asz = self.admin.size() - 1;
@@ -574,7 +1011,7 @@ impl Inner {
         self.write_cc(cc);
         self.write_cc(cc.with_en(true));
         self.wait_ready(true).await?;
-        self.admin.set_gate(Gate::Open, Failure::Reset);
+        self.admin.open();
 
         // Identify Controller.
         let buf = self.dma(IDENTIFY_DATA_LEN)?;
@@ -615,7 +1052,7 @@ impl Inner {
             .await?;
         }
 
-        let want = self.io.len() as u16 - 1;
+        let want = u16::try_from(self.io.len() - 1).unwrap_or(u16::MAX - 1);
         let done = self
             .set_feature(
                 "Set Features (Number of Queues)",
@@ -628,10 +1065,8 @@ impl Inner {
             )
             .await?;
         let granted = NumberOfQueues::from_bits(done.dw0);
-        let count = (granted.nsq().min(granted.ncq()).min(want) as usize) + 1;
+        let count = usize::from(granted.nsq().min(granted.ncq()).min(want)) + 1;
         self.facts.lock().io_queues = count as u16;
-        self.io_count
-            .store(count.clamp(1, self.io.len()), Ordering::Relaxed);
 
         // Namespace attribute notices, if the controller sends them.
         if oaes & (1 << 8) != 0 {
@@ -644,51 +1079,28 @@ impl Inner {
             .await?;
         }
 
-        for q in &self.io[..count] {
-            let mut sqe = Sqe::new_zeroed();
-            sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_CQ.get());
-            sqe.set_prps(q.cq_address(), 0);
-            sqe.cdw10 = U32::new(
-                CreateQueueCdw10::new()
-                    .with_qid(q.qid())
-                    .with_qsize(q.size() - 1)
-                    .into_bits(),
-            );
-            sqe.cdw11 = U32::new(
-                CreateCqCdw11::new()
-                    .with_pc(true)
-                    .with_ien(true)
-                    .with_iv(q.qid())
-                    .into_bits(),
-            );
-            self.admin_command("Create I/O Completion Queue", sqe, None)
-                .await?;
+        // The queues created so far (all of them again after a reset)...
+        for q in self.io.iter().take(count).filter_map(|s| s.queue.get()) {
+            self.create_on_device(q).await?;
         }
-        for q in &self.io[..count] {
-            let mut sqe = Sqe::new_zeroed();
-            sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_SQ.get());
-            sqe.set_prps(q.sq_address(), 0);
-            sqe.cdw10 = U32::new(
-                CreateQueueCdw10::new()
-                    .with_qid(q.qid())
-                    .with_qsize(q.size() - 1)
-                    .into_bits(),
-            );
-            sqe.cdw11 = U32::new(
-                CreateSqCdw11::new()
-                    .with_pc(true)
-                    .with_cqid(q.qid())
-                    .into_bits(),
-            );
-            self.admin_command("Create I/O Submission Queue", sqe, None)
-                .await?;
+        // ...and those a controller that grants fewer no longer has: their
+        // commands fail for the disks to retry on the queues that remain.
+        for q in self.io.iter().skip(count).filter_map(|s| s.queue.get()) {
+            q.kill(Failure::Reset);
         }
         // Shadow doorbells for the I/O queues, if the controller has
         // them: most submissions then need no MMIO write at all.
+        *self.shadow.lock() = None;
         if dbbc && self.config.shadow_doorbells {
             let pages = Arc::new(ShadowPages {
-                doorbells: self.dma(PAGE_SIZE)?,
-                event_idx: self.dma(PAGE_SIZE)?,
+                doorbells: self
+                    .device
+                    .alloc_dma(PAGE_SIZE)
+                    .map_err(DriverError::Device)?,
+                event_idx: self
+                    .device
+                    .alloc_dma(PAGE_SIZE)
+                    .map_err(DriverError::Device)?,
             });
             let mut sqe = Sqe::new_zeroed();
             sqe.cdw0.set_opc(AdminOpcode::DOORBELL_BUFFER_CONFIG.get());
@@ -702,48 +1114,177 @@ impl Inner {
             {
                 Ok(_) => {
                     let stride = self.cap.doorbell_stride() as usize;
-                    for q in &self.io[..count] {
+                    for q in self.io.iter().take(count).filter_map(|s| s.queue.get()) {
                         q.use_shadow(&pages, stride);
                     }
+                    *self.shadow.lock() = Some(pages);
                 }
                 // Optional: MMIO doorbells work without it.
                 Err(DriverError::Command { .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        for q in &self.io[..count] {
-            q.set_gate(Gate::Open, Failure::Reset);
-        }
-        for q in &self.io[count..] {
-            q.set_gate(
-                Gate::Dead(Failure::Gone("queue not granted")),
-                Failure::Gone("queue not granted"),
-            );
+        self.io_count.store(count, Ordering::Release);
+        for q in self.io.iter().take(count).filter_map(|s| s.queue.get()) {
+            q.open();
         }
         Ok(())
     }
 
-    /// Fails every queue for good.
-    fn stop(&self, why: Failure) {
-        *self.life.lock() = Life::Stopped;
-        self.admin.set_gate(Gate::Dead(why), why);
-        for q in self.io.iter() {
-            q.set_gate(Gate::Dead(why), why);
+    /// Creates `q`'s completion queue (on its own vector) and then its
+    /// submission queue on the controller.
+    async fn create_on_device(&self, q: &QueuePair) -> Result<(), DriverError> {
+        let mut sqe = Sqe::new_zeroed();
+        sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_CQ.get());
+        sqe.set_prps(q.cq_address(), 0);
+        sqe.cdw10 = U32::new(
+            CreateQueueCdw10::new()
+                .with_qid(q.qid())
+                .with_qsize(q.size() - 1)
+                .into_bits(),
+        );
+        sqe.cdw11 = U32::new(
+            CreateCqCdw11::new()
+                .with_pc(true)
+                .with_ien(true)
+                .with_iv(q.qid())
+                .into_bits(),
+        );
+        self.admin_command("Create I/O Completion Queue", sqe, None)
+            .await?;
+        let mut sqe = Sqe::new_zeroed();
+        sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_SQ.get());
+        sqe.set_prps(q.sq_address(), 0);
+        sqe.cdw10 = U32::new(
+            CreateQueueCdw10::new()
+                .with_qid(q.qid())
+                .with_qsize(q.size() - 1)
+                .into_bits(),
+        );
+        sqe.cdw11 = U32::new(
+            CreateSqCdw11::new()
+                .with_pc(true)
+                .with_cqid(q.qid())
+                .into_bits(),
+        );
+        self.admin_command("Create I/O Submission Queue", sqe, None)
+            .await?;
+        Ok(())
+    }
+
+    /// The I/O queues created so far.
+    pub(crate) fn io_queues(&self) -> impl Iterator<Item = &QueuePair> {
+        self.io.iter().filter_map(|s| s.queue.get())
+    }
+
+    /// The I/O queue for the calling thread's CPU, if it exists; else the
+    /// index of the position to create (see [`Inner::io_queue_slow`]).
+    pub(crate) fn io_queue(&self) -> Result<&QueuePair, usize> {
+        let count = self
+            .io_count
+            .load(Ordering::Acquire)
+            .clamp(1, self.io.len());
+        let index = thread_cpu() % count;
+        match self.io.get(index).and_then(|s| s.queue.get()) {
+            Some(q) => Ok(q),
+            None => Err(index),
         }
+    }
+
+    /// The calling CPU's queue position `index` has no queue yet: create
+    /// it (the first caller does, once), or use the nearest lower queue
+    /// meanwhile or for good (no vector, no memory, refused).
+    pub(crate) async fn io_queue_slow(&self, index: usize) -> Result<&QueuePair, Failure> {
+        let slot = self.io.get(index).ok_or(Failure::Gone("no I/O queue"))?;
+        if slot
+            .creating
+            .compare_exchange(IDLE, CREATING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // Boxed: the creation's future is large and runs once per CPU;
+            // the I/O future stays small.
+            let created = Box::pin(self.create_io_queue(index)).await;
+            let next = match created {
+                Ok(true) => IDLE,
+                // A reset came in between: try again later.
+                Ok(false) => IDLE,
+                Err(e) => {
+                    log::warn!(
+                        "{}: I/O queue {} cannot be created ({e}); its CPUs share another",
+                        self.device.id(),
+                        index + 1
+                    );
+                    UNUSABLE
+                }
+            };
+            slot.creating.store(next, Ordering::Release);
+        }
+        if let Some(q) = slot.queue.get() {
+            return Ok(q);
+        }
+        self.io
+            .get(..index)
+            .into_iter()
+            .flatten()
+            .rev()
+            .chain(self.io.iter())
+            .find_map(|s| s.queue.get())
+            .ok_or(Failure::Gone("no I/O queue"))
+    }
+
+    /// Creates I/O queue position `index` (QID `index + 1`, MSI-X vector
+    /// the same): allocates it, creates it on the controller and
+    /// publishes it. `Ok(false)`: a reset or failure came in between and
+    /// the queue was not published.
+    async fn create_io_queue(&self, index: usize) -> Result<bool, DriverError> {
+        let qid = u16::try_from(index + 1).map_err(|_| DriverError::Unsupported("QID"))?;
+        let resets = self.resets.load(Ordering::Acquire);
+        let interrupt = self
+            .device
+            .map_interrupt(qid)
+            .map_err(DriverError::Device)?;
+        let q = QueuePair::new(
+            self.device.clone(),
+            QueueShape {
+                qid,
+                ..self.io_shape
+            },
+            interrupt,
+            self.health.clone(),
+        )
+        .map_err(|why| DriverError::Failed {
+            what: "I/O queue allocation",
+            why,
+        })?;
+        self.create_on_device(&q).await?;
+        if let Some(pages) = self.shadow.lock().clone() {
+            q.use_shadow(&pages, self.cap.doorbell_stride() as usize);
+        }
+        // Published under the life lock, which a reset takes to start: a
+        // reset either sees this queue (and creates it again) or this
+        // sees the reset (and gives the queue up).
+        let life = self.life.lock();
+        if *life != Life::Running || self.resets.load(Ordering::Acquire) != resets {
+            return Ok(false);
+        }
+        let slot = self
+            .io
+            .get(index)
+            .ok_or(DriverError::Unsupported("queue index"))?;
+        Ok(slot.queue.set(q).is_ok())
     }
 
     pub(crate) fn config_data_pointer(&self) -> DataPointer {
         self.config.data_pointer
     }
 
-    fn dma(&self, len: usize) -> Result<DmaBuffer, DriverError> {
-        self.device.alloc_dma(len).map_err(DriverError::Device)
-    }
-
-    /// The I/O queue for the calling thread.
-    pub(crate) fn io_queue(&self) -> &QueuePair {
-        let count = self.io_count.load(Ordering::Relaxed).max(1);
-        &self.io[queue_hint() % count]
+    /// A data buffer for an admin command (shared with the command's
+    /// slot, which keeps it while the device may use it).
+    fn dma(&self, len: usize) -> Result<Arc<DmaBuffer>, DriverError> {
+        self.device
+            .alloc_dma(len)
+            .map(Arc::new)
+            .map_err(DriverError::Device)
     }
 
     /// The SGL support the controller advertised.
@@ -755,12 +1296,16 @@ impl Inner {
         }
     }
 
-    /// Runs one admin command; `data` is its data buffer (PRPs).
+    /// Runs one admin command; `data` is its data buffer (PRPs), which
+    /// the command keeps until the device is done with it. Bounded by
+    /// [`DriverConfig::admin_timeout`]: a late command fails (its slot and
+    /// buffer stay until the device completes it or a reset) and asks the
+    /// watchdog for a controller reset.
     pub(crate) async fn admin_command(
         &self,
         what: &'static str,
         mut sqe: Sqe,
-        data: Option<&DmaBuffer>,
+        data: Option<&Arc<DmaBuffer>>,
     ) -> Result<Completed, DriverError> {
         let failed = |why| DriverError::Failed { what, why };
         let mut slot = self.admin.reserve().await.map_err(failed)?;
@@ -773,9 +1318,26 @@ impl Inner {
                 SglSupport::None,
             )
             .map_err(failed)?;
+            slot.keep(buf.clone());
         }
         slot.submit(sqe).map_err(failed)?;
-        let done = slot.await.result.map_err(failed)?;
+        let deadline = self.clock_now().saturating_add(self.config.admin_timeout);
+        let step = (self.config.admin_timeout / 16).clamp(READY_POLL, Duration::from_millis(100));
+        let done = Bounded {
+            fut: slot,
+            sleep: self.timer.sleep(step),
+            timer: &*self.timer,
+            clock: &*self.config.clock,
+            deadline,
+            step,
+        }
+        .await;
+        let Some(finished) = done else {
+            log::warn!("{}: {what} timed out", self.device.id());
+            self.reset_requested.store(true, Ordering::Release);
+            return Err(failed(Failure::TimedOut));
+        };
+        let done = finished.result.map_err(|f| failed(self.note(f)))?;
         if StatusWord::from_bits(done.status & 0x7FFF).is_success() {
             Ok(done)
         } else {
@@ -784,6 +1346,14 @@ impl Inner {
                 status: done.status,
             })
         }
+    }
+
+    /// Abort of command `cid` on submission queue `sqid`.
+    async fn abort(&self, sqid: u16, cid: u16) -> Result<Completed, DriverError> {
+        let mut sqe = Sqe::new_zeroed();
+        sqe.cdw0.set_opc(AdminOpcode::ABORT.get());
+        sqe.cdw10 = U32::new(AbortCdw10::new().with_sqid(sqid).with_cid(cid).into_bits());
+        self.admin_command("Abort", sqe, None).await
     }
 
     /// Waits for the outstanding Asynchronous Event Request — the one a
@@ -798,13 +1368,14 @@ impl Inner {
                 let mut sqe = Sqe::new_zeroed();
                 sqe.cdw0.set_opc(AdminOpcode::ASYNC_EVENT_REQUEST.get());
                 let mut slot = self.admin.reserve().await.map_err(failed)?;
+                slot.untimed();
                 slot.submit(sqe).map_err(failed)?;
                 slot
             }
         };
         let mut slot = slot;
         slot.park_on_drop();
-        let done = slot.await.result.map_err(failed)?;
+        let done = slot.await.result.map_err(|f| failed(self.note(f)))?;
         if StatusWord::from_bits(done.status & 0x7FFF).is_success() {
             Ok(done)
         } else {
@@ -815,7 +1386,7 @@ impl Inner {
         }
     }
 
-    async fn identify(&self, cns: Cns, nsid: u32, buf: &DmaBuffer) -> Result<(), DriverError> {
+    async fn identify(&self, cns: Cns, nsid: u32, buf: &Arc<DmaBuffer>) -> Result<(), DriverError> {
         let mut sqe = Sqe::new_zeroed();
         sqe.cdw0.set_opc(AdminOpcode::IDENTIFY.get());
         sqe.nsid = U32::new(nsid);
@@ -829,7 +1400,7 @@ impl Inner {
         what: &'static str,
         fid: FeatureId,
         cdw11: u32,
-        data: Option<&DmaBuffer>,
+        data: Option<&Arc<DmaBuffer>>,
     ) -> Result<Completed, DriverError> {
         let mut sqe = Sqe::new_zeroed();
         sqe.cdw0.set_opc(AdminOpcode::SET_FEATURES.get());

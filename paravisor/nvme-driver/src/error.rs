@@ -15,12 +15,18 @@ pub const CODE_DEVICE_FAILED: i32 = -3;
 /// `IoError::code` of an I/O cut short by a controller reset more often
 /// than the driver retries.
 pub const CODE_RESET: i32 = -4;
+/// `IoError::code` of an I/O that did not complete within the driver's
+/// command timeout (it was aborted, or the controller was reset).
+pub const CODE_TIMEOUT: i32 = -5;
 
 /// Why a command did not complete with a status from the device.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// The controller was reset while the command was outstanding.
     Reset,
+    /// The command did not complete within the command timeout (it was
+    /// aborted, or the controller was reset).
+    TimedOut,
     /// The device is gone or failed for good.
     Gone(&'static str),
     /// The device refused a request of the driver's.
@@ -37,6 +43,7 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Failure::Reset => f.write_str("the controller was reset"),
+            Failure::TimedOut => f.write_str("the command timed out"),
             Failure::Gone(why) => write!(f, "controller failed: {why}"),
             Failure::Device(e) => e.fmt(f),
             Failure::Memory(e) => write!(f, "buffer: {e}"),
@@ -50,6 +57,7 @@ impl From<Failure> for DiskError {
     fn from(f: Failure) -> Self {
         match f {
             Failure::Reset => DiskError::Io(IoError::new(IoErrorKind::Cancelled, CODE_RESET)),
+            Failure::TimedOut => DiskError::Io(IoError::new(IoErrorKind::TimedOut, CODE_TIMEOUT)),
             Failure::Memory(e) => DiskError::MemoryAccess(e),
             Failure::Device(DeviceError::OutOfDmaMemory { .. }) => {
                 DiskError::Busy("NVMe driver: out of DMA memory")

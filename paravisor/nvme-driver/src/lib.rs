@@ -20,21 +20,30 @@
 //! allocate nothing per I/O: a command's slot (its identifier, pins, PRP
 //! list / SGL segment page) is reserved from a fixed table.
 //!
-//! Completions: there is no driver task. The future that waits for a
+//! Completions: there is no completion task. The future that waits for a
 //! command drains its queue's completion ring and wakes the owners of the
 //! other commands it finds complete; the queue's MSI-X event wakes one
-//! waiter. A completion the driver cannot accept (unknown or stale command
-//! identifier, wrong submission queue) is refused and counted, never a
-//! panic.
+//! waiter.
 //!
-//! This first cut trusts the device to stay within the rules the spec sets
-//! for valid command identifiers and queue heads, and refuses what it can
-//! see is wrong; hardening against a hostile device (timeouts, aborts,
-//! bounded retries of admin commands) comes with VFIO.
+//! A hostile device fails the device, not the process: every completion
+//! field is checked (command identifier slot and sequence, SQ identifier,
+//! SQ head inside the queue and moving forward by no more than what was
+//! submitted); a violation, CSTS.CFS, registers reading all ones
+//! (surprise removal) or a failed reset fail the controller, and its
+//! disks then answer every request with
+//! `Io(DeviceFailed, CODE_DEVICE_FAILED)`. Every wait is bounded: CSTS
+//! polling by CAP.TO under a configured cap, admin commands by
+//! [`DriverConfig::admin_timeout`], I/O commands by the watchdog
+//! ([`NvmeDriver::run_watchdog`]: Abort, then a controller reset, then
+//! failure). A command that fails while the device may still hold it
+//! keeps its buffers (pins, bounce buffer, list page) until a disable or
+//! reset proves the device stopped; a device that never stops keeps
+//! them, counted ([`NvmeDriver::held_commands`]).
 #![forbid(unsafe_code)]
 
 extern crate alloc;
 
+pub mod clock;
 pub mod device;
 mod driver;
 pub mod error;
@@ -42,6 +51,7 @@ pub mod fault;
 mod namespace;
 mod queue;
 
+pub use clock::{Clock, MonotonicClock};
 pub use device::{DeviceAccess, DeviceError, DeviceInterrupt, DmaBuffer, DmaRelease};
 pub use driver::{ControllerFacts, DEFAULT_MAX_TRANSFER, DriverConfig, NvmeDriver};
 pub use error::{DriverError, Failure};

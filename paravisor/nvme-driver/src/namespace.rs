@@ -3,7 +3,7 @@
 
 use crate::driver::{ControllerFacts, Inner};
 use crate::error::{CODE_NAMESPACE_REMOVED, Failure, status_to_disk_error};
-use crate::queue::Completed;
+use crate::queue::{Completed, SlotGuard};
 use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
@@ -223,7 +223,10 @@ impl NvmeDisk {
         let inner = &*self.inner;
         let policy = inner.config_data_pointer();
         let sgl = inner.sgl();
-        let queue = inner.io_queue();
+        let queue = match inner.io_queue() {
+            Ok(q) => q,
+            Err(index) => inner.io_queue_slow(index).await?,
+        };
         let mut sqe = Sqe::new_zeroed();
         sqe.cdw0.set_opc(io.opcode.get());
         sqe.nsid = U32::new(self.ns.nsid);
@@ -238,11 +241,16 @@ impl NvmeDisk {
         {
             let bounce = match inner.bounce.try_acquire(buf.len()) {
                 Ok(Some(b)) => b,
-                Ok(None) => inner
-                    .bounce
-                    .acquire(buf.len())
-                    .await
-                    .map_err(|_| Failure::BadBuffer("bounce buffer unavailable"))?,
+                // Back-pressure: wait for bounce space, unless the queue
+                // fails meanwhile (a failed controller's held buffers may
+                // never come back).
+                Ok(None) => {
+                    BounceWait {
+                        acquire: inner.bounce.acquire(buf.len()),
+                        slot: &slot,
+                    }
+                    .await?
+                }
                 Err(_) => return Err(Failure::BadBuffer("bounce buffer unavailable")),
             };
             if to_device {
@@ -256,7 +264,7 @@ impl NvmeDisk {
             slot.submit(sqe)?;
         }
         let finished = slot.await;
-        let done = finished.result?;
+        let done = finished.result.map_err(|f| inner.note(f))?;
         if bounced
             && StatusWord::from_bits(done.status & 0x7FFF).is_success()
             && let (Some((buf, false)), Some(bounce)) = (io.data, &finished.bounce)
@@ -609,6 +617,32 @@ impl DiskIo for NvmeDisk {
 
     fn wait_resize(&self, known: u64) -> impl core::future::Future<Output = u64> + Send {
         self.ns.sectors.wait(known)
+    }
+}
+
+/// Waits for bounce space, or for the queue to fail.
+struct BounceWait<'a> {
+    acquire: parastor_core::bounce::Acquire<'a>,
+    slot: &'a SlotGuard<'a>,
+}
+
+impl core::future::Future for BounceWait<'_> {
+    type Output = Result<parastor_core::bounce::BounceBuffer, Failure>;
+
+    fn poll(
+        mut self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<Self::Output> {
+        use core::task::Poll;
+        match core::pin::Pin::new(&mut self.acquire).poll(cx) {
+            Poll::Ready(r) => {
+                Poll::Ready(r.map_err(|_| Failure::BadBuffer("bounce buffer unavailable")))
+            }
+            Poll::Pending => match self.slot.watch_gate(cx) {
+                Err(why) => Poll::Ready(Err(why)),
+                Ok(()) => Poll::Pending,
+            },
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::future::Future;
 use core::pin::Pin;
-use core::sync::atomic::{Ordering, fence};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering, fence};
 use core::task::{Context, Poll, Waker};
 use parastor_core::addr::DeviceRange;
 use parastor_core::bounce::BounceBuffer;
@@ -42,6 +42,7 @@ use parastor_hw::nvme::data::RawSglDescriptor;
 use parastor_hw::nvme::data::SglDescriptorType;
 use parastor_hw::nvme::queue::{CQE_LEN, Cqe, DataTransferKind, SQE_LEN, Sqe};
 use parastor_hw::nvme::regs::Doorbell;
+use parastor_hw::nvme::status::{GenericStatus, StatusWord};
 use zerocopy::{FromBytes, IntoBytes};
 
 /// The memory page size the driver configures (CC.MPS = 0).
@@ -98,6 +99,20 @@ enum SlotState {
     },
     /// The device completed it (or the queue failed it); not yet taken.
     Done(Result<Completed, Failure>),
+    /// Failed while the device still had it, and the device was not
+    /// proven stopped: the slot keeps the command's pins, bounce buffer
+    /// and list page (the device may still reach them) until
+    /// [`QueuePair::release_held`].
+    Held,
+}
+
+/// Where a command stands with the watchdog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watch {
+    /// Not expired (or never timed: the Asynchronous Event Request).
+    Quiet,
+    /// Expired; an Abort was sent at this coarse instant (ms).
+    Aborted(u64),
 }
 
 struct Slot {
@@ -106,6 +121,18 @@ struct Slot {
     waker: Option<Waker>,
     pins: PinSet,
     bounce: Option<BounceBuffer>,
+    /// DMA memory of the driver's own that the command's data pointer
+    /// names (an admin command's data buffer): kept until the slot frees.
+    keep: Option<Arc<DmaBuffer>>,
+    /// The coarse instant (ms, [`Health::now_ms`]) the command was given
+    /// to the device.
+    submitted_at: u64,
+    /// Whether the watchdog times this command (not the AER).
+    timed: bool,
+    watch: Watch,
+    /// When the command fails while the device may still hold it: keep
+    /// the slot's buffers ([`SlotState::Held`]) instead of freeing them.
+    hold: bool,
 }
 
 /// Whether new commands may be submitted.
@@ -121,6 +148,8 @@ pub(crate) enum Gate {
 
 struct State {
     sq_tail: u16,
+    /// The SQ head the controller last reported (CQE SQHD).
+    sq_head: u16,
     cq_head: u16,
     phase: bool,
     epoch: u32,
@@ -129,8 +158,11 @@ struct State {
     free: Vec<u16>,
     outstanding: usize,
     waiters: Vec<Waker>,
-    /// Completions refused (unknown or stale command id).
+    /// Completions refused (unknown or stale command id, wrong SQ, bad
+    /// SQ head): each one failed the queue.
     refused: u64,
+    /// Slots in [`SlotState::Held`].
+    held: usize,
     /// The slot whose waiter is registered with the interrupt.
     irq_owner: Option<usize>,
     /// One bit per slot whose command is the device's and whose caller
@@ -170,6 +202,94 @@ fn need_event(event_idx: u16, new: u16, old: u16) -> bool {
     new.wrapping_sub(event_idx).wrapping_sub(1) < new.wrapping_sub(old)
 }
 
+/// What every queue of one controller shares with the driver: the coarse
+/// clock commands are stamped with, and the first completion a queue
+/// could not accept (which fails the controller).
+pub(crate) struct Health {
+    /// Coarse monotonic milliseconds: set by the driver from its clock
+    /// (at bring-up and every watchdog period), read by each submission —
+    /// a command's timestamp costs one relaxed load, not a clock read.
+    pub(crate) now_ms: AtomicU64,
+    /// The first violation a queue saw, if any.
+    violation: Mutex<Option<&'static str>>,
+    /// Set with `violation` (a lock-free test for the I/O path).
+    violated: AtomicBool,
+    /// The watchdog, to be woken on a violation.
+    watchdog: Mutex<Option<Waker>>,
+}
+
+impl Health {
+    pub(crate) fn new() -> Self {
+        Self {
+            now_ms: AtomicU64::new(0),
+            violation: Mutex::new(None),
+            violated: AtomicBool::new(false),
+            watchdog: Mutex::new(None),
+        }
+    }
+
+    /// Records a violation (the first one is kept) and wakes the watchdog.
+    pub(crate) fn violate(&self, why: &'static str) {
+        self.violation.lock().get_or_insert(why);
+        self.violated.store(true, Ordering::Release);
+        if let Some(w) = self.watchdog.lock().take() {
+            w.wake();
+        }
+    }
+
+    /// The first violation seen, if any.
+    pub(crate) fn violation(&self) -> Option<&'static str> {
+        if !self.violated.load(Ordering::Acquire) {
+            return None;
+        }
+        *self.violation.lock()
+    }
+
+    /// Registers the watchdog's waker.
+    pub(crate) fn register_watchdog(&self, waker: &Waker) {
+        *self.watchdog.lock() = Some(waker.clone());
+    }
+}
+
+/// What the watchdog found on one queue.
+#[derive(Debug, Default)]
+pub(crate) struct Expired {
+    /// Command identifiers that expired now: send each an Abort.
+    pub(crate) abort: Cids,
+    /// A command outlived its Abort: the controller needs a reset.
+    pub(crate) reset: bool,
+}
+
+/// Up to [`Cids::CAP`] command identifiers (no allocation per scan).
+#[derive(Debug, Default)]
+pub(crate) struct Cids {
+    ids: [u16; Cids::CAP],
+    len: usize,
+}
+
+impl Cids {
+    /// The most Aborts one scan of a queue sends (a controller's Abort
+    /// Command Limit is at least 1; more wait for the next scan).
+    pub(crate) const CAP: usize = 4;
+
+    /// Adds `cid`; false when full.
+    fn push(&mut self, cid: u16) -> bool {
+        match self.ids.get_mut(self.len) {
+            Some(slot) => {
+                *slot = cid;
+                self.len += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The identifiers.
+    pub(crate) fn as_slice(&self) -> &[u16] {
+        self.ids.get(..self.len).unwrap_or(&[])
+    }
+}
+
 /// One queue pair.
 pub(crate) struct QueuePair {
     qid: u16,
@@ -182,23 +302,41 @@ pub(crate) struct QueuePair {
     cq_batch: u16,
     device: Arc<dyn DeviceAccess>,
     interrupt: Arc<dyn DeviceInterrupt>,
+    health: Arc<Health>,
     state: Mutex<State>,
 }
 
-impl QueuePair {
-    /// A queue pair `qid` of `size` entries (2..=4096), with room for
-    /// `max_ranges` pinned ranges per command, interrupts on `interrupt`;
-    /// the completion head doorbell is written every `cq_batch`
+/// The shape of a queue pair.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct QueueShape {
+    /// The queue identifier.
+    pub(crate) qid: u16,
+    /// Entries per ring (2..=4096).
+    pub(crate) size: u16,
+    /// CAP.DSTRD.
+    pub(crate) dstrd: u8,
+    /// Pinned ranges per command.
+    pub(crate) max_ranges: usize,
+    /// The completion head doorbell is written every `cq_batch`
     /// completions (1: after every drain).
+    pub(crate) cq_batch: u16,
+}
+
+impl QueuePair {
+    /// A queue pair of `shape`, interrupts on `interrupt`.
     pub(crate) fn new(
         device: Arc<dyn DeviceAccess>,
-        qid: u16,
-        size: u16,
-        dstrd: u8,
-        max_ranges: usize,
+        shape: QueueShape,
         interrupt: Arc<dyn DeviceInterrupt>,
-        cq_batch: u16,
+        health: Arc<Health>,
     ) -> Result<Self, Failure> {
+        let QueueShape {
+            qid,
+            size,
+            dstrd,
+            max_ranges,
+            cq_batch,
+        } = shape;
         let size = size.clamp(2, 4096);
         let cq_batch = cq_batch.clamp(1, size / 2);
         let slots_n = usize::from(size - cq_batch).min(MAX_SLOTS);
@@ -218,6 +356,11 @@ impl QueuePair {
                 waker: None,
                 pins: PinSet::with_capacity(max_ranges),
                 bounce: None,
+                keep: None,
+                submitted_at: 0,
+                timed: true,
+                watch: Watch::Quiet,
+                hold: false,
             })
             .collect();
         let free = (0..slots_n as u16).rev().collect();
@@ -232,8 +375,10 @@ impl QueuePair {
             cq_batch,
             device,
             interrupt,
+            health,
             state: Mutex::new(State {
                 sq_tail: 0,
+                sq_head: 0,
                 cq_head: 0,
                 phase: true,
                 epoch: 0,
@@ -243,6 +388,7 @@ impl QueuePair {
                 outstanding: 0,
                 waiters: Vec::with_capacity(slots_n),
                 refused: 0,
+                held: 0,
                 irq_owner: None,
                 awaited: vec![0; slots_n.div_ceil(64)].into_boxed_slice(),
                 cq_unannounced: 0,
@@ -283,31 +429,101 @@ impl QueuePair {
         self.state.lock().outstanding
     }
 
-    /// Sets the gate (closing it for a reset, opening it after, or
-    /// failing the queue for good). Closing or failing also fails every
-    /// command given to the device with `why`; those futures see `why`.
-    pub(crate) fn set_gate(&self, gate: Gate, why: Failure) {
+    /// Closes the gate for a reset: new submissions wait (and a slot
+    /// reserved before now cannot submit); commands the device has stay
+    /// outstanding until [`QueuePair::fail_outstanding`].
+    pub(crate) fn close(&self) {
         let mut st = self.state.lock();
-        st.gate = gate;
-        if gate != Gate::Open {
-            st.epoch = st.epoch.wrapping_add(1);
-            st.irq_owner = None;
-            for index in 0..st.slots.len() {
-                if let SlotState::Submitted { detached } = st.slots[index].state {
-                    st.slots[index].state = SlotState::Done(Err(why));
-                    st.set_awaited(index, false);
-                    st.outstanding -= 1;
-                    if detached {
-                        free_slot(&mut st, index);
-                    } else if let Some(w) = st.slots[index].waker.take() {
-                        w.wake();
-                    }
-                }
-            }
+        if matches!(st.gate, Gate::Dead(_)) {
+            return;
         }
+        st.gate = Gate::Closed;
+        st.epoch = st.epoch.wrapping_add(1);
+    }
+
+    /// Opens the gate (after the queue exists on the device again).
+    pub(crate) fn open(&self) {
+        let mut st = self.state.lock();
+        if matches!(st.gate, Gate::Dead(_)) {
+            return;
+        }
+        st.gate = Gate::Open;
         for w in st.waiters.drain(..) {
             w.wake();
         }
+    }
+
+    /// Fails the queue for good with `why`: submissions fail, and every
+    /// command the device has fails too, its buffers held (the device was
+    /// not proven stopped; see [`QueuePair::release_held`]).
+    pub(crate) fn kill(&self, why: Failure) {
+        let mut st = self.state.lock();
+        if !matches!(st.gate, Gate::Dead(_)) {
+            st.gate = Gate::Dead(why);
+            st.epoch = st.epoch.wrapping_add(1);
+        }
+        fail_outstanding_locked(&mut st, why, false);
+        wake_reserved(&mut st);
+    }
+
+    /// Fails every command the device has with `why` (a command the
+    /// watchdog already timed out with [`Failure::TimedOut`]). `stopped`:
+    /// the device was proven stopped (disabled or reset), so the commands'
+    /// buffers are released; otherwise they are held.
+    pub(crate) fn fail_outstanding(&self, why: Failure, stopped: bool) {
+        let mut st = self.state.lock();
+        fail_outstanding_locked(&mut st, why, stopped);
+    }
+
+    /// Frees every held slot (the device was proven stopped); returns how
+    /// many there were.
+    pub(crate) fn release_held(&self) -> usize {
+        let mut st = self.state.lock();
+        let mut n = 0;
+        for index in 0..st.slots.len() {
+            match st.slots[index].state {
+                SlotState::Held => {
+                    free_slot(&mut st, index);
+                    n += 1;
+                }
+                // Failed, not yet taken: nothing to hold any more.
+                SlotState::Done(_) => st.slots[index].hold = false,
+                _ => {}
+            }
+        }
+        st.held -= n;
+        n
+    }
+
+    /// Slots held because the device may still use their buffers.
+    pub(crate) fn held(&self) -> usize {
+        self.state.lock().held
+    }
+
+    /// The watchdog's look at this queue at coarse instant `now` (ms):
+    /// commands older than `timeout_ms` get an Abort (at most
+    /// [`Cids::CAP`] per scan), and one still outstanding `timeout_ms`
+    /// after its Abort asks for a controller reset.
+    pub(crate) fn scan_expired(&self, now: u64, timeout_ms: u64) -> Expired {
+        let mut out = Expired::default();
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        for (index, slot) in st.slots.iter_mut().enumerate() {
+            if !matches!(slot.state, SlotState::Submitted { .. }) || !slot.timed {
+                continue;
+            }
+            match slot.watch {
+                Watch::Quiet if now.saturating_sub(slot.submitted_at) >= timeout_ms => {
+                    let cid = (slot.seq << SLOT_BITS) | index as u16;
+                    if out.abort.push(cid) {
+                        slot.watch = Watch::Aborted(now);
+                    }
+                }
+                Watch::Aborted(at) if now.saturating_sub(at) >= timeout_ms => out.reset = true,
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Rewinds both rings to empty (after a controller reset, before the
@@ -315,6 +531,7 @@ impl QueuePair {
     pub(crate) fn rewind(&self) {
         let mut st = self.state.lock();
         st.sq_tail = 0;
+        st.sq_head = 0;
         st.cq_head = 0;
         st.phase = true;
         st.cq_unannounced = 0;
@@ -419,7 +636,9 @@ impl QueuePair {
             taken += 1;
             // The status word from the load that saw the phase, not from
             // the second copy.
-            self.complete(st, &cqe, status >> 1);
+            if !self.complete(st, &cqe, status >> 1) {
+                break;
+            }
             if taken >= u32::from(self.size) {
                 break;
             }
@@ -435,36 +654,52 @@ impl QueuePair {
         taken > 0
     }
 
-    /// Applies one completion entry.
-    fn complete(&self, st: &mut State, cqe: &Cqe, status: u16) {
+    /// Applies one completion entry; `false` if the entry violates the
+    /// rules (the queue is failed then).
+    fn complete(&self, st: &mut State, cqe: &Cqe, status: u16) -> bool {
         let cid = cqe.cid.get();
         let index = usize::from(cid) & (MAX_SLOTS - 1);
         let seq = cid >> SLOT_BITS;
-        let valid = match st.slots.get(index) {
-            Some(slot) => slot.seq == seq && matches!(slot.state, SlotState::Submitted { .. }),
-            None => false,
+        let violation = match st.slots.get(index) {
+            None => Some("completion names no command slot"),
+            Some(slot) if slot.seq != seq || !matches!(slot.state, SlotState::Submitted { .. }) => {
+                Some(
+                    "completion for a command that is not outstanding (stale, repeated or invented identifier)",
+                )
+            }
+            Some(_) if cqe.sqid.get() != self.qid => {
+                Some("completion names another submission queue")
+            }
+            Some(_) => self.check_sq_head(st, cqe.sqhd.get()),
         };
-        if !valid {
+        if let Some(why) = violation {
             st.refused += 1;
             log::warn!(
-                "nvme queue {}: refused a completion for unknown command id {cid:#x}",
-                self.qid
+                "{}: nvme queue {}: {why} (command id {cid:#x}, SQ id {}, SQ head {}); the controller is failed",
+                self.device.id(),
+                self.qid,
+                cqe.sqid.get(),
+                cqe.sqhd.get()
             );
-            return;
+            self.fail_locked(st, why);
+            return false;
         }
-        let result = if cqe.sqid.get() != self.qid {
-            Err(Failure::BadCompletion(
-                "completion names another submission queue",
-            ))
+        st.outstanding -= 1;
+        st.set_awaited(index, false);
+        let slot = &mut st.slots[index];
+        // A command the watchdog aborted, and the device did abort: it
+        // timed out.
+        let result = if matches!(slot.watch, Watch::Aborted(_))
+            && StatusWord::from_bits(status & 0x7FFF)
+                == StatusWord::generic(GenericStatus::ABORT_REQUESTED)
+        {
+            Err(Failure::TimedOut)
         } else {
             Ok(Completed {
                 status,
                 dw0: cqe.dw0.get(),
             })
         };
-        st.outstanding -= 1;
-        st.set_awaited(index, false);
-        let slot = &mut st.slots[index];
         let detached = matches!(slot.state, SlotState::Submitted { detached: true });
         slot.state = SlotState::Done(result);
         if detached {
@@ -472,6 +707,35 @@ impl QueuePair {
         } else if let Some(w) = slot.waker.take() {
             w.wake();
         }
+        true
+    }
+
+    /// Checks a completion's SQ head: inside the queue, and moved forward
+    /// by no more than the entries submitted since the last one (a
+    /// controller only ever consumes what was submitted, in order).
+    fn check_sq_head(&self, st: &mut State, head: u16) -> Option<&'static str> {
+        let size = u32::from(self.size);
+        if u32::from(head) >= size {
+            return Some("SQ head outside the submission queue");
+        }
+        let ahead = |to: u16| (u32::from(to) + size - u32::from(st.sq_head)) % size;
+        if ahead(head) > ahead(st.sq_tail) {
+            return Some("SQ head moved backwards or past the tail");
+        }
+        st.sq_head = head;
+        None
+    }
+
+    /// Fails this queue for a completion it cannot accept, and tells the
+    /// driver (which fails the controller).
+    fn fail_locked(&self, st: &mut State, why: &'static str) {
+        if !matches!(st.gate, Gate::Dead(_)) {
+            st.gate = Gate::Dead(Failure::BadCompletion(why));
+            st.epoch = st.epoch.wrapping_add(1);
+        }
+        fail_outstanding_locked(st, Failure::BadCompletion(why), false);
+        wake_reserved(st);
+        self.health.violate(why);
     }
 
     /// Registers `waker` (the new interrupt owner's) with the interrupt;
@@ -507,7 +771,9 @@ impl QueuePair {
             .write_at(off, sqe.as_bytes())
             .map_err(Failure::Memory)?;
         st.sq_tail = if tail + 1 == self.size { 0 } else { tail + 1 };
-        st.slots[index].state = SlotState::Submitted { detached: false };
+        let slot = &mut st.slots[index];
+        slot.state = SlotState::Submitted { detached: false };
+        slot.submitted_at = self.health.now_ms.load(Ordering::Relaxed);
         st.set_awaited(index, true);
         st.outstanding += 1;
         // The entry must be visible before the doorbell that announces it.
@@ -593,10 +859,76 @@ fn free_slot(st: &mut State, index: usize) {
     slot.state = SlotState::Free;
     slot.pins.clear();
     slot.bounce = None;
+    slot.keep = None;
     slot.waker = None;
+    slot.timed = true;
+    slot.watch = Watch::Quiet;
+    slot.hold = false;
     slot.seq = (slot.seq + 1) & ((1 << (16 - SLOT_BITS)) - 1);
     st.free.push(index as u16);
     if let Some(w) = st.waiters.pop() {
+        w.wake();
+    }
+}
+
+/// Ends a taken command's slot: frees it and hands back its bounce
+/// buffer, or, if the command failed while the device may still use its
+/// buffers, holds the slot (buffers and all) and hands back nothing.
+fn take_or_hold(st: &mut State, index: usize) -> Option<BounceBuffer> {
+    let slot = &mut st.slots[index];
+    if slot.hold {
+        slot.state = SlotState::Held;
+        slot.waker = None;
+        st.held += 1;
+        st.set_awaited(index, false);
+        return None;
+    }
+    let bounce = slot.bounce.take();
+    free_slot(st, index);
+    bounce
+}
+
+/// Wakes the callers of reserved slots that wait on something else (see
+/// [`SlotGuard::watch_gate`]): the queue failed.
+fn wake_reserved(st: &mut State) {
+    for slot in st.slots.iter_mut() {
+        if matches!(slot.state, SlotState::Reserved)
+            && let Some(w) = slot.waker.take()
+        {
+            w.wake();
+        }
+    }
+}
+
+/// Fails every command the device has (see [`QueuePair::fail_outstanding`]).
+fn fail_outstanding_locked(st: &mut State, why: Failure, stopped: bool) {
+    st.irq_owner = None;
+    for index in 0..st.slots.len() {
+        let SlotState::Submitted { detached } = st.slots[index].state else {
+            continue;
+        };
+        st.outstanding -= 1;
+        st.set_awaited(index, false);
+        let slot = &mut st.slots[index];
+        let result = if matches!(slot.watch, Watch::Aborted(_)) && why == Failure::Reset {
+            Failure::TimedOut
+        } else {
+            why
+        };
+        slot.hold = !stopped;
+        if !detached {
+            slot.state = SlotState::Done(Err(result));
+            if let Some(w) = slot.waker.take() {
+                w.wake();
+            }
+        } else if stopped {
+            free_slot(st, index);
+        } else {
+            slot.state = SlotState::Held;
+            st.held += 1;
+        }
+    }
+    for w in st.waiters.drain(..) {
         w.wake();
     }
 }
@@ -743,6 +1075,35 @@ impl SlotGuard<'_> {
         self.park = true;
     }
 
+    /// Keeps `buf` (driver DMA memory the command's data pointer names)
+    /// with the slot until the slot frees: a command detached by a
+    /// timeout cannot have its buffer freed under the device.
+    pub(crate) fn keep(&mut self, buf: Arc<DmaBuffer>) {
+        self.queue.state.lock().slots[self.index].keep = Some(buf);
+    }
+
+    /// For a caller that holds this reserved slot while it waits for
+    /// something else (bounce space): `Err` if the queue failed, else
+    /// `cx` is woken if it fails later.
+    pub(crate) fn watch_gate(&self, cx: &Context<'_>) -> Result<(), Failure> {
+        let mut st = self.queue.state.lock();
+        if let Gate::Dead(why) = st.gate {
+            return Err(why);
+        }
+        let slot = &mut st.slots[self.index];
+        match &slot.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => slot.waker = Some(cx.waker().clone()),
+        }
+        Ok(())
+    }
+
+    /// The watchdog does not time this command (an Asynchronous Event
+    /// Request waits for an event, however long).
+    pub(crate) fn untimed(&mut self) {
+        self.queue.state.lock().slots[self.index].timed = false;
+    }
+
     /// Whether the command is the device's (submitted).
     pub(crate) fn is_submitted(&self) -> bool {
         self.submitted
@@ -814,14 +1175,13 @@ impl Future for SlotGuard<'_> {
         let mut budget = POLL_BUDGET;
         loop {
             if let SlotState::Done(result) = st.slots[index].state {
-                let bounce = st.slots[index].bounce.take();
                 let next = if st.irq_owner == Some(index) {
                     st.irq_owner = None;
                     next_owner(&mut st)
                 } else {
                     None
                 };
-                free_slot(&mut st, index);
+                let bounce = take_or_hold(&mut st, index);
                 drop(st);
                 self.submitted = false;
                 self.held = false;
@@ -877,7 +1237,8 @@ impl Drop for SlotGuard<'_> {
         }
         let mut st = self.queue.state.lock();
         match st.slots[self.index].state {
-            SlotState::Reserved | SlotState::Done(_) => free_slot(&mut st, self.index),
+            SlotState::Reserved => free_slot(&mut st, self.index),
+            SlotState::Done(_) => drop(take_or_hold(&mut st, self.index)),
             SlotState::Submitted { .. } if self.park && st.parked.is_none() => {
                 // Still waited for, by whoever adopts it.
                 st.parked = Some(self.index);
@@ -888,7 +1249,7 @@ impl Drop for SlotGuard<'_> {
                 st.set_awaited(self.index, false);
                 st.slots[self.index].waker = None;
             }
-            SlotState::Free => {}
+            SlotState::Free | SlotState::Held => {}
         }
         if st.irq_owner == Some(self.index) {
             st.irq_owner = None;
@@ -1111,6 +1472,18 @@ mod tests {
 
     struct Never;
 
+    /// Queue 1, 8 entries, 4 ranges per command, head doorbell after
+    /// every drain.
+    fn shape() -> QueueShape {
+        QueueShape {
+            qid: 1,
+            size: 8,
+            dstrd: 0,
+            max_ranges: 4,
+            cq_batch: 1,
+        }
+    }
+
     impl DeviceInterrupt for Never {
         fn poll_signal(&self, _: &mut Context<'_>) -> Poll<()> {
             Poll::Pending
@@ -1161,7 +1534,8 @@ mod tests {
                 next: core::sync::atomic::AtomicU64::new(0),
                 writes: parastor_core::sync::Mutex::new(alloc::vec::Vec::new()),
             });
-            let q = QueuePair::new(device, 1, 8, 0, 4, Arc::new(Storm), 1).unwrap();
+            let q =
+                QueuePair::new(device, shape(), Arc::new(Storm), Arc::new(Health::new())).unwrap();
             let mut cx = Context::from_waker(Waker::noop());
             let mut sqe = Sqe::default();
             let mut start =
@@ -1182,8 +1556,9 @@ mod tests {
         assert_eq!(polls, [true; 4]);
     }
 
-    #[test]
-    fn completions_the_driver_cannot_accept_are_refused_not_panicked_on() {
+    /// A queue of 8 entries (slots 0..6) over a hand-played device, and
+    /// its memory.
+    fn hand_queue() -> (QueuePair, parastor_core::memory::GuestMem, Arc<HandDevice>) {
         let mem = parastor_core::memory::GuestMem::new(parastor_core::memory::RamGuestMemory::new(
             1 << 20,
         ));
@@ -1192,68 +1567,200 @@ mod tests {
             next: core::sync::atomic::AtomicU64::new(0),
             writes: parastor_core::sync::Mutex::new(alloc::vec::Vec::new()),
         });
-        let q = QueuePair::new(device.clone(), 1, 8, 0, 4, Arc::new(Never), 1).unwrap();
-        let cq = q.cq_address();
-        let waker = Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        let mut submit = || {
-            let mut sqe = Sqe::default();
-            let mut fut =
-                core::pin::pin!(q.start(&mut sqe, None, DataPointer::Auto, SglSupport::None));
-            match fut.as_mut().poll(&mut cx) {
-                Poll::Ready(Ok(g)) => g,
-                _ => panic!("a free slot"),
-            }
-        };
-        let mut a = submit();
-        let mut b = submit();
-        assert!(a.is_submitted() && b.is_submitted());
-        let cid_of = |g: &SlotGuard<'_>| {
-            let st = g.queue.state.lock();
-            (st.slots[g.index].seq << SLOT_BITS) | g.index as u16
-        };
+        let q = QueuePair::new(
+            device.clone(),
+            shape(),
+            Arc::new(Never),
+            Arc::new(Health::new()),
+        )
+        .unwrap();
+        (q, mem, device)
+    }
+
+    /// Submits a command with no data and returns its guard.
+    fn submit(q: &QueuePair) -> SlotGuard<'_> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut sqe = Sqe::default();
+        let mut fut = core::pin::pin!(q.start(&mut sqe, None, DataPointer::Auto, SglSupport::None));
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(g)) => g,
+            _ => panic!("a free slot"),
+        }
+    }
+
+    fn cid_of(g: &SlotGuard<'_>) -> u16 {
+        let st = g.queue.state.lock();
+        (st.slots[g.index].seq << SLOT_BITS) | g.index as u16
+    }
+
+    fn poll_guard(g: &mut SlotGuard<'_>) -> Poll<Finished> {
+        let mut cx = Context::from_waker(Waker::noop());
+        Pin::new(g).poll(&mut cx)
+    }
+
+    /// Posts a completion with SQ head `sqhd` at CQ entry `index`.
+    fn post_at(
+        mem: &parastor_core::memory::GuestMem,
+        q: &QueuePair,
+        index: u64,
+        sqid: u16,
+        cid: u16,
+        sqhd: u16,
+        status: u16,
+    ) {
+        post(mem, q.cq_address(), index, sqid, cid, status);
+        let at = q.cq_address() + index * 16 + 8;
+        mem.write_at(parastor_core::addr::Gpa::new(at), &sqhd.to_le_bytes())
+            .unwrap();
+    }
+
+    #[test]
+    fn good_completions_complete_with_their_status_in_any_order() {
+        let (q, mem, device) = hand_queue();
+        let mut a = submit(&q);
+        let mut b = submit(&q);
         let (ca, cb) = (cid_of(&a), cid_of(&b));
-        // Entry 0: an unknown command id: refused, nothing completes (and
-        // entry 1, still of the old phase, is not looked at).
-        post(&mem, cq, 0, 1, 0x3FF, 1);
-        // (The first poll after submission does not look.)
-        assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
-        assert_eq!(q.refused_completions(), 0);
-        assert!(Pin::new(&mut a).poll(&mut cx).is_pending());
-        assert_eq!(q.refused_completions(), 1, "the unknown id was refused");
-        // Entry 1: b's id from another submission queue: b fails cleanly.
-        post(&mem, cq, 1, 9, cb, 1);
-        assert!(
-            Pin::new(&mut b).poll(&mut cx).is_pending(),
-            "b's first poll"
+        // The first poll after submission does not look.
+        assert!(poll_guard(&mut a).is_pending());
+        assert!(poll_guard(&mut b).is_pending());
+        // b first (SQ head 1), then a with LBA out of range (head 2).
+        post_at(&mem, &q, 0, 1, cb, 1, 1);
+        post_at(&mem, &q, 1, 1, ca, 2, 1 | (0x80 << 1));
+        let Poll::Ready(fa) = poll_guard(&mut a) else {
+            panic!("a completed");
+        };
+        assert_eq!(fa.result.map(|c| c.status), Ok(0x80));
+        let Poll::Ready(fb) = poll_guard(&mut b) else {
+            panic!("b completed");
+        };
+        assert_eq!(fb.result.map(|c| c.status), Ok(0));
+        assert_eq!(
+            (q.refused_completions(), q.outstanding(), q.held()),
+            (0, 0, 0)
         );
-        match Pin::new(&mut b).poll(&mut cx) {
-            Poll::Ready(f) => assert_eq!(
-                f.result,
-                Err(Failure::BadCompletion(
-                    "completion names another submission queue"
-                ))
-            ),
-            Poll::Pending => panic!("b's (bad) completion was seen"),
-        }
-        // Entry 2: a repeat of b's id (stale now): refused.
-        post(&mem, cq, 2, 1, cb, 1);
-        // Entry 3: a, with an error status (LBA out of range).
-        post(&mem, cq, 3, 1, ca, 1 | (0x80 << 1));
-        match Pin::new(&mut a).poll(&mut cx) {
-            Poll::Ready(f) => assert_eq!(f.result.map(|c| c.status), Ok(0x80)),
-            Poll::Pending => panic!("a completed"),
-        }
-        assert_eq!(q.refused_completions(), 2);
-        assert_eq!(q.outstanding(), 0);
         // The head doorbell was written as entries were consumed.
         assert!(
             device
                 .writes
                 .lock()
                 .iter()
-                .any(|&(off, v)| off == Doorbell::CqHead(1).offset(0) && v == 4)
+                .any(|&(off, v)| off == Doorbell::CqHead(1).offset(0) && v == 2)
         );
+    }
+
+    /// Submits two commands, posts the entries `bad` makes (from the two
+    /// identifiers; `b_ok`: a good one for b comes first), and checks that
+    /// the queue failed: the commands not completed before fail cleanly
+    /// with their buffers held, new submissions fail, the health records
+    /// the violation, and releasing frees the slots.
+    fn bad_completion_fails_the_queue(
+        what: &str,
+        b_ok: bool,
+        bad: impl Fn(&parastor_core::memory::GuestMem, &QueuePair, u16, u16),
+    ) {
+        let (q, mem, _device) = hand_queue();
+        let mut a = submit(&q);
+        let mut b = submit(&q);
+        let (ca, cb) = (cid_of(&a), cid_of(&b));
+        assert!(poll_guard(&mut a).is_pending());
+        bad(&mem, &q, ca, cb);
+        let Poll::Ready(fa) = poll_guard(&mut a) else {
+            panic!("{what}: a failed at once");
+        };
+        assert!(
+            matches!(fa.result, Err(Failure::BadCompletion(_))),
+            "{what}: {:?}",
+            fa.result
+        );
+        let Poll::Ready(fb) = poll_guard(&mut b) else {
+            panic!("{what}: b finished too");
+        };
+        let held = if b_ok {
+            assert_eq!(fb.result.map(|c| c.status), Ok(0), "{what}");
+            1
+        } else {
+            assert!(
+                matches!(fb.result, Err(Failure::BadCompletion(_))),
+                "{what}"
+            );
+            2
+        };
+        assert_eq!(q.refused_completions(), 1, "{what}");
+        assert!(q.health.violation().is_some(), "{what}");
+        assert_eq!(q.held(), held, "{what}: the device may still use them");
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut sqe = Sqe::default();
+        let mut fut = core::pin::pin!(q.start(&mut sqe, None, DataPointer::Auto, SglSupport::None));
+        assert!(
+            matches!(
+                fut.as_mut().poll(&mut cx),
+                Poll::Ready(Err(Failure::BadCompletion(_)))
+            ),
+            "{what}: a failed queue takes nothing new"
+        );
+        assert_eq!(q.release_held(), held, "{what}");
+        assert_eq!(q.held(), 0, "{what}");
+    }
+
+    #[test]
+    fn a_completion_the_driver_cannot_accept_fails_the_queue_not_the_process() {
+        bad_completion_fails_the_queue("unknown slot", false, |m, q, _, _| {
+            post_at(m, q, 0, 1, 0x3FF, 1, 1)
+        });
+        bad_completion_fails_the_queue("stale sequence", false, |m, q, ca, _| {
+            post_at(m, q, 0, 1, ca.wrapping_add(1 << SLOT_BITS), 1, 1)
+        });
+        bad_completion_fails_the_queue("repeated", true, |m, q, _, cb| {
+            post_at(m, q, 0, 1, cb, 1, 1);
+            post_at(m, q, 1, 1, cb, 1, 1);
+        });
+        bad_completion_fails_the_queue("another SQ", false, |m, q, ca, _| {
+            post_at(m, q, 0, 9, ca, 1, 1)
+        });
+        bad_completion_fails_the_queue("SQ head outside the queue", false, |m, q, ca, _| {
+            post_at(m, q, 0, 1, ca, 8, 1)
+        });
+        bad_completion_fails_the_queue("SQ head past the tail", false, |m, q, ca, _| {
+            post_at(m, q, 0, 1, ca, 3, 1)
+        });
+        bad_completion_fails_the_queue("SQ head backwards", true, |m, q, ca, cb| {
+            post_at(m, q, 0, 1, cb, 2, 1);
+            post_at(m, q, 1, 1, ca, 1, 1);
+        });
+    }
+
+    #[test]
+    fn expired_commands_get_one_abort_then_ask_for_a_reset() {
+        let (q, mem, _device) = hand_queue();
+        q.health.now_ms.store(1000, Ordering::Relaxed);
+        let mut a = submit(&q);
+        let ca = cid_of(&a);
+        assert!(poll_guard(&mut a).is_pending());
+        q.health.now_ms.store(5000, Ordering::Relaxed);
+        let mut b = submit(&q);
+        let e = q.scan_expired(3000, 2000);
+        assert_eq!((e.abort.as_slice(), e.reset), (&[ca][..], false));
+        // Not twice; b is young.
+        let e = q.scan_expired(4000, 2000);
+        assert_eq!((e.abort.as_slice(), e.reset), (&[][..], false));
+        // A timeout after the Abort: reset.
+        let e = q.scan_expired(5000, 2000);
+        assert!(e.reset);
+        // The device aborts a: it timed out. b completes normally.
+        post_at(&mem, &q, 0, 1, ca, 1, 1 | (0x07 << 1));
+        let Poll::Ready(fa) = poll_guard(&mut a) else {
+            panic!("a completed");
+        };
+        assert_eq!(fa.result, Err(Failure::TimedOut));
+        // A reset that proved the device stopped: b fails for a retry,
+        // its buffers released at once.
+        q.close();
+        q.fail_outstanding(Failure::Reset, true);
+        let Poll::Ready(fb) = poll_guard(&mut b) else {
+            panic!("b failed");
+        };
+        assert_eq!(fb.result, Err(Failure::Reset));
+        assert_eq!((q.held(), q.outstanding()), (0, 0));
     }
 
     #[test]

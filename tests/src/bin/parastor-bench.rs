@@ -55,6 +55,11 @@ const BENCHES: &[Bench] = &[
         run: nvme::run,
     },
     Bench {
+        name: "nvme-driver",
+        about: "NvmeDisk -> driver -> emulated device -> NVMe controller -> RAM disk: 4 KiB random QD1/QD32 and 128 KiB sequential, direct and bounced, and crypt+striped over two namespaces, vs the RAM disk alone and OpenVMM",
+        run: nvme::run_driver,
+    },
+    Bench {
         name: "settings",
         about: "decode + validate a maximal VTL2 settings blob: JSON and protobuf vs postcard",
         run: settings::run,
@@ -240,6 +245,17 @@ mod harness {
             m.ns_per_op / reference,
         );
     }
+    /// Writes the test pattern over the first `bytes` of `d` (whole MiBs),
+    /// so reads copy real data.
+    pub(crate) fn prefill_bytes(d: &Disk, bytes: u64, sector_size: u32) {
+        let chunk = 1u64 << 20;
+        let ss = u64::from(sector_size);
+        for off in (0..bytes).step_by(chunk as usize) {
+            write_vec(d, off / ss, &pattern(1, off / ss, chunk / ss, sector_size))
+                .expect("prefill");
+        }
+    }
+
     /// The address pattern of one measurement.
     #[derive(Clone, Copy, PartialEq, Eq)]
     pub(crate) enum Pattern {
@@ -871,7 +887,8 @@ mod settings {
 /// for comparison.
 mod storvsp {
     use super::harness::{
-        Addresses, Case, Fill, Measurement, Pattern, Row, disk_io, measure, row, size_name,
+        Addresses, Case, Fill, Measurement, Pattern, Row, disk_io, measure, prefill_bytes, row,
+        size_name,
     };
     use super::*;
     use parastor_emulated::storvsc::{Data, Direction, Host, Progress, ReplyRef, Srb, Storvsc};
@@ -1072,11 +1089,7 @@ mod storvsp {
     }
 
     fn prefill(d: &Disk) {
-        let chunk = 1u64 << 20;
-        let ss = u64::from(SS);
-        for off in (0..WORKING_SET).step_by(chunk as usize) {
-            write_vec(d, off / ss, &pattern(1, off / ss, chunk / ss, SS)).expect("prefill");
-        }
+        prefill_bytes(d, WORKING_SET, SS);
     }
 
     /// Reads the prefilled pattern back through the path once, so the
@@ -1266,7 +1279,8 @@ mod storvsp {
 /// buffers (`Disk::read` / `Disk::write`).
 mod nvme {
     use super::harness::{
-        Addresses, Case, Fill, Measurement, Pattern, Row, disk_io, measure, row, size_name,
+        Addresses, Case, Fill, Measurement, Pattern, Row, disk_io, measure, prefill_bytes, row,
+        size_name,
     };
     use super::*;
     use parastor_core::DiskError;
@@ -1286,7 +1300,18 @@ mod nvme {
     const MAX_QD: usize = 32;
     /// OpenVMM's NVMe driver → emulator → RAM disk, 4 KiB reads, direct
     /// DMA, QD1 and QD32 (reference/openvmm-perf.md).
-    const OPENVMM_NS: [(usize, f64); 2] = [(1, 1695.0), (MAX_QD, 989.0)];
+    /// (op, QD, ns/io): 4 KiB reads at QD1 and QD32, writes at QD1.
+    const OPENVMM_NS: [(&str, usize, f64); 3] = [
+        ("read", 1, 1695.0),
+        ("read", MAX_QD, 989.0),
+        ("write", 1, 1966.0),
+    ];
+    /// The same with bounce buffering (reference/openvmm-perf.md).
+    const OPENVMM_BOUNCE_NS: [(&str, usize, f64); 3] = [
+        ("read", 1, 1753.0),
+        ("read", MAX_QD, 1107.0),
+        ("write", 1, 2014.0),
+    ];
 
     const ROWS: [Row; 8] = [
         row("read", 4096, Pattern::Random, 1, Fill::Prefilled),
@@ -1308,34 +1333,47 @@ mod nvme {
         data_pointer: DataPointer,
         shadow_doorbells: bool,
     ) -> (&'static NvmeRig, &'static Disk) {
+        let config = DriverConfig {
+            io_queues: 1,
+            data_pointer,
+            shadow_doorbells,
+            ..DriverConfig::default()
+        };
+        let (rig, namespaces) = setup_namespaces(&[disk], config);
+        (rig, namespaces[0])
+    }
+
+    /// A controller with `disks` as namespaces 1, 2, ..., a driver over it
+    /// with `config`, and the namespaces' `Disk`s, all leaked (see
+    /// [`setup`]).
+    fn setup_namespaces(
+        disks: &[&Disk],
+        config: DriverConfig,
+    ) -> (&'static NvmeRig, Vec<&'static Disk>) {
         let mut controller = parastor_nvme::ControllerConfig::new(parastor_tests::nvme::INSTANCE);
         controller.max_io_queue_pairs = 1;
         controller.msix_vectors = 2;
-        let mut config = RigConfig::new(controller);
-        config.data_bytes = 8 << 20;
-        config.dma_bytes = 16 << 20;
-        let rig: &'static NvmeRig = Box::leak(Box::new(NvmeRig::new(config).expect("rig RAM")));
-        rig.controller()
-            .add_namespace(1, disk.clone())
-            .expect("namespace");
+        let mut rig_config = RigConfig::new(controller);
+        rig_config.data_bytes = 8 << 20;
+        rig_config.dma_bytes = 16 << 20;
+        let rig: &'static NvmeRig = Box::leak(Box::new(NvmeRig::new(rig_config).expect("rig RAM")));
+        for (nsid, disk) in (1..).zip(disks) {
+            rig.controller()
+                .add_namespace(nsid, (*disk).clone())
+                .expect("namespace");
+        }
         let driver = rig
-            .run(NvmeDriver::new(
-                rig.device(),
-                DriverConfig {
-                    io_queues: 1,
-                    data_pointer,
-                    shadow_doorbells,
-                    ..DriverConfig::default()
-                },
-                Arc::new(YieldTimer),
-            ))
+            .run(NvmeDriver::new(rig.device(), config, Arc::new(YieldTimer)))
             .expect("rig")
             .expect("driver bring-up");
-        let ns: &'static Disk = Box::leak(Box::new(
-            Disk::new(driver.namespace(1).expect("namespace 1")).expect("disk"),
-        ));
+        let namespaces = (1..=disks.len() as u32)
+            .map(|nsid| {
+                let ns = Disk::new(driver.namespace(nsid).expect("namespace")).expect("disk");
+                &*Box::leak(Box::new(ns))
+            })
+            .collect();
         Box::leak(Box::new(driver));
-        (rig, ns)
+        (rig, namespaces)
     }
 
     /// Slot `slot`'s data buffer in the rig's data area.
@@ -1354,9 +1392,21 @@ mod nvme {
         ranges: &'static [[GpaRange; 1]],
         row: &Row,
     ) -> Case<'static> {
+        nvme_case_in(name, rig, disk, &**rig.memory(), ranges, row)
+    }
+
+    /// [`nvme_case`] with the callers' buffers in `mem` (the rig's RAM:
+    /// direct DMA; any other memory: the driver bounces).
+    fn nvme_case_in(
+        name: &'static str,
+        rig: &'static NvmeRig,
+        disk: &'static Disk,
+        mem: &'static dyn GuestMemory,
+        ranges: &'static [[GpaRange; 1]],
+        row: &Row,
+    ) -> Case<'static> {
         let (write, qd) = (row.op == "write", row.qd);
         let mut addr = Addresses::new(row.pattern, row.bytes, SS, WORKING_SET);
-        let mem: &'static dyn GuestMemory = &**rig.memory();
         let mut slots: Vec<Slot> = (0..qd).map(|_| Box::pin(None)).collect();
         let mut cx = Context::from_waker(Waker::noop());
         Case {
@@ -1412,11 +1462,7 @@ mod nvme {
     }
 
     fn prefill(d: &Disk) {
-        let chunk = 1u64 << 20;
-        let ss = u64::from(SS);
-        for off in (0..WORKING_SET).step_by(chunk as usize) {
-            write_vec(d, off / ss, &pattern(1, off / ss, chunk / ss, SS)).expect("prefill");
-        }
+        prefill_bytes(d, WORKING_SET, SS);
     }
 
     /// Reads the prefilled pattern back through the NVMe path once.
@@ -1437,20 +1483,28 @@ mod nvme {
         assert!(got == want, "the read through NVMe returned other data");
     }
 
-    fn line(row: &Row, path: &str, m: Measurement, reference: f64) {
+    /// Prints one result line; `openvmm` = OpenVMM's 4 KiB figures
+    /// (op, QD, ns/io) for this path, if it has a counterpart there.
+    fn line(
+        group: &str,
+        row: &Row,
+        path: &str,
+        m: Measurement,
+        reference: f64,
+        openvmm: &[(&str, usize, f64)],
+    ) {
         let ns = m.ns_per_op / row.qd as f64;
         let allocs = m.allocs_per_op / row.qd as f64;
         let pattern = row.pattern.name();
         let fill = row.fill.suffix();
-        let openvmm = OPENVMM_NS
+        let openvmm = openvmm
             .iter()
-            .find(|&&(qd, _)| row.op == "read" && row.bytes == 4096 && row.qd == qd)
-            .filter(|_| path.starts_with("nvme"))
-            .map_or(String::new(), |&(_, base)| {
+            .find(|&&(op, qd, _)| row.op == op && row.bytes == 4096 && row.qd == qd)
+            .map_or(String::new(), |&(_, _, base)| {
                 format!("  vs-openvmm={:.2}", ns / base)
             });
         println!(
-            "nvme {:<5} {:<6} {pattern:<4} QD{:<2} {:<34} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
+            "{group} {:<5} {:<6} {pattern:<4} QD{:<2} {:<34} {ns:>8.0} ns/io {:>6.2} MIOPS/core {:>6.2} GB/s  allocs/io={allocs:.2}{openvmm}  ratio={:.2}",
             row.op,
             size_name(row.bytes),
             row.qd,
@@ -1470,7 +1524,7 @@ mod nvme {
              QD32 = 32 commands started per op, all completed before the next; \
              ratio = ns/io of the line / ns/io of the RAM disk alone (Disk::read/write, same buffers and offsets, \
              measured in the same run; lower is better); `unwritten` = reads of a never-written disk; \
-             vs-openvmm = ns/io / OpenVMM's direct-DMA NVMe read, 1695 ns (QD1) / 989 ns (QD32)",
+             vs-openvmm = ns/io / OpenVMM's direct-DMA NVMe 4 KiB read, 1695 ns (QD1) / 989 ns (QD32), and write, 1966 ns (QD1)",
             size_name(WORKING_SET as usize)
         );
         let prefilled = parastor_tests::stacks::ram_disk(DISK_BYTES / u64::from(SS), SS);
@@ -1549,7 +1603,154 @@ mod nvme {
             let results = measure(&mut cases);
             let reference = results[cases.len() - 1].ns_per_op / row.qd as f64;
             for (case, m) in cases.iter().zip(results) {
-                line(row, case.name, m, reference);
+                let openvmm: &[_] = if case.name.starts_with("nvme") {
+                    &OPENVMM_NS
+                } else {
+                    &[]
+                };
+                line("nvme", row, case.name, m, reference, openvmm);
+            }
+        }
+    }
+
+    /// The rows of `nvme-driver`: 4 KiB random QD1/QD32, 128 KiB
+    /// sequential QD1, prefilled.
+    const DRIVER_ROWS: [Row; 6] = [
+        row("read", 4096, Pattern::Random, 1, Fill::Prefilled),
+        row("read", 4096, Pattern::Random, MAX_QD, Fill::Prefilled),
+        row("write", 4096, Pattern::Random, 1, Fill::Prefilled),
+        row("write", 4096, Pattern::Random, MAX_QD, Fill::Prefilled),
+        row("read", 128 * 1024, Pattern::Sequential, 1, Fill::Prefilled),
+        row("write", 128 * 1024, Pattern::Sequential, 1, Fill::Prefilled),
+    ];
+
+    /// `nvme-driver`: `NvmeDisk` (the driver's default configuration: one
+    /// I/O queue, data pointer chosen by the driver, shadow doorbells)
+    /// with the callers' buffers where the device can reach them (direct)
+    /// and where it cannot (bounced), and crypt over striped over two
+    /// namespaces of the same controller; each against the RAM disk alone.
+    pub(crate) fn run_driver() {
+        println!(
+            "nvme-driver: NvmeDisk -> parastor's NVMe driver (default configuration, one I/O queue) -> in-process backing \
+             -> parastor's NVMe controller -> RAM disk ({SS}-byte sectors, {} working set, one thread: submit, run the \
+             controller's work, complete); direct = callers' buffers in the device's DMA domain (DeviceRam: they pin to \
+             device addresses); bounced = callers' buffers in mapped guest RAM the device cannot reach (it pins only for the \
+             kernel's domain; the driver copies through its bounce pool); crypt+striped = XTS crypt over a 2-way stripe (64 KiB chunks) of two namespaces of the same \
+             controller, callers' buffers direct (crypt's staging memory is private, so the driver bounces below it); \
+             QD32 = 32 commands started per op, all completed before the next; allocs/io = heap allocations per I/O \
+             (goal 0); ratio = ns/io / ns/io of the RAM disk alone (Disk::read/write, same buffers and offsets, same \
+             run); vs-openvmm = ns/io / OpenVMM's same path (reference/openvmm-perf.md): direct 1695 / 989 ns (4 KiB \
+             read QD1 / QD32), 1966 ns (write QD1); bounced 1753 / 1107 ns, 2014 ns; goal <= 0.5",
+            size_name(WORKING_SET as usize)
+        );
+        let namespace = parastor_tests::stacks::ram_disk(DISK_BYTES / u64::from(SS), SS);
+        prefill(&namespace);
+        let halves: Vec<Disk> = (0..2)
+            .map(|_| parastor_tests::stacks::ram_disk(DISK_BYTES / 2 / u64::from(SS), SS))
+            .collect();
+        for half in &halves {
+            prefill_bytes(half, DISK_BYTES / 2, SS);
+        }
+        let config = DriverConfig {
+            io_queues: 1,
+            ..DriverConfig::default()
+        };
+        let (rig, ns) = setup_namespaces(&[&namespace], config.clone());
+        verify(rig, ns[0]);
+        let (pair_rig, pair) = setup_namespaces(&[&halves[0], &halves[1]], config);
+        let key: Vec<u8> = (0..64).collect();
+        let stack = parastor_tests::stacks::striped(
+            vec![pair[0].clone(), pair[1].clone()],
+            Some(64 * 1024),
+            None,
+        );
+        let stack: &'static Disk = Box::leak(Box::new(
+            Disk::new(parastor_core::CryptDisk::new(&key, stack).expect("crypt")).expect("disk"),
+        ));
+        // Buffers the device cannot reach: mapped guest RAM that pins only
+        // for the kernel's domain, as a confidential VM's private memory.
+        let private: &'static dyn GuestMemory = Box::leak(Box::new(
+            GuestRam::memfd("parastor-bench-private", MAX_QD * 128 * 1024).expect("guest memory"),
+        ));
+        // Profiling aids: `PARASTOR_BENCH_ROW=N` runs row N only,
+        // `PARASTOR_BENCH_CASE=NAME` times that path alone.
+        let only_row: Option<usize> = std::env::var("PARASTOR_BENCH_ROW")
+            .ok()
+            .and_then(|v| v.parse().ok());
+        let only_case = std::env::var("PARASTOR_BENCH_CASE").ok();
+        for (i, row) in DRIVER_ROWS.iter().enumerate() {
+            if only_row.is_some_and(|o| o != i) {
+                continue;
+            }
+            let ranges: &'static [[GpaRange; 1]] = Box::leak(
+                (0..row.qd)
+                    .map(|slot| buffer(slot, row.bytes))
+                    .collect::<Vec<_>>()
+                    .into_boxed_slice(),
+            );
+            let mut cases = vec![
+                nvme_case_in(
+                    "nvme-driver(direct)",
+                    rig,
+                    ns[0],
+                    &**rig.memory(),
+                    ranges,
+                    row,
+                ),
+                nvme_case_in("nvme-driver(bounced)", rig, ns[0], private, ranges, row),
+                nvme_case_in(
+                    "crypt+striped/nvme-driver",
+                    pair_rig,
+                    stack,
+                    &**pair_rig.memory(),
+                    ranges,
+                    row,
+                ),
+            ];
+            let mem: &dyn GuestMemory = &**rig.memory();
+            let write = row.op == "write";
+            let mut addr = Addresses::new(row.pattern, row.bytes, SS, WORKING_SET);
+            let reference_disk = &namespace;
+            cases.push(Case {
+                name: "ram-disk-alone",
+                op: Box::new(move |_| {
+                    for r in ranges {
+                        let sg = SgList::new(mem, r, !write).expect("ranges");
+                        disk_io(reference_disk, sg, addr.next(), write).expect("RAM disk I/O");
+                    }
+                }),
+            });
+            if let Some(only) = &only_case {
+                // Profiling aid: one case alone, no reference;
+                // `PARASTOR_BENCH_OPS=N`: exactly N ops, untimed (for
+                // `perf stat`).
+                cases.retain(|c| c.name == only);
+                if let (Some(case), Some(n)) = (
+                    cases.first_mut(),
+                    std::env::var("PARASTOR_BENCH_OPS")
+                        .ok()
+                        .and_then(|v| v.parse::<u64>().ok()),
+                ) {
+                    (0..n).for_each(&mut case.op);
+                    continue;
+                }
+                let results = measure(&mut cases);
+                for (case, m) in cases.iter().zip(results) {
+                    let (ns, allocs) =
+                        (m.ns_per_op / row.qd as f64, m.allocs_per_op / row.qd as f64);
+                    println!("{} {ns:.0} ns/io allocs/io={allocs:.2}", case.name);
+                }
+                continue;
+            }
+            let results = measure(&mut cases);
+            let reference = results[cases.len() - 1].ns_per_op / row.qd as f64;
+            for (case, m) in cases.iter().zip(results) {
+                let openvmm: &[_] = match case.name {
+                    "nvme-driver(direct)" => &OPENVMM_NS,
+                    "nvme-driver(bounced)" => &OPENVMM_BOUNCE_NS,
+                    _ => &[],
+                };
+                line("nvme-driver", row, case.name, m, reference, openvmm);
             }
         }
     }
