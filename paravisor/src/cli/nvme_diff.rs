@@ -5,7 +5,7 @@
 //! The script ([`SCRIPT`]) holds valid and invalid admin and I/O commands
 //! (bad NSIDs, out-of-range LBAs, oversize transfers, reserved opcodes,
 //! Dataset Management, Write Zeroes, Compare). Each is sent as raw
-//! submission queue entries by a minimal polled host ([`RawHost`]: admin
+//! submission queue entries by a minimal polled host (`RawHost`: admin
 //! queue plus one I/O queue pair, PRPs, no interrupts) over the
 //! [`DeviceAccess`] trait, so both controllers see byte-identical commands
 //! and nothing in a driver interprets the answers. Each command gives one
