@@ -50,6 +50,7 @@ use crate::pin::{PinError, PinSet};
 use alloc::boxed::Box;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
+use core::any::Any;
 use core::fmt;
 use core::ops::Deref;
 use core::sync::atomic::Ordering;
@@ -229,6 +230,115 @@ pub trait GuestMemory: Send + Sync {
         let _ = (ranges, access, domain, out);
         Err(PinError::Unsupported)
     }
+
+    /// When all of `[gpa, gpa + len)` is a window onto another memory (a
+    /// wrapper that only forwards, or a buffer carved from a larger
+    /// memory): that memory and where the range starts there. `None`
+    /// (the default) when this memory holds the bytes itself, or the range
+    /// is not wholly inside the window (the caller then goes through this
+    /// memory's own accessors, which report the error). Lets [`copy`]
+    /// reach the memory that really holds both sides of a copy.
+    fn window(&self, gpa: Gpa, len: u64) -> Option<(&dyn GuestMemory, Gpa)> {
+        let _ = (gpa, len);
+        None
+    }
+
+    /// This memory as [`Any`], so an implementation can recognise another
+    /// memory of its own type in [`copy_from`](Self::copy_from). The
+    /// default is `None`.
+    fn as_any(&self) -> Option<&dyn Any> {
+        None
+    }
+
+    /// Copies `len` bytes from `src` at `src_gpa` into this memory at
+    /// `gpa` without a staging buffer, if this implementation can (for
+    /// example, both are its own mappings): `Some(result)` if it did (or
+    /// found the copy invalid), `None` if it cannot, and the caller stages
+    /// through private memory. The default is `None`. Called by [`copy`],
+    /// after both sides went through their [`window`](Self::window)s.
+    fn copy_from(
+        &self,
+        gpa: Gpa,
+        src: &dyn GuestMemory,
+        src_gpa: Gpa,
+        len: usize,
+    ) -> Option<Result<(), MemoryError>> {
+        let _ = (gpa, src, src_gpa, len);
+        None
+    }
+}
+
+/// How many [`GuestMemory::window`]s [`copy`] looks through on each side
+/// (a wrapper chain is a few levels deep; this bounds a cycle).
+const MAX_WINDOWS: usize = 8;
+
+/// The memory that really holds `[gpa, gpa + len)` of `mem`, through its
+/// [`window`](GuestMemory::window)s.
+fn through_windows(mut mem: &dyn GuestMemory, mut gpa: Gpa, len: u64) -> (&dyn GuestMemory, Gpa) {
+    for _ in 0..MAX_WINDOWS {
+        match mem.window(gpa, len) {
+            Some((inner, at)) => (mem, gpa) = (inner, at),
+            None => break,
+        }
+    }
+    (mem, gpa)
+}
+
+/// Copies `len` bytes from `src` at `src_gpa` to `dst` at `dst_gpa`.
+///
+/// Directly from memory to memory when the memory under both sides (after
+/// their [`window`](GuestMemory::window)s) can do it
+/// ([`GuestMemory::copy_from`]); otherwise through a stack buffer, in
+/// pieces of 4 KiB (copies up to 4 KiB) or 16 KiB. Either way `src` and
+/// `dst` may be the same memory, even overlapping ranges (the result is
+/// then a forward copy's, piece by piece), and the copy may tear as
+/// `read_at`/`write_at` do. An error leaves `dst` partly written.
+pub fn copy(
+    src: &dyn GuestMemory,
+    src_gpa: Gpa,
+    dst: &dyn GuestMemory,
+    dst_gpa: Gpa,
+    len: usize,
+) -> Result<(), MemoryError> {
+    let (inner_src, inner_src_gpa) = through_windows(src, src_gpa, len as u64);
+    let (inner_dst, inner_dst_gpa) = through_windows(dst, dst_gpa, len as u64);
+    if let Some(done) = inner_dst.copy_from(inner_dst_gpa, inner_src, inner_src_gpa, len) {
+        return done;
+    }
+    if len <= SMALL_COPY {
+        copy_via::<SMALL_COPY>(src, src_gpa, dst, dst_gpa, len)
+    } else {
+        copy_via::<LARGE_COPY>(src, src_gpa, dst, dst_gpa, len)
+    }
+}
+
+/// The piece size of a staged [`copy`] up to this size (a small copy gets
+/// a small buffer, since the buffer is zeroed first).
+const SMALL_COPY: usize = 4096;
+/// The piece size of larger staged copies: stays in the L1 cache between
+/// the read and the write.
+const LARGE_COPY: usize = 16 << 10;
+
+/// [`copy`] through a stack buffer, in pieces of at most `N` bytes.
+fn copy_via<const N: usize>(
+    src: &dyn GuestMemory,
+    mut src_gpa: Gpa,
+    dst: &dyn GuestMemory,
+    mut dst_gpa: Gpa,
+    len: usize,
+) -> Result<(), MemoryError> {
+    let mut tmp = [0u8; N];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(N);
+        let piece = &mut tmp[..n];
+        src.read_at(src_gpa, piece)?;
+        dst.write_at(dst_gpa, piece)?;
+        src_gpa += n as u64;
+        dst_gpa += n as u64;
+        left -= n;
+    }
+    Ok(())
 }
 
 macro_rules! typed_atomics {

@@ -375,4 +375,13 @@ impl GuestMemory for DmaWindow {
         let at = self.0.at(offset, width.bytes())?;
         self.0.mem.atomic(at, width, op, order)
     }
+
+    /// The block's memory, where the range lies inside the block: copies
+    /// between a bounce buffer and the caller's memory then go straight
+    /// from memory to memory when both are mapped RAM.
+    fn window(&self, gpa: Gpa, len: u64) -> Option<(&dyn GuestMemory, Gpa)> {
+        let offset = usize::try_from(gpa.get()).ok()?;
+        let at = self.0.at(offset, usize::try_from(len).ok()?).ok()?;
+        Some((&*self.0.mem, at))
+    }
 }

@@ -295,6 +295,36 @@ impl MappedRegion {
         Ok(())
     }
 
+    /// Copies `len` bytes from `src` at `src_offset` to the bytes at
+    /// `offset`, straight from mapping to mapping (no staging buffer).
+    /// `src` may be this region, and the ranges may overlap (the copy is
+    /// then a `memmove`). Racing writers may make it tear as
+    /// [`read_at`](Self::read_at) may; a copy of 1, 2, 4 or 8 bytes goes
+    /// through `read_at` and `write_at`, so an aligned word does not tear.
+    pub fn copy_from_region(
+        &self,
+        offset: usize,
+        src: &MappedRegion,
+        src_offset: usize,
+        len: usize,
+    ) -> Result<(), AccessError> {
+        if len <= 8 {
+            let mut word = [0u8; 8];
+            let piece = word.get_mut(..len).unwrap_or_default();
+            src.read_at(src_offset, piece)?;
+            return self.write_at(offset, piece);
+        }
+        let from = src.span(src_offset, len)?;
+        let to = self.span_mut(offset, len)?;
+        // SAFETY: `span` checked that `[src_offset, src_offset + len)` lies
+        // in `src`'s live mapping and `span_mut` that `[offset, offset +
+        // len)` lies in this live, writable one; both are kept mapped by
+        // the borrows. `ptr::copy` allows the two to overlap, and no Rust
+        // reference points into either mapping.
+        unsafe { ptr::copy(from, to, len) };
+        Ok(())
+    }
+
     /// Sets `len` bytes from `offset` to `byte`.
     pub fn fill_at(&self, offset: usize, len: usize, byte: u8) -> Result<(), AccessError> {
         let dst = self.span_mut(offset, len)?;

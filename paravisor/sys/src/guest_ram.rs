@@ -12,6 +12,7 @@ use parastor_core::{
     Access, AtomicOp, Denied, DeviceAddress, DeviceRange, DmaDomainId, Gpa, GpaRange, GuestMemory,
     MemoryError, MemoryErrorKind, PinError, PinOwner, PinSet, Width,
 };
+use std::any::Any;
 use std::fmt;
 use std::io;
 use std::sync::Arc;
@@ -196,6 +197,57 @@ impl GuestRam {
     fn from_layout(layout: Arc<Layout>) -> Self {
         let owner: Arc<dyn PinOwner> = layout.clone();
         Self { layout, owner }
+    }
+}
+
+impl GuestRam {
+    /// [`GuestMemory::copy_from`] from another `GuestRam`.
+    fn copy_from_ram(
+        &self,
+        gpa: Gpa,
+        src: &GuestRam,
+        src_gpa: Gpa,
+        len: usize,
+    ) -> Result<(), MemoryError> {
+        let mut from = src.layout.check(src_gpa, len as u64)?;
+        let mut to = self.layout.check(gpa, len as u64)?;
+        let fault = MemoryError::new(
+            gpa,
+            len as u64,
+            MemoryErrorKind::Inaccessible(Denied::Fault),
+        );
+        let (mut at, mut src_at) = (gpa.get(), src_gpa.get());
+        let mut left = len;
+        while left > 0 {
+            // `check` proved both ranges lie in runs of adjacent regions
+            // starting at `to` and `from`; a region passed moves to the next.
+            let (d, s) = (
+                self.layout.regions.get(to).ok_or(fault)?,
+                src.layout.regions.get(from).ok_or(fault)?,
+            );
+            if at >= d.end {
+                to += 1;
+                continue;
+            }
+            if src_at >= s.end {
+                from += 1;
+                continue;
+            }
+            let n = usize::try_from((d.end - at).min(s.end - src_at))
+                .unwrap_or(usize::MAX)
+                .min(left);
+            let (offset, src_offset) = (
+                usize::try_from(at - d.start).map_err(|_| fault)?,
+                usize::try_from(src_at - s.start).map_err(|_| fault)?,
+            );
+            d.region
+                .copy_from_region(offset, &s.region, src_offset, n)
+                .map_err(|_| fault)?;
+            at += n as u64;
+            src_at += n as u64;
+            left -= n;
+        }
+        Ok(())
     }
 }
 
@@ -425,6 +477,25 @@ impl GuestMemory for GuestRam {
     fn check(&self, range: GpaRange, access: Access) -> Result<(), MemoryError> {
         let _ = access;
         self.layout.check(range.gpa, range.len).map(|_| ())
+    }
+
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
+    }
+
+    /// Straight from mapping to mapping when `src` is a `GuestRam` too
+    /// (recognised by its type, never by anything `src` says about
+    /// itself): both ranges are checked in their own layouts (holes,
+    /// access maps), then copied region piece by region piece.
+    fn copy_from(
+        &self,
+        gpa: Gpa,
+        src: &dyn GuestMemory,
+        src_gpa: Gpa,
+        len: usize,
+    ) -> Option<Result<(), MemoryError>> {
+        let src = src.as_any()?.downcast_ref::<GuestRam>()?;
+        Some(self.copy_from_ram(gpa, src, src_gpa, len))
     }
 
     fn pin(

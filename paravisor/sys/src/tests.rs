@@ -64,6 +64,17 @@ fn guest_ram_never_touches_a_page_the_access_map_took_away() {
         );
     }
     assert_eq!(ram.check(page, Access::Read).unwrap_err().kind, unmapped);
+    // Direct copies from memory to memory, as source and as destination.
+    let other = GuestRam::memfd("never-touch-other", 4 * PAGE as usize).unwrap();
+    for gpa in [2 * PAGE, 2 * PAGE - 100] {
+        let at = Gpa::new(gpa);
+        let to = ram.copy_from(at, &other, Gpa::new(0), 200).unwrap();
+        assert_eq!(to.unwrap_err().kind, unmapped);
+        let from = other.copy_from(Gpa::new(0), &ram, at, 200).unwrap();
+        assert_eq!(from.unwrap_err().kind, unmapped);
+        let within = ram.copy_from(Gpa::new(0), &ram, at, 200).unwrap();
+        assert_eq!(within.unwrap_err().kind, unmapped);
+    }
     let mut pins = PinSet::with_capacity(2);
     assert!(matches!(
         ram.pin(&[page], Access::Write, DmaDomainId::KERNEL, &mut pins),

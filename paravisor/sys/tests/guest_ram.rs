@@ -450,3 +450,175 @@ fn only_guest_ram_pins_for_the_kernel_domain_are_kernel_pins() {
         Err(PinError::TooManyRanges)
     );
 }
+
+/// Copies straight from one `GuestRam` to another (`copy_from`, the path
+/// `parastor_core::memory::copy` takes between mapped memories) cross
+/// region boundaries on both sides, overlap within one memory like
+/// `memmove`, and refuse holes, pages the access map took away and ranges
+/// past the extent on either side without writing anything.
+#[test]
+fn direct_copies_cross_regions_and_refuse_holes_access_maps_and_the_extent() {
+    let split = split_ram();
+    let flat = GuestRam::memfd("copy-flat", 8 * PAGE as usize)
+        .unwrap()
+        .with_access_map();
+    let len = 2 * PAGE as usize + 300;
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    split.write_at(Gpa::new(3 * PAGE + 100), &data).unwrap();
+    // Out of the split memory, across its region boundary.
+    let done = flat.copy_from(Gpa::new(PAGE + 7), &split, Gpa::new(3 * PAGE + 100), len);
+    assert_eq!(done, Some(Ok(())));
+    let mut back = vec![0; len];
+    flat.read_at(Gpa::new(PAGE + 7), &mut back).unwrap();
+    assert_eq!(back, data);
+    // Into it, across the boundary at a different offset.
+    split.fill_at(Gpa::new(0), 6 * PAGE as usize, 0).unwrap();
+    let done = split.copy_from(Gpa::new(3 * PAGE + 5), &flat, Gpa::new(PAGE + 7), len);
+    assert_eq!(done, Some(Ok(())));
+    split.read_at(Gpa::new(3 * PAGE + 5), &mut back).unwrap();
+    assert_eq!(back, data);
+    assert_eq!(split.compare_at(Gpa::new(3 * PAGE), &[0; 5]), Ok(true));
+    // A word-sized copy.
+    let done = flat.copy_from(Gpa::new(8), &split, Gpa::new(3 * PAGE + 5), 8);
+    assert_eq!(done, Some(Ok(())));
+    assert_eq!(flat.compare_at(Gpa::new(8), &data[..8]), Ok(true));
+
+    // The source runs into the hole: refused, nothing written.
+    let before = vec![0xee; 16];
+    flat.write_at(Gpa::new(0), &before).unwrap();
+    assert_eq!(
+        flat.copy_from(Gpa::new(0), &split, Gpa::new(6 * PAGE - 8), 16),
+        Some(Err(err(6 * PAGE - 8, 16, UNMAPPED)))
+    );
+    // A destination page taken away by the access map: refused.
+    flat.set_accessible(GpaRange::new(Gpa::new(3 * PAGE), PAGE), false)
+        .unwrap();
+    assert_eq!(
+        flat.copy_from(Gpa::new(3 * PAGE - 8), &split, Gpa::new(0), 16),
+        Some(Err(err(3 * PAGE - 8, 16, UNMAPPED)))
+    );
+    // A source page taken away: refused.
+    assert_eq!(
+        split.copy_from(Gpa::new(0), &flat, Gpa::new(3 * PAGE + 8), 16),
+        Some(Err(err(3 * PAGE + 8, 16, UNMAPPED)))
+    );
+    assert_eq!(flat.compare_at(Gpa::new(0), &before), Ok(true));
+    // Past either extent.
+    assert_eq!(
+        split.copy_from(Gpa::new(9 * PAGE - 4), &flat, Gpa::new(0), 8),
+        Some(Err(err(9 * PAGE - 4, 8, MemoryErrorKind::OutOfRange)))
+    );
+    assert_eq!(
+        split.copy_from(Gpa::new(0), &flat, Gpa::new(u64::MAX - 2), 8),
+        Some(Err(err(u64::MAX - 2, 8, MemoryErrorKind::OutOfRange)))
+    );
+    flat.set_accessible(GpaRange::new(Gpa::new(3 * PAGE), PAGE), true)
+        .unwrap();
+
+    // Overlapping ranges of one memory: as `memmove`, either direction.
+    flat.write_at(Gpa::new(0), &data[..3000]).unwrap();
+    assert_eq!(
+        flat.copy_from(Gpa::new(100), &flat, Gpa::new(0), 3000),
+        Some(Ok(()))
+    );
+    assert_eq!(flat.compare_at(Gpa::new(100), &data[..3000]), Ok(true));
+    assert_eq!(
+        flat.copy_from(Gpa::new(0), &flat, Gpa::new(100), 3000),
+        Some(Ok(()))
+    );
+    assert_eq!(flat.compare_at(Gpa::new(0), &data[..3000]), Ok(true));
+
+    // Memory of another type is not taken for `GuestRam`: the caller
+    // stages instead.
+    let other = parastor_core::memory::RamGuestMemory::new(PAGE);
+    assert_eq!(flat.copy_from(Gpa::new(0), &other, Gpa::new(0), 16), None);
+}
+
+/// A wrapper that shows `inner` shifted by `base` and says so through
+/// `window` only when `windowed`.
+struct Shifted {
+    inner: GuestRam,
+    base: u64,
+    windowed: bool,
+}
+
+impl GuestMemory for Shifted {
+    fn extent(&self) -> Gpa {
+        Gpa::new(self.inner.extent().get() - self.base)
+    }
+    fn read_at(&self, gpa: Gpa, dst: &mut [u8]) -> Result<(), MemoryError> {
+        self.inner.read_at(gpa + self.base, dst)
+    }
+    fn write_at(&self, gpa: Gpa, src: &[u8]) -> Result<(), MemoryError> {
+        self.inner.write_at(gpa + self.base, src)
+    }
+    fn fill_at(&self, gpa: Gpa, len: usize, byte: u8) -> Result<(), MemoryError> {
+        self.inner.fill_at(gpa + self.base, len, byte)
+    }
+    fn atomic(
+        &self,
+        gpa: Gpa,
+        width: parastor_core::memory::Width,
+        op: parastor_core::memory::AtomicOp,
+        order: Ordering,
+    ) -> Result<u64, MemoryError> {
+        self.inner.atomic(gpa + self.base, width, op, order)
+    }
+    fn window(&self, gpa: Gpa, len: u64) -> Option<(&dyn GuestMemory, Gpa)> {
+        let _ = len;
+        self.windowed
+            .then(|| (&self.inner as &dyn GuestMemory, gpa + self.base))
+    }
+}
+
+/// `memory::copy` and `sg::copy` look through windows to the `GuestRam`s
+/// underneath (the translated addresses land where the wrapper's own
+/// accessors would put them) and give the same bytes when they must stage.
+#[test]
+fn copies_through_windows_land_where_the_wrappers_say() {
+    use parastor_core::SgList;
+    for windowed in [true, false] {
+        let shifted = Shifted {
+            inner: split_ram(),
+            base: 2 * PAGE,
+            windowed,
+        };
+        let flat = GuestRam::memfd("copy-window", 8 * PAGE as usize).unwrap();
+        let data: Vec<u8> = (0..5000).map(|i| (i * 13 % 241) as u8).collect();
+        flat.write_at(Gpa::new(PAGE), &data).unwrap();
+        // Through the wrapper: GPA 1 page + 50 is the split memory's
+        // 3 pages + 50, so the copy crosses its region boundary.
+        parastor_core::memory::copy(&flat, Gpa::new(PAGE), &shifted, Gpa::new(PAGE + 50), 5000)
+            .unwrap();
+        assert_eq!(
+            shifted.inner.compare_at(Gpa::new(3 * PAGE + 50), &data),
+            Ok(true)
+        );
+        // And back out, as two scattered views.
+        let src = [
+            GpaRange::new(Gpa::new(PAGE + 50), 1000),
+            GpaRange::new(Gpa::new(PAGE + 1050), 4000),
+        ];
+        let dst = [
+            GpaRange::new(Gpa::new(5 * PAGE), 3000),
+            GpaRange::new(Gpa::new(7), 2000),
+        ];
+        let from = SgList::new(&shifted, &src, false).unwrap();
+        let to = SgList::new(&flat, &dst, true).unwrap();
+        parastor_core::sg::copy(&from, &to).unwrap();
+        assert_eq!(flat.compare_at(Gpa::new(5 * PAGE), &data[..3000]), Ok(true));
+        assert_eq!(flat.compare_at(Gpa::new(7), &data[3000..]), Ok(true));
+        // The wrapper's hole (the split memory's 6..8 pages) is refused
+        // either way.
+        let e =
+            parastor_core::memory::copy(&flat, Gpa::new(0), &shifted, Gpa::new(4 * PAGE - 4), 8)
+                .unwrap_err();
+        assert_eq!(e.kind, UNMAPPED);
+        // A read-only view is never written.
+        let ro = SgList::new(&flat, &dst, false).unwrap();
+        assert_eq!(
+            parastor_core::sg::copy(&from, &ro).unwrap_err().kind,
+            MemoryErrorKind::WriteProtected
+        );
+    }
+}
