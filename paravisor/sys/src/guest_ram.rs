@@ -269,48 +269,67 @@ impl fmt::Debug for GuestRam {
 impl Layout {
     /// Checks that `[gpa, gpa + len)` lies in the memory, on mapped and
     /// accessible pages, without touching it; returns the index of the
-    /// region holding `gpa`.
+    /// region holding `gpa`. Every access, atomic and copy starts here, so
+    /// the usual layout (one region) is decided without a search.
     fn check(&self, gpa: Gpa, len: u64) -> Result<usize, MemoryError> {
         let start = gpa.get();
-        let end = start
-            .checked_add(len)
-            .filter(|&end| end <= self.extent)
-            .ok_or(MemoryError::new(gpa, len, MemoryErrorKind::OutOfRange))?;
-        let unmapped = MemoryError::new(gpa, len, MemoryErrorKind::Inaccessible(Denied::Unmapped));
+        let Some(end) = start.checked_add(len).filter(|&end| end <= self.extent) else {
+            return Err(MemoryError::new(gpa, len, MemoryErrorKind::OutOfRange));
+        };
+        let index = match &*self.regions {
+            // One region: it ends at the extent, so the range is mapped
+            // if it starts inside it.
+            [only] if start >= only.start => 0,
+            _ => self
+                .mapped(start, end)
+                .ok_or_else(|| Self::unmapped(gpa, len))?,
+        };
+        if let Some(map) = &self.access
+            && len > 0
+        {
+            let first = start / GUEST_PAGE_SIZE;
+            let last = end.div_ceil(GUEST_PAGE_SIZE);
+            let pages = usize::try_from(first)
+                .ok()
+                .zip(usize::try_from(last).ok())
+                .and_then(|(first, last)| map.get(first..last))
+                .ok_or_else(|| Self::unmapped(gpa, len))?;
+            if pages.iter().any(|p| p.load(Ordering::Acquire) == 0) {
+                return Err(Self::unmapped(gpa, len));
+            }
+        }
+        Ok(index)
+    }
+
+    /// The error for a range that touches a hole or an inaccessible page.
+    fn unmapped(gpa: Gpa, len: u64) -> MemoryError {
+        MemoryError::new(gpa, len, MemoryErrorKind::Inaccessible(Denied::Unmapped))
+    }
+
+    /// The index of the region holding `start`, if `[start, end)` lies in
+    /// it and the regions adjacent to it (no hole); `end` is at most the
+    /// extent.
+    fn mapped(&self, start: u64, end: u64) -> Option<usize> {
         // The last region starting at or before `start`.
         let index = self
             .regions
             .partition_point(|p| p.start <= start)
-            .checked_sub(1)
-            .ok_or(unmapped)?;
+            .checked_sub(1)?;
         // Walk on while the range continues into adjacent regions.
-        let mut covered = self.regions.get(index).map_or(start, |p| p.end);
-        if covered <= start && len > 0 {
-            return Err(unmapped);
+        let mut covered = self.regions.get(index)?.end;
+        if covered <= start && end > start {
+            return None;
         }
         for next in self.regions.iter().skip(index + 1) {
             if covered >= end {
                 break;
             }
             if next.start != covered {
-                return Err(unmapped);
+                return None;
             }
             covered = next.end;
         }
-        if covered < end {
-            return Err(unmapped);
-        }
-        if let Some(map) = &self.access
-            && len > 0
-        {
-            let first = start / GUEST_PAGE_SIZE;
-            let last = end.div_ceil(GUEST_PAGE_SIZE);
-            let pages = map.iter().take(last as usize).skip(first as usize);
-            if pages.map(|p| p.load(Ordering::Acquire)).any(|a| a == 0) {
-                return Err(unmapped);
-            }
-        }
-        Ok(index)
+        (covered >= end).then_some(index)
     }
 
     /// Calls `f(region, offset in region, offset in the access, length)`

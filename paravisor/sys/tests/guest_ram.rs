@@ -622,3 +622,31 @@ fn copies_through_windows_land_where_the_wrappers_say() {
         );
     }
 }
+
+/// The one-region layout (checked without a search): below the region is a
+/// hole, past it is out of range, and its edges are reachable exactly.
+#[test]
+fn one_region_above_zero_has_a_hole_below_it() {
+    let ram = GuestRam::new(vec![(Gpa::new(2 * PAGE), region(PAGE))]).unwrap();
+    let mut buf = [0; 8];
+    assert_eq!(
+        ram.read_at(Gpa::new(2 * PAGE - 4), &mut buf),
+        Err(err(2 * PAGE - 4, 8, UNMAPPED))
+    );
+    assert_eq!(ram.write_at(Gpa::new(0), &buf), Err(err(0, 8, UNMAPPED)));
+    assert_eq!(
+        ram.load_u32(Gpa::new(PAGE), Ordering::Acquire),
+        Err(err(PAGE, 4, UNMAPPED))
+    );
+    assert_eq!(
+        ram.read_at(Gpa::new(3 * PAGE - 4), &mut buf),
+        Err(err(3 * PAGE - 4, 8, MemoryErrorKind::OutOfRange))
+    );
+    ram.write_at(Gpa::new(2 * PAGE), &[1; 8]).unwrap();
+    ram.write_at(Gpa::new(3 * PAGE - 8), &[2; 8]).unwrap();
+    assert_eq!(
+        ram.load_u64(Gpa::new(2 * PAGE), Ordering::Acquire),
+        Ok(0x0101_0101_0101_0101)
+    );
+    assert_eq!(ram.compare_at(Gpa::new(3 * PAGE - 8), &[2; 8]), Ok(true));
+}
