@@ -319,7 +319,10 @@ const SMALL_COPY: usize = 4096;
 /// the read and the write.
 const LARGE_COPY: usize = 16 << 10;
 
-/// [`copy`] through a stack buffer, in pieces of at most `N` bytes.
+/// [`copy`] through a stack buffer, in pieces of at most `N` bytes. Out
+/// of line, so the direct path of [`copy`] does not set up (and probe) a
+/// 16 KiB stack frame.
+#[inline(never)]
 fn copy_via<const N: usize>(
     src: &dyn GuestMemory,
     mut src_gpa: Gpa,

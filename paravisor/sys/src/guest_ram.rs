@@ -271,6 +271,7 @@ impl Layout {
     /// accessible pages, without touching it; returns the index of the
     /// region holding `gpa`. Every access, atomic and copy starts here, so
     /// the usual layout (one region) is decided without a search.
+    #[inline]
     fn check(&self, gpa: Gpa, len: u64) -> Result<usize, MemoryError> {
         let start = gpa.get();
         let Some(end) = start.checked_add(len).filter(|&end| end <= self.extent) else {
