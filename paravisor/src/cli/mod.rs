@@ -11,6 +11,7 @@ pub mod dd;
 pub mod format;
 pub mod info;
 pub mod nvme;
+pub mod nvme_diff;
 pub mod rng;
 pub mod settings;
 pub mod tcmu;
@@ -51,6 +52,10 @@ pub enum Command {
     /// write, deallocate, flush, controller and function-level reset
     /// (needs root and the function bound to vfio-pci).
     NvmeCheck(nvme::NvmeCheckArgs),
+    /// Run one NVMe command script against a controller bound to vfio-pci
+    /// and against parastor's controller emulator in process, and compare
+    /// the completions (needs root and the function bound to vfio-pci).
+    NvmeDiff(nvme_diff::NvmeDiffArgs),
 }
 
 /// `parastor disk`.
@@ -184,6 +189,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Settings(args) => return settings::run(args),
         Command::Tcmu(args) => return tcmu::run(args),
         Command::NvmeCheck(args) => return nvme::run(args).map(|()| ExitCode::SUCCESS),
+        Command::NvmeDiff(args) => return nvme_diff::run(args).map(|()| ExitCode::SUCCESS),
     };
     match args.command {
         DiskCommand::Info { spec } => {

@@ -8,8 +8,9 @@
 //!
 //! Without an IOMMU the device is given physical addresses, so the pages
 //! must stay where they are: locked pages are never swapped out, but the
-//! kernel may still migrate them to compact memory unless
-//! `vm.compact_unevictable_allowed` is 0 — the no-IOMMU setup sets it.
+//! kernel may still migrate them to compact memory unless the sysctl
+//! `vm.compact_unevictable_allowed` is 0 ([`locked_pages_may_move`] tells;
+//! setting it is the host's configuration, not this crate's).
 #![allow(unsafe_code)]
 
 use crate::mmap::{MappedRegion, page_size};
@@ -29,6 +30,14 @@ pub fn lock(region: &MappedRegion) -> io::Result<()> {
     // locking pages changes no byte and invalidates no pointer.
     unsafe { rustix::mm::mlock(start.cast(), region.len()) }?;
     Ok(())
+}
+
+/// Whether the kernel may migrate locked pages (the sysctl
+/// `vm.compact_unevictable_allowed` is not 0, or cannot be read): then a
+/// physical address from [`physical_addresses`] can go stale.
+pub fn locked_pages_may_move() -> bool {
+    std::fs::read_to_string("/proc/sys/vm/compact_unevictable_allowed")
+        .map_or(true, |v| v.trim() != "0")
 }
 
 /// One entry of `/proc/PID/pagemap`: bit 63 says the page is present,

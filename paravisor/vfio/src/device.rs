@@ -369,6 +369,12 @@ impl VfioDevice {
             Some(IommuType::NoIommu) => {
                 let addresses = dma::physical_addresses(&region)
                     .map_err(|e| OpenError::Dma(format!("no-IOMMU DMA memory: {e}")))?;
+                if dma::locked_pages_may_move() {
+                    log::warn!(
+                        "no-IOMMU DMA: vm.compact_unevictable_allowed is not 0, so the kernel \
+                         may migrate the locked DMA pages under the device; set it to 0"
+                    );
+                }
                 let allocator = PageAllocator::physical(&addresses, PAGE);
                 let index = addresses.iter().enumerate().map(|(i, a)| (*a, i)).collect();
                 (allocator, DmaPlace::Physical { addresses, index })

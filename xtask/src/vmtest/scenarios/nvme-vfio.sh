@@ -9,6 +9,9 @@
 #    controller up, checks NN and the LBA sizes, reads the kernel's data
 #    back, writes its own, deallocates (DSM), flushes, resets the
 #    controller and the function, and reads its data back after each.
+#    `parastor nvme-diff` then runs its command script against this
+#    controller and against parastor's emulator and compares (it writes
+#    only above the data checked here).
 # 3. The function is rebound to nvme; the kernel reads parastor's data and
 #    the deallocated range and compares.
 # 4. Any IOMMU (DMAR) fault in the kernel log fails the scenario: QEMU
@@ -92,6 +95,16 @@ cat $dir/check.out
 end=$(uptime_seconds)
 figure check_s "$(echo "$start $end" | awk '{ printf "%.1f", $2 - $1 }')"
 grep -q "nvme-check: ok" $dir/check.out || fail "nvme-check printed no ok line"
+
+# The differential: one command script against QEMU's controller and
+# against parastor's emulator in process, completions compared.
+parastor nvme-diff --pci $addr >$dir/diff.out 2>&1 || {
+    cat $dir/diff.out
+    fail "parastor nvme-diff: the emulator differs from QEMU"
+}
+cat $dir/diff.out
+grep -q "nvme-diff: ok" $dir/diff.out || fail "nvme-diff printed no ok line"
+figure diff_commands "$(sed -n 's/.*nvme-diff: ok: \([0-9]*\) commands.*/\1/p' $dir/diff.out)"
 
 # 3. The kernel reads parastor's data back.
 bind nvme
