@@ -1,4 +1,4 @@
-//! Fault injection around any [`DeviceAccess`](crate::DeviceAccess): a
+//! Fault injection around any [`DeviceAccess`]: a
 //! middleware that makes a well-behaved device misbehave on purpose, so
 //! the driver's answer to a hostile device can be tested.
 //!
@@ -1442,6 +1442,51 @@ impl DeviceInterrupt for FaultInterrupt {
     }
 }
 
+impl FaultInjector {
+    /// Hands the device's buffer `buf` to the driver: kept here, reached by
+    /// the driver through a memory wrapper that pumps a completion queue
+    /// kept in it before every read.
+    fn hand(&self, buf: DmaBuffer) -> DmaBuffer {
+        let (mem, base) = buf.memory();
+        let (mem, base) = (mem.clone(), base);
+        let addr = buf.device_address(0);
+        let len = buf.len();
+        let tap = Arc::new(TapState::default());
+        let wrapped = GuestMem::new(TapMem {
+            inner: mem.clone(),
+            tap: tap.clone(),
+            shared: Arc::downgrade(&self.shared),
+        });
+        let release: Arc<dyn DmaRelease> = Arc::new(Releaser(Arc::downgrade(&self.shared)));
+        let old = {
+            let mut st = self.shared.state.lock();
+            // A queue the wrapper already shadows in this memory (memory
+            // re-attached after a keepalive save) is pumped on reads again.
+            if let Some((q, _)) = st.cqs.iter().find(|(_, c)| c.driver_key == addr) {
+                tap.cq.store(u32::from(*q) + 1, Ordering::Relaxed);
+            }
+            st.buffers.insert(
+                addr,
+                Handed {
+                    len: len as u64,
+                    mem,
+                    base,
+                    tap,
+                    _inner: buf,
+                },
+            )
+        };
+        if let Some(old) = old {
+            // The range was handed out before and never given back (a
+            // keepalive save leaves memory with the device); it now
+            // belongs to the re-attached buffer, so the old handle must
+            // never release it.
+            core::mem::forget(old);
+        }
+        DmaBuffer::new(wrapped, base, len, DeviceAddress::new(addr), Some(release))
+    }
+}
+
 impl DeviceAccess for FaultInjector {
     fn id(&self) -> &str {
         self.shared.inner.id()
@@ -1575,35 +1620,12 @@ impl DeviceAccess for FaultInjector {
 
     fn alloc_dma(&self, len: usize) -> Result<DmaBuffer, DeviceError> {
         let buf = self.shared.inner.alloc_dma(len)?;
-        let (mem, base) = buf.memory();
-        let (mem, base) = (mem.clone(), base);
-        let addr = buf.device_address(0);
-        let blen = buf.len();
-        let tap = Arc::new(TapState::default());
-        let wrapped = GuestMem::new(TapMem {
-            inner: mem.clone(),
-            tap: tap.clone(),
-            shared: Arc::downgrade(&self.shared),
-        });
-        let release: Arc<dyn DmaRelease> = Arc::new(Releaser(Arc::downgrade(&self.shared)));
-        let old = self.shared.state.lock().buffers.insert(
-            addr,
-            Handed {
-                len: blen as u64,
-                mem,
-                base,
-                tap,
-                _inner: buf,
-            },
-        );
-        drop(old);
-        Ok(DmaBuffer::new(
-            wrapped,
-            base,
-            blen,
-            DeviceAddress::new(addr),
-            Some(release),
-        ))
+        Ok(self.hand(buf))
+    }
+
+    fn attach_dma(&self, range: DeviceRange) -> Result<DmaBuffer, DeviceError> {
+        let buf = self.shared.inner.attach_dma(range)?;
+        Ok(self.hand(buf))
     }
 
     fn max_interrupts(&self) -> u16 {
