@@ -482,6 +482,8 @@ struct Entry {
     cqe: Cqe,
     flip_phase: bool,
     duplicate: bool,
+    /// The SQ head was overwritten on purpose: delivered as it is.
+    fixed_sqhd: bool,
 }
 
 /// A buffer handed to the driver: the device's own, kept here until the
@@ -502,6 +504,9 @@ struct Sq {
     size: u32,
     tail: u32,
     cqid: u16,
+    /// The SQ head the device reported last (its completions come in
+    /// device order, so this only moves forward).
+    head: Option<u16>,
 }
 
 /// A completion queue: the device's shadow and the driver's real one.
@@ -804,6 +809,7 @@ impl State {
                     size,
                     tail: 0,
                     cqid,
+                    head: None,
                 },
             );
         }
@@ -1025,10 +1031,16 @@ impl State {
             }
             self.admin_done(cmd, status);
         }
+        // The device's completions come in its order, so their SQ heads
+        // only move forward: remember the newest.
+        if let Some(sq) = self.sqs.get_mut(&cqe.sqid.get()) {
+            sq.head = Some(cqe.sqhd.get());
+        }
         let mut entry = Entry {
             cqe,
             flip_phase: false,
             duplicate: false,
+            fixed_sqhd: false,
         };
         let Some(cq) = self.cqs.get_mut(&qid) else {
             return;
@@ -1057,7 +1069,10 @@ impl State {
                 match field {
                     CqeField::Cid(v) => entry.cqe.cid = U16::new(v),
                     CqeField::SqId(v) => entry.cqe.sqid = U16::new(v),
-                    CqeField::SqHead(v) => entry.cqe.sqhd = U16::new(v),
+                    CqeField::SqHead(v) => {
+                        entry.cqe.sqhd = U16::new(v);
+                        entry.fixed_sqhd = true;
+                    }
                     CqeField::Status(v) => {
                         let p = status & 1;
                         entry.cqe.status =
@@ -1079,10 +1094,21 @@ impl State {
             if self.stats.removed {
                 break;
             }
-            let Some(cq) = self.cqs.get_mut(&qid) else {
+            let Some(cq) = self.cqs.get(&qid) else {
                 break;
             };
-            let Some(entry) = cq.ready.front().copied() else {
+            let Some(mut entry) = cq.ready.front().copied() else {
+                break;
+            };
+            // A late completion (delayed, overtaken, or a copy) reports
+            // the SQ head as of its delivery, as a device posting it then
+            // would: SQ heads the driver sees never move backwards.
+            if !entry.fixed_sqhd
+                && let Some(head) = self.sqs.get(&entry.cqe.sqid.get()).and_then(|s| s.head)
+            {
+                entry.cqe.sqhd = U16::new(head);
+            }
+            let Some(cq) = self.cqs.get_mut(&qid) else {
                 break;
             };
             let room = cq.room() as usize;
@@ -1229,6 +1255,7 @@ impl Shared {
                         size: sq_size,
                         tail: 0,
                         cqid: 0,
+                        head: None,
                     },
                 );
             }
