@@ -13,12 +13,18 @@
 //! up and runs the input's I/O (reads, writes, flushes at any sector and
 //! length), controller resets and a shutdown.
 //!
+//! The driver runs on virtual time ([`VirtualClock`]: a sleep moves the
+//! clock and ends at the next poll) with short timeouts, and its watchdog
+//! ([`NvmeDriver::run_watchdog`]) runs beside every operation, so lost
+//! completions and interrupts end in Abort, reset or failure within a few
+//! hundred polls.
+//!
 //! Properties:
 //! - nothing panics;
-//! - nothing hangs: every operation runs for at most [`MAX_STEPS`] steps of
-//!   a single-threaded executor that never sleeps (the driver's timer ends
-//!   its sleeps at the next poll), and is dropped if it has not finished —
-//!   which must not panic either;
+//! - nothing hangs: bring-up and every operation end within
+//!   [`MAX_STEPS`] steps of a single-threaded executor that never sleeps
+//!   (a device that never answers is timed out by the driver, not by the
+//!   harness);
 //! - nothing allocates without bound (libFuzzer's limits check it while
 //!   fuzzing; the wrapper and the driver keep their own memory bounded);
 //! - a read that succeeds under a plan that leaves completions and
@@ -29,27 +35,31 @@
 //! A [`Header`], a plan (see [`plan`]), then operations until the input
 //! runs out (at most [`MAX_OPS`]).
 
+use crate::nvme::VirtualClock;
 use crate::scratch::ScratchMemory;
 use arbitrary::{Arbitrary, Unstructured};
+use futures::FutureExt;
+use futures::future::FusedFuture;
 use parastor_core::memory::GuestMemory;
 use parastor_core::ram::RamDisk;
 use parastor_core::{Disk, Gpa, GpaRange, GuestMem, IoOptions, SgList};
-use parastor_emulated::nvme::{NvmeRig, RigConfig, YieldTimer};
+use parastor_emulated::nvme::{NvmeRig, RigConfig};
 use parastor_hw::nvme::regs::offset;
 use parastor_nvme_driver::fault::{
     CompletionFault, CqeField, FaultInjector, FaultPlan, IdentifyFault, QueueSelect, Select,
 };
 use parastor_nvme_driver::{DataPointer, DeviceAccess, DriverConfig, NvmeDriver};
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll, Wake, Waker};
+use std::time::Duration;
 
 /// Steps one operation (or the bring-up) runs at most.
-pub const MAX_STEPS: u32 = 20_000;
+pub const MAX_STEPS: u32 = 50_000;
 /// Consecutive steps in which nothing moved before an operation is
-/// deemed stuck (waiting for the device) and dropped.
+/// deemed stuck (nothing left that could wake it).
 const IDLE_STEPS: u32 = 16;
 /// Operations one input runs at most.
 pub const MAX_OPS: usize = 12;
@@ -99,6 +109,27 @@ impl Wake for Flag {
     }
 }
 
+/// Runs `op` beside the watchdog `wd` (until the watchdog ends).
+fn beside<T>(
+    rig: &NvmeRig,
+    op: impl Future<Output = T>,
+    wd: &mut Pin<&mut (impl FusedFuture<Output = ()> + ?Sized)>,
+) -> Option<T> {
+    let mut op = pin!(op);
+    drive(
+        rig,
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(v) = op.as_mut().poll(cx) {
+                return Poll::Ready(v);
+            }
+            if !wd.is_terminated() {
+                let _ = wd.as_mut().poll(cx);
+            }
+            Poll::Pending
+        }),
+    )
+}
+
 /// Polls `fut` (when woken) and the controller, for at most
 /// [`MAX_STEPS`] steps; `None` if it did not finish.
 fn drive<F: Future>(rig: &NvmeRig, fut: F) -> Option<F::Output> {
@@ -129,6 +160,14 @@ fn drive<F: Future>(rig: &NvmeRig, fut: F) -> Option<F::Output> {
         }
     }
     None
+}
+
+/// `r`, which must be there: an operation that did not end within
+/// [`MAX_STEPS`] steps, with the watchdog running, hangs.
+#[track_caller]
+fn ended<T>(r: Option<T>, what: &str) -> Option<T> {
+    assert!(r.is_some(), "{what} did not end within {MAX_STEPS} steps");
+    r
 }
 
 /// A queue selection from one byte.
@@ -240,14 +279,34 @@ fn faithful(plan: &FaultPlan) -> bool {
         })
 }
 
+/// How far an input got.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    /// The driver came up.
+    pub up: bool,
+    /// Operations run.
+    pub ops: usize,
+    /// Operations that succeeded.
+    pub succeeded: usize,
+    /// Reads whose data was checked against what was written.
+    pub checked_reads: usize,
+}
+
 /// Runs one input; panics if a property is broken.
 pub fn nvme_driver(data: &[u8]) {
+    run(data);
+}
+
+/// Runs one input and says how far it got; panics if a property is
+/// broken.
+pub fn run(data: &[u8]) -> Summary {
+    let mut summary = Summary::default();
     let mut u = Unstructured::new(data);
     let Ok(header) = Header::arbitrary(&mut u) else {
-        return;
+        return summary;
     };
     let Ok(plan) = plan(&mut u) else {
-        return;
+        return summary;
     };
     let sector_size: u32 = if header.flags & 1 != 0 { 4096 } else { 512 };
     let mut controller = crate::nvme::controller_config(2);
@@ -262,17 +321,18 @@ pub fn nvme_driver(data: &[u8]) {
         GuestMem::new(ScratchMemory::take(DATA_BYTES + DMA_BYTES)),
     );
     let Ok(ram) = RamDisk::new(SECTORS * u64::from(sector_size), sector_size) else {
-        return;
+        return summary;
     };
     let Ok(backing) = Disk::new(ram) else {
-        return;
+        return summary;
     };
     if rig.controller().add_namespace(1, backing).is_err() {
-        return;
+        return summary;
     }
     let check_data = faithful(&plan);
     let fi = FaultInjector::new(rig.device(), plan);
     let device: Arc<dyn DeviceAccess> = fi.clone();
+    let clock = VirtualClock::new();
     let config = DriverConfig {
         io_queues: if header.flags & 2 != 0 { 2 } else { 1 },
         io_queue_size: 2 + u16::from(header.io_entries % 31),
@@ -284,12 +344,22 @@ pub fn nvme_driver(data: &[u8]) {
         },
         bounce_budget: 64 << 10,
         host_id: (header.flags & 0x20 != 0).then_some([0x5A; 16]),
+        command_timeout: Duration::from_secs(1),
+        admin_timeout: Duration::from_secs(1),
+        watchdog_period: Duration::from_millis(100),
+        ready_timeout_cap: Duration::from_secs(1),
+        clock: clock.clone(),
         ..DriverConfig::default()
     };
-    let Some(Ok(driver)) = drive(&rig, NvmeDriver::new(device, config, Arc::new(YieldTimer)))
-    else {
-        return;
+    let up = drive(&rig, NvmeDriver::new(device, config, clock.clone()));
+    let Some(up) = up else {
+        panic!("bring-up did not end within {MAX_STEPS} steps");
     };
+    let Ok(driver) = up else {
+        return summary;
+    };
+    summary.up = true;
+    let mut wd = pin!(driver.run_watchdog().fuse());
     let disk = driver.namespace(1).ok().and_then(|ns| Disk::new(ns).ok());
     let memory: &dyn GuestMemory = &**rig.memory();
     // Bounced buffers: memory the device's domain cannot pin.
@@ -302,9 +372,13 @@ pub fn nvme_driver(data: &[u8]) {
     };
     let mut written: Vec<Option<Vec<u8>>> = vec![None; SECTORS as usize];
     for _ in 0..MAX_OPS {
+        if u.is_empty() {
+            break;
+        }
         let Ok(op) = Op::arbitrary(&mut u) else {
             break;
         };
+        summary.ops += 1;
         match op {
             Op::Write {
                 sector,
@@ -327,8 +401,12 @@ pub fn nvme_driver(data: &[u8]) {
                 let Ok(sg) = SgList::new(io_memory, &ranges, false) else {
                     continue;
                 };
-                let r = drive(&rig, disk.write(sg, sector, IoOptions::default()));
+                let r = ended(
+                    beside(&rig, disk.write(sg, sector, IoOptions::default()), &mut wd),
+                    "write",
+                );
                 if let Some(Ok(())) = r {
+                    summary.succeeded += 1;
                     for (i, chunk) in bytes.chunks(ss as usize).enumerate() {
                         if let Some(slot) = written.get_mut(sector as usize + i) {
                             *slot = Some(chunk.to_vec());
@@ -357,8 +435,15 @@ pub fn nvme_driver(data: &[u8]) {
                 let Ok(sg) = SgList::new(io_memory, &ranges, true) else {
                     continue;
                 };
-                let r = drive(&rig, disk.read(sg, sector, IoOptions::default()));
+                let r = ended(
+                    beside(&rig, disk.read(sg, sector, IoOptions::default()), &mut wd),
+                    "read",
+                );
+                if let Some(Ok(())) = r {
+                    summary.succeeded += 1;
+                }
                 if check_data && let Some(Ok(())) = r {
+                    summary.checked_reads += 1;
                     let mut back = vec![0u8; len as usize];
                     if io_memory.read_at(Gpa::new(at), &mut back).is_ok() {
                         for (i, chunk) in back.chunks(ss as usize).enumerate() {
@@ -374,17 +459,24 @@ pub fn nvme_driver(data: &[u8]) {
                 }
             }
             Op::Flush => {
-                if let Some(disk) = &disk {
-                    let _ = drive(&rig, disk.flush(IoOptions::default()));
+                if let Some(disk) = &disk
+                    && let Some(Ok(())) = ended(
+                        beside(&rig, disk.flush(IoOptions::default()), &mut wd),
+                        "flush",
+                    )
+                {
+                    summary.succeeded += 1;
                 }
             }
             Op::Reset => {
-                let _ = drive(&rig, driver.reset());
+                if let Some(Ok(())) = ended(beside(&rig, driver.reset(), &mut wd), "reset") {
+                    summary.succeeded += 1;
+                }
                 // Outstanding writes may or may not have landed.
                 written.iter_mut().for_each(|w| *w = None);
             }
             Op::Shutdown => {
-                let _ = drive(&rig, driver.shutdown());
+                let _ = ended(beside(&rig, driver.shutdown(), &mut wd), "shutdown");
                 break;
             }
         }
@@ -395,4 +487,56 @@ pub fn nvme_driver(data: &[u8]) {
         "the fault injector holds {} completions",
         fi.held()
     );
+    summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The discriminant bytes `arbitrary` reads for variant `i` of 5.
+    fn variant(i: u32) -> [u8; 4] {
+        (((u64::from(i) << 32) / 5 + 1) as u32).to_le_bytes()
+    }
+
+    #[test]
+    fn a_plain_input_brings_the_driver_up_and_checks_what_it_reads() {
+        // Header: 512-byte sectors, one queue pair, PRPs; then an empty
+        // plan; then write 3 sectors at 1, read them back, flush, reset,
+        // read again.
+        let mut input = vec![0u8, 10, 10, 3];
+        input.extend([0, 0, 0, 0, 0]);
+        input.extend(variant(0));
+        input.extend([1, 2, 7]);
+        input.extend(variant(1));
+        input.extend([1, 2]);
+        input.extend(variant(2));
+        input.extend(variant(3));
+        input.extend(variant(1));
+        input.extend([1, 2]);
+        let s = run(&input);
+        assert_eq!(
+            s,
+            Summary {
+                up: true,
+                ops: 5,
+                succeeded: 5,
+                checked_reads: 2,
+            }
+        );
+    }
+
+    #[test]
+    fn a_plan_decodes_from_bytes() {
+        // One rule: I/O queue, opcode 2 (Read), skip 1, once, always:
+        // drop. CFS after 5.
+        let bytes = [9, 1, 0x82, 2, 1, 1, 0, 0, 0, 0, 1, 5];
+        let p = plan(&mut Unstructured::new(&bytes)).unwrap();
+        assert_eq!(p.seed, 9);
+        assert_eq!(p.rules.len(), 1);
+        assert_eq!(p.rules[0].when, Select::io().opcode(2).skip(1).once());
+        assert_eq!(p.rules[0].fault, CompletionFault::Drop);
+        assert_eq!(p.cfs_after, Some(5));
+        assert_eq!(p.removal_after, None);
+    }
 }

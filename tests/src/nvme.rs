@@ -242,6 +242,16 @@ pub fn threaded_disk(sectors: u64, sector_size: u32, config: DriverConfig) -> Di
     Disk::new(driver.namespace(1).expect("namespace 1")).expect("valid disk")
 }
 
+/// How many 4 KiB pages of DMA memory `device` can hand out now (takes
+/// them all, then gives them back).
+pub fn free_dma_pages(device: &dyn DeviceAccess) -> usize {
+    let mut taken = Vec::new();
+    while let Ok(b) = device.alloc_dma(4096) {
+        taken.push(b);
+    }
+    taken.len()
+}
+
 /// Virtual time for the driver: a [`Clock`] that only moves when the
 /// driver sleeps through the same value as its [`Timer`] — each sleep
 /// moves the clock by its duration and ends at the next poll. Timeouts of

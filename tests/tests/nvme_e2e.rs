@@ -7,11 +7,14 @@ use futures::future::{Either, join_all, select};
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SgList, UnmapBehavior};
 use parastor_core::{Gpa, GuestMemory, IoError, IoErrorKind};
 use parastor_nvme_driver::error::{CODE_DEVICE_FAILED, CODE_NAMESPACE_REMOVED, CODE_TIMEOUT};
-use parastor_nvme_driver::{Clock, DataPointer, DriverConfig, DriverError, NvmeDriver};
+use parastor_nvme_driver::{
+    Clock, DataPointer, DriverConfig, DriverError, NvmeDriver, PassthroughData, PassthroughQueue,
+};
 use parastor_tests::buf::{pattern, read_vec};
 use parastor_tests::conformance;
 use parastor_tests::nvme::{
-    HangDisk, PlugState, Testbed, Unpluggable, VirtualClock, threaded_disk, threaded_driver,
+    HangDisk, PlugState, Testbed, Unpluggable, VirtualClock, free_dma_pages, threaded_disk,
+    threaded_driver,
 };
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -1124,6 +1127,46 @@ fn a_fatal_status_fails_the_controller_and_a_stop_releases_the_buffers() {
 }
 
 #[test]
+fn dma_memory_the_device_may_still_write_is_never_handed_back() {
+    let (t, hang) = hang_testbed();
+    let free = free_dma_pages(&*t.rig.device());
+    // A driver shut down cleanly gives every page back when dropped.
+    {
+        let clock = VirtualClock::new();
+        let driver = t.start_virtual(t.rig.device(), timeout_config(), &clock);
+        let (_, disk) = Testbed::disk(&driver, 2);
+        let wd = driver.run_watchdog();
+        let mut wd = pin!(wd);
+        write_read(&t, &clock, &disk, 0, &mut wd);
+        t.run(driver.shutdown()).expect("shutdown");
+    }
+    assert_eq!(free_dma_pages(&*t.rig.device()), free, "all back");
+    // A driver whose device vanished with a command in flight keeps its
+    // rings and that command's memory from reuse, even once dropped.
+    {
+        let clock = VirtualClock::new();
+        let device = Unpluggable::new(t.rig.device());
+        let driver = t.start_virtual(device.clone(), timeout_config(), &clock);
+        let (_, disk) = Testbed::disk(&driver, 1);
+        hang.arm();
+        let r = [range(0x2000, 4096)];
+        let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+        let unplug = when(|| hang.hung() > 0, || device.set(PlugState::Removed));
+        let wd = driver.run_watchdog();
+        assert_eq!(
+            run_beside(&t, &clock, read, &mut pin!(wd), unplug),
+            Err(DEVICE_FAILED)
+        );
+    }
+    let left = free_dma_pages(&*t.rig.device());
+    assert!(
+        left < free,
+        "the vanished device's memory is leaked on purpose ({left} of {free} pages free)"
+    );
+    hang.release();
+}
+
+#[test]
 fn a_controller_that_never_becomes_ready_fails_bring_up_within_the_cap() {
     let t = testbed();
     let clock = VirtualClock::new();
@@ -1258,4 +1301,252 @@ fn a_queue_that_cannot_be_created_falls_back_to_a_lower_one() {
         1,
         "the others could not be allocated; their CPUs share queue 1"
     );
+}
+
+// ---- Identity and raw commands ----
+
+#[test]
+fn controller_identity_and_passthrough_commands() {
+    use parastor_hw::nvme::queue::Sqe;
+    let t = testbed();
+    let driver = t.start(config(DataPointer::Auto));
+    let facts = driver.facts();
+    assert_eq!(facts.serial, "PARASTOR-E2E-0001");
+    assert_eq!(facts.model, "parastor e2e controller");
+    assert!(!facts.firmware.is_empty() && !facts.firmware.ends_with(' '));
+
+    // Identify Controller through the admin queue: the same serial.
+    let mut sqe = Sqe::default();
+    sqe.cdw0.set_opc(0x06);
+    sqe.cdw10 = 1.into();
+    let mut id = vec![0u8; 4096];
+    let done = t
+        .run(driver.passthrough(
+            PassthroughQueue::Admin,
+            sqe,
+            PassthroughData::FromDevice(&mut id),
+        ))
+        .expect("identify");
+    assert_eq!(done.status, 0);
+    assert_eq!(&id[4..21], b"PARASTOR-E2E-0001");
+
+    // Write then read namespace 2 (4 KiB sectors), LBA 3, one block.
+    let data = pattern(70, 3, 1, SS4K);
+    let rw = |opc: u8| {
+        let mut sqe = Sqe::default();
+        sqe.cdw0.set_opc(opc);
+        sqe.nsid = 2.into();
+        sqe.cdw10 = 3.into();
+        sqe
+    };
+    let done = t
+        .run(driver.passthrough(
+            PassthroughQueue::Io,
+            rw(0x01),
+            PassthroughData::ToDevice(&data),
+        ))
+        .expect("write");
+    assert_eq!(done.status, 0);
+    assert_eq!(read_vec(&t.disks[&2].1, 3, 1).unwrap(), data);
+    let mut back = vec![0u8; 4096];
+    let done = t
+        .run(driver.passthrough(
+            PassthroughQueue::Io,
+            rw(0x02),
+            PassthroughData::FromDevice(&mut back),
+        ))
+        .expect("read");
+    assert_eq!((done.status, back == data), (0, true));
+
+    // An unknown opcode completes with Invalid Command Opcode (SCT 0,
+    // SC 1): a status, not an error.
+    let done = t
+        .run(driver.passthrough(PassthroughQueue::Io, rw(0x7F), PassthroughData::None))
+        .expect("a completion");
+    assert_eq!(done.status & 0x7FF, 0x001);
+
+    // The driver's own commands are refused, and so is oversized data.
+    let mut create = Sqe::default();
+    create.cdw0.set_opc(0x01);
+    assert!(matches!(
+        t.run(driver.passthrough(PassthroughQueue::Admin, create, PassthroughData::None)),
+        Err(DriverError::Unsupported(_))
+    ));
+    let big = vec![0u8; facts.max_transfer + 1];
+    assert!(matches!(
+        t.run(driver.passthrough(
+            PassthroughQueue::Io,
+            rw(0x01),
+            PassthroughData::ToDevice(&big)
+        )),
+        Err(DriverError::Unsupported(_))
+    ));
+}
+
+// ---- Servicing with the controller kept running (keepalive) ----
+
+#[test]
+fn keepalive_save_and_restore_with_io_in_flight() {
+    use parastor_emulated::nvme::YieldTimer;
+    use std::sync::Arc;
+    let t = testbed();
+    let driver = t.start(config(DataPointer::Auto));
+    let (_, disk) = Testbed::disk(&driver, 1);
+    // This thread's queue comes with its first I/O.
+    round_trip(&t, 1, &disk, 300, &[range(0x2_0000, 4096)], 92);
+    // The event loop puts its request out, then waits.
+    let events = driver.run_async_events();
+    let mut events = Box::pin(events);
+    let noop = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(noop);
+    assert!(events.as_mut().poll(&mut cx).is_pending());
+    // Sixteen writes given to the device, none completed yet.
+    for i in 0..16u64 {
+        t.put(0x10_0000 + i * 4096, &pattern(93, i * 8, 8, SS512));
+    }
+    let ranges: Vec<[GpaRange; 1]> = (0..16u64)
+        .map(|i| [range(0x10_0000 + i * 4096, 4096)])
+        .collect();
+    let mut writes: Vec<_> = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Box::pin(disk.write(t.sg(r, false), i as u64 * 8, IoOptions::default())))
+        .collect();
+    for w in &mut writes {
+        assert!(w.as_mut().poll(&mut cx).is_pending());
+    }
+    assert_eq!(driver.outstanding(), 16);
+    // The controller takes some of them meanwhile.
+    let _ = t.rig.poll_controller(&mut cx);
+
+    let blob = driver.save().expect("save");
+    // The old instance's callers get a clean error; the commands stay the
+    // device's.
+    for w in &mut writes {
+        assert_eq!(
+            w.as_mut().poll(&mut cx),
+            std::task::Poll::Ready(Err(DEVICE_FAILED))
+        );
+    }
+    assert!(
+        events.as_mut().poll(&mut cx).is_ready(),
+        "the old loop ends"
+    );
+    drop(writes);
+    drop(disk);
+    drop(events);
+    drop(driver);
+    assert_eq!(
+        t.rig
+            .device()
+            .read_u32(0, parastor_hw::nvme::regs::offset::CSTS)
+            & 1,
+        1,
+        "the controller kept running"
+    );
+
+    // A damaged blob is refused, naming the problem.
+    let mut bad = blob.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 0xFF;
+    let err = t
+        .run(NvmeDriver::restore(
+            t.rig.device(),
+            config(DataPointer::Auto),
+            Arc::new(YieldTimer),
+            &bad,
+        ))
+        .expect_err("damaged");
+    assert!(matches!(err, DriverError::State(_)), "{err}");
+
+    let driver = t
+        .run(NvmeDriver::restore(
+            t.rig.device(),
+            config(DataPointer::Auto),
+            Arc::new(YieldTimer),
+            &blob,
+        ))
+        .expect("restore");
+    assert_eq!(driver.outstanding(), 0, "the saved commands drained first");
+    assert_eq!(driver.resets(), 0, "taken over, not reset");
+    assert_eq!(driver.facts().serial, "PARASTOR-E2E-0001");
+    assert_eq!(driver.namespaces(), [1, 2, 7]);
+    // Every write given to the device before the save reached the disk.
+    let held = read_vec(&t.disks[&1].1, 0, 128).unwrap();
+    for i in 0..16u64 {
+        assert_eq!(
+            held[(i * 4096) as usize..((i + 1) * 4096) as usize],
+            pattern(93, i * 8, 8, SS512)[..],
+            "write {i}"
+        );
+    }
+    // New I/O runs on the restored queues.
+    let (_, disk) = Testbed::disk(&driver, 1);
+    round_trip(&t, 1, &disk, 400, &[range(0x2_0000, 8192)], 94);
+    // The saved event request is adopted: a hot-added namespace shows.
+    let events = driver.run_async_events();
+    let mut events = pin!(events);
+    let generation = driver.namespace_generation();
+    let (_, d3) = parastor_tests::nvme::ram(64, SS512);
+    t.rig.controller().add_namespace(3, d3).expect("add 3");
+    with_events(&t, &mut events, driver.wait_namespace_change(generation));
+    assert_eq!(driver.namespaces(), [1, 2, 3, 7]);
+    assert_eq!(driver.refused_completions(), 0);
+}
+
+#[test]
+fn keepalive_takes_over_bounced_commands_and_their_memory() {
+    use parastor_emulated::nvme::YieldTimer;
+    use std::sync::Arc;
+    let t = testbed();
+    let free = free_dma_pages(&*t.rig.device());
+    let noop = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(noop);
+    let blob = {
+        let driver = t.start(config(DataPointer::Auto));
+        let (_, disk) = Testbed::disk(&driver, 2);
+        round_trip(&t, 2, &disk, 100, &[range(0x2_0000, 4096)], 95);
+        // Eight 4 KiB writes from private memory: through bounce buffers.
+        let bufs: Vec<_> = (0..8u64)
+            .map(|i| {
+                parastor_tests::buf::TestBuf::from_data(
+                    &pattern(96, i, 1, SS4K),
+                    &parastor_tests::buf::Layout::contiguous(),
+                )
+            })
+            .collect();
+        let mut writes: Vec<_> = bufs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| Box::pin(disk.write(b.sg(false), i as u64, IoOptions::default())))
+            .collect();
+        for w in &mut writes {
+            assert!(w.as_mut().poll(&mut cx).is_pending());
+        }
+        assert_eq!(driver.outstanding(), 8);
+        driver.save().expect("save")
+    };
+    let driver = t
+        .run(NvmeDriver::restore(
+            t.rig.device(),
+            config(DataPointer::Auto),
+            Arc::new(YieldTimer),
+            &blob,
+        ))
+        .expect("restore");
+    assert_eq!((driver.outstanding(), driver.resets()), (0, 0));
+    let held = read_vec(&t.disks[&2].1, 0, 8).unwrap();
+    for i in 0..8u64 {
+        assert_eq!(
+            held[(i * 4096) as usize..((i + 1) * 4096) as usize],
+            pattern(96, i, 1, SS4K)[..],
+            "bounced write {i}"
+        );
+    }
+    // Every page the first instance had is accounted for: the restored
+    // instance freed the bounce buffers as their commands completed, and
+    // hands the rest back when shut down.
+    t.run(driver.shutdown()).expect("shutdown");
+    drop(driver);
+    assert_eq!(free_dma_pages(&*t.rig.device()), free);
 }

@@ -17,9 +17,14 @@
 //! that runs several member operations at once (striped) owns one for its
 //! requests and puts all of a request's futures in one arena.
 //!
-//! The pool never waits: it is behind a lock taken with `try_lock` only. A
-//! contended or empty pool means a fresh arena (one allocation); a pool
-//! that is full or contended when an arena comes back drops it.
+//! The pool never waits: its arenas sit in a few shards, each behind a
+//! lock taken with `try_lock` only. Taking an arena starts at the shard an
+//! arena last went back to (so one thread finds one at the first try) and
+//! moves on past a busy or empty shard; an arena goes back to the shard it
+//! came from if that one is free, so threads (CPUs) sharing a disk rarely
+//! meet. Only when every shard is busy or empty is a fresh arena made
+//! (one allocation); an arena that finds every shard busy or full when it
+//! comes back is dropped.
 //!
 //! [`IoFuture`]: super::IoFuture
 
@@ -29,6 +34,7 @@ use alloc::vec::Vec;
 use bumpalo::Bump;
 use core::future::Future;
 use core::pin::Pin;
+use core::sync::atomic::{AtomicUsize, Ordering};
 
 /// A future pinned in a [`FutureArena`].
 pub type ArenaFuture<'a, F> = Pin<bumpalo::boxed::Box<'a, F>>;
@@ -41,18 +47,32 @@ pub const ARENA_BYTES: usize = 2 * IO_FUTURE_BYTES;
 /// allocation per I/O. Arenas beyond it are dropped when they come back.
 pub const POOL_ARENAS: usize = 256;
 
+/// Shards of a pool (see the [module docs](self)).
+const SHARDS: usize = 4;
+
+/// Arenas one shard keeps.
+const SHARD_ARENAS: usize = POOL_ARENAS / SHARDS;
+
 /// Recycled [`FutureArena`]s; see the [module docs](self).
 #[derive(Default)]
 pub struct FuturePool {
-    free: Mutex<Vec<Bump>>,
+    shards: [Mutex<Vec<Bump>>; SHARDS],
+    /// The shard an arena last went back to: where taking one starts.
+    hint: AtomicUsize,
 }
 
 impl FuturePool {
     /// An empty pool (allocates nothing until an arena comes back).
     pub const fn new() -> Self {
         FuturePool {
-            free: Mutex::new(Vec::new()),
+            shards: [const { Mutex::new(Vec::new()) }; SHARDS],
+            hint: AtomicUsize::new(0),
         }
+    }
+
+    /// The shards' indexes, starting at `start`.
+    fn from(start: usize) -> impl Iterator<Item = usize> {
+        (0..SHARDS).map(move |i| (start + i) % SHARDS)
     }
 
     /// An arena whose first chunk holds at least `bytes` (at least
@@ -60,31 +80,49 @@ impl FuturePool {
     /// otherwise a new one.
     pub fn arena(&self, bytes: usize) -> FutureArena<'_> {
         let bytes = bytes.max(ARENA_BYTES);
-        let recycled = self.free.try_lock().and_then(|mut free| free.pop());
-        let bump = match recycled {
-            Some(bump) if bump.chunk_capacity() >= bytes => bump,
+        let start = self.hint.load(Ordering::Relaxed);
+        let recycled = Self::from(start).find_map(|i| {
+            let popped = self.shards[i].try_lock().and_then(|mut free| free.pop());
+            popped.map(|bump| (i, bump))
+        });
+        let (shard, bump) = match recycled {
+            Some((i, bump)) if bump.chunk_capacity() >= bytes => (i, bump),
             // Too small (a larger request than before): replace it.
-            _ => Bump::with_capacity(bytes),
+            Some((i, _)) => (i, Bump::with_capacity(bytes)),
+            None => (start, Bump::with_capacity(bytes)),
         };
-        FutureArena { bump, pool: self }
+        FutureArena {
+            bump,
+            pool: self,
+            shard,
+        }
     }
 
-    /// Arenas waiting for reuse.
+    /// Arenas waiting for reuse (those in shards locked right now are not
+    /// counted).
     pub fn idle(&self) -> usize {
-        self.free.try_lock().map_or(0, |free| free.len())
+        let counts = self
+            .shards
+            .iter()
+            .map(|s| s.try_lock().map_or(0, |f| f.len()));
+        counts.sum()
     }
 
-    fn put_back(&self, mut bump: Bump) {
+    fn put_back(&self, mut bump: Bump, shard: usize) {
         // Keeps the arena's newest (largest) chunk, frees any older ones.
         bump.reset();
-        if let Some(mut free) = self.free.try_lock()
-            && free.len() < POOL_ARENAS
-        {
-            if free.capacity() == 0 {
-                // Once per pool: room for every arena it will keep.
-                free.reserve_exact(POOL_ARENAS);
+        for i in Self::from(shard) {
+            if let Some(mut free) = self.shards[i].try_lock()
+                && free.len() < SHARD_ARENAS
+            {
+                self.hint.store(i, Ordering::Relaxed);
+                if free.capacity() == 0 {
+                    // Once per shard: room for every arena it will keep.
+                    free.reserve_exact(SHARD_ARENAS);
+                }
+                free.push(bump);
+                return;
             }
-            free.push(bump);
         }
     }
 }
@@ -104,6 +142,8 @@ impl core::fmt::Debug for FuturePool {
 pub struct FutureArena<'p> {
     bump: Bump,
     pool: &'p FuturePool,
+    /// The shard it goes back to first.
+    shard: usize,
 }
 
 impl FutureArena<'_> {
@@ -122,7 +162,8 @@ impl FutureArena<'_> {
 impl Drop for FutureArena<'_> {
     fn drop(&mut self) {
         // `Bump::new` allocates nothing.
-        self.pool.put_back(core::mem::take(&mut self.bump));
+        self.pool
+            .put_back(core::mem::take(&mut self.bump), self.shard);
     }
 }
 
@@ -153,6 +194,26 @@ mod tests {
         let many: Vec<_> = (0..POOL_ARENAS + 3).map(|_| pool.arena(0)).collect();
         drop(many);
         assert_eq!(pool.idle(), POOL_ARENAS);
+    }
+
+    /// A shard held by another thread is skipped, not waited for: the
+    /// arena still comes from (and goes back to) the other shards.
+    #[test]
+    fn busy_shards_are_skipped() {
+        let pool = FuturePool::new();
+        drop((0..SHARDS).map(|_| pool.arena(0)).collect::<Vec<_>>());
+        let home = pool.hint.load(Ordering::Relaxed);
+        let busy = pool.shards[home].lock();
+        let held = busy.len();
+        assert!(held > 0);
+        for _ in 0..2 * SHARDS {
+            drop(pool.arena(0));
+        }
+        assert_eq!(busy.len(), held, "the busy shard was not touched");
+        drop(busy);
+        // One arena was made while the arenas' shard was busy; it went to
+        // another shard and was reused from there.
+        assert_eq!(pool.idle(), held + 1);
     }
 
     /// A future dropped before it finished is dropped in place (its

@@ -437,6 +437,39 @@ impl DeviceAccess for NvmeBacking {
             }),
         }
     }
+    /// The pages stay in the shared RAM whatever happened to the driver
+    /// that allocated them: they are marked used again and handed back.
+    fn attach_dma(&self, range: DeviceRange) -> Result<DmaBuffer, DeviceError> {
+        let bad = DeviceError::BadRange {
+            gpa: range.addr.get(),
+            len: range.len,
+        };
+        let base = self.dma.base.get();
+        let start = range.addr.get();
+        let end = start.checked_add(range.len).ok_or(bad)?;
+        let pages = self.dma.used.lock().len() as u64;
+        if range.len == 0
+            || !start.is_multiple_of(PAGE)
+            || !range.len.is_multiple_of(PAGE)
+            || start < base
+            || end > base + pages * PAGE
+        {
+            return Err(bad);
+        }
+        let first = ((start - base) / PAGE) as usize;
+        let count = (range.len / PAGE) as usize;
+        for used in self.dma.used.lock().iter_mut().skip(first).take(count) {
+            *used = true;
+        }
+        let release: Arc<dyn DmaRelease> = self.dma.clone();
+        Ok(DmaBuffer::new(
+            self.ram.clone(),
+            Gpa::new(start),
+            range.len as usize,
+            range.addr,
+            Some(release),
+        ))
+    }
 }
 
 /// Sizes of an [`NvmeRig`].

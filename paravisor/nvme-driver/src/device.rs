@@ -188,6 +188,22 @@ pub trait DeviceAccess: Send + Sync + 'static {
         let _ = range;
         Err(DeviceError::Unsupported("mapping caller memory for DMA"))
     }
+
+    /// DMA memory a previous driver instance allocated with
+    /// [`alloc_dma`](Self::alloc_dma) and left to the device across a
+    /// keepalive save (the queues, list pages and buffers of commands the
+    /// device still runs), handed back as a [`DmaBuffer`] over exactly
+    /// `range` (4 KiB aligned) — not zeroed: the restored driver reads
+    /// what the device wrote.
+    ///
+    /// # Errors
+    /// [`DeviceError::Unsupported`] where DMA memory does not outlive its
+    /// driver (the default); [`DeviceError::BadRange`] for a range that is
+    /// not 4 KiB aligned or not DMA memory of this device.
+    fn attach_dma(&self, range: DeviceRange) -> Result<DmaBuffer, DeviceError> {
+        let _ = range;
+        Err(DeviceError::Unsupported("re-attaching DMA memory"))
+    }
 }
 
 /// An MSI-X vector as a waitable event.

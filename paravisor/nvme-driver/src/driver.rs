@@ -10,11 +10,13 @@ use crate::queue::{
 };
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
+use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use core::time::Duration;
+use parastor_core::addr::{DeviceAddress, DeviceRange};
 use parastor_core::bounce::{AllocError, BouncePool, DmaAllocator, DmaBlock};
 use parastor_core::delay::Timer;
 use parastor_core::resize::ResizeSignal;
@@ -108,11 +110,63 @@ impl Default for DriverConfig {
     }
 }
 
+/// The queue a [`NvmeDriver::passthrough`] command goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PassthroughQueue {
+    /// The admin queue.
+    Admin,
+    /// The calling thread's I/O queue.
+    Io,
+}
+
+/// The data of a [`NvmeDriver::passthrough`] command.
+#[derive(Debug)]
+pub enum PassthroughData<'a> {
+    /// No data (the data pointer is zeroed).
+    None,
+    /// Data the device reads (a write-like command).
+    ToDevice(&'a [u8]),
+    /// Data the device writes (a read-like command), filled on completion.
+    FromDevice(&'a mut [u8]),
+}
+
+/// The completion of a [`NvmeDriver::passthrough`] command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawCompletion {
+    /// The status field: CQE Dword 3 bits 31:17 (SC, SCT, CRD, M, DNR),
+    /// without the phase tag; 0 is success.
+    pub status: u16,
+    /// Dword 0 (command specific).
+    pub dw0: u32,
+    /// Dword 1 (command specific).
+    pub dw1: u32,
+}
+
+/// Admin opcodes a passthrough command may not use: the driver owns the
+/// queues, the doorbell buffer and the event request.
+const PASSTHROUGH_REFUSED: [u8; 6] = [
+    0x00, // Delete I/O Submission Queue
+    0x01, // Create I/O Submission Queue
+    0x04, // Delete I/O Completion Queue
+    0x05, // Create I/O Completion Queue
+    0x0C, // Asynchronous Event Request
+    0x7C, // Doorbell Buffer Config
+];
+
 /// What Identify Controller said that the driver uses.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct ControllerFacts {
     /// Controller ID.
     pub cntlid: u16,
+    /// PCI vendor ID (Identify Controller VID).
+    pub vid: u16,
+    /// Serial number (SN), trailing spaces and NULs trimmed, bytes outside
+    /// printable ASCII shown as `?`.
+    pub serial: String,
+    /// Model number (MN), trimmed the same way.
+    pub model: String,
+    /// Firmware revision (FR), trimmed the same way.
+    pub firmware: String,
     /// Number of namespaces (NN).
     pub nn: u32,
     /// Optional NVM command support (ONCS bits).
@@ -135,6 +189,9 @@ enum Life {
     Stopped,
     /// Failed for good (a hostile or broken device, a failed reset).
     Failed(&'static str),
+    /// Saved for servicing with the controller kept running: this
+    /// instance no longer touches the device.
+    Saved,
 }
 
 pub(crate) struct Inner {
@@ -159,6 +216,9 @@ pub(crate) struct Inner {
     life: Mutex<Life>,
     resetting: AtomicBool,
     health: Arc<Health>,
+    /// The controller was last seen disabled (CC.EN = 0 and CSTS.RDY = 0):
+    /// it reaches no memory of the driver's.
+    stopped: AtomicBool,
     /// An admin command timed out: the watchdog resets the controller.
     reset_requested: AtomicBool,
     aborts_sent: AtomicU64,
@@ -238,6 +298,123 @@ fn thread_cpu() -> usize {
     })
 }
 
+/// What bring-up and restore share: the PCI function checked and set
+/// up, CAP checked, and the sizes the driver uses.
+struct Prepared {
+    cap: Cap,
+    interrupts: u16,
+    admin_shape: QueueShape,
+    io_shape: QueueShape,
+    positions: u16,
+    max_transfer: usize,
+    bounce: BouncePool,
+    health: Arc<Health>,
+}
+
+/// Checks the function (an NVMe controller, memory decoding and bus
+/// mastering on) and CAP, and works out the queue shapes.
+fn prepare(device: &Arc<dyn DeviceAccess>, config: &DriverConfig) -> Result<Prepared, DriverError> {
+    // PCI: an NVMe function, memory decoding and bus mastering on.
+    let class_dword = device.config_read_u32(0x08);
+    let class = [
+        (class_dword >> 24) as u8,
+        (class_dword >> 16) as u8,
+        (class_dword >> 8) as u8,
+    ];
+    if class != parastor_hw::pci::config::CLASS_CODE_NVME {
+        return Err(DriverError::NotNvme { class });
+    }
+    let cmd_dword = device.config_read_u32(0x04);
+    let cmd = PciCommand::from_bits(zerocopy::little_endian::U16::new(cmd_dword as u16))
+        .with_memory_space(true)
+        .with_bus_master(true);
+    device.config_write_u32(
+        0x04,
+        (cmd_dword & 0xFFFF_0000) | u32::from(cmd.into_bits().get()),
+    );
+
+    let cap = Cap::from_bits(zerocopy::little_endian::U64::new(
+        device.read_u64(0, offset::CAP),
+    ));
+    if cap.into_bits().get() == u64::MAX {
+        return Err(DriverError::Unsupported(
+            "CAP reads as all ones (device gone)",
+        ));
+    }
+    if cap.min_page_size() > PAGE_SIZE as u64 || cap.max_page_size() < PAGE_SIZE as u64 {
+        return Err(DriverError::Unsupported(
+            "the controller does not support 4 KiB memory pages",
+        ));
+    }
+    if cap.css() & (CAP_CSS_NVM | CAP_CSS_IO_SETS) == 0 {
+        return Err(DriverError::Unsupported(
+            "the controller supports no I/O command set",
+        ));
+    }
+    let interrupts = device.max_interrupts();
+    if interrupts < 2 {
+        return Err(DriverError::Unsupported(
+            "fewer than two MSI-X vectors (one for admin, one for I/O)",
+        ));
+    }
+    if cap.mqes() == 0 {
+        return Err(DriverError::Unsupported(
+            "CAP.MQES is 0 (a queue of one entry; the spec's minimum is two)",
+        ));
+    }
+    let mqes = u32::from(cap.mqes()) + 1;
+    let admin_size = u32::from(config.admin_queue_size).clamp(2, mqes.min(4096)) as u16;
+    let io_size = u32::from(config.io_queue_size).clamp(2, mqes.min(4096)) as u16;
+    let max_transfer = config.max_transfer.clamp(PAGE_SIZE, 2 << 20);
+    let max_ranges = max_transfer / PAGE_SIZE + 1;
+    let dstrd = cap.dstrd();
+    let health = Arc::new(Health::new());
+    health
+        .now_ms
+        .store(millis(config.clock.now()), Ordering::Relaxed);
+    // One vector per I/O queue besides the admin one.
+    let positions = config.io_queues.clamp(1, interrupts - 1);
+    let bounce = BouncePool::with_allocator(
+        config.bounce_budget.max(PAGE_SIZE),
+        Arc::new(DeviceDma(device.clone())),
+    );
+    // Every command's data fits the bounce budget: a larger request
+    // is split, never refused for want of bounce space.
+    let max_transfer = max_transfer.min(bounce.max_len()).max(PAGE_SIZE);
+    Ok(Prepared {
+        cap,
+        interrupts,
+        admin_shape: QueueShape {
+            qid: 0,
+            size: admin_size,
+            dstrd,
+            max_ranges: 2,
+            cq_batch: 1,
+        },
+        io_shape: QueueShape {
+            qid: 1,
+            size: io_size,
+            dstrd,
+            max_ranges,
+            cq_batch: io_size / 4,
+        },
+        positions,
+        max_transfer,
+        bounce,
+        health,
+    })
+}
+
+/// `n` empty I/O queue positions.
+fn io_slots(n: u16) -> Box<[IoSlot]> {
+    (0..n)
+        .map(|_| IoSlot {
+            queue: OnceLock::new(),
+            creating: AtomicU8::new(IDLE),
+        })
+        .collect()
+}
+
 impl NvmeDriver {
     /// Brings the controller up as Linux's nvme driver does: disable and
     /// wait for RDY=0, program the admin queue, enable with 4 KiB pages
@@ -254,149 +431,47 @@ impl NvmeDriver {
         config: DriverConfig,
         timer: Arc<dyn Timer>,
     ) -> Result<Self, DriverError> {
-        // PCI: an NVMe function, memory decoding and bus mastering on.
-        let class_dword = device.config_read_u32(0x08);
-        let class = [
-            (class_dword >> 24) as u8,
-            (class_dword >> 16) as u8,
-            (class_dword >> 8) as u8,
-        ];
-        if class != parastor_hw::pci::config::CLASS_CODE_NVME {
-            return Err(DriverError::NotNvme { class });
-        }
-        let cmd_dword = device.config_read_u32(0x04);
-        let cmd = PciCommand::from_bits(zerocopy::little_endian::U16::new(cmd_dword as u16))
-            .with_memory_space(true)
-            .with_bus_master(true);
-        device.config_write_u32(
-            0x04,
-            (cmd_dword & 0xFFFF_0000) | u32::from(cmd.into_bits().get()),
-        );
-
-        let cap = Cap::from_bits(zerocopy::little_endian::U64::new(
-            device.read_u64(0, offset::CAP),
-        ));
-        if cap.into_bits().get() == u64::MAX {
-            return Err(DriverError::Unsupported(
-                "CAP reads as all ones (device gone)",
-            ));
-        }
-        if cap.min_page_size() > PAGE_SIZE as u64 || cap.max_page_size() < PAGE_SIZE as u64 {
-            return Err(DriverError::Unsupported(
-                "the controller does not support 4 KiB memory pages",
-            ));
-        }
-        if cap.css() & (CAP_CSS_NVM | CAP_CSS_IO_SETS) == 0 {
-            return Err(DriverError::Unsupported(
-                "the controller supports no I/O command set",
-            ));
-        }
-        let interrupts = device.max_interrupts();
-        if interrupts < 2 {
-            return Err(DriverError::Unsupported(
-                "fewer than two MSI-X vectors (one for admin, one for I/O)",
-            ));
-        }
-        if cap.mqes() == 0 {
-            return Err(DriverError::Unsupported(
-                "CAP.MQES is 0 (a queue of one entry; the spec's minimum is two)",
-            ));
-        }
-        let mqes = u32::from(cap.mqes()) + 1;
-        let admin_size = u32::from(config.admin_queue_size).clamp(2, mqes.min(4096)) as u16;
-        let io_size = u32::from(config.io_queue_size).clamp(2, mqes.min(4096)) as u16;
-        let max_transfer = config.max_transfer.clamp(PAGE_SIZE, 2 << 20);
-        let max_ranges = max_transfer / PAGE_SIZE + 1;
-        let dstrd = cap.dstrd();
-        let health = Arc::new(Health::new());
-        health
-            .now_ms
-            .store(millis(config.clock.now()), Ordering::Relaxed);
+        let p = prepare(&device, &config)?;
         let admin = QueuePair::new(
             device.clone(),
-            QueueShape {
-                qid: 0,
-                size: admin_size,
-                dstrd,
-                max_ranges: 2,
-                cq_batch: 1,
-            },
+            p.admin_shape,
             device.map_interrupt(0).map_err(DriverError::Device)?,
-            health.clone(),
+            p.health.clone(),
         )
         .map_err(|why| DriverError::Failed {
             what: "admin queue allocation",
             why,
         })?;
-        // One vector per I/O queue besides the admin one.
-        let positions = config.io_queues.clamp(1, interrupts - 1);
-        let io_shape = QueueShape {
-            qid: 1,
-            size: io_size,
-            dstrd,
-            max_ranges,
-            cq_batch: io_size / 4,
-        };
         // The first I/O queue exists from bring-up on (every CPU can fall
         // back to it); the others come on first use.
         let first = QueuePair::new(
             device.clone(),
-            io_shape,
+            p.io_shape,
             device.map_interrupt(1).map_err(DriverError::Device)?,
-            health.clone(),
+            p.health.clone(),
         )
         .map_err(|why| DriverError::Failed {
             what: "I/O queue allocation",
             why,
         })?;
-        let io: Box<[IoSlot]> = (0..positions)
-            .map(|_| IoSlot {
-                queue: OnceLock::new(),
-                creating: AtomicU8::new(IDLE),
-            })
-            .collect();
+        let io = io_slots(p.positions);
         if let Some(slot) = io.first() {
             let _ = slot.queue.set(first);
         }
-        let bounce = BouncePool::with_allocator(
-            config.bounce_budget.max(PAGE_SIZE),
-            Arc::new(DeviceDma(device.clone())),
-        );
-        // Every command's data fits the bounce budget: a larger request
-        // is split, never refused for want of bounce space.
-        let max_transfer = max_transfer.min(bounce.max_len()).max(PAGE_SIZE);
-        let inner = Arc::new(Inner {
-            device,
-            config,
-            timer,
-            cap,
-            admin,
-            io,
-            io_shape,
-            shadow: Mutex::new(None),
-            facts: Mutex::new(ControllerFacts {
-                cntlid: 0,
-                nn: 0,
-                oncs: 0,
-                sgls: 0,
-                max_transfer,
-                volatile_write_cache: false,
-                io_queues: 0,
-            }),
-            sgl: AtomicU8::new(0),
-            io_count: AtomicUsize::new(1),
-            bounce,
-            namespaces: Mutex::new(BTreeMap::new()),
-            life: Mutex::new(Life::Running),
-            resetting: AtomicBool::new(false),
-            health,
-            reset_requested: AtomicBool::new(false),
-            aborts_sent: AtomicU64::new(0),
-            resets: AtomicU64::new(0),
-
-            ns_generation: ResizeSignal::new(0),
-            events_seen: AtomicU64::new(0),
-        });
+        let facts = ControllerFacts {
+            cntlid: 0,
+            vid: 0,
+            serial: String::new(),
+            model: String::new(),
+            firmware: String::new(),
+            nn: 0,
+            oncs: 0,
+            sgls: 0,
+            max_transfer: p.max_transfer,
+            volatile_write_cache: false,
+            io_queues: 0,
+        };
+        let inner = Inner::assemble(device, config, timer, p, admin, io, facts);
         let driver = NvmeDriver { inner };
         let up = async {
             driver.inner.bring_up().await?;
@@ -411,7 +486,7 @@ impl NvmeDriver {
 
     /// What the controller said about itself.
     pub fn facts(&self) -> ControllerFacts {
-        *self.inner.facts.lock()
+        self.inner.facts.lock().clone()
     }
 
     /// The active namespaces' NSIDs, ascending.
@@ -485,7 +560,10 @@ impl NvmeDriver {
     pub async fn run_async_events(&self) {
         let inner = &self.inner;
         loop {
-            if *inner.life.lock() == Life::Stopped {
+            if matches!(
+                *inner.life.lock(),
+                Life::Stopped | Life::Saved | Life::Failed(_)
+            ) {
                 return;
             }
             match inner.async_event().await {
@@ -604,7 +682,7 @@ impl NvmeDriver {
             }
             .await;
             match *inner.life.lock() {
-                Life::Stopped => return,
+                Life::Stopped | Life::Saved => return,
                 Life::Failed(_) => break,
                 Life::Running | Life::Resetting => {}
             }
@@ -656,6 +734,351 @@ impl NvmeDriver {
             }
         }
         inner.settle().await;
+    }
+
+    /// Runs one raw command (for differential tests and tools): the driver
+    /// fills in the command identifier and, with data, the data pointer
+    /// (PRPs over a DMA buffer of its own, copied from or to `data`);
+    /// without data the data pointer is zeroed, so no caller address
+    /// reaches the device. Every other field is sent as given. Admin
+    /// commands that manage queues, the doorbell buffer or asynchronous
+    /// events are refused (the driver owns those).
+    ///
+    /// Any completion, whatever its status, is `Ok`.
+    ///
+    /// # Errors
+    /// [`DriverError::Unsupported`] for a refused opcode or data larger
+    /// than [`ControllerFacts::max_transfer`]; [`DriverError::Failed`]
+    /// when no completion comes: not within [`DriverConfig::admin_timeout`]
+    /// (admin) or [`DriverConfig::command_timeout`] (I/O) — the
+    /// controller is then reset — or the controller failed.
+    pub async fn passthrough(
+        &self,
+        queue: PassthroughQueue,
+        mut sqe: Sqe,
+        data: PassthroughData<'_>,
+    ) -> Result<RawCompletion, DriverError> {
+        let inner = &*self.inner;
+        let what = "passthrough command";
+        let failed = |why| DriverError::Failed { what, why };
+        if queue == PassthroughQueue::Admin && PASSTHROUGH_REFUSED.contains(&sqe.cdw0.opc()) {
+            return Err(DriverError::Unsupported(
+                "passthrough of a queue, doorbell buffer or event request command",
+            ));
+        }
+        let len = match &data {
+            PassthroughData::None => 0,
+            PassthroughData::ToDevice(b) => b.len(),
+            PassthroughData::FromDevice(b) => b.len(),
+        };
+        if len > inner.facts.lock().max_transfer {
+            return Err(DriverError::Unsupported(
+                "passthrough data larger than the maximum transfer",
+            ));
+        }
+        sqe.dptr = [0; 16];
+        sqe.cdw0
+            .set_psdt(parastor_hw::nvme::queue::DataTransferKind::PRP);
+        let buf = if len > 0 { Some(inner.dma(len)?) } else { None };
+        if let (Some(b), PassthroughData::ToDevice(src)) = (&buf, &data) {
+            b.write_at(0, src).map_err(|e| failed(Failure::Memory(e)))?;
+        }
+        let q = match queue {
+            PassthroughQueue::Admin => &inner.admin,
+            PassthroughQueue::Io => match inner.io_queue() {
+                Ok(q) => q,
+                Err(index) => inner.io_queue_slow(index).await.map_err(failed)?,
+            },
+        };
+        let mut slot = q.reserve().await.map_err(failed)?;
+        if let Some(b) = &buf {
+            slot.prepare_contiguous(
+                &mut sqe,
+                b.device_range(),
+                None,
+                DataPointer::Prp,
+                SglSupport::None,
+            )
+            .map_err(failed)?;
+            slot.keep(b.clone());
+        }
+        slot.submit(sqe).map_err(failed)?;
+        let timeout = match queue {
+            PassthroughQueue::Admin => inner.config.admin_timeout,
+            PassthroughQueue::Io => inner.config.command_timeout,
+        };
+        let Some(finished) = inner.bounded(slot, timeout).await else {
+            log::warn!("{}: {what} timed out", inner.device.id());
+            inner.reset_requested.store(true, Ordering::Release);
+            return Err(failed(Failure::TimedOut));
+        };
+        let done = finished.result.map_err(|f| failed(inner.note(f)))?;
+        if let (Some(b), PassthroughData::FromDevice(dst)) = (&buf, data) {
+            b.read_at(0, dst).map_err(|e| failed(Failure::Memory(e)))?;
+        }
+        Ok(RawCompletion {
+            status: done.status,
+            dw0: done.dw0,
+            dw1: done.dw1,
+        })
+    }
+
+    /// Saves the driver for servicing with the controller kept running
+    /// (see [`crate::state`]): freezes every queue (commands the device
+    /// has fail for their owners here, and are taken over by the
+    /// restored instance), and describes queues, commands and what the
+    /// controller said. From then on this instance touches neither the
+    /// device nor its DMA memory, also when dropped.
+    ///
+    /// # Errors
+    /// [`DriverError::Unsupported`] if the controller is not running (a
+    /// reset in progress, shut down or failed); [`DriverError::State`] if
+    /// the state cannot be encoded.
+    pub fn save(&self) -> Result<Vec<u8>, DriverError> {
+        let inner = &*self.inner;
+        {
+            let mut life = inner.life.lock();
+            if *life != Life::Running || inner.resetting.load(Ordering::Acquire) {
+                return Err(DriverError::Unsupported(
+                    "only a running controller can be saved",
+                ));
+            }
+            *life = Life::Saved;
+        }
+        let admin = inner.admin.freeze();
+        let io = inner.io_queues().map(QueuePair::freeze).collect();
+        let shadow = inner
+            .shadow
+            .lock()
+            .as_ref()
+            .map(|p| (p.doorbells.device_address(0), p.event_idx.device_address(0)));
+        let f = inner.facts.lock().clone();
+        let saved = crate::state::DriverV1 {
+            cap: inner.cap.into_bits().get(),
+            facts: crate::state::FactsV1 {
+                cntlid: f.cntlid,
+                vid: f.vid,
+                serial: f.serial,
+                model: f.model,
+                firmware: f.firmware,
+                nn: f.nn,
+                oncs: f.oncs,
+                sgls: f.sgls,
+                max_transfer: f.max_transfer as u64,
+                volatile_write_cache: f.volatile_write_cache,
+                io_queues: f.io_queues,
+            },
+            admin,
+            io,
+            io_count: inner.io_count.load(Ordering::Acquire) as u16,
+            shadow,
+        };
+        saved
+            .encode()
+            .map_err(|e| DriverError::State(alloc::format!("{e:?}")))
+    }
+
+    /// Takes over a controller that kept running across servicing, from
+    /// what [`NvmeDriver::save`] wrote: re-attaches the queues and the
+    /// memory of the commands saved in flight, waits for those commands
+    /// to complete (within [`DriverConfig::command_timeout`]; else the
+    /// controller is reset) before any new I/O starts, and identifies the
+    /// namespaces again. The saved Asynchronous Event Request is adopted
+    /// by the next [`NvmeDriver::run_async_events`].
+    ///
+    /// # Errors
+    /// [`DriverError::State`] for a damaged or foreign blob or a value
+    /// that does not fit the device (CAP changed, a queue or address the
+    /// device does not have); [`DriverError::Unsupported`] when the
+    /// controller is not running or DMA memory cannot be re-attached.
+    pub async fn restore(
+        device: Arc<dyn DeviceAccess>,
+        config: DriverConfig,
+        timer: Arc<dyn Timer>,
+        blob: &[u8],
+    ) -> Result<Self, DriverError> {
+        let state_err = |e: &dyn core::fmt::Display| DriverError::State(alloc::format!("{e}"));
+        let saved = crate::state::DriverV1::decode(blob).map_err(|e| state_err(&e))?;
+        let p = prepare(&device, &config)?;
+        if p.cap.into_bits().get() != saved.cap {
+            return Err(DriverError::State(String::from(
+                "cap: the controller's CAP differs from the saved one",
+            )));
+        }
+        let cc = Cc::from_bits(U32::new(device.read_u32(0, offset::CC)));
+        let csts = Csts::from_bits(U32::new(device.read_u32(0, offset::CSTS)));
+        if csts.into_bits().get() == u32::MAX || !cc.en() || !csts.rdy() || csts.cfs() {
+            return Err(DriverError::Unsupported(
+                "the controller is not running (CC.EN, CSTS.RDY, CSTS.CFS)",
+            ));
+        }
+        parastor_core::state::check_count("io", saved.io.len(), crate::state::MAX_SAVED_QUEUES)
+            .map_err(|e| state_err(&e))?;
+        let attach = |addr: u64, len: u64| {
+            device
+                .attach_dma(DeviceRange::new(DeviceAddress::new(addr), len))
+                .map_err(DriverError::Device)
+        };
+        // Memory attached so far is the running device's: if the restore
+        // fails half-way it is leaked, never handed back for reuse.
+        let leak = |bufs: Vec<DmaBuffer>| bufs.into_iter().for_each(core::mem::forget);
+        let rebuild = |q: &crate::state::QueueV1,
+                       shape: QueueShape|
+         -> Result<QueuePair, DriverError> {
+            let cq_batch = shape.cq_batch.clamp(1, q.size.max(2) / 2);
+            let slots_n = usize::from(q.size.saturating_sub(cq_batch)).min(crate::queue::MAX_SLOTS);
+            q.check(slots_n)
+                .map_err(|e| state_err(&e.within(&alloc::format!("queue {}", q.qid))))?;
+            let interrupt = device.map_interrupt(q.qid).map_err(DriverError::Device)?;
+            let size = u64::from(q.size);
+            let mut attached = Vec::new();
+            let ranges = [
+                (q.sq, (size * 64).div_ceil(4096) * 4096),
+                (q.cq, (size * 16).div_ceil(4096) * 4096),
+                (q.lists, slots_n as u64 * 4096),
+            ];
+            let command_ranges = q.commands.iter().filter_map(|c| c.memory);
+            for (addr, len) in ranges.into_iter().chain(command_ranges) {
+                match attach(addr, len) {
+                    Ok(b) => attached.push(b),
+                    Err(e) => {
+                        leak(attached);
+                        return Err(e);
+                    }
+                }
+            }
+            let mut attached = attached.into_iter();
+            let (Some(sq), Some(cq), Some(lists)) =
+                (attached.next(), attached.next(), attached.next())
+            else {
+                return Err(DriverError::State(String::from("queue rings")));
+            };
+            let memory = q
+                .commands
+                .iter()
+                .map(|c| c.memory.and_then(|_| attached.next()).map(Arc::new))
+                .collect();
+            QueuePair::restore(
+                device.clone(),
+                q,
+                shape.dstrd,
+                shape.max_ranges,
+                shape.cq_batch,
+                interrupt,
+                p.health.clone(),
+                [sq, cq, lists],
+                memory,
+            )
+            .map_err(|e| state_err(&e.within(&alloc::format!("queue {}", q.qid))))
+        };
+        if saved.admin.qid != 0 {
+            return Err(DriverError::State(String::from("admin.qid: not 0")));
+        }
+        let highest = saved.io.iter().map(|q| q.qid).max().unwrap_or(1);
+        if saved.io.iter().any(|q| q.qid == 0) || highest >= p.interrupts {
+            return Err(DriverError::State(String::from(
+                "io.qid: a queue the device has no vector for",
+            )));
+        }
+        let mut admin = rebuild(&saved.admin, p.admin_shape)?;
+        let mut io = io_slots(p.positions.max(highest));
+        let mut failure = None;
+        for q in &saved.io {
+            let placed = rebuild(
+                q,
+                QueueShape {
+                    qid: q.qid,
+                    ..p.io_shape
+                },
+            )
+            .and_then(|mut queue| {
+                let free = io
+                    .get(usize::from(q.qid) - 1)
+                    .filter(|slot| slot.queue.get().is_none());
+                match free {
+                    Some(slot) => {
+                        // Empty (just checked): the set succeeds.
+                        let _ = slot.queue.set(queue);
+                        Ok(())
+                    }
+                    None => {
+                        queue.leak_dma();
+                        Err(DriverError::State(String::from(
+                            "io.qid: named twice or out of range",
+                        )))
+                    }
+                }
+            });
+            if let Err(e) = placed {
+                failure = Some(e);
+                break;
+            }
+        }
+        if failure.is_none() && io.first().and_then(|s| s.queue.get()).is_none() {
+            failure = Some(DriverError::State(String::from("io: no queue 1")));
+        }
+        if let Some(e) = failure {
+            admin.leak_dma();
+            for slot in io.iter_mut() {
+                if let Some(q) = slot.queue.get_mut() {
+                    q.leak_dma();
+                }
+            }
+            return Err(e);
+        }
+        let f = &saved.facts;
+        let facts = ControllerFacts {
+            cntlid: f.cntlid,
+            vid: f.vid,
+            serial: f.serial.clone(),
+            model: f.model.clone(),
+            firmware: f.firmware.clone(),
+            nn: f.nn,
+            oncs: f.oncs,
+            sgls: f.sgls,
+            max_transfer: usize::try_from(f.max_transfer)
+                .unwrap_or(usize::MAX)
+                .clamp(PAGE_SIZE, p.max_transfer),
+            volatile_write_cache: f.volatile_write_cache,
+            io_queues: f.io_queues,
+        };
+        let sgl = (f.sgls & 3) as u8;
+        let io_count = usize::from(saved.io_count).clamp(1, io.len());
+        let inner = Inner::assemble(device.clone(), config, timer, p, admin, io, facts);
+        inner.sgl.store(sgl, Ordering::Relaxed);
+        inner.io_count.store(io_count, Ordering::Release);
+        if let Some((doorbells, event_idx)) = saved.shadow {
+            let pages = Arc::new(ShadowPages {
+                doorbells: attach(doorbells, PAGE_SIZE as u64)?,
+                event_idx: attach(event_idx, PAGE_SIZE as u64)?,
+            });
+            let stride = inner.cap.doorbell_stride() as usize;
+            for q in inner.io_queues() {
+                q.use_shadow(&pages, stride);
+            }
+            *inner.shadow.lock() = Some(pages);
+        }
+        let driver = NvmeDriver { inner };
+        let inner = &*driver.inner;
+        // Drain after restore: the commands saved in flight complete
+        // before new I/O may overtake them.
+        inner.admin.open();
+        let drained = inner
+            .bounded(RestoredDrain { inner }, inner.config.command_timeout)
+            .await;
+        if drained.is_none() {
+            log::warn!(
+                "{}: commands saved in flight did not complete; resetting the controller",
+                inner.device.id()
+            );
+            inner.reset().await?;
+        } else {
+            for q in inner.io_queues() {
+                q.open();
+            }
+        }
+        inner.scan_namespaces().await?;
+        Ok(driver)
     }
 
     /// Whether the controller failed for good (every I/O fails).
@@ -714,6 +1137,30 @@ impl Drop for ResetAbandoned<'_> {
     }
 }
 
+/// Waits until every queue's commands saved in flight have completed.
+struct RestoredDrain<'a> {
+    inner: &'a Inner,
+}
+
+impl core::future::Future for RestoredDrain<'_> {
+    type Output = ();
+
+    fn poll(
+        self: core::pin::Pin<&mut Self>,
+        cx: &mut core::task::Context<'_>,
+    ) -> core::task::Poll<()> {
+        let mut done = self.inner.admin.poll_restored(cx).is_ready();
+        for q in self.inner.io_queues() {
+            done &= q.poll_restored(cx).is_ready();
+        }
+        if done {
+            core::task::Poll::Ready(())
+        } else {
+            core::task::Poll::Pending
+        }
+    }
+}
+
 /// The watchdog's wait: its period, or a queue's violation report.
 struct WatchdogWait<'a> {
     sleep: parastor_core::disk::BoxFuture<'static, ()>,
@@ -766,6 +1213,115 @@ impl<F: core::future::Future + Unpin> core::future::Future for Bounded<'_, F> {
         }
         Poll::Pending
     }
+}
+
+impl Inner {
+    /// The driver's shared state over queues built by bring-up or restore.
+    fn assemble(
+        device: Arc<dyn DeviceAccess>,
+        config: DriverConfig,
+        timer: Arc<dyn Timer>,
+        p: Prepared,
+        admin: QueuePair,
+        io: Box<[IoSlot]>,
+        facts: ControllerFacts,
+    ) -> Arc<Inner> {
+        Arc::new(Inner {
+            device,
+            config,
+            timer,
+            cap: p.cap,
+            admin,
+            io,
+            io_shape: p.io_shape,
+            shadow: Mutex::new(None),
+            facts: Mutex::new(facts),
+            sgl: AtomicU8::new(0),
+            io_count: AtomicUsize::new(1),
+            bounce: p.bounce,
+            namespaces: Mutex::new(BTreeMap::new()),
+            life: Mutex::new(Life::Running),
+            resetting: AtomicBool::new(false),
+            health: p.health,
+            stopped: AtomicBool::new(false),
+            reset_requested: AtomicBool::new(false),
+            aborts_sent: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            ns_generation: ResizeSignal::new(0),
+            events_seen: AtomicU64::new(0),
+        })
+    }
+}
+
+impl Drop for Inner {
+    /// The last handle is gone. A controller not known to be stopped is
+    /// disabled; if it does not report RDY = 0 at once it may still write
+    /// the driver's memory, so the rings, list pages and the buffers of
+    /// commands it may hold are leaked on purpose rather than handed back
+    /// for reuse (the caller memory's pins are released, which for VFIO
+    /// unmaps it from the device).
+    fn drop(&mut self) {
+        if self.stopped.load(Ordering::Acquire) {
+            return;
+        }
+        // Saved for servicing: the controller runs on for the next
+        // instance, which takes this memory over.
+        let saved = *self.life.get_mut() == Life::Saved;
+        if saved {
+            if let Some(pages) = self.shadow.get_mut().take() {
+                core::mem::forget(pages);
+            }
+            self.admin.leak_dma();
+            for slot in self.io.iter_mut() {
+                if let Some(q) = slot.queue.get_mut() {
+                    q.leak_dma();
+                }
+            }
+            return;
+        }
+        let cc = self.cc();
+        if cc.into_bits().get() != u32::MAX && cc.en() {
+            self.write_cc(cc.with_en(false));
+        }
+        let csts = self.csts();
+        if csts.into_bits().get() != u32::MAX && !csts.rdy() {
+            return;
+        }
+        log::error!(
+            "{}: dropped while the device may still use its memory: its DMA memory is leaked",
+            self.device.id()
+        );
+        if let Some(pages) = self.shadow.get_mut().take() {
+            core::mem::forget(pages);
+        }
+        self.admin.leak_dma();
+        for slot in self.io.iter_mut() {
+            if let Some(q) = slot.queue.get_mut() {
+                q.leak_dma();
+            }
+        }
+    }
+}
+
+/// An Identify Controller text field (ASCII, space padded) as text: the
+/// padding (spaces, and NULs a careless device uses) trimmed, anything
+/// outside printable ASCII shown as `?` (the device is untrusted).
+fn identity_text(raw: &[u8]) -> String {
+    let end = raw
+        .iter()
+        .rposition(|&b| b != b' ' && b != 0)
+        .map_or(0, |i| i + 1);
+    raw.get(..end)
+        .unwrap_or(&[])
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                char::from(b)
+            } else {
+                '?'
+            }
+        })
+        .collect()
 }
 
 /// `d` in whole milliseconds (saturating).
@@ -831,6 +1387,7 @@ impl Inner {
                 return Err(DriverError::Fatal);
             }
             if csts.rdy() == ready {
+                self.stopped.store(!ready, Ordering::Release);
                 return Ok(());
             }
             if polls >= limit || self.clock_now() >= deadline {
@@ -906,6 +1463,12 @@ impl Inner {
             self.write_cc(cc.with_en(false));
         }
         if self.wait_ready(false).await.is_ok() {
+            self.release_held();
+        } else if self.device.reset_function().is_ok() && self.wait_ready(false).await.is_ok() {
+            log::warn!(
+                "{}: the controller did not disable; a function reset stopped it",
+                self.device.id()
+            );
             self.release_held();
         } else {
             log::error!(
@@ -1009,6 +1572,7 @@ impl Inner {
             .with_iosqes(6)
             .with_iocqes(4);
         self.write_cc(cc);
+        self.stopped.store(false, Ordering::Release);
         self.write_cc(cc.with_en(true));
         self.wait_ready(true).await?;
         self.admin.open();
@@ -1032,6 +1596,10 @@ impl Inner {
         {
             let mut f = self.facts.lock();
             f.cntlid = id.cntlid.get();
+            f.vid = id.vid.get();
+            f.serial = identity_text(&id.sn);
+            f.model = identity_text(&id.mn);
+            f.firmware = identity_text(&id.fr);
             f.nn = id.nn.get();
             f.oncs = id.oncs.into_bits().get();
             f.sgls = sgls;
@@ -1321,17 +1889,7 @@ impl Inner {
             slot.keep(buf.clone());
         }
         slot.submit(sqe).map_err(failed)?;
-        let deadline = self.clock_now().saturating_add(self.config.admin_timeout);
-        let step = (self.config.admin_timeout / 16).clamp(READY_POLL, Duration::from_millis(100));
-        let done = Bounded {
-            fut: slot,
-            sleep: self.timer.sleep(step),
-            timer: &*self.timer,
-            clock: &*self.config.clock,
-            deadline,
-            step,
-        }
-        .await;
+        let done = self.bounded(slot, self.config.admin_timeout).await;
         let Some(finished) = done else {
             log::warn!("{}: {what} timed out", self.device.id());
             self.reset_requested.store(true, Ordering::Release);
@@ -1345,6 +1903,24 @@ impl Inner {
                 what,
                 status: done.status,
             })
+        }
+    }
+
+    /// `fut` bounded by `timeout` on the driver's clock (`None`: it did
+    /// not finish in time).
+    fn bounded<F: core::future::Future + Unpin>(
+        &self,
+        fut: F,
+        timeout: Duration,
+    ) -> Bounded<'_, F> {
+        let step = (timeout / 16).clamp(READY_POLL, Duration::from_millis(100));
+        Bounded {
+            fut,
+            sleep: self.timer.sleep(step),
+            timer: &*self.timer,
+            clock: &*self.config.clock,
+            deadline: self.clock_now().saturating_add(timeout),
+            step,
         }
     }
 

@@ -110,6 +110,9 @@ pub enum DriverError {
     BadData(&'static str),
     /// No active namespace has that NSID.
     NoNamespace(u32),
+    /// A saved state that cannot be written or restored: which field and
+    /// what is wrong.
+    State(alloc::string::String),
 }
 
 impl fmt::Display for DriverError {
@@ -136,6 +139,7 @@ impl fmt::Display for DriverError {
             DriverError::Device(e) => e.fmt(f),
             DriverError::BadData(what) => write!(f, "controller returned bad data: {what}"),
             DriverError::NoNamespace(nsid) => write!(f, "no active namespace {nsid}"),
+            DriverError::State(what) => write!(f, "driver saved state: {what}"),
         }
     }
 }

@@ -372,8 +372,8 @@ impl FaultPlan {
         self
     }
 
-    /// Adds hostile Identify data (the first Identify of the fault's CNS,
-    /// and every later one).
+    /// Adds hostile Identify data: every Identify of the fault's CNS is
+    /// delivered with it.
     pub fn identify(self, fault: IdentifyFault) -> Self {
         self.on(
             Select::admin().opcode(AdminOpcode::IDENTIFY.get()),
@@ -498,27 +498,29 @@ struct Handed {
 #[derive(Clone, Debug)]
 struct Sq {
     addr: u64,
-    size: u16,
-    tail: u16,
+    /// Entries (2..=65536).
+    size: u32,
+    tail: u32,
     cqid: u16,
 }
 
 /// A completion queue: the device's shadow and the driver's real one.
 struct Cq {
-    size: u16,
+    /// Entries (2..=65536).
+    size: u32,
     vector: Option<u16>,
     /// The device writes here (`None`: not shadowed, the device writes
     /// the driver's queue directly).
     shadow: Option<DmaBuffer>,
-    shadow_head: u16,
+    shadow_head: u32,
     shadow_phase: bool,
     /// The driver's queue: its memory, and which handed buffer holds it.
     driver_mem: GuestMem,
     driver_base: Gpa,
     driver_key: u64,
-    driver_tail: u16,
+    driver_tail: u32,
     driver_phase: bool,
-    driver_head: u16,
+    driver_head: u32,
     held: VecDeque<(Entry, Due)>,
     ready: VecDeque<Entry>,
 }
@@ -530,11 +532,10 @@ impl Cq {
 
     /// Free entries in the driver's queue, as far as its head doorbell
     /// told.
-    fn room(&self) -> u16 {
-        let used = (u32::from(self.driver_tail) + u32::from(self.size)
-            - u32::from(self.driver_head))
-            % u32::from(self.size.max(1));
-        (u32::from(self.size).saturating_sub(1).saturating_sub(used)) as u16
+    fn room(&self) -> u32 {
+        let size = self.size.max(1);
+        let used = (self.driver_tail + size - self.driver_head % size) % size;
+        size.saturating_sub(1).saturating_sub(used)
     }
 }
 
@@ -717,7 +718,7 @@ impl State {
         self.cqs.insert(
             qid,
             Cq {
-                size: size as u16,
+                size,
                 vector,
                 shadow: Some(shadow),
                 shadow_head: 0,
@@ -744,8 +745,12 @@ impl State {
         }
     }
 
-    /// Reads the entries the driver submitted on `qid` up to `tail`.
-    fn snoop(&mut self, qid: u16, tail: u16) {
+    /// Reads the entries the driver submitted on `qid` up to `tail`
+    /// (the new value of its tail doorbell), before the device sees them:
+    /// remembers each command, and on the admin queue acts on queue
+    /// creation (a new completion queue gets its shadow, and the device
+    /// is given the shadow's address in the entry itself).
+    fn snoop(&mut self, inner: &dyn DeviceAccess, qid: u16, tail: u32) {
         let Some(sq) = self.sqs.get(&qid).cloned() else {
             return;
         };
@@ -753,21 +758,56 @@ impl State {
             return;
         }
         let mut at = sq.tail;
-        let mut n = 0u32;
-        while at != tail && n < u32::from(sq.size) {
-            let addr = sq.addr + u64::from(at) * SQE_LEN as u64;
+        while at != tail {
+            let addr = sq.addr.wrapping_add(u64::from(at) * SQE_LEN as u64);
             if let Some((_, mem, gpa)) = self.find(addr, SQE_LEN as u64)
-                && let Ok(sqe) = mem.read_obj::<Sqe>(gpa)
+                && let Ok(mut sqe) = mem.read_obj::<Sqe>(gpa)
             {
                 self.stats.submissions += 1;
+                if qid == 0 && self.created(inner, &mut sqe) {
+                    let _ = mem.write_at(gpa + 24, &sqe.dptr);
+                }
                 self.submitted(qid, &sqe);
             }
             at = if at + 1 == sq.size { 0 } else { at + 1 };
-            n += 1;
         }
         if let Some(s) = self.sqs.get_mut(&qid) {
             s.tail = tail;
         }
+    }
+
+    /// Acts on an admin command that creates a queue; returns whether
+    /// `sqe`'s data pointer was rewritten (to the shadow queue).
+    fn created(&mut self, inner: &dyn DeviceAccess, sqe: &mut Sqe) -> bool {
+        let op = AdminOpcode::new(sqe.cdw0.opc());
+        let cdw10 = CreateQueueCdw10::from_bits(sqe.cdw10.get());
+        let (q, size) = (cdw10.qid(), u32::from(cdw10.qsize()) + 1);
+        if q == 0 {
+            return false;
+        }
+        if op == AdminOpcode::CREATE_IO_CQ {
+            let cdw11 = CreateCqCdw11::from_bits(sqe.cdw11.get());
+            let vector = cdw11.ien().then_some(cdw11.iv());
+            let driver = sqe.prp1();
+            let shadow = self.add_cq(inner, q, driver, size, vector);
+            if shadow != driver {
+                let prp2 = sqe.prp2();
+                sqe.set_prps(shadow, prp2);
+                return true;
+            }
+        } else if op == AdminOpcode::CREATE_IO_SQ {
+            let cqid = CreateSqCdw11::from_bits(sqe.cdw11.get()).cqid();
+            self.sqs.insert(
+                q,
+                Sq {
+                    addr: sqe.prp1(),
+                    size,
+                    tail: 0,
+                    cqid,
+                },
+            );
+        }
+        false
     }
 
     /// Remembers one submitted command until its completion.
@@ -930,9 +970,9 @@ impl State {
         // 2. New completions from the device's queue.
         let mut taken = Vec::new();
         if let Some(shadow) = &cq.shadow {
-            let limit = 2 * usize::from(cq.size);
-            while cq.pending() + taken.len() < limit && taken.len() < usize::from(cq.size) {
-                let off = usize::from(cq.shadow_head) * CQE_LEN;
+            let limit = 2 * cq.size as usize;
+            while cq.pending() + taken.len() < limit && taken.len() < cq.size as usize {
+                let off = cq.shadow_head as usize * CQE_LEN;
                 let Ok(status) = shadow.load_u16(off + 14, Ordering::Acquire) else {
                     break;
                 };
@@ -956,7 +996,7 @@ impl State {
             }
             if !taken.is_empty() {
                 let head = cq.shadow_head;
-                inner.write_u32(0, Doorbell::CqHead(qid).offset(self.dstrd), u32::from(head));
+                inner.write_u32(0, Doorbell::CqHead(qid).offset(self.dstrd), head);
             }
         }
         for cqe in taken {
@@ -1045,7 +1085,7 @@ impl State {
             let Some(entry) = cq.ready.front().copied() else {
                 break;
             };
-            let room = usize::from(cq.room());
+            let room = cq.room() as usize;
             if entry.duplicate && room < outstanding + 2 {
                 cq.ready.pop_front();
                 self.stats.duplicates_skipped += 1;
@@ -1152,53 +1192,7 @@ impl Shared {
 
     fn sq_doorbell(&self, qid: u16, value: u32) {
         let mut st = self.state.lock();
-        let tail = value as u16;
-        let Some(sq) = st.sqs.get(&qid).cloned() else {
-            return;
-        };
-        if u32::from(tail) != value || tail >= sq.size {
-            return;
-        }
-        // Queue creation must be acted on before the device sees it:
-        // walk the new entries for Create I/O CQ / SQ.
-        let mut at = sq.tail;
-        let mut n = 0u32;
-        while qid == 0 && at != tail && n < u32::from(sq.size) {
-            let addr = sq.addr + u64::from(at) * SQE_LEN as u64;
-            if let Some((_, mem, gpa)) = st.find(addr, SQE_LEN as u64)
-                && let Ok(mut sqe) = mem.read_obj::<Sqe>(gpa)
-            {
-                let op = AdminOpcode::new(sqe.cdw0.opc());
-                let cdw10 = CreateQueueCdw10::from_bits(sqe.cdw10.get());
-                let q = cdw10.qid();
-                let size = u32::from(cdw10.qsize()) + 1;
-                if op == AdminOpcode::CREATE_IO_CQ && q != 0 {
-                    let cdw11 = CreateCqCdw11::from_bits(sqe.cdw11.get());
-                    let vector = cdw11.ien().then_some(cdw11.iv());
-                    let driver = sqe.prp1();
-                    let shadow = st.add_cq(&*self.inner, q, driver, size, vector);
-                    if shadow != driver {
-                        let prp2 = u64::from_le_bytes(sqe.dptr[8..16].try_into().unwrap_or([0; 8]));
-                        sqe.set_prps(shadow, prp2);
-                        let _ = mem.write_at(gpa + 24, &sqe.dptr);
-                    }
-                } else if op == AdminOpcode::CREATE_IO_SQ && q != 0 && size <= MAX_QUEUE_ENTRIES {
-                    let cqid = CreateSqCdw11::from_bits(sqe.cdw11.get()).cqid();
-                    st.sqs.insert(
-                        q,
-                        Sq {
-                            addr: sqe.prp1(),
-                            size: size as u16,
-                            tail: 0,
-                            cqid,
-                        },
-                    );
-                }
-            }
-            at = if at + 1 == sq.size { 0 } else { at + 1 };
-            n += 1;
-        }
-        st.snoop(qid, tail);
+        st.snoop(&*self.inner, qid, value);
     }
 
     fn cq_doorbell(&self, qid: u16, value: u32) -> bool {
@@ -1209,8 +1203,8 @@ impl Shared {
         if cq.shadow.is_none() {
             return false;
         }
-        if value < u32::from(cq.size) {
-            cq.driver_head = value as u16;
+        if value < cq.size {
+            cq.driver_head = value;
         }
         st.pump(&*self.inner, qid);
         true
@@ -1232,7 +1226,7 @@ impl Shared {
                     0,
                     Sq {
                         addr: asq,
-                        size: sq_size as u16,
+                        size: sq_size,
                         tail: 0,
                         cqid: 0,
                     },
@@ -1614,6 +1608,27 @@ impl DeviceAccess for FaultInjector {
 
     fn max_interrupts(&self) -> u16 {
         self.shared.inner.max_interrupts()
+    }
+
+    fn reset_function(&self) -> Result<(), DeviceError> {
+        {
+            let mut st = self.shared.state.lock();
+            if st.stats.removed {
+                return Err(DeviceError::Gone("surprise removal (fault injection)"));
+            }
+            // Every queue of the device is gone; CC is back at 0.
+            st.forget_queues();
+            st.cc_en = false;
+        }
+        self.shared.inner.reset_function()
+    }
+
+    fn map_dma(&self, mem: &GuestMem, range: GpaRange) -> Result<DeviceRange, DeviceError> {
+        self.shared.inner.map_dma(mem, range)
+    }
+
+    fn unmap_dma(&self, range: DeviceRange) -> Result<(), DeviceError> {
+        self.shared.inner.unmap_dma(range)
     }
 
     fn map_interrupt(&self, vector: u16) -> Result<Arc<dyn DeviceInterrupt>, DeviceError> {

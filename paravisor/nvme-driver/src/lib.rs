@@ -50,10 +50,14 @@ pub mod error;
 pub mod fault;
 mod namespace;
 mod queue;
+pub mod state;
 
 pub use clock::{Clock, MonotonicClock};
 pub use device::{DeviceAccess, DeviceError, DeviceInterrupt, DmaBuffer, DmaRelease};
-pub use driver::{ControllerFacts, DEFAULT_MAX_TRANSFER, DriverConfig, NvmeDriver};
+pub use driver::{
+    ControllerFacts, DEFAULT_MAX_TRANSFER, DriverConfig, NvmeDriver, PassthroughData,
+    PassthroughQueue, RawCompletion,
+};
 pub use error::{DriverError, Failure};
 pub use namespace::NvmeDisk;
 pub use queue::DataPointer;

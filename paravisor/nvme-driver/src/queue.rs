@@ -87,6 +87,7 @@ pub(crate) enum SglSupport {
 pub(crate) struct Completed {
     pub(crate) status: u16,
     pub(crate) dw0: u32,
+    pub(crate) dw1: u32,
 }
 
 enum SlotState {
@@ -163,6 +164,9 @@ struct State {
     refused: u64,
     /// Slots in [`SlotState::Held`].
     held: usize,
+    /// Saved for a keepalive: the completion queue belongs to the next
+    /// driver instance and is no longer read.
+    frozen: bool,
     /// The slot whose waiter is registered with the interrupt.
     irq_owner: Option<usize>,
     /// One bit per slot whose command is the device's and whose caller
@@ -389,6 +393,7 @@ impl QueuePair {
                 waiters: Vec::with_capacity(slots_n),
                 refused: 0,
                 held: 0,
+                frozen: false,
                 irq_owner: None,
                 awaited: vec![0; slots_n.div_ceil(64)].into_boxed_slice(),
                 cq_unannounced: 0,
@@ -493,6 +498,233 @@ impl QueuePair {
         }
         st.held -= n;
         n
+    }
+
+    /// The device may still use this queue's memory and the driver is
+    /// going away: the rings, the list pages, the shadow doorbell pages
+    /// and the buffers of the commands the device may hold are leaked —
+    /// never handed back to the device's allocator for reuse.
+    pub(crate) fn leak_dma(&mut self) {
+        for buf in [&mut self.sq, &mut self.cq, &mut self.lists] {
+            let (mem, _) = buf.memory();
+            let empty = DmaBuffer::new(
+                mem.clone(),
+                parastor_core::addr::Gpa::new(0),
+                0,
+                parastor_core::addr::DeviceAddress::new(0),
+                None,
+            );
+            core::mem::forget(core::mem::replace(buf, empty));
+        }
+        let st = self.state.get_mut();
+        if let Some(shadow) = st.shadow.take() {
+            core::mem::forget(shadow);
+        }
+        for slot in st.slots.iter_mut() {
+            let device_may_hold = match slot.state {
+                SlotState::Submitted { .. } | SlotState::Held => true,
+                SlotState::Done(_) => slot.hold,
+                SlotState::Free | SlotState::Reserved => false,
+            };
+            if device_may_hold {
+                if let Some(b) = slot.bounce.take() {
+                    core::mem::forget(b);
+                }
+                if let Some(k) = slot.keep.take() {
+                    core::mem::forget(k);
+                }
+            }
+        }
+    }
+
+    /// Freezes the queue for a keepalive save and describes it: from now
+    /// on it reads no completion and takes no command, and every command
+    /// the device has fails for its owner, its memory held (the device
+    /// still uses it; the next driver instance takes it over).
+    pub(crate) fn freeze(&self) -> crate::state::QueueV1 {
+        let mut st = self.state.lock();
+        let st = &mut *st;
+        let commands = st
+            .slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| matches!(slot.state, SlotState::Submitted { .. }))
+            .map(|(index, slot)| {
+                let bounce = slot
+                    .bounce
+                    .as_ref()
+                    .and_then(|b| b.device_range())
+                    .map(|(_, r)| r);
+                let memory = bounce
+                    .or_else(|| slot.keep.as_ref().map(|k| k.device_range()))
+                    .map(|r| {
+                        (
+                            r.addr.get(),
+                            r.len.div_ceil(PAGE_SIZE as u64) * PAGE_SIZE as u64,
+                        )
+                    });
+                crate::state::CommandV1 {
+                    slot: index as u16,
+                    memory,
+                    // The only command the watchdog does not time.
+                    event_request: !slot.timed,
+                }
+            })
+            .collect();
+        let saved = crate::state::QueueV1 {
+            qid: self.qid,
+            size: self.size,
+            sq: self.sq.device_address(0),
+            cq: self.cq.device_address(0),
+            lists: self.lists.device_address(0),
+            sq_tail: st.sq_tail,
+            sq_head: st.sq_head,
+            cq_head: st.cq_head,
+            phase: st.phase,
+            cq_unannounced: st.cq_unannounced,
+            cq_announced: st.cq_announced,
+            seqs: st.slots.iter().map(|s| s.seq).collect(),
+            commands,
+        };
+        st.frozen = true;
+        let why = Failure::Gone("driver saved for servicing");
+        if !matches!(st.gate, Gate::Dead(_)) {
+            st.gate = Gate::Dead(why);
+            st.epoch = st.epoch.wrapping_add(1);
+        }
+        fail_outstanding_locked(st, why, false);
+        wake_reserved(st);
+        saved
+    }
+
+    /// A queue pair rebuilt from `saved` over memory a previous driver
+    /// left to the device: `rings` are its SQ, CQ and list pages (as
+    /// saved), `memory[i]` the memory of `saved.commands[i]`. The commands
+    /// saved in flight are the device's, with no owner: their completions
+    /// are consumed (see [`QueuePair::poll_restored`]); the Asynchronous
+    /// Event Request is parked for the next event loop. The gate starts
+    /// closed.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn restore(
+        device: Arc<dyn DeviceAccess>,
+        saved: &crate::state::QueueV1,
+        dstrd: u8,
+        max_ranges: usize,
+        cq_batch: u16,
+        interrupt: Arc<dyn DeviceInterrupt>,
+        health: Arc<Health>,
+        rings: [DmaBuffer; 3],
+        memory: Vec<Option<Arc<DmaBuffer>>>,
+    ) -> Result<Self, parastor_core::state::InvalidState> {
+        use parastor_core::state::InvalidState;
+        let size = saved.size;
+        let cq_batch = cq_batch.clamp(1, size / 2);
+        let slots_n = usize::from(size - cq_batch).min(MAX_SLOTS);
+        saved.check(slots_n)?;
+        let [sq, cq, lists] = rings;
+        let now = health.now_ms.load(Ordering::Relaxed);
+        let mut slots: Box<[Slot]> = saved
+            .seqs
+            .iter()
+            .map(|&seq| Slot {
+                seq: seq & ((1 << (16 - SLOT_BITS)) - 1),
+                state: SlotState::Free,
+                waker: None,
+                pins: PinSet::with_capacity(max_ranges),
+                bounce: None,
+                keep: None,
+                submitted_at: now,
+                timed: true,
+                watch: Watch::Quiet,
+                hold: false,
+            })
+            .collect();
+        let mut parked = None;
+        let mut outstanding = 0;
+        let mut memory = memory.into_iter();
+        for c in &saved.commands {
+            let index = usize::from(c.slot);
+            let slot = slots
+                .get_mut(index)
+                .ok_or_else(|| InvalidState::new("commands.slot", "no such slot"))?;
+            slot.keep = memory.next().flatten();
+            if c.event_request && parked.is_none() {
+                slot.state = SlotState::Submitted { detached: false };
+                slot.timed = false;
+                parked = Some(index);
+            } else {
+                slot.state = SlotState::Submitted { detached: true };
+            }
+            outstanding += 1;
+        }
+        let free = (0..slots_n as u16)
+            .rev()
+            .filter(|&i| matches!(slots[usize::from(i)].state, SlotState::Free))
+            .collect();
+        let mut awaited = alloc::vec![0u64; slots_n.div_ceil(64)].into_boxed_slice();
+        if let Some(index) = parked
+            && let Some(word) = awaited.get_mut(index / 64)
+        {
+            *word |= 1 << (index % 64);
+        }
+        Ok(Self {
+            qid: saved.qid,
+            size,
+            sq,
+            cq,
+            lists,
+            sq_doorbell: Doorbell::SqTail(saved.qid).offset(dstrd),
+            cq_doorbell: Doorbell::CqHead(saved.qid).offset(dstrd),
+            cq_batch,
+            device,
+            interrupt,
+            health,
+            state: Mutex::new(State {
+                sq_tail: saved.sq_tail,
+                sq_head: saved.sq_head,
+                cq_head: saved.cq_head,
+                phase: saved.phase,
+                epoch: 0,
+                gate: Gate::Closed,
+                slots,
+                free,
+                outstanding,
+                waiters: Vec::with_capacity(slots_n),
+                refused: 0,
+                held: 0,
+                frozen: false,
+                irq_owner: None,
+                awaited,
+                cq_unannounced: saved.cq_unannounced,
+                cq_announced: saved.cq_announced,
+                shadow: None,
+                parked,
+            }),
+        })
+    }
+
+    /// After a restore: drains the completions of the commands saved in
+    /// flight; `Ready` once none is left but the parked event request.
+    pub(crate) fn poll_restored(&self, cx: &mut Context<'_>) -> Poll<()> {
+        for _ in 0..POLL_BUDGET {
+            {
+                let mut st = self.state.lock();
+                self.drain(&mut st);
+                let waiting =
+                    st.outstanding
+                        - usize::from(st.parked.is_some_and(|p| {
+                            matches!(st.slots[p].state, SlotState::Submitted { .. })
+                        }));
+                if waiting == 0 {
+                    return Poll::Ready(());
+                }
+            }
+            if self.interrupt.poll_signal(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
     }
 
     /// Slots held because the device may still use their buffers.
@@ -611,6 +843,9 @@ impl QueuePair {
 
     /// Drains the completion queue; returns whether anything completed.
     fn drain(&self, st: &mut State) -> bool {
+        if st.frozen {
+            return false;
+        }
         let mut taken = 0u32;
         loop {
             let off = usize::from(st.cq_head) * CQE_LEN;
@@ -698,6 +933,7 @@ impl QueuePair {
             Ok(Completed {
                 status,
                 dw0: cqe.dw0.get(),
+                dw1: cqe.dw1.get(),
             })
         };
         let detached = matches!(slot.state, SlotState::Submitted { detached: true });
