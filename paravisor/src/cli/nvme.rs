@@ -31,6 +31,10 @@ pub struct NvmeCheckArgs {
     /// The number of namespaces Identify Controller must report (NN).
     #[arg(long)]
     pub nn: Option<u32>,
+    /// The serial number Identify Controller must report (trailing spaces
+    /// trimmed).
+    #[arg(long)]
+    pub serial: Option<String>,
     /// The active namespaces, comma-separated (`1,2`): the list must be
     /// exactly this.
     #[arg(long, value_delimiter = ',')]
@@ -383,6 +387,11 @@ pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
         let driver = bring_up("bring-up").await?;
         let facts = driver.facts();
         println!(
+            "nvme-check: serial `{}` model `{}`",
+            facts.serial.trim_end(),
+            facts.model.trim_end()
+        );
+        println!(
             "nvme-check: controller {} NN {} namespaces {:?} ONCS {:#x} max transfer {} bytes, {} I/O queue(s)",
             facts.cntlid,
             facts.nn,
@@ -395,6 +404,14 @@ pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
             && facts.nn != nn
         {
             return Err(CliError::new(format!("NN is {}, expected {nn}", facts.nn)));
+        }
+        if let Some(serial) = &args.serial
+            && facts.serial.trim_end() != serial
+        {
+            return Err(CliError::new(format!(
+                "serial number `{}`, expected `{serial}`",
+                facts.serial.trim_end()
+            )));
         }
         if !args.namespaces.is_empty() && driver.namespaces() != args.namespaces {
             return Err(CliError::new(format!(
@@ -579,6 +596,7 @@ mod tests {
         let args = NvmeCheckArgs {
             pci: "0000:7f:1f.7".into(),
             nn: None,
+            serial: None,
             namespaces: vec![],
             lba_size: vec![],
             expect: vec![],
