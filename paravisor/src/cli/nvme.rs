@@ -469,6 +469,26 @@ pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
             ));
         }
         verify_writes(&driver, &buffers, &writes, "after writing", &mut tally).await?;
+        // Keepalive: save the driver with the controller running, restore
+        // a new instance over the same queues and DMA memory, read again.
+        let blob = driver.save().map_err(|e| disk_error("keepalive save", e))?;
+        drop(driver);
+        let driver = NvmeDriver::restore(
+            dyn_device.clone(),
+            DriverConfig {
+                io_queues,
+                ..DriverConfig::default()
+            },
+            Arc::new(RuntimeTimer),
+            &blob,
+        )
+        .await
+        .map_err(|e| disk_error("keepalive restore", e))?;
+        verify_writes(&driver, &buffers, &writes, "after keepalive restore", &mut tally).await?;
+        println!(
+            "nvme-check: keepalive save ({} bytes) and restore over the running controller, I/O after it ok",
+            blob.len()
+        );
         let (read, cpus) = per_cpu_reads(&driver, &writes).await?;
         tally.read += read;
         let queues = driver.io_queues_created();

@@ -602,6 +602,41 @@ impl DeviceAccess for VfioDevice {
         })
     }
 
+    /// DMA memory of this device that a driver instance saved for
+    /// keepalive left to the device: the pages are claimed again (not
+    /// zeroed) and handed back. Within this process only: the memory and
+    /// its IOMMU mapping live as long as this `VfioDevice`.
+    fn attach_dma(&self, range: DeviceRange) -> Result<DmaBuffer, DeviceError> {
+        let bad = DeviceError::BadRange {
+            gpa: range.addr.get(),
+            len: range.len,
+        };
+        let start = range.addr.get();
+        if range.len == 0 || !start.is_multiple_of(PAGE) || !range.len.is_multiple_of(PAGE) {
+            return Err(bad);
+        }
+        let first = self.dma.page_of(start).ok_or(bad)?;
+        let pages = usize::try_from(range.len / PAGE).map_err(|_| bad)?;
+        let len = usize::try_from(range.len).map_err(|_| bad)?;
+        let claimed = self
+            .dma
+            .pages
+            .lock()
+            .map_err(|_| DeviceError::Gone("DMA allocator poisoned"))?
+            .claim(first, pages);
+        if !claimed {
+            return Err(bad);
+        }
+        let release: Arc<dyn DmaRelease> = self.dma.clone();
+        Ok(DmaBuffer::new(
+            self.dma.mem.clone(),
+            Gpa::new(first as u64 * PAGE),
+            len,
+            range.addr,
+            Some(release),
+        ))
+    }
+
     /// Ranges of memory attached with
     /// [`attach_guest_ram`](VfioDevice::attach_guest_ram) are mapped at
     /// IOVA = GPA already.
