@@ -32,7 +32,7 @@
 //!
 //! # Input format
 //!
-//! A [`Header`], a plan (see [`plan`]), then operations until the input
+//! A header (flags: sector size, queues, data pointers, bouncing, host identifier; queue sizes; MDTS), a plan (see [`plan`]), then operations until the input
 //! runs out (at most [`MAX_OPS`]).
 
 use crate::nvme::VirtualClock;
