@@ -266,6 +266,23 @@ pub trait GuestMemory: Send + Sync {
         let _ = (gpa, src, src_gpa, len);
         None
     }
+
+    /// The other direction of [`copy_from`](Self::copy_from): copies `len`
+    /// bytes at `gpa` of this memory into `dst` at `dst_gpa` without a
+    /// staging buffer, if this implementation can (for example, `dst` is
+    /// private [`LocalMemory`] it can fill in place); `None` if not. The
+    /// default is `None`. [`copy`] asks the destination's `copy_from`
+    /// first, then this.
+    fn copy_to(
+        &self,
+        gpa: Gpa,
+        dst: &dyn GuestMemory,
+        dst_gpa: Gpa,
+        len: usize,
+    ) -> Option<Result<(), MemoryError>> {
+        let _ = (gpa, dst, dst_gpa, len);
+        None
+    }
 }
 
 /// How many [`GuestMemory::window`]s [`copy`] looks through on each side
@@ -302,7 +319,10 @@ pub fn copy(
 ) -> Result<(), MemoryError> {
     let (inner_src, inner_src_gpa) = through_windows(src, src_gpa, len as u64);
     let (inner_dst, inner_dst_gpa) = through_windows(dst, dst_gpa, len as u64);
-    if let Some(done) = inner_dst.copy_from(inner_dst_gpa, inner_src, inner_src_gpa, len) {
+    if let Some(done) = inner_dst
+        .copy_from(inner_dst_gpa, inner_src, inner_src_gpa, len)
+        .or_else(|| inner_src.copy_to(inner_src_gpa, inner_dst, inner_dst_gpa, len))
+    {
         return done;
     }
     if len <= SMALL_COPY {
@@ -676,6 +696,12 @@ fn local_range(gpa: Gpa, len: usize, size: usize) -> Result<core::ops::Range<usi
 impl GuestMemory for LocalMemory {
     fn extent(&self) -> Gpa {
         Gpa::new(self.len() as u64)
+    }
+
+    /// `Some`: mapped memory copies straight into and out of a staging
+    /// buffer (see [`GuestMemory::copy_to`]).
+    fn as_any(&self) -> Option<&dyn Any> {
+        Some(self)
     }
 
     fn read_at(&self, gpa: Gpa, dst: &mut [u8]) -> Result<(), MemoryError> {

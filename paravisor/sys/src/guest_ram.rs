@@ -10,7 +10,7 @@ use crate::error::AccessError;
 use crate::mmap::MappedRegion;
 use parastor_core::{
     Access, AtomicOp, Denied, DeviceAddress, DeviceRange, DmaDomainId, Gpa, GpaRange, GuestMemory,
-    MemoryError, MemoryErrorKind, PinError, PinOwner, PinSet, Width,
+    LocalMemory, MemoryError, MemoryErrorKind, PinError, PinOwner, PinSet, Width,
 };
 use std::any::Any;
 use std::fmt;
@@ -198,6 +198,14 @@ impl GuestRam {
         let owner: Arc<dyn PinOwner> = layout.clone();
         Self { layout, owner }
     }
+}
+
+/// `[gpa, gpa + len)` of a [`LocalMemory`] as indices, if they fit in
+/// `usize` (the buffer's own bounds are checked by `get`; anything that
+/// does not fit goes the staged way, which reports the error).
+fn local_range(gpa: Gpa, len: usize) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(gpa.get()).ok()?;
+    Some(start..start.checked_add(len)?)
 }
 
 impl GuestRam {
@@ -514,8 +522,29 @@ impl GuestMemory for GuestRam {
         src_gpa: Gpa,
         len: usize,
     ) -> Option<Result<(), MemoryError>> {
-        let src = src.as_any()?.downcast_ref::<GuestRam>()?;
-        Some(self.copy_from_ram(gpa, src, src_gpa, len))
+        let src = src.as_any()?;
+        if let Some(ram) = src.downcast_ref::<GuestRam>() {
+            return Some(self.copy_from_ram(gpa, ram, src_gpa, len));
+        }
+        // Private staging memory: written from its own bytes, under its
+        // lock, which is held over this memory's `write_at` only.
+        let local = src.downcast_ref::<LocalMemory>()?;
+        let range = local_range(src_gpa, len)?;
+        local.with(|bytes| Some(self.write_at(gpa, bytes.get(range)?)))
+    }
+
+    /// Straight into private staging memory ([`LocalMemory`]), under its
+    /// lock, which is held over this memory's `read_at` only.
+    fn copy_to(
+        &self,
+        gpa: Gpa,
+        dst: &dyn GuestMemory,
+        dst_gpa: Gpa,
+        len: usize,
+    ) -> Option<Result<(), MemoryError>> {
+        let local = dst.as_any()?.downcast_ref::<LocalMemory>()?;
+        let range = local_range(dst_gpa, len)?;
+        local.with_mut(|bytes| Some(self.read_at(gpa, bytes.get_mut(range)?)))
     }
 
     fn pin(

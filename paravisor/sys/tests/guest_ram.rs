@@ -650,3 +650,56 @@ fn one_region_above_zero_has_a_hole_below_it() {
     );
     assert_eq!(ram.compare_at(Gpa::new(3 * PAGE - 8), &[2; 8]), Ok(true));
 }
+
+/// Private staging memory (`LocalMemory`) is filled from and copied into
+/// `GuestRam` in place, across region boundaries; holes are still
+/// refused, and a range outside the staging buffer goes the staged way,
+/// which reports it.
+#[test]
+fn copies_between_guest_ram_and_private_staging_memory_are_direct() {
+    use parastor_core::LocalMemory;
+    let ram = split_ram();
+    let local = LocalMemory::new(3 * PAGE as usize);
+    let data: Vec<u8> = (0..2 * PAGE as usize)
+        .map(|i| (i * 5 % 247) as u8)
+        .collect();
+    ram.write_at(Gpa::new(3 * PAGE + 9), &data).unwrap();
+    let len = data.len();
+    assert_eq!(
+        ram.copy_to(Gpa::new(3 * PAGE + 9), &local, Gpa::new(11), len),
+        Some(Ok(()))
+    );
+    local.with(|b| assert_eq!(&b[11..11 + len], &data[..]));
+    ram.fill_at(Gpa::new(0), 6 * PAGE as usize, 0).unwrap();
+    assert_eq!(
+        ram.copy_from(Gpa::new(3 * PAGE + 1), &local, Gpa::new(11), len),
+        Some(Ok(()))
+    );
+    assert_eq!(ram.compare_at(Gpa::new(3 * PAGE + 1), &data), Ok(true));
+    // Through `memory::copy`, both directions.
+    parastor_core::memory::copy(&local, Gpa::new(11), &ram, Gpa::new(100), len).unwrap();
+    assert_eq!(ram.compare_at(Gpa::new(100), &data), Ok(true));
+    local.with_mut(|b| b.fill(0));
+    parastor_core::memory::copy(&ram, Gpa::new(100), &local, Gpa::new(0), len).unwrap();
+    local.with(|b| assert_eq!(&b[..len], &data[..]));
+    // The hole, on the guest side.
+    assert_eq!(
+        ram.copy_to(Gpa::new(6 * PAGE - 8), &local, Gpa::new(0), 16),
+        Some(Err(err(6 * PAGE - 8, 16, UNMAPPED)))
+    );
+    assert_eq!(
+        ram.copy_from(Gpa::new(8 * PAGE - 8), &local, Gpa::new(0), 16),
+        Some(Err(err(8 * PAGE - 8, 16, UNMAPPED)))
+    );
+    // Past the staging buffer: not done in place; `memory::copy` stages
+    // and reports what `LocalMemory` itself says.
+    let beyond = Gpa::new(3 * PAGE - 8);
+    assert_eq!(ram.copy_to(Gpa::new(0), &local, beyond, 16), None);
+    assert_eq!(ram.copy_from(Gpa::new(0), &local, beyond, 16), None);
+    let mut probe = [0; 16];
+    let expected = local.read_at(beyond, &mut probe).unwrap_err();
+    assert_eq!(
+        parastor_core::memory::copy(&local, beyond, &ram, Gpa::new(0), 16),
+        Err(expected)
+    );
+}
