@@ -298,9 +298,21 @@ impl Pool {
         }
     }
 
+    /// Returns a block, and serves waiters only if there are any (one
+    /// critical section when nobody waits, the steady state).
     fn give_back(&self, class: usize, block: Option<DmaBlock>) {
-        self.state.lock().give_back(class, block);
-        self.serve();
+        let woken = {
+            let mut st = self.state.lock();
+            st.give_back(class, block);
+            if st.queue.is_empty() {
+                return;
+            }
+            st.serve_head(self.budget)
+        };
+        if let Some(w) = woken {
+            w.wake();
+            self.serve();
+        }
     }
 }
 
