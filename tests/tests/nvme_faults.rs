@@ -411,6 +411,10 @@ mod middleware {
         assert_eq!(dev.read_u64(0, offset::CAP), u64::MAX);
         assert_eq!(dev.config_read_u32(0), u32::MAX);
         assert!(bed.fi.stats().removed);
+        // Healed: the registers read true again.
+        bed.fi.heal();
+        assert_eq!(dev.read_u32(0, offset::CSTS) & 3, 1, "ready, no CFS");
+        assert_ne!(dev.config_read_u32(0), u32::MAX);
     }
 
     #[test]
