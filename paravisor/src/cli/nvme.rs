@@ -31,6 +31,10 @@ pub struct NvmeCheckArgs {
     /// The number of namespaces Identify Controller must report (NN).
     #[arg(long)]
     pub nn: Option<u32>,
+    /// The serial number Identify Controller must report (trailing spaces
+    /// trimmed).
+    #[arg(long)]
+    pub serial: Option<String>,
     /// The active namespaces, comma-separated (`1,2`): the list must be
     /// exactly this.
     #[arg(long, value_delimiter = ',')]
@@ -57,6 +61,11 @@ pub struct NvmeCheckArgs {
     /// MiB of DMA memory for the driver.
     #[arg(long, default_value_t = 8)]
     pub dma_mib: usize,
+    /// I/O queue pairs at most (one per CPU); the written data is read
+    /// back from a runtime thread on every CPU at once, so each CPU's
+    /// queue and MSI-X vector carry I/O.
+    #[arg(long, default_value_t = 2)]
+    pub io_queues: u16,
 }
 
 /// One `NSID:LBA:FILE` argument, loaded.
@@ -273,6 +282,53 @@ async fn verify_writes(
     Ok(())
 }
 
+/// Reads every `--write` back on a runtime thread per allowed CPU, all
+/// at once (each thread through its own bounce memory); the bytes read
+/// and the number of CPUs.
+async fn per_cpu_reads(driver: &NvmeDriver, writes: &[Data]) -> Result<(u64, usize), CliError> {
+    if writes.is_empty() {
+        return Ok((0, 0));
+    }
+    let cpus = parastor_runtime::allowed_cpus()
+        .map_err(|e| CliError::new(format!("reading the CPU affinity: {e}")))?;
+    let runtime = parastor_runtime::Runtime::per_cpu(&cpus)
+        .map_err(|e| CliError::new(format!("starting a runtime thread per CPU: {e}")))?;
+    let mut tasks = Vec::new();
+    for (thread, cpu) in runtime.threads().iter().zip(&cpus) {
+        let jobs: Vec<(NvmeDisk, u64, Vec<u8>, String)> = writes
+            .iter()
+            .map(|d| {
+                namespace(driver, d.nsid).map(|disk| {
+                    let what =
+                        format!("CPU {cpu}: namespace {} LBA {} ({})", d.nsid, d.lba, d.name);
+                    (disk, d.lba, d.bytes.clone(), what)
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        let region = MappedRegion::memfd("nvme-check-cpu", CHUNK)
+            .map_err(|e| CliError::new(format!("mapping buffer memory: {e}")))?;
+        let mem = GuestMem::new(
+            GuestRam::new(vec![(BUFFER_GPA, Arc::new(region))])
+                .map_err(|e| CliError::new(format!("buffer memory layout: {e}")))?,
+        );
+        tasks.push(thread.spawn(async move {
+            let mut read = 0;
+            for (disk, lba, bytes, what) in &jobs {
+                read += read_compare(disk, &mem, *lba, Some(bytes), bytes.len(), what).await?;
+            }
+            Ok::<u64, CliError>(read)
+        }));
+    }
+    let mut total = 0;
+    for task in tasks {
+        total += task
+            .await
+            .map_err(|e| CliError::new(format!("a per-CPU reader ended early: {e}")))??;
+    }
+    runtime.shutdown();
+    Ok((total, cpus.len()))
+}
+
 /// Runs `parastor nvme-check`.
 pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
     let expects = args
@@ -313,18 +369,28 @@ pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
     let buffers = Buffers::new(&device)?;
     let dyn_device: Arc<dyn DeviceAccess> = device.clone();
     let mut tally = Tally::default();
+    let io_queues = args.io_queues.max(1);
 
     parastor_runtime::block_on(async {
         let bring_up = |what: &'static str| {
             let device = dyn_device.clone();
             async move {
-                NvmeDriver::new(device, DriverConfig::default(), Arc::new(RuntimeTimer))
+                let config = DriverConfig {
+                    io_queues,
+                    ..DriverConfig::default()
+                };
+                NvmeDriver::new(device, config, Arc::new(RuntimeTimer))
                     .await
                     .map_err(|e| disk_error(what, e))
             }
         };
         let driver = bring_up("bring-up").await?;
         let facts = driver.facts();
+        println!(
+            "nvme-check: serial `{}` model `{}`",
+            facts.serial.trim_end(),
+            facts.model.trim_end()
+        );
         println!(
             "nvme-check: controller {} NN {} namespaces {:?} ONCS {:#x} max transfer {} bytes, {} I/O queue(s)",
             facts.cntlid,
@@ -338,6 +404,14 @@ pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
             && facts.nn != nn
         {
             return Err(CliError::new(format!("NN is {}, expected {nn}", facts.nn)));
+        }
+        if let Some(serial) = &args.serial
+            && facts.serial.trim_end() != serial
+        {
+            return Err(CliError::new(format!(
+                "serial number `{}`, expected `{serial}`",
+                facts.serial.trim_end()
+            )));
         }
         if !args.namespaces.is_empty() && driver.namespaces() != args.namespaces {
             return Err(CliError::new(format!(
@@ -395,6 +469,36 @@ pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
             ));
         }
         verify_writes(&driver, &buffers, &writes, "after writing", &mut tally).await?;
+        // Keepalive: save the driver with the controller running, restore
+        // a new instance over the same queues and DMA memory, read again.
+        let blob = driver.save().map_err(|e| disk_error("keepalive save", e))?;
+        drop(driver);
+        let driver = NvmeDriver::restore(
+            dyn_device.clone(),
+            DriverConfig {
+                io_queues,
+                ..DriverConfig::default()
+            },
+            Arc::new(RuntimeTimer),
+            &blob,
+        )
+        .await
+        .map_err(|e| disk_error("keepalive restore", e))?;
+        verify_writes(&driver, &buffers, &writes, "after keepalive restore", &mut tally).await?;
+        println!(
+            "nvme-check: keepalive save ({} bytes) and restore over the running controller, I/O after it ok",
+            blob.len()
+        );
+        let (read, cpus) = per_cpu_reads(&driver, &writes).await?;
+        tally.read += read;
+        let queues = driver.io_queues_created();
+        println!("nvme-check: read back from {cpus} CPUs at once: {queues} I/O queue(s) created");
+        let want = cpus.min(usize::from(io_queues));
+        if queues < want {
+            return Err(CliError::new(format!(
+                "{queues} I/O queues after I/O from {cpus} CPUs, expected {want} (one per CPU)"
+            )));
+        }
 
         // Deallocate; zeros back where the namespace promises them.
         for &(nsid, lba, count) in &deallocs {
@@ -512,6 +616,7 @@ mod tests {
         let args = NvmeCheckArgs {
             pci: "0000:7f:1f.7".into(),
             nn: None,
+            serial: None,
             namespaces: vec![],
             lba_size: vec![],
             expect: vec![],
@@ -519,6 +624,7 @@ mod tests {
             deallocate: vec![],
             no_reset: false,
             dma_mib: 1,
+            io_queues: 2,
         };
         let err = run(args).unwrap_err().to_string();
         assert!(err.contains("/sys/bus/pci/devices/0000:7f:1f.7"), "{err}");

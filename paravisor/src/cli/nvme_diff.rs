@@ -4,13 +4,13 @@
 //!
 //! The script ([`SCRIPT`]) holds valid and invalid admin and I/O commands
 //! (bad NSIDs, out-of-range LBAs, oversize transfers, reserved opcodes,
-//! Dataset Management, Write Zeroes, Compare). Each is sent as raw
-//! submission queue entries by a minimal polled host (`RawHost`: admin
-//! queue plus one I/O queue pair, PRPs, no interrupts) over the
-//! [`DeviceAccess`] trait, so both controllers see byte-identical commands
-//! and nothing in a driver interprets the answers. Each command gives one
-//! transcript line: status code type and code, DNR, CDW0, and the data
-//! fields the script asks for. Lines must match field by field, except for
+//! Dataset Management, Write Zeroes, Compare). Each goes through parastor's
+//! NVMe driver as a raw command (`NvmeDriver::passthrough`: the driver
+//! fills in the command identifier and the data pointer, the script the
+//! rest), so both controllers see the same commands and nothing in the
+//! driver interprets the answers. Each command gives one transcript line:
+//! status code type and code, DNR, CDW0 and CDW1, and the data fields the
+//! script asks for. Lines must match field by field, except for
 //! the differences listed in [`ALLOWED`], each with the specification
 //! clause that allows it.
 
@@ -19,18 +19,19 @@ use clap::Args;
 use parastor_core::Disk;
 use parastor_core::ram::RamDisk;
 use parastor_emulated::nvme::{ControllerThread, NvmeRig, RigConfig};
-use parastor_hw::nvme::queue::{Cdw0, Cqe, Sqe};
-use parastor_hw::nvme::regs::offset;
+use parastor_hw::nvme::queue::{Cdw0, Sqe};
+use parastor_hw::nvme::status::StatusWord;
 use parastor_nvme::ControllerConfig;
-use parastor_nvme_driver::{DeviceAccess, DmaBuffer};
+use parastor_nvme_driver::{
+    DeviceAccess, DriverConfig, DriverError, NvmeDriver, PassthroughData, PassthroughQueue,
+    RawCompletion,
+};
+use parastor_runtime::RuntimeTimer;
 use parastor_vfio::{VfioDevice, VfioOptions};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
 use zerocopy::little_endian::U32;
-use zerocopy::{FromBytes, IntoBytes};
 
 /// The command script (see the file for its syntax).
 pub const SCRIPT: &str = include_str!("nvme-diff.script");
@@ -209,364 +210,129 @@ fn parse_script(text: &str) -> Result<Vec<Step>, CliError> {
 
 /// The largest data buffer a step may use.
 const MAX_DATA: usize = 1 << 20;
-/// Entries of each queue.
-const QUEUE_ENTRIES: u16 = 32;
-const PAGE: usize = 4096;
-
-/// A submission/completion queue pair in DMA memory.
-struct RawQueue {
-    qid: u16,
-    sq: DmaBuffer,
-    cq: DmaBuffer,
-    tail: u16,
-    head: u16,
-    phase: bool,
-}
-
-/// A minimal polled NVMe host over [`DeviceAccess`].
-struct RawHost {
-    device: Arc<dyn DeviceAccess>,
-    stride: u64,
-    timeout: Duration,
-    admin: RawQueue,
-    io: Option<RawQueue>,
-    data: DmaBuffer,
-    prp_list: DmaBuffer,
-    cid: u16,
-}
-
-fn device_error(what: &str, e: impl std::fmt::Display) -> CliError {
-    CliError::new(format!("{what}: {e}"))
-}
-
-impl RawQueue {
-    fn new(device: &dyn DeviceAccess, qid: u16) -> Result<Self, CliError> {
-        let n = usize::from(QUEUE_ENTRIES);
-        Ok(Self {
-            qid,
-            sq: device
-                .alloc_dma(n * 64)
-                .map_err(|e| device_error("submission queue", e))?,
-            cq: device
-                .alloc_dma(n * 16)
-                .map_err(|e| device_error("completion queue", e))?,
-            tail: 0,
-            head: 0,
-            phase: true,
-        })
-    }
-}
-
-/// A completion, as the transcript shows it.
-struct Done {
-    sct: u8,
-    sc: u8,
-    dnr: bool,
-    dw0: u32,
-}
-
-impl RawHost {
-    /// Disables the controller, sets up the admin queue, enables it and
-    /// creates I/O queue pair 1 (polled, no interrupts).
-    fn bring_up(device: Arc<dyn DeviceAccess>) -> Result<Self, CliError> {
-        let cap = device.read_u64(0, offset::CAP);
-        if cap == u64::MAX {
-            return Err(CliError::new("CAP reads all ones: the device is gone"));
-        }
-        let stride = 4u64 << ((cap >> 32) & 0xF);
-        let timeout = Duration::from_millis(500 * ((cap >> 24) & 0xFF).max(1));
-        let cmd = device.config_read_u32(0x04);
-        device.config_write_u32(0x04, cmd | 0x6);
-        let admin = RawQueue::new(&*device, 0)?;
-        let data = device
-            .alloc_dma(MAX_DATA)
-            .map_err(|e| device_error("data buffer", e))?;
-        let prp_list = device
-            .alloc_dma(PAGE)
-            .map_err(|e| device_error("PRP list", e))?;
-        let mut host = Self {
-            device,
-            stride,
-            timeout,
-            admin,
-            io: None,
-            data,
-            prp_list,
-            cid: 0,
-        };
-        host.device.write_u32(0, offset::CC, 0);
-        host.wait_ready(false)?;
-        let entries = u32::from(QUEUE_ENTRIES - 1);
-        host.device
-            .write_u32(0, offset::AQA, (entries << 16) | entries);
-        host.device
-            .write_u64(0, offset::ASQ, host.admin.sq.device_address(0));
-        host.device
-            .write_u64(0, offset::ACQ, host.admin.cq.device_address(0));
-        // EN, 4 KiB pages, NVM command set, 64-byte SQ and 16-byte CQ entries.
-        host.device
-            .write_u32(0, offset::CC, 1 | (6 << 16) | (4 << 20));
-        host.wait_ready(true)?;
-        let io = RawQueue::new(&*host.device, 1)?;
-        let size = u32::from(QUEUE_ENTRIES - 1) << 16;
-        let (cq_addr, sq_addr) = (io.cq.device_address(0), io.sq.device_address(0));
-        // Create I/O Completion Queue 1 (physically contiguous, no
-        // interrupts), then I/O Submission Queue 1 on it.
-        let created = [
-            host.admin_raw(0x05, cq_addr, size | 1, 1)?,
-            host.admin_raw(0x01, sq_addr, size | 1, (1 << 16) | 1)?,
-        ];
-        for (what, done) in ["Create I/O CQ", "Create I/O SQ"].iter().zip(created) {
-            if done.sct != 0 || done.sc != 0 {
-                return Err(CliError::new(format!(
-                    "{what} failed: status {}/{:#04x}",
-                    done.sct, done.sc
-                )));
+/// The line a step's completion gives: status code type and code, DNR,
+/// both command-specific dwords, and what the step shows of the data.
+fn line(step: &Step, done: &RawCompletion, data: &[u8]) -> String {
+    let status = StatusWord::from_bits(done.status);
+    let mut line = format!(
+        "{} sct={} sc={:#04x} dnr={} cdw0={:#010x} cdw1={:#010x}",
+        step.name,
+        status.sct().get(),
+        status.sc(),
+        u8::from(status.dnr()),
+        done.dw0,
+        done.dw1
+    );
+    for show in &step.show {
+        match *show {
+            Show::Bytes(at, n) => {
+                let bytes = data.get(at..at + n).unwrap_or(&[]);
+                let _ = write!(line, " bytes{at}+{n}=");
+                for b in bytes {
+                    let _ = write!(line, "{b:02x}");
+                }
+            }
+            Show::LbaSize => {
+                // FLBAS bits 3:0 (and 6:5 above 16 formats) pick the LBA
+                // format; LBADS is byte 2 of its entry.
+                let flbas = data.get(26).copied().unwrap_or(0);
+                let index = usize::from(flbas & 0xF) | (usize::from(flbas >> 5 & 3) << 4);
+                let lbads = data.get(128 + index * 4 + 2).copied().unwrap_or(0);
+                let size = if (9..=16).contains(&lbads) {
+                    1u32 << lbads
+                } else {
+                    0
+                };
+                let _ = write!(line, " lbasize={size}");
+            }
+            Show::Hash => {
+                let _ = write!(line, " crc32={:08x}", crc32fast::hash(data));
             }
         }
-        host.io = Some(io);
-        Ok(host)
     }
+    line
+}
 
-    fn wait_ready(&self, ready: bool) -> Result<(), CliError> {
-        let start = Instant::now();
-        loop {
-            let csts = self.device.read_u32(0, offset::CSTS);
-            if csts == u32::MAX {
-                return Err(CliError::new("CSTS reads all ones: the device is gone"));
-            }
-            if csts & 2 != 0 {
-                return Err(CliError::new("CSTS.CFS: controller fatal status"));
-            }
-            if (csts & 1 != 0) == ready {
-                return Ok(());
-            }
-            if start.elapsed() > self.timeout {
-                return Err(CliError::new(format!(
-                    "CSTS.RDY did not become {} within CAP.TO",
-                    u8::from(ready)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(1));
+/// The bytes of pattern `seed`.
+fn pattern(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
+        .collect()
+}
+
+/// Runs `step` through the driver's passthrough; its transcript line. A
+/// command the driver itself refuses (queue management, more data than
+/// the maximum transfer) gives `NAME refused-by-driver`.
+async fn run_step(driver: &NvmeDriver, step: &Step) -> Result<String, CliError> {
+    let [c10, c11, c12, c13, c14, c15] = step.cdw.map(U32::new);
+    let sqe = Sqe {
+        cdw0: Cdw0::new().with_opc(step.opc),
+        nsid: U32::new(step.nsid),
+        cdw10: c10,
+        cdw11: c11,
+        cdw12: c12,
+        cdw13: c13,
+        cdw14: c14,
+        cdw15: c15,
+        ..Sqe::default()
+    };
+    let queue = match step.queue {
+        Queue::Admin => PassthroughQueue::Admin,
+        Queue::Io => PassthroughQueue::Io,
+    };
+    let mut buf;
+    let data = match step.data {
+        Data::None => {
+            buf = Vec::new();
+            PassthroughData::None
         }
-    }
-
-    /// An admin command with PRP1 = `prp1` and the given CDW10/11.
-    fn admin_raw(&mut self, opc: u8, prp1: u64, cdw10: u32, cdw11: u32) -> Result<Done, CliError> {
-        let mut sqe = Sqe {
-            cdw0: Cdw0::new().with_opc(opc),
-            cdw10: U32::new(cdw10),
-            cdw11: U32::new(cdw11),
-            ..Sqe::default()
-        };
-        sqe.set_prps(prp1, 0);
-        self.submit(Queue::Admin, sqe)
-    }
-
-    /// Runs `step`: fills the data buffer, builds the PRPs, submits and
-    /// waits; returns the transcript line.
-    fn run(&mut self, step: &Step) -> Result<String, CliError> {
-        let len = match step.data {
-            Data::None => 0,
-            Data::Read(n) => n,
-            Data::Write(n, seed) => {
-                let bytes: Vec<u8> = (0..n)
-                    .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed) ^ (i >> 9) as u8)
-                    .collect();
-                self.data
-                    .write_at(0, &bytes)
-                    .map_err(|e| device_error("data buffer", e))?;
-                n
-            }
-            Data::Dsm { slba, nlb } => {
-                let mut range = [0u8; 16];
-                range[4..8].copy_from_slice(&nlb.to_le_bytes());
-                range[8..16].copy_from_slice(&slba.to_le_bytes());
-                self.data
-                    .write_at(0, &range)
-                    .map_err(|e| device_error("data buffer", e))?;
-                16
-            }
-        };
-        if let Data::Read(n) = step.data {
+        Data::Read(n) => {
             // Stale bytes must not pass for data the device returned.
-            self.data
-                .fill_at(0, n, 0xA5)
-                .map_err(|e| device_error("data buffer", e))?;
+            buf = vec![0xA5; n];
+            PassthroughData::FromDevice(&mut buf)
         }
-        let [c10, c11, c12, c13, c14, c15] = step.cdw.map(U32::new);
-        let mut sqe = Sqe {
-            cdw0: Cdw0::new().with_opc(step.opc),
-            nsid: U32::new(step.nsid),
-            cdw10: c10,
-            cdw11: c11,
-            cdw12: c12,
-            cdw13: c13,
-            cdw14: c14,
-            cdw15: c15,
-            ..Sqe::default()
-        };
-        if len > 0 {
-            let (prp1, prp2) = self.prps(len)?;
-            sqe.set_prps(prp1, prp2);
+        Data::Write(n, seed) => {
+            buf = pattern(n, seed);
+            PassthroughData::ToDevice(&buf)
         }
-        let done = self.submit(step.queue, sqe)?;
-        let mut line = format!(
-            "{} sct={} sc={:#04x} dnr={} cdw0={:#010x}",
-            step.name,
-            done.sct,
-            done.sc,
-            u8::from(done.dnr),
-            done.dw0
-        );
-        if !step.show.is_empty() {
-            let mut buf = vec![0u8; len];
-            self.data
-                .read_at(0, &mut buf)
-                .map_err(|e| device_error("data buffer", e))?;
-            for show in &step.show {
-                match *show {
-                    Show::Bytes(at, n) => {
-                        let bytes = buf.get(at..at + n).unwrap_or(&[]);
-                        let _ = write!(line, " bytes{at}+{n}=");
-                        for b in bytes {
-                            let _ = write!(line, "{b:02x}");
-                        }
-                    }
-                    Show::LbaSize => {
-                        // FLBAS bits 3:0 (and 6:5 above 16 formats) pick
-                        // the LBA format; LBADS is byte 2 of its entry.
-                        let flbas = buf.get(26).copied().unwrap_or(0);
-                        let index = usize::from(flbas & 0xF) | (usize::from(flbas >> 5 & 3) << 4);
-                        let lbads = buf.get(128 + index * 4 + 2).copied().unwrap_or(0);
-                        let size = if (9..=16).contains(&lbads) {
-                            1u32 << lbads
-                        } else {
-                            0
-                        };
-                        let _ = write!(line, " lbasize={size}");
-                    }
-                    Show::Hash => {
-                        let _ = write!(line, " crc32={:08x}", crc32fast::hash(&buf));
-                    }
-                }
-            }
+        Data::Dsm { slba, nlb } => {
+            buf = vec![0; 16];
+            buf[4..8].copy_from_slice(&nlb.to_le_bytes());
+            buf[8..16].copy_from_slice(&slba.to_le_bytes());
+            PassthroughData::ToDevice(&buf)
         }
-        Ok(line)
-    }
-
-    /// PRP1/PRP2 for `len` bytes of the data buffer.
-    fn prps(&self, len: usize) -> Result<(u64, u64), CliError> {
-        let pages = len.div_ceil(PAGE);
-        let prp1 = self.data.device_address(0);
-        let prp2 = match pages {
-            0 | 1 => 0,
-            2 => self.data.device_address(PAGE),
-            _ => {
-                for i in 1..pages {
-                    let entry = self.data.device_address(i * PAGE).to_le_bytes();
-                    self.prp_list
-                        .write_at((i - 1) * 8, &entry)
-                        .map_err(|e| device_error("PRP list", e))?;
-                }
-                self.prp_list.device_address(0)
-            }
-        };
-        Ok((prp1, prp2))
-    }
-
-    fn doorbell(&self, qid: u16, completion: bool) -> u64 {
-        offset::DOORBELLS + (2 * u64::from(qid) + u64::from(completion)) * self.stride
-    }
-
-    /// Submits `sqe` to `queue` and polls for its completion.
-    fn submit(&mut self, queue: Queue, mut sqe: Sqe) -> Result<Done, CliError> {
-        self.cid = self.cid.wrapping_add(1);
-        let cid = self.cid;
-        sqe.cdw0 = sqe.cdw0.with_cid(cid);
-        let q = match queue {
-            Queue::Admin => &mut self.admin,
-            Queue::Io => self
-                .io
-                .as_mut()
-                .ok_or_else(|| CliError::new("no I/O queue"))?,
-        };
-        q.sq.write_at(usize::from(q.tail) * 64, sqe.as_bytes())
-            .map_err(|e| device_error("submission queue", e))?;
-        q.tail = (q.tail + 1) % QUEUE_ENTRIES;
-        let (qid, tail) = (q.qid, q.tail);
-        self.device
-            .write_u32(0, self.doorbell(qid, false), u32::from(tail));
-        let start = Instant::now();
-        loop {
-            let q = match queue {
-                Queue::Admin => &mut self.admin,
-                Queue::Io => self
-                    .io
-                    .as_mut()
-                    .ok_or_else(|| CliError::new("no I/O queue"))?,
-            };
-            let at = usize::from(q.head) * 16;
-            let status =
-                q.cq.load_u16(at + 14, Ordering::Acquire)
-                    .map_err(|e| device_error("completion queue", e))?;
-            if (status & 1 != 0) == q.phase {
-                let mut raw = [0u8; 16];
-                q.cq.read_at(at, &mut raw)
-                    .map_err(|e| device_error("completion queue", e))?;
-                let cqe = Cqe::read_from_bytes(&raw)
-                    .map_err(|_| CliError::new("completion entry of the wrong size"))?;
-                q.head = (q.head + 1) % QUEUE_ENTRIES;
-                if q.head == 0 {
-                    q.phase = !q.phase;
-                }
-                let head = q.head;
-                let doorbell = self.doorbell(qid, true);
-                self.device.write_u32(0, doorbell, u32::from(head));
-                if cqe.cid.get() != cid || cqe.sqid.get() != qid {
-                    return Err(CliError::new(format!(
-                        "completion for command {} on SQ {} while waiting for {cid} on SQ {qid}",
-                        cqe.cid.get(),
-                        cqe.sqid.get()
-                    )));
-                }
-                let word = cqe.status.status();
-                return Ok(Done {
-                    sct: word.sct().get(),
-                    sc: word.sc(),
-                    dnr: word.dnr(),
-                    dw0: cqe.dw0.get(),
-                });
-            }
-            if start.elapsed() > Duration::from_secs(10) {
-                return Err(CliError::new(format!(
-                    "no completion for command {cid} (opcode {:#04x}) on queue {qid} within 10 s",
-                    sqe.cdw0.opc()
-                )));
-            }
-            std::thread::sleep(Duration::from_micros(200));
-        }
-    }
-
-    /// Disables the controller (normal shutdown is not needed: nothing is
-    /// cached by this host).
-    fn finish(self) -> Result<(), CliError> {
-        self.device.write_u32(0, offset::CC, 0);
-        self.wait_ready(false)
+    };
+    match driver.passthrough(queue, sqe, data).await {
+        Ok(done) => Ok(line(step, &done, &buf)),
+        Err(DriverError::Unsupported(_)) => Ok(format!("{} refused-by-driver", step.name)),
+        Err(e) => Err(CliError::new(format!("{}: {e}", step.name))),
     }
 }
 
-/// Runs the script against `device`; the transcript, one line a step.
+/// Runs the script through parastor's NVMe driver (brought up on
+/// `device`, one I/O queue) with raw passthrough commands; the
+/// transcript, one line a step.
 pub fn transcript(device: Arc<dyn DeviceAccess>) -> Result<String, CliError> {
     let steps = parse_script(SCRIPT)?;
-    let mut host = RawHost::bring_up(device)?;
-    let mut out = String::new();
-    for step in &steps {
-        out.push_str(&host.run(step)?);
-        out.push('\n');
-    }
-    host.finish()?;
-    Ok(out)
+    parastor_runtime::block_on(async {
+        let config = DriverConfig {
+            io_queues: 1,
+            ..DriverConfig::default()
+        };
+        let driver = NvmeDriver::new(device, config, Arc::new(RuntimeTimer))
+            .await
+            .map_err(|e| CliError::new(format!("bring-up: {e}")))?;
+        let mut out = String::new();
+        for step in &steps {
+            out.push_str(&run_step(&driver, step).await?);
+            out.push('\n');
+        }
+        driver
+            .shutdown()
+            .await
+            .map_err(|e| CliError::new(format!("shutdown: {e}")))?;
+        Ok(out)
+    })
 }
 
 /// The emulator's transcript: parastor's controller with [`NAMESPACES`]

@@ -99,9 +99,9 @@ const IOMMU_UNMAP_DMA: libc::c_ulong = request(14);
 /// result or the errno.
 fn ioctl_value(fd: BorrowedFd<'_>, request: libc::c_ulong, arg: libc::c_ulong) -> io::Result<i32> {
     // SAFETY: the VFIO requests passed here (GET_API_VERSION,
-    // CHECK_EXTENSION, SET_IOMMU, DEVICE_RESET, GROUP_SET_CONTAINER) take
-    // an integer (a file descriptor or a constant) or nothing, never a
-    // pointer, so no memory of this process is read or written.
+    // CHECK_EXTENSION, SET_IOMMU, DEVICE_RESET) take an integer constant
+    // or nothing, never a pointer, so no memory of this process is read
+    // or written.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) };
     if ret < 0 {
         Err(io::Error::last_os_error())

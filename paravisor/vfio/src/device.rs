@@ -602,6 +602,41 @@ impl DeviceAccess for VfioDevice {
         })
     }
 
+    /// DMA memory of this device that a driver instance saved for
+    /// keepalive left to the device: the pages are claimed again (not
+    /// zeroed) and handed back. Within this process only: the memory and
+    /// its IOMMU mapping live as long as this `VfioDevice`.
+    fn attach_dma(&self, range: DeviceRange) -> Result<DmaBuffer, DeviceError> {
+        let bad = DeviceError::BadRange {
+            gpa: range.addr.get(),
+            len: range.len,
+        };
+        let start = range.addr.get();
+        if range.len == 0 || !start.is_multiple_of(PAGE) || !range.len.is_multiple_of(PAGE) {
+            return Err(bad);
+        }
+        let first = self.dma.page_of(start).ok_or(bad)?;
+        let pages = usize::try_from(range.len / PAGE).map_err(|_| bad)?;
+        let len = usize::try_from(range.len).map_err(|_| bad)?;
+        let claimed = self
+            .dma
+            .pages
+            .lock()
+            .map_err(|_| DeviceError::Gone("DMA allocator poisoned"))?
+            .claim(first, pages);
+        if !claimed {
+            return Err(bad);
+        }
+        let release: Arc<dyn DmaRelease> = self.dma.clone();
+        Ok(DmaBuffer::new(
+            self.dma.mem.clone(),
+            Gpa::new(first as u64 * PAGE),
+            len,
+            range.addr,
+            Some(release),
+        ))
+    }
+
     /// Ranges of memory attached with
     /// [`attach_guest_ram`](VfioDevice::attach_guest_ram) are mapped at
     /// IOVA = GPA already.
@@ -716,6 +751,57 @@ mod tests {
         fn drop(&mut self) {
             let _ = std::fs::remove_dir_all(&self.root);
         }
+    }
+
+    /// A pool over a small memory file, placed as `place` says.
+    fn pool(pages: usize, place: DmaPlace, allocator: PageAllocator) -> DmaPool {
+        let region = MappedRegion::memfd("pool-test", pages * PAGE as usize).unwrap();
+        let ram = GuestRam::new(vec![(Gpa::new(0), Arc::new(region))]).unwrap();
+        DmaPool {
+            mem: GuestMem::new(ram),
+            pages: Mutex::new(allocator),
+            place,
+        }
+    }
+
+    #[test]
+    fn iova_pool_addresses_and_release_round_trip() {
+        let p = pool(
+            4,
+            DmaPlace::Iova { base: 1 << 38 },
+            PageAllocator::contiguous(4),
+        );
+        assert_eq!(p.device_address(2), Some((1 << 38) + 2 * PAGE));
+        assert_eq!(p.page_of((1 << 38) + 2 * PAGE), Some(2));
+        assert_eq!(p.page_of(0x1000), None, "below the pool");
+        let first = p.pages.lock().unwrap().alloc(4).unwrap();
+        assert_eq!(first, 0);
+        p.release(DeviceRange::new(
+            DeviceAddress::new((1 << 38) + PAGE),
+            2 * PAGE,
+        ));
+        assert_eq!(
+            p.pages.lock().unwrap().alloc(2),
+            Some(1),
+            "pages 1-2 came back"
+        );
+    }
+
+    #[test]
+    fn physical_pool_maps_back_through_its_index() {
+        let addresses = vec![0x9000, 0x3000, 0x4000];
+        let index = addresses.iter().enumerate().map(|(i, a)| (*a, i)).collect();
+        let allocator = PageAllocator::physical(&addresses, PAGE);
+        let p = pool(3, DmaPlace::Physical { addresses, index }, allocator);
+        assert_eq!(p.device_address(1), Some(0x3000));
+        assert_eq!(p.device_address(3), None);
+        let first = p.pages.lock().unwrap().alloc(2).unwrap();
+        assert_eq!(first, 1, "pages 1-2 are the contiguous run");
+        p.release(DeviceRange::new(DeviceAddress::new(0x3000), 2 * PAGE));
+        assert_eq!(p.pages.lock().unwrap().alloc(2), Some(1));
+        // An address the pool never handed out frees nothing.
+        p.release(DeviceRange::new(DeviceAddress::new(0x7000), PAGE));
+        assert_eq!(p.pages.lock().unwrap().free_pages(), 1);
     }
 
     #[test]

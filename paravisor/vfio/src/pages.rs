@@ -76,6 +76,22 @@ impl PageAllocator {
         Some(first)
     }
 
+    /// Marks `pages` pages from `first` used, whether or not they were
+    /// (memory a previous driver left to the device); `false` (nothing
+    /// marked) if the run leaves the pool or crosses a break.
+    pub(crate) fn claim(&mut self, first: usize, pages: usize) -> bool {
+        let Some(end) = first.checked_add(pages).filter(|&e| e <= self.used.len()) else {
+            return false;
+        };
+        if pages == 0 || self.breaks[first + 1..end].iter().any(|b| *b) {
+            return false;
+        }
+        for u in &mut self.used[first..end] {
+            *u = true;
+        }
+        true
+    }
+
     /// Gives back `pages` pages from `first` (pages outside the pool are
     /// ignored).
     pub(crate) fn free(&mut self, first: usize, pages: usize) {
@@ -125,6 +141,20 @@ mod tests {
     fn a_wrapping_neighbour_is_a_break() {
         let a = PageAllocator::physical(&[!0xFFF, 0], 0x1000);
         assert_eq!(a.breaks, [true, true]);
+    }
+
+    #[test]
+    fn claims_stay_inside_the_pool_and_a_contiguous_run() {
+        let addrs = [0x10_0000, 0x10_1000, 0x50_0000, 0x50_1000];
+        let mut a = PageAllocator::physical(&addrs, 0x1000);
+        assert!(a.claim(0, 2));
+        assert!(a.claim(0, 2), "claiming used pages again is allowed");
+        assert!(!a.claim(1, 2), "crosses the break before page 2");
+        assert!(!a.claim(3, 2), "leaves the pool");
+        assert!(!a.claim(usize::MAX, 2));
+        assert!(!a.claim(2, 0));
+        assert_eq!(a.free_pages(), 2);
+        assert_eq!(a.alloc(2), Some(2));
     }
 
     #[test]

@@ -84,7 +84,7 @@ log "kernel wrote 3 MiB"
 bind vfio-pci
 wait_for_file /dev/vfio/vfio 5 || fail "no /dev/vfio/vfio"
 start=$(uptime_seconds)
-parastor nvme-check --pci $addr --nn 256 --namespaces 1,2 --lba-size 1:512 --lba-size 2:4096 \
+parastor nvme-check --pci $addr --serial deadbeef --nn 256 --namespaces 1,2 --lba-size 1:512 --lba-size 2:4096 \
     --expect 1:0:$dir/k1 --expect 2:0:$dir/k2 \
     --write 1:4096:$dir/p1 --write 2:512:$dir/p2 \
     --deallocate 1:8192:2048 >$dir/check.out 2>&1 || {
