@@ -32,8 +32,9 @@
 //!
 //! # Input format
 //!
-//! A [`Header`], a plan (see [`plan`]), then operations until the input
-//! runs out (at most [`MAX_OPS`]).
+//! A header (`Header`: the controller and driver configuration), a plan
+//! (see [`plan`]), then operations until the input runs out (at most
+//! [`MAX_OPS`]).
 
 use crate::nvme::VirtualClock;
 use crate::scratch::ScratchMemory;

@@ -1,4 +1,4 @@
-//! Fault injection around any [`DeviceAccess`](crate::DeviceAccess): a
+//! Fault injection around any [`DeviceAccess`]: a
 //! middleware that makes a well-behaved device misbehave on purpose, so
 //! the driver's answer to a hostile device can be tested.
 //!

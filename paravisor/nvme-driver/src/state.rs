@@ -14,8 +14,9 @@
 //! Saving freezes the driver: its queues stop reading completions, every
 //! command still with the device fails for its (old) owner, and dropping
 //! the old driver touches neither the controller nor the DMA memory. A
-//! restore re-attaches that memory ([`DeviceAccess::attach_dma`]
-//! (crate::DeviceAccess::attach_dma)), rebuilds the queues where they
+//! restore re-attaches that memory
+//! ([`DeviceAccess::attach_dma`](crate::DeviceAccess::attach_dma)),
+//! rebuilds the queues where they
 //! were, and lets the commands saved in flight complete (their owners are
 //! gone: the completions are consumed and their memory freed) before any
 //! new I/O starts; the saved Asynchronous Event Request is adopted by the
