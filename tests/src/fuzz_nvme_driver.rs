@@ -32,9 +32,8 @@
 //!
 //! # Input format
 //!
-//! A header (`Header`: the controller and driver configuration), a plan
-//! (see [`plan`]), then operations until the input runs out (at most
-//! [`MAX_OPS`]).
+//! A header (flags: sector size, queues, data pointers, bouncing, host identifier; queue sizes; MDTS), a plan (see [`plan`]), then operations until the input
+//! runs out (at most [`MAX_OPS`]).
 
 use crate::nvme::VirtualClock;
 use crate::scratch::ScratchMemory;

@@ -3,6 +3,7 @@
 //! (`parastor_emulated::nvme`) → parastor's NVMe controller
 //! (`parastor-nvme`) → RAM disks.
 
+use futures::FutureExt;
 use futures::future::{Either, join_all, select};
 use parastor_core::{Disk, DiskError, GpaRange, IoOptions, SgList, UnmapBehavior};
 use parastor_core::{Gpa, GuestMemory, IoError, IoErrorKind};
@@ -938,8 +939,9 @@ async fn when(ready: impl Fn() -> bool, then: impl FnOnce()) {
 
 /// Runs `io` next to the watchdog `wd` (which lives on between calls)
 /// and `side` until `io` completes — failing the test if that takes
-/// more than ten minutes of the driver's virtual time (a watchdog keeps
-/// the rig busy, so a broken timeout would otherwise spin for ever).
+/// more than ten minutes of the driver's virtual time or a minute of real
+/// time (a watchdog keeps the rig busy, so a broken timeout would
+/// otherwise spin for ever).
 fn run_beside<T, W: Future<Output = ()>>(
     t: &Testbed,
     clock: &VirtualClock,
@@ -948,10 +950,15 @@ fn run_beside<T, W: Future<Output = ()>>(
     side: impl Future<Output = ()>,
 ) -> T {
     let limit = clock.now() + Duration::from_secs(600);
+    let started = std::time::Instant::now();
     let io = pin!(io);
     let guard = when(
-        || clock.now() > limit,
-        || panic!("the I/O did not end within ten minutes of virtual time"),
+        || clock.now() > limit || started.elapsed() > Duration::from_secs(60),
+        || {
+            panic!(
+                "the I/O did not end within ten minutes of virtual time (or a minute of real time)"
+            )
+        },
     );
     let rest = pin!(futures::future::join3(wd.as_mut(), side, guard));
     match t.run(select(io, rest)) {
@@ -1074,6 +1081,79 @@ fn a_hung_command_times_out_and_the_reset_brings_the_controller_back() {
     // finish).
     write_read(&t, &clock, &disk, 16, &mut wd);
     assert_eq!(driver.resets(), 1);
+}
+
+#[test]
+fn the_watchdog_keeps_watching_through_a_reset_the_host_runs() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    // Room for a slow host reset (the device lets go late).
+    let config = DriverConfig {
+        ready_timeout_cap: Duration::from_secs(30),
+        ..timeout_config()
+    };
+    let driver = t.start_virtual(t.rig.device(), config, &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    let wd = driver.run_watchdog();
+    let mut wd = pin!(wd);
+    hang.arm();
+    let r = [range(0x2000, 4096)];
+    let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+    // In the very poll in which the watchdog sends its Abort, the host
+    // resets the controller itself: the Abort is cut short (its
+    // completion never comes), and the device lets go of the read only
+    // ten (virtual) seconds later, so the watchdog's own reset is refused
+    // meanwhile and the host's future is dropped half-way.
+    let t0 = clock.now();
+    let host_reset = async {
+        std::future::poll_fn(|cx| {
+            if driver.aborts_sent() > 0 {
+                std::task::Poll::Ready(())
+            } else {
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        let _ = driver.reset().await;
+    };
+    let late_release = when(
+        || clock.now() > t0 + Duration::from_secs(10),
+        || hang.release(),
+    );
+    let out = run_beside(
+        &t,
+        &clock,
+        read,
+        &mut wd,
+        futures::future::join(host_reset, late_release).map(|_| ()),
+    );
+    assert_eq!(
+        out,
+        Err(DiskError::Io(IoError::new(
+            IoErrorKind::TimedOut,
+            CODE_TIMEOUT
+        )))
+    );
+    // The watchdog finishes the reset the host gave up on: the controller
+    // serves again.
+    let (_, disk2) = Testbed::disk(&driver, 2);
+    write_read(&t, &clock, &disk2, 0, &mut wd);
+    assert_eq!(driver.failure(), None);
+    // The watchdog still runs: a second hung read is aborted and reset.
+    hang.arm();
+    let read = disk.read(t.sg(&r, true), 8, IoOptions::default());
+    let resets = driver.resets();
+    let release = when(|| driver.resets() > resets, || hang.release());
+    let out = run_beside(&t, &clock, read, &mut wd, release);
+    assert_eq!(
+        out,
+        Err(DiskError::Io(IoError::new(
+            IoErrorKind::TimedOut,
+            CODE_TIMEOUT
+        )))
+    );
+    assert_eq!(driver.aborts_sent(), 2);
 }
 
 #[test]

@@ -467,6 +467,53 @@ mod middleware {
     }
 
     #[test]
+    fn faults_apply_with_the_controller_on_its_own_thread() {
+        use parastor_emulated::nvme::ControllerThread;
+        use parastor_tests::buf::{block_on, write_vec};
+        // The device runs beside the driver (its signals arrive while the
+        // wrapper may be busy), several threads do I/O at once (bounced:
+        // their buffers are not device memory), and a third of the
+        // completions are late or overtaken.
+        let bed = Bed::new(FaultPlan::new());
+        let _controller =
+            ControllerThread::spawn(bed.rig.backing(), None).expect("start the controller thread");
+        let device: Arc<dyn DeviceAccess> = bed.fi.clone();
+        let driver = block_on(NvmeDriver::new(
+            device,
+            DriverConfig {
+                io_queues: 2,
+                ..DriverConfig::default()
+            },
+            Arc::new(YieldTimer),
+        ))
+        .expect("bring-up");
+        bed.fi.set_plan(
+            FaultPlan::new()
+                .seed(3)
+                .on(Select::io().one_in(3), CompletionFault::Delay(4))
+                .on(Select::io().one_in(3), CompletionFault::Reorder),
+        );
+        let d = disk(&driver);
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let d = d.clone();
+                s.spawn(move || {
+                    for i in 0..16u64 {
+                        let sector = t * 512 + i * 8;
+                        let data = pattern(t * 100 + i, sector, 8, 512);
+                        write_vec(&d, sector, &data).expect("write");
+                        assert!(read_vec(&d, sector, 8).expect("read") == data);
+                    }
+                });
+            }
+        });
+        let st = bed.fi.stats();
+        assert!(st.delayed > 0 && st.reordered > 0, "{st:?}");
+        assert_eq!(driver.refused_completions(), 0);
+        assert_eq!(bed.fi.held(), 0);
+    }
+
+    #[test]
     fn a_queue_selection_spares_the_other_queues() {
         let bed = Bed::new(FaultPlan::new());
         let driver = bed.start();

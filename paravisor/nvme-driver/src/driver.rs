@@ -717,8 +717,14 @@ impl NvmeDriver {
                     inner.aborts_sent.fetch_add(1, Ordering::Relaxed);
                     match inner.abort(q.qid(), cid).await {
                         // Aborted or not, the command's own completion
-                        // (or the next scan) tells.
-                        Ok(_) | Err(DriverError::Command { .. }) => {}
+                        // (or the next scan) tells; a reset that cut the
+                        // Abort short ends the command anyway.
+                        Ok(_)
+                        | Err(DriverError::Command { .. })
+                        | Err(DriverError::Failed {
+                            why: Failure::Reset,
+                            ..
+                        }) => {}
                         Err(_) => reset = true,
                     }
                 }
@@ -728,8 +734,13 @@ impl NvmeDriver {
                     "{}: commands outlived their Abort (or an admin command timed out); resetting the controller",
                     inner.device.id()
                 );
-                if inner.reset().await.is_err() {
-                    break;
+                // A reset that fails fails the controller (seen at the
+                // top of the loop); one refused because another reset
+                // (the host's) is running leaves the outcome to that one.
+                // Either way the watchdog keeps watching while the driver
+                // runs.
+                if let Err(e) = inner.reset().await {
+                    log::debug!("{}: watchdog reset: {e}", inner.device.id());
                 }
             }
         }

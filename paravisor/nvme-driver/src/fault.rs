@@ -482,6 +482,8 @@ struct Entry {
     cqe: Cqe,
     flip_phase: bool,
     duplicate: bool,
+    /// The SQ head was overwritten on purpose: delivered as it is.
+    fixed_sqhd: bool,
 }
 
 /// A buffer handed to the driver: the device's own, kept here until the
@@ -502,6 +504,9 @@ struct Sq {
     size: u32,
     tail: u32,
     cqid: u16,
+    /// The SQ head the device reported last (its completions come in
+    /// device order, so this only moves forward).
+    head: Option<u16>,
 }
 
 /// A completion queue: the device's shadow and the driver's real one.
@@ -804,6 +809,7 @@ impl State {
                     size,
                     tail: 0,
                     cqid,
+                    head: None,
                 },
             );
         }
@@ -1025,10 +1031,16 @@ impl State {
             }
             self.admin_done(cmd, status);
         }
+        // The device's completions come in its order, so their SQ heads
+        // only move forward: remember the newest.
+        if let Some(sq) = self.sqs.get_mut(&cqe.sqid.get()) {
+            sq.head = Some(cqe.sqhd.get());
+        }
         let mut entry = Entry {
             cqe,
             flip_phase: false,
             duplicate: false,
+            fixed_sqhd: false,
         };
         let Some(cq) = self.cqs.get_mut(&qid) else {
             return;
@@ -1057,7 +1069,10 @@ impl State {
                 match field {
                     CqeField::Cid(v) => entry.cqe.cid = U16::new(v),
                     CqeField::SqId(v) => entry.cqe.sqid = U16::new(v),
-                    CqeField::SqHead(v) => entry.cqe.sqhd = U16::new(v),
+                    CqeField::SqHead(v) => {
+                        entry.cqe.sqhd = U16::new(v);
+                        entry.fixed_sqhd = true;
+                    }
                     CqeField::Status(v) => {
                         let p = status & 1;
                         entry.cqe.status =
@@ -1079,10 +1094,21 @@ impl State {
             if self.stats.removed {
                 break;
             }
-            let Some(cq) = self.cqs.get_mut(&qid) else {
+            let Some(cq) = self.cqs.get(&qid) else {
                 break;
             };
-            let Some(entry) = cq.ready.front().copied() else {
+            let Some(mut entry) = cq.ready.front().copied() else {
+                break;
+            };
+            // A late completion (delayed, overtaken, or a copy) reports
+            // the SQ head as of its delivery, as a device posting it then
+            // would: SQ heads the driver sees never move backwards.
+            if !entry.fixed_sqhd
+                && let Some(head) = self.sqs.get(&entry.cqe.sqid.get()).and_then(|s| s.head)
+            {
+                entry.cqe.sqhd = U16::new(head);
+            }
+            let Some(cq) = self.cqs.get_mut(&qid) else {
                 break;
             };
             let room = cq.room() as usize;
@@ -1229,6 +1255,7 @@ impl Shared {
                         size: sq_size,
                         tail: 0,
                         cqid: 0,
+                        head: None,
                     },
                 );
             }
@@ -1442,6 +1469,51 @@ impl DeviceInterrupt for FaultInterrupt {
     }
 }
 
+impl FaultInjector {
+    /// Hands the device's buffer `buf` to the driver: kept here, reached by
+    /// the driver through a memory wrapper that pumps a completion queue
+    /// kept in it before every read.
+    fn hand(&self, buf: DmaBuffer) -> DmaBuffer {
+        let (mem, base) = buf.memory();
+        let (mem, base) = (mem.clone(), base);
+        let addr = buf.device_address(0);
+        let len = buf.len();
+        let tap = Arc::new(TapState::default());
+        let wrapped = GuestMem::new(TapMem {
+            inner: mem.clone(),
+            tap: tap.clone(),
+            shared: Arc::downgrade(&self.shared),
+        });
+        let release: Arc<dyn DmaRelease> = Arc::new(Releaser(Arc::downgrade(&self.shared)));
+        let old = {
+            let mut st = self.shared.state.lock();
+            // A queue the wrapper already shadows in this memory (memory
+            // re-attached after a keepalive save) is pumped on reads again.
+            if let Some((q, _)) = st.cqs.iter().find(|(_, c)| c.driver_key == addr) {
+                tap.cq.store(u32::from(*q) + 1, Ordering::Relaxed);
+            }
+            st.buffers.insert(
+                addr,
+                Handed {
+                    len: len as u64,
+                    mem,
+                    base,
+                    tap,
+                    _inner: buf,
+                },
+            )
+        };
+        if let Some(old) = old {
+            // The range was handed out before and never given back (a
+            // keepalive save leaves memory with the device); it now
+            // belongs to the re-attached buffer, so the old handle must
+            // never release it.
+            core::mem::forget(old);
+        }
+        DmaBuffer::new(wrapped, base, len, DeviceAddress::new(addr), Some(release))
+    }
+}
+
 impl DeviceAccess for FaultInjector {
     fn id(&self) -> &str {
         self.shared.inner.id()
@@ -1575,35 +1647,12 @@ impl DeviceAccess for FaultInjector {
 
     fn alloc_dma(&self, len: usize) -> Result<DmaBuffer, DeviceError> {
         let buf = self.shared.inner.alloc_dma(len)?;
-        let (mem, base) = buf.memory();
-        let (mem, base) = (mem.clone(), base);
-        let addr = buf.device_address(0);
-        let blen = buf.len();
-        let tap = Arc::new(TapState::default());
-        let wrapped = GuestMem::new(TapMem {
-            inner: mem.clone(),
-            tap: tap.clone(),
-            shared: Arc::downgrade(&self.shared),
-        });
-        let release: Arc<dyn DmaRelease> = Arc::new(Releaser(Arc::downgrade(&self.shared)));
-        let old = self.shared.state.lock().buffers.insert(
-            addr,
-            Handed {
-                len: blen as u64,
-                mem,
-                base,
-                tap,
-                _inner: buf,
-            },
-        );
-        drop(old);
-        Ok(DmaBuffer::new(
-            wrapped,
-            base,
-            blen,
-            DeviceAddress::new(addr),
-            Some(release),
-        ))
+        Ok(self.hand(buf))
+    }
+
+    fn attach_dma(&self, range: DeviceRange) -> Result<DmaBuffer, DeviceError> {
+        let buf = self.shared.inner.attach_dma(range)?;
+        Ok(self.hand(buf))
     }
 
     fn max_interrupts(&self) -> u16 {

@@ -16,10 +16,9 @@
 //! the old driver touches neither the controller nor the DMA memory. A
 //! restore re-attaches that memory
 //! ([`DeviceAccess::attach_dma`](crate::DeviceAccess::attach_dma)),
-//! rebuilds the queues where they
-//! were, and lets the commands saved in flight complete (their owners are
-//! gone: the completions are consumed and their memory freed) before any
-//! new I/O starts; the saved Asynchronous Event Request is adopted by the
+//! rebuilds the queues where they were, and lets the commands saved in
+//! flight complete (their owners are gone: the completions are consumed
+//! and their memory freed) before any new I/O starts; the saved Asynchronous Event Request is adopted by the
 //! next [`run_async_events`](crate::NvmeDriver::run_async_events). Every
 //! value is checked against the device before it is used; a bad one is
 //! an [`InvalidState`] naming the field.
