@@ -28,7 +28,11 @@
 //! - nothing allocates without bound (libFuzzer's limits check it while
 //!   fuzzing; the wrapper and the driver keep their own memory bounded);
 //! - a read that succeeds under a plan that leaves completions and
-//!   Identify data alone returns what was written.
+//!   Identify data alone returns what was written;
+//! - buffers the driver holds for a device that misbehaved (commands it
+//!   may still run) are let go once the device behaves again
+//!   ([`FaultInjector::heal`]) and a shutdown proves it stopped — the
+//!   driver leaks nothing for good while the device can be stopped.
 //!
 //! # Input format
 //!
@@ -480,6 +484,17 @@ pub fn run(data: &[u8]) -> Summary {
                 break;
             }
         }
+    }
+    // Once the device behaves again, a shutdown proves it stopped and the
+    // driver lets go of every buffer it held for the device.
+    fi.heal();
+    if driver.held_commands() > 0 {
+        let _ = ended(beside(&rig, driver.shutdown(), &mut wd), "shutdown");
+        assert_eq!(
+            driver.held_commands(),
+            0,
+            "buffers still held after a shutdown of a healthy device"
+        );
     }
     // The wrapper's own bookkeeping stays bounded.
     assert!(

@@ -411,6 +411,10 @@ mod middleware {
         assert_eq!(dev.read_u64(0, offset::CAP), u64::MAX);
         assert_eq!(dev.config_read_u32(0), u32::MAX);
         assert!(bed.fi.stats().removed);
+        // Healed: the registers read true again.
+        bed.fi.heal();
+        assert_eq!(dev.read_u32(0, offset::CSTS) & 3, 1, "ready, no CFS");
+        assert_ne!(dev.config_read_u32(0), u32::MAX);
     }
 
     #[test]
@@ -966,5 +970,57 @@ mod outcomes_with_watchdog {
                 "a removal during bring-up leaves it hanging: {plan:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_watchdog_outlives_a_reset_the_host_runs_beside_it() {
+        let w: Watched = watched(FaultPlan::new());
+        let mut wd = pin!(w.driver.run_watchdog().fuse());
+        // The write's completion and the Abort's are lost: the watchdog
+        // waits for its Abort when the host resets the controller.
+        w.bed.fi.set_plan(
+            FaultPlan::new()
+                .on(Select::io().opcode(WRITE).once(), CompletionFault::Drop)
+                .on(
+                    Select::admin().opcode(AdminOpcode::ABORT.get()).once(),
+                    CompletionFault::Drop,
+                ),
+        );
+        let driver = &w.driver;
+        let host_reset = async {
+            while driver.aborts_sent() == 0 {
+                futures::pending!();
+                std::future::ready(()).await;
+            }
+            driver.reset().await
+        };
+        let write = async {
+            let data = pattern(1, 0, 8, 512);
+            w.bed.put(BUF, &data);
+            let ranges = [GpaRange::new(Gpa::new(BUF), data.len() as u64)];
+            let sg = SgList::new(w.bed.memory(), &ranges, false).expect("representable");
+            w.disk.write(sg, 0, IoOptions::default()).await
+        };
+        let (written, reset) = w
+            .run(futures::future::join(write, host_reset), &mut wd)
+            .expect("both end");
+        assert!(reset.is_ok(), "{reset:?}");
+        assert!(written.is_err(), "{written:?}");
+        assert!(!w.driver.is_failed());
+        assert!(
+            !wd.is_terminated(),
+            "the watchdog still watches a running controller"
+        );
+        // It still times out what the device loses.
+        w.bed
+            .fi
+            .set_plan(FaultPlan::new().on(Select::io().once(), CompletionFault::Drop));
+        assert_eq!(
+            w.write(8, 2, &mut wd),
+            Some(Err(DiskError::Io(IoError::new(
+                IoErrorKind::TimedOut,
+                CODE_TIMEOUT
+            ))))
+        );
     }
 }

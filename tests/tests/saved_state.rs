@@ -127,6 +127,62 @@ fn golden_channel() -> ChannelV1 {
     }
 }
 
+fn golden_driver_queue(qid: u16) -> parastor_nvme_driver::state::QueueV1 {
+    parastor_nvme_driver::state::QueueV1 {
+        qid,
+        size: 32,
+        sq: 0x10_0000 + u64::from(qid) * 0x1_0000,
+        cq: 0x10_2000 + u64::from(qid) * 0x1_0000,
+        lists: 0x10_4000 + u64::from(qid) * 0x1_0000,
+        sq_tail: 5,
+        sq_head: 3,
+        cq_head: 3,
+        phase: true,
+        cq_unannounced: 1,
+        cq_announced: 2,
+        seqs: (0..24).map(|i| i % 64).collect(),
+        commands: vec![
+            parastor_nvme_driver::state::CommandV1 {
+                slot: 3,
+                memory: Some((0x20_0000, 0x1000)),
+                event_request: false,
+            },
+            parastor_nvme_driver::state::CommandV1 {
+                slot: 4,
+                memory: None,
+                event_request: qid == 0,
+            },
+        ],
+    }
+}
+
+fn golden_driver() -> parastor_nvme_driver::state::DriverV1 {
+    parastor_nvme_driver::state::DriverV1 {
+        cap: 0x0000_0020_3c03_07ff,
+        facts: parastor_nvme_driver::state::FactsV1 {
+            cntlid: 1,
+            vid: 0x1b36,
+            serial: String::from("deadbeef"),
+            model: String::from("QEMU NVMe Ctrl"),
+            firmware: String::from("10.0.2"),
+            nn: 256,
+            oncs: 0x015f,
+            sgls: 1,
+            max_transfer: 512 * 1024,
+            volatile_write_cache: true,
+            io_queues: 2,
+        },
+        admin: golden_driver_queue(0),
+        io: vec![golden_driver_queue(1), golden_driver_queue(2)],
+        io_count: 2,
+        shadow: Some((0x30_0000, 0x30_1000)),
+    }
+}
+
+fn restore_driver(blob: &[u8]) -> Result<parastor_nvme_driver::state::DriverV1, StateError> {
+    parastor_nvme_driver::state::DriverV1::decode(blob)
+}
+
 fn golden_path<T: Versioned>() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("state")
@@ -175,6 +231,8 @@ fn golden_blobs_decode_and_restore() {
     assert_eq!(restore_controller(&blob), Ok(golden_controller()));
     let blob = golden(&golden_channel());
     assert_eq!(restore_channel(&blob), Ok(golden_channel()));
+    let blob = golden(&golden_driver());
+    assert_eq!(restore_driver(&blob), Ok(golden_driver()));
 }
 
 type Restore<T> = fn(&[u8]) -> Result<T, StateError>;
@@ -222,6 +280,7 @@ fn envelope_refuses_truncated_damaged_and_long_blobs() {
     envelope_refusals(&golden_rings(), restore_rings);
     envelope_refusals(&golden_controller(), restore_controller);
     envelope_refusals(&golden_channel(), restore_channel);
+    envelope_refusals(&golden_driver(), restore_driver);
 }
 
 /// Blobs with a valid envelope and checksum whose values are wrong: each

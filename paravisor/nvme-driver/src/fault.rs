@@ -653,6 +653,17 @@ impl FaultInjector {
         self.shared.state.lock().stats.cfs = true;
     }
 
+    /// The device behaves again: the plan is emptied, a removal or CFS
+    /// is undone (as a device re-inserted or recovered would read), and
+    /// completions still held are delivered as they come due. Lets a test
+    /// prove a driver lets go of what it held for a misbehaving device.
+    pub fn heal(&self) {
+        self.set_plan(FaultPlan::new());
+        let mut st = self.shared.state.lock();
+        st.stats.removed = false;
+        st.stats.cfs = false;
+    }
+
     /// Completions held back (delayed, reordered, or waiting for room in
     /// the driver's queue) over all queues.
     pub fn held(&self) -> usize {

@@ -4,11 +4,16 @@
 //!
 //! - [`device`]: [`DeviceAccess`], what the driver needs from a PCI
 //!   function (config space, BAR registers, DMA memory with device
-//!   addresses, MSI-X vectors as events). Implemented in-process over
-//!   parastor's NVMe controller (`parastor_emulated::nvme`); VFIO later.
-//! - [`NvmeDriver`]: bring-up, admin commands, I/O queue pairs (one per
-//!   thread group, each with its own MSI-X vector), asynchronous events
-//!   ([`NvmeDriver::run_async_events`]), reset and shutdown.
+//!   addresses, MSI-X vectors as events, function reset). Implemented
+//!   over VFIO (`parastor_vfio::VfioDevice`) and in-process over
+//!   parastor's NVMe controller (`parastor_emulated::nvme`).
+//! - [`NvmeDriver`]: bring-up, admin commands, one I/O queue pair per CPU
+//!   (created on the first I/O from that CPU, each with its own MSI-X
+//!   vector; CPUs share when queues or vectors run out), asynchronous
+//!   events ([`NvmeDriver::run_async_events`]), the watchdog
+//!   ([`NvmeDriver::run_watchdog`]), reset, shutdown, raw commands
+//!   ([`NvmeDriver::passthrough`]) and keepalive save/restore
+//!   ([`NvmeDriver::save`], [`NvmeDriver::restore`], [`state`]).
 //! - [`NvmeDisk`]: one namespace as a `DiskIo`: Read/Write (FUA), Flush,
 //!   Dataset Management (unmap), plus Write Zeroes, Compare and the
 //!   reservation commands as its own methods.

@@ -11,6 +11,7 @@ pub mod dd;
 pub mod format;
 pub mod info;
 pub mod nvme;
+pub mod nvme_bench;
 pub mod nvme_diff;
 pub mod rng;
 pub mod settings;
@@ -56,6 +57,10 @@ pub enum Command {
     /// and against parastor's controller emulator in process, and compare
     /// the completions (needs root and the function bound to vfio-pci).
     NvmeDiff(nvme_diff::NvmeDiffArgs),
+    /// Measure 4 KiB random reads at queue depth 1 and 32 through
+    /// parastor's NVMe driver over a controller bound to vfio-pci (needs
+    /// root and the function bound to vfio-pci).
+    NvmeBench(nvme_bench::NvmeBenchArgs),
 }
 
 /// `parastor disk`.
@@ -190,6 +195,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Tcmu(args) => return tcmu::run(args),
         Command::NvmeCheck(args) => return nvme::run(args).map(|()| ExitCode::SUCCESS),
         Command::NvmeDiff(args) => return nvme_diff::run(args).map(|()| ExitCode::SUCCESS),
+        Command::NvmeBench(args) => return nvme_bench::run(args).map(|()| ExitCode::SUCCESS),
     };
     match args.command {
         DiskCommand::Info { spec } => {

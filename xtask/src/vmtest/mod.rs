@@ -216,7 +216,12 @@ fn make_disks(dir: &std::path::Path, selected: &[&Scenario]) -> Result<PathBuf> 
     let disks = dir.join("disks");
     std::fs::create_dir_all(&disks)
         .map_err(|e| Error::new(format!("creating {}: {e}", disks.display())))?;
+    // Scenarios that share a device declare the same disks: made once.
+    let mut seen = BTreeSet::new();
     for (name, bytes) in selected.iter().flat_map(|s| s.disks.iter()) {
+        if !seen.insert(*name) {
+            continue;
+        }
         let path = disks.join(name);
         let file = std::fs::File::create(&path)
             .and_then(|f| f.set_len(*bytes).map(|()| f))
@@ -226,12 +231,20 @@ fn make_disks(dir: &std::path::Path, selected: &[&Scenario]) -> Result<PathBuf> 
     Ok(disks)
 }
 
-/// The selected scenarios' QEMU arguments, `{disks}` replaced by `disks`.
+/// The selected scenarios' QEMU arguments, `{disks}` replaced by `disks`;
+/// scenarios that drive the same devices (identical argument lists) add
+/// them once.
 fn qemu_args(selected: &[&Scenario], disks: &std::path::Path) -> Vec<String> {
     let dir = disks.display().to_string();
-    selected
-        .iter()
-        .flat_map(|s| s.qemu_args.iter())
+    let mut lists: Vec<&[&str]> = Vec::new();
+    for s in selected {
+        if !lists.contains(&s.qemu_args) {
+            lists.push(s.qemu_args);
+        }
+    }
+    lists
+        .into_iter()
+        .flatten()
         .map(|a| a.replace("{disks}", &dir))
         .collect()
 }
@@ -412,6 +425,12 @@ mod tests {
             assert_eq!(data.len() as u64, *bytes, "{name}");
             assert!(data.iter().all(|b| *b == 0), "{name} is zero-filled");
         }
+        let perf = scenarios::find("nvme-perf").expect("nvme-perf is registered");
+        assert_eq!(
+            qemu_args(&[nvme, perf], &disks),
+            qemu_args(&[nvme], &disks),
+            "one NVMe controller for both scenarios"
+        );
         let args = qemu_args(&[nvme], &disks);
         let ns1 = format!("file={}/nvme-vfio-ns1.img,", disks.display());
         assert!(args.iter().any(|a| a.starts_with(&ns1)), "{args:?}");

@@ -114,6 +114,12 @@ const NVME_VFIO_QEMU: &[&str] = &[
     "nvme-ns,drive=vfio-ns2,bus=vfio-nvme,nsid=2,logical_block_size=4096,physical_block_size=4096",
 ];
 
+/// The namespaces' images (both NVMe scenarios share the controller).
+const NVME_VFIO_DISKS: &[(&str, u64)] = &[
+    ("nvme-vfio-ns1.img", 64 << 20),
+    ("nvme-vfio-ns2.img", 64 << 20),
+];
+
 /// The registry, in the order `cargo xtask vmtest` runs them.
 /// `kernel-fileio` (the kernel backstore's conformance run) is only run
 /// when named: `scsi-conformance` compares with its stored results.
@@ -195,10 +201,19 @@ pub(crate) const SCENARIOS: &[Scenario] = &[
         modules: NVME_VFIO_MODULES,
         data: &[],
         qemu_args: NVME_VFIO_QEMU,
-        disks: &[
-            ("nvme-vfio-ns1.img", 64 << 20),
-            ("nvme-vfio-ns2.img", 64 << 20),
-        ],
+        disks: NVME_VFIO_DISKS,
+        default_run: true,
+        timeout: Duration::from_secs(90),
+    },
+    Scenario {
+        name: "nvme-perf",
+        about: "fio 4 KiB random reads QD1/QD32 on the kernel's nvme driver against parastor's driver \
+                over VFIO, same QEMU controller (informative)",
+        script: include_str!("scenarios/nvme-perf.sh"),
+        modules: NVME_VFIO_MODULES,
+        data: &[],
+        qemu_args: NVME_VFIO_QEMU,
+        disks: NVME_VFIO_DISKS,
         default_run: true,
         timeout: Duration::from_secs(90),
     },

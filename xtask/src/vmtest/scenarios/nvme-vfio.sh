@@ -20,44 +20,7 @@
 dir=/tmp/vmtest/nvme-vfio
 mkdir -p $dir
 
-# The NVMe function (class 010802); the VM has exactly one.
-addr=
-for f in /sys/bus/pci/devices/*; do
-    [ "$(cat $f/class)" = 0x010802 ] && addr=${f##*/}
-done
-[ -n "$addr" ] || fail "no NVMe function (class 0x010802) on the PCI bus"
-fn=/sys/bus/pci/devices/$addr
-log "NVMe function $addr, IOMMU group $(basename "$(readlink $fn/iommu_group)")"
-
-# ns_dev NSID: the block device of namespace NSID (waits up to 10 s for
-# the kernel to create it).
-ns_dev() {
-    tries=100
-    while :; do
-        for b in /sys/block/nvme*n*; do
-            name=${b##*/}
-            case $name in *c*) continue ;; esac # a multipath path, not the head
-            [ -e $b/nsid ] && [ "$(cat $b/nsid)" = "$1" ] && [ -b /dev/$name ] && {
-                echo /dev/$name
-                return 0
-            }
-        done
-        tries=$((tries - 1))
-        [ $tries -gt 0 ] || return 1
-        usleep 100000
-    done
-}
-
-# bind DRIVER: rebinds the function to DRIVER.
-bind() {
-    if [ -e $fn/driver ]; then
-        echo $addr >$fn/driver/unbind
-    fi
-    echo "$1" >$fn/driver_override
-    echo $addr >/sys/bus/pci/drivers_probe
-    [ "$(basename "$(readlink $fn/driver)")" = "$1" ] || fail "$addr did not bind to $1"
-    log "$addr bound to $1"
-}
+nvme_function
 
 # Bytes at byte offset $2 of device $1, $3 bytes, to file $4.
 read_dev() {
