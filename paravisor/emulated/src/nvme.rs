@@ -162,19 +162,48 @@ impl GuestMemory for DeviceRam {
     }
 }
 
+/// Where a DMA page is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Page {
+    /// Not handed out.
+    Free,
+    /// Handed out by `alloc_dma`, or left to the device by a driver's
+    /// keepalive save: `attach_dma` may claim it.
+    Allocated,
+    /// Attached by `attach_dma` and not released or left since.
+    Attached,
+}
+
 /// Page-granular allocator over the DMA region.
 struct DmaPages {
     base: Gpa,
-    used: Mutex<Vec<bool>>,
+    used: Mutex<Vec<Page>>,
+}
+
+impl DmaPages {
+    /// The pages of `range` (which this region handed out).
+    fn pages(&self, range: DeviceRange) -> (usize, usize) {
+        let first = (range.addr.get().saturating_sub(self.base.get()) / PAGE) as usize;
+        (first, range.len.div_ceil(PAGE) as usize)
+    }
 }
 
 impl DmaRelease for DmaPages {
     fn release(&self, range: DeviceRange) {
-        let first = ((range.addr.get() - self.base.get()) / PAGE) as usize;
-        let count = range.len.div_ceil(PAGE) as usize;
+        let (first, count) = self.pages(range);
         let mut used = self.used.lock();
         for page in used.iter_mut().skip(first).take(count) {
-            *page = false;
+            *page = Page::Free;
+        }
+    }
+
+    fn leave(&self, range: DeviceRange) {
+        let (first, count) = self.pages(range);
+        let mut used = self.used.lock();
+        for page in used.iter_mut().skip(first).take(count) {
+            if *page == Page::Attached {
+                *page = Page::Allocated;
+            }
         }
     }
 }
@@ -328,7 +357,7 @@ impl DeviceAccess for NvmeBacking {
             let mut run = 0;
             let mut found = None;
             for (i, u) in used.iter().enumerate() {
-                if *u {
+                if *u != Page::Free {
                     run = 0;
                 } else {
                     run += 1;
@@ -339,8 +368,8 @@ impl DeviceAccess for NvmeBacking {
                 }
             }
             let first = found.ok_or(DeviceError::OutOfDmaMemory { len })?;
-            for u in &mut used[first..first + pages] {
-                *u = true;
+            for u in used.iter_mut().skip(first).take(pages) {
+                *u = Page::Allocated;
             }
             first
         };
@@ -444,7 +473,10 @@ impl DeviceAccess for NvmeBacking {
         }
     }
     /// The pages stay in the shared RAM whatever happened to the driver
-    /// that allocated them: they are marked used again and handed back.
+    /// that allocated them: they are marked attached and handed back. A
+    /// range with a page attached already (and not released or
+    /// [left](DmaBuffer::leave_to_device) since) is refused: two buffers
+    /// would alias.
     fn attach_dma(&self, range: DeviceRange) -> Result<DmaBuffer, DeviceError> {
         let bad = DeviceError::BadRange {
             gpa: range.addr.get(),
@@ -464,8 +496,15 @@ impl DeviceAccess for NvmeBacking {
         }
         let first = ((start - base) / PAGE) as usize;
         let count = (range.len / PAGE) as usize;
-        for used in self.dma.used.lock().iter_mut().skip(first).take(count) {
-            *used = true;
+        {
+            let mut used = self.dma.used.lock();
+            let run = used
+                .get_mut(first..first.saturating_add(count))
+                .ok_or(bad)?;
+            if run.contains(&Page::Attached) {
+                return Err(bad);
+            }
+            run.fill(Page::Attached);
         }
         let release: Arc<dyn DmaRelease> = self.dma.clone();
         Ok(DmaBuffer::new(
@@ -590,7 +629,7 @@ impl NvmeRig {
             ram: mem.clone(),
             dma: Arc::new(DmaPages {
                 base: Gpa::new(data_bytes),
-                used: Mutex::new(vec![false; dma_pages]),
+                used: Mutex::new(vec![Page::Free; dma_pages]),
             }),
             vectors,
             msix_cap,
@@ -827,6 +866,40 @@ mod tests {
                 Err(DeviceError::BadRange { gpa, len })
             );
         }
+    }
+
+    #[test]
+    fn attached_dma_pages_are_never_attached_twice() {
+        let rig = rig();
+        let device = rig.device();
+        let base = rig.data_bytes();
+        let range = |page: u64, pages: u64| {
+            DeviceRange::new(DeviceAddress::new(base + page * PAGE), pages * PAGE)
+        };
+        let a = device.attach_dma(range(0, 2)).expect("free pages attach");
+        for (page, pages) in [(1, 2), (0, 2), (1, 1)] {
+            assert_eq!(
+                device.attach_dma(range(page, pages)).map(|_| ()),
+                Err(DeviceError::BadRange {
+                    gpa: base + page * PAGE,
+                    len: pages * PAGE
+                }),
+                "pages {page}+{pages} overlap an attached buffer"
+            );
+        }
+        // Left to the device by a keepalive save: attachable again, once.
+        a.leave_to_device();
+        let again = device.attach_dma(range(0, 2)).expect("left pages attach");
+        assert!(device.attach_dma(range(1, 1)).is_err());
+        // Allocated pages (a previous driver may have forgotten them) can
+        // be attached, once; released pages are free again.
+        let b = device.alloc_dma(4096).expect("a free page");
+        let page = (b.device_address(0) - base) / PAGE;
+        core::mem::forget(b);
+        let c = device.attach_dma(range(page, 1)).expect("allocated page");
+        assert!(device.attach_dma(range(page, 1)).is_err());
+        drop((again, c));
+        assert!(device.attach_dma(range(0, 1)).is_ok());
     }
 
     #[test]

@@ -218,6 +218,13 @@ pub trait DeviceInterrupt: Send + Sync {
 pub trait DmaRelease: Send + Sync {
     /// `range` is no longer used by the driver or the device.
     fn release(&self, range: DeviceRange);
+
+    /// `range` stays with the device for the next driver instance to take
+    /// back with [`DeviceAccess::attach_dma`] (a keepalive save). The
+    /// default does nothing (backings without `attach_dma`).
+    fn leave(&self, range: DeviceRange) {
+        let _ = range;
+    }
 }
 
 /// A block of DMA memory: reached by the CPU through `mem` at
@@ -329,6 +336,20 @@ impl DmaBuffer {
     /// Atomically loads the naturally aligned `u32` at `offset`.
     pub fn load_u32(&self, offset: usize, order: Ordering) -> Result<u32, MemoryError> {
         self.mem.load_u32(self.at(offset, 4)?, order)
+    }
+}
+
+impl DmaBuffer {
+    /// Gives up the block without handing it back: it stays the device's
+    /// (a keepalive save) and a later [`DeviceAccess::attach_dma`] of the
+    /// same range may take it again. Unlike `mem::forget`, the backing
+    /// learns that the block is no longer attached, so a block attached
+    /// by one restore and left by the next save can be attached again
+    /// while two attaches over the same pages are refused.
+    pub fn leave_to_device(mut self) {
+        if let Some(release) = self.release.take() {
+            release.leave(DeviceRange::new(self.addr, self.len as u64));
+        }
     }
 }
 

@@ -169,6 +169,15 @@ pub(crate) fn describe_status(status: StatusWord) -> impl fmt::Display {
 
 /// The one NVMe status → [`DiskError`] table of the driver (for I/O
 /// commands; success is not an error).
+///
+/// Invalid Namespace or Format (0Bh) means the controller holds the NSID
+/// not valid (0, above its Number of Namespaces, or a broadcast it does
+/// not take): the driver sends only NSIDs it found active, so the
+/// namespace is gone for good — [`CODE_NAMESPACE_REMOVED`]. A namespace
+/// that was detached or deleted answers Invalid Field in Command (02h)
+/// instead (an *inactive* NSID, NVMe Base 2.0 3.2.1.5), which this table
+/// cannot tell from a bad field; [`status_to_namespace_error`] can, given
+/// what the driver knows about the namespace.
 pub fn status_to_disk_error(status: StatusWord) -> DiskError {
     let code = i32::from(status.into_bits() & 0x7FF);
     match (status.sct(), status.sc()) {
@@ -214,6 +223,19 @@ pub fn status_to_disk_error(status: StatusWord) -> DiskError {
     }
 }
 
+/// [`status_to_disk_error`] for an I/O command to a namespace, where
+/// `removed` says whether the driver has learnt (from a namespace change)
+/// that the namespace is gone: then any failure is
+/// [`CODE_NAMESPACE_REMOVED`] — a detached namespace answers Invalid
+/// Field in Command (02h, NVMe Base 2.0 3.2.1.5), not a distinct status.
+pub fn status_to_namespace_error(status: StatusWord, removed: bool) -> DiskError {
+    if removed {
+        DiskError::Io(IoError::new(IoErrorKind::NotReady, CODE_NAMESPACE_REMOVED))
+    } else {
+        status_to_disk_error(status)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +258,26 @@ mod tests {
         assert_eq!(
             status_to_disk_error(StatusWord::media(MediaStatus::UNRECOVERED_READ_ERROR)),
             DiskError::Medium(MediumError::UnrecoveredRead)
+        );
+        // Not a valid NSID: the namespace cannot be there.
+        assert_eq!(
+            g(GenericStatus::INVALID_NAMESPACE_OR_FORMAT),
+            DiskError::Io(IoError::new(IoErrorKind::NotReady, CODE_NAMESPACE_REMOVED))
+        );
+        // An inactive NSID answers Invalid Field: an invalid-input error,
+        // unless the driver knows the namespace went away.
+        let inactive = StatusWord::generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true);
+        assert!(matches!(
+            status_to_namespace_error(inactive, false),
+            DiskError::InvalidInput(_)
+        ));
+        assert_eq!(
+            status_to_namespace_error(inactive, true),
+            DiskError::Io(IoError::new(IoErrorKind::NotReady, CODE_NAMESPACE_REMOVED))
+        );
+        assert_eq!(
+            status_to_namespace_error(StatusWord::generic(GenericStatus::LBA_OUT_OF_RANGE), false),
+            DiskError::IllegalBlock
         );
         let text = alloc::format!(
             "{}",

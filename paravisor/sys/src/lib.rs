@@ -35,6 +35,28 @@
 //! write may see that write's bytes torn at any byte boundary (the same
 //! choice as rust-vmm's `vm-memory`), except that a naturally aligned copy
 //! of 1, 2, 4 or 8 bytes is one access and never tears.
+//!
+//! The exception, stated plainly: a copy longer than one word is a plain
+//! `ptr::copy_nonoverlapping` (or `write_bytes`), not a sequence of
+//! atomics. If another party writes the same bytes at the same time, that
+//! is a data race by Rust's memory model, which leaves its result
+//! undefined. The crate accepts it, as `vm-memory` does, because the
+//! other party is not Rust code the compiler can reason about (a guest, a
+//! host process, a device), the copy's source or destination is only ever
+//! reached through raw pointers, and the bytes copied are treated as
+//! untrusted data that is validated after the copy, never as a value the
+//! compiler may assume anything about.
+//!
+//! The same holds for DMA memory ([`dma`], and guest memory a device is
+//! given): the device may write a queue, a bounce buffer or a guest page
+//! while the CPU copies from it. What makes such a copy meaningful is the
+//! protocol, not the copy: a reader first sees the device's publication
+//! through an atomic load with `Acquire` ordering (a completion entry's
+//! phase bit) or an MMIO read (ordered before later loads by [`mmio`]),
+//! and only then copies the bytes the device published before it; a
+//! writer copies first and publishes with an MMIO write (ordered after
+//! earlier stores by [`mmio`]). A copy of bytes the device has not
+//! published yet may see anything and is never trusted.
 
 pub mod access;
 pub mod dma;

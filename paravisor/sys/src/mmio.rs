@@ -15,15 +15,24 @@
 //! thread to ordinary memory (a queue entry written with the
 //! [`access`](crate::access) copies is visible to the device before the
 //! doorbell write that announces it), and a read is ordered before every
-//! later load. On x86-64 the BAR is mapped uncached by the kernel, and
-//! uncached accesses are not reordered with earlier stores or later loads,
-//! so a compiler fence is all that is needed; elsewhere a full fence is
-//! used.
+//! later load. The device is another observer of memory, outside the
+//! CPUs' coherence domain as Rust's atomics see it, so the barriers are
+//! the architecture's I/O ones:
+//!
+//! - x86-64: the BAR is mapped uncached by the kernel, and uncached
+//!   accesses are not reordered with earlier stores or later loads, so a
+//!   compiler fence is all that is needed.
+//! - aarch64: `dmb oshst` before each write and `dmb oshld` after each
+//!   read (inline assembly), ordering the access against memory accesses
+//!   in the *outer-shareable* domain, which holds the device. A Rust
+//!   `fence(SeqCst)` is `dmb ish` (inner shareable: the CPUs only) and
+//!   would not order queue entries before their doorbell for a device.
+//! - other architectures: a full `fence(SeqCst)` (not checked against a
+//!   device; a port must choose its I/O barriers).
 #![allow(unsafe_code)]
 
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
-use core::sync::atomic::{Ordering, compiler_fence, fence};
 use rustix::fd::BorrowedFd;
 use rustix::mm::{MapFlags, ProtFlags};
 use std::io;
@@ -49,20 +58,39 @@ unsafe impl Sync for MmioRegion {}
 
 /// Orders an MMIO write after the thread's earlier memory stores.
 fn before_write() {
-    if cfg!(target_arch = "x86_64") {
-        compiler_fence(Ordering::SeqCst);
-    } else {
-        fence(Ordering::SeqCst);
+    #[cfg(target_arch = "x86_64")]
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // `dmb oshst`: earlier stores (queue entries in DMA memory) are
+    // observed by every agent in the outer-shareable domain — the device
+    // included — before later stores (the doorbell). `fence(SeqCst)` is a
+    // `dmb ish`, which covers only the inner-shareable domain (the CPUs).
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: a barrier instruction: it touches no register, memory or
+    // stack and cannot fault. Without `nomem` the compiler treats it as
+    // reading and writing memory, so it is also a compiler barrier.
+    unsafe {
+        core::arch::asm!("dmb oshst", options(nostack, preserves_flags));
     }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
 
 /// Orders an MMIO read before the thread's later memory loads.
 fn after_read() {
-    if cfg!(target_arch = "x86_64") {
-        compiler_fence(Ordering::SeqCst);
-    } else {
-        fence(Ordering::SeqCst);
+    #[cfg(target_arch = "x86_64")]
+    core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::SeqCst);
+    // `dmb oshld`: the register load completes before later loads — of
+    // DMA memory the device wrote before the register said so (a
+    // completion entry) — in the outer-shareable domain the device is in.
+    #[cfg(target_arch = "aarch64")]
+    // SAFETY: a barrier instruction: it touches no register, memory or
+    // stack and cannot fault. Without `nomem` the compiler treats it as
+    // reading and writing memory, so it is also a compiler barrier.
+    unsafe {
+        core::arch::asm!("dmb oshld", options(nostack, preserves_flags));
     }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
 }
 
 impl MmioRegion {

@@ -156,6 +156,15 @@ impl DmaRelease for DmaPool {
             }
         }
     }
+
+    fn leave(&self, range: DeviceRange) {
+        if let Some(first) = self.page_of(range.addr.get()) {
+            let pages = range.len.div_ceil(PAGE) as usize;
+            if let Ok(mut p) = self.pages.lock() {
+                p.leave(first, pages);
+            }
+        }
+    }
 }
 
 /// An MSI-X vector's eventfd, waited for on the runtime thread that first
@@ -605,7 +614,10 @@ impl DeviceAccess for VfioDevice {
     /// DMA memory of this device that a driver instance saved for
     /// keepalive left to the device: the pages are claimed again (not
     /// zeroed) and handed back. Within this process only: the memory and
-    /// its IOMMU mapping live as long as this `VfioDevice`.
+    /// its IOMMU mapping live as long as this `VfioDevice`. A range with a
+    /// page attached already (and not released or
+    /// [left](DmaBuffer::leave_to_device) since) is refused: two buffers
+    /// would alias.
     fn attach_dma(&self, range: DeviceRange) -> Result<DmaBuffer, DeviceError> {
         let bad = DeviceError::BadRange {
             gpa: range.addr.get(),

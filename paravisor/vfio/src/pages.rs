@@ -8,11 +8,25 @@
 //! pages are not physically adjacent, so every run is contiguous for the
 //! device.
 
+/// Where a page is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Page {
+    /// Not handed out.
+    Free,
+    /// Handed out by [`PageAllocator::alloc`], or left to the device by a
+    /// driver that saved its state ([`PageAllocator::leave`]): a restore
+    /// may claim it.
+    Allocated,
+    /// Claimed by a restore and not given back or left since: claiming it
+    /// again would put two buffers over the same memory.
+    Claimed,
+}
+
 /// First-fit allocator of page runs over a pool of `len` pages.
 #[derive(Debug)]
 pub(crate) struct PageAllocator {
-    /// Whether each page is handed out.
-    used: Vec<bool>,
+    /// Where each page is.
+    used: Vec<Page>,
     /// `breaks[i]`: page `i` does not continue page `i - 1` for the device.
     breaks: Vec<bool>,
 }
@@ -21,7 +35,7 @@ impl PageAllocator {
     /// A pool of `len` pages with no breaks (IOVA space).
     pub(crate) fn contiguous(len: usize) -> Self {
         Self {
-            used: vec![false; len],
+            used: vec![Page::Free; len],
             breaks: vec![false; len],
         }
     }
@@ -37,14 +51,14 @@ impl PageAllocator {
             })
             .collect();
         Self {
-            used: vec![false; addresses.len()],
+            used: vec![Page::Free; addresses.len()],
             breaks,
         }
     }
 
     /// Pages not handed out.
     pub(crate) fn free_pages(&self) -> usize {
-        self.used.iter().filter(|u| !**u).count()
+        self.used.iter().filter(|u| **u == Page::Free).count()
     }
 
     /// The first page of a free run of `pages` pages (none: 0 pages, or no
@@ -59,7 +73,7 @@ impl PageAllocator {
             if *brk {
                 run = 0;
             }
-            if *used {
+            if *used != Page::Free {
                 run = 0;
                 continue;
             }
@@ -71,32 +85,51 @@ impl PageAllocator {
         }
         let first = found?;
         for u in self.used.iter_mut().skip(first).take(pages) {
-            *u = true;
+            *u = Page::Allocated;
         }
         Some(first)
     }
 
-    /// Marks `pages` pages from `first` used, whether or not they were
-    /// (memory a previous driver left to the device); `false` (nothing
-    /// marked) if the run leaves the pool or crosses a break.
+    /// Marks `pages` pages from `first` claimed: memory a previous driver
+    /// left to the device, free or allocated (the allocator cannot tell a
+    /// buffer dropped with `mem::forget` from a live one). `false`
+    /// (nothing marked) if the run leaves the pool, crosses a break, or
+    /// holds a page claimed already and not given back or left since —
+    /// a saved state whose ranges overlap (rings over rings, a command's
+    /// memory over a queue) would otherwise get two buffers over the same
+    /// pages.
     pub(crate) fn claim(&mut self, first: usize, pages: usize) -> bool {
         let Some(end) = first.checked_add(pages).filter(|&e| e <= self.used.len()) else {
             return false;
         };
-        if pages == 0 || self.breaks[first + 1..end].iter().any(|b| *b) {
+        if pages == 0
+            || self.breaks[first + 1..end].iter().any(|b| *b)
+            || self.used[first..end].contains(&Page::Claimed)
+        {
             return false;
         }
         for u in &mut self.used[first..end] {
-            *u = true;
+            *u = Page::Claimed;
         }
         true
+    }
+
+    /// `pages` pages from `first` stay with the device for the next
+    /// driver instance to claim (a keepalive save): claimed pages become
+    /// claimable again; free pages stay free.
+    pub(crate) fn leave(&mut self, first: usize, pages: usize) {
+        for u in self.used.iter_mut().skip(first).take(pages) {
+            if *u == Page::Claimed {
+                *u = Page::Allocated;
+            }
+        }
     }
 
     /// Gives back `pages` pages from `first` (pages outside the pool are
     /// ignored).
     pub(crate) fn free(&mut self, first: usize, pages: usize) {
         for u in self.used.iter_mut().skip(first).take(pages) {
-            *u = false;
+            *u = Page::Free;
         }
     }
 }
@@ -148,13 +181,43 @@ mod tests {
         let addrs = [0x10_0000, 0x10_1000, 0x50_0000, 0x50_1000];
         let mut a = PageAllocator::physical(&addrs, 0x1000);
         assert!(a.claim(0, 2));
-        assert!(a.claim(0, 2), "claiming used pages again is allowed");
         assert!(!a.claim(1, 2), "crosses the break before page 2");
         assert!(!a.claim(3, 2), "leaves the pool");
         assert!(!a.claim(usize::MAX, 2));
         assert!(!a.claim(2, 0));
         assert_eq!(a.free_pages(), 2);
         assert_eq!(a.alloc(2), Some(2));
+    }
+
+    #[test]
+    fn a_claimed_page_is_not_claimed_twice() {
+        let mut a = PageAllocator::contiguous(4);
+        assert!(a.claim(0, 2));
+        assert!(!a.claim(1, 2), "page 1 is claimed already");
+        assert!(!a.claim(0, 2), "the same run twice");
+        assert!(a.claim(2, 2), "the neighbouring run is free");
+        assert_eq!(a.alloc(1), None);
+        // Pages handed out by alloc (maybe left to the device by a driver
+        // that forgot its buffers) can be claimed, once.
+        let mut b = PageAllocator::contiguous(4);
+        assert_eq!(b.alloc(3), Some(0));
+        assert!(b.claim(1, 2));
+        assert!(!b.claim(0, 2));
+        // Left to the device again by a second save: claimable again.
+        b.leave(1, 2);
+        assert!(b.claim(0, 3));
+        // Given back: free for alloc.
+        b.free(0, 3);
+        assert_eq!(b.alloc(4), Some(0));
+    }
+
+    #[test]
+    fn leaving_free_pages_keeps_them_free() {
+        let mut a = PageAllocator::contiguous(2);
+        a.leave(0, 2);
+        a.leave(5, 1);
+        assert_eq!(a.free_pages(), 2);
+        assert_eq!(a.alloc(2), Some(0));
     }
 
     #[test]

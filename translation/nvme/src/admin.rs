@@ -583,7 +583,8 @@ fn identify(s: &Shared, a: &mut AdminState, sqe: &Sqe) -> Answer {
                 return Err(invalid_namespace());
             }
             let Some(n) = ns.get(nsid) else {
-                return Err(invalid_namespace());
+                // Valid but inactive (Base 2.0 3.2.1.5).
+                return Err(invalid_field());
             };
             let guid = namespace_guid(s, nsid, &n.disk);
             let mut at = 0;
@@ -1155,7 +1156,14 @@ fn queues_dw0(f: &Features) -> u32 {
 fn reservation_persistence(s: &Shared, nsid: u32, set: Option<bool>) -> Answer {
     let ns = s.namespaces.lock();
     let Some(n) = ns.get(nsid) else {
-        return Err(invalid_namespace());
+        // Inactive (1..=NN): an invalid field (Base 2.0 3.2.1.5); not a
+        // valid NSID (or the broadcast value, which names no single
+        // namespace's reservations): Invalid Namespace or Format.
+        return Err(if nsid != 0 && nsid <= ns.max() {
+            invalid_field()
+        } else {
+            invalid_namespace()
+        });
     };
     let Some(pr) = n.disk.persistent_reservations() else {
         return Err(invalid_field());

@@ -525,6 +525,17 @@ fn identify_namespaces_and_descriptors() {
     // Another namespace has another NGUID.
     let (_, page3) = rig.identify(Cns::NS_DESCRIPTORS, 3);
     assert_ne!(&page3[4..20], &page[4..20]);
+    // Inactive: an invalid field; not a valid NSID: Invalid Namespace.
+    let (st, _) = rig.identify(Cns::NS_DESCRIPTORS, 5);
+    assert_eq!(
+        st,
+        generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true)
+    );
+    let (st, _) = rig.identify(Cns::NS_DESCRIPTORS, 17);
+    assert_eq!(
+        st,
+        generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true)
+    );
     // CNS 08h: command set independent, the namespace ready.
     let (st, page) = rig.identify(Cns::INDEPENDENT_NAMESPACE, 7);
     assert_eq!(st, StatusWord::SUCCESS);
@@ -644,12 +655,28 @@ fn write_then_read_through_the_queues() {
         .read_at(Gpa::new(DATA + 0x10000), &mut back)
         .unwrap();
     assert_eq!(back, pattern);
-    // Unknown namespace and out-of-range LBA.
-    let cqe = rig.io_cmd(q, rw(NvmOpcode::READ, 2, 0, 1, DATA));
-    assert_eq!(
-        cqe.status.status(),
-        generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true)
-    );
+    // An inactive NSID (valid: 1..=NN, nothing attached) is an invalid
+    // field (Base 2.0 3.2.1.5); an NSID that is not valid (0, above NN,
+    // the broadcast value) is Invalid Namespace or Format.
+    for op in [NvmOpcode::READ, NvmOpcode::WRITE, NvmOpcode::FLUSH] {
+        for nsid in [2, 16] {
+            let cqe = rig.io_cmd(q, rw(op, nsid, 0, 1, DATA));
+            assert_eq!(
+                cqe.status.status(),
+                generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true),
+                "{op:?} to inactive NSID {nsid}"
+            );
+        }
+        for nsid in [0, 17, 0xFFFF_FFFE, 0xFFFF_FFFF] {
+            let cqe = rig.io_cmd(q, rw(op, nsid, 0, 1, DATA));
+            assert_eq!(
+                cqe.status.status(),
+                generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true),
+                "{op:?} to invalid NSID {nsid:#x}"
+            );
+        }
+    }
+    // Out-of-range LBA.
     let cqe = rig.io_cmd(q, rw(NvmOpcode::READ, 1, 2048, 1, DATA));
     assert!(!cqe.status.is_success());
     // The queue wraps (size 8): many more commands, phases flip.
@@ -1153,11 +1180,11 @@ fn namespace_changes_raise_notices_and_fill_the_changed_list() {
     assert_eq!(&page[..12], &[1, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
     let (_, page) = get_log(&mut rig, 0x04, 0, 4096, 0, false);
     assert!(page.iter().all(|&b| b == 0), "read clears the list");
-    // Removed namespace: Invalid Namespace.
+    // Removed namespace: its NSID is inactive, an invalid field.
     let c = rig.io_cmd(q, rw(NvmOpcode::READ, 1, 0, 1, DATA));
     assert_eq!(
         c.status.status(),
-        generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true)
+        generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true)
     );
     // Unmasked: the next change notifies AER 601.
     rig.ctrl.add_namespace(1, ram_disk(1 << 20, 512)).unwrap();
@@ -2306,8 +2333,16 @@ fn reservation_persistence_and_rescap_come_from_the_disk() {
     );
     assert_eq!(
         get(&mut rig, 3).status.status(),
-        generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true)
+        generic(GenericStatus::INVALID_FIELD_IN_COMMAND).with_dnr(true),
+        "NSID 3 is inactive"
     );
+    for nsid in [0, 17, 0xFFFF_FFFF] {
+        assert_eq!(
+            get(&mut rig, nsid).status.status(),
+            generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true),
+            "NSID {nsid:#x} is not valid"
+        );
+    }
     let c = get(&mut rig, 2);
     assert!(c.status.is_success());
     assert_eq!(c.dw0.get(), 0, "PTPL off");

@@ -91,6 +91,8 @@ struct NsCache {
     /// The generation the cache holds (`None`: never filled).
     generation: Option<u64>,
     disks: Vec<Option<Disk>>,
+    /// The Number of Namespaces reported (NN): NSIDs 1..=NN are valid.
+    max: u32,
 }
 
 /// A command saved in flight (see [`crate::state`]).
@@ -293,6 +295,7 @@ impl IoWorker {
         let ns = s.namespaces.lock();
         self.ns.disks.clear();
         self.ns.disks.extend(ns.disks());
+        self.ns.max = ns.max();
         self.ns.generation = Some(generation);
     }
 
@@ -358,7 +361,7 @@ impl IoWorker {
     }
 
     /// Starts the command in slot `index`: answered at once (aborted,
-    /// unknown namespace) or its future started and polled once.
+    /// no such namespace) or its future started and polled once.
     fn start(&mut self, s: &Shared, index: usize) {
         let slot = &mut self.slots[index];
         let sqe = slot.sqe;
@@ -377,8 +380,16 @@ impl IoWorker {
         }
         let nsid = sqe.nsid.get();
         let Some(disk) = self.ns.disks.get(nsid as usize).and_then(|d| d.as_ref()) else {
-            let status =
-                StatusWord::generic(GenericStatus::INVALID_NAMESPACE_OR_FORMAT).with_dnr(true);
+            // Base 2.0 3.2.1.5: an inactive NSID (valid, 1..=NN, nothing
+            // attached) is an invalid field; Invalid Namespace or Format
+            // is for NSIDs that are not valid (0, above NN, and the
+            // broadcast value, which no I/O command here accepts).
+            let code = if nsid == 0 || nsid > self.ns.max {
+                GenericStatus::INVALID_NAMESPACE_OR_FORMAT
+            } else {
+                GenericStatus::INVALID_FIELD_IN_COMMAND
+            };
+            let status = StatusWord::generic(code).with_dnr(true);
             // Logged like any failed command; the field in error is the
             // NSID (byte 4 of the entry).
             let outcome = IoOutcome {
