@@ -158,7 +158,12 @@ struct State {
     slots: Box<[Slot]>,
     free: Vec<u16>,
     outstanding: usize,
-    waiters: Vec<Waker>,
+    /// Futures waiting for a slot or an open gate, each under its own
+    /// registration number (removed when the future ends or is dropped,
+    /// so a cancelled waiter neither stays nor swallows a wakeup).
+    waiters: Vec<(u64, Waker)>,
+    /// The last waiter registration number given.
+    next_waiter: u64,
     /// Completions refused (unknown or stale command id, wrong SQ, bad
     /// SQ head): each one failed the queue.
     refused: u64,
@@ -391,6 +396,7 @@ impl QueuePair {
                 free,
                 outstanding: 0,
                 waiters: Vec::with_capacity(slots_n),
+                next_waiter: 0,
                 refused: 0,
                 held: 0,
                 frozen: false,
@@ -453,7 +459,7 @@ impl QueuePair {
             return;
         }
         st.gate = Gate::Open;
-        for w in st.waiters.drain(..) {
+        for (_, w) in st.waiters.drain(..) {
             w.wake();
         }
     }
@@ -690,6 +696,7 @@ impl QueuePair {
                 free,
                 outstanding,
                 waiters: Vec::with_capacity(slots_n),
+                next_waiter: 0,
                 refused: 0,
                 held: 0,
                 frozen: false,
@@ -838,7 +845,10 @@ impl QueuePair {
     /// Reserves a slot, waiting while none is free or the queue is being
     /// reset.
     pub(crate) fn reserve(&self) -> Reserve<'_> {
-        Reserve { queue: self }
+        Reserve {
+            queue: self,
+            waiting: None,
+        }
     }
 
     /// Drains the completion queue; returns whether anything completed.
@@ -1035,6 +1045,7 @@ impl QueuePair {
             data,
             policy,
             sgl,
+            waiting: None,
         }
     }
 }
@@ -1074,6 +1085,40 @@ impl Iterator for BitIndices {
 }
 
 impl State {
+    /// Registers (or refreshes) a slot waiter's waker under `id`.
+    fn wait(&mut self, id: &mut Option<u64>, waker: &Waker) {
+        if let Some(n) = *id
+            && let Some((_, w)) = self.waiters.iter_mut().find(|(m, _)| *m == n)
+        {
+            if !w.will_wake(waker) {
+                *w = waker.clone();
+            }
+            return;
+        }
+        let n = *id.get_or_insert_with(|| {
+            self.next_waiter = self.next_waiter.wrapping_add(1);
+            self.next_waiter
+        });
+        self.waiters.push((n, waker.clone()));
+    }
+
+    /// Ends slot waiter `id`'s registration. `gave_up`: the waiter was
+    /// dropped without a slot, so a wakeup it may have taken (a freed
+    /// slot's) is passed on to the next waiter.
+    fn unwait(&mut self, id: &mut Option<u64>, gave_up: bool) {
+        let Some(n) = id.take() else {
+            return;
+        };
+        self.waiters.retain(|(m, _)| *m != n);
+        if gave_up
+            && self.gate == Gate::Open
+            && !self.free.is_empty()
+            && let Some((_, w)) = self.waiters.pop()
+        {
+            w.wake();
+        }
+    }
+
     /// Marks slot `index` as awaited (submitted, its caller waiting) or not.
     fn set_awaited(&mut self, index: usize, on: bool) {
         if let Some(word) = self.awaited.get_mut(index / 64) {
@@ -1102,7 +1147,7 @@ fn free_slot(st: &mut State, index: usize) {
     slot.hold = false;
     slot.seq = (slot.seq + 1) & ((1 << (16 - SLOT_BITS)) - 1);
     st.free.push(index as u16);
-    if let Some(w) = st.waiters.pop() {
+    if let Some((_, w)) = st.waiters.pop() {
         w.wake();
     }
 }
@@ -1164,7 +1209,7 @@ fn fail_outstanding_locked(st: &mut State, why: Failure, stopped: bool) {
             st.held += 1;
         }
     }
-    for w in st.waiters.drain(..) {
+    for (_, w) in st.waiters.drain(..) {
         w.wake();
     }
 }
@@ -1176,6 +1221,16 @@ pub(crate) struct Start<'a, 'b> {
     data: Option<(SgList<'b>, bool)>,
     policy: DataPointer,
     sgl: SglSupport,
+    /// Registration among the slot waiters, while waiting.
+    waiting: Option<u64>,
+}
+
+impl Drop for Start<'_, '_> {
+    fn drop(&mut self) {
+        if self.waiting.is_some() {
+            self.queue.state.lock().unwait(&mut self.waiting, true);
+        }
+    }
 }
 
 impl<'a> Future for Start<'a, '_> {
@@ -1186,16 +1241,18 @@ impl<'a> Future for Start<'a, '_> {
         let queue = this.queue;
         let mut st = queue.state.lock();
         let index = match st.gate {
-            Gate::Dead(why) => return Poll::Ready(Err(why)),
+            Gate::Dead(why) => {
+                st.unwait(&mut this.waiting, false);
+                return Poll::Ready(Err(why));
+            }
             Gate::Open => st.free.pop(),
             Gate::Closed => None,
         };
         let Some(index) = index.map(usize::from) else {
-            if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                st.waiters.push(cx.waker().clone());
-            }
+            st.wait(&mut this.waiting, cx.waker());
             return Poll::Pending;
         };
+        st.unwait(&mut this.waiting, false);
         st.slots[index].state = SlotState::Reserved;
         let mut guard = SlotGuard {
             queue,
@@ -1251,19 +1308,34 @@ impl<'a> Future for Start<'a, '_> {
 /// Future of [`QueuePair::reserve`].
 pub(crate) struct Reserve<'a> {
     queue: &'a QueuePair,
+    /// Registration among the slot waiters, while waiting.
+    waiting: Option<u64>,
+}
+
+impl Drop for Reserve<'_> {
+    fn drop(&mut self) {
+        if self.waiting.is_some() {
+            self.queue.state.lock().unwait(&mut self.waiting, true);
+        }
+    }
 }
 
 impl<'a> Future for Reserve<'a> {
     type Output = Result<SlotGuard<'a>, Failure>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let queue = self.queue;
+        let this = self.get_mut();
+        let queue = this.queue;
         let mut st = queue.state.lock();
         match st.gate {
-            Gate::Dead(why) => return Poll::Ready(Err(why)),
+            Gate::Dead(why) => {
+                st.unwait(&mut this.waiting, false);
+                return Poll::Ready(Err(why));
+            }
             Gate::Closed => {}
             Gate::Open => {
                 if let Some(index) = st.free.pop() {
+                    st.unwait(&mut this.waiting, false);
                     let slot = &mut st.slots[usize::from(index)];
                     slot.state = SlotState::Reserved;
                     return Poll::Ready(Ok(SlotGuard {
@@ -1278,9 +1350,7 @@ impl<'a> Future for Reserve<'a> {
                 }
             }
         }
-        if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            st.waiters.push(cx.waker().clone());
-        }
+        st.wait(&mut this.waiting, cx.waker());
         Poll::Pending
     }
 }
@@ -1848,6 +1918,70 @@ mod tests {
         let at = q.cq_address() + index * 16 + 8;
         mem.write_at(parastor_core::addr::Gpa::new(at), &sqhd.to_le_bytes())
             .unwrap();
+    }
+
+    struct Count(core::sync::atomic::AtomicUsize);
+
+    impl alloc::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_cancelled_slot_waiter_does_not_swallow_the_wakeup() {
+        use core::sync::atomic::{AtomicUsize, Ordering};
+        let (q, mem, _device) = hand_queue();
+        let mut guards: alloc::vec::Vec<_> = (0..7).map(|_| submit(&q)).collect();
+        let cid = cid_of(&guards[0]);
+        for g in guards.iter_mut() {
+            assert!(poll_guard(g).is_pending());
+        }
+        let b_count = Arc::new(Count(AtomicUsize::new(0)));
+        let b_waker = Waker::from(b_count.clone());
+        let a_waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let (mut sqe_a, mut sqe_b) = (Sqe::default(), Sqe::default());
+        let mut b = Box::pin(q.start(&mut sqe_b, None, DataPointer::Auto, SglSupport::None));
+        assert!(
+            b.as_mut()
+                .poll(&mut Context::from_waker(&b_waker))
+                .is_pending()
+        );
+        {
+            let mut a = Box::pin(q.start(&mut sqe_a, None, DataPointer::Auto, SglSupport::None));
+            assert!(
+                a.as_mut()
+                    .poll(&mut Context::from_waker(&a_waker))
+                    .is_pending()
+            );
+        } // A cancelled
+        post_at(&mem, &q, 0, 1, cid, 1, 1);
+        assert!(poll_guard(&mut guards[0]).is_ready());
+        assert_eq!(q.state.lock().free.len(), 1);
+        assert!(
+            b_count.0.load(Ordering::SeqCst) > 0,
+            "B still waits for a slot that is free: the one wakeup went to the cancelled A"
+        );
+    }
+
+    #[test]
+    fn dropped_slot_waiters_leave_no_wakers_behind() {
+        let (q, _mem, _device) = hand_queue();
+        let _guards: alloc::vec::Vec<_> = (0..7).map(|_| submit(&q)).collect();
+        for _ in 0..100 {
+            let waker = Waker::from(Arc::new(Count(core::sync::atomic::AtomicUsize::new(0))));
+            let mut r = Box::pin(q.reserve());
+            assert!(
+                r.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+        assert_eq!(
+            q.state.lock().waiters.len(),
+            0,
+            "a dropped waiter's waker stays"
+        );
     }
 
     #[test]
