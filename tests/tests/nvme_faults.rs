@@ -774,6 +774,108 @@ mod outcomes_with_watchdog {
         FaultPlan::new().on(Select::io().opcode(opcode).once(), fault)
     }
 
+    /// The device drops every Abort while two writes time out: the
+    /// watchdog must still reach a reset (no unbounded wait for an admin
+    /// slot the lost Aborts keep).
+    #[test]
+    fn lost_aborts_do_not_wedge_the_watchdog() {
+        let bed = Bed::new(FaultPlan::new());
+        let clock = VirtualClock::new();
+        let device: Arc<dyn DeviceAccess> = bed.fi.clone();
+        let cfg = DriverConfig {
+            admin_queue_size: 2,
+            ..config(&clock)
+        };
+        let driver = bed
+            .drive(NvmeDriver::new(device, cfg, clock.clone()))
+            .expect("bring-up ends")
+            .expect("bring-up succeeds");
+        let w = Watched {
+            disk: disk(&driver),
+            driver,
+            bed,
+        };
+        let mut wd = pin!(w.driver.run_watchdog().fuse());
+        w.bed.fi.set_plan(
+            FaultPlan::new()
+                .on(Select::io().opcode(WRITE).count(2), CompletionFault::Drop)
+                .on(
+                    Select::admin().opcode(AdminOpcode::ABORT.get()),
+                    CompletionFault::Drop,
+                ),
+        );
+        let (a, b) = (BUF, BUF + 0x1000);
+        w.bed.put(a, &pattern(1, 0, 8, 512));
+        w.bed.put(b, &pattern(2, 8, 8, 512));
+        let ra = [GpaRange::new(Gpa::new(a), 4096)];
+        let rb = [GpaRange::new(Gpa::new(b), 4096)];
+        let sa = SgList::new(w.bed.memory(), &ra, false).expect("representable");
+        let sb = SgList::new(w.bed.memory(), &rb, false).expect("representable");
+        let both = futures::future::join(
+            w.disk.write(sa, 0, IoOptions::default()),
+            w.disk.write(sb, 8, IoOptions::default()),
+        );
+        let r = w.run(both, &mut wd);
+        assert!(
+            r.is_some(),
+            "the writes never end: aborts sent {}, resets {}",
+            w.driver.aborts_sent(),
+            w.driver.resets()
+        );
+        assert!(w.driver.resets() >= 1, "the watchdog reset the controller");
+    }
+
+    /// A passthrough Read of 16 blocks into a 512-byte buffer: the device
+    /// must never be given a data pointer outside the driver's buffer
+    /// (PRP2 = 0 would be guest memory at GPA 0 under VFIO).
+    #[test]
+    fn an_oversized_passthrough_transfer_stays_in_the_drivers_buffer() {
+        use parastor_hw::nvme::queue::Sqe;
+        use parastor_nvme_driver::{PassthroughData, PassthroughQueue};
+        let bed = Bed::new(FaultPlan::new());
+        let driver = bed.start();
+        let d = disk(&driver);
+        bed.round_trip(&d, 0, 16, 9);
+        bed.put(0, &[0x5A; 4096]);
+        let mut sqe = Sqe::default();
+        sqe.cdw0.set_opc(READ);
+        sqe.nsid = 1.into();
+        sqe.cdw12 = 15.into(); // 16 blocks
+        let mut small = vec![0u8; 512];
+        let r = bed
+            .drive(driver.passthrough(
+                PassthroughQueue::Io,
+                sqe,
+                PassthroughData::FromDevice(&mut small),
+            ))
+            .expect("the passthrough ends");
+        assert!(
+            bed.get(0, 4096) == vec![0x5A; 4096],
+            "the device wrote the caller's memory at GPA 0 through PRP2 = 0"
+        );
+        let done = r.expect("the device answers");
+        assert_eq!(done.status, 0, "the Read succeeds: {done:?}");
+        assert!(
+            small == pattern(9, 0, 1, 512),
+            "the caller gets the first 512 bytes the device read"
+        );
+        // A Read the driver knows moves more than the maximum transfer is
+        // refused before it reaches the device.
+        sqe.cdw12 = 0xFFFF.into();
+        let r = bed
+            .drive(driver.passthrough(
+                PassthroughQueue::Io,
+                sqe,
+                PassthroughData::FromDevice(&mut small),
+            ))
+            .expect("the passthrough ends");
+        assert!(
+            matches!(r, Err(DriverError::Unsupported(_))),
+            "a 65536-block Read is refused: {r:?}"
+        );
+        assert!(bed.get(0, 4096) == vec![0x5A; 4096], "GPA 0 is untouched");
+    }
+
     #[test]
     fn a_dropped_completion_times_out_and_the_controller_comes_back() {
         let w = watched(FaultPlan::new());

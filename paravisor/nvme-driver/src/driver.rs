@@ -153,6 +153,10 @@ const PASSTHROUGH_REFUSED: [u8; 6] = [
     0x7C, // Doorbell Buffer Config
 ];
 
+/// NVM I/O opcodes whose transfer is (NLB + 1) blocks: Write, Read,
+/// Compare.
+const BLOCK_TRANSFERS: [u8; 3] = [0x01, 0x02, 0x05];
+
 /// What Identify Controller said that the driver uses.
 #[derive(Clone, Debug)]
 pub struct ControllerFacts {
@@ -705,7 +709,7 @@ impl NvmeDriver {
             }
             let timeout = millis(inner.config.command_timeout).max(1);
             let mut reset = inner.reset_requested.swap(false, Ordering::AcqRel);
-            for q in inner.io_queues() {
+            'scan: for q in inner.io_queues() {
                 let expired = q.scan_expired(now, timeout);
                 reset |= expired.reset;
                 for &cid in expired.abort.as_slice() {
@@ -725,7 +729,13 @@ impl NvmeDriver {
                             why: Failure::Reset,
                             ..
                         }) => {}
-                        Err(_) => reset = true,
+                        // The Abort itself got no answer (or no admin
+                        // slot): more Aborts would only wait as long
+                        // again; the reset ends every command.
+                        Err(_) => {
+                            reset = true;
+                            break 'scan;
+                        }
                     }
                 }
             }
@@ -748,18 +758,25 @@ impl NvmeDriver {
     }
 
     /// Runs one raw command (for differential tests and tools): the driver
-    /// fills in the command identifier and, with data, the data pointer
-    /// (PRPs over a DMA buffer of its own, copied from or to `data`);
-    /// without data the data pointer is zeroed, so no caller address
-    /// reaches the device. Every other field is sent as given. Admin
+    /// fills in the command identifier, the data pointer and the metadata
+    /// pointer; every other field is sent as given. Whatever `data` is,
+    /// the command gets a DMA buffer of the driver's own of
+    /// [`ControllerFacts::max_transfer`] bytes (PRPs over all of it, the
+    /// metadata pointer at its start), copied from or to `data`: the
+    /// driver cannot know how much every opcode moves, and so a command
+    /// that moves more than `data` (or moves data though `data` is
+    /// [`PassthroughData::None`]) still only touches driver memory. Admin
     /// commands that manage queues, the doorbell buffer or asynchronous
     /// events are refused (the driver owns those).
     ///
     /// Any completion, whatever its status, is `Ok`.
     ///
     /// # Errors
-    /// [`DriverError::Unsupported`] for a refused opcode or data larger
-    /// than [`ControllerFacts::max_transfer`]; [`DriverError::Failed`]
+    /// [`DriverError::Unsupported`] for a refused opcode, data larger
+    /// than [`ControllerFacts::max_transfer`], or a Read, Write or Compare
+    /// whose block count moves more than that (at the namespace's block
+    /// size, 512 bytes for an NSID the driver does not know);
+    /// [`DriverError::Failed`]
     /// when no completion comes: not within [`DriverConfig::admin_timeout`]
     /// (admin) or [`DriverConfig::command_timeout`] (I/O) — the
     /// controller is then reset — or the controller failed.
@@ -782,17 +799,33 @@ impl NvmeDriver {
             PassthroughData::ToDevice(b) => b.len(),
             PassthroughData::FromDevice(b) => b.len(),
         };
-        if len > inner.facts.lock().max_transfer {
+        let max_transfer = inner.facts.lock().max_transfer;
+        if len > max_transfer {
             return Err(DriverError::Unsupported(
                 "passthrough data larger than the maximum transfer",
             ));
         }
+        if queue == PassthroughQueue::Io && BLOCK_TRANSFERS.contains(&sqe.cdw0.opc()) {
+            let shift = inner
+                .namespaces
+                .lock()
+                .get(&sqe.nsid.get())
+                .map_or(9, |ns| ns.sector_shift());
+            let blocks = u64::from(sqe.cdw12.get() & 0xFFFF) + 1;
+            if blocks << shift > max_transfer as u64 {
+                return Err(DriverError::Unsupported(
+                    "passthrough Read, Write or Compare moving more than the maximum transfer",
+                ));
+            }
+        }
+        let buf = inner.dma(max_transfer.next_multiple_of(PAGE_SIZE))?;
         sqe.dptr = [0; 16];
+        sqe.mptr = zerocopy::little_endian::U64::new(buf.device_range().addr.get());
         sqe.cdw0
             .set_psdt(parastor_hw::nvme::queue::DataTransferKind::PRP);
-        let buf = if len > 0 { Some(inner.dma(len)?) } else { None };
-        if let (Some(b), PassthroughData::ToDevice(src)) = (&buf, &data) {
-            b.write_at(0, src).map_err(|e| failed(Failure::Memory(e)))?;
+        if let PassthroughData::ToDevice(src) = &data {
+            buf.write_at(0, src)
+                .map_err(|e| failed(Failure::Memory(e)))?;
         }
         let q = match queue {
             PassthroughQueue::Admin => &inner.admin,
@@ -801,31 +834,35 @@ impl NvmeDriver {
                 Err(index) => inner.io_queue_slow(index).await.map_err(failed)?,
             },
         };
-        let mut slot = q.reserve().await.map_err(failed)?;
-        if let Some(b) = &buf {
-            slot.prepare_contiguous(
-                &mut sqe,
-                b.device_range(),
-                None,
-                DataPointer::Prp,
-                SglSupport::None,
-            )
-            .map_err(failed)?;
-            slot.keep(b.clone());
-        }
-        slot.submit(sqe).map_err(failed)?;
         let timeout = match queue {
             PassthroughQueue::Admin => inner.config.admin_timeout,
             PassthroughQueue::Io => inner.config.command_timeout,
         };
+        let Some(slot) = inner.bounded(q.reserve(), timeout).await else {
+            log::warn!("{}: {what} found no free slot in time", inner.device.id());
+            inner.reset_requested.store(true, Ordering::Release);
+            return Err(failed(Failure::TimedOut));
+        };
+        let mut slot = slot.map_err(failed)?;
+        slot.prepare_contiguous(
+            &mut sqe,
+            buf.device_range(),
+            None,
+            DataPointer::Prp,
+            SglSupport::None,
+        )
+        .map_err(failed)?;
+        slot.keep(buf.clone());
+        slot.submit(sqe).map_err(failed)?;
         let Some(finished) = inner.bounded(slot, timeout).await else {
             log::warn!("{}: {what} timed out", inner.device.id());
             inner.reset_requested.store(true, Ordering::Release);
             return Err(failed(Failure::TimedOut));
         };
         let done = finished.result.map_err(|f| failed(inner.note(f)))?;
-        if let (Some(b), PassthroughData::FromDevice(dst)) = (&buf, data) {
-            b.read_at(0, dst).map_err(|e| failed(Failure::Memory(e)))?;
+        if let PassthroughData::FromDevice(dst) = data {
+            buf.read_at(0, dst)
+                .map_err(|e| failed(Failure::Memory(e)))?;
         }
         Ok(RawCompletion {
             status: done.status,
@@ -1197,7 +1234,9 @@ impl core::future::Future for WatchdogWait<'_> {
 /// clock passes `deadline` first. Sleeps `step` at a time.
 struct Bounded<'a, F> {
     fut: F,
-    sleep: parastor_core::disk::BoxFuture<'static, ()>,
+    /// The current step's sleep, made when `fut` first waits (a future
+    /// ready at once costs no timer).
+    sleep: Option<parastor_core::disk::BoxFuture<'static, ()>>,
     timer: &'a dyn Timer,
     clock: &'a dyn Clock,
     deadline: Duration,
@@ -1216,11 +1255,13 @@ impl<F: core::future::Future + Unpin> core::future::Future for Bounded<'_, F> {
         if let Poll::Ready(v) = core::pin::Pin::new(&mut this.fut).poll(cx) {
             return Poll::Ready(Some(v));
         }
-        while this.sleep.as_mut().poll(cx).is_ready() {
+        let (timer, step) = (this.timer, this.step);
+        let sleep = this.sleep.get_or_insert_with(|| timer.sleep(step));
+        while sleep.as_mut().poll(cx).is_ready() {
             if this.clock.now() >= this.deadline {
                 return Poll::Ready(None);
             }
-            this.sleep = this.timer.sleep(this.step);
+            *sleep = timer.sleep(step);
         }
         Poll::Pending
     }
@@ -1887,7 +1928,20 @@ impl Inner {
         data: Option<&Arc<DmaBuffer>>,
     ) -> Result<Completed, DriverError> {
         let failed = |why| DriverError::Failed { what, why };
-        let mut slot = self.admin.reserve().await.map_err(failed)?;
+        // Slots kept by late commands may never come back: waiting for
+        // one is bounded like the command.
+        let Some(slot) = self
+            .bounded(self.admin.reserve(), self.config.admin_timeout)
+            .await
+        else {
+            log::warn!(
+                "{}: {what} found no free admin slot in time",
+                self.device.id()
+            );
+            self.reset_requested.store(true, Ordering::Release);
+            return Err(failed(Failure::TimedOut));
+        };
+        let mut slot = slot.map_err(failed)?;
         if let Some(buf) = data {
             slot.prepare_contiguous(
                 &mut sqe,
@@ -1927,7 +1981,7 @@ impl Inner {
         let step = (timeout / 16).clamp(READY_POLL, Duration::from_millis(100));
         Bounded {
             fut,
-            sleep: self.timer.sleep(step),
+            sleep: None,
             timer: &*self.timer,
             clock: &*self.config.clock,
             deadline: self.clock_now().saturating_add(timeout),
