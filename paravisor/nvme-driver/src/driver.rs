@@ -1704,9 +1704,10 @@ impl Inner {
             self.create_on_device(q).await?;
         }
         // ...and those a controller that grants fewer no longer has: their
-        // commands fail for the disks to retry on the queues that remain.
+        // commands fail for the disks to retry on the queues that remain
+        // (until a later reset grants them again).
         for q in self.io.iter().skip(count).filter_map(|s| s.queue.get()) {
-            q.kill(Failure::Reset);
+            q.retire();
         }
         // Shadow doorbells for the I/O queues, if the controller has
         // them: most submissions then need no MMIO write at all.

@@ -172,6 +172,10 @@ struct State {
     /// Saved for a keepalive: the completion queue belongs to the next
     /// driver instance and is no longer read.
     frozen: bool,
+    /// The gate is [`Gate::Dead`] only because the controller granted
+    /// fewer queues than this one's QID ([`QueuePair::retire`]): a later
+    /// grant that includes it opens it again.
+    retired: bool,
     /// The slot whose waiter is registered with the interrupt.
     irq_owner: Option<usize>,
     /// One bit per slot whose command is the device's and whose caller
@@ -400,6 +404,7 @@ impl QueuePair {
                 refused: 0,
                 held: 0,
                 frozen: false,
+                retired: false,
                 irq_owner: None,
                 awaited: vec![0; slots_n.div_ceil(64)].into_boxed_slice(),
                 cq_unannounced: 0,
@@ -455,9 +460,10 @@ impl QueuePair {
     /// Opens the gate (after the queue exists on the device again).
     pub(crate) fn open(&self) {
         let mut st = self.state.lock();
-        if matches!(st.gate, Gate::Dead(_)) {
+        if matches!(st.gate, Gate::Dead(_)) && !st.retired {
             return;
         }
+        st.retired = false;
         st.gate = Gate::Open;
         for (_, w) in st.waiters.drain(..) {
             w.wake();
@@ -468,13 +474,19 @@ impl QueuePair {
     /// command the device has fails too, its buffers held (the device was
     /// not proven stopped; see [`QueuePair::release_held`]).
     pub(crate) fn kill(&self, why: Failure) {
+        kill_locked(&mut self.state.lock(), why);
+    }
+
+    /// Takes the queue out of use because the controller (after a reset)
+    /// granted fewer queues: like [`QueuePair::kill`] with
+    /// [`Failure::Reset`] (submissions fail, for the disks to retry on a
+    /// queue that remains; commands the device has fail, buffers held),
+    /// except that [`QueuePair::open`] brings it back when a later reset
+    /// grants it again.
+    pub(crate) fn retire(&self) {
         let mut st = self.state.lock();
-        if !matches!(st.gate, Gate::Dead(_)) {
-            st.gate = Gate::Dead(why);
-            st.epoch = st.epoch.wrapping_add(1);
-        }
-        fail_outstanding_locked(&mut st, why, false);
-        wake_reserved(&mut st);
+        kill_locked(&mut st, Failure::Reset);
+        st.retired = true;
     }
 
     /// Fails every command the device has with `why` (a command the
@@ -700,6 +712,7 @@ impl QueuePair {
                 refused: 0,
                 held: 0,
                 frozen: false,
+                retired: false,
                 irq_owner: None,
                 awaited,
                 cq_unannounced: saved.cq_unannounced,
@@ -1179,6 +1192,17 @@ fn wake_reserved(st: &mut State) {
             w.wake();
         }
     }
+}
+
+/// See [`QueuePair::kill`].
+fn kill_locked(st: &mut State, why: Failure) {
+    if !matches!(st.gate, Gate::Dead(_)) || st.retired {
+        st.gate = Gate::Dead(why);
+        st.epoch = st.epoch.wrapping_add(1);
+    }
+    st.retired = false;
+    fail_outstanding_locked(st, why, false);
+    wake_reserved(st);
 }
 
 /// Fails every command the device has (see [`QueuePair::fail_outstanding`]).
@@ -1982,6 +2006,40 @@ mod tests {
             0,
             "a dropped waiter's waker stays"
         );
+    }
+
+    /// Tries to start a command with no data; `Ok(true)` if it got a slot.
+    fn try_start(q: &QueuePair) -> Result<bool, Failure> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut sqe = Sqe::default();
+        let mut fut = core::pin::pin!(q.start(&mut sqe, None, DataPointer::Auto, SglSupport::None));
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(_)) => Ok(true),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    #[test]
+    fn a_queue_retired_for_a_smaller_grant_comes_back_with_a_larger_one() {
+        let (q, _mem, _device) = hand_queue();
+        // A reset whose controller grants fewer queues than this QID.
+        q.close();
+        q.retire();
+        assert_eq!(try_start(&q), Err(Failure::Reset), "retry elsewhere");
+        // The next reset grants it again.
+        q.close();
+        q.open();
+        assert_eq!(try_start(&q), Ok(true), "the queue serves again");
+    }
+
+    #[test]
+    fn a_killed_queue_stays_dead() {
+        let (q, _mem, _device) = hand_queue();
+        q.retire();
+        q.kill(Failure::Gone("removed"));
+        q.open();
+        assert_eq!(try_start(&q), Err(Failure::Gone("removed")));
     }
 
     #[test]
