@@ -871,12 +871,88 @@ impl NvmeDriver {
         })
     }
 
+    /// Saves like [`NvmeDriver::save`], after letting the I/O in flight
+    /// finish: every I/O queue's gate closes (new commands wait; after the
+    /// save they fail like any command on a saved driver), and once no I/O
+    /// command is outstanding — within [`DriverConfig::command_timeout`]
+    /// — the driver is saved. No command's owner is then failed while the
+    /// device still has its command, so no guest memory is touched after
+    /// its owner got an answer.
+    ///
+    /// # Errors
+    /// As [`NvmeDriver::save`]; [`DriverError::Failed`] with
+    /// [`Failure::TimedOut`] if I/O is still outstanding at the timeout
+    /// (the gates open again and nothing is saved).
+    pub async fn quiesce_and_save(&self) -> Result<Vec<u8>, DriverError> {
+        let inner = &*self.inner;
+        let what = "quiesce for save";
+        {
+            let life = inner.life.lock();
+            if *life != Life::Running || inner.resetting.load(Ordering::Acquire) {
+                return Err(DriverError::Unsupported(
+                    "only a running controller can be saved",
+                ));
+            }
+            for q in inner.io_queues() {
+                q.close();
+            }
+        }
+        let drained = inner
+            .bounded(
+                core::pin::pin!(async {
+                    while self.outstanding() > 0 {
+                        inner.timer.sleep(READY_POLL).await;
+                    }
+                }),
+                inner.config.command_timeout,
+            )
+            .await
+            .is_some();
+        // A reset meanwhile opened (or is about to open) the gates: the
+        // save below refuses.
+        if drained && self.outstanding() == 0 {
+            match self.save() {
+                Ok(blob) => return Ok(blob),
+                Err(e) => {
+                    self.reopen_after_quiesce();
+                    return Err(e);
+                }
+            }
+        }
+        self.reopen_after_quiesce();
+        Err(DriverError::Failed {
+            what,
+            why: Failure::TimedOut,
+        })
+    }
+
+    /// Opens the I/O gates [`NvmeDriver::quiesce_and_save`] closed, if the
+    /// controller still runs and no reset owns them.
+    fn reopen_after_quiesce(&self) {
+        let inner = &*self.inner;
+        let life = inner.life.lock();
+        if *life == Life::Running && !inner.resetting.load(Ordering::Acquire) {
+            let count = inner.io_count.load(Ordering::Acquire);
+            for q in inner.io_queues().take(count) {
+                q.open();
+            }
+        }
+    }
+
     /// Saves the driver for servicing with the controller kept running
     /// (see [`crate::state`]): freezes every queue (commands the device
     /// has fail for their owners here, and are taken over by the
     /// restored instance), and describes queues, commands and what the
     /// controller said. From then on this instance touches neither the
     /// device nor its DMA memory, also when dropped.
+    ///
+    /// A command in flight here fails to its owner while the device still
+    /// runs it: with a bounce buffer that is safe (the buffer is the
+    /// restored instance's), but a direct command's data may still be
+    /// read from or written to the owner's memory after the owner got the
+    /// error. Use [`NvmeDriver::quiesce_and_save`] unless no I/O can be in
+    /// flight (or every owner keeps its buffers until the device is
+    /// proven stopped).
     ///
     /// # Errors
     /// [`DriverError::Unsupported`] if the controller is not running (a
@@ -1310,8 +1386,10 @@ impl Drop for Inner {
     /// disabled; if it does not report RDY = 0 at once it may still write
     /// the driver's memory, so the rings, list pages and the buffers of
     /// commands it may hold are leaked on purpose rather than handed back
-    /// for reuse (the caller memory's pins are released, which for VFIO
-    /// unmaps it from the device).
+    /// for reuse. The pins of caller memory (direct I/O) are released;
+    /// that protects nothing from such a device: under VFIO guest RAM
+    /// stays mapped for the device's whole life (a pin there does
+    /// nothing), so direct mode trusts the device with guest RAM.
     fn drop(&mut self) {
         if self.stopped.load(Ordering::Acquire) {
             return;
