@@ -774,6 +774,59 @@ mod outcomes_with_watchdog {
         FaultPlan::new().on(Select::io().opcode(opcode).once(), fault)
     }
 
+    /// A direct read the device still has when the controller fails
+    /// (CSTS.CFS) on a device that never reports RDY = 0: its owner is not
+    /// answered while the device may still write the owner's memory —
+    /// only once the driver gives up proving the device stopped (the
+    /// watchdog's last act), with the pins kept.
+    #[test]
+    fn a_failed_direct_command_is_answered_only_after_the_driver_gives_up_on_the_device() {
+        use parastor_nvme_driver::clock::Clock;
+        let bed = Bed::new(FaultPlan::new());
+        let clock = VirtualClock::new();
+        let device: Arc<dyn DeviceAccess> = bed.fi.clone();
+        let driver = bed
+            .drive(NvmeDriver::new(device, config(&clock), clock.clone()))
+            .expect("bring-up ends")
+            .expect("bring-up succeeds");
+        let w = Watched {
+            disk: disk(&driver),
+            driver,
+            bed,
+        };
+        let mut wd = pin!(w.driver.run_watchdog().fuse());
+        w.serves(0, 1, &mut wd);
+        w.bed.fi.set_plan(
+            FaultPlan::new()
+                .on(Select::io().opcode(READ).once(), CompletionFault::Drop)
+                .register(offset::CSTS, u64::MAX, 1),
+        );
+        let at = BUF + (2 << 20);
+        let ranges = [GpaRange::new(Gpa::new(at), 8 * 512)];
+        let sg = SgList::new(w.bed.memory(), &ranges, true).expect("representable");
+        let mut read = pin!(w.disk.read(sg, 0, IoOptions::default()));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(read.as_mut().poll(&mut cx).is_pending());
+        assert!(w.bed.rig.memory().pinned_ranges() > 0, "the read is direct");
+        let failed_at = clock.now();
+        w.bed.fi.raise_cfs();
+        let r = w.run(read.as_mut(), &mut wd);
+        assert_eq!(r, Some(Err(DEVICE_FAILED)));
+        // The driver waited the controller's ready timeout (capped at 2 s
+        // here) for RDY = 0 before giving up; the old behaviour answered
+        // within one watchdog period.
+        let waited = clock.now() - failed_at;
+        assert!(
+            waited >= Duration::from_secs(2),
+            "the read was answered {waited:?} after the failure, before the driver gave up proving the device stopped"
+        );
+        assert!(wd.is_terminated(), "the watchdog gave up and ended");
+        assert!(
+            w.bed.rig.memory().pinned_ranges() > 0,
+            "the pins of a device that never stopped stay"
+        );
+    }
+
     /// The device drops every Abort while two writes time out: the
     /// watchdog must still reach a reset (no unbounded wait for an admin
     /// slot the lost Aborts keep).

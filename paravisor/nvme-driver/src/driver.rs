@@ -657,6 +657,8 @@ impl NvmeDriver {
         }
         if stopped {
             inner.release_held();
+        } else {
+            inner.give_up_held();
         }
         result
     }
@@ -671,12 +673,16 @@ impl NvmeDriver {
     /// tries to prove the device stopped (CC.EN = 0 and RDY = 0, else a
     /// function reset) so that the buffers of the commands the device had
     /// can be released; if neither works they stay held
-    /// ([`NvmeDriver::held_commands`]).
+    /// ([`NvmeDriver::held_commands`]). Callers of direct commands the
+    /// device had are answered with that proof, or when it gives up on it
+    /// (then the device may still write their memory).
     ///
     /// The driver has no task of its own: the host runs this future for
-    /// as long as the driver lives (without it commands have no timeout
-    /// and a failure is noticed only by the commands that see it). It ends
-    /// when the driver is shut down or failed.
+    /// as long as the driver lives (without it commands have no timeout,
+    /// a failure is noticed only by the commands that see it, and the
+    /// callers of direct commands failed on a device that did not stop at
+    /// once are not answered). It ends when the driver is shut down or
+    /// failed.
     pub async fn run_watchdog(&self) {
         let inner = &self.inner;
         loop {
@@ -1535,7 +1541,9 @@ impl Inner {
     /// and fails the ones the device has (holding their buffers), and the
     /// controller is disabled (CC.EN = 0). If it reports RDY = 0 at once,
     /// the held buffers are released; otherwise [`Inner::settle`] (the
-    /// watchdog) keeps trying.
+    /// watchdog) keeps trying. Callers of direct commands (their own
+    /// memory pinned, no bounce buffer) get their error only with that
+    /// proof, or when the watchdog gives up on it.
     pub(crate) fn fail(&self, why: &'static str) {
         {
             let mut life = self.life.lock();
@@ -1603,6 +1611,22 @@ impl Inner {
         } else {
             log::error!(
                 "{}: the device did not stop; the buffers of its failed commands stay held",
+                self.device.id()
+            );
+            self.give_up_held();
+        }
+    }
+
+    /// The device was not proven stopped and nothing will try again:
+    /// callers of failed direct commands, who waited for the proof, get
+    /// their error now; the device may still reach their memory (direct
+    /// mode trusts the device with it).
+    fn give_up_held(&self) {
+        let n = self.admin.give_up_held()
+            + self.io_queues().map(QueuePair::give_up_held).sum::<usize>();
+        if n > 0 {
+            log::error!(
+                "{}: {n} direct commands failed without proof that the device stopped; their memory may still be written",
                 self.device.id()
             );
         }

@@ -105,6 +105,13 @@ enum SlotState {
     /// and list page (the device may still reach them) until
     /// [`QueuePair::release_held`].
     Held,
+    /// Failed with this while the device still had it and was not proven
+    /// stopped, and the command reaches the caller's own memory (direct
+    /// pins, no bounce buffer): the caller is not answered until the
+    /// device is proven stopped ([`QueuePair::release_held`]) or the
+    /// driver gives up proving it ([`QueuePair::give_up_held`]), so it
+    /// cannot reuse memory the device may still write. Counted as held.
+    Failing(Failure),
 }
 
 /// Where a command stands with the watchdog.
@@ -474,7 +481,7 @@ impl QueuePair {
     /// command the device has fails too, its buffers held (the device was
     /// not proven stopped; see [`QueuePair::release_held`]).
     pub(crate) fn kill(&self, why: Failure) {
-        kill_locked(&mut self.state.lock(), why);
+        kill_locked(&mut self.state.lock(), why, true);
     }
 
     /// Takes the queue out of use because the controller (after a reset)
@@ -485,7 +492,7 @@ impl QueuePair {
     /// grants it again.
     pub(crate) fn retire(&self) {
         let mut st = self.state.lock();
-        kill_locked(&mut st, Failure::Reset);
+        kill_locked(&mut st, Failure::Reset, true);
         st.retired = true;
     }
 
@@ -511,9 +518,32 @@ impl QueuePair {
                 }
                 // Failed, not yet taken: nothing to hold any more.
                 SlotState::Done(_) => st.slots[index].hold = false,
+                SlotState::Failing(why) => {
+                    answer_failing(&mut st, index, why, false);
+                    n += 1;
+                }
                 _ => {}
             }
         }
+        st.held -= n;
+        n
+    }
+
+    /// The device was not proven stopped and the driver stops trying:
+    /// callers waiting on a failed direct command ([`SlotState::Failing`])
+    /// get their error now, the slot (pins and all) held for good. Their
+    /// memory may still be written by the device: direct mode trusts the
+    /// device with the caller's memory.
+    pub(crate) fn give_up_held(&self) -> usize {
+        let mut st = self.state.lock();
+        let mut n = 0;
+        for index in 0..st.slots.len() {
+            if let SlotState::Failing(why) = st.slots[index].state {
+                answer_failing(&mut st, index, why, true);
+                n += 1;
+            }
+        }
+        // Counted again as held when the caller takes its answer.
         st.held -= n;
         n
     }
@@ -540,7 +570,7 @@ impl QueuePair {
         }
         for slot in st.slots.iter_mut() {
             let device_may_hold = match slot.state {
-                SlotState::Submitted { .. } | SlotState::Held => true,
+                SlotState::Submitted { .. } | SlotState::Held | SlotState::Failing(_) => true,
                 SlotState::Done(_) => slot.hold,
                 SlotState::Free | SlotState::Reserved => false,
             };
@@ -1195,14 +1225,52 @@ fn wake_reserved(st: &mut State) {
 }
 
 /// See [`QueuePair::kill`].
-fn kill_locked(st: &mut State, why: Failure) {
+fn kill_locked(st: &mut State, why: Failure, direct_waits: bool) {
     if !matches!(st.gate, Gate::Dead(_)) || st.retired {
         st.gate = Gate::Dead(why);
         st.epoch = st.epoch.wrapping_add(1);
     }
     st.retired = false;
-    fail_outstanding_locked(st, why, false);
+    if direct_waits {
+        fail_outstanding_waiting(st, why);
+    } else {
+        fail_outstanding_locked(st, why, false);
+    }
     wake_reserved(st);
+}
+
+/// Answers the caller of failed direct command `index` (see
+/// [`SlotState::Failing`]) with `why`; `hold`: keep the slot's pins when
+/// it takes the answer (the device was not proven stopped).
+fn answer_failing(st: &mut State, index: usize, why: Failure, hold: bool) {
+    let slot = &mut st.slots[index];
+    slot.state = SlotState::Done(Err(why));
+    slot.hold = hold;
+    if let Some(w) = slot.waker.take() {
+        w.wake();
+    }
+}
+
+/// Like [`fail_outstanding_locked`] for a device not proven stopped,
+/// except that callers of direct commands (pins of their own memory, no
+/// bounce buffer) are not answered yet: [`SlotState::Failing`].
+fn fail_outstanding_waiting(st: &mut State, why: Failure) {
+    for index in 0..st.slots.len() {
+        let slot = &st.slots[index];
+        let direct = matches!(slot.state, SlotState::Submitted { detached: false })
+            && slot.bounce.is_none()
+            && !slot.pins.is_empty();
+        if !direct {
+            continue;
+        }
+        st.outstanding -= 1;
+        st.set_awaited(index, false);
+        let slot = &mut st.slots[index];
+        slot.hold = true;
+        slot.state = SlotState::Failing(why);
+        st.held += 1;
+    }
+    fail_outstanding_locked(st, why, false);
 }
 
 /// Fails every command the device has (see [`QueuePair::fail_outstanding`]).
@@ -1504,6 +1572,19 @@ impl Future for SlotGuard<'_> {
         // completions (or signalling) cannot keep the task here.
         let mut budget = POLL_BUDGET;
         loop {
+            if let SlotState::Failing(_) = st.slots[index].state {
+                // Answered once the device is proven stopped (or the
+                // driver gives up): the interrupt has nothing for it.
+                let slot = &mut st.slots[index];
+                match &slot.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => slot.waker = Some(cx.waker().clone()),
+                }
+                if st.irq_owner == Some(index) {
+                    st.irq_owner = None;
+                }
+                return Poll::Pending;
+            }
             if let SlotState::Done(result) = st.slots[index].state {
                 let next = if st.irq_owner == Some(index) {
                     st.irq_owner = None;
@@ -1577,6 +1658,11 @@ impl Drop for SlotGuard<'_> {
             SlotState::Submitted { .. } => {
                 st.slots[self.index].state = SlotState::Submitted { detached: true };
                 st.set_awaited(self.index, false);
+                st.slots[self.index].waker = None;
+            }
+            // Still held for the device; nobody to answer any more.
+            SlotState::Failing(_) => {
+                st.slots[self.index].state = SlotState::Held;
                 st.slots[self.index].waker = None;
             }
             SlotState::Free | SlotState::Held => {}
