@@ -578,6 +578,19 @@ mod outcomes {
     }
 
     #[test]
+    fn an_mdts_too_large_for_an_address_is_no_limit_not_one_page() {
+        for m in [51u8, 52, 60, 63, 255] {
+            let bed = Bed::new(FaultPlan::new().identify(IdentifyFault::Mdts(m)));
+            let driver = bed.start();
+            assert_eq!(
+                driver.facts().max_transfer,
+                parastor_nvme_driver::DEFAULT_MAX_TRANSFER,
+                "MDTS {m}: 4 KiB << {m} does not fit a usize; the driver keeps its own limit"
+            );
+        }
+    }
+
+    #[test]
     fn mdts_zero_means_no_limit_and_the_driver_keeps_its_own() {
         let bed = Bed::new(FaultPlan::new().identify(IdentifyFault::Mdts(0)));
         let driver = bed.start();

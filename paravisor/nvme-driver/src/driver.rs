@@ -1741,7 +1741,10 @@ impl Inner {
             .map_err(|_| DriverError::BadData("Identify Controller"))?;
         let mdts = match id.mdts {
             0 => usize::MAX,
-            m => PAGE_SIZE.checked_shl(u32::from(m)).unwrap_or(usize::MAX),
+            // checked_shl only refuses shifts of the type's width or more:
+            // bits shifted out are lost, so a large MDTS would wrap to 0.
+            m if u32::from(m) >= usize::BITS - PAGE_SIZE.trailing_zeros() => usize::MAX,
+            m => PAGE_SIZE << m,
         };
         let sgls = id.sgls.into_bits().get();
         self.sgl.store((sgls & 3) as u8, Ordering::Relaxed);
@@ -1979,7 +1982,14 @@ impl Inner {
             what: "I/O queue allocation",
             why,
         })?;
-        self.create_on_device(&q).await?;
+        // From the first Create command on, the controller may have this
+        // queue (a Create that timed out may still run): a queue that is
+        // not published is leaked, not freed, unless the controller was
+        // proven stopped.
+        if let Err(e) = self.create_on_device(&q).await {
+            self.give_up_queue(q);
+            return Err(e);
+        }
         if let Some(pages) = self.shadow.lock().clone() {
             q.use_shadow(&pages, self.cap.doorbell_stride() as usize);
         }
@@ -1988,13 +1998,32 @@ impl Inner {
         // sees the reset (and gives the queue up).
         let life = self.life.lock();
         if *life != Life::Running || self.resets.load(Ordering::Acquire) != resets {
+            drop(life);
+            self.give_up_queue(q);
             return Ok(false);
         }
-        let slot = self
-            .io
-            .get(index)
-            .ok_or(DriverError::Unsupported("queue index"))?;
-        Ok(slot.queue.set(q).is_ok())
+        let Some(slot) = self.io.get(index) else {
+            drop(life);
+            self.give_up_queue(q);
+            return Err(DriverError::Unsupported("queue index"));
+        };
+        match slot.queue.set(q) {
+            Ok(()) => Ok(true),
+            Err(q) => {
+                drop(life);
+                self.give_up_queue(q);
+                Ok(false)
+            }
+        }
+    }
+
+    /// A queue built for the controller but not published: dropped if the
+    /// controller is proven stopped, else leaked (the controller may still
+    /// have it and write its completion queue).
+    fn give_up_queue(&self, mut q: QueuePair) {
+        if !self.stopped.load(Ordering::Acquire) {
+            q.leak_dma();
+        }
     }
 
     pub(crate) fn config_data_pointer(&self) -> DataPointer {
