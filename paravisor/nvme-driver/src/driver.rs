@@ -811,6 +811,9 @@ impl NvmeDriver {
                 "passthrough data larger than the maximum transfer",
             ));
         }
+        // What the command moves, as far as the driver knows: the data
+        // given, or what a Read, Write or Compare's block count says.
+        let mut moves = len;
         if queue == PassthroughQueue::Io && BLOCK_TRANSFERS.contains(&sqe.cdw0.opc()) {
             let shift = inner
                 .namespaces
@@ -818,15 +821,32 @@ impl NvmeDriver {
                 .get(&sqe.nsid.get())
                 .map_or(9, |ns| ns.sector_shift());
             let blocks = u64::from(sqe.cdw12.get() & 0xFFFF) + 1;
-            if blocks << shift > max_transfer as u64 {
+            let bytes = blocks << shift;
+            if bytes > max_transfer as u64 {
                 return Err(DriverError::Unsupported(
                     "passthrough Read, Write or Compare moving more than the maximum transfer",
                 ));
             }
+            moves = moves.max(bytes as usize);
         }
-        let buf = inner.dma(max_transfer.next_multiple_of(PAGE_SIZE))?;
+        // The PRPs describe what the command moves (PRP2 means a data
+        // page or a list by that length); the rest of the buffer is
+        // filled with the address of its last page, so a device that
+        // moves more than it should — follows PRP2 as a list, a list
+        // entry, the metadata pointer — still only reaches this buffer.
+        let total = max_transfer.next_multiple_of(PAGE_SIZE);
+        let described = moves.next_multiple_of(PAGE_SIZE).clamp(PAGE_SIZE, total);
+        let buf = inner.dma(total)?;
+        let spare = buf.device_address(total - PAGE_SIZE);
+        if described < total {
+            let fill: Vec<u8> = core::iter::repeat_n(spare.to_le_bytes(), (total - described) / 8)
+                .flatten()
+                .collect();
+            buf.write_at(described, &fill)
+                .map_err(|e| failed(Failure::Memory(e)))?;
+        }
         sqe.dptr = [0; 16];
-        sqe.mptr = zerocopy::little_endian::U64::new(buf.device_range().addr.get());
+        sqe.mptr = zerocopy::little_endian::U64::new(spare);
         sqe.cdw0
             .set_psdt(parastor_hw::nvme::queue::DataTransferKind::PRP);
         if let PassthroughData::ToDevice(src) = &data {
@@ -852,12 +872,17 @@ impl NvmeDriver {
         let mut slot = slot.map_err(failed)?;
         slot.prepare_contiguous(
             &mut sqe,
-            buf.device_range(),
+            DeviceRange::new(buf.device_range().addr, described as u64),
             None,
             DataPointer::Prp,
             SglSupport::None,
         )
         .map_err(failed)?;
+        if described == PAGE_SIZE {
+            // One page described: PRP2 is unused by a command that moves
+            // no more, and must not be 0 for one that does.
+            sqe.set_prps(buf.device_address(0), spare);
+        }
         slot.keep(buf.clone());
         slot.submit(sqe).map_err(failed)?;
         let Some(finished) = inner.bounded(slot, timeout).await else {
