@@ -1465,6 +1465,68 @@ fn controller_identity_and_passthrough_commands() {
 
 // ---- Servicing with the controller kept running (keepalive) ----
 
+/// Saving after a quiesce: the writes in flight finish for their
+/// owners (none is failed while the device still has it), then the
+/// driver is saved with nothing in flight and a new instance takes over.
+#[test]
+fn keepalive_quiesce_lets_io_in_flight_finish_before_the_save() {
+    use parastor_emulated::nvme::YieldTimer;
+    use std::sync::Arc;
+    let t = testbed();
+    let driver = t.start(config(DataPointer::Auto));
+    let (_, disk) = Testbed::disk(&driver, 1);
+    round_trip(&t, 1, &disk, 300, &[range(0x2_0000, 4096)], 92);
+    for i in 0..16u64 {
+        t.put(0x10_0000 + i * 4096, &pattern(94, i * 8, 8, SS512));
+    }
+    let ranges: Vec<[GpaRange; 1]> = (0..16u64)
+        .map(|i| [range(0x10_0000 + i * 4096, 4096)])
+        .collect();
+    let mut writes: Vec<_> = ranges
+        .iter()
+        .enumerate()
+        .map(|(i, r)| Box::pin(disk.write(t.sg(r, false), i as u64 * 8, IoOptions::default())))
+        .collect();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for w in &mut writes {
+        assert!(w.as_mut().poll(&mut cx).is_pending());
+    }
+    assert_eq!(driver.outstanding(), 16);
+    let (results, blob) = t.run(futures::future::join(
+        futures::future::join_all(writes),
+        driver.quiesce_and_save(),
+    ));
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(*r, Ok(()), "write {i} finished for its owner");
+    }
+    let blob = blob.expect("saved once the writes finished");
+    // After the save, new I/O fails at once (the driver is saved).
+    assert_eq!(
+        t.run(disk.write(t.sg(&ranges[0], false), 0, IoOptions::default())),
+        Err(DEVICE_FAILED)
+    );
+    drop(disk);
+    drop(driver);
+    let driver = t
+        .run(NvmeDriver::restore(
+            t.rig.device(),
+            config(DataPointer::Auto),
+            Arc::new(YieldTimer),
+            &blob,
+        ))
+        .expect("restore");
+    assert_eq!(driver.outstanding(), 0);
+    assert_eq!(driver.resets(), 0, "taken over, not reset");
+    let held = read_vec(&t.disks[&1].1, 0, 128).unwrap();
+    for i in 0..16u64 {
+        assert_eq!(
+            held[(i * 4096) as usize..((i + 1) * 4096) as usize],
+            pattern(94, i * 8, 8, SS512)[..],
+            "write {i}"
+        );
+    }
+}
+
 #[test]
 fn keepalive_save_and_restore_with_io_in_flight() {
     use parastor_emulated::nvme::YieldTimer;

@@ -578,6 +578,19 @@ mod outcomes {
     }
 
     #[test]
+    fn an_mdts_too_large_for_an_address_is_no_limit_not_one_page() {
+        for m in [51u8, 52, 60, 63, 255] {
+            let bed = Bed::new(FaultPlan::new().identify(IdentifyFault::Mdts(m)));
+            let driver = bed.start();
+            assert_eq!(
+                driver.facts().max_transfer,
+                parastor_nvme_driver::DEFAULT_MAX_TRANSFER,
+                "MDTS {m}: 4 KiB << {m} does not fit a usize; the driver keeps its own limit"
+            );
+        }
+    }
+
+    #[test]
     fn mdts_zero_means_no_limit_and_the_driver_keeps_its_own() {
         let bed = Bed::new(FaultPlan::new().identify(IdentifyFault::Mdts(0)));
         let driver = bed.start();
@@ -772,6 +785,161 @@ mod outcomes_with_watchdog {
     /// A completion fault on the next I/O completion of `kind`.
     fn next_io(opcode: u8, fault: CompletionFault) -> FaultPlan {
         FaultPlan::new().on(Select::io().opcode(opcode).once(), fault)
+    }
+
+    /// A direct read the device still has when the controller fails
+    /// (CSTS.CFS) on a device that never reports RDY = 0: its owner is not
+    /// answered while the device may still write the owner's memory —
+    /// only once the driver gives up proving the device stopped (the
+    /// watchdog's last act), with the pins kept.
+    #[test]
+    fn a_failed_direct_command_is_answered_only_after_the_driver_gives_up_on_the_device() {
+        use parastor_nvme_driver::clock::Clock;
+        let bed = Bed::new(FaultPlan::new());
+        let clock = VirtualClock::new();
+        let device: Arc<dyn DeviceAccess> = bed.fi.clone();
+        let driver = bed
+            .drive(NvmeDriver::new(device, config(&clock), clock.clone()))
+            .expect("bring-up ends")
+            .expect("bring-up succeeds");
+        let w = Watched {
+            disk: disk(&driver),
+            driver,
+            bed,
+        };
+        let mut wd = pin!(w.driver.run_watchdog().fuse());
+        w.serves(0, 1, &mut wd);
+        w.bed.fi.set_plan(
+            FaultPlan::new()
+                .on(Select::io().opcode(READ).once(), CompletionFault::Drop)
+                .register(offset::CSTS, u64::MAX, 1),
+        );
+        let at = BUF + (2 << 20);
+        let ranges = [GpaRange::new(Gpa::new(at), 8 * 512)];
+        let sg = SgList::new(w.bed.memory(), &ranges, true).expect("representable");
+        let mut read = pin!(w.disk.read(sg, 0, IoOptions::default()));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(read.as_mut().poll(&mut cx).is_pending());
+        assert!(w.bed.rig.memory().pinned_ranges() > 0, "the read is direct");
+        let failed_at = clock.now();
+        w.bed.fi.raise_cfs();
+        let r = w.run(read.as_mut(), &mut wd);
+        assert_eq!(r, Some(Err(DEVICE_FAILED)));
+        // The driver waited the controller's ready timeout (capped at 2 s
+        // here) for RDY = 0 before giving up; the old behaviour answered
+        // within one watchdog period.
+        let waited = clock.now() - failed_at;
+        assert!(
+            waited >= Duration::from_secs(2),
+            "the read was answered {waited:?} after the failure, before the driver gave up proving the device stopped"
+        );
+        assert!(wd.is_terminated(), "the watchdog gave up and ended");
+        assert!(
+            w.bed.rig.memory().pinned_ranges() > 0,
+            "the pins of a device that never stopped stay"
+        );
+    }
+
+    /// The device drops every Abort while two writes time out: the
+    /// watchdog must still reach a reset (no unbounded wait for an admin
+    /// slot the lost Aborts keep).
+    #[test]
+    fn lost_aborts_do_not_wedge_the_watchdog() {
+        let bed = Bed::new(FaultPlan::new());
+        let clock = VirtualClock::new();
+        let device: Arc<dyn DeviceAccess> = bed.fi.clone();
+        let cfg = DriverConfig {
+            admin_queue_size: 2,
+            ..config(&clock)
+        };
+        let driver = bed
+            .drive(NvmeDriver::new(device, cfg, clock.clone()))
+            .expect("bring-up ends")
+            .expect("bring-up succeeds");
+        let w = Watched {
+            disk: disk(&driver),
+            driver,
+            bed,
+        };
+        let mut wd = pin!(w.driver.run_watchdog().fuse());
+        w.bed.fi.set_plan(
+            FaultPlan::new()
+                .on(Select::io().opcode(WRITE).count(2), CompletionFault::Drop)
+                .on(
+                    Select::admin().opcode(AdminOpcode::ABORT.get()),
+                    CompletionFault::Drop,
+                ),
+        );
+        let (a, b) = (BUF, BUF + 0x1000);
+        w.bed.put(a, &pattern(1, 0, 8, 512));
+        w.bed.put(b, &pattern(2, 8, 8, 512));
+        let ra = [GpaRange::new(Gpa::new(a), 4096)];
+        let rb = [GpaRange::new(Gpa::new(b), 4096)];
+        let sa = SgList::new(w.bed.memory(), &ra, false).expect("representable");
+        let sb = SgList::new(w.bed.memory(), &rb, false).expect("representable");
+        let both = futures::future::join(
+            w.disk.write(sa, 0, IoOptions::default()),
+            w.disk.write(sb, 8, IoOptions::default()),
+        );
+        let r = w.run(both, &mut wd);
+        assert!(
+            r.is_some(),
+            "the writes never end: aborts sent {}, resets {}",
+            w.driver.aborts_sent(),
+            w.driver.resets()
+        );
+        assert!(w.driver.resets() >= 1, "the watchdog reset the controller");
+    }
+
+    /// A passthrough Read of 16 blocks into a 512-byte buffer: the device
+    /// must never be given a data pointer outside the driver's buffer
+    /// (PRP2 = 0 would be guest memory at GPA 0 under VFIO).
+    #[test]
+    fn an_oversized_passthrough_transfer_stays_in_the_drivers_buffer() {
+        use parastor_hw::nvme::queue::Sqe;
+        use parastor_nvme_driver::{PassthroughData, PassthroughQueue};
+        let bed = Bed::new(FaultPlan::new());
+        let driver = bed.start();
+        let d = disk(&driver);
+        bed.round_trip(&d, 0, 16, 9);
+        bed.put(0, &[0x5A; 4096]);
+        let mut sqe = Sqe::default();
+        sqe.cdw0.set_opc(READ);
+        sqe.nsid = 1.into();
+        sqe.cdw12 = 15.into(); // 16 blocks
+        let mut small = vec![0u8; 512];
+        let r = bed
+            .drive(driver.passthrough(
+                PassthroughQueue::Io,
+                sqe,
+                PassthroughData::FromDevice(&mut small),
+            ))
+            .expect("the passthrough ends");
+        assert!(
+            bed.get(0, 4096) == vec![0x5A; 4096],
+            "the device wrote the caller's memory at GPA 0 through PRP2 = 0"
+        );
+        let done = r.expect("the device answers");
+        assert_eq!(done.status, 0, "the Read succeeds: {done:?}");
+        assert!(
+            small == pattern(9, 0, 1, 512),
+            "the caller gets the first 512 bytes the device read"
+        );
+        // A Read the driver knows moves more than the maximum transfer is
+        // refused before it reaches the device.
+        sqe.cdw12 = 0xFFFF.into();
+        let r = bed
+            .drive(driver.passthrough(
+                PassthroughQueue::Io,
+                sqe,
+                PassthroughData::FromDevice(&mut small),
+            ))
+            .expect("the passthrough ends");
+        assert!(
+            matches!(r, Err(DriverError::Unsupported(_))),
+            "a 65536-block Read is refused: {r:?}"
+        );
+        assert!(bed.get(0, 4096) == vec![0x5A; 4096], "GPA 0 is untouched");
     }
 
     #[test]

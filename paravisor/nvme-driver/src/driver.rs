@@ -153,6 +153,10 @@ const PASSTHROUGH_REFUSED: [u8; 6] = [
     0x7C, // Doorbell Buffer Config
 ];
 
+/// NVM I/O opcodes whose transfer is (NLB + 1) blocks: Write, Read,
+/// Compare.
+const BLOCK_TRANSFERS: [u8; 3] = [0x01, 0x02, 0x05];
+
 /// What Identify Controller said that the driver uses.
 #[derive(Clone, Debug)]
 pub struct ControllerFacts {
@@ -653,6 +657,8 @@ impl NvmeDriver {
         }
         if stopped {
             inner.release_held();
+        } else {
+            inner.give_up_held();
         }
         result
     }
@@ -667,12 +673,16 @@ impl NvmeDriver {
     /// tries to prove the device stopped (CC.EN = 0 and RDY = 0, else a
     /// function reset) so that the buffers of the commands the device had
     /// can be released; if neither works they stay held
-    /// ([`NvmeDriver::held_commands`]).
+    /// ([`NvmeDriver::held_commands`]). Callers of direct commands the
+    /// device had are answered with that proof, or when it gives up on it
+    /// (then the device may still write their memory).
     ///
     /// The driver has no task of its own: the host runs this future for
-    /// as long as the driver lives (without it commands have no timeout
-    /// and a failure is noticed only by the commands that see it). It ends
-    /// when the driver is shut down or failed.
+    /// as long as the driver lives (without it commands have no timeout,
+    /// a failure is noticed only by the commands that see it, and the
+    /// callers of direct commands failed on a device that did not stop at
+    /// once are not answered). It ends when the driver is shut down or
+    /// failed.
     pub async fn run_watchdog(&self) {
         let inner = &self.inner;
         loop {
@@ -705,7 +715,7 @@ impl NvmeDriver {
             }
             let timeout = millis(inner.config.command_timeout).max(1);
             let mut reset = inner.reset_requested.swap(false, Ordering::AcqRel);
-            for q in inner.io_queues() {
+            'scan: for q in inner.io_queues() {
                 let expired = q.scan_expired(now, timeout);
                 reset |= expired.reset;
                 for &cid in expired.abort.as_slice() {
@@ -725,7 +735,13 @@ impl NvmeDriver {
                             why: Failure::Reset,
                             ..
                         }) => {}
-                        Err(_) => reset = true,
+                        // The Abort itself got no answer (or no admin
+                        // slot): more Aborts would only wait as long
+                        // again; the reset ends every command.
+                        Err(_) => {
+                            reset = true;
+                            break 'scan;
+                        }
                     }
                 }
             }
@@ -748,18 +764,25 @@ impl NvmeDriver {
     }
 
     /// Runs one raw command (for differential tests and tools): the driver
-    /// fills in the command identifier and, with data, the data pointer
-    /// (PRPs over a DMA buffer of its own, copied from or to `data`);
-    /// without data the data pointer is zeroed, so no caller address
-    /// reaches the device. Every other field is sent as given. Admin
+    /// fills in the command identifier, the data pointer and the metadata
+    /// pointer; every other field is sent as given. Whatever `data` is,
+    /// the command gets a DMA buffer of the driver's own of
+    /// [`ControllerFacts::max_transfer`] bytes (PRPs over all of it, the
+    /// metadata pointer at its start), copied from or to `data`: the
+    /// driver cannot know how much every opcode moves, and so a command
+    /// that moves more than `data` (or moves data though `data` is
+    /// [`PassthroughData::None`]) still only touches driver memory. Admin
     /// commands that manage queues, the doorbell buffer or asynchronous
     /// events are refused (the driver owns those).
     ///
     /// Any completion, whatever its status, is `Ok`.
     ///
     /// # Errors
-    /// [`DriverError::Unsupported`] for a refused opcode or data larger
-    /// than [`ControllerFacts::max_transfer`]; [`DriverError::Failed`]
+    /// [`DriverError::Unsupported`] for a refused opcode, data larger
+    /// than [`ControllerFacts::max_transfer`], or a Read, Write or Compare
+    /// whose block count moves more than that (at the namespace's block
+    /// size, 512 bytes for an NSID the driver does not know);
+    /// [`DriverError::Failed`]
     /// when no completion comes: not within [`DriverConfig::admin_timeout`]
     /// (admin) or [`DriverConfig::command_timeout`] (I/O) — the
     /// controller is then reset — or the controller failed.
@@ -782,17 +805,53 @@ impl NvmeDriver {
             PassthroughData::ToDevice(b) => b.len(),
             PassthroughData::FromDevice(b) => b.len(),
         };
-        if len > inner.facts.lock().max_transfer {
+        let max_transfer = inner.facts.lock().max_transfer;
+        if len > max_transfer {
             return Err(DriverError::Unsupported(
                 "passthrough data larger than the maximum transfer",
             ));
         }
+        // What the command moves, as far as the driver knows: the data
+        // given, or what a Read, Write or Compare's block count says.
+        let mut moves = len;
+        if queue == PassthroughQueue::Io && BLOCK_TRANSFERS.contains(&sqe.cdw0.opc()) {
+            let shift = inner
+                .namespaces
+                .lock()
+                .get(&sqe.nsid.get())
+                .map_or(9, |ns| ns.sector_shift());
+            let blocks = u64::from(sqe.cdw12.get() & 0xFFFF) + 1;
+            let bytes = blocks << shift;
+            if bytes > max_transfer as u64 {
+                return Err(DriverError::Unsupported(
+                    "passthrough Read, Write or Compare moving more than the maximum transfer",
+                ));
+            }
+            moves = moves.max(bytes as usize);
+        }
+        // The PRPs describe what the command moves (PRP2 means a data
+        // page or a list by that length); the rest of the buffer is
+        // filled with the address of its last page, so a device that
+        // moves more than it should — follows PRP2 as a list, a list
+        // entry, the metadata pointer — still only reaches this buffer.
+        let total = max_transfer.next_multiple_of(PAGE_SIZE);
+        let described = moves.next_multiple_of(PAGE_SIZE).clamp(PAGE_SIZE, total);
+        let buf = inner.dma(total)?;
+        let spare = buf.device_address(total - PAGE_SIZE);
+        if described < total {
+            let fill: Vec<u8> = core::iter::repeat_n(spare.to_le_bytes(), (total - described) / 8)
+                .flatten()
+                .collect();
+            buf.write_at(described, &fill)
+                .map_err(|e| failed(Failure::Memory(e)))?;
+        }
         sqe.dptr = [0; 16];
+        sqe.mptr = zerocopy::little_endian::U64::new(spare);
         sqe.cdw0
             .set_psdt(parastor_hw::nvme::queue::DataTransferKind::PRP);
-        let buf = if len > 0 { Some(inner.dma(len)?) } else { None };
-        if let (Some(b), PassthroughData::ToDevice(src)) = (&buf, &data) {
-            b.write_at(0, src).map_err(|e| failed(Failure::Memory(e)))?;
+        if let PassthroughData::ToDevice(src) = &data {
+            buf.write_at(0, src)
+                .map_err(|e| failed(Failure::Memory(e)))?;
         }
         let q = match queue {
             PassthroughQueue::Admin => &inner.admin,
@@ -801,31 +860,40 @@ impl NvmeDriver {
                 Err(index) => inner.io_queue_slow(index).await.map_err(failed)?,
             },
         };
-        let mut slot = q.reserve().await.map_err(failed)?;
-        if let Some(b) = &buf {
-            slot.prepare_contiguous(
-                &mut sqe,
-                b.device_range(),
-                None,
-                DataPointer::Prp,
-                SglSupport::None,
-            )
-            .map_err(failed)?;
-            slot.keep(b.clone());
-        }
-        slot.submit(sqe).map_err(failed)?;
         let timeout = match queue {
             PassthroughQueue::Admin => inner.config.admin_timeout,
             PassthroughQueue::Io => inner.config.command_timeout,
         };
+        let Some(slot) = inner.bounded(q.reserve(), timeout).await else {
+            log::warn!("{}: {what} found no free slot in time", inner.device.id());
+            inner.reset_requested.store(true, Ordering::Release);
+            return Err(failed(Failure::TimedOut));
+        };
+        let mut slot = slot.map_err(failed)?;
+        slot.prepare_contiguous(
+            &mut sqe,
+            DeviceRange::new(buf.device_range().addr, described as u64),
+            None,
+            DataPointer::Prp,
+            SglSupport::None,
+        )
+        .map_err(failed)?;
+        if described == PAGE_SIZE {
+            // One page described: PRP2 is unused by a command that moves
+            // no more, and must not be 0 for one that does.
+            sqe.set_prps(buf.device_address(0), spare);
+        }
+        slot.keep(buf.clone());
+        slot.submit(sqe).map_err(failed)?;
         let Some(finished) = inner.bounded(slot, timeout).await else {
             log::warn!("{}: {what} timed out", inner.device.id());
             inner.reset_requested.store(true, Ordering::Release);
             return Err(failed(Failure::TimedOut));
         };
         let done = finished.result.map_err(|f| failed(inner.note(f)))?;
-        if let (Some(b), PassthroughData::FromDevice(dst)) = (&buf, data) {
-            b.read_at(0, dst).map_err(|e| failed(Failure::Memory(e)))?;
+        if let PassthroughData::FromDevice(dst) = data {
+            buf.read_at(0, dst)
+                .map_err(|e| failed(Failure::Memory(e)))?;
         }
         Ok(RawCompletion {
             status: done.status,
@@ -834,12 +902,88 @@ impl NvmeDriver {
         })
     }
 
+    /// Saves like [`NvmeDriver::save`], after letting the I/O in flight
+    /// finish: every I/O queue's gate closes (new commands wait; after the
+    /// save they fail like any command on a saved driver), and once no I/O
+    /// command is outstanding — within [`DriverConfig::command_timeout`]
+    /// — the driver is saved. No command's owner is then failed while the
+    /// device still has its command, so no guest memory is touched after
+    /// its owner got an answer.
+    ///
+    /// # Errors
+    /// As [`NvmeDriver::save`]; [`DriverError::Failed`] with
+    /// [`Failure::TimedOut`] if I/O is still outstanding at the timeout
+    /// (the gates open again and nothing is saved).
+    pub async fn quiesce_and_save(&self) -> Result<Vec<u8>, DriverError> {
+        let inner = &*self.inner;
+        let what = "quiesce for save";
+        {
+            let life = inner.life.lock();
+            if *life != Life::Running || inner.resetting.load(Ordering::Acquire) {
+                return Err(DriverError::Unsupported(
+                    "only a running controller can be saved",
+                ));
+            }
+            for q in inner.io_queues() {
+                q.close();
+            }
+        }
+        let drained = inner
+            .bounded(
+                core::pin::pin!(async {
+                    while self.outstanding() > 0 {
+                        inner.timer.sleep(READY_POLL).await;
+                    }
+                }),
+                inner.config.command_timeout,
+            )
+            .await
+            .is_some();
+        // A reset meanwhile opened (or is about to open) the gates: the
+        // save below refuses.
+        if drained && self.outstanding() == 0 {
+            match self.save() {
+                Ok(blob) => return Ok(blob),
+                Err(e) => {
+                    self.reopen_after_quiesce();
+                    return Err(e);
+                }
+            }
+        }
+        self.reopen_after_quiesce();
+        Err(DriverError::Failed {
+            what,
+            why: Failure::TimedOut,
+        })
+    }
+
+    /// Opens the I/O gates [`NvmeDriver::quiesce_and_save`] closed, if the
+    /// controller still runs and no reset owns them.
+    fn reopen_after_quiesce(&self) {
+        let inner = &*self.inner;
+        let life = inner.life.lock();
+        if *life == Life::Running && !inner.resetting.load(Ordering::Acquire) {
+            let count = inner.io_count.load(Ordering::Acquire);
+            for q in inner.io_queues().take(count) {
+                q.open();
+            }
+        }
+    }
+
     /// Saves the driver for servicing with the controller kept running
     /// (see [`crate::state`]): freezes every queue (commands the device
     /// has fail for their owners here, and are taken over by the
     /// restored instance), and describes queues, commands and what the
     /// controller said. From then on this instance touches neither the
     /// device nor its DMA memory, also when dropped.
+    ///
+    /// A command in flight here fails to its owner while the device still
+    /// runs it: with a bounce buffer that is safe (the buffer is the
+    /// restored instance's), but a direct command's data may still be
+    /// read from or written to the owner's memory after the owner got the
+    /// error. Use [`NvmeDriver::quiesce_and_save`] unless no I/O can be in
+    /// flight (or every owner keeps its buffers until the device is
+    /// proven stopped).
     ///
     /// # Errors
     /// [`DriverError::Unsupported`] if the controller is not running (a
@@ -1197,7 +1341,9 @@ impl core::future::Future for WatchdogWait<'_> {
 /// clock passes `deadline` first. Sleeps `step` at a time.
 struct Bounded<'a, F> {
     fut: F,
-    sleep: parastor_core::disk::BoxFuture<'static, ()>,
+    /// The current step's sleep, made when `fut` first waits (a future
+    /// ready at once costs no timer).
+    sleep: Option<parastor_core::disk::BoxFuture<'static, ()>>,
     timer: &'a dyn Timer,
     clock: &'a dyn Clock,
     deadline: Duration,
@@ -1216,11 +1362,13 @@ impl<F: core::future::Future + Unpin> core::future::Future for Bounded<'_, F> {
         if let Poll::Ready(v) = core::pin::Pin::new(&mut this.fut).poll(cx) {
             return Poll::Ready(Some(v));
         }
-        while this.sleep.as_mut().poll(cx).is_ready() {
+        let (timer, step) = (this.timer, this.step);
+        let sleep = this.sleep.get_or_insert_with(|| timer.sleep(step));
+        while sleep.as_mut().poll(cx).is_ready() {
             if this.clock.now() >= this.deadline {
                 return Poll::Ready(None);
             }
-            this.sleep = this.timer.sleep(this.step);
+            *sleep = timer.sleep(step);
         }
         Poll::Pending
     }
@@ -1269,8 +1417,10 @@ impl Drop for Inner {
     /// disabled; if it does not report RDY = 0 at once it may still write
     /// the driver's memory, so the rings, list pages and the buffers of
     /// commands it may hold are leaked on purpose rather than handed back
-    /// for reuse (the caller memory's pins are released, which for VFIO
-    /// unmaps it from the device).
+    /// for reuse. The pins of caller memory (direct I/O) are released;
+    /// that protects nothing from such a device: under VFIO guest RAM
+    /// stays mapped for the device's whole life (a pin there does
+    /// nothing), so direct mode trusts the device with guest RAM.
     fn drop(&mut self) {
         if self.stopped.load(Ordering::Acquire) {
             return;
@@ -1416,7 +1566,9 @@ impl Inner {
     /// and fails the ones the device has (holding their buffers), and the
     /// controller is disabled (CC.EN = 0). If it reports RDY = 0 at once,
     /// the held buffers are released; otherwise [`Inner::settle`] (the
-    /// watchdog) keeps trying.
+    /// watchdog) keeps trying. Callers of direct commands (their own
+    /// memory pinned, no bounce buffer) get their error only with that
+    /// proof, or when the watchdog gives up on it.
     pub(crate) fn fail(&self, why: &'static str) {
         {
             let mut life = self.life.lock();
@@ -1484,6 +1636,22 @@ impl Inner {
         } else {
             log::error!(
                 "{}: the device did not stop; the buffers of its failed commands stay held",
+                self.device.id()
+            );
+            self.give_up_held();
+        }
+    }
+
+    /// The device was not proven stopped and nothing will try again:
+    /// callers of failed direct commands, who waited for the proof, get
+    /// their error now; the device may still reach their memory (direct
+    /// mode trusts the device with it).
+    fn give_up_held(&self) {
+        let n = self.admin.give_up_held()
+            + self.io_queues().map(QueuePair::give_up_held).sum::<usize>();
+        if n > 0 {
+            log::error!(
+                "{}: {n} direct commands failed without proof that the device stopped; their memory may still be written",
                 self.device.id()
             );
         }
@@ -1598,7 +1766,10 @@ impl Inner {
             .map_err(|_| DriverError::BadData("Identify Controller"))?;
         let mdts = match id.mdts {
             0 => usize::MAX,
-            m => PAGE_SIZE.checked_shl(u32::from(m)).unwrap_or(usize::MAX),
+            // checked_shl only refuses shifts of the type's width or more:
+            // bits shifted out are lost, so a large MDTS would wrap to 0.
+            m if u32::from(m) >= usize::BITS - PAGE_SIZE.trailing_zeros() => usize::MAX,
+            m => PAGE_SIZE << m,
         };
         let sgls = id.sgls.into_bits().get();
         self.sgl.store((sgls & 3) as u8, Ordering::Relaxed);
@@ -1663,9 +1834,10 @@ impl Inner {
             self.create_on_device(q).await?;
         }
         // ...and those a controller that grants fewer no longer has: their
-        // commands fail for the disks to retry on the queues that remain.
+        // commands fail for the disks to retry on the queues that remain
+        // (until a later reset grants them again).
         for q in self.io.iter().skip(count).filter_map(|s| s.queue.get()) {
-            q.kill(Failure::Reset);
+            q.retire();
         }
         // Shadow doorbells for the I/O queues, if the controller has
         // them: most submissions then need no MMIO write at all.
@@ -1835,7 +2007,14 @@ impl Inner {
             what: "I/O queue allocation",
             why,
         })?;
-        self.create_on_device(&q).await?;
+        // From the first Create command on, the controller may have this
+        // queue (a Create that timed out may still run): a queue that is
+        // not published is leaked, not freed, unless the controller was
+        // proven stopped.
+        if let Err(e) = self.create_on_device(&q).await {
+            self.give_up_queue(q);
+            return Err(e);
+        }
         if let Some(pages) = self.shadow.lock().clone() {
             q.use_shadow(&pages, self.cap.doorbell_stride() as usize);
         }
@@ -1844,13 +2023,32 @@ impl Inner {
         // sees the reset (and gives the queue up).
         let life = self.life.lock();
         if *life != Life::Running || self.resets.load(Ordering::Acquire) != resets {
+            drop(life);
+            self.give_up_queue(q);
             return Ok(false);
         }
-        let slot = self
-            .io
-            .get(index)
-            .ok_or(DriverError::Unsupported("queue index"))?;
-        Ok(slot.queue.set(q).is_ok())
+        let Some(slot) = self.io.get(index) else {
+            drop(life);
+            self.give_up_queue(q);
+            return Err(DriverError::Unsupported("queue index"));
+        };
+        match slot.queue.set(q) {
+            Ok(()) => Ok(true),
+            Err(q) => {
+                drop(life);
+                self.give_up_queue(q);
+                Ok(false)
+            }
+        }
+    }
+
+    /// A queue built for the controller but not published: dropped if the
+    /// controller is proven stopped, else leaked (the controller may still
+    /// have it and write its completion queue).
+    fn give_up_queue(&self, mut q: QueuePair) {
+        if !self.stopped.load(Ordering::Acquire) {
+            q.leak_dma();
+        }
     }
 
     pub(crate) fn config_data_pointer(&self) -> DataPointer {
@@ -1887,7 +2085,20 @@ impl Inner {
         data: Option<&Arc<DmaBuffer>>,
     ) -> Result<Completed, DriverError> {
         let failed = |why| DriverError::Failed { what, why };
-        let mut slot = self.admin.reserve().await.map_err(failed)?;
+        // Slots kept by late commands may never come back: waiting for
+        // one is bounded like the command.
+        let Some(slot) = self
+            .bounded(self.admin.reserve(), self.config.admin_timeout)
+            .await
+        else {
+            log::warn!(
+                "{}: {what} found no free admin slot in time",
+                self.device.id()
+            );
+            self.reset_requested.store(true, Ordering::Release);
+            return Err(failed(Failure::TimedOut));
+        };
+        let mut slot = slot.map_err(failed)?;
         if let Some(buf) = data {
             slot.prepare_contiguous(
                 &mut sqe,
@@ -1927,7 +2138,7 @@ impl Inner {
         let step = (timeout / 16).clamp(READY_POLL, Duration::from_millis(100));
         Bounded {
             fut,
-            sleep: self.timer.sleep(step),
+            sleep: None,
             timer: &*self.timer,
             clock: &*self.config.clock,
             deadline: self.clock_now().saturating_add(timeout),

@@ -47,6 +47,11 @@ pub(crate) struct NamespaceState {
 }
 
 impl NamespaceState {
+    /// log2 of the block size.
+    pub(crate) fn sector_shift(&self) -> u32 {
+        self.sector_shift
+    }
+
     pub(crate) fn new(
         nsid: u32,
         id: &IdentifyNamespace,

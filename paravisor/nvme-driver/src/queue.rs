@@ -105,6 +105,13 @@ enum SlotState {
     /// and list page (the device may still reach them) until
     /// [`QueuePair::release_held`].
     Held,
+    /// Failed with this while the device still had it and was not proven
+    /// stopped, and the command reaches the caller's own memory (direct
+    /// pins, no bounce buffer): the caller is not answered until the
+    /// device is proven stopped ([`QueuePair::release_held`]) or the
+    /// driver gives up proving it ([`QueuePair::give_up_held`]), so it
+    /// cannot reuse memory the device may still write. Counted as held.
+    Failing(Failure),
 }
 
 /// Where a command stands with the watchdog.
@@ -158,7 +165,12 @@ struct State {
     slots: Box<[Slot]>,
     free: Vec<u16>,
     outstanding: usize,
-    waiters: Vec<Waker>,
+    /// Futures waiting for a slot or an open gate, each under its own
+    /// registration number (removed when the future ends or is dropped,
+    /// so a cancelled waiter neither stays nor swallows a wakeup).
+    waiters: Vec<(u64, Waker)>,
+    /// The last waiter registration number given.
+    next_waiter: u64,
     /// Completions refused (unknown or stale command id, wrong SQ, bad
     /// SQ head): each one failed the queue.
     refused: u64,
@@ -167,6 +179,10 @@ struct State {
     /// Saved for a keepalive: the completion queue belongs to the next
     /// driver instance and is no longer read.
     frozen: bool,
+    /// The gate is [`Gate::Dead`] only because the controller granted
+    /// fewer queues than this one's QID ([`QueuePair::retire`]): a later
+    /// grant that includes it opens it again.
+    retired: bool,
     /// The slot whose waiter is registered with the interrupt.
     irq_owner: Option<usize>,
     /// One bit per slot whose command is the device's and whose caller
@@ -391,9 +407,11 @@ impl QueuePair {
                 free,
                 outstanding: 0,
                 waiters: Vec::with_capacity(slots_n),
+                next_waiter: 0,
                 refused: 0,
                 held: 0,
                 frozen: false,
+                retired: false,
                 irq_owner: None,
                 awaited: vec![0; slots_n.div_ceil(64)].into_boxed_slice(),
                 cq_unannounced: 0,
@@ -449,11 +467,12 @@ impl QueuePair {
     /// Opens the gate (after the queue exists on the device again).
     pub(crate) fn open(&self) {
         let mut st = self.state.lock();
-        if matches!(st.gate, Gate::Dead(_)) {
+        if matches!(st.gate, Gate::Dead(_)) && !st.retired {
             return;
         }
+        st.retired = false;
         st.gate = Gate::Open;
-        for w in st.waiters.drain(..) {
+        for (_, w) in st.waiters.drain(..) {
             w.wake();
         }
     }
@@ -462,13 +481,19 @@ impl QueuePair {
     /// command the device has fails too, its buffers held (the device was
     /// not proven stopped; see [`QueuePair::release_held`]).
     pub(crate) fn kill(&self, why: Failure) {
+        kill_locked(&mut self.state.lock(), why, true);
+    }
+
+    /// Takes the queue out of use because the controller (after a reset)
+    /// granted fewer queues: like [`QueuePair::kill`] with
+    /// [`Failure::Reset`] (submissions fail, for the disks to retry on a
+    /// queue that remains; commands the device has fail, buffers held),
+    /// except that [`QueuePair::open`] brings it back when a later reset
+    /// grants it again.
+    pub(crate) fn retire(&self) {
         let mut st = self.state.lock();
-        if !matches!(st.gate, Gate::Dead(_)) {
-            st.gate = Gate::Dead(why);
-            st.epoch = st.epoch.wrapping_add(1);
-        }
-        fail_outstanding_locked(&mut st, why, false);
-        wake_reserved(&mut st);
+        kill_locked(&mut st, Failure::Reset, true);
+        st.retired = true;
     }
 
     /// Fails every command the device has with `why` (a command the
@@ -493,9 +518,32 @@ impl QueuePair {
                 }
                 // Failed, not yet taken: nothing to hold any more.
                 SlotState::Done(_) => st.slots[index].hold = false,
+                SlotState::Failing(why) => {
+                    answer_failing(&mut st, index, why, false);
+                    n += 1;
+                }
                 _ => {}
             }
         }
+        st.held -= n;
+        n
+    }
+
+    /// The device was not proven stopped and the driver stops trying:
+    /// callers waiting on a failed direct command ([`SlotState::Failing`])
+    /// get their error now, the slot (pins and all) held for good. Their
+    /// memory may still be written by the device: direct mode trusts the
+    /// device with the caller's memory.
+    pub(crate) fn give_up_held(&self) -> usize {
+        let mut st = self.state.lock();
+        let mut n = 0;
+        for index in 0..st.slots.len() {
+            if let SlotState::Failing(why) = st.slots[index].state {
+                answer_failing(&mut st, index, why, true);
+                n += 1;
+            }
+        }
+        // Counted again as held when the caller takes its answer.
         st.held -= n;
         n
     }
@@ -522,7 +570,7 @@ impl QueuePair {
         }
         for slot in st.slots.iter_mut() {
             let device_may_hold = match slot.state {
-                SlotState::Submitted { .. } | SlotState::Held => true,
+                SlotState::Submitted { .. } | SlotState::Held | SlotState::Failing(_) => true,
                 SlotState::Done(_) => slot.hold,
                 SlotState::Free | SlotState::Reserved => false,
             };
@@ -690,9 +738,11 @@ impl QueuePair {
                 free,
                 outstanding,
                 waiters: Vec::with_capacity(slots_n),
+                next_waiter: 0,
                 refused: 0,
                 held: 0,
                 frozen: false,
+                retired: false,
                 irq_owner: None,
                 awaited,
                 cq_unannounced: saved.cq_unannounced,
@@ -838,7 +888,10 @@ impl QueuePair {
     /// Reserves a slot, waiting while none is free or the queue is being
     /// reset.
     pub(crate) fn reserve(&self) -> Reserve<'_> {
-        Reserve { queue: self }
+        Reserve {
+            queue: self,
+            waiting: None,
+        }
     }
 
     /// Drains the completion queue; returns whether anything completed.
@@ -1035,6 +1088,7 @@ impl QueuePair {
             data,
             policy,
             sgl,
+            waiting: None,
         }
     }
 }
@@ -1074,6 +1128,40 @@ impl Iterator for BitIndices {
 }
 
 impl State {
+    /// Registers (or refreshes) a slot waiter's waker under `id`.
+    fn wait(&mut self, id: &mut Option<u64>, waker: &Waker) {
+        if let Some(n) = *id
+            && let Some((_, w)) = self.waiters.iter_mut().find(|(m, _)| *m == n)
+        {
+            if !w.will_wake(waker) {
+                *w = waker.clone();
+            }
+            return;
+        }
+        let n = *id.get_or_insert_with(|| {
+            self.next_waiter = self.next_waiter.wrapping_add(1);
+            self.next_waiter
+        });
+        self.waiters.push((n, waker.clone()));
+    }
+
+    /// Ends slot waiter `id`'s registration. `gave_up`: the waiter was
+    /// dropped without a slot, so a wakeup it may have taken (a freed
+    /// slot's) is passed on to the next waiter.
+    fn unwait(&mut self, id: &mut Option<u64>, gave_up: bool) {
+        let Some(n) = id.take() else {
+            return;
+        };
+        self.waiters.retain(|(m, _)| *m != n);
+        if gave_up
+            && self.gate == Gate::Open
+            && !self.free.is_empty()
+            && let Some((_, w)) = self.waiters.pop()
+        {
+            w.wake();
+        }
+    }
+
     /// Marks slot `index` as awaited (submitted, its caller waiting) or not.
     fn set_awaited(&mut self, index: usize, on: bool) {
         if let Some(word) = self.awaited.get_mut(index / 64) {
@@ -1102,7 +1190,7 @@ fn free_slot(st: &mut State, index: usize) {
     slot.hold = false;
     slot.seq = (slot.seq + 1) & ((1 << (16 - SLOT_BITS)) - 1);
     st.free.push(index as u16);
-    if let Some(w) = st.waiters.pop() {
+    if let Some((_, w)) = st.waiters.pop() {
         w.wake();
     }
 }
@@ -1136,6 +1224,55 @@ fn wake_reserved(st: &mut State) {
     }
 }
 
+/// See [`QueuePair::kill`].
+fn kill_locked(st: &mut State, why: Failure, direct_waits: bool) {
+    if !matches!(st.gate, Gate::Dead(_)) || st.retired {
+        st.gate = Gate::Dead(why);
+        st.epoch = st.epoch.wrapping_add(1);
+    }
+    st.retired = false;
+    if direct_waits {
+        fail_outstanding_waiting(st, why);
+    } else {
+        fail_outstanding_locked(st, why, false);
+    }
+    wake_reserved(st);
+}
+
+/// Answers the caller of failed direct command `index` (see
+/// [`SlotState::Failing`]) with `why`; `hold`: keep the slot's pins when
+/// it takes the answer (the device was not proven stopped).
+fn answer_failing(st: &mut State, index: usize, why: Failure, hold: bool) {
+    let slot = &mut st.slots[index];
+    slot.state = SlotState::Done(Err(why));
+    slot.hold = hold;
+    if let Some(w) = slot.waker.take() {
+        w.wake();
+    }
+}
+
+/// Like [`fail_outstanding_locked`] for a device not proven stopped,
+/// except that callers of direct commands (pins of their own memory, no
+/// bounce buffer) are not answered yet: [`SlotState::Failing`].
+fn fail_outstanding_waiting(st: &mut State, why: Failure) {
+    for index in 0..st.slots.len() {
+        let slot = &st.slots[index];
+        let direct = matches!(slot.state, SlotState::Submitted { detached: false })
+            && slot.bounce.is_none()
+            && !slot.pins.is_empty();
+        if !direct {
+            continue;
+        }
+        st.outstanding -= 1;
+        st.set_awaited(index, false);
+        let slot = &mut st.slots[index];
+        slot.hold = true;
+        slot.state = SlotState::Failing(why);
+        st.held += 1;
+    }
+    fail_outstanding_locked(st, why, false);
+}
+
 /// Fails every command the device has (see [`QueuePair::fail_outstanding`]).
 fn fail_outstanding_locked(st: &mut State, why: Failure, stopped: bool) {
     st.irq_owner = None;
@@ -1164,7 +1301,7 @@ fn fail_outstanding_locked(st: &mut State, why: Failure, stopped: bool) {
             st.held += 1;
         }
     }
-    for w in st.waiters.drain(..) {
+    for (_, w) in st.waiters.drain(..) {
         w.wake();
     }
 }
@@ -1176,6 +1313,16 @@ pub(crate) struct Start<'a, 'b> {
     data: Option<(SgList<'b>, bool)>,
     policy: DataPointer,
     sgl: SglSupport,
+    /// Registration among the slot waiters, while waiting.
+    waiting: Option<u64>,
+}
+
+impl Drop for Start<'_, '_> {
+    fn drop(&mut self) {
+        if self.waiting.is_some() {
+            self.queue.state.lock().unwait(&mut self.waiting, true);
+        }
+    }
 }
 
 impl<'a> Future for Start<'a, '_> {
@@ -1186,16 +1333,18 @@ impl<'a> Future for Start<'a, '_> {
         let queue = this.queue;
         let mut st = queue.state.lock();
         let index = match st.gate {
-            Gate::Dead(why) => return Poll::Ready(Err(why)),
+            Gate::Dead(why) => {
+                st.unwait(&mut this.waiting, false);
+                return Poll::Ready(Err(why));
+            }
             Gate::Open => st.free.pop(),
             Gate::Closed => None,
         };
         let Some(index) = index.map(usize::from) else {
-            if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                st.waiters.push(cx.waker().clone());
-            }
+            st.wait(&mut this.waiting, cx.waker());
             return Poll::Pending;
         };
+        st.unwait(&mut this.waiting, false);
         st.slots[index].state = SlotState::Reserved;
         let mut guard = SlotGuard {
             queue,
@@ -1251,19 +1400,34 @@ impl<'a> Future for Start<'a, '_> {
 /// Future of [`QueuePair::reserve`].
 pub(crate) struct Reserve<'a> {
     queue: &'a QueuePair,
+    /// Registration among the slot waiters, while waiting.
+    waiting: Option<u64>,
+}
+
+impl Drop for Reserve<'_> {
+    fn drop(&mut self) {
+        if self.waiting.is_some() {
+            self.queue.state.lock().unwait(&mut self.waiting, true);
+        }
+    }
 }
 
 impl<'a> Future for Reserve<'a> {
     type Output = Result<SlotGuard<'a>, Failure>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let queue = self.queue;
+        let this = self.get_mut();
+        let queue = this.queue;
         let mut st = queue.state.lock();
         match st.gate {
-            Gate::Dead(why) => return Poll::Ready(Err(why)),
+            Gate::Dead(why) => {
+                st.unwait(&mut this.waiting, false);
+                return Poll::Ready(Err(why));
+            }
             Gate::Closed => {}
             Gate::Open => {
                 if let Some(index) = st.free.pop() {
+                    st.unwait(&mut this.waiting, false);
                     let slot = &mut st.slots[usize::from(index)];
                     slot.state = SlotState::Reserved;
                     return Poll::Ready(Ok(SlotGuard {
@@ -1278,9 +1442,7 @@ impl<'a> Future for Reserve<'a> {
                 }
             }
         }
-        if !st.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-            st.waiters.push(cx.waker().clone());
-        }
+        st.wait(&mut this.waiting, cx.waker());
         Poll::Pending
     }
 }
@@ -1410,6 +1572,19 @@ impl Future for SlotGuard<'_> {
         // completions (or signalling) cannot keep the task here.
         let mut budget = POLL_BUDGET;
         loop {
+            if let SlotState::Failing(_) = st.slots[index].state {
+                // Answered once the device is proven stopped (or the
+                // driver gives up): the interrupt has nothing for it.
+                let slot = &mut st.slots[index];
+                match &slot.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => slot.waker = Some(cx.waker().clone()),
+                }
+                if st.irq_owner == Some(index) {
+                    st.irq_owner = None;
+                }
+                return Poll::Pending;
+            }
             if let SlotState::Done(result) = st.slots[index].state {
                 let next = if st.irq_owner == Some(index) {
                     st.irq_owner = None;
@@ -1483,6 +1658,11 @@ impl Drop for SlotGuard<'_> {
             SlotState::Submitted { .. } => {
                 st.slots[self.index].state = SlotState::Submitted { detached: true };
                 st.set_awaited(self.index, false);
+                st.slots[self.index].waker = None;
+            }
+            // Still held for the device; nobody to answer any more.
+            SlotState::Failing(_) => {
+                st.slots[self.index].state = SlotState::Held;
                 st.slots[self.index].waker = None;
             }
             SlotState::Free | SlotState::Held => {}
@@ -1848,6 +2028,104 @@ mod tests {
         let at = q.cq_address() + index * 16 + 8;
         mem.write_at(parastor_core::addr::Gpa::new(at), &sqhd.to_le_bytes())
             .unwrap();
+    }
+
+    struct Count(core::sync::atomic::AtomicUsize);
+
+    impl alloc::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, core::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_cancelled_slot_waiter_does_not_swallow_the_wakeup() {
+        use core::sync::atomic::{AtomicUsize, Ordering};
+        let (q, mem, _device) = hand_queue();
+        let mut guards: alloc::vec::Vec<_> = (0..7).map(|_| submit(&q)).collect();
+        let cid = cid_of(&guards[0]);
+        for g in guards.iter_mut() {
+            assert!(poll_guard(g).is_pending());
+        }
+        let b_count = Arc::new(Count(AtomicUsize::new(0)));
+        let b_waker = Waker::from(b_count.clone());
+        let a_waker = Waker::from(Arc::new(Count(AtomicUsize::new(0))));
+        let (mut sqe_a, mut sqe_b) = (Sqe::default(), Sqe::default());
+        let mut b = Box::pin(q.start(&mut sqe_b, None, DataPointer::Auto, SglSupport::None));
+        assert!(
+            b.as_mut()
+                .poll(&mut Context::from_waker(&b_waker))
+                .is_pending()
+        );
+        {
+            let mut a = Box::pin(q.start(&mut sqe_a, None, DataPointer::Auto, SglSupport::None));
+            assert!(
+                a.as_mut()
+                    .poll(&mut Context::from_waker(&a_waker))
+                    .is_pending()
+            );
+        } // A cancelled
+        post_at(&mem, &q, 0, 1, cid, 1, 1);
+        assert!(poll_guard(&mut guards[0]).is_ready());
+        assert_eq!(q.state.lock().free.len(), 1);
+        assert!(
+            b_count.0.load(Ordering::SeqCst) > 0,
+            "B still waits for a slot that is free: the one wakeup went to the cancelled A"
+        );
+    }
+
+    #[test]
+    fn dropped_slot_waiters_leave_no_wakers_behind() {
+        let (q, _mem, _device) = hand_queue();
+        let _guards: alloc::vec::Vec<_> = (0..7).map(|_| submit(&q)).collect();
+        for _ in 0..100 {
+            let waker = Waker::from(Arc::new(Count(core::sync::atomic::AtomicUsize::new(0))));
+            let mut r = Box::pin(q.reserve());
+            assert!(
+                r.as_mut()
+                    .poll(&mut Context::from_waker(&waker))
+                    .is_pending()
+            );
+        }
+        assert_eq!(
+            q.state.lock().waiters.len(),
+            0,
+            "a dropped waiter's waker stays"
+        );
+    }
+
+    /// Tries to start a command with no data; `Ok(true)` if it got a slot.
+    fn try_start(q: &QueuePair) -> Result<bool, Failure> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut sqe = Sqe::default();
+        let mut fut = core::pin::pin!(q.start(&mut sqe, None, DataPointer::Auto, SglSupport::None));
+        match fut.as_mut().poll(&mut cx) {
+            Poll::Ready(Ok(_)) => Ok(true),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Ok(false),
+        }
+    }
+
+    #[test]
+    fn a_queue_retired_for_a_smaller_grant_comes_back_with_a_larger_one() {
+        let (q, _mem, _device) = hand_queue();
+        // A reset whose controller grants fewer queues than this QID.
+        q.close();
+        q.retire();
+        assert_eq!(try_start(&q), Err(Failure::Reset), "retry elsewhere");
+        // The next reset grants it again.
+        q.close();
+        q.open();
+        assert_eq!(try_start(&q), Ok(true), "the queue serves again");
+    }
+
+    #[test]
+    fn a_killed_queue_stays_dead() {
+        let (q, _mem, _device) = hand_queue();
+        q.retire();
+        q.kill(Failure::Gone("removed"));
+        q.open();
+        assert_eq!(try_start(&q), Err(Failure::Gone("removed")));
     }
 
     #[test]
