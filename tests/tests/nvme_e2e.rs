@@ -1692,3 +1692,43 @@ fn keepalive_takes_over_bounced_commands_and_their_memory() {
     drop(driver);
     assert_eq!(free_dma_pages(&*t.rig.device()), free);
 }
+
+/// Keepalive more than once in one process: each restore re-attaches the
+/// memory the previous save left to the device (rings, list pages, shadow
+/// doorbell pages). A save that forgot its buffers instead of leaving them
+/// would keep them attached, and the second restore would be refused as a
+/// double attach.
+#[test]
+fn keepalive_twice_in_one_process_reattaches_the_same_memory() {
+    use parastor_emulated::nvme::YieldTimer;
+    use std::sync::Arc;
+    let t = testbed();
+    let mut driver = t.start(config(DataPointer::Auto));
+    let (_, disk) = Testbed::disk(&driver, 1);
+    round_trip(&t, 1, &disk, 300, &[range(0x2_0000, 4096)], 92);
+    drop(disk);
+    for cycle in 0..3u8 {
+        let blob = t
+            .run(driver.quiesce_and_save())
+            .unwrap_or_else(|e| panic!("save {cycle}: {e}"));
+        drop(driver);
+        driver = t
+            .run(NvmeDriver::restore(
+                t.rig.device(),
+                config(DataPointer::Auto),
+                Arc::new(YieldTimer),
+                &blob,
+            ))
+            .unwrap_or_else(|e| panic!("restore {cycle}: {e}"));
+        assert_eq!(driver.resets(), 0, "cycle {cycle}: taken over, not reset");
+        let (_, disk) = Testbed::disk(&driver, 1);
+        round_trip(
+            &t,
+            1,
+            &disk,
+            400 + u64::from(cycle) * 8,
+            &[range(0x3_0000, 4096)],
+            100 + u64::from(cycle),
+        );
+    }
+}

@@ -1076,7 +1076,7 @@ impl NvmeDriver {
         };
         // Memory attached so far is the running device's: if the restore
         // fails half-way it is leaked, never handed back for reuse.
-        let leak = |bufs: Vec<DmaBuffer>| bufs.into_iter().for_each(core::mem::forget);
+        let leak = |bufs: Vec<DmaBuffer>| bufs.into_iter().for_each(DmaBuffer::leave_to_device);
         let rebuild = |q: &crate::state::QueueV1,
                        shape: QueueShape|
          -> Result<QueuePair, DriverError> {
@@ -1430,7 +1430,7 @@ impl Drop for Inner {
         let saved = *self.life.get_mut() == Life::Saved;
         if saved {
             if let Some(pages) = self.shadow.get_mut().take() {
-                core::mem::forget(pages);
+                crate::queue::leave_shadow(pages);
             }
             self.admin.leak_dma();
             for slot in self.io.iter_mut() {
@@ -1453,7 +1453,7 @@ impl Drop for Inner {
             self.device.id()
         );
         if let Some(pages) = self.shadow.get_mut().take() {
-            core::mem::forget(pages);
+            crate::queue::leave_shadow(pages);
         }
         self.admin.leak_dma();
         for slot in self.io.iter_mut() {

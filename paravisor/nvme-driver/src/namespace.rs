@@ -2,7 +2,7 @@
 //! parastor disk that issues NVM commands to it.
 
 use crate::driver::{ControllerFacts, Inner};
-use crate::error::{CODE_NAMESPACE_REMOVED, Failure, status_to_disk_error};
+use crate::error::{CODE_NAMESPACE_REMOVED, Failure, status_to_namespace_error};
 use crate::queue::{Completed, SlotGuard};
 use alloc::string::String;
 use alloc::sync::Arc;
@@ -286,7 +286,7 @@ impl NvmeDisk {
         if status.is_success() {
             Ok(done)
         } else {
-            Err(status_to_disk_error(status))
+            Err(status_to_namespace_error(status, self.ns.is_removed()))
         }
     }
 
@@ -379,7 +379,7 @@ impl NvmeDisk {
             }
             let status = StatusWord::from_bits(result.status & 0x7FFF);
             if !status.is_success() {
-                return Err(status_to_disk_error(status));
+                return Err(status_to_namespace_error(status, self.ns.is_removed()));
             }
             done += n;
         }

@@ -208,6 +208,22 @@ pub(crate) struct ShadowPages {
     pub(crate) event_idx: DmaBuffer,
 }
 
+/// Leaves shared shadow pages to the device ([`DmaBuffer::leave_to_device`])
+/// once the last holder lets go; an earlier holder only drops its share.
+pub(crate) fn leave_shadow(pages: Arc<ShadowPages>) {
+    if let Ok(pages) = Arc::try_unwrap(pages) {
+        pages.doorbells.leave_to_device();
+        pages.event_idx.leave_to_device();
+    }
+}
+
+/// [`leave_shadow`] for one shared buffer.
+fn leave_shared(buf: Arc<DmaBuffer>) {
+    if let Ok(buf) = Arc::try_unwrap(buf) {
+        buf.leave_to_device();
+    }
+}
+
 /// A queue's slots in the shadow pages.
 struct Shadow {
     pages: Arc<ShadowPages>,
@@ -562,11 +578,11 @@ impl QueuePair {
                 parastor_core::addr::DeviceAddress::new(0),
                 None,
             );
-            core::mem::forget(core::mem::replace(buf, empty));
+            core::mem::replace(buf, empty).leave_to_device();
         }
         let st = self.state.get_mut();
         if let Some(shadow) = st.shadow.take() {
-            core::mem::forget(shadow);
+            leave_shadow(shadow.pages);
         }
         for slot in st.slots.iter_mut() {
             let device_may_hold = match slot.state {
@@ -579,7 +595,7 @@ impl QueuePair {
                     core::mem::forget(b);
                 }
                 if let Some(k) = slot.keep.take() {
-                    core::mem::forget(k);
+                    leave_shared(k);
                 }
             }
         }
