@@ -51,6 +51,10 @@ pub(crate) const PAGE_SIZE: usize = 4096;
 const SLOT_BITS: u32 = 10;
 /// The most slots a queue has (the slot index must fit [`SLOT_BITS`]).
 pub(crate) const MAX_SLOTS: usize = 1 << SLOT_BITS;
+/// Slots with their own bounce page: bounds the DMA memory a queue takes
+/// (256 KiB). The free list hands out the lowest slots first, so up to
+/// this many commands in flight only ever use paged slots.
+const PAGED_SLOTS: usize = 64;
 /// Completion-queue drain passes one poll makes before it yields.
 const POLL_BUDGET: u32 = 8;
 /// The most PRP entries in a slot's list page.
@@ -122,6 +126,10 @@ struct Slot {
     waker: Option<Waker>,
     pins: PinSet,
     bounce: Option<BounceBuffer>,
+    /// The command's data is in this slot's own bounce page
+    /// ([`QueuePair::pages`]): the page is the slot's, so it is held (and
+    /// never reused) exactly as long as the slot is.
+    paged: bool,
     /// DMA memory of the driver's own that the command's data pointer
     /// names (an admin command's data buffer): kept until the slot frees.
     keep: Option<Arc<DmaBuffer>>,
@@ -301,6 +309,13 @@ pub(crate) struct QueuePair {
     sq: DmaBuffer,
     cq: DmaBuffer,
     lists: DmaBuffer,
+    /// The 4 KiB bounce pages of the first [`PAGED_SLOTS`] slots (`pages[i]`
+    /// is slot `i`'s): a bounced transfer of one page goes through its
+    /// slot's page, not the driver's bounce pool. Each is taken from the
+    /// device's DMA memory at the slot's first such transfer (so a queue
+    /// holds only as many as it ever has such commands in flight); `None`
+    /// if there was no room: that slot's bounces use the pool.
+    pages: Box<[std::sync::OnceLock<Option<DmaBuffer>>]>,
     sq_doorbell: u64,
     cq_doorbell: u64,
     cq_batch: u16,
@@ -353,6 +368,9 @@ impl QueuePair {
         let lists = device
             .alloc_dma(slots_n * PAGE_SIZE)
             .map_err(Failure::Device)?;
+        let pages = (0..slots_n.min(PAGED_SLOTS))
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
         let slots = (0..slots_n)
             .map(|_| Slot {
                 seq: 0,
@@ -360,6 +378,7 @@ impl QueuePair {
                 waker: None,
                 pins: PinSet::with_capacity(max_ranges),
                 bounce: None,
+                paged: false,
                 keep: None,
                 submitted_at: 0,
                 timed: true,
@@ -374,6 +393,7 @@ impl QueuePair {
             sq,
             cq,
             lists,
+            pages,
             sq_doorbell: Doorbell::SqTail(qid).offset(dstrd),
             cq_doorbell: Doorbell::CqHead(qid).offset(dstrd),
             cq_batch,
@@ -520,7 +540,7 @@ impl QueuePair {
         if let Some(shadow) = st.shadow.take() {
             core::mem::forget(shadow);
         }
-        for slot in st.slots.iter_mut() {
+        for (index, slot) in st.slots.iter_mut().enumerate() {
             let device_may_hold = match slot.state {
                 SlotState::Submitted { .. } | SlotState::Held => true,
                 SlotState::Done(_) => slot.hold,
@@ -529,6 +549,11 @@ impl QueuePair {
             if device_may_hold {
                 if let Some(b) = slot.bounce.take() {
                     core::mem::forget(b);
+                }
+                if slot.paged
+                    && let Some(page) = self.pages.get_mut(index).and_then(|p| p.take()).flatten()
+                {
+                    core::mem::forget(page);
                 }
                 if let Some(k) = slot.keep.take() {
                     core::mem::forget(k);
@@ -554,7 +579,8 @@ impl QueuePair {
                     .bounce
                     .as_ref()
                     .and_then(|b| b.device_range())
-                    .map(|(_, r)| r);
+                    .map(|(_, r)| r)
+                    .or_else(|| slot.paged.then(|| self.page_range(index)).flatten());
                 let memory = bounce
                     .or_else(|| slot.keep.as_ref().map(|k| k.device_range()))
                     .map(|r| {
@@ -622,6 +648,9 @@ impl QueuePair {
         let slots_n = usize::from(size - cq_batch).min(MAX_SLOTS);
         saved.check(slots_n)?;
         let [sq, cq, lists] = rings;
+        let pages = (0..slots_n.min(PAGED_SLOTS))
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
         let now = health.now_ms.load(Ordering::Relaxed);
         let mut slots: Box<[Slot]> = saved
             .seqs
@@ -632,6 +661,7 @@ impl QueuePair {
                 waker: None,
                 pins: PinSet::with_capacity(max_ranges),
                 bounce: None,
+                paged: false,
                 keep: None,
                 submitted_at: now,
                 timed: true,
@@ -673,6 +703,7 @@ impl QueuePair {
             sq,
             cq,
             lists,
+            pages,
             sq_doorbell: Doorbell::SqTail(saved.qid).offset(dstrd),
             cq_doorbell: Doorbell::CqHead(saved.qid).offset(dstrd),
             cq_batch,
@@ -725,6 +756,22 @@ impl QueuePair {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Slot `index`'s own bounce page in device address space, if it has
+    /// one.
+    fn page_range(&self, index: usize) -> Option<DeviceRange> {
+        let page = self.pages.get(index)?.get()?.as_ref()?;
+        Some(page.device_range())
+    }
+
+    /// Slot `index`'s own bounce page, taken from the device's DMA memory
+    /// the first time it is asked for; `None` for a slot without one.
+    fn slot_page(&self, index: usize) -> Option<&DmaBuffer> {
+        self.pages
+            .get(index)?
+            .get_or_init(|| self.device.alloc_dma(PAGE_SIZE).ok())
+            .as_ref()
     }
 
     /// Slots held because the device may still use their buffers.
@@ -1095,6 +1142,7 @@ fn free_slot(st: &mut State, index: usize) {
     slot.state = SlotState::Free;
     slot.pins.clear();
     slot.bounce = None;
+    slot.paged = false;
     slot.keep = None;
     slot.waker = None;
     slot.timed = true;
@@ -1368,6 +1416,51 @@ impl SlotGuard<'_> {
         }
     }
 
+    /// This slot's own bounce page, as the CPU reaches it (memory and
+    /// range), when the slot has one and `len` bytes fit it. The slot is
+    /// this guard's while reserved and, after [`prepare_page`]
+    /// (Self::prepare_page), until the guard is dropped.
+    pub(crate) fn page(
+        &self,
+        len: usize,
+    ) -> Option<(
+        &parastor_core::memory::GuestMem,
+        parastor_core::addr::GpaRange,
+    )> {
+        if len > PAGE_SIZE {
+            return None;
+        }
+        let (mem, base) = self.queue.slot_page(self.index)?.memory();
+        Some((mem, parastor_core::addr::GpaRange::new(base, len as u64)))
+    }
+
+    /// Builds the data pointer of `sqe` for the first `len` bytes of this
+    /// slot's bounce page (see [`page`](Self::page)). The slot keeps the
+    /// page's data for the caller past completion: a completed paged
+    /// command's slot stays this guard's until it is dropped.
+    pub(crate) fn prepare_page(
+        &mut self,
+        sqe: &mut Sqe,
+        len: usize,
+        policy: DataPointer,
+        sgl: SglSupport,
+    ) -> Result<(), Failure> {
+        let queue = self.queue;
+        let Some(page) = queue.page_range(self.index) else {
+            return Err(Failure::BadBuffer("this slot has no bounce page"));
+        };
+        let range = DeviceRange::new(page.addr, (len as u64).min(page.len));
+        let mut st = queue.state.lock();
+        st.slots[self.index].paged = true;
+        if build_dptr(sqe, &[range], &queue.lists, self.index, policy, sgl)? {
+            Ok(())
+        } else {
+            Err(Failure::BadBuffer(
+                "a device-contiguous buffer cannot be described by PRPs",
+            ))
+        }
+    }
+
     /// Writes `sqe` (with this slot's command identifier) to the
     /// submission queue and rings the doorbell.
     pub(crate) fn submit(&mut self, sqe: Sqe) -> Result<(), Failure> {
@@ -1417,10 +1510,22 @@ impl Future for SlotGuard<'_> {
                 } else {
                     None
                 };
-                let bounce = take_or_hold(&mut st, index);
+                let slot = &mut st.slots[index];
+                // A paged command's data is in the slot's page: the slot
+                // stays this guard's (reserved) until the caller has
+                // copied it out and drops the guard.
+                let keep_page = slot.paged && !slot.hold;
+                let bounce = if keep_page {
+                    slot.state = SlotState::Reserved;
+                    slot.waker = None;
+                    st.set_awaited(index, false);
+                    None
+                } else {
+                    take_or_hold(&mut st, index)
+                };
                 drop(st);
                 self.submitted = false;
-                self.held = false;
+                self.held = keep_page;
                 if let Some(w) = next {
                     queue.arm(&w);
                 }
