@@ -246,9 +246,8 @@ impl NvmeDisk {
                 let page = [range];
                 sg::copy(&buf, &SgList::local(&**mem, &page, true)).map_err(Failure::Memory)?;
             }
-            slot.prepare_page(&mut sqe, buf.len(), policy, sgl)?;
+            slot.submit_page(sqe, buf.len(), !to_device, policy, sgl)?;
             paged = true;
-            slot.submit(sqe)?;
         } else if !slot.is_submitted()
             && let Some((buf, to_device)) = io.data
         {

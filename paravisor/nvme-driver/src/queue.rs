@@ -130,6 +130,9 @@ struct Slot {
     /// ([`QueuePair::pages`]): the page is the slot's, so it is held (and
     /// never reused) exactly as long as the slot is.
     paged: bool,
+    /// The caller copies the paged data out after completion: the
+    /// completed slot stays its guard's until dropped.
+    page_out: bool,
     /// DMA memory of the driver's own that the command's data pointer
     /// names (an admin command's data buffer): kept until the slot frees.
     keep: Option<Arc<DmaBuffer>>,
@@ -379,6 +382,7 @@ impl QueuePair {
                 pins: PinSet::with_capacity(max_ranges),
                 bounce: None,
                 paged: false,
+                page_out: false,
                 keep: None,
                 submitted_at: 0,
                 timed: true,
@@ -662,6 +666,7 @@ impl QueuePair {
                 pins: PinSet::with_capacity(max_ranges),
                 bounce: None,
                 paged: false,
+                page_out: false,
                 keep: None,
                 submitted_at: now,
                 timed: true,
@@ -1143,6 +1148,7 @@ fn free_slot(st: &mut State, index: usize) {
     slot.pins.clear();
     slot.bounce = None;
     slot.paged = false;
+    slot.page_out = false;
     slot.keep = None;
     slot.waker = None;
     slot.timed = true;
@@ -1417,9 +1423,10 @@ impl SlotGuard<'_> {
     }
 
     /// This slot's own bounce page, as the CPU reaches it (memory and
-    /// range), when the slot has one and `len` bytes fit it. The slot is
-    /// this guard's while reserved and, after [`prepare_page`]
-    /// (Self::prepare_page), until the guard is dropped.
+    /// range), when the slot has one and `len` bytes fit it. The page is
+    /// this guard's while the slot is reserved and, after
+    /// [`submit_page`](Self::submit_page) with `copy_out`, until the guard
+    /// is dropped.
     pub(crate) fn page(
         &self,
         len: usize,
@@ -1434,14 +1441,15 @@ impl SlotGuard<'_> {
         Some((mem, parastor_core::addr::GpaRange::new(base, len as u64)))
     }
 
-    /// Builds the data pointer of `sqe` for the first `len` bytes of this
-    /// slot's bounce page (see [`page`](Self::page)). The slot keeps the
-    /// page's data for the caller past completion: a completed paged
-    /// command's slot stays this guard's until it is dropped.
-    pub(crate) fn prepare_page(
+    /// Submits `sqe` with its data pointer set to the first `len` bytes
+    /// of this slot's bounce page (see [`page`](Self::page)), under one
+    /// lock. `copy_out`: the caller reads the page after completion, so
+    /// the completed slot stays this guard's until it is dropped.
+    pub(crate) fn submit_page(
         &mut self,
-        sqe: &mut Sqe,
+        mut sqe: Sqe,
         len: usize,
+        copy_out: bool,
         policy: DataPointer,
         sgl: SglSupport,
     ) -> Result<(), Failure> {
@@ -1451,14 +1459,19 @@ impl SlotGuard<'_> {
         };
         let range = DeviceRange::new(page.addr, (len as u64).min(page.len));
         let mut st = queue.state.lock();
-        st.slots[self.index].paged = true;
-        if build_dptr(sqe, &[range], &queue.lists, self.index, policy, sgl)? {
-            Ok(())
-        } else {
-            Err(Failure::BadBuffer(
+        gate_open(&st, self.epoch)?;
+        let slot = &mut st.slots[self.index];
+        slot.paged = true;
+        slot.page_out = copy_out;
+        if !build_dptr(&mut sqe, &[range], &queue.lists, self.index, policy, sgl)? {
+            return Err(Failure::BadBuffer(
                 "a device-contiguous buffer cannot be described by PRPs",
-            ))
+            ));
         }
+        queue.submit_locked(&mut st, self.index, sqe)?;
+        self.submitted = true;
+        self.fresh = true;
+        Ok(())
     }
 
     /// Writes `sqe` (with this slot's command identifier) to the
@@ -1466,16 +1479,21 @@ impl SlotGuard<'_> {
     pub(crate) fn submit(&mut self, sqe: Sqe) -> Result<(), Failure> {
         let queue = self.queue;
         let mut st = queue.state.lock();
-        match st.gate {
-            Gate::Dead(why) => return Err(why),
-            _ if st.epoch != self.epoch => return Err(Failure::Reset),
-            Gate::Closed => return Err(Failure::Reset),
-            Gate::Open => {}
-        }
+        gate_open(&st, self.epoch)?;
         queue.submit_locked(&mut st, self.index, sqe)?;
         self.submitted = true;
         self.fresh = true;
         Ok(())
+    }
+}
+
+/// `Ok` if a command reserved in `epoch` may be submitted now.
+fn gate_open(st: &State, epoch: u32) -> Result<(), Failure> {
+    match st.gate {
+        Gate::Dead(why) => Err(why),
+        _ if st.epoch != epoch => Err(Failure::Reset),
+        Gate::Closed => Err(Failure::Reset),
+        Gate::Open => Ok(()),
     }
 }
 
@@ -1514,7 +1532,7 @@ impl Future for SlotGuard<'_> {
                 // A paged command's data is in the slot's page: the slot
                 // stays this guard's (reserved) until the caller has
                 // copied it out and drops the guard.
-                let keep_page = slot.paged && !slot.hold;
+                let keep_page = slot.page_out && !slot.hold;
                 let bounce = if keep_page {
                     slot.state = SlotState::Reserved;
                     slot.waker = None;
