@@ -290,7 +290,8 @@ fn out_of_range_requests_fail_cleanly() {
 #[test]
 fn bounced_io_waits_for_bounce_space_and_splits_beyond_the_budget() {
     let t = testbed();
-    // 8 KiB of bounce space: two 4 KiB commands at once.
+    // 8 KiB of bounce space: one 8 KiB command at once (a 4 KiB one would
+    // go through its slot's own bounce page, not the pool).
     let driver = t.start(DriverConfig {
         io_queues: 1,
         bounce_budget: 8192,
@@ -298,12 +299,12 @@ fn bounced_io_waits_for_bounce_space_and_splits_beyond_the_budget() {
     });
     assert_eq!(driver.facts().max_transfer, 8192, "commands fit the budget");
     let (_, disk) = Testbed::disk(&driver, 1);
-    // Eight 4 KiB writes at once from private memory: they take turns
+    // Eight 8 KiB writes at once from private memory: they take turns
     // for the budget instead of failing.
     let bufs: Vec<_> = (0..8u64)
         .map(|i| {
             parastor_tests::buf::TestBuf::from_data(
-                &pattern(40, i * 8, 8, SS512),
+                &pattern(40, i * 16, 16, SS512),
                 &parastor_tests::buf::Layout::contiguous(),
             )
         })
@@ -311,16 +312,17 @@ fn bounced_io_waits_for_bounce_space_and_splits_beyond_the_budget() {
     let writes = bufs
         .iter()
         .enumerate()
-        .map(|(i, b)| disk.write(b.sg(false), i as u64 * 8, IoOptions::default()));
+        .map(|(i, b)| disk.write(b.sg(false), i as u64 * 16, IoOptions::default()));
     for r in t.run(join_all(writes)) {
         r.expect("bounced write");
     }
-    // One 64 KiB read, eight times the budget: split, not refused.
-    let back = parastor_tests::buf::TestBuf::contiguous(64 * 1024);
+    assert_eq!(driver.bounce_pool_high_water(), 8192, "the budget held");
+    // One 128 KiB read, sixteen times the budget: split, not refused.
+    let back = parastor_tests::buf::TestBuf::contiguous(128 * 1024);
     t.run(disk.read(back.sg(true), 0, IoOptions::default()))
         .expect("split bounced read");
     let expected: Vec<u8> = (0..8u64)
-        .flat_map(|i| pattern(40, i * 8, 8, SS512))
+        .flat_map(|i| pattern(40, i * 16, 16, SS512))
         .collect();
     let got = back.contents();
     let first_bad = got.iter().zip(&expected).position(|(a, b)| a != b);
