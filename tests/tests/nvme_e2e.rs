@@ -174,6 +174,47 @@ fn buffers_outside_device_memory_are_bounced() {
 }
 
 #[test]
+fn one_page_bounces_use_the_slots_own_page_not_the_bounce_pool() {
+    let t = testbed();
+    let driver = t.start(config(DataPointer::Auto));
+    let (_, disk) = Testbed::disk(&driver, 2);
+    let layout = parastor_tests::buf::Layout::contiguous();
+    for i in 0..4u64 {
+        let data = pattern(31, i, 1, SS4K);
+        let buf = parastor_tests::buf::TestBuf::from_data(&data, &layout);
+        t.run(disk.write(buf.sg(false), 10 + i, IoOptions::default()))
+            .expect("bounced 4 KiB write");
+        let back = parastor_tests::buf::TestBuf::contiguous(4096);
+        t.run(disk.read(back.sg(true), 10 + i, IoOptions::default()))
+            .expect("bounced 4 KiB read");
+        assert_eq!(back.contents(), data, "4 KiB round trip {i}");
+    }
+    assert_eq!(
+        read_vec(&t.disks[&2].1, 12, 1).unwrap(),
+        pattern(31, 2, 1, SS4K),
+        "the device got the written page"
+    );
+    assert_eq!(
+        driver.bounce_pool_high_water(),
+        0,
+        "4 KiB bounces took nothing from the bounce pool"
+    );
+    // Two pages do not fit a slot's page: they go through the pool.
+    let data = pattern(32, 0, 2, SS4K);
+    let buf = parastor_tests::buf::TestBuf::from_data(&data, &layout);
+    t.run(disk.write(buf.sg(false), 20, IoOptions::default()))
+        .expect("bounced 8 KiB write");
+    assert!(
+        driver.bounce_pool_high_water() >= 8192,
+        "8 KiB used the pool"
+    );
+    let back = parastor_tests::buf::TestBuf::contiguous(8192);
+    t.run(disk.read(back.sg(true), 20, IoOptions::default()))
+        .expect("bounced 8 KiB read");
+    assert_eq!(back.contents(), data);
+}
+
+#[test]
 fn flush_write_zeroes_deallocate_and_compare() {
     let t = testbed();
     let driver = t.start(config(DataPointer::Auto));
@@ -249,7 +290,8 @@ fn out_of_range_requests_fail_cleanly() {
 #[test]
 fn bounced_io_waits_for_bounce_space_and_splits_beyond_the_budget() {
     let t = testbed();
-    // 8 KiB of bounce space: two 4 KiB commands at once.
+    // 8 KiB of bounce space: one 8 KiB command at once (a 4 KiB one would
+    // go through its slot's own bounce page, not the pool).
     let driver = t.start(DriverConfig {
         io_queues: 1,
         bounce_budget: 8192,
@@ -257,12 +299,12 @@ fn bounced_io_waits_for_bounce_space_and_splits_beyond_the_budget() {
     });
     assert_eq!(driver.facts().max_transfer, 8192, "commands fit the budget");
     let (_, disk) = Testbed::disk(&driver, 1);
-    // Eight 4 KiB writes at once from private memory: they take turns
+    // Eight 8 KiB writes at once from private memory: they take turns
     // for the budget instead of failing.
     let bufs: Vec<_> = (0..8u64)
         .map(|i| {
             parastor_tests::buf::TestBuf::from_data(
-                &pattern(40, i * 8, 8, SS512),
+                &pattern(40, i * 16, 16, SS512),
                 &parastor_tests::buf::Layout::contiguous(),
             )
         })
@@ -270,16 +312,17 @@ fn bounced_io_waits_for_bounce_space_and_splits_beyond_the_budget() {
     let writes = bufs
         .iter()
         .enumerate()
-        .map(|(i, b)| disk.write(b.sg(false), i as u64 * 8, IoOptions::default()));
+        .map(|(i, b)| disk.write(b.sg(false), i as u64 * 16, IoOptions::default()));
     for r in t.run(join_all(writes)) {
         r.expect("bounced write");
     }
-    // One 64 KiB read, eight times the budget: split, not refused.
-    let back = parastor_tests::buf::TestBuf::contiguous(64 * 1024);
+    assert_eq!(driver.bounce_pool_high_water(), 8192, "the budget held");
+    // One 128 KiB read, sixteen times the budget: split, not refused.
+    let back = parastor_tests::buf::TestBuf::contiguous(128 * 1024);
     t.run(disk.read(back.sg(true), 0, IoOptions::default()))
         .expect("split bounced read");
     let expected: Vec<u8> = (0..8u64)
-        .flat_map(|i| pattern(40, i * 8, 8, SS512))
+        .flat_map(|i| pattern(40, i * 16, 16, SS512))
         .collect();
     let got = back.contents();
     let first_bad = got.iter().zip(&expected).position(|(a, b)| a != b);
@@ -1182,6 +1225,30 @@ fn surprise_removal_fails_the_controller_and_keeps_in_flight_buffers() {
     );
     every_op_fails_cleanly(&t, &disk);
     hang.release();
+}
+
+#[test]
+fn a_failed_one_page_bounce_keeps_its_slot_page_until_the_device_stops() {
+    let (t, hang) = hang_testbed();
+    let clock = VirtualClock::new();
+    let device = Unpluggable::new(t.rig.device());
+    let driver = t.start_virtual(device.clone(), timeout_config(), &clock);
+    let (_, disk) = Testbed::disk(&driver, 1);
+    hang.arm();
+    // Private memory: bounced, through the slot's own page.
+    let back = parastor_tests::buf::TestBuf::contiguous(4096);
+    let read = disk.read(back.sg(true), 8, IoOptions::default());
+    let fatal = when(|| hang.hung() > 0, || device.set(PlugState::Fatal));
+    let wd = driver.run_watchdog();
+    let out = run_beside(&t, &clock, read, &mut pin!(wd), fatal);
+    assert_eq!(out, Err(DEVICE_FAILED));
+    // The slot, and so its page, is held: the device may still write it.
+    assert_eq!(driver.held_commands(), 1);
+    assert_eq!(driver.bounce_pool_high_water(), 0, "not the pool's");
+    every_op_fails_cleanly(&t, &disk);
+    hang.release();
+    let _ = t.run(driver.shutdown());
+    assert_eq!(driver.held_commands(), 0, "disabled: the page is free");
 }
 
 #[test]

@@ -1257,6 +1257,12 @@ impl NvmeDriver {
         self.inner.admin.held() + self.inner.io_queues().map(QueuePair::held).sum::<usize>()
     }
 
+    /// The most bytes the bounce pool has held at once. One-page bounces
+    /// go through their command slot's own page and never reach the pool.
+    pub fn bounce_pool_high_water(&self) -> usize {
+        self.inner.bounce.high_water()
+    }
+
     /// I/O queue pairs created so far (the first at bring-up, the others
     /// on the first I/O from their CPU).
     pub fn io_queues_created(&self) -> usize {

@@ -241,7 +241,19 @@ impl NvmeDisk {
         sqe.cdw13 = U32::new(io.cdw13);
         let mut slot = queue.start(&mut sqe, io.data, policy, sgl).await?;
         let mut bounced = false;
+        let mut paged = false;
         if !slot.is_submitted()
+            && let Some((buf, to_device)) = io.data
+            && let Some((mem, range)) = slot.page(buf.len())
+        {
+            // Up to one page: through the slot's own bounce page, no pool.
+            if to_device {
+                let page = [range];
+                sg::copy(&buf, &SgList::local(&**mem, &page, true)).map_err(Failure::Memory)?;
+            }
+            slot.submit_page(sqe, buf.len(), !to_device, policy, sgl)?;
+            paged = true;
+        } else if !slot.is_submitted()
             && let Some((buf, to_device)) = io.data
         {
             let bounce = match inner.bounce.try_acquire(buf.len()) {
@@ -268,7 +280,19 @@ impl NvmeDisk {
             bounced = true;
             slot.submit(sqe)?;
         }
-        let finished = slot.await;
+        let finished = (&mut slot).await;
+        if paged
+            && let Ok(done) = &finished.result
+            && StatusWord::from_bits(done.status & 0x7FFF).is_success()
+            && let Some((buf, false)) = io.data
+            && let Some((mem, range)) = slot.page(buf.len())
+        {
+            // The slot (and so its page) is still this command's: copy
+            // out before the guard goes.
+            let page = [range];
+            sg::copy(&SgList::local(&**mem, &page, false), &buf).map_err(Failure::Memory)?;
+        }
+        drop(slot);
         let done = finished.result.map_err(|f| inner.note(f))?;
         if bounced
             && StatusWord::from_bits(done.status & 0x7FFF).is_success()

@@ -51,6 +51,10 @@ pub(crate) const PAGE_SIZE: usize = 4096;
 const SLOT_BITS: u32 = 10;
 /// The most slots a queue has (the slot index must fit [`SLOT_BITS`]).
 pub(crate) const MAX_SLOTS: usize = 1 << SLOT_BITS;
+/// Slots with their own bounce page: bounds the DMA memory a queue takes
+/// (256 KiB). The free list hands out the lowest slots first, so up to
+/// this many commands in flight only ever use paged slots.
+const PAGED_SLOTS: usize = 64;
 /// Completion-queue drain passes one poll makes before it yields.
 const POLL_BUDGET: u32 = 8;
 /// The most PRP entries in a slot's list page.
@@ -129,6 +133,13 @@ struct Slot {
     waker: Option<Waker>,
     pins: PinSet,
     bounce: Option<BounceBuffer>,
+    /// The command's data is in this slot's own bounce page
+    /// ([`QueuePair::pages`]): the page is the slot's, so it is held (and
+    /// never reused) exactly as long as the slot is.
+    paged: bool,
+    /// The caller copies the paged data out after completion: the
+    /// completed slot stays its guard's until dropped.
+    page_out: bool,
     /// DMA memory of the driver's own that the command's data pointer
     /// names (an admin command's data buffer): kept until the slot frees.
     keep: Option<Arc<DmaBuffer>>,
@@ -333,6 +344,13 @@ pub(crate) struct QueuePair {
     sq: DmaBuffer,
     cq: DmaBuffer,
     lists: DmaBuffer,
+    /// The 4 KiB bounce pages of the first [`PAGED_SLOTS`] slots (`pages[i]`
+    /// is slot `i`'s): a bounced transfer of one page goes through its
+    /// slot's page, not the driver's bounce pool. Each is taken from the
+    /// device's DMA memory at the slot's first such transfer (so a queue
+    /// holds only as many as it ever has such commands in flight); `None`
+    /// if there was no room: that slot's bounces use the pool.
+    pages: Box<[std::sync::OnceLock<Option<DmaBuffer>>]>,
     sq_doorbell: u64,
     cq_doorbell: u64,
     cq_batch: u16,
@@ -385,6 +403,9 @@ impl QueuePair {
         let lists = device
             .alloc_dma(slots_n * PAGE_SIZE)
             .map_err(Failure::Device)?;
+        let pages = (0..slots_n.min(PAGED_SLOTS))
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
         let slots = (0..slots_n)
             .map(|_| Slot {
                 seq: 0,
@@ -392,6 +413,8 @@ impl QueuePair {
                 waker: None,
                 pins: PinSet::with_capacity(max_ranges),
                 bounce: None,
+                paged: false,
+                page_out: false,
                 keep: None,
                 submitted_at: 0,
                 timed: true,
@@ -406,6 +429,7 @@ impl QueuePair {
             sq,
             cq,
             lists,
+            pages,
             sq_doorbell: Doorbell::SqTail(qid).offset(dstrd),
             cq_doorbell: Doorbell::CqHead(qid).offset(dstrd),
             cq_batch,
@@ -584,7 +608,7 @@ impl QueuePair {
         if let Some(shadow) = st.shadow.take() {
             leave_shadow(shadow.pages);
         }
-        for slot in st.slots.iter_mut() {
+        for (index, slot) in st.slots.iter_mut().enumerate() {
             let device_may_hold = match slot.state {
                 SlotState::Submitted { .. } | SlotState::Held | SlotState::Failing(_) => true,
                 SlotState::Done(_) => slot.hold,
@@ -593,6 +617,11 @@ impl QueuePair {
             if device_may_hold {
                 if let Some(b) = slot.bounce.take() {
                     core::mem::forget(b);
+                }
+                if slot.paged
+                    && let Some(page) = self.pages.get_mut(index).and_then(|p| p.take()).flatten()
+                {
+                    core::mem::forget(page);
                 }
                 if let Some(k) = slot.keep.take() {
                     leave_shared(k);
@@ -618,7 +647,8 @@ impl QueuePair {
                     .bounce
                     .as_ref()
                     .and_then(|b| b.device_range())
-                    .map(|(_, r)| r);
+                    .map(|(_, r)| r)
+                    .or_else(|| slot.paged.then(|| self.page_range(index)).flatten());
                 let memory = bounce
                     .or_else(|| slot.keep.as_ref().map(|k| k.device_range()))
                     .map(|r| {
@@ -686,6 +716,9 @@ impl QueuePair {
         let slots_n = usize::from(size - cq_batch).min(MAX_SLOTS);
         saved.check(slots_n)?;
         let [sq, cq, lists] = rings;
+        let pages = (0..slots_n.min(PAGED_SLOTS))
+            .map(|_| std::sync::OnceLock::new())
+            .collect();
         let now = health.now_ms.load(Ordering::Relaxed);
         let mut slots: Box<[Slot]> = saved
             .seqs
@@ -696,6 +729,8 @@ impl QueuePair {
                 waker: None,
                 pins: PinSet::with_capacity(max_ranges),
                 bounce: None,
+                paged: false,
+                page_out: false,
                 keep: None,
                 submitted_at: now,
                 timed: true,
@@ -737,6 +772,7 @@ impl QueuePair {
             sq,
             cq,
             lists,
+            pages,
             sq_doorbell: Doorbell::SqTail(saved.qid).offset(dstrd),
             cq_doorbell: Doorbell::CqHead(saved.qid).offset(dstrd),
             cq_batch,
@@ -791,6 +827,22 @@ impl QueuePair {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+
+    /// Slot `index`'s own bounce page in device address space, if it has
+    /// one.
+    fn page_range(&self, index: usize) -> Option<DeviceRange> {
+        let page = self.pages.get(index)?.get()?.as_ref()?;
+        Some(page.device_range())
+    }
+
+    /// Slot `index`'s own bounce page, taken from the device's DMA memory
+    /// the first time it is asked for; `None` for a slot without one.
+    fn slot_page(&self, index: usize) -> Option<&DmaBuffer> {
+        self.pages
+            .get(index)?
+            .get_or_init(|| self.device.alloc_dma(PAGE_SIZE).ok())
+            .as_ref()
     }
 
     /// Slots held because the device may still use their buffers.
@@ -1199,6 +1251,8 @@ fn free_slot(st: &mut State, index: usize) {
     slot.state = SlotState::Free;
     slot.pins.clear();
     slot.bounce = None;
+    slot.paged = false;
+    slot.page_out = false;
     slot.keep = None;
     slot.waker = None;
     slot.timed = true;
@@ -1546,21 +1600,78 @@ impl SlotGuard<'_> {
         }
     }
 
-    /// Writes `sqe` (with this slot's command identifier) to the
-    /// submission queue and rings the doorbell.
-    pub(crate) fn submit(&mut self, sqe: Sqe) -> Result<(), Failure> {
+    /// This slot's own bounce page, as the CPU reaches it (memory and
+    /// range), when the slot has one and `len` bytes fit it. The page is
+    /// this guard's while the slot is reserved and, after
+    /// [`submit_page`](Self::submit_page) with `copy_out`, until the guard
+    /// is dropped.
+    pub(crate) fn page(
+        &self,
+        len: usize,
+    ) -> Option<(
+        &parastor_core::memory::GuestMem,
+        parastor_core::addr::GpaRange,
+    )> {
+        if len > PAGE_SIZE {
+            return None;
+        }
+        let (mem, base) = self.queue.slot_page(self.index)?.memory();
+        Some((mem, parastor_core::addr::GpaRange::new(base, len as u64)))
+    }
+
+    /// Submits `sqe` with its data pointer set to the first `len` bytes
+    /// of this slot's bounce page (see [`page`](Self::page)), under one
+    /// lock. `copy_out`: the caller reads the page after completion, so
+    /// the completed slot stays this guard's until it is dropped.
+    pub(crate) fn submit_page(
+        &mut self,
+        mut sqe: Sqe,
+        len: usize,
+        copy_out: bool,
+        policy: DataPointer,
+        sgl: SglSupport,
+    ) -> Result<(), Failure> {
         let queue = self.queue;
+        let Some(page) = queue.page_range(self.index) else {
+            return Err(Failure::BadBuffer("this slot has no bounce page"));
+        };
+        let range = DeviceRange::new(page.addr, (len as u64).min(page.len));
         let mut st = queue.state.lock();
-        match st.gate {
-            Gate::Dead(why) => return Err(why),
-            _ if st.epoch != self.epoch => return Err(Failure::Reset),
-            Gate::Closed => return Err(Failure::Reset),
-            Gate::Open => {}
+        gate_open(&st, self.epoch)?;
+        let slot = &mut st.slots[self.index];
+        slot.paged = true;
+        slot.page_out = copy_out;
+        if !build_dptr(&mut sqe, &[range], &queue.lists, self.index, policy, sgl)? {
+            return Err(Failure::BadBuffer(
+                "a device-contiguous buffer cannot be described by PRPs",
+            ));
         }
         queue.submit_locked(&mut st, self.index, sqe)?;
         self.submitted = true;
         self.fresh = true;
         Ok(())
+    }
+
+    /// Writes `sqe` (with this slot's command identifier) to the
+    /// submission queue and rings the doorbell.
+    pub(crate) fn submit(&mut self, sqe: Sqe) -> Result<(), Failure> {
+        let queue = self.queue;
+        let mut st = queue.state.lock();
+        gate_open(&st, self.epoch)?;
+        queue.submit_locked(&mut st, self.index, sqe)?;
+        self.submitted = true;
+        self.fresh = true;
+        Ok(())
+    }
+}
+
+/// `Ok` if a command reserved in `epoch` may be submitted now.
+fn gate_open(st: &State, epoch: u32) -> Result<(), Failure> {
+    match st.gate {
+        Gate::Dead(why) => Err(why),
+        _ if st.epoch != epoch => Err(Failure::Reset),
+        Gate::Closed => Err(Failure::Reset),
+        Gate::Open => Ok(()),
     }
 }
 
@@ -1608,10 +1719,22 @@ impl Future for SlotGuard<'_> {
                 } else {
                     None
                 };
-                let bounce = take_or_hold(&mut st, index);
+                let slot = &mut st.slots[index];
+                // A paged command's data is in the slot's page: the slot
+                // stays this guard's (reserved) until the caller has
+                // copied it out and drops the guard.
+                let keep_page = slot.page_out && !slot.hold;
+                let bounce = if keep_page {
+                    slot.state = SlotState::Reserved;
+                    slot.waker = None;
+                    st.set_awaited(index, false);
+                    None
+                } else {
+                    take_or_hold(&mut st, index)
+                };
                 drop(st);
                 self.submitted = false;
-                self.held = false;
+                self.held = keep_page;
                 if let Some(w) = next {
                     queue.arm(&w);
                 }
