@@ -288,6 +288,22 @@ std::thread_local! {
 }
 static NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
 
+/// A Create I/O Completion/Submission Queue command for `q`'s ring at
+/// `ring` (physically contiguous), with the command's own CDW11.
+fn create_queue_sqe(opcode: AdminOpcode, ring: u64, q: &QueuePair, cdw11: u32) -> Sqe {
+    let mut sqe = Sqe::new_zeroed();
+    sqe.cdw0.set_opc(opcode.get());
+    sqe.set_prps(ring, 0);
+    sqe.cdw10 = U32::new(
+        CreateQueueCdw10::new()
+            .with_qid(q.qid())
+            .with_qsize(q.size() - 1)
+            .into_bits(),
+    );
+    sqe.cdw11 = U32::new(cdw11);
+    sqe
+}
+
 /// The calling thread's CPU (see [`THREAD_CPU`]).
 fn thread_cpu() -> usize {
     THREAD_CPU.with(|h| {
@@ -1891,41 +1907,27 @@ impl Inner {
     /// Creates `q`'s completion queue (on its own vector) and then its
     /// submission queue on the controller.
     async fn create_on_device(&self, q: &QueuePair) -> Result<(), DriverError> {
-        let mut sqe = Sqe::new_zeroed();
-        sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_CQ.get());
-        sqe.set_prps(q.cq_address(), 0);
-        sqe.cdw10 = U32::new(
-            CreateQueueCdw10::new()
-                .with_qid(q.qid())
-                .with_qsize(q.size() - 1)
-                .into_bits(),
-        );
-        sqe.cdw11 = U32::new(
-            CreateCqCdw11::new()
-                .with_pc(true)
-                .with_ien(true)
-                .with_iv(q.qid())
-                .into_bits(),
-        );
-        self.admin_command("Create I/O Completion Queue", sqe, None)
-            .await?;
-        let mut sqe = Sqe::new_zeroed();
-        sqe.cdw0.set_opc(AdminOpcode::CREATE_IO_SQ.get());
-        sqe.set_prps(q.sq_address(), 0);
-        sqe.cdw10 = U32::new(
-            CreateQueueCdw10::new()
-                .with_qid(q.qid())
-                .with_qsize(q.size() - 1)
-                .into_bits(),
-        );
-        sqe.cdw11 = U32::new(
-            CreateSqCdw11::new()
-                .with_pc(true)
-                .with_cqid(q.qid())
-                .into_bits(),
-        );
-        self.admin_command("Create I/O Submission Queue", sqe, None)
-            .await?;
+        let cq = CreateCqCdw11::new()
+            .with_pc(true)
+            .with_ien(true)
+            .with_iv(q.qid())
+            .into_bits();
+        self.admin_command(
+            "Create I/O Completion Queue",
+            create_queue_sqe(AdminOpcode::CREATE_IO_CQ, q.cq_address(), q, cq),
+            None,
+        )
+        .await?;
+        let sq = CreateSqCdw11::new()
+            .with_pc(true)
+            .with_cqid(q.qid())
+            .into_bits();
+        self.admin_command(
+            "Create I/O Submission Queue",
+            create_queue_sqe(AdminOpcode::CREATE_IO_SQ, q.sq_address(), q, sq),
+            None,
+        )
+        .await?;
         Ok(())
     }
 
