@@ -621,7 +621,7 @@ impl QueuePair {
                 if slot.paged
                     && let Some(page) = self.pages.get_mut(index).and_then(|p| p.take()).flatten()
                 {
-                    core::mem::forget(page);
+                    page.leave_to_device();
                 }
                 if let Some(k) = slot.keep.take() {
                     leave_shared(k);
