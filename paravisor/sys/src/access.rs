@@ -316,11 +316,10 @@ impl MappedRegion {
         }
         let from = src.span(src_offset, len)?;
         let to = self.span_mut(offset, len)?;
-        // SAFETY: `span` checked that `[src_offset, src_offset + len)` lies
-        // in `src`'s live mapping and `span_mut` that `[offset, offset +
-        // len)` lies in this live, writable one; both are kept mapped by
-        // the borrows. `ptr::copy` allows the two to overlap, and no Rust
-        // reference points into either mapping.
+        // Both ranges are checked live (`span`, writable `span_mut`) and
+        // kept mapped by the borrows; no Rust reference points into either.
+        // SAFETY: `from`/`to` are valid for `len` bytes; `ptr::copy` allows
+        // the overlap of two views of one memory.
         unsafe { ptr::copy(from, to, len) };
         Ok(())
     }

@@ -111,9 +111,9 @@ impl MmioRegion {
             ));
         }
         let prot = ProtFlags::READ | ProtFlags::WRITE;
-        // SAFETY: a null address lets the kernel choose fresh address space,
-        // so the mapping overlaps no Rust allocation; the device driver's
-        // mmap handler refuses a range the device does not back.
+        // The device driver's mmap handler refuses a range the device does
+        // not back.
+        // SAFETY: a null hint maps fresh address space: no Rust allocation.
         let addr =
             unsafe { rustix::mm::mmap(ptr::null_mut(), len, prot, MapFlags::SHARED, fd, offset) }?;
         let base = NonNull::new(addr.cast::<u8>())

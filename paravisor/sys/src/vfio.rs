@@ -98,10 +98,10 @@ const IOMMU_UNMAP_DMA: libc::c_ulong = request(14);
 /// `ioctl(fd, request, arg)` with an integer argument (or none); the
 /// result or the errno.
 fn ioctl_value(fd: BorrowedFd<'_>, request: libc::c_ulong, arg: libc::c_ulong) -> io::Result<i32> {
-    // SAFETY: the VFIO requests passed here (GET_API_VERSION,
-    // CHECK_EXTENSION, SET_IOMMU, DEVICE_RESET) take an integer constant
-    // or nothing, never a pointer, so no memory of this process is read
-    // or written.
+    // The requests passed here: GET_API_VERSION, CHECK_EXTENSION,
+    // SET_IOMMU, DEVICE_RESET.
+    // SAFETY: each takes an integer or nothing, never a pointer, so no
+    // memory of this process is read or written.
     let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg) };
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -275,11 +275,10 @@ impl VfioContainer {
             iova,
             size: len as u64,
         };
-        // SAFETY: MAP_DMA takes a `vfio_iommu_type1_dma_map` with `argsz`
-        // set to its size; the kernel only reads it. The address it names
-        // lies in `region`'s live mapping (checked by `span_mut`), and the
-        // kernel pins those pages itself rather than trusting this process
-        // to keep them.
+        // The kernel pins the pages it maps itself, rather than trusting
+        // this process to keep them.
+        // SAFETY: `map` is a `vfio_iommu_type1_dma_map` with `argsz` its
+        // size, naming `region`'s live mapping (checked by `span_mut`).
         unsafe { ioctl_struct(self.fd.as_fd(), IOMMU_MAP_DMA, &mut map) }.map_err(|e| {
             VfioError::new(
                 "VFIO_IOMMU_MAP_DMA",
@@ -705,11 +704,10 @@ impl VfioDeviceFd {
         for (slot, fd) in arg.fds.iter_mut().zip(fds) {
             *slot = fd.as_raw_fd();
         }
-        // SAFETY: DEVICE_SET_IRQS reads a `vfio_irq_set` followed by
-        // `count` `int`s; `SetIrqs` is that layout (`repr(C)`, the header
-        // is 20 bytes and 4-aligned, so the array follows it directly) and
-        // `argsz` covers exactly the header and the `count` descriptors,
-        // all of which are live eventfds borrowed for the call.
+        // `SetIrqs` is `repr(C)`: the 20-byte, 4-aligned `vfio_irq_set`
+        // header, then the `int` array directly after it.
+        // SAFETY: `argsz` covers the header and `count` fds, all live
+        // eventfds borrowed for the call; the kernel only reads them.
         unsafe { ioctl_struct(self.fd.as_fd(), DEVICE_SET_IRQS, &mut arg) }
             .map_err(|e| VfioError::new("VFIO_DEVICE_SET_IRQS", self.name.clone(), e))?;
         Ok(())
