@@ -288,6 +288,21 @@ std::thread_local! {
 }
 static NEXT_HINT: AtomicUsize = AtomicUsize::new(0);
 
+/// A queue pair's memory and slots for `shape`, on the MSI-X vector
+/// numbered like the queue (`what` names the step in an error).
+fn allocate_queue(
+    device: &Arc<dyn DeviceAccess>,
+    shape: QueueShape,
+    health: &Arc<Health>,
+    what: &'static str,
+) -> Result<QueuePair, DriverError> {
+    let interrupt = device
+        .map_interrupt(shape.qid)
+        .map_err(DriverError::Device)?;
+    QueuePair::new(device.clone(), shape, interrupt, health.clone())
+        .map_err(|why| DriverError::Failed { what, why })
+}
+
 /// A Create I/O Completion/Submission Queue command for `q`'s ring at
 /// `ring` (physically contiguous), with the command's own CDW11.
 fn create_queue_sqe(opcode: AdminOpcode, ring: u64, q: &QueuePair, cdw11: u32) -> Sqe {
@@ -452,28 +467,10 @@ impl NvmeDriver {
         timer: Arc<dyn Timer>,
     ) -> Result<Self, DriverError> {
         let p = prepare(&device, &config)?;
-        let admin = QueuePair::new(
-            device.clone(),
-            p.admin_shape,
-            device.map_interrupt(0).map_err(DriverError::Device)?,
-            p.health.clone(),
-        )
-        .map_err(|why| DriverError::Failed {
-            what: "admin queue allocation",
-            why,
-        })?;
+        let admin = allocate_queue(&device, p.admin_shape, &p.health, "admin queue allocation")?;
         // The first I/O queue exists from bring-up on (every CPU can fall
         // back to it); the others come on first use.
-        let first = QueuePair::new(
-            device.clone(),
-            p.io_shape,
-            device.map_interrupt(1).map_err(DriverError::Device)?,
-            p.health.clone(),
-        )
-        .map_err(|why| DriverError::Failed {
-            what: "I/O queue allocation",
-            why,
-        })?;
+        let first = allocate_queue(&device, p.io_shape, &p.health, "I/O queue allocation")?;
         let io = io_slots(p.positions);
         if let Some(slot) = io.first() {
             let _ = slot.queue.set(first);
@@ -1998,23 +1995,11 @@ impl Inner {
     async fn create_io_queue(&self, index: usize) -> Result<bool, DriverError> {
         let qid = u16::try_from(index + 1).map_err(|_| DriverError::Unsupported("QID"))?;
         let resets = self.resets.load(Ordering::Acquire);
-        let interrupt = self
-            .device
-            .map_interrupt(qid)
-            .map_err(DriverError::Device)?;
-        let q = QueuePair::new(
-            self.device.clone(),
-            QueueShape {
-                qid,
-                ..self.io_shape
-            },
-            interrupt,
-            self.health.clone(),
-        )
-        .map_err(|why| DriverError::Failed {
-            what: "I/O queue allocation",
-            why,
-        })?;
+        let shape = QueueShape {
+            qid,
+            ..self.io_shape
+        };
+        let q = allocate_queue(&self.device, shape, &self.health, "I/O queue allocation")?;
         // From the first Create command on, the controller may have this
         // queue (a Create that timed out may still run): a queue that is
         // not published is leaked, not freed, unless the controller was
