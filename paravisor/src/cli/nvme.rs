@@ -329,28 +329,20 @@ async fn per_cpu_reads(driver: &NvmeDriver, writes: &[Data]) -> Result<(u64, usi
     Ok((total, cpus.len()))
 }
 
+/// Every repeated argument of one kind, parsed with `parse`.
+fn parse_all<T>(
+    args: &[String],
+    parse: impl Fn(&str) -> Result<T, CliError>,
+) -> Result<Vec<T>, CliError> {
+    args.iter().map(|a| parse(a)).collect()
+}
+
 /// Runs `parastor nvme-check`.
 pub fn run(args: NvmeCheckArgs) -> Result<(), CliError> {
-    let expects = args
-        .expect
-        .iter()
-        .map(|a| parse_data(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let writes = args
-        .write
-        .iter()
-        .map(|a| parse_data(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let lba_sizes = args
-        .lba_size
-        .iter()
-        .map(|a| parse_pair(a))
-        .collect::<Result<Vec<_>, _>>()?;
-    let deallocs = args
-        .deallocate
-        .iter()
-        .map(|a| parse_triple(a))
-        .collect::<Result<Vec<_>, _>>()?;
+    let expects = parse_all(&args.expect, parse_data)?;
+    let writes = parse_all(&args.write, parse_data)?;
+    let lba_sizes = parse_all(&args.lba_size, parse_pair)?;
+    let deallocs = parse_all(&args.deallocate, parse_triple)?;
     let start = Instant::now();
     let options = VfioOptions {
         dma_bytes: args.dma_mib << 20,
